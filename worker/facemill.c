@@ -1,0 +1,47 @@
+/* facemill.c - the `facemill` program: one executable, one subcommand per job
+ * (git style). This file only dispatches; each subcommand lives in its own file. */
+#include "commands.h"
+#include "facemill/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct command {
+    const char *name;
+    fm_command_fn fn;
+    const char *help;
+} command;
+
+static const command commands[] = {
+    /* --- command table --- */
+    /* --- end of command table --- */
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: facemill COMMAND [ARGS...]\n\ncommands:\n");
+    for (const command *c = commands; c->name; c++)
+        fprintf(out, "  %-10s %s\n", c->name, c->help);
+    fprintf(out, "\n`facemill COMMAND --help` describes one command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    fm_log_init("facemill", -1);
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (const command *c = commands; c->name; c++)
+        if (strcmp(argv[1], c->name) == 0)
+            return c->fn(argc - 1, argv + 1);
+    fprintf(stderr, "facemill: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
