@@ -1,0 +1,197 @@
+/* test_align.c - the similarity fit against an independent least-squares solve, and
+ * the warp against exact pixel moves and a naive bilinear reference. */
+#include "facemill/align.h"
+#include "fm_test.h"
+
+#include <stdint.h>
+#include <string.h>
+
+static uint32_t rng = 12345;
+static double frand(double lo, double hi)
+{
+    rng = rng * 1664525u + 1013904223u;
+    return lo + (hi - lo) * ((rng >> 8) / 16777216.0);
+}
+
+/* Solves the 4-parameter linear least squares (a, b, tx, ty) by normal equations
+ * and Gaussian elimination: an independent route to the same optimum. */
+static void lsq_reference(const float *p, const float *q, int n, double out[4])
+{
+    double A[4][5] = {{0}};
+    for (int i = 0; i < n; i++) {
+        double rows[2][4] = {{p[2 * i], -p[2 * i + 1], 1, 0}, {p[2 * i + 1], p[2 * i], 0, 1}};
+        double rhs[2] = {q[2 * i], q[2 * i + 1]};
+        for (int r = 0; r < 2; r++)
+            for (int j = 0; j < 4; j++) {
+                for (int k = 0; k < 4; k++)
+                    A[j][k] += rows[r][j] * rows[r][k];
+                A[j][4] += rows[r][j] * rhs[r];
+            }
+    }
+    for (int c = 0; c < 4; c++) {
+        int piv = c;
+        for (int r = c + 1; r < 4; r++)
+            if (fabs(A[r][c]) > fabs(A[piv][c]))
+                piv = r;
+        for (int k = 0; k < 5; k++) {
+            double t = A[c][k];
+            A[c][k] = A[piv][k];
+            A[piv][k] = t;
+        }
+        for (int r = 0; r < 4; r++) {
+            if (r == c)
+                continue;
+            double f = A[r][c] / A[c][c];
+            for (int k = 0; k < 5; k++)
+                A[r][k] -= f * A[c][k];
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        out[j] = A[j][4] / A[j][j];
+}
+
+static void test_fit(void)
+{
+    for (int trial = 0; trial < 200; trial++) {
+        double s = frand(0.1, 5), th = frand(-3.1, 3.1), tx = frand(-500, 500), ty = frand(-500, 500);
+        float p[10], q[10];
+        for (int i = 0; i < 5; i++) {
+            p[2 * i] = (float)frand(0, 1000);
+            p[2 * i + 1] = (float)frand(0, 1000);
+            double x = p[2 * i], y = p[2 * i + 1];
+            q[2 * i] = (float)(s * (cos(th) * x - sin(th) * y) + tx);
+            q[2 * i + 1] = (float)(s * (sin(th) * x + cos(th) * y) + ty);
+        }
+        float M[6];
+        CHECK(fm_align_similarity(p, q, 5, M, NULL) == FM_OK);
+        double err = 0;
+        for (int i = 0; i < 5; i++) {
+            float ox, oy;
+            fm_align_apply(M, p[2 * i], p[2 * i + 1], &ox, &oy);
+            err = fmax(err, fmax(fabs(ox - q[2 * i]), fabs(oy - q[2 * i + 1])));
+        }
+        CHECK_MSG(err < 2e-3 * (1 + s), "exact similarity recovered to %g px", err);
+
+        /* With noise: must equal the independent least-squares optimum. */
+        for (int i = 0; i < 10; i++)
+            q[i] += (float)frand(-20, 20);
+        CHECK(fm_align_similarity(p, q, 5, M, NULL) == FM_OK);
+        double ref[4];
+        lsq_reference(p, q, 5, ref);
+        CHECK_MSG(fabs(M[0] - ref[0]) < 1e-4 * (1 + fabs(ref[0])) &&
+                      fabs(M[3] - ref[1]) < 1e-4 * (1 + fabs(ref[1])) &&
+                      fabs(M[2] - ref[2]) < 2e-3 * (1 + fabs(ref[2])) &&
+                      fabs(M[5] - ref[3]) < 2e-3 * (1 + fabs(ref[3])),
+                  "fit (%g %g %g %g) vs reference (%g %g %g %g)", M[0], M[3], M[2], M[5],
+                  ref[0], ref[1], ref[2], ref[3]);
+        CHECK(M[1] == -M[3] && M[4] == M[0]); /* a similarity: no shear */
+
+        float inv[6], x, y;
+        CHECK(fm_align_invert(M, inv, NULL) == FM_OK);
+        fm_align_apply(M, 123.f, 456.f, &x, &y);
+        fm_align_apply(inv, x, y, &x, &y);
+        CHECK(fabs(x - 123) < 1e-2 && fabs(y - 456) < 1e-2);
+    }
+    float same[10] = {5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, M[6];
+    fm_error e = {0};
+    CHECK(fm_align_similarity(same, same, 5, M, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "coincide") != NULL);
+    CHECK(fm_align_similarity(same, same, 1, M, &e) == FM_ERR_INVALID);
+    float sing[6] = {1, 2, 0, 2, 4, 0}, inv[6];
+    CHECK(fm_align_invert(sing, inv, &e) == FM_ERR_INVALID);
+}
+
+/* Naive bilinear sample with a constant border, written independently of align.c. */
+static double ref_sample(const uint8_t *img, int w, int h, int ch, int c, double sx, double sy,
+                         int fill)
+{
+    int x0 = (int)floor(sx), y0 = (int)floor(sy);
+    double fx = sx - x0, fy = sy - y0, acc = 0;
+    for (int dy = 0; dy < 2; dy++)
+        for (int dx = 0; dx < 2; dx++) {
+            int xx = x0 + dx, yy = y0 + dy;
+            double v = (xx >= 0 && yy >= 0 && xx < w && yy < h) ? img[(yy * w + xx) * ch + c] : fill;
+            acc += v * (dx ? fx : 1 - fx) * (dy ? fy : 1 - fy);
+        }
+    return acc;
+}
+
+static void test_warp(void)
+{
+    enum { W = 37, H = 29, C = 3 };
+    static uint8_t img[W * H * C], out[64 * 64 * C];
+    for (int i = 0; i < W * H * C; i++)
+        img[i] = (uint8_t)frand(0, 256);
+
+    /* Identity reproduces the image exactly. */
+    float id[6] = {1, 0, 0, 0, 1, 0};
+    fm_align_warp(img, W, H, W * C, C, id, out, W, H, NULL);
+    CHECK(memcmp(img, out, sizeof img) == 0);
+
+    /* Integer translation moves pixels; outside gets the fill value. */
+    float tr[6] = {1, 0, 3, 0, 1, -2};
+    fm_warp_opts fill7 = {FM_BORDER_CONSTANT, 7};
+    fm_align_warp(img, W, H, W * C, C, tr, out, W, H, &fill7);
+    int bad = 0;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            for (int c = 0; c < C; c++) {
+                int sx = x + 3, sy = y - 2;
+                int want = (sx < W && sy >= 0) ? img[(sy * W + sx) * C + c] : 7;
+                bad += out[(y * W + x) * C + c] != want;
+            }
+    CHECK_MSG(bad == 0, "%d pixels wrong after translation", bad);
+
+    /* Replicate border repeats edge pixels. */
+    fm_warp_opts rep = {FM_BORDER_REPLICATE, 0};
+    float far[6] = {1, 0, -100, 0, 1, -100};
+    fm_align_warp(img, W, H, W * C, C, far, out, 4, 4, &rep);
+    CHECK(out[0] == img[0] && out[1] == img[1] && out[2] == img[2]);
+
+    /* 90-degree rotation about the centre is an exact pixel permutation. */
+    float rot[6] = {0, -1, W - 1, 1, 0, 0}; /* out(x,y) <- src(W-1-y, x) */
+    fm_align_warp(img, W, H, W * C, C, rot, out, H, W, NULL);
+    bad = 0;
+    for (int y = 0; y < W; y++)
+        for (int x = 0; x < H; x++)
+            for (int c = 0; c < C; c++)
+                bad += out[(y * H + x) * C + c] != img[(x * W + (W - 1 - y)) * C + c];
+    CHECK_MSG(bad == 0, "%d pixels wrong after rotation", bad);
+
+    /* Random similarity transforms against the naive reference. */
+    for (int trial = 0; trial < 50; trial++) {
+        double s = frand(0.3, 3), th = frand(-3, 3);
+        float M[6] = {(float)(s * cos(th)), (float)(-s * sin(th)), (float)frand(-10, 40),
+                      (float)(s * sin(th)), (float)(s * cos(th)), (float)frand(-10, 40)};
+        fm_warp_opts o = {FM_BORDER_CONSTANT, (uint8_t)frand(0, 256)};
+        fm_align_warp(img, W, H, W * C, C, M, out, 64, 64, &o);
+        int worst = 0;
+        for (int y = 0; y < 64; y++)
+            for (int x = 0; x < 64; x++) {
+                double sx = (double)M[0] * x + (double)M[1] * y + M[2];
+                double sy = (double)M[3] * x + (double)M[4] * y + M[5];
+                for (int c = 0; c < C; c++) {
+                    double r = ref_sample(img, W, H, C, c, sx, sy, o.fill);
+                    int d = abs((int)out[(y * 64 + x) * C + c] - (int)lrint(r));
+                    worst = d > worst ? d : worst;
+                }
+            }
+        CHECK_MSG(worst <= 1, "warp differs from reference by %d", worst);
+    }
+
+    /* fm_align_face puts the landmarks onto the template. */
+    float lm[10] = {10, 10, 25, 11, 17, 16, 12, 22, 24, 23};
+    float tpl[10] = {20, 20, 44, 20, 32, 32, 22, 44, 42, 44};
+    float M[6];
+    CHECK(fm_align_face(img, W, H, W * C, lm, tpl, out, 64, 64, NULL, M, NULL) == FM_OK);
+    float ox, oy;
+    fm_align_apply(M, lm[0], lm[1], &ox, &oy);
+    CHECK(fabs(ox - tpl[0]) < 3 && fabs(oy - tpl[1]) < 3);
+}
+
+int main(void)
+{
+    test_fit();
+    test_warp();
+    return fm_test_done("test_align");
+}
