@@ -1,0 +1,50 @@
+/* json.h - the little JSON facemill writes: one object per line for `detect`,
+ * `eval --json` and `export`. A writer appends to a caller-owned FILE and tracks
+ * commas, so call sites read like the document they produce:
+ *
+ *   fm_json j; fm_json_init(&j, stdout);
+ *   fm_json_obj_begin(&j);
+ *   fm_json_key(&j, "width"); fm_json_int(&j, 640);
+ *   fm_json_obj_end(&j); fm_json_newline(&j);
+ *
+ * Strings are escaped per RFC 8259 (control characters as \u00XX; bytes >= 0x80
+ * passed through, so UTF-8 stays UTF-8). Non-finite numbers are written as null.
+ */
+#ifndef FACEMILL_JSON_H
+#define FACEMILL_JSON_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FM_JSON_MAX_DEPTH 32
+
+typedef struct fm_json {
+    FILE *out;                       /* not owned */
+    int depth;
+    unsigned char need_comma[FM_JSON_MAX_DEPTH];
+    int after_key;
+} fm_json;
+
+void fm_json_init(fm_json *j, FILE *out);
+void fm_json_obj_begin(fm_json *j);
+void fm_json_obj_end(fm_json *j);
+void fm_json_arr_begin(fm_json *j);
+void fm_json_arr_end(fm_json *j);
+void fm_json_key(fm_json *j, const char *key);
+void fm_json_str(fm_json *j, const char *s);
+void fm_json_int(fm_json *j, int64_t v);
+/* Writes v with up to `digits` significant digits (%.*g). */
+void fm_json_num(fm_json *j, double v, int digits);
+void fm_json_bool(fm_json *j, int v);
+void fm_json_null(fm_json *j);
+/* Ends a top-level value with '\n' and flushes, so each line is a whole record. */
+void fm_json_newline(fm_json *j);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

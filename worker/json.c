@@ -1,0 +1,114 @@
+/* json.c - the streaming JSON writer of json.h. */
+#include "facemill/json.h"
+
+#include <math.h>
+
+void fm_json_init(fm_json *j, FILE *out)
+{
+    j->out = out;
+    j->depth = 0;
+    j->after_key = 0;
+    for (int i = 0; i < FM_JSON_MAX_DEPTH; i++)
+        j->need_comma[i] = 0;
+}
+
+/* Writes the separator a new value needs at this position. */
+static void value_prefix(fm_json *j)
+{
+    if (j->after_key) {
+        j->after_key = 0;
+        return;
+    }
+    if (j->need_comma[j->depth])
+        fputc(',', j->out);
+    j->need_comma[j->depth] = 1;
+}
+
+static void open_scope(fm_json *j, int c)
+{
+    value_prefix(j);
+    fputc(c, j->out);
+    if (j->depth < FM_JSON_MAX_DEPTH - 1)
+        j->depth++;
+    j->need_comma[j->depth] = 0;
+}
+
+static void close_scope(fm_json *j, int c)
+{
+    fputc(c, j->out);
+    if (j->depth > 0)
+        j->depth--;
+}
+
+void fm_json_obj_begin(fm_json *j) { open_scope(j, '{'); }
+void fm_json_obj_end(fm_json *j) { close_scope(j, '}'); }
+void fm_json_arr_begin(fm_json *j) { open_scope(j, '['); }
+void fm_json_arr_end(fm_json *j) { close_scope(j, ']'); }
+
+static void write_escaped(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        switch (*p) {
+        case '"': fputs("\\\"", out); break;
+        case '\\': fputs("\\\\", out); break;
+        case '\n': fputs("\\n", out); break;
+        case '\r': fputs("\\r", out); break;
+        case '\t': fputs("\\t", out); break;
+        default:
+            if (*p < 0x20)
+                fprintf(out, "\\u%04x", *p);
+            else
+                fputc(*p, out);
+        }
+    }
+    fputc('"', out);
+}
+
+void fm_json_key(fm_json *j, const char *key)
+{
+    value_prefix(j);
+    write_escaped(j->out, key);
+    fputc(':', j->out);
+    j->after_key = 1;
+}
+
+void fm_json_str(fm_json *j, const char *s)
+{
+    value_prefix(j);
+    write_escaped(j->out, s);
+}
+
+void fm_json_int(fm_json *j, int64_t v)
+{
+    value_prefix(j);
+    fprintf(j->out, "%lld", (long long)v);
+}
+
+void fm_json_num(fm_json *j, double v, int digits)
+{
+    value_prefix(j);
+    if (!isfinite(v))
+        fputs("null", j->out);
+    else
+        fprintf(j->out, "%.*g", digits, v);
+}
+
+void fm_json_bool(fm_json *j, int v)
+{
+    value_prefix(j);
+    fputs(v ? "true" : "false", j->out);
+}
+
+void fm_json_null(fm_json *j)
+{
+    value_prefix(j);
+    fputs("null", j->out);
+}
+
+void fm_json_newline(fm_json *j)
+{
+    fputc('\n', j->out);
+    fflush(j->out);
+    j->need_comma[0] = 0;
+}
