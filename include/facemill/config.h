@@ -1,0 +1,124 @@
+/* config.h - the settings of every facemill process, in one plain struct.
+ *
+ * Every setting is one line of a table in worker/config.c (key, type, default,
+ * bounds, target field, help) plus one field of fm_config below: adding a setting
+ * touches nothing else. Keys are dotted paths ("detect.min_face"); in a YAML file they
+ * are nested mappings:
+ *
+ *   detect:
+ *     min_face: 40
+ *
+ * (a flat "detect.min_face: 40" line is accepted too). Values come, later overriding
+ * earlier, from: the defaults in the table, one YAML file (--config FILE, or the file
+ * named by the environment variable FACEMILL_CONFIG), then --set key=value options in
+ * the order given. config/facemill.yaml documents every key with its default.
+ *
+ * Value syntax, in files and in --set alike:
+ *   bool    true/false, yes/no, on/off (any case)
+ *   int     decimal, optional sign, 64 bits
+ *   float   decimal or exponent notation ("0.709", "7e-1"); no inf/nan
+ *   string  any text; in YAML quote it when it looks like something else ("yes", "~")
+ *   enum    one of the names the setting lists (any case)
+ * Out-of-bounds values, unknown keys, duplicate keys and wrong types are errors
+ * (FM_ERR_CONFIG) whose message starts with "FILE:LINE:COLUMN: " for file input.
+ *
+ * fm_config is a plain value: copy it with =, no resources, nothing to free.
+ * Strings are stored in fixed buffers of FM_CONFIG_STRING_MAX bytes (NUL included).
+ * Not thread-safe only in the obvious way: do not write one fm_config from two
+ * threads; the functions keep no global state.
+ */
+#ifndef FACEMILL_CONFIG_H
+#define FACEMILL_CONFIG_H
+
+#include "facemill/status.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Longest string value + 1. */
+#define FM_CONFIG_STRING_MAX 1024
+
+/* Environment variable naming a config file used when no --config is given. */
+#define FM_CONFIG_ENV "FACEMILL_CONFIG"
+
+/* The effective configuration. Fields are grouped by the first part of their key;
+ * the table in worker/config.c holds type, default, bounds and help of each. */
+typedef struct fm_config {
+    struct {
+        int level; /* an fm_log_level: FM_LOG_ERROR .. FM_LOG_DEBUG */
+    } log;
+    struct {
+        int64_t threads; /* OpenBLAS threads per process */
+    } engine;
+    struct {
+        char dir[FM_CONFIG_STRING_MAX]; /* directory of the model files */
+    } models;
+    struct {
+        int64_t max_pixels; /* width x height above this is refused before allocation */
+        int64_t max_bytes;  /* encoded images larger than this are refused */
+    } decode;
+    struct {
+        int64_t min_face;      /* smallest face searched for, pixels */
+        int64_t max_side;      /* long side of the image the detector works on */
+        double scale_factor;   /* ratio between pyramid levels */
+        double pnet_threshold; /* stage scores a candidate needs to go on */
+        double rnet_threshold;
+        double onet_threshold;
+        int64_t max_faces; /* most faces reported per image */
+    } detect;
+} fm_config;
+
+/* Sets every field of *c to its default from the table. Cannot fail. */
+void fm_config_defaults(fm_config *c);
+
+/* Applies the YAML file at path on top of *c: only the keys the file names change.
+ * Returns FM_OK, FM_ERR_IO (file cannot be opened or read), FM_ERR_LIMIT (file over
+ * 16 MiB), FM_ERR_NOMEM, or FM_ERR_CONFIG with "PATH:LINE:COLUMN: ..." in err (YAML
+ * syntax errors carry libyaml's text and position). On any error *c is unchanged.
+ * An empty file (or one holding only comments) changes nothing. */
+fm_status fm_config_load_file(fm_config *c, const char *path, fm_error *err);
+
+/* As fm_config_load_file, from size bytes of YAML at data (no NUL needed); name is
+ * what messages call the input ("<stdin>", a path). data stays the caller's. */
+fm_status fm_config_load_buffer(fm_config *c, const char *name, const char *data,
+                                size_t size, fm_error *err);
+
+/* Applies one "key=value" (what --set takes) to *c, with the same value syntax and
+ * bounds as a file; spaces around key and value are ignored and the value is taken
+ * literally (no YAML quoting). Returns FM_OK or FM_ERR_CONFIG with a message that
+ * names the key; on error *c is unchanged. */
+fm_status fm_config_set(fm_config *c, const char *assignment, fm_error *err);
+
+/* Reads the configuration options out of a command line, on top of *c (call
+ * fm_config_defaults first):
+ *   --config FILE, --config=FILE   at most once; else the file named by the
+ *                                  environment variable FACEMILL_CONFIG, if set
+ *   --set KEY=VALUE, --set=KEY=VALUE   any number, applied after the file, in order
+ * Scanning starts at argv[1] and stops at "--". The options are removed from argv
+ * (*argc shrinks, other arguments keep their order, argv[*argc] becomes NULL).
+ * Returns FM_OK, or an error from the file or a --set (FM_ERR_CONFIG, FM_ERR_IO)
+ * or a missing option argument (FM_ERR_CONFIG); on error *c, *argc and argv are
+ * unchanged. */
+fm_status fm_config_from_args(fm_config *c, int *argc, char **argv, fm_error *err);
+
+/* Writes *c as a YAML document that fm_config_load_file reads back to an equal
+ * configuration (strings must be valid UTF-8, as any read from YAML are).
+ * Returns FM_OK or FM_ERR_IO when writing to out failed. */
+fm_status fm_config_dump(const fm_config *c, FILE *out);
+
+/* Writes every setting: key, type, default, bounds (or allowed names) and help.
+ * Returns FM_OK or FM_ERR_IO when writing to out failed. */
+fm_status fm_config_describe(FILE *out);
+
+/* True when every setting of a equals that of b (strings compared as strings). */
+bool fm_config_equal(const fm_config *a, const fm_config *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
