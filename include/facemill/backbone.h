@@ -1,0 +1,72 @@
+/* backbone.h - face embedding networks: an aligned face in, feature vectors out.
+ *
+ * A backbone is one model file whose general.architecture names a C builder
+ * (worker/arch_*.c) registered in worker/backbone.c. The file's metadata gives the
+ * input size (input.size), normalisation (input.mean, input.scale: value =
+ * (pixel - mean[c]) * scale[c] on RGB 0..255) and the alignment template
+ * (align.template: five landmarks in input pixels). Weights stay in the mapped file;
+ * a backbone owns one arena, sized at open for max_batch faces, so embedding a batch
+ * allocates nothing.
+ *
+ * Outputs, by name:
+ *   "embedding"  the network's final descriptor (dlib: 128-d, FaceNet: 512-d), as the
+ *                original model defines it (normalised or not, per architecture);
+ *   "pooled"     the globally pooled activations before the last projection (richer
+ *                features for the heads; dlib: 256-d, FaceNet: 1792-d).
+ * Not thread-safe: one backbone per worker thread/process.
+ */
+#ifndef FACEMILL_BACKBONE_H
+#define FACEMILL_BACKBONE_H
+
+#include <stdint.h>
+
+#include "facemill/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fm_backbone fm_backbone;
+
+typedef enum fm_backbone_output {
+    FM_BACKBONE_EMBEDDING = 0,
+    FM_BACKBONE_POOLED = 1,
+    FM_BACKBONE_OUTPUT_COUNT
+} fm_backbone_output;
+
+/* Opens the model file at path, checks its architecture is registered and every
+ * tensor it needs is present with the right shape, and sizes the arena for batches
+ * of up to max_batch faces (>= 1). On success *out is owned by the caller
+ * (fm_backbone_close). */
+fm_status fm_backbone_open(fm_backbone **out, const char *path, int max_batch,
+                           fm_error *err);
+
+/* Closes b and sets *b to NULL; accepts NULL and *b == NULL. */
+void fm_backbone_close(fm_backbone **b);
+
+/* general.architecture of the model ("dlib_resnet", "facenet_irv1"). */
+const char *fm_backbone_arch(const fm_backbone *b);
+
+/* Input height and width in pixels. */
+void fm_backbone_input_size(const fm_backbone *b, int *h, int *w);
+
+/* The five-point alignment template in input pixels (x0,y0,...,x4,y4). */
+const float *fm_backbone_template(const fm_backbone *b);
+
+/* Length of output `which` per face. */
+int fm_backbone_dim(const fm_backbone *b, fm_backbone_output which);
+
+/* Largest batch fm_backbone_forward takes. */
+int fm_backbone_max_batch(const fm_backbone *b);
+
+/* Runs n faces (1 <= n <= max_batch) through the network. faces[i] is an aligned
+ * face, RGB interleaved, input h x w x 3 bytes, rows of w*3 bytes (not owned).
+ * For each non-NULL out[k] (k an fm_backbone_output), writes n x dim(k) floats,
+ * face-major. FM_ERR_INVALID for a bad n. */
+fm_status fm_backbone_forward(fm_backbone *b, const uint8_t *const *faces, int n,
+                              float *out[FM_BACKBONE_OUTPUT_COUNT], fm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
