@@ -1,0 +1,952 @@
+/* test_image.c - the JPEG decoder against images this test makes itself.
+ *
+ * Every input is generated here with TurboJPEG from a known RGB pattern (coloured
+ * quadrants plus a gradient, so any wrong rotation or flip shows), then altered by
+ * hand: EXIF segments in both byte orders, CMYK with and without the Adobe marker,
+ * truncation at every length, forged headers, other formats' signatures, random
+ * bytes. Expected results come from the pattern and from the EXIF specification's
+ * table, not from the decoder.
+ *
+ * Run with `--corpus DIR` it also writes the generated JPEGs into DIR as a seed
+ * corpus for tests/fuzz/fuzz_jpeg.c.
+ */
+#include "facemill/image.h"
+#include "fm_test.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <turbojpeg.h>
+#include <unistd.h>
+
+/* ---- generated inputs ----------------------------------------------------------- */
+
+typedef struct blob {
+    uint8_t *p;
+    size_t n;
+} blob;
+
+static void blob_free(blob *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->n = 0;
+}
+
+static blob blob_copy(const uint8_t *p, size_t n)
+{
+    blob b = {malloc(n ? n : 1), n};
+    if (!b.p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    if (n)
+        memcpy(b.p, p, n);
+    return b;
+}
+
+static uint8_t clamp255(int v)
+{
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+/* Top-left red, top-right green, bottom-left blue, bottom-right yellow, each with a
+ * gentle gradient; packed RGB rows. */
+static uint8_t *make_pattern(int w, int h)
+{
+    static const int quad[4][3] = {{200, 40, 40}, {40, 200, 40}, {40, 40, 200}, {200, 200, 40}};
+    uint8_t *p = malloc((size_t)w * h * 3);
+    if (!p)
+        exit(1);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            const int *q = quad[(y >= h / 2) * 2 + (x >= w / 2)];
+            int gx = x * 40 / w - 20, gy = y * 30 / h - 15;
+            uint8_t *o = p + ((size_t)y * w + x) * 3;
+            o[0] = clamp255(q[0] + gx);
+            o[1] = clamp255(q[1] + gy);
+            o[2] = clamp255(q[2] + gx / 2 + gy / 2);
+        }
+    return p;
+}
+
+static blob compress(const uint8_t *pix, int w, int h, int pf, int subsamp, int quality,
+                     int flags)
+{
+    tjhandle c = tjInitCompress();
+    unsigned char *j = NULL;
+    unsigned long n = 0;
+    if (!c || tjCompress2(c, pix, w, 0, h, pf, &j, &n, subsamp, quality, flags) != 0) {
+        fprintf(stderr, "tjCompress2: %s\n", tjGetErrorStr2(c));
+        exit(1);
+    }
+    blob b = blob_copy(j, n);
+    tjFree(j);
+    tjDestroy(c);
+    return b;
+}
+
+static blob rgb_jpeg(int w, int h, int flags)
+{
+    uint8_t *pix = make_pattern(w, h);
+    blob b = compress(pix, w, h, TJPF_RGB, TJSAMP_444, 100, flags);
+    free(pix);
+    return b;
+}
+
+/* Inserts a segment (marker + payload, length field computed) right after SOI. */
+static blob insert_segment(const blob *j, uint8_t marker, const uint8_t *payload, size_t pn)
+{
+    blob b = {malloc(j->n + 4 + pn), j->n + 4 + pn};
+    if (!b.p)
+        exit(1);
+    memcpy(b.p, j->p, 2);
+    b.p[2] = 0xFF;
+    b.p[3] = marker;
+    b.p[4] = (uint8_t)((pn + 2) >> 8);
+    b.p[5] = (uint8_t)(pn + 2);
+    memcpy(b.p + 6, payload, pn);
+    memcpy(b.p + 6 + pn, j->p + 2, j->n - 2);
+    return b;
+}
+
+static void put16(uint8_t *p, unsigned v, int be)
+{
+    p[be ? 0 : 1] = (uint8_t)(v >> 8);
+    p[be ? 1 : 0] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v, int be)
+{
+    for (int i = 0; i < 4; i++)
+        p[be ? i : 3 - i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+/* An "Exif\0\0" APP1 payload: TIFF header, IFD0 with ImageWidth then Orientation.
+ * Returns its length; buf needs 64 bytes. */
+static size_t exif_payload(uint8_t *buf, int orientation, int be)
+{
+    memset(buf, 0, 64);
+    memcpy(buf, "Exif\0\0", 6);
+    uint8_t *t = buf + 6;
+    t[0] = t[1] = be ? 'M' : 'I';
+    put16(t + 2, 42, be);
+    put32(t + 4, 8, be);          /* IFD0 right after the header */
+    put16(t + 8, 2, be);          /* two entries */
+    uint8_t *e = t + 10;
+    put16(e, 0x0100, be);         /* ImageWidth, LONG, 1, 1234 */
+    put16(e + 2, 4, be);
+    put32(e + 4, 1, be);
+    put32(e + 8, 1234, be);
+    e += 12;
+    put16(e, 0x0112, be);         /* Orientation, SHORT, 1 */
+    put16(e + 2, 3, be);
+    put32(e + 4, 1, be);
+    put16(e + 8, (unsigned)orientation, be);
+    put32(t + 10 + 24, 0, be);    /* no next IFD */
+    return 6 + 10 + 24 + 4;
+}
+
+static blob with_orientation(const blob *j, int orientation, int be)
+{
+    uint8_t pl[64];
+    size_t n = exif_payload(pl, orientation, be);
+    return insert_segment(j, 0xE1, pl, n);
+}
+
+/* ---- expectations --------------------------------------------------------------- */
+
+/* The upright view of a stored image for EXIF orientation o, from the specification's
+ * wording: where the stored 0th row and 0th column are shown.
+ *   1 row0 top,    col0 left     5 row0 left,  col0 top
+ *   2 row0 top,    col0 right    6 row0 right, col0 top
+ *   3 row0 bottom, col0 right    7 row0 right, col0 bottom
+ *   4 row0 bottom, col0 left     8 row0 left,  col0 bottom */
+static uint8_t *upright(const uint8_t *s, int sw, int sh, size_t sstride, int o, int *dw,
+                        int *dh)
+{
+    static const char row0[9] = {0, 'T', 'T', 'B', 'B', 'L', 'R', 'R', 'L'};
+    static const char col0[9] = {0, 'L', 'R', 'R', 'L', 'T', 'T', 'B', 'B'};
+    int side = row0[o] == 'L' || row0[o] == 'R';
+    *dw = side ? sh : sw;
+    *dh = side ? sw : sh;
+    uint8_t *d = malloc((size_t)sw * sh * 3);
+    if (!d)
+        exit(1);
+    for (int sy = 0; sy < sh; sy++)
+        for (int sx = 0; sx < sw; sx++) {
+            int dx, dy;
+            if (!side) {
+                dy = row0[o] == 'T' ? sy : sh - 1 - sy;
+                dx = col0[o] == 'L' ? sx : sw - 1 - sx;
+            } else { /* stored rows become columns, stored columns become rows */
+                dx = row0[o] == 'L' ? sy : sh - 1 - sy;
+                dy = col0[o] == 'T' ? sx : sw - 1 - sx;
+            }
+            memcpy(d + ((size_t)dy * *dw + dx) * 3, s + (size_t)sy * sstride + (size_t)sx * 3, 3);
+        }
+    return d;
+}
+
+typedef struct diff {
+    double mean;
+    int max;
+} diff;
+
+/* Compares img with a packed w x h RGB image. */
+static diff compare(const fm_image *img, const uint8_t *ref, int w, int h)
+{
+    diff r = {1e9, 999};
+    if (!img->data || img->w != w || img->h != h)
+        return r;
+    double sum = 0;
+    r.max = 0;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w * 3; x++) {
+            int d = abs((int)img->data[(size_t)y * img->stride + x] - ref[((size_t)y * w) * 3 + x]);
+            sum += d;
+            if (d > r.max)
+                r.max = d;
+        }
+    r.mean = sum / ((double)w * h * 3);
+    return r;
+}
+
+/* A packed copy of an image's pixels. */
+static uint8_t *pack(const fm_image *img)
+{
+    uint8_t *p = malloc((size_t)img->w * img->h * 3 + 1);
+    if (!p)
+        exit(1);
+    for (int y = 0; y < img->h; y++)
+        memcpy(p + (size_t)y * img->w * 3, img->data + (size_t)y * img->stride, (size_t)img->w * 3);
+    return p;
+}
+
+static int contains(const char *s, const char *needle)
+{
+    return strstr(s, needle) != NULL;
+}
+
+static fm_decoder *new_decoder(uint64_t max_pixels, size_t max_bytes, int target_side)
+{
+    fm_decode_opts o = {.max_pixels = max_pixels, .max_bytes = max_bytes,
+                        .target_side = target_side};
+    fm_decoder *d = NULL;
+    fm_error e = {0};
+    if (fm_decoder_new(&d, &o, &e) != FM_OK) {
+        fprintf(stderr, "fm_decoder_new: %s\n", fm_error_text(&e));
+        exit(1);
+    }
+    return d;
+}
+
+/* ---- tests ---------------------------------------------------------------------- */
+
+/* A plain baseline JPEG of a size that is not a multiple of the MCU. */
+static void test_plain(fm_decoder *d)
+{
+    const int w = 75, h = 50;
+    uint8_t *src = make_pattern(w, h);
+    blob j = compress(src, w, h, TJPF_RGB, TJSAMP_444, 100, 0);
+    fm_image img;
+    fm_error e = {0};
+    CHECK_MSG(fm_decode(d, j.p, j.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    CHECK(img.w == w && img.h == h && img.stride == (size_t)w * 3);
+    CHECK(img.orig_w == w && img.orig_h == h);
+    CHECK(img.scale_num == 1 && img.scale_denom == 1 && img.orientation == 1);
+    diff df = compare(&img, src, w, h);
+    CHECK_MSG(df.mean < 1.5 && df.max <= 24, "plain: mean %.2f max %d", df.mean, df.max);
+    blob_free(&j);
+    free(src);
+}
+
+/* All eight orientations in both byte orders: the result must be exactly the upright
+ * view of the unrotated decode, and close to the upright view of the source. */
+static void test_orientations(fm_decoder *d, int flags, int pf_cmyk)
+{
+    const int w = 48, h = 32;
+    uint8_t *src = make_pattern(w, h);
+    blob j;
+    if (pf_cmyk) { /* stored as inverted CMYK, the libjpeg-turbo/Adobe convention */
+        uint8_t *cm = malloc((size_t)w * h * 4);
+        for (int i = 0; i < w * h; i++) {
+            double c = 1 - src[i * 3] / 255.0, m = 1 - src[i * 3 + 1] / 255.0,
+                   y = 1 - src[i * 3 + 2] / 255.0;
+            double k = c < m ? (c < y ? c : y) : (m < y ? m : y);
+            c = (c - k) / (1 - k);
+            m = (m - k) / (1 - k);
+            y = (y - k) / (1 - k);
+            cm[i * 4] = (uint8_t)(255 - c * 255 + 0.5);
+            cm[i * 4 + 1] = (uint8_t)(255 - m * 255 + 0.5);
+            cm[i * 4 + 2] = (uint8_t)(255 - y * 255 + 0.5);
+            cm[i * 4 + 3] = (uint8_t)(255 - k * 255 + 0.5);
+        }
+        j = compress(cm, w, h, TJPF_CMYK, TJSAMP_444, 100, flags);
+        free(cm);
+    } else {
+        j = compress(src, w, h, TJPF_RGB, TJSAMP_444, 100, flags);
+    }
+    fm_image img;
+    fm_error e = {0};
+    CHECK_MSG(fm_decode(d, j.p, j.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    uint8_t *plain = pack(&img);
+    diff df0 = compare(&img, src, w, h);
+    CHECK_MSG(df0.mean < (pf_cmyk ? 2.5 : 1.5), "stored: mean %.2f max %d", df0.mean, df0.max);
+
+    for (int be = 0; be <= 1; be++)
+        for (int o = 1; o <= 8; o++) {
+            blob jo = with_orientation(&j, o, be);
+            int ew, eh;
+            uint8_t *want = upright(plain, w, h, (size_t)w * 3, o, &ew, &eh);
+            uint8_t *want_src = upright(src, w, h, (size_t)w * 3, o, &ew, &eh);
+            e.msg[0] = '\0';
+            fm_status st = fm_decode(d, jo.p, jo.n, &img, &e);
+            CHECK_MSG(st == FM_OK, "orientation %d %s: %s", o, be ? "MM" : "II",
+                      fm_error_text(&e));
+            CHECK_MSG(img.orientation == o, "orientation %d reported %d", o, img.orientation);
+            CHECK_MSG(img.w == (o >= 5 ? h : w) && img.h == (o >= 5 ? w : h),
+                      "orientation %d: %dx%d", o, img.w, img.h);
+            CHECK(img.orig_w == img.w && img.orig_h == img.h);
+            diff exact = compare(&img, want, ew, eh);
+            CHECK_MSG(exact.max == 0, "orientation %d %s: differs from the upright plain "
+                      "decode by up to %d", o, be ? "MM" : "II", exact.max);
+            diff df = compare(&img, want_src, ew, eh);
+            CHECK_MSG(df.mean < (pf_cmyk ? 2.5 : 1.5), "orientation %d: mean %.2f", o, df.mean);
+            free(want);
+            free(want_src);
+            blob_free(&jo);
+        }
+    free(plain);
+    blob_free(&j);
+    free(src);
+}
+
+static void test_gray(fm_decoder *d)
+{
+    const int w = 40, h = 30;
+    uint8_t *src = make_pattern(w, h);
+    blob j = compress(src, w, h, TJPF_RGB, TJSAMP_GRAY, 100, 0);
+    fm_image img;
+    fm_error e = {0};
+    CHECK_MSG(fm_decode(d, j.p, j.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    CHECK(img.w == w && img.h == h);
+    int equal = 1;
+    double sum = 0;
+    for (int y = 0; y < img.h; y++)
+        for (int x = 0; x < img.w; x++) {
+            const uint8_t *p = img.data + (size_t)y * img.stride + (size_t)x * 3;
+            const uint8_t *s = src + ((size_t)y * w + x) * 3;
+            if (p[0] != p[1] || p[1] != p[2])
+                equal = 0;
+            double luma = 0.299 * s[0] + 0.587 * s[1] + 0.114 * s[2];
+            sum += fabs(p[0] - luma);
+        }
+    CHECK_MSG(equal, "grayscale: R, G, B differ");
+    CHECK_MSG(sum / (w * h) < 2.0, "grayscale: mean luma error %.2f", sum / (w * h));
+    blob_free(&j);
+    free(src);
+}
+
+/* Offset of the first segment with this marker before SOS, or 0. */
+static size_t find_segment(const blob *j, uint8_t marker)
+{
+    size_t p = 2;
+    while (p + 4 <= j->n && j->p[p] == 0xFF && j->p[p + 1] != 0xDA) {
+        if (j->p[p + 1] == marker)
+            return p;
+        p += 2 + ((size_t)j->p[p + 2] << 8 | j->p[p + 3]);
+    }
+    return 0;
+}
+
+/* CMYK the way libjpeg-based readers take it: with an Adobe APP14 the stored values
+ * are inverted (Photoshop), without one they are ink amounts. One set of stored
+ * values, read raw through TurboJPEG, decides the expected RGB in both cases. */
+static void test_cmyk_adobe(fm_decoder *d)
+{
+    const int w = 32, h = 24;
+    uint8_t *cm = malloc((size_t)w * h * 4);
+    for (int i = 0; i < w * h * 4; i++)
+        cm[i] = (uint8_t)((i * 37) ^ (i >> 3));
+    blob ycck = compress(cm, w, h, TJPF_CMYK, TJSAMP_444, 95, 0);
+    size_t a = find_segment(&ycck, 0xEE);
+    CHECK_MSG(a > 0 && memcmp(ycck.p + a + 4, "Adobe", 5) == 0, "no Adobe APP14 in CMYK output");
+    if (!a) {
+        free(cm);
+        blob_free(&ycck);
+        return;
+    }
+    /* transform 0: the components are CMYK as stored, no YCC conversion */
+    blob adobe = blob_copy(ycck.p, ycck.n);
+    adobe.p[a + 4 + 11] = 0;
+    size_t seglen = 2 + ((size_t)adobe.p[a + 2] << 8 | adobe.p[a + 3]);
+    blob plain = {malloc(adobe.n - seglen), adobe.n - seglen};
+    memcpy(plain.p, adobe.p, a);
+    memcpy(plain.p + a, adobe.p + a + seglen, adobe.n - a - seglen);
+
+    tjhandle t = tjInitDecompress();
+    uint8_t *raw = malloc((size_t)w * h * 4), *raw2 = malloc((size_t)w * h * 4);
+    CHECK(tjDecompress2(t, adobe.p, adobe.n, raw, w, 0, h, TJPF_CMYK, 0) == 0);
+    CHECK(tjDecompress2(t, plain.p, plain.n, raw2, w, 0, h, TJPF_CMYK, 0) == 0);
+    CHECK(memcmp(raw, raw2, (size_t)w * h * 4) == 0);
+    tjDestroy(t);
+
+    uint8_t *want_inv = malloc((size_t)w * h * 3), *want_ink = malloc((size_t)w * h * 3);
+    for (int i = 0; i < w * h; i++) {
+        const uint8_t *s = raw + i * 4;
+        for (int c = 0; c < 3; c++) {
+            want_inv[i * 3 + c] = (uint8_t)floor(s[c] * s[3] / 255.0 + 0.5);
+            want_ink[i * 3 + c] = (uint8_t)floor((255 - s[c]) * (255 - s[3]) / 255.0 + 0.5);
+        }
+    }
+    fm_image img;
+    fm_error e = {0};
+    CHECK_MSG(fm_decode(d, adobe.p, adobe.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    diff di = compare(&img, want_inv, w, h);
+    CHECK_MSG(di.max == 0, "Adobe CMYK: differs by up to %d", di.max);
+    CHECK_MSG(fm_decode(d, plain.p, plain.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    diff dp = compare(&img, want_ink, w, h);
+    CHECK_MSG(dp.max == 0, "plain CMYK: differs by up to %d", dp.max);
+
+    free(want_inv);
+    free(want_ink);
+    free(raw);
+    free(raw2);
+    blob_free(&plain);
+    blob_free(&adobe);
+    blob_free(&ycck);
+    free(cm);
+}
+
+/* DCT scaling on a large image: the strongest of 1/8, 1/4, 1/2 keeping the long side
+ * >= target, sizes rounded up the way libjpeg does, original size reported. */
+static void test_scaling(void)
+{
+    const int w = 2400, h = 1600;
+    uint8_t *src = make_pattern(w, h);
+    blob j = compress(src, w, h, TJPF_RGB, TJSAMP_420, 90, 0);
+    static const struct {
+        int target, denom;
+    } cases[] = {{0, 1},   {1, 8},    {300, 8},  {301, 4},  {600, 4},
+                 {601, 2}, {1200, 2}, {1201, 1}, {2400, 1}, {5000, 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fm_decoder *d = new_decoder(0, 0, cases[i].target);
+        fm_image img;
+        fm_error e = {0};
+        CHECK_MSG(fm_decode(d, j.p, j.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+        int dn = cases[i].denom;
+        CHECK_MSG(img.scale_num == 1 && img.scale_denom == dn, "target %d: scale %d/%d, want 1/%d",
+                  cases[i].target, img.scale_num, img.scale_denom, dn);
+        CHECK_MSG(img.w == w / dn && img.h == h / dn, "target %d: %dx%d", cases[i].target,
+                  img.w, img.h);
+        CHECK(img.orig_w == w && img.orig_h == h);
+        CHECK(img.w >= cases[i].target || dn == 1);
+        /* quadrant centres keep their colours */
+        for (int q = 0; q < 4 && img.data; q++) {
+            int x = (q & 1 ? 3 : 1) * img.w / 4, y = (q & 2 ? 3 : 1) * img.h / 4;
+            int sx = x * dn, sy = y * dn;
+            for (int c = 0; c < 3; c++) {
+                int got = img.data[(size_t)y * img.stride + (size_t)x * 3 + c];
+                int want = src[((size_t)sy * w + sx) * 3 + c];
+                CHECK_MSG(abs(got - want) <= 12, "target %d quadrant %d channel %d: %d vs %d",
+                          cases[i].target, q, c, got, want);
+            }
+        }
+        /* the same image again allocates nothing */
+        fm_decoder_stats before, after;
+        fm_decoder_get_stats(d, &before);
+        CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_OK);
+        fm_decoder_get_stats(d, &after);
+        CHECK(after.grows == before.grows && after.images == before.images + 1);
+        fm_decoder_destroy(&d);
+        CHECK(d == NULL);
+    }
+
+    /* Sideways: scale from the long side, orientation after scaling. */
+    blob j6 = with_orientation(&j, 6, 1);
+    fm_decoder *d = new_decoder(0, 0, 300);
+    fm_image img;
+    fm_error e = {0};
+    CHECK_MSG(fm_decode(d, j6.p, j6.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    CHECK(img.w == 200 && img.h == 300 && img.orig_w == 1600 && img.orig_h == 2400);
+    CHECK(img.scale_denom == 8 && img.orientation == 6);
+    fm_decoder_destroy(&d);
+    blob_free(&j6);
+    blob_free(&j);
+    free(src);
+
+    /* Sizes that do not divide: libjpeg rounds up. */
+    uint8_t *odd = make_pattern(2401, 1599);
+    blob jo = compress(odd, 2401, 1599, TJPF_RGB, TJSAMP_420, 80, 0);
+    d = new_decoder(0, 0, 301);
+    CHECK(fm_decode(d, jo.p, jo.n, &img, &e) == FM_OK);
+    CHECK_MSG(img.scale_denom == 8 && img.w == 301 && img.h == 200, "odd: 1/%d %dx%d",
+              img.scale_denom, img.w, img.h);
+    fm_decoder_destroy(&d);
+    blob_free(&jo);
+    free(odd);
+}
+
+/* Every prefix of a JPEG (with an EXIF segment, so the marker parser is cut too)
+ * is an error, never a crash and never a half-gray image. */
+static void test_truncated(fm_decoder *d)
+{
+    blob j0 = rgb_jpeg(32, 24, 0);
+    blob j = with_orientation(&j0, 6, 0);
+    fm_image img;
+    fm_error e = {0};
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_OK);
+    int bad = 0;
+    for (size_t n = 2; n < j.n; n++) {
+        blob cut = blob_copy(j.p, n); /* exact-size copy: ASan sees any over-read */
+        e.msg[0] = '\0';
+        fm_status st = fm_decode(d, cut.p, cut.n, &img, &e);
+        if (st != FM_ERR_DECODE || strncmp(e.msg, "corrupt JPEG: ", 14) != 0 || img.data) {
+            if (bad++ < 5)
+                fprintf(stderr, "cut at %zu: %s: %s\n", n, fm_status_to_string(st), e.msg);
+        }
+        blob_free(&cut);
+    }
+    CHECK_MSG(bad == 0, "%d truncations not reported as corrupt JPEG", bad);
+
+    blob half = blob_copy(j.p, j.n - 20); /* inside the scan data */
+    CHECK(fm_decode(d, half.p, half.n, &img, &e) == FM_ERR_DECODE);
+    CHECK_MSG(strcmp(e.msg, "corrupt JPEG: Premature end of JPEG file") == 0, "%s", e.msg);
+    blob_free(&half);
+
+    /* the same cut on the progressive encoding */
+    blob p = rgb_jpeg(32, 24, TJFLAG_PROGRESSIVE);
+    for (size_t n = 2; n < p.n; n += 7) {
+        blob cut = blob_copy(p.p, n);
+        fm_status st = fm_decode(d, cut.p, cut.n, &img, &e);
+        CHECK_MSG(st == FM_ERR_DECODE, "progressive cut at %zu: %s", n, fm_error_text(&e));
+        blob_free(&cut);
+    }
+    /* a good decode after all those failures works */
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_OK);
+    blob_free(&p);
+    blob_free(&j);
+    blob_free(&j0);
+}
+
+/* Junk between the last scan and EOI: pixels complete, accepted. Junk inside the
+ * scan data: not accepted. */
+static void test_trailing_junk(fm_decoder *d)
+{
+    blob j = rgb_jpeg(32, 24, 0);
+    fm_image img;
+    fm_error e = {0};
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_OK);
+    uint8_t *plain = pack(&img);
+    blob junk = {malloc(j.n + 10), j.n + 10};
+    memcpy(junk.p, j.p, j.n - 2);
+    memset(junk.p + j.n - 2, 0x11, 10);
+    junk.p[j.n + 8] = 0xFF;
+    junk.p[j.n + 9] = 0xD9;
+    CHECK_MSG(fm_decode(d, junk.p, junk.n, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    CHECK(compare(&img, plain, 32, 24).max == 0);
+
+    /* A missing EOI marker is reported like any other truncation. */
+    CHECK(fm_decode(d, j.p, j.n - 2, &img, &e) == FM_ERR_DECODE);
+    CHECK_MSG(contains(e.msg, "Premature end"), "%s", e.msg);
+    free(plain);
+    blob_free(&junk);
+    blob_free(&j);
+}
+
+static void test_not_jpeg(fm_decoder *d)
+{
+    fm_image img;
+    fm_error e = {0};
+    CHECK(fm_decode(d, (const uint8_t *)"", 0, &img, &e) == FM_ERR_FORMAT);
+    CHECK(contains(e.msg, "0 bytes"));
+    CHECK(fm_decode(d, NULL, 0, &img, &e) == FM_ERR_FORMAT);
+    CHECK(fm_decode(d, NULL, 5, &img, &e) == FM_ERR_INVALID);
+    CHECK(fm_decode(NULL, (const uint8_t *)"x", 1, &img, &e) == FM_ERR_INVALID);
+    CHECK(fm_decode(d, (const uint8_t *)"x", 1, NULL, &e) == FM_ERR_INVALID);
+
+    static const struct {
+        const char *name;
+        const char *bytes;
+        size_t n;
+    } sigs[] = {
+        {"PNG", "\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x10\x08\x02\0\0\0", 29},
+        {"GIF", "GIF89a\x10\0\x10\0\0\0\0", 13},
+        {"WebP", "RIFF\x24\0\0\0WEBPVP8 ", 16},
+        {"BMP", "BM\x36\x03\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0", 18},
+        {"TIFF", "II*\0\x08\0\0\0", 8},
+        {"TIFF", "MM\0*\0\0\0\x08", 8},
+        {"HEIC", "\0\0\0\x18" "ftypheic\0\0\0\0mif1heic", 24},
+        {"AVIF", "\0\0\0\x1c" "ftypavif\0\0\0\0avifmif1miaf", 28},
+        {"JPEG 2000", "\0\0\0\x0cjP  \r\n\x87\n\0\0\0\x14", 16},
+        {"PSD", "8BPS\0\x01\0\0\0\0\0\0", 12},
+    };
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "unsupported format: %s", sigs[i].name);
+        fm_status st = fm_decode(d, (const uint8_t *)sigs[i].bytes, sigs[i].n, &img, &e);
+        CHECK_MSG(st == FM_ERR_UNSUPPORTED && strcmp(e.msg, want) == 0, "%s: %s (%s)",
+                  sigs[i].name, fm_status_to_string(st), e.msg);
+        CHECK(img.data == NULL && img.w == 0);
+    }
+
+    /* random bytes: a fixed sequence, so the outcome is known */
+    uint32_t s = 12345;
+    for (int round = 0; round < 200; round++) {
+        size_t n = 1 + (size_t)round * 37 % 5000;
+        uint8_t *b = malloc(n);
+        for (size_t i = 0; i < n; i++) {
+            s = s * 1103515245u + 12345u;
+            b[i] = (uint8_t)(s >> 16);
+        }
+        if (b[0] == 0xFF)
+            b[0] = 0x00;
+        fm_status st = fm_decode(d, b, n, &img, &e);
+        CHECK_MSG(st == FM_ERR_FORMAT && strcmp(e.msg, "not a JPEG (unrecognised data)") == 0,
+                  "random %d: %s %s", round, fm_status_to_string(st), e.msg);
+        /* the same bytes behind a JPEG start: a decode error, never success */
+        if (n >= 3) {
+            b[0] = 0xFF;
+            b[1] = 0xD8;
+            b[2] = 0xFF;
+            st = fm_decode(d, b, n, &img, &e);
+            CHECK_MSG(st == FM_ERR_DECODE, "random JPEG %d: %s %s", round,
+                      fm_status_to_string(st), e.msg);
+        }
+        free(b);
+    }
+}
+
+static void test_limits(void)
+{
+    /* A forged header declaring 30000x30000: refused from the header alone. */
+    static const uint8_t big[] = {
+        0xFF, 0xD8,                                                 /* SOI */
+        0xFF, 0xC0, 0x00, 0x11, 0x08, 0x75, 0x30, 0x75, 0x30, 0x03, /* SOF0 30000x30000 */
+        0x01, 0x22, 0x00, 0x02, 0x11, 0x00, 0x03, 0x11, 0x00,
+        0xFF, 0xDA, 0x00, 0x0C, 0x03, 0x01, 0x00, 0x02, 0x11, 0x03, 0x11, /* SOS */
+        0x00, 0x3F, 0x00, 0x00, 0x00, 0xFF, 0xD9};
+    fm_decoder *d = new_decoder(0, 0, 0); /* default max_pixels: 100,000,000 */
+    fm_image img;
+    fm_error e = {0};
+    CHECK(fm_decode(d, big, sizeof big, &img, &e) == FM_ERR_LIMIT);
+    CHECK_MSG(contains(e.msg, "30000x30000") && contains(e.msg, "900000000") &&
+                  contains(e.msg, "100000000"), "%s", e.msg);
+    fm_decoder_stats st;
+    fm_decoder_get_stats(d, &st);
+    CHECK_MSG(st.buffer_bytes == 0 && st.grows == 0, "allocated %zu bytes", st.buffer_bytes);
+    CHECK(st.failures == 1 && st.images == 0);
+    fm_decoder_destroy(&d);
+    fm_decoder_destroy(&d); /* NULL is fine */
+    fm_decoder_destroy(NULL);
+
+    /* Exactly at the pixel limit passes, one below fails. */
+    blob j = rgb_jpeg(64, 48, 0);
+    d = new_decoder(64 * 48, 0, 0);
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_OK);
+    fm_decoder_destroy(&d);
+    d = new_decoder(64 * 48 - 1, 0, 0);
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_ERR_LIMIT);
+    CHECK_MSG(contains(e.msg, "64x48") && contains(e.msg, "3071"), "%s", e.msg);
+    fm_decoder_destroy(&d);
+
+    /* max_bytes */
+    d = new_decoder(0, j.n, 0);
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_OK);
+    fm_decoder_destroy(&d);
+    d = new_decoder(0, j.n - 1, 0);
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_ERR_LIMIT);
+    CHECK_MSG(contains(e.msg, "max_bytes"), "%s", e.msg);
+    fm_decoder_destroy(&d);
+    blob_free(&j);
+
+    /* bad options */
+    fm_decode_opts o = {.target_side = -1};
+    CHECK(fm_decoder_new(&d, &o, &e) == FM_ERR_INVALID && d == NULL);
+    CHECK(fm_decoder_new(NULL, NULL, &e) == FM_ERR_INVALID);
+    CHECK(fm_decoder_new(&d, NULL, &e) == FM_OK && d != NULL);
+    fm_decoder_destroy(&d);
+}
+
+/* EXIF with lies in it: ignored (orientation 1), never read out of bounds. */
+static void test_bogus_exif(fm_decoder *d)
+{
+    blob j = rgb_jpeg(32, 24, 0);
+    fm_image img;
+    fm_error e = {0};
+    CHECK(fm_decode(d, j.p, j.n, &img, &e) == FM_OK);
+    uint8_t *plain = pack(&img);
+    for (int variant = 0; variant < 14; variant++) {
+        int be = variant & 1;
+        uint8_t pl[64];
+        size_t n = exif_payload(pl, 6, be);
+        uint8_t *t = pl + 6;
+        switch (variant / 2) {
+        case 0: put32(t + 4, 0xFFFFFFF0u, be); break; /* IFD0 far past the end */
+        case 1: put32(t + 4, (uint32_t)(n - 6 - 1), be); break; /* IFD0 at the last byte */
+        case 2: put16(t + 8, 0xFFFF, be); n = 6 + 10 + 12 + 6; break; /* count lies, cut */
+        case 3: put16(t + 10 + 12 + 8, 9, be); break; /* orientation 9 */
+        case 4: put16(t + 10 + 12 + 2, 2, be); break; /* orientation as ASCII */
+        case 5: t[0] = 'I'; t[1] = 'M'; break; /* no byte order */
+        case 6: n = 6 + 5; break; /* TIFF header cut short */
+        }
+        blob jb = insert_segment(&j, 0xE1, pl, n);
+        CHECK_MSG(fm_decode(d, jb.p, jb.n, &img, &e) == FM_OK, "variant %d: %s", variant,
+                  fm_error_text(&e));
+        CHECK_MSG(img.orientation == 1 && img.w == 32, "variant %d: orientation %d", variant,
+                  img.orientation);
+        CHECK(compare(&img, plain, 32, 24).max == 0);
+        blob_free(&jb);
+    }
+    /* an XMP APP1 before the EXIF one does not hide it */
+    static const char xmp[] = "http://ns.adobe.com/xap/1.0/\0<x:xmpmeta/>";
+    blob j6 = with_orientation(&j, 6, 0);
+    blob jx = insert_segment(&j6, 0xE1, (const uint8_t *)xmp, sizeof xmp);
+    CHECK(fm_decode(d, jx.p, jx.n, &img, &e) == FM_OK && img.orientation == 6);
+    blob_free(&jx);
+    blob_free(&j6);
+    free(plain);
+    blob_free(&j);
+}
+
+static void test_steady_state(fm_decoder *d)
+{
+    blob a = rgb_jpeg(64, 48, 0), b = rgb_jpeg(32, 24, TJFLAG_PROGRESSIVE);
+    blob c = with_orientation(&a, 8, 1);
+    fm_image img;
+    fm_error e = {0};
+    for (int pass = 0; pass < 3; pass++) {
+        fm_decoder_stats before, after;
+        fm_decoder_get_stats(d, &before);
+        CHECK(fm_decode(d, a.p, a.n, &img, &e) == FM_OK);
+        CHECK(fm_decode(d, b.p, b.n, &img, &e) == FM_OK);
+        CHECK(fm_decode(d, c.p, c.n, &img, &e) == FM_OK);
+        fm_decoder_get_stats(d, &after);
+        if (pass > 0)
+            CHECK_MSG(after.grows == before.grows, "pass %d grew buffers", pass);
+    }
+    blob_free(&a);
+    blob_free(&b);
+    blob_free(&c);
+}
+
+static void test_files(fm_decoder *d, const char *dir)
+{
+    char path[512];
+    fm_image img, img2;
+    fm_error e = {0};
+    const int w = 60, h = 40;
+    uint8_t *src = make_pattern(w, h);
+    fm_image s = {.w = w, .h = h, .stride = (size_t)w * 3, .data = src};
+
+    snprintf(path, sizeof path, "%s/pattern.jpg", dir);
+    CHECK_MSG(fm_image_write_jpeg(&s, path, 95, &e) == FM_OK, "%s", fm_error_text(&e));
+    CHECK_MSG(fm_decode_file(d, path, &img, &e) == FM_OK, "%s", fm_error_text(&e));
+    diff df = compare(&img, src, w, h);
+    CHECK_MSG(df.mean < 2.0, "write/read: mean %.2f max %d", df.mean, df.max);
+
+    /* the file reader gives what fm_decode gives */
+    uint8_t *viafile = pack(&img);
+    FILE *f = fopen(path, "rb");
+    uint8_t buf[65536];
+    size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+    if (f)
+        fclose(f);
+    CHECK(fm_decode(d, buf, n, &img2, &e) == FM_OK);
+    CHECK(compare(&img2, viafile, w, h).max == 0);
+    free(viafile);
+
+    fm_decoder *small = new_decoder(0, n - 1, 0);
+    CHECK(fm_decode_file(small, path, &img, &e) == FM_ERR_LIMIT);
+    CHECK_MSG(strncmp(e.msg, path, strlen(path)) == 0 && contains(e.msg, "max_bytes"), "%s",
+              e.msg);
+    fm_decoder_destroy(&small);
+
+    CHECK(fm_image_write_jpeg(&s, path, 0, &e) == FM_ERR_INVALID);
+    CHECK(fm_image_write_jpeg(&s, path, 101, &e) == FM_ERR_INVALID);
+    CHECK(fm_image_write_jpeg(NULL, path, 90, &e) == FM_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/no/such/dir/x.jpg", dir);
+    CHECK(fm_image_write_jpeg(&s, path, 90, &e) == FM_ERR_IO);
+    CHECK(fm_decode_file(d, path, &img, &e) == FM_ERR_IO);
+    CHECK_MSG(strncmp(e.msg, path, strlen(path)) == 0, "%s", e.msg);
+    CHECK(fm_decode_file(d, dir, &img, &e) == FM_ERR_IO);
+
+    /* a corrupt file: the path, then libjpeg's text */
+    snprintf(path, sizeof path, "%s/cut.jpg", dir);
+    f = fopen(path, "wb");
+    if (f) {
+        fwrite(buf, 1, n / 2, f);
+        fclose(f);
+    }
+    CHECK(fm_decode_file(d, path, &img, &e) == FM_ERR_DECODE);
+    CHECK_MSG(strncmp(e.msg, path, strlen(path)) == 0 && contains(e.msg, ": corrupt JPEG: "),
+              "%s", e.msg);
+    remove(path);
+    snprintf(path, sizeof path, "%s/pattern.jpg", dir);
+    remove(path);
+    free(src);
+}
+
+static int px_is(const fm_image *img, int x, int y, fm_rgb c)
+{
+    const uint8_t *p = img->data + (size_t)y * img->stride + (size_t)x * 3;
+    return p[0] == c.r && p[1] == c.g && p[2] == c.b;
+}
+
+static void test_draw(void)
+{
+    const int w = 20, h = 12;
+    const size_t stride = (size_t)w * 3 + 5; /* padding must stay untouched */
+    uint8_t *buf = malloc(stride * h);
+    fm_image img = {.w = w, .h = h, .stride = stride, .data = buf};
+    const fm_rgb red = {255, 0, 0}, black = {0, 0, 0}, blue = {0, 0, 255};
+    memset(buf, 0xAB, stride * h);
+    for (int y = 0; y < h; y++)
+        memset(buf + (size_t)y * stride, 0, (size_t)w * 3);
+
+    fm_image_draw_rect(&img, 8, 6, 2, 2, 1, red); /* corners in any order */
+    int ok = 1;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            int inside = x >= 2 && x <= 8 && y >= 2 && y <= 6;
+            int edge = inside && (x == 2 || x == 8 || y == 2 || y == 6);
+            if (!px_is(&img, x, y, edge ? red : black))
+                ok = 0;
+        }
+    CHECK_MSG(ok, "rectangle outline wrong");
+
+    fm_image_draw_rect(&img, 10, 1, 14, 4, 100, blue); /* thicker than the box: filled */
+    CHECK(px_is(&img, 12, 2, blue) && px_is(&img, 10, 1, blue) && px_is(&img, 14, 4, blue));
+    CHECK(px_is(&img, 15, 2, black) && px_is(&img, 12, 5, black));
+
+    fm_image_draw_rect(&img, -5, -5, 3, 3, 1, blue); /* clipped */
+    CHECK(px_is(&img, 3, 0, blue) && px_is(&img, 0, 3, blue) && px_is(&img, 3, 3, blue));
+    fm_image_draw_rect(&img, INT_MIN, INT_MIN, INT_MAX, INT_MAX, INT_MAX, red);
+    fm_image_draw_rect(&img, 100, 100, 200, 200, 3, red);
+    fm_image_draw_rect(&img, INT_MIN, 5, INT_MAX, 5, 1, red);
+    CHECK(px_is(&img, 0, 5, red) && px_is(&img, w - 1, 5, red));
+
+    memset(buf, 0xAB, stride * h);
+    for (int y = 0; y < h; y++)
+        memset(buf + (size_t)y * stride, 0, (size_t)w * 3);
+    fm_image_draw_point(&img, 10, 6, 2, red);
+    int count = 0, want = 0;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            count += px_is(&img, x, y, red);
+            int dx = x - 10, dy = y - 6;
+            if (dx * dx + dy * dy <= 2 * 2 + 2) {
+                want++;
+                CHECK(px_is(&img, x, y, red));
+            }
+        }
+    CHECK_MSG(count == want && want == 21, "disc: %d pixels, want %d", count, want);
+    fm_image_draw_point(&img, 0, 0, 0, blue);
+    CHECK(px_is(&img, 0, 0, blue) && px_is(&img, 1, 0, black));
+    fm_image_draw_point(&img, w - 1, h - 1, 3, blue);
+    fm_image_draw_point(&img, INT_MAX, INT_MIN, INT_MAX, blue);
+    fm_image_draw_point(&img, -3, -3, -1, blue);
+    fm_image_draw_point(NULL, 1, 1, 1, blue);
+    fm_image_draw_rect(NULL, 1, 1, 2, 2, 1, blue);
+
+    int pad_ok = 1;
+    for (int y = 0; y < h; y++)
+        for (size_t i = (size_t)w * 3; i < stride; i++)
+            if (buf[(size_t)y * stride + i] != 0xAB)
+                pad_ok = 0;
+    CHECK_MSG(pad_ok, "drawing wrote into row padding");
+    free(buf);
+}
+
+/* ---- seed corpus ---------------------------------------------------------------- */
+
+static void write_blob(const char *dir, const char *name, const blob *b)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.jpg", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(b->p, 1, b->n, f) != b->n)
+        fprintf(stderr, "cannot write %s\n", path);
+    if (f)
+        fclose(f);
+}
+
+static int write_corpus(const char *dir)
+{
+    mkdir(dir, 0777);
+    blob plain = rgb_jpeg(32, 24, 0);
+    write_blob(dir, "plain", &plain);
+    for (int be = 0; be <= 1; be++)
+        for (int o = 2; o <= 8; o++) {
+            char name[32];
+            snprintf(name, sizeof name, "orient%d_%s", o, be ? "mm" : "ii");
+            blob b = with_orientation(&plain, o, be);
+            write_blob(dir, name, &b);
+            blob_free(&b);
+        }
+    uint8_t *src = make_pattern(32, 24);
+    blob b = compress(src, 32, 24, TJPF_RGB, TJSAMP_GRAY, 90, 0);
+    write_blob(dir, "gray", &b);
+    blob_free(&b);
+    b = compress(src, 32, 24, TJPF_RGB, TJSAMP_420, 75, TJFLAG_PROGRESSIVE);
+    write_blob(dir, "progressive", &b);
+    blob_free(&b);
+    uint8_t cm[32 * 24 * 4];
+    for (size_t i = 0; i < sizeof cm; i++)
+        cm[i] = (uint8_t)(i * 7);
+    b = compress(cm, 32, 24, TJPF_CMYK, TJSAMP_420, 90, 0);
+    write_blob(dir, "ycck", &b);
+    blob_free(&b);
+    free(src);
+    src = make_pattern(160, 120);
+    b = compress(src, 160, 120, TJPF_RGB, TJSAMP_422, 60, 0);
+    write_blob(dir, "larger", &b);
+    blob_free(&b);
+    free(src);
+    blob_free(&plain);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--corpus") == 0)
+        return write_corpus(argv[2]);
+
+    fm_decoder *d = new_decoder(0, 0, 0);
+    test_plain(d);
+    test_orientations(d, 0, 0);                  /* baseline RGB */
+    test_orientations(d, TJFLAG_PROGRESSIVE, 0); /* progressive */
+    test_orientations(d, 0, 1);                  /* YCCK with Adobe marker */
+    test_gray(d);
+    test_cmyk_adobe(d);
+    test_scaling();
+    test_truncated(d);
+    test_trailing_junk(d);
+    test_not_jpeg(d);
+    test_limits();
+    test_bogus_exif(d);
+    test_steady_state(d);
+    test_draw();
+
+    const char *tmp = getenv("TMPDIR");
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/fm_image_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(dir)) {
+        test_files(d, dir);
+        rmdir(dir);
+    } else {
+        CHECK_MSG(0, "mkdtemp %s failed", dir);
+    }
+
+    fm_decoder_stats st;
+    fm_decoder_get_stats(d, &st);
+    fprintf(stderr, "decoder: %llu images, %llu failures, %llu grows, %zu bytes held\n",
+            (unsigned long long)st.images, (unsigned long long)st.failures,
+            (unsigned long long)st.grows, st.buffer_bytes);
+    fm_decoder_destroy(&d);
+    return fm_test_done("test_image");
+}

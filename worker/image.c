@@ -1,0 +1,742 @@
+/* image.c - JPEG bytes to RGB pixels for the detector, and the small write/draw
+ * helpers behind `facemill detect --draw`.
+ *
+ * It exists so the rest of the worker sees one clean contract (RGB, upright, scaled
+ * to what detection needs, bounded in size) whatever the archive holds: CMYK files
+ * from print workflows, grayscale scans, progressive web images, phone photos stored
+ * sideways with an EXIF orientation, truncated downloads and non-JPEG files.
+ *
+ * libjpeg's own error handler calls exit(), so only the TurboJPEG API is used (2.1:
+ * the tj* calls, not tj3*). Every input byte is untrusted: the EXIF and marker
+ * parsers check each length and offset against the buffer before reading.
+ */
+#include "facemill/image.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <turbojpeg.h>
+#include <unistd.h>
+
+struct fm_decoder {
+    tjhandle tj;
+    fm_decode_opts opts;
+    tjscalingfactor *factors; /* static table owned by TurboJPEG */
+    int nfactors;
+    uint8_t *out; /* the pixels handed out in fm_image */
+    size_t out_cap;
+    uint8_t *tmp; /* decode target when the pixels still need turning */
+    size_t tmp_cap;
+    uint8_t *in; /* file contents for fm_decode_file */
+    size_t in_cap;
+    fm_decoder_stats stats;
+};
+
+/* What the markers before the first scan say beyond what TurboJPEG reports. */
+typedef struct jpeg_meta {
+    int orientation; /* EXIF orientation 1..8; 1 when absent or unreadable */
+    int adobe;       /* an APP14 "Adobe" segment was present */
+} jpeg_meta;
+
+/* ---- buffers -------------------------------------------------------------------- */
+
+/* Makes *buf hold at least need bytes. keep says whether the current contents must
+ * survive (file reading) or may be dropped (pixel buffers, rewritten every decode). */
+static fm_status buf_reserve(fm_decoder *d, uint8_t **buf, size_t *cap, size_t need,
+                             int keep, fm_error *err)
+{
+    if (need <= *cap)
+        return FM_OK;
+    size_t newcap = need;
+    const size_t page = 4096;
+    if (newcap <= SIZE_MAX - page)
+        newcap = (newcap + page - 1) / page * page;
+    uint8_t *p;
+    if (keep) {
+        p = realloc(*buf, newcap);
+    } else {
+        free(*buf);
+        *buf = NULL;
+        *cap = 0;
+        p = malloc(newcap);
+    }
+    if (!p)
+        return fm_error_set(err, FM_ERR_NOMEM, "cannot allocate %zu bytes for image data",
+                            newcap);
+    *buf = p;
+    *cap = newcap;
+    d->stats.grows++;
+    return FM_OK;
+}
+
+/* ---- format sniffing ------------------------------------------------------------ */
+
+static int has_prefix(const uint8_t *b, size_t n, const void *magic, size_t m)
+{
+    return n >= m && memcmp(b, magic, m) == 0;
+}
+
+static int is_jpeg(const uint8_t *b, size_t n)
+{
+    return n >= 2 && b[0] == 0xFF && b[1] == 0xD8;
+}
+
+/* Names a non-JPEG image format from its magic bytes, or returns NULL. */
+static const char *sniff_other(const uint8_t *b, size_t n)
+{
+    if (has_prefix(b, n, "\x89PNG\r\n\x1a\n", 8))
+        return "PNG";
+    if (has_prefix(b, n, "GIF87a", 6) || has_prefix(b, n, "GIF89a", 6))
+        return "GIF";
+    if (n >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0)
+        return "WebP";
+    if (has_prefix(b, n, "II*\0", 4) || has_prefix(b, n, "MM\0*", 4))
+        return "TIFF";
+    /* BMP: "BM" alone is weak; the two reserved 16-bit fields are zero in practice. */
+    if (n >= 14 && b[0] == 'B' && b[1] == 'M' && b[6] == 0 && b[7] == 0 && b[8] == 0 &&
+        b[9] == 0)
+        return "BMP";
+    if (n >= 12 && memcmp(b + 4, "ftyp", 4) == 0) {
+        static const char *const heic[] = {"heic", "heix", "hevc", "hevx",
+                                           "heim", "heis", "mif1", "msf1"};
+        for (size_t i = 0; i < sizeof heic / sizeof heic[0]; i++)
+            if (memcmp(b + 8, heic[i], 4) == 0)
+                return "HEIC";
+        if (memcmp(b + 8, "avif", 4) == 0 || memcmp(b + 8, "avis", 4) == 0)
+            return "AVIF";
+    }
+    if (has_prefix(b, n, "\0\0\0\x0cjP  \r\n\x87\n", 12) ||
+        has_prefix(b, n, "\xff\x4f\xff\x51", 4))
+        return "JPEG 2000";
+    if (has_prefix(b, n, "\0\0\0\x0cJXL \r\n\x87\n", 12) || has_prefix(b, n, "\xff\x0a", 2))
+        return "JPEG XL";
+    if (has_prefix(b, n, "8BPS", 4))
+        return "PSD";
+    if (has_prefix(b, n, "%PDF-", 5))
+        return "PDF";
+    return NULL;
+}
+
+/* ---- EXIF and marker parsing ---------------------------------------------------- */
+
+static uint32_t rd16(const uint8_t *p, int big_endian)
+{
+    return big_endian ? ((uint32_t)p[0] << 8) | p[1] : ((uint32_t)p[1] << 8) | p[0];
+}
+
+static uint32_t rd32(const uint8_t *p, int big_endian)
+{
+    return big_endian ? ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+                            ((uint32_t)p[2] << 8) | p[3]
+                      : ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) |
+                            ((uint32_t)p[1] << 8) | p[0];
+}
+
+/* Orientation (tag 0x0112 in IFD0) from a TIFF structure of n bytes at t. Anything
+ * malformed gives 1, the "as stored" orientation. */
+static int exif_orientation(const uint8_t *t, size_t n)
+{
+    if (n < 8)
+        return 1;
+    int be;
+    if (t[0] == 'I' && t[1] == 'I')
+        be = 0;
+    else if (t[0] == 'M' && t[1] == 'M')
+        be = 1;
+    else
+        return 1;
+    if (rd16(t + 2, be) != 42)
+        return 1;
+    uint32_t ifd = rd32(t + 4, be);
+    if (ifd < 8 || ifd > n - 2)
+        return 1;
+    size_t count = rd16(t + ifd, be);
+    size_t room = (n - ifd - 2) / 12; /* entries that fit before the end */
+    if (count > room)
+        count = room;
+    for (size_t i = 0; i < count; i++) {
+        const uint8_t *e = t + ifd + 2 + 12 * i;
+        if (rd16(e, be) != 0x0112)
+            continue;
+        uint32_t type = rd16(e + 2, be);
+        uint32_t cnt = rd32(e + 4, be);
+        uint32_t v;
+        if (cnt < 1)
+            return 1;
+        if (type == 3) /* SHORT, the value sits in the first two bytes of the field */
+            v = rd16(e + 8, be);
+        else if (type == 4) /* LONG, written by a few broken tools */
+            v = rd32(e + 8, be);
+        else
+            return 1;
+        return v >= 1 && v <= 8 ? (int)v : 1;
+    }
+    return 1;
+}
+
+/* Walks the marker segments from SOI to the first SOS and collects the EXIF
+ * orientation (first "Exif" APP1 only) and the presence of an Adobe APP14. Stops
+ * quietly at anything it does not understand; libjpeg judges validity. */
+static void scan_markers(const uint8_t *b, size_t n, jpeg_meta *m)
+{
+    m->orientation = 1;
+    m->adobe = 0;
+    int seen_exif = 0;
+    size_t p = 2; /* after SOI */
+    while (p + 4 <= n) {
+        if (b[p] != 0xFF)
+            return;
+        uint8_t code = b[p + 1];
+        if (code == 0xFF) { /* fill byte */
+            p++;
+            continue;
+        }
+        if (code == 0x01 || code == 0xD8 || (code >= 0xD0 && code <= 0xD7)) {
+            p += 2; /* markers without a length */
+            continue;
+        }
+        if (code == 0xDA || code == 0xD9) /* SOS, EOI: the header is over */
+            return;
+        size_t seglen = rd16(b + p + 2, 1); /* counts its own two bytes */
+        if (seglen < 2 || seglen > n - p - 2)
+            return;
+        const uint8_t *pl = b + p + 4;
+        size_t pn = seglen - 2;
+        if (code == 0xE1 && !seen_exif && pn >= 6 && memcmp(pl, "Exif\0\0", 6) == 0) {
+            seen_exif = 1;
+            m->orientation = exif_orientation(pl + 6, pn - 6);
+        } else if (code == 0xEE && pn >= 12 && memcmp(pl, "Adobe", 5) == 0) {
+            m->adobe = 1; /* same test as libjpeg's saw_Adobe_marker */
+        }
+        p += 2 + seglen;
+    }
+}
+
+/* ---- pixel work ----------------------------------------------------------------- */
+
+/* round(v / 255) for v in 0..65025 */
+static uint8_t div255(uint32_t v)
+{
+    v += 128;
+    return (uint8_t)((v + (v >> 8)) >> 8);
+}
+
+/* Converts npix CMYK pixels to RGB in place (4 bytes in, 3 out: the write position
+ * never passes the read position). Adobe files store inverted CMYK (0 = full ink),
+ * others store ink amounts. */
+static void cmyk_to_rgb(uint8_t *p, size_t npix, int inverted)
+{
+    const uint8_t *s = p;
+    uint8_t *o = p;
+    for (size_t i = 0; i < npix; i++, s += 4, o += 3) {
+        uint32_t c = s[0], m = s[1], y = s[2], k = s[3];
+        if (!inverted) {
+            c = 255 - c;
+            m = 255 - m;
+            y = 255 - y;
+            k = 255 - k;
+        }
+        o[0] = div255(c * k);
+        o[1] = div255(m * k);
+        o[2] = div255(y * k);
+    }
+}
+
+/* Writes the upright view of the sw x sh RGB image src into dst (packed rows) for
+ * EXIF orientation o in 2..8; dst is sh x sw for o >= 5, sw x sh otherwise.
+ * Destination pixel (x, y) comes from src byte offset base + x * step_x + y * step_y. */
+static void apply_orientation(const uint8_t *src, int sw, int sh, uint8_t *dst, int o)
+{
+    const ptrdiff_t px = 3, row = (ptrdiff_t)sw * 3;
+    const ptrdiff_t last_col = (ptrdiff_t)(sw - 1) * px, last_row = (ptrdiff_t)(sh - 1) * row;
+    ptrdiff_t base = 0, step_x = px, step_y = row;
+    switch (o) {
+    case 2: base = last_col; step_x = -px; step_y = row; break;              /* mirror */
+    case 3: base = last_col + last_row; step_x = -px; step_y = -row; break;  /* 180 */
+    case 4: base = last_row; step_x = px; step_y = -row; break;              /* flip */
+    case 5: base = 0; step_x = row; step_y = px; break;                      /* transpose */
+    case 6: base = last_row; step_x = -row; step_y = px; break;              /* 90 cw */
+    case 7: base = last_col + last_row; step_x = -row; step_y = -px; break;  /* transverse */
+    case 8: base = last_col; step_x = row; step_y = -px; break;              /* 90 ccw */
+    default: break;
+    }
+    int dw = o >= 5 ? sh : sw, dh = o >= 5 ? sw : sh;
+    for (int y = 0; y < dh; y++) {
+        uint8_t *d = dst + (size_t)y * (size_t)dw * 3;
+        ptrdiff_t off = base + (ptrdiff_t)y * step_y;
+        for (int x = 0; x < dw; x++, d += 3, off += step_x) {
+            const uint8_t *s = src + off;
+            d[0] = s[0];
+            d[1] = s[1];
+            d[2] = s[2];
+        }
+    }
+}
+
+/* The strongest of 1/8, 1/4, 1/2 keeping the long side >= target, else 1/1. */
+static tjscalingfactor choose_scale(const fm_decoder *d, int w, int h)
+{
+    tjscalingfactor one = {1, 1};
+    int target = d->opts.target_side;
+    if (target <= 0)
+        return one;
+    int long_side = w > h ? w : h;
+    static const int denoms[] = {8, 4, 2};
+    for (size_t i = 0; i < sizeof denoms / sizeof denoms[0]; i++) {
+        tjscalingfactor sf = {1, denoms[i]};
+        int offered = 0;
+        for (int j = 0; j < d->nfactors; j++)
+            if (d->factors[j].num == sf.num && d->factors[j].denom == sf.denom)
+                offered = 1;
+        if (offered && TJSCALED(long_side, sf) >= target)
+            return sf;
+    }
+    return one;
+}
+
+/* libjpeg's message for the last failure on tj. */
+static const char *tj_text(tjhandle tj)
+{
+    const char *s = tjGetErrorStr2(tj);
+    return s && s[0] ? s : "unknown libjpeg error";
+}
+
+/* Replaces the TurboJPEG handle after a failure. TurboJPEG 2.1 does not reset the
+ * libjpeg state when jpeg_read_header fails part-way (a file cut inside a marker
+ * segment): the handle then fails every later image ("Bogus DQT index 15"). A new
+ * handle costs one small allocation, on error paths only. If it cannot be made,
+ * the next fm_decode tries again. */
+static void reset_handle(fm_decoder *d)
+{
+    if (d->tj)
+        tjDestroy(d->tj);
+    d->tj = tjInitDecompress();
+}
+
+/* Records a TurboJPEG failure as FM_ERR_DECODE with libjpeg's text, then resets. */
+static fm_status tj_fail(fm_decoder *d, const char *text, fm_error *err)
+{
+    fm_status st = fm_error_set(err, FM_ERR_DECODE, "corrupt JPEG: %s", text);
+    reset_handle(d);
+    return st;
+}
+
+/* Warnings that leave the pixels complete (see the policy in image.h). */
+static int warning_is_harmless(const char *text)
+{
+    return strstr(text, "extraneous bytes before marker 0xd9") != NULL;
+}
+
+/* ---- decoder -------------------------------------------------------------------- */
+
+fm_status fm_decoder_new(fm_decoder **out, const fm_decode_opts *opts, fm_error *err)
+{
+    fm_status st = FM_OK;
+    fm_decoder *d = NULL;
+    if (!out)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_decoder_new: out is NULL");
+    *out = NULL;
+    fm_decode_opts o = {0};
+    if (opts)
+        o = *opts;
+    if (o.target_side < 0)
+        return fm_error_set(err, FM_ERR_INVALID, "decoder: target_side %d is negative",
+                            o.target_side);
+    if (o.max_pixels == 0)
+        o.max_pixels = FM_DECODE_DEFAULT_MAX_PIXELS;
+    if (o.max_bytes == 0)
+        o.max_bytes = FM_DECODE_DEFAULT_MAX_BYTES;
+    if (o.max_bytes == SIZE_MAX)
+        o.max_bytes = SIZE_MAX - 1; /* fm_decode_file reads one byte past the limit */
+
+    d = calloc(1, sizeof *d);
+    if (!d) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "decoder: out of memory");
+        goto fail;
+    }
+    d->opts = o;
+    d->tj = tjInitDecompress();
+    if (!d->tj) {
+        st = fm_error_set(err, FM_ERR_INTERNAL, "decoder: TurboJPEG init failed: %s",
+                          tj_text(NULL));
+        goto fail;
+    }
+    d->factors = tjGetScalingFactors(&d->nfactors);
+    if (!d->factors || d->nfactors <= 0) {
+        st = fm_error_set(err, FM_ERR_INTERNAL, "decoder: TurboJPEG has no scaling factors");
+        goto fail;
+    }
+    *out = d;
+    return FM_OK;
+
+fail:
+    fm_decoder_destroy(&d);
+    return st;
+}
+
+void fm_decoder_destroy(fm_decoder **pd)
+{
+    if (!pd || !*pd)
+        return;
+    fm_decoder *d = *pd;
+    if (d->tj)
+        tjDestroy(d->tj);
+    free(d->out);
+    free(d->tmp);
+    free(d->in);
+    free(d);
+    *pd = NULL;
+}
+
+void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out)
+{
+    if (!out)
+        return;
+    memset(out, 0, sizeof *out);
+    if (!d)
+        return;
+    *out = d->stats;
+    out->buffer_bytes = d->out_cap + d->tmp_cap + d->in_cap;
+}
+
+/* The body of fm_decode once the arguments are known to be usable. */
+static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                        fm_error *err)
+{
+    if (len == 0)
+        return fm_error_set(err, FM_ERR_FORMAT, "empty input (0 bytes)");
+    if (len > d->opts.max_bytes)
+        return fm_error_set(err, FM_ERR_LIMIT,
+                            "input is %zu bytes, over the limit of %zu bytes (max_bytes)",
+                            len, d->opts.max_bytes);
+    if (!is_jpeg(buf, len)) {
+        const char *name = sniff_other(buf, len);
+        if (name)
+            return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: %s", name);
+        return fm_error_set(err, FM_ERR_FORMAT, "not a JPEG (unrecognised data)");
+    }
+#if SIZE_MAX > ULONG_MAX
+    if (len > ULONG_MAX)
+        return fm_error_set(err, FM_ERR_LIMIT, "input is %zu bytes, too large for libjpeg",
+                            len);
+#endif
+    unsigned long jlen = (unsigned long)len;
+
+    if (!d->tj) {
+        reset_handle(d);
+        if (!d->tj)
+            return fm_error_set(err, FM_ERR_NOMEM, "decoder: TurboJPEG init failed: %s",
+                                tj_text(NULL));
+    }
+
+    jpeg_meta meta;
+    scan_markers(buf, len, &meta);
+
+    /* Header. TurboJPEG 2.1 can fail after filling the size and colour space (an
+     * unusual subsampling it cannot name), and reports a tables-only or cut-off
+     * header as success with width 0: go on whenever the fields are usable and let
+     * the full decode give the verdict. */
+    int w = 0, h = 0, subsamp = -1, cs = -1;
+    int r = tjDecompressHeader3(d->tj, buf, jlen, &w, &h, &subsamp, &cs);
+    if (w <= 0 || h <= 0 || cs < TJCS_RGB || cs > TJCS_YCCK) {
+        const char *why = r != 0 || tjGetErrorCode(d->tj) == TJERR_WARNING
+                              ? tj_text(d->tj)
+                              : "no image in the data (header only or cut short)";
+        return tj_fail(d, why, err);
+    }
+
+    /* The pixel limit, from the header, before anything is allocated. */
+    uint64_t pixels = (uint64_t)w * (uint64_t)h;
+    if (pixels > d->opts.max_pixels)
+        return fm_error_set(err, FM_ERR_LIMIT,
+                            "image is %dx%d = %llu pixels, over the limit of %llu pixels "
+                            "(max_pixels)",
+                            w, h, (unsigned long long)pixels,
+                            (unsigned long long)d->opts.max_pixels);
+
+    tjscalingfactor sf = choose_scale(d, w, h);
+    int sw = TJSCALED(w, sf), sh = TJSCALED(h, sf);
+    int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+    int bpp = cmyk ? 4 : 3;
+    int orient = meta.orientation;
+    uint64_t npix64 = (uint64_t)sw * (uint64_t)sh; /* w, h <= 65535 */
+    if (npix64 > SIZE_MAX / 4)
+        return fm_error_set(err, FM_ERR_LIMIT, "image is %dx%d, too large for this system",
+                            sw, sh);
+    size_t npix = (size_t)npix64;
+
+    /* Decode straight into the output buffer when nothing has to move afterwards
+     * (CMYK is narrowed in place); otherwise into tmp and turn it into out. */
+    uint8_t *target;
+    fm_status st;
+    if (orient == 1) {
+        st = buf_reserve(d, &d->out, &d->out_cap, npix * (size_t)bpp, 0, err);
+        if (st)
+            return st;
+        target = d->out;
+    } else {
+        st = buf_reserve(d, &d->tmp, &d->tmp_cap, npix * (size_t)bpp, 0, err);
+        if (st)
+            return st;
+        st = buf_reserve(d, &d->out, &d->out_cap, npix * 3, 0, err);
+        if (st)
+            return st;
+        target = d->tmp;
+    }
+
+    r = tjDecompress2(d->tj, buf, jlen, target, sw, sw * bpp, sh,
+                      cmyk ? TJPF_CMYK : TJPF_RGB, TJFLAG_LIMITSCANS);
+    if (r != 0) {
+        const char *text = tj_text(d->tj);
+        if (tjGetErrorCode(d->tj) != TJERR_WARNING || !warning_is_harmless(text))
+            return tj_fail(d, text, err);
+    }
+    if (cmyk)
+        cmyk_to_rgb(target, npix, meta.adobe);
+    if (orient != 1)
+        apply_orientation(d->tmp, sw, sh, d->out, orient);
+
+    int swap = orient >= 5;
+    out->w = swap ? sh : sw;
+    out->h = swap ? sw : sh;
+    out->stride = (size_t)out->w * 3;
+    out->data = d->out;
+    out->orig_w = swap ? h : w;
+    out->orig_h = swap ? w : h;
+    out->scale_num = sf.num;
+    out->scale_denom = sf.denom;
+    out->orientation = orient;
+    return FM_OK;
+}
+
+fm_status fm_decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                    fm_error *err)
+{
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!d || !out || (!buf && len > 0))
+        return fm_error_set(err, FM_ERR_INVALID, "fm_decode: NULL decoder, image or data");
+    fm_status st = decode(d, buf, len, out, err);
+    if (st == FM_OK) {
+        d->stats.images++;
+    } else {
+        d->stats.failures++;
+        memset(out, 0, sizeof *out);
+    }
+    return st;
+}
+
+fm_status fm_decode_file(fm_decoder *d, const char *path, fm_image *out, fm_error *err)
+{
+    fm_status st = FM_OK;
+    int fd = -1;
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!d || !path || !out)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_decode_file: NULL argument");
+    const size_t limit = d->opts.max_bytes; /* < SIZE_MAX, see fm_decoder_new */
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: is a directory", path);
+        goto fail;
+    }
+    if (S_ISREG(sb.st_mode)) {
+        if ((uint64_t)sb.st_size > (uint64_t)limit) {
+            st = fm_error_set(err, FM_ERR_LIMIT,
+                              "%s: file is %lld bytes, over the limit of %zu bytes "
+                              "(max_bytes)",
+                              path, (long long)sb.st_size, limit);
+            goto fail;
+        }
+        /* One spare byte sees the end of file (or a file that grew) in one read. */
+        st = buf_reserve(d, &d->in, &d->in_cap, (size_t)sb.st_size + 1, 0, err);
+        if (st)
+            goto fail;
+    }
+
+    size_t len = 0;
+    for (;;) {
+        if (len == d->in_cap) {
+            if (len > limit)
+                break;
+            size_t want = d->in_cap ? d->in_cap * 2 : 65536;
+            if (want < d->in_cap || want > limit + 1)
+                want = limit + 1;
+            st = buf_reserve(d, &d->in, &d->in_cap, want, 1, err);
+            if (st)
+                goto fail;
+        }
+        ssize_t n = read(fd, d->in + len, d->in_cap - len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            st = fm_error_set(err, FM_ERR_IO, "%s: read: %s", path, strerror(errno));
+            goto fail;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > limit)
+            break;
+    }
+    if (len > limit) {
+        st = fm_error_set(err, FM_ERR_LIMIT,
+                          "%s: more than %zu bytes, over the limit (max_bytes)", path, limit);
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+
+    st = fm_decode(d, d->in, len, out, err);
+    if (st)
+        fm_error_prefix(err, "%s", path);
+    return st;
+
+fail:
+    if (fd >= 0)
+        close(fd);
+    d->stats.failures++;
+    return st;
+}
+
+/* ---- output --------------------------------------------------------------------- */
+
+static int image_ok(const fm_image *img)
+{
+    return img && img->data && img->w > 0 && img->h > 0 &&
+           img->stride >= (size_t)img->w * 3;
+}
+
+fm_status fm_image_write_jpeg(const fm_image *img, const char *path, int quality,
+                              fm_error *err)
+{
+    fm_status st = FM_OK;
+    tjhandle tj = NULL;
+    unsigned char *jpg = NULL;
+    unsigned long jlen = 0;
+    FILE *f = NULL;
+
+    if (!image_ok(img) || !path)
+        return fm_error_set(err, FM_ERR_INVALID, "write JPEG: no image or path");
+    if (quality < 1 || quality > 100)
+        return fm_error_set(err, FM_ERR_INVALID, "write JPEG: quality %d not in 1..100",
+                            quality);
+    if (img->stride > INT_MAX || img->w > 65535 || img->h > 65535)
+        return fm_error_set(err, FM_ERR_INVALID, "write JPEG: image %dx%d too large",
+                            img->w, img->h);
+
+    tj = tjInitCompress();
+    if (!tj) {
+        st = fm_error_set(err, FM_ERR_INTERNAL, "write JPEG: TurboJPEG init failed: %s",
+                          tj_text(NULL));
+        goto fail;
+    }
+    int subsamp = quality >= 90 ? TJSAMP_444 : TJSAMP_420;
+    if (tjCompress2(tj, img->data, img->w, (int)img->stride, img->h, TJPF_RGB, &jpg, &jlen,
+                    subsamp, quality, TJFLAG_ACCURATEDCT) != 0) {
+        st = fm_error_set(err, FM_ERR_INTERNAL, "write JPEG %s: %s", path, tj_text(tj));
+        goto fail;
+    }
+    f = fopen(path, "wb");
+    if (!f) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (fwrite(jpg, 1, jlen, f) != jlen) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: write: %s", path, strerror(errno));
+        goto fail;
+    }
+    int rc = fclose(f);
+    f = NULL;
+    if (rc != 0) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: close: %s", path, strerror(errno));
+        goto fail;
+    }
+    tjFree(jpg);
+    tjDestroy(tj);
+    return FM_OK;
+
+fail:
+    if (f) {
+        fclose(f);
+        remove(path); /* no half-written file left behind */
+    }
+    tjFree(jpg);
+    if (tj)
+        tjDestroy(tj);
+    return st;
+}
+
+/* Fills the inclusive rectangle [x0,x1] x [y0,y1] after clipping it to the image. */
+static void fill_clipped(fm_image *img, long long x0, long long y0, long long x1,
+                         long long y1, fm_rgb c)
+{
+    if (x0 < 0)
+        x0 = 0;
+    if (y0 < 0)
+        y0 = 0;
+    if (x1 > img->w - 1)
+        x1 = img->w - 1;
+    if (y1 > img->h - 1)
+        y1 = img->h - 1;
+    if (x0 > x1 || y0 > y1)
+        return;
+    for (long long y = y0; y <= y1; y++) {
+        uint8_t *p = img->data + (size_t)y * img->stride + (size_t)x0 * 3;
+        for (long long x = x0; x <= x1; x++, p += 3) {
+            p[0] = c.r;
+            p[1] = c.g;
+            p[2] = c.b;
+        }
+    }
+}
+
+void fm_image_draw_rect(fm_image *img, int x0, int y0, int x1, int y1, int thickness,
+                        fm_rgb color)
+{
+    if (!image_ok(img))
+        return;
+    long long ax0 = x0 < x1 ? x0 : x1, ax1 = x0 < x1 ? x1 : x0;
+    long long ay0 = y0 < y1 ? y0 : y1, ay1 = y0 < y1 ? y1 : y0;
+    long long t = thickness < 1 ? 1 : thickness;
+    /* bands never leave the rectangle: a thickness past half its size fills it */
+    long long ty = t < ay1 - ay0 + 1 ? t : ay1 - ay0 + 1;
+    long long tx = t < ax1 - ax0 + 1 ? t : ax1 - ax0 + 1;
+    fill_clipped(img, ax0, ay0, ax1, ay0 + ty - 1, color); /* top */
+    fill_clipped(img, ax0, ay1 - ty + 1, ax1, ay1, color); /* bottom */
+    fill_clipped(img, ax0, ay0, ax0 + tx - 1, ay1, color); /* left */
+    fill_clipped(img, ax1 - tx + 1, ay0, ax1, ay1, color); /* right */
+}
+
+void fm_image_draw_point(fm_image *img, int x, int y, int radius, fm_rgb color)
+{
+    if (!image_ok(img))
+        return;
+    long long r = radius < 0 ? 0 : radius > 4096 ? 4096 : radius;
+    long long rr = r * r + r; /* a little past r*r gives rounder small discs */
+    for (long long dy = -r; dy <= r; dy++) {
+        long long py = (long long)y + dy;
+        if (py < 0 || py >= img->h)
+            continue;
+        /* widest dx with dx*dx + dy*dy <= rr */
+        long long span = r;
+        while (span > 0 && span * span + dy * dy > rr)
+            span--;
+        fill_clipped(img, (long long)x - span, py, (long long)x + span, py, color);
+    }
+}
