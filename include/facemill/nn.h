@@ -1,0 +1,290 @@
+/* nn.h - the inference engine: NCHW float tensors, one scratch arena per worker, and
+ * the operations facemill's networks are built from (convolution, pooling, dense,
+ * activations, softmax, residual add, concat, normalisation).
+ *
+ * Model builders (small C functions, one per architecture) compose these operations
+ * the way llama.cpp composes ggml operations; the engine itself knows nothing about
+ * models or files.
+ *
+ * Conventions shared by every operation:
+ *  - Tensors are dense NCHW float32 (n images, c channels, h rows, w columns, w
+ *    fastest). Vectors and matrices are [n, c, 1, 1]. An fm_tensor never owns its data:
+ *    data lives in an arena, a mapped model file or the caller's memory.
+ *  - The first argument of every operation is the worker's arena. Operations that need
+ *    scratch (convolution's im2col) take it from the arena and give it back before they
+ *    return (mark/reset), so scratch never accumulates. When the arena is measuring, an
+ *    operation validates every shape, counts its scratch and touches no data (data
+ *    pointers may be NULL): a builder runs its graph once on a measuring arena to learn
+ *    the exact size for a batch shape, then allocates one arena of that size. A NULL
+ *    arena is allowed and means "compute, no scratch available": operations that need
+ *    scratch then fail with FM_ERR_ARENA.
+ *  - Outputs are tensors the caller has allocated with the shape the operation
+ *    documents (the *_shape helpers compute it). Every shape is checked; a mismatch
+ *    returns FM_ERR_INVALID with a message naming the operation, the operand and the
+ *    shapes.
+ *  - Inputs are never written, so an input tensor may wrap read-only memory (mapped
+ *    weights) through a cast. Operations marked "in place allowed" accept an output
+ *    whose data is exactly an input's data; any other overlap between an output and an
+ *    input is rejected with FM_ERR_INVALID.
+ *  - Nothing here allocates from the heap on the compute path, prints or exits. The
+ *    operations are reentrant: threads may run them concurrently, each with its own
+ *    arena and tensors. A tensor holds at most INT_MAX elements.
+ */
+#ifndef FACEMILL_NN_H
+#define FACEMILL_NN_H
+
+#include "facemill/status.h"
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- tensors ------------------------------------------------------------------- */
+
+typedef struct fm_tensor {
+    int n, c, h, w; /* every dimension >= 1 for a valid tensor */
+    float *data;    /* n*c*h*w floats, NCHW; not owned; NULL on a measuring arena */
+} fm_tensor;
+
+/* A tensor view over data (not copied, not owned). */
+static inline fm_tensor fm_tensor_make(int n, int c, int h, int w, float *data)
+{
+    fm_tensor t = {n, c, h, w, data};
+    return t;
+}
+
+/* Number of elements n*c*h*w (0 when any dimension is < 1). */
+static inline size_t fm_tensor_count(const fm_tensor *t)
+{
+    if (t->n < 1 || t->c < 1 || t->h < 1 || t->w < 1)
+        return 0;
+    return (size_t)t->n * (size_t)t->c * (size_t)t->h * (size_t)t->w;
+}
+
+/* ---- arena --------------------------------------------------------------------- */
+
+/* Alignment of every arena allocation (a cache line; enough for AVX-512 loads). */
+#define FM_ARENA_ALIGN 64
+
+/* A bump allocator over one buffer, sized once when a model loads. Allocations are
+ * FM_ARENA_ALIGN-aligned and never freed one by one: fm_arena_mark() remembers the
+ * fill level and fm_arena_reset() returns to it. A measuring arena has no buffer: it
+ * only counts, with the same alignment rules, so its high-water mark is exactly the
+ * size a real arena needs for the same sequence of allocations. Not thread-safe: one
+ * arena per thread. */
+typedef struct fm_arena fm_arena;
+
+/* Creates an arena of exactly size bytes (size 0 is allowed: every non-empty
+ * allocation then fails). On success *out owns a new arena (caller destroys it with
+ * fm_arena_destroy). FM_ERR_INVALID when out is NULL, FM_ERR_NOMEM when the buffer
+ * cannot be allocated; *out is then NULL. */
+fm_status fm_arena_new(size_t size, fm_arena **out, fm_error *err);
+
+/* Creates a measuring arena: allocations succeed without memory (they return NULL
+ * pointers) and are only counted. *out is owned by the caller (fm_arena_destroy). */
+fm_status fm_arena_new_measuring(fm_arena **out, fm_error *err);
+
+/* Frees the arena and its buffer and sets *a to NULL. Accepts NULL and *a == NULL.
+ * Every pointer and tensor handed out by the arena becomes invalid. */
+void fm_arena_destroy(fm_arena **a);
+
+/* 1 when a measures (see fm_arena_new_measuring), 0 otherwise (and for NULL). */
+int fm_arena_is_measuring(const fm_arena *a);
+
+/* Takes bytes from the arena at the next FM_ARENA_ALIGN boundary. On success *out is
+ * the memory (uninitialised, valid until the arena is reset below this allocation or
+ * destroyed; NULL on a measuring arena). When the allocation would end past the
+ * arena's size, returns FM_ERR_ARENA with a message giving the request, the fill level
+ * and the size; the arena and *out are left unchanged. FM_ERR_INVALID when a or out is
+ * NULL. */
+fm_status fm_arena_alloc(fm_arena *a, size_t bytes, void **out, fm_error *err);
+
+/* Allocates t->data for an [n, c, h, w] tensor and sets t's shape. FM_ERR_INVALID for
+ * a dimension < 1 or more than INT_MAX elements; FM_ERR_ARENA as fm_arena_alloc. The
+ * tensor is uninitialised and owned by the arena. */
+fm_status fm_tensor_alloc(fm_arena *a, int n, int c, int h, int w, fm_tensor *t,
+                          fm_error *err);
+
+/* The current fill level, to pass to fm_arena_reset later. */
+size_t fm_arena_mark(const fm_arena *a);
+
+/* Returns the fill level to mark (a value fm_arena_mark gave, not above the current
+ * level; a larger one is a bug, asserted): everything allocated after the mark is
+ * released at once. reset(a, 0) empties the arena. The high-water mark is kept. */
+void fm_arena_reset(fm_arena *a, size_t mark);
+
+/* Bytes in use now (including alignment padding). */
+size_t fm_arena_used(const fm_arena *a);
+
+/* The largest fill level the arena has reached since it was created: on a measuring
+ * arena, the exact size a real arena needs for what was run on it. */
+size_t fm_arena_high_water(const fm_arena *a);
+
+/* The arena's size in bytes (0 for a measuring arena). */
+size_t fm_arena_size(const fm_arena *a);
+
+/* ---- threads ------------------------------------------------------------------- */
+
+/* Sets the number of OpenBLAS threads for the whole process (openblas_set_num_threads).
+ * Until it is called the engine uses 1 thread, whatever OpenBLAS's own default is:
+ * facemill runs one worker process per core, so processes x threads must stay <= cores.
+ * Call at start-up, before threads run operations. FM_ERR_INVALID unless 1 <= n <= 1024. */
+fm_status fm_nn_set_threads(int n, fm_error *err);
+
+/* The number of threads OpenBLAS uses now (applying the default of 1 first when
+ * fm_nn_set_threads has not been called). */
+int fm_nn_threads(void);
+
+/* ---- convolution --------------------------------------------------------------- */
+
+/* Convolution geometry. The kernel size comes from the weight tensor. Dilation is 1. */
+typedef struct fm_conv2d_params {
+    int stride_h, stride_w;         /* >= 1 */
+    int pad_top, pad_left;          /* >= 0, zeros */
+    int pad_bottom, pad_right;      /* >= 0, zeros (TF "SAME" pads bottom/right more) */
+    int groups;                     /* >= 1; divides in and out channels */
+} fm_conv2d_params;
+
+/* Symmetric geometry: the same stride and padding on every side, one group. */
+static inline fm_conv2d_params fm_conv2d_sym(int stride, int pad)
+{
+    fm_conv2d_params p = {stride, stride, pad, pad, pad, pad, 1};
+    return p;
+}
+
+/* Sets y's shape (n, c, h, w; y->data untouched) to the output of convolving x with w
+ * under p: [x.n, w.n, (x.h + top + bottom - w.h) / stride_h + 1, same for width].
+ * FM_ERR_INVALID with a message when the shapes or parameters do not fit. Data
+ * pointers are not looked at. */
+fm_status fm_nn_conv2d_shape(const fm_tensor *x, const fm_tensor *w,
+                             const fm_conv2d_params *p, fm_tensor *y, fm_error *err);
+
+/* y = conv(x, w) + bias, cross-correlation as in Caffe, PyTorch and TF.
+ *   x     [N, C, H, W] input.
+ *   w     [CO, C / groups, KH, KW] weights (PyTorch OIHW order; any KH, KW).
+ *   bias  NULL, or CO floats (any shape with CO elements), added to each out channel.
+ *   y     [N, CO, OH, OW] as fm_nn_conv2d_shape; must not overlap x, w or bias.
+ * groups == 1: im2col + cblas_sgemm; 1x1 stride-1 unpadded convolutions multiply the
+ * input directly. Small outputs (few pixels per image) gather several images into one
+ * multiply so the matrices stay large. groups > 1 with one input channel per group
+ * (depthwise, with or without a channel multiplier) runs a direct loop; other grouped
+ * convolutions multiply per group. Scratch: an im2col buffer of about 1 MiB (at least
+ * 256 columns of C/groups*KH*KW floats) plus, for small outputs, the gathered result;
+ * none for 1x1 direct and depthwise. The exact amount is what measuring reports. */
+fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                       const fm_tensor *bias, const fm_conv2d_params *p, fm_tensor *y,
+                       fm_error *err);
+
+/* ---- pooling ------------------------------------------------------------------- */
+
+typedef struct fm_pool2d_params {
+    int kernel_h, kernel_w;         /* >= 1 */
+    int stride_h, stride_w;         /* >= 1 */
+    int pad_top, pad_left;          /* 0 <= pad < kernel on that axis */
+    int pad_bottom, pad_right;      /* 0 <= pad < kernel on that axis */
+    int ceil_mode;                  /* 0: floor output size (PyTorch, TF); 1: ceil (Caffe) */
+    int count_include_pad;          /* avg pool only: 1 divides by the window size
+                                       including padding (PyTorch default, Caffe);
+                                       0 by the number of input pixels (TF) */
+} fm_pool2d_params;
+
+/* Symmetric geometry: square kernel k, stride s, padding pad on every side. */
+static inline fm_pool2d_params fm_pool2d_sym(int k, int s, int pad, int ceil_mode,
+                                             int count_include_pad)
+{
+    fm_pool2d_params p = {k, k, s, s, pad, pad, pad, pad, ceil_mode, count_include_pad};
+    return p;
+}
+
+/* Sets y's shape to the pooling output of x: [x.n, x.c, OH, OW] with, per axis,
+ *   floor mode: OH = (H + top + bottom - k) / s + 1
+ *   ceil mode:  OH = ceil((H + top + bottom - k) / s) + 1, minus one when the last
+ *               window would start at or past H + top (PyTorch's rule; equal to
+ *               Caffe's whenever k >= s, as in every model facemill runs).
+ * FM_ERR_INVALID when the parameters or shapes do not fit. */
+fm_status fm_nn_pool2d_shape(const fm_tensor *x, const fm_pool2d_params *p, fm_tensor *y,
+                             fm_error *err);
+
+/* Max pooling: each output is the maximum of the input pixels in its window (padding
+ * and the ceil-mode overhang are ignored, i.e. padded with -infinity). y as
+ * fm_nn_pool2d_shape; must not overlap x. No scratch. */
+fm_status fm_nn_maxpool2d(fm_arena *a, const fm_tensor *x, const fm_pool2d_params *p,
+                          fm_tensor *y, fm_error *err);
+
+/* Average pooling: sum of the input pixels in the window divided by, with
+ * count_include_pad, the window clipped to the padded input (Caffe and PyTorch: the
+ * ceil-mode overhang is never counted), otherwise the number of input pixels in it.
+ * y as fm_nn_pool2d_shape; must not overlap x. No scratch. */
+fm_status fm_nn_avgpool2d(fm_arena *a, const fm_tensor *x, const fm_pool2d_params *p,
+                          fm_tensor *y, fm_error *err);
+
+/* Global average pooling: y [N, C, 1, 1] = mean of each channel plane of x.
+ * y must not overlap x. */
+fm_status fm_nn_global_avgpool(fm_arena *a, const fm_tensor *x, fm_tensor *y,
+                               fm_error *err);
+
+/* ---- dense --------------------------------------------------------------------- */
+
+/* Fully connected layer, y = x W^T + b, one cblas_sgemm for the whole batch.
+ *   x     [N, C, H, W], read as N rows of IN = C*H*W values (NCHW flatten).
+ *   w     OUT rows of IN: shape [OUT, ...] with w.c*w.h*w.w == IN (W stored [out, in]).
+ *   bias  NULL, or OUT floats (any shape with OUT elements).
+ *   y     [N, OUT, 1, 1]; must not overlap x, w or bias. No scratch. */
+fm_status fm_nn_dense(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                      const fm_tensor *bias, fm_tensor *y, fm_error *err);
+
+/* ---- per-channel and element-wise ---------------------------------------------- */
+
+/* y = x * scale[c] + shift[c] per channel (batch norm folded into an affine, dlib's
+ * affine layer). scale and shift: NULL (1 and 0) or C floats (any shape). y has x's
+ * shape. In place allowed. */
+fm_status fm_nn_scale_shift(fm_arena *a, const fm_tensor *x, const fm_tensor *scale,
+                            const fm_tensor *shift, fm_tensor *y, fm_error *err);
+
+/* PReLU: y = x for x > 0, slope[c] * x otherwise. slope has C elements (one per
+ * channel) or 1 (shared). y has x's shape. In place allowed. */
+fm_status fm_nn_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *slope,
+                      fm_tensor *y, fm_error *err);
+
+/* ReLU: y = max(x, 0). y has x's shape. In place allowed. */
+fm_status fm_nn_relu(fm_arena *a, const fm_tensor *x, fm_tensor *y, fm_error *err);
+
+/* LeakyReLU: y = x for x > 0, alpha * x otherwise (alpha finite). y has x's shape.
+ * In place allowed. */
+fm_status fm_nn_leaky_relu(fm_arena *a, const fm_tensor *x, float alpha, fm_tensor *y,
+                           fm_error *err);
+
+/* Softmax over the channels at every (image, row, column): y[n,:,h,w] sums to 1.
+ * Numerically stable (the maximum is subtracted first). y has x's shape. In place
+ * allowed. */
+fm_status fm_nn_softmax(fm_arena *a, const fm_tensor *x, fm_tensor *y, fm_error *err);
+
+/* Residual add: y = x + s * r, element-wise; x, r and y have the same shape. y may be
+ * x or r (in place allowed). */
+fm_status fm_nn_add(fm_arena *a, const fm_tensor *x, const fm_tensor *r, float s,
+                    fm_tensor *y, fm_error *err);
+
+/* Concatenation along channels: y[:, offset_i : offset_i + x_i.c] = x_i, in order.
+ * Every x_i has y's n, h and w; their channels sum to y.c. count >= 1. y must not
+ * overlap any input. */
+fm_status fm_nn_concat(fm_arena *a, const fm_tensor *const *xs, int count, fm_tensor *y,
+                       fm_error *err);
+
+/* Channel zero-padding (dlib's ResNet down-sampling shortcut): y[:, :C] = x and the
+ * remaining y.c - C channels are 0. y has x's n, h, w and y.c >= x.c; must not overlap
+ * x. */
+fm_status fm_nn_channel_pad(fm_arena *a, const fm_tensor *x, fm_tensor *y, fm_error *err);
+
+/* L2 normalisation of each image: y[n] = x[n] / sqrt(max(sum(x[n]^2), eps)) over all
+ * C*H*W values of image n. eps >= 0 guards a zero vector (TF's l2_normalize uses
+ * 1e-10 on the sum of squares; PyTorch's F.normalize(eps=e) equals eps = e*e).
+ * y has x's shape. In place allowed. */
+fm_status fm_nn_l2_normalize(fm_arena *a, const fm_tensor *x, float eps, fm_tensor *y,
+                             fm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,221 @@
+/* bench_ops.c - facemill-bench-ops: how close the engine's convolutions come to the
+ * machine's sgemm speed, measured in one run so the numbers compare.
+ *
+ * Prints cblas_sgemm GFLOPS for 1024^3 and for shapes like the convolutions', then,
+ * for convolution layers of the shapes facemill runs (MTCNN P-Net on a 640x480 pyramid
+ * level, R-Net/O-Net on batches of crops, dlib's ResNet at 150x150, FaceNet blocks, a
+ * depthwise layer), milliseconds per call, GFLOPS and the ratio to the 1024^3 sgemm.
+ * One OpenBLAS thread unless --threads N says otherwise; the count is set explicitly.
+ * Each figure is the fastest of repeated calls over about a quarter of a second. */
+#include "facemill/nn.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MIN_SECONDS 0.25
+#define MIN_REPS 3
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static float *random_floats(size_t count)
+{
+    float *p = malloc(count * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "facemill-bench-ops: out of memory (%zu floats)\n", count);
+        return NULL;
+    }
+    unsigned s = 12345u;
+    for (size_t i = 0; i < count; i++) {
+        s = s * 1103515245u + 12345u;
+        p[i] = (float)((s >> 9) & 0xffff) / 32768.0f - 1.0f;
+    }
+    return p;
+}
+
+/* Fastest seconds per call of one sgemm of the given shape (row-major, no transpose). */
+static double time_sgemm(int m, int n, int k, float *a, float *b, float *c)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c,
+                n);
+    double best = 1e30, start = now();
+    for (int rep = 0; rep < MIN_REPS || now() - start < MIN_SECONDS; rep++) {
+        double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f,
+                    c, n);
+        double t = now() - t0;
+        best = t < best ? t : best;
+    }
+    return best;
+}
+
+typedef struct layer {
+    const char *name;
+    int n, c, h, w;   /* input */
+    int co, k, stride, pad, groups;
+} layer;
+
+static const layer layers[] = {
+    {"P-Net conv1 3->10 (640x480 level)", 1, 3, 480, 640, 10, 3, 1, 0, 1},
+    {"P-Net conv2 10->16", 1, 10, 239, 319, 16, 3, 1, 0, 1},
+    {"P-Net conv3 16->32", 1, 16, 237, 317, 32, 3, 1, 0, 1},
+    {"P-Net conv4 1x1 32->6", 1, 32, 235, 315, 6, 1, 1, 0, 1},
+    {"R-Net conv1 3->28 (64 x 24x24)", 64, 3, 24, 24, 28, 3, 1, 0, 1},
+    {"R-Net conv2 28->48", 64, 28, 11, 11, 48, 3, 1, 0, 1},
+    {"R-Net conv3 2x2 48->64", 64, 48, 4, 4, 64, 2, 1, 0, 1},
+    {"O-Net conv1 3->32 (16 x 48x48)", 16, 3, 48, 48, 32, 3, 1, 0, 1},
+    {"O-Net conv2 32->64", 16, 32, 23, 23, 64, 3, 1, 0, 1},
+    {"O-Net conv3 64->64", 16, 64, 10, 10, 64, 3, 1, 0, 1},
+    {"O-Net conv4 2x2 64->128", 16, 64, 4, 4, 128, 2, 1, 0, 1},
+    {"dlib stem 7x7/2 3->32 (8 x 150x150)", 8, 3, 150, 150, 32, 7, 2, 3, 1},
+    {"dlib 3x3 32->32 @37", 8, 32, 37, 37, 32, 3, 1, 1, 1},
+    {"dlib 3x3/2 32->64 @37 (down)", 8, 32, 37, 37, 64, 3, 2, 0, 1},
+    {"dlib 3x3 64->64 @18", 8, 64, 18, 18, 64, 3, 1, 1, 1},
+    {"dlib 3x3 128->128 @9", 8, 128, 9, 9, 128, 3, 1, 1, 1},
+    {"dlib 3x3 256->256 @5", 8, 256, 5, 5, 256, 3, 1, 1, 1},
+    {"FaceNet 1x1 256->32 @17 (8 faces)", 8, 256, 17, 17, 32, 1, 1, 0, 1},
+    {"FaceNet 3x3 32->32 @17", 8, 32, 17, 17, 32, 3, 1, 1, 1},
+    {"FaceNet 1x1 896->128 @8", 8, 896, 8, 8, 128, 1, 1, 0, 1},
+    {"FaceNet 1x1 1792->192 @3", 8, 1792, 3, 3, 192, 1, 1, 0, 1},
+    {"depthwise 3x3 32ch @112 (4 images)", 4, 32, 112, 112, 32, 3, 1, 1, 32},
+};
+
+/* Runs one layer; returns 0 on success. */
+static int bench_layer(const layer *l, double sgemm_gflops)
+{
+    fm_error err = {0};
+    fm_arena *measure = NULL, *arena = NULL;
+    fm_tensor x = fm_tensor_make(l->n, l->c, l->h, l->w, NULL);
+    fm_tensor w = fm_tensor_make(l->co, l->c / l->groups, l->k, l->k, NULL);
+    fm_tensor b = fm_tensor_make(1, l->co, 1, 1, NULL);
+    fm_tensor y = {0};
+    fm_conv2d_params p = fm_conv2d_sym(l->stride, l->pad);
+    p.groups = l->groups;
+    int rc = 1;
+    if (fm_nn_conv2d_shape(&x, &w, &p, &y, &err) ||
+        fm_arena_new_measuring(&measure, &err) ||
+        fm_nn_conv2d(measure, &x, &w, &b, &p, &y, &err))
+        goto fail;
+    size_t scratch = fm_arena_high_water(measure);
+    if (fm_arena_new(scratch, &arena, &err))
+        goto fail;
+    x.data = random_floats(fm_tensor_count(&x));
+    w.data = random_floats(fm_tensor_count(&w));
+    b.data = random_floats(fm_tensor_count(&b));
+    y.data = random_floats(fm_tensor_count(&y));
+    if (!x.data || !w.data || !b.data || !y.data)
+        goto fail;
+    if (fm_nn_conv2d(arena, &x, &w, &b, &p, &y, &err))
+        goto fail;
+    double best = 1e30, start = now();
+    for (int rep = 0; rep < MIN_REPS || now() - start < MIN_SECONDS; rep++) {
+        double t0 = now();
+        fm_nn_conv2d(arena, &x, &w, &b, &p, &y, &err);
+        double t = now() - t0;
+        best = t < best ? t : best;
+    }
+    double flop = 2.0 * y.n * y.c * y.h * y.w * (double)(w.c * w.h * w.w);
+    double gflops = flop / best * 1e-9;
+    char in[32], out[32], kern[24];
+    snprintf(in, sizeof in, "%dx%dx%dx%d", l->n, l->c, l->h, l->w);
+    snprintf(out, sizeof out, "%dx%dx%d", y.c, y.h, y.w);
+    snprintf(kern, sizeof kern, "%dx%d/%d p%d%s", l->k, l->k, l->stride, l->pad,
+             l->groups > 1 ? " dw" : "");
+    printf("  %-38s %-16s %-12s %-12s %8.1f %8.3f %8.2f %7.2f %7.2f\n", l->name, in, kern, out,
+           (double)scratch / 1024.0, flop * 1e-9, best * 1e3, gflops, gflops / sgemm_gflops);
+    rc = 0;
+fail:
+    if (rc)
+        fprintf(stderr, "facemill-bench-ops: %s: %s\n", l->name, fm_error_text(&err));
+    free(x.data);
+    free(w.data);
+    free(b.data);
+    free(y.data);
+    fm_arena_destroy(&measure);
+    fm_arena_destroy(&arena);
+    return rc;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: facemill-bench-ops [--threads N]\n"
+                 "  --threads N  OpenBLAS threads (default 1)\n");
+}
+
+int main(int argc, char **argv)
+{
+    int threads = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1024) {
+                fprintf(stderr, "facemill-bench-ops: --threads wants 1..1024, got '%s'\n",
+                        argv[i]);
+                return 2;
+            }
+            threads = (int)v;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    fm_error err = {0};
+    if (fm_nn_set_threads(threads, &err)) {
+        fprintf(stderr, "facemill-bench-ops: %s\n", fm_error_text(&err));
+        return 1;
+    }
+    printf("facemill-bench-ops: %s, core %s, %d thread%s\n", openblas_get_config(),
+           openblas_get_corename(), fm_nn_threads(), fm_nn_threads() == 1 ? "" : "s");
+
+    static const struct {
+        const char *name;
+        int m, n, k;
+    } gemms[] = {
+        {"1024^3", 1024, 1024, 1024},
+        {"64x3136x576 (3x3 64ch @56)", 64, 3136, 576},
+        {"32x1369x288 (3x3 32ch @37)", 32, 1369, 288},
+        {"256x200x2304 (3x3 256ch, 8x5x5)", 256, 200, 2304},
+        {"10x9709x27 (P-Net conv1 tile)", 10, 9709, 27},
+    };
+    printf("\ncblas_sgemm (row-major, fastest of repeated calls)\n");
+    printf("  %-38s %6s %6s %6s %9s %8s\n", "shape", "M", "N", "K", "ms", "GFLOPS");
+    double base = 0.0;
+    for (size_t i = 0; i < sizeof gemms / sizeof gemms[0]; i++) {
+        int m = gemms[i].m, n = gemms[i].n, k = gemms[i].k;
+        float *a = random_floats((size_t)m * k), *b = random_floats((size_t)k * n);
+        float *c = random_floats((size_t)m * n);
+        if (!a || !b || !c) {
+            free(a);
+            free(b);
+            free(c);
+            return 1;
+        }
+        double t = time_sgemm(m, n, k, a, b, c);
+        double gflops = 2.0 * m * n * (double)k / t * 1e-9;
+        if (i == 0)
+            base = gflops;
+        printf("  %-38s %6d %6d %6d %9.3f %8.2f\n", gemms[i].name, m, n, k, t * 1e3, gflops);
+        free(a);
+        free(b);
+        free(c);
+    }
+
+    printf("\nfm_nn_conv2d (with bias; ratio = GFLOPS / sgemm 1024^3 GFLOPS = %.2f)\n", base);
+    printf("  %-38s %-16s %-12s %-12s %8s %8s %8s %7s %7s\n", "layer", "input NxCxHxW",
+           "kernel", "output", "scr KiB", "GFLOP", "ms", "GFLOPS", "ratio");
+    int failed = 0;
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
+        failed |= bench_layer(&layers[i], base);
+    return failed ? 1 : 0;
+}

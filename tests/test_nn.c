@@ -1,0 +1,1010 @@
+/* test_nn.c - the inference engine against plain reference loops.
+ *
+ * Every operation runs on random inputs of odd sizes and is compared with a naive
+ * double-precision loop written here from the operation's definition; the error must
+ * stay within 1e-4 of the largest reference value. Convolution and pooling run over a
+ * few hundred random geometries (kernels 1..7, strides 1..3, symmetric and asymmetric
+ * padding, ceil and floor pooling, groups) plus cases aimed at each convolution path.
+ * The arena tests check alignment, mark/reset, that measuring gives exactly the size a
+ * real arena needs, and that an arena one byte too small fails cleanly (ASan checks
+ * that nothing is written past the end: test buffers are allocated to exact size). */
+#include "facemill/nn.h"
+#include "fm_test.h"
+
+#include <float.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TOL 1e-4
+
+/* Cases run and geometries rejected, printed at the end so a reader sees coverage. */
+static int conv_run, conv_rejected, pool_run, pool_rejected;
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+/* Uniform integer in [0, n). */
+static int rnd_int(int n)
+{
+    return (int)(rnd() % (uint32_t)n);
+}
+
+static int rnd_pick(const int *v, int count)
+{
+    return v[rnd_int(count)];
+}
+
+/* Uniform in [-1, 1). */
+static float rnd_float(void)
+{
+    return (float)((double)rnd() / 4294967296.0 * 2.0 - 1.0);
+}
+
+/* A tensor with malloc'd data of exactly its size, filled with random values. */
+static fm_tensor tensor_new(int n, int c, int h, int w)
+{
+    fm_tensor t = fm_tensor_make(n, c, h, w, NULL);
+    size_t count = fm_tensor_count(&t);
+    t.data = malloc(count * sizeof(float));
+    if (!t.data) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < count; i++)
+        t.data[i] = rnd_float();
+    return t;
+}
+
+static void tensor_free(fm_tensor *t)
+{
+    free(t->data);
+    t->data = NULL;
+}
+
+static double *ref_new(size_t count)
+{
+    double *r = calloc(count ? count : 1, sizeof *r);
+    if (!r) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return r;
+}
+
+static float at(const fm_tensor *t, int n, int c, int h, int w)
+{
+    return t->data[(((size_t)n * t->c + c) * t->h + h) * t->w + w];
+}
+
+/* Largest |got - ref| relative to the largest |ref| (absolute when ref is all ~0). */
+static double rel_err(const float *got, const double *ref, size_t count)
+{
+    double max_ref = 0.0, max_err = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        double r = fabs(ref[i]), e = fabs((double)got[i] - ref[i]);
+        if (r > max_ref)
+            max_ref = r;
+        if (e > max_err || e != e)
+            max_err = e != e ? INFINITY : e;
+    }
+    return max_err / (max_ref > 1e-6 ? max_ref : 1.0);
+}
+
+/* ---- convolution ---------------------------------------------------------------- */
+
+typedef struct conv_case {
+    int n, c, h, w, co, kh, kw;
+    fm_conv2d_params p;
+    int bias;
+} conv_case;
+
+static void ref_conv(const fm_tensor *x, const fm_tensor *w, const fm_tensor *b,
+                     const fm_conv2d_params *p, int oh, int ow, double *y)
+{
+    int cpg = x->c / p->groups, cog = w->n / p->groups;
+    for (int n = 0; n < x->n; n++)
+        for (int oc = 0; oc < w->n; oc++) {
+            int g = oc / cog;
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    double s = b ? b->data[oc] : 0.0;
+                    for (int ci = 0; ci < cpg; ci++)
+                        for (int ky = 0; ky < w->h; ky++)
+                            for (int kx = 0; kx < w->w; kx++) {
+                                int iy = oy * p->stride_h - p->pad_top + ky;
+                                int ix = ox * p->stride_w - p->pad_left + kx;
+                                if (iy < 0 || iy >= x->h || ix < 0 || ix >= x->w)
+                                    continue;
+                                s += (double)at(x, n, g * cpg + ci, iy, ix) *
+                                     at(w, oc, ci, ky, kx);
+                            }
+                    y[(((size_t)n * w->n + oc) * oh + oy) * ow + ox] = s;
+                }
+        }
+}
+
+static void run_conv_case(const conv_case *k)
+{
+    fm_error e = {0};
+    fm_tensor x = tensor_new(k->n, k->c, k->h, k->w);
+    fm_tensor w = tensor_new(k->co, k->c / k->p.groups, k->kh, k->kw);
+    fm_tensor b = tensor_new(1, k->co, 1, 1);
+    const fm_tensor *bias = k->bias ? &b : NULL;
+    int ph = k->h + k->p.pad_top + k->p.pad_bottom;
+    int pw = k->w + k->p.pad_left + k->p.pad_right;
+    fm_tensor shape = {0};
+    fm_status st = fm_nn_conv2d_shape(&x, &w, &k->p, &shape, &e);
+    if (ph < k->kh || pw < k->kw) {
+        CHECK_MSG(st == FM_ERR_INVALID, "conv %dx%d on %dx%d padded: status %d", k->kh, k->kw,
+                  ph, pw, st);
+        CHECK(strstr(e.msg, "conv2d") != NULL);
+        conv_rejected++;
+        goto done;
+    }
+    int oh = (ph - k->kh) / k->p.stride_h + 1, ow = (pw - k->kw) / k->p.stride_w + 1;
+    CHECK_MSG(st == FM_OK && shape.n == k->n && shape.c == k->co && shape.h == oh &&
+                  shape.w == ow,
+              "conv shape: %s", e.msg);
+    if (st)
+        goto done;
+
+    /* Measure, then run on an arena of exactly the measured size. */
+    fm_arena *m = NULL, *a = NULL;
+    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+    fm_tensor ym = fm_tensor_make(k->n, k->co, oh, ow, NULL);
+    fm_tensor xm = x, wm = w;
+    xm.data = wm.data = NULL;
+    st = fm_nn_conv2d(m, &xm, &wm, NULL, &k->p, &ym, &e);
+    CHECK_MSG(st == FM_OK, "measure: %s", e.msg);
+    size_t need = fm_arena_high_water(m);
+    CHECK(fm_arena_used(m) == 0);
+    fm_arena_destroy(&m);
+
+    conv_run++;
+    fm_tensor y = tensor_new(k->n, k->co, oh, ow);
+    CHECK(fm_arena_new(need, &a, &e) == FM_OK);
+    st = fm_nn_conv2d(a, &x, &w, bias, &k->p, &y, &e);
+    CHECK_MSG(st == FM_OK, "conv: %s", e.msg);
+    CHECK(fm_arena_high_water(a) == need);
+    CHECK(fm_arena_used(a) == 0);
+    fm_arena_destroy(&a);
+
+    double *r = ref_new(fm_tensor_count(&y));
+    ref_conv(&x, &w, bias, &k->p, oh, ow, r);
+    double err = rel_err(y.data, r, fm_tensor_count(&y));
+    CHECK_MSG(err <= TOL,
+              "conv n%d c%d %dx%d -> co%d k%dx%d s%dx%d pad t%d l%d b%d r%d g%d: rel err %g",
+              k->n, k->c, k->h, k->w, k->co, k->kh, k->kw, k->p.stride_h, k->p.stride_w,
+              k->p.pad_top, k->p.pad_left, k->p.pad_bottom, k->p.pad_right, k->p.groups, err);
+    free(r);
+
+    /* One byte less must fail cleanly (when any scratch is needed at all). */
+    if (need > 0) {
+        CHECK(fm_arena_new(need - 1, &a, &e) == FM_OK);
+        st = fm_nn_conv2d(a, &x, &w, bias, &k->p, &y, &e);
+        CHECK_MSG(st == FM_ERR_ARENA, "short arena: status %d", st);
+        CHECK(strstr(e.msg, "arena") != NULL);
+        CHECK(fm_arena_used(a) == 0);
+        fm_arena_destroy(&a);
+    }
+    tensor_free(&y);
+done:
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&b);
+}
+
+static void test_conv_random(int cases)
+{
+    static const int hs[] = {1, 2, 5, 7, 9, 12}, ws[] = {1, 3, 5, 7, 8, 13};
+    static const int cs[] = {1, 3, 13}, outs[] = {1, 3, 13, 16};
+    static const int ks[] = {1, 2, 3, 5, 7}, ss[] = {1, 2, 3};
+    for (int i = 0; i < cases; i++) {
+        conv_case k = {0};
+        k.n = rnd_int(2) ? 3 : 1;
+        k.h = rnd_pick(hs, 6);
+        k.w = rnd_pick(ws, 6);
+        k.kh = rnd_pick(ks, 5);
+        k.kw = rnd_int(2) ? k.kh : rnd_pick(ks, 5);
+        k.p.stride_h = rnd_pick(ss, 3);
+        k.p.stride_w = rnd_int(2) ? k.p.stride_h : rnd_pick(ss, 3);
+        if (rnd_int(2)) {
+            int pad = rnd_int(3);
+            k.p.pad_top = k.p.pad_left = k.p.pad_bottom = k.p.pad_right = pad;
+        } else {
+            k.p.pad_top = rnd_int(3), k.p.pad_left = rnd_int(3);
+            k.p.pad_bottom = rnd_int(3), k.p.pad_right = rnd_int(3);
+        }
+        k.bias = rnd_int(2);
+        switch (rnd_int(4)) {
+        case 0: /* depthwise, channel multiplier 1 or 2 */
+            k.c = rnd_pick(cs, 3);
+            k.co = k.c * (1 + rnd_int(2));
+            k.p.groups = k.c;
+            break;
+        case 1: /* two groups of several channels */
+            k.c = 2 * (1 + rnd_int(3));
+            k.co = 2 * (1 + rnd_int(3));
+            k.p.groups = 2;
+            break;
+        default:
+            k.c = rnd_pick(cs, 3);
+            k.co = rnd_pick(outs, 4);
+            k.p.groups = 1;
+        }
+        run_conv_case(&k);
+    }
+}
+
+static void test_conv_paths(void)
+{
+    const fm_conv2d_params s1 = fm_conv2d_sym(1, 0), s1p1 = fm_conv2d_sym(1, 1);
+    const conv_case cases[] = {
+        /* 1x1 stride 1 unpadded, enough pixels: direct multiply, no scratch */
+        {3, 13, 17, 17, 16, 1, 1, s1, 1},
+        {1, 6, 16, 17, 4, 1, 1, {1, 1, 0, 0, 0, 0, 2}, 1},
+        /* 1x1 on few pixels: gathered across images */
+        {3, 13, 3, 5, 16, 1, 1, s1, 1},
+        /* 1x1 stride 2, and 1x1 padded: im2col */
+        {3, 5, 9, 7, 7, 1, 1, fm_conv2d_sym(2, 0), 1},
+        {1, 5, 16, 17, 7, 1, 1, s1p1, 0},
+        /* many pixels, large K: im2col in several tiles, the last one partial */
+        {2, 13, 45, 45, 5, 7, 7, fm_conv2d_sym(1, 3), 1},
+        {1, 13, 47, 41, 3, 7, 7, {1, 1, 3, 2, 1, 0, 1}, 1},
+        {1, 13, 90, 91, 4, 7, 7, {2, 3, 0, 3, 2, 1, 1}, 0},
+        /* gathered with a partial last group of images */
+        {3, 64, 15, 15, 8, 3, 3, s1p1, 1},
+        {5, 64, 9, 9, 3, 3, 3, {2, 2, 1, 0, 0, 1, 1}, 1},
+        /* P-Net-like first layer, one tile */
+        {1, 3, 40, 31, 10, 3, 3, s1, 1},
+        /* grouped with several channels per group, many pixels */
+        {2, 6, 20, 21, 9, 3, 3, {1, 1, 1, 1, 1, 1, 3}, 1},
+        /* depthwise on many pixels, stride 2, asymmetric (TF SAME) padding */
+        {2, 7, 20, 21, 14, 3, 3, {2, 2, 0, 0, 1, 1, 7}, 1},
+        /* depthwise stride 1: interior in register blocks, borders tap by tap */
+        {2, 5, 19, 37, 5, 3, 3, {1, 1, 1, 1, 1, 1, 5}, 1},
+        {1, 4, 11, 30, 8, 5, 5, {1, 1, 2, 0, 1, 3, 4}, 0},
+        {1, 3, 6, 9, 3, 5, 7, {1, 1, 0, 0, 0, 0, 3}, 1},
+        /* kernel exactly the padded input */
+        {3, 3, 5, 7, 4, 7, 7, {1, 1, 1, 0, 1, 0, 1}, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        run_conv_case(&cases[i]);
+}
+
+static void test_conv_invalid(void)
+{
+    fm_error e = {0};
+    fm_arena *a = NULL;
+    CHECK(fm_arena_new(1 << 20, &a, &e) == FM_OK);
+    fm_tensor x = tensor_new(2, 3, 7, 5), w = tensor_new(4, 3, 3, 3);
+    fm_tensor y = tensor_new(2, 4, 5, 3), b = tensor_new(1, 5, 1, 1);
+    fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &y, &e) == FM_OK);
+
+    /* wrong output shape */
+    fm_tensor bad = y;
+    bad.h = 4;
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &bad, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "conv2d: output has shape [2, 4, 4, 3], expected [2, 4, 5, 3]"));
+    /* wrong bias length */
+    CHECK(fm_nn_conv2d(a, &x, &w, &b, &p, &y, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "bias"));
+    /* channel mismatch */
+    fm_tensor w2 = w;
+    w2.c = 2;
+    CHECK(fm_nn_conv2d(a, &x, &w2, NULL, &p, &y, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "input channels"));
+    /* groups not dividing */
+    p.groups = 2;
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &y, &e) == FM_ERR_INVALID);
+    p = fm_conv2d_sym(0, 0);
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &y, &e) == FM_ERR_INVALID);
+    p = fm_conv2d_sym(1, -1);
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &y, &e) == FM_ERR_INVALID);
+    p = fm_conv2d_sym(1, 0);
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, NULL, &y, &e) == FM_ERR_INVALID);
+    CHECK(fm_nn_conv2d(a, NULL, &w, NULL, &p, &y, &e) == FM_ERR_INVALID);
+    /* kernel larger than the input */
+    fm_tensor w3 = tensor_new(4, 3, 7, 7), y3 = tensor_new(2, 4, 1, 1);
+    CHECK(fm_nn_conv2d(a, &x, &w3, NULL, &p, &y3, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "larger than the padded input"));
+    /* output overlapping the input */
+    fm_tensor alias = fm_tensor_make(2, 4, 5, 3, x.data + 1);
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &alias, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "overlaps"));
+    /* missing data on a real arena */
+    fm_tensor nodata = y;
+    nodata.data = NULL;
+    CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &nodata, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "no data"));
+    /* no arena for a convolution that needs scratch; depthwise needs none */
+    CHECK(fm_nn_conv2d(NULL, &x, &w, NULL, &p, &y, &e) == FM_ERR_ARENA);
+    fm_tensor wd = tensor_new(3, 1, 3, 3), yd = tensor_new(2, 3, 5, 3);
+    p.groups = 3;
+    CHECK(fm_nn_conv2d(NULL, &x, &wd, NULL, &p, &yd, &e) == FM_OK);
+    CHECK(fm_arena_used(a) == 0);
+    tensor_free(&wd);
+    tensor_free(&yd);
+    tensor_free(&w3);
+    tensor_free(&y3);
+    tensor_free(&x);
+    tensor_free(&w);
+    tensor_free(&y);
+    tensor_free(&b);
+    fm_arena_destroy(&a);
+}
+
+/* ---- pooling ------------------------------------------------------------------- */
+
+/* Output size from the definition: count the windows whose start lies inside the
+ * (padded) range, floor: those that fit entirely in the padded input; ceil: those that
+ * start before its end and before input end + leading pad. */
+static int ref_pool_out(int in, int k, int s, int p0, int p1, int ceil_mode)
+{
+    int count = 0;
+    for (int start = -p0;; start += s) {
+        int fits = start + k <= in + p1;
+        int ceil_ok = start < in + p1 - k + s && start < in; /* partial last window */
+        if (ceil_mode ? !(fits || ceil_ok) : !fits)
+            break;
+        count++;
+    }
+    return count;
+}
+
+static void ref_pool(const fm_tensor *x, const fm_pool2d_params *p, int is_max, int oh,
+                     int ow, double *y)
+{
+    for (int n = 0; n < x->n; n++)
+        for (int c = 0; c < x->c; c++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    double m = -INFINITY, sum = 0.0;
+                    int inside = 0, padded = 0;
+                    for (int ky = 0; ky < p->kernel_h; ky++)
+                        for (int kx = 0; kx < p->kernel_w; kx++) {
+                            int iy = oy * p->stride_h - p->pad_top + ky;
+                            int ix = ox * p->stride_w - p->pad_left + kx;
+                            if (iy < x->h + p->pad_bottom && ix < x->w + p->pad_right)
+                                padded++;
+                            if (iy < 0 || iy >= x->h || ix < 0 || ix >= x->w)
+                                continue;
+                            double v = at(x, n, c, iy, ix);
+                            inside++;
+                            sum += v;
+                            if (v > m)
+                                m = v;
+                        }
+                    double out = is_max ? m
+                                        : sum / (p->count_include_pad ? padded : inside);
+                    y[(((size_t)n * x->c + c) * oh + oy) * ow + ox] = out;
+                }
+}
+
+static void run_pool_case(int n, int c, int h, int w, const fm_pool2d_params *p)
+{
+    fm_error e = {0};
+    fm_tensor x = tensor_new(n, c, h, w);
+    fm_tensor shape = {0};
+    fm_status st = fm_nn_pool2d_shape(&x, p, &shape, &e);
+    if (h + p->pad_top + p->pad_bottom < p->kernel_h ||
+        w + p->pad_left + p->pad_right < p->kernel_w) {
+        CHECK(st == FM_ERR_INVALID);
+        pool_rejected++;
+        tensor_free(&x);
+        return;
+    }
+    int oh = ref_pool_out(h, p->kernel_h, p->stride_h, p->pad_top, p->pad_bottom, p->ceil_mode);
+    int ow = ref_pool_out(w, p->kernel_w, p->stride_w, p->pad_left, p->pad_right, p->ceil_mode);
+    CHECK_MSG(st == FM_OK && shape.h == oh && shape.w == ow && shape.n == n && shape.c == c,
+              "pool shape %dx%d k%dx%d s%dx%d pad t%d l%d b%d r%d ceil %d: got %dx%d want "
+              "%dx%d (%s)", h, w, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w,
+              p->pad_top, p->pad_left, p->pad_bottom, p->pad_right, p->ceil_mode, shape.h,
+              shape.w, oh, ow, e.msg);
+    if (st || shape.h != oh || shape.w != ow) {
+        tensor_free(&x);
+        return;
+    }
+    pool_run++;
+    fm_tensor y = tensor_new(n, c, oh, ow);
+    double *r = ref_new(fm_tensor_count(&y));
+    for (int is_max = 0; is_max < 2; is_max++) {
+        st = is_max ? fm_nn_maxpool2d(NULL, &x, p, &y, &e) : fm_nn_avgpool2d(NULL, &x, p, &y, &e);
+        CHECK_MSG(st == FM_OK, "pool: %s", e.msg);
+        ref_pool(&x, p, is_max, oh, ow, r);
+        double err = rel_err(y.data, r, fm_tensor_count(&y));
+        CHECK_MSG(err <= TOL,
+                  "%s pool %dx%d k%dx%d s%dx%d pad t%d l%d b%d r%d ceil %d incl %d: err %g",
+                  is_max ? "max" : "avg", h, w, p->kernel_h, p->kernel_w, p->stride_h,
+                  p->stride_w, p->pad_top, p->pad_left, p->pad_bottom, p->pad_right,
+                  p->ceil_mode, p->count_include_pad, err);
+    }
+    free(r);
+    tensor_free(&y);
+    tensor_free(&x);
+}
+
+static void test_pool(int cases)
+{
+    /* Output sizes the models depend on. */
+    struct {
+        int in, k, s, pad, ceil_mode, out;
+    } sizes[] = {
+        {22, 3, 2, 0, 1, 11}, /* R-Net pool1 (Caffe, ceil) */
+        {22, 3, 2, 0, 0, 10}, /* the same in floor mode */
+        {9, 3, 2, 0, 1, 4},   /* R-Net pool2 */
+        {46, 3, 2, 0, 1, 23}, /* O-Net pool1 */
+        {21, 3, 2, 0, 1, 10}, /* O-Net pool2 */
+        {8, 2, 2, 0, 1, 4},   /* O-Net pool3 */
+        {5, 2, 2, 0, 1, 3},   /* partial last window kept in ceil mode */
+        {5, 2, 2, 0, 0, 2},
+        {5, 3, 2, 1, 1, 3},   /* PyTorch drops a window starting in the bottom padding */
+        {72, 3, 2, 0, 0, 35}, /* dlib ResNet max pool */
+        {75, 3, 2, 0, 0, 37},
+        {638, 2, 2, 0, 1, 319}, /* P-Net on a 640-wide level */
+        {7, 7, 1, 0, 0, 1},
+    };
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        fm_tensor x = fm_tensor_make(1, 1, sizes[i].in, 3, NULL), y = {0};
+        fm_pool2d_params p = {sizes[i].k, 1, sizes[i].s, 1, sizes[i].pad, 0, sizes[i].pad, 0,
+                              sizes[i].ceil_mode, 0};
+        fm_error e = {0};
+        CHECK(fm_nn_pool2d_shape(&x, &p, &y, &e) == FM_OK);
+        CHECK_MSG(y.h == sizes[i].out, "pool size %d k%d s%d pad %d ceil %d: %d, want %d",
+                  sizes[i].in, sizes[i].k, sizes[i].s, sizes[i].pad, sizes[i].ceil_mode, y.h,
+                  sizes[i].out);
+    }
+
+    static const int hs[] = {1, 2, 5, 7, 9, 12}, ws[] = {1, 3, 5, 7, 8, 13};
+    static const int ks[] = {1, 2, 3, 5}, ss[] = {1, 2, 3};
+    for (int i = 0; i < cases; i++) {
+        fm_pool2d_params p = {0};
+        p.kernel_h = rnd_pick(ks, 4);
+        p.kernel_w = rnd_int(2) ? p.kernel_h : rnd_pick(ks, 4);
+        p.stride_h = rnd_pick(ss, 3);
+        p.stride_w = rnd_int(2) ? p.stride_h : rnd_pick(ss, 3);
+        int mh = p.kernel_h < 3 ? p.kernel_h : 3, mw = p.kernel_w < 3 ? p.kernel_w : 3;
+        p.pad_top = rnd_int(mh), p.pad_bottom = rnd_int(mh);
+        p.pad_left = rnd_int(mw), p.pad_right = rnd_int(mw);
+        p.ceil_mode = rnd_int(2);
+        p.count_include_pad = rnd_int(2);
+        run_pool_case(rnd_int(2) ? 3 : 1, rnd_int(2) ? 13 : 3, rnd_pick(hs, 6), rnd_pick(ws, 6),
+                      &p);
+    }
+
+    /* invalid: padding not smaller than the kernel, zero stride, wrong output */
+    fm_error e = {0};
+    fm_tensor x = tensor_new(1, 3, 7, 5), y = tensor_new(1, 3, 3, 2);
+    fm_pool2d_params p = fm_pool2d_sym(2, 2, 2, 0, 0);
+    CHECK(fm_nn_maxpool2d(NULL, &x, &p, &y, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "smaller than the kernel"));
+    p = fm_pool2d_sym(2, 0, 0, 0, 0);
+    CHECK(fm_nn_avgpool2d(NULL, &x, &p, &y, &e) == FM_ERR_INVALID);
+    p = fm_pool2d_sym(2, 2, 0, 1, 0); /* 7x5 -> 4x3 in ceil mode */
+    CHECK(fm_nn_maxpool2d(NULL, &x, &p, &y, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "maxpool2d: output has shape [1, 3, 3, 2], expected [1, 3, 4, 3]"));
+    p.ceil_mode = 0;
+    CHECK(fm_nn_maxpool2d(NULL, &x, &p, &y, &e) == FM_OK);
+    fm_tensor alias = fm_tensor_make(1, 3, 3, 2, x.data + 5);
+    CHECK(fm_nn_maxpool2d(NULL, &x, &p, &alias, &e) == FM_ERR_INVALID);
+    tensor_free(&x);
+    tensor_free(&y);
+}
+
+static void test_global_avgpool(void)
+{
+    fm_error e = {0};
+    const int dims[][4] = {{1, 3, 7, 5}, {3, 13, 5, 7}, {2, 4, 1, 1}, {1, 256, 3, 3}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        fm_tensor x = tensor_new(dims[i][0], dims[i][1], dims[i][2], dims[i][3]);
+        fm_tensor y = tensor_new(x.n, x.c, 1, 1);
+        CHECK(fm_nn_global_avgpool(NULL, &x, &y, &e) == FM_OK);
+        double *r = ref_new(fm_tensor_count(&y));
+        for (int n = 0; n < x.n; n++)
+            for (int c = 0; c < x.c; c++) {
+                double s = 0;
+                for (int h = 0; h < x.h; h++)
+                    for (int w = 0; w < x.w; w++)
+                        s += at(&x, n, c, h, w);
+                r[n * x.c + c] = s / (x.h * x.w);
+            }
+        CHECK(rel_err(y.data, r, fm_tensor_count(&y)) <= TOL);
+        y.h = 2;
+        CHECK(fm_nn_global_avgpool(NULL, &x, &y, &e) == FM_ERR_INVALID);
+        free(r);
+        tensor_free(&x);
+        tensor_free(&y);
+    }
+}
+
+/* ---- dense --------------------------------------------------------------------- */
+
+static void test_dense(void)
+{
+    fm_error e = {0};
+    const int shapes[][6] = {
+        /* n, c, h, w of x; out; bias */
+        {1, 13, 1, 1, 7, 1}, {3, 13, 1, 1, 117, 1}, {3, 3, 5, 7, 5, 0},
+        {1, 1, 1, 1, 1, 1},  {5, 128, 1, 1, 2, 1},  {3, 64, 3, 3, 128, 1},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int *s = shapes[i];
+        int in = s[1] * s[2] * s[3], out = s[4];
+        fm_tensor x = tensor_new(s[0], s[1], s[2], s[3]);
+        fm_tensor w = tensor_new(out, in, 1, 1), b = tensor_new(1, out, 1, 1);
+        fm_tensor y = tensor_new(s[0], out, 1, 1);
+        const fm_tensor *bias = s[5] ? &b : NULL;
+        CHECK_MSG(fm_nn_dense(NULL, &x, &w, bias, &y, &e) == FM_OK, "dense: %s", e.msg);
+        double *r = ref_new(fm_tensor_count(&y));
+        for (int n = 0; n < s[0]; n++)
+            for (int o = 0; o < out; o++) {
+                double acc = bias ? b.data[o] : 0.0;
+                for (int k = 0; k < in; k++)
+                    acc += (double)x.data[(size_t)n * in + k] * w.data[(size_t)o * in + k];
+                r[n * out + o] = acc;
+            }
+        double err = rel_err(y.data, r, fm_tensor_count(&y));
+        CHECK_MSG(err <= TOL, "dense case %zu: err %g", i, err);
+        free(r);
+        /* weights as [out, c, h, w] are accepted too */
+        fm_tensor w4 = fm_tensor_make(out, s[1], s[2], s[3], w.data);
+        CHECK(fm_nn_dense(NULL, &x, &w4, bias, &y, &e) == FM_OK);
+        /* mismatches */
+        fm_tensor wbad = fm_tensor_make(out, in + 1, 1, 1, NULL);
+        CHECK(fm_nn_dense(NULL, &x, &wbad, bias, &y, &e) == FM_ERR_INVALID);
+        fm_tensor ybad = fm_tensor_make(s[0], out + 1, 1, 1, y.data);
+        CHECK(fm_nn_dense(NULL, &x, &w, NULL, &ybad, &e) == FM_ERR_INVALID);
+        CHECK(strstr(e.msg, "dense: output"));
+        fm_tensor bbad = fm_tensor_make(1, out + 1, 1, 1, b.data);
+        CHECK(fm_nn_dense(NULL, &x, &w, &bbad, &y, &e) == FM_ERR_INVALID);
+        tensor_free(&x);
+        tensor_free(&w);
+        tensor_free(&b);
+        tensor_free(&y);
+    }
+}
+
+/* ---- element-wise and per-channel ------------------------------------------------ */
+
+static void test_eltwise(void)
+{
+    fm_error e = {0};
+    const int dims[][4] = {{1, 3, 7, 5}, {3, 13, 5, 7}, {2, 1, 1, 1}, {3, 117, 1, 1}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        const int N = dims[i][0], C = dims[i][1], H = dims[i][2], W = dims[i][3];
+        fm_tensor x = tensor_new(N, C, H, W), y = tensor_new(N, C, H, W);
+        fm_tensor scale = tensor_new(C, 1, 1, 1), shift = tensor_new(1, C, 1, 1);
+        fm_tensor slope = tensor_new(1, C, 1, 1), slope1 = tensor_new(1, 1, 1, 1);
+        size_t count = fm_tensor_count(&x), plane = (size_t)H * W;
+        double *r = ref_new(count);
+#define CHANNEL(idx) ((int)(((idx) / plane) % (size_t)C))
+
+        CHECK(fm_nn_scale_shift(NULL, &x, &scale, &shift, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = (double)x.data[j] * scale.data[CHANNEL(j)] + shift.data[CHANNEL(j)];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        CHECK(fm_nn_scale_shift(NULL, &x, NULL, &shift, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = (double)x.data[j] + shift.data[CHANNEL(j)];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        CHECK(fm_nn_scale_shift(NULL, &x, &scale, NULL, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = (double)x.data[j] * scale.data[CHANNEL(j)];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+
+        CHECK(fm_nn_prelu(NULL, &x, &slope, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = x.data[j] > 0 ? x.data[j] : (double)x.data[j] * slope.data[CHANNEL(j)];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        CHECK(fm_nn_prelu(NULL, &x, &slope1, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = x.data[j] > 0 ? x.data[j] : (double)x.data[j] * slope1.data[0];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+
+        CHECK(fm_nn_relu(NULL, &x, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = x.data[j] > 0 ? x.data[j] : 0.0;
+        CHECK(rel_err(y.data, r, count) <= TOL);
+
+        CHECK(fm_nn_leaky_relu(NULL, &x, 0.2f, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = x.data[j] > 0 ? x.data[j] : 0.2 * x.data[j];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+
+        /* softmax on large logits: stable, sums to one */
+        fm_tensor big = tensor_new(N, C, H, W);
+        for (size_t j = 0; j < count; j++)
+            big.data[j] *= 200.0f;
+        CHECK(fm_nn_softmax(NULL, &big, &y, &e) == FM_OK);
+        for (int n = 0; n < N; n++)
+            for (size_t s = 0; s < plane; s++) {
+                double m = -INFINITY, sum = 0;
+                for (int c = 0; c < C; c++) {
+                    double v = big.data[((size_t)n * C + c) * plane + s];
+                    m = v > m ? v : m;
+                }
+                for (int c = 0; c < C; c++)
+                    sum += exp(big.data[((size_t)n * C + c) * plane + s] - m);
+                for (int c = 0; c < C; c++) {
+                    size_t j = ((size_t)n * C + c) * plane + s;
+                    r[j] = exp(big.data[j] - m) / sum;
+                }
+            }
+        CHECK(rel_err(y.data, r, count) <= TOL);
+
+        /* in place */
+        memcpy(y.data, x.data, count * sizeof(float));
+        CHECK(fm_nn_relu(NULL, &y, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = x.data[j] > 0 ? x.data[j] : 0.0;
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        memcpy(y.data, x.data, count * sizeof(float));
+        CHECK(fm_nn_softmax(NULL, &y, &y, &e) == FM_OK);
+        memcpy(y.data, x.data, count * sizeof(float));
+        CHECK(fm_nn_scale_shift(NULL, &y, &scale, &shift, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = (double)x.data[j] * scale.data[CHANNEL(j)] + shift.data[CHANNEL(j)];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+
+        /* mismatches and partial overlap */
+        fm_tensor sbad = fm_tensor_make(1, C + 1, 1, 1, NULL);
+        CHECK(fm_nn_scale_shift(NULL, &x, &sbad, NULL, &y, &e) == FM_ERR_INVALID);
+        CHECK(strstr(e.msg, "scale_shift: scale"));
+        CHECK(fm_nn_prelu(NULL, &x, &sbad, &y, &e) == FM_ERR_INVALID);
+        CHECK(fm_nn_prelu(NULL, &x, NULL, &y, &e) == FM_ERR_INVALID);
+        fm_tensor ybad = fm_tensor_make(N, C, H, W + 1, NULL);
+        CHECK(fm_nn_relu(NULL, &x, &ybad, &e) == FM_ERR_INVALID);
+        CHECK(fm_nn_leaky_relu(NULL, &x, NAN, &y, &e) == FM_ERR_INVALID);
+        if (count > 1) {
+            fm_tensor xs1 = fm_tensor_make(1, 1, 1, 1, x.data);
+            CHECK(fm_nn_relu(NULL, &xs1, &xs1, &e) == FM_OK);
+            fm_tensor x2 = fm_tensor_make(1, 1, 1, 2, x.data);
+            fm_tensor y2 = fm_tensor_make(1, 1, 1, 2, x.data + 1);
+            CHECK(fm_nn_relu(NULL, &x2, &y2, &e) == FM_ERR_INVALID);
+            CHECK(strstr(e.msg, "overlaps"));
+        }
+#undef CHANNEL
+        free(r);
+        tensor_free(&big);
+        tensor_free(&x);
+        tensor_free(&y);
+        tensor_free(&scale);
+        tensor_free(&shift);
+        tensor_free(&slope);
+        tensor_free(&slope1);
+    }
+}
+
+/* ---- combining -------------------------------------------------------------------- */
+
+static void test_combine(void)
+{
+    fm_error e = {0};
+    const int dims[][4] = {{1, 3, 7, 5}, {3, 13, 5, 7}, {3, 128, 1, 1}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        const int N = dims[i][0], C = dims[i][1], H = dims[i][2], W = dims[i][3];
+        fm_tensor x = tensor_new(N, C, H, W), res = tensor_new(N, C, H, W);
+        fm_tensor y = tensor_new(N, C, H, W);
+        size_t count = fm_tensor_count(&x), plane = (size_t)H * W;
+        double *r = ref_new(count);
+
+        /* add with scale, out of place and in place over either operand */
+        CHECK(fm_nn_add(NULL, &x, &res, 0.17f, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = (double)x.data[j] + 0.17 * res.data[j];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        memcpy(y.data, x.data, count * sizeof(float));
+        CHECK(fm_nn_add(NULL, &y, &res, 1.0f, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = (double)x.data[j] + res.data[j];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        memcpy(y.data, res.data, count * sizeof(float));
+        CHECK(fm_nn_add(NULL, &x, &y, -2.0f, &y, &e) == FM_OK);
+        for (size_t j = 0; j < count; j++)
+            r[j] = (double)x.data[j] - 2.0 * res.data[j];
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        fm_tensor rbad = fm_tensor_make(N, C + 1, H, W, NULL);
+        CHECK(fm_nn_add(NULL, &x, &rbad, 1.0f, &y, &e) == FM_ERR_INVALID);
+        CHECK(strstr(e.msg, "add: residual"));
+
+        /* concat of three */
+        fm_tensor a = tensor_new(N, 1, H, W), b = tensor_new(N, C, H, W);
+        fm_tensor c = tensor_new(N, 2, H, W), cat = tensor_new(N, C + 3, H, W);
+        const fm_tensor *parts[] = {&a, &b, &c};
+        CHECK(fm_nn_concat(NULL, parts, 3, &cat, &e) == FM_OK);
+        double *rc = ref_new(fm_tensor_count(&cat));
+        for (int n = 0; n < N; n++)
+            for (int ch = 0; ch < C + 3; ch++)
+                for (size_t s = 0; s < plane; s++) {
+                    const fm_tensor *src = ch < 1 ? &a : ch < 1 + C ? &b : &c;
+                    int sc = ch < 1 ? ch : ch < 1 + C ? ch - 1 : ch - 1 - C;
+                    rc[((size_t)n * (C + 3) + ch) * plane + s] =
+                        src->data[((size_t)n * src->c + sc) * plane + s];
+                }
+        CHECK(rel_err(cat.data, rc, fm_tensor_count(&cat)) == 0.0);
+        free(rc);
+        cat.c--;
+        CHECK(fm_nn_concat(NULL, parts, 3, &cat, &e) == FM_ERR_INVALID);
+        CHECK(strstr(e.msg, "channels in total"));
+        cat.c++;
+        fm_tensor cbad = fm_tensor_make(N, 2, H + 1, W, c.data);
+        const fm_tensor *bad_parts[] = {&a, &b, &cbad};
+        CHECK(fm_nn_concat(NULL, bad_parts, 3, &cat, &e) == FM_ERR_INVALID);
+        CHECK(fm_nn_concat(NULL, parts, 0, &cat, &e) == FM_ERR_INVALID);
+        const fm_tensor *self[] = {&cat};
+        CHECK(fm_nn_concat(NULL, self, 1, &cat, &e) == FM_ERR_INVALID);
+
+        /* channel zero-padding, 3 -> 3 + 5 */
+        fm_tensor padded = tensor_new(N, C + 5, H, W);
+        CHECK(fm_nn_channel_pad(NULL, &x, &padded, &e) == FM_OK);
+        double *rp = ref_new(fm_tensor_count(&padded));
+        for (int n = 0; n < N; n++)
+            for (int ch = 0; ch < C; ch++)
+                for (size_t s = 0; s < plane; s++)
+                    rp[((size_t)n * (C + 5) + ch) * plane + s] =
+                        x.data[((size_t)n * C + ch) * plane + s];
+        CHECK(rel_err(padded.data, rp, fm_tensor_count(&padded)) == 0.0);
+        free(rp);
+        fm_tensor narrow = fm_tensor_make(N, C - 1 > 0 ? C - 1 : 1, H, W, padded.data);
+        if (C > 1)
+            CHECK(fm_nn_channel_pad(NULL, &x, &narrow, &e) == FM_ERR_INVALID);
+        CHECK(fm_nn_channel_pad(NULL, &x, &x, &e) == FM_ERR_INVALID);
+
+        /* L2 normalisation per image, in place too */
+        CHECK(fm_nn_l2_normalize(NULL, &x, 1e-10f, &y, &e) == FM_OK);
+        size_t len = (size_t)C * plane;
+        for (int n = 0; n < N; n++) {
+            double ss = 0;
+            for (size_t j = 0; j < len; j++)
+                ss += (double)x.data[n * len + j] * x.data[n * len + j];
+            for (size_t j = 0; j < len; j++)
+                r[n * len + j] = x.data[n * len + j] / sqrt(ss > 1e-10 ? ss : 1e-10);
+        }
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        memcpy(y.data, x.data, count * sizeof(float));
+        CHECK(fm_nn_l2_normalize(NULL, &y, 1e-10f, &y, &e) == FM_OK);
+        CHECK(rel_err(y.data, r, count) <= TOL);
+        memset(y.data, 0, count * sizeof(float));
+        CHECK(fm_nn_l2_normalize(NULL, &y, 0.0f, &y, &e) == FM_OK);
+        int finite_zero = 1;
+        for (size_t j = 0; j < count; j++)
+            finite_zero &= y.data[j] == 0.0f;
+        CHECK(finite_zero);
+        CHECK(fm_nn_l2_normalize(NULL, &x, -1.0f, &y, &e) == FM_ERR_INVALID);
+
+        free(r);
+        tensor_free(&a);
+        tensor_free(&b);
+        tensor_free(&c);
+        tensor_free(&cat);
+        tensor_free(&padded);
+        tensor_free(&x);
+        tensor_free(&res);
+        tensor_free(&y);
+    }
+}
+
+/* ---- arena ------------------------------------------------------------------------ */
+
+static void test_arena_basics(void)
+{
+    fm_error e = {0};
+    fm_arena *a = NULL;
+    CHECK(fm_arena_new(1000, &a, &e) == FM_OK);
+    CHECK(fm_arena_size(a) == 1000 && !fm_arena_is_measuring(a));
+    void *p1 = NULL, *p2 = NULL, *p3 = NULL;
+    CHECK(fm_arena_alloc(a, 10, &p1, &e) == FM_OK);
+    CHECK(fm_arena_alloc(a, 100, &p2, &e) == FM_OK);
+    CHECK((uintptr_t)p1 % FM_ARENA_ALIGN == 0 && (uintptr_t)p2 % FM_ARENA_ALIGN == 0);
+    CHECK((char *)p2 - (char *)p1 == 64);
+    CHECK(fm_arena_used(a) == 164);
+    size_t mark = fm_arena_mark(a);
+    CHECK(fm_arena_alloc(a, 500, &p3, &e) == FM_OK);
+    CHECK((char *)p3 - (char *)p1 == 192);
+    memset(p3, 0xab, 500);
+    CHECK(fm_arena_high_water(a) == 692);
+    fm_arena_reset(a, mark);
+    CHECK(fm_arena_used(a) == 164 && fm_arena_high_water(a) == 692);
+    /* 192 + 808 = 1000 fits exactly; one more byte does not */
+    void *q = (void *)1;
+    CHECK(fm_arena_alloc(a, 809, &q, &e) == FM_ERR_ARENA);
+    CHECK(q == (void *)1 && fm_arena_used(a) == 164);
+    CHECK(strstr(e.msg, "809 bytes") && strstr(e.msg, "1000"));
+    CHECK(fm_arena_alloc(a, SIZE_MAX, &q, &e) == FM_ERR_ARENA);
+    CHECK(fm_arena_alloc(a, SIZE_MAX - 100, &q, &e) == FM_ERR_ARENA);
+    CHECK(fm_arena_alloc(a, 808, &q, &e) == FM_OK);
+    memset(q, 0xcd, 808);
+    CHECK(fm_arena_used(a) == 1000);
+    CHECK(fm_arena_alloc(a, 1, &q, &e) == FM_ERR_ARENA);
+    fm_arena_reset(a, 0);
+    CHECK(fm_arena_used(a) == 0);
+    fm_tensor t;
+    CHECK(fm_tensor_alloc(a, 2, 3, 5, 7, &t, &e) == FM_OK);
+    CHECK(t.n == 2 && t.c == 3 && t.h == 5 && t.w == 7 && t.data == p1);
+    CHECK(fm_tensor_alloc(a, 2, 3, 5, 8, &t, &e) == FM_ERR_ARENA);
+    CHECK(strstr(e.msg, "tensor [2, 3, 5, 8]"));
+    CHECK(fm_tensor_alloc(a, 0, 3, 5, 8, &t, &e) == FM_ERR_INVALID);
+    CHECK(fm_tensor_alloc(a, 65536, 65536, 1, 1, &t, &e) == FM_ERR_INVALID);
+    CHECK(fm_arena_alloc(NULL, 1, &q, &e) == FM_ERR_INVALID);
+    fm_arena_destroy(&a);
+    CHECK(a == NULL);
+    fm_arena_destroy(&a);
+    fm_arena_destroy(NULL);
+
+    /* size 0: empty allocations only */
+    CHECK(fm_arena_new(0, &a, &e) == FM_OK);
+    CHECK(fm_arena_alloc(a, 1, &q, &e) == FM_ERR_ARENA);
+    fm_arena_destroy(&a);
+
+    /* measuring: same offsets, no memory */
+    CHECK(fm_arena_new_measuring(&a, &e) == FM_OK);
+    CHECK(fm_arena_is_measuring(a) && fm_arena_size(a) == 0);
+    CHECK(fm_arena_alloc(a, 10, &q, &e) == FM_OK && q == NULL);
+    CHECK(fm_arena_alloc(a, 100, &q, &e) == FM_OK);
+    mark = fm_arena_mark(a);
+    CHECK(fm_arena_alloc(a, 500, &q, &e) == FM_OK);
+    fm_arena_reset(a, mark);
+    CHECK(fm_arena_used(a) == 164 && fm_arena_high_water(a) == 692);
+    CHECK(fm_arena_alloc(a, SIZE_MAX, &q, &e) == FM_ERR_ARENA);
+    fm_arena_destroy(&a);
+}
+
+/* A small network in the shape of the real ones: conv (im2col scratch), PReLU, ceil
+ * max pool, a gathered 1x1 conv, depthwise conv, concat, dense, softmax. Tensors come
+ * from the arena; the input and weights from the caller. */
+typedef struct graph_weights {
+    fm_tensor w1, b1, slope, w2, wd, wf, bf;
+} graph_weights;
+
+static fm_status run_graph(fm_arena *a, const fm_tensor *x, const graph_weights *gw,
+                           fm_tensor *out, fm_error *err)
+{
+    fm_status st;
+    fm_tensor c1, p1, c2, d1, cat, fc;
+    fm_conv2d_params s1 = fm_conv2d_sym(1, 1), one = fm_conv2d_sym(1, 0);
+    fm_conv2d_params dw = fm_conv2d_sym(1, 1);
+    dw.groups = gw->wd.n;
+    fm_pool2d_params pool = fm_pool2d_sym(3, 2, 0, 1, 0);
+    if ((st = fm_nn_conv2d_shape(x, &gw->w1, &s1, &c1, err)) ||
+        (st = fm_tensor_alloc(a, c1.n, c1.c, c1.h, c1.w, &c1, err)) ||
+        (st = fm_nn_conv2d(a, x, &gw->w1, &gw->b1, &s1, &c1, err)) ||
+        (st = fm_nn_prelu(a, &c1, &gw->slope, &c1, err)) ||
+        (st = fm_nn_pool2d_shape(&c1, &pool, &p1, err)) ||
+        (st = fm_tensor_alloc(a, p1.n, p1.c, p1.h, p1.w, &p1, err)) ||
+        (st = fm_nn_maxpool2d(a, &c1, &pool, &p1, err)))
+        return st;
+    size_t mark = fm_arena_mark(a);
+    if ((st = fm_nn_conv2d_shape(&p1, &gw->w2, &one, &c2, err)) ||
+        (st = fm_tensor_alloc(a, c2.n, c2.c, c2.h, c2.w, &c2, err)) ||
+        (st = fm_nn_conv2d(a, &p1, &gw->w2, NULL, &one, &c2, err)) ||
+        (st = fm_nn_relu(a, &c2, &c2, err)) ||
+        (st = fm_tensor_alloc(a, p1.n, p1.c, p1.h, p1.w, &d1, err)) ||
+        (st = fm_nn_conv2d(a, &p1, &gw->wd, NULL, &dw, &d1, err)) ||
+        (st = fm_tensor_alloc(a, p1.n, c2.c + d1.c, p1.h, p1.w, &cat, err)))
+        return st;
+    const fm_tensor *parts[] = {&c2, &d1};
+    if ((st = fm_nn_concat(a, parts, 2, &cat, err)) ||
+        (st = fm_tensor_alloc(a, cat.n, gw->wf.n, 1, 1, &fc, err)) ||
+        (st = fm_nn_dense(a, &cat, &gw->wf, &gw->bf, &fc, err)) ||
+        (st = fm_nn_softmax(a, &fc, out, err)))
+        return st;
+    fm_arena_reset(a, mark);
+    return FM_OK;
+}
+
+static void test_arena_measure(void)
+{
+    fm_error e = {0};
+    const int N = 3, C = 3, H = 24, W = 23, C1 = 10, C2 = 16, OUT = 7;
+    fm_tensor x = tensor_new(N, C, H, W);
+    graph_weights gw = {
+        tensor_new(C1, C, 3, 3),  tensor_new(1, C1, 1, 1), tensor_new(1, C1, 1, 1),
+        tensor_new(C2, C1, 1, 1), tensor_new(C1, 1, 3, 3), tensor_new(OUT, (C1 + C2) * 12 * 11, 1, 1),
+        tensor_new(1, OUT, 1, 1),
+    };
+    fm_tensor out = tensor_new(N, OUT, 1, 1), out2 = tensor_new(N, OUT, 1, 1);
+
+    /* Measure with data-less copies of everything. */
+    fm_arena *m = NULL, *a = NULL;
+    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+    graph_weights gm = gw;
+    fm_tensor xm = x, om = out;
+    xm.data = om.data = NULL;
+    gm.w1.data = gm.b1.data = gm.slope.data = gm.w2.data = gm.wd.data = NULL;
+    gm.wf.data = gm.bf.data = NULL;
+    CHECK_MSG(run_graph(m, &xm, &gm, &om, &e) == FM_OK, "measure: %s", e.msg);
+    size_t need = fm_arena_high_water(m), used = fm_arena_used(m);
+    fm_arena_destroy(&m);
+    CHECK(need > 0);
+
+    /* An arena of exactly that size runs the graph and reaches exactly that size. */
+    CHECK(fm_arena_new(need, &a, &e) == FM_OK);
+    CHECK_MSG(run_graph(a, &x, &gw, &out, &e) == FM_OK, "run: %s", e.msg);
+    CHECK(fm_arena_high_water(a) == need && fm_arena_used(a) == used);
+    fm_arena_destroy(&a);
+
+    /* The same on a roomy arena gives the same answer. */
+    CHECK(fm_arena_new(need * 2, &a, &e) == FM_OK);
+    CHECK(run_graph(a, &x, &gw, &out2, &e) == FM_OK);
+    CHECK(memcmp(out.data, out2.data, fm_tensor_count(&out) * sizeof(float)) == 0);
+    CHECK(fm_arena_high_water(a) == need);
+    fm_arena_destroy(&a);
+
+    /* Any smaller arena fails with FM_ERR_ARENA and writes nothing past its end. */
+    size_t sizes[24];
+    int ns = 0;
+    sizes[ns++] = need - 1;
+    sizes[ns++] = 0;
+    for (int i = 1; i < 22; i++)
+        sizes[ns++] = need * (size_t)i / 22 + (size_t)i * 7;
+    for (int i = 0; i < ns; i++) {
+        if (sizes[i] >= need)
+            continue;
+        CHECK(fm_arena_new(sizes[i], &a, &e) == FM_OK);
+        e.msg[0] = 0;
+        fm_status st = run_graph(a, &x, &gw, &out2, &e);
+        CHECK_MSG(st == FM_ERR_ARENA, "arena of %zu (need %zu): status %d %s", sizes[i], need,
+                  st, e.msg);
+        CHECK(strstr(e.msg, "exceeds the arena size"));
+        CHECK(fm_arena_high_water(a) <= sizes[i]);
+        fm_arena_destroy(&a);
+    }
+
+    /* A mismatched shape is caught while measuring, before any memory is sized. */
+    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+    gm.wf.c += 1;
+    CHECK(run_graph(m, &xm, &gm, &om, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "dense"));
+    fm_arena_destroy(&m);
+
+    tensor_free(&x);
+    tensor_free(&gw.w1);
+    tensor_free(&gw.b1);
+    tensor_free(&gw.slope);
+    tensor_free(&gw.w2);
+    tensor_free(&gw.wd);
+    tensor_free(&gw.wf);
+    tensor_free(&gw.bf);
+    tensor_free(&out);
+    tensor_free(&out2);
+}
+
+static void test_threads(void)
+{
+    fm_error e = {0};
+    CHECK(fm_nn_threads() == 1); /* the engine's default, whatever OpenBLAS would pick */
+    CHECK(fm_nn_set_threads(0, &e) == FM_ERR_INVALID);
+    CHECK(fm_nn_set_threads(2, &e) == FM_OK);
+    CHECK(fm_nn_threads() >= 1);
+    CHECK(fm_nn_set_threads(1, &e) == FM_OK);
+    CHECK(fm_nn_threads() == 1);
+}
+
+int main(void)
+{
+    test_threads();
+    test_arena_basics();
+    test_conv_paths();
+    test_conv_random(1500);
+    test_conv_invalid();
+    test_pool(1500);
+    test_global_avgpool();
+    test_dense();
+    test_eltwise();
+    test_combine();
+    test_arena_measure();
+    fprintf(stderr, "test_nn: %d convolutions and %d poolings compared (%d and %d "
+            "geometries correctly rejected)\n", conv_run, pool_run, conv_rejected,
+            pool_rejected);
+    return fm_test_done("test_nn");
+}

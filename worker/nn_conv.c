@@ -1,0 +1,411 @@
+/* nn_conv.c - 2-D convolution, the engine's hot spot: im2col + cblas_sgemm (row-major)
+ * for ordinary convolutions, a direct multiply for 1x1 stride-1 unpadded ones, a
+ * gathered multiply across images when each image has few output pixels, and a direct
+ * loop for depthwise convolutions. Shapes are checked once here; the inner loops trust
+ * them. */
+#include "nn_impl.h"
+
+#include <cblas.h>
+#include <string.h>
+
+/* Tuning (see ops/bench/bench_ops.c). Below CONV_GATHER_BELOW output pixels per
+ * image, several images are gathered into one multiply: GEMM efficiency falls off
+ * quickly for narrow matrices. CONV_IM2COL_FLOATS is the im2col buffer budget: large
+ * enough for efficient multiplies, small enough to stay in cache between im2col and
+ * sgemm; a multiply gets at least CONV_MIN_COLS columns whatever K is. */
+#ifndef CONV_GATHER_BELOW
+#define CONV_GATHER_BELOW 256
+#endif
+#ifndef CONV_IM2COL_FLOATS
+#define CONV_IM2COL_FLOATS (256 * 1024)
+#endif
+#ifndef CONV_MIN_COLS
+#define CONV_MIN_COLS 256
+#endif
+
+typedef struct conv_geom {
+    int n, c, h, w;        /* input */
+    int co, oh, ow;        /* output channels and size */
+    int kh, kw, sh, sw, pt, pl;
+    int groups, cpg, cog;  /* groups, input and output channels per group */
+    int k;                 /* rows of the im2col matrix: cpg * kh * kw */
+    int p;                 /* output pixels per image: oh * ow */
+} conv_geom;
+
+typedef enum conv_mode {
+    CONV_DEPTHWISE, /* one input channel per group: direct loop */
+    CONV_1X1,       /* 1x1 stride 1 unpadded: multiply the input as it is */
+    CONV_TILED,     /* im2col over column tiles of one image, results written in place */
+    CONV_GATHERED,  /* im2col of several images side by side, result scattered */
+} conv_mode;
+
+typedef struct conv_plan {
+    conv_mode mode;
+    int tile;       /* CONV_TILED: output pixels per im2col tile */
+    int imgs;       /* CONV_GATHERED: images per multiply */
+    size_t scratch; /* floats */
+} conv_plan;
+
+static fm_status conv_geometry(const char *op, const fm_tensor *x, const fm_tensor *w,
+                               const fm_conv2d_params *p, conv_geom *g, fm_error *err)
+{
+    nn_shape_text sx, sw;
+    if (!p)
+        return fm_error_set(err, FM_ERR_INVALID, "%s: parameters are NULL", op);
+    if (p->stride_h < 1 || p->stride_w < 1)
+        return fm_error_set(err, FM_ERR_INVALID, "%s: stride %dx%d must be >= 1", op,
+                            p->stride_h, p->stride_w);
+    if (p->pad_top < 0 || p->pad_left < 0 || p->pad_bottom < 0 || p->pad_right < 0)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: padding (top %d, left %d, bottom %d, right %d) must be >= 0",
+                            op, p->pad_top, p->pad_left, p->pad_bottom, p->pad_right);
+    if (p->groups < 1)
+        return fm_error_set(err, FM_ERR_INVALID, "%s: groups %d must be >= 1", op, p->groups);
+    if (x->c % p->groups || w->n % p->groups)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: groups %d does not divide input channels %d and output "
+                            "channels %d", op, p->groups, x->c, w->n);
+    if (w->c != x->c / p->groups)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: weights %s need %d input channels per group (input %s, "
+                            "groups %d)", op, nn_shape(w, &sw), x->c / p->groups,
+                            nn_shape(x, &sx), p->groups);
+    long long ph = (long long)x->h + p->pad_top + p->pad_bottom;
+    long long pw = (long long)x->w + p->pad_left + p->pad_right;
+    if (ph > INT_MAX || pw > INT_MAX)
+        return fm_error_set(err, FM_ERR_INVALID, "%s: padded input %lldx%lld is too large",
+                            op, ph, pw);
+    if (ph < w->h || pw < w->w)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: kernel %dx%d is larger than the padded input %lldx%lld "
+                            "(input %s)", op, w->h, w->w, ph, pw, nn_shape(x, &sx));
+    long long oh = (ph - w->h) / p->stride_h + 1, ow = (pw - w->w) / p->stride_w + 1;
+    if (!nn_dims_fit(x->n, w->n, oh, ow))
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: output [%d, %d, %lld, %lld] has more than %d elements", op,
+                            x->n, w->n, oh, ow, INT_MAX);
+    g->n = x->n, g->c = x->c, g->h = x->h, g->w = x->w;
+    g->co = w->n, g->oh = (int)oh, g->ow = (int)ow;
+    g->kh = w->h, g->kw = w->w, g->sh = p->stride_h, g->sw = p->stride_w;
+    g->pt = p->pad_top, g->pl = p->pad_left;
+    g->groups = p->groups, g->cpg = w->c, g->cog = w->n / p->groups;
+    g->k = w->c * w->h * w->w;
+    g->p = (int)(oh * ow);
+    return FM_OK;
+}
+
+fm_status fm_nn_conv2d_shape(const fm_tensor *x, const fm_tensor *w,
+                             const fm_conv2d_params *p, fm_tensor *y, fm_error *err)
+{
+    const char *op = "conv2d";
+    fm_status st;
+    if ((st = nn_check(op, "input", x, 1, err)) || (st = nn_check(op, "weights", w, 1, err)))
+        return st;
+    if (!y)
+        return fm_error_set(err, FM_ERR_INVALID, "%s: output is NULL", op);
+    conv_geom g;
+    if ((st = conv_geometry(op, x, w, p, &g, err)))
+        return st;
+    y->n = g.n, y->c = g.co, y->h = g.oh, y->w = g.ow;
+    return FM_OK;
+}
+
+static conv_plan conv_choose(const conv_geom *g)
+{
+    conv_plan pl = {CONV_TILED, 0, 0, 0};
+    if (g->groups > 1 && g->cpg == 1) {
+        pl.mode = CONV_DEPTHWISE;
+        return pl;
+    }
+    int cols_max = CONV_IM2COL_FLOATS / g->k;
+    if (cols_max < CONV_MIN_COLS)
+        cols_max = CONV_MIN_COLS;
+    if (g->p >= CONV_GATHER_BELOW) {
+        if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 &&
+            g->pl == 0 && g->oh == g->h && g->ow == g->w) {
+            pl.mode = CONV_1X1;
+            return pl;
+        }
+        pl.tile = g->p < cols_max ? g->p : cols_max;
+        pl.scratch = (size_t)g->k * (size_t)pl.tile;
+        return pl;
+    }
+    pl.mode = CONV_GATHERED;
+    int imgs = cols_max / g->p;
+    pl.imgs = imgs < 1 ? 1 : imgs > g->n ? g->n : imgs;
+    pl.scratch = ((size_t)g->k + (size_t)g->cog) * (size_t)pl.imgs * (size_t)g->p;
+    return pl;
+}
+
+/* Floor and ceiling of a / b for b > 0 and any sign of a. */
+static inline long long floor_div(long long a, long long b)
+{
+    return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+static inline long long ceil_div(long long a, long long b)
+{
+    return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+/* Output columns [lo, hi) whose input column ox*s - pad + kx lies inside [0, w). */
+static inline void valid_cols(int w, int s, int pad, int kx, int ow, int *lo, int *hi)
+{
+    long long l = ceil_div((long long)pad - kx, s);
+    long long h = floor_div((long long)w - 1 + pad - kx, s) + 1;
+    if (l < 0)
+        l = 0;
+    if (h > ow)
+        h = ow;
+    if (h < l)
+        h = l;
+    *lo = (int)l;
+    *hi = (int)h;
+}
+
+/* Writes output pixels [p0, p1) of the im2col matrix of one image's channel group:
+ * row r = (ci * kh + ky) * kw + kx holds, for each pixel, the input under tap (ky, kx)
+ * of channel ci (0 in the padding), at col + r * ld. x points at the group's first
+ * channel. */
+static void im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, size_t ld)
+{
+    const size_t plane = (size_t)g->h * g->w;
+    for (int ci = 0; ci < g->cpg; ci++) {
+        const float *xc = x + ci * plane;
+        for (int ky = 0; ky < g->kh; ky++) {
+            for (int kx = 0; kx < g->kw; kx++) {
+                float *dst = col + ((size_t)(ci * g->kh + ky) * g->kw + kx) * ld;
+                int lo, hi;
+                valid_cols(g->w, g->sw, g->pl, kx, g->ow, &lo, &hi);
+                int p = p0;
+                while (p < p1) {
+                    int oy = p / g->ow, ox0 = p % g->ow;
+                    int ox1 = p1 - p < g->ow - ox0 ? ox0 + (p1 - p) : g->ow;
+                    int iy = oy * g->sh - g->pt + ky;
+                    if (iy < 0 || iy >= g->h) {
+                        memset(dst, 0, (size_t)(ox1 - ox0) * sizeof *dst);
+                        dst += ox1 - ox0;
+                    } else {
+                        const float *row = xc + (size_t)iy * g->w;
+                        /* [ox0, a) left padding, [a, b) inside, [b, ox1) right */
+                        int a = ox0 > lo ? ox0 : lo, b = ox1 < hi ? ox1 : hi;
+                        if (b < a)
+                            a = b = ox1;
+                        for (int ox = ox0; ox < a; ox++)
+                            *dst++ = 0.0f;
+                        if (b > a) {
+                            const float *src = row + (a * g->sw - g->pl + kx);
+                            if (g->sw == 1) {
+                                memcpy(dst, src, (size_t)(b - a) * sizeof *dst);
+                                dst += b - a;
+                            } else {
+                                for (int ox = a; ox < b; ox++, src += g->sw)
+                                    *dst++ = *src;
+                            }
+                        }
+                        for (int ox = b; ox < ox1; ox++)
+                            *dst++ = 0.0f;
+                    }
+                    p += ox1 - ox0;
+                }
+            }
+        }
+    }
+}
+
+/* Adds bias[r] to rows r of a rows x cols block with leading dimension ld. */
+static void add_bias(float *y, size_t ld, int rows, int cols, const float *bias)
+{
+    if (!bias)
+        return;
+    for (int r = 0; r < rows; r++) {
+        float b = bias[r];
+        float *yr = y + (size_t)r * ld;
+        for (int j = 0; j < cols; j++)
+            yr[j] += b;
+    }
+}
+
+/* Output columns per block in the depthwise interior: a fixed count, so the compiler
+ * keeps the accumulators in vector registers even at -O2. */
+#define DW_BLOCK 8
+
+/* One output row of a depthwise convolution of one channel plane xc with kernel wk.
+ * Columns where every tap lies inside the input (the interior) accumulate in registers,
+ * DW_BLOCK at a time; the border columns add tap by tap, skipping the padding. */
+static void dw_row(const conv_geom *g, const float *restrict xc, const float *restrict wk,
+                   float b0, int oy, float *restrict yr)
+{
+    const int base = oy * g->sh - g->pt; /* input row of tap ky is base + ky */
+    const int ky0 = base < 0 ? -base : 0;
+    const int ky1 = g->h - base < g->kh ? g->h - base : g->kh;
+    int ia, ib, unused;
+    valid_cols(g->w, g->sw, g->pl, 0, g->ow, &ia, &unused);
+    valid_cols(g->w, g->sw, g->pl, g->kw - 1, g->ow, &unused, &ib);
+    if (ib < ia)
+        ia = ib = 0; /* no column sees every tap: all of the row is border */
+
+    for (int ox = 0; ox < g->ow; ox++)
+        yr[ox] = b0;
+    for (int ky = ky0; ky < ky1; ky++) {
+        const float *row = xc + (size_t)(base + ky) * g->w;
+        for (int kx = 0; kx < g->kw; kx++) {
+            const float wv = wk[ky * g->kw + kx];
+            int lo, hi;
+            valid_cols(g->w, g->sw, g->pl, kx, g->ow, &lo, &hi);
+            const int left_end = hi < ia ? hi : ia, right_start = lo > ib ? lo : ib;
+            for (int ox = lo; ox < left_end; ox++)
+                yr[ox] += wv * row[ox * g->sw - g->pl + kx];
+            for (int ox = right_start; ox < hi; ox++)
+                yr[ox] += wv * row[ox * g->sw - g->pl + kx];
+        }
+    }
+
+    int ox = ia;
+    if (g->sw == 1) {
+        for (; ox + DW_BLOCK <= ib; ox += DW_BLOCK) {
+            float acc[DW_BLOCK];
+            for (int v = 0; v < DW_BLOCK; v++)
+                acc[v] = b0;
+            for (int ky = ky0; ky < ky1; ky++) {
+                const float *row = xc + (size_t)(base + ky) * g->w + ox - g->pl;
+                const float *wr = wk + ky * g->kw;
+                for (int kx = 0; kx < g->kw; kx++) {
+                    const float wv = wr[kx];
+                    const float *src = row + kx;
+                    for (int v = 0; v < DW_BLOCK; v++)
+                        acc[v] += wv * src[v];
+                }
+            }
+            for (int v = 0; v < DW_BLOCK; v++)
+                yr[ox + v] = acc[v];
+        }
+    }
+    for (; ox < ib; ox++) {
+        float acc = b0;
+        for (int ky = ky0; ky < ky1; ky++) {
+            const float *row = xc + (size_t)(base + ky) * g->w + ox * g->sw - g->pl;
+            const float *wr = wk + ky * g->kw;
+            for (int kx = 0; kx < g->kw; kx++)
+                acc += wr[kx] * row[kx];
+        }
+        yr[ox] = acc;
+    }
+}
+
+/* Depthwise (one input channel per group, any channel multiplier): a direct loop,
+ * since each output channel sees only kh*kw*plane multiply-adds and im2col would only
+ * copy. */
+static void conv_depthwise(const conv_geom *g, const float *x, const float *w,
+                           const float *bias, float *y)
+{
+    const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->p;
+    for (int n = 0; n < g->n; n++) {
+        for (int oc = 0; oc < g->co; oc++) {
+            const float *xc = x + ((size_t)n * g->c + oc / g->cog) * in_plane;
+            const float *wk = w + (size_t)oc * g->kh * g->kw;
+            float *yc = y + ((size_t)n * g->co + oc) * out_plane;
+            const float b0 = bias ? bias[oc] : 0.0f;
+            for (int oy = 0; oy < g->oh; oy++)
+                dw_row(g, xc, wk, b0, oy, yc + (size_t)oy * g->ow);
+        }
+    }
+}
+
+fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                       const fm_tensor *bias, const fm_conv2d_params *p, fm_tensor *y,
+                       fm_error *err)
+{
+    const char *op = "conv2d";
+    const int measuring = nn_measuring(a);
+    fm_status st;
+    if ((st = nn_check(op, "input", x, measuring, err)) ||
+        (st = nn_check(op, "weights", w, measuring, err)) ||
+        (st = nn_check(op, "output", y, measuring, err)))
+        return st;
+    conv_geom g;
+    if ((st = conv_geometry(op, x, w, p, &g, err)) ||
+        (st = nn_check_vec(op, "bias", bias, (size_t)g.co, measuring, err)) ||
+        (st = nn_check_shape(op, "output", y, g.n, g.co, g.oh, g.ow, err)) ||
+        (st = nn_check_disjoint(op, "the input", y, x, err)) ||
+        (st = nn_check_disjoint(op, "the weights", y, w, err)) ||
+        (st = nn_check_disjoint(op, "the bias", y, bias, err)))
+        return st;
+
+    conv_plan plan = conv_choose(&g);
+    size_t mark = fm_arena_mark(a);
+    float *scratch = NULL;
+    if (plan.scratch && (st = nn_scratch(a, op, plan.scratch, &scratch, err)))
+        return st;
+    if (measuring) {
+        fm_arena_reset(a, mark);
+        return FM_OK;
+    }
+    nn_blas_ready();
+
+    const float *b = bias ? bias->data : NULL;
+    const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.p;
+    const size_t wg_size = (size_t)g.cog * g.k;
+    switch (plan.mode) {
+    case CONV_DEPTHWISE:
+        conv_depthwise(&g, x->data, w->data, b, y->data);
+        break;
+    case CONV_1X1:
+        for (int n = 0; n < g.n; n++) {
+            for (int gr = 0; gr < g.groups; gr++) {
+                const float *xg = x->data + ((size_t)n * g.c + (size_t)gr * g.cpg) * in_plane;
+                float *yg = y->data + ((size_t)n * g.co + (size_t)gr * g.cog) * out_plane;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, g.p, g.k, 1.0f,
+                            w->data + gr * wg_size, g.k, xg, g.p, 0.0f, yg, g.p);
+                add_bias(yg, out_plane, g.cog, g.p, b ? b + (size_t)gr * g.cog : NULL);
+            }
+        }
+        break;
+    case CONV_TILED:
+        for (int n = 0; n < g.n; n++) {
+            for (int gr = 0; gr < g.groups; gr++) {
+                const float *xg = x->data + ((size_t)n * g.c + (size_t)gr * g.cpg) * in_plane;
+                float *yg = y->data + ((size_t)n * g.co + (size_t)gr * g.cog) * out_plane;
+                for (int p0 = 0; p0 < g.p; p0 += plan.tile) {
+                    int cols = g.p - p0 < plan.tile ? g.p - p0 : plan.tile;
+                    im2col(&g, xg, p0, p0 + cols, scratch, (size_t)cols);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, cols, g.k,
+                                1.0f, w->data + gr * wg_size, g.k, scratch, cols, 0.0f,
+                                yg + p0, g.p);
+                    add_bias(yg + p0, out_plane, g.cog, cols,
+                             b ? b + (size_t)gr * g.cog : NULL);
+                }
+            }
+        }
+        break;
+    case CONV_GATHERED: {
+        float *col = scratch;
+        float *res = scratch + (size_t)g.k * plan.imgs * g.p;
+        for (int n0 = 0; n0 < g.n; n0 += plan.imgs) {
+            int imgs = g.n - n0 < plan.imgs ? g.n - n0 : plan.imgs;
+            int cols = imgs * g.p;
+            for (int gr = 0; gr < g.groups; gr++) {
+                for (int j = 0; j < imgs; j++) {
+                    const float *xg =
+                        x->data + ((size_t)(n0 + j) * g.c + (size_t)gr * g.cpg) * in_plane;
+                    im2col(&g, xg, 0, g.p, col + (size_t)j * g.p, (size_t)cols);
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, cols, g.k, 1.0f,
+                            w->data + gr * wg_size, g.k, col, cols, 0.0f, res, cols);
+                for (int j = 0; j < imgs; j++) {
+                    for (int m = 0; m < g.cog; m++) {
+                        const float *src = res + (size_t)m * cols + (size_t)j * g.p;
+                        float *dst = y->data + ((size_t)(n0 + j) * g.co +
+                                                (size_t)gr * g.cog + m) * out_plane;
+                        float bv = b ? b[(size_t)gr * g.cog + m] : 0.0f;
+                        for (int q = 0; q < g.p; q++)
+                            dst[q] = src[q] + bv;
+                    }
+                }
+            }
+        }
+        break;
+    }
+    }
+    fm_arena_reset(a, mark);
+    return FM_OK;
+}
