@@ -14,6 +14,7 @@ typedef struct command {
 
 static const command commands[] = {
     /* --- command table --- */
+    {"model", fm_cmd_model, "inspect and verify model files"},
     {"config", fm_cmd_config, "show the effective configuration"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},

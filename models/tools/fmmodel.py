@@ -193,11 +193,13 @@ def write_model(path, metadata, tensors):
         if nb in seen:
             raise ValueError("tensor %r: duplicate name" % name)
         seen.add(nb)
-        a = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+        a = np.asarray(arr, dtype=np.float32)
+        # Checked before ascontiguousarray, which turns a 0-d array into a 1-d one.
         if not 1 <= a.ndim <= MAX_NDIM:
             raise ValueError("tensor %r: ndim %d is not 1..4" % (name, a.ndim))
         if any(d < 1 for d in a.shape):
             raise ValueError("tensor %r: dims %s must all be >= 1" % (name, a.shape))
+        a = np.ascontiguousarray(a)
         arrays.append((nb, a))
 
     directory = bytearray()

@@ -1,0 +1,1017 @@
+/* test_model.c - the model file module: writer -> reader round trips with exact values,
+ * and a hostile-file suite that corrupts every field the reader checks.
+ *
+ * Why it exists: the reader is the boundary between untrusted files and pointers the
+ * engine dereferences without further checks. Each corruption below must come back
+ * as the right status with a message, never as a crash or an out-of-bounds read (the
+ * sanitizer build runs this same program).
+ */
+#include "facemill/model.h"
+#include "fm_test.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+static char base_path[300];
+static char work_path[300];
+
+/* ---------------------------------------------------------------- helpers ---- */
+
+static uint32_t g32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t g64(const uint8_t *p)
+{
+    return (uint64_t)g32(p) | (uint64_t)g32(p + 4) << 32;
+}
+
+static void p32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void p64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static int write_file(const char *path, const uint8_t *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return 0;
+    int ok = fwrite(buf, 1, len, f) == len;
+    return fclose(f) == 0 && ok;
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+/* Recomputes index_crc32 when the header's section fields are in bounds, so a
+ * patched field reaches its own check instead of failing the CRC. */
+static void fix_index_crc(uint8_t *b, size_t len)
+{
+    if (len < 128)
+        return;
+    uint64_t dir_offset = g64(b + 40), dir_size = g64(b + 48);
+    if (dir_offset > len || dir_size > len - dir_offset || dir_offset + dir_size < 128)
+        return;
+    p32(b + 72, 0);
+    p32(b + 72, fm_model_crc32(0, b, (size_t)(dir_offset + dir_size)));
+}
+
+static void fix_data_crc(uint8_t *b, size_t len)
+{
+    uint64_t data_offset = g64(b + 56);
+    p32(b + 76, fm_model_crc32(0, b + data_offset, len - (size_t)data_offset));
+    fix_index_crc(b, len);
+}
+
+/* Reads everything a model hands out, so ASan sees any pointer past the mapping. */
+static double touch_model(const fm_model *m)
+{
+    double sum = 0;
+    for (size_t i = 0; i < fm_model_tensor_count(m); i++) {
+        const fm_model_tensor_info *t = fm_model_tensor_at(m, i);
+        for (uint64_t k = 0; k < t->count; k++)
+            sum += t->data[k] == t->data[k] ? 1 : 0;
+        sum += (double)strlen(t->name);
+        CHECK(fm_model_tensor(m, t->name) == t);
+    }
+    for (size_t i = 0; i < fm_model_meta_count(m); i++) {
+        const char *key, *s;
+        fm_model_meta_type type;
+        size_t n = 0, len;
+        int64_t v;
+        double d;
+        const int64_t *iv;
+        const double *dv;
+        CHECK(fm_model_meta_at(m, i, &key, &type) == FM_OK);
+        sum += (double)strlen(key);
+        switch (type) {
+        case FM_MODEL_META_I64: fm_model_meta_i64(m, key, &v, NULL); sum += (double)(v & 1); break;
+        case FM_MODEL_META_F64: fm_model_meta_f64(m, key, &d, NULL); sum += d == d; break;
+        case FM_MODEL_META_STR: fm_model_meta_str(m, key, &s, &len, NULL); sum += (double)len; break;
+        case FM_MODEL_META_I64_ARRAY:
+            fm_model_meta_i64_array(m, key, &iv, &n, NULL);
+            for (size_t k = 0; k < n; k++)
+                sum += (double)(iv[k] & 1);
+            break;
+        case FM_MODEL_META_F64_ARRAY:
+            fm_model_meta_f64_array(m, key, &dv, &n, NULL);
+            for (size_t k = 0; k < n; k++)
+                sum += dv[k] == dv[k];
+            break;
+        case FM_MODEL_META_STR_ARRAY:
+            fm_model_meta_str_array(m, key, NULL, &n, NULL);
+            for (size_t k = 0; k < n; k++) {
+                fm_model_meta_str_array_at(m, key, k, &s, &len, NULL);
+                sum += (double)strlen(s);
+            }
+            break;
+        }
+    }
+    return sum;
+}
+
+/* Writes buf to the work file and opens it; on success touches and closes it. */
+static fm_status open_bytes(const uint8_t *buf, size_t len, unsigned flags, fm_error *err)
+{
+    if (!write_file(work_path, buf, len)) {
+        fprintf(stderr, "cannot write %s\n", work_path);
+        exit(1);
+    }
+    fm_model *m = (fm_model *)(uintptr_t)1;
+    fm_status st = fm_model_open(&m, work_path, flags, err);
+    if (st == FM_OK) {
+        touch_model(m);
+        fm_model_close(&m);
+        CHECK(m == NULL);
+    } else {
+        CHECK(m == NULL);
+        CHECK(err->msg[0] != '\0');
+        CHECK(err->code == st);
+    }
+    return st;
+}
+
+static int n_cases;
+
+/* Opens buf and checks the status (and, when substr is not NULL, the message). */
+static void expect(const uint8_t *buf, size_t len, unsigned flags, fm_status want,
+                   const char *substr, const char *label)
+{
+    fm_error err = {0};
+    fm_status st = open_bytes(buf, len, flags, &err);
+    n_cases++;
+    CHECK_MSG(st == want, "%s: got '%s' (%s), want '%s'", label, fm_status_to_string(st),
+              err.msg, fm_status_to_string(want));
+    if (substr && st == want)
+        CHECK_MSG(strstr(err.msg, substr) != NULL, "%s: message '%s' lacks '%s'", label,
+                  err.msg, substr);
+}
+
+/* Copies the base file, sets a header u32/u64 field, fixes the CRC, expects want. */
+static void expect_h32(const uint8_t *base, size_t len, size_t off, uint32_t v,
+                       fm_status want, const char *substr, const char *label)
+{
+    uint8_t *b = malloc(len);
+    memcpy(b, base, len);
+    p32(b + off, v);
+    fix_index_crc(b, len);
+    char l[160];
+    snprintf(l, sizeof l, "%s = %" PRIu32, label, v);
+    expect(b, len, 0, want, substr, l);
+    free(b);
+}
+
+static void expect_h64(const uint8_t *base, size_t len, size_t off, uint64_t v,
+                       fm_status want, const char *substr, const char *label)
+{
+    uint8_t *b = malloc(len);
+    memcpy(b, base, len);
+    p64(b + off, v);
+    fix_index_crc(b, len);
+    char l[160];
+    snprintf(l, sizeof l, "%s = %" PRIu64, label, v);
+    expect(b, len, 0, want, substr, l);
+    free(b);
+}
+
+/* Positions of the fields of directory entry idx / metadata entry idx in a file. */
+typedef struct dirpos {
+    size_t name_len, name, dtype, ndim, dims, offset, nbytes;
+} dirpos;
+
+static dirpos dir_entry(const uint8_t *b, unsigned idx)
+{
+    size_t pos = (size_t)g64(b + 40);
+    for (unsigned i = 0;; i++) {
+        dirpos d;
+        d.name_len = pos;
+        d.name = pos + 4;
+        d.dtype = d.name + g32(b + pos);
+        d.ndim = d.dtype + 4;
+        d.dims = d.ndim + 4;
+        d.offset = d.dims + 8 * g32(b + d.ndim);
+        d.nbytes = d.offset + 8;
+        if (i == idx)
+            return d;
+        pos = d.nbytes + 8;
+    }
+}
+
+typedef struct metapos {
+    size_t key_len, key, type, value;
+} metapos;
+
+static metapos meta_entry(const uint8_t *b, unsigned idx)
+{
+    size_t pos = 128;
+    for (unsigned i = 0;; i++) {
+        metapos e;
+        e.key_len = pos;
+        e.key = pos + 4;
+        e.type = e.key + g32(b + pos);
+        e.value = e.type + 4;
+        if (i == idx)
+            return e;
+        uint32_t type = g32(b + e.type), n;
+        switch (type) {
+        case 1: case 2: pos = e.value + 8; break;
+        case 3: pos = e.value + 4 + g32(b + e.value); break;
+        case 4: case 5: pos = e.value + 4 + 8 * (size_t)g32(b + e.value); break;
+        default:
+            n = g32(b + e.value);
+            pos = e.value + 4;
+            for (uint32_t k = 0; k < n; k++)
+                pos += 4 + g32(b + pos);
+        }
+    }
+}
+
+/* --------------------------------------------------------------- the model ---- */
+
+#define T1_N 15
+#define T3_N 54
+
+static const int64_t base_i64s[] = {INT64_MIN, -1, 0, 1, INT64_MAX};
+static const double base_f64s[] = {0.1, -0.0, 1e308, 5e-324, -2.5};
+static const char *const base_strs[] = {"White", "Black", "", "Indian \xc3\xa9\xe6\xbc\xa2",
+                                        "Others"};
+
+static float t1_data[T1_N], t2_data[T1_N], t3_data[T3_N], t4_data[1];
+
+/* The base model: every metadata type and four tensors; t1 and t2 have the same size
+ * (for the overlap case), conv1.w spans several 64-byte blocks. */
+static fm_status build_base(const char *path, fm_error *err)
+{
+    for (int i = 0; i < T1_N; i++) {
+        t1_data[i] = (float)i * 0.25f - 1.0f;
+        t2_data[i] = -(float)i * 1e-3f;
+    }
+    for (int i = 0; i < T3_N; i++)
+        t3_data[i] = (float)(i * i) / 7.0f;
+    t4_data[0] = 3.0e38f;
+    fm_model_writer *w = fm_model_writer_new();
+    fm_status st = FM_OK;
+    const uint64_t d1[] = {3, 5}, d2[] = {T1_N}, d3[] = {2, 3, 3, 3}, d4[] = {1};
+    if (!w)
+        return FM_ERR_NOMEM;
+    if ((st = fm_model_writer_add_str(w, "general.architecture", "test.arch", err)) ||
+        (st = fm_model_writer_add_i64(w, "a.i64", -1234567890123LL, err)) ||
+        (st = fm_model_writer_add_f64(w, "a.f64", 0.1, err)) ||
+        (st = fm_model_writer_add_str(w, "a.str", "h\xc3\xa9llo \xf0\x9f\x98\x80", err)) ||
+        (st = fm_model_writer_add_i64_array(w, "a.i64s", base_i64s, 5, err)) ||
+        (st = fm_model_writer_add_f64_array(w, "a.f64s", base_f64s, 5, err)) ||
+        (st = fm_model_writer_add_str_array(w, "labels.race", base_strs, 5, err)) ||
+        (st = fm_model_writer_add_i64_array(w, "a.empty", NULL, 0, err)) ||
+        (st = fm_model_writer_add_str_array(w, "a.emptys", NULL, 0, err)) ||
+        (st = fm_model_writer_add_str(w, "a.blank", "", err)) ||
+        (st = fm_model_writer_add_tensor(w, "t1", 2, d1, t1_data, err)) ||
+        (st = fm_model_writer_add_tensor(w, "t2", 1, d2, t2_data, err)) ||
+        (st = fm_model_writer_add_tensor(w, "conv1.w", 4, d3, t3_data, err)) ||
+        (st = fm_model_writer_add_tensor(w, "t4", 1, d4, t4_data, err)))
+        goto done;
+    st = fm_model_writer_save(w, path, err);
+done:
+    fm_model_writer_destroy(&w);
+    CHECK(w == NULL);
+    return st;
+}
+
+/* ------------------------------------------------------------------ tests ---- */
+
+static void test_crc(void)
+{
+    CHECK(fm_model_crc32(0, "123456789", 9) == 0xCBF43926u);
+    CHECK(fm_model_crc32(0, "", 0) == 0);
+    uint8_t buf[1000];
+    for (int i = 0; i < 1000; i++)
+        buf[i] = (uint8_t)(i * 131 + 7);
+    uint32_t whole = fm_model_crc32(0, buf, sizeof buf);
+    for (size_t cut = 0; cut <= 1000; cut += 37)
+        CHECK(fm_model_crc32(fm_model_crc32(0, buf, cut), buf + cut, 1000 - cut) == whole);
+}
+
+static void test_round_trip(void)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    CHECK_MSG(build_base(base_path, &err) == FM_OK, "%s", err.msg);
+    CHECK_MSG(fm_model_open(&m, base_path, FM_MODEL_VERIFY_DATA, &err) == FM_OK, "%s", err.msg);
+    if (!m)
+        return;
+    CHECK(strcmp(fm_model_path(m), base_path) == 0);
+    struct stat sb;
+    CHECK(stat(base_path, &sb) == 0 && fm_model_file_size(m) == (uint64_t)sb.st_size);
+
+    const char *s;
+    size_t len, n;
+    int64_t v;
+    double d;
+    const int64_t *iv;
+    const double *dv;
+    const char *const *sv;
+    CHECK(fm_model_meta_count(m) == 10);
+    CHECK(fm_model_meta_str(m, "general.architecture", &s, &len, NULL) == FM_OK &&
+          strcmp(s, "test.arch") == 0 && len == 9);
+    CHECK(fm_model_meta_i64(m, "a.i64", &v, NULL) == FM_OK && v == -1234567890123LL);
+    CHECK(fm_model_meta_f64(m, "a.f64", &d, NULL) == FM_OK && d == 0.1);
+    CHECK(fm_model_meta_str(m, "a.str", &s, NULL, NULL) == FM_OK &&
+          strcmp(s, "h\xc3\xa9llo \xf0\x9f\x98\x80") == 0);
+    CHECK(fm_model_meta_i64_array(m, "a.i64s", &iv, &n, NULL) == FM_OK && n == 5 &&
+          memcmp(iv, base_i64s, sizeof base_i64s) == 0);
+    CHECK(fm_model_meta_f64_array(m, "a.f64s", &dv, &n, NULL) == FM_OK && n == 5 &&
+          memcmp(dv, base_f64s, sizeof base_f64s) == 0);
+    CHECK(fm_model_meta_str_array(m, "labels.race", &sv, &n, NULL) == FM_OK && n == 5);
+    for (size_t i = 0; i < 5 && n == 5; i++) {
+        CHECK(strcmp(sv[i], base_strs[i]) == 0);
+        CHECK(fm_model_meta_str_array_at(m, "labels.race", i, &s, &len, NULL) == FM_OK &&
+              s == sv[i] && len == strlen(base_strs[i]));
+    }
+    CHECK(fm_model_meta_i64_array(m, "a.empty", &iv, &n, NULL) == FM_OK && n == 0);
+    CHECK(fm_model_meta_str_array(m, "a.emptys", NULL, &n, NULL) == FM_OK && n == 0);
+    CHECK(fm_model_meta_str(m, "a.blank", &s, &len, NULL) == FM_OK && len == 0 && s[0] == 0);
+    const char *key;
+    fm_model_meta_type type;
+    CHECK(fm_model_meta_at(m, 6, &key, &type) == FM_OK && strcmp(key, "labels.race") == 0 &&
+          type == FM_MODEL_META_STR_ARRAY);
+    CHECK(fm_model_meta_at(m, 10, &key, &type) == FM_ERR_INVALID);
+
+    /* Wrong type, missing key, out-of-range index. */
+    fm_error e2 = {0};
+    v = 42;
+    CHECK(fm_model_meta_i64(m, "a.f64", &v, &e2) == FM_ERR_INVALID && v == 42);
+    CHECK(strstr(e2.msg, "'a.f64' is f64, not i64") != NULL);
+    CHECK(fm_model_meta_str(m, "a.i64", &s, NULL, NULL) == FM_ERR_INVALID);
+    CHECK(fm_model_meta_f64_array(m, "a.i64s", &dv, &n, NULL) == FM_ERR_INVALID);
+    CHECK(fm_model_meta_i64_array(m, "a.f64s", &iv, &n, NULL) == FM_ERR_INVALID);
+    CHECK(fm_model_meta_str_array(m, "a.str", &sv, &n, NULL) == FM_ERR_INVALID);
+    CHECK(fm_model_meta_f64(m, "no.such", &d, &e2) == FM_ERR_NOT_FOUND);
+    CHECK(strstr(e2.msg, "'no.such' not found") != NULL);
+    CHECK(fm_model_meta_str(m, "general", &s, NULL, NULL) == FM_ERR_NOT_FOUND);
+    CHECK(fm_model_meta_str_array_at(m, "labels.race", 5, &s, &len, NULL) == FM_ERR_INVALID);
+
+    /* Tensors: directory order, exact data, alignment. */
+    CHECK(fm_model_tensor_count(m) == 4);
+    const char *names[] = {"t1", "t2", "conv1.w", "t4"};
+    const float *datas[] = {t1_data, t2_data, t3_data, t4_data};
+    const uint64_t counts[] = {T1_N, T1_N, T3_N, 1};
+    for (size_t i = 0; i < 4; i++) {
+        const fm_model_tensor_info *t = fm_model_tensor_at(m, i);
+        CHECK(t && strcmp(t->name, names[i]) == 0 && t->name_len == strlen(names[i]));
+        CHECK(t && t->dtype == FM_MODEL_DTYPE_F32 && t->count == counts[i] &&
+              t->nbytes == counts[i] * 4 && t->offset % 64 == 0);
+        CHECK(t && (uintptr_t)t->data % 64 == 0);
+        CHECK(t && memcmp(t->data, datas[i], (size_t)t->nbytes) == 0);
+        CHECK(fm_model_tensor(m, names[i]) == t);
+    }
+    CHECK(fm_model_tensor_at(m, 4) == NULL);
+    const fm_model_tensor_info *c = fm_model_tensor(m, "conv1.w");
+    CHECK(c && c->ndim == 4 && c->dims[0] == 2 && c->dims[1] == 3 && c->dims[2] == 3 &&
+          c->dims[3] == 3);
+    const fm_model_tensor_info *t1 = fm_model_tensor(m, "t1");
+    CHECK(t1 && t1->ndim == 2 && t1->dims[0] == 3 && t1->dims[1] == 5 && t1->dims[2] == 1 &&
+          t1->dims[3] == 1);
+    CHECK(fm_model_tensor(m, "t") == NULL && fm_model_tensor(m, "t1 ") == NULL &&
+          fm_model_tensor(m, "") == NULL && fm_model_tensor(m, NULL) == NULL);
+
+    /* The checked lookup builders use. */
+    const float *data = NULL;
+    const uint64_t want[] = {2, 0, 3, 3}, bad[] = {2, 3, 5, 0}, exact[] = {3, 5};
+    CHECK(fm_model_tensor_expect(m, "conv1.w", 4, want, &data, &e2) == FM_OK && data == c->data);
+    CHECK(fm_model_tensor_expect(m, "conv1.w", 4, NULL, NULL, &e2) == FM_OK);
+    CHECK(fm_model_tensor_expect(m, "t1", 2, exact, &data, &e2) == FM_OK && data == t1->data);
+    CHECK(fm_model_tensor_expect(m, "conv1.w", 4, bad, &data, &e2) == FM_ERR_FORMAT);
+    CHECK_MSG(strstr(e2.msg, "tensor 'conv1.w': f32 shape [2, 3, 3, 3], expected f32 "
+                             "[2, 3, 5, *]") != NULL, "%s", e2.msg);
+    CHECK(fm_model_tensor_expect(m, "conv1.w", 3, NULL, &data, &e2) == FM_ERR_FORMAT);
+    CHECK(fm_model_tensor_expect(m, "conv2.w", 4, NULL, &data, &e2) == FM_ERR_NOT_FOUND);
+    CHECK(strstr(e2.msg, "tensor 'conv2.w' not found") != NULL);
+    CHECK(fm_model_tensor_expect(m, "t1", 0, NULL, &data, &e2) == FM_ERR_INVALID);
+    CHECK(fm_model_tensor_expect(m, "t1", 5, NULL, &data, &e2) == FM_ERR_INVALID);
+
+    fm_model_close(&m);
+    CHECK(m == NULL);
+    fm_model_close(&m);
+    fm_model_close(NULL);
+    fm_model_writer_destroy(NULL);
+    fm_model_writer *nw = NULL;
+    fm_model_writer_destroy(&nw);
+
+    /* The empty model: header only. */
+    char path[320];
+    snprintf(path, sizeof path, "%s/empty.fmm", tmpdir);
+    fm_model_writer *w = fm_model_writer_new();
+    CHECK(w && fm_model_writer_save(w, path, &err) == FM_OK);
+    fm_model_writer_destroy(&w);
+    CHECK(stat(path, &sb) == 0 && sb.st_size == 128);
+    CHECK(fm_model_open(&m, path, FM_MODEL_VERIFY_DATA, &err) == FM_OK);
+    if (m) {
+        CHECK(fm_model_tensor_count(m) == 0 && fm_model_meta_count(m) == 0);
+        CHECK(fm_model_tensor(m, "x") == NULL);
+        CHECK(fm_model_meta_i64(m, "x", &v, NULL) == FM_ERR_NOT_FOUND);
+        fm_model_close(&m);
+    }
+    unlink(path);
+}
+
+static void test_writer_errors(void)
+{
+    fm_error err = {0};
+    fm_model_writer *w = fm_model_writer_new();
+    float f[4] = {1, 2, 3, 4};
+    const uint64_t d1[] = {4}, d0[] = {0}, d5[] = {1, 1, 1, 1, 4}, dbig[] = {UINT64_MAX / 2, 4};
+    char long_key[300];
+    memset(long_key, 'a', 256);
+    long_key[256] = 0;
+    CHECK(fm_model_writer_add_i64(w, "", 1, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_i64(w, "A", 1, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_i64(w, "a-b", 1, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_i64(w, "a b", 1, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_i64(w, long_key, 1, &err) == FM_ERR_INVALID);
+    long_key[255] = 0;
+    CHECK(fm_model_writer_add_i64(w, long_key, 1, &err) == FM_OK);
+    CHECK(fm_model_writer_add_i64(w, NULL, 1, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_i64(NULL, "a", 1, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_i64(w, "a", 1, &err) == FM_OK);
+    CHECK(fm_model_writer_add_f64(w, "a", 1, &err) == FM_ERR_INVALID);
+    CHECK(strstr(err.msg, "duplicate metadata key 'a'") != NULL);
+    CHECK(fm_model_writer_add_str(w, "s", "\xff", &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_str(w, "s", "\xc0\x80", &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_str(w, "s", "\xed\xa0\x80", &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_str(w, "s", NULL, &err) == FM_ERR_INVALID);
+    const char *bad_arr[] = {"ok", "\xfe"};
+    CHECK(fm_model_writer_add_str_array(w, "s", bad_arr, 2, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_i64_array(w, "s", NULL, 3, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_f64_array(w, "s", NULL, FM_MODEL_MAX_COUNT + 1, &err) ==
+          FM_ERR_LIMIT);
+    char *huge = malloc(FM_MODEL_MAX_STR + 2);
+    memset(huge, 'x', FM_MODEL_MAX_STR + 1);
+    huge[FM_MODEL_MAX_STR + 1] = 0;
+    CHECK(fm_model_writer_add_str(w, "s", huge, &err) == FM_ERR_LIMIT);
+    huge[FM_MODEL_MAX_STR] = 0;
+    CHECK(fm_model_writer_add_str(w, "s", huge, &err) == FM_OK);
+    free(huge);
+
+    CHECK(fm_model_writer_add_tensor(w, "t", 1, d1, f, &err) == FM_OK);
+    CHECK(fm_model_writer_add_tensor(w, "t", 1, d1, f, &err) == FM_ERR_INVALID);
+    CHECK(strstr(err.msg, "duplicate tensor 't'") != NULL);
+    CHECK(fm_model_writer_add_tensor(w, "", 1, d1, f, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor(w, "a\nb", 1, d1, f, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor(w, "a\xff", 1, d1, f, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor(w, "u", 0, d1, f, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor(w, "u", 5, d5, f, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor(w, "u", 1, d0, f, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor(w, "u", 2, dbig, f, &err) == FM_ERR_LIMIT);
+    CHECK(fm_model_writer_add_tensor(w, "u", 1, d1, NULL, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor(w, "Conv/1 w\xc3\xa9", 1, d1, f, &err) == FM_OK);
+
+    /* A save that cannot create its temporary file leaves nothing behind. */
+    char path[400];
+    snprintf(path, sizeof path, "%s/no/such/dir/m.fmm", tmpdir);
+    CHECK(fm_model_writer_save(w, path, &err) == FM_ERR_IO);
+    CHECK(strstr(err.msg, "m.fmm.tmp.") != NULL);
+    CHECK(fm_model_writer_save(w, NULL, &err) == FM_ERR_INVALID);
+    snprintf(path, sizeof path, "%s/w.fmm", tmpdir);
+    CHECK(fm_model_writer_save(w, path, &err) == FM_OK);
+    fm_model *m = NULL;
+    CHECK(fm_model_open(&m, path, FM_MODEL_VERIFY_DATA, &err) == FM_OK);
+    const char *s;
+    size_t len = 0;
+    CHECK(m && fm_model_meta_str(m, "s", &s, &len, NULL) == FM_OK && len == FM_MODEL_MAX_STR);
+    CHECK(m && fm_model_tensor(m, "Conv/1 w\xc3\xa9") != NULL);
+    fm_model_close(&m);
+    unlink(path);
+    fm_model_writer_destroy(&w);
+
+    /* Limits: 4096 metadata entries and 65536 tensors are fine, one more is not. */
+    w = fm_model_writer_new();
+    char key[32];
+    fm_status st = FM_OK;
+    for (int i = 0; i < FM_MODEL_MAX_META && st == FM_OK; i++) {
+        snprintf(key, sizeof key, "k.%d", i);
+        st = fm_model_writer_add_i64(w, key, i, &err);
+    }
+    CHECK(st == FM_OK);
+    CHECK(fm_model_writer_add_i64(w, "k.more", 0, &err) == FM_ERR_LIMIT);
+    for (int i = 0; i < FM_MODEL_MAX_TENSORS && st == FM_OK; i++) {
+        snprintf(key, sizeof key, "t%d", i);
+        float one = (float)i;
+        const uint64_t d[] = {1};
+        st = fm_model_writer_add_tensor(w, key, 1, d, &one, &err);
+    }
+    CHECK(st == FM_OK);
+    CHECK(fm_model_writer_add_tensor(w, "t.more", 1, d1, f, &err) == FM_ERR_LIMIT);
+    CHECK(fm_model_writer_save(w, path, &err) == FM_OK);
+    fm_model_writer_destroy(&w);
+    CHECK(fm_model_open(&m, path, FM_MODEL_VERIFY_DATA, &err) == FM_OK);
+    if (m) {
+        int64_t v = 0;
+        CHECK(fm_model_meta_count(m) == FM_MODEL_MAX_META);
+        CHECK(fm_model_meta_i64(m, "k.4095", &v, NULL) == FM_OK && v == 4095);
+        CHECK(fm_model_tensor_count(m) == FM_MODEL_MAX_TENSORS);
+        const fm_model_tensor_info *t = fm_model_tensor(m, "t65535");
+        CHECK(t && t->data[0] == 65535.0f && t->offset == 65535ull * 64);
+        fm_model_close(&m);
+    }
+    unlink(path);
+}
+
+/* Replacing a mapped model by rename: the old mapping keeps the old contents. */
+static void test_replace(void)
+{
+    fm_error err = {0};
+    char path[320];
+    snprintf(path, sizeof path, "%s/replace.fmm", tmpdir);
+    fm_model *a = NULL, *b = NULL;
+    for (int round = 0; round < 2; round++) {
+        fm_model_writer *w = fm_model_writer_new();
+        float v[1024];
+        for (int i = 0; i < 1024; i++)
+            v[i] = (float)(round * 10000 + i);
+        const uint64_t d[] = {1024};
+        CHECK(fm_model_writer_add_i64(w, "round", round, &err) == FM_OK);
+        CHECK(fm_model_writer_add_tensor(w, "v", 1, d, v, &err) == FM_OK);
+        CHECK(fm_model_writer_save(w, path, &err) == FM_OK);
+        fm_model_writer_destroy(&w);
+        CHECK(fm_model_open(round ? &b : &a, path, 0, &err) == FM_OK);
+    }
+    if (a && b) {
+        int64_t r = -1;
+        CHECK(fm_model_meta_i64(a, "round", &r, NULL) == FM_OK && r == 0);
+        CHECK(fm_model_meta_i64(b, "round", &r, NULL) == FM_OK && r == 1);
+        CHECK(fm_model_tensor(a, "v")->data[1023] == 1023.0f);
+        CHECK(fm_model_tensor(b, "v")->data[1023] == 11023.0f);
+    }
+    fm_model_close(&a);
+    fm_model_close(&b);
+    unlink(path);
+    /* No temporary file is left in the directory. */
+    DIR *dir = opendir(tmpdir);
+    struct dirent *de;
+    int tmp_files = 0;
+    while (dir && (de = readdir(dir)))
+        if (strstr(de->d_name, ".tmp."))
+            tmp_files++;
+    if (dir)
+        closedir(dir);
+    CHECK(tmp_files == 0);
+}
+
+static void test_paths(void)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    char path[320];
+    snprintf(path, sizeof path, "%s/does-not-exist.fmm", tmpdir);
+    CHECK(fm_model_open(&m, path, 0, &err) == FM_ERR_IO && m == NULL);
+    CHECK(strstr(err.msg, "does-not-exist.fmm: open: No such file") != NULL);
+    CHECK(fm_model_open(&m, tmpdir, 0, &err) == FM_ERR_IO && m == NULL);
+    CHECK(fm_model_open(&m, NULL, 0, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_open(NULL, base_path, 0, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_open(&m, base_path, 0x80, &err) == FM_ERR_INVALID && m == NULL);
+    CHECK(fm_model_open(&m, base_path, 0, NULL) == FM_OK); /* err may be NULL */
+    fm_model_close(&m);
+    snprintf(path, sizeof path, "%s/does-not-exist.fmm", tmpdir);
+    CHECK(fm_model_open(&m, path, 0, NULL) == FM_ERR_IO);
+}
+
+static void test_header(const uint8_t *base, size_t len)
+{
+    uint8_t *b = malloc(len + 64);
+    uint64_t meta_size = g64(base + 32), dir_offset = g64(base + 40),
+             dir_size = g64(base + 48), data_offset = g64(base + 56),
+             data_size = g64(base + 64);
+    uint32_t n_meta = g32(base + 16), n_tensors = g32(base + 20);
+
+    expect(base, len, 0, FM_OK, NULL, "base file");
+    expect(base, len, FM_MODEL_VERIFY_DATA, FM_OK, NULL, "base file, verify");
+
+    /* Empty, tiny and header-only prefixes. */
+    expect(base, 0, 0, FM_ERR_FORMAT, "file size 0 is smaller than the 128-byte header",
+           "zero-byte file");
+    expect(base, 127, 0, FM_ERR_FORMAT, "smaller than the 128-byte header", "127 bytes");
+
+    /* Magic: every byte. */
+    for (int i = 0; i < 8; i++) {
+        memcpy(b, base, len);
+        b[i] ^= 0x20;
+        expect(b, len, 0, FM_ERR_FORMAT, "bad magic", "magic byte");
+    }
+    /* Version: anything but 1 is FM_ERR_VERSION, CRC fixed or not. */
+    expect_h32(base, len, 8, 0, FM_ERR_VERSION, "version 0 is not supported", "version");
+    expect_h32(base, len, 8, 2, FM_ERR_VERSION, "version 2 is not supported", "version");
+    expect_h32(base, len, 8, UINT32_MAX, FM_ERR_VERSION, NULL, "version");
+    memcpy(b, base, len);
+    p32(b + 8, 2);
+    expect(b, len, 0, FM_ERR_VERSION, NULL, "version 2, stale crc");
+
+    uint32_t hs[] = {0, 64, 127, 129, 256, UINT32_MAX};
+    for (size_t i = 0; i < sizeof hs / sizeof *hs; i++)
+        expect_h32(base, len, 12, hs[i], FM_ERR_FORMAT, "header_size", "header_size");
+    uint32_t nm[] = {FM_MODEL_MAX_META + 1, UINT32_MAX, n_meta + 1, n_meta - 1, 0};
+    for (size_t i = 0; i < sizeof nm / sizeof *nm; i++)
+        expect_h32(base, len, 16, nm[i], FM_ERR_FORMAT, NULL, "n_meta");
+    expect_h32(base, len, 16, FM_MODEL_MAX_META + 1, FM_ERR_FORMAT, "n_meta 4097 exceeds 4096",
+               "n_meta");
+    expect_h32(base, len, 16, n_meta - 1, FM_ERR_FORMAT, "but meta_size ends the section",
+               "n_meta");
+    uint32_t nt[] = {FM_MODEL_MAX_TENSORS + 1, UINT32_MAX, n_tensors + 1, n_tensors - 1, 0};
+    for (size_t i = 0; i < sizeof nt / sizeof *nt; i++)
+        expect_h32(base, len, 20, nt[i], FM_ERR_FORMAT, NULL, "n_tensors");
+    expect_h32(base, len, 20, n_tensors - 1, FM_ERR_FORMAT, "but dir_size ends the section",
+               "n_tensors");
+
+    uint64_t mo[] = {0, 127, 129, 192, UINT64_MAX};
+    for (size_t i = 0; i < sizeof mo / sizeof *mo; i++)
+        expect_h64(base, len, 24, mo[i], FM_ERR_FORMAT, "meta_offset", "meta_offset");
+    uint64_t ms[] = {0, meta_size - 1, meta_size + 1, UINT64_MAX, UINT64_MAX - 127, len};
+    for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
+        expect_h64(base, len, 32, ms[i], FM_ERR_FORMAT, NULL, "meta_size");
+    uint64_t dof[] = {0, dir_offset - 1, dir_offset + 1, UINT64_MAX, 128};
+    for (size_t i = 0; i < sizeof dof / sizeof *dof; i++)
+        expect_h64(base, len, 40, dof[i], FM_ERR_FORMAT, NULL, "dir_offset");
+    uint64_t ds[] = {0, dir_size - 1, dir_size + 1, UINT64_MAX, UINT64_MAX - dir_offset + 1,
+                     len - dir_offset + 1};
+    for (size_t i = 0; i < sizeof ds / sizeof *ds; i++)
+        expect_h64(base, len, 48, ds[i], FM_ERR_FORMAT, NULL, "dir_size");
+    uint64_t dao[] = {0, data_offset + 1, data_offset - 64, data_offset + 64,
+                      UINT64_MAX & ~(uint64_t)63, UINT64_MAX, 128};
+    for (size_t i = 0; i < sizeof dao / sizeof *dao; i++)
+        expect_h64(base, len, 56, dao[i], FM_ERR_FORMAT, NULL, "data_offset");
+    expect_h64(base, len, 56, data_offset + 1, FM_ERR_FORMAT, "is not a multiple of 64",
+               "data_offset");
+    uint64_t dsz[] = {0, data_size - 1, data_size + 1, UINT64_MAX,
+                      UINT64_MAX - data_offset + 1};
+    for (size_t i = 0; i < sizeof dsz / sizeof *dsz; i++)
+        expect_h64(base, len, 64, dsz[i], FM_ERR_FORMAT, "is not the file size", "data_size");
+
+    /* Index CRC: wrong value. Data CRC: only checked with VERIFY_DATA. */
+    memcpy(b, base, len);
+    b[72] ^= 1;
+    expect(b, len, 0, FM_ERR_FORMAT, "index_crc32", "index crc flipped");
+    memcpy(b, base, len);
+    b[76] ^= 1;
+    fix_index_crc(b, len);
+    expect(b, len, 0, FM_OK, NULL, "data crc wrong, no verify");
+    expect(b, len, FM_MODEL_VERIFY_DATA, FM_ERR_FORMAT, "data_crc32", "data crc wrong, verify");
+
+    /* Reserved bytes: each one. */
+    for (int i = 80; i < 128; i++) {
+        memcpy(b, base, len);
+        b[i] = (uint8_t)(i == 100 ? 0x80 : 1);
+        fix_index_crc(b, len);
+        expect(b, len, 0, FM_ERR_FORMAT, "reserved header byte", "reserved byte");
+    }
+
+    /* One extra byte at the end, and a file whose header promises more data. */
+    memcpy(b, base, len);
+    b[len] = 0;
+    expect(b, len + 1, 0, FM_ERR_FORMAT, "is not the file size", "one byte appended");
+    free(b);
+}
+
+static void test_truncation(const uint8_t *base, size_t len)
+{
+    uint8_t *b = malloc(len);
+    uint64_t dir_end = g64(base + 40) + g64(base + 48), data_offset = g64(base + 56);
+    int bad = 0, cases = 0;
+    /* Every cut point of the index region, and every 7th byte of the data section. */
+    for (size_t cut = 0; cut < len; cut += cut < dir_end + 64 ? 1 : 7) {
+        fm_error err = {0};
+        fm_status st = open_bytes(base, cut, 0, &err);
+        cases++;
+        if (st != FM_ERR_FORMAT) {
+            bad++;
+            fprintf(stderr, "cut %zu: %s\n", cut, fm_status_to_string(st));
+        }
+    }
+    CHECK_MSG(bad == 0, "%d of %d truncations not refused", bad, cases);
+    n_cases += cases;
+
+    /* Truncated, with data_size and the CRC patched to match: the tensors that no
+     * longer fit must be named. */
+    bad = 0;
+    cases = 0;
+    for (size_t cut = (size_t)data_offset; cut < len; cut += 4) {
+        memcpy(b, base, len);
+        p64(b + 64, cut - data_offset);
+        fix_index_crc(b, cut);
+        fm_error err = {0};
+        fm_status st = open_bytes(b, cut, 0, &err);
+        cases++;
+        if (st != FM_ERR_FORMAT || !strstr(err.msg, "bytes exceeds data size")) {
+            bad++;
+            fprintf(stderr, "consistent cut %zu: %s %s\n", cut, fm_status_to_string(st),
+                    err.msg);
+        }
+    }
+    CHECK_MSG(bad == 0, "%d of %d consistent truncations not refused", bad, cases);
+    n_cases += cases;
+    free(b);
+}
+
+/* Sets a u32/u64 at pos in a copy of base, fixes the CRC and expects want. */
+static void expect_at32(const uint8_t *base, size_t len, size_t pos, uint32_t v,
+                        fm_status want, const char *substr, const char *label)
+{
+    expect_h32(base, len, pos, v, want, substr, label);
+}
+
+static void expect_at64(const uint8_t *base, size_t len, size_t pos, uint64_t v,
+                        fm_status want, const char *substr, const char *label)
+{
+    expect_h64(base, len, pos, v, want, substr, label);
+}
+
+static void expect_byte(const uint8_t *base, size_t len, size_t pos, uint8_t v,
+                        fm_status want, const char *substr, const char *label)
+{
+    uint8_t *b = malloc(len);
+    memcpy(b, base, len);
+    b[pos] = v;
+    fix_index_crc(b, len);
+    expect(b, len, 0, want, substr, label);
+    free(b);
+}
+
+static void test_directory(const uint8_t *base, size_t len)
+{
+    dirpos t1 = dir_entry(base, 0), t2 = dir_entry(base, 1), c3 = dir_entry(base, 2),
+           t4 = dir_entry(base, 3);
+    uint64_t data_size = g64(base + 64);
+    CHECK(g32(base + t1.name_len) == 2 && memcmp(base + t1.name, "t1", 2) == 0);
+    CHECK(memcmp(base + c3.name, "conv1.w", 7) == 0 && g32(base + c3.ndim) == 4);
+
+    /* dtype: reserved f16 and int8, unknown values. */
+    expect_at32(base, len, t1.dtype, 1, FM_ERR_FORMAT, "tensor 't1': dtype 1 (f16)", "dtype");
+    expect_at32(base, len, t1.dtype, 2, FM_ERR_FORMAT, "dtype 2 (int8)", "dtype");
+    expect_at32(base, len, t1.dtype, 3, FM_ERR_FORMAT, "dtype 3", "dtype");
+    expect_at32(base, len, t1.dtype, UINT32_MAX, FM_ERR_FORMAT, NULL, "dtype");
+    /* ndim. */
+    expect_at32(base, len, t1.ndim, 0, FM_ERR_FORMAT, "ndim 0 is not 1..4", "ndim");
+    expect_at32(base, len, t1.ndim, 5, FM_ERR_FORMAT, "ndim 5 is not 1..4", "ndim");
+    expect_at32(base, len, c3.ndim, 5, FM_ERR_FORMAT, "ndim 5", "ndim");
+    expect_at32(base, len, t1.ndim, UINT32_MAX, FM_ERR_FORMAT, NULL, "ndim");
+    expect_at32(base, len, t1.ndim, 1, FM_ERR_FORMAT, NULL, "ndim 1 (entry misread)");
+    /* dims. */
+    expect_at64(base, len, t1.dims, 0, FM_ERR_FORMAT, "tensor 't1': dims[0] is 0", "dim 0");
+    expect_at64(base, len, c3.dims + 24, 0, FM_ERR_FORMAT, "dims[3] is 0", "dim 0");
+    expect_at64(base, len, t1.dims, 4, FM_ERR_FORMAT, "nbytes 60 is not", "dims vs nbytes");
+    {
+        uint8_t *b = malloc(len);
+        memcpy(b, base, len);
+        for (int d = 0; d < 4; d++)
+            p64(b + c3.dims + 8 * d, (uint64_t)1 << 32);
+        fix_index_crc(b, len);
+        expect(b, len, 0, FM_ERR_FORMAT, "product of dims overflows", "dims overflow");
+        /* dims whose product x 4 wraps to exactly nbytes. */
+        memcpy(b, base, len);
+        p64(b + t4.dims, ((uint64_t)1 << 62) + 1);
+        fix_index_crc(b, len);
+        expect(b, len, 0, FM_ERR_FORMAT, "overflows", "dims x 4 wraps");
+        free(b);
+    }
+    /* nbytes. */
+    uint64_t nb[] = {0, 56, 64, UINT64_MAX, UINT64_MAX - 3};
+    for (size_t i = 0; i < sizeof nb / sizeof *nb; i++)
+        expect_at64(base, len, t1.nbytes, nb[i], FM_ERR_FORMAT, "is not product(dims) x 4",
+                    "nbytes");
+    /* offset: unaligned, out of bounds, overflowing u64. */
+    uint64_t off1 = g64(base + t1.offset), off3 = g64(base + c3.offset);
+    expect_at64(base, len, t1.offset, off1 + 4, FM_ERR_FORMAT, "is not a multiple of 64",
+                "unaligned offset");
+    expect_at64(base, len, t1.offset, off1 + 1, FM_ERR_FORMAT, NULL, "unaligned offset");
+    expect_at64(base, len, c3.offset, (data_size + 63) / 64 * 64, FM_ERR_FORMAT,
+                "exceeds data size", "offset past the end");
+    expect_at64(base, len, c3.offset, off3 + 64 * ((data_size - off3) / 64), FM_ERR_FORMAT,
+                "exceeds data size", "offset, tail out of bounds");
+    expect_at64(base, len, c3.offset, UINT64_MAX & ~(uint64_t)63, FM_ERR_FORMAT,
+                "exceeds data size", "offset + nbytes overflows u64");
+    expect_at64(base, len, t4.offset, UINT64_MAX - 63, FM_ERR_FORMAT, "exceeds data size",
+                "offset near u64 max");
+    /* Overlaps: t2 on t1 (same size), and t4 inside conv1.w. */
+    expect_at64(base, len, t2.offset, off1, FM_ERR_FORMAT, "overlaps tensor", "overlap same");
+    expect_at64(base, len, t4.offset, off3 + 64, FM_ERR_FORMAT,
+                "tensor 't4' [", "overlap partial");
+    /* Names: length, characters, UTF-8, duplicates. */
+    expect_at32(base, len, t1.name_len, 0, FM_ERR_FORMAT, "name_len 0 is not 1..255",
+                "name_len");
+    expect_at32(base, len, t1.name_len, 256, FM_ERR_FORMAT, "name_len 256", "name_len");
+    expect_at32(base, len, t1.name_len, UINT32_MAX, FM_ERR_FORMAT, NULL, "name_len");
+    expect_at32(base, len, t1.name_len, 3, FM_ERR_FORMAT, NULL, "name_len + 1");
+    expect_byte(base, len, t1.name, 0x01, FM_ERR_FORMAT, "control characters", "name ctrl");
+    expect_byte(base, len, t1.name, 0x00, FM_ERR_FORMAT, "control characters", "name NUL");
+    expect_byte(base, len, t1.name, 0x7f, FM_ERR_FORMAT, "control characters", "name DEL");
+    expect_byte(base, len, t1.name, 0xff, FM_ERR_FORMAT, "not UTF-8", "name bad UTF-8");
+    expect_byte(base, len, t1.name + 1, 0xc3, FM_ERR_FORMAT, NULL, "name truncated UTF-8");
+    expect_byte(base, len, t1.name, ' ', FM_OK, NULL, "name with a space");
+    expect_byte(base, len, t2.name + 1, '1', FM_ERR_FORMAT, "tensor 't1': duplicate name",
+                "duplicate name");
+    expect_byte(base, len, t4.name + 1, '1', FM_ERR_FORMAT, "duplicate name",
+                "duplicate name, far apart");
+}
+
+static void test_metadata(const uint8_t *base, size_t len)
+{
+    metapos arch = meta_entry(base, 0), i64 = meta_entry(base, 1), f64 = meta_entry(base, 2),
+            str = meta_entry(base, 3), i64s = meta_entry(base, 4), race = meta_entry(base, 6);
+    CHECK(memcmp(base + i64.key, "a.i64", 5) == 0 && memcmp(base + f64.key, "a.f64", 5) == 0);
+    CHECK(memcmp(base + race.key, "labels.race", 11) == 0);
+
+    expect_at32(base, len, arch.key_len, 0, FM_ERR_FORMAT, "metadata entry 0: key_len 0",
+                "key_len 0");
+    expect_at32(base, len, arch.key_len, 256, FM_ERR_FORMAT, "key_len 256", "key_len 256");
+    expect_at32(base, len, arch.key_len, UINT32_MAX, FM_ERR_FORMAT, NULL, "key_len max");
+    const uint8_t bad_chars[] = {'A', 'Z', '-', ' ', '/', 0, 0x80, 0xc3, 0xff};
+    for (size_t i = 0; i < sizeof bad_chars; i++)
+        expect_byte(base, len, i64.key + 2, bad_chars[i], FM_ERR_FORMAT,
+                    "key has bytes outside [a-z0-9_.]", "key char");
+    expect_byte(base, len, f64.key + 2, 'i', FM_ERR_FORMAT, "metadata 'a.i64': duplicate key",
+                "duplicate key");
+    uint32_t types[] = {0, 7, 100, UINT32_MAX};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++)
+        expect_at32(base, len, i64.type, types[i], FM_ERR_FORMAT, "metadata 'a.i64': type",
+                    "meta type");
+    /* A wrong but valid type misreads the rest of the section. */
+    expect_at32(base, len, i64.type, FM_MODEL_META_STR, FM_ERR_FORMAT, NULL, "i64 as str");
+    expect_at32(base, len, f64.type, FM_MODEL_META_STR_ARRAY, FM_ERR_FORMAT, NULL,
+                "f64 as str[]");
+    /* String lengths, UTF-8. */
+    expect_at32(base, len, str.value, FM_MODEL_MAX_STR + 1, FM_ERR_FORMAT,
+                "value length 1048577 exceeds", "str len > 1 MiB");
+    expect_at32(base, len, str.value, FM_MODEL_MAX_STR, FM_ERR_FORMAT,
+                "but the section ends", "str len past the section");
+    expect_at32(base, len, str.value, UINT32_MAX, FM_ERR_FORMAT, NULL, "str len max");
+    expect_byte(base, len, str.value + 4, 0xff, FM_ERR_FORMAT, "not valid UTF-8", "str 0xff");
+    expect_byte(base, len, str.value + 4 + 1, 0x80, FM_ERR_FORMAT, "not valid UTF-8",
+                "str bad continuation");
+    {
+        uint8_t *b = malloc(len);
+        const uint8_t bad_seqs[][3] = {{0xc0, 0x80, 'l'}, {0xed, 0xa0, 0x80},
+                                       {0xf4, 0x90, 0x80}, {0xe0, 0x80, 0x80}};
+        for (size_t i = 0; i < 4; i++) {
+            memcpy(b, base, len);
+            memcpy(b + str.value + 4 + 1, bad_seqs[i], 3);
+            fix_index_crc(b, len);
+            expect(b, len, 0, FM_ERR_FORMAT, "not valid UTF-8", "overlong/surrogate/too big");
+        }
+        free(b);
+    }
+    expect_byte(base, len, str.value + 4, 0x01, FM_OK, NULL, "control char in a str value");
+    /* Array counts. */
+    expect_at32(base, len, i64s.value, FM_MODEL_MAX_COUNT + 1, FM_ERR_FORMAT,
+                "count 1048577 exceeds", "array count > 1M");
+    expect_at32(base, len, i64s.value, FM_MODEL_MAX_COUNT, FM_ERR_FORMAT,
+                "but the section ends", "array count past the section");
+    expect_at32(base, len, i64s.value, 4, FM_ERR_FORMAT, NULL, "array count - 1");
+    expect_at32(base, len, race.value, FM_MODEL_MAX_COUNT, FM_ERR_FORMAT, "needs at least",
+                "str[] count past the section");
+    expect_at32(base, len, race.value + 4, 1000, FM_ERR_FORMAT, "element 0", "str[] elem len");
+    expect_byte(base, len, race.value + 4 + 4, 0xfe, FM_ERR_FORMAT, "element 0 is not valid",
+                "str[] elem UTF-8");
+}
+
+static void test_data_section(const uint8_t *base, size_t len)
+{
+    uint8_t *b = malloc(len);
+    uint64_t data_offset = g64(base + 56), dir_end = g64(base + 40) + g64(base + 48);
+    dirpos t1 = dir_entry(base, 0);
+    uint64_t off1 = g64(base + t1.offset);
+
+    /* A flipped data byte: found only when asked. */
+    memcpy(b, base, len);
+    b[data_offset + off1 + 5] ^= 0x10;
+    expect(b, len, 0, FM_OK, NULL, "data byte flipped, no verify");
+    expect(b, len, FM_MODEL_VERIFY_DATA, FM_ERR_FORMAT, "data_crc32", "data byte flipped");
+    memcpy(b, base, len);
+    b[len - 1] ^= 0x01;
+    expect(b, len, FM_MODEL_VERIFY_DATA, FM_ERR_FORMAT, "data_crc32", "last byte flipped");
+
+    /* Non-zero padding with a matching data CRC: refused by the verify only. */
+    memcpy(b, base, len);
+    b[data_offset + off1 + 60] = 7; /* t1 is 60 bytes: the next 4 are padding */
+    fix_data_crc(b, len);
+    expect(b, len, 0, FM_OK, NULL, "padding set, no verify");
+    expect(b, len, FM_MODEL_VERIFY_DATA, FM_ERR_FORMAT, "of the data section is not zero",
+           "padding set, verify");
+    if (data_offset > dir_end) {
+        memcpy(b, base, len);
+        b[dir_end] = 1;
+        expect(b, len, 0, FM_OK, NULL, "pre-data padding set, no verify");
+        expect(b, len, FM_MODEL_VERIFY_DATA, FM_ERR_FORMAT, "before data_offset is not zero",
+               "pre-data padding set");
+    }
+    free(b);
+}
+
+/* Every byte of the index, xor'ed with several patterns: without a CRC fix every one is
+ * refused; with it, the reader must answer (any status) without crashing. */
+static void test_fuzz_index(const uint8_t *base, size_t len)
+{
+    uint8_t *b = malloc(len);
+    uint64_t dir_end = g64(base + 40) + g64(base + 48);
+    const uint8_t pats[] = {0x01, 0x80, 0xff, 0x41};
+    int accepted_stale = 0, ok_fixed = 0, cases = 0;
+    for (size_t pos = 0; pos < dir_end; pos++) {
+        for (size_t k = 0; k < sizeof pats; k++) {
+            fm_error err = {0};
+            memcpy(b, base, len);
+            b[pos] ^= pats[k];
+            if (open_bytes(b, len, 0, &err) == FM_OK)
+                accepted_stale++;
+            if (pos < 72 || pos >= 76) {
+                fix_index_crc(b, len);
+                fm_status st = open_bytes(b, len, FM_MODEL_VERIFY_DATA, &err);
+                CHECK(st == FM_OK || st == FM_ERR_FORMAT || st == FM_ERR_VERSION);
+                ok_fixed += st == FM_OK;
+            }
+            cases++;
+        }
+    }
+    CHECK_MSG(accepted_stale == 0, "%d corrupted files accepted", accepted_stale);
+    fprintf(stderr, "fuzz: %d index corruptions, all refused; with the CRC fixed %d still "
+                    "valid (value bytes)\n", cases, ok_fixed);
+    n_cases += 2 * cases;
+    free(b);
+}
+
+static void remove_tmpdir(void)
+{
+    DIR *dir = opendir(tmpdir);
+    struct dirent *de;
+    char p[600];
+    while (dir && (de = readdir(dir))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        snprintf(p, sizeof p, "%s/%s", tmpdir, de->d_name);
+        unlink(p);
+    }
+    if (dir)
+        closedir(dir);
+    rmdir(tmpdir);
+}
+
+int main(void)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/fm_test_model.XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(base_path, sizeof base_path, "%s/base.fmm", tmpdir);
+    snprintf(work_path, sizeof work_path, "%s/work.fmm", tmpdir);
+
+    test_crc();
+    test_round_trip();
+    test_writer_errors();
+    test_replace();
+    test_paths();
+
+    size_t len = 0;
+    uint8_t *base = read_file(base_path, &len);
+    CHECK(base != NULL && len > 128);
+    if (base) {
+        fprintf(stderr, "base model: %zu bytes, index %" PRIu64 " bytes, data at %" PRIu64 "\n",
+                len, g64(base + 40) + g64(base + 48), g64(base + 56));
+        test_header(base, len);
+        test_truncation(base, len);
+        test_directory(base, len);
+        test_metadata(base, len);
+        test_data_section(base, len);
+        test_fuzz_index(base, len);
+        free(base);
+    }
+    fprintf(stderr, "hostile files opened: %d\n", n_cases);
+    remove_tmpdir();
+    return fm_test_done("test_model");
+}
