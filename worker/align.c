@@ -126,7 +126,7 @@ fm_status fm_align_face(const uint8_t *rgb, int w, int h, size_t stride,
                         uint8_t *dst, int out_w, int out_h, const fm_warp_opts *opts,
                         float M_out[6], fm_error *err)
 {
-    float M[6], inv[6];
+    float M[6] = {0}, inv[6] = {0}; /* set on success only; -O3 cannot tell */
     fm_status st = fm_align_similarity(landmarks, template_pts, 5, M, err);
     if (st != FM_OK)
         return st;

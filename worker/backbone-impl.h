@@ -26,4 +26,8 @@ typedef struct fm_arch_ops {
                          fm_tensor *out[FM_BACKBONE_OUTPUT_COUNT], fm_error *err);
 } fm_arch_ops;
 
+/* The architectures, one per worker/arch_NAME.c, listed in backbone.c's table. */
+extern const fm_arch_ops fm_arch_dlib_resnet;
+extern const fm_arch_ops fm_arch_facenet_irv1;
+
 #endif

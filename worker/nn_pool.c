@@ -60,7 +60,7 @@ fm_status fm_nn_pool2d_shape(const fm_tensor *x, const fm_pool2d_params *p, fm_t
         return st;
     if (!y)
         return fm_error_set(err, FM_ERR_INVALID, "%s: output is NULL", op);
-    pool_geom g;
+    pool_geom g = {0};
     if ((st = pool_geometry(op, x, p, &g, err)))
         return st;
     y->n = x->n, y->c = x->c, y->h = g.oh, y->w = g.ow;
@@ -74,7 +74,7 @@ static fm_status pool_prepare(const char *op, fm_arena *a, const fm_tensor *x,
 {
     const int measuring = nn_measuring(a);
     fm_status st;
-    pool_geom g;
+    pool_geom g = {0};
     *run = 0;
     if ((st = nn_check(op, "input", x, measuring, err)) ||
         (st = nn_check(op, "output", y, measuring, err)) ||

@@ -1,0 +1,222 @@
+/* bench_embed.c - facemill-bench-embed: how long the backbone takes per face, at
+ * batch 1 and at the batch sizes the worker uses, on this machine.
+ *
+ * Why it exists: embedding is the largest fixed cost per face, and batching faces
+ * across images is how the design makes its matrix multiplies large. This measures
+ * both so the effect of the batch (and of the engine) is a number, and compares the
+ * achieved GFLOPS with what cblas_sgemm reaches (facemill-bench-ops).
+ *
+ * For each batch size: one warm-up call, then repeated calls for at least
+ * --seconds; prints the fastest and the mean time per call, milliseconds per face,
+ * faces per second and GFLOPS. The work per face is counted from the network's
+ * layers for dlib_resnet (convolutions and the final dense layer, 2 FLOP per
+ * multiply-add); --gflop sets it for other models. One OpenBLAS thread unless
+ * --threads says otherwise. Faces are fixed pseudo-random pixels (the work does not
+ * depend on them). A 1024^3 cblas_sgemm is timed first, so the figures can be read
+ * against what the machine delivers at that moment (machines are shared), and the
+ * OpenBLAS kernel set in use is printed (OPENBLAS_CORETYPE overrides it).
+ */
+#include "facemill/backbone.h"
+#include "facemill/nn.h"
+
+#include <cblas.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_SIZES 16
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* FLOPs of one face through dlib_resnet at 150x150 (the layer geometry of
+ * worker/arch_dlib_resnet.c): sum over convolutions of 2 * outputs * (in * k * k),
+ * plus the 256 -> 128 dense layer. */
+static double dlib_resnet_flop(void)
+{
+    static const struct {
+        int count, side, out, fan_in;
+    } convs[] = {
+        {1, 72, 32, 3 * 49},                          /* stem 7x7/2 */
+        {6, 35, 32, 32 * 9},                          /* conv32_1..3 */
+        {1, 17, 64, 32 * 9},  {7, 17, 64, 64 * 9},    /* conv64_down, conv64_1..3 */
+        {1, 8, 128, 64 * 9},  {5, 8, 128, 128 * 9},   /* conv128_down, _1.._2 */
+        {1, 3, 256, 128 * 9}, {1, 3, 256, 256 * 9},   /* conv256_down (3x3 map) */
+        {4, 4, 256, 256 * 9},                         /* conv256_1..2 (4x4) */
+        {2, 1, 256, 256 * 9},                         /* conv256_down_out (1x1) */
+    };
+    double flop = 2.0 * 256 * 128;
+    for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++)
+        flop += 2.0 * convs[i].count * convs[i].side * convs[i].side * convs[i].out *
+                convs[i].fan_in;
+    return flop;
+}
+
+/* GFLOPS of the fastest of a few 1024^3 sgemm calls (0 when out of memory). */
+static double sgemm_gflops(void)
+{
+    const int n = 1024;
+    float *a = malloc(sizeof(float) * n * n * 3);
+    if (!a)
+        return 0.0;
+    for (size_t i = 0; i < (size_t)n * n * 3; i++)
+        a[i] = (float)(i % 7) * 0.25f - 0.75f;
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n,
+                    a + (size_t)n * n, n, 0.0f, a + (size_t)2 * n * n, n);
+        double t = now() - t0;
+        best = t < best ? t : best;
+    }
+    free(a);
+    return 2.0 * n * n * n / best * 1e-9;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: facemill-bench-embed [--model PATH] [--batch N]... [--threads N]\n"
+            "                            [--seconds S] [--gflop G]\n"
+            "  --model PATH  backbone model (default models/cache/dlib_resnet.fmm under\n"
+            "                $FACEMILL_SOURCE_DIR, else the current directory)\n"
+            "  --batch N     a batch size to time (repeatable; default 1 and 16)\n"
+            "  --threads N   OpenBLAS threads (default 1)\n"
+            "  --seconds S   time spent per batch size (default 2)\n"
+            "  --gflop G     work per face for GFLOPS (default: counted for dlib_resnet)\n");
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    char default_model[4096];
+    const char *src = getenv("FACEMILL_SOURCE_DIR");
+    snprintf(default_model, sizeof default_model, "%s%smodels/cache/dlib_resnet.fmm",
+             src ? src : "", src ? "/" : "");
+    const char *model = default_model;
+    int sizes[MAX_SIZES], n_sizes = 0, threads = 1;
+    double seconds = 2.0, gflop = 0.0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = v != NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (ok && strcmp(a, "--model") == 0)
+            model = v;
+        else if (ok && strcmp(a, "--batch") == 0)
+            ok = n_sizes < MAX_SIZES && parse_int(v, 1, 1024, &sizes[n_sizes++]) == 0;
+        else if (ok && strcmp(a, "--threads") == 0)
+            ok = parse_int(v, 1, 1024, &threads) == 0;
+        else if (ok && strcmp(a, "--seconds") == 0)
+            ok = (seconds = atof(v)) > 0.0;
+        else if (ok && strcmp(a, "--gflop") == 0)
+            ok = (gflop = atof(v)) > 0.0;
+        else
+            ok = 0;
+        if (!ok) {
+            usage(stderr);
+            return 2;
+        }
+        i++;
+    }
+    if (n_sizes == 0) {
+        sizes[n_sizes++] = 1;
+        sizes[n_sizes++] = 16;
+    }
+    int max_batch = 1;
+    for (int i = 0; i < n_sizes; i++)
+        max_batch = sizes[i] > max_batch ? sizes[i] : max_batch;
+
+    fm_error err = {0};
+    fm_backbone *b = NULL;
+    uint8_t *pixels = NULL;
+    const uint8_t **faces = NULL;
+    float *outs[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
+    int rc = 1;
+    if (fm_nn_set_threads(threads, &err) || fm_backbone_open(&b, model, max_batch, &err)) {
+        fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
+        goto done;
+    }
+    if (gflop <= 0.0 && strcmp(fm_backbone_arch(b), "dlib_resnet") == 0)
+        gflop = dlib_resnet_flop() * 1e-9;
+    int h, w;
+    fm_backbone_input_size(b, &h, &w);
+    const size_t face_bytes = (size_t)h * w * 3;
+    pixels = malloc(face_bytes * max_batch);
+    faces = malloc(sizeof *faces * max_batch);
+    for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
+        outs[k] = malloc(sizeof(float) * (size_t)max_batch * fm_backbone_dim(b, k));
+    if (!pixels || !faces || !outs[0] || !outs[1]) {
+        fprintf(stderr, "facemill-bench-embed: out of memory\n");
+        goto done;
+    }
+    uint32_t s = 12345u;
+    for (size_t i = 0; i < face_bytes * max_batch; i++) {
+        s = s * 1664525u + 1013904223u;
+        pixels[i] = (uint8_t)(s >> 24);
+    }
+    for (int i = 0; i < max_batch; i++)
+        faces[i] = pixels + face_bytes * i;
+
+    printf("facemill-bench-embed: %s (%s, %dx%d), OpenBLAS core %s, %d thread%s", model,
+           fm_backbone_arch(b), w, h, openblas_get_corename(), fm_nn_threads(),
+           fm_nn_threads() == 1 ? "" : "s");
+    if (gflop > 0.0)
+        printf(", %.3f GFLOP per face", gflop);
+    printf("\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n", sgemm_gflops());
+    printf("  %6s %8s %12s %12s %10s %10s %8s\n", "batch", "calls", "best ms", "mean ms",
+           "ms/face", "faces/s", "GFLOPS");
+    for (int i = 0; i < n_sizes; i++) {
+        const int n = sizes[i];
+        if (fm_backbone_forward(b, faces, n, outs, &err)) {
+            fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
+            goto done;
+        }
+        double best = 1e30, total = 0.0, start = now();
+        int calls = 0;
+        while (calls < 3 || now() - start < seconds) {
+            double t0 = now();
+            if (fm_backbone_forward(b, faces, n, outs, &err)) {
+                fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
+                goto done;
+            }
+            double t = now() - t0;
+            best = t < best ? t : best;
+            total += t;
+            calls++;
+        }
+        const double per_face = best / n;
+        printf("  %6d %8d %12.2f %12.2f %10.2f %10.1f ", n, calls, best * 1e3,
+               total / calls * 1e3, per_face * 1e3, 1.0 / per_face);
+        if (gflop > 0.0)
+            printf("%8.1f\n", gflop / per_face);
+        else
+            printf("%8s\n", "-");
+    }
+    rc = 0;
+done:
+    for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
+        free(outs[k]);
+    free(faces);
+    free(pixels);
+    fm_backbone_close(&b);
+    return rc;
+}
