@@ -79,6 +79,9 @@ const fm_config_setting fm_config_settings[] = {
               "O-Net score a face needs to be reported"),
     SET_INT("detect.max_faces", detect.max_faces, 64, 1, 10000,
             "most faces reported per image (the highest scores are kept)"),
+    SET_FLOAT("detect.pad", detect.pad, 0.0, 0.0, 1.0,
+              "gray border added around the image before detection, as a fraction of its "
+              "long side (for tightly cropped faces)"),
 };
 
 #define N_SETTINGS (sizeof fm_config_settings / sizeof fm_config_settings[0])

@@ -16,6 +16,7 @@ static const command commands[] = {
     /* --- command table --- */
     {"model", fm_cmd_model, "inspect and verify model files"},
     {"config", fm_cmd_config, "show the effective configuration"},
+    {"detect", fm_cmd_detect, "find faces and landmarks in images"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},
 };

@@ -70,6 +70,7 @@ typedef struct fm_config {
         double rnet_threshold;
         double onet_threshold;
         int64_t max_faces; /* most faces reported per image */
+        double pad;        /* border added around the image, fraction of its long side */
     } detect;
 } fm_config;
 

@@ -1,0 +1,347 @@
+/* bench_detect.c - facemill-bench-detect: what face detection costs per stage, and
+ * how often it finds the face in UTKFace's aligned crops.
+ *
+ *   facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N] [--threads N]
+ *                         [--set KEY=VALUE]... [--utk DIR] [--misses FILE] [--pad F]
+ *                         [--no-speed]
+ *
+ * 1. Speed at the default settings (detect.* of config; --set changes them), median
+ *    of --repeat runs (default 5), one OpenBLAS thread unless --threads:
+ *      - a 640x480 image,
+ *      - a 12 MP (4000x3000) image the way the pipeline sees it: JPEG-encoded, decoded
+ *        with DCT scaling to what max_side needs (1/2: 2000x1500), then detected;
+ *      - the same 12 MP pixels detected at full resolution (no DCT scaling).
+ *    Both images are made from the sample photo (default models/cache/samples/
+ *    sample1.jpg) by a bilinear resize with the warp of align.h (centre crop to the
+ *    target aspect ratio).
+ * 2. With --utk DIR (e.g. ../shared/data/utkface/val): the fraction of images with at
+ *    least one face, images per second (decode + detect, one thread) and the face
+ *    count histogram; --misses FILE lists the images without a face. Without the
+ *    directory it prints "skip: ...".
+ * --pad F sets the detector's pad option (a mid-gray border of F times the long side,
+ * for tight face crops; see detect.h), like --set detect.pad=F; --no-speed skips
+ * part 1.
+ */
+#include "facemill/align.h"
+#include "facemill/config.h"
+#include "facemill/detect.h"
+#include "facemill/image.h"
+#include "facemill/nn.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* A w x h resize of src (centre crop to the aspect ratio, bilinear). The caller frees
+ * the returned pixels; NULL when out of memory. */
+static uint8_t *resize(const fm_image *src, int w, int h, fm_image *out)
+{
+    uint8_t *px = malloc((size_t)w * (size_t)h * 3);
+    if (!px)
+        return NULL;
+    double sx = (double)src->w / w, sy = (double)src->h / h;
+    double s = sx < sy ? sx : sy; /* source pixels per output pixel */
+    double ox = (src->w - s * w) / 2, oy = (src->h - s * h) / 2;
+    /* output (x, y) -> source ((x + 0.5) * s - 0.5 + ox, ...) */
+    const float m_inv[6] = {(float)s, 0, (float)(0.5 * s - 0.5 + ox),
+                            0, (float)s, (float)(0.5 * s - 0.5 + oy)};
+    fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
+    fm_align_warp(src->data, src->w, src->h, src->stride, 3, m_inv, px, w, h, &wo);
+    memset(out, 0, sizeof *out);
+    out->w = out->orig_w = w;
+    out->h = out->orig_h = h;
+    out->stride = (size_t)w * 3;
+    out->data = px;
+    out->scale_num = out->scale_denom = 1;
+    out->orientation = 1;
+    return px;
+}
+
+typedef struct stage_times {
+    double decode, pnet, rnet, onet, total;
+    int faces, levels, rnet_in, onet_in;
+} stage_times;
+
+/* Runs detection repeat times on img (or, with jpeg_path, decode + detect) and
+ * prints the medians. */
+static int bench_image(const char *label, fm_detector *det, fm_decoder *dec,
+                       const fm_image *img, const char *jpeg_path, int repeat)
+{
+    double *v = calloc((size_t)repeat * 5, sizeof *v);
+    fm_face faces[64];
+    stage_times last = {0};
+    fm_image dimg = {0};
+    if (!v)
+        return 1;
+    for (int r = 0; r < repeat; r++) {
+        fm_error e = {0};
+        fm_detect_times t;
+        int n = 0;
+        double t0 = now_ms();
+        const fm_image *use = img;
+        if (jpeg_path) {
+            if (fm_decode_file(dec, jpeg_path, &dimg, &e) != FM_OK) {
+                fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&e));
+                free(v);
+                return 1;
+            }
+            use = &dimg;
+        }
+        double t1 = now_ms();
+        if (fm_detect(det, use, faces, 64, &n, &t, &e) != FM_OK) {
+            fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&e));
+            free(v);
+            return 1;
+        }
+        double t2 = now_ms();
+        v[0 * repeat + r] = t1 - t0;
+        v[1 * repeat + r] = t.pnet_ms;
+        v[2 * repeat + r] = t.rnet_ms;
+        v[3 * repeat + r] = t.onet_ms;
+        v[4 * repeat + r] = t2 - t0;
+        last.faces = n;
+        last.levels = t.levels;
+        last.rnet_in = t.pnet_boxes;
+        last.onet_in = t.rnet_boxes;
+    }
+    const fm_image *shown = jpeg_path ? &dimg : img;
+    printf("%-34s %4dx%-4d %3d levels %5d/%3d crops %2d faces | decode %7.1f  pnet %7.1f  "
+           "rnet %6.1f  onet %6.1f  total %7.1f ms\n",
+           label, shown->w, shown->h, last.levels, last.rnet_in, last.onet_in, last.faces,
+           median(v, repeat), median(v + repeat, repeat), median(v + 2 * repeat, repeat),
+           median(v + 3 * repeat, repeat), median(v + 4 * repeat, repeat));
+    free(v);
+    return 0;
+}
+
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Detection rate over the JPEG files of dir. */
+static int bench_utk(const char *dir, fm_detector *det, fm_decoder *dec, const char *misses)
+{
+    DIR *dp = opendir(dir);
+    if (!dp) {
+        printf("skip: UTKFace folder %s not found\n", dir);
+        return 0;
+    }
+    size_t n = 0, cap = 0;
+    char **names = NULL;
+    struct dirent *de;
+    while ((de = readdir(dp)) != NULL) {
+        if (!has_suffix(de->d_name, ".jpg"))
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            char **nn = realloc(names, cap * sizeof *names);
+            if (!nn)
+                break;
+            names = nn;
+        }
+        names[n] = strdup(de->d_name);
+        if (names[n])
+            n++;
+    }
+    closedir(dp);
+    if (n == 0) {
+        printf("skip: no JPEG files in %s\n", dir);
+        free(names);
+        return 0;
+    }
+    qsort(names, n, sizeof *names, cmp_str);
+    FILE *mf = misses ? fopen(misses, "w") : NULL;
+    size_t with_face = 0, failed = 0, hist[4] = {0};
+    double pnet = 0, rnet = 0, onet = 0, t0 = now_ms();
+    char path[4096];
+    fm_face faces[64];
+    for (size_t i = 0; i < n; i++) {
+        fm_image img;
+        fm_error e = {0};
+        fm_detect_times t;
+        int nf = 0;
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (fm_decode_file(dec, path, &img, &e) != FM_OK ||
+            fm_detect(det, &img, faces, 64, &nf, &t, &e) != FM_OK) {
+            fprintf(stderr, "%s\n", fm_error_text(&e));
+            failed++;
+            continue;
+        }
+        pnet += t.pnet_ms;
+        rnet += t.rnet_ms;
+        onet += t.onet_ms;
+        hist[nf < 3 ? nf : 3]++;
+        if (nf > 0)
+            with_face++;
+        else if (mf)
+            fprintf(mf, "%s\n", path);
+    }
+    double secs = (now_ms() - t0) / 1e3;
+    if (mf)
+        fclose(mf);
+    size_t ok = n - failed;
+    printf("UTKFace %s: %zu images (%zu failed to decode), with >= 1 face: %zu = %.2f%%; "
+           "faces 0/1/2/3+: %zu/%zu/%zu/%zu\n",
+           dir, n, failed, with_face, ok ? 100.0 * (double)with_face / (double)ok : 0.0,
+           hist[0], hist[1], hist[2], hist[3]);
+    printf("  %.1f images/s (decode + detect, one thread); per image pnet %.2f  rnet %.2f  "
+           "onet %.2f ms\n",
+           (double)n / secs, ok ? pnet / (double)ok : 0.0, ok ? rnet / (double)ok : 0.0,
+           ok ? onet / (double)ok : 0.0);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return 0;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N]\n"
+                 "                             [--threads N] [--set KEY=VALUE]... [--utk DIR]\n"
+                 "                             [--misses FILE] [--pad F] [--no-speed]\n");
+}
+
+int main(int argc, char **argv)
+{
+    fm_config c;
+    fm_error err = {0};
+    fm_config_defaults(&c);
+    if (fm_config_from_args(&c, &argc, argv, &err) != FM_OK) {
+        fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+        return 2;
+    }
+    const char *models = c.models.dir, *sample = "models/cache/samples/sample1.jpg";
+    const char *utk = NULL, *misses = NULL;
+    int repeat = 5, threads = (int)c.engine.threads, speed = 1;
+    double pad = -1; /* -1: detect.pad of the configuration */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "--no-speed") == 0) {
+            speed = 0;
+            continue;
+        }
+        if (!v) {
+            usage(stderr);
+            return 2;
+        }
+        if (strcmp(a, "--models") == 0)
+            models = v;
+        else if (strcmp(a, "--sample") == 0)
+            sample = v;
+        else if (strcmp(a, "--utk") == 0)
+            utk = v;
+        else if (strcmp(a, "--misses") == 0)
+            misses = v;
+        else if (strcmp(a, "--repeat") == 0)
+            repeat = atoi(v);
+        else if (strcmp(a, "--threads") == 0)
+            threads = atoi(v);
+        else if (strcmp(a, "--pad") == 0)
+            pad = atof(v);
+        else {
+            usage(stderr);
+            return 2;
+        }
+        i++;
+    }
+    if (repeat < 1)
+        repeat = 1;
+
+    int rc = 1;
+    fm_detector *det = NULL;
+    fm_decoder *dec_full = NULL, *dec = NULL;
+    uint8_t *px640 = NULL, *px12 = NULL;
+    char tmp12[] = "/tmp/facemill-bench-12mp-XXXXXX";
+    int tmpfd = -1;
+    fm_detect_opts o;
+    fm_detect_opts_from_config(&o, &c);
+    if (pad >= 0)
+        o.pad = pad;
+    fm_decode_opts dopt = {0};
+    dopt.target_side = o.max_side;
+    fm_image src, img640, img12;
+    if (fm_nn_set_threads(threads, &err) != FM_OK ||
+        fm_detector_open(&det, models, &o, &err) != FM_OK ||
+        fm_decoder_new(&dec_full, NULL, &err) != FM_OK ||
+        fm_decoder_new(&dec, &dopt, &err) != FM_OK) {
+        fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+        goto done;
+    }
+    printf("settings: min_face %g, max_side %d, scale_factor %g, thresholds %g/%g/%g, pad %g, "
+           "%d OpenBLAS thread(s); detector arena %.1f MiB\n",
+           o.min_face, o.max_side, o.scale_factor, o.pnet_threshold, o.rnet_threshold,
+           o.onet_threshold, o.pad, fm_nn_threads(),
+           (double)fm_detector_arena_bytes(det) / 1048576.0);
+    if (fm_decode_file(dec_full, sample, &src, &err) != FM_OK) {
+        fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+        goto done;
+    }
+    px640 = resize(&src, 640, 480, &img640);
+    px12 = resize(&src, 4000, 3000, &img12);
+    tmpfd = mkstemp(tmp12);
+    if (!px640 || !px12 || tmpfd < 0) {
+        fprintf(stderr, "facemill-bench-detect: out of memory or no temporary file\n");
+        goto done;
+    }
+    close(tmpfd);
+    if (fm_image_write_jpeg(&img12, tmp12, 92, &err) != FM_OK) {
+        fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+        goto done;
+    }
+    printf("sample %s, median of %d runs:\n", sample, repeat);
+    if (speed && (bench_image("640x480", det, dec, &img640, NULL, repeat) ||
+        bench_image("12 MP JPEG, DCT-scaled decode", det, dec, NULL, tmp12, repeat) ||
+        bench_image("12 MP pixels, full resolution", det, dec, &img12, NULL, repeat)))
+        goto done;
+    if (utk) {
+        if (bench_utk(utk, det, dec, misses))
+            goto done;
+    } else {
+        printf("skip: no UTKFace folder given (--utk DIR)\n");
+    }
+    rc = 0;
+done:
+    if (tmpfd >= 0)
+        unlink(tmp12);
+    free(px640);
+    free(px12);
+    fm_decoder_destroy(&dec);
+    fm_decoder_destroy(&dec_full);
+    fm_detector_close(&det);
+    return rc;
+}

@@ -1,0 +1,585 @@
+/* test_detect.c - the detector's box arithmetic against hand-computed answers, its
+ * error paths, and a few whole-detector properties.
+ *
+ *  - overlap (union and min), the stable score sort, greedy NMS with its tie rules,
+ *    regression, squaring, pyramid scales, P-Net map sizes, the bounded best-
+ *    candidates buffer: expected values worked out by hand in the comments;
+ *  - fm_detector_open on a missing directory, a corrupt file, a file of the wrong
+ *    architecture and a P-Net file without one tensor (made with the model writer),
+ *    and with bad options: each a clear error naming the problem;
+ *  - with the real models (models/cache, made by models/fetch; skipped otherwise):
+ *    a blank image has no faces, odd image shapes all run within the arena measured
+ *    at open, tiny candidate caps degrade gracefully, detection allocates nothing
+ *    from the heap once warm, and opts.pad equals padding the pixels.
+ * The agreement with the numpy reference is tests/test_mtcnn_ref.py's job.
+ */
+#include "facemill/detect.h"
+#include "facemill/image.h"
+#include "facemill/model.h"
+#include "fm_test.h"
+#include "mtcnn-impl.h"
+
+#include <malloc.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static fm_mtcnn_cand cand(double x1, double y1, double x2, double y2, float score)
+{
+    fm_mtcnn_cand c;
+    memset(&c, 0, sizeof c);
+    c.box[0] = x1;
+    c.box[1] = y1;
+    c.box[2] = x2;
+    c.box[3] = y2;
+    c.score = score;
+    return c;
+}
+
+static void test_overlap(void)
+{
+    const double a[4] = {0, 0, 10, 10}, b[4] = {5, 5, 15, 15};
+    /* inter 5 x 5 = 25, union 100 + 100 - 25 = 175 */
+    CHECK(fabs(fm_mtcnn_overlap(a, b, FM_MTCNN_NMS_UNION) - 25.0 / 175.0) < 1e-15);
+    /* min: 25 / 100 */
+    CHECK(fm_mtcnn_overlap(a, b, FM_MTCNN_NMS_MIN) == 0.25);
+    const double c[4] = {10, 0, 20, 10}; /* touches a along x = 10: no overlap */
+    CHECK(fm_mtcnn_overlap(a, c, FM_MTCNN_NMS_UNION) == 0.0);
+    const double d[4] = {30, 30, 40, 40};
+    CHECK(fm_mtcnn_overlap(a, d, FM_MTCNN_NMS_MIN) == 0.0);
+    const double z[4] = {3, 3, 3, 3}; /* zero area: min denominator 0 -> 0 */
+    CHECK(fm_mtcnn_overlap(a, z, FM_MTCNN_NMS_MIN) == 0.0);
+    CHECK(fm_mtcnn_overlap(z, z, FM_MTCNN_NMS_UNION) == 0.0);
+    const double e[4] = {2, 2, 4, 4}; /* inside a: union 4/100, min 4/4 */
+    CHECK(fm_mtcnn_overlap(a, e, FM_MTCNN_NMS_UNION) == 0.04);
+    CHECK(fm_mtcnn_overlap(e, a, FM_MTCNN_NMS_MIN) == 1.0);
+}
+
+static void test_sort(void)
+{
+    fm_mtcnn_cand c[5] = {cand(0, 0, 1, 1, 0.5f), cand(0, 0, 1, 1, 0.9f),
+                          cand(0, 0, 1, 1, 0.5f), cand(0, 0, 1, 1, 0.9f),
+                          cand(0, 0, 1, 1, 0.1f)};
+    int order[5], tmp[5];
+    fm_mtcnn_sort_by_score(c, 5, order, tmp);
+    const int want[5] = {1, 3, 0, 2, 4}; /* ties keep index order */
+    CHECK(memcmp(order, want, sizeof want) == 0);
+    /* A longer run exercises every merge width: 37 equal scores stay in order. */
+    fm_mtcnn_cand many[37];
+    int o2[37], t2[37];
+    for (int i = 0; i < 37; i++)
+        many[i] = cand(0, 0, 1, 1, i % 3 == 0 ? 0.75f : 0.25f);
+    fm_mtcnn_sort_by_score(many, 37, o2, t2);
+    int ok = 1;
+    for (int i = 0; i < 13; i++) /* 0, 3, ..., 36 first */
+        ok &= o2[i] == 3 * i;
+    for (int i = 13, prev = -1; i < 37; i++) {
+        ok &= o2[i] % 3 != 0 && o2[i] > prev;
+        prev = o2[i];
+    }
+    CHECK(ok);
+}
+
+static void test_nms(void)
+{
+    int keep[8], order[8], tmp[8];
+    unsigned char flag[8];
+    /* A; B = A shifted by 1 (IoU 81 / 119 = 0.68); C far away; D identical to A and
+     * of equal score but later (suppressed by A: ties go by index). */
+    fm_mtcnn_cand c[4] = {cand(0, 0, 10, 10, 0.9f), cand(1, 1, 11, 11, 0.8f),
+                          cand(20, 20, 30, 30, 0.85f), cand(0, 0, 10, 10, 0.9f)};
+    int n = fm_mtcnn_nms(c, 4, 0.5, FM_MTCNN_NMS_UNION, keep, order, tmp, flag);
+    CHECK(n == 2 && keep[0] == 0 && keep[1] == 2);
+    n = fm_mtcnn_nms(c, 4, 0.7, FM_MTCNN_NMS_UNION, keep, order, tmp, flag);
+    CHECK(n == 3 && keep[0] == 0 && keep[1] == 2 && keep[2] == 1); /* 0.68 <= 0.7 */
+    /* keep may alias order. */
+    n = fm_mtcnn_nms(c, 4, 0.7, FM_MTCNN_NMS_UNION, order, order, tmp, flag);
+    CHECK(n == 3 && order[0] == 0 && order[1] == 2 && order[2] == 1);
+    /* Exactly 0.5 is not > 0.5: inter 2, union 3 + 3 - 2 = 4. */
+    fm_mtcnn_cand h[2] = {cand(0, 0, 3, 1, 0.9f), cand(1, 0, 4, 1, 0.8f)};
+    n = fm_mtcnn_nms(h, 2, 0.5, FM_MTCNN_NMS_UNION, keep, order, tmp, flag);
+    CHECK(n == 2);
+    /* Min mode: a small box inside a big one overlaps it by 1; the higher score wins. */
+    fm_mtcnn_cand m[2] = {cand(0, 0, 10, 10, 0.9f), cand(2, 2, 4, 4, 0.95f)};
+    n = fm_mtcnn_nms(m, 2, 0.7, FM_MTCNN_NMS_MIN, keep, order, tmp, flag);
+    CHECK(n == 1 && keep[0] == 1);
+    n = fm_mtcnn_nms(m, 2, 0.7, FM_MTCNN_NMS_UNION, keep, order, tmp, flag); /* 0.04 */
+    CHECK(n == 2 && keep[0] == 1 && keep[1] == 0);
+    /* Suppression only by kept boxes: A > B > C in score, A-B and B-C overlap (0.68),
+     * A-C do not (IoU 64 / 136 = 0.47 with C shifted by 2). B goes, so C stays. */
+    fm_mtcnn_cand k[3] = {cand(0, 0, 10, 10, 0.9f), cand(1, 1, 11, 11, 0.8f),
+                          cand(2, 2, 12, 12, 0.7f)};
+    n = fm_mtcnn_nms(k, 3, 0.5, FM_MTCNN_NMS_UNION, keep, order, tmp, flag);
+    CHECK(n == 2 && keep[0] == 0 && keep[1] == 2);
+    CHECK(fm_mtcnn_nms(k, 0, 0.5, FM_MTCNN_NMS_UNION, keep, order, tmp, flag) == 0);
+}
+
+static void test_regress_square(void)
+{
+    double b[4] = {10, 20, 30, 60}; /* w 20, h 40 */
+    const float reg[4] = {0.1f, -0.25f, 0.5f, 0.0f};
+    fm_mtcnn_regress(b, reg);
+    /* 10 + 0.1*20 (0.1f is not 0.1: compare loosely), 20 - 10, 30 + 10, 60 */
+    CHECK(fabs(b[0] - 12) < 1e-6 && b[1] == 10 && b[2] == 40 && b[3] == 60);
+    double s[4] = {12, 10, 40, 60}; /* w 28, h 50 -> side 50 about (26, 35) */
+    CHECK(fm_mtcnn_square(s) == 1);
+    CHECK(s[0] == 1 && s[1] == 10 && s[2] == 51 && s[3] == 60);
+    double t[4] = {0, 0, 30, 10}; /* wide: side 30 about (15, 5) */
+    CHECK(fm_mtcnn_square(t) == 1 && t[0] == 0 && t[1] == -10 && t[2] == 30 && t[3] == 20);
+    double z[4] = {5, 5, 5, 5}; /* side 0: dropped */
+    CHECK(fm_mtcnn_square(z) == 0);
+    double neg[4] = {10, 10, 0, 0}; /* inverted: side -10, dropped */
+    CHECK(fm_mtcnn_square(neg) == 0);
+    double inf[4] = {0, 0, INFINITY, 10};
+    CHECK(fm_mtcnn_square(inf) == 0);
+    double nan_[4] = {0, 0, 10, NAN};
+    CHECK(fm_mtcnn_square(nan_) == 0);
+}
+
+static void test_scales(void)
+{
+    double s[8];
+    /* 100x50, min_face 20: 0.6 (short side 30), 0.3 (15), then 0.15 gives 7.5 < 12. */
+    CHECK(fm_mtcnn_scales(100, 50, 20, 0.5, 0, s, 8) == 2 && s[0] == 0.6 && s[1] == 0.3);
+    /* max_side 40: min(0.6, 40 / 100) = 0.4 (20), then 0.2 (10 < 12). */
+    CHECK(fm_mtcnn_scales(100, 50, 20, 0.5, 40, s, 8) == 1 && s[0] == 0.4);
+    /* Repeated multiplication, no pow: 0.709 twice. */
+    CHECK(fm_mtcnn_scales(1000, 1000, 12, 0.709, 0, s, 8) > 3 && s[2] == 1.0 * 0.709 * 0.709);
+    /* Too small for one level; more levels than room: the count is still returned. */
+    CHECK(fm_mtcnn_scales(11, 500, 12, 0.709, 0, s, 8) == 0);
+    CHECK(fm_mtcnn_scales(4000, 4000, 12, 0.9, 0, s, 2) > 2);
+    CHECK(fm_mtcnn_scales(100, 100, 0, 0.5, 0, s, 8) == -1);
+    CHECK(fm_mtcnn_scales(100, 100, 20, 1.0, 0, s, 8) == -1);
+    /* P-Net map: ceil((h - 2) / 2) - 4. */
+    CHECK(fm_mtcnn_pnet_out(11) == 0);
+    CHECK(fm_mtcnn_pnet_out(12) == 1);
+    CHECK(fm_mtcnn_pnet_out(13) == 2);
+    CHECK(fm_mtcnn_pnet_out(14) == 2);
+    CHECK(fm_mtcnn_pnet_out(1601) == 796);
+}
+
+static void test_topk(void)
+{
+    fm_mtcnn_cand buf[3];
+    fm_mtcnn_topk k;
+    fm_mtcnn_topk_init(&k, buf, 3);
+    const float scores[6] = {0.5f, 0.9f, 0.5f, 0.7f, 0.5f, 0.95f};
+    for (int i = 0; i < 6; i++) {
+        fm_mtcnn_cand c = cand(i, 0, i + 1, 1, scores[i]);
+        c.seq = i;
+        fm_mtcnn_topk_push(&k, &c);
+    }
+    fm_mtcnn_topk_finish(&k);
+    /* The best three are 0.95 (5), 0.9 (1), 0.7 (3); back in arrival order. */
+    CHECK(k.n == 3 && k.dropped == 3);
+    CHECK(buf[0].seq == 1 && buf[1].seq == 3 && buf[2].seq == 5);
+    CHECK(buf[0].box[0] == 1 && buf[2].score == 0.95f);
+    /* Equal scores: the later arrivals are dropped first. */
+    fm_mtcnn_topk_init(&k, buf, 2);
+    for (int i = 0; i < 4; i++) {
+        fm_mtcnn_cand c = cand(0, 0, 1, 1, 0.5f);
+        c.seq = i;
+        fm_mtcnn_topk_push(&k, &c);
+    }
+    fm_mtcnn_topk_finish(&k);
+    CHECK(k.n == 2 && buf[0].seq == 0 && buf[1].seq == 1);
+    /* Under capacity nothing moves. */
+    fm_mtcnn_topk_init(&k, buf, 3);
+    for (int i = 0; i < 2; i++) {
+        fm_mtcnn_cand c = cand(0, 0, 1, 1, i ? 0.1f : 0.2f);
+        c.seq = 10 + i;
+        fm_mtcnn_topk_push(&k, &c);
+    }
+    fm_mtcnn_topk_finish(&k);
+    CHECK(k.n == 2 && k.dropped == 0 && buf[0].seq == 10 && buf[1].seq == 11);
+}
+
+/* ---- open errors ----------------------------------------------------------------- */
+
+static char tmpdir[4096];
+
+static void write_file(const char *name, const void *data, size_t n)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        CHECK(fwrite(data, 1, n, f) == n);
+        fclose(f);
+    }
+}
+
+static void remove_file(const char *name)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    unlink(path);
+}
+
+/* A P-Net file with every tensor except conv4_2.bias (random-ish weights). */
+static void write_pnet_missing_tensor(void)
+{
+    static const struct {
+        const char *name;
+        unsigned ndim;
+        uint64_t dims[4];
+    } t[] = {
+        {"conv1.weight", 4, {10, 3, 3, 3}}, {"conv1.bias", 1, {10}},
+        {"prelu1.alpha", 1, {10}},          {"conv2.weight", 4, {16, 10, 3, 3}},
+        {"conv2.bias", 1, {16}},            {"prelu2.alpha", 1, {16}},
+        {"conv3.weight", 4, {32, 16, 3, 3}}, {"conv3.bias", 1, {32}},
+        {"prelu3.alpha", 1, {32}},          {"conv4_1.weight", 4, {2, 32, 1, 1}},
+        {"conv4_1.bias", 1, {2}},           {"conv4_2.weight", 4, {4, 32, 1, 1}},
+    };
+    static float data[32 * 16 * 9];
+    for (size_t i = 0; i < sizeof data / sizeof *data; i++)
+        data[i] = (float)((i * 7919) % 200) / 1000.0f - 0.1f;
+    const double mean[3] = {127.5, 127.5, 127.5}, scale[3] = {0.0078125, 0.0078125, 0.0078125};
+    fm_model_writer *w = fm_model_writer_new();
+    fm_error err = {0};
+    CHECK(w != NULL);
+    if (!w)
+        return;
+    CHECK(fm_model_writer_add_str(w, "general.architecture", "mtcnn.pnet", &err) == FM_OK);
+    CHECK(fm_model_writer_add_f64_array(w, "input.mean", mean, 3, &err) == FM_OK);
+    CHECK(fm_model_writer_add_f64_array(w, "input.scale", scale, 3, &err) == FM_OK);
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        CHECK(fm_model_writer_add_tensor(w, t[i].name, t[i].ndim, t[i].dims, data, &err) ==
+              FM_OK);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, FM_DETECT_PNET_FILE);
+    CHECK(fm_model_writer_save(w, path, &err) == FM_OK);
+    fm_model_writer_destroy(&w);
+}
+
+static int copy_file(const char *from, const char *name)
+{
+    FILE *f = fopen(from, "rb");
+    if (!f)
+        return 0;
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    write_file(name, buf, n);
+    return 1;
+}
+
+static void test_open_errors(const char *models)
+{
+    fm_detector *d = (fm_detector *)&d; /* must be cleared on failure */
+    fm_error err = {0};
+    fm_status st = fm_detector_open(&d, "/nonexistent/facemill-models", NULL, &err);
+    CHECK(st == FM_ERR_IO && d == NULL);
+    CHECK_MSG(strstr(err.msg, "mtcnn_pnet.fmm") && strstr(err.msg, "models/fetch"), "%s",
+              err.msg);
+    fprintf(stderr, "absent dir: %s\n", err.msg);
+
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/facemill-test-detect-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        CHECK(!"mkdtemp");
+        return;
+    }
+    /* Corrupt file. */
+    write_file(FM_DETECT_PNET_FILE, "this is not a model file, just some bytes........", 50);
+    memset(&err, 0, sizeof err);
+    st = fm_detector_open(&d, tmpdir, NULL, &err);
+    CHECK(st == FM_ERR_FORMAT && d == NULL);
+    CHECK_MSG(strstr(err.msg, "mtcnn_pnet.fmm") != NULL, "%s", err.msg);
+    fprintf(stderr, "corrupt file: %s\n", err.msg);
+
+    /* A P-Net without conv4_2.bias. */
+    write_pnet_missing_tensor();
+    memset(&err, 0, sizeof err);
+    st = fm_detector_open(&d, tmpdir, NULL, &err);
+    CHECK(st == FM_ERR_NOT_FOUND && d == NULL);
+    CHECK_MSG(strstr(err.msg, "conv4_2.bias") && strstr(err.msg, "mtcnn_pnet.fmm"), "%s",
+              err.msg);
+    fprintf(stderr, "missing tensor: %s\n", err.msg);
+
+    if (models) {
+        /* The R-Net file where the P-Net should be. */
+        char from[4200];
+        snprintf(from, sizeof from, "%s/%s", models, FM_DETECT_RNET_FILE);
+        CHECK(copy_file(from, FM_DETECT_PNET_FILE));
+        memset(&err, 0, sizeof err);
+        st = fm_detector_open(&d, tmpdir, NULL, &err);
+        CHECK(st == FM_ERR_FORMAT && d == NULL);
+        CHECK_MSG(strstr(err.msg, "'mtcnn.rnet', expected 'mtcnn.pnet'") != NULL, "%s",
+                  err.msg);
+        fprintf(stderr, "wrong architecture: %s\n", err.msg);
+        /* P-Net right, R-Net absent. */
+        snprintf(from, sizeof from, "%s/%s", models, FM_DETECT_PNET_FILE);
+        CHECK(copy_file(from, FM_DETECT_PNET_FILE));
+        memset(&err, 0, sizeof err);
+        st = fm_detector_open(&d, tmpdir, NULL, &err);
+        CHECK(st == FM_ERR_IO && d == NULL && strstr(err.msg, "mtcnn_rnet.fmm"));
+    }
+    remove_file(FM_DETECT_PNET_FILE);
+    rmdir(tmpdir);
+
+    /* Options are checked before any file is opened. */
+    fm_detect_opts o;
+    fm_detect_opts_defaults(&o);
+    o.max_side = 5;
+    memset(&err, 0, sizeof err);
+    CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID &&
+          strstr(err.msg, "max_side"));
+    fm_detect_opts_defaults(&o);
+    o.scale_factor = 1.0;
+    CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID &&
+          strstr(err.msg, "scale_factor"));
+    fm_detect_opts_defaults(&o);
+    o.onet_threshold = 1.5;
+    CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID &&
+          strstr(err.msg, "onet_threshold"));
+    fm_detect_opts_defaults(&o);
+    o.min_face = 0;
+    CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID);
+    fm_detect_opts_defaults(&o);
+    o.max_candidates = -1;
+    CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID);
+    CHECK(fm_detector_open(NULL, "/nonexistent", NULL, &err) == FM_ERR_INVALID);
+    CHECK(fm_detector_open(&d, NULL, NULL, &err) == FM_ERR_INVALID && d == NULL);
+    fm_detector_close(NULL);
+    fm_detector_close(&d);
+}
+
+/* ---- with the real models --------------------------------------------------------- */
+
+static fm_image gray_image(uint8_t *px, int w, int h, uint8_t v)
+{
+    fm_image img;
+    memset(&img, 0, sizeof img);
+    memset(px, v, (size_t)w * (size_t)h * 3);
+    img.w = img.orig_w = w;
+    img.h = img.orig_h = h;
+    img.stride = (size_t)w * 3;
+    img.data = px;
+    img.scale_num = img.scale_denom = img.orientation = 1;
+    return img;
+}
+
+/* Deterministic texture with some large-scale structure (so P-Net sees a variety of
+ * scores), no faces intended. */
+static void texture(fm_image *img, unsigned seed)
+{
+    for (int y = 0; y < img->h; y++)
+        for (int x = 0; x < img->w; x++)
+            for (int c = 0; c < 3; c++) {
+                seed = seed * 1103515245u + 12345u;
+                int v = 128 + (int)(60 * sin(x * 0.05 + c) * cos(y * 0.07)) +
+                        (int)((seed >> 16) % 40) - 20;
+                img->data[(size_t)y * img->stride + 3 * (size_t)x + c] =
+                    (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
+}
+
+/* Odd shapes (widest level, thin strips, single-level images, images below one
+ * window): each must run within the arena measured at open. */
+static void run_shapes(fm_detector *d, uint8_t *px, const char *label)
+{
+    static const int shapes[][2] = {{1, 1},       {11, 400},    {12, 12},   {13, 1700},
+                                    {1700, 13},   {1700, 1700}, {1601, 31}, {37, 1699},
+                                    {333, 777},   {1024, 1},    {200, 200}, {1700, 1200}};
+    fm_face faces[64];
+    fm_detect_times t;
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        fm_image img = gray_image(px, shapes[i][0], shapes[i][1], 0);
+        texture(&img, (unsigned)i);
+        int n = -1;
+        fm_error err = {0};
+        fm_status st = fm_detect(d, &img, faces, 64, &n, &t, &err);
+        CHECK_MSG(st == FM_OK && n >= 0, "%s, %dx%d: %s", label, shapes[i][0], shapes[i][1],
+                  err.msg);
+    }
+}
+
+static void test_with_models(const char *models)
+{
+    fm_detector *d = NULL;
+    fm_error err = {0};
+    fm_status st = fm_detector_open(&d, models, NULL, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    if (st)
+        return;
+    fprintf(stderr, "detector arena: %zu bytes\n", fm_detector_arena_bytes(d));
+    CHECK(fm_detector_arena_bytes(d) > 0);
+    CHECK(fm_detector_opts(d)->max_side == 1600 &&
+          fm_detector_opts(d)->max_level_candidates == FM_DETECT_DEFAULT_LEVEL_CANDIDATES);
+
+    const int maxw = 1700, maxh = 1700;
+    uint8_t *px = malloc((size_t)maxw * maxh * 3);
+    CHECK(px != NULL);
+    if (!px) {
+        fm_detector_close(&d);
+        return;
+    }
+    fm_face faces[64];
+    int n = -1;
+    fm_detect_times t;
+
+    /* Blank: no faces, all three stage counts small. */
+    fm_image img = gray_image(px, 640, 480, 128);
+    st = fm_detect(d, &img, faces, 64, &n, &t, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    CHECK(n == 0 && t.onet_boxes == 0 && t.levels == 10 && !t.truncated);
+
+    /* Odd shapes run within the arena measured at open. */
+    run_shapes(d, px, "defaults");
+
+    /* Bad arguments. */
+    CHECK(fm_detect(d, NULL, faces, 64, &n, &t, &err) == FM_ERR_INVALID && n == 0);
+    CHECK(fm_detect(d, &img, NULL, 3, &n, &t, &err) == FM_ERR_INVALID);
+    CHECK(fm_detect(d, &img, faces, 64, NULL, &t, &err) == FM_ERR_INVALID);
+    fm_image bad = img;
+    bad.data = NULL;
+    CHECK(fm_detect(d, &bad, faces, 64, &n, &t, &err) == FM_ERR_INVALID);
+    bad = img;
+    bad.stride = 1;
+    CHECK(fm_detect(d, &bad, faces, 64, &n, &t, &err) == FM_ERR_INVALID);
+    /* cap 0 with faces NULL and t NULL is allowed. */
+    CHECK(fm_detect(d, &img, NULL, 0, &n, NULL, &err) == FM_OK && n == 0);
+
+    /* Warm: nothing from the heap (glibc's counters; sanitizers' allocators report 0,
+     * which makes the check vacuous there). */
+    img = gray_image(px, 800, 600, 0);
+    texture(&img, 99);
+    CHECK(fm_detect(d, &img, faces, 64, &n, &t, &err) == FM_OK);
+    struct mallinfo2 before = mallinfo2();
+    for (int r = 0; r < 3; r++)
+        CHECK(fm_detect(d, &img, faces, 64, &n, &t, &err) == FM_OK);
+    struct mallinfo2 after = mallinfo2();
+    CHECK_MSG(before.uordblks == after.uordblks && before.hblkhd == after.hblkhd,
+              "heap in use %zu -> %zu bytes, mmapped %zu -> %zu", before.uordblks,
+              after.uordblks, before.hblkhd, after.hblkhd);
+    fm_detector_close(&d);
+    CHECK(d == NULL);
+
+    /* Levels as wide as max_side allows (min_face 8 asks for 1.5x upsampling, capped
+     * by max_side), and the smallest max_side. */
+    fm_detect_opts o;
+    const int max_sides[2] = {1600, 12};
+    for (int k = 0; k < 2; k++) {
+        fm_detect_opts_defaults(&o);
+        o.min_face = 8;
+        o.max_side = max_sides[k];
+        st = fm_detector_open(&d, models, &o, &err);
+        CHECK_MSG(st == FM_OK, "%s", err.msg);
+        if (!st)
+            run_shapes(d, px, max_sides[k] == 12 ? "max_side 12" : "min_face 8");
+        fm_detector_close(&d);
+    }
+
+    /* Tiny caps and every P-Net cell a candidate: buffers overflow, lowest scores are
+     * dropped, the result says so, and nothing breaks. */
+    fm_detect_opts_defaults(&o);
+    o.pnet_threshold = 0;
+    o.rnet_threshold = 0;
+    o.max_level_candidates = 16;
+    o.max_candidates = 8;
+    o.max_faces = 2;
+    st = fm_detector_open(&d, models, &o, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    if (!st) {
+        img = gray_image(px, 300, 200, 0);
+        texture(&img, 7);
+        st = fm_detect(d, &img, faces, 64, &n, &t, &err);
+        CHECK_MSG(st == FM_OK, "%s", err.msg);
+        CHECK(t.truncated == 1 && t.pnet_boxes <= 8 && t.rnet_boxes <= 8 && n <= 2);
+        for (int i = 1; i < n; i++)
+            CHECK(faces[i - 1].score >= faces[i].score);
+        fm_detector_close(&d);
+    }
+    free(px);
+}
+
+/* opts.pad must give what padding the pixels gives (same pyramid, same samples),
+ * shifted back by the border. */
+static void test_pad(const char *models)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/samples/sample1.jpg", models);
+    fm_decode_opts dopt = {0};
+    dopt.target_side = 480; /* 1920x1280 decodes at 1/4: 480x320 */
+    fm_decoder *dec = NULL;
+    fm_error err = {0};
+    fm_image img;
+    if (fm_decoder_new(&dec, &dopt, &err) != FM_OK ||
+        fm_decode_file(dec, path, &img, &err) != FM_OK) {
+        fprintf(stderr, "test_pad: %s: skipped\n", err.msg);
+        fm_decoder_destroy(&dec);
+        return;
+    }
+    img.scale_num = img.scale_denom = 1; /* compare in decoded pixels */
+    const double pad = 0.25;
+    int p = (int)lround(pad * (img.w > img.h ? img.w : img.h));
+    int pw = img.w + 2 * p, ph = img.h + 2 * p;
+    uint8_t *px = malloc((size_t)pw * ph * 3);
+    CHECK(px != NULL);
+    fm_image padded = gray_image(px, pw, ph, FM_DETECT_PAD_VALUE);
+    for (int y = 0; y < img.h; y++)
+        memcpy(px + ((size_t)(y + p) * pw + p) * 3, img.data + (size_t)y * img.stride,
+               (size_t)img.w * 3);
+
+    fm_detect_opts o;
+    fm_detect_opts_defaults(&o);
+    fm_detector *plain = NULL, *with_pad = NULL;
+    CHECK(fm_detector_open(&plain, models, &o, &err) == FM_OK);
+    o.pad = pad;
+    CHECK(fm_detector_open(&with_pad, models, &o, &err) == FM_OK);
+    fm_face a[64], b[64];
+    int na = -1, nb = -2;
+    fm_detect_times ta, tb;
+    CHECK(fm_detect(plain, &padded, a, 64, &na, &ta, &err) == FM_OK);
+    CHECK(fm_detect(with_pad, &img, b, 64, &nb, &tb, &err) == FM_OK);
+    fprintf(stderr, "pad %d px: %d faces (physically padded: %d)\n", p, nb, na);
+    CHECK(na == nb && na >= 2 && ta.levels == tb.levels && ta.pnet_boxes == tb.pnet_boxes &&
+          ta.rnet_boxes == tb.rnet_boxes);
+    for (int i = 0; i < na && i < nb; i++) {
+        double e = fabs((double)a[i].score - b[i].score);
+        for (int k = 0; k < 4; k++)
+            e = fmax(e, fabs((double)a[i].box[k] - p - b[i].box[k]));
+        for (int k = 0; k < 10; k++)
+            e = fmax(e, fabs((double)a[i].landmarks[k] - p - b[i].landmarks[k]));
+        CHECK_MSG(e < 1e-3, "face %d differs by %g", i, e);
+    }
+    fm_detector_close(&plain);
+    fm_detector_close(&with_pad);
+    o.pad = 1.5;
+    CHECK(fm_detector_open(&plain, models, &o, &err) == FM_ERR_INVALID && plain == NULL);
+    fm_decoder_destroy(&dec);
+    free(px);
+}
+
+int main(void)
+{
+    test_overlap();
+    test_sort();
+    test_nms();
+    test_regress_square();
+    test_scales();
+    test_topk();
+
+    char models[4096];
+    const char *src = getenv("FACEMILL_SOURCE_DIR");
+    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/%s", models, FM_DETECT_ONET_FILE);
+    struct stat sb;
+    int have = stat(probe, &sb) == 0;
+    test_open_errors(have ? models : NULL);
+    if (have) {
+        test_with_models(models);
+        test_pad(models);
+    }
+    else
+        fprintf(stderr, "test_detect: %s not found (run models/fetch): model tests skipped\n",
+                probe);
+    return fm_test_done("test_detect");
+}

@@ -1,0 +1,1181 @@
+/* mtcnn.c - the MTCNN face detector behind detect.h: C builders for P-Net, R-Net and
+ * O-Net over the engine's operations (nn.h), and the detection pipeline around them
+ * (pyramid, strips, crops, NMS, regression, landmarks).
+ *
+ * It exists so that detection follows tests/reference/mtcnn_ref.py exactly while
+ * allocating nothing per image. The networks' tensors are looked up by name in the
+ * mapped model files with their shapes checked once at open; activations live in two
+ * ping-pong buffers (each layer reads one and writes the other), and candidate boxes
+ * in fixed-capacity buffers, all carved out of one arena whose size a measuring run
+ * of the worst case (widest P-Net strip, full R-Net and O-Net chunks) determines.
+ *
+ * Exactness: geometry is double precision in the reference's order of operations;
+ * pixel sampling and input normalisation are float32 in the reference's formula
+ * order; scores are computed in double from the float32 logits and rounded to
+ * float32. Only the convolutions' summation order differs from numpy.
+ */
+#include "facemill/detect.h"
+#include "facemill/model.h"
+#include "facemill/nn.h"
+#include "mtcnn-impl.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ================================================================================
+ * Box arithmetic (mtcnn-impl.h)
+ * ============================================================================== */
+
+static double dmin(double a, double b)
+{
+    return b < a ? b : a;
+}
+
+static double dmax(double a, double b)
+{
+    return b > a ? b : a;
+}
+
+double fm_mtcnn_overlap(const double a[4], const double b[4], fm_mtcnn_nms_mode mode)
+{
+    double iw = dmin(a[2], b[2]) - dmax(a[0], b[0]);
+    double ih = dmin(a[3], b[3]) - dmax(a[1], b[1]);
+    double inter = dmax(0.0, iw) * dmax(0.0, ih);
+    double area_a = (a[2] - a[0]) * (a[3] - a[1]);
+    double area_b = (b[2] - b[0]) * (b[3] - b[1]);
+    double den = mode == FM_MTCNN_NMS_MIN ? dmin(area_a, area_b) : area_a + area_b - inter;
+    return den > 0 ? inter / den : 0.0;
+}
+
+/* 1 when candidate i goes before candidate j: higher score, or equal score and lower
+ * index. A total order, so any correct sort gives the stable order. */
+static int score_before(const fm_mtcnn_cand *c, int i, int j)
+{
+    return c[i].score > c[j].score || (c[i].score == c[j].score && i < j);
+}
+
+void fm_mtcnn_sort_by_score(const fm_mtcnn_cand *c, int n, int *order, int *tmp)
+{
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    /* Bottom-up merge sort: order <-> tmp, runs doubling. */
+    int *src = order, *dst = tmp;
+    for (int width = 1; width < n; width *= 2) {
+        for (int lo = 0; lo < n; lo += 2 * width) {
+            int mid = lo + width < n ? lo + width : n;
+            int hi = lo + 2 * width < n ? lo + 2 * width : n;
+            int a = lo, b = mid, k = lo;
+            while (a < mid && b < hi)
+                dst[k++] = score_before(c, src[b], src[a]) ? src[b++] : src[a++];
+            while (a < mid)
+                dst[k++] = src[a++];
+            while (b < hi)
+                dst[k++] = src[b++];
+        }
+        int *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != order)
+        memcpy(order, src, (size_t)n * sizeof *order);
+}
+
+int fm_mtcnn_nms(const fm_mtcnn_cand *c, int n, double threshold, fm_mtcnn_nms_mode mode,
+                 int *keep, int *order, int *tmp, unsigned char *flag)
+{
+    if (n <= 0)
+        return 0;
+    fm_mtcnn_sort_by_score(c, n, order, tmp);
+    memset(flag, 0, (size_t)n);
+    int kept = 0;
+    for (int a = 0; a < n; a++) {
+        if (flag[a])
+            continue;
+        int i = order[a];
+        for (int b = a + 1; b < n; b++) {
+            if (!flag[b] && fm_mtcnn_overlap(c[i].box, c[order[b]].box, mode) > threshold)
+                flag[b] = 1;
+        }
+        keep[kept++] = i; /* kept <= a, so keep may alias order */
+    }
+    return kept;
+}
+
+void fm_mtcnn_regress(double box[4], const float reg[4])
+{
+    double w = box[2] - box[0];
+    double h = box[3] - box[1];
+    box[0] = box[0] + (double)reg[0] * w;
+    box[1] = box[1] + (double)reg[1] * h;
+    box[2] = box[2] + (double)reg[2] * w;
+    box[3] = box[3] + (double)reg[3] * h;
+}
+
+int fm_mtcnn_square(double box[4])
+{
+    double w = box[2] - box[0];
+    double h = box[3] - box[1];
+    double l = w > h ? w : h;
+    if (isnan(w) || isnan(h))
+        l = NAN;
+    double cx = box[0] + w * 0.5;
+    double cy = box[1] + h * 0.5;
+    box[0] = cx - l * 0.5;
+    box[1] = cy - l * 0.5;
+    box[2] = cx + l * 0.5;
+    box[3] = cy + l * 0.5;
+    for (int k = 0; k < 4; k++)
+        if (!isfinite(box[k]))
+            return 0;
+    return l > 0;
+}
+
+int fm_mtcnn_scales(int w, int h, double min_face, double factor, double max_side,
+                    double *scales, int cap)
+{
+    if (!(min_face > 0) || !(factor > 0 && factor < 1))
+        return -1;
+    double s = 12.0 / min_face;
+    if (max_side > 0) {
+        double m = max_side / (double)(w > h ? w : h);
+        if (m < s)
+            s = m;
+    }
+    double short_side = (double)(w < h ? w : h);
+    int n = 0;
+    while (short_side * s >= 12) {
+        if (n < cap)
+            scales[n] = s;
+        n++;
+        s = s * factor;
+    }
+    return n;
+}
+
+int fm_mtcnn_pnet_out(int h)
+{
+    if (h < 12)
+        return 0;
+    return (h - 2 + 1) / 2 - 4;
+}
+
+/* ---- bounded best-candidates buffer -------------------------------------------- */
+
+/* 1 when a is worse than b: lower score, or equal score and later arrival. */
+static int cand_worse(const fm_mtcnn_cand *a, const fm_mtcnn_cand *b)
+{
+    return a->score < b->score || (a->score == b->score && a->seq > b->seq);
+}
+
+static void heap_sift_down(fm_mtcnn_cand *c, int n, int i,
+                           int (*before)(const fm_mtcnn_cand *, const fm_mtcnn_cand *))
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && before(&c[l], &c[m]))
+            m = l;
+        if (r < n && before(&c[r], &c[m]))
+            m = r;
+        if (m == i)
+            return;
+        fm_mtcnn_cand t = c[i];
+        c[i] = c[m];
+        c[m] = t;
+        i = m;
+    }
+}
+
+void fm_mtcnn_topk_init(fm_mtcnn_topk *k, fm_mtcnn_cand *c, int cap)
+{
+    k->c = c;
+    k->n = 0;
+    k->cap = cap;
+    k->heap = 0;
+    k->dropped = 0;
+}
+
+void fm_mtcnn_topk_push(fm_mtcnn_topk *k, const fm_mtcnn_cand *cand)
+{
+    if (k->n < k->cap) {
+        k->c[k->n++] = *cand;
+        return;
+    }
+    k->dropped++;
+    if (k->cap < 1)
+        return;
+    if (!k->heap) { /* min-heap on quality: the worst candidate at the root */
+        for (int i = k->n / 2 - 1; i >= 0; i--)
+            heap_sift_down(k->c, k->n, i, cand_worse);
+        k->heap = 1;
+    }
+    if (cand_worse(&k->c[0], cand)) {
+        k->c[0] = *cand;
+        heap_sift_down(k->c, k->n, 0, cand_worse);
+    }
+}
+
+static int seq_after(const fm_mtcnn_cand *a, const fm_mtcnn_cand *b)
+{
+    return a->seq > b->seq;
+}
+
+void fm_mtcnn_topk_finish(fm_mtcnn_topk *k)
+{
+    if (!k->heap)
+        return;
+    /* Heap sort by seq, in place: a max-heap on seq, then pop to the back. */
+    int n = k->n;
+    for (int i = n / 2 - 1; i >= 0; i--)
+        heap_sift_down(k->c, n, i, seq_after);
+    for (int end = n - 1; end > 0; end--) {
+        fm_mtcnn_cand t = k->c[0];
+        k->c[0] = k->c[end];
+        k->c[end] = t;
+        heap_sift_down(k->c, end, 0, seq_after);
+    }
+    k->heap = 0;
+}
+
+/* ================================================================================
+ * Networks
+ * ============================================================================== */
+
+typedef struct tensor_spec {
+    const char *name;
+    unsigned ndim;
+    uint64_t dims[4];
+} tensor_spec;
+
+#define NET_MAX_TENSORS 24
+
+typedef struct mtcnn_net {
+    fm_model *model;
+    const char *arch;
+    float mean[3], scale[3];
+    fm_tensor t[NET_MAX_TENSORS];
+} mtcnn_net;
+
+enum {
+    P_C1W, P_C1B, P_A1, P_C2W, P_C2B, P_A2, P_C3W, P_C3B, P_A3,
+    P_C41W, P_C41B, P_C42W, P_C42B, P_COUNT
+};
+static const tensor_spec pnet_spec[P_COUNT] = {
+    [P_C1W] = {"conv1.weight", 4, {10, 3, 3, 3}},   [P_C1B] = {"conv1.bias", 1, {10}},
+    [P_A1] = {"prelu1.alpha", 1, {10}},             [P_C2W] = {"conv2.weight", 4, {16, 10, 3, 3}},
+    [P_C2B] = {"conv2.bias", 1, {16}},              [P_A2] = {"prelu2.alpha", 1, {16}},
+    [P_C3W] = {"conv3.weight", 4, {32, 16, 3, 3}},  [P_C3B] = {"conv3.bias", 1, {32}},
+    [P_A3] = {"prelu3.alpha", 1, {32}},             [P_C41W] = {"conv4_1.weight", 4, {2, 32, 1, 1}},
+    [P_C41B] = {"conv4_1.bias", 1, {2}},            [P_C42W] = {"conv4_2.weight", 4, {4, 32, 1, 1}},
+    [P_C42B] = {"conv4_2.bias", 1, {4}},
+};
+
+enum {
+    R_C1W, R_C1B, R_A1, R_C2W, R_C2B, R_A2, R_C3W, R_C3B, R_A3, R_D4W, R_D4B, R_A4,
+    R_D51W, R_D51B, R_D52W, R_D52B, R_COUNT
+};
+static const tensor_spec rnet_spec[R_COUNT] = {
+    [R_C1W] = {"conv1.weight", 4, {28, 3, 3, 3}},   [R_C1B] = {"conv1.bias", 1, {28}},
+    [R_A1] = {"prelu1.alpha", 1, {28}},             [R_C2W] = {"conv2.weight", 4, {48, 28, 3, 3}},
+    [R_C2B] = {"conv2.bias", 1, {48}},              [R_A2] = {"prelu2.alpha", 1, {48}},
+    [R_C3W] = {"conv3.weight", 4, {64, 48, 2, 2}},  [R_C3B] = {"conv3.bias", 1, {64}},
+    [R_A3] = {"prelu3.alpha", 1, {64}},             [R_D4W] = {"conv4.weight", 2, {128, 576}},
+    [R_D4B] = {"conv4.bias", 1, {128}},             [R_A4] = {"prelu4.alpha", 1, {128}},
+    [R_D51W] = {"conv5_1.weight", 2, {2, 128}},     [R_D51B] = {"conv5_1.bias", 1, {2}},
+    [R_D52W] = {"conv5_2.weight", 2, {4, 128}},     [R_D52B] = {"conv5_2.bias", 1, {4}},
+};
+
+enum {
+    O_C1W, O_C1B, O_A1, O_C2W, O_C2B, O_A2, O_C3W, O_C3B, O_A3, O_C4W, O_C4B, O_A4,
+    O_D5W, O_D5B, O_A5, O_D61W, O_D61B, O_D62W, O_D62B, O_D63W, O_D63B, O_COUNT
+};
+static const tensor_spec onet_spec[O_COUNT] = {
+    [O_C1W] = {"conv1.weight", 4, {32, 3, 3, 3}},   [O_C1B] = {"conv1.bias", 1, {32}},
+    [O_A1] = {"prelu1.alpha", 1, {32}},             [O_C2W] = {"conv2.weight", 4, {64, 32, 3, 3}},
+    [O_C2B] = {"conv2.bias", 1, {64}},              [O_A2] = {"prelu2.alpha", 1, {64}},
+    [O_C3W] = {"conv3.weight", 4, {64, 64, 3, 3}},  [O_C3B] = {"conv3.bias", 1, {64}},
+    [O_A3] = {"prelu3.alpha", 1, {64}},             [O_C4W] = {"conv4.weight", 4, {128, 64, 2, 2}},
+    [O_C4B] = {"conv4.bias", 1, {128}},             [O_A4] = {"prelu4.alpha", 1, {128}},
+    [O_D5W] = {"conv5.weight", 2, {256, 1152}},     [O_D5B] = {"conv5.bias", 1, {256}},
+    [O_A5] = {"prelu5.alpha", 1, {256}},            [O_D61W] = {"conv6_1.weight", 2, {2, 256}},
+    [O_D61B] = {"conv6_1.bias", 1, {2}},            [O_D62W] = {"conv6_2.weight", 2, {4, 256}},
+    [O_D62B] = {"conv6_2.bias", 1, {4}},            [O_D63W] = {"conv6_3.weight", 2, {10, 256}},
+    [O_D63B] = {"conv6_3.bias", 1, {10}},
+};
+
+/* Opens dir/file, checks the architecture, normalisation and input size, and binds
+ * every tensor of spec (checked shapes) into net->t. */
+static fm_status net_open(mtcnn_net *net, const char *dir, const char *file,
+                          const char *arch, int input_size, const tensor_spec *spec,
+                          int count, fm_error *err)
+{
+    char path[4096];
+    int len = snprintf(path, sizeof path, "%s/%s", dir, file);
+    if (len < 0 || (size_t)len >= sizeof path)
+        return fm_error_set(err, FM_ERR_INVALID, "models directory path is too long");
+    fm_status st = fm_model_open(&net->model, path, 0, err);
+    if (st) {
+        if (st == FM_ERR_IO)
+            fm_error_prefix(err, "MTCNN model (run models/fetch, or set models.dir)");
+        return st;
+    }
+    net->arch = arch;
+    const char *a = NULL;
+    st = fm_model_meta_str(net->model, "general.architecture", &a, NULL, err);
+    if (st)
+        return fm_error_prefix(err, "%s: general.architecture", path);
+    if (strcmp(a, arch) != 0)
+        return fm_error_set(err, FM_ERR_FORMAT, "%s: architecture '%s', expected '%s'",
+                            path, a, arch);
+    const char *keys[2] = {"input.mean", "input.scale"};
+    float *dst[2] = {net->mean, net->scale};
+    for (int k = 0; k < 2; k++) {
+        const double *v = NULL;
+        size_t n = 0;
+        st = fm_model_meta_f64_array(net->model, keys[k], &v, &n, err);
+        if (st)
+            return fm_error_prefix(err, "%s: %s", path, keys[k]);
+        if (n != 3)
+            return fm_error_set(err, FM_ERR_FORMAT, "%s: %s has %zu values, expected 3",
+                                path, keys[k], n);
+        for (int c = 0; c < 3; c++) {
+            if (!isfinite(v[c]) || (k == 1 && v[c] == 0))
+                return fm_error_set(err, FM_ERR_FORMAT, "%s: %s[%d] = %g is not usable",
+                                    path, keys[k], c, v[c]);
+            dst[k][c] = (float)v[c];
+        }
+    }
+    if (input_size > 0) {
+        /* Optional: checked when present. */
+        const int64_t *v = NULL;
+        size_t n = 0;
+        fm_error e = {0};
+        st = fm_model_meta_i64_array(net->model, "input.size", &v, &n, &e);
+        if (st == FM_OK && (n != 2 || v[0] != input_size || v[1] != input_size))
+            return fm_error_set(err, FM_ERR_FORMAT, "%s: input.size is not [%d, %d]", path,
+                                input_size, input_size);
+        if (st != FM_OK && st != FM_ERR_NOT_FOUND)
+            return fm_error_set(err, st, "%s: input.size: %s", path, fm_error_text(&e));
+    }
+    for (int i = 0; i < count; i++) {
+        const float *data = NULL;
+        st = fm_model_tensor_expect(net->model, spec[i].name, spec[i].ndim, spec[i].dims,
+                                    &data, err);
+        if (st)
+            return st; /* the message names the file and the tensor */
+        const uint64_t *d = spec[i].dims;
+        int n = (int)d[0];
+        int c = spec[i].ndim >= 2 ? (int)d[1] : 1;
+        int h = spec[i].ndim >= 3 ? (int)d[2] : 1;
+        int w = spec[i].ndim >= 4 ? (int)d[3] : 1;
+        /* Inputs are never written by the engine: the cast is safe. */
+        net->t[i] = fm_tensor_make(n, c, h, w, (float *)data);
+    }
+    return FM_OK;
+}
+
+/* ---- activation buffers -------------------------------------------------------- */
+
+/* Two ping-pong buffers for activations. In sizing mode views record how large each
+ * must be; otherwise a view beyond a buffer's capacity is a bug (FM_ERR_INTERNAL). */
+typedef struct act_bufs {
+    float *buf[2];   /* NULL when measuring */
+    size_t cap[2];   /* floats */
+    int sizing;
+} act_bufs;
+
+enum { BUF_X = 0, BUF_Y = 1 };
+
+/* A view [n, c, h, w] at offset floats into buffer which. */
+static fm_status act_view(act_bufs *b, int which, size_t offset, int n, int c, int h,
+                          int w, fm_tensor *t, fm_error *err)
+{
+    size_t need = offset + (size_t)n * (size_t)c * (size_t)h * (size_t)w;
+    if (b->sizing) {
+        if (need > b->cap[which])
+            b->cap[which] = need;
+    } else if (need > b->cap[which]) {
+        return fm_error_set(err, FM_ERR_INTERNAL,
+                            "detector: activation [%d, %d, %d, %d] exceeds buffer %d (%zu "
+                            "floats)", n, c, h, w, which, b->cap[which]);
+    }
+    *t = fm_tensor_make(n, c, h, w, b->buf[which] ? b->buf[which] + offset : NULL);
+    return FM_OK;
+}
+
+/* conv (valid, stride 1) + bias + PReLU: x -> buffer `to` at offset 0. */
+static fm_status conv_prelu(fm_arena *a, act_bufs *b, const fm_tensor *x, int to,
+                            const fm_tensor *w, const fm_tensor *bias, const fm_tensor *alpha,
+                            fm_tensor *y, fm_error *err)
+{
+    fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    fm_tensor s;
+    fm_status st = fm_nn_conv2d_shape(x, w, &p, &s, err);
+    if (!st)
+        st = act_view(b, to, 0, s.n, s.c, s.h, s.w, y, err);
+    if (!st)
+        st = fm_nn_conv2d(a, x, w, bias, &p, y, err);
+    if (!st && alpha)
+        st = fm_nn_prelu(a, y, alpha, y, err);
+    return st;
+}
+
+/* Max pooling k/s, Caffe ceil mode, no padding: x -> buffer `to`. */
+static fm_status maxpool(fm_arena *a, act_bufs *b, const fm_tensor *x, int to, int k, int s,
+                         fm_tensor *y, fm_error *err)
+{
+    fm_pool2d_params p = fm_pool2d_sym(k, s, 0, 1, 0);
+    fm_tensor sh;
+    fm_status st = fm_nn_pool2d_shape(x, &p, &sh, err);
+    if (!st)
+        st = act_view(b, to, 0, sh.n, sh.c, sh.h, sh.w, y, err);
+    if (!st)
+        st = fm_nn_maxpool2d(a, x, &p, y, err);
+    return st;
+}
+
+/* Dense + bias (+ PReLU when alpha): x -> buffer `to` at offset. */
+static fm_status dense(fm_arena *a, act_bufs *b, const fm_tensor *x, int to, size_t offset,
+                       const fm_tensor *w, const fm_tensor *bias, const fm_tensor *alpha,
+                       fm_tensor *y, fm_error *err)
+{
+    fm_status st = act_view(b, to, offset, x->n, w->n, 1, 1, y, err);
+    if (!st)
+        st = fm_nn_dense(a, x, w, bias, y, err);
+    if (!st && alpha)
+        st = fm_nn_prelu(a, y, alpha, y, err);
+    return st;
+}
+
+/* P-Net on x [1, 3, H, W] (in buffer X): logits [1, 2, h, w] and regression
+ * [1, 4, h, w] in buffer Y. */
+static fm_status pnet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
+                              const fm_tensor *x, fm_tensor *logits, fm_tensor *reg,
+                              fm_error *err)
+{
+    const fm_tensor *t = net->t;
+    fm_tensor y1, p1, y2, y3;
+    fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    fm_status st = conv_prelu(a, b, x, BUF_Y, &t[P_C1W], &t[P_C1B], &t[P_A1], &y1, err);
+    if (!st)
+        st = maxpool(a, b, &y1, BUF_X, 2, 2, &p1, err);
+    if (!st)
+        st = conv_prelu(a, b, &p1, BUF_Y, &t[P_C2W], &t[P_C2B], &t[P_A2], &y2, err);
+    if (!st)
+        st = conv_prelu(a, b, &y2, BUF_X, &t[P_C3W], &t[P_C3B], &t[P_A3], &y3, err);
+    if (st)
+        return st;
+    size_t plane = (size_t)y3.h * (size_t)y3.w;
+    st = act_view(b, BUF_Y, 0, 1, 2, y3.h, y3.w, logits, err);
+    if (!st)
+        st = act_view(b, BUF_Y, 2 * plane, 1, 4, y3.h, y3.w, reg, err);
+    if (!st)
+        st = fm_nn_conv2d(a, &y3, &t[P_C41W], &t[P_C41B], &p, logits, err);
+    if (!st)
+        st = fm_nn_conv2d(a, &y3, &t[P_C42W], &t[P_C42B], &p, reg, err);
+    return st;
+}
+
+/* R-Net on x [n, 3, 24, 24] (in X): logits [n, 2], regression [n, 4] (in Y). */
+static fm_status rnet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
+                              const fm_tensor *x, fm_tensor *logits, fm_tensor *reg,
+                              fm_error *err)
+{
+    const fm_tensor *t = net->t;
+    fm_tensor y1, p1, y2, p2, y3, d4;
+    size_t n = (size_t)x->n;
+    fm_status st = conv_prelu(a, b, x, BUF_Y, &t[R_C1W], &t[R_C1B], &t[R_A1], &y1, err);
+    if (!st)
+        st = maxpool(a, b, &y1, BUF_X, 3, 2, &p1, err);
+    if (!st)
+        st = conv_prelu(a, b, &p1, BUF_Y, &t[R_C2W], &t[R_C2B], &t[R_A2], &y2, err);
+    if (!st)
+        st = maxpool(a, b, &y2, BUF_X, 3, 2, &p2, err);
+    if (!st)
+        st = conv_prelu(a, b, &p2, BUF_Y, &t[R_C3W], &t[R_C3B], &t[R_A3], &y3, err);
+    if (!st)
+        st = dense(a, b, &y3, BUF_X, 0, &t[R_D4W], &t[R_D4B], &t[R_A4], &d4, err);
+    if (!st)
+        st = dense(a, b, &d4, BUF_Y, 0, &t[R_D51W], &t[R_D51B], NULL, logits, err);
+    if (!st)
+        st = dense(a, b, &d4, BUF_Y, 2 * n, &t[R_D52W], &t[R_D52B], NULL, reg, err);
+    return st;
+}
+
+/* O-Net on x [n, 3, 48, 48] (in X): logits [n, 2], regression [n, 4], landmarks
+ * [n, 10] (in Y). */
+static fm_status onet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
+                              const fm_tensor *x, fm_tensor *logits, fm_tensor *reg,
+                              fm_tensor *pts, fm_error *err)
+{
+    const fm_tensor *t = net->t;
+    fm_tensor y1, p1, y2, p2, y3, p3, y4, d5;
+    size_t n = (size_t)x->n;
+    fm_status st = conv_prelu(a, b, x, BUF_Y, &t[O_C1W], &t[O_C1B], &t[O_A1], &y1, err);
+    if (!st)
+        st = maxpool(a, b, &y1, BUF_X, 3, 2, &p1, err);
+    if (!st)
+        st = conv_prelu(a, b, &p1, BUF_Y, &t[O_C2W], &t[O_C2B], &t[O_A2], &y2, err);
+    if (!st)
+        st = maxpool(a, b, &y2, BUF_X, 3, 2, &p2, err);
+    if (!st)
+        st = conv_prelu(a, b, &p2, BUF_Y, &t[O_C3W], &t[O_C3B], &t[O_A3], &y3, err);
+    if (!st)
+        st = maxpool(a, b, &y3, BUF_X, 2, 2, &p3, err);
+    if (!st)
+        st = conv_prelu(a, b, &p3, BUF_Y, &t[O_C4W], &t[O_C4B], &t[O_A4], &y4, err);
+    if (!st)
+        st = dense(a, b, &y4, BUF_X, 0, &t[O_D5W], &t[O_D5B], &t[O_A5], &d5, err);
+    if (!st)
+        st = dense(a, b, &d5, BUF_Y, 0, &t[O_D61W], &t[O_D61B], NULL, logits, err);
+    if (!st)
+        st = dense(a, b, &d5, BUF_Y, 2 * n, &t[O_D62W], &t[O_D62B], NULL, reg, err);
+    if (!st)
+        st = dense(a, b, &d5, BUF_Y, 6 * n, &t[O_D63W], &t[O_D63B], NULL, pts, err);
+    return st;
+}
+
+/* ================================================================================
+ * The detector
+ * ============================================================================== */
+
+struct fm_detector {
+    fm_detect_opts opts;
+    mtcnn_net pnet, rnet, onet;
+    fm_arena *arena;
+    size_t mark;       /* fill level after the persistent buffers */
+    act_bufs bufs;
+    int level_cap;     /* max_level_candidates */
+    int cand_cap;      /* max_candidates */
+    int max_level_w;   /* widest pyramid level: max_side + 1 */
+    /* Persistent buffers in the arena. */
+    int *col_x0, *col_x1;   /* max_level_w: pyramid column sources */
+    float *col_fx;
+    fm_mtcnn_cand *level;   /* level_cap: one level's P-Net candidates */
+    fm_mtcnn_cand *cand_a;  /* cand_cap: ping-pong candidate lists */
+    fm_mtcnn_cand *cand_b;
+    float *pts;             /* cand_cap x 10: O-Net landmark outputs */
+    int *order, *tmp, *keep; /* max(level_cap, cand_cap) */
+    unsigned char *flag;
+    double scales[FM_DETECT_MAX_LEVELS];
+};
+
+void fm_detect_opts_defaults(fm_detect_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->min_face = 20;
+    o->max_side = 1600;
+    o->scale_factor = 0.709;
+    o->pnet_threshold = 0.6;
+    o->rnet_threshold = 0.7;
+    o->onet_threshold = 0.7;
+    o->max_faces = 64;
+}
+
+void fm_detect_opts_from_config(fm_detect_opts *o, const fm_config *c)
+{
+    fm_detect_opts_defaults(o);
+    o->min_face = (double)c->detect.min_face;
+    o->max_side = c->detect.max_side > INT_MAX ? INT_MAX : (int)c->detect.max_side;
+    o->scale_factor = c->detect.scale_factor;
+    o->pnet_threshold = c->detect.pnet_threshold;
+    o->rnet_threshold = c->detect.rnet_threshold;
+    o->onet_threshold = c->detect.onet_threshold;
+    o->max_faces = c->detect.max_faces > INT_MAX ? INT_MAX : (int)c->detect.max_faces;
+    o->pad = c->detect.pad;
+}
+
+static fm_status check_opts(const fm_detect_opts *o, fm_error *err)
+{
+    if (!(o->min_face > 0) || !isfinite(o->min_face))
+        return fm_error_set(err, FM_ERR_INVALID, "detector: min_face %g must be > 0",
+                            o->min_face);
+    if (o->max_side < 12 || o->max_side > 16384)
+        return fm_error_set(err, FM_ERR_INVALID, "detector: max_side %d is outside 12..16384",
+                            o->max_side);
+    if (!(o->scale_factor > 0 && o->scale_factor <= 0.99))
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "detector: scale_factor %g is outside (0, 0.99]", o->scale_factor);
+    const double th[3] = {o->pnet_threshold, o->rnet_threshold, o->onet_threshold};
+    const char *names[3] = {"pnet", "rnet", "onet"};
+    for (int i = 0; i < 3; i++)
+        if (!(th[i] >= 0 && th[i] <= 1))
+            return fm_error_set(err, FM_ERR_INVALID,
+                                "detector: %s_threshold %g is outside 0..1", names[i], th[i]);
+    if (!(o->pad >= 0 && o->pad <= 1))
+        return fm_error_set(err, FM_ERR_INVALID, "detector: pad %g is outside 0..1", o->pad);
+    if (o->max_faces < 1)
+        return fm_error_set(err, FM_ERR_INVALID, "detector: max_faces %d must be >= 1",
+                            o->max_faces);
+    if (o->max_level_candidates < 0 || o->max_level_candidates > FM_DETECT_MAX_CAP ||
+        o->max_candidates < 0 || o->max_candidates > FM_DETECT_MAX_CAP)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "detector: candidate caps %d, %d are outside 0..%d",
+                            o->max_level_candidates, o->max_candidates, FM_DETECT_MAX_CAP);
+    return FM_OK;
+}
+
+/* Takes count elements of size bytes from the arena into *p. */
+static fm_status take(fm_arena *a, size_t count, size_t size, void *p, fm_error *err)
+{
+    void *q = NULL;
+    fm_status st = fm_arena_alloc(a, count * size, &q, err);
+    if (!st)
+        memcpy(p, &q, sizeof q);
+    return st;
+}
+
+/* Carves the persistent buffers out of a (measuring or real), in a fixed order. */
+static fm_status alloc_persistent(fm_detector *d, fm_arena *a, fm_error *err)
+{
+    size_t big = (size_t)(d->level_cap > d->cand_cap ? d->level_cap : d->cand_cap);
+    size_t w = (size_t)d->max_level_w;
+    fm_status st = FM_OK;
+    if (!st) st = take(a, d->bufs.cap[BUF_X], sizeof(float), &d->bufs.buf[BUF_X], err);
+    if (!st) st = take(a, d->bufs.cap[BUF_Y], sizeof(float), &d->bufs.buf[BUF_Y], err);
+    if (!st) st = take(a, w, sizeof(int), &d->col_x0, err);
+    if (!st) st = take(a, w, sizeof(int), &d->col_x1, err);
+    if (!st) st = take(a, w, sizeof(float), &d->col_fx, err);
+    if (!st) st = take(a, (size_t)d->level_cap, sizeof(fm_mtcnn_cand), &d->level, err);
+    if (!st) st = take(a, (size_t)d->cand_cap, sizeof(fm_mtcnn_cand), &d->cand_a, err);
+    if (!st) st = take(a, (size_t)d->cand_cap, sizeof(fm_mtcnn_cand), &d->cand_b, err);
+    if (!st) st = take(a, (size_t)d->cand_cap * 10, sizeof(float), &d->pts, err);
+    if (!st) st = take(a, big, sizeof(int), &d->order, err);
+    if (!st) st = take(a, big, sizeof(int), &d->tmp, err);
+    if (!st) st = take(a, big, sizeof(int), &d->keep, err);
+    if (!st) st = take(a, big, 1, &d->flag, err);
+    return st;
+}
+
+/* Runs each network once on its worst-case input shape (data untouched on a measuring
+ * arena), resetting the arena after each. */
+static fm_status run_worst_case(fm_detector *d, fm_arena *a, fm_error *err)
+{
+    size_t mark = fm_arena_mark(a);
+    fm_tensor x, o1, o2, o3;
+    int rows = 2 * FM_DETECT_PNET_STRIP_ROWS + 10;
+    fm_status st = act_view(&d->bufs, BUF_X, 0, 1, 3, rows, d->max_level_w, &x, err);
+    if (!st)
+        st = pnet_forward(&d->pnet, a, &d->bufs, &x, &o1, &o2, err);
+    fm_arena_reset(a, mark);
+    if (!st)
+        st = act_view(&d->bufs, BUF_X, 0, FM_DETECT_RNET_BATCH, 3, 24, 24, &x, err);
+    if (!st)
+        st = rnet_forward(&d->rnet, a, &d->bufs, &x, &o1, &o2, err);
+    fm_arena_reset(a, mark);
+    if (!st)
+        st = act_view(&d->bufs, BUF_X, 0, FM_DETECT_ONET_BATCH, 3, 48, 48, &x, err);
+    if (!st)
+        st = onet_forward(&d->onet, a, &d->bufs, &x, &o1, &o2, &o3, err);
+    fm_arena_reset(a, mark);
+    return st;
+}
+
+fm_status fm_detector_open(fm_detector **out, const char *models_dir,
+                           const fm_detect_opts *opts, fm_error *err)
+{
+    if (!out)
+        return fm_error_set(err, FM_ERR_INVALID, "detector: out is NULL");
+    *out = NULL;
+    if (!models_dir)
+        return fm_error_set(err, FM_ERR_INVALID, "detector: models directory is NULL");
+    fm_detect_opts o;
+    if (opts)
+        o = *opts;
+    else
+        fm_detect_opts_defaults(&o);
+    fm_status st = check_opts(&o, err);
+    if (st)
+        return st;
+    if (o.max_level_candidates == 0)
+        o.max_level_candidates = FM_DETECT_DEFAULT_LEVEL_CANDIDATES;
+    if (o.max_candidates == 0)
+        o.max_candidates = FM_DETECT_DEFAULT_CANDIDATES;
+
+    fm_arena *meas = NULL;
+    fm_detector *d = calloc(1, sizeof *d);
+    if (!d)
+        return fm_error_set(err, FM_ERR_NOMEM, "detector: out of memory");
+    d->opts = o;
+    d->level_cap = o.max_level_candidates;
+    d->cand_cap = o.max_candidates;
+    d->max_level_w = o.max_side + 1;
+
+    st = net_open(&d->pnet, models_dir, FM_DETECT_PNET_FILE, "mtcnn.pnet", 0, pnet_spec,
+                  P_COUNT, err);
+    if (!st)
+        st = net_open(&d->rnet, models_dir, FM_DETECT_RNET_FILE, "mtcnn.rnet", 24, rnet_spec,
+                      R_COUNT, err);
+    if (!st)
+        st = net_open(&d->onet, models_dir, FM_DETECT_ONET_FILE, "mtcnn.onet", 48, onet_spec,
+                      O_COUNT, err);
+    if (st)
+        goto fail;
+
+    /* 1: the activation buffers' sizes. */
+    d->bufs.sizing = 1;
+    st = fm_arena_new_measuring(&meas, err);
+    if (!st)
+        st = run_worst_case(d, meas, err);
+    fm_arena_destroy(&meas);
+    if (st)
+        goto fail;
+    d->bufs.sizing = 0;
+    /* 2: the whole arena: persistent buffers, then the worst scratch of each net. */
+    st = fm_arena_new_measuring(&meas, err);
+    if (!st)
+        st = alloc_persistent(d, meas, err);
+    if (!st)
+        st = run_worst_case(d, meas, err);
+    size_t size = fm_arena_high_water(meas);
+    fm_arena_destroy(&meas);
+    if (st)
+        goto fail;
+    /* 3: the arena itself. */
+    st = fm_arena_new(size, &d->arena, err);
+    if (!st)
+        st = alloc_persistent(d, d->arena, err);
+    if (st)
+        goto fail;
+    d->mark = fm_arena_mark(d->arena);
+    *out = d;
+    return FM_OK;
+fail:
+    fm_arena_destroy(&meas);
+    fm_detector_close(&d);
+    return st;
+}
+
+void fm_detector_close(fm_detector **pd)
+{
+    if (!pd || !*pd)
+        return;
+    fm_detector *d = *pd;
+    fm_arena_destroy(&d->arena);
+    fm_model_close(&d->pnet.model);
+    fm_model_close(&d->rnet.model);
+    fm_model_close(&d->onet.model);
+    free(d);
+    *pd = NULL;
+}
+
+const fm_detect_opts *fm_detector_opts(const fm_detector *d)
+{
+    return d ? &d->opts : NULL;
+}
+
+size_t fm_detector_arena_bytes(const fm_detector *d)
+{
+    return d ? fm_arena_size(d->arena) : 0;
+}
+
+/* ---- sampling ------------------------------------------------------------------ */
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* The picture the detector works on: img inside a border of pad pixels of
+ * FM_DETECT_PAD_VALUE on every side (opts.pad; 0 = none). w x h include the border.
+ * Axis indices below are into img; two negative values stand for the border and for
+ * "outside everything" (crops read zeros there). */
+typedef struct src_view {
+    const fm_image *img;
+    int pad;
+    int w, h;
+} src_view;
+
+enum { IDX_ZERO = -1, IDX_BORDER = -2 };
+
+/* Index into img of padded index k on an axis of n image pixels. */
+static int axis_index(int k, int pad, int n)
+{
+    int i = k - pad;
+    return i >= 0 && i < n ? i : IDX_BORDER;
+}
+
+/* One channel of a pixel given its row (pointer and index) and column index. */
+static inline float fetch(const uint8_t *row, int yi, int xi, int c)
+{
+    if (yi == IDX_ZERO || xi == IDX_ZERO)
+        return 0.0f;
+    if (yi == IDX_BORDER || xi == IDX_BORDER)
+        return (float)FM_DETECT_PAD_VALUE;
+    return (float)row[3 * (size_t)xi + c];
+}
+
+static const uint8_t *row_ptr(const fm_image *img, int yi)
+{
+    return yi >= 0 ? img->data + (size_t)yi * img->stride : NULL;
+}
+
+/* Source positions of output sample o of a pyramid level at scale s over an axis of
+ * n_in (padded) pixels, edge clamp: padded indices i0, i1 mapped into the image (pad,
+ * n_img), and the float32 fraction. */
+static void level_axis(int o, double s, int n_in, int pad, int n_img, int *i0, int *i1,
+                       float *f)
+{
+    double p = ((double)o + 0.5) / s - 0.5;
+    if (p < 0.0)
+        p = 0.0;
+    if (p > (double)(n_in - 1))
+        p = (double)(n_in - 1);
+    double fl = floor(p);
+    int k = (int)fl;
+    *i0 = axis_index(k, pad, n_img);
+    *i1 = axis_index(k + 1 < n_in ? k + 1 : n_in - 1, pad, n_img);
+    *f = (float)(p - fl);
+}
+
+/* Writes rows [r0, r1) of the pyramid level of scale s (ws columns) into x
+ * [1, 3, r1 - r0, ws], normalised. Column tables are in d->col_*. */
+static void sample_level_rows(const fm_detector *d, const src_view *v, double s, int r0,
+                              int r1, int ws, float *x)
+{
+    const float *mean = d->pnet.mean, *scale = d->pnet.scale;
+    size_t plane = (size_t)(r1 - r0) * (size_t)ws;
+    const float one = 1.0f;
+    for (int oy = r0; oy < r1; oy++) {
+        int y0, y1;
+        float fy;
+        level_axis(oy, s, v->h, v->pad, v->img->h, &y0, &y1, &fy);
+        const uint8_t *row0 = row_ptr(v->img, y0), *row1 = row_ptr(v->img, y1);
+        float *out = x + (size_t)(oy - r0) * (size_t)ws;
+        for (int ox = 0; ox < ws; ox++) {
+            int x0 = d->col_x0[ox], x1 = d->col_x1[ox];
+            float fx = d->col_fx[ox];
+            for (int c = 0; c < 3; c++) {
+                float top = (one - fx) * fetch(row0, y0, x0, c) + fx * fetch(row0, y0, x1, c);
+                float bot = (one - fx) * fetch(row1, y1, x0, c) + fx * fetch(row1, y1, x1, c);
+                float val = (one - fy) * top + fy * bot;
+                out[(size_t)c * plane + ox] = (val - mean[c]) * scale[c];
+            }
+        }
+    }
+}
+
+/* Sample positions of a crop axis: a1 + (o + 0.5) * (a2 - a1) / size over an axis of
+ * n (padded) pixels; neighbours outside [0, n) read as zero (IDX_ZERO), inside the
+ * border as the border value. */
+static void crop_axis(double a1, double a2, int size, int n, int pad, int n_img, int *i0,
+                      int *i1, float *f)
+{
+    for (int o = 0; o < size; o++) {
+        double p = a1 + ((double)o + 0.5) * (a2 - a1) / (double)size;
+        double fl = floor(p);
+        f[o] = (float)(p - fl);
+        if (fl < -2.0)
+            fl = -2.0;
+        if (fl > (double)n)
+            fl = (double)n;
+        int k = (int)fl;
+        i0[o] = k >= 0 && k < n ? axis_index(k, pad, n_img) : IDX_ZERO;
+        i1[o] = k + 1 >= 0 && k + 1 < n ? axis_index(k + 1, pad, n_img) : IDX_ZERO;
+    }
+}
+
+/* Writes the size x size crop of box (zero outside the padded picture), normalised
+ * with net's mean/scale, into x (3 planes of size x size). */
+static void sample_crop(const mtcnn_net *net, const src_view *v, const double box[4],
+                        int size, float *x)
+{
+    int xi0[48], xi1[48], yi0[48], yi1[48];
+    float fx[48], fy[48];
+    crop_axis(box[0], box[2], size, v->w, v->pad, v->img->w, xi0, xi1, fx);
+    crop_axis(box[1], box[3], size, v->h, v->pad, v->img->h, yi0, yi1, fy);
+    size_t plane = (size_t)size * (size_t)size;
+    const float one = 1.0f;
+    for (int oy = 0; oy < size; oy++) {
+        int y0 = yi0[oy], y1 = yi1[oy];
+        const uint8_t *r0 = row_ptr(v->img, y0), *r1 = row_ptr(v->img, y1);
+        for (int ox = 0; ox < size; ox++) {
+            int x0 = xi0[ox], x1 = xi1[ox];
+            for (int c = 0; c < 3; c++) {
+                float top = (one - fx[ox]) * fetch(r0, y0, x0, c) + fx[ox] * fetch(r0, y0, x1, c);
+                float bot = (one - fx[ox]) * fetch(r1, y1, x0, c) + fx[ox] * fetch(r1, y1, x1, c);
+                float val = (one - fy[oy]) * top + fy[oy] * bot;
+                x[(size_t)c * plane + (size_t)oy * (size_t)size + ox] =
+                    (val - net->mean[c]) * net->scale[c];
+            }
+        }
+    }
+}
+
+/* softmax(l0, l1)[1] in double, rounded to float32. */
+static float face_prob(float l0, float l1)
+{
+    return (float)(1.0 / (1.0 + exp((double)l0 - (double)l1)));
+}
+
+/* ---- stages -------------------------------------------------------------------- */
+
+/* Stage 1: P-Net over every level; leaves the squared boxes entering R-Net in
+ * d->cand_b and returns their count in *n_out. */
+static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
+                            fm_detect_times *t, int *n_out, fm_error *err)
+{
+    const fm_detect_opts *o = &d->opts;
+    int levels = fm_mtcnn_scales(v->w, v->h, min_face, o->scale_factor, o->max_side,
+                                 d->scales, FM_DETECT_MAX_LEVELS);
+    if (levels < 0 || levels > FM_DETECT_MAX_LEVELS)
+        return fm_error_set(err, FM_ERR_INTERNAL, "detector: %d pyramid levels", levels);
+    t->levels = levels;
+    fm_mtcnn_topk all;
+    fm_mtcnn_topk_init(&all, d->cand_a, d->cand_cap);
+    int32_t seq_all = 0;
+    for (int li = 0; li < levels; li++) {
+        double s = d->scales[li];
+        double hd = ceil((double)v->h * s), wd = ceil((double)v->w * s);
+        if (wd > (double)d->max_level_w || hd > (double)d->max_level_w)
+            return fm_error_set(err, FM_ERR_INTERNAL,
+                                "detector: level %.0fx%.0f exceeds the sized width %d", wd, hd,
+                                d->max_level_w);
+        int hs = (int)hd, ws = (int)wd;
+        int oh = fm_mtcnn_pnet_out(hs), ow = fm_mtcnn_pnet_out(ws);
+        if (oh < 1 || ow < 1)
+            return fm_error_set(err, FM_ERR_INTERNAL, "detector: level %dx%d too small", ws,
+                                hs);
+        for (int ox = 0; ox < ws; ox++)
+            level_axis(ox, s, v->w, v->pad, v->img->w, &d->col_x0[ox], &d->col_x1[ox],
+                       &d->col_fx[ox]);
+
+        fm_mtcnn_topk lvl;
+        fm_mtcnn_topk_init(&lvl, d->level, d->level_cap);
+        for (int i0 = 0; i0 < oh; i0 += FM_DETECT_PNET_STRIP_ROWS) {
+            int i1 = i0 + FM_DETECT_PNET_STRIP_ROWS < oh ? i0 + FM_DETECT_PNET_STRIP_ROWS : oh;
+            int r0 = 2 * i0, r1 = 2 * i1 + 10 < hs ? 2 * i1 + 10 : hs;
+            fm_tensor x, logits, reg;
+            fm_status st = act_view(&d->bufs, BUF_X, 0, 1, 3, r1 - r0, ws, &x, err);
+            if (st)
+                return st;
+            sample_level_rows(d, v, s, r0, r1, ws, x.data);
+            st = pnet_forward(&d->pnet, d->arena, &d->bufs, &x, &logits, &reg, err);
+            fm_arena_reset(d->arena, d->mark);
+            if (st)
+                return st;
+            if (logits.h != i1 - i0 || logits.w != ow)
+                return fm_error_set(err, FM_ERR_INTERNAL,
+                                    "detector: P-Net strip gave %dx%d cells, expected %dx%d",
+                                    logits.w, logits.h, ow, i1 - i0);
+            size_t plane = (size_t)logits.h * (size_t)ow;
+            for (int ii = 0; ii < i1 - i0; ii++) {
+                for (int j = 0; j < ow; j++) {
+                    size_t k = (size_t)ii * (size_t)ow + (size_t)j;
+                    float score = face_prob(logits.data[k], logits.data[plane + k]);
+                    if (!((double)score > o->pnet_threshold))
+                        continue;
+                    int i = i0 + ii;
+                    fm_mtcnn_cand c;
+                    c.box[0] = 2.0 * j / s - 0.5;
+                    c.box[1] = 2.0 * i / s - 0.5;
+                    c.box[2] = (2.0 * j + 12) / s - 0.5;
+                    c.box[3] = (2.0 * i + 12) / s - 0.5;
+                    c.score = score;
+                    for (int r = 0; r < 4; r++)
+                        c.reg[r] = reg.data[(size_t)r * plane + k];
+                    c.seq = (int32_t)(i * ow + j);
+                    fm_mtcnn_topk_push(&lvl, &c);
+                }
+            }
+        }
+        fm_mtcnn_topk_finish(&lvl);
+        if (lvl.dropped)
+            t->truncated = 1;
+        int kept = fm_mtcnn_nms(lvl.c, lvl.n, 0.5, FM_MTCNN_NMS_UNION, d->keep, d->order,
+                                d->tmp, d->flag);
+        for (int k = 0; k < kept; k++) {
+            fm_mtcnn_cand c = lvl.c[d->keep[k]];
+            c.seq = seq_all++;
+            fm_mtcnn_topk_push(&all, &c);
+        }
+    }
+    fm_mtcnn_topk_finish(&all);
+    if (all.dropped)
+        t->truncated = 1;
+    int kept = fm_mtcnn_nms(all.c, all.n, 0.7, FM_MTCNN_NMS_UNION, d->keep, d->order, d->tmp,
+                            d->flag);
+    int n = 0;
+    for (int k = 0; k < kept; k++) {
+        fm_mtcnn_cand c = all.c[d->keep[k]];
+        fm_mtcnn_regress(c.box, c.reg);
+        if (fm_mtcnn_square(c.box))
+            d->cand_b[n++] = c;
+    }
+    *n_out = n;
+    return FM_OK;
+}
+
+/* Stage 2: R-Net on d->cand_b[0..n); leaves the boxes entering O-Net in d->cand_a. */
+static fm_status stage_rnet(fm_detector *d, const src_view *v, int n, int *n_out,
+                            fm_error *err)
+{
+    fm_mtcnn_cand *c = d->cand_b;
+    for (int k0 = 0; k0 < n; k0 += FM_DETECT_RNET_BATCH) {
+        int nb = n - k0 < FM_DETECT_RNET_BATCH ? n - k0 : FM_DETECT_RNET_BATCH;
+        fm_tensor x, logits, reg;
+        fm_status st = act_view(&d->bufs, BUF_X, 0, nb, 3, 24, 24, &x, err);
+        if (st)
+            return st;
+        for (int k = 0; k < nb; k++)
+            sample_crop(&d->rnet, v, c[k0 + k].box, 24, x.data + (size_t)k * 3 * 24 * 24);
+        st = rnet_forward(&d->rnet, d->arena, &d->bufs, &x, &logits, &reg, err);
+        fm_arena_reset(d->arena, d->mark);
+        if (st)
+            return st;
+        for (int k = 0; k < nb; k++) {
+            c[k0 + k].score = face_prob(logits.data[2 * k], logits.data[2 * k + 1]);
+            for (int r = 0; r < 4; r++)
+                c[k0 + k].reg[r] = reg.data[4 * k + r];
+        }
+    }
+    int m = 0;
+    for (int k = 0; k < n; k++)
+        if ((double)c[k].score > d->opts.rnet_threshold)
+            c[m++] = c[k];
+    int kept = fm_mtcnn_nms(c, m, 0.7, FM_MTCNN_NMS_UNION, d->keep, d->order, d->tmp, d->flag);
+    int out = 0;
+    for (int k = 0; k < kept; k++) {
+        fm_mtcnn_cand b = c[d->keep[k]];
+        fm_mtcnn_regress(b.box, b.reg);
+        if (fm_mtcnn_square(b.box))
+            d->cand_a[out++] = b;
+    }
+    *n_out = out;
+    return FM_OK;
+}
+
+/* Maps a coordinate of the padded picture to the original image: minus the border,
+ * then from decoded pixels to original pixels (r original pixels per decoded one). */
+static float to_orig(double u, int pad, double r)
+{
+    u -= pad;
+    return (float)(r == 1.0 ? u : (u + 0.5) * r - 0.5);
+}
+
+/* Stage 3: O-Net on d->cand_a[0..n); writes the faces. */
+static fm_status stage_onet(fm_detector *d, const src_view *v, int n, double r,
+                            fm_face *faces, int cap, int *n_faces, fm_detect_times *t,
+                            fm_error *err)
+{
+    fm_mtcnn_cand *c = d->cand_a;
+    float *pts = d->pts;
+    for (int k0 = 0; k0 < n; k0 += FM_DETECT_ONET_BATCH) {
+        int nb = n - k0 < FM_DETECT_ONET_BATCH ? n - k0 : FM_DETECT_ONET_BATCH;
+        fm_tensor x, logits, reg, lm;
+        fm_status st = act_view(&d->bufs, BUF_X, 0, nb, 3, 48, 48, &x, err);
+        if (st)
+            return st;
+        for (int k = 0; k < nb; k++)
+            sample_crop(&d->onet, v, c[k0 + k].box, 48, x.data + (size_t)k * 3 * 48 * 48);
+        st = onet_forward(&d->onet, d->arena, &d->bufs, &x, &logits, &reg, &lm, err);
+        fm_arena_reset(d->arena, d->mark);
+        if (st)
+            return st;
+        for (int k = 0; k < nb; k++) {
+            c[k0 + k].score = face_prob(logits.data[2 * k], logits.data[2 * k + 1]);
+            for (int q = 0; q < 4; q++)
+                c[k0 + k].reg[q] = reg.data[4 * k + q];
+            memcpy(pts + (size_t)(k0 + k) * 10, lm.data + (size_t)k * 10, 10 * sizeof(float));
+        }
+    }
+    int m = 0;
+    for (int k = 0; k < n; k++) {
+        if (!((double)c[k].score > d->opts.onet_threshold))
+            continue;
+        fm_mtcnn_cand b = c[k];
+        /* Landmarks from the cropped box (the box is regressed afterwards). */
+        double bw = b.box[2] - b.box[0], bh = b.box[3] - b.box[1];
+        float *p = pts + (size_t)k * 10;
+        double lx[5], ly[5];
+        for (int q = 0; q < 5; q++) {
+            lx[q] = b.box[0] + bw * (double)p[q];
+            ly[q] = b.box[1] + bh * (double)p[5 + q];
+        }
+        fm_mtcnn_regress(b.box, b.reg);
+        c[m] = b;
+        /* Compact in place: candidate k moves to slot m <= k, its landmarks (now in
+         * original-image coordinates) to pts slot m; slot k was read above and slots
+         * above k are untouched. */
+        float *dst = pts + (size_t)m * 10;
+        for (int q = 0; q < 5; q++) {
+            dst[2 * q] = to_orig(lx[q], v->pad, r);
+            dst[2 * q + 1] = to_orig(ly[q], v->pad, r);
+        }
+        m++;
+    }
+    int kept = fm_mtcnn_nms(c, m, 0.7, FM_MTCNN_NMS_MIN, d->keep, d->order, d->tmp, d->flag);
+    t->onet_boxes = kept;
+    int lim = kept < d->opts.max_faces ? kept : d->opts.max_faces;
+    if (lim > cap)
+        lim = cap;
+    for (int k = 0; k < lim; k++) {
+        const fm_mtcnn_cand *b = &c[d->keep[k]];
+        fm_face *f = &faces[k];
+        for (int q = 0; q < 4; q++)
+            f->box[q] = to_orig(b->box[q], v->pad, r);
+        f->score = b->score;
+        memcpy(f->landmarks, pts + (size_t)d->keep[k] * 10, sizeof f->landmarks);
+    }
+    *n_faces = lim;
+    return FM_OK;
+}
+
+fm_status fm_detect(fm_detector *d, const fm_image *img, fm_face *faces, int cap,
+                    int *n_faces, fm_detect_times *t, fm_error *err)
+{
+    fm_detect_times tt;
+    memset(&tt, 0, sizeof tt);
+    if (n_faces)
+        *n_faces = 0;
+    if (t)
+        *t = tt;
+    if (!d || !img || !n_faces || cap < 0 || (cap > 0 && !faces))
+        return fm_error_set(err, FM_ERR_INVALID, "detect: NULL argument or negative cap");
+    if (img->w < 1 || img->h < 1 || !img->data || img->stride < 3 * (size_t)img->w)
+        return fm_error_set(err, FM_ERR_INVALID, "detect: image %dx%d (stride %zu) has no "
+                            "usable pixels", img->w, img->h, img->stride);
+    src_view v = {img, 0, img->w, img->h};
+    if (d->opts.pad > 0) {
+        int64_t big = img->w > img->h ? img->w : img->h;
+        int64_t p = llround(d->opts.pad * (double)big);
+        if (big + 2 * p > INT_MAX / 4)
+            return fm_error_set(err, FM_ERR_INVALID, "detect: image %dx%d too large to pad",
+                                img->w, img->h);
+        v.pad = (int)p;
+        v.w = img->w + 2 * v.pad;
+        v.h = img->h + 2 * v.pad;
+    }
+    double num = img->scale_num > 0 ? img->scale_num : 1;
+    double den = img->scale_denom > 0 ? img->scale_denom : 1;
+    double r = den / num; /* decoded -> original */
+    double min_face = d->opts.min_face * num / den;
+
+    fm_arena_reset(d->arena, d->mark);
+    double t0 = now_ms();
+    int n1 = 0, n2 = 0;
+    fm_status st = stage_pnet(d, &v, min_face, &tt, &n1, err);
+    double t1 = now_ms();
+    tt.pnet_ms = t1 - t0;
+    tt.pnet_boxes = n1;
+    if (!st && n1 > 0)
+        st = stage_rnet(d, &v, n1, &n2, err);
+    double t2 = now_ms();
+    tt.rnet_ms = t2 - t1;
+    tt.rnet_boxes = n2;
+    if (!st && n2 > 0)
+        st = stage_onet(d, &v, n2, r, faces, cap, n_faces, &tt, err);
+    tt.onet_ms = now_ms() - t2;
+    fm_arena_reset(d->arena, d->mark);
+    if (st)
+        *n_faces = 0;
+    if (t)
+        *t = tt;
+    return st;
+}
