@@ -26,6 +26,8 @@
 /* ---- the table ---------------------------------------------------------------- */
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+/* Indexed by fm_broker_fsync (include/facemill/broker.h). */
+static const char *const broker_fsync_names[] = {"always", "batch", "off", NULL};
 _Static_assert(FM_LOG_ERROR == 0 && FM_LOG_WARN == 1 && FM_LOG_INFO == 2 &&
                    FM_LOG_DEBUG == 3,
                "log_level_names is indexed by fm_log_level");
@@ -82,6 +84,54 @@ const fm_config_setting fm_config_settings[] = {
     SET_FLOAT("detect.pad", detect.pad, 0.0, 0.0, 1.0,
               "gray border added around the image before detection, as a fraction of its "
               "long side (for tightly cropped faces)"),
+    SET_STRING("embed.backbone", embed.backbone, "dlib_resnet.fmm", 1,
+               "backbone model file: a name in models.dir, or a path containing '/'"),
+    SET_INT("embed.batch", embed.batch, 16, 1, 1024,
+            "aligned faces (mirror images included) per backbone call"),
+    SET_STRING("heads.model", heads.model, "models/heads_dlib.fmm", 0,
+               "attribute heads model file; empty: boxes and landmarks only"),
+    SET_STRING("broker.clients", broker.clients, "tcp://127.0.0.1:5570", 1,
+               "broker ROUTER endpoint clients connect to (the broker binds it)"),
+    SET_STRING("broker.workers", broker.workers, "tcp://127.0.0.1:5571", 1,
+               "broker ROUTER endpoint workers connect to (the broker binds it)"),
+    SET_STRING("broker.journal", broker.journal, "facemill-journal.db", 1,
+               "SQLite journal of accepted jobs; a restarted broker re-queues from it"),
+    SET_ENUM("broker.fsync", broker.fsync, 0, broker_fsync_names,
+             "journal durability: always (sync every submit), batch (crash-safe), off"),
+    SET_INT("broker.max_attempts", broker.max_attempts, 3, 1, 1000,
+            "dispatches (failures, timeouts, lost workers) before a job is quarantined"),
+    SET_INT("broker.heartbeat_ms", broker.heartbeat_ms, 1000, 10, 600000,
+            "heartbeat interval between broker and workers/sink, milliseconds"),
+    SET_INT("broker.worker_expiry_ms", broker.worker_expiry_ms, 5000, 20, 3600000,
+            "silence after which a worker (or, for a worker, the broker) is dead"),
+    SET_INT("broker.job_timeout_ms", broker.job_timeout_ms, 600000, 10, 86400000,
+            "longest a worker may hold a job, and longest a done job waits for commit"),
+    SET_INT("broker.max_queue", broker.max_queue, 10000, 1, 100000000,
+            "queued jobs at which clients are told to slow down"),
+    SET_STRING("sink.results", sink.results, "tcp://127.0.0.1:5573", 1,
+               "sink PULL endpoint workers and the broker push results to (sink binds)"),
+    SET_STRING("sink.commits", sink.commits, "tcp://127.0.0.1:5572", 1,
+               "broker ROUTER endpoint the sink reports commits to (broker binds)"),
+    SET_STRING("sink.db", sink.db, "facemill-results.db", 1,
+               "SQLite results database the sink writes (WAL mode)"),
+    SET_INT("sink.batch", sink.batch, 256, 1, 100000,
+            "most results the sink stores per transaction"),
+    SET_INT("sink.batch_ms", sink.batch_ms, 200, 0, 60000,
+            "longest a received result waits for its transaction to commit, ms"),
+    SET_INT("net.max_msg_size", net.max_msg_size, 68157440, 1024, 2147483647,
+            "largest message accepted from the network, bytes (ZMQ_MAXMSGSIZE)"),
+    SET_INT("worker.processes", worker.processes, 0, 0, 4096,
+            "pipeline processes of facemill-worker; 0: one per core"),
+    SET_INT("worker.credit", worker.credit, 4, 1, 4096,
+            "jobs each worker process holds (and batches) at once"),
+    SET_INT("client.chunk", client.chunk, 64, 1, 100000,
+            "jobs per Submit message of facemill submit/label"),
+    SET_INT("client.chunk_bytes", client.chunk_bytes, 16777216, 1024, 2147483647,
+            "image bytes per Submit message (a single larger image goes alone)"),
+    SET_INT("client.progress_ms", client.progress_ms, 5000, 100, 3600000,
+            "interval of the plain progress lines when output is not a terminal, ms"),
+    SET_INT("client.retry_ms", client.retry_ms, 10000, 100, 3600000,
+            "a Submit the broker has not answered is sent again after this long, ms"),
 };
 
 #define N_SETTINGS (sizeof fm_config_settings / sizeof fm_config_settings[0])

@@ -17,6 +17,13 @@ static const command commands[] = {
     {"model", fm_cmd_model, "inspect and verify model files"},
     {"config", fm_cmd_config, "show the effective configuration"},
     {"detect", fm_cmd_detect, "find faces and landmarks in images"},
+    {"predict", fm_cmd_predict, "faces with age, gender and ethnicity"},
+    {"train", fm_cmd_train, "train the attribute heads (--freeze)"},
+    {"eval", fm_cmd_eval, "measure the attributes on UTKFace-named images"},
+    {"export", fm_cmd_export, "write a results database out as JSONL or CSV"},
+    {"submit", fm_cmd_submit, "submit images to a broker and wait for their results"},
+    {"status", fm_cmd_status, "show a broker's queue, workers, rates and failures"},
+    {"label", fm_cmd_label, "label images on this machine into a results database"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},
 };

@@ -72,6 +72,44 @@ typedef struct fm_config {
         int64_t max_faces; /* most faces reported per image */
         double pad;        /* border added around the image, fraction of its long side */
     } detect;
+    struct {
+        char backbone[FM_CONFIG_STRING_MAX]; /* backbone model file (in models.dir) */
+        int64_t batch;                       /* aligned faces per backbone call */
+    } embed;
+    struct {
+        char model[FM_CONFIG_STRING_MAX]; /* heads model file; "" = no heads */
+    } heads;
+    struct {
+        char clients[FM_CONFIG_STRING_MAX]; /* ROUTER endpoint for clients */
+        char workers[FM_CONFIG_STRING_MAX]; /* ROUTER endpoint for workers */
+        char journal[FM_CONFIG_STRING_MAX]; /* SQLite journal of accepted jobs */
+        int fsync;                          /* an fm_broker_fsync: always/batch/off */
+        int64_t max_attempts;     /* dispatches before a job is quarantined */
+        int64_t heartbeat_ms;     /* heartbeat interval, both ways */
+        int64_t worker_expiry_ms; /* silence after which a peer is taken for dead */
+        int64_t job_timeout_ms;   /* longest a worker may hold a job */
+        int64_t max_queue;        /* queued jobs above which clients are slowed down */
+    } broker;
+    struct {
+        char results[FM_CONFIG_STRING_MAX]; /* the sink's PULL endpoint for results */
+        char commits[FM_CONFIG_STRING_MAX]; /* the broker's ROUTER endpoint for commits */
+        char db[FM_CONFIG_STRING_MAX];      /* the results database (SQLite) */
+        int64_t batch;    /* most results per transaction */
+        int64_t batch_ms; /* longest a result waits for its transaction to commit */
+    } sink;
+    struct {
+        int64_t chunk;       /* jobs per Submit message */
+        int64_t chunk_bytes; /* image bytes per Submit message (one image may exceed it) */
+        int64_t progress_ms; /* interval of plain progress lines (not a terminal) */
+        int64_t retry_ms;    /* an unanswered Submit is sent again after this long */
+    } client;
+    struct {
+        int64_t max_msg_size; /* ZMQ_MAXMSGSIZE of every socket facing the network */
+    } net;
+    struct {
+        int64_t processes; /* pipeline processes of facemill-worker; 0 = one per core */
+        int64_t credit;    /* jobs each worker process holds at once */
+    } worker;
 } fm_config;
 
 /* Sets every field of *c to its default from the table. Cannot fail. */

@@ -1,0 +1,1151 @@
+/* broker.c - the facemill broker (include/facemill/broker.h; protocol in
+ * proto/README.md).
+ *
+ * Why it is built this way: the reliable-queue pattern (workers announce readiness,
+ * the broker picks who gets the next job, heartbeats both ways, silent peers expire),
+ * extended with credit (a worker takes several jobs at once), a journal (accepted
+ * jobs survive a broker crash) and commit tracking (a job is finished only when the
+ * sink says its result is stored, so results lost with a worker or a sink are
+ * recomputed).
+ *
+ * Job life: QUEUED -> IN_FLIGHT (at a worker, with a deadline) -> DONE (result sent
+ * to the sink, waiting for its commit, with a deadline) -> committed: forgotten
+ * (the journal keeps the id). A failure, a timeout or a lost worker counts an attempt
+ * and re-queues; at broker.max_attempts the job is QUARANTINED: the broker sends the
+ * sink a failed result itself and waits for that commit like any other. A commit can
+ * arrive in any state (duplicates, late results): it always finishes the job.
+ *
+ * One thread, one zmq_poll loop over three ROUTER sockets; timers are checked once
+ * per broker.heartbeat_ms tick.
+ */
+#include "facemill/broker.h"
+#include "facemill/log.h"
+#include "facemill/wire.h"
+#include "journal-impl.h"
+
+#include <zmq.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum job_state { JOB_QUEUED, JOB_IN_FLIGHT, JOB_DONE, JOB_QUARANTINED } job_state;
+
+typedef struct worker worker;
+
+typedef struct bjob {
+    char *id, *tag;
+    uint8_t *body; /* the packed facemill.Job as journaled */
+    size_t len;
+    job_state state;
+    int committed; /* the sink committed it while it was still at a worker */
+    int failures;
+    char *last_error;
+    worker *w;        /* IN_FLIGHT: the worker holding it */
+    int64_t deadline; /* IN_FLIGHT, DONE, QUARANTINED: when to act */
+    fm_wire_peer *client; /* who submitted it (this broker run only), or NULL */
+    struct bjob *prev, *next; /* the queue */
+    struct bjob *hnext;       /* hash chain */
+} bjob;
+
+struct worker {
+    fm_wire_peer peer;
+    char name[128];
+    uint32_t credit;
+    uint32_t busy;    /* jobs of ours it holds */
+    uint32_t phantom; /* jobs it held when it joined (a previous broker's) */
+    int64_t last_seen, last_dispatch, blocked_until;
+};
+
+#define RATE_SAMPLES 64
+
+struct fm_broker {
+    fm_config cfg;
+    void *ctx;
+    int own_ctx;
+    void *clients, *workers, *commits, *sink;
+    fm_journal *journal;
+    bjob **buckets;
+    size_t nbuckets, njobs;
+    bjob *qhead, *qtail;
+    worker **wk;
+    size_t nworkers, capworkers;
+    fm_broker_stats st;
+    int64_t started, next_tick, sink_seen;
+    int64_t rate_t[RATE_SAMPLES];
+    uint64_t rate_c[RATE_SAMPLES];
+    size_t rate_n;
+};
+
+/* ---- jobs: hash and queue ------------------------------------------------------ */
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static bjob *job_find(fm_broker *b, const char *id)
+{
+    for (bjob *j = b->buckets[hash_str(id) & (b->nbuckets - 1)]; j; j = j->hnext)
+        if (strcmp(j->id, id) == 0)
+            return j;
+    return NULL;
+}
+
+static int job_insert(fm_broker *b, bjob *j)
+{
+    if (b->njobs + 1 > b->nbuckets) {
+        size_t n = b->nbuckets * 2;
+        bjob **nb = calloc(n, sizeof *nb);
+        if (!nb)
+            return -1;
+        for (size_t i = 0; i < b->nbuckets; i++)
+            for (bjob *x = b->buckets[i], *next; x; x = next) {
+                next = x->hnext;
+                size_t k = hash_str(x->id) & (n - 1);
+                x->hnext = nb[k];
+                nb[k] = x;
+            }
+        free(b->buckets);
+        b->buckets = nb;
+        b->nbuckets = n;
+    }
+    size_t k = hash_str(j->id) & (b->nbuckets - 1);
+    j->hnext = b->buckets[k];
+    b->buckets[k] = j;
+    b->njobs++;
+    return 0;
+}
+
+static void job_free(bjob *j)
+{
+    if (!j)
+        return;
+    free(j->id);
+    free(j->tag);
+    free(j->body);
+    free(j->last_error);
+    free(j->client);
+    free(j);
+}
+
+static void queue_push(fm_broker *b, bjob *j, int front)
+{
+    j->state = JOB_QUEUED;
+    j->w = NULL;
+    j->prev = j->next = NULL;
+    if (!b->qhead) {
+        b->qhead = b->qtail = j;
+    } else if (front) {
+        j->next = b->qhead;
+        b->qhead->prev = j;
+        b->qhead = j;
+    } else {
+        j->prev = b->qtail;
+        b->qtail->next = j;
+        b->qtail = j;
+    }
+    b->st.queued++;
+}
+
+static void queue_unlink(fm_broker *b, bjob *j)
+{
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        b->qhead = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    else
+        b->qtail = j->prev;
+    j->prev = j->next = NULL;
+    b->st.queued--;
+}
+
+/* Takes j out of its state's counters (and the queue). */
+static void job_leave_state(fm_broker *b, bjob *j)
+{
+    switch (j->state) {
+    case JOB_QUEUED: queue_unlink(b, j); break;
+    case JOB_IN_FLIGHT:
+        b->st.in_flight--;
+        if (j->w && j->w->busy > 0)
+            j->w->busy--;
+        j->w = NULL;
+        break;
+    case JOB_DONE:
+    case JOB_QUARANTINED: b->st.awaiting_commit--; break;
+    }
+}
+
+/* Removes j from the hash and frees it (j must have left its state). */
+static void job_forget(fm_broker *b, bjob *j)
+{
+    bjob **pp = &b->buckets[hash_str(j->id) & (b->nbuckets - 1)];
+    while (*pp && *pp != j)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = j->hnext;
+    b->njobs--;
+    job_free(j);
+}
+
+static char *dup_str(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+/* ---- sending ------------------------------------------------------------------- */
+
+/* Sends the failed result of a quarantined job to the sink. */
+static void send_quarantine_result(fm_broker *b, bjob *j)
+{
+    Facemill__Job *jm = facemill__job__unpack(NULL, j->len, j->body);
+    Facemill__Envelope env;
+    Facemill__Result r;
+    fm_wire_envelope_init(&env);
+    facemill__result__init(&r);
+    r.job_id = j->id;
+    r.tag = j->tag;
+    r.source = jm && jm->name && jm->name[0] ? jm->name
+               : jm && jm->source_case == FACEMILL__JOB__SOURCE_PATH ? jm->path
+                                                                      : j->id;
+    r.has_error_code = 1;
+    r.error_code = FACEMILL__ERROR_CODE__ERROR_QUARANTINED;
+    char text[FM_ERROR_MSG_MAX + 64];
+    snprintf(text, sizeof text, "quarantined after %d attempts: %s", j->failures,
+             j->last_error ? j->last_error : "?");
+    r.error_text = text;
+    r.worker = "broker";
+    r.has_attempt = 1;
+    r.attempt = (uint32_t)j->failures;
+    env.body_case = FACEMILL__ENVELOPE__BODY_RESULT;
+    env.result = &r;
+    fm_error e = {0};
+    if (fm_wire_send(b->sink, NULL, &env, ZMQ_DONTWAIT, &e) != FM_OK)
+        fm_log_warn("job %s: failed result not sent to the sink yet: %s", j->id,
+                    fm_error_text(&e));
+    if (jm)
+        facemill__job__free_unpacked(jm, NULL);
+}
+
+/* Counts a failed attempt of j (which has left its state): re-queues it, or
+ * quarantines it after max_attempts. Journal errors are fatal for the broker. */
+static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
+{
+    if (j->committed) {
+        job_forget(b, j);
+        return FM_OK;
+    }
+    j->failures++;
+    free(j->last_error);
+    j->last_error = dup_str(why);
+    fm_status st = fm_journal_set_attempts(b->journal, j->id, j->failures, why, err);
+    if (st != FM_OK)
+        return st;
+    if (j->failures >= b->cfg.broker.max_attempts) {
+        if ((st = fm_journal_quarantine(b->journal, j->id, err)) != FM_OK)
+            return st;
+        fm_log_warn("job %s quarantined after %d attempts: %s", j->id, j->failures, why);
+        j->state = JOB_QUARANTINED;
+        j->deadline = fm_wire_now_ms() + b->cfg.broker.job_timeout_ms;
+        b->st.awaiting_commit++;
+        send_quarantine_result(b, j);
+    } else {
+        fm_log_info("job %s: attempt %d failed (%s); re-queued", j->id, j->failures, why);
+        queue_push(b, j, 1);
+        b->st.requeued++;
+    }
+    return FM_OK;
+}
+
+/* ---- workers ------------------------------------------------------------------- */
+
+static worker *worker_find(fm_broker *b, const fm_wire_peer *p)
+{
+    for (size_t i = 0; i < b->nworkers; i++)
+        if (fm_wire_peer_equal(&b->wk[i]->peer, p))
+            return b->wk[i];
+    return NULL;
+}
+
+static worker *worker_add(fm_broker *b, const fm_wire_peer *p)
+{
+    if (b->nworkers == b->capworkers) {
+        size_t n = b->capworkers ? b->capworkers * 2 : 16;
+        worker **nw = realloc(b->wk, n * sizeof *nw);
+        if (!nw)
+            return NULL;
+        b->wk = nw;
+        b->capworkers = n;
+    }
+    worker *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->peer = *p;
+    fm_wire_peer_text(p, w->name, sizeof w->name);
+    w->last_seen = w->last_dispatch = fm_wire_now_ms();
+    b->wk[b->nworkers++] = w;
+    return w;
+}
+
+static void set_name(worker *w, const char *name)
+{
+    if (name && name[0])
+        snprintf(w->name, sizeof w->name, "%s", name);
+}
+
+/* Drops w; its in-flight jobs fail with why (counted) or, when handed_back, are
+ * re-queued without counting. */
+static fm_status worker_remove(fm_broker *b, worker *w, const char *why, int counted,
+                               fm_error *err)
+{
+    fm_status st = FM_OK;
+    size_t k = 0;
+    while (k < b->nworkers && b->wk[k] != w)
+        k++;
+    if (k == b->nworkers)
+        return FM_OK;
+    b->wk[k] = b->wk[--b->nworkers];
+    for (size_t i = 0; i < b->nbuckets && st == FM_OK; i++) {
+        bjob *j = b->buckets[i];
+        while (j && st == FM_OK) {
+            bjob *next = j->hnext;
+            if (j->state == JOB_IN_FLIGHT && j->w == w) {
+                job_leave_state(b, j);
+                if (j->committed)
+                    job_forget(b, j);
+                else if (counted)
+                    st = job_fail(b, j, why, err);
+                else {
+                    queue_push(b, j, 1);
+                    b->st.requeued++;
+                }
+            }
+            j = next;
+        }
+    }
+    free(w);
+    return st;
+}
+
+static uint32_t worker_free(const worker *w)
+{
+    uint32_t used = w->busy + w->phantom;
+    return w->credit > used ? w->credit - used : 0;
+}
+
+/* Sends queued jobs to the workers with the most free credit. */
+static fm_status dispatch(fm_broker *b, fm_error *err)
+{
+    int64_t now = fm_wire_now_ms();
+    while (b->qhead) {
+        worker *best = NULL;
+        for (size_t i = 0; i < b->nworkers; i++) {
+            worker *w = b->wk[i];
+            uint32_t f = worker_free(w);
+            if (f == 0 || w->blocked_until > now)
+                continue;
+            if (!best || f > worker_free(best) ||
+                (f == worker_free(best) && w->last_dispatch < best->last_dispatch))
+                best = w;
+        }
+        if (!best)
+            return FM_OK;
+        bjob *j = b->qhead;
+        queue_unlink(b, j);
+        Facemill__Job *jm = facemill__job__unpack(NULL, j->len, j->body);
+        if (!jm) {
+            /* Only a damaged journal gets here: never lose the job silently. */
+            j->state = JOB_DONE; /* transient; job_fail re-files it */
+            fm_status st = job_fail(b, j, "journaled job cannot be read", err);
+            if (st != FM_OK)
+                return st;
+            continue;
+        }
+        jm->has_attempt = 1;
+        jm->attempt = (uint32_t)j->failures + 1;
+        Facemill__Envelope env;
+        fm_wire_envelope_init(&env);
+        env.body_case = FACEMILL__ENVELOPE__BODY_JOB;
+        env.job = jm;
+        fm_error e = {0};
+        fm_status st = fm_wire_send(b->workers, &best->peer, &env, ZMQ_DONTWAIT, &e);
+        facemill__job__free_unpacked(jm, NULL);
+        if (st != FM_OK) {
+            queue_push(b, j, 1);
+            if (st == FM_ERR_TIMEOUT) {
+                best->blocked_until = now + b->cfg.broker.heartbeat_ms;
+                continue;
+            }
+            fm_log_warn("worker %s unreachable (%s): dropped", best->name,
+                        fm_error_text(&e));
+            if ((st = worker_remove(b, best, "worker unreachable", 1, err)) != FM_OK)
+                return st;
+            continue;
+        }
+        j->state = JOB_IN_FLIGHT;
+        j->w = best;
+        j->deadline = now + b->cfg.broker.job_timeout_ms;
+        best->busy++;
+        best->last_dispatch = now;
+        b->st.in_flight++;
+        b->st.dispatched++;
+        fm_log_debug("job %s -> %s (attempt %d)", j->id, best->name, j->failures + 1);
+    }
+    return FM_OK;
+}
+
+/* ---- messages from workers ----------------------------------------------------- */
+
+static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
+                           fm_error *err)
+{
+    worker *w = worker_find(b, from);
+    int64_t now = fm_wire_now_ms();
+    if (w)
+        w->last_seen = now;
+    switch (e->body_case) {
+    case FACEMILL__ENVELOPE__BODY_WORKER_READY: {
+        Facemill__WorkerReady *r = e->worker_ready;
+        if (!w && !(w = worker_add(b, from)))
+            return fm_error_set(err, FM_ERR_NOMEM, "worker table");
+        set_name(w, r->name);
+        w->credit = r->has_credit && r->credit > 0 ? r->credit : 1;
+        w->blocked_until = 0;
+        fm_log_info("worker %s ready, credit %u%s%s", w->name, (unsigned)w->credit,
+                    r->model ? ", model " : "", r->model ? r->model : "");
+        return FM_OK;
+    }
+    case FACEMILL__ENVELOPE__BODY_HEARTBEAT: {
+        Facemill__Heartbeat *h = e->heartbeat;
+        if (!w) {
+            if (!h->has_credit || h->credit == 0) {
+                fm_wire_refuse(b->workers, from, FACEMILL__ERROR_CODE__ERROR_UNKNOWN_PEER,
+                               "unknown worker: send WorkerReady");
+                return FM_OK;
+            }
+            if (!(w = worker_add(b, from)))
+                return fm_error_set(err, FM_ERR_NOMEM, "worker table");
+            set_name(w, h->name);
+            w->credit = h->credit;
+            w->phantom = h->has_busy ? h->busy : 0;
+            fm_log_info("worker %s joined by heartbeat, credit %u, holding %u",
+                        w->name, (unsigned)w->credit, (unsigned)w->phantom);
+        }
+        w->blocked_until = 0;
+        return FM_OK;
+    }
+    case FACEMILL__ENVELOPE__BODY_JOB_DONE: {
+        Facemill__JobDone *d = e->job_done;
+        if (!w) {
+            fm_wire_refuse(b->workers, from, FACEMILL__ERROR_CODE__ERROR_UNKNOWN_PEER,
+                           "unknown worker: send WorkerReady");
+            return FM_OK;
+        }
+        w->blocked_until = 0;
+        bjob *j = d->job_id ? job_find(b, d->job_id) : NULL;
+        if (!j || j->state != JOB_IN_FLIGHT || j->w != w) {
+            if (w->phantom > 0)
+                w->phantom--;
+            fm_log_debug("worker %s: done with %s, which it no longer holds", w->name,
+                         d->job_id ? d->job_id : "?");
+            return FM_OK;
+        }
+        job_leave_state(b, j);
+        int outcome = d->has_outcome ? (int)d->outcome : FACEMILL__JOB_DONE__OUTCOME__DONE;
+        if (j->committed) {
+            job_forget(b, j);
+        } else if (outcome == FACEMILL__JOB_DONE__OUTCOME__DONE) {
+            j->state = JOB_DONE;
+            j->deadline = now + b->cfg.broker.job_timeout_ms;
+            b->st.awaiting_commit++;
+        } else if (outcome == FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK) {
+            queue_push(b, j, 1);
+            b->st.requeued++;
+        } else {
+            char why[FM_ERROR_MSG_MAX];
+            snprintf(why, sizeof why, "worker %s: %s", w->name,
+                     d->error_text && d->error_text[0] ? d->error_text : "failed");
+            return job_fail(b, j, why, err);
+        }
+        return FM_OK;
+    }
+    case FACEMILL__ENVELOPE__BODY_WORKER_BYE:
+        if (w) {
+            fm_log_info("worker %s left", w->name);
+            return worker_remove(b, w, "worker left", 0, err);
+        }
+        return FM_OK;
+    default: {
+        char id[80];
+        fm_log_warn("worker %s sent %s, not a worker message: refused",
+                    fm_wire_peer_text(from, id, sizeof id), fm_wire_body_name(e));
+        fm_wire_refuse(b->workers, from, FACEMILL__ERROR_CODE__ERROR_MALFORMED,
+                       "not a worker message");
+        return FM_OK;
+    }
+    }
+}
+
+/* ---- messages from clients ----------------------------------------------------- */
+
+static const char *job_invalid(const Facemill__Job *jm)
+{
+    if (!jm->id || !jm->id[0])
+        return "job without an id";
+    if (strlen(jm->id) > FM_WIRE_JOB_ID_MAX)
+        return "job id longer than 256 bytes";
+    if (jm->source_case == FACEMILL__JOB__SOURCE_PATH && (!jm->path || !jm->path[0]))
+        return "empty path";
+    if (jm->source_case != FACEMILL__JOB__SOURCE_PATH &&
+        jm->source_case != FACEMILL__JOB__SOURCE_DATA)
+        return "job without data or path";
+    return NULL;
+}
+
+static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Submit *s,
+                           fm_error *err)
+{
+    Facemill__Envelope env;
+    fm_wire_envelope_init(&env);
+    if (b->st.queued >= (uint64_t)b->cfg.broker.max_queue) {
+        Facemill__SlowDown sd;
+        facemill__slow_down__init(&sd);
+        sd.has_request_id = s->has_request_id;
+        sd.request_id = s->request_id;
+        sd.has_queue_depth = sd.has_max_queue = sd.has_retry_after_ms = 1;
+        sd.queue_depth = b->st.queued;
+        sd.max_queue = (uint64_t)b->cfg.broker.max_queue;
+        int64_t retry = b->cfg.broker.heartbeat_ms < 1000 ? b->cfg.broker.heartbeat_ms : 1000;
+        sd.retry_after_ms = (uint32_t)retry;
+        env.body_case = FACEMILL__ENVELOPE__BODY_SLOW_DOWN;
+        env.slow_down = &sd;
+        fm_wire_send(b->clients, from, &env, ZMQ_DONTWAIT, NULL);
+        return FM_OK;
+    }
+    fm_status st = FM_OK;
+    size_t n = s->n_jobs;
+    Facemill__JobAck *acks = calloc(n ? n : 1, sizeof *acks);
+    Facemill__JobAck **ackp = calloc(n ? n : 1, sizeof *ackp);
+    bjob **fresh = calloc(n ? n : 1, sizeof *fresh);
+    size_t nfresh = 0;
+    char journal_error[FM_ERROR_MSG_MAX] = "";
+    if (!acks || !ackp || !fresh) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "submit of %zu jobs", n);
+        goto done;
+    }
+    fm_error je = {0};
+    int in_tx = fm_journal_begin(b->journal, &je) == FM_OK;
+    if (!in_tx)
+        snprintf(journal_error, sizeof journal_error, "%s", fm_error_text(&je));
+    for (size_t i = 0; i < n; i++) {
+        Facemill__Job *jm = s->jobs[i];
+        Facemill__JobAck *a = &acks[i];
+        facemill__job_ack__init(a);
+        ackp[i] = a;
+        a->job_id = jm->id;
+        a->has_state = 1;
+        const char *bad = job_invalid(jm);
+        if (bad) {
+            a->state = FACEMILL__JOB_ACK__STATE__REJECTED;
+            a->reason = (char *)bad;
+            continue;
+        }
+        if (job_find(b, jm->id)) {
+            a->state = FACEMILL__JOB_ACK__STATE__DUPLICATE;
+            continue;
+        }
+        if (!in_tx) {
+            a->state = FACEMILL__JOB_ACK__STATE__REJECTED;
+            a->reason = journal_error;
+            continue;
+        }
+        int known = -1;
+        if (fm_journal_lookup(b->journal, jm->id, &known, &je) != FM_OK)
+            goto journal_failed;
+        if (known == 1) {
+            a->state = FACEMILL__JOB_ACK__STATE__COMMITTED;
+            continue;
+        }
+        if (known == 0) { /* pending yet not in memory: cannot happen; be safe */
+            a->state = FACEMILL__JOB_ACK__STATE__DUPLICATE;
+            continue;
+        }
+        bjob *j = calloc(1, sizeof *j);
+        if (!j) {
+            st = fm_error_set(err, FM_ERR_NOMEM, "job");
+            goto rollback;
+        }
+        jm->has_attempt = 0;
+        j->len = facemill__job__get_packed_size(jm);
+        j->body = malloc(j->len ? j->len : 1);
+        j->id = dup_str(jm->id);
+        j->tag = dup_str(jm->tag);
+        j->client = malloc(sizeof *j->client);
+        if (!j->body || !j->id || !j->tag || !j->client || job_insert(b, j) != 0) {
+            job_free(j);
+            st = fm_error_set(err, FM_ERR_NOMEM, "job");
+            goto rollback;
+        }
+        *j->client = *from;
+        facemill__job__pack(jm, j->body);
+        fresh[nfresh++] = j;
+        if (fm_journal_add(b->journal, j->id, j->tag, j->body, j->len, &je) != FM_OK)
+            goto journal_failed;
+        a->state = FACEMILL__JOB_ACK__STATE__ACCEPTED;
+    }
+    if (in_tx && fm_journal_commit(b->journal, &je) != FM_OK)
+        goto journal_failed;
+    for (size_t i = 0; i < nfresh; i++)
+        queue_push(b, fresh[i], 0);
+    b->st.accepted += nfresh;
+    goto reply;
+
+journal_failed:
+    /* Nothing of this submit is kept: every new job is reported rejected. */
+    fm_log_error("journal: %s", fm_error_text(&je));
+    snprintf(journal_error, sizeof journal_error, "journal: %s", fm_error_text(&je));
+rollback:
+    if (in_tx)
+        fm_journal_rollback(b->journal);
+    for (size_t i = 0; i < nfresh; i++)
+        job_forget(b, fresh[i]);
+    nfresh = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ackp[i] && acks[i].state == FACEMILL__JOB_ACK__STATE__ACCEPTED) {
+            acks[i].has_state = 1;
+            acks[i].state = FACEMILL__JOB_ACK__STATE__REJECTED;
+            acks[i].reason = journal_error;
+        }
+    if (st != FM_OK)
+        goto done;
+reply: {
+    Facemill__SubmitAck ack;
+    facemill__submit_ack__init(&ack);
+    ack.has_request_id = s->has_request_id;
+    ack.request_id = s->request_id;
+    /* Jobs past the one that failed were never looked at: rejected as well. */
+    for (size_t i = 0; i < n; i++)
+        if (!ackp[i]) {
+            facemill__job_ack__init(&acks[i]);
+            ackp[i] = &acks[i];
+            acks[i].job_id = s->jobs[i]->id;
+            acks[i].has_state = 1;
+            acks[i].state = FACEMILL__JOB_ACK__STATE__REJECTED;
+            acks[i].reason = journal_error;
+        }
+    ack.n_jobs = n;
+    ack.jobs = ackp;
+    ack.has_queue_depth = ack.has_max_queue = 1;
+    ack.queue_depth = b->st.queued;
+    ack.max_queue = (uint64_t)b->cfg.broker.max_queue;
+    env.body_case = FACEMILL__ENVELOPE__BODY_SUBMIT_ACK;
+    env.submit_ack = &ack;
+    fm_error se = {0};
+    if (fm_wire_send(b->clients, from, &env, ZMQ_DONTWAIT, &se) != FM_OK)
+        fm_log_warn("submit ack not delivered: %s", fm_error_text(&se));
+}
+done:
+    free(acks);
+    free(ackp);
+    free(fresh);
+    return st;
+}
+
+static double commit_rate(const fm_broker *b)
+{
+    if (b->rate_n < 2)
+        return 0.0;
+    size_t newest = (b->rate_n - 1) % RATE_SAMPLES;
+    size_t count = b->rate_n < RATE_SAMPLES ? b->rate_n : RATE_SAMPLES;
+    size_t oldest = (b->rate_n - count) % RATE_SAMPLES;
+    for (size_t k = 0; k < count; k++) {
+        size_t i = (b->rate_n - count + k) % RATE_SAMPLES;
+        if (b->rate_t[newest] - b->rate_t[i] <= 60000) {
+            oldest = i;
+            break;
+        }
+    }
+    int64_t dt = b->rate_t[newest] - b->rate_t[oldest];
+    if (dt <= 0)
+        return 0.0;
+    return (double)(b->rate_c[newest] - b->rate_c[oldest]) * 1000.0 / (double)dt;
+}
+
+static fm_status on_status(fm_broker *b, const fm_wire_peer *from,
+                           Facemill__StatusRequest *q, fm_error *err)
+{
+    Facemill__Envelope env;
+    Facemill__StatusReply r;
+    fm_wire_envelope_init(&env);
+    facemill__status_reply__init(&r);
+    fm_broker_stats s;
+    fm_broker_get_stats(b, &s);
+    r.has_request_id = q->has_request_id;
+    r.request_id = q->request_id;
+    r.has_queued = r.has_in_flight = r.has_awaiting_commit = r.has_committed = 1;
+    r.has_quarantined = r.has_max_queue = r.has_workers = r.has_credit_total = 1;
+    r.has_credit_free = r.has_jobs_per_s = r.has_uptime_ms = 1;
+    r.queued = s.queued;
+    r.in_flight = s.in_flight;
+    r.awaiting_commit = s.awaiting_commit;
+    r.committed = s.committed;
+    r.quarantined = s.quarantined;
+    r.max_queue = (uint64_t)b->cfg.broker.max_queue;
+    r.workers = s.workers;
+    r.credit_total = s.credit_total;
+    r.credit_free = s.credit_free;
+    r.jobs_per_s = commit_rate(b);
+    int64_t now = fm_wire_now_ms();
+    r.uptime_ms = (uint64_t)(now - b->started);
+    Facemill__WorkerInfo *wi = calloc(b->nworkers ? b->nworkers : 1, sizeof *wi);
+    Facemill__WorkerInfo **wp = calloc(b->nworkers ? b->nworkers : 1, sizeof *wp);
+    if (!wi || !wp) {
+        free(wi);
+        free(wp);
+        return fm_error_set(err, FM_ERR_NOMEM, "status reply");
+    }
+    for (size_t i = 0; i < b->nworkers; i++) {
+        facemill__worker_info__init(&wi[i]);
+        wp[i] = &wi[i];
+        wi[i].name = b->wk[i]->name;
+        wi[i].has_credit = wi[i].has_busy = wi[i].has_last_seen_ms = 1;
+        wi[i].credit = b->wk[i]->credit;
+        wi[i].busy = b->wk[i]->busy + b->wk[i]->phantom;
+        wi[i].last_seen_ms = (uint64_t)(now - b->wk[i]->last_seen);
+    }
+    r.n_worker = b->nworkers;
+    r.worker = wp;
+    if (q->tag) {
+        uint64_t total = 0, committed = 0, failed = 0, quarantined = 0;
+        fm_error je = {0};
+        if (fm_journal_counts(b->journal, q->tag, &total, &committed, &failed,
+                              &quarantined, &je) == FM_OK) {
+            r.tag = q->tag;
+            r.has_tag_total = r.has_tag_committed = r.has_tag_failed = 1;
+            r.tag_total = total;
+            r.tag_committed = committed;
+            r.tag_failed = failed;
+        } else {
+            fm_log_error("status: %s", fm_error_text(&je));
+        }
+    }
+    env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REPLY;
+    env.status_reply = &r;
+    fm_wire_send(b->clients, from, &env, ZMQ_DONTWAIT, NULL);
+    free(wi);
+    free(wp);
+    return FM_OK;
+}
+
+static fm_status on_client(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
+                           fm_error *err)
+{
+    switch (e->body_case) {
+    case FACEMILL__ENVELOPE__BODY_SUBMIT: return on_submit(b, from, e->submit, err);
+    case FACEMILL__ENVELOPE__BODY_STATUS_REQUEST:
+        return on_status(b, from, e->status_request, err);
+    case FACEMILL__ENVELOPE__BODY_HEARTBEAT: return FM_OK;
+    default: {
+        char id[80];
+        fm_log_warn("client %s sent %s, not a client message: refused",
+                    fm_wire_peer_text(from, id, sizeof id), fm_wire_body_name(e));
+        fm_wire_refuse(b->clients, from, FACEMILL__ERROR_CODE__ERROR_MALFORMED,
+                       "not a client message");
+        return FM_OK;
+    }
+    }
+}
+
+/* ---- commits from the sink ----------------------------------------------------- */
+
+static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
+                           fm_error *err)
+{
+    b->sink_seen = fm_wire_now_ms();
+    if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT)
+        return FM_OK;
+    if (e->body_case != FACEMILL__ENVELOPE__BODY_COMMIT) {
+        fm_log_warn("sink sent %s on the commits socket: refused", fm_wire_body_name(e));
+        fm_wire_refuse(b->commits, from, FACEMILL__ERROR_CODE__ERROR_MALFORMED,
+                       "only Commit and Heartbeat are taken here");
+        return FM_OK;
+    }
+    Facemill__Commit *c = e->commit;
+    fm_status st = fm_journal_begin(b->journal, err);
+    if (st != FM_OK)
+        return st;
+    /* Entries to forward, grouped by client below. */
+    bjob **done = calloc(c->n_entries ? c->n_entries : 1, sizeof *done);
+    int *sent = calloc(c->n_entries ? c->n_entries : 1, sizeof *sent);
+    Facemill__CommitEntry **fw = calloc(c->n_entries ? c->n_entries : 1, sizeof *fw);
+    Facemill__CommitEntry *fe = calloc(c->n_entries ? c->n_entries : 1, sizeof *fe);
+    if (!done || !sent || !fw || !fe) {
+        fm_journal_rollback(b->journal);
+        st = fm_error_set(err, FM_ERR_NOMEM, "commit");
+        goto out;
+    }
+    for (size_t i = 0; i < c->n_entries; i++) {
+        Facemill__CommitEntry *ce = c->entries[i];
+        if (!ce->job_id)
+            continue;
+        int changed = 0;
+        if ((st = fm_journal_mark_committed(b->journal, ce->job_id, ce->failed, &changed,
+                                            err)) != FM_OK) {
+            fm_journal_rollback(b->journal);
+            goto out;
+        }
+        bjob *j = job_find(b, ce->job_id);
+        if (changed) {
+            b->st.committed++;
+            if (j && j->state == JOB_QUARANTINED)
+                b->st.quarantined++;
+        }
+        if (j)
+            done[i] = j;
+    }
+    if ((st = fm_journal_commit(b->journal, err)) != FM_OK)
+        goto out;
+    /* Forward to the submitting clients, one Commit per client. */
+    for (size_t i = 0; i < c->n_entries; i++) {
+        if (!done[i] || !done[i]->client || sent[i])
+            continue;
+        size_t n = 0;
+        for (size_t k = i; k < c->n_entries; k++)
+            if (done[k] && done[k]->client && !sent[k] &&
+                fm_wire_peer_equal(done[k]->client, done[i]->client)) {
+                facemill__commit_entry__init(&fe[n]);
+                fe[n].job_id = done[k]->id;
+                fe[n].tag = done[k]->tag;
+                fe[n].has_failed = 1;
+                fe[n].failed = c->entries[k]->failed;
+                fw[n] = &fe[n];
+                n++;
+                sent[k] = 1;
+            }
+        Facemill__Envelope env;
+        Facemill__Commit out;
+        fm_wire_envelope_init(&env);
+        facemill__commit__init(&out);
+        out.n_entries = n;
+        out.entries = fw;
+        env.body_case = FACEMILL__ENVELOPE__BODY_COMMIT;
+        env.commit = &out;
+        fm_wire_send(b->clients, done[i]->client, &env, ZMQ_DONTWAIT, NULL);
+    }
+    /* Finish the jobs. One still at a worker is finished when the worker reports. */
+    for (size_t i = 0; i < c->n_entries; i++) {
+        bjob *j = done[i];
+        if (!j)
+            continue;
+        for (size_t k = i + 1; k < c->n_entries; k++)
+            if (done[k] == j)
+                done[k] = NULL; /* the same id twice in one Commit */
+        if (j->state == JOB_IN_FLIGHT) {
+            j->committed = 1;
+            continue;
+        }
+        job_leave_state(b, j);
+        job_forget(b, j);
+    }
+out:
+    free(done);
+    free(sent);
+    free(fw);
+    free(fe);
+    return st;
+}
+
+/* ---- timers -------------------------------------------------------------------- */
+
+static fm_status tick(fm_broker *b, fm_error *err)
+{
+    int64_t now = fm_wire_now_ms();
+    fm_status st;
+    /* Heartbeats out; silent workers expire. */
+    Facemill__Envelope env;
+    Facemill__Heartbeat hb;
+    fm_wire_envelope_init(&env);
+    facemill__heartbeat__init(&hb);
+    hb.has_interval_ms = 1;
+    hb.interval_ms = (uint32_t)b->cfg.broker.heartbeat_ms;
+    env.body_case = FACEMILL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    for (size_t i = 0; i < b->nworkers;) {
+        worker *w = b->wk[i];
+        char why[256];
+        fm_error e = {0};
+        if (now - w->last_seen > b->cfg.broker.worker_expiry_ms) {
+            snprintf(why, sizeof why, "worker %s silent for %" PRId64 " ms", w->name,
+                     now - w->last_seen);
+            fm_log_warn("%s: dropped, its %u jobs re-queued", why, (unsigned)w->busy);
+        } else if (fm_wire_send(b->workers, &w->peer, &env, ZMQ_DONTWAIT, &e) ==
+                   FM_ERR_NOT_FOUND) {
+            snprintf(why, sizeof why, "worker %s disconnected", w->name);
+            fm_log_warn("%s: dropped, its %u jobs re-queued", why, (unsigned)w->busy);
+        } else {
+            i++;
+            continue;
+        }
+        if ((st = worker_remove(b, w, why, 1, err)) != FM_OK)
+            return st;
+    }
+    /* Deadlines of jobs. */
+    for (size_t i = 0; i < b->nbuckets; i++) {
+        bjob *j = b->buckets[i];
+        while (j) {
+            bjob *next = j->hnext;
+            if (j->state != JOB_QUEUED && now >= j->deadline) {
+                if (j->state == JOB_IN_FLIGHT) {
+                    char why[256];
+                    snprintf(why, sizeof why, "worker %s held it longer than %" PRId64
+                             " ms", j->w ? j->w->name : "?",
+                             b->cfg.broker.job_timeout_ms);
+                    job_leave_state(b, j);
+                    if ((st = job_fail(b, j, why, err)) != FM_OK)
+                        return st;
+                } else if (j->state == JOB_DONE) {
+                    fm_log_info("job %s: no commit from the sink in time; re-queued",
+                                j->id);
+                    job_leave_state(b, j);
+                    queue_push(b, j, 1);
+                    b->st.requeued++;
+                } else {
+                    send_quarantine_result(b, j);
+                    j->deadline = now + b->cfg.broker.job_timeout_ms;
+                }
+            }
+            j = next;
+        }
+    }
+    size_t k = b->rate_n % RATE_SAMPLES;
+    b->rate_t[k] = now;
+    b->rate_c[k] = b->st.committed;
+    b->rate_n++;
+    return FM_OK;
+}
+
+/* ---- open / run / close -------------------------------------------------------- */
+
+static int load_job(void *ctx, const char *id, const char *tag, const void *body,
+                    size_t len, int attempts, int quarantined, const char *error)
+{
+    fm_broker *b = ctx;
+    bjob *j = calloc(1, sizeof *j);
+    if (!j)
+        return 1;
+    j->id = dup_str(id);
+    j->tag = dup_str(tag);
+    j->body = malloc(len ? len : 1);
+    j->last_error = dup_str(error);
+    if (!j->id || !j->tag || !j->body || !j->last_error || job_insert(b, j) != 0) {
+        job_free(j);
+        return 1;
+    }
+    if (len)
+        memcpy(j->body, body, len);
+    j->len = len;
+    j->failures = attempts;
+    if (quarantined || attempts >= b->cfg.broker.max_attempts) {
+        j->state = JOB_QUARANTINED;
+        j->deadline = 0; /* resend the failed result at the first tick */
+        b->st.awaiting_commit++;
+    } else {
+        queue_push(b, j, 0);
+    }
+    return 0;
+}
+
+static fm_status open_socket(fm_broker *b, void **s, int type, const char *endpoint,
+                             int bind, const char *what, fm_error *err)
+{
+    *s = zmq_socket(b->ctx, type);
+    if (!*s)
+        return fm_error_set(err, FM_ERR_IO, "%s socket: %s", what, zmq_strerror(errno));
+    fm_status st = fm_wire_setup(*s, b->cfg.net.max_msg_size, 0, err);
+    if (st != FM_OK)
+        return fm_error_prefix(err, "%s", what);
+    int rc = bind ? zmq_bind(*s, endpoint) : zmq_connect(*s, endpoint);
+    if (rc != 0)
+        return fm_error_set(err, FM_ERR_IO, "%s: cannot %s %s: %s", what,
+                            bind ? "bind" : "connect to", endpoint, zmq_strerror(errno));
+    return FM_OK;
+}
+
+fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
+                         fm_error *err)
+{
+    fm_status st;
+    *out = NULL;
+    fm_broker *b = calloc(1, sizeof *b);
+    if (!b)
+        return fm_error_set(err, FM_ERR_NOMEM, "broker");
+    b->cfg = *c;
+    b->nbuckets = 1024;
+    b->buckets = calloc(b->nbuckets, sizeof *b->buckets);
+    if (!b->buckets) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "broker");
+        goto fail;
+    }
+    b->started = fm_wire_now_ms();
+    if ((st = fm_journal_open(&b->journal, c->broker.journal, c->broker.fsync, err)) !=
+        FM_OK)
+        goto fail;
+    uint64_t total = 0, failed = 0;
+    if ((st = fm_journal_counts(b->journal, NULL, &total, &b->st.committed, &failed,
+                                &b->st.quarantined, err)) != FM_OK ||
+        (st = fm_journal_each_pending(b->journal, load_job, b, err)) != FM_OK)
+        goto fail;
+    if (b->njobs)
+        fm_log_info("journal %s: %zu jobs not committed, re-queued", c->broker.journal,
+                    b->njobs);
+    if (zmq_ctx) {
+        b->ctx = zmq_ctx;
+    } else {
+        b->ctx = zmq_ctx_new();
+        b->own_ctx = 1;
+        if (!b->ctx) {
+            st = fm_error_set(err, FM_ERR_IO, "zmq context: %s", zmq_strerror(errno));
+            goto fail;
+        }
+    }
+    if ((st = open_socket(b, &b->clients, ZMQ_ROUTER, c->broker.clients, 1,
+                          "broker.clients", err)) != FM_OK ||
+        (st = open_socket(b, &b->workers, ZMQ_ROUTER, c->broker.workers, 1,
+                          "broker.workers", err)) != FM_OK ||
+        (st = open_socket(b, &b->commits, ZMQ_ROUTER, c->sink.commits, 1, "sink.commits",
+                          err)) != FM_OK ||
+        (st = open_socket(b, &b->sink, ZMQ_PUSH, c->sink.results, 0, "sink.results",
+                          err)) != FM_OK)
+        goto fail;
+    *out = b;
+    return FM_OK;
+fail:
+    fm_broker_close(&b);
+    return st;
+}
+
+/* Receives what a socket has (at most 256 messages, to stay fair to the others). */
+static fm_status drain_socket(fm_broker *b, void *sock,
+                              fm_status (*fn)(fm_broker *, const fm_wire_peer *,
+                                              Facemill__Envelope *, fm_error *),
+                              const char *what, fm_error *err)
+{
+    for (int i = 0; i < 256; i++) {
+        fm_wire_peer from;
+        Facemill__Envelope *e = NULL;
+        fm_error re = {0};
+        fm_status st = fm_wire_recv(sock, &from, &e, ZMQ_DONTWAIT, &re);
+        if (st == FM_ERR_TIMEOUT || st == FM_ERR_INTERRUPTED)
+            return FM_OK;
+        if (st == FM_ERR_VERSION || st == FM_ERR_PROTOCOL) {
+            char id[80];
+            fm_log_warn("refusing message from %s %s: %s", what,
+                        fm_wire_peer_text(&from, id, sizeof id), fm_error_text(&re));
+            if (from.len)
+                fm_wire_refuse(sock, &from,
+                               st == FM_ERR_VERSION ? FACEMILL__ERROR_CODE__ERROR_VERSION
+                                                    : FACEMILL__ERROR_CODE__ERROR_MALFORMED,
+                               re.msg);
+            continue;
+        }
+        if (st != FM_OK) {
+            *err = re;
+            return st;
+        }
+        st = fn(b, &from, e, err);
+        fm_wire_free(&e);
+        if (st != FM_OK)
+            return st;
+    }
+    return FM_OK;
+}
+
+fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err)
+{
+    fm_status st = FM_OK;
+    b->next_tick = fm_wire_now_ms();
+    fm_log_info("broker: clients %s, workers %s, commits %s, results to %s",
+                b->cfg.broker.clients, b->cfg.broker.workers, b->cfg.sink.commits,
+                b->cfg.sink.results);
+    while (!*stop) {
+        zmq_pollitem_t items[] = {
+            {b->clients, 0, ZMQ_POLLIN, 0},
+            {b->workers, 0, ZMQ_POLLIN, 0},
+            {b->commits, 0, ZMQ_POLLIN, 0},
+        };
+        int64_t wait = b->next_tick - fm_wire_now_ms();
+        if (wait < 0)
+            wait = 0;
+        int rc = zmq_poll(items, 3, (long)wait);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            return fm_error_set(err, FM_ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
+        }
+        /* Workers first: done jobs free credit before new ones are queued. */
+        if ((items[1].revents & ZMQ_POLLIN) &&
+            (st = drain_socket(b, b->workers, on_worker, "worker", err)) != FM_OK)
+            break;
+        if ((items[2].revents & ZMQ_POLLIN) &&
+            (st = drain_socket(b, b->commits, on_commit, "sink", err)) != FM_OK)
+            break;
+        if ((items[0].revents & ZMQ_POLLIN) &&
+            (st = drain_socket(b, b->clients, on_client, "client", err)) != FM_OK)
+            break;
+        if (fm_wire_now_ms() >= b->next_tick) {
+            if ((st = tick(b, err)) != FM_OK)
+                break;
+            b->next_tick = fm_wire_now_ms() + b->cfg.broker.heartbeat_ms;
+        }
+        if ((st = dispatch(b, err)) != FM_OK)
+            break;
+    }
+    if (st == FM_OK)
+        fm_log_info("broker stopping: %" PRIu64 " queued, %" PRIu64 " at workers, %" PRIu64
+                    " awaiting commit stay in the journal",
+                    b->st.queued, b->st.in_flight, b->st.awaiting_commit);
+    return st;
+}
+
+void fm_broker_get_stats(const fm_broker *b, fm_broker_stats *s)
+{
+    *s = b->st;
+    s->workers = (uint32_t)b->nworkers;
+    s->credit_total = s->credit_free = 0;
+    for (size_t i = 0; i < b->nworkers; i++) {
+        s->credit_total += b->wk[i]->credit;
+        s->credit_free += worker_free(b->wk[i]);
+    }
+}
+
+void fm_broker_close(fm_broker **bp)
+{
+    if (!bp || !*bp)
+        return;
+    fm_broker *b = *bp;
+    void *socks[] = {b->clients, b->workers, b->commits, b->sink};
+    for (size_t i = 0; i < 4; i++)
+        if (socks[i])
+            zmq_close(socks[i]);
+    if (b->own_ctx && b->ctx)
+        zmq_ctx_term(b->ctx);
+    for (size_t i = 0; b->buckets && i < b->nbuckets; i++)
+        for (bjob *j = b->buckets[i], *next; j; j = next) {
+            next = j->hnext;
+            job_free(j);
+        }
+    free(b->buckets);
+    for (size_t i = 0; i < b->nworkers; i++)
+        free(b->wk[i]);
+    free(b->wk);
+    fm_journal_close(&b->journal);
+    free(b);
+    *bp = NULL;
+}

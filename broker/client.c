@@ -1,0 +1,1044 @@
+/* client.c - inputs to jobs, the submit loop with flow control and commit tracking,
+ * the progress display, and the status request (include/facemill/client.h).
+ *
+ * Why one loop: `facemill submit` talks to a remote broker, `facemill label` to one it
+ * embeds; both read inputs the same way and wait for the same commits.
+ *
+ * The loop keeps one Submit outstanding (proto/README.md: "waiting for each ack is
+ * simplest"); a SlowDown makes it wait and send the same Submit again, an unanswered
+ * Submit (broker restarted) is sent again after retry_ms (job ids are stable, so the
+ * broker answers DUPLICATE or COMMITTED for what it already has). Accepted jobs wait in
+ * a set until a Commit names them. Commit notices are best effort (lost when the
+ * broker restarts, or sent to the client that first submitted a DUPLICATE), so once
+ * everything is submitted the loop also asks for the tag's counts: when the broker
+ * has committed every job of the tag, the run is complete.
+ */
+#define _XOPEN_SOURCE 700 /* realpath */
+#include "facemill/client.h"
+#include "facemill/log.h"
+#include "facemill/sha256.h"
+#include "facemill/wire.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <zmq.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Room in a message for everything but the image bytes. */
+#define ENVELOPE_SLACK 65536
+
+/* ---- inputs ------------------------------------------------------------------- */
+
+typedef struct item {
+    char *path;      /* a file, or an archive whose members are images */
+    int archive;
+    int64_t members; /* archives: images counted at scan time */
+} item;
+
+typedef struct item_list {
+    item *v;
+    size_t n, cap;
+} item_list;
+
+static void items_free(item_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i].path);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+static fm_status items_add(item_list *l, const char *path, int archive, fm_error *err)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 256;
+        item *v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return fm_error_set(err, FM_ERR_NOMEM, "out of memory listing inputs");
+        l->v = v;
+        l->cap = cap;
+    }
+    item *it = &l->v[l->n];
+    memset(it, 0, sizeof *it);
+    it->path = strdup(path);
+    if (!it->path)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory listing inputs");
+    it->archive = archive;
+    l->n++;
+    return FM_OK;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcasecmp(s + n - k, suffix) == 0;
+}
+
+static int is_image_name(const char *name)
+{
+    static const char *const ext[] = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif",
+                                      ".bmp", ".webp", ".tif", ".tiff", ".heic", NULL};
+    for (int i = 0; ext[i]; i++)
+        if (ends_with(name, ext[i]))
+            return 1;
+    return 0;
+}
+
+static int is_archive_name(const char *name)
+{
+    static const char *const ext[] = {".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2",
+                                      ".tar.xz", ".txz", ".tar.zst", ".zip", NULL};
+    for (int i = 0; ext[i]; i++)
+        if (ends_with(name, ext[i]))
+            return 1;
+    return 0;
+}
+
+static struct archive *archive_open(const char *path, fm_error *err)
+{
+    struct archive *a = archive_read_new();
+    if (!a) {
+        fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory", path);
+        return NULL;
+    }
+    archive_read_support_filter_all(a);
+    archive_read_support_format_tar(a);
+    archive_read_support_format_zip(a);
+    if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
+        fm_error_set(err, FM_ERR_IO, "%s: %s", path, archive_error_string(a));
+        archive_read_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* Counts the images of an archive (headers only). */
+static fm_status archive_count(const char *path, int all_files, int64_t *count, fm_error *err)
+{
+    struct archive *a = archive_open(path, err);
+    if (!a)
+        return err ? err->code : FM_ERR_IO;
+    struct archive_entry *e;
+    int r;
+    *count = 0;
+    while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
+        if (archive_entry_filetype(e) == AE_IFREG &&
+            (all_files || is_image_name(archive_entry_pathname(e))))
+            (*count)++;
+        archive_read_data_skip(a);
+    }
+    fm_status st = FM_OK;
+    if (r != ARCHIVE_EOF)
+        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, archive_error_string(a));
+    archive_read_free(a);
+    return st;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds the files under dir (sorted, depth first). Symbolic links to directories are
+ * not followed (no loops). */
+static fm_status walk_dir(item_list *l, const char *dir, int all_files, fm_error *err)
+{
+    fm_status st = FM_OK;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", dir, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            char **v = realloc(names, cap * sizeof *v);
+            if (!v) {
+                st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
+                goto done;
+            }
+            names = v;
+        }
+        if (!(names[n] = strdup(de->d_name))) {
+            st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
+            goto done;
+        }
+        n++;
+    }
+    if (n)
+        qsort(names, n, sizeof *names, cmp_names);
+    for (size_t i = 0; i < n && st == FM_OK; i++) {
+        char path[PATH_MAX];
+        int w = snprintf(path, sizeof path, "%s%s%s", dir,
+                         dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", names[i]);
+        if (w < 0 || (size_t)w >= sizeof path) {
+            fm_log_warn("%s/%s: path too long, skipped", dir, names[i]);
+            continue;
+        }
+        struct stat lst, sst;
+        if (lstat(path, &lst) != 0 || stat(path, &sst) != 0)
+            continue; /* vanished or a dangling link */
+        if (S_ISDIR(sst.st_mode)) {
+            if (!S_ISLNK(lst.st_mode))
+                st = walk_dir(l, path, all_files, err);
+        } else if (S_ISREG(sst.st_mode) && (all_files || is_image_name(names[i]))) {
+            st = items_add(l, path, 0, err);
+        }
+    }
+done:
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    closedir(d);
+    return st;
+}
+
+/* One input argument: a directory, an archive, a file, or "-" (a list on stdin). */
+static fm_status add_input(item_list *l, const char *in, int all_files, fm_error *err)
+{
+    if (strcmp(in, "-") == 0) {
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t len;
+        fm_status st = FM_OK;
+        while (st == FM_OK && (len = getline(&line, &cap, stdin)) >= 0) {
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = '\0';
+            if (len == 0)
+                continue;
+            st = add_input(l, line, all_files, err);
+        }
+        free(line);
+        return st;
+    }
+    struct stat s;
+    if (stat(in, &s) != 0)
+        return fm_error_set(err, errno == ENOENT ? FM_ERR_NOT_FOUND : FM_ERR_IO, "%s: %s", in,
+                            strerror(errno));
+    if (S_ISDIR(s.st_mode))
+        return walk_dir(l, in, all_files, err);
+    if (!S_ISREG(s.st_mode))
+        return fm_error_set(err, FM_ERR_INVALID, "%s: not a file or directory", in);
+    if (is_archive_name(in)) {
+        fm_status st = items_add(l, in, 1, err);
+        if (st == FM_OK)
+            st = archive_count(in, all_files, &l->v[l->n - 1].members, err);
+        return st;
+    }
+    return items_add(l, in, 0, err);
+}
+
+/* ---- reading jobs ------------------------------------------------------------------ */
+
+typedef struct job {
+    char id[2 * FM_SHA256_BYTES + 1];
+    char *name;
+    char *path;    /* by-path jobs: absolute path */
+    uint8_t *data; /* bytes jobs */
+    size_t size;
+} job;
+
+static void job_clear(job *j)
+{
+    free(j->name);
+    free(j->path);
+    free(j->data);
+    memset(j, 0, sizeof *j);
+}
+
+typedef struct reader {
+    const item_list *items;
+    size_t next;          /* next item */
+    struct archive *ar;   /* open archive of item next - 1, if any */
+    const char *tag;
+    int by_path, all_files;
+    size_t max_bytes;     /* largest image that fits in a message */
+} reader;
+
+static void job_id(job *j, const char *tag)
+{
+    fm_sha256 h;
+    uint8_t d[FM_SHA256_BYTES];
+    fm_sha256_init(&h);
+    fm_sha256_update(&h, tag, strlen(tag) + 1);
+    fm_sha256_update(&h, j->name, strlen(j->name) + 1);
+    if (j->path) {
+        fm_sha256_update(&h, j->path, strlen(j->path));
+    } else {
+        uint8_t content[FM_SHA256_BYTES];
+        fm_sha256_digest(j->data, j->size, content);
+        fm_sha256_update(&h, content, sizeof content);
+    }
+    fm_sha256_final(&h, d);
+    fm_sha256_hex(d, j->id);
+}
+
+static fm_status read_file(const char *path, size_t max, uint8_t **data, size_t *size,
+                           fm_error *err)
+{
+    fm_status st = FM_OK;
+    FILE *f = fopen(path, "rb");
+    *data = NULL;
+    if (!f)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat s;
+    if (fstat(fileno(f), &s) != 0) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        goto done;
+    }
+    if ((uint64_t)s.st_size > max) {
+        st = fm_error_set(err, FM_ERR_LIMIT, "%s: %lld bytes, more than a message takes (%zu)",
+                          path, (long long)s.st_size, max);
+        goto done;
+    }
+    *data = malloc(s.st_size ? (size_t)s.st_size : 1);
+    if (!*data) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    *size = fread(*data, 1, (size_t)s.st_size, f);
+    if (ferror(f)) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        free(*data);
+        *data = NULL;
+    }
+done:
+    fclose(f);
+    return st;
+}
+
+/* Produces the next job. Returns 1 with *j filled, 0 at the end, or -1 when this image
+ * cannot be sent (err says why; the caller counts it and goes on) or a fatal error
+ * (err->code FM_ERR_NOMEM). */
+static int reader_next(reader *r, job *j, fm_error *err)
+{
+    memset(j, 0, sizeof *j);
+    for (;;) {
+        if (r->ar) {
+            struct archive_entry *e;
+            const item *it = &r->items->v[r->next - 1];
+            int rc = archive_read_next_header(r->ar, &e);
+            if (rc == ARCHIVE_EOF || (rc != ARCHIVE_OK && rc != ARCHIVE_WARN)) {
+                if (rc != ARCHIVE_EOF)
+                    fm_log_warn("%s: %s", it->path, archive_error_string(r->ar));
+                archive_read_free(r->ar);
+                r->ar = NULL;
+                continue;
+            }
+            const char *member = archive_entry_pathname(e);
+            if (archive_entry_filetype(e) != AE_IFREG || !member ||
+                !(r->all_files || is_image_name(member))) {
+                archive_read_data_skip(r->ar);
+                continue;
+            }
+            size_t nlen = strlen(it->path) + strlen(member) + 2;
+            if (!(j->name = malloc(nlen))) {
+                fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+                return -1;
+            }
+            snprintf(j->name, nlen, "%s:%s", it->path, member);
+            int64_t size = archive_entry_size_is_set(e) ? archive_entry_size(e) : -1;
+            if (size < 0 || (uint64_t)size > r->max_bytes) {
+                archive_read_data_skip(r->ar);
+                fm_error_set(err, FM_ERR_LIMIT, "%s: %s", j->name,
+                             size < 0 ? "member of unknown size"
+                                      : "larger than a message takes");
+                return -1;
+            }
+            if (!(j->data = malloc(size ? (size_t)size : 1))) {
+                fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+                return -1;
+            }
+            la_ssize_t got = 0, n;
+            while (got < size &&
+                   (n = archive_read_data(r->ar, j->data + got, (size_t)(size - got))) > 0)
+                got += n;
+            if (got != size) {
+                fm_error_set(err, FM_ERR_IO, "%s: %s", j->name,
+                             archive_error_string(r->ar) ? archive_error_string(r->ar)
+                                                         : "truncated member");
+                return -1;
+            }
+            j->size = (size_t)size;
+            job_id(j, r->tag);
+            return 1;
+        }
+        if (r->next >= r->items->n)
+            return 0;
+        const item *it = &r->items->v[r->next++];
+        if (it->archive) {
+            if (!(r->ar = archive_open(it->path, err)))
+                return -1;
+            continue;
+        }
+        if (!(j->name = strdup(it->path))) {
+            fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+            return -1;
+        }
+        if (r->by_path) {
+            char abs[PATH_MAX];
+            if (!realpath(it->path, abs)) {
+                fm_error_set(err, FM_ERR_IO, "%s: %s", it->path, strerror(errno));
+                return -1;
+            }
+            if (!(j->path = strdup(abs))) {
+                fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+                return -1;
+            }
+        } else if (read_file(it->path, r->max_bytes, &j->data, &j->size, err) != FM_OK) {
+            return -1;
+        }
+        job_id(j, r->tag);
+        return 1;
+    }
+}
+
+/* ---- the set of jobs waiting for their commit ---------------------------------------- */
+
+typedef struct id_set {
+    char **slot; /* NULL: empty; TOMB: removed */
+    size_t cap, n, used;
+} id_set;
+
+static char tomb_marker;
+#define TOMB (&tomb_marker)
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static void set_free(id_set *s)
+{
+    for (size_t i = 0; i < s->cap; i++)
+        if (s->slot[i] && s->slot[i] != TOMB)
+            free(s->slot[i]);
+    free(s->slot);
+    memset(s, 0, sizeof *s);
+}
+
+static int set_grow(id_set *s)
+{
+    size_t cap = s->cap ? s->cap * 2 : 1024;
+    if (s->n * 4 < s->cap)
+        cap = s->cap; /* mostly tombstones: rebuild at the same size */
+    char **slot = calloc(cap, sizeof *slot);
+    if (!slot)
+        return -1;
+    for (size_t i = 0; i < s->cap; i++) {
+        char *k = s->slot[i];
+        if (!k || k == TOMB)
+            continue;
+        size_t p = hash_str(k) & (cap - 1);
+        while (slot[p])
+            p = (p + 1) & (cap - 1);
+        slot[p] = k;
+    }
+    free(s->slot);
+    s->slot = slot;
+    s->cap = cap;
+    s->used = s->n;
+    return 0;
+}
+
+/* Index of key's slot, or of the empty slot where it would go. */
+static size_t set_find(const id_set *s, const char *key, int *found)
+{
+    size_t p = hash_str(key) & (s->cap - 1);
+    *found = 0;
+    while (s->slot[p]) {
+        if (s->slot[p] != TOMB && strcmp(s->slot[p], key) == 0) {
+            *found = 1;
+            return p;
+        }
+        p = (p + 1) & (s->cap - 1);
+    }
+    return p;
+}
+
+/* 1 added, 0 already there, -1 out of memory. */
+static int set_add(id_set *s, const char *key)
+{
+    if ((s->used + 1) * 2 > s->cap && set_grow(s) != 0)
+        return -1;
+    int found;
+    size_t p = set_find(s, key, &found);
+    if (found)
+        return 0;
+    if (!(s->slot[p] = strdup(key)))
+        return -1;
+    s->n++;
+    s->used++;
+    return 1;
+}
+
+/* 1 removed, 0 not there. */
+static int set_remove(id_set *s, const char *key)
+{
+    if (!s->cap)
+        return 0;
+    int found;
+    size_t p = set_find(s, key, &found);
+    if (!found)
+        return 0;
+    free(s->slot[p]);
+    s->slot[p] = TOMB;
+    s->n--;
+    return 1;
+}
+
+/* ---- progress -------------------------------------------------------------------- */
+
+typedef struct progress {
+    FILE *out;
+    int mode; /* FM_PROGRESS_BAR, _LINES or _NONE */
+    int64_t start_ms, last_ms, interval_ms;
+    int drawn;
+} progress;
+
+static void progress_show(progress *p, const fm_client_summary *s, int64_t now, int final)
+{
+    if (p->mode == FM_PROGRESS_NONE)
+        return;
+    if (!final && now - p->last_ms < p->interval_ms)
+        return;
+    p->last_ms = now;
+    int64_t done = s->committed + s->skipped + s->rejected;
+    double secs = (double)(now - p->start_ms) / 1000.0;
+    double rate = secs > 0.05 ? (double)(s->committed + s->rejected) / secs : 0.0;
+    int64_t left = s->total > done ? s->total - done : 0;
+    char eta[32] = "--:--";
+    if (rate > 0 && left > 0) {
+        int64_t t = (int64_t)((double)left / rate + 0.5);
+        snprintf(eta, sizeof eta, "%lld:%02lld:%02lld", (long long)(t / 3600),
+                 (long long)(t / 60 % 60), (long long)(t % 60));
+    } else if (left == 0) {
+        snprintf(eta, sizeof eta, "0:00:00");
+    }
+    double frac = s->total > 0 ? (double)done / (double)s->total : 1.0;
+    if (frac > 1)
+        frac = 1;
+    if (p->mode == FM_PROGRESS_BAR) {
+        char bar[31];
+        int fill = (int)(frac * 30);
+        for (int i = 0; i < 30; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[30] = '\0';
+        fprintf(p->out, "\r[%s] %lld/%lld %5.1f%% %7.1f img/s ETA %s  failed %lld\033[K",
+                bar, (long long)done, (long long)s->total, 100.0 * frac, rate, eta,
+                (long long)s->failed);
+        if (final)
+            fputc('\n', p->out);
+        p->drawn = 1;
+    } else {
+        fprintf(p->out,
+                "progress: %lld/%lld done (%.1f%%), %.1f images/s, ETA %s, %lld failed%s\n",
+                (long long)done, (long long)s->total, 100.0 * frac, rate, eta,
+                (long long)s->failed, s->skipped ? " (skipped ones included)" : "");
+    }
+    fflush(p->out);
+}
+
+/* Writes a message line without tearing the bar. */
+static void progress_note(progress *p, const char *fmt, const char *a, const char *b)
+{
+    if (p->mode == FM_PROGRESS_BAR && p->drawn) {
+        fputs("\r\033[K", p->out);
+        p->drawn = 0;
+        p->last_ms = 0; /* redraw soon */
+    }
+    fprintf(p->out, fmt, a, b);
+    fflush(p->out);
+}
+
+/* ---- the submit loop ---------------------------------------------------------------- */
+
+typedef struct run {
+    const fm_client_opts *o;
+    void *sock;
+    reader rd;
+    id_set pending;
+    fm_client_summary *sum;
+    progress prog;
+    /* the outstanding Submit */
+    job *jobs;
+    size_t n_jobs;
+    job held;     /* read, but it did not fit in the previous Submit */
+    int have_held;
+    uint64_t request_id;
+    int outstanding;
+    int64_t sent_ms, resend_at_ms;
+    int inputs_done;
+    /* status polling */
+    uint64_t status_id;
+    int64_t next_status_ms;
+    int complete_by_status;
+} run;
+
+static fm_status send_submit(run *r, fm_error *err)
+{
+    Facemill__Job *jv = calloc(r->n_jobs, sizeof *jv);
+    Facemill__Job **jp = calloc(r->n_jobs, sizeof *jp);
+    fm_status st = FM_OK;
+    if (!jv || !jp) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < r->n_jobs; i++) {
+        job *j = &r->jobs[i];
+        facemill__job__init(&jv[i]);
+        jv[i].id = j->id;
+        jv[i].tag = (char *)r->o->tag;
+        jv[i].name = j->name;
+        if (j->path) {
+            jv[i].source_case = FACEMILL__JOB__SOURCE_PATH;
+            jv[i].path = j->path;
+        } else {
+            jv[i].source_case = FACEMILL__JOB__SOURCE_DATA;
+            jv[i].data.data = j->data;
+            jv[i].data.len = j->size;
+        }
+        jp[i] = &jv[i];
+    }
+    Facemill__Submit sub = FACEMILL__SUBMIT__INIT;
+    sub.n_jobs = r->n_jobs;
+    sub.jobs = jp;
+    sub.has_request_id = 1;
+    sub.request_id = r->request_id;
+    Facemill__Envelope env;
+    fm_wire_envelope_init(&env);
+    env.body_case = FACEMILL__ENVELOPE__BODY_SUBMIT;
+    env.submit = &sub;
+    fm_error e = {0};
+    st = fm_wire_send(r->sock, NULL, &env, ZMQ_DONTWAIT, &e);
+    if (st == FM_ERR_TIMEOUT) {
+        st = FM_OK; /* not connected yet: the resend timer tries again */
+    } else if (st != FM_OK) {
+        fm_error_set(err, st, "sending a submit: %s", fm_error_text(&e));
+        goto done;
+    }
+    r->sent_ms = fm_wire_now_ms();
+    r->resend_at_ms = r->sent_ms + r->o->retry_ms;
+    r->outstanding = 1;
+done:
+    free(jv);
+    free(jp);
+    return st;
+}
+
+static void clear_jobs(run *r)
+{
+    for (size_t i = 0; i < r->n_jobs; i++)
+        job_clear(&r->jobs[i]);
+    r->n_jobs = 0;
+    r->outstanding = 0;
+}
+
+/* Reads the next chunk of jobs (skipping stored ones) and sends it. */
+static fm_status next_submit(run *r, fm_error *err)
+{
+    size_t bytes = 0;
+    const fm_client_opts *o = r->o;
+    size_t limit = (size_t)o->max_msg_size - ENVELOPE_SLACK;
+    while (r->n_jobs < (size_t)o->chunk && (!r->inputs_done || r->have_held)) {
+        job *j = &r->jobs[r->n_jobs];
+        fm_error e = {0};
+        int got;
+        if (r->have_held) {
+            *j = r->held;
+            r->have_held = 0;
+            got = 1;
+        } else {
+            got = reader_next(&r->rd, j, &e);
+        }
+        if (got == 0) {
+            r->inputs_done = 1;
+            break;
+        }
+        if (got < 0) {
+            job_clear(j);
+            if (e.code == FM_ERR_NOMEM)
+                return fm_error_set(err, FM_ERR_NOMEM, "%s", e.msg);
+            r->sum->failed++;
+            r->sum->rejected++;
+            progress_note(&r->prog, "facemill: %s%s\n", fm_error_text(&e), "");
+            continue;
+        }
+        if (o->skip) {
+            int found = 0, failed = 0;
+            if (fm_results_lookup(o->skip, j->id, &found, &failed, &e) != FM_OK)
+                fm_log_warn("%s", fm_error_text(&e));
+            if (found) {
+                r->sum->skipped++;
+                r->sum->failed += failed;
+                job_clear(j);
+                continue;
+            }
+        }
+        if (r->n_jobs > 0 && bytes + j->size > limit) {
+            /* would push the message over the size limit: first in the next Submit */
+            r->held = *j;
+            memset(j, 0, sizeof *j);
+            r->have_held = 1;
+            break;
+        }
+        r->n_jobs++;
+        bytes += j->size;
+        if (bytes >= (size_t)o->chunk_bytes)
+            break;
+    }
+    if (r->n_jobs == 0)
+        return FM_OK;
+    r->request_id++;
+    return send_submit(r, err);
+}
+
+static void on_ack(run *r, const Facemill__SubmitAck *ack, fm_error *err)
+{
+    if (!r->outstanding || !ack->has_request_id || ack->request_id != r->request_id)
+        return; /* an answer to an earlier copy of a Submit already answered */
+    for (size_t i = 0; i < ack->n_jobs; i++) {
+        const Facemill__JobAck *a = ack->jobs[i];
+        const char *id = a->job_id ? a->job_id : "";
+        switch (a->has_state ? a->state : FACEMILL__JOB_ACK__STATE__ACCEPTED) {
+        case FACEMILL__JOB_ACK__STATE__ACCEPTED:
+        case FACEMILL__JOB_ACK__STATE__DUPLICATE:
+            if (set_add(&r->pending, id) < 0)
+                fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+            break;
+        case FACEMILL__JOB_ACK__STATE__COMMITTED:
+            r->sum->committed++;
+            break;
+        case FACEMILL__JOB_ACK__STATE__REJECTED:
+        default:
+            r->sum->failed++;
+            r->sum->rejected++;
+            progress_note(&r->prog, "facemill: job %s rejected: %s\n", id,
+                          a->reason ? a->reason : "no reason given");
+            break;
+        }
+    }
+    clear_jobs(r);
+}
+
+static void on_commit(run *r, const Facemill__Commit *c)
+{
+    for (size_t i = 0; i < c->n_entries; i++) {
+        const Facemill__CommitEntry *ce = c->entries[i];
+        if (ce->job_id && set_remove(&r->pending, ce->job_id)) {
+            r->sum->committed++;
+            if (ce->has_failed && ce->failed)
+                r->sum->failed++;
+        }
+    }
+}
+
+static void on_status(run *r, const Facemill__StatusReply *s)
+{
+    if (!s->has_request_id || s->request_id != r->status_id || !s->has_tag_total)
+        return;
+    if (r->inputs_done && !r->outstanding && s->tag_committed >= s->tag_total) {
+        /* Every job of the tag is committed: those whose notice never reached us too. */
+        r->sum->committed += (int64_t)r->pending.n;
+        if (s->has_tag_failed && (int64_t)s->tag_failed > r->sum->failed - r->sum->rejected)
+            r->sum->failed = (int64_t)s->tag_failed + r->sum->rejected;
+        set_free(&r->pending);
+        r->complete_by_status = 1;
+    }
+}
+
+static fm_status send_status_request(void *sock, const char *tag, uint64_t id, fm_error *err)
+{
+    Facemill__StatusRequest q = FACEMILL__STATUS_REQUEST__INIT;
+    q.tag = (char *)tag;
+    q.has_request_id = 1;
+    q.request_id = id;
+    Facemill__Envelope env;
+    fm_wire_envelope_init(&env);
+    env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
+    env.status_request = &q;
+    fm_status st = fm_wire_send(sock, NULL, &env, ZMQ_DONTWAIT, err);
+    return st == FM_ERR_TIMEOUT ? FM_OK : st;
+}
+
+/* Handles one message from the broker. */
+static fm_status on_message(run *r, Facemill__Envelope *env, fm_error *err)
+{
+    switch (env->body_case) {
+    case FACEMILL__ENVELOPE__BODY_SUBMIT_ACK:
+        on_ack(r, env->submit_ack, err);
+        return err && err->code == FM_ERR_NOMEM ? FM_ERR_NOMEM : FM_OK;
+    case FACEMILL__ENVELOPE__BODY_SLOW_DOWN: {
+        const Facemill__SlowDown *s = env->slow_down;
+        if (r->outstanding && s->has_request_id && s->request_id == r->request_id) {
+            int64_t wait = s->has_retry_after_ms ? s->retry_after_ms : 500;
+            r->resend_at_ms = fm_wire_now_ms() + wait;
+            r->sum->slow_downs++;
+            fm_log_debug("broker queue full (%llu/%llu): waiting %lld ms",
+                         (unsigned long long)s->queue_depth, (unsigned long long)s->max_queue,
+                         (long long)wait);
+        }
+        return FM_OK;
+    }
+    case FACEMILL__ENVELOPE__BODY_COMMIT:
+        on_commit(r, env->commit);
+        return FM_OK;
+    case FACEMILL__ENVELOPE__BODY_STATUS_REPLY:
+        on_status(r, env->status_reply);
+        return FM_OK;
+    case FACEMILL__ENVELOPE__BODY_ERROR: {
+        const Facemill__Error *e = env->error;
+        if (e->has_code && e->code == FACEMILL__ERROR_CODE__ERROR_VERSION)
+            return fm_error_set(err, FM_ERR_PROTOCOL, "broker refused us: %s",
+                                e->text ? e->text : "protocol version");
+        fm_log_warn("broker error %u: %s", e->code, e->text ? e->text : "");
+        return FM_OK;
+    }
+    default:
+        fm_log_debug("ignoring %s from the broker", fm_wire_body_name(env));
+        return FM_OK;
+    }
+}
+
+void fm_client_opts_from_config(fm_client_opts *o, const fm_config *c)
+{
+    memset(o, 0, sizeof *o);
+    o->endpoint = c->broker.clients;
+    o->chunk = c->client.chunk;
+    o->chunk_bytes = c->client.chunk_bytes;
+    o->retry_ms = c->client.retry_ms;
+    o->progress_ms = c->client.progress_ms;
+    o->max_msg_size = c->net.max_msg_size;
+}
+
+static void *open_dealer(void *ctx, const char *endpoint, int64_t max_msg_size, fm_error *err)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    if (!s) {
+        fm_error_set(err, FM_ERR_IO, "socket: %s", zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    if (fm_wire_setup(s, max_msg_size, 0, err) != FM_OK)
+        goto fail;
+    if (zmq_connect(s, endpoint) != 0) {
+        fm_error_set(err, FM_ERR_IO, "cannot connect to %s: %s", endpoint,
+                     zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    return s;
+fail:
+    zmq_close(s);
+    return NULL;
+}
+
+fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
+                           fm_client_summary *sum, fm_error *err)
+{
+    fm_status st = FM_OK;
+    item_list items = {0};
+    void *own_ctx = NULL, *ctx = o->zctx;
+    run r;
+    memset(&r, 0, sizeof r);
+    memset(sum, 0, sizeof *sum);
+    r.o = o;
+    r.sum = sum;
+    if (!o->endpoint || !o->tag || o->chunk < 1 || o->max_msg_size <= ENVELOPE_SLACK)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_client_submit: bad options");
+
+    for (int i = 0; i < n; i++)
+        if ((st = add_input(&items, inputs[i], o->all_files, err)) != FM_OK)
+            goto done;
+    for (size_t i = 0; i < items.n; i++)
+        sum->total += items.v[i].archive ? items.v[i].members : 1;
+
+    r.rd.items = &items;
+    r.rd.tag = o->tag;
+    r.rd.by_path = o->by_path;
+    r.rd.all_files = o->all_files;
+    r.rd.max_bytes = (size_t)o->max_msg_size - ENVELOPE_SLACK;
+    if (!(r.jobs = calloc((size_t)o->chunk, sizeof *r.jobs))) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (!ctx && !(ctx = own_ctx = zmq_ctx_new())) {
+        st = fm_error_set(err, FM_ERR_IO, "cannot create a ZeroMQ context");
+        goto done;
+    }
+    if (!(r.sock = open_dealer(ctx, o->endpoint, o->max_msg_size, err))) {
+        st = err ? err->code : FM_ERR_IO;
+        goto done;
+    }
+
+    r.prog.out = o->progress_out ? o->progress_out : stderr;
+    r.prog.mode = o->progress;
+    if (r.prog.mode == FM_PROGRESS_AUTO)
+        r.prog.mode = isatty(fileno(r.prog.out)) ? FM_PROGRESS_BAR : FM_PROGRESS_LINES;
+    r.prog.interval_ms = r.prog.mode == FM_PROGRESS_BAR ? 200 : o->progress_ms;
+    r.prog.start_ms = r.prog.last_ms = fm_wire_now_ms();
+    r.next_status_ms = fm_wire_now_ms() + 1000;
+
+    for (;;) {
+        if (o->stop && *o->stop) {
+            st = fm_error_set(err, FM_ERR_INTERRUPTED, "interrupted");
+            goto done;
+        }
+        if (!r.outstanding && (!r.inputs_done || r.have_held) &&
+            (st = next_submit(&r, err)) != FM_OK)
+            goto done;
+        if (r.inputs_done && !r.have_held && !r.outstanding && r.pending.n == 0)
+            break;
+        int64_t now = fm_wire_now_ms();
+        if (r.outstanding && now >= r.resend_at_ms) {
+            if (now - r.sent_ms >= o->retry_ms)
+                fm_log_info("no answer to submit %llu from the broker: sending it again",
+                            (unsigned long long)r.request_id);
+            if ((st = send_submit(&r, err)) != FM_OK)
+                goto done;
+        }
+        if (now >= r.next_status_ms) {
+            /* Every second once all is submitted (to finish without lost notices),
+             * every five seconds before. */
+            r.status_id++;
+            if ((st = send_status_request(r.sock, o->tag, r.status_id, err)) != FM_OK)
+                goto done;
+            r.next_status_ms = now + (r.inputs_done && !r.outstanding ? 1000 : 5000);
+        }
+        zmq_pollitem_t it = {r.sock, 0, ZMQ_POLLIN, 0};
+        int pr = zmq_poll(&it, 1, 100);
+        if (pr < 0 && zmq_errno() != EINTR) {
+            st = fm_error_set(err, FM_ERR_IO, "poll: %s", zmq_strerror(zmq_errno()));
+            goto done;
+        }
+        for (int k = 0; pr > 0 && k < 1000; k++) {
+            Facemill__Envelope *env = NULL;
+            fm_error e = {0};
+            fm_status rs = fm_wire_recv(r.sock, NULL, &env, ZMQ_DONTWAIT, &e);
+            if (rs == FM_ERR_TIMEOUT || rs == FM_ERR_INTERRUPTED)
+                break;
+            if (rs == FM_ERR_VERSION) {
+                st = fm_error_set(err, FM_ERR_PROTOCOL, "broker %s: %s", o->endpoint, e.msg);
+                goto done;
+            }
+            if (rs != FM_OK) {
+                fm_log_warn("from the broker: %s", fm_error_text(&e));
+                continue;
+            }
+            st = on_message(&r, env, err);
+            fm_wire_free(&env);
+            if (st != FM_OK)
+                goto done;
+        }
+        if (o->tick && o->tick(o->tick_arg, err)) {
+            st = err ? (err->code ? err->code : FM_ERR_INTERNAL) : FM_ERR_INTERNAL;
+            goto done;
+        }
+        progress_show(&r.prog, sum, fm_wire_now_ms(), 0);
+    }
+done:
+    if (r.sock) {
+        progress_show(&r.prog, sum, fm_wire_now_ms(), 1);
+        zmq_close(r.sock);
+    }
+    if (r.jobs) {
+        clear_jobs(&r);
+        free(r.jobs);
+    }
+    job_clear(&r.held);
+    if (r.rd.ar)
+        archive_read_free(r.rd.ar);
+    set_free(&r.pending);
+    items_free(&items);
+    if (own_ctx)
+        zmq_ctx_term(own_ctx);
+    return st;
+}
+
+/* ---- status ------------------------------------------------------------------------- */
+
+static void print_status(FILE *out, const Facemill__StatusReply *s)
+{
+    fprintf(out, "queue:      %llu waiting (bound %llu), %llu at workers, %llu awaiting commit\n",
+            (unsigned long long)s->queued, (unsigned long long)s->max_queue,
+            (unsigned long long)s->in_flight, (unsigned long long)s->awaiting_commit);
+    fprintf(out, "committed:  %llu (%llu quarantined as failed)\n",
+            (unsigned long long)s->committed, (unsigned long long)s->quarantined);
+    fprintf(out, "rate:       %.1f images/s (last minute)\n", s->jobs_per_s);
+    fprintf(out, "workers:    %u, credit %u (%u free)\n", s->workers, s->credit_total,
+            s->credit_free);
+    for (size_t i = 0; i < s->n_worker; i++) {
+        const Facemill__WorkerInfo *w = s->worker[i];
+        fprintf(out, "  %-32s credit %u busy %u, heard %llu ms ago\n",
+                w->name ? w->name : "?", w->credit, w->busy,
+                (unsigned long long)w->last_seen_ms);
+    }
+    if (s->has_tag_total)
+        fprintf(out, "tag %s:  %llu jobs, %llu committed, %llu failed\n",
+                s->tag ? s->tag : "", (unsigned long long)s->tag_total,
+                (unsigned long long)s->tag_committed, (unsigned long long)s->tag_failed);
+    fprintf(out, "uptime:     %.1f s\n", (double)s->uptime_ms / 1000.0);
+}
+
+fm_status fm_client_status(const char *endpoint, const char *tag, int64_t timeout_ms,
+                           int64_t max_msg_size, FILE *out, fm_error *err)
+{
+    fm_status st = FM_OK;
+    void *ctx = zmq_ctx_new();
+    if (!ctx)
+        return fm_error_set(err, FM_ERR_IO, "cannot create a ZeroMQ context");
+    void *sock = open_dealer(ctx, endpoint, max_msg_size, err);
+    if (!sock) {
+        st = err ? err->code : FM_ERR_IO;
+        goto done;
+    }
+    int64_t deadline = fm_wire_now_ms() + timeout_ms, next_send = 0;
+    for (;;) {
+        int64_t now = fm_wire_now_ms();
+        if (now >= deadline) {
+            st = fm_error_set(err, FM_ERR_TIMEOUT, "no status reply from %s within %lld ms",
+                              endpoint, (long long)timeout_ms);
+            goto done;
+        }
+        if (now >= next_send) {
+            if ((st = send_status_request(sock, tag, 1, err)) != FM_OK)
+                goto done;
+            next_send = now + 1000;
+        }
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        Facemill__Envelope *env = NULL;
+        fm_error e = {0};
+        fm_status rs = fm_wire_recv(sock, NULL, &env, ZMQ_DONTWAIT, &e);
+        if (rs == FM_ERR_VERSION) {
+            st = fm_error_set(err, FM_ERR_PROTOCOL, "broker %s: %s", endpoint, e.msg);
+            goto done;
+        }
+        if (rs != FM_OK)
+            continue;
+        if (env->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY) {
+            print_status(out, env->status_reply);
+            fm_wire_free(&env);
+            break;
+        }
+        fm_wire_free(&env);
+    }
+done:
+    if (sock)
+        zmq_close(sock);
+    zmq_ctx_term(ctx);
+    return st;
+}

@@ -1,0 +1,657 @@
+/* results.c - the results database: schema, idempotent inserts, look-ups and the
+ * JSONL/CSV export (include/facemill/sink.h has the schema and the contracts).
+ *
+ * Why a module of its own: the sink writes the database, `facemill export` and
+ * `facemill label` read it, and tests check it; all of them go through these
+ * functions so the schema lives in one place.
+ *
+ * Idempotency: images.job_id is UNIQUE and rows are inserted with INSERT OR IGNORE; a
+ * duplicate result changes nothing. Faces are inserted only for a new image row, in
+ * the same transaction, so an image is never half stored.
+ */
+#include "facemill/sink.h"
+#include "facemill/json.h"
+
+#include "facemill.pb-c.h"
+
+#include <sqlite3.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fm_results {
+    sqlite3 *db;
+    sqlite3_stmt *insert_image;
+    sqlite3_stmt *insert_face;
+    sqlite3_stmt *lookup;
+    int in_tx;
+};
+
+static const char *const schema_sql =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS images("
+    " id INTEGER PRIMARY KEY,"
+    " job_id TEXT NOT NULL UNIQUE,"
+    " tag TEXT, source TEXT, sha256 TEXT,"
+    " width INTEGER, height INTEGER,"
+    " error_code INTEGER NOT NULL DEFAULT 0, error_text TEXT,"
+    " model TEXT, worker TEXT, attempt INTEGER,"
+    " n_faces INTEGER NOT NULL DEFAULT 0,"
+    " read_ms REAL, decode_ms REAL, detect_ms REAL, align_ms REAL, embed_ms REAL,"
+    " heads_ms REAL, total_ms REAL,"
+    " stored_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);"
+    "CREATE INDEX IF NOT EXISTS images_source ON images(source, job_id);"
+    "CREATE TABLE IF NOT EXISTS faces("
+    " image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,"
+    " face INTEGER NOT NULL,"
+    " x1 REAL, y1 REAL, x2 REAL, y2 REAL, score REAL,"
+    " le_x REAL, le_y REAL, re_x REAL, re_y REAL, nose_x REAL, nose_y REAL,"
+    " lm_x REAL, lm_y REAL, rm_x REAL, rm_y REAL,"
+    " age REAL, age_std REAL,"
+    " gender TEXT, p_male REAL, p_female REAL,"
+    " race TEXT, p_white REAL, p_black REAL, p_asian REAL, p_indian REAL, p_others REAL,"
+    " PRIMARY KEY(image_id, face)) WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '1');";
+
+static const char *const gender_names[2] = {"male", "female"};
+static const char *const race_names[5] = {"White", "Black", "Asian", "Indian", "Others"};
+
+static fm_status db_error(fm_error *err, sqlite3 *db, const char *what)
+{
+    return fm_error_set(err, FM_ERR_IO, "results database: %s: %s", what,
+                        db ? sqlite3_errmsg(db) : "out of memory");
+}
+
+const char *fm_results_error_name(uint32_t code)
+{
+    static const char *const names[] = {
+        "none",        "decode",  "unsupported", "limit",     "io",
+        "invalid",     "internal", "quarantined", "timeout",  "version",
+        "malformed",   "unknown_peer",
+    };
+    return code < sizeof names / sizeof names[0] ? names[code] : "error";
+}
+
+/* ---- open / close ---------------------------------------------------------------- */
+
+static fm_status check_schema(fm_results *r, fm_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    fm_status rc = FM_OK;
+    if (sqlite3_prepare_v2(r->db, "SELECT value FROM meta WHERE key = 'schema_version'",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = fm_error_set(err, FM_ERR_FORMAT, "not a facemill results database: %s",
+                          sqlite3_errmsg(r->db));
+        goto done;
+    }
+    int s = sqlite3_step(st);
+    if (s != SQLITE_ROW) {
+        rc = s == SQLITE_DONE ? fm_error_set(err, FM_ERR_FORMAT,
+                                             "not a facemill results database (no schema "
+                                             "version)")
+                              : db_error(err, r->db, "reading the schema version");
+        goto done;
+    }
+    const char *v = (const char *)sqlite3_column_text(st, 0);
+    if (!v || strcmp(v, "1") != 0)
+        rc = fm_error_set(err, FM_ERR_VERSION,
+                          "results database has schema version %s; this build reads 1",
+                          v ? v : "(null)");
+done:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_error *err)
+{
+    fm_status rc = FM_OK;
+    if (!out || !path)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_results_open: out and path are required");
+    *out = NULL;
+    fm_results *r = calloc(1, sizeof *r);
+    if (!r)
+        return fm_error_set(err, FM_ERR_NOMEM, "results database: out of memory");
+    int ro = (flags & FM_RESULTS_READONLY) != 0;
+    int oflags = ro ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    if (sqlite3_open_v2(path, &r->db, oflags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        rc = fm_error_set(err, FM_ERR_IO, "%s: %s", path,
+                          r->db ? sqlite3_errmsg(r->db) : "cannot open");
+        goto fail;
+    }
+    sqlite3_busy_timeout(r->db, 10000);
+    if (!ro) {
+        /* WAL: readers (export, label) never block the sink. synchronous=FULL: a
+         * commit the broker is told about is on disk, power loss included. */
+        char *msg = NULL;
+        if (sqlite3_exec(r->db,
+                         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                         "PRAGMA foreign_keys=ON;",
+                         NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(r->db, schema_sql, NULL, NULL, &msg) != SQLITE_OK) {
+            rc = fm_error_set(err, FM_ERR_IO, "%s: %s", path, msg ? msg : "schema failed");
+            sqlite3_free(msg);
+            goto fail;
+        }
+    }
+    rc = check_schema(r, err);
+    if (rc != FM_OK) {
+        fm_error_prefix(err, "%s", path);
+        goto fail;
+    }
+    if (!ro &&
+        (sqlite3_prepare_v3(r->db,
+                            "INSERT OR IGNORE INTO images(job_id, tag, source, sha256, width,"
+                            " height, error_code, error_text, model, worker, attempt, n_faces,"
+                            " read_ms, decode_ms, detect_ms, align_ms, embed_ms, heads_ms,"
+                            " total_ms, stored_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                            "?,?)",
+                            -1, SQLITE_PREPARE_PERSISTENT, &r->insert_image, NULL) != SQLITE_OK ||
+         sqlite3_prepare_v3(r->db,
+                            "INSERT INTO faces VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                            "?,?,?,?,?,?,?,?)",
+                            -1, SQLITE_PREPARE_PERSISTENT, &r->insert_face, NULL) != SQLITE_OK)) {
+        rc = db_error(err, r->db, "preparing inserts");
+        goto fail;
+    }
+    if (sqlite3_prepare_v3(r->db, "SELECT error_code FROM images WHERE job_id = ?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &r->lookup, NULL) != SQLITE_OK) {
+        rc = db_error(err, r->db, "preparing look-up");
+        goto fail;
+    }
+    *out = r;
+    return FM_OK;
+fail:
+    fm_results_close(&r);
+    return rc;
+}
+
+void fm_results_close(fm_results **rp)
+{
+    if (!rp || !*rp)
+        return;
+    fm_results *r = *rp;
+    if (r->in_tx)
+        fm_results_rollback(r);
+    sqlite3_finalize(r->insert_image);
+    sqlite3_finalize(r->insert_face);
+    sqlite3_finalize(r->lookup);
+    sqlite3_close(r->db);
+    free(r);
+    *rp = NULL;
+}
+
+/* ---- transactions ---------------------------------------------------------------- */
+
+fm_status fm_results_begin(fm_results *r, fm_error *err)
+{
+    if (r->in_tx)
+        return fm_error_set(err, FM_ERR_INVALID, "results database: transaction already open");
+    if (sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return db_error(err, r->db, "BEGIN");
+    r->in_tx = 1;
+    return FM_OK;
+}
+
+fm_status fm_results_commit(fm_results *r, fm_error *err)
+{
+    if (!r->in_tx)
+        return fm_error_set(err, FM_ERR_INVALID, "results database: no open transaction");
+    if (sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        fm_status rc = db_error(err, r->db, "COMMIT");
+        fm_results_rollback(r);
+        return rc;
+    }
+    r->in_tx = 0;
+    return FM_OK;
+}
+
+void fm_results_rollback(fm_results *r)
+{
+    if (!r)
+        return;
+    if (sqlite3_get_autocommit(r->db) == 0)
+        sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+    r->in_tx = 0;
+}
+
+/* ---- inserts --------------------------------------------------------------------- */
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static void bind_opt_float(sqlite3_stmt *st, int i, int has, float v)
+{
+    if (has && isfinite(v))
+        sqlite3_bind_double(st, i, v);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* Index of the largest of n values. */
+static size_t argmax(const float *v, size_t n)
+{
+    size_t best = 0;
+    for (size_t i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    return best;
+}
+
+static fm_status insert_faces(fm_results *r, const Facemill__Result *res, int64_t image_id,
+                              fm_error *err)
+{
+    sqlite3_stmt *st = r->insert_face;
+    for (size_t f = 0; f < res->n_faces; f++) {
+        const Facemill__Face *face = res->faces[f];
+        int c = 1;
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        sqlite3_bind_int64(st, c++, image_id);
+        sqlite3_bind_int64(st, c++, (int64_t)f);
+        for (size_t k = 0; k < 4; k++, c++)
+            bind_opt_float(st, c, face->n_box == 4, face->n_box == 4 ? face->box[k] : 0);
+        bind_opt_float(st, c++, face->has_score, face->score);
+        for (size_t k = 0; k < 10; k++, c++)
+            bind_opt_float(st, c, face->n_landmarks == 10,
+                           face->n_landmarks == 10 ? face->landmarks[k] : 0);
+        bind_opt_float(st, c++, face->has_age, face->age);
+        bind_opt_float(st, c++, face->has_age_std, face->age_std);
+        int g = face->n_gender_probs == 2;
+        bind_text_or_null(st, c++, g ? gender_names[argmax(face->gender_probs, 2)] : NULL);
+        for (size_t k = 0; k < 2; k++, c++)
+            bind_opt_float(st, c, g, g ? face->gender_probs[k] : 0);
+        int rc5 = face->n_race_probs == 5;
+        bind_text_or_null(st, c++, rc5 ? race_names[argmax(face->race_probs, 5)] : NULL);
+        for (size_t k = 0; k < 5; k++, c++)
+            bind_opt_float(st, c, rc5, rc5 ? face->race_probs[k] : 0);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            fm_status rc = db_error(err, r->db, "inserting a face");
+            sqlite3_reset(st);
+            return rc;
+        }
+    }
+    sqlite3_reset(st);
+    return FM_OK;
+}
+
+fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int64_t stored_ms,
+                         int *inserted, int *failed, fm_error *err)
+{
+    if (!r->insert_image)
+        return fm_error_set(err, FM_ERR_INVALID, "results database opened read-only");
+    if (!res->job_id || !res->job_id[0])
+        return fm_error_set(err, FM_ERR_INVALID, "result without a job id");
+    uint32_t code = res->has_error_code ? res->error_code : 0;
+    char hex[65];
+    int have_sha = res->has_sha256 && res->sha256.len == 32;
+    if (have_sha)
+        for (int i = 0; i < 32; i++)
+            snprintf(hex + 2 * i, 3, "%02x", res->sha256.data[i]);
+
+    sqlite3_stmt *st = r->insert_image;
+    int c = 1;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    sqlite3_bind_text(st, c++, res->job_id, -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, c++, res->tag);
+    bind_text_or_null(st, c++, res->source);
+    bind_text_or_null(st, c++, have_sha ? hex : NULL);
+    if (res->has_width)
+        sqlite3_bind_int64(st, c, res->width);
+    c++;
+    if (res->has_height)
+        sqlite3_bind_int64(st, c, res->height);
+    c++;
+    sqlite3_bind_int64(st, c++, code);
+    bind_text_or_null(st, c++, code ? (res->error_text ? res->error_text : "") : NULL);
+    bind_text_or_null(st, c++, res->model);
+    bind_text_or_null(st, c++, res->worker);
+    if (res->has_attempt)
+        sqlite3_bind_int64(st, c, res->attempt);
+    c++;
+    sqlite3_bind_int64(st, c++, code ? 0 : (int64_t)res->n_faces);
+    const Facemill__StageTimes *t = res->times;
+    bind_opt_float(st, c++, t && t->has_read_ms, t ? t->read_ms : 0);
+    bind_opt_float(st, c++, t && t->has_decode_ms, t ? t->decode_ms : 0);
+    bind_opt_float(st, c++, t && t->has_detect_ms, t ? t->detect_ms : 0);
+    bind_opt_float(st, c++, t && t->has_align_ms, t ? t->align_ms : 0);
+    bind_opt_float(st, c++, t && t->has_embed_ms, t ? t->embed_ms : 0);
+    bind_opt_float(st, c++, t && t->has_heads_ms, t ? t->heads_ms : 0);
+    bind_opt_float(st, c++, t && t->has_total_ms, t ? t->total_ms : 0);
+    sqlite3_bind_int64(st, c++, stored_ms);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        fm_status rc = db_error(err, r->db, "inserting an image");
+        sqlite3_reset(st);
+        return rc;
+    }
+    sqlite3_reset(st);
+    if (sqlite3_changes(r->db) == 0) {
+        /* A duplicate: report what the stored row says, not this message. */
+        int found = 0;
+        fm_status rc = fm_results_lookup(r, res->job_id, &found, failed, err);
+        if (inserted)
+            *inserted = 0;
+        return rc;
+    }
+    if (inserted)
+        *inserted = 1;
+    if (failed)
+        *failed = code != 0;
+    if (code == 0)
+        return insert_faces(r, res, sqlite3_last_insert_rowid(r->db), err);
+    return FM_OK;
+}
+
+fm_status fm_results_lookup(fm_results *r, const char *job_id, int *found, int *failed,
+                            fm_error *err)
+{
+    sqlite3_stmt *st = r->lookup;
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, job_id, -1, SQLITE_TRANSIENT);
+    int s = sqlite3_step(st);
+    *found = s == SQLITE_ROW;
+    if (s == SQLITE_ROW && failed)
+        *failed = sqlite3_column_int64(st, 0) != 0;
+    sqlite3_reset(st);
+    if (s != SQLITE_ROW && s != SQLITE_DONE)
+        return db_error(err, r->db, "looking up a job");
+    return FM_OK;
+}
+
+fm_status fm_results_count(fm_results *r, int64_t *images, int64_t *faces, int64_t *failed,
+                           fm_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    fm_status rc = FM_OK;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT count(*), coalesce(sum(n_faces), 0),"
+                           " coalesce(sum(error_code != 0), 0) FROM images",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        rc = db_error(err, r->db, "counting");
+        goto done;
+    }
+    if (images)
+        *images = sqlite3_column_int64(st, 0);
+    if (faces)
+        *faces = sqlite3_column_int64(st, 1);
+    if (failed)
+        *failed = sqlite3_column_int64(st, 2);
+done:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* ---- export ---------------------------------------------------------------------- */
+
+/* Columns of the export query, in order. */
+enum {
+    X_ID, X_JOB, X_SOURCE, X_SHA, X_W, X_H, X_CODE, X_TEXT, X_MODEL, X_WORKER, X_ATTEMPT,
+    X_READ, X_DECODE, X_DETECT, X_ALIGN, X_EMBED, X_HEADS, X_TOTAL, X_IMAGE_COLS
+};
+/* Face columns follow the image columns: face, x1..y2, score, 10 landmarks, age,
+ * age_std, gender, p_male, p_female, race, 5 race probabilities. */
+enum {
+    F_FACE = X_IMAGE_COLS, F_BOX, F_SCORE = F_BOX + 4, F_LM, F_AGE = F_LM + 10, F_AGE_STD,
+    F_GENDER, F_PG, F_RACE = F_PG + 2, F_PR, F_END = F_PR + 5
+};
+
+static const char *const export_sql =
+    "SELECT i.id, i.job_id, i.source, i.sha256, i.width, i.height, i.error_code,"
+    " i.error_text, i.model, i.worker, i.attempt, i.read_ms, i.decode_ms, i.detect_ms,"
+    " i.align_ms, i.embed_ms, i.heads_ms, i.total_ms,"
+    " f.face, f.x1, f.y1, f.x2, f.y2, f.score, f.le_x, f.le_y, f.re_x, f.re_y,"
+    " f.nose_x, f.nose_y, f.lm_x, f.lm_y, f.rm_x, f.rm_y, f.age, f.age_std,"
+    " f.gender, f.p_male, f.p_female, f.race, f.p_white, f.p_black, f.p_asian,"
+    " f.p_indian, f.p_others"
+    " FROM images i LEFT JOIN faces f ON f.image_id = i.id"
+    " ORDER BY i.source, i.job_id, f.face";
+
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+static int col_null(sqlite3_stmt *st, int i)
+{
+    return sqlite3_column_type(st, i) == SQLITE_NULL;
+}
+
+/* Floats were stored from 32-bit values: 7 significant digits say all they hold. */
+static void json_num_col(fm_json *j, sqlite3_stmt *st, int i)
+{
+    if (col_null(st, i))
+        fm_json_null(j);
+    else
+        fm_json_num(j, sqlite3_column_double(st, i), 7);
+}
+
+static void json_int_col(fm_json *j, sqlite3_stmt *st, int i)
+{
+    if (col_null(st, i))
+        fm_json_null(j);
+    else
+        fm_json_int(j, sqlite3_column_int64(st, i));
+}
+
+static void json_str_col(fm_json *j, sqlite3_stmt *st, int i)
+{
+    const char *s = col_text(st, i);
+    if (s)
+        fm_json_str(j, s);
+    else
+        fm_json_null(j);
+}
+
+static void json_num_array(fm_json *j, sqlite3_stmt *st, int first, int n)
+{
+    int any = 0;
+    for (int k = 0; k < n; k++)
+        any |= !col_null(st, first + k);
+    if (!any) {
+        fm_json_null(j);
+        return;
+    }
+    fm_json_arr_begin(j);
+    for (int k = 0; k < n; k++)
+        json_num_col(j, st, first + k);
+    fm_json_arr_end(j);
+}
+
+static void jsonl_image_begin(fm_json *j, sqlite3_stmt *st, int flags)
+{
+    fm_json_obj_begin(j);
+    fm_json_key(j, "job_id");
+    json_str_col(j, st, X_JOB);
+    fm_json_key(j, "source");
+    json_str_col(j, st, X_SOURCE);
+    fm_json_key(j, "sha256");
+    json_str_col(j, st, X_SHA);
+    fm_json_key(j, "width");
+    json_int_col(j, st, X_W);
+    fm_json_key(j, "height");
+    json_int_col(j, st, X_H);
+    fm_json_key(j, "model");
+    json_str_col(j, st, X_MODEL);
+    if (flags & FM_EXPORT_TIMES) {
+        static const char *const names[] = {"read_ms",  "decode_ms", "detect_ms", "align_ms",
+                                            "embed_ms", "heads_ms",  "total_ms"};
+        fm_json_key(j, "worker");
+        json_str_col(j, st, X_WORKER);
+        fm_json_key(j, "attempt");
+        json_int_col(j, st, X_ATTEMPT);
+        fm_json_key(j, "times");
+        fm_json_obj_begin(j);
+        for (int k = 0; k < 7; k++) {
+            fm_json_key(j, names[k]);
+            json_num_col(j, st, X_READ + k);
+        }
+        fm_json_obj_end(j);
+    }
+    int64_t code = sqlite3_column_int64(st, X_CODE);
+    if (code) {
+        fm_json_key(j, "error");
+        fm_json_obj_begin(j);
+        fm_json_key(j, "code");
+        fm_json_int(j, code);
+        fm_json_key(j, "name");
+        fm_json_str(j, fm_results_error_name((uint32_t)code));
+        fm_json_key(j, "text");
+        json_str_col(j, st, X_TEXT);
+        fm_json_obj_end(j);
+    } else {
+        fm_json_key(j, "faces");
+        fm_json_arr_begin(j);
+    }
+}
+
+static void jsonl_face(fm_json *j, sqlite3_stmt *st)
+{
+    fm_json_obj_begin(j);
+    fm_json_key(j, "box");
+    json_num_array(j, st, F_BOX, 4);
+    fm_json_key(j, "score");
+    json_num_col(j, st, F_SCORE);
+    fm_json_key(j, "landmarks");
+    json_num_array(j, st, F_LM, 10);
+    fm_json_key(j, "age");
+    json_num_col(j, st, F_AGE);
+    fm_json_key(j, "age_std");
+    json_num_col(j, st, F_AGE_STD);
+    fm_json_key(j, "gender");
+    json_str_col(j, st, F_GENDER);
+    fm_json_key(j, "gender_probs");
+    json_num_array(j, st, F_PG, 2);
+    fm_json_key(j, "race");
+    json_str_col(j, st, F_RACE);
+    fm_json_key(j, "race_probs");
+    json_num_array(j, st, F_PR, 5);
+    fm_json_obj_end(j);
+}
+
+/* One CSV field, quoted when it holds a comma, quote or line break. */
+static void csv_text(FILE *out, const char *s)
+{
+    if (!s)
+        return;
+    if (!strpbrk(s, ",\"\r\n")) {
+        fputs(s, out);
+        return;
+    }
+    fputc('"', out);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', out);
+        fputc(*s, out);
+    }
+    fputc('"', out);
+}
+
+static void csv_col(FILE *out, sqlite3_stmt *st, int i)
+{
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_NULL:
+        break;
+    case SQLITE_INTEGER:
+        fprintf(out, "%" PRId64, (int64_t)sqlite3_column_int64(st, i));
+        break;
+    case SQLITE_FLOAT:
+        fprintf(out, "%.7g", sqlite3_column_double(st, i));
+        break;
+    default:
+        csv_text(out, col_text(st, i));
+    }
+}
+
+static const char *const csv_header =
+    "job_id,source,sha256,width,height,model,error_code,error_name,error_text,face,"
+    "x1,y1,x2,y2,score,le_x,le_y,re_x,re_y,nose_x,nose_y,lm_x,lm_y,rm_x,rm_y,"
+    "age,age_std,gender,p_male,p_female,race,p_white,p_black,p_asian,p_indian,p_others\n";
+
+static void csv_row(FILE *out, sqlite3_stmt *st)
+{
+    static const int image_cols[] = {X_JOB, X_SOURCE, X_SHA, X_W, X_H, X_MODEL, X_CODE};
+    for (size_t k = 0; k < sizeof image_cols / sizeof image_cols[0]; k++) {
+        csv_col(out, st, image_cols[k]);
+        fputc(',', out);
+    }
+    int64_t code = sqlite3_column_int64(st, X_CODE);
+    if (code)
+        fputs(fm_results_error_name((uint32_t)code), out);
+    fputc(',', out);
+    csv_col(out, st, X_TEXT);
+    for (int i = F_FACE; i < F_END; i++) {
+        fputc(',', out);
+        csv_col(out, st, i);
+    }
+    fputc('\n', out);
+}
+
+fm_status fm_results_export(fm_results *r, FILE *out, fm_export_format format, int flags,
+                            fm_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    fm_status rc = FM_OK;
+    fm_json j;
+    fm_json_init(&j, out);
+    /* One read transaction: the export is a consistent snapshot while a sink writes. */
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return db_error(err, r->db, "BEGIN");
+    if (sqlite3_prepare_v2(r->db, export_sql, -1, &st, NULL) != SQLITE_OK) {
+        rc = db_error(err, r->db, "preparing the export");
+        goto done;
+    }
+    if (format == FM_EXPORT_CSV)
+        fputs(csv_header, out);
+    int64_t open_image = -1; /* JSONL: id of the image whose object is open */
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (format == FM_EXPORT_CSV) {
+            csv_row(out, st);
+            continue;
+        }
+        int64_t id = sqlite3_column_int64(st, X_ID);
+        if (id != open_image) {
+            if (open_image >= 0) {
+                fm_json_arr_end(&j);
+                fm_json_obj_end(&j);
+                fm_json_newline(&j);
+            }
+            jsonl_image_begin(&j, st, flags);
+            open_image = id;
+            if (sqlite3_column_int64(st, X_CODE) != 0) {
+                /* error objects have no faces array to close */
+                fm_json_obj_end(&j);
+                fm_json_newline(&j);
+                open_image = -1;
+                continue;
+            }
+        }
+        if (!col_null(st, F_FACE))
+            jsonl_face(&j, st);
+    }
+    if (s != SQLITE_DONE) {
+        rc = db_error(err, r->db, "reading results");
+        goto done;
+    }
+    if (open_image >= 0) {
+        fm_json_arr_end(&j);
+        fm_json_obj_end(&j);
+        fm_json_newline(&j);
+    }
+    if (fflush(out) != 0 || ferror(out))
+        rc = fm_error_set(err, FM_ERR_IO, "writing the export: %s", strerror(errno));
+done:
+    sqlite3_finalize(st);
+    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}

@@ -1,0 +1,264 @@
+/* wire.c - the C side of the facemill protocol: version stamping and checking,
+ * socket options, EINTR handling and framing (see include/facemill/wire.h).
+ *
+ * Packing goes straight into a zmq_msg_t of the packed size, so a job carrying a
+ * 60 MB image is copied once (into the message), not twice.
+ */
+#include "facemill/wire.h"
+
+#include <zmq.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+fm_status fm_wire_setup(void *sock, int64_t max_msg_size, int linger_ms, fm_error *err)
+{
+    if (zmq_setsockopt(sock, ZMQ_LINGER, &linger_ms, sizeof linger_ms) != 0)
+        return fm_error_set(err, FM_ERR_IO, "ZMQ_LINGER: %s", zmq_strerror(errno));
+    if (max_msg_size > 0 &&
+        zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_msg_size, sizeof max_msg_size) != 0)
+        return fm_error_set(err, FM_ERR_IO, "ZMQ_MAXMSGSIZE: %s", zmq_strerror(errno));
+    int type = 0;
+    size_t tlen = sizeof type;
+    if (zmq_getsockopt(sock, ZMQ_TYPE, &type, &tlen) != 0)
+        return fm_error_set(err, FM_ERR_IO, "ZMQ_TYPE: %s", zmq_strerror(errno));
+    if (type == ZMQ_ROUTER) {
+        int one = 1;
+        if (zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
+            return fm_error_set(err, FM_ERR_IO, "ZMQ_ROUTER_MANDATORY: %s",
+                                zmq_strerror(errno));
+    }
+    return FM_OK;
+}
+
+void fm_wire_envelope_init(Facemill__Envelope *e)
+{
+    facemill__envelope__init(e);
+    e->has_version_major = 1;
+    e->version_major = FM_PROTOCOL_MAJOR;
+    e->has_version_minor = 1;
+    e->version_minor = FM_PROTOCOL_MINOR;
+}
+
+static fm_status send_error(int e, fm_error *err)
+{
+    if (e == EAGAIN)
+        return fm_error_set(err, FM_ERR_TIMEOUT, "send would block");
+    if (e == EHOSTUNREACH)
+        return fm_error_set(err, FM_ERR_NOT_FOUND, "peer is gone");
+    return fm_error_set(err, FM_ERR_IO, "zmq send: %s", zmq_strerror(e));
+}
+
+fm_status fm_wire_send(void *sock, const fm_wire_peer *to, const Facemill__Envelope *e,
+                       int flags, fm_error *err)
+{
+    size_t n = facemill__envelope__get_packed_size(e);
+    if (to) {
+        /* With ZMQ_ROUTER_MANDATORY the routing frame fails at once for a gone
+         * peer, before anything is queued. */
+        for (;;) {
+            if (zmq_send(sock, to->id, to->len, ZMQ_SNDMORE | flags) >= 0)
+                break;
+            if (errno != EINTR)
+                return send_error(errno, err);
+        }
+    }
+    zmq_msg_t msg;
+    if (zmq_msg_init_size(&msg, n) != 0)
+        return fm_error_set(err, FM_ERR_NOMEM, "zmq message of %zu bytes", n);
+    size_t packed = facemill__envelope__pack(e, zmq_msg_data(&msg));
+    if (packed != n) {
+        zmq_msg_close(&msg);
+        return fm_error_set(err, FM_ERR_INTERNAL, "packed %zu bytes, expected %zu", packed,
+                            n);
+    }
+    for (;;) {
+        if (zmq_msg_send(&msg, sock, flags) >= 0)
+            return FM_OK;
+        if (errno != EINTR) {
+            int e2 = errno;
+            zmq_msg_close(&msg);
+            return send_error(e2, err);
+        }
+    }
+}
+
+/* Receives one frame into msg, retrying nothing: EINTR is reported. */
+static fm_status recv_frame(void *sock, zmq_msg_t *msg, int flags, fm_error *err)
+{
+    if (zmq_msg_recv(msg, sock, flags) >= 0)
+        return FM_OK;
+    if (errno == EAGAIN)
+        return fm_error_set(err, FM_ERR_TIMEOUT, "nothing to receive");
+    if (errno == EINTR)
+        return fm_error_set(err, FM_ERR_INTERRUPTED, "interrupted");
+    return fm_error_set(err, FM_ERR_IO, "zmq receive: %s", zmq_strerror(errno));
+}
+
+static int more(void *sock)
+{
+    int m = 0;
+    size_t len = sizeof m;
+    if (zmq_getsockopt(sock, ZMQ_RCVMORE, &m, &len) != 0)
+        return 0;
+    return m;
+}
+
+/* Discards the remaining frames of a message. */
+static void drain(void *sock)
+{
+    while (more(sock)) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        while (zmq_msg_recv(&m, sock, 0) < 0 && errno == EINTR)
+            ;
+        zmq_msg_close(&m);
+    }
+}
+
+fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
+                       int flags, fm_error *err)
+{
+    *out = NULL;
+    fm_status st;
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (from) {
+        from->len = 0;
+        if ((st = recv_frame(sock, &msg, flags, err)) != FM_OK)
+            goto fail;
+        size_t n = zmq_msg_size(&msg);
+        if (n > FM_WIRE_PEER_MAX)
+            n = FM_WIRE_PEER_MAX;
+        memcpy(from->id, zmq_msg_data(&msg), n);
+        from->len = n;
+        if (!more(sock)) {
+            st = fm_error_set(err, FM_ERR_PROTOCOL, "message without a body frame");
+            goto fail;
+        }
+        /* The rest of a message that has started is there: no EINTR/EAGAIN wait. */
+        flags = 0;
+    }
+    for (;;) {
+        st = recv_frame(sock, &msg, flags, err);
+        if (st != FM_ERR_INTERRUPTED || !from)
+            break;
+    }
+    if (st != FM_OK)
+        goto fail;
+    if (more(sock)) {
+        drain(sock);
+        st = fm_error_set(err, FM_ERR_PROTOCOL,
+                          "message of more than one body frame (REQ sockets are not "
+                          "supported; use DEALER)");
+        goto fail;
+    }
+    Facemill__Envelope *e =
+        facemill__envelope__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
+    if (!e) {
+        st = fm_error_set(err, FM_ERR_PROTOCOL, "%zu bytes that are not a facemill "
+                          "Envelope", zmq_msg_size(&msg));
+        goto fail;
+    }
+    if (!e->has_version_major || e->version_major != FM_PROTOCOL_MAJOR) {
+        char theirs[32] = "no version";
+        if (e->has_version_major)
+            snprintf(theirs, sizeof theirs, "protocol %u.%u", (unsigned)e->version_major,
+                     (unsigned)e->version_minor);
+        st = fm_error_set(err, FM_ERR_VERSION, "%s, this build speaks %d.x (%d.%d)",
+                          theirs, FM_PROTOCOL_MAJOR, FM_PROTOCOL_MAJOR,
+                          FM_PROTOCOL_MINOR);
+        facemill__envelope__free_unpacked(e, NULL);
+        goto fail;
+    }
+    if (e->body_case == FACEMILL__ENVELOPE__BODY__NOT_SET) {
+        st = fm_error_set(err, FM_ERR_PROTOCOL, "envelope without a body (or a body "
+                          "this build does not know)");
+        facemill__envelope__free_unpacked(e, NULL);
+        goto fail;
+    }
+    zmq_msg_close(&msg);
+    *out = e;
+    return FM_OK;
+fail:
+    zmq_msg_close(&msg);
+    if (st != FM_ERR_TIMEOUT && st != FM_ERR_INTERRUPTED)
+        drain(sock);
+    return st;
+}
+
+void fm_wire_free(Facemill__Envelope **e)
+{
+    if (e && *e) {
+        facemill__envelope__free_unpacked(*e, NULL);
+        *e = NULL;
+    }
+}
+
+void fm_wire_refuse(void *router, const fm_wire_peer *to, uint32_t code, const char *text)
+{
+    Facemill__Envelope env;
+    Facemill__Error er;
+    fm_wire_envelope_init(&env);
+    facemill__error__init(&er);
+    er.has_code = 1;
+    er.code = code;
+    er.text = (char *)text;
+    env.body_case = FACEMILL__ENVELOPE__BODY_ERROR;
+    env.error = &er;
+    fm_wire_send(router, to, &env, ZMQ_DONTWAIT, NULL);
+}
+
+const char *fm_wire_body_name(const Facemill__Envelope *e)
+{
+    switch (e->body_case) {
+    case FACEMILL__ENVELOPE__BODY_SUBMIT: return "submit";
+    case FACEMILL__ENVELOPE__BODY_SUBMIT_ACK: return "submit_ack";
+    case FACEMILL__ENVELOPE__BODY_SLOW_DOWN: return "slow_down";
+    case FACEMILL__ENVELOPE__BODY_STATUS_REQUEST: return "status_request";
+    case FACEMILL__ENVELOPE__BODY_STATUS_REPLY: return "status_reply";
+    case FACEMILL__ENVELOPE__BODY_WORKER_READY: return "worker_ready";
+    case FACEMILL__ENVELOPE__BODY_JOB: return "job";
+    case FACEMILL__ENVELOPE__BODY_JOB_DONE: return "job_done";
+    case FACEMILL__ENVELOPE__BODY_WORKER_BYE: return "worker_bye";
+    case FACEMILL__ENVELOPE__BODY_RESULT: return "result";
+    case FACEMILL__ENVELOPE__BODY_COMMIT: return "commit";
+    case FACEMILL__ENVELOPE__BODY_HEARTBEAT: return "heartbeat";
+    case FACEMILL__ENVELOPE__BODY_ERROR: return "error";
+    default: return "none";
+    }
+}
+
+const char *fm_wire_peer_text(const fm_wire_peer *p, char *buf, size_t size)
+{
+    int printable = p->len > 0;
+    for (size_t i = 0; i < p->len; i++)
+        if (p->id[i] < 0x21 || p->id[i] > 0x7e)
+            printable = 0;
+    size_t n = 0;
+    if (size == 0)
+        return buf;
+    buf[0] = '\0';
+    for (size_t i = 0; i < p->len && n + 3 < size; i++) {
+        if (printable)
+            buf[n++] = (char)p->id[i];
+        else
+            n += (size_t)snprintf(buf + n, size - n, "%02x", p->id[i]);
+    }
+    buf[n < size ? n : size - 1] = '\0';
+    return buf;
+}
+
+int fm_wire_peer_equal(const fm_wire_peer *a, const fm_wire_peer *b)
+{
+    return a->len == b->len && memcmp(a->id, b->id, a->len) == 0;
+}
+
+int64_t fm_wire_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

@@ -1,0 +1,86 @@
+/* eval.h - measuring the attribute predictions against labelled faces: UTKFace
+ * file names, and the metrics `facemill eval` reports.
+ *
+ * Why it exists: the figures in the model card must be computed one way, by code a
+ * test can check against hand-computed values. Nothing here reads files or prints:
+ * the caller gathers one fm_eval_item per image and gets an fm_eval_report back.
+ *
+ * Honest counting: an image where no face was detected stays in "all images" and is
+ * wrong for gender and ethnicity; for age it is charged the error of a fallback
+ * prediction (the training-set mean age, heads.fallback_age). "Detected only"
+ * figures leave those images out.
+ */
+#ifndef FACEMILL_EVAL_H
+#define FACEMILL_EVAL_H
+
+#include "facemill/heads.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Labels of one UTKFace image. */
+typedef struct fm_utk_label {
+    int age;    /* 0..116 */
+    int gender; /* 0 male, 1 female */
+    int race;   /* 0 White, 1 Black, 2 Asian, 3 Indian, 4 Others */
+} fm_utk_label;
+
+/* Parses a UTKFace file name (a path's directory part is ignored):
+ * AGE_GENDER_RACE_DATE... where AGE is 0..116, GENDER 0..1 and RACE 0..4, each a
+ * plain decimal number; whatever follows the third '_' is not checked (it must be
+ * there). Returns 0 and fills *out, or -1 for a name that does not follow the
+ * pattern (*out untouched). */
+int fm_utk_parse_name(const char *name, fm_utk_label *out);
+
+/* 1 when the base name of path falls in the held-out share (0..1) of a data set:
+ * a fixed hash of the name (FNV-1a, 64 bits) decides, so the split is the same on
+ * every machine and does not depend on the order of the listing. */
+int fm_utk_in_holdout(const char *path, double share);
+
+/* One evaluated image. */
+typedef struct fm_eval_item {
+    fm_utk_label truth;
+    int detected;    /* 1: a face was found and predictions below are filled */
+    float age;       /* predicted age (expected value) */
+    int gender;      /* predicted class */
+    int race;        /* predicted class */
+} fm_eval_item;
+
+/* Metrics over a set of images. Fractions are 0..1; with n == 0 every metric is 0. */
+typedef struct fm_eval_metrics {
+    int n;             /* images */
+    int n_detected;    /* of them, with a face */
+    double detect_rate;
+    double age_mae, age_rmse;
+    double gender_acc, race_acc;
+} fm_eval_metrics;
+
+#define FM_EVAL_AGE_BANDS 8 /* 0-9, 10-19, ..., 60-69, 70+ */
+
+typedef struct fm_eval_report {
+    double fallback_age;          /* age charged for images without a face */
+    fm_eval_metrics all;          /* every image; no face = wrong, fallback age */
+    fm_eval_metrics detected;     /* images with a face only */
+    /* confusion[true][predicted]; the last column counts images with no face */
+    int gender_confusion[FM_HEADS_GENDERS][FM_HEADS_GENDERS + 1];
+    int race_confusion[FM_HEADS_RACES][FM_HEADS_RACES + 1];
+    /* per group, all images (no face = wrong) */
+    fm_eval_metrics by_race_gender[FM_HEADS_RACES][FM_HEADS_GENDERS];
+    fm_eval_metrics by_age_band[FM_EVAL_AGE_BANDS];
+} fm_eval_report;
+
+/* Band index of a true age: age / 10, 7 for 70 and above. */
+int fm_eval_age_band(int age);
+/* "0-9", ..., "60-69", "70+" (static); NULL out of range. */
+const char *fm_eval_age_band_name(int band);
+
+/* Computes the report over items[0..n) (n >= 0; items may be NULL when n is 0).
+ * Labels outside their ranges are a programmer error (asserted). */
+void fm_eval_compute(const fm_eval_item *items, int n, double fallback_age,
+                     fm_eval_report *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,123 @@
+/* pipeline.h - the whole labelling path of one worker: decode -> detect -> align ->
+ * embed -> heads, for a batch of images at a time.
+ *
+ * Why it exists: the worker daemon, `facemill predict`, `facemill eval` and the
+ * trainer's feature extraction must run exactly the same steps with the same
+ * settings; this object owns them (a decoder, the detector, the backbone and the
+ * optional heads) and is built from fm_config alone. Faces of all the images of one
+ * fm_pipeline_run call are gathered into backbone calls of embed.batch aligned faces
+ * (at least 2 when mirror images are embedded, so a face and its mirror stay together),
+ * and all of them go through the heads in one call, so the matrix multiplies stay
+ * large. Nothing is allocated per image: every buffer is sized at open for
+ * max_images images of up to detect.max_faces faces.
+ *
+ * The only I/O is reading image files when inputs are given as paths.
+ *
+ * Alignment: landmarks are mapped onto the backbone's template (align.template) by a
+ * similarity transform, and the face is warped to the backbone's input size (border
+ * pixels replicated). When the heads average over the mirror image (heads.flip) or
+ * features are kept (fm_pipeline_opts.keep_features), a second chip is cut: the
+ * mirror image of the face, aligned by mirroring the landmarks (left and right eye
+ * and mouth corners swapped) and fitting again, so it sits on the template exactly
+ * as the face does.
+ *
+ * Threads: one pipeline per thread (it owns a decoder and arenas).
+ */
+#ifndef FACEMILL_PIPELINE_H
+#define FACEMILL_PIPELINE_H
+
+#include "facemill/backbone.h"
+#include "facemill/config.h"
+#include "facemill/detect.h"
+#include "facemill/heads.h"
+#include "facemill/status.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fm_pipeline fm_pipeline;
+
+typedef struct fm_pipeline_opts {
+    int max_images;    /* most images per fm_pipeline_run; 0 = 16 */
+    int no_heads;      /* 1: do not load heads.model (results carry no attributes,
+                          and nothing is embedded unless keep_features) */
+    int keep_features; /* 1: embed every face and its mirror image and keep both
+                          backbone outputs of both in the results (the trainer) */
+} fm_pipeline_opts;
+
+/* One image: a file to read (path non-NULL), or size encoded bytes at data (not
+ * owned, only read during the call). */
+typedef struct fm_pipeline_input {
+    const char *path;
+    const uint8_t *data;
+    size_t size;
+} fm_pipeline_input;
+
+typedef struct fm_face_result {
+    fm_face det;       /* box, score, landmarks in original image coordinates */
+    int has_attrs;     /* 1 when attrs is filled (heads loaded, face aligned) */
+    fm_attrs attrs;
+    /* keep_features only (else NULL): features[output][view], view 0 the face, 1 its
+     * mirror image; fm_backbone_dim(output) floats each, owned by the pipeline. */
+    const float *features[FM_BACKBONE_OUTPUT_COUNT][2];
+} fm_face_result;
+
+/* Milliseconds spent on one image. Embedding and heads run on batches that mix
+ * images: each image is charged the share of its faces. */
+typedef struct fm_pipeline_times {
+    double decode_ms, detect_ms, align_ms, embed_ms, heads_ms;
+} fm_pipeline_times;
+
+typedef struct fm_image_result {
+    fm_error error;        /* error.code FM_OK, or why this image failed */
+    int width, height;     /* displayed size of the original image */
+    int scale_num, scale_denom; /* DCT scale it was decoded at */
+    int n_faces;
+    fm_face_result *faces; /* n_faces faces, highest score first; owned by the
+                              pipeline, valid until the next run or close */
+    fm_pipeline_times times;
+} fm_image_result;
+
+/* Opens everything the configuration names: the detector (models.dir, detect.*,
+ * detect.pad), the backbone (embed.backbone, embed.batch), the heads (heads.model,
+ * unless empty or opts->no_heads) and a decoder (decode.*). Checks that the heads
+ * were trained on this backbone (heads.backbone equals the backbone's identity) and
+ * read a vector of the right length. opts may be NULL (defaults). Does not set
+ * OpenBLAS threads (fm_nn_set_threads is the program's choice). On success *out is
+ * owned by the caller (fm_pipeline_close); on failure *out is NULL and err says which
+ * file or setting is wrong. */
+fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
+                           const fm_pipeline_opts *opts, fm_error *err);
+
+/* Closes *p and everything it owns and sets *p to NULL; accepts NULL. */
+void fm_pipeline_close(fm_pipeline **p);
+
+/* Runs n images (1 <= n <= max_images) and fills out[0..n). A bad image (unreadable,
+ * not a JPEG, corrupt, too large) gets its error in out[i].error and the others go
+ * on. Returns FM_OK when the batch ran, FM_ERR_INVALID for bad arguments, or the
+ * error of a backbone/heads call (a bug or resource failure: results are then
+ * invalid). */
+fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
+                          fm_image_result *out, fm_error *err);
+
+/* Parts, owned by the pipeline: the heads (NULL without), the backbone, the
+ * detector options in effect, and the backbone's identity string (see heads.h). */
+const fm_heads *fm_pipeline_heads(const fm_pipeline *p);
+const fm_backbone *fm_pipeline_backbone(const fm_pipeline *p);
+const fm_detect_opts *fm_pipeline_detect_opts(const fm_pipeline *p);
+const char *fm_pipeline_backbone_identity(const fm_pipeline *p);
+int fm_pipeline_max_images(const fm_pipeline *p);
+
+/* Resolves embed.backbone against models.dir into buf (a value containing '/' is a
+ * path used as is). FM_ERR_LIMIT when it does not fit. */
+fm_status fm_pipeline_backbone_path(const fm_config *c, char *buf, size_t size,
+                                    fm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,85 @@
+/* train.h - the frozen-feature trainer of the attribute heads: backbone features
+ * with UTKFace labels in, a "heads" model (see heads.h) out.
+ *
+ * Why it exists: facemill trains its own heads, in C over OpenBLAS, in minutes on
+ * a CPU, deterministically for a seed, so the committed heads file can be rebuilt
+ * and its lineage stated. `facemill train --freeze` (worker/cmd_train.c) gathers
+ * the features with the production pipeline and calls fm_train_heads.
+ *
+ * The model: standardised features (mean and standard deviation of the training
+ * set), n_hidden dense layers with LeakyReLU (dropout on their outputs while
+ * training), then age (117-way), gender (2) and ethnicity (5) softmax heads. Loss per
+ * face: age_weight x cross-entropy of the age head against a Gaussian-smoothed
+ * target centred on the true age (standard deviation age_sigma years; 0 = one-hot),
+ * plus the cross-entropies of gender and ethnicity. Mini-batch Adam with decoupled
+ * weight decay on weights (not biases); after every epoch the validation loss is
+ * computed; the learning rate halves after lr_patience epochs without improvement,
+ * and training stops after patience epochs without one, keeping the best epoch.
+ * Deterministic: the same data, options and seed give the same bytes (one OpenBLAS
+ * thread).
+ */
+#ifndef FACEMILL_TRAIN_H
+#define FACEMILL_TRAIN_H
+
+#include "facemill/eval.h"
+#include "facemill/heads.h"
+#include "facemill/model.h"
+#include "facemill/status.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Labelled feature vectors (not owned). */
+typedef struct fm_train_set {
+    int n, dim;
+    const float *x;              /* n x dim raw features, row-major */
+    const fm_utk_label *labels;  /* n */
+} fm_train_set;
+
+/* What one epoch did; passed to the progress callback and returned for the best. */
+typedef struct fm_train_epoch {
+    int epoch, max_epochs;  /* 1-based */
+    int best_epoch;         /* the epoch whose weights are kept so far */
+    double lr;
+    double train_loss;      /* mean over the epoch's batches */
+    double val_loss;        /* mean over the validation set */
+    double val_age_mae, val_age_rmse, val_gender_acc, val_race_acc;
+    double elapsed_s;       /* since training started */
+} fm_train_epoch;
+
+typedef struct fm_train_opts {
+    int n_hidden;                        /* shared layers, 0..FM_HEADS_MAX_LAYERS */
+    int hidden[FM_HEADS_MAX_LAYERS];     /* their widths */
+    float leaky_alpha;
+    double lr, weight_decay, dropout;
+    double age_sigma, age_weight;
+    int batch, max_epochs, patience, lr_patience;
+    uint64_t seed;
+    /* Called after every epoch when not NULL. */
+    void (*progress)(void *ctx, const fm_train_epoch *e);
+    void *ctx;
+} fm_train_opts;
+
+/* Defaults: one hidden layer of 512, alpha 0.1, lr 1e-3, weight decay 1e-4,
+ * dropout 0.5, age_sigma 2, age_weight 1, batch 128, 100 epochs, patience 10,
+ * lr_patience 4, seed 1. */
+void fm_train_opts_defaults(fm_train_opts *o);
+
+/* Trains on train, selecting the epoch on val (both need n >= 1 and the same dim),
+ * and adds to w (which the caller owns and saves) the tensors feat.mean, feat.std,
+ * shared.K.weight/bias, age/gender/race.weight/bias and the metadata
+ * heads.leaky_alpha and heads.fallback_age (mean training age). The caller adds
+ * general.*, heads.backbone, heads.feature, heads.flip and labels.*. best (may be
+ * NULL) receives the kept epoch's figures. Returns FM_ERR_INVALID for bad options or
+ * sets, FM_ERR_NOMEM, or a writer error. */
+fm_status fm_train_heads(const fm_train_set *train, const fm_train_set *val,
+                         const fm_train_opts *o, fm_model_writer *w, fm_train_epoch *best,
+                         fm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,93 @@
+/* wire.h - sending and receiving facemill protocol messages over ZeroMQ sockets.
+ *
+ * Why it exists: every process (broker, worker, sink, client) needs the same few
+ * things around the generated protobuf-c code of proto/facemill.proto: stamp the
+ * protocol version on outgoing envelopes, refuse another major version with a clear
+ * message, set the socket options every network-facing socket must have (linger,
+ * ZMQ_MAXMSGSIZE, ZMQ_ROUTER_MANDATORY), and handle EINTR. proto/README.md is the
+ * protocol itself; this header is its C binding.
+ *
+ * Frames: one envelope per message; a ROUTER prefixes the peer's routing id.
+ * Ownership: outgoing envelopes stay the caller's (build them on the stack);
+ * fm_wire_recv hands out an unpacked envelope the caller frees with fm_wire_free.
+ * Threads: like the sockets themselves, one thread per socket.
+ */
+#ifndef FACEMILL_WIRE_H
+#define FACEMILL_WIRE_H
+
+#include "facemill.pb-c.h"
+#include "facemill/status.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The protocol version this build speaks (see the changelog in proto/README.md). */
+#define FM_PROTOCOL_MAJOR 1
+#define FM_PROTOCOL_MINOR 0
+
+/* Longest job id accepted (bytes). */
+#define FM_WIRE_JOB_ID_MAX 256
+/* Longest ZeroMQ routing id (ZeroMQ's own limit). */
+#define FM_WIRE_PEER_MAX 255
+
+/* A peer's routing id as a ROUTER sees it. */
+typedef struct fm_wire_peer {
+    size_t len;
+    unsigned char id[FM_WIRE_PEER_MAX];
+} fm_wire_peer;
+
+/* Sets on sock: ZMQ_LINGER = linger_ms, ZMQ_MAXMSGSIZE = max_msg_size (when > 0; it
+ * bounds what the socket accepts from peers) and, for ROUTER sockets,
+ * ZMQ_ROUTER_MANDATORY = 1 (sending to a gone peer fails with EHOSTUNREACH instead of
+ * vanishing). Returns FM_OK or FM_ERR_IO with zmq's text. */
+fm_status fm_wire_setup(void *sock, int64_t max_msg_size, int linger_ms, fm_error *err);
+
+/* Initialises *e as an empty envelope carrying this build's protocol version. */
+void fm_wire_envelope_init(Facemill__Envelope *e);
+
+/* Packs e and sends it on sock; to (may be NULL for DEALER/PUSH sockets) is the
+ * routing id frame a ROUTER needs. flags: 0 or ZMQ_DONTWAIT. e stays the caller's.
+ * EINTR is retried. Returns FM_OK; FM_ERR_TIMEOUT when ZMQ_DONTWAIT and the message
+ * cannot be queued now (EAGAIN); FM_ERR_NOT_FOUND when a ROUTER's peer is gone
+ * (EHOSTUNREACH); FM_ERR_NOMEM; FM_ERR_IO for other zmq errors. */
+fm_status fm_wire_send(void *sock, const fm_wire_peer *to, const Facemill__Envelope *e,
+                       int flags, fm_error *err);
+
+/* Receives one message from sock. from: NULL for sockets without routing ids, else
+ * it receives the ROUTER's routing id frame. flags: 0 or ZMQ_DONTWAIT. On FM_OK, *out
+ * is an envelope the caller owns (fm_wire_free) with a matching major version and
+ * exactly one body. Errors (*out NULL; the message is consumed whole):
+ *   FM_ERR_TIMEOUT     nothing to receive (ZMQ_DONTWAIT, or a receive timeout)
+ *   FM_ERR_INTERRUPTED a signal interrupted the wait (EINTR): check your stop flag
+ *   FM_ERR_VERSION     another major version, or none: err names both versions
+ *   FM_ERR_PROTOCOL    not an envelope, no body, or an unexpected number of frames
+ *   FM_ERR_IO          another zmq error */
+fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
+                       int flags, fm_error *err);
+
+/* Frees an envelope from fm_wire_recv and sets *e to NULL. Accepts NULL. */
+void fm_wire_free(Facemill__Envelope **e);
+
+/* Sends Error{code, text} to peer to on a ROUTER (best effort, ZMQ_DONTWAIT). */
+void fm_wire_refuse(void *router, const fm_wire_peer *to, uint32_t code, const char *text);
+
+/* Name of the envelope's body ("submit", "job", ...), "none" when unset. Static. */
+const char *fm_wire_body_name(const Facemill__Envelope *e);
+
+/* The routing id as printable text (hex when not printable) in buf; returns buf. */
+const char *fm_wire_peer_text(const fm_wire_peer *p, char *buf, size_t size);
+
+/* True when a and b are the same routing id. */
+int fm_wire_peer_equal(const fm_wire_peer *a, const fm_wire_peer *b);
+
+/* Milliseconds of a monotonic clock. */
+int64_t fm_wire_now_ms(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

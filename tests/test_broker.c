@@ -1,0 +1,659 @@
+/* test_broker.c - the wire and the broker, with real processes on ipc:// endpoints in
+ * a temporary directory: protocol round trips and version refusal, dispatch by
+ * credit, re-queueing from a silent worker, quarantine after max_attempts, a kill -9
+ * and restart of the broker, backpressure, ZMQ_MAXMSGSIZE, and facemill-worker
+ * (--decode-only) end to end. This program plays the clients, fake workers and a
+ * small sink (a PULL socket and a commits DEALER). Every wait is bounded. */
+#include "facemill/image.h"
+#include "facemill/sha256.h"
+#include "facemill/wire.h"
+#include "fm_test.h"
+
+#include <zmq.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* nanosleep: usleep is not POSIX 2008. */
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static char dir[256];
+static const char *bindir;
+static void *ctx;
+
+typedef struct ep {
+    char clients[300], workers[300], commits[300], results[300], journal[300];
+} ep;
+
+static void endpoints(ep *e, const char *name)
+{
+    snprintf(e->clients, sizeof e->clients, "ipc://%s/%s-c", dir, name);
+    snprintf(e->workers, sizeof e->workers, "ipc://%s/%s-w", dir, name);
+    snprintf(e->commits, sizeof e->commits, "ipc://%s/%s-k", dir, name);
+    snprintf(e->results, sizeof e->results, "ipc://%s/%s-r", dir, name);
+    snprintf(e->journal, sizeof e->journal, "%s/%s.db", dir, name);
+}
+
+/* Starts program (in bindir) with the endpoints of e and extra "key=value" settings
+ * (NULL-terminated), plus plain arguments after a NULL... kept simple: extra sets. */
+static pid_t start(const char *program, const ep *e, const char *const *sets,
+                   const char *const *args)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", bindir, program);
+        const char *argv[64];
+        char buf[8][400];
+        int n = 0;
+        argv[n++] = path;
+        snprintf(buf[0], sizeof buf[0], "broker.clients=%s", e->clients);
+        snprintf(buf[1], sizeof buf[1], "broker.workers=%s", e->workers);
+        snprintf(buf[2], sizeof buf[2], "sink.commits=%s", e->commits);
+        snprintf(buf[3], sizeof buf[3], "sink.results=%s", e->results);
+        snprintf(buf[4], sizeof buf[4], "broker.journal=%s", e->journal);
+        for (int i = 0; i < 5; i++) {
+            argv[n++] = "--set";
+            argv[n++] = buf[i];
+        }
+        for (int i = 0; sets && sets[i] && n < 56; i++) {
+            argv[n++] = "--set";
+            argv[n++] = sets[i];
+        }
+        for (int i = 0; args && args[i] && n < 62; i++)
+            argv[n++] = args[i];
+        argv[n] = NULL;
+        execv(path, (char *const *)argv);
+        perror(path);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits up to ms for pid to exit; returns its wait status, or -1 (then kills it). */
+static int reap(pid_t pid, int ms)
+{
+    for (int t = 0; t < ms; t += 10) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return status;
+        sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static void *sock(int type, const char *endpoint, int bind)
+{
+    void *s = zmq_socket(ctx, type);
+    fm_wire_setup(s, 1 << 20, 0, NULL);
+    int rc = bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint);
+    if (rc != 0) {
+        fprintf(stderr, "%s %s: %s\n", bind ? "bind" : "connect", endpoint,
+                zmq_strerror(errno));
+        exit(1);
+    }
+    return s;
+}
+
+/* The next envelope on s within ms, or NULL. Heartbeats are skipped unless wanted. */
+static Facemill__Envelope *next(void *s, int ms, int want_heartbeat)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        long left = ms - ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0)
+            return NULL;
+        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, left) <= 0)
+            continue;
+        Facemill__Envelope *e = NULL;
+        if (fm_wire_recv(s, NULL, &e, ZMQ_DONTWAIT, NULL) != FM_OK)
+            continue;
+        if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT && !want_heartbeat) {
+            fm_wire_free(&e);
+            continue;
+        }
+        return e;
+    }
+}
+
+static void send_env(void *s, Facemill__Envelope *e)
+{
+    fm_error err = {0};
+    fm_status st = fm_wire_send(s, NULL, e, 0, &err);
+    CHECK_MSG(st == FM_OK, "send: %s", err.msg);
+}
+
+/* Submits jobs id prefix0..prefix{n-1} with data of size bytes; returns the reply. */
+static Facemill__Envelope *submit(void *client, const char *prefix, int first, int n,
+                                  size_t size, uint64_t rid)
+{
+    Facemill__Job jobs[64], *jp[64];
+    char ids[64][64];
+    uint8_t *data = calloc(size ? size : 1, 1);
+    for (int i = 0; i < n; i++) {
+        facemill__job__init(&jobs[i]);
+        snprintf(ids[i], sizeof ids[i], "%s%d", prefix, first + i);
+        jobs[i].id = ids[i];
+        jobs[i].tag = "t";
+        jobs[i].source_case = FACEMILL__JOB__SOURCE_DATA;
+        jobs[i].data.data = data;
+        jobs[i].data.len = size;
+        jp[i] = &jobs[i];
+    }
+    Facemill__Submit s;
+    facemill__submit__init(&s);
+    s.n_jobs = (size_t)n;
+    s.jobs = jp;
+    s.has_request_id = 1;
+    s.request_id = rid;
+    Facemill__Envelope env;
+    fm_wire_envelope_init(&env);
+    env.body_case = FACEMILL__ENVELOPE__BODY_SUBMIT;
+    env.submit = &s;
+    send_env(client, &env);
+    free(data);
+    return next(client, 3000, 0);
+}
+
+static void *fake_worker(const ep *e, uint32_t credit)
+{
+    void *w = sock(ZMQ_DEALER, e->workers, 0);
+    Facemill__Envelope env;
+    Facemill__WorkerReady r;
+    fm_wire_envelope_init(&env);
+    facemill__worker_ready__init(&r);
+    r.has_credit = 1;
+    r.credit = credit;
+    r.name = "fake";
+    env.body_case = FACEMILL__ENVELOPE__BODY_WORKER_READY;
+    env.worker_ready = &r;
+    send_env(w, &env);
+    return w;
+}
+
+static void heartbeat(void *w)
+{
+    Facemill__Envelope env;
+    Facemill__Heartbeat h;
+    fm_wire_envelope_init(&env);
+    facemill__heartbeat__init(&h);
+    env.body_case = FACEMILL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &h;
+    send_env(w, &env);
+}
+
+static void job_done(void *w, const char *id, int outcome, const char *text)
+{
+    Facemill__Envelope env;
+    Facemill__JobDone d;
+    fm_wire_envelope_init(&env);
+    facemill__job_done__init(&d);
+    d.job_id = (char *)id;
+    d.has_outcome = 1;
+    d.outcome = (Facemill__JobDone__Outcome)outcome;
+    d.error_text = (char *)text;
+    env.body_case = FACEMILL__ENVELOPE__BODY_JOB_DONE;
+    env.job_done = &d;
+    send_env(w, &env);
+}
+
+static void commit(void *sinkc, const char *id, int failed)
+{
+    Facemill__Envelope env;
+    Facemill__Commit c;
+    Facemill__CommitEntry ce, *cp = &ce;
+    fm_wire_envelope_init(&env);
+    facemill__commit__init(&c);
+    facemill__commit_entry__init(&ce);
+    ce.job_id = (char *)id;
+    ce.has_failed = 1;
+    ce.failed = failed;
+    c.n_entries = 1;
+    c.entries = &cp;
+    env.body_case = FACEMILL__ENVELOPE__BODY_COMMIT;
+    env.commit = &c;
+    send_env(sinkc, &env);
+}
+
+/* Collects jobs arriving at w for ms; ids appended to ids (count returned). */
+static int collect_jobs(void *w, int ms, char ids[][64], int max, int beat)
+{
+    int n = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        long el = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        if (el >= ms)
+            break;
+        if (beat)
+            heartbeat(w);
+        Facemill__Envelope *e = next(w, 50, 0);
+        if (!e)
+            continue;
+        if (e->body_case == FACEMILL__ENVELOPE__BODY_JOB && n < max)
+            snprintf(ids[n++], 64, "%s", e->job->id);
+        fm_wire_free(&e);
+    }
+    return n;
+}
+
+static const char *fast[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=400",
+                             "broker.fsync=off", NULL};
+
+/* ---- scenarios ----------------------------------------------------------------- */
+
+static void test_round_trip(void)
+{
+    /* Pack and unpack a Result with every kind of field. */
+    Facemill__Envelope env, *back = NULL;
+    Facemill__Result r;
+    Facemill__Face f, *fp = &f;
+    float box[4] = {1, 2, 3, 4}, lm[10] = {0}, g[2] = {0.25f, 0.75f};
+    uint8_t sha[32];
+    fm_sha256_digest("abc", 3, sha);
+    char hex[65];
+    fm_sha256_hex(sha, hex);
+    CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+    fm_wire_envelope_init(&env);
+    facemill__result__init(&r);
+    facemill__face__init(&f);
+    f.n_box = 4;
+    f.box = box;
+    f.n_landmarks = 10;
+    f.landmarks = lm;
+    f.has_age = 1;
+    f.age = 31.5f;
+    f.n_gender_probs = 2;
+    f.gender_probs = g;
+    r.job_id = "j1";
+    r.has_sha256 = 1;
+    r.sha256.data = sha;
+    r.sha256.len = 32;
+    r.n_faces = 1;
+    r.faces = &fp;
+    env.body_case = FACEMILL__ENVELOPE__BODY_RESULT;
+    env.result = &r;
+    void *a = sock(ZMQ_PAIR, "inproc://rt", 1), *b = sock(ZMQ_PAIR, "inproc://rt", 0);
+    send_env(a, &env);
+    CHECK(fm_wire_recv(b, NULL, &back, 0, NULL) == FM_OK);
+    if (back) {
+        CHECK(back->version_major == FM_PROTOCOL_MAJOR);
+        CHECK(back->body_case == FACEMILL__ENVELOPE__BODY_RESULT);
+        CHECK(strcmp(back->result->job_id, "j1") == 0);
+        CHECK(back->result->n_faces == 1 && back->result->faces[0]->n_box == 4);
+        CHECK(back->result->faces[0]->box[2] == 3.0f);
+        CHECK(back->result->faces[0]->age == 31.5f);
+        CHECK(back->result->faces[0]->gender_probs[1] == 0.75f);
+        CHECK(back->result->sha256.len == 32 && memcmp(back->result->sha256.data, sha, 32) == 0);
+        fm_wire_free(&back);
+    }
+    /* Another major version is refused with a message naming both. */
+    env.version_major = 2;
+    send_env(a, &env);
+    fm_error err = {0};
+    CHECK(fm_wire_recv(b, NULL, &back, 0, &err) == FM_ERR_VERSION);
+    CHECK_MSG(strstr(err.msg, "protocol 2.0") && strstr(err.msg, "1.x"), "%s", err.msg);
+    CHECK(back == NULL);
+    /* Garbage is refused. */
+    zmq_send(a, "\xff\xff\xff", 3, 0);
+    CHECK(fm_wire_recv(b, NULL, &back, 0, &err) == FM_ERR_PROTOCOL);
+    zmq_close(a);
+    zmq_close(b);
+}
+
+static void test_version_refusal(void)
+{
+    ep e;
+    endpoints(&e, "ver");
+    pid_t bp = start("facemill-broker", &e, fast, NULL);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Envelope env;
+    Facemill__StatusRequest q;
+    fm_wire_envelope_init(&env);
+    facemill__status_request__init(&q);
+    env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
+    env.status_request = &q;
+    env.version_major = 7;
+    send_env(c, &env);
+    Facemill__Envelope *r = next(c, 3000, 0);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_ERROR &&
+          r->error->code == FACEMILL__ERROR_CODE__ERROR_VERSION);
+    fm_wire_free(&r);
+    env.version_major = FM_PROTOCOL_MAJOR;
+    send_env(c, &env);
+    r = next(c, 3000, 0);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY);
+    fm_wire_free(&r);
+    zmq_close(c);
+    kill(bp, SIGTERM);
+    int st = reap(bp, 5000);
+    CHECK_MSG(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "broker exit %d", st);
+}
+
+static void test_credit_dispatch(void)
+{
+    ep e;
+    endpoints(&e, "credit");
+    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=5000",
+                          "broker.fsync=off", NULL};
+    pid_t bp = start("facemill-broker", &e, sets, NULL);
+    void *a = fake_worker(&e, 3), *b = fake_worker(&e, 1);
+    sleep_ms(300);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Envelope *r = submit(c, "cj", 0, 6, 10, 1);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK && r->submit_ack->n_jobs == 6);
+    if (r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK)
+        for (size_t i = 0; i < r->submit_ack->n_jobs; i++)
+            CHECK(r->submit_ack->jobs[i]->state == FACEMILL__JOB_ACK__STATE__ACCEPTED);
+    fm_wire_free(&r);
+    char ia[16][64], ib[16][64];
+    int na = collect_jobs(a, 500, ia, 16, 1), nb = collect_jobs(b, 300, ib, 16, 1);
+    CHECK_MSG(na == 3 && nb == 1, "worker a got %d (credit 3), b got %d (credit 1)", na, nb);
+    /* Freeing one slot at b brings exactly one more job to b. */
+    if (nb == 1)
+        job_done(b, ib[0], FACEMILL__JOB_DONE__OUTCOME__DONE, NULL);
+    nb = collect_jobs(b, 400, ib, 16, 1);
+    CHECK_MSG(nb == 1, "b got %d after freeing one slot", nb);
+    zmq_close(a);
+    zmq_close(b);
+    zmq_close(c);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+}
+
+static void test_silent_worker(void)
+{
+    ep e;
+    endpoints(&e, "silent");
+    pid_t bp = start("facemill-broker", &e, fast, NULL);
+    void *a = fake_worker(&e, 2);
+    sleep_ms(200);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Envelope *r = submit(c, "sj", 0, 2, 10, 1);
+    fm_wire_free(&r);
+    char ia[8][64], ib[8][64];
+    int na = collect_jobs(a, 200, ia, 8, 0);
+    CHECK_MSG(na == 2, "a got %d", na);
+    /* a now stays silent; b joins and keeps beating. */
+    void *b = fake_worker(&e, 4);
+    int nb = collect_jobs(b, 1500, ib, 8, 1);
+    CHECK_MSG(nb == 2, "b got %d of the silent worker's jobs", nb);
+    if (nb == 2 && na == 2)
+        CHECK((strcmp(ib[0], ia[0]) == 0 || strcmp(ib[0], ia[1]) == 0));
+    zmq_close(a);
+    zmq_close(b);
+    zmq_close(c);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+}
+
+static void test_quarantine(void)
+{
+    ep e;
+    endpoints(&e, "quar");
+    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=1000",
+                          "broker.max_attempts=3", "broker.fsync=off", NULL};
+    void *pull = sock(ZMQ_PULL, e.results, 1);
+    pid_t bp = start("facemill-broker", &e, sets, NULL);
+    void *w = fake_worker(&e, 1);
+    void *sinkc = sock(ZMQ_DEALER, e.commits, 0);
+    sleep_ms(200);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Envelope *r = submit(c, "bad", 0, 1, 10, 1);
+    fm_wire_free(&r);
+    int attempts = 0;
+    for (int k = 0; k < 10; k++) {
+        heartbeat(w);
+        Facemill__Envelope *j = next(w, 500, 0);
+        if (!j)
+            continue;
+        if (j->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
+            attempts++;
+            CHECK(j->job->attempt == (uint32_t)attempts);
+            job_done(w, j->job->id, FACEMILL__JOB_DONE__OUTCOME__FAILED, "model exploded");
+        }
+        fm_wire_free(&j);
+    }
+    CHECK_MSG(attempts == 3, "%d attempts before quarantine (max 3)", attempts);
+    Facemill__Envelope *res = next(pull, 2000, 0);
+    CHECK(res && res->body_case == FACEMILL__ENVELOPE__BODY_RESULT);
+    if (res && res->body_case == FACEMILL__ENVELOPE__BODY_RESULT) {
+        CHECK(strcmp(res->result->job_id, "bad0") == 0);
+        CHECK(res->result->error_code == FACEMILL__ERROR_CODE__ERROR_QUARANTINED);
+        CHECK_MSG(strstr(res->result->error_text, "model exploded"), "%s",
+                  res->result->error_text);
+    }
+    fm_wire_free(&res);
+    /* The sink commits it; the client hears of it; status counts it. */
+    commit(sinkc, "bad0", 1);
+    Facemill__Envelope *cm = next(c, 2000, 0);
+    CHECK(cm && cm->body_case == FACEMILL__ENVELOPE__BODY_COMMIT && cm->commit->n_entries == 1 &&
+          cm->commit->entries[0]->failed);
+    fm_wire_free(&cm);
+    Facemill__Envelope env;
+    Facemill__StatusRequest q;
+    fm_wire_envelope_init(&env);
+    facemill__status_request__init(&q);
+    q.tag = "t";
+    env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
+    env.status_request = &q;
+    send_env(c, &env);
+    Facemill__Envelope *s = next(c, 2000, 0);
+    CHECK(s && s->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY);
+    if (s && s->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY) {
+        CHECK_MSG(s->status_reply->quarantined == 1, "quarantined %llu",
+                  (unsigned long long)s->status_reply->quarantined);
+        CHECK(s->status_reply->tag_total == 1 && s->status_reply->tag_failed == 1);
+        CHECK(s->status_reply->queued == 0 && s->status_reply->awaiting_commit == 0);
+    }
+    fm_wire_free(&s);
+    zmq_close(w);
+    zmq_close(c);
+    zmq_close(sinkc);
+    zmq_close(pull);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+}
+
+static void test_restart(void)
+{
+    ep e;
+    endpoints(&e, "restart");
+    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=400",
+                          "broker.fsync=always", NULL};
+    pid_t bp = start("facemill-broker", &e, sets, NULL);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Envelope *r = submit(c, "rj", 0, 5, 100, 1);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK);
+    fm_wire_free(&r);
+    /* rj0 and rj1 are committed by the sink; then the broker dies. */
+    void *sinkc = sock(ZMQ_DEALER, e.commits, 0);
+    commit(sinkc, "rj0", 0);
+    commit(sinkc, "rj1", 0);
+    Facemill__Envelope *cm = next(c, 2000, 0);
+    fm_wire_free(&cm);
+    cm = next(c, 2000, 0);
+    fm_wire_free(&cm);
+    kill(bp, SIGKILL);
+    waitpid(bp, NULL, 0);
+    bp = start("facemill-broker", &e, sets, NULL);
+    void *w = fake_worker(&e, 10);
+    char ids[16][64];
+    int n = collect_jobs(w, 1500, ids, 16, 1);
+    CHECK_MSG(n == 3, "restarted broker dispatched %d jobs, want the 3 uncommitted", n);
+    for (int i = 0; i < n; i++)
+        CHECK(strcmp(ids[i], "rj0") != 0 && strcmp(ids[i], "rj1") != 0);
+    /* Resubmitting answers committed / duplicate, and queues nothing new. */
+    void *c2 = sock(ZMQ_DEALER, e.clients, 0);
+    r = submit(c2, "rj", 0, 3, 100, 2);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK);
+    if (r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK) {
+        CHECK(r->submit_ack->jobs[0]->state == FACEMILL__JOB_ACK__STATE__COMMITTED);
+        CHECK(r->submit_ack->jobs[1]->state == FACEMILL__JOB_ACK__STATE__COMMITTED);
+        CHECK(r->submit_ack->jobs[2]->state == FACEMILL__JOB_ACK__STATE__DUPLICATE);
+    }
+    fm_wire_free(&r);
+    zmq_close(w);
+    zmq_close(c);
+    zmq_close(c2);
+    zmq_close(sinkc);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+}
+
+static void test_backpressure_and_size(void)
+{
+    ep e;
+    endpoints(&e, "bp");
+    const char *sets[] = {"broker.max_queue=3", "net.max_msg_size=4096", "broker.fsync=off",
+                          NULL};
+    pid_t bp = start("facemill-broker", &e, sets, NULL);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Envelope *r = submit(c, "q", 0, 3, 10, 1);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK);
+    fm_wire_free(&r);
+    r = submit(c, "q", 3, 1, 10, 2);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SLOW_DOWN &&
+          r->slow_down->queue_depth == 3 && r->slow_down->request_id == 2);
+    fm_wire_free(&r);
+    /* Over net.max_msg_size: never delivered, no answer. */
+    void *big = sock(ZMQ_DEALER, e.clients, 0);
+    r = submit(big, "big", 0, 1, 8000, 3);
+    CHECK(r == NULL);
+    fm_wire_free(&r);
+    /* The broker still serves others. */
+    Facemill__Envelope env;
+    Facemill__StatusRequest q;
+    fm_wire_envelope_init(&env);
+    facemill__status_request__init(&q);
+    env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
+    env.status_request = &q;
+    send_env(c, &env);
+    r = next(c, 2000, 0);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY &&
+          r->status_reply->queued == 3);
+    fm_wire_free(&r);
+    zmq_close(c);
+    zmq_close(big);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+}
+
+static void test_worker_daemon(void)
+{
+    ep e;
+    endpoints(&e, "wd");
+    /* A small JPEG and a corrupt one. */
+    uint8_t px[32 * 24 * 3];
+    for (size_t i = 0; i < sizeof px; i++)
+        px[i] = (uint8_t)(i * 7);
+    fm_image img = {.w = 32, .h = 24, .stride = 96, .data = px, .orig_w = 32, .orig_h = 24,
+                    .scale_num = 1, .scale_denom = 1, .orientation = 1};
+    char jpg[300];
+    snprintf(jpg, sizeof jpg, "%s/a.jpg", dir);
+    CHECK(fm_image_write_jpeg(&img, jpg, 90, NULL) == FM_OK);
+    void *pull = sock(ZMQ_PULL, e.results, 1);
+    pid_t bp = start("facemill-broker", &e, fast, NULL);
+    const char *args[] = {"--processes", "2", "--decode-only", NULL};
+    pid_t wp = start("facemill-worker", &e, fast, args);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Job j[2], *jp[2] = {&j[0], &j[1]};
+    facemill__job__init(&j[0]);
+    facemill__job__init(&j[1]);
+    j[0].id = "good";
+    j[0].source_case = FACEMILL__JOB__SOURCE_PATH;
+    j[0].path = jpg;
+    j[1].id = "corrupt";
+    j[1].name = "corrupt.jpg";
+    j[1].source_case = FACEMILL__JOB__SOURCE_DATA;
+    j[1].data.data = (uint8_t *)"\xff\xd8\xff\xe0garbage";
+    j[1].data.len = 11;
+    Facemill__Submit s;
+    facemill__submit__init(&s);
+    s.n_jobs = 2;
+    s.jobs = jp;
+    Facemill__Envelope env;
+    fm_wire_envelope_init(&env);
+    env.body_case = FACEMILL__ENVELOPE__BODY_SUBMIT;
+    env.submit = &s;
+    send_env(c, &env);
+    Facemill__Envelope *r = next(c, 3000, 0);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK);
+    fm_wire_free(&r);
+    int good = 0, bad = 0;
+    for (int k = 0; k < 2; k++) {
+        Facemill__Envelope *res = next(pull, 10000, 0);
+        if (!res)
+            break;
+        Facemill__Result *rr = res->result;
+        if (rr && strcmp(rr->job_id, "good") == 0) {
+            good++;
+            CHECK(rr->error_code == 0 && rr->width == 32 && rr->height == 24);
+            CHECK(rr->has_sha256 && rr->sha256.len == 32);
+        } else if (rr && strcmp(rr->job_id, "corrupt") == 0) {
+            bad++;
+            CHECK(rr->error_code == FACEMILL__ERROR_CODE__ERROR_DECODE ||
+                  rr->error_code == FACEMILL__ERROR_CODE__ERROR_UNSUPPORTED);
+            CHECK(rr->error_text && rr->error_text[0]);
+            CHECK(strcmp(rr->source, "corrupt.jpg") == 0);
+        }
+        fm_wire_free(&res);
+    }
+    CHECK_MSG(good == 1 && bad == 1, "good %d bad %d", good, bad);
+    kill(wp, SIGTERM);
+    int st = reap(wp, 10000);
+    CHECK_MSG(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker exit %d", st);
+    zmq_close(c);
+    zmq_close(pull);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+}
+
+int main(void)
+{
+    bindir = getenv("FACEMILL_BIN_DIR");
+    if (!bindir) {
+        fprintf(stderr, "FACEMILL_BIN_DIR not set: skipped\n");
+        return FM_TEST_SKIP;
+    }
+    snprintf(dir, sizeof dir, "/tmp/fm-broker-XXXXXX");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    ctx = zmq_ctx_new();
+    test_round_trip();
+    test_version_refusal();
+    test_credit_dispatch();
+    test_silent_worker();
+    test_quarantine();
+    test_restart();
+    test_backpressure_and_size();
+    test_worker_daemon();
+    zmq_ctx_term(ctx);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    return fm_test_done("test_broker");
+}

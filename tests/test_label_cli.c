@@ -1,0 +1,198 @@
+/* test_label_cli.c - `facemill predict` and `facemill eval --json` end to end on a
+ * tiny UTKFace-style folder made here: two face crops cut from a sample photo and
+ * saved under UTKFace names, a gray image without a face, and a file whose name is
+ * not a UTKFace name. Heads with random weights are written for the real backbone.
+ * The output must be valid JSON (checked with python3's json module when it exists)
+ * with the documented keys; eval must count the gray image as not detected.
+ * Needs models/cache (models/fetch); skipped otherwise. */
+#include "fm_test.h"
+#include "heads_fixture.h"
+
+#include "facemill/align.h"
+#include "facemill/detect.h"
+#include "facemill/image.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char dir[512], data[600], heads[600], models[512], bin[512];
+
+/* Runs cmd, returns its stdout (caller frees) and exit status. */
+static char *run(const char *cmd, int *status)
+{
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (n + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = nb;
+        }
+    }
+    if (buf)
+        buf[n] = '\0';
+    int s = pclose(f);
+    *status = WIFEXITED(s) ? WEXITSTATUS(s) : -1;
+    return buf;
+}
+
+/* 1 when python3 parses every line of text as JSON, 0 when not, -1 without python3. */
+static int json_valid(const char *text, int lines)
+{
+    if (access("/usr/bin/python3", X_OK) != 0)
+        return -1;
+    char path[4300];
+    snprintf(path, sizeof path, "%s/out.json", dir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return 0;
+    fputs(text, f);
+    fclose(f);
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c 'import json,sys; l=[json.loads(x) for x in "
+             "open(sys.argv[1]) if x.strip()]; sys.exit(0 if len(l)==%d else 1)' %s",
+             lines, path);
+    int ok = system(cmd) == 0;
+    unlink(path);
+    return ok;
+}
+
+/* Crops a square of side s around (cx, cy) of img to a 200x200 JPEG at path. */
+static int write_crop(const fm_image *img, float cx, float cy, float s, const char *path)
+{
+    static uint8_t px[200 * 200 * 3];
+    float k = s / 200;
+    const float m_inv[6] = {k, 0, cx - s / 2, 0, k, cy - s / 2};
+    fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
+    fm_align_warp(img->data, img->w, img->h, img->stride, 3, m_inv, px, 200, 200, &wo);
+    fm_image out = {200, 200, 600, px, 200, 200, 1, 1, 1};
+    return fm_image_write_jpeg(&out, path, 92, NULL) == FM_OK ? 0 : -1;
+}
+
+static int make_folder(void)
+{
+    char sample[4200], path[4400];
+    snprintf(sample, sizeof sample, "%s/samples/sample1.jpg", models);
+    fm_decoder *d = NULL;
+    fm_detector *det = NULL;
+    fm_image img;
+    fm_face faces[8];
+    int n = 0, ok = 0;
+    if (fm_decoder_new(&d, NULL, NULL) != FM_OK || fm_decode_file(d, sample, &img, NULL) ||
+        fm_detector_open(&det, models, NULL, NULL) != FM_OK ||
+        fm_detect(det, &img, faces, 8, &n, NULL, NULL) != FM_OK || n < 2)
+        goto done;
+    const char *names[2] = {"25_0_0_20170101000000001.jpg.chip.jpg",
+                            "41_1_3_20170101000000002.jpg.chip.jpg"};
+    for (int i = 0; i < 2; i++) {
+        const float *b = faces[i].box;
+        snprintf(path, sizeof path, "%s/%s", data, names[i]);
+        if (write_crop(&img, (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, (b[3] - b[1]) * 1.1f,
+                       path))
+            goto done;
+    }
+    /* gray: no face */
+    memset(img.data, 128, (size_t)img.h * img.stride);
+    snprintf(path, sizeof path, "%s/30_1_2_20170101000000003.jpg.chip.jpg", data);
+    if (write_crop(&img, 100, 100, 200, path))
+        goto done;
+    snprintf(path, sizeof path, "%s/not_a_utk_name.jpg", data);
+    if (write_crop(&img, 100, 100, 200, path))
+        goto done;
+    ok = 1;
+done:
+    fm_decoder_destroy(&d);
+    fm_detector_close(&det);
+    return ok;
+}
+
+int main(void)
+{
+    const char *src = getenv("FACEMILL_SOURCE_DIR"), *b = getenv("FACEMILL_BIN_DIR");
+    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
+    snprintf(bin, sizeof bin, "%s/facemill", b ? b : "./bin");
+    char bb[4200];
+    snprintf(bb, sizeof bb, "%s/dlib_resnet.fmm", models);
+    if (access(bb, R_OK) != 0 || access(bin, X_OK) != 0) {
+        fprintf(stderr, "skip: %s or %s missing\n", bb, bin);
+        return FM_TEST_SKIP;
+    }
+    const char *t = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/facemill-test-cli-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(data, sizeof data, "%s/utk", dir);
+    snprintf(heads, sizeof heads, "%s/heads.fmm", dir);
+    char identity[1024];
+    const int hidden[1] = {16};
+    CHECK(mkdir(data, 0700) == 0);
+    CHECK(fm_heads_backbone_identity(bb, identity, sizeof identity, NULL) == FM_OK);
+    CHECK(fixture_write_heads(heads, identity, "pooled", 1, 256, 1, hidden) == 0);
+    CHECK(make_folder());
+
+    char cmd[16384];
+    int status = -1;
+    snprintf(cmd, sizeof cmd,
+             "'%s' predict --set models.dir='%s' --set heads.model='%s' "
+             "--set detect.pad=0.25 '%s'/25_0_0_*.jpg '%s'/30_1_2_*.jpg '%s/missing.jpg'",
+             bin, models, heads, data, data, data);
+    char *out = run(cmd, &status);
+    CHECK(out != NULL);
+    if (out) {
+        fprintf(stderr, "predict:\n%s", out);
+        CHECK(status == 1); /* the missing file fails, the others are reported */
+        CHECK(json_valid(out, 3) != 0);
+        const char *keys[] = {"\"path\"", "\"faces\"", "\"box\"", "\"landmarks\"",
+                              "\"age\"", "\"age_std\"", "\"gender\"", "\"gender_probs\"",
+                              "\"race\"", "\"race_probs\"", "\"times_ms\"", "\"error\""};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            CHECK_MSG(strstr(out, keys[i]) != NULL, "%s missing", keys[i]);
+        free(out);
+    }
+
+    snprintf(cmd, sizeof cmd,
+             "'%s' eval --json --data '%s' --set models.dir='%s' --set heads.model='%s'", bin,
+             data, models, heads);
+    out = run(cmd, &status);
+    CHECK(out != NULL);
+    if (out) {
+        fprintf(stderr, "eval --json:\n%s", out);
+        CHECK(status == 0);
+        CHECK(json_valid(out, 1) != 0);
+        CHECK(strchr(out, '\n') == out + strlen(out) - 1); /* one line */
+        const char *keys[] = {"\"n\":3",        "\"n_detected\":2", "\"detect_rate\"",
+                              "\"age_mae\"",    "\"age_rmse\"",     "\"gender_acc\"",
+                              "\"race_acc\"",   "\"groups\"",       "\"age_bands\"",
+                              "\"detected_only\"", "\"skipped_names\":1",
+                              "\"fallback_age\":33.5"};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            CHECK_MSG(strstr(out, keys[i]) != NULL, "%s missing", keys[i]);
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd, "'%s' eval --data '%s' --set models.dir='%s' --set heads.model='%s'",
+             bin, data, models, heads);
+    out = run(cmd, &status);
+    if (out) {
+        CHECK(status == 0 && strstr(out, "age MAE") && strstr(out, "White male") &&
+              strstr(out, "age 70+"));
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+    return fm_test_done("test_label_cli");
+}

@@ -1,0 +1,249 @@
+/* test_pipeline.c - the labelling pipeline on the sample photos (models/cache, made
+ * by models/fetch; skipped without them), with heads of random weights written for
+ * the real backbone:
+ *  - faces are found, attributes are in range, probabilities sum to 1;
+ *  - a corrupt JPEG in the batch gets an error result and the others succeed;
+ *  - images given as bytes equal images given as paths;
+ *  - a batch equals the same images run one at a time (faces batched across images
+ *    into several backbone calls change nothing);
+ *  - kept features: face and mirror image describe the same person;
+ *  - heads trained on another backbone, or reading another length, are refused;
+ *  - without heads, results carry boxes and landmarks only. */
+#include "fm_test.h"
+#include "heads_fixture.h"
+
+#include "facemill/config.h"
+#include "facemill/pipeline.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tmpdir[512], models[512];
+
+static uint8_t *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)n);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static void config_for(fm_config *c, const char *heads)
+{
+    fm_config_defaults(c);
+    snprintf(c->models.dir, sizeof c->models.dir, "%s", models);
+    snprintf(c->heads.model, sizeof c->heads.model, "%s", heads ? heads : "");
+    c->embed.batch = 5; /* several backbone calls per batch of images */
+}
+
+static void check_attrs(const fm_attrs *a)
+{
+    double gs = a->gender_probs[0] + a->gender_probs[1], rs = 0;
+    for (int k = 0; k < 5; k++) {
+        rs += a->race_probs[k];
+        CHECK(a->race_probs[k] >= 0 && a->race_probs[k] <= 1);
+    }
+    CHECK(fabs(gs - 1) < 1e-5 && fabs(rs - 1) < 1e-5);
+    CHECK(a->age >= 0 && a->age <= 116 && a->age_std >= 0 && a->age_std < 117);
+    CHECK(a->gender >= 0 && a->gender < 2 && a->race >= 0 && a->race < 5);
+    CHECK(a->gender_probs[a->gender] >= a->gender_probs[1 - a->gender]);
+}
+
+int main(void)
+{
+    const char *src = getenv("FACEMILL_SOURCE_DIR");
+    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
+    char bb[4200], sample[6][4200];
+    snprintf(bb, sizeof bb, "%s/dlib_resnet.fmm", models);
+    for (int i = 0; i < 6; i++)
+        snprintf(sample[i], sizeof sample[i], "%s/samples/sample%d.jpg", models, i + 1);
+    if (access(bb, R_OK) != 0 || access(sample[5], R_OK) != 0) {
+        fprintf(stderr, "skip: %s or the samples missing (run models/fetch)\n", bb);
+        return FM_TEST_SKIP;
+    }
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/facemill-test-pipeline-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    fm_error err = {0};
+    char identity[1024], heads[900], other[900];
+    CHECK(fm_heads_backbone_identity(bb, identity, sizeof identity, &err) == FM_OK);
+    CHECK(strncmp(identity, "dlib_resnet npm:", 16) == 0);
+    snprintf(heads, sizeof heads, "%s/heads.fmm", tmpdir);
+    snprintf(other, sizeof other, "%s/other.fmm", tmpdir);
+    const int hidden[1] = {32};
+    CHECK(fixture_write_heads(heads, identity, "pooled", 1, 256, 1, hidden) == 0);
+
+    /* the batch: six photos, a truncated JPEG, and photo 2 again as bytes */
+    size_t len = 0, len2 = 0;
+    uint8_t *bytes = read_all(sample[0], &len), *bytes2 = read_all(sample[1], &len2);
+    CHECK(bytes && bytes2);
+    enum { N = 8 };
+    fm_pipeline_input in[N];
+    memset(in, 0, sizeof in);
+    for (int i = 0; i < 6; i++)
+        in[i].path = sample[i];
+    in[6].data = bytes;
+    in[6].size = len / 2;
+    in[7].data = bytes2;
+    in[7].size = len2;
+
+    fm_config c;
+    config_for(&c, heads);
+    fm_pipeline *p = NULL;
+    fm_pipeline_opts po = {N, 0, 0};
+    fm_status st = fm_pipeline_open(&p, &c, &po, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    if (st) {
+        free(bytes);
+        free(bytes2);
+        return fm_test_done("test_pipeline");
+    }
+    CHECK(fm_pipeline_max_images(p) == N && fm_pipeline_heads(p) != NULL);
+    fm_image_result res[N];
+    st = fm_pipeline_run(p, in, N, res, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    int faces = 0;
+    for (int i = 0; i < N; i++) {
+        if (i == 6) {
+            CHECK(res[i].error.code == FM_ERR_DECODE);
+            fprintf(stderr, "truncated JPEG: %s\n", res[i].error.msg);
+            CHECK(res[i].n_faces == 0);
+            continue;
+        }
+        CHECK_MSG(res[i].error.code == FM_OK, "image %d: %s", i, res[i].error.msg);
+        CHECK(res[i].width > 0 && res[i].height > 0);
+        CHECK_MSG(res[i].n_faces >= 1, "image %d: no face", i);
+        for (int j = 0; j < res[i].n_faces; j++) {
+            const fm_face_result *f = &res[i].faces[j];
+            CHECK(f->has_attrs == 1);
+            check_attrs(&f->attrs);
+            CHECK(f->features[0][0] == NULL);
+            if (j > 0)
+                CHECK(f->det.score <= res[i].faces[j - 1].det.score);
+        }
+        faces += res[i].n_faces;
+        CHECK(res[i].times.decode_ms >= 0 && res[i].times.embed_ms > 0 &&
+              res[i].times.heads_ms >= 0);
+    }
+    fprintf(stderr, "%d faces in 7 images; sample1: %d faces, first age %.1f +- %.1f\n",
+            faces, res[0].n_faces, res[0].faces[0].attrs.age, res[0].faces[0].attrs.age_std);
+    CHECK(faces > 7); /* the samples are group photos */
+
+    /* bytes equal paths; one at a time equals the batch */
+    CHECK(res[7].n_faces == res[1].n_faces);
+    for (int j = 0; j < res[1].n_faces && j < res[7].n_faces; j++)
+        CHECK(fabs(res[7].faces[j].attrs.age - res[1].faces[j].attrs.age) < 1e-4);
+    int nf[N];
+    fm_attrs first[N];
+    for (int i = 0; i < N; i++) {
+        nf[i] = res[i].n_faces;
+        if (nf[i])
+            first[i] = res[i].faces[nf[i] - 1].attrs;
+    }
+    for (int i = 0; i < N; i++) {
+        fm_image_result one;
+        CHECK(fm_pipeline_run(p, &in[i], 1, &one, &err) == FM_OK);
+        CHECK(one.n_faces == nf[i] && one.error.code == res[i].error.code);
+        if (nf[i] && one.n_faces == nf[i]) {
+            const fm_attrs *a = &one.faces[nf[i] - 1].attrs;
+            CHECK_MSG(fabs(a->age - first[i].age) < 1e-3 &&
+                          fabs(a->race_probs[0] - first[i].race_probs[0]) < 1e-4,
+                      "image %d: %g vs %g", i, a->age, first[i].age);
+        }
+    }
+    CHECK(fm_pipeline_run(p, in, 0, res, &err) == FM_ERR_INVALID);
+    CHECK(fm_pipeline_run(p, in, N + 1, res, &err) == FM_ERR_INVALID);
+    fm_pipeline_close(&p);
+    CHECK(p == NULL);
+    fm_pipeline_close(&p);
+
+    /* embed.batch 1 with mirror images: raised to 2, same results */
+    c.embed.batch = 1;
+    CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_OK);
+    if (p) {
+        CHECK(fm_pipeline_run(p, in, 1, res, &err) == FM_OK);
+        CHECK(res[0].n_faces == nf[0]);
+        if (res[0].n_faces == nf[0] && nf[0] > 0)
+            CHECK(fabs(res[0].faces[nf[0] - 1].attrs.age - first[0].age) < 1e-3);
+        fm_pipeline_close(&p);
+    }
+    c.embed.batch = 5;
+
+    /* kept features, no heads */
+    fm_pipeline_opts keep = {2, 1, 1};
+    st = fm_pipeline_open(&p, &c, &keep, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    if (p) {
+        CHECK(fm_pipeline_heads(p) == NULL);
+        CHECK(fm_pipeline_run(p, in, 1, res, &err) == FM_OK);
+        CHECK(res[0].n_faces >= 1);
+        for (int j = 0; j < res[0].n_faces; j++) {
+            const fm_face_result *f = &res[0].faces[j];
+            CHECK(f->has_attrs == 0);
+            const float *a = f->features[FM_BACKBONE_EMBEDDING][0];
+            const float *b = f->features[FM_BACKBONE_EMBEDDING][1];
+            CHECK(a && b && f->features[FM_BACKBONE_POOLED][0] &&
+                  f->features[FM_BACKBONE_POOLED][1]);
+            if (!a || !b)
+                continue;
+            double ab = 0, aa = 0, bbn = 0;
+            for (int k = 0; k < 128; k++) {
+                ab += a[k] * b[k];
+                aa += a[k] * a[k];
+                bbn += b[k] * b[k];
+            }
+            double cosv = ab / sqrt(aa * bbn);
+            CHECK_MSG(cosv > 0.9, "face %d: mirror cosine %g", j, cosv);
+        }
+        fm_pipeline_close(&p);
+    }
+
+    /* no heads at all: boxes and landmarks only */
+    config_for(&c, NULL);
+    CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_OK);
+    if (p) {
+        CHECK(fm_pipeline_run(p, in, 1, res, &err) == FM_OK);
+        CHECK(res[0].n_faces >= 1 && res[0].faces[0].has_attrs == 0 &&
+              res[0].times.embed_ms == 0);
+        fm_pipeline_close(&p);
+    }
+
+    /* heads of another backbone, or of the other output, are refused */
+    CHECK(fixture_write_heads(other, "facenet_irv1 x y", "pooled", 1, 256, 1, hidden) == 0);
+    config_for(&c, other);
+    memset(&err, 0, sizeof err);
+    CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_INVALID && p == NULL);
+    CHECK_MSG(strstr(err.msg, "facenet_irv1") != NULL, "%s", err.msg);
+    fprintf(stderr, "other backbone: %s\n", err.msg);
+    CHECK(fixture_write_heads(other, identity, "embedding", 0, 256, 1, hidden) == 0);
+    memset(&err, 0, sizeof err);
+    CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_INVALID && p == NULL);
+    CHECK_MSG(strstr(err.msg, "256") && strstr(err.msg, "128"), "%s", err.msg);
+    fprintf(stderr, "other length: %s\n", err.msg);
+    snprintf(c.heads.model, sizeof c.heads.model, "%s/none.fmm", tmpdir);
+    CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_IO && p == NULL);
+
+    unlink(heads);
+    unlink(other);
+    rmdir(tmpdir);
+    free(bytes);
+    free(bytes2);
+    return fm_test_done("test_pipeline");
+}

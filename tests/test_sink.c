@@ -1,0 +1,433 @@
+/* test_sink.c - the results database and the sink service.
+ *
+ * Database: inserts, duplicates stored once, look-ups, counts, JSONL and CSV export
+ * text, read-only reopen, a foreign database refused. Service: a sink thread fed by a
+ * test PUSH socket over ipc:// (each of 1,500 job ids sent twice, plus garbage and a
+ * message of another protocol version), commits read from a test ROUTER standing in
+ * for the broker: every job id is committed, each only after its row is readable from
+ * another connection, and the database holds exactly one row per job.
+ */
+#include "facemill/sink.h"
+#include "facemill/wire.h"
+#include "fm_test.h"
+
+#include <sqlite3.h>
+#include <zmq.h>
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static char tmpdir[256];
+
+/* ---- building results ------------------------------------------------------------ */
+
+typedef struct face_buf {
+    Facemill__Face face;
+    float box[4], lm[10], g[2], r[5];
+} face_buf;
+
+static void make_face(face_buf *fb, float base, int attributes)
+{
+    facemill__face__init(&fb->face);
+    for (int i = 0; i < 4; i++)
+        fb->box[i] = base + (float)i;
+    for (int i = 0; i < 10; i++)
+        fb->lm[i] = base + 0.5f * (float)i;
+    fb->face.n_box = 4;
+    fb->face.box = fb->box;
+    fb->face.n_landmarks = 10;
+    fb->face.landmarks = fb->lm;
+    fb->face.has_score = 1;
+    fb->face.score = 0.875f;
+    if (attributes) {
+        fb->g[0] = 0.25f;
+        fb->g[1] = 0.75f;
+        float r[5] = {0.1f, 0.1f, 0.6f, 0.1f, 0.1f};
+        memcpy(fb->r, r, sizeof r);
+        fb->face.has_age = fb->face.has_age_std = 1;
+        fb->face.age = 31.5f;
+        fb->face.age_std = 4.25f;
+        fb->face.n_gender_probs = 2;
+        fb->face.gender_probs = fb->g;
+        fb->face.n_race_probs = 5;
+        fb->face.race_probs = fb->r;
+    }
+}
+
+/* ---- the database ------------------------------------------------------------------ */
+
+static char *slurp(FILE *f)
+{
+    long n = ftell(f);
+    char *buf = calloc(1, (size_t)n + 1);
+    rewind(f);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static void test_database(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/db.sqlite", tmpdir);
+    fm_results *r = NULL;
+    fm_error e = {0};
+    CHECK(fm_results_open(&r, path, 0, &e) == FM_OK);
+    if (!r)
+        return;
+
+    face_buf f1, f2;
+    make_face(&f1, 10, 1);
+    make_face(&f2, 100, 0);
+    Facemill__Face *faces[2] = {&f1.face, &f2.face};
+    uint8_t sha[32];
+    for (int i = 0; i < 32; i++)
+        sha[i] = (uint8_t)i;
+    Facemill__StageTimes times = FACEMILL__STAGE_TIMES__INIT;
+    times.has_total_ms = 1;
+    times.total_ms = 12.5f;
+
+    Facemill__Result ok = FACEMILL__RESULT__INIT;
+    ok.job_id = "job-b";
+    ok.tag = "t";
+    ok.source = "b, \"quoted\".jpg";
+    ok.has_width = ok.has_height = 1;
+    ok.width = 640;
+    ok.height = 480;
+    ok.has_sha256 = 1;
+    ok.sha256.len = 32;
+    ok.sha256.data = sha;
+    ok.n_faces = 2;
+    ok.faces = faces;
+    ok.model = "m1";
+    ok.times = &times;
+
+    Facemill__Result bad = FACEMILL__RESULT__INIT;
+    bad.job_id = "job-a";
+    bad.source = "a.png";
+    bad.has_error_code = 1;
+    bad.error_code = FACEMILL__ERROR_CODE__ERROR_UNSUPPORTED;
+    bad.error_text = "not a JPEG (PNG)";
+
+    Facemill__Result none = FACEMILL__RESULT__INIT;
+    none.job_id = "job-c";
+    none.source = "c.jpg";
+    none.has_width = none.has_height = 1;
+    none.width = none.height = 8;
+
+    Facemill__Result noid = FACEMILL__RESULT__INIT;
+
+    int ins = -1, failed = -1;
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &ok, 1000, &ins, &failed, &e) == FM_OK && ins == 1 && failed == 0);
+    CHECK(fm_results_put(r, &bad, 1000, &ins, &failed, &e) == FM_OK && ins == 1 && failed == 1);
+    CHECK(fm_results_put(r, &none, 1000, &ins, &failed, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_put(r, &noid, 1000, &ins, &failed, &e) == FM_ERR_INVALID);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+
+    /* A duplicate changes nothing and reports the stored row's outcome. */
+    Facemill__Result dup = bad;
+    dup.has_error_code = 0;
+    dup.error_text = NULL;
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &dup, 2000, &ins, &failed, &e) == FM_OK && ins == 0 && failed == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+
+    /* A rolled-back insert leaves no trace. */
+    Facemill__Result gone = none;
+    gone.job_id = "job-rolled-back";
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &gone, 3000, &ins, NULL, &e) == FM_OK && ins == 1);
+    fm_results_rollback(r);
+
+    int found = -1;
+    CHECK(fm_results_lookup(r, "job-b", &found, &failed, &e) == FM_OK && found == 1 &&
+          failed == 0);
+    CHECK(fm_results_lookup(r, "job-rolled-back", &found, NULL, &e) == FM_OK && found == 0);
+    int64_t n_img = 0, n_face = 0, n_fail = 0;
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK);
+    CHECK(n_img == 3 && n_face == 2 && n_fail == 1);
+
+    FILE *f = tmpfile();
+    CHECK(fm_results_export(r, f, FM_EXPORT_JSONL, 0, &e) == FM_OK);
+    char *text = slurp(f);
+    fclose(f);
+    const char *want =
+        "{\"job_id\":\"job-a\",\"source\":\"a.png\",\"sha256\":null,\"width\":null,"
+        "\"height\":null,\"model\":null,\"error\":{\"code\":2,\"name\":\"unsupported\","
+        "\"text\":\"not a JPEG (PNG)\"}}\n"
+        "{\"job_id\":\"job-b\",\"source\":\"b, \\\"quoted\\\".jpg\",\"sha256\":"
+        "\"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\","
+        "\"width\":640,\"height\":480,\"model\":\"m1\",\"faces\":["
+        "{\"box\":[10,11,12,13],\"score\":0.875,\"landmarks\":[10,10.5,11,11.5,12,12.5,13,"
+        "13.5,14,14.5],\"age\":31.5,\"age_std\":4.25,\"gender\":\"female\",\"gender_probs\":"
+        "[0.25,0.75],\"race\":\"Asian\",\"race_probs\":[0.1,0.1,0.6,0.1,0.1]},"
+        "{\"box\":[100,101,102,103],\"score\":0.875,\"landmarks\":[100,100.5,101,101.5,102,"
+        "102.5,103,103.5,104,104.5],\"age\":null,\"age_std\":null,\"gender\":null,"
+        "\"gender_probs\":null,\"race\":null,\"race_probs\":null}]}\n"
+        "{\"job_id\":\"job-c\",\"source\":\"c.jpg\",\"sha256\":null,\"width\":8,\"height\":8,"
+        "\"model\":null,\"faces\":[]}\n";
+    CHECK_MSG(text && strcmp(text, want) == 0, "JSONL export:\n%s", text ? text : "(null)");
+    free(text);
+
+    f = tmpfile();
+    CHECK(fm_results_export(r, f, FM_EXPORT_CSV, 0, &e) == FM_OK);
+    text = slurp(f);
+    fclose(f);
+    CHECK(text && strncmp(text, "job_id,source,sha256,width,height,model,error_code,", 51) == 0);
+    int lines = 0;
+    for (const char *p = text; p && *p; p++)
+        lines += *p == '\n';
+    CHECK_MSG(lines == 5, "CSV lines %d:\n%s", lines, text ? text : "");
+    CHECK(text && strstr(text, "job-a,a.png,,,,,2,unsupported,not a JPEG (PNG),,,"));
+    CHECK(text && strstr(text, "job-b,\"b, \"\"quoted\"\".jpg\",0001"));
+    CHECK(text && strstr(text, ",1,100,101,102,103,0.875,"));
+    CHECK(text && strstr(text, ",31.5,4.25,female,0.25,0.75,Asian,0.1,0.1,0.6,0.1,0.1\n"));
+    free(text);
+
+    f = tmpfile();
+    CHECK(fm_results_export(r, f, FM_EXPORT_JSONL, FM_EXPORT_TIMES, &e) == FM_OK);
+    text = slurp(f);
+    fclose(f);
+    CHECK(text && strstr(text, "\"times\":{\"read_ms\":null,") && strstr(text, "\"total_ms\":12.5}"));
+    free(text);
+    fm_results_close(&r);
+    CHECK(r == NULL);
+    fm_results_close(&r); /* NULL is fine */
+
+    /* Read-only reopen sees the same rows; writes are refused. */
+    CHECK(fm_results_open(&r, path, FM_RESULTS_READONLY, &e) == FM_OK);
+    if (r) {
+        CHECK(fm_results_count(r, &n_img, NULL, NULL, &e) == FM_OK && n_img == 3);
+        CHECK(fm_results_begin(r, &e) != FM_OK || fm_results_put(r, &gone, 1, NULL, NULL, &e) != FM_OK);
+        fm_results_close(&r);
+    }
+
+    /* Another SQLite database is not a results database; a newer schema is refused. */
+    char other[512];
+    snprintf(other, sizeof other, "%s/other.sqlite", tmpdir);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(other, &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db, "CREATE TABLE x(y)", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    CHECK(fm_results_open(&r, other, FM_RESULTS_READONLY, &e) == FM_ERR_FORMAT && !r);
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db, "UPDATE meta SET value = '2' WHERE key = 'schema_version'", NULL,
+                       NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    e.msg[0] = '\0';
+    CHECK(fm_results_open(&r, path, 0, &e) == FM_ERR_VERSION && !r);
+    CHECK_MSG(strstr(e.msg, "schema version 2"), "%s", e.msg);
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/no/such/dir/db", tmpdir);
+    CHECK(fm_results_open(&r, missing, 0, &e) == FM_ERR_IO && !r);
+}
+
+/* ---- the service --------------------------------------------------------------------- */
+
+#define N_JOBS 1500
+
+typedef struct sink_thread {
+    fm_sink *sink;
+    volatile sig_atomic_t stop;
+    fm_status rc;
+} sink_thread;
+
+static void *run_sink(void *arg)
+{
+    sink_thread *t = arg;
+    fm_error e = {0};
+    t->rc = fm_sink_run(t->sink, &t->stop, &e);
+    if (t->rc != FM_OK)
+        fprintf(stderr, "sink: %s\n", fm_error_text(&e));
+    return NULL;
+}
+
+static void send_result(void *push, const char *job_id, int n_faces)
+{
+    face_buf fb[3];
+    Facemill__Face *faces[3];
+    for (int i = 0; i < n_faces; i++) {
+        make_face(&fb[i], (float)(10 * i), i % 2 == 0);
+        faces[i] = &fb[i].face;
+    }
+    Facemill__Result res = FACEMILL__RESULT__INIT;
+    res.job_id = (char *)job_id;
+    res.tag = "svc";
+    res.source = (char *)job_id;
+    res.n_faces = (size_t)n_faces;
+    res.faces = faces;
+    Facemill__Envelope env;
+    fm_wire_envelope_init(&env);
+    env.body_case = FACEMILL__ENVELOPE__BODY_RESULT;
+    env.result = &res;
+    fm_error e = {0};
+    CHECK(fm_wire_send(push, NULL, &env, 0, &e) == FM_OK);
+}
+
+static void test_service(void)
+{
+    char db_path[512], results[512], commits[512];
+    snprintf(db_path, sizeof db_path, "%s/svc.sqlite", tmpdir);
+    snprintf(results, sizeof results, "ipc://%s/results", tmpdir);
+    snprintf(commits, sizeof commits, "ipc://%s/commits", tmpdir);
+    void *ctx = zmq_ctx_new();
+    fm_error e = {0};
+
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    CHECK(fm_wire_setup(router, 1 << 20, 0, &e) == FM_OK);
+    CHECK(zmq_bind(router, commits) == 0);
+
+    sink_thread t = {0};
+    fm_sink_opts o = {.db_path = db_path, .results = results, .commits = commits,
+                      .batch = 64, .batch_ms = 50, .heartbeat_ms = 100,
+                      .max_msg_size = 1 << 20, .name = "test-sink"};
+    CHECK(fm_sink_open(&t.sink, ctx, &o, &e) == FM_OK);
+    if (!t.sink) {
+        fprintf(stderr, "%s\n", fm_error_text(&e));
+        zmq_close(router);
+        zmq_ctx_term(ctx);
+        return;
+    }
+
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, run_sink, &t) == 0);
+
+    void *push = zmq_socket(ctx, ZMQ_PUSH);
+    CHECK(fm_wire_setup(push, 0, 5000, &e) == FM_OK);
+    CHECK(zmq_connect(push, results) == 0);
+
+    /* Garbage, a multi-frame message and another major version: dropped, logged. */
+    CHECK(zmq_send(push, "garbage!", 8, 0) == 8);
+    CHECK(zmq_send(push, "a", 1, ZMQ_SNDMORE) == 1 && zmq_send(push, "b", 1, 0) == 1);
+    {
+        Facemill__Result res = FACEMILL__RESULT__INIT;
+        res.job_id = "from-the-future";
+        Facemill__Envelope env;
+        fm_wire_envelope_init(&env);
+        env.version_major = FM_PROTOCOL_MAJOR + 1;
+        env.body_case = FACEMILL__ENVELOPE__BODY_RESULT;
+        env.result = &res;
+        CHECK(fm_wire_send(push, NULL, &env, 0, &e) == FM_OK);
+    }
+    /* Every job twice, the copies interleaved with later jobs. */
+    char id[64];
+    for (int i = 0; i < N_JOBS; i++) {
+        snprintf(id, sizeof id, "job-%05d", i);
+        send_result(push, id, i % 3);
+        if (i >= 10) {
+            snprintf(id, sizeof id, "job-%05d", i - 10);
+            send_result(push, id, (i - 10) % 3);
+        }
+    }
+    for (int i = N_JOBS - 10; i < N_JOBS; i++) {
+        snprintf(id, sizeof id, "job-%05d", i);
+        send_result(push, id, i % 3);
+    }
+
+    /* The broker's side: every commit must name a job whose row is already durable. */
+    sqlite3 *reader = NULL;
+    CHECK(sqlite3_open_v2(db_path, &reader, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+    sqlite3_busy_timeout(reader, 5000);
+    sqlite3_stmt *q = NULL;
+    CHECK(sqlite3_prepare_v2(reader, "SELECT count(*) FROM images WHERE job_id = ?", -1, &q,
+                             NULL) == SQLITE_OK);
+    static unsigned char committed[N_JOBS];
+    int distinct = 0, entries = 0, heartbeats = 0, not_durable = 0, unknown = 0;
+    int64_t deadline = fm_wire_now_ms() + 30000;
+    while ((distinct < N_JOBS || heartbeats == 0) && fm_wire_now_ms() < deadline) {
+        fm_wire_peer from;
+        Facemill__Envelope *env = NULL;
+        zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 200) <= 0)
+            continue;
+        if (fm_wire_recv(router, &from, &env, ZMQ_DONTWAIT, &e) != FM_OK)
+            continue;
+        if (env->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT) {
+            heartbeats++;
+            CHECK(env->heartbeat->name && strcmp(env->heartbeat->name, "test-sink") == 0);
+        } else if (env->body_case == FACEMILL__ENVELOPE__BODY_COMMIT) {
+            for (size_t k = 0; k < env->commit->n_entries; k++) {
+                const Facemill__CommitEntry *ce = env->commit->entries[k];
+                entries++;
+                int n = -1;
+                if (!ce->job_id || sscanf(ce->job_id, "job-%d", &n) != 1 || n < 0 ||
+                    n >= N_JOBS) {
+                    unknown++;
+                    continue;
+                }
+                CHECK(ce->has_failed && !ce->failed);
+                CHECK(ce->tag && strcmp(ce->tag, "svc") == 0);
+                sqlite3_reset(q);
+                sqlite3_bind_text(q, 1, ce->job_id, -1, SQLITE_TRANSIENT);
+                if (sqlite3_step(q) != SQLITE_ROW || sqlite3_column_int(q, 0) != 1)
+                    not_durable++;
+                if (!committed[n]) {
+                    committed[n] = 1;
+                    distinct++;
+                }
+            }
+        }
+        fm_wire_free(&env);
+    }
+    sqlite3_finalize(q);
+    CHECK_MSG(distinct == N_JOBS, "%d of %d jobs committed", distinct, N_JOBS);
+    CHECK(not_durable == 0);
+    CHECK(unknown == 0);
+    CHECK(heartbeats > 0);
+
+    /* Let the duplicates sent last be committed too, then stop. */
+    nanosleep(&(struct timespec){0, 300 * 1000 * 1000}, NULL);
+    t.stop = 1;
+    pthread_join(th, NULL);
+    CHECK(t.rc == FM_OK);
+    fm_sink_stats st;
+    fm_sink_get_stats(t.sink, &st);
+    CHECK_MSG(st.stored == N_JOBS, "stored %lld", (long long)st.stored);
+    CHECK_MSG(st.duplicates == N_JOBS, "duplicates %lld", (long long)st.duplicates);
+    CHECK_MSG(st.dropped == 3, "dropped %lld", (long long)st.dropped);
+    CHECK(st.received == 2 * N_JOBS);
+    CHECK(st.commits >= (N_JOBS * 2) / 64);
+    fm_sink_close(&t.sink);
+    CHECK(t.sink == NULL);
+    fm_sink_close(&t.sink);
+
+    sqlite3_stmt *c = NULL;
+    CHECK(sqlite3_prepare_v2(reader,
+                             "SELECT count(*), count(DISTINCT job_id), (SELECT count(*) FROM "
+                             "faces), (SELECT sum(n_faces) FROM images) FROM images",
+                             -1, &c, NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(c) == SQLITE_ROW);
+    CHECK(sqlite3_column_int(c, 0) == N_JOBS && sqlite3_column_int(c, 1) == N_JOBS);
+    CHECK(sqlite3_column_int(c, 2) == N_JOBS && sqlite3_column_int(c, 3) == N_JOBS);
+    sqlite3_finalize(c);
+    CHECK(sqlite3_prepare_v2(reader, "PRAGMA journal_mode", -1, &c, NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(c) == SQLITE_ROW &&
+          strcmp((const char *)sqlite3_column_text(c, 0), "wal") == 0);
+    sqlite3_finalize(c);
+    sqlite3_close(reader);
+
+    zmq_close(push);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/fm_test_sink.XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_database();
+    test_service();
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+    return fm_test_done("test_sink");
+}

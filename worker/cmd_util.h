@@ -1,0 +1,39 @@
+/* cmd_util.h - small helpers the labelling subcommands (predict, train, eval) share:
+ * option matching, listing a folder of labelled images, printing a pipeline result
+ * as JSON, a monotonic clock. Program code, not part of libfacemill. */
+#ifndef FACEMILL_CMD_UTIL_H
+#define FACEMILL_CMD_UTIL_H
+
+#include "facemill/eval.h"
+#include "facemill/json.h"
+#include "facemill/pipeline.h"
+
+/* Matches "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past the value.
+ * Returns 1 on a match (value in *val), 0 when argv[*i] is another argument, -1 when
+ * the value is missing. */
+int fm_cmd_take_opt(int argc, char **argv, int *i, const char *name, const char **val);
+
+/* Milliseconds of CLOCK_MONOTONIC. */
+double fm_cmd_now_ms(void);
+
+/* A folder of UTKFace-named images: paths (DIR/NAME, sorted by name) and labels. */
+typedef struct fm_utk_list {
+    int n;
+    char **paths;         /* n, owned */
+    fm_utk_label *labels; /* n, owned */
+    int skipped;          /* entries whose names do not parse (not listed) */
+} fm_utk_list;
+
+/* Lists the regular files of dir whose names end in .jpg or .jpeg (any case) and
+ * parse as UTKFace names; others ending so are counted in skipped. On success the
+ * caller owns *out (fm_utk_list_free). FM_ERR_IO when dir cannot be read. */
+fm_status fm_utk_list_dir(const char *dir, fm_utk_list *out, fm_error *err);
+void fm_utk_list_free(fm_utk_list *l);
+
+/* Writes one image's result as a JSON object (no newline): path, width, height,
+ * faces [{box, score, landmarks, and when attributes exist: age, age_std, gender,
+ * gender_probs, race, race_probs}], times_ms; or {path, error: {code, message}}. */
+void fm_cmd_json_result(fm_json *j, const char *path, const fm_image_result *r,
+                        const fm_heads *h);
+
+#endif
