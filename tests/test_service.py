@@ -290,8 +290,11 @@ def case_slowdown(c, a):
     make_images(a.bin, os.path.join(c.dir, "in"), 300)
     c.sink()
     c.broker({"broker.max_queue": "8"})
-    c.worker("worker", processes=2)
+    # No worker yet: the queue must fill to its bound, so SlowDown is certain to be
+    # sent whatever the machine's speed; workers then drain it.
     p = c.submit([os.path.join(c.dir, "in")], "slow", {"client.chunk": "4"})
+    time.sleep(1.0)
+    c.worker("worker", processes=2)
     check(finish_submit(c, p, 120) == 0, "submit exits 0 against a queue bound of 8")
     with open(os.path.join(c.dir, "submit.log"), "rb") as f:
         log = f.read()
