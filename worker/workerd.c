@@ -17,11 +17,7 @@
 #include "facemill/nn.h"
 #include "facemill/sha256.h"
 #include "facemill/wire.h"
-#ifdef FM_HAVE_PIPELINE
 #include "facemill/pipeline.h"
-#else
-#include "facemill/detect.h"
-#endif
 
 #include <zmq.h>
 
@@ -71,14 +67,9 @@ typedef struct compute {
     int cap;        /* most jobs per batch (the credit) */
     int max_faces;
     fm_decoder *decoder; /* decode-only, and detection without the pipeline */
-#ifdef FM_HAVE_PIPELINE
     fm_pipeline *pipeline;
     fm_pipeline_input *in;
     fm_image_result *res;
-#else
-    fm_detector *detector;
-    fm_face *faces;
-#endif
     size_t max_bytes;
     uint8_t **files;     /* per slot: bytes of path jobs, reused */
     size_t *file_caps;
@@ -96,14 +87,9 @@ typedef struct compute {
 static void compute_close(compute *c)
 {
     fm_decoder_destroy(&c->decoder);
-#ifdef FM_HAVE_PIPELINE
     fm_pipeline_close(&c->pipeline);
     free(c->in);
     free(c->res);
-#else
-    fm_detector_close(&c->detector);
-    free(c->faces);
-#endif
     for (int i = 0; c->files && i < c->cap; i++)
         free(c->files[i]);
     free(c->files);
@@ -151,7 +137,6 @@ static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int dec
     }
     if ((st = fm_nn_set_threads((int)cfg->engine.threads, err)) != FM_OK)
         goto fail;
-#ifdef FM_HAVE_PIPELINE
     fm_pipeline_opts popts = {.max_images = cap};
     c->in = calloc((size_t)cap, sizeof *c->in);
     c->res = calloc((size_t)cap, sizeof *c->res);
@@ -164,20 +149,6 @@ static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int dec
     snprintf(c->model, sizeof c->model, "mtcnn + %s%s",
              fm_pipeline_backbone_identity(c->pipeline),
              fm_pipeline_heads(c->pipeline) ? " + heads" : "");
-#else
-    fm_detect_opts o;
-    fm_detect_opts_from_config(&o, cfg);
-    dopts.target_side = o.max_side;
-    c->faces = calloc((size_t)c->max_faces, sizeof *c->faces);
-    if (!c->faces) {
-        st = fm_error_set(err, FM_ERR_NOMEM, "worker buffers");
-        goto fail;
-    }
-    if ((st = fm_decoder_new(&c->decoder, &dopts, err)) != FM_OK ||
-        (st = fm_detector_open(&c->detector, cfg->models.dir, &o, err)) != FM_OK)
-        goto fail;
-    snprintf(c->model, sizeof c->model, "mtcnn (detection only)");
-#endif
     return FM_OK;
 fail:
     compute_close(c);
@@ -317,7 +288,6 @@ static fm_status run_batch(compute *c, Facemill__Job **jobs, int n, fm_error *er
         t->read_ms = (float)read_ms[i];
     }
     size_t used = 0; /* face slots */
-#ifdef FM_HAVE_PIPELINE
     if (!c->decode_only) {
         int m = 0, map[n > 0 ? n : 1];
         for (int i = 0; i < n; i++)
@@ -366,13 +336,9 @@ static fm_status run_batch(compute *c, Facemill__Job **jobs, int n, fm_error *er
             t->heads_ms = (float)ir->times.heads_ms;
         }
     }
-#endif
     for (int i = 0; i < n; i++) {
         Facemill__Result *r = &c->out[i];
         if (pre[i] == FM_OK && (c->decode_only
-#ifndef FM_HAVE_PIPELINE
-                                || 1
-#endif
                                 )) {
             fm_image img;
             fm_error e = {0};
@@ -387,25 +353,6 @@ static fm_status run_batch(compute *c, Facemill__Job **jobs, int n, fm_error *er
                 r->has_width = r->has_height = 1;
                 r->width = (uint32_t)img.orig_w;
                 r->height = (uint32_t)img.orig_h;
-#ifndef FM_HAVE_PIPELINE
-                if (!c->decode_only) {
-                    int nf = 0;
-                    fm_detect_times dt;
-                    t0 = now_ms_f();
-                    if ((st = fm_detect(c->detector, &img, c->faces, c->max_faces, &nf, &dt,
-                                        err)) != FM_OK)
-                        return st;
-                    r->times->has_detect_ms = 1;
-                    r->times->detect_ms = (float)(now_ms_f() - t0);
-                    if (jobs[i]->options && jobs[i]->options->has_max_faces &&
-                        (int)jobs[i]->options->max_faces < nf)
-                        nf = (int)jobs[i]->options->max_faces;
-                    r->faces = &c->pfp[used];
-                    r->n_faces = (size_t)nf;
-                    for (int f = 0; f < nf; f++)
-                        put_face(c, used++, &c->faces[f], NULL, NULL, NULL, NULL);
-                }
-#endif
             }
         }
         if (pre[i] != FM_OK) {
