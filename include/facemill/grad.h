@@ -1,0 +1,128 @@
+/* grad.h - backward passes of the engine's operations (include/facemill/nn.h), for
+ * training: given an operation's inputs and the gradient of a loss with respect to
+ * its output (dy), they compute the gradients with respect to its inputs and
+ * parameters.
+ *
+ * Why it exists: facemill fine-tunes its backbone and trains its heads in C over
+ * OpenBLAS, with the same tensors and arena as inference. A trainer (worker/train_*.c)
+ * runs the forward operations keeping the activations a backward pass needs, then
+ * calls these in reverse order.
+ *
+ * Conventions (in addition to nn.h's):
+ *  - Every gradient output is ACCUMULATED: dx += ..., dw += .... The caller zeroes a
+ *    gradient once before the first contribution. This makes residual connections
+ *    (two paths into one tensor) and mini-batches split into steps free.
+ *  - A gradient output may be NULL when it is not wanted (the first layer needs no
+ *    dx; a frozen layer needs no dw): the work for it is skipped.
+ *  - A gradient has the shape of what it is the gradient of; every shape is checked
+ *    (FM_ERR_INVALID with a message naming the operation and operands).
+ *  - Gradient outputs must not overlap any input (x, w, dy) nor each other.
+ *  - Scratch comes from the arena as in nn.h (mark/reset inside the call); a measuring
+ *    arena validates shapes, counts scratch and touches no data.
+ * Each operation is checked against central finite differences in tests/test_grad.c.
+ */
+#ifndef FACEMILL_GRAD_H
+#define FACEMILL_GRAD_H
+
+#include "facemill/nn.h"
+#include "facemill/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Convolution y = conv(x, w) + bias under p (fm_nn_conv2d), groups == 1 only
+ * (FM_ERR_UNSUPPORTED otherwise).
+ *   x   [N, C, H, W] the forward input;  w [CO, C, KH, KW] the forward weights.
+ *   dy  [N, CO, OH, OW] gradient of the output.
+ *   dx  NULL or [N, C, H, W]:       dx += conv_transpose(dy, w)
+ *   dw  NULL or w's shape:          dw += sum over images of dy (x) im2col(x)
+ *   db  NULL or CO floats:          db += sum of dy over N, OH, OW
+ * Scratch: the im2col columns of one image (C*KH*KW x OH*OW floats) and, when dx is
+ * wanted, a buffer of the same size for the column gradient. */
+fm_status fm_nn_conv2d_backward(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                                const fm_conv2d_params *p, const fm_tensor *dy,
+                                fm_tensor *dx, fm_tensor *dw, fm_tensor *db,
+                                fm_error *err);
+
+/* Max pooling (fm_nn_maxpool2d): each dy element is added to the input pixel that was
+ * the window's maximum (the first one in row-major window order on ties, as the
+ * forward pass finds it). x is the forward input, dx has its shape. No scratch. */
+fm_status fm_nn_maxpool2d_backward(fm_arena *a, const fm_tensor *x,
+                                   const fm_pool2d_params *p, const fm_tensor *dy,
+                                   fm_tensor *dx, fm_error *err);
+
+/* Average pooling (fm_nn_avgpool2d, same divisor rules): each dy element is spread
+ * evenly over the input pixels of its window. dx [N, C, H, W] is the forward input's
+ * shape (its data is accumulated into; x itself is not needed). No scratch. */
+fm_status fm_nn_avgpool2d_backward(fm_arena *a, const fm_pool2d_params *p,
+                                   const fm_tensor *dy, fm_tensor *dx, fm_error *err);
+
+/* Global average pooling: dx[n, c, :, :] += dy[n, c] / (H * W). dy is [N, C, 1, 1]. */
+fm_status fm_nn_global_avgpool_backward(fm_arena *a, const fm_tensor *dy, fm_tensor *dx,
+                                        fm_error *err);
+
+/* Dense y = x W^T + b (fm_nn_dense).
+ *   x [N, ...] (IN values per row), w [OUT, ...], dy [N, OUT, 1, 1].
+ *   dx NULL or x's shape:  dx += dy W;   dw NULL or w's shape: dw += dy^T x;
+ *   db NULL or OUT floats: db += column sums of dy. No scratch. */
+fm_status fm_nn_dense_backward(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                               const fm_tensor *dy, fm_tensor *dx, fm_tensor *dw,
+                               fm_tensor *db, fm_error *err);
+
+/* Per-channel affine y = x * scale[c] + shift[c] (fm_nn_scale_shift; scale NULL = 1).
+ *   dx NULL or x's shape: dx += dy * scale[c];
+ *   dscale NULL or C floats: dscale[c] += sum dy * x over channel c (x needed);
+ *   dshift NULL or C floats: dshift[c] += sum dy over channel c. */
+fm_status fm_nn_scale_shift_backward(fm_arena *a, const fm_tensor *x,
+                                     const fm_tensor *scale, const fm_tensor *dy,
+                                     fm_tensor *dx, fm_tensor *dscale, fm_tensor *dshift,
+                                     fm_error *err);
+
+/* ReLU: dx += dy where y > 0. y is the forward OUTPUT (or its input: the sign test is
+ * the same), which lets the forward pass run in place. */
+fm_status fm_nn_relu_backward(fm_arena *a, const fm_tensor *y, const fm_tensor *dy,
+                              fm_tensor *dx, fm_error *err);
+
+/* LeakyReLU with slope alpha >= 0: dx += dy where y > 0, alpha * dy elsewhere. y is
+ * the forward output or input (same sign for alpha > 0; for alpha == 0 as ReLU). */
+fm_status fm_nn_leaky_relu_backward(fm_arena *a, const fm_tensor *y, float alpha,
+                                    const fm_tensor *dy, fm_tensor *dx, fm_error *err);
+
+/* PReLU (fm_nn_prelu) with slope of C or 1 elements. x is the forward INPUT.
+ *   dx NULL or x's shape: dx += dy where x > 0, slope * dy elsewhere;
+ *   dslope NULL or slope's shape: dslope += sum of dy * x where x <= 0 (per channel, or
+ *   over everything for a shared slope). */
+fm_status fm_nn_prelu_backward(fm_arena *a, const fm_tensor *x, const fm_tensor *slope,
+                               const fm_tensor *dy, fm_tensor *dx, fm_tensor *dslope,
+                               fm_error *err);
+
+/* Residual add y = x + s * r: dx += dy (NULL to skip), dr += s * dy (NULL to skip).
+ * dx, dr and dy have one shape. */
+fm_status fm_nn_add_backward(fm_arena *a, const fm_tensor *dy, float s, fm_tensor *dx,
+                             fm_tensor *dr, fm_error *err);
+
+/* Channel zero-padding (fm_nn_channel_pad): dx += dy[:, :dx.c]. */
+fm_status fm_nn_channel_pad_backward(fm_arena *a, const fm_tensor *dy, fm_tensor *dx,
+                                     fm_error *err);
+
+/* Softmax cross-entropy of logits [N, K, 1, 1] against target distributions
+ * (N x K floats, each row non-negative and summing to 1: a one-hot label or a smoothed
+ * one, see fm_nn_gaussian_target), weighted per image by weight[n] (NULL = 1):
+ *   loss = scale * sum_n weight[n] * (-sum_k target[n,k] * log softmax(logits[n])_k)
+ *   dlogits (NULL or logits' shape) += scale * weight[n] * (softmax(logits[n]) - target[n])
+ * Stable for any finite logits (log-sum-exp). *loss (not NULL) is set, not accumulated.
+ * probs (NULL or N x K floats) receives the softmax. No scratch. */
+fm_status fm_nn_softmax_xent(fm_arena *a, const fm_tensor *logits, const float *target,
+                             const float *weight, float scale, double *loss,
+                             fm_tensor *dlogits, float *probs, fm_error *err);
+
+/* Writes the label distribution of a discrete target centred on mu over k classes
+ * 0..k-1: p_i proportional to exp(-(i - mu)^2 / (2 sigma^2)), normalised to sum 1.
+ * sigma <= 0 gives a one-hot at round(mu) (clamped to 0..k-1). k >= 1. */
+void fm_nn_gaussian_target(int k, double mu, double sigma, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
