@@ -31,13 +31,8 @@
 #define EMBED_DIM 128
 #define POOLED_DIM 256
 
-typedef struct block_spec {
-    const char *name;
-    int cin, cout;
-    int down; /* 1: conv1 is 3x3 stride 2 unpadded and the shortcut is a 2x2 average */
-} block_spec;
-
-static const block_spec blocks[] = {
+/* The residual blocks in order (shared with the fine-tuner, worker/train_backbone.c). */
+const fm_dlib_block fm_dlib_blocks[FM_DLIB_BLOCKS] = {
     {"conv32_1", 32, 32, 0},        {"conv32_2", 32, 32, 0},
     {"conv32_3", 32, 32, 0},        {"conv64_down", 32, 64, 1},
     {"conv64_1", 64, 64, 0},        {"conv64_2", 64, 64, 0},
@@ -47,7 +42,7 @@ static const block_spec blocks[] = {
     {"conv256_2", 256, 256, 0},     {"conv256_down_out", 256, 256, 1},
 };
 
-#define N_BLOCKS ((int)(sizeof blocks / sizeof blocks[0]))
+#define N_BLOCKS FM_DLIB_BLOCKS
 
 typedef struct conv_layer {
     fm_tensor w; /* [O, I, K, K], mapped from the model (read only) */
@@ -101,11 +96,12 @@ static fm_status dlib_bind(const fm_model *m, void **state, int dims[FM_BACKBONE
         goto fail;
     for (int i = 0; i < N_BLOCKS; i++) {
         char prefix[96];
-        snprintf(prefix, sizeof prefix, "%s.conv1", blocks[i].name);
-        if ((st = bind_conv(m, prefix, blocks[i].cout, blocks[i].cin, 3, &s->conv1[i], err)))
+        const fm_dlib_block *b = &fm_dlib_blocks[i];
+        snprintf(prefix, sizeof prefix, "%s.conv1", b->name);
+        if ((st = bind_conv(m, prefix, b->cout, b->cin, 3, &s->conv1[i], err)))
             goto fail;
-        snprintf(prefix, sizeof prefix, "%s.conv2", blocks[i].name);
-        if ((st = bind_conv(m, prefix, blocks[i].cout, blocks[i].cout, 3, &s->conv2[i], err)))
+        snprintf(prefix, sizeof prefix, "%s.conv2", b->name);
+        if ((st = bind_conv(m, prefix, b->cout, b->cout, 3, &s->conv2[i], err)))
             goto fail;
     }
     const uint64_t fc_dims[2] = {EMBED_DIM, POOLED_DIM};
@@ -182,7 +178,7 @@ static fm_status add_padded(fm_arena *a, fm_tensor *y, const fm_tensor *r, fm_er
 static fm_status run_block(fm_arena *a, const dlib_state *s, int i, const fm_tensor *x,
                            fm_tensor *y, fm_error *err)
 {
-    const block_spec *b = &blocks[i];
+    const fm_dlib_block *b = &fm_dlib_blocks[i];
     const fm_conv2d_params same = fm_conv2d_sym(1, 1);
     const fm_conv2d_params down = fm_conv2d_sym(2, 0);
     fm_tensor t1, t2;
@@ -239,7 +235,7 @@ static fm_status dlib_forward(void *state, fm_arena *a, const fm_tensor *x,
     cur = next;
     for (int i = 0; i < N_BLOCKS; i++) {
         if ((st = run_block(a, s, i, &cur, &next, err)) || (st = settle(a, base, &next, err))) {
-            fm_error_prefix(err, "dlib_resnet: %s", blocks[i].name);
+            fm_error_prefix(err, "dlib_resnet: %s", fm_dlib_blocks[i].name);
             return st;
         }
         cur = next;

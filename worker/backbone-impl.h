@@ -26,6 +26,17 @@ typedef struct fm_arch_ops {
                          fm_tensor *out[FM_BACKBONE_OUTPUT_COUNT], fm_error *err);
 } fm_arch_ops;
 
+/* dlib ResNet's residual blocks (worker/arch_dlib_resnet.c): name, input and output
+ * channels, and whether the block halves the resolution (3x3 stride-2 unpadded
+ * convolution; shortcut 2x2 average pool, zero channels up to cout). */
+typedef struct fm_dlib_block {
+    const char *name;
+    int cin, cout;
+    int down;
+} fm_dlib_block;
+#define FM_DLIB_BLOCKS 14
+extern const fm_dlib_block fm_dlib_blocks[FM_DLIB_BLOCKS];
+
 /* The architectures, one per worker/arch_NAME.c, listed in backbone.c's table. */
 extern const fm_arch_ops fm_arch_dlib_resnet;
 extern const fm_arch_ops fm_arch_facenet_irv1;

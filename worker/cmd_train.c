@@ -337,6 +337,11 @@ static int parse_num(const char *s, double lo, double hi, double *out)
 
 int fm_cmd_train(int argc, char **argv)
 {
+    int frozen = 0;
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        frozen |= strcmp(argv[i], "--freeze") == 0;
+    if (!frozen)
+        return fm_cmd_finetune(argc, argv); /* cmd_finetune.c */
     for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);

@@ -11,6 +11,7 @@ int fm_cmd_model(int argc, char **argv); /* cmd_model.c: info, verify */
 int fm_cmd_config(int argc, char **argv); /* cmd_config.c: show the configuration */
 int fm_cmd_detect(int argc, char **argv); /* cmd_detect.c: faces and landmarks */
 int fm_cmd_train(int argc, char **argv); /* cmd_train.c: train the attribute heads */
+int fm_cmd_finetune(int argc, char **argv); /* cmd_finetune.c: train without --freeze */
 int fm_cmd_predict(int argc, char **argv); /* cmd_predict.c: faces and attributes */
 int fm_cmd_eval(int argc, char **argv); /* cmd_eval.c: metrics on labelled images */
 int fm_cmd_export(int argc, char **argv); /* broker/cmd_export.c: results to JSONL/CSV */

@@ -1,0 +1,188 @@
+/* finetune.h - fine-tuning the dlib ResNet backbone jointly with the attribute heads,
+ * in C over the engine's forward (nn.h) and backward (grad.h) operations.
+ *
+ * Why it exists: heads trained on frozen features stop short of what the task allows
+ * (the backbone was trained to tell people apart, not to see age, gender and
+ * ethnicity); the backbone has to learn the task. `facemill train` without --freeze
+ * (worker/cmd_train.c) finds the faces, then calls this.
+ *
+ * The network: the backbone of the base model (architecture dlib_resnet) up to its
+ * globally pooled 256-d features, then one shared dense layer with LeakyReLU (and
+ * dropout while training), then age (117-way), gender (2) and ethnicity (5) dense
+ * heads: the layout heads.h reads, so the result runs in the production pipeline as a
+ * backbone file plus a heads file. Blocks before train_from stay frozen (they run
+ * forward only, nothing is kept for them); the rest keep their activations for the
+ * backward pass. Loss per face: cross-entropy of the age head against a Gaussian
+ * target centred on the true age (label distribution learning) times age_weight, plus
+ * the cross-entropies of gender and ethnicity.
+ *
+ * Inputs are aligned on the fly from the decoded photo and its five landmarks, the way
+ * the pipeline aligns (the mirror view is the mirror-refitted alignment, as at
+ * prediction time), with a random flip, a small jitter of the alignment (shift, scale,
+ * rotation) and brightness/contrast changes.
+ *
+ * Optimiser: AdamW (decoupled weight decay on weights, not biases) or SGD with
+ * momentum, separate learning rates for backbone and heads, linear warm-up then
+ * cosine decay or step decay, per step. After each epoch the validation set is scored
+ * (face and mirror image averaged, as heads.flip does); the best epoch by validation
+ * loss is kept, and training stops after `patience` epochs without improvement.
+ *
+ * Deterministic for a seed with one OpenBLAS thread: the epoch's order and every
+ * augmentation are functions of (seed, epoch, position), so a run resumed from a
+ * checkpoint continues exactly as the uninterrupted run would have.
+ *
+ * Memory: one arena sized once (by a measuring run) for a training step of `batch`
+ * faces holds the input, every kept activation and every activation gradient.
+ */
+#ifndef FACEMILL_FINETUNE_H
+#define FACEMILL_FINETUNE_H
+
+#include "facemill/eval.h"
+#include "facemill/model.h"
+#include "facemill/status.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One training or validation photo: decoded RGB pixels (not owned), the five
+ * landmarks of its face in those pixels' coordinates, and its labels. */
+typedef struct fm_ft_image {
+    const uint8_t *rgb;
+    int w, h;
+    size_t stride;
+    float landmarks[10];
+    fm_utk_label label;
+} fm_ft_image;
+
+typedef struct fm_ft_set {
+    int n;
+    const fm_ft_image *images;
+} fm_ft_set;
+
+typedef enum fm_ft_optimizer { FM_FT_ADAMW = 0, FM_FT_SGD = 1 } fm_ft_optimizer;
+typedef enum fm_ft_schedule { FM_FT_COSINE = 0, FM_FT_STEP = 1 } fm_ft_schedule;
+
+/* The backbone's blocks, in order: -1 is the stem (7x7 convolution), 0..13 the
+ * residual blocks conv32_1 .. conv256_down_out; 14 means the heads only. */
+#define FM_FT_STEM (-1)
+#define FM_FT_BLOCKS 14
+
+/* Index of a block by name ("stem", "conv32_1", ..., "conv256_down_out", "heads"),
+ * or -2 for an unknown name. */
+int fm_ft_block_index(const char *name);
+/* Name of block i (-1..14); "?" out of range. */
+const char *fm_ft_block_name(int i);
+
+/* What happened; passed to the progress callback during an epoch (every
+ * progress_steps steps, epoch_end 0) and after each epoch's validation (epoch_end 1). */
+typedef struct fm_ft_progress {
+    int epoch, max_epochs;       /* 1-based */
+    long step, total_steps;      /* optimiser steps done, planned */
+    int epoch_end;
+    double lr_backbone, lr_heads;
+    double train_loss;           /* mean over the epoch's steps so far */
+    double val_loss, val_age_mae, val_age_rmse, val_gender_acc, val_race_acc;
+    int best_epoch;              /* 0 until an epoch was validated */
+    double elapsed_s, eta_s;     /* since this call started; remaining estimate */
+} fm_ft_progress;
+
+typedef struct fm_ft_opts {
+    int train_from;              /* first trained block, FM_FT_STEM..FM_FT_BLOCKS */
+    int batch;                   /* faces per step, >= 1 */
+    int max_epochs, patience;
+    fm_ft_optimizer optimizer;
+    double lr_backbone, lr_heads;
+    double weight_decay;         /* decoupled, on weights only */
+    double momentum;             /* SGD */
+    fm_ft_schedule schedule;
+    double warmup_epochs;        /* linear warm-up from 0, in epochs (fractions allowed) */
+    double min_lr_ratio;         /* cosine floor as a share of the peak */
+    double step_epochs, step_gamma; /* step schedule: times gamma every step_epochs */
+    int hidden;                  /* width of the shared layer, >= 1 */
+    float leaky_alpha;
+    double dropout;              /* on the shared layer's output, 0..0.95 */
+    double age_sigma, age_weight;
+    /* augmentation */
+    int flip;                    /* 1: half the faces are the mirror view */
+    double shift_px, scale_jitter, rotate_deg; /* uniform in +-value */
+    double brightness, contrast; /* pixel offset +-brightness, gain 1 +- contrast */
+    uint64_t seed;
+    /* checkpoints: a file written atomically every checkpoint_steps steps (0: only
+     * after each epoch) and read at the start of fm_finetune_run when it exists and
+     * was made with the same options and data; NULL: none */
+    const char *checkpoint;
+    int checkpoint_steps;
+    long stop_after_steps;       /* > 0: return FM_ERR_INTERRUPTED after this many steps
+                                    of this call, a checkpoint written (tests, budgets) */
+    volatile const int *stop;    /* not NULL and *stop != 0: checkpoint and return
+                                    FM_ERR_INTERRUPTED at the next step (signals) */
+    int progress_steps;          /* 0: callback at epoch ends only */
+    void (*progress)(void *ctx, const fm_ft_progress *p);
+    void *ctx;
+} fm_ft_opts;
+
+/* Defaults: train_from conv128_down, batch 32, 6 epochs, patience 3, AdamW, lr 2e-4
+ * (backbone) and 1e-3 (heads), weight decay 1e-4 (momentum 0.9 for SGD), cosine with
+ * 0.3 epochs of warm-up to a floor of 1%, step 2 epochs x 0.1, hidden 256, alpha 0.1,
+ * dropout 0.3, age sigma 2 and weight 1, flip on, shift 4 px, scale 0.05, rotation
+ * 5 degrees, brightness 16, contrast 0.15, seed 1, checkpoints every 200 steps. */
+void fm_ft_opts_defaults(fm_ft_opts *o);
+
+typedef struct fm_finetune fm_finetune;
+
+/* Starts from base (architecture dlib_resnet; it must stay open while ft lives):
+ * copies its weights, reads its input size, normalisation and alignment template,
+ * and initialises the heads (He-uniform weights, zero biases, from the seed). Sizes
+ * the arena for o->batch faces. *out is owned by the caller (fm_finetune_free). */
+fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_opts *o,
+                          fm_error *err);
+void fm_finetune_free(fm_finetune **ft);
+
+/* Trains on train (n >= batch) and validates on val (n >= 1), resuming from the
+ * checkpoint when there is a matching one. On success the best epoch's weights are
+ * the ones the writers below write, and best (may be NULL) holds its figures.
+ * FM_ERR_INTERRUPTED when stopped early (stop_after_steps, *stop): the checkpoint
+ * holds the state, a later call resumes. data_id names the data (e.g. a hash of the
+ * file names) so a checkpoint of other data is not resumed. */
+fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_set *val,
+                          const char *data_id, fm_ft_progress *best, fm_error *err);
+
+/* Adds the backbone's tensors (the kept weights, every tensor the base has) to w.
+ * The caller adds the metadata (see fm_finetune_copy_meta and the lineage keys in
+ * models/DLIB_RESNET.md). */
+fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
+                                     fm_error *err);
+
+/* Adds the base model's metadata to w except the keys listed in skip (NULL-ended). */
+fm_status fm_finetune_copy_meta(const fm_model *base, const char *const *skip,
+                                fm_model_writer *w, fm_error *err);
+
+/* Adds the heads' tensors (feat.mean 0, feat.std 1, shared.0, age, gender, race) and
+ * heads.leaky_alpha, heads.fallback_age (mean training age) to w. The caller adds
+ * general.*, heads.backbone, heads.feature ("pooled"), heads.flip and labels.*. */
+fm_status fm_finetune_write_heads(const fm_finetune *ft, fm_model_writer *w,
+                                  fm_error *err);
+
+/* For tests: the loss of n (1..batch) normalised inputs x [n, 3, H, W] with labels,
+ * and with want_grad the gradient of every trained parameter (dropout off). params
+ * and grads point at the flat parameter and gradient vectors (count floats) and
+ * trained_from is the first trained element (parameters before it are frozen). */
+fm_status fm_finetune_loss(fm_finetune *ft, const float *x, const fm_utk_label *labels,
+                           int n, int want_grad, double *loss, fm_error *err);
+float *fm_finetune_params(fm_finetune *ft, size_t *count, size_t *trained_from);
+const float *fm_finetune_grads(const fm_finetune *ft);
+/* For tests: the pooled backbone features (n x 256) of n (1..batch) normalised inputs
+ * x [n, 3, H, W] with the current weights. */
+fm_status fm_finetune_pooled(fm_finetune *ft, const float *x, int n, float *out,
+                             fm_error *err);
+/* The input size the backbone takes. */
+void fm_finetune_input_size(const fm_finetune *ft, int *h, int *w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

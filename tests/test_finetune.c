@@ -1,0 +1,423 @@
+/* test_finetune.c - the backbone fine-tuner (worker/train_backbone.c) on the real dlib
+ * ResNet weights (models/cache/dlib_resnet.fmm, made by models/fetch):
+ *   - the trainer's forward graph gives the production backbone's pooled features;
+ *   - gradients of the whole graph (heads and every kind of block, down to the stem)
+ *     agree with central finite differences of the loss;
+ *   - fine-tuning on a generated problem (synthetic faces whose "gender" is a stripe
+ *     pattern and whose "ethnicity" is a tint) converges: the loss falls and the
+ *     classes are learnt;
+ *   - a run interrupted after a few steps and resumed from its checkpoint ends with the
+ *     same weights, to the bit, as the uninterrupted run; a checkpoint made with other
+ *     options is not resumed; a damaged one is an error.
+ */
+#include "facemill/backbone.h"
+#include "facemill/finetune.h"
+#include "facemill/model.h"
+#include "facemill/nn.h"
+#include "fm_test.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char model_path[4200], tmpdir[4200];
+
+static uint64_t rs = 88172645463325252ull;
+static double urand(void) /* [0, 1) */
+{
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
+    return (double)(rs >> 11) / 9007199254740992.0;
+}
+
+/* ---- synthetic faces ------------------------------------------------------------- */
+
+enum { IMG = 200, NIMG = 48 };
+
+typedef struct synth {
+    uint8_t px[NIMG][IMG * IMG * 3];
+    fm_ft_image img[NIMG];
+} synth;
+
+/* A face-like picture: a skin ellipse tinted by race, dark eyes and mouth at the
+ * landmarks, and for gender 1 horizontal stripes across the forehead. Age follows
+ * gender and race so it is learnable too. */
+static void make_face(synth *s, int i)
+{
+    static const uint8_t tint[5][3] = {
+        {230, 190, 170}, {120, 80, 60}, {220, 200, 140}, {170, 120, 90}, {200, 160, 200}};
+    int gender = i % 2, race = (i / 2) % 5;
+    uint8_t *p = s->px[i];
+    double cx = 100 + (urand() - 0.5) * 10, cy = 105 + (urand() - 0.5) * 10;
+    double rx = 55 + urand() * 8, ry = 70 + urand() * 8;
+    for (int y = 0; y < IMG; y++)
+        for (int x = 0; x < IMG; x++) {
+            uint8_t *q = p + ((size_t)y * IMG + x) * 3;
+            double dx = (x - cx) / rx, dy = (y - cy) / ry;
+            int in = dx * dx + dy * dy < 1;
+            for (int c = 0; c < 3; c++) {
+                double v = in ? tint[race][c] : 90 + 20 * ((x / 16 + y / 16) % 2);
+                if (in && gender && y < cy - 0.45 * ry && (y / 5) % 2 == 0)
+                    v *= 0.35;
+                v += (urand() - 0.5) * 20;
+                q[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
+        }
+    float lm[10] = {(float)(cx - 22), (float)(cy - 12), (float)(cx + 22), (float)(cy - 12),
+                    (float)cx,        (float)(cy + 8),  (float)(cx - 17), (float)(cy + 32),
+                    (float)(cx + 17), (float)(cy + 32)};
+    for (int k = 0; k < 5; k++) /* dark spots at eyes and mouth corners */
+        for (int y = -3; y <= 3; y++)
+            for (int x = -3; x <= 3; x++) {
+                int X = (int)lm[2 * k] + x, Y = (int)lm[2 * k + 1] + y;
+                if (k != 2 && X >= 0 && X < IMG && Y >= 0 && Y < IMG)
+                    memset(p + ((size_t)Y * IMG + X) * 3, 30, 3);
+            }
+    fm_ft_image *im = &s->img[i];
+    im->rgb = p;
+    im->w = im->h = IMG;
+    im->stride = IMG * 3;
+    memcpy(im->landmarks, lm, sizeof lm);
+    im->label.gender = gender;
+    im->label.race = race;
+    im->label.age = 20 + 30 * gender + 6 * race;
+}
+
+/* ---- forward agrees with the production backbone --------------------------------- */
+
+static void test_forward(void)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_backbone *bb = NULL;
+    fm_ft_opts o;
+    fm_ft_opts_defaults(&o);
+    o.batch = 2;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    CHECK(fm_backbone_open(&bb, model_path, 2, &err) == FM_OK);
+    if (!ft || !bb)
+        goto out;
+    int H, W;
+    fm_finetune_input_size(ft, &H, &W);
+    CHECK(H == 150 && W == 150);
+    const double *mean = NULL, *scale = NULL;
+    size_t nm = 0, ns = 0;
+    fm_model_meta_f64_array(m, "input.mean", &mean, &nm, NULL);
+    fm_model_meta_f64_array(m, "input.scale", &scale, &ns, NULL);
+    uint8_t *faces = malloc((size_t)2 * H * W * 3);
+    float *x = malloc((size_t)2 * 3 * H * W * sizeof(float));
+    float a[2 * 256], b[2 * 256];
+    for (size_t i = 0; i < (size_t)2 * H * W * 3; i++)
+        faces[i] = (uint8_t)(urand() * 256);
+    for (int n = 0; n < 2; n++)
+        for (int c = 0; c < 3; c++)
+            for (int k = 0; k < H * W; k++)
+                x[((size_t)n * 3 + c) * H * W + k] =
+                    (float)((faces[((size_t)n * H * W + k) * 3 + c] - mean[c]) * scale[c]);
+    const uint8_t *fp[2] = {faces, faces + (size_t)H * W * 3};
+    float *outs[FM_BACKBONE_OUTPUT_COUNT] = {NULL, b};
+    CHECK(fm_finetune_pooled(ft, x, 2, a, &err) == FM_OK);
+    CHECK(fm_backbone_forward(bb, fp, 2, outs, &err) == FM_OK);
+    double worst = 0;
+    for (int i = 0; i < 2 * 256; i++) {
+        double d = fabs(a[i] - b[i]) / (fabs(b[i]) + 1e-3);
+        worst = d > worst ? d : worst;
+    }
+    CHECK_MSG(worst < 1e-4, "pooled features differ: worst relative %.3g", worst);
+    fprintf(stderr, "forward: trainer vs backbone pooled, worst relative difference %.2g\n",
+            worst);
+    free(faces);
+    free(x);
+out:
+    fm_backbone_close(&bb);
+    fm_finetune_free(&ft);
+    fm_model_close(&m);
+}
+
+/* ---- whole-graph gradient ------------------------------------------------------------ */
+
+static void test_gradients(void)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_ft_opts o;
+    fm_ft_opts_defaults(&o);
+    o.batch = 2;
+    o.train_from = FM_FT_STEM;
+    o.hidden = 32;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    if (!ft) {
+        fm_model_close(&m);
+        return;
+    }
+    int H, W;
+    fm_finetune_input_size(ft, &H, &W);
+    float *x = malloc((size_t)2 * 3 * H * W * sizeof(float));
+    for (size_t i = 0; i < (size_t)2 * 3 * H * W; i++)
+        x[i] = (float)(urand() * 2 - 1);
+    fm_utk_label lab[2] = {{25, 1, 2}, {61, 0, 4}};
+    size_t count = 0, from = 0;
+    float *p = fm_finetune_params(ft, &count, &from);
+    double loss = 0;
+    CHECK(fm_finetune_loss(ft, x, lab, 2, 1, &loss, &err) == FM_OK);
+    float *g = malloc(count * sizeof(float));
+    memcpy(g, fm_finetune_grads(ft), count * sizeof(float));
+    CHECK(isfinite(loss) && loss > 0);
+
+    /* probe the parameters with the largest gradients in slices spread over the
+     * whole trained vector (stem .. heads): a wrong backward anywhere shows */
+    const int probes = 24;
+    int ok = 0, tried = 0;
+    double worst = 0;
+    for (int k = 0; k < probes; k++) {
+        size_t lo = from + (count - from) * (size_t)k / probes;
+        size_t hi = from + (count - from) * (size_t)(k + 1) / probes;
+        size_t best = lo;
+        for (size_t j = lo; j < hi; j++)
+            if (fabsf(g[j]) > fabsf(g[best]))
+                best = j;
+        if (fabsf(g[best]) < 1e-6f)
+            continue;
+        float keep = p[best];
+        double h = 2e-3 / fabs(g[best]);
+        h = h > 0.05 ? 0.05 : h;
+        double lp = 0, lm = 0;
+        p[best] = (float)(keep + h);
+        fm_finetune_loss(ft, x, lab, 2, 0, &lp, &err);
+        p[best] = (float)(keep - h);
+        fm_finetune_loss(ft, x, lab, 2, 0, &lm, &err);
+        p[best] = keep;
+        double num = (lp - lm) / (2 * h), rel = fabs(num - g[best]) / fabs(g[best]);
+        tried++;
+        ok += rel < 0.05;
+        worst = rel > worst ? rel : worst;
+        if (rel >= 0.05)
+            fprintf(stderr, "  parameter %zu: analytic %.6g numeric %.6g\n", best, g[best], num);
+    }
+    /* ReLU kinks and max-pool ties can spoil a difference quotient now and then;
+     * a wrong gradient spoils most of them */
+    CHECK_MSG(tried >= 20 && ok >= tried - 2, "%d of %d probes agree within 5%%", ok, tried);
+    fprintf(stderr, "gradients: %d of %d probes agree within 5%% (worst %.3g)\n", ok, tried,
+            worst);
+    free(g);
+    free(x);
+    fm_finetune_free(&ft);
+    fm_model_close(&m);
+}
+
+/* ---- convergence and resume ------------------------------------------------------ */
+
+typedef struct track {
+    double first_loss, last_loss;
+    int epochs;
+} track;
+
+static void on_progress(void *ctx, const fm_ft_progress *p)
+{
+    track *t = ctx;
+    if (!p->epoch_end)
+        return;
+    if (!t->epochs++)
+        t->first_loss = p->train_loss;
+    t->last_loss = p->train_loss;
+    fprintf(stderr, "  epoch %d: train loss %.4f val loss %.4f gender %.3f race %.3f\n",
+            p->epoch, p->train_loss, p->val_loss, p->val_gender_acc, p->val_race_acc);
+}
+
+static void small_opts(fm_ft_opts *o)
+{
+    fm_ft_opts_defaults(o);
+    o->batch = 8;
+    o->train_from = fm_ft_block_index("conv256_2");
+    o->hidden = 64;
+    o->dropout = 0;
+    o->lr_backbone = 5e-4;
+    o->lr_heads = 3e-3;
+    o->warmup_epochs = 0.5;
+    o->rotate_deg = 3;
+}
+
+static void test_converges(synth *s)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_ft_opts o;
+    small_opts(&o);
+    o.max_epochs = 8;
+    o.patience = 8;
+    track t = {0};
+    o.progress = on_progress;
+    o.ctx = &t;
+    fm_ft_set set = {NIMG, s->img};
+    fm_ft_progress best;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    if (ft)
+        CHECK_MSG(fm_finetune_run(ft, &set, &set, "synthetic", &best, &err) == FM_OK, "%s",
+                  fm_error_text(&err));
+    CHECK(t.epochs == 8);
+    CHECK_MSG(t.last_loss < 0.5 * t.first_loss, "train loss %.4f -> %.4f", t.first_loss,
+              t.last_loss);
+    CHECK_MSG(best.val_gender_acc >= 0.95 && best.val_race_acc >= 0.9,
+              "gender %.3f race %.3f", best.val_gender_acc, best.val_race_acc);
+    fprintf(stderr, "converges: loss %.3f -> %.3f, kept epoch %d: gender %.3f race %.3f "
+            "age MAE %.2f\n", t.first_loss, t.last_loss, best.best_epoch,
+            best.val_gender_acc, best.val_race_acc, best.val_age_mae);
+    fm_finetune_free(&ft);
+    fm_model_close(&m);
+}
+
+/* Runs 2 epochs with the given checkpoint (NULL: none), stopping after stop_after
+ * steps first when > 0 and resuming in a fresh trainer. Returns the final parameters
+ * (malloc'd) and their count. */
+static float *run_two_epochs(synth *s, const char *ckpt, long stop_after, size_t *count,
+                             fm_status *first)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_ft_opts o;
+    small_opts(&o);
+    o.max_epochs = 2;
+    o.checkpoint = ckpt;
+    o.checkpoint_steps = 2;
+    fm_ft_set set = {24, s->img};
+    fm_ft_set val = {8, s->img + 24};
+    float *out = NULL;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    for (int round = 0; round < 2; round++) {
+        fm_finetune *ft = NULL;
+        o.stop_after_steps = round == 0 ? stop_after : 0;
+        CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+        if (!ft)
+            break;
+        fm_status st = fm_finetune_run(ft, &set, &val, "resume", NULL, &err);
+        if (round == 0 && first)
+            *first = st;
+        if (st == FM_OK) {
+            size_t n = 0;
+            float *p = fm_finetune_params(ft, &n, NULL);
+            out = malloc(n * sizeof(float));
+            memcpy(out, p, n * sizeof(float));
+            *count = n;
+            fm_finetune_free(&ft);
+            break;
+        }
+        fm_finetune_free(&ft);
+    }
+    fm_model_close(&m);
+    return out;
+}
+
+static void test_resume(synth *s)
+{
+    char ck1[4300], ck2[4300];
+    snprintf(ck1, sizeof ck1, "%s/a.ckpt", tmpdir);
+    snprintf(ck2, sizeof ck2, "%s/b.ckpt", tmpdir);
+    size_t n1 = 0, n2 = 0;
+    fm_status first = FM_OK;
+    float *whole = run_two_epochs(s, ck1, 0, &n1, NULL);
+    float *resumed = run_two_epochs(s, ck2, 4, &n2, &first);
+    CHECK(first == FM_ERR_INTERRUPTED);
+    CHECK(whole && resumed && n1 == n2 && n1 > 0);
+    if (whole && resumed && n1 == n2) {
+        size_t diff = 0;
+        for (size_t i = 0; i < n1; i++)
+            diff += memcmp(&whole[i], &resumed[i], sizeof(float)) != 0;
+        CHECK_MSG(diff == 0, "%zu of %zu parameters differ after resuming", diff, n1);
+        fprintf(stderr, "resume: interrupted after 4 steps and resumed: %zu of %zu parameters "
+                "differ from the uninterrupted run\n", diff, n1);
+    }
+    free(whole);
+    free(resumed);
+
+    /* a checkpoint of other options is not resumed: the run starts afresh and
+     * finishes (same result as a run without checkpoint) */
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_ft_opts o;
+    small_opts(&o);
+    o.max_epochs = 1;
+    o.seed = 99;
+    o.checkpoint = ck1;
+    fm_ft_set set = {24, s->img}, val = {8, s->img + 24};
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    CHECK(ft && fm_finetune_run(ft, &set, &val, "resume", NULL, &err) == FM_OK);
+    fm_finetune_free(&ft);
+    /* damaged checkpoint: a clear error, not a silent fresh start */
+    FILE *f = fopen(ck1, "r+b");
+    CHECK(f != NULL);
+    if (f) {
+        fseek(f, -100, SEEK_END);
+        fputc(0x5a, f);
+        fputc(0xa5, f);
+        fclose(f);
+    }
+    o.seed = 99;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    memset(&err, 0, sizeof err);
+    CHECK(ft && fm_finetune_run(ft, &set, &val, "resume", NULL, &err) == FM_ERR_FORMAT);
+    CHECK(strstr(fm_error_text(&err), "checkpoint") != NULL);
+    fm_finetune_free(&ft);
+    fm_model_close(&m);
+    unlink(ck1);
+    unlink(ck2);
+}
+
+static void test_bad_options(void)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_ft_opts o;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    fm_ft_opts_defaults(&o);
+    o.batch = 0;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
+    o.train_from = 15;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    CHECK(fm_ft_block_index("conv128_down") == 7 && fm_ft_block_index("stem") == FM_FT_STEM &&
+          fm_ft_block_index("heads") == FM_FT_BLOCKS && fm_ft_block_index("nope") == -2);
+    CHECK(strcmp(fm_ft_block_name(13), "conv256_down_out") == 0);
+    fm_model_close(&m);
+}
+
+int main(void)
+{
+    const char *src = getenv("FACEMILL_SOURCE_DIR");
+    snprintf(model_path, sizeof model_path, "%s/models/cache/dlib_resnet.fmm",
+             src ? src : ".");
+    if (access(model_path, R_OK) != 0) {
+        fprintf(stderr, "skip: %s missing (run models/fetch)\n", model_path);
+        return FM_TEST_SKIP;
+    }
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/facemill-test-finetune-XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    fm_nn_set_threads(1, NULL);
+    synth *s = malloc(sizeof *s);
+    for (int i = 0; i < NIMG; i++)
+        make_face(s, i);
+    test_bad_options();
+    test_forward();
+    test_gradients();
+    test_converges(s);
+    test_resume(s);
+    free(s);
+    rmdir(tmpdir);
+    return fm_test_done("test_finetune");
+}

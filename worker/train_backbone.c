@@ -1,0 +1,1377 @@
+/* train_backbone.c - fine-tuning of the dlib ResNet with the attribute heads (see
+ * include/facemill/finetune.h for what and why).
+ *
+ * Every parameter lives in one flat vector (and so do its gradient and the two
+ * optimiser moments), laid out as: fc (unused by the heads, never trained), stem,
+ * the 14 blocks in order, then the heads. Freezing the first blocks is then "train
+ * the tail of the vector from trained_from on", and a checkpoint is four vectors and a
+ * few counters.
+ *
+ * The graph is written out by hand, forward and backward, over nn.h and grad.h; the
+ * forward half is the same geometry as worker/arch_dlib_resnet.c (test_finetune
+ * checks the pooled features of both agree).
+ */
+#include "facemill/finetune.h"
+
+#include "facemill/align.h"
+#include "facemill/grad.h"
+#include "facemill/heads.h"
+#include "facemill/log.h"
+#include "facemill/nn.h"
+
+#include "backbone-impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define POOLED 256
+#define PI 3.14159265358979323846
+#define FC_OUT 128
+#define STEM_C 32
+#define STEM_K 7
+
+/* parameter tensors */
+enum {
+    T_FC = 0,
+    T_STEM_W,
+    T_STEM_B,
+    T_BLOCK0,                             /* conv1.w, conv1.b, conv2.w, conv2.b per block */
+    T_HEADS = T_BLOCK0 + 4 * FM_DLIB_BLOCKS,
+    T_SH_W = T_HEADS,
+    T_SH_B,
+    T_AGE_W,
+    T_AGE_B,
+    T_GEN_W,
+    T_GEN_B,
+    T_RACE_W,
+    T_RACE_B,
+    T_COUNT
+};
+
+typedef struct ptensor {
+    char name[64];
+    int d[4];      /* n, c, h, w (unused dims 1) */
+    int ndim;
+    size_t off, count;
+    int weight;    /* 1: decayed */
+    int heads;     /* 1: heads learning rate */
+} ptensor;
+
+struct fm_finetune {
+    fm_ft_opts o;
+    const fm_model *base;
+    int in_h, in_w;
+    float mean[3], scale[3], tmpl[10];
+    ptensor t[T_COUNT];
+    size_t total, trained_from;
+    float *p, *g, *m1, *m2, *best;
+    int have_best;
+    fm_arena *arena;
+    float *xbuf;     /* batch x 3 x H x W normalised input */
+    uint8_t *chips;  /* batch x H x W x 3 */
+    float *target;   /* targets, see target_of */
+    float *mask;     /* batch x hidden dropout mask */
+    double fallback_age;
+    /* run state (checkpointed) */
+    long step;
+    int validated;   /* epochs validated */
+    int best_epoch, bad_epochs;
+    double best_val, epoch_loss;
+    long epoch_loss_steps;
+    fm_ft_progress best_prog;
+};
+
+/* ---- names and options ---------------------------------------------------------- */
+
+int fm_ft_block_index(const char *name)
+{
+    if (!name)
+        return -2;
+    if (strcmp(name, "stem") == 0 || strcmp(name, "conv32_down") == 0)
+        return FM_FT_STEM;
+    if (strcmp(name, "heads") == 0)
+        return FM_FT_BLOCKS;
+    for (int i = 0; i < FM_DLIB_BLOCKS; i++)
+        if (strcmp(name, fm_dlib_blocks[i].name) == 0)
+            return i;
+    return -2;
+}
+
+const char *fm_ft_block_name(int i)
+{
+    if (i == FM_FT_STEM)
+        return "stem";
+    if (i == FM_FT_BLOCKS)
+        return "heads";
+    return i >= 0 && i < FM_DLIB_BLOCKS ? fm_dlib_blocks[i].name : "?";
+}
+
+void fm_ft_opts_defaults(fm_ft_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->train_from = 7; /* conv128_down */
+    o->batch = 32;
+    o->max_epochs = 6;
+    o->patience = 3;
+    o->optimizer = FM_FT_ADAMW;
+    o->lr_backbone = 2e-4;
+    o->lr_heads = 1e-3;
+    o->weight_decay = 1e-4;
+    o->momentum = 0.9;
+    o->schedule = FM_FT_COSINE;
+    o->warmup_epochs = 0.3;
+    o->min_lr_ratio = 0.01;
+    o->step_epochs = 2;
+    o->step_gamma = 0.1;
+    o->hidden = 256;
+    o->leaky_alpha = 0.1f;
+    o->dropout = 0.3;
+    o->age_sigma = 2;
+    o->age_weight = 1;
+    o->flip = 1;
+    o->shift_px = 4;
+    o->scale_jitter = 0.05;
+    o->rotate_deg = 5;
+    o->brightness = 16;
+    o->contrast = 0.15;
+    o->seed = 1;
+    o->checkpoint_steps = 200;
+}
+
+/* ---- random numbers: pure functions of their keys ------------------------------- */
+
+static uint64_t mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+static rng rng_for(uint64_t seed, uint64_t a, uint64_t b, uint64_t c)
+{
+    rng r = {mix64(mix64(mix64(seed ^ 0x5eedull) ^ a) ^ (b * 0x100000001b3ull)) ^ c};
+    return r;
+}
+
+static double rng_unit(rng *r) /* [0, 1) */
+{
+    r->s = mix64(r->s);
+    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static double rng_sym(rng *r, double amp) /* uniform in [-amp, amp) */
+{
+    return (2 * rng_unit(r) - 1) * amp;
+}
+
+/* ---- parameters ------------------------------------------------------------------ */
+
+static void def_tensor(fm_finetune *ft, int k, const char *name, int ndim, int d0, int d1,
+                       int d2, int d3, int heads, size_t *off)
+{
+    ptensor *t = &ft->t[k];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->d[0] = d0;
+    t->d[1] = d1;
+    t->d[2] = d2;
+    t->d[3] = d3;
+    t->count = (size_t)d0 * d1 * d2 * d3;
+    t->weight = ndim > 1;
+    t->heads = heads;
+    /* 16-float alignment keeps every tensor on a 64-byte boundary */
+    t->off = *off;
+    *off += (t->count + 15) & ~(size_t)15;
+}
+
+static fm_tensor view(const fm_finetune *ft, float *base, int k)
+{
+    const ptensor *t = &ft->t[k];
+    return fm_tensor_make(t->d[0], t->d[1], t->d[2], t->d[3], base ? base + t->off : NULL);
+}
+
+#define PT(k) view(ft, ft->p, (k))
+#define GT(k) view(ft, ft->g, (k))
+
+static size_t first_trained(const fm_finetune *ft)
+{
+    int from = ft->o.train_from;
+    if (from >= FM_FT_BLOCKS)
+        return ft->t[T_HEADS].off;
+    if (from <= FM_FT_STEM)
+        return ft->t[T_STEM_W].off;
+    return ft->t[T_BLOCK0 + 4 * from].off;
+}
+
+static void layout(fm_finetune *ft)
+{
+    size_t off = 0;
+    char name[64];
+    def_tensor(ft, T_FC, "fc.weight", 2, FC_OUT, POOLED, 1, 1, 0, &off);
+    def_tensor(ft, T_STEM_W, "conv32_down.weight", 4, STEM_C, 3, STEM_K, STEM_K, 0, &off);
+    def_tensor(ft, T_STEM_B, "conv32_down.bias", 1, STEM_C, 1, 1, 1, 0, &off);
+    for (int i = 0; i < FM_DLIB_BLOCKS; i++) {
+        const fm_dlib_block *b = &fm_dlib_blocks[i];
+        snprintf(name, sizeof name, "%s.conv1.weight", b->name);
+        def_tensor(ft, T_BLOCK0 + 4 * i, name, 4, b->cout, b->cin, 3, 3, 0, &off);
+        snprintf(name, sizeof name, "%s.conv1.bias", b->name);
+        def_tensor(ft, T_BLOCK0 + 4 * i + 1, name, 1, b->cout, 1, 1, 1, 0, &off);
+        snprintf(name, sizeof name, "%s.conv2.weight", b->name);
+        def_tensor(ft, T_BLOCK0 + 4 * i + 2, name, 4, b->cout, b->cout, 3, 3, 0, &off);
+        snprintf(name, sizeof name, "%s.conv2.bias", b->name);
+        def_tensor(ft, T_BLOCK0 + 4 * i + 3, name, 1, b->cout, 1, 1, 1, 0, &off);
+    }
+    int hid = ft->o.hidden;
+    def_tensor(ft, T_SH_W, "shared.0.weight", 2, hid, POOLED, 1, 1, 1, &off);
+    def_tensor(ft, T_SH_B, "shared.0.bias", 1, hid, 1, 1, 1, 1, &off);
+    def_tensor(ft, T_AGE_W, "age.weight", 2, FM_HEADS_AGES, hid, 1, 1, 1, &off);
+    def_tensor(ft, T_AGE_B, "age.bias", 1, FM_HEADS_AGES, 1, 1, 1, 1, &off);
+    def_tensor(ft, T_GEN_W, "gender.weight", 2, FM_HEADS_GENDERS, hid, 1, 1, 1, &off);
+    def_tensor(ft, T_GEN_B, "gender.bias", 1, FM_HEADS_GENDERS, 1, 1, 1, 1, &off);
+    def_tensor(ft, T_RACE_W, "race.weight", 2, FM_HEADS_RACES, hid, 1, 1, 1, &off);
+    def_tensor(ft, T_RACE_B, "race.bias", 1, FM_HEADS_RACES, 1, 1, 1, 1, &off);
+    ft->total = off;
+    ft->trained_from = first_trained(ft);
+}
+
+/* ---- the graph ------------------------------------------------------------------ */
+
+typedef struct acts {
+    fm_tensor x;                       /* input (wraps xbuf) */
+    fm_tensor stem;                    /* relu'd stem output (kept when the stem trains) */
+    fm_tensor bin[FM_DLIB_BLOCKS];     /* block inputs */
+    fm_tensor t1[FM_DLIB_BLOCKS];      /* relu'd conv1 outputs */
+    fm_tensor t2[FM_DLIB_BLOCKS];      /* conv2 outputs (down blocks: before the add) */
+    fm_tensor y[FM_DLIB_BLOCKS];       /* block outputs */
+    fm_tensor pooled, h, logits[3];
+} acts;
+
+static fm_status alloc_like(fm_arena *a, const fm_tensor *shape, int zero, fm_tensor *t,
+                            fm_error *err)
+{
+    fm_status st = fm_tensor_alloc(a, shape->n, shape->c, shape->h, shape->w, t, err);
+    if (st == FM_OK && zero && t->data)
+        memset(t->data, 0, fm_tensor_count(t) * sizeof(float));
+    return st;
+}
+
+static fm_status conv(fm_arena *a, const fm_tensor *x, const fm_tensor *w, const fm_tensor *b,
+                      const fm_conv2d_params *p, fm_tensor *y, fm_error *err)
+{
+    fm_tensor shape;
+    fm_status st;
+    if ((st = fm_nn_conv2d_shape(x, w, p, &shape, err)) ||
+        (st = alloc_like(a, &shape, 0, y, err)))
+        return st;
+    return fm_nn_conv2d(a, x, w, b, p, y, err);
+}
+
+/* y[:, :, :r.h, :r.w] += r (forward) or dr += dy[:, :, :dr.h, :dr.w] (backward): the
+ * library's zero padding of a down-sampling block's branch to the shortcut's size. */
+static void pad_add(const fm_tensor *big, const fm_tensor *small, int backward)
+{
+    if (!big->data || !small->data)
+        return;
+    for (int n = 0; n < big->n; n++)
+        for (int c = 0; c < big->c; c++) {
+            float *bp = big->data + ((size_t)n * big->c + c) * big->h * big->w;
+            float *sp = small->data + ((size_t)n * small->c + c) * small->h * small->w;
+            for (int i = 0; i < small->h; i++)
+                for (int j = 0; j < small->w; j++) {
+                    if (backward)
+                        sp[(size_t)i * small->w + j] += bp[(size_t)i * big->w + j];
+                    else
+                        bp[(size_t)i * big->w + j] += sp[(size_t)i * small->w + j];
+                }
+        }
+}
+
+static fm_status block_forward(fm_finetune *ft, fm_arena *a, int i, acts *s, fm_error *err)
+{
+    const fm_dlib_block *b = &fm_dlib_blocks[i];
+    const fm_conv2d_params same = fm_conv2d_sym(1, 1), down = fm_conv2d_sym(2, 0);
+    const int k = T_BLOCK0 + 4 * i;
+    fm_tensor w1 = PT(k), b1 = PT(k + 1), w2 = PT(k + 2), b2 = PT(k + 3);
+    fm_tensor *x = &s->bin[i];
+    fm_status st;
+    if ((st = conv(a, x, &w1, &b1, b->down ? &down : &same, &s->t1[i], err)) ||
+        (st = fm_nn_relu(a, &s->t1[i], &s->t1[i], err)) ||
+        (st = conv(a, &s->t1[i], &w2, &b2, &same, &s->t2[i], err)))
+        return st;
+    if (!b->down) {
+        if ((st = alloc_like(a, &s->t2[i], 0, &s->y[i], err)) ||
+            (st = fm_nn_add(a, &s->t2[i], x, 1.0f, &s->y[i], err)))
+            return st;
+    } else {
+        const fm_pool2d_params avg = fm_pool2d_sym(2, 2, 0, 0, 0);
+        fm_tensor shape, pooled;
+        if ((st = fm_nn_pool2d_shape(x, &avg, &shape, err)) ||
+            (st = alloc_like(a, &shape, 0, &pooled, err)) ||
+            (st = fm_nn_avgpool2d(a, x, &avg, &pooled, err)))
+            return st;
+        fm_tensor wide = pooled;
+        if (b->cout != b->cin) {
+            shape.c = b->cout;
+            if ((st = alloc_like(a, &shape, 0, &wide, err)) ||
+                (st = fm_nn_channel_pad(a, &pooled, &wide, err)))
+                return st;
+        }
+        if (s->t2[i].n != wide.n || s->t2[i].c != wide.c || s->t2[i].h > wide.h ||
+            s->t2[i].w > wide.w || wide.h - s->t2[i].h > 1 || wide.w - s->t2[i].w > 1)
+            return fm_error_set(err, FM_ERR_INVALID, "%s: branch does not fit the shortcut",
+                                b->name);
+        pad_add(&wide, &s->t2[i], 0);
+        s->y[i] = wide;
+    }
+    return fm_nn_relu(a, &s->y[i], &s->y[i], err);
+}
+
+/* Backbone: x -> pooled. */
+static fm_status backbone_forward(fm_finetune *ft, fm_arena *a, acts *s, fm_error *err)
+{
+    const fm_conv2d_params stem = fm_conv2d_sym(2, 0);
+    const fm_pool2d_params maxp = fm_pool2d_sym(3, 2, 0, 0, 0);
+    fm_tensor w = PT(T_STEM_W), b = PT(T_STEM_B), shape;
+    fm_status st;
+    if ((st = conv(a, &s->x, &w, &b, &stem, &s->stem, err)) ||
+        (st = fm_nn_relu(a, &s->stem, &s->stem, err)) ||
+        (st = fm_nn_pool2d_shape(&s->stem, &maxp, &shape, err)) ||
+        (st = alloc_like(a, &shape, 0, &s->bin[0], err)) ||
+        (st = fm_nn_maxpool2d(a, &s->stem, &maxp, &s->bin[0], err))) {
+        fm_error_prefix(err, "fine-tune: stem");
+        return st;
+    }
+    for (int i = 0; i < FM_DLIB_BLOCKS; i++) {
+        if ((st = block_forward(ft, a, i, s, err))) {
+            fm_error_prefix(err, "fine-tune: %s", fm_dlib_blocks[i].name);
+            return st;
+        }
+        if (i + 1 < FM_DLIB_BLOCKS)
+            s->bin[i + 1] = s->y[i];
+    }
+    const fm_tensor *last = &s->y[FM_DLIB_BLOCKS - 1];
+    if ((st = fm_tensor_alloc(a, last->n, last->c, 1, 1, &s->pooled, err)) ||
+        (st = fm_nn_global_avgpool(a, last, &s->pooled, err)))
+        return st;
+    return FM_OK;
+}
+
+/* Heads: s->pooled -> s->h -> logits. With a mask, the shared layer's output is
+ * multiplied by it (inverted dropout). */
+static fm_status heads_forward(fm_finetune *ft, fm_arena *a, acts *s, const float *mask,
+                               fm_error *err)
+{
+    const int n = s->pooled.n;
+    fm_tensor w = PT(T_SH_W), b = PT(T_SH_B);
+    fm_status st;
+    if ((st = fm_tensor_alloc(a, n, ft->o.hidden, 1, 1, &s->h, err)) ||
+        (st = fm_nn_dense(a, &s->pooled, &w, &b, &s->h, err)) ||
+        (st = fm_nn_leaky_relu(a, &s->h, ft->o.leaky_alpha, &s->h, err)))
+        return st;
+    if (mask && s->h.data)
+        for (size_t j = 0; j < (size_t)n * ft->o.hidden; j++)
+            s->h.data[j] *= mask[j];
+    static const int ks[3] = {T_AGE_W, T_GEN_W, T_RACE_W};
+    static const int outs[3] = {FM_HEADS_AGES, FM_HEADS_GENDERS, FM_HEADS_RACES};
+    for (int h = 0; h < 3; h++) {
+        fm_tensor hw = PT(ks[h]), hb = PT(ks[h] + 1);
+        if ((st = fm_tensor_alloc(a, n, outs[h], 1, 1, &s->logits[h], err)) ||
+            (st = fm_nn_dense(a, &s->h, &hw, &hb, &s->logits[h], err)))
+            return st;
+    }
+    return FM_OK;
+}
+
+/* The three heads' target rows live one after the other in ft->target: batch x 117
+ * age distributions, then batch x 2 and batch x 5 one-hots. */
+static float *target_of(const fm_finetune *ft, int head)
+{
+    const size_t B = (size_t)ft->o.batch;
+    return ft->target + (head == 0 ? 0 : head == 1 ? B * FM_HEADS_AGES
+                                                   : B * (FM_HEADS_AGES + FM_HEADS_GENDERS));
+}
+
+/* Fills face i's targets: age distribution, gender and race one-hots. */
+static void make_targets_one(fm_finetune *ft, int i, int age, int gender, int race)
+{
+    fm_nn_gaussian_target(FM_HEADS_AGES, age, ft->o.age_sigma,
+                          target_of(ft, 0) + (size_t)i * FM_HEADS_AGES);
+    fm_nn_gaussian_target(FM_HEADS_GENDERS, gender, 0,
+                          target_of(ft, 1) + (size_t)i * FM_HEADS_GENDERS);
+    fm_nn_gaussian_target(FM_HEADS_RACES, race, 0,
+                          target_of(ft, 2) + (size_t)i * FM_HEADS_RACES);
+}
+
+static void make_targets(fm_finetune *ft, const fm_utk_label *labels, int n)
+{
+    for (int i = 0; i < n; i++)
+        make_targets_one(ft, i, labels[i].age, labels[i].gender, labels[i].race);
+}
+
+/* Loss of the logits against the targets; with dl (3 tensors) the logit gradients. */
+static fm_status heads_loss(fm_finetune *ft, fm_arena *a, acts *s, fm_tensor *dl,
+                            double *loss, fm_error *err)
+{
+    const int n = s->pooled.n;
+    double total = 0;
+    for (int h = 0; h < 3; h++) {
+        double l = 0;
+        float scale = (float)((h == 0 ? ft->o.age_weight : 1.0) / n);
+        fm_status st = fm_nn_softmax_xent(a, &s->logits[h], target_of(ft, h), NULL, scale,
+                                          &l, dl ? &dl[h] : NULL, NULL, err);
+        if (st)
+            return st;
+        total += l;
+    }
+    *loss = total;
+    return FM_OK;
+}
+
+static fm_status block_backward(fm_finetune *ft, fm_arena *a, int i, acts *s,
+                                const fm_tensor *dy, fm_tensor *dx, fm_error *err)
+{
+    const fm_dlib_block *b = &fm_dlib_blocks[i];
+    const fm_conv2d_params same = fm_conv2d_sym(1, 1), down = fm_conv2d_sym(2, 0);
+    const int k = T_BLOCK0 + 4 * i;
+    fm_tensor w1 = PT(k), w2 = PT(k + 2);
+    fm_tensor gw1 = GT(k), gb1 = GT(k + 1), gw2 = GT(k + 2), gb2 = GT(k + 3);
+    fm_tensor dpre, dt2, dt1, dt1m;
+    fm_status st;
+    if ((st = alloc_like(a, &s->y[i], 1, &dpre, err)) ||
+        (st = fm_nn_relu_backward(a, &s->y[i], dy, &dpre, err)))
+        return st;
+    if (!b->down) {
+        dt2 = dpre;
+        if (dx && (st = fm_nn_add_backward(a, &dpre, 1.0f, dx, NULL, err)))
+            return st;
+    } else {
+        if ((st = alloc_like(a, &s->t2[i], 1, &dt2, err)))
+            return st;
+        pad_add(&dpre, &dt2, 1);
+        if (dx) {
+            const fm_pool2d_params avg = fm_pool2d_sym(2, 2, 0, 0, 0);
+            fm_tensor dpool = dpre, shape;
+            if (b->cout != b->cin) {
+                shape = dpre;
+                shape.c = b->cin;
+                if ((st = alloc_like(a, &shape, 1, &dpool, err)) ||
+                    (st = fm_nn_channel_pad_backward(a, &dpre, &dpool, err)))
+                    return st;
+            }
+            if ((st = fm_nn_avgpool2d_backward(a, &avg, &dpool, dx, err)))
+                return st;
+        }
+    }
+    if ((st = alloc_like(a, &s->t1[i], 1, &dt1, err)) ||
+        (st = fm_nn_conv2d_backward(a, &s->t1[i], &w2, &same, &dt2, &dt1, &gw2, &gb2, err)) ||
+        (st = alloc_like(a, &s->t1[i], 1, &dt1m, err)) ||
+        (st = fm_nn_relu_backward(a, &s->t1[i], &dt1, &dt1m, err)) ||
+        (st = fm_nn_conv2d_backward(a, &s->bin[i], &w1, b->down ? &down : &same, &dt1m, dx,
+                                    &gw1, &gb1, err)))
+        return st;
+    return FM_OK;
+}
+
+/* Forward (and with want_grad backward) of n faces in ft->xbuf. Loss into *loss; the
+ * gradients go to ft->g (zeroed here). */
+static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
+                         int want_grad, double *loss, fm_error *err)
+{
+    acts s;
+    fm_status st;
+    memset(&s, 0, sizeof s);
+    fm_arena_reset(a, 0);
+    s.x = fm_tensor_make(n, 3, ft->in_h, ft->in_w,
+                         fm_arena_is_measuring(a) ? NULL : ft->xbuf);
+    if ((st = backbone_forward(ft, a, &s, err)) ||
+        (st = heads_forward(ft, a, &s, mask, err)))
+        return st;
+    fm_tensor dl[3];
+    static const int outs[3] = {FM_HEADS_AGES, FM_HEADS_GENDERS, FM_HEADS_RACES};
+    if (want_grad)
+        for (int h = 0; h < 3; h++) {
+            fm_tensor shape = fm_tensor_make(n, outs[h], 1, 1, NULL);
+            if ((st = alloc_like(a, &shape, 1, &dl[h], err)))
+                return st;
+        }
+    if ((st = heads_loss(ft, a, &s, want_grad ? dl : NULL, loss, err)))
+        return st;
+    if (!want_grad)
+        return FM_OK;
+
+    if (!fm_arena_is_measuring(a))
+        memset(ft->g + ft->trained_from, 0, (ft->total - ft->trained_from) * sizeof(float));
+    /* heads */
+    static const int ks[3] = {T_AGE_W, T_GEN_W, T_RACE_W};
+    fm_tensor dh, dh2, dpooled;
+    if ((st = alloc_like(a, &s.h, 1, &dh, err)))
+        return st;
+    for (int h = 0; h < 3; h++) {
+        fm_tensor w = PT(ks[h]), gw = GT(ks[h]), gb = GT(ks[h] + 1);
+        if ((st = fm_nn_dense_backward(a, &s.h, &w, &dl[h], &dh, &gw, &gb, err)))
+            return st;
+    }
+    if (mask && dh.data)
+        for (size_t j = 0; j < (size_t)n * ft->o.hidden; j++)
+            dh.data[j] *= mask[j];
+    fm_tensor shw = PT(T_SH_W), gshw = GT(T_SH_W), gshb = GT(T_SH_B);
+    const int bb = ft->o.train_from < FM_FT_BLOCKS;
+    if ((st = alloc_like(a, &s.h, 1, &dh2, err)) ||
+        (st = fm_nn_leaky_relu_backward(a, &s.h, ft->o.leaky_alpha, &dh, &dh2, err)) ||
+        (st = alloc_like(a, &s.pooled, 1, &dpooled, err)) ||
+        (st = fm_nn_dense_backward(a, &s.pooled, &shw, &dh2, bb ? &dpooled : NULL, &gshw,
+                                   &gshb, err)))
+        return st;
+    if (!bb)
+        return FM_OK;
+    /* backbone, last block first */
+    fm_tensor dcur;
+    if ((st = alloc_like(a, &s.y[FM_DLIB_BLOCKS - 1], 1, &dcur, err)) ||
+        (st = fm_nn_global_avgpool_backward(a, &dpooled, &dcur, err)))
+        return st;
+    const int from = ft->o.train_from;
+    for (int i = FM_DLIB_BLOCKS - 1; i >= 0 && i >= from; i--) {
+        fm_tensor dprev;
+        int need_dx = i > from || from == FM_FT_STEM;
+        if (need_dx && (st = alloc_like(a, &s.bin[i], 1, &dprev, err)))
+            return st;
+        if ((st = block_backward(ft, a, i, &s, &dcur, need_dx ? &dprev : NULL, err))) {
+            fm_error_prefix(err, "fine-tune backward: %s", fm_dlib_blocks[i].name);
+            return st;
+        }
+        if (need_dx)
+            dcur = dprev;
+    }
+    if (from == FM_FT_STEM) {
+        const fm_conv2d_params stem = fm_conv2d_sym(2, 0);
+        const fm_pool2d_params maxp = fm_pool2d_sym(3, 2, 0, 0, 0);
+        fm_tensor dsr, ds, w = PT(T_STEM_W), gw = GT(T_STEM_W), gb = GT(T_STEM_B);
+        if ((st = alloc_like(a, &s.stem, 1, &dsr, err)) ||
+            (st = fm_nn_maxpool2d_backward(a, &s.stem, &maxp, &dcur, &dsr, err)) ||
+            (st = alloc_like(a, &s.stem, 1, &ds, err)) ||
+            (st = fm_nn_relu_backward(a, &s.stem, &dsr, &ds, err)) ||
+            (st = fm_nn_conv2d_backward(a, &s.x, &w, &stem, &ds, NULL, &gw, &gb, err))) {
+            fm_error_prefix(err, "fine-tune backward: stem");
+            return st;
+        }
+    }
+    return FM_OK;
+}
+
+/* Backbone only, for validation: pooled features of n faces in xbuf into out. */
+static fm_status pooled_only(fm_finetune *ft, int n, float *out, fm_error *err)
+{
+    acts s;
+    memset(&s, 0, sizeof s);
+    fm_arena_reset(ft->arena, 0);
+    s.x = fm_tensor_make(n, 3, ft->in_h, ft->in_w, ft->xbuf);
+    fm_status st = backbone_forward(ft, ft->arena, &s, err);
+    if (st == FM_OK)
+        memcpy(out, s.pooled.data, (size_t)n * POOLED * sizeof(float));
+    return st;
+}
+
+/* ---- set-up --------------------------------------------------------------------- */
+
+static fm_status read_floats(const fm_model *m, const char *key, size_t count, float *out,
+                             fm_error *err)
+{
+    const double *v = NULL;
+    size_t n = 0;
+    fm_status st = fm_model_meta_f64_array(m, key, &v, &n, err);
+    if (st)
+        return st;
+    if (n != count)
+        return fm_error_set(err, FM_ERR_FORMAT, "%s: metadata '%s' has %zu values, expected %zu",
+                            fm_model_path(m), key, n, count);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (float)v[i];
+    return FM_OK;
+}
+
+static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
+{
+    if (o->train_from < FM_FT_STEM || o->train_from > FM_FT_BLOCKS || o->batch < 1 ||
+        o->batch > 4096 || o->max_epochs < 1 || o->patience < 1 || o->hidden < 1 ||
+        o->hidden > 65536 || !(o->lr_backbone >= 0) || !(o->lr_heads > 0) ||
+        !(o->weight_decay >= 0) || !(o->dropout >= 0 && o->dropout <= 0.95) ||
+        !(o->age_sigma >= 0) || !(o->age_weight > 0) || !(o->warmup_epochs >= 0) ||
+        !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) || !(o->momentum >= 0 && o->momentum < 1) ||
+        !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
+        !(o->shift_px >= 0) || !(o->scale_jitter >= 0 && o->scale_jitter < 0.5) ||
+        !(o->rotate_deg >= 0 && o->rotate_deg <= 45) || !(o->brightness >= 0) ||
+        !(o->contrast >= 0 && o->contrast < 1) || o->checkpoint_steps < 0 ||
+        (o->optimizer != FM_FT_ADAMW && o->optimizer != FM_FT_SGD) ||
+        (o->schedule != FM_FT_COSINE && o->schedule != FM_FT_STEP))
+        return fm_error_set(err, FM_ERR_INVALID, "fine-tune: an option is out of range");
+    return FM_OK;
+}
+
+fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_opts *o,
+                          fm_error *err)
+{
+    if (!out || !base || !o)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_new: NULL argument");
+    *out = NULL;
+    fm_status st = check_opts(o, err);
+    if (st)
+        return st;
+    const char *arch = NULL;
+    if ((st = fm_model_meta_str(base, "general.architecture", &arch, NULL, err)))
+        return st;
+    if (strcmp(arch, "dlib_resnet") != 0)
+        return fm_error_set(err, FM_ERR_UNSUPPORTED,
+                            "%s: fine-tuning needs a dlib_resnet backbone, this is '%s'",
+                            fm_model_path(base), arch);
+    fm_finetune *ft = calloc(1, sizeof *ft);
+    if (!ft)
+        return fm_error_set(err, FM_ERR_NOMEM, "fine-tune: out of memory");
+    ft->o = *o;
+    ft->base = base;
+    ft->best_val = HUGE_VAL;
+    ft->fallback_age = 30;
+    const int64_t *size = NULL;
+    size_t count = 0;
+    if ((st = fm_model_meta_i64_array(base, "input.size", &size, &count, err)))
+        goto fail;
+    if (count != 2 || size[0] < 131 || size[0] > 1024 || size[1] < 131 || size[1] > 1024) {
+        st = fm_error_set(err, FM_ERR_FORMAT, "%s: input.size does not suit dlib_resnet",
+                          fm_model_path(base));
+        goto fail;
+    }
+    ft->in_h = (int)size[0];
+    ft->in_w = (int)size[1];
+    if ((st = read_floats(base, "input.mean", 3, ft->mean, err)) ||
+        (st = read_floats(base, "input.scale", 3, ft->scale, err)) ||
+        (st = read_floats(base, "align.template", 10, ft->tmpl, err)))
+        goto fail;
+
+    layout(ft);
+    ft->p = aligned_alloc(64, ft->total * sizeof(float));
+    ft->g = aligned_alloc(64, ft->total * sizeof(float));
+    ft->m1 = aligned_alloc(64, ft->total * sizeof(float));
+    ft->m2 = aligned_alloc(64, ft->total * sizeof(float));
+    ft->best = aligned_alloc(64, ft->total * sizeof(float));
+    size_t plane = (size_t)ft->in_h * ft->in_w;
+    ft->xbuf = malloc((size_t)o->batch * 3 * plane * sizeof(float));
+    ft->chips = malloc((size_t)o->batch * 3 * plane);
+    ft->target = malloc((size_t)o->batch * FM_HEADS_OUTPUTS * sizeof(float));
+    ft->mask = malloc((size_t)o->batch * o->hidden * sizeof(float));
+    if (!ft->p || !ft->g || !ft->m1 || !ft->m2 || !ft->best || !ft->xbuf || !ft->chips ||
+        !ft->target || !ft->mask) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "fine-tune: out of memory");
+        goto fail;
+    }
+    memset(ft->p, 0, ft->total * sizeof(float));
+    memset(ft->g, 0, ft->total * sizeof(float));
+    memset(ft->m1, 0, ft->total * sizeof(float));
+    memset(ft->m2, 0, ft->total * sizeof(float));
+    for (int k = 0; k < T_HEADS; k++) {
+        const ptensor *t = &ft->t[k];
+        uint64_t dims[4];
+        for (int d = 0; d < t->ndim; d++)
+            dims[d] = (uint64_t)t->d[d];
+        const float *data = NULL;
+        if ((st = fm_model_tensor_expect(base, t->name, (unsigned)t->ndim, dims, &data, err)))
+            goto fail;
+        memcpy(ft->p + t->off, data, t->count * sizeof(float));
+    }
+    /* heads: PyTorch's default dense initialisation, uniform in +-1/sqrt(fan_in) for
+     * weights (biases 0), from the seed */
+    for (int k = T_HEADS; k < T_COUNT; k++) {
+        const ptensor *t = &ft->t[k];
+        if (!t->weight)
+            continue;
+        double bound = 1.0 / sqrt((double)t->d[1]);
+        rng r = rng_for(o->seed, 0x4ead5, (uint64_t)k, 0);
+        for (size_t j = 0; j < t->count; j++)
+            ft->p[t->off + j] = (float)rng_sym(&r, bound);
+    }
+    memcpy(ft->best, ft->p, ft->total * sizeof(float));
+
+    /* one arena for a whole training step of a full batch */
+    fm_arena *m = NULL;
+    if ((st = fm_arena_new_measuring(&m, err)))
+        goto fail;
+    double loss;
+    fm_arena *keep = ft->arena;
+    ft->arena = m;
+    for (int i = 0; i < o->batch; i++)
+        make_targets_one(ft, i, 30, 0, 0);
+    st = compute(ft, m, o->batch, NULL, 1, &loss, err);
+    size_t need = fm_arena_high_water(m);
+    fm_arena_destroy(&m);
+    ft->arena = keep;
+    if (st)
+        goto fail;
+    if ((st = fm_arena_new(need, &ft->arena, err)))
+        goto fail;
+    fm_log_debug("fine-tune: %zu parameters (%zu trained), arena %.1f MB for batch %d",
+                 ft->total, ft->total - ft->trained_from, need / 1048576.0, o->batch);
+    *out = ft;
+    return FM_OK;
+fail:
+    fm_finetune_free(&ft);
+    return st;
+}
+
+void fm_finetune_free(fm_finetune **ftp)
+{
+    if (!ftp || !*ftp)
+        return;
+    fm_finetune *ft = *ftp;
+    free(ft->p);
+    free(ft->g);
+    free(ft->m1);
+    free(ft->m2);
+    free(ft->best);
+    free(ft->xbuf);
+    free(ft->chips);
+    free(ft->target);
+    free(ft->mask);
+    fm_arena_destroy(&ft->arena);
+    free(ft);
+    *ftp = NULL;
+}
+
+/* ---- inputs --------------------------------------------------------------------- */
+
+/* The inverse alignment (output -> image pixels) of img's face, or of its mirror image
+ * refitted as the pipeline does (landmarks reflected, left and right swapped). */
+static int align_inverse(const fm_finetune *ft, const fm_ft_image *img, int mirror,
+                         float inv[6])
+{
+    float M[6], lm[10];
+    memcpy(lm, img->landmarks, sizeof lm);
+    if (!mirror)
+        return fm_align_similarity(lm, ft->tmpl, 5, M, NULL) == FM_OK &&
+                       fm_align_invert(M, inv, NULL) == FM_OK
+                   ? 0
+                   : -1;
+    static const int swap[5] = {1, 0, 2, 4, 3};
+    float mir[10], im[6], R = (float)(img->w - 1);
+    for (int k = 0; k < 5; k++) {
+        mir[2 * k] = R - lm[2 * swap[k]];
+        mir[2 * k + 1] = lm[2 * swap[k] + 1];
+    }
+    if (fm_align_similarity(mir, ft->tmpl, 5, M, NULL) != FM_OK ||
+        fm_align_invert(M, im, NULL) != FM_OK)
+        return -1;
+    inv[0] = -im[0];
+    inv[1] = -im[1];
+    inv[2] = R - im[2];
+    inv[3] = im[3];
+    inv[4] = im[4];
+    inv[5] = im[5];
+    return 0;
+}
+
+/* Cuts face slot of the batch out of img; r (NULL: no augmentation) draws the flip,
+ * the alignment jitter and the photometric change. */
+static void make_input(fm_finetune *ft, const fm_ft_image *img, int slot, int mirror,
+                       rng *r)
+{
+    const fm_ft_opts *o = &ft->o;
+    const int W = ft->in_w, H = ft->in_h;
+    const size_t plane = (size_t)W * H;
+    uint8_t *chip = ft->chips + (size_t)slot * 3 * plane;
+    float inv[6], J[6], A[6];
+    double gain = 1, offset = 0;
+    if (r) {
+        mirror = o->flip && rng_unit(r) < 0.5;
+        /* output -> jittered output: rotate and scale about the centre, then shift */
+        double s = 1 + rng_sym(r, o->scale_jitter);
+        double th = rng_sym(r, o->rotate_deg) * PI / 180;
+        double tx = rng_sym(r, o->shift_px), ty = rng_sym(r, o->shift_px);
+        double cx = (W - 1) / 2.0, cy = (H - 1) / 2.0;
+        double c = s * cos(th), sn = s * sin(th);
+        J[0] = (float)c;
+        J[1] = (float)-sn;
+        J[2] = (float)(cx - c * cx + sn * cy + tx);
+        J[3] = (float)sn;
+        J[4] = (float)c;
+        J[5] = (float)(cy - sn * cx - c * cy + ty);
+        gain = 1 + rng_sym(r, o->contrast);
+        offset = rng_sym(r, o->brightness);
+    }
+    if (align_inverse(ft, img, mirror, inv) != 0) {
+        /* cannot happen for detected landmarks; a gray face keeps the batch valid */
+        memset(chip, 128, 3 * plane);
+    } else {
+        if (r) { /* A = inv o J */
+            A[0] = inv[0] * J[0] + inv[1] * J[3];
+            A[1] = inv[0] * J[1] + inv[1] * J[4];
+            A[2] = inv[0] * J[2] + inv[1] * J[5] + inv[2];
+            A[3] = inv[3] * J[0] + inv[4] * J[3];
+            A[4] = inv[3] * J[1] + inv[4] * J[4];
+            A[5] = inv[3] * J[2] + inv[4] * J[5] + inv[5];
+        } else {
+            memcpy(A, inv, sizeof A);
+        }
+        fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
+        fm_align_warp(img->rgb, img->w, img->h, img->stride, 3, A, chip, W, H, &wo);
+    }
+    float *dst = ft->xbuf + (size_t)slot * 3 * plane;
+    for (int c = 0; c < 3; c++) {
+        const float mean = ft->mean[c], scale = ft->scale[c];
+        float *p = dst + c * plane;
+        const uint8_t *src = chip + c;
+        for (size_t k = 0; k < plane; k++) {
+            double v = gain * ((double)src[3 * k] - 128) + 128 + offset;
+            v = v < 0 ? 0 : v > 255 ? 255 : v;
+            p[k] = ((float)v - mean) * scale;
+        }
+    }
+}
+
+/* ---- optimiser ------------------------------------------------------------------ */
+
+static double lr_factor(const fm_finetune *ft, long step, long total, long per_epoch)
+{
+    const fm_ft_opts *o = &ft->o;
+    double warm = o->warmup_epochs * per_epoch;
+    if (step < warm)
+        return (step + 1) / warm;
+    if (o->schedule == FM_FT_STEP)
+        return pow(o->step_gamma, floor(step / (o->step_epochs * per_epoch)));
+    double t = total > warm ? (step - warm) / (total - warm) : 1;
+    t = t > 1 ? 1 : t;
+    return o->min_lr_ratio + (1 - o->min_lr_ratio) * 0.5 * (1 + cos(PI * t));
+}
+
+static void optimiser_step(fm_finetune *ft, double f)
+{
+    const fm_ft_opts *o = &ft->o;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const long t = ft->step + 1;
+    const double c1 = 1 - pow(b1, (double)t), c2 = 1 - pow(b2, (double)t);
+    for (int k = 0; k < T_COUNT; k++) {
+        const ptensor *pt = &ft->t[k];
+        if (pt->off < ft->trained_from)
+            continue;
+        const double lr = f * (pt->heads ? o->lr_heads : o->lr_backbone);
+        const double wd = pt->weight ? o->weight_decay : 0;
+        float *p = ft->p + pt->off, *g = ft->g + pt->off;
+        float *m = ft->m1 + pt->off, *v = ft->m2 + pt->off;
+        if (lr == 0)
+            continue;
+        if (o->optimizer == FM_FT_ADAMW) {
+            for (size_t j = 0; j < pt->count; j++) {
+                m[j] = (float)(b1 * m[j] + (1 - b1) * g[j]);
+                v[j] = (float)(b2 * v[j] + (1 - b2) * (double)g[j] * g[j]);
+                double upd = (m[j] / c1) / (sqrt(v[j] / c2) + eps) + wd * p[j];
+                p[j] = (float)(p[j] - lr * upd);
+            }
+        } else {
+            for (size_t j = 0; j < pt->count; j++) {
+                m[j] = (float)(o->momentum * m[j] + g[j]);
+                p[j] = (float)(p[j] - lr * (m[j] + wd * p[j]));
+            }
+        }
+    }
+}
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, size_t size)
+{
+    const fm_ft_opts *o = &ft->o;
+    const char *src = "-", *integ = "-";
+    fm_model_meta_str(ft->base, "general.source", &src, NULL, NULL);
+    fm_model_meta_str(ft->base, "general.source_integrity", &integ, NULL, NULL);
+    snprintf(buf, size,
+             "facemill-finetune 1|base %s %s|data %s|from %d|batch %d|epochs %d|patience %d|"
+             "opt %d|lr %.17g %.17g|wd %.17g|mom %.17g|sched %d|warm %.17g|min %.17g|"
+             "step %.17g %.17g|hidden %d|alpha %.9g|drop %.17g|age %.17g %.17g|"
+             "aug %d %.17g %.17g %.17g %.17g %.17g|seed %llu",
+             src, integ, data_id ? data_id : "-", o->train_from, o->batch, o->max_epochs,
+             o->patience, (int)o->optimizer, o->lr_backbone, o->lr_heads, o->weight_decay,
+             o->momentum, (int)o->schedule, o->warmup_epochs, o->min_lr_ratio,
+             o->step_epochs, o->step_gamma, o->hidden, o->leaky_alpha, o->dropout,
+             o->age_sigma, o->age_weight, o->flip, o->shift_px, o->scale_jitter,
+             o->rotate_deg, o->brightness, o->contrast, (unsigned long long)o->seed);
+}
+
+static fm_status checkpoint_save(const fm_finetune *ft, const char *key, fm_error *err)
+{
+    fm_model_writer *w = fm_model_writer_new();
+    if (!w)
+        return fm_error_set(err, FM_ERR_NOMEM, "checkpoint: out of memory");
+    const uint64_t dims[1] = {(uint64_t)ft->total};
+    const fm_ft_progress *b = &ft->best_prog;
+    const double fig[7] = {b->val_loss, b->val_age_mae, b->val_age_rmse, b->val_gender_acc,
+                           b->val_race_acc, ft->best_val, ft->epoch_loss};
+    fm_status st;
+    if ((st = fm_model_writer_add_str(w, "general.architecture", "finetune_checkpoint", err)) ||
+        (st = fm_model_writer_add_str(w, "checkpoint.key", key, err)) ||
+        (st = fm_model_writer_add_i64(w, "checkpoint.step", ft->step, err)) ||
+        (st = fm_model_writer_add_i64(w, "checkpoint.validated", ft->validated, err)) ||
+        (st = fm_model_writer_add_i64(w, "checkpoint.best_epoch", ft->best_epoch, err)) ||
+        (st = fm_model_writer_add_i64(w, "checkpoint.bad_epochs", ft->bad_epochs, err)) ||
+        (st = fm_model_writer_add_i64(w, "checkpoint.have_best", ft->have_best, err)) ||
+        (st = fm_model_writer_add_i64(w, "checkpoint.epoch_loss_steps", ft->epoch_loss_steps,
+                                      err)) ||
+        (st = fm_model_writer_add_f64_array(w, "checkpoint.figures", fig, 7, err)) ||
+        (st = fm_model_writer_add_tensor(w, "params", 1, dims, ft->p, err)) ||
+        (st = fm_model_writer_add_tensor(w, "moment1", 1, dims, ft->m1, err)) ||
+        (st = fm_model_writer_add_tensor(w, "moment2", 1, dims, ft->m2, err)) ||
+        (st = fm_model_writer_add_tensor(w, "best", 1, dims, ft->best, err)) ||
+        (st = fm_model_writer_save(w, ft->o.checkpoint, err)))
+        fm_error_prefix(err, "checkpoint %s", ft->o.checkpoint);
+    fm_model_writer_destroy(&w);
+    return st;
+}
+
+/* 1 when a matching checkpoint was loaded, 0 when there is none (or it does not
+ * match: then it is ignored, with a log line), -1 on a damaged file. */
+static int checkpoint_load(fm_finetune *ft, const char *key, fm_error *err)
+{
+    fm_model *m = NULL;
+    fm_error e = {0};
+    if (fm_model_open(&m, ft->o.checkpoint, FM_MODEL_VERIFY_DATA, &e) != FM_OK) {
+        if (e.code == FM_ERR_IO)
+            return 0; /* none yet */
+        fm_error_set(err, e.code, "%s", fm_error_text(&e));
+        return -1;
+    }
+    int rc = -1;
+    const char *k = NULL;
+    const double *fig = NULL;
+    size_t nfig = 0;
+    int64_t step, val, be, bad, hb, els;
+    const float *p, *m1, *m2, *best;
+    const uint64_t dims[1] = {(uint64_t)ft->total};
+    if (fm_model_meta_str(m, "checkpoint.key", &k, NULL, &e) != FM_OK)
+        goto bad;
+    if (strcmp(k, key) != 0) {
+        fm_log_warn("checkpoint %s was made with other options or data: starting afresh "
+                    "(it will be overwritten)", ft->o.checkpoint);
+        rc = 0;
+        goto done;
+    }
+    if (fm_model_meta_i64(m, "checkpoint.step", &step, &e) ||
+        fm_model_meta_i64(m, "checkpoint.validated", &val, &e) ||
+        fm_model_meta_i64(m, "checkpoint.best_epoch", &be, &e) ||
+        fm_model_meta_i64(m, "checkpoint.bad_epochs", &bad, &e) ||
+        fm_model_meta_i64(m, "checkpoint.have_best", &hb, &e) ||
+        fm_model_meta_i64(m, "checkpoint.epoch_loss_steps", &els, &e) ||
+        fm_model_meta_f64_array(m, "checkpoint.figures", &fig, &nfig, &e) || nfig != 7 ||
+        fm_model_tensor_expect(m, "params", 1, dims, &p, &e) ||
+        fm_model_tensor_expect(m, "moment1", 1, dims, &m1, &e) ||
+        fm_model_tensor_expect(m, "moment2", 1, dims, &m2, &e) ||
+        fm_model_tensor_expect(m, "best", 1, dims, &best, &e))
+        goto bad;
+    memcpy(ft->p, p, ft->total * sizeof(float));
+    memcpy(ft->m1, m1, ft->total * sizeof(float));
+    memcpy(ft->m2, m2, ft->total * sizeof(float));
+    memcpy(ft->best, best, ft->total * sizeof(float));
+    ft->step = (long)step;
+    ft->validated = (int)val;
+    ft->best_epoch = (int)be;
+    ft->bad_epochs = (int)bad;
+    ft->have_best = (int)hb;
+    ft->epoch_loss_steps = (long)els;
+    ft->best_prog.val_loss = fig[0];
+    ft->best_prog.val_age_mae = fig[1];
+    ft->best_prog.val_age_rmse = fig[2];
+    ft->best_prog.val_gender_acc = fig[3];
+    ft->best_prog.val_race_acc = fig[4];
+    ft->best_prog.epoch = (int)be;
+    ft->best_prog.best_epoch = (int)be;
+    ft->best_val = fig[5];
+    ft->epoch_loss = fig[6];
+    rc = 1;
+    goto done;
+bad:
+    fm_error_set(err, FM_ERR_FORMAT, "checkpoint %s: %s", ft->o.checkpoint,
+                 e.code ? fm_error_text(&e) : "bad figures");
+done:
+    fm_model_close(&m);
+    return rc;
+}
+
+/* ---- training ------------------------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Scores val (face and mirror averaged) with the current weights into p. */
+static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress *pr,
+                          fm_error *err)
+{
+    const int B = ft->o.batch;
+    float *feat = malloc((size_t)B * POOLED * sizeof(float) * 2);
+    if (!feat)
+        return fm_error_set(err, FM_ERR_NOMEM, "validation: out of memory");
+    double loss = 0, ae = 0, se = 0;
+    int gok = 0, rok = 0;
+    fm_status st = FM_OK;
+    fm_utk_label labels[4096];
+    for (int i0 = 0; i0 < val->n && st == FM_OK; i0 += B) {
+        int n = val->n - i0 < B ? val->n - i0 : B;
+        for (int v = 0; v < 2 && st == FM_OK; v++) {
+            for (int i = 0; i < n; i++)
+                make_input(ft, &val->images[i0 + i], i, v, NULL);
+            st = pooled_only(ft, n, feat + (size_t)v * B * POOLED, err);
+        }
+        if (st)
+            break;
+        for (size_t j = 0; j < (size_t)n * POOLED; j++)
+            feat[j] = 0.5f * (feat[j] + feat[(size_t)B * POOLED + j]);
+        for (int i = 0; i < n; i++)
+            labels[i] = val->images[i0 + i].label;
+        make_targets(ft, labels, n);
+        /* heads on the averaged features */
+        acts s;
+        memset(&s, 0, sizeof s);
+        fm_arena_reset(ft->arena, 0);
+        double l = 0;
+        if ((st = fm_tensor_alloc(ft->arena, n, POOLED, 1, 1, &s.pooled, err)))
+            break;
+        memcpy(s.pooled.data, feat, (size_t)n * POOLED * sizeof(float));
+        if ((st = heads_forward(ft, ft->arena, &s, NULL, err)) ||
+            (st = heads_loss(ft, ft->arena, &s, NULL, &l, err)))
+            break;
+        loss += l * n;
+        for (int i = 0; i < n; i++) {
+            fm_attrs at;
+            fm_attrs_from_logits(s.logits[0].data + (size_t)i * FM_HEADS_AGES,
+                                 s.logits[1].data + (size_t)i * FM_HEADS_GENDERS,
+                                 s.logits[2].data + (size_t)i * FM_HEADS_RACES, &at);
+            double d = at.age - labels[i].age;
+            ae += fabs(d);
+            se += d * d;
+            gok += at.gender == labels[i].gender;
+            rok += at.race == labels[i].race;
+        }
+    }
+    free(feat);
+    if (st)
+        return st;
+    pr->val_loss = loss / val->n;
+    pr->val_age_mae = ae / val->n;
+    pr->val_age_rmse = sqrt(se / val->n);
+    pr->val_gender_acc = (double)gok / val->n;
+    pr->val_race_acc = (double)rok / val->n;
+    return FM_OK;
+}
+
+/* The order of epoch e: a Fisher-Yates shuffle keyed by (seed, e). */
+static void permutation(const fm_finetune *ft, int e, int n, int *perm)
+{
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    rng r = rng_for(ft->o.seed, 0x5405f1e, (uint64_t)e, 0);
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(rng_unit(&r) * (i + 1));
+        int t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_set *val,
+                          const char *data_id, fm_ft_progress *best, fm_error *err)
+{
+    if (!ft || !train || !val || !train->images || !val->images)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_run: NULL argument");
+    const fm_ft_opts *o = &ft->o;
+    const int B = o->batch;
+    if (train->n < B || val->n < 1)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "fine-tune: %d training faces for batches of %d, %d validation "
+                            "faces", train->n, B, val->n);
+    double age_sum = 0;
+    for (int i = 0; i < train->n; i++)
+        age_sum += train->images[i].label.age;
+    ft->fallback_age = age_sum / train->n;
+
+    char key[2048];
+    fingerprint(ft, data_id, key, sizeof key);
+    if (o->checkpoint) {
+        int got = checkpoint_load(ft, key, err);
+        if (got < 0)
+            return err ? err->code : FM_ERR_FORMAT;
+        if (got)
+            fm_log_info("resuming from %s: step %ld, %d epoch(s) validated",
+                        o->checkpoint, ft->step, ft->validated);
+    }
+    const long per_epoch = train->n / B;
+    const long total = per_epoch * o->max_epochs;
+    int *perm = malloc((size_t)train->n * sizeof *perm);
+    if (!perm)
+        return fm_error_set(err, FM_ERR_NOMEM, "fine-tune: out of memory");
+    fm_status st = FM_OK;
+    const double t0 = now_s();
+    long steps_here = 0;
+    fm_ft_progress pr;
+    memset(&pr, 0, sizeof pr);
+    pr.max_epochs = o->max_epochs;
+    pr.total_steps = total;
+
+    while (ft->validated < o->max_epochs && ft->bad_epochs < o->patience) {
+        const int e = ft->validated;
+        permutation(ft, e, train->n, perm);
+        for (long s = ft->step - (long)e * per_epoch; s < per_epoch; s++) {
+            if ((o->stop_after_steps > 0 && steps_here >= o->stop_after_steps) ||
+                (o->stop && *o->stop)) {
+                if (o->checkpoint && (st = checkpoint_save(ft, key, err)))
+                    goto out;
+                st = fm_error_set(err, FM_ERR_INTERRUPTED,
+                                  "fine-tune stopped at step %ld of %ld%s%s", ft->step, total,
+                                  o->checkpoint ? "; resume from " : "",
+                                  o->checkpoint ? o->checkpoint : "");
+                goto out;
+            }
+            fm_utk_label labels[4096];
+            for (int i = 0; i < B; i++) {
+                const int idx = perm[s * B + i];
+                rng r = rng_for(o->seed, (uint64_t)e + 1, (uint64_t)idx, 0xa09);
+                make_input(ft, &train->images[idx], i, 0, &r);
+                labels[i] = train->images[idx].label;
+            }
+            make_targets(ft, labels, B);
+            const float *mask = NULL;
+            if (o->dropout > 0) {
+                rng r = rng_for(o->seed, 0xd209, (uint64_t)ft->step, 0);
+                const float keep = (float)(1 / (1 - o->dropout));
+                for (size_t j = 0; j < (size_t)B * o->hidden; j++)
+                    ft->mask[j] = rng_unit(&r) < o->dropout ? 0.0f : keep;
+                mask = ft->mask;
+            }
+            double loss = 0;
+            if ((st = compute(ft, ft->arena, B, mask, 1, &loss, err)))
+                goto out;
+            if (!isfinite(loss)) {
+                st = fm_error_set(err, FM_ERR_INTERNAL,
+                                  "fine-tune: the loss is %g at step %ld: lower the learning "
+                                  "rate", loss, ft->step);
+                goto out;
+            }
+            const double f = lr_factor(ft, ft->step, total, per_epoch);
+            optimiser_step(ft, f);
+            ft->step++;
+            steps_here++;
+            ft->epoch_loss += loss;
+            ft->epoch_loss_steps++;
+            if (o->checkpoint && o->checkpoint_steps > 0 && ft->step % o->checkpoint_steps == 0 &&
+                (st = checkpoint_save(ft, key, err)))
+                goto out;
+            if (o->progress && o->progress_steps > 0 && ft->step % o->progress_steps == 0) {
+                double el = now_s() - t0;
+                pr.epoch = e + 1;
+                pr.step = ft->step;
+                pr.epoch_end = 0;
+                pr.lr_backbone = f * o->lr_backbone;
+                pr.lr_heads = f * o->lr_heads;
+                pr.train_loss = ft->epoch_loss / ft->epoch_loss_steps;
+                pr.elapsed_s = el;
+                pr.eta_s = el / steps_here * (total - ft->step);
+                pr.best_epoch = ft->best_epoch;
+                o->progress(o->ctx, &pr);
+            }
+        }
+        /* the epoch is done: validate, keep the best, maybe stop */
+        pr.epoch = e + 1;
+        pr.step = ft->step;
+        pr.epoch_end = 1;
+        pr.train_loss = ft->epoch_loss_steps ? ft->epoch_loss / ft->epoch_loss_steps : 0;
+        if ((st = validate(ft, val, &pr, err)))
+            goto out;
+        ft->validated++;
+        ft->epoch_loss = 0;
+        ft->epoch_loss_steps = 0;
+        if (pr.val_loss < ft->best_val) {
+            ft->best_val = pr.val_loss;
+            ft->best_epoch = e + 1;
+            ft->bad_epochs = 0;
+            memcpy(ft->best, ft->p, ft->total * sizeof(float));
+            ft->have_best = 1;
+            ft->best_prog = pr;
+        } else {
+            ft->bad_epochs++;
+        }
+        pr.best_epoch = ft->best_epoch;
+        ft->best_prog.best_epoch = ft->best_epoch;
+        double el = now_s() - t0;
+        pr.elapsed_s = el;
+        pr.eta_s = steps_here ? el / steps_here * (total - ft->step) : 0;
+        if (o->checkpoint && (st = checkpoint_save(ft, key, err)))
+            goto out;
+        if (o->progress)
+            o->progress(o->ctx, &pr);
+    }
+    if (best)
+        *best = ft->best_prog;
+out:
+    free(perm);
+    return st;
+}
+
+/* ---- output --------------------------------------------------------------------- */
+
+static const float *kept(const fm_finetune *ft)
+{
+    return ft->have_best ? ft->best : ft->p;
+}
+
+fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
+                                     fm_error *err)
+{
+    if (!ft || !w)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_write_backbone: NULL argument");
+    const float *src = kept(ft);
+    /* every tensor of the base, in its order: the trained ones from our vector */
+    for (size_t i = 0; i < fm_model_tensor_count(ft->base); i++) {
+        const fm_model_tensor_info *ti = fm_model_tensor_at(ft->base, i);
+        const float *data = ti->data;
+        for (int k = 0; k < T_HEADS; k++)
+            if (strcmp(ft->t[k].name, ti->name) == 0)
+                data = src + ft->t[k].off;
+        fm_status st = fm_model_writer_add_tensor(w, ti->name, ti->ndim, ti->dims, data, err);
+        if (st)
+            return st;
+    }
+    return FM_OK;
+}
+
+fm_status fm_finetune_copy_meta(const fm_model *base, const char *const *skip,
+                                fm_model_writer *w, fm_error *err)
+{
+    for (size_t i = 0; i < fm_model_meta_count(base); i++) {
+        const char *key = NULL;
+        fm_model_meta_type type;
+        fm_model_meta_at(base, i, &key, &type);
+        int skipped = 0;
+        for (size_t s = 0; skip && skip[s]; s++)
+            skipped |= strcmp(skip[s], key) == 0;
+        if (skipped)
+            continue;
+        fm_status st = FM_OK;
+        switch (type) {
+        case FM_MODEL_META_I64: {
+            int64_t v;
+            if (!(st = fm_model_meta_i64(base, key, &v, err)))
+                st = fm_model_writer_add_i64(w, key, v, err);
+            break;
+        }
+        case FM_MODEL_META_F64: {
+            double v;
+            if (!(st = fm_model_meta_f64(base, key, &v, err)))
+                st = fm_model_writer_add_f64(w, key, v, err);
+            break;
+        }
+        case FM_MODEL_META_STR: {
+            const char *v;
+            if (!(st = fm_model_meta_str(base, key, &v, NULL, err)))
+                st = fm_model_writer_add_str(w, key, v, err);
+            break;
+        }
+        case FM_MODEL_META_I64_ARRAY: {
+            const int64_t *v;
+            size_t n;
+            if (!(st = fm_model_meta_i64_array(base, key, &v, &n, err)))
+                st = fm_model_writer_add_i64_array(w, key, v, n, err);
+            break;
+        }
+        case FM_MODEL_META_F64_ARRAY: {
+            const double *v;
+            size_t n;
+            if (!(st = fm_model_meta_f64_array(base, key, &v, &n, err)))
+                st = fm_model_writer_add_f64_array(w, key, v, n, err);
+            break;
+        }
+        case FM_MODEL_META_STR_ARRAY: {
+            const char *const *v;
+            size_t n;
+            if (!(st = fm_model_meta_str_array(base, key, &v, &n, err)))
+                st = fm_model_writer_add_str_array(w, key, v, n, err);
+            break;
+        }
+        }
+        if (st)
+            return st;
+    }
+    return FM_OK;
+}
+
+fm_status fm_finetune_write_heads(const fm_finetune *ft, fm_model_writer *w, fm_error *err)
+{
+    if (!ft || !w)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_write_heads: NULL argument");
+    float zero[POOLED], one[POOLED];
+    for (int i = 0; i < POOLED; i++) {
+        zero[i] = 0;
+        one[i] = 1;
+    }
+    const uint64_t d[1] = {POOLED};
+    fm_status st;
+    if ((st = fm_model_writer_add_tensor(w, "feat.mean", 1, d, zero, err)) ||
+        (st = fm_model_writer_add_tensor(w, "feat.std", 1, d, one, err)))
+        return st;
+    const float *src = kept(ft);
+    for (int k = T_HEADS; k < T_COUNT; k++) {
+        const ptensor *t = &ft->t[k];
+        uint64_t dims[2] = {(uint64_t)t->d[0], (uint64_t)t->d[1]};
+        if ((st = fm_model_writer_add_tensor(w, t->name, (unsigned)t->ndim, dims,
+                                             src + t->off, err)))
+            return st;
+    }
+    if ((st = fm_model_writer_add_f64(w, "heads.leaky_alpha", ft->o.leaky_alpha, err)) ||
+        (st = fm_model_writer_add_f64(w, "heads.fallback_age", ft->fallback_age, err)))
+        return st;
+    return FM_OK;
+}
+
+/* ---- for tests ------------------------------------------------------------------ */
+
+fm_status fm_finetune_loss(fm_finetune *ft, const float *x, const fm_utk_label *labels,
+                           int n, int want_grad, double *loss, fm_error *err)
+{
+    if (!ft || !x || !labels || !loss || n < 1 || n > ft->o.batch)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_loss: bad arguments");
+    memcpy(ft->xbuf, x, (size_t)n * 3 * ft->in_h * ft->in_w * sizeof(float));
+    make_targets(ft, labels, n);
+    return compute(ft, ft->arena, n, NULL, want_grad, loss, err);
+}
+
+fm_status fm_finetune_pooled(fm_finetune *ft, const float *x, int n, float *out,
+                             fm_error *err)
+{
+    if (!ft || !x || !out || n < 1 || n > ft->o.batch)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_pooled: bad arguments");
+    memcpy(ft->xbuf, x, (size_t)n * 3 * ft->in_h * ft->in_w * sizeof(float));
+    return pooled_only(ft, n, out, err);
+}
+
+float *fm_finetune_params(fm_finetune *ft, size_t *count, size_t *trained_from)
+{
+    if (count)
+        *count = ft->total;
+    if (trained_from)
+        *trained_from = ft->trained_from;
+    return ft->p;
+}
+
+const float *fm_finetune_grads(const fm_finetune *ft)
+{
+    return ft->g;
+}
+
+void fm_finetune_input_size(const fm_finetune *ft, int *h, int *w)
+{
+    *h = ft->in_h;
+    *w = ft->in_w;
+}
