@@ -23,15 +23,6 @@
 #define CONV_MIN_COLS 256
 #endif
 
-typedef struct conv_geom {
-    int n, c, h, w;        /* input */
-    int co, oh, ow;        /* output channels and size */
-    int kh, kw, sh, sw, pt, pl;
-    int groups, cpg, cog;  /* groups, input and output channels per group */
-    int k;                 /* rows of the im2col matrix: cpg * kh * kw */
-    int p;                 /* output pixels per image: oh * ow */
-} conv_geom;
-
 typedef enum conv_mode {
     CONV_DEPTHWISE, /* one input channel per group: direct loop */
     CONV_1X1,       /* 1x1 stride 1 unpadded: multiply the input as it is */
@@ -46,8 +37,8 @@ typedef struct conv_plan {
     size_t scratch; /* floats */
 } conv_plan;
 
-static fm_status conv_geometry(const char *op, const fm_tensor *x, const fm_tensor *w,
-                               const fm_conv2d_params *p, conv_geom *g, fm_error *err)
+fm_status nn_conv_geometry(const char *op, const fm_tensor *x, const fm_tensor *w,
+                           const fm_conv2d_params *p, conv_geom *g, fm_error *err)
 {
     nn_shape_text sx, sw;
     if (!p)
@@ -104,7 +95,7 @@ fm_status fm_nn_conv2d_shape(const fm_tensor *x, const fm_tensor *w,
     if (!y)
         return fm_error_set(err, FM_ERR_INVALID, "%s: output is NULL", op);
     conv_geom g;
-    if ((st = conv_geometry(op, x, w, p, &g, err)))
+    if ((st = nn_conv_geometry(op, x, w, p, &g, err)))
         return st;
     y->n = g.n, y->c = g.co, y->h = g.oh, y->w = g.ow;
     return FM_OK;
@@ -162,11 +153,8 @@ static inline void valid_cols(int w, int s, int pad, int kx, int ow, int *lo, in
     *hi = (int)h;
 }
 
-/* Writes output pixels [p0, p1) of the im2col matrix of one image's channel group:
- * row r = (ci * kh + ky) * kw + kx holds, for each pixel, the input under tap (ky, kx)
- * of channel ci (0 in the padding), at col + r * ld. x points at the group's first
- * channel. */
-static void im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, size_t ld)
+/* See nn_impl.h. */
+void nn_im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, size_t ld)
 {
     const size_t plane = (size_t)g->h * g->w;
     for (int ci = 0; ci < g->cpg; ci++) {
@@ -205,6 +193,48 @@ static void im2col(const conv_geom *g, const float *x, int p0, int p1, float *co
                         for (int ox = b; ox < ox1; ox++)
                             *dst++ = 0.0f;
                     }
+                    p += ox1 - ox0;
+                }
+            }
+        }
+    }
+}
+
+/* See nn_impl.h. The same walk as nn_im2col with the copy reversed into an add, so the
+ * two stay each other's adjoint: a tap's valid output columns come from valid_cols and
+ * out-of-range rows are skipped instead of zero-filled. */
+void nn_col2im_add(const conv_geom *g, const float *col, int p0, int p1, size_t ld,
+                   float *dx)
+{
+    const size_t plane = (size_t)g->h * g->w;
+    for (int ci = 0; ci < g->cpg; ci++) {
+        float *dxc = dx + ci * plane;
+        for (int ky = 0; ky < g->kh; ky++) {
+            for (int kx = 0; kx < g->kw; kx++) {
+                const float *src = col + ((size_t)(ci * g->kh + ky) * g->kw + kx) * ld;
+                int lo, hi;
+                valid_cols(g->w, g->sw, g->pl, kx, g->ow, &lo, &hi);
+                int p = p0;
+                while (p < p1) {
+                    int oy = p / g->ow, ox0 = p % g->ow;
+                    int ox1 = p1 - p < g->ow - ox0 ? ox0 + (p1 - p) : g->ow;
+                    int iy = oy * g->sh - g->pt + ky;
+                    if (iy >= 0 && iy < g->h) {
+                        int a = ox0 > lo ? ox0 : lo, b = ox1 < hi ? ox1 : hi;
+                        if (b > a) {
+                            float *restrict dst =
+                                dxc + (size_t)iy * g->w + (a * g->sw - g->pl + kx);
+                            const float *restrict s = src + (a - ox0);
+                            if (g->sw == 1) {
+                                for (int i = 0; i < b - a; i++)
+                                    dst[i] += s[i];
+                            } else {
+                                for (int i = 0; i < b - a; i++)
+                                    dst[(size_t)i * g->sw] += s[i];
+                            }
+                        }
+                    }
+                    src += ox1 - ox0;
                     p += ox1 - ox0;
                 }
             }
@@ -323,7 +353,7 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
         (st = nn_check(op, "output", y, measuring, err)))
         return st;
     conv_geom g;
-    if ((st = conv_geometry(op, x, w, p, &g, err)) ||
+    if ((st = nn_conv_geometry(op, x, w, p, &g, err)) ||
         (st = nn_check_vec(op, "bias", bias, (size_t)g.co, measuring, err)) ||
         (st = nn_check_shape(op, "output", y, g.n, g.co, g.oh, g.ow, err)) ||
         (st = nn_check_disjoint(op, "the input", y, x, err)) ||
@@ -367,7 +397,7 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
                 float *yg = y->data + ((size_t)n * g.co + (size_t)gr * g.cog) * out_plane;
                 for (int p0 = 0; p0 < g.p; p0 += plan.tile) {
                     int cols = g.p - p0 < plan.tile ? g.p - p0 : plan.tile;
-                    im2col(&g, xg, p0, p0 + cols, scratch, (size_t)cols);
+                    nn_im2col(&g, xg, p0, p0 + cols, scratch, (size_t)cols);
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, cols, g.k,
                                 1.0f, w->data + gr * wg_size, g.k, scratch, cols, 0.0f,
                                 yg + p0, g.p);
@@ -387,7 +417,7 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
                 for (int j = 0; j < imgs; j++) {
                     const float *xg =
                         x->data + ((size_t)(n0 + j) * g.c + (size_t)gr * g.cpg) * in_plane;
-                    im2col(&g, xg, 0, g.p, col + (size_t)j * g.p, (size_t)cols);
+                    nn_im2col(&g, xg, 0, g.p, col + (size_t)j * g.p, (size_t)cols);
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, cols, g.k, 1.0f,
                             w->data + gr * wg_size, g.k, col, cols, 0.0f, res, cols);

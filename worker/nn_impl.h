@@ -60,4 +60,56 @@ fm_status nn_scratch(fm_arena *a, const char *op, size_t floats, float **out, fm
  * Every operation that calls BLAS calls this first. */
 void nn_blas_ready(void);
 
+/* ---- shared by the forward and backward passes (nn_conv.c, nn_pool.c, nn_grad.c) -- */
+
+/* Convolution geometry, validated once by nn_conv_geometry. */
+typedef struct conv_geom {
+    int n, c, h, w;        /* input */
+    int co, oh, ow;        /* output channels and size */
+    int kh, kw, sh, sw, pt, pl;
+    int groups, cpg, cog;  /* groups, input and output channels per group */
+    int k;                 /* rows of the im2col matrix: cpg * kh * kw */
+    int p;                 /* output pixels per image: oh * ow */
+} conv_geom;
+
+/* Checks x, w and p for a convolution (op names the operation in messages) and fills
+ * g. x and w must already have passed nn_check. */
+fm_status nn_conv_geometry(const char *op, const fm_tensor *x, const fm_tensor *w,
+                           const fm_conv2d_params *p, conv_geom *g, fm_error *err);
+
+/* Writes output pixels [p0, p1) of the im2col matrix of one image's channel group:
+ * row r = (ci * kh + ky) * kw + kx holds, for each pixel, the input under tap (ky, kx)
+ * of channel ci (0 in the padding), at col + r * ld. x points at the group's first
+ * channel. */
+void nn_im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, size_t ld);
+
+/* The adjoint of nn_im2col: adds every element of columns [p0, p1) of col (same
+ * layout and ld) to the input pixel it was copied from; padding taps are dropped.
+ * dx points at the group's first channel of one image's input gradient. */
+void nn_col2im_add(const conv_geom *g, const float *col, int p0, int p1, size_t ld,
+                   float *dx);
+
+/* Pooling output size, validated once by nn_pool_geometry. */
+typedef struct pool_geom {
+    int oh, ow;
+} pool_geom;
+
+/* Checks p against an input of x's shape (op names the operation) and fills g with
+ * the output size of fm_nn_pool2d_shape. x must already have passed nn_check. */
+fm_status nn_pool_geometry(const char *op, const fm_tensor *x, const fm_pool2d_params *p,
+                           pool_geom *g, fm_error *err);
+
+/* Window of output index o along one axis: [*s, *e) clipped to the input, and the
+ * size *span of the window clipped to the padded input (for count_include_pad). */
+static inline void nn_pool_window(int o, int stride, int pad0, int pad1, int k, int in,
+                                  int *s, int *e, int *span)
+{
+    int start = o * stride - pad0;
+    int end = start + k;
+    int end_pad = end < in + pad1 ? end : in + pad1;
+    *span = end_pad - start;
+    *s = start < 0 ? 0 : start;
+    *e = end < in ? end : in;
+}
+
 #endif

@@ -3,10 +3,6 @@
  * or asymmetric padding, and both average-pool divisors. */
 #include "nn_impl.h"
 
-typedef struct pool_geom {
-    int oh, ow;
-} pool_geom;
-
 /* Output size along one axis; see fm_nn_pool2d_shape. */
 static long long pool_out(long long in, int k, int s, int pad0, int pad1, int ceil_mode)
 {
@@ -17,8 +13,8 @@ static long long pool_out(long long in, int k, int s, int pad0, int pad1, int ce
     return o;
 }
 
-static fm_status pool_geometry(const char *op, const fm_tensor *x, const fm_pool2d_params *p,
-                               pool_geom *g, fm_error *err)
+fm_status nn_pool_geometry(const char *op, const fm_tensor *x, const fm_pool2d_params *p,
+                           pool_geom *g, fm_error *err)
 {
     nn_shape_text sx;
     if (!p)
@@ -61,7 +57,7 @@ fm_status fm_nn_pool2d_shape(const fm_tensor *x, const fm_pool2d_params *p, fm_t
     if (!y)
         return fm_error_set(err, FM_ERR_INVALID, "%s: output is NULL", op);
     pool_geom g = {0};
-    if ((st = pool_geometry(op, x, p, &g, err)))
+    if ((st = nn_pool_geometry(op, x, p, &g, err)))
         return st;
     y->n = x->n, y->c = x->c, y->h = g.oh, y->w = g.ow;
     return FM_OK;
@@ -78,25 +74,12 @@ static fm_status pool_prepare(const char *op, fm_arena *a, const fm_tensor *x,
     *run = 0;
     if ((st = nn_check(op, "input", x, measuring, err)) ||
         (st = nn_check(op, "output", y, measuring, err)) ||
-        (st = pool_geometry(op, x, p, &g, err)) ||
+        (st = nn_pool_geometry(op, x, p, &g, err)) ||
         (st = nn_check_shape(op, "output", y, x->n, x->c, g.oh, g.ow, err)) ||
         (st = nn_check_disjoint(op, "the input", y, x, err)))
         return st;
     *run = !measuring;
     return FM_OK;
-}
-
-/* Window of output index o along one axis: [*s, *e) clipped to the input, and the
- * size *span of the window clipped to the padded input (for count_include_pad). */
-static inline void pool_window(int o, int stride, int pad0, int pad1, int k, int in, int *s,
-                               int *e, int *span)
-{
-    int start = o * stride - pad0;
-    int end = start + k;
-    int end_pad = end < in + pad1 ? end : in + pad1;
-    *span = end_pad - start;
-    *s = start < 0 ? 0 : start;
-    *e = end < in ? end : in;
 }
 
 fm_status fm_nn_maxpool2d(fm_arena *a, const fm_tensor *x, const fm_pool2d_params *p,
@@ -113,11 +96,11 @@ fm_status fm_nn_maxpool2d(fm_arena *a, const fm_tensor *x, const fm_pool2d_param
         float *yc = y->data + pc * out_plane;
         for (int oy = 0; oy < y->h; oy++) {
             int hs, he, hspan;
-            pool_window(oy, p->stride_h, p->pad_top, p->pad_bottom, p->kernel_h, x->h, &hs,
+            nn_pool_window(oy, p->stride_h, p->pad_top, p->pad_bottom, p->kernel_h, x->h, &hs,
                         &he, &hspan);
             for (int ox = 0; ox < y->w; ox++) {
                 int ws, we, wspan;
-                pool_window(ox, p->stride_w, p->pad_left, p->pad_right, p->kernel_w, x->w,
+                nn_pool_window(ox, p->stride_w, p->pad_left, p->pad_right, p->kernel_w, x->w,
                             &ws, &we, &wspan);
                 /* Every window holds at least one input pixel (pad < kernel and the
                  * ceil-mode rule), so the first pixel is a valid start. */
@@ -148,11 +131,11 @@ fm_status fm_nn_avgpool2d(fm_arena *a, const fm_tensor *x, const fm_pool2d_param
         float *yc = y->data + pc * out_plane;
         for (int oy = 0; oy < y->h; oy++) {
             int hs, he, hspan;
-            pool_window(oy, p->stride_h, p->pad_top, p->pad_bottom, p->kernel_h, x->h, &hs,
+            nn_pool_window(oy, p->stride_h, p->pad_top, p->pad_bottom, p->kernel_h, x->h, &hs,
                         &he, &hspan);
             for (int ox = 0; ox < y->w; ox++) {
                 int ws, we, wspan;
-                pool_window(ox, p->stride_w, p->pad_left, p->pad_right, p->kernel_w, x->w,
+                nn_pool_window(ox, p->stride_w, p->pad_left, p->pad_right, p->kernel_w, x->w,
                             &ws, &we, &wspan);
                 float sum = 0.0f;
                 for (int iy = hs; iy < he; iy++) {

@@ -38,8 +38,11 @@ extern "C" {
  *   dx  NULL or [N, C, H, W]:       dx += conv_transpose(dy, w)
  *   dw  NULL or w's shape:          dw += sum over images of dy (x) im2col(x)
  *   db  NULL or CO floats:          db += sum of dy over N, OH, OW
- * Scratch: the im2col columns of one image (C*KH*KW x OH*OW floats) and, when dx is
- * wanted, a buffer of the same size for the column gradient. */
+ * Scratch, as the forward pass: one im2col buffer of about 1 MiB (at least 256
+ * columns of C*KH*KW floats) that also holds the column gradient, plus, for small
+ * outputs (several images per multiply), a gathered copy of their dy; none for 1x1
+ * stride-1 unpadded convolutions or when only db is wanted. The exact amount is what
+ * measuring reports. */
 fm_status fm_nn_conv2d_backward(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
                                 const fm_conv2d_params *p, const fm_tensor *dy,
                                 fm_tensor *dx, fm_tensor *dw, fm_tensor *db,
@@ -73,7 +76,8 @@ fm_status fm_nn_dense_backward(fm_arena *a, const fm_tensor *x, const fm_tensor 
 /* Per-channel affine y = x * scale[c] + shift[c] (fm_nn_scale_shift; scale NULL = 1).
  *   dx NULL or x's shape: dx += dy * scale[c];
  *   dscale NULL or C floats: dscale[c] += sum dy * x over channel c (x needed);
- *   dshift NULL or C floats: dshift[c] += sum dy over channel c. */
+ *   dshift NULL or C floats: dshift[c] += sum dy over channel c.
+ * x may be NULL when dscale is; shapes then come from dy. */
 fm_status fm_nn_scale_shift_backward(fm_arena *a, const fm_tensor *x,
                                      const fm_tensor *scale, const fm_tensor *dy,
                                      fm_tensor *dx, fm_tensor *dscale, fm_tensor *dshift,
@@ -111,8 +115,11 @@ fm_status fm_nn_channel_pad_backward(fm_arena *a, const fm_tensor *dy, fm_tensor
  * one, see fm_nn_gaussian_target), weighted per image by weight[n] (NULL = 1):
  *   loss = scale * sum_n weight[n] * (-sum_k target[n,k] * log softmax(logits[n])_k)
  *   dlogits (NULL or logits' shape) += scale * weight[n] * (softmax(logits[n]) - target[n])
- * Stable for any finite logits (log-sum-exp). *loss (not NULL) is set, not accumulated.
- * probs (NULL or N x K floats) receives the softmax. No scratch. */
+ * Stable for any finite logits (log-sum-exp). *loss (when loss is not NULL) is set,
+ * not accumulated. probs (NULL or N x K floats) receives the softmax. No scratch.
+ * FM_ERR_INVALID, before anything is written, for a logit that is not finite, a target
+ * value that is negative or not finite, a target row whose sum is off 1 by more than
+ * 1e-3, a weight that is negative or not finite, or a scale that is not finite. */
 fm_status fm_nn_softmax_xent(fm_arena *a, const fm_tensor *logits, const float *target,
                              const float *weight, float scale, double *loss,
                              fm_tensor *dlogits, float *probs, fm_error *err);

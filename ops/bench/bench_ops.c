@@ -5,8 +5,13 @@
  * for convolution layers of the shapes facemill runs (MTCNN P-Net on a 640x480 pyramid
  * level, R-Net/O-Net on batches of crops, dlib's ResNet at 150x150, FaceNet blocks, a
  * depthwise layer), milliseconds per call, GFLOPS and the ratio to the 1024^3 sgemm.
+ * Then, for the dlib ResNet layers a trainer runs at batch 32, the backward pass
+ * (fm_nn_conv2d_backward with dx, dw and db) against the forward pass of the same
+ * layer: it does twice the forward's multiply-adds, so a ratio near 2 means it runs at
+ * the forward's speed. --grad-only runs just that part.
  * One OpenBLAS thread unless --threads N says otherwise; the count is set explicitly.
  * Each figure is the fastest of repeated calls over about a quarter of a second. */
+#include "facemill/grad.h"
 #include "facemill/nn.h"
 
 #include <cblas.h>
@@ -143,41 +148,94 @@ fail:
     return rc;
 }
 
-static void usage(FILE *out)
-{
-    fprintf(out, "usage: facemill-bench-ops [--threads N]\n"
-                 "  --threads N  OpenBLAS threads (default 1)\n");
-}
+/* Training layers of the dlib ResNet (150x150 input) at batch 32. */
+static const layer grad_layers[] = {
+    {"dlib 3x3 32->32 @35 (32 faces)", 32, 32, 35, 35, 32, 3, 1, 1, 1},
+    {"dlib 3x3/2 32->64 @35 (down)", 32, 32, 35, 35, 64, 3, 2, 0, 1},
+    {"dlib 3x3 64->64 @17", 32, 64, 17, 17, 64, 3, 1, 1, 1},
+    {"dlib 3x3 128->128 @8", 32, 128, 8, 8, 128, 3, 1, 1, 1},
+    {"dlib 3x3 256->256 @4", 32, 256, 4, 4, 256, 3, 1, 1, 1},
+};
 
-int main(int argc, char **argv)
+/* Forward and backward of one layer; returns 0 on success. */
+static int bench_grad_layer(const layer *l)
 {
-    int threads = 1;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "facemill-bench-ops: --threads wants 1..1024, got '%s'\n",
-                        argv[i]);
-                return 2;
-            }
-            threads = (int)v;
-        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else {
-            usage(stderr);
-            return 2;
+    fm_error err = {0};
+    fm_arena *measure = NULL, *arena = NULL;
+    fm_tensor x = fm_tensor_make(l->n, l->c, l->h, l->w, NULL);
+    fm_tensor w = fm_tensor_make(l->co, l->c, l->k, l->k, NULL);
+    fm_tensor b = fm_tensor_make(1, l->co, 1, 1, NULL);
+    fm_tensor y = {0}, dx = x, dw = w, db = b;
+    fm_conv2d_params p = fm_conv2d_sym(l->stride, l->pad);
+    int rc = 1;
+    if (fm_nn_conv2d_shape(&x, &w, &p, &y, &err) ||
+        fm_arena_new_measuring(&measure, &err) ||
+        fm_nn_conv2d(measure, &x, &w, &b, &p, &y, &err))
+        goto fail;
+    size_t fwd_scratch = fm_arena_high_water(measure);
+    fm_tensor dy = y;
+    fm_arena_destroy(&measure);
+    if (fm_arena_new_measuring(&measure, &err) ||
+        fm_nn_conv2d_backward(measure, &x, &w, &p, &dy, &dx, &dw, &db, &err))
+        goto fail;
+    size_t scratch = fm_arena_high_water(measure);
+    if (fm_arena_new(scratch > fwd_scratch ? scratch : fwd_scratch, &arena, &err))
+        goto fail;
+    x.data = random_floats(fm_tensor_count(&x));
+    w.data = random_floats(fm_tensor_count(&w));
+    b.data = random_floats(fm_tensor_count(&b));
+    y.data = random_floats(fm_tensor_count(&y));
+    dy.data = random_floats(fm_tensor_count(&y));
+    dx.data = random_floats(fm_tensor_count(&x));
+    dw.data = random_floats(fm_tensor_count(&w));
+    db.data = random_floats(fm_tensor_count(&b));
+    if (!x.data || !w.data || !b.data || !y.data || !dy.data || !dx.data || !dw.data ||
+        !db.data)
+        goto fail;
+    double best[2] = {1e30, 1e30};
+    for (int pass = 0; pass < 2; pass++) {
+        double start = now();
+        for (int rep = -1; rep < MIN_REPS || now() - start < MIN_SECONDS; rep++) {
+            double t0 = now();
+            fm_status st = pass ? fm_nn_conv2d_backward(arena, &x, &w, &p, &dy, &dx, &dw,
+                                                        &db, &err)
+                                : fm_nn_conv2d(arena, &x, &w, &b, &p, &y, &err);
+            if (st)
+                goto fail;
+            double t = now() - t0;
+            if (rep >= 0) /* the first call warms caches and OpenBLAS */
+                best[pass] = t < best[pass] ? t : best[pass];
         }
     }
-    fm_error err = {0};
-    if (fm_nn_set_threads(threads, &err)) {
-        fprintf(stderr, "facemill-bench-ops: %s\n", fm_error_text(&err));
-        return 1;
-    }
-    printf("facemill-bench-ops: %s, core %s, %d thread%s\n", openblas_get_config(),
-           openblas_get_corename(), fm_nn_threads(), fm_nn_threads() == 1 ? "" : "s");
+    double flop = 2.0 * y.n * y.c * y.h * y.w * (double)(w.c * w.h * w.w);
+    char in[32], kern[24];
+    snprintf(in, sizeof in, "%dx%dx%dx%d", l->n, l->c, l->h, l->w);
+    snprintf(kern, sizeof kern, "%dx%d/%d p%d -> %d", l->k, l->k, l->stride, l->pad, l->co);
+    printf("  %-32s %-16s %-14s %8.0f %8.0f %8.2f %7.2f %8.2f %7.2f %6.2f\n", l->name, in,
+           kern, (double)fwd_scratch / 1024.0, (double)scratch / 1024.0, best[0] * 1e3,
+           flop / best[0] * 1e-9, best[1] * 1e3, 2.0 * flop / best[1] * 1e-9,
+           best[1] / best[0]);
+    rc = 0;
+fail:
+    if (rc)
+        fprintf(stderr, "facemill-bench-ops: %s: %s\n", l->name, fm_error_text(&err));
+    free(x.data);
+    free(w.data);
+    free(b.data);
+    free(y.data);
+    free(dy.data);
+    free(dx.data);
+    free(dw.data);
+    free(db.data);
+    fm_arena_destroy(&measure);
+    fm_arena_destroy(&arena);
+    return rc;
+}
 
+/* The sgemm and forward convolution sections; returns nonzero when a layer failed. */
+static int bench_forward(void)
+{
+    int failed = 0;
     static const struct {
         const char *name;
         int m, n, k;
@@ -214,8 +272,54 @@ int main(int argc, char **argv)
     printf("\nfm_nn_conv2d (with bias; ratio = GFLOPS / sgemm 1024^3 GFLOPS = %.2f)\n", base);
     printf("  %-38s %-16s %-12s %-12s %8s %8s %8s %7s %7s\n", "layer", "input NxCxHxW",
            "kernel", "output", "scr KiB", "GFLOP", "ms", "GFLOPS", "ratio");
-    int failed = 0;
     for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
         failed |= bench_layer(&layers[i], base);
+    return failed;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: facemill-bench-ops [--threads N] [--grad-only]\n"
+                 "  --threads N  OpenBLAS threads (default 1)\n"
+                 "  --grad-only  only the convolution backward pass against the forward\n");
+}
+
+int main(int argc, char **argv)
+{
+    int threads = 1, grad_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1024) {
+                fprintf(stderr, "facemill-bench-ops: --threads wants 1..1024, got '%s'\n",
+                        argv[i]);
+                return 2;
+            }
+            threads = (int)v;
+        } else if (strcmp(argv[i], "--grad-only") == 0) {
+            grad_only = 1;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    fm_error err = {0};
+    if (fm_nn_set_threads(threads, &err)) {
+        fprintf(stderr, "facemill-bench-ops: %s\n", fm_error_text(&err));
+        return 1;
+    }
+    printf("facemill-bench-ops: %s, core %s, %d thread%s\n", openblas_get_config(),
+           openblas_get_corename(), fm_nn_threads(), fm_nn_threads() == 1 ? "" : "s");
+    int failed = grad_only ? 0 : bench_forward();
+    printf("\nfm_nn_conv2d_backward (dx, dw, db) against fm_nn_conv2d (with bias); the "
+           "backward pass\ndoes twice the forward's multiply-adds\n");
+    printf("  %-32s %-16s %-14s %8s %8s %8s %7s %8s %7s %6s\n", "layer", "input NxCxHxW",
+           "kernel", "fwd KiB", "bwd KiB", "fwd ms", "GFLOPS", "bwd ms", "GFLOPS", "ratio");
+    for (size_t i = 0; i < sizeof grad_layers / sizeof grad_layers[0]; i++)
+        failed |= bench_grad_layer(&grad_layers[i]);
     return failed ? 1 : 0;
 }
