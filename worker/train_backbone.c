@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define POOLED 256
 #define PI 3.14159265358979323846
@@ -40,7 +41,9 @@ enum {
     T_STEM_B,
     T_BLOCK0,                             /* conv1.w, conv1.b, conv2.w, conv2.b per block */
     T_HEADS = T_BLOCK0 + 4 * FM_DLIB_BLOCKS,
-    T_SH_W = T_HEADS,
+    T_FEAT_MEAN = T_HEADS,                /* feature standardisation: fixed, not trained */
+    T_FEAT_STD,
+    T_SH_W,
     T_SH_B,
     T_AGE_W,
     T_AGE_B,
@@ -58,6 +61,7 @@ typedef struct ptensor {
     size_t off, count;
     int weight;    /* 1: decayed */
     int heads;     /* 1: heads learning rate */
+    int fixed;     /* 1: never trained (the feature statistics) */
 } ptensor;
 
 struct fm_finetune {
@@ -70,6 +74,7 @@ struct fm_finetune {
     float *p, *g, *m1, *m2, *best;
     int have_best;
     fm_arena *arena;
+    float feat_scale[POOLED], feat_shift[POOLED]; /* 1/std, -mean/std */
     float *xbuf;     /* batch x 3 x H x W normalised input */
     uint8_t *chips;  /* batch x H x W x 3 */
     float *target;   /* targets, see target_of */
@@ -122,6 +127,7 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
     o->weight_decay = 1e-4;
     o->momentum = 0.9;
     o->schedule = FM_FT_COSINE;
+    o->head_epochs = 1;
     o->warmup_epochs = 0.3;
     o->min_lr_ratio = 0.01;
     o->step_epochs = 2;
@@ -230,6 +236,9 @@ static void layout(fm_finetune *ft)
         def_tensor(ft, T_BLOCK0 + 4 * i + 3, name, 1, b->cout, 1, 1, 1, 0, &off);
     }
     int hid = ft->o.hidden;
+    def_tensor(ft, T_FEAT_MEAN, "feat.mean", 1, POOLED, 1, 1, 1, 1, &off);
+    def_tensor(ft, T_FEAT_STD, "feat.std", 1, POOLED, 1, 1, 1, 1, &off);
+    ft->t[T_FEAT_MEAN].fixed = ft->t[T_FEAT_STD].fixed = 1;
     def_tensor(ft, T_SH_W, "shared.0.weight", 2, hid, POOLED, 1, 1, 1, &off);
     def_tensor(ft, T_SH_B, "shared.0.bias", 1, hid, 1, 1, 1, 1, &off);
     def_tensor(ft, T_AGE_W, "age.weight", 2, FM_HEADS_AGES, hid, 1, 1, 1, &off);
@@ -242,6 +251,16 @@ static void layout(fm_finetune *ft)
     ft->trained_from = first_trained(ft);
 }
 
+/* Derives the standardisation's scale and shift from feat.mean and feat.std. */
+static void stats_changed(fm_finetune *ft)
+{
+    const float *mean = ft->p + ft->t[T_FEAT_MEAN].off, *sd = ft->p + ft->t[T_FEAT_STD].off;
+    for (int i = 0; i < POOLED; i++) {
+        ft->feat_scale[i] = 1.0f / sd[i];
+        ft->feat_shift[i] = -mean[i] / sd[i];
+    }
+}
+
 /* ---- the graph ------------------------------------------------------------------ */
 
 typedef struct acts {
@@ -251,7 +270,7 @@ typedef struct acts {
     fm_tensor t1[FM_DLIB_BLOCKS];      /* relu'd conv1 outputs */
     fm_tensor t2[FM_DLIB_BLOCKS];      /* conv2 outputs (down blocks: before the add) */
     fm_tensor y[FM_DLIB_BLOCKS];       /* block outputs */
-    fm_tensor pooled, h, logits[3];
+    fm_tensor pooled, std, h, logits[3]; /* std: standardised pooled features */
 } acts;
 
 static fm_status alloc_like(fm_arena *a, const fm_tensor *shape, int zero, fm_tensor *t,
@@ -371,9 +390,13 @@ static fm_status heads_forward(fm_finetune *ft, fm_arena *a, acts *s, const floa
 {
     const int n = s->pooled.n;
     fm_tensor w = PT(T_SH_W), b = PT(T_SH_B);
+    fm_tensor sc = fm_tensor_make(POOLED, 1, 1, 1, ft->feat_scale);
+    fm_tensor sh = fm_tensor_make(POOLED, 1, 1, 1, ft->feat_shift);
     fm_status st;
-    if ((st = fm_tensor_alloc(a, n, ft->o.hidden, 1, 1, &s->h, err)) ||
-        (st = fm_nn_dense(a, &s->pooled, &w, &b, &s->h, err)) ||
+    if ((st = alloc_like(a, &s->pooled, 0, &s->std, err)) ||
+        (st = fm_nn_scale_shift(a, &s->pooled, &sc, &sh, &s->std, err)) ||
+        (st = fm_tensor_alloc(a, n, ft->o.hidden, 1, 1, &s->h, err)) ||
+        (st = fm_nn_dense(a, &s->std, &w, &b, &s->h, err)) ||
         (st = fm_nn_leaky_relu(a, &s->h, ft->o.leaky_alpha, &s->h, err)))
         return st;
     if (mask && s->h.data)
@@ -481,7 +504,8 @@ static fm_status block_backward(fm_finetune *ft, fm_arena *a, int i, acts *s,
 }
 
 /* Forward (and with want_grad backward) of n faces in ft->xbuf. Loss into *loss; the
- * gradients go to ft->g (zeroed here). */
+ * gradients go to ft->g (zeroed here). want_grad 1 stops at the heads, 2 goes on
+ * through the trained blocks. */
 static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
                          int want_grad, double *loss, fm_error *err)
 {
@@ -522,16 +546,20 @@ static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
     if (mask && dh.data)
         for (size_t j = 0; j < (size_t)n * ft->o.hidden; j++)
             dh.data[j] *= mask[j];
-    fm_tensor shw = PT(T_SH_W), gshw = GT(T_SH_W), gshb = GT(T_SH_B);
-    const int bb = ft->o.train_from < FM_FT_BLOCKS;
+    fm_tensor shw = PT(T_SH_W), gshw = GT(T_SH_W), gshb = GT(T_SH_B), dstd;
+    fm_tensor sc = fm_tensor_make(POOLED, 1, 1, 1, ft->feat_scale);
+    const int bb = ft->o.train_from < FM_FT_BLOCKS && want_grad > 1;
     if ((st = alloc_like(a, &s.h, 1, &dh2, err)) ||
         (st = fm_nn_leaky_relu_backward(a, &s.h, ft->o.leaky_alpha, &dh, &dh2, err)) ||
-        (st = alloc_like(a, &s.pooled, 1, &dpooled, err)) ||
-        (st = fm_nn_dense_backward(a, &s.pooled, &shw, &dh2, bb ? &dpooled : NULL, &gshw,
-                                   &gshb, err)))
+        (st = alloc_like(a, &s.std, 1, &dstd, err)) ||
+        (st = fm_nn_dense_backward(a, &s.std, &shw, &dh2, bb ? &dstd : NULL, &gshw, &gshb,
+                                   err)))
         return st;
     if (!bb)
         return FM_OK;
+    if ((st = alloc_like(a, &s.pooled, 1, &dpooled, err)) ||
+        (st = fm_nn_scale_shift_backward(a, NULL, &sc, &dstd, &dpooled, NULL, NULL, err)))
+        return st;
     /* backbone, last block first */
     fm_tensor dcur;
     if ((st = alloc_like(a, &s.y[FM_DLIB_BLOCKS - 1], 1, &dcur, err)) ||
@@ -603,7 +631,7 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         o->batch > 4096 || o->max_epochs < 1 || o->patience < 1 || o->hidden < 1 ||
         o->hidden > 65536 || !(o->lr_backbone >= 0) || !(o->lr_heads > 0) ||
         !(o->weight_decay >= 0) || !(o->dropout >= 0 && o->dropout <= 0.95) ||
-        !(o->age_sigma >= 0) || !(o->age_weight > 0) || !(o->warmup_epochs >= 0) ||
+        !(o->age_sigma >= 0) || !(o->age_weight > 0) || !(o->warmup_epochs >= 0) || !(o->head_epochs >= 0) ||
         !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) || !(o->momentum >= 0 && o->momentum < 1) ||
         !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
         !(o->shift_px >= 0) || !(o->scale_jitter >= 0 && o->scale_jitter < 0.5) ||
@@ -695,6 +723,11 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
         for (size_t j = 0; j < t->count; j++)
             ft->p[t->off + j] = (float)rng_sym(&r, bound);
     }
+    for (int i = 0; i < POOLED; i++) {
+        ft->p[ft->t[T_FEAT_MEAN].off + i] = 0;
+        ft->p[ft->t[T_FEAT_STD].off + i] = 1;
+    }
+    stats_changed(ft);
     memcpy(ft->best, ft->p, ft->total * sizeof(float));
 
     /* one arena for a whole training step of a full batch */
@@ -706,7 +739,7 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
     ft->arena = m;
     for (int i = 0; i < o->batch; i++)
         make_targets_one(ft, i, 30, 0, 0);
-    st = compute(ft, m, o->batch, NULL, 1, &loss, err);
+    st = compute(ft, m, o->batch, NULL, 2, &loss, err);
     size_t need = fm_arena_high_water(m);
     fm_arena_destroy(&m);
     ft->arena = keep;
@@ -834,20 +867,29 @@ static void make_input(fm_finetune *ft, const fm_ft_image *img, int slot, int mi
 
 /* ---- optimiser ------------------------------------------------------------------ */
 
-static double lr_factor(const fm_finetune *ft, long step, long total, long per_epoch)
+/* The learning-rate factor at step for the heads (group 0) or the backbone (group 1):
+ * the backbone waits head_epochs (its factor is 0: the heads learn on the pretrained
+ * features first, so their random start does not send noise into the backbone), then
+ * both warm up linearly over warmup_epochs and decay (cosine to min_lr_ratio, or by
+ * step_gamma every step_epochs) over the rest of the run. */
+static double lr_factor(const fm_finetune *ft, int group, long step, long total,
+                        long per_epoch)
 {
     const fm_ft_opts *o = &ft->o;
-    double warm = o->warmup_epochs * per_epoch;
-    if (step < warm)
-        return (step + 1) / warm;
+    double start = group ? o->head_epochs * per_epoch : 0;
+    if (step < start)
+        return 0;
+    double t = step - start, span = total - start, warm = o->warmup_epochs * per_epoch;
+    if (t < warm)
+        return (t + 1) / warm;
     if (o->schedule == FM_FT_STEP)
-        return pow(o->step_gamma, floor(step / (o->step_epochs * per_epoch)));
-    double t = total > warm ? (step - warm) / (total - warm) : 1;
-    t = t > 1 ? 1 : t;
-    return o->min_lr_ratio + (1 - o->min_lr_ratio) * 0.5 * (1 + cos(PI * t));
+        return pow(o->step_gamma, floor(t / (o->step_epochs * per_epoch)));
+    double u = span > warm ? (t - warm) / (span - warm) : 1;
+    u = u > 1 ? 1 : u;
+    return o->min_lr_ratio + (1 - o->min_lr_ratio) * 0.5 * (1 + cos(PI * u));
 }
 
-static void optimiser_step(fm_finetune *ft, double f)
+static void optimiser_step(fm_finetune *ft, double fh, double fb)
 {
     const fm_ft_opts *o = &ft->o;
     const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
@@ -855,9 +897,9 @@ static void optimiser_step(fm_finetune *ft, double f)
     const double c1 = 1 - pow(b1, (double)t), c2 = 1 - pow(b2, (double)t);
     for (int k = 0; k < T_COUNT; k++) {
         const ptensor *pt = &ft->t[k];
-        if (pt->off < ft->trained_from)
+        if (pt->off < ft->trained_from || pt->fixed)
             continue;
-        const double lr = f * (pt->heads ? o->lr_heads : o->lr_backbone);
+        const double lr = pt->heads ? fh * o->lr_heads : fb * o->lr_backbone;
         const double wd = pt->weight ? o->weight_decay : 0;
         float *p = ft->p + pt->off, *g = ft->g + pt->off;
         float *m = ft->m1 + pt->off, *v = ft->m2 + pt->off;
@@ -889,12 +931,12 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
     fm_model_meta_str(ft->base, "general.source_integrity", &integ, NULL, NULL);
     snprintf(buf, size,
              "facemill-finetune 1|base %s %s|data %s|from %d|batch %d|epochs %d|patience %d|"
-             "opt %d|lr %.17g %.17g|wd %.17g|mom %.17g|sched %d|warm %.17g|min %.17g|"
+             "opt %d|lr %.17g %.17g|wd %.17g|mom %.17g|sched %d|warm %.17g %.17g|min %.17g|"
              "step %.17g %.17g|hidden %d|alpha %.9g|drop %.17g|age %.17g %.17g|"
              "aug %d %.17g %.17g %.17g %.17g %.17g|seed %llu",
              src, integ, data_id ? data_id : "-", o->train_from, o->batch, o->max_epochs,
              o->patience, (int)o->optimizer, o->lr_backbone, o->lr_heads, o->weight_decay,
-             o->momentum, (int)o->schedule, o->warmup_epochs, o->min_lr_ratio,
+             o->momentum, (int)o->schedule, o->head_epochs, o->warmup_epochs, o->min_lr_ratio,
              o->step_epochs, o->step_gamma, o->hidden, o->leaky_alpha, o->dropout,
              o->age_sigma, o->age_weight, o->flip, o->shift_px, o->scale_jitter,
              o->rotate_deg, o->brightness, o->contrast, (unsigned long long)o->seed);
@@ -937,9 +979,9 @@ static int checkpoint_load(fm_finetune *ft, const char *key, fm_error *err)
     fm_model *m = NULL;
     fm_error e = {0};
     if (fm_model_open(&m, ft->o.checkpoint, FM_MODEL_VERIFY_DATA, &e) != FM_OK) {
-        if (e.code == FM_ERR_IO)
+        if (e.code == FM_ERR_IO && access(ft->o.checkpoint, F_OK) != 0)
             return 0; /* none yet */
-        fm_error_set(err, e.code, "%s", fm_error_text(&e));
+        fm_error_set(err, e.code, "checkpoint: %s", fm_error_text(&e));
         return -1;
     }
     int rc = -1;
@@ -988,6 +1030,7 @@ static int checkpoint_load(fm_finetune *ft, const char *key, fm_error *err)
     ft->best_prog.best_epoch = (int)be;
     ft->best_val = fig[5];
     ft->epoch_loss = fig[6];
+    stats_changed(ft);
     rc = 1;
     goto done;
 bad:
@@ -1068,6 +1111,50 @@ static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress 
     return FM_OK;
 }
 
+/* Sets feat.mean and feat.std to the statistics of the base backbone's pooled
+ * features over (up to 2048 of) the training faces and their mirror images, so the
+ * heads start from standardised inputs whatever the backbone's scale. */
+static fm_status feature_stats(fm_finetune *ft, const fm_ft_set *train, fm_error *err)
+{
+    const int B = ft->o.batch;
+    const int n = train->n < 2048 ? train->n : 2048;
+    double sum[POOLED] = {0}, sq[POOLED] = {0};
+    float *feat = malloc((size_t)B * POOLED * sizeof(float));
+    if (!feat)
+        return fm_error_set(err, FM_ERR_NOMEM, "feature statistics: out of memory");
+    fm_status st = FM_OK;
+    long count = 0;
+    for (int v = 0; v < 2 && st == FM_OK; v++)
+        for (int i0 = 0; i0 < n && st == FM_OK; i0 += B) {
+            int m = n - i0 < B ? n - i0 : B;
+            /* spread over the whole set: image (i * stride) rather than the first n */
+            for (int i = 0; i < m; i++)
+                make_input(ft, &train->images[(size_t)(i0 + i) * train->n / n], i, v, NULL);
+            if ((st = pooled_only(ft, m, feat, err)))
+                break;
+            for (int i = 0; i < m; i++)
+                for (int k = 0; k < POOLED; k++) {
+                    double x = feat[(size_t)i * POOLED + k];
+                    sum[k] += x;
+                    sq[k] += x * x;
+                }
+            count += m;
+        }
+    free(feat);
+    if (st)
+        return st;
+    float *mean = ft->p + ft->t[T_FEAT_MEAN].off, *sd = ft->p + ft->t[T_FEAT_STD].off;
+    for (int k = 0; k < POOLED; k++) {
+        double mu = sum[k] / count, var = sq[k] / count - mu * mu;
+        mean[k] = (float)mu;
+        sd[k] = (float)sqrt(var > 1e-8 ? var : 1e-8);
+    }
+    memcpy(ft->best + ft->t[T_FEAT_MEAN].off, mean, POOLED * sizeof(float));
+    memcpy(ft->best + ft->t[T_FEAT_STD].off, sd, POOLED * sizeof(float));
+    stats_changed(ft);
+    return FM_OK;
+}
+
 /* The order of epoch e: a Fisher-Yates shuffle keyed by (seed, e). */
 static void permutation(const fm_finetune *ft, int e, int n, int *perm)
 {
@@ -1107,6 +1194,11 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
         if (got)
             fm_log_info("resuming from %s: step %ld, %d epoch(s) validated",
                         o->checkpoint, ft->step, ft->validated);
+    }
+    if (ft->step == 0 && ft->validated == 0) {
+        fm_status st0 = feature_stats(ft, train, err);
+        if (st0)
+            return st0;
     }
     const long per_epoch = train->n / B;
     const long total = per_epoch * o->max_epochs;
@@ -1152,7 +1244,9 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
                 mask = ft->mask;
             }
             double loss = 0;
-            if ((st = compute(ft, ft->arena, B, mask, 1, &loss, err)))
+            const double fh = lr_factor(ft, 0, ft->step, total, per_epoch);
+            const double fb = lr_factor(ft, 1, ft->step, total, per_epoch);
+            if ((st = compute(ft, ft->arena, B, mask, fb > 0 ? 2 : 1, &loss, err)))
                 goto out;
             if (!isfinite(loss)) {
                 st = fm_error_set(err, FM_ERR_INTERNAL,
@@ -1160,8 +1254,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
                                   "rate", loss, ft->step);
                 goto out;
             }
-            const double f = lr_factor(ft, ft->step, total, per_epoch);
-            optimiser_step(ft, f);
+            optimiser_step(ft, fh, fb);
             ft->step++;
             steps_here++;
             ft->epoch_loss += loss;
@@ -1174,8 +1267,8 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
                 pr.epoch = e + 1;
                 pr.step = ft->step;
                 pr.epoch_end = 0;
-                pr.lr_backbone = f * o->lr_backbone;
-                pr.lr_heads = f * o->lr_heads;
+                pr.lr_backbone = fb * o->lr_backbone;
+                pr.lr_heads = fh * o->lr_heads;
                 pr.train_loss = ft->epoch_loss / ft->epoch_loss_steps;
                 pr.elapsed_s = el;
                 pr.eta_s = el / steps_here * (total - ft->step);
@@ -1311,16 +1404,7 @@ fm_status fm_finetune_write_heads(const fm_finetune *ft, fm_model_writer *w, fm_
 {
     if (!ft || !w)
         return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_write_heads: NULL argument");
-    float zero[POOLED], one[POOLED];
-    for (int i = 0; i < POOLED; i++) {
-        zero[i] = 0;
-        one[i] = 1;
-    }
-    const uint64_t d[1] = {POOLED};
     fm_status st;
-    if ((st = fm_model_writer_add_tensor(w, "feat.mean", 1, d, zero, err)) ||
-        (st = fm_model_writer_add_tensor(w, "feat.std", 1, d, one, err)))
-        return st;
     const float *src = kept(ft);
     for (int k = T_HEADS; k < T_COUNT; k++) {
         const ptensor *t = &ft->t[k];
@@ -1344,7 +1428,7 @@ fm_status fm_finetune_loss(fm_finetune *ft, const float *x, const fm_utk_label *
         return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_loss: bad arguments");
     memcpy(ft->xbuf, x, (size_t)n * 3 * ft->in_h * ft->in_w * sizeof(float));
     make_targets(ft, labels, n);
-    return compute(ft, ft->arena, n, NULL, want_grad, loss, err);
+    return compute(ft, ft->arena, n, NULL, want_grad ? 2 : 0, loss, err);
 }
 
 fm_status fm_finetune_pooled(fm_finetune *ft, const float *x, int n, float *out,

@@ -23,7 +23,11 @@
  *
  * Optimiser: AdamW (decoupled weight decay on weights, not biases) or SGD with
  * momentum, separate learning rates for backbone and heads, linear warm-up then
- * cosine decay or step decay, per step. After each epoch the validation set is scored
+ * cosine decay or step decay, per step. The heads train alone for the first
+ * head_epochs (on the pretrained features, standardised by their training-set mean
+ * and spread, which the heads file keeps as feat.mean and feat.std), so their random
+ * start does not wreck the backbone's features; then the backbone joins with its own
+ * warm-up. After each epoch the validation set is scored
  * (face and mirror image averaged, as heads.flip does); the best epoch by validation
  * loss is kept, and training stops after `patience` epochs without improvement.
  *
@@ -99,6 +103,7 @@ typedef struct fm_ft_opts {
     double weight_decay;         /* decoupled, on weights only */
     double momentum;             /* SGD */
     fm_ft_schedule schedule;
+    double head_epochs;          /* epochs the heads train alone before the backbone does */
     double warmup_epochs;        /* linear warm-up from 0, in epochs (fractions allowed) */
     double min_lr_ratio;         /* cosine floor as a share of the peak */
     double step_epochs, step_gamma; /* step schedule: times gamma every step_epochs */
@@ -126,8 +131,8 @@ typedef struct fm_ft_opts {
 } fm_ft_opts;
 
 /* Defaults: train_from conv128_down, batch 32, 6 epochs, patience 3, AdamW, lr 2e-4
- * (backbone) and 1e-3 (heads), weight decay 1e-4 (momentum 0.9 for SGD), cosine with
- * 0.3 epochs of warm-up to a floor of 1%, step 2 epochs x 0.1, hidden 256, alpha 0.1,
+ * (backbone) and 1e-3 (heads), weight decay 1e-4 (momentum 0.9 for SGD), 1 epoch of
+ * heads alone, cosine with 0.3 epochs of warm-up to a floor of 1%, step 2 epochs x 0.1, hidden 256, alpha 0.1,
  * dropout 0.3, age sigma 2 and weight 1, flip on, shift 4 px, scale 0.05, rotation
  * 5 degrees, brightness 16, contrast 0.15, seed 1, checkpoints every 200 steps. */
 void fm_ft_opts_defaults(fm_ft_opts *o);
@@ -161,7 +166,7 @@ fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
 fm_status fm_finetune_copy_meta(const fm_model *base, const char *const *skip,
                                 fm_model_writer *w, fm_error *err);
 
-/* Adds the heads' tensors (feat.mean 0, feat.std 1, shared.0, age, gender, race) and
+/* Adds the heads' tensors (feat.mean, feat.std, shared.0, age, gender, race) and
  * heads.leaky_alpha, heads.fallback_age (mean training age) to w. The caller adds
  * general.*, heads.backbone, heads.feature ("pooled"), heads.flip and labels.*. */
 fm_status fm_finetune_write_heads(const fm_finetune *ft, fm_model_writer *w,
