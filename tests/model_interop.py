@@ -40,6 +40,26 @@ def bits_tensor(n, seed):
     return out.view(np.float32)
 
 
+HALF_SPECIAL = [0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x7BFF,
+                0xFBFF, 0x7C00, 0xFC00, 0x7E00, 0x7D01, 0xFFFF]
+
+
+def half_bits():
+    """33 binary16 bit patterns: every kind first, then an LCG's (as in the C half)."""
+    out = np.empty(33, dtype=np.uint16)
+    x = 777
+    for i in range(33):
+        x = (x * 1664525 + 1013904223) & 0xFFFFFFFF
+        out[i] = HALF_SPECIAL[i] if i < 12 else x >> 16
+    return out
+
+
+def thirds():
+    """40 float32 values that each writer rounds to f16 with its own conversion."""
+    return np.array([(i - 20) / 3.0 * 8.0 ** (i % 9 - 4) for i in range(40)],
+                    dtype=np.float64).astype(np.float32)
+
+
 def reference():
     """The reference model: (metadata dict, list of (name, float32 array))."""
     meta = {
@@ -66,9 +86,11 @@ def reference():
         ("conv1.w", ramp.astype(np.float32)),
         ("conv1.b", np.array([1.5, -2.25, 3.0e38], dtype=np.float32)),
         ("bits", bits_tensor(35, 12345).reshape(7, 5)),
+        ("half", half_bits().view(np.float16).reshape(3, 11), "f16"),
         ("one", np.array([42.0], dtype=np.float32)),
         ("fc.w", (np.arange(64 * 17, dtype=np.float64) / 17.0).astype(np.float32)
          .reshape(64, 17)),
+        ("rounded", thirds(), "f16"),
     ]
     return meta, tensors
 
@@ -91,12 +113,16 @@ def check(path):
         if not same:
             print("metadata %s: got %r, want %r" % (k, g, want), file=sys.stderr)
             ok = False
-    if list(got_tensors) != [n for n, _ in tensors]:
+    if list(got_tensors) != [t[0] for t in tensors]:
         print("tensor names/order differ: %s" % list(got_tensors), file=sys.stderr)
         ok = False
-    for name, a in tensors:
+    for t in tensors:
+        name, a = t[0], t[1]
+        if len(t) == 3:
+            a = np.asarray(a)
+            a = a if a.dtype == np.float16 else fmmodel.f32_to_f16(a).view(np.float16)
         g = got_tensors.get(name)
-        if g is None or g.shape != a.shape or g.dtype != np.float32 or \
+        if g is None or g.shape != a.shape or g.dtype != a.dtype or \
                 g.tobytes() != a.tobytes():
             print("tensor %s differs" % name, file=sys.stderr)
             ok = False

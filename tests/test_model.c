@@ -1,5 +1,7 @@
 /* test_model.c - the model file module: writer -> reader round trips with exact values,
- * and a hostile-file suite that corrupts every field the reader checks.
+ * a hostile-file suite that corrupts every field the reader checks (on an f32 file
+ * and on one with f16 tensors), f16 tensors kept away from float bindings, and
+ * existing files rewritten byte for byte.
  *
  * Why it exists: the reader is the boundary between untrusted files and pointers the
  * engine dereferences without further checks. Each corruption below must come back
@@ -99,7 +101,12 @@ static double touch_model(const fm_model *m)
     double sum = 0;
     for (size_t i = 0; i < fm_model_tensor_count(m); i++) {
         const fm_model_tensor_info *t = fm_model_tensor_at(m, i);
-        for (uint64_t k = 0; k < t->count; k++)
+        CHECK((t->dtype == FM_MODEL_DTYPE_F32) == (t->data != NULL));
+        CHECK(t->nbytes == t->count * fm_model_dtype_size(t->dtype));
+        const uint8_t *raw = t->raw;
+        for (uint64_t k = 0; k < t->nbytes; k++)
+            sum += raw[k] & 1;
+        for (uint64_t k = 0; t->data && k < t->count; k++)
             sum += t->data[k] == t->data[k] ? 1 : 0;
         sum += (double)strlen(t->name);
         CHECK(fm_model_tensor(m, t->name) == t);
@@ -771,8 +778,9 @@ static void test_directory(const uint8_t *base, size_t len)
     CHECK(g32(base + t1.name_len) == 2 && memcmp(base + t1.name, "t1", 2) == 0);
     CHECK(memcmp(base + c3.name, "conv1.w", 7) == 0 && g32(base + c3.ndim) == 4);
 
-    /* dtype: reserved f16 and int8, unknown values. */
-    expect_at32(base, len, t1.dtype, 1, FM_ERR_FORMAT, "tensor 't1': dtype 1 (f16)", "dtype");
+    /* dtype: f16 with an f32 entry's nbytes, reserved int8, unknown values. */
+    expect_at32(base, len, t1.dtype, 1, FM_ERR_FORMAT,
+                "tensor 't1': nbytes 60 is not product(dims) x 2 = 30", "dtype f16");
     expect_at32(base, len, t1.dtype, 2, FM_ERR_FORMAT, "dtype 2 (int8)", "dtype");
     expect_at32(base, len, t1.dtype, 3, FM_ERR_FORMAT, "dtype 3", "dtype");
     expect_at32(base, len, t1.dtype, UINT32_MAX, FM_ERR_FORMAT, NULL, "dtype");
@@ -964,6 +972,188 @@ static void test_fuzz_index(const uint8_t *base, size_t len)
     free(b);
 }
 
+/* ------------------------------------------------------------- f16 tensors ---- */
+
+#define H1_N 3       /* 6 bytes: the next tensor still starts 64 bytes on */
+#define H3_N (4 * 33)
+
+static uint16_t h1_bits[H1_N], h3_bits[H3_N];
+static float f2_data[4] = {1.5f, -2.0f, 0.0f, 65504.0f};
+
+/* A model mixing f16 and f32 tensors: "h" f16 [3], "f" f32 [2, 2], "hh" f16 [4, 33]
+ * holding bit patterns of every kind (zeros, subnormals, normals, infinities, NaNs). */
+static fm_status build_f16(const char *path, fm_error *err)
+{
+    h1_bits[0] = 0x3c00; /* 1.0 */
+    h1_bits[1] = 0x8001; /* the negative smallest subnormal */
+    h1_bits[2] = 0x7d01; /* a signalling NaN with a payload */
+    uint32_t x = 99;
+    for (int i = 0; i < H3_N; i++) {
+        x = x * 1664525u + 1013904223u;
+        h3_bits[i] = (uint16_t)(x >> 16);
+    }
+    const uint64_t d1[] = {H1_N}, d2[] = {2, 2}, d3[] = {4, 33};
+    fm_model_writer *w = fm_model_writer_new();
+    fm_status st;
+    if (!w)
+        return FM_ERR_NOMEM;
+    if ((st = fm_model_writer_add_str(w, "general.architecture", "test.f16", err)) ||
+        (st = fm_model_writer_add_tensor_f16(w, "h", 1, d1, h1_bits, err)) ||
+        (st = fm_model_writer_add_tensor(w, "f", 2, d2, f2_data, err)) ||
+        (st = fm_model_writer_add_tensor_f16(w, "hh", 2, d3, h3_bits, err)))
+        goto done;
+    st = fm_model_writer_save(w, path, err);
+done:
+    fm_model_writer_destroy(&w);
+    return st;
+}
+
+/* f16 tensors: written and read back exactly, never handed out as floats, refused by
+ * the float binding with a message that says what to do; then the hostile suites on
+ * this file. */
+static void test_f16(void)
+{
+    fm_error err = {0};
+    char path[320];
+    snprintf(path, sizeof path, "%s/compact.f16.fmm", tmpdir);
+    CHECK_MSG(build_f16(path, &err) == FM_OK, "%s", err.msg);
+    fm_model *m = NULL;
+    CHECK_MSG(fm_model_open(&m, path, FM_MODEL_VERIFY_DATA, &err) == FM_OK, "%s", err.msg);
+    if (!m)
+        return;
+    const fm_model_tensor_info *h = fm_model_tensor(m, "h"), *f = fm_model_tensor(m, "f"),
+                               *hh = fm_model_tensor(m, "hh");
+    CHECK(h && f && hh);
+    if (h && f && hh) {
+        CHECK(h->dtype == FM_MODEL_DTYPE_F16 && h->count == H1_N && h->nbytes == 2 * H1_N);
+        CHECK(h->offset == 0 && f->offset == 64 && hh->offset == 128);
+        CHECK(h->data == NULL && hh->data == NULL);
+        CHECK(h->raw && (uintptr_t)h->raw % 64 == 0 && (uintptr_t)hh->raw % 64 == 0);
+        CHECK(memcmp(h->raw, h1_bits, sizeof h1_bits) == 0);
+        CHECK(hh->dtype == FM_MODEL_DTYPE_F16 && hh->ndim == 2 && hh->dims[1] == 33 &&
+              hh->nbytes == 2 * H3_N && memcmp(hh->raw, h3_bits, sizeof h3_bits) == 0);
+        CHECK(f->dtype == FM_MODEL_DTYPE_F32 && f->data && (const void *)f->data == f->raw &&
+              memcmp(f->data, f2_data, sizeof f2_data) == 0);
+    }
+    CHECK(fm_model_file_size(m) % 64 == 8); /* "hh" ends the file: 128 + 264 data bytes */
+    const float *data = (const float *)(uintptr_t)1;
+    char want[1000];
+    snprintf(want, sizeof want, "%s: tensor 'hh' is f16: expand the file first (facemill "
+                                "model expand %s OUT.fmm)", path, path);
+    CHECK(fm_model_tensor_expect(m, "hh", 2, NULL, &data, &err) == FM_ERR_FORMAT);
+    CHECK_MSG(strcmp(err.msg, want) == 0, "%s", err.msg);
+    CHECK(data == (const float *)(uintptr_t)1); /* untouched */
+    CHECK(fm_model_tensor_expect(m, "h", 1, NULL, NULL, &err) == FM_ERR_FORMAT);
+    CHECK(fm_model_tensor_expect(m, "f", 2, NULL, &data, &err) == FM_OK && data == f->data);
+    CHECK(strcmp(fm_model_dtype_name(FM_MODEL_DTYPE_F16), "f16") == 0 &&
+          strcmp(fm_model_dtype_name(FM_MODEL_DTYPE_F32), "f32") == 0 &&
+          strcmp(fm_model_dtype_name((fm_model_dtype)7), "unknown") == 0);
+    CHECK(fm_model_dtype_size(FM_MODEL_DTYPE_F16) == 2 &&
+          fm_model_dtype_size(FM_MODEL_DTYPE_F32) == 4 &&
+          fm_model_dtype_size(FM_MODEL_DTYPE_I8) == 0);
+    fm_model_close(&m);
+
+    /* Writer errors are the f32 writer's. */
+    fm_model_writer *w = fm_model_writer_new();
+    const uint64_t d[] = {2}, d0[] = {0};
+    CHECK(fm_model_writer_add_tensor(w, "x", 1, d, f2_data, &err) == FM_OK);
+    CHECK(fm_model_writer_add_tensor_f16(w, "x", 1, d, h1_bits, &err) == FM_ERR_INVALID);
+    CHECK(strstr(err.msg, "duplicate tensor 'x'") != NULL);
+    CHECK(fm_model_writer_add_tensor_f16(w, "y", 1, d, NULL, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor_f16(w, "y", 1, d0, h1_bits, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor_f16(w, "y", 5, d, h1_bits, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor_f16(w, "", 1, d, h1_bits, &err) == FM_ERR_INVALID);
+    CHECK(fm_model_writer_add_tensor_f16(w, "y", 1, d, h1_bits, &err) == FM_OK);
+    fm_model_writer_destroy(&w);
+
+    size_t len = 0;
+    uint8_t *b = read_file(path, &len);
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    dirpos e0 = dir_entry(b, 0), e1 = dir_entry(b, 1), e2 = dir_entry(b, 2);
+    CHECK(g32(b + e0.dtype) == 1 && g32(b + e1.dtype) == 0 && g32(b + e2.dtype) == 1);
+    expect_h32(b, len, e0.dtype, 0, FM_ERR_FORMAT,
+               "tensor 'h': nbytes 6 is not product(dims) x 4 = 12", "f16 read as f32");
+    expect_h32(b, len, e1.dtype, 1, FM_ERR_FORMAT,
+               "tensor 'f': nbytes 16 is not product(dims) x 2 = 8", "f32 read as f16");
+    expect_h32(b, len, e2.dtype, 2, FM_ERR_FORMAT, "dtype 2 (int8) is not supported",
+               "int8");
+    expect_h64(b, len, e0.nbytes, 12, FM_ERR_FORMAT, "is not product(dims) x 2 = 6",
+               "f16 nbytes x 4");
+    expect_h64(b, len, e0.dims, 32, FM_ERR_FORMAT, "nbytes 6 is not product(dims) x 2 = 64",
+               "f16 dims");
+    expect_h64(b, len, e0.nbytes, 64, FM_ERR_FORMAT, NULL, "f16 nbytes");
+    {
+        /* "h" grown to 32 halfs fills its 64-byte block exactly (the zero padding
+         * becomes data: valid, even verified); one more overlaps "f". */
+        uint8_t *c = malloc(len);
+        memcpy(c, b, len);
+        p64(c + e0.dims, 32);
+        p64(c + e0.nbytes, 64);
+        fix_index_crc(c, len);
+        expect(c, len, FM_MODEL_VERIFY_DATA, FM_OK, NULL, "f16 tensor filling its block");
+        p64(c + e0.dims, 33);
+        p64(c + e0.nbytes, 66);
+        fix_index_crc(c, len);
+        expect(c, len, 0, FM_ERR_FORMAT, "tensor 'f' [64, 80) overlaps tensor 'h' [0, 66)",
+               "f16 tensor one half into the next");
+        free(c);
+    }
+    /* The generic suites, on a file with f16 tensors. */
+    test_truncation(b, len);
+    test_fuzz_index(b, len);
+    free(b);
+    unlink(path);
+}
+
+/* Copying every metadata entry and tensor of a file into a writer gives the same
+ * bytes: the committed heads (written by the C writer before f16 existed) and, when
+ * models/fetch has run, the converted backbone (written by fmmodel.py). */
+static void test_rewrite(void)
+{
+    const char *src = getenv("FACEMILL_SOURCE_DIR");
+    const char *files[] = {"models/heads_dlib.fmm", "models/cache/dlib_resnet.fmm",
+                           "models/cache/mtcnn_pnet.fmm"};
+    char in[1024], out[320];
+    snprintf(out, sizeof out, "%s/rewrite.fmm", tmpdir);
+    for (size_t k = 0; src && k < sizeof files / sizeof *files; k++) {
+        snprintf(in, sizeof in, "%s/%s", src, files[k]);
+        if (access(in, R_OK) != 0) {
+            fprintf(stderr, "rewrite: %s missing (run models/fetch), not checked\n", in);
+            continue;
+        }
+        fm_error err = {0};
+        fm_model *m = NULL;
+        fm_model_writer *w = fm_model_writer_new();
+        CHECK_MSG(fm_model_open(&m, in, FM_MODEL_VERIFY_DATA, &err) == FM_OK, "%s", err.msg);
+        for (size_t i = 0; m && i < fm_model_meta_count(m); i++)
+            CHECK_MSG(fm_model_writer_add_meta_from(w, m, i, &err) == FM_OK, "%s", err.msg);
+        for (size_t i = 0; m && i < fm_model_tensor_count(m); i++) {
+            const fm_model_tensor_info *t = fm_model_tensor_at(m, i);
+            CHECK(fm_model_writer_add_tensor(w, t->name, t->ndim, t->dims, t->data, &err) ==
+                  FM_OK);
+        }
+        if (m) {
+            CHECK(fm_model_writer_add_meta_from(w, m, 0, &err) == FM_ERR_INVALID);
+            CHECK(fm_model_writer_add_meta_from(w, m, fm_model_meta_count(m), &err) ==
+                  FM_ERR_INVALID);
+        }
+        CHECK_MSG(fm_model_writer_save(w, out, &err) == FM_OK, "%s", err.msg);
+        fm_model_writer_destroy(&w);
+        fm_model_close(&m);
+        size_t la = 0, lb = 0;
+        uint8_t *a = read_file(in, &la), *b = read_file(out, &lb);
+        int same = a && b && la == lb && memcmp(a, b, la) == 0;
+        CHECK_MSG(same, "%s: rewritten file differs", files[k]);
+        fprintf(stderr, "rewrite: %s, %zu bytes, %s\n", files[k], la,
+                same ? "byte-identical" : "DIFFERENT");
+        free(a);
+        free(b);
+    }
+    unlink(out);
+}
+
 static void remove_tmpdir(void)
 {
     DIR *dir = opendir(tmpdir);
@@ -1011,6 +1201,8 @@ int main(void)
         test_fuzz_index(base, len);
         free(base);
     }
+    test_f16();
+    test_rewrite();
     fprintf(stderr, "hostile files opened: %d\n", n_cases);
     remove_tmpdir();
     return fm_test_done("test_model");

@@ -74,7 +74,14 @@ static const double templ[] = {38.2946, 51.6963, 73.5318, 51.5014, 56.0252,
                                71.7366, 41.5493, 92.3655, 70.7299, 92.2041};
 #define NAME_UTF8 "Interop \xc3\x84\xc3\xb6 \xe6\xbc\xa2\xe5\xad\x97 \xf0\x9f\x98\x80"
 
-static float ramp[120], bias[3], bits[35], one[1], fc[64 * 17];
+static float ramp[120], bias[3], bits[35], one[1], fc[64 * 17], thirds[40];
+static uint16_t half[33], rounded[40];
+
+/* Halfs of every kind first (zeros, subnormals, the normal range's ends, infinities,
+ * quiet and signalling NaNs), then an LCG's bit patterns; the same as half_bits() in
+ * tests/model_interop.py. */
+static const uint16_t half_special[] = {0x0000, 0x8000, 0x0001, 0x03ff, 0x0400, 0x7bff,
+                                        0xfbff, 0x7c00, 0xfc00, 0x7e00, 0x7d01, 0xffff};
 
 static void bits_tensor(float *out, int n, uint32_t seed)
 {
@@ -96,6 +103,16 @@ static void make_tensors(void)
     one[0] = 42.0f;
     for (int i = 0; i < 64 * 17; i++)
         fc[i] = (float)((double)i / 17.0);
+    uint32_t x = 777;
+    for (int i = 0; i < 33; i++) {
+        x = x * 1664525u + 1013904223u;
+        half[i] = i < 12 ? half_special[i] : (uint16_t)(x >> 16);
+    }
+    /* Rounded by each writer's own conversion: values near ties, tiny, huge. */
+    for (int i = 0; i < 40; i++) {
+        thirds[i] = (float)((double)(i - 20) / 3.0 * pow(8.0, i % 9 - 4));
+        rounded[i] = fm_model_f32_to_f16(thirds[i]);
+    }
 }
 
 static fm_status write_reference(const char *path, fm_error *err)
@@ -103,7 +120,7 @@ static fm_status write_reference(const char *path, fm_error *err)
     fm_model_writer *w = fm_model_writer_new();
     fm_status st;
     const uint64_t d_ramp[] = {2, 3, 4, 5}, d_bias[] = {3}, d_bits[] = {7, 5}, d_one[] = {1},
-                   d_fc[] = {64, 17};
+                   d_fc[] = {64, 17}, d_half[] = {3, 11}, d_rounded[] = {40};
     if (!w)
         return FM_ERR_NOMEM;
     if ((st = fm_model_writer_add_str(w, "general.architecture", "interop.test", err)) ||
@@ -125,8 +142,10 @@ static fm_status write_reference(const char *path, fm_error *err)
         (st = fm_model_writer_add_tensor(w, "conv1.w", 4, d_ramp, ramp, err)) ||
         (st = fm_model_writer_add_tensor(w, "conv1.b", 1, d_bias, bias, err)) ||
         (st = fm_model_writer_add_tensor(w, "bits", 2, d_bits, bits, err)) ||
+        (st = fm_model_writer_add_tensor_f16(w, "half", 2, d_half, half, err)) ||
         (st = fm_model_writer_add_tensor(w, "one", 1, d_one, one, err)) ||
-        (st = fm_model_writer_add_tensor(w, "fc.w", 2, d_fc, fc, err)))
+        (st = fm_model_writer_add_tensor(w, "fc.w", 2, d_fc, fc, err)) ||
+        (st = fm_model_writer_add_tensor_f16(w, "rounded", 1, d_rounded, rounded, err)))
         goto done;
     st = fm_model_writer_save(w, path, err);
 done:
@@ -193,22 +212,35 @@ static void check_reference(const char *path)
         const char *name;
         unsigned ndim;
         uint64_t dims[4];
-        const float *data;
+        const void *data;
         size_t count;
-    } want[] = {{"conv1.w", 4, {2, 3, 4, 5}, ramp, 120},
-                {"conv1.b", 1, {3}, bias, 3},
-                {"bits", 2, {7, 5}, bits, 35},
-                {"one", 1, {1}, one, 1},
-                {"fc.w", 2, {64, 17}, fc, 64 * 17}};
-    CHECK(fm_model_tensor_count(m) == 5);
-    for (size_t i = 0; i < 5; i++) {
+        fm_model_dtype dtype;
+    } want[] = {{"conv1.w", 4, {2, 3, 4, 5}, ramp, 120, FM_MODEL_DTYPE_F32},
+                {"conv1.b", 1, {3}, bias, 3, FM_MODEL_DTYPE_F32},
+                {"bits", 2, {7, 5}, bits, 35, FM_MODEL_DTYPE_F32},
+                {"half", 2, {3, 11}, half, 33, FM_MODEL_DTYPE_F16},
+                {"one", 1, {1}, one, 1, FM_MODEL_DTYPE_F32},
+                {"fc.w", 2, {64, 17}, fc, 64 * 17, FM_MODEL_DTYPE_F32},
+                {"rounded", 1, {40}, rounded, 40, FM_MODEL_DTYPE_F16}};
+    CHECK(fm_model_tensor_count(m) == 7);
+    for (size_t i = 0; i < 7; i++) {
         const fm_model_tensor_info *t = fm_model_tensor_at(m, i);
         const float *data = NULL;
-        CHECK(t && strcmp(t->name, want[i].name) == 0);
-        CHECK_MSG(fm_model_tensor_expect(m, want[i].name, want[i].ndim, want[i].dims, &data,
-                                         &err) == FM_OK, "%s", err.msg);
-        CHECK(data && t && t->count == want[i].count &&
-              memcmp(data, want[i].data, want[i].count * 4) == 0);
+        size_t esize = fm_model_dtype_size(want[i].dtype);
+        CHECK(t && strcmp(t->name, want[i].name) == 0 && t->dtype == want[i].dtype);
+        CHECK(t && t->count == want[i].count && t->nbytes == want[i].count * esize &&
+              memcmp(t->raw, want[i].data, want[i].count * esize) == 0);
+        fm_status st = fm_model_tensor_expect(m, want[i].name, want[i].ndim, want[i].dims,
+                                              &data, &err);
+        if (want[i].dtype == FM_MODEL_DTYPE_F16) {
+            /* Halfs are never bound as floats. */
+            CHECK(st == FM_ERR_FORMAT && data == NULL && t && t->data == NULL);
+            CHECK_MSG(strstr(err.msg, "is f16: expand the file first (facemill model "
+                                      "expand ") != NULL, "%s", err.msg);
+        } else {
+            CHECK_MSG(st == FM_OK, "%s", err.msg);
+            CHECK(data && memcmp(data, want[i].data, want[i].count * 4) == 0);
+        }
     }
     fm_model_close(&m);
 }

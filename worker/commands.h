@@ -7,7 +7,7 @@
 typedef int (*fm_command_fn)(int argc, char **argv);
 
 /* --- commands --- */
-int fm_cmd_model(int argc, char **argv); /* cmd_model.c: info, verify */
+int fm_cmd_model(int argc, char **argv); /* cmd_model.c: info, verify, get, compact, expand */
 int fm_cmd_config(int argc, char **argv); /* cmd_config.c: show the configuration */
 int fm_cmd_detect(int argc, char **argv); /* cmd_detect.c: faces and landmarks */
 int fm_cmd_train(int argc, char **argv); /* cmd_train.c: train the attribute heads */

@@ -11,8 +11,13 @@
  * mapped file in place would crash its readers with SIGBUS.
  *
  * All multi-byte fields are read and written byte by byte (little-endian), so the
- * cursor never makes an unaligned access. Tensor data is handed out as float
- * pointers into the mapping, which needs a little-endian host.
+ * cursor never makes an unaligned access. Tensor data is handed out as pointers into
+ * the mapping, which needs a little-endian host.
+ *
+ * Two element types are read: f32, which inference binds in place, and f16, the
+ * compact form kept in the repository. An f16 tensor gets no float pointer at all
+ * (fm_model_tensor_info.data is NULL) and fm_model_tensor_expect refuses it, so
+ * halfs can never be taken for floats; commands that convert read its raw bytes.
  */
 #include "facemill/model.h"
 
@@ -185,14 +190,31 @@ static int name_valid(const uint8_t *s, size_t n)
     return n >= 1 && n <= FM_MODEL_MAX_NAME && utf8_valid(s, n, 1);
 }
 
-static const char *dtype_name(uint32_t dtype)
+const char *fm_model_dtype_name(fm_model_dtype dtype)
 {
     switch (dtype) {
     case FM_MODEL_DTYPE_F32: return "f32";
     case FM_MODEL_DTYPE_F16: return "f16";
     case FM_MODEL_DTYPE_I8: return "int8";
-    default: return "unknown";
     }
+    return "unknown";
+}
+
+unsigned fm_model_dtype_size(fm_model_dtype dtype)
+{
+    switch (dtype) {
+    case FM_MODEL_DTYPE_F32: return 4;
+    case FM_MODEL_DTYPE_F16: return 2;
+    case FM_MODEL_DTYPE_I8: return 0; /* reserved: not readable */
+    }
+    return 0;
+}
+
+/* dtype_name for a raw field value, which may be outside the enum. */
+static const char *dtype_name(uint32_t dtype)
+{
+    return dtype <= FM_MODEL_DTYPE_I8 ? fm_model_dtype_name((fm_model_dtype)dtype)
+                                      : "unknown";
 }
 
 const char *fm_model_meta_type_name(fm_model_meta_type type)
@@ -289,6 +311,8 @@ typedef struct meta_entry {
     double *f64s;      /* F64_ARRAY, malloc'ed */
     const char **strs; /* STR_ARRAY, malloc'ed, with str_lens in the same block */
     size_t *str_lens;
+    const uint8_t *bytes; /* the whole entry in the mapping (key_len .. value) */
+    size_t nbytes;
 } meta_entry;
 
 struct fm_model {
@@ -607,6 +631,7 @@ static fm_status parse_meta(fm_model *m, fm_error *err)
         meta_entry *e = &m->meta[i];
         uint32_t key_len, type;
         const uint8_t *p = NULL;
+        const uint64_t entry_pos = c.pos;
         snprintf(c.where, sizeof c.where, "metadata entry %" PRIu32, i);
         if ((st = cur_u32(&c, "key_len", &key_len)) != FM_OK)
             return st;
@@ -634,6 +659,8 @@ static fm_status parse_meta(fm_model *m, fm_error *err)
         e->type = (fm_model_meta_type)type;
         if ((st = parse_meta_value(&c, e)) != FM_OK)
             return st;
+        e->bytes = m->map + entry_pos;
+        e->nbytes = (size_t)(c.pos - entry_pos);
     }
     if (c.pos != c.end)
         return model_err(err, FM_ERR_FORMAT, m->path,
@@ -672,12 +699,13 @@ static fm_status parse_tensor(fm_model *m, cursor *c, uint32_t i, fm_model_tenso
 
     if ((st = cur_u32(c, "dtype", &dtype)) != FM_OK)
         return st;
-    if (dtype != FM_MODEL_DTYPE_F32)
+    if (dtype != FM_MODEL_DTYPE_F32 && dtype != FM_MODEL_DTYPE_F16)
         return model_err(c->err, FM_ERR_FORMAT, m->path,
                          "%s: dtype %" PRIu32 " (%s) is not supported; version %d holds "
-                         "f32 (0) only",
+                         "f32 (0) and f16 (1)",
                          c->where, dtype, dtype_name(dtype), FM_MODEL_VERSION);
-    t->dtype = FM_MODEL_DTYPE_F32;
+    t->dtype = (fm_model_dtype)dtype;
+    const unsigned esize = fm_model_dtype_size(t->dtype);
     if ((st = cur_u32(c, "ndim", &ndim)) != FM_OK)
         return st;
     if (ndim < 1 || ndim > FM_MODEL_MAX_NDIM)
@@ -693,6 +721,8 @@ static fm_status parse_tensor(fm_model *m, cursor *c, uint32_t i, fm_model_tenso
         (st = cur_u64(c, "nbytes", &t->nbytes)) != FM_OK)
         return st;
 
+    /* The overflow bound is product(dims) x 4 for every dtype, so one rule (shared
+     * with fmmodel.py) decides, whatever the element size. */
     uint64_t count = 1;
     for (unsigned d = 0; d < ndim; d++) {
         if (t->dims[d] < 1)
@@ -704,10 +734,10 @@ static fm_status parse_tensor(fm_model *m, cursor *c, uint32_t i, fm_model_tenso
         count *= t->dims[d];
     }
     t->count = count;
-    if (t->nbytes != count * 4)
+    if (t->nbytes != count * esize)
         return model_err(c->err, FM_ERR_FORMAT, m->path,
-                         "%s: nbytes %" PRIu64 " is not product(dims) x 4 = %" PRIu64,
-                         c->where, t->nbytes, count * 4);
+                         "%s: nbytes %" PRIu64 " is not product(dims) x %u = %" PRIu64,
+                         c->where, t->nbytes, esize, count * esize);
     if (t->offset % FM_MODEL_ALIGN)
         return model_err(c->err, FM_ERR_FORMAT, m->path,
                          "%s: offset %" PRIu64 " is not a multiple of %d", c->where,
@@ -717,7 +747,8 @@ static fm_status parse_tensor(fm_model *m, cursor *c, uint32_t i, fm_model_tenso
                          "%s: offset %" PRIu64 " + %" PRIu64
                          " bytes exceeds data size %" PRIu64,
                          c->where, t->offset, t->nbytes, m->data_size);
-    t->data = (const float *)(const void *)(m->map + m->data_offset + t->offset);
+    t->raw = m->map + m->data_offset + t->offset;
+    t->data = t->dtype == FM_MODEL_DTYPE_F32 ? (const float *)t->raw : NULL;
     return FM_OK;
 }
 
@@ -968,6 +999,11 @@ fm_status fm_model_tensor_expect(const fm_model *m, const char *name, unsigned n
     const fm_model_tensor_info *t = fm_model_tensor(m, name);
     if (!t)
         return model_err(err, FM_ERR_NOT_FOUND, m->path, "tensor '%s' not found", name);
+    if (t->dtype == FM_MODEL_DTYPE_F16)
+        return model_err(err, FM_ERR_FORMAT, m->path,
+                         "tensor '%s' is f16: expand the file first (facemill model expand "
+                         "%s OUT.fmm)",
+                         name, m->path);
     int ok = t->dtype == FM_MODEL_DTYPE_F32 && t->ndim == ndim;
     for (unsigned d = 0; ok && d < ndim; d++)
         if (dims && dims[d] && dims[d] != t->dims[d])
@@ -1135,9 +1171,10 @@ typedef struct wmeta {
 typedef struct wtensor {
     char *name; /* NUL-terminated copy */
     size_t name_len;
+    fm_model_dtype dtype;
     unsigned ndim;
     uint64_t dims[FM_MODEL_MAX_NDIM];
-    float *data; /* copy, nbytes bytes */
+    void *data; /* copy, nbytes bytes, host order (= file order: little-endian) */
     size_t nbytes;
 } wtensor;
 
@@ -1279,6 +1316,24 @@ static fm_status writer_add_scalar(fm_model_writer *w, const char *key, uint32_t
     return writer_meta_commit(w, key, b, nbytes, err);
 }
 
+fm_status fm_model_writer_add_meta_from(fm_model_writer *w, const fm_model *m, size_t i,
+                                        fm_error *err)
+{
+    if (!m || i >= m->n_meta)
+        return fm_error_set(err, FM_ERR_INVALID, "model writer: no metadata entry %zu to copy",
+                            i);
+    const meta_entry *e = &m->meta[i];
+    fm_status st = writer_meta_prepare(w, e->key, err);
+    if (st != FM_OK)
+        return st;
+    /* The entry's bytes were validated when the model was opened; copying them keeps
+     * every value exactly, strings holding an encoded U+0000 included. */
+    uint8_t *b = malloc(e->nbytes);
+    if (b)
+        memcpy(b, e->bytes, e->nbytes);
+    return writer_meta_commit(w, e->key, b, e->nbytes, err);
+}
+
 fm_status fm_model_writer_add_i64(fm_model_writer *w, const char *key, int64_t value,
                                   fm_error *err)
 {
@@ -1400,10 +1455,11 @@ fm_status fm_model_writer_add_str_array(fm_model_writer *w, const char *key,
     return writer_meta_commit(w, key, b, nbytes, err);
 }
 
-fm_status fm_model_writer_add_tensor(fm_model_writer *w, const char *name, unsigned ndim,
-                                     const uint64_t *dims, const float *data,
-                                     fm_error *err)
+static fm_status writer_add_tensor(fm_model_writer *w, const char *name,
+                                   fm_model_dtype dtype, unsigned ndim,
+                                   const uint64_t *dims, const void *data, fm_error *err)
 {
+    const unsigned esize = fm_model_dtype_size(dtype);
     if (!w || !name || !dims || !data)
         return fm_error_set(err, FM_ERR_INVALID,
                             "model writer: NULL writer, name, dims or data");
@@ -1428,17 +1484,17 @@ fm_status fm_model_writer_add_tensor(fm_model_writer *w, const char *name, unsig
                                 "overflows 64 bits", name);
         count *= dims[d];
     }
-    if (count * 4 > SIZE_MAX / 2)
+    if (count * esize > SIZE_MAX / 2)
         return fm_error_set(err, FM_ERR_LIMIT, "model writer: tensor '%s': %" PRIu64
-                            " bytes do not fit in memory", name, count * 4);
+                            " bytes do not fit in memory", name, count * esize);
     if (w->n_tensors >= FM_MODEL_MAX_TENSORS)
         return fm_error_set(err, FM_ERR_LIMIT, "model writer: more than %d tensors",
                             FM_MODEL_MAX_TENSORS);
     if (!grow((void **)&w->tensors, &w->cap_tensors, w->n_tensors + 1, sizeof *w->tensors) ||
         !index_reserve(&w->tensor_index, w->n_tensors + 1, w->n_tensors, wtensor_name_of, w))
         return fm_error_set(err, FM_ERR_NOMEM, "model writer: out of memory");
-    wtensor t = {.name = strdup(name), .name_len = len, .ndim = ndim,
-                 .nbytes = (size_t)(count * 4)};
+    wtensor t = {.name = strdup(name), .name_len = len, .dtype = dtype, .ndim = ndim,
+                 .nbytes = (size_t)(count * esize)};
     t.data = malloc(t.nbytes);
     if (!t.name || !t.data) {
         free(t.name);
@@ -1454,6 +1510,20 @@ fm_status fm_model_writer_add_tensor(fm_model_writer *w, const char *name, unsig
         (uint32_t)(w->n_tensors + 1);
     w->n_tensors++;
     return FM_OK;
+}
+
+fm_status fm_model_writer_add_tensor(fm_model_writer *w, const char *name, unsigned ndim,
+                                     const uint64_t *dims, const float *data,
+                                     fm_error *err)
+{
+    return writer_add_tensor(w, name, FM_MODEL_DTYPE_F32, ndim, dims, data, err);
+}
+
+fm_status fm_model_writer_add_tensor_f16(fm_model_writer *w, const char *name,
+                                         unsigned ndim, const uint64_t *dims,
+                                         const uint16_t *bits, fm_error *err)
+{
+    return writer_add_tensor(w, name, FM_MODEL_DTYPE_F16, ndim, dims, bits, err);
 }
 
 static uint64_t align_up(uint64_t n)
@@ -1562,7 +1632,7 @@ fm_status fm_model_writer_save(const fm_model_writer *w, const char *path, fm_er
         wr_u32(p, (uint32_t)t->name_len);
         memcpy(p + 4, t->name, t->name_len);
         p += 4 + t->name_len;
-        wr_u32(p, FM_MODEL_DTYPE_F32);
+        wr_u32(p, (uint32_t)t->dtype);
         wr_u32(p + 4, t->ndim);
         p += 8;
         for (unsigned d = 0; d < t->ndim; d++, p += 8)

@@ -47,13 +47,23 @@ enum {
     FM_MODEL_VERIFY_DATA = 1u << 0,
 };
 
-/* Tensor element types. Version 1 files hold F32 only; the others are reserved and
- * refused by the reader. */
+/* Tensor element types (the numbers are the file's dtype field). F32 is what
+ * inference binds; F16 (IEEE binary16) is the compact form committed to the repository
+ * and expanded to F32 before use (facemill model expand); I8 is reserved and refused
+ * by the reader. */
 typedef enum fm_model_dtype {
     FM_MODEL_DTYPE_F32 = 0,
-    FM_MODEL_DTYPE_F16 = 1, /* reserved */
-    FM_MODEL_DTYPE_I8 = 2,  /* reserved */
+    FM_MODEL_DTYPE_F16 = 1,
+    FM_MODEL_DTYPE_I8 = 2, /* reserved */
 } fm_model_dtype;
+
+/* Short name of a dtype ("f32", "f16", "int8"); "unknown" for other values. Static
+ * string. */
+const char *fm_model_dtype_name(fm_model_dtype dtype);
+
+/* Bytes per element of a dtype the reader accepts (4 for F32, 2 for F16); 0 for any
+ * other value. */
+unsigned fm_model_dtype_size(fm_model_dtype dtype);
 
 /* Metadata value types (the numbers are the file's type field). */
 typedef enum fm_model_meta_type {
@@ -70,18 +80,25 @@ typedef enum fm_model_meta_type {
 const char *fm_model_meta_type_name(fm_model_meta_type type);
 
 /* One tensor of an open model. Everything here is owned by the model and valid until
- * fm_model_close; data points into the read-only mapping (64-byte aligned; never
- * write through it). */
+ * fm_model_close; data and raw point into the read-only mapping (64-byte aligned;
+ * never write through them).
+ *
+ * data is set for F32 tensors only and is NULL for any other dtype, so code that
+ * reads floats can never take the halfs of a compact file for floats; such code
+ * should bind tensors with fm_model_tensor_expect, which says what to do instead.
+ * raw is set for every dtype: the nbytes bytes as stored (little-endian elements),
+ * for inspection and conversion. */
 typedef struct fm_model_tensor_info {
     const char *name;  /* NUL-terminated */
     size_t name_len;   /* bytes, without the NUL */
-    fm_model_dtype dtype; /* always FM_MODEL_DTYPE_F32 in version 1 */
+    fm_model_dtype dtype; /* FM_MODEL_DTYPE_F32 or FM_MODEL_DTYPE_F16 */
     unsigned ndim;     /* 1..4 */
     uint64_t dims[FM_MODEL_MAX_NDIM]; /* outermost first; entries past ndim are 1 */
     uint64_t count;    /* number of elements: product of dims */
     uint64_t offset;   /* relative to the data section (as in the file) */
-    uint64_t nbytes;   /* count * 4 */
-    const float *data; /* count floats, row-major */
+    uint64_t nbytes;   /* count * fm_model_dtype_size(dtype) */
+    const float *data; /* F32: count floats, row-major; NULL for other dtypes */
+    const void *raw;   /* nbytes bytes as stored, any dtype */
 } fm_model_tensor_info;
 
 /* ---------------------------------------------------------------------------------
@@ -129,8 +146,10 @@ const fm_model_tensor_info *fm_model_tensor(const fm_model *m, const char *name)
 /* The checked lookup model builders use: the tensor name must exist (else
  * FM_ERR_NOT_FOUND), be f32 and have exactly ndim dimensions with dims[i] matching
  * wherever dims[i] != 0 (0 = any; dims may be NULL for all any), else FM_ERR_FORMAT
- * with a message like "m.fmm: tensor 'conv1.w': shape [64, 3, 3, 3], expected
- * [64, 3, 5, *]". On success stores the data pointer in *data (when data is not
+ * with a message like "m.fmm: tensor 'conv1.w': f32 shape [64, 3, 3, 3], expected
+ * f32 [64, 3, 5, *]". An f16 tensor (a compact file) gives FM_ERR_FORMAT with
+ * "m.f16.fmm: tensor 'conv1.w' is f16: expand the file first (facemill model expand
+ * m.f16.fmm OUT.fmm)". On success stores the data pointer in *data (when data is not
  * NULL; owned by the model). ndim outside 1..4 gives FM_ERR_INVALID. */
 fm_status fm_model_tensor_expect(const fm_model *m, const char *name, unsigned ndim,
                                  const uint64_t *dims, const float **data,
@@ -209,6 +228,13 @@ fm_status fm_model_writer_add_str_array(fm_model_writer *w, const char *key,
                                         const char *const *values, size_t count,
                                         fm_error *err);
 
+/* Adds a copy of metadata entry i (in file order, < fm_model_meta_count) of the open
+ * model m: same key, type and value bytes, so copying every entry of a file and its
+ * tensors in order writes the same file again. Errors as above (a key already added
+ * gives FM_ERR_INVALID); FM_ERR_INVALID also when i is out of range. */
+fm_status fm_model_writer_add_meta_from(fm_model_writer *w, const fm_model *m, size_t i,
+                                        fm_error *err);
+
 /* Adds an f32 tensor of ndim (1..4) dimensions dims (each >= 1), row-major, with
  * product(dims) floats at data. The writer COPIES name and data: the caller may free
  * or reuse them as soon as this returns. Tensors are laid out in the order added,
@@ -219,6 +245,13 @@ fm_status fm_model_writer_add_str_array(fm_model_writer *w, const char *key,
 fm_status fm_model_writer_add_tensor(fm_model_writer *w, const char *name, unsigned ndim,
                                      const uint64_t *dims, const float *data,
                                      fm_error *err);
+
+/* Adds an f16 tensor: like fm_model_writer_add_tensor, with product(dims) IEEE
+ * binary16 values given as their bit patterns at bits (written as they are, NaN
+ * payloads included; fm_model_f32_to_f16 makes them from floats). Same errors. */
+fm_status fm_model_writer_add_tensor_f16(fm_model_writer *w, const char *name,
+                                         unsigned ndim, const uint64_t *dims,
+                                         const uint16_t *bits, fm_error *err);
 
 /* Writes the model to path atomically: the whole file goes to PATH.tmp.PID in the
  * same directory, is fsync'ed, renamed over path, and the directory is fsync'ed. A
@@ -237,6 +270,18 @@ fm_status fm_model_writer_save(const fm_model_writer *w, const char *path, fm_er
 /* CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) exactly like zlib's crc32:
  * start with crc = 0 and feed the running value back to continue over more bytes. */
 uint32_t fm_model_crc32(uint32_t crc, const void *data, size_t n);
+
+/* IEEE binary16 <-> binary32, as bit patterns (worker/model_f16.c).
+ * fm_model_f32_to_f16 rounds to nearest, ties to even, with gradual underflow
+ * (subnormal halfs) and overflow to infinity (every |x| >= 65520, the midpoint
+ * between the largest half 65504 and 2^16); infinities keep their sign; a NaN stays a
+ * NaN with its sign and the top 10 bits of its payload (a payload that lives only
+ * in the dropped low bits becomes 1, so it stays a NaN). fm_model_f16_to_f32 is
+ * exact for every one of the 65,536 halfs, NaN payloads included (shifted up, never
+ * quieted), so f16 -> f32 -> f16 gives back the same bits. Same results as
+ * models/tools/fmmodel.py's f32_to_f16 / f16_to_f32. */
+uint16_t fm_model_f32_to_f16(float x);
+float fm_model_f16_to_f32(uint16_t h);
 
 #ifdef __cplusplus
 }

@@ -17,7 +17,14 @@ Only the standard library and numpy are used (Debian's python3-numpy; run it wit
 Type mapping of metadata values (write and read):
     int -> I64, float -> F64, str -> STR,
     list/tuple of int -> I64_ARRAY, of float -> F64_ARRAY, of str -> STR_ARRAY.
-read_model returns arrays as lists. Tensors are stored as float32, C order.
+read_model returns arrays as lists. Tensors are stored as float32, C order, unless
+given as (name, array, "f16"): then they are stored as IEEE binary16 (the compact
+form, see models/tools/fmmcompact.py); read_model returns those as float16 arrays.
+
+f32_to_f16 and f16_to_f32 convert on bit patterns exactly like worker/model_f16.c
+(round to nearest even, subnormals, overflow to infinity, NaN payloads kept), so a
+file converted here and one converted by `facemill model compact|expand` have the
+same bytes.
 """
 
 import os
@@ -28,7 +35,8 @@ import zlib
 import numpy as np
 
 __all__ = [
-    "FormatError", "VersionError", "write_model", "read_model",
+    "FormatError", "VersionError", "write_model", "read_model", "RawValue",
+    "f32_to_f16", "f16_to_f32",
     "MAGIC", "VERSION", "HEADER_SIZE", "ALIGN",
 ]
 
@@ -46,6 +54,8 @@ MAX_NDIM = 4
 
 T_I64, T_F64, T_STR, T_I64_ARRAY, T_F64_ARRAY, T_STR_ARRAY = 1, 2, 3, 4, 5, 6
 DTYPE_F32, DTYPE_F16, DTYPE_I8 = 0, 1, 2
+_DTYPE_SIZE = {DTYPE_F32: 4, DTYPE_F16: 2}
+_DTYPE_NAME = {DTYPE_F32: "f32", DTYPE_F16: "f16", DTYPE_I8: "int8"}
 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
@@ -57,6 +67,100 @@ _KEY_RE = re.compile(rb"[a-z0-9_.]+\Z")
 _HEADER = struct.Struct("<8sIIIIQQQQQQII48s")
 assert _HEADER.size == HEADER_SIZE
 _INDEX_CRC_OFFSET = 72
+
+
+def f32_to_f16(a):
+    """IEEE binary16 bit patterns (uint16 array, same shape) of the float32 values of a.
+
+    Round to nearest, ties to even; gradual underflow; every |x| >= 65520 becomes
+    infinity; a NaN keeps its sign and the top 10 payload bits (1 if those are all
+    zero). Integer arithmetic only, the same steps as fm_model_f32_to_f16."""
+    a = np.asarray(a, dtype=np.float32)
+    u = np.ascontiguousarray(a).view(np.uint32).astype(np.int64)
+    sign = (u >> 16) & 0x8000
+    x = u & 0x7FFFFFFF
+    out = np.zeros(u.shape, dtype=np.int64)
+
+    # normal halfs: rebias the exponent and round 23 fraction bits to 10
+    normal = (x >= 0x38800000) & (x < 0x477FF000)
+    r = x - 0x38000000
+    r = (r + 0x0FFF + ((r >> 13) & 1)) >> 13
+    out = np.where(normal, r, out)
+
+    # subnormal halfs: significand >> (126 - exponent), rounded to nearest even
+    sub = (x >= 0x33000000) & (x < 0x38800000)
+    e = np.where(sub, x >> 23, 112)
+    shift = 126 - e
+    sig = (x & 0x7FFFFF) | 0x800000
+    q = sig >> shift
+    rem = sig & ((np.int64(1) << shift) - 1)
+    half = np.int64(1) << (shift - 1)
+    q = q + ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+    out = np.where(sub, q, out)
+
+    # overflow and infinities; NaNs keep their payload's top bits, never 0
+    out = np.where((x >= 0x477FF000) & (x <= 0x7F800000), 0x7C00, out)
+    payload = (x >> 13) & 0x3FF
+    nan = 0x7C00 | np.where(payload == 0, 1, payload)
+    out = np.where(x > 0x7F800000, nan, out)
+    return (out | sign).astype(np.uint16)
+
+
+def _f16_table():
+    """float32 bit patterns of all 65,536 halfs, computed field by field."""
+    h = np.arange(65536, dtype=np.int64)
+    sign = (h & 0x8000) << 16
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    out = ((e + 112) << 23) | (m << 13)                      # normal
+    out = np.where(e == 0x1F, 0x7F800000 | (m << 13), out)   # infinity, NaN
+    # subnormal m x 2^-24: shift the leading 1 up to bit 10 (k = 1..10 places)
+    k = np.zeros(h.shape, dtype=np.int64)
+    mm = m.copy()
+    for _ in range(10):
+        step = (mm != 0) & ((mm & 0x400) == 0)
+        mm = np.where(step, mm << 1, mm)
+        k = k + step
+    out = np.where((e == 0) & (m != 0), ((113 - k) << 23) | ((mm & 0x3FF) << 13), out)
+    out = np.where((e == 0) & (m == 0), 0, out)
+    return (out | sign).astype(np.uint32)
+
+
+_F16_TABLE = None
+
+
+def f16_to_f32(h):
+    """The float32 values (same shape) of binary16 bit patterns h (uint16 or float16
+    array). Exact for every half; NaN payloads are shifted up, never quieted."""
+    global _F16_TABLE
+    if _F16_TABLE is None:
+        _F16_TABLE = _f16_table()
+    h = np.asarray(h)
+    if h.dtype == np.float16:
+        h = h.view(np.uint16)
+    if h.dtype != np.uint16:
+        raise TypeError("f16_to_f32 takes uint16 bit patterns or float16, not %s" % h.dtype)
+    return _F16_TABLE[h].view(np.float32)
+
+
+class RawValue(tuple):
+    """A metadata value as the file encodes it: (type, value bytes). read_model gives
+    these with raw_meta=True and write_model writes them verbatim, so a tool can copy
+    metadata without re-encoding it (empty arrays, whose element type a plain list
+    does not carry, included)."""
+
+    __slots__ = ()
+
+    def __new__(cls, type_, data):
+        return tuple.__new__(cls, (type_, bytes(data)))
+
+    @property
+    def type(self):
+        return self[0]
+
+    @property
+    def data(self):
+        return self[1]
 
 
 class FormatError(ValueError):
@@ -119,6 +223,10 @@ def _enc_i64(v, what):
 def _encode_value(key, value):
     """Returns (type, value bytes) of one metadata value."""
     what = "metadata '%s'" % key
+    if isinstance(value, RawValue):
+        if value.type not in (T_I64, T_F64, T_STR, T_I64_ARRAY, T_F64_ARRAY, T_STR_ARRAY):
+            raise ValueError("%s: raw type %r is not 1..6" % (what, value.type))
+        return value.type, value.data
     if _is_int(value):
         return T_I64, _enc_i64(value, what)
     if _is_float(value):
@@ -156,10 +264,12 @@ def write_model(path, metadata, tensors):
 
     metadata: dict key -> value (see the module docstring for the type mapping); keys
         are 1..255 bytes of [a-z0-9_.]; entries are written in dict order.
-    tensors: list of (name, array); names unique, 1..255 bytes of UTF-8 without
-        control characters; arrays have 1..4 dimensions, each >= 1, and are converted
-        to float32 C-contiguous. Tensors are laid out in list order, each at a
-        multiple of 64 bytes.
+    tensors: list of (name, array) or (name, array, "f16"); names unique, 1..255
+        bytes of UTF-8 without control characters; arrays have 1..4 dimensions, each
+        >= 1. A pair is stored as float32 (f32). With "f16" the tensor is stored as
+        binary16: a float16 array is written bit for bit, any other array is
+        converted to float32 and rounded with f32_to_f16. Tensors are laid out in
+        list order, each at a multiple of 64 bytes.
 
     The file is written to PATH.tmp.PID in the same directory, fsynced, renamed over
     path, and the directory is fsynced, so a process that has the old file mapped
@@ -183,7 +293,13 @@ def write_model(path, metadata, tensors):
     arrays = []
     seen = set()
     for item in tensors:
-        name, arr = item
+        if len(item) == 3:
+            name, arr, kind = item
+            if kind not in ("f32", "f16"):
+                raise ValueError("tensor %r: dtype %r is not 'f32' or 'f16'" % (name, kind))
+        else:
+            name, arr = item
+            kind = "f32"
         if not isinstance(name, str):
             raise TypeError("tensor name %r is not a str" % (name,))
         nb = name.encode("utf-8")
@@ -193,21 +309,30 @@ def write_model(path, metadata, tensors):
         if nb in seen:
             raise ValueError("tensor %r: duplicate name" % name)
         seen.add(nb)
-        a = np.asarray(arr, dtype=np.float32)
+        if kind == "f16":
+            a = np.asarray(arr)
+            if a.dtype == np.float16:
+                a = a.view(np.uint16)
+            else:
+                a = f32_to_f16(a)
+            dtype = DTYPE_F16
+        else:
+            a = np.asarray(arr, dtype=np.float32)
+            dtype = DTYPE_F32
         # Checked before ascontiguousarray, which turns a 0-d array into a 1-d one.
         if not 1 <= a.ndim <= MAX_NDIM:
             raise ValueError("tensor %r: ndim %d is not 1..4" % (name, a.ndim))
         if any(d < 1 for d in a.shape):
             raise ValueError("tensor %r: dims %s must all be >= 1" % (name, a.shape))
-        a = np.ascontiguousarray(a)
-        arrays.append((nb, a))
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        arrays.append((nb, dtype, a))
 
     directory = bytearray()
     offset = 0
     placed = []
-    for nb, a in arrays:
+    for nb, dtype, a in arrays:
         directory += struct.pack("<I", len(nb)) + nb
-        directory += struct.pack("<II", DTYPE_F32, a.ndim)
+        directory += struct.pack("<II", dtype, a.ndim)
         directory += struct.pack("<%dQ" % a.ndim, *a.shape)
         directory += struct.pack("<QQ", offset, a.nbytes)
         placed.append((offset, a))
@@ -295,16 +420,18 @@ def _read_count(cur, what):
     return n
 
 
-def read_model(path, verify_data=True):
+def read_model(path, verify_data=True, raw_meta=False):
     """Reads and validates a model file; returns (metadata, tensors).
 
-    metadata: dict key -> int | float | str | list (in file order).
-    tensors: dict name -> float32 numpy array (a copy, independent of the file), in
-        directory order.
+    metadata: dict key -> int | float | str | list (in file order); with raw_meta,
+        key -> RawValue(type, value bytes) instead (values still checked).
+    tensors: dict name -> numpy array (a copy, independent of the file), in
+        directory order: float32 for f32 tensors, float16 (the exact bits) for f16.
 
     Applies every check of the C reader (models/FORMAT.md): magic, version, header
     fields, reserved bytes, limits, section bounds and overflow, key and name rules,
-    duplicates, dtype, ndim, dims, nbytes, alignment, overlap and the index CRC.
+    duplicates, dtype (f32 or f16), ndim, dims, nbytes, alignment, overlap and the
+    index CRC.
     With verify_data (the default, since every byte is read anyway) it also checks
     the data CRC and that padding between tensors is zero, like
     FM_MODEL_VERIFY_DATA. Raises VersionError for a version other than 1,
@@ -377,6 +504,7 @@ def read_model(path, verify_data=True):
         if key in metadata:
             raise FormatError("%s: %s: duplicate key" % (cur.label, what))
         t = cur.u32(what + " type")
+        value_pos = cur.pos
         if t == T_I64:
             v = struct.unpack("<q", cur.take(8, what))[0]
         elif t == T_F64:
@@ -394,7 +522,7 @@ def read_model(path, verify_data=True):
             v = [_read_str(cur, "%s[%d]" % (what, j)) for j in range(n)]
         else:
             raise FormatError("%s: %s: unknown type %d" % (cur.label, what, t))
-        metadata[key] = v
+        metadata[key] = RawValue(t, buf[value_pos:cur.pos]) if raw_meta else v
     if cur.pos != cur.end:
         raise FormatError("%s: %d entries end at offset %d, meta_size says %d"
                           % (cur.label, n_meta, cur.pos, cur.end))
@@ -417,15 +545,17 @@ def read_model(path, verify_data=True):
             raise FormatError("%s: duplicate name" % tl)
         names.add(nb)
         dtype = cur.u32(what + " dtype")
-        if dtype != DTYPE_F32:
-            raise FormatError("%s: dtype %d is not supported (only 0 = f32 in version 1)"
-                              % (tl, dtype))
+        if dtype not in _DTYPE_SIZE:
+            raise FormatError("%s: dtype %d (%s) is not supported (f32 = 0 and f16 = 1)"
+                              % (tl, dtype, _DTYPE_NAME.get(dtype, "unknown")))
+        esize = _DTYPE_SIZE[dtype]
         ndim = cur.u32(what + " ndim")
         if not 1 <= ndim <= MAX_NDIM:
             raise FormatError("%s: ndim %d is not 1..4" % (tl, ndim))
         dims = [cur.u64(what + " dims") for _ in range(ndim)]
         offset = cur.u64(what + " offset")
         nbytes = cur.u64(what + " nbytes")
+        # Overflow is judged on product(dims) x 4 for every dtype, like the C reader.
         count = 4
         for d in dims:
             if d < 1:
@@ -433,20 +563,21 @@ def read_model(path, verify_data=True):
             count *= d
             if count > U64_MAX:
                 raise FormatError("%s: dims %s: size overflows 64 bits" % (tl, dims))
+        count = count // 4 * esize
         if nbytes != count:
-            raise FormatError("%s: nbytes %d is not product(dims) x 4 = %d"
-                              % (tl, nbytes, count))
+            raise FormatError("%s: nbytes %d is not product(dims) x %d = %d"
+                              % (tl, nbytes, esize, count))
         if offset % ALIGN:
             raise FormatError("%s: offset %d is not a multiple of %d" % (tl, offset, ALIGN))
         if offset > data_size or nbytes > data_size - offset:
             raise FormatError("%s: offset %d + %d bytes exceeds data size %d"
                               % (tl, offset, nbytes, data_size))
-        entries.append((name, dims, offset, nbytes))
+        entries.append((name, dtype, dims, offset, nbytes))
     if cur.pos != cur.end:
         raise FormatError("%s: %d entries end at offset %d, dir_size says %d"
                           % (cur.label, n_tensors, cur.pos, cur.end))
 
-    spans = sorted((off, off + nb, name) for name, _, off, nb in entries)
+    spans = sorted((off, off + nb, name) for name, _, _, off, nb in entries)
     for a, b in zip(spans, spans[1:]):
         if b[0] < a[1]:
             raise FormatError("%s: tensor '%s' [%d, %d) overlaps tensor '%s' [%d, %d)"
@@ -468,8 +599,12 @@ def read_model(path, verify_data=True):
             pos = max(pos, end)
 
     tensors = {}
-    for name, dims, off, nb in entries:
+    for name, dtype, dims, off, nb in entries:
         start = data_offset + off
-        a = np.frombuffer(buf, dtype="<f4", count=nb // 4, offset=start)
-        tensors[name] = a.reshape(dims).astype(np.float32, copy=True)
+        if dtype == DTYPE_F16:
+            a = np.frombuffer(buf, dtype="<f2", count=nb // 2, offset=start)
+            tensors[name] = a.reshape(dims).astype(np.float16, copy=True)
+        else:
+            a = np.frombuffer(buf, dtype="<f4", count=nb // 4, offset=start)
+            tensors[name] = a.reshape(dims).astype(np.float32, copy=True)
     return metadata, tensors

@@ -1,0 +1,206 @@
+/* test_backbone_f16.c - what rounding the dlib ResNet's weights to f16 does to its
+ * output: the backbone expanded from a compact file against the original, on every
+ * face of the sample photos, through the production pipeline with the committed
+ * heads.
+ *
+ * Why it exists: trained weights are committed as f16 and expanded to f32 on each
+ * machine, so the network that labels faces is the f16-rounded one. This measures
+ * (and bounds) the difference that makes: cosine of the 128-d descriptors and of the
+ * 256-d pooled features the heads read, the descriptor distance against dlib's
+ * same-person threshold of 0.6, and the change in age, gender and ethnicity.
+ * It also checks that the compact file itself is refused by the backbone with the
+ * message that says to expand it, and that the expanded file keeps the identity the
+ * heads are paired with. Needs models/fetch (skips without models/cache) and the
+ * facemill program (FACEMILL_BIN_DIR) for `model compact` / `model expand`.
+ */
+#include "fm_test.h"
+
+#include "facemill/backbone.h"
+#include "facemill/config.h"
+#include "facemill/nn.h"
+#include "facemill/pipeline.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define N_IMAGES 6
+
+static char tmpdir[512];
+
+/* Runs argv with stdout to /dev/null; returns the exit code or -1. */
+static int run(char *const argv[])
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout))
+            _exit(127);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+        return -1;
+    return WEXITSTATUS(status);
+}
+
+static double cosine(const float *a, const float *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int k = 0; k < n; k++) {
+        ab += (double)a[k] * b[k];
+        aa += (double)a[k] * a[k];
+        bb += (double)b[k] * b[k];
+    }
+    return ab / sqrt(aa * bb);
+}
+
+static double distance(const float *a, const float *b, int n)
+{
+    double s = 0;
+    for (int k = 0; k < n; k++)
+        s += ((double)a[k] - b[k]) * ((double)a[k] - b[k]);
+    return sqrt(s);
+}
+
+static fm_pipeline *open_pipeline(const char *models, const char *backbone,
+                                  const char *heads)
+{
+    fm_config c;
+    fm_config_defaults(&c);
+    snprintf(c.models.dir, sizeof c.models.dir, "%s", models);
+    snprintf(c.embed.backbone, sizeof c.embed.backbone, "%s", backbone);
+    snprintf(c.heads.model, sizeof c.heads.model, "%s", heads);
+    fm_pipeline_opts po = {N_IMAGES, 0, 1};
+    fm_pipeline *p = NULL;
+    fm_error err = {0};
+    fm_status st = fm_pipeline_open(&p, &c, &po, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    return p;
+}
+
+int main(void)
+{
+    const char *src = getenv("FACEMILL_SOURCE_DIR"), *bin = getenv("FACEMILL_BIN_DIR");
+    char models[600], dlib[700], heads[700], cli[700], sample[N_IMAGES][700];
+    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
+    snprintf(dlib, sizeof dlib, "%s/dlib_resnet.fmm", models);
+    snprintf(heads, sizeof heads, "%s/models/heads_dlib.fmm", src ? src : ".");
+    snprintf(cli, sizeof cli, "%s/facemill", bin ? bin : ".");
+    for (int i = 0; i < N_IMAGES; i++)
+        snprintf(sample[i], sizeof sample[i], "%s/samples/sample%d.jpg", models, i + 1);
+    if (access(dlib, R_OK) != 0 || access(sample[N_IMAGES - 1], R_OK) != 0 ||
+        access(heads, R_OK) != 0 || access(cli, X_OK) != 0) {
+        fprintf(stderr, "skip: needs %s, the samples, %s and %s (models/fetch, build)\n", dlib,
+                heads, cli);
+        return FM_TEST_SKIP;
+    }
+    const char *t = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/fm_test_backbone_f16.XXXXXX", t && *t ? t : "/tmp");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    fm_error err = {0};
+    fm_nn_set_threads(1, &err);
+    char compact[700], expanded[700];
+    snprintf(compact, sizeof compact, "%s/dlib_resnet.f16.fmm", tmpdir);
+    snprintf(expanded, sizeof expanded, "%s/dlib_resnet.fmm", tmpdir);
+    char *do_compact[] = {cli, "model", "compact", dlib, compact, NULL};
+    char *do_expand[] = {cli, "model", "expand", compact, expanded, NULL};
+    int rc = run(do_compact);
+    CHECK_MSG(rc == 0, "facemill model compact exited %d", rc);
+    rc = run(do_expand);
+    CHECK_MSG(rc == 0, "facemill model expand exited %d", rc);
+
+    /* The compact file is refused with the way out in the message. */
+    fm_backbone *b = NULL;
+    CHECK(fm_backbone_open(&b, compact, 1, &err) == FM_ERR_FORMAT && b == NULL);
+    CHECK_MSG(strstr(err.msg, "is f16: expand the file first (facemill model expand ") !=
+                  NULL, "%s", err.msg);
+    fprintf(stderr, "compact file refused: %s\n", err.msg);
+
+    fm_pipeline *pa = open_pipeline(models, "dlib_resnet.fmm", heads);
+    fm_pipeline *pb = open_pipeline(models, expanded, heads);
+    if (!pa || !pb)
+        goto done;
+    CHECK(strcmp(fm_pipeline_backbone_identity(pa), fm_pipeline_backbone_identity(pb)) == 0);
+
+    fm_pipeline_input in[N_IMAGES];
+    memset(in, 0, sizeof in);
+    for (int i = 0; i < N_IMAGES; i++)
+        in[i].path = sample[i];
+    fm_image_result ra[N_IMAGES], rb[N_IMAGES];
+    CHECK_MSG(fm_pipeline_run(pa, in, N_IMAGES, ra, &err) == FM_OK, "%s", err.msg);
+    CHECK_MSG(fm_pipeline_run(pb, in, N_IMAGES, rb, &err) == FM_OK, "%s", err.msg);
+
+    const fm_backbone *bb = fm_pipeline_backbone(pa);
+    const int de = fm_backbone_dim(bb, FM_BACKBONE_EMBEDDING),
+              dp = fm_backbone_dim(bb, FM_BACKBONE_POOLED);
+    int faces = 0, gender_flips = 0, race_flips = 0;
+    double min_cos_e = 1, min_cos_p = 1, sum_cos_e = 0, max_dist = 0, max_age = 0,
+           max_prob = 0;
+    for (int i = 0; i < N_IMAGES; i++) {
+        CHECK(ra[i].error.code == FM_OK && rb[i].error.code == FM_OK);
+        CHECK(ra[i].n_faces == rb[i].n_faces); /* detection does not use the backbone */
+        for (int j = 0; j < ra[i].n_faces && j < rb[i].n_faces; j++) {
+            const fm_face_result *fa = &ra[i].faces[j], *fb = &rb[i].faces[j];
+            for (int v = 0; v < 2; v++) { /* the face and its mirror image */
+                const float *ea = fa->features[FM_BACKBONE_EMBEDDING][v],
+                            *eb = fb->features[FM_BACKBONE_EMBEDDING][v],
+                            *qa = fa->features[FM_BACKBONE_POOLED][v],
+                            *qb = fb->features[FM_BACKBONE_POOLED][v];
+                CHECK(ea && eb && qa && qb);
+                if (!ea || !eb || !qa || !qb)
+                    continue;
+                double ce = cosine(ea, eb, de), cp = cosine(qa, qb, dp),
+                       d = distance(ea, eb, de);
+                min_cos_e = fmin(min_cos_e, ce);
+                min_cos_p = fmin(min_cos_p, cp);
+                max_dist = fmax(max_dist, d);
+                sum_cos_e += ce;
+                faces++;
+            }
+            if (fa->has_attrs && fb->has_attrs) {
+                max_age = fmax(max_age, fabs(fa->attrs.age - fb->attrs.age));
+                gender_flips += fa->attrs.gender != fb->attrs.gender;
+                race_flips += fa->attrs.race != fb->attrs.race;
+                for (int k = 0; k < 2; k++)
+                    max_prob = fmax(max_prob, fabs(fa->attrs.gender_probs[k] -
+                                                   fb->attrs.gender_probs[k]));
+                for (int k = 0; k < 5; k++)
+                    max_prob = fmax(max_prob, fabs(fa->attrs.race_probs[k] -
+                                                   fb->attrs.race_probs[k]));
+            }
+        }
+    }
+    fprintf(stderr,
+            "f16-rounded vs original dlib ResNet, %d face views (faces and mirror images) "
+            "in %d photos:\n"
+            "  embedding cosine  min %.7f, mean %.7f; largest distance %.5f (same person "
+            "below 0.6)\n"
+            "  pooled cosine     min %.7f\n"
+            "  heads             largest age change %.3f years, largest probability "
+            "change %.5f, %d gender and %d ethnicity decisions changed\n",
+            faces, N_IMAGES, min_cos_e, faces ? sum_cos_e / faces : 0, max_dist, min_cos_p,
+            max_age, max_prob, gender_flips, race_flips);
+    CHECK(faces >= 20);
+    /* Bounds with a wide margin over what f16 rounding gives (about 1e-6 below 1);
+     * a broken conversion gives cosines far below them. */
+    CHECK_MSG(min_cos_e > 0.9999, "embedding cosine %.7f", min_cos_e);
+    CHECK_MSG(min_cos_p > 0.9999, "pooled cosine %.7f", min_cos_p);
+    CHECK_MSG(max_dist < 0.01, "descriptor moved by %.5f", max_dist);
+    CHECK_MSG(max_age < 0.5, "age moved by %.3f", max_age);
+done:
+    fm_pipeline_close(&pa);
+    fm_pipeline_close(&pb);
+    unlink(compact);
+    unlink(expanded);
+    rmdir(tmpdir);
+    return fm_test_done("test_backbone_f16");
+}
