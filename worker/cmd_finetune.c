@@ -294,7 +294,50 @@ static int parse_num(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
-/* sha256 of every tensor's name and data, in order: the identity of trained weights. */
+/* `git describe --always --dirty` of the source tree this binary was built from, or
+ * "unknown" (no git, or not built from a checkout). */
+static void source_commit(char *buf, size_t size)
+{
+    snprintf(buf, size, "unknown");
+#ifdef FACEMILL_SOURCE_DIR
+    FILE *f = popen("git -C '" FACEMILL_SOURCE_DIR "' describe --always --dirty 2>/dev/null",
+                    "r");
+    if (!f)
+        return;
+    char line[256];
+    if (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        if (line[0])
+            snprintf(buf, size, "%s", line);
+    }
+    pclose(f);
+#endif
+}
+
+/* hex SHA-256 of the file at path. */
+static fm_status file_digest(const char *path, char hex[65], fm_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    fm_sha256 s;
+    fm_sha256_init(&s);
+    unsigned char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        fm_sha256_update(&s, buf, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad)
+        return fm_error_set(err, FM_ERR_IO, "%s: read error", path);
+    uint8_t d[FM_SHA256_BYTES];
+    fm_sha256_final(&s, d);
+    fm_sha256_hex(d, hex);
+    return FM_OK;
+}
+
+/* SHA-256 over every tensor's name (with its NUL) and data, in directory order: the
+ * identity of trained weights (general.source_integrity, models/FORMAT.md). */
 static fm_status weights_digest(const char *path, char hex[65], fm_error *err)
 {
     fm_model *m = NULL;
@@ -614,7 +657,10 @@ int fm_cmd_finetune(int argc, char **argv)
         snprintf(data, sizeof data,
                  "UTKFace: %s (%d images); %d faces trained on, %d held out for early "
                  "stopping (share %g by file-name hash)", train_dir, tl.n, ntr, nva, holdout);
-    if (fm_heads_backbone_identity(base_path, base_id, sizeof base_id, &err) != FM_OK) {
+    char base_sha[65], commit[256];
+    source_commit(commit, sizeof commit);
+    if (fm_heads_backbone_identity(base_path, base_id, sizeof base_id, &err) != FM_OK ||
+        file_digest(base_path, base_sha, &err) != FM_OK) {
         fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
         goto done;
     }
@@ -632,6 +678,8 @@ int fm_cmd_finetune(int argc, char **argv)
         fm_model_writer_add_str(w, "general.source", "trained:facemill", &err) ||
         fm_finetune_copy_meta(base, skip, w, &err) ||
         fm_model_writer_add_str(w, "general.base", base_id, &err) ||
+        fm_model_writer_add_str(w, "general.base_sha256", base_sha, &err) ||
+        fm_model_writer_add_str(w, "train.commit", commit, &err) ||
         fm_model_writer_add_str(w, "train.command", command, &err) ||
         fm_model_writer_add_str(w, "train.data", data, &err) ||
         fm_model_writer_add_str(w, "train.licence", "UTKFace: non-commercial research only",
@@ -655,7 +703,7 @@ int fm_cmd_finetune(int argc, char **argv)
         goto done;
     }
     unlink(tmp);
-    snprintf(integrity, sizeof integrity, "sha256-weights:%s", hex);
+    snprintf(integrity, sizeof integrity, "sha256:%s", hex);
     if (fm_model_writer_add_str(w, "general.source_integrity", integrity, &err) ||
         fm_model_writer_save(w, out_path, &err)) {
         fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
@@ -689,6 +737,7 @@ int fm_cmd_finetune(int argc, char **argv)
         fm_model_writer_add_str(w, "heads.train.licence",
                                 "UTKFace: non-commercial research only", &err) ||
         fm_model_writer_add_str(w, "heads.train.date", date, &err) ||
+        fm_model_writer_add_str(w, "heads.train.commit", commit, &err) ||
         fm_model_writer_add_i64(w, "heads.train.seed", (int64_t)o.seed, &err) ||
         fm_model_writer_add_i64(w, "heads.train.best_epoch", best.best_epoch, &err) ||
         fm_model_writer_add_f64_array(w, "heads.train.early_stop", figs, 5, &err) ||
