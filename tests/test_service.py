@@ -39,6 +39,7 @@ One case per run (--case NAME), so ctest reports each on its own:
 Every wait is bounded. Exit 0 pass, 1 fail, 77 skip.
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -738,6 +739,15 @@ def case_label_orphans(c, a):
         for d in desc:  # whatever outlived label (a failed run) must not linger
             if alive(d):
                 os.kill(d, signal.SIGKILL)
+        # the run directory a killed label leaves (the next label run would remove it)
+        for f in glob.glob("/tmp/facemill-label.*/pid"):
+            try:
+                with open(f) as fh:
+                    mine = fh.read().strip() == str(p.pid)
+            except OSError:
+                continue
+            if mine:
+                shutil.rmtree(os.path.dirname(f), ignore_errors=True)
 
 
 def model_sets(a):
