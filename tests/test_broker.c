@@ -460,7 +460,8 @@ static void test_held_and_handed_back(void)
     /* Both time out after 300 ms; the worker keeps saying it holds 2. */
     char more[16][64];
     int extra = jobs_while_busy(w, 1200, 2, 2, more, 16);
-    CHECK_MSG(extra == 0, "%d jobs sent to a worker whose heartbeats say it is full", extra);
+    CHECK_MSG(extra == 0, "%d jobs sent to a worker whose heartbeats say it is full",
+              extra);
     /* Now it reports them (late) and is free again: it gets work. */
     for (int i = 0; i < n; i++)
         job_done(w, ids[i], FACEMILL__JOB_DONE__OUTCOME__DONE, NULL);

@@ -312,7 +312,8 @@ static void test_every_body(void)
             /* packing what was decoded gives the same bytes */
             size_t n2;
             uint8_t *again = pack(d, &n2);
-            CHECK_MSG(again && n2 == n && memcmp(again, buf, n) == 0, "%s: repacked", s.name);
+            CHECK_MSG(again && n2 == n && memcmp(again, buf, n) == 0, "%s: repacked",
+                      s.name);
             free(again);
         }
         if (st == FM_OK && d->body_case == FACEMILL__ENVELOPE__BODY_RESULT) {

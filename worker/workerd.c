@@ -714,8 +714,8 @@ static int worker_process(const fm_config *cfg, int index, int decode_only)
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = '\0';
-    snprintf(w.name, sizeof w.name, "%.120s:%d/%d", cfg->worker.name[0] ? cfg->worker.name : host,
-             (int)getpid(), index);
+    snprintf(w.name, sizeof w.name, "%.120s:%d/%d",
+             cfg->worker.name[0] ? cfg->worker.name : host, (int)getpid(), index);
     char role[32];
     snprintf(role, sizeof role, "worker%d", index);
     fm_log_init(role, -1);
@@ -742,7 +742,8 @@ static int worker_process(const fm_config *cfg, int index, int decode_only)
     l.pair = zmq_socket(w.ctx, ZMQ_PAIR);
     if (!w.pair || !l.pair || fm_wire_setup(w.pair, 0, 0, &err) != FM_OK ||
         fm_wire_setup(l.pair, 0, 0, &err) != FM_OK ||
-        zmq_bind(w.pair, "inproc://link") != 0 || zmq_connect(l.pair, "inproc://link") != 0) {
+        zmq_bind(w.pair, "inproc://link") != 0 ||
+        zmq_connect(l.pair, "inproc://link") != 0) {
         fm_log_error("inproc link: %s", err.msg[0] ? err.msg : zmq_strerror(errno));
         goto done;
     }
