@@ -55,8 +55,11 @@ struct worker {
     char name[128];
     uint32_t credit;
     uint32_t busy;    /* jobs of ours it holds */
-    uint32_t phantom; /* jobs it held when it joined (a previous broker's) */
+    uint32_t phantom; /* jobs it holds that busy does not count: a previous broker's,
+                         or ones taken back on timeout that it still works on (its
+                         heartbeats say how many it holds) */
     int64_t last_seen, last_dispatch, blocked_until;
+    int64_t backoff_until; /* after a hand-back: no new jobs before this */
 };
 
 #define RATE_SAMPLES 64
@@ -340,6 +343,32 @@ static uint32_t worker_free(const worker *w)
     return w->credit > used ? w->credit - used : 0;
 }
 
+static fm_status drain_socket(fm_broker *b, void *sock,
+                              fm_status (*fn)(fm_broker *, const fm_wire_peer *,
+                                              Facemill__Envelope *, fm_error *),
+                              const char *what, fm_error *err);
+static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
+                           fm_error *err);
+
+/* A send to w failed because its connection is gone. A worker that stopped cleanly
+ * said goodbye first, in a message that may still wait unread behind the broken
+ * connection: read the workers socket before judging, so its hand-backs and WorkerBye
+ * count (no attempts charged); a worker that left no goodbye (a crash) is dropped and
+ * its jobs count an attempt. w may be freed. */
+static fm_status worker_gone(fm_broker *b, worker *w, const char *how, fm_error *err)
+{
+    fm_wire_peer peer = w->peer;
+    fm_status st = drain_socket(b, b->workers, on_worker, "worker", err);
+    if (st != FM_OK)
+        return st;
+    if (!(w = worker_find(b, &peer)))
+        return FM_OK;
+    char why[256];
+    snprintf(why, sizeof why, "worker %s %s", w->name, how);
+    fm_log_warn("%s: dropped, its %u jobs re-queued", why, (unsigned)w->busy);
+    return worker_remove(b, w, why, 1, err);
+}
+
 /* Sends queued jobs to the workers with the most free credit. */
 static fm_status dispatch(fm_broker *b, fm_error *err)
 {
@@ -349,7 +378,7 @@ static fm_status dispatch(fm_broker *b, fm_error *err)
         for (size_t i = 0; i < b->nworkers; i++) {
             worker *w = b->wk[i];
             uint32_t f = worker_free(w);
-            if (f == 0 || w->blocked_until > now)
+            if (f == 0 || w->blocked_until > now || w->backoff_until > now)
                 continue;
             if (!best || f > worker_free(best) ||
                 (f == worker_free(best) && w->last_dispatch < best->last_dispatch))
@@ -383,9 +412,7 @@ static fm_status dispatch(fm_broker *b, fm_error *err)
                 best->blocked_until = now + b->cfg.broker.heartbeat_ms;
                 continue;
             }
-            fm_log_warn("worker %s unreachable (%s): dropped", best->name,
-                        fm_error_text(&e));
-            if ((st = worker_remove(b, best, "worker unreachable", 1, err)) != FM_OK)
+            if ((st = worker_gone(b, best, "unreachable", err)) != FM_OK)
                 return st;
             continue;
         }
@@ -437,6 +464,11 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
             w->phantom = h->has_busy ? h->busy : 0;
             fm_log_info("worker %s joined by heartbeat, credit %u, holding %u",
                         w->name, (unsigned)w->credit, (unsigned)w->phantom);
+        } else if (h->has_busy) {
+            /* What the worker holds beyond what we count for it: jobs taken back on
+             * timeout (it still works on them) or given by a previous broker. Without
+             * this, their slots would be refilled and the worker overcommitted. */
+            w->phantom = h->busy > w->busy ? h->busy - w->busy : 0;
         }
         w->blocked_until = 0;
         return FM_OK;
@@ -468,6 +500,9 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
         } else if (outcome == FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK) {
             queue_push(b, j, 1);
             b->st.requeued++;
+            /* A worker hands back when stopping or full: sending it the job again at
+             * once would bounce it back and forth as fast as the sockets go. */
+            w->backoff_until = now + b->cfg.broker.heartbeat_ms;
         } else {
             char why[FM_ERROR_MSG_MAX];
             snprintf(why, sizeof why, "worker %s: %s", w->name,
@@ -887,8 +922,12 @@ static fm_status tick(fm_broker *b, fm_error *err)
             fm_log_warn("%s: dropped, its %u jobs re-queued", why, (unsigned)w->busy);
         } else if (fm_wire_send(b->workers, &w->peer, &env, ZMQ_DONTWAIT, &e) ==
                    FM_ERR_NOT_FOUND) {
-            snprintf(why, sizeof why, "worker %s disconnected", w->name);
-            fm_log_warn("%s: dropped, its %u jobs re-queued", why, (unsigned)w->busy);
+            /* The table may change under worker_gone: start over (each round
+             * removes w, so this ends; earlier workers get one more heartbeat). */
+            if ((st = worker_gone(b, w, "disconnected", err)) != FM_OK)
+                return st;
+            i = 0;
+            continue;
         } else {
             i++;
             continue;
@@ -907,6 +946,10 @@ static fm_status tick(fm_broker *b, fm_error *err)
                     snprintf(why, sizeof why, "worker %s held it longer than %" PRId64
                              " ms", j->w ? j->w->name : "?",
                              b->cfg.broker.job_timeout_ms);
+                    /* The worker is most likely still on it: its slot stays taken
+                     * until it reports the job or its heartbeats say otherwise. */
+                    if (j->w)
+                        j->w->phantom++;
                     job_leave_state(b, j);
                     if ((st = job_fail(b, j, why, err)) != FM_OK)
                         return st;

@@ -19,7 +19,8 @@ static void usage(FILE *out)
             "         and faces (box, score, landmarks, age, age_std, gender,\n"
             "         gender_probs, race, race_probs) or error {code, name, text}\n"
             "  csv    a header, then one row per face and one per image without faces\n"
-            "--times adds worker, attempt and per-stage times to JSONL objects.\n"
+            "--times adds the worker that labelled each image (NAME:PID/INDEX), the\n"
+            "attempt and per-stage times (JSONL keys; CSV columns after the others).\n"
             "Output goes to stdout unless -o FILE is given (written in place).\n");
 }
 

@@ -7,9 +7,10 @@
  * holds the results database and the journal, so a Ctrl-C or a kill -9 of `facemill
  * label` takes both down together (nothing is left holding the database), and the
  * client reaches the broker over inproc:// without a socket file. Workers are
- * processes because a worker process owns a pipeline and its memory; they get
- * SIGTERM when this process dies (PR_SET_PDEATHSIG), finish or hand back their jobs
- * and exit.
+ * processes because a worker process owns a pipeline and its memory. When this process
+ * dies without stopping them (kill -9), the broker and sink die with it, so there is
+ * nothing to finish or hand back: facemill-worker runs with --die-with-parent and gets
+ * SIGKILL from the kernel (PR_SET_PDEATHSIG), and so do its pipeline processes.
  *
  * Resuming: job ids are stable (tag "label", the image's name and content hash), so a
  * rerun skips every image the results database already holds and submits the rest;
@@ -322,7 +323,7 @@ static pid_t spawn_worker(char **args, fm_error *err)
     }
     if (pid == 0) {
         /* Die with the label process, however it dies. */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(127);
         execv(args[0], args);
@@ -499,6 +500,7 @@ int fm_cmd_label(int argc, char **argv)
     wargs[0] = program;
     wargs[1] = "--processes";
     wargs[2] = nbuf;
+    wargs[nw++] = "--die-with-parent";
     wargs[nw++] = "--set";
     wargs[nw++] = set_workers;
     wargs[nw++] = "--set";

@@ -577,7 +577,11 @@ static const char *const csv_header =
     "x1,y1,x2,y2,score,le_x,le_y,re_x,re_y,nose_x,nose_y,lm_x,lm_y,rm_x,rm_y,"
     "age,age_std,gender,p_male,p_female,race,p_white,p_black,p_asian,p_indian,p_others\n";
 
-static void csv_row(FILE *out, sqlite3_stmt *st)
+/* Appended by --times (FM_EXPORT_TIMES): they differ from run to run. */
+static const char *const csv_times_header =
+    ",worker,attempt,read_ms,decode_ms,detect_ms,align_ms,embed_ms,heads_ms,total_ms";
+
+static void csv_row(FILE *out, sqlite3_stmt *st, int flags)
 {
     static const int image_cols[] = {X_JOB, X_SOURCE, X_SHA, X_W, X_H, X_MODEL, X_CODE};
     for (size_t k = 0; k < sizeof image_cols / sizeof image_cols[0]; k++) {
@@ -593,6 +597,11 @@ static void csv_row(FILE *out, sqlite3_stmt *st)
         fputc(',', out);
         csv_col(out, st, i);
     }
+    if (flags & FM_EXPORT_TIMES)
+        for (int i = X_WORKER; i <= X_TOTAL; i++) {
+            fputc(',', out);
+            csv_col(out, st, i);
+        }
     fputc('\n', out);
 }
 
@@ -610,13 +619,18 @@ fm_status fm_results_export(fm_results *r, FILE *out, fm_export_format format, i
         rc = db_error(err, r->db, "preparing the export");
         goto done;
     }
-    if (format == FM_EXPORT_CSV)
-        fputs(csv_header, out);
+    if (format == FM_EXPORT_CSV) {
+        /* csv_header without its line break, then the optional columns */
+        fwrite(csv_header, 1, strlen(csv_header) - 1, out);
+        if (flags & FM_EXPORT_TIMES)
+            fputs(csv_times_header, out);
+        fputc('\n', out);
+    }
     int64_t open_image = -1; /* JSONL: id of the image whose object is open */
     int s;
     while ((s = sqlite3_step(st)) == SQLITE_ROW) {
         if (format == FM_EXPORT_CSV) {
-            csv_row(out, st);
+            csv_row(out, st, flags);
             continue;
         }
         int64_t id = sqlite3_column_int64(st, X_ID);

@@ -155,38 +155,88 @@ fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
                           "supported; use DEALER)");
         goto fail;
     }
-    Facemill__Envelope *e =
-        facemill__envelope__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
-    if (!e) {
-        st = fm_error_set(err, FM_ERR_PROTOCOL, "%zu bytes that are not a facemill "
-                          "Envelope", zmq_msg_size(&msg));
+    if ((st = fm_wire_decode(zmq_msg_data(&msg), zmq_msg_size(&msg), out, err)) != FM_OK)
         goto fail;
-    }
-    if (!e->has_version_major || e->version_major != FM_PROTOCOL_MAJOR) {
-        char theirs[32] = "no version";
-        if (e->has_version_major)
-            snprintf(theirs, sizeof theirs, "protocol %u.%u", (unsigned)e->version_major,
-                     (unsigned)e->version_minor);
-        st = fm_error_set(err, FM_ERR_VERSION, "%s, this build speaks %d.x (%d.%d)",
-                          theirs, FM_PROTOCOL_MAJOR, FM_PROTOCOL_MAJOR,
-                          FM_PROTOCOL_MINOR);
-        facemill__envelope__free_unpacked(e, NULL);
-        goto fail;
-    }
-    if (e->body_case == FACEMILL__ENVELOPE__BODY__NOT_SET) {
-        st = fm_error_set(err, FM_ERR_PROTOCOL, "envelope without a body (or a body "
-                          "this build does not know)");
-        facemill__envelope__free_unpacked(e, NULL);
-        goto fail;
-    }
     zmq_msg_close(&msg);
-    *out = e;
     return FM_OK;
 fail:
     zmq_msg_close(&msg);
     if (st != FM_ERR_TIMEOUT && st != FM_ERR_INTERRUPTED)
         drain(sock);
     return st;
+}
+
+/* True when m or a message inside it holds an unknown field numbered 0. protobuf-c
+ * 1.4 takes field number 0 written as a multi-byte varint as an unknown field, keeps
+ * it, and packs it back as one byte, which its own reader then refuses: such a
+ * message would be accepted here and become unreadable wherever it is stored and read
+ * back (the broker journals the jobs of a Submit). Field 0 is not valid protobuf, so
+ * it is refused up front. The recursion follows the schema, which has no cycles. */
+static int has_field_zero(const ProtobufCMessage *m)
+{
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0)
+            return 1;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    const char *base = (const char *)m;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n;
+            ProtobufCMessage *const *v;
+            memcpy(&n, base + f->quantifier_offset, sizeof n);
+            memcpy(&v, base + f->offset, sizeof v);
+            for (size_t k = 0; k < n; k++)
+                if (v[k] && has_field_zero(v[k]))
+                    return 1;
+            continue;
+        }
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            uint32_t which;
+            memcpy(&which, base + f->quantifier_offset, sizeof which);
+            if (which != f->id)
+                continue;
+        }
+        const ProtobufCMessage *sub;
+        memcpy(&sub, base + f->offset, sizeof sub);
+        if (sub && has_field_zero(sub))
+            return 1;
+    }
+    return 0;
+}
+
+fm_status fm_wire_decode(const void *data, size_t len, Facemill__Envelope **out,
+                         fm_error *err)
+{
+    *out = NULL;
+    Facemill__Envelope *e = facemill__envelope__unpack(NULL, len, data);
+    if (!e)
+        return fm_error_set(err, FM_ERR_PROTOCOL, "%zu bytes that are not a facemill "
+                            "Envelope", len);
+    if (!e->has_version_major || e->version_major != FM_PROTOCOL_MAJOR) {
+        char theirs[32] = "no version";
+        if (e->has_version_major)
+            snprintf(theirs, sizeof theirs, "protocol %u.%u", (unsigned)e->version_major,
+                     (unsigned)e->version_minor);
+        facemill__envelope__free_unpacked(e, NULL);
+        return fm_error_set(err, FM_ERR_VERSION, "%s, this build speaks %d.x (%d.%d)",
+                            theirs, FM_PROTOCOL_MAJOR, FM_PROTOCOL_MAJOR,
+                            FM_PROTOCOL_MINOR);
+    }
+    if (e->body_case == FACEMILL__ENVELOPE__BODY__NOT_SET) {
+        facemill__envelope__free_unpacked(e, NULL);
+        return fm_error_set(err, FM_ERR_PROTOCOL, "envelope without a body (or a body "
+                            "this build does not know)");
+    }
+    if (has_field_zero(&e->base)) {
+        facemill__envelope__free_unpacked(e, NULL);
+        return fm_error_set(err, FM_ERR_PROTOCOL, "%zu bytes with a field numbered 0 "
+                            "(not valid protobuf)", len);
+    }
+    *out = e;
+    return FM_OK;
 }
 
 void fm_wire_free(Facemill__Envelope **e)

@@ -200,6 +200,21 @@ static void heartbeat(void *w)
     send_env(w, &env);
 }
 
+/* A heartbeat that says how many jobs the worker holds. */
+static void heartbeat_busy(void *w, uint32_t credit, uint32_t busy)
+{
+    Facemill__Envelope env;
+    Facemill__Heartbeat h;
+    fm_wire_envelope_init(&env);
+    facemill__heartbeat__init(&h);
+    h.has_credit = h.has_busy = 1;
+    h.credit = credit;
+    h.busy = busy;
+    env.body_case = FACEMILL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &h;
+    send_env(w, &env);
+}
+
 static void job_done(void *w, const char *id, int outcome, const char *text)
 {
     Facemill__Envelope env;
@@ -401,6 +416,87 @@ static void test_silent_worker(void)
         CHECK((strcmp(ib[0], ia[0]) == 0 || strcmp(ib[0], ia[1]) == 0));
     zmq_close(a);
     zmq_close(b);
+    zmq_close(c);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+}
+
+/* Jobs arriving at w within ms while it beats every 50 ms saying it holds busy. */
+static int jobs_while_busy(void *w, int ms, uint32_t credit, uint32_t busy, char ids[][64],
+                           int max)
+{
+    int n = 0;
+    for (int t = 0; t < ms; t += 50) {
+        heartbeat_busy(w, credit, busy);
+        Facemill__Envelope *j = next(w, 50, 0);
+        if (j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB && n < max)
+            snprintf(ids[n++], 64, "%s", j->job->id);
+        fm_wire_free(&j);
+    }
+    return n;
+}
+
+/* A worker still computing jobs the broker took back on timeout says so in its
+ * heartbeats: their slots are not refilled until it reports them. A worker that hands
+ * a job back is not sent it again at once (that would bounce it back and forth). */
+static void test_held_and_handed_back(void)
+{
+    ep e;
+    endpoints(&e, "held");
+    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=5000",
+                          "broker.job_timeout_ms=300", "broker.max_attempts=100",
+                          "broker.fsync=off", NULL};
+    pid_t bp = start("facemill-broker", &e, sets, NULL);
+    void *w = fake_worker(&e, 2);
+    sleep_ms(200);
+    void *c = sock(ZMQ_DEALER, e.clients, 0);
+    Facemill__Envelope *r = submit(c, "hj", 0, 3, 10, 1);
+    fm_wire_free(&r);
+    char ids[16][64];
+    int n = 0;
+    for (int k = 0; k < 40 && n < 2; k++) /* the first two, as they come */
+        n += jobs_while_busy(w, 50, 2, (uint32_t)n, ids + n, 16 - n);
+    CHECK_MSG(n == 2, "worker with credit 2 got %d jobs", n);
+    /* Both time out after 300 ms; the worker keeps saying it holds 2. */
+    char more[16][64];
+    int extra = jobs_while_busy(w, 1200, 2, 2, more, 16);
+    CHECK_MSG(extra == 0, "%d jobs sent to a worker whose heartbeats say it is full",
+              extra);
+    /* Now it reports them (late) and is free again: it gets work. */
+    for (int i = 0; i < n; i++)
+        job_done(w, ids[i], FACEMILL__JOB_DONE__OUTCOME__DONE, NULL);
+    extra = 0;
+    for (int k = 0; k < 40 && extra < 2; k++)
+        extra += jobs_while_busy(w, 50, 2, (uint32_t)extra, more + extra, 16 - extra);
+    CHECK_MSG(extra == 2, "after reporting, the worker got %d jobs", extra);
+    zmq_close(w);
+    zmq_close(c);
+    kill(bp, SIGTERM);
+    CHECK(reap(bp, 5000) != -1);
+
+    /* Hand-back backoff: one heartbeat interval (1 s here) before the next job. */
+    endpoints(&e, "handback");
+    const char *slow[] = {"broker.heartbeat_ms=1000", "broker.fsync=off", NULL};
+    bp = start("facemill-broker", &e, slow, NULL);
+    w = fake_worker(&e, 1);
+    sleep_ms(200);
+    c = sock(ZMQ_DEALER, e.clients, 0);
+    r = submit(c, "hb", 0, 1, 10, 1);
+    fm_wire_free(&r);
+    Facemill__Envelope *j = next(w, 3000, 0);
+    CHECK(j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB);
+    if (j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
+        job_done(w, j->job->id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, NULL);
+        Facemill__Envelope *again = next(w, 700, 0);
+        CHECK_MSG(!again, "a handed-back job came back within 0.7 s");
+        fm_wire_free(&again);
+        again = next(w, 5000, 0);
+        CHECK_MSG(again && again->body_case == FACEMILL__ENVELOPE__BODY_JOB,
+                  "the handed-back job came back after the backoff");
+        fm_wire_free(&again);
+    }
+    fm_wire_free(&j);
+    zmq_close(w);
     zmq_close(c);
     kill(bp, SIGTERM);
     CHECK(reap(bp, 5000) != -1);
@@ -646,6 +742,7 @@ int main(void)
     test_version_refusal();
     test_credit_dispatch();
     test_silent_worker();
+    test_held_and_handed_back();
     test_quarantine();
     test_restart();
     test_backpressure_and_size();

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """test_service.py - the service end to end with real processes: facemill-broker,
-facemill-sink, facemill-worker (--decode-only: no models needed) and facemill
+facemill-sink, facemill-worker (--decode-only: no models needed, except in the
+full_pipeline and long_batch cases) and facemill
 submit/label/export, on ipc:// endpoints in a temporary directory (the network
 namespace case uses addresses it creates on a veth pair it creates).
 
@@ -19,12 +20,29 @@ One case per run (--case NAME), so ctest reports each on its own:
   python      ops/examples/submit.py against a real broker
   netns       a worker in another network namespace labels jobs of a broker in the
               host namespace (root and `ip netns` needed; exit 77 otherwise)
+  restart_child  kill -9 of one pipeline process of a worker: its parent starts a new
+              one, which takes jobs; every job committed exactly once
+  broker_outage  the broker killed (-9) for longer than the workers' expiry and
+              restarted: the same worker processes reconnect and finish the job set
+  sigterm_worker SIGTERM to a worker mid-run: it finishes or hands back its jobs,
+              leaves (WorkerBye) and exits 0 promptly; the other worker does the rest
+  worker_name every result names the process that produced it (host:pid/index, or
+              worker.name); export --times and status show it
+  label_orphans  kill -9 of `facemill label`: no worker process outlives it by more
+              than 3 s
+  full_pipeline  real models (models/cache): 2 worker processes over the sample photos;
+              the export has box, landmarks, age, gender and race for every face, as
+              `facemill predict` finds them (exit 77 without the models)
+  long_batch  batches far longer than broker.worker_expiry_ms (full pipeline): the
+              heartbeats go on, no worker is dropped, every job runs once
 
 Every wait is bounded. Exit 0 pass, 1 fail, 77 skip.
 """
 import argparse
+import glob
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -111,10 +129,11 @@ class Cluster:
         return self.start("sink", [os.path.join(self.bin, "facemill-sink")] +
                           self.args(overrides))
 
-    def worker(self, name="worker", processes=1, overrides=None, netns=None):
+    def worker(self, name="worker", processes=1, overrides=None, netns=None,
+               decode_only=True):
         return self.start(name, [os.path.join(self.bin, "facemill-worker"), "--processes",
-                                 str(processes), "--decode-only"] + self.args(overrides),
-                          netns=netns)
+                                 str(processes)] + (["--decode-only"] if decode_only else [])
+                          + self.args(overrides), netns=netns)
 
     def submit(self, inputs, tag, overrides=None):
         return self.start("submit", [os.path.join(self.bin, "facemill"), "submit", "--tag",
@@ -180,6 +199,66 @@ def make_images(bindir, outdir, n, size=48, bad=False):
     tool = os.path.join(os.path.dirname(bindir.rstrip("/")), "tests", "make_images")
     argv = [tool, outdir, str(n), "--size", str(size)] + (["--bad"] if bad else [])
     subprocess.run(argv, check=True, timeout=120)
+
+
+def proc_state(pid):
+    """The state letter of a process (R, S, Z, ...), or None when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2]
+
+
+def alive(pid):
+    return proc_state(pid) not in (None, "Z", "X")
+
+
+def children_of(pid):
+    """Living processes whose parent is pid."""
+    kids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            kids.append(int(name))
+    return sorted(kids)
+
+
+def wait_children(p, n, timeout=60):
+    """Waits until worker parent p has n living pipeline processes; returns their pids."""
+    kids = []
+
+    def enough():
+        kids[:] = children_of(p.pid)
+        return len(kids) == n
+    wait_until(enough, timeout, "%d pipeline processes of pid %d" % (n, p.pid))
+    return list(kids)
+
+
+def read_log(c, name):
+    with open(os.path.join(c.dir, name + ".log"), "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def worker_names(c, log_name):
+    """Names the pipeline processes of a worker announced ("worker NAME: credit")."""
+    return re.findall(r" worker (\S+): credit ", read_log(c, log_name))
+
+
+def db_query(c, sql, args=()):
+    con = sqlite3.connect("file:%s?mode=ro" % c.db, uri=True, timeout=5)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
 
 
 def finish_submit(c, p, timeout):
@@ -467,6 +546,336 @@ def case_netns(c, a):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
+def wait_rows(c, n, timeout=120):
+    wait_until(lambda: c.rows()[0] >= n, timeout, "%d results" % n)
+
+
+def case_restart_child(c, a):
+    make_images(a.bin, os.path.join(c.dir, "in"), 2000, size=256)
+    c.sink()
+    c.broker()
+    w = c.worker("worker-a", processes=2)
+    kids = wait_children(w, 2)
+    p = c.submit([os.path.join(c.dir, "in")], "restart", {"client.chunk": "16"})
+    wait_rows(c, 300)
+    victim = kids[0]
+    os.kill(victim, signal.SIGKILL)
+    at = c.rows()[0]
+    check(True, "killed pipeline process %d (-9) at %d rows" % (victim, at))
+    fresh = []
+
+    def replaced():
+        now = children_of(w.pid)
+        fresh[:] = [k for k in now if k not in kids]
+        return len(now) == 2 and victim not in now and len(fresh) == 1
+    t0 = time.monotonic()
+    wait_until(replaced, 30, "a new pipeline process in place of %d" % victim)
+    check(True, "new pipeline process %d after %.2f s" % (fresh[0], time.monotonic() - t0))
+    check(finish_submit(c, p, 300) == 0, "submit exits 0")
+    time.sleep(1.0)  # late duplicates must not add rows
+    exactly_once(c, 2000)
+    check(w.poll() is None, "the worker parent (pid %d) still runs" % w.pid)
+    check("died (signal 9): restarting" in read_log(c, "worker-a"),
+          "the parent logged the death and the restart")
+    n_new = db_query(c, "SELECT count(*) FROM images WHERE worker LIKE ?",
+                     ("%%:%d/%%" % fresh[0],))[0][0]
+    check(n_new > 0, "the new process labelled %d of the jobs" % n_new)
+
+
+def case_broker_outage(c, a):
+    make_images(a.bin, os.path.join(c.dir, "in"), 2000, size=256)
+    c.sink()
+    broker = c.broker()
+    wa = c.worker("worker-a")
+    wb = c.worker("worker-b")
+    kids = wait_children(wa, 1) + wait_children(wb, 1)
+    p = c.submit([os.path.join(c.dir, "in")], "outage", {"client.chunk": "16"})
+    wait_rows(c, 300)
+    c.kill9(broker)
+    at = c.rows()[0]
+    check(True, "killed the broker (-9) at %d rows" % at)
+    # Down for longer than broker.worker_expiry_ms (1.5 s): both workers notice.
+    wait_until(lambda: all("broker silent" in read_log(c, n) for n in ("worker-a", "worker-b")),
+               30, "both workers to notice the silent broker")
+    check(True, "both workers noticed the silence; broker restarted after %d rows" %
+          c.rows()[0])
+    c.broker()
+    check(finish_submit(c, p, 300) == 0, "submit exits 0")
+    time.sleep(1.0)
+    exactly_once(c, 2000)
+    after = children_of(wa.pid) + children_of(wb.pid)
+    check(wa.poll() is None and wb.poll() is None and after == kids,
+          "the same worker processes %s ran throughout (now %s)" % (kids, after))
+    names = set(worker_names(c, "worker-a") + worker_names(c, "worker-b"))
+    by = dict(db_query(c, "SELECT worker, count(*) FROM images GROUP BY worker"))
+    check(set(by) <= names and len(names) == 2,
+          "every result came from those two processes: %s" % by)
+    check(at < 2000, "%d jobs were labelled after the restart" % (2000 - at))
+
+
+def case_sigterm_worker(c, a):
+    make_images(a.bin, os.path.join(c.dir, "in"), 2000, size=256)
+    c.sink()
+    c.broker()
+    wa = c.worker("worker-a", processes=2)
+    c.worker("worker-b")
+    wait_children(wa, 2)
+    p = c.submit([os.path.join(c.dir, "in")], "sigterm", {"client.chunk": "16"})
+    wait_rows(c, 300)
+    names = worker_names(c, "worker-a")
+    t0 = time.monotonic()
+    os.kill(wa.pid, signal.SIGTERM)  # the parent only, as `kill PID` or a unit would
+    try:
+        rc = wa.wait(20)
+    except subprocess.TimeoutExpired:
+        raise Failure("worker-a still running 20 s after SIGTERM")
+    dt = time.monotonic() - t0
+    check(rc == 0 and dt < 10, "worker-a exited %d %.2f s after SIGTERM at %d rows" %
+          (rc, dt, c.rows()[0]))
+    log = read_log(c, "worker-a")
+    back = [int(x) for x in re.findall(r"stopped, (\d+) jobs handed back", log)]
+    check(len(back) == 2, "both pipeline processes stopped cleanly, handing back %s jobs" % back)
+    check(finish_submit(c, p, 300) == 0, "submit exits 0")
+    time.sleep(1.0)
+    exactly_once(c, 2000)
+    blog = read_log(c, "broker")
+    check(all("worker %s left" % n in blog for n in names) and
+          not any(re.search(r"worker %s (silent|unreachable|disconnected)" % re.escape(n),
+                            blog) for n in names),
+          "the broker saw %s leave (WorkerBye), not vanish" % names)
+    after = db_query(c, "SELECT count(*) FROM images WHERE worker NOT IN (%s)" %
+                     ",".join("?" * len(names)), tuple(names))[0][0]
+    check(after > 0, "worker-b labelled %d jobs" % after)
+
+
+def case_worker_name(c, a):
+    make_images(a.bin, os.path.join(c.dir, "in"), 40)
+    c.sink()
+    c.broker()
+    c.worker("worker-a", processes=2)
+    c.worker("worker-b", overrides={"worker.name": "box7"})
+    wait_until(lambda: read_log(c, "broker").count(" ready, credit ") == 3, 60,
+               "3 worker processes ready at the broker")
+    p = c.submit([os.path.join(c.dir, "in")], "names")
+    # status while the workers run: they are listed by name
+    st = subprocess.run([os.path.join(a.bin, "facemill"), "status"] + c.args(),
+                        capture_output=True, timeout=30).stdout.decode()
+    check(finish_submit(c, p, 120) == 0, "submit exits 0")
+    exactly_once(c, 40)
+    names = worker_names(c, "worker-a") + worker_names(c, "worker-b")
+    host = os.uname().nodename
+    check(len(names) == 3 and sum(n.startswith("box7:") for n in names) == 1 and
+          sum(n.startswith(host + ":") for n in names) == 2,
+          "names: host:pid/index, and worker.name for worker-b: %s" % names)
+    check(all(n in st for n in names), "status lists %s" % names)
+    rows = db_query(c, "SELECT worker FROM images")
+    check(all(r[0] in names for r in rows), "every result row names its process")
+    out = subprocess.run([os.path.join(a.bin, "facemill"), "export", "--times", c.db],
+                         check=True, capture_output=True, timeout=60).stdout.decode()
+    objs = [json.loads(x) for x in out.splitlines()]
+    check(len(objs) == 40 and all(o.get("worker") in names for o in objs),
+          "export --times carries the worker of every image")
+    csv = subprocess.run([os.path.join(a.bin, "facemill"), "export", "--format", "csv",
+                          "--times", c.db], check=True, capture_output=True,
+                         timeout=60).stdout.decode().splitlines()
+    head = csv[0].split(",")
+    k = head.index("worker") if "worker" in head else -1
+    check(k >= 0 and all(line.split(",")[k] in names for line in csv[1:]),
+          "export --format csv --times has a worker column")
+
+
+def descendants(pid):
+    out, todo = [], [pid]
+    while todo:
+        kids = children_of(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def case_label_orphans(c, a):
+    inp = os.path.join(c.dir, "in")
+    fm = os.path.join(a.bin, "facemill")
+    m = model_sets(a)
+    if m and m[1]:
+        # The real pipeline: each process is in the middle of a batch of seconds
+        # when label dies, which is when lingering used to show.
+        os.makedirs(inp)
+        for k in range(4):
+            for s in m[1]:
+                shutil.copy(s, os.path.join(inp, "%d_%s" % (k, os.path.basename(s))))
+        extra, first = [], 1
+        for kv in m[0].items():
+            extra += ["--set", "%s=%s" % kv]
+    else:
+        make_images(a.bin, inp, 2000, size=256)
+        extra, first = ["--worker-arg", "--decode-only", "--set", "client.chunk=16"], 200
+    p = subprocess.Popen([fm, "label", inp, "-o", c.db, "--progress", "none", "-j", "2",
+                          "--set", "log.level=warn"] + extra, cwd=c.dir,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    desc = []
+    try:
+        def three():
+            desc[:] = descendants(p.pid)
+            return len(desc) == 3
+        wait_until(three, 60, "label's worker parent and its 2 pipeline processes")
+        wait_until(lambda: c.rows()[0] >= first or p.poll() is not None, 120,
+                   "%d rows before killing label" % first)
+        check(p.poll() is None, "label (%s) still running at %d rows" %
+              ("full pipeline" if first == 1 else "decode-only", c.rows()[0]))
+        desc = descendants(p.pid)
+        os.kill(p.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        p.wait(10)
+        wait_until(lambda: not any(alive(d) for d in desc), 3.0,
+                   "label's worker processes %s to die" % desc)
+        check(True, "all %d worker processes gone %.3f s after kill -9 of label" %
+              (len(desc), time.monotonic() - t0))
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+        for d in desc:  # whatever outlived label (a failed run) must not linger
+            if alive(d):
+                os.kill(d, signal.SIGKILL)
+        # the run directory a killed label leaves (the next label run would remove it)
+        for f in glob.glob("/tmp/facemill-label.*/pid"):
+            try:
+                with open(f) as fh:
+                    mine = fh.read().strip() == str(p.pid)
+            except OSError:
+                continue
+            if mine:
+                shutil.rmtree(os.path.dirname(f), ignore_errors=True)
+
+
+def model_sets(a):
+    """--set arguments that point a worker at the fetched models, or None."""
+    cache = os.path.join(a.src, "models", "cache")
+    heads = os.path.join(a.src, "models", "heads_dlib.fmm")
+    need = [os.path.join(cache, n) for n in ("mtcnn_pnet.fmm", "mtcnn_rnet.fmm",
+                                                "mtcnn_onet.fmm", "dlib_resnet.fmm")]
+    if not all(os.path.exists(x) for x in need + [heads]):
+        return None
+    samples = sorted(os.path.join(cache, "samples", n)
+                     for n in os.listdir(os.path.join(cache, "samples")) if n.endswith(".jpg"))
+    return {"models.dir": cache, "heads.model": heads}, samples
+
+
+def need_models(a, c):
+    """The fetched models and sample photos (skip without them); c's processes use
+    them, and may hold a job as long as a slow machine needs for a batch."""
+    m = model_sets(a)
+    if m is None or not m[1]:
+        print("skip: models/cache has no models or samples (run models/fetch)")
+        sys.exit(SKIP)
+    c.sets.update(m[0])
+    c.sets["broker.job_timeout_ms"] = "300000"
+    return m
+
+
+def close(x, y, tol):
+    return abs(x - y) <= tol
+
+
+def case_full_pipeline(c, a):
+    _, samples = need_models(a, c)
+    inp = os.path.join(c.dir, "in")
+    os.makedirs(inp)
+    for s in samples:
+        shutil.copy(s, inp)
+    # What one process computes for the same photos with the same settings; run
+    # alongside the service to keep the test short on slow (sanitizer) builds.
+    ref = subprocess.Popen([os.path.join(a.bin, "facemill"), "predict"] + c.args() +
+                           [os.path.join(inp, os.path.basename(s)) for s in samples],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=c.dir)
+    try:
+        c.sink()
+        c.broker()
+        w = c.worker("worker", processes=2, decode_only=False)
+        t0 = time.monotonic()
+        p = c.submit([inp], "full")
+        check(finish_submit(c, p, 300) == 0, "submit exits 0")
+        check(True, "%d photos labelled in %.1f s" % (len(samples), time.monotonic() - t0))
+        ref_out = ref.communicate(timeout=300)[0]
+    finally:
+        if ref.poll() is None:
+            ref.kill()
+            ref.wait(10)
+    check(ref.returncode == 0, "facemill predict on the samples")
+    want = {}
+    for line in ref_out.decode().splitlines():
+        o = json.loads(line)
+        want[os.path.basename(o["path"])] = o["faces"]
+    exactly_once(c, len(samples))
+    check(w.poll() is None, "the worker still runs")
+    out = subprocess.run([os.path.join(a.bin, "facemill"), "export", c.db], check=True,
+                         capture_output=True, timeout=60).stdout.decode()
+    objs = [json.loads(x) for x in out.splitlines()]
+    check(len(objs) == len(samples) and all("error" not in o for o in objs),
+          "export: %d images, no errors" % len(objs))
+    total = 0
+    for o in objs:
+        name = os.path.basename(o["source"])
+        faces = o["faces"]
+        total += len(faces)
+        check(len(faces) == len(want[name]) and (faces or not want[name]),
+              "%s: %d faces (predict finds %d)" % (name, len(faces), len(want[name])))
+        check(o["model"] and "heads" in o["model"] and o["width"] > 0 and
+              len(o["sha256"]) == 64, "%s: %dx%d, model with heads" %
+              (name, o["width"], o["height"]))
+        for f, r in zip(faces, want[name]):
+            x1, y1, x2, y2 = f["box"]
+            ok = (0 <= x1 < x2 <= o["width"] + 1 and 0 <= y1 < y2 <= o["height"] + 1 and
+                  len(f["landmarks"]) == 10 and 0 < f["score"] <= 1 and
+                  0 <= f["age"] <= 116 and f["age_std"] >= 0 and
+                  len(f["gender_probs"]) == 2 and len(f["race_probs"]) == 5 and
+                  close(sum(f["gender_probs"]), 1, 1e-3) and
+                  close(sum(f["race_probs"]), 1, 1e-3) and
+                  all(0 <= q <= 1 for q in f["gender_probs"] + f["race_probs"]) and
+                  f["gender"] in ("male", "female") and
+                  f["race"] in ("White", "Black", "Asian", "Indian", "Others"))
+            if not ok:
+                raise Failure("%s: implausible face %s" % (name, f))
+            same = (all(close(u, v, 0.5) for u, v in zip(f["box"], r["box"])) and
+                    close(f["age"], r["age"], 0.05) and
+                    all(close(u, r["race_probs"][k], 1e-3) for u, k in
+                        zip(f["race_probs"], ("White", "Black", "Asian", "Indian", "Others"))))
+            if not same:
+                raise Failure("%s: service face %s differs from predict %s" % (name, f, r))
+    check(total > 0, "%d faces, each with box, landmarks, age in 0..116, gender and race "
+          "probabilities summing to 1, equal to predict's" % total)
+
+
+def case_long_batch(c, a):
+    _, samples = need_models(a, c)
+    inp = os.path.join(c.dir, "in")
+    os.makedirs(inp)
+    for s in samples:
+        shutil.copy(s, inp)
+    n = len(samples)
+    # A sample photo takes about a second on the full pipeline, and a batch holds up
+    # to worker.credit (4) of them: most batches outlast this expiry several times.
+    c.sets["broker.heartbeat_ms"] = "100"
+    c.sets["broker.worker_expiry_ms"] = "1000"
+    c.sink()
+    c.broker()
+    c.worker("worker", processes=1, decode_only=False, overrides={"log.level": "debug"})
+    p = c.submit([inp], "long")
+    check(finish_submit(c, p, 300) == 0, "submit exits 0")
+    exactly_once(c, n)
+    ms = [int(x) for x in re.findall(r"batch of \d+: (\d+) ms", read_log(c, "worker"))]
+    expiry = int(c.sets["broker.worker_expiry_ms"])
+    check(ms and max(ms) > expiry, "batches took %s ms, the longest more than the %d ms "
+          "expiry" % (ms, expiry))
+    blog = read_log(c, "broker")
+    check("silent" not in blog and "re-queued" not in blog,
+          "the broker never took the worker for dead nor re-queued a job")
+    attempts = db_query(c, "SELECT attempt, count(*) FROM images GROUP BY attempt")
+    check(attempts == [(1, n)], "every job ran once (attempts %s)" % attempts)
+
+
 CASES = {
     "flow": case_flow,
     "kill_worker": case_kill_worker,
@@ -478,6 +887,13 @@ CASES = {
     "slowdown": case_slowdown,
     "inputs": case_inputs,
     "netns": case_netns,
+    "restart_child": case_restart_child,
+    "broker_outage": case_broker_outage,
+    "sigterm_worker": case_sigterm_worker,
+    "worker_name": case_worker_name,
+    "label_orphans": case_label_orphans,
+    "full_pipeline": case_full_pipeline,
+    "long_batch": case_long_batch,
 }
 
 

@@ -124,6 +124,8 @@ const fm_config_setting fm_config_settings[] = {
             "pipeline processes of facemill-worker; 0: one per core"),
     SET_INT("worker.credit", worker.credit, 4, 1, 4096,
             "jobs each worker process holds (and batches) at once"),
+    SET_STRING("worker.name", worker.name, "", 0,
+               "worker name in status and results (NAME:PID/INDEX); empty: host name"),
     SET_INT("client.chunk", client.chunk, 64, 1, 100000,
             "jobs per Submit message of facemill submit/label"),
     SET_INT("client.chunk_bytes", client.chunk_bytes, 16777216, 1024, 2147483647,

@@ -6,10 +6,19 @@
  * crash on one image takes down one process, which the parent restarts; the broker
  * re-queues its jobs.
  *
+ * Inside a process, two threads: the compute thread runs batches and pushes results
+ * to the sink; the link thread owns the broker socket, so heartbeats keep their
+ * rhythm however long a batch takes (see "the broker link" below).
+ *
  * The compute is one function, run_batch(): it turns the jobs a process holds into
- * results. It uses the full pipeline (include/facemill/pipeline.h) when the library
- * has it, else decode + detection; --decode-only (tests, wire benchmarks) decodes and
- * hashes without models.
+ * results with the full pipeline (include/facemill/pipeline.h); --decode-only (tests,
+ * wire benchmarks) decodes and hashes without models.
+ *
+ * Lifetimes: a pipeline process gets SIGTERM when its parent dies (PR_SET_PDEATHSIG),
+ * so killing the parent never leaves orphans working. With --die-with-parent (what
+ * `facemill label` starts) the parent also dies with whoever started it, and both
+ * levels die by SIGKILL: the broker and sink they served died with that process, so
+ * there is nothing to finish or hand back.
  */
 #include "facemill/config.h"
 #include "facemill/image.h"
@@ -22,10 +31,12 @@
 #include <zmq.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -74,6 +85,7 @@ typedef struct compute {
     uint8_t **files;     /* per slot: bytes of path jobs, reused */
     size_t *file_caps;
     char model[256];
+    const char *worker;   /* this process's name, stamped on every result */
     /* Outgoing results, per slot. */
     Facemill__Result *out;
     Facemill__StageTimes *times;
@@ -259,6 +271,7 @@ static fm_status run_batch(compute *c, Facemill__Job **jobs, int n, fm_error *er
                     : jobs[i]->source_case == FACEMILL__JOB__SOURCE_PATH ? jobs[i]->path
                                                                           : jobs[i]->id;
         r->model = c->model;
+        r->worker = (char *)c->worker;
         r->has_attempt = jobs[i]->has_attempt;
         r->attempt = jobs[i]->attempt;
         fm_error e = {0};
@@ -373,47 +386,67 @@ static fm_status run_batch(compute *c, Facemill__Job **jobs, int n, fm_error *er
     return FM_OK;
 }
 
-/* ---- one worker process -------------------------------------------------------- */
+/* ---- the broker link ----------------------------------------------------------- */
 
-typedef struct wproc {
+/* Why a thread: the broker takes a worker for dead after broker.worker_expiry_ms of
+ * silence, and one batch (a few large photos with dozens of faces each, on a busy
+ * machine) can take longer than that. Heartbeats therefore come from a thread that
+ * never computes. A ZeroMQ socket belongs to one thread, so this thread owns the
+ * DEALER to the broker outright: it sends WorkerReady and heartbeats, reconnects
+ * when the broker falls silent, passes jobs to the compute thread and forwards its
+ * reports. It counts the jobs passed on and not yet reported: a heartbeat's busy,
+ * from which the broker corrects its own count. A job beyond the credit (a broker
+ * whose count lags) is queued for the compute thread too, not handed back: a
+ * hand-back would only bounce the job between the two.
+ *
+ * Between the two threads, an inproc PAIR (this process only):
+ *   link -> compute  a frame holding a Facemill__Envelope * (a job; the compute
+ *                    thread now owns it), or an empty frame: the link has stopped
+ *                    (after the WorkerBye went out, or on a fatal error)
+ *   compute -> link  a packed Envelope to forward to the broker (JobDone), or an
+ *                    empty frame: send WorkerBye and stop */
+
+typedef struct blink {
     const fm_config *cfg;
-    void *ctx, *broker, *sink;
-    char name[128];
+    void *ctx, *broker, *pair;
+    const char *name, *model;
     int credit;
-    compute comp;
-    Facemill__Envelope **held; /* jobs held (their envelopes), up to credit */
-    int nheld;
+    int held; /* jobs passed to the compute thread and not yet reported */
     int64_t broker_seen, next_hb;
-} wproc;
+} blink;
 
-static fm_status connect_broker(wproc *w, fm_error *err)
+static fm_status connect_broker(blink *l, fm_error *err)
 {
-    if (w->broker)
-        zmq_close(w->broker);
-    w->broker = zmq_socket(w->ctx, ZMQ_DEALER);
-    if (!w->broker)
+    if (l->broker)
+        zmq_close(l->broker);
+    l->broker = zmq_socket(l->ctx, ZMQ_DEALER);
+    if (!l->broker)
         return fm_error_set(err, FM_ERR_IO, "socket: %s", zmq_strerror(errno));
-    fm_status st = fm_wire_setup(w->broker, w->cfg->net.max_msg_size, 2000, err);
+    fm_status st = fm_wire_setup(l->broker, l->cfg->net.max_msg_size, 2000, err);
     if (st != FM_OK)
         return st;
-    if (zmq_connect(w->broker, w->cfg->broker.workers) != 0)
+    if (zmq_connect(l->broker, l->cfg->broker.workers) != 0)
         return fm_error_set(err, FM_ERR_IO, "cannot connect to %s: %s",
-                            w->cfg->broker.workers, zmq_strerror(errno));
+                            l->cfg->broker.workers, zmq_strerror(errno));
     Facemill__Envelope env;
     Facemill__WorkerReady r;
     fm_wire_envelope_init(&env);
     facemill__worker_ready__init(&r);
     r.has_credit = 1;
-    r.credit = (uint32_t)w->credit;
-    r.name = w->name;
-    r.model = w->comp.model;
+    r.credit = (uint32_t)l->credit;
+    r.name = (char *)l->name;
+    r.model = (char *)l->model;
     env.body_case = FACEMILL__ENVELOPE__BODY_WORKER_READY;
     env.worker_ready = &r;
-    w->broker_seen = fm_wire_now_ms();
-    return fm_wire_send(w->broker, NULL, &env, ZMQ_DONTWAIT, err);
+    l->broker_seen = fm_wire_now_ms();
+    return fm_wire_send(l->broker, NULL, &env, ZMQ_DONTWAIT, err);
 }
 
-static void send_done(wproc *w, const char *id, int outcome, uint32_t code, const char *text)
+/* Sends JobDone on sock: the broker's DEALER (link thread) or the PAIR to the link
+ * (compute thread). Never blocks for long: a report that cannot go out is logged and
+ * the broker's timers recover the job. */
+static void send_done(void *sock, const char *id, int outcome, uint32_t code,
+                      const char *text)
 {
     Facemill__Envelope env;
     Facemill__JobDone d;
@@ -430,25 +463,150 @@ static void send_done(wproc *w, const char *id, int outcome, uint32_t code, cons
     env.body_case = FACEMILL__ENVELOPE__BODY_JOB_DONE;
     env.job_done = &d;
     fm_error e = {0};
-    if (fm_wire_send(w->broker, NULL, &env, 0, &e) != FM_OK)
-        fm_log_warn("job %s: report to the broker failed: %s", id, fm_error_text(&e));
+    if (fm_wire_send(sock, NULL, &env, ZMQ_DONTWAIT, &e) != FM_OK)
+        fm_log_warn("job %s: report to the broker failed: %s", id ? id : "?",
+                    fm_error_text(&e));
 }
 
-static void send_heartbeat(wproc *w)
+static void send_heartbeat(blink *l)
 {
     Facemill__Envelope env;
     Facemill__Heartbeat h;
     fm_wire_envelope_init(&env);
     facemill__heartbeat__init(&h);
     h.has_interval_ms = h.has_credit = h.has_busy = 1;
-    h.interval_ms = (uint32_t)w->cfg->broker.heartbeat_ms;
-    h.credit = (uint32_t)w->credit;
-    h.busy = (uint32_t)w->nheld;
-    h.name = w->name;
+    h.interval_ms = (uint32_t)l->cfg->broker.heartbeat_ms;
+    h.credit = (uint32_t)l->credit;
+    h.busy = (uint32_t)l->held;
+    h.name = (char *)l->name;
     env.body_case = FACEMILL__ENVELOPE__BODY_HEARTBEAT;
     env.heartbeat = &h;
-    fm_wire_send(w->broker, NULL, &env, ZMQ_DONTWAIT, NULL);
+    fm_wire_send(l->broker, NULL, &env, ZMQ_DONTWAIT, NULL);
 }
+
+/* Takes what the broker sent: jobs go on to the compute thread. */
+static void link_from_broker(blink *l)
+{
+    for (;;) {
+        Facemill__Envelope *e = NULL;
+        fm_error re = {0};
+        fm_status st = fm_wire_recv(l->broker, NULL, &e, ZMQ_DONTWAIT, &re);
+        if (st == FM_ERR_TIMEOUT || st == FM_ERR_INTERRUPTED)
+            return;
+        if (st != FM_OK) {
+            fm_log_warn("refusing message from the broker: %s", fm_error_text(&re));
+            continue;
+        }
+        l->broker_seen = fm_wire_now_ms();
+        if (e->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
+            if (l->held >= l->credit)
+                fm_log_debug("job %s beyond credit (%d held): queued",
+                             e->job->id ? e->job->id : "?", l->held);
+            if (zmq_send(l->pair, &e, sizeof e, ZMQ_DONTWAIT) == (int)sizeof e) {
+                l->held++;
+                continue; /* the compute thread owns e now */
+            }
+            send_done(l->broker, e->job->id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, 0,
+                      NULL);
+        } else if (e->body_case == FACEMILL__ENVELOPE__BODY_ERROR) {
+            uint32_t code = e->error->code;
+            fm_log_warn("broker: %s", e->error->text ? e->error->text : "error");
+            if (code == FACEMILL__ERROR_CODE__ERROR_UNKNOWN_PEER) {
+                fm_error ce = {0};
+                if (connect_broker(l, &ce) != FM_OK)
+                    fm_log_error("%s", fm_error_text(&ce));
+            }
+        }
+        fm_wire_free(&e);
+    }
+}
+
+/* Forwards the compute thread's reports. Returns 1 when it asked to stop. */
+static int link_from_compute(blink *l)
+{
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, l->pair, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return 0;
+        }
+        size_t n = zmq_msg_size(&m);
+        if (n == 0) {
+            zmq_msg_close(&m);
+            return 1;
+        }
+        Facemill__Envelope *e = facemill__envelope__unpack(NULL, n, zmq_msg_data(&m));
+        if (e && e->body_case == FACEMILL__ENVELOPE__BODY_JOB_DONE && l->held > 0)
+            l->held--;
+        if (e)
+            facemill__envelope__free_unpacked(e, NULL);
+        if (zmq_msg_send(&m, l->broker, ZMQ_DONTWAIT) < 0) {
+            fm_log_warn("report to the broker not sent: %s", zmq_strerror(errno));
+            zmq_msg_close(&m);
+        }
+    }
+}
+
+static void *link_main(void *arg)
+{
+    blink *l = arg;
+    const fm_config *cfg = l->cfg;
+    l->next_hb = fm_wire_now_ms();
+    for (;;) {
+        int64_t now = fm_wire_now_ms();
+        if (now >= l->next_hb) {
+            send_heartbeat(l);
+            l->next_hb = now + cfg->broker.heartbeat_ms;
+        }
+        if (now - l->broker_seen > cfg->broker.worker_expiry_ms) {
+            fm_log_warn("broker silent for %lld ms: reconnecting",
+                        (long long)(now - l->broker_seen));
+            fm_error e = {0};
+            if (connect_broker(l, &e) != FM_OK) {
+                fm_log_error("%s", fm_error_text(&e));
+                break;
+            }
+        }
+        zmq_pollitem_t it[2] = {{l->pair, 0, ZMQ_POLLIN, 0}, {l->broker, 0, ZMQ_POLLIN, 0}};
+        int64_t wait = l->next_hb - fm_wire_now_ms();
+        int rc = zmq_poll(it, 2, (long)(wait > 0 ? wait : 0));
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            fm_log_error("zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        if ((it[0].revents & ZMQ_POLLIN) && link_from_compute(l)) {
+            Facemill__Envelope env;
+            Facemill__WorkerBye bye;
+            fm_wire_envelope_init(&env);
+            facemill__worker_bye__init(&bye);
+            env.body_case = FACEMILL__ENVELOPE__BODY_WORKER_BYE;
+            env.worker_bye = &bye;
+            fm_wire_send(l->broker, NULL, &env, ZMQ_DONTWAIT, NULL);
+            break;
+        }
+        if (it[1].revents & ZMQ_POLLIN)
+            link_from_broker(l);
+    }
+    /* The last frame on the pair: the compute thread reads it as "stopped". */
+    while (zmq_send(l->pair, "", 0, 0) < 0 && errno == EINTR)
+        ;
+    return NULL;
+}
+
+/* ---- one worker process -------------------------------------------------------- */
+
+typedef struct wproc {
+    const fm_config *cfg;
+    void *ctx, *sink, *pair;
+    char name[192];
+    int credit;
+    compute comp;
+    Facemill__Envelope **held; /* jobs held (their envelopes), up to credit */
+    int nheld;
+} wproc;
 
 /* Runs the held jobs, pushes their results, reports them. */
 static void process_held(wproc *w)
@@ -458,10 +616,12 @@ static void process_held(wproc *w)
     for (int i = 0; i < n; i++)
         jobs[i] = w->held[i]->job;
     fm_error e = {0};
+    int64_t t0 = fm_wire_now_ms();
     fm_status st = run_batch(&w->comp, jobs, n, &e);
+    fm_log_debug("batch of %d: %lld ms", n, (long long)(fm_wire_now_ms() - t0));
     for (int i = 0; i < n; i++) {
         if (st != FM_OK) {
-            send_done(w, jobs[i]->id, FACEMILL__JOB_DONE__OUTCOME__FAILED,
+            send_done(w->pair, jobs[i]->id, FACEMILL__JOB_DONE__OUTCOME__FAILED,
                       FACEMILL__ERROR_CODE__ERROR_INTERNAL, fm_error_text(&e));
             continue;
         }
@@ -471,11 +631,11 @@ static void process_held(wproc *w)
         env.result = &w->comp.out[i];
         fm_error se = {0};
         if (fm_wire_send(w->sink, NULL, &env, 0, &se) != FM_OK) {
-            send_done(w, jobs[i]->id, FACEMILL__JOB_DONE__OUTCOME__FAILED,
+            send_done(w->pair, jobs[i]->id, FACEMILL__JOB_DONE__OUTCOME__FAILED,
                       FACEMILL__ERROR_CODE__ERROR_INTERNAL, fm_error_text(&se));
             continue;
         }
-        send_done(w, jobs[i]->id, FACEMILL__JOB_DONE__OUTCOME__DONE, 0, NULL);
+        send_done(w->pair, jobs[i]->id, FACEMILL__JOB_DONE__OUTCOME__DONE, 0, NULL);
     }
     if (st != FM_OK)
         fm_log_error("batch of %d failed: %s", n, fm_error_text(&e));
@@ -484,56 +644,78 @@ static void process_held(wproc *w)
     w->nheld = 0;
 }
 
-/* Takes what the broker sent. Returns 1 when something arrived. */
-static int receive(wproc *w, int flags)
+/* Takes the jobs the link passed on (up to credit). Returns 1 when the link has
+ * stopped (an empty frame). */
+static int take_jobs(wproc *w)
 {
-    int got = 0;
-    while (w->nheld < w->credit || flags == ZMQ_DONTWAIT) {
+    while (w->nheld < w->credit) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, w->pair, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return 0;
+        }
+        size_t n = zmq_msg_size(&m);
         Facemill__Envelope *e = NULL;
-        fm_error re = {0};
-        fm_status st = fm_wire_recv(w->broker, NULL, &e, flags, &re);
-        if (st == FM_ERR_TIMEOUT || st == FM_ERR_INTERRUPTED)
-            break;
-        flags = ZMQ_DONTWAIT;
-        if (st != FM_OK) {
-            fm_log_warn("refusing message from the broker: %s", fm_error_text(&re));
-            continue;
-        }
-        got = 1;
-        w->broker_seen = fm_wire_now_ms();
-        if (e->body_case == FACEMILL__ENVELOPE__BODY_JOB && w->nheld < w->credit) {
+        if (n == sizeof e)
+            memcpy(&e, zmq_msg_data(&m), sizeof e);
+        zmq_msg_close(&m);
+        if (n == 0)
+            return 1;
+        if (e)
             w->held[w->nheld++] = e;
-            continue;
-        }
-        if (e->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
-            fm_log_warn("broker sent job %s beyond credit: handed back",
-                        e->job->id ? e->job->id : "?");
-            send_done(w, e->job->id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, 0, NULL);
-        } else if (e->body_case == FACEMILL__ENVELOPE__BODY_ERROR) {
-            uint32_t code = e->error->code;
-            fm_log_warn("broker: %s", e->error->text ? e->error->text : "error");
-            if (code == FACEMILL__ERROR_CODE__ERROR_UNKNOWN_PEER) {
-                fm_error ce = {0};
-                if (connect_broker(w, &ce) != FM_OK)
-                    fm_log_error("%s", fm_error_text(&ce));
-            }
-        }
-        fm_wire_free(&e);
     }
-    return got;
+    return 0;
+}
+
+/* Stops the link: reports what is held as handed back, asks the link to say goodbye,
+ * and frees jobs still on their way (the broker re-queues them on WorkerBye) until
+ * the link's last frame. Waits at most a few seconds. Returns how many jobs went
+ * back unprocessed. */
+static int stop_link(wproc *w, int link_stopped)
+{
+    int back = w->nheld;
+    for (int i = 0; i < w->nheld; i++) {
+        send_done(w->pair, w->held[i]->job->id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, 0,
+                  NULL);
+        fm_wire_free(&w->held[i]);
+    }
+    w->nheld = 0;
+    if (link_stopped)
+        return back;
+    zmq_send(w->pair, "", 0, ZMQ_DONTWAIT);
+    int64_t deadline = fm_wire_now_ms() + 5000;
+    while (fm_wire_now_ms() < deadline) {
+        zmq_pollitem_t it = {w->pair, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        int stopped = take_jobs(w);
+        back += w->nheld;
+        for (int i = 0; i < w->nheld; i++)
+            fm_wire_free(&w->held[i]);
+        w->nheld = 0;
+        if (stopped)
+            return back;
+    }
+    fm_log_warn("the broker link did not stop in time");
+    return back;
 }
 
 static int worker_process(const fm_config *cfg, int index, int decode_only)
 {
     wproc w;
+    blink l;
     memset(&w, 0, sizeof w);
+    memset(&l, 0, sizeof l);
     w.cfg = cfg;
     w.credit = (int)cfg->worker.credit;
     fm_error err = {0};
-    int rc = 1;
+    int rc = 1, link_running = 0, link_stopped = 0;
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
-    snprintf(w.name, sizeof w.name, "%s:%d/%d", host, (int)getpid(), index);
+    host[sizeof host - 1] = '\0';
+    snprintf(w.name, sizeof w.name, "%.120s:%d/%d",
+             cfg->worker.name[0] ? cfg->worker.name : host, (int)getpid(), index);
     char role[32];
     snprintf(role, sizeof role, "worker%d", index);
     fm_log_init(role, -1);
@@ -547,6 +729,7 @@ static int worker_process(const fm_config *cfg, int index, int decode_only)
         free(w.held);
         return 1;
     }
+    w.comp.worker = w.name;
     w.ctx = zmq_ctx_new();
     w.sink = w.ctx ? zmq_socket(w.ctx, ZMQ_PUSH) : NULL;
     if (!w.sink || fm_wire_setup(w.sink, cfg->net.max_msg_size, 10000, &err) != FM_OK ||
@@ -555,63 +738,69 @@ static int worker_process(const fm_config *cfg, int index, int decode_only)
                      err.msg[0] ? err.msg : zmq_strerror(errno));
         goto done;
     }
-    if (connect_broker(&w, &err) != FM_OK) {
+    w.pair = zmq_socket(w.ctx, ZMQ_PAIR);
+    l.pair = zmq_socket(w.ctx, ZMQ_PAIR);
+    if (!w.pair || !l.pair || fm_wire_setup(w.pair, 0, 0, &err) != FM_OK ||
+        fm_wire_setup(l.pair, 0, 0, &err) != FM_OK ||
+        zmq_bind(w.pair, "inproc://link") != 0 ||
+        zmq_connect(l.pair, "inproc://link") != 0) {
+        fm_log_error("inproc link: %s", err.msg[0] ? err.msg : zmq_strerror(errno));
+        goto done;
+    }
+    l.cfg = cfg;
+    l.ctx = w.ctx;
+    l.name = w.name;
+    l.model = w.comp.model;
+    l.credit = w.credit;
+    if (connect_broker(&l, &err) != FM_OK) {
         fm_log_error("broker %s: %s", cfg->broker.workers, fm_error_text(&err));
         goto done;
     }
+    /* Signals go to the compute thread, whose waits they interrupt. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_t link_th;
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int prc = pthread_create(&link_th, NULL, link_main, &l);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (prc != 0) {
+        fm_log_error("cannot start the broker link thread: %s", strerror(prc));
+        goto done;
+    }
+    link_running = 1;
     fm_log_info("worker %s: credit %d, model %s", w.name, w.credit, w.comp.model);
-    w.next_hb = fm_wire_now_ms();
+    rc = 0;
     while (!stop_flag) {
-        int64_t now = fm_wire_now_ms();
-        if (now >= w.next_hb) {
-            send_heartbeat(&w);
-            w.next_hb = now + cfg->broker.heartbeat_ms;
-        }
-        if (now - w.broker_seen > cfg->broker.worker_expiry_ms) {
-            fm_log_warn("broker silent for %lld ms: reconnecting",
-                        (long long)(now - w.broker_seen));
-            if (connect_broker(&w, &err) != FM_OK) {
-                fm_log_error("%s", fm_error_text(&err));
-                goto done;
-            }
-        }
-        zmq_pollitem_t it = {w.broker, 0, ZMQ_POLLIN, 0};
-        int64_t wait = w.next_hb - fm_wire_now_ms();
-        int prc = zmq_poll(&it, 1, (long)(wait > 0 ? wait : 0));
-        if (prc < 0 && errno != EINTR) {
+        zmq_pollitem_t it = {w.pair, 0, ZMQ_POLLIN, 0};
+        int n = zmq_poll(&it, 1, 500);
+        if (n < 0 && errno != EINTR) {
             fm_log_error("zmq_poll: %s", zmq_strerror(errno));
-            goto done;
+            rc = 1;
+            break;
         }
-        if (prc > 0)
-            receive(&w, ZMQ_DONTWAIT);
+        if (n > 0 && take_jobs(&w)) {
+            fm_log_error("the broker link stopped");
+            link_stopped = 1;
+            rc = 1;
+            break;
+        }
         if (w.nheld > 0 && !stop_flag)
             process_held(&w);
     }
     /* Stopping: whatever is held and not started goes back. */
-    for (int i = 0; i < w.nheld; i++) {
-        send_done(&w, w.held[i]->job->id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, 0,
-                  NULL);
-        fm_wire_free(&w.held[i]);
-    }
-    w.nheld = 0;
-    {
-        Facemill__Envelope env;
-        Facemill__WorkerBye bye;
-        fm_wire_envelope_init(&env);
-        facemill__worker_bye__init(&bye);
-        env.body_case = FACEMILL__ENVELOPE__BODY_WORKER_BYE;
-        env.worker_bye = &bye;
-        fm_wire_send(w.broker, NULL, &env, ZMQ_DONTWAIT, NULL);
-    }
-    fm_log_info("worker %s stopped", w.name);
-    rc = 0;
+    int back = stop_link(&w, link_stopped);
+    fm_log_info("worker %s stopped, %d jobs handed back", w.name, back);
 done:
+    if (link_running)
+        pthread_join(link_th, NULL);
     for (int i = 0; i < w.nheld; i++)
         fm_wire_free(&w.held[i]);
-    if (w.broker)
-        zmq_close(w.broker);
-    if (w.sink)
-        zmq_close(w.sink);
+    void *socks[] = {l.broker, l.pair, w.pair, w.sink};
+    for (size_t i = 0; i < sizeof socks / sizeof socks[0]; i++)
+        if (socks[i])
+            zmq_close(socks[i]);
     if (w.ctx)
         zmq_ctx_term(w.ctx);
     compute_close(&w.comp);
@@ -621,11 +810,18 @@ done:
 
 /* ---- the parent ---------------------------------------------------------------- */
 
-static pid_t spawn(const fm_config *cfg, int index, int decode_only)
+/* Forks pipeline process index. It gets death_sig when this process dies; the getppid
+ * check covers a parent that died before prctl took effect. */
+static pid_t spawn(const fm_config *cfg, int index, int decode_only, int death_sig)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid == 0)
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, death_sig);
+        if (getppid() != parent)
+            _exit(0);
         _exit(worker_process(cfg, index, decode_only));
+    }
     if (pid < 0)
         fm_log_error("fork: %s", strerror(errno));
     return pid;
@@ -634,13 +830,16 @@ static pid_t spawn(const fm_config *cfg, int index, int decode_only)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: facemill-worker [--processes N] [--decode-only] [--config FILE]\n"
-            "                       [--set KEY=VALUE]...\n"
+            "usage: facemill-worker [--processes N] [--decode-only] [--die-with-parent]\n"
+            "                       [--config FILE] [--set KEY=VALUE]...\n"
             "Forks N pipeline processes (worker.processes; 0 = one per core) that take\n"
             "jobs from the broker (broker.workers) and push results to the sink\n"
             "(sink.results). A process that dies is restarted. SIGTERM: every process\n"
             "finishes its batch, hands back what it has not started, and exits.\n"
-            "--decode-only: decode and hash, no models (tests, wire benchmarks).\n");
+            "--decode-only: decode and hash, no models (tests, wire benchmarks).\n"
+            "--die-with-parent: every process is killed at once when the program that\n"
+            "started facemill-worker dies (facemill label, whose broker and sink die\n"
+            "with it).\n");
 }
 
 int main(int argc, char **argv)
@@ -653,7 +852,7 @@ int main(int argc, char **argv)
         fm_log_error("%s", fm_error_text(&err));
         return 2;
     }
-    int decode_only = 0;
+    int decode_only = 0, die_with_parent = 0;
     long procs = (long)cfg.worker.processes;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--processes") == 0 && i + 1 < argc) {
@@ -665,6 +864,8 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--decode-only") == 0) {
             decode_only = 1;
+        } else if (strcmp(argv[i], "--die-with-parent") == 0) {
+            die_with_parent = 1;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -678,6 +879,11 @@ int main(int argc, char **argv)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         procs = n > 0 ? n : 1;
     }
+    /* The starter set a death signal before exec (it survives exec); make it
+     * SIGKILL, which also tells the children to use SIGKILL. */
+    if (die_with_parent)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int death_sig = die_with_parent ? SIGKILL : SIGTERM;
     install_signals();
     pid_t *pids = calloc((size_t)procs, sizeof *pids);
     int64_t *started = calloc((size_t)procs, sizeof *started);
@@ -689,7 +895,7 @@ int main(int argc, char **argv)
     }
     fm_log_info("starting %ld worker processes", procs);
     for (long i = 0; i < procs; i++) {
-        pids[i] = spawn(&cfg, (int)i, decode_only);
+        pids[i] = spawn(&cfg, (int)i, decode_only, death_sig);
         started[i] = fm_wire_now_ms();
     }
     int failures = 0;
@@ -720,7 +926,7 @@ int main(int argc, char **argv)
                         WIFSIGNALED(status) ? "signal" : "exit",
                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
             sleep(WIFSIGNALED(status) ? 0 : 1);
-            pids[i] = spawn(&cfg, (int)i, decode_only);
+            pids[i] = spawn(&cfg, (int)i, decode_only, death_sig);
             started[i] = fm_wire_now_ms();
         }
         int alive = 0;

@@ -109,6 +109,7 @@ typedef struct fm_config {
     struct {
         int64_t processes; /* pipeline processes of facemill-worker; 0 = one per core */
         int64_t credit;    /* jobs each worker process holds at once */
+        char name[FM_CONFIG_STRING_MAX]; /* names this machine's workers; "" = host */
     } worker;
 } fm_config;
 

@@ -106,7 +106,8 @@ typedef enum fm_export_format {
 } fm_export_format;
 
 enum {
-    FM_EXPORT_TIMES = 1, /* JSONL: add "times", "worker", "attempt" (differ per run) */
+    FM_EXPORT_TIMES = 1, /* add worker, attempt and stage times (they differ per run):
+                            JSONL "worker", "attempt", "times"; CSV trailing columns */
 };
 
 /* Writes every image, ordered by source then job id, to out (not owned). JSONL

@@ -69,7 +69,15 @@ fm_status fm_wire_send(void *sock, const fm_wire_peer *to, const Facemill__Envel
 fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
                        int flags, fm_error *err);
 
-/* Frees an envelope from fm_wire_recv and sets *e to NULL. Accepts NULL. */
+/* Decodes one message body (the bytes of the body frame) as fm_wire_recv does: on
+ * FM_OK *out is an envelope the caller owns (fm_wire_free) with a matching major
+ * version and exactly one body; otherwise *out is NULL and the error is FM_ERR_VERSION
+ * or FM_ERR_PROTOCOL as for fm_wire_recv. data is only read. */
+fm_status fm_wire_decode(const void *data, size_t len, Facemill__Envelope **out,
+                         fm_error *err);
+
+/* Frees an envelope from fm_wire_recv or fm_wire_decode and sets *e to NULL. Accepts
+ * NULL. */
 void fm_wire_free(Facemill__Envelope **e);
 
 /* Sends Error{code, text} to peer to on a ROUTER (best effort, ZMQ_DONTWAIT). */
