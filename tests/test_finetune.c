@@ -377,6 +377,84 @@ static void test_resume(synth *s)
     unlink(ck2);
 }
 
+/* The learning-rate schedule, seen through the progress callback at every step. */
+typedef struct lrs {
+    int n;
+    double head[64], backbone[64], loss[64];
+} lrs;
+
+static void on_step(void *ctx, const fm_ft_progress *p)
+{
+    lrs *l = ctx;
+    if (!p->epoch_end && l->n < 64) {
+        l->head[l->n] = p->lr_heads;
+        l->backbone[l->n] = p->lr_backbone;
+        l->loss[l->n++] = p->train_loss;
+    }
+}
+
+static void test_schedules(synth *s)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    fm_ft_set set = {24, s->img}, val = {8, s->img + 24};
+    for (int variant = 0; variant < 2; variant++) {
+        fm_ft_opts o;
+        small_opts(&o);
+        o.train_from = fm_ft_block_index("conv256_down_out");
+        o.max_epochs = 4; /* 3 steps per epoch: 12 steps */
+        o.patience = 4;
+        o.head_epochs = 1;
+        o.warmup_epochs = 1;
+        o.progress_steps = 1;
+        if (variant == 1) {
+            o.optimizer = FM_FT_SGD;
+            o.schedule = FM_FT_STEP;
+            o.step_epochs = 1;
+            o.step_gamma = 0.5;
+            o.lr_heads = 0.05;
+            o.lr_backbone = 0.001;
+        }
+        lrs l = {0};
+        o.progress = on_step;
+        o.ctx = &l;
+        fm_finetune *ft = NULL;
+        CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+        CHECK(ft && fm_finetune_run(ft, &set, &val, "schedule", NULL, &err) == FM_OK);
+        fm_finetune_free(&ft);
+        CHECK(l.n == 12);
+        if (l.n != 12)
+            continue;
+        /* the heads warm up over the first epoch (3 steps: 1/3, 2/3, 1 of the peak) */
+        CHECK(fabs(l.head[0] - o.lr_heads / 3) < 1e-9 * o.lr_heads &&
+              fabs(l.head[2] - o.lr_heads) < 1e-9 * o.lr_heads);
+        /* the backbone waits one epoch, then warms up over the next */
+        CHECK(l.backbone[0] == 0 && l.backbone[2] == 0);
+        CHECK(fabs(l.backbone[3] - o.lr_backbone / 3) < 1e-9 * o.lr_backbone &&
+              fabs(l.backbone[5] - o.lr_backbone) < 1e-9 * o.lr_backbone);
+        if (variant == 0) { /* cosine: falls every step after the warm-up, towards the floor */
+            int falls = 1;
+            for (int i = 4; i < 12; i++)
+                falls &= l.head[i] < l.head[i - 1];
+            CHECK(falls && fabs(l.head[3] - o.lr_heads) < 1e-9 * o.lr_heads);
+            CHECK(l.head[11] > o.lr_heads * o.min_lr_ratio && l.head[11] < 0.05 * o.lr_heads);
+        } else { /* step: halves every epoch after the warm-up */
+            CHECK(fabs(l.head[5] - 0.5 * o.lr_heads) < 1e-9 * o.lr_heads &&
+                  fabs(l.head[8] - 0.25 * o.lr_heads) < 1e-9 * o.lr_heads &&
+                  fabs(l.head[11] - 0.125 * o.lr_heads) < 1e-9 * o.lr_heads);
+            CHECK(fabs(l.backbone[8] - 0.5 * o.lr_backbone) < 1e-9 * o.lr_backbone);
+        }
+        /* both optimisers learn: the running loss of the last epoch is below the first */
+        CHECK_MSG(l.loss[11] < l.loss[2], "%s: loss %.4f -> %.4f",
+                  variant ? "SGD" : "AdamW", l.loss[2], l.loss[11]);
+        fprintf(stderr, "schedule (%s): heads lr %.2g %.2g %.2g ... %.2g, loss %.3f -> %.3f\n",
+                variant ? "SGD, step" : "AdamW, cosine", l.head[0], l.head[1], l.head[2],
+                l.head[11], l.loss[2], l.loss[11]);
+    }
+    fm_model_close(&m);
+}
+
 static void test_bad_options(void)
 {
     fm_error err = {0};
@@ -418,6 +496,7 @@ int main(void)
     test_bad_options();
     test_forward();
     test_gradients();
+    test_schedules(s);
     test_converges(s);
     test_resume(s);
     free(s);
