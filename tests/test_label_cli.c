@@ -148,8 +148,9 @@ int main(void)
     char cmd[16384];
     int status = -1;
     snprintf(cmd, sizeof cmd,
-             "'%s' predict --set models.dir='%s' --set heads.model='%s' "
-             "--set detect.pad=0.25 '%s'/25_0_0_*.jpg '%s'/30_1_2_*.jpg '%s/missing.jpg'",
+             "'%s' predict --set models.dir='%s' --set embed.backbone=dlib_resnet.fmm "
+             "--set heads.model='%s' --set detect.pad=0.25 "
+             "'%s'/25_0_0_*.jpg '%s'/30_1_2_*.jpg '%s/missing.jpg'",
              bin, models, heads, data, data, data);
     char *out = run(cmd, &status);
     CHECK(out != NULL);
@@ -166,8 +167,9 @@ int main(void)
     }
 
     snprintf(cmd, sizeof cmd,
-             "'%s' eval --json --data '%s' --set models.dir='%s' --set heads.model='%s'", bin,
-             data, models, heads);
+             "'%s' eval --json --data '%s' --set models.dir='%s' "
+             "--set embed.backbone=dlib_resnet.fmm --set heads.model='%s'",
+             bin, data, models, heads);
     out = run(cmd, &status);
     CHECK(out != NULL);
     if (out) {
@@ -184,7 +186,9 @@ int main(void)
             CHECK_MSG(strstr(out, keys[i]) != NULL, "%s missing", keys[i]);
         free(out);
     }
-    snprintf(cmd, sizeof cmd, "'%s' eval --data '%s' --set models.dir='%s' --set heads.model='%s'",
+    snprintf(cmd, sizeof cmd,
+             "'%s' eval --data '%s' --set models.dir='%s' --set embed.backbone=dlib_resnet.fmm "
+             "--set heads.model='%s'",
              bin, data, models, heads);
     out = run(cmd, &status);
     if (out) {

@@ -47,6 +47,8 @@ static void config_for(fm_config *c, const char *heads)
     fm_config_defaults(c);
     snprintf(c->models.dir, sizeof c->models.dir, "%s", models);
     snprintf(c->heads.model, sizeof c->heads.model, "%s", heads ? heads : "");
+    /* the fixture heads are made for the npm package's network */
+    snprintf(c->embed.backbone, sizeof c->embed.backbone, "dlib_resnet.fmm");
     c->embed.batch = 5; /* several backbone calls per batch of images */
 }
 

@@ -77,7 +77,9 @@ static void usage(FILE *out)
             "  --epochs N           most epochs (default 6); --patience N (default 3)\n"
             "  --batch N            faces per step (default 32)\n"
             "  --optimizer NAME     adamw (default) or sgd (with --momentum, default 0.9)\n"
-            "  --lr F               backbone learning rate (default 0.0002)\n"
+            "  --lr F               backbone learning rate (default 0.0001)\n"
+            "  --lr-mode MODE       absolute (default) or relative: each backbone layer's\n"
+            "                       rate is --lr times the RMS of its pretrained weights\n"
             "  --lr-heads F         heads learning rate (default 0.001)\n"
             "  --wd F               decoupled weight decay (default 0.0001)\n"
             "  --schedule NAME      cosine (default) or step (--step-epochs, --step-gamma)\n"
@@ -379,6 +381,8 @@ int fm_cmd_finetune(int argc, char **argv)
         return 1;
     }
     fm_log_init("train", c.log.level);
+    char commit[256]; /* the code that trains, as it is now (the tree may change later) */
+    source_commit(commit, sizeof commit);
 
     const char *train_dir = NULL, *val_dir = NULL, *out_path = NULL, *heads_path = NULL;
     const char *landmarks = NULL;
@@ -432,7 +436,10 @@ int fm_cmd_finetune(int argc, char **argv)
             bad = parse_num(v, 0, 0.999, &o.momentum);
         else if (OPT("--lr"))
             bad = parse_num(v, 0, 1, &o.lr_backbone);
-        else if (OPT("--lr-heads"))
+        else if (OPT("--lr-mode")) {
+            bad = strcmp(v, "absolute") != 0 && strcmp(v, "relative") != 0;
+            o.lr_relative = strcmp(v, "relative") == 0;
+        } else if (OPT("--lr-heads"))
             bad = parse_num(v, 1e-7, 1, &o.lr_heads);
         else if (OPT("--wd"))
             bad = parse_num(v, 0, 1, &o.weight_decay);
@@ -657,8 +664,7 @@ int fm_cmd_finetune(int argc, char **argv)
         snprintf(data, sizeof data,
                  "UTKFace: %s (%d images); %d faces trained on, %d held out for early "
                  "stopping (share %g by file-name hash)", train_dir, tl.n, ntr, nva, holdout);
-    char base_sha[65], commit[256];
-    source_commit(commit, sizeof commit);
+    char base_sha[65];
     if (fm_heads_backbone_identity(base_path, base_id, sizeof base_id, &err) != FM_OK ||
         file_digest(base_path, base_sha, &err) != FM_OK) {
         fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));

@@ -84,11 +84,11 @@ const fm_config_setting fm_config_settings[] = {
     SET_FLOAT("detect.pad", detect.pad, 0.0, 0.0, 1.0,
               "gray border added around the image before detection, as a fraction of its "
               "long side (for tightly cropped faces)"),
-    SET_STRING("embed.backbone", embed.backbone, "dlib_resnet.fmm", 1,
+    SET_STRING("embed.backbone", embed.backbone, "dlib_resnet_ft.fmm", 1,
                "backbone model file: a name in models.dir, or a path containing '/'"),
     SET_INT("embed.batch", embed.batch, 16, 1, 1024,
             "aligned faces (mirror images included) per backbone call"),
-    SET_STRING("heads.model", heads.model, "models/heads_dlib.fmm", 0,
+    SET_STRING("heads.model", heads.model, "models/heads_dlib_ft.fmm", 0,
                "attribute heads model file; empty: boxes and landmarks only"),
     SET_STRING("broker.clients", broker.clients, "tcp://127.0.0.1:5570", 1,
                "broker ROUTER endpoint clients connect to (the broker binds it)"),

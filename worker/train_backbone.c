@@ -62,6 +62,8 @@ typedef struct ptensor {
     int weight;    /* 1: decayed */
     int heads;     /* 1: heads learning rate */
     int fixed;     /* 1: never trained (the feature statistics) */
+    double rms;    /* root mean square of the base's weights of this layer (relative
+                      learning rates); biases take their layer's weight figure */
 } ptensor;
 
 struct fm_finetune {
@@ -122,7 +124,7 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
     o->max_epochs = 6;
     o->patience = 3;
     o->optimizer = FM_FT_ADAMW;
-    o->lr_backbone = 2e-4;
+    o->lr_backbone = 1e-4;
     o->lr_heads = 1e-3;
     o->weight_decay = 1e-4;
     o->momentum = 0.9;
@@ -631,8 +633,9 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         o->batch > 4096 || o->max_epochs < 1 || o->patience < 1 || o->hidden < 1 ||
         o->hidden > 65536 || !(o->lr_backbone >= 0) || !(o->lr_heads > 0) ||
         !(o->weight_decay >= 0) || !(o->dropout >= 0 && o->dropout <= 0.95) ||
-        !(o->age_sigma >= 0) || !(o->age_weight > 0) || !(o->warmup_epochs >= 0) || !(o->head_epochs >= 0) ||
-        !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) || !(o->momentum >= 0 && o->momentum < 1) ||
+        !(o->age_sigma >= 0) || !(o->age_weight > 0) || !(o->warmup_epochs >= 0) ||
+        !(o->head_epochs >= 0) || !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) ||
+        !(o->momentum >= 0 && o->momentum < 1) ||
         !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
         !(o->shift_px >= 0) || !(o->scale_jitter >= 0 && o->scale_jitter < 0.5) ||
         !(o->rotate_deg >= 0 && o->rotate_deg <= 45) || !(o->brightness >= 0) ||
@@ -722,6 +725,17 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
         rng r = rng_for(o->seed, 0x4ead5, (uint64_t)k, 0);
         for (size_t j = 0; j < t->count; j++)
             ft->p[t->off + j] = (float)rng_sym(&r, bound);
+    }
+    for (int k = 0; k < T_HEADS; k++) {
+        ptensor *t = &ft->t[k];
+        double sq = 0;
+        for (size_t j = 0; j < t->count; j++)
+            sq += (double)ft->p[t->off + j] * ft->p[t->off + j];
+        t->rms = t->count ? sqrt(sq / t->count) : 0;
+        if (!t->weight && k > 0)
+            t->rms = ft->t[k - 1].rms; /* a bias moves at its weights' scale */
+        if (!(t->rms > 1e-6))
+            t->rms = 1e-6;
     }
     for (int i = 0; i < POOLED; i++) {
         ft->p[ft->t[T_FEAT_MEAN].off + i] = 0;
@@ -899,7 +913,12 @@ static void optimiser_step(fm_finetune *ft, double fh, double fb)
         const ptensor *pt = &ft->t[k];
         if (pt->off < ft->trained_from || pt->fixed)
             continue;
-        const double lr = pt->heads ? fh * o->lr_heads : fb * o->lr_backbone;
+        /* relative: the step is a share of the layer's weight scale, so layers whose
+         * weights are 10x smaller (dlib's conv256_2 has an RMS of 0.0035, conv128's
+         * 0.02-0.03) are not overwritten by the same absolute Adam step */
+        const double lr = pt->heads         ? fh * o->lr_heads
+                          : o->lr_relative ? fb * o->lr_backbone * pt->rms
+                                           : fb * o->lr_backbone;
         const double wd = pt->weight ? o->weight_decay : 0;
         float *p = ft->p + pt->off, *g = ft->g + pt->off;
         float *m = ft->m1 + pt->off, *v = ft->m2 + pt->off;
@@ -933,13 +952,14 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
              "facemill-finetune 1|base %s %s|data %s|from %d|batch %d|epochs %d|patience %d|"
              "opt %d|lr %.17g %.17g|wd %.17g|mom %.17g|sched %d|warm %.17g %.17g|min %.17g|"
              "step %.17g %.17g|hidden %d|alpha %.9g|drop %.17g|age %.17g %.17g|"
-             "aug %d %.17g %.17g %.17g %.17g %.17g|seed %llu",
+             "aug %d %.17g %.17g %.17g %.17g %.17g|seed %llu|rel %d",
              src, integ, data_id ? data_id : "-", o->train_from, o->batch, o->max_epochs,
              o->patience, (int)o->optimizer, o->lr_backbone, o->lr_heads, o->weight_decay,
              o->momentum, (int)o->schedule, o->head_epochs, o->warmup_epochs, o->min_lr_ratio,
              o->step_epochs, o->step_gamma, o->hidden, o->leaky_alpha, o->dropout,
              o->age_sigma, o->age_weight, o->flip, o->shift_px, o->scale_jitter,
-             o->rotate_deg, o->brightness, o->contrast, (unsigned long long)o->seed);
+             o->rotate_deg, o->brightness, o->contrast, (unsigned long long)o->seed,
+             o->lr_relative);
 }
 
 static fm_status checkpoint_save(const fm_finetune *ft, const char *key, fm_error *err)

@@ -100,6 +100,8 @@ typedef struct fm_ft_opts {
     int max_epochs, patience;
     fm_ft_optimizer optimizer;
     double lr_backbone, lr_heads;
+    int lr_relative;             /* 1: a backbone layer's rate is lr_backbone times the
+                                    RMS of its base weights (a relative step) */
     double weight_decay;         /* decoupled, on weights only */
     double momentum;             /* SGD */
     fm_ft_schedule schedule;
@@ -130,11 +132,12 @@ typedef struct fm_ft_opts {
     void *ctx;
 } fm_ft_opts;
 
-/* Defaults: train_from conv128_down, batch 32, 6 epochs, patience 3, AdamW, lr 2e-4
- * (backbone) and 1e-3 (heads), weight decay 1e-4 (momentum 0.9 for SGD), 1 epoch of
- * heads alone, cosine with 0.3 epochs of warm-up to a floor of 1%, step 2 epochs x 0.1, hidden 256, alpha 0.1,
- * dropout 0.3, age sigma 2 and weight 1, flip on, shift 4 px, scale 0.05, rotation
- * 5 degrees, brightness 16, contrast 0.15, seed 1, checkpoints every 200 steps. */
+/* Defaults: train_from conv128_down, batch 32, 6 epochs, patience 3, AdamW, lr 1e-4
+ * (backbone, absolute) and 1e-3 (heads), weight decay 1e-4 (momentum 0.9 for SGD),
+ * 1 epoch of heads alone, cosine with 0.3 epochs of warm-up to a floor of 1%, step
+ * 2 epochs x 0.1, hidden 256, alpha 0.1, dropout 0.3, age sigma 2 and weight 1, flip
+ * on, shift 4 px, scale 0.05, rotation 5 degrees, brightness 16, contrast 0.15,
+ * seed 1, checkpoints every 200 steps. */
 void fm_ft_opts_defaults(fm_ft_opts *o);
 
 typedef struct fm_finetune fm_finetune;
