@@ -751,16 +751,18 @@ def case_label_orphans(c, a):
 
 
 def model_sets(a):
-    """--set arguments that point a worker at the fetched models, or None."""
+    """--set arguments that point a worker at the fetched models (the default backbone,
+    expanded by models/fetch, and its committed heads), or None."""
     cache = os.path.join(a.src, "models", "cache")
-    heads = os.path.join(a.src, "models", "heads_dlib.fmm")
+    heads = os.path.join(a.src, "models", "heads_dlib_ft.fmm")
     need = [os.path.join(cache, n) for n in ("mtcnn_pnet.fmm", "mtcnn_rnet.fmm",
-                                                "mtcnn_onet.fmm", "dlib_resnet.fmm")]
+                                                "mtcnn_onet.fmm", "dlib_resnet_ft.fmm")]
     if not all(os.path.exists(x) for x in need + [heads]):
         return None
     samples = sorted(os.path.join(cache, "samples", n)
                      for n in os.listdir(os.path.join(cache, "samples")) if n.endswith(".jpg"))
-    return {"models.dir": cache, "heads.model": heads}, samples
+    return {"models.dir": cache, "embed.backbone": "dlib_resnet_ft.fmm",
+            "heads.model": heads}, samples
 
 
 def need_models(a, c):
