@@ -67,6 +67,8 @@ static void usage(FILE *out)
             "  --wd F             decoupled weight decay (default 0.0001)\n"
             "  --age-sigma F      Gaussian age target spread in years; 0 = one-hot\n"
             "                     (default 2)\n"
+            "  --age-weight F     weight of the age loss against gender and ethnicity\n"
+            "                     (default 1)\n"
             "  --batch N          mini-batch size (default 128)\n"
             "  --epochs N         most epochs (default 100); --patience N (default 10)\n"
             "  --seed N           random seed (default 1)\n"
@@ -407,6 +409,8 @@ int fm_cmd_train(int argc, char **argv)
             bad = parse_num(v, 0, 1, &o.weight_decay);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--age-sigma", &v)) > 0)
             bad = parse_num(v, 0, 30, &o.age_sigma);
+        else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--age-weight", &v)) > 0)
+            bad = parse_num(v, 0.01, 100, &o.age_weight);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--batch", &v)) > 0) {
             bad = parse_num(v, 1, 65536, &num);
             o.batch = (int)num;
@@ -601,6 +605,7 @@ int fm_cmd_train(int argc, char **argv)
         (st = fm_model_writer_add_f64(w, "heads.train.weight_decay", o.weight_decay,
                                       &err)) ||
         (st = fm_model_writer_add_f64(w, "heads.train.age_sigma", o.age_sigma, &err)) ||
+        (st = fm_model_writer_add_f64(w, "heads.train.age_weight", o.age_weight, &err)) ||
         (st = fm_model_writer_add_i64(w, "heads.train.batch", o.batch, &err)) ||
         (st = fm_model_writer_add_i64(w, "heads.train.best_epoch", best.epoch, &err)) ||
         (st = fm_model_writer_add_i64(w, "heads.train.faces", ts.n, &err)) ||
