@@ -196,6 +196,40 @@ int main(void)
               strstr(out, "age 70+"));
         free(out);
     }
+    /* fine-tuning from the command line: two faces, two epochs of the last block,
+     * a checkpoint; the backbone and heads it writes label a photo together, carry
+     * their lineage, and a rerun of the same command resumes from the checkpoint */
+    char ft[8192];
+    snprintf(ft, sizeof ft,
+             "'%s' train --set models.dir='%s' --set embed.backbone=dlib_resnet.fmm "
+             "--train '%s' --val '%s' -o '%s/ft.fmm' --heads '%s/ft_heads.fmm' "
+             "--checkpoint '%s/ft.ckpt' --batch 2 --epochs 2 --from conv256_down_out "
+             "--threads 1 --jobs 2",
+             bin, models, data, data, dir, dir, dir);
+    for (int round = 0; round < 2; round++) {
+        snprintf(cmd, sizeof cmd, "%s 2>&1", ft);
+        out = run(cmd, &status);
+        CHECK_MSG(out && status == 0 && strstr(out, "wrote") &&
+                      strstr(out, round ? "resuming from" : "epoch 2/2 done"),
+                  "round %d: %s", round, out ? out : "(no output)");
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd,
+             "'%s' predict --set models.dir='%s' --set embed.backbone='%s/ft.fmm' "
+             "--set heads.model='%s/ft_heads.fmm' '%s/samples/sample1.jpg'",
+             bin, models, dir, dir, models);
+    out = run(cmd, &status);
+    CHECK(out && status == 0 && strstr(out, "\"age\"") && strstr(out, "\"gender_probs\""));
+    free(out);
+    snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft.fmm' general.base", bin, dir);
+    out = run(cmd, &status);
+    CHECK(out && status == 0 && strncmp(out, identity, strlen(identity)) == 0);
+    free(out);
+    snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft_heads.fmm' heads.backbone", bin, dir);
+    out = run(cmd, &status);
+    CHECK(out && status == 0 && strstr(out, "dlib_resnet trained:facemill sha256:") == out);
+    free(out);
+
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
     return fm_test_done("test_label_cli");

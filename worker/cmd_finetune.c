@@ -31,7 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -174,30 +173,25 @@ static int detect_part(const fm_config *c, char **paths, marks *m, int job, int 
     return 0;
 }
 
+typedef struct detect_ctx {
+    const fm_config *c;
+    char **paths;
+    marks *m;
+} detect_ctx;
+
+static int detect_job(void *ctx, int job, int jobs)
+{
+    detect_ctx *x = ctx;
+    return detect_part(x->c, x->paths, x->m, job, jobs);
+}
+
 static fm_status detect_all(const fm_config *c, char **paths, marks *m, int jobs,
                             fm_error *err)
 {
-    pid_t pids[64];
-    int started = 0, failed = 0;
-    fflush(NULL);
-    for (int j = 0; j < jobs; j++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            failed = 1;
-            break;
-        }
-        if (pid == 0)
-            _exit(detect_part(c, paths, m, j, jobs));
-        pids[started++] = pid;
-    }
-    for (int j = 0; j < started; j++) {
-        int status = 0;
-        while (waitpid(pids[j], &status, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-            failed = 1;
-    }
-    return failed ? fm_error_set(err, FM_ERR_INTERNAL, "face detection failed") : FM_OK;
+    detect_ctx x = {c, paths, m};
+    return fm_cmd_fork_parts(jobs, detect_job, &x)
+               ? fm_error_set(err, FM_ERR_INTERNAL, "face detection failed")
+               : FM_OK;
 }
 
 static void marks_key(char *buf, size_t size, const fm_config *c)
@@ -284,17 +278,6 @@ static void on_progress(void *ctx, const fm_ft_progress *p)
 }
 
 /* ---- the command -------------------------------------------------------------------- */
-
-static int parse_num(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end || errno || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
-}
 
 /* `git describe --always --dirty` of the source tree this binary was built from, or
  * "unknown" (no git, or not built from a checkout). */
@@ -409,74 +392,74 @@ int fm_cmd_finetune(int argc, char **argv)
         else if (OPT("--landmarks"))
             landmarks = v;
         else if (OPT("--holdout"))
-            bad = parse_num(v, 0.001, 0.9, &holdout);
+            bad = fm_cmd_parse_num(v, 0.001, 0.9, &holdout);
         else if (OPT("--jobs"))
-            bad = parse_num(v, 1, 64, &jobs);
+            bad = fm_cmd_parse_num(v, 1, 64, &jobs);
         else if (OPT("--threads"))
-            bad = parse_num(v, 1, 1024, &threads);
+            bad = fm_cmd_parse_num(v, 1, 1024, &threads);
         else if (OPT("--limit"))
-            bad = parse_num(v, 1, 1e9, &limit);
+            bad = fm_cmd_parse_num(v, 1, 1e9, &limit);
         else if (OPT("--from")) {
             int b = fm_ft_block_index(v);
             bad = b < FM_FT_STEM;
             o.train_from = bad ? o.train_from : b;
         } else if (OPT("--epochs")) {
-            bad = parse_num(v, 1, 10000, &num);
+            bad = fm_cmd_parse_num(v, 1, 10000, &num);
             o.max_epochs = (int)num;
         } else if (OPT("--patience")) {
-            bad = parse_num(v, 1, 10000, &num);
+            bad = fm_cmd_parse_num(v, 1, 10000, &num);
             o.patience = (int)num;
         } else if (OPT("--batch")) {
-            bad = parse_num(v, 1, 1024, &num);
+            bad = fm_cmd_parse_num(v, 1, 1024, &num);
             o.batch = (int)num;
         } else if (OPT("--optimizer")) {
             bad = strcmp(v, "adamw") != 0 && strcmp(v, "sgd") != 0;
             o.optimizer = strcmp(v, "sgd") == 0 ? FM_FT_SGD : FM_FT_ADAMW;
         } else if (OPT("--momentum"))
-            bad = parse_num(v, 0, 0.999, &o.momentum);
+            bad = fm_cmd_parse_num(v, 0, 0.999, &o.momentum);
         else if (OPT("--lr"))
-            bad = parse_num(v, 0, 1, &o.lr_backbone);
+            bad = fm_cmd_parse_num(v, 0, 1, &o.lr_backbone);
         else if (OPT("--lr-mode")) {
             bad = strcmp(v, "absolute") != 0 && strcmp(v, "relative") != 0;
             o.lr_relative = strcmp(v, "relative") == 0;
         } else if (OPT("--lr-heads"))
-            bad = parse_num(v, 1e-7, 1, &o.lr_heads);
+            bad = fm_cmd_parse_num(v, 1e-7, 1, &o.lr_heads);
         else if (OPT("--wd"))
-            bad = parse_num(v, 0, 1, &o.weight_decay);
+            bad = fm_cmd_parse_num(v, 0, 1, &o.weight_decay);
         else if (OPT("--schedule")) {
             bad = strcmp(v, "cosine") != 0 && strcmp(v, "step") != 0;
             o.schedule = strcmp(v, "step") == 0 ? FM_FT_STEP : FM_FT_COSINE;
         } else if (OPT("--step-epochs"))
-            bad = parse_num(v, 0.01, 1e4, &o.step_epochs);
+            bad = fm_cmd_parse_num(v, 0.01, 1e4, &o.step_epochs);
         else if (OPT("--step-gamma"))
-            bad = parse_num(v, 1e-4, 1, &o.step_gamma);
+            bad = fm_cmd_parse_num(v, 1e-4, 1, &o.step_gamma);
         else if (OPT("--warmup"))
-            bad = parse_num(v, 0, 1e4, &o.warmup_epochs);
+            bad = fm_cmd_parse_num(v, 0, 1e4, &o.warmup_epochs);
         else if (OPT("--hidden")) {
-            bad = parse_num(v, 1, 65536, &num);
+            bad = fm_cmd_parse_num(v, 1, 65536, &num);
             o.hidden = (int)num;
         } else if (OPT("--dropout"))
-            bad = parse_num(v, 0, 0.95, &o.dropout);
+            bad = fm_cmd_parse_num(v, 0, 0.95, &o.dropout);
         else if (OPT("--age-sigma"))
-            bad = parse_num(v, 0, 30, &o.age_sigma);
+            bad = fm_cmd_parse_num(v, 0, 30, &o.age_sigma);
         else if (OPT("--flip")) {
             bad = strcmp(v, "on") != 0 && strcmp(v, "off") != 0;
             o.flip = strcmp(v, "on") == 0;
         } else if (OPT("--shift"))
-            bad = parse_num(v, 0, 64, &o.shift_px);
+            bad = fm_cmd_parse_num(v, 0, 64, &o.shift_px);
         else if (OPT("--scale"))
-            bad = parse_num(v, 0, 0.49, &o.scale_jitter);
+            bad = fm_cmd_parse_num(v, 0, 0.49, &o.scale_jitter);
         else if (OPT("--rotate"))
-            bad = parse_num(v, 0, 45, &o.rotate_deg);
+            bad = fm_cmd_parse_num(v, 0, 45, &o.rotate_deg);
         else if (OPT("--brightness"))
-            bad = parse_num(v, 0, 255, &o.brightness);
+            bad = fm_cmd_parse_num(v, 0, 255, &o.brightness);
         else if (OPT("--contrast"))
-            bad = parse_num(v, 0, 0.99, &o.contrast);
+            bad = fm_cmd_parse_num(v, 0, 0.99, &o.contrast);
         else if (OPT("--checkpoint-steps")) {
-            bad = parse_num(v, 0, 1e9, &num);
+            bad = fm_cmd_parse_num(v, 0, 1e9, &num);
             o.checkpoint_steps = (int)num;
         } else if (OPT("--seed")) {
-            bad = parse_num(v, 0, 9007199254740992.0, &num);
+            bad = fm_cmd_parse_num(v, 0, 9007199254740992.0, &num);
             o.seed = (uint64_t)num;
         } else if (m == 0) {
             fprintf(stderr, "facemill train: unknown argument '%s'\n\n", a);

@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -170,35 +169,25 @@ static int extract_part(const fm_config *c, char **paths, features *f, int job, 
     return rc;
 }
 
+typedef struct extract_ctx {
+    const fm_config *c;
+    char **paths;
+    features *f;
+} extract_ctx;
+
+static int extract_job(void *ctx, int job, int jobs)
+{
+    extract_ctx *x = ctx;
+    return extract_part(x->c, x->paths, x->f, job, jobs);
+}
+
 static fm_status extract(const fm_config *c, char **paths, features *f, int jobs,
                          fm_error *err)
 {
-    if (jobs <= 1)
-        return extract_part(c, paths, f, 0, 1)
-                   ? fm_error_set(err, FM_ERR_INTERNAL, "feature extraction failed")
-                   : FM_OK;
-    pid_t pids[64];
-    int started = 0, failed = 0;
-    fflush(NULL);
-    for (int j = 0; j < jobs; j++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            failed = 1;
-            break;
-        }
-        if (pid == 0)
-            _exit(extract_part(c, paths, f, j, jobs));
-        pids[started++] = pid;
-    }
-    for (int j = 0; j < started; j++) {
-        int status = 0;
-        while (waitpid(pids[j], &status, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-            failed = 1;
-    }
-    return failed ? fm_error_set(err, FM_ERR_INTERNAL, "feature extraction failed")
-                  : FM_OK;
+    extract_ctx x = {c, paths, f};
+    return fm_cmd_fork_parts(jobs, extract_job, &x)
+               ? fm_error_set(err, FM_ERR_INTERNAL, "feature extraction failed")
+               : FM_OK;
 }
 
 static fm_status features_alloc(features *f, int n, int row, fm_error *err)
@@ -326,17 +315,6 @@ static int parse_hidden(const char *s, fm_train_opts *o)
     return o->n_hidden > 0 ? 0 : -1;
 }
 
-static int parse_num(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end || errno || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
-}
-
 int fm_cmd_train(int argc, char **argv)
 {
     int frozen = 0;
@@ -389,9 +367,9 @@ int fm_cmd_train(int argc, char **argv)
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--cache", &v)) > 0)
             cache = v;
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--holdout", &v)) > 0)
-            bad = parse_num(v, 0.001, 0.9, &holdout);
+            bad = fm_cmd_parse_num(v, 0.001, 0.9, &holdout);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--jobs", &v)) > 0)
-            bad = parse_num(v, 1, 64, &jobs);
+            bad = fm_cmd_parse_num(v, 1, 64, &jobs);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--feature", &v)) > 0) {
             int f = fm_backbone_output_parse(v);
             bad = f < 0;
@@ -402,26 +380,26 @@ int fm_cmd_train(int argc, char **argv)
         } else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--hidden", &v)) > 0)
             bad = parse_hidden(v, &o);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--dropout", &v)) > 0)
-            bad = parse_num(v, 0, 0.95, &o.dropout);
+            bad = fm_cmd_parse_num(v, 0, 0.95, &o.dropout);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--lr", &v)) > 0)
-            bad = parse_num(v, 1e-7, 1, &o.lr);
+            bad = fm_cmd_parse_num(v, 1e-7, 1, &o.lr);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--wd", &v)) > 0)
-            bad = parse_num(v, 0, 1, &o.weight_decay);
+            bad = fm_cmd_parse_num(v, 0, 1, &o.weight_decay);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--age-sigma", &v)) > 0)
-            bad = parse_num(v, 0, 30, &o.age_sigma);
+            bad = fm_cmd_parse_num(v, 0, 30, &o.age_sigma);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--age-weight", &v)) > 0)
-            bad = parse_num(v, 0.01, 100, &o.age_weight);
+            bad = fm_cmd_parse_num(v, 0.01, 100, &o.age_weight);
         else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--batch", &v)) > 0) {
-            bad = parse_num(v, 1, 65536, &num);
+            bad = fm_cmd_parse_num(v, 1, 65536, &num);
             o.batch = (int)num;
         } else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--epochs", &v)) > 0) {
-            bad = parse_num(v, 1, 100000, &num);
+            bad = fm_cmd_parse_num(v, 1, 100000, &num);
             o.max_epochs = (int)num;
         } else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--patience", &v)) > 0) {
-            bad = parse_num(v, 1, 100000, &num);
+            bad = fm_cmd_parse_num(v, 1, 100000, &num);
             o.patience = (int)num;
         } else if (m == 0 && (m = fm_cmd_take_opt(argc, argv, &i, "--seed", &v)) > 0) {
-            bad = parse_num(v, 0, 9007199254740992.0, &num);
+            bad = fm_cmd_parse_num(v, 0, 9007199254740992.0, &num);
             o.seed = (uint64_t)num;
         } else if (m == 0) {
             fprintf(stderr, "facemill train: unknown argument '%s'\n\n", a);

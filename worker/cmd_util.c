@@ -8,7 +8,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 int fm_cmd_take_opt(int argc, char **argv, int *i, const char *name, const char **val)
 {
@@ -26,6 +28,44 @@ int fm_cmd_take_opt(int argc, char **argv, int *i, const char *name, const char 
         return -1;
     *val = argv[++*i];
     return 1;
+}
+
+int fm_cmd_parse_num(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end || errno || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int fm_cmd_fork_parts(int jobs, int (*part)(void *ctx, int job, int jobs), void *ctx)
+{
+    if (jobs <= 1)
+        return part(ctx, 0, 1) ? -1 : 0;
+    pid_t pids[64];
+    int started = 0, failed = 0;
+    fflush(NULL); /* buffered output must not be written twice by the children */
+    for (int j = 0; j < jobs && j < 64; j++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            failed = 1;
+            break;
+        }
+        if (pid == 0)
+            _exit(part(ctx, j, jobs));
+        pids[started++] = pid;
+    }
+    for (int j = 0; j < started; j++) {
+        int status = 0;
+        while (waitpid(pids[j], &status, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            failed = 1;
+    }
+    return failed || started < jobs ? -1 : 0;
 }
 
 double fm_cmd_now_ms(void)

@@ -13,6 +13,15 @@
  * the value is missing. */
 int fm_cmd_take_opt(int argc, char **argv, int *i, const char *name, const char **val);
 
+/* Parses s as a number in [lo, hi] into *out; returns 0, or -1 (out untouched) for
+ * anything else (trailing characters, out of range, NaN). */
+int fm_cmd_parse_num(const char *s, double lo, double hi, double *out);
+
+/* Runs part(ctx, job, jobs) for job 0..jobs-1 in forked processes (or inline when
+ * jobs <= 1) and waits for all. The parts share memory only through what was mapped
+ * MAP_SHARED before the call. Returns 0 when every part returned 0, else -1. */
+int fm_cmd_fork_parts(int jobs, int (*part)(void *ctx, int job, int jobs), void *ctx);
+
 /* Milliseconds of CLOCK_MONOTONIC. */
 double fm_cmd_now_ms(void);
 
