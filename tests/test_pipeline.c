@@ -6,13 +6,18 @@
  *  - images given as bytes equal images given as paths;
  *  - a batch equals the same images run one at a time (faces batched across images
  *    into several backbone calls change nothing);
+ *  - embed.tta_zoom: the heads read the mean features of the face, zoomed out and
+ *    in, and the mirror images, cut here independently;
+ *  - an ensemble of two backbone + heads pairs answers the mean of the two;
  *  - kept features: face and mirror image describe the same person;
  *  - heads trained on another backbone, or reading another length, are refused;
  *  - without heads, results carry boxes and landmarks only. */
 #include "fm_test.h"
 #include "heads_fixture.h"
 
+#include "facemill/align.h"
 #include "facemill/config.h"
+#include "facemill/image.h"
 #include "facemill/pipeline.h"
 
 #include <math.h>
@@ -187,6 +192,163 @@ int main(void)
         fm_pipeline_close(&p);
     }
     c.embed.batch = 5;
+
+    /* embed.tta_zoom: the heads read the mean pooled features of six chips, the face
+     * as aligned, sampled from a region 1.1 and 0.9 times as large, each with its
+     * mirror image; the chips are cut here independently of the pipeline */
+    c.embed.tta_zoom = 0.1;
+    st = fm_pipeline_open(&p, &c, NULL, &err);
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    if (p) {
+        CHECK(fm_pipeline_run(p, in, 1, res, &err) == FM_OK && res[0].n_faces == nf[0]);
+        fm_decoder *dec = NULL;
+        fm_decode_opts dop = {0};
+        dop.target_side = fm_pipeline_detect_opts(p)->max_side;
+        fm_image img;
+        fm_heads *h = NULL;
+        CHECK(fm_decoder_new(&dec, &dop, &err) == FM_OK &&
+              fm_decode_file(dec, sample[0], &img, &err) == FM_OK &&
+              fm_heads_open(&h, heads, 256, &err) == FM_OK);
+        const fm_backbone *pb = fm_pipeline_backbone(p);
+        int W = 0, H = 0;
+        fm_backbone_input_size(pb, &H, &W);
+        fm_backbone *b1 = NULL;
+        CHECK(fm_backbone_open(&b1, bb, 1, &err) == FM_OK);
+        uint8_t *chip = malloc((size_t)W * H * 3);
+        float pooled[256], mean[256], emb[128];
+        for (int j = 0; h && b1 && chip && j < res[0].n_faces && j < 3; j++) {
+            double num = img.scale_num, den = img.scale_denom;
+            float lm[10], mir[10], M[6], inv[6];
+            for (int k = 0; k < 10; k++)
+                lm[k] = (float)((res[0].faces[j].det.landmarks[k] + 0.5) * num / den - 0.5);
+            static const int swap[5] = {1, 0, 2, 4, 3};
+            for (int k = 0; k < 5; k++) {
+                mir[2 * k] = (float)(img.w - 1) - lm[2 * swap[k]];
+                mir[2 * k + 1] = lm[2 * swap[k] + 1];
+            }
+            memset(mean, 0, sizeof mean);
+            const double zoom[3] = {1.0, 1.1, 0.9};
+            for (int v = 0; v < 6; v++) {
+                int m = v % 2;
+                CHECK(fm_align_similarity(m ? mir : lm, fm_backbone_template(pb), 5, M,
+                                          &err) == FM_OK &&
+                      fm_align_invert(M, inv, &err) == FM_OK);
+                /* output pixel -> scaled about the chip centre -> (mirrored) photo */
+                double z = zoom[v / 2], cx = (W - 1) / 2.0, cy = (H - 1) / 2.0;
+                float A[6];
+                for (int r = 0; r < 2; r++) {
+                    double a = inv[3 * r], bb2 = inv[3 * r + 1], off = inv[3 * r + 2];
+                    A[3 * r] = (float)(a * z);
+                    A[3 * r + 1] = (float)(bb2 * z);
+                    A[3 * r + 2] = (float)(a * (cx - z * cx) + bb2 * (cy - z * cy) + off);
+                }
+                if (m) { /* x in the mirrored photo is R - x in the photo */
+                    A[0] = -A[0];
+                    A[1] = -A[1];
+                    A[2] = (float)(img.w - 1) - A[2];
+                }
+                fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
+                fm_align_warp(img.data, img.w, img.h, img.stride, 3, A, chip, W, H, &wo);
+                const uint8_t *cp = chip;
+                float *outs[FM_BACKBONE_OUTPUT_COUNT] = {0};
+                outs[FM_BACKBONE_EMBEDDING] = emb;
+                outs[FM_BACKBONE_POOLED] = pooled;
+                CHECK(fm_backbone_forward(b1, &cp, 1, outs, &err) == FM_OK);
+                for (int d = 0; d < 256; d++)
+                    mean[d] += pooled[d] / 6;
+            }
+            fm_attrs want;
+            CHECK(fm_heads_forward(h, mean, 1, &want, &err) == FM_OK);
+            const fm_attrs *got = &res[0].faces[j].attrs;
+            CHECK_MSG(fabs(got->age - want.age) < 2e-3 &&
+                          fabs(got->gender_probs[0] - want.gender_probs[0]) < 1e-4 &&
+                          fabs(got->race_probs[0] - want.race_probs[0]) < 1e-4,
+                      "face %d: age %g vs %g", j, got->age, want.age);
+        }
+        /* the zoomed views change the answer (a little) */
+        if (res[0].n_faces == nf[0] && nf[0] > 0) {
+            double d = fabs(res[0].faces[nf[0] - 1].attrs.age - first[0].age);
+            CHECK_MSG(d > 1e-3 && d < 10, "age moved by %g", d);
+        }
+        free(chip);
+        fm_backbone_close(&b1);
+        fm_heads_close(&h);
+        fm_decoder_destroy(&dec);
+        fm_pipeline_close(&p);
+    }
+    c.embed.tta_zoom = 0;
+
+    /* an ensemble: two backbones (here the same file twice) with heads of their own
+     * (one averaging the mirror image, one not); the answer is the mean of the two
+     * pipelines' answers, the age spread that of the mixture */
+    {
+        char heads2[900];
+        snprintf(heads2, sizeof heads2, "%s/heads2.fmm", tmpdir);
+        CHECK(fixture_write_heads(heads2, identity, "pooled", 0, 256, 1, hidden) == 0);
+        fm_image_result r1, r2, re;
+        fm_attrs a1[16], a2[16];
+        int n1 = 0, n2 = 0;
+        const char *files[2] = {heads, heads2};
+        for (int m = 0; m < 2; m++) {
+            config_for(&c, files[m]);
+            CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_OK);
+            if (!p)
+                continue;
+            CHECK(fm_pipeline_run(p, in, 1, m ? &r2 : &r1, &err) == FM_OK);
+            int nn = m ? r2.n_faces : r1.n_faces;
+            for (int j = 0; j < nn && j < 16; j++)
+                (m ? a2 : a1)[j] = (m ? r2 : r1).faces[j].attrs;
+            *(m ? &n2 : &n1) = nn < 16 ? nn : 16;
+            fm_pipeline_close(&p);
+        }
+        config_for(&c, NULL);
+        snprintf(c.embed.backbone, sizeof c.embed.backbone, "dlib_resnet.fmm, dlib_resnet.fmm");
+        CHECK(snprintf(c.heads.model, sizeof c.heads.model, "%s,%s", heads, heads2) <
+              (int)sizeof c.heads.model);
+        st = fm_pipeline_open(&p, &c, NULL, &err);
+        CHECK_MSG(st == FM_OK, "%s", err.msg);
+        if (p) {
+            CHECK(fm_pipeline_run(p, in, 1, &re, &err) == FM_OK);
+            CHECK(re.n_faces == n1 && n1 == n2 && n1 > 0);
+            for (int j = 0; j < n1 && j < re.n_faces; j++) {
+                const fm_attrs *e = &re.faces[j].attrs;
+                double age = 0.5 * (a1[j].age + a2[j].age);
+                double m2 = 0.5 * (a1[j].age_std * a1[j].age_std + a1[j].age * a1[j].age +
+                                   a2[j].age_std * a2[j].age_std + a2[j].age * a2[j].age);
+                CHECK_MSG(fabs(e->age - age) < 2e-3 &&
+                              fabs(e->age_std - sqrt(m2 - age * age)) < 2e-3,
+                          "face %d: age %g +- %g", j, e->age, e->age_std);
+                CHECK(fabs(e->gender_probs[1] -
+                           0.5 * (a1[j].gender_probs[1] + a2[j].gender_probs[1])) < 1e-4);
+                for (int k = 0; k < 5; k++)
+                    CHECK(fabs(e->race_probs[k] -
+                               0.5 * (a1[j].race_probs[k] + a2[j].race_probs[k])) < 1e-4);
+                check_attrs(e);
+                CHECK(fabs(e->age - a1[j].age) > 1e-3); /* both members count */
+            }
+            fm_pipeline_close(&p);
+        }
+        /* lists that do not pair up, or are malformed, are refused with the reason */
+        snprintf(c.heads.model, sizeof c.heads.model, "%s", heads);
+        CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_INVALID && p == NULL);
+        CHECK_MSG(strstr(err.msg, "one heads file for each") != NULL, "%s", err.msg);
+        snprintf(c.embed.backbone, sizeof c.embed.backbone, "dlib_resnet.fmm,");
+        CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_INVALID && p == NULL);
+        snprintf(c.embed.backbone, sizeof c.embed.backbone, "dlib_resnet.fmm,dlib_resnet_ft.fmm");
+        CHECK(snprintf(c.heads.model, sizeof c.heads.model, "%s,%s", heads, heads2) <
+              (int)sizeof c.heads.model);
+        st = fm_pipeline_open(&p, &c, NULL, &err);
+        CHECK(p == NULL && (st == FM_ERR_INVALID || st == FM_ERR_IO));
+        if (st == FM_ERR_INVALID) /* the fine-tuned file is there: its identity differs */
+            CHECK_MSG(strstr(err.msg, "backbone 2") != NULL, "%s", err.msg);
+        char list[8][FM_CONFIG_STRING_MAX];
+        CHECK(fm_pipeline_split_list(" a.fmm ,b/c.fmm", list, 8) == 2 &&
+              strcmp(list[0], "a.fmm") == 0 && strcmp(list[1], "b/c.fmm") == 0);
+        CHECK(fm_pipeline_split_list("a,,b", list, 8) == -1);
+        CHECK(fm_pipeline_split_list("a,b,c", list, 2) == -1);
+        unlink(heads2);
+        config_for(&c, heads);
+    }
 
     /* kept features, no heads */
     fm_pipeline_opts keep = {2, 1, 1};

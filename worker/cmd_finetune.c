@@ -513,6 +513,11 @@ int fm_cmd_finetune(int argc, char **argv)
 
     /* the base backbone and the trainer first: bad options fail before the long part */
     char base_path[2 * FM_CONFIG_STRING_MAX + 2];
+    if (strchr(c.embed.backbone, ',')) {
+        fprintf(stderr, "facemill train: embed.backbone '%s' is a list; fine-tuning starts "
+                        "from one backbone\n", c.embed.backbone);
+        goto done;
+    }
     if (c.embed.backbone[0] == '/')
         snprintf(base_path, sizeof base_path, "%s", c.embed.backbone);
     else

@@ -342,6 +342,11 @@ int fm_cmd_train(int argc, char **argv)
         return 1;
     }
     fm_log_init("train", c.log.level);
+    if (strchr(c.embed.backbone, ',')) {
+        fprintf(stderr, "facemill train: embed.backbone '%s' is a list; training reads "
+                        "one backbone\n", c.embed.backbone);
+        return 1;
+    }
 
     const char *train_dir = NULL, *val_dir = NULL, *out_path = NULL, *cache = NULL;
     double holdout = 0.1, jobs = 2, flip = 1, num;

@@ -85,11 +85,17 @@ const fm_config_setting fm_config_settings[] = {
               "gray border added around the image before detection, as a fraction of its "
               "long side (for tightly cropped faces)"),
     SET_STRING("embed.backbone", embed.backbone, "dlib_resnet_ft.fmm", 1,
-               "backbone model file: a name in models.dir, or a path containing '/'"),
+               "backbone model file: a name in models.dir, or a path containing '/'; "
+               "several separated by commas make an ensemble (one heads file each)"),
     SET_INT("embed.batch", embed.batch, 16, 1, 1024,
             "aligned faces (mirror images included) per backbone call"),
+    SET_FLOAT("embed.tta_zoom", embed.tta_zoom, 0.0, 0.0, 0.3,
+              "test-time augmentation for the heads: besides the aligned face, views "
+              "zoomed out and in by this fraction, features averaged (3x the backbone "
+              "work); 0: off"),
     SET_STRING("heads.model", heads.model, "models/heads_dlib_ft.fmm", 0,
-               "attribute heads model file; empty: boxes and landmarks only"),
+               "attribute heads model file (for an ensemble, one per backbone, separated "
+               "by commas); empty: boxes and landmarks only"),
     SET_STRING("broker.clients", broker.clients, "tcp://127.0.0.1:5570", 1,
                "broker ROUTER endpoint clients connect to (the broker binds it)"),
     SET_STRING("broker.workers", broker.workers, "tcp://127.0.0.1:5571", 1,

@@ -12,11 +12,24 @@
 #include "facemill/image.h"
 #include "facemill/log.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #define DEFAULT_MAX_IMAGES 16
+
+/* A member of an ensemble after the first: its backbone runs on the same chips, its
+ * heads on its own features, and the members' answers are averaged. */
+typedef struct member {
+    fm_backbone *bb;
+    fm_heads *heads;
+    fm_backbone_output hf; /* the output its heads read */
+    int hd;                /* its length */
+    int heads_mirror;      /* its heads average the mirror views */
+    size_t off;            /* of that output, view 0, in a slot */
+    float *out;            /* batch x hd */
+} member;
 
 struct fm_pipeline {
     fm_pipeline_opts opts;
@@ -30,7 +43,10 @@ struct fm_pipeline {
     int in_h, in_w;
     float tmpl[10];
     int embed;                        /* run the backbone at all */
-    int views;                        /* chips per face: 1, or 2 with the mirror */
+    int mirror;                       /* 2: each view also as its mirror image, else 1 */
+    int views;                        /* chips per face: zooms x mirror (embed.tta_zoom) */
+    float zoom[3];                    /* template scale of each zoom; [0] is 1 */
+    int heads_mirror;                 /* the heads' mean includes the mirror views */
     int want[FM_BACKBONE_OUTPUT_COUNT]; /* outputs computed */
     int dims[FM_BACKBONE_OUTPUT_COUNT];
     size_t feat_off[FM_BACKBONE_OUTPUT_COUNT]; /* of output k, view 0, in a slot */
@@ -46,8 +62,11 @@ struct fm_pipeline {
     int *chip_slot, *chip_view;       /* batch */
     float *bb_out[FM_BACKBONE_OUTPUT_COUNT]; /* batch x dims[k] */
     /* the heads call */
-    float *heads_in;                  /* slots x heads dim */
-    fm_attrs *attrs;                  /* slots */
+    float *heads_in;                  /* slots x the largest heads dim */
+    fm_attrs *attrs;                  /* slots x members */
+    /* members 1.. of an ensemble (lists in embed.backbone and heads.model) */
+    int n_extra;
+    member extra[FM_PIPELINE_MAX_MEMBERS - 1];
     int *heads_slot;                  /* slots */
 };
 
@@ -58,15 +77,81 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
-fm_status fm_pipeline_backbone_path(const fm_config *c, char *buf, size_t size,
-                                    fm_error *err)
+int fm_pipeline_split_list(const char *s, char out[][FM_CONFIG_STRING_MAX], int max)
 {
-    int n = strchr(c->embed.backbone, '/')
-                ? snprintf(buf, size, "%s", c->embed.backbone)
-                : snprintf(buf, size, "%s/%s", c->models.dir, c->embed.backbone);
+    int n = 0;
+    while (*s) {
+        const char *e = strchr(s, ',');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        while (len > 0 && (*s == ' ' || *s == '\t')) {
+            s++;
+            len--;
+        }
+        while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+            len--;
+        if (len == 0 || len >= FM_CONFIG_STRING_MAX || n == max)
+            return -1;
+        memcpy(out[n], s, len);
+        out[n++][len] = '\0';
+        if (!e)
+            break;
+        s = e + 1;
+        if (!*s)
+            return -1; /* a trailing comma */
+    }
+    return n;
+}
+
+static fm_status member_path(const fm_config *c, const char *name, char *buf, size_t size,
+                             fm_error *err)
+{
+    int n = strchr(name, '/') ? snprintf(buf, size, "%s", name)
+                              : snprintf(buf, size, "%s/%s", c->models.dir, name);
     if (n < 0 || (size_t)n >= size)
         return fm_error_set(err, FM_ERR_LIMIT, "embed.backbone: path too long");
     return FM_OK;
+}
+
+fm_status fm_pipeline_backbone_path(const fm_config *c, char *buf, size_t size,
+                                    fm_error *err)
+{
+    char names[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
+    if (fm_pipeline_split_list(c->embed.backbone, names, FM_PIPELINE_MAX_MEMBERS) < 1)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "embed.backbone '%s': one file name, or up to %d separated by "
+                            "commas", c->embed.backbone, FM_PIPELINE_MAX_MEMBERS);
+    return member_path(c, names[0], buf, size, err);
+}
+
+/* Combines the answers of n members: the mean of the probabilities, and the mean and
+ * spread of the mixture of the age distributions. */
+static void combine(const fm_attrs *a, int n, size_t stride, fm_attrs *out)
+{
+    double age = 0, m2 = 0, g[FM_HEADS_GENDERS] = {0}, r[FM_HEADS_RACES] = {0};
+    for (int i = 0; i < n; i++) {
+        const fm_attrs *x = a + (size_t)i * stride;
+        age += x->age;
+        m2 += (double)x->age_std * x->age_std + (double)x->age * x->age;
+        for (int k = 0; k < FM_HEADS_GENDERS; k++)
+            g[k] += x->gender_probs[k];
+        for (int k = 0; k < FM_HEADS_RACES; k++)
+            r[k] += x->race_probs[k];
+    }
+    age /= n;
+    m2 = m2 / n - age * age;
+    out->age = (float)age;
+    out->age_std = (float)sqrt(m2 > 0 ? m2 : 0);
+    out->gender = out->race = 0;
+    for (int k = 0; k < FM_HEADS_GENDERS; k++) {
+        out->gender_probs[k] = (float)(g[k] / n);
+        if (out->gender_probs[k] > out->gender_probs[out->gender])
+            out->gender = k;
+    }
+    for (int k = 0; k < FM_HEADS_RACES; k++) {
+        out->race_probs[k] = (float)(r[k] / n);
+        if (out->race_probs[k] > out->race_probs[out->race])
+            out->race = k;
+    }
 }
 
 fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
@@ -108,9 +193,30 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
     if ((st = fm_decoder_new(&p->dec, &dec, err)) != FM_OK)
         goto fail;
 
+    char bnames[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
+    char hnames[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
+    int nb = fm_pipeline_split_list(c->embed.backbone, bnames, FM_PIPELINE_MAX_MEMBERS);
+    int nh = 0;
+    if (nb < 1) {
+        st = fm_error_set(err, FM_ERR_INVALID,
+                          "embed.backbone '%s': one file name, or up to %d separated by "
+                          "commas", c->embed.backbone, FM_PIPELINE_MAX_MEMBERS);
+        goto fail;
+    }
     if (!p->opts.no_heads && c->heads.model[0]) {
-        if ((st = fm_heads_open(&p->heads, c->heads.model, 256, err)) != FM_OK)
+        nh = fm_pipeline_split_list(c->heads.model, hnames, FM_PIPELINE_MAX_MEMBERS);
+        if (nh != nb) {
+            st = fm_error_set(err, FM_ERR_INVALID,
+                              "heads.model '%s': one heads file for each of the %d "
+                              "backbone(s) in embed.backbone, in the same order",
+                              c->heads.model, nb);
             goto fail;
+        }
+        if ((st = fm_heads_open(&p->heads, hnames[0], 256, err)) != FM_OK)
+            goto fail;
+        for (int m = 1; m < nh; m++, p->n_extra++)
+            if ((st = fm_heads_open(&p->extra[m - 1].heads, hnames[m], 256, err)) != FM_OK)
+                goto fail;
     }
     p->embed = p->heads || p->opts.keep_features;
     p->faces = calloc((size_t)p->slots, sizeof *p->faces);
@@ -125,10 +231,22 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
     }
 
     char path[FM_CONFIG_STRING_MAX + 64];
-    /* a face and its mirror image go into the same backbone call */
-    int two = p->opts.keep_features || (p->heads && fm_heads_flip(p->heads));
-    int batch = c->embed.batch < 2 && two ? 2 : (int)c->embed.batch;
-    if ((st = fm_pipeline_backbone_path(c, path, sizeof path, err)) != FM_OK ||
+    /* the views of a face go into the same backbone call: view z * mirror + m is zoom
+     * z (0: as aligned), mirrored when m is 1 */
+    p->mirror = p->opts.keep_features || (p->heads && fm_heads_flip(p->heads)) ? 2 : 1;
+    for (int m = 0; m < p->n_extra; m++)
+        if (fm_heads_flip(p->extra[m].heads))
+            p->mirror = 2;
+    int zooms = p->heads && c->embed.tta_zoom > 0 ? 3 : 1;
+    p->zoom[0] = 1.0f;
+    p->zoom[1] = (float)(1.0 + c->embed.tta_zoom); /* face smaller: more context */
+    p->zoom[2] = (float)(1.0 - c->embed.tta_zoom);
+    p->views = zooms * p->mirror;
+    /* the heads read the mean over every view, but the mirror images only when they
+     * were trained so (heads.flip) */
+    p->heads_mirror = p->heads && fm_heads_flip(p->heads);
+    int batch = c->embed.batch < p->views ? p->views : (int)c->embed.batch;
+    if ((st = member_path(c, bnames[0], path, sizeof path, err)) != FM_OK ||
         (st = fm_heads_backbone_identity(path, p->identity, sizeof p->identity, err)) !=
             FM_OK ||
         (st = fm_backbone_open(&p->bb, path, batch, err)) != FM_OK)
@@ -137,36 +255,78 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
     memcpy(p->tmpl, fm_backbone_template(p->bb), sizeof p->tmpl);
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
         p->dims[k] = fm_backbone_dim(p->bb, (fm_backbone_output)k);
-    p->views = 1;
-    if (p->opts.keep_features) {
-        p->views = 2;
+    if (p->opts.keep_features)
         p->want[FM_BACKBONE_EMBEDDING] = p->want[FM_BACKBONE_POOLED] = 1;
-    }
     if (p->heads) {
         fm_backbone_output f = fm_heads_feature(p->heads);
         if (strcmp(fm_heads_backbone(p->heads), p->identity) != 0) {
             st = fm_error_set(err, FM_ERR_INVALID,
                               "%s: heads trained on backbone '%s', but embed.backbone %s is "
-                              "'%s'", c->heads.model, fm_heads_backbone(p->heads), path,
+                              "'%s'", hnames[0], fm_heads_backbone(p->heads), path,
                               p->identity);
             goto fail;
         }
         if (fm_heads_input_dim(p->heads) != p->dims[f]) {
             st = fm_error_set(err, FM_ERR_INVALID,
                               "%s: heads read %d values of '%s', the backbone gives %d",
-                              c->heads.model, fm_heads_input_dim(p->heads),
+                              hnames[0], fm_heads_input_dim(p->heads),
                               fm_backbone_output_name(f), p->dims[f]);
             goto fail;
         }
         p->want[f] = 1;
-        if (fm_heads_flip(p->heads))
-            p->views = 2;
     }
     p->feat_stride = 0;
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++) {
         p->feat_off[k] = p->feat_stride;
         if (p->want[k])
-            p->feat_stride += 2 * (size_t)p->dims[k];
+            p->feat_stride += (size_t)p->views * (size_t)p->dims[k];
+    }
+    int max_hd = p->heads ? fm_heads_input_dim(p->heads) : 0;
+    for (int m = 0; m < p->n_extra; m++) {
+        member *e = &p->extra[m];
+        char id[1024];
+        int h = 0, w = 0;
+        if ((st = member_path(c, bnames[m + 1], path, sizeof path, err)) != FM_OK ||
+            (st = fm_heads_backbone_identity(path, id, sizeof id, err)) != FM_OK ||
+            (st = fm_backbone_open(&e->bb, path, batch, err)) != FM_OK)
+            goto fail;
+        if (strcmp(fm_heads_backbone(e->heads), id) != 0) {
+            st = fm_error_set(err, FM_ERR_INVALID,
+                              "%s: heads trained on backbone '%s', but backbone %d of "
+                              "embed.backbone, %s, is '%s'", hnames[m + 1],
+                              fm_heads_backbone(e->heads), m + 2, path, id);
+            goto fail;
+        }
+        fm_backbone_input_size(e->bb, &h, &w);
+        const float *t = fm_backbone_template(e->bb);
+        int same = h == p->in_h && w == p->in_w;
+        for (int k = 0; k < 10 && same; k++)
+            same = fabsf(t[k] - p->tmpl[k]) < 1e-4f;
+        if (!same) {
+            st = fm_error_set(err, FM_ERR_INVALID,
+                              "embed.backbone: %s takes another aligned face (input size "
+                              "or template) than %s; an ensemble's backbones must share "
+                              "them", path, bnames[0]);
+            goto fail;
+        }
+        e->hf = fm_heads_feature(e->heads);
+        e->hd = fm_backbone_dim(e->bb, e->hf);
+        if (fm_heads_input_dim(e->heads) != e->hd) {
+            st = fm_error_set(err, FM_ERR_INVALID,
+                              "%s: heads read %d values of '%s', the backbone gives %d",
+                              hnames[m + 1], fm_heads_input_dim(e->heads),
+                              fm_backbone_output_name(e->hf), e->hd);
+            goto fail;
+        }
+        e->heads_mirror = fm_heads_flip(e->heads);
+        e->off = p->feat_stride;
+        p->feat_stride += (size_t)p->views * (size_t)e->hd;
+        if (e->hd > max_hd)
+            max_hd = e->hd;
+        if (!(e->out = malloc((size_t)batch * (size_t)e->hd * sizeof(float)))) {
+            st = fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
+            goto fail;
+        }
     }
     p->batch = fm_backbone_max_batch(p->bb);
     size_t chip = (size_t)p->in_h * (size_t)p->in_w * 3;
@@ -183,9 +343,8 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
             ok = (p->bb_out[k] = malloc((size_t)p->batch * (size_t)p->dims[k] *
                                         sizeof(float))) != NULL;
     if (ok && p->heads) {
-        p->heads_in = malloc((size_t)p->slots * (size_t)fm_heads_input_dim(p->heads) *
-                             sizeof *p->heads_in);
-        p->attrs = malloc((size_t)p->slots * sizeof *p->attrs);
+        p->heads_in = malloc((size_t)p->slots * (size_t)max_hd * sizeof *p->heads_in);
+        p->attrs = malloc((size_t)p->slots * (size_t)(1 + p->n_extra) * sizeof *p->attrs);
         p->heads_slot = malloc((size_t)p->slots * sizeof *p->heads_slot);
         ok = p->heads_in && p->attrs && p->heads_slot;
     }
@@ -212,6 +371,11 @@ void fm_pipeline_close(fm_pipeline **pp)
     fm_detector_close(&p->det);
     fm_backbone_close(&p->bb);
     fm_heads_close(&p->heads);
+    for (int m = 0; m < FM_PIPELINE_MAX_MEMBERS - 1; m++) {
+        fm_backbone_close(&p->extra[m].bb);
+        fm_heads_close(&p->extra[m].heads);
+        free(p->extra[m].out);
+    }
     free(p->faces);
     free(p->stage);
     free(p->embedded);
@@ -258,12 +422,42 @@ static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
                        (size_t)p->dims[k] * sizeof(float));
         out[slot / p->max_faces].times.embed_ms += share;
     }
+    for (int m = 0; m < p->n_extra; m++) {
+        member *e = &p->extra[m];
+        float *eo[FM_BACKBONE_OUTPUT_COUNT] = {0};
+        eo[e->hf] = e->out;
+        t0 = now_ms();
+        if ((st = fm_backbone_forward(e->bb, p->chip_ptr, p->n_chips, eo, err)) != FM_OK)
+            return st;
+        share = (now_ms() - t0) / p->n_chips;
+        for (int i = 0; i < p->n_chips; i++) {
+            int slot = p->chip_slot[i], v = p->chip_view[i];
+            memcpy(p->feat + (size_t)slot * p->feat_stride + e->off +
+                       (size_t)v * (size_t)e->hd,
+                   e->out + (size_t)i * (size_t)e->hd, (size_t)e->hd * sizeof(float));
+            out[slot / p->max_faces].times.embed_ms += share;
+        }
+    }
     p->n_chips = 0;
     return FM_OK;
 }
 
-/* Cuts the chip of face f (and its mirror image when views is 2) out of img into the
- * batch. Returns 0, or -1 when the landmarks admit no alignment. */
+/* A = inv o J, J scaling chip coordinates by s about the chip's centre: s > 1 samples
+ * a larger region (the face smaller, more context), as the trainer's jitter does. */
+static void zoomed(const float inv[6], double s, int w, int h, float A[6])
+{
+    double cx = (w - 1) / 2.0, cy = (h - 1) / 2.0;
+    double tx = cx - s * cx, ty = cy - s * cy;
+    A[0] = (float)(inv[0] * s);
+    A[1] = (float)(inv[1] * s);
+    A[2] = (float)(inv[0] * tx + inv[1] * ty + inv[2]);
+    A[3] = (float)(inv[3] * s);
+    A[4] = (float)(inv[4] * s);
+    A[5] = (float)(inv[3] * tx + inv[4] * ty + inv[5]);
+}
+
+/* Cuts the views of face f (each zoom, and its mirror image when mirror is 2) out of
+ * img into the batch. Returns 0, or -1 when the landmarks admit no alignment. */
 static int align_face(fm_pipeline *p, const fm_image *img, const fm_face *f, int slot)
 {
     double num = img->scale_num > 0 ? img->scale_num : 1;
@@ -278,7 +472,7 @@ static int align_face(fm_pipeline *p, const fm_image *img, const fm_face *f, int
     /* mirror: reflect x about the image's vertical centre line, swap left and right */
     static const int swap[5] = {1, 0, 2, 4, 3};
     float minv[6];
-    if (p->views == 2) {
+    if (p->mirror == 2) {
         float R = (float)(img->w - 1);
         for (int k = 0; k < 5; k++) {
             mir[2 * k] = R - lm[2 * swap[k]];
@@ -298,7 +492,13 @@ static int align_face(fm_pipeline *p, const fm_image *img, const fm_face *f, int
     }
     for (int v = 0; v < p->views; v++) {
         int i = p->n_chips++;
-        fm_align_warp(img->data, img->w, img->h, img->stride, 3, v ? minv : inv,
+        float A[6];
+        const float *base = v % p->mirror ? minv : inv;
+        if (v < p->mirror)
+            memcpy(A, base, sizeof A);
+        else
+            zoomed(base, p->zoom[v / p->mirror], p->in_w, p->in_h, A);
+        fm_align_warp(img->data, img->w, img->h, img->stride, 3, A,
                       (uint8_t *)p->chip_ptr[i], p->in_w, p->in_h, &wo);
         p->chip_slot[i] = slot;
         p->chip_view[i] = v;
@@ -364,9 +564,7 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         return FM_OK;
 
     /* features into the results; heads over every embedded face at once */
-    int nh = 0, hd = p->heads ? fm_heads_input_dim(p->heads) : 0;
-    fm_backbone_output hf = p->heads ? fm_heads_feature(p->heads) : FM_BACKBONE_POOLED;
-    int flip = p->heads ? fm_heads_flip(p->heads) : 0;
+    int nh = 0;
     for (int i = 0; i < n; i++) {
         fm_image_result *r = &out[i];
         for (int j = 0; j < r->n_faces; j++) {
@@ -379,27 +577,44 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
                     for (int v = 0; v < 2; v++)
                         r->faces[j].features[k][v] =
                             f + p->feat_off[k] + (size_t)v * (size_t)p->dims[k];
-            if (!p->heads)
-                continue;
-            const float *a = f + p->feat_off[hf], *b = a + hd;
-            float *dst = p->heads_in + (size_t)nh * (size_t)hd;
-            for (int d = 0; d < hd; d++)
-                dst[d] = flip ? 0.5f * (a[d] + b[d]) : a[d];
-            p->heads_slot[nh++] = slot;
+            if (p->heads)
+                p->heads_slot[nh++] = slot;
         }
     }
-    if (nh > 0) {
-        double t0 = now_ms();
-        if ((st = fm_heads_forward(p->heads, p->heads_in, nh, p->attrs, err)) != FM_OK)
-            return st;
-        double share = (now_ms() - t0) / nh;
-        for (int k = 0; k < nh; k++) {
-            int slot = p->heads_slot[k];
-            fm_face_result *fr = &p->faces[slot];
-            fr->attrs = p->attrs[k];
-            fr->has_attrs = 1;
-            out[slot / p->max_faces].times.heads_ms += share;
+    if (nh == 0)
+        return FM_OK;
+    double t0 = now_ms();
+    for (int m = 0; m <= p->n_extra; m++) {
+        const member *e = m ? &p->extra[m - 1] : NULL;
+        fm_heads *h = e ? e->heads : p->heads;
+        int hd = fm_heads_input_dim(h);
+        size_t off = e ? e->off : p->feat_off[fm_heads_feature(h)];
+        int step = (e ? e->heads_mirror : p->heads_mirror) ? 1 : p->mirror;
+        int used = p->views / step;
+        for (int k = 0; k < nh; k++) { /* the mean over the views the heads read */
+            const float *a = p->feat + (size_t)p->heads_slot[k] * p->feat_stride + off;
+            float *dst = p->heads_in + (size_t)k * (size_t)hd;
+            for (int d = 0; d < hd; d++) {
+                float sum = 0;
+                for (int v = 0; v < p->views; v += step)
+                    sum += a[(size_t)v * (size_t)hd + (size_t)d];
+                dst[d] = sum / (float)used;
+            }
         }
+        if ((st = fm_heads_forward(h, p->heads_in, nh, p->attrs + (size_t)m * (size_t)nh,
+                                   err)) != FM_OK)
+            return st;
+    }
+    double share = (now_ms() - t0) / nh;
+    for (int k = 0; k < nh; k++) {
+        int slot = p->heads_slot[k];
+        fm_face_result *fr = &p->faces[slot];
+        if (p->n_extra == 0)
+            fr->attrs = p->attrs[k];
+        else
+            combine(p->attrs + k, 1 + p->n_extra, (size_t)nh, &fr->attrs);
+        fr->has_attrs = 1;
+        out[slot / p->max_faces].times.heads_ms += share;
     }
     return FM_OK;
 }

@@ -75,6 +75,7 @@ typedef struct fm_config {
     struct {
         char backbone[FM_CONFIG_STRING_MAX]; /* backbone model file (in models.dir) */
         int64_t batch;                       /* aligned faces per backbone call */
+        double tta_zoom; /* > 0: also views zoomed out and in by this fraction */
     } embed;
     struct {
         char model[FM_CONFIG_STRING_MAX]; /* heads model file; "" = no heads */

@@ -86,7 +86,15 @@ typedef struct fm_image_result {
  * detect.pad), the backbone (embed.backbone, embed.batch), the heads (heads.model,
  * unless empty or opts->no_heads) and a decoder (decode.*). Checks that the heads
  * were trained on this backbone (heads.backbone equals the backbone's identity) and
- * read a vector of the right length. opts may be NULL (defaults). Does not set
+ * read a vector of the right length.
+ *
+ * Ensembles: embed.backbone and heads.model may each list up to
+ * FM_PIPELINE_MAX_MEMBERS files separated by commas, heads file i for backbone i.
+ * Every backbone runs on the same aligned chips (they must share input size and
+ * template), each heads file on its own backbone's features, and the answers are
+ * averaged: the probabilities, and the age distributions as a mixture (its mean and
+ * spread). fm_pipeline_heads, fm_pipeline_backbone, fm_pipeline_backbone_identity
+ * and kept features are the first member's. opts may be NULL (defaults). Does not set
  * OpenBLAS threads (fm_nn_set_threads is the program's choice). On success *out is
  * owned by the caller (fm_pipeline_close); on failure *out is NULL and err says which
  * file or setting is wrong. */
@@ -112,10 +120,18 @@ const fm_detect_opts *fm_pipeline_detect_opts(const fm_pipeline *p);
 const char *fm_pipeline_backbone_identity(const fm_pipeline *p);
 int fm_pipeline_max_images(const fm_pipeline *p);
 
-/* Resolves embed.backbone against models.dir into buf (a value containing '/' is a
- * path used as is). FM_ERR_LIMIT when it does not fit. */
+/* Resolves embed.backbone (its first file, for a list) against models.dir into buf (a
+ * value containing '/' is a path used as is). FM_ERR_LIMIT when it does not fit,
+ * FM_ERR_INVALID for a malformed list. */
 fm_status fm_pipeline_backbone_path(const fm_config *c, char *buf, size_t size,
                                     fm_error *err);
+
+/* Most backbones in an ensemble. */
+#define FM_PIPELINE_MAX_MEMBERS 4
+
+/* Splits a comma-separated list (spaces around items ignored) into out. Returns the
+ * number of items, or -1 for an empty item, an item too long, or more than max. */
+int fm_pipeline_split_list(const char *s, char out[][FM_CONFIG_STRING_MAX], int max);
 
 #ifdef __cplusplus
 }
