@@ -20,6 +20,9 @@
  * mirror image of the face, aligned by mirroring the landmarks (left and right eye
  * and mouth corners swapped) and fitting again, so it sits on the template exactly
  * as the face does.
+ * With embed.tta_zoom z > 0 (and heads), each face is also cut from a region 1 + z
+ * and 1 - z times the aligned one (about the chip's centre), each with its mirror
+ * image when those are cut; the heads read the mean features of the views.
  *
  * Threads: one pipeline per thread (it owns a decoder and arenas).
  */
