@@ -112,15 +112,21 @@ static fm_status member_path(const fm_config *c, const char *name, char *buf, si
     return FM_OK;
 }
 
-fm_status fm_pipeline_backbone_path(const fm_config *c, char *buf, size_t size,
-                                    fm_error *err)
+/* Heads file hname must have been trained on the backbone at path (identity) and
+ * read as many values as it gives (dim of the output they read). */
+static fm_status check_pair(const fm_heads *h, const char *hname, const char *identity,
+                            const char *path, int dim, fm_error *err)
 {
-    char names[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
-    if (fm_pipeline_split_list(c->embed.backbone, names, FM_PIPELINE_MAX_MEMBERS) < 1)
+    if (strcmp(fm_heads_backbone(h), identity) != 0)
         return fm_error_set(err, FM_ERR_INVALID,
-                            "embed.backbone '%s': one file name, or up to %d separated by "
-                            "commas", c->embed.backbone, FM_PIPELINE_MAX_MEMBERS);
-    return member_path(c, names[0], buf, size, err);
+                            "%s: heads trained on backbone '%s', but embed.backbone %s is "
+                            "'%s'", hname, fm_heads_backbone(h), path, identity);
+    if (fm_heads_input_dim(h) != dim)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: heads read %d values of '%s', the backbone gives %d", hname,
+                            fm_heads_input_dim(h),
+                            fm_backbone_output_name(fm_heads_feature(h)), dim);
+    return FM_OK;
 }
 
 /* Combines the answers of n members: the mean of the probabilities, and the mean and
@@ -259,20 +265,9 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
         p->want[FM_BACKBONE_EMBEDDING] = p->want[FM_BACKBONE_POOLED] = 1;
     if (p->heads) {
         fm_backbone_output f = fm_heads_feature(p->heads);
-        if (strcmp(fm_heads_backbone(p->heads), p->identity) != 0) {
-            st = fm_error_set(err, FM_ERR_INVALID,
-                              "%s: heads trained on backbone '%s', but embed.backbone %s is "
-                              "'%s'", hnames[0], fm_heads_backbone(p->heads), path,
-                              p->identity);
+        if ((st = check_pair(p->heads, hnames[0], p->identity, path, p->dims[f], err)) !=
+            FM_OK)
             goto fail;
-        }
-        if (fm_heads_input_dim(p->heads) != p->dims[f]) {
-            st = fm_error_set(err, FM_ERR_INVALID,
-                              "%s: heads read %d values of '%s', the backbone gives %d",
-                              hnames[0], fm_heads_input_dim(p->heads),
-                              fm_backbone_output_name(f), p->dims[f]);
-            goto fail;
-        }
         p->want[f] = 1;
     }
     p->feat_stride = 0;
@@ -290,13 +285,10 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
             (st = fm_heads_backbone_identity(path, id, sizeof id, err)) != FM_OK ||
             (st = fm_backbone_open(&e->bb, path, batch, err)) != FM_OK)
             goto fail;
-        if (strcmp(fm_heads_backbone(e->heads), id) != 0) {
-            st = fm_error_set(err, FM_ERR_INVALID,
-                              "%s: heads trained on backbone '%s', but backbone %d of "
-                              "embed.backbone, %s, is '%s'", hnames[m + 1],
-                              fm_heads_backbone(e->heads), m + 2, path, id);
+        e->hf = fm_heads_feature(e->heads);
+        e->hd = fm_backbone_dim(e->bb, e->hf);
+        if ((st = check_pair(e->heads, hnames[m + 1], id, path, e->hd, err)) != FM_OK)
             goto fail;
-        }
         fm_backbone_input_size(e->bb, &h, &w);
         const float *t = fm_backbone_template(e->bb);
         int same = h == p->in_h && w == p->in_w;
@@ -307,15 +299,6 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
                               "embed.backbone: %s takes another aligned face (input size "
                               "or template) than %s; an ensemble's backbones must share "
                               "them", path, bnames[0]);
-            goto fail;
-        }
-        e->hf = fm_heads_feature(e->heads);
-        e->hd = fm_backbone_dim(e->bb, e->hf);
-        if (fm_heads_input_dim(e->heads) != e->hd) {
-            st = fm_error_set(err, FM_ERR_INVALID,
-                              "%s: heads read %d values of '%s', the backbone gives %d",
-                              hnames[m + 1], fm_heads_input_dim(e->heads),
-                              fm_backbone_output_name(e->hf), e->hd);
             goto fail;
         }
         e->heads_mirror = fm_heads_flip(e->heads);

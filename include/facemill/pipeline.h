@@ -123,12 +123,6 @@ const fm_detect_opts *fm_pipeline_detect_opts(const fm_pipeline *p);
 const char *fm_pipeline_backbone_identity(const fm_pipeline *p);
 int fm_pipeline_max_images(const fm_pipeline *p);
 
-/* Resolves embed.backbone (its first file, for a list) against models.dir into buf (a
- * value containing '/' is a path used as is). FM_ERR_LIMIT when it does not fit,
- * FM_ERR_INVALID for a malformed list. */
-fm_status fm_pipeline_backbone_path(const fm_config *c, char *buf, size_t size,
-                                    fm_error *err);
-
 /* Most backbones in an ensemble. */
 #define FM_PIPELINE_MAX_MEMBERS 4
 
