@@ -455,6 +455,98 @@ static void test_schedules(synth *s)
     fm_model_close(&m);
 }
 
+/* ---- loss weights ------------------------------------------------------------------ */
+
+/* Loss and gradients of one batch with the given weights (age, gender, ethnicity);
+ * *g is malloc'd. Every call starts from the same parameters (the heads' initial
+ * values are a function of the seed). */
+static int weighted_loss(const double w[3], const float *x, const fm_utk_label *lab,
+                         double *loss, float **g, size_t *count)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_ft_opts o;
+    fm_ft_opts_defaults(&o);
+    o.batch = 2;
+    o.train_from = fm_ft_block_index("conv256_down_out");
+    o.hidden = 32;
+    o.dropout = 0;
+    o.age_weight = w[0];
+    o.gender_weight = w[1];
+    o.race_weight = w[2];
+    int ok = fm_model_open(&m, model_path, 0, &err) == FM_OK &&
+             fm_finetune_new(&ft, m, &o, &err) == FM_OK;
+    int H = 0, W = 0;
+    if (ok)
+        fm_finetune_input_size(ft, &H, &W);
+    ok = ok && H == 150 && W == 150 && /* the size of x */
+         fm_finetune_loss(ft, x, lab, 2, 1, loss, &err) == FM_OK;
+    if (ok) {
+        size_t from = 0;
+        fm_finetune_params(ft, count, &from);
+        *g = malloc(*count * sizeof(float));
+        memcpy(*g, fm_finetune_grads(ft), *count * sizeof(float));
+    } else {
+        fprintf(stderr, "  weights %g %g %g: %s\n", w[0], w[1], w[2], err.msg);
+    }
+    fm_finetune_free(&ft);
+    fm_model_close(&m);
+    return ok;
+}
+
+/* The loss is age_weight x age + gender_weight x gender + race_weight x ethnicity, and
+ * so are the gradients: the three parts are measured by raising one weight at a time,
+ * then a mixed setting must equal their weighted sum. */
+static void test_loss_weights(void)
+{
+    const double w[5][3] = {{1, 1, 1}, {2, 1, 1}, {1, 2, 1}, {1, 1, 2}, {0.5, 3, 1.5}};
+    int H = 150, W = 150;
+    float *x = malloc((size_t)2 * 3 * H * W * sizeof(float));
+    for (size_t i = 0; i < (size_t)2 * 3 * H * W; i++)
+        x[i] = (float)(urand() * 2 - 1);
+    fm_utk_label lab[2] = {{33, 0, 1}, {8, 1, 3}};
+    double loss[5] = {0};
+    float *g[5] = {NULL};
+    size_t count[5] = {0};
+    int ok = 1;
+    for (int k = 0; k < 5; k++)
+        ok &= weighted_loss(w[k], x, lab, &loss[k], &g[k], &count[k]);
+    CHECK(ok);
+    if (!ok)
+        goto out;
+    CHECK(count[0] > 0 && count[1] == count[0] && count[2] == count[0] &&
+          count[3] == count[0] && count[4] == count[0]);
+    double part[3], want = 0;
+    for (int h = 0; h < 3; h++) {
+        part[h] = loss[1 + h] - loss[0];
+        want += w[4][h] * part[h];
+    }
+    /* fresh heads answer almost uniformly: about log 117, log 5 and log 2 per face */
+    CHECK_MSG(part[0] > part[2] && part[2] > part[1] && part[1] > 0.2 && part[1] < 2,
+              "loss parts age %.4f gender %.4f ethnicity %.4f", part[0], part[1], part[2]);
+    CHECK_MSG(fabs(loss[0] - (part[0] + part[1] + part[2])) < 1e-4 * loss[0],
+              "loss %.6f, parts sum to %.6f", loss[0], part[0] + part[1] + part[2]);
+    CHECK_MSG(fabs(loss[4] - want) < 1e-4 * want, "weighted loss %.6f, want %.6f", loss[4],
+              want);
+    double worst = 0, scale = 0;
+    for (size_t j = 0; j < count[0]; j++) {
+        double gw = 0;
+        for (int h = 0; h < 3; h++)
+            gw += w[4][h] * ((double)g[1 + h][j] - g[0][j]);
+        worst = fmax(worst, fabs(gw - g[4][j]));
+        scale = fmax(scale, fabs(g[4][j]));
+    }
+    CHECK_MSG(scale > 0 && worst < 1e-3 * scale,
+              "weighted gradients: worst difference %.3g of largest %.3g", worst, scale);
+    fprintf(stderr, "loss weights: parts %.4f %.4f %.4f, gradients worst %.2g of %.2g\n",
+            part[0], part[1], part[2], worst, scale);
+out:
+    for (int k = 0; k < 5; k++)
+        free(g[k]);
+    free(x);
+}
+
 static void test_bad_options(void)
 {
     fm_error err = {0};
@@ -467,6 +559,12 @@ static void test_bad_options(void)
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     fm_ft_opts_defaults(&o);
     o.train_from = 15;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
+    o.gender_weight = 0;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
+    o.race_weight = -1;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     CHECK(fm_ft_block_index("conv128_down") == 7 && fm_ft_block_index("stem") == FM_FT_STEM &&
           fm_ft_block_index("heads") == FM_FT_BLOCKS && fm_ft_block_index("nope") == -2);
@@ -496,6 +594,7 @@ int main(void)
     test_bad_options();
     test_forward();
     test_gradients();
+    test_loss_weights();
     test_schedules(s);
     test_converges(s);
     test_resume(s);

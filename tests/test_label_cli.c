@@ -229,6 +229,23 @@ int main(void)
     out = run(cmd, &status);
     CHECK(out && status == 0 && strstr(out, "dlib_resnet trained:facemill sha256:") == out);
     free(out);
+    /* loss weights: a weight out of range is a usage error naming the option; the
+     * same command with another weight is another run, not a resume of the first */
+    snprintf(cmd, sizeof cmd, "%s --gender-weight 0 2>&1", ft);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 2 && strstr(out, "--gender-weight: bad value"), "%s",
+              out ? out : "(no output)");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s --gender-weight 2 --ethnicity-weight 1.5 2>&1", ft);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 0 && strstr(out, "other options") &&
+                  !strstr(out, "resuming from") && strstr(out, "epoch 2/2 done"),
+              "%s", out ? out : "(no output)");
+    free(out);
+    snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft.fmm' train.command", bin, dir);
+    out = run(cmd, &status);
+    CHECK(out && status == 0 && strstr(out, "--gender-weight 2 --ethnicity-weight 1.5"));
+    free(out);
 
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);

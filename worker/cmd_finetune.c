@@ -86,6 +86,8 @@ static void usage(FILE *out)
             "  --hidden N           shared layer width (default 256)\n"
             "  --dropout F          on the shared layer (default 0.3)\n"
             "  --age-sigma F        Gaussian age target spread, years (default 2)\n"
+            "  --age-weight F, --gender-weight F, --ethnicity-weight F\n"
+            "                       weights of the three losses (default 1 each)\n"
             "  --flip on|off        random mirror images (default on)\n"
             "  --shift PX, --scale F, --rotate DEG   alignment jitter (default 4, 0.05, 5)\n"
             "  --brightness V, --contrast F          photometric jitter (default 16, 0.15)\n"
@@ -442,6 +444,12 @@ int fm_cmd_finetune(int argc, char **argv)
             bad = fm_cmd_parse_num(v, 0, 0.95, &o.dropout);
         else if (OPT("--age-sigma"))
             bad = fm_cmd_parse_num(v, 0, 30, &o.age_sigma);
+        else if (OPT("--age-weight"))
+            bad = fm_cmd_parse_num(v, 0.01, 100, &o.age_weight);
+        else if (OPT("--gender-weight"))
+            bad = fm_cmd_parse_num(v, 0.01, 100, &o.gender_weight);
+        else if (OPT("--ethnicity-weight"))
+            bad = fm_cmd_parse_num(v, 0.01, 100, &o.race_weight);
         else if (OPT("--flip")) {
             bad = strcmp(v, "on") != 0 && strcmp(v, "off") != 0;
             o.flip = strcmp(v, "on") == 0;

@@ -139,6 +139,8 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
     o->dropout = 0.3;
     o->age_sigma = 2;
     o->age_weight = 1;
+    o->gender_weight = 1;
+    o->race_weight = 1;
     o->flip = 1;
     o->shift_px = 4;
     o->scale_jitter = 0.05;
@@ -449,7 +451,9 @@ static fm_status heads_loss(fm_finetune *ft, fm_arena *a, acts *s, fm_tensor *dl
     double total = 0;
     for (int h = 0; h < 3; h++) {
         double l = 0;
-        float scale = (float)((h == 0 ? ft->o.age_weight : 1.0) / n);
+        const double w = h == 0 ? ft->o.age_weight : h == 1 ? ft->o.gender_weight
+                                                             : ft->o.race_weight;
+        float scale = (float)(w / n);
         fm_status st = fm_nn_softmax_xent(a, &s->logits[h], target_of(ft, h), NULL, scale,
                                           &l, dl ? &dl[h] : NULL, NULL, err);
         if (st)
@@ -633,7 +637,8 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         o->batch > 4096 || o->max_epochs < 1 || o->patience < 1 || o->hidden < 1 ||
         o->hidden > 65536 || !(o->lr_backbone >= 0) || !(o->lr_heads > 0) ||
         !(o->weight_decay >= 0) || !(o->dropout >= 0 && o->dropout <= 0.95) ||
-        !(o->age_sigma >= 0) || !(o->age_weight > 0) || !(o->warmup_epochs >= 0) ||
+        !(o->age_sigma >= 0) || !(o->age_weight > 0) ||
+        !(o->gender_weight > 0) || !(o->race_weight > 0) || !(o->warmup_epochs >= 0) ||
         !(o->head_epochs >= 0) || !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) ||
         !(o->momentum >= 0 && o->momentum < 1) ||
         !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
@@ -960,6 +965,14 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
              o->age_sigma, o->age_weight, o->flip, o->shift_px, o->scale_jitter,
              o->rotate_deg, o->brightness, o->contrast, (unsigned long long)o->seed,
              o->lr_relative);
+    /* appended only when set, so checkpoints written before these weights existed
+     * still resume */
+    if (o->gender_weight != 1 || o->race_weight != 1) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|weights %.17g %.17g", o->gender_weight,
+                     o->race_weight);
+    }
 }
 
 static fm_status checkpoint_save(const fm_finetune *ft, const char *key, fm_error *err)

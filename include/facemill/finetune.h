@@ -14,7 +14,7 @@
  * forward only, nothing is kept for them); the rest keep their activations for the
  * backward pass. Loss per face: cross-entropy of the age head against a Gaussian
  * target centred on the true age (label distribution learning) times age_weight, plus
- * the cross-entropies of gender and ethnicity.
+ * the cross-entropies of gender and ethnicity times gender_weight and race_weight.
  *
  * Inputs are aligned on the fly from the decoded photo and its five landmarks, the way
  * the pipeline aligns (the mirror view is the mirror-refitted alignment, as at
@@ -112,7 +112,8 @@ typedef struct fm_ft_opts {
     int hidden;                  /* width of the shared layer, >= 1 */
     float leaky_alpha;
     double dropout;              /* on the shared layer's output, 0..0.95 */
-    double age_sigma, age_weight;
+    double age_sigma;
+    double age_weight, gender_weight, race_weight; /* loss weights of the heads, > 0 */
     /* augmentation */
     int flip;                    /* 1: half the faces are the mirror view */
     double shift_px, scale_jitter, rotate_deg; /* uniform in +-value */
