@@ -4,6 +4,8 @@
  * not a UTKFace name. Heads with random weights are written for the real backbone.
  * The output must be valid JSON (checked with python3's json module when it exists)
  * with the documented keys; eval must count the gray image as not detected.
+ * `facemill train` fine-tunes on the same folder: resume, loss weights, and a second
+ * fine-tuning of the fine-tuned file, whose lineage must reach back to the npm base.
  * Needs models/cache (models/fetch); skipped otherwise. */
 #include "fm_test.h"
 #include "heads_fixture.h"
@@ -245,6 +247,50 @@ int main(void)
     snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft.fmm' train.command", bin, dir);
     out = run(cmd, &status);
     CHECK(out && status == 0 && strstr(out, "--gender-weight 2 --ethnicity-weight 1.5"));
+    free(out);
+    /* fine-tuning a fine-tuned backbone: its lineage moves one level down (base.*),
+     * the new file names it as its base, and the chain still reaches the npm file */
+    char ft_identity[1024] = "";
+    snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft_heads.fmm' heads.backbone", bin, dir);
+    out = run(cmd, &status);
+    CHECK(out && status == 0 && strstr(out, "dlib_resnet trained:facemill sha256:") == out);
+    if (out) {
+        snprintf(ft_identity, sizeof ft_identity, "%s", out);
+        ft_identity[strcspn(ft_identity, "\n")] = '\0';
+    }
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "'%s' train --set models.dir='%s' --set embed.backbone='%s/ft.fmm' "
+             "--train '%s' --val '%s' -o '%s/ft_again.fmm' --heads '%s/ft_again_heads.fmm' "
+             "--batch 2 --epochs 2 --from conv256_down_out --threads 1 --jobs 2 2>&1",
+             bin, models, dir, data, data, dir, dir);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 0 && strstr(out, "wrote"), "%s", out ? out : "(no output)");
+    free(out);
+    const struct {
+        const char *key, *want;
+        int exact;
+    } chain[] = {{"general.base", ft_identity, 1},
+                 {"base.general.base", identity, 1},
+                 {"base.train.command", "--gender-weight 2 --ethnicity-weight 1.5", 0},
+                 {"train.command", "ft_again.fmm", 0}};
+    for (size_t i = 0; i < sizeof chain / sizeof chain[0]; i++) {
+        snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft_again.fmm' %s", bin, dir,
+                 chain[i].key);
+        out = run(cmd, &status);
+        int ok = out && status == 0 &&
+                 (chain[i].exact ? strncmp(out, chain[i].want, strlen(chain[i].want)) == 0 &&
+                                       out[strlen(chain[i].want)] == '\n'
+                                 : strstr(out, chain[i].want) != NULL);
+        CHECK_MSG(ok, "%s: %s", chain[i].key, out ? out : "(no output)");
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd,
+             "'%s' predict --set models.dir='%s' --set embed.backbone='%s/ft_again.fmm' "
+             "--set heads.model='%s/ft_again_heads.fmm' '%s/samples/sample1.jpg'",
+             bin, models, dir, dir, models);
+    out = run(cmd, &status);
+    CHECK(out && status == 0 && strstr(out, "\"gender_probs\""));
     free(out);
 
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -171,7 +171,7 @@ static int is_lineage_key(const char *key)
     static const char *const exact[] = {"general.source", "general.source_integrity",
                                         "general.converter", "heads.backbone"};
     static const char *const prefix[] = {"general.base", "train.", "heads.train.",
-                                         "expand."};
+                                         "expand.", "base."};
     for (size_t i = 0; i < sizeof exact / sizeof *exact; i++)
         if (strcmp(key, exact[i]) == 0)
             return 1;

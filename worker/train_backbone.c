@@ -1373,11 +1373,21 @@ fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
     return FM_OK;
 }
 
+/* Lineage keys of a base model that a model trained from it moves under base. */
+static int is_base_lineage(const char *key)
+{
+    static const char *const prefix[] = {"general.base", "train.", "base.", "expand."};
+    for (size_t i = 0; i < sizeof prefix / sizeof *prefix; i++)
+        if (strncmp(key, prefix[i], strlen(prefix[i])) == 0)
+            return 1;
+    return 0;
+}
+
 fm_status fm_finetune_copy_meta(const fm_model *base, const char *const *skip,
                                 fm_model_writer *w, fm_error *err)
 {
     for (size_t i = 0; i < fm_model_meta_count(base); i++) {
-        const char *key = NULL;
+        const char *key = NULL, *key_out;
         fm_model_meta_type type;
         fm_model_meta_at(base, i, &key, &type);
         int skipped = 0;
@@ -1385,45 +1395,53 @@ fm_status fm_finetune_copy_meta(const fm_model *base, const char *const *skip,
             skipped |= strcmp(skip[s], key) == 0;
         if (skipped)
             continue;
+        /* a base that was itself trained (or expanded) keeps its lineage, one level
+         * down: train.command -> base.train.command, base.X -> base.base.X */
+        char moved[8 + 256]; /* keys are at most 255 bytes; the writer checks the result */
+        key_out = key;
+        if (is_base_lineage(key)) {
+            snprintf(moved, sizeof moved, "base.%s", key);
+            key_out = moved;
+        }
         fm_status st = FM_OK;
         switch (type) {
         case FM_MODEL_META_I64: {
             int64_t v;
             if (!(st = fm_model_meta_i64(base, key, &v, err)))
-                st = fm_model_writer_add_i64(w, key, v, err);
+                st = fm_model_writer_add_i64(w, key_out, v, err);
             break;
         }
         case FM_MODEL_META_F64: {
             double v;
             if (!(st = fm_model_meta_f64(base, key, &v, err)))
-                st = fm_model_writer_add_f64(w, key, v, err);
+                st = fm_model_writer_add_f64(w, key_out, v, err);
             break;
         }
         case FM_MODEL_META_STR: {
             const char *v;
             if (!(st = fm_model_meta_str(base, key, &v, NULL, err)))
-                st = fm_model_writer_add_str(w, key, v, err);
+                st = fm_model_writer_add_str(w, key_out, v, err);
             break;
         }
         case FM_MODEL_META_I64_ARRAY: {
             const int64_t *v;
             size_t n;
             if (!(st = fm_model_meta_i64_array(base, key, &v, &n, err)))
-                st = fm_model_writer_add_i64_array(w, key, v, n, err);
+                st = fm_model_writer_add_i64_array(w, key_out, v, n, err);
             break;
         }
         case FM_MODEL_META_F64_ARRAY: {
             const double *v;
             size_t n;
             if (!(st = fm_model_meta_f64_array(base, key, &v, &n, err)))
-                st = fm_model_writer_add_f64_array(w, key, v, n, err);
+                st = fm_model_writer_add_f64_array(w, key_out, v, n, err);
             break;
         }
         case FM_MODEL_META_STR_ARRAY: {
             const char *const *v;
             size_t n;
             if (!(st = fm_model_meta_str_array(base, key, &v, &n, err)))
-                st = fm_model_writer_add_str_array(w, key, v, n, err);
+                st = fm_model_writer_add_str_array(w, key_out, v, n, err);
             break;
         }
         }

@@ -166,7 +166,12 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
 fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
                                      fm_error *err);
 
-/* Adds the base model's metadata to w except the keys listed in skip (NULL-ended). */
+/* Adds the base model's metadata to w except the keys listed in skip (NULL-ended).
+ * The base's own lineage (general.base*, train.*, expand.*, base.*: a base that was
+ * itself trained, or expanded from a compact file) moves one level down, under base.
+ * (train.command -> base.train.command, base.train.command -> base.base.train.command),
+ * so a model fine-tuned from a fine-tuned model keeps the whole chain and the caller
+ * can write its own general.base and train.* keys. */
 fm_status fm_finetune_copy_meta(const fm_model *base, const char *const *skip,
                                 fm_model_writer *w, fm_error *err);
 
