@@ -14,6 +14,7 @@
 #include "facemill/finetune.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
+#include "facemill/sha256.h"
 #include "fm_test.h"
 
 #include <math.h>
@@ -547,6 +548,79 @@ out:
     free(x);
 }
 
+/* SHA-256 over a model file's tensors as models/FORMAT.md defines the identity of
+ * trained weights: every name with its NUL, then its data, in directory order. */
+static void file_weights_digest(const fm_model *m, char hex[65])
+{
+    fm_sha256 s;
+    fm_sha256_init(&s);
+    for (size_t i = 0; i < fm_model_tensor_count(m); i++) {
+        const fm_model_tensor_info *t = fm_model_tensor_at(m, i);
+        fm_sha256_update(&s, t->name, t->name_len + 1);
+        fm_sha256_update(&s, t->data, (size_t)t->nbytes);
+    }
+    uint8_t d[FM_SHA256_BYTES];
+    fm_sha256_final(&s, d);
+    fm_sha256_hex(d, hex);
+}
+
+/* The written backbone: every tensor of the base, the trained ones with the trainer's
+ * values, and the identity computed in memory equals the digest of the file. */
+static void test_write_backbone(void)
+{
+    fm_error err = {0};
+    fm_model *m = NULL, *out = NULL;
+    fm_finetune *ft = NULL;
+    fm_model_writer *w = NULL;
+    fm_ft_opts o;
+    fm_ft_opts_defaults(&o);
+    o.train_from = fm_ft_block_index("conv256_down_out");
+    char path[4300], base_hex[65], mem_hex[65], file_hex[65];
+    snprintf(path, sizeof path, "%s/written.fmm", tmpdir);
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    CHECK(m && fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    if (!ft)
+        goto out;
+    file_weights_digest(m, base_hex);
+    CHECK(fm_finetune_weights_digest(ft, mem_hex, &err) == FM_OK);
+    CHECK_MSG(strcmp(mem_hex, base_hex) == 0, "untrained: %s, base %s", mem_hex, base_hex);
+    /* move every trained backbone weight a little, as training would */
+    size_t count = 0, from = 0;
+    float *p = fm_finetune_params(ft, &count, &from);
+    CHECK(p && from > 0 && from < count);
+    for (size_t i = from; i < count; i++)
+        p[i] += 1e-3f * (float)((i % 7) + 1);
+    CHECK(fm_finetune_weights_digest(ft, mem_hex, &err) == FM_OK);
+    CHECK(strcmp(mem_hex, base_hex) != 0);
+    CHECK((w = fm_model_writer_new()) != NULL);
+    CHECK(w && fm_finetune_copy_meta(m, NULL, w, &err) == FM_OK &&
+          fm_finetune_write_backbone(ft, w, &err) == FM_OK &&
+          fm_model_writer_save(w, path, &err) == FM_OK);
+    CHECK(fm_model_open(&out, path, 0, &err) == FM_OK);
+    if (!out)
+        goto out;
+    file_weights_digest(out, file_hex);
+    CHECK_MSG(strcmp(mem_hex, file_hex) == 0, "in memory %s, file %s", mem_hex, file_hex);
+    size_t same = 0, changed = 0;
+    CHECK(fm_model_tensor_count(out) == fm_model_tensor_count(m));
+    for (size_t i = 0; i < fm_model_tensor_count(out) && i < fm_model_tensor_count(m); i++) {
+        const fm_model_tensor_info *a = fm_model_tensor_at(m, i), *b = fm_model_tensor_at(out, i);
+        CHECK(strcmp(a->name, b->name) == 0 && a->nbytes == b->nbytes);
+        if (strcmp(a->name, b->name) == 0 && a->nbytes == b->nbytes)
+            *(memcmp(a->data, b->data, (size_t)a->nbytes) ? &changed : &same) += 1;
+    }
+    /* conv256_down_out (two convolutions with their scale/bias) changed, the rest not */
+    CHECK_MSG(changed > 0 && same > changed, "%zu tensors changed, %zu kept", changed, same);
+    fprintf(stderr, "write backbone: %zu tensors changed, %zu kept, identity %.16s...\n",
+            changed, same, file_hex);
+out:
+    fm_model_writer_destroy(&w);
+    fm_model_close(&out);
+    fm_finetune_free(&ft);
+    fm_model_close(&m);
+    unlink(path);
+}
+
 static void test_bad_options(void)
 {
     fm_error err = {0};
@@ -595,6 +669,7 @@ int main(void)
     test_forward();
     test_gradients();
     test_loss_weights();
+    test_write_backbone();
     test_schedules(s);
     test_converges(s);
     test_resume(s);

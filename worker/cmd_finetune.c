@@ -323,28 +323,6 @@ static fm_status file_digest(const char *path, char hex[65], fm_error *err)
     return FM_OK;
 }
 
-/* SHA-256 over every tensor's name (with its NUL) and data, in directory order: the
- * identity of trained weights (general.source_integrity, models/FORMAT.md). */
-static fm_status weights_digest(const char *path, char hex[65], fm_error *err)
-{
-    fm_model *m = NULL;
-    fm_status st = fm_model_open(&m, path, 0, err);
-    if (st)
-        return st;
-    fm_sha256 s;
-    fm_sha256_init(&s);
-    for (size_t i = 0; i < fm_model_tensor_count(m); i++) {
-        const fm_model_tensor_info *t = fm_model_tensor_at(m, i);
-        fm_sha256_update(&s, t->name, t->name_len + 1);
-        fm_sha256_update(&s, t->data, (size_t)t->nbytes);
-    }
-    uint8_t d[FM_SHA256_BYTES];
-    fm_sha256_final(&s, d);
-    fm_sha256_hex(d, hex);
-    fm_model_close(&m);
-    return FM_OK;
-}
-
 int fm_cmd_finetune(int argc, char **argv)
 {
     for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
@@ -695,16 +673,12 @@ int fm_cmd_finetune(int argc, char **argv)
         fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
         goto done;
     }
-    /* the identity heads files check: a digest of the trained weights, computed from
-     * the file written without it, then written again with it */
-    char tmp[4200], hex[65], integrity[80];
-    snprintf(tmp, sizeof tmp, "%s.weights", out_path);
-    if (fm_model_writer_save(w, tmp, &err) != FM_OK || weights_digest(tmp, hex, &err) != FM_OK) {
+    /* the identity heads files check: a digest of the trained weights */
+    char hex[65], integrity[80];
+    if (fm_finetune_weights_digest(ft, hex, &err) != FM_OK) {
         fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
-        unlink(tmp);
         goto done;
     }
-    unlink(tmp);
     snprintf(integrity, sizeof integrity, "sha256:%s", hex);
     if (fm_model_writer_add_str(w, "general.source_integrity", integrity, &err) ||
         fm_model_writer_save(w, out_path, &err)) {

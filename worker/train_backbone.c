@@ -18,6 +18,7 @@
 #include "facemill/heads.h"
 #include "facemill/log.h"
 #include "facemill/nn.h"
+#include "facemill/sha256.h"
 
 #include "backbone-impl.h"
 
@@ -1353,6 +1354,17 @@ static const float *kept(const fm_finetune *ft)
     return ft->have_best ? ft->best : ft->p;
 }
 
+/* The data written for tensor ti of the base: the trainer's values (src, the kept
+ * vector) for the backbone tensors it holds, the base's own for the others. */
+static const float *written_data(const fm_finetune *ft, const float *src,
+                                 const fm_model_tensor_info *ti)
+{
+    for (int k = 0; k < T_HEADS; k++)
+        if (strcmp(ft->t[k].name, ti->name) == 0)
+            return src + ft->t[k].off;
+    return ti->data;
+}
+
 fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
                                      fm_error *err)
 {
@@ -1362,10 +1374,7 @@ fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
     /* every tensor of the base, in its order: the trained ones from our vector */
     for (size_t i = 0; i < fm_model_tensor_count(ft->base); i++) {
         const fm_model_tensor_info *ti = fm_model_tensor_at(ft->base, i);
-        const float *data = ti->data;
-        for (int k = 0; k < T_HEADS; k++)
-            if (strcmp(ft->t[k].name, ti->name) == 0)
-                data = src + ft->t[k].off;
+        const float *data = written_data(ft, src, ti);
         fm_status st = fm_model_writer_add_tensor(w, ti->name, ti->ndim, ti->dims, data, err);
         if (st)
             return st;
@@ -1381,6 +1390,27 @@ static int is_base_lineage(const char *key)
         if (strncmp(key, prefix[i], strlen(prefix[i])) == 0)
             return 1;
     return 0;
+}
+
+fm_status fm_finetune_weights_digest(const fm_finetune *ft, char hex[65], fm_error *err)
+{
+    if (!ft || !hex)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_weights_digest: NULL argument");
+    const float *src = kept(ft);
+    fm_sha256 s;
+    fm_sha256_init(&s);
+    /* what fm_finetune_write_backbone writes, in its order: names with their NUL, f32
+     * data */
+    for (size_t i = 0; i < fm_model_tensor_count(ft->base); i++) {
+        const fm_model_tensor_info *ti = fm_model_tensor_at(ft->base, i);
+        const float *data = written_data(ft, src, ti);
+        fm_sha256_update(&s, ti->name, ti->name_len + 1);
+        fm_sha256_update(&s, data, (size_t)ti->nbytes);
+    }
+    uint8_t d[FM_SHA256_BYTES];
+    fm_sha256_final(&s, d);
+    fm_sha256_hex(d, hex);
+    return FM_OK;
 }
 
 fm_status fm_finetune_copy_meta(const fm_model *base, const char *const *skip,

@@ -166,6 +166,11 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
 fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
                                      fm_error *err);
 
+/* The identity of the weights fm_finetune_write_backbone writes (hex SHA-256 over
+ * every tensor's name with its NUL and f32 data, in the base's order: the
+ * general.source_integrity of models/FORMAT.md), computed without writing them. */
+fm_status fm_finetune_weights_digest(const fm_finetune *ft, char hex[65], fm_error *err);
+
 /* Adds the base model's metadata to w except the keys listed in skip (NULL-ended).
  * The base's own lineage (general.base*, train.*, expand.*, base.*: a base that was
  * itself trained, or expanded from a compact file) moves one level down, under base.
