@@ -621,6 +621,44 @@ out:
     unlink(path);
 }
 
+/* align_zoom scales the base's template about the chip's centre: 1 keeps it, 0.8
+ * brings every landmark 20% closer to the centre (the face smaller in the chip). */
+static void test_align_zoom(void)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    const double *base = NULL;
+    size_t n = 0;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    CHECK(m && fm_model_meta_f64_array(m, "align.template", &base, &n, &err) == FM_OK &&
+          n == 10);
+    if (!base || n != 10) {
+        fm_model_close(&m);
+        return;
+    }
+    const double zooms[3] = {1, 0.8, 1.25};
+    for (int z = 0; z < 3; z++) {
+        fm_finetune *ft = NULL;
+        fm_ft_opts o;
+        fm_ft_opts_defaults(&o);
+        o.batch = 2;
+        o.align_zoom = zooms[z];
+        CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+        const float *t = fm_finetune_template(ft);
+        double worst = 0;
+        for (int i = 0; t && i < 10; i++) {
+            double want = 75 + zooms[z] * (base[i] - 75); /* 150 x 150 chips */
+            worst = fmax(worst, fabs(t[i] - want));
+        }
+        CHECK_MSG(t && worst < 1e-4, "zoom %g: worst %.3g px", zooms[z], worst);
+        /* eye distance scales with the zoom */
+        if (t)
+            CHECK(fabs((t[2] - t[0]) - zooms[z] * (base[2] - base[0])) < 1e-4);
+        fm_finetune_free(&ft);
+    }
+    fm_model_close(&m);
+}
+
 static void test_bad_options(void)
 {
     fm_error err = {0};
@@ -639,6 +677,11 @@ static void test_bad_options(void)
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     fm_ft_opts_defaults(&o);
     o.race_weight = -1;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
+    o.align_zoom = 0.4;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    o.align_zoom = 1.6;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     CHECK(fm_ft_block_index("conv128_down") == 7 && fm_ft_block_index("stem") == FM_FT_STEM &&
           fm_ft_block_index("heads") == FM_FT_BLOCKS && fm_ft_block_index("nope") == -2);
@@ -670,6 +713,7 @@ int main(void)
     test_gradients();
     test_loss_weights();
     test_write_backbone();
+    test_align_zoom();
     test_schedules(s);
     test_converges(s);
     test_resume(s);

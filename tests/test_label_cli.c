@@ -50,6 +50,16 @@ static char *run(const char *cmd, int *status)
     return buf;
 }
 
+/* Runs cmd; its exit status must be want and its output must contain needle. */
+static void expect_run(const char *cmd, int want, const char *needle)
+{
+    int status = -1;
+    char *out = run(cmd, &status);
+    CHECK_MSG(out && status == want && strstr(out, needle), "%s: exit %d, want %d and '%s': %s",
+              cmd, status, want, needle, out ? out : "(no output)");
+    free(out);
+}
+
 /* 1 when python3 parses every line of text as JSON, 0 when not, -1 without python3. */
 static int json_valid(const char *text, int lines)
 {
@@ -234,10 +244,7 @@ int main(void)
     /* loss weights: a weight out of range is a usage error naming the option; the
      * same command with another weight is another run, not a resume of the first */
     snprintf(cmd, sizeof cmd, "%s --gender-weight 0 2>&1", ft);
-    out = run(cmd, &status);
-    CHECK_MSG(out && status == 2 && strstr(out, "--gender-weight: bad value"), "%s",
-              out ? out : "(no output)");
-    free(out);
+    expect_run(cmd, 2, "--gender-weight: bad value");
     snprintf(cmd, sizeof cmd, "%s --gender-weight 2 --ethnicity-weight 1.5 2>&1", ft);
     out = run(cmd, &status);
     CHECK_MSG(out && status == 0 && strstr(out, "other options") &&
@@ -289,9 +296,42 @@ int main(void)
              "'%s' predict --set models.dir='%s' --set embed.backbone='%s/ft_again.fmm' "
              "--set heads.model='%s/ft_again_heads.fmm' '%s/samples/sample1.jpg'",
              bin, models, dir, dir, models);
-    out = run(cmd, &status);
-    CHECK(out && status == 0 && strstr(out, "\"gender_probs\""));
-    free(out);
+    expect_run(cmd, 0, "\"gender_probs\"");
+    /* --align-zoom: out of range is a usage error; in range, the trained file carries
+     * the scaled template the pipeline then aligns with */
+    snprintf(cmd, sizeof cmd, "%s --align-zoom 2 2>&1", ft);
+    expect_run(cmd, 2, "--align-zoom: bad value");
+    snprintf(cmd, sizeof cmd, "%s --align-zoom 0.9 2>&1", ft);
+    expect_run(cmd, 0, "wrote");
+    double got[10] = {0}, base_t[10] = {0};
+    int n_got = 0, n_base = 0;
+    for (int which = 0; which < 2; which++) {
+        if (which)
+            snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft.fmm' align.template", bin, dir);
+        else
+            snprintf(cmd, sizeof cmd, "'%s' model get '%s/dlib_resnet.fmm' align.template",
+                     bin, models);
+        out = run(cmd, &status);
+        int *cnt = which ? &n_got : &n_base;
+        double *dst = which ? got : base_t;
+        for (char *p = out, *e; p && *cnt < 10; p = e) {
+            double v = strtod(p, &e);
+            if (e == p)
+                break;
+            dst[(*cnt)++] = v;
+        }
+        free(out);
+    }
+    double worst = 0;
+    for (int i = 0; i < 10; i++)
+        worst = fmax(worst, fabs(got[i] - (75 + 0.9 * (base_t[i] - 75))));
+    CHECK_MSG(n_got == 10 && n_base == 10 && worst < 1e-4, "%d/%d values, worst %.3g px", n_got,
+              n_base, worst);
+    snprintf(cmd, sizeof cmd,
+             "'%s' predict --set models.dir='%s' --set embed.backbone='%s/ft.fmm' "
+             "--set heads.model='%s/ft_heads.fmm' '%s/samples/sample1.jpg'",
+             bin, models, dir, dir, models);
+    expect_run(cmd, 0, "\"gender_probs\"");
 
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);

@@ -88,6 +88,10 @@ static void usage(FILE *out)
             "  --age-sigma F        Gaussian age target spread, years (default 2)\n"
             "  --age-weight F, --gender-weight F, --ethnicity-weight F\n"
             "                       weights of the three losses (default 1 each)\n"
+            "  --align-zoom F       the base's alignment template scaled by F about the\n"
+            "                       chip's centre (0.5..1.5, default 1; below 1 the face\n"
+            "                       is smaller and the chip holds more hair and\n"
+            "                       surroundings); the trained backbone keeps it\n"
             "  --flip on|off        random mirror images (default on)\n"
             "  --shift PX, --scale F, --rotate DEG   alignment jitter (default 4, 0.05, 5)\n"
             "  --brightness V, --contrast F          photometric jitter (default 16, 0.15)\n"
@@ -428,6 +432,8 @@ int fm_cmd_finetune(int argc, char **argv)
             bad = fm_cmd_parse_num(v, 0.01, 100, &o.gender_weight);
         else if (OPT("--ethnicity-weight"))
             bad = fm_cmd_parse_num(v, 0.01, 100, &o.race_weight);
+        else if (OPT("--align-zoom"))
+            bad = fm_cmd_parse_num(v, 0.5, 1.5, &o.align_zoom);
         else if (OPT("--flip")) {
             bad = strcmp(v, "on") != 0 && strcmp(v, "off") != 0;
             o.flip = strcmp(v, "on") == 0;
@@ -649,7 +655,10 @@ int fm_cmd_finetune(int argc, char **argv)
 
     /* the backbone: the base's metadata, a new identity, the lineage */
     static const char *const skip[] = {"general.name", "general.source",
-                                       "general.source_integrity", NULL};
+                                       "general.source_integrity", "align.template", NULL};
+    double tmpl[10];
+    for (int i = 0; i < 10; i++)
+        tmpl[i] = fm_finetune_template(ft)[i];
     if (!(w = fm_model_writer_new()))
         goto nomem;
     if (fm_model_writer_add_str(w, "general.name",
@@ -657,6 +666,7 @@ int fm_cmd_finetune(int argc, char **argv)
                                 &err) ||
         fm_model_writer_add_str(w, "general.source", "trained:facemill", &err) ||
         fm_finetune_copy_meta(base, skip, w, &err) ||
+        fm_model_writer_add_f64_array(w, "align.template", tmpl, 10, &err) ||
         fm_model_writer_add_str(w, "general.base", base_id, &err) ||
         fm_model_writer_add_str(w, "general.base_sha256", base_sha, &err) ||
         fm_model_writer_add_str(w, "train.commit", commit, &err) ||

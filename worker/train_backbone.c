@@ -142,6 +142,7 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
     o->age_weight = 1;
     o->gender_weight = 1;
     o->race_weight = 1;
+    o->align_zoom = 1;
     o->flip = 1;
     o->shift_px = 4;
     o->scale_jitter = 0.05;
@@ -640,6 +641,7 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         !(o->weight_decay >= 0) || !(o->dropout >= 0 && o->dropout <= 0.95) ||
         !(o->age_sigma >= 0) || !(o->age_weight > 0) ||
         !(o->gender_weight > 0) || !(o->race_weight > 0) || !(o->warmup_epochs >= 0) ||
+        !(o->align_zoom >= 0.5 && o->align_zoom <= 1.5) ||
         !(o->head_epochs >= 0) || !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) ||
         !(o->momentum >= 0 && o->momentum < 1) ||
         !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
@@ -690,6 +692,10 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
         (st = read_floats(base, "input.scale", 3, ft->scale, err)) ||
         (st = read_floats(base, "align.template", 10, ft->tmpl, err)))
         goto fail;
+    for (int i = 0; i < 10; i++) { /* about the chip's centre */
+        const double c = 0.5 * (i % 2 ? ft->in_h : ft->in_w);
+        ft->tmpl[i] = (float)(c + o->align_zoom * (ft->tmpl[i] - c));
+    }
 
     layout(ft);
     ft->p = aligned_alloc(64, ft->total * sizeof(float));
@@ -973,6 +979,11 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         if (len < size)
             snprintf(buf + len, size - len, "|weights %.17g %.17g", o->gender_weight,
                      o->race_weight);
+    }
+    if (o->align_zoom != 1) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|zoom %.17g", o->align_zoom);
     }
 }
 
@@ -1352,6 +1363,11 @@ out:
 static const float *kept(const fm_finetune *ft)
 {
     return ft->have_best ? ft->best : ft->p;
+}
+
+const float *fm_finetune_template(const fm_finetune *ft)
+{
+    return ft ? ft->tmpl : NULL;
 }
 
 /* The data written for tensor ti of the base: the trainer's values (src, the kept

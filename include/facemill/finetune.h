@@ -114,6 +114,10 @@ typedef struct fm_ft_opts {
     double dropout;              /* on the shared layer's output, 0..0.95 */
     double age_sigma;
     double age_weight, gender_weight, race_weight; /* loss weights of the heads, > 0 */
+    double align_zoom;           /* the base's alignment template scaled by this about
+                                    the chip's centre (0.5..1.5; < 1: the face fills less
+                                    of the chip, more hair and surroundings); the trained
+                                    backbone records the template it was trained with */
     /* augmentation */
     int flip;                    /* 1: half the faces are the mirror view */
     double shift_px, scale_jitter, rotate_deg; /* uniform in +-value */
@@ -136,7 +140,8 @@ typedef struct fm_ft_opts {
 /* Defaults: train_from conv128_down, batch 32, 6 epochs, patience 3, AdamW, lr 1e-4
  * (backbone, absolute) and 1e-3 (heads), weight decay 1e-4 (momentum 0.9 for SGD),
  * 1 epoch of heads alone, cosine with 0.3 epochs of warm-up to a floor of 1%, step
- * 2 epochs x 0.1, hidden 256, alpha 0.1, dropout 0.3, age sigma 2 and weight 1, flip
+ * 2 epochs x 0.1, hidden 256, alpha 0.1, dropout 0.3, age sigma 2 and weight 1 (all
+ * loss weights 1), align zoom 1, flip
  * on, shift 4 px, scale 0.05, rotation 5 degrees, brightness 16, contrast 0.15,
  * seed 1, checkpoints every 200 steps. */
 void fm_ft_opts_defaults(fm_ft_opts *o);
@@ -170,6 +175,11 @@ fm_status fm_finetune_write_backbone(const fm_finetune *ft, fm_model_writer *w,
  * every tensor's name with its NUL and f32 data, in the base's order: the
  * general.source_integrity of models/FORMAT.md), computed without writing them. */
 fm_status fm_finetune_weights_digest(const fm_finetune *ft, char hex[65], fm_error *err);
+
+/* The alignment template the trainer aligns with (x0,y0,...,x4,y4 in input pixels):
+ * the base's, scaled by align_zoom. The trained backbone must carry it as its
+ * align.template (the pipeline aligns with the backbone's template). */
+const float *fm_finetune_template(const fm_finetune *ft);
 
 /* Adds the base model's metadata to w except the keys listed in skip (NULL-ended).
  * The base's own lineage (general.base*, train.*, expand.*, base.*: a base that was
