@@ -60,6 +60,22 @@ static void expect_run(const char *cmd, int want, const char *needle)
     free(out);
 }
 
+/* `facemill predict` of a sample photo with the backbone dir/NAME.fmm and its heads
+ * dir/NAME_heads.fmm (as `facemill train` writes them) gives an age and gender. */
+static void expect_labels(const char *name)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "'%s' predict --set models.dir='%s' --set embed.backbone='%s/%s.fmm' "
+             "--set heads.model='%s/%s_heads.fmm' '%s/samples/sample1.jpg'",
+             bin, models, dir, name, dir, name, models);
+    int status = -1;
+    char *out = run(cmd, &status);
+    CHECK_MSG(out && status == 0 && strstr(out, "\"age\"") && strstr(out, "\"gender_probs\""),
+              "%s: exit %d: %s", cmd, status, out ? out : "(no output)");
+    free(out);
+}
+
 /* 1 when python3 parses every line of text as JSON, 0 when not, -1 without python3. */
 static int json_valid(const char *text, int lines)
 {
@@ -226,13 +242,7 @@ int main(void)
                   "round %d: %s", round, out ? out : "(no output)");
         free(out);
     }
-    snprintf(cmd, sizeof cmd,
-             "'%s' predict --set models.dir='%s' --set embed.backbone='%s/ft.fmm' "
-             "--set heads.model='%s/ft_heads.fmm' '%s/samples/sample1.jpg'",
-             bin, models, dir, dir, models);
-    out = run(cmd, &status);
-    CHECK(out && status == 0 && strstr(out, "\"age\"") && strstr(out, "\"gender_probs\""));
-    free(out);
+    expect_labels("ft");
     snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft.fmm' general.base", bin, dir);
     out = run(cmd, &status);
     CHECK(out && status == 0 && strncmp(out, identity, strlen(identity)) == 0);
@@ -292,11 +302,7 @@ int main(void)
         CHECK_MSG(ok, "%s: %s", chain[i].key, out ? out : "(no output)");
         free(out);
     }
-    snprintf(cmd, sizeof cmd,
-             "'%s' predict --set models.dir='%s' --set embed.backbone='%s/ft_again.fmm' "
-             "--set heads.model='%s/ft_again_heads.fmm' '%s/samples/sample1.jpg'",
-             bin, models, dir, dir, models);
-    expect_run(cmd, 0, "\"gender_probs\"");
+    expect_labels("ft_again");
     /* --align-zoom: out of range is a usage error; in range, the trained file carries
      * the scaled template the pipeline then aligns with */
     snprintf(cmd, sizeof cmd, "%s --align-zoom 2 2>&1", ft);
@@ -327,11 +333,7 @@ int main(void)
         worst = fmax(worst, fabs(got[i] - (75 + 0.9 * (base_t[i] - 75))));
     CHECK_MSG(n_got == 10 && n_base == 10 && worst < 1e-4, "%d/%d values, worst %.3g px", n_got,
               n_base, worst);
-    snprintf(cmd, sizeof cmd,
-             "'%s' predict --set models.dir='%s' --set embed.backbone='%s/ft.fmm' "
-             "--set heads.model='%s/ft_heads.fmm' '%s/samples/sample1.jpg'",
-             bin, models, dir, dir, models);
-    expect_run(cmd, 0, "\"gender_probs\"");
+    expect_labels("ft");
 
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
