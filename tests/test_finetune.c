@@ -458,38 +458,41 @@ static void test_schedules(synth *s)
 
 /* ---- loss weights ------------------------------------------------------------------ */
 
-/* Loss and gradients of one batch with the given weights (age, gender, ethnicity);
- * *g is malloc'd. Every call starts from the same parameters (the heads' initial
- * values are a function of the seed). */
-static int weighted_loss(const double w[3], const float *x, const fm_utk_label *lab,
-                         double *loss, float **g, size_t *count)
+/* Loss and gradients of a batch of n faces with the given loss weights (age, gender,
+ * ethnicity) and label smoothing; *g is malloc'd (g NULL: loss only). Every call
+ * starts from the same parameters (the heads' initial values are a function of the
+ * seed). */
+static int batch_loss(const double w[3], double smoothing, const float *x,
+                      const fm_utk_label *lab, int n, double *loss, float **g, size_t *count)
 {
     fm_error err = {0};
     fm_model *m = NULL;
     fm_finetune *ft = NULL;
     fm_ft_opts o;
     fm_ft_opts_defaults(&o);
-    o.batch = 2;
+    o.batch = n;
     o.train_from = fm_ft_block_index("conv256_down_out");
     o.hidden = 32;
     o.dropout = 0;
     o.age_weight = w[0];
     o.gender_weight = w[1];
     o.race_weight = w[2];
+    o.label_smoothing = smoothing;
     int ok = fm_model_open(&m, model_path, 0, &err) == FM_OK &&
              fm_finetune_new(&ft, m, &o, &err) == FM_OK;
     int H = 0, W = 0;
     if (ok)
         fm_finetune_input_size(ft, &H, &W);
     ok = ok && H == 150 && W == 150 && /* the size of x */
-         fm_finetune_loss(ft, x, lab, 2, 1, loss, &err) == FM_OK;
-    if (ok) {
+         fm_finetune_loss(ft, x, lab, n, g != NULL, loss, &err) == FM_OK;
+    if (ok && g) {
         size_t from = 0;
         fm_finetune_params(ft, count, &from);
         *g = malloc(*count * sizeof(float));
         memcpy(*g, fm_finetune_grads(ft), *count * sizeof(float));
-    } else {
-        fprintf(stderr, "  weights %g %g %g: %s\n", w[0], w[1], w[2], err.msg);
+    } else if (!ok) {
+        fprintf(stderr, "  weights %g %g %g, smoothing %g: %s\n", w[0], w[1], w[2],
+                smoothing, err.msg);
     }
     fm_finetune_free(&ft);
     fm_model_close(&m);
@@ -512,7 +515,7 @@ static void test_loss_weights(void)
     size_t count[5] = {0};
     int ok = 1;
     for (int k = 0; k < 5; k++)
-        ok &= weighted_loss(w[k], x, lab, &loss[k], &g[k], &count[k]);
+        ok &= batch_loss(w[k], 0, x, lab, 2, &loss[k], &g[k], &count[k]);
     CHECK(ok);
     if (!ok)
         goto out;
@@ -545,6 +548,46 @@ static void test_loss_weights(void)
 out:
     for (int k = 0; k < 5; k++)
         free(g[k]);
+    free(x);
+}
+
+/* Label smoothing moves the gender and ethnicity targets towards uniform and leaves
+ * the age target alone. The loss is linear in the targets, so for one face of labels
+ * (g, r): L_eps(g, r) = (1 - eps) L_0(g, r) + eps x the mean of L_0 over all ten
+ * (gender, ethnicity) labels, with the age term unchanged (smoothing it too, or only
+ * one of the two heads, breaks the equation). */
+static void test_label_smoothing(void)
+{
+    const double w[3] = {1, 1, 1};
+    float *x = malloc((size_t)3 * 150 * 150 * sizeof(float));
+    for (size_t i = 0; i < (size_t)3 * 150 * 150; i++)
+        x[i] = (float)(urand() * 2 - 1);
+    double l0[2][5], mean = 0;
+    int ok = 1;
+    for (int g = 0; g < 2; g++)
+        for (int r = 0; r < 5; r++) {
+            fm_utk_label lab = {33, g, r};
+            ok &= batch_loss(w, 0, x, &lab, 1, &l0[g][r], NULL, NULL);
+            mean += l0[g][r] / 10;
+        }
+    const double eps[2] = {0.1, 0.5};
+    const int cases[3][2] = {{0, 0}, {1, 3}, {0, 4}};
+    double worst = 0, moved = 0;
+    for (int e = 0; e < 2 && ok; e++)
+        for (int c = 0; c < 3; c++) {
+            const int g = cases[c][0], r = cases[c][1];
+            fm_utk_label lab = {33, g, r};
+            double l = 0;
+            ok &= batch_loss(w, eps[e], x, &lab, 1, &l, NULL, NULL);
+            const double want = (1 - eps[e]) * l0[g][r] + eps[e] * mean;
+            worst = fmax(worst, fabs(l - want) / want);
+            moved = fmax(moved, fabs(l - l0[g][r]));
+        }
+    CHECK(ok);
+    CHECK_MSG(worst < 1e-5, "smoothed loss off by %.3g (relative)", worst);
+    CHECK_MSG(moved > 1e-3, "smoothing moved the loss by %.3g only", moved);
+    fprintf(stderr, "label smoothing: worst relative error %.2g, loss moved up to %.4f\n",
+            worst, moved);
     free(x);
 }
 
@@ -683,6 +726,11 @@ static void test_bad_options(void)
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     o.align_zoom = 1.6;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
+    o.label_smoothing = -0.1;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    o.label_smoothing = 1.5;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     CHECK(fm_ft_block_index("conv128_down") == 7 && fm_ft_block_index("stem") == FM_FT_STEM &&
           fm_ft_block_index("heads") == FM_FT_BLOCKS && fm_ft_block_index("nope") == -2);
     CHECK(strcmp(fm_ft_block_name(13), "conv256_down_out") == 0);
@@ -712,6 +760,7 @@ int main(void)
     test_forward();
     test_gradients();
     test_loss_weights();
+    test_label_smoothing();
     test_write_backbone();
     test_align_zoom();
     test_schedules(s);

@@ -251,11 +251,15 @@ int main(void)
     out = run(cmd, &status);
     CHECK(out && status == 0 && strstr(out, "dlib_resnet trained:facemill sha256:") == out);
     free(out);
-    /* loss weights: a weight out of range is a usage error naming the option; the
-     * same command with another weight is another run, not a resume of the first */
+    /* loss weights and label smoothing: a value out of range is a usage error naming
+     * the option; the same command with other values is another run, not a resume of
+     * the first */
     snprintf(cmd, sizeof cmd, "%s --gender-weight 0 2>&1", ft);
     expect_run(cmd, 2, "--gender-weight: bad value");
-    snprintf(cmd, sizeof cmd, "%s --gender-weight 2 --ethnicity-weight 1.5 2>&1", ft);
+    snprintf(cmd, sizeof cmd, "%s --label-smoothing 0.6 2>&1", ft);
+    expect_run(cmd, 2, "--label-smoothing: bad value");
+    snprintf(cmd, sizeof cmd,
+             "%s --gender-weight 2 --ethnicity-weight 1.5 --label-smoothing 0.1 2>&1", ft);
     out = run(cmd, &status);
     CHECK_MSG(out && status == 0 && strstr(out, "other options") &&
                   !strstr(out, "resuming from") && strstr(out, "epoch 2/2 done"),
@@ -263,7 +267,8 @@ int main(void)
     free(out);
     snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft.fmm' train.command", bin, dir);
     out = run(cmd, &status);
-    CHECK(out && status == 0 && strstr(out, "--gender-weight 2 --ethnicity-weight 1.5"));
+    CHECK(out && status == 0 &&
+          strstr(out, "--gender-weight 2 --ethnicity-weight 1.5 --label-smoothing 0.1"));
     free(out);
     /* fine-tuning a fine-tuned backbone: its lineage moves one level down (base.*),
      * the new file names it as its base, and the chain still reaches the npm file */

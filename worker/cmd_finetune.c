@@ -88,6 +88,8 @@ static void usage(FILE *out)
             "  --age-sigma F        Gaussian age target spread, years (default 2)\n"
             "  --age-weight F, --gender-weight F, --ethnicity-weight F\n"
             "                       weights of the three losses (default 1 each)\n"
+            "  --label-smoothing F  gender and ethnicity targets 1 - F on the label plus\n"
+            "                       F / classes on each class (0..0.5, default 0)\n"
             "  --align-zoom F       the base's alignment template scaled by F about the\n"
             "                       chip's centre (0.5..1.5, default 1; below 1 the face\n"
             "                       is smaller and the chip holds more hair and\n"
@@ -432,6 +434,8 @@ int fm_cmd_finetune(int argc, char **argv)
             bad = fm_cmd_parse_num(v, 0.01, 100, &o.gender_weight);
         else if (OPT("--ethnicity-weight"))
             bad = fm_cmd_parse_num(v, 0.01, 100, &o.race_weight);
+        else if (OPT("--label-smoothing"))
+            bad = fm_cmd_parse_num(v, 0, 0.5, &o.label_smoothing);
         else if (OPT("--align-zoom"))
             bad = fm_cmd_parse_num(v, 0.5, 1.5, &o.align_zoom);
         else if (OPT("--flip")) {

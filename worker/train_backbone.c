@@ -142,6 +142,7 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
     o->age_weight = 1;
     o->gender_weight = 1;
     o->race_weight = 1;
+    o->label_smoothing = 0;
     o->align_zoom = 1;
     o->flip = 1;
     o->shift_px = 4;
@@ -428,15 +429,24 @@ static float *target_of(const fm_finetune *ft, int head)
                                                    : B * (FM_HEADS_AGES + FM_HEADS_GENDERS));
 }
 
-/* Fills face i's targets: age distribution, gender and race one-hots. */
+/* A one-hot row of k classes for class c, smoothed: (1 - eps) on c plus eps / k on
+ * every class. */
+static void smoothed_one_hot(int k, int c, double eps, float *out)
+{
+    for (int j = 0; j < k; j++)
+        out[j] = (float)((j == c ? 1 - eps : 0) + eps / k);
+}
+
+/* Fills face i's targets: age distribution, gender and race one-hots (smoothed by
+ * label_smoothing). */
 static void make_targets_one(fm_finetune *ft, int i, int age, int gender, int race)
 {
     fm_nn_gaussian_target(FM_HEADS_AGES, age, ft->o.age_sigma,
                           target_of(ft, 0) + (size_t)i * FM_HEADS_AGES);
-    fm_nn_gaussian_target(FM_HEADS_GENDERS, gender, 0,
-                          target_of(ft, 1) + (size_t)i * FM_HEADS_GENDERS);
-    fm_nn_gaussian_target(FM_HEADS_RACES, race, 0,
-                          target_of(ft, 2) + (size_t)i * FM_HEADS_RACES);
+    smoothed_one_hot(FM_HEADS_GENDERS, gender, ft->o.label_smoothing,
+                     target_of(ft, 1) + (size_t)i * FM_HEADS_GENDERS);
+    smoothed_one_hot(FM_HEADS_RACES, race, ft->o.label_smoothing,
+                     target_of(ft, 2) + (size_t)i * FM_HEADS_RACES);
 }
 
 static void make_targets(fm_finetune *ft, const fm_utk_label *labels, int n)
@@ -642,6 +652,7 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         !(o->age_sigma >= 0) || !(o->age_weight > 0) ||
         !(o->gender_weight > 0) || !(o->race_weight > 0) || !(o->warmup_epochs >= 0) ||
         !(o->align_zoom >= 0.5 && o->align_zoom <= 1.5) ||
+        !(o->label_smoothing >= 0 && o->label_smoothing <= 1) ||
         !(o->head_epochs >= 0) || !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) ||
         !(o->momentum >= 0 && o->momentum < 1) ||
         !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
@@ -984,6 +995,11 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         size_t len = strlen(buf);
         if (len < size)
             snprintf(buf + len, size - len, "|zoom %.17g", o->align_zoom);
+    }
+    if (o->label_smoothing != 0) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|smooth %.17g", o->label_smoothing);
     }
 }
 

@@ -14,7 +14,9 @@
  * forward only, nothing is kept for them); the rest keep their activations for the
  * backward pass. Loss per face: cross-entropy of the age head against a Gaussian
  * target centred on the true age (label distribution learning) times age_weight, plus
- * the cross-entropies of gender and ethnicity times gender_weight and race_weight.
+ * the cross-entropies of gender and ethnicity times gender_weight and race_weight
+ * (their targets optionally smoothed towards uniform by label_smoothing, so the heads
+ * are never pushed to certainty, a guard against wrongly labelled faces).
  *
  * Inputs are aligned on the fly from the decoded photo and its five landmarks, the way
  * the pipeline aligns (the mirror view is the mirror-refitted alignment, as at
@@ -114,6 +116,8 @@ typedef struct fm_ft_opts {
     double dropout;              /* on the shared layer's output, 0..0.95 */
     double age_sigma;
     double age_weight, gender_weight, race_weight; /* loss weights of the heads, > 0 */
+    double label_smoothing;      /* gender and ethnicity targets: 1 - eps on the label
+                                    plus eps / classes on every class (0..1; 0: one-hot) */
     double align_zoom;           /* the base's alignment template scaled by this about
                                     the chip's centre (0.5..1.5; < 1: the face fills less
                                     of the chip, more hair and surroundings); the trained
