@@ -456,6 +456,76 @@ static void test_schedules(synth *s)
     fm_model_close(&m);
 }
 
+/* AdamW's first step moves every parameter by the learning rate (m and v hold one
+ * gradient, bias-corrected: |m / sqrt(v)| = 1). The backbone's first step comes after
+ * the heads' epoch; its bias correction must count from there, not from step 0 (at
+ * step 4 that gave 0.58 of the rate, after the 540-step heads epoch of a real run
+ * twice the rate). */
+typedef struct adam_probe {
+    fm_finetune *ft;
+    float *prev;
+    int n;
+    double moved[8];
+} adam_probe;
+
+static void on_adam_step(void *ctx, const fm_ft_progress *p)
+{
+    adam_probe *a = ctx;
+    if (p->epoch_end || a->n >= 8)
+        return;
+    size_t count = 0, from = 0;
+    const float *q = fm_finetune_params(a->ft, &count, &from);
+    double most = 0;
+    for (size_t i = from; i < count; i++)
+        most = fmax(most, fabs((double)q[i] - a->prev[i]));
+    memcpy(a->prev, q, count * sizeof(float));
+    a->moved[a->n++] = most;
+}
+
+static void test_adam_first_step(synth *s)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_ft_opts o;
+    small_opts(&o);
+    o.train_from = fm_ft_block_index("conv256_down_out");
+    o.max_epochs = 2; /* 3 steps per epoch: the backbone's first step is step 3 */
+    o.patience = 2;
+    o.head_epochs = 1;
+    o.warmup_epochs = 0; /* the full rate from the backbone's first step */
+    o.weight_decay = 0;
+    o.lr_backbone = 1e-3;
+    o.lr_heads = 1e-9; /* the heads hold still: what moves is the backbone */
+    o.progress_steps = 1;
+    adam_probe a = {0};
+    o.progress = on_adam_step;
+    o.ctx = &a;
+    fm_ft_set set = {24, s->img}, val = {8, s->img + 24};
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    CHECK(m && fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    if (!ft)
+        goto out;
+    size_t count = 0;
+    const float *p = fm_finetune_params(ft, &count, NULL);
+    a.ft = ft;
+    a.prev = malloc(count * sizeof(float));
+    memcpy(a.prev, p, count * sizeof(float));
+    CHECK(fm_finetune_run(ft, &set, &val, "adam", NULL, &err) == FM_OK);
+    CHECK(a.n == 6);
+    CHECK_MSG(a.moved[1] < 1e-6 && a.moved[2] < 1e-6, "heads epoch moved %.3g %.3g",
+              a.moved[1], a.moved[2]);
+    CHECK_MSG(a.moved[3] > 0.99 * o.lr_backbone && a.moved[3] < 1.0001 * o.lr_backbone,
+              "the backbone's first step moved a weight by at most %.6g, rate %.6g",
+              a.moved[3], o.lr_backbone);
+    fprintf(stderr, "adam: the backbone's first step moved weights by up to %.6g (rate %g)\n",
+            a.moved[3], o.lr_backbone);
+    free(a.prev);
+out:
+    fm_finetune_free(&ft);
+    fm_model_close(&m);
+}
+
 /* ---- loss weights ------------------------------------------------------------------ */
 
 /* Loss and gradients of a batch of n faces with the given loss weights (age, gender,
@@ -764,6 +834,7 @@ int main(void)
     test_write_backbone();
     test_align_zoom();
     test_schedules(s);
+    test_adam_first_step(s);
     test_converges(s);
     test_resume(s);
     free(s);

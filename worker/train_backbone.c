@@ -926,12 +926,17 @@ static double lr_factor(const fm_finetune *ft, int group, long step, long total,
     return o->min_lr_ratio + (1 - o->min_lr_ratio) * 0.5 * (1 + cos(PI * u));
 }
 
-static void optimiser_step(fm_finetune *ft, double fh, double fb)
+/* One update of every trained parameter. Adam's bias correction counts the steps each
+ * group has taken: the heads from step 0, the backbone from its first step
+ * (backbone_start), since its moments start from zero there and not at step 0. */
+static void optimiser_step(fm_finetune *ft, double fh, double fb, long backbone_start)
 {
     const fm_ft_opts *o = &ft->o;
     const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    const long t = ft->step + 1;
-    const double c1 = 1 - pow(b1, (double)t), c2 = 1 - pow(b2, (double)t);
+    const long th = ft->step + 1, tb = ft->step - backbone_start + 1;
+    const double c1h = 1 - pow(b1, (double)th), c2h = 1 - pow(b2, (double)th);
+    const double c1b = 1 - pow(b1, (double)(tb > 0 ? tb : 1)),
+                 c2b = 1 - pow(b2, (double)(tb > 0 ? tb : 1));
     for (int k = 0; k < T_COUNT; k++) {
         const ptensor *pt = &ft->t[k];
         if (pt->off < ft->trained_from || pt->fixed)
@@ -948,6 +953,7 @@ static void optimiser_step(fm_finetune *ft, double fh, double fb)
         if (lr == 0)
             continue;
         if (o->optimizer == FM_FT_ADAMW) {
+            const double c1 = pt->heads ? c1h : c1b, c2 = pt->heads ? c2h : c2b;
             for (size_t j = 0; j < pt->count; j++) {
                 m[j] = (float)(b1 * m[j] + (1 - b1) * g[j]);
                 v[j] = (float)(b2 * v[j] + (1 - b2) * (double)g[j] * g[j]);
@@ -972,7 +978,7 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
     fm_model_meta_str(ft->base, "general.source", &src, NULL, NULL);
     fm_model_meta_str(ft->base, "general.source_integrity", &integ, NULL, NULL);
     snprintf(buf, size,
-             "facemill-finetune 1|base %s %s|data %s|from %d|batch %d|epochs %d|patience %d|"
+             "facemill-finetune 2|base %s %s|data %s|from %d|batch %d|epochs %d|patience %d|"
              "opt %d|lr %.17g %.17g|wd %.17g|mom %.17g|sched %d|warm %.17g %.17g|min %.17g|"
              "step %.17g %.17g|hidden %d|alpha %.9g|drop %.17g|age %.17g %.17g|"
              "aug %d %.17g %.17g %.17g %.17g %.17g|seed %llu|rel %d",
@@ -1263,6 +1269,8 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
     }
     const long per_epoch = train->n / B;
     const long total = per_epoch * o->max_epochs;
+    /* the first step whose backbone rate is not 0 (lr_factor) */
+    const long backbone_start = (long)ceil(o->head_epochs * per_epoch);
     int *perm = malloc((size_t)train->n * sizeof *perm);
     if (!perm)
         return fm_error_set(err, FM_ERR_NOMEM, "fine-tune: out of memory");
@@ -1315,7 +1323,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
                                   "rate", loss, ft->step);
                 goto out;
             }
-            optimiser_step(ft, fh, fb);
+            optimiser_step(ft, fh, fb, backbone_start);
             ft->step++;
             steps_here++;
             ft->epoch_loss += loss;
