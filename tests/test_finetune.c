@@ -760,7 +760,8 @@ static void test_align_zoom(void)
         const float *t = fm_finetune_template(ft);
         double worst = 0;
         for (int i = 0; t && i < 10; i++) {
-            double want = 75 + zooms[z] * (base[i] - 75); /* 150 x 150 chips */
+            /* about the centre of 150 x 150 chips, 74.5 in pixel-centre coordinates */
+            double want = 74.5 + zooms[z] * (base[i] - 74.5);
             worst = fmax(worst, fabs(t[i] - want));
         }
         CHECK_MSG(t && worst < 1e-4, "zoom %g: worst %.3g px", zooms[z], worst);
@@ -795,6 +796,15 @@ static void test_bad_options(void)
     o.align_zoom = 0.4;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     o.align_zoom = 1.6;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    /* another template needs other weights: the file's identity is their digest */
+    o.align_zoom = 0.9;
+    o.train_from = FM_FT_BLOCKS;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft &&
+          strstr(err.msg, "--align-zoom"));
+    fm_ft_opts_defaults(&o);
+    o.align_zoom = 0.9;
+    o.lr_backbone = 0;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     fm_ft_opts_defaults(&o);
     o.label_smoothing = -0.1;

@@ -492,8 +492,11 @@ int fm_cmd_finetune(int argc, char **argv)
         fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
         goto done;
     }
-    if (limit > 0 && tl.n > (int)limit)
-        tl.n = (int)limit; /* the list is sorted by name: the first N */
+    if (limit > 0 && tl.n > (int)limit) { /* the list is sorted by name: the first N */
+        for (int i = (int)limit; i < tl.n; i++)
+            free(tl.paths[i]);
+        tl.n = (int)limit;
+    }
     if (tl.skipped || vl.skipped)
         fm_log_warn("skipped %d file(s) whose names are not AGE_GENDER_RACE_*.jpg",
                     tl.skipped + vl.skipped);
@@ -610,6 +613,8 @@ int fm_cmd_finetune(int argc, char **argv)
         for (int i = 0; i < n_all; i++)
             fm_sha256_update(&s, paths[i], strlen(paths[i]) + 1);
         fm_sha256_update(&s, &holdout, sizeof holdout);
+        /* the detector's and decoder's settings: other settings, other faces */
+        fm_sha256_update(&s, key, strlen(key) + 1);
         fm_sha256_final(&s, dg);
         fm_sha256_hex(dg, hex);
         snprintf(data_id, sizeof data_id, "%d/%d faces, names %.16s", ntr, nva, hex);
@@ -623,8 +628,9 @@ int fm_cmd_finetune(int argc, char **argv)
     fm_ft_progress best;
     fm_status st = fm_finetune_run(ft, &ts, &vs, data_id, &best, &err);
     if (st == FM_ERR_INTERRUPTED) {
-        fprintf(stderr, "facemill train: %s; run the same command again to resume\n",
-                fm_error_text(&err));
+        fprintf(stderr, "facemill train: %s%s\n", fm_error_text(&err),
+                o.checkpoint ? "; run the same command again to resume"
+                             : " (without --checkpoint there is nothing to resume from)");
         goto done;
     }
     if (st != FM_OK) {

@@ -662,6 +662,13 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         (o->optimizer != FM_FT_ADAMW && o->optimizer != FM_FT_SGD) ||
         (o->schedule != FM_FT_COSINE && o->schedule != FM_FT_STEP))
         return fm_error_set(err, FM_ERR_INVALID, "fine-tune: an option is out of range");
+    /* the trained file's identity is its weights' digest: with the base's weights and
+     * another template it would pass for the base, and heads made for one alignment
+     * would be taken for the other */
+    if (o->align_zoom != 1 && (o->train_from == FM_FT_BLOCKS || o->lr_backbone == 0))
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "fine-tune: --align-zoom needs a trained backbone (not --from "
+                            "heads, not --lr 0)");
     return FM_OK;
 }
 
@@ -703,8 +710,8 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
         (st = read_floats(base, "input.scale", 3, ft->scale, err)) ||
         (st = read_floats(base, "align.template", 10, ft->tmpl, err)))
         goto fail;
-    for (int i = 0; i < 10; i++) { /* about the chip's centre */
-        const double c = 0.5 * (i % 2 ? ft->in_h : ft->in_w);
+    for (int i = 0; i < 10; i++) { /* about the chip's centre ((0,0) is a pixel's centre) */
+        const double c = 0.5 * ((i % 2 ? ft->in_h : ft->in_w) - 1);
         ft->tmpl[i] = (float)(c + o->align_zoom * (ft->tmpl[i] - c));
     }
 

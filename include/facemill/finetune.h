@@ -121,7 +121,9 @@ typedef struct fm_ft_opts {
     double align_zoom;           /* the base's alignment template scaled by this about
                                     the chip's centre (0.5..1.5; < 1: the face fills less
                                     of the chip, more hair and surroundings); the trained
-                                    backbone records the template it was trained with */
+                                    backbone records the template it was trained with;
+                                    not 1 needs a trained backbone (train_from before the
+                                    heads, lr_backbone > 0) */
     /* augmentation */
     int flip;                    /* 1: half the faces are the mirror view */
     double shift_px, scale_jitter, rotate_deg; /* uniform in +-value */
