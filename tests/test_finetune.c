@@ -8,7 +8,10 @@
  *     classes are learnt;
  *   - a run interrupted after a few steps and resumed from its checkpoint ends with the
  *     same weights, to the bit, as the uninterrupted run; a checkpoint made with other
- *     options is not resumed; a damaged one is an error.
+ *     options is not resumed; a damaged one is an error;
+ *   - the temperature fit finds the temperature labels were drawn with, and the
+ *     calibrated heads are the kept heads with their gender and ethnicity output
+ *     layers divided by the fitted temperatures, the held-out loss no higher.
  */
 #include "facemill/backbone.h"
 #include "facemill/finetune.h"
@@ -249,6 +252,122 @@ static void small_opts(fm_ft_opts *o)
     o->rotate_deg = 3;
 }
 
+/* Writes the trainer's heads to path (architecture "heads" plus what the trainer adds). */
+static int write_heads(const fm_finetune *ft, const char *path)
+{
+    fm_error err = {0};
+    fm_model_writer *w = fm_model_writer_new();
+    int ok = w && fm_model_writer_add_str(w, "general.architecture", "heads", &err) == FM_OK &&
+             fm_finetune_write_heads(ft, w, &err) == FM_OK &&
+             fm_model_writer_save(w, path, &err) == FM_OK;
+    if (!ok)
+        fprintf(stderr, "write heads: %s\n", fm_error_text(&err));
+    fm_model_writer_destroy(&w);
+    return ok;
+}
+
+/* Calibrates a trained trainer on val and compares the heads written before and
+ * after: gender.* divided by the gender temperature, race.* by the ethnicity one,
+ * every other tensor the same bytes, heads.train.temperature only after. */
+static void check_calibration(fm_finetune *ft, const fm_ft_set *val)
+{
+    fm_error err = {0};
+    char pa[4300], pb[4300];
+    snprintf(pa, sizeof pa, "%s/heads_a.fmm", tmpdir);
+    snprintf(pb, sizeof pb, "%s/heads_b.fmm", tmpdir);
+    fm_model *a = NULL, *b = NULL;
+    double t[2] = {0, 0}, nll[4] = {0, 0, 0, 0};
+    CHECK(write_heads(ft, pa));
+    CHECK_MSG(fm_finetune_calibrate(ft, val, t, nll, &err) == FM_OK, "%s", fm_error_text(&err));
+    CHECK(write_heads(ft, pb));
+    fprintf(stderr, "calibration: gender T %.4f (loss %.5f -> %.5f), ethnicity T %.4f "
+            "(%.5f -> %.5f)\n", t[0], nll[0], nll[1], t[1], nll[2], nll[3]);
+    CHECK(t[0] >= 0.05 && t[0] <= 20 && t[1] >= 0.05 && t[1] <= 20);
+    CHECK_MSG(nll[1] <= nll[0] && nll[3] <= nll[2] && nll[1] < nll[0] - 1e-6,
+              "gender %.6f -> %.6f, ethnicity %.6f -> %.6f", nll[0], nll[1], nll[2], nll[3]);
+    CHECK(fm_model_open(&a, pa, 0, &err) == FM_OK && fm_model_open(&b, pb, 0, &err) == FM_OK);
+    if (!a || !b)
+        goto out;
+    const double *tv = NULL;
+    size_t tn = 0;
+    CHECK(fm_model_meta_f64_array(a, "heads.train.temperature", &tv, &tn, &err) != FM_OK);
+    CHECK(fm_model_meta_f64_array(b, "heads.train.temperature", &tv, &tn, &err) == FM_OK &&
+          tn == 2 && tv[0] == t[0] && tv[1] == t[1]);
+    CHECK(fm_model_tensor_count(a) == fm_model_tensor_count(b));
+    int scaled = 0, same = 0;
+    double worst = 0;
+    for (size_t i = 0; i < fm_model_tensor_count(a); i++) {
+        const fm_model_tensor_info *x = fm_model_tensor_at(a, i);
+        const fm_model_tensor_info *y = fm_model_tensor(b, x->name);
+        CHECK(y && y->nbytes == x->nbytes);
+        if (!y || y->nbytes != x->nbytes)
+            continue;
+        const int g = strncmp(x->name, "gender.", 7) == 0, r = strncmp(x->name, "race.", 5) == 0;
+        if (!g && !r) {
+            CHECK_MSG(memcmp(x->data, y->data, (size_t)x->nbytes) == 0, "%s changed", x->name);
+            same++;
+            continue;
+        }
+        for (size_t j = 0; j < (size_t)x->nbytes / sizeof(float); j++) {
+            double want = x->data[j] / t[g ? 0 : 1];
+            double e = fabs(y->data[j] - want) / (fabs(want) + 1e-30);
+            worst = e > worst ? e : worst;
+        }
+        scaled++;
+    }
+    CHECK_MSG(scaled == 4 && same >= 6 && worst < 1e-6, "%d scaled, %d same, worst %.3g",
+              scaled, same, worst);
+out:
+    fm_model_close(&a);
+    fm_model_close(&b);
+    unlink(pa);
+    unlink(pb);
+}
+
+/* fm_ft_fit_temperature recovers the temperature that labels were drawn with. */
+static void test_fit_temperature(void)
+{
+    enum { N = 20000, K = 5 };
+    float *z = malloc((size_t)N * K * sizeof *z);
+    int *y = malloc((size_t)N * sizeof *y);
+    if (!z || !y) {
+        CHECK(0);
+        free(z);
+        free(y);
+        return;
+    }
+    static const double t0s[3] = {0.5, 1.0, 2.5};
+    for (int c = 0; c < 3; c++) {
+        for (int i = 0; i < N; i++) {
+            double p[K], sum = 0;
+            for (int j = 0; j < K; j++) {
+                z[i * K + j] = (float)(8 * (urand() - 0.5));
+                sum += p[j] = exp(z[i * K + j] / t0s[c]);
+            }
+            double u = urand() * sum;
+            y[i] = K - 1;
+            for (int j = 0; j < K; j++)
+                if ((u -= p[j]) < 0) {
+                    y[i] = j;
+                    break;
+                }
+        }
+        double t = fm_ft_fit_temperature(z, y, N, K);
+        CHECK_MSG(fabs(t / t0s[c] - 1) < 0.05, "drawn with T %.2f, fitted %.4f", t0s[c], t);
+        fprintf(stderr, "temperature: drawn with %.2f, fitted %.4f\n", t0s[c], t);
+    }
+    /* every answer right by a wide margin: as sharp as the search allows */
+    for (int i = 0; i < N; i++) {
+        y[i] = i % K;
+        for (int j = 0; j < K; j++)
+            z[i * K + j] = j == y[i] ? 10.0f : 0.0f;
+    }
+    CHECK(fm_ft_fit_temperature(z, y, N, K) < 0.051);
+    CHECK(fm_ft_fit_temperature(z, y, 0, K) == 1 && fm_ft_fit_temperature(z, y, N, 1) == 1);
+    free(z);
+    free(y);
+}
+
 static void test_converges(synth *s)
 {
     fm_error err = {0};
@@ -276,6 +395,8 @@ static void test_converges(synth *s)
     fprintf(stderr, "converges: loss %.3f -> %.3f, kept epoch %d: gender %.3f race %.3f "
             "age MAE %.2f\n", t.first_loss, t.last_loss, best.best_epoch,
             best.val_gender_acc, best.val_race_acc, best.val_age_mae);
+    if (ft)
+        check_calibration(ft, &set);
     fm_finetune_free(&ft);
     fm_model_close(&m);
 }
@@ -841,6 +962,7 @@ int main(void)
     test_gradients();
     test_loss_weights();
     test_label_smoothing();
+    test_fit_temperature();
     test_write_backbone();
     test_align_zoom();
     test_schedules(s);

@@ -269,8 +269,20 @@ int main(void)
              "%s --gender-weight 2 --ethnicity-weight 1.5 --label-smoothing 0.1 2>&1", ft);
     out = run(cmd, &status);
     CHECK_MSG(out && status == 0 && strstr(out, "other options") &&
-                  !strstr(out, "resuming from") && strstr(out, "epoch 2/2 done"),
+                  !strstr(out, "resuming from") && strstr(out, "epoch 2/2 done") &&
+                  strstr(out, "held-out faces: gender temperature "),
               "%s", out ? out : "(no output)");
+    free(out);
+    /* the heads are calibrated on the held-out faces: two temperatures, recorded */
+    snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft_heads.fmm' heads.train.temperature", bin,
+             dir);
+    out = run(cmd, &status);
+    {
+        double tg = 0, tr = 0;
+        CHECK_MSG(out && status == 0 && sscanf(out, "%lf %lf", &tg, &tr) == 2 && tg >= 0.05 &&
+                      tg <= 20 && tr >= 0.05 && tr <= 20,
+                  "%s", out ? out : "(no output)");
+    }
     free(out);
     snprintf(cmd, sizeof cmd, "'%s' model get '%s/ft.fmm' train.command", bin, dir);
     out = run(cmd, &status);

@@ -640,6 +640,14 @@ int fm_cmd_finetune(int argc, char **argv)
     fm_log_info("kept epoch %d: val loss %.4f, age MAE %.3f RMSE %.3f, gender %.2f%%, "
                 "race %.2f%%", best.best_epoch, best.val_loss, best.val_age_mae,
                 best.val_age_rmse, 100 * best.val_gender_acc, 100 * best.val_race_acc);
+    double temp[2], nll[4];
+    if (fm_finetune_calibrate(ft, &vs, temp, nll, &err) != FM_OK) {
+        fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
+        goto done;
+    }
+    fm_log_info("calibrated on the %d held-out faces: gender temperature %.3f (loss %.4f -> "
+                "%.4f), ethnicity %.3f (%.4f -> %.4f)", nva, temp[0], nll[0], nll[1], temp[1],
+                nll[2], nll[3]);
 
     /* lineage shared by both files */
     char date[32], data[2048], base_id[1024];

@@ -76,6 +76,8 @@ struct fm_finetune {
     size_t total, trained_from;
     float *p, *g, *m1, *m2, *best;
     int have_best;
+    double temp[2];  /* gender and ethnicity temperatures (fm_finetune_calibrate) */
+    int calibrated;
     fm_arena *arena;
     float feat_scale[POOLED], feat_shift[POOLED]; /* 1/std, -mean/std */
     float *xbuf;     /* batch x 3 x H x W normalised input */
@@ -1124,9 +1126,10 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Scores val (face and mirror averaged) with the current weights into p. */
+/* Scores val (face and mirror averaged) with the current weights into p; glog and
+ * rlog (may be NULL) get every face's gender and ethnicity logits. */
 static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress *pr,
-                          fm_error *err)
+                          float *glog, float *rlog, fm_error *err)
 {
     const int B = ft->o.batch;
     float *feat = malloc((size_t)B * POOLED * sizeof(float) * 2);
@@ -1162,6 +1165,12 @@ static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress 
             (st = heads_loss(ft, ft->arena, &s, NULL, &l, err)))
             break;
         loss += l * n;
+        if (glog)
+            memcpy(glog + (size_t)i0 * FM_HEADS_GENDERS, s.logits[1].data,
+                   (size_t)n * FM_HEADS_GENDERS * sizeof(float));
+        if (rlog)
+            memcpy(rlog + (size_t)i0 * FM_HEADS_RACES, s.logits[2].data,
+                   (size_t)n * FM_HEADS_RACES * sizeof(float));
         for (int i = 0; i < n; i++) {
             fm_attrs at;
             fm_attrs_from_logits(s.logits[0].data + (size_t)i * FM_HEADS_AGES,
@@ -1357,7 +1366,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
         pr.step = ft->step;
         pr.epoch_end = 1;
         pr.train_loss = ft->epoch_loss_steps ? ft->epoch_loss / ft->epoch_loss_steps : 0;
-        if ((st = validate(ft, val, &pr, err)))
+        if ((st = validate(ft, val, &pr, NULL, NULL, err)))
             goto out;
         ft->validated++;
         ft->epoch_loss = 0;
@@ -1537,14 +1546,121 @@ fm_status fm_finetune_write_heads(const fm_finetune *ft, fm_model_writer *w, fm_
     for (int k = T_HEADS; k < T_COUNT; k++) {
         const ptensor *t = &ft->t[k];
         uint64_t dims[2] = {(uint64_t)t->d[0], (uint64_t)t->d[1]};
-        if ((st = fm_model_writer_add_tensor(w, t->name, (unsigned)t->ndim, dims,
-                                             src + t->off, err)))
+        /* a calibrated output layer is written divided by its temperature */
+        const int g = k == T_GEN_W || k == T_GEN_B, r = k == T_RACE_W || k == T_RACE_B;
+        float *scaled = NULL;
+        if (ft->calibrated && (g || r)) {
+            if (!(scaled = malloc(t->count * sizeof(float))))
+                return fm_error_set(err, FM_ERR_NOMEM, "heads: out of memory");
+            const double inv = 1 / ft->temp[g ? 0 : 1];
+            for (size_t i = 0; i < t->count; i++)
+                scaled[i] = (float)(src[t->off + i] * inv);
+        }
+        st = fm_model_writer_add_tensor(w, t->name, (unsigned)t->ndim, dims,
+                                        scaled ? scaled : src + t->off, err);
+        free(scaled);
+        if (st)
             return st;
     }
     if ((st = fm_model_writer_add_f64(w, "heads.leaky_alpha", ft->o.leaky_alpha, err)) ||
-        (st = fm_model_writer_add_f64(w, "heads.fallback_age", ft->fallback_age, err)))
+        (st = fm_model_writer_add_f64(w, "heads.fallback_age", ft->fallback_age, err)) ||
+        (ft->calibrated &&
+         (st = fm_model_writer_add_f64_array(w, "heads.train.temperature", ft->temp, 2, err))))
         return st;
     return FM_OK;
+}
+
+/* ---- calibration ---------------------------------------------------------------- */
+
+/* Mean negative log-likelihood of softmax(beta * logits) for labels. */
+static double mean_nll(const float *z, const int *labels, int n, int k, double beta)
+{
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        const float *row = z + (size_t)i * k;
+        double mx = row[0];
+        for (int j = 1; j < k; j++)
+            mx = row[j] > mx ? row[j] : mx;
+        double se = 0;
+        for (int j = 0; j < k; j++)
+            se += exp(beta * (row[j] - mx));
+        sum += log(se) - beta * (row[labels[i]] - mx);
+    }
+    return sum / n;
+}
+
+double fm_ft_fit_temperature(const float *logits, const int *labels, int n, int k)
+{
+    if (!logits || !labels || n < 1 || k < 2)
+        return 1;
+    /* the NLL is convex in beta = 1/T (a log-sum-exp minus a linear term), so a
+     * golden-section search over beta finds its minimum */
+    const double gr = 0.6180339887498949;
+    double a = 0.05, b = 20;
+    double c = b - gr * (b - a), d = a + gr * (b - a);
+    double fc = mean_nll(logits, labels, n, k, c), fd = mean_nll(logits, labels, n, k, d);
+    for (int it = 0; it < 100 && b - a > 1e-7; it++) {
+        if (fc < fd) {
+            b = d, d = c, fd = fc;
+            c = b - gr * (b - a);
+            fc = mean_nll(logits, labels, n, k, c);
+        } else {
+            a = c, c = d, fc = fd;
+            d = a + gr * (b - a);
+            fd = mean_nll(logits, labels, n, k, d);
+        }
+    }
+    return 1 / (0.5 * (a + b));
+}
+
+fm_status fm_finetune_calibrate(fm_finetune *ft, const fm_ft_set *val, double t[2],
+                                double nll[4], fm_error *err)
+{
+    if (!ft || !val || val->n < 1 || !val->images)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_calibrate: no faces");
+    const int n = val->n;
+    float *gz = malloc((size_t)n * FM_HEADS_GENDERS * sizeof(float));
+    float *rz = malloc((size_t)n * FM_HEADS_RACES * sizeof(float));
+    int *gl = malloc((size_t)n * sizeof(int)), *rl = malloc((size_t)n * sizeof(int));
+    float *saved = ft->have_best ? malloc(ft->total * sizeof(float)) : NULL;
+    fm_status st = FM_OK;
+    if (!gz || !rz || !gl || !rl || (ft->have_best && !saved)) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "calibration: out of memory");
+        goto out;
+    }
+    /* the kept weights are the ones written: score with them */
+    if (saved) {
+        memcpy(saved, ft->p, ft->total * sizeof(float));
+        memcpy(ft->p, ft->best, ft->total * sizeof(float));
+    }
+    fm_ft_progress pr;
+    st = validate(ft, val, &pr, gz, rz, err);
+    if (saved)
+        memcpy(ft->p, saved, ft->total * sizeof(float));
+    if (st)
+        goto out;
+    for (int i = 0; i < n; i++) {
+        gl[i] = val->images[i].label.gender;
+        rl[i] = val->images[i].label.race;
+    }
+    ft->temp[0] = fm_ft_fit_temperature(gz, gl, n, FM_HEADS_GENDERS);
+    ft->temp[1] = fm_ft_fit_temperature(rz, rl, n, FM_HEADS_RACES);
+    ft->calibrated = 1;
+    if (t)
+        t[0] = ft->temp[0], t[1] = ft->temp[1];
+    if (nll) {
+        nll[0] = mean_nll(gz, gl, n, FM_HEADS_GENDERS, 1);
+        nll[1] = mean_nll(gz, gl, n, FM_HEADS_GENDERS, 1 / ft->temp[0]);
+        nll[2] = mean_nll(rz, rl, n, FM_HEADS_RACES, 1);
+        nll[3] = mean_nll(rz, rl, n, FM_HEADS_RACES, 1 / ft->temp[1]);
+    }
+out:
+    free(gz);
+    free(rz);
+    free(gl);
+    free(rl);
+    free(saved);
+    return st;
 }
 
 /* ---- for tests ------------------------------------------------------------------ */

@@ -171,6 +171,23 @@ void fm_finetune_free(fm_finetune **ft);
 fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_set *val,
                           const char *data_id, fm_ft_progress *best, fm_error *err);
 
+/* The temperature T that minimises the mean negative log-likelihood of
+ * softmax(logits / T) for labels (n rows of k logits, labels 0..k-1), searched over
+ * 0.05..20: below 1 it sharpens answers that are less sure than they are right (as
+ * label smoothing trains them), above 1 it softens over-confident ones. 1 for bad
+ * arguments (n < 1, k < 2, NULL). */
+double fm_ft_fit_temperature(const float *logits, const int *labels, int n, int k);
+
+/* Calibrates the kept heads on val (n >= 1; face and mirror averaged, as the epochs
+ * are scored): fits a gender and an ethnicity temperature (fm_ft_fit_temperature),
+ * and fm_finetune_write_heads then writes those two output layers divided by them
+ * (and heads.train.temperature), so the written heads' probabilities match how often
+ * they are right while their answers stay the same. The age output is left alone.
+ * t (may be NULL) gets {gender T, ethnicity T}; nll (may be NULL) the mean held-out
+ * negative log-likelihoods {gender before, after, ethnicity before, after}. */
+fm_status fm_finetune_calibrate(fm_finetune *ft, const fm_ft_set *val, double t[2],
+                                double nll[4], fm_error *err);
+
 /* Adds the backbone's tensors (the kept weights, every tensor the base has) to w.
  * The caller adds the metadata (see fm_finetune_copy_meta and the lineage keys in
  * models/DLIB_RESNET.md). */
