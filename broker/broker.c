@@ -20,6 +20,7 @@
  */
 #include "facemill/broker.h"
 #include "facemill/log.h"
+#include "facemill/notify.h"
 #include "facemill/wire.h"
 #include "journal-impl.h"
 
@@ -1118,6 +1119,14 @@ fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err
                 b->cfg.broker.clients, b->cfg.broker.workers, b->cfg.sink.commits,
                 b->cfg.sink.results);
     while (!*stop) {
+        /* Both no-ops unless facemill-broker's main() asked for them (SIGHUP handler,
+         * fm_notify_init): `facemill label` runs this loop in-process. */
+        fm_log_reopen_if_requested();
+        if (fm_notify_tick())
+            fm_notify_status("%" PRIu64 " queued, %" PRIu64 " at %zu workers, %" PRIu64
+                             " awaiting commit; %" PRIu64 " committed, %.1f/s",
+                             b->st.queued, b->st.in_flight, b->nworkers,
+                             b->st.awaiting_commit, b->st.committed, commit_rate(b));
         zmq_pollitem_t items[] = {
             {b->clients, 0, ZMQ_POLLIN, 0},
             {b->workers, 0, ZMQ_POLLIN, 0},
@@ -1126,7 +1135,8 @@ fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err
         int64_t wait = b->next_tick - fm_wire_now_ms();
         if (wait < 0)
             wait = 0;
-        int rc = zmq_poll(items, 3, (long)wait);
+        /* Under systemd, wake for the watchdog whatever broker.heartbeat_ms is. */
+        int rc = zmq_poll(items, 3, fm_notify_cap_wait((long)wait));
         if (rc < 0) {
             if (errno == EINTR)
                 continue;

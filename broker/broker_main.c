@@ -1,8 +1,10 @@
 /* broker_main.c - the facemill-broker program: configuration, signals, and one
- * fm_broker serving until SIGTERM or SIGINT. */
+ * fm_broker serving until SIGTERM or SIGINT. SIGHUP reopens log.file. Under systemd
+ * it says READY=1 once its sockets are bound (include/facemill/notify.h). */
 #include "facemill/broker.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
+#include "facemill/notify.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -12,8 +14,10 @@ static volatile sig_atomic_t stop_flag;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    stop_flag = 1;
+    if (sig == SIGHUP)
+        fm_log_request_reopen(); /* the loop reopens the file; never a reason to stop */
+    else
+        stop_flag = 1;
 }
 
 static void usage(FILE *f)
@@ -21,7 +25,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: facemill-broker [--config FILE] [--set KEY=VALUE]...\n"
                "Serves clients (broker.clients) and workers (broker.workers), journals\n"
                "jobs (broker.journal) and takes commits from the sink (sink.commits).\n"
-               "SIGTERM or SIGINT stops it; the journal keeps every unfinished job.\n");
+               "SIGTERM or SIGINT stops it; the journal keeps every unfinished job.\n"
+               "SIGHUP reopens log.file (for logrotate).\n");
 }
 
 int main(int argc, char **argv)
@@ -43,12 +48,18 @@ int main(int argc, char **argv)
         return 2;
     }
     fm_log_init(NULL, cfg.log.level);
+    if (fm_log_open_file(cfg.log.file, &err) != FM_OK) {
+        fm_log_error("%s", fm_error_text(&err));
+        return 1;
+    }
+    fm_notify_init();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     fm_broker *b = NULL;
@@ -56,7 +67,9 @@ int main(int argc, char **argv)
         fm_log_error("%s", fm_error_text(&err));
         return 1;
     }
+    fm_notify_ready(); /* journal open, every socket bound */
     fm_status st = fm_broker_run(b, &stop_flag, &err);
+    fm_notify_stopping();
     if (st != FM_OK)
         fm_log_error("%s", fm_error_text(&err));
     fm_broker_close(&b);

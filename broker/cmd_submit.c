@@ -26,6 +26,7 @@
 #include "facemill/client.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
+#include "facemill/modelpath.h"
 #include "facemill/sink.h"
 #include "facemill/wire.h"
 
@@ -469,6 +470,25 @@ int fm_cmd_label(int argc, char **argv)
     if (procs == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         procs = cores > 0 ? cores : 1;
+    }
+    /* The models the workers will open, found now: a missing one is one clear line
+     * before any process starts, not an error in every worker's log. */
+    int decode_only = 0;
+    for (int i = 0; i < n_extra; i++)
+        decode_only |= strcmp(extra[i], "--decode-only") == 0;
+    if (!decode_only) {
+        fm_config *rc = malloc(sizeof *rc);
+        fm_status st = rc ? FM_OK : FM_ERR_NOMEM;
+        if (rc) {
+            *rc = cfg;
+            st = fm_config_resolve_models(rc, FM_RESOLVE_ALL, &err);
+            free(rc);
+        }
+        if (st != FM_OK) {
+            fprintf(stderr, "facemill label: %s\n",
+                    st == FM_ERR_NOMEM ? "out of memory" : fm_error_text(&err));
+            goto out_args; /* EXIT_INCOMPLETE: nothing was labelled */
+        }
     }
 
     /* The run directory: ipc sockets and the broker's journal of this run. */

@@ -13,6 +13,7 @@
  */
 #include "facemill/sink.h"
 #include "facemill/log.h"
+#include "facemill/notify.h"
 #include "facemill/wire.h"
 
 #include <zmq.h>
@@ -289,6 +290,13 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
     int n_items = s->dealer ? 2 : 1;
     s->next_heartbeat_ms = fm_wire_now_ms();
     while (!*stop) {
+        /* Both no-ops unless facemill-sink's main() asked for them (SIGHUP handler,
+         * fm_notify_init): `facemill label` runs this loop in-process. */
+        fm_log_reopen_if_requested();
+        if (fm_notify_tick())
+            fm_notify_status("%lld results stored, %lld duplicates, %lld transactions",
+                             (long long)s->stats.stored, (long long)s->stats.duplicates,
+                             (long long)s->stats.commits);
         int64_t now = fm_wire_now_ms();
         if (now >= s->next_heartbeat_ms) {
             heartbeat(s);
@@ -303,7 +311,7 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
             wait = 100;
         if (wait < 0)
             wait = 0;
-        int n = zmq_poll(items, n_items, (long)wait);
+        int n = zmq_poll(items, n_items, fm_notify_cap_wait((long)wait));
         if (n < 0) {
             if (zmq_errno() == EINTR)
                 continue;

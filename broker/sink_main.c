@@ -1,5 +1,7 @@
 /* sink_main.c - the facemill-sink program: reads the configuration, opens the sink
  * and serves until SIGINT/SIGTERM (include/facemill/sink.h says what it does).
+ * SIGHUP reopens log.file. Under systemd it says READY=1 once the database is open
+ * and sink.results bound (include/facemill/notify.h).
  *
  *   facemill-sink [--config FILE] [--set KEY=VALUE]... [--db PATH]
  *
@@ -7,6 +9,7 @@
  */
 #include "facemill/config.h"
 #include "facemill/log.h"
+#include "facemill/notify.h"
 #include "facemill/sink.h"
 
 #include <zmq.h>
@@ -20,8 +23,10 @@ static volatile sig_atomic_t stop_flag;
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    stop_flag = 1;
+    if (sig == SIGHUP)
+        fm_log_request_reopen(); /* the loop reopens the file; never a reason to stop */
+    else
+        stop_flag = 1;
 }
 
 static void usage(FILE *out)
@@ -31,7 +36,8 @@ static void usage(FILE *out)
             "\n"
             "Receives results on sink.results (PULL), stores them in the SQLite database\n"
             "sink.db (or --db PATH) and reports commits to the broker at sink.commits.\n"
-            "Stops on SIGINT or SIGTERM after committing what it holds.\n");
+            "Stops on SIGINT or SIGTERM after committing what it holds. SIGHUP reopens\n"
+            "log.file (for logrotate).\n");
 }
 
 int main(int argc, char **argv)
@@ -59,12 +65,18 @@ int main(int argc, char **argv)
         }
     }
 
+    if (fm_log_open_file(cfg.log.file, &err) != FM_OK) {
+        fm_log_error("%s", fm_error_text(&err));
+        return 1;
+    }
+    fm_notify_init();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 
     char name[128], host[64] = "localhost";
     gethostname(host, sizeof host - 1);
@@ -94,7 +106,10 @@ int main(int argc, char **argv)
     }
     fm_log_info("storing results from %s in %s; commits to %s", cfg.sink.results, db,
                 cfg.sink.commits);
-    if (fm_sink_run(sink, &stop_flag, &err) != FM_OK) {
+    fm_notify_ready(); /* database open, sink.results bound */
+    fm_status run = fm_sink_run(sink, &stop_flag, &err);
+    fm_notify_stopping();
+    if (run != FM_OK) {
         fm_log_error("%s", fm_error_text(&err));
         goto done;
     }

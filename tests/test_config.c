@@ -135,7 +135,8 @@ static void test_defaults(void)
     fm_config_defaults(&c);
     CHECK(c.log.level == FM_LOG_INFO);
     CHECK(c.engine.threads == 1);
-    CHECK(strcmp(c.models.dir, "models/cache") == 0);
+    CHECK(strcmp(c.models.dir, "") == 0); /* the model search path alone */
+    CHECK(strcmp(c.heads.model, "heads_dlib_ft.fmm") == 0);
     CHECK(c.decode.max_pixels == 100000000);
     CHECK(c.decode.max_bytes == 67108864);
     CHECK(c.detect.min_face == 20);
@@ -290,7 +291,8 @@ static void test_load_errors(void)
                      "t.yaml:2:17: detect.scale_factor: expected a number, got '.nan'");
     CHECK_LOAD_ERROR("detect:\n  min_face:\n",
                      "t.yaml:2:12: detect.min_face: missing value");
-    CHECK_LOAD_ERROR("models:\n  dir: ''\n", "t.yaml:2:8: models.dir: must not be empty");
+    CHECK_LOAD_ERROR("embed:\n  backbone: ''\n",
+                     "t.yaml:2:13: embed.backbone: must not be empty");
     /* out of bounds */
     CHECK_LOAD_ERROR("detect:\n  min_face: 5\n",
                      "t.yaml:2:13: detect.min_face: must be between 8 and 10000");
@@ -384,7 +386,7 @@ static void test_set(void)
     CHECK_SET_ERROR("detect.scale_factor=0x1p-1", "detect.scale_factor: expected a number");
     CHECK_SET_ERROR("detect.scale_factor=0.2", "detect.scale_factor: must be between 0.3 and 0.95");
     CHECK_SET_ERROR("log.level=trace", "log.level: 'trace' is not one of: error, warn, info, debug");
-    CHECK_SET_ERROR("models.dir=", "models.dir: must not be empty");
+    CHECK_SET_ERROR("embed.backbone=", "embed.backbone: must not be empty");
     CHECK_SET_ERROR("detect.min_fase=30", "unknown key 'detect.min_fase'");
     CHECK_SET_ERROR("detect=30", "'detect' is a section, not a setting");
     CHECK_SET_ERROR("=30", "unknown key ''");
@@ -559,8 +561,8 @@ static void test_dump(void)
     f = open_memstream(&text, &len);
     CHECK(fm_config_dump(&c, f) == FM_OK);
     fclose(f);
-    CHECK(strstr(text, "\nlog:\n  level: info\nengine:\n  threads: 1\n") != NULL);
-    CHECK(strstr(text, "\nmodels:\n  dir: \"models/cache\"\n") != NULL);
+    CHECK(strstr(text, "\nlog:\n  level: info\n  file: \"\"\nengine:\n  threads: 1\n") != NULL);
+    CHECK(strstr(text, "\nmodels:\n  dir: \"\"\n") != NULL);
     CHECK(strstr(text, "  scale_factor: 0.709\n  pnet_threshold: 0.6\n") != NULL);
     CHECK(strstr(text, "\ndetect:\n") != NULL && strstr(text, "\n  max_faces: 64\n") != NULL);
     free(text);
@@ -597,7 +599,7 @@ static void test_dump(void)
     CHECK(strstr(text, "detect.min_face (int, default 20, 8..10000)\n    ") != NULL);
     CHECK(strstr(text, "detect.scale_factor (float, default 0.709, 0.3..0.95)\n") != NULL);
     CHECK(strstr(text, "log.level (one of: error, warn, info, debug, default info)\n") != NULL);
-    CHECK(strstr(text, "models.dir (string, default \"models/cache\")\n") != NULL);
+    CHECK(strstr(text, "models.dir (string, default \"\")\n") != NULL);
     free(text);
 }
 

@@ -338,7 +338,7 @@ int main(void)
         CHECK(snprintf(c.heads.model, sizeof c.heads.model, "%s,%s", heads, heads2) <
               (int)sizeof c.heads.model);
         st = fm_pipeline_open(&p, &c, NULL, &err);
-        CHECK(p == NULL && (st == FM_ERR_INVALID || st == FM_ERR_IO));
+        CHECK(p == NULL && (st == FM_ERR_INVALID || st == FM_ERR_NOT_FOUND));
         if (st == FM_ERR_INVALID) /* the fine-tuned file is there: its identity differs */
             CHECK_MSG(strstr(err.msg, "dlib_resnet_ft.fmm is") != NULL, "%s", err.msg);
         char list[8][FM_CONFIG_STRING_MAX];

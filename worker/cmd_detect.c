@@ -14,6 +14,7 @@
 #include "facemill/json.h"
 #include "facemill/log.h"
 #include "facemill/nn.h"
+#include "facemill/modelpath.h"
 
 #include <errno.h>
 #include <math.h>
@@ -282,7 +283,8 @@ int fm_cmd_detect(int argc, char **argv)
     }
     fm_detect_opts dopts;
     fm_detect_opts_from_config(&dopts, &c);
-    if (fm_detector_open(&det, c.models.dir, &dopts, &err) != FM_OK) {
+    if (fm_config_resolve_models(&c, FM_RESOLVE_DETECTOR, &err) != FM_OK ||
+        fm_detector_open(&det, c.models.dir, &dopts, &err) != FM_OK) {
         fprintf(stderr, "facemill detect: %s\n", fm_error_text(&err));
         rc = 1;
         goto done;

@@ -22,6 +22,7 @@
 #include "facemill/image.h"
 #include "facemill/log.h"
 #include "facemill/model.h"
+#include "facemill/modelpath.h"
 #include "facemill/nn.h"
 #include "facemill/sha256.h"
 
@@ -354,6 +355,12 @@ int fm_cmd_finetune(int argc, char **argv)
         return 1;
     }
     fm_log_init("train", c.log.level);
+    /* the detector and the base backbone through the model search path */
+    if (fm_config_resolve_models(&c, FM_RESOLVE_DETECTOR | FM_RESOLVE_BACKBONE, &err) !=
+        FM_OK) {
+        fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
+        return 1;
+    }
     char commit[256]; /* the code that trains, as it is now (the tree may change later) */
     source_commit(commit, sizeof commit);
 
@@ -521,10 +528,7 @@ int fm_cmd_finetune(int argc, char **argv)
                         "from one backbone\n", c.embed.backbone);
         goto done;
     }
-    if (c.embed.backbone[0] == '/')
-        snprintf(base_path, sizeof base_path, "%s", c.embed.backbone);
-    else
-        snprintf(base_path, sizeof base_path, "%s/%s", c.models.dir, c.embed.backbone);
+    snprintf(base_path, sizeof base_path, "%s", c.embed.backbone); /* resolved above */
     if (fm_nn_set_threads((int)threads, &err) != FM_OK ||
         fm_model_open(&base, base_path, 0, &err) != FM_OK ||
         fm_finetune_new(&ft, base, &o, &err) != FM_OK) {

@@ -18,6 +18,7 @@ int fm_cmd_export(int argc, char **argv); /* broker/cmd_export.c: results to JSO
 int fm_cmd_submit(int argc, char **argv); /* broker/cmd_submit.c: submit to a broker */
 int fm_cmd_status(int argc, char **argv); /* broker/cmd_submit.c: broker status */
 int fm_cmd_label(int argc, char **argv); /* broker/cmd_submit.c: label on this machine */
+int fm_cmd_models(int argc, char **argv); /* cmd_models.c: fetch and list model files */
 /* --- end of commands --- */
 
 #endif

@@ -58,10 +58,15 @@ typedef char config_string[FM_CONFIG_STRING_MAX];
 const fm_config_setting fm_config_settings[] = {
     SET_ENUM("log.level", log.level, FM_LOG_INFO, log_level_names,
              "least severe message logged: error, warn, info or debug"),
+    SET_STRING("log.file", log.file, "", 0,
+               "file facemill-broker, -sink and -worker append their log to (reopened on "
+               "SIGHUP, for logrotate); empty: stderr"),
     SET_INT("engine.threads", engine.threads, 1, 1, 64,
             "OpenBLAS threads per process; keep processes x threads <= cores"),
-    SET_STRING("models.dir", models.dir, "models/cache", 1,
-               "directory holding the converted model files"),
+    SET_STRING("models.dir", models.dir, "", 0,
+               "a directory searched for model files before the model search path "
+               "(FACEMILL_MODELS, the user's and the install's data directories); empty: "
+               "the search path alone"),
     SET_INT("decode.max_pixels", decode.max_pixels, 100000000, 1, 1000000000,
             "images with more pixels (width x height) are refused before allocating"),
     SET_INT("decode.max_bytes", decode.max_bytes, 67108864, 1, 1073741824,
@@ -85,7 +90,8 @@ const fm_config_setting fm_config_settings[] = {
               "gray border added around the image before detection, as a fraction of its "
               "long side (for tightly cropped faces)"),
     SET_STRING("embed.backbone", embed.backbone, "dlib_resnet_ft.fmm", 1,
-               "backbone model file: a name in models.dir, or a path containing '/'; "
+               "backbone model file: a name found through the model search path, or an "
+               "absolute or ./ path; "
                "several separated by commas make an ensemble (one heads file each)"),
     SET_INT("embed.batch", embed.batch, 16, 1, 1024,
             "aligned faces (mirror images included) per backbone call"),
@@ -93,8 +99,8 @@ const fm_config_setting fm_config_settings[] = {
               "test-time augmentation for the heads: besides the aligned face, views "
               "zoomed out and in by this fraction, features averaged (3x the backbone "
               "work); 0: off"),
-    SET_STRING("heads.model", heads.model, "models/heads_dlib_ft.fmm", 0,
-               "attribute heads model file (for an ensemble, one per backbone, separated "
+    SET_STRING("heads.model", heads.model, "heads_dlib_ft.fmm", 0,
+               "attribute heads model file, found like embed.backbone (for an ensemble, one per backbone, separated "
                "by commas); empty: boxes and landmarks only"),
     SET_STRING("broker.clients", broker.clients, "tcp://127.0.0.1:5570", 1,
                "broker ROUTER endpoint clients connect to (the broker binds it)"),

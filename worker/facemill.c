@@ -15,6 +15,7 @@ typedef struct command {
 static const command commands[] = {
     /* --- command table --- */
     {"model", fm_cmd_model, "inspect, verify, compact and expand model files"},
+    {"models", fm_cmd_models, "fetch the pretrained models, list every model file found"},
     {"config", fm_cmd_config, "show the effective configuration"},
     {"detect", fm_cmd_detect, "find faces and landmarks in images"},
     {"predict", fm_cmd_predict, "faces with age, gender and ethnicity"},

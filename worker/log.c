@@ -1,8 +1,17 @@
-/* log.c - timestamped, role-tagged log lines on stderr (see log.h). One write(2)
- * per line so lines of several processes sharing a terminal do not interleave. */
+/* log.c - timestamped, role-tagged log lines on stderr or in log.file (see log.h).
+ * One write(2) per line so lines of several processes sharing a terminal or a file
+ * do not interleave.
+ *
+ * Why reopen by dup2: logrotate renames the file and sends SIGHUP; the new file is
+ * opened and put in place of the old descriptor number in one call, so a thread
+ * writing a line at that moment writes it whole to one file or the other, and no
+ * thread ever sees a closed descriptor. */
 #define _POSIX_C_SOURCE 200809L
 #include "facemill/log.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -11,6 +20,9 @@
 fm_log_level fm_log_current_level = FM_LOG_INFO;
 static char log_role[32] = "facemill";
 static FILE *log_stream;
+static int log_fd = -1; /* log.file, or -1: lines go to log_stream */
+static char log_path[4096];
+static volatile sig_atomic_t reopen_requested;
 
 static const char *const level_names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
 
@@ -27,6 +39,68 @@ void fm_log_init(const char *role, int level)
 void fm_log_set_stream(FILE *stream)
 {
     log_stream = stream;
+}
+
+static int open_log(const char *path)
+{
+    int fd;
+    do
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+fm_status fm_log_open_file(const char *path, fm_error *err)
+{
+    if (!path || !path[0])
+        return FM_OK;
+    if (strlen(path) >= sizeof log_path)
+        return fm_error_set(err, FM_ERR_INVALID, "log.file: path longer than %zu bytes",
+                            sizeof log_path - 1);
+    int fd = open_log(path);
+    if (fd < 0)
+        return fm_error_set(err, FM_ERR_IO, "log.file %s: %s", path, strerror(errno));
+    if (log_fd >= 0)
+        close(log_fd);
+    log_fd = fd;
+    strcpy(log_path, path);
+    return FM_OK;
+}
+
+void fm_log_request_reopen(void)
+{
+    reopen_requested = 1;
+}
+
+int fm_log_reopen_if_requested(void)
+{
+    if (!reopen_requested)
+        return 0;
+    reopen_requested = 0;
+    if (log_fd < 0)
+        return 1; /* stderr: whoever reads it (journald, a terminal) needs nothing */
+    int fd = open_log(log_path);
+    if (fd < 0) {
+        fm_log_error("log.file %s: cannot reopen (%s); logging on to the old file",
+                     log_path, strerror(errno));
+        return 1;
+    }
+    int r;
+    while ((r = dup2(fd, log_fd)) < 0 && (errno == EINTR || errno == EBUSY))
+        ;
+    int e = errno;
+    close(fd);
+    if (r < 0) {
+        fm_log_error("log.file %s: cannot reopen (dup2: %s); logging on to the old file",
+                     log_path, strerror(e));
+        return 1;
+    }
+    /* dup2 clears close-on-exec on the copy; nothing this process runs should
+     * inherit the log file. */
+    if (fcntl(log_fd, F_SETFD, FD_CLOEXEC) < 0)
+        fm_log_warn("log.file %s: cannot set close-on-exec: %s", log_path, strerror(errno));
+    fm_log_info("log file %s reopened", log_path);
+    return 1;
 }
 
 int fm_log_level_parse(const char *name)
@@ -61,6 +135,11 @@ void fm_log_write(fm_log_level level, const char *fmt, ...)
     if ((size_t)n >= sizeof line - 1)
         n = (int)sizeof line - 2;
     line[n++] = '\n';
+    if (log_fd >= 0) {
+        ssize_t w = write(log_fd, line, (size_t)n);
+        (void)w;
+        return;
+    }
     FILE *out = log_stream ? log_stream : stderr;
     fflush(out);
     ssize_t w = write(fileno(out), line, (size_t)n);

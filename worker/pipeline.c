@@ -11,6 +11,7 @@
 #include "facemill/align.h"
 #include "facemill/image.h"
 #include "facemill/log.h"
+#include "facemill/modelpath.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -79,27 +80,7 @@ static double now_ms(void)
 
 int fm_pipeline_split_list(const char *s, char out[][FM_CONFIG_STRING_MAX], int max)
 {
-    int n = 0;
-    while (*s) {
-        const char *e = strchr(s, ',');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        while (len > 0 && (*s == ' ' || *s == '\t')) {
-            s++;
-            len--;
-        }
-        while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
-            len--;
-        if (len == 0 || len >= FM_CONFIG_STRING_MAX || n == max)
-            return -1;
-        memcpy(out[n], s, len);
-        out[n++][len] = '\0';
-        if (!e)
-            break;
-        s = e + 1;
-        if (!*s)
-            return -1; /* a trailing comma */
-    }
-    return n;
+    return fm_model_split_list(s, out, max);
 }
 
 static fm_status member_path(const fm_config *c, const char *name, char *buf, size_t size,
@@ -160,12 +141,9 @@ static void combine(const fm_attrs *a, int n, size_t stride, fm_attrs *out)
     }
 }
 
-fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
-                           const fm_pipeline_opts *opts, fm_error *err)
+static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
+                               const fm_pipeline_opts *opts, fm_error *err)
 {
-    if (!out || !c)
-        return fm_error_set(err, FM_ERR_INVALID, "fm_pipeline_open: NULL argument");
-    *out = NULL;
     fm_pipeline *p = calloc(1, sizeof *p);
     if (!p)
         return fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
@@ -342,6 +320,31 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
 
 fail:
     fm_pipeline_close(&p);
+    return st;
+}
+
+/* The model settings resolved through the search path (include/facemill/modelpath.h)
+ * on a copy of the configuration: only the files this pipeline opens must exist. */
+fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
+                           const fm_pipeline_opts *opts, fm_error *err)
+{
+    if (!out || !c)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_pipeline_open: NULL argument");
+    *out = NULL;
+    fm_config *rc = malloc(sizeof *rc);
+    if (!rc)
+        return fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
+    *rc = *c;
+    int heads = !(opts && opts->no_heads) && c->heads.model[0];
+    unsigned which = FM_RESOLVE_DETECTOR;
+    if (heads)
+        which |= FM_RESOLVE_HEADS | FM_RESOLVE_BACKBONE;
+    if (opts && opts->keep_features)
+        which |= FM_RESOLVE_BACKBONE;
+    fm_status st = fm_config_resolve_models(rc, which, err);
+    if (st == FM_OK)
+        st = pipeline_open(out, rc, opts, err);
+    free(rc);
     return st;
 }
 

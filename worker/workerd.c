@@ -19,11 +19,18 @@
  * `facemill label` starts) the parent also dies with whoever started it, and both
  * levels die by SIGKILL: the broker and sink they served died with that process, so
  * there is nothing to finish or hand back.
+ *
+ * Under systemd (include/facemill/notify.h) only the parent speaks for the service:
+ * READY=1 once every pipeline process has opened its pipeline and connected, a
+ * STATUS= line and the watchdog from its loop. SIGHUP reopens log.file in the parent,
+ * which passes it on to every pipeline process, each reopening the file for itself.
  */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "facemill/config.h"
 #include "facemill/image.h"
 #include "facemill/log.h"
 #include "facemill/nn.h"
+#include "facemill/notify.h"
 #include "facemill/sha256.h"
 #include "facemill/wire.h"
 #include "facemill/pipeline.h"
@@ -33,9 +40,11 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -44,10 +53,24 @@
 
 static volatile sig_atomic_t stop_flag;
 
+/* What each pipeline process tells its parent, in memory shared across fork: whether
+ * it serves, and how many jobs it finished. The parent reads it for READY=1 and its
+ * STATUS= line. One slot per process index; a restarted process takes over its
+ * predecessor's slot (done keeps counting). */
+typedef struct proc_slot {
+    atomic_int ready;          /* 1 once the pipeline is open and the broker link runs */
+    atomic_uint_least64_t done; /* jobs finished, results sent */
+} proc_slot;
+
+static proc_slot *slots;   /* the parent's mapping, inherited by every process */
+static proc_slot *my_slot; /* in a pipeline process: its own slot */
+
 static void on_signal(int sig)
 {
-    (void)sig;
-    stop_flag = 1;
+    if (sig == SIGHUP)
+        fm_log_request_reopen(); /* the loop reopens the file; never a reason to stop */
+    else
+        stop_flag = 1;
 }
 
 static void install_signals(void)
@@ -58,6 +81,7 @@ static void install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -761,6 +785,7 @@ static int worker_process(const fm_config *cfg, int index, int decode_only)
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
     pthread_t link_th;
     pthread_sigmask(SIG_BLOCK, &block, &old);
     int prc = pthread_create(&link_th, NULL, link_main, &l);
@@ -771,8 +796,11 @@ static int worker_process(const fm_config *cfg, int index, int decode_only)
     }
     link_running = 1;
     fm_log_info("worker %s: credit %d, model %s", w.name, w.credit, w.comp.model);
+    if (my_slot)
+        atomic_store(&my_slot->ready, 1);
     rc = 0;
     while (!stop_flag) {
+        fm_log_reopen_if_requested(); /* SIGHUP, passed on by the parent */
         zmq_pollitem_t it = {w.pair, 0, ZMQ_POLLIN, 0};
         int n = zmq_poll(&it, 1, 500);
         if (n < 0 && errno != EINTR) {
@@ -786,8 +814,12 @@ static int worker_process(const fm_config *cfg, int index, int decode_only)
             rc = 1;
             break;
         }
-        if (w.nheld > 0 && !stop_flag)
+        if (w.nheld > 0 && !stop_flag) {
+            int batch = w.nheld;
             process_held(&w);
+            if (my_slot)
+                atomic_fetch_add(&my_slot->done, (uint_least64_t)batch);
+        }
     }
     /* Stopping: whatever is held and not started goes back. */
     int back = stop_link(&w, link_stopped);
@@ -815,11 +847,21 @@ done:
 static pid_t spawn(const fm_config *cfg, int index, int decode_only, int death_sig)
 {
     pid_t parent = getpid();
+    if (slots)
+        atomic_store(&slots[index].ready, 0);
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, death_sig);
         if (getppid() != parent)
             _exit(0);
+        /* The parent keeps SIGCHLD blocked for its wait (main); a pipeline process
+         * has no children to wait for, and only the parent notifies systemd. */
+        sigset_t chld;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        sigprocmask(SIG_UNBLOCK, &chld, NULL);
+        fm_notify_disable();
+        my_slot = slots ? &slots[index] : NULL;
         _exit(worker_process(cfg, index, decode_only));
     }
     if (pid < 0)
@@ -839,7 +881,35 @@ static void usage(FILE *f)
             "--decode-only: decode and hash, no models (tests, wire benchmarks).\n"
             "--die-with-parent: every process is killed at once when the program that\n"
             "started facemill-worker dies (facemill label, whose broker and sink die\n"
-            "with it).\n");
+            "with it).\n"
+            "SIGHUP reopens log.file (for logrotate) in every process.\n");
+}
+
+/* Under systemd, the parent's loop takes a turn at least this often: pipeline
+ * processes become ready without a signal, and READY=1 should follow soon after
+ * (fm_notify_cap_wait shortens the turn for the watchdog and the status). */
+#define PARENT_TURN_MS 250
+
+/* One turn of systemd notification in the parent: READY=1 once every living
+ * pipeline process serves, the watchdog, and "N processes running, M images done". */
+static void parent_notify(const pid_t *pids, long procs)
+{
+    if (!fm_notify_enabled())
+        return;
+    long running = 0, serving = 0;
+    uint_least64_t done = 0;
+    for (long i = 0; i < procs; i++) {
+        if (pids[i] > 0) {
+            running++;
+            serving += atomic_load(&slots[i].ready) != 0;
+        }
+        done += atomic_load(&slots[i].done);
+    }
+    if (running > 0 && serving == running)
+        fm_notify_ready();
+    if (fm_notify_tick())
+        fm_notify_status("%ld of %ld processes running, %ld serving; %llu images done",
+                         running, procs, serving, (unsigned long long)done);
 }
 
 int main(int argc, char **argv)
@@ -875,6 +945,14 @@ int main(int argc, char **argv)
         }
     }
     fm_log_init(NULL, cfg.log.level);
+    if (fm_log_open_file(cfg.log.file, &err) != FM_OK) {
+        fm_log_error("%s", fm_error_text(&err));
+        return 1;
+    }
+    /* Started by `facemill label` (--die-with-parent), this is not the service's
+     * main process, whatever NOTIFY_SOCKET the environment carries. */
+    if (!die_with_parent)
+        fm_notify_init();
     if (procs == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         procs = n > 0 ? n : 1;
@@ -893,6 +971,23 @@ int main(int argc, char **argv)
         free(started);
         return 1;
     }
+    size_t slots_bytes = (size_t)procs * sizeof *slots;
+    void *map = mmap(NULL, slots_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                     -1, 0);
+    if (map == MAP_FAILED) {
+        fm_log_error("shared memory for %ld processes: %s", procs, strerror(errno));
+        free(pids);
+        free(started);
+        return 1;
+    }
+    slots = map; /* zero-filled: nobody ready, nothing done */
+    /* SIGCHLD stays blocked here so the loop can wait for a child, a signal or its
+     * next turn without missing a child that dies in between (sigtimedwait below);
+     * spawn unblocks it in every pipeline process. */
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
     fm_log_info("starting %ld worker processes", procs);
     for (long i = 0; i < procs; i++) {
         pids[i] = spawn(&cfg, (int)i, decode_only, death_sig);
@@ -900,8 +995,23 @@ int main(int argc, char **argv)
     }
     int failures = 0;
     while (!stop_flag) {
+        if (fm_log_reopen_if_requested())
+            for (long i = 0; i < procs; i++)
+                if (pids[i] > 0)
+                    kill(pids[i], SIGHUP); /* each reopens the file for itself */
+        parent_notify(pids, procs);
         int status;
-        pid_t pid = waitpid(-1, &status, 0);
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid == 0) {
+            /* Nobody exited yet. Returns on a child's SIGCHLD, a handled signal
+             * (EINTR) or, under systemd, the end of the turn (EAGAIN); the loop looks
+             * again either way. Outside systemd it sleeps until something happens,
+             * as a blocking waitpid did. */
+            long ms = fm_notify_cap_wait(PARENT_TURN_MS);
+            struct timespec turn = {ms / 1000, (ms % 1000) * 1000000L};
+            sigtimedwait(&chld, NULL, fm_notify_enabled() ? &turn : NULL);
+            continue;
+        }
         if (pid < 0) {
             if (errno == EINTR)
                 continue;
@@ -935,12 +1045,15 @@ int main(int argc, char **argv)
         if (!alive)
             break;
     }
+    fm_notify_stopping();
     for (long i = 0; i < procs; i++)
         if (pids[i] > 0)
             kill(pids[i], SIGTERM);
     for (long i = 0; i < procs; i++)
         while (pids[i] > 0 && waitpid(pids[i], NULL, 0) < 0 && errno == EINTR)
             ;
+    munmap(map, slots_bytes);
+    slots = NULL;
     free(pids);
     free(started);
     return failures ? 1 : 0;

@@ -51,6 +51,7 @@ extern "C" {
 typedef struct fm_config {
     struct {
         int level; /* an fm_log_level: FM_LOG_ERROR .. FM_LOG_DEBUG */
+        char file[FM_CONFIG_STRING_MAX]; /* service programs log here; "" = stderr */
     } log;
     struct {
         int64_t threads; /* OpenBLAS threads per process */
@@ -73,7 +74,7 @@ typedef struct fm_config {
         double pad;        /* border added around the image, fraction of its long side */
     } detect;
     struct {
-        char backbone[FM_CONFIG_STRING_MAX]; /* backbone model file (in models.dir) */
+        char backbone[FM_CONFIG_STRING_MAX]; /* backbone model file (modelpath.h) */
         int64_t batch;                       /* aligned faces per backbone call */
         double tta_zoom; /* > 0: also views zoomed out and in by this fraction */
     } embed;

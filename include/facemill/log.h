@@ -1,15 +1,17 @@
 /* log.h - one logger for every facemill process.
  *
- * Lines go to stderr as
+ * Lines go to stderr (or the file log.file names, see fm_log_open_file) as
  *   2026-11-28T10:00:00.123Z worker[1234] INFO  message
  * The macros check the level before any argument is formatted, so a debug line in a
  * hot loop costs one comparison when debug logging is off.
  *
- * Global state (one of the few): the level, the process role and the output stream.
- * Set them once at start-up, before threads start.
+ * Global state (one of the few): the level, the process role, the output stream or
+ * log file, and a reopen request. Set them once at start-up, before threads start.
  */
 #ifndef FACEMILL_LOG_H
 #define FACEMILL_LOG_H
+
+#include "facemill/status.h"
 
 #include <stdio.h>
 
@@ -32,6 +34,27 @@ void fm_log_init(const char *role, int level);
 
 /* Sends lines to stream (default stderr). The stream stays owned by the caller. */
 void fm_log_set_stream(FILE *stream);
+
+/* Sends lines to the file at path instead (log.file): appended to, created with mode
+ * 0640 when missing, opened O_APPEND so the processes of a worker sharing it write
+ * whole lines, and O_CLOEXEC. The path is copied for fm_log_reopen_if_requested.
+ * NULL or "" keeps the current output. Call at start-up, before threads start.
+ * Returns FM_OK, FM_ERR_INVALID (path longer than 4095 bytes) or FM_ERR_IO (err
+ * names the path); on error the output is unchanged. */
+fm_status fm_log_open_file(const char *path, fm_error *err);
+
+/* Asks for the log file to be reopened: logrotate renamed it and sent SIGHUP.
+ * Async-signal-safe (it sets a flag), so a SIGHUP handler calls it; the reopen
+ * itself happens in fm_log_reopen_if_requested, from the main loop. */
+void fm_log_request_reopen(void);
+
+/* When a reopen was asked for since the last call: opens the log file's path again
+ * and makes every thread's following lines go there (the descriptor is replaced in
+ * place), then logs that it did. Without a log file nothing changes (lines stay on
+ * stderr). A reopen that fails is logged to the old file, which stays in use.
+ * Returns 1 when a reopen was asked for (a worker parent then passes it on to its
+ * processes), else 0. Call from the main loop, not from a signal handler. */
+int fm_log_reopen_if_requested(void);
 
 /* Parses "error", "warn", "info" or "debug"; returns -1 for anything else. */
 int fm_log_level_parse(const char *name);

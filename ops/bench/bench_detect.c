@@ -11,8 +11,8 @@
  *      - a 12 MP (4000x3000) image the way the pipeline sees it: JPEG-encoded, decoded
  *        with DCT scaling to what max_side needs (1/2: 2000x1500), then detected;
  *      - the same 12 MP pixels detected at full resolution (no DCT scaling).
- *    Both images are made from the sample photo (default models/cache/samples/
- *    sample1.jpg) by a bilinear resize with the warp of align.h (centre crop to the
+ *    Both images are made from the sample photo (default samples/sample1.jpg in the
+ *    model search path) by a bilinear resize with the warp of align.h (centre crop to the
  *    target aspect ratio).
  * 2. With --utk DIR (e.g. ../shared/data/utkface/val): the fraction of images with at
  *    least one face, images per second (decode + detect, one thread) and the face
@@ -26,6 +26,7 @@
 #include "facemill/config.h"
 #include "facemill/detect.h"
 #include "facemill/image.h"
+#include "facemill/modelpath.h"
 #include "facemill/nn.h"
 
 #include <dirent.h>
@@ -240,7 +241,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
         return 2;
     }
-    const char *models = c.models.dir, *sample = "models/cache/samples/sample1.jpg";
+    const char *models = c.models.dir, *sample = "samples/sample1.jpg";
     const char *utk = NULL, *misses = NULL;
     int repeat = 5, threads = (int)c.engine.threads, speed = 1;
     double pad = -1; /* -1: detect.pad of the configuration */
@@ -281,6 +282,22 @@ int main(int argc, char **argv)
     }
     if (repeat < 1)
         repeat = 1;
+    /* the models and the sample photo through the model search path */
+    char sample_path[FM_MODEL_PATH_MAX];
+    fm_model_dirs *dirs = malloc(sizeof *dirs);
+    snprintf(c.models.dir, sizeof c.models.dir, "%s", models);
+    if (!dirs || fm_config_resolve_models(&c, FM_RESOLVE_DETECTOR, &err) != FM_OK ||
+        fm_model_dirs_init(dirs, NULL, &err) != FM_OK ||
+        fm_model_find(dirs, "--sample", sample, sample_path, sizeof sample_path, &err) !=
+            FM_OK) {
+        fprintf(stderr, "facemill-bench-detect: %s\n",
+                dirs ? fm_error_text(&err) : "out of memory");
+        free(dirs);
+        return 1;
+    }
+    free(dirs);
+    models = c.models.dir;
+    sample = sample_path;
 
     int rc = 1;
     fm_detector *det = NULL;

@@ -17,6 +17,7 @@
  * OpenBLAS kernel set in use is printed (OPENBLAS_CORETYPE overrides it).
  */
 #include "facemill/backbone.h"
+#include "facemill/modelpath.h"
 #include "facemill/nn.h"
 
 #include <cblas.h>
@@ -84,8 +85,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: facemill-bench-embed [--model PATH] [--batch N]... [--threads N]\n"
             "                            [--seconds S] [--gflop G]\n"
-            "  --model PATH  backbone model (default models/cache/dlib_resnet.fmm under\n"
-            "                $FACEMILL_SOURCE_DIR, else the current directory)\n"
+            "  --model PATH  backbone model (default dlib_resnet.fmm, found through the\n"
+            "                model search path: see facemill(1))\n"
             "  --batch N     a batch size to time (repeatable; default 1 and 16)\n"
             "  --threads N   OpenBLAS threads (default 1)\n"
             "  --seconds S   time spent per batch size (default 2)\n"
@@ -104,10 +105,13 @@ static int parse_int(const char *s, int lo, int hi, int *out)
 
 int main(int argc, char **argv)
 {
-    char default_model[4096];
-    const char *src = getenv("FACEMILL_SOURCE_DIR");
-    snprintf(default_model, sizeof default_model, "%s%smodels/cache/dlib_resnet.fmm",
-             src ? src : "", src ? "/" : "");
+    /* the npm network through the model search path (include/facemill/modelpath.h) */
+    char default_model[FM_MODEL_PATH_MAX] = "dlib_resnet.fmm";
+    fm_model_dirs *dirs = malloc(sizeof *dirs);
+    if (dirs && fm_model_dirs_init(dirs, NULL, NULL) == FM_OK)
+        fm_model_find(dirs, NULL, "dlib_resnet.fmm", default_model, sizeof default_model,
+                      NULL);
+    free(dirs);
     const char *model = default_model;
     int sizes[MAX_SIZES], n_sizes = 0, threads = 1;
     double seconds = 2.0, gflop = 0.0;

@@ -8,8 +8,9 @@ SlowDown honoured, Commit notices counted, StatusRequest as the fallback when co
 notices are lost (e.g. the broker restarted).
 
 Needs Debian's python3-zmq and python3-protobuf, and the Python code generated from
-proto/facemill.proto (the build writes it to BUILD/python/facemill_pb2.py; or run
-`protoc --python_out=DIR proto/facemill.proto`).
+proto/facemill.proto: an install puts facemill_pb2.py beside this script
+(share/facemill/examples/), the build writes it to BUILD/python/facemill_pb2.py, or
+run `protoc --python_out=DIR proto/facemill.proto` and pass --proto-dir DIR.
 
     python3 ops/examples/submit.py --endpoint tcp://broker:5570 \\
         --proto-dir build/python --tag myrun photos/
@@ -46,7 +47,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder")
     ap.add_argument("--endpoint", default="tcp://127.0.0.1:5570", help="broker.clients")
-    ap.add_argument("--proto-dir", default="build/python", help="where facemill_pb2.py is")
+    here = os.path.dirname(os.path.abspath(__file__))
+    beside = os.path.exists(os.path.join(here, "facemill_pb2.py"))
+    ap.add_argument("--proto-dir",
+                    default=here if beside else os.path.join(here, "..", "..", "build", "python"),
+                    help="where facemill_pb2.py is (default: beside this script when "
+                         "installed, else the source tree's build/python)")
     ap.add_argument("--tag", default="python-%d" % os.getpid(), help="run name")
     ap.add_argument("--chunk", type=int, default=32, help="jobs per Submit")
     ap.add_argument("--timeout", type=float, default=600, help="give up after seconds")

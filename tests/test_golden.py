@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""test_golden.py - facemill's answers on the sample photos, kept in a reviewed file.
+
+tests/golden/samples.json holds what `facemill predict` with the shipped defaults
+answers for the six sample photos of models/fetch: per photo its size and faces (box,
+score, landmarks, age, age_std, gender and its probabilities, ethnicity and its
+probabilities). The test runs predict again and requires the same faces with the same
+labels, every number equal to the digits predict prints (relative 2e-3: the last of
+four digits may round the other way on another CPU's kernels). Any change to the model,
+the detector, the alignment or the heads shows as a diff of that file in review.
+
+Regenerate it only on purpose, with the command below, and say why in the commit:
+
+    /usr/bin/python3 tests/test_golden.py --bin build/bin --src . --regenerate
+
+Exit 0 pass, 1 fail.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+
+def close(u, v, rel=2e-3, ab=2e-6):
+    return abs(u - v) <= ab + rel * max(abs(u), abs(v))
+
+
+def numbers(x):
+    """The numbers of a face field, flattened (lists, pairs, {name: p} maps)."""
+    if isinstance(x, dict):
+        return [v for k in sorted(x) for v in numbers(x[k])]
+    if isinstance(x, list):
+        return [v for e in x for v in numbers(e)]
+    return [x]
+
+
+def predict(fm, samples):
+    files = sorted(os.path.join(samples, f) for f in os.listdir(samples)
+                   if f.lower().endswith(".jpg"))
+    p = subprocess.run([fm, "predict"] + files, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise SystemExit("test_golden: facemill predict exited %d: %s" % (p.returncode,
+                                                                          p.stderr[-1500:]))
+    out = {}
+    for line in p.stdout.splitlines():
+        o = json.loads(line)
+        out[os.path.basename(o.pop("path"))] = {
+            "width": o["width"], "height": o["height"], "faces": o["faces"]}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--src", required=True)
+    ap.add_argument("--regenerate", action="store_true")
+    a = ap.parse_args()
+    src = os.path.abspath(a.src)
+    fm = os.path.join(os.path.abspath(a.bin), "facemill")
+    samples = os.path.join(src, "models", "cache", "samples")
+    golden = os.path.join(src, "tests", "golden", "samples.json")
+    if not os.path.isdir(samples):
+        print("test_golden: %s is missing: run models/fetch (ops/test does)" % samples,
+              file=sys.stderr)
+        return 1
+    got = predict(fm, samples)
+    if a.regenerate:
+        # one face a line: a change shows as the faces it changed
+        with open(golden, "w") as f:
+            f.write("{\n")
+            for k, name in enumerate(sorted(got)):
+                v = got[name]
+                f.write(' "%s": {"width": %d, "height": %d, "faces": [\n' %
+                        (name, v["width"], v["height"]))
+                f.write(",\n".join("  " + json.dumps(face, sort_keys=True)
+                                   for face in v["faces"]))
+                f.write("\n ]}%s\n" % ("," if k + 1 < len(got) else ""))
+            f.write("}\n")
+        print("test_golden: wrote %s (%d photos, %d faces)" % (
+            golden, len(got), sum(len(v["faces"]) for v in got.values())), file=sys.stderr)
+        return 0
+    want = json.load(open(golden))
+    passed = failed = 0
+
+    def check(cond, what):
+        nonlocal passed, failed
+        if cond:
+            passed += 1
+        else:
+            failed += 1
+            print("FAIL:", what, file=sys.stderr)
+
+    check(sorted(got) == sorted(want), "photos %s, golden %s" % (sorted(got), sorted(want)))
+    for name in sorted(want):
+        g, w = got.get(name), want[name]
+        if g is None:
+            continue
+        check(g["width"] == w["width"] and g["height"] == w["height"], name + ": size")
+        check(len(g["faces"]) == len(w["faces"]),
+              "%s: %d faces, golden %d" % (name, len(g["faces"]), len(w["faces"])))
+        for i, (gf, wf) in enumerate(zip(g["faces"], w["faces"])):
+            check(sorted(gf) == sorted(wf), "%s face %d: fields %s, golden %s" %
+                  (name, i, sorted(gf), sorted(wf)))
+            for key in sorted(wf):
+                if isinstance(wf[key], str):
+                    check(gf.get(key) == wf[key], "%s face %d: %s %r, golden %r" %
+                          (name, i, key, gf.get(key), wf[key]))
+                else:
+                    u, v = numbers(gf.get(key)), numbers(wf[key])
+                    check(len(u) == len(v) and all(close(x, y) for x, y in zip(u, v)),
+                          "%s face %d: %s %s, golden %s" % (name, i, key, gf.get(key),
+                                                            wf[key]))
+    print("test_golden: %d passed, %d failed" % (passed, failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
