@@ -1,7 +1,7 @@
 """model_interop.py - the Python side of test_model_interop.
 
 Why it exists: converters write model files in Python (models/tools/fmmodel.py) and
-workers read them in C (worker/model.c); both must agree byte for byte. This script
+workers read them in C (worker/engine/model.c); both must agree byte for byte. This script
 writes the reference model with fmmodel.py, or reads a file (written by the C writer)
 and checks that it holds exactly the reference contents. test_model_interop.c builds
 the same reference in C and compares.

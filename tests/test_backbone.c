@@ -1,5 +1,5 @@
-/* test_backbone.c - the backbone module (worker/backbone.c) with the dlib ResNet
- * architecture (worker/arch_dlib_resnet.c), on model files this test writes.
+/* test_backbone.c - the backbone module (worker/vision/backbone.c) with the dlib ResNet
+ * architecture (worker/vision/arch_dlib_resnet.c), on model files this test writes.
  *
  * Why it exists: agreement with the original library is checked by
  * tests/reference/check_dlib_resnet.py, which needs fetched weights, node and the npm

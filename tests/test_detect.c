@@ -17,7 +17,7 @@
 #include "facemill/image.h"
 #include "facemill/model.h"
 #include "fm_test.h"
-#include "mtcnn-impl.h"
+#include "detect-impl.h"
 
 #include <malloc.h>
 #include <math.h>

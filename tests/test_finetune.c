@@ -1,4 +1,4 @@
-/* test_finetune.c - the backbone fine-tuner (worker/train_backbone.c) on the real dlib
+/* test_finetune.c - the backbone fine-tuner (worker/train/finetune.c) on the real dlib
  * ResNet weights (models/cache/dlib_resnet.fmm, made by models/fetch):
  *   - the trainer's forward graph gives the production backbone's pooled features;
  *   - gradients of the whole graph (heads and every kind of block, down to the stem)

@@ -2,7 +2,7 @@
  * other way round; both writers produce the same bytes for the same model.
  *
  * Why it exists: converters and the trainer write .fmm files with
- * models/tools/fmmodel.py, workers read them with worker/model.c. A difference in
+ * models/tools/fmmodel.py, workers read them with worker/engine/model.c. A difference in
  * layout, padding, CRC or encoding between the two would only show up on a worker
  * refusing (or misreading) a freshly converted model. The Python half of this test is
  * tests/model_interop.py; it runs under /usr/bin/python3 (Debian's numpy). Also runs

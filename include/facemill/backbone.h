@@ -1,7 +1,7 @@
 /* backbone.h - face embedding networks: an aligned face in, feature vectors out.
  *
  * A backbone is one model file whose general.architecture names a C builder
- * (worker/arch_*.c) registered in worker/backbone.c. The file's metadata gives the
+ * (worker/arch_*.c) registered in worker/vision/backbone.c. The file's metadata gives the
  * input size (input.size), normalisation (input.mean, input.scale: value =
  * (pixel - mean[c]) * scale[c] on RGB 0..255) and the alignment template
  * (align.template: five landmarks in input pixels). Weights stay in the mapped file;

@@ -1,6 +1,6 @@
 /* config.h - the settings of every facemill process, in one plain struct.
  *
- * Every setting is one line of a table in worker/config.c (key, type, default,
+ * Every setting is one line of a table in worker/base/config.c (key, type, default,
  * bounds, target field, help) plus one field of fm_config below: adding a setting
  * touches nothing else. Keys are dotted paths ("detect.min_face"); in a YAML file they
  * are nested mappings:
@@ -47,7 +47,7 @@ extern "C" {
 #define FM_CONFIG_ENV "FACEMILL_CONFIG"
 
 /* The effective configuration. Fields are grouped by the first part of their key;
- * the table in worker/config.c holds type, default, bounds and help of each. */
+ * the table in worker/base/config.c holds type, default, bounds and help of each. */
 typedef struct fm_config {
     struct {
         int level; /* an fm_log_level: FM_LOG_ERROR .. FM_LOG_DEBUG */

@@ -4,7 +4,7 @@
  * Why it exists: heads trained on frozen features stop short of what the task allows
  * (the backbone was trained to tell people apart, not to see age, gender and
  * ethnicity); the backbone has to learn the task. `facemill train` without --freeze
- * (worker/cmd_train.c) finds the faces, then calls this.
+ * (worker/cli/cmd_train.c) finds the faces, then calls this.
  *
  * The network: the backbone of the base model (architecture dlib_resnet) up to its
  * globally pooled 256-d features, then one shared dense layer with LeakyReLU (and

@@ -3,7 +3,7 @@
  * Why it exists: the backbone describes a face as a feature vector; the heads turn
  * that vector into the attributes facemill reports. They are small (a few hundred
  * thousand weights), trained by facemill's own trainer (`facemill train --freeze`,
- * worker/train_heads.c) on features of one particular backbone, and stored in a
+ * worker/train/heads_trainer.c) on features of one particular backbone, and stored in a
  * model file with general.architecture "heads".
  *
  * The network, all dense layers (W stored [out, in]):

@@ -3,7 +3,7 @@
  *
  * Why it exists: facemill trains its own heads, in C over OpenBLAS, in minutes on
  * a CPU, deterministically for a seed, so the committed heads file can be rebuilt
- * and its lineage stated. `facemill train --freeze` (worker/cmd_train.c) gathers
+ * and its lineage stated. `facemill train --freeze` (worker/cli/cmd_train.c) gathers
  * the features with the production pipeline and calls fm_train_heads.
  *
  * The model: standardised features (mean and standard deviation of the training

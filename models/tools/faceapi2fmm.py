@@ -9,7 +9,7 @@ its shard model/face_recognition_model.bin). This converter reads the manifest a
 shard with nothing but the Python standard library and numpy, dequantizes the weights
 exactly as TensorFlow.js does, checks that every tensor is the one the network needs,
 and writes them in the layout the C engine uses (models/FORMAT.md; the C builder is
-worker/arch_dlib_resnet.c, the model card models/DLIB_RESNET.md).
+worker/vision/arch_dlib_resnet.c, the model card models/DLIB_RESNET.md).
 
 Usage:
   faceapi2fmm.py dump MANIFEST.json         print the manifest's tensors

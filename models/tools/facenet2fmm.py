@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """facenet2fmm: convert a facenet-pytorch Inception-ResNet-v1 checkpoint to a facemill
-model file (architecture "facenet_irv1", run by worker/arch_facenet.c).
+model file (architecture "facenet_irv1", run by worker/vision/arch_facenet.c).
 
 Why this exists: facenet-pytorch publishes FaceNet's Inception-ResNet-v1 weights
 (20180402-114759-vggface2.pt, 20180408-102900-casia-webface.pt) as PyTorch state dicts

@@ -42,7 +42,7 @@ NORMAL_MIN = 2.0 ** -14
 
 class Stats:
     """What compact did to the values: the same figures, in the same order of
-    evaluation, as compact_stats in worker/cmd_model.c."""
+    evaluation, as compact_stats in worker/cli/cmd_model.c."""
 
     def __init__(self):
         self.values = 0

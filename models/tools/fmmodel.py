@@ -1,7 +1,7 @@
 """fmmodel - read and write facemill model files (.fmm, format version 1) from Python.
 
 Converters and the trainer are written in Python; the worker reads the same files in C
-(worker/model.c). This module is the Python half of that contract: it writes exactly
+(worker/engine/model.c). This module is the Python half of that contract: it writes exactly
 the layout that models/FORMAT.md describes and reads files back with the same checks
 as the C reader, so a file that passes here passes there and the other way round.
 

@@ -37,7 +37,7 @@ static double now(void)
 }
 
 /* FLOPs of one face through dlib_resnet at 150x150 (the layer geometry of
- * worker/arch_dlib_resnet.c): sum over convolutions of 2 * outputs * (in * k * k),
+ * worker/vision/arch_dlib_resnet.c): sum over convolutions of 2 * outputs * (in * k * k),
  * plus the 256 -> 128 dense layer. */
 static double dlib_resnet_flop(void)
 {

@@ -1,4 +1,4 @@
-/* fuzz_wire.c - libFuzzer entry for the wire decoder (fm_wire_decode, broker/wire.c).
+/* fuzz_wire.c - libFuzzer entry for the wire decoder (fm_wire_decode, broker/wire/wire.c).
  *
  * Every socket that faces the network hands its bytes to fm_wire_decode, so it sees
  * whatever anyone sends. For any input it must return FM_OK or an error: no crash,

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """facenet_ref: an independent PyTorch definition of FaceNet's Inception-ResNet-v1 as
 the facenet-pytorch project defines it, the reference facemill's C builder
-(worker/arch_facenet.c) and converter (models/tools/facenet2fmm.py) are checked
+(worker/vision/arch_facenet.c) and converter (models/tools/facenet2fmm.py) are checked
 against.
 
 Why it exists: the pretrained checkpoint (20180402-114759-vggface2.pt) cannot be

@@ -1,4 +1,4 @@
-/* mtcnn.c - the MTCNN face detector behind detect.h: C builders for P-Net, R-Net and
+/* detect.c - the MTCNN face detector behind detect.h: C builders for P-Net, R-Net and
  * O-Net over the engine's operations (nn.h), and the detection pipeline around them
  * (pyramid, strips, crops, NMS, regression, landmarks).
  *
@@ -17,7 +17,7 @@
 #include "facemill/detect.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
-#include "mtcnn-impl.h"
+#include "detect-impl.h"
 
 #include <limits.h>
 #include <math.h>
@@ -28,7 +28,7 @@
 #include <time.h>
 
 /* ================================================================================
- * Box arithmetic (mtcnn-impl.h)
+ * Box arithmetic (detect-impl.h)
  * ============================================================================== */
 
 static double dmin(double a, double b)

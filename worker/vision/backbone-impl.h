@@ -1,10 +1,11 @@
 /* backbone-impl.h - what an architecture provides to backbone.c. Each architecture
- * lives in worker/arch_NAME.c and exports one const fm_arch_ops, listed in the
+ * lives in worker/vision/arch_NAME.c and exports one const fm_arch_ops, listed in the
  * table in backbone.c. */
 #ifndef FACEMILL_BACKBONE_IMPL_H
 #define FACEMILL_BACKBONE_IMPL_H
 
 #include "facemill/backbone.h"
+#include "facemill/dlib_resnet.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
 
@@ -26,18 +27,7 @@ typedef struct fm_arch_ops {
                          fm_tensor *out[FM_BACKBONE_OUTPUT_COUNT], fm_error *err);
 } fm_arch_ops;
 
-/* dlib ResNet's residual blocks (worker/arch_dlib_resnet.c): name, input and output
- * channels, and whether the block halves the resolution (3x3 stride-2 unpadded
- * convolution; shortcut 2x2 average pool, zero channels up to cout). */
-typedef struct fm_dlib_block {
-    const char *name;
-    int cin, cout;
-    int down;
-} fm_dlib_block;
-#define FM_DLIB_BLOCKS 14
-extern const fm_dlib_block fm_dlib_blocks[FM_DLIB_BLOCKS];
-
-/* The architectures, one per worker/arch_NAME.c, listed in backbone.c's table. */
+/* The architectures, one per worker/vision/arch_NAME.c, listed in backbone.c's table. */
 extern const fm_arch_ops fm_arch_dlib_resnet;
 extern const fm_arch_ops fm_arch_facenet_irv1;
 

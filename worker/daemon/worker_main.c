@@ -1,4 +1,4 @@
-/* workerd.c - the facemill-worker program: N pipeline processes that take jobs from
+/* worker_main.c - the facemill-worker program: N pipeline processes that take jobs from
  * the broker by credit and push results to the sink (protocol: proto/README.md).
  *
  * Why processes, not threads: each process owns one pipeline (decoder, detector,

@@ -7,7 +7,7 @@
  * outputs, face and mirror image) - or load them from --cache when it was made with
  * the same backbone, settings and image list; split off the early-stopping set
  * (--val DIR, or a fixed share of --train chosen by a hash of the file name); train
- * (worker/train_heads.c); write the heads file atomically with its lineage.
+ * (worker/train/heads_trainer.c); write the heads file atomically with its lineage.
  *
  * Images without a detected face are left out of training and early stopping
  * (their features would be of no face at all); `facemill eval` counts them as wrong.

@@ -1,4 +1,4 @@
-/* journal.c - the broker's SQLite journal of accepted jobs (broker/journal-impl.h).
+/* journal.c - the broker's SQLite journal of accepted jobs (broker/queue/journal-impl.h).
  *
  * Why SQLite rather than an append-only log: lookups by id (duplicates, commits),
  * per-tag counts for status and compaction of committed jobs come for free, and its

@@ -1,5 +1,5 @@
 /* train-impl.h - the trainer's network with its backward pass, visible to
- * train_heads.c and its tests (the gradient check) only.
+ * heads_trainer.c and its tests (the gradient check) only.
  *
  * All parameters live in one float vector theta (layout below) so Adam, the
  * weight snapshot and the finite-difference check treat them alike. The three heads

@@ -1,4 +1,4 @@
-/* image.c - JPEG bytes to RGB pixels for the detector, and the small write/draw
+/* decode.c - JPEG bytes to RGB pixels for the detector, and the small write/draw
  * helpers behind `facemill detect --draw`.
  *
  * It exists so the rest of the worker sees one clean contract (RGB, upright, scaled

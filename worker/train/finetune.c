@@ -1,4 +1,4 @@
-/* train_backbone.c - fine-tuning of the dlib ResNet with the attribute heads (see
+/* finetune.c - fine-tuning of the dlib ResNet with the attribute heads (see
  * include/facemill/finetune.h for what and why).
  *
  * Every parameter lives in one flat vector (and so do its gradient and the two
@@ -8,7 +8,7 @@
  * few counters.
  *
  * The graph is written out by hand, forward and backward, over nn.h and grad.h; the
- * forward half is the same geometry as worker/arch_dlib_resnet.c (test_finetune
+ * forward half is the same geometry as worker/vision/arch_dlib_resnet.c (test_finetune
  * checks the pooled features of both agree).
  */
 #include "facemill/finetune.h"
@@ -20,7 +20,7 @@
 #include "facemill/nn.h"
 #include "facemill/sha256.h"
 
-#include "backbone-impl.h"
+#include "facemill/dlib_resnet.h"
 
 #include <math.h>
 #include <stdio.h>

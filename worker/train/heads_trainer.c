@@ -1,4 +1,4 @@
-/* train_heads.c - the frozen-feature trainer of the attribute heads
+/* heads_trainer.c - the frozen-feature trainer of the attribute heads
  * (include/facemill/train.h): a small MLP with hand-written backward passes for
  * dense layers, LeakyReLU and softmax cross-entropy, trained with mini-batch Adam on
  * cblas_sgemm, and written out in the layout heads.c reads.

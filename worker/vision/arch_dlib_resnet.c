@@ -31,7 +31,7 @@
 #define EMBED_DIM 128
 #define POOLED_DIM 256
 
-/* The residual blocks in order (shared with the fine-tuner, worker/train_backbone.c). */
+/* The residual blocks in order (shared with the fine-tuner, worker/train/finetune.c). */
 const fm_dlib_block fm_dlib_blocks[FM_DLIB_BLOCKS] = {
     {"conv32_1", 32, 32, 0},        {"conv32_2", 32, 32, 0},
     {"conv32_3", 32, 32, 0},        {"conv64_down", 32, 64, 1},

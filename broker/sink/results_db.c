@@ -1,4 +1,4 @@
-/* results.c - the results database: schema, idempotent inserts, look-ups and the
+/* results_db.c - the results database: schema, idempotent inserts, look-ups and the
  * JSONL/CSV export (include/facemill/sink.h has the schema and the contracts).
  *
  * Why a module of its own: the sink writes the database, `facemill export` and

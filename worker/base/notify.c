@@ -1,4 +1,4 @@
-/* service_notify.c - systemd's notification protocol for the service programs (see
+/* notify.c - systemd's notification protocol for the service programs (see
  * notify.h): READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 through libsystemd's
  * sd_notify.
  *

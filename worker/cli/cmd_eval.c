@@ -1,7 +1,7 @@
 /* cmd_eval.c - `facemill eval --data DIR [--json]`: runs the production pipeline over
  * a folder of UTKFace-named images and reports how right the attributes are.
  *
- * The metric code is in worker/eval.c (no I/O, unit-tested); this file lists the
+ * The metric code is in worker/pipeline/eval.c (no I/O, unit-tested); this file lists the
  * folder, runs the pipeline, takes the highest-scoring face of each image and prints.
  * Images without a detected face stay in the "all images" figures as wrong (age:
  * the heads' fallback age, the training-set mean).

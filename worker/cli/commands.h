@@ -14,10 +14,10 @@ int fm_cmd_train(int argc, char **argv); /* cmd_train.c: train the attribute hea
 int fm_cmd_finetune(int argc, char **argv); /* cmd_finetune.c: train without --freeze */
 int fm_cmd_predict(int argc, char **argv); /* cmd_predict.c: faces and attributes */
 int fm_cmd_eval(int argc, char **argv); /* cmd_eval.c: metrics on labelled images */
-int fm_cmd_export(int argc, char **argv); /* broker/cmd_export.c: results to JSONL/CSV */
-int fm_cmd_submit(int argc, char **argv); /* broker/cmd_submit.c: submit to a broker */
-int fm_cmd_status(int argc, char **argv); /* broker/cmd_submit.c: broker status */
-int fm_cmd_label(int argc, char **argv); /* broker/cmd_submit.c: label on this machine */
+int fm_cmd_export(int argc, char **argv); /* worker/cli/cmd_export.c: results to JSONL/CSV */
+int fm_cmd_submit(int argc, char **argv); /* worker/cli/cmd_submit.c: submit to a broker */
+int fm_cmd_status(int argc, char **argv); /* worker/cli/cmd_submit.c: broker status */
+int fm_cmd_label(int argc, char **argv); /* worker/cli/cmd_submit.c: label on this machine */
 int fm_cmd_models(int argc, char **argv); /* cmd_models.c: fetch and list model files */
 /* --- end of commands --- */
 

@@ -1,4 +1,4 @@
-/* mtcnn-impl.h - the box arithmetic of the MTCNN detector (worker/mtcnn.c), visible
+/* detect-impl.h - the box arithmetic of the MTCNN detector (worker/vision/detect.c), visible
  * to the detector and its unit test (tests/test_detect.c) only. Each function does
  * exactly what the specification at the top of tests/reference/mtcnn_ref.py says,
  * in the same order of double-precision operations, so results agree bit for bit
