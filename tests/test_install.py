@@ -175,7 +175,7 @@ def main():
         p = run([fm, "models", "list"], env, work)
         check(p.returncode == 0 and "0 failed verification, 0 settings unresolved" in p.stdout
               and "%s/heads_dlib_ft.fmm  <- heads.model" % models_dir in p.stdout,
-              "models list: exit %d: %s" % (p.returncode, p.stdout[-1500:]))
+              "models list: exit %d: %s %s" % (p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
 
         # 4. relocated
         moved = os.path.join(tmp, "elsewhere")

@@ -313,7 +313,8 @@ static int cmd_list(int argc, char **argv)
             n++;
         }
         closedir(dir);
-        qsort(names, (size_t)n, sizeof *names, by_name);
+        if (n > 1)
+            qsort(names, (size_t)n, sizeof *names, by_name);
         if (n)
             printf("# %s (%s)\n", d->d[i].path, d->d[i].origin);
         for (int j = 0; j < n; j++) {
