@@ -56,10 +56,41 @@ def run(cmd, env=None, cwd=None, timeout=300, user=None):
                                            (cmd[0], e.timeout))
 
 
-def close(u, v, rel=1.5e-3, ab=2e-6):
-    """u and v agree to the digits `facemill predict` prints (4 significant: %.4g);
-    export and the database keep 7."""
+def close(u, v, rel=1e-5, ab=1e-9):
+    """u and v agree within rel (relative to the larger) plus ab."""
     return abs(u - v) <= ab + rel * max(abs(u), abs(v))
+
+
+def flat(x, prefix=""):
+    """A result object's leaves by dotted path, as pandas.json_normalize and the CSV
+    export name them: {"box.x1": 10, "landmarks.nose.y": 12, "race_probs.Asian": ...}."""
+    if isinstance(x, dict):
+        out = {}
+        for k, v in x.items():
+            out.update(flat(v, prefix + k + "."))
+        return out
+    return {prefix[:-1]: x}
+
+
+def face_diff(a, b, rel, exact=()):
+    """The fields in which two faces of the result schema (proto/RESULTS.md) differ, []
+    when they agree: the same field names, equal strings and nulls, numbers within
+    relative rel, and the fields under the top-level names in exact equal."""
+    fa, fb = flat(a), flat(b)
+    if sorted(fa) != sorted(fb):
+        return ["fields %s / %s" % (sorted(fa), sorted(fb))]
+    diff = []
+    for k in sorted(fa):
+        u, v = fa[k], fb[k]
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                      for x in (u, v))
+        if not numbers or k.split(".")[0] in exact:
+            ok = u == v
+        else:
+            ok = close(u, v, rel=rel)
+        if not ok:
+            diff.append("%s %r / %r" % (k, u, v))
+    return diff
 
 
 def npm_cache():

@@ -3,7 +3,11 @@
  * credit, re-queueing from a silent worker, quarantine after max_attempts, a kill -9
  * and restart of the broker, backpressure, ZMQ_MAXMSGSIZE, and facemill-worker
  * (--decode-only) end to end. This program plays the clients, fake workers and a
- * small sink (a PULL socket and a commits DEALER). Every wait is bounded. */
+ * small sink (a PULL socket and a commits DEALER). Every wait is for a condition (a
+ * job arriving, the broker's status saying so) with a deadline of WAIT_MS, never a
+ * fixed sleep; where a check needs time to have passed (an expiry, a backoff), the
+ * time is measured. The only fixed windows are the ones that check that nothing
+ * arrives, which a slow machine cannot make fail. */
 #include "facemill/image.h"
 #include "facemill/sha256.h"
 #include "facemill/wire.h"
@@ -21,12 +25,24 @@
 #include <time.h>
 #include <unistd.h>
 
+/* How long any wait for something that must happen may take: generous, since a
+ * loaded machine under the sanitizers is slow; a passing run never waits this long. */
+#define WAIT_MS 10000
+
 /* nanosleep: usleep is not POSIX 2008. */
 static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
+}
+
+/* CLOCK_MONOTONIC in milliseconds, the clock the broker's timers use. */
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1000.0 + (double)t.tv_nsec / 1e6;
 }
 
 static char dir[256];
@@ -141,9 +157,10 @@ static void send_env(void *s, Facemill__Envelope *e)
     CHECK_MSG(st == FM_OK, "send: %s", err.msg);
 }
 
-/* Submits jobs id prefix0..prefix{n-1} with data of size bytes; returns the reply. */
-static Facemill__Envelope *submit(void *client, const char *prefix, int first, int n,
-                                  size_t size, uint64_t rid)
+/* Submits jobs id prefix0..prefix{n-1} with data of size bytes; returns the reply
+ * that arrives within ms, or NULL. */
+static Facemill__Envelope *submit_wait(void *client, const char *prefix, int first, int n,
+                                       size_t size, uint64_t rid, int ms)
 {
     Facemill__Job jobs[64], *jp[64];
     char ids[64][64];
@@ -170,7 +187,14 @@ static Facemill__Envelope *submit(void *client, const char *prefix, int first, i
     env.submit = &s;
     send_env(client, &env);
     free(data);
-    return next(client, 3000, 0);
+    return next(client, ms, 0);
+}
+
+/* submit_wait for a reply that must come. */
+static Facemill__Envelope *submit(void *client, const char *prefix, int first, int n,
+                                  size_t size, uint64_t rid)
+{
+    return submit_wait(client, prefix, first, n, size, rid, WAIT_MS);
 }
 
 static void *fake_worker(const ep *e, uint32_t credit)
@@ -248,19 +272,21 @@ static void commit(void *sinkc, const char *id, int failed)
     send_env(sinkc, &env);
 }
 
-/* Collects jobs arriving at w for ms; ids appended to ids (count returned). */
-static int collect_jobs(void *w, int ms, char ids[][64], int max, int beat)
+/* Collects jobs arriving at w until it has want of them (want < 0: until ms have
+ * passed) or ms have passed; ids appended to ids (count returned). With beat, w sends
+ * a heartbeat at least every 50 ms; *last_beat (when not NULL) gets the time of the
+ * last one. */
+static int collect(void *w, int want, int ms, char ids[][64], int max, int beat,
+                   double *last_beat)
 {
     int n = 0;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        long el = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
-        if (el >= ms)
-            break;
-        if (beat)
+    const double t0 = now_ms();
+    while ((want < 0 || n < want) && now_ms() - t0 < ms) {
+        if (beat) {
             heartbeat(w);
+            if (last_beat)
+                *last_beat = now_ms();
+        }
         Facemill__Envelope *e = next(w, 50, 0);
         if (!e)
             continue;
@@ -271,7 +297,68 @@ static int collect_jobs(void *w, int ms, char ids[][64], int max, int beat)
     return n;
 }
 
-static const char *fast[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=400",
+/* Jobs arriving at w for ms (nothing more is expected). */
+static int collect_jobs(void *w, int ms, char ids[][64], int max, int beat)
+{
+    return collect(w, -1, ms, ids, max, beat, NULL);
+}
+
+/* The broker's status, asked on client c (other messages arriving there are
+ * dropped); NULL when no reply came within WAIT_MS. */
+static Facemill__Envelope *status(void *c)
+{
+    Facemill__Envelope env;
+    Facemill__StatusRequest q;
+    fm_wire_envelope_init(&env);
+    facemill__status_request__init(&q);
+    env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
+    env.status_request = &q;
+    send_env(c, &env);
+    const double t0 = now_ms();
+    for (;;) {
+        int left = WAIT_MS - (int)(now_ms() - t0);
+        Facemill__Envelope *r = left > 0 ? next(c, left, 0) : NULL;
+        if (!r || r->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY)
+            return r;
+        fm_wire_free(&r);
+    }
+}
+
+/* Waits until the broker's status (asked on c) satisfies cond, at most WAIT_MS; the
+ * n_beat worker sockets in beat send heartbeats meanwhile (what arrives there stays
+ * unread). Returns 1 when it did. */
+static int wait_status(void *c, int (*cond)(const Facemill__StatusReply *, long),
+                       long arg, void **beat, int n_beat, const char *what)
+{
+    const double t0 = now_ms();
+    while (now_ms() - t0 < WAIT_MS) {
+        for (int i = 0; i < n_beat; i++)
+            heartbeat(beat[i]);
+        Facemill__Envelope *r = status(c);
+        int ok = r && cond(r->status_reply, arg);
+        fm_wire_free(&r);
+        if (ok)
+            return 1;
+        sleep_ms(20);
+    }
+    CHECK_MSG(0, "broker status: %s not seen within %d ms", what, WAIT_MS);
+    return 0;
+}
+
+static int has_workers(const Facemill__StatusReply *s, long n)
+{
+    return s->workers == (uint32_t)n;
+}
+
+/* arg = queued * 1000 + in_flight */
+static int has_queued_in_flight(const Facemill__StatusReply *s, long arg)
+{
+    return s->queued == (uint64_t)(arg / 1000) && s->in_flight == (uint64_t)(arg % 1000);
+}
+
+/* Fast heartbeats; an expiry no worker that beats misses on a loaded machine (the
+ * silent-worker scenario sets a short one of its own). */
+static const char *fast[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=5000",
                              "broker.fsync=off", NULL};
 
 /* ---- scenarios ----------------------------------------------------------------- */
@@ -349,18 +436,18 @@ static void test_version_refusal(void)
     env.status_request = &q;
     env.version_major = 7;
     send_env(c, &env);
-    Facemill__Envelope *r = next(c, 3000, 0);
+    Facemill__Envelope *r = next(c, WAIT_MS, 0);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_ERROR &&
           r->error->code == FACEMILL__ERROR_CODE__ERROR_VERSION);
     fm_wire_free(&r);
     env.version_major = FM_PROTOCOL_MAJOR;
     send_env(c, &env);
-    r = next(c, 3000, 0);
+    r = next(c, WAIT_MS, 0);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY);
     fm_wire_free(&r);
     zmq_close(c);
     kill(bp, SIGTERM);
-    int st = reap(bp, 5000);
+    int st = reap(bp, WAIT_MS);
     CHECK_MSG(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "broker exit %d", st);
 }
 
@@ -372,53 +459,79 @@ static void test_credit_dispatch(void)
                           "broker.fsync=off", NULL};
     pid_t bp = start("facemill-broker", &e, sets, NULL);
     void *a = fake_worker(&e, 3), *b = fake_worker(&e, 1);
-    sleep_ms(300);
     void *c = sock(ZMQ_DEALER, e.clients, 0);
+    void *both[2] = {a, b};
+    wait_status(c, has_workers, 2, both, 2, "2 workers");
     Facemill__Envelope *r = submit(c, "cj", 0, 6, 10, 1);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK && r->submit_ack->n_jobs == 6);
     if (r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK)
         for (size_t i = 0; i < r->submit_ack->n_jobs; i++)
             CHECK(r->submit_ack->jobs[i]->state == FACEMILL__JOB_ACK__STATE__ACCEPTED);
     fm_wire_free(&r);
+    /* Each gets what its credit allows; the broker then holds 2 queued, 4 in flight,
+     * and nothing more arrives. */
     char ia[16][64], ib[16][64];
-    int na = collect_jobs(a, 500, ia, 16, 1), nb = collect_jobs(b, 300, ib, 16, 1);
+    int na = collect(a, 3, WAIT_MS, ia, 16, 1, NULL);
+    int nb = collect(b, 1, WAIT_MS, ib, 16, 1, NULL);
+    wait_status(c, has_queued_in_flight, 2 * 1000 + 4, both, 2, "2 queued, 4 in flight");
+    na += collect_jobs(a, 100, ia + na, 16 - na, 1);
+    nb += collect_jobs(b, 100, ib + nb, 16 - nb, 1);
     CHECK_MSG(na == 3 && nb == 1, "worker a got %d (credit 3), b got %d (credit 1)", na, nb);
     /* Freeing one slot at b brings exactly one more job to b. */
     if (nb == 1)
         job_done(b, ib[0], FACEMILL__JOB_DONE__OUTCOME__DONE, NULL);
-    nb = collect_jobs(b, 400, ib, 16, 1);
-    CHECK_MSG(nb == 1, "b got %d after freeing one slot", nb);
+    nb = collect(b, 1, WAIT_MS, ib, 16, 1, NULL);
+    wait_status(c, has_queued_in_flight, 1 * 1000 + 4, both, 2, "1 queued, 4 in flight");
+    nb += collect_jobs(b, 100, ib + nb, 16 - nb, 1);
+    na = collect_jobs(a, 100, ia, 16, 1);
+    CHECK_MSG(nb == 1 && na == 0, "after freeing one slot at b: b got %d, a got %d", nb, na);
     zmq_close(a);
     zmq_close(b);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 }
 
+/* A worker that goes silent is expired after broker.worker_expiry_ms, not before: its
+ * jobs go to another worker, and the time from its last heartbeat to their arrival
+ * there is measured. */
 static void test_silent_worker(void)
 {
     ep e;
     endpoints(&e, "silent");
-    pid_t bp = start("facemill-broker", &e, fast, NULL);
+    const int expiry = 1000;
+    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=1000",
+                          "broker.fsync=off", NULL};
+    pid_t bp = start("facemill-broker", &e, sets, NULL);
     void *a = fake_worker(&e, 2);
-    sleep_ms(200);
     void *c = sock(ZMQ_DEALER, e.clients, 0);
+    wait_status(c, has_workers, 1, &a, 1, "1 worker");
     Facemill__Envelope *r = submit(c, "sj", 0, 2, 10, 1);
     fm_wire_free(&r);
     char ia[8][64], ib[8][64];
-    int na = collect_jobs(a, 200, ia, 8, 0);
+    double last_beat = now_ms();
+    int na = collect(a, 2, WAIT_MS, ia, 8, 1, &last_beat);
     CHECK_MSG(na == 2, "a got %d", na);
     /* a now stays silent; b joins and keeps beating. */
     void *b = fake_worker(&e, 4);
-    int nb = collect_jobs(b, 1500, ib, 8, 1);
+    int nb = collect(b, 1, WAIT_MS + expiry, ib, 8, 1, NULL);
+    const double silent = now_ms() - last_beat;
+    nb += collect(b, 2 - nb, WAIT_MS, ib + nb, 8 - nb, 1, NULL);
+    nb += collect_jobs(b, 100, ib + nb, 8 - nb, 1);
+    fprintf(stderr, "silent worker: its jobs re-sent %.0f ms after its last heartbeat "
+            "(expiry %d ms)\n", silent, expiry);
     CHECK_MSG(nb == 2, "b got %d of the silent worker's jobs", nb);
+    /* The broker expires a worker when now - last_seen > expiry, both in whole
+     * milliseconds of CLOCK_MONOTONIC, and last_seen is after the heartbeat left. */
+    CHECK_MSG(nb == 0 || silent > expiry, "jobs re-sent %.1f ms after the last heartbeat, "
+              "before the expiry of %d ms", silent, expiry);
     if (nb == 2 && na == 2)
         CHECK((strcmp(ib[0], ia[0]) == 0 || strcmp(ib[0], ia[1]) == 0));
     zmq_close(a);
     zmq_close(b);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 }
 
 /* Jobs arriving at w within ms while it beats every 50 ms saying it holds busy. */
@@ -436,6 +549,16 @@ static int jobs_while_busy(void *w, int ms, uint32_t credit, uint32_t busy, char
     return n;
 }
 
+/* Until w holds want jobs (at most WAIT_MS), beating that it holds what it got so far. */
+static int jobs_until(void *w, int want, uint32_t credit, char ids[][64], int max)
+{
+    int n = 0;
+    const double t0 = now_ms();
+    while (n < want && now_ms() - t0 < WAIT_MS)
+        n += jobs_while_busy(w, 50, credit, (uint32_t)n, ids + n, max - n);
+    return n;
+}
+
 /* A worker still computing jobs the broker took back on timeout says so in its
  * heartbeats: their slots are not refilled until it reports them. A worker that hands
  * a job back is not sent it again at once (that would bounce it back and forth). */
@@ -448,89 +571,115 @@ static void test_held_and_handed_back(void)
                           "broker.fsync=off", NULL};
     pid_t bp = start("facemill-broker", &e, sets, NULL);
     void *w = fake_worker(&e, 2);
-    sleep_ms(200);
     void *c = sock(ZMQ_DEALER, e.clients, 0);
+    wait_status(c, has_workers, 1, &w, 1, "1 worker");
     Facemill__Envelope *r = submit(c, "hj", 0, 3, 10, 1);
     fm_wire_free(&r);
     char ids[16][64];
-    int n = 0;
-    for (int k = 0; k < 40 && n < 2; k++) /* the first two, as they come */
-        n += jobs_while_busy(w, 50, 2, (uint32_t)n, ids + n, 16 - n);
+    int n = jobs_until(w, 2, 2, ids, 16); /* the first two, as they come */
     CHECK_MSG(n == 2, "worker with credit 2 got %d jobs", n);
-    /* Both time out after 300 ms; the worker keeps saying it holds 2. */
+    /* Both time out after 300 ms (the broker's status shows all 3 queued, none in
+     * flight); the worker keeps saying it holds 2, and gets nothing meanwhile nor in
+     * the 20 heartbeats after. */
     char more[16][64];
-    int extra = jobs_while_busy(w, 1200, 2, 2, more, 16);
+    int extra = 0;
+    const double t0 = now_ms();
+    for (;;) {
+        extra += jobs_while_busy(w, 50, 2, 2, more + extra, 16 - extra);
+        Facemill__Envelope *s = status(c);
+        int timed_out = s && s->status_reply->queued == 3 && s->status_reply->in_flight == 0;
+        fm_wire_free(&s);
+        if (timed_out || now_ms() - t0 > WAIT_MS) {
+            CHECK_MSG(timed_out, "the broker did not take the jobs back within %d ms",
+                      WAIT_MS);
+            break;
+        }
+    }
+    extra += jobs_while_busy(w, 1000, 2, 2, more + extra, 16 - extra);
     CHECK_MSG(extra == 0, "%d jobs sent to a worker whose heartbeats say it is full",
               extra);
     /* Now it reports them (late) and is free again: it gets work. */
     for (int i = 0; i < n; i++)
         job_done(w, ids[i], FACEMILL__JOB_DONE__OUTCOME__DONE, NULL);
-    extra = 0;
-    for (int k = 0; k < 40 && extra < 2; k++)
-        extra += jobs_while_busy(w, 50, 2, (uint32_t)extra, more + extra, 16 - extra);
+    extra = jobs_until(w, 2, 2, more, 16);
     CHECK_MSG(extra == 2, "after reporting, the worker got %d jobs", extra);
     zmq_close(w);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 
-    /* Hand-back backoff: one heartbeat interval (1 s here) before the next job. */
+    /* Hand-back backoff: one heartbeat interval (1 s here) before the next job,
+     * measured from the hand-back leaving. */
+    const int backoff = 1000;
     endpoints(&e, "handback");
     const char *slow[] = {"broker.heartbeat_ms=1000", "broker.fsync=off", NULL};
     bp = start("facemill-broker", &e, slow, NULL);
     w = fake_worker(&e, 1);
-    sleep_ms(200);
     c = sock(ZMQ_DEALER, e.clients, 0);
+    wait_status(c, has_workers, 1, &w, 1, "1 worker");
     r = submit(c, "hb", 0, 1, 10, 1);
     fm_wire_free(&r);
-    Facemill__Envelope *j = next(w, 3000, 0);
+    Facemill__Envelope *j = next(w, WAIT_MS, 0);
     CHECK(j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB);
     if (j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
+        const double handed = now_ms();
         job_done(w, j->job->id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, NULL);
-        Facemill__Envelope *again = next(w, 700, 0);
-        CHECK_MSG(!again, "a handed-back job came back within 0.7 s");
-        fm_wire_free(&again);
-        again = next(w, 5000, 0);
+        Facemill__Envelope *again = next(w, WAIT_MS + backoff, 0);
+        const double after = now_ms() - handed;
         CHECK_MSG(again && again->body_case == FACEMILL__ENVELOPE__BODY_JOB,
                   "the handed-back job came back after the backoff");
+        fprintf(stderr, "hand-back: the job came back after %.0f ms (backoff %d ms)\n",
+                after, backoff);
+        /* backoff_until = now + backoff, in whole milliseconds taken after the
+         * hand-back arrived: the job cannot leave before backoff - 1 ms has passed. */
+        CHECK_MSG(!again || after > backoff - 1, "a handed-back job came back after %.1f "
+                  "ms, within the backoff of %d ms", after, backoff);
         fm_wire_free(&again);
     }
     fm_wire_free(&j);
     zmq_close(w);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 }
 
 static void test_quarantine(void)
 {
     ep e;
     endpoints(&e, "quar");
-    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=1000",
+    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=5000",
                           "broker.max_attempts=3", "broker.fsync=off", NULL};
     void *pull = sock(ZMQ_PULL, e.results, 1);
     pid_t bp = start("facemill-broker", &e, sets, NULL);
     void *w = fake_worker(&e, 1);
     void *sinkc = sock(ZMQ_DEALER, e.commits, 0);
-    sleep_ms(200);
     void *c = sock(ZMQ_DEALER, e.clients, 0);
+    wait_status(c, has_workers, 1, &w, 1, "1 worker");
     Facemill__Envelope *r = submit(c, "bad", 0, 1, 10, 1);
     fm_wire_free(&r);
+    /* Each attempt fails at once; after the third the job is quarantined (its result
+     * goes to the sink) and no fourth attempt comes, then or in the 200 ms after. */
     int attempts = 0;
-    for (int k = 0; k < 10; k++) {
+    Facemill__Envelope *res = NULL;
+    const double t0 = now_ms();
+    while (!res && now_ms() - t0 < WAIT_MS) {
         heartbeat(w);
-        Facemill__Envelope *j = next(w, 500, 0);
-        if (!j)
-            continue;
-        if (j->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
+        Facemill__Envelope *j = next(w, 50, 0);
+        if (j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
             attempts++;
             CHECK(j->job->attempt == (uint32_t)attempts);
             job_done(w, j->job->id, FACEMILL__JOB_DONE__OUTCOME__FAILED, "model exploded");
         }
         fm_wire_free(&j);
+        res = next(pull, 1, 0);
+    }
+    for (int k = 0; k < 4; k++) {
+        heartbeat(w);
+        Facemill__Envelope *j = next(w, 50, 0);
+        attempts += j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB;
+        fm_wire_free(&j);
     }
     CHECK_MSG(attempts == 3, "%d attempts before quarantine (max 3)", attempts);
-    Facemill__Envelope *res = next(pull, 2000, 0);
     CHECK(res && res->body_case == FACEMILL__ENVELOPE__BODY_RESULT);
     if (res && res->body_case == FACEMILL__ENVELOPE__BODY_RESULT) {
         CHECK(strcmp(res->result->job_id, "bad0") == 0);
@@ -541,7 +690,7 @@ static void test_quarantine(void)
     fm_wire_free(&res);
     /* The sink commits it; the client hears of it; status counts it. */
     commit(sinkc, "bad0", 1);
-    Facemill__Envelope *cm = next(c, 2000, 0);
+    Facemill__Envelope *cm = next(c, WAIT_MS, 0);
     CHECK(cm && cm->body_case == FACEMILL__ENVELOPE__BODY_COMMIT && cm->commit->n_entries == 1 &&
           cm->commit->entries[0]->failed);
     fm_wire_free(&cm);
@@ -553,7 +702,7 @@ static void test_quarantine(void)
     env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
     env.status_request = &q;
     send_env(c, &env);
-    Facemill__Envelope *s = next(c, 2000, 0);
+    Facemill__Envelope *s = next(c, WAIT_MS, 0);
     CHECK(s && s->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY);
     if (s && s->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY) {
         CHECK_MSG(s->status_reply->quarantined == 1, "quarantined %llu",
@@ -567,14 +716,14 @@ static void test_quarantine(void)
     zmq_close(sinkc);
     zmq_close(pull);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 }
 
 static void test_restart(void)
 {
     ep e;
     endpoints(&e, "restart");
-    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=400",
+    const char *sets[] = {"broker.heartbeat_ms=50", "broker.worker_expiry_ms=5000",
                           "broker.fsync=always", NULL};
     pid_t bp = start("facemill-broker", &e, sets, NULL);
     void *c = sock(ZMQ_DEALER, e.clients, 0);
@@ -585,21 +734,29 @@ static void test_restart(void)
     void *sinkc = sock(ZMQ_DEALER, e.commits, 0);
     commit(sinkc, "rj0", 0);
     commit(sinkc, "rj1", 0);
-    Facemill__Envelope *cm = next(c, 2000, 0);
-    fm_wire_free(&cm);
-    cm = next(c, 2000, 0);
-    fm_wire_free(&cm);
+    /* Both commits have reached the broker when the client has heard of both. */
+    int heard = 0;
+    for (int k = 0; k < 2; k++) {
+        Facemill__Envelope *cm = next(c, WAIT_MS, 0);
+        heard += cm && cm->body_case == FACEMILL__ENVELOPE__BODY_COMMIT;
+        fm_wire_free(&cm);
+    }
+    CHECK_MSG(heard == 2, "the client heard of %d of 2 commits", heard);
     kill(bp, SIGKILL);
     waitpid(bp, NULL, 0);
     bp = start("facemill-broker", &e, sets, NULL);
     void *w = fake_worker(&e, 10);
+    void *c2 = sock(ZMQ_DEALER, e.clients, 0);
+    /* The 3 uncommitted jobs reach w (credit 10), the broker then holds none queued
+     * and 3 in flight, and nothing more arrives. */
     char ids[16][64];
-    int n = collect_jobs(w, 1500, ids, 16, 1);
+    int n = collect(w, 3, WAIT_MS, ids, 16, 1, NULL);
+    wait_status(c2, has_queued_in_flight, 0 * 1000 + 3, &w, 1, "0 queued, 3 in flight");
+    n += collect_jobs(w, 100, ids + n, 16 - n, 1);
     CHECK_MSG(n == 3, "restarted broker dispatched %d jobs, want the 3 uncommitted", n);
     for (int i = 0; i < n; i++)
         CHECK(strcmp(ids[i], "rj0") != 0 && strcmp(ids[i], "rj1") != 0);
     /* Resubmitting answers committed / duplicate, and queues nothing new. */
-    void *c2 = sock(ZMQ_DEALER, e.clients, 0);
     r = submit(c2, "rj", 0, 3, 100, 2);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK);
     if (r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK) {
@@ -613,7 +770,7 @@ static void test_restart(void)
     zmq_close(c2);
     zmq_close(sinkc);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 }
 
 static void test_backpressure_and_size(void)
@@ -631,9 +788,9 @@ static void test_backpressure_and_size(void)
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SLOW_DOWN &&
           r->slow_down->queue_depth == 3 && r->slow_down->request_id == 2);
     fm_wire_free(&r);
-    /* Over net.max_msg_size: never delivered, no answer. */
+    /* Over net.max_msg_size: never delivered, no answer (within 3 s). */
     void *big = sock(ZMQ_DEALER, e.clients, 0);
-    r = submit(big, "big", 0, 1, 8000, 3);
+    r = submit_wait(big, "big", 0, 1, 8000, 3, 3000);
     CHECK(r == NULL);
     fm_wire_free(&r);
     /* The broker still serves others. */
@@ -644,14 +801,14 @@ static void test_backpressure_and_size(void)
     env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
     env.status_request = &q;
     send_env(c, &env);
-    r = next(c, 2000, 0);
+    r = next(c, WAIT_MS, 0);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY &&
           r->status_reply->queued == 3);
     fm_wire_free(&r);
     zmq_close(c);
     zmq_close(big);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 }
 
 static void test_worker_daemon(void)
@@ -692,12 +849,12 @@ static void test_worker_daemon(void)
     env.body_case = FACEMILL__ENVELOPE__BODY_SUBMIT;
     env.submit = &s;
     send_env(c, &env);
-    Facemill__Envelope *r = next(c, 3000, 0);
+    Facemill__Envelope *r = next(c, WAIT_MS, 0);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK);
     fm_wire_free(&r);
     int good = 0, bad = 0;
     for (int k = 0; k < 2; k++) {
-        Facemill__Envelope *res = next(pull, 10000, 0);
+        Facemill__Envelope *res = next(pull, 3 * WAIT_MS, 0);
         if (!res)
             break;
         Facemill__Result *rr = res->result;
@@ -716,12 +873,12 @@ static void test_worker_daemon(void)
     }
     CHECK_MSG(good == 1 && bad == 1, "good %d bad %d", good, bad);
     kill(wp, SIGTERM);
-    int st = reap(wp, 10000);
+    int st = reap(wp, WAIT_MS);
     CHECK_MSG(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker exit %d", st);
     zmq_close(c);
     zmq_close(pull);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, 5000) != -1);
+    CHECK(reap(bp, WAIT_MS) != -1);
 }
 
 int main(void)

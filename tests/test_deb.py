@@ -269,15 +269,21 @@ def main():
             except ValueError:
                 check(False, "export line is not JSON: %r" % line[:200])
                 continue
-            images[os.path.basename(o.get("source") or o.get("path") or "")] = o
+            images[os.path.basename(o.get("source") or "")] = o
         want = sorted(os.listdir(photos))
         check(sorted(images) == want and len(want) == 6,
               "exported %s, want the 6 samples %s" % (sorted(images), want))
         for name, o in sorted(images.items()):
             faces = o.get("faces") or []
+            check(o.get("schema") == 2 and o.get("error", 0) is None,
+                  "%s: a labelled image of the result schema 2: %s" % (name, o))
             check(faces, "%s: no faces" % name)
-            check(all(isinstance(f.get("age"), (int, float)) for f in faces),
-                  "%s: every face has an age: %s" % (name, faces))
+            check(all(isinstance(f.get("age"), (int, float)) and
+                      isinstance((f.get("box") or {}).get("x1"), (int, float)) and
+                      isinstance((f.get("gender_probs") or {}).get("female"), (int, float))
+                      for f in faces),
+                  "%s: every face has a box, an age and gender probabilities: %s" %
+                  (name, faces))
 
         p = run([fm, "config"], env, work)
         check(p.returncode == 0 and

@@ -11,7 +11,9 @@
  * direct, tiled im2col with several tiles, images gathered per multiply) and random
  * ones. Beyond the values: gradients accumulate, NULL outputs are skipped, bad shapes
  * and overlapping outputs are rejected with a message, measuring gives the exact
- * scratch size (one byte less fails cleanly) and grouped convolutions are refused. */
+ * scratch size (one byte less fails cleanly) and grouped convolutions are refused.
+ * The optimiser step (AdamW, SGD with momentum) against its formulas evaluated
+ * independently, step by step, and against what its first steps must do. */
 #include "facemill/grad.h"
 #include "facemill/nn.h"
 #include "fm_test.h"
@@ -1150,6 +1152,71 @@ static void test_gaussian_target(void)
     CHECK(t[0] == 1.0f && t[1] == 0.0f);
 }
 
+/* ---- optimiser ------------------------------------------------------------------ */
+
+/* Several steps of fm_optim_update against the formulas of grad.h run here in double
+ * on separate state (rounded to float where the optimiser stores), with changing
+ * gradients; then the properties that do not need a reference. */
+static void test_optim(void)
+{
+    enum { N = 257, STEPS = 12 };
+    float p[N], g[N], m[N], v[N];
+    double rp[N], rm[N], rv[N];
+    for (int kind = 0; kind < 2; kind++) {
+        const double lr = kind ? 0.05 : 1e-3, wd = 0.01, mom = 0.9;
+        for (int i = 0; i < N; i++) {
+            p[i] = rnd_float();
+            rp[i] = p[i];
+            m[i] = v[i] = 0;
+            rm[i] = rv[i] = 0;
+        }
+        double worst = 0;
+        for (int t = 1; t <= STEPS; t++) {
+            for (int i = 0; i < N; i++)
+                g[i] = rnd_float() * (i % 7 == 0 ? 1e-4f : 1.0f);
+            const fm_optim_step st = {kind ? FM_OPTIM_SGD : FM_OPTIM_ADAMW, lr, wd, mom, t};
+            fm_optim_update(&st, p, g, m, kind ? NULL : v, N);
+            for (int i = 0; i < N; i++) {
+                if (kind) {
+                    rm[i] = (float)(mom * rm[i] + g[i]);
+                    rp[i] = (float)(rp[i] - lr * (rm[i] + wd * rp[i]));
+                } else {
+                    rm[i] = (float)(0.9 * rm[i] + 0.1 * g[i]);
+                    rv[i] = (float)(0.999 * rv[i] + 0.001 * (double)g[i] * g[i]);
+                    const double mh = rm[i] / (1 - pow(0.9, t)), vh = rv[i] / (1 - pow(0.999, t));
+                    rp[i] = (float)(rp[i] - lr * (mh / (sqrt(vh) + 1e-8) + wd * rp[i]));
+                }
+                worst = fmax(worst, fabs(p[i] - rp[i]) / fmax(1e-6, fabs(rp[i])));
+            }
+        }
+        CHECK_MSG(worst < 1e-6, "%s: %d steps off the formula by %.3g (relative)",
+                  kind ? "SGD" : "AdamW", STEPS, worst);
+    }
+    /* AdamW's first step from zero moments moves every parameter by lr, whatever the
+     * gradient's scale (the bias correction makes m / sqrt(v) = sign(g)) */
+    for (int i = 0; i < N; i++) {
+        p[i] = 1.0f;
+        g[i] = (i % 2 ? 1 : -1) * (float)pow(10.0, (double)(i % 9) - 4);
+        m[i] = v[i] = 0;
+    }
+    const fm_optim_step first = {FM_OPTIM_ADAMW, 1e-3, 0, 0, 1};
+    fm_optim_update(&first, p, g, m, v, N);
+    int ok = 1;
+    for (int i = 0; i < N; i++)
+        ok &= fabs((1.0 - p[i]) - (i % 2 ? 1e-3 : -1e-3)) < 1e-6;
+    CHECK_MSG(ok, "AdamW's first step is not lr x sign(g)");
+    /* weight decay alone (no gradient, SGD from rest): p shrinks by lr * wd * p */
+    for (int i = 0; i < N; i++) {
+        p[i] = 2.0f;
+        g[i] = m[i] = 0;
+    }
+    const fm_optim_step decay = {FM_OPTIM_SGD, 0.1, 0.5, 0.9, 0};
+    fm_optim_update(&decay, p, g, m, NULL, N);
+    CHECK(p[0] == 1.9f && p[N - 1] == 1.9f && m[0] == 0);
+    /* nothing to do for no parameters */
+    fm_optim_update(&first, NULL, NULL, NULL, NULL, 0);
+}
+
 /* ---- measuring for the whole family --------------------------------------------- */
 
 /* Every operation on a measuring arena with NULL data: validates, counts no scratch
@@ -1202,6 +1269,7 @@ int main(void)
     test_add_and_pad();
     test_softmax_xent();
     test_gaussian_target();
+    test_optim();
     test_measuring();
     fm_arena_destroy(&fwd_arena);
     fprintf(stderr, "test_grad: %d convolution geometries; %d gradients, %d elements "

@@ -2,12 +2,17 @@
  * read back and its forward pass equals a naive double-precision computation of the
  * same layers (standardise, dense + LeakyReLU, three softmax heads, expected age and
  * spread); chunking over max_batch changes nothing; bad files are refused with
- * messages that name the problem. */
+ * messages that name the problem. The network the trainers run: its backward pass
+ * (0, 1 and 2 shared layers, with and without dropout masks, down to the raw
+ * features) agrees with central finite differences of its loss, and a network written
+ * with fm_heads_write opens as a file whose forward pass gives the same bits. */
 #include "fm_test.h"
 #include "heads_fixture.h"
 
+#include "facemill/grad.h"
 #include "facemill/heads.h"
 #include "facemill/model.h"
+#include "facemill/nn.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -173,8 +178,7 @@ static void test_errors(const char *path)
     /* layers that do not chain: write a file and replace one tensor's shape by
      * writing the fixture with a different dim for the heads */
     w = fm_model_writer_new();
-    static const char *const g[] = {"male", "female"};
-    static const char *const r[] = {"White", "Black", "Asian", "Indian", "Others"};
+    const char *const *g = fm_heads_gender_names, *const *r = fm_heads_race_names;
     fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
     fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
     fm_model_writer_add_str(w, "heads.feature", "pooled", NULL);
@@ -243,6 +247,249 @@ static void test_from_logits(void)
     CHECK(fabs(a.race_probs[2] - e3 / (e3 + 4)) < 1e-6);
 }
 
+/* ---- the network, for training ----------------------------------------------------- */
+
+/* A random network of dim inputs and the given shared widths, its parameters in one
+ * malloc'd vector (*params, count *n) with a same-shaped gradient vector (*grads). */
+typedef struct rnet {
+    fm_heads_net net, grad;
+    float *params, *grads, *scale, *shift, *mean, *std;
+    size_t n;
+} rnet;
+
+static void rnet_new(rnet *r, int dim, int n_layers, const int *width, float alpha)
+{
+    memset(r, 0, sizeof *r);
+    size_t n = 0;
+    int in = dim;
+    for (int k = 0; k <= n_layers; k++) {
+        const int out = k < n_layers ? width[k] : FM_HEADS_OUTPUTS;
+        n += (size_t)out * (size_t)(in + 1);
+        in = out;
+    }
+    r->n = n;
+    r->params = malloc(n * sizeof(float));
+    r->grads = calloc(n, sizeof(float));
+    r->scale = malloc((size_t)dim * sizeof(float));
+    r->shift = malloc((size_t)dim * sizeof(float));
+    r->mean = malloc((size_t)dim * sizeof(float));
+    r->std = malloc((size_t)dim * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        r->params[i] = 0.5f * fixture_uniform();
+    for (int j = 0; j < dim; j++) {
+        r->mean[j] = fixture_uniform();
+        r->std[j] = 0.8f + 0.5f * fixture_uniform();
+    }
+    fm_heads_standardiser(r->mean, r->std, dim, r->scale, r->shift);
+    fm_heads_net *nets[2] = {&r->net, &r->grad};
+    float *base[2] = {r->params, r->grads};
+    for (int v = 0; v < 2; v++) {
+        fm_heads_net *t = nets[v];
+        float *p = base[v];
+        t->n_layers = n_layers;
+        t->alpha = alpha;
+        t->scale = fm_tensor_make(dim, 1, 1, 1, r->scale);
+        t->shift = fm_tensor_make(dim, 1, 1, 1, r->shift);
+        in = dim;
+        for (int k = 0; k <= n_layers + 2; k++) {
+            const int out = k < n_layers ? width[k] : fm_heads_classes[k - n_layers];
+            fm_tensor *w = k < n_layers ? &t->w[k] : &t->head_w[k - n_layers];
+            fm_tensor *b = k < n_layers ? &t->b[k] : &t->head_b[k - n_layers];
+            *w = fm_tensor_make(out, in, 1, 1, p);
+            p += (size_t)out * (size_t)in;
+            *b = fm_tensor_make(out, 1, 1, 1, p);
+            p += out;
+            if (k < n_layers)
+                in = out;
+        }
+    }
+}
+
+static void rnet_free(rnet *r)
+{
+    free(r->params);
+    free(r->grads);
+    free(r->scale);
+    free(r->shift);
+    free(r->mean);
+    free(r->std);
+}
+
+/* Forward and loss of the batch, and with dfeat the backward pass into r->grads (zeroed
+ * here) and dfeat. signs (NULL or one byte per shared unit and row) gets which side of
+ * the LeakyReLU kink every unit is on. */
+static double net_loss(fm_arena *a, rnet *r, const fm_tensor *x, const float *const *mask,
+                       const float *const target[3], const double weight[3], int grad,
+                       fm_tensor *dfeat, unsigned char *signs)
+{
+    fm_heads_tape t;
+    fm_tensor dl[3];
+    double loss = -1;
+    fm_error err = {0};
+    fm_arena_reset(a, 0);
+    fm_status st = fm_heads_net_forward(a, &r->net, x, mask, &t, &err);
+    for (int o = 0; st == FM_OK && grad && o < 3; o++)
+        st = fm_tensor_alloc_zero(a, &t.logits[o], &dl[o], &err);
+    if (st == FM_OK)
+        st = fm_heads_net_loss(a, &t, target, weight, &loss, grad ? dl : NULL, &err);
+    if (st == FM_OK && grad) {
+        memset(r->grads, 0, r->n * sizeof(float));
+        st = fm_heads_net_backward(a, &r->net, &t, mask, dl, &r->grad, dfeat, &err);
+    }
+    CHECK_MSG(st == FM_OK, "%s", err.msg);
+    size_t q = 0;
+    for (int k = 0; signs && st == FM_OK && k < r->net.n_layers; k++)
+        for (size_t j = 0; t.h[k].data && j < fm_tensor_count(&t.h[k]); j++)
+            signs[q++] = t.h[k].data[j] > 0;
+    return loss;
+}
+
+/* Central differences of the loss against the backward pass, for every parameter (a
+ * sample of them beyond 150) and every raw feature. */
+static void test_net_gradients(int n_layers, const int *width, int use_mask)
+{
+    enum { N = 5, D = 7, MAXU = N * 2 * 16 };
+    rnet r;
+    rnet_new(&r, D, n_layers, width, 0.2f);
+    float xs[N * D], dxs[N * D], age[N * FM_HEADS_AGES], gen[N * 2], race[N * 5];
+    for (int i = 0; i < N * D; i++)
+        xs[i] = 2 * fixture_uniform();
+    for (int i = 0; i < N; i++) {
+        fm_nn_gaussian_target(FM_HEADS_AGES, 10 + 17 * i, 2.5, age + i * FM_HEADS_AGES);
+        gen[2 * i] = i % 2 ? 0.9f : 0.1f; /* smoothed one-hots */
+        gen[2 * i + 1] = 1 - gen[2 * i];
+        for (int k = 0; k < 5; k++)
+            race[5 * i + k] = k == i % 5 ? 0.8f : 0.05f;
+    }
+    const float *const target[3] = {age, gen, race};
+    const double weight[3] = {0.7, 1.3, 1.0};
+    float masks[2][N * 16];
+    const float *mk[2] = {masks[0], masks[1]};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < N * 16; i++)
+            masks[k][i] = fixture_uniform() < -0.4f ? 0.0f : 1.0f / 0.7f;
+    const float *const *mask = use_mask ? mk : NULL;
+    fm_tensor x = fm_tensor_make(N, D, 1, 1, xs), dx = fm_tensor_make(N, D, 1, 1, dxs);
+
+    /* one arena measured for the whole step, then exactly that */
+    fm_arena *a = NULL;
+    fm_error err = {0};
+    CHECK(fm_arena_new_measuring(&a, &err) == FM_OK);
+    fm_tensor xm = fm_tensor_make(N, D, 1, 1, NULL), dxm = xm;
+    net_loss(a, &r, &xm, mask, target, weight, 1, &dxm, NULL);
+    size_t need = fm_arena_high_water(a);
+    fm_arena_destroy(&a);
+    CHECK(fm_arena_new(need, &a, &err) == FM_OK);
+    if (!a) {
+        rnet_free(&r);
+        return;
+    }
+    memset(dxs, 0, sizeof dxs);
+    net_loss(a, &r, &x, mask, target, weight, 1, &dx, NULL);
+    float *g = malloc(r.n * sizeof(float));
+    memcpy(g, r.grads, r.n * sizeof(float));
+
+    double worst = 0;
+    int checked = 0, skipped = 0;
+    const size_t nparams = r.n, total = nparams + N * D;
+    for (size_t i = 0; i < total; i += i < nparams ? 1 + nparams / 150 : 1) {
+        float *v = i < nparams ? &r.params[i] : &xs[i - nparams];
+        const double analytic = i < nparams ? g[i] : dxs[i - nparams];
+        const float h = 1e-2f, keep = *v;
+        unsigned char sp[MAXU], sm[MAXU];
+        memset(sp, 0, sizeof sp);
+        memset(sm, 0, sizeof sm);
+        *v = keep + h;
+        double lp = net_loss(a, &r, &x, mask, target, weight, 0, NULL, sp);
+        *v = keep - h;
+        double lm = net_loss(a, &r, &x, mask, target, weight, 0, NULL, sm);
+        *v = keep;
+        /* a LeakyReLU kink inside [v - h, v + h] makes the difference meaningless */
+        if (memcmp(sp, sm, sizeof sp) != 0) {
+            skipped++;
+            continue;
+        }
+        double num = (lp - lm) / ((double)(keep + h) - (double)(keep - h));
+        double d = fabs(num - analytic) / fmax(1e-3, fabs(num) + fabs(analytic));
+        worst = d > worst ? d : worst;
+        checked++;
+    }
+    fprintf(stderr, "network gradients, %d shared layer(s)%s: %d values, largest relative "
+            "difference %.2g (%d skipped: a LeakyReLU kink in reach)\n", n_layers,
+            use_mask ? ", dropout mask" : "", checked, worst, skipped);
+    CHECK(checked > 100 || (n_layers == 0 && checked > 50));
+    CHECK_MSG(worst < 2e-2, "relative difference %g", worst);
+    /* a negative slope is refused by the backward pass, not mistaken */
+    r.net.alpha = -0.1f;
+    fm_heads_tape t;
+    fm_tensor dl[3];
+    fm_arena_reset(a, 0);
+    if (n_layers > 0 && fm_heads_net_forward(a, &r.net, &x, NULL, &t, &err) == FM_OK) {
+        for (int o = 0; o < 3; o++)
+            CHECK(fm_tensor_alloc_zero(a, &t.logits[o], &dl[o], &err) == FM_OK);
+        CHECK(fm_heads_net_backward(a, &r.net, &t, NULL, dl, &r.grad, NULL, &err) ==
+              FM_ERR_INVALID);
+    }
+    free(g);
+    fm_arena_destroy(&a);
+    rnet_free(&r);
+}
+
+/* A network written with fm_heads_write (what the trainers write) opens as a heads
+ * file whose forward pass gives the network's answers to the bit. */
+static void test_net_written(const char *dir)
+{
+    enum { N = 9, D = 11 };
+    const int width[2] = {13, 6};
+    rnet r;
+    rnet_new(&r, D, 2, width, 0.15f);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/written.fmm", dir);
+    fm_error err = {0};
+    fm_model_writer *w = fm_model_writer_new();
+    int ok = w && fm_model_writer_add_str(w, "general.architecture", "heads", &err) == FM_OK &&
+             fm_model_writer_add_str(w, "heads.backbone", "b", &err) == FM_OK &&
+             fm_model_writer_add_str(w, "heads.feature", "pooled", &err) == FM_OK &&
+             fm_model_writer_add_i64(w, "heads.flip", 0, &err) == FM_OK &&
+             fm_model_writer_add_str_array(w, "labels.gender", fm_heads_gender_names,
+                                           FM_HEADS_GENDERS, &err) == FM_OK &&
+             fm_model_writer_add_str_array(w, "labels.race", fm_heads_race_names,
+                                           FM_HEADS_RACES, &err) == FM_OK &&
+             fm_heads_write(w, &r.net, r.mean, r.std, 41.5, &err) == FM_OK &&
+             fm_model_writer_save(w, path, &err) == FM_OK;
+    CHECK_MSG(ok, "%s", err.msg);
+    fm_model_writer_destroy(&w);
+    fm_heads *h = NULL;
+    CHECK_MSG(fm_heads_open(&h, path, N, &err) == FM_OK, "%s", err.msg);
+    float xs[N * D];
+    for (int i = 0; i < N * D; i++)
+        xs[i] = 3 * fixture_uniform();
+    fm_arena *a = NULL;
+    CHECK(fm_arena_new(1 << 20, &a, &err) == FM_OK);
+    fm_heads_tape t;
+    const fm_tensor x = fm_tensor_make(N, D, 1, 1, xs);
+    if (h && a && fm_heads_net_forward(a, &r.net, &x, NULL, &t, &err) == FM_OK) {
+        fm_attrs got[N];
+        CHECK(fm_heads_forward(h, xs, N, got, &err) == FM_OK);
+        int same = 0;
+        for (int i = 0; i < N; i++) {
+            fm_attrs want;
+            fm_attrs_from_logits(t.logits[0].data + i * FM_HEADS_AGES,
+                                 t.logits[1].data + i * FM_HEADS_GENDERS,
+                                 t.logits[2].data + i * FM_HEADS_RACES, &want);
+            same += memcmp(&want, &got[i], sizeof want) == 0;
+        }
+        CHECK_MSG(same == N, "%d of %d faces answered alike", same, N);
+        CHECK(fm_heads_layers(h) == 2 && fm_heads_hidden(h) == 6);
+        CHECK(fabs(fm_heads_fallback_age(h) - 41.5) < 1e-12);
+        CHECK(strcmp(fm_heads_race_label(h, 3), fm_heads_race_names[3]) == 0);
+    }
+    fm_arena_destroy(&a);
+    fm_heads_close(&h);
+    unlink(path);
+    rnet_free(&r);
+}
+
 int main(void)
 {
     const char *t = getenv("TMPDIR");
@@ -259,6 +506,12 @@ int main(void)
     check_file(path, 20, 1, h1, 64);
     check_file(path, 48, 2, h2, 7);
     test_errors(path);
+    const int w1[1] = {9}, w2[2] = {8, 5};
+    test_net_gradients(0, NULL, 0);
+    test_net_gradients(1, w1, 0);
+    test_net_gradients(2, w2, 0);
+    test_net_gradients(2, w2, 1);
+    test_net_written(tmpdir);
     unlink(path);
     rmdir(tmpdir);
     return fm_test_done("test_heads");

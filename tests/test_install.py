@@ -10,7 +10,8 @@
      every place searched and `facemill models fetch`; then `P/bin/facemill models
      fetch` (npm's cache, offline: no network needed once ops/test has fetched) and
      `P/bin/facemill label PHOTOS -o r.db` labels the sample photos; the export equals
-     `facemill predict` of the build tree, face by face.
+     `facemill predict` of the build tree, face by face and field by field (the same
+     schema, proto/RESULTS.md).
   3. `facemill config` names the installed files; `facemill models list` verifies them.
   4. The install moved elsewhere (a relocated prefix) still finds its models.
   5. As an unprivileged user (root only: setpriv) a read-only install fetches into
@@ -30,16 +31,17 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fm_testlib import Checks, close, npm_cache, run, user_env  # noqa: E402
+from fm_testlib import Checks, face_diff, npm_cache, run, user_env  # noqa: E402
 
 check = Checks("test_install")
 
 
 def faces_of_export(text):
+    """basename of source -> image object (export and predict print one schema)."""
     out = {}
     for line in text.splitlines():
         o = json.loads(line)
-        out[os.path.basename(o.get("source") or o.get("path"))] = o
+        out[os.path.basename(o["source"])] = o
     return out
 
 
@@ -63,11 +65,8 @@ def label_and_check(tag, facemill, photos, cwd, env, want, user=None):
                                                                         len(wf)))
         for a, b in zip(gf, wf):
             nfaces += 1
-            # predict prints 4 significant digits, export 7
-            check(close(a["age"], b["age"]) and a["gender"] == b["gender"] and
-                  a["race"] == b["race"] and
-                  all(close(x, y) for x, y in zip(a["box"], b["box"])),
-                  "%s: %s: face %s differs from predict's %s" % (tag, name, a, b))
+            check(not face_diff(a, b, 1e-5), "%s: %s: face %s differs from predict's %s" %
+                  (tag, name, a, b))
     check(nfaces >= 6, "%s: only %d faces labelled" % (tag, nfaces))
     os.unlink(db)
 
@@ -160,7 +159,7 @@ def main():
                                    sorted(os.path.join(photos, f) for f in os.listdir(photos)),
                                    capture_output=True, text=True, cwd=src).stdout.splitlines():
             o = json.loads(line)
-            want[os.path.basename(o["path"])] = o
+            want[os.path.basename(o["source"])] = o
         check(len(want) == 6, "predict gave %d images" % len(want))
 
         label_and_check("installed", fm, photos, work, env, want)

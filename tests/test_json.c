@@ -1,8 +1,86 @@
-/* test_json.c - the JSON writer produces exact, valid text. */
+/* test_json.c - the JSON writer produces exact, valid text; float32 values print as
+ * the shortest decimal that reads back as the same float. */
 #include "facemill/json.h"
 #include "fm_test.h"
 
+#include <float.h>
+#include <stdint.h>
 #include <string.h>
+
+/* Significant digits of a number's text: those of its mantissa without leading and
+ * trailing zeros ("0.00120" and "1.2e-03" have 2, "176900" has 4). */
+static int significant(const char *s)
+{
+    char d[64];
+    int n = 0;
+    for (; *s && *s != 'e' && n < 63; s++)
+        if (*s >= '0' && *s <= '9' && (n > 0 || *s != '0'))
+            d[n++] = *s;
+    while (n > 1 && d[n - 1] == '0')
+        n--;
+    return n > 0 ? n : 1;
+}
+
+/* v printed by fm_json_format_f32 reads back as v, with no more significant digits
+ * than the shortest decimal that does; returns 1 when so. */
+static int f32_exact_and_short(float v)
+{
+    char buf[FM_JSON_F32_MAX], want[400];
+    int n = fm_json_format_f32(buf, v);
+    if (n <= 0 || n >= FM_JSON_F32_MAX || strtof(buf, NULL) != v)
+        return 0;
+    for (int p = 1; p <= 9; p++) {
+        snprintf(want, sizeof want, "%.*g", p, (double)v);
+        if (strtof(want, NULL) == v)
+            return significant(buf) <= p;
+    }
+    return 0;
+}
+
+static void test_f32(void)
+{
+    const struct {
+        float v;
+        const char *want;
+    } cases[] = {
+        {0.5f, "0.5"},          {0.993f, "0.993"},         {406.508f, "406.508"},
+        {1e-5f, "1e-05"},       {0.1f, "0.1"},             {100.f + 1.f / 3, "100.333336"},
+        {200.f + 1.f / 3, "200.33333"}, {0.99999887f, "0.99999887"}, {26.f, "26"},
+        {-0.0f, "-0"},          {FLT_MAX, "3.4028235e+38"}, {FLT_MIN, "1.1754944e-38"},
+        {-FLT_MIN, "-1.1754944e-38"}, {FLT_TRUE_MIN, "1e-45"}, {-176900.f, "-176900"},
+    };
+    char buf[FM_JSON_F32_MAX];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fm_json_format_f32(buf, cases[i].v);
+        CHECK_MSG(strcmp(buf, cases[i].want) == 0, "%.9g: got %s, want %s",
+                  (double)cases[i].v, buf, cases[i].want);
+    }
+    CHECK(fm_json_format_f32(buf, NAN) == 0 && buf[0] == '\0');
+    CHECK(fm_json_format_f32(buf, -INFINITY) == 0 && buf[0] == '\0');
+    /* every finite float of a pseudo-random sample of bit patterns, and the floats
+     * next to the powers of ten */
+    uint32_t x = 12345, bad = 0, tried = 0;
+    for (int i = 0; i < 300000; i++) {
+        x = x * 1664525u + 1013904223u;
+        float v;
+        memcpy(&v, &x, sizeof v);
+        if (!isfinite(v))
+            continue;
+        tried++;
+        if (!f32_exact_and_short(v) && bad++ < 5)
+            CHECK_MSG(0, "%.9g (bits %08x): %s", (double)v, (unsigned)x,
+                      (fm_json_format_f32(buf, v), buf));
+    }
+    for (int e = -38; e <= 38; e++) {
+        float p = (float)pow(10, e);
+        float near[3] = {nextafterf(p, 0), p, nextafterf(p, INFINITY)};
+        for (int k = 0; k < 3; k++, tried++)
+            if (isfinite(near[k]) && !f32_exact_and_short(near[k]) && bad++ < 5)
+                CHECK_MSG(0, "%.9g: %s", (double)near[k],
+                          (fm_json_format_f32(buf, near[k]), buf));
+    }
+    CHECK_MSG(bad == 0, "%u of %u floats not printed exactly and shortest", bad, tried);
+}
 
 int main(void)
 {
@@ -29,6 +107,11 @@ int main(void)
     fm_json_arr_end(&j);
     fm_json_key(&j, "e");
     fm_json_null(&j);
+    fm_json_key(&j, "f");
+    fm_json_arr_begin(&j);
+    fm_json_f32(&j, 0.993f);
+    fm_json_f32(&j, NAN);
+    fm_json_arr_end(&j);
     fm_json_obj_end(&j);
     fm_json_newline(&j);
     fm_json_arr_begin(&j);
@@ -38,8 +121,10 @@ int main(void)
     fm_json_newline(&j);
     fclose(f);
     const char *want = "{\"path\":\"a\\\"b\\\\c\\n\\t\\u0001\xc3\xa9\",\"n\":-42,"
-                       "\"xs\":[0.5,null,[],{\"ok\":true}],\"e\":null}\n[1,2]\n";
+                       "\"xs\":[0.5,null,[],{\"ok\":true}],\"e\":null,\"f\":[0.993,null]}\n"
+                       "[1,2]\n";
     CHECK_MSG(strcmp(buf, want) == 0, "got %s", buf);
     free(buf);
+    test_f32();
     return fm_test_done("test_json");
 }

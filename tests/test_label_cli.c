@@ -3,7 +3,7 @@
  * saved under UTKFace names, a gray image without a face, and a file whose name is
  * not a UTKFace name. Heads with random weights are written for the real backbone.
  * The output must be valid JSON (checked with python3's json module when it exists)
- * with the documented keys; eval must count the gray image as not detected.
+ * with the keys of the result schema (proto/RESULTS.md); eval must count the gray image as not detected.
  * `facemill train` fine-tunes on the same folder: resume, loss weights, and a second
  * fine-tuning of the fine-tuned file, whose lineage must reach back to the npm base.
  * Needs models/cache (models/fetch); skipped otherwise. */
@@ -186,9 +186,12 @@ int main(void)
         fprintf(stderr, "predict:\n%s", out);
         CHECK(status == 1); /* the missing file fails, the others are reported */
         CHECK(json_valid(out, 3) != 0);
-        const char *keys[] = {"\"path\"", "\"faces\"", "\"box\"", "\"landmarks\"",
-                              "\"age\"", "\"age_std\"", "\"gender\"", "\"gender_probs\"",
-                              "\"race\"", "\"race_probs\"", "\"times_ms\"", "\"error\""};
+        /* the result schema (proto/RESULTS.md); the missing file is an io error */
+        const char *keys[] = {"{\"schema\":2,\"source\":", "\"faces\":[{\"box\":{\"x1\":",
+                              "\"landmarks\":{\"left_eye\":{\"x\":", "\"age\":",
+                              "\"age_std\":", "\"gender\":", "\"gender_probs\":{\"male\":",
+                              "\"race\":", "\"race_probs\":{\"White\":", "\"times_ms\":{",
+                              "\"error\":null", "\"error\":{\"code\":4,\"name\":\"io\",\"text\":"};
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
             CHECK_MSG(strstr(out, keys[i]) != NULL, "%s missing", keys[i]);
         free(out);

@@ -1,28 +1,37 @@
 #!/usr/bin/env python3
 """test_label_e2e.py - the main command as a user runs it: `facemill label` with the
 shipped defaults (no model setting anywhere), the real pipeline in real worker
-processes, checked field by field against `facemill predict`.
+processes, checked field by field against `facemill predict` and `facemill detect`:
+the three describe a photo in one schema (proto/RESULTS.md).
 
 Inputs: the sample photos, and photos made from them here (a mirrored and scaled copy
 on a larger canvas, two photos side by side, a grayscale copy, an EXIF-free
 progressive JPEG), two photos without faces (noise, a flat wall) and broken files (a
 truncated JPEG, a PNG, a text file named .jpg, an empty file).
 
-Run twice with an empty HOME: once from the checkout root and once from an unrelated
-directory. Each run must
-  - exit 1 (some images failed: the broken ones), store one row per input;
-  - give every image that predict labels the same faces: box, score, landmarks, age,
-    age_std, gender and its probabilities, ethnicity and its probabilities (to the
-    digits predict prints);
-  - give the broken files error rows with the same reason as predict, at attempt 1
-    (a worker that died on them would have been retried);
-  - find no face in the faceless photos and at least one in every photo made from a
-    sample.
+predict and detect run once; label runs twice with an empty HOME, once from the
+checkout root and once from an unrelated directory. Checked:
+  - every line of the three commands is an image object of schema 2 with the same
+    keys (source, width, height, error, faces, and each command's own);
+  - detect and predict find the same faces with the same box, score and landmarks,
+    number for number (the same text); detect's faces carry no attributes;
+  - label exits 1 (some images failed: the broken ones) and stores one row per input;
+  - its export gives every image the same size and the same faces as predict: the
+    same fields, detection equal to the last digit, age, age_std and the
+    probabilities within relative 1e-5 (the backbone embeds a different mix of faces
+    together in a worker, so float sums round differently), the same gender and race;
+  - the broken files are errors with the same code, name and text in all three, at
+    attempt 1 in the database (a worker that died on them would have been retried);
+  - no face in the faceless photos and at least one in every photo made from a
+    sample;
+  - the CSV export holds the JSONL export's values under the flattened field names
+    (box.x1, landmarks.left_eye.x, gender_probs.male, ...), one row per face.
 
 Usage: test_label_e2e.py --bin BIN --src SRC
 Exit 0 pass, 1 fail.
 """
 import argparse
+import csv
 import io
 import json
 import os
@@ -36,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fm_testlib import Checks, close, user_env  # noqa: E402
+from fm_testlib import Checks, face_diff, flat, user_env  # noqa: E402
 
 check = Checks("test_label_e2e")
 
@@ -86,20 +95,53 @@ def make_inputs(samples, d):
     return with_faces, without, broken
 
 
-def same_face(e, p):
-    """An exported face (e) against predict's (p), every field."""
-    flat_marks = [c for pt in p["landmarks"] for c in pt]
-    return (len(e["box"]) == 4 and all(close(u, v) for u, v in zip(e["box"], p["box"])) and
-            close(e["score"], p["score"]) and
-            len(e["landmarks"]) == 10 and
-            all(close(u, v) for u, v in zip(e["landmarks"], flat_marks)) and
-            close(e["age"], p["age"]) and close(e["age_std"], p["age_std"]) and
-            e["gender"] == p["gender"] and
-            close(e["gender_probs"][0], p["gender_probs"]["male"]) and
-            close(e["gender_probs"][1], p["gender_probs"]["female"]) and
-            e["race"] == p["race"] and
-            all(close(e["race_probs"][i], p["race_probs"][k]) for i, k in
-                enumerate(("White", "Black", "Asian", "Indian", "Others"))))
+# Attributes of a worker's face may differ from predict's in the 6th or 7th digit.
+REL = 1e-5
+DETECTION = ("box", "score", "landmarks")
+ATTRIBUTES = ("age", "age_std", "gender", "gender_probs", "race", "race_probs")
+IMAGE_KEYS = ["schema", "source", "width", "height", "error"]
+
+
+def check_image(tag, o, extra):
+    """o is an image object of schema 2 with the common keys, then extra, then faces."""
+    keys = IMAGE_KEYS + extra + ["faces"]
+    check(list(o) == keys and o["schema"] == 2,
+          "%s: %s: keys %s, want %s" % (tag, o.get("source"), list(o), keys))
+    check(isinstance(o.get("faces"), list) and
+          (o.get("error") is None or (sorted(o["error"]) == ["code", "name", "text"] and
+                                      not o["faces"] and o["width"] is None)),
+          "%s: %s: error %s with %d faces" % (tag, o.get("source"), o.get("error"),
+                                            len(o.get("faces") or [])))
+
+
+def check_csv(tag, text, objs):
+    """The CSV export against the JSONL export: per face a row whose columns are the
+    flattened image and face fields with the same values (the same text)."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    want = []
+    for o in objs:
+        image = flat({k: v for k, v in o.items() if k != "faces"})
+        if image.get("error") is None:
+            image.pop("error", None)
+        for i, f in enumerate(o["faces"] or [None]):
+            row = dict(image)
+            if f is not None:
+                row.update(flat(f))
+                row["face"] = i
+            want.append(row)
+    check(len(rows) == len(want), "%s: CSV has %d rows, want %d" % (tag, len(rows),
+                                                                    len(want)))
+    bad = 0
+    for r, w in zip(rows, want):
+        missing = [k for k in w if k not in r]
+        wrong = [k for k in r if (r[k] != "" and k not in w) or
+                 (k in w and r[k] != ("" if w[k] is None else str(w[k])) and
+                  not (isinstance(w[k], float) and float(r[k]) == w[k]))]
+        if (missing or wrong) and bad < 3:
+            check(False, "%s: CSV row %s: missing %s, differing %s" % (
+                tag, r.get("source"), missing, [(k, r[k], w.get(k)) for k in wrong]))
+        bad += bool(missing or wrong)
+    check(bad == 0, "%s: %d CSV rows differ from the JSONL export" % (tag, bad))
 
 
 def run_case(tag, fm, inputs, cwd, env, want, with_faces, without, broken):
@@ -115,9 +157,10 @@ def run_case(tag, fm, inputs, cwd, env, want, with_faces, without, broken):
         p = subprocess.run([fm, "export", db], cwd=cwd, env=env, capture_output=True,
                            text=True, timeout=120)
         check(p.returncode == 0, "%s: export: %s" % (tag, p.stderr))
+        objs = [json.loads(line) for line in p.stdout.splitlines()]
         got = {}
-        for line in p.stdout.splitlines():
-            o = json.loads(line)
+        for o in objs:
+            check_image(tag + " export", o, ["job_id", "sha256", "model"])
             got[os.path.basename(o["source"])] = o
         check(len(got) == total, "%s: %d rows, want %d" % (tag, len(got), total))
         nfaces = 0
@@ -125,7 +168,7 @@ def run_case(tag, fm, inputs, cwd, env, want, with_faces, without, broken):
             e, w = got.get(name), want.get(name)
             if not check(w is not None, "%s: predict answered %s" % (tag, name)):
                 continue
-            if not check(e is not None and "error" not in e,
+            if not check(e is not None and e["error"] is None,
                          "%s: %s labelled: %s" % (tag, name, e)):
                 continue
             check(e["width"] == w["width"] and e["height"] == w["height"],
@@ -139,16 +182,20 @@ def run_case(tag, fm, inputs, cwd, env, want, with_faces, without, broken):
                 check(len(ef) == 0, "%s: %s: no face" % (tag, name))
             for i, (a, b) in enumerate(zip(ef, pf)):
                 nfaces += 1
-                check(same_face(a, b), "%s: %s face %d: export %s, predict %s" %
-                      (tag, name, i, a, b))
+                diff = face_diff(a, b, REL, DETECTION)
+                check(not diff, "%s: %s face %d: export and predict differ: %s" %
+                      (tag, name, i, "; ".join(diff)))
         check(nfaces >= 15, "%s: %d faces compared" % (tag, nfaces))
         for name in broken:
             e, w = got.get(name), want.get(name, {})
-            # the same reason (predict prefixes it with the path; the two schemas
-            # name the code differently)
-            check(e is not None and "error" in e and "error" in w and
-                  e["error"]["text"] and w["error"]["message"].endswith(e["error"]["text"]),
-                  "%s: %s: error row like predict's: %s / %s" % (tag, name, e, w.get("error")))
+            check(e is not None and e["error"] and e["error"] == w.get("error") and
+                  e["error"]["text"] and e["faces"] == [],
+                  "%s: %s: the same error as predict's: %s / %s" %
+                  (tag, name, e and e["error"], w.get("error")))
+        p = subprocess.run([fm, "export", "--format", "csv", db], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=120)
+        check(p.returncode == 0, "%s: export --format csv: %s" % (tag, p.stderr))
+        check_csv(tag, p.stdout, objs)
         # at attempt 1: no worker died on them (a dead worker's job is retried)
         con = sqlite3.connect(db)
         cols = [r[1] for r in con.execute("PRAGMA table_info(images)")]
@@ -160,6 +207,17 @@ def run_case(tag, fm, inputs, cwd, env, want, with_faces, without, broken):
         con.close()
     finally:
         shutil.rmtree(os.path.dirname(db), ignore_errors=True)
+
+
+def run_lines(fm, cmd, paths, cwd, env):
+    """`facemill CMD PATHS...`: basename -> image object, and the exit status."""
+    p = subprocess.run([fm, cmd] + paths, cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=600)
+    out = {}
+    for line in p.stdout.splitlines():
+        o = json.loads(line)
+        out[os.path.basename(o["source"])] = o
+    return out, p
 
 
 def main():
@@ -182,16 +240,37 @@ def main():
         with_faces, without, broken = make_inputs(samples, inputs)
         env = user_env(home)
         names = sorted(os.listdir(inputs))
-        p = subprocess.run([fm, "predict"] + [os.path.join(inputs, n) for n in names],
-                           cwd=src, env=env, capture_output=True, text=True, timeout=600)
-        want = {}
-        for line in p.stdout.splitlines():
-            o = json.loads(line)
-            want[os.path.basename(o["path"])] = o
-        check(sorted(want) == names, "predict answers every input: exit %d: %s" %
+        paths = [os.path.join(inputs, n) for n in names]
+        want, p = run_lines(fm, "predict", paths, src, env)
+        check(sorted(want) == names and p.returncode == 1,
+              "predict answers every input, exit 1: exit %d: %s" %
               (p.returncode, p.stderr[-1000:]))
+        for o in want.values():
+            check_image("predict", o, [] if o["error"] else ["times_ms"])
         for n in broken:
-            check("error" in want.get(n, {}), "predict: %s is an error" % n)
+            check(want.get(n, {}).get("error"), "predict: %s is an error" % n)
+        det, p = run_lines(fm, "detect", paths, src, env)
+        check(sorted(det) == names and p.returncode == 1,
+              "detect answers every input, exit 1: exit %d: %s" %
+              (p.returncode, p.stderr[-1000:]))
+        ndet = 0
+        for name in names:
+            d, w = det.get(name), want.get(name)
+            if d is None or w is None:
+                continue
+            check_image("detect", d, [] if d["error"] else ["scale", "times_ms"])
+            check(d["error"] == w["error"] and d["width"] == w["width"] and
+                  d["height"] == w["height"] and len(d["faces"]) == len(w["faces"]),
+                  "detect %s: %s, %sx%s, %d faces; predict %s, %sx%s, %d" % (
+                      name, d["error"], d["width"], d["height"], len(d["faces"]),
+                      w["error"], w["width"], w["height"], len(w["faces"])))
+            for i, (a, b) in enumerate(zip(d["faces"], w["faces"])):
+                ndet += 1
+                check(list(a) == list(DETECTION) and
+                      not face_diff(a, {k: b[k] for k in DETECTION}, 0, DETECTION) and
+                      all(k in b for k in ATTRIBUTES),
+                      "%s face %d: detect %s, predict %s" % (name, i, a, b))
+        check(ndet >= 15, "detect and predict: %d faces compared" % ndet)
         for tag, cwd in (("checkout root", src), ("unrelated directory", tmp)):
             run_case(tag, fm, inputs, cwd, env, want, with_faces, without, broken)
     finally:

@@ -40,7 +40,7 @@ BELOW = {
 # public header -> its layer
 HEADERS = {
     "status": "base", "log": "base", "json": "base", "config": "base", "sha256": "base",
-    "notify": "base",
+    "notify": "base", "clock": "base", "result_json": "base",
     "nn": "engine", "model": "engine", "grad": "engine",
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
     "heads": "vision", "dlib_resnet": "vision",

@@ -17,11 +17,19 @@ committed file changed. Checked here:
   - models/fetch --expand-only: made, up to date, stale after a new commit of the
     compact file, a damaged expansion is redone, a name clash with a package output
     is refused; C and Python expansions identical;
-  - the real dlib ResNet (when models/fetch has run): C and Python agree on it.
-Run by ctest with /usr/bin/python3; exit 77 (skipped) without numpy or the build.
+  - the figures compact prints (value count, max abs and max rel error) are what the
+    files hold, recomputed here from both files; the max relative error over f16's
+    normal range is at most 2^-11 (half a unit in the last place: round to nearest;
+    a conversion that truncates reaches 2^-10);
+  - the real dlib ResNet (when models/fetch has run): C and Python agree on it, and
+    its figures are checked the same way.
+Run by ctest with /usr/bin/python3; exit 77 (skipped) without numpy or the build, and
+when the dlib ResNet has not been fetched (the other checks run, then exit 77 unless
+one failed).
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +53,10 @@ import fmmodel  # noqa: E402
 
 failures = 0
 checks = 0
+skipped = []
+# f16 keeps 11 significant bits: round to nearest is off by at most half a unit in
+# the last place, 2^-11 of the value, over the normal range (|x| >= 2^-14).
+MAX_REL_NORMAL = 2.0 ** -11
 
 
 def check(cond, what):
@@ -80,6 +92,43 @@ def read(path):
 
 def bits32(a):
     return np.asarray(a, dtype=np.float32).view(np.uint32)
+
+
+def check_figures(label, src, dst, out):
+    """The figures `compact` printed in out against the files src (f32) and dst (f16)."""
+    m_vals = re.search(r"values\s+(\d+);", out)
+    m_abs = re.search(r"max abs error\s+(\S+)", out)
+    m_rel = re.search(r"max rel error\s+(\S+) over \|x\| >= 2\^-14", out)
+    if not check(m_vals and m_abs and m_rel, "%s: figures printed: %s" % (label, out)):
+        return
+    _, t = fmmodel.read_model(src)
+    _, ct = fmmodel.read_model(dst)
+    values, max_abs, max_rel = 0, 0.0, 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for name, a in t.items():
+            if a.dtype != np.float32:
+                continue
+            x = a.astype(np.float64).ravel()
+            h = fmmodel.f16_to_f32(ct[name].view(np.uint16)).astype(np.float64).ravel()
+            values += x.size
+            ok = np.isfinite(x) & np.isfinite(h)
+            e = np.abs(h[ok] - x[ok])
+            if e.size:
+                max_abs = max(max_abs, float(e.max()))
+            normal = np.abs(x[ok]) >= 2.0 ** -14
+            if normal.any():
+                max_rel = max(max_rel, float((e[normal] / np.abs(x[ok][normal])).max()))
+    print("%s: max rel error over f16's normal range %.6e (bound 2^-11 = %.6e), max abs "
+          "error %.6e" % (label, max_rel, MAX_REL_NORMAL, max_abs), file=sys.stderr)
+    check(int(m_vals.group(1)) == values, "%s: %s values printed, %d in the file"
+          % (label, m_vals.group(1), values))
+    # printed with 4 significant digits
+    check(abs(float(m_abs.group(1)) - max_abs) <= 5e-4 * max_abs,
+          "%s: max abs error printed %s, recomputed %.6e" % (label, m_abs.group(1), max_abs))
+    check(abs(float(m_rel.group(1)) - max_rel) <= 5e-4 * max_rel,
+          "%s: max rel error printed %s, recomputed %.6e" % (label, m_rel.group(1), max_rel))
+    check(max_rel <= MAX_REL_NORMAL, "%s: max relative error %.6e over the normal range "
+          "exceeds 2^-11 = %.6e (not rounded to nearest)" % (label, max_rel, MAX_REL_NORMAL))
 
 
 def sample_model(path, extra=None, big=None):
@@ -137,6 +186,8 @@ def test_commands(tmp):
           "C and Python report the same figures:\n%s\n%s" % (c_out, p_out))
     check(os.path.getsize(cc) < os.path.getsize(src) * 0.52, "compact is about half")
     print(c_out, end="", file=sys.stderr)
+    check_figures("C compact", src, cc, c_out)
+    check_figures("Python compact", src, pc, p_out)
     again = os.path.join(tmp, "again.f16.fmm")
     c_cmd("compact", src, again)
     check(read(again) == read(cc), "compact is deterministic")
@@ -300,6 +351,7 @@ def test_dlib(tmp):
     if not os.path.exists(dlib):
         print("dlib_resnet.fmm missing (run models/fetch): real-model check skipped",
               file=sys.stderr)
+        skipped.append("the real dlib ResNet (run models/fetch)")
         return
     cc, pc = os.path.join(tmp, "d.c.f16.fmm"), os.path.join(tmp, "d.p.f16.fmm")
     rc, out, _ = c_cmd("compact", dlib, cc)
@@ -308,6 +360,8 @@ def test_dlib(tmp):
     check(rc2 == 0 and read(cc) == read(pc), "dlib: C and Python compact identical")
     check(out.split("\n", 1)[1] == out2.split("\n", 1)[1], "dlib: same figures")
     print(out, end="", file=sys.stderr)
+    check_figures("dlib C compact", dlib, cc, out)
+    check_figures("dlib Python compact", dlib, pc, out2)
     ce, pe = os.path.join(tmp, "d.c.fmm"), os.path.join(tmp, "d.p.fmm")
     c_cmd("expand", cc, ce)
     py_cmd("expand", cc, pe)
@@ -329,7 +383,12 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("test_model_compact: %d checks, %d failed" % (checks, failures), file=sys.stderr)
-    return 1 if failures else 0
+    if failures:
+        return 1
+    if skipped:
+        print("test_model_compact: not run: %s: skipped" % "; ".join(skipped), file=sys.stderr)
+        return 77
+    return 0
 
 
 if __name__ == "__main__":

@@ -219,6 +219,13 @@ static void test_sweep(void)
     }
     CHECK_MSG(bad == 0, "%llu of %llu floats rounded wrong", (unsigned long long)bad,
               (unsigned long long)n);
+    /* Every multiple of 61 below 2^32, less those in the two NaN ranges
+     * [0x7f800001, 0x7fffffff] and [0xff800001, 0xffffffff]: the sweep saw them all. */
+    const uint64_t m = 61, total = (uint64_t)UINT32_MAX / m + 1;
+    const uint64_t nan_pos = 0x7fffffffu / m - 0x7f800000u / m,
+                   nan_neg = (uint64_t)0xffffffffu / m - 0xff800000u / m;
+    CHECK_MSG(n == total - nan_pos - nan_neg, "sweep saw %llu floats, want %llu",
+              (unsigned long long)n, (unsigned long long)(total - nan_pos - nan_neg));
     fprintf(stderr, "sweep: %llu floats\n", (unsigned long long)n);
 }
 

@@ -10,11 +10,18 @@ faces and writes the decoded RGB pixels; the reference runs on that PPM with the
 settings (min_face converted to decoded pixels by the reported DCT scale, max_side
 1600: the defaults). facemill's coordinates are mapped back to decoded pixels, then:
   - both find the same number of faces;
-  - faces are paired one to one (best IoU first) and every pair has IoU >= 0.95,
-    every landmark within 1.5 px, scores within 1e-3.
+  - faces are paired one to one (best IoU first) and every pair has IoU deficit
+    (1 - IoU) <= 1e-4, every landmark within 0.02 px, scores within 1e-4.
+The bounds are 17-30x the worst agreement seen with either of OpenBLAS's kernel sets
+(over all images: IoU deficit 4.1e-6, landmark 0.0009 px, score 9.7e-7 with the Zen
+kernels; 3.1e-6, 0.0006 px, 5.8e-6 with the Prescott kernels, whose rounding moves
+the score of a face far from saturation most), so a half-pixel convention bug or a
+rounding that differs (in the pyramid, the crops or the coordinate mapping) fails
+them, and kernels that round differently do not.
 Two images run again with detect.pad=0.25; the reference then gets the PPM inside a
 border of gray 128 (what the option means) and its coordinates are shifted back.
-Prints per image the worst IoU deficit (1 - IoU), landmark error and score difference.
+Prints per image the worst IoU deficit (1 - IoU), landmark error and score difference,
+then the worst of each over all images next to its bound.
 
     test_mtcnn_ref.py --images-tool PATH [--keep DIR]
 
@@ -33,9 +40,9 @@ import sys
 import tempfile
 
 SKIP = 77
-MIN_IOU = 0.95
-MAX_LANDMARK_PX = 1.5
-MAX_SCORE_DIFF = 1e-3
+MAX_IOU_DEFICIT = 1e-4
+MAX_LANDMARK_PX = 0.02
+MAX_SCORE_DIFF = 1e-4
 MIN_FACE = 20.0
 MAX_SIDE = 1600
 FACTOR = 0.709
@@ -44,6 +51,8 @@ GENERATED = ["down50", "rot15", "crop", "tight", "up2", "narrow", "blank", "tiny
 # Run again with detect.pad (the reference gets the PPM padded with gray by numpy).
 PAD = 0.25
 PAD_VALUE = 128  # FM_DETECT_PAD_VALUE
+# facemill's landmark names, in the reference's order
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 PADDED = ["tight", "crop"]
 # Faces the reference finds on the generated images must not all vanish: these must
 # have at least one (a check that the generated images are what they claim to be).
@@ -64,8 +73,8 @@ def to_decoded(u, num, den):
     return u if num == den else (u + 0.5) * num / den - 0.5
 
 
-def compare(name, got, ref):
-    """Returns (ok, summary line)."""
+def compare(name, got, ref, worst):
+    """Returns (ok, summary line); worst (IoU deficit, landmark px, score) is updated."""
     if len(got) != len(ref):
         return False, "%-14s faces: facemill %d, reference %d" % (name, len(got), len(ref))
     pairs = sorted(((iou(g["box"], r["box"]), i, k) for i, g in enumerate(got)
@@ -82,9 +91,12 @@ def compare(name, got, ref):
         for (gx, gy), (rx, ry) in zip(g["landmarks"], r["landmarks"]):
             worst_lm = max(worst_lm, ((gx - rx) ** 2 + (gy - ry) ** 2) ** 0.5)
         worst_score = max(worst_score, abs(g["score"] - r["score"]))
-    ok = (worst_iou >= MIN_IOU and worst_lm <= MAX_LANDMARK_PX
+    ok = (1.0 - worst_iou <= MAX_IOU_DEFICIT and worst_lm <= MAX_LANDMARK_PX
           and worst_score <= MAX_SCORE_DIFF)
-    return ok, ("%-14s faces %2d  max IoU deficit %.2e  max landmark error %.4f px  "
+    worst[0] = max(worst[0], 1.0 - worst_iou)
+    worst[1] = max(worst[1], worst_lm)
+    worst[2] = max(worst[2], worst_score)
+    return ok, ("%-14s faces %2d  max IoU deficit %.2e  max landmark error %.2e px  "
                 "max score diff %.2e" % (name, len(ref), 1.0 - worst_iou, worst_lm,
                                           worst_score))
 
@@ -106,9 +118,9 @@ def run_facemill(bindir, cache, ppm, images, extra):
     return lines
 
 
-def check_image(det, mtcnn_ref, name, path, out, ppm, pad):
+def check_image(det, mtcnn_ref, name, path, out, ppm, pad, worst):
     """Compares one facemill result with the reference; returns True when it agrees."""
-    if out.get("path") != path or "error" in out:
+    if out.get("source") != path or out.get("error") is not None:
         print("FAIL  %-14s facemill error: %s" % (name, out.get("error")))
         return False
     num, den = out["scale"]
@@ -124,12 +136,14 @@ def check_image(det, mtcnn_ref, name, path, out, ppm, pad):
         r["box"] = [v - p for v in r["box"]]
         r["landmarks"] = [[x - p, y - p] for x, y in r["landmarks"]]
     got = []
-    for f in out["faces"]:
-        got.append({"box": [to_decoded(v, num, den) for v in f["box"]],
+    for f in out["faces"]:  # the result schema (proto/RESULTS.md)
+        got.append({"box": [to_decoded(f["box"][k], num, den)
+                            for k in ("x1", "y1", "x2", "y2")],
                     "score": f["score"],
-                    "landmarks": [[to_decoded(x, num, den), to_decoded(y, num, den)]
-                                  for x, y in f["landmarks"]]})
-    ok, line = compare(name, got, ref)
+                    "landmarks": [[to_decoded(f["landmarks"][k]["x"], num, den),
+                                   to_decoded(f["landmarks"][k]["y"], num, den)]
+                                  for k in LANDMARKS]})
+    ok, line = compare(name, got, ref, worst)
     if name in EXPECT_FACES and not ref:
         ok, line = False, line + "  (expected faces)"
     if name in EXPECT_NONE and ref:
@@ -183,13 +197,18 @@ def main(argv):
             return 1
         det = mtcnn_ref.Detector(cache)
         failed = 0
+        worst = [0.0, 0.0, 0.0]
         for path, out in zip(images, lines):
             name = os.path.splitext(os.path.basename(path))[0]
-            failed += not check_image(det, mtcnn_ref, name, path, out, ppm, 0)
+            failed += not check_image(det, mtcnn_ref, name, path, out, ppm, 0, worst)
         for path, out in zip(pad_images, pad_lines):
             name = os.path.splitext(os.path.basename(path))[0] + "+pad"
-            failed += not check_image(det, mtcnn_ref, name, path, out, ppm, PAD)
+            failed += not check_image(det, mtcnn_ref, name, path, out, ppm, PAD, worst)
         images += pad_images
+        print("test_mtcnn_ref: worst of paired faces: IoU deficit %.2e (bound %g), landmark "
+              "error %.2e px (bound %g), score difference %.2e (bound %g)"
+              % (worst[0], MAX_IOU_DEFICIT, worst[1], MAX_LANDMARK_PX, worst[2],
+                 MAX_SCORE_DIFF))
         print("test_mtcnn_ref: %d images, %d failed" % (len(images), failed))
         return 1 if failed else 0
     finally:

@@ -545,139 +545,198 @@ static const char *job_invalid(const Facemill__Job *jm)
     return NULL;
 }
 
-static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Submit *s,
-                           fm_error *err)
+/* Answers a Submit that came while the queue is full: none of its jobs is taken. */
+static void send_slow_down(fm_broker *b, const fm_wire_peer *from, const Facemill__Submit *s)
 {
     Facemill__Envelope env;
+    Facemill__SlowDown sd;
     fm_wire_envelope_init(&env);
-    if (b->st.queued >= (uint64_t)b->cfg.broker.max_queue) {
-        Facemill__SlowDown sd;
-        facemill__slow_down__init(&sd);
-        sd.has_request_id = s->has_request_id;
-        sd.request_id = s->request_id;
-        sd.has_queue_depth = sd.has_max_queue = sd.has_retry_after_ms = 1;
-        sd.queue_depth = b->st.queued;
-        sd.max_queue = (uint64_t)b->cfg.broker.max_queue;
-        int64_t retry = b->cfg.broker.heartbeat_ms < 1000 ? b->cfg.broker.heartbeat_ms : 1000;
-        sd.retry_after_ms = (uint32_t)retry;
-        env.body_case = FACEMILL__ENVELOPE__BODY_SLOW_DOWN;
-        env.slow_down = &sd;
-        fm_wire_send(b->clients, from, &env, ZMQ_DONTWAIT, NULL);
+    facemill__slow_down__init(&sd);
+    sd.has_request_id = s->has_request_id;
+    sd.request_id = s->request_id;
+    sd.has_queue_depth = sd.has_max_queue = sd.has_retry_after_ms = 1;
+    sd.queue_depth = b->st.queued;
+    sd.max_queue = (uint64_t)b->cfg.broker.max_queue;
+    int64_t retry = b->cfg.broker.heartbeat_ms < 1000 ? b->cfg.broker.heartbeat_ms : 1000;
+    sd.retry_after_ms = (uint32_t)retry;
+    env.body_case = FACEMILL__ENVELOPE__BODY_SLOW_DOWN;
+    env.slow_down = &sd;
+    fm_wire_send(b->clients, from, &env, ZMQ_DONTWAIT, NULL);
+}
+
+/* One Submit on its way to its SubmitAck. */
+typedef struct submit {
+    Facemill__Submit *msg;
+    Facemill__JobAck *acks;  /* one per job, in order; ACCEPTED until decided otherwise */
+    Facemill__JobAck **ackp; /* &acks[i], for the SubmitAck */
+    bjob **fresh;            /* the new jobs taken so far, in the hash, not yet queued */
+    size_t nfresh;
+    char journal_error[FM_ERROR_MSG_MAX]; /* the reason new jobs are rejected with */
+} submit;
+
+static void submit_free(submit *sub)
+{
+    free(sub->acks);
+    free(sub->ackp);
+    free(sub->fresh);
+}
+
+/* Allocates what s needs and starts one ack per job. */
+static fm_status submit_init(submit *sub, Facemill__Submit *s, fm_error *err)
+{
+    size_t n = s->n_jobs;
+    memset(sub, 0, sizeof *sub);
+    sub->msg = s;
+    sub->acks = calloc(n ? n : 1, sizeof *sub->acks);
+    sub->ackp = calloc(n ? n : 1, sizeof *sub->ackp);
+    sub->fresh = calloc(n ? n : 1, sizeof *sub->fresh);
+    if (!sub->acks || !sub->ackp || !sub->fresh)
+        return fm_error_set(err, FM_ERR_NOMEM, "submit of %zu jobs", n);
+    for (size_t i = 0; i < n; i++) {
+        Facemill__JobAck *a = &sub->acks[i];
+        facemill__job_ack__init(a);
+        a->job_id = s->jobs[i]->id;
+        a->has_state = 1;
+        sub->ackp[i] = a;
+    }
+    return FM_OK;
+}
+
+/* Decides the ack of a job the journal need not be asked about: REJECTED when it is
+ * invalid, DUPLICATE when it is queued or running. Returns 1 when it did. */
+static int ack_without_journal(fm_broker *b, const Facemill__Job *jm, Facemill__JobAck *a)
+{
+    const char *bad = job_invalid(jm);
+    if (bad) {
+        a->state = FACEMILL__JOB_ACK__STATE__REJECTED;
+        a->reason = (char *)bad;
+        return 1;
+    }
+    if (job_find(b, jm->id)) {
+        a->state = FACEMILL__JOB_ACK__STATE__DUPLICATE;
+        return 1;
+    }
+    return 0;
+}
+
+/* A new job for jm (in the hash, not queued), submitted by from. */
+static fm_status job_new(fm_broker *b, Facemill__Job *jm, const fm_wire_peer *from,
+                         bjob **out, fm_error *err)
+{
+    bjob *j = calloc(1, sizeof *j);
+    if (!j)
+        return fm_error_set(err, FM_ERR_NOMEM, "job");
+    jm->has_attempt = 0;
+    j->len = facemill__job__get_packed_size(jm);
+    j->body = malloc(j->len ? j->len : 1);
+    j->id = dup_str(jm->id);
+    j->tag = dup_str(jm->tag);
+    j->client = malloc(sizeof *j->client);
+    if (!j->body || !j->id || !j->tag || !j->client || job_insert(b, j) != 0) {
+        job_free(j);
+        return fm_error_set(err, FM_ERR_NOMEM, "job");
+    }
+    *j->client = *from;
+    facemill__job__pack(jm, j->body);
+    *out = j;
+    return FM_OK;
+}
+
+/* Job i of sub, neither invalid nor in memory, in the open journal transaction:
+ * COMMITTED or DUPLICATE when the journal knows it, else journaled and taken as a
+ * fresh job (ACCEPTED). Returns FM_OK, FM_ERR_NOMEM (err), or the journal's error
+ * (je). */
+static fm_status journal_job(fm_broker *b, submit *sub, size_t i, const fm_wire_peer *from,
+                             fm_error *je, fm_error *err)
+{
+    Facemill__Job *jm = sub->msg->jobs[i];
+    Facemill__JobAck *a = &sub->acks[i];
+    int known = -1;
+    fm_status st = fm_journal_lookup(b->journal, jm->id, &known, je);
+    if (st != FM_OK)
+        return st;
+    if (known == 1) {
+        a->state = FACEMILL__JOB_ACK__STATE__COMMITTED;
         return FM_OK;
     }
-    fm_status st = FM_OK;
-    size_t n = s->n_jobs;
-    Facemill__JobAck *acks = calloc(n ? n : 1, sizeof *acks);
-    Facemill__JobAck **ackp = calloc(n ? n : 1, sizeof *ackp);
-    bjob **fresh = calloc(n ? n : 1, sizeof *fresh);
-    size_t nfresh = 0;
-    char journal_error[FM_ERROR_MSG_MAX] = "";
-    if (!acks || !ackp || !fresh) {
-        st = fm_error_set(err, FM_ERR_NOMEM, "submit of %zu jobs", n);
-        goto done;
+    if (known == 0) { /* pending yet not in memory: cannot happen; be safe */
+        a->state = FACEMILL__JOB_ACK__STATE__DUPLICATE;
+        return FM_OK;
     }
+    bjob *j = NULL;
+    if ((st = job_new(b, jm, from, &j, err)) != FM_OK)
+        return st;
+    sub->fresh[sub->nfresh++] = j;
+    if ((st = fm_journal_add(b->journal, j->id, j->tag, j->body, j->len, je)) != FM_OK)
+        return st;
+    a->state = FACEMILL__JOB_ACK__STATE__ACCEPTED;
+    return FM_OK;
+}
+
+/* Decides every ack of sub and takes its new jobs: journaled in one transaction, then
+ * queued. When the journal fails (logged), nothing of the Submit is kept and every
+ * new job is rejected with the journal's error, which the SubmitAck carries; that is
+ * not an error of the broker. Returns FM_OK, or FM_ERR_NOMEM (nothing kept, no
+ * answer). */
+static fm_status take_jobs(fm_broker *b, submit *sub, const fm_wire_peer *from,
+                           fm_error *err)
+{
     fm_error je = {0};
+    fm_status st = FM_OK;
     int in_tx = fm_journal_begin(b->journal, &je) == FM_OK;
     if (!in_tx)
-        snprintf(journal_error, sizeof journal_error, "%s", fm_error_text(&je));
-    for (size_t i = 0; i < n; i++) {
-        Facemill__Job *jm = s->jobs[i];
-        Facemill__JobAck *a = &acks[i];
-        facemill__job_ack__init(a);
-        ackp[i] = a;
-        a->job_id = jm->id;
-        a->has_state = 1;
-        const char *bad = job_invalid(jm);
-        if (bad) {
-            a->state = FACEMILL__JOB_ACK__STATE__REJECTED;
-            a->reason = (char *)bad;
+        snprintf(sub->journal_error, sizeof sub->journal_error, "%s", fm_error_text(&je));
+    for (size_t i = 0; i < sub->msg->n_jobs; i++) {
+        Facemill__JobAck *a = &sub->acks[i];
+        if (ack_without_journal(b, sub->msg->jobs[i], a))
             continue;
-        }
-        if (job_find(b, jm->id)) {
-            a->state = FACEMILL__JOB_ACK__STATE__DUPLICATE;
-            continue;
-        }
         if (!in_tx) {
             a->state = FACEMILL__JOB_ACK__STATE__REJECTED;
-            a->reason = journal_error;
+            a->reason = sub->journal_error;
             continue;
         }
-        int known = -1;
-        if (fm_journal_lookup(b->journal, jm->id, &known, &je) != FM_OK)
-            goto journal_failed;
-        if (known == 1) {
-            a->state = FACEMILL__JOB_ACK__STATE__COMMITTED;
-            continue;
-        }
-        if (known == 0) { /* pending yet not in memory: cannot happen; be safe */
-            a->state = FACEMILL__JOB_ACK__STATE__DUPLICATE;
-            continue;
-        }
-        bjob *j = calloc(1, sizeof *j);
-        if (!j) {
-            st = fm_error_set(err, FM_ERR_NOMEM, "job");
-            goto rollback;
-        }
-        jm->has_attempt = 0;
-        j->len = facemill__job__get_packed_size(jm);
-        j->body = malloc(j->len ? j->len : 1);
-        j->id = dup_str(jm->id);
-        j->tag = dup_str(jm->tag);
-        j->client = malloc(sizeof *j->client);
-        if (!j->body || !j->id || !j->tag || !j->client || job_insert(b, j) != 0) {
-            job_free(j);
-            st = fm_error_set(err, FM_ERR_NOMEM, "job");
-            goto rollback;
-        }
-        *j->client = *from;
-        facemill__job__pack(jm, j->body);
-        fresh[nfresh++] = j;
-        if (fm_journal_add(b->journal, j->id, j->tag, j->body, j->len, &je) != FM_OK)
-            goto journal_failed;
-        a->state = FACEMILL__JOB_ACK__STATE__ACCEPTED;
+        if ((st = journal_job(b, sub, i, from, &je, err)) != FM_OK)
+            goto fail;
     }
-    if (in_tx && fm_journal_commit(b->journal, &je) != FM_OK)
-        goto journal_failed;
-    for (size_t i = 0; i < nfresh; i++)
-        queue_push(b, fresh[i], 0);
-    b->st.accepted += nfresh;
-    goto reply;
+    if (in_tx && (st = fm_journal_commit(b->journal, &je)) != FM_OK)
+        goto fail;
+    for (size_t i = 0; i < sub->nfresh; i++)
+        queue_push(b, sub->fresh[i], 0);
+    b->st.accepted += sub->nfresh;
+    return FM_OK;
 
-journal_failed:
-    /* Nothing of this submit is kept: every new job is reported rejected. */
-    fm_log_error("journal: %s", fm_error_text(&je));
-    snprintf(journal_error, sizeof journal_error, "journal: %s", fm_error_text(&je));
-rollback:
-    if (in_tx)
-        fm_journal_rollback(b->journal);
-    for (size_t i = 0; i < nfresh; i++)
-        job_forget(b, fresh[i]);
-    nfresh = 0;
-    for (size_t i = 0; i < n; i++)
-        if (ackp[i] && acks[i].state == FACEMILL__JOB_ACK__STATE__ACCEPTED) {
-            acks[i].has_state = 1;
-            acks[i].state = FACEMILL__JOB_ACK__STATE__REJECTED;
-            acks[i].reason = journal_error;
+fail:
+    /* Nothing of this Submit is kept: every new job is reported rejected. */
+    if (je.code != FM_OK) { /* the journal failed: the Submit is still answered */
+        fm_log_error("journal: %s", fm_error_text(&je));
+        snprintf(sub->journal_error, sizeof sub->journal_error, "journal: %s",
+                 fm_error_text(&je));
+        st = FM_OK;
+    }
+    fm_journal_rollback(b->journal);
+    for (size_t i = 0; i < sub->nfresh; i++)
+        job_forget(b, sub->fresh[i]);
+    sub->nfresh = 0;
+    /* Still ACCEPTED: the jobs taken, the one that failed, and those past it (never
+     * looked at). */
+    for (size_t i = 0; i < sub->msg->n_jobs; i++)
+        if (sub->acks[i].state == FACEMILL__JOB_ACK__STATE__ACCEPTED) {
+            sub->acks[i].state = FACEMILL__JOB_ACK__STATE__REJECTED;
+            sub->acks[i].reason = sub->journal_error;
         }
-    if (st != FM_OK)
-        goto done;
-reply: {
+    return st;
+}
+
+static void send_submit_ack(fm_broker *b, const fm_wire_peer *from, const submit *sub)
+{
+    Facemill__Envelope env;
     Facemill__SubmitAck ack;
+    fm_wire_envelope_init(&env);
     facemill__submit_ack__init(&ack);
-    ack.has_request_id = s->has_request_id;
-    ack.request_id = s->request_id;
-    /* Jobs past the one that failed were never looked at: rejected as well. */
-    for (size_t i = 0; i < n; i++)
-        if (!ackp[i]) {
-            facemill__job_ack__init(&acks[i]);
-            ackp[i] = &acks[i];
-            acks[i].job_id = s->jobs[i]->id;
-            acks[i].has_state = 1;
-            acks[i].state = FACEMILL__JOB_ACK__STATE__REJECTED;
-            acks[i].reason = journal_error;
-        }
-    ack.n_jobs = n;
-    ack.jobs = ackp;
+    ack.has_request_id = sub->msg->has_request_id;
+    ack.request_id = sub->msg->request_id;
+    ack.n_jobs = sub->msg->n_jobs;
+    ack.jobs = sub->ackp;
     ack.has_queue_depth = ack.has_max_queue = 1;
     ack.queue_depth = b->st.queued;
     ack.max_queue = (uint64_t)b->cfg.broker.max_queue;
@@ -687,10 +746,24 @@ reply: {
     if (fm_wire_send(b->clients, from, &env, ZMQ_DONTWAIT, &se) != FM_OK)
         fm_log_warn("submit ack not delivered: %s", fm_error_text(&se));
 }
-done:
-    free(acks);
-    free(ackp);
-    free(fresh);
+
+/* A Submit: SlowDown when the queue is full, else every job journaled or refused and
+ * one SubmitAck (proto/README.md, "Client <-> broker"). Returns FM_OK, or
+ * FM_ERR_NOMEM (the Submit is not answered). */
+static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Submit *s,
+                           fm_error *err)
+{
+    if (b->st.queued >= (uint64_t)b->cfg.broker.max_queue) {
+        send_slow_down(b, from, s);
+        return FM_OK;
+    }
+    submit sub;
+    fm_status st = submit_init(&sub, s, err);
+    if (st == FM_OK)
+        st = take_jobs(b, &sub, from, err);
+    if (st == FM_OK)
+        send_submit_ack(b, from, &sub);
+    submit_free(&sub);
     return st;
 }
 
@@ -1013,8 +1086,10 @@ static fm_status open_socket(fm_broker *b, void **s, int type, const char *endpo
     if (!*s)
         return fm_error_set(err, FM_ERR_IO, "%s socket: %s", what, zmq_strerror(errno));
     fm_status st = fm_wire_setup(*s, b->cfg.net.max_msg_size, 0, err);
-    if (st != FM_OK)
-        return fm_error_prefix(err, "%s", what);
+    if (st != FM_OK) {
+        fm_error_prefix(err, "%s", what);
+        return st;
+    }
     int rc = bind ? zmq_bind(*s, endpoint) : zmq_connect(*s, endpoint);
     if (rc != 0)
         return fm_error_set(err, FM_ERR_IO, "%s: cannot %s %s: %s", what,

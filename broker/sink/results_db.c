@@ -1,5 +1,6 @@
 /* results_db.c - the results database: schema, idempotent inserts, look-ups and the
- * JSONL/CSV export (include/facemill/sink.h has the schema and the contracts).
+ * JSONL/CSV export (include/facemill/sink.h has the schema and the contracts; the
+ * export writes the result schema of proto/RESULTS.md through result_json.h).
  *
  * Why a module of its own: the sink writes the database, `facemill export` and
  * `facemill label` read it, and tests check it; all of them go through these
@@ -11,6 +12,7 @@
  */
 #include "facemill/sink.h"
 #include "facemill/json.h"
+#include "facemill/result_json.h"
 
 #include "facemill.pb-c.h"
 
@@ -57,9 +59,6 @@ static const char *const schema_sql =
     " PRIMARY KEY(image_id, face)) WITHOUT ROWID;"
     "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '1');";
 
-static const char *const gender_names[2] = {"male", "female"};
-static const char *const race_names[5] = {"White", "Black", "Asian", "Indian", "Others"};
-
 static fm_status db_error(fm_error *err, sqlite3 *db, const char *what)
 {
     return fm_error_set(err, FM_ERR_IO, "results database: %s: %s", what,
@@ -68,12 +67,7 @@ static fm_status db_error(fm_error *err, sqlite3 *db, const char *what)
 
 const char *fm_results_error_name(uint32_t code)
 {
-    static const char *const names[] = {
-        "none",        "decode",  "unsupported", "limit",     "io",
-        "invalid",     "internal", "quarantined", "timeout",  "version",
-        "malformed",   "unknown_peer",
-    };
-    return code < sizeof names / sizeof names[0] ? names[code] : "error";
+    return fm_result_error_name(code);
 }
 
 /* ---- open / close ---------------------------------------------------------------- */
@@ -266,11 +260,13 @@ static fm_status insert_faces(fm_results *r, const Facemill__Result *res, int64_
         bind_opt_float(st, c++, face->has_age, face->age);
         bind_opt_float(st, c++, face->has_age_std, face->age_std);
         int g = face->n_gender_probs == 2;
-        bind_text_or_null(st, c++, g ? gender_names[argmax(face->gender_probs, 2)] : NULL);
+        bind_text_or_null(st, c++,
+                          g ? fm_result_gender_names[argmax(face->gender_probs, 2)] : NULL);
         for (size_t k = 0; k < 2; k++, c++)
             bind_opt_float(st, c, g, g ? face->gender_probs[k] : 0);
         int rc5 = face->n_race_probs == 5;
-        bind_text_or_null(st, c++, rc5 ? race_names[argmax(face->race_probs, 5)] : NULL);
+        bind_text_or_null(st, c++,
+                          rc5 ? fm_result_race_names[argmax(face->race_probs, 5)] : NULL);
         for (size_t k = 0; k < 5; k++, c++)
             bind_opt_float(st, c, rc5, rc5 ? face->race_probs[k] : 0);
         if (sqlite3_step(st) != SQLITE_DONE) {
@@ -396,25 +392,30 @@ done:
 /* Columns of the export query, in order. */
 enum {
     X_ID, X_JOB, X_SOURCE, X_SHA, X_W, X_H, X_CODE, X_TEXT, X_MODEL, X_WORKER, X_ATTEMPT,
-    X_READ, X_DECODE, X_DETECT, X_ALIGN, X_EMBED, X_HEADS, X_TOTAL, X_IMAGE_COLS
+    X_READ, X_DECODE, X_DETECT, X_ALIGN, X_EMBED, X_HEADS, X_IMAGE_COLS
 };
 /* Face columns follow the image columns: face, x1..y2, score, 10 landmarks, age,
- * age_std, gender, p_male, p_female, race, 5 race probabilities. */
+ * age_std, p_male, p_female, 5 race probabilities. The stored gender and race names
+ * are not read: the result writer names the most probable class itself. */
 enum {
     F_FACE = X_IMAGE_COLS, F_BOX, F_SCORE = F_BOX + 4, F_LM, F_AGE = F_LM + 10, F_AGE_STD,
-    F_GENDER, F_PG, F_RACE = F_PG + 2, F_PR, F_END = F_PR + 5
+    F_PG, F_PR = F_PG + 2, F_END = F_PR + 5
 };
 
 static const char *const export_sql =
     "SELECT i.id, i.job_id, i.source, i.sha256, i.width, i.height, i.error_code,"
     " i.error_text, i.model, i.worker, i.attempt, i.read_ms, i.decode_ms, i.detect_ms,"
-    " i.align_ms, i.embed_ms, i.heads_ms, i.total_ms,"
+    " i.align_ms, i.embed_ms, i.heads_ms,"
     " f.face, f.x1, f.y1, f.x2, f.y2, f.score, f.le_x, f.le_y, f.re_x, f.re_y,"
     " f.nose_x, f.nose_y, f.lm_x, f.lm_y, f.rm_x, f.rm_y, f.age, f.age_std,"
-    " f.gender, f.p_male, f.p_female, f.race, f.p_white, f.p_black, f.p_asian,"
-    " f.p_indian, f.p_others"
+    " f.p_male, f.p_female, f.p_white, f.p_black, f.p_asian, f.p_indian, f.p_others"
     " FROM images i LEFT JOIN faces f ON f.image_id = i.id"
     " ORDER BY i.source, i.job_id, f.face";
+
+/* --times: the stages of the worker (total_ms, their sum, is not repeated). */
+static const char *const stage_names[] = {"read", "decode", "detect", "align", "embed",
+                                          "heads"};
+#define N_STAGES (int)(sizeof stage_names / sizeof stage_names[0])
 
 static const char *col_text(sqlite3_stmt *st, int i)
 {
@@ -426,21 +427,52 @@ static int col_null(sqlite3_stmt *st, int i)
     return sqlite3_column_type(st, i) == SQLITE_NULL;
 }
 
-/* Floats were stored from 32-bit values: 7 significant digits say all they hold. */
-static void json_num_col(fm_json *j, sqlite3_stmt *st, int i)
+static int col_size(sqlite3_stmt *st, int i)
 {
-    if (col_null(st, i))
-        fm_json_null(j);
-    else
-        fm_json_num(j, sqlite3_column_double(st, i), 7);
+    int64_t v = sqlite3_column_int64(st, i);
+    return col_null(st, i) || v < 0 || v > INT32_MAX ? -1 : (int)v;
 }
 
-static void json_int_col(fm_json *j, sqlite3_stmt *st, int i)
+/* n float columns from first into v; 1 when none of them is NULL. Floats were stored
+ * from 32-bit values, so they come back exactly. */
+static int col_floats(sqlite3_stmt *st, int first, int n, float *v)
 {
-    if (col_null(st, i))
-        fm_json_null(j);
-    else
-        fm_json_int(j, sqlite3_column_int64(st, i));
+    for (int k = 0; k < n; k++) {
+        if (col_null(st, first + k))
+            return 0;
+        v[k] = (float)sqlite3_column_double(st, first + k);
+    }
+    return 1;
+}
+
+static void image_of_row(sqlite3_stmt *st, fm_result_image *im)
+{
+    im->source = col_text(st, X_SOURCE);
+    im->width = col_size(st, X_W);
+    im->height = col_size(st, X_H);
+    im->error_code = (uint32_t)sqlite3_column_int64(st, X_CODE);
+    im->error_text = col_text(st, X_TEXT);
+}
+
+static void face_of_row(sqlite3_stmt *st, fm_result_face *f)
+{
+    memset(f, 0, sizeof *f);
+    float age[2];
+    if (col_floats(st, F_BOX, 4, f->box))
+        f->has |= FM_RESULT_HAS_BOX;
+    if (col_floats(st, F_SCORE, 1, &f->score))
+        f->has |= FM_RESULT_HAS_SCORE;
+    if (col_floats(st, F_LM, 10, f->landmarks))
+        f->has |= FM_RESULT_HAS_LANDMARKS;
+    if (col_floats(st, F_AGE, 2, age)) {
+        f->has |= FM_RESULT_HAS_AGE;
+        f->age = age[0];
+        f->age_std = age[1];
+    }
+    if (col_floats(st, F_PG, FM_RESULT_GENDERS, f->gender_probs))
+        f->has |= FM_RESULT_HAS_GENDER;
+    if (col_floats(st, F_PR, FM_RESULT_RACES, f->race_probs))
+        f->has |= FM_RESULT_HAS_RACE;
 }
 
 static void json_str_col(fm_json *j, sqlite3_stmt *st, int i)
@@ -452,110 +484,37 @@ static void json_str_col(fm_json *j, sqlite3_stmt *st, int i)
         fm_json_null(j);
 }
 
-static void json_num_array(fm_json *j, sqlite3_stmt *st, int first, int n)
-{
-    int any = 0;
-    for (int k = 0; k < n; k++)
-        any |= !col_null(st, first + k);
-    if (!any) {
-        fm_json_null(j);
-        return;
-    }
-    fm_json_arr_begin(j);
-    for (int k = 0; k < n; k++)
-        json_num_col(j, st, first + k);
-    fm_json_arr_end(j);
-}
-
+/* Opens an image's object: the schema's fields, then the database's own (job_id,
+ * sha256, model; with --times worker, attempt, times_ms), then the faces array. */
 static void jsonl_image_begin(fm_json *j, sqlite3_stmt *st, int flags)
 {
-    fm_json_obj_begin(j);
+    fm_result_image im;
+    image_of_row(st, &im);
+    fm_result_json_begin(j, &im);
     fm_json_key(j, "job_id");
     json_str_col(j, st, X_JOB);
-    fm_json_key(j, "source");
-    json_str_col(j, st, X_SOURCE);
     fm_json_key(j, "sha256");
     json_str_col(j, st, X_SHA);
-    fm_json_key(j, "width");
-    json_int_col(j, st, X_W);
-    fm_json_key(j, "height");
-    json_int_col(j, st, X_H);
     fm_json_key(j, "model");
     json_str_col(j, st, X_MODEL);
     if (flags & FM_EXPORT_TIMES) {
-        static const char *const names[] = {"read_ms",  "decode_ms", "detect_ms", "align_ms",
-                                            "embed_ms", "heads_ms",  "total_ms"};
         fm_json_key(j, "worker");
         json_str_col(j, st, X_WORKER);
         fm_json_key(j, "attempt");
-        json_int_col(j, st, X_ATTEMPT);
-        fm_json_key(j, "times");
-        fm_json_obj_begin(j);
-        for (int k = 0; k < 7; k++) {
-            fm_json_key(j, names[k]);
-            json_num_col(j, st, X_READ + k);
-        }
-        fm_json_obj_end(j);
+        if (col_null(st, X_ATTEMPT))
+            fm_json_null(j);
+        else
+            fm_json_int(j, sqlite3_column_int64(st, X_ATTEMPT));
+        double ms[N_STAGES];
+        for (int k = 0; k < N_STAGES; k++)
+            ms[k] = col_null(st, X_READ + k) ? NAN : sqlite3_column_double(st, X_READ + k);
+        fm_result_json_times(j, stage_names, ms, N_STAGES);
     }
-    int64_t code = sqlite3_column_int64(st, X_CODE);
-    if (code) {
-        fm_json_key(j, "error");
-        fm_json_obj_begin(j);
-        fm_json_key(j, "code");
-        fm_json_int(j, code);
-        fm_json_key(j, "name");
-        fm_json_str(j, fm_results_error_name((uint32_t)code));
-        fm_json_key(j, "text");
-        json_str_col(j, st, X_TEXT);
-        fm_json_obj_end(j);
-    } else {
-        fm_json_key(j, "faces");
-        fm_json_arr_begin(j);
-    }
+    fm_result_json_faces(j);
 }
 
-static void jsonl_face(fm_json *j, sqlite3_stmt *st)
-{
-    fm_json_obj_begin(j);
-    fm_json_key(j, "box");
-    json_num_array(j, st, F_BOX, 4);
-    fm_json_key(j, "score");
-    json_num_col(j, st, F_SCORE);
-    fm_json_key(j, "landmarks");
-    json_num_array(j, st, F_LM, 10);
-    fm_json_key(j, "age");
-    json_num_col(j, st, F_AGE);
-    fm_json_key(j, "age_std");
-    json_num_col(j, st, F_AGE_STD);
-    fm_json_key(j, "gender");
-    json_str_col(j, st, F_GENDER);
-    fm_json_key(j, "gender_probs");
-    json_num_array(j, st, F_PG, 2);
-    fm_json_key(j, "race");
-    json_str_col(j, st, F_RACE);
-    fm_json_key(j, "race_probs");
-    json_num_array(j, st, F_PR, 5);
-    fm_json_obj_end(j);
-}
-
-/* One CSV field, quoted when it holds a comma, quote or line break. */
-static void csv_text(FILE *out, const char *s)
-{
-    if (!s)
-        return;
-    if (!strpbrk(s, ",\"\r\n")) {
-        fputs(s, out);
-        return;
-    }
-    fputc('"', out);
-    for (; *s; s++) {
-        if (*s == '"')
-            fputc('"', out);
-        fputc(*s, out);
-    }
-    fputc('"', out);
-}
-
+/* One CSV field from a column: text quoted as needed, floats as the JSON writes them,
+ * nothing for NULL. */
 static void csv_col(FILE *out, sqlite3_stmt *st, int i)
 {
     switch (sqlite3_column_type(st, i)) {
@@ -565,40 +524,48 @@ static void csv_col(FILE *out, sqlite3_stmt *st, int i)
         fprintf(out, "%" PRId64, (int64_t)sqlite3_column_int64(st, i));
         break;
     case SQLITE_FLOAT:
-        fprintf(out, "%.7g", sqlite3_column_double(st, i));
+        fm_result_csv_f32(out, (float)sqlite3_column_double(st, i));
         break;
     default:
-        csv_text(out, col_text(st, i));
+        fm_result_csv_text(out, col_text(st, i));
     }
 }
 
-static const char *const csv_header =
-    "job_id,source,sha256,width,height,model,error_code,error_name,error_text,face,"
-    "x1,y1,x2,y2,score,le_x,le_y,re_x,re_y,nose_x,nose_y,lm_x,lm_y,rm_x,rm_y,"
-    "age,age_std,gender,p_male,p_female,race,p_white,p_black,p_asian,p_indian,p_others\n";
-
-/* Appended by --times (FM_EXPORT_TIMES): they differ from run to run. */
-static const char *const csv_times_header =
-    ",worker,attempt,read_ms,decode_ms,detect_ms,align_ms,embed_ms,heads_ms,total_ms";
+/* The header: the schema's image columns, the database's, the face columns, and with
+ * --times (values that differ from run to run) worker, attempt and the stage times. */
+static void csv_header(FILE *out, int flags)
+{
+    fm_result_csv_image_header(out);
+    fputs(",job_id,sha256,model,", out);
+    fm_result_csv_face_header(out);
+    if (flags & FM_EXPORT_TIMES) {
+        fputs(",worker,attempt", out);
+        for (int k = 0; k < N_STAGES; k++)
+            fprintf(out, ",times_ms.%s", stage_names[k]);
+    }
+    fputc('\n', out);
+}
 
 static void csv_row(FILE *out, sqlite3_stmt *st, int flags)
 {
-    static const int image_cols[] = {X_JOB, X_SOURCE, X_SHA, X_W, X_H, X_MODEL, X_CODE};
-    for (size_t k = 0; k < sizeof image_cols / sizeof image_cols[0]; k++) {
-        csv_col(out, st, image_cols[k]);
+    fm_result_image im;
+    image_of_row(st, &im);
+    fm_result_csv_image(out, &im);
+    static const int db_cols[] = {X_JOB, X_SHA, X_MODEL};
+    for (size_t k = 0; k < sizeof db_cols / sizeof db_cols[0]; k++) {
         fputc(',', out);
+        csv_col(out, st, db_cols[k]);
     }
-    int64_t code = sqlite3_column_int64(st, X_CODE);
-    if (code)
-        fputs(fm_results_error_name((uint32_t)code), out);
     fputc(',', out);
-    csv_col(out, st, X_TEXT);
-    for (int i = F_FACE; i < F_END; i++) {
-        fputc(',', out);
-        csv_col(out, st, i);
+    if (col_null(st, F_FACE)) {
+        fm_result_csv_face(out, -1, NULL);
+    } else {
+        fm_result_face f;
+        face_of_row(st, &f);
+        fm_result_csv_face(out, (int)sqlite3_column_int64(st, F_FACE), &f);
     }
     if (flags & FM_EXPORT_TIMES)
-        for (int i = X_WORKER; i <= X_TOTAL; i++) {
+        for (int i = X_WORKER; i < X_WORKER + 2 + N_STAGES; i++) {
             fputc(',', out);
             csv_col(out, st, i);
         }
@@ -619,13 +586,8 @@ fm_status fm_results_export(fm_results *r, FILE *out, fm_export_format format, i
         rc = db_error(err, r->db, "preparing the export");
         goto done;
     }
-    if (format == FM_EXPORT_CSV) {
-        /* csv_header without its line break, then the optional columns */
-        fwrite(csv_header, 1, strlen(csv_header) - 1, out);
-        if (flags & FM_EXPORT_TIMES)
-            fputs(csv_times_header, out);
-        fputc('\n', out);
-    }
+    if (format == FM_EXPORT_CSV)
+        csv_header(out, flags);
     int64_t open_image = -1; /* JSONL: id of the image whose object is open */
     int s;
     while ((s = sqlite3_step(st)) == SQLITE_ROW) {
@@ -636,30 +598,24 @@ fm_status fm_results_export(fm_results *r, FILE *out, fm_export_format format, i
         int64_t id = sqlite3_column_int64(st, X_ID);
         if (id != open_image) {
             if (open_image >= 0) {
-                fm_json_arr_end(&j);
-                fm_json_obj_end(&j);
+                fm_result_json_end(&j);
                 fm_json_newline(&j);
             }
             jsonl_image_begin(&j, st, flags);
             open_image = id;
-            if (sqlite3_column_int64(st, X_CODE) != 0) {
-                /* error objects have no faces array to close */
-                fm_json_obj_end(&j);
-                fm_json_newline(&j);
-                open_image = -1;
-                continue;
-            }
         }
-        if (!col_null(st, F_FACE))
-            jsonl_face(&j, st);
+        if (!col_null(st, F_FACE)) {
+            fm_result_face f;
+            face_of_row(st, &f);
+            fm_result_json_face(&j, &f);
+        }
     }
     if (s != SQLITE_DONE) {
         rc = db_error(err, r->db, "reading results");
         goto done;
     }
     if (open_image >= 0) {
-        fm_json_arr_end(&j);
-        fm_json_obj_end(&j);
+        fm_result_json_end(&j);
         fm_json_newline(&j);
     }
     if (fflush(out) != 0 || ferror(out))

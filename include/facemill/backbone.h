@@ -20,6 +20,7 @@
 
 #include <stdint.h>
 
+#include "facemill/model.h"
 #include "facemill/status.h"
 
 #ifdef __cplusplus
@@ -33,6 +34,20 @@ typedef enum fm_backbone_output {
     FM_BACKBONE_POOLED = 1,
     FM_BACKBONE_OUTPUT_COUNT
 } fm_backbone_output;
+
+/* A backbone's input convention, from its model file's metadata. */
+typedef struct fm_backbone_input {
+    int h, w;                /* input.size: height, width in pixels */
+    float mean[3], scale[3]; /* input.mean, input.scale: value = (pixel - mean) * scale */
+    float tmpl[10];          /* align.template: x0,y0,...,x4,y4 in input pixels */
+} fm_backbone_input;
+
+/* Reads the input convention of the backbone model m: input.size (2 values, each
+ * 1..4096), input.mean and input.scale (3 finite values each, no scale 0) and
+ * align.template (10 finite values). What the backbone and the fine-tuner both run
+ * with. FM_ERR_NOT_FOUND for a missing key, FM_ERR_FORMAT (the path and key in the
+ * message) for a bad one. */
+fm_status fm_backbone_read_input(const fm_model *m, fm_backbone_input *out, fm_error *err);
 
 /* Opens the model file at path, checks its architecture is registered and every
  * tensor it needs is present with the right shape, and sizes the arena for batches

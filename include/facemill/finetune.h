@@ -1,5 +1,6 @@
 /* finetune.h - fine-tuning the dlib ResNet backbone jointly with the attribute heads,
- * in C over the engine's forward (nn.h) and backward (grad.h) operations.
+ * in C over the networks inference runs (dlib_resnet.h's forward and backward passes,
+ * heads.h's) and the engine's optimiser (grad.h).
  *
  * Why it exists: heads trained on frozen features stop short of what the task allows
  * (the backbone was trained to tell people apart, not to see age, gender and

@@ -1,12 +1,13 @@
 /* grad.h - backward passes of the engine's operations (include/facemill/nn.h), for
  * training: given an operation's inputs and the gradient of a loss with respect to
  * its output (dy), they compute the gradients with respect to its inputs and
- * parameters.
+ * parameters; and the optimiser step that applies the gradients.
  *
  * Why it exists: facemill fine-tunes its backbone and trains its heads in C over
- * OpenBLAS, with the same tensors and arena as inference. A trainer (worker/train_*.c)
- * runs the forward operations keeping the activations a backward pass needs, then
- * calls these in reverse order.
+ * OpenBLAS, with the same tensors and arena as inference. A network's forward pass
+ * (worker/vision/heads.c, arch_dlib_resnet.c) keeps the activations its backward pass
+ * needs, which calls these in reverse order; both trainers (worker/train/) update
+ * their parameters with fm_optim_update.
  *
  * Conventions (in addition to nn.h's):
  *  - Every gradient output is ACCUMULATED: dx += ..., dw += .... The caller zeroes a
@@ -128,6 +129,41 @@ fm_status fm_nn_softmax_xent(fm_arena *a, const fm_tensor *logits, const float *
  * 0..k-1: p_i proportional to exp(-(i - mu)^2 / (2 sigma^2)), normalised to sum 1.
  * sigma <= 0 gives a one-hot at round(mu) (clamped to 0..k-1). k >= 1. */
 void fm_nn_gaussian_target(int k, double mu, double sigma, float *out);
+
+/* ---- optimiser ------------------------------------------------------------------ */
+
+/* AdamW's moment decay rates and its guard against division by zero (Kingma & Ba's
+ * defaults, which both trainers use). */
+#define FM_ADAM_BETA1 0.9
+#define FM_ADAM_BETA2 0.999
+#define FM_ADAM_EPS 1e-8
+
+typedef enum fm_optim_kind {
+    FM_OPTIM_ADAMW = 0, /* Adam with decoupled weight decay (Loshchilov & Hutter) */
+    FM_OPTIM_SGD = 1    /* stochastic gradient descent with momentum */
+} fm_optim_kind;
+
+/* One update of a group of parameters that share their settings. */
+typedef struct fm_optim_step {
+    fm_optim_kind kind;
+    double lr;           /* step size, >= 0 */
+    double weight_decay; /* decoupled: the step also shrinks p by lr * weight_decay * p;
+                            0 for biases */
+    double momentum;     /* SGD: the velocity's decay, 0 <= momentum < 1 */
+    long t;              /* AdamW: the steps these moments have taken, this one
+                            included (>= 1): the bias correction 1 - beta^t */
+} fm_optim_step;
+
+/* Applies one step to count parameters p with their gradient g and the optimiser's
+ * state m and v (count floats each, zero before the first step; v is unused by SGD
+ * and may then be NULL). In double, stored as float:
+ *   AdamW: m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+ *          p -= lr ((m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + wd p)
+ *   SGD:   m = momentum m + g;     p -= lr (m + wd p)
+ * Deterministic: the same inputs give the same bits. No errors: the arguments are the
+ * caller's (asserted). */
+void fm_optim_update(const fm_optim_step *s, float *p, const float *g, float *m, float *v,
+                     size_t count);
 
 #ifdef __cplusplus
 }

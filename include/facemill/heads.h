@@ -2,12 +2,15 @@
  *
  * Why it exists: the backbone describes a face as a feature vector; the heads turn
  * that vector into the attributes facemill reports. They are small (a few hundred
- * thousand weights), trained by facemill's own trainer (`facemill train --freeze`,
- * worker/train/heads_trainer.c) on features of one particular backbone, and stored in a
- * model file with general.architecture "heads".
+ * thousand weights), trained by facemill's own trainers (`facemill train --freeze`,
+ * worker/train/heads_trainer.c, on features of one particular backbone; `facemill
+ * train`, worker/train/finetune.c, jointly with the backbone), and stored in a model
+ * file with general.architecture "heads". worker/vision/heads.c is the network's only
+ * definition: its forward pass (fm_heads_net_forward) serves inference and both
+ * trainers, its backward pass and loss serve both trainers.
  *
  * The network, all dense layers (W stored [out, in]):
- *   x' = (x - feat.mean) / feat.std                       standardised features
+ *   x' = x * (1 / feat.std) - feat.mean / feat.std        standardised features
  *   h  = LeakyReLU(shared.K.weight h + shared.K.bias)      K = 0, 1, ... (>= 0 layers)
  *   age    = softmax(age.weight h + age.bias)              117 classes: ages 0..116
  *   gender = softmax(gender.weight h + gender.bias)        2: labels.gender
@@ -32,6 +35,7 @@
 
 #include "facemill/backbone.h"
 #include "facemill/model.h"
+#include "facemill/nn.h"
 #include "facemill/status.h"
 
 #ifdef __cplusplus
@@ -107,6 +111,84 @@ fm_status fm_heads_backbone_identity(const char *backbone_path, char *buf, size_
 /* "pooled" / "embedding" <-> fm_backbone_output; parse returns -1 for other names. */
 const char *fm_backbone_output_name(fm_backbone_output o);
 int fm_backbone_output_parse(const char *name);
+
+/* UTKFace's class names in label order: what a heads file's labels.gender and
+ * labels.race hold for facemill's trainers. */
+extern const char *const fm_heads_gender_names[FM_HEADS_GENDERS];
+extern const char *const fm_heads_race_names[FM_HEADS_RACES];
+
+/* ---- the network, for inference and training ----------------------------------- */
+
+/* Every array of three below holds the outputs in the order age, gender, ethnicity.
+ * Their class counts: FM_HEADS_AGES, FM_HEADS_GENDERS, FM_HEADS_RACES. */
+extern const int fm_heads_classes[3];
+
+/* The parameters of a heads network, as tensor views (never owned: a mapped file, a
+ * trainer's parameter vector, or its gradient, which uses the same layout).
+ *   scale, shift   [dim]: the standardisation x * scale + shift (fm_heads_standardiser)
+ *   w[k], b[k]     shared layer k < n_layers: [width_k, in_k], [width_k]; in_0 = dim,
+ *                  in_k = width_{k-1}
+ *   head_w, head_b per output: [classes, in], [classes]; in = the last width, or dim */
+typedef struct fm_heads_net {
+    int n_layers;  /* 0..FM_HEADS_MAX_LAYERS */
+    float alpha;   /* LeakyReLU slope for negative inputs; >= 0 for the backward pass */
+    fm_tensor scale, shift;
+    fm_tensor w[FM_HEADS_MAX_LAYERS], b[FM_HEADS_MAX_LAYERS];
+    fm_tensor head_w[3], head_b[3];
+} fm_heads_net;
+
+/* What a forward pass keeps: every activation the backward pass reads. Tensors live in
+ * the arena the forward pass ran on. */
+typedef struct fm_heads_tape {
+    fm_tensor x;                      /* standardised features [n, dim, 1, 1] */
+    fm_tensor h[FM_HEADS_MAX_LAYERS]; /* shared layers' outputs, after LeakyReLU and the
+                                         dropout mask */
+    fm_tensor logits[3];              /* [n, classes, 1, 1] per output */
+} fm_heads_tape;
+
+/* scale[j] = 1 / std[j], shift[j] = -mean[j] / std[j] (in float) for j < dim: how the
+ * standardisation a heads file stores (feat.mean, feat.std) becomes the network's. */
+void fm_heads_standardiser(const float *mean, const float *std, int dim, float *scale,
+                           float *shift);
+
+/* Runs net on features [n, dim, ...] (raw backbone features, n rows of dim values; not
+ * written). mask: NULL, or one pointer per shared layer to n x width_k multipliers of
+ * that layer's output (inverted dropout: 0 or 1 / (1 - p)). Every activation is
+ * allocated from a in order and recorded in tape (a measuring arena: shapes only).
+ * Errors name the layer ("heads: shared.0: ..."). */
+fm_status fm_heads_net_forward(fm_arena *a, const fm_heads_net *net, const fm_tensor *features,
+                               const float *const *mask, fm_heads_tape *tape, fm_error *err);
+
+/* The training loss of the logits of tape (n rows):
+ *   loss = sum over the outputs o of weight[o] / n x sum over rows of
+ *          -sum_c target[o][row, c] log softmax(logits[o][row])_c
+ * target[o] holds n x classes(o) floats, each row a distribution (a one-hot label, a
+ * smoothed one, fm_nn_gaussian_target's age distribution). With dlogits (3 tensors
+ * shaped like the logits, zeroed by the caller) the loss's gradients are ACCUMULATED
+ * there. fm_nn_softmax_xent's errors. */
+fm_status fm_heads_net_loss(fm_arena *a, const fm_heads_tape *tape,
+                            const float *const target[3], const double weight[3],
+                            double *loss, fm_tensor *dlogits, fm_error *err);
+
+/* The backward pass of the forward pass recorded in tape (same net and mask): given
+ * dlogits (3 tensors, the loss's gradient with respect to the logits), ACCUMULATES the
+ * gradients of the shared layers' and the outputs' weights and biases into g (views
+ * shaped like net's; g->scale and g->shift are not touched: the standardisation is not
+ * trained) and, when dfeatures is not NULL, the gradient with respect to the raw
+ * features into dfeatures ([n, dim, ...]). Activation gradients come from a. */
+fm_status fm_heads_net_backward(fm_arena *a, const fm_heads_net *net,
+                                const fm_heads_tape *tape, const float *const *mask,
+                                const fm_tensor *dlogits, fm_heads_net *g,
+                                fm_tensor *dfeatures, fm_error *err);
+
+/* Adds what a trainer knows of a heads file to w: the tensors feat.mean and feat.std
+ * (dim values each, those net's standardisation was derived from), shared.K.weight
+ * and .bias, age/gender/race.weight and .bias (net's data), and the metadata
+ * heads.leaky_alpha (net->alpha) and heads.fallback_age. The caller adds general.*,
+ * heads.backbone, heads.feature, heads.flip and labels.* (fm_heads_gender_names,
+ * fm_heads_race_names). The writer's errors. */
+fm_status fm_heads_write(fm_model_writer *w, const fm_heads_net *net, const float *mean,
+                         const float *std, double fallback_age, fm_error *err);
 
 #ifdef __cplusplus
 }

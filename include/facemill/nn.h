@@ -107,6 +107,12 @@ fm_status fm_arena_alloc(fm_arena *a, size_t bytes, void **out, fm_error *err);
 fm_status fm_tensor_alloc(fm_arena *a, int n, int c, int h, int w, fm_tensor *t,
                           fm_error *err);
 
+/* Allocates t with shape's shape (shape->data is not looked at) and sets every element
+ * to 0 (on a measuring arena: only counted): where a gradient starts, since grad.h's
+ * backward passes accumulate. Errors as fm_tensor_alloc. */
+fm_status fm_tensor_alloc_zero(fm_arena *a, const fm_tensor *shape, fm_tensor *t,
+                               fm_error *err);
+
 /* The current fill level, to pass to fm_arena_reset later. */
 size_t fm_arena_mark(const fm_arena *a);
 

@@ -1,11 +1,14 @@
-/* sha256.h - SHA-256 (FIPS 180-4) of image bytes.
+/* sha256.h - SHA-256 (FIPS 180-4) of image bytes and of files.
  *
  * Why it exists: results carry the content hash of every image, so the same picture
- * found twice (or again in a rerun) is recognised without trusting file names.
+ * found twice (or again in a rerun) is recognised without trusting file names; model
+ * files are listed and traced (expand.source_sha256) by the hash of their bytes.
  * No state is shared; a context is a plain value on the caller's stack.
  */
 #ifndef FACEMILL_SHA256_H
 #define FACEMILL_SHA256_H
+
+#include "facemill/status.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +34,12 @@ void fm_sha256_final(fm_sha256 *s, uint8_t out[FM_SHA256_BYTES]);
 void fm_sha256_digest(const void *data, size_t len, uint8_t out[FM_SHA256_BYTES]);
 /* The digest as 64 lowercase hex digits plus NUL in hex. */
 void fm_sha256_hex(const uint8_t digest[FM_SHA256_BYTES], char hex[2 * FM_SHA256_BYTES + 1]);
+
+/* The digest of the whole file at path, read in chunks (any size), as 64 lowercase
+ * hex digits plus NUL in hex. FM_ERR_IO with the path and the errno text when the file
+ * cannot be opened or read (hex is then "-"); FM_ERR_INVALID for NULL arguments. */
+fm_status fm_sha256_file(const char *path, char hex[2 * FM_SHA256_BYTES + 1],
+                         fm_error *err);
 
 #ifdef __cplusplus
 }

@@ -107,14 +107,14 @@ typedef enum fm_export_format {
 
 enum {
     FM_EXPORT_TIMES = 1, /* add worker, attempt and stage times (they differ per run):
-                            JSONL "worker", "attempt", "times"; CSV trailing columns */
+                            JSONL "worker", "attempt", "times_ms"; CSV trailing
+                            columns */
 };
 
-/* Writes every image, ordered by source then job id, to out (not owned). JSONL
- * objects carry job_id, source, sha256, width, height, model and either faces (each
- * with box, score, landmarks, age, age_std, gender, gender_probs, race, race_probs;
- * null where absent) or error {code, name, text}. The CSV has a header line and
- * RFC 4180 quoting. Errors: FM_ERR_IO (SQLite or writing out). */
+/* Writes every image, ordered by source then job id, to out (not owned), in the result
+ * schema of proto/RESULTS.md (include/facemill/result_json.h writes it): JSONL, one
+ * object per image, or CSV with a header line, one row per face (or per faceless or
+ * failed image) and RFC 4180 quoting. Errors: FM_ERR_IO (SQLite or writing out). */
 fm_status fm_results_export(fm_results *r, FILE *out, fm_export_format format, int flags,
                             fm_error *err);
 

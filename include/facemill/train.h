@@ -6,13 +6,15 @@
  * and its lineage stated. `facemill train --freeze` (worker/cli/cmd_train.c) gathers
  * the features with the production pipeline and calls fm_train_heads.
  *
- * The model: standardised features (mean and standard deviation of the training
- * set), n_hidden dense layers with LeakyReLU (dropout on their outputs while
- * training), then age (117-way), gender (2) and ethnicity (5) softmax heads. Loss per
+ * The model is heads.h's network (worker/vision/heads.c runs it forward and backward,
+ * for inference as for training): standardised features (mean and standard deviation
+ * of the training set), n_hidden dense layers with LeakyReLU (dropout on their outputs
+ * while training), then age (117-way), gender (2) and ethnicity (5) softmax heads. Loss per
  * face: age_weight x cross-entropy of the age head against a Gaussian-smoothed
  * target centred on the true age (standard deviation age_sigma years; 0 = one-hot),
- * plus the cross-entropies of gender and ethnicity. Mini-batch Adam with decoupled
- * weight decay on weights (not biases); after every epoch the validation loss is
+ * plus the cross-entropies of gender and ethnicity (fm_heads_net_loss). Mini-batch
+ * AdamW (grad.h's fm_optim_update; weight decay on weights, not biases); after every
+ * epoch the validation loss is
  * computed; the learning rate halves after lr_patience epochs without improvement,
  * and training stops after patience epochs without one, keeping the best epoch.
  * Deterministic: the same data, options and seed give the same bytes (one OpenBLAS
@@ -63,7 +65,8 @@ typedef struct fm_train_opts {
     void *ctx;
 } fm_train_opts;
 
-/* Defaults: one hidden layer of 512, alpha 0.1, lr 1e-3, weight decay 1e-4,
+/* Defaults: one hidden layer of 512, alpha 0.1 (>= 0: the backward pass tells a
+ * LeakyReLU's sides apart by its output's sign), lr 1e-3, weight decay 1e-4,
  * dropout 0.5, age_sigma 2, age_weight 1, batch 128, 100 epochs, patience 10,
  * lr_patience 4, seed 1. */
 void fm_train_opts_defaults(fm_train_opts *o);
@@ -74,7 +77,8 @@ void fm_train_opts_defaults(fm_train_opts *o);
  * heads.leaky_alpha and heads.fallback_age (mean training age). The caller adds
  * general.*, heads.backbone, heads.feature, heads.flip and labels.*. best (may be
  * NULL) receives the kept epoch's figures. Returns FM_ERR_INVALID for bad options or
- * sets, FM_ERR_NOMEM, or a writer error. */
+ * sets (a label out of range included), FM_ERR_NOMEM, the network's errors (a loss that
+ * is no longer finite: lower the learning rate) or a writer error. */
 fm_status fm_train_heads(const fm_train_set *train, const fm_train_set *val,
                          const fm_train_opts *o, fm_model_writer *w, fm_train_epoch *best,
                          fm_error *err);

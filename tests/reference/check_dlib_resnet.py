@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """check_dlib_resnet: facemill's dlib ResNet backbone agrees with face-api.js itself.
 
-Why this exists: the backbone is a C reimplementation (worker/arch_dlib_resnet.c) of a
-network we only have as converted TensorFlow.js weights. Agreement with the original
+Why this exists: the backbone is a C reimplementation (worker/vision/arch_dlib_resnet.c)
+of a network we only have as converted TensorFlow.js weights. Agreement with the original
 library, run by TensorFlow.js's pure JavaScript CPU backend, is the test that the
 conversion, the layer geometry and the engine are all right.
 
@@ -16,12 +16,22 @@ What it does:
   3. library: tests/reference/faceapi/embed.js runs face-api@1.7.15's
      faceRecognitionNet on the same files (TensorFlow.js installed by
      tests/reference/faceapi/setup into models/cache/node);
-  4. compares: cosine similarity of the 128-d descriptors must be >= 0.999 for every
-     input; prints each cosine, the relative L2 error and the minimum cosine.
+  4. compares the 128-d descriptors of every input: 1 - cosine similarity must be
+     <= 4e-11 and the relative L2 error |facemill - library| / |library| <= 1e-5;
+     prints both for each input and the worst of each.
+
+The bounds: the two agree to float32 rounding (worst 1 - cos 4.1e-13, relative error
+9.1e-7 on the machine they were set on). The relative error bound is 11x that, the
+cosine bound 100x (1 - cos grows as the square of the error, so that is the same
+10x), headroom for OpenBLAS kernels that round differently. The library's input one
+level brighter in its odd-valued pixels, or one layer's weights off by 1e-4 of their
+value, fails them.
 
 Usage: check_dlib_resnet.py --cache models/cache --tool build/tests/facemill-embed-tool
-Exit: 0 pass, 1 fail, 77 skipped (model not fetched, node/npm missing or the npm
-registry unreachable; the reason is printed).
+Exit: 0 pass, 1 fail, 77 skipped: the model is not fetched, node or npm is not
+installed, or the npm registry cannot be reached (`npm ping` fails after the install
+of TensorFlow.js did); the reason is printed. Any other failure of the install fails
+the check, and with CI=true in the environment so does an unreachable registry.
 """
 
 import argparse
@@ -35,7 +45,8 @@ import tempfile
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MIN_COSINE = 0.999
+MAX_COS_DEFICIT = 4e-11
+MAX_REL_ERR = 1e-5
 SIZE = 150
 SKIP = 77
 
@@ -43,6 +54,38 @@ SKIP = 77
 def skip(why):
     print("check_dlib_resnet: SKIP: %s" % why)
     return SKIP
+
+
+def in_ci():
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def registry_reachable():
+    """Whether npm reaches its registry (`npm ping`, npm's own configuration)."""
+    try:
+        p = subprocess.run(["npm", "ping", "--fetch-retries=1", "--fetch-timeout=30000"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=120)
+    except subprocess.TimeoutExpired:
+        return False, "npm ping: no answer within 120 s"
+    lines = p.stdout.strip().splitlines()
+    return p.returncode == 0, "\n".join(lines[:4] + (["..."] if len(lines) > 4 else []))
+
+
+def setup_failed(stderr):
+    """The verdict when tests/reference/faceapi/setup failed: a skip only when the
+    registry cannot be reached (and not in CI); any other failure is the check's."""
+    print("check_dlib_resnet: installing TensorFlow.js failed:\n%s" % stderr.rstrip())
+    reachable, ping = registry_reachable()
+    print("check_dlib_resnet: npm ping: %s" % (ping or "(no output)"))
+    if reachable:
+        print("check_dlib_resnet: FAIL: the registry answers, so the install itself failed")
+        return 1
+    if in_ci():
+        print("check_dlib_resnet: FAIL: the npm registry is unreachable and CI is set: "
+              "the check must run in CI")
+        return 1
+    return skip("the npm registry is unreachable: the library cannot be installed")
 
 
 def noise_images(rng):
@@ -91,8 +134,7 @@ def main(argv):
     setup = subprocess.run([os.path.join(HERE, "faceapi", "setup"), "-q", args.cache],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if setup.returncode != 0:
-        return skip("installing TensorFlow.js failed (npm registry unreachable?):\n"
-                    + setup.stderr)
+        return setup_failed(setup.stderr)
     node_path = setup.stdout.strip().splitlines()[-1]
 
     work = args.keep or tempfile.mkdtemp(prefix="check_dlib_resnet.")
@@ -124,12 +166,13 @@ def main(argv):
                                              "rel. L2 err", "|lib|"))
         for f, c, r, n in zip(files, cos, rel, np.linalg.norm(lib, axis=1)):
             print("%-24s %14.10f %10.1e %12.2e %8.4f" % (os.path.basename(f), c, 1 - c, r, n))
-        worst = int(np.argmin(cos))
-        print("check_dlib_resnet: %d inputs, minimum cosine %.10f (1 - cos = %.1e, %s), "
-              "max relative L2 error %.2e; required cosine >= %g"
+        worst, worst_rel = int(np.argmin(cos)), int(np.argmax(rel))
+        print("check_dlib_resnet: %d inputs, minimum cosine %.13f (1 - cos = %.1e, %s; "
+              "bound %g), max relative L2 error %.2e (%s; bound %g)"
               % (len(files), cos[worst], 1 - cos[worst], os.path.basename(files[worst]),
-                 rel.max(), MIN_COSINE))
-        if not np.all(cos >= MIN_COSINE):
+                 MAX_COS_DEFICIT, rel[worst_rel], os.path.basename(files[worst_rel]),
+                 MAX_REL_ERR))
+        if not (np.all(1 - cos <= MAX_COS_DEFICIT) and np.all(rel <= MAX_REL_ERR)):
             print("check_dlib_resnet: FAIL")
             return 1
         print("check_dlib_resnet: PASS")

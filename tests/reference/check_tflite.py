@@ -11,6 +11,11 @@ flatten reordering, the PReLU and pooling conventions and the output order.
 
     check_tflite.py [--cache models/cache]
 
+Every output must match to a relative error (max |a - b| / max(1, max |b|)) of 1e-5:
+both sides compute in float32 and agree to 3.9e-7 at worst (printed), so that is 26x
+headroom for BLAS kernels that round differently, while the biases rounded to f16
+precision fail it.
+
 Exit 0 and "N passed, 0 failed" when all match; 77 (skip) when the cache is missing.
 """
 
@@ -29,7 +34,7 @@ sys.path.insert(0, HERE)
 import mtcnn_ref  # noqa: E402
 import tflite2fmm  # noqa: E402
 
-TOL = 2e-4
+TOL = 1e-5
 
 
 def tflite_path(cache, name):
@@ -51,12 +56,15 @@ def main(argv):
     args = ap.parse_args(argv)
     rng = np.random.default_rng(1234)
     passed = failed = 0
+    worst = [0.0, ""]
 
     def check(what, a, b):
         nonlocal passed, failed
         a = np.asarray(a, np.float64)
         b = np.asarray(b, np.float64)
         err = np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))) if a.shape == b.shape else np.inf
+        if err > worst[0] or not worst[1]:
+            worst[:] = [err, what]
         if err <= TOL:
             passed += 1
             print("ok   %-40s max rel err %.2e" % (what, err))
@@ -106,6 +114,7 @@ def main(argv):
         if name == "onet":
             check("onet landmarks", got[2], want["pts"])
 
+    print("worst: %s, max rel err %.2e (tolerance %g)" % (worst[1], worst[0], TOL))
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

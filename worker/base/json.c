@@ -1,7 +1,10 @@
 /* json.c - the streaming JSON writer of json.h. */
 #include "facemill/json.h"
 
+#include <float.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 void fm_json_init(fm_json *j, FILE *out)
 {
@@ -92,6 +95,30 @@ void fm_json_num(fm_json *j, double v, int digits)
         fputs("null", j->out);
     else
         fprintf(j->out, "%.*g", digits, v);
+}
+
+int fm_json_format_f32(char buf[FM_JSON_F32_MAX], float v)
+{
+    /* Any decimal of 6 significant digits or fewer survives a round trip through a
+     * normal float, so when a shorter one reads back as v, %.6g prints it (trailing
+     * zeros dropped); 9 digits always read back. Subnormals hold fewer digits: they
+     * are tried from 1. */
+    char text[FM_JSON_F32_MAX] = "";
+    int n = 0;
+    for (int digits = fabsf(v) < FLT_MIN ? 1 : 6; isfinite(v) && digits <= 9; digits++) {
+        n = snprintf(text, sizeof text, "%.*g", digits, (double)v);
+        if (strtof(text, NULL) == v)
+            break;
+    }
+    memcpy(buf, text, sizeof text);
+    return n;
+}
+
+void fm_json_f32(fm_json *j, float v)
+{
+    char buf[FM_JSON_F32_MAX];
+    value_prefix(j);
+    fputs(fm_json_format_f32(buf, v) ? buf : "null", j->out);
 }
 
 void fm_json_bool(fm_json *j, int v)

@@ -2,6 +2,7 @@
  * here so facemill needs no crypto library for content hashes. */
 #include "facemill/sha256.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -118,4 +119,31 @@ void fm_sha256_hex(const uint8_t digest[FM_SHA256_BYTES], char hex[2 * FM_SHA256
 {
     for (int i = 0; i < FM_SHA256_BYTES; i++)
         snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+}
+
+fm_status fm_sha256_file(const char *path, char hex[2 * FM_SHA256_BYTES + 1], fm_error *err)
+{
+    if (!path || !hex)
+        return fm_error_set(err, FM_ERR_INVALID, "fm_sha256_file: NULL argument");
+    snprintf(hex, 2 * FM_SHA256_BYTES + 1, "-");
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fm_error_set(err, FM_ERR_IO, "%s: open: %s", path, strerror(errno));
+    fm_sha256 s;
+    fm_sha256_init(&s);
+    /* on the stack, so the helper is reentrant; 16 KiB fits any thread's stack */
+    unsigned char chunk[1 << 14];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        fm_sha256_update(&s, chunk, n);
+    if (ferror(f)) {
+        int e = errno;
+        fclose(f);
+        return fm_error_set(err, FM_ERR_IO, "%s: read: %s", path, strerror(e));
+    }
+    fclose(f);
+    uint8_t digest[FM_SHA256_BYTES];
+    fm_sha256_final(&s, digest);
+    fm_sha256_hex(digest, hex);
+    return FM_OK;
 }

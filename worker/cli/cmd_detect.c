@@ -7,6 +7,7 @@
  * so tests/reference/mtcnn_ref.py can run on identical input. A bad image never stops
  * the run: it gets an error record and the exit code becomes 1 at the end.
  */
+#include "cmd_util.h"
 #include "commands.h"
 #include "facemill/config.h"
 #include "facemill/detect.h"
@@ -15,13 +16,13 @@
 #include "facemill/log.h"
 #include "facemill/nn.h"
 #include "facemill/modelpath.h"
+#include "facemill/result_json.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static void usage(FILE *out)
 {
@@ -31,16 +32,20 @@ static void usage(FILE *out)
             "IMAGE...\n"
             "\n"
             "Finds faces and five landmarks in each JPEG IMAGE and prints one JSON object\n"
-            "per image and line:\n"
-            "  {\"path\", \"width\", \"height\", \"scale\": [num, denom], \"faces\": [{\"box\":\n"
-            "   [x1, y1, x2, y2], \"score\", \"landmarks\": [[x, y] x 5]}],\n"
-            "   \"times_ms\": {\"decode\", \"pnet\", \"rnet\", \"onet\"}}\n"
-            "or {\"path\", \"error\": {\"code\", \"message\"}} for an image that failed.\n"
+            "per image and line, in the result schema that `facemill predict` and\n"
+            "`facemill export` print too (proto/RESULTS.md), without attributes:\n"
+            "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
+            "   \"scale\": [num, denom],\n"
+            "   \"times_ms\": {\"decode\", \"pnet\", \"rnet\", \"onet\"},\n"
+            "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"
+            "   \"landmarks\": {\"left_eye\": {\"x\", \"y\"}, \"right_eye\", \"nose\",\n"
+            "   \"mouth_left\", \"mouth_right\"}}]}\n"
+            "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
             "Coordinates are pixels of the original (upright) image, (0, 0) the centre of\n"
             "the top-left pixel; width and height are its size; scale is the DCT scale the\n"
-            "image was decoded at (detect.max_side decides it). Landmarks: left eye, right\n"
-            "eye, nose, left and right mouth corner. Settings: detect.*, decode.*,\n"
-            "models.dir and engine.threads (see `facemill config --describe`).\n"
+            "image was decoded at (detect.max_side decides it). Landmarks left and right\n"
+            "as seen in the image. Settings: detect.*, decode.*, models.dir and\n"
+            "engine.threads (see `facemill config --describe`).\n"
             "\n"
             "  --draw OUT.jpg   write the (single) image with boxes and landmarks drawn\n"
             "  --draw-dir DIR   write DIR/<file name> with the detections for each image\n"
@@ -49,13 +54,6 @@ static void usage(FILE *out)
             "\n"
             "Exit code: 0 when every image was processed, 1 when any failed, 2 on a usage\n"
             "error.\n");
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
 static const char *base_name(const char *path)
@@ -120,17 +118,10 @@ static void draw_faces(fm_image *img, const fm_face *faces, int n)
 
 static void print_error(fm_json *j, const char *path, const fm_error *e)
 {
-    fm_json_obj_begin(j);
-    fm_json_key(j, "path");
-    fm_json_str(j, path);
-    fm_json_key(j, "error");
-    fm_json_obj_begin(j);
-    fm_json_key(j, "code");
-    fm_json_str(j, fm_status_to_string(e->code));
-    fm_json_key(j, "message");
-    fm_json_str(j, fm_error_text(e));
-    fm_json_obj_end(j);
-    fm_json_obj_end(j);
+    fm_result_image im = {path, -1, -1, fm_result_error_code(e->code), fm_error_text(e)};
+    fm_result_json_begin(j, &im);
+    fm_result_json_faces(j);
+    fm_result_json_end(j);
     fm_json_newline(j);
 }
 
@@ -138,76 +129,24 @@ static void print_result(fm_json *j, const char *path, const fm_image *img,
                          const fm_face *faces, int n, double decode_ms,
                          const fm_detect_times *t)
 {
-    fm_json_obj_begin(j);
-    fm_json_key(j, "path");
-    fm_json_str(j, path);
-    fm_json_key(j, "width");
-    fm_json_int(j, img->orig_w);
-    fm_json_key(j, "height");
-    fm_json_int(j, img->orig_h);
+    static const char *const stages[4] = {"decode", "pnet", "rnet", "onet"};
+    const double ms[4] = {decode_ms, t->pnet_ms, t->rnet_ms, t->onet_ms};
+    fm_result_image im = {path, img->orig_w, img->orig_h, FM_RESULT_ERROR_NONE, NULL};
+    fm_result_json_begin(j, &im);
     fm_json_key(j, "scale");
     fm_json_arr_begin(j);
     fm_json_int(j, img->scale_num);
     fm_json_int(j, img->scale_denom);
     fm_json_arr_end(j);
-    fm_json_key(j, "faces");
-    fm_json_arr_begin(j);
+    fm_result_json_times(j, stages, ms, 4);
+    fm_result_json_faces(j);
     for (int i = 0; i < n; i++) {
-        const fm_face *f = &faces[i];
-        fm_json_obj_begin(j);
-        fm_json_key(j, "box");
-        fm_json_arr_begin(j);
-        for (int k = 0; k < 4; k++)
-            fm_json_num(j, f->box[k], 8);
-        fm_json_arr_end(j);
-        fm_json_key(j, "score");
-        fm_json_num(j, f->score, 7);
-        fm_json_key(j, "landmarks");
-        fm_json_arr_begin(j);
-        for (int k = 0; k < 5; k++) {
-            fm_json_arr_begin(j);
-            fm_json_num(j, f->landmarks[2 * k], 8);
-            fm_json_num(j, f->landmarks[2 * k + 1], 8);
-            fm_json_arr_end(j);
-        }
-        fm_json_arr_end(j);
-        fm_json_obj_end(j);
+        fm_result_face f;
+        fm_cmd_result_face(&f, &faces[i], NULL);
+        fm_result_json_face(j, &f);
     }
-    fm_json_arr_end(j);
-    fm_json_key(j, "times_ms");
-    fm_json_obj_begin(j);
-    fm_json_key(j, "decode");
-    fm_json_num(j, decode_ms, 4);
-    fm_json_key(j, "pnet");
-    fm_json_num(j, t->pnet_ms, 4);
-    fm_json_key(j, "rnet");
-    fm_json_num(j, t->rnet_ms, 4);
-    fm_json_key(j, "onet");
-    fm_json_num(j, t->onet_ms, 4);
-    fm_json_obj_end(j);
-    fm_json_obj_end(j);
+    fm_result_json_end(j);
     fm_json_newline(j);
-}
-
-/* Matches "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past the value.
- * Returns 1 on a match (value in *val), 0 when argv[*i] is another argument, -1 when
- * the value is missing. */
-static int take_opt(int argc, char **argv, int *i, const char *name, const char **val)
-{
-    size_t n = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, n) != 0)
-        return 0;
-    if (a[n] == '=') {
-        *val = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0')
-        return 0;
-    if (*i + 1 >= argc)
-        return -1;
-    *val = argv[++*i];
-    return 1;
 }
 
 int fm_cmd_detect(int argc, char **argv)
@@ -245,11 +184,11 @@ int fm_cmd_detect(int argc, char **argv)
                 images[n_images++] = argv[i];
             break;
         }
-        if ((m = take_opt(argc, argv, &i, "--draw", &v)) != 0)
+        if ((m = fm_cmd_take_opt(argc, argv, &i, "--draw", &v)) != 0)
             draw = v;
-        else if ((m = take_opt(argc, argv, &i, "--draw-dir", &v)) != 0)
+        else if ((m = fm_cmd_take_opt(argc, argv, &i, "--draw-dir", &v)) != 0)
             draw_dir = v;
-        else if ((m = take_opt(argc, argv, &i, "--ppm-dir", &v)) != 0)
+        else if ((m = fm_cmd_take_opt(argc, argv, &i, "--ppm-dir", &v)) != 0)
             ppm_dir = v;
         else if (argv[i][0] == '-' && argv[i][1] != '\0') {
             fprintf(stderr, "facemill detect: unknown option '%s'\n\n", argv[i]);
@@ -310,9 +249,9 @@ int fm_cmd_detect(int argc, char **argv)
         int n = 0;
         fm_detect_times t;
         char out[4096];
-        double t0 = now_ms();
+        double t0 = fm_cmd_now_ms();
         fm_status st = fm_decode_file(dec, path, &img, &e);
-        double decode_ms = now_ms() - t0;
+        double decode_ms = fm_cmd_now_ms() - t0;
         if (!st && ppm_dir) {
             st = out_path(out, sizeof out, ppm_dir, path, 1, ".ppm", &e);
             if (!st)

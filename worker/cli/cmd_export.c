@@ -1,7 +1,8 @@
 /* cmd_export.c - `facemill export`: writes a results database out as JSONL (one
- * object per image) or CSV (one row per face), for people and programs that do not
- * read SQLite. The database may be written by a running sink meanwhile: the export is
- * one consistent snapshot (a read transaction in WAL mode). */
+ * object per image) or CSV (one row per face) in the result schema of
+ * proto/RESULTS.md, for people and programs that do not read SQLite. The database
+ * may be written by a running sink meanwhile: the export is one consistent snapshot
+ * (a read transaction in WAL mode). */
 #include "commands.h"
 #include "facemill/sink.h"
 
@@ -14,13 +15,17 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: facemill export [--format jsonl|csv] [--times] [-o FILE] DB\n"
             "\n"
-            "Writes every image of the results database DB, ordered by source:\n"
-            "  jsonl  one object per image: job_id, source, sha256, width, height, model\n"
-            "         and faces (box, score, landmarks, age, age_std, gender,\n"
-            "         gender_probs, race, race_probs) or error {code, name, text}\n"
-            "  csv    a header, then one row per face and one per image without faces\n"
+            "Writes every image of the results database DB, ordered by source, in the\n"
+            "result schema that `facemill detect` and `facemill predict` print too\n"
+            "(proto/RESULTS.md):\n"
+            "  jsonl  one object per image: schema (2), source, width, height, error (null\n"
+            "         or {code, name, text}), job_id, sha256, model and faces (box, score,\n"
+            "         landmarks, age, age_std, gender, gender_probs, race, race_probs)\n"
+            "  csv    a header, then one row per face and one per image without faces;\n"
+            "         columns named after the JSON fields (box.x1, gender_probs.male, ...)\n"
             "--times adds the worker that labelled each image (NAME:PID/INDEX), the\n"
-            "attempt and per-stage times (JSONL keys; CSV columns after the others).\n"
+            "attempt and per-stage times (JSONL worker, attempt, times_ms; CSV columns\n"
+            "after the others).\n"
             "Output goes to stdout unless -o FILE is given (written in place).\n");
 }
 

@@ -312,28 +312,6 @@ static void source_commit(char *buf, size_t size)
 #endif
 }
 
-/* hex SHA-256 of the file at path. */
-static fm_status file_digest(const char *path, char hex[65], fm_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
-    fm_sha256 s;
-    fm_sha256_init(&s);
-    unsigned char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-        fm_sha256_update(&s, buf, n);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad)
-        return fm_error_set(err, FM_ERR_IO, "%s: read error", path);
-    uint8_t d[FM_SHA256_BYTES];
-    fm_sha256_final(&s, d);
-    fm_sha256_hex(d, hex);
-    return FM_OK;
-}
-
 int fm_cmd_finetune(int argc, char **argv)
 {
     for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
@@ -672,7 +650,7 @@ int fm_cmd_finetune(int argc, char **argv)
                  "stopping (share %g by file-name hash)", train_dir, tl.n, ntr, nva, holdout);
     char base_sha[65];
     if (fm_heads_backbone_identity(base_path, base_id, sizeof base_id, &err) != FM_OK ||
-        file_digest(base_path, base_sha, &err) != FM_OK) {
+        fm_sha256_file(base_path, base_sha, &err) != FM_OK) {
         fprintf(stderr, "facemill train: %s\n", fm_error_text(&err));
         goto done;
     }

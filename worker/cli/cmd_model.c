@@ -551,26 +551,6 @@ done:
     return rc;
 }
 
-/* SHA-256 of the file at path as 64 hex digits; 0 on a read error (errno set). */
-static int file_sha256(const char *path, char hex[2 * FM_SHA256_BYTES + 1])
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    fm_sha256 h;
-    fm_sha256_init(&h);
-    unsigned char chunk[1 << 16];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        fm_sha256_update(&h, chunk, n);
-    int ok = !ferror(f);
-    fclose(f);
-    uint8_t d[FM_SHA256_BYTES];
-    fm_sha256_final(&h, d);
-    fm_sha256_hex(d, hex);
-    return ok;
-}
-
 static int model_expand(int argc, char **argv)
 {
     if (argc != 3) {
@@ -587,10 +567,8 @@ static int model_expand(int argc, char **argv)
     char hex[2 * FM_SHA256_BYTES + 1];
     if (fm_model_open(&m, in, FM_MODEL_VERIFY_DATA, &err) != FM_OK)
         goto fail;
-    if (!file_sha256(in, hex)) {
-        fm_error_set(&err, FM_ERR_IO, "%s: read: %s", in, strerror(errno));
+    if (fm_sha256_file(in, hex, &err) != FM_OK)
         goto fail;
-    }
     if (!(w = fm_model_writer_new())) {
         fm_error_set(&err, FM_ERR_NOMEM, "out of memory");
         goto fail;

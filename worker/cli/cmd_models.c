@@ -190,27 +190,6 @@ static int cmd_fetch(int argc, char **argv)
     return 1;
 }
 
-/* The SHA-256 of the file at path in hex, or "-" when it cannot be read. */
-static void file_sha256(const char *path, char hex[2 * FM_SHA256_BYTES + 1])
-{
-    snprintf(hex, 2 * FM_SHA256_BYTES + 1, "-");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    fm_sha256 s;
-    fm_sha256_init(&s);
-    static unsigned char buf[1 << 16];
-    ssize_t got;
-    while ((got = read(fd, buf, sizeof buf)) > 0)
-        fm_sha256_update(&s, buf, (size_t)got);
-    close(fd);
-    if (got < 0)
-        return;
-    uint8_t digest[FM_SHA256_BYTES];
-    fm_sha256_final(&s, digest);
-    fm_sha256_hex(digest, hex);
-}
-
 static int by_name(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -347,7 +326,7 @@ static int cmd_list(int argc, char **argv)
                 fm_model_meta_str(m, "general.architecture", &arch, NULL, NULL);
             }
             char hex[2 * FM_SHA256_BYTES + 1];
-            file_sha256(path, hex);
+            fm_sha256_file(path, hex, NULL); /* "-" when it cannot be read */
             hex[16] = '\0';
             const char *use = used_by(path, resolved);
             printf("%-24s %-12s %-16s %-9s %s%s%s%s\n", name, arch ? arch : "-", hex,

@@ -24,17 +24,20 @@ static void usage(FILE *out)
             "usage: facemill predict [--config FILE] [--set KEY=VALUE]... IMAGE...\n"
             "\n"
             "Finds the faces in each JPEG IMAGE and labels them with age, gender and\n"
-            "ethnicity. Prints one JSON object per image and line:\n"
-            "  {\"path\", \"width\", \"height\", \"faces\": [{\"box\": [x1, y1, x2, y2], \"score\",\n"
-            "   \"landmarks\": [[x, y] x 5], \"age\", \"age_std\", \"gender\", \"gender_probs\":\n"
-            "   {\"male\", \"female\"}, \"race\", \"race_probs\": {\"White\", \"Black\", \"Asian\",\n"
-            "   \"Indian\", \"Others\"}}], \"times_ms\": {\"decode\", \"detect\", \"align\",\n"
-            "   \"embed\", \"heads\"}}\n"
-            "or {\"path\", \"error\": {\"code\", \"message\"}} for an image that failed.\n"
+            "ethnicity. Prints one JSON object per image and line, in the result schema\n"
+            "that `facemill detect` and `facemill export` print too (proto/RESULTS.md):\n"
+            "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
+            "   \"times_ms\": {\"decode\", \"detect\", \"align\", \"embed\", \"heads\"},\n"
+            "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"
+            "   \"landmarks\": {\"left_eye\": {\"x\", \"y\"}, \"right_eye\", \"nose\",\n"
+            "   \"mouth_left\", \"mouth_right\"}, \"age\", \"age_std\", \"gender\",\n"
+            "   \"gender_probs\": {\"male\", \"female\"}, \"race\", \"race_probs\": {\"White\",\n"
+            "   \"Black\", \"Asian\", \"Indian\", \"Others\"}}]}\n"
+            "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
             "age is the expected value of the predicted age distribution, age_std its\n"
             "standard deviation. Coordinates as in `facemill detect`. Settings: detect.*,\n"
             "decode.*, embed.*, heads.model, models.dir, engine.threads. With heads.model\n"
-            "empty, faces carry no attributes.\n"
+            "empty, faces carry no attributes (no age, gender or race keys).\n"
             "\n"
             "Exit code: 0 when every image was processed, 1 when any failed, 2 on a usage\n"
             "error.\n");
@@ -105,7 +108,7 @@ int fm_cmd_predict(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             if (res[i].error.code != FM_OK)
                 rc = 1;
-            fm_cmd_json_result(&j, images[i0 + i], &res[i], fm_pipeline_heads(p));
+            fm_cmd_json_result(&j, images[i0 + i], &res[i]);
             fm_json_newline(&j);
         }
     }

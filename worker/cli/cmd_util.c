@@ -1,5 +1,5 @@
-/* cmd_util.c - helpers shared by `facemill predict`, `train` and `eval` (see
- * cmd_util.h). */
+/* cmd_util.c - helpers shared by `facemill detect`, `predict`, `train` and `eval`
+ * (see cmd_util.h). */
 #include "cmd_util.h"
 
 #include <dirent.h>
@@ -157,85 +157,45 @@ done:
     return st;
 }
 
-void fm_cmd_json_result(fm_json *j, const char *path, const fm_image_result *r,
-                        const fm_heads *h)
+/* The heads' classes are the protocol's, in its order (heads.h, result_json.h). */
+_Static_assert(FM_HEADS_GENDERS == FM_RESULT_GENDERS && FM_HEADS_RACES == FM_RESULT_RACES,
+               "the heads' classes are the result schema's");
+
+void fm_cmd_result_face(fm_result_face *out, const fm_face *det, const fm_attrs *a)
 {
-    fm_json_obj_begin(j);
-    fm_json_key(j, "path");
-    fm_json_str(j, path);
-    if (r->error.code != FM_OK) {
-        fm_json_key(j, "error");
-        fm_json_obj_begin(j);
-        fm_json_key(j, "code");
-        fm_json_str(j, fm_status_to_string(r->error.code));
-        fm_json_key(j, "message");
-        fm_json_str(j, fm_error_text(&r->error));
-        fm_json_obj_end(j);
-        fm_json_obj_end(j);
+    memset(out, 0, sizeof *out);
+    out->has = FM_RESULT_HAS_DETECTION;
+    memcpy(out->box, det->box, sizeof out->box);
+    out->score = det->score;
+    memcpy(out->landmarks, det->landmarks, sizeof out->landmarks);
+    if (!a)
         return;
+    out->has |= FM_RESULT_HAS_ATTRS;
+    out->age = a->age;
+    out->age_std = a->age_std;
+    memcpy(out->gender_probs, a->gender_probs, sizeof out->gender_probs);
+    memcpy(out->race_probs, a->race_probs, sizeof out->race_probs);
+}
+
+void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r)
+{
+    int ok = r->error.code == FM_OK;
+    fm_result_image im = {source, ok ? r->width : -1, ok ? r->height : -1,
+                          fm_result_error_code(r->error.code),
+                          ok ? NULL : fm_error_text(&r->error)};
+    fm_result_json_begin(j, &im);
+    if (ok) {
+        static const char *const stages[5] = {"decode", "detect", "align", "embed", "heads"};
+        const double ms[5] = {r->times.decode_ms, r->times.detect_ms, r->times.align_ms,
+                              r->times.embed_ms, r->times.heads_ms};
+        fm_result_json_times(j, stages, ms, 5);
     }
-    fm_json_key(j, "width");
-    fm_json_int(j, r->width);
-    fm_json_key(j, "height");
-    fm_json_int(j, r->height);
-    fm_json_key(j, "faces");
-    fm_json_arr_begin(j);
-    for (int i = 0; i < r->n_faces; i++) {
+    fm_result_json_faces(j);
+    for (int i = 0; ok && i < r->n_faces; i++) {
         const fm_face_result *f = &r->faces[i];
-        fm_json_obj_begin(j);
-        fm_json_key(j, "box");
-        fm_json_arr_begin(j);
-        for (int k = 0; k < 4; k++)
-            fm_json_num(j, f->det.box[k], 7);
-        fm_json_arr_end(j);
-        fm_json_key(j, "score");
-        fm_json_num(j, f->det.score, 6);
-        fm_json_key(j, "landmarks");
-        fm_json_arr_begin(j);
-        for (int k = 0; k < 5; k++) {
-            fm_json_arr_begin(j);
-            fm_json_num(j, f->det.landmarks[2 * k], 7);
-            fm_json_num(j, f->det.landmarks[2 * k + 1], 7);
-            fm_json_arr_end(j);
-        }
-        fm_json_arr_end(j);
-        if (f->has_attrs && h) {
-            const fm_attrs *a = &f->attrs;
-            fm_json_key(j, "age");
-            fm_json_num(j, a->age, 4);
-            fm_json_key(j, "age_std");
-            fm_json_num(j, a->age_std, 4);
-            fm_json_key(j, "gender");
-            fm_json_str(j, fm_heads_gender_label(h, a->gender));
-            fm_json_key(j, "gender_probs");
-            fm_json_obj_begin(j);
-            for (int k = 0; k < FM_HEADS_GENDERS; k++) {
-                fm_json_key(j, fm_heads_gender_label(h, k));
-                fm_json_num(j, a->gender_probs[k], 4);
-            }
-            fm_json_obj_end(j);
-            fm_json_key(j, "race");
-            fm_json_str(j, fm_heads_race_label(h, a->race));
-            fm_json_key(j, "race_probs");
-            fm_json_obj_begin(j);
-            for (int k = 0; k < FM_HEADS_RACES; k++) {
-                fm_json_key(j, fm_heads_race_label(h, k));
-                fm_json_num(j, a->race_probs[k], 4);
-            }
-            fm_json_obj_end(j);
-        }
-        fm_json_obj_end(j);
+        fm_result_face rf;
+        fm_cmd_result_face(&rf, &f->det, f->has_attrs ? &f->attrs : NULL);
+        fm_result_json_face(j, &rf);
     }
-    fm_json_arr_end(j);
-    fm_json_key(j, "times_ms");
-    fm_json_obj_begin(j);
-    const char *names[5] = {"decode", "detect", "align", "embed", "heads"};
-    const double v[5] = {r->times.decode_ms, r->times.detect_ms, r->times.align_ms,
-                         r->times.embed_ms, r->times.heads_ms};
-    for (int k = 0; k < 5; k++) {
-        fm_json_key(j, names[k]);
-        fm_json_num(j, v[k], 4);
-    }
-    fm_json_obj_end(j);
-    fm_json_obj_end(j);
+    fm_result_json_end(j);
 }

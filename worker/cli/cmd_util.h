@@ -1,12 +1,13 @@
-/* cmd_util.h - small helpers the labelling subcommands (predict, train, eval) share:
- * option matching, listing a folder of labelled images, printing a pipeline result
- * as JSON, a monotonic clock. Program code, not part of libfacemill. */
+/* cmd_util.h - small helpers the labelling subcommands (detect, predict, train, eval)
+ * share: option matching, listing a folder of labelled images, printing a result in
+ * the result schema, a monotonic clock. Program code, not part of libfacemill. */
 #ifndef FACEMILL_CMD_UTIL_H
 #define FACEMILL_CMD_UTIL_H
 
 #include "facemill/eval.h"
 #include "facemill/json.h"
 #include "facemill/pipeline.h"
+#include "facemill/result_json.h"
 
 /* Matches "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past the value.
  * Returns 1 on a match (value in *val), 0 when argv[*i] is another argument, -1 when
@@ -39,10 +40,14 @@ typedef struct fm_utk_list {
 fm_status fm_utk_list_dir(const char *dir, fm_utk_list *out, fm_error *err);
 void fm_utk_list_free(fm_utk_list *l);
 
-/* Writes one image's result as a JSON object (no newline): path, width, height,
- * faces [{box, score, landmarks, and when attributes exist: age, age_std, gender,
- * gender_probs, race, race_probs}], times_ms; or {path, error: {code, message}}. */
-void fm_cmd_json_result(fm_json *j, const char *path, const fm_image_result *r,
-                        const fm_heads *h);
+/* The schema's face (result_json.h) of a detection and, when a is not NULL, its
+ * attributes. */
+void fm_cmd_result_face(fm_result_face *out, const fm_face *det, const fm_attrs *a);
+
+/* Writes one image's pipeline result as an image object of the result schema
+ * (proto/RESULTS.md), no newline: source, width, height, error, times_ms (labelled
+ * images) and faces with box, score, landmarks and, when the heads ran, age, age_std,
+ * gender, gender_probs, race and race_probs. */
+void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r);
 
 #endif

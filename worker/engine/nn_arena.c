@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct fm_arena {
     unsigned char *base; /* FM_ARENA_ALIGN-aligned buffer; NULL when measuring or size 0 */
@@ -109,14 +110,27 @@ fm_status fm_tensor_alloc(fm_arena *a, int n, int c, int h, int w, fm_tensor *t,
     }
     void *data = NULL;
     fm_status st = fm_arena_alloc(a, (size_t)p * sizeof(float), &data, err);
-    if (st)
-        return fm_error_prefix(err, "tensor [%d, %d, %d, %d]", n, c, h, w);
+    if (st) {
+        fm_error_prefix(err, "tensor [%d, %d, %d, %d]", n, c, h, w);
+        return st;
+    }
     t->n = n;
     t->c = c;
     t->h = h;
     t->w = w;
     t->data = data;
     return FM_OK;
+}
+
+fm_status fm_tensor_alloc_zero(fm_arena *a, const fm_tensor *shape, fm_tensor *t,
+                               fm_error *err)
+{
+    if (!shape)
+        return fm_error_set(err, FM_ERR_INVALID, "tensor: shape is NULL");
+    fm_status st = fm_tensor_alloc(a, shape->n, shape->c, shape->h, shape->w, t, err);
+    if (st == FM_OK && t->data)
+        memset(t->data, 0, fm_tensor_count(t) * sizeof(float));
+    return st;
 }
 
 size_t fm_arena_mark(const fm_arena *a)

@@ -114,8 +114,10 @@ fm_status nn_scratch(fm_arena *a, const char *op, size_t floats, float **out, fm
                             floats * sizeof(float));
     void *p = NULL;
     fm_status st = fm_arena_alloc(a, floats * sizeof(float), &p, err);
-    if (st)
-        return fm_error_prefix(err, "%s: scratch", op);
+    if (st) {
+        fm_error_prefix(err, "%s: scratch", op);
+        return st;
+    }
     *out = p;
     return FM_OK;
 }

@@ -141,80 +141,72 @@ static void combine(const fm_attrs *a, int n, size_t stride, fm_attrs *out)
     }
 }
 
-static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
-                               const fm_pipeline_opts *opts, fm_error *err)
-{
-    fm_pipeline *p = calloc(1, sizeof *p);
-    if (!p)
-        return fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
-    if (opts)
-        p->opts = *opts;
-    fm_status st = FM_OK;
-    if (p->opts.max_images < 0 || p->opts.max_images > 65536) {
-        st = fm_error_set(err, FM_ERR_INVALID, "pipeline: max_images %d outside 0..65536",
-                          p->opts.max_images);
-        goto fail;
-    }
-    p->max_images = p->opts.max_images ? p->opts.max_images : DEFAULT_MAX_IMAGES;
+/* The file names of an ensemble's members: embed.backbone's list, and heads.model's
+ * (heads file i for backbone i) when the pipeline loads heads. */
+typedef struct member_names {
+    char backbone[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
+    char heads[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
+} member_names;
 
+/* Opens the detector (models.dir, detect.*, detect.pad), takes the options in effect
+ * from it, counts the face slots (max_images x max_faces) and opens the decoder that
+ * feeds the detector. */
+static fm_status open_detector(fm_pipeline *p, const fm_config *c, fm_error *err)
+{
     fm_detect_opts_from_config(&p->dopts, c);
     p->dopts.pad = c->detect.pad;
-    if ((st = fm_detector_open(&p->det, c->models.dir, &p->dopts, err)) != FM_OK)
-        goto fail;
+    fm_status st = fm_detector_open(&p->det, c->models.dir, &p->dopts, err);
+    if (st != FM_OK)
+        return st;
     p->dopts = *fm_detector_opts(p->det);
     p->max_faces = p->dopts.max_faces;
-    if ((int64_t)p->max_images * p->max_faces > 1 << 20) {
-        st = fm_error_set(err, FM_ERR_LIMIT, "pipeline: %d images x %d faces is too many",
-                          p->max_images, p->max_faces);
-        goto fail;
-    }
+    if ((int64_t)p->max_images * p->max_faces > 1 << 20)
+        return fm_error_set(err, FM_ERR_LIMIT, "pipeline: %d images x %d faces is too many",
+                            p->max_images, p->max_faces);
     p->slots = p->max_images * p->max_faces;
 
     fm_decode_opts dec = {0};
     dec.max_pixels = (uint64_t)c->decode.max_pixels;
     dec.max_bytes = (size_t)c->decode.max_bytes;
     dec.target_side = p->dopts.max_side;
-    if ((st = fm_decoder_new(&p->dec, &dec, err)) != FM_OK)
-        goto fail;
+    return fm_decoder_new(&p->dec, &dec, err);
+}
 
-    char bnames[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
-    char hnames[FM_PIPELINE_MAX_MEMBERS][FM_CONFIG_STRING_MAX];
-    int nb = fm_pipeline_split_list(c->embed.backbone, bnames, FM_PIPELINE_MAX_MEMBERS);
-    int nh = 0;
-    if (nb < 1) {
-        st = fm_error_set(err, FM_ERR_INVALID,
-                          "embed.backbone '%s': one file name, or up to %d separated by "
-                          "commas", c->embed.backbone, FM_PIPELINE_MAX_MEMBERS);
-        goto fail;
-    }
-    if (!p->opts.no_heads && c->heads.model[0]) {
-        nh = fm_pipeline_split_list(c->heads.model, hnames, FM_PIPELINE_MAX_MEMBERS);
-        if (nh != nb) {
-            st = fm_error_set(err, FM_ERR_INVALID,
-                              "heads.model '%s': one heads file for each of the %d "
-                              "backbone(s) in embed.backbone, in the same order",
-                              c->heads.model, nb);
-            goto fail;
-        }
-        if ((st = fm_heads_open(&p->heads, hnames[0], 256, err)) != FM_OK)
-            goto fail;
-        for (int m = 1; m < nh; m++, p->n_extra++)
-            if ((st = fm_heads_open(&p->extra[m - 1].heads, hnames[m], 256, err)) != FM_OK)
-                goto fail;
-    }
-    p->embed = p->heads || p->opts.keep_features;
-    p->faces = calloc((size_t)p->slots, sizeof *p->faces);
-    p->stage = calloc((size_t)p->max_faces, sizeof *p->stage);
-    if (!p->faces || !p->stage) {
-        st = fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
-        goto fail;
-    }
-    if (!p->embed) {
-        *out = p;
+/* Lists the members into names (embed.backbone; heads.model unless the pipeline loads
+ * no heads, one heads file per backbone) and opens every member's heads. */
+static fm_status open_heads(fm_pipeline *p, const fm_config *c, member_names *names,
+                            fm_error *err)
+{
+    int nb = fm_pipeline_split_list(c->embed.backbone, names->backbone,
+                                    FM_PIPELINE_MAX_MEMBERS);
+    if (nb < 1)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "embed.backbone '%s': one file name, or up to %d separated by "
+                            "commas", c->embed.backbone, FM_PIPELINE_MAX_MEMBERS);
+    if (p->opts.no_heads || !c->heads.model[0])
         return FM_OK;
+    int nh = fm_pipeline_split_list(c->heads.model, names->heads, FM_PIPELINE_MAX_MEMBERS);
+    if (nh != nb)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "heads.model '%s': one heads file for each of the %d "
+                            "backbone(s) in embed.backbone, in the same order",
+                            c->heads.model, nb);
+    fm_status st = fm_heads_open(&p->heads, names->heads[0], 256, err);
+    if (st != FM_OK)
+        return st;
+    for (int m = 1; m < nh; m++) {
+        if ((st = fm_heads_open(&p->extra[m - 1].heads, names->heads[m], 256, err)) != FM_OK)
+            return st;
+        p->n_extra++;
     }
+    return FM_OK;
+}
 
-    char path[FM_CONFIG_STRING_MAX + 64];
+/* Plans the views of a face (embed.tta_zoom, and mirror images for heads.flip or kept
+ * features). Returns the chips of one backbone call: embed.batch, but at least the
+ * views of one face. */
+static int plan_views(fm_pipeline *p, const fm_config *c)
+{
     /* the views of a face go into the same backbone call: view z * mirror + m is zoom
      * z (0: as aligned), mirrored when m is 1 */
     p->mirror = p->opts.keep_features || (p->heads && fm_heads_flip(p->heads)) ? 2 : 1;
@@ -229,12 +221,22 @@ static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
     /* the heads read the mean over every view, but the mirror images only when they
      * were trained so (heads.flip) */
     p->heads_mirror = p->heads && fm_heads_flip(p->heads);
-    int batch = c->embed.batch < p->views ? p->views : (int)c->embed.batch;
-    if ((st = member_path(c, bnames[0], path, sizeof path, err)) != FM_OK ||
+    return c->embed.batch < p->views ? p->views : (int)c->embed.batch;
+}
+
+/* Opens the first member's backbone (its input size, template and output sizes),
+ * checks its heads against it, and lays out a face slot: the outputs computed (the
+ * heads' one; both for kept features), every view of each. */
+static fm_status open_backbone(fm_pipeline *p, const fm_config *c, const member_names *names,
+                               int batch, fm_error *err)
+{
+    char path[FM_CONFIG_STRING_MAX + 64];
+    fm_status st;
+    if ((st = member_path(c, names->backbone[0], path, sizeof path, err)) != FM_OK ||
         (st = fm_heads_backbone_identity(path, p->identity, sizeof p->identity, err)) !=
             FM_OK ||
         (st = fm_backbone_open(&p->bb, path, batch, err)) != FM_OK)
-        goto fail;
+        return st;
     fm_backbone_input_size(p->bb, &p->in_h, &p->in_w);
     memcpy(p->tmpl, fm_backbone_template(p->bb), sizeof p->tmpl);
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
@@ -243,9 +245,9 @@ static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
         p->want[FM_BACKBONE_EMBEDDING] = p->want[FM_BACKBONE_POOLED] = 1;
     if (p->heads) {
         fm_backbone_output f = fm_heads_feature(p->heads);
-        if ((st = check_pair(p->heads, hnames[0], p->identity, path, p->dims[f], err)) !=
-            FM_OK)
-            goto fail;
+        if ((st = check_pair(p->heads, names->heads[0], p->identity, path, p->dims[f],
+                             err)) != FM_OK)
+            return st;
         p->want[f] = 1;
     }
     p->feat_stride = 0;
@@ -254,41 +256,82 @@ static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
         if (p->want[k])
             p->feat_stride += (size_t)p->views * (size_t)p->dims[k];
     }
+    return FM_OK;
+}
+
+/* Opens the backbone of member m + 1 (extra[m]) and its output buffer: it must give
+ * what its heads read and take the same aligned face as the first backbone; its
+ * heads' output goes after the others' in a face slot. */
+static fm_status open_member_backbone(fm_pipeline *p, const fm_config *c,
+                                      const member_names *names, int m, int batch,
+                                      fm_error *err)
+{
+    member *e = &p->extra[m];
+    char path[FM_CONFIG_STRING_MAX + 64];
+    char id[1024];
+    int h = 0, w = 0;
+    fm_status st;
+    if ((st = member_path(c, names->backbone[m + 1], path, sizeof path, err)) != FM_OK ||
+        (st = fm_heads_backbone_identity(path, id, sizeof id, err)) != FM_OK ||
+        (st = fm_backbone_open(&e->bb, path, batch, err)) != FM_OK)
+        return st;
+    e->hf = fm_heads_feature(e->heads);
+    e->hd = fm_backbone_dim(e->bb, e->hf);
+    if ((st = check_pair(e->heads, names->heads[m + 1], id, path, e->hd, err)) != FM_OK)
+        return st;
+    fm_backbone_input_size(e->bb, &h, &w);
+    const float *t = fm_backbone_template(e->bb);
+    int same = h == p->in_h && w == p->in_w;
+    for (int k = 0; k < 10 && same; k++)
+        same = fabsf(t[k] - p->tmpl[k]) < 1e-4f;
+    if (!same)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "embed.backbone: %s takes another aligned face (input size "
+                            "or template) than %s; an ensemble's backbones must share "
+                            "them", path, names->backbone[0]);
+    e->heads_mirror = fm_heads_flip(e->heads);
+    e->off = p->feat_stride;
+    p->feat_stride += (size_t)p->views * (size_t)e->hd;
+    if (!(e->out = malloc((size_t)batch * (size_t)e->hd * sizeof(float))))
+        return fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
+    return FM_OK;
+}
+
+/* Opens the members of the ensemble: every heads file and, when faces are embedded at
+ * all (heads, or kept features), the backbones, with the views of a face planned. */
+static fm_status open_members(fm_pipeline *p, const fm_config *c, fm_error *err)
+{
+    member_names names;
+    fm_status st = open_heads(p, c, &names, err);
+    if (st != FM_OK)
+        return st;
+    p->embed = p->heads || p->opts.keep_features;
+    if (!p->embed)
+        return FM_OK;
+    int batch = plan_views(p, c);
+    if ((st = open_backbone(p, c, &names, batch, err)) != FM_OK)
+        return st;
+    for (int m = 0; m < p->n_extra; m++)
+        if ((st = open_member_backbone(p, c, &names, m, batch, err)) != FM_OK)
+            return st;
+    return FM_OK;
+}
+
+/* Sizes the buffers for max_images images of max_faces faces: the face results and
+ * fm_detect's output; when faces are embedded, the chip batch, the backbone's
+ * outputs, the features of every face slot and the heads' inputs and answers. */
+static fm_status size_buffers(fm_pipeline *p, fm_error *err)
+{
+    p->faces = calloc((size_t)p->slots, sizeof *p->faces);
+    p->stage = calloc((size_t)p->max_faces, sizeof *p->stage);
+    if (!p->faces || !p->stage)
+        return fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
+    if (!p->embed)
+        return FM_OK;
     int max_hd = p->heads ? fm_heads_input_dim(p->heads) : 0;
-    for (int m = 0; m < p->n_extra; m++) {
-        member *e = &p->extra[m];
-        char id[1024];
-        int h = 0, w = 0;
-        if ((st = member_path(c, bnames[m + 1], path, sizeof path, err)) != FM_OK ||
-            (st = fm_heads_backbone_identity(path, id, sizeof id, err)) != FM_OK ||
-            (st = fm_backbone_open(&e->bb, path, batch, err)) != FM_OK)
-            goto fail;
-        e->hf = fm_heads_feature(e->heads);
-        e->hd = fm_backbone_dim(e->bb, e->hf);
-        if ((st = check_pair(e->heads, hnames[m + 1], id, path, e->hd, err)) != FM_OK)
-            goto fail;
-        fm_backbone_input_size(e->bb, &h, &w);
-        const float *t = fm_backbone_template(e->bb);
-        int same = h == p->in_h && w == p->in_w;
-        for (int k = 0; k < 10 && same; k++)
-            same = fabsf(t[k] - p->tmpl[k]) < 1e-4f;
-        if (!same) {
-            st = fm_error_set(err, FM_ERR_INVALID,
-                              "embed.backbone: %s takes another aligned face (input size "
-                              "or template) than %s; an ensemble's backbones must share "
-                              "them", path, bnames[0]);
-            goto fail;
-        }
-        e->heads_mirror = fm_heads_flip(e->heads);
-        e->off = p->feat_stride;
-        p->feat_stride += (size_t)p->views * (size_t)e->hd;
-        if (e->hd > max_hd)
-            max_hd = e->hd;
-        if (!(e->out = malloc((size_t)batch * (size_t)e->hd * sizeof(float)))) {
-            st = fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
-            goto fail;
-        }
-    }
+    for (int m = 0; m < p->n_extra; m++)
+        if (p->extra[m].hd > max_hd)
+            max_hd = p->extra[m].hd;
     p->batch = fm_backbone_max_batch(p->bb);
     size_t chip = (size_t)p->in_h * (size_t)p->in_w * 3;
     p->embedded = calloc((size_t)p->slots, 1);
@@ -309,12 +352,31 @@ static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
         p->heads_slot = malloc((size_t)p->slots * sizeof *p->heads_slot);
         ok = p->heads_in && p->attrs && p->heads_slot;
     }
-    if (!ok) {
-        st = fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
-        goto fail;
-    }
+    if (!ok)
+        return fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
     for (int i = 0; i < p->batch; i++)
         p->chip_ptr[i] = p->chips + (size_t)i * chip;
+    return FM_OK;
+}
+
+static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
+                               const fm_pipeline_opts *opts, fm_error *err)
+{
+    fm_pipeline *p = calloc(1, sizeof *p);
+    if (!p)
+        return fm_error_set(err, FM_ERR_NOMEM, "pipeline: out of memory");
+    if (opts)
+        p->opts = *opts;
+    fm_status st = FM_OK;
+    if (p->opts.max_images < 0 || p->opts.max_images > 65536) {
+        st = fm_error_set(err, FM_ERR_INVALID, "pipeline: max_images %d outside 0..65536",
+                          p->opts.max_images);
+        goto fail;
+    }
+    p->max_images = p->opts.max_images ? p->opts.max_images : DEFAULT_MAX_IMAGES;
+    if ((st = open_detector(p, c, err)) != FM_OK || (st = open_members(p, c, err)) != FM_OK ||
+        (st = size_buffers(p, err)) != FM_OK)
+        goto fail;
     *out = p;
     return FM_OK;
 

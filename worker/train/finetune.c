@@ -7,41 +7,43 @@
  * the tail of the vector from trained_from on", and a checkpoint is four vectors and a
  * few counters.
  *
- * The graph is written out by hand, forward and backward, over nn.h and grad.h; the
- * forward half is the same geometry as worker/vision/arch_dlib_resnet.c (test_finetune
- * checks the pooled features of both agree).
+ * The network is the one inference runs: the backbone's forward and backward passes
+ * are worker/vision/arch_dlib_resnet.c's (fm_dlib_forward with a tape that keeps the
+ * trained blocks' activations, fm_dlib_backward), the heads' are worker/vision/heads.c's
+ * (fm_heads_net_*), over views of the flat vectors; the optimiser is the engine's
+ * (fm_optim_update). What is here is the training: data, augmentation, targets,
+ * schedule, checkpoints and validation.
  */
 #include "facemill/finetune.h"
+#include "train-impl.h"
 
 #include "facemill/align.h"
+#include "facemill/backbone.h"
+#include "facemill/clock.h"
+#include "facemill/dlib_resnet.h"
 #include "facemill/grad.h"
 #include "facemill/heads.h"
 #include "facemill/log.h"
 #include "facemill/nn.h"
 #include "facemill/sha256.h"
 
-#include "facemill/dlib_resnet.h"
-
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#define POOLED 256
+#define POOLED FM_DLIB_POOLED
 #define PI 3.14159265358979323846
-#define FC_OUT 128
-#define STEM_C 32
-#define STEM_K 7
 
-/* parameter tensors */
+/* train_from is handed to the network as its block index */
+_Static_assert(FM_FT_STEM == FM_DLIB_STEM && FM_FT_BLOCKS == FM_DLIB_BLOCKS,
+               "finetune.h's block numbers are dlib_resnet.h's");
+
+/* parameter tensors: the backbone's in fm_dlib_param's order (FM_DLIB_FC, the stem,
+ * four per block), then the heads' */
 enum {
-    T_FC = 0,
-    T_STEM_W,
-    T_STEM_B,
-    T_BLOCK0,                             /* conv1.w, conv1.b, conv2.w, conv2.b per block */
-    T_HEADS = T_BLOCK0 + 4 * FM_DLIB_BLOCKS,
+    T_HEADS = FM_DLIB_PARAMS,
     T_FEAT_MEAN = T_HEADS,                /* feature standardisation: fixed, not trained */
     T_FEAT_STD,
     T_SH_W,
@@ -75,6 +77,8 @@ struct fm_finetune {
     ptensor t[T_COUNT];
     size_t total, trained_from;
     float *p, *g, *m1, *m2, *best;
+    fm_dlib_weights bp, bg;  /* the backbone's parameters and gradients: views of p, g */
+    fm_heads_net hp, hg;     /* the heads': views of p (and feat_scale, feat_shift), g */
     int have_best;
     double temp[2];  /* gender and ethnicity temperatures (fm_finetune_calibrate) */
     int calibrated;
@@ -158,28 +162,22 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
 
 /* ---- random numbers: pure functions of their keys ------------------------------- */
 
-static uint64_t mix64(uint64_t z)
-{
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 typedef struct rng {
     uint64_t s;
 } rng;
 
 static rng rng_for(uint64_t seed, uint64_t a, uint64_t b, uint64_t c)
 {
-    rng r = {mix64(mix64(mix64(seed ^ 0x5eedull) ^ a) ^ (b * 0x100000001b3ull)) ^ c};
+    rng r = {fm_train_mix64(fm_train_mix64(fm_train_mix64(seed ^ 0x5eedull) ^ a) ^
+                            (b * 0x100000001b3ull)) ^
+             c};
     return r;
 }
 
 static double rng_unit(rng *r) /* [0, 1) */
 {
-    r->s = mix64(r->s);
-    return (double)(r->s >> 11) * (1.0 / 9007199254740992.0);
+    r->s = fm_train_mix64(r->s);
+    return fm_train_unit(r->s);
 }
 
 static double rng_sym(rng *r, double amp) /* uniform in [-amp, amp) */
@@ -213,36 +211,24 @@ static fm_tensor view(const fm_finetune *ft, float *base, int k)
     return fm_tensor_make(t->d[0], t->d[1], t->d[2], t->d[3], base ? base + t->off : NULL);
 }
 
-#define PT(k) view(ft, ft->p, (k))
-#define GT(k) view(ft, ft->g, (k))
-
 static size_t first_trained(const fm_finetune *ft)
 {
     int from = ft->o.train_from;
     if (from >= FM_FT_BLOCKS)
         return ft->t[T_HEADS].off;
     if (from <= FM_FT_STEM)
-        return ft->t[T_STEM_W].off;
-    return ft->t[T_BLOCK0 + 4 * from].off;
+        return ft->t[FM_DLIB_STEM_W].off;
+    return ft->t[FM_DLIB_BLOCK0 + 4 * from].off;
 }
 
 static void layout(fm_finetune *ft)
 {
     size_t off = 0;
-    char name[64];
-    def_tensor(ft, T_FC, "fc.weight", 2, FC_OUT, POOLED, 1, 1, 0, &off);
-    def_tensor(ft, T_STEM_W, "conv32_down.weight", 4, STEM_C, 3, STEM_K, STEM_K, 0, &off);
-    def_tensor(ft, T_STEM_B, "conv32_down.bias", 1, STEM_C, 1, 1, 1, 0, &off);
-    for (int i = 0; i < FM_DLIB_BLOCKS; i++) {
-        const fm_dlib_block *b = &fm_dlib_blocks[i];
-        snprintf(name, sizeof name, "%s.conv1.weight", b->name);
-        def_tensor(ft, T_BLOCK0 + 4 * i, name, 4, b->cout, b->cin, 3, 3, 0, &off);
-        snprintf(name, sizeof name, "%s.conv1.bias", b->name);
-        def_tensor(ft, T_BLOCK0 + 4 * i + 1, name, 1, b->cout, 1, 1, 1, 0, &off);
-        snprintf(name, sizeof name, "%s.conv2.weight", b->name);
-        def_tensor(ft, T_BLOCK0 + 4 * i + 2, name, 4, b->cout, b->cout, 3, 3, 0, &off);
-        snprintf(name, sizeof name, "%s.conv2.bias", b->name);
-        def_tensor(ft, T_BLOCK0 + 4 * i + 3, name, 1, b->cout, 1, 1, 1, 0, &off);
+    for (int k = 0; k < FM_DLIB_PARAMS; k++) {
+        char name[64];
+        int ndim, d[4];
+        fm_dlib_param(k, name, &ndim, d);
+        def_tensor(ft, k, name, ndim, d[0], d[1], d[2], d[3], 0, &off);
     }
     int hid = ft->o.hidden;
     def_tensor(ft, T_FEAT_MEAN, "feat.mean", 1, POOLED, 1, 1, 1, 1, &off);
@@ -270,156 +256,31 @@ static void stats_changed(fm_finetune *ft)
     }
 }
 
-/* ---- the graph ------------------------------------------------------------------ */
+/* ---- the network ---------------------------------------------------------------- */
 
-typedef struct acts {
-    fm_tensor x;                       /* input (wraps xbuf) */
-    fm_tensor stem;                    /* relu'd stem output (kept when the stem trains) */
-    fm_tensor bin[FM_DLIB_BLOCKS];     /* block inputs */
-    fm_tensor t1[FM_DLIB_BLOCKS];      /* relu'd conv1 outputs */
-    fm_tensor t2[FM_DLIB_BLOCKS];      /* conv2 outputs (down blocks: before the add) */
-    fm_tensor y[FM_DLIB_BLOCKS];       /* block outputs */
-    fm_tensor pooled, std, h, logits[3]; /* std: standardised pooled features */
-} acts;
-
-static fm_status alloc_like(fm_arena *a, const fm_tensor *shape, int zero, fm_tensor *t,
-                            fm_error *err)
+/* The backbone's parameters in base (ft->p or ft->g) as the network's views. */
+static void backbone_view(const fm_finetune *ft, float *base, fm_dlib_weights *w)
 {
-    fm_status st = fm_tensor_alloc(a, shape->n, shape->c, shape->h, shape->w, t, err);
-    if (st == FM_OK && zero && t->data)
-        memset(t->data, 0, fm_tensor_count(t) * sizeof(float));
-    return st;
+    for (int k = 0; k < FM_DLIB_PARAMS; k++)
+        w->t[k] = view(ft, base, k);
 }
 
-static fm_status conv(fm_arena *a, const fm_tensor *x, const fm_tensor *w, const fm_tensor *b,
-                      const fm_conv2d_params *p, fm_tensor *y, fm_error *err)
+/* The heads' parameters in base (ft->p, ft->g, the kept vector) as the network's
+ * views. The standardisation is always feat_scale and feat_shift (stats_changed): feat.mean
+ * and feat.std are fixed once measured and the same in every copy of the vector. */
+static void heads_view(const fm_finetune *ft, float *base, fm_heads_net *net)
 {
-    fm_tensor shape;
-    fm_status st;
-    if ((st = fm_nn_conv2d_shape(x, w, p, &shape, err)) ||
-        (st = alloc_like(a, &shape, 0, y, err)))
-        return st;
-    return fm_nn_conv2d(a, x, w, b, p, y, err);
-}
-
-/* y[:, :, :r.h, :r.w] += r (forward) or dr += dy[:, :, :dr.h, :dr.w] (backward): the
- * library's zero padding of a down-sampling block's branch to the shortcut's size. */
-static void pad_add(const fm_tensor *big, const fm_tensor *small, int backward)
-{
-    if (!big->data || !small->data)
-        return;
-    for (int n = 0; n < big->n; n++)
-        for (int c = 0; c < big->c; c++) {
-            float *bp = big->data + ((size_t)n * big->c + c) * big->h * big->w;
-            float *sp = small->data + ((size_t)n * small->c + c) * small->h * small->w;
-            for (int i = 0; i < small->h; i++)
-                for (int j = 0; j < small->w; j++) {
-                    if (backward)
-                        sp[(size_t)i * small->w + j] += bp[(size_t)i * big->w + j];
-                    else
-                        bp[(size_t)i * big->w + j] += sp[(size_t)i * small->w + j];
-                }
-        }
-}
-
-static fm_status block_forward(fm_finetune *ft, fm_arena *a, int i, acts *s, fm_error *err)
-{
-    const fm_dlib_block *b = &fm_dlib_blocks[i];
-    const fm_conv2d_params same = fm_conv2d_sym(1, 1), down = fm_conv2d_sym(2, 0);
-    const int k = T_BLOCK0 + 4 * i;
-    fm_tensor w1 = PT(k), b1 = PT(k + 1), w2 = PT(k + 2), b2 = PT(k + 3);
-    fm_tensor *x = &s->bin[i];
-    fm_status st;
-    if ((st = conv(a, x, &w1, &b1, b->down ? &down : &same, &s->t1[i], err)) ||
-        (st = fm_nn_relu(a, &s->t1[i], &s->t1[i], err)) ||
-        (st = conv(a, &s->t1[i], &w2, &b2, &same, &s->t2[i], err)))
-        return st;
-    if (!b->down) {
-        if ((st = alloc_like(a, &s->t2[i], 0, &s->y[i], err)) ||
-            (st = fm_nn_add(a, &s->t2[i], x, 1.0f, &s->y[i], err)))
-            return st;
-    } else {
-        const fm_pool2d_params avg = fm_pool2d_sym(2, 2, 0, 0, 0);
-        fm_tensor shape, pooled;
-        if ((st = fm_nn_pool2d_shape(x, &avg, &shape, err)) ||
-            (st = alloc_like(a, &shape, 0, &pooled, err)) ||
-            (st = fm_nn_avgpool2d(a, x, &avg, &pooled, err)))
-            return st;
-        fm_tensor wide = pooled;
-        if (b->cout != b->cin) {
-            shape.c = b->cout;
-            if ((st = alloc_like(a, &shape, 0, &wide, err)) ||
-                (st = fm_nn_channel_pad(a, &pooled, &wide, err)))
-                return st;
-        }
-        if (s->t2[i].n != wide.n || s->t2[i].c != wide.c || s->t2[i].h > wide.h ||
-            s->t2[i].w > wide.w || wide.h - s->t2[i].h > 1 || wide.w - s->t2[i].w > 1)
-            return fm_error_set(err, FM_ERR_INVALID, "%s: branch does not fit the shortcut",
-                                b->name);
-        pad_add(&wide, &s->t2[i], 0);
-        s->y[i] = wide;
+    memset(net, 0, sizeof *net);
+    net->n_layers = 1;
+    net->alpha = ft->o.leaky_alpha;
+    net->scale = fm_tensor_make(POOLED, 1, 1, 1, (float *)ft->feat_scale);
+    net->shift = fm_tensor_make(POOLED, 1, 1, 1, (float *)ft->feat_shift);
+    net->w[0] = view(ft, base, T_SH_W);
+    net->b[0] = view(ft, base, T_SH_B);
+    for (int o = 0; o < 3; o++) {
+        net->head_w[o] = view(ft, base, T_AGE_W + 2 * o);
+        net->head_b[o] = view(ft, base, T_AGE_W + 2 * o + 1);
     }
-    return fm_nn_relu(a, &s->y[i], &s->y[i], err);
-}
-
-/* Backbone: x -> pooled. */
-static fm_status backbone_forward(fm_finetune *ft, fm_arena *a, acts *s, fm_error *err)
-{
-    const fm_conv2d_params stem = fm_conv2d_sym(2, 0);
-    const fm_pool2d_params maxp = fm_pool2d_sym(3, 2, 0, 0, 0);
-    fm_tensor w = PT(T_STEM_W), b = PT(T_STEM_B), shape;
-    fm_status st;
-    if ((st = conv(a, &s->x, &w, &b, &stem, &s->stem, err)) ||
-        (st = fm_nn_relu(a, &s->stem, &s->stem, err)) ||
-        (st = fm_nn_pool2d_shape(&s->stem, &maxp, &shape, err)) ||
-        (st = alloc_like(a, &shape, 0, &s->bin[0], err)) ||
-        (st = fm_nn_maxpool2d(a, &s->stem, &maxp, &s->bin[0], err))) {
-        fm_error_prefix(err, "fine-tune: stem");
-        return st;
-    }
-    for (int i = 0; i < FM_DLIB_BLOCKS; i++) {
-        if ((st = block_forward(ft, a, i, s, err))) {
-            fm_error_prefix(err, "fine-tune: %s", fm_dlib_blocks[i].name);
-            return st;
-        }
-        if (i + 1 < FM_DLIB_BLOCKS)
-            s->bin[i + 1] = s->y[i];
-    }
-    const fm_tensor *last = &s->y[FM_DLIB_BLOCKS - 1];
-    if ((st = fm_tensor_alloc(a, last->n, last->c, 1, 1, &s->pooled, err)) ||
-        (st = fm_nn_global_avgpool(a, last, &s->pooled, err)))
-        return st;
-    return FM_OK;
-}
-
-/* Heads: s->pooled -> s->h -> logits. With a mask, the shared layer's output is
- * multiplied by it (inverted dropout). */
-static fm_status heads_forward(fm_finetune *ft, fm_arena *a, acts *s, const float *mask,
-                               fm_error *err)
-{
-    const int n = s->pooled.n;
-    fm_tensor w = PT(T_SH_W), b = PT(T_SH_B);
-    fm_tensor sc = fm_tensor_make(POOLED, 1, 1, 1, ft->feat_scale);
-    fm_tensor sh = fm_tensor_make(POOLED, 1, 1, 1, ft->feat_shift);
-    fm_status st;
-    if ((st = alloc_like(a, &s->pooled, 0, &s->std, err)) ||
-        (st = fm_nn_scale_shift(a, &s->pooled, &sc, &sh, &s->std, err)) ||
-        (st = fm_tensor_alloc(a, n, ft->o.hidden, 1, 1, &s->h, err)) ||
-        (st = fm_nn_dense(a, &s->std, &w, &b, &s->h, err)) ||
-        (st = fm_nn_leaky_relu(a, &s->h, ft->o.leaky_alpha, &s->h, err)))
-        return st;
-    if (mask && s->h.data)
-        for (size_t j = 0; j < (size_t)n * ft->o.hidden; j++)
-            s->h.data[j] *= mask[j];
-    static const int ks[3] = {T_AGE_W, T_GEN_W, T_RACE_W};
-    static const int outs[3] = {FM_HEADS_AGES, FM_HEADS_GENDERS, FM_HEADS_RACES};
-    for (int h = 0; h < 3; h++) {
-        fm_tensor hw = PT(ks[h]), hb = PT(ks[h] + 1);
-        if ((st = fm_tensor_alloc(a, n, outs[h], 1, 1, &s->logits[h], err)) ||
-            (st = fm_nn_dense(a, &s->h, &hw, &hb, &s->logits[h], err)))
-            return st;
-    }
-    return FM_OK;
 }
 
 /* The three heads' target rows live one after the other in ft->target: batch x 117
@@ -457,193 +318,71 @@ static void make_targets(fm_finetune *ft, const fm_utk_label *labels, int n)
         make_targets_one(ft, i, labels[i].age, labels[i].gender, labels[i].race);
 }
 
-/* Loss of the logits against the targets; with dl (3 tensors) the logit gradients. */
-static fm_status heads_loss(fm_finetune *ft, fm_arena *a, acts *s, fm_tensor *dl,
-                            double *loss, fm_error *err)
+/* The loss weights of the three outputs. */
+static void loss_weights(const fm_finetune *ft, double w[3])
 {
-    const int n = s->pooled.n;
-    double total = 0;
-    for (int h = 0; h < 3; h++) {
-        double l = 0;
-        const double w = h == 0 ? ft->o.age_weight : h == 1 ? ft->o.gender_weight
-                                                             : ft->o.race_weight;
-        float scale = (float)(w / n);
-        fm_status st = fm_nn_softmax_xent(a, &s->logits[h], target_of(ft, h), NULL, scale,
-                                          &l, dl ? &dl[h] : NULL, NULL, err);
-        if (st)
-            return st;
-        total += l;
-    }
-    *loss = total;
-    return FM_OK;
-}
-
-static fm_status block_backward(fm_finetune *ft, fm_arena *a, int i, acts *s,
-                                const fm_tensor *dy, fm_tensor *dx, fm_error *err)
-{
-    const fm_dlib_block *b = &fm_dlib_blocks[i];
-    const fm_conv2d_params same = fm_conv2d_sym(1, 1), down = fm_conv2d_sym(2, 0);
-    const int k = T_BLOCK0 + 4 * i;
-    fm_tensor w1 = PT(k), w2 = PT(k + 2);
-    fm_tensor gw1 = GT(k), gb1 = GT(k + 1), gw2 = GT(k + 2), gb2 = GT(k + 3);
-    fm_tensor dpre, dt2, dt1, dt1m;
-    fm_status st;
-    if ((st = alloc_like(a, &s->y[i], 1, &dpre, err)) ||
-        (st = fm_nn_relu_backward(a, &s->y[i], dy, &dpre, err)))
-        return st;
-    if (!b->down) {
-        dt2 = dpre;
-        if (dx && (st = fm_nn_add_backward(a, &dpre, 1.0f, dx, NULL, err)))
-            return st;
-    } else {
-        if ((st = alloc_like(a, &s->t2[i], 1, &dt2, err)))
-            return st;
-        pad_add(&dpre, &dt2, 1);
-        if (dx) {
-            const fm_pool2d_params avg = fm_pool2d_sym(2, 2, 0, 0, 0);
-            fm_tensor dpool = dpre, shape;
-            if (b->cout != b->cin) {
-                shape = dpre;
-                shape.c = b->cin;
-                if ((st = alloc_like(a, &shape, 1, &dpool, err)) ||
-                    (st = fm_nn_channel_pad_backward(a, &dpre, &dpool, err)))
-                    return st;
-            }
-            if ((st = fm_nn_avgpool2d_backward(a, &avg, &dpool, dx, err)))
-                return st;
-        }
-    }
-    if ((st = alloc_like(a, &s->t1[i], 1, &dt1, err)) ||
-        (st = fm_nn_conv2d_backward(a, &s->t1[i], &w2, &same, &dt2, &dt1, &gw2, &gb2, err)) ||
-        (st = alloc_like(a, &s->t1[i], 1, &dt1m, err)) ||
-        (st = fm_nn_relu_backward(a, &s->t1[i], &dt1, &dt1m, err)) ||
-        (st = fm_nn_conv2d_backward(a, &s->bin[i], &w1, b->down ? &down : &same, &dt1m, dx,
-                                    &gw1, &gb1, err)))
-        return st;
-    return FM_OK;
+    w[0] = ft->o.age_weight;
+    w[1] = ft->o.gender_weight;
+    w[2] = ft->o.race_weight;
 }
 
 /* Forward (and with want_grad backward) of n faces in ft->xbuf. Loss into *loss; the
  * gradients go to ft->g (zeroed here). want_grad 1 stops at the heads, 2 goes on
- * through the trained blocks. */
+ * through the trained blocks. mask: the shared layer's dropout multipliers, or NULL. */
 static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
                          int want_grad, double *loss, fm_error *err)
 {
-    acts s;
+    fm_dlib_tape bt;
+    fm_heads_tape ht;
+    fm_tensor pooled, dl[3];
+    const float *const masks[1] = {mask};
+    const float *const targets[3] = {target_of(ft, 0), target_of(ft, 1), target_of(ft, 2)};
+    double weights[3];
     fm_status st;
-    memset(&s, 0, sizeof s);
+    loss_weights(ft, weights);
     fm_arena_reset(a, 0);
-    s.x = fm_tensor_make(n, 3, ft->in_h, ft->in_w,
-                         fm_arena_is_measuring(a) ? NULL : ft->xbuf);
-    if ((st = backbone_forward(ft, a, &s, err)) ||
-        (st = heads_forward(ft, a, &s, mask, err)))
+    const fm_tensor x = fm_tensor_make(n, 3, ft->in_h, ft->in_w,
+                                       fm_arena_is_measuring(a) ? NULL : ft->xbuf);
+    /* the frozen blocks run as inference runs them; the trained ones keep what their
+     * backward pass reads (FM_FT_STEM and FM_FT_BLOCKS are dlib_resnet.h's stem and
+     * block count) */
+    bt.keep_from = ft->o.train_from;
+    if ((st = fm_tensor_alloc(a, n, POOLED, 1, 1, &pooled, err)) ||
+        (st = fm_dlib_forward(a, &ft->bp, &x, &pooled, NULL, &bt, err)) ||
+        (st = fm_heads_net_forward(a, &ft->hp, &pooled, mask ? masks : NULL, &ht, err)))
         return st;
-    fm_tensor dl[3];
-    static const int outs[3] = {FM_HEADS_AGES, FM_HEADS_GENDERS, FM_HEADS_RACES};
     if (want_grad)
-        for (int h = 0; h < 3; h++) {
-            fm_tensor shape = fm_tensor_make(n, outs[h], 1, 1, NULL);
-            if ((st = alloc_like(a, &shape, 1, &dl[h], err)))
+        for (int h = 0; h < 3; h++)
+            if ((st = fm_tensor_alloc_zero(a, &ht.logits[h], &dl[h], err)))
                 return st;
-        }
-    if ((st = heads_loss(ft, a, &s, want_grad ? dl : NULL, loss, err)))
+    if ((st = fm_heads_net_loss(a, &ht, targets, weights, loss, want_grad ? dl : NULL, err)))
         return st;
     if (!want_grad)
         return FM_OK;
 
     if (!fm_arena_is_measuring(a))
         memset(ft->g + ft->trained_from, 0, (ft->total - ft->trained_from) * sizeof(float));
-    /* heads */
-    static const int ks[3] = {T_AGE_W, T_GEN_W, T_RACE_W};
-    fm_tensor dh, dh2, dpooled;
-    if ((st = alloc_like(a, &s.h, 1, &dh, err)))
-        return st;
-    for (int h = 0; h < 3; h++) {
-        fm_tensor w = PT(ks[h]), gw = GT(ks[h]), gb = GT(ks[h] + 1);
-        if ((st = fm_nn_dense_backward(a, &s.h, &w, &dl[h], &dh, &gw, &gb, err)))
-            return st;
-    }
-    if (mask && dh.data)
-        for (size_t j = 0; j < (size_t)n * ft->o.hidden; j++)
-            dh.data[j] *= mask[j];
-    fm_tensor shw = PT(T_SH_W), gshw = GT(T_SH_W), gshb = GT(T_SH_B), dstd;
-    fm_tensor sc = fm_tensor_make(POOLED, 1, 1, 1, ft->feat_scale);
     const int bb = ft->o.train_from < FM_FT_BLOCKS && want_grad > 1;
-    if ((st = alloc_like(a, &s.h, 1, &dh2, err)) ||
-        (st = fm_nn_leaky_relu_backward(a, &s.h, ft->o.leaky_alpha, &dh, &dh2, err)) ||
-        (st = alloc_like(a, &s.std, 1, &dstd, err)) ||
-        (st = fm_nn_dense_backward(a, &s.std, &shw, &dh2, bb ? &dstd : NULL, &gshw, &gshb,
-                                   err)))
+    fm_tensor dpooled;
+    if ((bb && (st = fm_tensor_alloc_zero(a, &pooled, &dpooled, err))) ||
+        (st = fm_heads_net_backward(a, &ft->hp, &ht, mask ? masks : NULL, dl, &ft->hg,
+                                    bb ? &dpooled : NULL, err)))
         return st;
     if (!bb)
         return FM_OK;
-    if ((st = alloc_like(a, &s.pooled, 1, &dpooled, err)) ||
-        (st = fm_nn_scale_shift_backward(a, NULL, &sc, &dstd, &dpooled, NULL, NULL, err)))
-        return st;
-    /* backbone, last block first */
-    fm_tensor dcur;
-    if ((st = alloc_like(a, &s.y[FM_DLIB_BLOCKS - 1], 1, &dcur, err)) ||
-        (st = fm_nn_global_avgpool_backward(a, &dpooled, &dcur, err)))
-        return st;
-    const int from = ft->o.train_from;
-    for (int i = FM_DLIB_BLOCKS - 1; i >= 0 && i >= from; i--) {
-        fm_tensor dprev;
-        int need_dx = i > from || from == FM_FT_STEM;
-        if (need_dx && (st = alloc_like(a, &s.bin[i], 1, &dprev, err)))
-            return st;
-        if ((st = block_backward(ft, a, i, &s, &dcur, need_dx ? &dprev : NULL, err))) {
-            fm_error_prefix(err, "fine-tune backward: %s", fm_dlib_blocks[i].name);
-            return st;
-        }
-        if (need_dx)
-            dcur = dprev;
-    }
-    if (from == FM_FT_STEM) {
-        const fm_conv2d_params stem = fm_conv2d_sym(2, 0);
-        const fm_pool2d_params maxp = fm_pool2d_sym(3, 2, 0, 0, 0);
-        fm_tensor dsr, ds, w = PT(T_STEM_W), gw = GT(T_STEM_W), gb = GT(T_STEM_B);
-        if ((st = alloc_like(a, &s.stem, 1, &dsr, err)) ||
-            (st = fm_nn_maxpool2d_backward(a, &s.stem, &maxp, &dcur, &dsr, err)) ||
-            (st = alloc_like(a, &s.stem, 1, &ds, err)) ||
-            (st = fm_nn_relu_backward(a, &s.stem, &dsr, &ds, err)) ||
-            (st = fm_nn_conv2d_backward(a, &s.x, &w, &stem, &ds, NULL, &gw, &gb, err))) {
-            fm_error_prefix(err, "fine-tune backward: stem");
-            return st;
-        }
-    }
-    return FM_OK;
+    return fm_dlib_backward(a, &ft->bp, &bt, &dpooled, ft->o.train_from, &ft->bg, err);
 }
 
 /* Backbone only, for validation: pooled features of n faces in xbuf into out. */
 static fm_status pooled_only(fm_finetune *ft, int n, float *out, fm_error *err)
 {
-    acts s;
-    memset(&s, 0, sizeof s);
     fm_arena_reset(ft->arena, 0);
-    s.x = fm_tensor_make(n, 3, ft->in_h, ft->in_w, ft->xbuf);
-    fm_status st = backbone_forward(ft, ft->arena, &s, err);
-    if (st == FM_OK)
-        memcpy(out, s.pooled.data, (size_t)n * POOLED * sizeof(float));
-    return st;
+    const fm_tensor x = fm_tensor_make(n, 3, ft->in_h, ft->in_w, ft->xbuf);
+    fm_tensor pooled = fm_tensor_make(n, POOLED, 1, 1, out);
+    return fm_dlib_forward(ft->arena, &ft->bp, &x, &pooled, NULL, NULL, err);
 }
 
 /* ---- set-up --------------------------------------------------------------------- */
-
-static fm_status read_floats(const fm_model *m, const char *key, size_t count, float *out,
-                             fm_error *err)
-{
-    const double *v = NULL;
-    size_t n = 0;
-    fm_status st = fm_model_meta_f64_array(m, key, &v, &n, err);
-    if (st)
-        return st;
-    if (n != count)
-        return fm_error_set(err, FM_ERR_FORMAT, "%s: metadata '%s' has %zu values, expected %zu",
-                            fm_model_path(m), key, n, count);
-    for (size_t i = 0; i < n; i++)
-        out[i] = (float)v[i];
-    return FM_OK;
-}
 
 static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
 {
@@ -697,21 +436,19 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
     ft->base = base;
     ft->best_val = HUGE_VAL;
     ft->fallback_age = 30;
-    const int64_t *size = NULL;
-    size_t count = 0;
-    if ((st = fm_model_meta_i64_array(base, "input.size", &size, &count, err)))
+    fm_backbone_input in;
+    if ((st = fm_backbone_read_input(base, &in, err)))
         goto fail;
-    if (count != 2 || size[0] < 131 || size[0] > 1024 || size[1] < 131 || size[1] > 1024) {
+    if (in.h < 131 || in.h > 1024 || in.w < 131 || in.w > 1024) {
         st = fm_error_set(err, FM_ERR_FORMAT, "%s: input.size does not suit dlib_resnet",
                           fm_model_path(base));
         goto fail;
     }
-    ft->in_h = (int)size[0];
-    ft->in_w = (int)size[1];
-    if ((st = read_floats(base, "input.mean", 3, ft->mean, err)) ||
-        (st = read_floats(base, "input.scale", 3, ft->scale, err)) ||
-        (st = read_floats(base, "align.template", 10, ft->tmpl, err)))
-        goto fail;
+    ft->in_h = in.h;
+    ft->in_w = in.w;
+    memcpy(ft->mean, in.mean, sizeof ft->mean);
+    memcpy(ft->scale, in.scale, sizeof ft->scale);
+    memcpy(ft->tmpl, in.tmpl, sizeof ft->tmpl);
     for (int i = 0; i < 10; i++) { /* about the chip's centre ((0,0) is a pixel's centre) */
         const double c = 0.5 * ((i % 2 ? ft->in_h : ft->in_w) - 1);
         ft->tmpl[i] = (float)(c + o->align_zoom * (ft->tmpl[i] - c));
@@ -735,6 +472,10 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
     }
     memset(ft->p, 0, ft->total * sizeof(float));
     memset(ft->g, 0, ft->total * sizeof(float));
+    backbone_view(ft, ft->p, &ft->bp);
+    backbone_view(ft, ft->g, &ft->bg);
+    heads_view(ft, ft->p, &ft->hp);
+    heads_view(ft, ft->g, &ft->hg);
     memset(ft->m1, 0, ft->total * sizeof(float));
     memset(ft->m2, 0, ft->total * sizeof(float));
     for (int k = 0; k < T_HEADS; k++) {
@@ -941,11 +682,7 @@ static double lr_factor(const fm_finetune *ft, int group, long step, long total,
 static void optimiser_step(fm_finetune *ft, double fh, double fb, long backbone_start)
 {
     const fm_ft_opts *o = &ft->o;
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
     const long th = ft->step + 1, tb = ft->step - backbone_start + 1;
-    const double c1h = 1 - pow(b1, (double)th), c2h = 1 - pow(b2, (double)th);
-    const double c1b = 1 - pow(b1, (double)(tb > 0 ? tb : 1)),
-                 c2b = 1 - pow(b2, (double)(tb > 0 ? tb : 1));
     for (int k = 0; k < T_COUNT; k++) {
         const ptensor *pt = &ft->t[k];
         if (pt->off < ft->trained_from || pt->fixed)
@@ -953,28 +690,19 @@ static void optimiser_step(fm_finetune *ft, double fh, double fb, long backbone_
         /* relative: the step is a share of the layer's weight scale, so layers whose
          * weights are 10x smaller (dlib's conv256_2 has an RMS of 0.0035, conv128's
          * 0.02-0.03) are not overwritten by the same absolute Adam step */
-        const double lr = pt->heads         ? fh * o->lr_heads
-                          : o->lr_relative ? fb * o->lr_backbone * pt->rms
-                                           : fb * o->lr_backbone;
-        const double wd = pt->weight ? o->weight_decay : 0;
-        float *p = ft->p + pt->off, *g = ft->g + pt->off;
-        float *m = ft->m1 + pt->off, *v = ft->m2 + pt->off;
-        if (lr == 0)
+        const fm_optim_step step = {
+            .kind = o->optimizer == FM_FT_SGD ? FM_OPTIM_SGD : FM_OPTIM_ADAMW,
+            .lr = pt->heads         ? fh * o->lr_heads
+                  : o->lr_relative ? fb * o->lr_backbone * pt->rms
+                                   : fb * o->lr_backbone,
+            .weight_decay = pt->weight ? o->weight_decay : 0,
+            .momentum = o->momentum,
+            .t = pt->heads ? th : tb > 0 ? tb : 1,
+        };
+        if (step.lr == 0)
             continue;
-        if (o->optimizer == FM_FT_ADAMW) {
-            const double c1 = pt->heads ? c1h : c1b, c2 = pt->heads ? c2h : c2b;
-            for (size_t j = 0; j < pt->count; j++) {
-                m[j] = (float)(b1 * m[j] + (1 - b1) * g[j]);
-                v[j] = (float)(b2 * v[j] + (1 - b2) * (double)g[j] * g[j]);
-                double upd = (m[j] / c1) / (sqrt(v[j] / c2) + eps) + wd * p[j];
-                p[j] = (float)(p[j] - lr * upd);
-            }
-        } else {
-            for (size_t j = 0; j < pt->count; j++) {
-                m[j] = (float)(o->momentum * m[j] + g[j]);
-                p[j] = (float)(p[j] - lr * (m[j] + wd * p[j]));
-            }
-        }
+        fm_optim_update(&step, ft->p + pt->off, ft->g + pt->off, ft->m1 + pt->off,
+                        ft->m2 + pt->off, pt->count);
     }
 }
 
@@ -1119,13 +847,6 @@ done:
 
 /* ---- training ------------------------------------------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Scores val (face and mirror averaged) with the current weights into p; glog and
  * rlog (may be NULL) get every face's gender and ethnicity logits. */
 static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress *pr,
@@ -1139,6 +860,9 @@ static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress 
     int gok = 0, rok = 0;
     fm_status st = FM_OK;
     fm_utk_label labels[4096];
+    const float *const targets[3] = {target_of(ft, 0), target_of(ft, 1), target_of(ft, 2)};
+    double weights[3];
+    loss_weights(ft, weights);
     for (int i0 = 0; i0 < val->n && st == FM_OK; i0 += B) {
         int n = val->n - i0 < B ? val->n - i0 : B;
         for (int v = 0; v < 2 && st == FM_OK; v++) {
@@ -1154,15 +878,12 @@ static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress 
             labels[i] = val->images[i0 + i].label;
         make_targets(ft, labels, n);
         /* heads on the averaged features */
-        acts s;
-        memset(&s, 0, sizeof s);
+        fm_heads_tape s;
         fm_arena_reset(ft->arena, 0);
         double l = 0;
-        if ((st = fm_tensor_alloc(ft->arena, n, POOLED, 1, 1, &s.pooled, err)))
-            break;
-        memcpy(s.pooled.data, feat, (size_t)n * POOLED * sizeof(float));
-        if ((st = heads_forward(ft, ft->arena, &s, NULL, err)) ||
-            (st = heads_loss(ft, ft->arena, &s, NULL, &l, err)))
+        const fm_tensor f = fm_tensor_make(n, POOLED, 1, 1, feat);
+        if ((st = fm_heads_net_forward(ft->arena, &ft->hp, &f, NULL, &s, err)) ||
+            (st = fm_heads_net_loss(ft->arena, &s, targets, weights, &l, NULL, err)))
             break;
         loss += l * n;
         if (glog)
@@ -1291,7 +1012,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
     if (!perm)
         return fm_error_set(err, FM_ERR_NOMEM, "fine-tune: out of memory");
     fm_status st = FM_OK;
-    const double t0 = now_s();
+    const double t0 = fm_now_ms();
     long steps_here = 0;
     fm_ft_progress pr;
     memset(&pr, 0, sizeof pr);
@@ -1348,7 +1069,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
                 (st = checkpoint_save(ft, key, err)))
                 goto out;
             if (o->progress && o->progress_steps > 0 && ft->step % o->progress_steps == 0) {
-                double el = now_s() - t0;
+                double el = (fm_now_ms() - t0) / 1e3;
                 pr.epoch = e + 1;
                 pr.step = ft->step;
                 pr.epoch_end = 0;
@@ -1383,7 +1104,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
         }
         pr.best_epoch = ft->best_epoch;
         ft->best_prog.best_epoch = ft->best_epoch;
-        double el = now_s() - t0;
+        double el = (fm_now_ms() - t0) / 1e3;
         pr.elapsed_s = el;
         pr.eta_s = steps_here ? el / steps_here * (total - ft->step) : 0;
         if (o->checkpoint && (st = checkpoint_save(ft, key, err)))
@@ -1541,33 +1262,36 @@ fm_status fm_finetune_write_heads(const fm_finetune *ft, fm_model_writer *w, fm_
 {
     if (!ft || !w)
         return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_write_heads: NULL argument");
-    fm_status st;
-    const float *src = kept(ft);
-    for (int k = T_HEADS; k < T_COUNT; k++) {
-        const ptensor *t = &ft->t[k];
-        uint64_t dims[2] = {(uint64_t)t->d[0], (uint64_t)t->d[1]};
-        /* a calibrated output layer is written divided by its temperature */
-        const int g = k == T_GEN_W || k == T_GEN_B, r = k == T_RACE_W || k == T_RACE_B;
-        float *scaled = NULL;
-        if (ft->calibrated && (g || r)) {
-            if (!(scaled = malloc(t->count * sizeof(float))))
-                return fm_error_set(err, FM_ERR_NOMEM, "heads: out of memory");
-            const double inv = 1 / ft->temp[g ? 0 : 1];
-            for (size_t i = 0; i < t->count; i++)
-                scaled[i] = (float)(src[t->off + i] * inv);
+    float *src = (float *)kept(ft); /* only read: the views below are written out */
+    fm_heads_net net;
+    heads_view(ft, src, &net);
+    /* a calibrated output layer is written divided by its temperature */
+    float *scaled = NULL;
+    if (ft->calibrated) {
+        size_t count = 0;
+        for (int o = 1; o < 3; o++)
+            count += fm_tensor_count(&net.head_w[o]) + fm_tensor_count(&net.head_b[o]);
+        if (!(scaled = malloc(count * sizeof(float))))
+            return fm_error_set(err, FM_ERR_NOMEM, "heads: out of memory");
+        float *next = scaled;
+        for (int o = 1; o < 3; o++) {
+            const double inv = 1 / ft->temp[o - 1];
+            fm_tensor *part[2] = {&net.head_w[o], &net.head_b[o]};
+            for (int q = 0; q < 2; q++) {
+                const size_t n = fm_tensor_count(part[q]);
+                for (size_t i = 0; i < n; i++)
+                    next[i] = (float)(part[q]->data[i] * inv);
+                part[q]->data = next;
+                next += n;
+            }
         }
-        st = fm_model_writer_add_tensor(w, t->name, (unsigned)t->ndim, dims,
-                                        scaled ? scaled : src + t->off, err);
-        free(scaled);
-        if (st)
-            return st;
     }
-    if ((st = fm_model_writer_add_f64(w, "heads.leaky_alpha", ft->o.leaky_alpha, err)) ||
-        (st = fm_model_writer_add_f64(w, "heads.fallback_age", ft->fallback_age, err)) ||
-        (ft->calibrated &&
-         (st = fm_model_writer_add_f64_array(w, "heads.train.temperature", ft->temp, 2, err))))
-        return st;
-    return FM_OK;
+    fm_status st = fm_heads_write(w, &net, src + ft->t[T_FEAT_MEAN].off,
+                                  src + ft->t[T_FEAT_STD].off, ft->fallback_age, err);
+    free(scaled);
+    if (st == FM_OK && ft->calibrated)
+        st = fm_model_writer_add_f64_array(w, "heads.train.temperature", ft->temp, 2, err);
+    return st;
 }
 
 /* ---- calibration ---------------------------------------------------------------- */

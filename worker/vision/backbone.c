@@ -38,9 +38,7 @@ struct fm_backbone {
     void *state;   /* ops->bind's, released with ops->unbind */
     fm_arena *arena;
     int max_batch;
-    int h, w;
-    float mean[3], scale[3];
-    float tmpl[10];
+    fm_backbone_input in;
     int dims[FM_BACKBONE_OUTPUT_COUNT];
 };
 
@@ -87,11 +85,36 @@ static fm_status read_floats(const fm_model *m, const char *key, size_t count, f
     return FM_OK;
 }
 
-/* Reads general.architecture, input.size, input.mean, input.scale and align.template. */
+fm_status fm_backbone_read_input(const fm_model *m, fm_backbone_input *out, fm_error *err)
+{
+    const char *path = fm_model_path(m);
+    const int64_t *size = NULL;
+    size_t count = 0;
+    fm_status st;
+    if ((st = fm_model_meta_i64_array(m, "input.size", &size, &count, err)))
+        return st;
+    if (count != 2 || size[0] < 1 || size[0] > MAX_INPUT_SIDE || size[1] < 1 ||
+        size[1] > MAX_INPUT_SIDE)
+        return fm_error_set(err, FM_ERR_FORMAT,
+                            "%s: metadata 'input.size' must be 2 values (height, width) in 1..%d",
+                            path, MAX_INPUT_SIDE);
+    out->h = (int)size[0];
+    out->w = (int)size[1];
+
+    if ((st = read_floats(m, "input.mean", 3, out->mean, err)) ||
+        (st = read_floats(m, "input.scale", 3, out->scale, err)) ||
+        (st = read_floats(m, "align.template", 10, out->tmpl, err)))
+        return st;
+    for (int c = 0; c < 3; c++)
+        if (out->scale[c] == 0.0f)
+            return fm_error_set(err, FM_ERR_FORMAT, "%s: metadata 'input.scale'[%d] is 0", path, c);
+    return FM_OK;
+}
+
+/* Reads general.architecture and the input convention. */
 static fm_status read_metadata(fm_backbone *b, fm_error *err)
 {
     const fm_model *m = b->model;
-    const char *path = fm_model_path(m);
     const char *arch = NULL;
     fm_status st;
 
@@ -102,29 +125,9 @@ static fm_status read_metadata(fm_backbone *b, fm_error *err)
         char known[256];
         return fm_error_set(err, FM_ERR_UNSUPPORTED,
                             "%s: architecture '%s' is not a backbone this build runs (known: %s)",
-                            path, arch, arch_names(known, sizeof known));
+                            fm_model_path(m), arch, arch_names(known, sizeof known));
     }
-
-    const int64_t *size = NULL;
-    size_t count = 0;
-    if ((st = fm_model_meta_i64_array(m, "input.size", &size, &count, err)))
-        return st;
-    if (count != 2 || size[0] < 1 || size[0] > MAX_INPUT_SIDE || size[1] < 1 ||
-        size[1] > MAX_INPUT_SIDE)
-        return fm_error_set(err, FM_ERR_FORMAT,
-                            "%s: metadata 'input.size' must be 2 values (height, width) in 1..%d",
-                            path, MAX_INPUT_SIDE);
-    b->h = (int)size[0];
-    b->w = (int)size[1];
-
-    if ((st = read_floats(m, "input.mean", 3, b->mean, err)) ||
-        (st = read_floats(m, "input.scale", 3, b->scale, err)) ||
-        (st = read_floats(m, "align.template", 10, b->tmpl, err)))
-        return st;
-    for (int c = 0; c < 3; c++)
-        if (b->scale[c] == 0.0f)
-            return fm_error_set(err, FM_ERR_FORMAT, "%s: metadata 'input.scale'[%d] is 0", path, c);
-    return FM_OK;
+    return fm_backbone_read_input(m, &b->in, err);
 }
 
 /* Runs the network on a measuring arena for every batch size up to max_batch, with
@@ -140,7 +143,7 @@ static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
             fm_tensor x, outs[FM_BACKBONE_OUTPUT_COUNT];
             fm_tensor *want[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
             fm_arena_reset(a, 0);
-            if ((st = fm_tensor_alloc(a, n, 3, b->h, b->w, &x, err)))
+            if ((st = fm_tensor_alloc(a, n, 3, b->in.h, b->in.w, &x, err)))
                 goto done;
             for (int k = 0; with_out && k < FM_BACKBONE_OUTPUT_COUNT; k++) {
                 outs[k] = fm_tensor_make(n, b->dims[k], 1, 1, NULL);
@@ -211,14 +214,14 @@ const char *fm_backbone_arch(const fm_backbone *b)
 void fm_backbone_input_size(const fm_backbone *b, int *h, int *w)
 {
     if (h)
-        *h = b->h;
+        *h = b->in.h;
     if (w)
-        *w = b->w;
+        *w = b->in.w;
 }
 
 const float *fm_backbone_template(const fm_backbone *b)
 {
-    return b->tmpl;
+    return b->in.tmpl;
 }
 
 int fm_backbone_dim(const fm_backbone *b, fm_backbone_output which)
@@ -236,10 +239,10 @@ int fm_backbone_max_batch(const fm_backbone *b)
 /* Writes face (h x w RGB interleaved) into image i of x as (pixel - mean) * scale, planar. */
 static void normalise(const fm_backbone *b, const uint8_t *face, fm_tensor *x, int i)
 {
-    const size_t plane = (size_t)b->h * b->w;
+    const size_t plane = (size_t)b->in.h * b->in.w;
     float *dst = x->data + (size_t)i * 3 * plane;
     for (int c = 0; c < 3; c++) {
-        const float mean = b->mean[c], scale = b->scale[c];
+        const float mean = b->in.mean[c], scale = b->in.scale[c];
         float *p = dst + c * plane;
         const uint8_t *src = face + c;
         for (size_t k = 0; k < plane; k++)
@@ -270,7 +273,7 @@ fm_status fm_backbone_forward(fm_backbone *b, const uint8_t *const *faces, int n
 
     fm_tensor x;
     fm_arena_reset(b->arena, 0);
-    fm_status st = fm_tensor_alloc(b->arena, n, 3, b->h, b->w, &x, err);
+    fm_status st = fm_tensor_alloc(b->arena, n, 3, b->in.h, b->in.w, &x, err);
     if (st == FM_OK) {
         for (int i = 0; i < n; i++)
             normalise(b, faces[i], &x, i);

@@ -326,8 +326,10 @@ static fm_status net_open(mtcnn_net *net, const char *dir, const char *file,
     net->arch = arch;
     const char *a = NULL;
     st = fm_model_meta_str(net->model, "general.architecture", &a, NULL, err);
-    if (st)
-        return fm_error_prefix(err, "%s: general.architecture", path);
+    if (st) {
+        fm_error_prefix(err, "%s: general.architecture", path);
+        return st;
+    }
     if (strcmp(a, arch) != 0)
         return fm_error_set(err, FM_ERR_FORMAT, "%s: architecture '%s', expected '%s'",
                             path, a, arch);
@@ -337,8 +339,10 @@ static fm_status net_open(mtcnn_net *net, const char *dir, const char *file,
         const double *v = NULL;
         size_t n = 0;
         st = fm_model_meta_f64_array(net->model, keys[k], &v, &n, err);
-        if (st)
-            return fm_error_prefix(err, "%s: %s", path, keys[k]);
+        if (st) {
+            fm_error_prefix(err, "%s: %s", path, keys[k]);
+            return st;
+        }
         if (n != 3)
             return fm_error_set(err, FM_ERR_FORMAT, "%s: %s has %zu values, expected 3",
                                 path, keys[k], n);

@@ -1,0 +1,505 @@
+/* pipeline_process.c - one pipeline process of facemill-worker (pipeline_process.h):
+ * takes jobs from the broker by credit, runs them through the labelling pipeline in
+ * batches and pushes the results to the sink (protocol: proto/README.md).
+ *
+ * Inside a process, two threads: this one (the compute thread) runs batches; the link
+ * thread owns the broker socket, so heartbeats keep their rhythm however long a batch
+ * takes (broker_link.c).
+ *
+ * A batch is the jobs the process holds. run_batch() turns them into results in
+ * steps: each job's result is started and its image bytes read and hashed, the images
+ * go through the full pipeline (include/facemill/pipeline.h) in one call, or, with
+ * --decode-only (tests, wire benchmarks), are decoded one by one without models; last
+ * each result gets its error and total time.
+ */
+#include "pipeline_process.h"
+#include "broker_link.h"
+#include "facemill/image.h"
+#include "facemill/log.h"
+#include "facemill/nn.h"
+#include "facemill/pipeline.h"
+#include "facemill/sha256.h"
+#include "facemill/wire.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms_f(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* ---- the compute --------------------------------------------------------------- */
+
+#define FACE_FLOATS (4 + 10 + 2 + 5)
+
+/* One job of a batch between the steps of run_batch. */
+typedef struct batch_job {
+    const uint8_t *data; /* its image: the job's own bytes, or its file in files[i] */
+    size_t len;
+    fm_status status;    /* FM_OK, or why its result is an error (text in errtext[i]) */
+} batch_job;
+
+/* Everything one process needs to turn jobs into results, sized at start. */
+typedef struct compute {
+    int decode_only;
+    int cap;        /* most jobs per batch (the credit) */
+    int max_faces;
+    fm_decoder *decoder; /* decode-only */
+    fm_pipeline *pipeline;
+    fm_pipeline_input *in;
+    fm_image_result *res;
+    size_t max_bytes;
+    batch_job *job;      /* per slot: the job being run */
+    uint8_t **files;     /* per slot: bytes of path jobs, reused */
+    size_t *file_caps;
+    char model[256];
+    const char *worker;   /* this process's name, stamped on every result */
+    /* Outgoing results, per slot; slot i's faces are pf[i * max_faces ...]. */
+    Facemill__Result *out;
+    Facemill__StageTimes *times;
+    Facemill__Face *pf;   /* cap * max_faces */
+    Facemill__Face **pfp;
+    float *pfloats;       /* cap * max_faces * FACE_FLOATS */
+    uint8_t (*sha)[FM_SHA256_BYTES];
+    char (*errtext)[FM_ERROR_MSG_MAX];
+} compute;
+
+static void compute_close(compute *c)
+{
+    fm_decoder_destroy(&c->decoder);
+    fm_pipeline_close(&c->pipeline);
+    free(c->in);
+    free(c->res);
+    free(c->job);
+    for (int i = 0; c->files && i < c->cap; i++)
+        free(c->files[i]);
+    free(c->files);
+    free(c->file_caps);
+    free(c->out);
+    free(c->times);
+    free(c->pf);
+    free(c->pfp);
+    free(c->pfloats);
+    free(c->sha);
+    free(c->errtext);
+}
+
+static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int decode_only,
+                              fm_error *err)
+{
+    fm_status st;
+    memset(c, 0, sizeof *c);
+    c->cap = cap;
+    c->decode_only = decode_only;
+    c->max_faces = (int)cfg->detect.max_faces;
+    c->max_bytes = (size_t)cfg->decode.max_bytes;
+    size_t nf = (size_t)cap * (size_t)c->max_faces;
+    c->job = calloc((size_t)cap, sizeof *c->job);
+    c->files = calloc((size_t)cap, sizeof *c->files);
+    c->file_caps = calloc((size_t)cap, sizeof *c->file_caps);
+    c->out = calloc((size_t)cap, sizeof *c->out);
+    c->times = calloc((size_t)cap, sizeof *c->times);
+    c->pf = calloc(nf, sizeof *c->pf);
+    c->pfp = calloc(nf, sizeof *c->pfp);
+    c->pfloats = calloc(nf * FACE_FLOATS, sizeof *c->pfloats);
+    c->sha = calloc((size_t)cap, sizeof *c->sha);
+    c->errtext = calloc((size_t)cap, sizeof *c->errtext);
+    if (!c->job || !c->files || !c->file_caps || !c->out || !c->times || !c->pf ||
+        !c->pfp || !c->pfloats || !c->sha || !c->errtext) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "worker buffers");
+        goto fail;
+    }
+    fm_decode_opts dopts = {.max_pixels = (uint64_t)cfg->decode.max_pixels,
+                            .max_bytes = (size_t)cfg->decode.max_bytes};
+    if (decode_only) {
+        if ((st = fm_decoder_new(&c->decoder, &dopts, err)) != FM_OK)
+            goto fail;
+        snprintf(c->model, sizeof c->model, "decode-only");
+        return FM_OK;
+    }
+    if ((st = fm_nn_set_threads((int)cfg->engine.threads, err)) != FM_OK)
+        goto fail;
+    fm_pipeline_opts popts = {.max_images = cap};
+    c->in = calloc((size_t)cap, sizeof *c->in);
+    c->res = calloc((size_t)cap, sizeof *c->res);
+    if (!c->in || !c->res) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "worker buffers");
+        goto fail;
+    }
+    if ((st = fm_pipeline_open(&c->pipeline, cfg, &popts, err)) != FM_OK)
+        goto fail;
+    snprintf(c->model, sizeof c->model, "mtcnn + %s%s",
+             fm_pipeline_backbone_identity(c->pipeline),
+             fm_pipeline_heads(c->pipeline) ? " + heads" : "");
+    return FM_OK;
+fail:
+    compute_close(c);
+    return st;
+}
+
+static uint32_t error_code_of(fm_status s)
+{
+    switch (s) {
+    case FM_OK: return FACEMILL__ERROR_CODE__ERROR_NONE;
+    case FM_ERR_DECODE:
+    case FM_ERR_FORMAT: return FACEMILL__ERROR_CODE__ERROR_DECODE;
+    case FM_ERR_UNSUPPORTED: return FACEMILL__ERROR_CODE__ERROR_UNSUPPORTED;
+    case FM_ERR_LIMIT: return FACEMILL__ERROR_CODE__ERROR_LIMIT;
+    case FM_ERR_IO:
+    case FM_ERR_NOT_FOUND: return FACEMILL__ERROR_CODE__ERROR_IO;
+    case FM_ERR_INVALID: return FACEMILL__ERROR_CODE__ERROR_INVALID;
+    default: return FACEMILL__ERROR_CODE__ERROR_INTERNAL;
+    }
+}
+
+/* Reads a path job's file into slot i's buffer (grown only when a larger file comes). */
+static fm_status read_file(compute *c, int i, const char *path, size_t *len, fm_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    fm_status st = FM_OK;
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: not a regular file", path);
+        goto out;
+    }
+    if ((uint64_t)sb.st_size > c->max_bytes) {
+        st = fm_error_set(err, FM_ERR_LIMIT, "%s: %lld bytes, more than decode.max_bytes",
+                          path, (long long)sb.st_size);
+        goto out;
+    }
+    size_t n = (size_t)sb.st_size;
+    if (n + 1 > c->file_caps[i]) {
+        uint8_t *nb = realloc(c->files[i], n + 1);
+        if (!nb) {
+            st = fm_error_set(err, FM_ERR_NOMEM, "%s: %zu bytes", path, n);
+            goto out;
+        }
+        c->files[i] = nb;
+        c->file_caps[i] = n + 1;
+    }
+    if (fread(c->files[i], 1, n, f) != n) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: short read", path);
+        goto out;
+    }
+    *len = n;
+out:
+    fclose(f);
+    return st;
+}
+
+
+/* Fills face slot k of c from a face the pipeline found, with its attributes when the
+ * heads ran on it. */
+static void put_face(compute *c, size_t k, const fm_face_result *fr)
+{
+    Facemill__Face *f = &c->pf[k];
+    float *fl = &c->pfloats[k * FACE_FLOATS];
+    facemill__face__init(f);
+    memcpy(fl, fr->det.box, 4 * sizeof(float));
+    memcpy(fl + 4, fr->det.landmarks, 10 * sizeof(float));
+    f->n_box = 4;
+    f->box = fl;
+    f->n_landmarks = 10;
+    f->landmarks = fl + 4;
+    f->has_score = 1;
+    f->score = fr->det.score;
+    if (fr->has_attrs) {
+        const fm_attrs *a = &fr->attrs;
+        f->has_age = f->has_age_std = 1;
+        f->age = a->age;
+        f->age_std = a->age_std;
+        memcpy(fl + 14, a->gender_probs, 2 * sizeof(float));
+        memcpy(fl + 16, a->race_probs, 5 * sizeof(float));
+        f->n_gender_probs = 2;
+        f->gender_probs = fl + 14;
+        f->n_race_probs = 5;
+        f->race_probs = fl + 16;
+    }
+    c->pfp[k] = f;
+}
+
+/* Starts result i for job: its ids, the name results call the image, the model, this
+ * worker and the attempt; no stage time yet. */
+static void start_result(compute *c, int i, const Facemill__Job *job)
+{
+    Facemill__Result *r = &c->out[i];
+    Facemill__StageTimes *t = &c->times[i];
+    facemill__result__init(r);
+    facemill__stage_times__init(t);
+    r->times = t;
+    r->job_id = job->id;
+    r->tag = job->tag;
+    r->source = job->name && job->name[0] ? job->name
+                : job->source_case == FACEMILL__JOB__SOURCE_PATH ? job->path
+                                                                  : job->id;
+    r->model = c->model;
+    r->worker = (char *)c->worker;
+    r->has_attempt = job->has_attempt;
+    r->attempt = job->attempt;
+}
+
+/* Finds job i's image bytes, its own or its file's (read into slot i), hashes them and
+ * times the read. A job whose bytes cannot be had gets its status and text here. */
+static void read_image(compute *c, int i, const Facemill__Job *job)
+{
+    batch_job *j = &c->job[i];
+    Facemill__Result *r = &c->out[i];
+    fm_error e = {0};
+    double t0 = now_ms_f();
+    j->status = FM_OK;
+    j->data = NULL;
+    j->len = 0;
+    if (job->source_case == FACEMILL__JOB__SOURCE_DATA) {
+        j->data = job->data.data;
+        j->len = job->data.len;
+    } else if (job->source_case == FACEMILL__JOB__SOURCE_PATH) {
+        j->status = read_file(c, i, job->path, &j->len, &e);
+        j->data = c->files[i];
+    } else {
+        j->status = fm_error_set(&e, FM_ERR_INVALID, "job without data or path");
+    }
+    double read_ms = now_ms_f() - t0;
+    if (j->status != FM_OK) {
+        snprintf(c->errtext[i], FM_ERROR_MSG_MAX, "%s", fm_error_text(&e));
+        return;
+    }
+    fm_sha256_digest(j->data, j->len, c->sha[i]);
+    r->has_sha256 = 1;
+    r->sha256.data = c->sha[i];
+    r->sha256.len = FM_SHA256_BYTES;
+    r->times->has_read_ms = 1;
+    r->times->read_ms = (float)read_ms;
+}
+
+/* Fills result i from the pipeline's answer ir for its image: the displayed size, the
+ * faces (no more than the job's options.max_faces) and the stage times; or the
+ * image's own error (unreadable, not a JPEG, corrupt, too large). */
+static void put_image(compute *c, int i, const Facemill__Job *job, const fm_image_result *ir)
+{
+    Facemill__Result *r = &c->out[i];
+    if (ir->error.code != FM_OK) {
+        c->job[i].status = ir->error.code;
+        snprintf(c->errtext[i], FM_ERROR_MSG_MAX, "%s", fm_error_text(&ir->error));
+        return;
+    }
+    r->has_width = r->has_height = 1;
+    r->width = (uint32_t)ir->width;
+    r->height = (uint32_t)ir->height;
+    int nf = ir->n_faces;
+    if (job->options && job->options->has_max_faces && (int)job->options->max_faces < nf)
+        nf = (int)job->options->max_faces;
+    if (nf > c->max_faces) /* the face slots a job has (the pipeline reports no more) */
+        nf = c->max_faces;
+    size_t first = (size_t)i * (size_t)c->max_faces;
+    r->faces = &c->pfp[first];
+    r->n_faces = (size_t)nf;
+    for (int f = 0; f < nf; f++)
+        put_face(c, first + (size_t)f, &ir->faces[f]);
+    Facemill__StageTimes *t = r->times;
+    t->has_decode_ms = t->has_detect_ms = t->has_align_ms = 1;
+    t->decode_ms = (float)ir->times.decode_ms;
+    t->detect_ms = (float)ir->times.detect_ms;
+    t->align_ms = (float)ir->times.align_ms;
+    t->has_embed_ms = t->has_heads_ms = 1;
+    t->embed_ms = (float)ir->times.embed_ms;
+    t->heads_ms = (float)ir->times.heads_ms;
+}
+
+/* Runs the images of the n jobs that were read through the pipeline in one call and
+ * fills their results. Returns FM_OK, or the pipeline's error (a backbone or heads
+ * failure: no result of the batch is valid then). */
+static fm_status label_images(compute *c, Facemill__Job **jobs, int n, fm_error *err)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (c->job[i].status == FM_OK)
+            c->in[m++] = (fm_pipeline_input){.data = c->job[i].data, .size = c->job[i].len};
+    if (m == 0)
+        return FM_OK;
+    fm_status st = fm_pipeline_run(c->pipeline, c->in, m, c->res, err);
+    if (st != FM_OK)
+        return st;
+    for (int i = 0, k = 0; i < n; i++)
+        if (c->job[i].status == FM_OK)
+            put_image(c, i, jobs[i], &c->res[k++]);
+    return FM_OK;
+}
+
+/* Decode-only: decodes the image of job i (when it was read) for its size and time. */
+static void decode_image(compute *c, int i)
+{
+    batch_job *j = &c->job[i];
+    if (j->status != FM_OK)
+        return;
+    Facemill__Result *r = &c->out[i];
+    fm_image img;
+    fm_error e = {0};
+    double t0 = now_ms_f();
+    fm_status st = fm_decode(c->decoder, j->data, j->len, &img, &e);
+    r->times->has_decode_ms = 1;
+    r->times->decode_ms = (float)(now_ms_f() - t0);
+    if (st != FM_OK) {
+        j->status = st;
+        snprintf(c->errtext[i], FM_ERROR_MSG_MAX, "%s", fm_error_text(&e));
+        return;
+    }
+    r->has_width = r->has_height = 1;
+    r->width = (uint32_t)img.orig_w;
+    r->height = (uint32_t)img.orig_h;
+}
+
+/* Ends result i: the error of a job that failed, and the total of the stage times. */
+static void finish_result(compute *c, int i)
+{
+    Facemill__Result *r = &c->out[i];
+    Facemill__StageTimes *t = r->times;
+    if (c->job[i].status != FM_OK) {
+        r->has_error_code = 1;
+        r->error_code = error_code_of(c->job[i].status);
+        r->error_text = c->errtext[i];
+    }
+    t->has_total_ms = 1;
+    t->total_ms = t->read_ms + t->decode_ms + t->detect_ms + t->align_ms + t->embed_ms +
+                  t->heads_ms;
+}
+
+/* Turns n jobs (1 <= n <= cap) into results c->out[0..n). Returns FM_OK (each result
+ * carries its own error), or an error that is nobody's image's fault (the batch is
+ * then retried elsewhere). Allocates nothing once buffers have grown to the largest
+ * file. */
+static fm_status run_batch(compute *c, Facemill__Job **jobs, int n, fm_error *err)
+{
+    for (int i = 0; i < n; i++) {
+        start_result(c, i, jobs[i]);
+        read_image(c, i, jobs[i]);
+    }
+    if (c->decode_only) {
+        for (int i = 0; i < n; i++)
+            decode_image(c, i);
+    } else {
+        fm_status st = label_images(c, jobs, n, err);
+        if (st != FM_OK)
+            return st;
+    }
+    for (int i = 0; i < n; i++)
+        finish_result(c, i);
+    return FM_OK;
+}
+
+/* ---- the process --------------------------------------------------------------- */
+
+typedef struct wproc {
+    char name[192];
+    int credit;
+    compute comp;
+    broker_link link;
+    held_jobs held;       /* jobs held (their envelopes), up to credit */
+    Facemill__Job **jobs; /* the held jobs' messages, for run_batch */
+} wproc;
+
+/* Runs the held jobs, pushes their results, reports them. */
+static void process_held(wproc *w)
+{
+    int n = w->held.n;
+    for (int i = 0; i < n; i++)
+        w->jobs[i] = w->held.env[i]->job;
+    fm_error e = {0};
+    int64_t t0 = fm_wire_now_ms();
+    fm_status st = run_batch(&w->comp, w->jobs, n, &e);
+    fm_log_debug("batch of %d: %lld ms", n, (long long)(fm_wire_now_ms() - t0));
+    for (int i = 0; i < n; i++) {
+        if (st != FM_OK)
+            broker_link_fail(&w->link, w->jobs[i]->id, fm_error_text(&e));
+        else
+            broker_link_deliver(&w->link, w->jobs[i]->id, &w->comp.out[i]);
+    }
+    if (st != FM_OK)
+        fm_log_error("batch of %d failed: %s", n, fm_error_text(&e));
+    held_jobs_clear(&w->held);
+}
+
+/* Takes, runs and reports batches until *stop is set or the link fails, then hands
+ * back what is held and has the link say goodbye. Returns 0 after *stop, 1 after a
+ * failure. */
+static int serve(wproc *w, proc_slot *slot, volatile sig_atomic_t *stop)
+{
+    int rc = 0, link_stopped = 0;
+    while (!*stop) {
+        fm_log_reopen_if_requested(); /* SIGHUP, passed on by the parent */
+        int got = broker_link_wait(&w->link, 500);
+        if (got < 0) {
+            rc = 1;
+            break;
+        }
+        if (got > 0 && broker_link_take(&w->link, &w->held)) {
+            fm_log_error("the broker link stopped");
+            link_stopped = 1;
+            rc = 1;
+            break;
+        }
+        if (w->held.n > 0 && !*stop) {
+            int batch = w->held.n;
+            process_held(w);
+            atomic_fetch_add(&slot->done, (uint_least64_t)batch);
+        }
+    }
+    /* Stopping: whatever is held and not started goes back. */
+    int back = broker_link_stop(&w->link, &w->held, link_stopped);
+    fm_log_info("worker %s stopped, %d jobs handed back", w->name, back);
+    return rc;
+}
+
+int pipeline_process_run(const fm_config *cfg, int index, int decode_only, proc_slot *slot,
+                         volatile sig_atomic_t *stop)
+{
+    wproc w;
+    memset(&w, 0, sizeof w);
+    w.credit = (int)cfg->worker.credit;
+    fm_error err = {0};
+    int rc = 1;
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    snprintf(w.name, sizeof w.name, "%.120s:%d/%d",
+             cfg->worker.name[0] ? cfg->worker.name : host, (int)getpid(), index);
+    char role[32];
+    snprintf(role, sizeof role, "worker%d", index);
+    fm_log_init(role, -1);
+    w.held.env = calloc((size_t)w.credit, sizeof *w.held.env);
+    w.held.max = w.credit;
+    w.jobs = calloc((size_t)w.credit, sizeof *w.jobs);
+    if (!w.held.env || !w.jobs) {
+        fm_log_error("out of memory");
+        free(w.held.env);
+        free(w.jobs);
+        return 1;
+    }
+    if (compute_open(&w.comp, cfg, w.credit, decode_only, &err) != FM_OK) {
+        fm_log_error("%s", fm_error_text(&err));
+        free(w.held.env);
+        free(w.jobs);
+        return 1;
+    }
+    w.comp.worker = w.name;
+    if (broker_link_open(&w.link, cfg, w.name, w.comp.model, w.credit) != 0)
+        goto done;
+    fm_log_info("worker %s: credit %d, model %s", w.name, w.credit, w.comp.model);
+    atomic_store(&slot->ready, 1);
+    rc = serve(&w, slot, stop);
+done:
+    broker_link_close(&w.link);
+    compute_close(&w.comp);
+    free(w.held.env);
+    free(w.jobs);
+    return rc;
+}
