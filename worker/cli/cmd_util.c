@@ -2,12 +2,9 @@
  * (see cmd_util.h). */
 #include "cmd_util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,88 +70,6 @@ double fm_cmd_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int is_jpeg_name(const char *s)
-{
-    size_t n = strlen(s);
-    return (n > 4 && strcasecmp(s + n - 4, ".jpg") == 0) ||
-           (n > 5 && strcasecmp(s + n - 5, ".jpeg") == 0);
-}
-
-void fm_utk_list_free(fm_utk_list *l)
-{
-    if (!l)
-        return;
-    for (int i = 0; i < l->n; i++)
-        free(l->paths[i]);
-    free(l->paths);
-    free(l->labels);
-    memset(l, 0, sizeof *l);
-}
-
-fm_status fm_utk_list_dir(const char *dir, fm_utk_list *out, fm_error *err)
-{
-    memset(out, 0, sizeof *out);
-    DIR *d = opendir(dir);
-    if (!d)
-        return fm_error_set(err, FM_ERR_IO, "%s: %s", dir, strerror(errno));
-    size_t cap = 0, n = 0;
-    char **names = NULL;
-    fm_status st = FM_OK;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.' || !is_jpeg_name(de->d_name))
-            continue;
-        fm_utk_label lb;
-        if (fm_utk_parse_name(de->d_name, &lb) != 0) {
-            out->skipped++;
-            continue;
-        }
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : 1024;
-            char **nn = realloc(names, nc * sizeof *nn);
-            if (!nn)
-                goto nomem;
-            names = nn;
-            cap = nc;
-        }
-        if (!(names[n] = strdup(de->d_name)))
-            goto nomem;
-        n++;
-    }
-    closedir(d);
-    d = NULL;
-    if (n > 0)
-        qsort(names, n, sizeof *names, cmp_str);
-    out->paths = calloc(n ? n : 1, sizeof *out->paths);
-    out->labels = calloc(n ? n : 1, sizeof *out->labels);
-    if (!out->paths || !out->labels)
-        goto nomem;
-    for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(dir) + strlen(names[i]) + 2;
-        if (!(out->paths[i] = malloc(len)))
-            goto nomem;
-        snprintf(out->paths[i], len, "%s/%s", dir, names[i]);
-        fm_utk_parse_name(names[i], &out->labels[i]);
-        out->n = (int)i + 1;
-    }
-    goto done;
-nomem:
-    st = fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory listing the folder", dir);
-    fm_utk_list_free(out);
-done:
-    if (d)
-        closedir(d);
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    return st;
 }
 
 /* The heads' classes are the protocol's, in its order (heads.h, result_json.h). */

@@ -1,6 +1,7 @@
 /* cmd_util.h - small helpers the labelling subcommands (detect, predict, train, eval)
- * share: option matching, listing a folder of labelled images, printing a result in
- * the result schema, a monotonic clock. Program code, not part of libfacemill. */
+ * share: option matching, printing a result in the result schema, a monotonic clock
+ * (their folders of labelled images: trainset.h). Program code, not part of
+ * libfacemill. */
 #ifndef FACEMILL_CMD_UTIL_H
 #define FACEMILL_CMD_UTIL_H
 
@@ -8,6 +9,7 @@
 #include "facemill/json.h"
 #include "facemill/pipeline.h"
 #include "facemill/result_json.h"
+#include "facemill/trainset.h"
 
 /* Matches "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past the value.
  * Returns 1 on a match (value in *val), 0 when argv[*i] is another argument, -1 when
@@ -25,20 +27,6 @@ int fm_cmd_fork_parts(int jobs, int (*part)(void *ctx, int job, int jobs), void 
 
 /* Milliseconds of CLOCK_MONOTONIC. */
 double fm_cmd_now_ms(void);
-
-/* A folder of UTKFace-named images: paths (DIR/NAME, sorted by name) and labels. */
-typedef struct fm_utk_list {
-    int n;
-    char **paths;         /* n, owned */
-    fm_utk_label *labels; /* n, owned */
-    int skipped;          /* entries whose names do not parse (not listed) */
-} fm_utk_list;
-
-/* Lists the regular files of dir whose names end in .jpg or .jpeg (any case) and
- * parse as UTKFace names; others ending so are counted in skipped. On success the
- * caller owns *out (fm_utk_list_free). FM_ERR_IO when dir cannot be read. */
-fm_status fm_utk_list_dir(const char *dir, fm_utk_list *out, fm_error *err);
-void fm_utk_list_free(fm_utk_list *l);
 
 /* The schema's face (result_json.h) of a detection and, when a is not NULL, its
  * attributes. */
