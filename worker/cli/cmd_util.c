@@ -1,80 +1,8 @@
-/* cmd_util.c - helpers shared by `facemill detect`, `predict`, `train` and `eval`
- * (see cmd_util.h). */
+/* cmd_util.c - helpers shared by `facemill detect` and `facemill predict` (see
+ * cmd_util.h). */
 #include "cmd_util.h"
 
-#include <errno.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-int fm_cmd_take_opt(int argc, char **argv, int *i, const char *name, const char **val)
-{
-    size_t n = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, n) != 0)
-        return 0;
-    if (a[n] == '=') {
-        *val = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0')
-        return 0;
-    if (*i + 1 >= argc)
-        return -1;
-    *val = argv[++*i];
-    return 1;
-}
-
-int fm_cmd_parse_num(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end || errno || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
-}
-
-int fm_cmd_fork_parts(int jobs, int (*part)(void *ctx, int job, int jobs), void *ctx)
-{
-    if (jobs <= 1)
-        return part(ctx, 0, 1) ? -1 : 0;
-    pid_t pids[64];
-    int started = 0, failed = 0;
-    fflush(NULL); /* buffered output must not be written twice by the children */
-    for (int j = 0; j < jobs && j < 64; j++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            failed = 1;
-            break;
-        }
-        if (pid == 0)
-            _exit(part(ctx, j, jobs));
-        pids[started++] = pid;
-    }
-    for (int j = 0; j < started; j++) {
-        int status = 0;
-        while (waitpid(pids[j], &status, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-            failed = 1;
-    }
-    return failed || started < jobs ? -1 : 0;
-}
-
-double fm_cmd_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-/* The heads' classes are the protocol's, in its order (heads.h, result_json.h). */
-_Static_assert(FM_HEADS_GENDERS == FM_RESULT_GENDERS && FM_HEADS_RACES == FM_RESULT_RACES,
-               "the heads' classes are the result schema's");
 
 void fm_cmd_result_face(fm_result_face *out, const fm_face *det, const fm_attrs *a)
 {
