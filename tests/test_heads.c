@@ -13,6 +13,7 @@
 #include "facemill/heads.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
+#include "facemill/result_json.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -178,7 +179,7 @@ static void test_errors(const char *path)
     /* layers that do not chain: write a file and replace one tensor's shape by
      * writing the fixture with a different dim for the heads */
     w = fm_model_writer_new();
-    const char *const *g = fm_heads_gender_names, *const *r = fm_heads_race_names;
+    const char *const *g = fm_result_gender_names, *const *r = fm_result_race_names;
     fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
     fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
     fm_model_writer_add_str(w, "heads.feature", "pooled", NULL);
@@ -451,9 +452,9 @@ static void test_net_written(const char *dir)
              fm_model_writer_add_str(w, "heads.backbone", "b", &err) == FM_OK &&
              fm_model_writer_add_str(w, "heads.feature", "pooled", &err) == FM_OK &&
              fm_model_writer_add_i64(w, "heads.flip", 0, &err) == FM_OK &&
-             fm_model_writer_add_str_array(w, "labels.gender", fm_heads_gender_names,
+             fm_model_writer_add_str_array(w, "labels.gender", fm_result_gender_names,
                                            FM_HEADS_GENDERS, &err) == FM_OK &&
-             fm_model_writer_add_str_array(w, "labels.race", fm_heads_race_names,
+             fm_model_writer_add_str_array(w, "labels.race", fm_result_race_names,
                                            FM_HEADS_RACES, &err) == FM_OK &&
              fm_heads_write(w, &r.net, r.mean, r.std, 41.5, &err) == FM_OK &&
              fm_model_writer_save(w, path, &err) == FM_OK;
@@ -482,7 +483,7 @@ static void test_net_written(const char *dir)
         CHECK_MSG(same == N, "%d of %d faces answered alike", same, N);
         CHECK(fm_heads_layers(h) == 2 && fm_heads_hidden(h) == 6);
         CHECK(fabs(fm_heads_fallback_age(h) - 41.5) < 1e-12);
-        CHECK(strcmp(fm_heads_race_label(h, 3), fm_heads_race_names[3]) == 0);
+        CHECK(strcmp(fm_heads_race_label(h, 3), fm_result_race_names[3]) == 0);
     }
     fm_arena_destroy(&a);
     fm_heads_close(&h);

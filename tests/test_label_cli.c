@@ -265,9 +265,9 @@ int main(void)
      * the option; the same command with other values is another run, not a resume of
      * the first */
     snprintf(cmd, sizeof cmd, "%s --gender-weight 0 2>&1", ft);
-    expect_run(cmd, 2, "--gender-weight: bad value");
+    expect_run(cmd, 2, "--gender-weight '0': expected a number from 0.01 to 100");
     snprintf(cmd, sizeof cmd, "%s --label-smoothing 0.6 2>&1", ft);
-    expect_run(cmd, 2, "--label-smoothing: bad value");
+    expect_run(cmd, 2, "--label-smoothing '0.6': expected a number from 0 to 0.5");
     snprintf(cmd, sizeof cmd,
              "%s --gender-weight 2 --ethnicity-weight 1.5 --label-smoothing 0.1 2>&1", ft);
     out = run(cmd, &status);
@@ -333,7 +333,7 @@ int main(void)
     /* --align-zoom: out of range is a usage error; in range, the trained file carries
      * the scaled template the pipeline then aligns with */
     snprintf(cmd, sizeof cmd, "%s --align-zoom 2 2>&1", ft);
-    expect_run(cmd, 2, "--align-zoom: bad value");
+    expect_run(cmd, 2, "--align-zoom '2': expected a number from 0.5 to 1.5");
     snprintf(cmd, sizeof cmd, "%s --align-zoom 0.9 2>&1", ft);
     expect_run(cmd, 0, "wrote");
     double got[10] = {0}, base_t[10] = {0};

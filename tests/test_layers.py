@@ -45,7 +45,7 @@ HEADERS = {
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
     "heads": "vision", "dlib_resnet": "vision",
     "pipeline": "pipeline", "eval": "pipeline", "modelpath": "pipeline",
-    "train": "train", "finetune": "train",
+    "train": "train", "finetune": "train", "trainset": "train",
     "wire": "wire", "broker": "queue", "sink": "sink", "client": "client",
 }
 # folder -> layer

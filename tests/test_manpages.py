@@ -12,7 +12,8 @@ Checks, each counted once in the summary line:
     COMMANDS of facemill.1, and every option (--long, -x) and every sub-command
     (`facemill model info`) that `facemill NAME --help` prints appears in that
     subsection; a help text that points to another (`facemill train --freeze
-    --help`) is read too;
+    --help`) is read too; the options every command takes, which each help lists
+    after a line "common options", appear in OPTIONS of facemill.1;
   - every option of `facemill-broker --help`, `facemill-sink --help` and
     `facemill-worker --help` appears in facemill-broker.8, facemill-sink.8 and
     facemill-worker.8;
@@ -32,7 +33,7 @@ import tempfile
 
 # page -> (name in .TH, section, sections it must have)
 PAGES = {
-    "facemill.1": ("FACEMILL", "1", ["NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS",
+    "facemill.1": ("FACEMILL", "1", ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS",
                                      "CONFIGURATION", "MODEL SEARCH PATH", "ENVIRONMENT",
                                      "FILES", "EXIT STATUS", "EXAMPLES", "SEE ALSO"]),
     "facemill-broker.8": ("FACEMILL-BROKER", "8", ["NAME", "SYNOPSIS", "DESCRIPTION",
@@ -57,6 +58,8 @@ OPTION_RE = re.compile(r"(?<![\w\-/.:])(--[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*
 KEY_RE = re.compile(r"^([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+) \(")
 # A help text pointing to another: `facemill train --freeze --help`.
 SEE_HELP_RE = re.compile(r"`facemill ((?:[\w-]+ )+)--help`")
+# Where a help text's list of the options every command takes starts.
+COMMON_RE = re.compile(r"^common options\b", re.M)
 ALTERNATING = {"BR", "RB", "BI", "IB", "IR", "RI"}
 SILENT = {"RS", "RE", "in", "sp", "ne", "ti", "ll", "ad", "na", "nh", "hy", "ft", "ps",
           "vs", "br", "fi", "nf", "EX", "EE", "PD", "TH", "ds", "nr", "so", "ig"}
@@ -244,6 +247,23 @@ def options_of(help_text):
     return opts
 
 
+def split_common(help_text):
+    """(the command's own part, the part from "common options" on) of a help text."""
+    m = COMMON_RE.search(help_text)
+    if not m:
+        return help_text, ""
+    return help_text[:m.start()], help_text[m.start():]
+
+
+def check_common(common, options_text, what):
+    """Every option of the common part of a help text is in the OPTIONS section."""
+    for opt in options_of(common):
+        if has_token(options_text, opt):
+            ok()
+        else:
+            fail("facemill.1 [OPTIONS]: option %s (from `%s`) missing" % (opt, what))
+
+
 def lint(man_dir):
     groff = shutil.which("groff")
     mandoc = shutil.which("mandoc")
@@ -300,7 +320,8 @@ def check_facemill(bin_dir, man_dir, cwd):
         return
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    _, ss = sections(source)
+    sh, ss = sections(source)
+    options_text = sh.get("OPTIONS", "")
     # subsections of COMMANDS by command name ("facemill model" -> "model")
     commands_ss = {}
     for title, text in ss.get("COMMANDS", {}).items():
@@ -330,6 +351,8 @@ def check_facemill(bin_dir, man_dir, cwd):
         fail("`facemill --help` lists no commands (expected a 'commands:' list)")
         return
     ok()
+    top, top_common = split_common(top)
+    check_common(top_common, options_text, "facemill --help")
     for opt in options_of(top):
         if has_token(whole, opt):
             ok()
@@ -351,6 +374,8 @@ def check_facemill(bin_dir, man_dir, cwd):
             out = run_help(argv, cwd)
             if out is None:
                 continue
+            out, common = split_common(out)
+            check_common(common, options_text, what)
             for m in SEE_HELP_RE.finditer(out):
                 words = m.group(1).split()
                 if words[0] != cmd:

@@ -7,6 +7,7 @@
 #include "fm_test.h"
 
 #include "facemill/heads.h"
+#include "facemill/result_json.h"
 #include "facemill/train.h"
 
 #include <math.h>
@@ -75,8 +76,8 @@ static void test_learns(const char *dir)
         fm_model_writer_add_str(w, "heads.backbone", "synthetic", NULL);
         fm_model_writer_add_str(w, "heads.feature", "embedding", NULL);
         fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
-        fm_model_writer_add_str_array(w, "labels.gender", fm_heads_gender_names, 2, NULL);
-        fm_model_writer_add_str_array(w, "labels.race", fm_heads_race_names, 5, NULL);
+        fm_model_writer_add_str_array(w, "labels.gender", fm_result_gender_names, 2, NULL);
+        fm_model_writer_add_str_array(w, "labels.race", fm_result_race_names, 5, NULL);
         fm_status st = fm_train_heads(&ts, &vs, &o, w, &best, &err);
         CHECK_MSG(st == FM_OK, "%s", err.msg);
         CHECK(fm_model_writer_save(w, run ? path2 : path, &err) == FM_OK);

@@ -136,6 +136,15 @@ fm_status fm_config_load_buffer(fm_config *c, const char *name, const char *data
  * names the key; on error *c is unchanged. */
 fm_status fm_config_set(fm_config *c, const char *assignment, fm_error *err);
 
+/* Applies what a command line asks for on top of *c: the YAML file at path (NULL:
+ * the file named by the environment variable FACEMILL_CONFIG, if set), then each of
+ * sets[0..n_sets) ("key=value", as fm_config_set takes it) in order. Returns FM_OK,
+ * or the first error of the file (prefixed FACEMILL_CONFIG when it came from there)
+ * or of a --set (prefixed "--set"); on error *c is unchanged. sets stay the
+ * caller's. */
+fm_status fm_config_apply(fm_config *c, const char *path, const char *const *sets,
+                          int n_sets, fm_error *err);
+
 /* Reads the configuration options out of a command line, on top of *c (call
  * fm_config_defaults first):
  *   --config FILE, --config=FILE   at most once; else the file named by the

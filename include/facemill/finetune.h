@@ -5,7 +5,11 @@
  * Why it exists: heads trained on frozen features stop short of what the task allows
  * (the backbone was trained to tell people apart, not to see age, gender and
  * ethnicity); the backbone has to learn the task. `facemill train` without --freeze
- * (worker/cli/cmd_train.c) finds the faces, then calls this.
+ * (worker/cli/cmd_finetune.c) takes the steps at the end of this header in order:
+ * fm_trainset_open (trainset.h), fm_ft_faces_find (the landmarks of every image, or
+ * a cache of them), fm_ft_data_load (the photos with a face, decoded), then
+ * fm_finetune_new, fm_finetune_run and fm_finetune_calibrate, and fm_finetune_save
+ * (the backbone and heads files with their lineage).
  *
  * The network: the backbone of the base model (architecture dlib_resnet) up to its
  * globally pooled 256-d features, then one shared dense layer with LeakyReLU (and
@@ -44,9 +48,11 @@
 #ifndef FACEMILL_FINETUNE_H
 #define FACEMILL_FINETUNE_H
 
+#include "facemill/config.h"
 #include "facemill/eval.h"
 #include "facemill/model.h"
 #include "facemill/status.h"
+#include "facemill/trainset.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -234,6 +240,60 @@ fm_status fm_finetune_pooled(fm_finetune *ft, const float *x, int n, float *out,
                              fm_error *err);
 /* The input size the backbone takes. */
 void fm_finetune_input_size(const fm_finetune *ft, int *h, int *w);
+
+/* ---- the steps of `facemill train` ----------------------------------------------- */
+
+/* The five landmarks of the highest-scoring face of every image of a training set. */
+typedef struct fm_ft_faces {
+    fm_image_rows rows; /* width 10: x0,y0,...,x4,y4 in the original image's pixels */
+    char key[4096];     /* how they were found: detector and decoder settings */
+} fm_ft_faces;
+
+/* Fills *f for the images of s: the production detector of c (one thread each) in
+ * jobs processes, or the cache file when it holds these images found the same way;
+ * writes the cache otherwise (cache may be NULL: none). Logs progress. *f belongs to
+ * the caller (fm_ft_faces_free), on error too. Returns FM_OK, FM_ERR_NOMEM,
+ * FM_ERR_INTERNAL when a detection process failed, or the cache writer's errors. */
+fm_status fm_ft_faces_find(fm_ft_faces *f, const fm_config *c, const fm_trainset *s,
+                           const char *cache, int jobs, fm_error *err);
+void fm_ft_faces_free(fm_ft_faces *f);
+
+/* The photos of a training set with a face, decoded at full size, split as the set
+ * holds them out. */
+typedef struct fm_ft_data {
+    fm_ft_set train, val; /* views into images */
+    fm_ft_image *images;  /* train.n + val.n, training faces first; pixels owned */
+    int no_face;          /* images without a face (or unreadable) */
+    char id[128];         /* names the data for checkpoints: the face counts and a hash
+                             of the names, the split and the detector's settings */
+} fm_ft_data;
+
+/* Decodes (decode.* of c) every image of s that f found a face in, landmarks moved
+ * into the decoded pixels' coordinates; an image that does not decode now is logged
+ * and left out. *d belongs to the caller (fm_ft_data_free), on error too. Returns
+ * FM_OK, FM_ERR_NOMEM or the decoder's errors. */
+fm_status fm_ft_data_load(fm_ft_data *d, const fm_config *c, const fm_trainset *s,
+                          const fm_ft_faces *f, fm_error *err);
+void fm_ft_data_free(fm_ft_data *d);
+
+/* What a fine-tuned backbone and its heads record besides their weights. */
+typedef struct fm_ft_lineage {
+    const fm_model *base;    /* the base backbone (its metadata is carried over) */
+    const char *base_path;   /* its file (general.base, general.base_sha256) */
+    const fm_ft_opts *opts;  /* train.from, train.seed */
+    const fm_trainset *data; /* train.data */
+    const char *command;     /* train.command: the command line */
+    const char *commit;      /* train.commit: the source tree's `git describe` */
+} fm_ft_lineage;
+
+/* Writes the kept weights of ft, atomically: the backbone to backbone_path (the
+ * base's metadata, a new identity and the lineage) and the heads to heads_path (read
+ * with that backbone), each with the kept epoch's figures from best and the lineage.
+ * d gives the face counts. Returns the writer's errors or those of reading the base
+ * and the written backbone. */
+fm_status fm_finetune_save(const fm_finetune *ft, const fm_ft_progress *best,
+                           const fm_ft_data *d, const fm_ft_lineage *lin,
+                           const char *backbone_path, const char *heads_path, fm_error *err);
 
 #ifdef __cplusplus
 }

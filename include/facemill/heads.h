@@ -36,6 +36,7 @@
 #include "facemill/backbone.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
+#include "facemill/result_json.h"
 #include "facemill/status.h"
 
 #ifdef __cplusplus
@@ -47,6 +48,10 @@ extern "C" {
 #define FM_HEADS_RACES 5    /* White, Black, Asian, Indian, Others (UTKFace order) */
 #define FM_HEADS_OUTPUTS (FM_HEADS_AGES + FM_HEADS_GENDERS + FM_HEADS_RACES)
 #define FM_HEADS_MAX_LAYERS 8 /* shared layers a file may have */
+/* The heads' classes are the result schema's, in its order: their names are
+ * fm_result_gender_names and fm_result_race_names (result_json.h). */
+_Static_assert(FM_HEADS_GENDERS == FM_RESULT_GENDERS && FM_HEADS_RACES == FM_RESULT_RACES,
+               "the heads' classes are the result schema's");
 
 /* The attributes of one face. */
 typedef struct fm_attrs {
@@ -111,11 +116,6 @@ fm_status fm_heads_backbone_identity(const char *backbone_path, char *buf, size_
 /* "pooled" / "embedding" <-> fm_backbone_output; parse returns -1 for other names. */
 const char *fm_backbone_output_name(fm_backbone_output o);
 int fm_backbone_output_parse(const char *name);
-
-/* UTKFace's class names in label order: what a heads file's labels.gender and
- * labels.race hold for facemill's trainers. */
-extern const char *const fm_heads_gender_names[FM_HEADS_GENDERS];
-extern const char *const fm_heads_race_names[FM_HEADS_RACES];
 
 /* ---- the network, for inference and training ----------------------------------- */
 
@@ -185,8 +185,8 @@ fm_status fm_heads_net_backward(fm_arena *a, const fm_heads_net *net,
  * (dim values each, those net's standardisation was derived from), shared.K.weight
  * and .bias, age/gender/race.weight and .bias (net's data), and the metadata
  * heads.leaky_alpha (net->alpha) and heads.fallback_age. The caller adds general.*,
- * heads.backbone, heads.feature, heads.flip and labels.* (fm_heads_gender_names,
- * fm_heads_race_names). The writer's errors. */
+ * heads.backbone, heads.feature, heads.flip and labels.* (fm_result_gender_names,
+ * fm_result_race_names). The writer's errors. */
 fm_status fm_heads_write(fm_model_writer *w, const fm_heads_net *net, const float *mean,
                          const float *std, double fallback_age, fm_error *err);
 

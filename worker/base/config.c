@@ -830,26 +830,9 @@ static int config_option(int argc, char **argv, int i, const char **value, int *
     return 0;
 }
 
-fm_status fm_config_from_args(fm_config *c, int *argc, char **argv, fm_error *err)
+fm_status fm_config_apply(fm_config *c, const char *path, const char *const *sets,
+                          int n_sets, fm_error *err)
 {
-    const char *path = NULL, *value;
-    int used;
-    /* Pass 1: syntax, and the file. */
-    for (int i = 1; i < *argc && strcmp(argv[i], "--") != 0; i++) {
-        int kind = config_option(*argc, argv, i, &value, &used);
-        if (kind < 0)
-            return fm_error_set(err, FM_ERR_CONFIG, "%s needs a%s argument", argv[i],
-                                strncmp(argv[i], "--config", 8) == 0 ? " FILE"
-                                                                      : " KEY=VALUE");
-        if (kind == 'c') {
-            if (path)
-                return fm_error_set(err, FM_ERR_CONFIG, "--config given more than once");
-            path = value;
-        }
-        if (kind)
-            i += used - 1;
-    }
-
     fm_config *work = malloc(sizeof *work);
     if (!work)
         return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
@@ -862,22 +845,49 @@ fm_status fm_config_from_args(fm_config *c, int *argc, char **argv, fm_error *er
         if (env && *env && (st = fm_config_load_file(work, env, err)) != FM_OK)
             fm_error_prefix(err, "%s", FM_CONFIG_ENV);
     }
-    /* Pass 2: the assignments, in order. */
-    for (int i = 1; st == FM_OK && i < *argc && strcmp(argv[i], "--") != 0; i++) {
-        int kind = config_option(*argc, argv, i, &value, &used);
-        if (kind == 's' && (st = fm_config_set(work, value, err)) != FM_OK)
+    for (int i = 0; st == FM_OK && i < n_sets; i++)
+        if ((st = fm_config_set(work, sets[i], err)) != FM_OK)
             fm_error_prefix(err, "--set");
+    if (st == FM_OK)
+        *c = *work;
+    free(work);
+    return st;
+}
+
+fm_status fm_config_from_args(fm_config *c, int *argc, char **argv, fm_error *err)
+{
+    const char *path = NULL, *value;
+    int used, n_sets = 0;
+    /* argv[0] is never an option: slots enough for every --set */
+    const char **sets = malloc((size_t)(*argc > 0 ? *argc : 1) * sizeof *sets);
+    if (!sets)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    /* Pass 1: syntax, the file and the assignments in order. */
+    for (int i = 1; i < *argc && strcmp(argv[i], "--") != 0; i++) {
+        int kind = config_option(*argc, argv, i, &value, &used);
+        fm_status bad = FM_OK;
+        if (kind < 0)
+            bad = fm_error_set(err, FM_ERR_CONFIG, "%s needs a%s argument", argv[i],
+                               strncmp(argv[i], "--config", 8) == 0 ? " FILE" : " KEY=VALUE");
+        else if (kind == 'c' && path)
+            bad = fm_error_set(err, FM_ERR_CONFIG, "--config given more than once");
+        if (bad != FM_OK) {
+            free(sets);
+            return bad;
+        }
+        if (kind == 'c')
+            path = value;
+        else if (kind == 's')
+            sets[n_sets++] = value;
         if (kind)
             i += used - 1;
     }
-    if (st != FM_OK) {
-        free(work);
+    fm_status st = fm_config_apply(c, path, sets, n_sets, err);
+    free(sets);
+    if (st != FM_OK)
         return st;
-    }
-    *c = *work;
-    free(work);
 
-    /* Pass 3: remove the options from argv. */
+    /* Pass 2: remove the options from argv. */
     int out = 1, i = 1;
     while (i < *argc) {
         if (strcmp(argv[i], "--") == 0)

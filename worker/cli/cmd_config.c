@@ -1,6 +1,7 @@
 /* cmd_config.c - `facemill config`: shows the configuration a process started with
  * the same options would run with (defaults, then the file, then --set), or lists
  * every setting. The quickest way to check a config file before deploying it. */
+#include "cli_opts.h"
 #include "commands.h"
 #include "facemill/config.h"
 #include "facemill/detect.h"
@@ -8,21 +9,14 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: facemill config [--config FILE] [--set KEY=VALUE]...\n"
-            "       facemill config --describe\n"
-            "\n"
-            "Prints the effective configuration as YAML: the built-in defaults, then\n"
-            "FILE (or the file named by $%s), then each --set in order. Comments\n"
-            "after it give the absolute file each model setting resolves to and the\n"
-            "model search path (see `facemill models list`).\n"
-            "--describe lists every key with its type, default, bounds and help.\n",
-            FM_CONFIG_ENV);
-}
+static const cli_cmd cmd = {
+    "config", "[options]", 0, 0,
+    "Prints the effective configuration as YAML: the built-in defaults, then\n"
+    "FILE (or the file named by $" FM_CONFIG_ENV "), then each --set in order. Comments\n"
+    "after it give the absolute file each model setting resolves to and the\n"
+    "model search path (see `facemill models list`).\n",
+    NULL, NULL};
 
 /* One comment line: the file `name` of setting `key` resolves to, or why it does not. */
 static void resolved_line(FILE *out, const fm_model_dirs *d, const char *key,
@@ -63,37 +57,23 @@ static fm_status print_resolved(const fm_config *c, FILE *out)
 
 int fm_cmd_config(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    }
+    int describe = 0;
+    const cli_opt opts[] = {
+        CLI_FLAG("--describe", 0, &describe,
+                 "list every key with its type, default, bounds and help instead"),
+        CLI_END,
+    };
     fm_config c;
-    fm_error err = {0};
-    fm_config_defaults(&c);
-    if (fm_config_from_args(&c, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill config: %s\n", fm_error_text(&err));
-        return 1;
-    }
-    bool describe = false;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--describe") == 0) {
-            describe = true;
-        } else {
-            fprintf(stderr, "facemill config: unexpected argument '%s'\n\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
+    cli_args a;
+    int code = cli_start(&cmd, opts, argc, argv, &c, &a);
+    if (code >= 0)
+        return code;
     fm_status st = describe ? fm_config_describe(stdout) : fm_config_dump(&c, stdout);
     if (st == FM_OK && !describe)
         st = print_resolved(&c, stdout);
     if (st == FM_OK && fflush(stdout) != 0)
         st = FM_ERR_IO;
-    if (st != FM_OK) {
-        fprintf(stderr, "facemill config: writing to stdout failed\n");
-        return 1;
-    }
-    return 0;
+    if (st != FM_OK)
+        return cli_fail(&cmd, "writing to stdout failed");
+    return CLI_EXIT_OK;
 }

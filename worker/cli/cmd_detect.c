@@ -7,8 +7,10 @@
  * so tests/reference/mtcnn_ref.py can run on identical input. A bad image never stops
  * the run: it gets an error record and the exit code becomes 1 at the end.
  */
+#include "cli_opts.h"
 #include "cmd_util.h"
 #include "commands.h"
+#include "facemill/clock.h"
 #include "facemill/config.h"
 #include "facemill/detect.h"
 #include "facemill/image.h"
@@ -24,37 +26,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: facemill detect [--config FILE] [--set KEY=VALUE]...\n"
-            "                       [--draw OUT.jpg | --draw-dir DIR] [--ppm-dir DIR] "
-            "IMAGE...\n"
-            "\n"
-            "Finds faces and five landmarks in each JPEG IMAGE and prints one JSON object\n"
-            "per image and line, in the result schema that `facemill predict` and\n"
-            "`facemill export` print too (proto/RESULTS.md), without attributes:\n"
-            "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
-            "   \"scale\": [num, denom],\n"
-            "   \"times_ms\": {\"decode\", \"pnet\", \"rnet\", \"onet\"},\n"
-            "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"
-            "   \"landmarks\": {\"left_eye\": {\"x\", \"y\"}, \"right_eye\", \"nose\",\n"
-            "   \"mouth_left\", \"mouth_right\"}}]}\n"
-            "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
-            "Coordinates are pixels of the original (upright) image, (0, 0) the centre of\n"
-            "the top-left pixel; width and height are its size; scale is the DCT scale the\n"
-            "image was decoded at (detect.max_side decides it). Landmarks left and right\n"
-            "as seen in the image. Settings: detect.*, decode.*, models.dir and\n"
-            "engine.threads (see `facemill config --describe`).\n"
-            "\n"
-            "  --draw OUT.jpg   write the (single) image with boxes and landmarks drawn\n"
-            "  --draw-dir DIR   write DIR/<file name> with the detections for each image\n"
-            "  --ppm-dir DIR    write the decoded RGB pixels as DIR/<file name>.ppm (binary\n"
-            "                   PPM, extension replaced); equal names overwrite each other\n"
-            "\n"
-            "Exit code: 0 when every image was processed, 1 when any failed, 2 on a usage\n"
-            "error.\n");
-}
+static const cli_cmd cmd = {
+    "detect", "[options] IMAGE...", 1, -1,
+    "Finds faces and five landmarks in each JPEG IMAGE and prints one JSON object\n"
+    "per image and line, in the result schema that `facemill predict` and\n"
+    "`facemill export` print too (proto/RESULTS.md), without attributes:\n"
+    "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
+    "   \"scale\": [num, denom],\n"
+    "   \"times_ms\": {\"decode\", \"pnet\", \"rnet\", \"onet\"},\n"
+    "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"
+    "   \"landmarks\": {\"left_eye\": {\"x\", \"y\"}, \"right_eye\", \"nose\",\n"
+    "   \"mouth_left\", \"mouth_right\"}}]}\n"
+    "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
+    "Coordinates are pixels of the original (upright) image, (0, 0) the centre of\n"
+    "the top-left pixel; width and height are its size; scale is the DCT scale the\n"
+    "image was decoded at (detect.max_side decides it). Landmarks left and right\n"
+    "as seen in the image. Settings: detect.*, decode.*, models.dir and\n"
+    "engine.threads (see `facemill config --describe`).\n",
+    "exit status: 0 every image processed, 1 any failed, 2 usage error", NULL};
 
 static const char *base_name(const char *path)
 {
@@ -149,150 +138,120 @@ static void print_result(fm_json *j, const char *path, const fm_image *img,
     fm_json_newline(j);
 }
 
+/* What one run of the command holds. */
+typedef struct detect_run {
+    fm_detect_opts opts;
+    fm_detector *det;
+    fm_decoder *dec;
+    fm_face *faces; /* opts.max_faces */
+    const char *draw, *draw_dir, *ppm_dir;
+} detect_run;
+
+static fm_status run_open(detect_run *r, fm_config *c, fm_error *err)
+{
+    fm_status st;
+    fm_detect_opts_from_config(&r->opts, c);
+    if ((st = fm_nn_set_threads((int)c->engine.threads, err)) != FM_OK ||
+        (st = fm_config_resolve_models(c, FM_RESOLVE_DETECTOR, err)) != FM_OK ||
+        (st = fm_detector_open(&r->det, c->models.dir, &r->opts, err)) != FM_OK)
+        return st;
+    fm_decode_opts decopts = {(uint64_t)c->decode.max_pixels, (size_t)c->decode.max_bytes,
+                              r->opts.max_side};
+    if (!(r->faces = calloc((size_t)r->opts.max_faces, sizeof *r->faces)))
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    if ((st = fm_decoder_new(&r->dec, &decopts, err)) != FM_OK)
+        return st;
+    fm_log_debug("detector arena: %zu bytes", fm_detector_arena_bytes(r->det));
+    return FM_OK;
+}
+
+static void run_close(detect_run *r)
+{
+    fm_decoder_destroy(&r->dec);
+    fm_detector_close(&r->det);
+    free(r->faces);
+}
+
+/* Detects, prints and draws one image. Returns 0, or 1 when it failed. */
+static int detect_one(detect_run *r, fm_json *j, const char *path)
+{
+    fm_image img;
+    fm_error e = {0};
+    int n = 0;
+    fm_detect_times t;
+    char out[4096];
+    double t0 = fm_now_ms();
+    fm_status st = fm_decode_file(r->dec, path, &img, &e);
+    double decode_ms = fm_now_ms() - t0;
+    if (!st && r->ppm_dir) {
+        st = out_path(out, sizeof out, r->ppm_dir, path, 1, ".ppm", &e);
+        if (!st)
+            st = write_ppm(&img, out, &e);
+    }
+    if (!st)
+        st = fm_detect(r->det, &img, r->faces, r->opts.max_faces, &n, &t, &e);
+    if (st) {
+        print_error(j, path, &e);
+        return 1;
+    }
+    fm_log_debug("%s: %dx%d pixels, %d levels, %d boxes into R-Net, %d into O-Net, "
+                 "%d faces", path, img.w, img.h, t.levels, t.pnet_boxes, t.rnet_boxes,
+                 t.onet_boxes);
+    if (t.truncated)
+        fm_log_warn("%s: candidate buffer full, lowest-scoring candidates dropped", path);
+    print_result(j, path, &img, r->faces, n, decode_ms, &t);
+    if (!r->draw && !r->draw_dir)
+        return 0;
+    const char *dst = r->draw;
+    if (r->draw_dir) {
+        st = out_path(out, sizeof out, r->draw_dir, path, 0, "", &e);
+        dst = out;
+    }
+    draw_faces(&img, r->faces, n);
+    if (!st)
+        st = fm_image_write_jpeg(&img, dst, 90, &e);
+    if (st) {
+        cli_fail(&cmd, "%s", fm_error_text(&e));
+        return 1;
+    }
+    return 0;
+}
+
 int fm_cmd_detect(int argc, char **argv)
 {
-    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    }
+    detect_run r = {0};
+    const cli_opt opts[] = {
+        CLI_PATH("--draw", 0, "OUT.jpg", &r.draw,
+                 "write the (single) image with boxes and landmarks drawn"),
+        CLI_PATH("--draw-dir", 0, "DIR", &r.draw_dir,
+                 "write DIR/<file name> with the detections for each image"),
+        CLI_PATH("--ppm-dir", 0, "DIR", &r.ppm_dir,
+                 "write the decoded RGB pixels as DIR/<file name>.ppm (binary PPM, "
+                 "extension replaced); equal names overwrite each other"),
+        CLI_END,
+    };
     fm_config c;
+    cli_args a;
+    int rc = cli_start(&cmd, opts, argc, argv, &c, &a);
+    if (rc >= 0)
+        return rc;
+    if (r.draw && r.draw_dir)
+        return cli_usage_error(&cmd, "--draw and --draw-dir exclude each other");
+    if (r.draw && a.n != 1)
+        return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
     fm_error err = {0};
-    fm_config_defaults(&c);
-    if (fm_config_from_args(&c, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill detect: %s\n", fm_error_text(&err));
-        return 1;
+    if (run_open(&r, &c, &err) != FM_OK) {
+        run_close(&r);
+        return cli_fail(&cmd, "%s", fm_error_text(&err));
     }
-    fm_log_init("detect", c.log.level);
-
-    const char *draw = NULL, *draw_dir = NULL, *ppm_dir = NULL;
-    char **images = calloc((size_t)argc + 1, sizeof *images);
-    int n_images = 0, rc = 0;
-    fm_face *faces = NULL;
-    fm_decoder *dec = NULL;
-    fm_detector *det = NULL;
-    if (!images) {
-        fprintf(stderr, "facemill detect: out of memory\n");
-        return 1;
-    }
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        int m;
-        if (strcmp(argv[i], "--") == 0) {
-            while (++i < argc)
-                images[n_images++] = argv[i];
-            break;
-        }
-        if ((m = fm_cmd_take_opt(argc, argv, &i, "--draw", &v)) != 0)
-            draw = v;
-        else if ((m = fm_cmd_take_opt(argc, argv, &i, "--draw-dir", &v)) != 0)
-            draw_dir = v;
-        else if ((m = fm_cmd_take_opt(argc, argv, &i, "--ppm-dir", &v)) != 0)
-            ppm_dir = v;
-        else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-            fprintf(stderr, "facemill detect: unknown option '%s'\n\n", argv[i]);
-            usage(stderr);
-            rc = 2;
-            goto done;
-        } else {
-            images[n_images++] = argv[i];
-            continue;
-        }
-        if (m < 0) {
-            fprintf(stderr, "facemill detect: %s needs a value\n", argv[i]);
-            rc = 2;
-            goto done;
-        }
-    }
-    if (n_images == 0 || (draw && draw_dir) || (draw && n_images != 1)) {
-        fprintf(stderr, "facemill detect: %s\n\n",
-                n_images == 0 ? "no image given"
-                : draw_dir    ? "--draw and --draw-dir exclude each other"
-                              : "--draw takes exactly one image (use --draw-dir)");
-        usage(stderr);
-        rc = 2;
-        goto done;
-    }
-
-    if (fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK) {
-        fprintf(stderr, "facemill detect: %s\n", fm_error_text(&err));
-        rc = 1;
-        goto done;
-    }
-    fm_detect_opts dopts;
-    fm_detect_opts_from_config(&dopts, &c);
-    if (fm_config_resolve_models(&c, FM_RESOLVE_DETECTOR, &err) != FM_OK ||
-        fm_detector_open(&det, c.models.dir, &dopts, &err) != FM_OK) {
-        fprintf(stderr, "facemill detect: %s\n", fm_error_text(&err));
-        rc = 1;
-        goto done;
-    }
-    fm_decode_opts decopts = {0};
-    decopts.max_pixels = (uint64_t)c.decode.max_pixels;
-    decopts.max_bytes = (size_t)c.decode.max_bytes;
-    decopts.target_side = dopts.max_side;
-    faces = calloc((size_t)dopts.max_faces, sizeof *faces);
-    if (!faces || fm_decoder_new(&dec, &decopts, &err) != FM_OK) {
-        fprintf(stderr, "facemill detect: %s\n", faces ? fm_error_text(&err) : "out of memory");
-        rc = 1;
-        goto done;
-    }
-    fm_log_debug("detector arena: %zu bytes", fm_detector_arena_bytes(det));
-
+    rc = CLI_EXIT_OK;
     fm_json j;
     fm_json_init(&j, stdout);
-    for (int i = 0; i < n_images; i++) {
-        const char *path = images[i];
-        fm_image img;
-        fm_error e = {0};
-        int n = 0;
-        fm_detect_times t;
-        char out[4096];
-        double t0 = fm_cmd_now_ms();
-        fm_status st = fm_decode_file(dec, path, &img, &e);
-        double decode_ms = fm_cmd_now_ms() - t0;
-        if (!st && ppm_dir) {
-            st = out_path(out, sizeof out, ppm_dir, path, 1, ".ppm", &e);
-            if (!st)
-                st = write_ppm(&img, out, &e);
-        }
-        if (!st)
-            st = fm_detect(det, &img, faces, dopts.max_faces, &n, &t, &e);
-        if (st) {
-            print_error(&j, path, &e);
-            rc = 1;
-            continue;
-        }
-        fm_log_debug("%s: %dx%d pixels, %d levels, %d boxes into R-Net, %d into O-Net, "
-                     "%d faces", path, img.w, img.h, t.levels, t.pnet_boxes, t.rnet_boxes,
-                     t.onet_boxes);
-        if (t.truncated)
-            fm_log_warn("%s: candidate buffer full, lowest-scoring candidates dropped", path);
-        print_result(&j, path, &img, faces, n, decode_ms, &t);
-        if (draw || draw_dir) {
-            const char *dst = draw;
-            if (draw_dir) {
-                st = out_path(out, sizeof out, draw_dir, path, 0, "", &e);
-                dst = out;
-            }
-            draw_faces(&img, faces, n);
-            if (!st)
-                st = fm_image_write_jpeg(&img, dst, 90, &e);
-            if (st) {
-                fprintf(stderr, "facemill detect: %s\n", fm_error_text(&e));
-                rc = 1;
-            }
-        }
-    }
-    if (fflush(stdout) != 0) {
-        fprintf(stderr, "facemill detect: writing to stdout failed\n");
-        rc = 1;
-    }
-done:
-    fm_decoder_destroy(&dec);
-    fm_detector_close(&det);
-    free(faces);
-    free(images);
+    for (int i = 0; i < a.n; i++)
+        if (detect_one(&r, &j, a.operands[i]))
+            rc = CLI_EXIT_FAILURE;
+    if (fflush(stdout) != 0)
+        rc = cli_fail(&cmd, "writing to stdout failed");
+    run_close(&r);
     return rc;
 }

@@ -6,47 +6,37 @@
  * Images without a detected face stay in the "all images" figures as wrong (age:
  * the heads' fallback age, the training-set mean).
  */
-#include "cmd_util.h"
+#include "cli_opts.h"
 #include "commands.h"
+#include "facemill/clock.h"
 #include "facemill/config.h"
 #include "facemill/eval.h"
 #include "facemill/json.h"
 #include "facemill/log.h"
 #include "facemill/nn.h"
 #include "facemill/pipeline.h"
+#include "facemill/result_json.h"
+#include "facemill/trainset.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define BATCH 16
-#define DEFAULT_EVAL_PAD 0.25
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: facemill eval --data DIR [--json] [--config FILE] [--set KEY=VALUE]...\n"
-            "\n"
-            "Labels every UTKFace-named image (AGE_GENDER_RACE_*.jpg) in DIR with the\n"
-            "production pipeline and compares with the labels in the names: detection rate,\n"
-            "age MAE and RMSE, gender and ethnicity accuracy, confusion matrices, and a\n"
-            "table per ethnicity x gender and per age band. Each image counts once, with\n"
-            "its highest-scoring face. Images without a detected face count as wrong for\n"
-            "every attribute (age: the heads' fallback age, the training-set mean) in \"all\n"
-            "images\"; \"detected only\" leaves them out. detect.pad defaults to 0.25 here\n"
-            "(tight face crops), as in `facemill train`.\n"
-            "\n"
-            "  --data DIR   the labelled images\n"
-            "  --json       print one JSON object on one line instead of tables: n,\n"
-            "               n_detected, detect_rate, age_mae, age_rmse, gender_acc, race_acc\n"
-            "               (fractions 0..1, all images), fallback_age, detected_only {...},\n"
-            "               gender_confusion, race_confusion (rows true, columns predicted,\n"
-            "               last column no face), groups [{race, gender, ...}], age_bands\n"
-            "               [{band, ...}]\n"
-            "\n"
-            "Exit code: 0 on success (unreadable images are reported and counted as wrong),\n"
-            "1 on failure, 2 on a usage error.\n");
-}
+static const cli_cmd cmd = {
+    "eval", "--data DIR [options]", 0, 0,
+    "Labels every UTKFace-named image (AGE_GENDER_RACE_*.jpg) in DIR with the\n"
+    "production pipeline and compares with the labels in the names: detection rate,\n"
+    "age MAE and RMSE, gender and ethnicity accuracy, confusion matrices, and a\n"
+    "table per ethnicity x gender and per age band. Each image counts once, with\n"
+    "its highest-scoring face. Images without a detected face count as wrong for\n"
+    "every attribute (age: the heads' fallback age, the training-set mean) in \"all\n"
+    "images\"; \"detected only\" leaves them out. detect.pad defaults to 0.25 here\n"
+    "(tight face crops), as in `facemill train`.\n",
+    "exit status: 0 success (unreadable images are reported and counted as wrong), "
+    "1 failure, 2 usage error",
+    fm_utk_config_defaults};
 
 static void json_metrics(fm_json *j, const fm_eval_metrics *m)
 {
@@ -65,10 +55,6 @@ static void json_metrics(fm_json *j, const fm_eval_metrics *m)
     fm_json_key(j, "race_acc");
     fm_json_num(j, m->race_acc, 6);
 }
-
-static const char *const gender_names[FM_HEADS_GENDERS] = {"male", "female"};
-static const char *const race_names[FM_HEADS_RACES] = {"White", "Black", "Asian", "Indian",
-                                                       "Others"};
 
 static void print_json(const fm_eval_report *r, int skipped)
 {
@@ -108,9 +94,9 @@ static void print_json(const fm_eval_report *r, int skipped)
         for (int g = 0; g < FM_HEADS_GENDERS; g++) {
             fm_json_obj_begin(&j);
             fm_json_key(&j, "race");
-            fm_json_str(&j, race_names[a]);
+            fm_json_str(&j, fm_result_race_names[a]);
             fm_json_key(&j, "gender");
-            fm_json_str(&j, gender_names[g]);
+            fm_json_str(&j, fm_result_gender_names[g]);
             json_metrics(&j, &r->by_race_gender[a][g]);
             fm_json_obj_end(&j);
         }
@@ -156,7 +142,7 @@ static void print_text(const fm_eval_report *r, const char *dir, int skipped)
     printf("gender confusion (rows: true, columns: predicted)\n\n| | male | female | no face |\n"
            "|---|---:|---:|---:|\n");
     for (int t = 0; t < FM_HEADS_GENDERS; t++) {
-        printf("| %s |", gender_names[t]);
+        printf("| %s |", fm_result_gender_names[t]);
         for (int p = 0; p <= FM_HEADS_GENDERS; p++)
             printf(" %d |", r->gender_confusion[t][p]);
         printf("\n");
@@ -165,7 +151,7 @@ static void print_text(const fm_eval_report *r, const char *dir, int skipped)
     printf(" | White | Black | Asian | Indian | Others | no face |\n"
            "|---|---:|---:|---:|---:|---:|---:|\n");
     for (int t = 0; t < FM_HEADS_RACES; t++) {
-        printf("| %s |", race_names[t]);
+        printf("| %s |", fm_result_race_names[t]);
         for (int p = 0; p <= FM_HEADS_RACES; p++)
             printf(" %d |", r->race_confusion[t][p]);
         printf("\n");
@@ -177,7 +163,8 @@ static void print_text(const fm_eval_report *r, const char *dir, int skipped)
     char name[64];
     for (int g = 0; g < FM_HEADS_RACES; g++)
         for (int s = 0; s < FM_HEADS_GENDERS; s++) {
-            snprintf(name, sizeof name, "%s %s", race_names[g], gender_names[s]);
+            snprintf(name, sizeof name, "%s %s", fm_result_race_names[g],
+                     fm_result_gender_names[s]);
             group_row(name, &r->by_race_gender[g][s]);
         }
     for (int b = 0; b < FM_EVAL_AGE_BANDS; b++) {
@@ -186,52 +173,75 @@ static void print_text(const fm_eval_report *r, const char *dir, int skipped)
     }
 }
 
+/* Runs the pipeline over the listed images: one item per image (its highest-scoring
+ * face). */
+static fm_status label_all(fm_pipeline *p, const fm_utk_list *l, fm_eval_item *items,
+                           fm_error *err)
+{
+    fm_pipeline_input in[BATCH];
+    fm_image_result res[BATCH];
+    double t0 = fm_now_ms(), last = t0;
+    for (int i0 = 0; i0 < l->n; i0 += BATCH) {
+        int n = l->n - i0 < BATCH ? l->n - i0 : BATCH;
+        for (int i = 0; i < n; i++) {
+            memset(&in[i], 0, sizeof in[i]);
+            in[i].path = l->paths[i0 + i];
+        }
+        fm_status st = fm_pipeline_run(p, in, n, res, err);
+        if (st != FM_OK)
+            return st;
+        for (int i = 0; i < n; i++) {
+            fm_eval_item *it = &items[i0 + i];
+            it->truth = l->labels[i0 + i];
+            if (res[i].error.code != FM_OK) {
+                fm_log_warn("%s", fm_error_text(&res[i].error));
+                continue;
+            }
+            if (res[i].n_faces > 0 && res[i].faces[0].has_attrs) {
+                const fm_attrs *at = &res[i].faces[0].attrs;
+                it->detected = 1;
+                it->age = at->age;
+                it->gender = at->gender;
+                it->race = at->race;
+            }
+        }
+        double now = fm_now_ms();
+        if (now - last > 15000) {
+            double rate = (i0 + n) / ((now - t0) / 1000);
+            fm_log_info("%d/%d images, %.1f images/s, ETA %.0f s", i0 + n, l->n, rate,
+                        (l->n - i0 - n) / rate);
+            last = now;
+        }
+    }
+    return FM_OK;
+}
+
 int fm_cmd_eval(int argc, char **argv)
 {
-    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    fm_config c;
-    fm_error err = {0};
-    fm_config_defaults(&c);
-    c.detect.pad = DEFAULT_EVAL_PAD;
-    if (fm_config_from_args(&c, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill eval: %s\n", fm_error_text(&err));
-        return 1;
-    }
-    fm_log_init("eval", c.log.level);
     const char *dir = NULL;
     int json = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        int m;
-        if (strcmp(argv[i], "--json") == 0) {
-            json = 1;
-        } else if ((m = fm_cmd_take_opt(argc, argv, &i, "--data", &v)) != 0) {
-            if (m < 0) {
-                fprintf(stderr, "facemill eval: --data needs a value\n");
-                return 2;
-            }
-            dir = v;
-        } else {
-            fprintf(stderr, "facemill eval: unknown argument '%s'\n\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (!dir) {
-        fprintf(stderr, "facemill eval: --data DIR is required\n\n");
-        usage(stderr);
-        return 2;
-    }
-    if (!c.heads.model[0]) {
-        fprintf(stderr, "facemill eval: heads.model is empty: nothing to evaluate\n");
-        return 1;
-    }
+    const cli_opt opts[] = {
+        CLI_PATH("--data", 0, "DIR", &dir, "the labelled images (required)"),
+        CLI_FLAG("--json", 0, &json,
+                 "print one JSON object on one line instead of tables: n, n_detected, "
+                 "detect_rate, age_mae, age_rmse, gender_acc, race_acc (fractions 0..1, "
+                 "all images), fallback_age, detected_only {...}, gender_confusion, "
+                 "race_confusion (rows true, columns predicted, last column no face), "
+                 "groups [{race, gender, ...}], age_bands [{band, ...}]"),
+        CLI_END,
+    };
+    fm_config c;
+    cli_args a;
+    int rc = cli_start(&cmd, opts, argc, argv, &c, &a);
+    if (rc >= 0)
+        return rc;
+    if (!dir)
+        return cli_usage_error(&cmd, "--data DIR is required");
+    if (!c.heads.model[0])
+        return cli_fail(&cmd, "heads.model is empty: nothing to evaluate");
 
-    int rc = 1;
+    rc = CLI_EXIT_FAILURE;
+    fm_error err = {0};
     fm_utk_list l = {0};
     fm_pipeline *p = NULL;
     fm_eval_item *items = NULL;
@@ -239,52 +249,19 @@ int fm_cmd_eval(int argc, char **argv)
     if (fm_utk_list_dir(dir, &l, &err) != FM_OK ||
         fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
         fm_pipeline_open(&p, &c, &po, &err) != FM_OK) {
-        fprintf(stderr, "facemill eval: %s\n", fm_error_text(&err));
+        cli_fail(&cmd, "%s", fm_error_text(&err));
         goto done;
     }
     if (l.skipped)
         fm_log_warn("%s: skipped %d file(s) whose names are not AGE_GENDER_RACE_*.jpg", dir,
                     l.skipped);
-    items = calloc((size_t)(l.n ? l.n : 1), sizeof *items);
-    if (!items) {
-        fprintf(stderr, "facemill eval: out of memory\n");
+    if (!(items = calloc((size_t)(l.n ? l.n : 1), sizeof *items))) {
+        cli_fail(&cmd, "out of memory");
         goto done;
     }
-    fm_pipeline_input in[BATCH];
-    fm_image_result res[BATCH];
-    double t0 = fm_cmd_now_ms(), last = t0;
-    for (int i0 = 0; i0 < l.n; i0 += BATCH) {
-        int n = l.n - i0 < BATCH ? l.n - i0 : BATCH;
-        for (int i = 0; i < n; i++) {
-            memset(&in[i], 0, sizeof in[i]);
-            in[i].path = l.paths[i0 + i];
-        }
-        if (fm_pipeline_run(p, in, n, res, &err) != FM_OK) {
-            fprintf(stderr, "facemill eval: %s\n", fm_error_text(&err));
-            goto done;
-        }
-        for (int i = 0; i < n; i++) {
-            fm_eval_item *it = &items[i0 + i];
-            it->truth = l.labels[i0 + i];
-            if (res[i].error.code != FM_OK) {
-                fm_log_warn("%s", fm_error_text(&res[i].error));
-                continue;
-            }
-            if (res[i].n_faces > 0 && res[i].faces[0].has_attrs) {
-                const fm_attrs *a = &res[i].faces[0].attrs;
-                it->detected = 1;
-                it->age = a->age;
-                it->gender = a->gender;
-                it->race = a->race;
-            }
-        }
-        double now = fm_cmd_now_ms();
-        if (now - last > 15000) {
-            double rate = (i0 + n) / ((now - t0) / 1000);
-            fm_log_info("%d/%d images, %.1f images/s, ETA %.0f s", i0 + n, l.n, rate,
-                        (l.n - i0 - n) / rate);
-            last = now;
-        }
+    if (label_all(p, &l, items, &err) != FM_OK) {
+        cli_fail(&cmd, "%s", fm_error_text(&err));
+        goto done;
     }
     fm_eval_report r;
     fm_eval_compute(items, l.n, fm_heads_fallback_age(fm_pipeline_heads(p)), &r);
@@ -292,7 +269,7 @@ int fm_cmd_eval(int argc, char **argv)
         print_json(&r, l.skipped);
     else
         print_text(&r, dir, l.skipped);
-    rc = fflush(stdout) == 0 ? 0 : 1;
+    rc = fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
 done:
     free(items);
     fm_pipeline_close(&p);

@@ -16,6 +16,7 @@
  * bytes as models/tools/fmmcompact.py, so a machine without the C build expands a
  * committed file to exactly what this program would.
  */
+#include "cli_opts.h"
 #include "commands.h"
 #include "facemill/model.h"
 #include "facemill/sha256.h"
@@ -30,28 +31,48 @@
 #define ARRAY_SHOWN 16   /* array elements printed by `info` before "..." */
 #define STRING_SHOWN 160 /* bytes of a string printed by `info` before "..." */
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: facemill model info FILE       metadata, lineage and tensor table\n"
-            "       facemill model verify FILE...  full check, data CRC included;\n"
-            "                                      exit 1 when any file is bad\n"
-            "       facemill model get FILE KEY    one metadata value (arrays: one\n"
-            "                                      element per line); exit 1 if absent\n"
-            "       facemill model compact [--force] IN.fmm OUT.fmm\n"
-            "                                      every f32 tensor to f16 (half the\n"
-            "                                      size); prints the error introduced;\n"
-            "                                      refuses values beyond f16's range\n"
-            "                                      (|x| >= 65520) unless --force\n"
-            "       facemill model expand IN.fmm OUT.fmm\n"
-            "                                      every f16 tensor to f32, exactly;\n"
-            "                                      metadata kept, plus expand.source and\n"
-            "                                      expand.source_sha256 (IN's name and\n"
-            "                                      SHA-256)\n"
-            "Files are written atomically (OUT.tmp.PID, then renamed). Workers map f32\n"
-            "files only: a compact file must be expanded before use (models/fetch\n"
-            "expands the committed models/*.f16.fmm into models/cache/).\n");
-}
+static const cli_cmd model_cmd = {
+    "model", "info|verify|get|compact|expand ARGS...", 1, -1,
+    "  facemill model info FILE       metadata, lineage and tensor table\n"
+    "  facemill model verify FILE...  full check, data CRC included\n"
+    "  facemill model get FILE KEY    one metadata value (arrays: one element per\n"
+    "                                 line)\n"
+    "  facemill model compact [--force] IN.fmm OUT.fmm\n"
+    "                                 every f32 tensor to f16 (half the size); prints\n"
+    "                                 the error introduced; refuses values beyond\n"
+    "                                 f16's range (|x| >= 65520) unless --force\n"
+    "  facemill model expand IN.fmm OUT.fmm\n"
+    "                                 every f16 tensor to f32, exactly; metadata kept,\n"
+    "                                 plus expand.source and expand.source_sha256\n"
+    "                                 (IN's name and SHA-256)\n"
+    "Files are written atomically (OUT.tmp.PID, then renamed). Workers map f32\n"
+    "files only: a compact file must be expanded before use (models/fetch\n"
+    "expands the committed models/*.f16.fmm into models/cache/).\n"
+    "`facemill model compact --help` describes one sub-command.\n",
+    NULL, NULL};
+
+static const cli_cmd info_cmd = {
+    "model info", "[options] FILE", 1, 1,
+    "Prints the metadata, the lineage and the tensor table of a model file.\n", NULL, NULL};
+static const cli_cmd verify_cmd = {
+    "model verify", "[options] FILE...", 1, -1,
+    "Checks each model file in full, the CRC of its data included.\n",
+    "exit status: 0 every file verified, 1 any is bad, 2 usage error", NULL};
+static const cli_cmd get_cmd = {
+    "model get", "[options] FILE KEY", 2, 2,
+    "Prints one metadata value of a model file; an array prints one element per\n"
+    "line.\n",
+    "exit status: 0 success, 1 the key is absent (or the file bad), 2 usage error", NULL};
+static const cli_cmd compact_cmd = {
+    "model compact", "[options] IN.fmm OUT.fmm", 2, 2,
+    "Converts every f32 tensor to f16 (half the size), written atomically, and prints\n"
+    "the error this introduces.\n",
+    NULL, NULL};
+static const cli_cmd expand_cmd = {
+    "model expand", "[options] IN.fmm OUT.fmm", 2, 2,
+    "Converts every f16 tensor to f32, exactly, written atomically; the metadata is\n"
+    "kept, plus expand.source and expand.source_sha256 (IN's name and SHA-256).\n",
+    NULL, NULL};
 
 /* Prints s[0..len) quoted, escaping quotes, backslashes and control bytes, cut after
  * STRING_SHOWN bytes at a character boundary. */
@@ -462,18 +483,8 @@ static void compact_values(const float *x, uint16_t *h, uint64_t n, const char *
     }
 }
 
-static int model_compact(int argc, char **argv)
+static int model_compact(const char *in, const char *out, int force)
 {
-    int force = 0, a = 1;
-    if (a < argc && strcmp(argv[a], "--force") == 0) {
-        force = 1;
-        a++;
-    }
-    if (argc - a != 2) {
-        usage(stderr);
-        return 2;
-    }
-    const char *in = argv[a], *out = argv[a + 1];
     fm_error err = {0};
     fm_model *m = NULL;
     fm_model_writer *w = NULL;
@@ -551,13 +562,8 @@ done:
     return rc;
 }
 
-static int model_expand(int argc, char **argv)
+static int model_expand(const char *in, const char *out)
 {
-    if (argc != 3) {
-        usage(stderr);
-        return 2;
-    }
-    const char *in = argv[1], *out = argv[2];
     fm_error err = {0};
     fm_model *m = NULL;
     fm_model_writer *w = NULL;
@@ -613,20 +619,44 @@ done:
 
 int fm_cmd_model(int argc, char **argv)
 {
-    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        usage(stdout);
-        return 0;
-    }
-    if (argc == 3 && strcmp(argv[1], "info") == 0)
-        return model_info(argv[2]);
-    if (argc >= 3 && strcmp(argv[1], "verify") == 0)
-        return model_verify(argc - 2, argv + 2);
-    if (argc == 4 && strcmp(argv[1], "get") == 0)
-        return model_get(argv[2], argv[3]);
-    if (argc >= 2 && strcmp(argv[1], "compact") == 0)
-        return model_compact(argc - 1, argv + 1);
-    if (argc >= 2 && strcmp(argv[1], "expand") == 0)
-        return model_expand(argc - 1, argv + 1);
-    usage(stderr);
-    return 2;
+    int force = 0;
+    const cli_opt none[] = {CLI_END};
+    const cli_opt compact_opts[] = {
+        CLI_FLAG("--force", 0, &force,
+                 "write values beyond f16's range (|x| >= 65520) as infinities instead of "
+                 "refusing"),
+        CLI_END,
+    };
+    const struct {
+        const cli_cmd *cmd;
+        const cli_opt *opts;
+    } subs[] = {{&info_cmd, none}, {&verify_cmd, none}, {&get_cmd, none},
+                {&compact_cmd, compact_opts}, {&expand_cmd, none}};
+    const cli_cmd *cmd = &model_cmd;
+    const cli_opt *opts = none;
+    for (size_t k = 0; k < sizeof subs / sizeof subs[0]; k++)
+        if (argc >= 2 && strcmp(argv[1], subs[k].cmd->name + strlen("model ")) == 0) {
+            cmd = subs[k].cmd;
+            opts = subs[k].opts;
+            argc--;
+            argv++;
+            break;
+        }
+    fm_config c;
+    cli_args a;
+    int rc = cli_start(cmd, opts, argc, argv, &c, &a);
+    if (rc >= 0)
+        return rc;
+    char **v = a.operands;
+    if (cmd == &info_cmd)
+        return model_info(v[0]);
+    if (cmd == &verify_cmd)
+        return model_verify(a.n, v);
+    if (cmd == &get_cmd)
+        return model_get(v[0], v[1]);
+    if (cmd == &compact_cmd)
+        return model_compact(v[0], v[1], force);
+    if (cmd == &expand_cmd)
+        return model_expand(v[0], v[1]);
+    return cli_usage_error(cmd, "unknown sub-command '%s'", v[0]);
 }

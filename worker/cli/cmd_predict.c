@@ -4,92 +4,55 @@
  * It is the local, single-process form of what a worker does; a bad image gets an
  * error record and the exit code becomes 1 at the end, the others go on.
  */
+#include "cli_opts.h"
 #include "cmd_util.h"
 #include "commands.h"
 #include "facemill/config.h"
 #include "facemill/json.h"
-#include "facemill/log.h"
 #include "facemill/nn.h"
 #include "facemill/pipeline.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define BATCH 16 /* images per pipeline call */
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: facemill predict [--config FILE] [--set KEY=VALUE]... IMAGE...\n"
-            "\n"
-            "Finds the faces in each JPEG IMAGE and labels them with age, gender and\n"
-            "ethnicity. Prints one JSON object per image and line, in the result schema\n"
-            "that `facemill detect` and `facemill export` print too (proto/RESULTS.md):\n"
-            "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
-            "   \"times_ms\": {\"decode\", \"detect\", \"align\", \"embed\", \"heads\"},\n"
-            "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"
-            "   \"landmarks\": {\"left_eye\": {\"x\", \"y\"}, \"right_eye\", \"nose\",\n"
-            "   \"mouth_left\", \"mouth_right\"}, \"age\", \"age_std\", \"gender\",\n"
-            "   \"gender_probs\": {\"male\", \"female\"}, \"race\", \"race_probs\": {\"White\",\n"
-            "   \"Black\", \"Asian\", \"Indian\", \"Others\"}}]}\n"
-            "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
-            "age is the expected value of the predicted age distribution, age_std its\n"
-            "standard deviation. Coordinates as in `facemill detect`. Settings: detect.*,\n"
-            "decode.*, embed.*, heads.model, models.dir, engine.threads. With heads.model\n"
-            "empty, faces carry no attributes (no age, gender or race keys).\n"
-            "\n"
-            "Exit code: 0 when every image was processed, 1 when any failed, 2 on a usage\n"
-            "error.\n");
-}
+static const cli_cmd cmd = {
+    "predict", "[options] IMAGE...", 1, -1,
+    "Finds the faces in each JPEG IMAGE and labels them with age, gender and\n"
+    "ethnicity. Prints one JSON object per image and line, in the result schema\n"
+    "that `facemill detect` and `facemill export` print too (proto/RESULTS.md):\n"
+    "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
+    "   \"times_ms\": {\"decode\", \"detect\", \"align\", \"embed\", \"heads\"},\n"
+    "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"
+    "   \"landmarks\": {\"left_eye\": {\"x\", \"y\"}, \"right_eye\", \"nose\",\n"
+    "   \"mouth_left\", \"mouth_right\"}, \"age\", \"age_std\", \"gender\",\n"
+    "   \"gender_probs\": {\"male\", \"female\"}, \"race\", \"race_probs\": {\"White\",\n"
+    "   \"Black\", \"Asian\", \"Indian\", \"Others\"}}]}\n"
+    "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
+    "age is the expected value of the predicted age distribution, age_std its\n"
+    "standard deviation. Coordinates as in `facemill detect`. Settings: detect.*,\n"
+    "decode.*, embed.*, heads.model, models.dir, engine.threads. With heads.model\n"
+    "empty, faces carry no attributes (no age, gender or race keys).\n",
+    "exit status: 0 every image processed, 1 any failed, 2 usage error", NULL};
 
 int fm_cmd_predict(int argc, char **argv)
 {
-    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
+    const cli_opt opts[] = {CLI_END};
     fm_config c;
+    cli_args a;
+    int rc = cli_start(&cmd, opts, argc, argv, &c, &a);
+    if (rc >= 0)
+        return rc;
+    rc = CLI_EXIT_OK;
+    char **images = a.operands;
+    int n_images = a.n;
     fm_error err = {0};
-    fm_config_defaults(&c);
-    if (fm_config_from_args(&c, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill predict: %s\n", fm_error_text(&err));
-        return 1;
-    }
-    fm_log_init("predict", c.log.level);
-    int n_images = 0, rc = 0, dashdash = 0;
-    char **images = calloc((size_t)argc + 1, sizeof *images);
-    if (!images) {
-        fprintf(stderr, "facemill predict: out of memory\n");
-        return 1;
-    }
-    for (int i = 1; i < argc; i++) {
-        if (!dashdash && strcmp(argv[i], "--") == 0) {
-            dashdash = 1;
-        } else if (!dashdash && argv[i][0] == '-' && argv[i][1] != '\0') {
-            fprintf(stderr, "facemill predict: unknown option '%s'\n\n", argv[i]);
-            usage(stderr);
-            free(images);
-            return 2;
-        } else {
-            images[n_images++] = argv[i];
-        }
-    }
-    if (n_images == 0) {
-        fprintf(stderr, "facemill predict: no image given\n\n");
-        usage(stderr);
-        free(images);
-        return 2;
-    }
     fm_pipeline *p = NULL;
     fm_pipeline_opts po = {BATCH, 0, 0};
     if (fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
-        fm_pipeline_open(&p, &c, &po, &err) != FM_OK) {
-        fprintf(stderr, "facemill predict: %s\n", fm_error_text(&err));
-        free(images);
-        return 1;
-    }
+        fm_pipeline_open(&p, &c, &po, &err) != FM_OK)
+        return cli_fail(&cmd, "%s", fm_error_text(&err));
     fm_json j;
     fm_json_init(&j, stdout);
     fm_pipeline_input in[BATCH];
@@ -101,22 +64,18 @@ int fm_cmd_predict(int argc, char **argv)
             in[i].path = images[i0 + i];
         }
         if (fm_pipeline_run(p, in, n, res, &err) != FM_OK) {
-            fprintf(stderr, "facemill predict: %s\n", fm_error_text(&err));
-            rc = 1;
+            rc = cli_fail(&cmd, "%s", fm_error_text(&err));
             break;
         }
         for (int i = 0; i < n; i++) {
             if (res[i].error.code != FM_OK)
-                rc = 1;
+                rc = CLI_EXIT_FAILURE;
             fm_cmd_json_result(&j, images[i0 + i], &res[i]);
             fm_json_newline(&j);
         }
     }
-    if (fflush(stdout) != 0) {
-        fprintf(stderr, "facemill predict: writing to stdout failed\n");
-        rc = 1;
-    }
+    if (fflush(stdout) != 0)
+        rc = cli_fail(&cmd, "writing to stdout failed");
     fm_pipeline_close(&p);
-    free(images);
     return rc;
 }

@@ -21,6 +21,7 @@
  * 3 the run did not finish (interrupted, broker unreachable, worker died, ...).
  */
 #define _GNU_SOURCE /* prctl's PR_SET_PDEATHSIG, mkdtemp */
+#include "cli_opts.h"
 #include "commands.h"
 #include "facemill/broker.h"
 #include "facemill/client.h"
@@ -46,7 +47,8 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { EXIT_ALL_OK = 0, EXIT_SOME_FAILED = 1, EXIT_USAGE = 2, EXIT_INCOMPLETE = 3 };
+/* 0 every image labelled, 1 some failed (CLI_EXIT_FAILURE), 2 usage (CLI_EXIT_USAGE) */
+enum { EXIT_INCOMPLETE = 3 };
 
 static volatile sig_atomic_t stop_flag;
 
@@ -67,15 +69,33 @@ static void install_signals(void)
     sigaction(SIGTERM, &sa, NULL);
 }
 
-static int parse_progress(const char *s, fm_progress_mode *m)
+/* Indexed by fm_progress_mode. */
+static const char *const progress_names[] = {"auto", "bar", "lines", "none", NULL};
+_Static_assert(FM_PROGRESS_AUTO == 0 && FM_PROGRESS_BAR == 1 && FM_PROGRESS_LINES == 2 &&
+                   FM_PROGRESS_NONE == 3,
+               "progress_names is indexed by fm_progress_mode");
+
+/* The options submit and label share. */
+typedef struct input_opts {
+    int by_path, all_files, progress;
+} input_opts;
+
+#define INPUT_OPTS(x)                                                                   \
+    CLI_FLAG("--by-path", 0, &(x).by_path,                                              \
+             "send absolute paths instead of bytes (workers share storage)"),           \
+    CLI_FLAG("--all", 0, &(x).all_files,                                                \
+             "directories and archives contribute every file, not only images"),        \
+    CLI_ENUM("--progress", 0, progress_names, &(x).progress,                            \
+             "progress on stderr: a bar, plain lines (client.progress_ms) or none; "    \
+             "auto (default): the bar on a terminal, lines otherwise")
+
+/* The client's options from the configuration and the command line. */
+static void client_opts(fm_client_opts *o, const fm_config *cfg, const input_opts *x)
 {
-    static const char *const names[] = {"auto", "bar", "lines", "none"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, names[i]) == 0) {
-            *m = (fm_progress_mode)i;
-            return 0;
-        }
-    return -1;
+    fm_client_opts_from_config(o, cfg);
+    o->by_path = x->by_path;
+    o->all_files = x->all_files;
+    o->progress = (fm_progress_mode)x->progress;
 }
 
 static void print_summary(const char *what, const fm_client_summary *s, fm_status st)
@@ -93,137 +113,101 @@ static int exit_code(fm_status st, const fm_client_summary *s)
 {
     if (st != FM_OK)
         return EXIT_INCOMPLETE;
-    return s->failed ? EXIT_SOME_FAILED : EXIT_ALL_OK;
+    return s->failed ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
 }
 
 /* ---- facemill submit ------------------------------------------------------------- */
 
-static void submit_usage(FILE *out)
+static const cli_cmd submit_cmd = {
+    "submit", "[options] INPUT...", 1, -1,
+    "Submits every image of the INPUTs to the broker at broker.clients and waits\n"
+    "until each result is stored by the sink. An INPUT is a directory (walked\n"
+    "recursively), an image file, a tar or zip archive, or - for a list of paths\n"
+    "on stdin (one per line). Directories and archives contribute files with image\n"
+    "extensions (--all: every file).\n",
+    "exit status: 0 all images labelled, 1 some failed, 2 usage error, 3 run not "
+    "finished",
+    NULL};
+
+/* A run name of its own: submit-HOST-TIME-PID. */
+static void default_tag(char *tag, size_t size)
 {
-    fprintf(out,
-            "usage: facemill submit [--tag NAME] [--by-path] [--all]\n"
-            "                       [--progress auto|bar|lines|none] INPUT...\n"
-            "\n"
-            "Submits every image of the INPUTs to the broker at broker.clients and waits\n"
-            "until each result is stored by the sink. An INPUT is a directory (walked\n"
-            "recursively), an image file, a tar or zip archive, or - for a list of paths\n"
-            "on stdin (one per line). Directories and archives contribute files with image\n"
-            "extensions (--all: every file).\n"
-            "  --tag NAME   run name (default submit-HOST-TIME-PID); job ids derive from\n"
-            "               it, so submitting again with the same tag resumes a run\n"
-            "  --by-path    send absolute paths instead of bytes (workers share storage)\n"
-            "Exit: 0 all images labelled, 1 some failed, 2 usage, 3 run not finished.\n"
-            "Config options (--config FILE, --set KEY=VALUE) come before or after.\n");
+    char host[64] = "host", when[32];
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y%m%dT%H%M%SZ", &tm);
+    snprintf(tag, size, "submit-%s-%s-%ld", host, when, (long)getpid());
+    fprintf(stderr, "facemill submit: tag %s (pass --tag %s to resume this run)\n", tag, tag);
 }
 
 int fm_cmd_submit(int argc, char **argv)
 {
-    fm_config cfg;
-    fm_error err = {0};
-    fm_config_defaults(&cfg);
-    if (fm_config_from_args(&cfg, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
-        return EXIT_USAGE;
-    }
-    fm_log_init("submit", cfg.log.level);
-    fm_client_opts o;
-    fm_client_opts_from_config(&o, &cfg);
-    char **inputs = calloc((size_t)argc, sizeof *inputs);
-    int n_inputs = 0;
-    char tag[256];
     const char *tag_opt = NULL;
-    if (!inputs)
-        return EXIT_INCOMPLETE;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            submit_usage(stdout);
-            free(inputs);
-            return 0;
-        } else if (strcmp(a, "--tag") == 0 && i + 1 < argc) {
-            tag_opt = argv[++i];
-        } else if (strcmp(a, "--by-path") == 0) {
-            o.by_path = 1;
-        } else if (strcmp(a, "--all") == 0) {
-            o.all_files = 1;
-        } else if (strcmp(a, "--progress") == 0 && i + 1 < argc &&
-                   parse_progress(argv[i + 1], &o.progress) == 0) {
-            i++;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "facemill submit: unknown option '%s'\n\n", a);
-            submit_usage(stderr);
-            free(inputs);
-            return EXIT_USAGE;
-        } else {
-            inputs[n_inputs++] = argv[i];
-        }
-    }
-    if (n_inputs == 0) {
-        submit_usage(stderr);
-        free(inputs);
-        return EXIT_USAGE;
-    }
-    if (tag_opt) {
+    input_opts x = {0, 0, FM_PROGRESS_AUTO};
+    const cli_opt opts[] = {
+        CLI_STR("--tag", 0, "NAME", &tag_opt,
+                "run name (default submit-HOST-TIME-PID); job ids derive from it, so "
+                "submitting again with the same tag resumes a run"),
+        INPUT_OPTS(x),
+        CLI_END,
+    };
+    fm_config cfg;
+    cli_args a;
+    int code = cli_start(&submit_cmd, opts, argc, argv, &cfg, &a);
+    if (code >= 0)
+        return code;
+    fm_client_opts o;
+    client_opts(&o, &cfg, &x);
+    char tag[256];
+    if (tag_opt)
         snprintf(tag, sizeof tag, "%s", tag_opt);
-    } else {
-        char host[64] = "host", when[32];
-        gethostname(host, sizeof host - 1);
-        host[sizeof host - 1] = '\0';
-        time_t t = time(NULL);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(when, sizeof when, "%Y%m%dT%H%M%SZ", &tm);
-        snprintf(tag, sizeof tag, "submit-%s-%s-%ld", host, when, (long)getpid());
-        fprintf(stderr, "facemill submit: tag %s (pass --tag %s to resume this run)\n", tag,
-                tag);
-    }
+    else
+        default_tag(tag, sizeof tag);
     o.tag = tag;
     install_signals();
     o.stop = &stop_flag;
     fm_client_summary sum;
-    fm_status st = fm_client_submit(&o, inputs, n_inputs, &sum, &err);
+    fm_error err = {0};
+    fm_status st = fm_client_submit(&o, a.operands, a.n, &sum, &err);
     if (st != FM_OK)
         fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
     print_summary("facemill submit", &sum, st);
-    free(inputs);
     return exit_code(st, &sum);
 }
 
 /* ---- facemill status ------------------------------------------------------------- */
 
+static const cli_cmd status_cmd = {
+    "status", "[options]", 0, 0,
+    "Shows the broker's queue depth, workers and their credit, commit rate and\n"
+    "failures (and the counts of one run with --tag).\n",
+    "exit status: 0 success, 1 the broker did not answer (or another failure), 2 usage "
+    "error", NULL};
+
 int fm_cmd_status(int argc, char **argv)
 {
-    fm_config cfg;
-    fm_error err = {0};
-    fm_config_defaults(&cfg);
-    if (fm_config_from_args(&cfg, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill status: %s\n", fm_error_text(&err));
-        return EXIT_USAGE;
-    }
     const char *tag = NULL;
-    long timeout = 5000;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--tag") == 0 && i + 1 < argc) {
-            tag = argv[++i];
-        } else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) {
-            timeout = strtol(argv[++i], NULL, 10);
-        } else {
-            int help = strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
-            fprintf(help ? stdout : stderr,
-                    "usage: facemill status [--tag NAME] [--timeout MS]\n"
-                    "\n"
-                    "Shows the broker's queue depth, workers and their credit, commit rate and\n"
-                    "failures (and the counts of one run with --tag).\n");
-            return help ? 0 : EXIT_USAGE;
-        }
-    }
-    fm_log_init("status", cfg.log.level);
-    if (fm_client_status(cfg.broker.clients, tag, timeout > 0 ? timeout : 5000,
-                         cfg.net.max_msg_size, stdout, &err) != FM_OK) {
-        fprintf(stderr, "facemill status: %s\n", fm_error_text(&err));
-        return 1;
-    }
-    return 0;
+    int64_t timeout = 5000;
+    const cli_opt opts[] = {
+        CLI_STR("--tag", 0, "NAME", &tag, "also show the counts of the run NAME"),
+        CLI_INT("--timeout", 0, "MS", 1, 3600000, &timeout,
+                "how long to wait for the broker's answer, in milliseconds (default "
+                "5000)"),
+        CLI_END,
+    };
+    fm_config cfg;
+    cli_args a;
+    int code = cli_start(&status_cmd, opts, argc, argv, &cfg, &a);
+    if (code >= 0)
+        return code;
+    fm_error err = {0};
+    if (fm_client_status(cfg.broker.clients, tag, timeout, cfg.net.max_msg_size, stdout,
+                         &err) != FM_OK)
+        return cli_fail(&status_cmd, "%s", fm_error_text(&err));
+    return CLI_EXIT_OK;
 }
 
 /* ---- facemill label -------------------------------------------------------------- */
@@ -366,235 +350,246 @@ static void remove_stale_run_dirs(void)
     globfree(&g);
 }
 
-static void label_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: facemill label INPUT... -o RESULTS.db [-j N] [--by-path] [--all]\n"
-            "                      [--progress auto|bar|lines|none] [--worker-arg ARG]...\n"
-            "\n"
-            "Labels every image of the INPUTs on this machine: runs a broker and a sink in\n"
-            "this process and N worker processes (-j N; default worker.processes, 0: one\n"
-            "per core) over ipc://, and stores the results in RESULTS.db (export it with\n"
-            "`facemill export`). INPUTs are as for `facemill submit`. Running it again on\n"
-            "the same inputs and database skips what is stored and labels the rest, so an\n"
-            "interrupted run (Ctrl-C, kill, power loss) is resumed by rerunning it.\n"
-            "--worker-arg passes ARG to facemill-worker (e.g. --decode-only).\n"
-            "Exit: 0 all images labelled, 1 some failed, 2 usage, 3 run not finished.\n");
-}
+static const cli_cmd label_cmd = {
+    "label", "INPUT... -o RESULTS.db [options]", 1, -1,
+    "Labels every image of the INPUTs on this machine: runs a broker and a sink in\n"
+    "this process and N worker processes (-j N; default worker.processes, 0: one\n"
+    "per core) over ipc://, and stores the results in RESULTS.db (export it with\n"
+    "`facemill export`). INPUTs are as for `facemill submit`. Running it again on\n"
+    "the same inputs and database skips what is stored and labels the rest, so an\n"
+    "interrupted run (Ctrl-C, kill, power loss) is resumed by rerunning it.\n",
+    "exit status: 0 all images labelled, 1 some failed, 2 usage error, 3 run not "
+    "finished (a model missing, interrupted, a worker died, ...)", NULL};
 
-/* Removes --config/--set options from argv into the worker's arguments (they are
- * read again by fm_config_from_args for this process). */
-static int collect_config_args(int argc, char **argv, char **wargs, int *nw)
+/* --worker-arg: the arguments given, in order (argc slots). */
+typedef struct arg_list {
+    char **v;
+    int n;
+} arg_list;
+
+static int take_worker_arg(void *target, const char *value)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--") == 0)
-            break;
-        if ((strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0) &&
-            i + 1 < argc) {
-            wargs[(*nw)++] = argv[i];
-            wargs[(*nw)++] = argv[++i];
-        } else if (strncmp(argv[i], "--config=", 9) == 0 || strncmp(argv[i], "--set=", 6) == 0) {
-            wargs[(*nw)++] = argv[i];
-        }
-    }
+    arg_list *l = target;
+    l->v[l->n++] = (char *)value;
     return 0;
 }
 
-int fm_cmd_label(int argc, char **argv)
+/* The models the workers will open, found now: a missing one is one clear line before
+ * any process starts, not an error in every worker's log. */
+static fm_status check_models(const fm_config *cfg, const arg_list *extra, fm_error *err)
 {
-    int code = EXIT_INCOMPLETE;
-    fm_config cfg;
-    fm_error err = {0};
-    /* worker argv: program, --processes N, config args, endpoint overrides, extras */
-    char **wargs = calloc((size_t)argc * 2 + 16, sizeof *wargs);
-    char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
-    if (!wargs || !inputs) {
-        free(wargs);
-        free(inputs);
-        return EXIT_INCOMPLETE;
-    }
-    int nw = 3, n_inputs = 0; /* slots 0..2: program, --processes, N */
-    collect_config_args(argc, argv, wargs, &nw);
-    fm_config_defaults(&cfg);
-    if (fm_config_from_args(&cfg, &argc, argv, &err) != FM_OK) {
-        fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
-        free(wargs);
-        free(inputs);
-        return EXIT_USAGE;
-    }
-    fm_log_init("label", cfg.log.level);
-    fm_client_opts o;
-    fm_client_opts_from_config(&o, &cfg);
-    const char *db_path = NULL;
-    long procs = cfg.worker.processes;
-    char **extra = calloc((size_t)argc + 1, sizeof *extra);
-    int n_extra = 0;
-    if (!extra) {
-        free(wargs);
-        free(inputs);
-        return EXIT_INCOMPLETE;
-    }
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            label_usage(stdout);
-            code = 0;
-            goto out_args;
-        } else if ((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && i + 1 < argc) {
-            db_path = argv[++i];
-        } else if ((strcmp(a, "-j") == 0 || strcmp(a, "--workers") == 0) && i + 1 < argc) {
-            procs = strtol(argv[++i], NULL, 10);
-        } else if (strcmp(a, "--by-path") == 0) {
-            o.by_path = 1;
-        } else if (strcmp(a, "--all") == 0) {
-            o.all_files = 1;
-        } else if (strcmp(a, "--progress") == 0 && i + 1 < argc &&
-                   parse_progress(argv[i + 1], &o.progress) == 0) {
-            i++;
-        } else if (strcmp(a, "--worker-arg") == 0 && i + 1 < argc) {
-            extra[n_extra++] = argv[++i];
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "facemill label: unknown option '%s'\n\n", a);
-            label_usage(stderr);
-            code = EXIT_USAGE;
-            goto out_args;
-        } else {
-            inputs[n_inputs++] = argv[i];
-        }
-    }
-    if (!db_path || n_inputs == 0 || procs < 0 || procs > 4096) {
-        label_usage(stderr);
-        code = EXIT_USAGE;
-        goto out_args;
-    }
-    if (procs == 0) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        procs = cores > 0 ? cores : 1;
-    }
-    /* The models the workers will open, found now: a missing one is one clear line
-     * before any process starts, not an error in every worker's log. */
-    int decode_only = 0;
-    for (int i = 0; i < n_extra; i++)
-        decode_only |= strcmp(extra[i], "--decode-only") == 0;
-    if (!decode_only) {
-        fm_config *rc = malloc(sizeof *rc);
-        fm_status st = rc ? FM_OK : FM_ERR_NOMEM;
-        if (rc) {
-            *rc = cfg;
-            st = fm_config_resolve_models(rc, FM_RESOLVE_ALL, &err);
-            free(rc);
-        }
-        if (st != FM_OK) {
-            fprintf(stderr, "facemill label: %s\n",
-                    st == FM_ERR_NOMEM ? "out of memory" : fm_error_text(&err));
-            goto out_args; /* EXIT_INCOMPLETE: nothing was labelled */
-        }
-    }
+    for (int i = 0; i < extra->n; i++)
+        if (strcmp(extra->v[i], "--decode-only") == 0)
+            return FM_OK;
+    fm_config *rc = malloc(sizeof *rc);
+    if (!rc)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    *rc = *cfg;
+    fm_status st = fm_config_resolve_models(rc, FM_RESOLVE_ALL, err);
+    free(rc);
+    return st;
+}
 
-    /* The run directory: ipc sockets and the broker's journal of this run. */
+/* One run of `facemill label`: its directory, the services in this process and the
+ * worker program. */
+typedef struct label_run {
+    char dir[32];             /* ipc sockets, the broker's journal, the workers' config */
+    void *zctx;
+    service_thread broker, sink;
+    worker_child worker;
+    fm_results *db;           /* the results, read to skip what is stored */
+} label_run;
+
+/* The run directory, named in a pid file so a later run can tell it is stale; the
+ * configuration moves the services there. */
+static fm_status make_run_dir(label_run *r, fm_config *cfg, fm_error *err)
+{
     remove_stale_run_dirs();
-    char dir[] = "/tmp/facemill-label.XXXXXX";
-    if (!mkdtemp(dir)) {
-        fprintf(stderr, "facemill label: mkdtemp: %s\n", strerror(errno));
-        goto out_args;
+    snprintf(r->dir, sizeof r->dir, "/tmp/facemill-label.XXXXXX");
+    if (!mkdtemp(r->dir)) {
+        r->dir[0] = '\0';
+        return fm_error_set(err, FM_ERR_IO, "mkdtemp: %s", strerror(errno));
     }
-    char pidfile[sizeof dir + 8];
-    snprintf(pidfile, sizeof pidfile, "%s/pid", dir);
+    char pidfile[sizeof r->dir + 8];
+    snprintf(pidfile, sizeof pidfile, "%s/pid", r->dir);
     FILE *pf = fopen(pidfile, "w");
     if (pf) {
         fprintf(pf, "%ld\n", (long)getpid());
         fclose(pf);
     }
-    snprintf(cfg.broker.clients, sizeof cfg.broker.clients, "inproc://label-clients");
-    snprintf(cfg.sink.commits, sizeof cfg.sink.commits, "inproc://label-commits");
-    snprintf(cfg.broker.workers, sizeof cfg.broker.workers, "ipc://%s/workers", dir);
-    snprintf(cfg.sink.results, sizeof cfg.sink.results, "ipc://%s/results", dir);
-    snprintf(cfg.broker.journal, sizeof cfg.broker.journal, "%s/journal.db", dir);
-    cfg.broker.fsync = FM_BROKER_FSYNC_OFF; /* the results database is what persists */
+    snprintf(cfg->broker.clients, sizeof cfg->broker.clients, "inproc://label-clients");
+    snprintf(cfg->sink.commits, sizeof cfg->sink.commits, "inproc://label-commits");
+    snprintf(cfg->broker.workers, sizeof cfg->broker.workers, "ipc://%s/workers", r->dir);
+    snprintf(cfg->sink.results, sizeof cfg->sink.results, "ipc://%s/results", r->dir);
+    snprintf(cfg->broker.journal, sizeof cfg->broker.journal, "%s/journal.db", r->dir);
+    cfg->broker.fsync = FM_BROKER_FSYNC_OFF; /* the results database is what persists */
+    return FM_OK;
+}
 
-    char program[PATH_MAX], nbuf[32], set_workers[PATH_MAX + 64], set_results[PATH_MAX + 64];
+/* The configuration of this run, as a file the workers read with --config: they run
+ * with exactly this process's settings (its --config, --set and log options, and the
+ * run's endpoints). */
+static fm_status write_worker_config(const label_run *r, const fm_config *cfg, char *path,
+                                     size_t size, fm_error *err)
+{
+    snprintf(path, size, "%s/config.yaml", r->dir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    fm_status st = fm_config_dump(cfg, f);
+    if (fclose(f) != 0 || st != FM_OK)
+        return fm_error_set(err, FM_ERR_IO, "%s: write failed", path);
+    return FM_OK;
+}
+
+/* The broker and the sink as threads of this process, and the results database. */
+static fm_status start_services(label_run *r, const fm_config *cfg, const char *db_path,
+                                fm_error *err)
+{
+    fm_status st;
+    if (!(r->zctx = zmq_ctx_new()))
+        return fm_error_set(err, FM_ERR_INTERNAL, "cannot create a ZeroMQ context");
+    fm_sink_opts so = {.db_path = db_path, .results = cfg->sink.results,
+                       .commits = cfg->sink.commits, .batch = cfg->sink.batch,
+                       .batch_ms = cfg->sink.batch_ms, .heartbeat_ms = cfg->broker.heartbeat_ms,
+                       .max_msg_size = cfg->net.max_msg_size, .name = "label-sink"};
+    if ((st = fm_broker_open(&r->broker.broker, cfg, r->zctx, err)) != FM_OK ||
+        (st = fm_sink_open(&r->sink.sink, r->zctx, &so, err)) != FM_OK ||
+        (st = fm_results_open(&r->db, db_path, FM_RESULTS_READONLY, err)) != FM_OK)
+        return st;
+    if (pthread_create(&r->broker.th, NULL, run_service, &r->broker) != 0)
+        return fm_error_set(err, FM_ERR_INTERNAL, "cannot start the broker's thread");
+    r->broker.started = 1;
+    if (pthread_create(&r->sink.th, NULL, run_service, &r->sink) != 0)
+        return fm_error_set(err, FM_ERR_INTERNAL, "cannot start the sink's thread");
+    r->sink.started = 1;
+    return FM_OK;
+}
+
+/* Workers first (they finish or hand back), then the broker, then the sink, which
+ * commits whatever it still holds; then the run directory goes. */
+static void stop_run(label_run *r)
+{
+    stop_worker(&r->worker);
+    r->broker.stop = 1;
+    if (r->broker.started)
+        pthread_join(r->broker.th, NULL);
+    r->sink.stop = 1;
+    if (r->sink.started)
+        pthread_join(r->sink.th, NULL);
+    fm_results_close(&r->db);
+    fm_broker_close(&r->broker.broker);
+    fm_sink_close(&r->sink.sink);
+    if (r->zctx)
+        zmq_ctx_term(r->zctx);
+    if (r->dir[0])
+        nftw(r->dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* facemill-worker with N processes, this run's configuration and the extra
+ * arguments, dying with this process. */
+static fm_status start_worker(label_run *r, const fm_config *cfg, int64_t procs,
+                              const arg_list *extra, fm_error *err)
+{
+    char program[PATH_MAX], nbuf[32], config[sizeof r->dir + 16];
+    fm_status st = write_worker_config(r, cfg, config, sizeof config, err);
+    if (st != FM_OK)
+        return st;
     worker_program(program, sizeof program);
-    snprintf(nbuf, sizeof nbuf, "%ld", procs);
-    snprintf(set_workers, sizeof set_workers, "broker.workers=%s", cfg.broker.workers);
-    snprintf(set_results, sizeof set_results, "sink.results=%s", cfg.sink.results);
-    wargs[0] = program;
-    wargs[1] = "--processes";
-    wargs[2] = nbuf;
-    wargs[nw++] = "--die-with-parent";
-    wargs[nw++] = "--set";
-    wargs[nw++] = set_workers;
-    wargs[nw++] = "--set";
-    wargs[nw++] = set_results;
-    for (int i = 0; i < n_extra; i++)
-        wargs[nw++] = extra[i];
-    wargs[nw] = NULL;
+    snprintf(nbuf, sizeof nbuf, "%lld", (long long)procs);
+    char **args = calloc((size_t)extra->n + 8, sizeof *args);
+    if (!args)
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+    int n = 0;
+    args[n++] = program;
+    args[n++] = "--processes";
+    args[n++] = nbuf;
+    args[n++] = "--die-with-parent";
+    args[n++] = "--config";
+    args[n++] = config;
+    for (int i = 0; i < extra->n; i++)
+        args[n++] = extra->v[i];
+    r->worker.pid = spawn_worker(args, err);
+    free(args);
+    return r->worker.pid < 0 ? FM_ERR_IO : FM_OK;
+}
 
-    install_signals();
-    void *zctx = zmq_ctx_new();
-    service_thread bt = {0}, sk = {0};
-    worker_child wc = {0};
-    fm_results *db = NULL;
+/* Submits the inputs to the run's broker, skipping what the database holds, until
+ * every image is committed, the worker program exits or a signal comes. */
+static int submit_inputs(label_run *r, const fm_config *cfg, const input_opts *x,
+                         char **inputs, int n)
+{
+    fm_client_opts o;
     fm_client_summary sum = {0};
-    fm_status st = FM_ERR_INTERNAL;
-    if (!zctx) {
-        fprintf(stderr, "facemill label: cannot create a ZeroMQ context\n");
-        goto out_dir;
-    }
-    fm_sink_opts so = {.db_path = db_path, .results = cfg.sink.results,
-                       .commits = cfg.sink.commits, .batch = cfg.sink.batch,
-                       .batch_ms = cfg.sink.batch_ms, .heartbeat_ms = cfg.broker.heartbeat_ms,
-                       .max_msg_size = cfg.net.max_msg_size, .name = "label-sink"};
-    if (fm_broker_open(&bt.broker, &cfg, zctx, &err) != FM_OK ||
-        fm_sink_open(&sk.sink, zctx, &so, &err) != FM_OK ||
-        fm_results_open(&db, db_path, FM_RESULTS_READONLY, &err) != FM_OK) {
-        fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
-        goto out_services;
-    }
-    if (pthread_create(&bt.th, NULL, run_service, &bt) != 0)
-        goto out_services;
-    bt.started = 1;
-    if (pthread_create(&sk.th, NULL, run_service, &sk) != 0)
-        goto out_services;
-    sk.started = 1;
-    if ((wc.pid = spawn_worker(wargs, &err)) < 0) {
-        fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
-        goto out_services;
-    }
-    fm_log_info("labelling into %s with %ld worker processes", db_path, procs);
-
-    o.endpoint = cfg.broker.clients;
-    o.zctx = zctx;
+    fm_error err = {0};
+    client_opts(&o, cfg, x);
+    o.endpoint = cfg->broker.clients;
+    o.zctx = r->zctx;
     o.tag = "label";
-    o.skip = db;
+    o.skip = r->db;
     o.stop = &stop_flag;
     o.tick = check_worker;
-    o.tick_arg = &wc;
-    st = fm_client_submit(&o, inputs, n_inputs, &sum, &err);
+    o.tick_arg = &r->worker;
+    fm_status st = fm_client_submit(&o, inputs, n, &sum, &err);
     if (st != FM_OK)
         fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
     print_summary("facemill label", &sum, st);
-    code = exit_code(st, &sum);
+    return exit_code(st, &sum);
+}
 
-out_services:
-    /* Workers first (they finish or hand back), then the broker, then the sink, which
-     * commits whatever it still holds. */
-    stop_worker(&wc);
-    bt.stop = 1;
-    if (bt.started)
-        pthread_join(bt.th, NULL);
-    sk.stop = 1;
-    if (sk.started)
-        pthread_join(sk.th, NULL);
-    fm_results_close(&db);
-    fm_broker_close(&bt.broker);
-    fm_sink_close(&sk.sink);
-    if (zctx)
-        zmq_ctx_term(zctx);
-out_dir:
-    nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
-out_args:
-    free(extra);
-    free(wargs);
-    free(inputs);
+int fm_cmd_label(int argc, char **argv)
+{
+    const char *db_path = NULL;
+    int64_t procs = -1; /* -1: worker.processes */
+    input_opts x = {0, 0, FM_PROGRESS_AUTO};
+    arg_list extra = {calloc((size_t)argc + 1, sizeof(char *)), 0};
+    if (!extra.v)
+        return EXIT_INCOMPLETE;
+    const cli_opt opts[] = {
+        CLI_PATH("--output", 'o', "RESULTS.db", &db_path,
+                 "the results database, created when missing (required)"),
+        CLI_INT("--workers", 'j', "N", 0, 4096, &procs,
+                "worker processes (default worker.processes; 0: one per core)"),
+        INPUT_OPTS(x),
+        CLI_CALL("--worker-arg", 0, "ARG", "an argument", take_worker_arg, &extra,
+                 "pass ARG to facemill-worker (e.g. --decode-only); any number"),
+        CLI_END,
+    };
+    fm_config *cfg = malloc(sizeof *cfg);
+    label_run r = {0};
+    fm_error err = {0};
+    cli_args a;
+    int code = EXIT_INCOMPLETE;
+    if (!cfg)
+        goto out;
+    if ((code = cli_start(&label_cmd, opts, argc, argv, cfg, &a)) >= 0)
+        goto out;
+    if (!db_path) {
+        code = cli_usage_error(&label_cmd, "-o RESULTS.db is required");
+        goto out;
+    }
+    if (procs < 0)
+        procs = cfg->worker.processes;
+    if (procs == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        procs = cores > 0 ? cores : 1;
+    }
+    code = EXIT_INCOMPLETE; /* nothing labelled until the run ends */
+    if (check_models(cfg, &extra, &err) != FM_OK || make_run_dir(&r, cfg, &err) != FM_OK) {
+        fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
+        goto out;
+    }
+    install_signals();
+    if (start_services(&r, cfg, db_path, &err) != FM_OK ||
+        start_worker(&r, cfg, procs, &extra, &err) != FM_OK) {
+        fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
+        goto out;
+    }
+    fm_log_info("labelling into %s with %lld worker processes", db_path, (long long)procs);
+    code = submit_inputs(&r, cfg, &x, a.operands, a.n);
+out:
+    stop_run(&r);
+    free(cfg);
+    free(extra.v);
     return code;
 }

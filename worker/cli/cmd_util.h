@@ -1,44 +1,11 @@
-/* cmd_util.h - small helpers the labelling subcommands (detect, predict, train, eval)
- * share: option matching, listing a folder of labelled images, printing a result in
- * the result schema, a monotonic clock. Program code, not part of libfacemill. */
+/* cmd_util.h - what the labelling subcommands (detect, predict) share: printing a
+ * result in the result schema. Program code, not part of libfacemill. */
 #ifndef FACEMILL_CMD_UTIL_H
 #define FACEMILL_CMD_UTIL_H
 
-#include "facemill/eval.h"
 #include "facemill/json.h"
 #include "facemill/pipeline.h"
 #include "facemill/result_json.h"
-
-/* Matches "--name VALUE" or "--name=VALUE" at argv[*i]; advances *i past the value.
- * Returns 1 on a match (value in *val), 0 when argv[*i] is another argument, -1 when
- * the value is missing. */
-int fm_cmd_take_opt(int argc, char **argv, int *i, const char *name, const char **val);
-
-/* Parses s as a number in [lo, hi] into *out; returns 0, or -1 (out untouched) for
- * anything else (trailing characters, out of range, NaN). */
-int fm_cmd_parse_num(const char *s, double lo, double hi, double *out);
-
-/* Runs part(ctx, job, jobs) for job 0..jobs-1 in forked processes (or inline when
- * jobs <= 1) and waits for all. The parts share memory only through what was mapped
- * MAP_SHARED before the call. Returns 0 when every part returned 0, else -1. */
-int fm_cmd_fork_parts(int jobs, int (*part)(void *ctx, int job, int jobs), void *ctx);
-
-/* Milliseconds of CLOCK_MONOTONIC. */
-double fm_cmd_now_ms(void);
-
-/* A folder of UTKFace-named images: paths (DIR/NAME, sorted by name) and labels. */
-typedef struct fm_utk_list {
-    int n;
-    char **paths;         /* n, owned */
-    fm_utk_label *labels; /* n, owned */
-    int skipped;          /* entries whose names do not parse (not listed) */
-} fm_utk_list;
-
-/* Lists the regular files of dir whose names end in .jpg or .jpeg (any case) and
- * parse as UTKFace names; others ending so are counted in skipped. On success the
- * caller owns *out (fm_utk_list_free). FM_ERR_IO when dir cannot be read. */
-fm_status fm_utk_list_dir(const char *dir, fm_utk_list *out, fm_error *err);
-void fm_utk_list_free(fm_utk_list *l);
 
 /* The schema's face (result_json.h) of a detection and, when a is not NULL, its
  * attributes. */

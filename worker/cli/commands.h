@@ -1,6 +1,7 @@
 /* commands.h - the subcommands of the `facemill` program. Each takes the arguments
- * after its name (argv[0] is the subcommand's name) and returns the process exit
- * code: 0 success, 1 failure, 2 usage error. */
+ * after its name (argv[0] is the subcommand's name), reads them with cli_start
+ * (cli_opts.h) and returns the process exit code: 0 success, 1 failure, 2 usage
+ * error (label and submit: 3, a run that did not finish). */
 #ifndef FACEMILL_COMMANDS_H
 #define FACEMILL_COMMANDS_H
 

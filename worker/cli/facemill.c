@@ -1,5 +1,6 @@
 /* facemill.c - the `facemill` program: one executable, one subcommand per job
  * (git style). This file only dispatches; each subcommand lives in its own file. */
+#include "cli_opts.h"
 #include "commands.h"
 #include "facemill/log.h"
 
@@ -34,7 +35,10 @@ static void usage(FILE *out)
     fprintf(out, "usage: facemill COMMAND [ARGS...]\n\ncommands:\n");
     for (const command *c = commands; c->name; c++)
         fprintf(out, "  %-10s %s\n", c->name, c->help);
-    fprintf(out, "\n`facemill COMMAND --help` describes one command.\n");
+    fprintf(out, "\n`facemill COMMAND --help` describes one command.\n\n");
+    cli_help_common(out);
+    fprintf(out, "\nexit status: 0 success, 1 failure, 2 usage error; label and submit: 3 "
+                 "the run\n  did not finish\n");
 }
 
 int main(int argc, char **argv)
@@ -42,17 +46,16 @@ int main(int argc, char **argv)
     fm_log_init("facemill", -1);
     if (argc < 2) {
         usage(stderr);
-        return 2;
+        return CLI_EXIT_USAGE;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
         usage(stdout);
-        return 0;
+        return CLI_EXIT_OK;
     }
     for (const command *c = commands; c->name; c++)
         if (strcmp(argv[1], c->name) == 0)
             return c->fn(argc - 1, argv + 1);
-    fprintf(stderr, "facemill: unknown command '%s'\n\n", argv[1]);
-    usage(stderr);
-    return 2;
+    fprintf(stderr, "facemill: unknown command '%s' (see facemill --help)\n", argv[1]);
+    return CLI_EXIT_USAGE;
 }

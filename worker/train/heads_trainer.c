@@ -237,6 +237,216 @@ static fm_status check(const fm_train_set *train, const fm_train_set *val,
     return FM_OK;
 }
 
+/* Everything one training holds besides the data. Every parameter vector (theta,
+ * its gradient, the optimiser's moments, the kept epoch's copy) has lay.n_params
+ * floats. */
+typedef struct trainer {
+    layout lay;
+    step_ctx c;
+    float *mean, *sd;       /* dim: the training set's feature statistics */
+    float *scale, *shift;   /* dim: standardisation as the network applies it */
+    float *theta, *grad, *am, *av, *keep;
+    float *mask;            /* batch rows of every hidden layer's dropout mask, or NULL */
+    size_t mask_len;
+    float *age_table;       /* FM_HEADS_AGES rows of age targets */
+    int *order;             /* the training set's order this epoch */
+    double age_sum;         /* of the training set's ages: the fallback age */
+    fm_heads_net net, gnet; /* views of theta and grad */
+    uint64_t rng;
+} trainer;
+
+static void trainer_free(trainer *t)
+{
+    fm_arena_destroy(&t->c.arena);
+    free(t->mean);
+    free(t->sd);
+    free(t->scale);
+    free(t->shift);
+    free(t->theta);
+    free(t->keep);
+    free(t->grad);
+    free(t->am);
+    free(t->av);
+    free(t->mask);
+    free(t->age_table);
+    free(t->order);
+    free(t->c.x);
+    for (int k = 0; k < 3; k++)
+        free(t->c.target[k]);
+}
+
+/* The layout and every buffer, for batches of o->batch rows of dim features. */
+static fm_status trainer_alloc(trainer *t, int dim, int n_train, const fm_train_opts *o,
+                               fm_error *err)
+{
+    const int B = o->batch;
+    make_layout(dim, o->n_hidden, o->hidden, &t->lay);
+    const size_t P = t->lay.n_params;
+    for (int l = 1; l <= o->n_hidden; l++)
+        t->mask_len += (size_t)B * (size_t)t->lay.width[l];
+    t->c = (step_ctx){.l = &t->lay, .dim = dim, .weights = {o->age_weight, 1, 1}};
+    t->mean = calloc((size_t)dim, sizeof *t->mean);
+    t->sd = calloc((size_t)dim, sizeof *t->sd);
+    t->scale = malloc((size_t)dim * sizeof *t->scale);
+    t->shift = malloc((size_t)dim * sizeof *t->shift);
+    t->theta = malloc(P * sizeof *t->theta);
+    t->keep = malloc(P * sizeof *t->keep);
+    t->grad = malloc(P * sizeof *t->grad);
+    t->am = calloc(P, sizeof *t->am);
+    t->av = calloc(P, sizeof *t->av);
+    t->mask = t->mask_len ? malloc(t->mask_len * sizeof *t->mask) : NULL;
+    t->age_table = malloc((size_t)FM_HEADS_AGES * FM_HEADS_AGES * sizeof *t->age_table);
+    t->order = malloc((size_t)n_train * sizeof *t->order);
+    t->c.x = malloc((size_t)B * (size_t)dim * sizeof *t->c.x);
+    for (int k = 0; k < 3; k++)
+        t->c.target[k] = malloc((size_t)B * (size_t)fm_heads_classes[k] * sizeof(float));
+    if (!t->mean || !t->sd || !t->scale || !t->shift || !t->theta || !t->keep || !t->grad ||
+        !t->am || !t->av || (t->mask_len && !t->mask) || !t->age_table || !t->order ||
+        !t->c.x || !t->c.target[0] || !t->c.target[1] || !t->c.target[2])
+        return fm_error_set(err, FM_ERR_NOMEM, "trainer: out of memory");
+    t->c.age_table = t->age_table;
+    size_t moff = 0;
+    for (int l = 0; l < o->n_hidden; l++) {
+        t->c.mask[l] = t->mask + moff;
+        moff += (size_t)B * (size_t)t->lay.width[l + 1];
+    }
+    net_view(&t->lay, t->theta, t->scale, t->shift, o->leaky_alpha, &t->net);
+    net_view(&t->lay, t->grad, t->scale, t->shift, o->leaky_alpha, &t->gnet);
+    return FM_OK;
+}
+
+/* Standardisation and fallback age from the training set; the age targets. */
+static void standardise(trainer *t, const fm_train_set *train, const fm_train_opts *o)
+{
+    const int D = train->dim;
+    for (int j = 0; j < D; j++) {
+        double s = 0, s2 = 0;
+        for (int i = 0; i < train->n; i++) {
+            double v = train->x[(size_t)i * (size_t)D + (size_t)j];
+            s += v;
+            s2 += v * v;
+        }
+        double mu = s / train->n, var = s2 / train->n - mu * mu;
+        t->mean[j] = (float)mu;
+        t->sd[j] = (float)sqrt(var > 1e-12 ? var : 1e-12);
+        if (!(t->sd[j] > 1e-6f))
+            t->sd[j] = 1e-6f;
+    }
+    fm_heads_standardiser(t->mean, t->sd, D, t->scale, t->shift);
+    for (int i = 0; i < train->n; i++)
+        t->age_sum += train->labels[i].age;
+    for (int a = 0; a < FM_HEADS_AGES; a++)
+        fm_nn_gaussian_target(FM_HEADS_AGES, a, o->age_sigma,
+                              t->age_table + (size_t)a * FM_HEADS_AGES);
+}
+
+/* One arena for a whole step of a full batch, sized by a measuring run. */
+static fm_status size_arena(trainer *t, const fm_train_opts *o, fm_error *err)
+{
+    fm_arena *measuring = NULL;
+    fm_heads_tape tape;
+    double l;
+    fm_status st;
+    if ((st = fm_arena_new_measuring(&measuring, err)))
+        return st;
+    t->c.arena = measuring;
+    st = step(&t->c, &t->net, o->batch, t->mask != NULL, &t->gnet, t->grad, &tape, &l, err);
+    t->c.arena = NULL;
+    size_t need = fm_arena_high_water(measuring);
+    fm_arena_destroy(&measuring);
+    return st ? st : fm_arena_new(need, &t->c.arena, err);
+}
+
+/* He initialisation for hidden layers, 1/sqrt(fan_in) for the heads, zero biases; the
+ * random stream starts from the seed here. */
+static void init_weights(trainer *t, int n_train, const fm_train_opts *o)
+{
+    const layout *lay = &t->lay;
+    t->rng = o->seed * 0x2545F4914F6CDD1DULL + 12345;
+    for (int l = 0; l <= lay->n_hidden; l++) {
+        int wi = lay->width[l], wo = lay->width[l + 1];
+        double sc = l < lay->n_hidden ? sqrt(2.0 / wi) : sqrt(1.0 / wi);
+        for (size_t q = 0; q < (size_t)wi * (size_t)wo; q++)
+            t->theta[lay->w_off[l] + q] = (float)(sc * rng_normal(&t->rng));
+        memset(t->theta + lay->b_off[l], 0, (size_t)wo * sizeof(float));
+    }
+    memcpy(t->keep, t->theta, lay->n_params * sizeof *t->theta);
+    for (int i = 0; i < n_train; i++)
+        t->order[i] = i;
+}
+
+/* AdamW on every layer: decoupled weight decay on weights, not biases. */
+static void optimise(trainer *t, const fm_train_opts *o, double lr, long steps)
+{
+    const layout *lay = &t->lay;
+    for (int k = 0; k <= lay->n_hidden; k++) {
+        const size_t nw = lay->b_off[k] - lay->w_off[k], nb = (size_t)lay->width[k + 1];
+        fm_optim_step sw = {.kind = FM_OPTIM_ADAMW, .lr = lr,
+                            .weight_decay = o->weight_decay, .t = steps};
+        fm_optim_step sb = sw;
+        sb.weight_decay = 0;
+        fm_optim_update(&sw, t->theta + lay->w_off[k], t->grad + lay->w_off[k],
+                        t->am + lay->w_off[k], t->av + lay->w_off[k], nw);
+        fm_optim_update(&sb, t->theta + lay->b_off[k], t->grad + lay->b_off[k],
+                        t->am + lay->b_off[k], t->av + lay->b_off[k], nb);
+    }
+}
+
+/* One epoch over train in a new order (Fisher-Yates), with fresh dropout masks per
+ * batch; *steps counts optimiser steps over the run. The mean batch loss in *loss. */
+static fm_status train_epoch(trainer *t, const fm_train_set *train, const fm_train_opts *o,
+                             double lr, long *steps, double *loss, fm_error *err)
+{
+    const int B = o->batch;
+    const float keep_scale = (float)(1.0 / (1.0 - o->dropout));
+    const int masked = t->mask && o->dropout > 0;
+    for (int i = train->n - 1; i > 0; i--) {
+        int j = (int)(rng_next(&t->rng) % (uint64_t)(i + 1));
+        int tmp = t->order[i];
+        t->order[i] = t->order[j];
+        t->order[j] = tmp;
+    }
+    double loss_sum = 0;
+    int batches = 0;
+    for (int i0 = 0; i0 < train->n; i0 += B) {
+        const int n = train->n - i0 < B ? train->n - i0 : B;
+        for (int i = 0; i < n; i++)
+            load_row(&t->c, train, t->order[i0 + i], i);
+        if (masked)
+            for (size_t q = 0; q < t->mask_len; q++)
+                t->mask[q] = rng_uniform(&t->rng) < o->dropout ? 0.0f : keep_scale;
+        fm_heads_tape tape;
+        double l = 0;
+        fm_status st = step(&t->c, &t->net, n, masked, &t->gnet, t->grad, &tape, &l, err);
+        if (st)
+            return st;
+        loss_sum += l;
+        batches++;
+        optimise(t, o, lr, ++*steps);
+    }
+    *loss = loss_sum / batches;
+    return FM_OK;
+}
+
+/* Early stopping after epoch e: keeps theta when it beat *kept, halves *lr after
+ * lr_patience epochs without improvement. Returns 1 when patience ran out. */
+static int keep_best(trainer *t, const fm_train_opts *o, const fm_train_epoch *e,
+                     fm_train_epoch *kept, double *lr, int *bad, int *bad_lr)
+{
+    if (e->val_loss < kept->val_loss) {
+        *kept = *e;
+        memcpy(t->keep, t->theta, t->lay.n_params * sizeof *t->theta);
+        *bad = *bad_lr = 0;
+    } else {
+        (*bad)++;
+        if (++*bad_lr >= o->lr_patience) {
+            *lr *= 0.5;
+            *bad_lr = 0;
+        }
+    }
+    return *bad >= o->patience;
+}
+
 fm_status fm_train_heads(const fm_train_set *train, const fm_train_set *val,
                          const fm_train_opts *o, fm_model_writer *w, fm_train_epoch *best,
                          fm_error *err)
@@ -246,159 +456,33 @@ fm_status fm_train_heads(const fm_train_set *train, const fm_train_set *val,
     fm_status st = check(train, val, o, err);
     if (st)
         return st;
-    const int D = train->dim, B = o->batch;
-    layout lay;
-    make_layout(D, o->n_hidden, o->hidden, &lay);
-    const size_t P = lay.n_params;
-    size_t mask_len = 0;
-    for (int l = 1; l <= o->n_hidden; l++)
-        mask_len += (size_t)B * (size_t)lay.width[l];
-    step_ctx c = {.l = &lay, .dim = D, .weights = {o->age_weight, 1, 1}};
-    fm_arena *measuring = NULL;
-    float *mean = calloc((size_t)D, sizeof *mean), *sd = calloc((size_t)D, sizeof *sd);
-    float *scale = malloc((size_t)D * sizeof *scale), *shift = malloc((size_t)D * sizeof *shift);
-    float *theta = malloc(P * sizeof *theta), *keep = malloc(P * sizeof *keep);
-    float *grad = malloc(P * sizeof *grad);
-    float *am = calloc(P, sizeof *am), *av = calloc(P, sizeof *av);
-    float *mask = mask_len ? malloc(mask_len * sizeof *mask) : NULL;
-    float *age_table = malloc((size_t)FM_HEADS_AGES * FM_HEADS_AGES * sizeof *age_table);
-    int *order = malloc((size_t)train->n * sizeof *order);
-    c.x = malloc((size_t)B * (size_t)D * sizeof *c.x);
-    for (int k = 0; k < 3; k++)
-        c.target[k] = malloc((size_t)B * (size_t)fm_heads_classes[k] * sizeof(float));
-    if (!mean || !sd || !scale || !shift || !theta || !keep || !grad || !am || !av ||
-        (mask_len && !mask) || !age_table || !order || !c.x || !c.target[0] ||
-        !c.target[1] || !c.target[2]) {
-        st = fm_error_set(err, FM_ERR_NOMEM, "trainer: out of memory");
+    trainer t;
+    memset(&t, 0, sizeof t);
+    if ((st = trainer_alloc(&t, train->dim, train->n, o, err)))
         goto done;
-    }
-    c.age_table = age_table;
-    size_t moff = 0;
-    for (int l = 0; l < o->n_hidden; l++) {
-        c.mask[l] = mask + moff;
-        moff += (size_t)B * (size_t)lay.width[l + 1];
-    }
-
-    /* standardisation from the training set */
-    double age_sum = 0;
-    for (int j = 0; j < D; j++) {
-        double s = 0, s2 = 0;
-        for (int i = 0; i < train->n; i++) {
-            double v = train->x[(size_t)i * (size_t)D + (size_t)j];
-            s += v;
-            s2 += v * v;
-        }
-        double mu = s / train->n, var = s2 / train->n - mu * mu;
-        mean[j] = (float)mu;
-        sd[j] = (float)sqrt(var > 1e-12 ? var : 1e-12);
-        if (!(sd[j] > 1e-6f))
-            sd[j] = 1e-6f;
-    }
-    fm_heads_standardiser(mean, sd, D, scale, shift);
-    for (int i = 0; i < train->n; i++)
-        age_sum += train->labels[i].age;
-    /* age targets: one row per true age */
-    for (int a = 0; a < FM_HEADS_AGES; a++)
-        fm_nn_gaussian_target(FM_HEADS_AGES, a, o->age_sigma,
-                              age_table + (size_t)a * FM_HEADS_AGES);
-
-    fm_heads_net net, gnet;
-    net_view(&lay, theta, scale, shift, o->leaky_alpha, &net);
-    net_view(&lay, grad, scale, shift, o->leaky_alpha, &gnet);
-    /* one arena for a whole step of a full batch, measured */
-    {
-        fm_heads_tape t;
-        double l;
-        if ((st = fm_arena_new_measuring(&measuring, err)))
-            goto done;
-        c.arena = measuring;
-        if ((st = step(&c, &net, B, mask != NULL, &gnet, grad, &t, &l, err)))
-            goto done;
-        size_t need = fm_arena_high_water(measuring);
-        fm_arena_destroy(&measuring);
-        if ((st = fm_arena_new(need, &c.arena, err)))
-            goto done;
-    }
-
-    /* He initialisation for hidden layers, 1/sqrt(fan_in) for the heads */
-    uint64_t rng = o->seed * 0x2545F4914F6CDD1DULL + 12345;
-    for (int l = 0; l <= lay.n_hidden; l++) {
-        int wi = lay.width[l], wo = lay.width[l + 1];
-        double sc = l < lay.n_hidden ? sqrt(2.0 / wi) : sqrt(1.0 / wi);
-        for (size_t q = 0; q < (size_t)wi * (size_t)wo; q++)
-            theta[lay.w_off[l] + q] = (float)(sc * rng_normal(&rng));
-        memset(theta + lay.b_off[l], 0, (size_t)wo * sizeof(float));
-    }
-    memcpy(keep, theta, P * sizeof *theta);
-    for (int i = 0; i < train->n; i++)
-        order[i] = i;
+    standardise(&t, train, o);
+    if ((st = size_arena(&t, o, err)))
+        goto done;
+    init_weights(&t, train->n, o);
 
     fm_train_epoch e = {0}, kept = {0};
     kept.val_loss = INFINITY;
     double lr = o->lr;
     const double t_start = fm_now_ms();
     long steps = 0;
-    int bad = 0, bad_lr = 0;
-    const float keep_scale = (float)(1.0 / (1.0 - o->dropout));
-    for (int epoch = 1; epoch <= o->max_epochs; epoch++) {
-        for (int i = train->n - 1; i > 0; i--) { /* Fisher-Yates */
-            int j = (int)(rng_next(&rng) % (uint64_t)(i + 1));
-            int tmp = order[i];
-            order[i] = order[j];
-            order[j] = tmp;
-        }
-        double loss_sum = 0;
-        int batches = 0;
-        for (int i0 = 0; i0 < train->n; i0 += B) {
-            const int n = train->n - i0 < B ? train->n - i0 : B;
-            for (int i = 0; i < n; i++)
-                load_row(&c, train, order[i0 + i], i);
-            if (mask && o->dropout > 0)
-                for (size_t q = 0; q < mask_len; q++)
-                    mask[q] = rng_uniform(&rng) < o->dropout ? 0.0f : keep_scale;
-            fm_heads_tape t;
-            double l = 0;
-            if ((st = step(&c, &net, n, mask && o->dropout > 0, &gnet, grad, &t, &l, err)))
-                goto done;
-            loss_sum += l;
-            batches++;
-            steps++;
-            /* decoupled weight decay on weights, not biases */
-            for (int k = 0; k <= lay.n_hidden; k++) {
-                const size_t nw = lay.b_off[k] - lay.w_off[k], nb = (size_t)lay.width[k + 1];
-                fm_optim_step sw = {.kind = FM_OPTIM_ADAMW, .lr = lr,
-                                    .weight_decay = o->weight_decay, .t = steps};
-                fm_optim_step sb = sw;
-                sb.weight_decay = 0;
-                fm_optim_update(&sw, theta + lay.w_off[k], grad + lay.w_off[k],
-                                am + lay.w_off[k], av + lay.w_off[k], nw);
-                fm_optim_update(&sb, theta + lay.b_off[k], grad + lay.b_off[k],
-                                am + lay.b_off[k], av + lay.b_off[k], nb);
-            }
-        }
+    int bad = 0, bad_lr = 0, stop = 0;
+    for (int epoch = 1; epoch <= o->max_epochs && !stop; epoch++) {
         e.epoch = epoch;
         e.max_epochs = o->max_epochs;
         e.lr = lr;
-        e.train_loss = loss_sum / batches;
-        if ((st = evaluate(&c, &net, val, B, &e, err)))
+        if ((st = train_epoch(&t, train, o, lr, &steps, &e.train_loss, err)) ||
+            (st = evaluate(&t.c, &t.net, val, o->batch, &e, err)))
             goto done;
         e.elapsed_s = (fm_now_ms() - t_start) / 1e3;
-        if (e.val_loss < kept.val_loss) {
-            kept = e;
-            memcpy(keep, theta, P * sizeof *theta);
-            bad = bad_lr = 0;
-        } else {
-            bad++;
-            if (++bad_lr >= o->lr_patience) {
-                lr *= 0.5;
-                bad_lr = 0;
-            }
-        }
+        stop = keep_best(&t, o, &e, &kept, &lr, &bad, &bad_lr);
         e.best_epoch = kept.epoch;
         if (o->progress)
             o->progress(o->ctx, &e);
-        if (bad >= o->patience)
-            break;
     }
     kept.best_epoch = kept.epoch;
     kept.elapsed_s = (fm_now_ms() - t_start) / 1e3;
@@ -407,25 +491,9 @@ fm_status fm_train_heads(const fm_train_set *train, const fm_train_set *val,
 
     /* the kept epoch's weights, in the layout heads.c reads */
     fm_heads_net out;
-    net_view(&lay, keep, scale, shift, o->leaky_alpha, &out);
-    st = fm_heads_write(w, &out, mean, sd, age_sum / train->n, err);
+    net_view(&t.lay, t.keep, t.scale, t.shift, o->leaky_alpha, &out);
+    st = fm_heads_write(w, &out, t.mean, t.sd, t.age_sum / train->n, err);
 done:
-    fm_arena_destroy(&measuring);
-    fm_arena_destroy(&c.arena);
-    free(mean);
-    free(sd);
-    free(scale);
-    free(shift);
-    free(theta);
-    free(keep);
-    free(grad);
-    free(am);
-    free(av);
-    free(mask);
-    free(age_table);
-    free(order);
-    free(c.x);
-    for (int k = 0; k < 3; k++)
-        free(c.target[k]);
+    trainer_free(&t);
     return st;
 }

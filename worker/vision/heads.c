@@ -35,10 +35,6 @@ struct fm_heads {
 const int fm_heads_classes[3] = {FM_HEADS_AGES, FM_HEADS_GENDERS, FM_HEADS_RACES};
 static const char *const head_name[3] = {"age", "gender", "race"};
 
-const char *const fm_heads_gender_names[FM_HEADS_GENDERS] = {"male", "female"};
-const char *const fm_heads_race_names[FM_HEADS_RACES] = {"White", "Black", "Asian", "Indian",
-                                                         "Others"};
-
 const char *fm_backbone_output_name(fm_backbone_output o)
 {
     return o == FM_BACKBONE_POOLED ? "pooled" : o == FM_BACKBONE_EMBEDDING ? "embedding" : "?";
