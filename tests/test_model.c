@@ -10,6 +10,7 @@
  */
 #include "facemill/model.h"
 #include "fm_test.h"
+#include "fm_test_model.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,73 +27,11 @@ static char work_path[300];
 
 /* ---------------------------------------------------------------- helpers ---- */
 
-static uint32_t g32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t g64(const uint8_t *p)
-{
-    return (uint64_t)g32(p) | (uint64_t)g32(p + 4) << 32;
-}
-
-static void p32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void p64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static int write_file(const char *path, const uint8_t *buf, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return 0;
-    int ok = fwrite(buf, 1, len, f) == len;
-    return fclose(f) == 0 && ok;
-}
-
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-/* Recomputes index_crc32 when the header's section fields are in bounds, so a
- * patched field reaches its own check instead of failing the CRC. */
-static void fix_index_crc(uint8_t *b, size_t len)
-{
-    if (len < 128)
-        return;
-    uint64_t dir_offset = g64(b + 40), dir_size = g64(b + 48);
-    if (dir_offset > len || dir_size > len - dir_offset || dir_offset + dir_size < 128)
-        return;
-    p32(b + 72, 0);
-    p32(b + 72, fm_model_crc32(0, b, (size_t)(dir_offset + dir_size)));
-}
-
 static void fix_data_crc(uint8_t *b, size_t len)
 {
-    uint64_t data_offset = g64(b + 56);
-    p32(b + 76, fm_model_crc32(0, b + data_offset, len - (size_t)data_offset));
-    fix_index_crc(b, len);
+    uint64_t data_offset = fm_test_get64(b + 56);
+    fm_test_put32(b + 76, fm_model_crc32(0, b + data_offset, len - (size_t)data_offset));
+    fm_test_fix_index_crc(b, len);
 }
 
 /* Reads everything a model hands out, so ASan sees any pointer past the mapping. */
@@ -150,10 +89,8 @@ static double touch_model(const fm_model *m)
 /* Writes buf to the work file and opens it; on success touches and closes it. */
 static fm_status open_bytes(const uint8_t *buf, size_t len, unsigned flags, fm_error *err)
 {
-    if (!write_file(work_path, buf, len)) {
-        fprintf(stderr, "cannot write %s\n", work_path);
+    if (fm_test_write_file(work_path, buf, len) != 0)
         exit(1);
-    }
     fm_model *m = (fm_model *)(uintptr_t)1;
     fm_status st = fm_model_open(&m, work_path, flags, err);
     if (st == FM_OK) {
@@ -190,8 +127,8 @@ static void expect_h32(const uint8_t *base, size_t len, size_t off, uint32_t v,
 {
     uint8_t *b = malloc(len);
     memcpy(b, base, len);
-    p32(b + off, v);
-    fix_index_crc(b, len);
+    fm_test_put32(b + off, v);
+    fm_test_fix_index_crc(b, len);
     char l[160];
     snprintf(l, sizeof l, "%s = %" PRIu32, label, v);
     expect(b, len, 0, want, substr, l);
@@ -203,8 +140,8 @@ static void expect_h64(const uint8_t *base, size_t len, size_t off, uint64_t v,
 {
     uint8_t *b = malloc(len);
     memcpy(b, base, len);
-    p64(b + off, v);
-    fix_index_crc(b, len);
+    fm_test_put64(b + off, v);
+    fm_test_fix_index_crc(b, len);
     char l[160];
     snprintf(l, sizeof l, "%s = %" PRIu64, label, v);
     expect(b, len, 0, want, substr, l);
@@ -218,15 +155,15 @@ typedef struct dirpos {
 
 static dirpos dir_entry(const uint8_t *b, unsigned idx)
 {
-    size_t pos = (size_t)g64(b + 40);
+    size_t pos = (size_t)fm_test_get64(b + 40);
     for (unsigned i = 0;; i++) {
         dirpos d;
         d.name_len = pos;
         d.name = pos + 4;
-        d.dtype = d.name + g32(b + pos);
+        d.dtype = d.name + fm_test_get32(b + pos);
         d.ndim = d.dtype + 4;
         d.dims = d.ndim + 4;
-        d.offset = d.dims + 8 * g32(b + d.ndim);
+        d.offset = d.dims + 8 * fm_test_get32(b + d.ndim);
         d.nbytes = d.offset + 8;
         if (i == idx)
             return d;
@@ -245,20 +182,20 @@ static metapos meta_entry(const uint8_t *b, unsigned idx)
         metapos e;
         e.key_len = pos;
         e.key = pos + 4;
-        e.type = e.key + g32(b + pos);
+        e.type = e.key + fm_test_get32(b + pos);
         e.value = e.type + 4;
         if (i == idx)
             return e;
-        uint32_t type = g32(b + e.type), n;
+        uint32_t type = fm_test_get32(b + e.type), n;
         switch (type) {
         case 1: case 2: pos = e.value + 8; break;
-        case 3: pos = e.value + 4 + g32(b + e.value); break;
-        case 4: case 5: pos = e.value + 4 + 8 * (size_t)g32(b + e.value); break;
+        case 3: pos = e.value + 4 + fm_test_get32(b + e.value); break;
+        case 4: case 5: pos = e.value + 4 + 8 * (size_t)fm_test_get32(b + e.value); break;
         default:
-            n = g32(b + e.value);
+            n = fm_test_get32(b + e.value);
             pos = e.value + 4;
             for (uint32_t k = 0; k < n; k++)
-                pos += 4 + g32(b + pos);
+                pos += 4 + fm_test_get32(b + pos);
         }
     }
 }
@@ -614,10 +551,10 @@ static void test_paths(void)
 static void test_header(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len + 64);
-    uint64_t meta_size = g64(base + 32), dir_offset = g64(base + 40),
-             dir_size = g64(base + 48), data_offset = g64(base + 56),
-             data_size = g64(base + 64);
-    uint32_t n_meta = g32(base + 16), n_tensors = g32(base + 20);
+    uint64_t meta_size = fm_test_get64(base + 32), dir_offset = fm_test_get64(base + 40),
+             dir_size = fm_test_get64(base + 48), data_offset = fm_test_get64(base + 56),
+             data_size = fm_test_get64(base + 64);
+    uint32_t n_meta = fm_test_get32(base + 16), n_tensors = fm_test_get32(base + 20);
 
     expect(base, len, 0, FM_OK, NULL, "base file");
     expect(base, len, FM_MODEL_VERIFY_DATA, FM_OK, NULL, "base file, verify");
@@ -638,7 +575,7 @@ static void test_header(const uint8_t *base, size_t len)
     expect_h32(base, len, 8, 2, FM_ERR_VERSION, "version 2 is not supported", "version");
     expect_h32(base, len, 8, UINT32_MAX, FM_ERR_VERSION, NULL, "version");
     memcpy(b, base, len);
-    p32(b + 8, 2);
+    fm_test_put32(b + 8, 2);
     expect(b, len, 0, FM_ERR_VERSION, NULL, "version 2, stale crc");
 
     uint32_t hs[] = {0, 64, 127, 129, 256, UINT32_MAX};
@@ -687,7 +624,7 @@ static void test_header(const uint8_t *base, size_t len)
     expect(b, len, 0, FM_ERR_FORMAT, "index_crc32", "index crc flipped");
     memcpy(b, base, len);
     b[76] ^= 1;
-    fix_index_crc(b, len);
+    fm_test_fix_index_crc(b, len);
     expect(b, len, 0, FM_OK, NULL, "data crc wrong, no verify");
     expect(b, len, FM_MODEL_VERIFY_DATA, FM_ERR_FORMAT, "data_crc32", "data crc wrong, verify");
 
@@ -695,7 +632,7 @@ static void test_header(const uint8_t *base, size_t len)
     for (int i = 80; i < 128; i++) {
         memcpy(b, base, len);
         b[i] = (uint8_t)(i == 100 ? 0x80 : 1);
-        fix_index_crc(b, len);
+        fm_test_fix_index_crc(b, len);
         expect(b, len, 0, FM_ERR_FORMAT, "reserved header byte", "reserved byte");
     }
 
@@ -709,7 +646,8 @@ static void test_header(const uint8_t *base, size_t len)
 static void test_truncation(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len);
-    uint64_t dir_end = g64(base + 40) + g64(base + 48), data_offset = g64(base + 56);
+    uint64_t dir_end = fm_test_get64(base + 40) + fm_test_get64(base + 48);
+    uint64_t data_offset = fm_test_get64(base + 56);
     int bad = 0, cases = 0;
     /* Every cut point of the index region, and every 7th byte of the data section. */
     for (size_t cut = 0; cut < len; cut += cut < dir_end + 64 ? 1 : 7) {
@@ -730,8 +668,8 @@ static void test_truncation(const uint8_t *base, size_t len)
     cases = 0;
     for (size_t cut = (size_t)data_offset; cut < len; cut += 4) {
         memcpy(b, base, len);
-        p64(b + 64, cut - data_offset);
-        fix_index_crc(b, cut);
+        fm_test_put64(b + 64, cut - data_offset);
+        fm_test_fix_index_crc(b, cut);
         fm_error err = {0};
         fm_status st = open_bytes(b, cut, 0, &err);
         cases++;
@@ -765,7 +703,7 @@ static void expect_byte(const uint8_t *base, size_t len, size_t pos, uint8_t v,
     uint8_t *b = malloc(len);
     memcpy(b, base, len);
     b[pos] = v;
-    fix_index_crc(b, len);
+    fm_test_fix_index_crc(b, len);
     expect(b, len, 0, want, substr, label);
     free(b);
 }
@@ -774,9 +712,9 @@ static void test_directory(const uint8_t *base, size_t len)
 {
     dirpos t1 = dir_entry(base, 0), t2 = dir_entry(base, 1), c3 = dir_entry(base, 2),
            t4 = dir_entry(base, 3);
-    uint64_t data_size = g64(base + 64);
-    CHECK(g32(base + t1.name_len) == 2 && memcmp(base + t1.name, "t1", 2) == 0);
-    CHECK(memcmp(base + c3.name, "conv1.w", 7) == 0 && g32(base + c3.ndim) == 4);
+    uint64_t data_size = fm_test_get64(base + 64);
+    CHECK(fm_test_get32(base + t1.name_len) == 2 && memcmp(base + t1.name, "t1", 2) == 0);
+    CHECK(memcmp(base + c3.name, "conv1.w", 7) == 0 && fm_test_get32(base + c3.ndim) == 4);
 
     /* dtype: f16 with an f32 entry's nbytes, reserved int8, unknown values. */
     expect_at32(base, len, t1.dtype, 1, FM_ERR_FORMAT,
@@ -798,13 +736,13 @@ static void test_directory(const uint8_t *base, size_t len)
         uint8_t *b = malloc(len);
         memcpy(b, base, len);
         for (int d = 0; d < 4; d++)
-            p64(b + c3.dims + 8 * d, (uint64_t)1 << 32);
-        fix_index_crc(b, len);
+            fm_test_put64(b + c3.dims + 8 * d, (uint64_t)1 << 32);
+        fm_test_fix_index_crc(b, len);
         expect(b, len, 0, FM_ERR_FORMAT, "product of dims overflows", "dims overflow");
         /* dims whose product x 4 wraps to exactly nbytes. */
         memcpy(b, base, len);
-        p64(b + t4.dims, ((uint64_t)1 << 62) + 1);
-        fix_index_crc(b, len);
+        fm_test_put64(b + t4.dims, ((uint64_t)1 << 62) + 1);
+        fm_test_fix_index_crc(b, len);
         expect(b, len, 0, FM_ERR_FORMAT, "overflows", "dims x 4 wraps");
         free(b);
     }
@@ -814,7 +752,7 @@ static void test_directory(const uint8_t *base, size_t len)
         expect_at64(base, len, t1.nbytes, nb[i], FM_ERR_FORMAT, "is not product(dims) x 4",
                     "nbytes");
     /* offset: unaligned, out of bounds, overflowing u64. */
-    uint64_t off1 = g64(base + t1.offset), off3 = g64(base + c3.offset);
+    uint64_t off1 = fm_test_get64(base + t1.offset), off3 = fm_test_get64(base + c3.offset);
     expect_at64(base, len, t1.offset, off1 + 4, FM_ERR_FORMAT, "is not a multiple of 64",
                 "unaligned offset");
     expect_at64(base, len, t1.offset, off1 + 1, FM_ERR_FORMAT, NULL, "unaligned offset");
@@ -889,7 +827,7 @@ static void test_metadata(const uint8_t *base, size_t len)
         for (size_t i = 0; i < 4; i++) {
             memcpy(b, base, len);
             memcpy(b + str.value + 4 + 1, bad_seqs[i], 3);
-            fix_index_crc(b, len);
+            fm_test_fix_index_crc(b, len);
             expect(b, len, 0, FM_ERR_FORMAT, "not valid UTF-8", "overlong/surrogate/too big");
         }
         free(b);
@@ -911,9 +849,10 @@ static void test_metadata(const uint8_t *base, size_t len)
 static void test_data_section(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len);
-    uint64_t data_offset = g64(base + 56), dir_end = g64(base + 40) + g64(base + 48);
+    uint64_t data_offset = fm_test_get64(base + 56);
+    uint64_t dir_end = fm_test_get64(base + 40) + fm_test_get64(base + 48);
     dirpos t1 = dir_entry(base, 0);
-    uint64_t off1 = g64(base + t1.offset);
+    uint64_t off1 = fm_test_get64(base + t1.offset);
 
     /* A flipped data byte: found only when asked. */
     memcpy(b, base, len);
@@ -946,7 +885,7 @@ static void test_data_section(const uint8_t *base, size_t len)
 static void test_fuzz_index(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len);
-    uint64_t dir_end = g64(base + 40) + g64(base + 48);
+    uint64_t dir_end = fm_test_get64(base + 40) + fm_test_get64(base + 48);
     const uint8_t pats[] = {0x01, 0x80, 0xff, 0x41};
     int accepted_stale = 0, ok_fixed = 0, cases = 0;
     for (size_t pos = 0; pos < dir_end; pos++) {
@@ -957,7 +896,7 @@ static void test_fuzz_index(const uint8_t *base, size_t len)
             if (open_bytes(b, len, 0, &err) == FM_OK)
                 accepted_stale++;
             if (pos < 72 || pos >= 76) {
-                fix_index_crc(b, len);
+                fm_test_fix_index_crc(b, len);
                 fm_status st = open_bytes(b, len, FM_MODEL_VERIFY_DATA, &err);
                 CHECK(st == FM_OK || st == FM_ERR_FORMAT || st == FM_ERR_VERSION);
                 ok_fixed += st == FM_OK;
@@ -1067,12 +1006,13 @@ static void test_f16(void)
     fm_model_writer_destroy(&w);
 
     size_t len = 0;
-    uint8_t *b = read_file(path, &len);
+    uint8_t *b = fm_test_read_file(path, &len);
     CHECK(b != NULL);
     if (!b)
         return;
     dirpos e0 = dir_entry(b, 0), e1 = dir_entry(b, 1), e2 = dir_entry(b, 2);
-    CHECK(g32(b + e0.dtype) == 1 && g32(b + e1.dtype) == 0 && g32(b + e2.dtype) == 1);
+    CHECK(fm_test_get32(b + e0.dtype) == 1 && fm_test_get32(b + e1.dtype) == 0 &&
+          fm_test_get32(b + e2.dtype) == 1);
     expect_h32(b, len, e0.dtype, 0, FM_ERR_FORMAT,
                "tensor 'h': nbytes 6 is not product(dims) x 4 = 12", "f16 read as f32");
     expect_h32(b, len, e1.dtype, 1, FM_ERR_FORMAT,
@@ -1089,13 +1029,13 @@ static void test_f16(void)
          * becomes data: valid, even verified); one more overlaps "f". */
         uint8_t *c = malloc(len);
         memcpy(c, b, len);
-        p64(c + e0.dims, 32);
-        p64(c + e0.nbytes, 64);
-        fix_index_crc(c, len);
+        fm_test_put64(c + e0.dims, 32);
+        fm_test_put64(c + e0.nbytes, 64);
+        fm_test_fix_index_crc(c, len);
         expect(c, len, FM_MODEL_VERIFY_DATA, FM_OK, NULL, "f16 tensor filling its block");
-        p64(c + e0.dims, 33);
-        p64(c + e0.nbytes, 66);
-        fix_index_crc(c, len);
+        fm_test_put64(c + e0.dims, 33);
+        fm_test_put64(c + e0.nbytes, 66);
+        fm_test_fix_index_crc(c, len);
         expect(c, len, 0, FM_ERR_FORMAT, "tensor 'f' [64, 80) overlaps tensor 'h' [0, 66)",
                "f16 tensor one half into the next");
         free(c);
@@ -1143,7 +1083,7 @@ static void test_rewrite(void)
         fm_model_writer_destroy(&w);
         fm_model_close(&m);
         size_t la = 0, lb = 0;
-        uint8_t *a = read_file(in, &la), *b = read_file(out, &lb);
+        uint8_t *a = fm_test_read_file(in, &la), *b = fm_test_read_file(out, &lb);
         int same = a && b && la == lb && memcmp(a, b, la) == 0;
         CHECK_MSG(same, "%s: rewritten file differs", files[k]);
         fprintf(stderr, "rewrite: %s, %zu bytes, %s\n", files[k], la,
@@ -1154,30 +1094,10 @@ static void test_rewrite(void)
     unlink(out);
 }
 
-static void remove_tmpdir(void)
-{
-    DIR *dir = opendir(tmpdir);
-    struct dirent *de;
-    char p[600];
-    while (dir && (de = readdir(dir))) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, de->d_name);
-        unlink(p);
-    }
-    if (dir)
-        closedir(dir);
-    rmdir(tmpdir);
-}
-
 int main(void)
 {
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/fm_test_model.XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "model") != 0)
         return 1;
-    }
     snprintf(base_path, sizeof base_path, "%s/base.fmm", tmpdir);
     snprintf(work_path, sizeof work_path, "%s/work.fmm", tmpdir);
 
@@ -1188,11 +1108,11 @@ int main(void)
     test_paths();
 
     size_t len = 0;
-    uint8_t *base = read_file(base_path, &len);
+    uint8_t *base = fm_test_read_file(base_path, &len);
     CHECK(base != NULL && len > 128);
     if (base) {
         fprintf(stderr, "base model: %zu bytes, index %" PRIu64 " bytes, data at %" PRIu64 "\n",
-                len, g64(base + 40) + g64(base + 48), g64(base + 56));
+                len, fm_test_get64(base + 40) + fm_test_get64(base + 48), fm_test_get64(base + 56));
         test_header(base, len);
         test_truncation(base, len);
         test_directory(base, len);
@@ -1204,6 +1124,6 @@ int main(void)
     test_f16();
     test_rewrite();
     fprintf(stderr, "hostile files opened: %d\n", n_cases);
-    remove_tmpdir();
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_model");
 }
