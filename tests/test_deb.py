@@ -30,8 +30,9 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fm_testlib import Checks, npm_cache as find_npm_cache, run, user_env  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import (SKIP, Checks, npm_cache as find_npm_cache, run,  # noqa: E402
+                        samples_dir, user_env)
 
 check = Checks("test_deb")
 
@@ -96,11 +97,9 @@ def main():
     if not shutil.which("dpkg-deb") or not shutil.which("dpkg"):
         print("test_deb: dpkg-deb is missing: not a Debian system, nothing to test",
               file=sys.stderr)
-        return 77
-    samples = os.path.join(src, "models", "cache", "samples")
-    if not os.path.isdir(samples):
-        print("test_deb: %s is missing: run models/fetch (ops/test does)" % samples,
-              file=sys.stderr)
+        return SKIP
+    samples = samples_dir(src, "test_deb")
+    if not samples:
         return 1
     # npm's cache as models/fetch left it (asked before HOME changes): `models fetch
     # --offline` takes the tarballs from it, so the test needs no network

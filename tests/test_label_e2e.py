@@ -44,8 +44,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fm_testlib import Checks, face_diff, flat, user_env  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import Checks, face_diff, flat, samples_dir, user_env  # noqa: E402
 
 check = Checks("test_label_e2e")
 
@@ -227,10 +227,8 @@ def main():
     a = ap.parse_args()
     fm = os.path.join(os.path.abspath(a.bin), "facemill")
     src = os.path.abspath(a.src)
-    samples = os.path.join(src, "models", "cache", "samples")
-    if not os.path.isdir(samples):
-        print("test_label_e2e: %s is missing: run models/fetch (ops/test does)" % samples,
-              file=sys.stderr)
+    samples = samples_dir(src, "test_label_e2e")
+    if not samples:
         return 1
     tmp = tempfile.mkdtemp(prefix="facemill-e2e-")
     try:
