@@ -14,6 +14,7 @@
  */
 #include "pipeline_process.h"
 #include "broker_link.h"
+#include "facemill/clock.h"
 #include "facemill/image.h"
 #include "facemill/log.h"
 #include "facemill/nn.h"
@@ -26,15 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-
-static double now_ms_f(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /* ---- the compute --------------------------------------------------------------- */
 
@@ -255,7 +248,7 @@ static void read_image(compute *c, int i, const Facemill__Job *job)
     batch_job *j = &c->job[i];
     Facemill__Result *r = &c->out[i];
     fm_error e = {0};
-    double t0 = now_ms_f();
+    double t0 = fm_now_ms();
     j->status = FM_OK;
     j->data = NULL;
     j->len = 0;
@@ -268,7 +261,7 @@ static void read_image(compute *c, int i, const Facemill__Job *job)
     } else {
         j->status = fm_error_set(&e, FM_ERR_INVALID, "job without data or path");
     }
-    double read_ms = now_ms_f() - t0;
+    double read_ms = fm_now_ms() - t0;
     if (j->status != FM_OK) {
         snprintf(c->errtext[i], FM_ERROR_MSG_MAX, "%s", fm_error_text(&e));
         return;
@@ -344,10 +337,10 @@ static void decode_image(compute *c, int i)
     Facemill__Result *r = &c->out[i];
     fm_image img;
     fm_error e = {0};
-    double t0 = now_ms_f();
+    double t0 = fm_now_ms();
     fm_status st = fm_decode(c->decoder, j->data, j->len, &img, &e);
     r->times->has_decode_ms = 1;
-    r->times->decode_ms = (float)(now_ms_f() - t0);
+    r->times->decode_ms = (float)(fm_now_ms() - t0);
     if (st != FM_OK) {
         j->status = st;
         snprintf(c->errtext[i], FM_ERROR_MSG_MAX, "%s", fm_error_text(&e));
@@ -414,9 +407,9 @@ static void process_held(wproc *w)
     for (int i = 0; i < n; i++)
         w->jobs[i] = w->held.env[i]->job;
     fm_error e = {0};
-    int64_t t0 = fm_wire_now_ms();
+    double t0 = fm_now_ms();
     fm_status st = run_batch(&w->comp, w->jobs, n, &e);
-    fm_log_debug("batch of %d: %lld ms", n, (long long)(fm_wire_now_ms() - t0));
+    fm_log_debug("batch of %d: %lld ms", n, (long long)(fm_now_ms() - t0));
     for (int i = 0; i < n; i++) {
         if (st != FM_OK)
             broker_link_fail(&w->link, w->jobs[i]->id, fm_error_text(&e));

@@ -9,6 +9,7 @@
  */
 #include "facemill/pipeline.h"
 #include "facemill/align.h"
+#include "facemill/clock.h"
 #include "facemill/image.h"
 #include "facemill/log.h"
 #include "facemill/modelpath.h"
@@ -16,7 +17,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define DEFAULT_MAX_IMAGES 16
 
@@ -70,13 +70,6 @@ struct fm_pipeline {
     member extra[FM_PIPELINE_MAX_MEMBERS - 1];
     int *heads_slot;                  /* slots */
 };
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
 
 int fm_pipeline_split_list(const char *s, char out[][FM_CONFIG_STRING_MAX], int max)
 {
@@ -455,11 +448,11 @@ static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
     float *outs[FM_BACKBONE_OUTPUT_COUNT];
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
         outs[k] = p->want[k] ? p->bb_out[k] : NULL;
-    double t0 = now_ms();
+    double t0 = fm_now_ms();
     fm_status st = fm_backbone_forward(p->bb, p->chip_ptr, p->n_chips, outs, err);
     if (st)
         return st;
-    double share = (now_ms() - t0) / p->n_chips;
+    double share = (fm_now_ms() - t0) / p->n_chips;
     for (int i = 0; i < p->n_chips; i++) {
         int slot = p->chip_slot[i], v = p->chip_view[i];
         float *dst = p->feat + (size_t)slot * p->feat_stride;
@@ -474,10 +467,10 @@ static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
         member *e = &p->extra[m];
         float *eo[FM_BACKBONE_OUTPUT_COUNT] = {0};
         eo[e->hf] = e->out;
-        t0 = now_ms();
+        t0 = fm_now_ms();
         if ((st = fm_backbone_forward(e->bb, p->chip_ptr, p->n_chips, eo, err)) != FM_OK)
             return st;
-        share = (now_ms() - t0) / p->n_chips;
+        share = (fm_now_ms() - t0) / p->n_chips;
         for (int i = 0; i < p->n_chips; i++) {
             int slot = p->chip_slot[i], v = p->chip_view[i];
             memcpy(p->feat + (size_t)slot * p->feat_stride + e->off +
@@ -570,10 +563,10 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         memset(r, 0, sizeof *r);
         r->faces = p->faces + (size_t)i * (size_t)p->max_faces;
         fm_image img;
-        double t0 = now_ms();
+        double t0 = fm_now_ms();
         st = in[i].path ? fm_decode_file(p->dec, in[i].path, &img, &r->error)
                         : fm_decode(p->dec, in[i].data, in[i].size, &img, &r->error);
-        double t1 = now_ms();
+        double t1 = fm_now_ms();
         r->times.decode_ms = t1 - t0;
         if (st)
             continue;
@@ -583,7 +576,7 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         r->scale_denom = img.scale_denom;
         int nf = 0;
         st = fm_detect(p->det, &img, p->stage, p->max_faces, &nf, NULL, &r->error);
-        double t2 = now_ms();
+        double t2 = fm_now_ms();
         r->times.detect_ms = t2 - t1;
         if (st)
             continue;
@@ -596,15 +589,15 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
                 continue;
             int slot = i * p->max_faces + j;
             if (p->n_chips + p->views > p->batch) {
-                double ta = now_ms();
+                double ta = fm_now_ms();
                 if ((st = flush(p, out, err)) != FM_OK)
                     return st;
-                t2 += now_ms() - ta; /* not alignment time */
+                t2 += fm_now_ms() - ta; /* not alignment time */
             }
             if (align_face(p, &img, &fr->det, slot) == 0)
                 p->embedded[slot] = 1;
         }
-        r->times.align_ms = now_ms() - t2;
+        r->times.align_ms = fm_now_ms() - t2;
     }
     if ((st = flush(p, out, err)) != FM_OK)
         return st;
@@ -631,7 +624,7 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
     }
     if (nh == 0)
         return FM_OK;
-    double t0 = now_ms();
+    double t0 = fm_now_ms();
     for (int m = 0; m <= p->n_extra; m++) {
         const member *e = m ? &p->extra[m - 1] : NULL;
         fm_heads *h = e ? e->heads : p->heads;
@@ -653,7 +646,7 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
                                    err)) != FM_OK)
             return st;
     }
-    double share = (now_ms() - t0) / nh;
+    double share = (fm_now_ms() - t0) / nh;
     for (int k = 0; k < nh; k++) {
         int slot = p->heads_slot[k];
         fm_face_result *fr = &p->faces[slot];

@@ -15,6 +15,7 @@
  * float32. Only the convolutions' summation order differs from numpy.
  */
 #include "facemill/detect.h"
+#include "facemill/clock.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
 #include "detect-impl.h"
@@ -25,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* ================================================================================
  * Box arithmetic (detect-impl.h)
@@ -779,13 +779,6 @@ size_t fm_detector_arena_bytes(const fm_detector *d)
 
 /* ---- sampling ------------------------------------------------------------------ */
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 /* The picture the detector works on: img inside a border of pad pixels of
  * FM_DETECT_PAD_VALUE on every side (opts.pad; 0 = none). w x h include the border.
  * Axis indices below are into img; two negative values stand for the border and for
@@ -1162,20 +1155,20 @@ fm_status fm_detect(fm_detector *d, const fm_image *img, fm_face *faces, int cap
     double min_face = d->opts.min_face * num / den;
 
     fm_arena_reset(d->arena, d->mark);
-    double t0 = now_ms();
+    double t0 = fm_now_ms();
     int n1 = 0, n2 = 0;
     fm_status st = stage_pnet(d, &v, min_face, &tt, &n1, err);
-    double t1 = now_ms();
+    double t1 = fm_now_ms();
     tt.pnet_ms = t1 - t0;
     tt.pnet_boxes = n1;
     if (!st && n1 > 0)
         st = stage_rnet(d, &v, n1, &n2, err);
-    double t2 = now_ms();
+    double t2 = fm_now_ms();
     tt.rnet_ms = t2 - t1;
     tt.rnet_boxes = n2;
     if (!st && n2 > 0)
         st = stage_onet(d, &v, n2, r, faces, cap, n_faces, &tt, err);
-    tt.onet_ms = now_ms() - t2;
+    tt.onet_ms = fm_now_ms() - t2;
     fm_arena_reset(d->arena, d->mark);
     if (st)
         *n_faces = 0;
