@@ -26,7 +26,6 @@ A folder that lacks some of the 300 images fails.
 Usage: test_accuracy.py --bin BIN --src SRC
 Exit 0 pass, 1 fail, 77 no data.
 """
-import argparse
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from fm_testlib import SKIP, Checks  # noqa: E402
+from fm_testlib import SKIP, Checks, dir_args  # noqa: E402
 
 # the model card's val figures (models/DLIB_RESNET_FT.md) less three standard errors
 # on 300 images (see above)
@@ -43,12 +42,9 @@ THRESHOLDS = {"gender_acc": 0.911, "race_acc": 0.832, "age_mae": 4.98, "detect_r
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--src", required=True)
-    ap.add_argument("--list", help="file names (default tests/accuracy/val300.txt)")
-    a = ap.parse_args()
-    src = os.path.abspath(a.src)
+    a = dir_args("bin", "src", more=[(["--list"], {
+        "help": "file names (default tests/accuracy/val300.txt)"})])
+    src = a.src
     names_file = a.list or os.path.join(src, "tests", "accuracy", "val300.txt")
     val = os.environ.get("FACEMILL_UTK_VAL") or os.path.normpath(
         os.path.join(src, "..", "shared", "data", "utkface", "val"))
@@ -66,7 +62,7 @@ def main():
     try:
         for n in names:
             os.symlink(os.path.join(val, n), os.path.join(tmp, n))
-        p = subprocess.run([os.path.join(os.path.abspath(a.bin), "facemill"), "eval", "--data", tmp, "--json"],
+        p = subprocess.run([os.path.join(a.bin, "facemill"), "eval", "--data", tmp, "--json"],
                            capture_output=True, text=True, timeout=1500, cwd=tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,14 +18,13 @@ Regenerate it only on purpose, with the command below, and say why in the commit
 
 Exit 0 pass, 1 fail.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from fm_testlib import Checks, close, flat, samples_dir  # noqa: E402
+from fm_testlib import Checks, close, dir_args, flat, samples_dir  # noqa: E402
 
 
 def predict(fm, samples):
@@ -46,13 +45,9 @@ def predict(fm, samples):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--src", required=True)
-    ap.add_argument("--regenerate", action="store_true")
-    a = ap.parse_args()
-    src = os.path.abspath(a.src)
-    fm = os.path.join(os.path.abspath(a.bin), "facemill")
+    a = dir_args("bin", "src", more=[(["--regenerate"], {"action": "store_true"})])
+    src = a.src
+    fm = os.path.join(a.bin, "facemill")
     samples = samples_dir(src, "test_golden")
     golden = os.path.join(src, "tests", "golden", "samples.json")
     if not samples:

@@ -22,7 +22,6 @@
 Usage: test_install.py --build BUILD --src SRC
 Exit 0 pass, 1 fail, 77 when part of it could not run (not root).
 """
-import argparse
 import json
 import os
 import shutil
@@ -31,7 +30,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from fm_testlib import Checks, face_diff, npm_cache, run, samples_dir, user_env  # noqa: E402
+from fm_testlib import (Checks, dir_args, face_diff, npm_cache, run,  # noqa: E402
+                        samples_dir, user_env, user_workspace)
 
 check = Checks("test_install")
 
@@ -72,12 +72,8 @@ def label_and_check(tag, facemill, photos, cwd, env, want, user=None):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build", required=True)
-    ap.add_argument("--src", required=True)
-    a = ap.parse_args()
-    build = os.path.abspath(a.build)
-    src = os.path.abspath(a.src)
+    a = dir_args("build", "src")
+    build, src = a.build, a.src
     samples = samples_dir(src, "test_install")
     if not samples:
         return 1
@@ -124,11 +120,7 @@ def main():
         check(p.returncode == 0 and "Envelope" in p.stdout, "facemill_pb2 imports: " + p.stderr)
 
         # 2. a user in an unrelated directory
-        home = os.path.join(tmp, "home")
-        work = os.path.join(tmp, "work")
-        photos = os.path.join(work, "photos")
-        os.makedirs(home)
-        shutil.copytree(samples, photos)
+        home, work, photos = user_workspace(tmp, samples)
         env = user_env(home)
 
         p = run([fm, "label", photos, "-o", os.path.join(work, "none.db"), "-j", "1"], env, work)

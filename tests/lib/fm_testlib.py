@@ -9,7 +9,9 @@ A test in tests/ imports it with
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
     from fm_testlib import Checks, run  # noqa: E402
 """
+import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +96,20 @@ def bin_dir(default=""):
     return os.environ.get("FACEMILL_BIN_DIR", default)
 
 
+def dir_args(*names, more=()):
+    """The command line: --NAME DIR, required, for each of names (each DIR made
+    absolute), and the optional arguments more: (flags, keywords of add_argument)."""
+    ap = argparse.ArgumentParser()
+    for n in names:
+        ap.add_argument("--" + n, required=True)
+    for flags, kw in more:
+        ap.add_argument(*flags, **kw)
+    a = ap.parse_args()
+    for n in names:
+        setattr(a, n, os.path.abspath(getattr(a, n)))
+    return a
+
+
 def samples_dir(src, name):
     """SRC/models/cache/samples (the sample photos models/fetch leaves), or None when it
     is missing, said on stderr as NAME's reason."""
@@ -131,6 +147,18 @@ def user_env(home, extra=None):
             env[k] = os.environ[k]
     env.update(extra or {})
     return env
+
+
+def user_workspace(tmp, samples):
+    """A user's place under tmp: an empty HOME (tmp/home) and a working directory
+    (tmp/work) holding a copy of the sample photos (tmp/work/photos). Returns (home,
+    work, photos)."""
+    home = os.path.join(tmp, "home")
+    work = os.path.join(tmp, "work")
+    photos = os.path.join(work, "photos")
+    os.makedirs(home)
+    shutil.copytree(samples, photos)
+    return home, work, photos
 
 
 def run(cmd, env=None, cwd=None, timeout=300, user=None):
