@@ -157,6 +157,23 @@ static void check_file(const char *path, int dim, int n_hidden, const int *hidde
     fm_heads_close(NULL);
 }
 
+/* A new writer holding the heads metadata (backbone "b", the feature given, no flip),
+ * with the class labels when labels is set, and no tensor. */
+static fm_model_writer *heads_writer(const char *feature, int labels)
+{
+    fm_model_writer *w = fm_model_writer_new();
+    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
+    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
+    fm_model_writer_add_str(w, "heads.feature", feature, NULL);
+    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
+    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
+    if (labels) {
+        fm_model_writer_add_str_array(w, "labels.gender", fm_heads_gender_names, 2, NULL);
+        fm_model_writer_add_str_array(w, "labels.race", fm_heads_race_names, 5, NULL);
+    }
+    return w;
+}
+
 static void test_errors(const char *path)
 {
     fm_heads *h = (fm_heads *)&h;
@@ -179,15 +196,7 @@ static void test_errors(const char *path)
 
     /* layers that do not chain: write a file and replace one tensor's shape by
      * writing the fixture with a different dim for the heads */
-    w = fm_model_writer_new();
-    const char *const *g = fm_heads_gender_names, *const *r = fm_heads_race_names;
-    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
-    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
-    fm_model_writer_add_str(w, "heads.feature", "pooled", NULL);
-    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
-    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
-    fm_model_writer_add_str_array(w, "labels.gender", g, 2, NULL);
-    fm_model_writer_add_str_array(w, "labels.race", r, 5, NULL);
+    w = heads_writer("pooled", 1);
     fm_test_heads_tensor(&rng, w, "feat.mean", 8, 0, 1, 0);
     fm_test_heads_tensor(&rng, w, "feat.std", 8, 0, 0.1f, 1);
     fm_test_heads_tensor(&rng, w, "shared.0.weight", 6, 8, 1, 0);
@@ -201,14 +210,7 @@ static void test_errors(const char *path)
     fprintf(stderr, "layers that do not chain: %s\n", err.msg);
     /* a missing tensor */
     fm_model_writer_destroy(&w);
-    w = fm_model_writer_new();
-    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
-    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
-    fm_model_writer_add_str(w, "heads.feature", "pooled", NULL);
-    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
-    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
-    fm_model_writer_add_str_array(w, "labels.gender", g, 2, NULL);
-    fm_model_writer_add_str_array(w, "labels.race", r, 5, NULL);
+    w = heads_writer("pooled", 1);
     fm_test_heads_tensor(&rng, w, "feat.mean", 8, 0, 1, 0);
     fm_test_heads_tensor(&rng, w, "feat.std", 8, 0, 0.1f, 1);
     fm_test_heads_tensor(&rng, w, "age.weight", FM_HEADS_AGES, 8, 1, 0);
@@ -220,12 +222,7 @@ static void test_errors(const char *path)
     CHECK_MSG(strstr(err.msg, "gender.weight") != NULL, "%s", err.msg);
     unlink(bad);
     /* a bad feature name */
-    w = fm_model_writer_new();
-    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
-    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
-    fm_model_writer_add_str(w, "heads.feature", "conv3", NULL);
-    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
-    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
+    w = heads_writer("conv3", 0);
     CHECK(fm_model_writer_save(w, bad, NULL) == FM_OK);
     fm_model_writer_destroy(&w);
     memset(&err, 0, sizeof err);
