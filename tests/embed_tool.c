@@ -21,6 +21,7 @@
 #include "facemill/align.h"
 #include "facemill/backbone.h"
 #include "facemill/image.h"
+#include "fm_test.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,17 +44,8 @@ static int write_crop(const fm_image *img, int side, int size, const char *path,
     const float m_inv[6] = {s, 0.0f, x0 + 0.5f * s - 0.5f, 0.0f, s, y0 + 0.5f * s - 0.5f};
     const fm_warp_opts opts = {FM_BORDER_REPLICATE, 0};
     fm_align_warp(img->data, img->w, img->h, img->stride, 3, m_inv, buf, size, size, &opts);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(buf, 1, (size_t)size * size * 3, f) != (size_t)size * size * 3) {
-        fprintf(stderr, "facemill-embed-tool: cannot write %s\n", path);
-        if (f)
-            fclose(f);
+    if (fm_test_write_file(path, buf, (size_t)size * size * 3) != 0)
         return 1;
-    }
-    if (fclose(f) != 0) {
-        fprintf(stderr, "facemill-embed-tool: cannot write %s\n", path);
-        return 1;
-    }
     printf("%s\n", path);
     return 0;
 }
@@ -99,17 +91,6 @@ done:
     return rc;
 }
 
-static int write_floats(const char *path, const float *v, size_t count)
-{
-    FILE *f = fopen(path, "wb");
-    int ok = f && fwrite(v, sizeof *v, count, f) == count;
-    if (f && fclose(f) != 0)
-        ok = 0;
-    if (!ok)
-        fprintf(stderr, "facemill-embed-tool: cannot write %s\n", path);
-    return ok ? 0 : 1;
-}
-
 static int cmd_embed(int argc, char **argv)
 {
     if (argc < 3)
@@ -138,13 +119,13 @@ static int cmd_embed(int argc, char **argv)
         goto done;
     }
     for (int i = 0; i < n; i++) {
-        FILE *f = fopen(argv[2 + i], "rb");
+        size_t got = 0;
+        uint8_t *face = fm_test_read_file(argv[2 + i], &got);
         faces[i] = pixels + face_bytes * i;
-        size_t got = f ? fread(pixels + face_bytes * i, 1, face_bytes, f) : 0;
-        int extra = f ? fgetc(f) : EOF;
-        if (f)
-            fclose(f);
-        if (got != face_bytes || extra != EOF) {
+        if (face && got == face_bytes)
+            memcpy(pixels + face_bytes * i, face, face_bytes);
+        free(face);
+        if (got != face_bytes) {
             fprintf(stderr, "facemill-embed-tool: %s: expected %zu bytes (%dx%d RGB)\n",
                     argv[2 + i], face_bytes, w, h);
             goto done;
@@ -156,10 +137,10 @@ static int cmd_embed(int argc, char **argv)
     }
     char pooled_path[4096];
     snprintf(pooled_path, sizeof pooled_path, "%s.pooled", out_path);
-    if (write_floats(out_path, outs[FM_BACKBONE_EMBEDDING],
-                     (size_t)n * fm_backbone_dim(b, FM_BACKBONE_EMBEDDING)) ||
-        write_floats(pooled_path, outs[FM_BACKBONE_POOLED],
-                     (size_t)n * fm_backbone_dim(b, FM_BACKBONE_POOLED)))
+    if (fm_test_write_file(out_path, outs[FM_BACKBONE_EMBEDDING],
+                           sizeof(float) * n * fm_backbone_dim(b, FM_BACKBONE_EMBEDDING)) ||
+        fm_test_write_file(pooled_path, outs[FM_BACKBONE_POOLED],
+                           sizeof(float) * n * fm_backbone_dim(b, FM_BACKBONE_POOLED)))
         goto done;
     rc = 0;
 done:

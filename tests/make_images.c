@@ -5,23 +5,20 @@
  *   make_images DIR N [--size S] [--bad]
  *
  * Uses TurboJPEG (tjCompress2, the TurboJPEG 2 API Debian 12 ships). Exit 0 on success. */
+#include "fm_test.h"
+
 #include <turbojpeg.h>
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Writes DIR/name; 0, or -1 with a message. */
 static int write_file(const char *dir, const char *name, const void *data, size_t size)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, size, f) != size || fclose(f) != 0) {
-        fprintf(stderr, "make_images: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    return 0;
+    return fm_test_write_file(path, data, size);
 }
 
 int main(int argc, char **argv)

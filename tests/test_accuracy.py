@@ -26,7 +26,6 @@ A folder that lacks some of the 300 images fails.
 Usage: test_accuracy.py --bin BIN --src SRC
 Exit 0 pass, 1 fail, 77 no data.
 """
-import argparse
 import json
 import os
 import shutil
@@ -34,25 +33,25 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import SKIP, Checks, dir_args  # noqa: E402
+
 # the model card's val figures (models/DLIB_RESNET_FT.md) less three standard errors
 # on 300 images (see above)
 THRESHOLDS = {"gender_acc": 0.911, "race_acc": 0.832, "age_mae": 4.98, "detect_rate": 0.990}
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--src", required=True)
-    ap.add_argument("--list", help="file names (default tests/accuracy/val300.txt)")
-    a = ap.parse_args()
-    src = os.path.abspath(a.src)
+    a = dir_args("bin", "src", more=[(["--list"], {
+        "help": "file names (default tests/accuracy/val300.txt)"})])
+    src = a.src
     names_file = a.list or os.path.join(src, "tests", "accuracy", "val300.txt")
     val = os.environ.get("FACEMILL_UTK_VAL") or os.path.normpath(
         os.path.join(src, "..", "shared", "data", "utkface", "val"))
     if not os.path.isdir(val):
         print("test_accuracy: SKIP: no UTKFace val folder at %s (set FACEMILL_UTK_VAL)" % val,
               file=sys.stderr)
-        return 77
+        return SKIP
     names = [l.strip() for l in open(names_file) if l.strip()]
     missing = [n for n in names if not os.path.isfile(os.path.join(val, n))]
     if len(names) != 300 or missing:
@@ -63,7 +62,7 @@ def main():
     try:
         for n in names:
             os.symlink(os.path.join(val, n), os.path.join(tmp, n))
-        p = subprocess.run([os.path.join(os.path.abspath(a.bin), "facemill"), "eval", "--data", tmp, "--json"],
+        p = subprocess.run([os.path.join(a.bin, "facemill"), "eval", "--data", tmp, "--json"],
                            capture_output=True, text=True, timeout=1500, cwd=tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -73,19 +72,16 @@ def main():
               file=sys.stderr)
         return 1
     r = json.loads(p.stdout)
-    fails = 0
-    checks = [("n", r["n"] == 300, "%d images scored" % r["n"])]
+    check = Checks("test_accuracy")
+    figures = [(r["n"] == 300, "%d images scored" % r["n"])]
     for key, lim in THRESHOLDS.items():
         ok = r[key] <= lim if key == "age_mae" else r[key] >= lim
-        checks.append((key, ok, "%s %.4f (%s %.3f)" % (key, r[key],
-                                                     "<=" if key == "age_mae" else ">=",
-                                                     lim)))
-    for key, ok, text in checks:
+        figures.append((ok, "%s %.4f (%s %.3f)" % (key, r[key],
+                                                   "<=" if key == "age_mae" else ">=", lim)))
+    for ok, text in figures:
         print("test_accuracy: %s %s" % ("ok  " if ok else "FAIL", text), file=sys.stderr)
-        fails += not ok
-    print("test_accuracy: %d passed, %d failed" % (len(checks) - fails, fails),
-          file=sys.stderr)
-    return 1 if fails else 0
+        check(ok, text)
+    return check.summary()
 
 
 if __name__ == "__main__":

@@ -6,12 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static uint32_t rng = 12345;
-static double frand(double lo, double hi)
-{
-    rng = rng * 1664525u + 1013904223u;
-    return lo + (hi - lo) * ((rng >> 8) / 16777216.0);
-}
+static fm_test_rng rng = FM_TEST_RNG(12345);
 
 /* Solves the 4-parameter linear least squares (a, b, tx, ty) by normal equations
  * and Gaussian elimination: an independent route to the same optimum. */
@@ -53,11 +48,12 @@ static void lsq_reference(const float *p, const float *q, int n, double out[4])
 static void test_fit(void)
 {
     for (int trial = 0; trial < 200; trial++) {
-        double s = frand(0.1, 5), th = frand(-3.1, 3.1), tx = frand(-500, 500), ty = frand(-500, 500);
+        double s = fm_test_rng_range(&rng, 0.1, 5), th = fm_test_rng_range(&rng, -3.1, 3.1);
+        double tx = fm_test_rng_range(&rng, -500, 500), ty = fm_test_rng_range(&rng, -500, 500);
         float p[10], q[10];
         for (int i = 0; i < 5; i++) {
-            p[2 * i] = (float)frand(0, 1000);
-            p[2 * i + 1] = (float)frand(0, 1000);
+            p[2 * i] = (float)fm_test_rng_range(&rng, 0, 1000);
+            p[2 * i + 1] = (float)fm_test_rng_range(&rng, 0, 1000);
             double x = p[2 * i], y = p[2 * i + 1];
             q[2 * i] = (float)(s * (cos(th) * x - sin(th) * y) + tx);
             q[2 * i + 1] = (float)(s * (sin(th) * x + cos(th) * y) + ty);
@@ -74,7 +70,7 @@ static void test_fit(void)
 
         /* With noise: must equal the independent least-squares optimum. */
         for (int i = 0; i < 10; i++)
-            q[i] += (float)frand(-20, 20);
+            q[i] += (float)fm_test_rng_range(&rng, -20, 20);
         CHECK(fm_align_similarity(p, q, 5, M, NULL) == FM_OK);
         double ref[4];
         lsq_reference(p, q, 5, ref);
@@ -121,7 +117,7 @@ static void test_warp(void)
     enum { W = 37, H = 29, C = 3 };
     static uint8_t img[W * H * C], out[64 * 64 * C];
     for (int i = 0; i < W * H * C; i++)
-        img[i] = (uint8_t)frand(0, 256);
+        img[i] = (uint8_t)fm_test_rng_range(&rng, 0, 256);
 
     /* Identity reproduces the image exactly. */
     float id[6] = {1, 0, 0, 0, 1, 0};
@@ -160,10 +156,12 @@ static void test_warp(void)
 
     /* Random similarity transforms against the naive reference. */
     for (int trial = 0; trial < 50; trial++) {
-        double s = frand(0.3, 3), th = frand(-3, 3);
-        float M[6] = {(float)(s * cos(th)), (float)(-s * sin(th)), (float)frand(-10, 40),
-                      (float)(s * sin(th)), (float)(s * cos(th)), (float)frand(-10, 40)};
-        fm_warp_opts o = {FM_BORDER_CONSTANT, (uint8_t)frand(0, 256)};
+        double s = fm_test_rng_range(&rng, 0.3, 3), th = fm_test_rng_range(&rng, -3, 3);
+        float M[6] = {(float)(s * cos(th)), (float)(-s * sin(th)), 0,
+                      (float)(s * sin(th)), (float)(s * cos(th)), 0};
+        M[2] = (float)fm_test_rng_range(&rng, -10, 40);
+        M[5] = (float)fm_test_rng_range(&rng, -10, 40);
+        fm_warp_opts o = {FM_BORDER_CONSTANT, (uint8_t)fm_test_rng_range(&rng, 0, 256)};
         fm_align_warp(img, W, H, W * C, C, M, out, 64, 64, &o);
         int worst = 0;
         for (int y = 0; y < 64; y++)

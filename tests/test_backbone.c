@@ -46,14 +46,7 @@ static const block_spec blocks[] = {
 static const double tmpl[10] = {47.049183, 46.099033, 99.976133, 46.099033, 73.5127,
                                 76.0625,   49.9149,   102.5233,  97.1104,   102.5233};
 
-static uint32_t rng_state = 12345u;
-
-/* Uniform in [-1, 1). */
-static float rnd(void)
-{
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return (float)(rng_state >> 8) / 8388608.0f - 1.0f;
-}
+static fm_test_rng rng = FM_TEST_RNG(12345);
 
 /* What to break in a written model. */
 typedef struct variant {
@@ -84,7 +77,7 @@ static int add_tensor(fm_model_writer *w, const variant *v, const char *name, un
     if (!data)
         return -1;
     for (uint64_t i = 0; i < count; i++)
-        data[i] = amp * rnd();
+        data[i] = amp * fm_test_rng_signed(&rng);
     if (strcmp(name, "fc.weight") == 0 && count == (uint64_t)EMBED * POOLED)
         memcpy(fc_copy, data, count * sizeof *data);
     fm_status st = fm_model_writer_add_tensor(w, name, ndim, dims, data, &err);
@@ -278,7 +271,7 @@ static void test_forward(const char *path, const float *fc)
 
     static uint8_t faces[BATCH * SIDE * SIDE * 3];
     for (size_t i = 0; i < sizeof faces; i++)
-        faces[i] = (uint8_t)((rnd() + 1.0f) * 127.99f);
+        faces[i] = (uint8_t)((fm_test_rng_signed(&rng) + 1.0f) * 127.99f);
     /* one smooth face too, so not every input is noise */
     for (int y = 0; y < SIDE; y++)
         for (int x = 0; x < SIDE; x++)
@@ -365,16 +358,12 @@ done:
 
 int main(void)
 {
-    char dir[] = "/tmp/test_backbone.XXXXXX";
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    char dir[512];
+    if (fm_test_tmpdir(dir, sizeof dir, "backbone") != 0)
         return 1;
-    }
     fc_copy = calloc((size_t)EMBED * POOLED, sizeof *fc_copy);
     if (!fc_copy)
         return 1;
-    const char *names[] = {"arch.fmm", "meta.fmm", "tensor.fmm", "random.fmm"};
-
     test_errors(dir);
     fm_error err = {0};
     fm_backbone *b = NULL;
@@ -385,24 +374,17 @@ int main(void)
     CHECK(fm_backbone_open(&b, path, 100000, &err) == FM_ERR_INVALID && b == NULL);
     test_forward(path, fc_copy);
 
-    const char *src = getenv("FACEMILL_SOURCE_DIR");
-    snprintf(path, sizeof path, "%s/models/cache/dlib_resnet.fmm", src ? src : ".");
+    fm_test_source_path(path, sizeof path, "models/cache/dlib_resnet.fmm");
     int real = access(path, R_OK) == 0;
     if (real)
         test_forward(path, NULL);
     else
         fprintf(stderr, "  %s not found (models/fetch): real weights not tested\n", path);
 
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+    fm_test_remove_tree(dir);
     free(fc_copy);
     int rc = fm_test_done("test_backbone");
-    if (rc == 0 && !real) {
-        fprintf(stderr, "test_backbone: skipped (the real weights were not tested)\n");
-        return FM_TEST_SKIP;
-    }
+    if (rc == 0 && !real)
+        return fm_test_skip("test_backbone", "the real weights were not tested");
     return rc;
 }

@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define N_IMAGES 6
@@ -43,24 +42,6 @@
 #define MAX_PROB_CHANGE 0.02
 
 static char tmpdir[512];
-
-/* Runs argv with stdout to /dev/null; returns the exit code or -1. */
-static int run(char *const argv[])
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        if (!freopen("/dev/null", "w", stdout))
-            _exit(127);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-        return -1;
-    return WEXITSTATUS(status);
-}
 
 static double cosine(const float *a, const float *b, int n)
 {
@@ -99,26 +80,20 @@ static fm_pipeline *open_pipeline(const char *models, const char *backbone,
 
 int main(void)
 {
-    const char *src = getenv("FACEMILL_SOURCE_DIR"), *bin = getenv("FACEMILL_BIN_DIR");
     char models[600], dlib[700], heads[700], cli[700], sample[N_IMAGES][700];
-    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
+    fm_test_source_path(models, sizeof models, "models/cache");
     snprintf(dlib, sizeof dlib, "%s/dlib_resnet.fmm", models);
-    snprintf(heads, sizeof heads, "%s/models/heads_dlib.fmm", src ? src : ".");
-    snprintf(cli, sizeof cli, "%s/facemill", bin ? bin : ".");
+    fm_test_source_path(heads, sizeof heads, "models/heads_dlib.fmm");
+    fm_test_bin_path(cli, sizeof cli, "facemill");
     for (int i = 0; i < N_IMAGES; i++)
         snprintf(sample[i], sizeof sample[i], "%s/samples/sample%d.jpg", models, i + 1);
     if (access(dlib, R_OK) != 0 || access(sample[N_IMAGES - 1], R_OK) != 0 ||
-        access(heads, R_OK) != 0 || access(cli, X_OK) != 0) {
-        fprintf(stderr, "skip: needs %s, the samples, %s and %s (models/fetch, build)\n", dlib,
-                heads, cli);
-        return FM_TEST_SKIP;
-    }
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/fm_test_backbone_f16.XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+        access(heads, R_OK) != 0 || access(cli, X_OK) != 0)
+        return fm_test_skip("test_backbone_f16",
+                            "needs %s, the samples, %s and %s (models/fetch, build)", dlib,
+                            heads, cli);
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "backbone_f16") != 0)
         return 1;
-    }
     fm_error err = {0};
     fm_nn_set_threads(1, &err);
     char compact[700], expanded[700];
@@ -126,9 +101,9 @@ int main(void)
     snprintf(expanded, sizeof expanded, "%s/dlib_resnet.fmm", tmpdir);
     char *do_compact[] = {cli, "model", "compact", dlib, compact, NULL};
     char *do_expand[] = {cli, "model", "expand", compact, expanded, NULL};
-    int rc = run(do_compact);
+    int rc = fm_test_run(do_compact, 1);
     CHECK_MSG(rc == 0, "facemill model compact exited %d", rc);
-    rc = run(do_expand);
+    rc = fm_test_run(do_expand, 1);
     CHECK_MSG(rc == 0, "facemill model expand exited %d", rc);
 
     /* The compact file is refused with the way out in the message. */
@@ -244,8 +219,6 @@ int main(void)
 done:
     fm_pipeline_close(&pa);
     fm_pipeline_close(&pb);
-    unlink(compact);
-    unlink(expanded);
-    rmdir(tmpdir);
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_backbone_f16");
 }

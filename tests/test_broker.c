@@ -8,6 +8,7 @@
  * fixed sleep; where a check needs time to have passed (an expiry, a backoff), the
  * time is measured. The only fixed windows are the ones that check that nothing
  * arrives, which a slow machine cannot make fail. */
+#include "facemill/clock.h"
 #include "facemill/image.h"
 #include "facemill/sha256.h"
 #include "facemill/wire.h"
@@ -22,31 +23,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 /* How long any wait for something that must happen may take: generous, since a
  * loaded machine under the sanitizers is slow; a passing run never waits this long. */
 #define WAIT_MS 10000
 
-/* nanosleep: usleep is not POSIX 2008. */
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* CLOCK_MONOTONIC in milliseconds, the clock the broker's timers use. */
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1000.0 + (double)t.tv_nsec / 1e6;
-}
-
 static char dir[256];
-static const char *bindir;
 static void *ctx;
 
 typedef struct ep {
@@ -62,54 +45,33 @@ static void endpoints(ep *e, const char *name)
     snprintf(e->journal, sizeof e->journal, "%s/%s.db", dir, name);
 }
 
-/* Starts program (in bindir) with the endpoints of e and extra "key=value" settings
- * (NULL-terminated), plus plain arguments after a NULL... kept simple: extra sets. */
+/* Starts program (of the build's bin directory) with the endpoints of e, the extra
+ * "key=value" settings sets and then the plain arguments args (both NULL-terminated,
+ * either NULL). Returns its pid, or -1. */
 static pid_t start(const char *program, const ep *e, const char *const *sets,
                    const char *const *args)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", bindir, program);
-        const char *argv[64];
-        char buf[8][400];
-        int n = 0;
-        argv[n++] = path;
-        snprintf(buf[0], sizeof buf[0], "broker.clients=%s", e->clients);
-        snprintf(buf[1], sizeof buf[1], "broker.workers=%s", e->workers);
-        snprintf(buf[2], sizeof buf[2], "sink.commits=%s", e->commits);
-        snprintf(buf[3], sizeof buf[3], "sink.results=%s", e->results);
-        snprintf(buf[4], sizeof buf[4], "broker.journal=%s", e->journal);
-        for (int i = 0; i < 5; i++) {
-            argv[n++] = "--set";
-            argv[n++] = buf[i];
-        }
-        for (int i = 0; sets && sets[i] && n < 56; i++) {
-            argv[n++] = "--set";
-            argv[n++] = sets[i];
-        }
-        for (int i = 0; args && args[i] && n < 62; i++)
-            argv[n++] = args[i];
-        argv[n] = NULL;
-        execv(path, (char *const *)argv);
-        perror(path);
-        _exit(127);
+    char path[512], buf[5][400];
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = fm_test_bin_path(path, sizeof path, program);
+    snprintf(buf[0], sizeof buf[0], "broker.clients=%s", e->clients);
+    snprintf(buf[1], sizeof buf[1], "broker.workers=%s", e->workers);
+    snprintf(buf[2], sizeof buf[2], "sink.commits=%s", e->commits);
+    snprintf(buf[3], sizeof buf[3], "sink.results=%s", e->results);
+    snprintf(buf[4], sizeof buf[4], "broker.journal=%s", e->journal);
+    for (int i = 0; i < 5; i++) {
+        argv[n++] = "--set";
+        argv[n++] = buf[i];
     }
-    return pid;
-}
-
-/* Waits up to ms for pid to exit; returns its wait status, or -1 (then kills it). */
-static int reap(pid_t pid, int ms)
-{
-    for (int t = 0; t < ms; t += 10) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return status;
-        sleep_ms(10);
+    for (int i = 0; sets && sets[i] && n < 56; i++) {
+        argv[n++] = "--set";
+        argv[n++] = sets[i];
     }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
+    for (int i = 0; args && args[i] && n < 62; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    return fm_test_start((char *const *)argv, 0);
 }
 
 static void *sock(int type, const char *endpoint, int bind)
@@ -128,12 +90,9 @@ static void *sock(int type, const char *endpoint, int bind)
 /* The next envelope on s within ms, or NULL. Heartbeats are skipped unless wanted. */
 static Facemill__Envelope *next(void *s, int ms, int want_heartbeat)
 {
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double t0 = fm_now_ms();
     for (;;) {
-        struct timespec t1;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        long left = ms - ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+        long left = ms - (long)(fm_now_ms() - t0);
         if (left <= 0)
             return NULL;
         zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
@@ -280,12 +239,12 @@ static int collect(void *w, int want, int ms, char ids[][64], int max, int beat,
                    double *last_beat)
 {
     int n = 0;
-    const double t0 = now_ms();
-    while ((want < 0 || n < want) && now_ms() - t0 < ms) {
+    const double t0 = fm_now_ms();
+    while ((want < 0 || n < want) && fm_now_ms() - t0 < ms) {
         if (beat) {
             heartbeat(w);
             if (last_beat)
-                *last_beat = now_ms();
+                *last_beat = fm_now_ms();
         }
         Facemill__Envelope *e = next(w, 50, 0);
         if (!e)
@@ -314,14 +273,34 @@ static Facemill__Envelope *status(void *c)
     env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REQUEST;
     env.status_request = &q;
     send_env(c, &env);
-    const double t0 = now_ms();
+    const double t0 = fm_now_ms();
     for (;;) {
-        int left = WAIT_MS - (int)(now_ms() - t0);
+        int left = WAIT_MS - (int)(fm_now_ms() - t0);
         Facemill__Envelope *r = left > 0 ? next(c, left, 0) : NULL;
         if (!r || r->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY)
             return r;
         fm_wire_free(&r);
     }
+}
+
+typedef struct status_wait {
+    void *c;
+    int (*cond)(const Facemill__StatusReply *, long);
+    long arg;
+    void **beat;
+    int n_beat;
+} status_wait;
+
+/* One look at the broker's status for wait_status, the heartbeats first. */
+static int status_holds(void *arg)
+{
+    const status_wait *w = arg;
+    for (int i = 0; i < w->n_beat; i++)
+        heartbeat(w->beat[i]);
+    Facemill__Envelope *r = status(w->c);
+    int ok = r && w->cond(r->status_reply, w->arg);
+    fm_wire_free(&r);
+    return ok;
 }
 
 /* Waits until the broker's status (asked on c) satisfies cond, at most WAIT_MS; the
@@ -330,17 +309,9 @@ static Facemill__Envelope *status(void *c)
 static int wait_status(void *c, int (*cond)(const Facemill__StatusReply *, long),
                        long arg, void **beat, int n_beat, const char *what)
 {
-    const double t0 = now_ms();
-    while (now_ms() - t0 < WAIT_MS) {
-        for (int i = 0; i < n_beat; i++)
-            heartbeat(beat[i]);
-        Facemill__Envelope *r = status(c);
-        int ok = r && cond(r->status_reply, arg);
-        fm_wire_free(&r);
-        if (ok)
-            return 1;
-        sleep_ms(20);
-    }
+    status_wait w = {c, cond, arg, beat, n_beat};
+    if (fm_test_wait_for(status_holds, &w, WAIT_MS))
+        return 1;
     CHECK_MSG(0, "broker status: %s not seen within %d ms", what, WAIT_MS);
     return 0;
 }
@@ -447,7 +418,7 @@ static void test_version_refusal(void)
     fm_wire_free(&r);
     zmq_close(c);
     kill(bp, SIGTERM);
-    int st = reap(bp, WAIT_MS);
+    int st = fm_test_reap(bp, WAIT_MS);
     CHECK_MSG(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "broker exit %d", st);
 }
 
@@ -489,7 +460,7 @@ static void test_credit_dispatch(void)
     zmq_close(b);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 }
 
 /* A worker that goes silent is expired after broker.worker_expiry_ms, not before: its
@@ -509,13 +480,13 @@ static void test_silent_worker(void)
     Facemill__Envelope *r = submit(c, "sj", 0, 2, 10, 1);
     fm_wire_free(&r);
     char ia[8][64], ib[8][64];
-    double last_beat = now_ms();
+    double last_beat = fm_now_ms();
     int na = collect(a, 2, WAIT_MS, ia, 8, 1, &last_beat);
     CHECK_MSG(na == 2, "a got %d", na);
     /* a now stays silent; b joins and keeps beating. */
     void *b = fake_worker(&e, 4);
     int nb = collect(b, 1, WAIT_MS + expiry, ib, 8, 1, NULL);
-    const double silent = now_ms() - last_beat;
+    const double silent = fm_now_ms() - last_beat;
     nb += collect(b, 2 - nb, WAIT_MS, ib + nb, 8 - nb, 1, NULL);
     nb += collect_jobs(b, 100, ib + nb, 8 - nb, 1);
     fprintf(stderr, "silent worker: its jobs re-sent %.0f ms after its last heartbeat "
@@ -531,7 +502,7 @@ static void test_silent_worker(void)
     zmq_close(b);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 }
 
 /* Jobs arriving at w within ms while it beats every 50 ms saying it holds busy. */
@@ -553,8 +524,8 @@ static int jobs_while_busy(void *w, int ms, uint32_t credit, uint32_t busy, char
 static int jobs_until(void *w, int want, uint32_t credit, char ids[][64], int max)
 {
     int n = 0;
-    const double t0 = now_ms();
-    while (n < want && now_ms() - t0 < WAIT_MS)
+    const double t0 = fm_now_ms();
+    while (n < want && fm_now_ms() - t0 < WAIT_MS)
         n += jobs_while_busy(w, 50, credit, (uint32_t)n, ids + n, max - n);
     return n;
 }
@@ -583,13 +554,13 @@ static void test_held_and_handed_back(void)
      * the 20 heartbeats after. */
     char more[16][64];
     int extra = 0;
-    const double t0 = now_ms();
+    const double t0 = fm_now_ms();
     for (;;) {
         extra += jobs_while_busy(w, 50, 2, 2, more + extra, 16 - extra);
         Facemill__Envelope *s = status(c);
         int timed_out = s && s->status_reply->queued == 3 && s->status_reply->in_flight == 0;
         fm_wire_free(&s);
-        if (timed_out || now_ms() - t0 > WAIT_MS) {
+        if (timed_out || fm_now_ms() - t0 > WAIT_MS) {
             CHECK_MSG(timed_out, "the broker did not take the jobs back within %d ms",
                       WAIT_MS);
             break;
@@ -606,7 +577,7 @@ static void test_held_and_handed_back(void)
     zmq_close(w);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 
     /* Hand-back backoff: one heartbeat interval (1 s here) before the next job,
      * measured from the hand-back leaving. */
@@ -622,10 +593,10 @@ static void test_held_and_handed_back(void)
     Facemill__Envelope *j = next(w, WAIT_MS, 0);
     CHECK(j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB);
     if (j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
-        const double handed = now_ms();
+        const double handed = fm_now_ms();
         job_done(w, j->job->id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, NULL);
         Facemill__Envelope *again = next(w, WAIT_MS + backoff, 0);
-        const double after = now_ms() - handed;
+        const double after = fm_now_ms() - handed;
         CHECK_MSG(again && again->body_case == FACEMILL__ENVELOPE__BODY_JOB,
                   "the handed-back job came back after the backoff");
         fprintf(stderr, "hand-back: the job came back after %.0f ms (backoff %d ms)\n",
@@ -640,7 +611,7 @@ static void test_held_and_handed_back(void)
     zmq_close(w);
     zmq_close(c);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 }
 
 static void test_quarantine(void)
@@ -661,8 +632,8 @@ static void test_quarantine(void)
      * goes to the sink) and no fourth attempt comes, then or in the 200 ms after. */
     int attempts = 0;
     Facemill__Envelope *res = NULL;
-    const double t0 = now_ms();
-    while (!res && now_ms() - t0 < WAIT_MS) {
+    const double t0 = fm_now_ms();
+    while (!res && fm_now_ms() - t0 < WAIT_MS) {
         heartbeat(w);
         Facemill__Envelope *j = next(w, 50, 0);
         if (j && j->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
@@ -716,7 +687,7 @@ static void test_quarantine(void)
     zmq_close(sinkc);
     zmq_close(pull);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 }
 
 static void test_restart(void)
@@ -770,7 +741,7 @@ static void test_restart(void)
     zmq_close(c2);
     zmq_close(sinkc);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 }
 
 static void test_backpressure_and_size(void)
@@ -808,7 +779,7 @@ static void test_backpressure_and_size(void)
     zmq_close(c);
     zmq_close(big);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 }
 
 static void test_worker_daemon(void)
@@ -873,26 +844,18 @@ static void test_worker_daemon(void)
     }
     CHECK_MSG(good == 1 && bad == 1, "good %d bad %d", good, bad);
     kill(wp, SIGTERM);
-    int st = reap(wp, WAIT_MS);
+    int st = fm_test_reap(wp, WAIT_MS);
     CHECK_MSG(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker exit %d", st);
     zmq_close(c);
     zmq_close(pull);
     kill(bp, SIGTERM);
-    CHECK(reap(bp, WAIT_MS) != -1);
+    CHECK(fm_test_reap(bp, WAIT_MS) != -1);
 }
 
 int main(void)
 {
-    bindir = getenv("FACEMILL_BIN_DIR");
-    if (!bindir) {
-        fprintf(stderr, "FACEMILL_BIN_DIR not set: skipped\n");
-        return FM_TEST_SKIP;
-    }
-    snprintf(dir, sizeof dir, "/tmp/fm-broker-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(dir, sizeof dir, "broker") != 0)
         return 1;
-    }
     signal(SIGPIPE, SIG_IGN);
     ctx = zmq_ctx_new();
     test_round_trip();
@@ -905,9 +868,6 @@ int main(void)
     test_backpressure_and_size();
     test_worker_daemon();
     zmq_ctx_term(ctx);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    fm_test_remove_tree(dir);
     return fm_test_done("test_broker");
 }

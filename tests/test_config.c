@@ -14,17 +14,13 @@
 
 static char tmpdir[256];
 
-/* Writes text to tmpdir/name; returns the path (static buffer per call site). */
+/* Writes text to tmpdir/name (path, size bytes, gets its path); returns path. A file
+ * that cannot be written ends the test. */
 static const char *write_file(char *path, size_t size, const char *name, const char *text)
 {
     snprintf(path, size, "%s/%s", tmpdir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        perror(path);
+    if (fm_test_write_file(path, text, strlen(text)) != 0)
         exit(1);
-    }
-    fputs(text, f);
-    fclose(f);
     return path;
 }
 
@@ -178,16 +174,8 @@ static void perturb(fm_config *c, const fm_config_setting *s)
 
 static void test_default_file(void)
 {
-    /* ctest sets FACEMILL_SOURCE_DIR; run by hand, find the tree from this file. */
-    const char *src = getenv("FACEMILL_SOURCE_DIR");
     char path[1024];
-    if (src)
-        snprintf(path, sizeof path, "%s/config/facemill.yaml", src);
-    else if (strrchr(__FILE__, '/'))
-        snprintf(path, sizeof path, "%.*s/../config/facemill.yaml",
-                 (int)(strrchr(__FILE__, '/') - __FILE__), __FILE__);
-    else
-        snprintf(path, sizeof path, "../config/facemill.yaml");
+    fm_test_source_path(path, sizeof path, "config/facemill.yaml");
     fm_config c, d;
     fm_error e = {0};
     memset(&c, 0, sizeof c);
@@ -605,12 +593,8 @@ static void test_dump(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/fm_test_config_XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "config") != 0)
         return 1;
-    }
     test_table();
     test_defaults();
     test_default_file();
@@ -620,13 +604,6 @@ int main(void)
     test_bool();
     test_args();
     test_dump();
-
-    const char *files[] = {"nested.yaml", "bad.yaml", "args.yaml", "env.yaml", "badargs.yaml"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char p[600];
-        snprintf(p, sizeof p, "%s/%s", tmpdir, files[i]);
-        unlink(p);
-    }
-    rmdir(tmpdir);
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_config");
 }

@@ -22,7 +22,6 @@
 Usage: test_deb.py --build BUILD --src SRC
 Exit 0 pass, 1 fail, 77 when dpkg-deb is missing (not a Debian system).
 """
-import argparse
 import json
 import os
 import re
@@ -30,8 +29,9 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fm_testlib import Checks, npm_cache as find_npm_cache, run, user_env  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import (SKIP, Checks, npm_cache as find_npm_cache, run,  # noqa: E402
+                        dir_args, samples_dir, user_env, user_workspace)
 
 check = Checks("test_deb")
 
@@ -87,20 +87,14 @@ def contents(deb):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build", required=True)
-    ap.add_argument("--src", required=True)
-    a = ap.parse_args()
-    build = os.path.abspath(a.build)
-    src = os.path.abspath(a.src)
+    a = dir_args("build", "src")
+    build, src = a.build, a.src
     if not shutil.which("dpkg-deb") or not shutil.which("dpkg"):
         print("test_deb: dpkg-deb is missing: not a Debian system, nothing to test",
               file=sys.stderr)
-        return 77
-    samples = os.path.join(src, "models", "cache", "samples")
-    if not os.path.isdir(samples):
-        print("test_deb: %s is missing: run models/fetch (ops/test does)" % samples,
-              file=sys.stderr)
+        return SKIP
+    samples = samples_dir(src, "test_deb")
+    if not samples:
         return 1
     # npm's cache as models/fetch left it (asked before HOME changes): `models fetch
     # --offline` takes the tarballs from it, so the test needs no network
@@ -237,11 +231,7 @@ def main():
             check("libsystemd0" in names, "the programs link libsystemd: Depends names "
                   "libsystemd0: " + depends)
 
-        home = os.path.join(tmp, "home")
-        work = os.path.join(tmp, "work")
-        photos = os.path.join(work, "photos")
-        os.makedirs(home)
-        shutil.copytree(samples, photos)
+        home, work, photos = user_workspace(tmp, samples)
         env = user_env(home)
         fm = os.path.join(root, "usr", "bin", "facemill")
         models = os.path.join(root, "usr", "share", "facemill", "models")

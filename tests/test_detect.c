@@ -28,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 static fm_mtcnn_cand cand(double x1, double y1, double x2, double y2, float score)
 {
@@ -216,13 +215,6 @@ static void write_file(const char *name, const void *data, size_t n)
     }
 }
 
-static void remove_file(const char *name)
-{
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    unlink(path);
-}
-
 /* A P-Net file with every tensor except conv4_2.bias (random-ish weights). */
 static void write_pnet_missing_tensor(void)
 {
@@ -259,15 +251,15 @@ static void write_pnet_missing_tensor(void)
     fm_model_writer_destroy(&w);
 }
 
+/* Copies the file from to tmpdir/name; 0 when from cannot be read. */
 static int copy_file(const char *from, const char *name)
 {
-    FILE *f = fopen(from, "rb");
-    if (!f)
+    size_t n = 0;
+    void *buf = fm_test_read_file(from, &n);
+    if (!buf)
         return 0;
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
     write_file(name, buf, n);
+    free(buf);
     return 1;
 }
 
@@ -281,9 +273,7 @@ static void test_open_errors(const char *models)
               err.msg);
     fprintf(stderr, "absent dir: %s\n", err.msg);
 
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/facemill-test-detect-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "detect") != 0) {
         CHECK(!"mkdtemp");
         return;
     }
@@ -322,8 +312,7 @@ static void test_open_errors(const char *models)
         st = fm_detector_open(&d, tmpdir, NULL, &err);
         CHECK(st == FM_ERR_IO && d == NULL && strstr(err.msg, "mtcnn_rnet.fmm"));
     }
-    remove_file(FM_DETECT_PNET_FILE);
-    rmdir(tmpdir);
+    fm_test_remove_tree(tmpdir);
 
     /* Options are checked before any file is opened. */
     fm_detect_opts o;
@@ -371,12 +360,12 @@ static fm_image gray_image(uint8_t *px, int w, int h, uint8_t v)
  * scores), no faces intended. */
 static void texture(fm_image *img, unsigned seed)
 {
+    fm_test_rng rng = FM_TEST_RNG(0x9e3779b97f4a7c15ull + seed);
     for (int y = 0; y < img->h; y++)
         for (int x = 0; x < img->w; x++)
             for (int c = 0; c < 3; c++) {
-                seed = seed * 1103515245u + 12345u;
                 int v = 128 + (int)(60 * sin(x * 0.05 + c) * cos(y * 0.07)) +
-                        (int)((seed >> 16) % 40) - 20;
+                        fm_test_rng_int(&rng, 40) - 20;
                 img->data[(size_t)y * img->stride + 3 * (size_t)x + c] =
                     (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
             }
@@ -576,8 +565,7 @@ int main(void)
     test_topk();
 
     char models[4096];
-    const char *src = getenv("FACEMILL_SOURCE_DIR");
-    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
+    fm_test_source_path(models, sizeof models, "models/cache");
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/%s", models, FM_DETECT_ONET_FILE);
     struct stat sb;
@@ -593,9 +581,7 @@ int main(void)
         skipped++;
     }
     int rc = fm_test_done("test_detect");
-    if (rc == 0 && skipped) {
-        fprintf(stderr, "test_detect: skipped (not every check could run)\n");
-        return FM_TEST_SKIP;
-    }
+    if (rc == 0 && skipped)
+        return fm_test_skip("test_detect", "not every check could run");
     return rc;
 }

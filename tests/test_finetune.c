@@ -30,14 +30,7 @@
 
 static char model_path[4200], tmpdir[4200];
 
-static uint64_t rs = 88172645463325252ull;
-static double urand(void) /* [0, 1) */
-{
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return (double)(rs >> 11) / 9007199254740992.0;
-}
+static fm_test_rng rng = FM_TEST_RNG(88172645463325252ull);
 
 /* ---- synthetic faces ------------------------------------------------------------- */
 
@@ -57,8 +50,9 @@ static void make_face(synth *s, int i)
         {230, 190, 170}, {120, 80, 60}, {220, 200, 140}, {170, 120, 90}, {200, 160, 200}};
     int gender = i % 2, race = (i / 2) % 5;
     uint8_t *p = s->px[i];
-    double cx = 100 + (urand() - 0.5) * 10, cy = 105 + (urand() - 0.5) * 10;
-    double rx = 55 + urand() * 8, ry = 70 + urand() * 8;
+    double cx = 100 + (fm_test_rng_uniform(&rng) - 0.5) * 10;
+    double cy = 105 + (fm_test_rng_uniform(&rng) - 0.5) * 10;
+    double rx = 55 + fm_test_rng_uniform(&rng) * 8, ry = 70 + fm_test_rng_uniform(&rng) * 8;
     for (int y = 0; y < IMG; y++)
         for (int x = 0; x < IMG; x++) {
             uint8_t *q = p + ((size_t)y * IMG + x) * 3;
@@ -68,7 +62,7 @@ static void make_face(synth *s, int i)
                 double v = in ? tint[race][c] : 90 + 20 * ((x / 16 + y / 16) % 2);
                 if (in && gender && y < cy - 0.45 * ry && (y / 5) % 2 == 0)
                     v *= 0.35;
-                v += (urand() - 0.5) * 20;
+                v += (fm_test_rng_uniform(&rng) - 0.5) * 20;
                 q[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
             }
         }
@@ -119,7 +113,7 @@ static void test_forward(void)
     float *x = malloc((size_t)2 * 3 * H * W * sizeof(float));
     float a[2 * 256], b[2 * 256];
     for (size_t i = 0; i < (size_t)2 * H * W * 3; i++)
-        faces[i] = (uint8_t)(urand() * 256);
+        faces[i] = (uint8_t)(fm_test_rng_uniform(&rng) * 256);
     /* normalised in float, as the backbone normalises its faces */
     for (int n = 0; n < 2; n++)
         for (int c = 0; c < 3; c++)
@@ -170,7 +164,7 @@ static void test_gradients(void)
     fm_finetune_input_size(ft, &H, &W);
     float *x = malloc((size_t)2 * 3 * H * W * sizeof(float));
     for (size_t i = 0; i < (size_t)2 * 3 * H * W; i++)
-        x[i] = (float)(urand() * 2 - 1);
+        x[i] = (float)(fm_test_rng_uniform(&rng) * 2 - 1);
     fm_utk_label lab[2] = {{25, 1, 2}, {61, 0, 4}};
     size_t count = 0, from = 0;
     float *p = fm_finetune_params(ft, &count, &from);
@@ -345,10 +339,10 @@ static void test_fit_temperature(void)
         for (int i = 0; i < N; i++) {
             double p[K], sum = 0;
             for (int j = 0; j < K; j++) {
-                z[i * K + j] = (float)(8 * (urand() - 0.5));
+                z[i * K + j] = (float)(8 * (fm_test_rng_uniform(&rng) - 0.5));
                 sum += p[j] = exp(z[i * K + j] / t0s[c]);
             }
-            double u = urand() * sum;
+            double u = fm_test_rng_uniform(&rng) * sum;
             y[i] = K - 1;
             for (int j = 0; j < K; j++)
                 if ((u -= p[j]) < 0) {
@@ -703,7 +697,7 @@ static void test_loss_weights(void)
     int H = 150, W = 150;
     float *x = malloc((size_t)2 * 3 * H * W * sizeof(float));
     for (size_t i = 0; i < (size_t)2 * 3 * H * W; i++)
-        x[i] = (float)(urand() * 2 - 1);
+        x[i] = (float)(fm_test_rng_uniform(&rng) * 2 - 1);
     fm_utk_label lab[2] = {{33, 0, 1}, {8, 1, 3}};
     double loss[5] = {0};
     float *g[5] = {NULL};
@@ -756,7 +750,7 @@ static void test_label_smoothing(void)
     const double w[3] = {1, 1, 1};
     float *x = malloc((size_t)3 * 150 * 150 * sizeof(float));
     for (size_t i = 0; i < (size_t)3 * 150 * 150; i++)
-        x[i] = (float)(urand() * 2 - 1);
+        x[i] = (float)(fm_test_rng_uniform(&rng) * 2 - 1);
     double l0[2][5], mean = 0;
     int ok = 1;
     for (int g = 0; g < 2; g++)
@@ -944,19 +938,11 @@ static void test_bad_options(void)
 
 int main(void)
 {
-    const char *src = getenv("FACEMILL_SOURCE_DIR");
-    snprintf(model_path, sizeof model_path, "%s/models/cache/dlib_resnet.fmm",
-             src ? src : ".");
-    if (access(model_path, R_OK) != 0) {
-        fprintf(stderr, "skip: %s missing (run models/fetch)\n", model_path);
-        return FM_TEST_SKIP;
-    }
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/facemill-test-finetune-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    fm_test_source_path(model_path, sizeof model_path, "models/cache/dlib_resnet.fmm");
+    if (access(model_path, R_OK) != 0)
+        return fm_test_skip("test_finetune", "%s missing (run models/fetch)", model_path);
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "finetune") != 0)
         return 1;
-    }
     fm_nn_set_threads(1, NULL);
     synth *s = malloc(sizeof *s);
     for (int i = 0; i < NIMG; i++)
@@ -974,6 +960,6 @@ int main(void)
     test_converges(s);
     test_resume(s);
     free(s);
-    rmdir(tmpdir);
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_finetune");
 }

@@ -18,18 +18,13 @@ Regenerate it only on purpose, with the command below, and say why in the commit
 
 Exit 0 pass, 1 fail.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fm_testlib import flat  # noqa: E402
-
-
-def close(u, v, rel=1e-4, ab=1e-7):
-    return abs(u - v) <= ab + rel * max(abs(u), abs(v))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import Checks, close, dir_args, flat, samples_dir  # noqa: E402
 
 
 def predict(fm, samples):
@@ -50,18 +45,12 @@ def predict(fm, samples):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--src", required=True)
-    ap.add_argument("--regenerate", action="store_true")
-    a = ap.parse_args()
-    src = os.path.abspath(a.src)
-    fm = os.path.join(os.path.abspath(a.bin), "facemill")
-    samples = os.path.join(src, "models", "cache", "samples")
+    a = dir_args("bin", "src", more=[(["--regenerate"], {"action": "store_true"})])
+    src = a.src
+    fm = os.path.join(a.bin, "facemill")
+    samples = samples_dir(src, "test_golden")
     golden = os.path.join(src, "tests", "golden", "samples.json")
-    if not os.path.isdir(samples):
-        print("test_golden: %s is missing: run models/fetch (ops/test does)" % samples,
-              file=sys.stderr)
+    if not samples:
         return 1
     got = predict(fm, samples)
     if a.regenerate:
@@ -80,15 +69,7 @@ def main():
             golden, len(got), sum(len(v["faces"]) for v in got.values())), file=sys.stderr)
         return 0
     want = json.load(open(golden))
-    passed = failed = 0
-
-    def check(cond, what):
-        nonlocal passed, failed
-        if cond:
-            passed += 1
-        else:
-            failed += 1
-            print("FAIL:", what, file=sys.stderr)
+    check = Checks("test_golden")
 
     check(sorted(got) == sorted(want), "photos %s, golden %s" % (sorted(got), sorted(want)))
     for name in sorted(want):
@@ -107,10 +88,9 @@ def main():
                 if isinstance(v, str):
                     check(u == v, "%s face %d: %s %r, golden %r" % (name, i, key, u, v))
                 else:
-                    check(isinstance(u, (int, float)) and close(u, v),
+                    check(isinstance(u, (int, float)) and close(u, v, rel=1e-4, ab=1e-7),
                           "%s face %d: %s %s, golden %s" % (name, i, key, u, v))
-    print("test_golden: %d passed, %d failed" % (passed, failed), file=sys.stderr)
-    return 1 if failed else 0
+    return check.summary()
 
 
 if __name__ == "__main__":

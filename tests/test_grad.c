@@ -17,6 +17,7 @@
 #include "facemill/grad.h"
 #include "facemill/nn.h"
 #include "fm_test.h"
+#include "fm_test_model.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -31,51 +32,11 @@ static int fd_tensors, fd_elements, conv_cases;
 
 /* ---- helpers -------------------------------------------------------------------- */
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-static uint32_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
-
-static int rnd_int(int n)
-{
-    return (int)(rnd() % (uint32_t)n);
-}
-
-/* Uniform in [-1, 1). */
-static float rnd_float(void)
-{
-    return (float)((double)rnd() / 4294967296.0 * 2.0 - 1.0);
-}
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
-}
-
-/* A tensor with malloc'd data of exactly its size (so ASan sees any overrun), random. */
-static fm_tensor tensor_new(int n, int c, int h, int w)
-{
-    fm_tensor t = fm_tensor_make(n, c, h, w, NULL);
-    size_t count = fm_tensor_count(&t);
-    t.data = xmalloc(count * sizeof(float));
-    for (size_t i = 0; i < count; i++)
-        t.data[i] = rnd_float();
-    return t;
-}
+static fm_test_rng rng = FM_TEST_RNG(0x2545f4914f6cdd1dull);
 
 static fm_tensor tensor_zero(int n, int c, int h, int w)
 {
-    fm_tensor t = tensor_new(n, c, h, w);
+    fm_tensor t = fm_test_tensor(&rng, n, c, h, w);
     memset(t.data, 0, fm_tensor_count(&t) * sizeof(float));
     return t;
 }
@@ -92,12 +53,6 @@ static fm_tensor tensor_copy(const fm_tensor *r)
     return t;
 }
 
-static void tensor_free(fm_tensor *t)
-{
-    free(t->data);
-    t->data = NULL;
-}
-
 static void tensor_clear(fm_tensor *t)
 {
     memset(t->data, 0, fm_tensor_count(t) * sizeof(float));
@@ -109,8 +64,9 @@ static void nudge_from_zero(fm_tensor *t, float margin)
     size_t count = fm_tensor_count(t);
     for (size_t i = 0; i < count; i++)
         if (fabsf(t->data[i]) < margin)
-            t->data[i] = t->data[i] < 0.0f ? -margin - 0.5f * (float)rnd() / 4294967296.0f
-                                            : margin + 0.5f * (float)rnd() / 4294967296.0f;
+            t->data[i] = t->data[i] < 0.0f
+                             ? -margin - 0.5f * (float)fm_test_rng_u32(&rng) / 4294967296.0f
+                             : margin + 0.5f * (float)fm_test_rng_u32(&rng) / 4294967296.0f;
 }
 
 /* Largest |a - b| relative to max(1, |b|) over count elements. */
@@ -158,7 +114,7 @@ static double fd_check(const char *what, float *param, size_t count, const float
         size_t i = count <= FD_SAMPLES ? s
                    : s == 0            ? 0
                    : s == 1            ? count - 1
-                                       : (size_t)rnd() % count;
+                                       : (size_t)fm_test_rng_u32(&rng) % count;
         const float v = param[i];
         param[i] = (float)(v + h);
         const double vp = param[i], lp = f(ctx);
@@ -213,18 +169,18 @@ static void run_conv_case(const conv_case *cc)
     conv_ctx k;
     char what[160];
     k.p = cc->p;
-    k.x = tensor_new(cc->n, cc->c, cc->h, cc->w);
-    k.w = tensor_new(cc->co, cc->c, cc->kh, cc->kw);
-    k.b = tensor_new(1, cc->co, 1, 1);
+    k.x = fm_test_tensor(&rng, cc->n, cc->c, cc->h, cc->w);
+    k.w = fm_test_tensor(&rng, cc->co, cc->c, cc->kh, cc->kw);
+    k.b = fm_test_tensor(&rng, 1, cc->co, 1, 1);
     fm_tensor ys = {0};
     if (fm_nn_conv2d_shape(&k.x, &k.w, &k.p, &ys, &e)) {
         CHECK_MSG(0, "conv case shape: %s", e.msg);
-        tensor_free(&k.x), tensor_free(&k.w), tensor_free(&k.b);
+        fm_test_tensor_free(&k.x), fm_test_tensor_free(&k.w), fm_test_tensor_free(&k.b);
         return;
     }
     conv_cases++;
     k.y = tensor_like(&ys);
-    k.r = tensor_new(ys.n, ys.c, ys.h, ys.w);
+    k.r = fm_test_tensor(&rng, ys.n, ys.c, ys.h, ys.w);
     snprintf(what, sizeof what, "conv n%d c%d %dx%d -> co%d k%dx%d s%dx%d pad t%d l%d b%d r%d",
              cc->n, cc->c, cc->h, cc->w, cc->co, cc->kh, cc->kw, cc->p.stride_h,
              cc->p.stride_w, cc->p.pad_top, cc->p.pad_left, cc->p.pad_bottom,
@@ -257,8 +213,9 @@ static void run_conv_case(const conv_case *cc)
     fd_check(name, k.b.data, fm_tensor_count(&k.b), db.data, conv_loss, &k, 0.25, TOL_LINEAR);
 
     /* Accumulation: into random contents, the result is contents + gradient. */
-    fm_tensor ax = tensor_new(k.x.n, k.x.c, k.x.h, k.x.w);
-    fm_tensor aw = tensor_new(k.w.n, k.w.c, k.w.h, k.w.w), ab = tensor_new(1, cc->co, 1, 1);
+    fm_tensor ax = fm_test_tensor(&rng, k.x.n, k.x.c, k.x.h, k.x.w);
+    fm_tensor aw = fm_test_tensor(&rng, k.w.n, k.w.c, k.w.h, k.w.w);
+    fm_tensor ab = fm_test_tensor(&rng, 1, cc->co, 1, 1);
     fm_tensor ax0 = tensor_copy(&ax), aw0 = tensor_copy(&aw), ab0 = tensor_copy(&ab);
     st = fm_nn_conv2d_backward(a, &k.x, &k.w, &k.p, &k.r, &ax, &aw, &ab, &e);
     CHECK(st == FM_OK);
@@ -302,13 +259,13 @@ static void run_conv_case(const conv_case *cc)
         CHECK(strstr(e.msg, "conv2d_backward") && strstr(e.msg, "arena"));
         CHECK(fm_arena_used(a) == 0);
         CHECK(same(&ax, &before));
-        tensor_free(&before);
+        fm_test_tensor_free(&before);
         fm_arena_destroy(&a);
     }
     fm_tensor *all[] = {&k.x, &k.w, &k.b, &k.y, &k.r, &dx, &dw, &db,
                         &ax,  &aw,  &ab,  &ax0, &aw0, &ab0};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        tensor_free(all[i]);
+        fm_test_tensor_free(all[i]);
 }
 
 static void test_conv(void)
@@ -346,20 +303,20 @@ static void test_conv(void)
     static const int ks[] = {1, 3, 5, 7};
     for (int i = 0; i < 24; i++) {
         conv_case k = {0};
-        k.n = 1 + rnd_int(3);
-        k.c = 1 + rnd_int(8);
-        k.co = 1 + rnd_int(8);
-        k.kh = ks[rnd_int(4)];
-        k.kw = rnd_int(2) ? k.kh : ks[rnd_int(4)];
-        k.h = 1 + rnd_int(12);
-        k.w = 1 + rnd_int(12);
-        k.p.stride_h = 1 + rnd_int(2);
-        k.p.stride_w = rnd_int(2) ? k.p.stride_h : 1 + rnd_int(2);
-        k.p.pad_top = rnd_int(3), k.p.pad_left = rnd_int(3);
-        if (rnd_int(2))
+        k.n = 1 + fm_test_rng_int(&rng, 3);
+        k.c = 1 + fm_test_rng_int(&rng, 8);
+        k.co = 1 + fm_test_rng_int(&rng, 8);
+        k.kh = ks[fm_test_rng_int(&rng, 4)];
+        k.kw = fm_test_rng_int(&rng, 2) ? k.kh : ks[fm_test_rng_int(&rng, 4)];
+        k.h = 1 + fm_test_rng_int(&rng, 12);
+        k.w = 1 + fm_test_rng_int(&rng, 12);
+        k.p.stride_h = 1 + fm_test_rng_int(&rng, 2);
+        k.p.stride_w = fm_test_rng_int(&rng, 2) ? k.p.stride_h : 1 + fm_test_rng_int(&rng, 2);
+        k.p.pad_top = fm_test_rng_int(&rng, 3), k.p.pad_left = fm_test_rng_int(&rng, 3);
+        if (fm_test_rng_int(&rng, 2))
             k.p.pad_bottom = k.p.pad_top, k.p.pad_right = k.p.pad_left;
         else
-            k.p.pad_bottom = rnd_int(3), k.p.pad_right = rnd_int(3);
+            k.p.pad_bottom = fm_test_rng_int(&rng, 3), k.p.pad_right = fm_test_rng_int(&rng, 3);
         k.p.groups = 1;
         if (k.h + k.p.pad_top + k.p.pad_bottom < k.kh ||
             k.w + k.p.pad_left + k.p.pad_right < k.kw) {
@@ -375,8 +332,8 @@ static void test_conv_errors(void)
     fm_error e = {0};
     fm_arena *a = NULL;
     CHECK(fm_arena_new(1 << 20, &a, &e) == FM_OK);
-    fm_tensor x = tensor_new(2, 3, 7, 5), w = tensor_new(4, 3, 3, 3);
-    fm_tensor dy = tensor_new(2, 4, 5, 3);
+    fm_tensor x = fm_test_tensor(&rng, 2, 3, 7, 5), w = fm_test_tensor(&rng, 4, 3, 3, 3);
+    fm_tensor dy = fm_test_tensor(&rng, 2, 4, 5, 3);
     fm_tensor dx = tensor_zero(2, 3, 7, 5), dw = tensor_zero(4, 3, 3, 3);
     fm_tensor db = tensor_zero(1, 4, 1, 1);
     fm_conv2d_params p = fm_conv2d_sym(1, 0);
@@ -430,7 +387,7 @@ static void test_conv_errors(void)
     CHECK(strstr(e.msg, "dw overlaps the weights"));
 
     /* Grouped convolutions have no backward pass. */
-    fm_tensor xg = tensor_new(2, 4, 7, 5), wg = tensor_new(4, 2, 3, 3);
+    fm_tensor xg = fm_test_tensor(&rng, 2, 4, 7, 5), wg = fm_test_tensor(&rng, 4, 2, 3, 3);
     fm_conv2d_params pg = p;
     pg.groups = 2;
     CHECK(fm_nn_conv2d_backward(a, &xg, &wg, &pg, &dy, NULL, NULL, NULL, &e) ==
@@ -441,15 +398,16 @@ static void test_conv_errors(void)
     CHECK(fm_nn_conv2d_backward(NULL, &x, &w, &p, &dy, &dx, NULL, NULL, &e) == FM_ERR_ARENA);
     CHECK(strstr(e.msg, "conv2d_backward"));
     CHECK(fm_nn_conv2d_backward(NULL, &x, &w, &p, &dy, NULL, NULL, &db, &e) == FM_OK);
-    fm_tensor x1 = tensor_new(1, 3, 16, 16), w1 = tensor_new(4, 3, 1, 1);
-    fm_tensor dy1 = tensor_new(1, 4, 16, 16), dx1 = tensor_like(&x1), dw1 = tensor_like(&w1);
+    fm_tensor x1 = fm_test_tensor(&rng, 1, 3, 16, 16), w1 = fm_test_tensor(&rng, 4, 3, 1, 1);
+    fm_tensor dy1 = fm_test_tensor(&rng, 1, 4, 16, 16);
+    fm_tensor dx1 = tensor_like(&x1), dw1 = tensor_like(&w1);
     CHECK(fm_nn_conv2d_backward(NULL, &x1, &w1, &p, &dy1, &dx1, &dw1, NULL, &e) == FM_OK);
     CHECK(fm_arena_used(a) == 0);
 
     fm_tensor *all[] = {&x, &w, &dy, &dx, &dw, &db, &dx_big, &xg, &wg, &x1, &w1, &dy1,
                         &dx1, &dw1};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        tensor_free(all[i]);
+        fm_test_tensor_free(all[i]);
     fm_arena_destroy(&a);
 }
 
@@ -484,7 +442,7 @@ static void fill_distinct(fm_tensor *t)
         for (size_t i = 0; i < plane; i++)
             d[i] = (float)i * 0.06f - (float)plane * 0.03f;
         for (size_t i = plane; i > 1; i--) {
-            size_t j = (size_t)rnd() % i;
+            size_t j = (size_t)fm_test_rng_u32(&rng) % i;
             float tmp = d[i - 1];
             d[i - 1] = d[j];
             d[j] = tmp;
@@ -498,16 +456,16 @@ static void run_pool_case(int n, int c, int h, int w, const fm_pool2d_params *p,
     pool_ctx k;
     k.p = *p;
     k.is_max = is_max;
-    k.x = tensor_new(n, c, h, w);
+    k.x = fm_test_tensor(&rng, n, c, h, w);
     fm_tensor ys = {0};
     if (fm_nn_pool2d_shape(&k.x, p, &ys, &e)) {
-        tensor_free(&k.x);
+        fm_test_tensor_free(&k.x);
         return; /* geometry the forward pass rejects */
     }
     if (is_max)
         fill_distinct(&k.x);
     k.y = tensor_like(&ys);
-    k.r = tensor_new(ys.n, ys.c, ys.h, ys.w);
+    k.r = fm_test_tensor(&rng, ys.n, ys.c, ys.h, ys.w);
     fm_tensor dx = tensor_like(&k.x);
     fm_status st = is_max ? fm_nn_maxpool2d_backward(NULL, &k.x, p, &k.r, &dx, &e)
                           : fm_nn_avgpool2d_backward(NULL, p, &k.r, &dx, &e);
@@ -539,7 +497,8 @@ static void run_pool_case(int n, int c, int h, int w, const fm_pool2d_params *p,
                 : fm_nn_avgpool2d_backward(m, p, &dym, &dxm, &e);
     CHECK_MSG(st == FM_OK && fm_arena_high_water(m) == 0, "%s: measure: %s", what, e.msg);
     fm_arena_destroy(&m);
-    tensor_free(&k.x), tensor_free(&k.y), tensor_free(&k.r), tensor_free(&dx);
+    fm_test_tensor_free(&k.x), fm_test_tensor_free(&k.y), fm_test_tensor_free(&k.r);
+    fm_test_tensor_free(&dx);
 }
 
 static void test_pool(void)
@@ -560,23 +519,25 @@ static void test_pool(void)
                               is_max);
     for (int i = 0; i < 40; i++) {
         fm_pool2d_params p = {0};
-        p.kernel_h = 1 + rnd_int(4);
-        p.kernel_w = rnd_int(2) ? p.kernel_h : 1 + rnd_int(4);
-        p.stride_h = 1 + rnd_int(3);
-        p.stride_w = 1 + rnd_int(3);
-        p.pad_top = rnd_int(p.kernel_h), p.pad_bottom = rnd_int(p.kernel_h);
-        p.pad_left = rnd_int(p.kernel_w), p.pad_right = rnd_int(p.kernel_w);
-        p.ceil_mode = rnd_int(2);
-        p.count_include_pad = rnd_int(2);
-        run_pool_case(1 + rnd_int(2), 1 + rnd_int(3), 1 + rnd_int(10), 1 + rnd_int(10), &p,
-                      i % 2);
+        p.kernel_h = 1 + fm_test_rng_int(&rng, 4);
+        p.kernel_w = fm_test_rng_int(&rng, 2) ? p.kernel_h : 1 + fm_test_rng_int(&rng, 4);
+        p.stride_h = 1 + fm_test_rng_int(&rng, 3);
+        p.stride_w = 1 + fm_test_rng_int(&rng, 3);
+        p.pad_top = fm_test_rng_int(&rng, p.kernel_h);
+        p.pad_bottom = fm_test_rng_int(&rng, p.kernel_h);
+        p.pad_left = fm_test_rng_int(&rng, p.kernel_w);
+        p.pad_right = fm_test_rng_int(&rng, p.kernel_w);
+        p.ceil_mode = fm_test_rng_int(&rng, 2);
+        p.count_include_pad = fm_test_rng_int(&rng, 2);
+        run_pool_case(1 + fm_test_rng_int(&rng, 2), 1 + fm_test_rng_int(&rng, 3),
+                      1 + fm_test_rng_int(&rng, 10), 1 + fm_test_rng_int(&rng, 10), &p, i % 2);
     }
 
     /* Ties: every gradient goes to the first pixel of its window in row-major order,
      * the one the forward pass returns. 4x4 of zeros, 2x2 stride 1: window (oy, ox)
      * sends its dy to pixel (oy, ox). */
     fm_error e = {0};
-    fm_tensor x = tensor_zero(1, 1, 4, 4), dy = tensor_new(1, 1, 3, 3);
+    fm_tensor x = tensor_zero(1, 1, 4, 4), dy = fm_test_tensor(&rng, 1, 1, 3, 3);
     fm_tensor dx = tensor_zero(1, 1, 4, 4);
     fm_pool2d_params p = fm_pool2d_sym(2, 1, 0, 0, 0);
     CHECK(fm_nn_maxpool2d_backward(NULL, &x, &p, &dy, &dx, &e) == FM_OK);
@@ -604,7 +565,7 @@ static void test_pool(void)
     CHECK(strstr(e.msg, "maxpool2d_backward: dy has shape [1, 1, 3, 3], expected [1, 1, 2, 2]"));
     CHECK(fm_nn_avgpool2d_backward(NULL, &p, &bad, &dx, &e) == FM_ERR_INVALID);
     CHECK(strstr(e.msg, "avgpool2d_backward: dy has shape"));
-    fm_tensor dy22 = tensor_new(1, 1, 2, 2), dxs = tensor_zero(1, 1, 4, 3);
+    fm_tensor dy22 = fm_test_tensor(&rng, 1, 1, 2, 2), dxs = tensor_zero(1, 1, 4, 3);
     CHECK(fm_nn_maxpool2d_backward(NULL, &x, &p, &dy22, &dxs, &e) == FM_ERR_INVALID);
     CHECK(strstr(e.msg, "maxpool2d_backward: dx has shape [1, 1, 4, 3], expected"));
     fm_tensor ov = fm_tensor_make(1, 1, 4, 4, x.data);
@@ -620,7 +581,7 @@ static void test_pool(void)
     CHECK(strstr(e.msg, "maxpool2d_backward") && strstr(e.msg, "padding"));
     fm_tensor *all[] = {&x, &dy, &dx, &x2, &dy2, &dx2, &dy22, &dxs};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        tensor_free(all[i]);
+        fm_test_tensor_free(all[i]);
 }
 
 typedef struct gap_ctx {
@@ -644,9 +605,9 @@ static void test_global_avgpool(void)
     static const int shapes[][4] = {{2, 3, 5, 7}, {1, 1, 1, 1}, {3, 4, 9, 9}};
     for (int s = 0; s < 3; s++) {
         gap_ctx k;
-        k.x = tensor_new(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3]);
+        k.x = fm_test_tensor(&rng, shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3]);
         k.y = tensor_zero(shapes[s][0], shapes[s][1], 1, 1);
-        k.r = tensor_new(shapes[s][0], shapes[s][1], 1, 1);
+        k.r = fm_test_tensor(&rng, shapes[s][0], shapes[s][1], 1, 1);
         fm_tensor dx = tensor_like(&k.x);
         CHECK(fm_nn_global_avgpool_backward(NULL, &k.r, &dx, &e) == FM_OK);
         fd_check("global_avgpool dx", k.x.data, fm_tensor_count(&k.x), dx.data, gap_loss, &k,
@@ -661,7 +622,8 @@ static void test_global_avgpool(void)
             CHECK(fm_nn_global_avgpool_backward(NULL, &ov, &dx, &e) == FM_ERR_INVALID);
             CHECK(strstr(e.msg, "overlaps"));
         }
-        tensor_free(&k.x), tensor_free(&k.y), tensor_free(&k.r), tensor_free(&dx);
+        fm_test_tensor_free(&k.x), fm_test_tensor_free(&k.y), fm_test_tensor_free(&k.r);
+        fm_test_tensor_free(&dx);
     }
 }
 
@@ -692,12 +654,13 @@ static void test_dense(void)
     for (int s = 0; s < 3; s++) {
         dense_ctx k;
         const int *d = shapes[s];
-        k.x = tensor_new(d[0], d[1], d[2], d[3]);
+        k.x = fm_test_tensor(&rng, d[0], d[1], d[2], d[3]);
         const int in = d[1] * d[2] * d[3];
-        k.w = d[5] ? tensor_new(d[4], d[1], d[2], d[3]) : tensor_new(d[4], in, 1, 1);
-        k.b = tensor_new(1, d[4], 1, 1);
+        k.w = d[5] ? fm_test_tensor(&rng, d[4], d[1], d[2], d[3])
+                   : fm_test_tensor(&rng, d[4], in, 1, 1);
+        k.b = fm_test_tensor(&rng, 1, d[4], 1, 1);
         k.y = tensor_zero(d[0], d[4], 1, 1);
-        k.r = tensor_new(d[0], d[4], 1, 1);
+        k.r = fm_test_tensor(&rng, d[0], d[4], 1, 1);
         fm_tensor dx = tensor_like(&k.x), dw = tensor_like(&k.w), db = tensor_like(&k.b);
         CHECK(fm_nn_dense_backward(NULL, &k.x, &k.w, &k.r, &dx, &dw, &db, &e) == FM_OK);
         fd_check("dense dx", k.x.data, fm_tensor_count(&k.x), dx.data, dense_loss, &k, 0.25,
@@ -742,7 +705,7 @@ static void test_dense(void)
         }
         fm_tensor *all[] = {&k.x, &k.w, &k.b, &k.y, &k.r, &dx, &dw, &db, &ax, &aw, &ab};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-            tensor_free(all[i]);
+            fm_test_tensor_free(all[i]);
     }
 }
 
@@ -788,8 +751,9 @@ static double elt_loss(void *vctx)
 
 static void elt_free(elt_ctx *k)
 {
-    tensor_free(&k->x), tensor_free(&k->x2), tensor_free(&k->p1), tensor_free(&k->p2);
-    tensor_free(&k->y), tensor_free(&k->r);
+    fm_test_tensor_free(&k->x), fm_test_tensor_free(&k->x2), fm_test_tensor_free(&k->p1);
+    fm_test_tensor_free(&k->p2);
+    fm_test_tensor_free(&k->y), fm_test_tensor_free(&k->r);
 }
 
 static void test_scale_shift(void)
@@ -798,12 +762,12 @@ static void test_scale_shift(void)
     for (int with_scale = 0; with_scale < 2; with_scale++) {
         elt_ctx k = {0};
         k.which = 0;
-        k.x = tensor_new(2, 3, 4, 5);
+        k.x = fm_test_tensor(&rng, 2, 3, 4, 5);
         if (with_scale)
-            k.p1 = tensor_new(1, 3, 1, 1);
-        k.p2 = tensor_new(3, 1, 1, 1);
+            k.p1 = fm_test_tensor(&rng, 1, 3, 1, 1);
+        k.p2 = fm_test_tensor(&rng, 3, 1, 1, 1);
         k.y = tensor_like(&k.x);
-        k.r = tensor_new(2, 3, 4, 5);
+        k.r = fm_test_tensor(&rng, 2, 3, 4, 5);
         const fm_tensor *scale = with_scale ? &k.p1 : NULL;
         fm_tensor dx = tensor_like(&k.x), ds = tensor_zero(1, 3, 1, 1);
         fm_tensor dt = tensor_zero(1, 3, 1, 1);
@@ -831,8 +795,9 @@ static void test_scale_shift(void)
         CHECK(fm_nn_scale_shift_backward(NULL, &k.x, scale, &k.r, &dx, &ds, &ov, &e) ==
               FM_ERR_INVALID);
         CHECK(strstr(e.msg, "scale_shift_backward: dshift overlaps dx"));
-        tensor_free(&dx), tensor_free(&ds), tensor_free(&dt), tensor_free(&dx2);
-        tensor_free(&dt2), tensor_free(&bad);
+        fm_test_tensor_free(&dx), fm_test_tensor_free(&ds), fm_test_tensor_free(&dt);
+        fm_test_tensor_free(&dx2);
+        fm_test_tensor_free(&dt2), fm_test_tensor_free(&bad);
         elt_free(&k);
     }
 }
@@ -843,11 +808,11 @@ static void test_prelu(void)
     for (int shared = 0; shared < 2; shared++) {
         elt_ctx k = {0};
         k.which = 1;
-        k.x = tensor_new(2, 4, 3, 5);
+        k.x = fm_test_tensor(&rng, 2, 4, 3, 5);
         nudge_from_zero(&k.x, 0.05f);
-        k.p1 = shared ? tensor_new(1, 1, 1, 1) : tensor_new(1, 4, 1, 1);
+        k.p1 = shared ? fm_test_tensor(&rng, 1, 1, 1, 1) : fm_test_tensor(&rng, 1, 4, 1, 1);
         k.y = tensor_like(&k.x);
-        k.r = tensor_new(2, 4, 3, 5);
+        k.r = fm_test_tensor(&rng, 2, 4, 3, 5);
         fm_tensor dx = tensor_like(&k.x), ds = tensor_like(&k.p1);
         CHECK(fm_nn_prelu_backward(NULL, &k.x, &k.p1, &k.r, &dx, &ds, &e) == FM_OK);
         fd_check(shared ? "prelu (shared) dx" : "prelu dx", k.x.data, fm_tensor_count(&k.x),
@@ -859,7 +824,7 @@ static void test_prelu(void)
         CHECK(strstr(e.msg, "prelu_backward: slope"));
         CHECK(fm_nn_prelu_backward(NULL, &k.x, &k.p1, &k.r, &dx, &dx, &e) == FM_ERR_INVALID);
         CHECK(strstr(e.msg, "prelu_backward: dslope"));
-        tensor_free(&dx), tensor_free(&ds), tensor_free(&bad);
+        fm_test_tensor_free(&dx), fm_test_tensor_free(&ds), fm_test_tensor_free(&bad);
         elt_free(&k);
     }
 }
@@ -873,10 +838,10 @@ static void test_relu_family(void)
         elt_ctx k = {0};
         k.which = kind ? 3 : 2;
         k.s = kind ? alphas[kind - 1] : 0.0f;
-        k.x = tensor_new(3, 2, 4, 3);
+        k.x = fm_test_tensor(&rng, 3, 2, 4, 3);
         nudge_from_zero(&k.x, 0.05f);
         k.y = tensor_like(&k.x);
-        k.r = tensor_new(3, 2, 4, 3);
+        k.r = fm_test_tensor(&rng, 3, 2, 4, 3);
         elt_loss(&k); /* y = forward output, which the backward pass takes */
         fm_tensor dx = tensor_like(&k.x), dx_in = tensor_like(&k.x);
         fm_status st = kind ? fm_nn_leaky_relu_backward(NULL, &k.y, k.s, &k.r, &dx, &e)
@@ -903,15 +868,15 @@ static void test_relu_family(void)
         st = kind ? fm_nn_leaky_relu_backward(NULL, &k.y, k.s, &k.r, NULL, &e)
                   : fm_nn_relu_backward(NULL, &k.y, &k.r, NULL, &e);
         CHECK(st == FM_OK);
-        tensor_free(&dx), tensor_free(&dx_in), tensor_free(&bad);
+        fm_test_tensor_free(&dx), fm_test_tensor_free(&dx_in), fm_test_tensor_free(&bad);
         elt_free(&k);
     }
-    fm_tensor y = tensor_new(1, 2, 1, 1), dy = tensor_new(1, 2, 1, 1);
+    fm_tensor y = fm_test_tensor(&rng, 1, 2, 1, 1), dy = fm_test_tensor(&rng, 1, 2, 1, 1);
     fm_tensor dx = tensor_zero(1, 2, 1, 1);
     CHECK(fm_nn_leaky_relu_backward(NULL, &y, -0.1f, &dy, &dx, &e) == FM_ERR_INVALID);
     CHECK(strstr(e.msg, "leaky_relu_backward: alpha"));
     CHECK(fm_nn_leaky_relu_backward(NULL, &y, NAN, &dy, &dx, &e) == FM_ERR_INVALID);
-    tensor_free(&y), tensor_free(&dy), tensor_free(&dx);
+    fm_test_tensor_free(&y), fm_test_tensor_free(&dy), fm_test_tensor_free(&dx);
 }
 
 static void test_add_and_pad(void)
@@ -921,10 +886,10 @@ static void test_add_and_pad(void)
         elt_ctx k = {0};
         k.which = 4;
         k.s = 0.7f;
-        k.x = tensor_new(2, 3, 4, 5);
-        k.x2 = tensor_new(2, 3, 4, 5);
+        k.x = fm_test_tensor(&rng, 2, 3, 4, 5);
+        k.x2 = fm_test_tensor(&rng, 2, 3, 4, 5);
         k.y = tensor_like(&k.x);
-        k.r = tensor_new(2, 3, 4, 5);
+        k.r = fm_test_tensor(&rng, 2, 3, 4, 5);
         fm_tensor dx = tensor_like(&k.x), dr = tensor_like(&k.x);
         CHECK(fm_nn_add_backward(NULL, &k.r, k.s, &dx, &dr, &e) == FM_OK);
         fd_check("add dx", k.x.data, fm_tensor_count(&k.x), dx.data, elt_loss, &k, 0.25,
@@ -945,15 +910,16 @@ static void test_add_and_pad(void)
         fm_tensor bad = tensor_zero(2, 3, 4, 4);
         CHECK(fm_nn_add_backward(NULL, &k.r, k.s, &dx, &bad, &e) == FM_ERR_INVALID);
         CHECK(strstr(e.msg, "add_backward: dr has shape [2, 3, 4, 4], expected [2, 3, 4, 5]"));
-        tensor_free(&dx), tensor_free(&dr), tensor_free(&both), tensor_free(&bad);
+        fm_test_tensor_free(&dx), fm_test_tensor_free(&dr), fm_test_tensor_free(&both);
+        fm_test_tensor_free(&bad);
         elt_free(&k);
     }
     {
         elt_ctx k = {0};
         k.which = 5;
-        k.x = tensor_new(2, 3, 4, 5);
+        k.x = fm_test_tensor(&rng, 2, 3, 4, 5);
         k.y = tensor_zero(2, 7, 4, 5);
-        k.r = tensor_new(2, 7, 4, 5);
+        k.r = fm_test_tensor(&rng, 2, 7, 4, 5);
         fm_tensor dx = tensor_like(&k.x);
         CHECK(fm_nn_channel_pad_backward(NULL, &k.r, &dx, &e) == FM_OK);
         fd_check("channel_pad dx", k.x.data, fm_tensor_count(&k.x), dx.data, elt_loss, &k,
@@ -964,7 +930,7 @@ static void test_add_and_pad(void)
         fm_tensor ov = fm_tensor_make(2, 3, 4, 5, k.r.data + 1);
         CHECK(fm_nn_channel_pad_backward(NULL, &k.r, &ov, &e) == FM_ERR_INVALID);
         CHECK(strstr(e.msg, "channel_pad_backward: dx overlaps dy"));
-        tensor_free(&dx), tensor_free(&bad);
+        fm_test_tensor_free(&dx), fm_test_tensor_free(&bad);
         elt_free(&k);
     }
 }
@@ -1011,21 +977,21 @@ static void test_softmax_xent(void)
 {
     fm_error e = {0};
     const int N = 4, K = 7;
-    float *target = xmalloc((size_t)N * K * sizeof(float));
+    float *target = fm_test_alloc((size_t)N * K * sizeof(float));
     float weight[4] = {1.0f, 0.5f, 2.0f, 0.0f};
-    float *probs = xmalloc((size_t)N * K * sizeof(float));
+    float *probs = fm_test_alloc((size_t)N * K * sizeof(float));
     for (int variant = 0; variant < 4; variant++) {
         /* 0: one-hot, no weights, scale 1; 1: Gaussian, weights, scale 0.25;
          * 2: one-hot with weights and scale 3; 3: Gaussian with sigma 0.3, scale 1 */
         for (int n = 0; n < N; n++) {
             if (variant % 2 == 0)
-                fm_nn_gaussian_target(K, (double)rnd_int(K), 0.0, target + n * K);
+                fm_nn_gaussian_target(K, (double)fm_test_rng_int(&rng, K), 0.0, target + n * K);
             else
-                fm_nn_gaussian_target(K, 6.0 * (double)rnd() / 4294967296.0,
+                fm_nn_gaussian_target(K, 6.0 * (double)fm_test_rng_u32(&rng) / 4294967296.0,
                                       variant == 1 ? 1.5 : 0.3, target + n * K);
         }
         xent_ctx k;
-        k.logits = tensor_new(N, K, 1, 1);
+        k.logits = fm_test_tensor(&rng, N, K, 1, 1);
         for (size_t i = 0; i < (size_t)N * K; i++)
             k.logits.data[i] *= 3.0f;
         k.target = target;
@@ -1056,7 +1022,8 @@ static void test_softmax_xent(void)
         for (size_t i = 0; i < (size_t)N * K; i++)
             once.data[i] *= 2.0f;
         CHECK(max_rel(dl.data, once.data, (size_t)N * K) < 1e-6);
-        tensor_free(&k.logits), tensor_free(&dl), tensor_free(&sm), tensor_free(&once);
+        fm_test_tensor_free(&k.logits), fm_test_tensor_free(&dl), fm_test_tensor_free(&sm);
+        fm_test_tensor_free(&once);
     }
 
     /* Stable for huge logits: finite loss, exact-looking probabilities. */
@@ -1112,8 +1079,9 @@ static void test_softmax_xent(void)
     CHECK(fm_nn_softmax_xent(m, &lm, NULL, NULL, 1.0f, NULL, &dm, NULL, &e) == FM_OK);
     CHECK(fm_arena_high_water(m) == 0);
     fm_arena_destroy(&m);
-    tensor_free(&big), tensor_free(&dl), tensor_free(&before), tensor_free(&spatial);
-    tensor_free(&wrong);
+    fm_test_tensor_free(&big), fm_test_tensor_free(&dl), fm_test_tensor_free(&before);
+    fm_test_tensor_free(&spatial);
+    fm_test_tensor_free(&wrong);
     free(target);
     free(probs);
 }
@@ -1165,7 +1133,7 @@ static void test_optim(void)
     for (int kind = 0; kind < 2; kind++) {
         const double lr = kind ? 0.05 : 1e-3, wd = 0.01, mom = 0.9;
         for (int i = 0; i < N; i++) {
-            p[i] = rnd_float();
+            p[i] = fm_test_rng_signed(&rng);
             rp[i] = p[i];
             m[i] = v[i] = 0;
             rm[i] = rv[i] = 0;
@@ -1173,7 +1141,7 @@ static void test_optim(void)
         double worst = 0;
         for (int t = 1; t <= STEPS; t++) {
             for (int i = 0; i < N; i++)
-                g[i] = rnd_float() * (i % 7 == 0 ? 1e-4f : 1.0f);
+                g[i] = fm_test_rng_signed(&rng) * (i % 7 == 0 ? 1e-4f : 1.0f);
             const fm_optim_step st = {kind ? FM_OPTIM_SGD : FM_OPTIM_ADAMW, lr, wd, mom, t};
             fm_optim_update(&st, p, g, m, kind ? NULL : v, N);
             for (int i = 0; i < N; i++) {

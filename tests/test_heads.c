@@ -7,7 +7,7 @@
  * features) agrees with central finite differences of its loss, and a network written
  * with fm_heads_write opens as a file whose forward pass gives the same bits. */
 #include "fm_test.h"
-#include "heads_fixture.h"
+#include "fm_test_model.h"
 
 #include "facemill/grad.h"
 #include "facemill/heads.h"
@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 static char tmpdir[4096];
+/* the random weights of the heads files and the inputs */
+static fm_test_rng rng = FM_TEST_RNG(88172645463325252ULL);
 
 /* Naive forward of the file's layers for one feature vector, in double. */
 static void naive(const fm_model *m, const float *x, int dim, fm_attrs *out)
@@ -95,7 +97,7 @@ static void naive(const fm_model *m, const float *x, int dim, fm_attrs *out)
 static void check_file(const char *path, int dim, int n_hidden, const int *hidden,
                        int max_batch)
 {
-    CHECK(fixture_write_heads(path, "dlib_resnet npm:x sha512-y", "embedding", 1, dim,
+    CHECK(fm_test_write_heads(&rng, path, "dlib_resnet npm:x sha512-y", "embedding", 1, dim,
                               n_hidden, hidden) == 0);
     fm_heads *h = NULL;
     fm_error err = {0};
@@ -118,7 +120,7 @@ static void check_file(const char *path, int dim, int n_hidden, const int *hidde
     float *x = malloc((size_t)N * (size_t)dim * sizeof *x);
     fm_attrs got[N], one;
     for (int i = 0; i < N * dim; i++)
-        x[i] = 2.0f * fixture_uniform();
+        x[i] = 2.0f * (float)fm_test_rng_range(&rng, -1, 1);
     st = fm_heads_forward(h, x, N, got, &err);
     CHECK_MSG(st == FM_OK, "%s", err.msg);
     double worst = 0;
@@ -156,6 +158,23 @@ static void check_file(const char *path, int dim, int n_hidden, const int *hidde
     fm_heads_close(NULL);
 }
 
+/* A new writer holding the heads metadata (backbone "b", the feature given, no flip),
+ * with the class labels when labels is set, and no tensor. */
+static fm_model_writer *heads_writer(const char *feature, int labels)
+{
+    fm_model_writer *w = fm_model_writer_new();
+    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
+    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
+    fm_model_writer_add_str(w, "heads.feature", feature, NULL);
+    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
+    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
+    if (labels) {
+        fm_model_writer_add_str_array(w, "labels.gender", fm_result_gender_names, 2, NULL);
+        fm_model_writer_add_str_array(w, "labels.race", fm_result_race_names, 5, NULL);
+    }
+    return w;
+}
+
 static void test_errors(const char *path)
 {
     fm_heads *h = (fm_heads *)&h;
@@ -178,20 +197,12 @@ static void test_errors(const char *path)
 
     /* layers that do not chain: write a file and replace one tensor's shape by
      * writing the fixture with a different dim for the heads */
-    w = fm_model_writer_new();
-    const char *const *g = fm_result_gender_names, *const *r = fm_result_race_names;
-    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
-    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
-    fm_model_writer_add_str(w, "heads.feature", "pooled", NULL);
-    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
-    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
-    fm_model_writer_add_str_array(w, "labels.gender", g, 2, NULL);
-    fm_model_writer_add_str_array(w, "labels.race", r, 5, NULL);
-    fixture_tensor(w, "feat.mean", 8, 0, 1, 0);
-    fixture_tensor(w, "feat.std", 8, 0, 0.1f, 1);
-    fixture_tensor(w, "shared.0.weight", 6, 8, 1, 0);
-    fixture_tensor(w, "shared.0.bias", 6, 0, 1, 0);
-    fixture_tensor(w, "age.weight", FM_HEADS_AGES, 8, 1, 0); /* should be [117, 6] */
+    w = heads_writer("pooled", 1);
+    fm_test_heads_tensor(&rng, w, "feat.mean", 8, 0, 1, 0);
+    fm_test_heads_tensor(&rng, w, "feat.std", 8, 0, 0.1f, 1);
+    fm_test_heads_tensor(&rng, w, "shared.0.weight", 6, 8, 1, 0);
+    fm_test_heads_tensor(&rng, w, "shared.0.bias", 6, 0, 1, 0);
+    fm_test_heads_tensor(&rng, w, "age.weight", FM_HEADS_AGES, 8, 1, 0); /* should be [117, 6] */
     snprintf(bad, sizeof bad, "%s/chain.fmm", tmpdir);
     CHECK(fm_model_writer_save(w, bad, NULL) == FM_OK);
     memset(&err, 0, sizeof err);
@@ -200,18 +211,11 @@ static void test_errors(const char *path)
     fprintf(stderr, "layers that do not chain: %s\n", err.msg);
     /* a missing tensor */
     fm_model_writer_destroy(&w);
-    w = fm_model_writer_new();
-    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
-    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
-    fm_model_writer_add_str(w, "heads.feature", "pooled", NULL);
-    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
-    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
-    fm_model_writer_add_str_array(w, "labels.gender", g, 2, NULL);
-    fm_model_writer_add_str_array(w, "labels.race", r, 5, NULL);
-    fixture_tensor(w, "feat.mean", 8, 0, 1, 0);
-    fixture_tensor(w, "feat.std", 8, 0, 0.1f, 1);
-    fixture_tensor(w, "age.weight", FM_HEADS_AGES, 8, 1, 0);
-    fixture_tensor(w, "age.bias", FM_HEADS_AGES, 0, 1, 0);
+    w = heads_writer("pooled", 1);
+    fm_test_heads_tensor(&rng, w, "feat.mean", 8, 0, 1, 0);
+    fm_test_heads_tensor(&rng, w, "feat.std", 8, 0, 0.1f, 1);
+    fm_test_heads_tensor(&rng, w, "age.weight", FM_HEADS_AGES, 8, 1, 0);
+    fm_test_heads_tensor(&rng, w, "age.bias", FM_HEADS_AGES, 0, 1, 0);
     CHECK(fm_model_writer_save(w, bad, NULL) == FM_OK);
     fm_model_writer_destroy(&w);
     memset(&err, 0, sizeof err);
@@ -219,12 +223,7 @@ static void test_errors(const char *path)
     CHECK_MSG(strstr(err.msg, "gender.weight") != NULL, "%s", err.msg);
     unlink(bad);
     /* a bad feature name */
-    w = fm_model_writer_new();
-    fm_model_writer_add_str(w, "general.architecture", "heads", NULL);
-    fm_model_writer_add_str(w, "heads.backbone", "b", NULL);
-    fm_model_writer_add_str(w, "heads.feature", "conv3", NULL);
-    fm_model_writer_add_i64(w, "heads.flip", 0, NULL);
-    fm_model_writer_add_f64(w, "heads.leaky_alpha", 0.1, NULL);
+    w = heads_writer("conv3", 0);
     CHECK(fm_model_writer_save(w, bad, NULL) == FM_OK);
     fm_model_writer_destroy(&w);
     memset(&err, 0, sizeof err);
@@ -276,10 +275,10 @@ static void rnet_new(rnet *r, int dim, int n_layers, const int *width, float alp
     r->mean = malloc((size_t)dim * sizeof(float));
     r->std = malloc((size_t)dim * sizeof(float));
     for (size_t i = 0; i < n; i++)
-        r->params[i] = 0.5f * fixture_uniform();
+        r->params[i] = 0.5f * (float)fm_test_rng_range(&rng, -1, 1);
     for (int j = 0; j < dim; j++) {
-        r->mean[j] = fixture_uniform();
-        r->std[j] = 0.8f + 0.5f * fixture_uniform();
+        r->mean[j] = (float)fm_test_rng_range(&rng, -1, 1);
+        r->std[j] = 0.8f + 0.5f * (float)fm_test_rng_range(&rng, -1, 1);
     }
     fm_heads_standardiser(r->mean, r->std, dim, r->scale, r->shift);
     fm_heads_net *nets[2] = {&r->net, &r->grad};
@@ -354,7 +353,7 @@ static void test_net_gradients(int n_layers, const int *width, int use_mask)
     rnet_new(&r, D, n_layers, width, 0.2f);
     float xs[N * D], dxs[N * D], age[N * FM_HEADS_AGES], gen[N * 2], race[N * 5];
     for (int i = 0; i < N * D; i++)
-        xs[i] = 2 * fixture_uniform();
+        xs[i] = 2 * (float)fm_test_rng_range(&rng, -1, 1);
     for (int i = 0; i < N; i++) {
         fm_nn_gaussian_target(FM_HEADS_AGES, 10 + 17 * i, 2.5, age + i * FM_HEADS_AGES);
         gen[2 * i] = i % 2 ? 0.9f : 0.1f; /* smoothed one-hots */
@@ -368,7 +367,7 @@ static void test_net_gradients(int n_layers, const int *width, int use_mask)
     const float *mk[2] = {masks[0], masks[1]};
     for (int k = 0; k < 2; k++)
         for (int i = 0; i < N * 16; i++)
-            masks[k][i] = fixture_uniform() < -0.4f ? 0.0f : 1.0f / 0.7f;
+            masks[k][i] = (float)fm_test_rng_range(&rng, -1, 1) < -0.4f ? 0.0f : 1.0f / 0.7f;
     const float *const *mask = use_mask ? mk : NULL;
     fm_tensor x = fm_tensor_make(N, D, 1, 1, xs), dx = fm_tensor_make(N, D, 1, 1, dxs);
 
@@ -464,7 +463,7 @@ static void test_net_written(const char *dir)
     CHECK_MSG(fm_heads_open(&h, path, N, &err) == FM_OK, "%s", err.msg);
     float xs[N * D];
     for (int i = 0; i < N * D; i++)
-        xs[i] = 3 * fixture_uniform();
+        xs[i] = 3 * (float)fm_test_rng_range(&rng, -1, 1);
     fm_arena *a = NULL;
     CHECK(fm_arena_new(1 << 20, &a, &err) == FM_OK);
     fm_heads_tape t;
@@ -493,12 +492,8 @@ static void test_net_written(const char *dir)
 
 int main(void)
 {
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/facemill-test-heads-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "heads") != 0)
         return 1;
-    }
     char path[4200];
     snprintf(path, sizeof path, "%s/heads.fmm", tmpdir);
     test_from_logits();
@@ -513,7 +508,6 @@ int main(void)
     test_net_gradients(2, w2, 0);
     test_net_gradients(2, w2, 1);
     test_net_written(tmpdir);
-    unlink(path);
-    rmdir(tmpdir);
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_heads");
 }

@@ -736,7 +736,7 @@ static void test_steady_state(fm_decoder *d)
 
 static void test_files(fm_decoder *d, const char *dir)
 {
-    char path[512];
+    char path[600];
     fm_image img, img2;
     fm_error e = {0};
     const int w = 60, h = 40;
@@ -751,11 +751,8 @@ static void test_files(fm_decoder *d, const char *dir)
 
     /* the file reader gives what fm_decode gives */
     uint8_t *viafile = pack(&img);
-    FILE *f = fopen(path, "rb");
-    uint8_t buf[65536];
-    size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
-    if (f)
-        fclose(f);
+    size_t n = 0;
+    uint8_t *buf = fm_test_read_file(path, &n);
     CHECK(fm_decode(d, buf, n, &img2, &e) == FM_OK);
     CHECK(compare(&img2, viafile, w, h).max == 0);
     free(viafile);
@@ -777,17 +774,12 @@ static void test_files(fm_decoder *d, const char *dir)
 
     /* a corrupt file: the path, then libjpeg's text */
     snprintf(path, sizeof path, "%s/cut.jpg", dir);
-    f = fopen(path, "wb");
-    if (f) {
-        fwrite(buf, 1, n / 2, f);
-        fclose(f);
-    }
+    if (buf)
+        fm_test_write_file(path, buf, n / 2);
     CHECK(fm_decode_file(d, path, &img, &e) == FM_ERR_DECODE);
     CHECK_MSG(strncmp(e.msg, path, strlen(path)) == 0 && contains(e.msg, ": corrupt JPEG: "),
               "%s", e.msg);
-    remove(path);
-    snprintf(path, sizeof path, "%s/pattern.jpg", dir);
-    remove(path);
+    free(buf);
     free(src);
 }
 
@@ -868,11 +860,7 @@ static void write_blob(const char *dir, const char *name, const blob *b)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/%s.jpg", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(b->p, 1, b->n, f) != b->n)
-        fprintf(stderr, "cannot write %s\n", path);
-    if (f)
-        fclose(f);
+    fm_test_write_file(path, b->p, b->n);
 }
 
 static int write_corpus(const char *dir)
@@ -932,12 +920,10 @@ int main(int argc, char **argv)
     test_steady_state(d);
     test_draw();
 
-    const char *tmp = getenv("TMPDIR");
     char dir[512];
-    snprintf(dir, sizeof dir, "%s/fm_image_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (mkdtemp(dir)) {
+    if (fm_test_tmpdir(dir, sizeof dir, "image") == 0) {
         test_files(d, dir);
-        rmdir(dir);
+        fm_test_remove_tree(dir);
     } else {
         CHECK_MSG(0, "mkdtemp %s failed", dir);
     }

@@ -8,10 +8,11 @@
  * fine-tuning of the fine-tuned file, whose lineage must reach back to the npm base.
  * Needs models/cache (models/fetch); skipped otherwise. */
 #include "fm_test.h"
-#include "heads_fixture.h"
+#include "fm_test_model.h"
 
 #include "facemill/align.h"
 #include "facemill/detect.h"
+#include "facemill/heads.h"
 #include "facemill/image.h"
 
 #include <stdio.h>
@@ -22,29 +23,15 @@
 #include <unistd.h>
 
 static char dir[512], data[600], heads[600], models[512], bin[512];
+static fm_test_rng rng = FM_TEST_RNG(88172645463325252ULL); /* the heads' weights */
 
-/* Runs cmd, returns its stdout (caller frees) and exit status. */
+/* Runs cmd (a shell command), returns its stdout (caller frees) and exit status. */
 static char *run(const char *cmd, int *status)
 {
     FILE *f = popen(cmd, "r");
     if (!f)
         return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t r;
-    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-            }
-            buf = nb;
-        }
-    }
-    if (buf)
-        buf[n] = '\0';
+    char *buf = fm_test_read_stream(f, NULL);
     int s = pclose(f);
     *status = WIFEXITED(s) ? WEXITSTATUS(s) : -1;
     return buf;
@@ -83,11 +70,8 @@ static int json_valid(const char *text, int lines)
         return -1;
     char path[4300];
     snprintf(path, sizeof path, "%s/out.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f)
+    if (fm_test_write_file(path, text, strlen(text)) != 0)
         return 0;
-    fputs(text, f);
-    fclose(f);
     char cmd[9000];
     snprintf(cmd, sizeof cmd,
              "/usr/bin/python3 -c 'import json,sys; l=[json.loads(x) for x in "
@@ -149,28 +133,21 @@ done:
 
 int main(void)
 {
-    const char *src = getenv("FACEMILL_SOURCE_DIR"), *b = getenv("FACEMILL_BIN_DIR");
-    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
-    snprintf(bin, sizeof bin, "%s/facemill", b ? b : "./bin");
+    fm_test_source_path(models, sizeof models, "models/cache");
+    fm_test_bin_path(bin, sizeof bin, "facemill");
     char bb[4200];
     snprintf(bb, sizeof bb, "%s/dlib_resnet.fmm", models);
-    if (access(bb, R_OK) != 0 || access(bin, X_OK) != 0) {
-        fprintf(stderr, "skip: %s or %s missing\n", bb, bin);
-        return FM_TEST_SKIP;
-    }
-    const char *t = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/facemill-test-cli-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (access(bb, R_OK) != 0 || access(bin, X_OK) != 0)
+        return fm_test_skip("test_label_cli", "%s or %s missing", bb, bin);
+    if (fm_test_tmpdir(dir, sizeof dir, "label_cli") != 0)
         return 1;
-    }
     snprintf(data, sizeof data, "%s/utk", dir);
     snprintf(heads, sizeof heads, "%s/heads.fmm", dir);
     char identity[1024];
     const int hidden[1] = {16};
     CHECK(mkdir(data, 0700) == 0);
     CHECK(fm_heads_backbone_identity(bb, identity, sizeof identity, NULL) == FM_OK);
-    CHECK(fixture_write_heads(heads, identity, "pooled", 1, 256, 1, hidden) == 0);
+    CHECK(fm_test_write_heads(&rng, heads, identity, "pooled", 1, 256, 1, hidden) == 0);
     CHECK(make_folder());
 
     char cmd[16384];
@@ -362,7 +339,6 @@ int main(void)
               n_base, worst);
     expect_labels("ft");
 
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    CHECK(fm_test_remove_tree(dir) == 0);
     return fm_test_done("test_label_cli");
 }

@@ -30,7 +30,6 @@ checkout root and once from an unrelated directory. Checked:
 Usage: test_label_e2e.py --bin BIN --src SRC
 Exit 0 pass, 1 fail.
 """
-import argparse
 import csv
 import io
 import json
@@ -44,8 +43,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fm_testlib import Checks, face_diff, flat, user_env  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import Checks, dir_args, face_diff, flat, samples_dir, user_env  # noqa: E402
 
 check = Checks("test_label_e2e")
 
@@ -221,16 +220,11 @@ def run_lines(fm, cmd, paths, cwd, env):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--src", required=True)
-    a = ap.parse_args()
-    fm = os.path.join(os.path.abspath(a.bin), "facemill")
-    src = os.path.abspath(a.src)
-    samples = os.path.join(src, "models", "cache", "samples")
-    if not os.path.isdir(samples):
-        print("test_label_e2e: %s is missing: run models/fetch (ops/test does)" % samples,
-              file=sys.stderr)
+    a = dir_args("bin", "src")
+    fm = os.path.join(a.bin, "facemill")
+    src = a.src
+    samples = samples_dir(src, "test_label_e2e")
+    if not samples:
         return 1
     tmp = tempfile.mkdtemp(prefix="facemill-e2e-")
     try:

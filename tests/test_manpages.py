@@ -21,7 +21,7 @@ Checks, each counted once in the summary line:
 
 The roff source is reduced to plain text for these checks (escapes such as \\- and
 \\fB removed, macro arguments joined as they render), so a page may format an option
-any way it likes. Prints each missing item, then `manpages: N passed, M failed`.
+any way it likes. Prints each missing item, then `manpages: N checks, M failed`.
 Exit status: 0 when every check ran and passed, 1 otherwise, 2 on a usage error.
 """
 import os
@@ -30,6 +30,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import Checks  # noqa: E402
 
 # page -> (name in .TH, section, sections it must have)
 PAGES = {
@@ -64,18 +67,7 @@ ALTERNATING = {"BR", "RB", "BI", "IB", "IR", "RI"}
 SILENT = {"RS", "RE", "in", "sp", "ne", "ti", "ll", "ad", "na", "nh", "hy", "ft", "ps",
           "vs", "br", "fi", "nf", "EX", "EE", "PD", "TH", "ds", "nr", "so", "ig"}
 
-failures = []
-passed = 0
-
-
-def ok():
-    global passed
-    passed += 1
-
-
-def fail(msg):
-    failures.append(msg)
-    print("FAIL " + msg, flush=True)
+check = Checks("manpages")
 
 
 def unescape(text):
@@ -227,14 +219,13 @@ def run_help(argv, cwd):
                            stderr=subprocess.PIPE, cwd=cwd, timeout=HELP_TIMEOUT,
                            universal_newlines=True)
     except (OSError, subprocess.TimeoutExpired) as e:
-        fail("`%s` did not run: %s" % (what, e))
+        check(False, "`%s` did not run: %s" % (what, e))
         return None
-    if p.returncode != 0 or not p.stdout.strip():
-        fail("`%s` exited %d with %s on stdout (stderr: %s)"
-             % (what, p.returncode, "nothing" if not p.stdout.strip() else "text",
-                p.stderr.strip()[:300]))
+    if not check(p.returncode == 0 and p.stdout.strip(),
+                 "`%s` exited %d with %s on stdout (stderr: %s)"
+                 % (what, p.returncode, "nothing" if not p.stdout.strip() else "text",
+                    p.stderr.strip()[:300])):
         return None
-    ok()
     return p.stdout
 
 
@@ -258,59 +249,44 @@ def split_common(help_text):
 def check_common(common, options_text, what):
     """Every option of the common part of a help text is in the OPTIONS section."""
     for opt in options_of(common):
-        if has_token(options_text, opt):
-            ok()
-        else:
-            fail("facemill.1 [OPTIONS]: option %s (from `%s`) missing" % (opt, what))
+        check(has_token(options_text, opt),
+              "facemill.1 [OPTIONS]: option %s (from `%s`) missing" % (opt, what))
 
 
 def lint(man_dir):
     groff = shutil.which("groff")
     mandoc = shutil.which("mandoc")
     if not groff:
-        fail("groff not found (Debian package groff-base): the pages cannot be checked")
+        check(False, "groff not found (Debian package groff-base): the pages cannot be checked")
     if not mandoc:
         print("note: mandoc not installed; `mandoc -T lint` skipped", flush=True)
     for page, (title, section, required) in sorted(PAGES.items()):
         path = os.path.join(man_dir, page)
-        if not os.path.isfile(path):
-            fail("%s: missing" % path)
+        if not check(os.path.isfile(path), "%s: missing" % path):
             continue
-        ok()
         if groff:
             p = subprocess.run([groff, "-man", "-ww", "-z", path], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                universal_newlines=True)
-            if p.returncode != 0 or p.stderr.strip():
-                fail("%s: groff -man -ww -z (exit %d):\n%s"
-                     % (page, p.returncode, p.stderr.rstrip()))
-            else:
-                ok()
+            check(p.returncode == 0 and not p.stderr.strip(),
+                  "%s: groff -man -ww -z (exit %d):\n%s"
+                  % (page, p.returncode, p.stderr.rstrip()))
         if mandoc:
             p = subprocess.run([mandoc, "-T", "lint", "-W", "warning", path],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, universal_newlines=True)
             out = (p.stdout + p.stderr).strip()
-            if p.returncode != 0 or out:
-                fail("%s: mandoc -T lint -W warning (exit %d):\n%s"
-                     % (page, p.returncode, out))
-            else:
-                ok()
+            check(p.returncode == 0 and not out,
+                  "%s: mandoc -T lint -W warning (exit %d):\n%s" % (page, p.returncode, out))
         with open(path, encoding="utf-8") as f:
             source = f.read()
         th = re.search(r"^\.TH\s+(.*)$", source, re.M)
         th_args = [unescape(a) for a in macro_args(th.group(1))] if th else []
-        if th_args[:2] != [title, section]:
-            fail("%s: .TH should start with %s %s, it has %s"
-                 % (page, title, section, " ".join(th_args[:2]) or "nothing"))
-        else:
-            ok()
+        check(th_args[:2] == [title, section], "%s: .TH should start with %s %s, it has %s"
+              % (page, title, section, " ".join(th_args[:2]) or "nothing"))
         sh, _ = sections(source)
         for name in required:
-            if name in sh:
-                ok()
-            else:
-                fail("%s: no section %s" % (page, name))
+            check(name in sh, "%s: no section %s" % (page, name))
 
 
 def check_facemill(bin_dir, man_dir, cwd):
@@ -347,24 +323,17 @@ def check_facemill(bin_dir, man_dir, cwd):
             elif not line.strip():
                 if commands:
                     in_list = False
-    if not commands:
-        fail("`facemill --help` lists no commands (expected a 'commands:' list)")
+    if not check(commands, "`facemill --help` lists no commands (expected a 'commands:' list)"):
         return
-    ok()
     top, top_common = split_common(top)
     check_common(top_common, options_text, "facemill --help")
     for opt in options_of(top):
-        if has_token(whole, opt):
-            ok()
-        else:
-            fail("facemill.1: option %s of `facemill --help` missing" % opt)
+        check(has_token(whole, opt), "facemill.1: option %s of `facemill --help` missing" % opt)
     for cmd in commands:
         text = commands_ss.get(cmd)
-        if text is None:
-            fail("facemill.1: no subsection .SS \"facemill %s\" in COMMANDS" % cmd)
+        if not check(text is not None,
+                     "facemill.1: no subsection .SS \"facemill %s\" in COMMANDS" % cmd):
             text = ""
-        else:
-            ok()
         helps = [([prog, cmd, "--help"], "facemill %s --help" % cmd)]
         seen = {helps[0][1]}
         i = 0
@@ -390,22 +359,17 @@ def check_facemill(bin_dir, man_dir, cwd):
             for opt in options_of(own):
                 if opt in ("-h", "--help"):
                     continue
-                if has_token(text, opt):
-                    ok()
-                else:
-                    fail("facemill.1 [facemill %s]: option %s (from `%s`) missing"
-                         % (cmd, opt, what))
+                check(has_token(text, opt), "facemill.1 [facemill %s]: option %s (from `%s`) "
+                      "missing" % (cmd, opt, what))
             subs = []
             for m in re.finditer(r"\bfacemill\s+%s\s+([a-z][a-z0-9-]*)\b" % re.escape(cmd),
                                  out):
                 if m.group(1) not in subs:
                     subs.append(m.group(1))
             for sub in subs:
-                if has_token(text, "%s %s" % (cmd, sub)):
-                    ok()
-                else:
-                    fail("facemill.1 [facemill %s]: sub-command '%s %s' (from `%s`) missing"
-                         % (cmd, cmd, sub, what))
+                check(has_token(text, "%s %s" % (cmd, sub)),
+                      "facemill.1 [facemill %s]: sub-command '%s %s' (from `%s`) missing"
+                      % (cmd, cmd, sub, what))
 
 
 def check_daemons(bin_dir, man_dir, cwd):
@@ -421,12 +385,10 @@ def check_daemons(bin_dir, man_dir, cwd):
             continue
         opts = options_of(out)
         if not any(o.startswith("--") and o != "--help" for o in opts):
-            fail("`%s --help` shows no options (expected at least --config)" % prog)
+            check(False, "`%s --help` shows no options (expected at least --config)" % prog)
         for opt in opts:
-            if has_token(text, opt):
-                ok()
-            else:
-                fail("%s: option %s (from `%s --help`) missing" % (page, opt, prog))
+            check(has_token(text, opt), "%s: option %s (from `%s --help`) missing"
+                  % (page, opt, prog))
 
 
 def check_keys(bin_dir, man_dir, cwd):
@@ -443,14 +405,11 @@ def check_keys(bin_dir, man_dir, cwd):
         return
     keys = [m.group(1) for m in map(KEY_RE.match, out.split("\n")) if m]
     if not keys:
-        fail("`facemill config --describe` printed no keys")
+        check(False, "`facemill config --describe` printed no keys")
         return
     for key in keys:
-        if has_token(text, key):
-            ok()
-        else:
-            fail("facemill.yaml.5: key %s (from `facemill config --describe`) missing "
-                 "in KEYS" % key)
+        check(has_token(text, key), "facemill.yaml.5: key %s (from `facemill config "
+              "--describe`) missing in KEYS" % key)
 
 
 def main():
@@ -474,12 +433,11 @@ def main():
     finally:
         if env_keep is not None:
             os.environ["FACEMILL_CONFIG"] = env_keep
-    if failures:
-        print("\nmissing or wrong (%d):" % len(failures))
-        for f in failures:
+    if check.failures:
+        print("\nmissing or wrong (%d):" % len(check.failures))
+        for f in check.failures:
             print("  " + f.split("\n")[0])
-    print("manpages: %d passed, %d failed" % (passed, len(failures)))
-    return 1 if failures else 0
+    return check.summary()
 
 
 if __name__ == "__main__":

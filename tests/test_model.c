@@ -10,6 +10,7 @@
  */
 #include "facemill/model.h"
 #include "fm_test.h"
+#include "fm_test_model.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,73 +27,11 @@ static char work_path[300];
 
 /* ---------------------------------------------------------------- helpers ---- */
 
-static uint32_t g32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t g64(const uint8_t *p)
-{
-    return (uint64_t)g32(p) | (uint64_t)g32(p + 4) << 32;
-}
-
-static void p32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void p64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static int write_file(const char *path, const uint8_t *buf, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return 0;
-    int ok = fwrite(buf, 1, len, f) == len;
-    return fclose(f) == 0 && ok;
-}
-
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-/* Recomputes index_crc32 when the header's section fields are in bounds, so a
- * patched field reaches its own check instead of failing the CRC. */
-static void fix_index_crc(uint8_t *b, size_t len)
-{
-    if (len < 128)
-        return;
-    uint64_t dir_offset = g64(b + 40), dir_size = g64(b + 48);
-    if (dir_offset > len || dir_size > len - dir_offset || dir_offset + dir_size < 128)
-        return;
-    p32(b + 72, 0);
-    p32(b + 72, fm_model_crc32(0, b, (size_t)(dir_offset + dir_size)));
-}
-
 static void fix_data_crc(uint8_t *b, size_t len)
 {
-    uint64_t data_offset = g64(b + 56);
-    p32(b + 76, fm_model_crc32(0, b + data_offset, len - (size_t)data_offset));
-    fix_index_crc(b, len);
+    uint64_t data_offset = fm_test_get64(b + 56);
+    fm_test_put32(b + 76, fm_model_crc32(0, b + data_offset, len - (size_t)data_offset));
+    fm_test_fix_index_crc(b, len);
 }
 
 /* Reads everything a model hands out, so ASan sees any pointer past the mapping. */
@@ -150,10 +89,8 @@ static double touch_model(const fm_model *m)
 /* Writes buf to the work file and opens it; on success touches and closes it. */
 static fm_status open_bytes(const uint8_t *buf, size_t len, unsigned flags, fm_error *err)
 {
-    if (!write_file(work_path, buf, len)) {
-        fprintf(stderr, "cannot write %s\n", work_path);
+    if (fm_test_write_file(work_path, buf, len) != 0)
         exit(1);
-    }
     fm_model *m = (fm_model *)(uintptr_t)1;
     fm_status st = fm_model_open(&m, work_path, flags, err);
     if (st == FM_OK) {
@@ -184,31 +121,37 @@ static void expect(const uint8_t *buf, size_t len, unsigned flags, fm_status wan
                   err.msg, substr);
 }
 
-/* Copies the base file, sets a header u32/u64 field, fixes the CRC, expects want. */
-static void expect_h32(const uint8_t *base, size_t len, size_t off, uint32_t v,
-                       fm_status want, const char *substr, const char *label)
+/* Copies the base file, sets the little-endian field of width bytes (1, 4 or 8) at
+ * off to v, fixes the index CRC and expects want. */
+static void expect_field(const uint8_t *base, size_t len, size_t off, int width, uint64_t v,
+                         fm_status want, const char *substr, const char *label)
 {
     uint8_t *b = malloc(len);
     memcpy(b, base, len);
-    p32(b + off, v);
-    fix_index_crc(b, len);
-    char l[160];
-    snprintf(l, sizeof l, "%s = %" PRIu32, label, v);
-    expect(b, len, 0, want, substr, l);
-    free(b);
-}
-
-static void expect_h64(const uint8_t *base, size_t len, size_t off, uint64_t v,
-                       fm_status want, const char *substr, const char *label)
-{
-    uint8_t *b = malloc(len);
-    memcpy(b, base, len);
-    p64(b + off, v);
-    fix_index_crc(b, len);
+    if (width == 1)
+        b[off] = (uint8_t)v;
+    else if (width == 4)
+        fm_test_put32(b + off, (uint32_t)v);
+    else
+        fm_test_put64(b + off, v);
+    fm_test_fix_index_crc(b, len);
     char l[160];
     snprintf(l, sizeof l, "%s = %" PRIu64, label, v);
     expect(b, len, 0, want, substr, l);
     free(b);
+}
+
+/* The u32 / u64 field at off set to v (expect_field). */
+static void expect_u32(const uint8_t *base, size_t len, size_t off, uint32_t v,
+                       fm_status want, const char *substr, const char *label)
+{
+    expect_field(base, len, off, 4, v, want, substr, label);
+}
+
+static void expect_u64(const uint8_t *base, size_t len, size_t off, uint64_t v,
+                       fm_status want, const char *substr, const char *label)
+{
+    expect_field(base, len, off, 8, v, want, substr, label);
 }
 
 /* Positions of the fields of directory entry idx / metadata entry idx in a file. */
@@ -218,15 +161,15 @@ typedef struct dirpos {
 
 static dirpos dir_entry(const uint8_t *b, unsigned idx)
 {
-    size_t pos = (size_t)g64(b + 40);
+    size_t pos = (size_t)fm_test_get64(b + 40);
     for (unsigned i = 0;; i++) {
         dirpos d;
         d.name_len = pos;
         d.name = pos + 4;
-        d.dtype = d.name + g32(b + pos);
+        d.dtype = d.name + fm_test_get32(b + pos);
         d.ndim = d.dtype + 4;
         d.dims = d.ndim + 4;
-        d.offset = d.dims + 8 * g32(b + d.ndim);
+        d.offset = d.dims + 8 * fm_test_get32(b + d.ndim);
         d.nbytes = d.offset + 8;
         if (i == idx)
             return d;
@@ -245,20 +188,20 @@ static metapos meta_entry(const uint8_t *b, unsigned idx)
         metapos e;
         e.key_len = pos;
         e.key = pos + 4;
-        e.type = e.key + g32(b + pos);
+        e.type = e.key + fm_test_get32(b + pos);
         e.value = e.type + 4;
         if (i == idx)
             return e;
-        uint32_t type = g32(b + e.type), n;
+        uint32_t type = fm_test_get32(b + e.type), n;
         switch (type) {
         case 1: case 2: pos = e.value + 8; break;
-        case 3: pos = e.value + 4 + g32(b + e.value); break;
-        case 4: case 5: pos = e.value + 4 + 8 * (size_t)g32(b + e.value); break;
+        case 3: pos = e.value + 4 + fm_test_get32(b + e.value); break;
+        case 4: case 5: pos = e.value + 4 + 8 * (size_t)fm_test_get32(b + e.value); break;
         default:
-            n = g32(b + e.value);
+            n = fm_test_get32(b + e.value);
             pos = e.value + 4;
             for (uint32_t k = 0; k < n; k++)
-                pos += 4 + g32(b + pos);
+                pos += 4 + fm_test_get32(b + pos);
         }
     }
 }
@@ -614,10 +557,10 @@ static void test_paths(void)
 static void test_header(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len + 64);
-    uint64_t meta_size = g64(base + 32), dir_offset = g64(base + 40),
-             dir_size = g64(base + 48), data_offset = g64(base + 56),
-             data_size = g64(base + 64);
-    uint32_t n_meta = g32(base + 16), n_tensors = g32(base + 20);
+    uint64_t meta_size = fm_test_get64(base + 32), dir_offset = fm_test_get64(base + 40),
+             dir_size = fm_test_get64(base + 48), data_offset = fm_test_get64(base + 56),
+             data_size = fm_test_get64(base + 64);
+    uint32_t n_meta = fm_test_get32(base + 16), n_tensors = fm_test_get32(base + 20);
 
     expect(base, len, 0, FM_OK, NULL, "base file");
     expect(base, len, FM_MODEL_VERIFY_DATA, FM_OK, NULL, "base file, verify");
@@ -634,52 +577,52 @@ static void test_header(const uint8_t *base, size_t len)
         expect(b, len, 0, FM_ERR_FORMAT, "bad magic", "magic byte");
     }
     /* Version: anything but 1 is FM_ERR_VERSION, CRC fixed or not. */
-    expect_h32(base, len, 8, 0, FM_ERR_VERSION, "version 0 is not supported", "version");
-    expect_h32(base, len, 8, 2, FM_ERR_VERSION, "version 2 is not supported", "version");
-    expect_h32(base, len, 8, UINT32_MAX, FM_ERR_VERSION, NULL, "version");
+    expect_u32(base, len, 8, 0, FM_ERR_VERSION, "version 0 is not supported", "version");
+    expect_u32(base, len, 8, 2, FM_ERR_VERSION, "version 2 is not supported", "version");
+    expect_u32(base, len, 8, UINT32_MAX, FM_ERR_VERSION, NULL, "version");
     memcpy(b, base, len);
-    p32(b + 8, 2);
+    fm_test_put32(b + 8, 2);
     expect(b, len, 0, FM_ERR_VERSION, NULL, "version 2, stale crc");
 
     uint32_t hs[] = {0, 64, 127, 129, 256, UINT32_MAX};
     for (size_t i = 0; i < sizeof hs / sizeof *hs; i++)
-        expect_h32(base, len, 12, hs[i], FM_ERR_FORMAT, "header_size", "header_size");
+        expect_u32(base, len, 12, hs[i], FM_ERR_FORMAT, "header_size", "header_size");
     uint32_t nm[] = {FM_MODEL_MAX_META + 1, UINT32_MAX, n_meta + 1, n_meta - 1, 0};
     for (size_t i = 0; i < sizeof nm / sizeof *nm; i++)
-        expect_h32(base, len, 16, nm[i], FM_ERR_FORMAT, NULL, "n_meta");
-    expect_h32(base, len, 16, FM_MODEL_MAX_META + 1, FM_ERR_FORMAT, "n_meta 4097 exceeds 4096",
+        expect_u32(base, len, 16, nm[i], FM_ERR_FORMAT, NULL, "n_meta");
+    expect_u32(base, len, 16, FM_MODEL_MAX_META + 1, FM_ERR_FORMAT, "n_meta 4097 exceeds 4096",
                "n_meta");
-    expect_h32(base, len, 16, n_meta - 1, FM_ERR_FORMAT, "but meta_size ends the section",
+    expect_u32(base, len, 16, n_meta - 1, FM_ERR_FORMAT, "but meta_size ends the section",
                "n_meta");
     uint32_t nt[] = {FM_MODEL_MAX_TENSORS + 1, UINT32_MAX, n_tensors + 1, n_tensors - 1, 0};
     for (size_t i = 0; i < sizeof nt / sizeof *nt; i++)
-        expect_h32(base, len, 20, nt[i], FM_ERR_FORMAT, NULL, "n_tensors");
-    expect_h32(base, len, 20, n_tensors - 1, FM_ERR_FORMAT, "but dir_size ends the section",
+        expect_u32(base, len, 20, nt[i], FM_ERR_FORMAT, NULL, "n_tensors");
+    expect_u32(base, len, 20, n_tensors - 1, FM_ERR_FORMAT, "but dir_size ends the section",
                "n_tensors");
 
     uint64_t mo[] = {0, 127, 129, 192, UINT64_MAX};
     for (size_t i = 0; i < sizeof mo / sizeof *mo; i++)
-        expect_h64(base, len, 24, mo[i], FM_ERR_FORMAT, "meta_offset", "meta_offset");
+        expect_u64(base, len, 24, mo[i], FM_ERR_FORMAT, "meta_offset", "meta_offset");
     uint64_t ms[] = {0, meta_size - 1, meta_size + 1, UINT64_MAX, UINT64_MAX - 127, len};
     for (size_t i = 0; i < sizeof ms / sizeof *ms; i++)
-        expect_h64(base, len, 32, ms[i], FM_ERR_FORMAT, NULL, "meta_size");
+        expect_u64(base, len, 32, ms[i], FM_ERR_FORMAT, NULL, "meta_size");
     uint64_t dof[] = {0, dir_offset - 1, dir_offset + 1, UINT64_MAX, 128};
     for (size_t i = 0; i < sizeof dof / sizeof *dof; i++)
-        expect_h64(base, len, 40, dof[i], FM_ERR_FORMAT, NULL, "dir_offset");
+        expect_u64(base, len, 40, dof[i], FM_ERR_FORMAT, NULL, "dir_offset");
     uint64_t ds[] = {0, dir_size - 1, dir_size + 1, UINT64_MAX, UINT64_MAX - dir_offset + 1,
                      len - dir_offset + 1};
     for (size_t i = 0; i < sizeof ds / sizeof *ds; i++)
-        expect_h64(base, len, 48, ds[i], FM_ERR_FORMAT, NULL, "dir_size");
+        expect_u64(base, len, 48, ds[i], FM_ERR_FORMAT, NULL, "dir_size");
     uint64_t dao[] = {0, data_offset + 1, data_offset - 64, data_offset + 64,
                       UINT64_MAX & ~(uint64_t)63, UINT64_MAX, 128};
     for (size_t i = 0; i < sizeof dao / sizeof *dao; i++)
-        expect_h64(base, len, 56, dao[i], FM_ERR_FORMAT, NULL, "data_offset");
-    expect_h64(base, len, 56, data_offset + 1, FM_ERR_FORMAT, "is not a multiple of 64",
+        expect_u64(base, len, 56, dao[i], FM_ERR_FORMAT, NULL, "data_offset");
+    expect_u64(base, len, 56, data_offset + 1, FM_ERR_FORMAT, "is not a multiple of 64",
                "data_offset");
     uint64_t dsz[] = {0, data_size - 1, data_size + 1, UINT64_MAX,
                       UINT64_MAX - data_offset + 1};
     for (size_t i = 0; i < sizeof dsz / sizeof *dsz; i++)
-        expect_h64(base, len, 64, dsz[i], FM_ERR_FORMAT, "is not the file size", "data_size");
+        expect_u64(base, len, 64, dsz[i], FM_ERR_FORMAT, "is not the file size", "data_size");
 
     /* Index CRC: wrong value. Data CRC: only checked with VERIFY_DATA. */
     memcpy(b, base, len);
@@ -687,7 +630,7 @@ static void test_header(const uint8_t *base, size_t len)
     expect(b, len, 0, FM_ERR_FORMAT, "index_crc32", "index crc flipped");
     memcpy(b, base, len);
     b[76] ^= 1;
-    fix_index_crc(b, len);
+    fm_test_fix_index_crc(b, len);
     expect(b, len, 0, FM_OK, NULL, "data crc wrong, no verify");
     expect(b, len, FM_MODEL_VERIFY_DATA, FM_ERR_FORMAT, "data_crc32", "data crc wrong, verify");
 
@@ -695,7 +638,7 @@ static void test_header(const uint8_t *base, size_t len)
     for (int i = 80; i < 128; i++) {
         memcpy(b, base, len);
         b[i] = (uint8_t)(i == 100 ? 0x80 : 1);
-        fix_index_crc(b, len);
+        fm_test_fix_index_crc(b, len);
         expect(b, len, 0, FM_ERR_FORMAT, "reserved header byte", "reserved byte");
     }
 
@@ -709,7 +652,8 @@ static void test_header(const uint8_t *base, size_t len)
 static void test_truncation(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len);
-    uint64_t dir_end = g64(base + 40) + g64(base + 48), data_offset = g64(base + 56);
+    uint64_t dir_end = fm_test_get64(base + 40) + fm_test_get64(base + 48);
+    uint64_t data_offset = fm_test_get64(base + 56);
     int bad = 0, cases = 0;
     /* Every cut point of the index region, and every 7th byte of the data section. */
     for (size_t cut = 0; cut < len; cut += cut < dir_end + 64 ? 1 : 7) {
@@ -730,8 +674,8 @@ static void test_truncation(const uint8_t *base, size_t len)
     cases = 0;
     for (size_t cut = (size_t)data_offset; cut < len; cut += 4) {
         memcpy(b, base, len);
-        p64(b + 64, cut - data_offset);
-        fix_index_crc(b, cut);
+        fm_test_put64(b + 64, cut - data_offset);
+        fm_test_fix_index_crc(b, cut);
         fm_error err = {0};
         fm_status st = open_bytes(b, cut, 0, &err);
         cases++;
@@ -747,104 +691,81 @@ static void test_truncation(const uint8_t *base, size_t len)
 }
 
 /* Sets a u32/u64 at pos in a copy of base, fixes the CRC and expects want. */
-static void expect_at32(const uint8_t *base, size_t len, size_t pos, uint32_t v,
-                        fm_status want, const char *substr, const char *label)
-{
-    expect_h32(base, len, pos, v, want, substr, label);
-}
-
-static void expect_at64(const uint8_t *base, size_t len, size_t pos, uint64_t v,
-                        fm_status want, const char *substr, const char *label)
-{
-    expect_h64(base, len, pos, v, want, substr, label);
-}
-
-static void expect_byte(const uint8_t *base, size_t len, size_t pos, uint8_t v,
-                        fm_status want, const char *substr, const char *label)
-{
-    uint8_t *b = malloc(len);
-    memcpy(b, base, len);
-    b[pos] = v;
-    fix_index_crc(b, len);
-    expect(b, len, 0, want, substr, label);
-    free(b);
-}
-
 static void test_directory(const uint8_t *base, size_t len)
 {
     dirpos t1 = dir_entry(base, 0), t2 = dir_entry(base, 1), c3 = dir_entry(base, 2),
            t4 = dir_entry(base, 3);
-    uint64_t data_size = g64(base + 64);
-    CHECK(g32(base + t1.name_len) == 2 && memcmp(base + t1.name, "t1", 2) == 0);
-    CHECK(memcmp(base + c3.name, "conv1.w", 7) == 0 && g32(base + c3.ndim) == 4);
+    uint64_t data_size = fm_test_get64(base + 64);
+    CHECK(fm_test_get32(base + t1.name_len) == 2 && memcmp(base + t1.name, "t1", 2) == 0);
+    CHECK(memcmp(base + c3.name, "conv1.w", 7) == 0 && fm_test_get32(base + c3.ndim) == 4);
 
     /* dtype: f16 with an f32 entry's nbytes, reserved int8, unknown values. */
-    expect_at32(base, len, t1.dtype, 1, FM_ERR_FORMAT,
+    expect_u32(base, len, t1.dtype, 1, FM_ERR_FORMAT,
                 "tensor 't1': nbytes 60 is not product(dims) x 2 = 30", "dtype f16");
-    expect_at32(base, len, t1.dtype, 2, FM_ERR_FORMAT, "dtype 2 (int8)", "dtype");
-    expect_at32(base, len, t1.dtype, 3, FM_ERR_FORMAT, "dtype 3", "dtype");
-    expect_at32(base, len, t1.dtype, UINT32_MAX, FM_ERR_FORMAT, NULL, "dtype");
+    expect_u32(base, len, t1.dtype, 2, FM_ERR_FORMAT, "dtype 2 (int8)", "dtype");
+    expect_u32(base, len, t1.dtype, 3, FM_ERR_FORMAT, "dtype 3", "dtype");
+    expect_u32(base, len, t1.dtype, UINT32_MAX, FM_ERR_FORMAT, NULL, "dtype");
     /* ndim. */
-    expect_at32(base, len, t1.ndim, 0, FM_ERR_FORMAT, "ndim 0 is not 1..4", "ndim");
-    expect_at32(base, len, t1.ndim, 5, FM_ERR_FORMAT, "ndim 5 is not 1..4", "ndim");
-    expect_at32(base, len, c3.ndim, 5, FM_ERR_FORMAT, "ndim 5", "ndim");
-    expect_at32(base, len, t1.ndim, UINT32_MAX, FM_ERR_FORMAT, NULL, "ndim");
-    expect_at32(base, len, t1.ndim, 1, FM_ERR_FORMAT, NULL, "ndim 1 (entry misread)");
+    expect_u32(base, len, t1.ndim, 0, FM_ERR_FORMAT, "ndim 0 is not 1..4", "ndim");
+    expect_u32(base, len, t1.ndim, 5, FM_ERR_FORMAT, "ndim 5 is not 1..4", "ndim");
+    expect_u32(base, len, c3.ndim, 5, FM_ERR_FORMAT, "ndim 5", "ndim");
+    expect_u32(base, len, t1.ndim, UINT32_MAX, FM_ERR_FORMAT, NULL, "ndim");
+    expect_u32(base, len, t1.ndim, 1, FM_ERR_FORMAT, NULL, "ndim 1 (entry misread)");
     /* dims. */
-    expect_at64(base, len, t1.dims, 0, FM_ERR_FORMAT, "tensor 't1': dims[0] is 0", "dim 0");
-    expect_at64(base, len, c3.dims + 24, 0, FM_ERR_FORMAT, "dims[3] is 0", "dim 0");
-    expect_at64(base, len, t1.dims, 4, FM_ERR_FORMAT, "nbytes 60 is not", "dims vs nbytes");
+    expect_u64(base, len, t1.dims, 0, FM_ERR_FORMAT, "tensor 't1': dims[0] is 0", "dim 0");
+    expect_u64(base, len, c3.dims + 24, 0, FM_ERR_FORMAT, "dims[3] is 0", "dim 0");
+    expect_u64(base, len, t1.dims, 4, FM_ERR_FORMAT, "nbytes 60 is not", "dims vs nbytes");
     {
         uint8_t *b = malloc(len);
         memcpy(b, base, len);
         for (int d = 0; d < 4; d++)
-            p64(b + c3.dims + 8 * d, (uint64_t)1 << 32);
-        fix_index_crc(b, len);
+            fm_test_put64(b + c3.dims + 8 * d, (uint64_t)1 << 32);
+        fm_test_fix_index_crc(b, len);
         expect(b, len, 0, FM_ERR_FORMAT, "product of dims overflows", "dims overflow");
         /* dims whose product x 4 wraps to exactly nbytes. */
         memcpy(b, base, len);
-        p64(b + t4.dims, ((uint64_t)1 << 62) + 1);
-        fix_index_crc(b, len);
+        fm_test_put64(b + t4.dims, ((uint64_t)1 << 62) + 1);
+        fm_test_fix_index_crc(b, len);
         expect(b, len, 0, FM_ERR_FORMAT, "overflows", "dims x 4 wraps");
         free(b);
     }
     /* nbytes. */
     uint64_t nb[] = {0, 56, 64, UINT64_MAX, UINT64_MAX - 3};
     for (size_t i = 0; i < sizeof nb / sizeof *nb; i++)
-        expect_at64(base, len, t1.nbytes, nb[i], FM_ERR_FORMAT, "is not product(dims) x 4",
+        expect_u64(base, len, t1.nbytes, nb[i], FM_ERR_FORMAT, "is not product(dims) x 4",
                     "nbytes");
     /* offset: unaligned, out of bounds, overflowing u64. */
-    uint64_t off1 = g64(base + t1.offset), off3 = g64(base + c3.offset);
-    expect_at64(base, len, t1.offset, off1 + 4, FM_ERR_FORMAT, "is not a multiple of 64",
+    uint64_t off1 = fm_test_get64(base + t1.offset), off3 = fm_test_get64(base + c3.offset);
+    expect_u64(base, len, t1.offset, off1 + 4, FM_ERR_FORMAT, "is not a multiple of 64",
                 "unaligned offset");
-    expect_at64(base, len, t1.offset, off1 + 1, FM_ERR_FORMAT, NULL, "unaligned offset");
-    expect_at64(base, len, c3.offset, (data_size + 63) / 64 * 64, FM_ERR_FORMAT,
+    expect_u64(base, len, t1.offset, off1 + 1, FM_ERR_FORMAT, NULL, "unaligned offset");
+    expect_u64(base, len, c3.offset, (data_size + 63) / 64 * 64, FM_ERR_FORMAT,
                 "exceeds data size", "offset past the end");
-    expect_at64(base, len, c3.offset, off3 + 64 * ((data_size - off3) / 64), FM_ERR_FORMAT,
+    expect_u64(base, len, c3.offset, off3 + 64 * ((data_size - off3) / 64), FM_ERR_FORMAT,
                 "exceeds data size", "offset, tail out of bounds");
-    expect_at64(base, len, c3.offset, UINT64_MAX & ~(uint64_t)63, FM_ERR_FORMAT,
+    expect_u64(base, len, c3.offset, UINT64_MAX & ~(uint64_t)63, FM_ERR_FORMAT,
                 "exceeds data size", "offset + nbytes overflows u64");
-    expect_at64(base, len, t4.offset, UINT64_MAX - 63, FM_ERR_FORMAT, "exceeds data size",
+    expect_u64(base, len, t4.offset, UINT64_MAX - 63, FM_ERR_FORMAT, "exceeds data size",
                 "offset near u64 max");
     /* Overlaps: t2 on t1 (same size), and t4 inside conv1.w. */
-    expect_at64(base, len, t2.offset, off1, FM_ERR_FORMAT, "overlaps tensor", "overlap same");
-    expect_at64(base, len, t4.offset, off3 + 64, FM_ERR_FORMAT,
+    expect_u64(base, len, t2.offset, off1, FM_ERR_FORMAT, "overlaps tensor", "overlap same");
+    expect_u64(base, len, t4.offset, off3 + 64, FM_ERR_FORMAT,
                 "tensor 't4' [", "overlap partial");
     /* Names: length, characters, UTF-8, duplicates. */
-    expect_at32(base, len, t1.name_len, 0, FM_ERR_FORMAT, "name_len 0 is not 1..255",
+    expect_u32(base, len, t1.name_len, 0, FM_ERR_FORMAT, "name_len 0 is not 1..255",
                 "name_len");
-    expect_at32(base, len, t1.name_len, 256, FM_ERR_FORMAT, "name_len 256", "name_len");
-    expect_at32(base, len, t1.name_len, UINT32_MAX, FM_ERR_FORMAT, NULL, "name_len");
-    expect_at32(base, len, t1.name_len, 3, FM_ERR_FORMAT, NULL, "name_len + 1");
-    expect_byte(base, len, t1.name, 0x01, FM_ERR_FORMAT, "control characters", "name ctrl");
-    expect_byte(base, len, t1.name, 0x00, FM_ERR_FORMAT, "control characters", "name NUL");
-    expect_byte(base, len, t1.name, 0x7f, FM_ERR_FORMAT, "control characters", "name DEL");
-    expect_byte(base, len, t1.name, 0xff, FM_ERR_FORMAT, "not UTF-8", "name bad UTF-8");
-    expect_byte(base, len, t1.name + 1, 0xc3, FM_ERR_FORMAT, NULL, "name truncated UTF-8");
-    expect_byte(base, len, t1.name, ' ', FM_OK, NULL, "name with a space");
-    expect_byte(base, len, t2.name + 1, '1', FM_ERR_FORMAT, "tensor 't1': duplicate name",
+    expect_u32(base, len, t1.name_len, 256, FM_ERR_FORMAT, "name_len 256", "name_len");
+    expect_u32(base, len, t1.name_len, UINT32_MAX, FM_ERR_FORMAT, NULL, "name_len");
+    expect_u32(base, len, t1.name_len, 3, FM_ERR_FORMAT, NULL, "name_len + 1");
+    expect_field(base, len, t1.name, 1, 0x01, FM_ERR_FORMAT, "control characters", "name ctrl");
+    expect_field(base, len, t1.name, 1, 0x00, FM_ERR_FORMAT, "control characters", "name NUL");
+    expect_field(base, len, t1.name, 1, 0x7f, FM_ERR_FORMAT, "control characters", "name DEL");
+    expect_field(base, len, t1.name, 1, 0xff, FM_ERR_FORMAT, "not UTF-8", "name bad UTF-8");
+    expect_field(base, len, t1.name + 1, 1, 0xc3, FM_ERR_FORMAT, NULL, "name truncated UTF-8");
+    expect_field(base, len, t1.name, 1, ' ', FM_OK, NULL, "name with a space");
+    expect_field(base, len, t2.name + 1, 1, '1', FM_ERR_FORMAT, "tensor 't1': duplicate name",
                 "duplicate name");
-    expect_byte(base, len, t4.name + 1, '1', FM_ERR_FORMAT, "duplicate name",
+    expect_field(base, len, t4.name + 1, 1, '1', FM_ERR_FORMAT, "duplicate name",
                 "duplicate name, far apart");
 }
 
@@ -855,32 +776,32 @@ static void test_metadata(const uint8_t *base, size_t len)
     CHECK(memcmp(base + i64.key, "a.i64", 5) == 0 && memcmp(base + f64.key, "a.f64", 5) == 0);
     CHECK(memcmp(base + race.key, "labels.race", 11) == 0);
 
-    expect_at32(base, len, arch.key_len, 0, FM_ERR_FORMAT, "metadata entry 0: key_len 0",
+    expect_u32(base, len, arch.key_len, 0, FM_ERR_FORMAT, "metadata entry 0: key_len 0",
                 "key_len 0");
-    expect_at32(base, len, arch.key_len, 256, FM_ERR_FORMAT, "key_len 256", "key_len 256");
-    expect_at32(base, len, arch.key_len, UINT32_MAX, FM_ERR_FORMAT, NULL, "key_len max");
+    expect_u32(base, len, arch.key_len, 256, FM_ERR_FORMAT, "key_len 256", "key_len 256");
+    expect_u32(base, len, arch.key_len, UINT32_MAX, FM_ERR_FORMAT, NULL, "key_len max");
     const uint8_t bad_chars[] = {'A', 'Z', '-', ' ', '/', 0, 0x80, 0xc3, 0xff};
     for (size_t i = 0; i < sizeof bad_chars; i++)
-        expect_byte(base, len, i64.key + 2, bad_chars[i], FM_ERR_FORMAT,
+        expect_field(base, len, i64.key + 2, 1, bad_chars[i], FM_ERR_FORMAT,
                     "key has bytes outside [a-z0-9_.]", "key char");
-    expect_byte(base, len, f64.key + 2, 'i', FM_ERR_FORMAT, "metadata 'a.i64': duplicate key",
+    expect_field(base, len, f64.key + 2, 1, 'i', FM_ERR_FORMAT, "metadata 'a.i64': duplicate key",
                 "duplicate key");
     uint32_t types[] = {0, 7, 100, UINT32_MAX};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
-        expect_at32(base, len, i64.type, types[i], FM_ERR_FORMAT, "metadata 'a.i64': type",
+        expect_u32(base, len, i64.type, types[i], FM_ERR_FORMAT, "metadata 'a.i64': type",
                     "meta type");
     /* A wrong but valid type misreads the rest of the section. */
-    expect_at32(base, len, i64.type, FM_MODEL_META_STR, FM_ERR_FORMAT, NULL, "i64 as str");
-    expect_at32(base, len, f64.type, FM_MODEL_META_STR_ARRAY, FM_ERR_FORMAT, NULL,
+    expect_u32(base, len, i64.type, FM_MODEL_META_STR, FM_ERR_FORMAT, NULL, "i64 as str");
+    expect_u32(base, len, f64.type, FM_MODEL_META_STR_ARRAY, FM_ERR_FORMAT, NULL,
                 "f64 as str[]");
     /* String lengths, UTF-8. */
-    expect_at32(base, len, str.value, FM_MODEL_MAX_STR + 1, FM_ERR_FORMAT,
+    expect_u32(base, len, str.value, FM_MODEL_MAX_STR + 1, FM_ERR_FORMAT,
                 "value length 1048577 exceeds", "str len > 1 MiB");
-    expect_at32(base, len, str.value, FM_MODEL_MAX_STR, FM_ERR_FORMAT,
+    expect_u32(base, len, str.value, FM_MODEL_MAX_STR, FM_ERR_FORMAT,
                 "but the section ends", "str len past the section");
-    expect_at32(base, len, str.value, UINT32_MAX, FM_ERR_FORMAT, NULL, "str len max");
-    expect_byte(base, len, str.value + 4, 0xff, FM_ERR_FORMAT, "not valid UTF-8", "str 0xff");
-    expect_byte(base, len, str.value + 4 + 1, 0x80, FM_ERR_FORMAT, "not valid UTF-8",
+    expect_u32(base, len, str.value, UINT32_MAX, FM_ERR_FORMAT, NULL, "str len max");
+    expect_field(base, len, str.value + 4, 1, 0xff, FM_ERR_FORMAT, "not valid UTF-8", "str 0xff");
+    expect_field(base, len, str.value + 4 + 1, 1, 0x80, FM_ERR_FORMAT, "not valid UTF-8",
                 "str bad continuation");
     {
         uint8_t *b = malloc(len);
@@ -889,31 +810,32 @@ static void test_metadata(const uint8_t *base, size_t len)
         for (size_t i = 0; i < 4; i++) {
             memcpy(b, base, len);
             memcpy(b + str.value + 4 + 1, bad_seqs[i], 3);
-            fix_index_crc(b, len);
+            fm_test_fix_index_crc(b, len);
             expect(b, len, 0, FM_ERR_FORMAT, "not valid UTF-8", "overlong/surrogate/too big");
         }
         free(b);
     }
-    expect_byte(base, len, str.value + 4, 0x01, FM_OK, NULL, "control char in a str value");
+    expect_field(base, len, str.value + 4, 1, 0x01, FM_OK, NULL, "control char in a str value");
     /* Array counts. */
-    expect_at32(base, len, i64s.value, FM_MODEL_MAX_COUNT + 1, FM_ERR_FORMAT,
+    expect_u32(base, len, i64s.value, FM_MODEL_MAX_COUNT + 1, FM_ERR_FORMAT,
                 "count 1048577 exceeds", "array count > 1M");
-    expect_at32(base, len, i64s.value, FM_MODEL_MAX_COUNT, FM_ERR_FORMAT,
+    expect_u32(base, len, i64s.value, FM_MODEL_MAX_COUNT, FM_ERR_FORMAT,
                 "but the section ends", "array count past the section");
-    expect_at32(base, len, i64s.value, 4, FM_ERR_FORMAT, NULL, "array count - 1");
-    expect_at32(base, len, race.value, FM_MODEL_MAX_COUNT, FM_ERR_FORMAT, "needs at least",
+    expect_u32(base, len, i64s.value, 4, FM_ERR_FORMAT, NULL, "array count - 1");
+    expect_u32(base, len, race.value, FM_MODEL_MAX_COUNT, FM_ERR_FORMAT, "needs at least",
                 "str[] count past the section");
-    expect_at32(base, len, race.value + 4, 1000, FM_ERR_FORMAT, "element 0", "str[] elem len");
-    expect_byte(base, len, race.value + 4 + 4, 0xfe, FM_ERR_FORMAT, "element 0 is not valid",
+    expect_u32(base, len, race.value + 4, 1000, FM_ERR_FORMAT, "element 0", "str[] elem len");
+    expect_field(base, len, race.value + 4 + 4, 1, 0xfe, FM_ERR_FORMAT, "element 0 is not valid",
                 "str[] elem UTF-8");
 }
 
 static void test_data_section(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len);
-    uint64_t data_offset = g64(base + 56), dir_end = g64(base + 40) + g64(base + 48);
+    uint64_t data_offset = fm_test_get64(base + 56);
+    uint64_t dir_end = fm_test_get64(base + 40) + fm_test_get64(base + 48);
     dirpos t1 = dir_entry(base, 0);
-    uint64_t off1 = g64(base + t1.offset);
+    uint64_t off1 = fm_test_get64(base + t1.offset);
 
     /* A flipped data byte: found only when asked. */
     memcpy(b, base, len);
@@ -946,7 +868,7 @@ static void test_data_section(const uint8_t *base, size_t len)
 static void test_fuzz_index(const uint8_t *base, size_t len)
 {
     uint8_t *b = malloc(len);
-    uint64_t dir_end = g64(base + 40) + g64(base + 48);
+    uint64_t dir_end = fm_test_get64(base + 40) + fm_test_get64(base + 48);
     const uint8_t pats[] = {0x01, 0x80, 0xff, 0x41};
     int accepted_stale = 0, ok_fixed = 0, cases = 0;
     for (size_t pos = 0; pos < dir_end; pos++) {
@@ -957,7 +879,7 @@ static void test_fuzz_index(const uint8_t *base, size_t len)
             if (open_bytes(b, len, 0, &err) == FM_OK)
                 accepted_stale++;
             if (pos < 72 || pos >= 76) {
-                fix_index_crc(b, len);
+                fm_test_fix_index_crc(b, len);
                 fm_status st = open_bytes(b, len, FM_MODEL_VERIFY_DATA, &err);
                 CHECK(st == FM_OK || st == FM_ERR_FORMAT || st == FM_ERR_VERSION);
                 ok_fixed += st == FM_OK;
@@ -1067,35 +989,36 @@ static void test_f16(void)
     fm_model_writer_destroy(&w);
 
     size_t len = 0;
-    uint8_t *b = read_file(path, &len);
+    uint8_t *b = fm_test_read_file(path, &len);
     CHECK(b != NULL);
     if (!b)
         return;
     dirpos e0 = dir_entry(b, 0), e1 = dir_entry(b, 1), e2 = dir_entry(b, 2);
-    CHECK(g32(b + e0.dtype) == 1 && g32(b + e1.dtype) == 0 && g32(b + e2.dtype) == 1);
-    expect_h32(b, len, e0.dtype, 0, FM_ERR_FORMAT,
+    CHECK(fm_test_get32(b + e0.dtype) == 1 && fm_test_get32(b + e1.dtype) == 0 &&
+          fm_test_get32(b + e2.dtype) == 1);
+    expect_u32(b, len, e0.dtype, 0, FM_ERR_FORMAT,
                "tensor 'h': nbytes 6 is not product(dims) x 4 = 12", "f16 read as f32");
-    expect_h32(b, len, e1.dtype, 1, FM_ERR_FORMAT,
+    expect_u32(b, len, e1.dtype, 1, FM_ERR_FORMAT,
                "tensor 'f': nbytes 16 is not product(dims) x 2 = 8", "f32 read as f16");
-    expect_h32(b, len, e2.dtype, 2, FM_ERR_FORMAT, "dtype 2 (int8) is not supported",
+    expect_u32(b, len, e2.dtype, 2, FM_ERR_FORMAT, "dtype 2 (int8) is not supported",
                "int8");
-    expect_h64(b, len, e0.nbytes, 12, FM_ERR_FORMAT, "is not product(dims) x 2 = 6",
+    expect_u64(b, len, e0.nbytes, 12, FM_ERR_FORMAT, "is not product(dims) x 2 = 6",
                "f16 nbytes x 4");
-    expect_h64(b, len, e0.dims, 32, FM_ERR_FORMAT, "nbytes 6 is not product(dims) x 2 = 64",
+    expect_u64(b, len, e0.dims, 32, FM_ERR_FORMAT, "nbytes 6 is not product(dims) x 2 = 64",
                "f16 dims");
-    expect_h64(b, len, e0.nbytes, 64, FM_ERR_FORMAT, NULL, "f16 nbytes");
+    expect_u64(b, len, e0.nbytes, 64, FM_ERR_FORMAT, NULL, "f16 nbytes");
     {
         /* "h" grown to 32 halfs fills its 64-byte block exactly (the zero padding
          * becomes data: valid, even verified); one more overlaps "f". */
         uint8_t *c = malloc(len);
         memcpy(c, b, len);
-        p64(c + e0.dims, 32);
-        p64(c + e0.nbytes, 64);
-        fix_index_crc(c, len);
+        fm_test_put64(c + e0.dims, 32);
+        fm_test_put64(c + e0.nbytes, 64);
+        fm_test_fix_index_crc(c, len);
         expect(c, len, FM_MODEL_VERIFY_DATA, FM_OK, NULL, "f16 tensor filling its block");
-        p64(c + e0.dims, 33);
-        p64(c + e0.nbytes, 66);
-        fix_index_crc(c, len);
+        fm_test_put64(c + e0.dims, 33);
+        fm_test_put64(c + e0.nbytes, 66);
+        fm_test_fix_index_crc(c, len);
         expect(c, len, 0, FM_ERR_FORMAT, "tensor 'f' [64, 80) overlaps tensor 'h' [0, 66)",
                "f16 tensor one half into the next");
         free(c);
@@ -1112,13 +1035,12 @@ static void test_f16(void)
  * models/fetch has run, the converted backbone (written by fmmodel.py). */
 static void test_rewrite(void)
 {
-    const char *src = getenv("FACEMILL_SOURCE_DIR");
     const char *files[] = {"models/heads_dlib.fmm", "models/cache/dlib_resnet.fmm",
                            "models/cache/mtcnn_pnet.fmm"};
     char in[1024], out[320];
     snprintf(out, sizeof out, "%s/rewrite.fmm", tmpdir);
-    for (size_t k = 0; src && k < sizeof files / sizeof *files; k++) {
-        snprintf(in, sizeof in, "%s/%s", src, files[k]);
+    for (size_t k = 0; k < sizeof files / sizeof *files; k++) {
+        fm_test_source_path(in, sizeof in, files[k]);
         if (access(in, R_OK) != 0) {
             fprintf(stderr, "rewrite: %s missing (run models/fetch), not checked\n", in);
             continue;
@@ -1143,7 +1065,7 @@ static void test_rewrite(void)
         fm_model_writer_destroy(&w);
         fm_model_close(&m);
         size_t la = 0, lb = 0;
-        uint8_t *a = read_file(in, &la), *b = read_file(out, &lb);
+        uint8_t *a = fm_test_read_file(in, &la), *b = fm_test_read_file(out, &lb);
         int same = a && b && la == lb && memcmp(a, b, la) == 0;
         CHECK_MSG(same, "%s: rewritten file differs", files[k]);
         fprintf(stderr, "rewrite: %s, %zu bytes, %s\n", files[k], la,
@@ -1154,30 +1076,10 @@ static void test_rewrite(void)
     unlink(out);
 }
 
-static void remove_tmpdir(void)
-{
-    DIR *dir = opendir(tmpdir);
-    struct dirent *de;
-    char p[600];
-    while (dir && (de = readdir(dir))) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, de->d_name);
-        unlink(p);
-    }
-    if (dir)
-        closedir(dir);
-    rmdir(tmpdir);
-}
-
 int main(void)
 {
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/fm_test_model.XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "model") != 0)
         return 1;
-    }
     snprintf(base_path, sizeof base_path, "%s/base.fmm", tmpdir);
     snprintf(work_path, sizeof work_path, "%s/work.fmm", tmpdir);
 
@@ -1188,11 +1090,11 @@ int main(void)
     test_paths();
 
     size_t len = 0;
-    uint8_t *base = read_file(base_path, &len);
+    uint8_t *base = fm_test_read_file(base_path, &len);
     CHECK(base != NULL && len > 128);
     if (base) {
         fprintf(stderr, "base model: %zu bytes, index %" PRIu64 " bytes, data at %" PRIu64 "\n",
-                len, g64(base + 40) + g64(base + 48), g64(base + 56));
+                len, fm_test_get64(base + 40) + fm_test_get64(base + 48), fm_test_get64(base + 56));
         test_header(base, len);
         test_truncation(base, len);
         test_directory(base, len);
@@ -1204,6 +1106,6 @@ int main(void)
     test_f16();
     test_rewrite();
     fprintf(stderr, "hostile files opened: %d\n", n_cases);
-    remove_tmpdir();
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_model");
 }

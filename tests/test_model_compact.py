@@ -31,7 +31,6 @@ one failed).
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -41,40 +40,27 @@ except ImportError:
     print("numpy missing: skipped", file=sys.stderr)
     sys.exit(77)
 
-SRC = os.environ.get("FACEMILL_SOURCE_DIR") or os.path.join(os.path.dirname(
-    os.path.abspath(__file__)), "..")
-BIN = os.environ.get("FACEMILL_BIN_DIR", "")
-FACEMILL = os.path.join(BIN, "facemill")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import SKIP, Checks, bin_dir, run as run_captured, source_dir  # noqa: E402
+
+SRC = source_dir()
+FACEMILL = os.path.join(bin_dir(), "facemill")
 PY = "/usr/bin/python3"
 TOOL = os.path.join(SRC, "models", "tools", "fmmcompact.py")
 FETCH = os.path.join(SRC, "models", "fetch")
 sys.path.insert(0, os.path.join(SRC, "models", "tools"))
 import fmmodel  # noqa: E402
 
-failures = 0
-checks = 0
-skipped = []
+check = Checks("test_model_compact")
 # f16 keeps 11 significant bits: round to nearest is off by at most half a unit in
 # the last place, 2^-11 of the value, over the normal range (|x| >= 2^-14).
 MAX_REL_NORMAL = 2.0 ** -11
 
 
-def check(cond, what):
-    global failures, checks
-    checks += 1
-    if not cond:
-        failures += 1
-        print("FAILED: %s" % what, file=sys.stderr)
-    return cond
-
-
-def run(args, env=None, cwd=None):
-    e = dict(os.environ)
-    if env:
-        e.update(env)
-    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=cwd)
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8",
-                                                                              "replace")
+def run(args, env=None):
+    """(exit code, stdout, stderr) of args, with env added to this environment."""
+    p = run_captured(args, env=dict(os.environ, **(env or {})))
+    return p.returncode, p.stdout, p.stderr
 
 
 def c_cmd(*args):
@@ -349,9 +335,7 @@ def test_fetch(tmp):
 def test_dlib(tmp):
     dlib = os.path.join(SRC, "models", "cache", "dlib_resnet.fmm")
     if not os.path.exists(dlib):
-        print("dlib_resnet.fmm missing (run models/fetch): real-model check skipped",
-              file=sys.stderr)
-        skipped.append("the real dlib ResNet (run models/fetch)")
+        check.skip("the real dlib ResNet (run models/fetch)")
         return
     cc, pc = os.path.join(tmp, "d.c.f16.fmm"), os.path.join(tmp, "d.p.f16.fmm")
     rc, out, _ = c_cmd("compact", dlib, cc)
@@ -373,7 +357,7 @@ def test_dlib(tmp):
 def main():
     if not os.access(FACEMILL, os.X_OK):
         print("no facemill program in FACEMILL_BIN_DIR: skipped", file=sys.stderr)
-        return 77
+        return SKIP
     tmp = tempfile.mkdtemp(prefix="fm_test_compact.")
     try:
         test_commands(tmp)
@@ -382,13 +366,7 @@ def main():
         test_dlib(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("test_model_compact: %d checks, %d failed" % (checks, failures), file=sys.stderr)
-    if failures:
-        return 1
-    if skipped:
-        print("test_model_compact: not run: %s: skipped" % "; ".join(skipped), file=sys.stderr)
-        return 77
-    return 0
+    return check.summary()
 
 
 if __name__ == "__main__":

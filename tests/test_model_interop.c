@@ -10,58 +10,16 @@
  */
 #include "facemill/model.h"
 #include "fm_test.h"
+#include "fm_test_model.h"
 
-#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define PYTHON "/usr/bin/python3"
 
 static char tmpdir[256];
-
-/* Runs argv[0] with argv; stdout goes to /dev/null when quiet. Returns the exit code,
- * or -1 when the program did not exit normally. */
-static int run(char *const argv[], int quiet)
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        if (quiet) {
-            int fd = open("/dev/null", O_WRONLY);
-            if (fd >= 0)
-                dup2(fd, 1);
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-        return -1;
-    return WEXITSTATUS(status);
-}
-
-static uint8_t *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
 
 /* ------------------------------------------------ the reference model (C side) --- */
 /* Must match reference() in tests/model_interop.py. */
@@ -245,31 +203,6 @@ static void check_reference(const char *path)
     fm_model_close(&m);
 }
 
-static void p32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t g64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-/* Recomputes index_crc32 when the section fields are in bounds. */
-static void fix_index_crc(uint8_t *b, size_t len)
-{
-    uint64_t dir_offset = g64(b + 40), dir_size = g64(b + 48);
-    if (len < 128 || dir_offset > len || dir_size > len - dir_offset ||
-        dir_offset + dir_size < 128)
-        return;
-    p32(b + 72, 0);
-    p32(b + 72, fm_model_crc32(0, b, (size_t)(dir_offset + dir_size)));
-}
-
 /* Writes corrupted variants of the model (every index byte xor'ed, CRC fixed, plus
  * truncations and data flips) into dir with the C reader's verdict for each in
  * dir/manifest, then asks fmmodel.py to reach the same verdict on every file.
@@ -281,7 +214,7 @@ static int check_agreement(const uint8_t *good, size_t len, const char *dir,
     snprintf(manifest, sizeof manifest, "%s/manifest", dir);
     FILE *mf = fopen(manifest, "w");
     uint8_t *b = malloc(len);
-    uint64_t dir_end = g64(good + 40) + g64(good + 48);
+    uint64_t dir_end = fm_test_get64(good + 40) + fm_test_get64(good + 48);
     int files = 0;
     CHECK(mf && b);
     if (!mf || !b) {
@@ -297,7 +230,7 @@ static int check_agreement(const uint8_t *good, size_t len, const char *dir,
                 if (pos >= 72 && pos < 76)
                     continue;
                 b[pos] ^= pats[k];
-                fix_index_crc(b, len);
+                fm_test_fix_index_crc(b, len);
             } else if (k == 0 && pos % 97 == 0) {
                 b[pos] ^= 0x20; /* data byte: data CRC */
             } else if (k == 1 && pos % 61 == 0) {
@@ -307,10 +240,7 @@ static int check_agreement(const uint8_t *good, size_t len, const char *dir,
             }
             snprintf(name, sizeof name, "f%05d.fmm", files);
             snprintf(path, sizeof path, "%s/%s", dir, name);
-            FILE *f = fopen(path, "wb");
-            CHECK(f && fwrite(b, 1, n, f) == n);
-            if (f)
-                fclose(f);
+            CHECK(fm_test_write_file(path, b, n) == 0);
             fm_model *m = NULL;
             fm_status st = fm_model_open(&m, path, FM_MODEL_VERIFY_DATA, NULL);
             fm_model_close(&m);
@@ -323,7 +253,7 @@ static int check_agreement(const uint8_t *good, size_t len, const char *dir,
     fclose(mf);
     free(b);
     char *agree[] = {PYTHON, (char *)script, "agree", manifest, NULL};
-    int rc = run(agree, 0);
+    int rc = fm_test_run(agree, 0);
     CHECK_MSG(rc == 0, "fmmodel.py disagrees with the C reader (exit %d)", rc);
     for (int i = 0; i < files; i++) {
         snprintf(path, sizeof path, "%s/f%05d.fmm", dir, i);
@@ -335,19 +265,12 @@ static int check_agreement(const uint8_t *good, size_t len, const char *dir,
 
 int main(void)
 {
-    const char *src = getenv("FACEMILL_SOURCE_DIR"), *bin = getenv("FACEMILL_BIN_DIR");
-    if (!src || access(PYTHON, X_OK) != 0) {
-        fprintf(stderr, "test_model_interop: no FACEMILL_SOURCE_DIR or %s: skipped\n", PYTHON);
-        return FM_TEST_SKIP;
-    }
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/fm_test_interop.XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (access(PYTHON, X_OK) != 0)
+        return fm_test_skip("test_model_interop", "no %s", PYTHON);
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "interop") != 0)
         return 1;
-    }
     char script[1024], py_file[320], c_file[320], bad_file[320], cli[1024];
-    snprintf(script, sizeof script, "%s/tests/model_interop.py", src);
+    fm_test_source_path(script, sizeof script, "tests/model_interop.py");
     snprintf(py_file, sizeof py_file, "%s/py.fmm", tmpdir);
     snprintf(c_file, sizeof c_file, "%s/c.fmm", tmpdir);
     snprintf(bad_file, sizeof bad_file, "%s/bad.fmm", tmpdir);
@@ -355,9 +278,9 @@ int main(void)
 
     /* Python writes, C reads. */
     char *py_write[] = {PYTHON, script, "write", py_file, NULL};
-    int rc = run(py_write, 0);
+    int rc = fm_test_run(py_write, 0);
     if (rc == FM_TEST_SKIP) {
-        rmdir(tmpdir);
+        fm_test_remove_tree(tmpdir);
         return FM_TEST_SKIP;
     }
     CHECK_MSG(rc == 0, "fmmodel.py write exited %d", rc);
@@ -368,14 +291,16 @@ int main(void)
     CHECK_MSG(write_reference(c_file, &err) == FM_OK, "%s", err.msg);
     check_reference(c_file);
     char *py_check[] = {PYTHON, script, "check", c_file, NULL};
-    CHECK_MSG((rc = run(py_check, 0)) == 0, "fmmodel.py check of the C file exited %d", rc);
-    char *py_check_py[] = {PYTHON, script, "check", py_file, NULL};
-    CHECK_MSG((rc = run(py_check_py, 0)) == 0, "fmmodel.py check of its own file exited %d",
+    CHECK_MSG((rc = fm_test_run(py_check, 0)) == 0, "fmmodel.py check of the C file exited %d",
               rc);
+    char *py_check_py[] = {PYTHON, script, "check", py_file, NULL};
+    CHECK_MSG((rc = fm_test_run(py_check_py, 0)) == 0,
+              "fmmodel.py check of its own file exited %d", rc);
 
     /* Both writers produce the same bytes. */
     size_t la = 0, lb = 0;
-    uint8_t *a = read_all(py_file, &la), *b = read_all(c_file, &lb);
+    uint8_t *a = fm_test_read_file(py_file, &la);
+    uint8_t *b = fm_test_read_file(c_file, &lb);
     CHECK(a && b && la == lb && memcmp(a, b, la) == 0);
     fprintf(stderr, "interop: Python and C files are %zu and %zu bytes, %s\n", la, lb,
             a && b && la == lb && memcmp(a, b, la) == 0 ? "byte-identical" : "DIFFERENT");
@@ -389,29 +314,21 @@ int main(void)
      * verify`, which still accepts the good files. */
     if (a && la > 64) {
         a[la - 1] ^= 0x40;
-        FILE *f = fopen(bad_file, "wb");
-        CHECK(f && fwrite(a, 1, la, f) == la);
-        if (f)
-            fclose(f);
+        CHECK(fm_test_write_file(bad_file, a, la) == 0);
         char *py_bad[] = {PYTHON, script, "check", bad_file, NULL};
-        CHECK((rc = run(py_bad, 0)) == 1);
+        CHECK((rc = fm_test_run(py_bad, 0)) == 1);
     }
-    if (bin) {
-        snprintf(cli, sizeof cli, "%s/facemill", bin);
-        char *info[] = {cli, "model", "info", py_file, NULL};
-        char *verify_ok[] = {cli, "model", "verify", py_file, c_file, NULL};
-        char *verify_bad[] = {cli, "model", "verify", c_file, bad_file, NULL};
-        char *usage[] = {cli, "model", NULL};
-        CHECK_MSG((rc = run(info, 1)) == 0, "facemill model info exited %d", rc);
-        CHECK_MSG((rc = run(verify_ok, 1)) == 0, "facemill model verify exited %d", rc);
-        CHECK_MSG((rc = run(verify_bad, 1)) == 1, "verify of a bad file exited %d", rc);
-        CHECK_MSG((rc = run(usage, 1)) == 2, "usage error exited %d", rc);
-    }
+    fm_test_bin_path(cli, sizeof cli, "facemill");
+    char *info[] = {cli, "model", "info", py_file, NULL};
+    char *verify_ok[] = {cli, "model", "verify", py_file, c_file, NULL};
+    char *verify_bad[] = {cli, "model", "verify", c_file, bad_file, NULL};
+    char *usage[] = {cli, "model", NULL};
+    CHECK_MSG((rc = fm_test_run(info, 1)) == 0, "facemill model info exited %d", rc);
+    CHECK_MSG((rc = fm_test_run(verify_ok, 1)) == 0, "facemill model verify exited %d", rc);
+    CHECK_MSG((rc = fm_test_run(verify_bad, 1)) == 1, "verify of a bad file exited %d", rc);
+    CHECK_MSG((rc = fm_test_run(usage, 1)) == 2, "usage error exited %d", rc);
     free(a);
     free(b);
-    unlink(py_file);
-    unlink(c_file);
-    unlink(bad_file);
-    rmdir(tmpdir);
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_model_interop");
 }

@@ -102,18 +102,12 @@ static void print_figures(const char *who, pid_t pid, const smaps_figures *s)
 int main(void)
 {
     smaps_figures probe;
-    if (!read_smaps(getpid(), "", &probe)) {
-        fprintf(stderr, "test_model_share: /proc/self/smaps unavailable: skipped\n");
-        return FM_TEST_SKIP;
-    }
+    if (!read_smaps(getpid(), "", &probe))
+        return fm_test_skip("test_model_share", "/proc/self/smaps unavailable");
     long page = sysconf(_SC_PAGESIZE);
     char dir[256], file[320], real[PATH_MAX];
-    const char *t = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/fm_test_share.XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(dir, sizeof dir, "share") != 0)
         return 1;
-    }
     snprintf(file, sizeof file, "%s/shared.fmm", dir);
 
     /* A model of a bit more than 8 MiB: one big tensor and a few small ones. */
@@ -219,7 +213,6 @@ int main(void)
     CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
           WEXITSTATUS(status) == 0);
     fm_model_close(&m);
-    unlink(file);
-    rmdir(dir);
+    fm_test_remove_tree(dir);
     return fm_test_done("test_model_share");
 }

@@ -247,11 +247,8 @@ static void test_resolve_config(void)
 
 int main(void)
 {
-    snprintf(root, sizeof root, "/tmp/facemill-modelpath-XXXXXX");
-    if (!mkdtemp(root)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(root, sizeof root, "modelpath") != 0)
         return 1;
-    }
     mk("a");
     mk("b");
     mk("xdg");
@@ -266,9 +263,6 @@ int main(void)
     test_find();
     test_models_dir();
     test_resolve_config();
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0)
-        fprintf(stderr, "test_modelpath: could not remove %s\n", root);
+    fm_test_remove_tree(root);
     return fm_test_done("test_modelpath");
 }

@@ -39,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 
-SKIP = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import SKIP, bin_dir, source_dir  # noqa: E402
+
 MAX_IOU_DEFICIT = 1e-4
 MAX_LANDMARK_PX = 0.02
 MAX_SCORE_DIFF = 1e-4
@@ -158,9 +160,8 @@ def main(argv):
     ap.add_argument("--images-tool", required=True)
     ap.add_argument("--keep", help="work in this directory and keep it")
     args = ap.parse_args(argv)
-    src = os.environ.get("FACEMILL_SOURCE_DIR",
-                         os.path.normpath(os.path.join(os.path.dirname(__file__), "..")))
-    bindir = os.environ.get("FACEMILL_BIN_DIR")
+    src = source_dir()
+    bindir = bin_dir()
     if not bindir:
         print("test_mtcnn_ref: FACEMILL_BIN_DIR is not set", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@
  * that nothing is written past the end: test buffers are allocated to exact size). */
 #include "facemill/nn.h"
 #include "fm_test.h"
+#include "fm_test_model.h"
 
 #include <float.h>
 #include <stdint.h>
@@ -22,61 +23,18 @@ static int conv_run, conv_rejected, pool_run, pool_rejected;
 
 /* ---- helpers ------------------------------------------------------------------- */
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint32_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
-
-/* Uniform integer in [0, n). */
-static int rnd_int(int n)
-{
-    return (int)(rnd() % (uint32_t)n);
-}
+static fm_test_rng rng = FM_TEST_RNG(0x9e3779b97f4a7c15ull);
 
 static int rnd_pick(const int *v, int count)
 {
-    return v[rnd_int(count)];
+    return v[fm_test_rng_int(&rng, count)];
 }
 
-/* Uniform in [-1, 1). */
-static float rnd_float(void)
-{
-    return (float)((double)rnd() / 4294967296.0 * 2.0 - 1.0);
-}
-
-/* A tensor with malloc'd data of exactly its size, filled with random values. */
-static fm_tensor tensor_new(int n, int c, int h, int w)
-{
-    fm_tensor t = fm_tensor_make(n, c, h, w, NULL);
-    size_t count = fm_tensor_count(&t);
-    t.data = malloc(count * sizeof(float));
-    if (!t.data) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < count; i++)
-        t.data[i] = rnd_float();
-    return t;
-}
-
-static void tensor_free(fm_tensor *t)
-{
-    free(t->data);
-    t->data = NULL;
-}
-
+/* count zeros, malloc'd to exactly their size. */
 static double *ref_new(size_t count)
 {
-    double *r = calloc(count ? count : 1, sizeof *r);
-    if (!r) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
+    double *r = fm_test_alloc(count * sizeof *r);
+    memset(r, 0, count * sizeof *r);
     return r;
 }
 
@@ -135,9 +93,9 @@ static void ref_conv(const fm_tensor *x, const fm_tensor *w, const fm_tensor *b,
 static void run_conv_case(const conv_case *k)
 {
     fm_error e = {0};
-    fm_tensor x = tensor_new(k->n, k->c, k->h, k->w);
-    fm_tensor w = tensor_new(k->co, k->c / k->p.groups, k->kh, k->kw);
-    fm_tensor b = tensor_new(1, k->co, 1, 1);
+    fm_tensor x = fm_test_tensor(&rng, k->n, k->c, k->h, k->w);
+    fm_tensor w = fm_test_tensor(&rng, k->co, k->c / k->p.groups, k->kh, k->kw);
+    fm_tensor b = fm_test_tensor(&rng, 1, k->co, 1, 1);
     const fm_tensor *bias = k->bias ? &b : NULL;
     int ph = k->h + k->p.pad_top + k->p.pad_bottom;
     int pw = k->w + k->p.pad_left + k->p.pad_right;
@@ -170,7 +128,7 @@ static void run_conv_case(const conv_case *k)
     fm_arena_destroy(&m);
 
     conv_run++;
-    fm_tensor y = tensor_new(k->n, k->co, oh, ow);
+    fm_tensor y = fm_test_tensor(&rng, k->n, k->co, oh, ow);
     CHECK(fm_arena_new(need, &a, &e) == FM_OK);
     st = fm_nn_conv2d(a, &x, &w, bias, &k->p, &y, &e);
     CHECK_MSG(st == FM_OK, "conv: %s", e.msg);
@@ -196,11 +154,11 @@ static void run_conv_case(const conv_case *k)
         CHECK(fm_arena_used(a) == 0);
         fm_arena_destroy(&a);
     }
-    tensor_free(&y);
+    fm_test_tensor_free(&y);
 done:
-    tensor_free(&x);
-    tensor_free(&w);
-    tensor_free(&b);
+    fm_test_tensor_free(&x);
+    fm_test_tensor_free(&w);
+    fm_test_tensor_free(&b);
 }
 
 static void test_conv_random(int cases)
@@ -210,30 +168,30 @@ static void test_conv_random(int cases)
     static const int ks[] = {1, 2, 3, 5, 7}, ss[] = {1, 2, 3};
     for (int i = 0; i < cases; i++) {
         conv_case k = {0};
-        k.n = rnd_int(2) ? 3 : 1;
+        k.n = fm_test_rng_int(&rng, 2) ? 3 : 1;
         k.h = rnd_pick(hs, 6);
         k.w = rnd_pick(ws, 6);
         k.kh = rnd_pick(ks, 5);
-        k.kw = rnd_int(2) ? k.kh : rnd_pick(ks, 5);
+        k.kw = fm_test_rng_int(&rng, 2) ? k.kh : rnd_pick(ks, 5);
         k.p.stride_h = rnd_pick(ss, 3);
-        k.p.stride_w = rnd_int(2) ? k.p.stride_h : rnd_pick(ss, 3);
-        if (rnd_int(2)) {
-            int pad = rnd_int(3);
+        k.p.stride_w = fm_test_rng_int(&rng, 2) ? k.p.stride_h : rnd_pick(ss, 3);
+        if (fm_test_rng_int(&rng, 2)) {
+            int pad = fm_test_rng_int(&rng, 3);
             k.p.pad_top = k.p.pad_left = k.p.pad_bottom = k.p.pad_right = pad;
         } else {
-            k.p.pad_top = rnd_int(3), k.p.pad_left = rnd_int(3);
-            k.p.pad_bottom = rnd_int(3), k.p.pad_right = rnd_int(3);
+            k.p.pad_top = fm_test_rng_int(&rng, 3), k.p.pad_left = fm_test_rng_int(&rng, 3);
+            k.p.pad_bottom = fm_test_rng_int(&rng, 3), k.p.pad_right = fm_test_rng_int(&rng, 3);
         }
-        k.bias = rnd_int(2);
-        switch (rnd_int(4)) {
+        k.bias = fm_test_rng_int(&rng, 2);
+        switch (fm_test_rng_int(&rng, 4)) {
         case 0: /* depthwise, channel multiplier 1 or 2 */
             k.c = rnd_pick(cs, 3);
-            k.co = k.c * (1 + rnd_int(2));
+            k.co = k.c * (1 + fm_test_rng_int(&rng, 2));
             k.p.groups = k.c;
             break;
         case 1: /* two groups of several channels */
-            k.c = 2 * (1 + rnd_int(3));
-            k.co = 2 * (1 + rnd_int(3));
+            k.c = 2 * (1 + fm_test_rng_int(&rng, 3));
+            k.co = 2 * (1 + fm_test_rng_int(&rng, 3));
             k.p.groups = 2;
             break;
         default:
@@ -286,8 +244,8 @@ static void test_conv_invalid(void)
     fm_error e = {0};
     fm_arena *a = NULL;
     CHECK(fm_arena_new(1 << 20, &a, &e) == FM_OK);
-    fm_tensor x = tensor_new(2, 3, 7, 5), w = tensor_new(4, 3, 3, 3);
-    fm_tensor y = tensor_new(2, 4, 5, 3), b = tensor_new(1, 5, 1, 1);
+    fm_tensor x = fm_test_tensor(&rng, 2, 3, 7, 5), w = fm_test_tensor(&rng, 4, 3, 3, 3);
+    fm_tensor y = fm_test_tensor(&rng, 2, 4, 5, 3), b = fm_test_tensor(&rng, 1, 5, 1, 1);
     fm_conv2d_params p = fm_conv2d_sym(1, 0);
     CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &y, &e) == FM_OK);
 
@@ -315,7 +273,7 @@ static void test_conv_invalid(void)
     CHECK(fm_nn_conv2d(a, &x, &w, NULL, NULL, &y, &e) == FM_ERR_INVALID);
     CHECK(fm_nn_conv2d(a, NULL, &w, NULL, &p, &y, &e) == FM_ERR_INVALID);
     /* kernel larger than the input */
-    fm_tensor w3 = tensor_new(4, 3, 7, 7), y3 = tensor_new(2, 4, 1, 1);
+    fm_tensor w3 = fm_test_tensor(&rng, 4, 3, 7, 7), y3 = fm_test_tensor(&rng, 2, 4, 1, 1);
     CHECK(fm_nn_conv2d(a, &x, &w3, NULL, &p, &y3, &e) == FM_ERR_INVALID);
     CHECK(strstr(e.msg, "larger than the padded input"));
     /* output overlapping the input */
@@ -329,18 +287,18 @@ static void test_conv_invalid(void)
     CHECK(strstr(e.msg, "no data"));
     /* no arena for a convolution that needs scratch; depthwise needs none */
     CHECK(fm_nn_conv2d(NULL, &x, &w, NULL, &p, &y, &e) == FM_ERR_ARENA);
-    fm_tensor wd = tensor_new(3, 1, 3, 3), yd = tensor_new(2, 3, 5, 3);
+    fm_tensor wd = fm_test_tensor(&rng, 3, 1, 3, 3), yd = fm_test_tensor(&rng, 2, 3, 5, 3);
     p.groups = 3;
     CHECK(fm_nn_conv2d(NULL, &x, &wd, NULL, &p, &yd, &e) == FM_OK);
     CHECK(fm_arena_used(a) == 0);
-    tensor_free(&wd);
-    tensor_free(&yd);
-    tensor_free(&w3);
-    tensor_free(&y3);
-    tensor_free(&x);
-    tensor_free(&w);
-    tensor_free(&y);
-    tensor_free(&b);
+    fm_test_tensor_free(&wd);
+    fm_test_tensor_free(&yd);
+    fm_test_tensor_free(&w3);
+    fm_test_tensor_free(&y3);
+    fm_test_tensor_free(&x);
+    fm_test_tensor_free(&w);
+    fm_test_tensor_free(&y);
+    fm_test_tensor_free(&b);
     fm_arena_destroy(&a);
 }
 
@@ -394,14 +352,14 @@ static void ref_pool(const fm_tensor *x, const fm_pool2d_params *p, int is_max, 
 static void run_pool_case(int n, int c, int h, int w, const fm_pool2d_params *p)
 {
     fm_error e = {0};
-    fm_tensor x = tensor_new(n, c, h, w);
+    fm_tensor x = fm_test_tensor(&rng, n, c, h, w);
     fm_tensor shape = {0};
     fm_status st = fm_nn_pool2d_shape(&x, p, &shape, &e);
     if (h + p->pad_top + p->pad_bottom < p->kernel_h ||
         w + p->pad_left + p->pad_right < p->kernel_w) {
         CHECK(st == FM_ERR_INVALID);
         pool_rejected++;
-        tensor_free(&x);
+        fm_test_tensor_free(&x);
         return;
     }
     int oh = ref_pool_out(h, p->kernel_h, p->stride_h, p->pad_top, p->pad_bottom, p->ceil_mode);
@@ -412,11 +370,11 @@ static void run_pool_case(int n, int c, int h, int w, const fm_pool2d_params *p)
               p->pad_top, p->pad_left, p->pad_bottom, p->pad_right, p->ceil_mode, shape.h,
               shape.w, oh, ow, e.msg);
     if (st || shape.h != oh || shape.w != ow) {
-        tensor_free(&x);
+        fm_test_tensor_free(&x);
         return;
     }
     pool_run++;
-    fm_tensor y = tensor_new(n, c, oh, ow);
+    fm_tensor y = fm_test_tensor(&rng, n, c, oh, ow);
     double *r = ref_new(fm_tensor_count(&y));
     for (int is_max = 0; is_max < 2; is_max++) {
         st = is_max ? fm_nn_maxpool2d(NULL, &x, p, &y, &e) : fm_nn_avgpool2d(NULL, &x, p, &y, &e);
@@ -430,8 +388,8 @@ static void run_pool_case(int n, int c, int h, int w, const fm_pool2d_params *p)
                   p->ceil_mode, p->count_include_pad, err);
     }
     free(r);
-    tensor_free(&y);
-    tensor_free(&x);
+    fm_test_tensor_free(&y);
+    fm_test_tensor_free(&x);
 }
 
 static void test_pool(int cases)
@@ -470,21 +428,21 @@ static void test_pool(int cases)
     for (int i = 0; i < cases; i++) {
         fm_pool2d_params p = {0};
         p.kernel_h = rnd_pick(ks, 4);
-        p.kernel_w = rnd_int(2) ? p.kernel_h : rnd_pick(ks, 4);
+        p.kernel_w = fm_test_rng_int(&rng, 2) ? p.kernel_h : rnd_pick(ks, 4);
         p.stride_h = rnd_pick(ss, 3);
-        p.stride_w = rnd_int(2) ? p.stride_h : rnd_pick(ss, 3);
+        p.stride_w = fm_test_rng_int(&rng, 2) ? p.stride_h : rnd_pick(ss, 3);
         int mh = p.kernel_h < 3 ? p.kernel_h : 3, mw = p.kernel_w < 3 ? p.kernel_w : 3;
-        p.pad_top = rnd_int(mh), p.pad_bottom = rnd_int(mh);
-        p.pad_left = rnd_int(mw), p.pad_right = rnd_int(mw);
-        p.ceil_mode = rnd_int(2);
-        p.count_include_pad = rnd_int(2);
-        run_pool_case(rnd_int(2) ? 3 : 1, rnd_int(2) ? 13 : 3, rnd_pick(hs, 6), rnd_pick(ws, 6),
-                      &p);
+        p.pad_top = fm_test_rng_int(&rng, mh), p.pad_bottom = fm_test_rng_int(&rng, mh);
+        p.pad_left = fm_test_rng_int(&rng, mw), p.pad_right = fm_test_rng_int(&rng, mw);
+        p.ceil_mode = fm_test_rng_int(&rng, 2);
+        p.count_include_pad = fm_test_rng_int(&rng, 2);
+        run_pool_case(fm_test_rng_int(&rng, 2) ? 3 : 1, fm_test_rng_int(&rng, 2) ? 13 : 3,
+                      rnd_pick(hs, 6), rnd_pick(ws, 6), &p);
     }
 
     /* invalid: padding not smaller than the kernel, zero stride, wrong output */
     fm_error e = {0};
-    fm_tensor x = tensor_new(1, 3, 7, 5), y = tensor_new(1, 3, 3, 2);
+    fm_tensor x = fm_test_tensor(&rng, 1, 3, 7, 5), y = fm_test_tensor(&rng, 1, 3, 3, 2);
     fm_pool2d_params p = fm_pool2d_sym(2, 2, 2, 0, 0);
     CHECK(fm_nn_maxpool2d(NULL, &x, &p, &y, &e) == FM_ERR_INVALID);
     CHECK(strstr(e.msg, "smaller than the kernel"));
@@ -497,8 +455,8 @@ static void test_pool(int cases)
     CHECK(fm_nn_maxpool2d(NULL, &x, &p, &y, &e) == FM_OK);
     fm_tensor alias = fm_tensor_make(1, 3, 3, 2, x.data + 5);
     CHECK(fm_nn_maxpool2d(NULL, &x, &p, &alias, &e) == FM_ERR_INVALID);
-    tensor_free(&x);
-    tensor_free(&y);
+    fm_test_tensor_free(&x);
+    fm_test_tensor_free(&y);
 }
 
 static void test_global_avgpool(void)
@@ -506,8 +464,8 @@ static void test_global_avgpool(void)
     fm_error e = {0};
     const int dims[][4] = {{1, 3, 7, 5}, {3, 13, 5, 7}, {2, 4, 1, 1}, {1, 256, 3, 3}};
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
-        fm_tensor x = tensor_new(dims[i][0], dims[i][1], dims[i][2], dims[i][3]);
-        fm_tensor y = tensor_new(x.n, x.c, 1, 1);
+        fm_tensor x = fm_test_tensor(&rng, dims[i][0], dims[i][1], dims[i][2], dims[i][3]);
+        fm_tensor y = fm_test_tensor(&rng, x.n, x.c, 1, 1);
         CHECK(fm_nn_global_avgpool(NULL, &x, &y, &e) == FM_OK);
         double *r = ref_new(fm_tensor_count(&y));
         for (int n = 0; n < x.n; n++)
@@ -522,8 +480,8 @@ static void test_global_avgpool(void)
         y.h = 2;
         CHECK(fm_nn_global_avgpool(NULL, &x, &y, &e) == FM_ERR_INVALID);
         free(r);
-        tensor_free(&x);
-        tensor_free(&y);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&y);
     }
 }
 
@@ -540,9 +498,9 @@ static void test_dense(void)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const int *s = shapes[i];
         int in = s[1] * s[2] * s[3], out = s[4];
-        fm_tensor x = tensor_new(s[0], s[1], s[2], s[3]);
-        fm_tensor w = tensor_new(out, in, 1, 1), b = tensor_new(1, out, 1, 1);
-        fm_tensor y = tensor_new(s[0], out, 1, 1);
+        fm_tensor x = fm_test_tensor(&rng, s[0], s[1], s[2], s[3]);
+        fm_tensor w = fm_test_tensor(&rng, out, in, 1, 1), b = fm_test_tensor(&rng, 1, out, 1, 1);
+        fm_tensor y = fm_test_tensor(&rng, s[0], out, 1, 1);
         const fm_tensor *bias = s[5] ? &b : NULL;
         CHECK_MSG(fm_nn_dense(NULL, &x, &w, bias, &y, &e) == FM_OK, "dense: %s", e.msg);
         double *r = ref_new(fm_tensor_count(&y));
@@ -567,10 +525,10 @@ static void test_dense(void)
         CHECK(strstr(e.msg, "dense: output"));
         fm_tensor bbad = fm_tensor_make(1, out + 1, 1, 1, b.data);
         CHECK(fm_nn_dense(NULL, &x, &w, &bbad, &y, &e) == FM_ERR_INVALID);
-        tensor_free(&x);
-        tensor_free(&w);
-        tensor_free(&b);
-        tensor_free(&y);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&w);
+        fm_test_tensor_free(&b);
+        fm_test_tensor_free(&y);
     }
 }
 
@@ -582,9 +540,11 @@ static void test_eltwise(void)
     const int dims[][4] = {{1, 3, 7, 5}, {3, 13, 5, 7}, {2, 1, 1, 1}, {3, 117, 1, 1}};
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
         const int N = dims[i][0], C = dims[i][1], H = dims[i][2], W = dims[i][3];
-        fm_tensor x = tensor_new(N, C, H, W), y = tensor_new(N, C, H, W);
-        fm_tensor scale = tensor_new(C, 1, 1, 1), shift = tensor_new(1, C, 1, 1);
-        fm_tensor slope = tensor_new(1, C, 1, 1), slope1 = tensor_new(1, 1, 1, 1);
+        fm_tensor x = fm_test_tensor(&rng, N, C, H, W), y = fm_test_tensor(&rng, N, C, H, W);
+        fm_tensor scale = fm_test_tensor(&rng, C, 1, 1, 1);
+        fm_tensor shift = fm_test_tensor(&rng, 1, C, 1, 1);
+        fm_tensor slope = fm_test_tensor(&rng, 1, C, 1, 1);
+        fm_tensor slope1 = fm_test_tensor(&rng, 1, 1, 1, 1);
         size_t count = fm_tensor_count(&x), plane = (size_t)H * W;
         double *r = ref_new(count);
 #define CHANNEL(idx) ((int)(((idx) / plane) % (size_t)C))
@@ -622,7 +582,7 @@ static void test_eltwise(void)
         CHECK(rel_err(y.data, r, count) <= TOL);
 
         /* softmax on large logits: stable, sums to one */
-        fm_tensor big = tensor_new(N, C, H, W);
+        fm_tensor big = fm_test_tensor(&rng, N, C, H, W);
         for (size_t j = 0; j < count; j++)
             big.data[j] *= 200.0f;
         CHECK(fm_nn_softmax(NULL, &big, &y, &e) == FM_OK);
@@ -675,13 +635,13 @@ static void test_eltwise(void)
         }
 #undef CHANNEL
         free(r);
-        tensor_free(&big);
-        tensor_free(&x);
-        tensor_free(&y);
-        tensor_free(&scale);
-        tensor_free(&shift);
-        tensor_free(&slope);
-        tensor_free(&slope1);
+        fm_test_tensor_free(&big);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&y);
+        fm_test_tensor_free(&scale);
+        fm_test_tensor_free(&shift);
+        fm_test_tensor_free(&slope);
+        fm_test_tensor_free(&slope1);
     }
 }
 
@@ -693,8 +653,8 @@ static void test_combine(void)
     const int dims[][4] = {{1, 3, 7, 5}, {3, 13, 5, 7}, {3, 128, 1, 1}};
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
         const int N = dims[i][0], C = dims[i][1], H = dims[i][2], W = dims[i][3];
-        fm_tensor x = tensor_new(N, C, H, W), res = tensor_new(N, C, H, W);
-        fm_tensor y = tensor_new(N, C, H, W);
+        fm_tensor x = fm_test_tensor(&rng, N, C, H, W), res = fm_test_tensor(&rng, N, C, H, W);
+        fm_tensor y = fm_test_tensor(&rng, N, C, H, W);
         size_t count = fm_tensor_count(&x), plane = (size_t)H * W;
         double *r = ref_new(count);
 
@@ -718,8 +678,8 @@ static void test_combine(void)
         CHECK(strstr(e.msg, "add: residual"));
 
         /* concat of three */
-        fm_tensor a = tensor_new(N, 1, H, W), b = tensor_new(N, C, H, W);
-        fm_tensor c = tensor_new(N, 2, H, W), cat = tensor_new(N, C + 3, H, W);
+        fm_tensor a = fm_test_tensor(&rng, N, 1, H, W), b = fm_test_tensor(&rng, N, C, H, W);
+        fm_tensor c = fm_test_tensor(&rng, N, 2, H, W), cat = fm_test_tensor(&rng, N, C + 3, H, W);
         const fm_tensor *parts[] = {&a, &b, &c};
         CHECK(fm_nn_concat(NULL, parts, 3, &cat, &e) == FM_OK);
         double *rc = ref_new(fm_tensor_count(&cat));
@@ -745,7 +705,7 @@ static void test_combine(void)
         CHECK(fm_nn_concat(NULL, self, 1, &cat, &e) == FM_ERR_INVALID);
 
         /* channel zero-padding, 3 -> 3 + 5 */
-        fm_tensor padded = tensor_new(N, C + 5, H, W);
+        fm_tensor padded = fm_test_tensor(&rng, N, C + 5, H, W);
         CHECK(fm_nn_channel_pad(NULL, &x, &padded, &e) == FM_OK);
         double *rp = ref_new(fm_tensor_count(&padded));
         for (int n = 0; n < N; n++)
@@ -783,14 +743,14 @@ static void test_combine(void)
         CHECK(fm_nn_l2_normalize(NULL, &x, -1.0f, &y, &e) == FM_ERR_INVALID);
 
         free(r);
-        tensor_free(&a);
-        tensor_free(&b);
-        tensor_free(&c);
-        tensor_free(&cat);
-        tensor_free(&padded);
-        tensor_free(&x);
-        tensor_free(&res);
-        tensor_free(&y);
+        fm_test_tensor_free(&a);
+        fm_test_tensor_free(&b);
+        fm_test_tensor_free(&c);
+        fm_test_tensor_free(&cat);
+        fm_test_tensor_free(&padded);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&res);
+        fm_test_tensor_free(&y);
     }
 }
 
@@ -906,13 +866,17 @@ static void test_arena_measure(void)
 {
     fm_error e = {0};
     const int N = 3, C = 3, H = 24, W = 23, C1 = 10, C2 = 16, OUT = 7;
-    fm_tensor x = tensor_new(N, C, H, W);
+    fm_tensor x = fm_test_tensor(&rng, N, C, H, W);
     graph_weights gw = {
-        tensor_new(C1, C, 3, 3),  tensor_new(1, C1, 1, 1), tensor_new(1, C1, 1, 1),
-        tensor_new(C2, C1, 1, 1), tensor_new(C1, 1, 3, 3), tensor_new(OUT, (C1 + C2) * 12 * 11, 1, 1),
-        tensor_new(1, OUT, 1, 1),
+        fm_test_tensor(&rng, C1, C, 3, 3),
+        fm_test_tensor(&rng, 1, C1, 1, 1),
+        fm_test_tensor(&rng, 1, C1, 1, 1),
+        fm_test_tensor(&rng, C2, C1, 1, 1),
+        fm_test_tensor(&rng, C1, 1, 3, 3),
+        fm_test_tensor(&rng, OUT, (C1 + C2) * 12 * 11, 1, 1),
+        fm_test_tensor(&rng, 1, OUT, 1, 1),
     };
-    fm_tensor out = tensor_new(N, OUT, 1, 1), out2 = tensor_new(N, OUT, 1, 1);
+    fm_tensor out = fm_test_tensor(&rng, N, OUT, 1, 1), out2 = fm_test_tensor(&rng, N, OUT, 1, 1);
 
     /* Measure with data-less copies of everything. */
     fm_arena *m = NULL, *a = NULL;
@@ -967,16 +931,16 @@ static void test_arena_measure(void)
     CHECK(strstr(e.msg, "dense"));
     fm_arena_destroy(&m);
 
-    tensor_free(&x);
-    tensor_free(&gw.w1);
-    tensor_free(&gw.b1);
-    tensor_free(&gw.slope);
-    tensor_free(&gw.w2);
-    tensor_free(&gw.wd);
-    tensor_free(&gw.wf);
-    tensor_free(&gw.bf);
-    tensor_free(&out);
-    tensor_free(&out2);
+    fm_test_tensor_free(&x);
+    fm_test_tensor_free(&gw.w1);
+    fm_test_tensor_free(&gw.b1);
+    fm_test_tensor_free(&gw.slope);
+    fm_test_tensor_free(&gw.w2);
+    fm_test_tensor_free(&gw.wd);
+    fm_test_tensor_free(&gw.wf);
+    fm_test_tensor_free(&gw.bf);
+    fm_test_tensor_free(&out);
+    fm_test_tensor_free(&out2);
 }
 
 static void test_threads(void)

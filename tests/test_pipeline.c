@@ -13,10 +13,11 @@
  *  - heads trained on another backbone, or reading another length, are refused;
  *  - without heads, results carry boxes and landmarks only. */
 #include "fm_test.h"
-#include "heads_fixture.h"
+#include "fm_test_model.h"
 
 #include "facemill/align.h"
 #include "facemill/config.h"
+#include "facemill/heads.h"
 #include "facemill/image.h"
 #include "facemill/pipeline.h"
 
@@ -28,24 +29,7 @@
 #include <unistd.h>
 
 static char tmpdir[512], models[512];
-
-static uint8_t *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
+static fm_test_rng rng = FM_TEST_RNG(88172645463325252ULL); /* the heads' weights */
 
 static void config_for(fm_config *c, const char *heads)
 {
@@ -72,22 +56,16 @@ static void check_attrs(const fm_attrs *a)
 
 int main(void)
 {
-    const char *src = getenv("FACEMILL_SOURCE_DIR");
-    snprintf(models, sizeof models, "%s/models/cache", src ? src : ".");
+    fm_test_source_path(models, sizeof models, "models/cache");
     char bb[4200], sample[6][4200];
     snprintf(bb, sizeof bb, "%s/dlib_resnet.fmm", models);
     for (int i = 0; i < 6; i++)
         snprintf(sample[i], sizeof sample[i], "%s/samples/sample%d.jpg", models, i + 1);
-    if (access(bb, R_OK) != 0 || access(sample[5], R_OK) != 0) {
-        fprintf(stderr, "skip: %s or the samples missing (run models/fetch)\n", bb);
-        return FM_TEST_SKIP;
-    }
-    const char *t = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/facemill-test-pipeline-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (access(bb, R_OK) != 0 || access(sample[5], R_OK) != 0)
+        return fm_test_skip("test_pipeline", "%s or the samples missing (run models/fetch)",
+                            bb);
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "pipeline") != 0)
         return 1;
-    }
     fm_error err = {0};
     char identity[1024], heads[900], other[900];
     CHECK(fm_heads_backbone_identity(bb, identity, sizeof identity, &err) == FM_OK);
@@ -95,11 +73,12 @@ int main(void)
     snprintf(heads, sizeof heads, "%s/heads.fmm", tmpdir);
     snprintf(other, sizeof other, "%s/other.fmm", tmpdir);
     const int hidden[1] = {32};
-    CHECK(fixture_write_heads(heads, identity, "pooled", 1, 256, 1, hidden) == 0);
+    CHECK(fm_test_write_heads(&rng, heads, identity, "pooled", 1, 256, 1, hidden) == 0);
 
     /* the batch: six photos, a truncated JPEG, and photo 2 again as bytes */
     size_t len = 0, len2 = 0;
-    uint8_t *bytes = read_all(sample[0], &len), *bytes2 = read_all(sample[1], &len2);
+    uint8_t *bytes = fm_test_read_file(sample[0], &len);
+    uint8_t *bytes2 = fm_test_read_file(sample[1], &len2);
     CHECK(bytes && bytes2);
     enum { N = 8 };
     fm_pipeline_input in[N];
@@ -284,7 +263,7 @@ int main(void)
     {
         char heads2[900];
         snprintf(heads2, sizeof heads2, "%s/heads2.fmm", tmpdir);
-        CHECK(fixture_write_heads(heads2, identity, "pooled", 0, 256, 1, hidden) == 0);
+        CHECK(fm_test_write_heads(&rng, heads2, identity, "pooled", 0, 256, 1, hidden) == 0);
         fm_image_result r1, r2, re;
         fm_attrs a1[16], a2[16];
         int n1 = 0, n2 = 0;
@@ -390,13 +369,13 @@ int main(void)
     }
 
     /* heads of another backbone, or of the other output, are refused */
-    CHECK(fixture_write_heads(other, "facenet_irv1 x y", "pooled", 1, 256, 1, hidden) == 0);
+    CHECK(fm_test_write_heads(&rng, other, "facenet_irv1 x y", "pooled", 1, 256, 1, hidden) == 0);
     config_for(&c, other);
     memset(&err, 0, sizeof err);
     CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_INVALID && p == NULL);
     CHECK_MSG(strstr(err.msg, "facenet_irv1") != NULL, "%s", err.msg);
     fprintf(stderr, "other backbone: %s\n", err.msg);
-    CHECK(fixture_write_heads(other, identity, "embedding", 0, 256, 1, hidden) == 0);
+    CHECK(fm_test_write_heads(&rng, other, identity, "embedding", 0, 256, 1, hidden) == 0);
     memset(&err, 0, sizeof err);
     CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_INVALID && p == NULL);
     CHECK_MSG(strstr(err.msg, "256") && strstr(err.msg, "128"), "%s", err.msg);
@@ -404,9 +383,7 @@ int main(void)
     snprintf(c.heads.model, sizeof c.heads.model, "%s/none.fmm", tmpdir);
     CHECK(fm_pipeline_open(&p, &c, NULL, &err) == FM_ERR_IO && p == NULL);
 
-    unlink(heads);
-    unlink(other);
-    rmdir(tmpdir);
+    fm_test_remove_tree(tmpdir);
     free(bytes);
     free(bytes2);
     return fm_test_done("test_pipeline");

@@ -14,7 +14,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* What the writes in fn(j, ctx) printed (caller frees). */
 static char *written(void (*fn)(fm_json *j, FILE *f, const void *ctx), const void *ctx)
@@ -28,16 +27,6 @@ static char *written(void (*fn)(fm_json *j, FILE *f, const void *ctx), const voi
     fm_json_init(&j, f);
     fn(&j, f, ctx);
     fclose(f);
-    return buf;
-}
-
-static char *slurp(FILE *f)
-{
-    long n = ftell(f);
-    char *buf = malloc(n > 0 ? (size_t)n + 1 : 1);
-    rewind(f);
-    if (buf)
-        buf[n > 0 && fread(buf, 1, (size_t)n, f) == (size_t)n ? n : 0] = '\0';
     return buf;
 }
 
@@ -273,10 +262,8 @@ static void write_expected(fm_json *j, FILE *f, const void *ctx)
 
 static void test_export(void)
 {
-    const char *t = getenv("TMPDIR");
     char dir[512], path[600];
-    snprintf(dir, sizeof dir, "%s/facemill-test-result-json-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(dir)) {
+    if (fm_test_tmpdir(dir, sizeof dir, "result_json") != 0) {
         CHECK_MSG(0, "mkdtemp %s", dir);
         return;
     }
@@ -317,7 +304,7 @@ static void test_export(void)
 
     FILE *f = tmpfile();
     CHECK(f && fm_results_export(r, f, FM_EXPORT_JSONL, 0, &e) == FM_OK);
-    char *got = f ? slurp(f) : NULL, *want = written(write_expected, &c);
+    char *got = f ? fm_test_read_back(f, NULL) : NULL, *want = written(write_expected, &c);
     CHECK_MSG(got && want && strcmp(got, want) == 0, "export\n%s\nwriter\n%s",
               got ? got : "", want ? want : "");
     free(got);
@@ -328,7 +315,7 @@ static void test_export(void)
     /* CSV: the writer's columns and values, the database's own after the image's */
     f = tmpfile();
     CHECK(f && fm_results_export(r, f, FM_EXPORT_CSV, 0, &e) == FM_OK);
-    got = f ? slurp(f) : NULL;
+    got = f ? fm_test_read_back(f, NULL) : NULL;
     const char *head = "schema,source,width,height,error.code,error.name,error.text,job_id,"
                        "sha256,model,face,box.x1,";
     CHECK_MSG(got && strncmp(got, head, strlen(head)) == 0, "%s", got ? got : "");
@@ -347,7 +334,7 @@ static void test_export(void)
     /* --times: worker, attempt and the stages that ran, named as predict names them */
     f = tmpfile();
     CHECK(f && fm_results_export(r, f, FM_EXPORT_JSONL, FM_EXPORT_TIMES, &e) == FM_OK);
-    got = f ? slurp(f) : NULL;
+    got = f ? fm_test_read_back(f, NULL) : NULL;
     CHECK_MSG(got && strstr(got, "\"model\":\"m1\",\"worker\":null,\"attempt\":null,"
                                  "\"times_ms\":{},\"faces\":[{"),
               "%s", got ? got : "");
@@ -356,7 +343,7 @@ static void test_export(void)
         fclose(f);
     f = tmpfile();
     CHECK(f && fm_results_export(r, f, FM_EXPORT_CSV, FM_EXPORT_TIMES, &e) == FM_OK);
-    got = f ? slurp(f) : NULL;
+    got = f ? fm_test_read_back(f, NULL) : NULL;
     CHECK_MSG(got && strstr(got, ",race_probs.Others,worker,attempt,times_ms.read,"
                                  "times_ms.decode,times_ms.detect,times_ms.align,"
                                  "times_ms.embed,times_ms.heads\n"),
@@ -365,13 +352,7 @@ static void test_export(void)
     if (f)
         fclose(f);
     fm_results_close(&r);
-    unlink(path);
-    char wal[700];
-    snprintf(wal, sizeof wal, "%s-wal", path);
-    unlink(wal);
-    snprintf(wal, sizeof wal, "%s-shm", path);
-    unlink(wal);
-    rmdir(dir);
+    fm_test_remove_tree(dir);
 }
 
 int main(void)

@@ -9,6 +9,7 @@
  * database holds exactly one row per job. The test waits for those commits, with a
  * deadline, never for a fixed time.
  */
+#include "facemill/clock.h"
 #include "facemill/sink.h"
 #include "facemill/wire.h"
 #include "fm_test.h"
@@ -58,18 +59,6 @@ static void make_face(face_buf *fb, float base, int attributes)
 }
 
 /* ---- the database ------------------------------------------------------------------ */
-
-static char *slurp(FILE *f)
-{
-    long n = ftell(f);
-    char *buf = calloc(1, (size_t)n + 1);
-    rewind(f);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
 
 static void test_database(void)
 {
@@ -157,7 +146,7 @@ static void test_database(void)
 
     FILE *f = tmpfile();
     CHECK(fm_results_export(r, f, FM_EXPORT_JSONL, 0, &e) == FM_OK);
-    char *text = slurp(f);
+    char *text = fm_test_read_back(f, NULL);
     fclose(f);
     /* The result schema (proto/RESULTS.md), keys in its order. */
     const char *want =
@@ -185,7 +174,7 @@ static void test_database(void)
 
     f = tmpfile();
     CHECK(fm_results_export(r, f, FM_EXPORT_CSV, 0, &e) == FM_OK);
-    text = slurp(f);
+    text = fm_test_read_back(f, NULL);
     fclose(f);
     CHECK(text && strncmp(text, "schema,source,width,height,error.code,error.name,error.text,"
                                 "job_id,sha256,model,face,box.x1,", 92) == 0);
@@ -202,7 +191,7 @@ static void test_database(void)
 
     f = tmpfile();
     CHECK(fm_results_export(r, f, FM_EXPORT_JSONL, FM_EXPORT_TIMES, &e) == FM_OK);
-    text = slurp(f);
+    text = fm_test_read_back(f, NULL);
     fclose(f);
     /* Only the stages that ran: read here; the total is their sum, not a stage. */
     CHECK_MSG(text && strstr(text, "\"times_ms\":{\"read\":2.5}"), "%s", text ? text : "");
@@ -351,8 +340,8 @@ static void test_service(void)
     static unsigned char committed[N_JOBS];
     int distinct = 0, entries = 0, heartbeats = 0, not_durable = 0, unknown = 0;
     /* Every result stored or found a duplicate is reported: 2 * N_JOBS entries. */
-    int64_t deadline = fm_wire_now_ms() + 30000;
-    while ((entries < 2 * N_JOBS || heartbeats == 0) && fm_wire_now_ms() < deadline) {
+    const double deadline = fm_now_ms() + 30000;
+    while ((entries < 2 * N_JOBS || heartbeats == 0) && fm_now_ms() < deadline) {
         fm_wire_peer from;
         Facemill__Envelope *env = NULL;
         zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
@@ -432,16 +421,10 @@ static void test_service(void)
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/fm_test_sink.XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "sink") != 0)
         return 1;
-    }
     test_database();
     test_service();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
+    fm_test_remove_tree(tmpdir);
     return fm_test_done("test_sink");
 }

@@ -42,65 +42,15 @@ import tempfile
 import threading
 import time
 
-SKIP = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import (SKIP, Failure, children_of, make_images, read_text,  # noqa: E402
+                        require as check, sanitizer_report, stop_all, wait_until)
+
 WATCHDOG_USEC = 2000000
 PROGRAMS = ("broker", "sink", "worker")
 # Variables systemd sets; the test decides which a program sees.
 SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
                "LISTEN_PID", "INVOCATION_ID")
-SANITIZER_MARKS = (b"AddressSanitizer", b"LeakSanitizer", b"runtime error:")
-
-
-class Failure(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failure(what)
-    print("ok:", what, flush=True)
-
-
-def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise Failure("timed out after %gs waiting for %s" % (timeout, what))
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rindex(")") + 2] not in ("Z", "X")
-
-
-def children_of(pid):
-    kids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            kids.append(int(name))
-    return sorted(kids)
-
-
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
 
 
 class Listener:
@@ -209,44 +159,21 @@ class Cluster:
             raise Failure("facemill submit did not finish within 120 s")
 
     def stop_all(self):
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 15
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        stop_all(self.procs)
 
     def check_outputs(self):
         for name in sorted(os.listdir(self.dir)):
             if name.endswith(".out") or ".log" in name:
                 with open(os.path.join(self.dir, name), "rb") as f:
-                    data = f.read()
-                for m in SANITIZER_MARKS:
-                    if m in data:
-                        raise Failure("%s: sanitizer report (%s)" % (name, m.decode()))
+                    m = sanitizer_report(f.read())
+                if m:
+                    raise Failure("%s: sanitizer report (%s)" % (name, m))
 
     def dump(self):
         for name in sorted(os.listdir(self.dir)):
             if name.endswith(".out") or ".log" in name:
-                data = read(os.path.join(self.dir, name))[-3000:]
+                data = read_text(os.path.join(self.dir, name))[-3000:]
                 sys.stderr.write("---- %s (tail)\n%s\n" % (name, data))
-
-
-def make_images(bindir, outdir, n):
-    tool = os.path.join(os.path.dirname(bindir.rstrip("/")), "tests", "make_images")
-    if not os.access(tool, os.X_OK):
-        raise Failure("%s not built" % tool)
-    os.makedirs(outdir, exist_ok=True)
-    r = subprocess.run([tool, outdir, str(n), "--size", "48"], timeout=120)
-    if r.returncode != 0:
-        raise Failure("make_images exited %d" % r.returncode)
 
 
 def stop(p, timeout=30):
@@ -310,28 +237,28 @@ def case_program(c, a, prog):
         check_watchdog(lst, prog, t0)
 
         # log.file, then logrotate's way: rename, SIGHUP, a new file at the same path
-        wait_until(lambda: read(logfile).count("\n") >= 1, 10, "lines in %s" % logfile)
-        check(True, "%s: log.file has %d lines" % (prog, read(logfile).count("\n")))
-        out = read(os.path.join(c.dir, prog + ".out"))
+        wait_until(lambda: read_text(logfile).count("\n") >= 1, 10, "lines in %s" % logfile)
+        check(True, "%s: log.file has %d lines" % (prog, read_text(logfile).count("\n")))
+        out = read_text(os.path.join(c.dir, prog + ".out"))
         check("INFO" not in out, "%s: nothing logged on stderr with log.file set" % prog)
         rotated = logfile + ".1"
         os.rename(logfile, rotated)
         kids = children_of(p.pid)
         t_hup = time.monotonic()
         os.kill(p.pid, signal.SIGHUP)
-        wait_until(lambda: "reopened" in read(logfile), 10,
+        wait_until(lambda: "reopened" in read_text(logfile), 10,
                    "%s: a new %s after SIGHUP" % (prog, logfile))
         check(p.poll() is None, "%s: still running after SIGHUP" % prog)
         if prog == "worker":
             # every pipeline process reopened the file too, and none was restarted
-            wait_until(lambda: all(("worker%d[" % i) in read(logfile) for i in (0, 1)), 10,
+            wait_until(lambda: all(("worker%d[" % i) in read_text(logfile) for i in (0, 1)), 10,
                        "worker: both pipeline processes log to the new file")
             check(True, "worker: both pipeline processes reopened the file")
             check(children_of(p.pid) == kids, "worker: the same pipeline processes")
-        check(True, "%s: new log file: %s" % (prog, read(logfile).strip().splitlines()[0]))
+        check(True, "%s: new log file: %s" % (prog, read_text(logfile).strip().splitlines()[0]))
         lst.wait("WATCHDOG", 10, "%s: watchdog pings after SIGHUP" % prog, since=t_hup,
                  count=2)
-        old = read(rotated)
+        old = read_text(rotated)
         check("reopened" not in old, "%s: the rotated file stops before the reopen" % prog)
 
         # every message came from the main process
@@ -361,7 +288,7 @@ def case_program(c, a, prog):
         lst.wait("STOPPING", 10, "%s (no log.file): STOPPING=1" % prog, since=t1)
         check(len(lst.lines("STOPPING", t1)) == 1,
               "%s (no log.file): STOPPING=1 sent once" % prog)
-        out = read(os.path.join(c.dir, prog + "-2.out"))
+        out = read_text(os.path.join(c.dir, prog + "-2.out"))
         check("INFO" in out and "log file" not in out,
               "%s (no log.file): logs on stderr, no reopen" % prog)
     finally:
@@ -382,7 +309,7 @@ def case_plain(c, a):
     for prog in ("worker", "sink", "broker"):
         rc = stop(procs[prog])
         check(rc == 0, "%s: SIGTERM exits 0 (got %d)" % (prog, rc))
-        out = read(os.path.join(c.dir, prog + ".out"))
+        out = read_text(os.path.join(c.dir, prog + ".out"))
         check("systemd" not in out and "reopened" not in out,
               "%s: says nothing about systemd or log files" % prog)
 
@@ -397,7 +324,7 @@ def case_verify(c, a):
     os.makedirs(copies)
     for prog in PROGRAMS:
         name = "facemill-%s.service" % prog
-        text = read(os.path.join(units, name))
+        text = read_text(os.path.join(units, name))
         check(text != "", "%s generated in %s" % (name, units))
         check("@" not in text, "%s: every @VAR@ substituted" % name)
         m = re.search(r"^ExecStart=(\S+)", text, re.M)

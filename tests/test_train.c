@@ -17,17 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
-static uint64_t rs = 0x1234567887654321ULL;
-static double uni(void) /* [0, 1) */
-{
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return (double)(rs >> 11) / 9007199254740992.0;
-}
+static fm_test_rng rng = FM_TEST_RNG(0x1234567887654321ULL);
 static double gauss(void)
 {
-    double u = uni(), v = uni();
+    double u = fm_test_rng_uniform(&rng), v = fm_test_rng_uniform(&rng);
     return sqrt(-2 * log(1 - u)) * cos(6.283185307179586 * v);
 }
 
@@ -35,9 +28,9 @@ static double gauss(void)
 static void make_set(int n, int dim, float *x, fm_utk_label *lb)
 {
     for (int i = 0; i < n; i++) {
-        lb[i].age = (int)(uni() * 80);
-        lb[i].gender = uni() < 0.5;
-        lb[i].race = (int)(uni() * 5);
+        lb[i].age = (int)(fm_test_rng_uniform(&rng) * 80);
+        lb[i].gender = fm_test_rng_uniform(&rng) < 0.5;
+        lb[i].race = (int)(fm_test_rng_uniform(&rng) * 5);
         float *r = x + (size_t)i * (size_t)dim;
         for (int j = 0; j < dim; j++)
             r[j] = (float)(0.02 * gauss());
@@ -176,13 +169,9 @@ static void test_learns(const char *dir)
 int main(void)
 {
     char dir[4096];
-    const char *t = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/facemill-test-train-XXXXXX", t && *t ? t : "/tmp");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (fm_test_tmpdir(dir, sizeof dir, "train") != 0)
         return 1;
-    }
     test_learns(dir);
-    rmdir(dir);
+    fm_test_remove_tree(dir);
     return fm_test_done("test_train");
 }

@@ -410,13 +410,7 @@ static int write_seed(const char *dir, const char *name, const void *data, size_
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s.pb", dir, name);
-    FILE *f = fopen(path, "wb");
-    int ok = f && fwrite(data, 1, n, f) == n;
-    if (f && fclose(f) != 0)
-        ok = 0;
-    if (!ok)
-        fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
-    return ok ? 0 : 1;
+    return fm_test_write_file(path, data, n) != 0;
 }
 
 static int write_corpus(const char *dir)

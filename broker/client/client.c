@@ -15,6 +15,7 @@
  */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include "facemill/client.h"
+#include "facemill/clock.h"
 #include "facemill/log.h"
 #include "facemill/sha256.h"
 #include "facemill/wire.h"
@@ -631,7 +632,7 @@ static fm_status send_submit(run *r, fm_error *err)
         fm_error_set(err, st, "sending a submit: %s", fm_error_text(&e));
         goto done;
     }
-    r->sent_ms = fm_wire_now_ms();
+    r->sent_ms = fm_now_ms();
     r->resend_at_ms = r->sent_ms + r->o->retry_ms;
     r->outstanding = 1;
 done:
@@ -786,7 +787,7 @@ static fm_status on_message(run *r, Facemill__Envelope *env, fm_error *err)
         const Facemill__SlowDown *s = env->slow_down;
         if (r->outstanding && s->has_request_id && s->request_id == r->request_id) {
             int64_t wait = s->has_retry_after_ms ? s->retry_after_ms : 500;
-            r->resend_at_ms = fm_wire_now_ms() + wait;
+            r->resend_at_ms = fm_now_ms() + wait;
             r->sum->slow_downs++;
             fm_log_debug("broker queue full (%llu/%llu): waiting %lld ms",
                          (unsigned long long)s->queue_depth, (unsigned long long)s->max_queue,
@@ -888,8 +889,8 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
     if (r.prog.mode == FM_PROGRESS_AUTO)
         r.prog.mode = isatty(fileno(r.prog.out)) ? FM_PROGRESS_BAR : FM_PROGRESS_LINES;
     r.prog.interval_ms = r.prog.mode == FM_PROGRESS_BAR ? 200 : o->progress_ms;
-    r.prog.start_ms = r.prog.last_ms = fm_wire_now_ms();
-    r.next_status_ms = fm_wire_now_ms() + 1000;
+    r.prog.start_ms = r.prog.last_ms = fm_now_ms();
+    r.next_status_ms = fm_now_ms() + 1000;
 
     for (;;) {
         if (o->stop && *o->stop) {
@@ -901,7 +902,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
             goto done;
         if (r.inputs_done && !r.have_held && !r.outstanding && r.pending.n == 0)
             break;
-        int64_t now = fm_wire_now_ms();
+        int64_t now = fm_now_ms();
         if (r.outstanding && now >= r.resend_at_ms) {
             if (now - r.sent_ms >= o->retry_ms)
                 fm_log_info("no answer to submit %llu from the broker: sending it again",
@@ -946,11 +947,11 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
             st = err ? (err->code ? err->code : FM_ERR_INTERNAL) : FM_ERR_INTERNAL;
             goto done;
         }
-        progress_show(&r.prog, sum, fm_wire_now_ms(), 0);
+        progress_show(&r.prog, sum, fm_now_ms(), 0);
     }
 done:
     if (r.sock) {
-        progress_show(&r.prog, sum, fm_wire_now_ms(), 1);
+        progress_show(&r.prog, sum, fm_now_ms(), 1);
         zmq_close(r.sock);
     }
     if (r.jobs) {
@@ -1004,9 +1005,9 @@ fm_status fm_client_status(const char *endpoint, const char *tag, int64_t timeou
         st = err ? err->code : FM_ERR_IO;
         goto done;
     }
-    int64_t deadline = fm_wire_now_ms() + timeout_ms, next_send = 0;
+    int64_t deadline = fm_now_ms() + timeout_ms, next_send = 0;
     for (;;) {
-        int64_t now = fm_wire_now_ms();
+        int64_t now = fm_now_ms();
         if (now >= deadline) {
             st = fm_error_set(err, FM_ERR_TIMEOUT, "no status reply from %s within %lld ms",
                               endpoint, (long long)timeout_ms);

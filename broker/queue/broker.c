@@ -19,6 +19,7 @@
  * per broker.heartbeat_ms tick.
  */
 #include "facemill/broker.h"
+#include "facemill/clock.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
@@ -257,7 +258,7 @@ static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
             return st;
         fm_log_warn("job %s quarantined after %d attempts: %s", j->id, j->failures, why);
         j->state = JOB_QUARANTINED;
-        j->deadline = fm_wire_now_ms() + b->cfg.broker.job_timeout_ms;
+        j->deadline = fm_now_ms() + b->cfg.broker.job_timeout_ms;
         b->st.awaiting_commit++;
         send_quarantine_result(b, j);
     } else {
@@ -293,7 +294,7 @@ static worker *worker_add(fm_broker *b, const fm_wire_peer *p)
         return NULL;
     w->peer = *p;
     fm_wire_peer_text(p, w->name, sizeof w->name);
-    w->last_seen = w->last_dispatch = fm_wire_now_ms();
+    w->last_seen = w->last_dispatch = fm_now_ms();
     b->wk[b->nworkers++] = w;
     return w;
 }
@@ -373,7 +374,7 @@ static fm_status worker_gone(fm_broker *b, worker *w, const char *how, fm_error 
 /* Sends queued jobs to the workers with the most free credit. */
 static fm_status dispatch(fm_broker *b, fm_error *err)
 {
-    int64_t now = fm_wire_now_ms();
+    int64_t now = fm_now_ms();
     while (b->qhead) {
         worker *best = NULL;
         for (size_t i = 0; i < b->nworkers; i++) {
@@ -435,7 +436,7 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
                            fm_error *err)
 {
     worker *w = worker_find(b, from);
-    int64_t now = fm_wire_now_ms();
+    int64_t now = fm_now_ms();
     if (w)
         w->last_seen = now;
     switch (e->body_case) {
@@ -811,7 +812,7 @@ static fm_status on_status(fm_broker *b, const fm_wire_peer *from,
     r.credit_total = s.credit_total;
     r.credit_free = s.credit_free;
     r.jobs_per_s = commit_rate(b);
-    int64_t now = fm_wire_now_ms();
+    int64_t now = fm_now_ms();
     r.uptime_ms = (uint64_t)(now - b->started);
     Facemill__WorkerInfo *wi = calloc(b->nworkers ? b->nworkers : 1, sizeof *wi);
     Facemill__WorkerInfo **wp = calloc(b->nworkers ? b->nworkers : 1, sizeof *wp);
@@ -877,7 +878,7 @@ static fm_status on_client(fm_broker *b, const fm_wire_peer *from, Facemill__Env
 static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
                            fm_error *err)
 {
-    b->sink_seen = fm_wire_now_ms();
+    b->sink_seen = fm_now_ms();
     if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT)
         return FM_OK;
     if (e->body_case != FACEMILL__ENVELOPE__BODY_COMMIT) {
@@ -975,7 +976,7 @@ out:
 
 static fm_status tick(fm_broker *b, fm_error *err)
 {
-    int64_t now = fm_wire_now_ms();
+    int64_t now = fm_now_ms();
     fm_status st;
     /* Heartbeats out; silent workers expire. */
     Facemill__Envelope env;
@@ -1112,7 +1113,7 @@ fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
         st = fm_error_set(err, FM_ERR_NOMEM, "broker");
         goto fail;
     }
-    b->started = fm_wire_now_ms();
+    b->started = fm_now_ms();
     if ((st = fm_journal_open(&b->journal, c->broker.journal, c->broker.fsync, err)) !=
         FM_OK)
         goto fail;
@@ -1189,7 +1190,7 @@ static fm_status drain_socket(fm_broker *b, void *sock,
 fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err)
 {
     fm_status st = FM_OK;
-    b->next_tick = fm_wire_now_ms();
+    b->next_tick = fm_now_ms();
     fm_log_info("broker: clients %s, workers %s, commits %s, results to %s",
                 b->cfg.broker.clients, b->cfg.broker.workers, b->cfg.sink.commits,
                 b->cfg.sink.results);
@@ -1207,7 +1208,7 @@ fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err
             {b->workers, 0, ZMQ_POLLIN, 0},
             {b->commits, 0, ZMQ_POLLIN, 0},
         };
-        int64_t wait = b->next_tick - fm_wire_now_ms();
+        int64_t wait = b->next_tick - fm_now_ms();
         if (wait < 0)
             wait = 0;
         /* Under systemd, wake for the watchdog whatever broker.heartbeat_ms is. */
@@ -1227,10 +1228,10 @@ fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err
         if ((items[0].revents & ZMQ_POLLIN) &&
             (st = drain_socket(b, b->clients, on_client, "client", err)) != FM_OK)
             break;
-        if (fm_wire_now_ms() >= b->next_tick) {
+        if (fm_now_ms() >= b->next_tick) {
             if ((st = tick(b, err)) != FM_OK)
                 break;
-            b->next_tick = fm_wire_now_ms() + b->cfg.broker.heartbeat_ms;
+            b->next_tick = fm_now_ms() + b->cfg.broker.heartbeat_ms;
         }
         if ((st = dispatch(b, err)) != FM_OK)
             break;

@@ -12,6 +12,7 @@
  * broker's sink.commits ROUTER. Both have ZMQ_MAXMSGSIZE and a finite linger.
  */
 #include "facemill/sink.h"
+#include "facemill/clock.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
@@ -222,7 +223,7 @@ static void store(fm_sink *s, const Facemill__Result *res)
             return;
         }
         s->in_tx = 1;
-        s->batch_start_ms = fm_wire_now_ms();
+        s->batch_start_ms = fm_now_ms();
     }
     int inserted = 0, failed = 0;
     fm_status rc = fm_results_put(s->db, res, wall_ms(), &inserted, &failed, &e);
@@ -288,7 +289,7 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
 {
     zmq_pollitem_t items[2] = {{s->pull, 0, ZMQ_POLLIN, 0}, {s->dealer, 0, ZMQ_POLLIN, 0}};
     int n_items = s->dealer ? 2 : 1;
-    s->next_heartbeat_ms = fm_wire_now_ms();
+    s->next_heartbeat_ms = fm_now_ms();
     while (!*stop) {
         /* Both no-ops unless facemill-sink's main() asked for them (SIGHUP handler,
          * fm_notify_init): `facemill label` runs this loop in-process. */
@@ -297,7 +298,7 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
             fm_notify_status("%lld results stored, %lld duplicates, %lld transactions",
                              (long long)s->stats.stored, (long long)s->stats.duplicates,
                              (long long)s->stats.commits);
-        int64_t now = fm_wire_now_ms();
+        int64_t now = fm_now_ms();
         if (now >= s->next_heartbeat_ms) {
             heartbeat(s);
             s->next_heartbeat_ms = now + s->heartbeat_ms;

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 fm_status fm_wire_setup(void *sock, int64_t max_msg_size, int linger_ms, fm_error *err)
 {
@@ -304,11 +303,4 @@ const char *fm_wire_peer_text(const fm_wire_peer *p, char *buf, size_t size)
 int fm_wire_peer_equal(const fm_wire_peer *a, const fm_wire_peer *b)
 {
     return a->len == b->len && memcmp(a->id, b->id, a->len) == 0;
-}
-
-int64_t fm_wire_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

@@ -92,9 +92,6 @@ const char *fm_wire_peer_text(const fm_wire_peer *p, char *buf, size_t size);
 /* True when a and b are the same routing id. */
 int fm_wire_peer_equal(const fm_wire_peer *a, const fm_wire_peer *b);
 
-/* Milliseconds of a monotonic clock. */
-int64_t fm_wire_now_ms(void);
-
 #ifdef __cplusplus
 }
 #endif

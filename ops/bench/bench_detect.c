@@ -23,6 +23,7 @@
  * part 1.
  */
 #include "facemill/align.h"
+#include "facemill/clock.h"
 #include "facemill/config.h"
 #include "facemill/detect.h"
 #include "facemill/image.h"
@@ -34,15 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -101,7 +94,7 @@ static int bench_image(const char *label, fm_detector *det, fm_decoder *dec,
         fm_error e = {0};
         fm_detect_times t;
         int n = 0;
-        double t0 = now_ms();
+        double t0 = fm_now_ms();
         const fm_image *use = img;
         if (jpeg_path) {
             if (fm_decode_file(dec, jpeg_path, &dimg, &e) != FM_OK) {
@@ -111,13 +104,13 @@ static int bench_image(const char *label, fm_detector *det, fm_decoder *dec,
             }
             use = &dimg;
         }
-        double t1 = now_ms();
+        double t1 = fm_now_ms();
         if (fm_detect(det, use, faces, 64, &n, &t, &e) != FM_OK) {
             fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&e));
             free(v);
             return 1;
         }
-        double t2 = now_ms();
+        double t2 = fm_now_ms();
         v[0 * repeat + r] = t1 - t0;
         v[1 * repeat + r] = t.pnet_ms;
         v[2 * repeat + r] = t.rnet_ms;
@@ -183,7 +176,7 @@ static int bench_utk(const char *dir, fm_detector *det, fm_decoder *dec, const c
     qsort(names, n, sizeof *names, cmp_str);
     FILE *mf = misses ? fopen(misses, "w") : NULL;
     size_t with_face = 0, failed = 0, hist[4] = {0};
-    double pnet = 0, rnet = 0, onet = 0, t0 = now_ms();
+    double pnet = 0, rnet = 0, onet = 0, t0 = fm_now_ms();
     char path[4096];
     fm_face faces[64];
     for (size_t i = 0; i < n; i++) {
@@ -207,7 +200,7 @@ static int bench_utk(const char *dir, fm_detector *det, fm_decoder *dec, const c
         else if (mf)
             fprintf(mf, "%s\n", path);
     }
-    double secs = (now_ms() - t0) / 1e3;
+    double secs = (fm_now_ms() - t0) / 1e3;
     if (mf)
         fclose(mf);
     size_t ok = n - failed;

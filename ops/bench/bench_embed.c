@@ -17,6 +17,7 @@
  * OpenBLAS kernel set in use is printed (OPENBLAS_CORETYPE overrides it).
  */
 #include "facemill/backbone.h"
+#include "facemill/clock.h"
 #include "facemill/modelpath.h"
 #include "facemill/nn.h"
 
@@ -25,16 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define MAX_SIZES 16
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* FLOPs of one face through dlib_resnet at 150x150 (the layer geometry of
  * worker/vision/arch_dlib_resnet.c): sum over convolutions of 2 * outputs * (in * k * k),
@@ -70,10 +63,10 @@ static double sgemm_gflops(void)
         a[i] = (float)(i % 7) * 0.25f - 0.75f;
     double best = 1e30;
     for (int rep = 0; rep < 5; rep++) {
-        double t0 = now();
+        double t0 = fm_now_ms();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n,
                     a + (size_t)n * n, n, 0.0f, a + (size_t)2 * n * n, n);
-        double t = now() - t0;
+        double t = (fm_now_ms() - t0) / 1e3;
         best = t < best ? t : best;
     }
     free(a);
@@ -194,15 +187,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
             goto done;
         }
-        double best = 1e30, total = 0.0, start = now();
+        double best = 1e30, total = 0.0, start = fm_now_ms();
         int calls = 0;
-        while (calls < 3 || now() - start < seconds) {
-            double t0 = now();
+        while (calls < 3 || (fm_now_ms() - start) / 1e3 < seconds) {
+            double t0 = fm_now_ms();
             if (fm_backbone_forward(b, faces, n, outs, &err)) {
                 fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
                 goto done;
             }
-            double t = now() - t0;
+            double t = (fm_now_ms() - t0) / 1e3;
             best = t < best ? t : best;
             total += t;
             calls++;

@@ -11,6 +11,7 @@
  * the forward's speed. --grad-only runs just that part.
  * One OpenBLAS thread unless --threads N says otherwise; the count is set explicitly.
  * Each figure is the fastest of repeated calls over about a quarter of a second. */
+#include "facemill/clock.h"
 #include "facemill/grad.h"
 #include "facemill/nn.h"
 
@@ -18,17 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#define MIN_SECONDS 0.25
+#define MIN_MS 250.0 /* repeat calls for at least this long */
 #define MIN_REPS 3
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static float *random_floats(size_t count)
 {
@@ -50,12 +43,12 @@ static double time_sgemm(int m, int n, int k, float *a, float *b, float *c)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c,
                 n);
-    double best = 1e30, start = now();
-    for (int rep = 0; rep < MIN_REPS || now() - start < MIN_SECONDS; rep++) {
-        double t0 = now();
+    double best = 1e30, start = fm_now_ms();
+    for (int rep = 0; rep < MIN_REPS || fm_now_ms() - start < MIN_MS; rep++) {
+        double t0 = fm_now_ms();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f,
                     c, n);
-        double t = now() - t0;
+        double t = (fm_now_ms() - t0) / 1e3;
         best = t < best ? t : best;
     }
     return best;
@@ -119,11 +112,11 @@ static int bench_layer(const layer *l, double sgemm_gflops)
         goto fail;
     if (fm_nn_conv2d(arena, &x, &w, &b, &p, &y, &err))
         goto fail;
-    double best = 1e30, start = now();
-    for (int rep = 0; rep < MIN_REPS || now() - start < MIN_SECONDS; rep++) {
-        double t0 = now();
+    double best = 1e30, start = fm_now_ms();
+    for (int rep = 0; rep < MIN_REPS || fm_now_ms() - start < MIN_MS; rep++) {
+        double t0 = fm_now_ms();
         fm_nn_conv2d(arena, &x, &w, &b, &p, &y, &err);
-        double t = now() - t0;
+        double t = (fm_now_ms() - t0) / 1e3;
         best = t < best ? t : best;
     }
     double flop = 2.0 * y.n * y.c * y.h * y.w * (double)(w.c * w.h * w.w);
@@ -194,15 +187,15 @@ static int bench_grad_layer(const layer *l)
         goto fail;
     double best[2] = {1e30, 1e30};
     for (int pass = 0; pass < 2; pass++) {
-        double start = now();
-        for (int rep = -1; rep < MIN_REPS || now() - start < MIN_SECONDS; rep++) {
-            double t0 = now();
+        double start = fm_now_ms();
+        for (int rep = -1; rep < MIN_REPS || fm_now_ms() - start < MIN_MS; rep++) {
+            double t0 = fm_now_ms();
             fm_status st = pass ? fm_nn_conv2d_backward(arena, &x, &w, &p, &dy, &dx, &dw,
                                                         &db, &err)
                                 : fm_nn_conv2d(arena, &x, &w, &b, &p, &y, &err);
             if (st)
                 goto fail;
-            double t = now() - t0;
+            double t = (fm_now_ms() - t0) / 1e3;
             if (rep >= 0) /* the first call warms caches and OpenBLAS */
                 best[pass] = t < best[pass] ? t : best[pass];
         }

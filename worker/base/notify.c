@@ -11,6 +11,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "facemill/notify.h"
+#include "facemill/clock.h"
 #include "facemill/log.h"
 
 #include <systemd/sd-daemon.h>
@@ -20,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* STATUS= lines are for `systemctl status`: one short line, refreshed about once a
  * second (more often only floods the journal of systemd's own bookkeeping). */
@@ -34,13 +34,6 @@ static int64_t watchdog_ms; /* the interval between pings: half systemd's; 0 = n
 static int64_t next_watchdog_ms;
 static int64_t next_status_ms;
 static char last_status[STATUS_MAX + 1];
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void send_state(const char *state)
 {
@@ -69,7 +62,7 @@ void fm_notify_init(void)
         if (watchdog_ms < 1)
             watchdog_ms = 1;
     }
-    next_watchdog_ms = next_status_ms = mono_ms();
+    next_watchdog_ms = next_status_ms = fm_now_ms();
     fm_log_debug("systemd notification on (%s), watchdog %s%lld ms", sock,
                  watchdog_ms ? "every " : "off, ", (long long)watchdog_ms);
 }
@@ -96,7 +89,7 @@ bool fm_notify_tick(void)
 {
     if (!enabled)
         return false;
-    int64_t now = mono_ms();
+    int64_t now = fm_now_ms();
     if (watchdog_ms > 0 && now >= next_watchdog_ms) {
         send_state("WATCHDOG=1");
         next_watchdog_ms = now + watchdog_ms;
@@ -114,7 +107,7 @@ long fm_notify_cap_wait(long wait_ms)
     int64_t due = next_status_ms;
     if (watchdog_ms > 0 && next_watchdog_ms < due)
         due = next_watchdog_ms;
-    int64_t left = due - mono_ms();
+    int64_t left = due - fm_now_ms();
     if (left < 0)
         left = 0;
     return wait_ms < left ? wait_ms : (long)left;

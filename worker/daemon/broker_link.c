@@ -23,6 +23,7 @@
  * The results go to the sink from the compute thread, on a PUSH of its own.
  */
 #include "broker_link.h"
+#include "facemill/clock.h"
 #include "facemill/log.h"
 
 #include <zmq.h>
@@ -68,7 +69,7 @@ static fm_status connect_broker(blink *l, fm_error *err)
     r.model = (char *)l->model;
     env.body_case = FACEMILL__ENVELOPE__BODY_WORKER_READY;
     env.worker_ready = &r;
-    l->broker_seen = fm_wire_now_ms();
+    l->broker_seen = fm_now_ms();
     return fm_wire_send(l->broker, NULL, &env, ZMQ_DONTWAIT, err);
 }
 
@@ -127,7 +128,7 @@ static void link_from_broker(blink *l)
             fm_log_warn("refusing message from the broker: %s", fm_error_text(&re));
             continue;
         }
-        l->broker_seen = fm_wire_now_ms();
+        l->broker_seen = fm_now_ms();
         if (e->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
             if (l->held >= l->credit)
                 fm_log_debug("job %s beyond credit (%d held): queued",
@@ -179,9 +180,9 @@ static void *link_main(void *arg)
 {
     blink *l = arg;
     const fm_config *cfg = l->cfg;
-    l->next_hb = fm_wire_now_ms();
+    l->next_hb = fm_now_ms();
     for (;;) {
-        int64_t now = fm_wire_now_ms();
+        int64_t now = fm_now_ms();
         if (now >= l->next_hb) {
             send_heartbeat(l);
             l->next_hb = now + cfg->broker.heartbeat_ms;
@@ -196,7 +197,7 @@ static void *link_main(void *arg)
             }
         }
         zmq_pollitem_t it[2] = {{l->pair, 0, ZMQ_POLLIN, 0}, {l->broker, 0, ZMQ_POLLIN, 0}};
-        int64_t wait = l->next_hb - fm_wire_now_ms();
+        int64_t wait = l->next_hb - fm_now_ms();
         int rc = zmq_poll(it, 2, (long)(wait > 0 ? wait : 0));
         if (rc < 0) {
             if (errno == EINTR)
@@ -341,8 +342,8 @@ int broker_link_stop(broker_link *k, held_jobs *h, int link_stopped)
     if (link_stopped)
         return back;
     zmq_send(k->pair, "", 0, ZMQ_DONTWAIT);
-    int64_t deadline = fm_wire_now_ms() + 5000;
-    while (fm_wire_now_ms() < deadline) {
+    int64_t deadline = fm_now_ms() + 5000;
+    while (fm_now_ms() < deadline) {
         zmq_pollitem_t it = {k->pair, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&it, 1, 100) <= 0)
             continue;

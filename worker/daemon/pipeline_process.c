@@ -407,9 +407,9 @@ static void process_held(wproc *w)
     for (int i = 0; i < n; i++)
         w->jobs[i] = w->held.env[i]->job;
     fm_error e = {0};
-    int64_t t0 = fm_wire_now_ms();
+    double t0 = fm_now_ms();
     fm_status st = run_batch(&w->comp, w->jobs, n, &e);
-    fm_log_debug("batch of %d: %lld ms", n, (long long)(fm_wire_now_ms() - t0));
+    fm_log_debug("batch of %d: %lld ms", n, (long long)(fm_now_ms() - t0));
     for (int i = 0; i < n; i++) {
         if (st != FM_OK)
             broker_link_fail(&w->link, w->jobs[i]->id, fm_error_text(&e));

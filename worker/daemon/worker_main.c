@@ -22,6 +22,7 @@
  */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "pipeline_process.h"
+#include "facemill/clock.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
@@ -215,7 +216,7 @@ int main(int argc, char **argv)
     fm_log_info("starting %ld worker processes", procs);
     for (long i = 0; i < procs; i++) {
         pids[i] = spawn(&cfg, (int)i, decode_only, death_sig);
-        started[i] = fm_wire_now_ms();
+        started[i] = fm_now_ms();
     }
     int failures = 0;
     while (!stop_flag) {
@@ -251,7 +252,7 @@ int main(int argc, char **argv)
             if (stop_flag)
                 break;
             if (WIFEXITED(status) && WEXITSTATUS(status) == 1 &&
-                fm_wire_now_ms() - started[i] < 2000) {
+                fm_now_ms() - started[i] < 2000) {
                 fm_log_error("worker process %ld failed at start; not restarted", i);
                 failures = 1;
                 break;
@@ -261,7 +262,7 @@ int main(int argc, char **argv)
                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
             sleep(WIFSIGNALED(status) ? 0 : 1);
             pids[i] = spawn(&cfg, (int)i, decode_only, death_sig);
-            started[i] = fm_wire_now_ms();
+            started[i] = fm_now_ms();
         }
         int alive = 0;
         for (long i = 0; i < procs; i++)

@@ -53,6 +53,19 @@ fm_status fm_nn_scale_shift(fm_arena *a, const fm_tensor *x, const fm_tensor *sc
     return FM_OK;
 }
 
+/* See nn_impl.h. */
+fm_status nn_check_slope(const char *op, const fm_tensor *slope, const fm_tensor *x,
+                         fm_error *err)
+{
+    const size_t ns = fm_tensor_count(slope);
+    if (ns == 1 || ns == (size_t)x->c)
+        return FM_OK;
+    nn_shape_text s;
+    return fm_error_set(err, FM_ERR_INVALID,
+                        "%s: slope has shape %s; expected %d elements (one per channel) or 1",
+                        op, nn_shape(slope, &s), x->c);
+}
+
 fm_status fm_nn_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *slope, fm_tensor *y,
                       fm_error *err)
 {
@@ -61,17 +74,11 @@ fm_status fm_nn_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *slope, f
     fm_status st = eltwise_prepare(op, a, x, y, &run, err);
     if (st)
         return st;
-    if ((st = nn_check(op, "slope", slope, !run, err)))
+    if ((st = nn_check(op, "slope", slope, !run, err)) ||
+        (st = nn_check_slope(op, slope, x, err)) ||
+        (st = nn_check_disjoint(op, "the slope", y, slope, err)))
         return st;
     const size_t ns = fm_tensor_count(slope);
-    if (ns != 1 && ns != (size_t)x->c) {
-        nn_shape_text s;
-        return fm_error_set(err, FM_ERR_INVALID,
-                            "%s: slope has shape %s; expected %d elements (one per channel) "
-                            "or 1", op, nn_shape(slope, &s), x->c);
-    }
-    if ((st = nn_check_disjoint(op, "the slope", y, slope, err)))
-        return st;
     if (!run)
         return FM_OK;
     const size_t plane = (size_t)x->h * x->w;

@@ -101,6 +101,38 @@ fm_status fm_nn_conv2d_shape(const fm_tensor *x, const fm_tensor *w,
     return FM_OK;
 }
 
+/* See nn_impl.h. */
+fm_status nn_conv_operands(const char *op, const fm_tensor *x, const fm_tensor *w,
+                           const char *name, const fm_tensor *t, const fm_conv2d_params *p,
+                           int measuring, conv_geom *g, fm_error *err)
+{
+    fm_status st;
+    if ((st = nn_check(op, "input", x, measuring, err)) ||
+        (st = nn_check(op, "weights", w, measuring, err)) ||
+        (st = nn_check(op, name, t, measuring, err)))
+        return st;
+    return nn_conv_geometry(op, x, w, p, g, err);
+}
+
+/* See nn_impl.h. */
+nn_conv_layout nn_conv_layout_of(const conv_geom *g, int col_floats, int min_cols,
+                                 int gather_below, int *tile, int *imgs)
+{
+    int cols_max = col_floats / g->k;
+    if (cols_max < min_cols)
+        cols_max = min_cols;
+    if (g->p >= gather_below) {
+        if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 &&
+            g->pl == 0 && g->oh == g->h && g->ow == g->w)
+            return NN_CONV_1X1;
+        *tile = g->p < cols_max ? g->p : cols_max;
+        return NN_CONV_TILED;
+    }
+    int n = cols_max / g->p;
+    *imgs = n < 1 ? 1 : n > g->n ? g->n : n;
+    return NN_CONV_GATHERED;
+}
+
 static conv_plan conv_choose(const conv_geom *g)
 {
     conv_plan pl = {CONV_TILED, 0, 0, 0};
@@ -108,23 +140,19 @@ static conv_plan conv_choose(const conv_geom *g)
         pl.mode = CONV_DEPTHWISE;
         return pl;
     }
-    int cols_max = CONV_IM2COL_FLOATS / g->k;
-    if (cols_max < CONV_MIN_COLS)
-        cols_max = CONV_MIN_COLS;
-    if (g->p >= CONV_GATHER_BELOW) {
-        if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 &&
-            g->pl == 0 && g->oh == g->h && g->ow == g->w) {
-            pl.mode = CONV_1X1;
-            return pl;
-        }
-        pl.tile = g->p < cols_max ? g->p : cols_max;
+    switch (nn_conv_layout_of(g, CONV_IM2COL_FLOATS, CONV_MIN_COLS, CONV_GATHER_BELOW,
+                              &pl.tile, &pl.imgs)) {
+    case NN_CONV_1X1:
+        pl.mode = CONV_1X1;
+        break;
+    case NN_CONV_TILED:
         pl.scratch = (size_t)g->k * (size_t)pl.tile;
-        return pl;
+        break;
+    case NN_CONV_GATHERED:
+        pl.mode = CONV_GATHERED;
+        pl.scratch = ((size_t)g->k + (size_t)g->cog) * (size_t)pl.imgs * (size_t)g->p;
+        break;
     }
-    pl.mode = CONV_GATHERED;
-    int imgs = cols_max / g->p;
-    pl.imgs = imgs < 1 ? 1 : imgs > g->n ? g->n : imgs;
-    pl.scratch = ((size_t)g->k + (size_t)g->cog) * (size_t)pl.imgs * (size_t)g->p;
     return pl;
 }
 
@@ -348,12 +376,8 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
     const char *op = "conv2d";
     const int measuring = nn_measuring(a);
     fm_status st;
-    if ((st = nn_check(op, "input", x, measuring, err)) ||
-        (st = nn_check(op, "weights", w, measuring, err)) ||
-        (st = nn_check(op, "output", y, measuring, err)))
-        return st;
     conv_geom g;
-    if ((st = nn_conv_geometry(op, x, w, p, &g, err)) ||
+    if ((st = nn_conv_operands(op, x, w, "output", y, p, measuring, &g, err)) ||
         (st = nn_check_vec(op, "bias", bias, (size_t)g.co, measuring, err)) ||
         (st = nn_check_shape(op, "output", y, g.n, g.co, g.oh, g.ow, err)) ||
         (st = nn_check_disjoint(op, "the input", y, x, err)) ||

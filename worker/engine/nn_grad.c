@@ -76,43 +76,26 @@ static fm_tensor grad_flat(const float *p, size_t count)
 #define GRAD_MIN_COLS 256
 #endif
 
-typedef enum convb_mode {
-    CONVB_1X1,      /* 1x1 stride 1 unpadded: the input is its own im2col matrix */
-    CONVB_TILED,    /* one image at a time, im2col over column tiles */
-    CONVB_GATHERED, /* several images side by side, dy gathered to match */
-} convb_mode;
-
 typedef struct convb_plan {
-    convb_mode mode;
-    int tile;       /* CONVB_TILED: output pixels per tile */
-    int imgs;       /* CONVB_GATHERED: images per multiply */
-    size_t scratch; /* floats */
+    nn_conv_layout mode; /* NN_CONV_GATHERED: dy gathered to match the columns */
+    int tile;            /* NN_CONV_TILED: output pixels per tile */
+    int imgs;            /* NN_CONV_GATHERED: images per multiply */
+    size_t scratch;      /* floats */
 } convb_plan;
 
 static convb_plan convb_choose(const conv_geom *g, int want_dx, int want_dw)
 {
-    convb_plan pl = {CONVB_TILED, 0, 0, 0};
+    convb_plan pl = {NN_CONV_TILED, 0, 0, 0};
     if (!want_dx && !want_dw)
         return pl; /* only the bias gradient: no multiply */
-    int cols_max = GRAD_COL_FLOATS / g->k;
-    if (cols_max < GRAD_MIN_COLS)
-        cols_max = GRAD_MIN_COLS;
-    if (g->p >= GRAD_GATHER_BELOW) {
-        if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 &&
-            g->pl == 0 && g->oh == g->h && g->ow == g->w) {
-            pl.mode = CONVB_1X1;
-            return pl;
-        }
-        pl.tile = g->p < cols_max ? g->p : cols_max;
+    pl.mode = nn_conv_layout_of(g, GRAD_COL_FLOATS, GRAD_MIN_COLS, GRAD_GATHER_BELOW, &pl.tile,
+                                &pl.imgs);
+    if (pl.mode == NN_CONV_TILED)
         /* One buffer serves both gradients: the weight gradient reads the im2col
          * columns, then the column gradient overwrites them. */
         pl.scratch = (size_t)g->k * (size_t)pl.tile;
-        return pl;
-    }
-    pl.mode = CONVB_GATHERED;
-    int imgs = cols_max / g->p;
-    pl.imgs = imgs < 1 ? 1 : imgs > g->n ? g->n : imgs;
-    pl.scratch = ((size_t)g->k + (size_t)g->co) * (size_t)pl.imgs * (size_t)g->p;
+    else if (pl.mode == NN_CONV_GATHERED)
+        pl.scratch = ((size_t)g->k + (size_t)g->co) * (size_t)pl.imgs * (size_t)g->p;
     return pl;
 }
 
@@ -124,12 +107,8 @@ fm_status fm_nn_conv2d_backward(fm_arena *a, const fm_tensor *x, const fm_tensor
     const char *op = "conv2d_backward";
     const int measuring = nn_measuring(a);
     fm_status st;
-    if ((st = nn_check(op, "input", x, measuring, err)) ||
-        (st = nn_check(op, "weights", w, measuring, err)) ||
-        (st = nn_check(op, "dy", dy, measuring, err)))
-        return st;
     conv_geom g;
-    if ((st = nn_conv_geometry(op, x, w, p, &g, err)))
+    if ((st = nn_conv_operands(op, x, w, "dy", dy, p, measuring, &g, err)))
         return st;
     if (p->groups != 1)
         return fm_error_set(err, FM_ERR_UNSUPPORTED,
@@ -181,7 +160,7 @@ fm_status fm_nn_conv2d_backward(fm_arena *a, const fm_tensor *x, const fm_tensor
      *   dcols [K, P] = W^T dY          (beta 0, then added back into dx by col2im) */
     const float *wd = w->data;
     switch (plan.mode) {
-    case CONVB_1X1:
+    case NN_CONV_1X1:
         for (int n = 0; n < g.n; n++) {
             const float *dyn = dyd + (size_t)n * g.co * out_plane;
             const float *xn = x->data + (size_t)n * g.c * in_plane;
@@ -194,7 +173,7 @@ fm_status fm_nn_conv2d_backward(fm_arena *a, const fm_tensor *x, const fm_tensor
                             g.p);
         }
         break;
-    case CONVB_TILED:
+    case NN_CONV_TILED:
         for (int n = 0; n < g.n; n++) {
             const float *dyn = dyd + (size_t)n * g.co * out_plane;
             const float *xn = x->data + (size_t)n * g.c * in_plane;
@@ -214,7 +193,7 @@ fm_status fm_nn_conv2d_backward(fm_arena *a, const fm_tensor *x, const fm_tensor
             }
         }
         break;
-    case CONVB_GATHERED: {
+    case NN_CONV_GATHERED: {
         float *col = scratch;
         float *dyg = scratch + (size_t)g.k * plan.imgs * g.p;
         for (int n0 = 0; n0 < g.n; n0 += plan.imgs) {
@@ -388,17 +367,9 @@ fm_status fm_nn_dense_backward(fm_arena *a, const fm_tensor *x, const fm_tensor 
     const char *op = "dense_backward";
     const int measuring = nn_measuring(a);
     fm_status st;
-    nn_shape_text sx, sw;
-    if ((st = nn_check(op, "input", x, measuring, err)) ||
-        (st = nn_check(op, "weights", w, measuring, err)) ||
-        (st = nn_check(op, "dy", dy, measuring, err)))
+    size_t in;
+    if ((st = nn_dense_operands(op, x, w, "dy", dy, measuring, &in, err)))
         return st;
-    const size_t in = (size_t)x->c * x->h * x->w;
-    const size_t w_in = (size_t)w->c * w->h * w->w;
-    if (w_in != in)
-        return fm_error_set(err, FM_ERR_INVALID,
-                            "%s: weights %s take %zu inputs, the input %s has %zu per image",
-                            op, nn_shape(w, &sw), w_in, nn_shape(x, &sx), in);
     const int out = w->n, n = x->n;
     const grad_operand ops[] = {{"the input", x}, {"the weights", w}, {"dy", dy},
                                 {"dx", dx},       {"dw", dw},         {"db", db}};
@@ -552,15 +523,10 @@ fm_status fm_nn_prelu_backward(fm_arena *a, const fm_tensor *x, const fm_tensor 
     if ((st = nn_check(op, "input", x, measuring, err)) ||
         (st = nn_check(op, "slope", slope, measuring, err)) ||
         (st = nn_check(op, "dy", dy, measuring, err)) ||
-        (st = nn_check_shape(op, "dy", dy, x->n, x->c, x->h, x->w, err)))
+        (st = nn_check_shape(op, "dy", dy, x->n, x->c, x->h, x->w, err)) ||
+        (st = nn_check_slope(op, slope, x, err)))
         return st;
     const size_t ns = fm_tensor_count(slope);
-    if (ns != 1 && ns != (size_t)x->c) {
-        nn_shape_text s;
-        return fm_error_set(err, FM_ERR_INVALID,
-                            "%s: slope has shape %s; expected %d elements (one per channel) "
-                            "or 1", op, nn_shape(slope, &s), x->c);
-    }
     const grad_operand ops[] = {{"the input", x}, {"the slope", slope}, {"dy", dy},
                                 {"dx", dx},       {"dslope", dslope}};
     if ((st = grad_check_like(op, "dx", dx, x, measuring, err)) ||

@@ -77,6 +77,27 @@ typedef struct conv_geom {
 fm_status nn_conv_geometry(const char *op, const fm_tensor *x, const fm_tensor *w,
                            const fm_conv2d_params *p, conv_geom *g, fm_error *err);
 
+/* Checks the operands a convolution's forward and backward passes share (op names
+ * the operation): x, w and the third operand t (name: "output" or "dy") pass
+ * nn_check, in that order, then nn_conv_geometry fills g. */
+fm_status nn_conv_operands(const char *op, const fm_tensor *x, const fm_tensor *w,
+                           const char *name, const fm_tensor *t, const fm_conv2d_params *p,
+                           int measuring, conv_geom *g, fm_error *err);
+
+/* How an im2col convolution, forward or backward, lays out its multiplies. */
+typedef enum nn_conv_layout {
+    NN_CONV_1X1,      /* 1x1 stride 1 unpadded: the input is its own im2col matrix */
+    NN_CONV_TILED,    /* one image at a time, im2col over tiles of output pixels */
+    NN_CONV_GATHERED, /* several images side by side in one multiply */
+} nn_conv_layout;
+
+/* The layout for g: images of at least gather_below output pixels one at a time (1x1
+ * when g allows it, else in tiles of *tile pixels), smaller ones *imgs at a time. A
+ * multiply takes col_floats / g->k columns of im2col, at least min_cols, and at most
+ * every image; the other output is left as it is. */
+nn_conv_layout nn_conv_layout_of(const conv_geom *g, int col_floats, int min_cols,
+                                 int gather_below, int *tile, int *imgs);
+
 /* Writes output pixels [p0, p1) of the im2col matrix of one image's channel group:
  * row r = (ci * kh + ky) * kw + kx holds, for each pixel, the input under tap (ky, kx)
  * of channel ci (0 in the padding), at col + r * ld. x points at the group's first
@@ -88,6 +109,19 @@ void nn_im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, s
  * dx points at the group's first channel of one image's input gradient. */
 void nn_col2im_add(const conv_geom *g, const float *col, int p0, int p1, size_t ld,
                    float *dx);
+
+/* Checks a PReLU slope (already through nn_check) against the input x of op: one
+ * element, or one per channel of x. */
+fm_status nn_check_slope(const char *op, const fm_tensor *slope, const fm_tensor *x,
+                         fm_error *err);
+
+/* Checks the operands a dense layer's forward and backward passes share (op names
+ * the operation): x, w and the third operand t (name: "output" or "dy") pass
+ * nn_check, in that order, and w takes as many inputs as x has per image. *in gets
+ * that count. */
+fm_status nn_dense_operands(const char *op, const fm_tensor *x, const fm_tensor *w,
+                            const char *name, const fm_tensor *t, int measuring, size_t *in,
+                            fm_error *err);
 
 /* Pooling output size, validated once by nn_pool_geometry. */
 typedef struct pool_geom {

@@ -16,6 +16,7 @@
  */
 #include "facemill/clock.h"
 #include "facemill/detect.h"
+#include "facemill/clock.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
 #include "detect-impl.h"
