@@ -40,6 +40,7 @@ struct fm_backbone {
     int max_batch;
     fm_backbone_input in;
     int dims[FM_BACKBONE_OUTPUT_COUNT];
+    double flop;   /* per face, counted by the measuring run of one face */
 };
 
 static const fm_arch_ops *find_arch(const char *name)
@@ -131,7 +132,8 @@ static fm_status read_metadata(fm_backbone *b, fm_error *err)
 }
 
 /* Runs the network on a measuring arena for every batch size up to max_batch, with
- * and without caller-provided outputs, and returns the largest fill level seen. */
+ * and without caller-provided outputs, and returns the largest fill level seen. The
+ * first run, one face, gives the work per face (b->flop). */
 static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
 {
     fm_arena *a = NULL;
@@ -153,6 +155,8 @@ static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
                 fm_error_prefix(err, "%s: batch of %d", fm_model_path(b->model), n);
                 goto done;
             }
+            if (n == 1 && !with_out)
+                b->flop = fm_arena_flop(a);
         }
     }
     *bytes = fm_arena_high_water(a);
@@ -234,6 +238,11 @@ int fm_backbone_dim(const fm_backbone *b, fm_backbone_output which)
 int fm_backbone_max_batch(const fm_backbone *b)
 {
     return b->max_batch;
+}
+
+double fm_backbone_flop(const fm_backbone *b)
+{
+    return b->flop;
 }
 
 /* Writes face (h x w RGB interleaved) into image i of x as (pixel - mean) * scale, planar. */
