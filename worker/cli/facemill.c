@@ -1,5 +1,6 @@
 /* facemill.c - the `facemill` program: one executable, one subcommand per job
  * (git style). This file only dispatches; each subcommand lives in its own file. */
+#include "cmd_blas.h"
 #include "commands.h"
 #include "facemill/log.h"
 
@@ -49,9 +50,12 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    for (const command *c = commands; c->name; c++)
-        if (strcmp(argv[1], c->name) == 0)
-            return c->fn(argc - 1, argv + 1);
+    for (const command *c = commands; c->name; c++) {
+        if (strcmp(argv[1], c->name) != 0)
+            continue;
+        int rc = fm_cmd_blas_startup(argc, argv);
+        return rc ? rc : c->fn(argc - 1, argv + 1);
+    }
     fprintf(stderr, "facemill: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
