@@ -128,7 +128,7 @@ typedef struct fm_detect_times {
     /* The networks' work: 2 FLOP per multiply-add of their convolutions and dense
      * layers, counted from the layer shapes as they ran (fm_arena_flop). P-Net is about
      * 3,660 FLOP per pixel of the pyramid levels (plus the strips' overlap rows), R-Net
-     * 3.1 MFLOP per 24x24 crop, O-Net 13 MFLOP per 48x48 crop. */
+     * 3,061,536 FLOP per 24x24 crop, O-Net 25,819,904 per 48x48 crop. */
     double pnet_flop, rnet_flop, onet_flop;
     double pnet_pixels; /* pixels of the pyramid levels P-Net ran on */
 } fm_detect_times;

@@ -133,7 +133,7 @@ static fm_status read_metadata(fm_backbone *b, fm_error *err)
 
 /* Runs the network on a measuring arena for every batch size up to max_batch, with
  * and without caller-provided outputs, and returns the largest fill level seen. The
- * first run, one face, gives the work per face (b->flop). */
+ * run of one face with every output gives the work per face (b->flop). */
 static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
 {
     fm_arena *a = NULL;
@@ -144,6 +144,7 @@ static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
         for (int with_out = 0; with_out < 2; with_out++) {
             fm_tensor x, outs[FM_BACKBONE_OUTPUT_COUNT];
             fm_tensor *want[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
+            double flop_before = fm_arena_flop(a);
             fm_arena_reset(a, 0);
             if ((st = fm_tensor_alloc(a, n, 3, b->in.h, b->in.w, &x, err)))
                 goto done;
@@ -155,8 +156,8 @@ static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
                 fm_error_prefix(err, "%s: batch of %d", fm_model_path(b->model), n);
                 goto done;
             }
-            if (n == 1 && !with_out)
-                b->flop = fm_arena_flop(a);
+            if (n == 1 && with_out) /* everything computed (the last layer too) */
+                b->flop = fm_arena_flop(a) - flop_before;
         }
     }
     *bytes = fm_arena_high_water(a);
