@@ -64,9 +64,10 @@ COMMON = ["-h", "--help", "--config", "--set", "-q", "--quiet", "-v", "--verbose
           "--log-level"]
 # Integer options (a fraction is refused); the others with a range take decimals.
 INTEGERS = {"-j", "--workers", "--timeout", "--jobs", "--threads", "--epochs", "--patience",
-            "--batch", "--seed", "--limit", "--checkpoint-steps"}
+            "--batch", "--seed", "--limit", "--checkpoint-steps", "--count"}
 # Valid values of options whose value is a name the help does not spell out.
-VALUES = {"--hidden": "0", "--from": "heads", "--log-level": "info", "--config": "empty.yaml"}
+VALUES = {"--hidden": "0", "--from": "heads", "--log-level": "info", "--config": "empty.yaml",
+          "--case": "photos"}
 
 failures = []
 passed = 0

@@ -41,7 +41,7 @@ BELOW = {
 HEADERS = {
     "status": "base", "log": "base", "json": "base", "config": "base", "sha256": "base",
     "notify": "base", "clock": "base", "result_json": "base",
-    "nn": "engine", "model": "engine", "grad": "engine",
+    "nn": "engine", "model": "engine", "grad": "engine", "blas": "engine",
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
     "heads": "vision", "dlib_resnet": "vision",
     "pipeline": "pipeline", "eval": "pipeline", "modelpath": "pipeline",

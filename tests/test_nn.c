@@ -888,20 +888,31 @@ static void test_arena_measure(void)
     gm.wf.data = gm.bf.data = NULL;
     CHECK_MSG(run_graph(m, &xm, &gm, &om, &e) == FM_OK, "measure: %s", e.msg);
     size_t need = fm_arena_high_water(m), used = fm_arena_used(m);
+    /* The work, 2 FLOP per multiply-add of the layers' shapes: conv 3x3 (24x23 out),
+     * 1x1 and depthwise 3x3 on the 12x11 pooled map, dense; nothing else counts. */
+    const double flop = 2.0 * N * C1 * (24 * 23) * (C * 9) + 2.0 * N * C2 * (12 * 11) * C1 +
+                        2.0 * N * C1 * (12 * 11) * 9 + 2.0 * N * OUT * ((C1 + C2) * 12 * 11);
+    CHECK_MSG(fm_arena_flop(m) == flop, "measured %.0f FLOP, expected %.0f", fm_arena_flop(m),
+              flop);
     fm_arena_destroy(&m);
     CHECK(need > 0);
+    CHECK(fm_arena_flop(NULL) == 0.0);
 
     /* An arena of exactly that size runs the graph and reaches exactly that size. */
     CHECK(fm_arena_new(need, &a, &e) == FM_OK);
+    CHECK(fm_arena_flop(a) == 0.0);
     CHECK_MSG(run_graph(a, &x, &gw, &out, &e) == FM_OK, "run: %s", e.msg);
     CHECK(fm_arena_high_water(a) == need && fm_arena_used(a) == used);
+    CHECK(fm_arena_flop(a) == flop);
     fm_arena_destroy(&a);
 
-    /* The same on a roomy arena gives the same answer. */
+    /* The same on a roomy arena gives the same answer; the count adds up. */
     CHECK(fm_arena_new(need * 2, &a, &e) == FM_OK);
     CHECK(run_graph(a, &x, &gw, &out2, &e) == FM_OK);
     CHECK(memcmp(out.data, out2.data, fm_tensor_count(&out) * sizeof(float)) == 0);
     CHECK(fm_arena_high_water(a) == need);
+    CHECK(run_graph(a, &x, &gw, &out2, &e) == FM_OK);
+    CHECK(fm_arena_flop(a) == 2 * flop);
     fm_arena_destroy(&a);
 
     /* Any smaller arena fails with FM_ERR_ARENA and writes nothing past its end. */

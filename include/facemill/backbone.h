@@ -74,6 +74,11 @@ int fm_backbone_dim(const fm_backbone *b, fm_backbone_output which);
 /* Largest batch fm_backbone_forward takes. */
 int fm_backbone_max_batch(const fm_backbone *b);
 
+/* Floating-point operations of one face through the network, counted from its layer
+ * shapes when it was opened (2 per multiply-add of its convolutions and dense layers,
+ * fm_arena_flop): dlib_resnet 0.542 GFLOP, facenet_irv1 about 2.8. */
+double fm_backbone_flop(const fm_backbone *b);
+
 /* Runs n faces (1 <= n <= max_batch) through the network. faces[i] is an aligned
  * face, RGB interleaved, input h x w x 3 bytes, rows of w*3 bytes (not owned).
  * For each non-NULL out[k] (k an fm_backbone_output), writes n x dim(k) floats,

@@ -55,6 +55,7 @@ typedef struct fm_config {
     } log;
     struct {
         int64_t threads; /* OpenBLAS threads per process */
+        char blas_kernels[FM_CONFIG_STRING_MAX]; /* auto, keep or a kernel set (blas.h) */
     } engine;
     struct {
         char dir[FM_CONFIG_STRING_MAX]; /* directory of the model files */

@@ -131,6 +131,13 @@ size_t fm_arena_high_water(const fm_arena *a);
 /* The arena's size in bytes (0 for a measuring arena). */
 size_t fm_arena_size(const fm_arena *a);
 
+/* Floating-point operations of the convolutions (fm_nn_conv2d) and dense layers
+ * (fm_nn_dense) run on this arena since it was created, 2 per multiply-add of the
+ * layer's shape (bias, activations and pooling are not counted). Measuring arenas
+ * count too, so running a graph once on one gives its work per call; the difference
+ * of two readings is the work done in between. 0 for NULL. */
+double fm_arena_flop(const fm_arena *a);
+
 /* ---- threads ------------------------------------------------------------------- */
 
 /* Sets the number of OpenBLAS threads for the whole process (openblas_set_num_threads).

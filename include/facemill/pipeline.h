@@ -83,6 +83,10 @@ typedef struct fm_image_result {
     fm_face_result *faces; /* n_faces faces, highest score first; owned by the
                               pipeline, valid until the next run or close */
     fm_pipeline_times times;
+    fm_detect_times detect; /* the detector's record: its three stages' times (parts
+                               of times.detect_ms), candidates and work */
+    int chips;             /* aligned views of its faces run through the backbone(s)
+                              (times fm_pipeline_chip_flop: its embedding work) */
 } fm_image_result;
 
 /* Opens everything the configuration names: the detector (models.dir, detect.*,
@@ -122,6 +126,10 @@ const fm_backbone *fm_pipeline_backbone(const fm_pipeline *p);
 const fm_detect_opts *fm_pipeline_detect_opts(const fm_pipeline *p);
 const char *fm_pipeline_backbone_identity(const fm_pipeline *p);
 int fm_pipeline_max_images(const fm_pipeline *p);
+
+/* Floating-point operations of one aligned chip through the backbone, of every
+ * member of an ensemble together (fm_backbone_flop); 0 when nothing is embedded. */
+double fm_pipeline_chip_flop(const fm_pipeline *p);
 
 /* Most backbones in an ensemble. */
 #define FM_PIPELINE_MAX_MEMBERS 4

@@ -24,6 +24,7 @@
  */
 #include "facemill/align.h"
 #include "facemill/clock.h"
+#include "facemill/blas.h"
 #include "facemill/config.h"
 #include "facemill/detect.h"
 #include "facemill/image.h"
@@ -302,6 +303,11 @@ int main(int argc, char **argv)
     fm_detect_opts_from_config(&o, &c);
     if (pad >= 0)
         o.pad = pad;
+    fm_blas_choice blas;
+    if (fm_blas_select(c.engine.blas_kernels, &blas, &err) != FM_OK) {
+        fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+        goto done;
+    }
     fm_decode_opts dopt = {0};
     dopt.target_side = o.max_side;
     fm_image src, img640, img12;
@@ -317,6 +323,7 @@ int main(int argc, char **argv)
            o.min_face, o.max_side, o.scale_factor, o.pnet_threshold, o.rnet_threshold,
            o.onet_threshold, o.pad, fm_nn_threads(),
            (double)fm_detector_arena_bytes(det) / 1048576.0);
+    printf("BLAS kernels %s: %s\n", blas.core, blas.reason);
     if (fm_decode_file(dec_full, sample, &src, &err) != FM_OK) {
         fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
         goto done;

@@ -8,16 +8,18 @@
  *
  * For each batch size: one warm-up call, then repeated calls for at least
  * --seconds; prints the fastest and the mean time per call, milliseconds per face,
- * faces per second and GFLOPS. The work per face is counted from the network's
- * layers for dlib_resnet (convolutions and the final dense layer, 2 FLOP per
- * multiply-add); --gflop sets it for other models. One OpenBLAS thread unless
+ * faces per second and GFLOPS. The work per face is what the engine counts from the
+ * network's layer shapes when the model opens (convolutions and dense layers, 2 FLOP
+ * per multiply-add: fm_backbone_flop); --gflop overrides it. One OpenBLAS thread unless
  * --threads says otherwise. Faces are fixed pseudo-random pixels (the work does not
  * depend on them). A 1024^3 cblas_sgemm is timed first, so the figures can be read
  * against what the machine delivers at that moment (machines are shared), and the
- * OpenBLAS kernel set in use is printed (OPENBLAS_CORETYPE overrides it).
+ * OpenBLAS kernel set in use is printed: chosen as engine.blas_kernels auto does
+ * (include/facemill/blas.h); OPENBLAS_CORETYPE in the environment picks another.
  */
 #include "facemill/backbone.h"
 #include "facemill/clock.h"
+#include "facemill/blas.h"
 #include "facemill/modelpath.h"
 #include "facemill/nn.h"
 
@@ -28,29 +30,6 @@
 #include <string.h>
 
 #define MAX_SIZES 16
-
-/* FLOPs of one face through dlib_resnet at 150x150 (the layer geometry of
- * worker/vision/arch_dlib_resnet.c): sum over convolutions of 2 * outputs * (in * k * k),
- * plus the 256 -> 128 dense layer. */
-static double dlib_resnet_flop(void)
-{
-    static const struct {
-        int count, side, out, fan_in;
-    } convs[] = {
-        {1, 72, 32, 3 * 49},                          /* stem 7x7/2 */
-        {6, 35, 32, 32 * 9},                          /* conv32_1..3 */
-        {1, 17, 64, 32 * 9},  {7, 17, 64, 64 * 9},    /* conv64_down, conv64_1..3 */
-        {1, 8, 128, 64 * 9},  {5, 8, 128, 128 * 9},   /* conv128_down, _1.._2 */
-        {1, 3, 256, 128 * 9}, {1, 3, 256, 256 * 9},   /* conv256_down (3x3 map) */
-        {4, 4, 256, 256 * 9},                         /* conv256_1..2 (4x4) */
-        {2, 1, 256, 256 * 9},                         /* conv256_down_out (1x1) */
-    };
-    double flop = 2.0 * 256 * 128;
-    for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++)
-        flop += 2.0 * convs[i].count * convs[i].side * convs[i].side * convs[i].out *
-                convs[i].fan_in;
-    return flop;
-}
 
 /* GFLOPS of the fastest of a few 1024^3 sgemm calls (0 when out of memory). */
 static double sgemm_gflops(void)
@@ -83,7 +62,7 @@ static void usage(FILE *out)
             "  --batch N     a batch size to time (repeatable; default 1 and 16)\n"
             "  --threads N   OpenBLAS threads (default 1)\n"
             "  --seconds S   time spent per batch size (default 2)\n"
-            "  --gflop G     work per face for GFLOPS (default: counted for dlib_resnet)\n");
+            "  --gflop G     work per face for GFLOPS (default: counted from the layers)\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, int *out)
@@ -148,12 +127,14 @@ int main(int argc, char **argv)
     const uint8_t **faces = NULL;
     float *outs[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
     int rc = 1;
-    if (fm_nn_set_threads(threads, &err) || fm_backbone_open(&b, model, max_batch, &err)) {
+    fm_blas_choice blas;
+    if (fm_blas_select("auto", &blas, &err) || fm_nn_set_threads(threads, &err) ||
+        fm_backbone_open(&b, model, max_batch, &err)) {
         fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
         goto done;
     }
-    if (gflop <= 0.0 && strcmp(fm_backbone_arch(b), "dlib_resnet") == 0)
-        gflop = dlib_resnet_flop() * 1e-9;
+    if (gflop <= 0.0)
+        gflop = fm_backbone_flop(b) * 1e-9;
     int h, w;
     fm_backbone_input_size(b, &h, &w);
     const size_t face_bytes = (size_t)h * w * 3;
@@ -178,7 +159,8 @@ int main(int argc, char **argv)
            fm_nn_threads() == 1 ? "" : "s");
     if (gflop > 0.0)
         printf(", %.3f GFLOP per face", gflop);
-    printf("\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n", sgemm_gflops());
+    printf("\n  kernels: %s\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n", blas.reason,
+           sgemm_gflops());
     printf("  %6s %8s %12s %12s %10s %10s %8s\n", "batch", "calls", "best ms", "mean ms",
            "ms/face", "faces/s", "GFLOPS");
     for (int i = 0; i < n_sizes; i++) {

@@ -10,8 +10,11 @@
  * layer: it does twice the forward's multiply-adds, so a ratio near 2 means it runs at
  * the forward's speed. --grad-only runs just that part.
  * One OpenBLAS thread unless --threads N says otherwise; the count is set explicitly.
+ * The kernel set is chosen as engine.blas_kernels auto does (include/facemill/blas.h;
+ * OPENBLAS_CORETYPE in the environment picks another).
  * Each figure is the fastest of repeated calls over about a quarter of a second. */
 #include "facemill/clock.h"
+#include "facemill/blas.h"
 #include "facemill/grad.h"
 #include "facemill/nn.h"
 
@@ -301,12 +304,14 @@ int main(int argc, char **argv)
         }
     }
     fm_error err = {0};
-    if (fm_nn_set_threads(threads, &err)) {
+    fm_blas_choice blas;
+    if (fm_blas_select("auto", &blas, &err) || fm_nn_set_threads(threads, &err)) {
         fprintf(stderr, "facemill-bench-ops: %s\n", fm_error_text(&err));
         return 1;
     }
-    printf("facemill-bench-ops: %s, core %s, %d thread%s\n", openblas_get_config(),
-           openblas_get_corename(), fm_nn_threads(), fm_nn_threads() == 1 ? "" : "s");
+    printf("facemill-bench-ops: %s, core %s, %d thread%s\n  kernels: %s\n",
+           openblas_get_config(), openblas_get_corename(), fm_nn_threads(),
+           fm_nn_threads() == 1 ? "" : "s", blas.reason);
     int failed = grad_only ? 0 : bench_forward();
     printf("\nfm_nn_conv2d_backward (dx, dw, db) against fm_nn_conv2d (with bias); the "
            "backward pass\ndoes twice the forward's multiply-adds\n");

@@ -63,6 +63,11 @@ const fm_config_setting fm_config_settings[] = {
                "SIGHUP, for logrotate); empty: stderr"),
     SET_INT("engine.threads", engine.threads, 1, 1, 64,
             "OpenBLAS threads per process; keep processes x threads <= cores"),
+    SET_STRING("engine.blas_kernels", engine.blas_kernels, "auto", 1,
+               "OpenBLAS kernel set: auto (the best for the CPU when OpenBLAS picked one "
+               "for an older instruction set, after a self-check), keep (OpenBLAS's own "
+               "choice) or a name (Haswell, Zen, SkylakeX, ...); OPENBLAS_CORETYPE in the "
+               "environment wins"),
     SET_STRING("models.dir", models.dir, "", 0,
                "a directory searched for model files before the model search path "
                "(FACEMILL_MODELS, the user's and the install's data directories); empty: "

@@ -4,6 +4,7 @@
  * the operands to the front; --help is honoured wherever it stands, so a usage error
  * elsewhere on the line never hides the help. */
 #include "cli_opts.h"
+#include "cmd_blas.h"
 #include "facemill/log.h"
 
 #include <ctype.h>
@@ -335,6 +336,9 @@ int cli_start(const cli_cmd *cmd, const cli_opt *opts, int argc, char **argv,
     if (st.log_level >= 0)
         c->log.level = st.log_level;
     fm_log_init(cmd->name, (int)c->log.level);
+    int blas = fm_cmd_blas_apply(cmd->name, c);
+    if (blas != 0)
+        return blas;
     a->n = n;
     a->operands = argv + 1;
     a->config = st.config;

@@ -26,6 +26,7 @@ static const command commands[] = {
     {"submit", fm_cmd_submit, "submit images to a broker and wait for their results"},
     {"status", fm_cmd_status, "show a broker's queue, workers, rates and failures"},
     {"label", fm_cmd_label, "label images on this machine into a results database"},
+    {"bench", fm_cmd_bench, "measure labelling on this machine: images/s, stages, GFLOPS"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},
 };

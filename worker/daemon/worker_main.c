@@ -23,6 +23,7 @@
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "pipeline_process.h"
 #include "facemill/clock.h"
+#include "facemill/blas.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
@@ -173,6 +174,14 @@ int main(int argc, char **argv)
     if (fm_log_open_file(cfg.log.file, &err) != FM_OK) {
         fm_log_error("%s", fm_error_text(&err));
         return 1;
+    }
+    if (!decode_only) { /* the kernel set, settled before any process computes */
+        fm_blas_choice blas;
+        if (fm_blas_select(cfg.engine.blas_kernels, &blas, &err) != FM_OK) {
+            fm_log_error("%s", fm_error_text(&err));
+            return 1;
+        }
+        fm_log_info("BLAS kernels %s: %s", blas.core, blas.reason);
     }
     /* Started by `facemill label` (--die-with-parent), this is not the service's
      * main process, whatever NOTIFY_SOCKET the environment carries. */

@@ -1,8 +1,9 @@
 /* nn_arena.c - the worker's scratch arena: one buffer sized when a model loads, bump
  * allocation with 64-byte alignment, mark/reset for scratch, and a measuring mode that
  * counts allocations without memory so a builder learns the exact size it needs.
- * Nothing is allocated per image: the buffer is the only heap allocation. */
-#include "facemill/nn.h"
+ * Nothing is allocated per image: the buffer is the only heap allocation. The arena
+ * also counts the floating-point work of the operations run on it (fm_arena_flop). */
+#include "nn_impl.h"
 
 #include <assert.h>
 #include <limits.h>
@@ -16,6 +17,7 @@ struct fm_arena {
     size_t used;         /* fill level: end of the last live allocation */
     size_t high;         /* largest fill level reached */
     int measuring;
+    double flop;         /* counted by the operations run on the arena (nn_count_flop) */
 };
 
 fm_status fm_arena_new(size_t size, fm_arena **out, fm_error *err)
@@ -157,6 +159,17 @@ size_t fm_arena_used(const fm_arena *a)
 size_t fm_arena_high_water(const fm_arena *a)
 {
     return a ? a->high : 0;
+}
+
+double fm_arena_flop(const fm_arena *a)
+{
+    return a ? a->flop : 0.0;
+}
+
+void nn_count_flop(fm_arena *a, double flop)
+{
+    if (a)
+        a->flop += flop;
 }
 
 size_t fm_arena_size(const fm_arena *a)

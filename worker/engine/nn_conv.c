@@ -390,6 +390,7 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
     float *scratch = NULL;
     if (plan.scratch && (st = nn_scratch(a, op, plan.scratch, &scratch, err)))
         return st;
+    nn_count_flop(a, 2.0 * g.n * g.co * (double)g.p * g.k);
     if (measuring) {
         fm_arena_reset(a, mark);
         return FM_OK;

@@ -39,6 +39,7 @@ fm_status fm_nn_dense(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
         (st = nn_check_disjoint(op, "the weights", y, w, err)) ||
         (st = nn_check_disjoint(op, "the bias", y, bias, err)))
         return st;
+    nn_count_flop(a, 2.0 * x->n * out * (double)in);
     if (measuring)
         return FM_OK;
     nn_blas_ready();

@@ -56,6 +56,9 @@ static inline int nn_measuring(const fm_arena *a)
  * measuring arena. FM_ERR_ARENA (message prefixed with op) when a is NULL or full. */
 fm_status nn_scratch(fm_arena *a, const char *op, size_t floats, float **out, fm_error *err);
 
+/* Adds flop to a's count (fm_arena_flop); nothing when a is NULL. */
+void nn_count_flop(fm_arena *a, double flop);
+
 /* Applies the default of one OpenBLAS thread unless fm_nn_set_threads was called.
  * Every operation that calls BLAS calls this first. */
 void nn_blas_ready(void);

@@ -440,6 +440,16 @@ const fm_detect_opts *fm_pipeline_detect_opts(const fm_pipeline *p) { return &p-
 const char *fm_pipeline_backbone_identity(const fm_pipeline *p) { return p->identity; }
 int fm_pipeline_max_images(const fm_pipeline *p) { return p->max_images; }
 
+double fm_pipeline_chip_flop(const fm_pipeline *p)
+{
+    if (!p->embed)
+        return 0.0;
+    double flop = fm_backbone_flop(p->bb);
+    for (int m = 0; m < p->n_extra; m++)
+        flop += fm_backbone_flop(p->extra[m].bb);
+    return flop;
+}
+
 /* Runs the chips collected so far through the backbone and files their features. */
 static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
 {
@@ -462,6 +472,7 @@ static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
                        p->bb_out[k] + (size_t)i * (size_t)p->dims[k],
                        (size_t)p->dims[k] * sizeof(float));
         out[slot / p->max_faces].times.embed_ms += share;
+        out[slot / p->max_faces].chips++;
     }
     for (int m = 0; m < p->n_extra; m++) {
         member *e = &p->extra[m];
@@ -575,7 +586,7 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         r->scale_num = img.scale_num;
         r->scale_denom = img.scale_denom;
         int nf = 0;
-        st = fm_detect(p->det, &img, p->stage, p->max_faces, &nf, NULL, &r->error);
+        st = fm_detect(p->det, &img, p->stage, p->max_faces, &nf, &r->detect, &r->error);
         double t2 = fm_now_ms();
         r->times.detect_ms = t2 - t1;
         if (st)

@@ -40,6 +40,7 @@ struct fm_backbone {
     int max_batch;
     fm_backbone_input in;
     int dims[FM_BACKBONE_OUTPUT_COUNT];
+    double flop;   /* per face, counted by the measuring run of one face */
 };
 
 static const fm_arch_ops *find_arch(const char *name)
@@ -131,7 +132,8 @@ static fm_status read_metadata(fm_backbone *b, fm_error *err)
 }
 
 /* Runs the network on a measuring arena for every batch size up to max_batch, with
- * and without caller-provided outputs, and returns the largest fill level seen. */
+ * and without caller-provided outputs, and returns the largest fill level seen. The
+ * run of one face with every output gives the work per face (b->flop). */
 static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
 {
     fm_arena *a = NULL;
@@ -142,6 +144,7 @@ static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
         for (int with_out = 0; with_out < 2; with_out++) {
             fm_tensor x, outs[FM_BACKBONE_OUTPUT_COUNT];
             fm_tensor *want[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
+            double flop_before = fm_arena_flop(a);
             fm_arena_reset(a, 0);
             if ((st = fm_tensor_alloc(a, n, 3, b->in.h, b->in.w, &x, err)))
                 goto done;
@@ -153,6 +156,8 @@ static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
                 fm_error_prefix(err, "%s: batch of %d", fm_model_path(b->model), n);
                 goto done;
             }
+            if (n == 1 && with_out) /* everything computed (the last layer too) */
+                b->flop = fm_arena_flop(a) - flop_before;
         }
     }
     *bytes = fm_arena_high_water(a);
@@ -234,6 +239,11 @@ int fm_backbone_dim(const fm_backbone *b, fm_backbone_output which)
 int fm_backbone_max_batch(const fm_backbone *b)
 {
     return b->max_batch;
+}
+
+double fm_backbone_flop(const fm_backbone *b)
+{
+    return b->flop;
 }
 
 /* Writes face (h x w RGB interleaved) into image i of x as (pixel - mean) * scale, planar. */

@@ -943,6 +943,7 @@ static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
         for (int ox = 0; ox < ws; ox++)
             level_axis(ox, s, v->w, v->pad, v->img->w, &d->col_x0[ox], &d->col_x1[ox],
                        &d->col_fx[ox]);
+        t->pnet_pixels += (double)hs * (double)ws;
 
         fm_mtcnn_topk lvl;
         fm_mtcnn_topk_init(&lvl, d->level, d->level_cap);
@@ -1156,20 +1157,23 @@ fm_status fm_detect(fm_detector *d, const fm_image *img, fm_face *faces, int cap
     double min_face = d->opts.min_face * num / den;
 
     fm_arena_reset(d->arena, d->mark);
-    double t0 = fm_now_ms();
+    double t0 = fm_now_ms(), f0 = fm_arena_flop(d->arena);
     int n1 = 0, n2 = 0;
     fm_status st = stage_pnet(d, &v, min_face, &tt, &n1, err);
-    double t1 = fm_now_ms();
+    double t1 = fm_now_ms(), f1 = fm_arena_flop(d->arena);
     tt.pnet_ms = t1 - t0;
+    tt.pnet_flop = f1 - f0;
     tt.pnet_boxes = n1;
     if (!st && n1 > 0)
         st = stage_rnet(d, &v, n1, &n2, err);
-    double t2 = fm_now_ms();
+    double t2 = fm_now_ms(), f2 = fm_arena_flop(d->arena);
     tt.rnet_ms = t2 - t1;
+    tt.rnet_flop = f2 - f1;
     tt.rnet_boxes = n2;
     if (!st && n2 > 0)
         st = stage_onet(d, &v, n2, r, faces, cap, n_faces, &tt, err);
     tt.onet_ms = fm_now_ms() - t2;
+    tt.onet_flop = fm_arena_flop(d->arena) - f2;
     fm_arena_reset(d->arena, d->mark);
     if (st)
         *n_faces = 0;
