@@ -26,7 +26,8 @@ One case per run (--case NAME), so ctest reports each on its own:
               contents as an uninterrupted run
   python      ops/examples/submit.py against a real broker
   netns       a real worker in another network namespace labels photos for a broker
-              in the host namespace (root and `ip netns` needed; exit 77 otherwise)
+              in the host namespace, every connection CurveZMQ with keys made by
+              `facemill keygen` (root and `ip netns` needed; exit 77 otherwise)
   restart_child  kill -9 of one pipeline process of a worker: its parent starts a new
               one, which takes jobs; every job committed exactly once
   broker_outage  the broker killed (-9) for longer than the workers' expiry and
@@ -105,6 +106,7 @@ class Cluster:
             "sink.commits": "ipc://%s/commits" % tmp,
             "sink.results": "ipc://%s/results" % tmp,
         }
+        self.certs = {}  # role -> its security.cert, once secure() made keys
         self.sets = dict(self.endpoints)
         self.sets.update({
             "broker.journal": os.path.join(tmp, "journal.db"),
@@ -120,13 +122,34 @@ class Cluster:
             k, v = kv.split("=", 1)
             self.sets[k] = v
 
-    def args(self, overrides=None):
+    def args(self, overrides=None, role="client"):
         sets = dict(self.sets)
+        if role in self.certs:
+            sets["security.cert"] = self.certs[role]
         sets.update(overrides or {})
         out = []
         for k, v in sets.items():
             out += ["--set", "%s=%s" % (k, v)]
         return out
+
+    def secure(self):
+        """Keys for every role (`facemill keygen` into DIR/keys, each public key in
+        its role's allowlist) and the settings naming them: from here on every
+        program of the cluster runs CurveZMQ with its own certificate."""
+        keys = os.path.join(self.dir, "keys")
+        for allow in ("clients", "workers", "sink"):
+            os.makedirs(os.path.join(keys, allow), exist_ok=True)
+        for role, allow in (("broker", None), ("sink", "sink"), ("worker", "workers"),
+                            ("client", "clients")):
+            subprocess.run([os.path.join(self.bin, "facemill"), "keygen", role, "-d", keys],
+                           check=True, capture_output=True, timeout=30)
+            if allow:
+                shutil.copy(os.path.join(keys, role + ".key"), os.path.join(keys, allow))
+            self.certs[role] = role + ".key_secret"
+        self.sets.update({"security.keys_dir": keys, "security.broker_key": "broker.key",
+                          "security.sink_key": "sink.key", "security.clients_dir": "clients",
+                          "security.workers_dir": "workers", "security.sink_dir": "sink"})
+        return keys
 
     def start(self, name, argv, netns=None):
         log = open(os.path.join(self.dir, name + ".log"), "ab")
@@ -140,17 +163,17 @@ class Cluster:
 
     def broker(self, overrides=None):
         return self.start("broker", [os.path.join(self.bin, "facemill-broker")] +
-                          self.args(overrides))
+                          self.args(overrides, "broker"))
 
     def sink(self, overrides=None):
         return self.start("sink", [os.path.join(self.bin, "facemill-sink")] +
-                          self.args(overrides))
+                          self.args(overrides, "sink"))
 
     def worker(self, name="worker", processes=1, overrides=None, netns=None,
                decode_only=True):
         return self.start(name, [os.path.join(self.bin, "facemill-worker"), "--processes",
                                  str(processes)] + (["--decode-only"] if decode_only else [])
-                          + self.args(overrides), netns=netns)
+                          + self.args(overrides, "worker"), netns=netns)
 
     def submit(self, inputs, tag, overrides=None):
         return self.start("submit", [os.path.join(self.bin, "facemill"), "submit", "--tag",
@@ -639,6 +662,9 @@ def case_netns(c, a):
         tcp = {"broker.workers": "tcp://%s:%d" % (host_ip, ports[0]),
                "sink.results": "tcp://%s:%d" % (host_ip, ports[1])}
         c.sets.update(tcp)
+        # Bound to an address another machine (the namespace) reaches: with keys,
+        # or the broker and the sink refuse to start.
+        c.secure()
         inp = os.path.join(c.dir, "in")
         make_photos(samples, inp, 24)
         for s in samples:

@@ -19,6 +19,7 @@
  * per broker.heartbeat_ms tick.
  */
 #include "facemill/broker.h"
+#include "facemill/auth.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
@@ -70,6 +71,7 @@ struct fm_broker {
     void *ctx;
     int own_ctx;
     void *clients, *workers, *commits, *sink;
+    fm_auth *auth; /* CURVE keys and the ZAP handler, or plain sockets */
     fm_journal *journal;
     bjob **buckets;
     size_t nbuckets, njobs;
@@ -1079,21 +1081,26 @@ static int load_job(void *ctx, const char *id, const char *tag, const void *body
     return 0;
 }
 
+/* Opens one socket: a ROUTER bound as a CURVE server of ZAP domain domain, or (domain
+ * NULL) the PUSH connected to the sink as its client. */
 static fm_status open_socket(fm_broker *b, void **s, int type, const char *endpoint,
-                             int bind, const char *what, fm_error *err)
+                             const char *domain, const char *what, fm_error *err)
 {
     *s = zmq_socket(b->ctx, type);
     if (!*s)
         return fm_error_set(err, FM_ERR_IO, "%s socket: %s", what, zmq_strerror(errno));
     fm_status st = fm_wire_setup(*s, b->cfg.net.max_msg_size, 0, err);
+    if (st == FM_OK)
+        st = domain ? fm_auth_server(b->auth, *s, domain, err)
+                    : fm_auth_client(b->auth, *s, FM_AUTH_TO_SINK, err);
     if (st != FM_OK) {
         fm_error_prefix(err, "%s", what);
         return st;
     }
-    int rc = bind ? zmq_bind(*s, endpoint) : zmq_connect(*s, endpoint);
+    int rc = domain ? zmq_bind(*s, endpoint) : zmq_connect(*s, endpoint);
     if (rc != 0)
         return fm_error_set(err, FM_ERR_IO, "%s: cannot %s %s: %s", what,
-                            bind ? "bind" : "connect to", endpoint, zmq_strerror(errno));
+                            domain ? "bind" : "connect to", endpoint, zmq_strerror(errno));
     return FM_OK;
 }
 
@@ -1113,6 +1120,20 @@ fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
         goto fail;
     }
     b->started = fm_wire_now_ms();
+    if (zmq_ctx) {
+        b->ctx = zmq_ctx;
+    } else {
+        b->ctx = zmq_ctx_new();
+        b->own_ctx = 1;
+        if (!b->ctx) {
+            st = fm_error_set(err, FM_ERR_IO, "zmq context: %s", zmq_strerror(errno));
+            goto fail;
+        }
+    }
+    /* Keys first: an exposed endpoint without them stops the broker before it
+     * creates anything, and the ZAP handler must be bound before any socket. */
+    if ((st = fm_auth_open(&b->auth, c, FM_AUTH_BROKER, b->ctx, err)) != FM_OK)
+        goto fail;
     if ((st = fm_journal_open(&b->journal, c->broker.journal, c->broker.fsync, err)) !=
         FM_OK)
         goto fail;
@@ -1124,25 +1145,18 @@ fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
     if (b->njobs)
         fm_log_info("journal %s: %zu jobs not committed, re-queued", c->broker.journal,
                     b->njobs);
-    if (zmq_ctx) {
-        b->ctx = zmq_ctx;
-    } else {
-        b->ctx = zmq_ctx_new();
-        b->own_ctx = 1;
-        if (!b->ctx) {
-            st = fm_error_set(err, FM_ERR_IO, "zmq context: %s", zmq_strerror(errno));
-            goto fail;
-        }
-    }
-    if ((st = open_socket(b, &b->clients, ZMQ_ROUTER, c->broker.clients, 1,
-                          "broker.clients", err)) != FM_OK ||
-        (st = open_socket(b, &b->workers, ZMQ_ROUTER, c->broker.workers, 1,
-                          "broker.workers", err)) != FM_OK ||
-        (st = open_socket(b, &b->commits, ZMQ_ROUTER, c->sink.commits, 1, "sink.commits",
-                          err)) != FM_OK ||
-        (st = open_socket(b, &b->sink, ZMQ_PUSH, c->sink.results, 0, "sink.results",
+    if ((st = open_socket(b, &b->clients, ZMQ_ROUTER, c->broker.clients,
+                          FM_AUTH_DOMAIN_CLIENTS, "broker.clients", err)) != FM_OK ||
+        (st = open_socket(b, &b->workers, ZMQ_ROUTER, c->broker.workers,
+                          FM_AUTH_DOMAIN_WORKERS, "broker.workers", err)) != FM_OK ||
+        (st = open_socket(b, &b->commits, ZMQ_ROUTER, c->sink.commits, FM_AUTH_DOMAIN_SINK,
+                          "sink.commits", err)) != FM_OK ||
+        (st = open_socket(b, &b->sink, ZMQ_PUSH, c->sink.results, NULL, "sink.results",
                           err)) != FM_OK)
         goto fail;
+    if (fm_auth_curve(b->auth))
+        fm_log_info("CurveZMQ on every socket: each admits the keys of its own allowlist "
+                    "(security.clients_dir, workers_dir, sink_dir)");
     *out = b;
     return FM_OK;
 fail:
@@ -1262,6 +1276,7 @@ void fm_broker_close(fm_broker **bp)
     for (size_t i = 0; i < 4; i++)
         if (socks[i])
             zmq_close(socks[i]);
+    fm_auth_close(&b->auth); /* the ZAP handler outlives the server sockets */
     if (b->own_ctx && b->ctx)
         zmq_ctx_term(b->ctx);
     for (size_t i = 0; b->buckets && i < b->nbuckets; i++)

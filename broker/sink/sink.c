@@ -12,6 +12,7 @@
  * broker's sink.commits ROUTER. Both have ZMQ_MAXMSGSIZE and a finite linger.
  */
 #include "facemill/sink.h"
+#include "facemill/auth.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
@@ -93,6 +94,7 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
         goto fail;
     s->pull = zmq_socket(zctx, ZMQ_PULL);
     if (!s->pull || fm_wire_setup(s->pull, o->max_msg_size, 0, err) != FM_OK ||
+        fm_auth_server(o->auth, s->pull, FM_AUTH_DOMAIN_RESULTS, err) != FM_OK ||
         zmq_bind(s->pull, o->results) != 0) {
         rc = fm_error_set(err, FM_ERR_IO, "sink: cannot bind %s: %s", o->results,
                           zmq_strerror(zmq_errno()));
@@ -101,6 +103,7 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
     if (o->commits && o->commits[0]) {
         s->dealer = zmq_socket(zctx, ZMQ_DEALER);
         if (!s->dealer || fm_wire_setup(s->dealer, o->max_msg_size, 2000, err) != FM_OK ||
+            fm_auth_client(o->auth, s->dealer, FM_AUTH_TO_BROKER, err) != FM_OK ||
             zmq_connect(s->dealer, o->commits) != 0) {
             rc = fm_error_set(err, FM_ERR_IO, "sink: cannot connect to %s: %s", o->commits,
                               zmq_strerror(zmq_errno()));

@@ -108,6 +108,17 @@ typedef struct fm_config {
     struct {
         int64_t max_msg_size; /* ZMQ_MAXMSGSIZE of every socket facing the network */
     } net;
+    /* CurveZMQ (include/facemill/auth.h); paths are taken in keys_dir when relative */
+    struct fm_config_security {
+        char cert[FM_CONFIG_STRING_MAX];        /* own secret certificate; "" = no CURVE */
+        char keys_dir[FM_CONFIG_STRING_MAX];    /* where relative key paths are */
+        char broker_key[FM_CONFIG_STRING_MAX];  /* the broker's public certificate */
+        char sink_key[FM_CONFIG_STRING_MAX];    /* the sink's public certificate */
+        char clients_dir[FM_CONFIG_STRING_MAX]; /* broker: public keys of clients */
+        char workers_dir[FM_CONFIG_STRING_MAX]; /* broker, sink: public keys of workers */
+        char sink_dir[FM_CONFIG_STRING_MAX];    /* broker: public keys of the sink */
+        bool insecure; /* serve a non-local TCP endpoint without CURVE (warned) */
+    } security;
     struct {
         int64_t processes; /* pipeline processes of facemill-worker; 0 = one per core */
         int64_t credit;    /* jobs each worker process holds at once */

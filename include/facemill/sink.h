@@ -50,6 +50,8 @@ extern "C" {
 /* The protobuf-c message type (facemill.pb-c.h); declared here so this header does
  * not pull in generated code. */
 struct Facemill__Result;
+/* CURVE keys of the service (include/facemill/auth.h, a layer below). */
+struct fm_auth;
 
 #define FM_RESULTS_SCHEMA_VERSION 1
 
@@ -136,6 +138,10 @@ typedef struct fm_sink_opts {
     int64_t heartbeat_ms; /* heartbeat interval towards the broker */
     int64_t max_msg_size; /* ZMQ_MAXMSGSIZE of both sockets */
     const char *name;     /* sent in heartbeats (host:pid); NULL = none */
+    const struct fm_auth *auth; /* keys (not owned; must outlive the sink): results is
+                                   bound as a CURVE server admitting workers and the
+                                   broker, commits connected as a client; NULL or
+                                   without CURVE: plain sockets */
 } fm_sink_opts;
 
 typedef struct fm_sink_stats {

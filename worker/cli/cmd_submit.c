@@ -22,6 +22,7 @@
  */
 #define _GNU_SOURCE /* prctl's PR_SET_PDEATHSIG, mkdtemp */
 #include "commands.h"
+#include "facemill/auth.h"
 #include "facemill/broker.h"
 #include "facemill/client.h"
 #include "facemill/config.h"
@@ -178,6 +179,13 @@ int fm_cmd_submit(int argc, char **argv)
                 tag);
     }
     o.tag = tag;
+    fm_auth *auth = NULL;
+    if (fm_auth_open(&auth, &cfg, FM_AUTH_CLIENT, NULL, &err) != FM_OK) {
+        fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
+        free(inputs);
+        return EXIT_INCOMPLETE;
+    }
+    o.auth = auth;
     install_signals();
     o.stop = &stop_flag;
     fm_client_summary sum;
@@ -185,6 +193,7 @@ int fm_cmd_submit(int argc, char **argv)
     if (st != FM_OK)
         fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
     print_summary("facemill submit", &sum, st);
+    fm_auth_close(&auth);
     free(inputs);
     return exit_code(st, &sum);
 }
@@ -218,12 +227,16 @@ int fm_cmd_status(int argc, char **argv)
         }
     }
     fm_log_init("status", cfg.log.level);
-    if (fm_client_status(cfg.broker.clients, tag, timeout > 0 ? timeout : 5000,
+    fm_auth *auth = NULL;
+    int code = 0;
+    if (fm_auth_open(&auth, &cfg, FM_AUTH_CLIENT, NULL, &err) != FM_OK ||
+        fm_client_status(cfg.broker.clients, auth, tag, timeout > 0 ? timeout : 5000,
                          cfg.net.max_msg_size, stdout, &err) != FM_OK) {
         fprintf(stderr, "facemill status: %s\n", fm_error_text(&err));
-        return 1;
+        code = 1;
     }
-    return 0;
+    fm_auth_close(&auth);
+    return code;
 }
 
 /* ---- facemill label -------------------------------------------------------------- */
@@ -511,6 +524,9 @@ int fm_cmd_label(int argc, char **argv)
     snprintf(cfg.sink.results, sizeof cfg.sink.results, "ipc://%s/results", dir);
     snprintf(cfg.broker.journal, sizeof cfg.broker.journal, "%s/journal.db", dir);
     cfg.broker.fsync = FM_BROKER_FSYNC_OFF; /* the results database is what persists */
+    /* Private sockets (inproc, and ipc in a directory only this user can enter) reach
+     * no other machine: no CURVE for them, whatever keys the configuration names. */
+    cfg.security.cert[0] = '\0';
 
     char program[PATH_MAX], nbuf[32], set_workers[PATH_MAX + 64], set_results[PATH_MAX + 64];
     worker_program(program, sizeof program);
@@ -525,6 +541,8 @@ int fm_cmd_label(int argc, char **argv)
     wargs[nw++] = set_workers;
     wargs[nw++] = "--set";
     wargs[nw++] = set_results;
+    wargs[nw++] = "--set";
+    wargs[nw++] = "security.cert=";
     for (int i = 0; i < n_extra; i++)
         wargs[nw++] = extra[i];
     wargs[nw] = NULL;

@@ -25,6 +25,7 @@ static const command commands[] = {
     {"submit", fm_cmd_submit, "submit images to a broker and wait for their results"},
     {"status", fm_cmd_status, "show a broker's queue, workers, rates and failures"},
     {"label", fm_cmd_label, "label images on this machine into a results database"},
+    {"keygen", fm_cmd_keygen, "make a CurveZMQ key pair for a broker, sink, worker or client"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},
 };
