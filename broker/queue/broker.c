@@ -306,6 +306,20 @@ static void set_name(worker *w, const char *name)
         snprintf(w->name, sizeof w->name, "%s", name);
 }
 
+/* Sets w's credit to what it asked for (at least 1), but never above
+ * broker.max_credit: dispatch favours the most free credit, so a peer announcing a
+ * huge credit would otherwise be sent every queued job. */
+static void set_credit(fm_broker *b, worker *w, uint32_t asked)
+{
+    uint32_t cap = (uint32_t)b->cfg.broker.max_credit;
+    w->credit = asked > 0 ? asked : 1;
+    if (w->credit > cap) {
+        fm_log_warn("worker %s asked for credit %u: given %u (broker.max_credit)", w->name,
+                    (unsigned)asked, (unsigned)cap);
+        w->credit = cap;
+    }
+}
+
 /* Drops w; its in-flight jobs fail with why (counted) or, when handed_back, are
  * re-queued without counting. */
 static fm_status worker_remove(fm_broker *b, worker *w, const char *why, int counted,
@@ -342,8 +356,8 @@ static fm_status worker_remove(fm_broker *b, worker *w, const char *why, int cou
 
 static uint32_t worker_free(const worker *w)
 {
-    uint32_t used = w->busy + w->phantom;
-    return w->credit > used ? w->credit - used : 0;
+    uint64_t used = (uint64_t)w->busy + w->phantom; /* a heartbeat's busy is any uint32 */
+    return w->credit > used ? (uint32_t)(w->credit - used) : 0;
 }
 
 static fm_status drain_socket(fm_broker *b, void *sock,
@@ -446,7 +460,7 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
         if (!w && !(w = worker_add(b, from)))
             return fm_error_set(err, FM_ERR_NOMEM, "worker table");
         set_name(w, r->name);
-        w->credit = r->has_credit && r->credit > 0 ? r->credit : 1;
+        set_credit(b, w, r->has_credit ? r->credit : 1);
         w->blocked_until = 0;
         fm_log_info("worker %s ready, credit %u%s%s", w->name, (unsigned)w->credit,
                     r->model ? ", model " : "", r->model ? r->model : "");
@@ -463,7 +477,7 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
             if (!(w = worker_add(b, from)))
                 return fm_error_set(err, FM_ERR_NOMEM, "worker table");
             set_name(w, h->name);
-            w->credit = h->credit;
+            set_credit(b, w, h->credit);
             w->phantom = h->has_busy ? h->busy : 0;
             fm_log_info("worker %s joined by heartbeat, credit %u, holding %u",
                         w->name, (unsigned)w->credit, (unsigned)w->phantom);

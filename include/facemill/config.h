@@ -91,6 +91,7 @@ typedef struct fm_config {
         int64_t worker_expiry_ms; /* silence after which a peer is taken for dead */
         int64_t job_timeout_ms;   /* longest a worker may hold a job */
         int64_t max_queue;        /* queued jobs above which clients are slowed down */
+        int64_t max_credit;       /* most credit a worker is given, whatever it asks */
     } broker;
     struct {
         char results[FM_CONFIG_STRING_MAX]; /* the sink's PULL endpoint for results */

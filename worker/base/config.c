@@ -120,6 +120,9 @@ const fm_config_setting fm_config_settings[] = {
             "longest a worker may hold a job, and longest a done job waits for commit"),
     SET_INT("broker.max_queue", broker.max_queue, 10000, 1, 100000000,
             "queued jobs at which clients are told to slow down"),
+    SET_INT("broker.max_credit", broker.max_credit, 64, 1, 4096,
+            "most jobs the broker gives one worker process at once, whatever credit it "
+            "asks for"),
     SET_STRING("sink.results", sink.results, "tcp://127.0.0.1:5573", 1,
                "sink PULL endpoint workers and the broker push results to (sink binds)"),
     SET_STRING("sink.commits", sink.commits, "tcp://127.0.0.1:5572", 1,

@@ -296,7 +296,10 @@ static void put_image(compute *c, int i, const Facemill__Job *job, const fm_imag
     r->width = (uint32_t)ir->width;
     r->height = (uint32_t)ir->height;
     int nf = ir->n_faces;
-    if (job->options && job->options->has_max_faces && (int)job->options->max_faces < nf)
+    /* Compared unsigned: a max_faces of 2^31 or more is no limit, not a negative
+     * count. */
+    if (job->options && job->options->has_max_faces &&
+        job->options->max_faces < (uint32_t)nf)
         nf = (int)job->options->max_faces;
     if (nf > c->max_faces) /* the face slots a job has (the pipeline reports no more) */
         nf = c->max_faces;
