@@ -105,6 +105,7 @@ int main(int argc, char **argv)
         .batch_ms = cfg.sink.batch_ms,
         .heartbeat_ms = cfg.broker.heartbeat_ms,
         .max_msg_size = cfg.net.max_msg_size,
+        .max_faces = cfg.detect.max_faces,
         .name = name,
         .auth = auth,
     };
@@ -123,9 +124,10 @@ int main(int argc, char **argv)
     }
     fm_sink_stats st;
     fm_sink_get_stats(sink, &st);
-    fm_log_info("stopped: %lld results received, %lld stored, %lld duplicates, %lld dropped",
+    fm_log_info("stopped: %lld results received, %lld stored, %lld duplicates, %lld dropped, "
+                "%lld refused by the broker",
                 (long long)st.received, (long long)st.stored, (long long)st.duplicates,
-                (long long)st.dropped);
+                (long long)st.dropped, (long long)st.refused);
     code = 0;
 done:
     fm_sink_close(&sink);

@@ -561,7 +561,8 @@ int fm_cmd_label(int argc, char **argv)
     fm_sink_opts so = {.db_path = db_path, .results = cfg.sink.results,
                        .commits = cfg.sink.commits, .batch = cfg.sink.batch,
                        .batch_ms = cfg.sink.batch_ms, .heartbeat_ms = cfg.broker.heartbeat_ms,
-                       .max_msg_size = cfg.net.max_msg_size, .name = "label-sink"};
+                       .max_msg_size = cfg.net.max_msg_size, .name = "label-sink",
+                       .max_faces = cfg.detect.max_faces};
     if (fm_broker_open(&bt.broker, &cfg, zctx, &err) != FM_OK ||
         fm_sink_open(&sk.sink, zctx, &so, &err) != FM_OK ||
         fm_results_open(&db, db_path, FM_RESULTS_READONLY, &err) != FM_OK) {

@@ -228,8 +228,8 @@ static void put_face(compute *c, size_t k, const fm_face_result *fr)
     c->pfp[k] = f;
 }
 
-/* Starts result i for job: its ids, the name results call the image, the model, this
- * worker and the attempt; no stage time yet. */
+/* Starts result i for job: its ids and token, the name results call the image, the
+ * model, this worker and the attempt; no stage time yet. */
 static void start_result(compute *c, int i, const Facemill__Job *job)
 {
     Facemill__Result *r = &c->out[i];
@@ -246,6 +246,10 @@ static void start_result(compute *c, int i, const Facemill__Job *job)
     r->worker = (char *)c->worker;
     r->has_attempt = job->has_attempt;
     r->attempt = job->attempt;
+    /* The dispatch token goes back with the result: the sink stores a result only
+     * when the broker recognises it (protocol 1.1). */
+    r->has_token = job->has_token;
+    r->token = job->token;
 }
 
 /* Finds job i's image bytes, its own or its file's (read into slot i), hashes them and
