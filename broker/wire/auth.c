@@ -17,6 +17,7 @@
 #define _GNU_SOURCE /* struct stat's st_mtim, O_CLOEXEC */
 #include "facemill/auth.h"
 #include "facemill/log.h"
+#include "facemill/wire.h"
 
 #include <zmq.h>
 
@@ -413,6 +414,18 @@ static const allowed_key *allowlist_find(const allowlist *l, const uint8_t *key)
 /* ---- the ZAP handler ------------------------------------------------------------ */
 
 #define MAX_DOMAINS 3
+/* A refused peer reconnects every few hundred milliseconds: each key and socket is
+ * logged once a minute (with the count of refusals in between), not every time.
+ * The last REFUSALS keys refused are remembered. */
+#define REFUSALS 32
+#define REFUSAL_LOG_MS 60000
+
+typedef struct refusal {
+    uint8_t key[32];
+    const char *domain;
+    int64_t logged_ms;
+    unsigned quiet; /* refusals since the line logged at logged_ms */
+} refusal;
 
 /* What one ZAP domain admits: an allowlist directory, and maybe one more key. */
 typedef struct zap_domain {
@@ -430,6 +443,7 @@ typedef struct zap {
     void *ctl_th;    /* PAIR: the thread's end */
     zap_domain dom[MAX_DOMAINS];
     size_t n_dom;
+    refusal refused[REFUSALS];
 } zap;
 
 /* Up to max frames of one ZAP request; returns how many, or -1 (an error; the rest
@@ -474,6 +488,34 @@ static void zap_reply(void *rep, zmq_msg_t *request_id, const char *code, const 
     zmq_send(rep, "", 0, 0);
 }
 
+/* Whether the refusal of key on domain is to be logged now; *quiet gets the number of
+ * refusals of it that were not logged since its last line. */
+static int refusal_quiet(zap *z, const uint8_t *key, const char *domain, unsigned *quiet)
+{
+    int64_t now = fm_wire_now_ms();
+    refusal *slot = &z->refused[0];
+    for (size_t i = 0; i < REFUSALS; i++) {
+        refusal *r = &z->refused[i];
+        if (r->domain && strcmp(r->domain, domain) == 0 && memcmp(r->key, key, 32) == 0) {
+            if (now - r->logged_ms < REFUSAL_LOG_MS) {
+                r->quiet++;
+                return 0;
+            }
+            *quiet = r->quiet;
+            r->quiet = 0;
+            r->logged_ms = now;
+            return 1;
+        }
+        if (r->logged_ms < slot->logged_ms)
+            slot = r; /* the least recently logged: replaced by a new key */
+    }
+    memcpy(slot->key, key, 32);
+    slot->domain = domain;
+    slot->logged_ms = now;
+    slot->quiet = 0;
+    return 1;
+}
+
 /* Decides one request: frames version, request id, domain, address, routing id,
  * mechanism, credentials (the CURVE client's 32-byte public key). */
 static void zap_answer(zap *z, zmq_msg_t *f, int n)
@@ -510,11 +552,17 @@ static void zap_answer(zap *z, zmq_msg_t *f, int n)
         zap_reply(z->rep, &f[1], "200", "OK", k->name);
         return;
     }
-    char z85[FM_AUTH_KEY_TEXT + 1];
-    zmq_z85_encode(z85, key, 32);
-    fm_log_warn("refusing a connection to the %s socket from %s: key %s is not in %s %s",
-                domain[0] ? domain : "(no domain)", address, z85,
-                d ? d->list.setting : "any allowlist", d ? d->list.dir : "");
+    unsigned quiet = 0;
+    if (refusal_quiet(z, key, d ? d->name : "", &quiet)) {
+        char z85[FM_AUTH_KEY_TEXT + 1];
+        zmq_z85_encode(z85, key, 32);
+        char more[64] = "";
+        if (quiet)
+            snprintf(more, sizeof more, " (and %u times in the last minute)", quiet);
+        fm_log_warn("refusing a connection to the %s socket from %s: key %s is not in %s "
+                    "%s%s", domain[0] ? domain : "(no domain)", address, z85,
+                    d ? d->list.setting : "any allowlist", d ? d->list.dir : "", more);
+    }
     zap_reply(z->rep, &f[1], "400", "key not admitted", "");
 }
 
