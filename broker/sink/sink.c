@@ -403,8 +403,9 @@ static int restage_one(void *arg, const char *job_id, const char *tag, const voi
     if (!job_id || !(r->ids[r->n] = strdup(job_id)))
         return 0;
     facemill__commit_entry__init(ce);
-    memcpy(r->tokens[r->n], token,
-           token_len < FM_WIRE_TOKEN_BYTES ? token_len : FM_WIRE_TOKEN_BYTES);
+    if (token && token_len)
+        memcpy(r->tokens[r->n], token,
+               token_len < FM_WIRE_TOKEN_BYTES ? token_len : FM_WIRE_TOKEN_BYTES);
     ce->job_id = r->ids[r->n];
     ce->has_failed = ce->has_stored = ce->has_token = 1;
     ce->failed = failed;
