@@ -213,7 +213,9 @@ static void job_done(void *w, const char *id, int outcome, const char *text)
     send_env(w, &env);
 }
 
-static void commit(void *sinkc, const char *id, int failed)
+/* The sink's report of job id's result with token (16 bytes): stored, or only staged
+ * (waiting for the broker's verdict). */
+static void commit(void *sinkc, const char *id, const uint8_t *token, int failed, int stored)
 {
     Facemill__Envelope env;
     Facemill__Commit c;
@@ -224,6 +226,11 @@ static void commit(void *sinkc, const char *id, int failed)
     ce.job_id = (char *)id;
     ce.has_failed = 1;
     ce.failed = failed;
+    ce.has_stored = 1;
+    ce.stored = stored;
+    ce.has_token = 1;
+    ce.token.data = (uint8_t *)token;
+    ce.token.len = FM_WIRE_TOKEN_BYTES;
     c.n_entries = 1;
     c.entries = &cp;
     env.body_case = FACEMILL__ENVELOPE__BODY_COMMIT;
@@ -254,6 +261,41 @@ static int collect(void *w, int want, int ms, char ids[][64], int max, int beat,
         fm_wire_free(&e);
     }
     return n;
+}
+
+/* Collects want jobs arriving at w (heartbeating meanwhile) within WAIT_MS, with
+ * their dispatch tokens; returns how many came. */
+static int collect_tokens(void *w, int want, char ids[][64], uint8_t tokens[][16], int max)
+{
+    int n = 0;
+    const double t0 = fm_now_ms();
+    while (n < want && n < max && fm_now_ms() - t0 < WAIT_MS) {
+        heartbeat(w);
+        Facemill__Envelope *e = next(w, 50, 0);
+        if (e && e->body_case == FACEMILL__ENVELOPE__BODY_JOB) {
+            snprintf(ids[n], 64, "%s", e->job->id);
+            CHECK(e->job->has_token && e->job->token.len == FM_WIRE_TOKEN_BYTES);
+            if (e->job->token.len == FM_WIRE_TOKEN_BYTES)
+                memcpy(tokens[n], e->job->token.data, FM_WIRE_TOKEN_BYTES);
+            n++;
+        }
+        fm_wire_free(&e);
+    }
+    return n;
+}
+
+/* The broker's CommitReply on the sink's socket within WAIT_MS (heartbeats and other
+ * messages skipped), or NULL. */
+static Facemill__Envelope *verdict(void *sinkc)
+{
+    const double t0 = fm_now_ms();
+    for (;;) {
+        int left = WAIT_MS - (int)(fm_now_ms() - t0);
+        Facemill__Envelope *r = left > 0 ? next(sinkc, left, 0) : NULL;
+        if (!r || r->body_case == FACEMILL__ENVELOPE__BODY_COMMIT_REPLY)
+            return r;
+        fm_wire_free(&r);
+    }
 }
 
 /* Jobs arriving at w for ms (nothing more is expected). */
@@ -381,6 +423,7 @@ static void test_round_trip(void)
     }
     /* Another major version is refused with a message naming both. */
     env.version_major = 2;
+    env.version_minor = 0;
     send_env(a, &env);
     fm_error err = {0};
     CHECK(fm_wire_recv(b, NULL, &back, 0, &err) == FM_ERR_VERSION);
@@ -652,15 +695,35 @@ static void test_quarantine(void)
     }
     CHECK_MSG(attempts == 3, "%d attempts before quarantine (max 3)", attempts);
     CHECK(res && res->body_case == FACEMILL__ENVELOPE__BODY_RESULT);
+    uint8_t token[FM_WIRE_TOKEN_BYTES] = {0}, forged[FM_WIRE_TOKEN_BYTES];
     if (res && res->body_case == FACEMILL__ENVELOPE__BODY_RESULT) {
         CHECK(strcmp(res->result->job_id, "bad0") == 0);
         CHECK(res->result->error_code == FACEMILL__ERROR_CODE__ERROR_QUARANTINED);
         CHECK_MSG(strstr(res->result->error_text, "model exploded"), "%s",
                   res->result->error_text);
+        CHECK(res->result->has_token && res->result->token.len == sizeof token);
+        if (res->result->token.len == sizeof token)
+            memcpy(token, res->result->token.data, sizeof token);
     }
     fm_wire_free(&res);
-    /* The sink commits it; the client hears of it; status counts it. */
-    commit(sinkc, "bad0", 1);
+    /* The sink stages it and asks: the broker's token is confirmed, another refused. */
+    memcpy(forged, token, sizeof forged);
+    forged[0] ^= 1;
+    commit(sinkc, "bad0", forged, 1, 0);
+    Facemill__Envelope *v = verdict(sinkc);
+    CHECK(v && v->commit_reply->n_refused == 1 && v->commit_reply->n_confirmed == 0 &&
+          strcmp(v->commit_reply->refused[0]->job_id, "bad0") == 0);
+    fm_wire_free(&v);
+    commit(sinkc, "bad0", token, 1, 0);
+    v = verdict(sinkc);
+    CHECK(v && v->commit_reply->n_confirmed == 1 && v->commit_reply->n_refused == 0 &&
+          v->commit_reply->confirmed[0]->token.len == sizeof token &&
+          memcmp(v->commit_reply->confirmed[0]->token.data, token, sizeof token) == 0);
+    fm_wire_free(&v);
+    /* A report of it stored under the forged token is not counted; under the real one
+     * the client hears of it and status counts it. */
+    commit(sinkc, "bad0", forged, 1, 1);
+    commit(sinkc, "bad0", token, 1, 1);
     Facemill__Envelope *cm = next(c, WAIT_MS, 0);
     CHECK(cm && cm->body_case == FACEMILL__ENVELOPE__BODY_COMMIT && cm->commit->n_entries == 1 &&
           cm->commit->entries[0]->failed);
@@ -701,10 +764,29 @@ static void test_restart(void)
     Facemill__Envelope *r = submit(c, "rj", 0, 5, 100, 1);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SUBMIT_ACK);
     fm_wire_free(&r);
-    /* rj0 and rj1 are committed by the sink; then the broker dies. */
+    /* The five jobs go to a worker, each with its token. */
+    void *w0 = fake_worker(&e, 5);
+    char got[5][64];
+    uint8_t tok[5][16];
+    CHECK(collect_tokens(w0, 5, got, tok, 5) == 5);
+    const uint8_t *tok_of[5] = {0};
+    for (int i = 0; i < 5; i++) {
+        int k = -1;
+        if (sscanf(got[i], "rj%d", &k) == 1 && k >= 0 && k < 5)
+            tok_of[k] = tok[i];
+    }
+    CHECK(tok_of[0] && tok_of[1] && tok_of[2]);
+    zmq_close(w0);
+    /* rj2 reported stored under a token it was never sent with: not counted (it is
+     * dispatched again after the restart). rj0 and rj1 are committed by the sink;
+     * then the broker dies. */
     void *sinkc = sock(ZMQ_DEALER, e.commits, 0);
-    commit(sinkc, "rj0", 0);
-    commit(sinkc, "rj1", 0);
+    uint8_t bogus[16] = "not a dispatch!";
+    commit(sinkc, "rj2", bogus, 0, 1);
+    if (tok_of[0] && tok_of[1]) {
+        commit(sinkc, "rj0", tok_of[0], 0, 1);
+        commit(sinkc, "rj1", tok_of[1], 0, 1);
+    }
     /* Both commits have reached the broker when the client has heard of both. */
     int heard = 0;
     for (int k = 0; k < 2; k++) {

@@ -46,7 +46,7 @@ HEADERS = {
     "heads": "vision", "dlib_resnet": "vision",
     "pipeline": "pipeline", "eval": "pipeline", "modelpath": "pipeline",
     "train": "train", "finetune": "train", "trainset": "train",
-    "wire": "wire", "broker": "queue", "sink": "sink", "client": "client",
+    "wire": "wire", "auth": "wire", "broker": "queue", "sink": "sink", "client": "client",
 }
 # folder -> layer
 FOLDERS = {

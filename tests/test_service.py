@@ -24,9 +24,13 @@ One case per run (--case NAME), so ctest reports each on its own:
               photos are labelled; submit exits 1
   label       `facemill label` killed (-9) twice mid-run and rerun: the same database
               contents as an uninterrupted run
-  python      ops/examples/submit.py against a real broker
+  python      ops/cluster's secured cluster (the keys it makes, DIR/client.yaml):
+              ops/examples/submit.py with the client certificate and the broker's
+              public key, facemill submit and status --config DIR/client.yaml, and a
+              client without keys left unanswered
   netns       a real worker in another network namespace labels photos for a broker
-              in the host namespace (root and `ip netns` needed; exit 77 otherwise)
+              in the host namespace, every connection CurveZMQ with keys made by
+              `facemill keygen` (root and `ip netns` needed; exit 77 otherwise)
   restart_child  kill -9 of one pipeline process of a worker: its parent starts a new
               one, which takes jobs; every job committed exactly once
   broker_outage  the broker killed (-9) for longer than the workers' expiry and
@@ -105,6 +109,7 @@ class Cluster:
             "sink.commits": "ipc://%s/commits" % tmp,
             "sink.results": "ipc://%s/results" % tmp,
         }
+        self.certs = {}  # role -> its security.cert, once secure() made keys
         self.sets = dict(self.endpoints)
         self.sets.update({
             "broker.journal": os.path.join(tmp, "journal.db"),
@@ -120,13 +125,34 @@ class Cluster:
             k, v = kv.split("=", 1)
             self.sets[k] = v
 
-    def args(self, overrides=None):
+    def args(self, overrides=None, role="client"):
         sets = dict(self.sets)
+        if role in self.certs:
+            sets["security.cert"] = self.certs[role]
         sets.update(overrides or {})
         out = []
         for k, v in sets.items():
             out += ["--set", "%s=%s" % (k, v)]
         return out
+
+    def secure(self):
+        """Keys for every role (`facemill keygen` into DIR/keys, each public key in
+        its role's allowlist) and the settings naming them: from here on every
+        program of the cluster runs CurveZMQ with its own certificate."""
+        keys = os.path.join(self.dir, "keys")
+        for allow in ("clients", "workers", "sink"):
+            os.makedirs(os.path.join(keys, allow), exist_ok=True)
+        for role, allow in (("broker", None), ("sink", "sink"), ("worker", "workers"),
+                            ("client", "clients")):
+            subprocess.run([os.path.join(self.bin, "facemill"), "keygen", role, "-d", keys],
+                           check=True, capture_output=True, timeout=30)
+            if allow:
+                shutil.copy(os.path.join(keys, role + ".key"), os.path.join(keys, allow))
+            self.certs[role] = role + ".key_secret"
+        self.sets.update({"security.keys_dir": keys, "security.broker_key": "broker.key",
+                          "security.sink_key": "sink.key", "security.clients_dir": "clients",
+                          "security.workers_dir": "workers", "security.sink_dir": "sink"})
+        return keys
 
     def start(self, name, argv, netns=None):
         log = open(os.path.join(self.dir, name + ".log"), "ab")
@@ -140,17 +166,17 @@ class Cluster:
 
     def broker(self, overrides=None):
         return self.start("broker", [os.path.join(self.bin, "facemill-broker")] +
-                          self.args(overrides))
+                          self.args(overrides, "broker"))
 
     def sink(self, overrides=None):
         return self.start("sink", [os.path.join(self.bin, "facemill-sink")] +
-                          self.args(overrides))
+                          self.args(overrides, "sink"))
 
     def worker(self, name="worker", processes=1, overrides=None, netns=None,
                decode_only=True):
         return self.start(name, [os.path.join(self.bin, "facemill-worker"), "--processes",
                                  str(processes)] + (["--decode-only"] if decode_only else [])
-                          + self.args(overrides), netns=netns)
+                          + self.args(overrides, "worker"), netns=netns)
 
     def submit(self, inputs, tag, overrides=None):
         return self.start("submit", [os.path.join(self.bin, "facemill"), "submit", "--tag",
@@ -582,12 +608,32 @@ def case_label(c, a):
     check(b"0 committed, 2004 already stored" in r.stderr, "a third run labels nothing")
 
 
+def free_port_block(n):
+    """The first of n consecutive TCP ports free on 127.0.0.1 now."""
+    import random
+    import socket
+    for _ in range(200):
+        base = random.randint(20000, 60000 - n)
+        socks = []
+        try:
+            for k in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise Failure("no %d consecutive free ports on 127.0.0.1" % n)
+
+
 def case_python(c, a):
-    inp = os.path.join(c.dir, "in")
-    make_images(a.bin, inp, 50)
-    c.sink()
-    c.broker()
-    c.worker("worker", processes=2)
+    """ops/cluster's secured cluster (keys it made in DIR/keys) on 127.0.0.1: the
+    Python example client with the client certificate and the broker's public key,
+    then facemill submit and status with DIR/client.yaml; a client without keys is
+    never answered."""
     if not os.path.exists(os.path.join(a.pydir, "facemill_pb2.py")):
         raise Skip("no generated facemill_pb2.py in %s (protoc missing?)" % a.pydir)
     try:
@@ -595,15 +641,57 @@ def case_python(c, a):
         import google.protobuf  # noqa: F401
     except ImportError as e:
         raise Skip("%s (install python3-zmq python3-protobuf)" % e)
-    script = os.path.join(a.src, "ops", "examples", "submit.py")
-    r = subprocess.run([sys.executable, script, "--endpoint", c.endpoints["broker.clients"],
-                        "--proto-dir", a.pydir, "--tag", "py", inp],
-                       capture_output=True, timeout=120)
-    sys.stdout.write(r.stdout.decode("utf-8", "replace")[-2000:])
-    check(r.returncode == 0, "submit.py exits 0: %s" % r.stderr.decode()[-1000:])
-    check(b"50 committed" in r.stdout, "submit.py saw 50 commits")
-    wait_until(lambda: c.rows()[0] == 50, 10, "50 rows")
-    exactly_once(c, 50)
+    inp = os.path.join(c.dir, "in")
+    make_images(a.bin, inp, 50)
+    cluster = os.path.join(a.src, "ops", "cluster")
+    port = free_port_block(4)
+    env = dict(os.environ, FACEMILL_BIN=a.bin, FACEMILL_PORT=str(port), FACEMILL_WORKERS="2",
+               FACEMILL_WORKER_ARGS="--decode-only")
+    env.pop("FACEMILL_CONFIG", None)
+    r = subprocess.run([cluster, "start", c.dir], env=env, capture_output=True, timeout=60)
+    try:
+        check(r.returncode == 0, "ops/cluster start: %s" % r.stderr.decode()[-500:])
+        keys = os.path.join(c.dir, "keys")
+        client_yaml = os.path.join(c.dir, "client.yaml")
+        check(all(os.path.exists(os.path.join(keys, n + ext)) for n in
+                  ("broker", "sink", "worker", "client") for ext in (".key", ".key_secret"))
+              and os.path.exists(client_yaml),
+              "ops/cluster made the four key pairs and client.yaml")
+        for log in ("broker", "sink"):
+            wait_until(lambda: "CurveZMQ" in read_log(c, log) or
+                       "storing results" in read_log(c, log), 60, "the %s serving" % log)
+        check("CurveZMQ on every socket" in read_log(c, "broker"), "the broker runs CurveZMQ")
+        endpoint = "tcp://127.0.0.1:%d" % port
+        script = os.path.join(a.src, "ops", "examples", "submit.py")
+        r = subprocess.run([sys.executable, script, "--endpoint", endpoint,
+                            "--proto-dir", a.pydir, "--tag", "py",
+                            "--cert", os.path.join(keys, "client.key_secret"),
+                            "--broker-key", os.path.join(keys, "broker.key"), inp],
+                           capture_output=True, timeout=120)
+        sys.stdout.write(r.stdout.decode("utf-8", "replace")[-2000:])
+        check(r.returncode == 0, "submit.py with the client certificate exits 0: %s" %
+              r.stderr.decode()[-1000:])
+        check(b"50 committed" in r.stdout, "submit.py saw 50 commits")
+        c.db = os.path.join(c.dir, "results.db")
+        wait_until(lambda: c.rows()[0] == 50, 10, "50 rows")
+        exactly_once(c, 50)
+        fm = os.path.join(a.bin, "facemill")
+        r = subprocess.run([fm, "submit", "--config", client_yaml, "--tag", "again", "--progress",
+                            "none", inp], capture_output=True, timeout=120)
+        check(r.returncode == 0, "facemill submit --config DIR/client.yaml exits 0: %s" %
+              r.stderr.decode()[-500:])
+        st = subprocess.run([fm, "status", "--config", client_yaml, "--tag", "again"],
+                            capture_output=True, timeout=30)
+        check(st.returncode == 0 and b"50 jobs, 50 committed" in st.stdout,
+              "facemill status --config DIR/client.yaml: %s" % st.stdout.decode().strip())
+        check(c.rows()[0] == 100, "100 rows (two tags)")
+        # Without keys the broker does not even answer.
+        st = subprocess.run([fm, "status", "--set", "broker.clients=" + endpoint,
+                             "--timeout", "1500"], capture_output=True, timeout=30)
+        check(st.returncode == 1 and b"no status reply" in st.stderr,
+              "facemill status without keys gets no answer")
+    finally:
+        subprocess.run([cluster, "stop", c.dir], env=env, capture_output=True, timeout=120)
 
 
 def case_netns(c, a):
@@ -639,6 +727,9 @@ def case_netns(c, a):
         tcp = {"broker.workers": "tcp://%s:%d" % (host_ip, ports[0]),
                "sink.results": "tcp://%s:%d" % (host_ip, ports[1])}
         c.sets.update(tcp)
+        # Bound to an address another machine (the namespace) reaches: with keys,
+        # or the broker and the sink refuse to start.
+        c.secure()
         inp = os.path.join(c.dir, "in")
         make_photos(samples, inp, 24)
         for s in samples:

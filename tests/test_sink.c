@@ -1,13 +1,18 @@
 /* test_sink.c - the results database and the sink service.
  *
  * Database: inserts, duplicates stored once, look-ups, counts, JSONL and CSV export
- * text, read-only reopen, a foreign database refused. Service: a sink thread fed by a
- * test PUSH socket over ipc:// (each of 1,500 job ids sent twice, plus garbage and a
- * message of another protocol version), commits read from a test ROUTER standing in
- * for the broker: every job id is committed, each only after its row is readable from
- * another connection, every result (duplicates too) is reported once, and the
- * database holds exactly one row per job. The test waits for those commits, with a
- * deadline, never for a fixed time.
+ * text, read-only reopen, a foreign database refused; staging: a forged result staged
+ * before the real one never becomes the row. Service: a sink thread fed by a test
+ * PUSH socket over ipc:// (each of 1,500 job ids sent twice, its real result and a
+ * forged one, the forged one first for every other job; plus garbage, a message of
+ * another protocol version, a result without a dispatch token and one with more
+ * faces than max_faces), talking to a test ROUTER standing in for the broker, which
+ * confirms the real tokens and refuses the forged ones: every job is reported stored
+ * with its real token, each only after its row is readable from another connection;
+ * every forged result is refused or met the stored row; a staged result the broker
+ * leaves unanswered is asked about again; the database holds exactly one row per job,
+ * none from a forged result, and nothing stays staged. The test waits for those
+ * reports, with a deadline, never for a fixed time.
  */
 #include "facemill/clock.h"
 #include "facemill/sink.h"
@@ -228,6 +233,84 @@ static void test_database(void)
     CHECK(fm_results_open(&r, missing, 0, &e) == FM_ERR_IO && !r);
 }
 
+/* ---- staging --------------------------------------------------------------------- */
+
+static int count_staged(void *arg, const char *job_id, const char *tag, const void *token,
+                        size_t token_len, int failed)
+{
+    (void)job_id, (void)tag, (void)token, (void)failed;
+    CHECK(token_len == 16);
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* A result staged under a forged token first and the real one after: only the one
+ * confirmed becomes the row, whatever the order; the rest is dropped. */
+static void test_staging(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/staging.sqlite", tmpdir);
+    fm_results *r = NULL;
+    fm_error e = {0};
+    CHECK(fm_results_open(&r, path, 0, &e) == FM_OK);
+    if (!r)
+        return;
+    uint8_t real[16] = "real-token-0001", forged[16] = "forged-token-01";
+    Facemill__Result fake = FACEMILL__RESULT__INIT, good = FACEMILL__RESULT__INIT;
+    fake.job_id = good.job_id = "job-s";
+    fake.source = "forged.jpg";
+    fake.has_token = good.has_token = 1;
+    fake.token.data = forged;
+    good.token.data = real;
+    fake.token.len = good.token.len = 16;
+    good.source = "real.jpg";
+    good.has_error_code = 1;
+    good.error_code = FACEMILL__ERROR_CODE__ERROR_DECODE;
+    good.error_text = "corrupt JPEG";
+    Facemill__Result untokened = good;
+    untokened.has_token = 0;
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_stage(r, &fake, 10, &e) == FM_OK);
+    CHECK(fm_results_stage(r, &good, 20, &e) == FM_OK);
+    CHECK(fm_results_stage(r, &good, 30, &e) == FM_OK); /* the same twice: one row */
+    CHECK(fm_results_stage(r, &untokened, 30, &e) == FM_ERR_INVALID);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    int n = 0, found = -1;
+    CHECK(fm_results_each_staged(r, 100, 10, count_staged, &n, &e) == FM_OK && n == 2);
+    n = 0;
+    CHECK(fm_results_each_staged(r, 15, 10, count_staged, &n, &e) == FM_OK && n == 1);
+    CHECK(fm_results_lookup(r, "job-s", &found, NULL, &e) == FM_OK && found == 0);
+    /* A token nothing was staged under: nothing stored. */
+    int stored = -1, inserted = -1, failed = -1;
+    uint8_t other[16] = "some-other-toke";
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_confirm(r, "job-s", other, 16, 40, &stored, &inserted, &failed, &e) ==
+              FM_OK && stored == 0 && inserted == 0);
+    /* The real one confirmed: it is the row, and nothing stays staged. */
+    CHECK(fm_results_confirm(r, "job-s", real, 16, 50, &stored, &inserted, &failed, &e) ==
+              FM_OK && stored == 1 && inserted == 1 && failed == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    n = 0;
+    CHECK(fm_results_each_staged(r, 1000, 10, count_staged, &n, &e) == FM_OK && n == 0);
+    /* A late confirmation of the forged token changes nothing. */
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_confirm(r, "job-s", forged, 16, 60, &stored, &inserted, &failed, &e) ==
+              FM_OK && stored == 1 && inserted == 0 && failed == 1);
+    CHECK(fm_results_stage(r, &fake, 70, &e) == FM_OK);
+    CHECK(fm_results_unstage(r, "job-s", forged, 16, &e) == FM_OK);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    n = 0;
+    CHECK(fm_results_each_staged(r, 1000, 10, count_staged, &n, &e) == FM_OK && n == 0);
+    FILE *f = tmpfile();
+    CHECK(fm_results_export(r, f, FM_EXPORT_JSONL, 0, &e) == FM_OK);
+    char *text = fm_test_read_back(f, NULL);
+    fclose(f);
+    CHECK_MSG(text && strstr(text, "\"source\":\"real.jpg\"") && !strstr(text, "forged"),
+              "%s", text ? text : "");
+    free(text);
+    fm_results_close(&r);
+}
+
 /* ---- the service --------------------------------------------------------------------- */
 
 #define N_JOBS 1500
@@ -248,26 +331,133 @@ static void *run_sink(void *arg)
     return NULL;
 }
 
-static void send_result(void *push, const char *job_id, int n_faces)
+/* The token of job i's real result ('A') or of a forged one ('B'). */
+static void token_of(uint8_t out[16], char kind, int i)
 {
-    face_buf fb[3];
-    Facemill__Face *faces[3];
-    for (int i = 0; i < n_faces; i++) {
-        make_face(&fb[i], (float)(10 * i), i % 2 == 0);
-        faces[i] = &fb[i].face;
+    char buf[17];
+    snprintf(buf, sizeof buf, "%c%015d", kind, i);
+    memcpy(out, buf, 16);
+}
+
+/* Sends job_id's result with n_faces faces; kind 'A' (the real one), 'B' (a forged one,
+ * source "forged") or 0 (no token). */
+static void send_result(void *push, const char *job_id, int n_faces, char kind, int i)
+{
+    face_buf fb[4];
+    Facemill__Face *faces[4];
+    for (int k = 0; k < n_faces; k++) {
+        make_face(&fb[k], (float)(10 * k), k % 2 == 0);
+        faces[k] = &fb[k].face;
     }
+    uint8_t token[16];
     Facemill__Result res = FACEMILL__RESULT__INIT;
     res.job_id = (char *)job_id;
     res.tag = "svc";
-    res.source = (char *)job_id;
+    res.source = kind == 'B' ? "forged" : (char *)job_id;
     res.n_faces = (size_t)n_faces;
     res.faces = faces;
+    if (kind) {
+        token_of(token, kind, i);
+        res.has_token = 1;
+        res.token.data = token;
+        res.token.len = sizeof token;
+    }
     Facemill__Envelope env;
     fm_wire_envelope_init(&env);
     env.body_case = FACEMILL__ENVELOPE__BODY_RESULT;
     env.result = &res;
     fm_error e = {0};
     CHECK(fm_wire_send(push, NULL, &env, 0, &e) == FM_OK);
+}
+
+/* What the stand-in broker saw. */
+typedef struct broker_view {
+    unsigned char staged[N_JOBS], stored[N_JOBS], forged_done[N_JOBS];
+    int stored_jobs;      /* jobs reported stored with their real token */
+    int forged_settled;   /* forged results refused or reported as duplicates */
+    int not_durable;      /* stored reports whose row another connection cannot read */
+    int bad;              /* entries naming no job of ours, or no token */
+    int heartbeats;
+    int asked_again;      /* job 1 staged reports: the first one is left unanswered */
+} broker_view;
+
+/* The stand-in broker's verdict on a staged entry: the real token confirmed, a forged
+ * one refused; the first report of job 1 (its real result, which comes first) gets no
+ * answer: the sink must ask again. */
+static void judge(broker_view *v, const Facemill__CommitEntry *ce, int i,
+                  Facemill__CommitEntry *conf, size_t *nc, Facemill__CommitEntry *ref,
+                  size_t *nr)
+{
+    uint8_t real[16];
+    token_of(real, 'A', i);
+    if (i == 1 && v->asked_again++ == 0)
+        return;
+    Facemill__CommitEntry *out =
+        memcmp(ce->token.data, real, 16) == 0 ? &conf[(*nc)++] : &ref[(*nr)++];
+    facemill__commit_entry__init(out);
+    out->job_id = ce->job_id;
+    out->has_token = 1;
+    out->token = ce->token;
+    if (out == &ref[*nr - 1] && !v->forged_done[i] && (*nr)) {
+        v->forged_done[i] = 1;
+        v->forged_settled++;
+    }
+}
+
+/* Reads one Commit of the sink: answers staged entries, checks stored ones. */
+static void on_sink_commit(broker_view *v, void *router, const fm_wire_peer *from,
+                           const Facemill__Commit *c, sqlite3_stmt *q)
+{
+    Facemill__CommitEntry conf[600], ref[600], *confp[600], *refp[600];
+    size_t nc = 0, nr = 0;
+    for (size_t k = 0; k < c->n_entries && k < 600; k++) {
+        const Facemill__CommitEntry *ce = c->entries[k];
+        int i = -1;
+        if (!ce->job_id || sscanf(ce->job_id, "job-%d", &i) != 1 || i < 0 || i >= N_JOBS ||
+            !ce->has_token || ce->token.len != 16 || !ce->has_stored) {
+            v->bad++;
+            continue;
+        }
+        if (!ce->stored) {
+            v->staged[i] = 1;
+            judge(v, ce, i, conf, &nc, ref, &nr);
+            continue;
+        }
+        uint8_t real[16];
+        token_of(real, 'A', i);
+        if (memcmp(ce->token.data, real, 16) != 0) { /* a forged copy met the stored row */
+            if (!v->forged_done[i]) {
+                v->forged_done[i] = 1;
+                v->forged_settled++;
+            }
+            continue;
+        }
+        sqlite3_reset(q);
+        sqlite3_bind_text(q, 1, ce->job_id, -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(q) != SQLITE_ROW || sqlite3_column_int(q, 0) != 1)
+            v->not_durable++;
+        if (!v->stored[i]) {
+            v->stored[i] = 1;
+            v->stored_jobs++;
+        }
+    }
+    if (nc + nr == 0)
+        return;
+    for (size_t k = 0; k < nc; k++)
+        confp[k] = &conf[k];
+    for (size_t k = 0; k < nr; k++)
+        refp[k] = &ref[k];
+    Facemill__CommitReply r = FACEMILL__COMMIT_REPLY__INIT;
+    r.n_confirmed = nc;
+    r.confirmed = confp;
+    r.n_refused = nr;
+    r.refused = refp;
+    Facemill__Envelope env;
+    fm_wire_envelope_init(&env);
+    env.body_case = FACEMILL__ENVELOPE__BODY_COMMIT_REPLY;
+    env.commit_reply = &r;
+    fm_error e = {0};
+    CHECK(fm_wire_send(router, from, &env, 0, &e) == FM_OK);
 }
 
 static void test_service(void)
@@ -286,7 +476,7 @@ static void test_service(void)
     sink_thread t = {0};
     fm_sink_opts o = {.db_path = db_path, .results = results, .commits = commits,
                       .batch = 64, .batch_ms = 50, .heartbeat_ms = 100,
-                      .max_msg_size = 1 << 20, .name = "test-sink"};
+                      .max_msg_size = 1 << 20, .name = "test-sink", .max_faces = 2};
     CHECK(fm_sink_open(&t.sink, ctx, &o, &e) == FM_OK);
     if (!t.sink) {
         fprintf(stderr, "%s\n", fm_error_text(&e));
@@ -302,7 +492,8 @@ static void test_service(void)
     CHECK(fm_wire_setup(push, 0, 5000, &e) == FM_OK);
     CHECK(zmq_connect(push, results) == 0);
 
-    /* Garbage, a multi-frame message and another major version: dropped, logged. */
+    /* Garbage, a multi-frame message, another major version, a result without a
+     * token and one with more faces than max_faces: dropped, logged. */
     CHECK(zmq_send(push, "garbage!", 8, 0) == 8);
     CHECK(zmq_send(push, "a", 1, ZMQ_SNDMORE) == 1 && zmq_send(push, "b", 1, 0) == 1);
     {
@@ -315,33 +506,36 @@ static void test_service(void)
         env.result = &res;
         CHECK(fm_wire_send(push, NULL, &env, 0, &e) == FM_OK);
     }
-    /* Every job twice, the copies interleaved with later jobs. */
+    send_result(push, "job-untokened", 0, 0, 0);
+    send_result(push, "job-too-many", 3, 'A', 0);
+    /* Every job's real result and a forged one, the forged one first for every other
+     * job, the pairs interleaved with later jobs. */
     char id[64];
     for (int i = 0; i < N_JOBS; i++) {
         snprintf(id, sizeof id, "job-%05d", i);
-        send_result(push, id, i % 3);
+        send_result(push, id, i % 3, i % 2 ? 'A' : 'B', i);
         if (i >= 10) {
             snprintf(id, sizeof id, "job-%05d", i - 10);
-            send_result(push, id, (i - 10) % 3);
+            send_result(push, id, (i - 10) % 3, (i - 10) % 2 ? 'B' : 'A', i - 10);
         }
     }
     for (int i = N_JOBS - 10; i < N_JOBS; i++) {
         snprintf(id, sizeof id, "job-%05d", i);
-        send_result(push, id, i % 3);
+        send_result(push, id, i % 3, i % 2 ? 'B' : 'A', i);
     }
 
-    /* The broker's side: every commit must name a job whose row is already durable. */
+    /* The broker's side: confirm the real tokens, refuse the forged ones; every
+     * stored report must name a job whose row is already durable. */
     sqlite3 *reader = NULL;
     CHECK(sqlite3_open_v2(db_path, &reader, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
     sqlite3_busy_timeout(reader, 5000);
     sqlite3_stmt *q = NULL;
     CHECK(sqlite3_prepare_v2(reader, "SELECT count(*) FROM images WHERE job_id = ?", -1, &q,
                              NULL) == SQLITE_OK);
-    static unsigned char committed[N_JOBS];
-    int distinct = 0, entries = 0, heartbeats = 0, not_durable = 0, unknown = 0;
-    /* Every result stored or found a duplicate is reported: 2 * N_JOBS entries. */
-    const double deadline = fm_now_ms() + 30000;
-    while ((entries < 2 * N_JOBS || heartbeats == 0) && fm_now_ms() < deadline) {
+    static broker_view v;
+    int64_t deadline = (int64_t)fm_now_ms() + 60000;
+    while ((v.stored_jobs < N_JOBS || v.forged_settled < N_JOBS || v.heartbeats == 0) &&
+           (int64_t)fm_now_ms() < deadline) {
         fm_wire_peer from;
         Facemill__Envelope *env = NULL;
         zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
@@ -350,50 +544,34 @@ static void test_service(void)
         if (fm_wire_recv(router, &from, &env, ZMQ_DONTWAIT, &e) != FM_OK)
             continue;
         if (env->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT) {
-            heartbeats++;
+            v.heartbeats++;
             CHECK(env->heartbeat->name && strcmp(env->heartbeat->name, "test-sink") == 0);
         } else if (env->body_case == FACEMILL__ENVELOPE__BODY_COMMIT) {
-            for (size_t k = 0; k < env->commit->n_entries; k++) {
-                const Facemill__CommitEntry *ce = env->commit->entries[k];
-                entries++;
-                int n = -1;
-                if (!ce->job_id || sscanf(ce->job_id, "job-%d", &n) != 1 || n < 0 ||
-                    n >= N_JOBS) {
-                    unknown++;
-                    continue;
-                }
-                CHECK(ce->has_failed && !ce->failed);
-                CHECK(ce->tag && strcmp(ce->tag, "svc") == 0);
-                sqlite3_reset(q);
-                sqlite3_bind_text(q, 1, ce->job_id, -1, SQLITE_TRANSIENT);
-                if (sqlite3_step(q) != SQLITE_ROW || sqlite3_column_int(q, 0) != 1)
-                    not_durable++;
-                if (!committed[n]) {
-                    committed[n] = 1;
-                    distinct++;
-                }
-            }
+            on_sink_commit(&v, router, &from, env->commit, q);
         }
         fm_wire_free(&env);
     }
     sqlite3_finalize(q);
-    CHECK_MSG(distinct == N_JOBS, "%d of %d jobs committed", distinct, N_JOBS);
-    CHECK_MSG(entries == 2 * N_JOBS, "%d commit entries for %d results", entries,
-              2 * N_JOBS);
-    CHECK(not_durable == 0);
-    CHECK(unknown == 0);
-    CHECK(heartbeats > 0);
+    CHECK_MSG(v.stored_jobs == N_JOBS, "%d of %d jobs stored", v.stored_jobs, N_JOBS);
+    CHECK_MSG(v.forged_settled == N_JOBS, "%d of %d forged results settled",
+              v.forged_settled, N_JOBS);
+    CHECK_MSG(v.asked_again >= 3, "job 1's staged results asked about %d times",
+              v.asked_again);
+    CHECK(v.not_durable == 0);
+    CHECK(v.bad == 0);
+    CHECK(v.heartbeats > 0);
 
-    /* Every result has been committed and reported: stop. */
+    /* Every result has been settled and reported: stop. */
     t.stop = 1;
     pthread_join(th, NULL);
     CHECK(t.rc == FM_OK);
     fm_sink_stats st;
     fm_sink_get_stats(t.sink, &st);
     CHECK_MSG(st.stored == N_JOBS, "stored %lld", (long long)st.stored);
-    CHECK_MSG(st.duplicates == N_JOBS, "duplicates %lld", (long long)st.duplicates);
-    CHECK_MSG(st.dropped == 3, "dropped %lld", (long long)st.dropped);
-    CHECK(st.received == 2 * N_JOBS);
+    CHECK_MSG(st.duplicates + st.refused == N_JOBS, "duplicates %lld + refused %lld",
+              (long long)st.duplicates, (long long)st.refused);
+    CHECK_MSG(st.dropped == 5, "dropped %lld", (long long)st.dropped);
+    CHECK(st.received == 2 * N_JOBS + 2);
     CHECK(st.commits >= (N_JOBS * 2) / 64);
     fm_sink_close(&t.sink);
     CHECK(t.sink == NULL);
@@ -402,11 +580,17 @@ static void test_service(void)
     sqlite3_stmt *c = NULL;
     CHECK(sqlite3_prepare_v2(reader,
                              "SELECT count(*), count(DISTINCT job_id), (SELECT count(*) FROM "
-                             "faces), (SELECT sum(n_faces) FROM images) FROM images",
+                             "faces), (SELECT sum(n_faces) FROM images), (SELECT count(*) "
+                             "FROM images WHERE source != job_id), (SELECT count(*) FROM "
+                             "staged) FROM images",
                              -1, &c, NULL) == SQLITE_OK);
     CHECK(sqlite3_step(c) == SQLITE_ROW);
     CHECK(sqlite3_column_int(c, 0) == N_JOBS && sqlite3_column_int(c, 1) == N_JOBS);
     CHECK(sqlite3_column_int(c, 2) == N_JOBS && sqlite3_column_int(c, 3) == N_JOBS);
+    CHECK_MSG(sqlite3_column_int(c, 4) == 0, "%d rows from forged results",
+              sqlite3_column_int(c, 4));
+    CHECK_MSG(sqlite3_column_int(c, 5) == 0, "%d results still staged",
+              sqlite3_column_int(c, 5));
     sqlite3_finalize(c);
     CHECK(sqlite3_prepare_v2(reader, "PRAGMA journal_mode", -1, &c, NULL) == SQLITE_OK);
     CHECK(sqlite3_step(c) == SQLITE_ROW &&
@@ -424,6 +608,7 @@ int main(void)
     if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "sink") != 0)
         return 1;
     test_database();
+    test_staging();
     test_service();
     fm_test_remove_tree(tmpdir);
     return fm_test_done("test_sink");

@@ -47,6 +47,7 @@ typedef struct sample {
     Facemill__StageTimes times;
     Facemill__Commit commit;
     Facemill__CommitEntry entries[2], *entryp[2];
+    Facemill__CommitReply reply;
     Facemill__Heartbeat hb;
     Facemill__Error error;
 } sample;
@@ -68,6 +69,10 @@ static void make_job(Facemill__Job *j, const char *id, int by_path, Facemill__Jo
     j->options = o;
     j->has_attempt = 1;
     j->attempt = 2;
+    static uint8_t token[FM_WIRE_TOKEN_BYTES] = "0123456789abcdef";
+    j->has_token = 1;
+    j->token.data = token;
+    j->token.len = sizeof token;
 }
 
 /* Fills s with the sample message of body case k; returns 0 when k is past the last. */
@@ -238,6 +243,9 @@ static int make_sample(sample *s, int k)
         s->result.worker = "host:123/0";
         s->result.has_attempt = 1;
         s->result.attempt = 1;
+        s->result.has_token = 1;
+        s->result.token.data = (uint8_t *)"0123456789abcdef";
+        s->result.token.len = FM_WIRE_TOKEN_BYTES;
         e->body_case = FACEMILL__ENVELOPE__BODY_RESULT;
         e->result = &s->result;
         return 1;
@@ -250,6 +258,11 @@ static int make_sample(sample *s, int k)
             s->entries[i].tag = "run-1";
             s->entries[i].has_failed = 1;
             s->entries[i].failed = i;
+            s->entries[i].has_stored = 1;
+            s->entries[i].stored = i;
+            s->entries[i].has_token = 1;
+            s->entries[i].token.data = (uint8_t *)"fedcba9876543210";
+            s->entries[i].token.len = FM_WIRE_TOKEN_BYTES;
             s->entryp[i] = &s->entries[i];
         }
         s->commit.n_entries = 2;
@@ -267,6 +280,23 @@ static int make_sample(sample *s, int k)
         s->hb.name = "host:123/0";
         e->body_case = FACEMILL__ENVELOPE__BODY_HEARTBEAT;
         e->heartbeat = &s->hb;
+        return 1;
+    case 13:
+        s->name = "commit_reply";
+        facemill__commit_reply__init(&s->reply);
+        for (int i = 0; i < 2; i++) {
+            facemill__commit_entry__init(&s->entries[i]);
+            s->entries[i].job_id = i ? "job-1" : "job-0";
+            s->entries[i].has_token = 1;
+            s->entries[i].token.data = (uint8_t *)"fedcba9876543210";
+            s->entries[i].token.len = FM_WIRE_TOKEN_BYTES;
+            s->entryp[i] = &s->entries[i];
+        }
+        s->reply.n_confirmed = s->reply.n_refused = 1;
+        s->reply.confirmed = &s->entryp[0];
+        s->reply.refused = &s->entryp[1];
+        e->body_case = FACEMILL__ENVELOPE__BODY_COMMIT_REPLY;
+        e->commit_reply = &s->reply;
         return 1;
     case 12:
         s->name = "error";
@@ -333,7 +363,7 @@ static void test_every_body(void)
         CHECK(d == NULL);
         free(buf);
     }
-    CHECK_MSG(k == 13, "%d sample bodies", k);
+    CHECK_MSG(k == 14, "%d sample bodies", k);
 }
 
 static void test_refusals(void)
@@ -345,6 +375,7 @@ static void test_refusals(void)
 
     /* another major version: refused, both versions named */
     s.env.version_major = FM_PROTOCOL_MAJOR + 1;
+    s.env.version_minor = 0;
     size_t n;
     uint8_t *buf = pack(&s.env, &n);
     CHECK(fm_wire_decode(buf, n, &d, &err) == FM_ERR_VERSION && d == NULL);

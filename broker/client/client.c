@@ -826,14 +826,16 @@ void fm_client_opts_from_config(fm_client_opts *o, const fm_config *c)
     o->max_msg_size = c->net.max_msg_size;
 }
 
-static void *open_dealer(void *ctx, const char *endpoint, int64_t max_msg_size, fm_error *err)
+static void *open_dealer(void *ctx, const char *endpoint, const fm_auth *auth,
+                         int64_t max_msg_size, fm_error *err)
 {
     void *s = zmq_socket(ctx, ZMQ_DEALER);
     if (!s) {
         fm_error_set(err, FM_ERR_IO, "socket: %s", zmq_strerror(zmq_errno()));
         return NULL;
     }
-    if (fm_wire_setup(s, max_msg_size, 0, err) != FM_OK)
+    if (fm_wire_setup(s, max_msg_size, 0, err) != FM_OK ||
+        fm_auth_client(auth, s, FM_AUTH_TO_BROKER, err) != FM_OK)
         goto fail;
     if (zmq_connect(s, endpoint) != 0) {
         fm_error_set(err, FM_ERR_IO, "cannot connect to %s: %s", endpoint,
@@ -879,7 +881,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
         st = fm_error_set(err, FM_ERR_IO, "cannot create a ZeroMQ context");
         goto done;
     }
-    if (!(r.sock = open_dealer(ctx, o->endpoint, o->max_msg_size, err))) {
+    if (!(r.sock = open_dealer(ctx, o->endpoint, o->auth, o->max_msg_size, err))) {
         st = err ? err->code : FM_ERR_IO;
         goto done;
     }
@@ -993,14 +995,15 @@ static void print_status(FILE *out, const Facemill__StatusReply *s)
     fprintf(out, "uptime:     %.1f s\n", (double)s->uptime_ms / 1000.0);
 }
 
-fm_status fm_client_status(const char *endpoint, const char *tag, int64_t timeout_ms,
-                           int64_t max_msg_size, FILE *out, fm_error *err)
+fm_status fm_client_status(const char *endpoint, const fm_auth *auth, const char *tag,
+                           int64_t timeout_ms, int64_t max_msg_size, FILE *out,
+                           fm_error *err)
 {
     fm_status st = FM_OK;
     void *ctx = zmq_ctx_new();
     if (!ctx)
         return fm_error_set(err, FM_ERR_IO, "cannot create a ZeroMQ context");
-    void *sock = open_dealer(ctx, endpoint, max_msg_size, err);
+    void *sock = open_dealer(ctx, endpoint, auth, max_msg_size, err);
     if (!sock) {
         st = err ? err->code : FM_ERR_IO;
         goto done;

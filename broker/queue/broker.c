@@ -15,11 +15,21 @@
  * sink a failed result itself and waits for that commit like any other. A commit can
  * arrive in any state (duplicates, late results): it always finishes the job.
  *
+ * Dispatch tokens (protocol 1.1): every dispatch, and every failed result the broker
+ * sends for a quarantined job, carries 16 random bytes that the result must carry
+ * back. The sink stages each result and asks; the broker confirms only a token it
+ * sent for that job (the job remembers its last TOKENS), so a result pushed by
+ * anyone the job was not sent to is dropped, never stored in place of the real one;
+ * and it counts a job committed only when the sink reports a result with such a
+ * token stored. A restarted broker knows none of its predecessor's tokens: the
+ * results of those dispatches are refused and the job dispatched again.
+ *
  * One thread, one zmq_poll loop over three ROUTER sockets; timers are checked once
  * per broker.heartbeat_ms tick.
  */
 #include "facemill/broker.h"
 #include "facemill/clock.h"
+#include "facemill/auth.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
@@ -32,10 +42,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 typedef enum job_state { JOB_QUEUED, JOB_IN_FLIGHT, JOB_DONE, JOB_QUARANTINED } job_state;
 
 typedef struct worker worker;
+
+/* Dispatch tokens a job remembers: a result of an older dispatch than the last
+ * TOKENS is refused (and the job, if still open, dispatched again). */
+#define TOKENS 4
 
 typedef struct bjob {
     char *id, *tag;
@@ -48,6 +63,8 @@ typedef struct bjob {
     worker *w;        /* IN_FLIGHT: the worker holding it */
     int64_t deadline; /* IN_FLIGHT, DONE, QUARANTINED: when to act */
     fm_wire_peer *client; /* who submitted it (this broker run only), or NULL */
+    uint8_t tokens[TOKENS][FM_WIRE_TOKEN_BYTES]; /* of its last dispatches, a ring */
+    unsigned n_tokens; /* tokens made so far (the ring holds the last TOKENS) */
     struct bjob *prev, *next; /* the queue */
     struct bjob *hnext;       /* hash chain */
 } bjob;
@@ -71,6 +88,7 @@ struct fm_broker {
     void *ctx;
     int own_ctx;
     void *clients, *workers, *commits, *sink;
+    fm_auth *auth; /* CURVE keys and the ZAP handler, or plain sockets */
     fm_journal *journal;
     bjob **buckets;
     size_t nbuckets, njobs;
@@ -205,11 +223,45 @@ static char *dup_str(const char *s)
     return strdup(s ? s : "");
 }
 
+/* ---- dispatch tokens ----------------------------------------------------------- */
+
+/* Makes j's next token (from the kernel's random source) into out and remembers it. */
+static fm_status token_new(bjob *j, uint8_t out[FM_WIRE_TOKEN_BYTES], fm_error *err)
+{
+    size_t got = 0;
+    while (got < FM_WIRE_TOKEN_BYTES) {
+        ssize_t n = getrandom(out + got, FM_WIRE_TOKEN_BYTES - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return fm_error_set(err, FM_ERR_IO, "getrandom: %s", strerror(errno));
+        got += (size_t)n;
+    }
+    memcpy(j->tokens[j->n_tokens++ % TOKENS], out, FM_WIRE_TOKEN_BYTES);
+    return FM_OK;
+}
+
+/* True when t is one of the tokens j was last dispatched (or quarantined) with. */
+static int token_known(const bjob *j, const ProtobufCBinaryData *t)
+{
+    if (t->len != FM_WIRE_TOKEN_BYTES)
+        return 0;
+    unsigned n = j->n_tokens < TOKENS ? j->n_tokens : TOKENS;
+    for (unsigned i = 0; i < n; i++)
+        if (memcmp(j->tokens[i], t->data, FM_WIRE_TOKEN_BYTES) == 0)
+            return 1;
+    return 0;
+}
+
 /* ---- sending ------------------------------------------------------------------- */
 
-/* Sends the failed result of a quarantined job to the sink. */
-static void send_quarantine_result(fm_broker *b, bjob *j)
+/* Sends the failed result of a quarantined job to the sink, with a new token. */
+static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
 {
+    uint8_t token[FM_WIRE_TOKEN_BYTES];
+    fm_status st = token_new(j, token, err);
+    if (st != FM_OK)
+        return st;
     Facemill__Job *jm = facemill__job__unpack(NULL, j->len, j->body);
     Facemill__Envelope env;
     Facemill__Result r;
@@ -229,6 +281,9 @@ static void send_quarantine_result(fm_broker *b, bjob *j)
     r.worker = "broker";
     r.has_attempt = 1;
     r.attempt = (uint32_t)j->failures;
+    r.has_token = 1;
+    r.token.data = token;
+    r.token.len = sizeof token;
     env.body_case = FACEMILL__ENVELOPE__BODY_RESULT;
     env.result = &r;
     fm_error e = {0};
@@ -237,6 +292,7 @@ static void send_quarantine_result(fm_broker *b, bjob *j)
                     fm_error_text(&e));
     if (jm)
         facemill__job__free_unpacked(jm, NULL);
+    return FM_OK;
 }
 
 /* Counts a failed attempt of j (which has left its state): re-queues it, or
@@ -260,7 +316,7 @@ static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
         j->state = JOB_QUARANTINED;
         j->deadline = fm_now_ms() + b->cfg.broker.job_timeout_ms;
         b->st.awaiting_commit++;
-        send_quarantine_result(b, j);
+        return send_quarantine_result(b, j, err);
     } else {
         fm_log_info("job %s: attempt %d failed (%s); re-queued", j->id, j->failures, why);
         queue_push(b, j, 1);
@@ -305,6 +361,20 @@ static void set_name(worker *w, const char *name)
         snprintf(w->name, sizeof w->name, "%s", name);
 }
 
+/* Sets w's credit to what it asked for (at least 1), but never above
+ * broker.max_credit: dispatch favours the most free credit, so a peer announcing a
+ * huge credit would otherwise be sent every queued job. */
+static void set_credit(fm_broker *b, worker *w, uint32_t asked)
+{
+    uint32_t cap = (uint32_t)b->cfg.broker.max_credit;
+    w->credit = asked > 0 ? asked : 1;
+    if (w->credit > cap) {
+        fm_log_warn("worker %s asked for credit %u: given %u (broker.max_credit)", w->name,
+                    (unsigned)asked, (unsigned)cap);
+        w->credit = cap;
+    }
+}
+
 /* Drops w; its in-flight jobs fail with why (counted) or, when handed_back, are
  * re-queued without counting. */
 static fm_status worker_remove(fm_broker *b, worker *w, const char *why, int counted,
@@ -341,8 +411,8 @@ static fm_status worker_remove(fm_broker *b, worker *w, const char *why, int cou
 
 static uint32_t worker_free(const worker *w)
 {
-    uint32_t used = w->busy + w->phantom;
-    return w->credit > used ? w->credit - used : 0;
+    uint64_t used = (uint64_t)w->busy + w->phantom; /* a heartbeat's busy is any uint32 */
+    return w->credit > used ? (uint32_t)(w->credit - used) : 0;
 }
 
 static fm_status drain_socket(fm_broker *b, void *sock,
@@ -399,14 +469,27 @@ static fm_status dispatch(fm_broker *b, fm_error *err)
                 return st;
             continue;
         }
+        uint8_t token[FM_WIRE_TOKEN_BYTES];
+        fm_status st = token_new(j, token, err);
+        if (st != FM_OK) {
+            facemill__job__free_unpacked(jm, NULL);
+            queue_push(b, j, 1);
+            return st;
+        }
         jm->has_attempt = 1;
         jm->attempt = (uint32_t)j->failures + 1;
+        /* The token is ours, on the stack: what free_unpacked frees is put back. */
+        ProtobufCBinaryData unpacked = jm->token;
+        jm->has_token = 1;
+        jm->token.data = token;
+        jm->token.len = sizeof token;
         Facemill__Envelope env;
         fm_wire_envelope_init(&env);
         env.body_case = FACEMILL__ENVELOPE__BODY_JOB;
         env.job = jm;
         fm_error e = {0};
-        fm_status st = fm_wire_send(b->workers, &best->peer, &env, ZMQ_DONTWAIT, &e);
+        st = fm_wire_send(b->workers, &best->peer, &env, ZMQ_DONTWAIT, &e);
+        jm->token = unpacked;
         facemill__job__free_unpacked(jm, NULL);
         if (st != FM_OK) {
             queue_push(b, j, 1);
@@ -432,9 +515,31 @@ static fm_status dispatch(fm_broker *b, fm_error *err)
 
 /* ---- messages from workers ----------------------------------------------------- */
 
+/* Workers and sinks must speak 1.1: a 1.0 worker does not copy dispatch tokens into
+ * its results, and a 1.0 sink stores results without asking, so neither would ever
+ * finish a job. Refuses e (logged once per peer's first message, at warn) when it
+ * comes from an older minor. Returns 1 when it was refused. */
+static int refuse_old_minor(void *sock, const fm_wire_peer *from, const Facemill__Envelope *e,
+                            const char *role, int loud)
+{
+    if (e->has_version_minor && e->version_minor >= 1)
+        return 0;
+    char id[80], text[160];
+    snprintf(text, sizeof text, "this broker needs %ss of protocol 1.1 or later (dispatch "
+             "tokens); you speak %u.%u", role, (unsigned)e->version_major,
+             (unsigned)e->version_minor);
+    if (loud)
+        fm_log_warn("%s %s: %s: refused", role, fm_wire_peer_text(from, id, sizeof id), text);
+    fm_wire_refuse(sock, from, FACEMILL__ERROR_CODE__ERROR_VERSION, text);
+    return 1;
+}
+
 static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
                            fm_error *err)
 {
+    if (refuse_old_minor(b->workers, from, e, "worker",
+                         e->body_case == FACEMILL__ENVELOPE__BODY_WORKER_READY))
+        return FM_OK;
     worker *w = worker_find(b, from);
     int64_t now = fm_now_ms();
     if (w)
@@ -445,7 +550,7 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
         if (!w && !(w = worker_add(b, from)))
             return fm_error_set(err, FM_ERR_NOMEM, "worker table");
         set_name(w, r->name);
-        w->credit = r->has_credit && r->credit > 0 ? r->credit : 1;
+        set_credit(b, w, r->has_credit ? r->credit : 1);
         w->blocked_until = 0;
         fm_log_info("worker %s ready, credit %u%s%s", w->name, (unsigned)w->credit,
                     r->model ? ", model " : "", r->model ? r->model : "");
@@ -462,7 +567,7 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
             if (!(w = worker_add(b, from)))
                 return fm_error_set(err, FM_ERR_NOMEM, "worker table");
             set_name(w, h->name);
-            w->credit = h->credit;
+            set_credit(b, w, h->credit);
             w->phantom = h->has_busy ? h->busy : 0;
             fm_log_info("worker %s joined by heartbeat, credit %u, holding %u",
                         w->name, (unsigned)w->credit, (unsigned)w->phantom);
@@ -628,6 +733,7 @@ static fm_status job_new(fm_broker *b, Facemill__Job *jm, const fm_wire_peer *fr
     if (!j)
         return fm_error_set(err, FM_ERR_NOMEM, "job");
     jm->has_attempt = 0;
+    jm->has_token = 0; /* the broker's to set, per dispatch */
     j->len = facemill__job__get_packed_size(jm);
     j->body = malloc(j->len ? j->len : 1);
     j->id = dup_str(jm->id);
@@ -875,81 +981,150 @@ static fm_status on_client(fm_broker *b, const fm_wire_peer *from, Facemill__Env
 
 /* ---- commits from the sink ----------------------------------------------------- */
 
-static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
-                           fm_error *err)
+/* The open job a sink's entry is about, when its token is one the job was sent with;
+ * NULL otherwise (no such job, committed already, or a token never dispatched). */
+static bjob *entry_job(fm_broker *b, const Facemill__CommitEntry *ce)
 {
-    b->sink_seen = fm_now_ms();
-    if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT)
-        return FM_OK;
-    if (e->body_case != FACEMILL__ENVELOPE__BODY_COMMIT) {
-        fm_log_warn("sink sent %s on the commits socket: refused", fm_wire_body_name(e));
-        fm_wire_refuse(b->commits, from, FACEMILL__ERROR_CODE__ERROR_MALFORMED,
-                       "only Commit and Heartbeat are taken here");
-        return FM_OK;
+    if (!ce->job_id || !ce->has_token)
+        return NULL;
+    bjob *j = job_find(b, ce->job_id);
+    return j && !j->committed && token_known(j, &ce->token) ? j : NULL;
+}
+
+/* Answers the entries of c the sink has only staged (stored false): confirmed when
+ * their token is one the job was dispatched with, refused otherwise. */
+static fm_status commit_verdicts(fm_broker *b, const fm_wire_peer *from,
+                                 const Facemill__Commit *c, fm_error *err)
+{
+    size_t n = c->n_entries ? c->n_entries : 1, nc = 0, nr = 0;
+    Facemill__CommitEntry *ent = calloc(n, sizeof *ent);
+    Facemill__CommitEntry **conf = calloc(n, sizeof *conf), **ref = calloc(n, sizeof *ref);
+    if (!ent || !conf || !ref) {
+        free(ent), free(conf), free(ref);
+        return fm_error_set(err, FM_ERR_NOMEM, "commit reply");
     }
-    Facemill__Commit *c = e->commit;
+    for (size_t i = 0; i < c->n_entries; i++) {
+        const Facemill__CommitEntry *ce = c->entries[i];
+        if (ce->stored || !ce->job_id)
+            continue;
+        Facemill__CommitEntry *out = &ent[nc + nr];
+        facemill__commit_entry__init(out);
+        out->job_id = ce->job_id;
+        out->has_token = ce->has_token;
+        out->token = ce->token;
+        if (entry_job(b, ce)) {
+            conf[nc++] = out;
+        } else {
+            ref[nr++] = out;
+            fm_log_info("job %s: a result the broker did not dispatch (or no longer "
+                        "waits for): refused", ce->job_id);
+        }
+    }
+    if (nc + nr) {
+        Facemill__Envelope env;
+        Facemill__CommitReply r;
+        fm_wire_envelope_init(&env);
+        facemill__commit_reply__init(&r);
+        r.n_confirmed = nc;
+        r.confirmed = conf;
+        r.n_refused = nr;
+        r.refused = ref;
+        env.body_case = FACEMILL__ENVELOPE__BODY_COMMIT_REPLY;
+        env.commit_reply = &r;
+        fm_error se = {0};
+        if (fm_wire_send(b->commits, from, &env, ZMQ_DONTWAIT, &se) != FM_OK)
+            fm_log_warn("commit reply to the sink not sent (it asks again): %s",
+                        fm_error_text(&se));
+    }
+    free(ent), free(conf), free(ref);
+    return FM_OK;
+}
+
+/* Marks the jobs of c's stored entries committed in the journal (one transaction);
+ * done[i] becomes the job of entry i when it was committed by it. An entry whose
+ * token the job was never sent with is not counted. */
+static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **done,
+                                fm_error *err)
+{
     fm_status st = fm_journal_begin(b->journal, err);
     if (st != FM_OK)
         return st;
-    /* Entries to forward, grouped by client below. */
-    bjob **done = calloc(c->n_entries ? c->n_entries : 1, sizeof *done);
-    int *sent = calloc(c->n_entries ? c->n_entries : 1, sizeof *sent);
-    Facemill__CommitEntry **fw = calloc(c->n_entries ? c->n_entries : 1, sizeof *fw);
-    Facemill__CommitEntry *fe = calloc(c->n_entries ? c->n_entries : 1, sizeof *fe);
-    if (!done || !sent || !fw || !fe) {
-        fm_journal_rollback(b->journal);
-        st = fm_error_set(err, FM_ERR_NOMEM, "commit");
-        goto out;
-    }
     for (size_t i = 0; i < c->n_entries; i++) {
         Facemill__CommitEntry *ce = c->entries[i];
-        if (!ce->job_id)
+        if (!ce->stored || !ce->job_id)
             continue;
+        bjob *j = entry_job(b, ce);
+        if (!j) {
+            bjob *open = job_find(b, ce->job_id);
+            if (open && !open->committed)
+                fm_log_warn("sink reported job %s stored with a token it was never "
+                            "dispatched with: not counted", ce->job_id);
+            else
+                fm_log_debug("sink reported job %s stored again", ce->job_id);
+            continue;
+        }
         int changed = 0;
         if ((st = fm_journal_mark_committed(b->journal, ce->job_id, ce->failed, &changed,
                                             err)) != FM_OK) {
             fm_journal_rollback(b->journal);
-            goto out;
+            return st;
         }
-        bjob *j = job_find(b, ce->job_id);
         if (changed) {
             b->st.committed++;
-            if (j && j->state == JOB_QUARANTINED)
+            if (j->state == JOB_QUARANTINED)
                 b->st.quarantined++;
         }
-        if (j)
-            done[i] = j;
+        done[i] = j;
     }
-    if ((st = fm_journal_commit(b->journal, err)) != FM_OK)
-        goto out;
-    /* Forward to the submitting clients, one Commit per client. */
+    return fm_journal_commit(b->journal, err);
+}
+
+/* Tells each submitting client which of its jobs in done are committed: one Commit
+ * per client. */
+static fm_status commit_forward(fm_broker *b, const Facemill__Commit *c, bjob **done,
+                                fm_error *err)
+{
+    size_t n = c->n_entries ? c->n_entries : 1;
+    int *sent = calloc(n, sizeof *sent);
+    Facemill__CommitEntry **fw = calloc(n, sizeof *fw);
+    Facemill__CommitEntry *fe = calloc(n, sizeof *fe);
+    if (!sent || !fw || !fe) {
+        free(sent), free(fw), free(fe);
+        return fm_error_set(err, FM_ERR_NOMEM, "commit");
+    }
     for (size_t i = 0; i < c->n_entries; i++) {
         if (!done[i] || !done[i]->client || sent[i])
             continue;
-        size_t n = 0;
+        size_t m = 0;
         for (size_t k = i; k < c->n_entries; k++)
             if (done[k] && done[k]->client && !sent[k] &&
                 fm_wire_peer_equal(done[k]->client, done[i]->client)) {
-                facemill__commit_entry__init(&fe[n]);
-                fe[n].job_id = done[k]->id;
-                fe[n].tag = done[k]->tag;
-                fe[n].has_failed = 1;
-                fe[n].failed = c->entries[k]->failed;
-                fw[n] = &fe[n];
-                n++;
+                facemill__commit_entry__init(&fe[m]);
+                fe[m].job_id = done[k]->id;
+                fe[m].tag = done[k]->tag;
+                fe[m].has_failed = 1;
+                fe[m].failed = c->entries[k]->failed;
+                fw[m] = &fe[m];
+                m++;
                 sent[k] = 1;
             }
         Facemill__Envelope env;
         Facemill__Commit out;
         fm_wire_envelope_init(&env);
         facemill__commit__init(&out);
-        out.n_entries = n;
+        out.n_entries = m;
         out.entries = fw;
         env.body_case = FACEMILL__ENVELOPE__BODY_COMMIT;
         env.commit = &out;
         fm_wire_send(b->clients, done[i]->client, &env, ZMQ_DONTWAIT, NULL);
     }
-    /* Finish the jobs. One still at a worker is finished when the worker reports. */
+    free(sent), free(fw), free(fe);
+    return FM_OK;
+}
+
+/* Finishes the jobs in done. One still at a worker is finished when it reports. */
+static void commit_finish(fm_broker *b, const Facemill__Commit *c, bjob **done)
+{
     for (size_t i = 0; i < c->n_entries; i++) {
         bjob *j = done[i];
         if (!j)
@@ -964,11 +1139,37 @@ static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Env
         job_leave_state(b, j);
         job_forget(b, j);
     }
-out:
+}
+
+/* A Commit from the sink (proto/README.md, "Sink -> broker"): staged results get a
+ * verdict, stored ones with a known token finish their jobs and are forwarded to
+ * the clients that submitted them. */
+static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
+                           fm_error *err)
+{
+    b->sink_seen = (int64_t)fm_now_ms();
+    if (refuse_old_minor(b->commits, from, e, "sink",
+                         e->body_case != FACEMILL__ENVELOPE__BODY_HEARTBEAT))
+        return FM_OK;
+    if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT)
+        return FM_OK;
+    if (e->body_case != FACEMILL__ENVELOPE__BODY_COMMIT) {
+        fm_log_warn("sink sent %s on the commits socket: refused", fm_wire_body_name(e));
+        fm_wire_refuse(b->commits, from, FACEMILL__ERROR_CODE__ERROR_MALFORMED,
+                       "only Commit and Heartbeat are taken here");
+        return FM_OK;
+    }
+    const Facemill__Commit *c = e->commit;
+    fm_status st = commit_verdicts(b, from, c, err);
+    if (st != FM_OK)
+        return st;
+    bjob **done = calloc(c->n_entries ? c->n_entries : 1, sizeof *done);
+    if (!done)
+        return fm_error_set(err, FM_ERR_NOMEM, "commit");
+    if ((st = commit_journal(b, c, done, err)) == FM_OK &&
+        (st = commit_forward(b, c, done, err)) == FM_OK)
+        commit_finish(b, c, done);
     free(done);
-    free(sent);
-    free(fw);
-    free(fe);
     return st;
 }
 
@@ -1035,7 +1236,8 @@ static fm_status tick(fm_broker *b, fm_error *err)
                     queue_push(b, j, 1);
                     b->st.requeued++;
                 } else {
-                    send_quarantine_result(b, j);
+                    if ((st = send_quarantine_result(b, j, err)) != FM_OK)
+                        return st;
                     j->deadline = now + b->cfg.broker.job_timeout_ms;
                 }
             }
@@ -1080,21 +1282,26 @@ static int load_job(void *ctx, const char *id, const char *tag, const void *body
     return 0;
 }
 
+/* Opens one socket: a ROUTER bound as a CURVE server of ZAP domain domain, or (domain
+ * NULL) the PUSH connected to the sink as its client. */
 static fm_status open_socket(fm_broker *b, void **s, int type, const char *endpoint,
-                             int bind, const char *what, fm_error *err)
+                             const char *domain, const char *what, fm_error *err)
 {
     *s = zmq_socket(b->ctx, type);
     if (!*s)
         return fm_error_set(err, FM_ERR_IO, "%s socket: %s", what, zmq_strerror(errno));
     fm_status st = fm_wire_setup(*s, b->cfg.net.max_msg_size, 0, err);
+    if (st == FM_OK)
+        st = domain ? fm_auth_server(b->auth, *s, domain, err)
+                    : fm_auth_client(b->auth, *s, FM_AUTH_TO_SINK, err);
     if (st != FM_OK) {
         fm_error_prefix(err, "%s", what);
         return st;
     }
-    int rc = bind ? zmq_bind(*s, endpoint) : zmq_connect(*s, endpoint);
+    int rc = domain ? zmq_bind(*s, endpoint) : zmq_connect(*s, endpoint);
     if (rc != 0)
         return fm_error_set(err, FM_ERR_IO, "%s: cannot %s %s: %s", what,
-                            bind ? "bind" : "connect to", endpoint, zmq_strerror(errno));
+                            domain ? "bind" : "connect to", endpoint, zmq_strerror(errno));
     return FM_OK;
 }
 
@@ -1113,7 +1320,21 @@ fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
         st = fm_error_set(err, FM_ERR_NOMEM, "broker");
         goto fail;
     }
-    b->started = fm_now_ms();
+    b->started = (int64_t)fm_now_ms();
+    if (zmq_ctx) {
+        b->ctx = zmq_ctx;
+    } else {
+        b->ctx = zmq_ctx_new();
+        b->own_ctx = 1;
+        if (!b->ctx) {
+            st = fm_error_set(err, FM_ERR_IO, "zmq context: %s", zmq_strerror(errno));
+            goto fail;
+        }
+    }
+    /* Keys first: an exposed endpoint without them stops the broker before it
+     * creates anything, and the ZAP handler must be bound before any socket. */
+    if ((st = fm_auth_open(&b->auth, c, FM_AUTH_BROKER, b->ctx, err)) != FM_OK)
+        goto fail;
     if ((st = fm_journal_open(&b->journal, c->broker.journal, c->broker.fsync, err)) !=
         FM_OK)
         goto fail;
@@ -1125,25 +1346,18 @@ fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
     if (b->njobs)
         fm_log_info("journal %s: %zu jobs not committed, re-queued", c->broker.journal,
                     b->njobs);
-    if (zmq_ctx) {
-        b->ctx = zmq_ctx;
-    } else {
-        b->ctx = zmq_ctx_new();
-        b->own_ctx = 1;
-        if (!b->ctx) {
-            st = fm_error_set(err, FM_ERR_IO, "zmq context: %s", zmq_strerror(errno));
-            goto fail;
-        }
-    }
-    if ((st = open_socket(b, &b->clients, ZMQ_ROUTER, c->broker.clients, 1,
-                          "broker.clients", err)) != FM_OK ||
-        (st = open_socket(b, &b->workers, ZMQ_ROUTER, c->broker.workers, 1,
-                          "broker.workers", err)) != FM_OK ||
-        (st = open_socket(b, &b->commits, ZMQ_ROUTER, c->sink.commits, 1, "sink.commits",
-                          err)) != FM_OK ||
-        (st = open_socket(b, &b->sink, ZMQ_PUSH, c->sink.results, 0, "sink.results",
+    if ((st = open_socket(b, &b->clients, ZMQ_ROUTER, c->broker.clients,
+                          FM_AUTH_DOMAIN_CLIENTS, "broker.clients", err)) != FM_OK ||
+        (st = open_socket(b, &b->workers, ZMQ_ROUTER, c->broker.workers,
+                          FM_AUTH_DOMAIN_WORKERS, "broker.workers", err)) != FM_OK ||
+        (st = open_socket(b, &b->commits, ZMQ_ROUTER, c->sink.commits, FM_AUTH_DOMAIN_SINK,
+                          "sink.commits", err)) != FM_OK ||
+        (st = open_socket(b, &b->sink, ZMQ_PUSH, c->sink.results, NULL, "sink.results",
                           err)) != FM_OK)
         goto fail;
+    if (fm_auth_curve(b->auth))
+        fm_log_info("CurveZMQ on every socket: each admits the keys of its own allowlist "
+                    "(security.clients_dir, workers_dir, sink_dir)");
     *out = b;
     return FM_OK;
 fail:
@@ -1263,6 +1477,7 @@ void fm_broker_close(fm_broker **bp)
     for (size_t i = 0; i < 4; i++)
         if (socks[i])
             zmq_close(socks[i]);
+    fm_auth_close(&b->auth); /* the ZAP handler outlives the server sockets */
     if (b->own_ctx && b->ctx)
         zmq_ctx_term(b->ctx);
     for (size_t i = 0; b->buckets && i < b->nbuckets; i++)

@@ -9,6 +9,12 @@
  * Idempotency: images.job_id is UNIQUE and rows are inserted with INSERT OR IGNORE; a
  * duplicate result changes nothing. Faces are inserted only for a new image row, in
  * the same transaction, so an image is never half stored.
+ *
+ * Staging (protocol 1.1): the sink keeps a received result in staged, keyed by job id
+ * and dispatch token, until the broker confirms the token; only then does the result
+ * become the job's row. A result nobody dispatched thus never takes the place of the
+ * real one (whichever arrives first), and its staged row is dropped when the broker
+ * refuses it.
  */
 #include "facemill/sink.h"
 #include "facemill/json.h"
@@ -29,6 +35,10 @@ struct fm_results {
     sqlite3_stmt *insert_image;
     sqlite3_stmt *insert_face;
     sqlite3_stmt *lookup;
+    sqlite3_stmt *stage;        /* the staging statements: writable handles only */
+    sqlite3_stmt *staged_get;
+    sqlite3_stmt *unstage_job;
+    sqlite3_stmt *unstage_one;
     int in_tx;
 };
 
@@ -57,6 +67,11 @@ static const char *const schema_sql =
     " gender TEXT, p_male REAL, p_female REAL,"
     " race TEXT, p_white REAL, p_black REAL, p_asian REAL, p_indian REAL, p_others REAL,"
     " PRIMARY KEY(image_id, face)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS staged("
+    " job_id TEXT NOT NULL, token BLOB NOT NULL, tag TEXT,"
+    " failed INTEGER NOT NULL, result BLOB NOT NULL, staged_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(job_id, token)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS staged_age ON staged(staged_ms);"
     "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '1');";
 
 static fm_status db_error(fm_error *err, sqlite3 *db, const char *what)
@@ -98,6 +113,23 @@ static fm_status check_schema(fm_results *r, fm_error *err)
 done:
     sqlite3_finalize(st);
     return rc;
+}
+
+static fm_status prepare_staging(fm_results *r, fm_error *err)
+{
+    static const char *const sql[] = {
+        "INSERT OR IGNORE INTO staged(job_id, token, tag, failed, result, staged_ms)"
+        " VALUES(?,?,?,?,?,?)",
+        "SELECT result FROM staged WHERE job_id = ? AND token = ?",
+        "DELETE FROM staged WHERE job_id = ?",
+        "DELETE FROM staged WHERE job_id = ? AND token = ?",
+    };
+    sqlite3_stmt **out[] = {&r->stage, &r->staged_get, &r->unstage_job, &r->unstage_one};
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
+        if (sqlite3_prepare_v3(r->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, out[i], NULL) !=
+            SQLITE_OK)
+            return db_error(err, r->db, "preparing the staging statements");
+    return FM_OK;
 }
 
 fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_error *err)
@@ -156,6 +188,8 @@ fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_erro
         rc = db_error(err, r->db, "preparing look-up");
         goto fail;
     }
+    if (!ro && (rc = prepare_staging(r, err)) != FM_OK)
+        goto fail;
     *out = r;
     return FM_OK;
 fail:
@@ -173,6 +207,10 @@ void fm_results_close(fm_results **rp)
     sqlite3_finalize(r->insert_image);
     sqlite3_finalize(r->insert_face);
     sqlite3_finalize(r->lookup);
+    sqlite3_finalize(r->stage);
+    sqlite3_finalize(r->staged_get);
+    sqlite3_finalize(r->unstage_job);
+    sqlite3_finalize(r->unstage_one);
     sqlite3_close(r->db);
     free(r);
     *rp = NULL;
@@ -361,6 +399,143 @@ fm_status fm_results_lookup(fm_results *r, const char *job_id, int *found, int *
     if (s != SQLITE_ROW && s != SQLITE_DONE)
         return db_error(err, r->db, "looking up a job");
     return FM_OK;
+}
+
+/* ---- staging --------------------------------------------------------------------- */
+
+/* Runs st (its parameters bound) to completion and resets it. */
+static fm_status step_done(fm_results *r, sqlite3_stmt *st, const char *what, fm_error *err)
+{
+    int s = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return s == SQLITE_DONE ? FM_OK : db_error(err, r->db, what);
+}
+
+fm_status fm_results_stage(fm_results *r, const struct Facemill__Result *res,
+                           int64_t staged_ms, fm_error *err)
+{
+    if (!r->stage)
+        return fm_error_set(err, FM_ERR_INVALID, "results database opened read-only");
+    if (!res->job_id || !res->job_id[0])
+        return fm_error_set(err, FM_ERR_INVALID, "result without a job id");
+    if (!res->has_token || res->token.len == 0)
+        return fm_error_set(err, FM_ERR_INVALID, "result for %.256s without a dispatch "
+                            "token", res->job_id);
+    size_t n = facemill__result__get_packed_size(res);
+    uint8_t *blob = malloc(n ? n : 1);
+    if (!blob)
+        return fm_error_set(err, FM_ERR_NOMEM, "staging a result of %zu bytes", n);
+    facemill__result__pack(res, blob);
+    sqlite3_stmt *st = r->stage;
+    sqlite3_bind_text(st, 1, res->job_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, res->token.data, (int)res->token.len, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 3, res->tag);
+    sqlite3_bind_int(st, 4, res->has_error_code && res->error_code != 0);
+    sqlite3_bind_blob64(st, 5, blob, n, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 6, staged_ms);
+    fm_status rc = step_done(r, st, "staging a result", err);
+    free(blob);
+    return rc;
+}
+
+/* Deletes the staged results of job_id (all of them with token NULL). */
+static fm_status unstage(fm_results *r, const char *job_id, const void *token, size_t len,
+                         fm_error *err)
+{
+    sqlite3_stmt *st = token ? r->unstage_one : r->unstage_job;
+    if (!st)
+        return fm_error_set(err, FM_ERR_INVALID, "results database opened read-only");
+    sqlite3_bind_text(st, 1, job_id, -1, SQLITE_TRANSIENT);
+    if (token)
+        sqlite3_bind_blob(st, 2, token, (int)len, SQLITE_TRANSIENT);
+    return step_done(r, st, "dropping a staged result", err);
+}
+
+fm_status fm_results_unstage(fm_results *r, const char *job_id, const void *token,
+                             size_t token_len, fm_error *err)
+{
+    return unstage(r, job_id, token ? token : "", token_len, err);
+}
+
+/* The staged result (job_id, token), unpacked into *out (NULL when there is none).
+ * A blob that does not unpack is dropped (FM_ERR_FORMAT). */
+static fm_status staged_result(fm_results *r, const char *job_id, const void *token,
+                               size_t len, Facemill__Result **out, fm_error *err)
+{
+    *out = NULL;
+    sqlite3_stmt *st = r->staged_get;
+    sqlite3_bind_text(st, 1, job_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 2, token, (int)len, SQLITE_TRANSIENT);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        *out = facemill__result__unpack(NULL, (size_t)sqlite3_column_bytes(st, 0),
+                                        sqlite3_column_blob(st, 0));
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (s != SQLITE_ROW && s != SQLITE_DONE)
+        return db_error(err, r->db, "reading a staged result");
+    if (s == SQLITE_ROW && !*out) {
+        unstage(r, job_id, token, len, NULL);
+        return fm_error_set(err, FM_ERR_FORMAT, "staged result of %.256s does not unpack: "
+                            "dropped", job_id);
+    }
+    return FM_OK;
+}
+
+fm_status fm_results_confirm(fm_results *r, const char *job_id, const void *token,
+                             size_t token_len, int64_t stored_ms, int *stored, int *inserted,
+                             int *failed, fm_error *err)
+{
+    *stored = 0;
+    if (inserted)
+        *inserted = 0;
+    if (!r->staged_get)
+        return fm_error_set(err, FM_ERR_INVALID, "results database opened read-only");
+    int found = 0, f = 0;
+    fm_status rc = fm_results_lookup(r, job_id, &found, &f, err);
+    if (rc != FM_OK)
+        return rc;
+    if (!found) {
+        Facemill__Result *res = NULL;
+        if ((rc = staged_result(r, job_id, token, token_len, &res, err)) != FM_OK || !res)
+            return rc;
+        rc = fm_results_put(r, res, stored_ms, inserted, &f, err);
+        facemill__result__free_unpacked(res, NULL);
+        if (rc != FM_OK)
+            return rc;
+    }
+    /* The job has its row: whatever else was staged for it is no longer needed. */
+    if ((rc = unstage(r, job_id, NULL, 0, err)) != FM_OK)
+        return rc;
+    *stored = 1;
+    if (failed)
+        *failed = f;
+    return FM_OK;
+}
+
+fm_status fm_results_each_staged(fm_results *r, int64_t before_ms, int64_t max,
+                                 fm_staged_fn fn, void *arg, fm_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT job_id, tag, token, failed FROM staged WHERE staged_ms <= ?"
+                           " ORDER BY staged_ms LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_error(err, r->db, "listing staged results");
+    sqlite3_bind_int64(st, 1, before_ms);
+    sqlite3_bind_int64(st, 2, max);
+    fm_status rc = FM_OK;
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW)
+        if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+               (const char *)sqlite3_column_text(st, 1), sqlite3_column_blob(st, 2),
+               (size_t)sqlite3_column_bytes(st, 2), sqlite3_column_int(st, 3)) != 0)
+            break;
+    if (s != SQLITE_ROW && s != SQLITE_DONE)
+        rc = db_error(err, r->db, "listing staged results");
+    sqlite3_finalize(st);
+    return rc;
 }
 
 fm_status fm_results_count(fm_results *r, int64_t *images, int64_t *faces, int64_t *failed,

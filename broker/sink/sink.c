@@ -1,18 +1,31 @@
-/* sink.c - the sink service: PULL results, store them in batched transactions, tell
- * the broker what is stored (include/facemill/sink.h; the protocol is proto/README.md).
+/* sink.c - the sink service: PULL results, stage them in batched transactions, ask
+ * the broker about them, store the ones it confirms and tell it what is stored
+ * (include/facemill/sink.h; the protocol is proto/README.md).
+ *
+ * Why staging: anyone who can push to sink.results could otherwise store a result for
+ * any job id before the real one arrives (job ids are predictable), and the real one
+ * would be dropped as a duplicate. So a result first waits in the staged table under
+ * its dispatch token, the sink reports it staged, and only when the broker confirms
+ * that it sent the job with that token does it become the job's row; a refused one is
+ * dropped. Staged results the broker has not answered are reported again every
+ * restage interval (and at start), so a lost message or a restart of either side
+ * delays a result but never loses it. Without a broker (commits "", tests) results
+ * are stored at once.
  *
  * Why batching: one fsync per transaction, not per image. A batch is committed when it
  * holds sink.batch results or its first result has waited sink.batch_ms, whichever
- * comes first, and at shutdown. Only after COMMIT returns are the batch's job ids sent
- * to the broker (duplicates too, since an earlier commit notice may have been lost with
- * a broker restart). A failed transaction is rolled back and its jobs are not reported:
- * the broker dispatches them again after its commit timeout, so nothing is lost.
+ * comes first, at shutdown, and right after the broker's verdicts are applied. Only
+ * after COMMIT returns are the batch's reports sent to the broker (duplicates too,
+ * since an earlier notice may have been lost with a broker restart). A failed
+ * transaction is rolled back and its jobs are not reported: the broker dispatches
+ * them again after its commit timeout, so nothing is lost.
  *
  * One thread, two sockets: the PULL socket (bound) and a DEALER connected to the
  * broker's sink.commits ROUTER. Both have ZMQ_MAXMSGSIZE and a finite linger.
  */
 #include "facemill/sink.h"
 #include "facemill/clock.h"
+#include "facemill/auth.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
@@ -27,10 +40,13 @@
 /* Entries per Commit message: keeps each message far below any size limit. */
 #define COMMIT_CHUNK 512
 
+/* One report for the broker, waiting for its transaction to commit. */
 typedef struct pending {
     char *job_id;
     char *tag;
     int failed;
+    int stored; /* 1: the job's row is stored; 0: staged, waiting for a verdict */
+    uint8_t token[FM_WIRE_TOKEN_BYTES];
 } pending;
 
 struct fm_sink {
@@ -40,6 +56,10 @@ struct fm_sink {
     int64_t batch;
     int64_t batch_ms;
     int64_t heartbeat_ms;
+    int64_t max_faces;  /* a result listing more is refused; 0: no limit */
+    int64_t restage_ms; /* staged results unanswered this long are reported again */
+    int64_t next_restage_ms;
+    int restaged_once;
     char *name;
     pending *pend; /* results of the open transaction, batch entries */
     int64_t n_pend;
@@ -83,6 +103,8 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
     s->batch = o->batch;
     s->batch_ms = o->batch_ms;
     s->heartbeat_ms = o->heartbeat_ms;
+    s->max_faces = o->max_faces;
+    s->restage_ms = 5 * o->heartbeat_ms > 1000 ? 5 * o->heartbeat_ms : 1000;
     s->name = o->name ? strdup(o->name) : NULL;
     s->pend = calloc((size_t)o->batch, sizeof *s->pend);
     if (!s->pend || (o->name && !s->name)) {
@@ -94,6 +116,7 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
         goto fail;
     s->pull = zmq_socket(zctx, ZMQ_PULL);
     if (!s->pull || fm_wire_setup(s->pull, o->max_msg_size, 0, err) != FM_OK ||
+        fm_auth_server(o->auth, s->pull, FM_AUTH_DOMAIN_RESULTS, err) != FM_OK ||
         zmq_bind(s->pull, o->results) != 0) {
         rc = fm_error_set(err, FM_ERR_IO, "sink: cannot bind %s: %s", o->results,
                           zmq_strerror(zmq_errno()));
@@ -102,6 +125,7 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
     if (o->commits && o->commits[0]) {
         s->dealer = zmq_socket(zctx, ZMQ_DEALER);
         if (!s->dealer || fm_wire_setup(s->dealer, o->max_msg_size, 2000, err) != FM_OK ||
+            fm_auth_client(o->auth, s->dealer, FM_AUTH_TO_BROKER, err) != FM_OK ||
             zmq_connect(s->dealer, o->commits) != 0) {
             rc = fm_error_set(err, FM_ERR_IO, "sink: cannot connect to %s: %s", o->commits,
                               zmq_strerror(zmq_errno()));
@@ -167,6 +191,11 @@ static void send_commits(fm_sink *s)
             entries[i].tag = p->tag;
             entries[i].has_failed = 1;
             entries[i].failed = p->failed;
+            entries[i].has_stored = 1;
+            entries[i].stored = p->stored;
+            entries[i].has_token = 1;
+            entries[i].token.data = (uint8_t *)p->token;
+            entries[i].token.len = sizeof p->token;
             ptrs[i] = &entries[i];
         }
         Facemill__Commit commit = FACEMILL__COMMIT__INIT;
@@ -212,52 +241,208 @@ static void heartbeat(fm_sink *s)
     send_to_broker(s, &env);
 }
 
-/* Stores one result in the open transaction (opening one when needed). */
+/* Opens the batch's transaction when none is open. Returns 0 when it cannot (logged,
+ * what (a job id) named). */
+static int ensure_tx(fm_sink *s, const char *what)
+{
+    if (s->in_tx)
+        return 1;
+    fm_error e = {0};
+    if (fm_results_begin(s->db, &e) != FM_OK) {
+        fm_log_error("sink: %s; %s dropped", fm_error_text(&e), what);
+        return 0;
+    }
+    s->in_tx = 1;
+    s->batch_start_ms = (int64_t)fm_now_ms();
+    return 1;
+}
+
+/* A statement failed inside the transaction: gives the whole batch up. */
+static void give_up_batch(fm_sink *s, const fm_error *e)
+{
+    fm_log_error("sink: %s; %lld results not stored (they will be dispatched again)",
+                 fm_error_text(e), (long long)s->n_pend + 1);
+    fm_results_rollback(s->db);
+    s->in_tx = 0;
+    clear_pending(s);
+}
+
+/* Adds a report to the batch; commits the batch when it is full. */
+static void pend_add(fm_sink *s, const char *job_id, const char *tag, const void *token,
+                     size_t token_len, int failed, int stored)
+{
+    pending *p = &s->pend[s->n_pend];
+    memset(p, 0, sizeof *p);
+    p->job_id = strdup(job_id);
+    p->tag = dup_or_null(tag);
+    p->failed = failed;
+    p->stored = stored;
+    if (token && token_len) /* none without a broker */
+        memcpy(p->token, token, token_len < sizeof p->token ? token_len : sizeof p->token);
+    if (!p->job_id || (tag && !p->tag)) {
+        free(p->job_id);
+        free(p->tag);
+        fm_log_error("sink: out of memory; report of %s not sent", job_id);
+    } else {
+        s->n_pend++;
+    }
+    if (s->n_pend >= s->batch)
+        finish_batch(s);
+}
+
+/* Why res may not be taken: NULL when it may. */
+static const char *refusal(const fm_sink *s, const Facemill__Result *res, char *buf,
+                           size_t size)
+{
+    if (s->dealer && (!res->has_token || res->token.len != FM_WIRE_TOKEN_BYTES))
+        return "no dispatch token (a worker of protocol 1.0?)";
+    if (s->max_faces > 0 && res->n_faces > (size_t)s->max_faces) {
+        snprintf(buf, size, "%zu faces, more than detect.max_faces %lld", res->n_faces,
+                 (long long)s->max_faces);
+        return buf;
+    }
+    return NULL;
+}
+
+/* Takes one result into the open transaction (opening one when needed): staged for
+ * the broker's verdict, or, when the job has its row already, reported stored. */
 static void store(fm_sink *s, const Facemill__Result *res)
 {
-    fm_error e = {0};
-    if (!s->in_tx) {
-        if (fm_results_begin(s->db, &e) != FM_OK) {
-            fm_log_error("sink: %s; result for %s dropped", fm_error_text(&e),
-                         res->job_id ? res->job_id : "?");
-            return;
-        }
-        s->in_tx = 1;
-        s->batch_start_ms = fm_now_ms();
+    char why_buf[128];
+    const char *why = res->job_id ? refusal(s, res, why_buf, sizeof why_buf) : NULL;
+    if (why) {
+        s->stats.dropped++;
+        fm_log_warn("sink: result for %.256s refused: %s", res->job_id, why);
+        return;
     }
-    int inserted = 0, failed = 0;
-    fm_status rc = fm_results_put(s->db, res, wall_ms(), &inserted, &failed, &e);
+    if (!ensure_tx(s, res->job_id ? res->job_id : "a result"))
+        return;
+    fm_error e = {0};
+    int found = 0, failed = 0, inserted = 0;
+    fm_status rc;
+    if (!s->dealer) /* nobody to ask: stored at once */
+        rc = fm_results_put(s->db, res, wall_ms(), &inserted, &failed, &e);
+    else if ((rc = res->job_id ? fm_results_lookup(s->db, res->job_id, &found, &failed, &e)
+                               : fm_error_set(&e, FM_ERR_INVALID, "result without a job "
+                                              "id")) == FM_OK &&
+             !found)
+        rc = fm_results_stage(s->db, res, wall_ms(), &e);
     if (rc == FM_ERR_INVALID) {
         s->stats.dropped++;
         fm_log_warn("sink: %s: dropped", fm_error_text(&e));
         return;
     }
     if (rc != FM_OK) {
-        /* The statement failed inside the transaction: give the whole batch up. */
-        fm_log_error("sink: %s; %lld results not stored (they will be dispatched again)",
-                     fm_error_text(&e), (long long)s->n_pend + 1);
-        fm_results_rollback(s->db);
-        s->in_tx = 0;
-        clear_pending(s);
+        give_up_batch(s, &e);
         return;
     }
-    pending *p = &s->pend[s->n_pend];
-    p->job_id = strdup(res->job_id);
-    p->tag = dup_or_null(res->tag);
-    p->failed = failed;
-    if (!p->job_id || (res->tag && !p->tag)) {
-        free(p->job_id);
-        free(p->tag);
-        fm_log_error("sink: out of memory; commit of %s not reported", res->job_id);
-    } else {
-        s->n_pend++;
-    }
-    if (inserted)
+    int stored = !s->dealer || found;
+    if (stored && !inserted)
+        s->stats.duplicates++;
+    else if (stored)
         s->stats.stored++;
     else
-        s->stats.duplicates++;
-    if (s->n_pend >= s->batch)
-        finish_batch(s);
+        failed = res->has_error_code && res->error_code != 0;
+    pend_add(s, res->job_id, res->tag, res->token.data, res->token.len, failed, stored);
+}
+
+/* The broker's verdicts: confirmed results become their jobs' rows (and are reported
+ * stored), refused ones are dropped; then the batch is committed at once. */
+static void on_verdicts(fm_sink *s, const Facemill__CommitReply *r)
+{
+    fm_error e = {0};
+    for (size_t i = 0; i < r->n_confirmed; i++) {
+        const Facemill__CommitEntry *ce = r->confirmed[i];
+        if (!ce->job_id || !ensure_tx(s, ce->job_id))
+            continue;
+        int stored = 0, inserted = 0, failed = 0;
+        fm_status rc = fm_results_confirm(s->db, ce->job_id, ce->token.data, ce->token.len,
+                                          wall_ms(), &stored, &inserted, &failed, &e);
+        if (rc == FM_ERR_FORMAT) {
+            fm_log_warn("sink: %s", fm_error_text(&e));
+            continue;
+        }
+        if (rc != FM_OK) {
+            give_up_batch(s, &e);
+            return;
+        }
+        s->stats.stored += inserted;
+        if (stored)
+            pend_add(s, ce->job_id, NULL, ce->token.data, ce->token.len, failed, 1);
+    }
+    for (size_t i = 0; i < r->n_refused; i++) {
+        const Facemill__CommitEntry *ce = r->refused[i];
+        if (!ce->job_id || !ensure_tx(s, ce->job_id))
+            continue;
+        fm_log_info("sink: result for %.256s refused by the broker (not its dispatch): "
+                    "dropped", ce->job_id);
+        if (fm_results_unstage(s->db, ce->job_id, ce->token.data, ce->token.len, &e) !=
+            FM_OK) {
+            give_up_batch(s, &e);
+            return;
+        }
+        s->stats.refused++;
+    }
+    finish_batch(s);
+}
+
+/* Collects staged results into one Commit of stored-false entries. */
+typedef struct restage {
+    Facemill__CommitEntry entries[COMMIT_CHUNK];
+    Facemill__CommitEntry *ptrs[COMMIT_CHUNK];
+    char *ids[COMMIT_CHUNK];
+    uint8_t tokens[COMMIT_CHUNK][FM_WIRE_TOKEN_BYTES];
+    size_t n;
+} restage;
+
+static int restage_one(void *arg, const char *job_id, const char *tag, const void *token,
+                       size_t token_len, int failed)
+{
+    (void)tag;
+    restage *r = arg;
+    Facemill__CommitEntry *ce = &r->entries[r->n];
+    if (!job_id || !(r->ids[r->n] = strdup(job_id)))
+        return 0;
+    facemill__commit_entry__init(ce);
+    if (token && token_len)
+        memcpy(r->tokens[r->n], token,
+               token_len < FM_WIRE_TOKEN_BYTES ? token_len : FM_WIRE_TOKEN_BYTES);
+    ce->job_id = r->ids[r->n];
+    ce->has_failed = ce->has_stored = ce->has_token = 1;
+    ce->failed = failed;
+    ce->stored = 0;
+    ce->token.data = r->tokens[r->n];
+    ce->token.len = token_len < FM_WIRE_TOKEN_BYTES ? token_len : FM_WIRE_TOKEN_BYTES;
+    r->ptrs[r->n] = ce;
+    return ++r->n == COMMIT_CHUNK;
+}
+
+/* Asks the broker again about results staged and not answered for a restage
+ * interval (at the first call: every staged result, a previous run's included). */
+static void report_staged(fm_sink *s)
+{
+    restage *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    int64_t before = s->restaged_once ? wall_ms() - s->restage_ms : wall_ms();
+    fm_error e = {0};
+    if (fm_results_each_staged(s->db, before, COMMIT_CHUNK, restage_one, r, &e) != FM_OK)
+        fm_log_warn("sink: %s", fm_error_text(&e));
+    if (r->n) {
+        fm_log_info("sink: asking the broker again about %zu staged results", r->n);
+        Facemill__Commit commit = FACEMILL__COMMIT__INIT;
+        commit.n_entries = r->n;
+        commit.entries = r->ptrs;
+        Facemill__Envelope env;
+        fm_wire_envelope_init(&env);
+        env.body_case = FACEMILL__ENVELOPE__BODY_COMMIT;
+        env.commit = &commit;
+        send_to_broker(s, &env);
+    }
+    for (size_t i = 0; i < r->n; i++)
+        free(r->ids[i]);
+    free(r);
+    s->restaged_once = 1;
 }
 
 /* Reads one message from sock without waiting. Returns 1 with *env set (caller frees
@@ -289,7 +474,7 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
 {
     zmq_pollitem_t items[2] = {{s->pull, 0, ZMQ_POLLIN, 0}, {s->dealer, 0, ZMQ_POLLIN, 0}};
     int n_items = s->dealer ? 2 : 1;
-    s->next_heartbeat_ms = fm_now_ms();
+    s->next_heartbeat_ms = s->next_restage_ms = (int64_t)fm_now_ms();
     while (!*stop) {
         /* Both no-ops unless facemill-sink's main() asked for them (SIGHUP handler,
          * fm_notify_init): `facemill label` runs this loop in-process. */
@@ -305,6 +490,11 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
         }
         if (s->in_tx && now - s->batch_start_ms >= s->batch_ms)
             finish_batch(s);
+        /* Outside a transaction: what is reported staged must be on disk. */
+        if (s->dealer && !s->in_tx && now >= s->next_restage_ms) {
+            report_staged(s);
+            s->next_restage_ms = now + s->restage_ms;
+        }
         int64_t wait = s->next_heartbeat_ms - now;
         if (s->in_tx && s->batch_start_ms + s->batch_ms - now < wait)
             wait = s->batch_start_ms + s->batch_ms - now;
@@ -344,7 +534,9 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
         if (n_items > 1 && (items[1].revents & ZMQ_POLLIN)) {
             Facemill__Envelope *env = NULL;
             while (receive(s, s->dealer, &env, err) > 0) {
-                if (env->body_case == FACEMILL__ENVELOPE__BODY_ERROR && env->error)
+                if (env->body_case == FACEMILL__ENVELOPE__BODY_COMMIT_REPLY)
+                    on_verdicts(s, env->commit_reply);
+                else if (env->body_case == FACEMILL__ENVELOPE__BODY_ERROR && env->error)
                     fm_log_warn("sink: broker refused a message: %s",
                                 env->error->text ? env->error->text : "(no text)");
                 fm_wire_free(&env);

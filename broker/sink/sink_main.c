@@ -7,6 +7,7 @@
  *
  * Exit codes: 0 after a clean stop, 1 on errors, 2 on usage errors.
  */
+#include "facemill/auth.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
@@ -85,10 +86,16 @@ int main(int argc, char **argv)
 
     int code = 1;
     fm_sink *sink = NULL;
+    fm_auth *auth = NULL;
     void *zctx = zmq_ctx_new();
     if (!zctx) {
         fm_log_error("cannot create a ZeroMQ context");
         return 1;
+    }
+    /* Keys before sockets: the ZAP handler must be there before sink.results binds. */
+    if (fm_auth_open(&auth, &cfg, FM_AUTH_SINK, zctx, &err) != FM_OK) {
+        fm_log_error("%s", fm_error_text(&err));
+        goto done;
     }
     fm_sink_opts o = {
         .db_path = db,
@@ -98,7 +105,9 @@ int main(int argc, char **argv)
         .batch_ms = cfg.sink.batch_ms,
         .heartbeat_ms = cfg.broker.heartbeat_ms,
         .max_msg_size = cfg.net.max_msg_size,
+        .max_faces = cfg.detect.max_faces,
         .name = name,
+        .auth = auth,
     };
     if (fm_sink_open(&sink, zctx, &o, &err) != FM_OK) {
         fm_log_error("%s", fm_error_text(&err));
@@ -115,12 +124,14 @@ int main(int argc, char **argv)
     }
     fm_sink_stats st;
     fm_sink_get_stats(sink, &st);
-    fm_log_info("stopped: %lld results received, %lld stored, %lld duplicates, %lld dropped",
+    fm_log_info("stopped: %lld results received, %lld stored, %lld duplicates, %lld dropped, "
+                "%lld refused by the broker",
                 (long long)st.received, (long long)st.stored, (long long)st.duplicates,
-                (long long)st.dropped);
+                (long long)st.dropped, (long long)st.refused);
     code = 0;
 done:
     fm_sink_close(&sink);
+    fm_auth_close(&auth); /* after the sockets it admits peers to */
     zmq_ctx_term(zctx);
     return code;
 }

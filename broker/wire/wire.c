@@ -274,6 +274,7 @@ const char *fm_wire_body_name(const Facemill__Envelope *e)
     case FACEMILL__ENVELOPE__BODY_WORKER_BYE: return "worker_bye";
     case FACEMILL__ENVELOPE__BODY_RESULT: return "result";
     case FACEMILL__ENVELOPE__BODY_COMMIT: return "commit";
+    case FACEMILL__ENVELOPE__BODY_COMMIT_REPLY: return "commit_reply";
     case FACEMILL__ENVELOPE__BODY_HEARTBEAT: return "heartbeat";
     case FACEMILL__ENVELOPE__BODY_ERROR: return "error";
     default: return "none";

@@ -40,11 +40,15 @@ typedef struct fm_broker_stats {
     uint32_t workers, credit_total, credit_free;
 } fm_broker_stats;
 
-/* Opens the journal (broker.journal: created when missing, every uncommitted job in
- * it re-queued), binds broker.clients, broker.workers and sink.commits, and connects
- * a PUSH socket to sink.results (for quarantined jobs). zmq_ctx may be NULL: the
- * broker creates and owns a context. c is copied. On success *out is the caller's
- * (fm_broker_close); on failure *out is NULL and err names the endpoint or file. */
+/* Reads the keys (security.*, include/facemill/auth.h: with security.cert every
+ * socket uses CurveZMQ and a ZAP handler admits each role's keys; without it, an
+ * endpoint other machines reach is refused unless security.insecure), opens the
+ * journal (broker.journal: created when missing, every uncommitted job in it
+ * re-queued), binds broker.clients, broker.workers and sink.commits, and connects a
+ * PUSH socket to sink.results (for quarantined jobs). zmq_ctx may be NULL: the broker
+ * creates and owns a context; a shared one must not hold another ZAP handler. c is
+ * copied. On success *out is the caller's (fm_broker_close); on failure *out is NULL
+ * and err names the setting, endpoint or file. */
 fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
                          fm_error *err);
 

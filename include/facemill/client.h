@@ -23,6 +23,7 @@
 #ifndef FACEMILL_CLIENT_H
 #define FACEMILL_CLIENT_H
 
+#include "facemill/auth.h"
 #include "facemill/config.h"
 #include "facemill/sink.h"
 #include "facemill/status.h"
@@ -45,6 +46,7 @@ typedef enum fm_progress_mode {
 
 typedef struct fm_client_opts {
     const char *endpoint;   /* the broker's clients endpoint */
+    const fm_auth *auth;    /* CURVE keys to connect with (not owned); NULL: plain */
     void *zctx;             /* ZeroMQ context to use (not owned); NULL: a private one */
     const char *tag;        /* run name: part of every job id; status counts by it */
     int by_path;            /* jobs carry absolute paths instead of bytes (files only;
@@ -92,9 +94,12 @@ fm_status fm_client_submit(const fm_client_opts *opts, char *const *inputs, int 
                            fm_client_summary *sum, fm_error *err);
 
 /* Asks the broker at endpoint for its status (counting tag when not NULL) and writes
- * it readably to out. Waits at most timeout_ms. FM_ERR_TIMEOUT when no reply came. */
-fm_status fm_client_status(const char *endpoint, const char *tag, int64_t timeout_ms,
-                           int64_t max_msg_size, FILE *out, fm_error *err);
+ * it readably to out, connecting with auth's keys (NULL: plain). Waits at most
+ * timeout_ms. FM_ERR_TIMEOUT when no reply came (also when the broker did not admit
+ * auth's key: CURVE refusals are silent). */
+fm_status fm_client_status(const char *endpoint, const fm_auth *auth, const char *tag,
+                           int64_t timeout_ms, int64_t max_msg_size, FILE *out,
+                           fm_error *err);
 
 #ifdef __cplusplus
 }

@@ -92,6 +92,7 @@ typedef struct fm_config {
         int64_t worker_expiry_ms; /* silence after which a peer is taken for dead */
         int64_t job_timeout_ms;   /* longest a worker may hold a job */
         int64_t max_queue;        /* queued jobs above which clients are slowed down */
+        int64_t max_credit;       /* most credit a worker is given, whatever it asks */
     } broker;
     struct {
         char results[FM_CONFIG_STRING_MAX]; /* the sink's PULL endpoint for results */
@@ -109,6 +110,17 @@ typedef struct fm_config {
     struct {
         int64_t max_msg_size; /* ZMQ_MAXMSGSIZE of every socket facing the network */
     } net;
+    /* CurveZMQ (include/facemill/auth.h); paths are taken in keys_dir when relative */
+    struct fm_config_security {
+        char cert[FM_CONFIG_STRING_MAX];        /* own secret certificate; "" = no CURVE */
+        char keys_dir[FM_CONFIG_STRING_MAX];    /* where relative key paths are */
+        char broker_key[FM_CONFIG_STRING_MAX];  /* the broker's public certificate */
+        char sink_key[FM_CONFIG_STRING_MAX];    /* the sink's public certificate */
+        char clients_dir[FM_CONFIG_STRING_MAX]; /* broker: public keys of clients */
+        char workers_dir[FM_CONFIG_STRING_MAX]; /* broker, sink: public keys of workers */
+        char sink_dir[FM_CONFIG_STRING_MAX];    /* broker: public keys of the sink */
+        bool insecure; /* serve a non-local TCP endpoint without CURVE (warned) */
+    } security;
     struct {
         int64_t processes; /* pipeline processes of facemill-worker; 0 = one per core */
         int64_t credit;    /* jobs each worker process holds at once */

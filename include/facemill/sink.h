@@ -2,10 +2,12 @@
  *
  * Why it exists: every labelled image ends as exactly one row in one SQLite database,
  * whatever process crashed on the way. Workers (and the broker, for quarantined jobs)
- * PUSH Result messages to the sink; the sink writes them in batched transactions keyed
- * by job id, so a result that arrives twice (a re-dispatched job) is stored once, and
- * only after a transaction has committed tells the broker which jobs are stored
- * (proto/README.md, "Sink -> broker"). `facemill export`, `facemill label` and the tests
+ * PUSH Result messages to the sink; the sink stages them in batched transactions,
+ * keyed by job id and dispatch token, and asks the broker about each; a result the
+ * broker confirms becomes the job's row (keyed by job id, so a result that arrives
+ * twice, a re-dispatched job, is stored once), one it refuses (nobody was sent that
+ * job with that token) is dropped. Only after a transaction has committed does the
+ * sink report what it staged or stored (proto/README.md, "Sink -> broker"). `facemill export`, `facemill label` and the tests
  * read the same database through the fm_results functions below.
  *
  * The database (schema version 1; WAL journal, synchronous=FULL so a commit reported
@@ -20,6 +22,9 @@
  *          model, worker TEXT, attempt INTEGER, n_faces INTEGER NOT NULL,
  *          read_ms, decode_ms, detect_ms, align_ms, embed_ms, heads_ms, total_ms REAL,
  *          stored_ms INTEGER NOT NULL)            -- Unix time of the insert, ms
+ *   staged(job_id TEXT, token BLOB, tag TEXT, failed INTEGER, result BLOB (the packed
+ *          Result), staged_ms INTEGER, PRIMARY KEY (job_id, token))
+ *                                                 -- received, not yet confirmed
  *   faces(image_id INTEGER REFERENCES images(id), face INTEGER (0-based, by score),
  *         x1, y1, x2, y2, score REAL,
  *         le_x, le_y, re_x, re_y, nose_x, nose_y, lm_x, lm_y, rm_x, rm_y REAL,
@@ -50,6 +55,8 @@ extern "C" {
 /* The protobuf-c message type (facemill.pb-c.h); declared here so this header does
  * not pull in generated code. */
 struct Facemill__Result;
+/* CURVE keys of the service (include/facemill/auth.h, a layer below). */
+struct fm_auth;
 
 #define FM_RESULTS_SCHEMA_VERSION 1
 
@@ -91,6 +98,40 @@ void fm_results_rollback(fm_results *r);
 fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int64_t stored_ms,
                          int *inserted, int *failed, fm_error *err);
 
+/* Stages res (inside the open transaction) under its job id and token, to become the
+ * job's row once the broker confirms the token (fm_results_confirm); staging the
+ * same (job id, token) twice keeps one. The message stays the caller's.
+ * Errors: FM_ERR_INVALID (no job id, no token, read-only handle), FM_ERR_NOMEM,
+ * FM_ERR_IO. */
+fm_status fm_results_stage(fm_results *r, const struct Facemill__Result *res,
+                           int64_t staged_ms, fm_error *err);
+
+/* The broker confirmed (job_id, token): unless the job has a row already, the result
+ * staged under that token becomes it (as fm_results_put, stored_ms its time); then
+ * every staged result of the job is dropped. *stored becomes 1 when the job has a
+ * row now, 0 when it has none and nothing was staged under that token; *inserted
+ * (may be NULL) 1 when this call stored the row; *failed (may be NULL) whether the
+ * row is an error result. Inside the open transaction. Errors: FM_ERR_IO,
+ * FM_ERR_FORMAT (a staged result that does not unpack; it is dropped),
+ * FM_ERR_INVALID (read-only handle). */
+fm_status fm_results_confirm(fm_results *r, const char *job_id, const void *token,
+                             size_t token_len, int64_t stored_ms, int *stored, int *inserted,
+                             int *failed, fm_error *err);
+
+/* The broker refused (job_id, token): drops that staged result, if any. */
+fm_status fm_results_unstage(fm_results *r, const char *job_id, const void *token,
+                             size_t token_len, fm_error *err);
+
+/* Called by fm_results_each_staged with one staged result; nonzero stops the walk.
+ * The arguments are valid during the call only. */
+typedef int (*fm_staged_fn)(void *arg, const char *job_id, const char *tag,
+                            const void *token, size_t token_len, int failed);
+
+/* Calls fn for at most max staged results staged at or before before_ms, oldest
+ * first. FM_ERR_IO on SQLite errors. */
+fm_status fm_results_each_staged(fm_results *r, int64_t before_ms, int64_t max,
+                                 fm_staged_fn fn, void *arg, fm_error *err);
+
 /* Looks a job id up: *found becomes 1 when a row exists, and then *failed (may be
  * NULL) whether it is an error result. FM_ERR_IO on SQLite errors. */
 fm_status fm_results_lookup(fm_results *r, const char *job_id, int *found, int *failed,
@@ -130,19 +171,28 @@ typedef struct fm_sink_opts {
     const char *db_path;  /* results database (created when missing) */
     const char *results;  /* endpoint the sink binds its PULL socket to */
     const char *commits;  /* broker endpoint the sink connects its DEALER to; NULL or ""
-                             = report commits nowhere (tests) */
+                             = no broker (tests): results are stored at once, with no
+                             token check, and reported nowhere */
     int64_t batch;        /* most results per transaction (>= 1) */
     int64_t batch_ms;     /* longest a received result waits for its commit */
     int64_t heartbeat_ms; /* heartbeat interval towards the broker */
     int64_t max_msg_size; /* ZMQ_MAXMSGSIZE of both sockets */
+    int64_t max_faces;    /* a result listing more faces is refused (detect.max_faces);
+                             0: no limit */
     const char *name;     /* sent in heartbeats (host:pid); NULL = none */
+    const struct fm_auth *auth; /* keys (not owned; must outlive the sink): results is
+                                   bound as a CURVE server admitting workers and the
+                                   broker, commits connected as a client; NULL or
+                                   without CURVE: plain sockets */
 } fm_sink_opts;
 
 typedef struct fm_sink_stats {
     int64_t received;   /* Result messages read */
     int64_t stored;     /* new rows */
     int64_t duplicates; /* results whose job id was already stored */
-    int64_t dropped;    /* unreadable messages (not an Envelope, other version, ...) */
+    int64_t dropped;    /* unreadable or refused messages (not an Envelope, other
+                           version, no token, too many faces, ...) */
+    int64_t refused;    /* staged results the broker did not dispatch: dropped */
     int64_t commits;    /* transactions committed */
 } fm_sink_stats;
 

@@ -27,8 +27,10 @@ extern "C" {
 
 /* The protocol version this build speaks (see the changelog in proto/README.md). */
 #define FM_PROTOCOL_MAJOR 1
-#define FM_PROTOCOL_MINOR 0
+#define FM_PROTOCOL_MINOR 1
 
+/* Bytes of a dispatch token (Job.token, Result.token, CommitEntry.token). */
+#define FM_WIRE_TOKEN_BYTES 16
 /* Longest job id accepted (bytes). */
 #define FM_WIRE_JOB_ID_MAX 256
 /* Longest ZeroMQ routing id (ZeroMQ's own limit). */

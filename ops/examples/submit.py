@@ -5,7 +5,10 @@ a broker and waits until all results are stored by the sink.
 It shows the public protocol (proto/README.md) from a program that is not facemill:
 one DEALER socket, one Envelope per frame, a Submit waiting for its SubmitAck,
 SlowDown honoured, Commit notices counted, StatusRequest as the fallback when commit
-notices are lost (e.g. the broker restarted).
+notices are lost (e.g. the broker restarted). Against a broker with keys (CurveZMQ),
+--cert names this client's secret certificate (one the broker admits: its public
+half is in the broker's security.clients_dir) and --broker-key the broker's public
+certificate; both are the files `facemill keygen` (or zmq.auth) writes.
 
 Needs Debian's python3-zmq and python3-protobuf, and the Python code generated from
 proto/facemill.proto: an install puts facemill_pb2.py beside this script
@@ -14,6 +17,8 @@ run `protoc --python_out=DIR proto/facemill.proto` and pass --proto-dir DIR.
 
     python3 ops/examples/submit.py --endpoint tcp://broker:5570 \\
         --proto-dir build/python --tag myrun photos/
+    python3 ops/examples/submit.py --endpoint tcp://broker:5570 \\
+        --cert keys/client.key_secret --broker-key keys/broker.key photos/
 
 Results are then read from the sink's database: `facemill export RESULTS.db`.
 Exit 0 when every image was labelled, 1 when some failed, 3 when it gave up.
@@ -24,7 +29,7 @@ import os
 import sys
 import time
 
-PROTOCOL_MAJOR, PROTOCOL_MINOR = 1, 0
+PROTOCOL_MAJOR, PROTOCOL_MINOR = 1, 1
 IMAGE_EXT = (".jpg", ".jpeg", ".jpe", ".jfif", ".png")
 
 
@@ -56,7 +61,13 @@ def main():
     ap.add_argument("--tag", default="python-%d" % os.getpid(), help="run name")
     ap.add_argument("--chunk", type=int, default=32, help="jobs per Submit")
     ap.add_argument("--timeout", type=float, default=600, help="give up after seconds")
+    ap.add_argument("--cert", help="this client's secret certificate (NAME.key_secret): "
+                                   "connect with CurveZMQ")
+    ap.add_argument("--broker-key", help="the broker's public certificate (NAME.key); "
+                                         "needed with --cert")
     a = ap.parse_args()
+    if bool(a.cert) != bool(a.broker_key):
+        ap.error("--cert and --broker-key go together")
 
     sys.path.insert(0, a.proto_dir)
     import zmq
@@ -65,6 +76,18 @@ def main():
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if a.cert:
+        # CurveZMQ: our key pair, and the broker's public key we expect it to prove.
+        # A broker that does not admit our key fails the handshake silently: no
+        # answer ever comes (its log names the refused key).
+        import zmq.auth
+        public, secret = zmq.auth.load_certificate(a.cert)
+        if secret is None:
+            sys.exit("%s is a public certificate; --cert needs NAME.key_secret" % a.cert)
+        server, _ = zmq.auth.load_certificate(a.broker_key)
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+        sock.curve_serverkey = server
     sock.connect(a.endpoint)
 
     paths = list(find_images(a.folder))

@@ -125,6 +125,9 @@ const fm_config_setting fm_config_settings[] = {
             "longest a worker may hold a job, and longest a done job waits for commit"),
     SET_INT("broker.max_queue", broker.max_queue, 10000, 1, 100000000,
             "queued jobs at which clients are told to slow down"),
+    SET_INT("broker.max_credit", broker.max_credit, 64, 1, 4096,
+            "most jobs the broker gives one worker process at once, whatever credit it "
+            "asks for"),
     SET_STRING("sink.results", sink.results, "tcp://127.0.0.1:5573", 1,
                "sink PULL endpoint workers and the broker push results to (sink binds)"),
     SET_STRING("sink.commits", sink.commits, "tcp://127.0.0.1:5572", 1,
@@ -137,6 +140,30 @@ const fm_config_setting fm_config_settings[] = {
             "longest a received result waits for its transaction to commit, ms"),
     SET_INT("net.max_msg_size", net.max_msg_size, 68157440, 1024, 2147483647,
             "largest message accepted from the network, bytes (ZMQ_MAXMSGSIZE)"),
+    SET_STRING("security.cert", security.cert, "", 0,
+               "this program's secret certificate (NAME.key_secret, made by facemill "
+               "keygen); set, every socket uses CurveZMQ; empty: none"),
+    SET_STRING("security.keys_dir", security.keys_dir, "", 0,
+               "directory the other security paths are taken in when relative; empty: the "
+               "working directory"),
+    SET_STRING("security.broker_key", security.broker_key, "", 0,
+               "the broker's public certificate (NAME.key): clients, workers and the sink "
+               "connect with it"),
+    SET_STRING("security.sink_key", security.sink_key, "", 0,
+               "the sink's public certificate (NAME.key): workers and the broker push "
+               "results with it"),
+    SET_STRING("security.clients_dir", security.clients_dir, "", 0,
+               "broker: directory of the public certificates (*.key) of the clients it "
+               "admits on broker.clients"),
+    SET_STRING("security.workers_dir", security.workers_dir, "", 0,
+               "broker and sink: directory of the public certificates (*.key) of the "
+               "workers admitted on broker.workers and sink.results"),
+    SET_STRING("security.sink_dir", security.sink_dir, "", 0,
+               "broker: directory of the public certificates (*.key) of the sinks it admits "
+               "on sink.commits"),
+    SET_BOOL("security.insecure", security.insecure, false,
+             "let the broker and the sink serve an endpoint other machines reach without "
+             "keys (warned at every start); false: they refuse to start"),
     SET_INT("worker.processes", worker.processes, 0, 0, 4096,
             "pipeline processes of facemill-worker; 0: one per core"),
     SET_INT("worker.credit", worker.credit, 4, 1, 4096,

@@ -23,6 +23,7 @@
 #define _GNU_SOURCE /* prctl's PR_SET_PDEATHSIG, mkdtemp */
 #include "cli_opts.h"
 #include "commands.h"
+#include "facemill/auth.h"
 #include "facemill/broker.h"
 #include "facemill/client.h"
 #include "facemill/config.h"
@@ -167,14 +168,21 @@ int fm_cmd_submit(int argc, char **argv)
     else
         default_tag(tag, sizeof tag);
     o.tag = tag;
+    fm_error err = {0};
+    fm_auth *auth = NULL;
+    if (fm_auth_open(&auth, &cfg, FM_AUTH_CLIENT, NULL, &err) != FM_OK) {
+        fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
+        return EXIT_INCOMPLETE;
+    }
+    o.auth = auth;
     install_signals();
     o.stop = &stop_flag;
     fm_client_summary sum;
-    fm_error err = {0};
     fm_status st = fm_client_submit(&o, a.operands, a.n, &sum, &err);
     if (st != FM_OK)
         fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
     print_summary("facemill submit", &sum, st);
+    fm_auth_close(&auth);
     return exit_code(st, &sum);
 }
 
@@ -204,10 +212,14 @@ int fm_cmd_status(int argc, char **argv)
     if (code >= 0)
         return code;
     fm_error err = {0};
-    if (fm_client_status(cfg.broker.clients, tag, timeout, cfg.net.max_msg_size, stdout,
+    fm_auth *auth = NULL;
+    code = CLI_EXIT_OK;
+    if (fm_auth_open(&auth, &cfg, FM_AUTH_CLIENT, NULL, &err) != FM_OK ||
+        fm_client_status(cfg.broker.clients, auth, tag, timeout, cfg.net.max_msg_size, stdout,
                          &err) != FM_OK)
-        return cli_fail(&status_cmd, "%s", fm_error_text(&err));
-    return CLI_EXIT_OK;
+        code = cli_fail(&status_cmd, "%s", fm_error_text(&err));
+    fm_auth_close(&auth);
+    return code;
 }
 
 /* ---- facemill label -------------------------------------------------------------- */
@@ -423,6 +435,10 @@ static fm_status make_run_dir(label_run *r, fm_config *cfg, fm_error *err)
     snprintf(cfg->sink.results, sizeof cfg->sink.results, "ipc://%s/results", r->dir);
     snprintf(cfg->broker.journal, sizeof cfg->broker.journal, "%s/journal.db", r->dir);
     cfg->broker.fsync = FM_BROKER_FSYNC_OFF; /* the results database is what persists */
+    /* Private sockets (inproc, and ipc in a directory only this user can enter) reach
+     * no other machine: no CURVE for them, whatever keys the configuration names. The
+     * workers read this configuration (write_worker_config), so they go without too. */
+    cfg->security.cert[0] = '\0';
     return FM_OK;
 }
 
@@ -452,7 +468,8 @@ static fm_status start_services(label_run *r, const fm_config *cfg, const char *
     fm_sink_opts so = {.db_path = db_path, .results = cfg->sink.results,
                        .commits = cfg->sink.commits, .batch = cfg->sink.batch,
                        .batch_ms = cfg->sink.batch_ms, .heartbeat_ms = cfg->broker.heartbeat_ms,
-                       .max_msg_size = cfg->net.max_msg_size, .name = "label-sink"};
+                       .max_msg_size = cfg->net.max_msg_size, .name = "label-sink",
+                       .max_faces = cfg->detect.max_faces};
     if ((st = fm_broker_open(&r->broker.broker, cfg, r->zctx, err)) != FM_OK ||
         (st = fm_sink_open(&r->sink.sink, r->zctx, &so, err)) != FM_OK ||
         (st = fm_results_open(&r->db, db_path, FM_RESULTS_READONLY, err)) != FM_OK)

@@ -27,6 +27,7 @@ static const command commands[] = {
     {"status", fm_cmd_status, "show a broker's queue, workers, rates and failures"},
     {"label", fm_cmd_label, "label images on this machine into a results database"},
     {"bench", fm_cmd_bench, "measure labelling on this machine: images/s, stages, GFLOPS"},
+    {"keygen", fm_cmd_keygen, "make a CurveZMQ key pair for a broker, sink, worker or client"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},
 };

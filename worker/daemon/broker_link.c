@@ -54,6 +54,8 @@ static fm_status connect_broker(blink *l, fm_error *err)
     if (!l->broker)
         return fm_error_set(err, FM_ERR_IO, "socket: %s", zmq_strerror(errno));
     fm_status st = fm_wire_setup(l->broker, l->cfg->net.max_msg_size, 2000, err);
+    if (st == FM_OK)
+        st = fm_auth_client(l->auth, l->broker, FM_AUTH_TO_BROKER, err);
     if (st != FM_OK)
         return st;
     if (zmq_connect(l->broker, l->cfg->broker.workers) != 0)
@@ -232,9 +234,15 @@ int broker_link_open(broker_link *k, const fm_config *cfg, const char *name,
     blink *l = &k->thread;
     fm_error err = {0};
     memset(k, 0, sizeof *k);
+    if (fm_auth_open(&k->auth, cfg, FM_AUTH_WORKER, NULL, &err) != FM_OK) {
+        fm_log_error("%s", fm_error_text(&err));
+        return -1;
+    }
+    l->auth = k->auth;
     k->ctx = zmq_ctx_new();
     k->sink = k->ctx ? zmq_socket(k->ctx, ZMQ_PUSH) : NULL;
     if (!k->sink || fm_wire_setup(k->sink, cfg->net.max_msg_size, 10000, &err) != FM_OK ||
+        fm_auth_client(k->auth, k->sink, FM_AUTH_TO_SINK, &err) != FM_OK ||
         zmq_connect(k->sink, cfg->sink.results) != 0) {
         fm_log_error("sink %s: %s", cfg->sink.results,
                      err.msg[0] ? err.msg : zmq_strerror(errno));
@@ -367,5 +375,6 @@ void broker_link_close(broker_link *k)
             zmq_close(socks[i]);
     if (k->ctx)
         zmq_ctx_term(k->ctx);
+    fm_auth_close(&k->auth);
     memset(k, 0, sizeof *k);
 }

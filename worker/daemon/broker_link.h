@@ -9,6 +9,7 @@
 #ifndef FACEMILL_BROKER_LINK_H
 #define FACEMILL_BROKER_LINK_H
 
+#include "facemill/auth.h"
 #include "facemill/config.h"
 #include "facemill/wire.h"
 
@@ -19,6 +20,7 @@
  * to that thread alone. Private to broker_link.c. */
 typedef struct blink {
     const fm_config *cfg;
+    const fm_auth *auth; /* the link's keys (only read here) */
     void *ctx, *broker, *pair;
     const char *name, *model;
     int credit;
@@ -30,6 +32,7 @@ typedef struct blink {
  * the process holds it in place. */
 typedef struct broker_link {
     void *ctx;
+    fm_auth *auth; /* CURVE keys for both connections, or plain */
     void *sink;   /* PUSH to the sink */
     void *pair;   /* the compute thread's end of the inproc PAIR to the link thread */
     blink thread; /* the link thread's state */
@@ -43,7 +46,8 @@ typedef struct held_jobs {
     int n, max;               /* max: the credit */
 } held_jobs;
 
-/* Connects the sink (sink.results) and the broker (broker.workers), sends WorkerReady
+/* Connects the sink (sink.results) and the broker (broker.workers), as a CURVE
+ * client of each when security.cert is set (include/facemill/auth.h), sends WorkerReady
  * with credit, name and model (both must outlive the link) and starts the link thread
  * with SIGTERM, SIGINT and SIGHUP blocked, so signals interrupt the compute thread's
  * waits. Returns 0, or -1 with the reason logged; either way broker_link_close ends

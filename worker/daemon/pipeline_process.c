@@ -221,8 +221,8 @@ static void put_face(compute *c, size_t k, const fm_face_result *fr)
     c->pfp[k] = f;
 }
 
-/* Starts result i for job: its ids, the name results call the image, the model, this
- * worker and the attempt; no stage time yet. */
+/* Starts result i for job: its ids and token, the name results call the image, the
+ * model, this worker and the attempt; no stage time yet. */
 static void start_result(compute *c, int i, const Facemill__Job *job)
 {
     Facemill__Result *r = &c->out[i];
@@ -239,6 +239,10 @@ static void start_result(compute *c, int i, const Facemill__Job *job)
     r->worker = (char *)c->worker;
     r->has_attempt = job->has_attempt;
     r->attempt = job->attempt;
+    /* The dispatch token goes back with the result: the sink stores a result only
+     * when the broker recognises it (protocol 1.1). */
+    r->has_token = job->has_token;
+    r->token = job->token;
 }
 
 /* Finds job i's image bytes, its own or its file's (read into slot i), hashes them and
@@ -289,7 +293,10 @@ static void put_image(compute *c, int i, const Facemill__Job *job, const fm_imag
     r->width = (uint32_t)ir->width;
     r->height = (uint32_t)ir->height;
     int nf = ir->n_faces;
-    if (job->options && job->options->has_max_faces && (int)job->options->max_faces < nf)
+    /* Compared unsigned: a max_faces of 2^31 or more is no limit, not a negative
+     * count. */
+    if (job->options && job->options->has_max_faces &&
+        job->options->max_faces < (uint32_t)nf)
         nf = (int)job->options->max_faces;
     if (nf > c->max_faces) /* the face slots a job has (the pipeline reports no more) */
         nf = c->max_faces;

@@ -24,6 +24,7 @@
 #include "pipeline_process.h"
 #include "facemill/clock.h"
 #include "facemill/blas.h"
+#include "facemill/auth.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
@@ -183,6 +184,14 @@ int main(int argc, char **argv)
         }
         fm_log_info("BLAS kernels %s: %s", blas.core, blas.reason);
     }
+    /* The keys, read once here too: a missing or wrong file is one line and exit 1,
+     * not a failure of every pipeline process. */
+    fm_auth *auth = NULL;
+    if (fm_auth_open(&auth, &cfg, FM_AUTH_WORKER, NULL, &err) != FM_OK) {
+        fm_log_error("%s", fm_error_text(&err));
+        return 1;
+    }
+    fm_auth_close(&auth);
     /* Started by `facemill label` (--die-with-parent), this is not the service's
      * main process, whatever NOTIFY_SOCKET the environment carries. */
     if (!die_with_parent)

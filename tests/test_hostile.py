@@ -1,0 +1,651 @@
+#!/usr/bin/env python3
+"""test_hostile.py - hostile peers against a secured cluster: real facemill-broker,
+facemill-sink and facemill-worker processes with CurveZMQ keys made by `facemill
+keygen`, clients and workers on 127.0.0.1 TCP, the sink's sockets on ipc://, and
+attackers written here with pyzmq and the Python code of proto/facemill.proto (as
+ops/examples/submit.py and the service tests use it).
+
+One case per run (--case NAME), each a ctest test of its own:
+  unkeyed_worker   a worker without keys and one with a key nobody admitted connect
+                   first and ask for every job: they get nothing (their handshakes
+                   fail), while a keyed client's jobs all complete with a keyed worker
+  client_as_worker a client's key (and the sink's) on the workers socket, a worker's
+                   key on the clients socket: refused, and the client's jobs still
+                   complete with the real worker alone
+  forged_commit    a Commit from a key that is not the sink's never arrives; with the
+                   sink's key, commits for a token never dispatched (a queued job, a
+                   job held by a worker) are refused and not counted, the client hears
+                   nothing; the real worker then commits every job once
+  forged_result    results pushed with a worker's key before the real ones (for
+                   queued jobs, and for a job a worker holds) are refused and
+                   dropped; pushers without keys or with a client's key fail their
+                   handshakes; every stored row is the real worker's
+  max_faces        a result of 300,000 faces (and one of max_faces + 1) from the
+                   worker the job was dispatched to is refused: no row, no face; the
+                   same worker's result within the limit is stored
+  credit           a keyed worker asking for credit 2^32-1 is given broker.max_credit
+                   jobs and no more; after it hands them back the real worker does all
+  exposed_bind     broker and sink bound to every interface without keys refuse to
+                   start; with security.insecure they start and warn at every start;
+                   with keys they start without the warning
+  keygen           facemill keygen's files read with pyzmq's zmq.auth, mode 0600 for
+                   the secret one, never overwritten; pyzmq's own certificate files
+                   work as facemill keys
+
+Every wait is for a state (a log line, a handshake event, a status, rows) with a
+deadline; "nothing arrived" is checked over the whole run of the jobs, which the
+attackers were connected for. Exit 0 pass, 1 fail, 77 skip (no python3-zmq, no
+generated facemill_pb2.py, or a libzmq without CURVE).
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_service import (SKIP, Cluster, Failure, Skip, check, db_query,  # noqa: E402
+                          exactly_once, finish_submit, free_port_block, make_images,
+                          read_log, sanitizer_clean, wait_until)
+
+zmq = None
+pb = None
+WAIT = 60  # seconds any state that must come may take (sanitizer builds are slow)
+
+
+# ---- peers written here -------------------------------------------------------------
+
+def envelope(**body):
+    e = pb.Envelope(version_major=1, version_minor=1)
+    for k, v in body.items():
+        getattr(e, k).CopyFrom(v)
+    return e.SerializeToString()
+
+
+def parse(data):
+    e = pb.Envelope()
+    e.ParseFromString(data)
+    return e
+
+
+class Peer:
+    """A pyzmq socket of this test: plain, or CURVE with the certificate at cert
+    (NAME.key_secret) towards the server whose public certificate is server; a
+    monitor reports how its handshakes end."""
+
+    def __init__(self, ctx, kind, endpoint, cert=None, server=None):
+        import zmq.auth
+        self.sock = ctx.socket(kind)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if cert:
+            public, secret = zmq.auth.load_certificate(cert)
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret
+            self.sock.curve_serverkey = zmq.auth.load_certificate(server)[0]
+        self.monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH |
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self.sock.connect(endpoint)
+        self.received = []
+
+    def handshake(self, timeout=WAIT):
+        """The first handshake event: "ok", "auth" (the ZAP handler said no),
+        "protocol" / "failed" (mechanism mismatch, undecryptable), or a Failure."""
+        from zmq.utils.monitor import recv_monitor_message
+        if not self.monitor.poll(timeout * 1000):
+            raise Failure("no handshake event within %ds" % timeout)
+        ev = recv_monitor_message(self.monitor)["event"]
+        return {zmq.EVENT_HANDSHAKE_SUCCEEDED: "ok", zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol"}.get(ev, "failed")
+
+    def send(self, **body):
+        """Sends without waiting: a socket whose handshake was refused has no peer to
+        queue for (it would block). Returns whether the message was queued."""
+        try:
+            self.sock.send(envelope(**body), zmq.DONTWAIT)
+            return True
+        except zmq.Again:
+            return False
+
+    def drain(self):
+        """Reads whatever arrived (kept in self.received); returns the new ones."""
+        new = []
+        while self.sock.poll(0):
+            new.append(parse(self.sock.recv()))
+        self.received += new
+        return new
+
+    def next(self, kind, timeout=WAIT, pred=lambda e: True):
+        """The next message with body kind (and pred) within timeout, or Failure."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(100):
+                e = parse(self.sock.recv())
+                self.received.append(e)
+                if e.WhichOneof("body") == kind and pred(e):
+                    return e
+        raise Failure("no %s within %ds" % (kind, timeout))
+
+    def close(self):
+        self.sock.disable_monitor()
+        self.monitor.close()
+        self.sock.close()
+
+
+class Hostile:
+    """A secured cluster (Cluster.secure: keys for broker, sink, worker, client) with
+    broker.clients and broker.workers on 127.0.0.1 TCP and the sink's sockets on
+    ipc://, plus what attackers need: the key files and a ZeroMQ context."""
+
+    def __init__(self, c, a, broker_sets=None):
+        port = free_port_block(2)
+        c.endpoints["broker.clients"] = "tcp://127.0.0.1:%d" % port
+        c.endpoints["broker.workers"] = "tcp://127.0.0.1:%d" % (port + 1)
+        c.sets.update(c.endpoints)
+        # The workers written here heartbeat only when they wait for something: the
+        # broker must not take them for dead meanwhile (they say goodbye when done).
+        c.sets["broker.worker_expiry_ms"] = "60000"
+        self.c, self.a = c, a
+        self.keys = c.secure()
+        self.ctx = zmq.Context()
+        self.peers = []
+        subprocess.run([os.path.join(a.bin, "facemill"), "keygen", "stranger", "-d",
+                        self.keys], check=True, capture_output=True, timeout=30)
+
+    def cert(self, name):
+        return os.path.join(self.keys, name + ".key_secret")
+
+    def public(self, name):
+        """The Z85 public key of certificate name, as logs print it."""
+        import zmq.auth
+        return zmq.auth.load_certificate(os.path.join(self.keys, name + ".key"))[0].decode()
+
+    def peer(self, kind, endpoint_key, cert=None):
+        """A Peer on the cluster's endpoint_key with certificate cert (a name), or plain."""
+        server = "sink" if endpoint_key == "sink.results" else "broker"
+        p = Peer(self.ctx, kind, self.c.endpoints[endpoint_key],
+                 self.cert(cert) if cert else None,
+                 os.path.join(self.keys, server + ".key") if cert else None)
+        self.peers.append(p)
+        return p
+
+    def worker_peer(self, cert, credit=1):
+        """A worker written here: WorkerReady with credit, after its handshake."""
+        w = self.peer(zmq.DEALER, "broker.workers", cert)
+        w.send(worker_ready=pb.WorkerReady(credit=credit, name="hostile-" + (cert or "plain")))
+        return w
+
+    def client_peer(self):
+        return self.peer(zmq.DEALER, "broker.clients", "client")
+
+    def submit(self, client, ids, tag="h"):
+        """Submits jobs with these ids (small JPEG-ish bytes) and waits for the ack."""
+        sub = pb.Submit(request_id=len(client.received) + 1)
+        for i in ids:
+            sub.jobs.add(id=i, tag=tag, name=i + ".jpg", data=self.jpeg)
+        client.send(submit=sub)
+        ack = client.next("submit_ack")
+        states = [j.state for j in ack.submit_ack.jobs]
+        check(states == [pb.JobAck.ACCEPTED] * len(ids), "%d jobs accepted" % len(ids))
+
+    def status(self, client, tag="h"):
+        rid = 10 ** 6 + len(client.received)
+        client.send(status_request=pb.StatusRequest(tag=tag, request_id=rid))
+        return client.next("status_reply", pred=lambda e: e.status_reply.request_id == rid
+                           ).status_reply
+
+    def log_has(self, name, text, count=1):
+        wait_until(lambda: read_log(self.c, name).count(text) >= count, WAIT,
+                   "%s in the %s log" % (text, name))
+
+    def close(self):
+        for p in self.peers:
+            p.close()
+        self.ctx.term()
+
+
+def jpeg_bytes(a, tmp):
+    make_images(a.bin, os.path.join(tmp, "one"), 1)
+    d = os.path.join(tmp, "one")
+    with open(os.path.join(d, sorted(os.listdir(d))[0]), "rb") as f:
+        return f.read()
+
+
+def start(h, sink_sets=None, broker_sets=None):
+    h.c.sink(sink_sets)
+    h.c.broker(broker_sets)
+    h.log_has("broker", "CurveZMQ on every socket")
+    h.log_has("sink", "storing results")
+
+
+def real_worker_rows(h, n):
+    """Every one of n rows was stored from the real worker's result."""
+    names = re.findall(r" worker (\S+): credit ", read_log(h.c, "worker"))
+    rows = db_query(h.c, "SELECT worker, source, n_faces FROM images")
+    check(len(rows) == n and all(r[0] in names and r[1] != "forged" for r in rows),
+          "all %d rows are the real worker's (%s)" % (n, names))
+    staged = db_query(h.c, "SELECT count(*) FROM staged")[0][0]
+    check(staged == 0, "nothing left staged (%d)" % staged)
+
+
+# ---- cases --------------------------------------------------------------------------
+
+def case_unkeyed_worker(h):
+    start(h)
+    plain = h.worker_peer(None, credit=1000)
+    check(plain.handshake() in ("protocol", "failed"),
+          "a worker without keys fails its handshake")
+    stranger = h.worker_peer("stranger", credit=1000)
+    check(stranger.handshake() == "auth", "a worker with an unknown key is refused by ZAP")
+    h.log_has("broker", "key %s is not in security.workers_dir" % h.public("stranger"))
+    inp = os.path.join(h.c.dir, "in")
+    make_images(h.a.bin, inp, 40)
+    h.c.worker("worker", processes=1)
+    p = h.c.submit([inp], "keyed")
+    deadline = time.monotonic() + 240
+    while p.poll() is None and time.monotonic() < deadline:
+        plain.drain()
+        stranger.drain()
+        time.sleep(0.05)
+    check(finish_submit(h.c, p, 10) == 0, "the keyed client's submit exits 0")
+    exactly_once(h.c, 40)
+    plain.drain()
+    stranger.drain()
+    check(not plain.received and not stranger.received,
+          "the unkeyed and the unknown worker received nothing (%d, %d messages)" %
+          (len(plain.received), len(stranger.received)))
+    real_worker_rows(h, 40)
+    st = h.status(h.client_peer(), "keyed")
+    check(st.workers == 1 and st.tag_committed == 40,
+          "the broker knows one worker (%d) and 40 commits" % st.workers)
+
+
+def case_client_as_worker(h):
+    start(h)
+    as_worker = h.worker_peer("client", credit=1000)
+    check(as_worker.handshake() == "auth", "a client's key is refused on the workers socket")
+    h.log_has("broker", "key %s is not in security.workers_dir" % h.public("client"))
+    sink_as_worker = h.worker_peer("sink", credit=1000)
+    check(sink_as_worker.handshake() == "auth", "the sink's key is refused there too")
+    as_client = h.peer(zmq.DEALER, "broker.clients", "worker")
+    check(as_client.handshake() == "auth", "a worker's key is refused on the clients socket")
+    h.log_has("broker", "key %s is not in security.clients_dir" % h.public("worker"))
+    as_client.send(status_request=pb.StatusRequest(request_id=1))
+    inp = os.path.join(h.c.dir, "in")
+    make_images(h.a.bin, inp, 30)
+    h.c.worker("worker", processes=1)
+    p = h.c.submit([inp], "roles")
+    deadline = time.monotonic() + 240
+    while p.poll() is None and time.monotonic() < deadline:
+        for x in (as_worker, sink_as_worker, as_client):
+            x.drain()
+        time.sleep(0.05)
+    check(finish_submit(h.c, p, 10) == 0, "the client's submit exits 0")
+    exactly_once(h.c, 30)
+    for x in (as_worker, sink_as_worker, as_client):
+        x.drain()
+    check(not as_worker.received and not sink_as_worker.received and not as_client.received,
+          "the misused keys received nothing")
+    real_worker_rows(h, 30)
+
+
+def case_forged_commit(h):
+    start(h)
+    client = h.client_peer()
+    ids = ["fc-0", "fc-1", "fc-2"]
+    h.submit(client, ids, "fc")
+    # fc-0 is dispatched to a keyed worker written here, which keeps it.
+    w = h.worker_peer("worker", credit=1)
+    job = w.next("job").job
+    check(job.id == "fc-0" and len(job.token) == 16, "fc-0 dispatched with a 16-byte token")
+    # Not the sink's key: the connection is refused, nothing it sends arrives.
+    outsider = h.peer(zmq.DEALER, "sink.commits", "client")
+    check(outsider.handshake() == "auth", "a client's key is refused on the commits socket")
+    h.log_has("broker", "key %s is not in security.sink_dir" % h.public("client"))
+    entries = [pb.CommitEntry(job_id=i, token=job.token, stored=True, failed=False)
+               for i in ids]
+    outsider.send(commit=pb.Commit(entries=entries))
+    # The sink's key with tokens never dispatched: fc-0 (held by the worker), fc-1
+    # (queued), and a staged report for fc-2 that the forger gets refused.
+    forger = h.peer(zmq.DEALER, "sink.commits", "sink")
+    check(forger.handshake() == "ok", "the sink's key is admitted on the commits socket")
+    fake = os.urandom(16)
+    forger.send(commit=pb.Commit(entries=[
+        pb.CommitEntry(job_id="fc-0", token=fake, stored=True, failed=False),
+        pb.CommitEntry(job_id="fc-1", token=fake, stored=True, failed=False),
+        pb.CommitEntry(job_id="fc-2", token=fake, stored=False, failed=False)]))
+    reply = forger.next("commit_reply").commit_reply
+    check([e.job_id for e in reply.refused] == ["fc-2"] and not reply.confirmed,
+          "the staged report with a forged token is refused")
+    for i in ("fc-0", "fc-1"):
+        h.log_has("broker", "sink reported job %s stored with a token it was never "
+                  "dispatched with: not counted" % i)
+    st = h.status(client, "fc")
+    check(st.tag_total == 3 and st.tag_committed == 0 and st.in_flight == 1,
+          "nothing counted committed: %d of %d, %d at a worker" %
+          (st.tag_committed, st.tag_total, st.in_flight))
+    client.drain()
+    check(not [e for e in client.received if e.WhichOneof("body") == "commit"],
+          "the client was told nothing is committed")
+    # The held job goes back; the real worker does all three.
+    w.send(job_done=pb.JobDone(job_id="fc-0", outcome=pb.JobDone.HANDED_BACK))
+    w.send(worker_bye=pb.WorkerBye())
+    h.c.worker("worker", processes=1)
+    committed = set()
+    deadline = time.monotonic() + WAIT
+    while committed != set(ids) and time.monotonic() < deadline:
+        for e in client.drain():
+            if e.WhichOneof("body") == "commit":
+                committed.update(x.job_id for x in e.commit.entries)
+        time.sleep(0.05)
+    check(committed == set(ids), "the client hears of the three commits: %s" % sorted(committed))
+    exactly_once(h.c, 3)
+    real_worker_rows(h, 3)
+
+
+def fake_result(job_id, token, faces=1):
+    r = pb.Result(job_id=job_id, tag="fr", source="forged", worker="forger", token=token,
+                  width=10, height=10)
+    for _ in range(faces):
+        r.faces.add(box=[1, 2, 3, 4], score=0.99)
+    return r
+
+
+def case_forged_result(h):
+    start(h)
+    client = h.client_peer()
+    ids = ["fr-%d" % i for i in range(5)]
+    h.submit(client, ids, "fr")
+    # Pushers without keys, or with a client's key: their handshakes fail.
+    plain = h.peer(zmq.PUSH, "sink.results")
+    check(plain.handshake() in ("protocol", "failed"), "a pusher without keys is refused")
+    as_client = h.peer(zmq.PUSH, "sink.results", "client")
+    check(as_client.handshake() == "auth", "a client's key is refused on sink.results")
+    # A worker's key (admitted to push) with guessed tokens, before any dispatch.
+    pusher = h.peer(zmq.PUSH, "sink.results", "worker")
+    check(pusher.handshake() == "ok", "a worker's key may push results")
+    for i in ids:
+        pusher.send(result=fake_result(i, os.urandom(16)))
+    for i in ids:
+        h.log_has("sink", "result for %s refused by the broker" % i)
+    check(db_query(h.c, "SELECT count(*) FROM images")[0][0] == 0 and
+          db_query(h.c, "SELECT count(*) FROM staged")[0][0] == 0,
+          "the forged results are neither stored nor kept staged")
+    # fr-0 at a keyed worker written here: a forged result for it arrives first, the
+    # real one (with the dispatch token) after; the real one is the row.
+    w = h.worker_peer("worker", credit=1)
+    job = w.next("job").job
+    pusher.send(result=fake_result(job.id, os.urandom(16)))
+    h.log_has("sink", "result for %s refused by the broker" % job.id, count=2)
+    real = pb.Result(job_id=job.id, tag="fr", source="real-by-hand", worker="hand",
+                     token=job.token, width=7, height=7)
+    w_push = h.peer(zmq.PUSH, "sink.results", "worker")
+    w_push.send(result=real)
+    w.send(job_done=pb.JobDone(job_id=job.id, outcome=pb.JobDone.DONE))
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == 1, WAIT,
+               "the real result of %s stored" % job.id)
+    row = db_query(h.c, "SELECT source, worker, n_faces FROM images WHERE job_id = ?",
+                   (job.id,))
+    check(row == [("real-by-hand", "hand", 0)], "%s is the real result: %s" % (job.id, row))
+    w.send(worker_bye=pb.WorkerBye())
+    # The real worker does the rest.
+    h.c.worker("worker", processes=1)
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == 5, WAIT,
+               "5 rows")
+    rows = db_query(h.c, "SELECT source, worker FROM images WHERE job_id != ?", (job.id,))
+    check(len(rows) == 4 and all(r[0] != "forged" and r[1] != "forger" for r in rows),
+          "no forged row: %s" % rows)
+    exactly_once(h.c, 5)
+
+
+def case_max_faces(h):
+    start(h, sink_sets={"detect.max_faces": "5"})
+    client = h.client_peer()
+    h.submit(client, ["mf-0"], "mf")
+    w = h.worker_peer("worker", credit=1)
+    job = w.next("job").job
+    push = h.peer(zmq.PUSH, "sink.results", "worker")
+    check(push.handshake() == "ok", "the worker's key pushes")
+    big = pb.Result(job_id=job.id, tag="mf", source="many", worker="hand", token=job.token)
+    big.faces.extend([pb.Face()] * 300000)
+    push.send(result=big)
+    h.log_has("sink", "result for mf-0 refused: 300000 faces, more than detect.max_faces 5")
+    six = fake_result(job.id, job.token, faces=6)
+    push.send(result=six)
+    h.log_has("sink", "result for mf-0 refused: 6 faces, more than detect.max_faces 5")
+    check(db_query(h.c, "SELECT count(*) FROM images")[0][0] == 0 and
+          db_query(h.c, "SELECT count(*) FROM faces")[0][0] == 0 and
+          db_query(h.c, "SELECT count(*) FROM staged")[0][0] == 0,
+          "no row, no face, nothing staged from the oversized results")
+    ok = pb.Result(job_id=job.id, tag="mf", source="two", worker="hand", token=job.token)
+    for k in range(2):
+        ok.faces.add(box=[k, k, k + 5, k + 5], score=0.9)
+    push.send(result=ok)
+    w.send(job_done=pb.JobDone(job_id=job.id, outcome=pb.JobDone.DONE))
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == 1, WAIT,
+               "the result within the limit stored")
+    check(db_query(h.c, "SELECT source, n_faces FROM images") == [("two", 2)] and
+          db_query(h.c, "SELECT count(*) FROM faces")[0][0] == 2,
+          "the stored row has its 2 faces")
+    st = h.status(client, "mf")
+    check(st.tag_committed == 1, "the job is committed")
+
+
+def case_credit(h):
+    start(h)
+    client = h.client_peer()
+    ids = ["cr-%03d" % i for i in range(100)]
+    h.submit(client, ids, "cr")
+    greedy = h.worker_peer("worker", credit=2 ** 32 - 1)
+    h.log_has("broker", "asked for credit 4294967295: given 64 (broker.max_credit)")
+    got = []
+    deadline = time.monotonic() + WAIT
+    while len(got) < 64 and time.monotonic() < deadline:
+        got += [e.job.id for e in greedy.drain() if e.WhichOneof("body") == "job"]
+        greedy.send(heartbeat=pb.Heartbeat(credit=2 ** 32 - 1, busy=len(got)))
+        time.sleep(0.05)
+    # It holds 64: the broker dispatched all it would in the same turn as the 64th.
+    st = h.status(client, "cr")
+    got += [e.job.id for e in greedy.drain() if e.WhichOneof("body") == "job"]
+    check(len(got) == 64 and st.in_flight == 64 and st.queued == 36 and
+          st.worker[0].credit == 64,
+          "the greedy worker holds 64 jobs (got %d), credit %d, %d queued" %
+          (len(got), st.worker[0].credit, st.queued))
+    for i in got:
+        greedy.send(job_done=pb.JobDone(job_id=i, outcome=pb.JobDone.HANDED_BACK))
+    greedy.send(worker_bye=pb.WorkerBye())
+    h.c.worker("worker", processes=1)
+    wait_until(lambda: h.status(client, "cr").tag_committed == 100, 240, "100 commits")
+    exactly_once(h.c, 100)
+    real_worker_rows(h, 100)
+
+
+def run_until_exit(argv, log, timeout=WAIT):
+    with open(log, "ab") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise Failure("%s did not exit within %ds" % (argv[0], timeout))
+
+
+def case_exposed_bind(h):
+    c, a = h.c, h.a
+    port = free_port_block(2)
+    clients_any = "tcp://0.0.0.0:%d" % port
+    results_any = "tcp://*:%d" % (port + 1)
+    plain = {k: v for k, v in c.sets.items() if not k.startswith("security.")}
+    # What each binds to every interface (the broker pushes to the sink's port on
+    # this machine: only binds are checked).
+    broker_plain = dict(plain, **{"broker.clients": clients_any,
+                                  "sink.results": "tcp://127.0.0.1:%d" % (port + 1)})
+    sink_plain = dict(plain, **{"sink.results": results_any})
+
+    def argv(prog, sets):
+        out = [os.path.join(a.bin, prog)]
+        for k, v in sets.items():
+            out += ["--set", "%s=%s" % (k, v)]
+        return out
+    journal = os.path.join(c.dir, "journal.db")
+    for prog, sets, key, ep in (("facemill-broker", broker_plain, "broker.clients", clients_any),
+                                ("facemill-sink", sink_plain, "sink.results", results_any)):
+        log = os.path.join(c.dir, prog + "-refused.log")
+        rc = run_until_exit(argv(prog, sets), log)
+        with open(log) as f:
+            text = f.read()
+        check(rc == 1 and "%s %s can be reached from other machines" % (key, ep) in text and
+              "security.insecure" in text, "%s without keys on %s refuses to start (%d)" %
+              (prog, ep, rc))
+    check(not os.path.exists(journal), "the refused broker created no journal")
+    # security.insecure: they start and warn, at every start.
+    loose = {"security.insecure": "true"}
+    for n in (1, 2):
+        b = c.start("broker", argv("facemill-broker", dict(broker_plain, **loose)))
+        s = c.start("sink", argv("facemill-sink", dict(sink_plain, **loose)))
+        h.log_has("broker", "security.insecure: broker.clients %s is open to the network "
+                  "without CURVE" % clients_any, count=n)
+        h.log_has("sink", "security.insecure: sink.results %s is open to the network "
+                  "without CURVE" % results_any, count=n)
+        st = subprocess.run([os.path.join(a.bin, "facemill"), "status", "--set",
+                             "broker.clients=tcp://127.0.0.1:%d" % port],
+                            capture_output=True, timeout=30)
+        check(st.returncode == 0, "start %d: the insecure broker serves" % n)
+        for p in (b, s):
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(30)
+    # With keys, the same binds start without a warning.
+    before = [read_log(c, n).count("security.insecure") for n in ("broker", "sink")]
+    c.broker({"broker.clients": clients_any,
+              "sink.results": "tcp://127.0.0.1:%d" % (port + 1)})
+    c.sink({"sink.results": results_any})
+    h.log_has("broker", "CurveZMQ on every socket")
+    h.log_has("sink", "storing results")
+    check([read_log(c, n).count("security.insecure") for n in ("broker", "sink")] == before,
+          "with keys: no warning")
+    st = subprocess.run([os.path.join(a.bin, "facemill"), "status"] +
+                        c.args({"broker.clients": "tcp://127.0.0.1:%d" % port}),
+                        capture_output=True, timeout=30)
+    check(st.returncode == 0, "with keys: a keyed client is answered on 0.0.0.0")
+
+
+def case_keygen(h):
+    import zmq.auth
+    c, a = h.c, h.a
+    fm = os.path.join(a.bin, "facemill")
+    d = os.path.join(c.dir, "kg")
+    os.makedirs(d)
+    r = subprocess.run([fm, "keygen", "alice", "-d", d], capture_output=True, timeout=30)
+    check(r.returncode == 0, "facemill keygen alice exits 0")
+    printed = r.stdout.decode().strip()
+    pub_path, sec_path = os.path.join(d, "alice.key"), os.path.join(d, "alice.key_secret")
+    pub, none = zmq.auth.load_certificate(pub_path)
+    pub2, sec = zmq.auth.load_certificate(sec_path)
+    check(pub.decode() == printed and none is None and pub2 == pub and sec is not None,
+          "zmq.auth.load_certificate reads both files: the printed public key")
+    check(zmq.curve_public(sec) == pub, "the secret key belongs to the public key")
+    check(stat.S_IMODE(os.stat(sec_path).st_mode) == 0o600 and
+          stat.S_IMODE(os.stat(pub_path).st_mode) == 0o644,
+          "NAME.key_secret is 0600, NAME.key 0644")
+    with open(sec_path, "rb") as f:
+        before = f.read()
+    r = subprocess.run([fm, "keygen", "alice", "-d", d], capture_output=True, timeout=30)
+    with open(sec_path, "rb") as f:
+        after = f.read()
+    check(r.returncode == 1 and b"not overwritten" in r.stderr and before == after,
+          "a second keygen alice refuses and changes nothing")
+    # pyzmq's own certificate files as facemill keys: a client certificate made by
+    # zmq.auth, admitted by the broker, is answered.
+    start(h)
+    py_pub, py_sec = zmq.auth.create_certificates(d, "bob")
+    shutil.copy(py_pub, os.path.join(h.keys, "clients"))
+    st = subprocess.run([fm, "status"] + c.args({"security.cert": py_sec}),
+                        capture_output=True, timeout=30)
+    check(st.returncode == 0 and b"queue:" in st.stdout,
+          "a client with pyzmq's certificate files is answered: %s" % st.stderr.decode())
+
+
+CASES = {
+    "unkeyed_worker": case_unkeyed_worker,
+    "client_as_worker": case_client_as_worker,
+    "forged_commit": case_forged_commit,
+    "forged_result": case_forged_result,
+    "max_faces": case_max_faces,
+    "credit": case_credit,
+    "exposed_bind": case_exposed_bind,
+    "keygen": case_keygen,
+}
+
+
+def main():
+    global zmq, pb
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", required=True, choices=sorted(CASES))
+    ap.add_argument("--bin", default=os.environ.get("FACEMILL_BIN_DIR", "build/bin"))
+    ap.add_argument("--src", default=os.environ.get("FACEMILL_SOURCE_DIR", "."))
+    ap.add_argument("--pydir", default=None, help="generated facemill_pb2.py directory")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    a = ap.parse_args()
+    a.bin = os.path.abspath(a.bin)
+    a.src = os.path.abspath(a.src)
+    if a.pydir is None:
+        a.pydir = os.path.join(os.path.dirname(a.bin), "python")
+    try:
+        import zmq as zmq_module
+        import zmq.auth  # noqa: F401
+        import google.protobuf  # noqa: F401
+    except ImportError as e:
+        print("skip: %s (install python3-zmq python3-protobuf)" % e)
+        return SKIP
+    zmq = zmq_module
+    if not zmq.has("curve"):
+        print("skip: libzmq without CURVE")
+        return SKIP
+    if not os.path.exists(os.path.join(a.pydir, "facemill_pb2.py")):
+        print("skip: no generated facemill_pb2.py in %s (protoc missing?)" % a.pydir)
+        return SKIP
+    sys.path.insert(0, a.pydir)
+    import facemill_pb2
+    pb = facemill_pb2
+    tmp = tempfile.mkdtemp(prefix="fmhost.", dir="/tmp")  # short: ipc paths are limited
+    c = Cluster(a.bin, a.src, tmp)
+    c.sets["log.level"] = "info"
+    code = 1
+    h = None
+    try:
+        try:
+            h = Hostile(c, a)
+            h.jpeg = jpeg_bytes(a, tmp)
+            CASES[a.case](h)
+            result = 0
+        except Skip as e:
+            print("skip:", e, flush=True)
+            result = SKIP
+        c.stop_all()
+        for name in sorted(os.listdir(tmp)):
+            if name.endswith(".log"):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    sanitizer_clean(f.read(), name)
+        code = result
+    except Failure as e:
+        print("FAIL:", e, flush=True)
+        c.dump_logs()
+    finally:
+        c.stop_all()
+        if h:
+            h.close()
+        if code in (0, SKIP) and not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("files kept in", tmp)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
