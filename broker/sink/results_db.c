@@ -70,6 +70,11 @@ const char *fm_results_error_name(uint32_t code)
     return fm_result_error_name(code);
 }
 
+sqlite3 *fm_results_db(fm_results *r)
+{
+    return r->db;
+}
+
 /* ---- open / close ---------------------------------------------------------------- */
 
 static fm_status check_schema(fm_results *r, fm_error *err)

@@ -122,6 +122,12 @@ fm_status fm_results_export(fm_results *r, FILE *out, fm_export_format format, i
  * codes this build does not know. Static string. */
 const char *fm_results_error_name(uint32_t code);
 
+/* The SQLite connection of r, for read-only queries the functions above do not cover
+ * (`facemill report` aggregates with GROUP BY instead of reading every row). Owned by
+ * r: valid until fm_results_close; do not close it or change the schema through it. */
+struct sqlite3;
+struct sqlite3 *fm_results_db(fm_results *r);
+
 /* ---- the service ------------------------------------------------------------------ */
 
 typedef struct fm_sink fm_sink;

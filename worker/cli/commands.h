@@ -19,6 +19,7 @@ int fm_cmd_submit(int argc, char **argv); /* worker/cli/cmd_submit.c: submit to 
 int fm_cmd_status(int argc, char **argv); /* worker/cli/cmd_submit.c: broker status */
 int fm_cmd_label(int argc, char **argv); /* worker/cli/cmd_submit.c: label on this machine */
 int fm_cmd_models(int argc, char **argv); /* cmd_models.c: fetch and list model files */
+int fm_cmd_report(int argc, char **argv); /* cmd_report.c: a results database as HTML */
 /* --- end of commands --- */
 
 #endif

@@ -25,6 +25,7 @@ static const command commands[] = {
     {"submit", fm_cmd_submit, "submit images to a broker and wait for their results"},
     {"status", fm_cmd_status, "show a broker's queue, workers, rates and failures"},
     {"label", fm_cmd_label, "label images on this machine into a results database"},
+    {"report", fm_cmd_report, "a results database as one HTML page (charts, faces)"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},
 };
