@@ -87,6 +87,7 @@ typedef struct fm_report_stats {
     int failures_listed;
     size_t page_bytes;             /* size of the page written */
     size_t thumb_bytes;            /* JPEG bytes of all thumbnails */
+    double query_ms, thumb_ms, page_ms; /* time spent on the SQL, the originals, the page */
 } fm_report_stats;
 
 /* Writes the report of opts->db_path to opts->out_path (see the top of this file).

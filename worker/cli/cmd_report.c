@@ -139,8 +139,11 @@ int fm_cmd_report(int argc, char **argv)
     }
     fprintf(stderr,
             "facemill report: %s: %lld images, %lld faces, %lld failed; %d thumbnails "
-            "(%d placeholders), %d failures listed; %zu bytes\n",
+            "(%d placeholders), %d failures listed; %zu bytes; %.1f s (queries %.1f s, "
+            "originals %.1f s, page %.1f s)\n",
             o.out_path, (long long)s.images, (long long)s.faces, (long long)s.failed,
-            s.thumbs, s.placeholders, s.failures_listed, s.page_bytes);
+            s.thumbs, s.placeholders, s.failures_listed, s.page_bytes,
+            (s.query_ms + s.thumb_ms + s.page_ms) / 1000, s.query_ms / 1000,
+            s.thumb_ms / 1000, s.page_ms / 1000);
     return 0;
 }

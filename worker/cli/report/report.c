@@ -10,6 +10,7 @@
 #define _XOPEN_SOURCE 700
 #include "report-impl.h"
 
+#include "facemill/clock.h"
 #include "facemill/sink.h"
 
 #include <errno.h>
@@ -248,8 +249,11 @@ fm_status fm_report_write(const fm_report_opts *o, fm_report_stats *stats, fm_er
     }
     if ((st = fm_results_open(&r, o->db_path, FM_RESULTS_READONLY, err)) != FM_OK)
         goto done;
+    double t0 = fm_now_ms();
     if ((st = run_queries(fm_results_db(r), &p, err)) != FM_OK)
         goto done;
+    double t1 = fm_now_ms();
+    s.query_ms = t1 - t0;
     fm_results_close(&r); /* the originals are read without holding the database */
     if (!(v = gallery(&p, &n))) {
         st = fm_error_set(err, FM_ERR_NOMEM, "report: out of memory");
@@ -257,10 +261,13 @@ fm_status fm_report_write(const fm_report_opts *o, fm_report_stats *stats, fm_er
     }
     if ((st = rep_thumbs_make(v, n, o->root, p.thumb_px, o->max_pixels, err)) != FM_OK)
         goto done;
+    double t2 = fm_now_ms();
+    s.thumb_ms = t2 - t1;
     if (o->thumbs_dir && (st = write_thumbs(o, v, n, &p, &rel, err)) != FM_OK)
         goto done;
     count_thumbs(v, n, &s);
     st = write_page(o->out_path, &p, &s.page_bytes, err);
+    s.page_ms = fm_now_ms() - t2;
     s.images = p.sum.images;
     s.faces = p.sum.faces;
     s.failed = p.sum.failed;
