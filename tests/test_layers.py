@@ -45,7 +45,7 @@ HEADERS = {
     "notify": "base", "clock": "base", "result_json": "base",
     "nn": "engine", "model": "engine", "grad": "engine",
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
-    "heads": "vision", "dlib_resnet": "vision",
+    "heads": "vision", "dlib_resnet": "vision", "draw": "vision",
     "pipeline": "pipeline", "eval": "pipeline", "modelpath": "pipeline",
     "train": "train", "finetune": "train",
     "wire": "wire", "broker": "queue", "sink": "sink", "client": "client",
