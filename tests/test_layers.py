@@ -42,13 +42,14 @@ BELOW = {
 # public header -> its layer
 HEADERS = {
     "status": "base", "log": "base", "json": "base", "config": "base", "sha256": "base",
-    "notify": "base", "clock": "base", "result_json": "base",
+    "notify": "base", "clock": "base", "result_json": "base", "metrics": "base",
     "nn": "engine", "model": "engine", "grad": "engine",
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
     "heads": "vision", "dlib_resnet": "vision", "draw": "vision",
     "pipeline": "pipeline", "eval": "pipeline", "modelpath": "pipeline",
     "train": "train", "finetune": "train",
-    "wire": "wire", "broker": "queue", "sink": "sink", "client": "client",
+    "wire": "wire", "status_metrics": "wire", "broker": "queue", "sink": "sink",
+    "client": "client",
     "report": "report",
 }
 # folder -> layer

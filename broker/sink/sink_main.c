@@ -1,6 +1,7 @@
 /* sink_main.c - the facemill-sink program: reads the configuration, opens the sink
  * and serves until SIGINT/SIGTERM (include/facemill/sink.h says what it does).
- * SIGHUP reopens log.file. Under systemd it says READY=1 once the database is open
+ * SIGHUP reopens log.file. With metrics.file set it writes its metrics there every
+ * metrics.interval_ms. Under systemd it says READY=1 once the database is open
  * and sink.results bound (include/facemill/notify.h).
  *
  *   facemill-sink [--config FILE] [--set KEY=VALUE]... [--db PATH]
@@ -9,6 +10,7 @@
  */
 #include "facemill/config.h"
 #include "facemill/log.h"
+#include "facemill/metrics.h"
 #include "facemill/notify.h"
 #include "facemill/sink.h"
 
@@ -37,7 +39,8 @@ static void usage(FILE *out)
             "Receives results on sink.results (PULL), stores them in the SQLite database\n"
             "sink.db (or --db PATH) and reports commits to the broker at sink.commits.\n"
             "Stops on SIGINT or SIGTERM after committing what it holds. SIGHUP reopens\n"
-            "log.file (for logrotate).\n");
+            "log.file (for logrotate). With metrics.file set, writes its metrics there\n"
+            "every metrics.interval_ms (Prometheus text format).\n");
 }
 
 int main(int argc, char **argv)
@@ -90,6 +93,12 @@ int main(int argc, char **argv)
         fm_log_error("cannot create a ZeroMQ context");
         return 1;
     }
+    char metrics[FM_CONFIG_STRING_MAX + 64] = "";
+    if (fm_metrics_path(metrics, sizeof metrics, cfg.metrics.file, "sink") != 0) {
+        fm_log_error("metrics.file: path too long");
+        zmq_ctx_term(zctx);
+        return 1;
+    }
     fm_sink_opts o = {
         .db_path = db,
         .results = cfg.sink.results,
@@ -99,6 +108,8 @@ int main(int argc, char **argv)
         .heartbeat_ms = cfg.broker.heartbeat_ms,
         .max_msg_size = cfg.net.max_msg_size,
         .name = name,
+        .metrics_file = metrics,
+        .metrics_interval_ms = cfg.metrics.interval_ms,
     };
     if (fm_sink_open(&sink, zctx, &o, &err) != FM_OK) {
         fm_log_error("%s", fm_error_text(&err));

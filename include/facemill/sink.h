@@ -142,6 +142,11 @@ typedef struct fm_sink_opts {
     int64_t heartbeat_ms; /* heartbeat interval towards the broker */
     int64_t max_msg_size; /* ZMQ_MAXMSGSIZE of both sockets */
     const char *name;     /* sent in heartbeats (host:pid); NULL = none */
+    const char *metrics_file;    /* replaced with the sink's metrics in the Prometheus
+                                    text format every metrics_interval_ms (the
+                                    counters below, pending results, database and
+                                    filesystem bytes); NULL or "" = none */
+    int64_t metrics_interval_ms;
 } fm_sink_opts;
 
 typedef struct fm_sink_stats {
@@ -150,6 +155,8 @@ typedef struct fm_sink_stats {
     int64_t duplicates; /* results whose job id was already stored */
     int64_t dropped;    /* unreadable messages (not an Envelope, other version, ...) */
     int64_t commits;    /* transactions committed */
+    int64_t failed_transactions; /* rolled back (disk full, I/O error): their results
+                                    were not stored and are dispatched again */
 } fm_sink_stats;
 
 /* Opens the database and the sockets (binds results, connects commits) in the ZeroMQ

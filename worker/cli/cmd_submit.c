@@ -202,24 +202,31 @@ int fm_cmd_status(int argc, char **argv)
     }
     const char *tag = NULL;
     long timeout = 5000;
+    fm_status_format format = FM_STATUS_TEXT;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--tag") == 0 && i + 1 < argc) {
             tag = argv[++i];
+        } else if (strcmp(argv[i], "--format") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "text") == 0 ||
+                    strcmp(argv[i + 1], "prometheus") == 0)) {
+            format = strcmp(argv[++i], "text") == 0 ? FM_STATUS_TEXT : FM_STATUS_PROMETHEUS;
         } else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) {
             timeout = strtol(argv[++i], NULL, 10);
         } else {
             int help = strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
             fprintf(help ? stdout : stderr,
-                    "usage: facemill status [--tag NAME] [--timeout MS]\n"
+                    "usage: facemill status [--tag NAME] [--timeout MS] "
+                    "[--format text|prometheus]\n"
                     "\n"
                     "Shows the broker's queue depth, workers and their credit, commit rate and\n"
-                    "failures (and the counts of one run with --tag).\n");
+                    "failures (and the counts of one run with --tag). --format prometheus\n"
+                    "prints them in the Prometheus text format (facemill_jobs_queued, ...).\n");
             return help ? 0 : EXIT_USAGE;
         }
     }
     fm_log_init("status", cfg.log.level);
-    if (fm_client_status(cfg.broker.clients, tag, timeout > 0 ? timeout : 5000,
-                         cfg.net.max_msg_size, stdout, &err) != FM_OK) {
+    if (fm_client_status_as(cfg.broker.clients, tag, timeout > 0 ? timeout : 5000,
+                            cfg.net.max_msg_size, format, stdout, &err) != FM_OK) {
         fprintf(stderr, "facemill status: %s\n", fm_error_text(&err));
         return 1;
     }
