@@ -275,6 +275,10 @@ static void summary(FILE *out, const rep_page *p)
     fputs("</div><div><h3>Models (lineage: the model identity each result names)</h3>\n",
           out);
     rows_table(out, "models", "model", &s->models, 0);
+    fputs("<p class=\"note\">Detector + backbone (architecture, source, SHA-256 of its "
+          "weights) + heads; <code>facemill model info FILE</code> prints a model file's "
+          "full lineage (base model, data, command, date, commit).</p>\n",
+          out);
     fputs("</div><div><h3>Runs (tags)</h3>\n", out);
     rows_table(out, "tags", "tag", &s->tags, 0);
     fputs("</div></div></section>\n", out);
