@@ -19,7 +19,8 @@ to DIR/fm-%n.prom every 200 ms. Then, with the broker idle:
     last-heard age is there;
   - the broker's file reaches the same committed count and has the journal's size and
     free space; the sink's file counts the stored results (the database's rows) and
-    its transactions, with nothing pending; no temporary file is left beside them.
+    its transactions, with nothing pending; once the programs stopped, no temporary
+    file is left beside them.
 Every wait is bounded and waits for a state. Exit 0 pass, 1 fail.
 """
 import argparse
@@ -299,10 +300,13 @@ def main():
               plain(sk, "facemill_sink_database_bytes") > 0 and
               plain(sk, "facemill_sink_database_filesystem_avail_bytes") > 0,
               "sink file: received, transactions, none failed, database and free bytes")
-        left = sorted(f for f in os.listdir(mdir) if not f.endswith(".prom"))
-        check(not left and sorted(os.listdir(mdir)) == ["fm-broker.prom", "fm-sink.prom"],
-              "only the two .prom files in the directory (%s)" % os.listdir(mdir))
         check(oct(os.stat(bfile).st_mode & 0o777) == "0o644", "the files are readable by all")
+        # Once the programs stopped, nothing but the two files: every temporary file
+        # was renamed into place (while they run, one may exist for a moment).
+        c.stop_all()
+        check(sorted(os.listdir(mdir)) == ["fm-broker.prom", "fm-sink.prom"],
+              "only the two .prom files in the directory after a stop (%s)" %
+              sorted(os.listdir(mdir)))
     except svc.Failure as e:
         check(False, str(e))
         c.dump_logs()
