@@ -13,9 +13,9 @@
  */
 #include "facemill/sink.h"
 #include "facemill/log.h"
-#include "sink_metrics.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
+#include "sink_metrics.h"
 
 #include <zmq.h>
 
