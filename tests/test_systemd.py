@@ -342,7 +342,9 @@ def case_program(c, a, prog):
         # SIGTERM: STOPPING=1, exit 0
         rc = stop(p)
         check(rc == 0, "%s: SIGTERM exits 0 (got %d)" % (prog, rc))
-        check(len(lst.lines("STOPPING")) == 1, "%s: STOPPING=1 sent" % prog)
+        # the listener's thread may not have read the last datagram yet: wait for it
+        check(len(lst.wait("STOPPING", 10, "%s: STOPPING=1" % prog)) == 1,
+              "%s: STOPPING=1 sent" % prog)
 
         # again without log.file: SIGHUP changes nothing and stops nothing
         t1 = time.monotonic()
@@ -356,7 +358,8 @@ def case_program(c, a, prog):
         check(not os.path.exists(logfile + ".2"), "no stray files")
         rc = stop(p)
         check(rc == 0, "%s (no log.file): SIGTERM exits 0 (got %d)" % (prog, rc))
-        check(len(lst.lines("STOPPING", t1)) == 1, "%s (no log.file): STOPPING=1" % prog)
+        check(len(lst.wait("STOPPING", 10, "%s (no log.file): STOPPING=1" % prog,
+                           since=t1)) == 1, "%s (no log.file): STOPPING=1" % prog)
         out = read(os.path.join(c.dir, prog + "-2.out"))
         check("INFO" in out and "log file" not in out,
               "%s (no log.file): logs on stderr, no reopen" % prog)
