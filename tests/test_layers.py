@@ -5,6 +5,7 @@ The layers (README.md, "What is here"):
 
     worker/base < worker/engine < worker/vision < worker/pipeline < worker/train
     worker/base < broker/wire < broker/queue, broker/sink < broker/client
+    worker/cli/report (facemill report): vision, sink and below
     worker/daemon, worker/cli: the programs, on top
 
 Every public header in include/facemill/ belongs to one layer (HEADERS below; a new
@@ -34,25 +35,28 @@ BELOW = {
     "sink": {"base", "wire", "sink"},
     "client": {"base", "wire", "sink", "client"},
     "daemon": {"base", "engine", "vision", "pipeline", "wire", "daemon"},
+    "report": {"base", "engine", "vision", "wire", "sink", "report"},
     "cli": {"base", "engine", "vision", "pipeline", "train", "wire", "queue", "sink",
-            "client", "cli"},
+            "client", "report", "cli"},
 }
 # public header -> its layer
 HEADERS = {
     "status": "base", "log": "base", "json": "base", "config": "base", "sha256": "base",
-    "notify": "base", "clock": "base", "result_json": "base",
+    "notify": "base", "clock": "base", "result_json": "base", "metrics": "base",
     "nn": "engine", "model": "engine", "grad": "engine", "blas": "engine",
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
-    "heads": "vision", "dlib_resnet": "vision",
+    "heads": "vision", "dlib_resnet": "vision", "draw": "vision",
     "pipeline": "pipeline", "eval": "pipeline", "modelpath": "pipeline",
     "train": "train", "finetune": "train", "trainset": "train",
-    "wire": "wire", "auth": "wire", "broker": "queue", "sink": "sink", "client": "client",
+    "wire": "wire", "auth": "wire", "status_metrics": "wire", "broker": "queue",
+    "sink": "sink", "client": "client",
+    "report": "report",
 }
 # folder -> layer
 FOLDERS = {
     "worker/base": "base", "worker/engine": "engine", "worker/vision": "vision",
     "worker/pipeline": "pipeline", "worker/train": "train", "worker/daemon": "daemon",
-    "worker/cli": "cli", "broker/wire": "wire", "broker/queue": "queue",
+    "worker/cli": "cli", "worker/cli/report": "report", "broker/wire": "wire", "broker/queue": "queue",
     "broker/sink": "sink", "broker/client": "client",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

@@ -18,6 +18,7 @@
 #include "facemill/clock.h"
 #include "facemill/log.h"
 #include "facemill/sha256.h"
+#include "facemill/status_metrics.h"
 #include "facemill/wire.h"
 
 #include <archive.h>
@@ -999,6 +1000,14 @@ fm_status fm_client_status(const char *endpoint, const fm_auth *auth, const char
                            int64_t timeout_ms, int64_t max_msg_size, FILE *out,
                            fm_error *err)
 {
+    return fm_client_status_as(endpoint, auth, tag, timeout_ms, max_msg_size, FM_STATUS_TEXT,
+                               out, err);
+}
+
+fm_status fm_client_status_as(const char *endpoint, const fm_auth *auth, const char *tag,
+                              int64_t timeout_ms, int64_t max_msg_size,
+                              fm_status_format format, FILE *out, fm_error *err)
+{
     fm_status st = FM_OK;
     void *ctx = zmq_ctx_new();
     if (!ctx)
@@ -1034,7 +1043,10 @@ fm_status fm_client_status(const char *endpoint, const fm_auth *auth, const char
         if (rs != FM_OK)
             continue;
         if (env->body_case == FACEMILL__ENVELOPE__BODY_STATUS_REPLY) {
-            print_status(out, env->status_reply);
+            if (format == FM_STATUS_PROMETHEUS)
+                fm_status_metrics_write(out, env->status_reply);
+            else
+                print_status(out, env->status_reply);
             fm_wire_free(&env);
             break;
         }

@@ -33,6 +33,7 @@
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
+#include "broker_metrics.h"
 #include "journal-impl.h"
 
 #include <zmq.h>
@@ -97,6 +98,7 @@ struct fm_broker {
     size_t nworkers, capworkers;
     fm_broker_stats st;
     int64_t started, next_tick, sink_seen;
+    int64_t next_metrics; /* when metrics.file is written next */
     int64_t rate_t[RATE_SAMPLES];
     uint64_t rate_c[RATE_SAMPLES];
     size_t rate_n;
@@ -894,17 +896,16 @@ static double commit_rate(const fm_broker *b)
     return (double)(b->rate_c[newest] - b->rate_c[oldest]) * 1000.0 / (double)dt;
 }
 
-static fm_status on_status(fm_broker *b, const fm_wire_peer *from,
-                           Facemill__StatusRequest *q, fm_error *err)
+/* Fills r with the broker's state (the tag's counts when tag is not NULL). r->worker
+ * points into *wi and *wp, which the caller frees. */
+static fm_status status_fill(fm_broker *b, const char *tag, Facemill__StatusReply *r_out,
+                             Facemill__WorkerInfo **wi_out, Facemill__WorkerInfo ***wp_out,
+                             fm_error *err)
 {
-    Facemill__Envelope env;
     Facemill__StatusReply r;
-    fm_wire_envelope_init(&env);
     facemill__status_reply__init(&r);
     fm_broker_stats s;
     fm_broker_get_stats(b, &s);
-    r.has_request_id = q->has_request_id;
-    r.request_id = q->request_id;
     r.has_queued = r.has_in_flight = r.has_awaiting_commit = r.has_committed = 1;
     r.has_quarantined = r.has_max_queue = r.has_workers = r.has_credit_total = 1;
     r.has_credit_free = r.has_jobs_per_s = r.has_uptime_ms = 1;
@@ -938,12 +939,12 @@ static fm_status on_status(fm_broker *b, const fm_wire_peer *from,
     }
     r.n_worker = b->nworkers;
     r.worker = wp;
-    if (q->tag) {
+    if (tag) {
         uint64_t total = 0, committed = 0, failed = 0, quarantined = 0;
         fm_error je = {0};
-        if (fm_journal_counts(b->journal, q->tag, &total, &committed, &failed,
+        if (fm_journal_counts(b->journal, tag, &total, &committed, &failed,
                               &quarantined, &je) == FM_OK) {
-            r.tag = q->tag;
+            r.tag = (char *)tag;
             r.has_tag_total = r.has_tag_committed = r.has_tag_failed = 1;
             r.tag_total = total;
             r.tag_committed = committed;
@@ -952,12 +953,44 @@ static fm_status on_status(fm_broker *b, const fm_wire_peer *from,
             fm_log_error("status: %s", fm_error_text(&je));
         }
     }
+    *r_out = r;
+    *wi_out = wi;
+    *wp_out = wp;
+    return FM_OK;
+}
+
+static fm_status on_status(fm_broker *b, const fm_wire_peer *from,
+                           Facemill__StatusRequest *q, fm_error *err)
+{
+    Facemill__Envelope env;
+    Facemill__StatusReply r;
+    Facemill__WorkerInfo *wi = NULL, **wp = NULL;
+    fm_status st = status_fill(b, q->tag, &r, &wi, &wp, err);
+    if (st != FM_OK)
+        return st;
+    fm_wire_envelope_init(&env);
+    r.has_request_id = q->has_request_id;
+    r.request_id = q->request_id;
     env.body_case = FACEMILL__ENVELOPE__BODY_STATUS_REPLY;
     env.status_reply = &r;
     fm_wire_send(b->clients, from, &env, ZMQ_DONTWAIT, NULL);
     free(wi);
     free(wp);
     return FM_OK;
+}
+
+/* metrics.file: the status as Prometheus metrics, every metrics.interval_ms. A file
+ * that cannot be written is logged, never a reason to stop serving. */
+static void write_metrics(fm_broker *b)
+{
+    Facemill__StatusReply r;
+    Facemill__WorkerInfo *wi = NULL, **wp = NULL;
+    fm_error e = {0};
+    if (status_fill(b, NULL, &r, &wi, &wp, &e) != FM_OK ||
+        fm_broker_metrics_write(&b->cfg, &r, &e) != FM_OK)
+        fm_log_warn("%s", fm_error_text(&e));
+    free(wi);
+    free(wp);
 }
 
 static fm_status on_client(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
@@ -1449,6 +1482,10 @@ fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err
         }
         if ((st = dispatch(b, err)) != FM_OK)
             break;
+        if (b->cfg.metrics.file[0] && (int64_t)fm_now_ms() >= b->next_metrics) {
+            write_metrics(b);
+            b->next_metrics = (int64_t)fm_now_ms() + b->cfg.metrics.interval_ms;
+        }
     }
     if (st == FM_OK)
         fm_log_info("broker stopping: %" PRIu64 " queued, %" PRIu64 " at workers, %" PRIu64

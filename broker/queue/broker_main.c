@@ -26,7 +26,8 @@ static void usage(FILE *f)
                "Serves clients (broker.clients) and workers (broker.workers), journals\n"
                "jobs (broker.journal) and takes commits from the sink (sink.commits).\n"
                "SIGTERM or SIGINT stops it; the journal keeps every unfinished job.\n"
-               "SIGHUP reopens log.file (for logrotate).\n");
+               "SIGHUP reopens log.file (for logrotate). With metrics.file set, writes\n"
+               "its metrics there every metrics.interval_ms (Prometheus text format).\n");
 }
 
 int main(int argc, char **argv)

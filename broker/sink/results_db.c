@@ -85,6 +85,11 @@ const char *fm_results_error_name(uint32_t code)
     return fm_result_error_name(code);
 }
 
+sqlite3 *fm_results_db(fm_results *r)
+{
+    return r->db;
+}
+
 /* ---- open / close ---------------------------------------------------------------- */
 
 static fm_status check_schema(fm_results *r, fm_error *err)
@@ -268,16 +273,6 @@ static void bind_opt_float(sqlite3_stmt *st, int i, int has, float v)
         sqlite3_bind_null(st, i);
 }
 
-/* Index of the largest of n values. */
-static size_t argmax(const float *v, size_t n)
-{
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (v[i] > v[best])
-            best = i;
-    return best;
-}
-
 static fm_status insert_faces(fm_results *r, const Facemill__Result *res, int64_t image_id,
                               fm_error *err)
 {
@@ -298,13 +293,13 @@ static fm_status insert_faces(fm_results *r, const Facemill__Result *res, int64_
         bind_opt_float(st, c++, face->has_age, face->age);
         bind_opt_float(st, c++, face->has_age_std, face->age_std);
         int g = face->n_gender_probs == 2;
-        bind_text_or_null(st, c++,
-                          g ? fm_result_gender_names[argmax(face->gender_probs, 2)] : NULL);
+        bind_text_or_null(
+            st, c++, g ? fm_result_gender_names[fm_result_argmax(face->gender_probs, 2)] : NULL);
         for (size_t k = 0; k < 2; k++, c++)
             bind_opt_float(st, c, g, g ? face->gender_probs[k] : 0);
         int rc5 = face->n_race_probs == 5;
-        bind_text_or_null(st, c++,
-                          rc5 ? fm_result_race_names[argmax(face->race_probs, 5)] : NULL);
+        bind_text_or_null(
+            st, c++, rc5 ? fm_result_race_names[fm_result_argmax(face->race_probs, 5)] : NULL);
         for (size_t k = 0; k < 5; k++, c++)
             bind_opt_float(st, c, rc5, rc5 ? face->race_probs[k] : 0);
         if (sqlite3_step(st) != SQLITE_DONE) {

@@ -29,6 +29,7 @@
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
+#include "sink_metrics.h"
 
 #include <zmq.h>
 
@@ -67,6 +68,8 @@ struct fm_sink {
     int in_tx;
     int64_t next_heartbeat_ms;
     fm_sink_stats stats;
+    char *db_path, *metrics_file; /* metrics_file NULL: no metrics */
+    int64_t metrics_ms, next_metrics_ms;
 };
 
 static int64_t wall_ms(void)
@@ -107,7 +110,11 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
     s->restage_ms = 5 * o->heartbeat_ms > 1000 ? 5 * o->heartbeat_ms : 1000;
     s->name = o->name ? strdup(o->name) : NULL;
     s->pend = calloc((size_t)o->batch, sizeof *s->pend);
-    if (!s->pend || (o->name && !s->name)) {
+    s->db_path = strdup(o->db_path);
+    s->metrics_file = o->metrics_file && o->metrics_file[0] ? strdup(o->metrics_file) : NULL;
+    s->metrics_ms = o->metrics_interval_ms > 0 ? o->metrics_interval_ms : 15000;
+    if (!s->pend || (o->name && !s->name) || !s->db_path ||
+        (o->metrics_file && o->metrics_file[0] && !s->metrics_file)) {
         rc = fm_error_set(err, FM_ERR_NOMEM, "sink: out of memory");
         goto fail;
     }
@@ -154,6 +161,8 @@ void fm_sink_close(fm_sink **sp)
         zmq_close(s->dealer);
     fm_results_close(&s->db);
     free(s->name);
+    free(s->db_path);
+    free(s->metrics_file);
     free(s);
     *sp = NULL;
 }
@@ -219,6 +228,7 @@ static void finish_batch(fm_sink *s)
     if (fm_results_commit(s->db, &e) != FM_OK) {
         fm_log_error("sink: %s; %lld results not stored (they will be dispatched again)",
                      fm_error_text(&e), (long long)s->n_pend);
+        s->stats.failed_transactions++;
         clear_pending(s);
         return;
     }
@@ -264,6 +274,7 @@ static void give_up_batch(fm_sink *s, const fm_error *e)
                  fm_error_text(e), (long long)s->n_pend + 1);
     fm_results_rollback(s->db);
     s->in_tx = 0;
+    s->stats.failed_transactions++;
     clear_pending(s);
 }
 
@@ -494,6 +505,10 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
         if (s->dealer && !s->in_tx && now >= s->next_restage_ms) {
             report_staged(s);
             s->next_restage_ms = now + s->restage_ms;
+        }
+        if (s->metrics_file && now >= s->next_metrics_ms) {
+            sink_metrics_write(s->metrics_file, s->db_path, &s->stats, s->n_pend);
+            s->next_metrics_ms = now + s->metrics_ms;
         }
         int64_t wait = s->next_heartbeat_ms - now;
         if (s->in_tx && s->batch_start_ms + s->batch_ms - now < wait)

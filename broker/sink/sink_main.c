@@ -1,6 +1,7 @@
 /* sink_main.c - the facemill-sink program: reads the configuration, opens the sink
  * and serves until SIGINT/SIGTERM (include/facemill/sink.h says what it does).
- * SIGHUP reopens log.file. Under systemd it says READY=1 once the database is open
+ * SIGHUP reopens log.file. With metrics.file set it writes its metrics there every
+ * metrics.interval_ms. Under systemd it says READY=1 once the database is open
  * and sink.results bound (include/facemill/notify.h).
  *
  *   facemill-sink [--config FILE] [--set KEY=VALUE]... [--db PATH]
@@ -10,6 +11,7 @@
 #include "facemill/auth.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
+#include "facemill/metrics.h"
 #include "facemill/notify.h"
 #include "facemill/sink.h"
 
@@ -38,7 +40,8 @@ static void usage(FILE *out)
             "Receives results on sink.results (PULL), stores them in the SQLite database\n"
             "sink.db (or --db PATH) and reports commits to the broker at sink.commits.\n"
             "Stops on SIGINT or SIGTERM after committing what it holds. SIGHUP reopens\n"
-            "log.file (for logrotate).\n");
+            "log.file (for logrotate). With metrics.file set, writes its metrics there\n"
+            "every metrics.interval_ms (Prometheus text format).\n");
 }
 
 int main(int argc, char **argv)
@@ -92,6 +95,11 @@ int main(int argc, char **argv)
         fm_log_error("cannot create a ZeroMQ context");
         return 1;
     }
+    char metrics[FM_CONFIG_STRING_MAX + 64] = "";
+    if (fm_metrics_path(metrics, sizeof metrics, cfg.metrics.file, "sink") != 0) {
+        fm_log_error("metrics.file: path too long");
+        goto done;
+    }
     /* Keys before sockets: the ZAP handler must be there before sink.results binds. */
     if (fm_auth_open(&auth, &cfg, FM_AUTH_SINK, zctx, &err) != FM_OK) {
         fm_log_error("%s", fm_error_text(&err));
@@ -108,6 +116,8 @@ int main(int argc, char **argv)
         .max_faces = cfg.detect.max_faces,
         .name = name,
         .auth = auth,
+        .metrics_file = metrics,
+        .metrics_interval_ms = cfg.metrics.interval_ms,
     };
     if (fm_sink_open(&sink, zctx, &o, &err) != FM_OK) {
         fm_log_error("%s", fm_error_text(&err));

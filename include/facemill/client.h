@@ -101,6 +101,17 @@ fm_status fm_client_status(const char *endpoint, const fm_auth *auth, const char
                            int64_t timeout_ms, int64_t max_msg_size, FILE *out,
                            fm_error *err);
 
+/* How fm_client_status_as writes the status. */
+typedef enum fm_status_format {
+    FM_STATUS_TEXT = 0,       /* for people: what fm_client_status writes */
+    FM_STATUS_PROMETHEUS = 1, /* the Prometheus text format (status_metrics.h) */
+} fm_status_format;
+
+/* fm_client_status in the given format. */
+fm_status fm_client_status_as(const char *endpoint, const fm_auth *auth, const char *tag,
+                              int64_t timeout_ms, int64_t max_msg_size,
+                              fm_status_format format, FILE *out, fm_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -126,6 +126,10 @@ typedef struct fm_config {
         int64_t credit;    /* jobs each worker process holds at once */
         char name[FM_CONFIG_STRING_MAX]; /* names this machine's workers; "" = host */
     } worker;
+    struct {
+        char file[FM_CONFIG_STRING_MAX]; /* Prometheus textfile; %n: broker/sink; "" off */
+        int64_t interval_ms;             /* how often it is written */
+    } metrics;
 } fm_config;
 
 /* Sets every field of *c to its default from the table. Cannot fail. */

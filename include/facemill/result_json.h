@@ -73,6 +73,10 @@ uint32_t fm_result_error_code(fm_status s);
  * "error" for codes this build does not know. Static string. */
 const char *fm_result_error_name(uint32_t code);
 
+/* Index of the largest of n probabilities, the first on a tie: a face's gender or
+ * race from its gender_probs or race_probs. */
+int fm_result_argmax(const float *v, int n);
+
 /* Class and landmark names, in the protocol's order (static strings). */
 extern const char *const fm_result_gender_names[FM_RESULT_GENDERS];
 extern const char *const fm_result_race_names[FM_RESULT_RACES];

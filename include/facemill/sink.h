@@ -163,6 +163,12 @@ fm_status fm_results_export(fm_results *r, FILE *out, fm_export_format format, i
  * codes this build does not know. Static string. */
 const char *fm_results_error_name(uint32_t code);
 
+/* The SQLite connection of r, for read-only queries the functions above do not cover
+ * (`facemill report` aggregates with GROUP BY instead of reading every row). Owned by
+ * r: valid until fm_results_close; do not close it or change the schema through it. */
+struct sqlite3;
+struct sqlite3 *fm_results_db(fm_results *r);
+
 /* ---- the service ------------------------------------------------------------------ */
 
 typedef struct fm_sink fm_sink;
@@ -184,6 +190,11 @@ typedef struct fm_sink_opts {
                                    bound as a CURVE server admitting workers and the
                                    broker, commits connected as a client; NULL or
                                    without CURVE: plain sockets */
+    const char *metrics_file;    /* replaced with the sink's metrics in the Prometheus
+                                    text format every metrics_interval_ms (the
+                                    counters below, pending results, database and
+                                    filesystem bytes); NULL or "" = none */
+    int64_t metrics_interval_ms;
 } fm_sink_opts;
 
 typedef struct fm_sink_stats {
@@ -194,6 +205,8 @@ typedef struct fm_sink_stats {
                            version, no token, too many faces, ...) */
     int64_t refused;    /* staged results the broker did not dispatch: dropped */
     int64_t commits;    /* transactions committed */
+    int64_t failed_transactions; /* rolled back (disk full, I/O error): their results
+                                    were not stored and are dispatched again */
 } fm_sink_stats;
 
 /* Opens the database and the sockets (binds results, connects commits) in the ZeroMQ

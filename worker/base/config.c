@@ -178,6 +178,12 @@ const fm_config_setting fm_config_settings[] = {
             "interval of the plain progress lines when output is not a terminal, ms"),
     SET_INT("client.retry_ms", client.retry_ms, 10000, 100, 3600000,
             "a Submit the broker has not answered is sent again after this long, ms"),
+    SET_STRING("metrics.file", metrics.file, "", 0,
+               "file facemill-broker and facemill-sink replace with their metrics in the "
+               "Prometheus text format (node_exporter's textfile collector); %n becomes "
+               "broker or sink; empty: none"),
+    SET_INT("metrics.interval_ms", metrics.interval_ms, 15000, 100, 3600000,
+            "how often metrics.file is written, ms"),
 };
 
 #define N_SETTINGS (sizeof fm_config_settings / sizeof fm_config_settings[0])

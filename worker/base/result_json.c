@@ -36,8 +36,7 @@ const char *fm_result_error_name(uint32_t code)
     return code < sizeof names / sizeof names[0] ? names[code] : "error";
 }
 
-/* Index of the largest of n values, the first on a tie. */
-static int argmax(const float *v, int n)
+int fm_result_argmax(const float *v, int n)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -151,13 +150,15 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
     }
     if (f->has & FM_RESULT_HAS_GENDER) {
         fm_json_key(j, "gender");
-        fm_json_str(j, fm_result_gender_names[argmax(f->gender_probs, FM_RESULT_GENDERS)]);
+        fm_json_str(j, fm_result_gender_names[fm_result_argmax(f->gender_probs,
+                                                               FM_RESULT_GENDERS)]);
         json_named(j, "gender_probs", fm_result_gender_names, f->gender_probs,
                    FM_RESULT_GENDERS);
     }
     if (f->has & FM_RESULT_HAS_RACE) {
         fm_json_key(j, "race");
-        fm_json_str(j, fm_result_race_names[argmax(f->race_probs, FM_RESULT_RACES)]);
+        fm_json_str(j,
+                    fm_result_race_names[fm_result_argmax(f->race_probs, FM_RESULT_RACES)]);
         json_named(j, "race_probs", fm_result_race_names, f->race_probs, FM_RESULT_RACES);
     }
     fm_json_obj_end(j);
@@ -261,10 +262,11 @@ void fm_result_csv_face(FILE *out, int index, const fm_result_face *f)
     csv_floats(out, has & FM_RESULT_HAS_AGE, &f->age_std, 1);
     fputc(',', out);
     if (has & FM_RESULT_HAS_GENDER)
-        fputs(fm_result_gender_names[argmax(f->gender_probs, FM_RESULT_GENDERS)], out);
+        fputs(fm_result_gender_names[fm_result_argmax(f->gender_probs, FM_RESULT_GENDERS)],
+              out);
     csv_floats(out, has & FM_RESULT_HAS_GENDER, f->gender_probs, FM_RESULT_GENDERS);
     fputc(',', out);
     if (has & FM_RESULT_HAS_RACE)
-        fputs(fm_result_race_names[argmax(f->race_probs, FM_RESULT_RACES)], out);
+        fputs(fm_result_race_names[fm_result_argmax(f->race_probs, FM_RESULT_RACES)], out);
     csv_floats(out, has & FM_RESULT_HAS_RACE, f->race_probs, FM_RESULT_RACES);
 }

@@ -5,6 +5,7 @@
  * error record and the exit code becomes 1 at the end, the others go on.
  */
 #include "cli_opts.h"
+#include "cmd_draw.h"
 #include "cmd_util.h"
 #include "commands.h"
 #include "facemill/config.h"
@@ -36,9 +37,32 @@ static const cli_cmd cmd = {
     "empty, faces carry no attributes (no age, gender or race keys).\n",
     "exit status: 0 every image processed, 1 any failed, 2 usage error", NULL};
 
+/* --draw / --draw-dir for one labelled image; 0, or -1 after a message. */
+static int draw_result(fm_decoder *full, const char *path, const fm_image_result *r,
+                       const char *draw, const char *draw_dir)
+{
+    char out[4096];
+    fm_error e = {0};
+    if ((draw_dir && fm_cmd_draw_path(out, sizeof out, draw_dir, path, &e) != FM_OK) ||
+        fm_cmd_draw_labels(full, path, r, draw ? draw : out, &e) != FM_OK) {
+        cli_fail(&cmd, "%s", fm_error_text(&e));
+        return -1;
+    }
+    return 0;
+}
+
 int fm_cmd_predict(int argc, char **argv)
 {
-    const cli_opt opts[] = {CLI_END};
+    const char *draw = NULL, *draw_dir = NULL;
+    const cli_opt opts[] = {
+        CLI_PATH("--draw", 0, "OUT.jpg", &draw,
+                 "write the (single) image at its full size with each face's box and "
+                 "labels (age +/- spread, gender and ethnicity with their probabilities), "
+                 "the text scaled with the image"),
+        CLI_PATH("--draw-dir", 0, "DIR", &draw_dir,
+                 "the same for each image, as DIR/<file name>"),
+        CLI_END,
+    };
     fm_config c;
     cli_args a;
     int rc = cli_start(&cmd, opts, argc, argv, &c, &a);
@@ -48,11 +72,20 @@ int fm_cmd_predict(int argc, char **argv)
     char **images = a.operands;
     int n_images = a.n;
     fm_error err = {0};
+    if (draw && draw_dir)
+        return cli_usage_error(&cmd, "--draw and --draw-dir exclude each other");
+    if (draw && n_images != 1)
+        return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
     fm_pipeline *p = NULL;
+    fm_decoder *full = NULL; /* --draw: the originals at full size */
+    fm_decode_opts fo = {(uint64_t)c.decode.max_pixels, (size_t)c.decode.max_bytes, 0};
     fm_pipeline_opts po = {BATCH, 0, 0};
     if (fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
-        fm_pipeline_open(&p, &c, &po, &err) != FM_OK)
+        fm_pipeline_open(&p, &c, &po, &err) != FM_OK ||
+        ((draw || draw_dir) && fm_decoder_new(&full, &fo, &err) != FM_OK)) {
+        fm_pipeline_close(&p);
         return cli_fail(&cmd, "%s", fm_error_text(&err));
+    }
     fm_json j;
     fm_json_init(&j, stdout);
     fm_pipeline_input in[BATCH];
@@ -72,10 +105,14 @@ int fm_cmd_predict(int argc, char **argv)
                 rc = CLI_EXIT_FAILURE;
             fm_cmd_json_result(&j, images[i0 + i], &res[i]);
             fm_json_newline(&j);
+            if (res[i].error.code == FM_OK && (draw || draw_dir) &&
+                draw_result(full, images[i0 + i], &res[i], draw, draw_dir) != 0)
+                rc = CLI_EXIT_FAILURE;
         }
     }
     if (fflush(stdout) != 0)
         rc = cli_fail(&cmd, "writing to stdout failed");
     fm_pipeline_close(&p);
+    fm_decoder_destroy(&full);
     return rc;
 }

@@ -199,11 +199,16 @@ int fm_cmd_status(int argc, char **argv)
 {
     const char *tag = NULL;
     int64_t timeout = 5000;
+    int format = FM_STATUS_TEXT;
+    static const char *const formats[] = {"text", "prometheus", NULL};
     const cli_opt opts[] = {
         CLI_STR("--tag", 0, "NAME", &tag, "also show the counts of the run NAME"),
         CLI_INT("--timeout", 0, "MS", 1, 3600000, &timeout,
                 "how long to wait for the broker's answer, in milliseconds (default "
                 "5000)"),
+        CLI_ENUM("--format", 0, formats, &format,
+                 "text (default) for people, or prometheus: the Prometheus text format "
+                 "(facemill_jobs_queued, ...), as facemill-broker writes to metrics.file"),
         CLI_END,
     };
     fm_config cfg;
@@ -215,8 +220,8 @@ int fm_cmd_status(int argc, char **argv)
     fm_auth *auth = NULL;
     code = CLI_EXIT_OK;
     if (fm_auth_open(&auth, &cfg, FM_AUTH_CLIENT, NULL, &err) != FM_OK ||
-        fm_client_status(cfg.broker.clients, auth, tag, timeout, cfg.net.max_msg_size, stdout,
-                         &err) != FM_OK)
+        fm_client_status_as(cfg.broker.clients, auth, tag, timeout, cfg.net.max_msg_size,
+                            (fm_status_format)format, stdout, &err) != FM_OK)
         code = cli_fail(&status_cmd, "%s", fm_error_text(&err));
     fm_auth_close(&auth);
     return code;

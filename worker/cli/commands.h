@@ -22,6 +22,7 @@ int fm_cmd_label(int argc, char **argv); /* worker/cli/cmd_submit.c: label on th
 int fm_cmd_models(int argc, char **argv); /* cmd_models.c: fetch and list model files */
 int fm_cmd_bench(int argc, char **argv); /* cmd_bench.c: measure labelling on this machine */
 int fm_cmd_keygen(int argc, char **argv); /* cmd_keygen.c: a CurveZMQ key pair */
+int fm_cmd_report(int argc, char **argv); /* cmd_report.c: a results database as HTML */
 /* --- end of commands --- */
 
 #endif

@@ -28,6 +28,7 @@ static const command commands[] = {
     {"label", fm_cmd_label, "label images on this machine into a results database"},
     {"bench", fm_cmd_bench, "measure labelling on this machine: images/s, stages, GFLOPS"},
     {"keygen", fm_cmd_keygen, "make a CurveZMQ key pair for a broker, sink, worker or client"},
+    {"report", fm_cmd_report, "a results database as one HTML page (charts, faces)"},
     /* --- end of command table --- */
     {NULL, NULL, NULL},
 };
