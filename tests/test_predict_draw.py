@@ -120,12 +120,19 @@ def main():
             check(len(faces) >= 2, "%s: faces found (%d)" % (os.path.basename(p), len(faces)))
             if os.path.exists(out):
                 check_picture(Image, p, out, faces, os.path.basename(p))
-        d = os.path.join(tmp, "drawn")
-        os.mkdir(d)
+        d = os.path.join(tmp, "drawn", "deeper")  # made by predict, parents too
         r = run([fm, "predict", "--draw-dir", d] + inputs[:2], timeout=300)
-        outs = sorted(os.listdir(d))
+        outs = sorted(os.listdir(d)) if os.path.isdir(d) else None
         check(r.returncode == 0 and outs == ["in1920.jpg", "in480.jpg"],
-              "--draw-dir writes one picture per input: %s" % outs)
+              "--draw-dir makes its directory and writes one picture per input: %s" % outs)
+        blocked = os.path.join(tmp, "a-file")
+        with open(blocked, "w") as f:
+            f.write("x")
+        r = run([fm, "predict", "--draw-dir", os.path.join(blocked, "d")] + inputs[:1],
+                timeout=300)
+        check(r.returncode == 1 and "not a directory" in r.stderr and not r.stdout,
+              "--draw-dir under a file fails before any image, with one clear line (%d, %r)"
+              % (r.returncode, r.stderr.strip()[-200:]))
         for line in r.stdout.splitlines():
             o = json.loads(line)
             name = os.path.basename(o["source"])

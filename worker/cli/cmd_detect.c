@@ -8,6 +8,7 @@
  * the run: it gets an error record and the exit code becomes 1 at the end.
  */
 #include "cli_opts.h"
+#include "cmd_draw.h"
 #include "cmd_util.h"
 #include "commands.h"
 #include "facemill/clock.h"
@@ -224,10 +225,12 @@ int fm_cmd_detect(int argc, char **argv)
         CLI_PATH("--draw", 0, "OUT.jpg", &r.draw,
                  "write the (single) image with boxes and landmarks drawn"),
         CLI_PATH("--draw-dir", 0, "DIR", &r.draw_dir,
-                 "write DIR/<file name> with the detections for each image"),
+                 "write DIR/<file name> with the detections for each image (DIR is "
+                 "created when missing; equal file names overwrite each other)"),
         CLI_PATH("--ppm-dir", 0, "DIR", &r.ppm_dir,
                  "write the decoded RGB pixels as DIR/<file name>.ppm (binary PPM, "
-                 "extension replaced); equal names overwrite each other"),
+                 "extension replaced; DIR is created when missing); equal names overwrite "
+                 "each other"),
         CLI_END,
     };
     fm_config c;
@@ -240,7 +243,9 @@ int fm_cmd_detect(int argc, char **argv)
     if (r.draw && a.n != 1)
         return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
     fm_error err = {0};
-    if (run_open(&r, &c, &err) != FM_OK) {
+    if ((r.draw_dir && fm_cmd_draw_dir(r.draw_dir, &err) != FM_OK) ||
+        (r.ppm_dir && fm_cmd_draw_dir(r.ppm_dir, &err) != FM_OK) ||
+        run_open(&r, &c, &err) != FM_OK) {
         run_close(&r);
         return cli_fail(&cmd, "%s", fm_error_text(&err));
     }

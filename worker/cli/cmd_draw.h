@@ -16,6 +16,11 @@
 fm_status fm_cmd_draw_labels(fm_decoder *dec, const char *path, const fm_image_result *r,
                              const char *out, fm_error *err);
 
+/* Makes the directory dir and its missing parents (mode 0777 less the umask), for
+ * --draw-dir and --ppm-dir. FM_OK when it exists already; FM_ERR_IO naming the part
+ * that could not be made, or dir when it is not a directory. */
+fm_status fm_cmd_draw_dir(const char *dir, fm_error *err);
+
 /* dir/<file name of path> into buf; FM_ERR_INVALID when it does not fit. */
 fm_status fm_cmd_draw_path(char *buf, size_t size, const char *dir, const char *path,
                            fm_error *err);

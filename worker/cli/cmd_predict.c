@@ -60,7 +60,8 @@ int fm_cmd_predict(int argc, char **argv)
                  "labels (age +/- spread, gender and ethnicity with their probabilities), "
                  "the text scaled with the image"),
         CLI_PATH("--draw-dir", 0, "DIR", &draw_dir,
-                 "the same for each image, as DIR/<file name>"),
+                 "the same for each image, as DIR/<file name> (DIR is created when "
+                 "missing; equal file names overwrite each other)"),
         CLI_END,
     };
     fm_config c;
@@ -80,7 +81,8 @@ int fm_cmd_predict(int argc, char **argv)
     fm_decoder *full = NULL; /* --draw: the originals at full size */
     fm_decode_opts fo = {(uint64_t)c.decode.max_pixels, (size_t)c.decode.max_bytes, 0};
     fm_pipeline_opts po = {BATCH, 0, 0};
-    if (fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
+    if ((draw_dir && fm_cmd_draw_dir(draw_dir, &err) != FM_OK) ||
+        fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
         fm_pipeline_open(&p, &c, &po, &err) != FM_OK ||
         ((draw || draw_dir) && fm_decoder_new(&full, &fo, &err) != FM_OK)) {
         fm_pipeline_close(&p);
