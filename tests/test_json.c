@@ -1,6 +1,10 @@
-/* test_json.c - the JSON writer produces exact, valid text; float32 values print as
- * the shortest decimal that reads back as the same float. */
+/* test_json.c - the JSON writer produces exact, valid text (bytes that are not UTF-8
+ * included); float32 values print as the shortest decimal that reads back as the same
+ * float; the UTF-8 decoder, the identifier rules and the log escaping of text.h and
+ * log.h. */
 #include "facemill/json.h"
+#include "facemill/log.h"
+#include "facemill/text.h"
 #include "fm_test.h"
 
 #include <float.h>
@@ -82,6 +86,88 @@ static void test_f32(void)
     CHECK_MSG(bad == 0, "%u of %u floats not printed exactly and shortest", bad, tried);
 }
 
+/* s written by fm_json_str, without the quotes' check: the text between them. */
+static char *json_string(const char *s)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    fm_json j;
+    fm_json_init(&j, f);
+    fm_json_str(&j, s);
+    fclose(f);
+    return buf;
+}
+
+static void test_utf8(void)
+{
+    /* Each invalid byte becomes \ufffd, valid sequences (2, 3, 4 bytes) stay as they
+     * are: a truncated sequence, a lone continuation byte, overlong forms, a
+     * surrogate, beyond U+10FFFF. */
+    const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"ok \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "\"ok \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\""},
+        {"a\xff" "b", "\"a\\ufffdb\""},
+        {"\x80", "\"\\ufffd\""},
+        {"\xc3", "\"\\ufffd\""},
+        {"\xc0\x80", "\"\\ufffd\\ufffd\""},
+        {"\xe0\x80\xaf", "\"\\ufffd\\ufffd\\ufffd\""},
+        {"\xed\xa0\x80x", "\"\\ufffd\\ufffd\\ufffdx\""},
+        {"\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\""},
+        {"\xe2\x82", "\"\\ufffd\\ufffd\""},
+        {"\x1b[31m\x7f", "\"\\u001b[31m\x7f\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *got = json_string(cases[i].in);
+        CHECK_MSG(got && strcmp(got, cases[i].want) == 0, "case %zu: got %s, want %s", i,
+                  got ? got : "", cases[i].want);
+        free(got);
+    }
+}
+
+static void test_text_rules(void)
+{
+    char why[FM_TEXT_WHY_MAX];
+    CHECK(fm_text_check("job-1 \xc3\xa9t\xc3\xa9", 256, why, sizeof why) == NULL);
+    const char *r = fm_text_check("", 256, why, sizeof why);
+    CHECK(r && strcmp(r, "empty") == 0);
+    CHECK(fm_text_check(NULL, 256, why, sizeof why) != NULL);
+    r = fm_text_check("a\xffX", 256, why, sizeof why);
+    CHECK_MSG(r && strstr(r, "not valid UTF-8 (byte 0xff at 1)"), "%s", r ? r : "");
+    r = fm_text_check("w\n\x1b[31m", 256, why, sizeof why);
+    CHECK_MSG(r && strstr(r, "control character U+000A at byte 1"), "%s", r ? r : "");
+    r = fm_text_check("tab\there", 256, why, sizeof why);
+    CHECK(r && strstr(r, "U+0009"));
+    r = fm_text_check("del\x7f", 256, why, sizeof why);
+    CHECK(r && strstr(r, "U+007F"));
+    r = fm_text_check("c1\xc2\x85", 256, why, sizeof why); /* NEL, a C1 control */
+    CHECK(r && strstr(r, "U+0085"));
+    char longer[300];
+    memset(longer, 'x', sizeof longer - 1);
+    longer[257] = '\0';
+    r = fm_text_check(longer, 256, why, sizeof why);
+    CHECK_MSG(r && strcmp(r, "longer than 256 bytes (257)") == 0, "%s", r ? r : "");
+    longer[256] = '\0';
+    CHECK(fm_text_check(longer, 256, why, sizeof why) == NULL);
+}
+
+static void test_log_escape(void)
+{
+    char buf[64];
+    const char *e = fm_log_escape("w\n2026 INFO forged\x1b[31m\\\xff\xc2\x85\xc3\xa9", buf,
+                                  sizeof buf);
+    CHECK_MSG(strcmp(e, "w\\x0a2026 INFO forged\\x1b[31m\\\\\\xff\\u0085\xc3\xa9") == 0,
+              "got %s", e);
+    for (const char *p = e; *p; p++)
+        CHECK_MSG((unsigned char)*p >= 0x20 && *p != 0x7f, "raw control 0x%02x", *p);
+    char small[16];
+    e = fm_log_escape("abcdefghijklmnopqrstuvwxyz", small, sizeof small);
+    CHECK_MSG(strcmp(e, "abcdefghijkl...") == 0, "cut: %s", e);
+    e = fm_log_escape(NULL, small, sizeof small);
+    CHECK(e[0] == '\0');
+}
+
 int main(void)
 {
     char *buf = NULL;
@@ -126,5 +212,8 @@ int main(void)
     CHECK_MSG(strcmp(buf, want) == 0, "got %s", buf);
     free(buf);
     test_f32();
+    test_utf8();
+    test_text_rules();
+    test_log_escape();
     return fm_test_done("test_json");
 }

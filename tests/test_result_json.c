@@ -172,6 +172,21 @@ static void write_csv(fm_json *j, FILE *f, const void *ctx)
     fputc(',', f);
     fm_result_csv_face(f, -1, NULL);
     fputc('\n', f);
+    /* Text cells a spreadsheet would run as formulas are neutralised; numbers (a
+     * negative box corner) are not. */
+    fm_result_image formula = {"=HYPERLINK(\"http://x\",\"y\")", 8, 8,
+                               FM_RESULT_ERROR_DECODE, "@SUM(A1)"};
+    fm_result_face neg = full_face(-50);
+    fm_result_csv_image(f, &formula);
+    fputc(',', f);
+    fm_result_csv_face(f, 0, &neg);
+    fputc('\n', f);
+    static const char *const cells[] = {"+1", "-2", "\tx", "\rx", "a=b", "", NULL};
+    for (int k = 0; cells[k]; k++) {
+        fm_result_csv_text(f, cells[k]);
+        fputc('|', f);
+    }
+    fputc('\n', f);
 }
 
 static void test_csv_form(void)
@@ -189,7 +204,12 @@ static void test_csv_form(void)
         "100.333336,100.666664,101,101.333336,101.666664,102,102.333336,102.666664,103,"
         "26.434431,4.25,female,0.1,0.9,Indian,0.2,0.2,0.0014619207,0.5985381,1e-05\n"
         "2,x.jpg,,,2,unsupported,\"unsupported format: PNG, \"\"really\"\"\",,,,,,,,,,,,,,,,"
-        ",,,,,,,,,,,\n";
+        ",,,,,,,,,,,\n"
+        "2,\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",8,8,1,decode,'@SUM(A1),0,-49.5,-39.5,"
+        "-29.5,-19.5,0.99999887,-50,-49.666668,-49.333332,-49,-48.666668,-48.333332,-48,"
+        "-47.666668,-47.333332,-47,26.434431,4.25,female,0.1,0.9,Indian,0.2,0.2,"
+        "0.0014619207,0.5985381,1e-05\n"
+        "'+1|'-2|'\tx|\"'\rx\"|a=b||\n";
     CHECK_MSG(text && strcmp(text, want) == 0, "got\n%s\nwant\n%s", text ? text : "", want);
     free(text);
 }

@@ -7,8 +7,9 @@
  *   fm_json_key(&j, "width"); fm_json_int(&j, 640);
  *   fm_json_obj_end(&j); fm_json_newline(&j);
  *
- * Strings are escaped per RFC 8259 (control characters as \u00XX; bytes >= 0x80
- * passed through, so UTF-8 stays UTF-8). Non-finite numbers are written as null.
+ * Strings are escaped per RFC 8259 (control characters as \u00XX; UTF-8 passed
+ * through as it is; each byte that is not part of valid UTF-8 written as \ufffd, so
+ * the output is always valid JSON). Non-finite numbers are written as null.
  */
 #ifndef FACEMILL_JSON_H
 #define FACEMILL_JSON_H

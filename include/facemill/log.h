@@ -59,6 +59,17 @@ int fm_log_reopen_if_requested(void);
 /* Parses "error", "warn", "info" or "debug"; returns -1 for anything else. */
 int fm_log_level_parse(const char *name);
 
+/* Makes s (a string a peer or a file chose: a worker name, a job id, an error text
+ * from a worker) safe to print in a log line: control characters and bytes that are
+ * not valid UTF-8 become \xNN (C1 controls \u00NN), a backslash \\, so no string
+ * can end a line, forge another or drive a terminal. Cut with "..." to fit size.
+ * Returns buf. */
+const char *fm_log_escape(const char *s, char *buf, size_t size);
+
+/* Room for an escaped identifier (a 256-byte id escaped in full is 1024 bytes; the
+ * rest is cut). */
+#define FM_LOG_ESCAPED_MAX 320
+
 /* Writes one line. Use the macros below instead. */
 void fm_log_write(fm_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -135,8 +135,9 @@ void fm_result_json_end(fm_json *j);
 
 /* ---- CSV --------------------------------------------------------------------------- */
 
-/* One CSV field per RFC 4180: quoted when it holds a comma, quote or line break;
- * nothing for NULL. */
+/* One CSV text field per RFC 4180: quoted when it holds a comma, quote or line
+ * break; nothing for NULL. A field beginning with =, +, -, @, a tab or a CR gets a
+ * leading ' (a spreadsheet takes it as text, not a formula). */
 void fm_result_csv_text(FILE *out, const char *s);
 
 /* One float field as fm_json_format_f32 writes it (nothing when not finite). */

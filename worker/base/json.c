@@ -1,5 +1,6 @@
 /* json.c - the streaming JSON writer of json.h. */
 #include "facemill/json.h"
+#include "facemill/text.h"
 
 #include <float.h>
 #include <math.h>
@@ -48,22 +49,35 @@ void fm_json_obj_end(fm_json *j) { close_scope(j, '}'); }
 void fm_json_arr_begin(fm_json *j) { open_scope(j, '['); }
 void fm_json_arr_end(fm_json *j) { close_scope(j, ']'); }
 
+/* Writes s as a JSON string. Bytes that are not valid UTF-8 (an old database, a file
+ * name in another encoding) become U+FFFD each, so every line is valid JSON (RFC 8259
+ * asks for UTF-8) and the same bytes always give the same text. */
 static void write_escaped(FILE *out, const char *s)
 {
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    size_t n = strlen((const char *)p);
     fputc('"', out);
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        switch (*p) {
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        int k = fm_utf8_next(p + i, n - i, &cp);
+        if (k == 0) {
+            fputs("\\ufffd", out);
+            i++;
+            continue;
+        }
+        switch (cp) {
         case '"': fputs("\\\"", out); break;
         case '\\': fputs("\\\\", out); break;
         case '\n': fputs("\\n", out); break;
         case '\r': fputs("\\r", out); break;
         case '\t': fputs("\\t", out); break;
         default:
-            if (*p < 0x20)
-                fprintf(out, "\\u%04x", *p);
+            if (cp < 0x20)
+                fprintf(out, "\\u%04x", (unsigned)cp);
             else
-                fputc(*p, out);
+                fwrite(p + i, 1, (size_t)k, out);
         }
+        i += (size_t)k;
     }
     fputc('"', out);
 }

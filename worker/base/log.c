@@ -8,6 +8,7 @@
  * thread ever sees a closed descriptor. */
 #define _POSIX_C_SOURCE 200809L
 #include "facemill/log.h"
+#include "facemill/text.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -110,6 +111,41 @@ int fm_log_level_parse(const char *name)
         if (name && strcmp(name, names[i]) == 0)
             return i;
     return -1;
+}
+
+const char *fm_log_escape(const char *s, char *buf, size_t size)
+{
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    size_t n = strlen((const char *)p), o = 0;
+    if (size == 0)
+        return buf;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        int k = fm_utf8_next(p + i, n - i, &cp);
+        char piece[16];
+        size_t len;
+        if (k == 0 || (k == 1 && (fm_text_is_control(cp) || cp == '\\'))) {
+            /* A bad byte, a C0 control or DEL: never written raw. */
+            len = cp == '\\' ? (size_t)snprintf(piece, sizeof piece, "\\\\")
+                             : (size_t)snprintf(piece, sizeof piece, "\\x%02x", (unsigned)cp);
+            k = 1;
+        } else if (fm_text_is_control(cp)) {
+            len = (size_t)snprintf(piece, sizeof piece, "\\u%04x", (unsigned)cp); /* C1 */
+        } else {
+            memcpy(piece, p + i, (size_t)k);
+            len = (size_t)k;
+        }
+        if (o + len + 4 > size) { /* no room for this and "...": cut here, say so */
+            if (o + 4 <= size)
+                memcpy(buf + o, "...", 3), o += 3;
+            break;
+        }
+        memcpy(buf + o, piece, len);
+        o += len;
+        i += (size_t)k;
+    }
+    buf[o < size ? o : size - 1] = '\0';
+    return buf;
 }
 
 void fm_log_write(fm_log_level level, const char *fmt, ...)

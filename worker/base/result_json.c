@@ -176,11 +176,20 @@ void fm_result_csv_text(FILE *out, const char *s)
 {
     if (!s)
         return;
+    /* A text cell a spreadsheet would take for a formula (=, +, -, @, or a tab or CR
+     * before one) gets a leading single quote, as spreadsheet-safe exporters do: an
+     * image named =HYPERLINK(...) stays text. Numbers are written by
+     * fm_result_csv_f32, never here, so a negative number keeps its sign. */
+    int formula = s[0] && strchr("=+-@\t\r", s[0]);
     if (!strpbrk(s, ",\"\r\n")) {
+        if (formula)
+            fputc('\'', out);
         fputs(s, out);
         return;
     }
     fputc('"', out);
+    if (formula)
+        fputc('\'', out);
     for (; *s; s++) {
         if (*s == '"')
             fputc('"', out);
