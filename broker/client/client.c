@@ -726,12 +726,15 @@ static void on_ack(run *r, const Facemill__SubmitAck *ack, fm_error *err)
             r->sum->committed++;
             break;
         case FACEMILL__JOB_ACK__STATE__REJECTED:
-        default:
+        default: {
+            char shown[FM_LOG_ESCAPED_MAX];
             r->sum->failed++;
             r->sum->rejected++;
             progress_note(&r->prog, "facemill: job %s rejected: %s\n", id,
-                          a->reason ? a->reason : "no reason given");
+                          fm_log_escape(a->reason ? a->reason : "no reason given", shown,
+                                        sizeof shown));
             break;
+        }
         }
     }
     clear_jobs(r);
@@ -983,15 +986,19 @@ static void print_status(FILE *out, const Facemill__StatusReply *s)
     fprintf(out, "rate:       %.1f images/s (last minute)\n", s->jobs_per_s);
     fprintf(out, "workers:    %u, credit %u (%u free)\n", s->workers, s->credit_total,
             s->credit_free);
+    /* Names and tags come from peers (an older broker did not check them): escaped,
+     * so none can move the cursor or forge a line on the reader's terminal. */
+    char shown[FM_LOG_ESCAPED_MAX];
     for (size_t i = 0; i < s->n_worker; i++) {
         const Facemill__WorkerInfo *w = s->worker[i];
         fprintf(out, "  %-32s credit %u busy %u, heard %llu ms ago\n",
-                w->name ? w->name : "?", w->credit, w->busy,
-                (unsigned long long)w->last_seen_ms);
+                fm_log_escape(w->name ? w->name : "?", shown, sizeof shown), w->credit,
+                w->busy, (unsigned long long)w->last_seen_ms);
     }
     if (s->has_tag_total)
         fprintf(out, "tag %s:  %llu jobs, %llu committed, %llu failed\n",
-                s->tag ? s->tag : "", (unsigned long long)s->tag_total,
+                fm_log_escape(s->tag ? s->tag : "", shown, sizeof shown),
+                (unsigned long long)s->tag_total,
                 (unsigned long long)s->tag_committed, (unsigned long long)s->tag_failed);
     fprintf(out, "uptime:     %.1f s\n", (double)s->uptime_ms / 1000.0);
 }

@@ -32,6 +32,7 @@
 #include "facemill/auth.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
+#include "facemill/text.h"
 #include "facemill/wire.h"
 #include "broker_metrics.h"
 #include "journal-impl.h"
@@ -357,6 +358,20 @@ static worker *worker_add(fm_broker *b, const fm_wire_peer *p)
     return w;
 }
 
+/* Refuses a worker's message whose name (when it has one) breaks the identifier rules
+ * (text.h): names reach logs and every client's status. Returns 1 when it did. */
+static int refuse_name(fm_broker *b, const fm_wire_peer *from, const char *name)
+{
+    char why[FM_TEXT_WHY_MAX], text[FM_TEXT_WHY_MAX + 32], shown[FM_LOG_ESCAPED_MAX], id[80];
+    if (!name || !name[0] || !fm_text_check(name, FM_TEXT_NAME_MAX, why, sizeof why))
+        return 0;
+    snprintf(text, sizeof text, "worker name %s", why);
+    fm_log_warn("worker %s refused: name \"%s\" %s", fm_wire_peer_text(from, id, sizeof id),
+                fm_log_escape(name, shown, sizeof shown), why);
+    fm_wire_refuse(b->workers, from, FACEMILL__ERROR_CODE__ERROR_INVALID, text);
+    return 1;
+}
+
 static void set_name(worker *w, const char *name)
 {
     if (name && name[0])
@@ -549,13 +564,17 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
     switch (e->body_case) {
     case FACEMILL__ENVELOPE__BODY_WORKER_READY: {
         Facemill__WorkerReady *r = e->worker_ready;
+        if (refuse_name(b, from, r->name))
+            return FM_OK;
         if (!w && !(w = worker_add(b, from)))
             return fm_error_set(err, FM_ERR_NOMEM, "worker table");
         set_name(w, r->name);
         set_credit(b, w, r->has_credit ? r->credit : 1);
         w->blocked_until = 0;
+        char model[FM_LOG_ESCAPED_MAX];
         fm_log_info("worker %s ready, credit %u%s%s", w->name, (unsigned)w->credit,
-                    r->model ? ", model " : "", r->model ? r->model : "");
+                    r->model ? ", model " : "",
+                    r->model ? fm_log_escape(r->model, model, sizeof model) : "");
         return FM_OK;
     }
     case FACEMILL__ENVELOPE__BODY_HEARTBEAT: {
@@ -566,6 +585,8 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
                                "unknown worker: send WorkerReady");
                 return FM_OK;
             }
+            if (refuse_name(b, from, h->name))
+                return FM_OK;
             if (!(w = worker_add(b, from)))
                 return fm_error_set(err, FM_ERR_NOMEM, "worker table");
             set_name(w, h->name);
@@ -594,8 +615,9 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
         if (!j || j->state != JOB_IN_FLIGHT || j->w != w) {
             if (w->phantom > 0)
                 w->phantom--;
+            char id[FM_LOG_ESCAPED_MAX];
             fm_log_debug("worker %s: done with %s, which it no longer holds", w->name,
-                         d->job_id ? d->job_id : "?");
+                         fm_log_escape(d->job_id ? d->job_id : "?", id, sizeof id));
             return FM_OK;
         }
         job_leave_state(b, j);
@@ -613,9 +635,12 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
              * once would bounce it back and forth as fast as the sockets go. */
             w->backoff_until = now + b->cfg.broker.heartbeat_ms;
         } else {
-            char why[FM_ERROR_MSG_MAX];
+            /* The worker's text is logged and becomes the result's error text. */
+            char why[FM_ERROR_MSG_MAX], text[FM_ERROR_MSG_MAX];
             snprintf(why, sizeof why, "worker %s: %s", w->name,
-                     d->error_text && d->error_text[0] ? d->error_text : "failed");
+                     d->error_text && d->error_text[0]
+                         ? fm_log_escape(d->error_text, text, sizeof text)
+                         : "failed");
             return job_fail(b, j, why, err);
         }
         return FM_OK;
@@ -639,12 +664,23 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
 
 /* ---- messages from clients ----------------------------------------------------- */
 
+/* Why jm cannot be taken, or NULL. Ids and tags are what clients, logs, status and
+ * exports show and match: valid UTF-8 without control characters, bounded (a NUL
+ * inside never gets here: fm_wire_decode refuses the message). Names and paths are
+ * any bytes a file system allows; they are escaped wherever they are printed. */
 static const char *job_invalid(const Facemill__Job *jm)
 {
-    if (!jm->id || !jm->id[0])
-        return "job without an id";
-    if (strlen(jm->id) > FM_WIRE_JOB_ID_MAX)
-        return "job id longer than 256 bytes";
+    static const char *const id_why[] = {
+        NULL, "job without an id", "job id longer than 256 bytes",
+        "job id is not valid UTF-8", "job id holds a control character"};
+    static const char *const tag_why[] = {
+        NULL, NULL, "tag longer than 256 bytes", "tag is not valid UTF-8",
+        "tag holds a control character"};
+    _Static_assert(FM_WIRE_JOB_ID_MAX == FM_TEXT_ID_MAX && FM_TEXT_TAG_MAX == 256,
+                   "the reasons name the bounds");
+    const char *why = id_why[fm_text_fault(jm->id, FM_TEXT_ID_MAX)];
+    if (why || (why = tag_why[fm_text_fault(jm->tag, FM_TEXT_TAG_MAX)]))
+        return why;
     if (jm->source_case == FACEMILL__JOB__SOURCE_PATH && (!jm->path || !jm->path[0]))
         return "empty path";
     if (jm->source_case != FACEMILL__JOB__SOURCE_PATH &&

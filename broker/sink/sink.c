@@ -322,8 +322,10 @@ static void store(fm_sink *s, const Facemill__Result *res)
     char why_buf[128];
     const char *why = res->job_id ? refusal(s, res, why_buf, sizeof why_buf) : NULL;
     if (why) {
+        char id[FM_LOG_ESCAPED_MAX];
         s->stats.dropped++;
-        fm_log_warn("sink: result for %.256s refused: %s", res->job_id, why);
+        fm_log_warn("sink: result for %s refused: %s", fm_log_escape(res->job_id, id, sizeof id),
+                    why);
         return;
     }
     if (!ensure_tx(s, res->job_id ? res->job_id : "a result"))
@@ -385,8 +387,9 @@ static void on_verdicts(fm_sink *s, const Facemill__CommitReply *r)
         const Facemill__CommitEntry *ce = r->refused[i];
         if (!ce->job_id || !ensure_tx(s, ce->job_id))
             continue;
-        fm_log_info("sink: result for %.256s refused by the broker (not its dispatch): "
-                    "dropped", ce->job_id);
+        char id[FM_LOG_ESCAPED_MAX];
+        fm_log_info("sink: result for %s refused by the broker (not its dispatch): "
+                    "dropped", fm_log_escape(ce->job_id, id, sizeof id));
         if (fm_results_unstage(s->db, ce->job_id, ce->token.data, ce->token.len, &e) !=
             FM_OK) {
             give_up_batch(s, &e);

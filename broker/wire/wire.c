@@ -206,6 +206,72 @@ static int has_field_zero(const ProtobufCMessage *m)
     return 0;
 }
 
+/* Reads a varint at *p (before end); returns 0 when it does not end in time. */
+static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return 1;
+    }
+    return 0;
+}
+
+/* The first string field of message d in the wire bytes [p, end) (fields inside
+ * messages included) whose bytes hold a NUL: its field descriptor, with *in its
+ * message's descriptor; NULL when there is none. protobuf-c hands strings out as C
+ * strings, so "a\0X" and "a\0Y" would both be read as "a": two different ids made
+ * one. The bytes were unpacked already, so they are well formed; a walk that finds
+ * them otherwise stops. The recursion follows the schema, which has no cycles. */
+static const ProtobufCFieldDescriptor *nul_string(const ProtobufCMessageDescriptor *d,
+                                                  const uint8_t *p, const uint8_t *end,
+                                                  const ProtobufCMessageDescriptor **in)
+{
+    while (p < end) {
+        uint64_t key, v;
+        if (!read_varint(&p, end, &key))
+            return NULL;
+        switch (key & 7) {
+        case 0:
+            if (!read_varint(&p, end, &v))
+                return NULL;
+            break;
+        case 1:
+        case 5: {
+            size_t w = (key & 7) == 1 ? 8 : 4;
+            if ((size_t)(end - p) < w)
+                return NULL;
+            p += w;
+            break;
+        }
+        case 2: {
+            if (!read_varint(&p, end, &v) || v > (uint64_t)(end - p))
+                return NULL;
+            const ProtobufCFieldDescriptor *f =
+                key >> 3 <= UINT32_MAX
+                    ? protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3))
+                    : NULL;
+            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)v)) {
+                *in = d;
+                return f;
+            }
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+                const ProtobufCFieldDescriptor *bad = nul_string(f->descriptor, p, p + v, in);
+                if (bad)
+                    return bad;
+            }
+            p += v;
+            break;
+        }
+        default:
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
 fm_status fm_wire_decode(const void *data, size_t len, Facemill__Envelope **out,
                          fm_error *err)
 {
@@ -233,6 +299,14 @@ fm_status fm_wire_decode(const void *data, size_t len, Facemill__Envelope **out,
         facemill__envelope__free_unpacked(e, NULL);
         return fm_error_set(err, FM_ERR_PROTOCOL, "%zu bytes with a field numbered 0 "
                             "(not valid protobuf)", len);
+    }
+    const ProtobufCMessageDescriptor *in = NULL;
+    const ProtobufCFieldDescriptor *nul =
+        nul_string(&facemill__envelope__descriptor, data, (const uint8_t *)data + len, &in);
+    if (nul) {
+        facemill__envelope__free_unpacked(e, NULL);
+        return fm_error_set(err, FM_ERR_PROTOCOL, "string %s.%s holds a NUL byte (text "
+                            "fields are UTF-8 without NUL)", in->short_name, nul->name);
     }
     *out = e;
     return FM_OK;

@@ -31,6 +31,19 @@ int fm_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
 /* 1 when code point cp is a control character (category Cc). */
 int fm_text_is_control(uint32_t cp);
 
+/* What is wrong with an identifier, if anything (fm_text_fault). */
+typedef enum fm_text_verdict {
+    FM_TEXT_OK = 0,
+    FM_TEXT_EMPTY,    /* NULL or "" */
+    FM_TEXT_LONG,     /* more than max bytes */
+    FM_TEXT_UTF8,     /* not valid UTF-8 */
+    FM_TEXT_CONTROL,  /* holds a control character */
+} fm_text_verdict;
+
+/* The verdict on an identifier of at most max bytes; fm_text_check says the same in
+ * words, with where. */
+fm_text_verdict fm_text_fault(const char *s, size_t max);
+
 /* Checks an identifier a peer chose: not empty, at most max bytes, valid UTF-8, no
  * control character (NUL included). Returns NULL when s passes, else why it does not
  * ("longer than 256 bytes", "not valid UTF-8", "holds control character U+001B", ...)

@@ -66,7 +66,9 @@ fm_status fm_wire_send(void *sock, const fm_wire_peer *to, const Facemill__Envel
  *   FM_ERR_TIMEOUT     nothing to receive (ZMQ_DONTWAIT, or a receive timeout)
  *   FM_ERR_INTERRUPTED a signal interrupted the wait (EINTR): check your stop flag
  *   FM_ERR_VERSION     another major version, or none: err names both versions
- *   FM_ERR_PROTOCOL    not an envelope, no body, or an unexpected number of frames
+ *   FM_ERR_PROTOCOL    not an envelope, no body, a string field whose bytes hold a NUL
+ *                      (protobuf-c would cut it there), or an unexpected number of
+ *                      frames
  *   FM_ERR_IO          another zmq error */
 fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
                        int flags, fm_error *err);

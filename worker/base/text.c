@@ -39,30 +39,51 @@ int fm_text_is_control(uint32_t cp)
     return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f);
 }
 
-const char *fm_text_check(const char *s, size_t max, char *buf, size_t size)
+/* The verdict on s (n bytes, at most max), with the byte offset and the code point
+ * (or bad byte) it is about. */
+static fm_text_verdict judge(const char *s, size_t max, size_t *at, uint32_t *what)
 {
     size_t n = s ? strlen(s) : 0;
-    if (n == 0) {
-        snprintf(buf, size, "empty");
-        return buf;
-    }
-    if (n > max) {
-        snprintf(buf, size, "longer than %zu bytes (%zu)", max, n);
-        return buf;
-    }
+    *at = n;
+    *what = 0;
+    if (n == 0)
+        return FM_TEXT_EMPTY;
+    if (n > max)
+        return FM_TEXT_LONG;
     const unsigned char *p = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        int k = fm_utf8_next(p + i, n - i, &cp);
-        if (k == 0) {
-            snprintf(buf, size, "not valid UTF-8 (byte 0x%02x at %zu)", (unsigned)cp, i);
-            return buf;
-        }
-        if (fm_text_is_control(cp)) {
-            snprintf(buf, size, "holds control character U+%04X at byte %zu", (unsigned)cp, i);
-            return buf;
-        }
+        int k = fm_utf8_next(p + i, n - i, what);
+        *at = i;
+        if (k == 0)
+            return FM_TEXT_UTF8;
+        if (fm_text_is_control(*what))
+            return FM_TEXT_CONTROL;
         i += (size_t)k;
     }
-    return NULL;
+    return FM_TEXT_OK;
+}
+
+fm_text_verdict fm_text_fault(const char *s, size_t max)
+{
+    size_t at;
+    uint32_t what;
+    return judge(s, max, &at, &what);
+}
+
+const char *fm_text_check(const char *s, size_t max, char *buf, size_t size)
+{
+    size_t at;
+    uint32_t what;
+    switch (judge(s, max, &at, &what)) {
+    case FM_TEXT_OK: return NULL;
+    case FM_TEXT_EMPTY: snprintf(buf, size, "empty"); break;
+    case FM_TEXT_LONG: snprintf(buf, size, "longer than %zu bytes (%zu)", max, at); break;
+    case FM_TEXT_UTF8:
+        snprintf(buf, size, "not valid UTF-8 (byte 0x%02x at %zu)", (unsigned)what, at);
+        break;
+    case FM_TEXT_CONTROL:
+        snprintf(buf, size, "holds control character U+%04X at byte %zu", (unsigned)what, at);
+        break;
+    }
+    return buf;
 }
