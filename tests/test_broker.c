@@ -880,7 +880,10 @@ static void test_worker_daemon(void)
     void *pull = sock(ZMQ_PULL, e.results, 1);
     pid_t bp = start("facemill-broker", &e, fast, NULL);
     const char *args[] = {"--processes", "2", "--decode-only", NULL};
-    pid_t wp = start("facemill-worker", &e, fast, args);
+    char root[400]; /* the by-path job's file is beneath it */
+    snprintf(root, sizeof root, "worker.path_root=%s", dir);
+    const char *wsets[] = {fast[0], fast[1], fast[2], root, NULL};
+    pid_t wp = start("facemill-worker", &e, wsets, args);
     void *c = sock(ZMQ_DEALER, e.clients, 0);
     Facemill__Job j[2], *jp[2] = {&j[0], &j[1]};
     facemill__job__init(&j[0]);

@@ -125,6 +125,8 @@ typedef struct fm_config {
         int64_t processes; /* pipeline processes of facemill-worker; 0 = one per core */
         int64_t credit;    /* jobs each worker process holds at once */
         char name[FM_CONFIG_STRING_MAX]; /* names this machine's workers; "" = host */
+        char path_root[FM_CONFIG_STRING_MAX]; /* by-path jobs open files only under
+                                                  this directory; "" = refused */
     } worker;
     struct {
         char file[FM_CONFIG_STRING_MAX]; /* Prometheus textfile; %n: broker/sink; "" off */

@@ -169,7 +169,11 @@ const fm_config_setting fm_config_settings[] = {
     SET_INT("worker.credit", worker.credit, 4, 1, 4096,
             "jobs each worker process holds (and batches) at once"),
     SET_STRING("worker.name", worker.name, "", 0,
-               "worker name in status and results (NAME:PID/INDEX); empty: host name"),
+               "worker name in status and results (NAME:PID/INDEX; at most 100 bytes of "
+               "UTF-8 without control characters); empty: host name"),
+    SET_STRING("worker.path_root", worker.path_root, "", 0,
+               "directory by-path jobs are confined to (files beneath it only, no link "
+               "out of it); empty: by-path jobs fail"),
     SET_INT("client.chunk", client.chunk, 64, 1, 100000,
             "jobs per Submit message of facemill submit/label"),
     SET_INT("client.chunk_bytes", client.chunk_bytes, 16777216, 1024, 2147483647,

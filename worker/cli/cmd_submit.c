@@ -601,6 +601,11 @@ int fm_cmd_label(int argc, char **argv)
         fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
         goto out;
     }
+    /* --by-path: the workers open the files the user named on this command line, as
+     * the user, on this machine; confining them to a root would only refuse some of
+     * the user's own inputs. A cluster's workers keep their worker.path_root. */
+    if (x.by_path)
+        snprintf(cfg->worker.path_root, sizeof cfg->worker.path_root, "/");
     install_signals();
     if (start_services(&r, cfg, db_path, &err) != FM_OK ||
         start_worker(&r, cfg, procs, &extra, &err) != FM_OK) {

@@ -12,6 +12,7 @@
  * --decode-only (tests, wire benchmarks), are decoded one by one without models; last
  * each result gets its error and total time.
  */
+#define _GNU_SOURCE /* O_PATH, syscall (openat2), realpath */
 #include "pipeline_process.h"
 #include "broker_link.h"
 #include "facemill/clock.h"
@@ -20,13 +21,18 @@
 #include "facemill/nn.h"
 #include "facemill/pipeline.h"
 #include "facemill/sha256.h"
+#include "facemill/text.h"
 #include "facemill/wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* ---- the compute --------------------------------------------------------------- */
@@ -55,6 +61,9 @@ typedef struct compute {
     size_t *file_caps;
     char model[256];
     const char *worker;   /* this process's name, stamped on every result */
+    int root_fd;          /* worker.path_root (O_PATH), or -1: by-path jobs refused */
+    char root[PATH_MAX];  /* its real path, without a trailing slash ("" for /) */
+    char root_set[PATH_MAX]; /* as configured, the same way */
     /* Outgoing results, per slot; slot i's faces are pf[i * max_faces ...]. */
     Facemill__Result *out;
     Facemill__StageTimes *times;
@@ -83,6 +92,39 @@ static void compute_close(compute *c)
     free(c->pfloats);
     free(c->sha);
     free(c->errtext);
+    if (c->root_fd >= 0)
+        close(c->root_fd);
+    c->root_fd = -1;
+}
+
+/* dst = src without trailing slashes ("/" becomes ""), so dst + "/" starts every path
+ * beneath it. */
+static void root_prefix(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    while (n > 0 && src[n - 1] == '/')
+        n--;
+    snprintf(dst, size, "%.*s", (int)n, src);
+}
+
+/* Opens worker.path_root, when set, for the confined opens of by-path jobs. */
+static fm_status open_root(compute *c, const fm_config *cfg, fm_error *err)
+{
+    const char *root = cfg->worker.path_root;
+    c->root_fd = -1;
+    if (!root[0])
+        return FM_OK;
+    char real[PATH_MAX];
+    if (root[0] != '/' || !realpath(root, real))
+        return fm_error_set(err, FM_ERR_INVALID, "worker.path_root %s: %s", root,
+                            root[0] != '/' ? "not an absolute path" : strerror(errno));
+    c->root_fd = open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (c->root_fd < 0)
+        return fm_error_set(err, FM_ERR_INVALID, "worker.path_root %s: %s", root,
+                            strerror(errno));
+    root_prefix(c->root, sizeof c->root, real);
+    root_prefix(c->root_set, sizeof c->root_set, root);
+    return FM_OK;
 }
 
 static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int decode_only,
@@ -90,6 +132,7 @@ static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int dec
 {
     fm_status st;
     memset(c, 0, sizeof *c);
+    c->root_fd = -1;
     c->cap = cap;
     c->decode_only = decode_only;
     c->max_faces = (int)cfg->detect.max_faces;
@@ -110,6 +153,8 @@ static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int dec
         st = fm_error_set(err, FM_ERR_NOMEM, "worker buffers");
         goto fail;
     }
+    if ((st = open_root(c, cfg, err)) != FM_OK)
+        goto fail;
     fm_decode_opts dopts = {.max_pixels = (uint64_t)cfg->decode.max_pixels,
                             .max_bytes = (size_t)cfg->decode.max_bytes};
     if (decode_only) {
@@ -153,40 +198,139 @@ static uint32_t error_code_of(fm_status s)
     }
 }
 
-/* Reads a path job's file into slot i's buffer (grown only when a larger file comes). */
+/* ---- by-path jobs, confined to worker.path_root ---------------------------------- */
+
+/* The one text of every by-path job whose file cannot be had: outside the root,
+ * missing, unreadable, not a regular file, or by-path jobs off. The client learns no
+ * more (whether a file exists, what it is, how large); the worker's debug log says
+ * why. */
+#define PATH_REFUSED "not readable under worker.path_root"
+
+/* path relative to the root: an absolute path beneath the root (as clients send them,
+ * by the root's configured or real path) loses that prefix, a relative one is taken as
+ * it is. NULL for an absolute path elsewhere. */
+static const char *beneath_root(const compute *c, const char *path)
+{
+    if (path[0] != '/')
+        return path;
+    const char *roots[2] = {c->root_set, c->root};
+    for (int k = 0; k < 2; k++) {
+        size_t n = strlen(roots[k]);
+        if (strncmp(path, roots[k], n) == 0 && path[n] == '/') {
+            path += n;
+            while (*path == '/')
+                path++;
+            return path;
+        }
+    }
+    return NULL;
+}
+
+/* The fallback of kernels before openat2 (Linux < 5.6): one component at a time from
+ * the root, no "..", no symbolic link anywhere (O_NOFOLLOW), so nothing leads out. */
+static int open_walk(int root_fd, const char *rel, int flags)
+{
+    char part[NAME_MAX + 1];
+    int dir = root_fd;
+    for (;;) {
+        while (*rel == '/')
+            rel++;
+        size_t n = strcspn(rel, "/");
+        const char *next = rel + n;
+        while (*next == '/')
+            next++;
+        int last = *next == '\0';
+        if (n == 0 || n > NAME_MAX || (n == 2 && rel[0] == '.' && rel[1] == '.')) {
+            errno = n > NAME_MAX ? ENAMETOOLONG : EXDEV;
+            break;
+        }
+        memcpy(part, rel, n);
+        part[n] = '\0';
+        int fd = openat(dir, part, last ? flags | O_NOFOLLOW
+                                       : O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = errno;
+        if (dir != root_fd)
+            close(dir);
+        errno = e;
+        if (fd < 0 || last)
+            return fd;
+        dir = fd;
+        rel = next;
+    }
+    if (dir != root_fd)
+        close(dir);
+    return -1;
+}
+
+/* Opens rel beneath the root for reading, never outside it (no "..", absolute or
+ * symbolic link leading out), without blocking (a FIFO or a device opens and is then
+ * refused by its type, it does not hang the compute thread). */
+static int open_beneath(int root_fd, const char *rel)
+{
+    int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+#ifdef SYS_openat2
+    struct open_how how = {.flags = (uint64_t)flags,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+    long fd = syscall(SYS_openat2, root_fd, rel, &how, sizeof how);
+    if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
+        return (int)fd;
+    /* ENOSYS: a kernel before 5.6; EPERM: a seccomp filter that does not know it. */
+#endif
+    return open_walk(root_fd, rel, flags);
+}
+
+/* Reads a path job's file, confined to worker.path_root, into slot i's buffer (grown
+ * only when a larger file comes). */
 static fm_status read_file(compute *c, int i, const char *path, size_t *len, fm_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    char shown[FM_LOG_ESCAPED_MAX];
+    const char *rel = c->root_fd >= 0 ? beneath_root(c, path) : NULL;
+    int fd = rel && rel[0] ? open_beneath(c->root_fd, rel) : -1;
+    if (fd < 0) {
+        fm_log_debug("path job %s: %s", fm_log_escape(path, shown, sizeof shown),
+                     c->root_fd < 0 ? "by-path jobs are off (worker.path_root is not set)"
+                     : !rel || !rel[0] ? "not beneath worker.path_root"
+                                       : strerror(errno));
+        return fm_error_set(err, FM_ERR_IO, PATH_REFUSED);
+    }
     fm_status st = FM_OK;
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = fm_error_set(err, FM_ERR_IO, "%s: not a regular file", path);
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fm_log_debug("path job %s: not a regular file",
+                     fm_log_escape(path, shown, sizeof shown));
+        st = fm_error_set(err, FM_ERR_IO, PATH_REFUSED);
         goto out;
     }
     if ((uint64_t)sb.st_size > c->max_bytes) {
-        st = fm_error_set(err, FM_ERR_LIMIT, "%s: %lld bytes, more than decode.max_bytes",
-                          path, (long long)sb.st_size);
+        st = fm_error_set(err, FM_ERR_LIMIT, "larger than decode.max_bytes");
         goto out;
     }
-    size_t n = (size_t)sb.st_size;
+    size_t n = (size_t)sb.st_size, got = 0;
     if (n + 1 > c->file_caps[i]) {
         uint8_t *nb = realloc(c->files[i], n + 1);
         if (!nb) {
-            st = fm_error_set(err, FM_ERR_NOMEM, "%s: %zu bytes", path, n);
+            st = fm_error_set(err, FM_ERR_NOMEM, "out of memory for %zu bytes", n);
             goto out;
         }
         c->files[i] = nb;
         c->file_caps[i] = n + 1;
     }
-    if (fread(c->files[i], 1, n, f) != n) {
-        st = fm_error_set(err, FM_ERR_IO, "%s: short read", path);
+    while (got < n) {
+        ssize_t r = read(fd, c->files[i] + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    if (got != n) {
+        fm_log_debug("path job %s: short read", fm_log_escape(path, shown, sizeof shown));
+        st = fm_error_set(err, FM_ERR_IO, PATH_REFUSED);
         goto out;
     }
     *len = n;
 out:
-    fclose(f);
+    close(fd);
     return st;
 }
 
@@ -470,7 +614,14 @@ int pipeline_process_run(const fm_config *cfg, int index, int decode_only, proc_
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = '\0';
-    snprintf(w.name, sizeof w.name, "%.120s:%d/%d",
+    /* The broker refuses a name that breaks the identifier rules (text.h): said here,
+     * once, rather than a worker that never gets a job. */
+    char why[FM_TEXT_WHY_MAX];
+    if (fm_text_check(cfg->worker.name[0] ? cfg->worker.name : host, 100, why, sizeof why)) {
+        fm_log_error("worker.name: %s", why);
+        return 1;
+    }
+    snprintf(w.name, sizeof w.name, "%.100s:%d/%d",
              cfg->worker.name[0] ? cfg->worker.name : host, (int)getpid(), index);
     char role[32];
     snprintf(role, sizeof role, "worker%d", index);
