@@ -149,60 +149,100 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Adds the files under dir (sorted, depth first). Symbolic links to directories are
- * not followed (no loops). */
-static fm_status walk_dir(item_list *l, const char *dir, int all_files, fm_error *err)
+/* One directory being walked: its path and its entries, sorted. */
+typedef struct walk_frame {
+    char *path;
+    char **names;
+    size_t n, next;
+} walk_frame;
+
+static void frame_free(walk_frame *f)
 {
-    fm_status st = FM_OK;
-    char **names = NULL;
-    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < f->n; i++)
+        free(f->names[i]);
+    free(f->names);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+/* Reads the entries of dir (but . and ..) into f, sorted. */
+static fm_status frame_open(walk_frame *f, const char *dir, fm_error *err)
+{
+    size_t cap = 0;
+    memset(f, 0, sizeof *f);
+    if (!(f->path = strdup(dir)))
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
     DIR *d = opendir(dir);
     if (!d)
         return fm_error_set(err, FM_ERR_IO, "%s: %s", dir, strerror(errno));
+    fm_status st = FM_OK;
     struct dirent *de;
     while ((de = readdir(d))) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
-        if (n == cap) {
+        if (f->n == cap) {
             cap = cap ? 2 * cap : 64;
-            char **v = realloc(names, cap * sizeof *v);
+            char **v = realloc(f->names, cap * sizeof *v);
             if (!v) {
                 st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
-                goto done;
+                break;
             }
-            names = v;
+            f->names = v;
         }
-        if (!(names[n] = strdup(de->d_name))) {
+        if (!(f->names[f->n] = strdup(de->d_name))) {
             st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
-            goto done;
+            break;
         }
-        n++;
+        f->n++;
     }
-    if (n)
-        qsort(names, n, sizeof *names, cmp_names);
-    for (size_t i = 0; i < n && st == FM_OK; i++) {
+    closedir(d);
+    if (st == FM_OK && f->n)
+        qsort(f->names, f->n, sizeof *f->names, cmp_names);
+    return st;
+}
+
+/* Adds the files under root (sorted, depth first). Symbolic links to directories are
+ * not followed (no loops). Iterative, with an explicit stack of at most
+ * FM_CLIENT_MAX_DEPTH directories: a tree thousands of levels deep is an error, not a
+ * stack overflow. */
+static fm_status walk_dir(item_list *l, const char *root, int all_files, fm_error *err)
+{
+    walk_frame stack[FM_CLIENT_MAX_DEPTH];
+    int depth = 0;
+    fm_status st = frame_open(&stack[depth++], root, err);
+    while (st == FM_OK && depth > 0) {
+        walk_frame *f = &stack[depth - 1];
+        if (f->next == f->n) {
+            frame_free(&stack[--depth]);
+            continue;
+        }
+        const char *name = f->names[f->next++];
         char path[PATH_MAX];
-        int w = snprintf(path, sizeof path, "%s%s%s", dir,
-                         dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", names[i]);
+        int w = snprintf(path, sizeof path, "%s%s%s", f->path,
+                         f->path[0] && f->path[strlen(f->path) - 1] == '/' ? "" : "/", name);
         if (w < 0 || (size_t)w >= sizeof path) {
-            fm_log_warn("%s/%s: path too long, skipped", dir, names[i]);
+            fm_log_warn("%s/%s: path too long, skipped", f->path, name);
             continue;
         }
         struct stat lst, sst;
         if (lstat(path, &lst) != 0 || stat(path, &sst) != 0)
             continue; /* vanished or a dangling link */
         if (S_ISDIR(sst.st_mode)) {
-            if (!S_ISLNK(lst.st_mode))
-                st = walk_dir(l, path, all_files, err);
-        } else if (S_ISREG(sst.st_mode) && (all_files || is_image_name(names[i]))) {
+            if (S_ISLNK(lst.st_mode))
+                continue;
+            if (depth == FM_CLIENT_MAX_DEPTH) {
+                st = fm_error_set(err, FM_ERR_LIMIT, "%s: folders nested more than %d "
+                                  "levels deep (the walk stops there)", root,
+                                  FM_CLIENT_MAX_DEPTH);
+                break;
+            }
+            st = frame_open(&stack[depth++], path, err);
+        } else if (S_ISREG(sst.st_mode) && (all_files || is_image_name(name))) {
             st = items_add(l, path, 0, err);
         }
     }
-done:
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    closedir(d);
+    while (depth > 0)
+        frame_free(&stack[--depth]);
     return st;
 }
 

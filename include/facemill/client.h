@@ -13,7 +13,9 @@
  * archive members.
  *
  * What is taken: explicit files (arguments, lines of a list on stdin) always; in
- * directories (walked recursively, sorted) and archives only files whose name ends in
+ * directories (walked depth first, sorted, at most FM_CLIENT_MAX_DEPTH levels deep:
+ * deeper is an error that stops the run before anything is sent; symbolic links to
+ * directories are not followed) and archives only files whose name ends in
  * an image extension (.jpg .jpeg .jpe .jfif .png .gif .bmp .webp .tif .tiff .heic),
  * unless all_files. A file is an archive when libarchive recognises it as tar (plain
  * or compressed) or zip by its name (.tar .tar.gz .tgz .tar.bz2 .tar.xz .tar.zst .zip).
@@ -22,6 +24,11 @@
  */
 #ifndef FACEMILL_CLIENT_H
 #define FACEMILL_CLIENT_H
+
+/* The deepest a directory input is walked: directories nested deeper make the run
+ * fail with a clear error (an archive of photos is nowhere near it; a hostile or
+ * broken tree of thousands of levels is). */
+#define FM_CLIENT_MAX_DEPTH 256
 
 #include "facemill/auth.h"
 #include "facemill/config.h"
