@@ -31,6 +31,21 @@ One case per run (--case NAME), each a ctest test of its own:
   keygen           facemill keygen's files read with pyzmq's zmq.auth, mode 0600 for
                    the secret one, never overwritten; pyzmq's own certificate files
                    work as facemill keys
+  paths            by-path jobs: without worker.path_root every one fails; with it, a
+                   FIFO, a symbolic link out of the root, a ../ escape, a readable
+                   file outside the root, a missing file and a directory each fail
+                   with the one generic error text and no hash, while a file beneath
+                   the root is labelled; the worker then finishes a normal job
+  strings          ids with a NUL (a\0X and a\0Y) refuse the Submit with the reason;
+                   ids not UTF-8, with control characters or over-long, and a tag with
+                   a control character are REJECTED each with its reason while the
+                   good jobs of the same Submit are taken; a worker named
+                   "w\n\x1b[31m..." is refused with the reason; no log holds a raw
+                   control character; the export of names that are not UTF-8 is valid
+                   JSON on every line, and a =HYPERLINK(...) name is neutralised in CSV
+  deep_folder      a folder 3,000 levels deep: facemill submit exits with a clear
+                   error (not a crash) before sending anything; a folder 100 levels
+                   deep is walked to its image
 
 Every wait is for a state (a log line, a handshake event, a status, rows) with a
 deadline; "nothing arrived" is checked over the whole run of the jobs, which the
@@ -573,6 +588,269 @@ def case_keygen(h):
           "a client with pyzmq's certificate files is answered: %s" % st.stderr.decode())
 
 
+def submit_raw(client, jobs, request_id):
+    """Sends a Submit of jobs given as (id, tag, name, data or path) with bytes for the
+    strings, which may be anything (invalid UTF-8, NUL, controls): Python's protobuf
+    only writes valid UTF-8, so such a string is written as a placeholder of its length
+    and the placeholder's bytes replaced afterwards (the length prefixes stay right)."""
+    sub = pb.Submit(request_id=request_id)
+    swaps = []
+    for jid, tag, name, src in jobs:
+        j = sub.jobs.add()
+        for field, raw in (("id", jid), ("tag", tag), ("name", name)):
+            if raw is None:
+                continue
+            try:
+                setattr(j, field, raw.decode("utf-8"))
+                continue
+            except UnicodeDecodeError:
+                pass
+            ph = ("~%d~" % len(swaps)).ljust(len(raw), "~").encode()
+            check(len(ph) == len(raw), "placeholder for %r" % raw)
+            setattr(j, field, ph.decode())
+            swaps.append((ph, raw))
+        if isinstance(src, str):
+            j.path = src
+        else:
+            j.data = src
+    data = envelope(submit=sub)
+    for ph, raw in swaps:
+        check(data.count(ph) == 1, "placeholder %r unique" % ph)
+        data = data.replace(ph, raw)
+    client.sock.send(data)
+
+
+def row_of(h, job_id):
+    r = db_query(h.c, "SELECT error_code, error_text, sha256, width FROM images WHERE "
+                 "job_id = ?", (job_id,))
+    return r[0] if r else None
+
+
+GENERIC = "not readable under worker.path_root"
+
+
+def case_paths(h):
+    start(h)
+    client = h.client_peer()
+    d = h.c.dir
+    root = os.path.join(d, "root")
+    outside = os.path.join(d, "outside")
+    os.makedirs(os.path.join(root, "sub"))
+    os.makedirs(outside)
+    with open(os.path.join(root, "good.jpg"), "wb") as f:
+        f.write(h.jpeg)
+    secret = os.path.join(outside, "shadow")  # readable by the worker, but outside
+    with open(secret, "wb") as f:
+        f.write(h.jpeg)
+    os.chmod(secret, 0o600)
+    os.mkfifo(os.path.join(root, "fifo.jpg"))
+    os.symlink(secret, os.path.join(root, "escape.jpg"))
+    os.symlink("../outside/shadow", os.path.join(root, "escape-rel.jpg"))
+    # Without worker.path_root: by-path jobs fail, a bytes job after them is labelled.
+    w1 = h.c.worker("worker", processes=1)
+    submit_raw(client, [(b"off-0", b"p", None, os.path.join(root, "good.jpg")),
+                        (b"off-1", b"p", None, secret)], 1)
+    client.next("submit_ack")
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == 2, WAIT,
+               "the two by-path jobs stored without worker.path_root")
+    for jid in ("off-0", "off-1"):
+        code, text, sha, width = row_of(h, jid)
+        check(code == pb.ERROR_IO and text == GENERIC and sha is None and width is None,
+              "%s without worker.path_root: %s" % (jid, (code, text, sha)))
+    submit_raw(client, [(b"off-data", b"p", b"x.jpg", h.jpeg)], 2)
+    client.next("submit_ack")
+    wait_until(lambda: row_of(h, "off-data") is not None, WAIT, "the bytes job stored")
+    check(row_of(h, "off-data")[0] == 0, "the bytes job after them is labelled")
+    os.killpg(w1.pid, signal.SIGTERM)
+    w1.wait(30)
+    # With worker.path_root: only the file beneath it is read.
+    h.c.worker("worker2", processes=1, overrides={"worker.path_root": root})
+    hostile = {
+        "fifo": os.path.join(root, "fifo.jpg"),
+        "symlink": os.path.join(root, "escape.jpg"),
+        "symlink-rel": os.path.join(root, "escape-rel.jpg"),
+        "dotdot": root + "/../outside/shadow",
+        "outside": secret,
+        "etc": "/etc/passwd",
+        "missing": os.path.join(root, "missing.jpg"),
+        "dir": os.path.join(root, "sub"),
+    }
+    jobs = [(("p-" + k).encode(), b"p", None, v) for k, v in sorted(hostile.items())]
+    jobs.append((b"p-good", b"p", None, os.path.join(root, "good.jpg")))
+    submit_raw(client, jobs, 3)
+    client.next("submit_ack")
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images WHERE tag = 'p' AND "
+                                "job_id LIKE 'p-%'")[0][0] == len(jobs), WAIT,
+               "the %d path jobs stored" % len(jobs))
+    texts = set()
+    for k in hostile:
+        code, text, sha, width = row_of(h, "p-" + k)
+        texts.add(text)
+        check(code == pb.ERROR_IO and text == GENERIC and sha is None and width is None,
+              "%s fails with the generic error and no hash: %s" % (k, (code, text, sha)))
+    check(texts == {GENERIC}, "one error text for every refused path")
+    code, text, sha, width = row_of(h, "p-good")
+    check(code == 0 and sha and width and width > 0,
+          "the file beneath the root is labelled (%s, %s)" % (code, text))
+    # The FIFO did not block the worker: a normal job after all that is labelled.
+    submit_raw(client, [(b"after", b"p", b"after.jpg", h.jpeg)], 4)
+    client.next("submit_ack")
+    wait_until(lambda: row_of(h, "after") is not None, WAIT, "the job after them stored")
+    check(row_of(h, "after")[0] == 0, "the worker goes on: the next job is labelled")
+    st = h.status(client, "p")
+    check(st.workers == 1, "the worker is still there (%d)" % st.workers)
+
+
+def raw_controls(data):
+    """The control bytes of data other than line ends."""
+    return sorted({b for b in data if (b < 0x20 and b != 0x0a) or b == 0x7f})
+
+
+def case_strings(h):
+    start(h)
+    client = h.client_peer()
+    # A NUL inside a string: the whole Submit is refused with the reason (protobuf-c
+    # would have read both ids as "a").
+    submit_raw(client, [(b"a\0X", b"s", None, h.jpeg), (b"a\0Y", b"s", None, h.jpeg)], 1)
+    err = client.next("error").error
+    check(err.code == pb.ERROR_MALFORMED and "Job.id holds a NUL byte" in err.text,
+          "ids with a NUL: the Submit is refused: %s" % err.text)
+    bad = [
+        (b"bad-\xff\xfe", b"s", "job id is not valid UTF-8"),
+        (b"bad-\xc0\xaf", b"s", "job id is not valid UTF-8"),
+        (b"ctl-\x1b[31m", b"s", "job id holds a control character"),
+        (b"nl-\nFORGED", b"s", "job id holds a control character"),
+        (b"c1-\xc2\x85", b"s", "job id holds a control character"),
+        (b"x" * 257, b"s", "job id longer than 256 bytes"),
+        (b"tag-ctl", b"s\x07", "tag holds a control character"),
+        (b"tag-long", b"t" * 257, "tag longer than 256 bytes"),
+    ]
+    good = [(b"ok-formula", b"s", b'=HYPERLINK("http://example.com","x").jpg'),
+            (b"ok-latin1", b"s", b"caf\xe9\x01.jpg"),
+            ("ok-\u00e9t\u00e9".encode(), b"s", None)]
+    submit_raw(client, [(i, t, None, h.jpeg) for i, t, _ in bad] +
+               [(i, t, n, h.jpeg) for i, t, n in good], 2)
+    ack = client.next("submit_ack").submit_ack
+    R, A = pb.JobAck.REJECTED, pb.JobAck.ACCEPTED
+    got = [(a.state, a.reason) for a in ack.jobs]
+    want = [(R, why) for _, _, why in bad] + [(A, "")] * len(good)
+    check(got == want, "each bad job REJECTED with its reason, the good ones taken: %s" % got)
+    # A worker whose name would forge log lines and reach every status.
+    evil = h.peer(zmq.DEALER, "broker.workers", "worker")
+    evil.send(worker_ready=pb.WorkerReady(credit=4, name="w\n2026-01-01T00:00:00Z broker"
+                                          "[1] INFO  FORGED\x1b[31m"))
+    e = evil.next("error").error
+    check(e.code == pb.ERROR_INVALID and
+          e.text == "worker name holds control character U+000A at byte 1",
+          "the worker name is refused with the reason: %s" % e.text)
+    h.log_has("broker", "name \"w\\x0a2026-01-01T00:00:00Z broker[1] INFO  "
+              "FORGED\\x1b[31m\" holds control character")
+    h.c.worker("worker", processes=1)
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == len(good), WAIT,
+               "the %d good jobs stored" % len(good))
+    evil.drain()
+    check(not [m for m in evil.received if m.WhichOneof("body") == "job"],
+          "the refused worker got no job")
+    st = h.status(client, "s")
+    check(st.tag_total == len(good) and st.workers == 1,
+          "only the good jobs and the real worker are known (%d, %d)" %
+          (st.tag_total, st.workers))
+    for name in ("broker", "sink", "worker"):
+        with open(os.path.join(h.c.dir, name + ".log"), "rb") as f:
+            data = f.read()
+        check(not raw_controls(data), "the %s log has no raw control character: %s" %
+              (name, raw_controls(data)))
+        check(not re.search(rb"(^|\n)(2026-01-01T00:00:00Z|FORGED)", data),
+              "no forged line in the %s log" % name)
+    fm = os.path.join(h.a.bin, "facemill")
+    out = subprocess.run([fm, "export", h.c.db], capture_output=True, timeout=60)
+    check(out.returncode == 0, "export exits 0")
+    import json
+    rows = []
+    for line in out.stdout.split(b"\n")[:-1]:
+        try:
+            rows.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, ValueError) as x:
+            raise Failure("export line is not valid JSON (%s): %r" % (x, line))
+    sources = sorted(r["source"] for r in rows)
+    check(len(rows) == len(good) and "caf\ufffd\u0001.jpg" in sources,
+          "export: %d valid JSON lines, the Latin-1 name as U+FFFD: %s" % (len(rows), sources))
+    out = subprocess.run([fm, "export", "--format", "csv", h.c.db], capture_output=True,
+                         timeout=60)
+    lines = out.stdout.decode("utf-8", "replace").splitlines()
+    check(out.returncode == 0 and
+          any(l.startswith('2,"\'=HYPERLINK(""http://example.com"",""x"").jpg"') for l in lines)
+          and not any(l.startswith("2,=") or l.startswith('2,"=') for l in lines),
+          "CSV: the =HYPERLINK name is neutralised: %s" % lines[1:])
+
+
+def make_deep(top, levels, image=None):
+    """A folder levels deep under top (directory "d" in "d" ...), made relative to an
+    open descriptor of the level above (the paths outgrow PATH_MAX); image bytes go to
+    x.jpg at the bottom. Returns nothing; remove_deep takes it down."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        if image:
+            wfd = os.open("x.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(wfd, image)
+            os.close(wfd)
+    finally:
+        os.close(fd)
+
+
+def remove_deep(top):
+    """Removes what make_deep made, without recursion (shutil.rmtree would overflow
+    Python's own stack): down to the bottom by descriptors, then up again."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        while "d" in os.listdir(fds[-1]):
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        while fds:
+            fd = fds.pop()
+            for n in os.listdir(fd):
+                if n != "d":
+                    os.unlink(n, dir_fd=fd)
+            os.close(fd)
+            if fds:
+                os.rmdir("d", dir_fd=fds[-1])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def case_deep_folder(h):
+    start(h)
+    fm = os.path.join(h.a.bin, "facemill")
+    deep, shallow = os.path.join(h.c.dir, "deep"), os.path.join(h.c.dir, "shallow")
+    os.makedirs(deep)
+    os.makedirs(shallow)
+    try:
+        make_deep(deep, 3000, h.jpeg)
+        r = subprocess.run([fm, "submit", "--tag", "deep", "--progress", "none", deep] +
+                           h.c.args(), capture_output=True, timeout=WAIT)
+        err = r.stderr.decode("utf-8", "replace")
+        check(r.returncode == 3 and "%s: folders nested more than 256 levels deep" % deep
+              in err, "3,000 levels: a clear error, exit 3 (%d): %s" % (r.returncode, err))
+        sanitizer_clean(r.stderr, "facemill submit")
+        st = h.status(h.client_peer(), "deep")
+        check(st.tag_total == 0, "nothing of the deep folder was sent (%d)" % st.tag_total)
+        make_deep(shallow, 100, h.jpeg)
+        h.c.worker("worker", processes=1)
+        r = subprocess.run([fm, "submit", "--tag", "shallow", "--progress", "none", shallow]
+                           + h.c.args(), capture_output=True, timeout=240)
+        check(r.returncode == 0 and db_query(h.c, "SELECT count(*) FROM images")[0][0] == 1,
+              "100 levels: the image at the bottom is labelled (%d): %s" %
+              (r.returncode, r.stderr.decode("utf-8", "replace")))
+    finally:
+        remove_deep(deep)
+        remove_deep(shallow)
+
+
 CASES = {
     "unkeyed_worker": case_unkeyed_worker,
     "client_as_worker": case_client_as_worker,
@@ -582,6 +860,9 @@ CASES = {
     "credit": case_credit,
     "exposed_bind": case_exposed_bind,
     "keygen": case_keygen,
+    "paths": case_paths,
+    "strings": case_strings,
+    "deep_folder": case_deep_folder,
 }
 
 
