@@ -428,6 +428,22 @@ static void test_refusals(void)
               d->submit->n_jobs == 1, "%s", err.msg);
     fm_wire_free(&d);
 
+    /* a NUL inside a string (protobuf-c would cut it there: "a\0X" and "a\0Y" would
+     * be one id), in Submit > Job > id and > path; NULs in bytes are bytes */
+    uint8_t nul_id[] = {0x08, 0x01, 0x10, 0x00, 0x52, 0x0a, 0x0a, 0x08,
+                        0x0a, 0x03, 'a', 0x00, 'X', 0x22, 0x01, 0x00};
+    CHECK(fm_wire_decode(nul_id, sizeof nul_id, &d, &err) == FM_ERR_PROTOCOL && !d);
+    CHECK_MSG(strstr(err.msg, "string Job.id holds a NUL byte"), "%s", err.msg);
+    nul_id[11] = 'Y'; /* a valid id, and data holding a NUL: taken */
+    CHECK_MSG(fm_wire_decode(nul_id, sizeof nul_id, &d, &err) == FM_OK && d &&
+                  strcmp(d->submit->jobs[0]->id, "aYX") == 0 &&
+                  d->submit->jobs[0]->data.len == 1,
+              "%s", err.msg);
+    fm_wire_free(&d);
+    nul_id[13] = 0x2a; /* the one byte as a path: a NUL in a string again */
+    CHECK(fm_wire_decode(nul_id, sizeof nul_id, &d, &err) == FM_ERR_PROTOCOL && !d);
+    CHECK_MSG(strstr(err.msg, "string Job.path holds a NUL byte"), "%s", err.msg);
+
     /* foreign bytes and nothing */
     const char *http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     CHECK(fm_wire_decode(http, strlen(http), &d, &err) != FM_OK && d == NULL);
