@@ -1084,9 +1084,10 @@ static fm_status commit_verdicts(fm_broker *b, const fm_wire_peer *from,
         if (entry_job(b, ce)) {
             conf[nc++] = out;
         } else {
+            char id[FM_LOG_ESCAPED_MAX]; /* any pusher of results chose it */
             ref[nr++] = out;
             fm_log_info("job %s: a result the broker did not dispatch (or no longer "
-                        "waits for): refused", ce->job_id);
+                        "waits for): refused", fm_log_escape(ce->job_id, id, sizeof id));
         }
     }
     if (nc + nr) {
@@ -1125,11 +1126,14 @@ static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **
         bjob *j = entry_job(b, ce);
         if (!j) {
             bjob *open = job_find(b, ce->job_id);
-            if (open && !open->committed)
+            if (open && !open->committed) { /* a known job: its id passed job_invalid */
                 fm_log_warn("sink reported job %s stored with a token it was never "
                             "dispatched with: not counted", ce->job_id);
-            else
-                fm_log_debug("sink reported job %s stored again", ce->job_id);
+            } else {
+                char id[FM_LOG_ESCAPED_MAX];
+                fm_log_debug("sink reported job %s stored again",
+                             fm_log_escape(ce->job_id, id, sizeof id));
+            }
             continue;
         }
         int changed = 0;
