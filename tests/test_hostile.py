@@ -42,7 +42,8 @@ One case per run (--case NAME), each a ctest test of its own:
                    good jobs of the same Submit are taken; a worker named
                    "w\n\x1b[31m..." is refused with the reason; no log holds a raw
                    control character; the export of names that are not UTF-8 is valid
-                   JSON on every line, and a =HYPERLINK(...) name is neutralised in CSV
+                   JSON on every line, and a =HYPERLINK(...) name is neutralised in CSV;
+                   facemill submit refuses a --tag the broker would reject
   deep_folder      a folder 3,000 levels deep: facemill submit exits with a clear
                    error (not a crash) before sending anything; a folder 100 levels
                    deep is walked to its image
@@ -763,6 +764,10 @@ def case_strings(h):
         check(not re.search(rb"(^|\n)(2026-01-01T00:00:00Z|FORGED)", data),
               "no forged line in the %s log" % name)
     fm = os.path.join(h.a.bin, "facemill")
+    r = subprocess.run([fm, "submit", "--tag", "run\x1b[2J", h.c.dir] + h.c.args(),
+                       capture_output=True, timeout=60)
+    check(r.returncode == 2 and b"--tag: holds control character U+001B at byte 3" in
+          r.stderr, "facemill submit refuses such a tag itself: %s" % r.stderr)
     out = subprocess.run([fm, "export", h.c.db], capture_output=True, timeout=60)
     check(out.returncode == 0, "export exits 0")
     import json

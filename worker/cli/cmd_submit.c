@@ -30,6 +30,7 @@
 #include "facemill/log.h"
 #include "facemill/modelpath.h"
 #include "facemill/sink.h"
+#include "facemill/text.h"
 #include "facemill/wire.h"
 
 #include <zmq.h>
@@ -160,9 +161,14 @@ int fm_cmd_submit(int argc, char **argv)
     int code = cli_start(&submit_cmd, opts, argc, argv, &cfg, &a);
     if (code >= 0)
         return code;
+    /* The broker would reject every job of a run with such a tag, one line each. */
+    char why[FM_TEXT_WHY_MAX];
+    if (tag_opt && fm_text_check(tag_opt, FM_TEXT_TAG_MAX, why, sizeof why))
+        return cli_usage_error(&submit_cmd, "--tag: %s (a tag is at most %d bytes of "
+                               "UTF-8 without control characters)", why, FM_TEXT_TAG_MAX);
     fm_client_opts o;
     client_opts(&o, &cfg, &x);
-    char tag[256];
+    char tag[FM_TEXT_TAG_MAX + 1];
     if (tag_opt)
         snprintf(tag, sizeof tag, "%s", tag_opt);
     else
