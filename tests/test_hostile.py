@@ -35,7 +35,9 @@ One case per run (--case NAME), each a ctest test of its own:
                    FIFO, a symbolic link out of the root, a ../ escape, a readable
                    file outside the root, a missing file and a directory each fail
                    with the one generic error text and no hash, while a file beneath
-                   the root is labelled; the worker then finishes a normal job
+                   the root is labelled; the worker then finishes a normal job; the
+                   same again with openat2 failing ENOSYS (a seccomp filter), where
+                   the O_NOFOLLOW walk refuses even a link within the root
   strings          ids with a NUL (a\0X and a\0Y) refuse the Submit with the reason;
                    ids not UTF-8, with control characters or over-long, and a tag with
                    a control character are REJECTED each with its reason while the
@@ -629,6 +631,35 @@ def row_of(h, job_id):
 
 GENERIC = "not readable under worker.path_root"
 
+# Runs argv[1:] with openat2 failing ENOSYS, as on kernels before Linux 5.6: a seccomp
+# filter (classic BPF: syscall number 437, openat2 on every architecture, returns
+# ERRNO(ENOSYS); anything else is allowed), inherited by the worker's processes.
+WITHOUT_OPENAT2 = r"""
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ins = lambda code, jt, jf, k: struct.pack("HBBI", code, jt, jf, k)
+prog = ctypes.create_string_buffer(ins(0x20, 0, 0, 0) + ins(0x15, 0, 1, 437) +
+                                   ins(0x06, 0, 0, 0x00050000 | 38) +
+                                   ins(0x06, 0, 0, 0x7fff0000))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fp = Fprog(4, ctypes.cast(prog, ctypes.c_void_p))
+if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(fp), 0, 0) != 0:
+    sys.exit("seccomp filter: %s" % os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def have_openat2():
+    """Whether this kernel has openat2 (Linux >= 5.6)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    how = ctypes.create_string_buffer(24)  # struct open_how, all zero: O_RDONLY
+    fd = libc.syscall(437, -100, b"/", how, 24)
+    if fd >= 0:
+        os.close(fd)
+    return fd >= 0
+
 
 def case_paths(h):
     start(h)
@@ -664,8 +695,11 @@ def case_paths(h):
     check(row_of(h, "off-data")[0] == 0, "the bytes job after them is labelled")
     os.killpg(w1.pid, signal.SIGTERM)
     w1.wait(30)
-    # With worker.path_root: only the file beneath it is read.
-    h.c.worker("worker2", processes=1, overrides={"worker.path_root": root})
+    # With worker.path_root: only the file beneath it is read. A symbolic link that
+    # stays beneath the root is followed by openat2 (RESOLVE_BENEATH), not by the
+    # O_NOFOLLOW walk of kernels without it: which one ran shows there.
+    os.symlink("good.jpg", os.path.join(root, "inner.jpg"))
+    w2 = h.c.worker("worker2", processes=1, overrides={"worker.path_root": root})
     hostile = {
         "fifo": os.path.join(root, "fifo.jpg"),
         "symlink": os.path.join(root, "escape.jpg"),
@@ -676,30 +710,54 @@ def case_paths(h):
         "missing": os.path.join(root, "missing.jpg"),
         "dir": os.path.join(root, "sub"),
     }
-    jobs = [(("p-" + k).encode(), b"p", None, v) for k, v in sorted(hostile.items())]
-    jobs.append((b"p-good", b"p", None, os.path.join(root, "good.jpg")))
-    submit_raw(client, jobs, 3)
-    client.next("submit_ack")
-    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images WHERE tag = 'p' AND "
-                                "job_id LIKE 'p-%'")[0][0] == len(jobs), WAIT,
-               "the %d path jobs stored" % len(jobs))
-    texts = set()
-    for k in hostile:
-        code, text, sha, width = row_of(h, "p-" + k)
-        texts.add(text)
-        check(code == pb.ERROR_IO and text == GENERIC and sha is None and width is None,
-              "%s fails with the generic error and no hash: %s" % (k, (code, text, sha)))
-    check(texts == {GENERIC}, "one error text for every refused path")
-    code, text, sha, width = row_of(h, "p-good")
-    check(code == 0 and sha and width and width > 0,
-          "the file beneath the root is labelled (%s, %s)" % (code, text))
-    # The FIFO did not block the worker: a normal job after all that is labelled.
-    submit_raw(client, [(b"after", b"p", b"after.jpg", h.jpeg)], 4)
-    client.next("submit_ack")
-    wait_until(lambda: row_of(h, "after") is not None, WAIT, "the job after them stored")
-    check(row_of(h, "after")[0] == 0, "the worker goes on: the next job is labelled")
-    st = h.status(client, "p")
-    check(st.workers == 1, "the worker is still there (%d)" % st.workers)
+    openat2 = have_openat2()
+
+    def confined(prefix, request_id, inner_followed):
+        """The hostile jobs, the file beneath the root and the inner link, then a
+        bytes job, through the worker running now."""
+        jobs = [((prefix + k).encode(), b"p", None, v) for k, v in sorted(hostile.items())]
+        jobs.append(((prefix + "good").encode(), b"p", None, os.path.join(root, "good.jpg")))
+        jobs.append(((prefix + "inner").encode(), b"p", None, os.path.join(root, "inner.jpg")))
+        submit_raw(client, jobs, request_id)
+        client.next("submit_ack")
+        wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images WHERE job_id LIKE ?",
+                                    (prefix + "%",))[0][0] == len(jobs), WAIT,
+                   "the %d path jobs %s* stored" % (len(jobs), prefix))
+        texts = set()
+        for k in hostile:
+            code, text, sha, width = row_of(h, prefix + k)
+            texts.add(text)
+            check(code == pb.ERROR_IO and text == GENERIC and sha is None and width is None,
+                  "%s%s fails with the generic error and no hash: %s" %
+                  (prefix, k, (code, text, sha)))
+        check(texts == {GENERIC}, "%s*: one error text for every refused path" % prefix)
+        code, text, sha, width = row_of(h, prefix + "good")
+        check(code == 0 and sha and width and width > 0,
+              "%sgood: the file beneath the root is labelled (%s, %s)" % (prefix, code, text))
+        code, text, sha, width = row_of(h, prefix + "inner")
+        check((code == 0 and sha) if inner_followed else (text == GENERIC and sha is None),
+              "%sinner: a link within the root %s (%s, %s)" %
+              (prefix, "followed" if inner_followed else "refused", code, text))
+        # The FIFO did not block the worker: a normal job after all that is labelled.
+        after = (prefix + "after").encode()
+        submit_raw(client, [(after, b"p", b"after.jpg", h.jpeg)], request_id + 1)
+        client.next("submit_ack")
+        wait_until(lambda: row_of(h, after.decode()) is not None, WAIT,
+                   "the job after them stored")
+        check(row_of(h, after.decode())[0] == 0,
+              "%s*: the worker goes on, the next job is labelled" % prefix)
+        st = h.status(client, "p")
+        check(st.workers == 1, "the worker is still there (%d)" % st.workers)
+
+    confined("p-", 3, openat2)
+    # The same without openat2 (ENOSYS, as before Linux 5.6): the O_NOFOLLOW walk.
+    os.killpg(w2.pid, signal.SIGTERM)
+    w2.wait(30)
+    h.c.start("worker3", ["/usr/bin/python3", "-c", WITHOUT_OPENAT2,
+                          os.path.join(h.a.bin, "facemill-worker"), "--processes", "1",
+                          "--decode-only"] +
+              h.c.args({"worker.path_root": root}, "worker"))
+    confined("w-", 5, False)
 
 
 def raw_controls(data):
