@@ -1068,8 +1068,14 @@ fm_status fm_client_status_as(const char *endpoint, const fm_auth *auth, const c
     for (;;) {
         int64_t now = fm_now_ms();
         if (now >= deadline) {
-            st = fm_error_set(err, FM_ERR_TIMEOUT, "no status reply from %s within %lld ms",
-                              endpoint, (long long)timeout_ms);
+            /* A broker with CurveZMQ keys drops a client without them in the
+             * handshake: nothing comes back, so say where to look. */
+            st = fm_error_set(err, FM_ERR_TIMEOUT, "no status reply from %s within %lld ms%s",
+                              endpoint, (long long)timeout_ms,
+                              fm_auth_curve(auth) ? ""
+                                                  : " (a broker with CurveZMQ keys answers only "
+                                                    "clients with theirs: security.cert, "
+                                                    "security.broker_key)");
             goto done;
         }
         if (now >= next_send) {

@@ -50,8 +50,16 @@ void fm_metrics_sample(FILE *out, const char *name, const char *label, const cha
         fputs(v > 0 ? " +Inf\n" : " -Inf\n", out);
     else if (v == floor(v) && fabs(v) < 9007199254740992.0)
         fprintf(out, " %.0f\n", v);
-    else
-        fprintf(out, " %.17g\n", v);
+    else {
+        /* The shortest form that reads back as v: 0.6, not 0.59999999999999998. */
+        char buf[32];
+        for (int digits = 15; digits <= 17; digits++) {
+            snprintf(buf, sizeof buf, "%.*g", digits, v);
+            if (strtod(buf, NULL) == v)
+                break;
+        }
+        fprintf(out, " %s\n", buf);
+    }
 }
 
 int fm_metrics_path(char *buf, size_t size, const char *pattern, const char *role)
