@@ -45,6 +45,22 @@ int fm_result_argmax(const float *v, int n)
     return best;
 }
 
+int fm_result_abstains(const float *probs, int n, double min_prob)
+{
+    /* compared as floats, the precision the probabilities have: 0.9f is not below 0.9 */
+    return min_prob > 0 && probs[fm_result_argmax(probs, n)] < (float)min_prob;
+}
+
+void fm_result_face_abstain(fm_result_face *f, double gender_min_prob, double race_min_prob)
+{
+    if ((f->has & FM_RESULT_HAS_GENDER) &&
+        fm_result_abstains(f->gender_probs, FM_RESULT_GENDERS, gender_min_prob))
+        f->has |= FM_RESULT_GENDER_ABSTAINED;
+    if ((f->has & FM_RESULT_HAS_RACE) &&
+        fm_result_abstains(f->race_probs, FM_RESULT_RACES, race_min_prob))
+        f->has |= FM_RESULT_RACE_ABSTAINED;
+}
+
 /* The error text without a leading "SOURCE: " (source already names the image). */
 static const char *error_text(const fm_result_image *im)
 {
@@ -150,15 +166,21 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
     }
     if (f->has & FM_RESULT_HAS_GENDER) {
         fm_json_key(j, "gender");
-        fm_json_str(j, fm_result_gender_names[fm_result_argmax(f->gender_probs,
-                                                               FM_RESULT_GENDERS)]);
+        if (f->has & FM_RESULT_GENDER_ABSTAINED)
+            fm_json_null(j);
+        else
+            fm_json_str(j, fm_result_gender_names[fm_result_argmax(f->gender_probs,
+                                                                   FM_RESULT_GENDERS)]);
         json_named(j, "gender_probs", fm_result_gender_names, f->gender_probs,
                    FM_RESULT_GENDERS);
     }
     if (f->has & FM_RESULT_HAS_RACE) {
         fm_json_key(j, "race");
-        fm_json_str(j,
-                    fm_result_race_names[fm_result_argmax(f->race_probs, FM_RESULT_RACES)]);
+        if (f->has & FM_RESULT_RACE_ABSTAINED)
+            fm_json_null(j);
+        else
+            fm_json_str(j, fm_result_race_names[fm_result_argmax(f->race_probs,
+                                                                 FM_RESULT_RACES)]);
         json_named(j, "race_probs", fm_result_race_names, f->race_probs, FM_RESULT_RACES);
     }
     fm_json_obj_end(j);
@@ -261,12 +283,12 @@ void fm_result_csv_face(FILE *out, int index, const fm_result_face *f)
     csv_floats(out, has & FM_RESULT_HAS_AGE, &f->age, 1);
     csv_floats(out, has & FM_RESULT_HAS_AGE, &f->age_std, 1);
     fputc(',', out);
-    if (has & FM_RESULT_HAS_GENDER)
+    if ((has & FM_RESULT_HAS_GENDER) && !(has & FM_RESULT_GENDER_ABSTAINED))
         fputs(fm_result_gender_names[fm_result_argmax(f->gender_probs, FM_RESULT_GENDERS)],
               out);
     csv_floats(out, has & FM_RESULT_HAS_GENDER, f->gender_probs, FM_RESULT_GENDERS);
     fputc(',', out);
-    if (has & FM_RESULT_HAS_RACE)
+    if ((has & FM_RESULT_HAS_RACE) && !(has & FM_RESULT_RACE_ABSTAINED))
         fputs(fm_result_race_names[fm_result_argmax(f->race_probs, FM_RESULT_RACES)], out);
     csv_floats(out, has & FM_RESULT_HAS_RACE, f->race_probs, FM_RESULT_RACES);
 }

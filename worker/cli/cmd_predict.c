@@ -105,7 +105,7 @@ int fm_cmd_predict(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             if (res[i].error.code != FM_OK)
                 rc = CLI_EXIT_FAILURE;
-            fm_cmd_json_result(&j, images[i0 + i], &res[i]);
+            fm_cmd_json_result(&j, images[i0 + i], &res[i], &c);
             fm_json_newline(&j);
             if (res[i].error.code == FM_OK && (draw || draw_dir) &&
                 draw_result(full, images[i0 + i], &res[i], draw, draw_dir) != 0)
