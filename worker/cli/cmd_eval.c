@@ -23,6 +23,7 @@
 #include "facemill/trainset.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -218,13 +219,23 @@ static void group_row(const char *name, const fm_eval_metrics *m)
            100 * m->race_acc);
 }
 
-/* "4.530 [4.381, 4.690]" or, for a fraction, "93.86% [92.82, 94.85]" */
+/* "4.530 [4.381, 4.690]"; for a fraction (pct 1) "93.86% [92.82, 94.85]"; for a
+ * difference of fractions (pct 2) in points, "+1.20 pts [-0.30, +2.70]"; for a
+ * difference of values (pct 3) "-0.120 [-0.300, +0.050]" */
 static const char *with_ci(char *buf, size_t size, double v, fm_eval_ci c, int pct)
 {
-    if (pct)
-        snprintf(buf, size, "%.2f%% [%.2f, %.2f]", 100 * v, 100 * c.lo, 100 * c.hi);
+    double f = pct == 1 || pct == 2 ? 100 : 1;
+    /* rounding noise of a zero difference prints as 0, not -0 */
+    v = fabs(v) < 1e-12 ? 0 : v * f;
+    double lo = fabs(c.lo) < 1e-12 ? 0 : c.lo * f, hi = fabs(c.hi) < 1e-12 ? 0 : c.hi * f;
+    if (pct == 2)
+        snprintf(buf, size, "%+.2f pts [%+.2f, %+.2f]", v, lo, hi);
+    else if (pct == 1)
+        snprintf(buf, size, "%.2f%% [%.2f, %.2f]", v, lo, hi);
+    else if (pct == 3) /* a difference of years */
+        snprintf(buf, size, "%+.3f [%+.3f, %+.3f]", v, lo, hi);
     else
-        snprintf(buf, size, "%.3f [%.3f, %.3f]", v, c.lo, c.hi);
+        snprintf(buf, size, "%.3f [%.3f, %.3f]", v, lo, hi);
     return buf;
 }
 
@@ -236,15 +247,15 @@ static void print_compare_text(const fm_eval_paired *c, const char *what)
     printf("| metric | this | other | difference |\n|---|---:|---:|---:|\n");
     char b[64];
     printf("| detection rate | %.2f%% | %.2f%% | %s |\n", 100 * c->a.detect_rate,
-           100 * c->b.detect_rate, with_ci(b, sizeof b, c->detect_rate.diff, c->detect_rate.ci, 1));
+           100 * c->b.detect_rate, with_ci(b, sizeof b, c->detect_rate.diff, c->detect_rate.ci, 2));
     printf("| age MAE | %.3f | %.3f | %s |\n", c->a.age_mae, c->b.age_mae,
-           with_ci(b, sizeof b, c->age_mae.diff, c->age_mae.ci, 0));
+           with_ci(b, sizeof b, c->age_mae.diff, c->age_mae.ci, 3));
     printf("| age RMSE | %.3f | %.3f | %s |\n", c->a.age_rmse, c->b.age_rmse,
-           with_ci(b, sizeof b, c->age_rmse.diff, c->age_rmse.ci, 0));
+           with_ci(b, sizeof b, c->age_rmse.diff, c->age_rmse.ci, 3));
     printf("| gender accuracy | %.2f%% | %.2f%% | %s |\n", 100 * c->a.gender_acc,
-           100 * c->b.gender_acc, with_ci(b, sizeof b, c->gender_acc.diff, c->gender_acc.ci, 1));
+           100 * c->b.gender_acc, with_ci(b, sizeof b, c->gender_acc.diff, c->gender_acc.ci, 2));
     printf("| ethnicity accuracy | %.2f%% | %.2f%% | %s |\n\n", 100 * c->a.race_acc,
-           100 * c->b.race_acc, with_ci(b, sizeof b, c->race_acc.diff, c->race_acc.ci, 1));
+           100 * c->b.race_acc, with_ci(b, sizeof b, c->race_acc.diff, c->race_acc.ci, 2));
     printf("McNemar's exact test (images only one of the two gets right)\n\n");
     printf("| attribute | only this right | only other right | p |\n|---|---:|---:|---:|\n");
     printf("| gender | %d | %d | %.4g |\n", c->gender_b, c->gender_c, c->gender_p);
@@ -407,6 +418,19 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
+/* "key": {names[0]: v[0], ...} */
+static void json_probs(fm_json *j, const char *key, const char *const *names, const float *v,
+                       int n)
+{
+    fm_json_key(j, key);
+    fm_json_obj_begin(j);
+    for (int k = 0; k < n; k++) {
+        fm_json_key(j, names[k]);
+        fm_json_f32(j, v[k]);
+    }
+    fm_json_obj_end(j);
+}
+
 /* One JSON line per image: file, true_age, true_gender, true_race, face, age,
  * age_std, gender, race, gender_probs {male, female}, race_probs {White, ...}; the
  * predictions null for an image without a face. */
@@ -446,20 +470,10 @@ static int save_results(const char *path, const eval_set *l, const fm_eval_item 
             fm_json_str(&j, fm_result_gender_names[it->gender]);
             fm_json_key(&j, "race");
             fm_json_str(&j, fm_result_race_names[it->race]);
-            fm_json_key(&j, "gender_probs");
-            fm_json_obj_begin(&j);
-            for (int k = 0; k < FM_HEADS_GENDERS; k++) {
-                fm_json_key(&j, fm_result_gender_names[k]);
-                fm_json_f32(&j, it->gender_probs[k]);
-            }
-            fm_json_obj_end(&j);
-            fm_json_key(&j, "race_probs");
-            fm_json_obj_begin(&j);
-            for (int k = 0; k < FM_HEADS_RACES; k++) {
-                fm_json_key(&j, fm_result_race_names[k]);
-                fm_json_f32(&j, it->race_probs[k]);
-            }
-            fm_json_obj_end(&j);
+            json_probs(&j, "gender_probs", fm_result_gender_names, it->gender_probs,
+                       FM_HEADS_GENDERS);
+            json_probs(&j, "race_probs", fm_result_race_names, it->race_probs,
+                       FM_HEADS_RACES);
         }
         fm_json_obj_end(&j);
         fm_json_newline(&j);
@@ -905,14 +919,16 @@ int fm_cmd_eval(int argc, char **argv)
     x.resamples = resamples;
     x.degrade = dg ? dg->name : NULL;
     fm_eval_paired cmp;
-    char what[FM_CONFIG_STRING_MAX + 64];
+    char what[2 * FM_CONFIG_STRING_MAX];
     if (p2 || compare) {
         double fallback2 = fallback;
         int n2 = s.n;
         if (p2) {
             fallback2 = fm_heads_fallback_age(fm_pipeline_heads(p2));
-            snprintf(what, sizeof what, "--compare-set %s%s", eo.sets[0],
-                     eo.n_sets > 1 ? " ..." : "");
+            size_t used = 0;
+            for (int k = 0; k < eo.n_sets && used < sizeof what; k++)
+                used += (size_t)snprintf(what + used, sizeof what - used, "%s%s",
+                                         k ? " " : "", eo.sets[k]);
         } else {
             snprintf(what, sizeof what, "%s", compare);
             if ((n2 = read_saved(compare, &s, other, found, &err)) < 0) {
