@@ -478,7 +478,8 @@ static int save_results(const char *path, const eval_set *l, const fm_eval_item 
         fm_json_obj_end(&j);
         fm_json_newline(&j);
     }
-    return fclose(f) == 0 && !ferror(stdout) ? 0 : -1;
+    int bad = ferror(f);
+    return fclose(f) == 0 && !bad ? 0 : -1;
 }
 
 /* The value after "KEY": in line (KEY with its quotes); NULL when absent. */
@@ -608,7 +609,7 @@ static int read_saved(const char *path, const eval_set *l, fm_eval_item *other,
         qsort(v, (size_t)n, sizeof *v, cmp_saved);
     rc = 0;
     for (int i = 0; i < l->n; i++) {
-        saved key = {(char *)base_name(l->paths[i]), {{0, 0, 0}, 0, 0, 0, 0, 0, {0}, {0}}};
+        saved key = {.file = (char *)base_name(l->paths[i])};
         const saved *s = v ? bsearch(&key, v, (size_t)n, sizeof *v, cmp_saved) : NULL;
         found[i] = s != NULL;
         if (!s)
