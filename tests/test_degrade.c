@@ -132,7 +132,8 @@ static void test_damages(void)
     o = apply("rot90", &odd, 0);
     /* 90 degrees: the output's (15, 5) comes from the input's (5, 15) or (25, 15) */
     CHECK(!memcmp(px(&o, 15, 15), px(&odd, 15, 15), 3));
-    CHECK(!memcmp(px(&o, 15, 5), px(&odd, 5, 15), 3) || !memcmp(px(&o, 15, 5), px(&odd, 25, 15), 3));
+    CHECK(!memcmp(px(&o, 15, 5), px(&odd, 5, 15), 3) ||
+          !memcmp(px(&o, 15, 5), px(&odd, 25, 15), 3));
     free(o.data);
 
     o = apply("jpeg15", &tex, 0);

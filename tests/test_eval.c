@@ -49,7 +49,7 @@ static void test_metrics(void)
         {{20, 0, 0}, 1, 22.0f, 0, 0, 0, {0}, {0}},  /* age err +2, right, right */
         {{40, 1, 1}, 1, 35.0f, 0, 1, 0, {0}, {0}},  /* age err -5, gender wrong, race right */
         {{5, 1, 2}, 1, 5.0f, 1, 3, 0, {0}, {0}},    /* age err 0, right, race wrong */
-        {{70, 0, 3}, 0, 0.0f, 0, 0, 0, {0}, {0}},   /* no face: fallback 30 -> err -40, both wrong */
+        {{70, 0, 3}, 0, 0.0f, 0, 0, 0, {0}, {0}},   /* no face: fallback 30, err -40, wrong */
         {{31, 0, 0}, 1, 30.0f, 0, 0, 0, {0}, {0}},  /* age err -1, right, right */
     };
     fm_eval_report r;

@@ -143,6 +143,10 @@ void fm_result_json_faces(fm_json *j);
 /* Writes one face object inside the faces array. */
 void fm_result_json_face(fm_json *j, const fm_result_face *f);
 
+/* Writes "key": {names[0]: v[0], ...} for n floats (a face's probabilities, its box). */
+void fm_result_json_named(fm_json *j, const char *key, const char *const *names,
+                          const float *v, int n);
+
 /* Closes the faces array and the image object (no newline: fm_json_newline). */
 void fm_result_json_end(fm_json *j);
 

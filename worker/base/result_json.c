@@ -128,9 +128,8 @@ void fm_result_json_faces(fm_json *j)
     fm_json_arr_begin(j);
 }
 
-/* "key": {names[0]: v[0], ...} */
-static void json_named(fm_json *j, const char *key, const char *const *names,
-                       const float *v, int n)
+void fm_result_json_named(fm_json *j, const char *key, const char *const *names,
+                          const float *v, int n)
 {
     fm_json_key(j, key);
     fm_json_obj_begin(j);
@@ -146,7 +145,7 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
     static const char *const xy[2] = {"x", "y"};
     fm_json_obj_begin(j);
     if (f->has & FM_RESULT_HAS_BOX)
-        json_named(j, "box", box_names, f->box, 4);
+        fm_result_json_named(j, "box", box_names, f->box, 4);
     if (f->has & FM_RESULT_HAS_SCORE) {
         fm_json_key(j, "score");
         fm_json_f32(j, f->score);
@@ -155,7 +154,7 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
         fm_json_key(j, "landmarks");
         fm_json_obj_begin(j);
         for (int k = 0; k < FM_RESULT_LANDMARKS; k++)
-            json_named(j, fm_result_landmark_names[k], xy, f->landmarks + 2 * k, 2);
+            fm_result_json_named(j, fm_result_landmark_names[k], xy, f->landmarks + 2 * k, 2);
         fm_json_obj_end(j);
     }
     if (f->has & FM_RESULT_HAS_AGE) {
@@ -171,7 +170,7 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
         else
             fm_json_str(j, fm_result_gender_names[fm_result_argmax(f->gender_probs,
                                                                    FM_RESULT_GENDERS)]);
-        json_named(j, "gender_probs", fm_result_gender_names, f->gender_probs,
+        fm_result_json_named(j, "gender_probs", fm_result_gender_names, f->gender_probs,
                    FM_RESULT_GENDERS);
     }
     if (f->has & FM_RESULT_HAS_RACE) {
@@ -181,7 +180,7 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
         else
             fm_json_str(j, fm_result_race_names[fm_result_argmax(f->race_probs,
                                                                  FM_RESULT_RACES)]);
-        json_named(j, "race_probs", fm_result_race_names, f->race_probs, FM_RESULT_RACES);
+        fm_result_json_named(j, "race_probs", fm_result_race_names, f->race_probs, FM_RESULT_RACES);
     }
     fm_json_obj_end(j);
 }

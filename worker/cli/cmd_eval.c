@@ -418,19 +418,6 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
-/* "key": {names[0]: v[0], ...} */
-static void json_probs(fm_json *j, const char *key, const char *const *names, const float *v,
-                       int n)
-{
-    fm_json_key(j, key);
-    fm_json_obj_begin(j);
-    for (int k = 0; k < n; k++) {
-        fm_json_key(j, names[k]);
-        fm_json_f32(j, v[k]);
-    }
-    fm_json_obj_end(j);
-}
-
 /* One JSON line per image: file, true_age, true_gender, true_race, face, age,
  * age_std, gender, race, gender_probs {male, female}, race_probs {White, ...}; the
  * predictions null for an image without a face. */
@@ -470,10 +457,10 @@ static int save_results(const char *path, const eval_set *l, const fm_eval_item 
             fm_json_str(&j, fm_result_gender_names[it->gender]);
             fm_json_key(&j, "race");
             fm_json_str(&j, fm_result_race_names[it->race]);
-            json_probs(&j, "gender_probs", fm_result_gender_names, it->gender_probs,
-                       FM_HEADS_GENDERS);
-            json_probs(&j, "race_probs", fm_result_race_names, it->race_probs,
-                       FM_HEADS_RACES);
+            fm_result_json_named(&j, "gender_probs", fm_result_gender_names, it->gender_probs,
+                                 FM_HEADS_GENDERS);
+            fm_result_json_named(&j, "race_probs", fm_result_race_names, it->race_probs,
+                                 FM_HEADS_RACES);
         }
         fm_json_obj_end(&j);
         fm_json_newline(&j);

@@ -66,7 +66,8 @@ static int alloc_like(fm_image *out, const fm_image *in, int w, int h)
     out->h = h;
     out->stride = (size_t)w * 3;
     out->data = malloc((size_t)w * (size_t)h * 3);
-    int num = in->scale_num > 0 ? in->scale_num : 1, den = in->scale_denom > 0 ? in->scale_denom : 1;
+    int num = in->scale_num > 0 ? in->scale_num : 1;
+    int den = in->scale_denom > 0 ? in->scale_denom : 1;
     out->orig_w = (int)((long long)w * den / num);
     out->orig_h = (int)((long long)h * den / num);
     return out->data ? 0 : -1;
