@@ -67,7 +67,7 @@ INTEGERS = {"-j", "--workers", "--timeout", "--jobs", "--threads", "--epochs", "
             "--batch", "--seed", "--limit", "--checkpoint-steps", "--count"}
 # Valid values of options whose value is a name the help does not spell out.
 VALUES = {"--hidden": "0", "--from": "heads", "--log-level": "info", "--config": "empty.yaml",
-          "--case": "photos"}
+          "--case": "photos", "--compare-set": "heads.model=x"}
 
 failures = []
 passed = 0

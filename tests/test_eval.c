@@ -46,11 +46,11 @@ static void test_metrics(void)
 {
     /* true (age, gender, race) -> predicted; the fourth image has no face */
     const fm_eval_item items[5] = {
-        {{20, 0, 0}, 1, 22.0f, 0, 0},  /* age err +2, right, right */
-        {{40, 1, 1}, 1, 35.0f, 0, 1},  /* age err -5, gender wrong, race right */
-        {{5, 1, 2}, 1, 5.0f, 1, 3},    /* age err 0, right, race wrong */
-        {{70, 0, 3}, 0, 0.0f, 0, 0},   /* no face: fallback 30 -> err -40, both wrong */
-        {{31, 0, 0}, 1, 30.0f, 0, 0},  /* age err -1, right, right */
+        {{20, 0, 0}, 1, 22.0f, 0, 0, 0, {0}, {0}},  /* age err +2, right, right */
+        {{40, 1, 1}, 1, 35.0f, 0, 1, 0, {0}, {0}},  /* age err -5, gender wrong, race right */
+        {{5, 1, 2}, 1, 5.0f, 1, 3, 0, {0}, {0}},    /* age err 0, right, race wrong */
+        {{70, 0, 3}, 0, 0.0f, 0, 0, 0, {0}, {0}},   /* no face: fallback 30, err -40, wrong */
+        {{31, 0, 0}, 1, 30.0f, 0, 0, 0, {0}, {0}},  /* age err -1, right, right */
     };
     fm_eval_report r;
     fm_eval_compute(items, 5, 30.0, &r);
@@ -97,10 +97,145 @@ static void test_metrics(void)
     CHECK(r.all.n == 0 && r.all.age_mae == 0 && r.detected.gender_acc == 0);
 }
 
+/* McNemar's exact p against values computed with exact integer binomial sums
+ * (min(1, 2 sum_{i <= min(b,c)} C(b+c, i) / 2^(b+c))), by hand for the small ones. */
+static void test_mcnemar(void)
+{
+    CHECK(fabs(fm_eval_mcnemar(10, 2) - 79.0 / 2048) < 1e-12); /* 2 (1+12+66) / 4096 */
+    CHECK(fabs(fm_eval_mcnemar(2, 10) - 79.0 / 2048) < 1e-12);
+    CHECK(fabs(fm_eval_mcnemar(0, 5) - 0.0625) < 1e-12);
+    CHECK(fabs(fm_eval_mcnemar(30, 15) - 0.035697803555194696) < 1e-10);
+    CHECK(fabs(fm_eval_mcnemar(120, 90) - 0.04511408786484073) < 1e-10);
+    CHECK(fm_eval_mcnemar(1, 0) == 1 && fm_eval_mcnemar(7, 7) == 1 && fm_eval_mcnemar(0, 0) == 1);
+    CHECK(fm_eval_mcnemar(0, 200) < 1e-59 && fm_eval_mcnemar(0, 200) > 0);
+}
+
+static void test_quantile(void)
+{
+    double v[5] = {5, 1, 4, 2, 3};
+    CHECK(fabs(fm_eval_quantile(v, 5, 0.5) - 3) < 1e-12);
+    CHECK(fabs(fm_eval_quantile(v, 5, 0.25) - 2) < 1e-12);
+    CHECK(fabs(fm_eval_quantile(v, 5, 0.1) - 1.4) < 1e-12);
+    CHECK(fm_eval_quantile(v, 5, 0) == 1 && fm_eval_quantile(v, 5, 1) == 5);
+    double one = 7;
+    CHECK(fm_eval_quantile(&one, 1, 0.975) == 7);
+}
+
+/* a small generator of its own, so the samples do not come from the code under test */
+static double unif(unsigned long long *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(*s >> 11) / 9007199254740992.0;
+}
+
+static void test_bootstrap(void)
+{
+    /* every image the same: every interval is the one value */
+    fm_eval_item same[50];
+    for (int i = 0; i < 50; i++)
+        same[i] = (fm_eval_item){{30, 1, 2}, 1, 33.0f, 1, 0, 0, {0}, {0}};
+    fm_eval_cis all, det;
+    CHECK(fm_eval_bootstrap(same, 50, 30, 500, 19, &all, &det) == 0);
+    CHECK(fabs(all.age_mae.lo - 3) < 1e-6 && fabs(all.age_mae.hi - 3) < 1e-6);
+    CHECK(fabs(all.age_rmse.lo - 3) < 1e-6 && fabs(all.age_rmse.hi - 3) < 1e-6);
+    CHECK(all.gender_acc.lo == 1 && all.gender_acc.hi == 1);
+    CHECK(all.race_acc.lo == 0 && all.race_acc.hi == 0);
+    CHECK(all.detect_rate.lo == 1 && det.gender_acc.hi == 1);
+    CHECK(fm_eval_bootstrap(same, 50, 30, 0, 19, &all, &det) == -1);
+    CHECK(fm_eval_bootstrap(NULL, 0, 30, 100, 19, &all, NULL) == 0 && all.age_mae.hi == 0);
+
+    /* coverage: 200 samples of 300 images from a population with gender accuracy 0.8,
+     * ethnicity 0.6, detection 0.95 and age errors uniform on -10..10 (MAE of the
+     * detected 5.0 + 0.5 / 21 ... computed exactly below); the 95% intervals should
+     * hold the population's values about 95% of the time */
+    enum { N = 300, TRIALS = 200 };
+    static fm_eval_item it[N];
+    unsigned long long s = 12345;
+    int cover_g = 0, cover_r = 0, cover_mae = 0, cover_det = 0;
+    double fallback = 30;
+    /* population MAE: detected (0.95) |e| with e uniform on -10..10: 110 / 21; no
+     * face (0.05) the fallback's error: truth 30 -> 0 */
+    double mae = 0.95 * 110.0 / 21;
+    for (int t = 0; t < TRIALS; t++) {
+        for (int i = 0; i < N; i++) {
+            int det_ok = unif(&s) < 0.95;
+            int e = (int)(unif(&s) * 21) - 10;
+            it[i] = (fm_eval_item){{30, 0, 0}, det_ok, (float)(30 + e),
+                                   unif(&s) < 0.8 ? 0 : 1, unif(&s) < 0.6 ? 0 : 1, 0, {0}, {0}};
+        }
+        /* the population's accuracies count no face as wrong */
+        CHECK(fm_eval_bootstrap(it, N, fallback, 1000, 19 + (unsigned)t, &all, NULL) == 0);
+        cover_g += all.gender_acc.lo <= 0.8 * 0.95 && 0.8 * 0.95 <= all.gender_acc.hi;
+        cover_r += all.race_acc.lo <= 0.6 * 0.95 && 0.6 * 0.95 <= all.race_acc.hi;
+        cover_mae += all.age_mae.lo <= mae && mae <= all.age_mae.hi;
+        cover_det += all.detect_rate.lo <= 0.95 && 0.95 <= all.detect_rate.hi;
+    }
+    CHECK_MSG(cover_g >= 180 && cover_g <= 198, "gender covered %d of %d", cover_g, TRIALS);
+    CHECK_MSG(cover_r >= 180 && cover_r <= 198, "ethnicity covered %d of %d", cover_r, TRIALS);
+    CHECK_MSG(cover_mae >= 180 && cover_mae <= 198, "MAE covered %d of %d", cover_mae, TRIALS);
+    CHECK_MSG(cover_det >= 180 && cover_det <= 198, "detection covered %d", cover_det);
+
+    /* the same seed gives the same interval; the width shrinks like 1 / sqrt(n) */
+    fm_eval_cis again;
+    CHECK(fm_eval_bootstrap(it, N, fallback, 1000, 19 + TRIALS - 1, &again, NULL) == 0);
+    CHECK(memcmp(&again, &all, sizeof all) == 0);
+    double w300 = all.gender_acc.hi - all.gender_acc.lo; /* ~ 4 sigma = 4 sqrt(.76 .24 / 300) */
+    CHECK_MSG(w300 > 0.07 && w300 < 0.12, "width %g", w300);
+}
+
+static void test_compare(void)
+{
+    enum { N = 100 };
+    fm_eval_item a[N], b[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (fm_eval_item){{20 + i % 50, i % 2, i % 5}, 1, (float)(20 + i % 50), i % 2,
+                              i % 5, 0, {0}, {0}};
+        b[i] = a[i];
+    }
+    fm_eval_paired c;
+    CHECK(fm_eval_compare(a, 30, b, 30, N, 500, 19, &c) == 0);
+    CHECK(c.n == N && c.gender_acc.diff == 0 && c.gender_acc.ci.lo == 0 &&
+          c.gender_acc.ci.hi == 0 && c.gender_p == 1 && c.race_p == 1 && c.gender_b == 0);
+    /* b wrong on gender for images 0..9, a wrong for 10..11; b wrong on ethnicity for
+     * 20..49; b's ages one year off everywhere; b misses image 99's face */
+    for (int i = 0; i < 10; i++)
+        b[i].gender = 1 - b[i].gender;
+    for (int i = 10; i < 12; i++)
+        a[i].gender = 1 - a[i].gender;
+    for (int i = 20; i < 50; i++)
+        b[i].race = (b[i].race + 1) % 5;
+    for (int i = 0; i < N; i++)
+        b[i].age += 1;
+    b[99].detected = 0;
+    CHECK(fm_eval_compare(a, 30, b, 30, N, 1000, 19, &c) == 0);
+    CHECK(c.gender_b == 11 && c.gender_c == 2);       /* + 99: a right, b no face -> wrong */
+    CHECK(c.race_b == 31 && c.race_c == 0);          /* 30 + image 99 */
+    CHECK(fabs(c.gender_p - 2 * (1 + 13 + 78) / 8192.0) < 1e-12);
+    CHECK(fabs(c.gender_acc.diff - 0.09) < 1e-12);     /* 98/100 - 89/100 */
+    CHECK(c.gender_acc.ci.lo > 0.02 && c.gender_acc.ci.hi < 0.18);
+    CHECK(c.race_acc.diff > 0.3 && c.race_acc.ci.lo > 0.2);
+    /* ages: a exact, b 1 off (image 99: fallback 30 against truth 69 -> 39) */
+    CHECK(fabs(c.age_mae.diff - -(99 * 1.0 + 39) / N) < 1e-9);
+    CHECK(c.age_mae.ci.hi < 0 && c.age_mae.ci.lo <= c.age_mae.diff);
+    CHECK(fabs(c.detect_rate.diff - 0.01) < 1e-12);
+}
+
+static void test_name_hash(void)
+{
+    CHECK(fm_utk_name_hash("/a/b/1_0_0_x.jpg", 1) == fm_utk_name_hash("1_0_0_x.jpg", 1));
+    CHECK(fm_utk_name_hash("1_0_0_x.jpg", 1) != fm_utk_name_hash("1_0_0_x.jpg", 2));
+    CHECK(fm_utk_name_hash("1_0_0_x.jpg", 1) != fm_utk_name_hash("1_0_0_y.jpg", 1));
+}
+
 int main(void)
 {
     test_names();
     test_holdout();
     test_metrics();
+    test_mcnemar();
+    test_quantile();
+    test_bootstrap();
+    test_compare();
+    test_name_hash();
     return fm_test_done("test_eval");
 }

@@ -204,6 +204,61 @@ int main(void)
               strstr(out, "age 70+"));
         free(out);
     }
+    /* intervals, per-image results, a paired comparison of a run with its own saved
+     * results (no discordant image: p = 1, differences 0), the damage table */
+    char common[4096], saved[700];
+    snprintf(common, sizeof common,
+             "'%s' eval --data '%s' --set models.dir='%s' --set embed.backbone=dlib_resnet.fmm "
+             "--set heads.model='%s' --resamples 200",
+             bin, data, models, heads);
+    snprintf(saved, sizeof saved, "%s/results.jsonl", dir);
+    snprintf(cmd, sizeof cmd, "%s --json --save-results '%s'", common, saved);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 0 && strstr(out, "\"ci95\":{\"detect_rate\":[") &&
+                  strstr(out, "\"resamples\":200") && strstr(out, "\"degrade\":null"),
+              "%s", out ? out : "");
+    free(out);
+    size_t len = 0;
+    char *lines = fm_test_read_file(saved, &len);
+    CHECK_MSG(lines && json_valid(lines, 3) && strstr(lines, "\"face\":false,\"age\":null") &&
+                  strstr(lines, "\"file\":\"25_0_0_") &&
+                  strstr(lines, "\"true_gender\":\"female\",\"true_race\":\"Asian\""),
+              "%s", lines ? lines : "");
+    free(lines);
+    snprintf(cmd, sizeof cmd, "%s --json --compare '%s'", common, saved);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 0 && json_valid(out, 1) &&
+                  strstr(out, "\"compare\":{\"with\":") && strstr(out, "\"n\":3,") &&
+                  strstr(out, "\"gender_acc\":{\"diff\":0,\"ci95\":[0,0]}") &&
+                  strstr(out, "\"gender_mcnemar\":{\"this_only_right\":0,"
+                              "\"other_only_right\":0,\"p\":1}"),
+              "%s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s --json --degrade gray,jpeg15", common);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 0 && json_valid(out, 1) &&
+                  strstr(out, "{\"resamples\":200,\"degrade\":[{\"name\":\"none\",\"n\":3,") &&
+                  strstr(out, "{\"name\":\"gray\",\"n\":3,") &&
+                  strstr(out, "{\"name\":\"jpeg15\",\"n\":3,"),
+              "%s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s --degrade blurry 2>&1", common);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 2 && strstr(out, "unknown damage 'blurry'"), "%s",
+              out ? out : "");
+    free(out);
+    /* abstention: with heads.gender_min_prob 1 no gender is sure enough; the
+     * probabilities stay, ethnicity is answered */
+    snprintf(cmd, sizeof cmd,
+             "'%s' predict --set models.dir='%s' --set embed.backbone=dlib_resnet.fmm "
+             "--set heads.model='%s' --set detect.pad=0.25 --set heads.gender_min_prob=1 "
+             "'%s'/25_0_0_*.jpg",
+             bin, models, heads, data);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 0 && strstr(out, "\"gender\":null,\"gender_probs\":{\"male\":") &&
+                  strstr(out, "\"race\":\""),
+              "%s", out ? out : "");
+    free(out);
     /* fine-tuning from the command line: two faces, two epochs of the last block,
      * a checkpoint; the backbone and heads it writes label a photo together, carry
      * their lineage, and a rerun of the same command resumes from the checkpoint */

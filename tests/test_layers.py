@@ -46,7 +46,7 @@ HEADERS = {
     "text": "base",
     "nn": "engine", "model": "engine", "grad": "engine", "blas": "engine",
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
-    "heads": "vision", "dlib_resnet": "vision", "draw": "vision",
+    "heads": "vision", "dlib_resnet": "vision", "draw": "vision", "degrade": "vision",
     "pipeline": "pipeline", "eval": "pipeline", "modelpath": "pipeline",
     "train": "train", "finetune": "train", "trainset": "train",
     "wire": "wire", "auth": "wire", "status_metrics": "wire", "broker": "queue",

@@ -5,7 +5,9 @@
  *    byte; a source-prefixed error text loses the prefix; unknown sizes are null;
  *  - the CSV header names the flattened JSON fields and rows carry the same text;
  *  - `facemill export` (fm_results_export) of results put into a database prints
- *    exactly what the writer prints for the same faces: one writer, one form. */
+ *    exactly what the writer prints for the same faces: one writer, one form;
+ *  - abstention (heads.gender_min_prob, heads.race_min_prob): the class is null in
+ *    JSON, empty in CSV, NULL in the database, with its probabilities kept. */
 #include "fm_test.h"
 
 #include "facemill/result_json.h"
@@ -241,11 +243,14 @@ static void to_pb(pb_face *p, const fm_result_face *f)
         p->face.gender_probs = p->g;
         p->face.n_race_probs = 5;
         p->face.race_probs = p->r;
+        p->face.has_gender_abstained = p->face.has_race_abstained = 1;
+        p->face.gender_abstained = (f->has & FM_RESULT_GENDER_ABSTAINED) != 0;
+        p->face.race_abstained = (f->has & FM_RESULT_RACE_ABSTAINED) != 0;
     }
 }
 
 typedef struct export_case {
-    fm_result_face faces[2];
+    fm_result_face faces[3];
 } export_case;
 
 /* What export must print for the database filled in test_export: the writer's image
@@ -265,6 +270,7 @@ static void write_expected(fm_json *j, FILE *f, const void *ctx)
     fm_result_json_faces(j);
     fm_result_json_face(j, &c->faces[0]);
     fm_result_json_face(j, &c->faces[1]);
+    fm_result_json_face(j, &c->faces[2]);
     fm_result_json_end(j);
     fm_json_newline(j);
     fm_result_image b = {"b.jpg", -1, -1, FM_RESULT_ERROR_QUARANTINED, "b.jpg: gave up"};
@@ -292,9 +298,12 @@ static void test_export(void)
     c.faces[0] = full_face(100);
     c.faces[1] = full_face(200);
     c.faces[1].has = FM_RESULT_HAS_DETECTION; /* no heads */
-    pb_face pf[2];
-    Facemill__Face *faces[2];
-    for (int i = 0; i < 2; i++) {
+    c.faces[2] = full_face(300);
+    fm_result_face_abstain(&c.faces[2], 0.95, 0.7); /* gender 0.9 < 0.95; race 0.599 */
+    CHECK(c.faces[2].has & FM_RESULT_GENDER_ABSTAINED && c.faces[2].has & FM_RESULT_RACE_ABSTAINED);
+    pb_face pf[3];
+    Facemill__Face *faces[3];
+    for (int i = 0; i < 3; i++) {
         to_pb(&pf[i], &c.faces[i]);
         faces[i] = &pf[i].face;
     }
@@ -305,7 +314,7 @@ static void test_export(void)
     a.width = 640;
     a.height = 480;
     a.model = (char *)"m1";
-    a.n_faces = 2;
+    a.n_faces = 3;
     a.faces = faces;
     b.job_id = (char *)"job-b";
     b.source = (char *)"b.jpg";
@@ -344,6 +353,8 @@ static void test_export(void)
                   strstr(got, ",26.434431,4.25,female,0.1,0.9,Indian,0.2,0.2,0.0014619207,"
                               "0.5985381,1e-05\n") &&
                   strstr(got, "\n2,a.jpg,640,480,,,,job-a,,m1,1,200.5,") &&
+                  strstr(got, ",26.434431,4.25,,0.1,0.9,,0.2,0.2,0.0014619207,"
+                              "0.5985381,1e-05\n") &&
                   strstr(got, ",202.66667,203,,,,,,,,,,,\n") &&
                   strstr(got, "\n2,b.jpg,,,7,quarantined,gave up,job-b,,,,,"),
               "%s", got ? got : "");
@@ -375,9 +386,44 @@ static void test_export(void)
     fm_test_remove_tree(dir);
 }
 
+static void write_abstained(fm_json *j, FILE *f, const void *ctx)
+{
+    (void)f;
+    const fm_result_face *face = ctx;
+    fm_result_json_face(j, face);
+    fm_json_newline(j);
+    fm_result_csv_face(f, 0, face);
+    fputc('\n', f);
+}
+
+static void test_abstain(void)
+{
+    const float g[2] = {0.45f, 0.55f}, r[5] = {0.1f, 0.2f, 0.3f, 0.25f, 0.15f};
+    CHECK(fm_result_abstains(g, 2, 0.6) == 1 && fm_result_abstains(g, 2, 0.55) == 0);
+    CHECK(fm_result_abstains(g, 2, 0) == 0 && fm_result_abstains(r, 5, 0.31) == 1);
+    CHECK(fm_result_abstains(r, 5, 0.3) == 0 && fm_result_abstains(r, 5, 1.0) == 1);
+
+    fm_result_face f = full_face(100);
+    fm_result_face_abstain(&f, 0, 0);
+    CHECK(f.has == (FM_RESULT_HAS_DETECTION | FM_RESULT_HAS_ATTRS)); /* 0: never */
+    fm_result_face_abstain(&f, 0.9, 0.6); /* 0.9 is not below 0.9; 0.5985 is below 0.6 */
+    CHECK(!(f.has & FM_RESULT_GENDER_ABSTAINED) && (f.has & FM_RESULT_RACE_ABSTAINED));
+    char *text = written(write_abstained, &f);
+    CHECK_MSG(text && strstr(text, "\"gender\":\"female\",\"gender_probs\":{\"male\":0.1,") &&
+                  strstr(text, "\"race\":null,\"race_probs\":{\"White\":0.2,") &&
+                  strstr(text, ",female,0.1,0.9,,0.2,0.2,"),
+              "%s", text ? text : "");
+    free(text);
+    fm_result_face d = full_face(100);
+    d.has = FM_RESULT_HAS_DETECTION; /* no attributes: nothing to withhold */
+    fm_result_face_abstain(&d, 1, 1);
+    CHECK(d.has == FM_RESULT_HAS_DETECTION);
+}
+
 int main(void)
 {
     test_codes();
+    test_abstain();
     test_json_form();
     test_csv_form();
     test_export();

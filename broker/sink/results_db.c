@@ -292,14 +292,19 @@ static fm_status insert_faces(fm_results *r, const Facemill__Result *res, int64_
                            face->n_landmarks == 10 ? face->landmarks[k] : 0);
         bind_opt_float(st, c++, face->has_age, face->age);
         bind_opt_float(st, c++, face->has_age_std, face->age_std);
+        /* the class name is NULL when the worker abstained; its probabilities stay */
         int g = face->n_gender_probs == 2;
-        bind_text_or_null(
-            st, c++, g ? fm_result_gender_names[fm_result_argmax(face->gender_probs, 2)] : NULL);
+        bind_text_or_null(st, c++,
+                          g && !face->gender_abstained
+                              ? fm_result_gender_names[fm_result_argmax(face->gender_probs, 2)]
+                              : NULL);
         for (size_t k = 0; k < 2; k++, c++)
             bind_opt_float(st, c, g, g ? face->gender_probs[k] : 0);
         int rc5 = face->n_race_probs == 5;
-        bind_text_or_null(
-            st, c++, rc5 ? fm_result_race_names[fm_result_argmax(face->race_probs, 5)] : NULL);
+        bind_text_or_null(st, c++,
+                          rc5 && !face->race_abstained
+                              ? fm_result_race_names[fm_result_argmax(face->race_probs, 5)]
+                              : NULL);
         for (size_t k = 0; k < 5; k++, c++)
             bind_opt_float(st, c, rc5, rc5 ? face->race_probs[k] : 0);
         if (sqlite3_step(st) != SQLITE_DONE) {
@@ -565,11 +570,12 @@ enum {
     X_READ, X_DECODE, X_DETECT, X_ALIGN, X_EMBED, X_HEADS, X_IMAGE_COLS
 };
 /* Face columns follow the image columns: face, x1..y2, score, 10 landmarks, age,
- * age_std, p_male, p_female, 5 race probabilities. The stored gender and race names
- * are not read: the result writer names the most probable class itself. */
+ * age_std, p_male, p_female, 5 race probabilities, the gender and race names. The
+ * names are only read for being NULL beside probabilities (the worker abstained): the
+ * result writer names the most probable class itself. */
 enum {
     F_FACE = X_IMAGE_COLS, F_BOX, F_SCORE = F_BOX + 4, F_LM, F_AGE = F_LM + 10, F_AGE_STD,
-    F_PG, F_PR = F_PG + 2, F_END = F_PR + 5
+    F_PG, F_PR = F_PG + 2, F_GENDER = F_PR + 5, F_RACE, F_END
 };
 
 static const char *const export_sql =
@@ -578,7 +584,8 @@ static const char *const export_sql =
     " i.align_ms, i.embed_ms, i.heads_ms,"
     " f.face, f.x1, f.y1, f.x2, f.y2, f.score, f.le_x, f.le_y, f.re_x, f.re_y,"
     " f.nose_x, f.nose_y, f.lm_x, f.lm_y, f.rm_x, f.rm_y, f.age, f.age_std,"
-    " f.p_male, f.p_female, f.p_white, f.p_black, f.p_asian, f.p_indian, f.p_others"
+    " f.p_male, f.p_female, f.p_white, f.p_black, f.p_asian, f.p_indian, f.p_others,"
+    " f.gender, f.race"
     " FROM images i LEFT JOIN faces f ON f.image_id = i.id"
     " ORDER BY i.source, i.job_id, f.face";
 
@@ -640,9 +647,9 @@ static void face_of_row(sqlite3_stmt *st, fm_result_face *f)
         f->age_std = age[1];
     }
     if (col_floats(st, F_PG, FM_RESULT_GENDERS, f->gender_probs))
-        f->has |= FM_RESULT_HAS_GENDER;
+        f->has |= FM_RESULT_HAS_GENDER | (col_null(st, F_GENDER) ? FM_RESULT_GENDER_ABSTAINED : 0);
     if (col_floats(st, F_PR, FM_RESULT_RACES, f->race_probs))
-        f->has |= FM_RESULT_HAS_RACE;
+        f->has |= FM_RESULT_HAS_RACE | (col_null(st, F_RACE) ? FM_RESULT_RACE_ABSTAINED : 0);
 }
 
 static void json_str_col(fm_json *j, sqlite3_stmt *st, int i)

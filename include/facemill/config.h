@@ -81,6 +81,8 @@ typedef struct fm_config {
     } embed;
     struct {
         char model[FM_CONFIG_STRING_MAX]; /* heads model file; "" = no heads */
+        double gender_min_prob; /* gender null (probabilities kept) below this; 0: never */
+        double race_min_prob;   /* the same for ethnicity */
     } heads;
     struct {
         char clients[FM_CONFIG_STRING_MAX]; /* ROUTER endpoint for clients */

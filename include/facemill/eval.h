@@ -15,6 +15,8 @@
 
 #include "facemill/heads.h"
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -45,6 +47,10 @@ typedef struct fm_eval_item {
     float age;       /* predicted age (expected value) */
     int gender;      /* predicted class */
     int race;        /* predicted class */
+    /* what the metrics do not read, kept for per-image results (0 when unknown) */
+    float age_std;
+    float gender_probs[FM_HEADS_GENDERS];
+    float race_probs[FM_HEADS_RACES];
 } fm_eval_item;
 
 /* Metrics over a set of images. Fractions are 0..1; with n == 0 every metric is 0. */
@@ -79,6 +85,69 @@ const char *fm_eval_age_band_name(int band);
  * Labels outside their ranges are a programmer error (asserted). */
 void fm_eval_compute(const fm_eval_item *items, int n, double fallback_age,
                      fm_eval_report *r);
+
+/* ---- statistics ------------------------------------------------------------------
+ *
+ * Intervals are 95% percentile bootstrap intervals: `resamples` samples of n images
+ * drawn with replacement from the n images (a fixed seed, so the same items give the
+ * same interval on every run and machine), the metric computed on each, and the 2.5th
+ * and 97.5th percentiles of those values (linear interpolation between order
+ * statistics). Images, not faces, are resampled: an image without a face stays in the
+ * sample. "Detected only" intervals come from the same samples, over the images of each
+ * sample that had a face. */
+
+#define FM_EVAL_RESAMPLES 1000 /* what `facemill eval` uses */
+#define FM_EVAL_SEED 19u
+
+typedef struct fm_eval_ci {
+    double lo, hi;
+} fm_eval_ci;
+
+/* An interval for each figure of an fm_eval_metrics. */
+typedef struct fm_eval_cis {
+    fm_eval_ci detect_rate, age_mae, age_rmse, gender_acc, race_acc;
+} fm_eval_cis;
+
+/* The 95% intervals of the metrics over all images (*all) and over detected images
+ * (*detected; may be NULL). n == 0 gives zero intervals. Returns 0, or -1 when memory
+ * ran out or resamples < 1. */
+int fm_eval_bootstrap(const fm_eval_item *items, int n, double fallback_age, int resamples,
+                      uint64_t seed, fm_eval_cis *all, fm_eval_cis *detected);
+
+/* The q-quantile (0..1) of v[0..n) (n >= 1), sorting v in place: linear interpolation
+ * between the order statistics at positions q (n - 1) (R's type 7). */
+double fm_eval_quantile(double *v, int n, double q);
+
+/* McNemar's exact test: the two-sided p-value of b and c discordant pairs (b: the first
+ * right and the second wrong; c the reverse) under the binomial(b + c, 1/2) of no
+ * difference: min(1, 2 P(X <= min(b, c))). 1 when b + c is 0. */
+double fm_eval_mcnemar(int b, int c);
+
+/* A difference between two runs on the same images: first minus second. */
+typedef struct fm_eval_diff {
+    double diff;
+    fm_eval_ci ci; /* paired bootstrap: the same resampled images for both runs */
+} fm_eval_diff;
+
+typedef struct fm_eval_paired {
+    int n;
+    fm_eval_metrics a, b; /* all images, each run */
+    fm_eval_diff detect_rate, age_mae, age_rmse, gender_acc, race_acc;
+    /* discordant pairs (b: a right and b wrong; c: a wrong and b right) and McNemar's
+     * exact p-value, for gender and ethnicity (no face counts as wrong) */
+    int gender_b, gender_c, race_b, race_c;
+    double gender_p, race_p;
+} fm_eval_paired;
+
+/* Compares runs a and b over the same n images (a[i] and b[i] are one image; their
+ * truths must agree, asserted). Returns 0, or -1 when memory ran out or resamples < 1. */
+int fm_eval_compare(const fm_eval_item *a, double fallback_a, const fm_eval_item *b,
+                    double fallback_b, int n, int resamples, uint64_t seed,
+                    fm_eval_paired *out);
+
+/* A 64-bit hash of path's base name and seed (FNV-1a, then mixed): the order a fixed,
+ * seeded subsample takes images in (`facemill eval --sample`). */
+uint64_t fm_utk_name_hash(const char *path, uint64_t seed);
 
 #ifdef __cplusplus
 }

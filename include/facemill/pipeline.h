@@ -58,6 +58,13 @@ typedef struct fm_pipeline_input {
     const char *path;
     const uint8_t *data;
     size_t size;
+    /* Optional (NULL: none): called with the decoded pixels before detection; the
+     * image it writes to *out is what the image's faces are found and cut from. Its
+     * pixels are the editor's and must stay valid until the editor's next call or the
+     * end of fm_pipeline_run. A failure is that image's error. Coordinates in the
+     * results are the edited image's (at the decoded scale's factor). */
+    fm_status (*edit)(void *arg, const fm_image *in, fm_image *out, fm_error *err);
+    void *edit_arg;
 } fm_pipeline_input;
 
 typedef struct fm_face_result {

@@ -77,6 +77,10 @@ const char *fm_result_error_name(uint32_t code);
  * race from its gender_probs or race_probs. */
 int fm_result_argmax(const float *v, int n);
 
+/* 1 when a class should be withheld: min_prob > 0 and the largest of the n
+ * probabilities is below it (compared in float: 0.9f is not below 0.9). */
+int fm_result_abstains(const float *probs, int n, double min_prob);
+
 /* Class and landmark names, in the protocol's order (static strings). */
 extern const char *const fm_result_gender_names[FM_RESULT_GENDERS];
 extern const char *const fm_result_race_names[FM_RESULT_RACES];
@@ -90,6 +94,10 @@ enum {
     FM_RESULT_HAS_AGE = 8,          /* age and age_std */
     FM_RESULT_HAS_GENDER = 16,      /* gender_probs (and so gender) */
     FM_RESULT_HAS_RACE = 32,        /* race_probs (and so race) */
+    /* the class is withheld (null) although its probabilities are given: its most
+     * probable class is less probable than heads.gender_min_prob / race_min_prob */
+    FM_RESULT_GENDER_ABSTAINED = 64,
+    FM_RESULT_RACE_ABSTAINED = 128,
     FM_RESULT_HAS_DETECTION = FM_RESULT_HAS_BOX | FM_RESULT_HAS_SCORE | FM_RESULT_HAS_LANDMARKS,
     FM_RESULT_HAS_ATTRS = FM_RESULT_HAS_AGE | FM_RESULT_HAS_GENDER | FM_RESULT_HAS_RACE,
 };
@@ -106,6 +114,11 @@ typedef struct fm_result_face {
     float gender_probs[FM_RESULT_GENDERS];
     float race_probs[FM_RESULT_RACES];
 } fm_result_face;
+
+/* Sets FM_RESULT_GENDER_ABSTAINED / FM_RESULT_RACE_ABSTAINED in f->has where
+ * fm_result_abstains says so for the probabilities f has (heads.gender_min_prob,
+ * heads.race_min_prob). */
+void fm_result_face_abstain(fm_result_face *f, double gender_min_prob, double race_min_prob);
 
 /* One image. */
 typedef struct fm_result_image {
@@ -129,6 +142,10 @@ void fm_result_json_faces(fm_json *j);
 
 /* Writes one face object inside the faces array. */
 void fm_result_json_face(fm_json *j, const fm_result_face *f);
+
+/* Writes "key": {names[0]: v[0], ...} for n floats (a face's probabilities, its box). */
+void fm_result_json_named(fm_json *j, const char *key, const char *const *names,
+                          const float *v, int n);
 
 /* Closes the faces array and the image object (no newline: fm_json_newline). */
 void fm_result_json_end(fm_json *j);

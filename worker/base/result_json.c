@@ -45,6 +45,22 @@ int fm_result_argmax(const float *v, int n)
     return best;
 }
 
+int fm_result_abstains(const float *probs, int n, double min_prob)
+{
+    /* compared as floats, the precision the probabilities have: 0.9f is not below 0.9 */
+    return min_prob > 0 && probs[fm_result_argmax(probs, n)] < (float)min_prob;
+}
+
+void fm_result_face_abstain(fm_result_face *f, double gender_min_prob, double race_min_prob)
+{
+    if ((f->has & FM_RESULT_HAS_GENDER) &&
+        fm_result_abstains(f->gender_probs, FM_RESULT_GENDERS, gender_min_prob))
+        f->has |= FM_RESULT_GENDER_ABSTAINED;
+    if ((f->has & FM_RESULT_HAS_RACE) &&
+        fm_result_abstains(f->race_probs, FM_RESULT_RACES, race_min_prob))
+        f->has |= FM_RESULT_RACE_ABSTAINED;
+}
+
 /* The error text without a leading "SOURCE: " (source already names the image). */
 static const char *error_text(const fm_result_image *im)
 {
@@ -112,9 +128,8 @@ void fm_result_json_faces(fm_json *j)
     fm_json_arr_begin(j);
 }
 
-/* "key": {names[0]: v[0], ...} */
-static void json_named(fm_json *j, const char *key, const char *const *names,
-                       const float *v, int n)
+void fm_result_json_named(fm_json *j, const char *key, const char *const *names,
+                          const float *v, int n)
 {
     fm_json_key(j, key);
     fm_json_obj_begin(j);
@@ -130,7 +145,7 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
     static const char *const xy[2] = {"x", "y"};
     fm_json_obj_begin(j);
     if (f->has & FM_RESULT_HAS_BOX)
-        json_named(j, "box", box_names, f->box, 4);
+        fm_result_json_named(j, "box", box_names, f->box, 4);
     if (f->has & FM_RESULT_HAS_SCORE) {
         fm_json_key(j, "score");
         fm_json_f32(j, f->score);
@@ -139,7 +154,7 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
         fm_json_key(j, "landmarks");
         fm_json_obj_begin(j);
         for (int k = 0; k < FM_RESULT_LANDMARKS; k++)
-            json_named(j, fm_result_landmark_names[k], xy, f->landmarks + 2 * k, 2);
+            fm_result_json_named(j, fm_result_landmark_names[k], xy, f->landmarks + 2 * k, 2);
         fm_json_obj_end(j);
     }
     if (f->has & FM_RESULT_HAS_AGE) {
@@ -150,16 +165,22 @@ void fm_result_json_face(fm_json *j, const fm_result_face *f)
     }
     if (f->has & FM_RESULT_HAS_GENDER) {
         fm_json_key(j, "gender");
-        fm_json_str(j, fm_result_gender_names[fm_result_argmax(f->gender_probs,
-                                                               FM_RESULT_GENDERS)]);
-        json_named(j, "gender_probs", fm_result_gender_names, f->gender_probs,
+        if (f->has & FM_RESULT_GENDER_ABSTAINED)
+            fm_json_null(j);
+        else
+            fm_json_str(j, fm_result_gender_names[fm_result_argmax(f->gender_probs,
+                                                                   FM_RESULT_GENDERS)]);
+        fm_result_json_named(j, "gender_probs", fm_result_gender_names, f->gender_probs,
                    FM_RESULT_GENDERS);
     }
     if (f->has & FM_RESULT_HAS_RACE) {
         fm_json_key(j, "race");
-        fm_json_str(j,
-                    fm_result_race_names[fm_result_argmax(f->race_probs, FM_RESULT_RACES)]);
-        json_named(j, "race_probs", fm_result_race_names, f->race_probs, FM_RESULT_RACES);
+        if (f->has & FM_RESULT_RACE_ABSTAINED)
+            fm_json_null(j);
+        else
+            fm_json_str(j, fm_result_race_names[fm_result_argmax(f->race_probs,
+                                                                 FM_RESULT_RACES)]);
+        fm_result_json_named(j, "race_probs", fm_result_race_names, f->race_probs, FM_RESULT_RACES);
     }
     fm_json_obj_end(j);
 }
@@ -270,12 +291,12 @@ void fm_result_csv_face(FILE *out, int index, const fm_result_face *f)
     csv_floats(out, has & FM_RESULT_HAS_AGE, &f->age, 1);
     csv_floats(out, has & FM_RESULT_HAS_AGE, &f->age_std, 1);
     fputc(',', out);
-    if (has & FM_RESULT_HAS_GENDER)
+    if ((has & FM_RESULT_HAS_GENDER) && !(has & FM_RESULT_GENDER_ABSTAINED))
         fputs(fm_result_gender_names[fm_result_argmax(f->gender_probs, FM_RESULT_GENDERS)],
               out);
     csv_floats(out, has & FM_RESULT_HAS_GENDER, f->gender_probs, FM_RESULT_GENDERS);
     fputc(',', out);
-    if (has & FM_RESULT_HAS_RACE)
+    if ((has & FM_RESULT_HAS_RACE) && !(has & FM_RESULT_RACE_ABSTAINED))
         fputs(fm_result_race_names[fm_result_argmax(f->race_probs, FM_RESULT_RACES)], out);
     csv_floats(out, has & FM_RESULT_HAS_RACE, f->race_probs, FM_RESULT_RACES);
 }

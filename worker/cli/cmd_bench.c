@@ -503,7 +503,7 @@ static int run_part(bench *b, int k, int job)
     double chip_flop = fm_pipeline_chip_flop(p);
     long next = (long)job * c->n / b->procs; /* processes start apart in the rotation */
     for (int i = 0; i < b->credit; i++) {     /* warm-up: one batch, not counted */
-        in[i] = (fm_pipeline_input){NULL, c->data[(next + i) % c->n], c->size[(next + i) % c->n]};
+        in[i] = (fm_pipeline_input){.data = c->data[(next + i) % c->n], .size = c->size[(next + i) % c->n]};
     }
     if (fm_pipeline_run(p, in, b->credit, res, &err) != FM_OK) {
         snprintf(s->error, sizeof s->error, "%s", fm_error_text(&err));
@@ -521,7 +521,7 @@ static int run_part(bench *b, int k, int job)
         if (b->count && b->count - s->images < n)
             n = (int)(b->count - s->images);
         for (int i = 0; i < n; i++, next++)
-            in[i] = (fm_pipeline_input){NULL, c->data[next % c->n], c->size[next % c->n]};
+            in[i] = (fm_pipeline_input){.data = c->data[next % c->n], .size = c->size[next % c->n]};
         if (fm_pipeline_run(p, in, n, res, &err) != FM_OK) {
             snprintf(s->error, sizeof s->error, "%s", fm_error_text(&err));
             goto done;

@@ -32,9 +32,12 @@ static const cli_cmd cmd = {
     "   \"Black\", \"Asian\", \"Indian\", \"Others\"}}]}\n"
     "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
     "age is the expected value of the predicted age distribution, age_std its\n"
-    "standard deviation. Coordinates as in `facemill detect`. Settings: detect.*,\n"
-    "decode.*, embed.*, heads.model, models.dir, engine.threads. With heads.model\n"
-    "empty, faces carry no attributes (no age, gender or race keys).\n",
+    "standard deviation. gender (race) is null, its probabilities still given,\n"
+    "when the most probable class is below heads.gender_min_prob (0.85 by\n"
+    "default) or heads.race_min_prob (0: never). Coordinates as in `facemill\n"
+    "detect`. Settings: detect.*, decode.*, embed.*, heads.*, models.dir,\n"
+    "engine.threads. With heads.model empty, faces carry no attributes (no age,\n"
+    "gender or race keys).\n",
     "exit status: 0 every image processed, 1 any failed, 2 usage error", NULL};
 
 /* --draw / --draw-dir for one labelled image; 0, or -1 after a message. */
@@ -105,7 +108,7 @@ int fm_cmd_predict(int argc, char **argv)
         for (int i = 0; i < n; i++) {
             if (res[i].error.code != FM_OK)
                 rc = CLI_EXIT_FAILURE;
-            fm_cmd_json_result(&j, images[i0 + i], &res[i]);
+            fm_cmd_json_result(&j, images[i0 + i], &res[i], &c);
             fm_json_newline(&j);
             if (res[i].error.code == FM_OK && (draw || draw_dir) &&
                 draw_result(full, images[i0 + i], &res[i], draw, draw_dir) != 0)

@@ -20,7 +20,8 @@ void fm_cmd_result_face(fm_result_face *out, const fm_face *det, const fm_attrs 
     memcpy(out->race_probs, a->race_probs, sizeof out->race_probs);
 }
 
-void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r)
+void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r,
+                        const fm_config *c)
 {
     int ok = r->error.code == FM_OK;
     fm_result_image im = {source, ok ? r->width : -1, ok ? r->height : -1,
@@ -38,6 +39,7 @@ void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r
         const fm_face_result *f = &r->faces[i];
         fm_result_face rf;
         fm_cmd_result_face(&rf, &f->det, f->has_attrs ? &f->attrs : NULL);
+        fm_result_face_abstain(&rf, c->heads.gender_min_prob, c->heads.race_min_prob);
         fm_result_json_face(j, &rf);
     }
     fm_result_json_end(j);

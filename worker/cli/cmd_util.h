@@ -14,7 +14,9 @@ void fm_cmd_result_face(fm_result_face *out, const fm_face *det, const fm_attrs 
 /* Writes one image's pipeline result as an image object of the result schema
  * (proto/RESULTS.md), no newline: source, width, height, error, times_ms (labelled
  * images) and faces with box, score, landmarks and, when the heads ran, age, age_std,
- * gender, gender_probs, race and race_probs. */
-void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r);
+ * gender, gender_probs, race and race_probs (gender and race null where c's
+ * heads.gender_min_prob and heads.race_min_prob abstain). */
+void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r,
+                        const fm_config *c);
 
 #endif

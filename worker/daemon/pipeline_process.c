@@ -60,6 +60,7 @@ typedef struct compute {
     uint8_t **files;     /* per slot: bytes of path jobs, reused */
     size_t *file_caps;
     char model[256];
+    double gender_min_prob, race_min_prob; /* heads.*: abstain below */
     const char *worker;   /* this process's name, stamped on every result */
     int root_fd;          /* worker.path_root (O_PATH), or -1: by-path jobs refused */
     char root[PATH_MAX];  /* its real path, without a trailing slash ("" for /) */
@@ -136,6 +137,8 @@ static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int dec
     c->cap = cap;
     c->decode_only = decode_only;
     c->max_faces = (int)cfg->detect.max_faces;
+    c->gender_min_prob = cfg->heads.gender_min_prob;
+    c->race_min_prob = cfg->heads.race_min_prob;
     c->max_bytes = (size_t)cfg->decode.max_bytes;
     size_t nf = (size_t)cap * (size_t)c->max_faces;
     c->job = calloc((size_t)cap, sizeof *c->job);
@@ -361,6 +364,10 @@ static void put_face(compute *c, size_t k, const fm_face_result *fr)
         f->gender_probs = fl + 14;
         f->n_race_probs = 5;
         f->race_probs = fl + 16;
+        if (fm_result_abstains(a->gender_probs, 2, c->gender_min_prob))
+            f->has_gender_abstained = f->gender_abstained = 1;
+        if (fm_result_abstains(a->race_probs, 5, c->race_min_prob))
+            f->has_race_abstained = f->race_abstained = 1;
     }
     c->pfp[k] = f;
 }

@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *base_of(const char *path)
@@ -141,4 +142,260 @@ void fm_eval_compute(const fm_eval_item *items, int n, double fallback_age,
             r->by_race_gender[a][g] = finish(&rg[a][g]);
     for (int b = 0; b < FM_EVAL_AGE_BANDS; b++)
         r->by_age_band[b] = finish(&band[b]);
+}
+
+/* ---- statistics ---------------------------------------------------------------- */
+
+/* splitmix64: a small generator whose stream depends only on the seed */
+static uint64_t next_u64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* uniform in 0..n-1 (n < 2^32; the bias of the multiply-shift is below 2^-32 n) */
+static int pick(uint64_t *s, int n)
+{
+    return (int)(((next_u64(s) >> 32) * (uint64_t)n) >> 32);
+}
+
+uint64_t fm_utk_name_hash(const char *path, uint64_t seed)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *s = (const unsigned char *)base_of(path); *s; s++) {
+        h ^= *s;
+        h *= 1099511628211ULL;
+    }
+    uint64_t st = h ^ (seed * 0xD1B54A32D192ED03ULL);
+    return next_u64(&st);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double fm_eval_quantile(double *v, int n, double q)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    double pos = q * (n - 1);
+    int i = (int)floor(pos);
+    if (i >= n - 1)
+        return v[n - 1];
+    if (i < 0)
+        return v[0];
+    return v[i] + (pos - i) * (v[i + 1] - v[i]);
+}
+
+double fm_eval_mcnemar(int b, int c)
+{
+    int n = b + c, k = b < c ? b : c;
+    if (n <= 0)
+        return 1.0;
+    /* P(X <= k), X ~ binomial(n, 1/2), term by term in logs */
+    double sum = 0, lfn = lgamma(n + 1.0), l2 = n * log(2.0);
+    for (int i = 0; i <= k; i++)
+        sum += exp(lfn - lgamma(i + 1.0) - lgamma(n - i + 1.0) - l2);
+    double p = 2 * sum;
+    return p < 1 ? p : 1;
+}
+
+/* What one image adds to the sums: age errors with the fallback, and whether gender
+ * and ethnicity are right (no face: wrong). */
+typedef struct unit {
+    double abs_err, sq_err;
+    unsigned char det, g_ok, r_ok;
+} unit;
+
+static void unit_of(const fm_eval_item *it, double fallback, unit *u)
+{
+    double e = (it->detected ? it->age : fallback) - it->truth.age;
+    u->abs_err = fabs(e);
+    u->sq_err = e * e;
+    u->det = it->detected != 0;
+    u->g_ok = it->detected && it->gender == it->truth.gender;
+    u->r_ok = it->detected && it->race == it->truth.race;
+}
+
+/* Sums of a sample, and their metrics (all images, detected only). */
+typedef struct sums {
+    int n, n_det, g_ok, r_ok, g_ok_det, r_ok_det;
+    double abs_err, sq_err, abs_det, sq_det;
+} sums;
+
+static void sums_add(sums *s, const unit *u)
+{
+    s->n++;
+    s->abs_err += u->abs_err;
+    s->sq_err += u->sq_err;
+    s->g_ok += u->g_ok;
+    s->r_ok += u->r_ok;
+    if (u->det) {
+        s->n_det++;
+        s->abs_det += u->abs_err;
+        s->sq_det += u->sq_err;
+    }
+}
+
+static void sums_metrics(const sums *s, fm_eval_metrics *all, fm_eval_metrics *det)
+{
+    memset(all, 0, sizeof *all);
+    memset(det, 0, sizeof *det);
+    all->n = s->n;
+    all->n_detected = det->n = det->n_detected = s->n_det;
+    if (s->n > 0) {
+        all->detect_rate = (double)s->n_det / s->n;
+        all->age_mae = s->abs_err / s->n;
+        all->age_rmse = sqrt(s->sq_err / s->n);
+        all->gender_acc = (double)s->g_ok / s->n;
+        all->race_acc = (double)s->r_ok / s->n;
+    }
+    if (s->n_det > 0) {
+        det->detect_rate = 1;
+        det->age_mae = s->abs_det / s->n_det;
+        det->age_rmse = sqrt(s->sq_det / s->n_det);
+        /* a right answer implies a face: the same counts */
+        det->gender_acc = (double)s->g_ok / s->n_det;
+        det->race_acc = (double)s->r_ok / s->n_det;
+    }
+}
+
+enum { F_DET, F_MAE, F_RMSE, F_GENDER, F_RACE, F_COUNT };
+
+static double field_of(const fm_eval_metrics *m, int f)
+{
+    switch (f) {
+    case F_DET: return m->detect_rate;
+    case F_MAE: return m->age_mae;
+    case F_RMSE: return m->age_rmse;
+    case F_GENDER: return m->gender_acc;
+    default: return m->race_acc;
+    }
+}
+
+static fm_eval_ci *ci_of(fm_eval_cis *c, int f)
+{
+    fm_eval_ci *v[F_COUNT] = {&c->detect_rate, &c->age_mae, &c->age_rmse, &c->gender_acc,
+                              &c->race_acc};
+    return v[f];
+}
+
+/* Fills *c from resamples values of each field (vals: F_COUNT rows of resamples). */
+static void cis_from(double *vals, int resamples, fm_eval_cis *c)
+{
+    for (int f = 0; f < F_COUNT; f++) {
+        double *v = vals + (size_t)f * (size_t)resamples;
+        ci_of(c, f)->lo = fm_eval_quantile(v, resamples, 0.025);
+        ci_of(c, f)->hi = fm_eval_quantile(v, resamples, 0.975);
+    }
+}
+
+int fm_eval_bootstrap(const fm_eval_item *items, int n, double fallback_age, int resamples,
+                      uint64_t seed, fm_eval_cis *all, fm_eval_cis *detected)
+{
+    memset(all, 0, sizeof *all);
+    if (detected)
+        memset(detected, 0, sizeof *detected);
+    if (resamples < 1)
+        return -1;
+    if (n <= 0)
+        return 0;
+    unit *u = malloc((size_t)n * sizeof *u);
+    double *va = malloc((size_t)F_COUNT * (size_t)resamples * sizeof *va);
+    double *vd = malloc((size_t)F_COUNT * (size_t)resamples * sizeof *vd);
+    if (!u || !va || !vd) {
+        free(u);
+        free(va);
+        free(vd);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        unit_of(&items[i], fallback_age, &u[i]);
+    uint64_t s = seed;
+    for (int r = 0; r < resamples; r++) {
+        sums sm = {0};
+        for (int i = 0; i < n; i++)
+            sums_add(&sm, &u[pick(&s, n)]);
+        fm_eval_metrics ma, md;
+        sums_metrics(&sm, &ma, &md);
+        for (int f = 0; f < F_COUNT; f++) {
+            va[(size_t)f * (size_t)resamples + (size_t)r] = field_of(&ma, f);
+            vd[(size_t)f * (size_t)resamples + (size_t)r] = field_of(&md, f);
+        }
+    }
+    cis_from(va, resamples, all);
+    if (detected)
+        cis_from(vd, resamples, detected);
+    free(u);
+    free(va);
+    free(vd);
+    return 0;
+}
+
+int fm_eval_compare(const fm_eval_item *a, double fallback_a, const fm_eval_item *b,
+                    double fallback_b, int n, int resamples, uint64_t seed,
+                    fm_eval_paired *out)
+{
+    memset(out, 0, sizeof *out);
+    if (resamples < 1)
+        return -1;
+    out->n = n;
+    out->gender_p = out->race_p = 1;
+    if (n <= 0)
+        return 0;
+    unit *ua = malloc((size_t)n * sizeof *ua), *ub = malloc((size_t)n * sizeof *ub);
+    double *v = malloc((size_t)F_COUNT * (size_t)resamples * sizeof *v);
+    if (!ua || !ub || !v) {
+        free(ua);
+        free(ub);
+        free(v);
+        return -1;
+    }
+    sums sa = {0}, sb = {0};
+    for (int i = 0; i < n; i++) {
+        assert(a[i].truth.age == b[i].truth.age && a[i].truth.gender == b[i].truth.gender &&
+               a[i].truth.race == b[i].truth.race);
+        unit_of(&a[i], fallback_a, &ua[i]);
+        unit_of(&b[i], fallback_b, &ub[i]);
+        sums_add(&sa, &ua[i]);
+        sums_add(&sb, &ub[i]);
+        out->gender_b += ua[i].g_ok && !ub[i].g_ok;
+        out->gender_c += !ua[i].g_ok && ub[i].g_ok;
+        out->race_b += ua[i].r_ok && !ub[i].r_ok;
+        out->race_c += !ua[i].r_ok && ub[i].r_ok;
+    }
+    fm_eval_metrics unused;
+    sums_metrics(&sa, &out->a, &unused);
+    sums_metrics(&sb, &out->b, &unused);
+    out->gender_p = fm_eval_mcnemar(out->gender_b, out->gender_c);
+    out->race_p = fm_eval_mcnemar(out->race_b, out->race_c);
+    uint64_t s = seed;
+    for (int r = 0; r < resamples; r++) {
+        sums ra = {0}, rb = {0};
+        for (int i = 0; i < n; i++) {
+            int k = pick(&s, n);
+            sums_add(&ra, &ua[k]);
+            sums_add(&rb, &ub[k]);
+        }
+        fm_eval_metrics ma, mb;
+        sums_metrics(&ra, &ma, &unused);
+        sums_metrics(&rb, &mb, &unused);
+        for (int f = 0; f < F_COUNT; f++)
+            v[(size_t)f * (size_t)resamples + (size_t)r] = field_of(&ma, f) - field_of(&mb, f);
+    }
+    fm_eval_cis c;
+    cis_from(v, resamples, &c);
+    fm_eval_diff *d[F_COUNT] = {&out->detect_rate, &out->age_mae, &out->age_rmse,
+                                &out->gender_acc, &out->race_acc};
+    for (int f = 0; f < F_COUNT; f++) {
+        d[f]->diff = field_of(&out->a, f) - field_of(&out->b, f);
+        d[f]->ci = *ci_of(&c, f);
+    }
+    free(ua);
+    free(ub);
+    free(v);
+    return 0;
 }

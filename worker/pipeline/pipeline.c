@@ -578,6 +578,12 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         st = in[i].path ? fm_decode_file(p->dec, in[i].path, &img, &r->error)
                         : fm_decode(p->dec, in[i].data, in[i].size, &img, &r->error);
         double t1 = fm_now_ms();
+        if (!st && in[i].edit) {
+            fm_image edited;
+            if ((st = in[i].edit(in[i].edit_arg, &img, &edited, &r->error)) == FM_OK)
+                img = edited;
+            t1 = fm_now_ms();
+        }
         r->times.decode_ms = t1 - t0;
         if (st)
             continue;
