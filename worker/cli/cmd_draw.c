@@ -21,8 +21,10 @@
 
 static const fm_rgb box_color = {0, 220, 0}, label_bg = {0, 110, 0}, label_fg = {255, 255, 255};
 
-/* One face's label lines into buf (3 lines of up to 32 characters); returns how many. */
-static int face_lines(const fm_face_result *f, char buf[3][32])
+/* One face's label lines into buf (3 lines of up to 32 characters); returns how many.
+ * A class withheld under heads.*_min_prob reads "gender? female 0.62". */
+static int face_lines(const fm_face_result *f, double gender_min, double race_min,
+                      char buf[3][32])
 {
     if (!f->has_attrs) {
         snprintf(buf[0], 32, "score %.2f", f->det.score);
@@ -31,13 +33,18 @@ static int face_lines(const fm_face_result *f, char buf[3][32])
     const fm_attrs *a = &f->attrs;
     int g = a->gender, r = a->race;
     snprintf(buf[0], 32, "age %.0f +/-%.0f", a->age, a->age_std);
-    snprintf(buf[1], 32, "%s %.2f", fm_result_gender_names[g], a->gender_probs[g]);
-    snprintf(buf[2], 32, "%s %.2f", fm_result_race_names[r], a->race_probs[r]);
+    int gw = fm_result_abstains(a->gender_probs, FM_RESULT_GENDERS, gender_min);
+    int rw = fm_result_abstains(a->race_probs, FM_RESULT_RACES, race_min);
+    snprintf(buf[1], 32, "%s%s %.2f", gw ? "gender? " : "", fm_result_gender_names[g],
+             a->gender_probs[g]);
+    snprintf(buf[2], 32, "%s%s %.2f", rw ? "race? " : "", fm_result_race_names[r],
+             a->race_probs[r]);
     return 3;
 }
 
 fm_status fm_cmd_draw_labels(fm_decoder *dec, const char *path, const fm_image_result *r,
-                             const char *out, fm_error *err)
+                             double gender_min_prob, double race_min_prob, const char *out,
+                             fm_error *err)
 {
     fm_image img;
     fm_status st = fm_decode_file(dec, path, &img, err);
@@ -59,7 +66,7 @@ fm_status fm_cmd_draw_labels(fm_decoder *dec, const char *path, const fm_image_r
         const fm_face *d = &r->faces[i].det;
         char buf[3][32];
         const char *lines[3] = {buf[0], buf[1], buf[2]};
-        int n = face_lines(&r->faces[i], buf);
+        int n = face_lines(&r->faces[i], gender_min_prob, race_min_prob, buf);
         fm_draw_label(&img, TO_IMG(d->box[0]), TO_IMG(d->box[1]), TO_IMG(d->box[2]),
                       TO_IMG(d->box[3]), lines, n, scale, label_bg, label_fg);
     }

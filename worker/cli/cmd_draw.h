@@ -11,10 +11,13 @@
 
 /* Decodes the image at path at full size with dec (a decoder without target_side),
  * draws the faces of r on it (box lines and text scaled with the image: draw.h) and
- * writes it to out as a JPEG of the image's displayed size. Errors: those of
+ * writes it to out as a JPEG of the image's displayed size. A gender or ethnicity
+ * whose most probable class is below gender_min_prob / race_min_prob
+ * (heads.*_min_prob) is drawn as withheld ("gender? female 0.62"). Errors: those of
  * fm_decode_file and fm_image_write_jpeg. */
 fm_status fm_cmd_draw_labels(fm_decoder *dec, const char *path, const fm_image_result *r,
-                             const char *out, fm_error *err);
+                             double gender_min_prob, double race_min_prob, const char *out,
+                             fm_error *err);
 
 /* Makes the directory dir and its missing parents (mode 0777 less the umask), for
  * --draw-dir and --ppm-dir. FM_OK when it exists already; FM_ERR_IO naming the part

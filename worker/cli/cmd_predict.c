@@ -42,12 +42,13 @@ static const cli_cmd cmd = {
 
 /* --draw / --draw-dir for one labelled image; 0, or -1 after a message. */
 static int draw_result(fm_decoder *full, const char *path, const fm_image_result *r,
-                       const char *draw, const char *draw_dir)
+                       const fm_config *c, const char *draw, const char *draw_dir)
 {
     char out[4096];
     fm_error e = {0};
     if ((draw_dir && fm_cmd_draw_path(out, sizeof out, draw_dir, path, &e) != FM_OK) ||
-        fm_cmd_draw_labels(full, path, r, draw ? draw : out, &e) != FM_OK) {
+        fm_cmd_draw_labels(full, path, r, c->heads.gender_min_prob, c->heads.race_min_prob,
+                           draw ? draw : out, &e) != FM_OK) {
         cli_fail(&cmd, "%s", fm_error_text(&e));
         return -1;
     }
@@ -111,7 +112,7 @@ int fm_cmd_predict(int argc, char **argv)
             fm_cmd_json_result(&j, images[i0 + i], &res[i], &c);
             fm_json_newline(&j);
             if (res[i].error.code == FM_OK && (draw || draw_dir) &&
-                draw_result(full, images[i0 + i], &res[i], draw, draw_dir) != 0)
+                draw_result(full, images[i0 + i], &res[i], &c, draw, draw_dir) != 0)
                 rc = CLI_EXIT_FAILURE;
         }
     }

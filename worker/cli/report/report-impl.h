@@ -83,6 +83,8 @@ typedef struct rep_face {
     int has_attrs;
     float age, age_std, pg[REP_GENDERS], pr[REP_RACES];
     int gender, race, band; /* argmax classes and band; -1 without attributes */
+    int gender_withheld;    /* the stored class is null (heads.gender_min_prob) */
+    int race_withheld;      /* the same for heads.race_min_prob */
     int cell;               /* gallery cell (REP_CELLS - 1: no attributes) */
     uint8_t *jpeg;          /* the thumbnail (owned), or NULL */
     size_t jpeg_len;

@@ -357,6 +357,10 @@ static void face_figure(FILE *out, const rep_page *p, const rep_face *f)
                 "data-conf=\"%.4f\"",
                 fm_result_gender_names[f->gender], fm_result_race_names[f->race],
                 rep_band_names[f->band], f->age, face_conf(f));
+    if (f->has_attrs && (f->gender_withheld || f->race_withheld))
+        fprintf(out, " data-withheld=\"%s%s%s\"", f->gender_withheld ? "gender" : "",
+                f->gender_withheld && f->race_withheld ? " " : "",
+                f->race_withheld ? "race" : "");
     fputs(" title=\"", out);
     rep_html_text(out, f->source);
     fputs("\">", out);
@@ -374,12 +378,16 @@ static void face_figure(FILE *out, const rep_page *p, const rep_face *f)
         fputs("</div>", out);
     }
     fputs("<figcaption>", out);
+    /* A class withheld by heads.*_min_prob shows as "?", its most probable class
+     * and probability still given after it. */
     if (f->has_attrs)
         fprintf(out,
-                "<b>%s %.0f</b> %s<br><span class=\"p\">%s %.2f &middot; %s %.2f<br>"
+                "<b>%s %.0f</b> %s<br><span class=\"p\">%s%s %.2f &middot; %s%s %.2f<br>"
                 "age &plusmn;%.1f &middot; score %.3f</span>",
-                f->gender == 0 ? "M" : "F", f->age, fm_result_race_names[f->race],
-                fm_result_gender_names[f->gender], f->pg[f->gender],
+                f->gender_withheld ? "?" : f->gender == 0 ? "M" : "F", f->age,
+                f->race_withheld ? "?" : fm_result_race_names[f->race],
+                f->gender_withheld ? "withheld: " : "", fm_result_gender_names[f->gender],
+                f->pg[f->gender], f->race_withheld ? "withheld: " : "",
                 fm_result_race_names[f->race], f->pr[f->race], f->age_std, f->score);
     else
         fprintf(out, "<b>no labels</b><br><span class=\"p\">score %.3f</span>", f->score);

@@ -400,11 +400,15 @@ void rep_faces_free(rep_faces *f)
     memset(f, 0, sizeof *f);
 }
 
-enum { D_SOURCE, D_W, D_H, D_BOX, D_SCORE = D_BOX + 4, D_AGE, D_AGE_STD, D_PG, D_PR = D_PG + 2 };
+enum {
+    D_SOURCE, D_W, D_H, D_BOX, D_SCORE = D_BOX + 4, D_AGE, D_AGE_STD, D_PG, D_PR = D_PG + 2,
+    D_GENDER_NULL = D_PR + 5, D_RACE_NULL
+};
 
 static const char *const detail_sql =
     "SELECT i.source, i.width, i.height, f.x1, f.y1, f.x2, f.y2, f.score, f.age, f.age_std,"
-    " f.p_male, f.p_female, f.p_white, f.p_black, f.p_asian, f.p_indian, f.p_others"
+    " f.p_male, f.p_female, f.p_white, f.p_black, f.p_asian, f.p_indian, f.p_others,"
+    " f.gender IS NULL, f.race IS NULL"
     " FROM faces f JOIN images i ON i.id = f.image_id WHERE f.image_id = ?1 AND f.face = ?2";
 
 static int cols_set(sqlite3_stmt *st, int first, int n)
@@ -453,6 +457,8 @@ static fm_status fetch_details(sqlite3 *db, rep_faces *f, fm_error *err)
             x->pr[i] = (float)sqlite3_column_double(st, D_PR + i);
         x->gender = (int)fm_result_argmax(x->pg, REP_GENDERS);
         x->race = (int)fm_result_argmax(x->pr, REP_RACES);
+        x->gender_withheld = sqlite3_column_int(st, D_GENDER_NULL);
+        x->race_withheld = sqlite3_column_int(st, D_RACE_NULL);
         x->band = rep_band_of(x->age);
         x->cell = (x->gender * REP_RACES + x->race) * REP_BANDS + x->band;
     }
