@@ -807,6 +807,11 @@ static fm_status on_message(run *r, Facemill__Envelope *env, fm_error *err)
         if (e->has_code && e->code == FACEMILL__ERROR_CODE__ERROR_VERSION)
             return fm_error_set(err, FM_ERR_PROTOCOL, "broker refused us: %s",
                                 e->text ? e->text : "protocol version");
+        /* A Submit over the broker's per-Submit caps: sending it again would be
+         * refused again, and the jobs are not ours to drop. */
+        if (e->has_code && e->code == FACEMILL__ERROR_CODE__ERROR_LIMIT && r->outstanding)
+            return fm_error_set(err, FM_ERR_LIMIT, "broker refused a Submit: %s",
+                                e->text ? e->text : "too large");
         fm_log_warn("broker error %u: %s", e->code, e->text ? e->text : "");
         return FM_OK;
     }

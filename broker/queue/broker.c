@@ -33,6 +33,7 @@
 #include "facemill/log.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
+#include "broker_limits.h"
 #include "broker_metrics.h"
 #include "journal-impl.h"
 
@@ -55,10 +56,10 @@ typedef struct worker worker;
 
 typedef struct bjob {
     char *id, *tag;
-    uint8_t *body; /* the packed facemill.Job as journaled */
-    size_t len;
+    size_t len;    /* of the packed facemill.Job, which stays in the journal only */
     job_state state;
     int committed; /* the sink committed it while it was still at a worker */
+    int seen;      /* a mark while one Commit is handled: its ids once each */
     int failures;
     char *last_error;
     worker *w;        /* IN_FLIGHT: the worker holding it */
@@ -93,6 +94,7 @@ struct fm_broker {
     fm_journal *journal;
     bjob **buckets;
     size_t nbuckets, njobs;
+    uint64_t held_bytes; /* bodies of the jobs in the hash (all of them held) */
     bjob *qhead, *qtail;
     worker **wk;
     size_t nworkers, capworkers;
@@ -144,6 +146,7 @@ static int job_insert(fm_broker *b, bjob *j)
     j->hnext = b->buckets[k];
     b->buckets[k] = j;
     b->njobs++;
+    b->held_bytes += j->len;
     return 0;
 }
 
@@ -153,7 +156,6 @@ static void job_free(bjob *j)
         return;
     free(j->id);
     free(j->tag);
-    free(j->body);
     free(j->last_error);
     free(j->client);
     free(j);
@@ -217,6 +219,7 @@ static void job_forget(fm_broker *b, bjob *j)
     if (*pp)
         *pp = j->hnext;
     b->njobs--;
+    b->held_bytes -= j->len;
     job_free(j);
 }
 
@@ -257,6 +260,22 @@ static int token_known(const bjob *j, const ProtobufCBinaryData *t)
 
 /* ---- sending ------------------------------------------------------------------- */
 
+/* j's facemill.Job, read from the journal (bodies are not kept in memory), or NULL
+ * when it cannot be read (logged: a full or damaged disk, or out of memory). */
+static Facemill__Job *job_read(fm_broker *b, const bjob *j)
+{
+    uint8_t *body = NULL;
+    size_t len = 0;
+    fm_error e = {0};
+    if (fm_journal_body(b->journal, j->id, &body, &len, &e) != FM_OK) {
+        fm_log_error("job %s: %s", j->id, fm_error_text(&e));
+        return NULL;
+    }
+    Facemill__Job *jm = facemill__job__unpack(NULL, len, body);
+    free(body);
+    return jm;
+}
+
 /* Sends the failed result of a quarantined job to the sink, with a new token. */
 static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
 {
@@ -264,7 +283,7 @@ static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
     fm_status st = token_new(j, token, err);
     if (st != FM_OK)
         return st;
-    Facemill__Job *jm = facemill__job__unpack(NULL, j->len, j->body);
+    Facemill__Job *jm = job_read(b, j);
     Facemill__Envelope env;
     Facemill__Result r;
     fm_wire_envelope_init(&env);
@@ -462,7 +481,7 @@ static fm_status dispatch(fm_broker *b, fm_error *err)
             return FM_OK;
         bjob *j = b->qhead;
         queue_unlink(b, j);
-        Facemill__Job *jm = facemill__job__unpack(NULL, j->len, j->body);
+        Facemill__Job *jm = job_read(b, j);
         if (!jm) {
             /* Only a damaged journal gets here: never lose the job silently. */
             j->state = JOB_DONE; /* transient; job_fail re-files it */
@@ -663,7 +682,7 @@ static void send_slow_down(fm_broker *b, const fm_wire_peer *from, const Facemil
     sd.has_request_id = s->has_request_id;
     sd.request_id = s->request_id;
     sd.has_queue_depth = sd.has_max_queue = sd.has_retry_after_ms = 1;
-    sd.queue_depth = b->st.queued;
+    sd.queue_depth = b->njobs; /* held: queued, at workers, awaiting commit */
     sd.max_queue = (uint64_t)b->cfg.broker.max_queue;
     int64_t retry = b->cfg.broker.heartbeat_ms < 1000 ? b->cfg.broker.heartbeat_ms : 1000;
     sd.retry_after_ms = (uint32_t)retry;
@@ -727,9 +746,10 @@ static int ack_without_journal(fm_broker *b, const Facemill__Job *jm, Facemill__
     return 0;
 }
 
-/* A new job for jm (in the hash, not queued), submitted by from. */
+/* A new job for jm (in the hash, not queued), submitted by from; *body (the caller
+ * frees it) is what the journal keeps of it. */
 static fm_status job_new(fm_broker *b, Facemill__Job *jm, const fm_wire_peer *from,
-                         bjob **out, fm_error *err)
+                         bjob **out, uint8_t **body, fm_error *err)
 {
     bjob *j = calloc(1, sizeof *j);
     if (!j)
@@ -737,16 +757,18 @@ static fm_status job_new(fm_broker *b, Facemill__Job *jm, const fm_wire_peer *fr
     jm->has_attempt = 0;
     jm->has_token = 0; /* the broker's to set, per dispatch */
     j->len = facemill__job__get_packed_size(jm);
-    j->body = malloc(j->len ? j->len : 1);
+    *body = malloc(j->len ? j->len : 1);
     j->id = dup_str(jm->id);
     j->tag = dup_str(jm->tag);
     j->client = malloc(sizeof *j->client);
-    if (!j->body || !j->id || !j->tag || !j->client || job_insert(b, j) != 0) {
+    if (!*body || !j->id || !j->tag || !j->client || job_insert(b, j) != 0) {
         job_free(j);
+        free(*body);
+        *body = NULL;
         return fm_error_set(err, FM_ERR_NOMEM, "job");
     }
     *j->client = *from;
-    facemill__job__pack(jm, j->body);
+    facemill__job__pack(jm, *body);
     *out = j;
     return FM_OK;
 }
@@ -773,10 +795,13 @@ static fm_status journal_job(fm_broker *b, submit *sub, size_t i, const fm_wire_
         return FM_OK;
     }
     bjob *j = NULL;
-    if ((st = job_new(b, jm, from, &j, err)) != FM_OK)
+    uint8_t *body = NULL;
+    if ((st = job_new(b, jm, from, &j, &body, err)) != FM_OK)
         return st;
     sub->fresh[sub->nfresh++] = j;
-    if ((st = fm_journal_add(b->journal, j->id, j->tag, j->body, j->len, je)) != FM_OK)
+    st = fm_journal_add(b->journal, j->id, j->tag, body, j->len, je);
+    free(body);
+    if (st != FM_OK)
         return st;
     a->state = FACEMILL__JOB_ACK__STATE__ACCEPTED;
     return FM_OK;
@@ -847,7 +872,7 @@ static void send_submit_ack(fm_broker *b, const fm_wire_peer *from, const submit
     ack.n_jobs = sub->msg->n_jobs;
     ack.jobs = sub->ackp;
     ack.has_queue_depth = ack.has_max_queue = 1;
-    ack.queue_depth = b->st.queued;
+    ack.queue_depth = b->njobs;
     ack.max_queue = (uint64_t)b->cfg.broker.max_queue;
     env.body_case = FACEMILL__ENVELOPE__BODY_SUBMIT_ACK;
     env.submit_ack = &ack;
@@ -862,7 +887,8 @@ static void send_submit_ack(fm_broker *b, const fm_wire_peer *from, const submit
 static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Submit *s,
                            fm_error *err)
 {
-    if (b->st.queued >= (uint64_t)b->cfg.broker.max_queue) {
+    size_t bytes = facemill__submit__get_packed_size(s);
+    if (fm_broker_queue_full(&b->cfg, b->njobs, b->held_bytes, s->n_jobs, bytes)) {
         send_slow_down(b, from, s);
         return FM_OK;
     }
@@ -1079,6 +1105,7 @@ static fm_status commit_verdicts(fm_broker *b, const fm_wire_peer *from,
 static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **done,
                                 fm_error *err)
 {
+    size_t forged = 0;
     fm_status st = fm_journal_begin(b->journal, err);
     if (st != FM_OK)
         return st;
@@ -1089,10 +1116,12 @@ static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **
         bjob *j = entry_job(b, ce);
         if (!j) {
             bjob *open = job_find(b, ce->job_id);
-            if (open && !open->committed)
+            /* One line per Commit beyond the first few: a flood of forged entries
+             * must not become a flood of log lines. */
+            if (open && !open->committed && ++forged <= 3)
                 fm_log_warn("sink reported job %s stored with a token it was never "
                             "dispatched with: not counted", ce->job_id);
-            else
+            else if (!open || open->committed)
                 fm_log_debug("sink reported job %s stored again", ce->job_id);
             continue;
         }
@@ -1109,6 +1138,9 @@ static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **
         }
         done[i] = j;
     }
+    if (forged > 3)
+        fm_log_warn("sink reported %zu more jobs stored with tokens they were never "
+                    "dispatched with: not counted", forged - 3);
     return fm_journal_commit(b->journal, err);
 }
 
@@ -1158,13 +1190,21 @@ static fm_status commit_forward(fm_broker *b, const Facemill__Commit *c, bjob **
 /* Finishes the jobs in done. One still at a worker is finished when it reports. */
 static void commit_finish(fm_broker *b, const Facemill__Commit *c, bjob **done)
 {
+    /* The same id twice in one Commit: each job once, found by a mark on the job
+     * itself (a Commit of 60,000 ids must not compare every pair). */
+    for (size_t i = 0; i < c->n_entries; i++) {
+        if (!done[i])
+            continue;
+        if (done[i]->seen)
+            done[i] = NULL;
+        else
+            done[i]->seen = 1;
+    }
     for (size_t i = 0; i < c->n_entries; i++) {
         bjob *j = done[i];
         if (!j)
             continue;
-        for (size_t k = i + 1; k < c->n_entries; k++)
-            if (done[k] == j)
-                done[k] = NULL; /* the same id twice in one Commit */
+        j->seen = 0;
         if (j->state == JOB_IN_FLIGHT) {
             j->committed = 1;
             continue;
@@ -1286,8 +1326,8 @@ static fm_status tick(fm_broker *b, fm_error *err)
 
 /* ---- open / run / close -------------------------------------------------------- */
 
-static int load_job(void *ctx, const char *id, const char *tag, const void *body,
-                    size_t len, int attempts, int quarantined, const char *error)
+static int load_job(void *ctx, const char *id, const char *tag, size_t len, int attempts,
+                    int quarantined, const char *error)
 {
     fm_broker *b = ctx;
     bjob *j = calloc(1, sizeof *j);
@@ -1295,15 +1335,12 @@ static int load_job(void *ctx, const char *id, const char *tag, const void *body
         return 1;
     j->id = dup_str(id);
     j->tag = dup_str(tag);
-    j->body = malloc(len ? len : 1);
+    j->len = len;
     j->last_error = dup_str(error);
-    if (!j->id || !j->tag || !j->body || !j->last_error || job_insert(b, j) != 0) {
+    if (!j->id || !j->tag || !j->last_error || job_insert(b, j) != 0) {
         job_free(j);
         return 1;
     }
-    if (len)
-        memcpy(j->body, body, len);
-    j->len = len;
     j->failures = attempts;
     if (quarantined || attempts >= b->cfg.broker.max_attempts) {
         j->state = JOB_QUARANTINED;
@@ -1398,19 +1435,34 @@ fail:
     return st;
 }
 
-/* Receives what a socket has (at most 256 messages, to stay fair to the others). */
+/* Receives what a socket has: at most 256 messages, to stay fair to the others, and
+ * none after the first once the next tick is due, so heartbeats go out on time
+ * whatever floods in (what is left is read at the next turn). Submits over
+ * broker.max_submit_jobs or max_submit_bytes are refused before they are decoded. */
 static fm_status drain_socket(fm_broker *b, void *sock,
                               fm_status (*fn)(fm_broker *, const fm_wire_peer *,
                                               Facemill__Envelope *, fm_error *),
                               const char *what, fm_error *err)
 {
     for (int i = 0; i < 256; i++) {
+        if (i > 0 && fm_now_ms() >= b->next_tick)
+            return FM_OK;
         fm_wire_peer from;
         Facemill__Envelope *e = NULL;
         fm_error re = {0};
-        fm_status st = fm_wire_recv(sock, &from, &e, ZMQ_DONTWAIT, &re);
+        fm_status st = fm_wire_recv_checked(sock, &from, &e, ZMQ_DONTWAIT,
+                                            sock == b->clients ? fm_broker_check_submit
+                                                               : NULL,
+                                            &b->cfg, &re);
         if (st == FM_ERR_TIMEOUT || st == FM_ERR_INTERRUPTED)
             return FM_OK;
+        if (st == FM_ERR_LIMIT) {
+            char id[80];
+            fm_log_warn("%s %s: %s", what, fm_wire_peer_text(&from, id, sizeof id),
+                        fm_error_text(&re));
+            fm_wire_refuse(sock, &from, FACEMILL__ERROR_CODE__ERROR_LIMIT, re.msg);
+            continue;
+        }
         if (st == FM_ERR_VERSION || st == FM_ERR_PROTOCOL) {
             char id[80];
             fm_log_warn("refusing message from %s %s: %s", what,
