@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,53 +36,6 @@ from test_service import Cluster, read_log, wait_until  # noqa: E402
 
 HEARTBEAT_MS = 200
 EXPIRY_MS = 5000
-
-
-def proc_kib(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-class HonestWorker(threading.Thread):
-    """A keyed worker with credit 1 that heartbeats on time and never takes long:
-    the jobs it is sent it keeps (job_timeout_ms is long here), so dispatch does not
-    disturb the flood. Records the arrival time of every broker heartbeat."""
-
-    def __init__(self, h):
-        super().__init__(daemon=True)
-        zmq, pb = test_hostile.zmq, test_hostile.pb
-        self.peer = h.peer(zmq.DEALER, "broker.workers", "worker")
-        self.beats = []
-        self.jobs = 0
-        self.stop = False
-        self.pb = pb
-        self.peer.send(worker_ready=pb.WorkerReady(credit=1, name="honest"))
-
-    def run(self):
-        next_hb = 0.0
-        sock = self.peer.sock
-        while not self.stop:
-            now = time.monotonic()
-            if now >= next_hb:
-                self.peer.send(heartbeat=self.pb.Heartbeat(credit=1, busy=self.jobs,
-                                                           name="honest"))
-                next_hb = now + HEARTBEAT_MS / 1000.0
-            if sock.poll(20):
-                e = test_hostile.parse(sock.recv())
-                kind = e.WhichOneof("body")
-                if kind == "heartbeat":
-                    self.beats.append(time.monotonic())
-                elif kind == "job":
-                    self.jobs += 1
-
-    def gap_ms(self, t0, t1):
-        """The longest gap between heartbeats over [t0, t1] (the window's ends count
-        as heartbeats: a broker silent through the whole window shows its length)."""
-        pts = [t0] + [t for t in self.beats if t0 <= t <= t1] + [t1]
-        return max(b - a for a, b in zip(pts, pts[1:])) * 1000.0
 
 
 def submit_ids(h, client, ids, tag, data, rid):
@@ -214,22 +166,21 @@ def run_case(a, name, prep, flood):
         test_hostile.start(h)
         bpid = [p for p in c.procs if p.fm_name == "broker"][0].pid
         client = h.client_peer()
-        worker = HonestWorker(h)
+        worker = test_hostile.HonestWorker(h, interval_ms=HEARTBEAT_MS)
         worker.start()
         wait_until(lambda: len(worker.beats) >= 2, 60, "the honest worker's heartbeats")
         if prep:
             prep(h, client)
         time.sleep(3 * HEARTBEAT_MS / 1000.0)  # a quiet baseline for RSS
-        rss0 = proc_kib(bpid, "VmRSS")
+        rss0 = test_hostile.proc_kib(bpid, "VmRSS")
         t0 = time.monotonic()
         answer = flood(h, client)
         t1 = time.monotonic()
         # Heartbeats after the answer show the loop is free again.
         time.sleep(2 * HEARTBEAT_MS / 1000.0)
-        hwm = proc_kib(bpid, "VmHWM")
-        rss1 = proc_kib(bpid, "VmRSS")
-        worker.stop = True
-        worker.join(5)
+        hwm = test_hostile.proc_kib(bpid, "VmHWM")
+        rss1 = test_hostile.proc_kib(bpid, "VmRSS")
+        worker.finish()
         expired = "silent for" in read_log(c, "broker")
         return (name, hwm / 1024.0, (rss1 - rss0) / 1024.0, worker.gap_ms(t0, t1 + 0.4),
                 t1 - t0, "yes" if expired else "no", answer)

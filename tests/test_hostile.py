@@ -31,6 +31,11 @@ One case per run (--case NAME), each a ctest test of its own:
   keygen           facemill keygen's files read with pyzmq's zmq.auth, mode 0600 for
                    the secret one, never overwritten; pyzmq's own certificate files
                    work as facemill keys
+  flood_submit     a Submit of 600,000 jobs is refused whole (broker.max_submit_jobs)
+                   before it is decoded: the broker stays under 200 MiB, an honest
+                   worker's heartbeats keep coming, and a keyed client's jobs complete
+  big_bodies       20 queued jobs of 3 MB grow the broker by less than half their size
+                   (bodies stay in the journal) and complete
 
 Every wait is for a state (a log line, a handshake event, a status, rows) with a
 deadline; "nothing arrived" is checked over the whole run of the jobs, which the
@@ -46,6 +51,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -207,6 +213,62 @@ class Hostile:
         for p in self.peers:
             p.close()
         self.ctx.term()
+
+
+class HonestWorker(threading.Thread):
+    """A keyed worker written here that heartbeats every broker.heartbeat_ms on its
+    own thread and records when the broker's heartbeats arrive (beats), to measure
+    how long a flood keeps the broker from serving its peers. The jobs it is sent
+    it keeps, or (hand_back) gives back at once, so a real worker does them."""
+
+    def __init__(self, h, hand_back=False, interval_ms=200):
+        super().__init__(daemon=True)
+        self.peer = h.peer(zmq.DEALER, "broker.workers", "worker")
+        self.beats = []
+        self.jobs = 0
+        self.stop = False
+        self.hand_back = hand_back
+        self.interval = interval_ms / 1000.0
+        self.peer.send(worker_ready=pb.WorkerReady(credit=1, name="honest"))
+
+    def run(self):
+        next_hb = 0.0
+        sock = self.peer.sock
+        while not self.stop:
+            now = time.monotonic()
+            if now >= next_hb:
+                self.peer.send(heartbeat=pb.Heartbeat(credit=1, busy=self.jobs,
+                                                      name="honest"))
+                next_hb = now + self.interval
+            if sock.poll(20):
+                e = parse(sock.recv())
+                kind = e.WhichOneof("body")
+                if kind == "heartbeat":
+                    self.beats.append(time.monotonic())
+                elif kind == "job" and self.hand_back:
+                    self.peer.send(job_done=pb.JobDone(job_id=e.job.id,
+                                                       outcome=pb.JobDone.HANDED_BACK))
+                elif kind == "job":
+                    self.jobs += 1
+
+    def gap_ms(self, t0, t1):
+        """The longest gap between broker heartbeats over [t0, t1], the window's ends
+        counted as heartbeats (a broker silent throughout shows the window)."""
+        pts = [t0] + [t for t in self.beats if t0 <= t <= t1] + [t1]
+        return max(y - x for x, y in zip(pts, pts[1:])) * 1000.0
+
+    def finish(self):
+        self.stop = True
+        self.join(10)
+
+
+def proc_kib(pid, field):
+    """A field of /proc/PID/status in KiB (VmHWM, VmRSS)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise Failure("no %s in /proc/%d/status" % (field, pid))
 
 
 def jpeg_bytes(a, tmp):
@@ -573,7 +635,88 @@ def case_keygen(h):
           "a client with pyzmq's certificate files is answered: %s" % st.stderr.decode())
 
 
+def broker_pid(h):
+    return [p for p in h.c.procs if p.fm_name == "broker"][-1].pid
+
+
+def no_sanitizer_quarantine():
+    """Memory bounds are about what the broker keeps: AddressSanitizer's quarantine
+    of freed blocks (256 MB by default) would count every freed buffer as kept."""
+    if os.environ.get("ASAN_OPTIONS") is not None:
+        os.environ["ASAN_OPTIONS"] += ":quarantine_size_mb=0"
+
+
+FLOOD_HWM_MIB = 200  # the bound a 600,000-job Submit must leave the broker under
+
+
+def case_flood_submit(h):
+    no_sanitizer_quarantine()
+    expiry = 3000
+    start(h, broker_sets={"broker.worker_expiry_ms": str(expiry)})
+    honest = HonestWorker(h, hand_back=True)
+    honest.start()
+    wait_until(lambda: len(honest.beats) >= 2, WAIT, "the honest worker's heartbeats")
+    client = h.client_peer()
+    sub = pb.Submit(request_id=7)
+    for i in range(600000):
+        sub.jobs.add(id="fl-%07d" % i, tag="fl", name="f", data=b"\xff\xd8x")
+    flood = envelope(submit=sub)
+    check(len(flood) > 8000000, "a Submit of 600,000 jobs, %d bytes" % len(flood))
+    t0 = time.monotonic()
+    client.sock.send(flood)
+    err = client.next("error").error
+    t1 = time.monotonic()
+    check(err.code == pb.ERROR_LIMIT and "600000 jobs: more than broker.max_submit_jobs "
+          "10000" in err.text, "refused whole with the reason: %s" % err.text)
+    st = h.status(client, "fl")
+    check(st.tag_total == 0 and st.queued == 0, "none of its jobs taken")
+    # The real jobs of a keyed client, with a real worker, while the honest worker
+    # keeps heartbeating.
+    inp = os.path.join(h.c.dir, "in")
+    make_images(h.a.bin, inp, 20)
+    h.c.worker("worker", processes=1)
+    p = h.c.submit([inp], "real")
+    check(finish_submit(h.c, p, 240) == 0, "the keyed client's submit exits 0")
+    exactly_once(h.c, 20)
+    gap = honest.gap_ms(t0, max(t1, t0 + 1.0))
+    honest.finish()
+    hwm = proc_kib(broker_pid(h), "VmHWM") / 1024.0
+    print("figures: broker VmHWM %.1f MiB, longest heartbeat gap %.0f ms during the "
+          "flood" % (hwm, gap), flush=True)
+    check(hwm < FLOOD_HWM_MIB, "broker peak memory %.1f MiB < %d MiB" % (hwm, FLOOD_HWM_MIB))
+    check(gap < expiry, "the longest heartbeat gap %.0f ms < worker_expiry_ms %d" %
+          (gap, expiry))
+    check("silent for" not in read_log(h.c, "broker"), "no worker expired")
+
+
+def case_big_bodies(h):
+    no_sanitizer_quarantine()
+    start(h)
+    client = h.client_peer()
+    h.status(client)  # connected and answered: the baseline includes the connection
+    pid = broker_pid(h)
+    before = proc_kib(pid, "VmRSS")
+    # A real JPEG padded to 3 MB (a decoder stops at its end marker): the worker
+    # labels it, so the run can complete.
+    body = h.jpeg + b"\0" * (3 * 1024 * 1024 - len(h.jpeg))
+    for k in range(20):
+        sub = pb.Submit(request_id=100 + k)
+        sub.jobs.add(id="bb-%02d" % k, tag="bb", name="bb-%02d.jpg" % k, data=body)
+        client.send(submit=sub)
+        ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == 100 + k)
+        check(ack.submit_ack.jobs[0].state == pb.JobAck.ACCEPTED, "3 MB job %d accepted" % k)
+    growth = (proc_kib(pid, "VmRSS") - before) / 1024.0
+    print("figures: broker VmRSS grew %.1f MiB for 60 MiB of bodies" % growth, flush=True)
+    check(growth < 30, "broker memory grew %.1f MiB (< 30 MiB) for 60 MiB of queued bodies"
+          % growth)
+    h.c.worker("worker", processes=1)
+    wait_until(lambda: h.status(client, "bb").tag_committed == 20, 240, "20 commits")
+    exactly_once(h.c, 20)
+
+
 CASES = {
+    "flood_submit": case_flood_submit,
+    "big_bodies": case_big_bodies,
     "unkeyed_worker": case_unkeyed_worker,
     "client_as_worker": case_client_as_worker,
     "forged_commit": case_forged_commit,
