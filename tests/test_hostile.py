@@ -36,6 +36,10 @@ One case per run (--case NAME), each a ctest test of its own:
                    worker's heartbeats keep coming, and a keyed client's jobs complete
   big_bodies       20 queued jobs of 3 MB grow the broker by less than half their size
                    (bodies stay in the journal) and complete
+  journal_recover  a journal truncated mid-page: the broker refuses to start and names
+                   --recover; facemill-broker --recover keeps the readable jobs in a
+                   new journal (the damaged file aside), and the restarted broker
+                   finishes every one of them exactly once
 
 Every wait is for a state (a log line, a handshake event, a status, rows) with a
 deadline; "nothing arrived" is checked over the whole run of the jobs, which the
@@ -714,7 +718,65 @@ def case_big_bodies(h):
     exactly_once(h.c, 20)
 
 
+def case_journal_recover(h):
+    c = h.c
+    start(h)
+    client = h.client_peer()
+    ids = ["jr-%03d" % i for i in range(300)]
+    body = h.jpeg + b"\0" * 2000  # a few jobs per journal page
+    for first in range(0, len(ids), 50):
+        sub = pb.Submit(request_id=first + 1)
+        for i in ids[first:first + 50]:
+            sub.jobs.add(id=i, tag="jr", name=i + ".jpg", data=body)
+        client.send(submit=sub)
+        ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == first + 1)
+        check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs),
+              "jobs %d.. accepted" % first)
+    b = [p for p in c.procs if p.fm_name == "broker"][-1]
+    os.killpg(b.pid, signal.SIGTERM)
+    check(b.wait(WAIT) == 0, "the broker stops")
+    journal = os.path.join(c.dir, "journal.db")
+    check(not os.path.exists(journal + "-wal") or os.path.getsize(journal + "-wal") == 0,
+          "the journal's WAL is checkpointed at the stop")
+    size = os.path.getsize(journal)
+    cut = size * 2 // 3 + 1000  # mid-page: pages are 4096 bytes
+    os.truncate(journal, cut)
+    refused = c.broker()
+    check(refused.wait(WAIT) == 1, "the broker refuses to start on the truncated journal")
+    text = read_log(c, "broker")
+    check("is damaged" in text and "facemill-broker --recover" in text,
+          "its message names --recover: %s" %
+          [ln for ln in text.splitlines() if "damaged" in ln][-1:])
+    argv = [os.path.join(h.a.bin, "facemill-broker")] + c.args(None, "broker") + ["--recover"]
+    rc = run_until_exit(argv, os.path.join(c.dir, "recover.log"))
+    with open(os.path.join(c.dir, "recover.log")) as f:
+        text = f.read()
+    m = re.search(r"recovered: (\d+) jobs not yet committed and (\d+) committed ids kept "
+                  r"in a new journal; the damaged file is at (\S+)\.", text)
+    check(rc == 0 and m, "--recover exits 0 and says what it kept: %s" % text[-400:])
+    kept = int(m.group(1))
+    check(0 < kept < len(ids), "it kept %d of %d jobs (the truncated pages' are lost)" %
+          (kept, len(ids)))
+    check(os.path.exists(m.group(3)) and os.path.getsize(m.group(3)) == cut,
+          "the damaged file is kept aside as it was")
+    rc = run_until_exit(argv, os.path.join(c.dir, "recover.log"))
+    with open(os.path.join(c.dir, "recover.log")) as f:
+        check(rc == 0 and "passes its check: nothing to recover" in f.read(),
+              "a second --recover finds nothing to do")
+    c.broker()
+    h.log_has("broker", "CurveZMQ on every socket", count=2)
+    h.log_has("broker", "%d jobs not committed, re-queued" % kept)
+    h.c.worker("worker", processes=1)
+    client = h.client_peer()
+    wait_until(lambda: h.status(client, "jr").tag_committed == kept, 240,
+               "the %d kept jobs committed" % kept)
+    st = h.status(client, "jr")
+    check(st.tag_total == kept, "the recovered journal counts %d jobs of tag jr" % kept)
+    exactly_once(c, kept)
+
+
 CASES = {
+    "journal_recover": case_journal_recover,
     "flood_submit": case_flood_submit,
     "big_bodies": case_big_bodies,
     "unkeyed_worker": case_unkeyed_worker,

@@ -392,6 +392,9 @@ fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
                           old ? sqlite3_errmsg(old) : "cannot open");
         goto done;
     }
+    /* A file shorter than its header says is refused whole unless the schema is
+     * "writable" (SQLite's own rule); this connection only reads it. */
+    sqlite3_exec(old, "PRAGMA writable_schema=ON", NULL, NULL, NULL);
     if ((st = fm_journal_open(&nj, path, fsync_mode, err)) != FM_OK)
         goto done;
     static const char cols[] = "rowid, id, tag, committed, failed, quarantined, attempts,"
