@@ -36,6 +36,10 @@ One case per run (--case NAME), each a ctest test of its own:
                    worker's heartbeats keep coming, and a keyed client's jobs complete
   big_bodies       20 queued jobs of 3 MB grow the broker by less than half their size
                    (bodies stay in the journal) and complete
+  disk_full        journal and results database on a small tmpfs (root only; exit 77
+                   otherwise), filled: a Submit is answered SlowDown, the sink cannot
+                   store, both say so in `facemill status` and keep running; the
+                   filler removed, the run completes with every job stored once
   journal_recover  a journal truncated mid-page: the broker refuses to start and names
                    --recover; facemill-broker --recover keeps the readable jobs in a
                    new journal (the damaged file aside), and the restarted broker
@@ -44,7 +48,7 @@ One case per run (--case NAME), each a ctest test of its own:
 Every wait is for a state (a log line, a handshake event, a status, rows) with a
 deadline; "nothing arrived" is checked over the whole run of the jobs, which the
 attackers were connected for. Exit 0 pass, 1 fail, 77 skip (no python3-zmq, no
-generated facemill_pb2.py, or a libzmq without CURVE).
+generated facemill_pb2.py, a libzmq without CURVE, or disk_full without root).
 """
 import argparse
 import os
@@ -775,7 +779,111 @@ def case_journal_recover(h):
     exactly_once(c, kept)
 
 
+def mount_tmpfs(d, size):
+    """A tmpfs of size at d, or Skip when this cannot be done here."""
+    if os.geteuid() != 0:
+        raise Skip("the full disk is a tmpfs mounted for the test, which needs root")
+    os.makedirs(d)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d],
+                       capture_output=True, timeout=30)
+    if r.returncode != 0:
+        raise Skip("mount -t tmpfs refused here: %s" % r.stderr.decode().strip())
+
+
+def fill_disk(path):
+    """Writes path until the filesystem is full; returns the bytes written."""
+    n = 0
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                n += f.write(chunk)
+            except OSError:
+                break
+        small = b"\0" * 512
+        while True:  # the last partial block
+            try:
+                n += f.write(small)
+            except OSError:
+                return n
+
+
+def case_disk_full(h):
+    c = h.c
+    disk = os.path.join(c.dir, "disk")
+    mount_tmpfs(disk, "16m")
+    h.umount = disk
+    c.db = os.path.join(disk, "results.db")
+    c.sets.update({"broker.journal": os.path.join(disk, "journal.db"), "sink.db": c.db,
+                   "broker.job_timeout_ms": "8000"})
+    start(h)
+    client = h.client_peer()
+    body = h.jpeg + b"\0" * 20000
+    first = ["df-%02d" % i for i in range(40)]
+    sub = pb.Submit(request_id=1)
+    for i in first:
+        sub.jobs.add(id=i, tag="df", name=i + ".jpg", data=body)
+    client.send(submit=sub)
+    ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == 1)
+    check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs),
+          "40 jobs accepted before the disk fills")
+    filler = os.path.join(disk, "filler")
+    print("filler: %d bytes" % fill_disk(filler), flush=True)
+    # A Submit on the full disk: SlowDown, nothing taken, the broker lives on.
+    more = ["df-%02d" % i for i in range(40, 60)]
+    sub = pb.Submit(request_id=2)
+    for i in more:
+        sub.jobs.add(id=i, tag="df", name=i + ".jpg", data=body)
+    client.send(submit=sub)
+    client.next("slow_down", pred=lambda e: e.slow_down.request_id == 2)
+    h.log_has("broker", "disk full")
+    # Workers run on the full disk: the sink cannot store, says so, and survives.
+    h.c.worker("worker", processes=1)
+    h.log_has("sink", "disk full")
+    wait_until(lambda: h.status(client, "df").sink_disk_full, WAIT,
+               "the broker's status says the sink's disk is full")
+    st = h.status(client, "df")
+    check(st.journal_disk_full, "the status says the journal's disk is full")
+    out = subprocess.run([os.path.join(h.a.bin, "facemill"), "status"] + c.args(),
+                         capture_output=True, timeout=60).stdout.decode()
+    check("disk full:  the broker's journal" in out and "disk full:  the sink's results "
+          "database" in out, "facemill status shows both full disks:\n%s" % out)
+    check(all(p.poll() is None for p in c.procs if p.fm_name in ("broker", "sink")),
+          "broker and sink still run on the full disk")
+    os.unlink(filler)
+    # Space again: the Submit sent again is taken, and everything completes once.
+    deadline = time.monotonic() + 240
+    rid, got = 3, None
+    while time.monotonic() < deadline:
+        sub.request_id = rid
+        client.send(submit=sub)
+        got = None
+        end = time.monotonic() + 10
+        while got is None and time.monotonic() < end:
+            for m in client.drain():
+                kind = m.WhichOneof("body")
+                if kind == "submit_ack" and m.submit_ack.request_id == rid:
+                    got = "ack"
+                elif kind == "slow_down" and m.slow_down.request_id == rid:
+                    got = "slow"
+            time.sleep(0.05)
+        if got == "ack":
+            break
+        rid += 1
+    check(got == "ack", "the second Submit is taken once space returns")
+    h.log_has("broker", "space again")
+    wait_until(lambda: h.status(client, "df").tag_committed == 60, 240, "60 commits")
+    st = h.status(client, "df")
+    check(not st.journal_disk_full and not st.sink_disk_full, "no disk full any more")
+    exactly_once(c, 60)
+    failed = db_query(c, "SELECT count(*) FROM images WHERE error_code != 0")[0][0]
+    check(failed == 0, "no job failed for the full disk (%d)" % failed)
+    check(all(p.poll() is None for p in c.procs if p.fm_name in ("broker", "sink")),
+          "broker and sink ran throughout")
+
+
 CASES = {
+    "disk_full": case_disk_full,
     "journal_recover": case_journal_recover,
     "flood_submit": case_flood_submit,
     "big_bodies": case_big_bodies,
@@ -847,6 +955,8 @@ def main():
         c.stop_all()
         if h:
             h.close()
+            if getattr(h, "umount", None):
+                subprocess.run(["umount", h.umount], capture_output=True, timeout=60)
         if code in (0, SKIP) and not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -998,6 +998,12 @@ static void print_status(FILE *out, const Facemill__StatusReply *s)
         fprintf(out, "tag %s:  %llu jobs, %llu committed, %llu failed\n",
                 s->tag ? s->tag : "", (unsigned long long)s->tag_total,
                 (unsigned long long)s->tag_committed, (unsigned long long)s->tag_failed);
+    if (s->journal_disk_full)
+        fprintf(out, "disk full:  the broker's journal (broker.journal): submits wait, "
+                "commits are kept in memory until space returns\n");
+    if (s->sink_disk_full)
+        fprintf(out, "disk full:  the sink's results database (sink.db): results are "
+                "stored again once space returns\n");
     fprintf(out, "uptime:     %.1f s\n", (double)s->uptime_ms / 1000.0);
 }
 

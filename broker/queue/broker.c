@@ -85,6 +85,15 @@ struct worker {
 
 #define RATE_SAMPLES 64
 
+/* Commits held in memory while the journal's disk is full (packed facemill.Commit
+ * messages, up to COMMIT_BACKLOG; beyond that the jobs wait for their commit
+ * timeout, and the sink reports them stored again after their next dispatch). */
+#define COMMIT_BACKLOG 64
+
+/* Free space the journal's filesystem needs before submits are taken again after a
+ * full disk (when no held commit proved it by being written). */
+#define DISK_ROOM_BYTES (8u << 20)
+
 struct fm_broker {
     fm_config cfg;
     void *ctx;
@@ -104,6 +113,13 @@ struct fm_broker {
     int64_t rate_t[RATE_SAMPLES];
     uint64_t rate_c[RATE_SAMPLES];
     size_t rate_n;
+    int disk_full;      /* the journal met a full disk: submits wait, commits are held */
+    int sink_disk_full; /* the sink's last heartbeat said its disk is full */
+    struct {
+        uint8_t *data;
+        size_t len;
+    } backlog[COMMIT_BACKLOG]; /* commits not journaled yet, oldest first */
+    size_t n_backlog;
 };
 
 /* ---- jobs: hash and queue ------------------------------------------------------ */
@@ -316,6 +332,22 @@ static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
     return FM_OK;
 }
 
+/* A journal write failed (err). A full disk is a state the broker waits out: logged
+ * when it begins, submits answered SlowDown meanwhile, commits held (disk_retry ends
+ * it). Returns FM_OK then; any other failure stays an error of the broker. */
+static fm_status journal_failed(fm_broker *b, fm_error *err)
+{
+    if (!fm_journal_full(b->journal))
+        return err->code;
+    if (!b->disk_full)
+        fm_log_error("journal %s: disk full (%s): submits are answered SlowDown and "
+                     "commits kept in memory until space returns",
+                     b->cfg.broker.journal, fm_error_text(err));
+    b->disk_full = 1;
+    memset(err, 0, sizeof *err);
+    return FM_OK;
+}
+
 /* Counts a failed attempt of j (which has left its state): re-queues it, or
  * quarantines it after max_attempts. Journal errors are fatal for the broker. */
 static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
@@ -328,10 +360,11 @@ static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
     free(j->last_error);
     j->last_error = dup_str(why);
     fm_status st = fm_journal_set_attempts(b->journal, j->id, j->failures, why, err);
-    if (st != FM_OK)
+    if (st != FM_OK && (st = journal_failed(b, err)) != FM_OK)
         return st;
     if (j->failures >= b->cfg.broker.max_attempts) {
-        if ((st = fm_journal_quarantine(b->journal, j->id, err)) != FM_OK)
+        if ((st = fm_journal_quarantine(b->journal, j->id, err)) != FM_OK &&
+            (st = journal_failed(b, err)) != FM_OK)
             return st;
         fm_log_warn("job %s quarantined after %d attempts: %s", j->id, j->failures, why);
         j->state = JOB_QUARANTINED;
@@ -696,6 +729,7 @@ typedef struct submit {
     Facemill__Submit *msg;
     Facemill__JobAck *acks;  /* one per job, in order; ACCEPTED until decided otherwise */
     Facemill__JobAck **ackp; /* &acks[i], for the SubmitAck */
+    int disk_full;           /* the journal's disk is full: answer SlowDown, not acks */
     bjob **fresh;            /* the new jobs taken so far, in the hash, not yet queued */
     size_t nfresh;
     char journal_error[FM_ERROR_MSG_MAX]; /* the reason new jobs are rejected with */
@@ -818,6 +852,10 @@ static fm_status take_jobs(fm_broker *b, submit *sub, const fm_wire_peer *from,
     fm_error je = {0};
     fm_status st = FM_OK;
     int in_tx = fm_journal_begin(b->journal, &je) == FM_OK;
+    if (!in_tx && journal_failed(b, &je) == FM_OK) {
+        sub->disk_full = 1;
+        return FM_OK;
+    }
     if (!in_tx)
         snprintf(sub->journal_error, sizeof sub->journal_error, "%s", fm_error_text(&je));
     for (size_t i = 0; i < sub->msg->n_jobs; i++) {
@@ -840,8 +878,13 @@ static fm_status take_jobs(fm_broker *b, submit *sub, const fm_wire_peer *from,
     return FM_OK;
 
 fail:
-    /* Nothing of this Submit is kept: every new job is reported rejected. */
-    if (je.code != FM_OK) { /* the journal failed: the Submit is still answered */
+    /* Nothing of this Submit is kept: every new job is reported rejected, or, on a
+     * full disk, the whole Submit is answered SlowDown (the client sends it again). */
+    if (je.code != FM_OK && fm_journal_full(b->journal)) {
+        sub->disk_full = 1;
+        journal_failed(b, &je);
+        st = FM_OK;
+    } else if (je.code != FM_OK) { /* the journal failed: the Submit is still answered */
         fm_log_error("journal: %s", fm_error_text(&je));
         snprintf(sub->journal_error, sizeof sub->journal_error, "journal: %s",
                  fm_error_text(&je));
@@ -888,7 +931,8 @@ static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Sub
                            fm_error *err)
 {
     size_t bytes = facemill__submit__get_packed_size(s);
-    if (fm_broker_queue_full(&b->cfg, b->njobs, b->held_bytes, s->n_jobs, bytes)) {
+    if (b->disk_full ||
+        fm_broker_queue_full(&b->cfg, b->njobs, b->held_bytes, s->n_jobs, bytes)) {
         send_slow_down(b, from, s);
         return FM_OK;
     }
@@ -896,7 +940,9 @@ static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Sub
     fm_status st = submit_init(&sub, s, err);
     if (st == FM_OK)
         st = take_jobs(b, &sub, from, err);
-    if (st == FM_OK)
+    if (st == FM_OK && sub.disk_full)
+        send_slow_down(b, from, s);
+    else if (st == FM_OK)
         send_submit_ack(b, from, &sub);
     submit_free(&sub);
     return st;
@@ -945,6 +991,8 @@ static fm_status status_fill(fm_broker *b, const char *tag, Facemill__StatusRepl
     r.credit_total = s.credit_total;
     r.credit_free = s.credit_free;
     r.jobs_per_s = commit_rate(b);
+    r.has_journal_disk_full = r.journal_disk_full = b->disk_full;
+    r.has_sink_disk_full = r.sink_disk_full = b->sink_disk_full;
     int64_t now = fm_now_ms();
     r.uptime_ms = (uint64_t)(now - b->started);
     Facemill__WorkerInfo *wi = calloc(b->nworkers ? b->nworkers : 1, sizeof *wi);
@@ -1106,6 +1154,7 @@ static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **
                                 fm_error *err)
 {
     size_t forged = 0;
+    uint64_t n_committed = 0, n_quarantined = 0;
     fm_status st = fm_journal_begin(b->journal, err);
     if (st != FM_OK)
         return st;
@@ -1131,17 +1180,23 @@ static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **
             fm_journal_rollback(b->journal);
             return st;
         }
-        if (changed) {
-            b->st.committed++;
+        if (changed) { /* counted once the transaction is on disk */
+            n_committed++;
             if (j->state == JOB_QUARANTINED)
-                b->st.quarantined++;
+                n_quarantined++;
         }
         done[i] = j;
     }
     if (forged > 3)
         fm_log_warn("sink reported %zu more jobs stored with tokens they were never "
                     "dispatched with: not counted", forged - 3);
-    return fm_journal_commit(b->journal, err);
+    if ((st = fm_journal_commit(b->journal, err)) != FM_OK) {
+        fm_journal_rollback(b->journal);
+        return st;
+    }
+    b->st.committed += n_committed;
+    b->st.quarantined += n_quarantined;
+    return FM_OK;
 }
 
 /* Tells each submitting client which of its jobs in done are committed: one Commit
@@ -1214,6 +1269,9 @@ static void commit_finish(fm_broker *b, const Facemill__Commit *c, bjob **done)
     }
 }
 
+static fm_status commit_apply(fm_broker *b, const Facemill__Commit *c, fm_error *err);
+static fm_status commit_hold(fm_broker *b, const Facemill__Commit *c, fm_error *err);
+
 /* A Commit from the sink (proto/README.md, "Sink -> broker"): staged results get a
  * verdict, stored ones with a known token finish their jobs and are forwarded to
  * the clients that submitted them. */
@@ -1224,8 +1282,14 @@ static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Env
     if (refuse_old_minor(b->commits, from, e, "sink",
                          e->body_case != FACEMILL__ENVELOPE__BODY_HEARTBEAT))
         return FM_OK;
-    if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT)
+    if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT) {
+        int full = e->heartbeat->has_disk_full && e->heartbeat->disk_full;
+        if (full != b->sink_disk_full)
+            fm_log_warn(full ? "the sink says its results database is on a full disk"
+                             : "the sink's results database has space again");
+        b->sink_disk_full = full;
         return FM_OK;
+    }
     if (e->body_case != FACEMILL__ENVELOPE__BODY_COMMIT) {
         fm_log_warn("sink sent %s on the commits socket: refused", fm_wire_body_name(e));
         fm_wire_refuse(b->commits, from, FACEMILL__ERROR_CODE__ERROR_MALFORMED,
@@ -1236,14 +1300,90 @@ static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Env
     fm_status st = commit_verdicts(b, from, c, err);
     if (st != FM_OK)
         return st;
+    if (b->disk_full) /* after the ones held already, in order */
+        return commit_hold(b, c, err);
+    return commit_apply(b, c, err);
+}
+
+/* Journals the stored entries of c, tells the clients, finishes the jobs. Nothing
+ * changes when the journal fails (err). */
+static fm_status commit_write(fm_broker *b, const Facemill__Commit *c, fm_error *err)
+{
     bjob **done = calloc(c->n_entries ? c->n_entries : 1, sizeof *done);
     if (!done)
         return fm_error_set(err, FM_ERR_NOMEM, "commit");
-    if ((st = commit_journal(b, c, done, err)) == FM_OK &&
-        (st = commit_forward(b, c, done, err)) == FM_OK)
+    fm_status st = commit_journal(b, c, done, err);
+    if (st == FM_OK && (st = commit_forward(b, c, done, err)) == FM_OK)
         commit_finish(b, c, done);
     free(done);
     return st;
+}
+
+/* commit_write; on a full disk, c is held for later (commit_hold). */
+static fm_status commit_apply(fm_broker *b, const Facemill__Commit *c, fm_error *err)
+{
+    fm_status st = commit_write(b, c, err);
+    if (st != FM_OK && st != FM_ERR_NOMEM && (st = journal_failed(b, err)) == FM_OK)
+        return commit_hold(b, c, err);
+    return st;
+}
+
+/* Keeps c (packed) until the journal can take it: the sink reported those results
+ * stored, and it says so only once. */
+static fm_status commit_hold(fm_broker *b, const Facemill__Commit *c, fm_error *err)
+{
+    (void)err;
+    int stored = 0;
+    for (size_t i = 0; i < c->n_entries && !stored; i++)
+        stored = c->entries[i]->stored;
+    if (!stored)
+        return FM_OK;
+    size_t len = facemill__commit__get_packed_size(c);
+    uint8_t *data = b->n_backlog < COMMIT_BACKLOG ? malloc(len ? len : 1) : NULL;
+    if (!data) {
+        fm_log_warn("journal disk full: a commit of %zu entries not kept (%zu held "
+                    "already); its jobs are dispatched again after broker.job_timeout_ms",
+                    c->n_entries, b->n_backlog);
+        return FM_OK;
+    }
+    facemill__commit__pack(c, data);
+    b->backlog[b->n_backlog].data = data;
+    b->backlog[b->n_backlog].len = len;
+    b->n_backlog++;
+    return FM_OK;
+}
+
+/* While the disk is full, at every tick: writes the held commits, oldest first;
+ * with none held, looks for free space. Submits are taken again once one of those
+ * shows that space has returned. */
+static fm_status disk_retry(fm_broker *b, fm_error *err)
+{
+    int wrote = 0;
+    while (b->n_backlog) {
+        Facemill__Commit *c =
+            facemill__commit__unpack(NULL, b->backlog[0].len, b->backlog[0].data);
+        if (!c)
+            return fm_error_set(err, FM_ERR_NOMEM, "held commit");
+        fm_status st = commit_write(b, c, err);
+        facemill__commit__free_unpacked(c, NULL);
+        if (st != FM_OK && fm_journal_full(b->journal)) {
+            memset(err, 0, sizeof *err);
+            return FM_OK; /* still full: it stays held */
+        }
+        if (st != FM_OK)
+            return st;
+        free(b->backlog[0].data);
+        memmove(&b->backlog[0], &b->backlog[1], (b->n_backlog - 1) * sizeof b->backlog[0]);
+        b->n_backlog--;
+        wrote = 1;
+    }
+    if (!wrote && !fm_broker_disk_has_room(b->cfg.broker.journal, DISK_ROOM_BYTES)) {
+        b->disk_full = 1;
+        return FM_OK;
+    }
+    b->disk_full = 0;
+    fm_log_info("journal %s: space again: taking submits", b->cfg.broker.journal);
+    return FM_OK;
 }
 
 /* ---- timers -------------------------------------------------------------------- */
@@ -1317,6 +1457,8 @@ static fm_status tick(fm_broker *b, fm_error *err)
             j = next;
         }
     }
+    if (b->disk_full && (st = disk_retry(b, err)) != FM_OK)
+        return st;
     size_t k = b->rate_n % RATE_SAMPLES;
     b->rate_t[k] = now;
     b->rate_c[k] = b->st.committed;
@@ -1578,6 +1720,8 @@ void fm_broker_close(fm_broker **bp)
     for (size_t i = 0; i < b->nworkers; i++)
         free(b->wk[i]);
     free(b->wk);
+    for (size_t i = 0; i < b->n_backlog; i++)
+        free(b->backlog[i].data);
     fm_journal_close(&b->journal);
     free(b);
     *bp = NULL;

@@ -8,6 +8,10 @@
  */
 #include "broker_limits.h"
 
+#include <libgen.h>
+#include <stdio.h>
+#include <sys/statvfs.h>
+
 /* Protocol buffers wire format: field numbers of facemill.Envelope.submit and
  * facemill.Submit.jobs (proto/facemill.proto). */
 #define ENVELOPE_SUBMIT 10
@@ -109,4 +113,14 @@ int fm_broker_queue_full(const fm_config *c, uint64_t held, uint64_t held_bytes,
         return 0;
     return held + n_jobs > (uint64_t)c->broker.max_queue ||
            held_bytes + bytes > (uint64_t)c->broker.max_queue_bytes;
+}
+
+int fm_broker_disk_has_room(const char *path, uint64_t bytes)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    struct statvfs v;
+    if (statvfs(dirname(buf), &v) != 0)
+        return 1;
+    return (uint64_t)v.f_bavail * v.f_frsize >= bytes;
 }

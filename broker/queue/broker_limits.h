@@ -22,4 +22,8 @@ fm_status fm_broker_check_submit(void *ctx, const void *data, size_t len, fm_err
 int fm_broker_queue_full(const fm_config *c, uint64_t held, uint64_t held_bytes,
                          size_t n_jobs, size_t bytes);
 
+/* Whether the filesystem holding path (a file; its directory is looked at) has at
+ * least bytes free for an unprivileged writer. 1 when it cannot be told. */
+int fm_broker_disk_has_room(const char *path, uint64_t bytes);
+
 #endif

@@ -62,7 +62,8 @@ fm_status fm_journal_each_pending(fm_journal *j, fm_journal_each_fn fn, void *ct
 fm_status fm_journal_body(fm_journal *j, const char *id, uint8_t **body, size_t *len,
                           fm_error *err);
 
-/* True when the journal's last failure was a full disk (SQLITE_FULL). */
+/* True when the journal's last failure was a full disk (SQLITE_FULL), until a
+ * transaction commits. */
 int fm_journal_full(const fm_journal *j);
 
 /* Copies every job of the damaged journal at path that can be read into a new

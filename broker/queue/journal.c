@@ -18,10 +18,13 @@
 struct fm_journal {
     sqlite3 *db;
     sqlite3_stmt *lookup, *add, *attempts, *quarantine, *commit, *body;
+    int full; /* the last failure was SQLITE_FULL; cleared by a transaction committed */
 };
 
 static fm_status db_error(fm_journal *j, fm_error *err, const char *what)
 {
+    if (j && j->db)
+        j->full = sqlite3_errcode(j->db) == SQLITE_FULL;
     return fm_error_set(err, FM_ERR_IO, "journal %s: %s", what,
                         j && j->db ? sqlite3_errmsg(j->db) : "no database");
 }
@@ -30,6 +33,7 @@ static fm_status exec(fm_journal *j, const char *sql, fm_error *err)
 {
     char *msg = NULL;
     if (sqlite3_exec(j->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        j->full = sqlite3_errcode(j->db) == SQLITE_FULL;
         fm_status st = fm_error_set(err, FM_ERR_IO, "journal: %s: %s", sql,
                                     msg ? msg : "?");
         sqlite3_free(msg);
@@ -184,7 +188,10 @@ fm_status fm_journal_begin(fm_journal *j, fm_error *err)
 
 fm_status fm_journal_commit(fm_journal *j, fm_error *err)
 {
-    return exec(j, "COMMIT", err);
+    fm_status st = exec(j, "COMMIT", err);
+    if (st == FM_OK)
+        j->full = 0;
+    return st;
 }
 
 void fm_journal_rollback(fm_journal *j)
@@ -340,7 +347,7 @@ fm_status fm_journal_body(fm_journal *j, const char *id, uint8_t **body, size_t 
 
 int fm_journal_full(const fm_journal *j)
 {
-    return j && j->db && sqlite3_errcode(j->db) == SQLITE_FULL;
+    return j && j->full;
 }
 
 /* ---- recovery of a damaged journal --------------------------------------------- */
