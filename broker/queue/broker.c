@@ -114,6 +114,8 @@ struct fm_broker {
     uint64_t rate_c[RATE_SAMPLES];
     size_t rate_n;
     int disk_full;      /* the journal met a full disk: submits wait, commits are held */
+    int disk_full_said; /* "disk full" was logged and "space again" not yet */
+    int64_t disk_full_logged; /* when "disk full" was last logged */
     int sink_disk_full; /* the sink's last heartbeat said its disk is full */
     struct {
         uint8_t *data;
@@ -339,17 +341,24 @@ static fm_status journal_failed(fm_broker *b, fm_error *err)
 {
     if (!fm_journal_full(b->journal))
         return err->code;
-    if (!b->disk_full)
+    /* Once a minute at most: with a little space left, a big Submit can fail again
+     * right after a small write proved the disk usable. */
+    int64_t now = fm_now_ms();
+    if (!b->disk_full && (!b->disk_full_logged || now - b->disk_full_logged >= 60000)) {
+        b->disk_full_said = 1;
+        b->disk_full_logged = now;
         fm_log_error("journal %s: disk full (%s): submits are answered SlowDown and "
                      "commits kept in memory until space returns",
                      b->cfg.broker.journal, fm_error_text(err));
+    }
     b->disk_full = 1;
     memset(err, 0, sizeof *err);
     return FM_OK;
 }
 
 /* Counts a failed attempt of j (which has left its state): re-queues it, or
- * quarantines it after max_attempts. Journal errors are fatal for the broker. */
+ * quarantines it after max_attempts. Journal errors are fatal for the broker, but
+ * for a full disk (journal_failed): the counts stay in memory meanwhile. */
 static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
 {
     if (j->committed) {
@@ -1382,7 +1391,9 @@ static fm_status disk_retry(fm_broker *b, fm_error *err)
         return FM_OK;
     }
     b->disk_full = 0;
-    fm_log_info("journal %s: space again: taking submits", b->cfg.broker.journal);
+    if (b->disk_full_said)
+        fm_log_info("journal %s: space again: taking submits", b->cfg.broker.journal);
+    b->disk_full_said = 0;
     return FM_OK;
 }
 
