@@ -831,7 +831,7 @@ static void test_backpressure_and_size(void)
     ep e;
     endpoints(&e, "bp");
     const char *sets[] = {"broker.max_queue=3", "net.max_msg_size=4096", "broker.fsync=off",
-                          NULL};
+                          "broker.max_submit_jobs=5", "broker.max_submit_bytes=2000", NULL};
     pid_t bp = start("facemill-broker", &e, sets, NULL);
     void *c = sock(ZMQ_DEALER, e.clients, 0);
     Facemill__Envelope *r = submit(c, "q", 0, 3, 10, 1);
@@ -840,6 +840,18 @@ static void test_backpressure_and_size(void)
     r = submit(c, "q", 3, 1, 10, 2);
     CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_SLOW_DOWN &&
           r->slow_down->queue_depth == 3 && r->slow_down->request_id == 2);
+    fm_wire_free(&r);
+    /* Over broker.max_submit_jobs, or max_submit_bytes: refused whole with the bound
+     * named, before the queue is looked at. */
+    r = submit(c, "q", 10, 6, 10, 3);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_ERROR &&
+          r->error->code == FACEMILL__ERROR_CODE__ERROR_LIMIT && r->error->text &&
+          strstr(r->error->text, "6 jobs: more than broker.max_submit_jobs 5"));
+    fm_wire_free(&r);
+    r = submit(c, "q", 20, 1, 2500, 4);
+    CHECK(r && r->body_case == FACEMILL__ENVELOPE__BODY_ERROR &&
+          r->error->code == FACEMILL__ERROR_CODE__ERROR_LIMIT && r->error->text &&
+          strstr(r->error->text, "more than broker.max_submit_bytes 2000"));
     fm_wire_free(&r);
     /* Over net.max_msg_size: never delivered, no answer (within 3 s). */
     void *big = sock(ZMQ_DEALER, e.clients, 0);

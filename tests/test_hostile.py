@@ -49,11 +49,24 @@ One case per run (--case NAME), each a ctest test of its own:
   deep_folder      a folder 3,000 levels deep: facemill submit exits with a clear
                    error (not a crash) before sending anything; a folder 100 levels
                    deep is walked to its image
+  flood_submit     a Submit of 600,000 jobs is refused whole (broker.max_submit_jobs)
+                   before it is decoded: the broker stays under 200 MiB, an honest
+                   worker's heartbeats keep coming, and a keyed client's jobs complete
+  big_bodies       20 queued jobs of 3 MB grow the broker by less than half their size
+                   (bodies stay in the journal) and complete
+  disk_full        journal and results database on a small tmpfs (root only; exit 77
+                   otherwise), filled: a Submit is answered SlowDown, the sink cannot
+                   store, both say so in `facemill status` and keep running; the
+                   filler removed, the run completes with every job stored once
+  journal_recover  a journal truncated mid-page: the broker refuses to start and names
+                   --recover; facemill-broker --recover keeps the readable jobs in a
+                   new journal (the damaged file aside), and the restarted broker
+                   finishes every one of them exactly once
 
 Every wait is for a state (a log line, a handshake event, a status, rows) with a
 deadline; "nothing arrived" is checked over the whole run of the jobs, which the
 attackers were connected for. Exit 0 pass, 1 fail, 77 skip (no python3-zmq, no
-generated facemill_pb2.py, or a libzmq without CURVE).
+generated facemill_pb2.py, a libzmq without CURVE, or disk_full without root).
 """
 import argparse
 import os
@@ -64,6 +77,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -225,6 +239,62 @@ class Hostile:
         for p in self.peers:
             p.close()
         self.ctx.term()
+
+
+class HonestWorker(threading.Thread):
+    """A keyed worker written here that heartbeats every broker.heartbeat_ms on its
+    own thread and records when the broker's heartbeats arrive (beats), to measure
+    how long a flood keeps the broker from serving its peers. The jobs it is sent
+    it keeps, or (hand_back) gives back at once, so a real worker does them."""
+
+    def __init__(self, h, hand_back=False, interval_ms=200):
+        super().__init__(daemon=True)
+        self.peer = h.peer(zmq.DEALER, "broker.workers", "worker")
+        self.beats = []
+        self.jobs = 0
+        self.stop = False
+        self.hand_back = hand_back
+        self.interval = interval_ms / 1000.0
+        self.peer.send(worker_ready=pb.WorkerReady(credit=1, name="honest"))
+
+    def run(self):
+        next_hb = 0.0
+        sock = self.peer.sock
+        while not self.stop:
+            now = time.monotonic()
+            if now >= next_hb:
+                self.peer.send(heartbeat=pb.Heartbeat(credit=1, busy=self.jobs,
+                                                      name="honest"))
+                next_hb = now + self.interval
+            if sock.poll(20):
+                e = parse(sock.recv())
+                kind = e.WhichOneof("body")
+                if kind == "heartbeat":
+                    self.beats.append(time.monotonic())
+                elif kind == "job" and self.hand_back:
+                    self.peer.send(job_done=pb.JobDone(job_id=e.job.id,
+                                                       outcome=pb.JobDone.HANDED_BACK))
+                elif kind == "job":
+                    self.jobs += 1
+
+    def gap_ms(self, t0, t1):
+        """The longest gap between broker heartbeats over [t0, t1], the window's ends
+        counted as heartbeats (a broker silent throughout shows the window)."""
+        pts = [t0] + [t for t in self.beats if t0 <= t <= t1] + [t1]
+        return max(y - x for x, y in zip(pts, pts[1:])) * 1000.0
+
+    def finish(self):
+        self.stop = True
+        self.join(10)
+
+
+def proc_kib(pid, field):
+    """A field of /proc/PID/status in KiB (VmHWM, VmRSS)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise Failure("no %s in /proc/%d/status" % (field, pid))
 
 
 def jpeg_bytes(a, tmp):
@@ -914,7 +984,250 @@ def case_deep_folder(h):
         remove_deep(shallow)
 
 
+def broker_pid(h):
+    return [p for p in h.c.procs if p.fm_name == "broker"][-1].pid
+
+
+def no_sanitizer_quarantine():
+    """Memory bounds are about what the broker keeps: AddressSanitizer's quarantine
+    of freed blocks (256 MB by default) would count every freed buffer as kept."""
+    if os.environ.get("ASAN_OPTIONS") is not None:
+        os.environ["ASAN_OPTIONS"] += ":quarantine_size_mb=0"
+
+
+FLOOD_HWM_MIB = 200  # the bound a 600,000-job Submit must leave the broker under
+
+
+def case_flood_submit(h):
+    no_sanitizer_quarantine()
+    expiry = 3000
+    start(h, broker_sets={"broker.worker_expiry_ms": str(expiry)})
+    honest = HonestWorker(h, hand_back=True)
+    honest.start()
+    wait_until(lambda: len(honest.beats) >= 2, WAIT, "the honest worker's heartbeats")
+    client = h.client_peer()
+    sub = pb.Submit(request_id=7)
+    for i in range(600000):
+        sub.jobs.add(id="fl-%07d" % i, tag="fl", name="f", data=b"\xff\xd8x")
+    flood = envelope(submit=sub)
+    check(len(flood) > 8000000, "a Submit of 600,000 jobs, %d bytes" % len(flood))
+    t0 = time.monotonic()
+    client.sock.send(flood)
+    err = client.next("error").error
+    t1 = time.monotonic()
+    check(err.code == pb.ERROR_LIMIT and "600000 jobs: more than broker.max_submit_jobs "
+          "10000" in err.text, "refused whole with the reason: %s" % err.text)
+    st = h.status(client, "fl")
+    check(st.tag_total == 0 and st.queued == 0, "none of its jobs taken")
+    # The real jobs of a keyed client, with a real worker, while the honest worker
+    # keeps heartbeating.
+    inp = os.path.join(h.c.dir, "in")
+    make_images(h.a.bin, inp, 20)
+    h.c.worker("worker", processes=1)
+    p = h.c.submit([inp], "real")
+    check(finish_submit(h.c, p, 240) == 0, "the keyed client's submit exits 0")
+    exactly_once(h.c, 20)
+    gap = honest.gap_ms(t0, max(t1, t0 + 1.0))
+    honest.finish()
+    hwm = proc_kib(broker_pid(h), "VmHWM") / 1024.0
+    print("figures: broker VmHWM %.1f MiB, longest heartbeat gap %.0f ms during the "
+          "flood" % (hwm, gap), flush=True)
+    check(hwm < FLOOD_HWM_MIB, "broker peak memory %.1f MiB < %d MiB" % (hwm, FLOOD_HWM_MIB))
+    check(gap < expiry, "the longest heartbeat gap %.0f ms < worker_expiry_ms %d" %
+          (gap, expiry))
+    check("silent for" not in read_log(h.c, "broker"), "no worker expired")
+
+
+def case_big_bodies(h):
+    no_sanitizer_quarantine()
+    start(h)
+    client = h.client_peer()
+    h.status(client)  # connected and answered: the baseline includes the connection
+    pid = broker_pid(h)
+    before = proc_kib(pid, "VmRSS")
+    # A real JPEG padded to 3 MB (a decoder stops at its end marker): the worker
+    # labels it, so the run can complete.
+    body = h.jpeg + b"\0" * (3 * 1024 * 1024 - len(h.jpeg))
+    for k in range(20):
+        sub = pb.Submit(request_id=100 + k)
+        sub.jobs.add(id="bb-%02d" % k, tag="bb", name="bb-%02d.jpg" % k, data=body)
+        client.send(submit=sub)
+        ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == 100 + k)
+        check(ack.submit_ack.jobs[0].state == pb.JobAck.ACCEPTED, "3 MB job %d accepted" % k)
+    growth = (proc_kib(pid, "VmRSS") - before) / 1024.0
+    print("figures: broker VmRSS grew %.1f MiB for 60 MiB of bodies" % growth, flush=True)
+    check(growth < 30, "broker memory grew %.1f MiB (< 30 MiB) for 60 MiB of queued bodies"
+          % growth)
+    h.c.worker("worker", processes=1)
+    wait_until(lambda: h.status(client, "bb").tag_committed == 20, 240, "20 commits")
+    exactly_once(h.c, 20)
+
+
+def case_journal_recover(h):
+    c = h.c
+    start(h)
+    client = h.client_peer()
+    ids = ["jr-%03d" % i for i in range(300)]
+    body = h.jpeg + b"\0" * 2000  # a few jobs per journal page
+    for first in range(0, len(ids), 50):
+        sub = pb.Submit(request_id=first + 1)
+        for i in ids[first:first + 50]:
+            sub.jobs.add(id=i, tag="jr", name=i + ".jpg", data=body)
+        client.send(submit=sub)
+        ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == first + 1)
+        check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs),
+              "jobs %d.. accepted" % first)
+    b = [p for p in c.procs if p.fm_name == "broker"][-1]
+    os.killpg(b.pid, signal.SIGTERM)
+    check(b.wait(WAIT) == 0, "the broker stops")
+    journal = os.path.join(c.dir, "journal.db")
+    check(not os.path.exists(journal + "-wal") or os.path.getsize(journal + "-wal") == 0,
+          "the journal's WAL is checkpointed at the stop")
+    size = os.path.getsize(journal)
+    cut = size * 2 // 3 + 1000  # mid-page: pages are 4096 bytes
+    os.truncate(journal, cut)
+    refused = c.broker()
+    check(refused.wait(WAIT) == 1, "the broker refuses to start on the truncated journal")
+    text = read_log(c, "broker")
+    check("is damaged" in text and "facemill-broker --recover" in text,
+          "its message names --recover: %s" %
+          [ln for ln in text.splitlines() if "damaged" in ln][-1:])
+    argv = [os.path.join(h.a.bin, "facemill-broker")] + c.args(None, "broker") + ["--recover"]
+    rc = run_until_exit(argv, os.path.join(c.dir, "recover.log"))
+    with open(os.path.join(c.dir, "recover.log")) as f:
+        text = f.read()
+    m = re.search(r"recovered: (\d+) jobs not yet committed and (\d+) committed ids kept "
+                  r"in a new journal; the damaged file is at (\S+)\.", text)
+    check(rc == 0 and m, "--recover exits 0 and says what it kept: %s" % text[-400:])
+    kept = int(m.group(1))
+    check(0 < kept < len(ids), "it kept %d of %d jobs (the truncated pages' are lost)" %
+          (kept, len(ids)))
+    check(os.path.exists(m.group(3)) and os.path.getsize(m.group(3)) == cut,
+          "the damaged file is kept aside as it was")
+    rc = run_until_exit(argv, os.path.join(c.dir, "recover.log"))
+    with open(os.path.join(c.dir, "recover.log")) as f:
+        check(rc == 0 and "passes its check: nothing to recover" in f.read(),
+              "a second --recover finds nothing to do")
+    c.broker()
+    h.log_has("broker", "CurveZMQ on every socket", count=2)
+    h.log_has("broker", "%d jobs not committed, re-queued" % kept)
+    h.c.worker("worker", processes=1)
+    client = h.client_peer()
+    wait_until(lambda: h.status(client, "jr").tag_committed == kept, 240,
+               "the %d kept jobs committed" % kept)
+    st = h.status(client, "jr")
+    check(st.tag_total == kept, "the recovered journal counts %d jobs of tag jr" % kept)
+    exactly_once(c, kept)
+
+
+def mount_tmpfs(d, size):
+    """A tmpfs of size at d, or Skip when this cannot be done here."""
+    if os.geteuid() != 0:
+        raise Skip("the full disk is a tmpfs mounted for the test, which needs root")
+    os.makedirs(d)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d],
+                       capture_output=True, timeout=30)
+    if r.returncode != 0:
+        raise Skip("mount -t tmpfs refused here: %s" % r.stderr.decode().strip())
+
+
+def fill_disk(path):
+    """Writes path until the filesystem is full; returns the bytes written."""
+    n = 0
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                n += f.write(chunk)
+            except OSError:
+                break
+        small = b"\0" * 512
+        while True:  # the last partial block
+            try:
+                n += f.write(small)
+            except OSError:
+                return n
+
+
+def case_disk_full(h):
+    c = h.c
+    disk = os.path.join(c.dir, "disk")
+    mount_tmpfs(disk, "16m")
+    h.umount = disk
+    c.db = os.path.join(disk, "results.db")
+    c.sets.update({"broker.journal": os.path.join(disk, "journal.db"), "sink.db": c.db,
+                   "broker.job_timeout_ms": "8000"})
+    start(h)
+    client = h.client_peer()
+    body = h.jpeg + b"\0" * 20000
+    first = ["df-%02d" % i for i in range(40)]
+    sub = pb.Submit(request_id=1)
+    for i in first:
+        sub.jobs.add(id=i, tag="df", name=i + ".jpg", data=body)
+    client.send(submit=sub)
+    ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == 1)
+    check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs),
+          "40 jobs accepted before the disk fills")
+    filler = os.path.join(disk, "filler")
+    print("filler: %d bytes" % fill_disk(filler), flush=True)
+    # A Submit on the full disk: SlowDown, nothing taken, the broker lives on.
+    more = ["df-%02d" % i for i in range(40, 60)]
+    sub = pb.Submit(request_id=2)
+    for i in more:
+        sub.jobs.add(id=i, tag="df", name=i + ".jpg", data=body)
+    client.send(submit=sub)
+    client.next("slow_down", pred=lambda e: e.slow_down.request_id == 2)
+    h.log_has("broker", "disk full")
+    # Workers run on the full disk: the sink cannot store, says so, and survives.
+    h.c.worker("worker", processes=1)
+    h.log_has("sink", "disk full")
+    wait_until(lambda: h.status(client, "df").sink_disk_full, WAIT,
+               "the broker's status says the sink's disk is full")
+    st = h.status(client, "df")
+    check(st.journal_disk_full, "the status says the journal's disk is full")
+    out = subprocess.run([os.path.join(h.a.bin, "facemill"), "status"] + c.args(),
+                         capture_output=True, timeout=60).stdout.decode()
+    check("disk full:  the broker's journal" in out and "disk full:  the sink's results "
+          "database" in out, "facemill status shows both full disks:\n%s" % out)
+    check(all(p.poll() is None for p in c.procs if p.fm_name in ("broker", "sink")),
+          "broker and sink still run on the full disk")
+    os.unlink(filler)
+    # Space again: the Submit sent again is taken, and everything completes once.
+    deadline = time.monotonic() + 240
+    rid, got = 3, None
+    while time.monotonic() < deadline:
+        sub.request_id = rid
+        client.send(submit=sub)
+        got = None
+        end = time.monotonic() + 10
+        while got is None and time.monotonic() < end:
+            for m in client.drain():
+                kind = m.WhichOneof("body")
+                if kind == "submit_ack" and m.submit_ack.request_id == rid:
+                    got = "ack"
+                elif kind == "slow_down" and m.slow_down.request_id == rid:
+                    got = "slow"
+            time.sleep(0.05)
+        if got == "ack":
+            break
+        rid += 1
+    check(got == "ack", "the second Submit is taken once space returns")
+    h.log_has("broker", "space again")
+    wait_until(lambda: h.status(client, "df").tag_committed == 60, 240, "60 commits")
+    st = h.status(client, "df")
+    check(not st.journal_disk_full and not st.sink_disk_full, "no disk full any more")
+    exactly_once(c, 60)
+    failed = db_query(c, "SELECT count(*) FROM images WHERE error_code != 0")[0][0]
+    check(failed == 0, "no job failed for the full disk (%d)" % failed)
+    check(all(p.poll() is None for p in c.procs if p.fm_name in ("broker", "sink")),
+          "broker and sink ran throughout")
+
+
 CASES = {
+    "disk_full": case_disk_full,
+    "journal_recover": case_journal_recover,
+    "flood_submit": case_flood_submit,
+    "big_bodies": case_big_bodies,
     "unkeyed_worker": case_unkeyed_worker,
     "client_as_worker": case_client_as_worker,
     "forged_commit": case_forged_commit,
@@ -986,6 +1299,8 @@ def main():
         c.stop_all()
         if h:
             h.close()
+            if getattr(h, "umount", None):
+                subprocess.run(["umount", h.umount], capture_output=True, timeout=60)
         if code in (0, SKIP) and not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

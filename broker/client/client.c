@@ -850,6 +850,11 @@ static fm_status on_message(run *r, Facemill__Envelope *env, fm_error *err)
         if (e->has_code && e->code == FACEMILL__ERROR_CODE__ERROR_VERSION)
             return fm_error_set(err, FM_ERR_PROTOCOL, "broker refused us: %s",
                                 e->text ? e->text : "protocol version");
+        /* A Submit over the broker's per-Submit caps: sending it again would be
+         * refused again, and the jobs are not ours to drop. */
+        if (e->has_code && e->code == FACEMILL__ERROR_CODE__ERROR_LIMIT && r->outstanding)
+            return fm_error_set(err, FM_ERR_LIMIT, "broker refused a Submit: %s",
+                                e->text ? e->text : "too large");
         fm_log_warn("broker error %u: %s", e->code, e->text ? e->text : "");
         return FM_OK;
     }
@@ -1040,6 +1045,12 @@ static void print_status(FILE *out, const Facemill__StatusReply *s)
                 fm_log_escape(s->tag ? s->tag : "", shown, sizeof shown),
                 (unsigned long long)s->tag_total,
                 (unsigned long long)s->tag_committed, (unsigned long long)s->tag_failed);
+    if (s->journal_disk_full)
+        fprintf(out, "disk full:  the broker's journal (broker.journal): submits wait, "
+                "commits are kept in memory until space returns\n");
+    if (s->sink_disk_full)
+        fprintf(out, "disk full:  the sink's results database (sink.db): results are "
+                "stored again once space returns\n");
     fprintf(out, "uptime:     %.1f s\n", (double)s->uptime_ms / 1000.0);
 }
 

@@ -34,6 +34,7 @@
 #include "facemill/notify.h"
 #include "facemill/text.h"
 #include "facemill/wire.h"
+#include "broker_limits.h"
 #include "broker_metrics.h"
 #include "journal-impl.h"
 
@@ -56,10 +57,10 @@ typedef struct worker worker;
 
 typedef struct bjob {
     char *id, *tag;
-    uint8_t *body; /* the packed facemill.Job as journaled */
-    size_t len;
+    size_t len;    /* of the packed facemill.Job, which stays in the journal only */
     job_state state;
     int committed; /* the sink committed it while it was still at a worker */
+    int seen;      /* a mark while one Commit is handled: its ids once each */
     int failures;
     char *last_error;
     worker *w;        /* IN_FLIGHT: the worker holding it */
@@ -85,6 +86,15 @@ struct worker {
 
 #define RATE_SAMPLES 64
 
+/* Commits held in memory while the journal's disk is full (packed facemill.Commit
+ * messages, up to COMMIT_BACKLOG; beyond that the jobs wait for their commit
+ * timeout, and the sink reports them stored again after their next dispatch). */
+#define COMMIT_BACKLOG 64
+
+/* Free space the journal's filesystem needs before submits are taken again after a
+ * full disk (when no held commit proved it by being written). */
+#define DISK_ROOM_BYTES (8u << 20)
+
 struct fm_broker {
     fm_config cfg;
     void *ctx;
@@ -94,6 +104,7 @@ struct fm_broker {
     fm_journal *journal;
     bjob **buckets;
     size_t nbuckets, njobs;
+    uint64_t held_bytes; /* bodies of the jobs in the hash (all of them held) */
     bjob *qhead, *qtail;
     worker **wk;
     size_t nworkers, capworkers;
@@ -103,6 +114,15 @@ struct fm_broker {
     int64_t rate_t[RATE_SAMPLES];
     uint64_t rate_c[RATE_SAMPLES];
     size_t rate_n;
+    int disk_full;      /* the journal met a full disk: submits wait, commits are held */
+    int disk_full_said; /* "disk full" was logged and "space again" not yet */
+    int64_t disk_full_logged; /* when "disk full" was last logged */
+    int sink_disk_full; /* the sink's last heartbeat said its disk is full */
+    struct {
+        uint8_t *data;
+        size_t len;
+    } backlog[COMMIT_BACKLOG]; /* commits not journaled yet, oldest first */
+    size_t n_backlog;
 };
 
 /* ---- jobs: hash and queue ------------------------------------------------------ */
@@ -145,6 +165,7 @@ static int job_insert(fm_broker *b, bjob *j)
     j->hnext = b->buckets[k];
     b->buckets[k] = j;
     b->njobs++;
+    b->held_bytes += j->len;
     return 0;
 }
 
@@ -154,7 +175,6 @@ static void job_free(bjob *j)
         return;
     free(j->id);
     free(j->tag);
-    free(j->body);
     free(j->last_error);
     free(j->client);
     free(j);
@@ -218,6 +238,7 @@ static void job_forget(fm_broker *b, bjob *j)
     if (*pp)
         *pp = j->hnext;
     b->njobs--;
+    b->held_bytes -= j->len;
     job_free(j);
 }
 
@@ -258,6 +279,22 @@ static int token_known(const bjob *j, const ProtobufCBinaryData *t)
 
 /* ---- sending ------------------------------------------------------------------- */
 
+/* j's facemill.Job, read from the journal (bodies are not kept in memory), or NULL
+ * when it cannot be read (logged: a full or damaged disk, or out of memory). */
+static Facemill__Job *job_read(fm_broker *b, const bjob *j)
+{
+    uint8_t *body = NULL;
+    size_t len = 0;
+    fm_error e = {0};
+    if (fm_journal_body(b->journal, j->id, &body, &len, &e) != FM_OK) {
+        fm_log_error("job %s: %s", j->id, fm_error_text(&e));
+        return NULL;
+    }
+    Facemill__Job *jm = facemill__job__unpack(NULL, len, body);
+    free(body);
+    return jm;
+}
+
 /* Sends the failed result of a quarantined job to the sink, with a new token. */
 static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
 {
@@ -265,7 +302,7 @@ static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
     fm_status st = token_new(j, token, err);
     if (st != FM_OK)
         return st;
-    Facemill__Job *jm = facemill__job__unpack(NULL, j->len, j->body);
+    Facemill__Job *jm = job_read(b, j);
     Facemill__Envelope env;
     Facemill__Result r;
     fm_wire_envelope_init(&env);
@@ -298,8 +335,31 @@ static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
     return FM_OK;
 }
 
+/* A journal write failed (err). A full disk is a state the broker waits out: logged
+ * when it begins, submits answered SlowDown meanwhile, commits held (disk_retry ends
+ * it). Returns FM_OK then; any other failure stays an error of the broker. */
+static fm_status journal_failed(fm_broker *b, fm_error *err)
+{
+    if (!fm_journal_full(b->journal))
+        return err->code;
+    /* Once a minute at most: with a little space left, a big Submit can fail again
+     * right after a small write proved the disk usable. */
+    int64_t now = fm_now_ms();
+    if (!b->disk_full && (!b->disk_full_logged || now - b->disk_full_logged >= 60000)) {
+        b->disk_full_said = 1;
+        b->disk_full_logged = now;
+        fm_log_error("journal %s: disk full (%s): submits are answered SlowDown and "
+                     "commits kept in memory until space returns",
+                     b->cfg.broker.journal, fm_error_text(err));
+    }
+    b->disk_full = 1;
+    memset(err, 0, sizeof *err);
+    return FM_OK;
+}
+
 /* Counts a failed attempt of j (which has left its state): re-queues it, or
- * quarantines it after max_attempts. Journal errors are fatal for the broker. */
+ * quarantines it after max_attempts. Journal errors are fatal for the broker, but
+ * for a full disk (journal_failed): the counts stay in memory meanwhile. */
 static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
 {
     if (j->committed) {
@@ -310,10 +370,11 @@ static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
     free(j->last_error);
     j->last_error = dup_str(why);
     fm_status st = fm_journal_set_attempts(b->journal, j->id, j->failures, why, err);
-    if (st != FM_OK)
+    if (st != FM_OK && (st = journal_failed(b, err)) != FM_OK)
         return st;
     if (j->failures >= b->cfg.broker.max_attempts) {
-        if ((st = fm_journal_quarantine(b->journal, j->id, err)) != FM_OK)
+        if ((st = fm_journal_quarantine(b->journal, j->id, err)) != FM_OK &&
+            (st = journal_failed(b, err)) != FM_OK)
             return st;
         fm_log_warn("job %s quarantined after %d attempts: %s", j->id, j->failures, why);
         j->state = JOB_QUARANTINED;
@@ -477,7 +538,7 @@ static fm_status dispatch(fm_broker *b, fm_error *err)
             return FM_OK;
         bjob *j = b->qhead;
         queue_unlink(b, j);
-        Facemill__Job *jm = facemill__job__unpack(NULL, j->len, j->body);
+        Facemill__Job *jm = job_read(b, j);
         if (!jm) {
             /* Only a damaged journal gets here: never lose the job silently. */
             j->state = JOB_DONE; /* transient; job_fail re-files it */
@@ -699,7 +760,7 @@ static void send_slow_down(fm_broker *b, const fm_wire_peer *from, const Facemil
     sd.has_request_id = s->has_request_id;
     sd.request_id = s->request_id;
     sd.has_queue_depth = sd.has_max_queue = sd.has_retry_after_ms = 1;
-    sd.queue_depth = b->st.queued;
+    sd.queue_depth = b->njobs; /* held: queued, at workers, awaiting commit */
     sd.max_queue = (uint64_t)b->cfg.broker.max_queue;
     int64_t retry = b->cfg.broker.heartbeat_ms < 1000 ? b->cfg.broker.heartbeat_ms : 1000;
     sd.retry_after_ms = (uint32_t)retry;
@@ -713,6 +774,7 @@ typedef struct submit {
     Facemill__Submit *msg;
     Facemill__JobAck *acks;  /* one per job, in order; ACCEPTED until decided otherwise */
     Facemill__JobAck **ackp; /* &acks[i], for the SubmitAck */
+    int disk_full;           /* the journal's disk is full: answer SlowDown, not acks */
     bjob **fresh;            /* the new jobs taken so far, in the hash, not yet queued */
     size_t nfresh;
     char journal_error[FM_ERROR_MSG_MAX]; /* the reason new jobs are rejected with */
@@ -763,9 +825,10 @@ static int ack_without_journal(fm_broker *b, const Facemill__Job *jm, Facemill__
     return 0;
 }
 
-/* A new job for jm (in the hash, not queued), submitted by from. */
+/* A new job for jm (in the hash, not queued), submitted by from; *body (the caller
+ * frees it) is what the journal keeps of it. */
 static fm_status job_new(fm_broker *b, Facemill__Job *jm, const fm_wire_peer *from,
-                         bjob **out, fm_error *err)
+                         bjob **out, uint8_t **body, fm_error *err)
 {
     bjob *j = calloc(1, sizeof *j);
     if (!j)
@@ -773,16 +836,18 @@ static fm_status job_new(fm_broker *b, Facemill__Job *jm, const fm_wire_peer *fr
     jm->has_attempt = 0;
     jm->has_token = 0; /* the broker's to set, per dispatch */
     j->len = facemill__job__get_packed_size(jm);
-    j->body = malloc(j->len ? j->len : 1);
+    *body = malloc(j->len ? j->len : 1);
     j->id = dup_str(jm->id);
     j->tag = dup_str(jm->tag);
     j->client = malloc(sizeof *j->client);
-    if (!j->body || !j->id || !j->tag || !j->client || job_insert(b, j) != 0) {
+    if (!*body || !j->id || !j->tag || !j->client || job_insert(b, j) != 0) {
         job_free(j);
+        free(*body);
+        *body = NULL;
         return fm_error_set(err, FM_ERR_NOMEM, "job");
     }
     *j->client = *from;
-    facemill__job__pack(jm, j->body);
+    facemill__job__pack(jm, *body);
     *out = j;
     return FM_OK;
 }
@@ -809,10 +874,13 @@ static fm_status journal_job(fm_broker *b, submit *sub, size_t i, const fm_wire_
         return FM_OK;
     }
     bjob *j = NULL;
-    if ((st = job_new(b, jm, from, &j, err)) != FM_OK)
+    uint8_t *body = NULL;
+    if ((st = job_new(b, jm, from, &j, &body, err)) != FM_OK)
         return st;
     sub->fresh[sub->nfresh++] = j;
-    if ((st = fm_journal_add(b->journal, j->id, j->tag, j->body, j->len, je)) != FM_OK)
+    st = fm_journal_add(b->journal, j->id, j->tag, body, j->len, je);
+    free(body);
+    if (st != FM_OK)
         return st;
     a->state = FACEMILL__JOB_ACK__STATE__ACCEPTED;
     return FM_OK;
@@ -829,6 +897,10 @@ static fm_status take_jobs(fm_broker *b, submit *sub, const fm_wire_peer *from,
     fm_error je = {0};
     fm_status st = FM_OK;
     int in_tx = fm_journal_begin(b->journal, &je) == FM_OK;
+    if (!in_tx && journal_failed(b, &je) == FM_OK) {
+        sub->disk_full = 1;
+        return FM_OK;
+    }
     if (!in_tx)
         snprintf(sub->journal_error, sizeof sub->journal_error, "%s", fm_error_text(&je));
     for (size_t i = 0; i < sub->msg->n_jobs; i++) {
@@ -851,8 +923,13 @@ static fm_status take_jobs(fm_broker *b, submit *sub, const fm_wire_peer *from,
     return FM_OK;
 
 fail:
-    /* Nothing of this Submit is kept: every new job is reported rejected. */
-    if (je.code != FM_OK) { /* the journal failed: the Submit is still answered */
+    /* Nothing of this Submit is kept: every new job is reported rejected, or, on a
+     * full disk, the whole Submit is answered SlowDown (the client sends it again). */
+    if (je.code != FM_OK && fm_journal_full(b->journal)) {
+        sub->disk_full = 1;
+        journal_failed(b, &je);
+        st = FM_OK;
+    } else if (je.code != FM_OK) { /* the journal failed: the Submit is still answered */
         fm_log_error("journal: %s", fm_error_text(&je));
         snprintf(sub->journal_error, sizeof sub->journal_error, "journal: %s",
                  fm_error_text(&je));
@@ -883,7 +960,7 @@ static void send_submit_ack(fm_broker *b, const fm_wire_peer *from, const submit
     ack.n_jobs = sub->msg->n_jobs;
     ack.jobs = sub->ackp;
     ack.has_queue_depth = ack.has_max_queue = 1;
-    ack.queue_depth = b->st.queued;
+    ack.queue_depth = b->njobs;
     ack.max_queue = (uint64_t)b->cfg.broker.max_queue;
     env.body_case = FACEMILL__ENVELOPE__BODY_SUBMIT_ACK;
     env.submit_ack = &ack;
@@ -898,7 +975,9 @@ static void send_submit_ack(fm_broker *b, const fm_wire_peer *from, const submit
 static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Submit *s,
                            fm_error *err)
 {
-    if (b->st.queued >= (uint64_t)b->cfg.broker.max_queue) {
+    size_t bytes = facemill__submit__get_packed_size(s);
+    if (b->disk_full ||
+        fm_broker_queue_full(&b->cfg, b->njobs, b->held_bytes, s->n_jobs, bytes)) {
         send_slow_down(b, from, s);
         return FM_OK;
     }
@@ -906,7 +985,9 @@ static fm_status on_submit(fm_broker *b, const fm_wire_peer *from, Facemill__Sub
     fm_status st = submit_init(&sub, s, err);
     if (st == FM_OK)
         st = take_jobs(b, &sub, from, err);
-    if (st == FM_OK)
+    if (st == FM_OK && sub.disk_full)
+        send_slow_down(b, from, s);
+    else if (st == FM_OK)
         send_submit_ack(b, from, &sub);
     submit_free(&sub);
     return st;
@@ -955,6 +1036,8 @@ static fm_status status_fill(fm_broker *b, const char *tag, Facemill__StatusRepl
     r.credit_total = s.credit_total;
     r.credit_free = s.credit_free;
     r.jobs_per_s = commit_rate(b);
+    r.has_journal_disk_full = r.journal_disk_full = b->disk_full;
+    r.has_sink_disk_full = r.sink_disk_full = b->sink_disk_full;
     int64_t now = fm_now_ms();
     r.uptime_ms = (uint64_t)(now - b->started);
     Facemill__WorkerInfo *wi = calloc(b->nworkers ? b->nworkers : 1, sizeof *wi);
@@ -1116,6 +1199,8 @@ static fm_status commit_verdicts(fm_broker *b, const fm_wire_peer *from,
 static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **done,
                                 fm_error *err)
 {
+    size_t forged = 0;
+    uint64_t n_committed = 0, n_quarantined = 0;
     fm_status st = fm_journal_begin(b->journal, err);
     if (st != FM_OK)
         return st;
@@ -1126,9 +1211,12 @@ static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **
         bjob *j = entry_job(b, ce);
         if (!j) {
             bjob *open = job_find(b, ce->job_id);
+            /* One line per Commit beyond the first few: a flood of forged entries
+             * must not become a flood of log lines. */
             if (open && !open->committed) { /* a known job: its id passed job_invalid */
-                fm_log_warn("sink reported job %s stored with a token it was never "
-                            "dispatched with: not counted", ce->job_id);
+                if (++forged <= 3)
+                    fm_log_warn("sink reported job %s stored with a token it was never "
+                                "dispatched with: not counted", ce->job_id);
             } else {
                 char id[FM_LOG_ESCAPED_MAX];
                 fm_log_debug("sink reported job %s stored again",
@@ -1142,14 +1230,23 @@ static fm_status commit_journal(fm_broker *b, const Facemill__Commit *c, bjob **
             fm_journal_rollback(b->journal);
             return st;
         }
-        if (changed) {
-            b->st.committed++;
+        if (changed) { /* counted once the transaction is on disk */
+            n_committed++;
             if (j->state == JOB_QUARANTINED)
-                b->st.quarantined++;
+                n_quarantined++;
         }
         done[i] = j;
     }
-    return fm_journal_commit(b->journal, err);
+    if (forged > 3)
+        fm_log_warn("sink reported %zu more jobs stored with tokens they were never "
+                    "dispatched with: not counted", forged - 3);
+    if ((st = fm_journal_commit(b->journal, err)) != FM_OK) {
+        fm_journal_rollback(b->journal);
+        return st;
+    }
+    b->st.committed += n_committed;
+    b->st.quarantined += n_quarantined;
+    return FM_OK;
 }
 
 /* Tells each submitting client which of its jobs in done are committed: one Commit
@@ -1198,13 +1295,21 @@ static fm_status commit_forward(fm_broker *b, const Facemill__Commit *c, bjob **
 /* Finishes the jobs in done. One still at a worker is finished when it reports. */
 static void commit_finish(fm_broker *b, const Facemill__Commit *c, bjob **done)
 {
+    /* The same id twice in one Commit: each job once, found by a mark on the job
+     * itself (a Commit of 60,000 ids must not compare every pair). */
+    for (size_t i = 0; i < c->n_entries; i++) {
+        if (!done[i])
+            continue;
+        if (done[i]->seen)
+            done[i] = NULL;
+        else
+            done[i]->seen = 1;
+    }
     for (size_t i = 0; i < c->n_entries; i++) {
         bjob *j = done[i];
         if (!j)
             continue;
-        for (size_t k = i + 1; k < c->n_entries; k++)
-            if (done[k] == j)
-                done[k] = NULL; /* the same id twice in one Commit */
+        j->seen = 0;
         if (j->state == JOB_IN_FLIGHT) {
             j->committed = 1;
             continue;
@@ -1213,6 +1318,9 @@ static void commit_finish(fm_broker *b, const Facemill__Commit *c, bjob **done)
         job_forget(b, j);
     }
 }
+
+static fm_status commit_apply(fm_broker *b, const Facemill__Commit *c, fm_error *err);
+static fm_status commit_hold(fm_broker *b, const Facemill__Commit *c, fm_error *err);
 
 /* A Commit from the sink (proto/README.md, "Sink -> broker"): staged results get a
  * verdict, stored ones with a known token finish their jobs and are forwarded to
@@ -1224,8 +1332,14 @@ static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Env
     if (refuse_old_minor(b->commits, from, e, "sink",
                          e->body_case != FACEMILL__ENVELOPE__BODY_HEARTBEAT))
         return FM_OK;
-    if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT)
+    if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT) {
+        int full = e->heartbeat->has_disk_full && e->heartbeat->disk_full;
+        if (full != b->sink_disk_full)
+            fm_log_warn(full ? "the sink says its results database is on a full disk"
+                             : "the sink's results database has space again");
+        b->sink_disk_full = full;
         return FM_OK;
+    }
     if (e->body_case != FACEMILL__ENVELOPE__BODY_COMMIT) {
         fm_log_warn("sink sent %s on the commits socket: refused", fm_wire_body_name(e));
         fm_wire_refuse(b->commits, from, FACEMILL__ERROR_CODE__ERROR_MALFORMED,
@@ -1236,14 +1350,92 @@ static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Env
     fm_status st = commit_verdicts(b, from, c, err);
     if (st != FM_OK)
         return st;
+    if (b->disk_full) /* after the ones held already, in order */
+        return commit_hold(b, c, err);
+    return commit_apply(b, c, err);
+}
+
+/* Journals the stored entries of c, tells the clients, finishes the jobs. Nothing
+ * changes when the journal fails (err). */
+static fm_status commit_write(fm_broker *b, const Facemill__Commit *c, fm_error *err)
+{
     bjob **done = calloc(c->n_entries ? c->n_entries : 1, sizeof *done);
     if (!done)
         return fm_error_set(err, FM_ERR_NOMEM, "commit");
-    if ((st = commit_journal(b, c, done, err)) == FM_OK &&
-        (st = commit_forward(b, c, done, err)) == FM_OK)
+    fm_status st = commit_journal(b, c, done, err);
+    if (st == FM_OK && (st = commit_forward(b, c, done, err)) == FM_OK)
         commit_finish(b, c, done);
     free(done);
     return st;
+}
+
+/* commit_write; on a full disk, c is held for later (commit_hold). */
+static fm_status commit_apply(fm_broker *b, const Facemill__Commit *c, fm_error *err)
+{
+    fm_status st = commit_write(b, c, err);
+    if (st != FM_OK && st != FM_ERR_NOMEM && (st = journal_failed(b, err)) == FM_OK)
+        return commit_hold(b, c, err);
+    return st;
+}
+
+/* Keeps c (packed) until the journal can take it: the sink reported those results
+ * stored, and it says so only once. */
+static fm_status commit_hold(fm_broker *b, const Facemill__Commit *c, fm_error *err)
+{
+    (void)err;
+    int stored = 0;
+    for (size_t i = 0; i < c->n_entries && !stored; i++)
+        stored = c->entries[i]->stored;
+    if (!stored)
+        return FM_OK;
+    size_t len = facemill__commit__get_packed_size(c);
+    uint8_t *data = b->n_backlog < COMMIT_BACKLOG ? malloc(len ? len : 1) : NULL;
+    if (!data) {
+        fm_log_warn("journal disk full: a commit of %zu entries not kept (%zu held "
+                    "already); its jobs are dispatched again after broker.job_timeout_ms",
+                    c->n_entries, b->n_backlog);
+        return FM_OK;
+    }
+    facemill__commit__pack(c, data);
+    b->backlog[b->n_backlog].data = data;
+    b->backlog[b->n_backlog].len = len;
+    b->n_backlog++;
+    return FM_OK;
+}
+
+/* While the disk is full, at every tick: writes the held commits, oldest first;
+ * with none held, looks for free space. Submits are taken again once one of those
+ * shows that space has returned. */
+static fm_status disk_retry(fm_broker *b, fm_error *err)
+{
+    int wrote = 0;
+    while (b->n_backlog) {
+        Facemill__Commit *c =
+            facemill__commit__unpack(NULL, b->backlog[0].len, b->backlog[0].data);
+        if (!c)
+            return fm_error_set(err, FM_ERR_NOMEM, "held commit");
+        fm_status st = commit_write(b, c, err);
+        facemill__commit__free_unpacked(c, NULL);
+        if (st != FM_OK && fm_journal_full(b->journal)) {
+            memset(err, 0, sizeof *err);
+            return FM_OK; /* still full: it stays held */
+        }
+        if (st != FM_OK)
+            return st;
+        free(b->backlog[0].data);
+        memmove(&b->backlog[0], &b->backlog[1], (b->n_backlog - 1) * sizeof b->backlog[0]);
+        b->n_backlog--;
+        wrote = 1;
+    }
+    if (!wrote && !fm_broker_disk_has_room(b->cfg.broker.journal, DISK_ROOM_BYTES)) {
+        b->disk_full = 1;
+        return FM_OK;
+    }
+    b->disk_full = 0;
+    if (b->disk_full_said)
+        fm_log_info("journal %s: space again: taking submits", b->cfg.broker.journal);
+    b->disk_full_said = 0;
+    return FM_OK;
 }
 
 /* ---- timers -------------------------------------------------------------------- */
@@ -1317,6 +1509,8 @@ static fm_status tick(fm_broker *b, fm_error *err)
             j = next;
         }
     }
+    if (b->disk_full && (st = disk_retry(b, err)) != FM_OK)
+        return st;
     size_t k = b->rate_n % RATE_SAMPLES;
     b->rate_t[k] = now;
     b->rate_c[k] = b->st.committed;
@@ -1326,8 +1520,8 @@ static fm_status tick(fm_broker *b, fm_error *err)
 
 /* ---- open / run / close -------------------------------------------------------- */
 
-static int load_job(void *ctx, const char *id, const char *tag, const void *body,
-                    size_t len, int attempts, int quarantined, const char *error)
+static int load_job(void *ctx, const char *id, const char *tag, size_t len, int attempts,
+                    int quarantined, const char *error)
 {
     fm_broker *b = ctx;
     bjob *j = calloc(1, sizeof *j);
@@ -1335,15 +1529,12 @@ static int load_job(void *ctx, const char *id, const char *tag, const void *body
         return 1;
     j->id = dup_str(id);
     j->tag = dup_str(tag);
-    j->body = malloc(len ? len : 1);
+    j->len = len;
     j->last_error = dup_str(error);
-    if (!j->id || !j->tag || !j->body || !j->last_error || job_insert(b, j) != 0) {
+    if (!j->id || !j->tag || !j->last_error || job_insert(b, j) != 0) {
         job_free(j);
         return 1;
     }
-    if (len)
-        memcpy(j->body, body, len);
-    j->len = len;
     j->failures = attempts;
     if (quarantined || attempts >= b->cfg.broker.max_attempts) {
         j->state = JOB_QUARANTINED;
@@ -1438,19 +1629,34 @@ fail:
     return st;
 }
 
-/* Receives what a socket has (at most 256 messages, to stay fair to the others). */
+/* Receives what a socket has: at most 256 messages, to stay fair to the others, and
+ * none after the first once the next tick is due, so heartbeats go out on time
+ * whatever floods in (what is left is read at the next turn). Submits over
+ * broker.max_submit_jobs or max_submit_bytes are refused before they are decoded. */
 static fm_status drain_socket(fm_broker *b, void *sock,
                               fm_status (*fn)(fm_broker *, const fm_wire_peer *,
                                               Facemill__Envelope *, fm_error *),
                               const char *what, fm_error *err)
 {
     for (int i = 0; i < 256; i++) {
+        if (i > 0 && fm_now_ms() >= b->next_tick)
+            return FM_OK;
         fm_wire_peer from;
         Facemill__Envelope *e = NULL;
         fm_error re = {0};
-        fm_status st = fm_wire_recv(sock, &from, &e, ZMQ_DONTWAIT, &re);
+        fm_status st = fm_wire_recv_checked(sock, &from, &e, ZMQ_DONTWAIT,
+                                            sock == b->clients ? fm_broker_check_submit
+                                                               : NULL,
+                                            &b->cfg, &re);
         if (st == FM_ERR_TIMEOUT || st == FM_ERR_INTERRUPTED)
             return FM_OK;
+        if (st == FM_ERR_LIMIT) {
+            char id[80];
+            fm_log_warn("%s %s: %s", what, fm_wire_peer_text(&from, id, sizeof id),
+                        fm_error_text(&re));
+            fm_wire_refuse(sock, &from, FACEMILL__ERROR_CODE__ERROR_LIMIT, re.msg);
+            continue;
+        }
         if (st == FM_ERR_VERSION || st == FM_ERR_PROTOCOL) {
             char id[80];
             fm_log_warn("refusing message from %s %s: %s", what,
@@ -1566,6 +1772,8 @@ void fm_broker_close(fm_broker **bp)
     for (size_t i = 0; i < b->nworkers; i++)
         free(b->wk[i]);
     free(b->wk);
+    for (size_t i = 0; i < b->n_backlog; i++)
+        free(b->backlog[i].data);
     fm_journal_close(&b->journal);
     free(b);
     *bp = NULL;

@@ -1,10 +1,14 @@
 /* broker_main.c - the facemill-broker program: configuration, signals, and one
  * fm_broker serving until SIGTERM or SIGINT. SIGHUP reopens log.file. Under systemd
- * it says READY=1 once its sockets are bound (include/facemill/notify.h). */
+ * it says READY=1 once its sockets are bound (include/facemill/notify.h).
+ * --recover copies what a damaged journal still holds into a new one, and exits. */
 #include "facemill/broker.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
 #include "facemill/notify.h"
+#include "journal-impl.h"
+
+#include <inttypes.h>
 
 #include <signal.h>
 #include <stdio.h>
@@ -22,12 +26,45 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: facemill-broker [--config FILE] [--set KEY=VALUE]...\n"
+    fprintf(f, "usage: facemill-broker [--config FILE] [--set KEY=VALUE]... [--recover]\n"
                "Serves clients (broker.clients) and workers (broker.workers), journals\n"
                "jobs (broker.journal) and takes commits from the sink (sink.commits).\n"
                "SIGTERM or SIGINT stops it; the journal keeps every unfinished job.\n"
                "SIGHUP reopens log.file (for logrotate). With metrics.file set, writes\n"
-               "its metrics there every metrics.interval_ms (Prometheus text format).\n");
+               "its metrics there every metrics.interval_ms (Prometheus text format).\n"
+               "  --recover  the journal is damaged (the broker refuses to start): copy\n"
+               "             every job it can read into a new journal, keep the damaged\n"
+               "             file aside as JOURNAL.damaged-SECONDS, say what was kept,\n"
+               "             and exit; then start the broker as usual\n");
+}
+
+/* --recover: a journal that opens and passes its check is left alone. */
+static int recover(const fm_config *cfg)
+{
+    fm_error err = {0};
+    fm_journal *j = NULL;
+    const char *path = cfg->broker.journal;
+    if (fm_journal_open(&j, path, cfg->broker.fsync, &err) == FM_OK) {
+        fm_journal_close(&j);
+        fm_log_info("journal %s passes its check: nothing to recover", path);
+        return 0;
+    }
+    fm_log_warn("%s", fm_error_text(&err));
+    char aside[4200];
+    uint64_t pending = 0, committed = 0;
+    if (fm_journal_recover(path, cfg->broker.fsync, aside, sizeof aside, &pending,
+                           &committed, &err) != FM_OK) {
+        fm_log_error("recovery of %s failed: %s (the damaged file is at %s)", path,
+                     fm_error_text(&err), aside);
+        return 1;
+    }
+    fm_log_info("journal %s recovered: %" PRIu64 " jobs not yet committed and %" PRIu64
+                " committed ids kept in a new journal; the damaged file is at %s. Jobs "
+                "it held that could not be read are lost from the queue: submit their "
+                "inputs again (job ids are stable: the sink stores each job once). Start "
+                "facemill-broker to finish the kept jobs",
+                path, pending, committed, aside);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -40,10 +77,15 @@ int main(int argc, char **argv)
         fm_log_error("%s", fm_error_text(&err));
         return 2;
     }
+    int recover_only = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
+        }
+        if (strcmp(argv[i], "--recover") == 0) {
+            recover_only = 1;
+            continue;
         }
         usage(stderr);
         return 2;
@@ -53,6 +95,8 @@ int main(int argc, char **argv)
         fm_log_error("%s", fm_error_text(&err));
         return 1;
     }
+    if (recover_only)
+        return recover(&cfg);
     fm_notify_init();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

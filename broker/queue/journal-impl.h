@@ -4,8 +4,10 @@
  * One SQLite database (WAL mode), one row per job id ever accepted:
  *   jobs(id TEXT PRIMARY KEY, tag TEXT, committed INT, failed INT, quarantined INT,
  *        attempts INT, error TEXT, body BLOB)
- * body is the packed facemill.Job while the job is pending and NULL once committed;
- * the id stays so a resubmitted job is answered "committed". fsync policy: see
+ * body is the packed facemill.Job while the job is pending and NULL once committed
+ * (the broker keeps no body in memory: it reads one when it dispatches the job);
+ * the id stays so a resubmitted job is answered "committed". tags(tag, total,
+ * committed, failed, quarantined) is kept by triggers. fsync policy: see
  * fm_broker_fsync. All functions return FM_OK or FM_ERR_IO with SQLite's text.
  */
 #ifndef FACEMILL_JOURNAL_IMPL_H
@@ -47,15 +49,31 @@ fm_status fm_journal_quarantine(fm_journal *j, const char *id, fm_error *err);
 fm_status fm_journal_mark_committed(fm_journal *j, const char *id, int failed,
                                     int *changed, fm_error *err);
 
-/* Calls fn for every pending job, oldest first. Pointers are valid during the call
- * only. fn returns 0 to go on, nonzero to stop with FM_ERR_NOMEM. */
-typedef int (*fm_journal_each_fn)(void *ctx, const char *id, const char *tag,
-                                  const void *body, size_t len, int attempts,
-                                  int quarantined, const char *error);
+/* Calls fn for every pending job, oldest first, with the size of its body (bodies
+ * stay on disk: fm_journal_body). Pointers are valid during the call only. fn
+ * returns 0 to go on, nonzero to stop with FM_ERR_NOMEM. */
+typedef int (*fm_journal_each_fn)(void *ctx, const char *id, const char *tag, size_t len,
+                                  int attempts, int quarantined, const char *error);
 fm_status fm_journal_each_pending(fm_journal *j, fm_journal_each_fn fn, void *ctx,
                                   fm_error *err);
 
-/* Counts. tag may be NULL for the whole journal. */
+/* The body of job id, read from disk into *body (malloc'd, the caller frees it).
+ * FM_ERR_NOT_FOUND when the job is unknown or committed. */
+fm_status fm_journal_body(fm_journal *j, const char *id, uint8_t **body, size_t *len,
+                          fm_error *err);
+
+/* True when the journal's last failure was a full disk (SQLITE_FULL), until a
+ * transaction commits. */
+int fm_journal_full(const fm_journal *j);
+
+/* Copies every job of the damaged journal at path that can be read into a new
+ * journal at path; the damaged file (and its -wal, -shm) is renamed
+ * PATH.damaged-SECONDS, named in *aside. Counts what was kept. */
+fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
+                             size_t aside_size, uint64_t *pending, uint64_t *committed,
+                             fm_error *err);
+
+/* Counts, kept per tag as jobs change. tag may be NULL for the whole journal. */
 fm_status fm_journal_counts(fm_journal *j, const char *tag, uint64_t *total,
                             uint64_t *committed, uint64_t *failed, uint64_t *quarantined,
                             fm_error *err);

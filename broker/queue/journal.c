@@ -8,16 +8,23 @@
 
 #include <sqlite3.h>
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 struct fm_journal {
     sqlite3 *db;
-    sqlite3_stmt *lookup, *add, *attempts, *quarantine, *commit;
+    sqlite3_stmt *lookup, *add, *attempts, *quarantine, *commit, *body;
+    int full; /* the last failure was SQLITE_FULL; cleared by a transaction committed */
 };
 
 static fm_status db_error(fm_journal *j, fm_error *err, const char *what)
 {
+    if (j && j->db)
+        j->full = sqlite3_errcode(j->db) == SQLITE_FULL;
     return fm_error_set(err, FM_ERR_IO, "journal %s: %s", what,
                         j && j->db ? sqlite3_errmsg(j->db) : "no database");
 }
@@ -26,12 +33,87 @@ static fm_status exec(fm_journal *j, const char *sql, fm_error *err)
 {
     char *msg = NULL;
     if (sqlite3_exec(j->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        j->full = sqlite3_errcode(j->db) == SQLITE_FULL;
         fm_status st = fm_error_set(err, FM_ERR_IO, "journal: %s: %s", sql,
                                     msg ? msg : "?");
         sqlite3_free(msg);
         return st;
     }
     return FM_OK;
+}
+
+/* The schema. tags holds each tag's counts, kept by triggers in the transaction
+ * that changes a job: a status request for a tag of a million jobs reads one row
+ * instead of counting them. A journal from before the table gets it filled once. */
+static fm_status create_schema(fm_journal *j, fm_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    int had_tags = 0;
+    if (sqlite3_prepare_v2(j->db, "SELECT 1 FROM sqlite_master WHERE name='tags'", -1, &s,
+                           NULL) != SQLITE_OK)
+        return db_error(j, err, "schema");
+    had_tags = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_finalize(s);
+    fm_status st = exec(j, "BEGIN", err);
+    if (st != FM_OK)
+        return st;
+    st = exec(j,
+              "CREATE TABLE IF NOT EXISTS jobs(id TEXT PRIMARY KEY, tag TEXT,"
+              " committed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL"
+              " DEFAULT 0, quarantined INTEGER NOT NULL DEFAULT 0, attempts INTEGER"
+              " NOT NULL DEFAULT 0, error TEXT, body BLOB);"
+              "CREATE INDEX IF NOT EXISTS jobs_tag ON jobs(tag);"
+              "CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(committed);"
+              "CREATE TABLE IF NOT EXISTS tags(tag TEXT PRIMARY KEY,"
+              " total INTEGER NOT NULL DEFAULT 0, committed INTEGER NOT NULL DEFAULT 0,"
+              " failed INTEGER NOT NULL DEFAULT 0, quarantined INTEGER NOT NULL DEFAULT 0);"
+              "CREATE TRIGGER IF NOT EXISTS jobs_tag_add AFTER INSERT ON jobs BEGIN"
+              " INSERT OR IGNORE INTO tags(tag) VALUES(new.tag);"
+              " UPDATE tags SET total=total+1, committed=committed+(new.committed<>0),"
+              " failed=failed+(new.committed<>0 AND new.failed<>0),"
+              " quarantined=quarantined+(new.committed<>0 AND new.quarantined<>0)"
+              " WHERE tag=new.tag; END;"
+              "CREATE TRIGGER IF NOT EXISTS jobs_tag_commit AFTER UPDATE OF committed ON"
+              " jobs WHEN new.committed<>0 AND old.committed=0 BEGIN"
+              " UPDATE tags SET committed=committed+1, failed=failed+(new.failed<>0),"
+              " quarantined=quarantined+(new.quarantined<>0) WHERE tag=new.tag; END;",
+              err);
+    if (st == FM_OK && !had_tags)
+        st = exec(j,
+                  "INSERT OR REPLACE INTO tags SELECT tag, count(*), total(committed<>0),"
+                  " total(committed<>0 AND failed<>0), total(committed<>0 AND"
+                  " quarantined<>0) FROM jobs GROUP BY tag",
+                  err);
+    if (st != FM_OK) {
+        sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+        return st;
+    }
+    return exec(j, "COMMIT", err);
+}
+
+/* PRAGMA quick_check: a damaged journal (a file truncated mid-page, a disk error)
+ * stops the broker with the way out, instead of failing at some later write. */
+static fm_status check_pages(fm_journal *j, const char *path, fm_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    char first[256] = "";
+    int ok = 0;
+    if (sqlite3_prepare_v2(j->db, "PRAGMA quick_check(1)", -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW) {
+        const char *t = (const char *)sqlite3_column_text(s, 0);
+        snprintf(first, sizeof first, "%s", t ? t : "?");
+        ok = strcmp(first, "ok") == 0;
+    } else {
+        snprintf(first, sizeof first, "%s", sqlite3_errmsg(j->db));
+    }
+    sqlite3_finalize(s);
+    if (ok)
+        return FM_OK;
+    return fm_error_set(err, FM_ERR_FORMAT,
+                        "journal %s is damaged (%s): stop here and run facemill-broker "
+                        "--recover with the same configuration; it copies every job it "
+                        "can read into a new journal and keeps the damaged file aside",
+                        path, first);
 }
 
 fm_status fm_journal_open(fm_journal **out, const char *path, int fsync_mode,
@@ -54,16 +136,10 @@ fm_status fm_journal_open(fm_journal **out, const char *path, int fsync_mode,
                                            "PRAGMA synchronous=OFF"};
     if (fsync_mode < 0 || fsync_mode > 2)
         fsync_mode = 0;
-    if ((st = exec(j, "PRAGMA journal_mode=WAL", err)) != FM_OK ||
+    if ((st = check_pages(j, path, err)) != FM_OK ||
+        (st = exec(j, "PRAGMA journal_mode=WAL", err)) != FM_OK ||
         (st = exec(j, sync_sql[fsync_mode], err)) != FM_OK ||
-        (st = exec(j,
-                   "CREATE TABLE IF NOT EXISTS jobs(id TEXT PRIMARY KEY, tag TEXT,"
-                   " committed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL"
-                   " DEFAULT 0, quarantined INTEGER NOT NULL DEFAULT 0, attempts INTEGER"
-                   " NOT NULL DEFAULT 0, error TEXT, body BLOB);"
-                   "CREATE INDEX IF NOT EXISTS jobs_tag ON jobs(tag);"
-                   "CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(committed);",
-                   err)) != FM_OK)
+        (st = create_schema(j, err)) != FM_OK)
         goto fail;
     struct {
         sqlite3_stmt **s;
@@ -75,6 +151,7 @@ fm_status fm_journal_open(fm_journal **out, const char *path, int fsync_mode,
         {&j->quarantine, "UPDATE jobs SET quarantined=1 WHERE id=?1"},
         {&j->commit, "UPDATE jobs SET committed=1, failed=?2, body=NULL"
                      " WHERE id=?1 AND committed=0"},
+        {&j->body, "SELECT body FROM jobs WHERE id=?1"},
     };
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         if (sqlite3_prepare_v2(j->db, stmts[i].sql, -1, stmts[i].s, NULL) != SQLITE_OK) {
@@ -98,6 +175,7 @@ void fm_journal_close(fm_journal **jp)
     sqlite3_finalize(j->attempts);
     sqlite3_finalize(j->quarantine);
     sqlite3_finalize(j->commit);
+    sqlite3_finalize(j->body);
     sqlite3_close(j->db);
     free(j);
     *jp = NULL;
@@ -110,7 +188,10 @@ fm_status fm_journal_begin(fm_journal *j, fm_error *err)
 
 fm_status fm_journal_commit(fm_journal *j, fm_error *err)
 {
-    return exec(j, "COMMIT", err);
+    fm_status st = exec(j, "COMMIT", err);
+    if (st == FM_OK)
+        j->full = 0;
+    return st;
 }
 
 void fm_journal_rollback(fm_journal *j)
@@ -184,18 +265,17 @@ fm_status fm_journal_each_pending(fm_journal *j, fm_journal_each_fn fn, void *ct
     sqlite3_stmt *s = NULL;
     fm_status st = FM_OK;
     if (sqlite3_prepare_v2(j->db,
-                           "SELECT id, tag, body, attempts, quarantined, error FROM jobs"
-                           " WHERE committed=0 ORDER BY rowid",
+                           "SELECT id, tag, length(body), attempts, quarantined, error"
+                           " FROM jobs WHERE committed=0 ORDER BY rowid",
                            -1, &s, NULL) != SQLITE_OK)
         return db_error(j, err, "load");
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         const char *id = (const char *)sqlite3_column_text(s, 0);
         const char *tag = (const char *)sqlite3_column_text(s, 1);
-        const void *body = sqlite3_column_blob(s, 2);
-        size_t len = (size_t)sqlite3_column_bytes(s, 2);
+        size_t len = (size_t)sqlite3_column_int64(s, 2);
         const char *error = (const char *)sqlite3_column_text(s, 5);
-        if (fn(ctx, id ? id : "", tag ? tag : "", body, len, sqlite3_column_int(s, 3),
+        if (fn(ctx, id ? id : "", tag ? tag : "", len, sqlite3_column_int(s, 3),
                sqlite3_column_int(s, 4), error ? error : "")) {
             st = fm_error_set(err, FM_ERR_NOMEM, "journal: loading pending jobs");
             goto done;
@@ -213,23 +293,168 @@ fm_status fm_journal_counts(fm_journal *j, const char *tag, uint64_t *total,
                             fm_error *err)
 {
     sqlite3_stmt *s = NULL;
-    const char *sql = tag ? "SELECT count(*), total(committed), total(committed AND failed),"
-                            " total(committed AND quarantined) FROM jobs WHERE tag=?1"
-                          : "SELECT count(*), total(committed), total(committed AND failed),"
-                            " total(committed AND quarantined) FROM jobs";
+    const char *sql = tag ? "SELECT total, committed, failed, quarantined FROM tags"
+                            " WHERE tag=?1"
+                          : "SELECT total(total), total(committed), total(failed),"
+                            " total(quarantined) FROM tags";
     if (sqlite3_prepare_v2(j->db, sql, -1, &s, NULL) != SQLITE_OK)
         return db_error(j, err, "count");
     if (tag)
         sqlite3_bind_text(s, 1, tag, -1, SQLITE_STATIC);
     fm_status st = FM_OK;
-    if (sqlite3_step(s) == SQLITE_ROW) {
-        *total = (uint64_t)sqlite3_column_int64(s, 0);
+    *total = *committed = *failed = *quarantined = 0;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *total = (uint64_t)sqlite3_column_double(s, 0);
         *committed = (uint64_t)sqlite3_column_double(s, 1);
         *failed = (uint64_t)sqlite3_column_double(s, 2);
         *quarantined = (uint64_t)sqlite3_column_double(s, 3);
-    } else {
+    } else if (rc != SQLITE_DONE) { /* no row: a tag never submitted */
         st = db_error(j, err, "count");
     }
     sqlite3_finalize(s);
+    return st;
+}
+
+fm_status fm_journal_body(fm_journal *j, const char *id, uint8_t **body, size_t *len,
+                          fm_error *err)
+{
+    *body = NULL;
+    *len = 0;
+    sqlite3_bind_text(j->body, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(j->body);
+    fm_status st = FM_OK;
+    if (rc == SQLITE_ROW && sqlite3_column_type(j->body, 0) == SQLITE_BLOB) {
+        size_t n = (size_t)sqlite3_column_bytes(j->body, 0);
+        const void *p = sqlite3_column_blob(j->body, 0);
+        *body = malloc(n ? n : 1);
+        if (!*body)
+            st = fm_error_set(err, FM_ERR_NOMEM, "job body of %zu bytes", n);
+        else {
+            if (n)
+                memcpy(*body, p, n);
+            *len = n;
+        }
+    } else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+        st = fm_error_set(err, FM_ERR_NOT_FOUND, "journal: job %s has no body", id);
+    } else {
+        st = db_error(j, err, "read");
+    }
+    sqlite3_reset(j->body);
+    sqlite3_clear_bindings(j->body);
+    return st;
+}
+
+int fm_journal_full(const fm_journal *j)
+{
+    return j && j->full;
+}
+
+/* ---- recovery of a damaged journal --------------------------------------------- */
+
+/* Copies the rows of old that s (a scan over them) reaches into the new journal,
+ * until the scan ends or meets a page it cannot read. *last becomes the rowid of the
+ * last row read. Rows copied already are kept once (INSERT OR IGNORE). Returns the
+ * scan's last result: SQLITE_DONE at its end. */
+static int recover_scan(sqlite3_stmt *s, sqlite3_stmt *ins, int64_t *last, uint64_t *rows)
+{
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        *last = sqlite3_column_int64(s, 0);
+        for (int c = 1; c <= 8; c++)
+            sqlite3_bind_value(ins, c, sqlite3_column_value(s, c));
+        if (sqlite3_step(ins) == SQLITE_DONE && sqlite3_changes(sqlite3_db_handle(ins)) > 0)
+            (*rows)++;
+        sqlite3_reset(ins);
+        sqlite3_clear_bindings(ins);
+    }
+    return rc;
+}
+
+fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
+                             size_t aside_size, uint64_t *pending, uint64_t *committed,
+                             fm_error *err)
+{
+    *pending = *committed = 0;
+    snprintf(aside, aside_size, "%s.damaged-%lld", path, (long long)time(NULL));
+    if (access(path, F_OK) != 0)
+        return fm_error_set(err, FM_ERR_NOT_FOUND, "journal %s: %s", path, strerror(errno));
+    /* The damaged file and its WAL move aside together: what the WAL holds is read
+     * with it, and the new journal starts without them. */
+    static const char *const suffix[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        char from[4096], to[4096];
+        snprintf(from, sizeof from, "%s%s", path, suffix[i]);
+        snprintf(to, sizeof to, "%s%s", aside, suffix[i]);
+        if (rename(from, to) != 0 && errno != ENOENT)
+            return fm_error_set(err, FM_ERR_IO, "cannot move %s to %s: %s", from, to,
+                                strerror(errno));
+    }
+    sqlite3 *old = NULL;
+    fm_journal *nj = NULL;
+    sqlite3_stmt *ins = NULL, *fwd = NULL, *back = NULL;
+    fm_status st = FM_OK;
+    if (sqlite3_open_v2(aside, &old, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        st = fm_error_set(err, FM_ERR_IO, "journal %s: %s", aside,
+                          old ? sqlite3_errmsg(old) : "cannot open");
+        goto done;
+    }
+    /* A file shorter than its header says is refused whole unless the schema is
+     * "writable" (SQLite's own rule); this connection only reads it. */
+    sqlite3_exec(old, "PRAGMA writable_schema=ON", NULL, NULL, NULL);
+    if ((st = fm_journal_open(&nj, path, fsync_mode, err)) != FM_OK)
+        goto done;
+    static const char cols[] = "rowid, id, tag, committed, failed, quarantined, attempts,"
+                               " error, CASE WHEN committed THEN NULL ELSE body END";
+    char fsql[256], bsql[256];
+    snprintf(fsql, sizeof fsql, "SELECT %s FROM jobs WHERE rowid > ?1 ORDER BY rowid", cols);
+    snprintf(bsql, sizeof bsql, "SELECT %s FROM jobs WHERE rowid < ?1 ORDER BY rowid DESC",
+             cols);
+    if (sqlite3_prepare_v2(nj->db,
+                           "INSERT OR IGNORE INTO jobs(id, tag, committed, failed,"
+                           " quarantined, attempts, error, body)"
+                           " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                           -1, &ins, NULL) != SQLITE_OK) {
+        st = db_error(nj, err, "recover");
+        goto done;
+    }
+    if (sqlite3_prepare_v2(old, fsql, -1, &fwd, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(old, bsql, -1, &back, NULL) != SQLITE_OK) {
+        st = fm_error_set(err, FM_ERR_FORMAT, "journal %s: nothing readable: %s", aside,
+                          sqlite3_errmsg(old));
+        goto done;
+    }
+    /* Forwards from the start until a damaged page stops the scan, then onwards
+     * from past it (the b-tree's inner pages may still lead there), and backwards
+     * from the end: every row some path reaches is kept. */
+    uint64_t rows = 0;
+    int64_t last = -1;
+    sqlite3_exec(nj->db, "BEGIN", NULL, NULL, NULL);
+    for (int round = 0; round < 64; round++) {
+        sqlite3_reset(fwd);
+        sqlite3_bind_int64(fwd, 1, last);
+        int64_t before = last;
+        if (recover_scan(fwd, ins, &last, &rows) == SQLITE_DONE || last == before)
+            break;
+        last += 1; /* skip the row the scan could not read */
+    }
+    sqlite3_reset(back);
+    sqlite3_bind_int64(back, 1, INT64_MAX);
+    int64_t first = INT64_MAX;
+    recover_scan(back, ins, &first, &rows);
+    if (sqlite3_exec(nj->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        st = db_error(nj, err, "recover");
+        goto done;
+    }
+    uint64_t total = 0, failed = 0, quarantined = 0;
+    if ((st = fm_journal_counts(nj, NULL, &total, committed, &failed, &quarantined, err)) ==
+        FM_OK)
+        *pending = total - *committed;
+done:
+    sqlite3_finalize(ins);
+    sqlite3_finalize(fwd);
+    sqlite3_finalize(back);
+    fm_journal_close(&nj);
+    sqlite3_close(old);
     return st;
 }

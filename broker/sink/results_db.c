@@ -40,6 +40,7 @@ struct fm_results {
     sqlite3_stmt *unstage_job;
     sqlite3_stmt *unstage_one;
     int in_tx;
+    int full; /* the last failure was SQLITE_FULL; cleared by a commit */
 };
 
 static const char *const schema_sql =
@@ -227,8 +228,10 @@ fm_status fm_results_begin(fm_results *r, fm_error *err)
 {
     if (r->in_tx)
         return fm_error_set(err, FM_ERR_INVALID, "results database: transaction already open");
-    if (sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        r->full = sqlite3_errcode(r->db) == SQLITE_FULL;
         return db_error(err, r->db, "BEGIN");
+    }
     r->in_tx = 1;
     return FM_OK;
 }
@@ -238,12 +241,19 @@ fm_status fm_results_commit(fm_results *r, fm_error *err)
     if (!r->in_tx)
         return fm_error_set(err, FM_ERR_INVALID, "results database: no open transaction");
     if (sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        r->full = sqlite3_errcode(r->db) == SQLITE_FULL;
         fm_status rc = db_error(err, r->db, "COMMIT");
         fm_results_rollback(r);
         return rc;
     }
     r->in_tx = 0;
+    r->full = 0;
     return FM_OK;
+}
+
+int fm_results_full(const fm_results *r)
+{
+    return r && r->full;
 }
 
 void fm_results_rollback(fm_results *r)
@@ -409,7 +419,10 @@ static fm_status step_done(fm_results *r, sqlite3_stmt *st, const char *what, fm
     int s = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    return s == SQLITE_DONE ? FM_OK : db_error(err, r->db, what);
+    if (s == SQLITE_DONE)
+        return FM_OK;
+    r->full = (s & 0xff) == SQLITE_FULL;
+    return db_error(err, r->db, what);
 }
 
 fm_status fm_results_stage(fm_results *r, const struct Facemill__Result *res,

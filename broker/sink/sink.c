@@ -20,6 +20,12 @@
  * transaction is rolled back and its jobs are not reported: the broker dispatches
  * them again after its commit timeout, so nothing is lost.
  *
+ * A full disk is retried, not fought: the sink logs it once, stops reading results
+ * for a backoff (doubling to FULL_BACKOFF_MAX_MS, so workers hand their results back
+ * instead of the broker re-sending jobs as fast as they fail), tries again, says in
+ * its heartbeats that its disk is full (`facemill status` shows it), and logs when
+ * space has returned.
+ *
  * One thread, two sockets: the PULL socket (bound) and a DEALER connected to the
  * broker's sink.commits ROUTER. Both have ZMQ_MAXMSGSIZE and a finite linger.
  */
@@ -70,7 +76,13 @@ struct fm_sink {
     fm_sink_stats stats;
     char *db_path, *metrics_file; /* metrics_file NULL: no metrics */
     int64_t metrics_ms, next_metrics_ms;
+    int disk_full;             /* the database met a full disk: results wait */
+    int64_t full_backoff_ms;   /* how long results are not read, doubling */
+    int64_t full_retry_ms;     /* when they are read (and stored) again */
 };
+
+/* Longest pause in reading results while the database's disk is full. */
+#define FULL_BACKOFF_MAX_MS 30000
 
 static int64_t wall_ms(void)
 {
@@ -218,6 +230,25 @@ static void send_commits(fm_sink *s)
     }
 }
 
+/* A write failed (e). On a full disk: one log line when it begins, then results
+ * are not read until the backoff ends. Returns 1 when the disk is full (the caller
+ * logs nothing more). */
+static int disk_full(fm_sink *s, const fm_error *e)
+{
+    if (!fm_results_full(s->db))
+        return 0;
+    if (!s->disk_full)
+        fm_log_error("sink: results database %s: disk full (%s): results are not stored, "
+                     "their jobs are dispatched again; retrying with backoff up to %d s",
+                     s->db_path, fm_error_text(e), FULL_BACKOFF_MAX_MS / 1000);
+    s->disk_full = 1;
+    s->full_backoff_ms = s->full_backoff_ms ? s->full_backoff_ms * 2 : 250;
+    if (s->full_backoff_ms > FULL_BACKOFF_MAX_MS)
+        s->full_backoff_ms = FULL_BACKOFF_MAX_MS;
+    s->full_retry_ms = (int64_t)fm_now_ms() + s->full_backoff_ms;
+    return 1;
+}
+
 /* Ends the open transaction: commit, then report. On failure nothing is reported. */
 static void finish_batch(fm_sink *s)
 {
@@ -226,13 +257,18 @@ static void finish_batch(fm_sink *s)
     fm_error e = {0};
     s->in_tx = 0;
     if (fm_results_commit(s->db, &e) != FM_OK) {
-        fm_log_error("sink: %s; %lld results not stored (they will be dispatched again)",
-                     fm_error_text(&e), (long long)s->n_pend);
+        if (!disk_full(s, &e))
+            fm_log_error("sink: %s; %lld results not stored (they will be dispatched "
+                         "again)", fm_error_text(&e), (long long)s->n_pend);
         s->stats.failed_transactions++;
         clear_pending(s);
         return;
     }
     s->stats.commits++;
+    if (s->disk_full)
+        fm_log_info("sink: results database %s: space again, storing", s->db_path);
+    s->disk_full = 0;
+    s->full_backoff_ms = 0;
     fm_log_debug("sink: committed %lld results", (long long)s->n_pend);
     send_commits(s);
     clear_pending(s);
@@ -244,6 +280,7 @@ static void heartbeat(fm_sink *s)
     hb.has_interval_ms = 1;
     hb.interval_ms = (uint32_t)s->heartbeat_ms;
     hb.name = s->name;
+    hb.has_disk_full = hb.disk_full = s->disk_full;
     Facemill__Envelope env;
     fm_wire_envelope_init(&env);
     env.body_case = FACEMILL__ENVELOPE__BODY_HEARTBEAT;
@@ -259,7 +296,8 @@ static int ensure_tx(fm_sink *s, const char *what)
         return 1;
     fm_error e = {0};
     if (fm_results_begin(s->db, &e) != FM_OK) {
-        fm_log_error("sink: %s; %s dropped", fm_error_text(&e), what);
+        if (!disk_full(s, &e))
+            fm_log_error("sink: %s; %s dropped", fm_error_text(&e), what);
         return 0;
     }
     s->in_tx = 1;
@@ -270,8 +308,9 @@ static int ensure_tx(fm_sink *s, const char *what)
 /* A statement failed inside the transaction: gives the whole batch up. */
 static void give_up_batch(fm_sink *s, const fm_error *e)
 {
-    fm_log_error("sink: %s; %lld results not stored (they will be dispatched again)",
-                 fm_error_text(e), (long long)s->n_pend + 1);
+    if (!disk_full(s, e))
+        fm_log_error("sink: %s; %lld results not stored (they will be dispatched again)",
+                     fm_error_text(e), (long long)s->n_pend + 1);
     fm_results_rollback(s->db);
     s->in_tx = 0;
     s->stats.failed_transactions++;
@@ -520,6 +559,8 @@ fm_status fm_sink_run(fm_sink *s, volatile sig_atomic_t *stop, fm_error *err)
             wait = 100;
         if (wait < 0)
             wait = 0;
+        /* A full disk: results wait in their senders' queues until the backoff ends. */
+        items[0].events = s->disk_full && now < s->full_retry_ms ? 0 : ZMQ_POLLIN;
         int n = zmq_poll(items, n_items, fm_notify_cap_wait((long)wait));
         if (n < 0) {
             if (zmq_errno() == EINTR)

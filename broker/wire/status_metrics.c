@@ -66,6 +66,12 @@ void fm_status_metrics_write(FILE *out, const Facemill__StatusReply *s)
         "Credit not taken by dispatched jobs, summed over worker processes.", s->credit_free);
     one(out, "facemill_broker_uptime_seconds", FM_METRICS_GAUGE,
         "Seconds since the broker started.", (double)s->uptime_ms / 1000.0);
+    one(out, "facemill_broker_disk_full", FM_METRICS_GAUGE,
+        "1 while the broker's journal is on a full disk (submits wait), else 0.",
+        s->journal_disk_full ? 1.0 : 0.0);
+    one(out, "facemill_sink_disk_full", FM_METRICS_GAUGE,
+        "1 while the sink's results database is on a full disk, as the sink last said.",
+        s->sink_disk_full ? 1.0 : 0.0);
     per_worker(out, s, "facemill_worker_credit", "Jobs a worker process holds at once.",
                W_CREDIT);
     per_worker(out, s, "facemill_worker_jobs", "Jobs dispatched to a worker process now.",

@@ -19,6 +19,24 @@ fm_status fm_wire_setup(void *sock, int64_t max_msg_size, int linger_ms, fm_erro
     if (max_msg_size > 0 &&
         zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_msg_size, sizeof max_msg_size) != 0)
         return fm_error_set(err, FM_ERR_IO, "ZMQ_MAXMSGSIZE: %s", zmq_strerror(errno));
+    /* ZMTP heartbeats: a peer that vanished without closing (a machine gone, a
+     * half-open TCP connection, a peer that stopped reading) is disconnected and
+     * its queues freed, instead of holding a descriptor and buffers for ever. A
+     * small receive high-water mark bounds what one peer can queue in us. Sockets
+     * facing the network only (max_msg_size set): inproc pairs pass pointers. */
+    static const struct {
+        int opt, value;
+        const char *name;
+    } guards[] = {
+        {ZMQ_HEARTBEAT_IVL, FM_WIRE_HEARTBEAT_IVL_MS, "ZMQ_HEARTBEAT_IVL"},
+        {ZMQ_HEARTBEAT_TIMEOUT, FM_WIRE_HEARTBEAT_TIMEOUT_MS, "ZMQ_HEARTBEAT_TIMEOUT"},
+        {ZMQ_HEARTBEAT_TTL, FM_WIRE_HEARTBEAT_TIMEOUT_MS, "ZMQ_HEARTBEAT_TTL"},
+        {ZMQ_RCVHWM, FM_WIRE_RCVHWM, "ZMQ_RCVHWM"},
+    };
+    for (size_t i = 0; max_msg_size > 0 && i < sizeof guards / sizeof guards[0]; i++)
+        if (zmq_setsockopt(sock, guards[i].opt, &guards[i].value, sizeof(int)) != 0)
+            return fm_error_set(err, FM_ERR_IO, "%s: %s", guards[i].name,
+                                zmq_strerror(errno));
     int type = 0;
     size_t tlen = sizeof type;
     if (zmq_getsockopt(sock, ZMQ_TYPE, &type, &tlen) != 0)
@@ -120,6 +138,12 @@ static void drain(void *sock)
 fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
                        int flags, fm_error *err)
 {
+    return fm_wire_recv_checked(sock, from, out, flags, NULL, NULL, err);
+}
+
+fm_status fm_wire_recv_checked(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
+                               int flags, fm_wire_check_fn check, void *ctx, fm_error *err)
+{
     *out = NULL;
     fm_status st;
     zmq_msg_t msg;
@@ -154,6 +178,8 @@ fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
                           "supported; use DEALER)");
         goto fail;
     }
+    if (check && (st = check(ctx, zmq_msg_data(&msg), zmq_msg_size(&msg), err)) != FM_OK)
+        goto fail;
     if ((st = fm_wire_decode(zmq_msg_data(&msg), zmq_msg_size(&msg), out, err)) != FM_OK)
         goto fail;
     zmq_msg_close(&msg);

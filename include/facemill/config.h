@@ -93,7 +93,11 @@ typedef struct fm_config {
         int64_t heartbeat_ms;     /* heartbeat interval, both ways */
         int64_t worker_expiry_ms; /* silence after which a peer is taken for dead */
         int64_t job_timeout_ms;   /* longest a worker may hold a job */
-        int64_t max_queue;        /* queued jobs above which clients are slowed down */
+        int64_t max_queue;        /* jobs held (queued, at workers, awaiting commit)
+                                     at which clients are slowed down */
+        int64_t max_queue_bytes;  /* the same bound in bytes of job bodies */
+        int64_t max_submit_jobs;  /* most jobs in one Submit */
+        int64_t max_submit_bytes; /* largest Submit, bytes */
         int64_t max_credit;       /* most credit a worker is given, whatever it asks */
     } broker;
     struct {

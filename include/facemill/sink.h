@@ -89,6 +89,9 @@ fm_status fm_results_commit(fm_results *r, fm_error *err);
 /* Rolls back the open transaction, if any. */
 void fm_results_rollback(fm_results *r);
 
+/* True when the last failure of r was a full disk (SQLITE_FULL), until a commit. */
+int fm_results_full(const fm_results *r);
+
 /* Stores one result inside the open transaction, unless a row with its job id exists.
  * stored_ms is the time to record. *inserted (may be NULL) becomes 1 for a new row, 0
  * for a duplicate; *failed (may be NULL) says whether the row now stored for that job

@@ -25,6 +25,13 @@
 extern "C" {
 #endif
 
+/* What fm_wire_setup sets on every socket: ZMTP heartbeats every IVL, a peer
+ * silent for TIMEOUT (and told to drop us after as long: ZMQ_HEARTBEAT_TTL) is
+ * disconnected; at most RCVHWM messages queued per peer. */
+#define FM_WIRE_HEARTBEAT_IVL_MS 2000
+#define FM_WIRE_HEARTBEAT_TIMEOUT_MS 20000
+#define FM_WIRE_RCVHWM 100
+
 /* The protocol version this build speaks (see the changelog in proto/README.md). */
 #define FM_PROTOCOL_MAJOR 1
 #define FM_PROTOCOL_MINOR 1
@@ -43,7 +50,8 @@ typedef struct fm_wire_peer {
 } fm_wire_peer;
 
 /* Sets on sock: ZMQ_LINGER = linger_ms, ZMQ_MAXMSGSIZE = max_msg_size (when > 0; it
- * bounds what the socket accepts from peers) and, for ROUTER sockets,
+ * bounds what the socket accepts from peers; then also ZMTP heartbeats and
+ * ZMQ_RCVHWM, FM_WIRE_HEARTBEAT_* and FM_WIRE_RCVHWM) and, for ROUTER sockets,
  * ZMQ_ROUTER_MANDATORY = 1 (sending to a gone peer fails with EHOSTUNREACH instead of
  * vanishing). Returns FM_OK or FM_ERR_IO with zmq's text. */
 fm_status fm_wire_setup(void *sock, int64_t max_msg_size, int linger_ms, fm_error *err);
@@ -72,6 +80,19 @@ fm_status fm_wire_send(void *sock, const fm_wire_peer *to, const Facemill__Envel
  *   FM_ERR_IO          another zmq error */
 fm_status fm_wire_recv(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
                        int flags, fm_error *err);
+
+/* A check of a body frame before it is decoded: returns FM_OK to decode it, or an
+ * error (err set; FM_ERR_LIMIT for a message too large to unpack) that
+ * fm_wire_recv_checked returns instead, the message consumed. Decoding a message
+ * can cost many times its size in memory (a Submit of 600,000 tiny jobs), so a
+ * receiver with limits looks at the bytes first. */
+typedef fm_status (*fm_wire_check_fn)(void *ctx, const void *data, size_t len,
+                                      fm_error *err);
+
+/* fm_wire_recv with check (which may be NULL) run on the body frame first. *from is
+ * set whatever the outcome, so a refusal can be answered. */
+fm_status fm_wire_recv_checked(void *sock, fm_wire_peer *from, Facemill__Envelope **out,
+                               int flags, fm_wire_check_fn check, void *ctx, fm_error *err);
 
 /* Decodes one message body (the bytes of the body frame) as fm_wire_recv does: on
  * FM_OK *out is an envelope the caller owns (fm_wire_free) with a matching major

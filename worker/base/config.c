@@ -131,7 +131,16 @@ const fm_config_setting fm_config_settings[] = {
     SET_INT("broker.job_timeout_ms", broker.job_timeout_ms, 600000, 10, 86400000,
             "longest a worker may hold a job, and longest a done job waits for commit"),
     SET_INT("broker.max_queue", broker.max_queue, 10000, 1, 100000000,
-            "queued jobs at which clients are told to slow down"),
+            "jobs held (queued, at workers, awaiting commit) at which clients are told "
+            "to slow down"),
+    SET_INT("broker.max_queue_bytes", broker.max_queue_bytes, 4294967296LL, 1024,
+            1099511627776LL,
+            "bytes of job bodies held (queued, at workers, awaiting commit) at which "
+            "clients are told to slow down"),
+    SET_INT("broker.max_submit_jobs", broker.max_submit_jobs, 10000, 1, 1000000,
+            "most jobs one Submit may carry; a larger Submit is refused whole"),
+    SET_INT("broker.max_submit_bytes", broker.max_submit_bytes, 68157440, 1024,
+            2147483647, "largest Submit in bytes; a larger one is refused whole"),
     SET_INT("broker.max_credit", broker.max_credit, 64, 1, 4096,
             "most jobs the broker gives one worker process at once, whatever credit it "
             "asks for"),

@@ -78,6 +78,9 @@ static fm_status connect_broker(blink *l, fm_error *err)
 /* Sends JobDone on sock: the broker's DEALER (link thread) or the PAIR to the link
  * (compute thread). Never blocks for long: a report that cannot go out is logged and
  * the broker's timers recover the job. */
+/* Longest a result waits to be taken by the sink (its queue towards the sink full). */
+#define SINK_SEND_TIMEOUT_MS 10000
+
 static void send_done(void *sock, const char *id, int outcome, uint32_t code,
                       const char *text)
 {
@@ -241,7 +244,11 @@ int broker_link_open(broker_link *k, const fm_config *cfg, const char *name,
     l->auth = k->auth;
     k->ctx = zmq_ctx_new();
     k->sink = k->ctx ? zmq_socket(k->ctx, ZMQ_PUSH) : NULL;
+    /* A send timeout: a sink that stopped reading (gone, or stalled on a full disk)
+     * must not block the compute thread for ever; the job is handed back instead. */
+    int sndtimeo = SINK_SEND_TIMEOUT_MS;
     if (!k->sink || fm_wire_setup(k->sink, cfg->net.max_msg_size, 10000, &err) != FM_OK ||
+        zmq_setsockopt(k->sink, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) != 0 ||
         fm_auth_client(k->auth, k->sink, FM_AUTH_TO_SINK, &err) != FM_OK ||
         zmq_connect(k->sink, cfg->sink.results) != 0) {
         fm_log_error("sink %s: %s", cfg->sink.results,
@@ -320,7 +327,15 @@ void broker_link_deliver(broker_link *k, const char *job_id, Facemill__Result *r
     env.body_case = FACEMILL__ENVELOPE__BODY_RESULT;
     env.result = r;
     fm_error se = {0};
-    if (fm_wire_send(k->sink, NULL, &env, 0, &se) != FM_OK) {
+    fm_status st = fm_wire_send(k->sink, NULL, &env, 0, &se);
+    if (st == FM_ERR_TIMEOUT) {
+        /* Not the job's fault: the broker gives it again later, no attempt counted. */
+        fm_log_warn("job %s: the sink took no result for %d ms: handed back", job_id,
+                    SINK_SEND_TIMEOUT_MS);
+        send_done(k->pair, job_id, FACEMILL__JOB_DONE__OUTCOME__HANDED_BACK, 0, NULL);
+        return;
+    }
+    if (st != FM_OK) {
         broker_link_fail(k, job_id, fm_error_text(&se));
         return;
     }
