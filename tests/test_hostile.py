@@ -1223,7 +1223,45 @@ def case_disk_full(h):
           "broker and sink ran throughout")
 
 
+def case_idle_connections(h):
+    """Started with a soft limit of 64 open files (hard 4096), the broker raises it to
+    the hard limit; 80 idle TCP connections to its client port then leave it serving a
+    keyed client (libzmq out of descriptors stops accepting and spins)."""
+    import resource
+    import socket
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        raise Skip("the hard limit of open files here is %d, under 4096" % hard)
+    if not shutil.which("prlimit"):
+        raise Skip("no prlimit (util-linux) to start the broker with a low limit")
+    h.c.sink()
+    h.c.start("broker", ["prlimit", "--nofile=64:4096",
+                         os.path.join(h.c.bin, "facemill-broker")] + h.c.args(None, "broker"))
+    h.log_has("broker", "CurveZMQ on every socket")
+    h.log_has("sink", "storing results")
+    with open("/proc/%d/limits" % broker_pid(h)) as f:
+        line = [x for x in f if x.startswith("Max open files")][0].split()
+    check(line[3:5] == ["4096", "4096"], "the broker raised its soft limit: %s" % line[3:5])
+    host, port = h.c.endpoints["broker.clients"][len("tcp://"):].rsplit(":", 1)
+    idle = []
+    try:
+        for _ in range(80):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        client = h.client_peer()
+        st = h.status(client, "idle")
+        check(st.tag_total == 0, "with 80 idle connections open the broker answers a keyed "
+              "client's status")
+        h.submit(client, ["idle-0"], "idle")
+        h.c.worker("worker", processes=1)
+        wait_until(lambda: h.status(client, "idle").tag_committed == 1, WAIT,
+                   "a job submitted beside them committed")
+    finally:
+        for sck in idle:
+            sck.close()
+
+
 CASES = {
+    "idle_connections": case_idle_connections,
     "disk_full": case_disk_full,
     "journal_recover": case_journal_recover,
     "flood_submit": case_flood_submit,

@@ -98,6 +98,8 @@ int main(int argc, char **argv)
     if (recover_only)
         return recover(&cfg);
     fm_notify_init();
+    long open_files = fm_notify_raise_fd_limit();
+    fm_log_debug("open files: up to %ld", open_files);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;

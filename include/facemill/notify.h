@@ -60,6 +60,14 @@ void fm_notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 /* STOPPING=1: the program was asked to stop and is finishing its work. */
 void fm_notify_stopping(void);
 
+/* Raises this process's soft limit of open files (RLIMIT_NOFILE) to its hard limit
+ * and returns the soft limit in force afterwards (-1 when it cannot be read). Why: the
+ * broker and the sink hold a descriptor per connected peer, and libzmq, out of
+ * descriptors, stops accepting and spins on its listening socket; systemd's default
+ * soft limit (1024) is far below its hard limit (524288), which the units raise too
+ * (LimitNOFILE). Call from main() of a service program. */
+long fm_notify_raise_fd_limit(void);
+
 #ifdef __cplusplus
 }
 #endif

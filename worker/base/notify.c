@@ -16,11 +16,13 @@
 
 #include <systemd/sd-daemon.h>
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 /* STATUS= lines are for `systemctl status`: one short line, refreshed about once a
  * second (more often only floods the journal of systemd's own bookkeeping). */
@@ -141,4 +143,19 @@ void fm_notify_stopping(void)
     if (!enabled)
         return;
     send_state("STOPPING=1");
+}
+
+long fm_notify_raise_fd_limit(void)
+{
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0)
+        return -1;
+    if (r.rlim_cur < r.rlim_max) {
+        rlim_t was = r.rlim_cur;
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) != 0)
+            r.rlim_cur = was;
+    }
+    return r.rlim_cur == RLIM_INFINITY || r.rlim_cur > (rlim_t)LONG_MAX ? LONG_MAX
+                                                                       : (long)r.rlim_cur;
 }
