@@ -423,9 +423,7 @@ static fm_status conv_prelu(fm_arena *a, act_bufs *b, const fm_tensor *x, int to
     if (!st)
         st = act_view(b, to, 0, s.n, s.c, s.h, s.w, y, err);
     if (!st)
-        st = fm_nn_conv2d(a, x, w, bias, &p, y, err);
-    if (!st && alpha)
-        st = fm_nn_prelu(a, y, alpha, y, err);
+        st = fm_nn_conv2d_prelu(a, x, w, bias, alpha, &p, y, err);
     return st;
 }
 
