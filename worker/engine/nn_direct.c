@@ -102,7 +102,7 @@ size_t nn_direct_scratch(const conv_geom *g)
 /* One tile: output channels oc..oc+3 (nco of them stored) at row oy, columns
  * ox..ox+15 (the first rem stored; tail: masked loads and stores). xp points at input
  * channel 0, row oy, column ox; wp at the tile's packed weights [k][4]. */
-INLINE_AVX2 void dc_tile(const float *restrict xp, size_t plane, int w, int c, int kh,
+INLINE_AVX2 void dc_tile(const float *restrict xp, size_t plane, int w, int c, const int kh,
                          const int kw, const float *restrict wp, const float *restrict b4,
                          const float *restrict s4, int prelu, float *restrict yp,
                          size_t oplane, int nco, const int tail, int rem)
@@ -157,7 +157,7 @@ INLINE_AVX2 void dc_tile(const float *restrict xp, size_t plane, int w, int c, i
 /* Every tile of one image with a kernel width of kw (a constant where inlined). */
 INLINE_AVX2 void dc_image(const conv_geom *g, const float *x, const float *wpk,
                           const float *b4, const float *s4, int prelu, float *y,
-                          const int kw)
+                          const int kh, const int kw)
 {
     const size_t plane = (size_t)g->h * (size_t)g->w, oplane = (size_t)g->p;
     const size_t wtile = (size_t)g->k * DC_OC;
@@ -171,10 +171,10 @@ INLINE_AVX2 void dc_image(const conv_geom *g, const float *x, const float *wpk,
                 const float *wp = wpk + (size_t)(oc / DC_OC) * wtile;
                 float *yp = yrow + (size_t)oc * oplane;
                 if (rem >= DC_COLS)
-                    dc_tile(xp, plane, g->w, g->c, g->kh, kw, wp, b4 + oc, s4 + oc, prelu, yp,
+                    dc_tile(xp, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, yp,
                             oplane, nco, 0, rem);
                 else
-                    dc_tile(xp, plane, g->w, g->c, g->kh, kw, wp, b4 + oc, s4 + oc, prelu, yp,
+                    dc_tile(xp, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, yp,
                             oplane, nco, 1, rem);
             }
         }
@@ -184,22 +184,22 @@ INLINE_AVX2 void dc_image(const conv_geom *g, const float *x, const float *wpk,
 AVX2 static void dc_image_k1(const conv_geom *g, const float *x, const float *wpk,
                              const float *b4, const float *s4, int prelu, float *y)
 {
-    dc_image(g, x, wpk, b4, s4, prelu, y, 1);
+    dc_image(g, x, wpk, b4, s4, prelu, y, g->kh, 1);
 }
 AVX2 static void dc_image_k2(const conv_geom *g, const float *x, const float *wpk,
                              const float *b4, const float *s4, int prelu, float *y)
 {
-    dc_image(g, x, wpk, b4, s4, prelu, y, 2);
+    dc_image(g, x, wpk, b4, s4, prelu, y, g->kh, 2);
 }
 AVX2 static void dc_image_k3(const conv_geom *g, const float *x, const float *wpk,
                              const float *b4, const float *s4, int prelu, float *y)
 {
-    dc_image(g, x, wpk, b4, s4, prelu, y, 3);
+    dc_image(g, x, wpk, b4, s4, prelu, y, 3, 3); /* both constant: 9 taps unrolled */
 }
 AVX2 static void dc_image_kn(const conv_geom *g, const float *x, const float *wpk,
                              const float *b4, const float *s4, int prelu, float *y)
 {
-    dc_image(g, x, wpk, b4, s4, prelu, y, g->kw);
+    dc_image(g, x, wpk, b4, s4, prelu, y, g->kh, g->kw);
 }
 #endif
 
@@ -225,8 +225,10 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
     const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
     void (*fn)(const conv_geom *, const float *, const float *, const float *,
                const float *, int, float *) =
-        g->kw == 1 ? dc_image_k1 : g->kw == 2 ? dc_image_k2 : g->kw == 3 ? dc_image_k3
-                                                                        : dc_image_kn;
+        g->kw == 1                   ? dc_image_k1
+        : g->kw == 2                 ? dc_image_k2
+        : g->kw == 3 && g->kh == 3   ? dc_image_k3
+                                     : dc_image_kn;
     for (int n = 0; n < g->n; n++)
         fn(g, x + (size_t)n * in_img, wpk, b4, s4, slope != NULL, y + (size_t)n * out_img);
 #else
