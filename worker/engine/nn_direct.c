@@ -74,6 +74,15 @@ const char *fm_nn_isa_name(fm_nn_isa isa)
 #define DC_NV 2  /* vectors of 8 output columns per tile */
 #endif
 #define DC_COLS (8 * DC_NV)
+/* Tuning (facemill-bench-ops): outputs narrower than DC_MIN_OW columns or with more
+ * than DC_MAX_K multiply-adds each go to im2col + sgemm (R-Net conv2, 9 columns, and
+ * O-Net conv2, K 288, were slower direct). */
+#ifndef DC_MIN_OW
+#define DC_MIN_OW 16
+#endif
+#ifndef DC_MAX_K
+#define DC_MAX_K 160
+#endif
 
 /* See nn_impl.h. */
 int nn_direct_fits(const conv_geom *g)
@@ -85,7 +94,7 @@ int nn_direct_fits(const conv_geom *g)
     if (g->oh != g->h - g->kh + 1 || g->ow != g->w - g->kw + 1)
         return 0; /* bottom or right padding */
     /* Narrow outputs waste most of a tile; large K multiplies well through sgemm. */
-    return g->ow >= 16 && g->k <= 160;
+    return g->ow >= DC_MIN_OW && g->k <= DC_MAX_K;
 }
 
 /* See nn_impl.h. */
