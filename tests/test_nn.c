@@ -259,6 +259,7 @@ static void test_conv_prelu(void)
         {1, 3, 6, 47, 9, 5},    /* generic kernel width */
         {1, 17, 6, 21, 13, 1},
         {1, 2, 3, 16, 3, 1},    /* exactly one tile */
+        {1, 3, 50, 150, 10, 3}, /* a plane too large to run flat: row by row, tails */
         {2, 28, 11, 11, 48, 3}, /* R-Net conv2: narrow, sgemm */
         {1, 32, 23, 23, 64, 3}, /* O-Net conv2: K 288, sgemm */
     };

@@ -165,7 +165,8 @@ fm_nn_isa fm_nn_isa_best(void);
 
 /* Caps the set the kernels use (for tests and comparisons; the default is the best)
  * and returns the one in effect: min(isa, fm_nn_isa_best()). Process-wide; call
- * before threads run operations. */
+ * before threads run operations and before arenas are measured: the scratch an
+ * operation needs depends on its kernel. */
 fm_nn_isa fm_nn_set_isa(fm_nn_isa isa);
 
 /* The set in effect. */
@@ -218,9 +219,11 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
 /* Convolution, bias and PReLU in one operation: y = prelu(conv(x, w) + bias, slope),
  * slope as fm_nn_prelu (C or 1 elements; NULL: no activation, as fm_nn_conv2d).
  * Operands and scratch as fm_nn_conv2d. Stride-1 unpadded single-group convolutions
- * with outputs of at least 16 columns and at most 160 multiply-adds per output run as
- * a direct kernel that applies the bias and the slope as it stores each output (on
- * AVX2+FMA CPUs); everything else runs fm_nn_conv2d, then fm_nn_prelu in place. */
+ * run as a direct kernel that applies the bias and the slope as it stores each output
+ * (on AVX2+FMA CPUs) when their outputs are at least 16 columns wide with at most 160
+ * multiply-adds each, or their output planes are small (at most 64 Ki floats over all
+ * channels when as wide as the input, at least 16 outputs, at most 600 multiply-adds
+ * each); everything else runs fm_nn_conv2d, then fm_nn_prelu in place. */
 fm_status fm_nn_conv2d_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
                              const fm_tensor *bias, const fm_tensor *slope,
                              const fm_conv2d_params *p, fm_tensor *y, fm_error *err);

@@ -7,9 +7,11 @@
  * packing, zeroing) and in separate passes for bias and PReLU. The direct kernel reads
  * the input rows in place: a tile of 4 output channels x 16 output columns (8 AVX2
  * accumulators; 12 made GCC spill) sums over every input channel and tap, then adds
- * the bias, applies PReLU and stores once. Measured with facemill-bench-ops, it beats
- * im2col + sgemm up to about 150 multiply-adds per output (P-Net's three layers and
- * the first layers of R-Net and O-Net: 1.1-2.4x) and loses beyond (O-Net conv2, 288).
+ * the bias, applies PReLU and stores once. Small planes (R-Net's and O-Net's crops)
+ * run as one flat run of outputs as wide as the input, so rows of 9 or 22 outputs do
+ * not each leave a partial tile. Measured with facemill-bench-ops, it beats im2col +
+ * sgemm on P-Net's three layers and on R-Net's and O-Net's layers except the last
+ * convolution of each (3x3 outputs, fewer than a tile: 1.1-2.6x).
  *
  * Dispatch: the AVX2+FMA variants are compiled with a target attribute and chosen when
  * the CPU has both (fm_nn_isa_best); otherwise, or after fm_nn_set_isa(FM_NN_ISA_BASE),
@@ -74,15 +76,32 @@ const char *fm_nn_isa_name(fm_nn_isa isa)
 #define DC_NV 2  /* vectors of 8 output columns per tile */
 #endif
 #define DC_COLS (8 * DC_NV)
-/* Tuning (facemill-bench-ops): outputs narrower than DC_MIN_OW columns or with more
- * than DC_MAX_K multiply-adds each go to im2col + sgemm (R-Net conv2, 9 columns, and
- * O-Net conv2, K 288, were slower direct). */
+/* Tuning (facemill-bench-ops): row by row, outputs narrower than DC_MIN_OW columns or
+ * with more than DC_MAX_K multiply-adds each go to im2col + sgemm (R-Net conv2, 9
+ * columns, and O-Net conv2, K 288, were slower direct row by row; flat, they are
+ * faster: R-Net conv2 2.8 to 2.1 ms, O-Net conv2 4.2 to 3.5, conv3 1.5 to 1.1). */
 #ifndef DC_MIN_OW
 #define DC_MIN_OW 16
 #endif
 #ifndef DC_MAX_K
 #define DC_MAX_K 160
 #endif
+/* Planes of at most DC_FLAT_FLOATS output floats (all channels, as wide as the input)
+ * run flat, when each output has at most DC_FLAT_MAX_K multiply-adds. */
+#ifndef DC_FLAT_FLOATS
+#define DC_FLAT_FLOATS 65536
+#endif
+#ifndef DC_FLAT_MAX_K
+#define DC_FLAT_MAX_K 600
+#endif
+
+/* 1 when g's output planes are small enough to run flat (dc_image). */
+static int dc_flat(const conv_geom *g)
+{
+    size_t oc4 = ((size_t)g->co + DC_OC - 1) / DC_OC * DC_OC;
+    return oc4 * (size_t)g->oh * (size_t)g->w <= DC_FLAT_FLOATS &&
+           (g->oh - 1) * g->w + g->ow >= DC_COLS && g->k <= DC_FLAT_MAX_K;
+}
 
 /* See nn_impl.h. */
 int nn_direct_fits(const conv_geom *g)
@@ -94,14 +113,15 @@ int nn_direct_fits(const conv_geom *g)
     if (g->oh != g->h - g->kh + 1 || g->ow != g->w - g->kw + 1)
         return 0; /* bottom or right padding */
     /* Narrow outputs waste most of a tile; large K multiplies well through sgemm. */
-    return g->ow >= DC_MIN_OW && g->k <= DC_MAX_K;
+    return dc_flat(g) || (g->ow >= DC_MIN_OW && g->k <= DC_MAX_K);
 }
 
 /* See nn_impl.h. */
 size_t nn_direct_scratch(const conv_geom *g)
 {
     size_t oc4 = ((size_t)g->co + DC_OC - 1) / DC_OC * DC_OC;
-    return oc4 * ((size_t)g->k + 2);
+    size_t flat = dc_flat(g) ? oc4 * (size_t)g->oh * (size_t)g->w : 0;
+    return oc4 * ((size_t)g->k + 2) + flat;
 }
 
 #if NN_HAVE_AVX2
@@ -163,53 +183,60 @@ INLINE_AVX2 void dc_tile(const float *restrict xp, size_t plane, int w, int c, c
     }
 }
 
-/* Every tile of one image with a kernel width of kw (a constant where inlined). */
-INLINE_AVX2 void dc_image(const conv_geom *g, const float *x, const float *wpk,
-                          const float *b4, const float *s4, int prelu, float *y,
-                          const int kh, const int kw)
+/* The tiles of one run of len outputs whose taps start at xp (rows g->w apart) and
+ * which are stored from yp on (output channels oplane apart). */
+INLINE_AVX2 void dc_run(const conv_geom *g, const float *xp, int len, const float *wpk,
+                        const float *b4, const float *s4, int prelu, float *yp,
+                        size_t oplane, const int kh, const int kw)
 {
-    const size_t plane = (size_t)g->h * (size_t)g->w, oplane = (size_t)g->p;
-    const size_t wtile = (size_t)g->k * DC_OC;
-    for (int oy = 0; oy < g->oh; oy++) {
-        for (int ox = 0; ox < g->ow; ox += DC_COLS) {
-            const int rem = g->ow - ox;
-            const float *xp = x + (size_t)oy * (size_t)g->w + (size_t)ox;
-            float *yrow = y + (size_t)oy * (size_t)g->ow + (size_t)ox;
-            for (int oc = 0; oc < g->co; oc += DC_OC) {
-                const int nco = g->co - oc < DC_OC ? g->co - oc : DC_OC;
-                const float *wp = wpk + (size_t)(oc / DC_OC) * wtile;
-                float *yp = yrow + (size_t)oc * oplane;
-                if (rem >= DC_COLS)
-                    dc_tile(xp, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, yp,
-                            oplane, nco, 0, rem);
-                else
-                    dc_tile(xp, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, yp,
-                            oplane, nco, 1, rem);
-            }
+    const size_t plane = (size_t)g->h * (size_t)g->w, wtile = (size_t)g->k * DC_OC;
+    for (int ox = 0; ox < len; ox += DC_COLS) {
+        const int rem = len - ox;
+        for (int oc = 0; oc < g->co; oc += DC_OC) {
+            const int nco = g->co - oc < DC_OC ? g->co - oc : DC_OC;
+            const float *wp = wpk + (size_t)(oc / DC_OC) * wtile;
+            float *y = yp + (size_t)oc * oplane + ox;
+            if (rem >= DC_COLS)
+                dc_tile(xp + ox, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, y,
+                        oplane, nco, 0, rem);
+            else
+                dc_tile(xp + ox, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, y,
+                        oplane, nco, 1, rem);
         }
     }
 }
 
-AVX2 static void dc_image_k1(const conv_geom *g, const float *x, const float *wpk,
-                             const float *b4, const float *s4, int prelu, float *y)
+/* One image: a run per output row into y, or (flat) one run over the whole plane as
+ * if the output were as wide as the input, into yf (oh x w per output channel; the
+ * last kw - 1 columns of each row are not outputs, and the caller drops them). A
+ * valid convolution's taps of consecutive outputs are consecutive inputs across row
+ * ends too, so small planes fill whole tiles instead of one partial tile per row. */
+INLINE_AVX2 void dc_image(const conv_geom *g, const float *x, const float *wpk,
+                          const float *b4, const float *s4, int prelu, float *y, int flat,
+                          const int kh, const int kw)
 {
-    dc_image(g, x, wpk, b4, s4, prelu, y, g->kh, 1);
+    if (flat) {
+        dc_run(g, x, (g->oh - 1) * g->w + g->ow, wpk, b4, s4, prelu, y,
+               (size_t)g->oh * (size_t)g->w, kh, kw);
+        return;
+    }
+    for (int oy = 0; oy < g->oh; oy++)
+        dc_run(g, x + (size_t)oy * (size_t)g->w, g->ow, wpk, b4, s4, prelu,
+               y + (size_t)oy * (size_t)g->ow, (size_t)g->p, kh, kw);
 }
-AVX2 static void dc_image_k2(const conv_geom *g, const float *x, const float *wpk,
-                             const float *b4, const float *s4, int prelu, float *y)
-{
-    dc_image(g, x, wpk, b4, s4, prelu, y, g->kh, 2);
-}
-AVX2 static void dc_image_k3(const conv_geom *g, const float *x, const float *wpk,
-                             const float *b4, const float *s4, int prelu, float *y)
-{
-    dc_image(g, x, wpk, b4, s4, prelu, y, 3, 3); /* both constant: 9 taps unrolled */
-}
-AVX2 static void dc_image_kn(const conv_geom *g, const float *x, const float *wpk,
-                             const float *b4, const float *s4, int prelu, float *y)
-{
-    dc_image(g, x, wpk, b4, s4, prelu, y, g->kh, g->kw);
-}
+
+/* The kernel widths with their own code (constants inlined); 3x3 has both sides
+ * constant, so its 9 taps unroll. */
+#define DC_VARIANT(name, kh, kw)                                                          \
+    AVX2 static void name(const conv_geom *g, const float *x, const float *wpk,          \
+                          const float *b4, const float *s4, int prelu, float *y, int flat) \
+    {                                                                                     \
+        dc_image(g, x, wpk, b4, s4, prelu, y, flat, kh, kw);                              \
+    }
+DC_VARIANT(dc_image_k1, g->kh, 1)
+DC_VARIANT(dc_image_k2, g->kh, 2)
+DC_VARIANT(dc_image_k3, 3, 3)
+DC_VARIANT(dc_image_kn, g->kh, g->kw)
 #endif
 
 /* See nn_impl.h. */
@@ -233,13 +260,21 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
     }
     const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
     void (*fn)(const conv_geom *, const float *, const float *, const float *,
-               const float *, int, float *) =
+               const float *, int, float *, int) =
         g->kw == 1                   ? dc_image_k1
         : g->kw == 2                 ? dc_image_k2
         : g->kw == 3 && g->kh == 3   ? dc_image_k3
                                      : dc_image_kn;
-    for (int n = 0; n < g->n; n++)
-        fn(g, x + (size_t)n * in_img, wpk, b4, s4, slope != NULL, y + (size_t)n * out_img);
+    const int flat = dc_flat(g);
+    float *yf = s4 + oc4; /* flat: oh x w per output channel */
+    for (int n = 0; n < g->n; n++) {
+        float *yn = y + (size_t)n * out_img;
+        fn(g, x + (size_t)n * in_img, wpk, b4, s4, slope != NULL, flat ? yf : yn, flat);
+        for (int oc = 0; flat && oc < g->co; oc++)
+            for (int oy = 0; oy < g->oh; oy++)
+                memcpy(yn + ((size_t)oc * g->oh + oy) * g->ow,
+                       yf + ((size_t)oc * g->oh + oy) * g->w, (size_t)g->ow * sizeof *yn);
+    }
 #else
     (void)g, (void)x, (void)w, (void)bias, (void)slope, (void)n_slope, (void)y,
         (void)scratch;
