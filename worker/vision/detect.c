@@ -882,6 +882,46 @@ __attribute__((target("avx2"))) static int level_row_avx2(
 #define LEVEL_AVX2 0
 #endif
 
+/* 1 when every one of the n column sources is an image pixel (no border, no zero). */
+static int all_inside(const int *x0, const int *x1, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (x0[i] < 0 || x1[i] < 0)
+            return 0;
+    return 1;
+}
+
+/* One row of n samples whose source rows y0, y1 and columns x0s, x1s all lie inside
+ * img: the arithmetic of the general loops below without the border tests of fetch(),
+ * 8 samples at a time when vector (the same bits), into out (3 planes plane apart),
+ * normalised with mean and scale. */
+static void sample_row_inside(const fm_image *img, int y0, int y1, const int *x0s,
+                              const int *x1s, const float *fxs, float fy, const float *mean,
+                              const float *scale, float *out, size_t plane, int n, int vector)
+{
+    const uint8_t *row0 = row_ptr(img, y0), *row1 = row_ptr(img, y1);
+    const float one = 1.0f;
+    int ox = 0;
+#if LEVEL_AVX2
+    const int last = img->h - 1;
+    if (vector && ((y0 < last && y1 < last) || img->stride > 3 * (size_t)img->w))
+        ox = level_row_avx2(row0, row1, x0s, x1s, fxs, fy, mean, scale, out, plane, n);
+#else
+    (void)vector;
+#endif
+    for (; ox < n; ox++) {
+        const uint8_t *a0 = row0 + 3 * (size_t)x0s[ox], *a1 = row0 + 3 * (size_t)x1s[ox];
+        const uint8_t *b0 = row1 + 3 * (size_t)x0s[ox], *b1 = row1 + 3 * (size_t)x1s[ox];
+        float fx = fxs[ox];
+        for (int c = 0; c < 3; c++) {
+            float top = (one - fx) * (float)a0[c] + fx * (float)a1[c];
+            float bot = (one - fx) * (float)b0[c] + fx * (float)b1[c];
+            float val = (one - fy) * top + fy * bot;
+            out[(size_t)c * plane + ox] = (val - mean[c]) * scale[c];
+        }
+    }
+}
+
 /* Writes rows [r0, r1) of the pyramid level of scale s (ws columns) into x
  * [1, 3, r1 - r0, ws], normalised. Column tables are in d->col_*. */
 static void sample_level_rows(const fm_detector *d, const src_view *v, double s, int r0,
@@ -891,10 +931,7 @@ static void sample_level_rows(const fm_detector *d, const src_view *v, double s,
     size_t plane = (size_t)(r1 - r0) * (size_t)ws;
     const float one = 1.0f;
     const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
-    (void)vector;
-    int cols_inside = 1;
-    for (int ox = 0; ox < ws && cols_inside; ox++)
-        cols_inside = d->col_x0[ox] >= 0 && d->col_x1[ox] >= 0;
+    const int cols_inside = all_inside(d->col_x0, d->col_x1, ws);
     for (int oy = r0; oy < r1; oy++) {
         int y0, y1;
         float fy;
@@ -902,28 +939,8 @@ static void sample_level_rows(const fm_detector *d, const src_view *v, double s,
         const uint8_t *row0 = row_ptr(v->img, y0), *row1 = row_ptr(v->img, y1);
         float *out = x + (size_t)(oy - r0) * (size_t)ws;
         if (y0 >= 0 && y1 >= 0 && cols_inside) {
-            /* Every source pixel inside the image: the same arithmetic without the
-             * border tests of fetch(). */
-            int ox = 0;
-#if LEVEL_AVX2
-            const int last = v->img->h - 1;
-            if (vector && ((y0 < last && y1 < last) || v->img->stride > 3 * (size_t)v->img->w))
-                ox = level_row_avx2(row0, row1, d->col_x0, d->col_x1, d->col_fx, fy, mean,
-                                    scale, out, plane, ws);
-#endif
-            for (; ox < ws; ox++) {
-                const uint8_t *a0 = row0 + 3 * (size_t)d->col_x0[ox];
-                const uint8_t *a1 = row0 + 3 * (size_t)d->col_x1[ox];
-                const uint8_t *b0 = row1 + 3 * (size_t)d->col_x0[ox];
-                const uint8_t *b1 = row1 + 3 * (size_t)d->col_x1[ox];
-                float fx = d->col_fx[ox];
-                for (int c = 0; c < 3; c++) {
-                    float top = (one - fx) * (float)a0[c] + fx * (float)a1[c];
-                    float bot = (one - fx) * (float)b0[c] + fx * (float)b1[c];
-                    float val = (one - fy) * top + fy * bot;
-                    out[(size_t)c * plane + ox] = (val - mean[c]) * scale[c];
-                }
-            }
+            sample_row_inside(v->img, y0, y1, d->col_x0, d->col_x1, d->col_fx, fy, mean,
+                              scale, out, plane, ws, vector);
             continue;
         }
         for (int ox = 0; ox < ws; ox++) {
@@ -970,8 +987,15 @@ static void sample_crop(const mtcnn_net *net, const src_view *v, const double bo
     crop_axis(box[1], box[3], size, v->h, v->pad, v->img->h, yi0, yi1, fy);
     size_t plane = (size_t)size * (size_t)size;
     const float one = 1.0f;
+    const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+    const int cols_inside = all_inside(xi0, xi1, size);
     for (int oy = 0; oy < size; oy++) {
         int y0 = yi0[oy], y1 = yi1[oy];
+        if (y0 >= 0 && y1 >= 0 && cols_inside) {
+            sample_row_inside(v->img, y0, y1, xi0, xi1, fx, fy[oy], net->mean, net->scale,
+                              x + (size_t)oy * (size_t)size, plane, size, vector);
+            continue;
+        }
         const uint8_t *r0 = row_ptr(v->img, y0), *r1 = row_ptr(v->img, y1);
         for (int ox = 0; ox < size; ox++) {
             int x0 = xi0[ox], x1 = xi1[ox];
