@@ -35,14 +35,9 @@ static int isa_cap = -1; /* FM_NN_ISA_* the caller allows; -1: not set (the best
 fm_nn_isa fm_nn_isa_best(void)
 {
 #if NN_HAVE_AVX2
-    static int best = -1;
-    if (best < 0) {
-        __builtin_cpu_init();
-        best = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                   ? FM_NN_ISA_AVX2
-                   : FM_NN_ISA_BASE;
-    }
-    return (fm_nn_isa)best;
+    /* Reads what libgcc found at start-up: cheap, and nothing to cache or race on. */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? FM_NN_ISA_AVX2
+                                                                            : FM_NN_ISA_BASE;
 #else
     return FM_NN_ISA_BASE;
 #endif
