@@ -16,6 +16,7 @@
  * The agreement with the numpy reference is tests/test_mtcnn_ref.py's job.
  */
 #include "facemill/detect.h"
+#include "facemill/nn.h"
 #include "facemill/image.h"
 #include "facemill/model.h"
 #include "fm_test.h"
@@ -547,6 +548,41 @@ static void test_pad(const char *models)
     }
     fprintf(stderr, "pad %d px: %d faces (physically padded: %d), largest difference %.3g\n",
             p, nb, na, worst);
+
+    /* The portable kernels (im2col + sgemm, scalar sampling, PReLU and pooling) and
+     * the vector ones (direct convolution, gathered sampling) find the same faces, to
+     * float rounding. */
+    fm_nn_isa best = fm_nn_isa_best();
+    fm_face c[2][64];
+    int nc[2] = {-3, -4};
+    fm_detect_times tc[2];
+    o.pad = 0;
+    for (int k = 0; k < 2; k++) {
+        /* Scratch sizes depend on the kernels: a detector per kernel set. */
+        fm_nn_set_isa(k ? best : FM_NN_ISA_BASE);
+        fm_detector *d = NULL;
+        CHECK(fm_detector_open(&d, models, &o, &err) == FM_OK);
+        CHECK_MSG(d && fm_detect(d, &img, c[k], 64, &nc[k], &tc[k], &err) == FM_OK, "%s",
+                  err.msg);
+        fm_detector_close(&d);
+    }
+    fm_nn_set_isa(best);
+    CHECK(nc[0] == nc[1] && nc[0] >= 2 && tc[0].pnet_boxes == tc[1].pnet_boxes &&
+          tc[0].rnet_boxes == tc[1].rnet_boxes);
+    worst = 0;
+    for (int i = 0; i < nc[0] && i < nc[1]; i++) {
+        const fm_face *f = &c[0][i], *g = &c[1][i];
+        double e = fabs((double)f->score - g->score);
+        for (int k = 0; k < 4; k++)
+            e = fmax(e, fabs((double)f->box[k] - g->box[k]));
+        for (int k = 0; k < 10; k++)
+            e = fmax(e, fabs((double)f->landmarks[k] - g->landmarks[k]));
+        worst = fmax(worst, e);
+        CHECK_MSG(e < 1e-2, "face %d differs by %g between kernel sets", i, e);
+    }
+    fprintf(stderr, "kernels base and %s: %d faces, largest difference %.3g\n",
+            fm_nn_isa_name(best), nc[1], worst);
+
     fm_detector_close(&plain);
     fm_detector_close(&with_pad);
     o.pad = 1.5;

@@ -239,6 +239,154 @@ static void test_conv_paths(void)
         run_conv_case(&cases[i]);
 }
 
+/* conv + bias + PReLU (fm_nn_conv2d_prelu) and plain conv2d against the double
+ * reference, under every instruction set this CPU has: the direct kernel's shapes
+ * (P-Net's layers, R-Net's and O-Net's first, odd widths and channel counts, tails of
+ * 1..15 columns and 1..3 channels), and shapes it leaves to im2col + sgemm. */
+static void test_conv_prelu(void)
+{
+    static const struct {
+        int n, c, h, w, co, k;
+    } cases[] = {
+        {1, 3, 22, 40, 10, 3},  /* P-Net conv1 strip */
+        {1, 10, 19, 31, 16, 3}, /* P-Net conv2 */
+        {1, 16, 17, 29, 32, 3}, /* P-Net conv3 */
+        {1, 32, 15, 27, 2, 1},  /* P-Net heads */
+        {3, 3, 24, 24, 28, 3},  /* R-Net conv1 */
+        {2, 3, 48, 48, 32, 3},  /* O-Net conv1 */
+        {2, 5, 9, 18, 7, 3},    /* one column past a tile, 3 channels in the last tile */
+        {1, 7, 5, 33, 5, 2},    /* 2x2, a 1-channel last tile */
+        {1, 3, 6, 47, 9, 5},    /* generic kernel width */
+        {1, 17, 6, 21, 13, 1},
+        {1, 2, 3, 16, 3, 1},    /* exactly one tile */
+        {1, 3, 50, 150, 10, 3}, /* a plane too large to run flat: row by row, tails */
+        {2, 28, 11, 11, 48, 3}, /* R-Net conv2: narrow, sgemm */
+        {1, 32, 23, 23, 64, 3}, /* O-Net conv2: K 288, sgemm */
+    };
+    fm_nn_isa best = fm_nn_isa_best();
+    for (int isa = 0; isa <= (int)best; isa++) {
+        CHECK(fm_nn_set_isa((fm_nn_isa)isa) == (fm_nn_isa)isa);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            for (int variant = 0; variant < 3; variant++) {
+                /* 0: per-channel slope and bias; 1: shared slope, no bias; 2: no slope */
+                fm_error e = {0};
+                const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
+                const int co = cases[i].co, k = cases[i].k;
+                const int oh = h - k + 1, ow = w - k + 1;
+                fm_tensor x = fm_test_tensor(&rng, n, c, h, w);
+                fm_tensor wt = fm_test_tensor(&rng, co, c, k, k);
+                fm_tensor b = fm_test_tensor(&rng, 1, co, 1, 1);
+                fm_tensor sl = fm_test_tensor(&rng, variant == 1 ? 1 : co, 1, 1, 1);
+                fm_tensor y = fm_test_tensor(&rng, n, co, oh, ow);
+                fm_conv2d_params p = fm_conv2d_sym(1, 0);
+                const fm_tensor *bias = variant == 1 ? NULL : &b;
+                const fm_tensor *slope = variant == 2 ? NULL : &sl;
+
+                fm_arena *m = NULL, *a = NULL;
+                CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+                fm_tensor xm = x, wm = wt, ym = y;
+                xm.data = wm.data = ym.data = NULL;
+                CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
+                size_t need = fm_arena_high_water(m);
+                fm_arena_destroy(&m);
+                CHECK(fm_arena_new(need, &a, &e) == FM_OK);
+                fm_status st = fm_nn_conv2d_prelu(a, &x, &wt, bias, slope, &p, &y, &e);
+                CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
+
+                size_t count = fm_tensor_count(&y);
+                double *r = ref_new(count);
+                ref_conv(&x, &wt, bias, &p, oh, ow, r);
+                size_t plane = (size_t)oh * ow;
+                for (size_t j = 0; slope && j < count; j++) {
+                    int ch = (int)((j / plane) % (size_t)co);
+                    if (!(r[j] > 0))
+                        r[j] *= sl.data[variant == 1 ? 0 : ch];
+                }
+                double err = rel_err(y.data, r, count);
+                CHECK_MSG(err <= TOL, "conv2d_prelu %s n%d c%d %dx%d -> co%d k%d v%d: %g",
+                          fm_nn_isa_name((fm_nn_isa)isa), n, c, h, w, co, k, variant, err);
+                if (variant == 2) { /* plain conv2d takes the same paths */
+                    CHECK(fm_nn_conv2d(a, &x, &wt, bias, &p, &y, &e) == FM_OK);
+                    CHECK(rel_err(y.data, r, count) <= TOL);
+                }
+                CHECK(fm_arena_used(a) == 0);
+                fm_arena_destroy(&a);
+                free(r);
+                fm_test_tensor_free(&x);
+                fm_test_tensor_free(&wt);
+                fm_test_tensor_free(&b);
+                fm_test_tensor_free(&sl);
+                fm_test_tensor_free(&y);
+            }
+        }
+    }
+    fm_nn_set_isa(best);
+
+    /* a slope that fits neither one nor every output channel */
+    fm_error e = {0};
+    fm_tensor x = fm_test_tensor(&rng, 1, 3, 5, 20), wt = fm_test_tensor(&rng, 4, 3, 3, 3);
+    fm_tensor sl = fm_test_tensor(&rng, 3, 1, 1, 1), y = fm_test_tensor(&rng, 1, 4, 3, 18);
+    fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    CHECK(fm_nn_conv2d_prelu(NULL, &x, &wt, NULL, &sl, &p, &y, &e) == FM_ERR_INVALID);
+    CHECK(strstr(e.msg, "conv2d_prelu: slope") != NULL);
+    fm_test_tensor_free(&x);
+    fm_test_tensor_free(&wt);
+    fm_test_tensor_free(&sl);
+    fm_test_tensor_free(&y);
+}
+
+/* The vector max pooling (2x2 and 3x3, stride 2) and PReLU against the portable
+ * paths, on widths with and without tails. */
+static void test_vector_kernels(void)
+{
+    fm_nn_isa best = fm_nn_isa_best();
+    static const int hs[] = {2, 5, 9, 22}, ws[] = {16, 17, 18, 33, 46, 638};
+    for (size_t hi = 0; hi < sizeof hs / sizeof hs[0]; hi++) {
+        for (size_t wi = 0; wi < sizeof ws / sizeof ws[0]; wi++) {
+            for (int k = 2; k <= 3; k++) {
+                for (int ceil_mode = 0; ceil_mode < 2; ceil_mode++) {
+                    fm_error e = {0};
+                    fm_tensor x = fm_test_tensor(&rng, 1, 2, hs[hi], ws[wi]), sh = {0};
+                    fm_pool2d_params p = fm_pool2d_sym(k, 2, 0, ceil_mode, 0);
+                    if (fm_nn_pool2d_shape(&x, &p, &sh, &e) != FM_OK) {
+                        fm_test_tensor_free(&x);
+                        continue;
+                    }
+                    fm_tensor y0 = fm_test_tensor(&rng, 1, 2, sh.h, sh.w);
+                    fm_tensor y1 = fm_test_tensor(&rng, 1, 2, sh.h, sh.w);
+                    fm_nn_set_isa(FM_NN_ISA_BASE);
+                    CHECK(fm_nn_maxpool2d(NULL, &x, &p, &y0, &e) == FM_OK);
+                    fm_nn_set_isa(best);
+                    CHECK(fm_nn_maxpool2d(NULL, &x, &p, &y1, &e) == FM_OK);
+                    CHECK_MSG(memcmp(y0.data, y1.data, fm_tensor_count(&y0) * sizeof(float)) ==
+                                  0,
+                              "maxpool %dx%d k%d ceil %d: vector and portable paths differ",
+                              hs[hi], ws[wi], k, ceil_mode);
+                    fm_test_tensor_free(&x);
+                    fm_test_tensor_free(&y0);
+                    fm_test_tensor_free(&y1);
+                }
+            }
+        }
+    }
+    for (int W = 1; W <= 19; W += 3) {
+        fm_error e = {0};
+        fm_tensor x = fm_test_tensor(&rng, 2, 3, 3, W), sl = fm_test_tensor(&rng, 3, 1, 1, 1);
+        fm_tensor y0 = fm_test_tensor(&rng, 2, 3, 3, W), y1 = fm_test_tensor(&rng, 2, 3, 3, W);
+        fm_nn_set_isa(FM_NN_ISA_BASE);
+        CHECK(fm_nn_prelu(NULL, &x, &sl, &y0, &e) == FM_OK);
+        fm_nn_set_isa(best);
+        CHECK(fm_nn_prelu(NULL, &x, &sl, &y1, &e) == FM_OK);
+        CHECK(memcmp(y0.data, y1.data, fm_tensor_count(&y0) * sizeof(float)) == 0);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&sl);
+        fm_test_tensor_free(&y0);
+        fm_test_tensor_free(&y1);
+    }
+    fprintf(stderr, "test_nn: vector kernels %s checked against the portable paths\n",
+            fm_nn_isa_name(best));
+}
+
 static void test_conv_invalid(void)
 {
     fm_error e = {0};
@@ -971,8 +1119,10 @@ int main(void)
     test_arena_basics();
     test_conv_paths();
     test_conv_random(1500);
+    test_conv_prelu();
     test_conv_invalid();
     test_pool(1500);
+    test_vector_kernels();
     test_global_avgpool();
     test_dense();
     test_eltwise();

@@ -150,6 +150,31 @@ fm_status fm_nn_set_threads(int n, fm_error *err);
  * fm_nn_set_threads has not been called). */
 int fm_nn_threads(void);
 
+/* ---- instruction sets ------------------------------------------------------------ */
+
+/* The instruction sets of the engine's own kernels (direct convolution, PReLU, max
+ * pooling; BLAS chooses its own, see blas.h). Every operation gives the same results
+ * within rounding whichever runs; the portable C paths are always there. */
+typedef enum fm_nn_isa {
+    FM_NN_ISA_BASE = 0, /* portable C (whatever the compiler targets) */
+    FM_NN_ISA_AVX2 = 1, /* x86-64 AVX2 and FMA, chosen at run time */
+} fm_nn_isa;
+
+/* The best set this CPU supports. */
+fm_nn_isa fm_nn_isa_best(void);
+
+/* Caps the set the kernels use (for tests and comparisons; the default is the best)
+ * and returns the one in effect: min(isa, fm_nn_isa_best()). Process-wide; call
+ * before threads run operations and before arenas are measured: the scratch an
+ * operation needs depends on its kernel. */
+fm_nn_isa fm_nn_set_isa(fm_nn_isa isa);
+
+/* The set in effect. */
+fm_nn_isa fm_nn_isa_now(void);
+
+/* "base" or "avx2+fma". */
+const char *fm_nn_isa_name(fm_nn_isa isa);
+
 /* ---- convolution --------------------------------------------------------------- */
 
 /* Convolution geometry. The kernel size comes from the weight tensor. Dilation is 1. */
@@ -180,7 +205,8 @@ fm_status fm_nn_conv2d_shape(const fm_tensor *x, const fm_tensor *w,
  *   bias  NULL, or CO floats (any shape with CO elements), added to each out channel.
  *   y     [N, CO, OH, OW] as fm_nn_conv2d_shape; must not overlap x, w or bias.
  * groups == 1: im2col + cblas_sgemm; 1x1 stride-1 unpadded convolutions multiply the
- * input directly. Small outputs (few pixels per image) gather several images into one
+ * input directly; on AVX2+FMA CPUs, the convolutions fm_nn_conv2d_prelu runs directly
+ * run directly here too (scratch: the weights repacked). Small outputs (few pixels per image) gather several images into one
  * multiply so the matrices stay large. groups > 1 with one input channel per group
  * (depthwise, with or without a channel multiplier) runs a direct loop; other grouped
  * convolutions multiply per group. Scratch: an im2col buffer of about 1 MiB (at least
@@ -189,6 +215,18 @@ fm_status fm_nn_conv2d_shape(const fm_tensor *x, const fm_tensor *w,
 fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
                        const fm_tensor *bias, const fm_conv2d_params *p, fm_tensor *y,
                        fm_error *err);
+
+/* Convolution, bias and PReLU in one operation: y = prelu(conv(x, w) + bias, slope),
+ * slope as fm_nn_prelu (C or 1 elements; NULL: no activation, as fm_nn_conv2d).
+ * Operands and scratch as fm_nn_conv2d. Stride-1 unpadded single-group convolutions
+ * run as a direct kernel that applies the bias and the slope as it stores each output
+ * (on AVX2+FMA CPUs) when their outputs are at least 16 columns wide with at most 160
+ * multiply-adds each, or their output planes are small (at most 64 Ki floats over all
+ * channels when as wide as the input, at least 16 outputs, at most 600 multiply-adds
+ * each); everything else runs fm_nn_conv2d, then fm_nn_prelu in place. */
+fm_status fm_nn_conv2d_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                             const fm_tensor *bias, const fm_tensor *slope,
+                             const fm_conv2d_params *p, fm_tensor *y, fm_error *err);
 
 /* ---- pooling ------------------------------------------------------------------- */
 

@@ -87,9 +87,7 @@ fm_status fm_nn_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *slope, f
             const size_t off = ((size_t)n * x->c + c) * plane;
             const float *xc = x->data + off;
             float *yc = y->data + off;
-            const float s = slope->data[ns == 1 ? 0 : c];
-            for (size_t i = 0; i < plane; i++)
-                yc[i] = xc[i] > 0.0f ? xc[i] : s * xc[i];
+            nn_prelu_plane(xc, slope->data[ns == 1 ? 0 : c], yc, plane);
         }
     }
     return FM_OK;

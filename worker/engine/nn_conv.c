@@ -24,6 +24,7 @@
 #endif
 
 typedef enum conv_mode {
+    CONV_DIRECT,    /* stride 1 unpadded, few channels: direct kernel (nn_direct.c) */
     CONV_DEPTHWISE, /* one input channel per group: direct loop */
     CONV_1X1,       /* 1x1 stride 1 unpadded: multiply the input as it is */
     CONV_TILED,     /* im2col over column tiles of one image, results written in place */
@@ -136,6 +137,11 @@ nn_conv_layout nn_conv_layout_of(const conv_geom *g, int col_floats, int min_col
 static conv_plan conv_choose(const conv_geom *g)
 {
     conv_plan pl = {CONV_TILED, 0, 0, 0};
+    if (nn_direct_fits(g)) {
+        pl.mode = CONV_DIRECT;
+        pl.scratch = nn_direct_scratch(g);
+        return pl;
+    }
     if (g->groups > 1 && g->cpg == 1) {
         pl.mode = CONV_DEPTHWISE;
         return pl;
@@ -369,20 +375,25 @@ static void conv_depthwise(const conv_geom *g, const float *x, const float *w,
     }
 }
 
-fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
-                       const fm_tensor *bias, const fm_conv2d_params *p, fm_tensor *y,
-                       fm_error *err)
+/* fm_nn_conv2d, and fm_nn_conv2d_prelu when slope is not NULL (already checked): the
+ * direct kernel applies the slope as it stores; other paths leave it to the caller,
+ * and *fused says which happened. */
+static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
+                              const fm_tensor *w, const fm_tensor *bias,
+                              const fm_tensor *slope, const fm_conv2d_params *p, fm_tensor *y,
+                              int *fused, fm_error *err)
 {
-    const char *op = "conv2d";
     const int measuring = nn_measuring(a);
     fm_status st;
     conv_geom g;
+    *fused = 0;
     if ((st = nn_conv_operands(op, x, w, "output", y, p, measuring, &g, err)) ||
         (st = nn_check_vec(op, "bias", bias, (size_t)g.co, measuring, err)) ||
         (st = nn_check_shape(op, "output", y, g.n, g.co, g.oh, g.ow, err)) ||
         (st = nn_check_disjoint(op, "the input", y, x, err)) ||
         (st = nn_check_disjoint(op, "the weights", y, w, err)) ||
-        (st = nn_check_disjoint(op, "the bias", y, bias, err)))
+        (st = nn_check_disjoint(op, "the bias", y, bias, err)) ||
+        (st = nn_check_disjoint(op, "the slope", y, slope, err)))
         return st;
 
     conv_plan plan = conv_choose(&g);
@@ -401,6 +412,11 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
     const size_t in_plane = (size_t)g.h * g.w, out_plane = (size_t)g.p;
     const size_t wg_size = (size_t)g.cog * g.k;
     switch (plan.mode) {
+    case CONV_DIRECT:
+        nn_conv_direct(&g, x->data, w->data, b, slope ? slope->data : NULL,
+                       slope ? (int)fm_tensor_count(slope) : 0, y->data, scratch);
+        *fused = slope != NULL;
+        break;
     case CONV_DEPTHWISE:
         conv_depthwise(&g, x->data, w->data, b, y->data);
         break;
@@ -463,4 +479,34 @@ fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
     }
     fm_arena_reset(a, mark);
     return FM_OK;
+}
+
+fm_status fm_nn_conv2d(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                       const fm_tensor *bias, const fm_conv2d_params *p, fm_tensor *y,
+                       fm_error *err)
+{
+    int fused;
+    return conv_forward("conv2d", a, x, w, bias, NULL, p, y, &fused, err);
+}
+
+fm_status fm_nn_conv2d_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                             const fm_tensor *bias, const fm_tensor *slope,
+                             const fm_conv2d_params *p, fm_tensor *y, fm_error *err)
+{
+    const char *op = "conv2d_prelu";
+    fm_status st;
+    if (slope) {
+        /* The slope goes with the output channels: w's first dimension. */
+        if ((st = nn_check(op, "weights", w, nn_measuring(a), err)) ||
+            (st = nn_check(op, "slope", slope, nn_measuring(a), err)))
+            return st;
+        const fm_tensor out = fm_tensor_make(1, w->n, 1, 1, NULL);
+        if ((st = nn_check_slope(op, slope, &out, err)))
+            return st;
+    }
+    int fused = 0;
+    st = conv_forward(op, a, x, w, bias, slope, p, y, &fused, err);
+    if (!st && slope && !fused)
+        st = fm_nn_prelu(a, y, slope, y, err);
+    return st;
 }

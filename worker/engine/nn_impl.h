@@ -149,4 +149,26 @@ static inline void nn_pool_window(int o, int stride, int pad0, int pad1, int k, 
     *e = end < in ? end : in;
 }
 
+/* ---- the engine's own vector kernels (nn_direct.c) ------------------------------ */
+
+/* 1 when the direct convolution applies to g on this CPU and ISA setting: stride 1,
+ * unpadded, one group, outputs wide enough for its tiles. */
+int nn_direct_fits(const conv_geom *g);
+
+/* Floats of scratch nn_conv_direct needs for g (packed weights, bias and slope). */
+size_t nn_direct_scratch(const conv_geom *g);
+
+/* y = conv(x, w) + bias, then PReLU with slope (n_slope elements: 1 or g->co) when
+ * slope is not NULL, for every image of g; only when nn_direct_fits(g). bias may be
+ * NULL. scratch: nn_direct_scratch(g) floats. */
+void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const float *bias,
+                    const float *slope, int n_slope, float *y, float *scratch);
+
+/* y[i] = x[i] > 0 ? x[i] : s * x[i] for count floats (y may be x). */
+void nn_prelu_plane(const float *x, float s, float *y, size_t count);
+
+/* Max pooling of one h x w plane with a k x k window (k = 2 or 3), stride 2, no
+ * padding, ceil mode, into oh x ow. 0 (nothing done) when no vector kernel applies. */
+int nn_maxpool_s2(const float *xc, int h, int w, int k, float *yc, int oh, int ow);
+
 #endif

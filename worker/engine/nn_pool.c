@@ -91,9 +91,14 @@ fm_status fm_nn_maxpool2d(fm_arena *a, const fm_tensor *x, const fm_pool2d_param
         return st;
     const size_t in_plane = (size_t)x->h * x->w, out_plane = (size_t)y->h * y->w;
     const size_t planes = (size_t)x->n * x->c;
+    /* MTCNN's pools: 2x2 and 3x3, stride 2, unpadded (ceil mode or not). */
+    const int s2 = p->kernel_h == p->kernel_w && p->stride_h == 2 && p->stride_w == 2 &&
+                   !p->pad_top && !p->pad_left && !p->pad_bottom && !p->pad_right;
     for (size_t pc = 0; pc < planes; pc++) {
         const float *xc = x->data + pc * in_plane;
         float *yc = y->data + pc * out_plane;
+        if (s2 && nn_maxpool_s2(xc, x->h, x->w, p->kernel_h, yc, y->h, y->w))
+            continue;
         for (int oy = 0; oy < y->h; oy++) {
             int hs, he, hspan;
             nn_pool_window(oy, p->stride_h, p->pad_top, p->pad_bottom, p->kernel_h, x->h, &hs,

@@ -23,6 +23,9 @@
 
 #include <limits.h>
 #include <math.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -423,9 +426,7 @@ static fm_status conv_prelu(fm_arena *a, act_bufs *b, const fm_tensor *x, int to
     if (!st)
         st = act_view(b, to, 0, s.n, s.c, s.h, s.w, y, err);
     if (!st)
-        st = fm_nn_conv2d(a, x, w, bias, &p, y, err);
-    if (!st && alpha)
-        st = fm_nn_prelu(a, y, alpha, y, err);
+        st = fm_nn_conv2d_prelu(a, x, w, bias, alpha, &p, y, err);
     return st;
 }
 
@@ -832,6 +833,95 @@ static void level_axis(int o, double s, int n_in, int pad, int n_img, int *i0, i
     *f = (float)(p - fl);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LEVEL_AVX2 1
+/* Columns [0, 8k) of one pyramid row inside the image, 8 at a time: the operations of
+ * the scalar loop in sample_level_rows, in float32 and in the same order (no FMA), so
+ * the results are the same bits. Pixels are gathered as 32-bit words: the byte after
+ * each pixel is read and dropped, so neither row may be the image's last unless its
+ * stride leaves a byte after the pixels. Returns the columns done. */
+__attribute__((target("avx2"))) static int level_row_avx2(
+    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+    const float *col_fx, float fy, const float *mean, const float *scale, float *out,
+    size_t plane, int ws)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), vfy = _mm256_set1_ps(fy);
+    const __m256 vfy1 = _mm256_sub_ps(one, vfy);
+    const __m256i three = _mm256_set1_epi32(3), low = _mm256_set1_epi32(0xff);
+    int ox = 0;
+    for (; ox + 8 <= ws; ox += 8) {
+        __m256i i0 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(col_x0 + ox)),
+                                        three);
+        __m256i i1 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(col_x1 + ox)),
+                                        three);
+        __m256 fx = _mm256_loadu_ps(col_fx + ox), fx1 = _mm256_sub_ps(one, fx);
+        __m256i a0 = _mm256_i32gather_epi32((const int *)row0, i0, 1);
+        __m256i a1 = _mm256_i32gather_epi32((const int *)row0, i1, 1);
+        __m256i b0 = _mm256_i32gather_epi32((const int *)row1, i0, 1);
+        __m256i b1 = _mm256_i32gather_epi32((const int *)row1, i1, 1);
+        for (int c = 0; c < 3; c++) {
+            __m256 pa0 = _mm256_cvtepi32_ps(_mm256_and_si256(a0, low));
+            __m256 pa1 = _mm256_cvtepi32_ps(_mm256_and_si256(a1, low));
+            __m256 pb0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, low));
+            __m256 pb1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, low));
+            __m256 top = _mm256_add_ps(_mm256_mul_ps(fx1, pa0), _mm256_mul_ps(fx, pa1));
+            __m256 bot = _mm256_add_ps(_mm256_mul_ps(fx1, pb0), _mm256_mul_ps(fx, pb1));
+            __m256 val = _mm256_add_ps(_mm256_mul_ps(vfy1, top), _mm256_mul_ps(vfy, bot));
+            val = _mm256_mul_ps(_mm256_sub_ps(val, _mm256_set1_ps(mean[c])),
+                                _mm256_set1_ps(scale[c]));
+            _mm256_storeu_ps(out + (size_t)c * plane + ox, val);
+            a0 = _mm256_srli_epi32(a0, 8);
+            a1 = _mm256_srli_epi32(a1, 8);
+            b0 = _mm256_srli_epi32(b0, 8);
+            b1 = _mm256_srli_epi32(b1, 8);
+        }
+    }
+    return ox;
+}
+#else
+#define LEVEL_AVX2 0
+#endif
+
+/* 1 when every one of the n column sources is an image pixel (no border, no zero). */
+static int all_inside(const int *x0, const int *x1, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (x0[i] < 0 || x1[i] < 0)
+            return 0;
+    return 1;
+}
+
+/* One row of n samples whose source rows y0, y1 and columns x0s, x1s all lie inside
+ * img: the arithmetic of the general loops below without the border tests of fetch(),
+ * 8 samples at a time when vector (the same bits), into out (3 planes plane apart),
+ * normalised with mean and scale. */
+static void sample_row_inside(const fm_image *img, int y0, int y1, const int *x0s,
+                              const int *x1s, const float *fxs, float fy, const float *mean,
+                              const float *scale, float *out, size_t plane, int n, int vector)
+{
+    const uint8_t *row0 = row_ptr(img, y0), *row1 = row_ptr(img, y1);
+    const float one = 1.0f;
+    int ox = 0;
+#if LEVEL_AVX2
+    const int last = img->h - 1;
+    if (vector && ((y0 < last && y1 < last) || img->stride > 3 * (size_t)img->w))
+        ox = level_row_avx2(row0, row1, x0s, x1s, fxs, fy, mean, scale, out, plane, n);
+#else
+    (void)vector;
+#endif
+    for (; ox < n; ox++) {
+        const uint8_t *a0 = row0 + 3 * (size_t)x0s[ox], *a1 = row0 + 3 * (size_t)x1s[ox];
+        const uint8_t *b0 = row1 + 3 * (size_t)x0s[ox], *b1 = row1 + 3 * (size_t)x1s[ox];
+        float fx = fxs[ox];
+        for (int c = 0; c < 3; c++) {
+            float top = (one - fx) * (float)a0[c] + fx * (float)a1[c];
+            float bot = (one - fx) * (float)b0[c] + fx * (float)b1[c];
+            float val = (one - fy) * top + fy * bot;
+            out[(size_t)c * plane + ox] = (val - mean[c]) * scale[c];
+        }
+    }
+}
+
 /* Writes rows [r0, r1) of the pyramid level of scale s (ws columns) into x
  * [1, 3, r1 - r0, ws], normalised. Column tables are in d->col_*. */
 static void sample_level_rows(const fm_detector *d, const src_view *v, double s, int r0,
@@ -840,12 +930,19 @@ static void sample_level_rows(const fm_detector *d, const src_view *v, double s,
     const float *mean = d->pnet.mean, *scale = d->pnet.scale;
     size_t plane = (size_t)(r1 - r0) * (size_t)ws;
     const float one = 1.0f;
+    const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+    const int cols_inside = all_inside(d->col_x0, d->col_x1, ws);
     for (int oy = r0; oy < r1; oy++) {
         int y0, y1;
         float fy;
         level_axis(oy, s, v->h, v->pad, v->img->h, &y0, &y1, &fy);
         const uint8_t *row0 = row_ptr(v->img, y0), *row1 = row_ptr(v->img, y1);
         float *out = x + (size_t)(oy - r0) * (size_t)ws;
+        if (y0 >= 0 && y1 >= 0 && cols_inside) {
+            sample_row_inside(v->img, y0, y1, d->col_x0, d->col_x1, d->col_fx, fy, mean,
+                              scale, out, plane, ws, vector);
+            continue;
+        }
         for (int ox = 0; ox < ws; ox++) {
             int x0 = d->col_x0[ox], x1 = d->col_x1[ox];
             float fx = d->col_fx[ox];
@@ -890,8 +987,15 @@ static void sample_crop(const mtcnn_net *net, const src_view *v, const double bo
     crop_axis(box[1], box[3], size, v->h, v->pad, v->img->h, yi0, yi1, fy);
     size_t plane = (size_t)size * (size_t)size;
     const float one = 1.0f;
+    const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+    const int cols_inside = all_inside(xi0, xi1, size);
     for (int oy = 0; oy < size; oy++) {
         int y0 = yi0[oy], y1 = yi1[oy];
+        if (y0 >= 0 && y1 >= 0 && cols_inside) {
+            sample_row_inside(v->img, y0, y1, xi0, xi1, fx, fy[oy], net->mean, net->scale,
+                              x + (size_t)oy * (size_t)size, plane, size, vector);
+            continue;
+        }
         const uint8_t *r0 = row_ptr(v->img, y0), *r1 = row_ptr(v->img, y1);
         for (int ox = 0; ox < size; ox++) {
             int x0 = xi0[ox], x1 = xi1[ox];
