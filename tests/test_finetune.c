@@ -892,6 +892,52 @@ static void test_align_zoom(void)
     fm_model_close(&m);
 }
 
+/* --degrade: with every training face damaged the trained weights differ from the
+ * same run undamaged (same seed, so only the damage differs) and stay finite; the
+ * evaluation faces are never damaged. */
+static void test_degrade_augment(synth *s)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    float *params[2] = {NULL, NULL};
+    size_t count[2] = {0, 0};
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    for (int k = 0; k < 2 && m; k++) {
+        fm_ft_opts o;
+        small_opts(&o);
+        o.max_epochs = 1;
+        o.degrade = k;
+        fm_ft_set set = {24, s->img};
+        fm_ft_set val = {8, s->img + 24};
+        fm_finetune *ft = NULL;
+        CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+        if (!ft)
+            break;
+        CHECK_MSG(fm_finetune_run(ft, &set, &val, "degrade", NULL, &err) == FM_OK, "%s",
+                  fm_error_text(&err));
+        float *p = fm_finetune_params(ft, &count[k], NULL);
+        params[k] = malloc(count[k] * sizeof(float));
+        memcpy(params[k], p, count[k] * sizeof(float));
+        fm_finetune_free(&ft);
+    }
+    if (params[0] && params[1] && count[0] == count[1]) {
+        size_t differ = 0, finite = 0;
+        for (size_t i = 0; i < count[0]; i++) {
+            differ += params[0][i] != params[1][i];
+            finite += isfinite(params[1][i]);
+        }
+        /* a deterministic trainer (test_resume): any difference is the damage's */
+        CHECK_MSG(differ > 0, "%zu of %zu weights differ", differ, count[0]);
+        fprintf(stderr, "degrade: %zu of %zu trained weights differ\n", differ, count[0]);
+        CHECK(finite == count[1]);
+    } else {
+        CHECK(0);
+    }
+    free(params[0]);
+    free(params[1]);
+    fm_model_close(&m);
+}
+
 static void test_bad_options(void)
 {
     fm_error err = {0};
@@ -930,6 +976,10 @@ static void test_bad_options(void)
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     o.label_smoothing = 1.5;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
+    CHECK(o.degrade == 0);
+    o.degrade = 1.5;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     CHECK(fm_ft_block_index("conv128_down") == 7 && fm_ft_block_index("stem") == FM_FT_STEM &&
           fm_ft_block_index("heads") == FM_FT_BLOCKS && fm_ft_block_index("nope") == -2);
     CHECK(strcmp(fm_ft_block_name(13), "conv256_down_out") == 0);
@@ -958,6 +1008,7 @@ int main(void)
     test_schedules(s);
     test_adam_first_step(s);
     test_converges(s);
+    test_degrade_augment(s);
     test_resume(s);
     free(s);
     fm_test_remove_tree(tmpdir);

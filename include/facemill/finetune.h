@@ -135,6 +135,12 @@ typedef struct fm_ft_opts {
     int flip;                    /* 1: half the faces are the mirror view */
     double shift_px, scale_jitter, rotate_deg; /* uniform in +-value */
     double brightness, contrast; /* pixel offset +-brightness, gain 1 +- contrast */
+    double degrade;              /* share of training faces (0..1) given one damage of
+                                    the robustness suite (degrade.h), kind and strength
+                                    drawn at random: a face down to 20-64 px, JPEG
+                                    quality 10-60, blur 0.6-3 px, grayscale, a 10-25
+                                    degree turn, exposure -1.5..-0.5 or +0.5..+1.2
+                                    stops, the mouth-and-chin band; 0: none */
     uint64_t seed;
     /* checkpoints: a file written atomically every checkpoint_steps steps (0: only
      * after each epoch) and read at the start of fm_finetune_run when it exists and
@@ -156,7 +162,7 @@ typedef struct fm_ft_opts {
  * 2 epochs x 0.1, hidden 256, alpha 0.1, dropout 0.3, age sigma 2 and weight 1 (all
  * loss weights 1), align zoom 1, flip
  * on, shift 4 px, scale 0.05, rotation 5 degrees, brightness 16, contrast 0.15,
- * seed 1, checkpoints every 200 steps. */
+ * no damage (degrade 0), seed 1, checkpoints every 200 steps. */
 void fm_ft_opts_defaults(fm_ft_opts *o);
 
 typedef struct fm_finetune fm_finetune;

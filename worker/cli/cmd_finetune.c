@@ -256,6 +256,10 @@ int fm_cmd_finetune(int argc, char **argv)
                 "photometric jitter, pixel offset (default 16)"),
         CLI_NUM("--contrast", 0, "F", 0, 0.99, &o.contrast,
                 "photometric jitter, gain (default 0.15)"),
+        CLI_NUM("--degrade", 0, "P", 0, 1, &o.degrade,
+                "share of training faces given one damage of the robustness suite "
+                "(small, recompressed, blurred, gray, turned, dark or bright, mouth and "
+                "chin hidden), drawn at random (default 0)"),
         CLI_INT("--seed", 0, "N", 0, 9007199254740992.0, &o.seed, "random seed (default 1)"),
         CLI_INT("--limit", 0, "N", 1, 1e9, &x.limit,
                 "use only the first N training images (by name)"),

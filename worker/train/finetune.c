@@ -20,6 +20,7 @@
 #include "facemill/align.h"
 #include "facemill/backbone.h"
 #include "facemill/clock.h"
+#include "facemill/degrade.h"
 #include "facemill/dlib_resnet.h"
 #include "facemill/grad.h"
 #include "facemill/heads.h"
@@ -399,7 +400,8 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
         !(o->shift_px >= 0) || !(o->scale_jitter >= 0 && o->scale_jitter < 0.5) ||
         !(o->rotate_deg >= 0 && o->rotate_deg <= 45) || !(o->brightness >= 0) ||
-        !(o->contrast >= 0 && o->contrast < 1) || o->checkpoint_steps < 0 ||
+        !(o->contrast >= 0 && o->contrast < 1) || !(o->degrade >= 0 && o->degrade <= 1) ||
+        o->checkpoint_steps < 0 ||
         (o->optimizer != FM_FT_ADAMW && o->optimizer != FM_FT_SGD) ||
         (o->schedule != FM_FT_COSINE && o->schedule != FM_FT_STEP))
         return fm_error_set(err, FM_ERR_INVALID, "fine-tune: an option is out of range");
@@ -594,6 +596,47 @@ static int align_inverse(const fm_finetune *ft, const fm_ft_image *img, int mirr
     return 0;
 }
 
+/* One damage of the robustness suite, its kind and strength drawn with r, applied to
+ * the W x H chip in place (o->degrade). Why on the aligned chip and not on the photo:
+ * the chip is what the network sees, and every damage drawn here keeps its size; a
+ * damage that fails (out of memory) leaves the chip as it was. */
+static void degrade_chip(uint8_t *chip, int W, int H, rng *r)
+{
+    fm_degrade d = {0};
+    switch ((int)(rng_unit(r) * 7)) {
+    case 0:
+        d.kind = FM_DEGRADE_DOWN;
+        d.param = 20 + rng_unit(r) * 44;
+        break;
+    case 1:
+        d.kind = FM_DEGRADE_JPEG;
+        d.param = floor(10 + rng_unit(r) * 51);
+        break;
+    case 2:
+        d.kind = FM_DEGRADE_BLUR;
+        d.param = 0.6 + rng_unit(r) * 2.4;
+        break;
+    case 3: d.kind = FM_DEGRADE_GRAY; break;
+    case 4:
+        d.kind = FM_DEGRADE_ROTATE;
+        d.param = (rng_unit(r) < 0.5 ? -1 : 1) * (10 + rng_unit(r) * 15);
+        break;
+    case 5:
+        d.kind = FM_DEGRADE_EXPOSURE;
+        d.param = rng_unit(r) < 0.5 ? -1.5 + rng_unit(r) : 0.5 + rng_unit(r) * 0.7;
+        break;
+    default: d.kind = FM_DEGRADE_OCCLUDE; break;
+    }
+    fm_image in = {.w = W, .h = H, .stride = (size_t)3 * W, .data = chip, .orig_w = W,
+                   .orig_h = H, .scale_num = 1, .scale_denom = 1, .orientation = 1};
+    fm_image out = {0};
+    fm_error e = {0};
+    if (fm_degrade_apply(&d, &in, 0, &out, &e) == FM_OK && out.w == W && out.h == H)
+        for (int y = 0; y < H; y++)
+            memcpy(chip + (size_t)y * 3 * W, out.data + (size_t)y * out.stride, (size_t)3 * W);
+    free(out.data);
+}
+
 /* Cuts face slot of the batch out of img; r (NULL: no augmentation) draws the flip,
  * the alignment jitter and the photometric change. */
 static void make_input(fm_finetune *ft, const fm_ft_image *img, int slot, int mirror,
@@ -638,6 +681,8 @@ static void make_input(fm_finetune *ft, const fm_ft_image *img, int slot, int mi
         }
         fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
         fm_align_warp(img->rgb, img->w, img->h, img->stride, 3, A, chip, W, H, &wo);
+        if (r && o->degrade > 0 && rng_unit(r) < o->degrade)
+            degrade_chip(chip, W, H, r);
     }
     float *dst = ft->xbuf + (size_t)slot * 3 * plane;
     for (int c = 0; c < 3; c++) {
@@ -743,6 +788,11 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         size_t len = strlen(buf);
         if (len < size)
             snprintf(buf + len, size - len, "|smooth %.17g", o->label_smoothing);
+    }
+    if (o->degrade != 0) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|degrade %.17g", o->degrade);
     }
 }
 
