@@ -194,8 +194,17 @@ def common_checks(d, db, page, per_cell=3, extremes=24, max_failures=100):
           shown.get("data-shown") == str(min(failed, max_failures)),
           "the failure list says how many of how many (%s)" % shown.get("_text"))
     with_age = q(db, "SELECT count(*) FROM faces WHERE age IS NOT NULL")[0][0]
-    with_gender = q(db, "SELECT count(*) FROM faces WHERE gender IS NOT NULL")[0][0]
-    with_race = q(db, "SELECT count(*) FROM faces WHERE race IS NOT NULL")[0][0]
+    # the gender and ethnicity charts have a "withheld" bar (class null, probabilities
+    # given): every face with probabilities is in one bar
+    with_gender = q(db, "SELECT count(*) FROM faces WHERE p_male IS NOT NULL")[0][0]
+    with_race = q(db, "SELECT count(*) FROM faces WHERE p_white IS NOT NULL")[0][0]
+    for chart, col, prob in (("chart-gender", "gender", "p_male"), ("chart-race", "race",
+                                                                     "p_white")):
+        bars = d.bars.get(chart, [])
+        held = q(db, "SELECT count(*) FROM faces WHERE %s IS NULL AND %s IS NOT NULL" %
+                 (col, prob))[0][0]
+        check(bars and bars[-1] == held, "%s: the withheld bar counts %s (database: %d)" %
+              (chart, bars[-1:] or None, held))
     labelled = q(db, "SELECT count(*) FROM images WHERE error_code = 0")[0][0]
     for chart, want in (("chart-age", with_age), ("chart-gender", with_gender),
                         ("chart-race", with_race), ("chart-faces", labelled),

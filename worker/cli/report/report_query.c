@@ -247,11 +247,14 @@ static void step_bins(rep_hist *h, double lo, double w, int n, const char *fmt)
     }
 }
 
+/* The classes' bins and, after them, "withheld": faces whose class is null although
+ * their probabilities are there (heads.gender_min_prob, heads.race_min_prob). */
 static void names_bins(rep_hist *h, const char *const *names, int n)
 {
-    h->n = n;
+    h->n = n + 1;
     for (int i = 0; i < n; i++)
         snprintf(h->labels[i], REP_LABEL_MAX, "%s", names[i]);
+    snprintf(h->labels[n], REP_LABEL_MAX, "withheld");
 }
 
 #define GENDER_CONF "max(p_male, p_female)"
@@ -275,14 +278,16 @@ fm_status rep_query_hists(sqlite3 *db, rep_hist h[REP_H_COUNT], fm_error *err)
     h[REP_H_GENDER] = (rep_hist){.id = "gender", .title = "Gender", .unit = "faces"};
     names_bins(&h[REP_H_GENDER], fm_result_gender_names, REP_GENDERS);
     if ((rc = hist_query(db, &h[REP_H_GENDER],
-                         "SELECT CASE gender WHEN 'male' THEN 0 WHEN 'female' THEN 1 END,"
+                         "SELECT CASE gender WHEN 'male' THEN 0 WHEN 'female' THEN 1 ELSE"
+                         " CASE WHEN p_male IS NOT NULL THEN 2 END END,"
                          " count(*) FROM faces GROUP BY 1", err)) != FM_OK)
         return rc;
     h[REP_H_RACE] = (rep_hist){.id = "race", .title = "Ethnicity", .unit = "faces"};
     names_bins(&h[REP_H_RACE], fm_result_race_names, REP_RACES);
     if ((rc = hist_query(db, &h[REP_H_RACE],
                          "SELECT CASE race WHEN 'White' THEN 0 WHEN 'Black' THEN 1"
-                         " WHEN 'Asian' THEN 2 WHEN 'Indian' THEN 3 WHEN 'Others' THEN 4 END,"
+                         " WHEN 'Asian' THEN 2 WHEN 'Indian' THEN 3 WHEN 'Others' THEN 4 ELSE"
+                         " CASE WHEN p_white IS NOT NULL THEN 5 END END,"
                          " count(*) FROM faces GROUP BY 1", err)) != FM_OK)
         return rc;
     h[REP_H_FACES] = (rep_hist){.id = "faces", .title = "Faces per labelled image",
