@@ -1108,9 +1108,7 @@ def case_full_pipeline(c, a):
                   len(f["landmarks"]) == 5 and
                   close(sum(gp.values()), 1, 1e-3) and close(sum(rp.values()), 1, 1e-3) and
                   all(0 <= q <= 1 for q in probs) and
-                  # gender null: below heads.gender_min_prob's default (0.85)
-                  (f["gender"] in ("male", "female") or
-                   (f["gender"] is None and max(gp.values()) < 0.85)) and
+                  f["gender"] in ("male", "female") and
                   f["race"] in RACES)
             if not ok:
                 raise Failure("%s: implausible face %s" % (name, f))

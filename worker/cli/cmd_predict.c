@@ -33,8 +33,8 @@ static const cli_cmd cmd = {
     "An image that failed has \"error\": {\"code\", \"name\", \"text\"} and no faces.\n"
     "age is the expected value of the predicted age distribution, age_std its\n"
     "standard deviation. gender (race) is null, its probabilities still given,\n"
-    "when the most probable class is below heads.gender_min_prob (0.85 by\n"
-    "default) or heads.race_min_prob (0: never). Coordinates as in `facemill\n"
+    "when the most probable class is below heads.gender_min_prob or\n"
+    "heads.race_min_prob (both 0 by default: never). Coordinates as in `facemill\n"
     "detect`. Settings: detect.*, decode.*, embed.*, heads.*, models.dir,\n"
     "engine.threads. With heads.model empty, faces carry no attributes (no age,\n"
     "gender or race keys).\n",
