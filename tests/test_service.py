@@ -1143,6 +1143,10 @@ def case_long_batch(c, a):
           (per_photo[0], per_photo[-1], expiry, heartbeat))
     c.sink()
     c.broker()
+    # The worker starts once the broker serves: its silence timer (the short expiry)
+    # would otherwise run while a loaded machine is still starting the broker.
+    wait_until(lambda: "broker: clients" in read_log(c, "broker") and
+               "storing results" in read_log(c, "sink"), 120, "the broker and sink serving")
     w = c.worker("worker", processes=1, decode_only=False, overrides={"log.level": "debug"})
     kids = [wait_children(w, 1, 120)]
     p = c.submit([inp], "long")
