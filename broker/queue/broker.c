@@ -496,7 +496,7 @@ static uint32_t worker_free(const worker *w)
 static fm_status drain_socket(fm_broker *b, void *sock,
                               fm_status (*fn)(fm_broker *, const fm_wire_peer *,
                                               Facemill__Envelope *, fm_error *),
-                              const char *what, fm_error *err);
+                              const char *what, int until_tick, fm_error *err);
 static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Envelope *e,
                            fm_error *err);
 
@@ -508,7 +508,9 @@ static fm_status on_worker(fm_broker *b, const fm_wire_peer *from, Facemill__Env
 static fm_status worker_gone(fm_broker *b, worker *w, const char *how, fm_error *err)
 {
     fm_wire_peer peer = w->peer;
-    fm_status st = drain_socket(b, b->workers, on_worker, "worker", err);
+    /* Called from the tick, when the next tick is due: read regardless (up to the
+     * usual 256 messages), or the goodbye would wait behind the verdict. */
+    fm_status st = drain_socket(b, b->workers, on_worker, "worker", 0, err);
     if (st != FM_OK)
         return st;
     if (!(w = worker_find(b, &peer)))
@@ -1630,16 +1632,17 @@ fail:
 }
 
 /* Receives what a socket has: at most 256 messages, to stay fair to the others, and
- * none after the first once the next tick is due, so heartbeats go out on time
- * whatever floods in (what is left is read at the next turn). Submits over
- * broker.max_submit_jobs or max_submit_bytes are refused before they are decoded. */
+ * with until_tick none after the first once the next tick is due, so heartbeats go
+ * out on time whatever floods in (what is left is read at the next turn). Submits
+ * over broker.max_submit_jobs or max_submit_bytes are refused before they are
+ * decoded. */
 static fm_status drain_socket(fm_broker *b, void *sock,
                               fm_status (*fn)(fm_broker *, const fm_wire_peer *,
                                               Facemill__Envelope *, fm_error *),
-                              const char *what, fm_error *err)
+                              const char *what, int until_tick, fm_error *err)
 {
     for (int i = 0; i < 256; i++) {
-        if (i > 0 && fm_now_ms() >= b->next_tick)
+        if (until_tick && i > 0 && fm_now_ms() >= b->next_tick)
             return FM_OK;
         fm_wire_peer from;
         Facemill__Envelope *e = NULL;
@@ -1713,13 +1716,13 @@ fm_status fm_broker_run(fm_broker *b, volatile sig_atomic_t *stop, fm_error *err
         }
         /* Workers first: done jobs free credit before new ones are queued. */
         if ((items[1].revents & ZMQ_POLLIN) &&
-            (st = drain_socket(b, b->workers, on_worker, "worker", err)) != FM_OK)
+            (st = drain_socket(b, b->workers, on_worker, "worker", 1, err)) != FM_OK)
             break;
         if ((items[2].revents & ZMQ_POLLIN) &&
-            (st = drain_socket(b, b->commits, on_commit, "sink", err)) != FM_OK)
+            (st = drain_socket(b, b->commits, on_commit, "sink", 1, err)) != FM_OK)
             break;
         if ((items[0].revents & ZMQ_POLLIN) &&
-            (st = drain_socket(b, b->clients, on_client, "client", err)) != FM_OK)
+            (st = drain_socket(b, b->clients, on_client, "client", 1, err)) != FM_OK)
             break;
         if (fm_now_ms() >= b->next_tick) {
             if ((st = tick(b, err)) != FM_OK)
