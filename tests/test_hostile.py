@@ -68,7 +68,6 @@ deadline; "nothing arrived" is checked over the whole run of the jobs, which the
 attackers were connected for. Exit 0 pass, 1 fail, 77 skip (no python3-zmq, no
 generated facemill_pb2.py, a libzmq without CURVE, or disk_full without root).
 """
-import argparse
 import os
 import re
 import shutil
@@ -83,7 +82,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_service import (SKIP, Cluster, Failure, Skip, check, db_query,  # noqa: E402
                           exactly_once, finish_submit, free_port_block, make_images,
-                          read_log, sanitizer_clean, wait_until)
+                          read_log, case_args, run_case, sanitizer_clean,
+                          wait_until)
 
 zmq = None
 pb = None
@@ -1282,17 +1282,7 @@ CASES = {
 
 def main():
     global zmq, pb
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--case", required=True, choices=sorted(CASES))
-    ap.add_argument("--bin", default=os.environ.get("FACEMILL_BIN_DIR", "build/bin"))
-    ap.add_argument("--src", default=os.environ.get("FACEMILL_SOURCE_DIR", "."))
-    ap.add_argument("--pydir", default=None, help="generated facemill_pb2.py directory")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    a = ap.parse_args()
-    a.bin = os.path.abspath(a.bin)
-    a.src = os.path.abspath(a.src)
-    if a.pydir is None:
-        a.pydir = os.path.join(os.path.dirname(a.bin), "python")
+    a = case_args(CASES)
     try:
         import zmq as zmq_module
         import zmq.auth  # noqa: F401
@@ -1313,36 +1303,21 @@ def main():
     tmp = tempfile.mkdtemp(prefix="fmhost.", dir="/tmp")  # short: ipc paths are limited
     c = Cluster(a.bin, a.src, tmp)
     c.sets["log.level"] = "info"
-    code = 1
-    h = None
-    try:
-        try:
-            h = Hostile(c, a)
-            h.jpeg = jpeg_bytes(a, tmp)
-            CASES[a.case](h)
-            result = 0
-        except Skip as e:
-            print("skip:", e, flush=True)
-            result = SKIP
-        c.stop_all()
-        for name in sorted(os.listdir(tmp)):
-            if name.endswith(".log"):
-                with open(os.path.join(tmp, name), "rb") as f:
-                    sanitizer_clean(f.read(), name)
-        code = result
-    except Failure as e:
-        print("FAIL:", e, flush=True)
-        c.dump_logs()
-    finally:
-        c.stop_all()
-        if h:
+    hostile = []
+
+    def body():
+        h = Hostile(c, a)
+        hostile.append(h)
+        h.jpeg = jpeg_bytes(a, tmp)
+        CASES[a.case](h)
+
+    def cleanup():
+        for h in hostile:
             h.close()
             if getattr(h, "umount", None):
                 subprocess.run(["umount", h.umount], capture_output=True, timeout=60)
-        if code in (0, SKIP) and not a.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("files kept in", tmp)
+
+    code = run_case(c, body, a.keep, cleanup)
     return code
 
 

@@ -313,10 +313,7 @@ def main():
         c.dump_logs()
     finally:
         c.stop_all()
-        if not check.failures:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("files kept in", tmp, file=sys.stderr)
+        check.done_with(tmp)
     return check.summary()
 
 

@@ -16,7 +16,6 @@ Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil).
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 
@@ -142,10 +141,7 @@ def main():
         r = run([fm, "predict", "--draw", os.path.join(tmp, "x.jpg")] + inputs[:2], timeout=60)
         check(r.returncode == 2, "--draw with two images is a usage error (%d)" % r.returncode)
     finally:
-        if not check.failures:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("files kept in", tmp, file=sys.stderr)
+        check.done_with(tmp)
     return check.summary()
 
 

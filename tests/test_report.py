@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -403,10 +402,7 @@ def main():
         case_samples(a, browser, tmp)
         case_generated(a, browser, tmp)
     finally:
-        if not check.failures:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("files kept in", tmp, file=sys.stderr)
+        check.done_with(tmp)
     return check.summary()
 
 

@@ -1197,9 +1197,11 @@ CASES = {
 }
 
 
-def main():
+def case_args(cases):
+    """The command line of a program of cluster cases: --case NAME (one of cases),
+    --bin, --src (absolute), --pydir (default BIN/../python), --keep."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", required=True, choices=sorted(CASES))
+    ap.add_argument("--case", required=True, choices=sorted(cases))
     ap.add_argument("--bin", default=os.environ.get("FACEMILL_BIN_DIR", "build/bin"))
     ap.add_argument("--src", default=os.environ.get("FACEMILL_SOURCE_DIR", "."))
     ap.add_argument("--pydir", default=None, help="generated facemill_pb2.py directory")
@@ -1209,24 +1211,27 @@ def main():
     a.src = os.path.abspath(a.src)
     if a.pydir is None:
         a.pydir = os.path.join(os.path.dirname(a.bin), "python")
-    for prog in ("facemill", "facemill-broker", "facemill-sink", "facemill-worker"):
-        if not os.access(os.path.join(a.bin, prog), os.X_OK):
-            print("skip: %s not built" % prog)
-            return SKIP
-    tmp = tempfile.mkdtemp(prefix="fmsvc.", dir="/tmp")  # short: ipc paths are limited
-    c = Cluster(a.bin, a.src, tmp)
+    return a
+
+
+def run_case(c, body, keep=False, cleanup=None):
+    """Runs body() against the cluster c and returns the exit code: 0 passed, SKIP
+    (body raised Skip; what ran before must still be clean), 1 failed (a Failure, or a
+    sanitizer report in any program's log once every process stopped). Then stops
+    everything, calls cleanup() when given, and removes c.dir unless keep or a
+    failure (the logs are dumped and the directory kept)."""
     code = 1
     try:
         result = 0
         try:
-            CASES[a.case](c, a)
-        except Skip as e:  # what ran before must still be clean
+            body()
+        except Skip as e:
             print("skip:", e, flush=True)
             result = SKIP
         c.stop_all()
-        for name in sorted(os.listdir(tmp)):
+        for name in sorted(os.listdir(c.dir)):
             if name.endswith(".log"):
-                with open(os.path.join(tmp, name), "rb") as f:
+                with open(os.path.join(c.dir, name), "rb") as f:
                     sanitizer_clean(f.read(), name)
         code = result
     except Failure as e:
@@ -1234,10 +1239,24 @@ def main():
         c.dump_logs()
     finally:
         c.stop_all()
-        if code in (0, SKIP) and not a.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if cleanup:
+            cleanup()
+        if code in (0, SKIP) and not keep:
+            shutil.rmtree(c.dir, ignore_errors=True)
         else:
-            print("files kept in", tmp)
+            print("files kept in", c.dir)
+    return code
+
+
+def main():
+    a = case_args(CASES)
+    for prog in ("facemill", "facemill-broker", "facemill-sink", "facemill-worker"):
+        if not os.access(os.path.join(a.bin, prog), os.X_OK):
+            print("skip: %s not built" % prog)
+            return SKIP
+    tmp = tempfile.mkdtemp(prefix="fmsvc.", dir="/tmp")  # short: ipc paths are limited
+    c = Cluster(a.bin, a.src, tmp)
+    code = run_case(c, lambda: CASES[a.case](c, a), a.keep)
     print("test_service %s: %s" % (a.case, {0: "passed", SKIP: "skipped"}.get(code, "FAILED")))
     return code
 

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "facemill/image.h"
 #include "facemill/status.h"
 
 #ifdef __cplusplus
@@ -50,6 +51,13 @@ typedef struct fm_warp_opts {
 void fm_align_warp(const uint8_t *src, int w, int h, size_t stride, int channels,
                    const float M_inv[6], uint8_t *dst, int out_w, int out_h,
                    const fm_warp_opts *opts);
+
+/* The w x h RGB image sampled bilinearly (edges replicated) from the window of src
+ * with corner (x0, y0) and size sw x sh, written to px (3 w h bytes, owned by the
+ * caller) and described by *out (data = px, not owned; scale 1/1, orientation 1):
+ * a scaled or cropped copy, as the benchmarks make their test images. */
+void fm_align_resample(const fm_image *src, double x0, double y0, double sw, double sh,
+                       int w, int h, uint8_t *px, fm_image *out);
 
 /* Convenience for the pipeline: fits the transform from five detected landmarks
  * (image coordinates) onto template (five points in output pixels), then warps the

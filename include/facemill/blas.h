@@ -77,6 +77,11 @@ fm_status fm_blas_select(const char *setting, fm_blas_choice *out, fm_error *err
  * 1 and *out filled, 0 when it has not run. */
 int fm_blas_selected(fm_blas_choice *out);
 
+/* GFLOPS of the fastest of five 1024^3 cblas_sgemm calls on the calling thread's
+ * OpenBLAS settings (0 when out of memory): the reference the benchmarks quote next
+ * to their own figures, measured in the same run. Takes about 0.2 s. */
+double fm_blas_sgemm_gflops(void);
+
 /* The name of the kernel set OpenBLAS runs now (openblas_get_corename). */
 const char *fm_blas_core(void);
 

@@ -59,19 +59,8 @@ static uint8_t *resize(const fm_image *src, int w, int h, fm_image *out)
         return NULL;
     double sx = (double)src->w / w, sy = (double)src->h / h;
     double s = sx < sy ? sx : sy; /* source pixels per output pixel */
-    double ox = (src->w - s * w) / 2, oy = (src->h - s * h) / 2;
-    /* output (x, y) -> source ((x + 0.5) * s - 0.5 + ox, ...) */
-    const float m_inv[6] = {(float)s, 0, (float)(0.5 * s - 0.5 + ox),
-                            0, (float)s, (float)(0.5 * s - 0.5 + oy)};
-    fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
-    fm_align_warp(src->data, src->w, src->h, src->stride, 3, m_inv, px, w, h, &wo);
-    memset(out, 0, sizeof *out);
-    out->w = out->orig_w = w;
-    out->h = out->orig_h = h;
-    out->stride = (size_t)w * 3;
-    out->data = px;
-    out->scale_num = out->scale_denom = 1;
-    out->orientation = 1;
+    fm_align_resample(src, (src->w - s * w) / 2, (src->h - s * h) / 2, s * w, s * h, w, h,
+                      px, out);
     return px;
 }
 

@@ -31,27 +31,6 @@
 
 #define MAX_SIZES 16
 
-/* GFLOPS of the fastest of a few 1024^3 sgemm calls (0 when out of memory). */
-static double sgemm_gflops(void)
-{
-    const int n = 1024;
-    float *a = malloc(sizeof(float) * n * n * 3);
-    if (!a)
-        return 0.0;
-    for (size_t i = 0; i < (size_t)n * n * 3; i++)
-        a[i] = (float)(i % 7) * 0.25f - 0.75f;
-    double best = 1e30;
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = fm_now_ms();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n,
-                    a + (size_t)n * n, n, 0.0f, a + (size_t)2 * n * n, n);
-        double t = (fm_now_ms() - t0) / 1e3;
-        best = t < best ? t : best;
-    }
-    free(a);
-    return 2.0 * n * n * n / best * 1e-9;
-}
-
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -160,7 +139,7 @@ int main(int argc, char **argv)
     if (gflop > 0.0)
         printf(", %.3f GFLOP per face", gflop);
     printf("\n  kernels: %s\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n", blas.reason,
-           sgemm_gflops());
+           fm_blas_sgemm_gflops());
     printf("  %6s %8s %12s %12s %10s %10s %8s\n", "batch", "calls", "best ms", "mean ms",
            "ms/face", "faces/s", "GFLOPS");
     for (int i = 0; i < n_sizes; i++) {

@@ -48,6 +48,14 @@ class Checks:
         self.skipped.append(why)
         print("%s: not run: %s" % (self.name, why), file=sys.stderr)
 
+    def done_with(self, tmp):
+        """Removes the scratch directory tmp when no check failed; keeps it and says
+        where when one did (to look at what the programs wrote)."""
+        if not self.failures:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("files kept in", tmp, file=sys.stderr)
+
     def summary(self):
         print("%s: %d checks, %d failed" % (self.name, self.count, len(self.failures)),
               file=sys.stderr)

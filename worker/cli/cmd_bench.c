@@ -42,8 +42,8 @@
 #include "facemill/nn.h"
 #include "facemill/pipeline.h"
 
-#include <cblas.h>
 
+#include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -207,25 +207,6 @@ static fm_status encode(const fm_image *img, int quality, const char *dir, uint8
     return st;
 }
 
-/* The w x h image sampled from the square or rectangle of src with corner (x0, y0)
- * and side lengths sw x sh (bilinear, edges replicated), into px (w*h*3 bytes). */
-static void resample(const fm_image *src, double x0, double y0, double sw, double sh, int w,
-                     int h, uint8_t *px, fm_image *out)
-{
-    double sx = sw / w, sy = sh / h; /* source pixels per output pixel */
-    const float m_inv[6] = {(float)sx, 0, (float)(0.5 * sx - 0.5 + x0),
-                            0, (float)sy, (float)(0.5 * sy - 0.5 + y0)};
-    fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
-    fm_align_warp(src->data, src->w, src->h, src->stride, 3, m_inv, px, w, h, &wo);
-    memset(out, 0, sizeof *out);
-    out->w = out->orig_w = w;
-    out->h = out->orig_h = h;
-    out->stride = (size_t)w * 3;
-    out->data = px;
-    out->scale_num = out->scale_denom = 1;
-    out->orientation = 1;
-}
-
 /* The sample photos, the 12 MP photo and (without --chips) the chips cut from the
  * samples' faces. */
 static fm_status load_samples(bench *b, const char *tmpdir, fm_error *err)
@@ -286,7 +267,7 @@ static fm_status load_samples(bench *b, const char *tmpdir, fm_error *err)
                 sw = img.h / 0.75;
             }
             fm_image big;
-            resample(&img, (img.w - sw) / 2, (img.h - sh) / 2, sw, sh, 4000, 3000, px, &big);
+            fm_align_resample(&img, (img.w - sw) / 2, (img.h - sh) / 2, sw, sh, 4000, 3000, px, &big);
             uint8_t *jpg = NULL;
             size_t jlen = 0;
             if ((st = encode(&big, 92, tmpdir, &jpg, &jlen, err)) != FM_OK ||
@@ -313,7 +294,7 @@ static fm_status load_samples(bench *b, const char *tmpdir, fm_error *err)
             double cx = (bx[0] + bx[2]) / 2, cy = (bx[1] + bx[3]) / 2;
             double r = img.scale_num > 0 ? (double)img.scale_num / img.scale_denom : 1.0;
             fm_image chip;
-            resample(&img, (cx - side / 2) * r, (cy - side / 2) * r, side * r, side * r,
+            fm_align_resample(&img, (cx - side / 2) * r, (cy - side / 2) * r, side * r, side * r,
                      CHIP_SIDE, CHIP_SIDE, chip_px, &chip);
             uint8_t *jpg = NULL;
             size_t jlen = 0;
@@ -408,28 +389,6 @@ static fm_status load_chips_dir(bench *b, fm_error *err)
 }
 
 /* ---- measuring ------------------------------------------------------------------- */
-
-/* GFLOPS of the fastest of a few 1024^3 cblas_sgemm calls on one thread (0 when out
- * of memory). */
-static double sgemm_gflops(void)
-{
-    const int n = 1024;
-    float *a = malloc(sizeof(float) * (size_t)n * n * 3);
-    if (!a)
-        return 0.0;
-    for (size_t i = 0; i < (size_t)n * n * 3; i++)
-        a[i] = (float)(i % 7) * 0.25f - 0.75f;
-    double best = 1e30;
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = fm_now_ms();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n,
-                    a + (size_t)n * n, n, 0.0f, a + (size_t)2 * n * n, n);
-        double t = fm_now_ms() - t0;
-        best = t < best ? t : best;
-    }
-    free(a);
-    return 2.0 * n * n * n / best * 1e-6;
-}
 
 /* Rss and Pss of this process in kB from /proc/self/smaps_rollup (-1: unknown). */
 static void memory_kb(long *rss, long *pss)
@@ -1003,7 +962,7 @@ int fm_cmd_bench(int argc, char **argv)
         fprintf(stderr, "facemill bench: %s\n", fm_error_text(&err));
         goto done;
     }
-    b->sgemm_gflops = sgemm_gflops();
+    b->sgemm_gflops = fm_blas_sgemm_gflops();
     rc = 0;
     for (int k = 0; k < N_CASES; k++) {
         if (!b->cases[k].on)

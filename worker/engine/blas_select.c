@@ -9,6 +9,7 @@
  * FM_BLAS_ENV_MARK), so every step can be followed from outside and none repeats.
  */
 #include "blas-impl.h"
+#include "facemill/clock.h"
 
 #include <cblas.h>
 
@@ -578,4 +579,24 @@ fm_status fm_blas_select(const char *setting, fm_blas_choice *out, fm_error *err
     unsetenv(FM_BLAS_ENV_MARK);
     return done(out, 0, 0, "OpenBLAS's own choice: re-executing for %s (%s) failed: %s",
                 plan.target, plan.why, why);
+}
+
+double fm_blas_sgemm_gflops(void)
+{
+    const int n = 1024;
+    float *a = malloc(sizeof(float) * (size_t)n * n * 3);
+    if (!a)
+        return 0.0;
+    for (size_t i = 0; i < (size_t)n * n * 3; i++)
+        a[i] = (float)(i % 7) * 0.25f - 0.75f;
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = fm_now_ms();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n,
+                    a + (size_t)n * n, n, 0.0f, a + (size_t)2 * n * n, n);
+        double t = fm_now_ms() - t0;
+        best = t < best ? t : best;
+    }
+    free(a);
+    return 2.0 * n * n * n / best * 1e-6;
 }

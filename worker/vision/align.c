@@ -8,6 +8,7 @@
 #include "facemill/align.h"
 
 #include <math.h>
+#include <string.h>
 
 fm_status fm_align_similarity(const float *src, const float *dst, int n, float M[6],
                               fm_error *err)
@@ -78,6 +79,24 @@ static inline const uint8_t *pixel_at(const uint8_t *src, int w, int h, size_t s
         y = y < 0 ? 0 : y >= h ? h - 1 : y;
     }
     return src + (size_t)y * stride + (size_t)x * (size_t)channels;
+}
+
+void fm_align_resample(const fm_image *src, double x0, double y0, double sw, double sh,
+                       int w, int h, uint8_t *px, fm_image *out)
+{
+    double sx = sw / w, sy = sh / h; /* source pixels per output pixel */
+    /* output (x, y) -> source ((x + 0.5) * sx - 0.5 + x0, ...) */
+    const float m_inv[6] = {(float)sx, 0, (float)(0.5 * sx - 0.5 + x0),
+                            0, (float)sy, (float)(0.5 * sy - 0.5 + y0)};
+    fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
+    fm_align_warp(src->data, src->w, src->h, src->stride, 3, m_inv, px, w, h, &wo);
+    memset(out, 0, sizeof *out);
+    out->w = out->orig_w = w;
+    out->h = out->orig_h = h;
+    out->stride = (size_t)w * 3;
+    out->data = px;
+    out->scale_num = out->scale_denom = 1;
+    out->orientation = 1;
 }
 
 void fm_align_warp(const uint8_t *src, int w, int h, size_t stride, int channels,
