@@ -938,6 +938,100 @@ static void test_degrade_augment(synth *s)
     fm_model_close(&m);
 }
 
+/* --init-heads: a trainer started from a heads file holds exactly that file's heads
+ * (standardisation included) and starts its training from them: its first epoch's
+ * loss is below a trainer's with new heads; a file of another shape is refused. */
+static void test_init_heads(synth *s)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    char path[4300];
+    snprintf(path, sizeof path, "%s/init_heads.fmm", tmpdir);
+    fm_ft_set set = {24, s->img};
+    fm_ft_set val = {8, s->img + 24};
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    if (!m)
+        return;
+    /* A: two epochs from new heads, written out */
+    fm_ft_opts o;
+    small_opts(&o);
+    o.max_epochs = 2;
+    o.patience = 2;
+    track ta = {0};
+    o.progress = on_progress;
+    o.ctx = &ta;
+    fm_finetune *ft = NULL;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+    if (ft) {
+        CHECK_MSG(fm_finetune_run(ft, &set, &val, "init", NULL, &err) == FM_OK, "%s",
+                  fm_error_text(&err));
+        CHECK(write_heads(ft, path));
+    }
+    fm_finetune_free(&ft);
+
+    /* B holds the file's heads, tensor by tensor, at the end of its parameters */
+    o.init_heads = path;
+    CHECK_MSG(fm_finetune_new(&ft, m, &o, &err) == FM_OK, "%s", fm_error_text(&err));
+    fm_model *h = NULL;
+    CHECK(fm_model_open(&h, path, 0, &err) == FM_OK);
+    if (ft && h) {
+        static const char *const names[] = {"feat.mean",   "feat.std",      "shared.0.weight",
+                                            "shared.0.bias", "age.weight",  "age.bias",
+                                            "gender.weight", "gender.bias", "race.weight",
+                                            "race.bias"};
+        const int n_names = (int)(sizeof names / sizeof names[0]);
+        size_t total = 0, heads = 0, differ = 0;
+        float *p = fm_finetune_params(ft, &total, NULL);
+        for (int k = 0; k < n_names; k++)
+            if (fm_model_tensor(h, names[k])) /* each on a 16-float boundary */
+                heads += (fm_model_tensor(h, names[k])->count + 15) & ~(size_t)15;
+        CHECK(heads > 0 && heads < total);
+        size_t at = total - heads;
+        for (int k = 0; k < n_names && heads < total; k++) {
+            const fm_model_tensor_info *ti = fm_model_tensor(h, names[k]);
+            const float *d = ti ? ti->data : NULL;
+            for (size_t j = 0; ti && d && j < ti->count; j++)
+                differ += p[at + j] != d[j];
+            at += ti ? (ti->count + 15) & ~(size_t)15 : 0;
+        }
+        CHECK_MSG(differ == 0, "%zu of %zu heads values differ from the file", differ, heads);
+    }
+    fm_model_close(&h);
+    fm_finetune_free(&ft);
+
+    /* one epoch with the backbone from the first step: from the file's heads the loss
+     * is lower than from new ones */
+    double first[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        small_opts(&o);
+        o.max_epochs = 1;
+        o.head_epochs = 0;
+        o.init_heads = k ? path : NULL;
+        track t = {0};
+        o.progress = on_progress;
+        o.ctx = &t;
+        CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+        if (ft)
+            CHECK_MSG(fm_finetune_run(ft, &set, &val, "init", NULL, &err) == FM_OK, "%s",
+                      fm_error_text(&err));
+        first[k] = t.first_loss;
+        fm_finetune_free(&ft);
+    }
+    CHECK_MSG(first[1] > 0 && first[1] < 0.9 * first[0] && first[1] < 1.05 * ta.last_loss,
+              "first-epoch loss %.4f from the file's heads, %.4f from new ones, %.4f in the "
+              "last epoch of the heads' own run", first[1], first[0], ta.last_loss);
+    fprintf(stderr, "init heads: first-epoch loss %.4f (new heads %.4f; the file's run ended "
+            "at %.4f)\n", first[1], first[0], ta.last_loss);
+
+    /* another shape: refused, naming the option */
+    small_opts(&o);
+    o.hidden = 32;
+    o.init_heads = path;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) != FM_OK && !ft &&
+          strstr(err.msg, "--init-heads"));
+    fm_model_close(&m);
+}
+
 static void test_bad_options(void)
 {
     fm_error err = {0};
@@ -1009,6 +1103,7 @@ int main(void)
     test_adam_first_step(s);
     test_converges(s);
     test_degrade_augment(s);
+    test_init_heads(s);
     test_resume(s);
     free(s);
     fm_test_remove_tree(tmpdir);

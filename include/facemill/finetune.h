@@ -142,6 +142,11 @@ typedef struct fm_ft_opts {
                                     degree turn, exposure -1.5..-0.5 or +0.5..+1.2
                                     stops, the mouth-and-chin band; 0: none */
     uint64_t seed;
+    /* heads to start from (a heads file of this shape: one shared layer of hidden
+     * units, the same leaky alpha), their feature standardisation included; NULL:
+     * new heads, initialised from the seed, the standardisation measured on the base.
+     * The file's digest is part of the checkpoint's fingerprint. */
+    const char *init_heads;
     /* checkpoints: a file written atomically every checkpoint_steps steps (0: only
      * after each epoch) and read at the start of fm_finetune_run when it exists and
      * was made with the same options and data; NULL: none */

@@ -260,6 +260,11 @@ int fm_cmd_finetune(int argc, char **argv)
                 "share of training faces given one damage of the robustness suite "
                 "(small, recompressed, blurred, gray, turned, dark or bright, mouth and "
                 "chin hidden), drawn at random (default 0)"),
+        CLI_PATH("--init-heads", 0, "FILE", &o.init_heads,
+                 "start from these heads (a trained heads file, e.g. the default model's) "
+                 "instead of new ones; usually with --head-epochs 0"),
+        CLI_NUM("--head-epochs", 0, "E", 0, 1e4, &o.head_epochs,
+                "epochs the heads train alone before the backbone joins (default 1)"),
         CLI_INT("--seed", 0, "N", 0, 9007199254740992.0, &o.seed, "random seed (default 1)"),
         CLI_INT("--limit", 0, "N", 1, 1e9, &x.limit,
                 "use only the first N training images (by name)"),

@@ -83,6 +83,7 @@ struct fm_finetune {
     int have_best;
     double temp[2];  /* gender and ethnicity temperatures (fm_finetune_calibrate) */
     int calibrated;
+    char init_sha[2 * FM_SHA256_BYTES + 1]; /* the digest of o.init_heads, or "" */
     fm_arena *arena;
     float feat_scale[POOLED], feat_shift[POOLED]; /* 1/std, -mean/std */
     float *xbuf;     /* batch x 3 x H x W normalised input */
@@ -415,6 +416,46 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
     return FM_OK;
 }
 
+/* Copies the heads of the file at path (their standardisation included) over the
+ * freshly initialised ones: training then continues from a trained model's heads
+ * instead of new ones. The file must have this trainer's shape. */
+static fm_status load_heads(fm_finetune *ft, const char *path, fm_error *err)
+{
+    fm_model *m = NULL;
+    fm_status st = fm_model_open(&m, path, 0, err);
+    if (st)
+        return st;
+    const char *arch = NULL;
+    double alpha = 0;
+    if ((st = fm_model_meta_str(m, "general.architecture", &arch, NULL, err)) ||
+        (st = fm_model_meta_f64(m, "heads.leaky_alpha", &alpha, err)))
+        goto out;
+    if (strcmp(arch, "heads") != 0 || fm_model_tensor(m, "shared.1.weight") ||
+        fabs(alpha - ft->o.leaky_alpha) > 1e-6) {
+        st = fm_error_set(err, FM_ERR_INVALID,
+                          "--init-heads %s: not heads of this trainer's shape (architecture "
+                          "'%s', one shared layer, leaky alpha %g)", path, arch,
+                          (double)ft->o.leaky_alpha);
+        goto out;
+    }
+    for (int k = T_HEADS; k < T_COUNT; k++) {
+        const ptensor *t = &ft->t[k];
+        uint64_t dims[4];
+        for (int d = 0; d < t->ndim; d++)
+            dims[d] = (uint64_t)t->d[d];
+        const float *data = NULL;
+        if ((st = fm_model_tensor_expect(m, t->name, (unsigned)t->ndim, dims, &data, err))) {
+            fm_error_prefix(err, "--init-heads %s (--hidden %d)", path, ft->o.hidden);
+            goto out;
+        }
+        memcpy(ft->p + t->off, data, t->count * sizeof(float));
+    }
+    st = fm_sha256_file(path, ft->init_sha, err);
+out:
+    fm_model_close(&m);
+    return st;
+}
+
 fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_opts *o,
                           fm_error *err)
 {
@@ -516,6 +557,8 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
         ft->p[ft->t[T_FEAT_MEAN].off + i] = 0;
         ft->p[ft->t[T_FEAT_STD].off + i] = 1;
     }
+    if (o->init_heads && (st = load_heads(ft, o->init_heads, err)))
+        goto fail;
     stats_changed(ft);
     memcpy(ft->best, ft->p, ft->total * sizeof(float));
 
@@ -794,6 +837,11 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         if (len < size)
             snprintf(buf + len, size - len, "|degrade %.17g", o->degrade);
     }
+    if (o->init_heads) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|heads %s", ft->init_sha);
+    }
 }
 
 static fm_status checkpoint_save(const fm_finetune *ft, const char *key, fm_error *err)
@@ -1049,7 +1097,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
             fm_log_info("resuming from %s: step %ld, %d epoch(s) validated",
                         o->checkpoint, ft->step, ft->validated);
     }
-    if (ft->step == 0 && ft->validated == 0) {
+    if (ft->step == 0 && ft->validated == 0 && !ft->o.init_heads) {
         fm_status st0 = feature_stats(ft, train, err);
         if (st0)
             return st0;
