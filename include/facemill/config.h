@@ -48,6 +48,13 @@ extern "C" {
 
 /* The effective configuration. Fields are grouped by the first part of their key;
  * the table in worker/base/config.c holds type, default, bounds and help of each. */
+/* detect.mode: how the pipeline finds the faces of an image (detect.h) */
+typedef enum fm_detect_mode {
+    FM_DETECT_MTCNN = 0, /* the detector: every face, anywhere */
+    FM_DETECT_ALIGNED,   /* the image is one face aligned with the backbone's template */
+    FM_DETECT_CROPPED    /* the image is one upright face cropped as UTKFace's chips */
+} fm_detect_mode;
+
 typedef struct fm_config {
     struct {
         int level; /* an fm_log_level: FM_LOG_ERROR .. FM_LOG_DEBUG */
@@ -73,6 +80,7 @@ typedef struct fm_config {
         double onet_threshold;
         int64_t max_faces; /* most faces reported per image */
         double pad;        /* border added around the image, fraction of its long side */
+        int mode;          /* an fm_detect_mode: mtcnn, aligned or cropped */
     } detect;
     struct {
         char backbone[FM_CONFIG_STRING_MAX]; /* backbone model file (modelpath.h) */

@@ -115,6 +115,19 @@ typedef struct fm_face {
                            corner (left/right as seen in the image) */
 } fm_face;
 
+/* Where a tightly cropped, upright face's landmarks are, as shares of the image's
+ * width and height (x, y of left eye, right eye, nose, left and right mouth corner;
+ * 0 and 1 are the image's edges): the medians of the detector's landmarks on 598
+ * UTKFace "aligned and cropped" chips (every 32nd image of the training set; their
+ * quartiles are within 0.02 of these). detect.mode=cropped places them on every
+ * image instead of running the detector. */
+extern const float fm_detect_cropped_landmarks[10];
+
+/* One face filling the image: box the whole image, score 1, the landmarks at the
+ * shares frac (as fm_detect_cropped_landmarks) of the image's full-resolution size,
+ * in the full-resolution pixel coordinates fm_detect reports. */
+void fm_detect_fixed(const fm_image *img, const float frac[10], fm_face *face);
+
 /* What one fm_detect call did. */
 typedef struct fm_detect_times {
     double pnet_ms;  /* pyramid sampling, P-Net, stage-1 NMS and regression */

@@ -28,6 +28,10 @@
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 /* Indexed by fm_broker_fsync (include/facemill/broker.h). */
 static const char *const broker_fsync_names[] = {"always", "batch", "off", NULL};
+/* Indexed by fm_detect_mode. */
+static const char *const detect_mode_names[] = {"mtcnn", "aligned", "cropped", NULL};
+_Static_assert(FM_DETECT_MTCNN == 0 && FM_DETECT_ALIGNED == 1 && FM_DETECT_CROPPED == 2,
+               "detect_mode_names is indexed by fm_detect_mode");
 _Static_assert(FM_LOG_ERROR == 0 && FM_LOG_WARN == 1 && FM_LOG_INFO == 2 &&
                    FM_LOG_DEBUG == 3,
                "log_level_names is indexed by fm_log_level");
@@ -76,6 +80,10 @@ const fm_config_setting fm_config_settings[] = {
             "images with more pixels (width x height) are refused before allocating"),
     SET_INT("decode.max_bytes", decode.max_bytes, 67108864, 1, 1073741824,
             "encoded images larger than this many bytes are refused"),
+    SET_ENUM("detect.mode", detect.mode, FM_DETECT_MTCNN, detect_mode_names,
+             "how faces are found: mtcnn (the detector), aligned (each image is one face "
+             "aligned as the backbone's chips) or cropped (each image is one upright "
+             "face cropped like UTKFace's chips); the last two skip detection"),
     SET_INT("detect.min_face", detect.min_face, 20, 8, 10000,
             "smallest face searched for, in pixels; larger is faster (fewer pyramid "
             "levels)"),

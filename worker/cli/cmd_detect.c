@@ -151,6 +151,11 @@ typedef struct detect_run {
 static fm_status run_open(detect_run *r, fm_config *c, fm_error *err)
 {
     fm_status st;
+    if (c->detect.mode != FM_DETECT_MTCNN)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "facemill detect runs the detector: detect.mode must be mtcnn "
+                            "(aligned and cropped place one face per image without it; "
+                            "`facemill predict` shows where)");
     fm_detect_opts_from_config(&r->opts, c);
     if ((st = fm_nn_set_threads((int)c->engine.threads, err)) != FM_OK ||
         (st = fm_config_resolve_models(c, FM_RESOLVE_DETECTOR, err)) != FM_OK ||

@@ -8,12 +8,15 @@
 #include "cmd_draw.h"
 #include "cmd_util.h"
 #include "commands.h"
+#include "facemill/align.h"
+#include "facemill/backbone.h"
 #include "facemill/config.h"
 #include "facemill/json.h"
 #include "facemill/nn.h"
 #include "facemill/pipeline.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BATCH 16 /* images per pipeline call */
@@ -55,9 +58,51 @@ static int draw_result(fm_decoder *full, const char *path, const fm_image_result
     return 0;
 }
 
+/* --chips-dir for one labelled image: each face aligned as the backbone sees it, cut
+ * from the image at its full size, as DIR/<file name>.face<N>.jpg (N from 1, in the
+ * order of the results). 0, or -1 after a message. */
+static int write_chips(fm_decoder *full, const char *path, const fm_image_result *r,
+                       const fm_backbone *bb, const char *dir)
+{
+    if (r->n_faces == 0)
+        return 0;
+    int h = 0, w = 0;
+    fm_backbone_input_size(bb, &h, &w);
+    char base[4096], out[4200];
+    fm_error e = {0};
+    fm_image img;
+    uint8_t *px = malloc((size_t)w * (size_t)h * 3);
+    fm_status st = px ? fm_cmd_draw_path(base, sizeof base, dir, path, &e)
+                      : fm_error_set(&e, FM_ERR_NOMEM, "--chips-dir: out of memory");
+    if (st == FM_OK)
+        st = fm_decode_file(full, path, &img, &e);
+    for (int j = 0; st == FM_OK && j < r->n_faces; j++) {
+        fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
+        fm_image chip = {0};
+        chip.data = px;
+        chip.w = chip.orig_w = w;
+        chip.h = chip.orig_h = h;
+        chip.stride = 3 * (size_t)w;
+        chip.scale_num = chip.scale_denom = 1;
+        int len = snprintf(out, sizeof out, "%s.face%d.jpg", base, j + 1);
+        if (len < 0 || (size_t)len >= sizeof out)
+            st = fm_error_set(&e, FM_ERR_INVALID, "%s: output path too long", path);
+        else if ((st = fm_align_face(img.data, img.w, img.h, img.stride,
+                                     r->faces[j].det.landmarks, fm_backbone_template(bb), px,
+                                     w, h, &wo, NULL, &e)) == FM_OK)
+            st = fm_image_write_jpeg(&chip, out, 95, &e);
+    }
+    free(px);
+    if (st != FM_OK) {
+        cli_fail(&cmd, "%s", fm_error_text(&e));
+        return -1;
+    }
+    return 0;
+}
+
 int fm_cmd_predict(int argc, char **argv)
 {
-    const char *draw = NULL, *draw_dir = NULL;
+    const char *draw = NULL, *draw_dir = NULL, *chips_dir = NULL;
     const cli_opt opts[] = {
         CLI_PATH("--draw", 0, "OUT.jpg", &draw,
                  "write the (single) image at its full size with each face's box and "
@@ -66,6 +111,10 @@ int fm_cmd_predict(int argc, char **argv)
         CLI_PATH("--draw-dir", 0, "DIR", &draw_dir,
                  "the same for each image, as DIR/<file name> (DIR is created when "
                  "missing; equal file names overwrite each other)"),
+        CLI_PATH("--chips-dir", 0, "DIR", &chips_dir,
+                 "write each face aligned as the backbone sees it (cut from the image at "
+                 "its full size) as DIR/<file name>.face<N>.jpg; label such chips again "
+                 "without detection with --set detect.mode=aligned"),
         CLI_END,
     };
     fm_config c;
@@ -86,11 +135,18 @@ int fm_cmd_predict(int argc, char **argv)
     fm_decode_opts fo = {(uint64_t)c.decode.max_pixels, (size_t)c.decode.max_bytes, 0};
     fm_pipeline_opts po = {BATCH, 0, 0};
     if ((draw_dir && fm_cmd_draw_dir(draw_dir, &err) != FM_OK) ||
+        (chips_dir && fm_cmd_draw_dir(chips_dir, &err) != FM_OK) ||
         fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
         fm_pipeline_open(&p, &c, &po, &err) != FM_OK ||
-        ((draw || draw_dir) && fm_decoder_new(&full, &fo, &err) != FM_OK)) {
+        ((draw || draw_dir || chips_dir) && fm_decoder_new(&full, &fo, &err) != FM_OK)) {
         fm_pipeline_close(&p);
         return cli_fail(&cmd, "%s", fm_error_text(&err));
+    }
+    if (chips_dir && !fm_pipeline_backbone(p)) {
+        fm_pipeline_close(&p);
+        fm_decoder_destroy(&full);
+        return cli_usage_error(&cmd, "--chips-dir aligns faces for the backbone: heads.model "
+                                     "must not be empty");
     }
     fm_json j;
     fm_json_init(&j, stdout);
@@ -113,6 +169,10 @@ int fm_cmd_predict(int argc, char **argv)
             fm_json_newline(&j);
             if (res[i].error.code == FM_OK && (draw || draw_dir) &&
                 draw_result(full, images[i0 + i], &res[i], &c, draw, draw_dir) != 0)
+                rc = CLI_EXIT_FAILURE;
+            if (res[i].error.code == FM_OK && chips_dir &&
+                write_chips(full, images[i0 + i], &res[i], fm_pipeline_backbone(p),
+                            chips_dir) != 0)
                 rc = CLI_EXIT_FAILURE;
         }
     }

@@ -43,6 +43,8 @@ struct fm_pipeline {
     int max_images, max_faces, slots; /* slots = max_images * max_faces */
     int in_h, in_w;
     float tmpl[10];
+    int mode;                         /* detect.mode (an fm_detect_mode) */
+    float fixed[10];                  /* its landmarks' shares unless mtcnn */
     int embed;                        /* run the backbone at all */
     int mirror;                       /* 2: each view also as its mirror image, else 1 */
     int views;                        /* chips per face: zooms x mirror (embed.tta_zoom) */
@@ -352,6 +354,27 @@ static fm_status size_buffers(fm_pipeline *p, fm_error *err)
     return FM_OK;
 }
 
+/* detect.mode: for aligned chips the landmarks are the backbone's template (its chip
+ * pixel centres as shares of the chip), for cropped faces the measured UTKFace ones. */
+static fm_status plan_mode(fm_pipeline *p, const fm_config *c, fm_error *err)
+{
+    p->mode = c->detect.mode;
+    if (p->mode == FM_DETECT_CROPPED)
+        memcpy(p->fixed, fm_detect_cropped_landmarks, sizeof p->fixed);
+    else if (p->mode == FM_DETECT_ALIGNED) {
+        if (!p->embed)
+            return fm_error_set(err, FM_ERR_INVALID,
+                                "detect.mode=aligned places the backbone's template; this "
+                                "pipeline has no backbone (heads.model is empty)");
+        for (int k = 0; k < 5; k++) {
+            p->fixed[2 * k] = (p->tmpl[2 * k] + 0.5f) / (float)p->in_w;
+            p->fixed[2 * k + 1] = (p->tmpl[2 * k + 1] + 0.5f) / (float)p->in_h;
+        }
+    } else if (p->mode != FM_DETECT_MTCNN)
+        return fm_error_set(err, FM_ERR_INVALID, "detect.mode %d unknown", p->mode);
+    return FM_OK;
+}
+
 static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
                                const fm_pipeline_opts *opts, fm_error *err)
 {
@@ -368,7 +391,7 @@ static fm_status pipeline_open(fm_pipeline **out, const fm_config *c,
     }
     p->max_images = p->opts.max_images ? p->opts.max_images : DEFAULT_MAX_IMAGES;
     if ((st = open_detector(p, c, err)) != FM_OK || (st = open_members(p, c, err)) != FM_OK ||
-        (st = size_buffers(p, err)) != FM_OK)
+        (st = size_buffers(p, err)) != FM_OK || (st = plan_mode(p, c, err)) != FM_OK)
         goto fail;
     *out = p;
     return FM_OK;
@@ -592,7 +615,12 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         r->scale_num = img.scale_num;
         r->scale_denom = img.scale_denom;
         int nf = 0;
-        st = fm_detect(p->det, &img, p->stage, p->max_faces, &nf, &r->detect, &r->error);
+        if (p->mode == FM_DETECT_MTCNN)
+            st = fm_detect(p->det, &img, p->stage, p->max_faces, &nf, &r->detect, &r->error);
+        else { /* one face where the mode says it is */
+            fm_detect_fixed(&img, p->fixed, &p->stage[0]);
+            nf = 1;
+        }
         double t2 = fm_now_ms();
         r->times.detect_ms = t2 - t1;
         if (st)

@@ -98,6 +98,10 @@ fm_status fm_ft_faces_find(fm_ft_faces *f, const fm_config *c, const fm_trainset
                            const char *cache, int jobs, fm_error *err)
 {
     memset(f, 0, sizeof *f);
+    if (c->detect.mode != FM_DETECT_MTCNN)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "fine-tuning finds its faces with the detector: detect.mode must "
+                            "be mtcnn");
     faces_key(f->key, sizeof f->key, c);
     fm_status st = fm_image_rows_alloc(&f->rows, s->n, 10, err);
     if (st != FM_OK)

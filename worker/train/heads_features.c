@@ -37,6 +37,9 @@ static int cache_key(char *buf, size_t size, const fm_pipeline *p, const fm_conf
                      d->scale_factor, d->pnet_threshold, d->rnet_threshold,
                      d->onet_threshold, d->max_faces, d->pad,
                      (long long)c->decode.max_pixels);
+    /* appended only when not mtcnn, so caches made before detect.mode still load */
+    if (n > 0 && (size_t)n < size && c->detect.mode != FM_DETECT_MTCNN)
+        n += snprintf(buf + n, size - (size_t)n, "|mode %d", c->detect.mode);
     return n > 0 && (size_t)n < size ? 0 : -1;
 }
 

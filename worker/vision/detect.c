@@ -1230,6 +1230,23 @@ static fm_status stage_onet(fm_detector *d, const src_view *v, int n, double r,
     return FM_OK;
 }
 
+const float fm_detect_cropped_landmarks[10] = {0.295f, 0.291f, 0.691f, 0.292f, 0.492f,
+                                               0.521f, 0.312f, 0.692f, 0.672f, 0.693f};
+
+void fm_detect_fixed(const fm_image *img, const float frac[10], fm_face *face)
+{
+    const int w = img->orig_w > 0 ? img->orig_w : img->w;
+    const int h = img->orig_h > 0 ? img->orig_h : img->h;
+    memset(face, 0, sizeof *face);
+    face->box[2] = (float)w;
+    face->box[3] = (float)h;
+    face->score = 1.0f;
+    for (int k = 0; k < 5; k++) { /* shares of the edges -> pixel centres */
+        face->landmarks[2 * k] = frac[2 * k] * (float)w - 0.5f;
+        face->landmarks[2 * k + 1] = frac[2 * k + 1] * (float)h - 0.5f;
+    }
+}
+
 fm_status fm_detect(fm_detector *d, const fm_image *img, fm_face *faces, int cap,
                     int *n_faces, fm_detect_times *t, fm_error *err)
 {

@@ -1,0 +1,158 @@
+#!/usr/bin/python3
+"""test_detect_modes.py - labelling archives of face chips without the detector:
+`facemill predict --chips-dir` and `detect.mode` aligned and cropped, on the sample
+photos with the real models.
+
+- `predict --chips-dir D` on two sample photos writes one JPEG per face, named
+  <file name>.face<N>.jpg, at the backbone's input size (150x150).
+- Those chips labelled again with `--set detect.mode=aligned` give one face each,
+  its box the whole chip, score 1, no detector time, the same landmarks on every chip
+  (the backbone's template), and the photo's answers: the same gender and ethnicity,
+  age within 1 year, probabilities within 0.05 (the chip is cut from the full-size
+  photo and re-encoded, the mirror view is the chip's mirror image: near, not equal).
+- `detect.mode=cropped` on a square crop of a face places the documented landmark
+  shares (include/facemill/detect.h) on it and labels it; a corrupt file among the
+  inputs becomes an error record and the others are still labelled.
+- `facemill detect` refuses a mode other than mtcnn (exit 1, one clear line);
+  `--chips-dir` without heads is a usage error (2); `facemill config` shows the mode.
+
+Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import Checks, run  # noqa: E402
+
+check = Checks("test_detect_modes")
+CROPPED = [0.295, 0.291, 0.691, 0.292, 0.492, 0.521, 0.312, 0.692, 0.672, 0.693]
+POINTS = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
+
+
+def records(r):
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def top(probs):
+    return max(probs, key=lambda k: probs[k])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--src", required=True)
+    a = ap.parse_args()
+    try:
+        from PIL import Image
+    except ImportError:
+        print("skip: python3-pil is not installed")
+        return 77
+    samples = [os.path.join(a.src, "models", "cache", "samples", "sample%d.jpg" % i)
+               for i in (1, 2)]
+    if not all(os.path.exists(s) for s in samples) or not os.path.exists(
+            os.path.join(a.src, "models", "cache", "mtcnn_pnet.fmm")):
+        print("skip: no models or sample photos (run models/fetch)")
+        return 77
+    fm = os.path.join(os.path.abspath(a.bin), "facemill")
+    tmp = tempfile.mkdtemp(prefix="fmmodes.")
+    try:
+        chips = os.path.join(tmp, "chips", "deeper")
+        r = run([fm, "predict", "-q", "--chips-dir", chips] + samples, timeout=300)
+        photos = records(r)
+        check(r.returncode == 0 and len(photos) == 2,
+              "predict --chips-dir exits 0 with two records (%d): %s" %
+              (r.returncode, r.stderr[-300:]))
+        want = []
+        for o in photos:
+            for j, f in enumerate(o["faces"]):
+                want.append(("%s.face%d.jpg" % (os.path.basename(o["source"]), j + 1), f))
+        written = sorted(os.listdir(chips)) if os.path.isdir(chips) else []
+        check(len(want) >= 4 and written == sorted(n for n, _ in want),
+              "one chip per face, named <file>.face<N>.jpg: %s" % written)
+        sizes = {Image.open(os.path.join(chips, n)).size for n in written}
+        check(sizes == {(150, 150)}, "chips at the backbone's input size: %s" % sizes)
+
+        # the chips again, without the detector
+        paths = [os.path.join(chips, n) for n, _ in want]
+        r = run([fm, "predict", "-q", "--set", "detect.mode=aligned"] + paths, timeout=300)
+        again = records(r)
+        check(r.returncode == 0 and len(again) == len(want),
+              "detect.mode=aligned labels every chip (%d of %d): %s" %
+              (len(again), len(want), r.stderr[-300:]))
+        lms = set()
+        for (name, f), o in zip(want, again):
+            g = o["faces"][0] if len(o["faces"]) == 1 else None
+            check(g is not None, "%s: exactly one face" % name)
+            if g is None:
+                continue
+            lms.add(tuple(round(g["landmarks"][p][c], 3) for p in POINTS for c in "xy"))
+            check(g["box"] == {"x1": 0, "y1": 0, "x2": 150, "y2": 150} and g["score"] == 1,
+                  "%s: the box is the chip, score 1 (%s, %s)" % (name, g["box"], g["score"]))
+            check(o["times_ms"]["detect"] < 1.0,
+                  "%s: no detector time (%.3f ms)" % (name, o["times_ms"]["detect"]))
+            same = (top(g["gender_probs"]) == top(f["gender_probs"]) and
+                    top(g["race_probs"]) == top(f["race_probs"]) and
+                    abs(g["age"] - f["age"]) <= 1.0 and
+                    all(abs(g["gender_probs"][k] - f["gender_probs"][k]) <= 0.05
+                        for k in f["gender_probs"]) and
+                    all(abs(g["race_probs"][k] - f["race_probs"][k]) <= 0.05
+                        for k in f["race_probs"]))
+            check(same, "%s: the photo's answers (age %.2f vs %.2f, %s/%s vs %s/%s)" %
+                  (name, g["age"], f["age"], top(g["gender_probs"]), top(g["race_probs"]),
+                   top(f["gender_probs"]), top(f["race_probs"])))
+        check(len(lms) == 1, "the same landmarks (the template) on every chip: %s" % lms)
+
+        # cropped: a square crop around a detected face, and a corrupt file
+        f = photos[0]["faces"][0]
+        box = f["box"]
+        cx, cy = (box["x1"] + box["x2"]) / 2, (box["y1"] + box["y2"]) / 2
+        half = 0.6 * max(box["x2"] - box["x1"], box["y2"] - box["y1"])
+        crop = Image.open(samples[0]).convert("RGB").crop(
+            (round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
+        crop = crop.resize((200, 200), Image.LANCZOS)
+        cpath = os.path.join(tmp, "crop.jpg")
+        crop.save(cpath, quality=95)
+        bad = os.path.join(tmp, "bad.jpg")
+        with open(bad, "wb") as fh:
+            fh.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+        r = run([fm, "predict", "-q", "--set", "detect.mode=cropped", bad, cpath], timeout=300)
+        out = records(r)
+        check(r.returncode == 1 and len(out) == 2, "a corrupt file fails alone (exit %d, %d "
+              "records)" % (r.returncode, len(out)))
+        if len(out) == 2:
+            check(out[0]["error"] is not None and not out[0]["faces"],
+                  "the corrupt file is an error record: %s" % out[0]["error"])
+            g = out[1]["faces"][0] if len(out[1]["faces"]) == 1 else None
+            check(g is not None and "age" in g and g["gender"] in ("male", "female"),
+                  "the crop is labelled: %s" % (g and {k: g[k] for k in ("age", "gender")}))
+            if g:
+                got = [g["landmarks"][p][c] for p in POINTS for c in "xy"]
+                exp = [s * 200 - 0.5 for s in CROPPED]
+                check(all(abs(u - v) < 0.01 for u, v in zip(got, exp)),
+                      "cropped places the documented shares: %s" % [round(v, 2) for v in got])
+
+        r = run([fm, "detect", "--set", "detect.mode=cropped", cpath], timeout=60)
+        check(r.returncode == 1 and "detect.mode must be mtcnn" in r.stderr and not r.stdout,
+              "facemill detect refuses detect.mode=cropped (%d, %r)" %
+              (r.returncode, r.stderr.strip()[-200:]))
+        r = run([fm, "predict", "--set", "heads.model=", "--chips-dir", chips, cpath],
+                timeout=60)
+        check(r.returncode == 2 and "--chips-dir" in r.stderr,
+              "--chips-dir without heads is a usage error (%d, %r)" %
+              (r.returncode, r.stderr.strip()[-200:]))
+        r = run([fm, "config", "--set", "detect.mode=aligned"], timeout=60)
+        check(r.returncode == 0 and "mode: aligned" in r.stdout,
+              "facemill config shows detect.mode")
+        r = run([fm, "predict", "--set", "detect.mode=nope", cpath], timeout=60)
+        check(r.returncode == 2 and "detect.mode" in r.stderr,
+              "an unknown mode is a usage error naming the key (%d)" % r.returncode)
+    finally:
+        check.done_with(tmp)
+    return check.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
