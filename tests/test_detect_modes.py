@@ -10,6 +10,8 @@ photos with the real models.
   (the backbone's template), and the photo's answers: the same gender and ethnicity,
   age within 1 year, probabilities within 0.05 (the chip is cut from the full-size
   photo and re-encoded, the mirror view is the chip's mirror image: near, not equal).
+- `embed.mirror=false` (the face without its mirror image) moves every answer a
+  little and keeps each chip's gender.
 - `detect.mode=cropped` on a square crop of a face places the documented landmark
   shares (include/facemill/detect.h) on it and labels it; a corrupt file among the
   inputs becomes an error record and the others are still labelled.
@@ -104,6 +106,27 @@ def main():
                   (name, g["age"], f["age"], top(g["gender_probs"]), top(g["race_probs"]),
                    top(f["gender_probs"]), top(f["race_probs"])))
         check(len(lms) == 1, "the same landmarks (the template) on every chip: %s" % lms)
+
+        # embed.mirror=false: the heads read the face alone, so every answer moves a
+        # little from the default's (the mean of the face and its mirror image), but
+        # stays the same person's
+        r = run([fm, "predict", "-q", "--set", "detect.mode=aligned", "--set",
+                 "embed.mirror=false"] + paths, timeout=300)
+        alone = records(r)
+        check(r.returncode == 0 and len(alone) == len(again),
+              "embed.mirror=false labels every chip (%d)" % len(alone))
+        moved = 0
+        for o, g in zip(alone, again):
+            if len(o["faces"]) != 1 or len(g["faces"]) != 1:
+                continue
+            u, v = o["faces"][0], g["faces"][0]
+            moved += abs(u["age"] - v["age"]) > 1e-4
+            check(top(u["gender_probs"]) == top(v["gender_probs"]) and
+                  abs(u["age"] - v["age"]) < 5,
+                  "%s: the face alone reads as the same person (age %.2f vs %.2f)" %
+                  (os.path.basename(o["source"]), u["age"], v["age"]))
+        check(moved == len(again), "every answer moved without the mirror view (%d of %d)"
+              % (moved, len(again)))
 
         # cropped: a square crop around a detected face, and a corrupt file
         f = photos[0]["faces"][0]

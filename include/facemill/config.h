@@ -86,6 +86,7 @@ typedef struct fm_config {
         char backbone[FM_CONFIG_STRING_MAX]; /* backbone model file (modelpath.h) */
         int64_t batch;                       /* aligned faces per backbone call */
         double tta_zoom; /* > 0: also views zoomed out and in by this fraction */
+        bool mirror;     /* the heads read the mirror view too (when trained so) */
     } embed;
     struct {
         char model[FM_CONFIG_STRING_MAX]; /* heads model file; "" = no heads */

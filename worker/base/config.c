@@ -112,6 +112,9 @@ const fm_config_setting fm_config_settings[] = {
               "test-time augmentation for the heads: besides the aligned face, views "
               "zoomed out and in by this fraction, features averaged (3x the backbone "
               "work); 0: off"),
+    SET_BOOL("embed.mirror", embed.mirror, 1,
+             "heads trained on the face and its mirror image read both (the default); "
+             "false: the face alone, half the backbone work"),
     SET_STRING("heads.model", heads.model, "heads_dlib_ft.fmm", 0,
                "attribute heads model file, found like embed.backbone (for an ensemble, one per backbone, separated "
                "by commas); empty: boxes and landmarks only"),
