@@ -899,14 +899,22 @@ static void test_degrade_augment(synth *s)
 {
     fm_error err = {0};
     fm_model *m = NULL;
-    float *params[2] = {NULL, NULL};
-    size_t count[2] = {0, 0};
+    /* 0: no damage; 1: every face damaged, any kind; 2: the same with the seven kinds
+     * named (the same draws); 3: grayscale only */
+    float *params[4] = {NULL, NULL, NULL, NULL};
+    size_t count[4] = {0, 0, 0, 0};
     CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
-    for (int k = 0; k < 2 && m; k++) {
+    for (int k = 0; k < 4 && m; k++) {
         fm_ft_opts o;
         small_opts(&o);
         o.max_epochs = 1;
-        o.degrade = k;
+        o.degrade = k > 0;
+        if (k == 2)
+            CHECK(fm_ft_damage_parse("down,jpeg,blur,gray,rot,exposure,occlude",
+                                     &o.degrade_kinds, &err) == FM_OK);
+        if (k == 3)
+            CHECK(fm_ft_damage_parse("gray", &o.degrade_kinds, &err) == FM_OK &&
+                  o.degrade_kinds == 1u << FM_FT_DAMAGE_GRAY);
         fm_ft_set set = {24, s->img};
         fm_ft_set val = {8, s->img + 24};
         fm_finetune *ft = NULL;
@@ -933,8 +941,24 @@ static void test_degrade_augment(synth *s)
     } else {
         CHECK(0);
     }
-    free(params[0]);
-    free(params[1]);
+    size_t same = 0, differ3 = 0;
+    for (size_t i = 0; params[1] && params[2] && params[3] && i < count[1] &&
+                       count[1] == count[2] && count[1] == count[3];
+         i++) {
+        same += params[1][i] == params[2][i];
+        differ3 += params[1][i] != params[3][i];
+    }
+    CHECK_MSG(count[1] > 0 && same == count[1], "all seven kinds named: %zu of %zu weights as "
+              "with the default set", same, count[1]);
+    CHECK_MSG(differ3 > 0, "grayscale only: %zu weights differ from any kind", differ3);
+    unsigned set = 0;
+    CHECK(fm_ft_damage_parse("gray,nope", &set, &err) == FM_ERR_INVALID &&
+          strstr(err.msg, "nope") && set == 0);
+    CHECK(fm_ft_damage_parse("", &set, &err) == FM_ERR_INVALID);
+    CHECK(fm_ft_damage_parse("occlude,down", &set, &err) == FM_OK &&
+          set == ((1u << FM_FT_DAMAGE_OCCLUDE) | (1u << FM_FT_DAMAGE_DOWN)));
+    for (int k = 0; k < 4; k++)
+        free(params[k]);
     fm_model_close(&m);
 }
 

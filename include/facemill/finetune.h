@@ -103,6 +103,24 @@ typedef struct fm_ft_progress {
     double elapsed_s, eta_s;     /* since this call started; remaining estimate */
 } fm_ft_progress;
 
+/* The kinds of damage --degrade draws from (degrade_kinds is a set of 1u << these). */
+typedef enum fm_ft_damage {
+    FM_FT_DAMAGE_DOWN = 0, /* the face shrunk to 20-64 px and enlarged back */
+    FM_FT_DAMAGE_JPEG,     /* recompressed at quality 10-60 */
+    FM_FT_DAMAGE_BLUR,     /* Gaussian blur, sigma 0.6-3 px */
+    FM_FT_DAMAGE_GRAY,     /* grayscale */
+    FM_FT_DAMAGE_ROT,      /* turned 10-25 degrees either way */
+    FM_FT_DAMAGE_EXPOSURE, /* -1.5..-0.5 or +0.5..+1.2 stops */
+    FM_FT_DAMAGE_OCCLUDE,  /* a band over the mouth and chin */
+    FM_FT_DAMAGES
+} fm_ft_damage;
+
+/* The names of the kinds (down, jpeg, blur, gray, rot, exposure, occlude), indexed by
+ * fm_ft_damage, and a comma-separated list of them parsed into a set: FM_OK, or
+ * FM_ERR_INVALID naming the unknown word. */
+extern const char *const fm_ft_damage_names[FM_FT_DAMAGES];
+fm_status fm_ft_damage_parse(const char *list, unsigned *set, fm_error *err);
+
 typedef struct fm_ft_opts {
     int train_from;              /* first trained block, FM_FT_STEM..FM_FT_BLOCKS */
     int batch;                   /* faces per step, >= 1 */
@@ -141,6 +159,8 @@ typedef struct fm_ft_opts {
                                     quality 10-60, blur 0.6-3 px, grayscale, a 10-25
                                     degree turn, exposure -1.5..-0.5 or +0.5..+1.2
                                     stops, the mouth-and-chin band; 0: none */
+    unsigned degrade_kinds;      /* the damages drawn, a set of 1u << fm_ft_damage (0:
+                                    all seven) */
     uint64_t seed;
     /* heads to start from (a heads file of this shape: one shared layer of hidden
      * units, the same leaky alpha), their feature standardisation included; NULL:

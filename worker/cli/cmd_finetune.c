@@ -64,6 +64,11 @@ static int take_block(void *target, const char *value)
     return 0;
 }
 
+static int take_damages(void *target, const char *value)
+{
+    return fm_ft_damage_parse(value, (unsigned *)target, NULL) == FM_OK ? 0 : -1;
+}
+
 static void on_progress(void *ctx, const fm_ft_progress *p)
 {
     (void)ctx;
@@ -260,6 +265,11 @@ int fm_cmd_finetune(int argc, char **argv)
                 "share of training faces given one damage of the robustness suite "
                 "(small, recompressed, blurred, gray, turned, dark or bright, mouth and "
                 "chin hidden), drawn at random (default 0)"),
+        CLI_CALL("--degrade-kinds", 0, "LIST",
+                 "a comma-separated list of down, jpeg, blur, gray, rot, exposure, occlude",
+                 take_damages, &o.degrade_kinds,
+                 "the damages --degrade draws from, comma-separated: down, jpeg, blur, "
+                 "gray, rot, exposure, occlude (default all)"),
         CLI_PATH("--init-heads", 0, "FILE", &o.init_heads,
                  "start from these heads (a trained heads file, e.g. the default model's) "
                  "instead of new ones; usually with --head-epochs 0"),

@@ -402,6 +402,7 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         !(o->shift_px >= 0) || !(o->scale_jitter >= 0 && o->scale_jitter < 0.5) ||
         !(o->rotate_deg >= 0 && o->rotate_deg <= 45) || !(o->brightness >= 0) ||
         !(o->contrast >= 0 && o->contrast < 1) || !(o->degrade >= 0 && o->degrade <= 1) ||
+        o->degrade_kinds >= (1u << FM_FT_DAMAGES) ||
         o->checkpoint_steps < 0 ||
         (o->optimizer != FM_FT_ADAMW && o->optimizer != FM_FT_SGD) ||
         (o->schedule != FM_FT_COSINE && o->schedule != FM_FT_STEP))
@@ -643,10 +644,44 @@ static int align_inverse(const fm_finetune *ft, const fm_ft_image *img, int mirr
  * the W x H chip in place (o->degrade). Why on the aligned chip and not on the photo:
  * the chip is what the network sees, and every damage drawn here keeps its size; a
  * damage that fails (out of memory) leaves the chip as it was. */
-static void degrade_chip(uint8_t *chip, int W, int H, rng *r)
+const char *const fm_ft_damage_names[FM_FT_DAMAGES] = {"down", "jpeg",     "blur",   "gray",
+                                                       "rot",  "exposure", "occlude"};
+
+fm_status fm_ft_damage_parse(const char *list, unsigned *set, fm_error *err)
+{
+    unsigned s = 0;
+    const char *p = list ? list : "";
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        int k = 0;
+        while (k < FM_FT_DAMAGES &&
+               !(strlen(fm_ft_damage_names[k]) == n && strncmp(p, fm_ft_damage_names[k], n) == 0))
+            k++;
+        if (k == FM_FT_DAMAGES)
+            return fm_error_set(err, FM_ERR_INVALID,
+                                "damage '%.*s' unknown (down, jpeg, blur, gray, rot, exposure, "
+                                "occlude)", (int)n, p);
+        s |= 1u << k;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    if (!s)
+        return fm_error_set(err, FM_ERR_INVALID, "no damage named");
+    *set = s;
+    return FM_OK;
+}
+
+static void degrade_chip(uint8_t *chip, int W, int H, unsigned kinds, rng *r)
 {
     fm_degrade d = {0};
-    switch ((int)(rng_unit(r) * 7)) {
+    /* uniform over the kinds in the set (all seven: the index itself) */
+    int kind_of[FM_FT_DAMAGES], n = 0;
+    for (int k = 0; k < FM_FT_DAMAGES; k++)
+        if (!kinds || (kinds & (1u << k)))
+            kind_of[n++] = k;
+    int pick = (int)(rng_unit(r) * n);
+    switch (kind_of[pick < n ? pick : n - 1]) {
     case 0:
         d.kind = FM_DEGRADE_DOWN;
         d.param = 20 + rng_unit(r) * 44;
@@ -725,7 +760,7 @@ static void make_input(fm_finetune *ft, const fm_ft_image *img, int slot, int mi
         fm_warp_opts wo = {FM_BORDER_REPLICATE, 0};
         fm_align_warp(img->rgb, img->w, img->h, img->stride, 3, A, chip, W, H, &wo);
         if (r && o->degrade > 0 && rng_unit(r) < o->degrade)
-            degrade_chip(chip, W, H, r);
+            degrade_chip(chip, W, H, o->degrade_kinds, r);
     }
     float *dst = ft->xbuf + (size_t)slot * 3 * plane;
     for (int c = 0; c < 3; c++) {
@@ -836,6 +871,11 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         size_t len = strlen(buf);
         if (len < size)
             snprintf(buf + len, size - len, "|degrade %.17g", o->degrade);
+    }
+    if (o->degrade_kinds && o->degrade_kinds != (1u << FM_FT_DAMAGES) - 1) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|kinds %u", o->degrade_kinds);
     }
     if (o->init_heads) {
         size_t len = strlen(buf);
