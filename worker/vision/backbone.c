@@ -38,6 +38,7 @@ struct fm_backbone {
     void *state;   /* ops->bind's, released with ops->unbind */
     fm_arena *arena;
     int max_batch;
+    int chunk;     /* faces per network pass: min(max_batch, FM_BACKBONE_CHUNK) */
     fm_backbone_input in;
     int dims[FM_BACKBONE_OUTPUT_COUNT];
     double flop;   /* per face, counted by the measuring run of one face */
@@ -131,7 +132,7 @@ static fm_status read_metadata(fm_backbone *b, fm_error *err)
     return fm_backbone_read_input(m, &b->in, err);
 }
 
-/* Runs the network on a measuring arena for every batch size up to max_batch, with
+/* Runs the network on a measuring arena for every pass size up to b->chunk, with
  * and without caller-provided outputs, and returns the largest fill level seen. The
  * run of one face with every output gives the work per face (b->flop). */
 static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
@@ -140,7 +141,7 @@ static fm_status measure(fm_backbone *b, size_t *bytes, fm_error *err)
     fm_status st = fm_arena_new_measuring(&a, err);
     if (st)
         return st;
-    for (int n = 1; n <= b->max_batch; n++) {
+    for (int n = 1; n <= b->chunk; n++) {
         for (int with_out = 0; with_out < 2; with_out++) {
             fm_tensor x, outs[FM_BACKBONE_OUTPUT_COUNT];
             fm_tensor *want[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
@@ -179,6 +180,7 @@ fm_status fm_backbone_open(fm_backbone **out, const char *path, int max_batch, f
     if (!b)
         return fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory", path);
     b->max_batch = max_batch;
+    b->chunk = max_batch < FM_BACKBONE_CHUNK ? max_batch : FM_BACKBONE_CHUNK;
     if ((st = fm_model_open(&b->model, path, 0, err)) || (st = read_metadata(b, err)) ||
         (st = b->ops->bind(b->model, &b->state, b->dims, err)))
         goto fail;
@@ -273,22 +275,27 @@ fm_status fm_backbone_forward(fm_backbone *b, const uint8_t *const *faces, int n
         if (!faces[i])
             return fm_error_set(err, FM_ERR_INVALID, "fm_backbone_forward: face %d is NULL", i);
 
-    fm_tensor outs[FM_BACKBONE_OUTPUT_COUNT];
-    fm_tensor *want[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
-    for (int k = 0; out && k < FM_BACKBONE_OUTPUT_COUNT; k++)
-        if (out[k]) {
-            outs[k] = fm_tensor_make(n, b->dims[k], 1, 1, out[k]);
-            want[k] = &outs[k];
+    /* passes of at most b->chunk faces: see FM_BACKBONE_CHUNK */
+    fm_status st = FM_OK;
+    for (int i0 = 0; i0 < n && st == FM_OK; i0 += b->chunk) {
+        const int m = n - i0 < b->chunk ? n - i0 : b->chunk;
+        fm_tensor outs[FM_BACKBONE_OUTPUT_COUNT];
+        fm_tensor *want[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
+        for (int k = 0; out && k < FM_BACKBONE_OUTPUT_COUNT; k++)
+            if (out[k]) {
+                outs[k] = fm_tensor_make(m, b->dims[k], 1, 1,
+                                         out[k] + (size_t)i0 * (size_t)b->dims[k]);
+                want[k] = &outs[k];
+            }
+        fm_tensor x;
+        fm_arena_reset(b->arena, 0);
+        st = fm_tensor_alloc(b->arena, m, 3, b->in.h, b->in.w, &x, err);
+        if (st == FM_OK) {
+            for (int i = 0; i < m; i++)
+                normalise(b, faces[i0 + i], &x, i);
+            st = b->ops->forward(b->state, b->arena, &x, want, err);
         }
-
-    fm_tensor x;
-    fm_arena_reset(b->arena, 0);
-    fm_status st = fm_tensor_alloc(b->arena, n, 3, b->in.h, b->in.w, &x, err);
-    if (st == FM_OK) {
-        for (int i = 0; i < n; i++)
-            normalise(b, faces[i], &x, i);
-        st = b->ops->forward(b->state, b->arena, &x, want, err);
+        fm_arena_reset(b->arena, 0);
     }
-    fm_arena_reset(b->arena, 0);
     return st;
 }
