@@ -67,7 +67,7 @@ INTEGERS = {"-j", "--workers", "--timeout", "--jobs", "--threads", "--epochs", "
             "--batch", "--seed", "--limit", "--checkpoint-steps", "--count"}
 # Valid values of options whose value is a name the help does not spell out.
 VALUES = {"--hidden": "0", "--from": "heads", "--log-level": "info", "--config": "empty.yaml",
-          "--case": "photos", "--compare-set": "heads.model=x"}
+          "--case": "photos", "--compare-set": "heads.model=x", "--degrade-kinds": "gray"}
 
 failures = []
 passed = 0
@@ -285,6 +285,10 @@ def check_examples(r):
         (["train", "--freeze", "--jobs", "0", "--train", "d", "-o", "o.fmm"], 2, "--jobs '0'"),
         (["train", "--freeze", "--train", "d"], 2, "-o OUT.fmm is required"),
         (["train", "--train", "d", "-o", "o.fmm"], 2, "--heads HEADS.fmm is required"),
+        (["train", "--train", "d", "-o", "o.fmm", "--heads", "h.fmm", "--teacher-weight",
+          "0.5"], 2, "--teacher-weight needs --teacher"),
+        (["train", "--train", "d", "-o", "o.fmm", "--heads", "h.fmm", "--degrade-kinds",
+          "gray,nope"], 2, "--degrade-kinds 'gray,nope'"),
         (["detect", "--min-face", "x", "a.jpg"], 2, "unknown option '--min-face'"),
         (["detect", "--draw", "a.jpg", "--draw-dir", "d", "a.jpg"], 2, "exclude each other"),
         (["eval"], 2, "--data DIR is required"),

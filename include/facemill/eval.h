@@ -139,6 +139,15 @@ typedef struct fm_eval_paired {
     double gender_p, race_p;
 } fm_eval_paired;
 
+/* Reads a file written by `facemill eval --save-results` (one JSON object per image:
+ * file, true_age, true_gender, true_race, face, and for a face age, age_std, gender,
+ * race and their probabilities) and finds each of the n images named by paths in it,
+ * by file name: other[i] holds image i's line, found[i] is 1 when it is there.
+ * Returns the number found, or -1 with the reason in err (FM_ERR_IO, FM_ERR_NOMEM, or
+ * FM_ERR_FORMAT naming the line that is not one of that command's). */
+int fm_eval_read_saved(const char *path, int n, const char *const *paths,
+                       fm_eval_item *other, unsigned char *found, fm_error *err);
+
 /* Compares runs a and b over the same n images (a[i] and b[i] are one image; their
  * truths must agree, asserted). Returns 0, or -1 when memory ran out or resamples < 1. */
 int fm_eval_compare(const fm_eval_item *a, double fallback_a, const fm_eval_item *b,

@@ -63,12 +63,22 @@ extern "C" {
 
 /* One training or validation photo: decoded RGB pixels (not owned), the five
  * landmarks of its face in those pixels' coordinates, and its labels. */
+/* A teacher's answers for one training face (distillation): its expected age and
+ * spread, and its gender and ethnicity probabilities. */
+typedef struct fm_ft_soft {
+    float age, age_std;
+    float gender[FM_HEADS_GENDERS];
+    float race[FM_HEADS_RACES];
+} fm_ft_soft;
+
 typedef struct fm_ft_image {
     const uint8_t *rgb;
     int w, h;
     size_t stride;
     float landmarks[10];
     fm_utk_label label;
+    int source;             /* the image's index in its fm_trainset */
+    const fm_ft_soft *soft; /* the teacher's answers, or NULL (labels alone) */
 } fm_ft_image;
 
 typedef struct fm_ft_set {
@@ -159,6 +169,12 @@ typedef struct fm_ft_opts {
                                     quality 10-60, blur 0.6-3 px, grayscale, a 10-25
                                     degree turn, exposure -1.5..-0.5 or +0.5..+1.2
                                     stops, the mouth-and-chin band; 0: none */
+    double teacher_weight;       /* 0..1: a face with a teacher's answers (soft) trains
+                                    towards (1 - w) x its label's targets + w x the
+                                    teacher's (age: a Gaussian at its age with its
+                                    spread, at least age_sigma); 0: labels alone */
+    const char *teacher_id;      /* names the teacher in the checkpoint's fingerprint
+                                    (e.g. its file's digest); with teacher_weight > 0 */
     unsigned degrade_kinds;      /* the damages drawn, a set of 1u << fm_ft_damage (0:
                                     all seven) */
     uint64_t seed;

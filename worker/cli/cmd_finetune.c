@@ -19,10 +19,12 @@
 #include "facemill/model.h"
 #include "facemill/modelpath.h"
 #include "facemill/nn.h"
+#include "facemill/sha256.h"
 #include "facemill/trainset.h"
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const cli_cmd cmd = {
@@ -108,7 +110,7 @@ static void source_commit(char *buf, size_t size)
 /* What the command line asks for besides the trainer's options. */
 typedef struct ft_args {
     train_data_opts data;
-    const char *out_path, *heads_path, *landmarks;
+    const char *out_path, *heads_path, *landmarks, *teacher;
     int jobs, threads, limit;
     int optimizer, schedule; /* fm_ft_optimizer, fm_ft_schedule */
 } ft_args;
@@ -120,6 +122,7 @@ typedef struct ft_run {
     fm_ft_data data;
     fm_model *base;
     fm_finetune *ft;
+    fm_ft_soft *soft; /* the teacher's answers for the training faces (--teacher) */
 } ft_run;
 
 static void run_free(ft_run *r)
@@ -129,6 +132,58 @@ static void run_free(ft_run *r)
     fm_ft_data_free(&r->data);
     fm_ft_faces_free(&r->faces);
     fm_trainset_free(&r->set);
+    free(r->soft);
+}
+
+/* --teacher: the answers of `facemill eval --save-results` for the training faces,
+ * found by file name; faces it has no face for train on their labels alone. */
+static fm_status attach_teacher(ft_run *r, const char *path, double weight, fm_error *err)
+{
+    const int n = r->set.n, nt = r->data.train.n;
+    fm_eval_item *items = calloc((size_t)n + 1, sizeof *items);
+    unsigned char *found = calloc((size_t)n + 1, 1);
+    r->soft = calloc((size_t)nt + 1, sizeof *r->soft);
+    if (!items || !found || !r->soft) {
+        free(items);
+        free(found);
+        return fm_error_set(err, FM_ERR_NOMEM, "--teacher: out of memory");
+    }
+    int got = fm_eval_read_saved(path, n, (const char *const *)r->set.paths, items, found, err);
+    int used = 0, mismatch = 0;
+    for (int k = 0; got >= 0 && k < nt; k++) {
+        fm_ft_image *im = &r->data.images[k]; /* the training faces come first */
+        const int i = im->source;
+        if (!found[i] || !items[i].detected)
+            continue;
+        const fm_eval_item *t = &items[i];
+        if (t->truth.age != im->label.age || t->truth.gender != im->label.gender ||
+            t->truth.race != im->label.race) {
+            mismatch++;
+            continue;
+        }
+        fm_ft_soft *s = &r->soft[k];
+        s->age = t->age;
+        s->age_std = t->age_std;
+        memcpy(s->gender, t->gender_probs, sizeof s->gender);
+        memcpy(s->race, t->race_probs, sizeof s->race);
+        im->soft = s;
+        used++;
+    }
+    free(items);
+    free(found);
+    if (got < 0)
+        return err ? err->code : FM_ERR_FORMAT;
+    if (mismatch)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "--teacher %s: %d image(s) carry other labels than the training "
+                            "set's: not this data's results", path, mismatch);
+    if (used == 0)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "--teacher %s: no answers for any of the %d training faces", path,
+                            nt);
+    fm_log_info("teacher %s: answers for %d of the %d training faces (weight %g; the others "
+                "train on their labels alone)", path, used, nt, weight);
+    return FM_OK;
 }
 
 /* The base backbone and the trainer first, so bad options fail before the long part;
@@ -270,6 +325,13 @@ int fm_cmd_finetune(int argc, char **argv)
                  take_damages, &o.degrade_kinds,
                  "the damages --degrade draws from, comma-separated: down, jpeg, blur, "
                  "gray, rot, exposure, occlude (default all)"),
+        CLI_PATH("--teacher", 0, "RESULTS.jsonl", &x.teacher,
+                 "distil: train towards a teacher's answers too, as `facemill eval --data "
+                 "DIR --save-results RESULTS.jsonl` wrote them for the training images "
+                 "(e.g. with an ensemble in embed.backbone and heads.model)"),
+        CLI_NUM("--teacher-weight", 0, "W", 0, 1, &o.teacher_weight,
+                "share of the teacher's answers in the targets, the labels' the rest "
+                "(default 0.5 with --teacher)"),
         CLI_PATH("--init-heads", 0, "FILE", &o.init_heads,
                  "start from these heads (a trained heads file, e.g. the default model's) "
                  "instead of new ones; usually with --head-epochs 0"),
@@ -289,6 +351,17 @@ int fm_cmd_finetune(int argc, char **argv)
         return cli_usage_error(&cmd, "%s", !x.data.train_dir ? "--train DIR is required"
                                            : !x.out_path ? "-o BACKBONE.fmm is required"
                                                          : "--heads HEADS.fmm is required");
+    if (!x.teacher && o.teacher_weight > 0)
+        return cli_usage_error(&cmd, "--teacher-weight needs --teacher");
+    char teacher_sha[65];
+    if (x.teacher) {
+        fm_error e = {0};
+        if (fm_sha256_file(x.teacher, teacher_sha, &e) != FM_OK)
+            return cli_fail(&cmd, "--teacher: %s", fm_error_text(&e));
+        if (!(o.teacher_weight > 0))
+            o.teacher_weight = 0.5;
+        o.teacher_id = teacher_sha;
+    }
     o.optimizer = (fm_ft_optimizer)x.optimizer;
     o.schedule = (fm_ft_schedule)x.schedule;
     o.progress = on_progress;
@@ -305,6 +378,8 @@ int fm_cmd_finetune(int argc, char **argv)
     fm_ft_progress best;
     memset(&r, 0, sizeof r);
     fm_status st = prepare(&r, &c, &x, &o, &err);
+    if (st == FM_OK && x.teacher)
+        st = attach_teacher(&r, x.teacher, o.teacher_weight, &err);
     if (st == FM_OK)
         st = train(&r, &best, &err);
     if (st == FM_OK) {

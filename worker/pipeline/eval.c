@@ -1,10 +1,14 @@
 /* eval.c - UTKFace labels and the evaluation metrics (include/facemill/eval.h): pure
  * computation, so tests can compare it with hand-computed numbers. */
 #include "facemill/eval.h"
+#include "facemill/heads.h"
+#include "facemill/result_json.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -398,4 +402,149 @@ int fm_eval_compare(const fm_eval_item *a, double fallback_a, const fm_eval_item
     free(ub);
     free(v);
     return 0;
+}
+
+/* ---- per-image results saved by `facemill eval --save-results` ------------------ */
+
+/* The value after "KEY": in line (KEY with its quotes); NULL when absent. */
+static const char *after_key(const char *line, const char *quoted_key)
+{
+    const char *s = strstr(line, quoted_key);
+    return s ? s + strlen(quoted_key) : NULL;
+}
+
+static int read_num(const char *line, const char *quoted_key, double *v)
+{
+    const char *s = after_key(line, quoted_key);
+    if (!s)
+        return -1;
+    char *end;
+    *v = strtod(s, &end);
+    return end == s ? -1 : 0;
+}
+
+/* The index of the class name after KEY among names, or -1. */
+static int read_class(const char *line, const char *quoted_key, const char *const *names,
+                      int n)
+{
+    const char *s = after_key(line, quoted_key);
+    if (!s || *s != '"')
+        return -1;
+    for (int k = 0; k < n; k++) {
+        size_t len = strlen(names[k]);
+        if (!strncmp(s + 1, names[k], len) && s[1 + len] == '"')
+            return k;
+    }
+    return -1;
+}
+
+/* One saved line. */
+typedef struct saved {
+    char *file;
+    fm_eval_item item;
+} saved;
+
+static int cmp_saved(const void *a, const void *b)
+{
+    return strcmp(((const saved *)a)->file, ((const saved *)b)->file);
+}
+
+/* Parses one line written by save_results; -1 when it is not one. */
+static int parse_saved(const char *line, saved *s)
+{
+    memset(s, 0, sizeof *s);
+    const char *f = after_key(line, "\"file\":\"");
+    const char *q = f ? strchr(f, '"') : NULL;
+    if (!q)
+        return -1;
+    double age;
+    fm_eval_item *it = &s->item;
+    it->truth.gender = read_class(line, "\"true_gender\":", fm_result_gender_names, 2);
+    it->truth.race = read_class(line, "\"true_race\":", fm_result_race_names, 5);
+    if (read_num(line, "\"true_age\":", &age) || age < 0 || age >= FM_HEADS_AGES ||
+        it->truth.gender < 0 || it->truth.race < 0)
+        return -1;
+    it->truth.age = (int)age;
+    const char *face = after_key(line, "\"face\":");
+    if (!face)
+        return -1;
+    if (!strncmp(face, "true", 4)) {
+        double v;
+        it->detected = 1;
+        it->gender = read_class(line, "\"gender\":", fm_result_gender_names, 2);
+        it->race = read_class(line, "\"race\":", fm_result_race_names, 5);
+        if (read_num(line, "\"age\":", &v) || it->gender < 0 || it->race < 0)
+            return -1;
+        it->age = (float)v;
+        if (read_num(line, "\"age_std\":", &v) == 0)
+            it->age_std = (float)v;
+        char key[32];
+        for (int k = 0; k < FM_HEADS_GENDERS; k++) {
+            snprintf(key, sizeof key, "\"%s\":", fm_result_gender_names[k]);
+            if (read_num(line, key, &v) == 0)
+                it->gender_probs[k] = (float)v;
+        }
+        for (int k = 0; k < FM_HEADS_RACES; k++) {
+            snprintf(key, sizeof key, "\"%s\":", fm_result_race_names[k]);
+            if (read_num(line, key, &v) == 0)
+                it->race_probs[k] = (float)v;
+        }
+    } else if (strncmp(face, "false", 5))
+        return -1;
+    if (!(s->file = strndup(f, (size_t)(q - f))))
+        return -1;
+    return 0;
+}
+
+/* See eval.h. */
+int fm_eval_read_saved(const char *path, int n_images, const char *const *paths,
+                       fm_eval_item *other, unsigned char *found, fm_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    saved *v = NULL;
+    int n = 0, cap = 0, rc = -1, line_no = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    while (getline(&line, &lcap, f) > 0) {
+        line_no++;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            saved *g = realloc(v, (size_t)cap * sizeof *v);
+            if (!g) {
+                fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory", path);
+                goto done;
+            }
+            v = g;
+        }
+        if (parse_saved(line, &v[n]) != 0) {
+            fm_error_set(err, FM_ERR_FORMAT,
+                         "%s:%d: not a line of `facemill eval --save-results`", path, line_no);
+            goto done;
+        }
+        n++;
+    }
+    if (v)
+        qsort(v, (size_t)n, sizeof *v, cmp_saved);
+    rc = 0;
+    for (int i = 0; i < n_images; i++) {
+        const char *slash = strrchr(paths[i], '/');
+        saved key = {.file = (char *)(slash ? slash + 1 : paths[i])};
+        const saved *s = v ? bsearch(&key, v, (size_t)n, sizeof *v, cmp_saved) : NULL;
+        found[i] = s != NULL;
+        if (!s)
+            continue;
+        other[i] = s->item;
+        rc++;
+    }
+done:
+    for (int i = 0; i < n; i++)
+        free(v[i].file);
+    free(v);
+    free(line);
+    fclose(f);
+    return rc;
 }

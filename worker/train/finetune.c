@@ -314,10 +314,36 @@ static void make_targets_one(fm_finetune *ft, int i, int age, int gender, int ra
                      target_of(ft, 2) + (size_t)i * FM_HEADS_RACES);
 }
 
-static void make_targets(fm_finetune *ft, const fm_utk_label *labels, int n)
+/* Labels' targets, mixed with the teacher's answers where a face has them
+ * (teacher_weight). */
+static void make_targets(fm_finetune *ft, const fm_utk_label *labels,
+                         const fm_ft_soft *const *soft, int n)
 {
-    for (int i = 0; i < n; i++)
+    const double w = ft->o.teacher_weight;
+    for (int i = 0; i < n; i++) {
         make_targets_one(ft, i, labels[i].age, labels[i].gender, labels[i].race);
+        const fm_ft_soft *t = soft ? soft[i] : NULL;
+        if (!t || !(w > 0))
+            continue;
+        float age[FM_HEADS_AGES];
+        double sd = t->age_std > ft->o.age_sigma ? t->age_std : ft->o.age_sigma;
+        fm_nn_gaussian_target(FM_HEADS_AGES, t->age, sd, age);
+        float *ta = target_of(ft, 0) + (size_t)i * FM_HEADS_AGES;
+        for (int k = 0; k < FM_HEADS_AGES; k++)
+            ta[k] = (float)((1 - w) * ta[k] + w * age[k]);
+        float *tg = target_of(ft, 1) + (size_t)i * FM_HEADS_GENDERS;
+        double sg = 0, sr = 0;
+        for (int k = 0; k < FM_HEADS_GENDERS; k++)
+            sg += t->gender[k];
+        for (int k = 0; k < FM_HEADS_GENDERS; k++)
+            tg[k] = (float)((1 - w) * tg[k] + w * (sg > 0 ? t->gender[k] / sg : 0.5));
+        float *tr = target_of(ft, 2) + (size_t)i * FM_HEADS_RACES;
+        for (int k = 0; k < FM_HEADS_RACES; k++)
+            sr += t->race[k];
+        for (int k = 0; k < FM_HEADS_RACES; k++)
+            tr[k] = (float)((1 - w) * tr[k] +
+                            w * (sr > 0 ? t->race[k] / sr : 1.0 / FM_HEADS_RACES));
+    }
 }
 
 /* The loss weights of the three outputs. */
@@ -403,6 +429,7 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         !(o->rotate_deg >= 0 && o->rotate_deg <= 45) || !(o->brightness >= 0) ||
         !(o->contrast >= 0 && o->contrast < 1) || !(o->degrade >= 0 && o->degrade <= 1) ||
         o->degrade_kinds >= (1u << FM_FT_DAMAGES) ||
+        !(o->teacher_weight >= 0 && o->teacher_weight <= 1) ||
         o->checkpoint_steps < 0 ||
         (o->optimizer != FM_FT_ADAMW && o->optimizer != FM_FT_SGD) ||
         (o->schedule != FM_FT_COSINE && o->schedule != FM_FT_STEP))
@@ -877,6 +904,12 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         if (len < size)
             snprintf(buf + len, size - len, "|kinds %u", o->degrade_kinds);
     }
+    if (o->teacher_weight > 0) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|teacher %s %.17g",
+                     o->teacher_id ? o->teacher_id : "-", o->teacher_weight);
+    }
     if (o->init_heads) {
         size_t len = strlen(buf);
         if (len < size)
@@ -1014,7 +1047,7 @@ static fm_status validate(fm_finetune *ft, const fm_ft_set *val, fm_ft_progress 
             feat[j] = 0.5f * (feat[j] + feat[(size_t)B * POOLED + j]);
         for (int i = 0; i < n; i++)
             labels[i] = val->images[i0 + i].label;
-        make_targets(ft, labels, n);
+        make_targets(ft, labels, NULL, n);
         /* heads on the averaged features */
         fm_heads_tape s;
         fm_arena_reset(ft->arena, 0);
@@ -1172,13 +1205,15 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
                 goto out;
             }
             fm_utk_label labels[4096];
+            const fm_ft_soft *soft[4096];
             for (int i = 0; i < B; i++) {
                 const int idx = perm[s * B + i];
                 rng r = rng_for(o->seed, (uint64_t)e + 1, (uint64_t)idx, 0xa09);
                 make_input(ft, &train->images[idx], i, 0, &r);
                 labels[i] = train->images[idx].label;
+                soft[i] = train->images[idx].soft;
             }
-            make_targets(ft, labels, B);
+            make_targets(ft, labels, soft, B);
             const float *mask = NULL;
             if (o->dropout > 0) {
                 rng r = rng_for(o->seed, 0xd209, (uint64_t)ft->step, 0);
@@ -1533,7 +1568,7 @@ fm_status fm_finetune_loss(fm_finetune *ft, const float *x, const fm_utk_label *
     if (!ft || !x || !labels || !loss || n < 1 || n > ft->o.batch)
         return fm_error_set(err, FM_ERR_INVALID, "fm_finetune_loss: bad arguments");
     memcpy(ft->xbuf, x, (size_t)n * 3 * ft->in_h * ft->in_w * sizeof(float));
-    make_targets(ft, labels, n);
+    make_targets(ft, labels, NULL, n);
     return compute(ft, ft->arena, n, NULL, want_grad ? 2 : 0, loss, err);
 }
 

@@ -149,6 +149,8 @@ static fm_status keep_photo(fm_ft_image *d, const fm_image *im, const fm_trainse
     for (int k = 0; k < 10; k++)
         d->landmarks[k] = (float)((f->rows.x[(size_t)i * 10 + k] + 0.5) * sc - 0.5);
     d->label = s->labels[i];
+    d->source = i;
+    d->soft = NULL;
     return FM_OK;
 }
 
