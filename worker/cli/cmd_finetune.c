@@ -150,17 +150,17 @@ static fm_status attach_teacher(ft_run *r, const char *path, double weight, fm_e
     }
     int got = fm_eval_read_saved(path, n, (const char *const *)r->set.paths, items, found, err);
     int used = 0, mismatch = 0;
-    for (int k = 0; got >= 0 && k < nt; k++) {
+    for (int i = 0; got >= 0 && i < n; i++) /* any image of the set, held out or not */
+        if (found[i] && (items[i].truth.age != r->set.labels[i].age ||
+                         items[i].truth.gender != r->set.labels[i].gender ||
+                         items[i].truth.race != r->set.labels[i].race))
+            mismatch++;
+    for (int k = 0; got >= 0 && !mismatch && k < nt; k++) {
         fm_ft_image *im = &r->data.images[k]; /* the training faces come first */
         const int i = im->source;
         if (!found[i] || !items[i].detected)
             continue;
         const fm_eval_item *t = &items[i];
-        if (t->truth.age != im->label.age || t->truth.gender != im->label.gender ||
-            t->truth.race != im->label.race) {
-            mismatch++;
-            continue;
-        }
         fm_ft_soft *s = &r->soft[k];
         s->age = t->age;
         s->age_std = t->age_std;

@@ -1,0 +1,137 @@
+#!/usr/bin/python3
+"""test_train_cli.py - `facemill train` (fine-tuning) end to end through the program,
+on a small set of real face photos: UTKFace-named crops of the sample photos' faces,
+labelled with the default model's own answers.
+
+- `facemill eval --save-results` writes a teacher file for the set;
+- `facemill train` from the default model with --init-heads, --head-epochs 0,
+  --teacher and --teacher-weight, --degrade and --degrade-kinds, one epoch: exit 0,
+  the log says how many training faces have the teacher's answers, both files are
+  written, the heads record the command (--teacher and all) in heads.train.command,
+  and the new pair labels a photo;
+- a teacher file whose labels differ from the set's is refused (exit 1, naming it);
+  --teacher-weight without --teacher is a usage error (exit 2).
+
+Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from fm_testlib import Checks, run  # noqa: E402
+
+check = Checks("test_train_cli")
+GENDERS = ["male", "female"]
+RACES = ["White", "Black", "Asian", "Indian", "Others"]
+
+
+def records(r):
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def top(probs):
+    return max(probs, key=lambda k: probs[k])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--src", required=True)
+    a = ap.parse_args()
+    try:
+        from PIL import Image
+    except ImportError:
+        print("skip: python3-pil is not installed")
+        return 77
+    cache = os.path.join(a.src, "models", "cache")
+    samples = [os.path.join(cache, "samples", "sample%d.jpg" % i) for i in range(1, 7)]
+    heads = os.path.join(a.src, "models", "heads_dlib_ft.fmm")
+    if not all(os.path.exists(p) for p in samples + [heads]) or not os.path.exists(
+            os.path.join(cache, "dlib_resnet_ft.fmm")):
+        print("skip: no models or sample photos (run models/fetch)")
+        return 77
+    fm = os.path.join(os.path.abspath(a.bin), "facemill")
+    tmp = tempfile.mkdtemp(prefix="fmtrain.")
+    try:
+        # the set: each sample face cropped square with room around it, named
+        # AGE_GENDER_RACE_n.jpg after the default model's answers
+        r = run([fm, "predict", "-q"] + samples, timeout=300)
+        data = os.path.join(tmp, "set")
+        os.makedirs(data)
+        n = 0
+        for o in records(r):
+            img = Image.open(o["source"]).convert("RGB")
+            for f in o["faces"]:
+                b = f["box"]
+                cx, cy = (b["x1"] + b["x2"]) / 2, (b["y1"] + b["y2"]) / 2
+                half = 0.75 * max(b["x2"] - b["x1"], b["y2"] - b["y1"])
+                crop = img.crop((round(cx - half), round(cy - half), round(cx + half),
+                                 round(cy + half))).resize((200, 200), Image.LANCZOS)
+                name = "%d_%d_%d_%02d.jpg" % (round(f["age"]),
+                                              GENDERS.index(top(f["gender_probs"])),
+                                              RACES.index(top(f["race_probs"])), n)
+                crop.save(os.path.join(data, name), quality=92)
+                n += 1
+        check(n >= 16, "a set of sample faces (%d)" % n)
+
+        teacher = os.path.join(tmp, "teacher.jsonl")
+        r = run([fm, "eval", "-q", "--data", data, "--save-results", teacher], timeout=300)
+        check(r.returncode == 0 and os.path.exists(teacher),
+              "eval --save-results writes the teacher file (%d): %s" %
+              (r.returncode, r.stderr[-300:]))
+
+        out, out_heads = os.path.join(tmp, "b.fmm"), os.path.join(tmp, "h.fmm")
+        base = [fm, "train", "--set", "embed.backbone=dlib_resnet_ft.fmm", "--train", data,
+                "--holdout", "0.25", "--init-heads", heads, "--head-epochs", "0",
+                "--epochs", "1", "--batch", "4", "--jobs", "1", "--threads", "1",
+                "--degrade", "0.5", "--degrade-kinds", "gray,occlude", "--seed", "3"]
+        r = run(base + ["-o", out, "--heads", out_heads, "--teacher", teacher,
+                        "--teacher-weight", "0.7"], timeout=600)
+        check(r.returncode == 0, "train with --teacher exits 0 (%d): %s" %
+              (r.returncode, r.stderr[-500:]))
+        line = [x for x in r.stderr.splitlines() if "teacher " in x and "answers for" in x]
+        check(len(line) == 1 and "weight 0.7" in line[0],
+              "the log says how many faces have the teacher's answers: %s" % line)
+        check(os.path.exists(out) and os.path.exists(out_heads), "both files written")
+        # heads.train.command, as stored (`model info` shortens long strings)
+        raw = open(out_heads, "rb").read() if os.path.exists(out_heads) else b""
+        at = raw.find(b"facemill train ")
+        cmd_line = raw[at:raw.find(b"\0", at) if b"\0" in raw[at:] else at + 2000] \
+            if at >= 0 else b""
+        check(b"heads.train.command" in raw and b"--teacher " + teacher.encode() in cmd_line
+              and b"--init-heads" in cmd_line and b"--degrade-kinds gray,occlude" in cmd_line,
+              "the heads record the command (--teacher, --init-heads, --degrade-kinds)")
+        r = run([fm, "predict", "-q", "--set", "embed.backbone=" + out, "--set",
+                 "heads.model=" + out_heads, samples[0]], timeout=300)
+        got = records(r)
+        check(r.returncode == 0 and got and got[0]["faces"] and "age" in got[0]["faces"][0],
+              "the trained pair labels a photo (%d)" % r.returncode)
+
+        # a teacher file of other labels: refused
+        bad = os.path.join(tmp, "bad.jsonl")
+        with open(teacher) as src, open(bad, "w") as dst:
+            for i, row in enumerate(src):
+                o = json.loads(row)
+                if i == 0:
+                    o["true_age"] = (o["true_age"] + 7) % 100
+                dst.write(json.dumps(o, separators=(",", ":")) + "\n")
+        r = run(base + ["-o", os.path.join(tmp, "b2.fmm"), "--heads",
+                        os.path.join(tmp, "h2.fmm"), "--teacher", bad], timeout=600)
+        check(r.returncode == 1 and "other labels" in r.stderr and
+              not os.path.exists(os.path.join(tmp, "h2.fmm")),
+              "a teacher file of other labels is refused (%d): %s" %
+              (r.returncode, r.stderr.strip()[-200:]))
+        r = run(base + ["-o", out, "--heads", out_heads, "--teacher-weight", "0.5"],
+                timeout=60)
+        check(r.returncode == 2 and "--teacher-weight needs --teacher" in r.stderr,
+              "--teacher-weight alone is a usage error (%d)" % r.returncode)
+    finally:
+        check.done_with(tmp)
+    return check.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
