@@ -84,6 +84,8 @@ static void make_face(synth *s, int i)
     im->label.gender = gender;
     im->label.race = race;
     im->label.age = 20 + 30 * gender + 6 * race;
+    im->source = i;
+    im->soft = NULL;
 }
 
 /* ---- forward agrees with the production backbone --------------------------------- */

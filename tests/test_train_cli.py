@@ -10,7 +10,10 @@ labelled with the default model's own answers.
   written, the heads record the command (--teacher and all) in heads.train.command,
   and the new pair labels a photo;
 - a teacher file whose labels differ from the set's is refused (exit 1, naming it);
-  --teacher-weight without --teacher is a usage error (exit 2).
+  --teacher-weight without --teacher is a usage error (exit 2), --teacher-weight 0 is
+  taken as given; --init-heads (found by name through the model search path) of heads
+  made for another backbone is refused, and so is fine-tuning with a detect.mode
+  other than mtcnn.
 
 Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil).
 """
@@ -85,7 +88,7 @@ def main():
 
         out, out_heads = os.path.join(tmp, "b.fmm"), os.path.join(tmp, "h.fmm")
         base = [fm, "train", "--set", "embed.backbone=dlib_resnet_ft.fmm", "--train", data,
-                "--holdout", "0.25", "--init-heads", heads, "--head-epochs", "0",
+                "--holdout", "0.25", "--init-heads", "heads_dlib_ft.fmm", "--head-epochs", "0",
                 "--epochs", "1", "--batch", "4", "--jobs", "1", "--threads", "1",
                 "--degrade", "0.5", "--degrade-kinds", "gray,occlude", "--seed", "3"]
         r = run(base + ["-o", out, "--heads", out_heads, "--teacher", teacher,
@@ -128,6 +131,26 @@ def main():
                 timeout=60)
         check(r.returncode == 2 and "--teacher-weight needs --teacher" in r.stderr,
               "--teacher-weight alone is a usage error (%d)" % r.returncode)
+        r = run(base + ["-o", os.path.join(tmp, "b3.fmm"), "--heads",
+                        os.path.join(tmp, "h3.fmm"), "--teacher", teacher, "--teacher-weight",
+                        "0"], timeout=600)
+        line = [x for x in r.stderr.splitlines() if "teacher " in x and "answers for" in x]
+        check(r.returncode == 0 and len(line) == 1 and "(weight 0;" in line[0],
+              "--teacher-weight 0 is taken as given: %s" % line)
+
+        # refusals before any training: heads made for another backbone, a detect.mode
+        # without the detector
+        r = run(base[:3] + ["embed.backbone=dlib_resnet.fmm"] + base[4:] +
+                ["-o", os.path.join(tmp, "b4.fmm"), "--heads", os.path.join(tmp, "h4.fmm")],
+                timeout=600)
+        check(r.returncode == 1 and "made for the backbone" in r.stderr,
+              "--init-heads of another backbone's heads is refused (%d): %s" %
+              (r.returncode, r.stderr.strip()[-200:]))
+        r = run(base + ["--set", "detect.mode=cropped", "-o", os.path.join(tmp, "b5.fmm"),
+                        "--heads", os.path.join(tmp, "h5.fmm")], timeout=600)
+        check(r.returncode == 1 and "detect.mode must be mtcnn" in r.stderr,
+              "fine-tuning refuses detect.mode=cropped (%d): %s" %
+              (r.returncode, r.stderr.strip()[-200:]))
     finally:
         check.done_with(tmp)
     return check.summary()

@@ -71,6 +71,7 @@ typedef struct fm_ft_soft {
     float race[FM_HEADS_RACES];
 } fm_ft_soft;
 
+/* Zero what a caller does not set (soft NULL: labels alone). */
 typedef struct fm_ft_image {
     const uint8_t *rgb;
     int w, h;

@@ -242,6 +242,7 @@ int fm_cmd_finetune(int argc, char **argv)
     ft_args x = {.data.holdout = 0.1, .jobs = 2, .threads = 2};
     fm_ft_opts o;
     fm_ft_opts_defaults(&o);
+    o.teacher_weight = -1; /* given or not: see below */
     x.optimizer = (int)o.optimizer;
     x.schedule = (int)o.schedule;
     const cli_opt opts[] = {
@@ -351,16 +352,29 @@ int fm_cmd_finetune(int argc, char **argv)
         return cli_usage_error(&cmd, "%s", !x.data.train_dir ? "--train DIR is required"
                                            : !x.out_path ? "-o BACKBONE.fmm is required"
                                                          : "--heads HEADS.fmm is required");
-    if (!x.teacher && o.teacher_weight > 0)
+    if (!x.teacher && o.teacher_weight >= 0)
         return cli_usage_error(&cmd, "--teacher-weight needs --teacher");
     char teacher_sha[65];
-    if (x.teacher) {
+    if (!x.teacher)
+        o.teacher_weight = 0;
+    else {
         fm_error e = {0};
         if (fm_sha256_file(x.teacher, teacher_sha, &e) != FM_OK)
             return cli_fail(&cmd, "--teacher: %s", fm_error_text(&e));
-        if (!(o.teacher_weight > 0))
+        if (o.teacher_weight < 0) /* not given */
             o.teacher_weight = 0.5;
         o.teacher_id = teacher_sha;
+    }
+    /* --init-heads: a model name like the others, through the search path */
+    char init_heads[4096];
+    if (o.init_heads) {
+        fm_model_dirs dirs;
+        fm_error e = {0};
+        if (fm_model_dirs_init(&dirs, c.models.dir, &e) != FM_OK ||
+            fm_model_find(&dirs, "--init-heads", o.init_heads, init_heads, sizeof init_heads,
+                          &e) != FM_OK)
+            return cli_fail(&cmd, "%s", fm_error_text(&e));
+        o.init_heads = init_heads;
     }
     o.optimizer = (fm_ft_optimizer)x.optimizer;
     o.schedule = (fm_ft_schedule)x.schedule;

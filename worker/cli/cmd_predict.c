@@ -113,8 +113,9 @@ int fm_cmd_predict(int argc, char **argv)
                  "missing; equal file names overwrite each other)"),
         CLI_PATH("--chips-dir", 0, "DIR", &chips_dir,
                  "write each face aligned as the backbone sees it (cut from the image at "
-                 "its full size) as DIR/<file name>.face<N>.jpg; label such chips again "
-                 "without detection with --set detect.mode=aligned"),
+                 "its full size) as DIR/<file name>.face<N>.jpg (equal file names "
+                 "overwrite each other); label such chips again without detection with "
+                 "--set detect.mode=aligned"),
         CLI_END,
     };
     fm_config c;

@@ -529,6 +529,12 @@ int fm_eval_read_saved(const char *path, int n_images, const char *const *paths,
     }
     if (v)
         qsort(v, (size_t)n, sizeof *v, cmp_saved);
+    for (int i = 1; i < n; i++) /* a name twice: which line is meant? */
+        if (strcmp(v[i - 1].file, v[i].file) == 0) {
+            fm_error_set(err, FM_ERR_FORMAT, "%s: the image '%s' is in it twice", path,
+                         v[i].file);
+            goto done;
+        }
     rc = 0;
     for (int i = 0; i < n_images; i++) {
         const char *slash = strrchr(paths[i], '/');

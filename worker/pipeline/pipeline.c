@@ -217,7 +217,7 @@ static int plan_views(fm_pipeline *p, const fm_config *c)
     p->views = zooms * p->mirror;
     /* the heads read the mean over every view, but the mirror images only when they
      * were trained so (heads.flip) */
-    p->heads_mirror = p->heads && fm_heads_flip(p->heads) && p->mirror == 2;
+    p->heads_mirror = p->heads && fm_heads_flip(p->heads) && p->mirror == 2 && c->embed.mirror;
     return c->embed.batch < p->views ? p->views : (int)c->embed.batch;
 }
 
@@ -286,7 +286,7 @@ static fm_status open_member_backbone(fm_pipeline *p, const fm_config *c,
                             "embed.backbone: %s takes another aligned face (input size "
                             "or template) than %s; an ensemble's backbones must share "
                             "them", path, names->backbone[0]);
-    e->heads_mirror = fm_heads_flip(e->heads) && p->mirror == 2;
+    e->heads_mirror = fm_heads_flip(e->heads) && p->mirror == 2 && c->embed.mirror;
     e->off = p->feat_stride;
     p->feat_stride += (size_t)p->views * (size_t)e->hd;
     if (!(e->out = malloc((size_t)batch * (size_t)e->hd * sizeof(float))))

@@ -430,6 +430,7 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         !(o->contrast >= 0 && o->contrast < 1) || !(o->degrade >= 0 && o->degrade <= 1) ||
         o->degrade_kinds >= (1u << FM_FT_DAMAGES) ||
         !(o->teacher_weight >= 0 && o->teacher_weight <= 1) ||
+        (o->teacher_weight > 0 && !o->teacher_id) ||
         o->checkpoint_steps < 0 ||
         (o->optimizer != FM_FT_ADAMW && o->optimizer != FM_FT_SGD) ||
         (o->schedule != FM_FT_COSINE && o->schedule != FM_FT_STEP))
@@ -453,17 +454,31 @@ static fm_status load_heads(fm_finetune *ft, const char *path, fm_error *err)
     fm_status st = fm_model_open(&m, path, 0, err);
     if (st)
         return st;
-    const char *arch = NULL;
+    const char *arch = NULL, *made_for = NULL, *feature = NULL;
     double alpha = 0;
+    char identity[1024];
     if ((st = fm_model_meta_str(m, "general.architecture", &arch, NULL, err)) ||
-        (st = fm_model_meta_f64(m, "heads.leaky_alpha", &alpha, err)))
+        (st = fm_model_meta_f64(m, "heads.leaky_alpha", &alpha, err)) ||
+        (st = fm_model_meta_str(m, "heads.backbone", &made_for, NULL, err)) ||
+        (st = fm_model_meta_str(m, "heads.feature", &feature, NULL, err)) ||
+        (st = fm_heads_backbone_identity(fm_model_path(ft->base), identity, sizeof identity,
+                                         err))) {
+        fm_error_prefix(err, "--init-heads %s", path);
         goto out;
-    if (strcmp(arch, "heads") != 0 || fm_model_tensor(m, "shared.1.weight") ||
-        fabs(alpha - ft->o.leaky_alpha) > 1e-6) {
+    }
+    if (strcmp(arch, "heads") != 0 || strcmp(feature, "pooled") != 0 ||
+        fm_model_tensor(m, "shared.1.weight") || fabs(alpha - ft->o.leaky_alpha) > 1e-6) {
         st = fm_error_set(err, FM_ERR_INVALID,
                           "--init-heads %s: not heads of this trainer's shape (architecture "
-                          "'%s', one shared layer, leaky alpha %g)", path, arch,
-                          (double)ft->o.leaky_alpha);
+                          "heads on the pooled features, one shared layer, leaky alpha %g)",
+                          path, (double)ft->o.leaky_alpha);
+        goto out;
+    }
+    /* heads fitted to another network (and its feature scale) would start wrong */
+    if (strcmp(made_for, identity) != 0) {
+        st = fm_error_set(err, FM_ERR_INVALID,
+                          "--init-heads %s: made for the backbone '%s', not for %s ('%s')",
+                          path, made_for, fm_model_path(ft->base), identity);
         goto out;
     }
     for (int k = T_HEADS; k < T_COUNT; k++) {
@@ -473,7 +488,7 @@ static fm_status load_heads(fm_finetune *ft, const char *path, fm_error *err)
             dims[d] = (uint64_t)t->d[d];
         const float *data = NULL;
         if ((st = fm_model_tensor_expect(m, t->name, (unsigned)t->ndim, dims, &data, err))) {
-            fm_error_prefix(err, "--init-heads %s (--hidden %d)", path, ft->o.hidden);
+            fm_error_prefix(err, "--init-heads %s (with --hidden %d)", path, ft->o.hidden);
             goto out;
         }
         memcpy(ft->p + t->off, data, t->count * sizeof(float));

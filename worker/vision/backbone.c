@@ -9,9 +9,10 @@
  * file and one line in the table below.
  *
  * Memory: the arena's size is measured once at open by running the network on a
- * measuring arena for every batch size 1..max_batch (the engine's scratch needs
- * depend on the batch), so fm_backbone_forward never allocates: it takes the input
- * tensor and every intermediate from the arena and resets it before returning.
+ * measuring arena for every pass size 1..min(max_batch, FM_BACKBONE_CHUNK) (the
+ * engine's scratch needs depend on the batch; larger batches run in passes), so
+ * fm_backbone_forward never allocates: it takes the input tensor and every
+ * intermediate from the arena and resets it before each pass.
  */
 #include "backbone-impl.h"
 
