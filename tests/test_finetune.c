@@ -252,12 +252,18 @@ static void small_opts(fm_ft_opts *o)
     o->rotate_deg = 3;
 }
 
-/* Writes the trainer's heads to path (architecture "heads" plus what the trainer adds). */
+/* Writes the trainer's heads to path (architecture "heads", made for the test's
+ * backbone on its pooled features, plus what the trainer adds). */
 static int write_heads(const fm_finetune *ft, const char *path)
 {
     fm_error err = {0};
+    char identity[1024];
     fm_model_writer *w = fm_model_writer_new();
     int ok = w && fm_model_writer_add_str(w, "general.architecture", "heads", &err) == FM_OK &&
+             fm_heads_backbone_identity(model_path, identity, sizeof identity, &err) ==
+                 FM_OK &&
+             fm_model_writer_add_str(w, "heads.backbone", identity, &err) == FM_OK &&
+             fm_model_writer_add_str(w, "heads.feature", "pooled", &err) == FM_OK &&
              fm_finetune_write_heads(ft, w, &err) == FM_OK &&
              fm_model_writer_save(w, path, &err) == FM_OK;
     if (!ok)
