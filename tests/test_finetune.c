@@ -1091,8 +1091,8 @@ static void test_teacher(synth *s)
     fm_ft_progress best;
     fm_ft_opts o;
     small_opts(&o);
-    o.max_epochs = 6;
-    o.patience = 6;
+    o.max_epochs = 4;
+    o.patience = 4;
     o.teacher_weight = 1;
     o.teacher_id = "flipped";
     fm_finetune *ft = NULL;
