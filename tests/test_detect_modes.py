@@ -21,25 +21,17 @@ photos with the real models.
 Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil).
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from fm_testlib import Checks, run  # noqa: E402
+from fm_testlib import Checks, json_records as records, run, top_class as top  # noqa: E402
 
 check = Checks("test_detect_modes")
 CROPPED = [0.295, 0.291, 0.691, 0.292, 0.492, 0.521, 0.312, 0.692, 0.672, 0.693]
 POINTS = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
 
-
-def records(r):
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-
-
-def top(probs):
-    return max(probs, key=lambda k: probs[k])
 
 
 def main():

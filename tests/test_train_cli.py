@@ -24,19 +24,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from fm_testlib import Checks, run  # noqa: E402
+from fm_testlib import Checks, json_records as records, run, top_class as top  # noqa: E402
 
 check = Checks("test_train_cli")
 GENDERS = ["male", "female"]
 RACES = ["White", "Black", "Asian", "Indian", "Others"]
 
-
-def records(r):
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-
-
-def top(probs):
-    return max(probs, key=lambda k: probs[k])
 
 
 def main():

@@ -299,3 +299,14 @@ def face_diff(a, b, rel, exact=()):
         if not ok:
             diff.append("%s %r / %r" % (k, u, v))
     return diff
+
+
+def json_records(r):
+    """The JSON objects a program printed one per line (a finished run's stdout)."""
+    import json
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def top_class(probs):
+    """The most probable class of a {class: probability} object."""
+    return max(probs, key=lambda k: probs[k])
