@@ -15,6 +15,7 @@
  *     layers divided by the fitted temperatures, the held-out loss no higher.
  */
 #include "facemill/backbone.h"
+#include "facemill/clock.h"
 #include "facemill/finetune.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
@@ -1182,6 +1183,14 @@ static void test_bad_options(void)
     fm_model_close(&m);
 }
 
+/* Runs one part and says how long it took (the parts' costs, for keeping CI short). */
+#define TIMED(call)                                                                    \
+    do {                                                                               \
+        double t0_ = fm_now_ms();                                                      \
+        call;                                                                          \
+        printf("test_finetune: %-32s %6.1f s\n", #call, (fm_now_ms() - t0_) / 1e3);     \
+    } while (0)
+
 int main(void)
 {
     fm_test_source_path(model_path, sizeof model_path, "models/cache/dlib_resnet.fmm");
@@ -1193,21 +1202,21 @@ int main(void)
     synth *s = malloc(sizeof *s);
     for (int i = 0; i < NIMG; i++)
         make_face(s, i);
-    test_bad_options();
-    test_forward();
-    test_gradients();
-    test_loss_weights();
-    test_label_smoothing();
-    test_fit_temperature();
-    test_write_backbone();
-    test_align_zoom();
-    test_schedules(s);
-    test_adam_first_step(s);
-    test_converges(s);
-    test_degrade_augment(s);
-    test_init_heads(s);
-    test_teacher(s);
-    test_resume(s);
+    TIMED(test_bad_options());
+    TIMED(test_forward());
+    TIMED(test_gradients());
+    TIMED(test_loss_weights());
+    TIMED(test_label_smoothing());
+    TIMED(test_fit_temperature());
+    TIMED(test_write_backbone());
+    TIMED(test_align_zoom());
+    TIMED(test_schedules(s));
+    TIMED(test_adam_first_step(s));
+    TIMED(test_converges(s));
+    TIMED(test_degrade_augment(s));
+    TIMED(test_init_heads(s));
+    TIMED(test_teacher(s));
+    TIMED(test_resume(s));
     free(s);
     fm_test_remove_tree(tmpdir);
     return fm_test_done("test_finetune");

@@ -239,6 +239,63 @@ static void test_conv_paths(void)
         run_conv_case(&cases[i]);
 }
 
+/* Winograd's F(2x2, 3x3) (3x3 stride 1, one group, 16..128 channels, at least 64 2x2
+ * output blocks) against the double reference, and the same shapes as im2col + sgemm:
+ * odd output sizes (a last block row and column cut off), every kind of padding, blocks
+ * of one pass spanning images, several passes, widths where a pass ends mid-row. */
+static void test_conv_winograd(void)
+{
+    const conv_case cases[] = {
+        {1, 16, 16, 16, 16, 3, 3, fm_conv2d_sym(1, 1), 1},  /* exactly 64 blocks */
+        {3, 17, 9, 13, 20, 3, 3, fm_conv2d_sym(1, 1), 1},   /* odd both ways, 3 images */
+        {3, 32, 11, 11, 24, 3, 3, fm_conv2d_sym(1, 0), 0},  /* unpadded, 9x9 out */
+        {1, 16, 20, 15, 16, 3, 3, {1, 1, 1, 0, 2, 1, 1}, 1}, /* asymmetric padding */
+        {1, 19, 18, 18, 21, 3, 3, {1, 1, 2, 2, 0, 0, 1}, 1}, /* top-left only */
+        {2, 128, 20, 20, 128, 3, 3, fm_conv2d_sym(1, 1), 1}, /* passes of 128 blocks */
+        {3, 64, 37, 37, 64, 3, 3, fm_conv2d_sym(1, 1), 1},  /* dlib-like, passes mid-row */
+        {8, 32, 5, 7, 40, 3, 3, fm_conv2d_sym(1, 1), 1},    /* 1 block row per image */
+    };
+    for (int on = 1; on >= 0; on--) {
+        fm_nn_set_winograd(on);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            run_conv_case(&cases[i]);
+    }
+    fm_nn_set_winograd(1);
+
+    /* The two paths ran: same inputs, results equal within rounding but not bit for bit
+     * (a Winograd that fell back to im2col would give the same bits). */
+    fm_error e = {0};
+    const fm_conv2d_params p = fm_conv2d_sym(1, 1);
+    fm_tensor x = fm_test_tensor(&rng, 2, 32, 12, 12), w = fm_test_tensor(&rng, 32, 32, 3, 3);
+    fm_tensor y[2] = {fm_test_tensor(&rng, 2, 32, 12, 12), fm_test_tensor(&rng, 2, 32, 12, 12)};
+    for (int on = 1; on >= 0; on--) {
+        fm_nn_set_winograd(on);
+        fm_arena *m = NULL, *a = NULL;
+        fm_tensor xm = x, wm = w, ym = y[on];
+        xm.data = wm.data = ym.data = NULL;
+        CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+        CHECK(fm_nn_conv2d(m, &xm, &wm, NULL, &p, &ym, &e) == FM_OK);
+        CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+        CHECK(fm_nn_conv2d(a, &x, &w, NULL, &p, &y[on], &e) == FM_OK);
+        fm_arena_destroy(&m);
+        fm_arena_destroy(&a);
+    }
+    fm_nn_set_winograd(1);
+    size_t count = fm_tensor_count(&y[0]), differ = 0;
+    double max_abs = 0.0, max_diff = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        differ += y[0].data[i] != y[1].data[i];
+        max_abs = fmax(max_abs, fabs(y[0].data[i]));
+        max_diff = fmax(max_diff, fabs(y[0].data[i] - y[1].data[i]));
+    }
+    CHECK_MSG(differ > 0, "Winograd and im2col gave the same bits: one path did not run");
+    CHECK_MSG(max_diff <= TOL * max_abs, "Winograd vs im2col: %g of %g", max_diff, max_abs);
+    fm_test_tensor_free(&x);
+    fm_test_tensor_free(&w);
+    fm_test_tensor_free(&y[0]);
+    fm_test_tensor_free(&y[1]);
+}
+
 /* conv + bias + PReLU (fm_nn_conv2d_prelu) and plain conv2d against the double
  * reference, under every instruction set this CPU has: the direct kernel's shapes
  * (P-Net's layers, R-Net's and O-Net's first, odd widths and channel counts, tails of
@@ -1118,6 +1175,7 @@ int main(void)
     test_threads();
     test_arena_basics();
     test_conv_paths();
+    test_conv_winograd();
     test_conv_random(1500);
     test_conv_prelu();
     test_conv_invalid();

@@ -35,13 +35,14 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: facemill-bench-embed [--model PATH] [--batch N]... [--threads N]\n"
-            "                            [--seconds S] [--gflop G]\n"
+            "                            [--seconds S] [--gflop G] [--no-winograd]\n"
             "  --model PATH  backbone model (default dlib_resnet.fmm, found through the\n"
             "                model search path: see facemill(1))\n"
             "  --batch N     a batch size to time (repeatable; default 1 and 16)\n"
             "  --threads N   OpenBLAS threads (default 1)\n"
             "  --seconds S   time spent per batch size (default 2)\n"
-            "  --gflop G     work per face for GFLOPS (default: counted from the layers)\n");
+            "  --gflop G     work per face for GFLOPS (default: counted from the layers)\n"
+            "  --no-winograd 3x3 convolutions as im2col + sgemm only (for comparison)\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, int *out)
@@ -73,6 +74,10 @@ int main(int argc, char **argv)
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
+        }
+        if (strcmp(a, "--no-winograd") == 0) {
+            fm_nn_set_winograd(0);
+            continue;
         }
         if (ok && strcmp(a, "--model") == 0)
             model = v;
@@ -138,10 +143,12 @@ int main(int argc, char **argv)
            fm_nn_threads() == 1 ? "" : "s");
     if (gflop > 0.0)
         printf(", %.3f GFLOP per face", gflop);
-    printf("\n  kernels: %s\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n", blas.reason,
-           fm_blas_sgemm_gflops());
-    printf("  %6s %8s %12s %12s %10s %10s %8s\n", "batch", "calls", "best ms", "mean ms",
-           "ms/face", "faces/s", "GFLOPS");
+    const double sgemm = fm_blas_sgemm_gflops();
+    printf("\n  kernels: %s\n  3x3 convolutions: %s\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n",
+           blas.reason, fm_nn_set_winograd(-1) ? "Winograd F(2x2, 3x3) where it pays"
+                                               : "im2col + sgemm (--no-winograd)", sgemm);
+    printf("  %6s %8s %12s %12s %10s %10s %8s %7s\n", "batch", "calls", "best ms", "mean ms",
+           "ms/face", "faces/s", "GFLOPS", "/sgemm");
     for (int i = 0; i < n_sizes; i++) {
         const int n = sizes[i];
         if (fm_backbone_forward(b, faces, n, outs, &err)) {
@@ -165,9 +172,9 @@ int main(int argc, char **argv)
         printf("  %6d %8d %12.2f %12.2f %10.2f %10.1f ", n, calls, best * 1e3,
                total / calls * 1e3, per_face * 1e3, 1.0 / per_face);
         if (gflop > 0.0)
-            printf("%8.1f\n", gflop / per_face);
+            printf("%8.1f %7.2f\n", gflop / per_face, sgemm > 0.0 ? gflop / per_face / sgemm : 0.0);
         else
-            printf("%8s\n", "-");
+            printf("%8s %7s\n", "-", "-");
     }
     rc = 0;
 done:

@@ -4,7 +4,9 @@
  * Prints cblas_sgemm GFLOPS for 1024^3 and for shapes like the convolutions', then,
  * for convolution layers of the shapes facemill runs (MTCNN P-Net on a 640x480 pyramid
  * level, R-Net/O-Net on batches of crops, dlib's ResNet at 150x150, FaceNet blocks, a
- * depthwise layer), milliseconds per call, GFLOPS and the ratio to the 1024^3 sgemm.
+ * depthwise layer), milliseconds per call, GFLOPS and the ratio to the 1024^3 sgemm;
+ * 3x3 stride-1 layers with enough channels twice, as the engine runs them (Winograd's
+ * F(2x2, 3x3) where it pays) and as im2col + sgemm ("im2col").
  * Then, for the dlib ResNet layers a trainer runs at batch 32, the backward pass
  * (fm_nn_conv2d_backward with dx, dw and db) against the forward pass of the same
  * layer: it does twice the forward's multiply-adds, so a ratio near 2 means it runs at
@@ -81,6 +83,10 @@ static const layer layers[] = {
     {"dlib 3x3 64->64 @18", 8, 64, 18, 18, 64, 3, 1, 1, 1},
     {"dlib 3x3 128->128 @9", 8, 128, 9, 9, 128, 3, 1, 1, 1},
     {"dlib 3x3 256->256 @5", 8, 256, 5, 5, 256, 3, 1, 1, 1},
+    {"dlib 3x3 32->32 @37 (1 face)", 1, 32, 37, 37, 32, 3, 1, 1, 1},
+    {"dlib 3x3 64->64 @18 (1 face)", 1, 64, 18, 18, 64, 3, 1, 1, 1},
+    {"dlib 3x3 128->128 @9 (1 face)", 1, 128, 9, 9, 128, 3, 1, 1, 1},
+    {"dlib 3x3 256->256 @5 (1 face)", 1, 256, 5, 5, 256, 3, 1, 1, 1},
     {"FaceNet 1x1 256->32 @17 (8 faces)", 8, 256, 17, 17, 32, 1, 1, 0, 1},
     {"FaceNet 3x3 32->32 @17", 8, 32, 17, 17, 32, 3, 1, 1, 1},
     {"FaceNet 1x1 896->128 @8", 8, 896, 8, 8, 128, 1, 1, 0, 1},
@@ -88,8 +94,8 @@ static const layer layers[] = {
     {"depthwise 3x3 32ch @112 (4 images)", 4, 32, 112, 112, 32, 3, 1, 1, 32},
 };
 
-/* Runs one layer; returns 0 on success. */
-static int bench_layer(const layer *l, double sgemm_gflops)
+/* Runs one layer; returns 0 on success. tag follows the name ("" or " im2col"). */
+static int bench_layer(const layer *l, const char *tag, double sgemm_gflops)
 {
     fm_error err = {0};
     fm_arena *measure = NULL, *arena = NULL;
@@ -124,12 +130,13 @@ static int bench_layer(const layer *l, double sgemm_gflops)
     }
     double flop = 2.0 * y.n * y.c * y.h * y.w * (double)(w.c * w.h * w.w);
     double gflops = flop / best * 1e-9;
-    char in[32], out[32], kern[24];
+    char name[64], in[32], out[32], kern[24];
+    snprintf(name, sizeof name, "%s%s", l->name, tag);
     snprintf(in, sizeof in, "%dx%dx%dx%d", l->n, l->c, l->h, l->w);
     snprintf(out, sizeof out, "%dx%dx%d", y.c, y.h, y.w);
     snprintf(kern, sizeof kern, "%dx%d/%d p%d%s", l->k, l->k, l->stride, l->pad,
              l->groups > 1 ? " dw" : "");
-    printf("  %-38s %-16s %-12s %-12s %8.1f %8.3f %8.2f %7.2f %7.2f\n", l->name, in, kern, out,
+    printf("  %-38s %-16s %-12s %-12s %8.1f %8.3f %8.2f %7.2f %7.2f\n", name, in, kern, out,
            (double)scratch / 1024.0, flop * 1e-9, best * 1e3, gflops, gflops / sgemm_gflops);
     rc = 0;
 fail:
@@ -268,8 +275,16 @@ static int bench_forward(void)
     printf("\nfm_nn_conv2d (with bias; ratio = GFLOPS / sgemm 1024^3 GFLOPS = %.2f)\n", base);
     printf("  %-38s %-16s %-12s %-12s %8s %8s %8s %7s %7s\n", "layer", "input NxCxHxW",
            "kernel", "output", "scr KiB", "GFLOP", "ms", "GFLOPS", "ratio");
-    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
-        failed |= bench_layer(&layers[i], base);
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
+        const layer *l = &layers[i];
+        failed |= bench_layer(l, "", base);
+        if (l->k == 3 && l->stride == 1 && l->groups == 1 && l->c >= 16) {
+            /* the same layer without Winograd's F(2x2, 3x3), where it may apply */
+            fm_nn_set_winograd(0);
+            failed |= bench_layer(l, " im2col", base);
+            fm_nn_set_winograd(1);
+        }
+    }
     return failed;
 }
 

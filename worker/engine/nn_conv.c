@@ -1,5 +1,6 @@
 /* nn_conv.c - 2-D convolution, the engine's hot spot: im2col + cblas_sgemm (row-major)
- * for ordinary convolutions, a direct multiply for 1x1 stride-1 unpadded ones, a
+ * for ordinary convolutions, Winograd's F(2x2, 3x3) for 3x3 stride-1 ones with enough
+ * channels (nn_winograd.c), a direct multiply for 1x1 stride-1 unpadded ones, a
  * gathered multiply across images when each image has few output pixels, and a direct
  * loop for depthwise convolutions. Shapes are checked once here; the inner loops trust
  * them. */
@@ -25,6 +26,7 @@
 
 typedef enum conv_mode {
     CONV_DIRECT,    /* stride 1 unpadded, few channels: direct kernel (nn_direct.c) */
+    CONV_WINOGRAD,  /* 3x3 stride 1, enough channels: F(2x2, 3x3) (nn_winograd.c) */
     CONV_DEPTHWISE, /* one input channel per group: direct loop */
     CONV_1X1,       /* 1x1 stride 1 unpadded: multiply the input as it is */
     CONV_TILED,     /* im2col over column tiles of one image, results written in place */
@@ -140,6 +142,11 @@ static conv_plan conv_choose(const conv_geom *g)
     if (nn_direct_fits(g)) {
         pl.mode = CONV_DIRECT;
         pl.scratch = nn_direct_scratch(g);
+        return pl;
+    }
+    if (nn_winograd_fits(g)) {
+        pl.mode = CONV_WINOGRAD;
+        pl.scratch = nn_winograd_scratch(g);
         return pl;
     }
     if (g->groups > 1 && g->cpg == 1) {
@@ -416,6 +423,9 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
         nn_conv_direct(&g, x->data, w->data, b, slope ? slope->data : NULL,
                        slope ? (int)fm_tensor_count(slope) : 0, y->data, scratch);
         *fused = slope != NULL;
+        break;
+    case CONV_WINOGRAD:
+        nn_conv_winograd(&g, x->data, w->data, b, y->data, scratch);
         break;
     case CONV_DEPTHWISE:
         conv_depthwise(&g, x->data, w->data, b, y->data);

@@ -164,6 +164,20 @@ size_t nn_direct_scratch(const conv_geom *g);
 void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const float *bias,
                     const float *slope, int n_slope, float *y, float *scratch);
 
+/* ---- Winograd F(2x2, 3x3) (nn_winograd.c) ---------------------------------------- */
+
+/* 1 when g is a 3x3 stride-1 one-group convolution the Winograd path runs faster than
+ * im2col + sgemm (and fm_nn_set_winograd has not turned it off). */
+int nn_winograd_fits(const conv_geom *g);
+
+/* Floats of scratch nn_conv_winograd needs for g. */
+size_t nn_winograd_scratch(const conv_geom *g);
+
+/* y = conv(x, w) + bias (bias may be NULL) for every image of g; only when
+ * nn_winograd_fits(g). */
+void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const float *bias,
+                      float *y, float *scratch);
+
 /* y[i] = x[i] > 0 ? x[i] : s * x[i] for count floats (y may be x). */
 void nn_prelu_plane(const float *x, float s, float *y, size_t count);
 
