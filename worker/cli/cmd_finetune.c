@@ -325,7 +325,7 @@ int fm_cmd_finetune(int argc, char **argv)
                  "a comma-separated list of down, jpeg, blur, gray, rot, exposure, occlude",
                  take_damages, &o.degrade_kinds,
                  "the damages --degrade draws from, comma-separated: down, jpeg, blur, "
-                 "gray, rot, exposure, occlude (default all)"),
+                 "gray, rot, exposure, occlude (default all; needs --degrade)"),
         CLI_PATH("--teacher", 0, "RESULTS.jsonl", &x.teacher,
                  "distil: train towards a teacher's answers too, as `facemill eval --data "
                  "DIR --save-results RESULTS.jsonl` wrote them for the training images "
@@ -354,6 +354,9 @@ int fm_cmd_finetune(int argc, char **argv)
                                                          : "--heads HEADS.fmm is required");
     if (!x.teacher && o.teacher_weight >= 0)
         return cli_usage_error(&cmd, "--teacher-weight needs --teacher");
+    if (o.degrade_kinds && !(o.degrade > 0))
+        return cli_usage_error(&cmd, "--degrade-kinds needs --degrade P above 0 (the share "
+                                     "of faces damaged)");
     char teacher_sha[65];
     if (!x.teacher)
         o.teacher_weight = 0;
