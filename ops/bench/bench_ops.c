@@ -6,7 +6,8 @@
  * level, R-Net/O-Net on batches of crops, dlib's ResNet at 150x150, FaceNet blocks, a
  * depthwise layer), milliseconds per call, GFLOPS and the ratio to the 1024^3 sgemm;
  * 3x3 stride-1 layers with enough channels twice, as the engine runs them (Winograd's
- * F(2x2, 3x3) where it pays) and as im2col + sgemm ("im2col").
+ * F(2x2, 3x3) where it pays) and without it ("no Winograd": im2col + sgemm, or the
+ * direct kernel where that applies).
  * Then, for the dlib ResNet layers a trainer runs at batch 32, the backward pass
  * (fm_nn_conv2d_backward with dx, dw and db) against the forward pass of the same
  * layer: it does twice the forward's multiply-adds, so a ratio near 2 means it runs at
@@ -281,7 +282,7 @@ static int bench_forward(void)
         if (l->k == 3 && l->stride == 1 && l->groups == 1 && l->c >= 16) {
             /* the same layer without Winograd's F(2x2, 3x3), where it may apply */
             fm_nn_set_winograd(0);
-            failed |= bench_layer(l, " im2col", base);
+            failed |= bench_layer(l, " no Winograd", base);
             fm_nn_set_winograd(1);
         }
     }
