@@ -1191,8 +1191,19 @@ static void test_bad_options(void)
         printf("test_finetune: %-32s %6.1f s\n", #call, (fm_now_ms() - t0_) / 1e3);     \
     } while (0)
 
-int main(void)
+/* The parts, each a ctest test of its own so that they run side by side (the whole
+ * takes minutes under the sanitizers): "basics" (forward, gradients, losses,
+ * calibration, file writing, schedules), "train" (convergence, damages) and "resume"
+ * (init heads, distillation, checkpoints). No argument runs all three. */
+int main(int argc, char **argv)
 {
+    const char *part = argc > 1 ? argv[1] : "all";
+    const int all = strcmp(part, "all") == 0, basics = all || strcmp(part, "basics") == 0;
+    const int train = all || strcmp(part, "train") == 0, resume = all || strcmp(part, "resume") == 0;
+    if (argc > 2 || !(basics || train || resume)) {
+        fprintf(stderr, "usage: test_finetune [basics|train|resume]\n");
+        return 2;
+    }
     fm_test_source_path(model_path, sizeof model_path, "models/cache/dlib_resnet.fmm");
     if (access(model_path, R_OK) != 0)
         return fm_test_skip("test_finetune", "%s missing (run models/fetch)", model_path);
@@ -1202,21 +1213,27 @@ int main(void)
     synth *s = malloc(sizeof *s);
     for (int i = 0; i < NIMG; i++)
         make_face(s, i);
-    TIMED(test_bad_options());
-    TIMED(test_forward());
-    TIMED(test_gradients());
-    TIMED(test_loss_weights());
-    TIMED(test_label_smoothing());
-    TIMED(test_fit_temperature());
-    TIMED(test_write_backbone());
-    TIMED(test_align_zoom());
-    TIMED(test_schedules(s));
-    TIMED(test_adam_first_step(s));
-    TIMED(test_converges(s));
-    TIMED(test_degrade_augment(s));
-    TIMED(test_init_heads(s));
-    TIMED(test_teacher(s));
-    TIMED(test_resume(s));
+    if (basics) {
+        TIMED(test_bad_options());
+        TIMED(test_forward());
+        TIMED(test_gradients());
+        TIMED(test_loss_weights());
+        TIMED(test_label_smoothing());
+        TIMED(test_fit_temperature());
+        TIMED(test_write_backbone());
+        TIMED(test_align_zoom());
+        TIMED(test_schedules(s));
+        TIMED(test_adam_first_step(s));
+    }
+    if (train) {
+        TIMED(test_converges(s));
+        TIMED(test_degrade_augment(s));
+    }
+    if (resume) {
+        TIMED(test_init_heads(s));
+        TIMED(test_teacher(s));
+        TIMED(test_resume(s));
+    }
     free(s);
     fm_test_remove_tree(tmpdir);
     return fm_test_done("test_finetune");
