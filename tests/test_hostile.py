@@ -20,6 +20,11 @@ One case per run (--case NAME), each a ctest test of its own:
                    queued jobs, and for a job a worker holds) are refused and
                    dropped; pushers without keys or with a client's key fail their
                    handshakes; every stored row is the real worker's
+  revoked_key      an admitted worker key ("insider") holding two jobs, with a
+                   connection to the sink too, is removed from the allowlist: its
+                   next heartbeat is refused, the broker drops it and re-queues its
+                   jobs, its result pushed over the live connection is dropped by
+                   the sink; the real worker stores all six jobs, none from it
   max_faces        a result of 300,000 faces (and one of max_faces + 1) from the
                    worker the job was dispatched to is refused: no row, no face; the
                    same worker's result within the limit is stored
@@ -491,6 +496,41 @@ def case_forged_result(h):
     check(len(rows) == 4 and all(r[0] != "forged" and r[1] != "forger" for r in rows),
           "no forged row: %s" % rows)
     exactly_once(h.c, 5)
+
+
+def case_revoked_key(h):
+    subprocess.run([os.path.join(h.a.bin, "facemill"), "keygen", "insider", "-d", h.keys],
+                   check=True, capture_output=True, timeout=30)
+    admitted = os.path.join(h.keys, "workers", "insider.key")
+    shutil.copy(os.path.join(h.keys, "insider.key"), admitted)
+    start(h)
+    insider = h.worker_peer("insider", credit=2)
+    check(insider.handshake() == "ok", "the insider's key is admitted on broker.workers")
+    pusher = h.peer(zmq.PUSH, "sink.results", "insider")
+    check(pusher.handshake() == "ok", "and on sink.results")
+    client = h.client_peer()
+    ids = ["rk-%d" % i for i in range(6)]
+    h.submit(client, ids, "rk")
+    held = [insider.next("job").job for _ in range(2)]
+    os.remove(admitted)
+    # Live connections, made while the key was admitted: refused from now on.
+    insider.send(heartbeat=pb.Heartbeat(credit=6, busy=2, name="hostile-insider"))
+    h.log_has("broker", "key %s is no longer in security.workers_dir" % h.public("insider"))
+    h.log_has("broker", "its key is no longer admitted: dropped, its 2 jobs re-queued")
+    pusher.send(result=pb.Result(job_id=held[0].id, tag="rk", source="revoked",
+                                 worker="insider", token=held[0].token, width=7, height=7))
+    h.log_has("sink", "key %s is no longer in security.workers_dir" % h.public("insider"))
+    h.c.worker("worker", processes=1)
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == 6, WAIT,
+               "6 rows")
+    exactly_once(h.c, 6)
+    real_worker_rows(h, 6)
+    insider.drain()
+    jobs = [e for e in insider.received if e.WhichOneof("body") == "job"]
+    check(len(jobs) == 2, "the insider got its 2 jobs before the removal and none after "
+          "(%d)" % len(jobs))
+    check(db_query(h.c, "SELECT count(*) FROM images WHERE source = 'revoked'")[0][0] == 0,
+          "its pushed result is not stored")
 
 
 def case_max_faces(h):
@@ -1270,6 +1310,7 @@ CASES = {
     "client_as_worker": case_client_as_worker,
     "forged_commit": case_forged_commit,
     "forged_result": case_forged_result,
+    "revoked_key": case_revoked_key,
     "max_faces": case_max_faces,
     "credit": case_credit,
     "exposed_bind": case_exposed_bind,

@@ -521,10 +521,28 @@ static fm_status worker_gone(fm_broker *b, worker *w, const char *how, fm_error 
     return worker_remove(b, w, why, 1, err);
 }
 
-/* Sends queued jobs to the workers with the most free credit. */
+/* w's key was removed from the workers' allowlist: it gets nothing more, and the
+ * jobs it holds go back to the queue for the others (not counted as attempts). */
+static fm_status worker_revoked(fm_broker *b, worker *w, fm_error *err)
+{
+    fm_log_warn("worker %s: its key is no longer admitted: dropped, its %u jobs re-queued",
+                w->name, (unsigned)w->busy);
+    return worker_remove(b, w, "worker's key revoked", 0, err);
+}
+
+/* Sends queued jobs to the workers with the most free credit (never to a worker whose
+ * key has been removed since it connected: it is dropped first). */
 static fm_status dispatch(fm_broker *b, fm_error *err)
 {
     int64_t now = fm_now_ms();
+    for (size_t i = b->nworkers; b->qhead && fm_auth_curve(b->auth) && i-- > 0;) {
+        worker *w = b->wk[i];
+        if (!fm_auth_admits(b->auth, FM_AUTH_DOMAIN_WORKERS, w->peer.user, w->name)) {
+            fm_status st = worker_revoked(b, w, err);
+            if (st != FM_OK)
+                return st;
+        }
+    }
     while (b->qhead) {
         worker *best = NULL;
         for (size_t i = 0; i < b->nworkers; i++) {
@@ -1631,6 +1649,21 @@ fail:
     return st;
 }
 
+/* Whether the peer of a message on sock is still admitted: under CURVE, a key removed
+ * from its allowlist since the handshake cuts off the connection's messages too
+ * (fm_auth_admits logs the refusal). */
+static int peer_admitted(fm_broker *b, void *sock, const fm_wire_peer *from,
+                         const char *what)
+{
+    if (!fm_auth_curve(b->auth))
+        return 1;
+    const char *domain = sock == b->workers   ? FM_AUTH_DOMAIN_WORKERS
+                         : sock == b->clients ? FM_AUTH_DOMAIN_CLIENTS
+                                              : FM_AUTH_DOMAIN_SINK;
+    worker *w = sock == b->workers ? worker_find(b, from) : NULL;
+    return fm_auth_admits(b->auth, domain, from->user, w ? w->name : what);
+}
+
 /* Receives what a socket has: at most 256 messages, to stay fair to the others, and
  * with until_tick none after the first once the next tick is due, so heartbeats go
  * out on time whatever floods in (what is left is read at the next turn). Submits
@@ -1674,6 +1707,13 @@ static fm_status drain_socket(fm_broker *b, void *sock,
         if (st != FM_OK) {
             *err = re;
             return st;
+        }
+        if (!peer_admitted(b, sock, &from, what)) {
+            fm_wire_free(&e);
+            worker *w = sock == b->workers ? worker_find(b, &from) : NULL;
+            if (w && (st = worker_revoked(b, w, err)) != FM_OK)
+                return st;
+            continue;
         }
         st = fn(b, &from, e, err);
         fm_wire_free(&e);

@@ -59,6 +59,7 @@ typedef struct pending {
 struct fm_sink {
     void *pull;
     void *dealer; /* NULL when commits go nowhere */
+    const struct fm_auth *auth; /* keys, for the messages of live connections */
     fm_results *db;
     int64_t batch;
     int64_t batch_ms;
@@ -123,6 +124,7 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
     s->name = o->name ? strdup(o->name) : NULL;
     s->pend = calloc((size_t)o->batch, sizeof *s->pend);
     s->db_path = strdup(o->db_path);
+    s->auth = o->auth;
     s->metrics_file = o->metrics_file && o->metrics_file[0] ? strdup(o->metrics_file) : NULL;
     s->metrics_ms = o->metrics_interval_ms > 0 ? o->metrics_interval_ms : 15000;
     if (!s->pend || (o->name && !s->name) || !s->db_path ||
@@ -504,9 +506,17 @@ static void report_staged(fm_sink *s)
 static int receive(fm_sink *s, void *sock, Facemill__Envelope **env, fm_error *err)
 {
     fm_error e = {0};
-    fm_status st = fm_wire_recv(sock, NULL, env, ZMQ_DONTWAIT, &e);
+    fm_wire_peer from;
+    fm_status st = fm_wire_recv(sock, &from, env, ZMQ_DONTWAIT, &e);
     switch (st) {
     case FM_OK:
+        /* a worker's key removed since it connected: its results are dropped */
+        if (sock == s->pull && !fm_auth_admits(s->auth, FM_AUTH_DOMAIN_RESULTS, from.user,
+                                               "a worker")) {
+            s->stats.dropped++;
+            fm_wire_free(env);
+            return 0;
+        }
         return 1;
     case FM_ERR_TIMEOUT:
     case FM_ERR_INTERRUPTED:

@@ -302,7 +302,7 @@ int fm_auth_endpoint_is_local(const char *endpoint)
 
 typedef struct allowed_key {
     uint8_t key[32];
-    char name[64]; /* the certificate's file name without ".key": the ZAP user id */
+    char name[64]; /* the certificate's file name without ".key", for messages */
 } allowed_key;
 
 /* The keys of one directory, as last read. */
@@ -439,6 +439,10 @@ typedef struct zap_domain {
 typedef struct zap {
     pthread_t th;
     int running;
+    /* Held around the allowlists and the refusals: the handler thread reads them for
+     * handshakes, the process's own thread for the messages of live connections
+     * (fm_auth_admits). */
+    pthread_mutex_t lock;
     void *rep;       /* bound to ZAP_ENDPOINT; the thread's once started */
     void *ctl_main;  /* PAIR: the opener's end, to stop the thread */
     void *ctl_th;    /* PAIR: the thread's end */
@@ -517,6 +521,25 @@ static int refusal_quiet(zap *z, const uint8_t *key, const char *domain, unsigne
     return 1;
 }
 
+/* The domain called name, or NULL. */
+static zap_domain *zap_domain_of(zap *z, const char *name)
+{
+    for (size_t i = 0; i < z->n_dom; i++)
+        if (strcmp(z->dom[i].name, name) == 0)
+            return &z->dom[i];
+    return NULL;
+}
+
+/* The entry admitting key in d as its directory is now, or NULL. Under z->lock. */
+static const allowed_key *domain_admits(zap_domain *d, const uint8_t *key)
+{
+    allowlist_refresh(&d->list);
+    const allowed_key *k = allowlist_find(&d->list, key);
+    if (!k && d->has_extra && memcmp(d->extra.key, key, 32) == 0)
+        k = &d->extra;
+    return k;
+}
+
 /* Decides one request: frames version, request id, domain, address, routing id,
  * mechanism, credentials (the CURVE client's 32-byte public key). */
 static void zap_answer(zap *z, zmq_msg_t *f, int n)
@@ -537,24 +560,23 @@ static void zap_answer(zap *z, zmq_msg_t *f, int n)
         return;
     }
     const uint8_t *key = zmq_msg_data(&f[6]);
-    zap_domain *d = NULL;
-    for (size_t i = 0; i < z->n_dom; i++)
-        if (strcmp(z->dom[i].name, domain) == 0)
-            d = &z->dom[i];
-    const allowed_key *k = NULL;
-    if (d) {
-        allowlist_refresh(&d->list);
-        k = allowlist_find(&d->list, key);
-        if (!k && d->has_extra && memcmp(d->extra.key, key, 32) == 0)
-            k = &d->extra;
-    }
+    pthread_mutex_lock(&z->lock);
+    zap_domain *d = zap_domain_of(z, domain);
+    const allowed_key *k = d ? domain_admits(d, key) : NULL;
     if (k) {
+        /* The user id is the key itself, so that the messages of this connection
+         * can be checked against the allowlist later (fm_auth_admits). */
+        char z85[FM_AUTH_KEY_TEXT + 1];
+        zmq_z85_encode(z85, key, 32);
         fm_log_debug("admitted %s on %s from %s", k->name, domain, address);
-        zap_reply(z->rep, &f[1], "200", "OK", k->name);
+        pthread_mutex_unlock(&z->lock);
+        zap_reply(z->rep, &f[1], "200", "OK", z85);
         return;
     }
     unsigned quiet = 0;
-    if (refusal_quiet(z, key, d ? d->name : "", &quiet)) {
+    int loud = refusal_quiet(z, key, d ? d->name : "", &quiet);
+    pthread_mutex_unlock(&z->lock);
+    if (loud) {
         char z85[FM_AUTH_KEY_TEXT + 1];
         zmq_z85_encode(z85, key, 32);
         char more[64] = "";
@@ -614,6 +636,7 @@ static void zap_free(zap *z)
             zmq_close(socks[i]);
     for (size_t i = 0; i < z->n_dom; i++)
         free(z->dom[i].list.keys);
+    pthread_mutex_destroy(&z->lock);
     free(z);
 }
 
@@ -764,6 +787,7 @@ static fm_status start_zap(fm_auth *a, const fm_config *c, fm_auth_role role, vo
     a->zap = calloc(1, sizeof *a->zap);
     if (!a->zap)
         return fm_error_set(err, FM_ERR_NOMEM, "ZAP handler: out of memory");
+    pthread_mutex_init(&a->zap->lock, NULL);
     const struct fm_config_security *s = &c->security;
     char dir[PATH_MAX];
     fm_status st = FM_OK;
@@ -863,6 +887,31 @@ fail:
 int fm_auth_curve(const fm_auth *a)
 {
     return a && a->curve;
+}
+
+int fm_auth_admits(const fm_auth *a, const char *domain, const char *user, const char *who)
+{
+    if (!a || !a->curve || !a->zap)
+        return 1;
+    uint8_t key[32];
+    if (strlen(user) != FM_AUTH_KEY_TEXT || !zmq_z85_decode(key, user))
+        return 0; /* CURVE messages carry the key the handler gave them */
+    zap *z = a->zap;
+    pthread_mutex_lock(&z->lock);
+    zap_domain *d = zap_domain_of(z, domain);
+    const allowed_key *k = d ? domain_admits(d, key) : NULL;
+    unsigned quiet = 0;
+    int loud = !k && refusal_quiet(z, key, d ? d->name : "", &quiet);
+    if (loud) {
+        char more[64] = "";
+        if (quiet)
+            snprintf(more, sizeof more, " (and %u times in the last minute)", quiet);
+        fm_log_warn("refusing the messages of %s on the %s socket: key %s is no longer in %s "
+                    "%s%s", who && who[0] ? who : "a peer", domain, user,
+                    d ? d->list.setting : "any allowlist", d ? d->list.dir : "", more);
+    }
+    pthread_mutex_unlock(&z->lock);
+    return k != NULL;
 }
 
 static fm_status sockopt(void *sock, int opt, const void *v, size_t len, const char *what,

@@ -148,8 +148,15 @@ fm_status fm_wire_recv_checked(void *sock, fm_wire_peer *from, Facemill__Envelop
     fm_status st;
     zmq_msg_t msg;
     zmq_msg_init(&msg);
+    int type = 0;
+    size_t type_len = sizeof type;
     if (from) {
         from->len = 0;
+        from->user[0] = '\0';
+    }
+    const int routed =
+        from && zmq_getsockopt(sock, ZMQ_TYPE, &type, &type_len) == 0 && type == ZMQ_ROUTER;
+    if (routed) {
         if ((st = recv_frame(sock, &msg, flags, err)) != FM_OK)
             goto fail;
         size_t n = zmq_msg_size(&msg);
@@ -166,11 +173,16 @@ fm_status fm_wire_recv_checked(void *sock, fm_wire_peer *from, Facemill__Envelop
     }
     for (;;) {
         st = recv_frame(sock, &msg, flags, err);
-        if (st != FM_ERR_INTERRUPTED || !from)
+        if (st != FM_ERR_INTERRUPTED || !routed)
             break;
     }
     if (st != FM_OK)
         goto fail;
+    if (from) {
+        const char *user = zmq_msg_gets(&msg, "User-Id");
+        if (user)
+            snprintf(from->user, sizeof from->user, "%s", user);
+    }
     if (more(sock)) {
         drain(sock);
         st = fm_error_set(err, FM_ERR_PROTOCOL,

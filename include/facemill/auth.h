@@ -22,9 +22,11 @@
  *       secret-key = "<40 characters of Z85>"      (NAME.key_secret only)
  *
  * An allowlist is a directory of NAME.key files; every file ending in ".key" is
- * read. The ZAP handler reads a directory again when its modification time changes,
- * so adding or removing a key file takes effect at the next connection (connections
- * already made stay until they close).
+ * read. The directory is read again when its modification time changes: a key file
+ * added admits at the next connection; a key file removed refuses the next
+ * connection and, through fm_auth_admits, the next message of the connections made
+ * with it (the broker and the sink drop them, and the broker takes back the jobs of a
+ * worker whose key went).
  *
  * Without security.cert nothing here changes a socket: endpoints on this machine
  * (ipc://, inproc://, tcp:// on 127.0.0.0/8, ::1 or localhost) reach only local
@@ -122,6 +124,13 @@ fm_status fm_auth_open(fm_auth **out, const fm_config *c, fm_auth_role role, voi
 
 /* True when a uses CURVE. a may be NULL (no CURVE). */
 int fm_auth_curve(const fm_auth *a);
+
+/* 1 when the connection whose messages carry user (fm_wire_peer.user: the key the
+ * ZAP handler admitted it with) is still admitted on the server sockets of domain:
+ * its key is still in the allowlist directory as it is now. 0 when the key file was
+ * removed since the handshake; the caller drops the message, and the refusal is
+ * logged (naming who, once a minute per key). 1 without CURVE. Thread-safe. */
+int fm_auth_admits(const fm_auth *a, const char *domain, const char *user, const char *who);
 
 /* Makes sock (not yet bound) a CURVE server of ZAP domain domain (an FM_AUTH_DOMAIN_*
  * of a's role). No-op when a is NULL or without CURVE. FM_ERR_IO on zmq errors. */

@@ -43,10 +43,16 @@ extern "C" {
 /* Longest ZeroMQ routing id (ZeroMQ's own limit). */
 #define FM_WIRE_PEER_MAX 255
 
-/* A peer's routing id as a ROUTER sees it. */
+/* Longest user id a ZAP handler gives a connection, kept with its messages. */
+#define FM_WIRE_USER_MAX 63
+
+/* A peer's routing id as a ROUTER sees it, and the user id the ZAP handler gave its
+ * connection (facemill's: the CURVE public key in Z85; "" on plain sockets). Peers
+ * are the same peer when their routing ids are (fm_wire_peer_equal). */
 typedef struct fm_wire_peer {
     size_t len;
     unsigned char id[FM_WIRE_PEER_MAX];
+    char user[FM_WIRE_USER_MAX + 1];
 } fm_wire_peer;
 
 /* Sets on sock: ZMQ_LINGER = linger_ms, ZMQ_MAXMSGSIZE = max_msg_size (when > 0; it
@@ -67,8 +73,9 @@ void fm_wire_envelope_init(Facemill__Envelope *e);
 fm_status fm_wire_send(void *sock, const fm_wire_peer *to, const Facemill__Envelope *e,
                        int flags, fm_error *err);
 
-/* Receives one message from sock. from: NULL for sockets without routing ids, else
- * it receives the ROUTER's routing id frame. flags: 0 or ZMQ_DONTWAIT. On FM_OK, *out
+/* Receives one message from sock. from: NULL, or where the sender goes: the routing
+ * id frame on a ROUTER socket (len 0 on other sockets) and the connection's user id
+ * (its ZAP "User-Id", "" without one). flags: 0 or ZMQ_DONTWAIT. On FM_OK, *out
  * is an envelope the caller owns (fm_wire_free) with a matching major version and
  * exactly one body. Errors (*out NULL; the message is consumed whole):
  *   FM_ERR_TIMEOUT     nothing to receive (ZMQ_DONTWAIT, or a receive timeout)
