@@ -531,18 +531,10 @@ static fm_status worker_revoked(fm_broker *b, worker *w, fm_error *err)
 }
 
 /* Sends queued jobs to the workers with the most free credit (never to a worker whose
- * key has been removed since it connected: it is dropped first). */
+ * key has been removed since it connected: it is dropped instead). */
 static fm_status dispatch(fm_broker *b, fm_error *err)
 {
     int64_t now = fm_now_ms();
-    for (size_t i = b->nworkers; b->qhead && fm_auth_curve(b->auth) && i-- > 0;) {
-        worker *w = b->wk[i];
-        if (!fm_auth_admits(b->auth, FM_AUTH_DOMAIN_WORKERS, w->peer.user, w->name)) {
-            fm_status st = worker_revoked(b, w, err);
-            if (st != FM_OK)
-                return st;
-        }
-    }
     while (b->qhead) {
         worker *best = NULL;
         for (size_t i = 0; i < b->nworkers; i++) {
@@ -556,6 +548,12 @@ static fm_status dispatch(fm_broker *b, fm_error *err)
         }
         if (!best)
             return FM_OK;
+        if (!fm_auth_admits(b->auth, FM_AUTH_DOMAIN_WORKERS, best->peer.user, best->name)) {
+            fm_status st = worker_revoked(b, best, err);
+            if (st != FM_OK)
+                return st;
+            continue;
+        }
         bjob *j = b->qhead;
         queue_unlink(b, j);
         Facemill__Job *jm = job_read(b, j);
@@ -1651,17 +1649,19 @@ fail:
 
 /* Whether the peer of a message on sock is still admitted: under CURVE, a key removed
  * from its allowlist since the handshake cuts off the connection's messages too
- * (fm_auth_admits logs the refusal). */
-static int peer_admitted(fm_broker *b, void *sock, const fm_wire_peer *from,
-                         const char *what)
+ * (fm_auth_admits logs the refusal). A revoked worker is dropped. */
+static fm_status peer_admitted(fm_broker *b, void *sock, const fm_wire_peer *from,
+                               const char *what, int *admitted, fm_error *err)
 {
+    *admitted = 1;
     if (!fm_auth_curve(b->auth))
-        return 1;
+        return FM_OK;
     const char *domain = sock == b->workers   ? FM_AUTH_DOMAIN_WORKERS
                          : sock == b->clients ? FM_AUTH_DOMAIN_CLIENTS
                                               : FM_AUTH_DOMAIN_SINK;
     worker *w = sock == b->workers ? worker_find(b, from) : NULL;
-    return fm_auth_admits(b->auth, domain, from->user, w ? w->name : what);
+    *admitted = fm_auth_admits(b->auth, domain, from->user, w ? w->name : what);
+    return !*admitted && w ? worker_revoked(b, w, err) : FM_OK;
 }
 
 /* Receives what a socket has: at most 256 messages, to stay fair to the others, and
@@ -1708,10 +1708,10 @@ static fm_status drain_socket(fm_broker *b, void *sock,
             *err = re;
             return st;
         }
-        if (!peer_admitted(b, sock, &from, what)) {
+        int admitted;
+        if ((st = peer_admitted(b, sock, &from, what, &admitted, err)) != FM_OK || !admitted) {
             fm_wire_free(&e);
-            worker *w = sock == b->workers ? worker_find(b, &from) : NULL;
-            if (w && (st = worker_revoked(b, w, err)) != FM_OK)
+            if (st != FM_OK)
                 return st;
             continue;
         }

@@ -521,6 +521,14 @@ static int refusal_quiet(zap *z, const uint8_t *key, const char *domain, unsigne
     return 1;
 }
 
+/* What a refusal's log line adds for the refusals refusal_quiet kept quiet. */
+static void quiet_note(unsigned quiet, char more[64])
+{
+    more[0] = '\0';
+    if (quiet)
+        snprintf(more, 64, " (and %u times in the last minute)", quiet);
+}
+
 /* The domain called name, or NULL. */
 static zap_domain *zap_domain_of(zap *z, const char *name)
 {
@@ -577,11 +585,9 @@ static void zap_answer(zap *z, zmq_msg_t *f, int n)
     int loud = refusal_quiet(z, key, d ? d->name : "", &quiet);
     pthread_mutex_unlock(&z->lock);
     if (loud) {
-        char z85[FM_AUTH_KEY_TEXT + 1];
+        char z85[FM_AUTH_KEY_TEXT + 1], more[64];
         zmq_z85_encode(z85, key, 32);
-        char more[64] = "";
-        if (quiet)
-            snprintf(more, sizeof more, " (and %u times in the last minute)", quiet);
+        quiet_note(quiet, more);
         fm_log_warn("refusing a connection to the %s socket from %s: key %s is not in %s "
                     "%s%s", domain[0] ? domain : "(no domain)", address, z85,
                     d ? d->list.setting : "any allowlist", d ? d->list.dir : "", more);
@@ -903,9 +909,8 @@ int fm_auth_admits(const fm_auth *a, const char *domain, const char *user, const
     unsigned quiet = 0;
     int loud = !k && refusal_quiet(z, key, d ? d->name : "", &quiet);
     if (loud) {
-        char more[64] = "";
-        if (quiet)
-            snprintf(more, sizeof more, " (and %u times in the last minute)", quiet);
+        char more[64];
+        quiet_note(quiet, more);
         fm_log_warn("refusing the messages of %s on the %s socket: key %s is no longer in %s "
                     "%s%s", who && who[0] ? who : "a peer", domain, user,
                     d ? d->list.setting : "any allowlist", d ? d->list.dir : "", more);

@@ -177,9 +177,9 @@ const char *fm_nn_isa_name(fm_nn_isa isa);
 
 /* 3x3 stride-1 convolutions with enough channels and output run by Winograd's
  * F(2x2, 3x3) (fewer multiplies; results equal within rounding). fm_nn_set_winograd(0)
- * runs them as im2col + sgemm instead (for tests and comparisons), 1 turns it back on, a
- * negative value changes nothing; returns the previous setting. Process-wide, like
- * fm_nn_set_isa, and with the same caveats. */
+ * runs them as im2col + sgemm instead (for tests and comparisons), 1 turns it back on;
+ * returns the previous setting. Process-wide, like fm_nn_set_isa, and with the same
+ * caveats. */
 int fm_nn_set_winograd(int on);
 
 /* ---- convolution --------------------------------------------------------------- */

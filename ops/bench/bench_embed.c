@@ -65,7 +65,7 @@ int main(int argc, char **argv)
                       NULL);
     free(dirs);
     const char *model = default_model;
-    int sizes[MAX_SIZES], n_sizes = 0, threads = 1;
+    int sizes[MAX_SIZES], n_sizes = 0, threads = 1, winograd = 1;
     double seconds = 2.0, gflop = 0.0;
 
     for (int i = 1; i < argc; i++) {
@@ -76,7 +76,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (strcmp(a, "--no-winograd") == 0) {
-            fm_nn_set_winograd(0);
+            winograd = 0;
             continue;
         }
         if (ok && strcmp(a, "--model") == 0)
@@ -112,6 +112,7 @@ int main(int argc, char **argv)
     float *outs[FM_BACKBONE_OUTPUT_COUNT] = {NULL};
     int rc = 1;
     fm_blas_choice blas;
+    fm_nn_set_winograd(winograd); /* before the arena is measured */
     if (fm_blas_select("auto", &blas, &err) || fm_nn_set_threads(threads, &err) ||
         fm_backbone_open(&b, model, max_batch, &err)) {
         fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
@@ -145,8 +146,9 @@ int main(int argc, char **argv)
         printf(", %.3f GFLOP per face", gflop);
     const double sgemm = fm_blas_sgemm_gflops();
     printf("\n  kernels: %s\n  3x3 convolutions: %s\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n",
-           blas.reason, fm_nn_set_winograd(-1) ? "Winograd F(2x2, 3x3) where it pays"
-                                               : "im2col + sgemm (--no-winograd)", sgemm);
+           blas.reason,
+           winograd ? "Winograd F(2x2, 3x3) where it pays" : "im2col + sgemm (--no-winograd)",
+           sgemm);
     printf("  %6s %8s %12s %12s %10s %10s %8s %7s\n", "batch", "calls", "best ms", "mean ms",
            "ms/face", "faces/s", "GFLOPS", "/sgemm");
     for (int i = 0; i < n_sizes; i++) {

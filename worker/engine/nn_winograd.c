@@ -50,8 +50,7 @@ static int winograd_on = 1;
 int fm_nn_set_winograd(int on)
 {
     int was = winograd_on;
-    if (on >= 0)
-        winograd_on = on != 0;
+    winograd_on = on != 0;
     return was;
 }
 
@@ -153,7 +152,7 @@ static void transform_input(const conv_geom *g, const float *x, long long b0, in
         const int img = run_.img, by = run_.by, bx0 = run_.bx, run = run_.len;
         const int y0 = 2 * by - g->pt, x0 = 2 * bx0 - g->pl, cols = 2 * run + 2;
         /* the input columns [x0, x0 + cols) that exist */
-        const int lo = x0 < 0 ? -x0 : 0;
+        const int lo = x0 >= 0 ? 0 : -x0 < cols ? -x0 : cols;
         const int hi = x0 + cols > g->w ? g->w - x0 : cols;
         const float *xi = x + (size_t)img * g->c * plane;
         for (int ci = 0; ci < g->c; ci++) {
