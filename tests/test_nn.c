@@ -392,6 +392,83 @@ static void test_conv_prelu(void)
     fm_test_tensor_free(&y);
 }
 
+/* The direct kernel's position tiles (small planes, at least 16 output channels and 64
+ * multiply-adds per output) against its 16-column tiles: the same bits, and both
+ * against the double reference. Shapes: R-Net's conv2, O-Net's conv2 and conv3, small
+ * P-Net levels, chunks of several images with a last tile cut short, channel counts
+ * that are not a multiple of 16 (17, 20, 40), 1x1 and 2x2 kernels. */
+static void test_conv_positions(void)
+{
+    static const struct {
+        int n, c, h, w, co, k;
+    } cases[] = {
+        {5, 28, 11, 11, 48, 3}, /* R-Net conv2: a chunk per image */
+        {3, 32, 23, 23, 64, 3}, /* O-Net conv2 */
+        {4, 64, 10, 10, 64, 3}, /* O-Net conv3 */
+        {1, 10, 9, 30, 16, 3},  /* a small P-Net level's conv2 */
+        {1, 16, 7, 28, 32, 3},  /* ... and conv3 */
+        {7, 16, 6, 7, 20, 3},   /* chunks of many tiny images, 20 channels */
+        {3, 70, 3, 19, 17, 1},  /* 1x1, 17 channels: one in the second tile */
+        {2, 24, 4, 20, 40, 3},  /* 40 channels: a half tile */
+    };
+    if (fm_nn_isa_best() < FM_NN_ISA_AVX2)
+        return; /* no direct kernel: nothing to compare */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int variant = 0; variant < 3; variant++) {
+            /* 0: per-channel slope and bias; 1: shared slope, no bias; 2: no slope */
+            fm_error e = {0};
+            const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
+            const int co = cases[i].co, k = cases[i].k;
+            const int oh = h - k + 1, ow = w - k + 1;
+            fm_tensor x = fm_test_tensor(&rng, n, c, h, w);
+            fm_tensor wt = fm_test_tensor(&rng, co, c, k, k);
+            fm_tensor b = fm_test_tensor(&rng, 1, co, 1, 1);
+            fm_tensor sl = fm_test_tensor(&rng, variant == 1 ? 1 : co, 1, 1, 1);
+            fm_tensor y[2] = {fm_test_tensor(&rng, n, co, oh, ow),
+                              fm_test_tensor(&rng, n, co, oh, ow)};
+            fm_conv2d_params p = fm_conv2d_sym(1, 0);
+            const fm_tensor *bias = variant == 1 ? NULL : &b;
+            const fm_tensor *slope = variant == 2 ? NULL : &sl;
+            for (int on = 0; on < 2; on++) {
+                fm_nn_set_position_tiles(on);
+                fm_arena *m = NULL, *a = NULL;
+                fm_tensor xm = x, wm = wt, ym = y[on];
+                xm.data = wm.data = ym.data = NULL;
+                CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+                CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
+                CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+                fm_arena_destroy(&m);
+                fm_status st = fm_nn_conv2d_prelu(a, &x, &wt, bias, slope, &p, &y[on], &e);
+                CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
+                fm_arena_destroy(&a);
+            }
+            fm_nn_set_position_tiles(1);
+            size_t count = fm_tensor_count(&y[0]);
+            CHECK_MSG(memcmp(y[0].data, y[1].data, count * sizeof(float)) == 0,
+                      "position tiles n%d c%d %dx%d -> co%d k%d v%d: not the same bits as "
+                      "16-column tiles", n, c, h, w, co, k, variant);
+            double *r = ref_new(count);
+            ref_conv(&x, &wt, bias, &p, oh, ow, r);
+            size_t plane = (size_t)oh * ow;
+            for (size_t j = 0; slope && j < count; j++) {
+                int ch = (int)((j / plane) % (size_t)co);
+                if (!(r[j] > 0))
+                    r[j] *= sl.data[variant == 1 ? 0 : ch];
+            }
+            double err = rel_err(y[1].data, r, count);
+            CHECK_MSG(err <= TOL, "position tiles n%d c%d %dx%d -> co%d k%d v%d: %g", n, c,
+                      h, w, co, k, variant, err);
+            free(r);
+            fm_test_tensor_free(&x);
+            fm_test_tensor_free(&wt);
+            fm_test_tensor_free(&b);
+            fm_test_tensor_free(&sl);
+            fm_test_tensor_free(&y[0]);
+            fm_test_tensor_free(&y[1]);
+        }
+    }
+}
+
 /* The vector max pooling (2x2 and 3x3, stride 2) and PReLU against the portable
  * paths, on widths with and without tails. */
 static void test_vector_kernels(void)
@@ -1178,6 +1255,7 @@ int main(void)
     test_conv_winograd();
     test_conv_random(1500);
     test_conv_prelu();
+    test_conv_positions();
     test_conv_invalid();
     test_pool(1500);
     test_vector_kernels();

@@ -182,6 +182,14 @@ const char *fm_nn_isa_name(fm_nn_isa isa);
  * caveats. */
 int fm_nn_set_winograd(int on);
 
+/* The direct convolution (stride 1, unpadded, few channels: MTCNN's layers) runs small
+ * output planes with at least 16 output channels in tiles of positions x channels,
+ * which waste no vector lanes on narrow rows. Both of its kernels sum each output in
+ * the same order, so the results are the same bits either way. fm_nn_set_position_tiles(0)
+ * runs every plane in tiles of 16 consecutive outputs instead (for tests and
+ * comparisons); returns the previous setting. Process-wide, like fm_nn_set_winograd. */
+int fm_nn_set_position_tiles(int on);
+
 /* ---- convolution --------------------------------------------------------------- */
 
 /* Convolution geometry. The kernel size comes from the weight tensor. Dilation is 1. */

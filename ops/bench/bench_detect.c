@@ -3,7 +3,7 @@
  *
  *   facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N] [--threads N]
  *                         [--set KEY=VALUE]... [--utk DIR] [--misses FILE] [--pad F]
- *                         [--no-speed]
+ *                         [--no-speed] [--no-position-tiles]
  *
  * 1. Speed at the default settings (detect.* of config; --set changes them), median
  *    of --repeat runs (default 5), one OpenBLAS thread unless --threads:
@@ -20,7 +20,9 @@
  *    directory it prints "skip: ...".
  * --pad F sets the detector's pad option (a mid-gray border of F times the long side,
  * for tight face crops; see detect.h), like --set detect.pad=F; --no-speed skips
- * part 1.
+ * part 1. --no-position-tiles runs R-Net's and O-Net's small planes in the direct
+ * kernel's 16-column tiles (fm_nn_set_position_tiles(0)), for comparison: the results
+ * are the same bits, only the time differs.
  */
 #include "facemill/align.h"
 #include "facemill/clock.h"
@@ -212,7 +214,8 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N]\n"
                  "                             [--threads N] [--set KEY=VALUE]... [--utk DIR]\n"
-                 "                             [--misses FILE] [--pad F] [--no-speed]\n");
+                 "                             [--misses FILE] [--pad F] [--no-speed]\n"
+                 "                             [--no-position-tiles]\n");
 }
 
 int main(int argc, char **argv)
@@ -237,6 +240,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--no-speed") == 0) {
             speed = 0;
+            continue;
+        }
+        if (strcmp(a, "--no-position-tiles") == 0) {
+            fm_nn_set_position_tiles(0);
             continue;
         }
         if (!v) {

@@ -7,7 +7,8 @@
  * depthwise layer), milliseconds per call, GFLOPS and the ratio to the 1024^3 sgemm;
  * 3x3 stride-1 layers with enough channels twice, as the engine runs them (Winograd's
  * F(2x2, 3x3) where it pays) and without it ("no Winograd": im2col + sgemm, or the
- * direct kernel where that applies).
+ * direct kernel where that applies); MTCNN's small planes also as the direct kernel
+ * runs them without its position tiles ("16-column tiles").
  * Then, for the dlib ResNet layers a trainer runs at batch 32, the backward pass
  * (fm_nn_conv2d_backward with dx, dw and db) against the forward pass of the same
  * layer: it does twice the forward's multiply-adds, so a ratio near 2 means it runs at
@@ -284,6 +285,13 @@ static int bench_forward(void)
             fm_nn_set_winograd(0);
             failed |= bench_layer(l, " no Winograd", base);
             fm_nn_set_winograd(1);
+        }
+        if (l->stride == 1 && l->pad == 0 && l->groups == 1 && l->co >= 16 &&
+            l->h * l->w <= 4096) {
+            /* MTCNN's small planes without the direct kernel's position tiles */
+            fm_nn_set_position_tiles(0);
+            failed |= bench_layer(l, " 16-column tiles", base);
+            fm_nn_set_position_tiles(1);
         }
     }
     return failed;

@@ -98,6 +98,32 @@ static int dc_flat(const conv_geom *g)
            (g->oh - 1) * g->w + g->ow >= DC_COLS && g->k <= DC_FLAT_MAX_K;
 }
 
+/* Small planes run in position tiles (1, the default) or as flat runs (0). */
+static int pt_on = 1;
+
+int fm_nn_set_position_tiles(int on)
+{
+    int was = pt_on;
+    pt_on = on != 0;
+    return was;
+}
+
+/* 1 when g runs in position tiles: small output planes (at most PT_MAX_PLANE outputs
+ * per channel) with at least 16 output channels and PT_MIN_K multiply-adds per
+ * output (with fewer, the scattered stores of the outputs cost more than the lanes
+ * saved: R-Net's and O-Net's first layers, K 27, are faster in 16-column tiles).
+ * Tuned with facemill-bench-ops. */
+#ifndef PT_MAX_PLANE
+#define PT_MAX_PLANE 2500
+#endif
+#ifndef PT_MIN_K
+#define PT_MIN_K 64
+#endif
+static int pt_fits(const conv_geom *g)
+{
+    return pt_on && g->co >= 16 /* PT_OC */ && g->p <= PT_MAX_PLANE && g->k >= PT_MIN_K;
+}
+
 /* See nn_impl.h. */
 int nn_direct_fits(const conv_geom *g)
 {
@@ -107,7 +133,12 @@ int nn_direct_fits(const conv_geom *g)
         return 0;
     if (g->oh != g->h - g->kh + 1 || g->ow != g->w - g->kw + 1)
         return 0; /* bottom or right padding */
-    /* Narrow outputs waste most of a tile; large K multiplies well through sgemm. */
+    /* Narrow outputs waste most of a tile; large K multiplies well through sgemm.
+     * R-Net's and O-Net's last convolutions (3x3 outputs) would run twice as fast in
+     * position tiles (0.4 and 0.6 of sgemm as im2col + sgemm, 0.9 in position tiles),
+     * but the change of rounding moves the sample photos' attributes by up to 1e-3
+     * relative through the boxes and landmarks, beyond tests/golden's 1e-4: they stay
+     * with sgemm, and this choice keeps every result the same bits. */
     return dc_flat(g) || (g->ow >= DC_MIN_OW && g->k <= DC_MAX_K);
 }
 
@@ -115,8 +146,16 @@ int nn_direct_fits(const conv_geom *g)
 size_t nn_direct_scratch(const conv_geom *g)
 {
     size_t oc4 = ((size_t)g->co + DC_OC - 1) / DC_OC * DC_OC;
-    size_t flat = dc_flat(g) ? oc4 * (size_t)g->oh * (size_t)g->w : 0;
-    return oc4 * ((size_t)g->k + 2) + flat;
+    /* The flat buffer's largest size is counted for planes too large to run flat, and
+     * the position tiles' needs whichever kernel runs g, so that an arena measured on
+     * a large plane (MTCNN's detector measures P-Net on its widest level) also holds
+     * what the smaller planes of the same layer take. */
+    size_t flat = dc_flat(g) ? oc4 * (size_t)g->oh * (size_t)g->w : DC_FLAT_FLOATS;
+    size_t tiles = oc4 * ((size_t)g->k + 2) + flat;
+    /* position tiles: packed weights, bias, slope, tap offsets */
+    size_t oc16 = ((size_t)g->co + 15) / 16 * 16;
+    size_t pos = oc16 * ((size_t)g->k + 2) + (size_t)g->k;
+    return pos > tiles ? pos : tiles;
 }
 
 #if NN_HAVE_AVX2
@@ -248,6 +287,111 @@ DC_INLINE void dc_image(const conv_geom *g, const float *x, const float *wpk,
                y + (size_t)oy * (size_t)g->ow, (size_t)g->p, kh, kw);
 }
 
+/* ---- position tiles: small output planes ------------------------------------------
+ *
+ * R-Net's and O-Net's planes are a few outputs wide (3 to 46): tiles of 16 consecutive
+ * outputs waste much of each vector on them (R-Net conv2: 9x9 outputs in 112 slots
+ * when flat). Here the vectors run along the output channels instead: a tile is
+ * PT_POS output positions x 16 channels (2 vectors, 12 accumulators), each position
+ * broadcasting its input under the tap, so a tile may take positions from any row and
+ * any image of a chunk, and only the last tile of a chunk and channel counts that are
+ * not a multiple of 16 are partly empty. Every output is summed in the same order as
+ * by dc_tile (each input channel, tap row, tap column, from 0, one fused multiply-add
+ * each), then the bias added and PReLU applied the same way: the two kernels give the
+ * same bits, so choosing between them changes no result. */
+#ifndef PT_POS
+#define PT_POS 6
+#endif
+#define PT_OC 16
+/* Input of a chunk of images (positions run across them), in bytes: kept in L1 with
+ * a tile's weights. */
+#ifndef PT_CHUNK_BYTES
+#define PT_CHUNK_BYTES 16384
+#endif
+
+/* One tile: positions whose inputs start at xs[0..PT_POS) (unused ones repeat the
+ * first) and outputs at ys[0..npos); channels oc..oc+15 of which nco are stored. */
+DC_INLINE void pt_tile(const float *const *xs, int npos, const int *restrict off, int k,
+                       const float *restrict wp, const float *restrict b16,
+                       const float *restrict s16, int prelu, float *const *ys,
+                       size_t oplane, int nco)
+{
+    __m256 acc[PT_POS][2];
+    for (int p = 0; p < PT_POS; p++)
+        acc[p][0] = acc[p][1] = _mm256_setzero_ps();
+    const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *x4 = xs[4],
+                *x5 = xs[5];
+    for (int t = 0; t < k; t++) {
+        const int o = off[t];
+        const __m256 w0 = _mm256_loadu_ps(wp + (size_t)t * PT_OC);
+        const __m256 w1 = _mm256_loadu_ps(wp + (size_t)t * PT_OC + 8);
+#define PT_FMA(p, xp)                                                                     \
+    do {                                                                                  \
+        const __m256 xv = _mm256_broadcast_ss(xp + o);                                    \
+        acc[p][0] = _mm256_fmadd_ps(w0, xv, acc[p][0]);                                   \
+        acc[p][1] = _mm256_fmadd_ps(w1, xv, acc[p][1]);                                   \
+    } while (0)
+        PT_FMA(0, x0);
+        PT_FMA(1, x1);
+        PT_FMA(2, x2);
+        PT_FMA(3, x3);
+        PT_FMA(4, x4);
+        PT_FMA(5, x5);
+#undef PT_FMA
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 bv[2] = {_mm256_loadu_ps(b16), _mm256_loadu_ps(b16 + 8)};
+    const __m256 sv[2] = {_mm256_loadu_ps(s16), _mm256_loadu_ps(s16 + 8)};
+    /* Constant indices only: an accumulator indexed by a variable would live in memory
+     * (GCC then stores all 12 on every tap). */
+    float out[PT_POS][PT_OC];
+    for (int p = 0; p < PT_POS; p++)
+        for (int v = 0; v < 2; v++) {
+            __m256 a = _mm256_add_ps(acc[p][v], bv[v]);
+            if (prelu)
+                a = _mm256_blendv_ps(_mm256_mul_ps(a, sv[v]), a,
+                                     _mm256_cmp_ps(a, zero, _CMP_GT_OQ));
+            _mm256_storeu_ps(out[p] + 8 * v, a);
+        }
+    for (int p = 0; p < npos; p++)
+        for (int r = 0; r < nco; r++)
+            ys[p][(size_t)r * oplane] = out[p][r];
+}
+
+/* Images [0, n) of one chunk (input x, output y): every output position, in tiles. */
+AVX2 DC_ASAN_OFF static void pt_chunk(const conv_geom *g, const float *x, int n,
+                                      const int *off, const float *wpk, const float *b16,
+                                      const float *s16, int prelu, float *y)
+{
+    const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
+    const int total = n * g->p;
+    for (int oc = 0; oc < g->co; oc += PT_OC) {
+        const int nco = g->co - oc < PT_OC ? g->co - oc : PT_OC;
+        const float *wp = wpk + (size_t)(oc / PT_OC) * (size_t)g->k * PT_OC;
+        int img = 0, oy = 0, ox = 0; /* the next position */
+        for (int q = 0; q < total; q += PT_POS) {
+            const float *xs[PT_POS];
+            float *ys[PT_POS];
+            const int npos = total - q < PT_POS ? total - q : PT_POS;
+            for (int p = 0; p < npos; p++) {
+                xs[p] = x + img * in_img + (size_t)oy * g->w + ox;
+                ys[p] = y + img * out_img + (size_t)oc * g->p + (size_t)oy * g->ow + ox;
+                if (++ox == g->ow) {
+                    ox = 0;
+                    if (++oy == g->oh) {
+                        oy = 0;
+                        img++;
+                    }
+                }
+            }
+            for (int p = npos; p < PT_POS; p++)
+                xs[p] = xs[0];
+            pt_tile(xs, npos, off, g->k, wp, b16 + oc, s16 + oc, prelu, ys, (size_t)g->p,
+                    nco);
+        }
+    }
+}
+
 /* The kernel widths with their own code (constants inlined); 3x3 has both sides
  * constant, so its 9 taps unroll. */
 #define DC_VARIANT(name, kh, kw)                                                          \
@@ -262,11 +406,55 @@ DC_VARIANT(dc_image_k3, 3, 3)
 DC_VARIANT(dc_image_kn, g->kh, g->kw)
 #endif
 
+#if NN_HAVE_AVX2
+/* nn_conv_direct in position tiles: weights packed [co/16][k][16] (zero past co), bias
+ * and slope per channel, the input offset of each tap; chunks of images. */
+static void conv_positions(const conv_geom *g, const float *x, const float *w,
+                           const float *bias, const float *slope, int n_slope, float *y,
+                           float *scratch)
+{
+    const int oc16 = (g->co + PT_OC - 1) / PT_OC * PT_OC;
+    float *wpk = scratch;
+    float *b16 = wpk + (size_t)oc16 * (size_t)g->k;
+    float *s16 = b16 + oc16;
+    int *off = (int *)(s16 + oc16);
+    for (int oc = 0; oc < oc16; oc++) {
+        float *dst = wpk + (size_t)(oc / PT_OC) * (size_t)g->k * PT_OC + oc % PT_OC;
+        const float *src = w + (size_t)oc * (size_t)g->k;
+        for (int k = 0; k < g->k; k++)
+            dst[(size_t)k * PT_OC] = oc < g->co ? src[k] : 0.0f;
+        b16[oc] = bias && oc < g->co ? bias[oc] : 0.0f;
+        s16[oc] = slope && oc < g->co ? slope[n_slope == 1 ? 0 : oc] : 0.0f;
+    }
+    int t = 0;
+    for (int ci = 0; ci < g->c; ci++)
+        for (int ky = 0; ky < g->kh; ky++)
+            for (int kx = 0; kx < g->kw; kx++)
+                off[t++] = (ci * g->h + ky) * g->w + kx;
+    const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
+    int chunk = (int)(PT_CHUNK_BYTES / (in_img * sizeof *x));
+    chunk = chunk < 1 ? 1 : chunk;
+    dc_addressable(wpk, sizeof *wpk * (size_t)oc16 * ((size_t)g->k + 2) +
+                            sizeof *off * (size_t)g->k, "packed weights");
+    for (int n = 0; n < g->n; n += chunk) {
+        const int nb = g->n - n < chunk ? g->n - n : chunk;
+        dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img * nb, "input");
+        dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img * nb, "output");
+        pt_chunk(g, x + (size_t)n * in_img, nb, off, wpk, b16, s16, slope != NULL,
+                 y + (size_t)n * out_img);
+    }
+}
+#endif
+
 /* See nn_impl.h. */
 void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const float *bias,
                     const float *slope, int n_slope, float *y, float *scratch)
 {
 #if NN_HAVE_AVX2
+    if (pt_fits(g)) {
+        conv_positions(g, x, w, bias, slope, n_slope, y, scratch);
+        return;
+    }
     /* Packed weights [co/4][k][4] (zero rows past co), then bias and slope per output
      * channel, rounded up to a whole tile. */
     const int oc4 = (g->co + DC_OC - 1) / DC_OC * DC_OC;
