@@ -11,7 +11,9 @@
  * run as one flat run of outputs as wide as the input, so rows of 9 or 22 outputs do
  * not each leave a partial tile. Measured with facemill-bench-ops, it beats im2col +
  * sgemm on P-Net's three layers and on R-Net's and O-Net's layers except the last
- * convolution of each (3x3 outputs, fewer than a tile: 1.1-2.6x).
+ * convolution of each (3x3 outputs, fewer than a tile: 1.1-2.6x). Small planes with
+ * enough output channels run in position tiles instead (positions x channels, below:
+ * faster, and the same bits).
  *
  * Dispatch: the AVX2+FMA variants are compiled with a target attribute and chosen when
  * the CPU has both (fm_nn_isa_best); otherwise, or after fm_nn_set_isa(FM_NN_ISA_BASE),
@@ -299,9 +301,7 @@ DC_INLINE void dc_image(const conv_geom *g, const float *x, const float *wpk,
  * by dc_tile (each input channel, tap row, tap column, from 0, one fused multiply-add
  * each), then the bias added and PReLU applied the same way: the two kernels give the
  * same bits, so choosing between them changes no result. */
-#ifndef PT_POS
-#define PT_POS 6
-#endif
+#define PT_POS 6 /* pt_tile names its 6 positions' pointers */
 #define PT_OC 16
 /* Input of a chunk of images (positions run across them), in bytes: kept in L1 with
  * a tile's weights. */
