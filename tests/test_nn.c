@@ -296,6 +296,39 @@ static void test_conv_winograd(void)
     fm_test_tensor_free(&y[1]);
 }
 
+/* The operands of a conv + bias + PReLU case: input x [n, c, h, w], weights [co, c, k,
+ * k], bias and slope (variant 0: per-channel slope and bias; 1: one shared slope, no
+ * bias; 2: no slope; *bias and *slope point at b and sl or are NULL). */
+static void prelu_operands(int n, int c, int h, int w, int co, int k, int variant,
+                           fm_tensor *x, fm_tensor *wt, fm_tensor *b, fm_tensor *sl,
+                           const fm_tensor **bias, const fm_tensor **slope)
+{
+    *x = fm_test_tensor(&rng, n, c, h, w);
+    *wt = fm_test_tensor(&rng, co, c, k, k);
+    *b = fm_test_tensor(&rng, 1, co, 1, 1);
+    *sl = fm_test_tensor(&rng, variant == 1 ? 1 : co, 1, 1, 1);
+    *bias = variant == 1 ? NULL : b;
+    *slope = variant == 2 ? NULL : sl;
+}
+
+/* The double reference of conv (valid, stride 1) + bias + PReLU (slope may be NULL:
+ * none; one element: shared), oh x ow outputs per channel; free() the result. */
+static double *ref_conv_prelu(const fm_tensor *x, const fm_tensor *wt, const fm_tensor *bias,
+                              const fm_tensor *slope, int oh, int ow)
+{
+    const fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    const int co = wt->n;
+    const size_t plane = (size_t)oh * ow, count = (size_t)x->n * co * plane;
+    double *r = ref_new(count);
+    ref_conv(x, wt, bias, &p, oh, ow, r);
+    for (size_t j = 0; slope && j < count; j++) {
+        int ch = (int)((j / plane) % (size_t)co);
+        if (!(r[j] > 0))
+            r[j] *= slope->data[fm_tensor_count(slope) == 1 ? 0 : ch];
+    }
+    return r;
+}
+
 /* conv + bias + PReLU (fm_nn_conv2d_prelu) and plain conv2d against the double
  * reference, under every instruction set this CPU has: the direct kernel's shapes
  * (P-Net's layers, R-Net's and O-Net's first, odd widths and channel counts, tails of
@@ -330,14 +363,11 @@ static void test_conv_prelu(void)
                 const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
                 const int co = cases[i].co, k = cases[i].k;
                 const int oh = h - k + 1, ow = w - k + 1;
-                fm_tensor x = fm_test_tensor(&rng, n, c, h, w);
-                fm_tensor wt = fm_test_tensor(&rng, co, c, k, k);
-                fm_tensor b = fm_test_tensor(&rng, 1, co, 1, 1);
-                fm_tensor sl = fm_test_tensor(&rng, variant == 1 ? 1 : co, 1, 1, 1);
+                fm_tensor x, wt, b, sl;
+                const fm_tensor *bias, *slope;
+                prelu_operands(n, c, h, w, co, k, variant, &x, &wt, &b, &sl, &bias, &slope);
                 fm_tensor y = fm_test_tensor(&rng, n, co, oh, ow);
                 fm_conv2d_params p = fm_conv2d_sym(1, 0);
-                const fm_tensor *bias = variant == 1 ? NULL : &b;
-                const fm_tensor *slope = variant == 2 ? NULL : &sl;
 
                 fm_arena *m = NULL, *a = NULL;
                 CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
@@ -351,14 +381,7 @@ static void test_conv_prelu(void)
                 CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
 
                 size_t count = fm_tensor_count(&y);
-                double *r = ref_new(count);
-                ref_conv(&x, &wt, bias, &p, oh, ow, r);
-                size_t plane = (size_t)oh * ow;
-                for (size_t j = 0; slope && j < count; j++) {
-                    int ch = (int)((j / plane) % (size_t)co);
-                    if (!(r[j] > 0))
-                        r[j] *= sl.data[variant == 1 ? 0 : ch];
-                }
+                double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
                 double err = rel_err(y.data, r, count);
                 CHECK_MSG(err <= TOL, "conv2d_prelu %s n%d c%d %dx%d -> co%d k%d v%d: %g",
                           fm_nn_isa_name((fm_nn_isa)isa), n, c, h, w, co, k, variant, err);
@@ -420,15 +443,12 @@ static void test_conv_positions(void)
             const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
             const int co = cases[i].co, k = cases[i].k;
             const int oh = h - k + 1, ow = w - k + 1;
-            fm_tensor x = fm_test_tensor(&rng, n, c, h, w);
-            fm_tensor wt = fm_test_tensor(&rng, co, c, k, k);
-            fm_tensor b = fm_test_tensor(&rng, 1, co, 1, 1);
-            fm_tensor sl = fm_test_tensor(&rng, variant == 1 ? 1 : co, 1, 1, 1);
+            fm_tensor x, wt, b, sl;
+            const fm_tensor *bias, *slope;
+            prelu_operands(n, c, h, w, co, k, variant, &x, &wt, &b, &sl, &bias, &slope);
             fm_tensor y[2] = {fm_test_tensor(&rng, n, co, oh, ow),
                               fm_test_tensor(&rng, n, co, oh, ow)};
             fm_conv2d_params p = fm_conv2d_sym(1, 0);
-            const fm_tensor *bias = variant == 1 ? NULL : &b;
-            const fm_tensor *slope = variant == 2 ? NULL : &sl;
             for (int on = 0; on < 2; on++) {
                 fm_nn_set_position_tiles(on);
                 fm_arena *m = NULL, *a = NULL;
@@ -447,14 +467,7 @@ static void test_conv_positions(void)
             CHECK_MSG(memcmp(y[0].data, y[1].data, count * sizeof(float)) == 0,
                       "position tiles n%d c%d %dx%d -> co%d k%d v%d: not the same bits as "
                       "16-column tiles", n, c, h, w, co, k, variant);
-            double *r = ref_new(count);
-            ref_conv(&x, &wt, bias, &p, oh, ow, r);
-            size_t plane = (size_t)oh * ow;
-            for (size_t j = 0; slope && j < count; j++) {
-                int ch = (int)((j / plane) % (size_t)co);
-                if (!(r[j] > 0))
-                    r[j] *= sl.data[variant == 1 ? 0 : ch];
-            }
+            double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
             double err = rel_err(y[1].data, r, count);
             CHECK_MSG(err <= TOL, "position tiles n%d c%d %dx%d -> co%d k%d v%d: %g", n, c,
                       h, w, co, k, variant, err);

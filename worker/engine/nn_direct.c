@@ -73,6 +73,7 @@ const char *fm_nn_isa_name(fm_nn_isa isa)
 #define DC_NV 2  /* vectors of 8 output columns per tile */
 #endif
 #define DC_COLS (8 * DC_NV)
+#define PT_OC 16 /* output channels per position tile (below) */
 /* Tuning (facemill-bench-ops): row by row, outputs narrower than DC_MIN_OW columns or
  * with more than DC_MAX_K multiply-adds each go to im2col + sgemm (R-Net conv2, 9
  * columns, and O-Net conv2, K 288, were slower direct row by row; flat, they are
@@ -123,7 +124,7 @@ int fm_nn_set_position_tiles(int on)
 #endif
 static int pt_fits(const conv_geom *g)
 {
-    return pt_on && g->co >= 16 /* PT_OC */ && g->p <= PT_MAX_PLANE && g->k >= PT_MIN_K;
+    return pt_on && g->co >= PT_OC && g->p <= PT_MAX_PLANE && g->k >= PT_MIN_K;
 }
 
 /* See nn_impl.h. */
@@ -155,7 +156,7 @@ size_t nn_direct_scratch(const conv_geom *g)
     size_t flat = dc_flat(g) ? oc4 * (size_t)g->oh * (size_t)g->w : DC_FLAT_FLOATS;
     size_t tiles = oc4 * ((size_t)g->k + 2) + flat;
     /* position tiles: packed weights, bias, slope, tap offsets */
-    size_t oc16 = ((size_t)g->co + 15) / 16 * 16;
+    size_t oc16 = ((size_t)g->co + PT_OC - 1) / PT_OC * PT_OC;
     size_t pos = oc16 * ((size_t)g->k + 2) + (size_t)g->k;
     return pos > tiles ? pos : tiles;
 }
@@ -302,7 +303,6 @@ DC_INLINE void dc_image(const conv_geom *g, const float *x, const float *wpk,
  * each), then the bias added and PReLU applied the same way: the two kernels give the
  * same bits, so choosing between them changes no result. */
 #define PT_POS 6 /* pt_tile names its 6 positions' pointers */
-#define PT_OC 16
 /* Input of a chunk of images (positions run across them), in bytes: kept in L1 with
  * a tile's weights. */
 #ifndef PT_CHUNK_BYTES
@@ -407,25 +407,36 @@ DC_VARIANT(dc_image_kn, g->kh, g->kw)
 #endif
 
 #if NN_HAVE_AVX2
+/* Packs g's weights for tiles of `tile` output channels into scratch: [co/tile][k][tile]
+ * (zero rows past co), then bias and slope per output channel, the channel count
+ * rounded up to a whole tile (returned). */
+static int dc_pack(const conv_geom *g, const float *w, const float *bias,
+                   const float *slope, int n_slope, int tile, float *scratch)
+{
+    const int oct = (g->co + tile - 1) / tile * tile;
+    float *b = scratch + (size_t)oct * (size_t)g->k, *s = b + oct;
+    for (int oc = 0; oc < oct; oc++) {
+        float *dst = scratch + (size_t)(oc / tile) * (size_t)g->k * tile + oc % tile;
+        const float *src = w + (size_t)oc * (size_t)g->k;
+        for (int k = 0; k < g->k; k++)
+            dst[(size_t)k * tile] = oc < g->co ? src[k] : 0.0f;
+        b[oc] = bias && oc < g->co ? bias[oc] : 0.0f;
+        s[oc] = slope && oc < g->co ? slope[n_slope == 1 ? 0 : oc] : 0.0f;
+    }
+    return oct;
+}
+
 /* nn_conv_direct in position tiles: weights packed [co/16][k][16] (zero past co), bias
  * and slope per channel, the input offset of each tap; chunks of images. */
 static void conv_positions(const conv_geom *g, const float *x, const float *w,
                            const float *bias, const float *slope, int n_slope, float *y,
                            float *scratch)
 {
-    const int oc16 = (g->co + PT_OC - 1) / PT_OC * PT_OC;
+    const int oc16 = dc_pack(g, w, bias, slope, n_slope, PT_OC, scratch);
     float *wpk = scratch;
     float *b16 = wpk + (size_t)oc16 * (size_t)g->k;
     float *s16 = b16 + oc16;
     int *off = (int *)(s16 + oc16);
-    for (int oc = 0; oc < oc16; oc++) {
-        float *dst = wpk + (size_t)(oc / PT_OC) * (size_t)g->k * PT_OC + oc % PT_OC;
-        const float *src = w + (size_t)oc * (size_t)g->k;
-        for (int k = 0; k < g->k; k++)
-            dst[(size_t)k * PT_OC] = oc < g->co ? src[k] : 0.0f;
-        b16[oc] = bias && oc < g->co ? bias[oc] : 0.0f;
-        s16[oc] = slope && oc < g->co ? slope[n_slope == 1 ? 0 : oc] : 0.0f;
-    }
     int t = 0;
     for (int ci = 0; ci < g->c; ci++)
         for (int ky = 0; ky < g->kh; ky++)
@@ -455,20 +466,10 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
         conv_positions(g, x, w, bias, slope, n_slope, y, scratch);
         return;
     }
-    /* Packed weights [co/4][k][4] (zero rows past co), then bias and slope per output
-     * channel, rounded up to a whole tile. */
-    const int oc4 = (g->co + DC_OC - 1) / DC_OC * DC_OC;
+    const int oc4 = dc_pack(g, w, bias, slope, n_slope, DC_OC, scratch);
     float *wpk = scratch;
     float *b4 = wpk + (size_t)oc4 * (size_t)g->k;
     float *s4 = b4 + oc4;
-    for (int oc = 0; oc < oc4; oc++) {
-        float *dst = wpk + (size_t)(oc / DC_OC) * (size_t)g->k * DC_OC + oc % DC_OC;
-        const float *src = w + (size_t)oc * (size_t)g->k;
-        for (int k = 0; k < g->k; k++)
-            dst[(size_t)k * DC_OC] = oc < g->co ? src[k] : 0.0f;
-        b4[oc] = bias && oc < g->co ? bias[oc] : 0.0f;
-        s4[oc] = slope && oc < g->co ? slope[n_slope == 1 ? 0 : oc] : 0.0f;
-    }
     const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
     void (*fn)(const conv_geom *, const float *, const float *, const float *,
                const float *, int, float *, int) =
