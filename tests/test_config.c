@@ -142,6 +142,9 @@ static void test_defaults(void)
     CHECK(c.detect.rnet_threshold == 0.7);
     CHECK(c.detect.onet_threshold == 0.7);
     CHECK(c.detect.max_faces == 64);
+    CHECK(c.detect.retry && c.detect.retry_pnet_threshold == 0.5 &&
+          c.detect.retry_rnet_threshold == 0.6 && c.detect.retry_onet_threshold == 0.6);
+    CHECK(c.detect.fallback == FM_FALLBACK_NONE);
     fm_config d;
     fm_config_defaults(&d);
     CHECK(fm_config_equal(&c, &d));

@@ -10,8 +10,9 @@
  *  - with the real models (models/cache, made by models/fetch): a blank image has no
  *    faces, odd image shapes all run within the arena measured at open, tiny
  *    candidate caps degrade gracefully, detection allocates nothing from the heap
- *    once warm, and opts.pad equals padding the pixels (to float rounding: 3e-5 px
- *    at worst, bound 1e-3). Without the models the test exits 77 (skipped) once
+ *    once warm, opts.pad equals padding the pixels (to float rounding: 3e-5 px
+ *    at worst, bound 1e-3), and the second look (opts.retry) runs only after a pass
+ *    that found nothing and then gives exactly one pass at its thresholds. Without the models the test exits 77 (skipped) once
  *    everything else has passed.
  * The agreement with the numpy reference is tests/test_mtcnn_ref.py's job.
  */
@@ -483,7 +484,10 @@ static void test_with_models(const char *models)
         texture(&img, 7);
         st = fm_detect(d, &img, faces, 64, &n, &t, &err);
         CHECK_MSG(st == FM_OK, "%s", err.msg);
-        CHECK(t.truncated == 1 && t.pnet_boxes <= 8 && t.rnet_boxes <= 8 && n <= 2);
+        /* (with the second look, the counts are those of both looks) */
+        int looks = t.retried ? 2 : 1;
+        CHECK(t.truncated == 1 && t.pnet_boxes <= 8 * looks && t.rnet_boxes <= 8 * looks &&
+              n <= 2);
         for (int i = 1; i < n; i++)
             CHECK(faces[i - 1].score >= faces[i].score);
         fm_detector_close(&d);
@@ -493,6 +497,79 @@ static void test_with_models(const char *models)
 
 /* Parts of the test that could not run (the test then exits 77, not 0). */
 static int skipped;
+
+/* The second look (opts.retry): a first pass that cannot find anything (threshold 1:
+ * no score is above it) falls back to the retry thresholds and gives exactly what one
+ * pass with those thresholds gives, from the same P-Net maps (P-Net runs once);
+ * without retry it gives nothing; an image where the first pass finds faces never
+ * looks twice. */
+static void test_retry(const char *models, const fm_image *img)
+{
+    fm_error err = {0};
+    fm_detect_opts o;
+    fm_detect_opts_defaults(&o);
+    CHECK(o.retry == 1 && o.retry_pnet_threshold < o.pnet_threshold &&
+          o.retry_rnet_threshold < o.rnet_threshold &&
+          o.retry_onet_threshold < o.onet_threshold);
+    fm_detector *one = NULL, *twice = NULL, *never = NULL;
+    o.retry = 0;
+    o.pnet_threshold = o.retry_pnet_threshold;
+    o.rnet_threshold = o.retry_rnet_threshold;
+    o.onet_threshold = o.retry_onet_threshold;
+    CHECK(fm_detector_open(&one, models, &o, &err) == FM_OK); /* the retry's pass alone */
+    o.pnet_threshold = 1;
+    CHECK(fm_detector_open(&never, models, &o, &err) == FM_OK); /* finds nothing */
+    o.retry = 1;
+    CHECK(fm_detector_open(&twice, models, &o, &err) == FM_OK); /* nothing, then retry */
+    if (!one || !never || !twice) {
+        fm_detector_close(&one);
+        fm_detector_close(&never);
+        fm_detector_close(&twice);
+        return;
+    }
+    fm_face a[64], b[64];
+    int na = -1, nb = -2, nn = -3;
+    fm_detect_times ta, tb, tn;
+    CHECK(fm_detect(one, img, a, 64, &na, &ta, &err) == FM_OK);
+    CHECK(fm_detect(never, img, b, 64, &nn, &tn, &err) == FM_OK);
+    CHECK(nn == 0 && !tn.retried && tn.pnet_boxes == 0);
+    CHECK(fm_detect(twice, img, b, 64, &nb, &tb, &err) == FM_OK);
+    CHECK_MSG(na >= 2 && nb == na && !ta.retried && tb.retried, "%d and %d faces", na, nb);
+    CHECK(memcmp(a, b, (size_t)(na < nb ? na : nb) * sizeof *a) == 0);
+    CHECK(tb.pnet_boxes == ta.pnet_boxes && tb.rnet_boxes == ta.rnet_boxes &&
+          tb.onet_boxes == ta.onet_boxes && tb.levels == ta.levels);
+    /* One P-Net pass serves both looks; R-Net ran on nothing the first time. */
+    CHECK(tb.pnet_pixels == ta.pnet_pixels && tb.pnet_flop == ta.pnet_flop &&
+          tb.rnet_flop == ta.rnet_flop && tb.onet_flop == ta.onet_flop);
+    fm_detector_close(&twice);
+
+    /* Faces at the first pass: one pass, the same answer as without retry. */
+    fm_detect_opts_defaults(&o);
+    CHECK(fm_detector_open(&twice, models, &o, &err) == FM_OK);
+    o.retry = 0;
+    fm_detector_close(&never);
+    CHECK(fm_detector_open(&never, models, &o, &err) == FM_OK);
+    if (twice && never) {
+        CHECK(fm_detect(twice, img, a, 64, &na, &ta, &err) == FM_OK);
+        CHECK(fm_detect(never, img, b, 64, &nb, &tb, &err) == FM_OK);
+        CHECK(na >= 2 && na == nb && !ta.retried && !tb.retried &&
+              memcmp(a, b, (size_t)na * sizeof *a) == 0);
+    }
+    fprintf(stderr, "retry: %d faces at the retry thresholds, the same after a first pass "
+            "that found none\n", nb);
+    fm_detector_close(&one);
+    fm_detector_close(&never);
+    fm_detector_close(&twice);
+
+    /* Retry thresholds are checked like the others. */
+    fm_detect_opts_defaults(&o);
+    o.retry_onet_threshold = -0.1;
+    CHECK(fm_detector_open(&one, "/nonexistent", &o, &err) == FM_ERR_INVALID &&
+          strstr(err.msg, "retry_onet_threshold"));
+    fm_detect_opts_defaults(&o);
+    o.retry = 2;
+    CHECK(fm_detector_open(&one, "/nonexistent", &o, &err) == FM_ERR_INVALID && !one);
+}
 
 /* opts.pad must give what padding the pixels gives (same pyramid, same samples),
  * shifted back by the border. */
@@ -582,6 +659,8 @@ static void test_pad(const char *models)
     }
     fprintf(stderr, "kernels base and %s: %d faces, largest difference %.3g\n",
             fm_nn_isa_name(best), nc[1], worst);
+
+    test_retry(models, &img);
 
     fm_detector_close(&plain);
     fm_detector_close(&with_pad);

@@ -15,6 +15,9 @@ photos with the real models.
 - `detect.mode=cropped` on a square crop of a face places the documented landmark
   shares (include/facemill/detect.h) on it and labels it; a corrupt file among the
   inputs becomes an error record and the others are still labelled.
+- `detect.fallback=cropped` takes an image without a detected face (flat gray) as
+  one cropped face with score 0, and leaves a detected face alone; `facemill eval`
+  (whose default it is) counts that image as placed, not detected.
 - `facemill detect` refuses a mode other than mtcnn (exit 1, one clear line);
   `--chips-dir` without heads is a usage error (2); `facemill config` shows the mode.
 
@@ -148,6 +151,51 @@ def main():
                 exp = [s * 200 - 0.5 for s in CROPPED]
                 check(all(abs(u - v) < 0.01 for u, v in zip(got, exp)),
                       "cropped places the documented shares: %s" % [round(v, 2) for v in got])
+
+        # detect.fallback=cropped: an image without a face (flat gray) is taken as one
+        # cropped face with score 0; an image with one keeps the detector's answer
+        blank = os.path.join(tmp, "blank.jpg")
+        Image.new("RGB", (200, 200), (120, 120, 120)).save(blank, quality=95)
+        r = run([fm, "predict", "-q", blank, cpath], timeout=300)
+        plain = records(r)
+        r = run([fm, "predict", "-q", "--set", "detect.fallback=cropped", blank, cpath],
+                timeout=300)
+        fb = records(r)
+        check(len(plain) == 2 and len(fb) == 2 and not plain[0]["faces"] and
+              len(fb[0]["faces"]) == 1, "fallback: the blank image has no face, then one "
+              "(%s)" % [len(o["faces"]) for o in plain + fb])
+        if len(fb) == 2 and len(fb[0]["faces"]) == 1 and len(plain) == 2:
+            g = fb[0]["faces"][0]
+            got = [g["landmarks"][p][c] for p in POINTS for c in "xy"]
+            check(g["score"] == 0 and g["box"] == {"x1": 0, "y1": 0, "x2": 200, "y2": 200} and
+                  all(abs(u - s * 200 + 0.5) < 0.01 for u, s in zip(got, CROPPED)) and
+                  g["gender"] in ("male", "female"),
+                  "fallback: score 0, the whole image, cropped's landmarks, labelled (%s)" %
+                  {k: g[k] for k in ("score", "box")})
+            u = fb[1]["faces"][0] if len(fb[1]["faces"]) == 1 else None
+            v = plain[1]["faces"][0] if len(plain[1]["faces"]) == 1 else None
+            # the same face; the answers to float rounding (another face in its batch)
+            check(u and v and u["score"] > 0.5 and
+                  all(u[k] == v[k] for k in ("box", "score", "landmarks")) and
+                  abs(u["age"] - v["age"]) < 1e-3 and u["gender"] == v["gender"],
+                  "fallback: a detected face is the detector's, unchanged")
+        # facemill eval takes its images as faces: the blank one is "placed", not detected
+        data = os.path.join(tmp, "utk")
+        os.mkdir(data)
+        os.symlink(blank, os.path.join(data, "30_0_0_blank.jpg"))
+        os.symlink(cpath, os.path.join(data, "30_0_0_face.jpg"))
+        r = run([fm, "eval", "-q", "--data", data, "--json", "--resamples", "10"], timeout=300)
+        ev = records(r)
+        check(r.returncode == 0 and len(ev) == 1 and ev[0]["n_detected"] == 1 and
+              ev[0]["n_placed"] == 1 and abs(ev[0]["detect_rate"] - 0.5) < 1e-9,
+              "eval: one detected, one placed, detection rate 0.5 (%s)" %
+              ({k: ev[0].get(k) for k in ("n_detected", "n_placed", "detect_rate")}
+               if ev else r.stderr[-300:]))
+        r = run([fm, "eval", "-q", "--data", data, "--json", "--resamples", "10", "--set",
+                 "detect.fallback=none"], timeout=300)
+        ev = records(r)
+        check(r.returncode == 0 and len(ev) == 1 and ev[0]["n_placed"] == 0 and
+              ev[0]["n_detected"] == 1, "eval with detect.fallback=none: nothing placed")
 
         r = run([fm, "detect", "--set", "detect.mode=cropped", cpath], timeout=60)
         check(r.returncode == 1 and "detect.mode must be mtcnn" in r.stderr and not r.stdout,

@@ -46,11 +46,11 @@ static void test_metrics(void)
 {
     /* true (age, gender, race) -> predicted; the fourth image has no face */
     const fm_eval_item items[5] = {
-        {{20, 0, 0}, 1, 22.0f, 0, 0, 0, {0}, {0}},  /* age err +2, right, right */
-        {{40, 1, 1}, 1, 35.0f, 0, 1, 0, {0}, {0}},  /* age err -5, gender wrong, race right */
-        {{5, 1, 2}, 1, 5.0f, 1, 3, 0, {0}, {0}},    /* age err 0, right, race wrong */
-        {{70, 0, 3}, 0, 0.0f, 0, 0, 0, {0}, {0}},   /* no face: fallback 30, err -40, wrong */
-        {{31, 0, 0}, 1, 30.0f, 0, 0, 0, {0}, {0}},  /* age err -1, right, right */
+        {{20, 0, 0}, 1, 22.0f, 0, 0, 0, {0}, {0}, 0},  /* age err +2, right, right */
+        {{40, 1, 1}, 1, 35.0f, 0, 1, 0, {0}, {0}, 0},  /* age err -5, gender wrong, race right */
+        {{5, 1, 2}, 1, 5.0f, 1, 3, 0, {0}, {0}, 0},    /* age err 0, right, race wrong */
+        {{70, 0, 3}, 0, 0.0f, 0, 0, 0, {0}, {0}, 0},   /* no face: fallback 30, err -40, wrong */
+        {{31, 0, 0}, 1, 30.0f, 0, 0, 0, {0}, {0}, 0},  /* age err -1, right, right */
     };
     fm_eval_report r;
     fm_eval_compute(items, 5, 30.0, &r);
@@ -99,6 +99,43 @@ static void test_metrics(void)
 
 /* McNemar's exact p against values computed with exact integer binomial sums
  * (min(1, 2 sum_{i <= min(b,c)} C(b+c, i) / 2^(b+c))), by hand for the small ones. */
+/* A face detect.fallback placed (the detector found none): its predictions count in
+ * "all images" like any face's, but it is not detected: the detection rate, "detected
+ * only" and the confusion's no-face column are the detector's. */
+static void test_placed(void)
+{
+    const fm_eval_item items[4] = {
+        {{20, 0, 0}, 1, 22.0f, 0, 0, 0, {0}, {0}, 0}, /* detected: err +2, right, right */
+        {{40, 1, 1}, 0, 38.0f, 1, 2, 0, {0}, {0}, 1}, /* placed: err -2, right, wrong */
+        {{60, 0, 3}, 0, 0.0f, 0, 0, 0, {0}, {0}, 0},  /* no face: fallback 30, err -30 */
+        {{10, 1, 2}, 1, 14.0f, 0, 2, 0, {0}, {0}, 0}, /* detected: err +4, wrong, right */
+    };
+    fm_eval_report r;
+    fm_eval_compute(items, 4, 30.0, &r);
+    const fm_eval_metrics *a = &r.all, *d = &r.detected;
+    CHECK(a->n == 4 && a->n_detected == 2 && a->n_placed == 1 &&
+          fabs(a->detect_rate - 0.5) < 1e-12);
+    CHECK(fabs(a->age_mae - 38.0 / 4) < 1e-9);             /* 2 + 2 + 30 + 4 */
+    CHECK(fabs(a->gender_acc - 2.0 / 4) < 1e-12);          /* images 1 and 2 */
+    CHECK(fabs(a->race_acc - 2.0 / 4) < 1e-12);            /* images 1 and 4 */
+    CHECK(d->n == 2 && d->n_placed == 0 && fabs(d->age_mae - 3.0) < 1e-9 &&
+          fabs(d->gender_acc - 0.5) < 1e-12 && fabs(d->race_acc - 1.0) < 1e-12);
+    CHECK(r.gender_confusion[1][1] == 1 && r.race_confusion[1][2] == 1 &&
+          r.gender_confusion[0][2] == 1 && r.race_confusion[3][5] == 1);
+    /* The bootstrap and the paired comparison count the same way. */
+    fm_eval_cis all, det;
+    CHECK(fm_eval_bootstrap(items, 4, 30.0, 200, 19, &all, &det) == 0);
+    CHECK(all.gender_acc.lo <= 0.5 && 0.5 <= all.gender_acc.hi && det.race_acc.hi == 1);
+    fm_eval_item none[4];
+    memcpy(none, items, sizeof none);
+    none[1].placed = 0; /* the same run without the fallback */
+    fm_eval_paired c;
+    CHECK(fm_eval_compare(items, 30.0, none, 30.0, 4, 200, 19, &c) == 0);
+    CHECK(fabs(c.gender_acc.diff - 0.25) < 1e-12 && c.gender_b == 1 && c.gender_c == 0 &&
+          c.race_b == 0 && c.detect_rate.diff == 0 && c.a.n_placed == 1 &&
+          fabs(c.age_mae.diff - (2.0 - 10.0) / 4) < 1e-9);
+}
+
 static void test_mcnemar(void)
 {
     CHECK(fabs(fm_eval_mcnemar(10, 2) - 79.0 / 2048) < 1e-12); /* 2 (1+12+66) / 4096 */
@@ -133,7 +170,7 @@ static void test_bootstrap(void)
     /* every image the same: every interval is the one value */
     fm_eval_item same[50];
     for (int i = 0; i < 50; i++)
-        same[i] = (fm_eval_item){{30, 1, 2}, 1, 33.0f, 1, 0, 0, {0}, {0}};
+        same[i] = (fm_eval_item){{30, 1, 2}, 1, 33.0f, 1, 0, 0, {0}, {0}, 0};
     fm_eval_cis all, det;
     CHECK(fm_eval_bootstrap(same, 50, 30, 500, 19, &all, &det) == 0);
     CHECK(fabs(all.age_mae.lo - 3) < 1e-6 && fabs(all.age_mae.hi - 3) < 1e-6);
@@ -161,7 +198,7 @@ static void test_bootstrap(void)
             int det_ok = unif(&s) < 0.95;
             int e = (int)(unif(&s) * 21) - 10;
             it[i] = (fm_eval_item){{30, 0, 0}, det_ok, (float)(30 + e),
-                                   unif(&s) < 0.8 ? 0 : 1, unif(&s) < 0.6 ? 0 : 1, 0, {0}, {0}};
+                                   unif(&s) < 0.8 ? 0 : 1, unif(&s) < 0.6 ? 0 : 1, 0, {0}, {0}, 0};
         }
         /* the population's accuracies count no face as wrong */
         CHECK(fm_eval_bootstrap(it, N, fallback, 1000, 19 + (unsigned)t, &all, NULL) == 0);
@@ -189,7 +226,7 @@ static void test_compare(void)
     fm_eval_item a[N], b[N];
     for (int i = 0; i < N; i++) {
         a[i] = (fm_eval_item){{20 + i % 50, i % 2, i % 5}, 1, (float)(20 + i % 50), i % 2,
-                              i % 5, 0, {0}, {0}};
+                              i % 5, 0, {0}, {0}, 0};
         b[i] = a[i];
     }
     fm_eval_paired c;
@@ -232,6 +269,7 @@ int main(void)
     test_names();
     test_holdout();
     test_metrics();
+    test_placed();
     test_mcnemar();
     test_quantile();
     test_bootstrap();

@@ -220,7 +220,8 @@ int main(void)
     free(out);
     size_t len = 0;
     char *lines = fm_test_read_file(saved, &len);
-    CHECK_MSG(lines && json_valid(lines, 3) && strstr(lines, "\"face\":false,\"age\":null") &&
+    CHECK_MSG(lines && json_valid(lines, 3) && strstr(lines, "\"face\":false,\"placed\":true,\"age\":") /* the
+                  chip the detector misses: detect.fallback, eval's default */ &&
                   strstr(lines, "\"file\":\"25_0_0_") &&
                   strstr(lines, "\"true_gender\":\"female\",\"true_race\":\"Asian\""),
               "%s", lines ? lines : "");

@@ -55,6 +55,14 @@ typedef enum fm_detect_mode {
     FM_DETECT_CROPPED    /* the image is one upright face cropped as UTKFace's chips */
 } fm_detect_mode;
 
+/* detect.fallback: what the pipeline does with an image where the detector found no
+ * face (detect.mode mtcnn only) */
+typedef enum fm_detect_fallback {
+    FM_FALLBACK_NONE = 0, /* no face: the image's result has none */
+    FM_FALLBACK_CROPPED   /* the image is taken as one face placed as mode cropped does,
+                             with score 0 (face chip archives) */
+} fm_detect_fallback;
+
 typedef struct fm_config {
     struct {
         int level; /* an fm_log_level: FM_LOG_ERROR .. FM_LOG_DEBUG */
@@ -81,6 +89,11 @@ typedef struct fm_config {
         int64_t max_faces; /* most faces reported per image */
         double pad;        /* border added around the image, fraction of its long side */
         int mode;          /* an fm_detect_mode: mtcnn, aligned or cropped */
+        int fallback;      /* an fm_detect_fallback: none or cropped */
+        bool retry;        /* a second look, lower thresholds, when nothing was found */
+        double retry_pnet_threshold;
+        double retry_rnet_threshold;
+        double retry_onet_threshold;
     } detect;
     struct {
         char backbone[FM_CONFIG_STRING_MAX]; /* backbone model file (modelpath.h) */

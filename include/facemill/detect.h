@@ -40,6 +40,14 @@
  * 98.7% to 99.9% (ops/bench/bench_detect.c); it stays 0 by default (config key
  * detect.pad) because it enlarges every pyramid level of ordinary photos for no gain.
  *
+ * Second look. Grayscale, over-exposed, rotated or partly covered faces often score
+ * just under the thresholds. When the first pass finds no face at all and opts.retry
+ * is set, the detector runs once more with the lower retry thresholds and reports
+ * what that finds. Images where the first pass found a face get exactly its answer;
+ * an image without faces costs a second, somewhat busier pass. The thresholds were
+ * chosen on damaged images of the training hold-out and checked against images
+ * without faces (README, Accuracy).
+ *
  * Threads: a detector is used by one thread at a time (it owns one arena). Open one
  * per worker thread; the model files' pages are shared by the operating system.
  */
@@ -95,14 +103,20 @@ typedef struct fm_detect_opts {
                               FM_DETECT_PAD_VALUE (see "Tight face crops"); 0 = none */
     int max_level_candidates; /* 0 = FM_DETECT_DEFAULT_LEVEL_CANDIDATES, else 1..MAX_CAP */
     int max_candidates;       /* 0 = FM_DETECT_DEFAULT_CANDIDATES, else 1..MAX_CAP */
+    int retry;                /* 1: a second look at images without a face (see
+                                 "Second look"); 0: one pass */
+    double retry_pnet_threshold; /* 0..1: the second look's thresholds */
+    double retry_rnet_threshold;
+    double retry_onet_threshold;
 } fm_detect_opts;
 
 /* The built-in defaults: min_face 20, max_side 1600, scale_factor 0.709, thresholds
- * 0.6 / 0.7 / 0.7, max_faces 64, pad 0, default caps (equal to the config defaults). */
+ * 0.6 / 0.7 / 0.7, max_faces 64, pad 0, default caps, the second look on with
+ * thresholds 0.5 / 0.6 / 0.6 (equal to the config defaults). */
 void fm_detect_opts_defaults(fm_detect_opts *o);
 
 /* The detect.* settings of c (min_face, max_side, scale_factor, the thresholds,
- * max_faces, pad); the caps stay 0 (defaults). */
+ * max_faces, pad, the second look); the caps stay 0 (defaults). */
 void fm_detect_opts_from_config(fm_detect_opts *o, const fm_config *c);
 
 /* One detected face, in the coordinates of the ORIGINAL image: pixel centres at
@@ -138,6 +152,9 @@ typedef struct fm_detect_times {
     int rnet_boxes;  /* candidates entering O-Net */
     int onet_boxes;  /* faces found, before the max_faces / capacity cut */
     int truncated;   /* 1 when a candidate buffer was full and dropped candidates */
+    int retried;     /* 1 when the first pass found nothing and the second look ran
+                        (on the same P-Net maps): the R-Net and O-Net times, work and
+                        counts above are then those of both looks together */
     /* The networks' work: 2 FLOP per multiply-add of their convolutions and dense
      * layers, counted from the layer shapes as they ran (fm_arena_flop). P-Net is about
      * 3,660 FLOP per pixel of the pyramid levels (plus the strips' overlap rows), R-Net

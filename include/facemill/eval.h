@@ -8,7 +8,10 @@
  * Honest counting: an image where no face was detected stays in "all images" and is
  * wrong for gender and ethnicity; for age it is charged the error of a fallback
  * prediction (the training-set mean age, heads.fallback_age). "Detected only"
- * figures leave those images out.
+ * figures leave those images out. An image the detector missed but the pipeline took
+ * as one face anyway (detect.fallback cropped: a "placed" face) is scored on its
+ * predictions in "all images", yet counts as not detected: the detection rate is the
+ * detector's, and "detected only" leaves it out.
  */
 #ifndef FACEMILL_EVAL_H
 #define FACEMILL_EVAL_H
@@ -51,12 +54,15 @@ typedef struct fm_eval_item {
     float age_std;
     float gender_probs[FM_HEADS_GENDERS];
     float race_probs[FM_HEADS_RACES];
+    int placed;      /* 1: no face was found, but the image was taken as one face
+                        (detect.fallback) and the predictions above are filled */
 } fm_eval_item;
 
 /* Metrics over a set of images. Fractions are 0..1; with n == 0 every metric is 0. */
 typedef struct fm_eval_metrics {
     int n;             /* images */
-    int n_detected;    /* of them, with a face */
+    int n_detected;    /* of them, with a face found by the detector */
+    int n_placed;      /* of them, without one but taken as one face (fallback) */
     double detect_rate;
     double age_mae, age_rmse;
     double gender_acc, race_acc;

@@ -32,6 +32,10 @@ static const char *const broker_fsync_names[] = {"always", "batch", "off", NULL}
 static const char *const detect_mode_names[] = {"mtcnn", "aligned", "cropped", NULL};
 _Static_assert(FM_DETECT_MTCNN == 0 && FM_DETECT_ALIGNED == 1 && FM_DETECT_CROPPED == 2,
                "detect_mode_names is indexed by fm_detect_mode");
+/* Indexed by fm_detect_fallback. */
+static const char *const detect_fallback_names[] = {"none", "cropped", NULL};
+_Static_assert(FM_FALLBACK_NONE == 0 && FM_FALLBACK_CROPPED == 1,
+               "detect_fallback_names is indexed by fm_detect_fallback");
 _Static_assert(FM_LOG_ERROR == 0 && FM_LOG_WARN == 1 && FM_LOG_INFO == 2 &&
                    FM_LOG_DEBUG == 3,
                "log_level_names is indexed by fm_log_level");
@@ -102,6 +106,20 @@ const fm_config_setting fm_config_settings[] = {
     SET_FLOAT("detect.pad", detect.pad, 0.0, 0.0, 1.0,
               "gray border added around the image before detection, as a fraction of its "
               "long side (for tightly cropped faces)"),
+    SET_ENUM("detect.fallback", detect.fallback, FM_FALLBACK_NONE, detect_fallback_names,
+             "an image where the detector finds no face: none (no face) or cropped (taken "
+             "as one upright face cropped like UTKFace's chips, with score 0; for "
+             "archives of face chips, where every image is a face)"),
+    SET_BOOL("detect.retry", detect.retry, 1,
+             "a second look at an image where no face was found, with the lower retry_* "
+             "thresholds (grayscale, over-exposed, turned or partly covered faces); "
+             "false: one pass"),
+    SET_FLOAT("detect.retry_pnet_threshold", detect.retry_pnet_threshold, 0.5, 0.0, 1.0,
+              "the second look's P-Net threshold"),
+    SET_FLOAT("detect.retry_rnet_threshold", detect.retry_rnet_threshold, 0.6, 0.0, 1.0,
+              "the second look's R-Net threshold"),
+    SET_FLOAT("detect.retry_onet_threshold", detect.retry_onet_threshold, 0.6, 0.0, 1.0,
+              "the second look's O-Net threshold"),
     SET_STRING("embed.backbone", embed.backbone, "dlib_resnet_ft.fmm", 1,
                "backbone model file: a name found through the model search path, or an "
                "absolute or ./ path; "

@@ -31,6 +31,14 @@
 
 #define BATCH 16
 
+/* The trainers' defaults for UTKFace chips, and the fallback for chips the detector
+ * misses: every image evaluated is a face. */
+static void eval_defaults(fm_config *c)
+{
+    fm_utk_config_defaults(c);
+    c->detect.fallback = FM_FALLBACK_CROPPED;
+}
+
 static const cli_cmd cmd = {
     "eval", "--data DIR [options]", 0, 0,
     "Labels every UTKFace-named image (AGE_GENDER_RACE_*.jpg) in DIR with the\n"
@@ -39,11 +47,13 @@ static const cli_cmd cmd = {
     "table per ethnicity x gender and per age band. Each image counts once, with\n"
     "its highest-scoring face. Images without a detected face count as wrong for\n"
     "every attribute (age: the heads' fallback age, the training-set mean) in \"all\n"
-    "images\"; \"detected only\" leaves them out. detect.pad defaults to 0.25 here\n"
-    "(tight face crops), as in `facemill train`.\n",
+    "images\"; \"detected only\" leaves them out. Defaults here are for face chips:\n"
+    "detect.pad 0.25 (tight face crops, as in `facemill train`) and detect.fallback\n"
+    "cropped: an image where the detector finds no face is taken as one cropped face\n"
+    "(\"placed\"); its predictions count in \"all images\", but not as detected.\n",
     "exit status: 0 success (unreadable images are reported and counted as wrong), "
     "1 failure, 2 usage error",
-    fm_utk_config_defaults};
+    eval_defaults};
 
 static void json_metrics(fm_json *j, const fm_eval_metrics *m)
 {
@@ -51,6 +61,8 @@ static void json_metrics(fm_json *j, const fm_eval_metrics *m)
     fm_json_int(j, m->n);
     fm_json_key(j, "n_detected");
     fm_json_int(j, m->n_detected);
+    fm_json_key(j, "n_placed");
+    fm_json_int(j, m->n_placed);
     fm_json_key(j, "detect_rate");
     fm_json_num(j, m->detect_rate, 6);
     fm_json_key(j, "age_mae");
@@ -269,9 +281,9 @@ static void print_text(const fm_eval_report *r, const char *dir, const extras *x
            x->degrade ? x->degrade : "");
     printf("images      %d (%d file name(s) skipped: not AGE_GENDER_RACE_*.jpg)\n", a->n,
            x->skipped);
-    printf("detected    %d (%.2f%%); without a face: age counts as %.1f (training mean), "
-           "gender and ethnicity as wrong\n",
-           a->n_detected, 100 * a->detect_rate, r->fallback_age);
+    printf("detected    %d (%.2f%%); placed by detect.fallback: %d; without a face: age "
+           "counts as %.1f (training mean), gender and ethnicity as wrong\n",
+           a->n_detected, 100 * a->detect_rate, a->n_placed, r->fallback_age);
     printf("intervals   95%% percentile bootstrap over images, %d resamples, seed %u\n\n",
            x->resamples, FM_EVAL_SEED);
     char b1[64], b2[64];
@@ -388,7 +400,9 @@ static fm_status label_all(fm_pipeline *p, const eval_set *l, const fm_degrade *
             }
             if (res[i].n_faces > 0 && res[i].faces[0].has_attrs) {
                 const fm_attrs *at = &res[i].faces[0].attrs;
-                it->detected = 1;
+                /* score 0: the face detect.fallback placed, not one the detector found */
+                it->detected = res[i].faces[0].det.score > 0;
+                it->placed = !it->detected;
                 it->age = at->age;
                 it->age_std = at->age_std;
                 it->gender = at->gender;
@@ -441,9 +455,11 @@ static int save_results(const char *path, const eval_set *l, const fm_eval_item 
         fm_json_str(&j, fm_result_race_names[it->truth.race]);
         fm_json_key(&j, "face");
         fm_json_bool(&j, it->detected);
+        fm_json_key(&j, "placed");
+        fm_json_bool(&j, !it->detected && it->placed);
         const char *keys[6] = {"age", "age_std", "gender", "race", "gender_probs",
                                "race_probs"};
-        if (!it->detected) {
+        if (!it->detected && !it->placed) {
             for (int k = 0; k < 6; k++) {
                 fm_json_key(&j, keys[k]);
                 fm_json_null(&j);
@@ -518,14 +534,16 @@ static void print_degrade_table(const degrade_row *rows, int n, int json, int re
            "minus clean on the same images, with 95%% paired bootstrap intervals (%d "
            "resamples, seed %u)\n\n",
            resamples, FM_EVAL_SEED);
-    printf("| damage | n | detected | age MAE | gender | ethnicity | MAE vs clean | gender vs "
-           "clean | ethnicity vs clean |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| damage | n | detected | placed | age MAE | gender | ethnicity | MAE vs clean | "
+           "gender vs clean | ethnicity vs clean |\n"
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int k = 0; k < n; k++) {
         const fm_eval_metrics *m = &rows[k].r.all;
         const fm_eval_paired *c = &rows[k].vs_clean;
-        printf("| %s | %d | %.2f%% | %.3f | %.2f%% | %.2f%% | %+.3f [%+.3f, %+.3f] | %+.2f "
-               "[%+.2f, %+.2f] | %+.2f [%+.2f, %+.2f] |\n",
-               rows[k].name, m->n, 100 * m->detect_rate, m->age_mae, 100 * m->gender_acc,
+        printf("| %s | %d | %.2f%% | %d | %.3f | %.2f%% | %.2f%% | %+.3f [%+.3f, %+.3f] | "
+               "%+.2f [%+.2f, %+.2f] | %+.2f [%+.2f, %+.2f] |\n",
+               rows[k].name, m->n, 100 * m->detect_rate, m->n_placed, m->age_mae,
+               100 * m->gender_acc,
                100 * m->race_acc, c->age_mae.diff, c->age_mae.ci.lo, c->age_mae.ci.hi,
                100 * c->gender_acc.diff, 100 * c->gender_acc.ci.lo, 100 * c->gender_acc.ci.hi,
                100 * c->race_acc.diff, 100 * c->race_acc.ci.lo, 100 * c->race_acc.ci.hi);

@@ -77,20 +77,22 @@ const char *fm_eval_age_band_name(int band)
 
 /* Running sums behind one fm_eval_metrics. */
 typedef struct acc {
-    int n, n_det;
+    int n, n_det, n_placed;
     double abs_err, sq_err;
     int gender_ok, race_ok;
 } acc;
 
 static void add(acc *a, const fm_eval_item *it, double fallback)
 {
-    double age = it->detected ? it->age : fallback;
+    int has = it->detected || it->placed; /* predictions */
+    double age = has ? it->age : fallback;
     double e = age - it->truth.age;
     a->n++;
     a->abs_err += fabs(e);
     a->sq_err += e * e;
-    if (it->detected) {
-        a->n_det++;
+    a->n_det += it->detected != 0;
+    a->n_placed += !it->detected && it->placed;
+    if (has) {
         a->gender_ok += it->gender == it->truth.gender;
         a->race_ok += it->race == it->truth.race;
     }
@@ -101,6 +103,7 @@ static fm_eval_metrics finish(const acc *a)
     fm_eval_metrics m = {0};
     m.n = a->n;
     m.n_detected = a->n_det;
+    m.n_placed = a->n_placed;
     if (a->n > 0) {
         m.detect_rate = (double)a->n_det / a->n;
         m.age_mae = a->abs_err / a->n;
@@ -128,8 +131,9 @@ void fm_eval_compute(const fm_eval_item *items, int n, double fallback_age,
         add(&all, it, fallback_age);
         add(&rg[t->race][t->gender], it, fallback_age);
         add(&band[fm_eval_age_band(t->age)], it, fallback_age);
-        if (it->detected) {
+        if (it->detected)
             add(&det, it, fallback_age);
+        if (it->detected || it->placed) {
             assert(it->gender >= 0 && it->gender < FM_HEADS_GENDERS);
             assert(it->race >= 0 && it->race < FM_HEADS_RACES);
             r->gender_confusion[t->gender][it->gender]++;
@@ -211,22 +215,24 @@ double fm_eval_mcnemar(int b, int c)
  * and ethnicity are right (no face: wrong). */
 typedef struct unit {
     double abs_err, sq_err;
-    unsigned char det, g_ok, r_ok;
+    unsigned char det, placed, g_ok, r_ok;
 } unit;
 
 static void unit_of(const fm_eval_item *it, double fallback, unit *u)
 {
-    double e = (it->detected ? it->age : fallback) - it->truth.age;
+    int has = it->detected || it->placed;
+    double e = (has ? it->age : fallback) - it->truth.age;
     u->abs_err = fabs(e);
     u->sq_err = e * e;
     u->det = it->detected != 0;
-    u->g_ok = it->detected && it->gender == it->truth.gender;
-    u->r_ok = it->detected && it->race == it->truth.race;
+    u->placed = !it->detected && it->placed;
+    u->g_ok = has && it->gender == it->truth.gender;
+    u->r_ok = has && it->race == it->truth.race;
 }
 
 /* Sums of a sample, and their metrics (all images, detected only). */
 typedef struct sums {
-    int n, n_det, g_ok, r_ok, g_ok_det, r_ok_det;
+    int n, n_det, n_placed, g_ok, r_ok, g_ok_det, r_ok_det;
     double abs_err, sq_err, abs_det, sq_det;
 } sums;
 
@@ -237,10 +243,13 @@ static void sums_add(sums *s, const unit *u)
     s->sq_err += u->sq_err;
     s->g_ok += u->g_ok;
     s->r_ok += u->r_ok;
+    s->n_placed += u->placed;
     if (u->det) {
         s->n_det++;
         s->abs_det += u->abs_err;
         s->sq_det += u->sq_err;
+        s->g_ok_det += u->g_ok;
+        s->r_ok_det += u->r_ok;
     }
 }
 
@@ -250,6 +259,7 @@ static void sums_metrics(const sums *s, fm_eval_metrics *all, fm_eval_metrics *d
     memset(det, 0, sizeof *det);
     all->n = s->n;
     all->n_detected = det->n = det->n_detected = s->n_det;
+    all->n_placed = s->n_placed;
     if (s->n > 0) {
         all->detect_rate = (double)s->n_det / s->n;
         all->age_mae = s->abs_err / s->n;
@@ -261,9 +271,8 @@ static void sums_metrics(const sums *s, fm_eval_metrics *all, fm_eval_metrics *d
         det->detect_rate = 1;
         det->age_mae = s->abs_det / s->n_det;
         det->age_rmse = sqrt(s->sq_det / s->n_det);
-        /* a right answer implies a face: the same counts */
-        det->gender_acc = (double)s->g_ok / s->n_det;
-        det->race_acc = (double)s->r_ok / s->n_det;
+        det->gender_acc = (double)s->g_ok_det / s->n_det;
+        det->race_acc = (double)s->r_ok_det / s->n_det;
     }
 }
 
@@ -468,9 +477,12 @@ static int parse_saved(const char *line, saved *s)
     const char *face = after_key(line, "\"face\":");
     if (!face)
         return -1;
-    if (!strncmp(face, "true", 4)) {
+    const char *placed = after_key(line, "\"placed\":");
+    int is_face = !strncmp(face, "true", 4);
+    if (is_face || (placed && !strncmp(placed, "true", 4))) {
         double v;
-        it->detected = 1;
+        it->detected = is_face;
+        it->placed = !is_face;
         it->gender = read_class(line, "\"gender\":", fm_result_gender_names, 2);
         it->race = read_class(line, "\"race\":", fm_result_race_names, 5);
         if (read_num(line, "\"age\":", &v) || it->gender < 0 || it->race < 0)

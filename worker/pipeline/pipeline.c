@@ -45,6 +45,8 @@ struct fm_pipeline {
     float tmpl[10];
     int mode;                         /* detect.mode (an fm_detect_mode) */
     float fixed[10];                  /* its landmarks' shares unless mtcnn */
+    int fallback;                     /* mtcnn: an image without faces is one cropped
+                                         face (detect.fallback) */
     int embed;                        /* run the backbone at all */
     int mirror;                       /* 2: each view also as its mirror image, else 1 */
     int views;                        /* chips per face: zooms x mirror (embed.tta_zoom) */
@@ -374,6 +376,12 @@ static fm_status plan_mode(fm_pipeline *p, const fm_config *c, fm_error *err)
         }
     } else if (p->mode != FM_DETECT_MTCNN)
         return fm_error_set(err, FM_ERR_INVALID, "detect.mode %d unknown", p->mode);
+    if (c->detect.fallback != FM_FALLBACK_NONE && c->detect.fallback != FM_FALLBACK_CROPPED)
+        return fm_error_set(err, FM_ERR_INVALID, "detect.fallback %d unknown",
+                            c->detect.fallback);
+    p->fallback = p->mode == FM_DETECT_MTCNN && c->detect.fallback == FM_FALLBACK_CROPPED;
+    if (p->fallback)
+        memcpy(p->fixed, fm_detect_cropped_landmarks, sizeof p->fixed);
     return FM_OK;
 }
 
@@ -617,9 +625,14 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         r->scale_num = img.scale_num;
         r->scale_denom = img.scale_denom;
         int nf = 0;
-        if (p->mode == FM_DETECT_MTCNN)
+        if (p->mode == FM_DETECT_MTCNN) {
             st = fm_detect(p->det, &img, p->stage, p->max_faces, &nf, &r->detect, &r->error);
-        else { /* one face where the mode says it is */
+            if (!st && nf == 0 && p->fallback) { /* a chip the detector missed */
+                fm_detect_fixed(&img, p->fixed, &p->stage[0]);
+                p->stage[0].score = 0;
+                nf = 1;
+            }
+        } else { /* one face where the mode says it is */
             fm_detect_fixed(&img, p->fixed, &p->stage[0]);
             nf = 1;
         }

@@ -31,11 +31,16 @@ static void faces_key(char *buf, size_t size, const fm_config *c)
 {
     fm_detect_opts d;
     fm_detect_opts_from_config(&d, c);
-    snprintf(buf, size,
-             "facemill-landmarks 1|models %s|min_face %.17g|max_side %d|scale %.17g|"
-             "th %.17g %.17g %.17g|pad %.17g|max_pixels %lld",
-             c->models.dir, d.min_face, d.max_side, d.scale_factor, d.pnet_threshold,
-             d.rnet_threshold, d.onet_threshold, d.pad, (long long)c->decode.max_pixels);
+    int n = snprintf(buf, size,
+                     "facemill-landmarks 1|models %s|min_face %.17g|max_side %d|scale %.17g|"
+                     "th %.17g %.17g %.17g|pad %.17g|max_pixels %lld",
+                     c->models.dir, d.min_face, d.max_side, d.scale_factor, d.pnet_threshold,
+                     d.rnet_threshold, d.onet_threshold, d.pad,
+                     (long long)c->decode.max_pixels);
+    /* appended only when on, so caches made before the second look still load */
+    if (n > 0 && (size_t)n < size && d.retry)
+        snprintf(buf + n, size - (size_t)n, "|retry %.17g %.17g %.17g", d.retry_pnet_threshold,
+                 d.retry_rnet_threshold, d.retry_onet_threshold);
 }
 
 typedef struct detect_ctx {

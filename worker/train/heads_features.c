@@ -40,6 +40,13 @@ static int cache_key(char *buf, size_t size, const fm_pipeline *p, const fm_conf
     /* appended only when not mtcnn, so caches made before detect.mode still load */
     if (n > 0 && (size_t)n < size && c->detect.mode != FM_DETECT_MTCNN)
         n += snprintf(buf + n, size - (size_t)n, "|mode %d", c->detect.mode);
+    /* the same for the second look and the fallback, appended only when on */
+    if (n > 0 && (size_t)n < size && d->retry)
+        n += snprintf(buf + n, size - (size_t)n, "|retry %.17g %.17g %.17g",
+                      d->retry_pnet_threshold, d->retry_rnet_threshold,
+                      d->retry_onet_threshold);
+    if (n > 0 && (size_t)n < size && c->detect.mode == FM_DETECT_MTCNN && c->detect.fallback)
+        n += snprintf(buf + n, size - (size_t)n, "|fallback %d", c->detect.fallback);
     return n > 0 && (size_t)n < size ? 0 : -1;
 }
 

@@ -63,10 +63,9 @@ static int score_before(const fm_mtcnn_cand *c, int i, int j)
     return c[i].score > c[j].score || (c[i].score == c[j].score && i < j);
 }
 
-void fm_mtcnn_sort_by_score(const fm_mtcnn_cand *c, int n, int *order, int *tmp)
+/* Sorts the n indices in order (into c) by score, stably. */
+static void sort_order(const fm_mtcnn_cand *c, int n, int *order, int *tmp)
 {
-    for (int i = 0; i < n; i++)
-        order[i] = i;
     /* Bottom-up merge sort: order <-> tmp, runs doubling. */
     int *src = order, *dst = tmp;
     for (int width = 1; width < n; width *= 2) {
@@ -89,25 +88,58 @@ void fm_mtcnn_sort_by_score(const fm_mtcnn_cand *c, int n, int *order, int *tmp)
         memcpy(order, src, (size_t)n * sizeof *order);
 }
 
-int fm_mtcnn_nms(const fm_mtcnn_cand *c, int n, double threshold, fm_mtcnn_nms_mode mode,
-                 int *keep, int *order, int *tmp, unsigned char *flag)
+void fm_mtcnn_sort_by_score(const fm_mtcnn_cand *c, int n, int *order, int *tmp)
 {
-    if (n <= 0)
-        return 0;
-    fm_mtcnn_sort_by_score(c, n, order, tmp);
-    memset(flag, 0, (size_t)n);
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    sort_order(c, n, order, tmp);
+}
+
+/* Greedy NMS over the candidates c[order[0..m)], order sorted by score (best first);
+ * keep[] receives the kept indices into c. */
+static int nms_sorted(const fm_mtcnn_cand *c, int m, const int *order, double threshold,
+                      fm_mtcnn_nms_mode mode, int *keep, unsigned char *flag)
+{
+    for (int a = 0; a < m; a++) /* (a memset here draws a false -Wstringop-overflow) */
+        flag[a] = 0;
     int kept = 0;
-    for (int a = 0; a < n; a++) {
+    for (int a = 0; a < m; a++) {
         if (flag[a])
             continue;
         int i = order[a];
-        for (int b = a + 1; b < n; b++) {
+        for (int b = a + 1; b < m; b++) {
             if (!flag[b] && fm_mtcnn_overlap(c[i].box, c[order[b]].box, mode) > threshold)
                 flag[b] = 1;
         }
         keep[kept++] = i; /* kept <= a, so keep may alias order */
     }
     return kept;
+}
+
+/* Greedy NMS over the candidates of c[0..n) whose score is above min_score: exactly
+ * fm_mtcnn_nms on an array of those candidates alone (in the same order), with keep[]
+ * indexing c. */
+static int nms_above(const fm_mtcnn_cand *c, int n, double min_score, double threshold,
+                     fm_mtcnn_nms_mode mode, int *keep, int *order, int *tmp,
+                     unsigned char *flag)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if ((double)c[i].score > min_score)
+            order[m++] = i;
+    if (m <= 0)
+        return 0;
+    sort_order(c, m, order, tmp);
+    return nms_sorted(c, m, order, threshold, mode, keep, flag);
+}
+
+int fm_mtcnn_nms(const fm_mtcnn_cand *c, int n, double threshold, fm_mtcnn_nms_mode mode,
+                 int *keep, int *order, int *tmp, unsigned char *flag)
+{
+    if (n <= 0)
+        return 0;
+    fm_mtcnn_sort_by_score(c, n, order, tmp);
+    return nms_sorted(c, n, order, threshold, mode, keep, flag);
 }
 
 void fm_mtcnn_regress(double box[4], const float reg[4])
@@ -568,6 +600,9 @@ struct fm_detector {
     int *order, *tmp, *keep; /* max(level_cap, cand_cap) */
     unsigned char *flag;
     double scales[FM_DETECT_MAX_LEVELS];
+    double th[3]; /* the pass's R-Net and O-Net thresholds ([1], [2]; "Second look") */
+    fm_mtcnn_cand *cand_r; /* cand_cap, with opts.retry: the second look's candidates
+                              for R-Net, from the same P-Net maps */
 };
 
 void fm_detect_opts_defaults(fm_detect_opts *o)
@@ -580,6 +615,10 @@ void fm_detect_opts_defaults(fm_detect_opts *o)
     o->rnet_threshold = 0.7;
     o->onet_threshold = 0.7;
     o->max_faces = 64;
+    o->retry = 1;
+    o->retry_pnet_threshold = 0.5;
+    o->retry_rnet_threshold = 0.6;
+    o->retry_onet_threshold = 0.6;
 }
 
 void fm_detect_opts_from_config(fm_detect_opts *o, const fm_config *c)
@@ -593,6 +632,10 @@ void fm_detect_opts_from_config(fm_detect_opts *o, const fm_config *c)
     o->onet_threshold = c->detect.onet_threshold;
     o->max_faces = c->detect.max_faces > INT_MAX ? INT_MAX : (int)c->detect.max_faces;
     o->pad = c->detect.pad;
+    o->retry = c->detect.retry ? 1 : 0;
+    o->retry_pnet_threshold = c->detect.retry_pnet_threshold;
+    o->retry_rnet_threshold = c->detect.retry_rnet_threshold;
+    o->retry_onet_threshold = c->detect.retry_onet_threshold;
 }
 
 static fm_status check_opts(const fm_detect_opts *o, fm_error *err)
@@ -606,12 +649,16 @@ static fm_status check_opts(const fm_detect_opts *o, fm_error *err)
     if (!(o->scale_factor > 0 && o->scale_factor <= 0.99))
         return fm_error_set(err, FM_ERR_INVALID,
                             "detector: scale_factor %g is outside (0, 0.99]", o->scale_factor);
-    const double th[3] = {o->pnet_threshold, o->rnet_threshold, o->onet_threshold};
-    const char *names[3] = {"pnet", "rnet", "onet"};
-    for (int i = 0; i < 3; i++)
+    const double th[6] = {o->pnet_threshold,       o->rnet_threshold,
+                          o->onet_threshold,       o->retry_pnet_threshold,
+                          o->retry_rnet_threshold, o->retry_onet_threshold};
+    const char *names[6] = {"pnet", "rnet", "onet", "retry_pnet", "retry_rnet", "retry_onet"};
+    for (int i = 0; i < 6; i++)
         if (!(th[i] >= 0 && th[i] <= 1))
             return fm_error_set(err, FM_ERR_INVALID,
                                 "detector: %s_threshold %g is outside 0..1", names[i], th[i]);
+    if (o->retry != 0 && o->retry != 1)
+        return fm_error_set(err, FM_ERR_INVALID, "detector: retry %d is not 0 or 1", o->retry);
     if (!(o->pad >= 0 && o->pad <= 1))
         return fm_error_set(err, FM_ERR_INVALID, "detector: pad %g is outside 0..1", o->pad);
     if (o->max_faces < 1)
@@ -650,6 +697,8 @@ static fm_status alloc_persistent(fm_detector *d, fm_arena *a, fm_error *err)
     if (!st) st = take(a, (size_t)d->cand_cap, sizeof(fm_mtcnn_cand), &d->cand_a, err);
     if (!st) st = take(a, (size_t)d->cand_cap, sizeof(fm_mtcnn_cand), &d->cand_b, err);
     if (!st) st = take(a, (size_t)d->cand_cap * 10, sizeof(float), &d->pts, err);
+    if (!st && d->opts.retry)
+        st = take(a, (size_t)d->cand_cap, sizeof(fm_mtcnn_cand), &d->cand_r, err);
     if (!st) st = take(a, big, sizeof(int), &d->order, err);
     if (!st) st = take(a, big, sizeof(int), &d->tmp, err);
     if (!st) st = take(a, big, sizeof(int), &d->keep, err);
@@ -1020,18 +1069,46 @@ static float face_prob(float l0, float l1)
 
 /* Stage 1: P-Net over every level; leaves the squared boxes entering R-Net in
  * d->cand_b and returns their count in *n_out. */
+/* The candidates of the level lists in all[0..n) whose score is above min_score,
+ * through NMS, regression and squaring, into out; returns their count. */
+static int pnet_finish(fm_detector *d, fm_mtcnn_cand *all, int n, double min_score,
+                       fm_mtcnn_cand *out)
+{
+    int kept = nms_above(all, n, min_score, 0.7, FM_MTCNN_NMS_UNION, d->keep, d->order,
+                         d->tmp, d->flag);
+    int m = 0;
+    for (int k = 0; k < kept; k++) {
+        fm_mtcnn_cand c = all[d->keep[k]];
+        fm_mtcnn_regress(c.box, c.reg);
+        if (fm_mtcnn_square(c.box))
+            out[m++] = c;
+    }
+    return m;
+}
+
+/* Stage 1: P-Net over the pyramid; leaves the boxes entering R-Net in d->cand_b
+ * (*n_out of them) and, with opts.retry, the second look's in d->cand_r (*n_retry):
+ * the maps are computed once, and each list is what a pass with its own threshold
+ * alone would give (the cells above the lower threshold are kept, each list's NMS
+ * sees only those above its own). */
 static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
-                            fm_detect_times *t, int *n_out, fm_error *err)
+                            fm_detect_times *t, int *n_out, int *n_retry, fm_error *err)
 {
     const fm_detect_opts *o = &d->opts;
+    const double th1 = o->pnet_threshold, th2 = o->retry_pnet_threshold;
+    const int two = o->retry != 0;
+    const double th_lo = two && th2 < th1 ? th2 : th1;
+    *n_retry = 0;
     int levels = fm_mtcnn_scales(v->w, v->h, min_face, o->scale_factor, o->max_side,
                                  d->scales, FM_DETECT_MAX_LEVELS);
     if (levels < 0 || levels > FM_DETECT_MAX_LEVELS)
         return fm_error_set(err, FM_ERR_INTERNAL, "detector: %d pyramid levels", levels);
     t->levels = levels;
-    fm_mtcnn_topk all;
+    fm_mtcnn_topk all, all2;
     fm_mtcnn_topk_init(&all, d->cand_a, d->cand_cap);
-    int32_t seq_all = 0;
+    /* the second look's cross-level list: in cand_r until it is finished */
+    fm_mtcnn_topk_init(&all2, two ? d->cand_r : d->cand_a, two ? d->cand_cap : 0);
+    int32_t seq_all = 0, seq_all2 = 0;
     for (int li = 0; li < levels; li++) {
         double s = d->scales[li];
         double hd = ceil((double)v->h * s), wd = ceil((double)v->w * s);
@@ -1072,7 +1149,7 @@ static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
                 for (int j = 0; j < ow; j++) {
                     size_t k = (size_t)ii * (size_t)ow + (size_t)j;
                     float score = face_prob(logits.data[k], logits.data[plane + k]);
-                    if (!((double)score > o->pnet_threshold))
+                    if (!((double)score > th_lo))
                         continue;
                     int i = i0 + ii;
                     fm_mtcnn_cand c;
@@ -1091,27 +1168,31 @@ static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
         fm_mtcnn_topk_finish(&lvl);
         if (lvl.dropped)
             t->truncated = 1;
-        int kept = fm_mtcnn_nms(lvl.c, lvl.n, 0.5, FM_MTCNN_NMS_UNION, d->keep, d->order,
-                                d->tmp, d->flag);
-        for (int k = 0; k < kept; k++) {
-            fm_mtcnn_cand c = lvl.c[d->keep[k]];
-            c.seq = seq_all++;
-            fm_mtcnn_topk_push(&all, &c);
+        /* Each pass's survivors of the level, in the cross-level lists: the first
+         * pass's in all, the second look's in all2. */
+        for (int pass = 0; pass < 1 + two; pass++) {
+            fm_mtcnn_topk *to = pass ? &all2 : &all;
+            int kept = nms_above(lvl.c, lvl.n, pass ? th2 : th1, 0.5, FM_MTCNN_NMS_UNION,
+                                 d->keep, d->order, d->tmp, d->flag);
+            for (int k = 0; k < kept; k++) {
+                fm_mtcnn_cand c = lvl.c[d->keep[k]];
+                c.seq = pass ? seq_all2++ : seq_all++;
+                fm_mtcnn_topk_push(to, &c);
+            }
         }
     }
     fm_mtcnn_topk_finish(&all);
     if (all.dropped)
         t->truncated = 1;
-    int kept = fm_mtcnn_nms(all.c, all.n, 0.7, FM_MTCNN_NMS_UNION, d->keep, d->order, d->tmp,
-                            d->flag);
-    int n = 0;
-    for (int k = 0; k < kept; k++) {
-        fm_mtcnn_cand c = all.c[d->keep[k]];
-        fm_mtcnn_regress(c.box, c.reg);
-        if (fm_mtcnn_square(c.box))
-            d->cand_b[n++] = c;
+    if (two) {
+        fm_mtcnn_topk_finish(&all2);
+        if (all2.dropped)
+            t->truncated = 1;
+        /* through cand_b, which the first pass's list overwrites next */
+        *n_retry = pnet_finish(d, all2.c, all2.n, -1, d->cand_b);
+        memcpy(d->cand_r, d->cand_b, (size_t)*n_retry * sizeof *d->cand_r);
     }
-    *n_out = n;
+    *n_out = pnet_finish(d, all.c, all.n, -1, d->cand_b);
     return FM_OK;
 }
 
@@ -1140,7 +1221,7 @@ static fm_status stage_rnet(fm_detector *d, const src_view *v, int n, int *n_out
     }
     int m = 0;
     for (int k = 0; k < n; k++)
-        if ((double)c[k].score > d->opts.rnet_threshold)
+        if ((double)c[k].score > d->th[1])
             c[m++] = c[k];
     int kept = fm_mtcnn_nms(c, m, 0.7, FM_MTCNN_NMS_UNION, d->keep, d->order, d->tmp, d->flag);
     int out = 0;
@@ -1190,7 +1271,7 @@ static fm_status stage_onet(fm_detector *d, const src_view *v, int n, double r,
     }
     int m = 0;
     for (int k = 0; k < n; k++) {
-        if (!((double)c[k].score > d->opts.onet_threshold))
+        if (!((double)c[k].score > d->th[2]))
             continue;
         fm_mtcnn_cand b = c[k];
         /* Landmarks from the cropped box (the box is regressed afterwards). */
@@ -1247,6 +1328,33 @@ void fm_detect_fixed(const fm_image *img, const float frac[10], fm_face *face)
     }
 }
 
+/* R-Net and O-Net on the n candidates in d->cand_b with thresholds th (R-Net's,
+ * O-Net's), their times, work and counts added to *tt. */
+static fm_status refine(fm_detector *d, const src_view *v, int n, double r,
+                        const double th[2], fm_face *faces, int cap, int *n_faces,
+                        fm_detect_times *tt, fm_error *err)
+{
+    d->th[1] = th[0];
+    d->th[2] = th[1];
+    *n_faces = 0;
+    fm_arena_reset(d->arena, d->mark);
+    int found_before = tt->onet_boxes;
+    double t1 = fm_now_ms(), f1 = fm_arena_flop(d->arena);
+    int n2 = 0;
+    fm_status st = n > 0 ? stage_rnet(d, v, n, &n2, err) : FM_OK;
+    double t2 = fm_now_ms(), f2 = fm_arena_flop(d->arena);
+    tt->rnet_ms += t2 - t1;
+    tt->rnet_flop += f2 - f1;
+    tt->pnet_boxes += n;
+    tt->rnet_boxes += n2;
+    if (!st && n2 > 0)
+        st = stage_onet(d, v, n2, r, faces, cap, n_faces, tt, err);
+    tt->onet_boxes += found_before;
+    tt->onet_ms += fm_now_ms() - t2;
+    tt->onet_flop += fm_arena_flop(d->arena) - f2;
+    return st;
+}
+
 fm_status fm_detect(fm_detector *d, const fm_image *img, fm_face *faces, int cap,
                     int *n_faces, fm_detect_times *t, fm_error *err)
 {
@@ -1279,22 +1387,19 @@ fm_status fm_detect(fm_detector *d, const fm_image *img, fm_face *faces, int cap
 
     fm_arena_reset(d->arena, d->mark);
     double t0 = fm_now_ms(), f0 = fm_arena_flop(d->arena);
-    int n1 = 0, n2 = 0;
-    fm_status st = stage_pnet(d, &v, min_face, &tt, &n1, err);
-    double t1 = fm_now_ms(), f1 = fm_arena_flop(d->arena);
-    tt.pnet_ms = t1 - t0;
-    tt.pnet_flop = f1 - f0;
-    tt.pnet_boxes = n1;
-    if (!st && n1 > 0)
-        st = stage_rnet(d, &v, n1, &n2, err);
-    double t2 = fm_now_ms(), f2 = fm_arena_flop(d->arena);
-    tt.rnet_ms = t2 - t1;
-    tt.rnet_flop = f2 - f1;
-    tt.rnet_boxes = n2;
-    if (!st && n2 > 0)
-        st = stage_onet(d, &v, n2, r, faces, cap, n_faces, &tt, err);
-    tt.onet_ms = fm_now_ms() - t2;
-    tt.onet_flop = fm_arena_flop(d->arena) - f2;
+    int n1 = 0, n1r = 0;
+    fm_status st = stage_pnet(d, &v, min_face, &tt, &n1, &n1r, err);
+    tt.pnet_ms = fm_now_ms() - t0;
+    tt.pnet_flop = fm_arena_flop(d->arena) - f0;
+    const double first[2] = {d->opts.rnet_threshold, d->opts.onet_threshold};
+    if (!st)
+        st = refine(d, &v, n1, r, first, faces, cap, n_faces, &tt, err);
+    if (!st && tt.onet_boxes == 0 && d->opts.retry) { /* the second look */
+        const double second[2] = {d->opts.retry_rnet_threshold, d->opts.retry_onet_threshold};
+        memcpy(d->cand_b, d->cand_r, (size_t)n1r * sizeof *d->cand_b);
+        tt.retried = 1;
+        st = refine(d, &v, n1r, r, second, faces, cap, n_faces, &tt, err);
+    }
     fm_arena_reset(d->arena, d->mark);
     if (st)
         *n_faces = 0;
