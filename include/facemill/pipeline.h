@@ -68,7 +68,8 @@ typedef struct fm_pipeline_input {
 } fm_pipeline_input;
 
 typedef struct fm_face_result {
-    fm_face det;       /* box, score, landmarks in original image coordinates */
+    fm_face det;       /* box, score, landmarks in original image coordinates; score 0:
+                          no face was detected, detect.fallback placed this one */
     int has_attrs;     /* 1 when attrs is filled (heads loaded, face aligned) */
     fm_attrs attrs;
     /* keep_features only (else NULL): features[output][view], view 0 the face, 1 its
