@@ -600,7 +600,7 @@ struct fm_detector {
     int *order, *tmp, *keep; /* max(level_cap, cand_cap) */
     unsigned char *flag;
     double scales[FM_DETECT_MAX_LEVELS];
-    double th[3]; /* the pass's R-Net and O-Net thresholds ([1], [2]; "Second look") */
+    double rnet_th, onet_th; /* the look's R-Net and O-Net thresholds ("Second look") */
     fm_mtcnn_cand *cand_r; /* cand_cap, with opts.retry: the second look's candidates
                               for R-Net, from the same P-Net maps */
 };
@@ -1067,8 +1067,6 @@ static float face_prob(float l0, float l1)
 
 /* ---- stages -------------------------------------------------------------------- */
 
-/* Stage 1: P-Net over every level; leaves the squared boxes entering R-Net in
- * d->cand_b and returns their count in *n_out. */
 /* The candidates of the level lists in all[0..n) whose score is above min_score,
  * through NMS, regression and squaring, into out; returns their count. */
 static int pnet_finish(fm_detector *d, fm_mtcnn_cand *all, int n, double min_score,
@@ -1221,7 +1219,7 @@ static fm_status stage_rnet(fm_detector *d, const src_view *v, int n, int *n_out
     }
     int m = 0;
     for (int k = 0; k < n; k++)
-        if ((double)c[k].score > d->th[1])
+        if ((double)c[k].score > d->rnet_th)
             c[m++] = c[k];
     int kept = fm_mtcnn_nms(c, m, 0.7, FM_MTCNN_NMS_UNION, d->keep, d->order, d->tmp, d->flag);
     int out = 0;
@@ -1271,7 +1269,7 @@ static fm_status stage_onet(fm_detector *d, const src_view *v, int n, double r,
     }
     int m = 0;
     for (int k = 0; k < n; k++) {
-        if (!((double)c[k].score > d->th[2]))
+        if (!((double)c[k].score > d->onet_th))
             continue;
         fm_mtcnn_cand b = c[k];
         /* Landmarks from the cropped box (the box is regressed afterwards). */
@@ -1334,11 +1332,12 @@ static fm_status refine(fm_detector *d, const src_view *v, int n, double r,
                         const double th[2], fm_face *faces, int cap, int *n_faces,
                         fm_detect_times *tt, fm_error *err)
 {
-    d->th[1] = th[0];
-    d->th[2] = th[1];
+    d->rnet_th = th[0];
+    d->onet_th = th[1];
     *n_faces = 0;
     fm_arena_reset(d->arena, d->mark);
-    int found_before = tt->onet_boxes;
+    int found_before = tt->onet_boxes; /* a first look's (0 before a second) */
+    tt->onet_boxes = 0;
     double t1 = fm_now_ms(), f1 = fm_arena_flop(d->arena);
     int n2 = 0;
     fm_status st = n > 0 ? stage_rnet(d, v, n, &n2, err) : FM_OK;
