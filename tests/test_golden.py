@@ -5,12 +5,16 @@ tests/golden/samples.json holds what `facemill predict` with the shipped default
 answers for the six sample photos of models/fetch: per photo its size and faces (box,
 score, landmarks, age, age_std, gender and its probabilities, ethnicity and its
 probabilities), in the result schema (proto/RESULTS.md). The test runs predict again
-and requires the same faces with the same fields and labels, every number within
-relative 1e-4. Numbers are printed exactly (the shortest decimal of each float32), so
-the tolerance is not for printing: it is for another CPU, whose OpenBLAS kernels sum
-in another order and move the attributes in the 6th digit (more in the smallest
-probabilities). Any change to the model, the detector, the alignment or the heads
-shows as a diff of that file in review.
+and requires the same faces with the same fields and labels, and every number close:
+boxes, landmarks and scores within relative 1e-4, ages and their spread within 0.02
+years, probabilities within 0.001. Numbers are printed exactly (the shortest decimal
+of each float32), so the tolerances are not for printing: they are for another CPU,
+whose OpenBLAS kernels sum the backbone's products in another order. The file was
+written with OpenBLAS's AVX2 kernels (Zen); its AVX-512 kernels (SkylakeX) give the
+same boxes and landmarks within 2e-4 px but move ages by up to 0.005 years and
+probabilities by up to 3.1e-4 (1e-3 relative for the smallest). Any change to the
+model, the detector, the alignment or the heads moves them far more, and shows as a
+diff of that file in review.
 
 Regenerate it only on purpose, with the command below, and say why in the commit:
 
@@ -42,6 +46,15 @@ def predict(fm, samples):
         out[os.path.basename(o["source"])] = {
             "width": o["width"], "height": o["height"], "faces": o["faces"]}
     return out
+
+
+def tolerance(key):
+    """How close a number of the result must be to the file's (see the docstring)."""
+    if key.startswith(("gender_probs.", "race_probs.")):
+        return {"rel": 0, "ab": 1e-3}
+    if key in ("age", "age_std"):
+        return {"rel": 0, "ab": 0.02}
+    return {"rel": 1e-4, "ab": 1e-7}
 
 
 def main():
@@ -88,7 +101,7 @@ def main():
                 if isinstance(v, str) or v is None:  # a class, or null: withheld
                     check(u == v, "%s face %d: %s %r, golden %r" % (name, i, key, u, v))
                 else:
-                    check(isinstance(u, (int, float)) and close(u, v, rel=1e-4, ab=1e-7),
+                    check(isinstance(u, (int, float)) and close(u, v, **tolerance(key)),
                           "%s face %d: %s %s, golden %s" % (name, i, key, u, v))
     return check.summary()
 

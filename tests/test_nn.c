@@ -416,10 +416,13 @@ static void test_conv_prelu(void)
 }
 
 /* The direct kernel's position tiles (small planes, at least 16 output channels and 64
- * multiply-adds per output) against its 16-column tiles: the same bits, and both
- * against the double reference. Shapes: R-Net's conv2, O-Net's conv2 and conv3, small
- * P-Net levels, chunks of several images with a last tile cut short, channel counts
- * that are not a multiple of 16 (17, 20, 40), 1x1 and 2x2 kernels. */
+ * multiply-adds per output) against its column tiles, and each instruction set's
+ * kernels (AVX2, AVX-512) against the others: the same bits, and all against the
+ * double reference. Shapes: R-Net's conv2, O-Net's conv2 and conv3, small P-Net
+ * levels, chunks of several images with a last tile cut short, channel counts that are
+ * not a multiple of 16 or 32 (17, 20, 40, 48), 1x1 and 2x2 kernels; and planes that
+ * only column tiles run (too few channels or multiply-adds), with tails of every
+ * length against 16- and 32-column tiles. */
 static void test_conv_positions(void)
 {
     static const struct {
@@ -433,9 +436,18 @@ static void test_conv_positions(void)
         {7, 16, 6, 7, 20, 3},   /* chunks of many tiny images, 20 channels */
         {3, 70, 3, 19, 17, 1},  /* 1x1, 17 channels: one in the second tile */
         {2, 24, 4, 20, 40, 3},  /* 40 channels: a half tile */
+        {1, 3, 22, 40, 10, 3},  /* P-Net conv1 strip */
+        {1, 3, 50, 150, 10, 3}, /* row by row: 148 columns, tails of 4 and 20 */
+        {2, 5, 9, 18, 7, 3},    /* flat, 3 channels in the last tile */
+        {1, 7, 5, 33, 5, 2},    /* 2x2, a 1-channel last tile */
+        {1, 3, 6, 47, 9, 5},    /* generic kernel width */
+        {3, 3, 24, 24, 28, 3},  /* R-Net conv1 */
+        {1, 5, 13, 45, 24, 3},  /* 24 channels, K 45: 8-channel column tiles */
     };
-    if (fm_nn_isa_best() < FM_NN_ISA_AVX2)
+    const fm_nn_isa best = fm_nn_isa_best();
+    if (best < FM_NN_ISA_AVX2)
         return; /* no direct kernel: nothing to compare */
+    enum { RUNS = 2 * (FM_NN_ISA_AVX512 - FM_NN_ISA_AVX2 + 1) };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         for (int variant = 0; variant < 3; variant++) {
             /* 0: per-channel slope and bias; 1: shared slope, no bias; 2: no slope */
@@ -446,40 +458,52 @@ static void test_conv_positions(void)
             fm_tensor x, wt, b, sl;
             const fm_tensor *bias, *slope;
             prelu_operands(n, c, h, w, co, k, variant, &x, &wt, &b, &sl, &bias, &slope);
-            fm_tensor y[2] = {fm_test_tensor(&rng, n, co, oh, ow),
-                              fm_test_tensor(&rng, n, co, oh, ow)};
+            fm_tensor y[RUNS];
             fm_conv2d_params p = fm_conv2d_sym(1, 0);
-            for (int on = 0; on < 2; on++) {
-                fm_nn_set_position_tiles(on);
-                fm_arena *m = NULL, *a = NULL;
-                fm_tensor xm = x, wm = wt, ym = y[on];
-                xm.data = wm.data = ym.data = NULL;
-                CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
-                CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
-                CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
-                fm_arena_destroy(&m);
-                fm_status st = fm_nn_conv2d_prelu(a, &x, &wt, bias, slope, &p, &y[on], &e);
-                CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
-                fm_arena_destroy(&a);
+            double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
+            int runs = 0; /* run 2 i + on: ISA AVX2 + i, position tiles on or off */
+            for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+                fm_nn_set_isa((fm_nn_isa)isa);
+                for (int on = 0; on < 2; on++, runs++) {
+                    fm_nn_set_position_tiles(on);
+                    y[runs] = fm_test_tensor(&rng, n, co, oh, ow);
+                    fm_arena *m = NULL, *a = NULL;
+                    fm_tensor xm = x, wm = wt, ym = y[runs];
+                    xm.data = wm.data = ym.data = NULL;
+                    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+                    CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
+                    CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+                    fm_arena_destroy(&m);
+                    fm_status st = fm_nn_conv2d_prelu(a, &x, &wt, bias, slope, &p, &y[runs],
+                                                      &e);
+                    CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
+                    fm_arena_destroy(&a);
+                    size_t count = fm_tensor_count(&y[runs]);
+                    CHECK_MSG(memcmp(y[0].data, y[runs].data, count * sizeof(float)) == 0,
+                              "%s, position tiles %s, n%d c%d %dx%d -> co%d k%d v%d: not the "
+                              "same bits as avx2+fma in column tiles",
+                              fm_nn_isa_name((fm_nn_isa)isa), on ? "on" : "off", n, c, h, w,
+                              co, k, variant);
+                    double err = rel_err(y[runs].data, r, count);
+                    CHECK_MSG(err <= TOL, "%s, position tiles %s, n%d c%d %dx%d -> co%d k%d "
+                              "v%d: %g", fm_nn_isa_name((fm_nn_isa)isa), on ? "on" : "off",
+                              n, c, h, w, co, k, variant, err);
+                }
             }
             fm_nn_set_position_tiles(1);
-            size_t count = fm_tensor_count(&y[0]);
-            CHECK_MSG(memcmp(y[0].data, y[1].data, count * sizeof(float)) == 0,
-                      "position tiles n%d c%d %dx%d -> co%d k%d v%d: not the same bits as "
-                      "16-column tiles", n, c, h, w, co, k, variant);
-            double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
-            double err = rel_err(y[1].data, r, count);
-            CHECK_MSG(err <= TOL, "position tiles n%d c%d %dx%d -> co%d k%d v%d: %g", n, c,
-                      h, w, co, k, variant, err);
+            fm_nn_set_isa(best);
             free(r);
             fm_test_tensor_free(&x);
             fm_test_tensor_free(&wt);
             fm_test_tensor_free(&b);
             fm_test_tensor_free(&sl);
-            fm_test_tensor_free(&y[0]);
-            fm_test_tensor_free(&y[1]);
+            for (int j = 0; j < runs; j++)
+                fm_test_tensor_free(&y[j]);
         }
     }
+    fprintf(stderr, "test_nn: direct convolution, column and position tiles, %s%s: the same "
+            "bits\n", fm_nn_isa_name(FM_NN_ISA_AVX2),
+            best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)");
 }
 
 /* The vector max pooling (2x2 and 3x3, stride 2) and PReLU against the portable

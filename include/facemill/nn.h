@@ -158,6 +158,7 @@ int fm_nn_threads(void);
 typedef enum fm_nn_isa {
     FM_NN_ISA_BASE = 0, /* portable C (whatever the compiler targets) */
     FM_NN_ISA_AVX2 = 1, /* x86-64 AVX2 and FMA, chosen at run time */
+    FM_NN_ISA_AVX512 = 2, /* and AVX-512 F (the direct convolution; the rest as AVX2) */
 } fm_nn_isa;
 
 /* The best set this CPU supports. */
@@ -172,8 +173,11 @@ fm_nn_isa fm_nn_set_isa(fm_nn_isa isa);
 /* The set in effect. */
 fm_nn_isa fm_nn_isa_now(void);
 
-/* "base" or "avx2+fma". */
+/* "base", "avx2+fma" or "avx512". */
 const char *fm_nn_isa_name(fm_nn_isa isa);
+
+/* The set named name (as fm_nn_isa_name gives it), or -1. */
+int fm_nn_isa_from_name(const char *name);
 
 /* 3x3 stride-1 convolutions with enough channels and output run by Winograd's
  * F(2x2, 3x3) (fewer multiplies; results equal within rounding). fm_nn_set_winograd(0)

@@ -3,7 +3,7 @@
  *
  *   facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N] [--threads N]
  *                         [--set KEY=VALUE]... [--utk DIR] [--misses FILE] [--pad F]
- *                         [--no-speed] [--no-position-tiles]
+ *                         [--no-speed] [--no-position-tiles] [--isa NAME]
  *
  * 1. Speed at the default settings (detect.* of config; --set changes them), median
  *    of --repeat runs (default 5), one OpenBLAS thread unless --threads:
@@ -22,7 +22,9 @@
  * for tight face crops; see detect.h), like --set detect.pad=F; --no-speed skips
  * part 1. --no-position-tiles runs R-Net's and O-Net's small planes in the direct
  * kernel's 16-column tiles (fm_nn_set_position_tiles(0)), for comparison: the results
- * are the same bits, only the time differs.
+ * are the same bits, only the time differs. --isa NAME caps the instruction set of
+ * the engine's own kernels (base, avx2+fma, avx512; fm_nn_set_isa), for comparison:
+ * avx2+fma and avx512 give the same bits.
  */
 #include "facemill/align.h"
 #include "facemill/clock.h"
@@ -215,7 +217,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N]\n"
                  "                             [--threads N] [--set KEY=VALUE]... [--utk DIR]\n"
                  "                             [--misses FILE] [--pad F] [--no-speed]\n"
-                 "                             [--no-position-tiles]\n");
+                 "                             [--no-position-tiles] [--isa NAME]\n");
 }
 
 int main(int argc, char **argv)
@@ -249,6 +251,17 @@ int main(int argc, char **argv)
         if (!v) {
             usage(stderr);
             return 2;
+        }
+        if (strcmp(a, "--isa") == 0) {
+            int isa = fm_nn_isa_from_name(v);
+            if (isa < 0) {
+                fprintf(stderr, "facemill-bench-detect: --isa: '%s' is not base, avx2+fma "
+                                "or avx512\n", v);
+                return 2;
+            }
+            fm_nn_set_isa((fm_nn_isa)isa);
+            i++;
+            continue;
         }
         if (strcmp(a, "--models") == 0)
             models = v;
@@ -319,7 +332,8 @@ int main(int argc, char **argv)
            o.min_face, o.max_side, o.scale_factor, o.pnet_threshold, o.rnet_threshold,
            o.onet_threshold, o.pad, fm_nn_threads(),
            (double)fm_detector_arena_bytes(det) / 1048576.0);
-    printf("BLAS kernels %s: %s\n", blas.core, blas.reason);
+    printf("BLAS kernels %s: %s\nengine kernels: %s\n", blas.core, blas.reason,
+           fm_nn_isa_name(fm_nn_isa_now()));
     if (fm_decode_file(dec_full, sample, &src, &err) != FM_OK) {
         fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
         goto done;

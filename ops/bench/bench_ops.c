@@ -14,6 +14,8 @@
  * layer: it does twice the forward's multiply-adds, so a ratio near 2 means it runs at
  * the forward's speed. --grad-only runs just that part.
  * One OpenBLAS thread unless --threads N says otherwise; the count is set explicitly.
+ * --isa NAME caps the instruction set of the engine's own kernels (base, avx2+fma,
+ * avx512), to compare them in one run.
  * The kernel set is chosen as engine.blas_kernels auto does (include/facemill/blas.h;
  * OPENBLAS_CORETYPE in the environment picks another).
  * Each figure is the fastest of repeated calls over about a quarter of a second. */
@@ -299,8 +301,10 @@ static int bench_forward(void)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: facemill-bench-ops [--threads N] [--grad-only]\n"
+    fprintf(out, "usage: facemill-bench-ops [--threads N] [--grad-only] [--isa NAME]\n"
                  "  --threads N  OpenBLAS threads (default 1)\n"
+                 "  --isa NAME   the engine's kernels: base, avx2+fma or avx512 (default: "
+                 "the best)\n"
                  "  --grad-only  only the convolution backward pass against the forward\n");
 }
 
@@ -317,6 +321,14 @@ int main(int argc, char **argv)
                 return 2;
             }
             threads = (int)v;
+        } else if (strcmp(argv[i], "--isa") == 0 && i + 1 < argc) {
+            int isa = fm_nn_isa_from_name(argv[++i]);
+            if (isa < 0) {
+                fprintf(stderr, "facemill-bench-ops: --isa: '%s' is not base, avx2+fma or "
+                                "avx512\n", argv[i]);
+                return 2;
+            }
+            fm_nn_set_isa((fm_nn_isa)isa);
         } else if (strcmp(argv[i], "--grad-only") == 0) {
             grad_only = 1;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -333,9 +345,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "facemill-bench-ops: %s\n", fm_error_text(&err));
         return 1;
     }
-    printf("facemill-bench-ops: %s, core %s, %d thread%s\n  kernels: %s\n",
-           openblas_get_config(), openblas_get_corename(), fm_nn_threads(),
-           fm_nn_threads() == 1 ? "" : "s", blas.reason);
+    printf("facemill-bench-ops: %s, core %s, %d thread%s\n  kernels: %s\n  engine "
+           "kernels: %s\n", openblas_get_config(), openblas_get_corename(), fm_nn_threads(),
+           fm_nn_threads() == 1 ? "" : "s", blas.reason, fm_nn_isa_name(fm_nn_isa_now()));
     int failed = grad_only ? 0 : bench_forward();
     printf("\nfm_nn_conv2d_backward (dx, dw, db) against fm_nn_conv2d (with bias); the "
            "backward pass\ndoes twice the forward's multiply-adds\n");

@@ -667,6 +667,7 @@ static void print_text(const bench *b, const summary *u, const fm_blas_choice *b
     printf("machine: %ld cores, %s; %s\n", sysconf(_SC_NPROCESSORS_ONLN), b->cpu,
            openblas_get_config());
     printf("BLAS kernels %s: %s\n", blas->core, blas->reason);
+    printf("engine kernels (MTCNN's convolutions): %s\n", fm_nn_isa_name(fm_nn_isa_now()));
     printf("cblas_sgemm 1024^3, 1 thread: %.1f GFLOPS\n", b->sgemm_gflops);
     for (int k = 0; k < N_CASES; k++)
         if (b->cases[k].on)

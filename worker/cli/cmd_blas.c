@@ -4,6 +4,7 @@
 #include "cmd_blas.h"
 #include "facemill/blas.h"
 #include "facemill/log.h"
+#include "facemill/nn.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -25,5 +26,6 @@ int fm_cmd_blas_apply(const char *command, const fm_config *c)
         return 1;
     }
     fm_log_info("BLAS kernels %s: %s", choice.core, choice.reason);
+    fm_log_debug("engine kernels %s", fm_nn_isa_name(fm_nn_isa_now()));
     return 0;
 }

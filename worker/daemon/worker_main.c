@@ -27,6 +27,7 @@
 #include "facemill/auth.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
+#include "facemill/nn.h"
 #include "facemill/notify.h"
 #include "facemill/wire.h"
 
@@ -183,6 +184,7 @@ int main(int argc, char **argv)
             return 1;
         }
         fm_log_info("BLAS kernels %s: %s", blas.core, blas.reason);
+        fm_log_debug("engine kernels %s", fm_nn_isa_name(fm_nn_isa_now()));
     }
     /* The keys, read once here too: a missing or wrong file is one line and exit 1,
      * not a failure of every pipeline process. */

@@ -5,8 +5,8 @@
  * MTCNN's layers have few channels (3 to 64) and, in P-Net, very wide images: as im2col
  * + sgemm they are small-M multiplies that spend most of their time copying (im2col,
  * packing, zeroing) and in separate passes for bias and PReLU. The direct kernel reads
- * the input rows in place: a tile of 4 output channels x 16 output columns (8 AVX2
- * accumulators; 12 made GCC spill) sums over every input channel and tap, then adds
+ * the input rows in place: a tile of output channels x output columns (AVX2: 4 x 16,
+ * 8 accumulators; AVX-512: 4 x 32) sums over every input channel and tap, then adds
  * the bias, applies PReLU and stores once. Small planes (R-Net's and O-Net's crops)
  * run as one flat run of outputs as wide as the input, so rows of 9 or 22 outputs do
  * not each leave a partial tile. Measured with facemill-bench-ops, it beats im2col +
@@ -15,9 +15,11 @@
  * enough output channels run in position tiles instead (positions x channels, below:
  * faster, and the same bits).
  *
- * Dispatch: the AVX2+FMA variants are compiled with a target attribute and chosen when
- * the CPU has both (fm_nn_isa_best); otherwise, or after fm_nn_set_isa(FM_NN_ISA_BASE),
- * the callers use their portable paths. */
+ * Dispatch: the convolution's loops are written once (nn_direct_tiles.h) and compiled
+ * for AVX2+FMA and for AVX-512 with target attributes; the widest set the CPU has is
+ * chosen (fm_nn_isa_best). Both give the same bits. PReLU and pooling have AVX2
+ * variants only (they move memory, not arithmetic). Without AVX2 and FMA, or after
+ * fm_nn_set_isa(FM_NN_ISA_BASE), the callers use their portable paths. */
 #include "nn_impl.h"
 
 #include <stdint.h>
@@ -37,9 +39,11 @@ static int isa_cap = -1; /* FM_NN_ISA_* the caller allows; -1: not set (the best
 fm_nn_isa fm_nn_isa_best(void)
 {
 #if NN_HAVE_AVX2
-    /* Reads what libgcc found at start-up: cheap, and nothing to cache or race on. */
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? FM_NN_ISA_AVX2
-                                                                            : FM_NN_ISA_BASE;
+    /* Reads what libgcc found at start-up (for AVX-512, that the OS saves the ZMM and
+     * mask registers too): cheap, and nothing to cache or race on. */
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return FM_NN_ISA_BASE;
+    return __builtin_cpu_supports("avx512f") ? FM_NN_ISA_AVX512 : FM_NN_ISA_AVX2;
 #else
     return FM_NN_ISA_BASE;
 #endif
@@ -61,19 +65,28 @@ fm_nn_isa fm_nn_isa_now(void)
 
 const char *fm_nn_isa_name(fm_nn_isa isa)
 {
-    return isa == FM_NN_ISA_AVX2 ? "avx2+fma" : "base";
+    return isa == FM_NN_ISA_AVX512 ? "avx512" : isa == FM_NN_ISA_AVX2 ? "avx2+fma" : "base";
+}
+
+int fm_nn_isa_from_name(const char *name)
+{
+    for (int isa = FM_NN_ISA_BASE; name && isa <= FM_NN_ISA_AVX512; isa++)
+        if (strcmp(name, fm_nn_isa_name((fm_nn_isa)isa)) == 0)
+            return isa;
+    return -1;
 }
 
 /* ---- direct convolution -------------------------------------------------------- */
 
-#ifndef DC_OC
-#define DC_OC 4  /* output channels per tile */
-#endif
-#ifndef DC_NV
-#define DC_NV 2  /* vectors of 8 output columns per tile */
-#endif
-#define DC_COLS (8 * DC_NV)
-#define PT_OC 16 /* output channels per position tile (below) */
+/* Which kernel runs a layer (column tiles, position tiles or im2col + sgemm) is decided
+ * alike for every instruction set, in the AVX2 kernels' tile sizes, so that every set
+ * gives the same results. */
+#define DC_OC 4    /* output channels per column tile (AVX2) */
+#define DC_COLS 16 /* output columns per column tile (AVX2) */
+#define PT_OC 16   /* output channels per position tile (AVX2) */
+/* The largest tiles of any set, which size the scratch for packed weights. */
+#define DC_OC_MAX 8
+#define PT_OC_MAX 32
 /* Tuning (facemill-bench-ops): row by row, outputs narrower than DC_MIN_OW columns or
  * with more than DC_MAX_K multiply-adds each go to im2col + sgemm (R-Net conv2, 9
  * columns, and O-Net conv2, K 288, were slower direct row by row; flat, they are
@@ -154,10 +167,11 @@ size_t nn_direct_scratch(const conv_geom *g)
      * a large plane (MTCNN's detector measures P-Net on its widest level) also holds
      * what the smaller planes of the same layer take. */
     size_t flat = dc_flat(g) ? oc4 * (size_t)g->oh * (size_t)g->w : DC_FLAT_FLOATS;
-    size_t tiles = oc4 * ((size_t)g->k + 2) + flat;
+    size_t ocd = ((size_t)g->co + DC_OC_MAX - 1) / DC_OC_MAX * DC_OC_MAX;
+    size_t tiles = ocd * ((size_t)g->k + 2) + flat;
     /* position tiles: packed weights, bias, slope, tap offsets */
-    size_t oc16 = ((size_t)g->co + PT_OC - 1) / PT_OC * PT_OC;
-    size_t pos = oc16 * ((size_t)g->k + 2) + (size_t)g->k;
+    size_t ocp = ((size_t)g->co + PT_OC_MAX - 1) / PT_OC_MAX * PT_OC_MAX;
+    size_t pos = ocp * ((size_t)g->k + 2) + (size_t)g->k;
     return pos > tiles ? pos : tiles;
 }
 
@@ -191,114 +205,16 @@ static void dc_addressable(const void *p, size_t bytes, const char *what)
 #define DC_ASAN_OFF
 #define dc_addressable(p, bytes, what) ((void)0)
 #endif
-#define DC_INLINE INLINE_AVX2 DC_ASAN_OFF
-
-/* One tile: output channels oc..oc+3 (nco of them stored) at row oy, columns
- * ox..ox+15 (the first rem stored; tail: masked loads and stores). xp points at input
- * channel 0, row oy, column ox; wp at the tile's packed weights [k][4]. */
-DC_INLINE void dc_tile(const float *restrict xp, size_t plane, int w, int c, const int kh,
-                         const int kw, const float *restrict wp, const float *restrict b4,
-                         const float *restrict s4, int prelu, float *restrict yp,
-                         size_t oplane, int nco, const int tail, int rem)
-{
-    __m256 acc[DC_OC][DC_NV];
-    for (int r = 0; r < DC_OC; r++)
-        for (int v = 0; v < DC_NV; v++)
-            acc[r][v] = _mm256_setzero_ps();
-    __m256i m[DC_NV];
-    if (tail) {
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        for (int v = 0; v < DC_NV; v++)
-            m[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem - 8 * v), lane);
-    }
-    const float *wk = wp;
-    for (int ci = 0; ci < c; ci++) {
-        const float *xc = xp + (size_t)ci * plane;
-        for (int ky = 0; ky < kh; ky++) {
-            const float *xr = xc + (size_t)ky * (size_t)w;
-            for (int kx = 0; kx < kw; kx++, wk += DC_OC) {
-                __m256 xv[DC_NV];
-                for (int v = 0; v < DC_NV; v++)
-                    xv[v] = tail ? _mm256_maskload_ps(xr + kx + 8 * v, m[v])
-                                 : _mm256_loadu_ps(xr + kx + 8 * v);
-                for (int r = 0; r < DC_OC; r++) {
-                    const __m256 wv = _mm256_broadcast_ss(wk + r);
-                    for (int v = 0; v < DC_NV; v++)
-                        acc[r][v] = _mm256_fmadd_ps(wv, xv[v], acc[r][v]);
-                }
-            }
-        }
-    }
-    const __m256 zero = _mm256_setzero_ps();
-    for (int r = 0; r < DC_OC; r++) {
-        if (r >= nco)
-            break;
-        const __m256 bv = _mm256_set1_ps(b4[r]), sv = _mm256_set1_ps(s4[r]);
-        float *yr = yp + (size_t)r * oplane;
-        for (int v = 0; v < DC_NV; v++) {
-            __m256 a = _mm256_add_ps(acc[r][v], bv);
-            if (prelu)
-                a = _mm256_blendv_ps(_mm256_mul_ps(a, sv), a,
-                                     _mm256_cmp_ps(a, zero, _CMP_GT_OQ));
-            if (tail)
-                _mm256_maskstore_ps(yr + 8 * v, m[v], a);
-            else
-                _mm256_storeu_ps(yr + 8 * v, a);
-        }
-    }
-}
-
-/* The tiles of one run of len outputs whose taps start at xp (rows g->w apart) and
- * which are stored from yp on (output channels oplane apart). */
-DC_INLINE void dc_run(const conv_geom *g, const float *xp, int len, const float *wpk,
-                        const float *b4, const float *s4, int prelu, float *yp,
-                        size_t oplane, const int kh, const int kw)
-{
-    const size_t plane = (size_t)g->h * (size_t)g->w, wtile = (size_t)g->k * DC_OC;
-    for (int ox = 0; ox < len; ox += DC_COLS) {
-        const int rem = len - ox;
-        for (int oc = 0; oc < g->co; oc += DC_OC) {
-            const int nco = g->co - oc < DC_OC ? g->co - oc : DC_OC;
-            const float *wp = wpk + (size_t)(oc / DC_OC) * wtile;
-            float *y = yp + (size_t)oc * oplane + ox;
-            if (rem >= DC_COLS)
-                dc_tile(xp + ox, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, y,
-                        oplane, nco, 0, rem);
-            else
-                dc_tile(xp + ox, plane, g->w, g->c, kh, kw, wp, b4 + oc, s4 + oc, prelu, y,
-                        oplane, nco, 1, rem);
-        }
-    }
-}
-
-/* One image: a run per output row into y, or (flat) one run over the whole plane as
- * if the output were as wide as the input, into yf (oh x w per output channel; the
- * last kw - 1 columns of each row are not outputs, and the caller drops them). A
- * valid convolution's taps of consecutive outputs are consecutive inputs across row
- * ends too, so small planes fill whole tiles instead of one partial tile per row. */
-DC_INLINE void dc_image(const conv_geom *g, const float *x, const float *wpk,
-                          const float *b4, const float *s4, int prelu, float *y, int flat,
-                          const int kh, const int kw)
-{
-    if (flat) {
-        dc_run(g, x, (g->oh - 1) * g->w + g->ow, wpk, b4, s4, prelu, y,
-               (size_t)g->oh * (size_t)g->w, kh, kw);
-        return;
-    }
-    for (int oy = 0; oy < g->oh; oy++)
-        dc_run(g, x + (size_t)oy * (size_t)g->w, g->ow, wpk, b4, s4, prelu,
-               y + (size_t)oy * (size_t)g->ow, (size_t)g->p, kh, kw);
-}
 
 /* ---- position tiles: small output planes ------------------------------------------
  *
  * R-Net's and O-Net's planes are a few outputs wide (3 to 46): tiles of 16 consecutive
  * outputs waste much of each vector on them (R-Net conv2: 9x9 outputs in 112 slots
  * when flat). Here the vectors run along the output channels instead: a tile is
- * PT_POS output positions x 16 channels (2 vectors, 12 accumulators), each position
+ * PT_POS output positions x 2 vectors of channels (12 accumulators), each position
  * broadcasting its input under the tap, so a tile may take positions from any row and
  * any image of a chunk, and only the last tile of a chunk and channel counts that are
- * not a multiple of 16 are partly empty. Every output is summed in the same order as
+ * not a multiple of the tile's (16 for AVX2, 32 for AVX-512) are partly empty. Every output is summed in the same order as
  * by dc_tile (each input channel, tap row, tap column, from 0, one fused multiply-add
  * each), then the bias added and PReLU applied the same way: the two kernels give the
  * same bits, so choosing between them changes no result. */
@@ -308,102 +224,78 @@ DC_INLINE void dc_image(const conv_geom *g, const float *x, const float *wpk,
 #ifndef PT_CHUNK_BYTES
 #define PT_CHUNK_BYTES 16384
 #endif
+/* The kernels of one instruction set (nn_direct_tiles.h): column tiles for each
+ * kernel width, position tiles, and the output channels each packs per tile. */
+typedef void (*dc_image_fn)(const conv_geom *g, const float *x, const float *wpk,
+                            const float *b, const float *s, int prelu, float *y, int flat);
+typedef void (*pt_chunk_fn)(const conv_geom *g, const float *x, int n, const int *off,
+                            const float *wpk, const float *b, const float *s, int prelu,
+                            float *y);
+typedef struct dc_kernels {
+    int pt_oc; /* output channels per position tile */
+    pt_chunk_fn positions;
+    struct {
+        int oc;               /* output channels per column tile: 4, and a wider one */
+        dc_image_fn image[4]; /* kernel width 1, 2, 3x3, any */
+    } cols[2];
+} dc_kernels;
 
-/* One tile: positions whose inputs start at xs[0..PT_POS) (unused ones repeat the
- * first) and outputs at ys[0..npos); channels oc..oc+15 of which nco are stored. */
-DC_INLINE void pt_tile(const float *const *xs, int npos, const int *restrict off, int k,
-                       const float *restrict wp, const float *restrict b16,
-                       const float *restrict s16, int prelu, float *const *ys,
-                       size_t oplane, int nco)
+/* AVX2 and FMA: 8 lanes; column tiles of 4 channels x 16 columns (8 accumulators; 12
+ * made GCC spill), position tiles of 6 positions x 16 channels. nn_direct_tiles.h
+ * undefines these macros. */
+#define TL_NAME(x) x##_avx2
+#define TL_TARGET __attribute__((target("avx2,fma")))
+#define TL_V __m256
+#define TL_VN 8
+#define TL_MASK __m256i
+#define TL_TAIL(n) _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define TL_ZERO() _mm256_setzero_ps()
+#define TL_SET1(f) _mm256_set1_ps(f)
+#define TL_BCAST(p) _mm256_broadcast_ss(p)
+#define TL_LOAD(p) _mm256_loadu_ps(p)
+#define TL_LOADM(p, m) _mm256_maskload_ps(p, m)
+#define TL_STORE(p, v) _mm256_storeu_ps(p, v)
+#define TL_STOREM(p, m, v) _mm256_maskstore_ps(p, m, v)
+#define TL_ADD(a, b) _mm256_add_ps(a, b)
+#define TL_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define TL_PRELU(a, s)                                                                    \
+    _mm256_blendv_ps(_mm256_mul_ps(a, s), a, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ))
+#define TL_DC_NV 2
+#include "nn_direct_tiles.h"
+
+/* AVX-512 (F): 16 lanes, masks in k registers; column tiles of 4 or 8 channels x 32
+ * columns (32 vector registers: 16 accumulators fit), position tiles of 6 positions x
+ * 32 channels. facemill-bench-ops, 8 channels against 4: P-Net conv2 (16 channels)
+ * and conv3 (32) 1.10-1.13 and 1.06-1.08 of sgemm against 0.94-0.98 and 0.90-0.92,
+ * O-Net conv1 (32) 0.70-0.74 against 0.57-0.60; P-Net conv1 (10 channels, 16 slots
+ * against 12) 0.61-0.63 against 0.67-0.69. */
+#define TL_NAME(x) x##_avx512
+#define TL_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define TL_V __m512
+#define TL_VN 16
+#define TL_MASK __mmask16
+#define TL_TAIL(n) ((__mmask16)((n) >= 16 ? 0xffffu : (n) <= 0 ? 0u : (1u << (n)) - 1u))
+#define TL_ZERO() _mm512_setzero_ps()
+#define TL_SET1(f) _mm512_set1_ps(f)
+#define TL_BCAST(p) _mm512_set1_ps(*(p))
+#define TL_LOAD(p) _mm512_loadu_ps(p)
+#define TL_LOADM(p, m) _mm512_maskz_loadu_ps(m, p)
+#define TL_STORE(p, v) _mm512_storeu_ps(p, v)
+#define TL_STOREM(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define TL_ADD(a, b) _mm512_add_ps(a, b)
+#define TL_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define TL_PRELU(a, s)                                                                    \
+    _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_GT_OQ),          \
+                         _mm512_mul_ps(a, s), a)
+#define TL_DC_NV 2
+#define TL_DC_OC_WIDE 8
+#include "nn_direct_tiles.h"
+
+/* The kernels for the set in effect (nn_direct_fits has checked there is one). */
+static const dc_kernels *dc_kernels_now(void)
 {
-    __m256 acc[PT_POS][2];
-    for (int p = 0; p < PT_POS; p++)
-        acc[p][0] = acc[p][1] = _mm256_setzero_ps();
-    const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *x4 = xs[4],
-                *x5 = xs[5];
-    for (int t = 0; t < k; t++) {
-        const int o = off[t];
-        const __m256 w0 = _mm256_loadu_ps(wp + (size_t)t * PT_OC);
-        const __m256 w1 = _mm256_loadu_ps(wp + (size_t)t * PT_OC + 8);
-#define PT_FMA(p, xp)                                                                     \
-    do {                                                                                  \
-        const __m256 xv = _mm256_broadcast_ss(xp + o);                                    \
-        acc[p][0] = _mm256_fmadd_ps(w0, xv, acc[p][0]);                                   \
-        acc[p][1] = _mm256_fmadd_ps(w1, xv, acc[p][1]);                                   \
-    } while (0)
-        PT_FMA(0, x0);
-        PT_FMA(1, x1);
-        PT_FMA(2, x2);
-        PT_FMA(3, x3);
-        PT_FMA(4, x4);
-        PT_FMA(5, x5);
-#undef PT_FMA
-    }
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256 bv[2] = {_mm256_loadu_ps(b16), _mm256_loadu_ps(b16 + 8)};
-    const __m256 sv[2] = {_mm256_loadu_ps(s16), _mm256_loadu_ps(s16 + 8)};
-    /* Constant indices only: an accumulator indexed by a variable would live in memory
-     * (GCC then stores all 12 on every tap). */
-    float out[PT_POS][PT_OC];
-    for (int p = 0; p < PT_POS; p++)
-        for (int v = 0; v < 2; v++) {
-            __m256 a = _mm256_add_ps(acc[p][v], bv[v]);
-            if (prelu)
-                a = _mm256_blendv_ps(_mm256_mul_ps(a, sv[v]), a,
-                                     _mm256_cmp_ps(a, zero, _CMP_GT_OQ));
-            _mm256_storeu_ps(out[p] + 8 * v, a);
-        }
-    for (int p = 0; p < npos; p++)
-        for (int r = 0; r < nco; r++)
-            ys[p][(size_t)r * oplane] = out[p][r];
+    return fm_nn_isa_now() >= FM_NN_ISA_AVX512 ? &kernels_avx512 : &kernels_avx2;
 }
-
-/* Images [0, n) of one chunk (input x, output y): every output position, in tiles. */
-AVX2 DC_ASAN_OFF static void pt_chunk(const conv_geom *g, const float *x, int n,
-                                      const int *off, const float *wpk, const float *b16,
-                                      const float *s16, int prelu, float *y)
-{
-    const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
-    const int total = n * g->p;
-    for (int oc = 0; oc < g->co; oc += PT_OC) {
-        const int nco = g->co - oc < PT_OC ? g->co - oc : PT_OC;
-        const float *wp = wpk + (size_t)(oc / PT_OC) * (size_t)g->k * PT_OC;
-        int img = 0, oy = 0, ox = 0; /* the next position */
-        for (int q = 0; q < total; q += PT_POS) {
-            const float *xs[PT_POS];
-            float *ys[PT_POS];
-            const int npos = total - q < PT_POS ? total - q : PT_POS;
-            for (int p = 0; p < npos; p++) {
-                xs[p] = x + img * in_img + (size_t)oy * g->w + ox;
-                ys[p] = y + img * out_img + (size_t)oc * g->p + (size_t)oy * g->ow + ox;
-                if (++ox == g->ow) {
-                    ox = 0;
-                    if (++oy == g->oh) {
-                        oy = 0;
-                        img++;
-                    }
-                }
-            }
-            for (int p = npos; p < PT_POS; p++)
-                xs[p] = xs[0];
-            pt_tile(xs, npos, off, g->k, wp, b16 + oc, s16 + oc, prelu, ys, (size_t)g->p,
-                    nco);
-        }
-    }
-}
-
-/* The kernel widths with their own code (constants inlined); 3x3 has both sides
- * constant, so its 9 taps unroll. */
-#define DC_VARIANT(name, kh, kw)                                                          \
-    AVX2 DC_ASAN_OFF static void name(const conv_geom *g, const float *x, const float *wpk, \
-                          const float *b4, const float *s4, int prelu, float *y, int flat) \
-    {                                                                                     \
-        dc_image(g, x, wpk, b4, s4, prelu, y, flat, kh, kw);                              \
-    }
-DC_VARIANT(dc_image_k1, g->kh, 1)
-DC_VARIANT(dc_image_k2, g->kh, 2)
-DC_VARIANT(dc_image_k3, 3, 3)
-DC_VARIANT(dc_image_kn, g->kh, g->kw)
 #endif
 
 #if NN_HAVE_AVX2
@@ -426,17 +318,18 @@ static int dc_pack(const conv_geom *g, const float *w, const float *bias,
     return oct;
 }
 
-/* nn_conv_direct in position tiles: weights packed [co/16][k][16] (zero past co), bias
- * and slope per channel, the input offset of each tap; chunks of images. */
-static void conv_positions(const conv_geom *g, const float *x, const float *w,
-                           const float *bias, const float *slope, int n_slope, float *y,
-                           float *scratch)
+/* nn_conv_direct in position tiles: weights packed [co/T][k][T] for tiles of T = kn->pt_oc
+ * channels (zero past co), bias and slope per channel, the input offset of each tap;
+ * chunks of images. */
+static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float *x,
+                           const float *w, const float *bias, const float *slope,
+                           int n_slope, float *y, float *scratch)
 {
-    const int oc16 = dc_pack(g, w, bias, slope, n_slope, PT_OC, scratch);
+    const int oct = dc_pack(g, w, bias, slope, n_slope, kn->pt_oc, scratch);
     float *wpk = scratch;
-    float *b16 = wpk + (size_t)oc16 * (size_t)g->k;
-    float *s16 = b16 + oc16;
-    int *off = (int *)(s16 + oc16);
+    float *b = wpk + (size_t)oct * (size_t)g->k;
+    float *s = b + oct;
+    int *off = (int *)(s + oct);
     int t = 0;
     for (int ci = 0; ci < g->c; ci++)
         for (int ky = 0; ky < g->kh; ky++)
@@ -445,14 +338,14 @@ static void conv_positions(const conv_geom *g, const float *x, const float *w,
     const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
     int chunk = (int)(PT_CHUNK_BYTES / (in_img * sizeof *x));
     chunk = chunk < 1 ? 1 : chunk;
-    dc_addressable(wpk, sizeof *wpk * (size_t)oc16 * ((size_t)g->k + 2) +
+    dc_addressable(wpk, sizeof *wpk * (size_t)oct * ((size_t)g->k + 2) +
                             sizeof *off * (size_t)g->k, "packed weights");
     for (int n = 0; n < g->n; n += chunk) {
         const int nb = g->n - n < chunk ? g->n - n : chunk;
         dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img * nb, "input");
         dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img * nb, "output");
-        pt_chunk(g, x + (size_t)n * in_img, nb, off, wpk, b16, s16, slope != NULL,
-                 y + (size_t)n * out_img);
+        kn->positions(g, x + (size_t)n * in_img, nb, off, wpk, b, s, slope != NULL,
+                      y + (size_t)n * out_img);
     }
 }
 #endif
@@ -462,30 +355,33 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
                     const float *slope, int n_slope, float *y, float *scratch)
 {
 #if NN_HAVE_AVX2
+    const dc_kernels *kn = dc_kernels_now();
     if (pt_fits(g)) {
-        conv_positions(g, x, w, bias, slope, n_slope, y, scratch);
+        conv_positions(kn, g, x, w, bias, slope, n_slope, y, scratch);
         return;
     }
-    const int oc4 = dc_pack(g, w, bias, slope, n_slope, DC_OC, scratch);
+    /* the wider column tile unless it leaves more channels empty */
+    const int wide = kn->cols[1].oc, waste4 = (4 - g->co % 4) % 4;
+    const int waste = (wide - g->co % wide) % wide;
+    const int t = waste <= waste4 ? 1 : 0;
+    const int oct = dc_pack(g, w, bias, slope, n_slope, kn->cols[t].oc, scratch);
     float *wpk = scratch;
-    float *b4 = wpk + (size_t)oc4 * (size_t)g->k;
-    float *s4 = b4 + oc4;
+    float *b = wpk + (size_t)oct * (size_t)g->k;
+    float *s = b + oct;
     const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
-    void (*fn)(const conv_geom *, const float *, const float *, const float *,
-               const float *, int, float *, int) =
-        g->kw == 1                   ? dc_image_k1
-        : g->kw == 2                 ? dc_image_k2
-        : g->kw == 3 && g->kh == 3   ? dc_image_k3
-                                     : dc_image_kn;
+    dc_image_fn fn = kn->cols[t].image[g->kw == 1                 ? 0
+                                       : g->kw == 2               ? 1
+                                       : g->kw == 3 && g->kh == 3 ? 2
+                                                                  : 3];
     const int flat = dc_flat(g);
-    float *yf = s4 + oc4; /* flat: oh x w per output channel */
-    dc_addressable(wpk, sizeof *wpk * (size_t)oc4 * ((size_t)g->k + 2), "packed weights");
+    float *yf = s + oct; /* flat: oh x w per output channel */
+    dc_addressable(wpk, sizeof *wpk * (size_t)oct * ((size_t)g->k + 2), "packed weights");
     for (int n = 0; n < g->n; n++) {
         float *yn = y + (size_t)n * out_img;
         dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img, "input");
         dc_addressable(flat ? yf : yn,
                        sizeof *y * (flat ? (size_t)g->co * g->oh * g->w : out_img), "output");
-        fn(g, x + (size_t)n * in_img, wpk, b4, s4, slope != NULL, flat ? yf : yn, flat);
+        fn(g, x + (size_t)n * in_img, wpk, b, s, slope != NULL, flat ? yf : yn, flat);
         for (int oc = 0; flat && oc < g->co; oc++)
             for (int oy = 0; oy < g->oh; oy++)
                 memcpy(yn + ((size_t)oc * g->oh + oy) * g->ow,

@@ -1,0 +1,267 @@
+/* nn_direct_tiles.h - the direct convolution's vector loops, written once for every
+ * vector width: nn_direct.c includes this file once per instruction set, each time
+ * with the macros below defined for that set, and gets the functions named by
+ * TL_NAME and a table of them, TL_NAME(kernels).
+ *
+ * The includer defines (and this file undefines at its end):
+ *   TL_NAME(x)        x with the set's suffix (x##_avx2)
+ *   TL_TARGET         the set's target attribute
+ *   TL_V, TL_VN       the vector type of floats and its lanes
+ *   TL_MASK           the type of a lane mask for masked loads and stores
+ *   TL_TAIL(n)        the mask of lanes [0, n) (n may be <= 0 or >= TL_VN)
+ *   TL_ZERO(), TL_SET1(f), TL_BCAST(p), TL_LOAD(p), TL_LOADM(p, m), TL_STORE(p, v),
+ *   TL_STOREM(p, m, v), TL_ADD(a, b), TL_FMA(a, b, c) (a * b + c, one rounding),
+ *   TL_PRELU(a, s)    (a > 0 ? a : a * s, lane by lane)
+ *   TL_DC_NV          a column tile's vectors of columns
+ *   TL_DC_OC_WIDE     (optional) column tiles of this many output channels besides
+ *                     those of 4, for layers whose channels it divides
+ *
+ * Every set sums each output in the same order (each input channel, tap row, tap
+ * column, from 0, one fused multiply-add each), then adds the bias and applies PReLU
+ * the same way, and each lane is one output: the sets give the same bits, and so do
+ * column and position tiles. A wider set only computes more outputs at a time. */
+
+#define TL_COLS (TL_VN * TL_DC_NV) /* columns per column tile */
+#define TL_OC_MAX 8                /* a column tile's most output channels */
+#define TL_PT_OC (2 * TL_VN)       /* channels per position tile: two vectors */
+#define TL_INLINE static inline __attribute__((always_inline)) TL_TARGET DC_ASAN_OFF
+
+/* One tile: output channels oc..oc+noc-1 (nco of them stored) at row oy, columns
+ * ox..ox+TL_COLS-1 (the first rem stored; tail: masked loads and stores). xp points at
+ * input channel 0, row oy, column ox; wp at the tile's packed weights [k][noc]. noc is
+ * a constant where it is inlined, so the loops over it unroll. */
+TL_INLINE void TL_NAME(dc_tile)(const float *restrict xp, size_t plane, int w, int c,
+                                const int kh, const int kw, const float *restrict wp,
+                                const float *restrict b, const float *restrict s, int prelu,
+                                float *restrict yp, size_t oplane, int nco, const int tail,
+                                int rem, const int noc)
+{
+    TL_V acc[TL_OC_MAX][TL_DC_NV];
+    for (int r = 0; r < noc; r++)
+        for (int v = 0; v < TL_DC_NV; v++)
+            acc[r][v] = TL_ZERO();
+    TL_MASK m[TL_DC_NV];
+    if (tail)
+        for (int v = 0; v < TL_DC_NV; v++)
+            m[v] = TL_TAIL(rem - TL_VN * v);
+    const float *wk = wp;
+    for (int ci = 0; ci < c; ci++) {
+        const float *xc = xp + (size_t)ci * plane;
+        for (int ky = 0; ky < kh; ky++) {
+            const float *xr = xc + (size_t)ky * (size_t)w;
+            for (int kx = 0; kx < kw; kx++, wk += noc) {
+                TL_V xv[TL_DC_NV];
+                for (int v = 0; v < TL_DC_NV; v++)
+                    xv[v] = tail ? TL_LOADM(xr + kx + TL_VN * v, m[v])
+                                 : TL_LOAD(xr + kx + TL_VN * v);
+                for (int r = 0; r < noc; r++) {
+                    const TL_V wv = TL_BCAST(wk + r);
+                    for (int v = 0; v < TL_DC_NV; v++)
+                        acc[r][v] = TL_FMA(wv, xv[v], acc[r][v]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < noc; r++) {
+        if (r >= nco)
+            break;
+        const TL_V bv = TL_SET1(b[r]), sv = TL_SET1(s[r]);
+        float *yr = yp + (size_t)r * oplane;
+        for (int v = 0; v < TL_DC_NV; v++) {
+            TL_V a = TL_ADD(acc[r][v], bv);
+            if (prelu)
+                a = TL_PRELU(a, sv);
+            if (tail)
+                TL_STOREM(yr + TL_VN * v, m[v], a);
+            else
+                TL_STORE(yr + TL_VN * v, a);
+        }
+    }
+}
+
+/* The tiles of one run of len outputs whose taps start at xp (rows g->w apart) and
+ * which are stored from yp on (output channels oplane apart). */
+TL_INLINE void TL_NAME(dc_run)(const conv_geom *g, const float *xp, int len,
+                               const float *wpk, const float *b, const float *s, int prelu,
+                               float *yp, size_t oplane, const int kh, const int kw,
+                               const int noc)
+{
+    const size_t plane = (size_t)g->h * (size_t)g->w, wtile = (size_t)g->k * noc;
+    for (int ox = 0; ox < len; ox += TL_COLS) {
+        const int rem = len - ox;
+        for (int oc = 0; oc < g->co; oc += noc) {
+            const int nco = g->co - oc < noc ? g->co - oc : noc;
+            const float *wp = wpk + (size_t)(oc / noc) * wtile;
+            float *y = yp + (size_t)oc * oplane + ox;
+            if (rem >= TL_COLS)
+                TL_NAME(dc_tile)(xp + ox, plane, g->w, g->c, kh, kw, wp, b + oc, s + oc,
+                                 prelu, y, oplane, nco, 0, rem, noc);
+            else
+                TL_NAME(dc_tile)(xp + ox, plane, g->w, g->c, kh, kw, wp, b + oc, s + oc,
+                                 prelu, y, oplane, nco, 1, rem, noc);
+        }
+    }
+}
+
+/* One image: a run per output row into y, or (flat) one run over the whole plane as
+ * if the output were as wide as the input, into yf (oh x w per output channel; the
+ * last kw - 1 columns of each row are not outputs, and the caller drops them). A
+ * valid convolution's taps of consecutive outputs are consecutive inputs across row
+ * ends too, so small planes fill whole tiles instead of one partial tile per row. */
+TL_INLINE void TL_NAME(dc_image)(const conv_geom *g, const float *x, const float *wpk,
+                                 const float *b, const float *s, int prelu, float *y,
+                                 int flat, const int kh, const int kw, const int noc)
+{
+    if (flat) {
+        TL_NAME(dc_run)(g, x, (g->oh - 1) * g->w + g->ow, wpk, b, s, prelu, y,
+                        (size_t)g->oh * (size_t)g->w, kh, kw, noc);
+        return;
+    }
+    for (int oy = 0; oy < g->oh; oy++)
+        TL_NAME(dc_run)(g, x + (size_t)oy * (size_t)g->w, g->ow, wpk, b, s, prelu,
+                        y + (size_t)oy * (size_t)g->ow, (size_t)g->p, kh, kw, noc);
+}
+
+/* One position tile: positions whose inputs start at xs[0..PT_POS) (unused ones repeat
+ * the first) and outputs at ys[0..npos); channels oc..oc+TL_PT_OC-1, of which nco are
+ * stored. */
+TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *restrict off,
+                                int k, const float *restrict wp, const float *restrict b,
+                                const float *restrict s, int prelu, float *const *ys,
+                                size_t oplane, int nco)
+{
+    TL_V acc[PT_POS][2];
+    for (int p = 0; p < PT_POS; p++)
+        acc[p][0] = acc[p][1] = TL_ZERO();
+    const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *x4 = xs[4],
+                *x5 = xs[5];
+    for (int t = 0; t < k; t++) {
+        const int o = off[t];
+        const TL_V w0 = TL_LOAD(wp + (size_t)t * TL_PT_OC);
+        const TL_V w1 = TL_LOAD(wp + (size_t)t * TL_PT_OC + TL_VN);
+#define PT_FMA(p, xp)                                                                     \
+    do {                                                                                  \
+        const TL_V xv = TL_BCAST(xp + o);                                                 \
+        acc[p][0] = TL_FMA(w0, xv, acc[p][0]);                                            \
+        acc[p][1] = TL_FMA(w1, xv, acc[p][1]);                                            \
+    } while (0)
+        PT_FMA(0, x0);
+        PT_FMA(1, x1);
+        PT_FMA(2, x2);
+        PT_FMA(3, x3);
+        PT_FMA(4, x4);
+        PT_FMA(5, x5);
+#undef PT_FMA
+    }
+    const TL_V bv[2] = {TL_LOAD(b), TL_LOAD(b + TL_VN)};
+    const TL_V sv[2] = {TL_LOAD(s), TL_LOAD(s + TL_VN)};
+    /* Constant indices only: an accumulator indexed by a variable would live in memory
+     * (GCC then stores all 12 on every tap). */
+    float out[PT_POS][TL_PT_OC];
+    for (int p = 0; p < PT_POS; p++)
+        for (int v = 0; v < 2; v++) {
+            TL_V a = TL_ADD(acc[p][v], bv[v]);
+            if (prelu)
+                a = TL_PRELU(a, sv[v]);
+            TL_STORE(out[p] + TL_VN * v, a);
+        }
+    for (int p = 0; p < npos; p++)
+        for (int r = 0; r < nco; r++)
+            ys[p][(size_t)r * oplane] = out[p][r];
+}
+
+/* Images [0, n) of one chunk (input x, output y): every output position, in tiles. */
+TL_TARGET DC_ASAN_OFF static void TL_NAME(pt_chunk)(const conv_geom *g, const float *x,
+                                                    int n, const int *off, const float *wpk,
+                                                    const float *b, const float *s,
+                                                    int prelu, float *y)
+{
+    const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
+    const int total = n * g->p;
+    for (int oc = 0; oc < g->co; oc += TL_PT_OC) {
+        const int nco = g->co - oc < TL_PT_OC ? g->co - oc : TL_PT_OC;
+        const float *wp = wpk + (size_t)(oc / TL_PT_OC) * (size_t)g->k * TL_PT_OC;
+        int img = 0, oy = 0, ox = 0; /* the next position */
+        for (int q = 0; q < total; q += PT_POS) {
+            const float *xs[PT_POS];
+            float *ys[PT_POS];
+            const int npos = total - q < PT_POS ? total - q : PT_POS;
+            for (int p = 0; p < npos; p++) {
+                xs[p] = x + img * in_img + (size_t)oy * g->w + ox;
+                ys[p] = y + img * out_img + (size_t)oc * g->p + (size_t)oy * g->ow + ox;
+                if (++ox == g->ow) {
+                    ox = 0;
+                    if (++oy == g->oh) {
+                        oy = 0;
+                        img++;
+                    }
+                }
+            }
+            for (int p = npos; p < PT_POS; p++)
+                xs[p] = xs[0];
+            TL_NAME(pt_tile)(xs, npos, off, g->k, wp, b + oc, s + oc, prelu, ys,
+                             (size_t)g->p, nco);
+        }
+    }
+}
+
+/* The kernel widths with their own code (constants inlined), for each tile height;
+ * 3x3 has both sides constant, so its 9 taps unroll. */
+#define TL_IMAGE(name, kh, kw, noc)                                                       \
+    TL_TARGET DC_ASAN_OFF static void TL_NAME(name)(const conv_geom *g, const float *x,   \
+                                                    const float *wpk, const float *b,     \
+                                                    const float *s, int prelu, float *y,  \
+                                                    int flat)                             \
+    {                                                                                     \
+        TL_NAME(dc_image)(g, x, wpk, b, s, prelu, y, flat, kh, kw, noc);                  \
+    }
+#define TL_IMAGES(sfx, noc)                                                               \
+    TL_IMAGE(dc_image_k1##sfx, g->kh, 1, noc)                                             \
+    TL_IMAGE(dc_image_k2##sfx, g->kh, 2, noc)                                             \
+    TL_IMAGE(dc_image_k3##sfx, 3, 3, noc)                                                 \
+    TL_IMAGE(dc_image_kn##sfx, g->kh, g->kw, noc)
+#define TL_TABLE(sfx, noc)                                                                \
+    {(noc),                                                                               \
+     {TL_NAME(dc_image_k1##sfx), TL_NAME(dc_image_k2##sfx), TL_NAME(dc_image_k3##sfx),    \
+      TL_NAME(dc_image_kn##sfx)}}
+TL_IMAGES(_4, 4)
+#ifdef TL_DC_OC_WIDE
+TL_IMAGES(_w, TL_DC_OC_WIDE)
+#endif
+
+static const dc_kernels TL_NAME(kernels) = {
+    TL_PT_OC,
+    TL_NAME(pt_chunk),
+#ifdef TL_DC_OC_WIDE
+    {TL_TABLE(_4, 4), TL_TABLE(_w, TL_DC_OC_WIDE)},
+#else
+    {TL_TABLE(_4, 4), TL_TABLE(_4, 4)},
+#endif
+};
+#undef TL_IMAGE
+#undef TL_IMAGES
+#undef TL_TABLE
+
+#undef TL_COLS
+#undef TL_OC_MAX
+#undef TL_PT_OC
+#undef TL_INLINE
+/* the includer's macros: the next set defines its own */
+#undef TL_NAME
+#undef TL_TARGET
+#undef TL_V
+#undef TL_VN
+#undef TL_MASK
+#undef TL_TAIL
+#undef TL_ZERO
+#undef TL_SET1
+#undef TL_BCAST
+#undef TL_LOAD
+#undef TL_LOADM
+#undef TL_STORE
+#undef TL_STOREM
+#undef TL_ADD
+#undef TL_FMA
+#undef TL_PRELU
+#undef TL_DC_NV
+#undef TL_DC_OC_WIDE
