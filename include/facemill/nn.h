@@ -154,7 +154,8 @@ int fm_nn_threads(void);
 
 /* The instruction sets of the engine's own kernels (direct convolution, PReLU, max
  * pooling; BLAS chooses its own, see blas.h). Every operation gives the same results
- * within rounding whichever runs; the portable C paths are always there. */
+ * within rounding whichever runs (AVX2 and AVX-512: the same bits); the portable C
+ * paths are always there. */
 typedef enum fm_nn_isa {
     FM_NN_ISA_BASE = 0, /* portable C (whatever the compiler targets) */
     FM_NN_ISA_AVX2 = 1, /* x86-64 AVX2 and FMA, chosen at run time */
@@ -189,9 +190,10 @@ int fm_nn_set_winograd(int on);
 /* The direct convolution (stride 1, unpadded, few channels: MTCNN's layers) runs small
  * output planes with at least 16 output channels in tiles of positions x channels,
  * which waste no vector lanes on narrow rows. Both of its kernels sum each output in
- * the same order, so the results are the same bits either way. fm_nn_set_position_tiles(0)
- * runs every plane in tiles of 16 consecutive outputs instead (for tests and
- * comparisons); returns the previous setting. Process-wide, like fm_nn_set_winograd. */
+ * the same order, so the results are the same bits either way.
+ * fm_nn_set_position_tiles(0) runs every plane in tiles of consecutive outputs instead
+ * (16 in AVX2, 32 in AVX-512; for tests and comparisons); returns the previous
+ * setting. Process-wide, like fm_nn_set_winograd. */
 int fm_nn_set_position_tiles(int on);
 
 /* ---- convolution --------------------------------------------------------------- */

@@ -21,7 +21,7 @@
  * --pad F sets the detector's pad option (a mid-gray border of F times the long side,
  * for tight face crops; see detect.h), like --set detect.pad=F; --no-speed skips
  * part 1. --no-position-tiles runs R-Net's and O-Net's small planes in the direct
- * kernel's 16-column tiles (fm_nn_set_position_tiles(0)), for comparison: the results
+ * kernel's column tiles (fm_nn_set_position_tiles(0)), for comparison: the results
  * are the same bits, only the time differs. --isa NAME caps the instruction set of
  * the engine's own kernels (base, avx2+fma, avx512; fm_nn_set_isa), for comparison:
  * avx2+fma and avx512 give the same bits.

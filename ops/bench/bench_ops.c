@@ -8,7 +8,8 @@
  * 3x3 stride-1 layers with enough channels twice, as the engine runs them (Winograd's
  * F(2x2, 3x3) where it pays) and without it ("no Winograd": im2col + sgemm, or the
  * direct kernel where that applies); MTCNN's small planes also as the direct kernel
- * runs them without its position tiles ("16-column tiles").
+ * runs them without its position tiles ("column tiles": 16 columns wide in AVX2, 32
+ * in AVX-512).
  * Then, for the dlib ResNet layers a trainer runs at batch 32, the backward pass
  * (fm_nn_conv2d_backward with dx, dw and db) against the forward pass of the same
  * layer: it does twice the forward's multiply-adds, so a ratio near 2 means it runs at
@@ -292,7 +293,7 @@ static int bench_forward(void)
             l->h * l->w <= 4096) {
             /* MTCNN's small planes without the direct kernel's position tiles */
             fm_nn_set_position_tiles(0);
-            failed |= bench_layer(l, " 16-column tiles", base);
+            failed |= bench_layer(l, " column tiles", base);
             fm_nn_set_position_tiles(1);
         }
     }

@@ -127,7 +127,7 @@ int fm_nn_set_position_tiles(int on)
 /* 1 when g runs in position tiles: small output planes (at most PT_MAX_PLANE outputs
  * per channel) with at least 16 output channels and PT_MIN_K multiply-adds per
  * output (with fewer, the scattered stores of the outputs cost more than the lanes
- * saved: R-Net's and O-Net's first layers, K 27, are faster in 16-column tiles).
+ * saved: R-Net's and O-Net's first layers, K 27, are faster in column tiles).
  * Tuned with facemill-bench-ops. */
 #ifndef PT_MAX_PLANE
 #define PT_MAX_PLANE 2500
