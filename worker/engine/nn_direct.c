@@ -6,7 +6,7 @@
  * + sgemm they are small-M multiplies that spend most of their time copying (im2col,
  * packing, zeroing) and in separate passes for bias and PReLU. The direct kernel reads
  * the input rows in place: a tile of output channels x output columns (AVX2: 4 x 16,
- * 8 accumulators; AVX-512: 4 x 32) sums over every input channel and tap, then adds
+ * 8 accumulators; AVX-512: 4 or 8 x 32) sums over every input channel and tap, then adds
  * the bias, applies PReLU and stores once. Small planes (R-Net's and O-Net's crops)
  * run as one flat run of outputs as wide as the input, so rows of 9 or 22 outputs do
  * not each leave a partial tile. Measured with facemill-bench-ops, it beats im2col +
@@ -17,11 +17,13 @@
  *
  * Dispatch: the convolution's loops are written once (nn_direct_tiles.h) and compiled
  * for AVX2+FMA and for AVX-512 with target attributes; the widest set the CPU has is
- * chosen (fm_nn_isa_best). Both give the same bits. PReLU and pooling have AVX2
- * variants only (they move memory, not arithmetic). Without AVX2 and FMA, or after
+ * chosen (fm_nn_isa_best). Both give the same bits. Max pooling has a row kernel for
+ * each (AVX-512's masks take whole rows, edges included); PReLU has AVX2 only (it
+ * moves memory, not arithmetic). Without AVX2 and FMA, or after
  * fm_nn_set_isa(FM_NN_ISA_BASE), the callers use their portable paths. */
 #include "nn_impl.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -214,10 +216,11 @@ static void dc_addressable(const void *p, size_t bytes, const char *what)
  * PT_POS output positions x 2 vectors of channels (12 accumulators), each position
  * broadcasting its input under the tap, so a tile may take positions from any row and
  * any image of a chunk, and only the last tile of a chunk and channel counts that are
- * not a multiple of the tile's (16 for AVX2, 32 for AVX-512) are partly empty. Every output is summed in the same order as
- * by dc_tile (each input channel, tap row, tap column, from 0, one fused multiply-add
- * each), then the bias added and PReLU applied the same way: the two kernels give the
- * same bits, so choosing between them changes no result. */
+ * not a multiple of the tile's (16 for AVX2, 32 for AVX-512) are partly empty. Every
+ * output is summed in the same order as by dc_tile (each input channel, tap row, tap
+ * column, from 0, one fused multiply-add each), then the bias added and PReLU applied
+ * the same way: the two kernels give the same bits, so choosing between them changes
+ * no result. */
 #define PT_POS 6 /* pt_tile names its 6 positions' pointers */
 /* Input of a chunk of images (positions run across them), in bytes: kept in L1 with
  * a tile's weights. */
@@ -248,7 +251,8 @@ typedef struct dc_kernels {
 #define TL_V __m256
 #define TL_VN 8
 #define TL_MASK __m256i
-#define TL_TAIL(n) _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define TL_TAIL(n)                                                                        \
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 #define TL_ZERO() _mm256_setzero_ps()
 #define TL_SET1(f) _mm256_set1_ps(f)
 #define TL_BCAST(p) _mm256_broadcast_ss(p)
@@ -259,7 +263,8 @@ typedef struct dc_kernels {
 #define TL_ADD(a, b) _mm256_add_ps(a, b)
 #define TL_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define TL_PRELU(a, s)                                                                    \
-    _mm256_blendv_ps(_mm256_mul_ps(a, s), a, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ))
+    _mm256_blendv_ps(_mm256_mul_ps(a, s), a,                                              \
+                     _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ))
 #define TL_DC_NV 2
 #include "nn_direct_tiles.h"
 
@@ -475,6 +480,46 @@ AVX2 static int maxpool_s2_row(const float *const *rows, int kr, int k, int in_w
     }
     return ox;
 }
+
+/* The lanes [0, n) of 16 (n may be <= 0 or >= 16). */
+static inline __mmask16 lanes16(int n)
+{
+    return (__mmask16)(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
+}
+
+/* The row of maxpool_s2_row with AVX-512, the whole row: 16 outputs a step from input
+ * columns [2 ox, 2 ox + 32 + (k == 3)), the columns past the input (the ceil-mode
+ * overhang and beyond) loaded as -inf and the outputs past ow not stored, so no column
+ * is left to a scalar tail (on R-Net's and O-Net's crops, 11 and 23 outputs wide, the
+ * tail had been a third of the row). Returns ow. */
+__attribute__((target("avx512f"))) static int maxpool_s2_row512(const float *const *rows,
+                                                                int kr, int k, int in_w,
+                                                                int ow, float *out)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,
+                                           26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int ox = 0; ox < ow; ox += 16) {
+        const int c0 = 2 * ox;
+        __m512 m = ninf;
+        /* shift 0: columns c0 + 2j and c0 + 2j + 1; shift 1 (k = 3): c0 + 2j + 2 */
+        for (int shift = 0; shift < (k == 3 ? 2 : 1); shift++) {
+            const int c = c0 + shift;
+            const __mmask16 mlo = lanes16(in_w - c), mhi = lanes16(in_w - c - 16);
+            __m512 lo = ninf, hi = ninf;
+            for (int r = 0; r < kr; r++) {
+                lo = _mm512_max_ps(lo, _mm512_mask_loadu_ps(ninf, mlo, rows[r] + c));
+                hi = _mm512_max_ps(hi, _mm512_mask_loadu_ps(ninf, mhi, rows[r] + c + 16));
+            }
+            m = _mm512_max_ps(m, _mm512_permutex2var_ps(lo, odd, hi));
+            if (shift == 0)
+                m = _mm512_max_ps(m, _mm512_permutex2var_ps(lo, even, hi));
+        }
+        _mm512_mask_storeu_ps(out + ox, lanes16(ow - ox), m);
+    }
+    return ow;
+}
 #endif
 
 /* See nn_impl.h. */
@@ -483,13 +528,15 @@ int nn_maxpool_s2(const float *xc, int h, int w, int k, float *yc, int oh, int o
 #if NN_HAVE_AVX2
     if (fm_nn_isa_now() < FM_NN_ISA_AVX2 || (k != 2 && k != 3))
         return 0;
+    const int wide = fm_nn_isa_now() >= FM_NN_ISA_AVX512;
     for (int oy = 0; oy < oh; oy++) {
         const float *rows[3];
         int kr = 0;
         for (int r = 0; r < k && 2 * oy + r < h; r++)
             rows[kr++] = xc + (size_t)(2 * oy + r) * (size_t)w;
         float *out = yc + (size_t)oy * (size_t)ow;
-        int ox = maxpool_s2_row(rows, kr, k, w, ow, out);
+        int ox = wide ? maxpool_s2_row512(rows, kr, k, w, ow, out)
+                      : maxpool_s2_row(rows, kr, k, w, ow, out);
         for (; ox < ow; ox++) {
             int c0 = 2 * ox, c1 = c0 + k < w ? c0 + k : w;
             float m = rows[0][c0];
