@@ -74,6 +74,8 @@ def main():
             m = r["machine"]
             check(m["cores"] >= 1 and m["sgemm_gflops"] > 0, "machine: %s" % m)
             check(m["blas_kernels"] and m["blas_reason"], "the kernel set and why: %s" % m)
+            check(m.get("engine_kernels") in ("base", "avx2+fma", "avx512"),
+                  "the engine's kernels: %s" % m)
             check(r["processes"] == 2 and r["credit"] == credit and r["count"] == count,
                   "settings: %s" % {k: r.get(k) for k in ("processes", "credit", "count")})
             check([c["name"] for c in r["cases"]] == names, "cases: %s" % r["cases"])

@@ -159,7 +159,7 @@ int fm_nn_threads(void);
 typedef enum fm_nn_isa {
     FM_NN_ISA_BASE = 0, /* portable C (whatever the compiler targets) */
     FM_NN_ISA_AVX2 = 1, /* x86-64 AVX2 and FMA, chosen at run time */
-    FM_NN_ISA_AVX512 = 2, /* and AVX-512 F (the direct convolution; the rest as AVX2) */
+    FM_NN_ISA_AVX512 = 2, /* and AVX-512 F (convolution and pooling; PReLU as AVX2) */
 } fm_nn_isa;
 
 /* The best set this CPU supports. */

@@ -667,7 +667,8 @@ static void print_text(const bench *b, const summary *u, const fm_blas_choice *b
     printf("machine: %ld cores, %s; %s\n", sysconf(_SC_NPROCESSORS_ONLN), b->cpu,
            openblas_get_config());
     printf("BLAS kernels %s: %s\n", blas->core, blas->reason);
-    printf("engine kernels (MTCNN's convolutions): %s\n", fm_nn_isa_name(fm_nn_isa_now()));
+    printf("engine kernels (MTCNN's convolutions and pooling): %s\n",
+           fm_nn_isa_name(fm_nn_isa_now()));
     printf("cblas_sgemm 1024^3, 1 thread: %.1f GFLOPS\n", b->sgemm_gflops);
     for (int k = 0; k < N_CASES; k++)
         if (b->cases[k].on)
@@ -757,6 +758,8 @@ static void print_json(const bench *b, const summary *u, const fm_blas_choice *b
     fm_json_str(&j, blas->core);
     fm_json_key(&j, "blas_reason");
     fm_json_str(&j, blas->reason);
+    fm_json_key(&j, "engine_kernels");
+    fm_json_str(&j, fm_nn_isa_name(fm_nn_isa_now()));
     fm_json_key(&j, "sgemm_gflops");
     fm_json_num(&j, b->sgemm_gflops, 4);
     fm_json_obj_end(&j);
