@@ -265,8 +265,13 @@ typedef struct dc_kernels {
 #define TL_PRELU(a, s)                                                                    \
     _mm256_blendv_ps(_mm256_mul_ps(a, s), a,                                              \
                      _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ))
-#define TL_DC_NV 2
 #include "nn_direct_tiles.h"
+
+/* The lanes [0, n) of 16 (n may be <= 0 or >= 16). */
+static inline __mmask16 lanes16(int n)
+{
+    return (__mmask16)(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
+}
 
 /* AVX-512 (F): 16 lanes, masks in k registers; column tiles of 4 or 8 channels x 32
  * columns (32 vector registers: 16 accumulators fit), position tiles of 6 positions x
@@ -279,7 +284,7 @@ typedef struct dc_kernels {
 #define TL_V __m512
 #define TL_VN 16
 #define TL_MASK __mmask16
-#define TL_TAIL(n) ((__mmask16)((n) >= 16 ? 0xffffu : (n) <= 0 ? 0u : (1u << (n)) - 1u))
+#define TL_TAIL(n) lanes16(n)
 #define TL_ZERO() _mm512_setzero_ps()
 #define TL_SET1(f) _mm512_set1_ps(f)
 #define TL_BCAST(p) _mm512_set1_ps(*(p))
@@ -292,7 +297,6 @@ typedef struct dc_kernels {
 #define TL_PRELU(a, s)                                                                    \
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_GT_OQ),          \
                          _mm512_mul_ps(a, s), a)
-#define TL_DC_NV 2
 #define TL_DC_OC_WIDE 8
 #include "nn_direct_tiles.h"
 
@@ -479,12 +483,6 @@ AVX2 static int maxpool_s2_row(const float *const *rows, int kr, int k, int in_w
         _mm256_storeu_ps(out + ox, m);
     }
     return ox;
-}
-
-/* The lanes [0, n) of 16 (n may be <= 0 or >= 16). */
-static inline __mmask16 lanes16(int n)
-{
-    return (__mmask16)(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
 }
 
 /* The row of maxpool_s2_row with AVX-512, the whole row: 16 outputs a step from input

@@ -12,15 +12,16 @@
  *   TL_ZERO(), TL_SET1(f), TL_BCAST(p), TL_LOAD(p), TL_LOADM(p, m), TL_STORE(p, v),
  *   TL_STOREM(p, m, v), TL_ADD(a, b), TL_FMA(a, b, c) (a * b + c, one rounding),
  *   TL_PRELU(a, s)    (a > 0 ? a : a * s, lane by lane)
- *   TL_DC_NV          a column tile's vectors of columns
  *   TL_DC_OC_WIDE     (optional) column tiles of this many output channels besides
- *                     those of 4, for layers whose channels it divides
+ *                     those of 4 (nn_conv_direct takes them unless they leave more
+ *                     channels empty)
  *
  * Every set sums each output in the same order (each input channel, tap row, tap
  * column, from 0, one fused multiply-add each), then adds the bias and applies PReLU
  * the same way, and each lane is one output: the sets give the same bits, and so do
  * column and position tiles. A wider set only computes more outputs at a time. */
 
+#define TL_DC_NV 2                 /* a column tile's vectors of columns */
 #define TL_COLS (TL_VN * TL_DC_NV) /* columns per column tile */
 #define TL_OC_MAX 8                /* a column tile's most output channels */
 #define TL_PT_OC (2 * TL_VN)       /* channels per position tile: two vectors */
@@ -242,6 +243,7 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_IMAGES
 #undef TL_TABLE
 
+#undef TL_DC_NV
 #undef TL_COLS
 #undef TL_OC_MAX
 #undef TL_PT_OC
@@ -263,5 +265,4 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_ADD
 #undef TL_FMA
 #undef TL_PRELU
-#undef TL_DC_NV
 #undef TL_DC_OC_WIDE
