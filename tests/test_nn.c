@@ -506,6 +506,93 @@ static void test_conv_positions(void)
             best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)");
 }
 
+/* The direct kernel's Winograd F(2x2, 3x3) (wide 3x3 layers: P-Net's conv2 and conv3,
+ * 8 to 32 input channels, output channels a multiple of 8, at least 32 output
+ * columns) against the double
+ * reference, each instruction set against the others (the same bits), and against the
+ * column tiles it replaces (fm_nn_set_winograd(0): within rounding, not the same bits,
+ * so the Winograd kernel is what ran). Shapes: a last block row and column cut off
+ * (odd output sizes), a single output row, rows that end mid-pass and exactly at a
+ * pass's end, 8 to 32 input channels, 8 to 32 output channels, several images. */
+static void test_conv_wino_direct(void)
+{
+    static const struct {
+        int n, c, h, w, co;
+    } cases[] = {
+        {1, 16, 4, 34, 32},   /* 2 x 32 outputs: one block row of 16 blocks */
+        {1, 16, 5, 35, 32},   /* 3 x 33: the last block row and column cut off */
+        {1, 10, 13, 321, 16}, /* a P-Net conv2 strip: 319 columns, passes and a tail */
+        {1, 16, 12, 319, 32}, /* a P-Net conv3 strip */
+        {2, 16, 7, 66, 8},    /* two images, 64 columns: a pass ends with the row */
+        {1, 8, 6, 99, 24},    /* 8 input channels, 97 columns */
+        {1, 32, 3, 40, 16},   /* a single output row */
+        {1, 16, 9, 97, 32},   /* 95 columns: a partly filled last vector */
+    };
+    const fm_nn_isa best = fm_nn_isa_best();
+    if (best < FM_NN_ISA_AVX2)
+        return; /* no direct kernel */
+    enum { RUNS = FM_NN_ISA_AVX512 - FM_NN_ISA_AVX2 + 2 };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int variant = 0; variant < 3; variant++) {
+            fm_error e = {0};
+            const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
+            const int co = cases[i].co, oh = h - 2, ow = w - 2;
+            fm_tensor x, wt, b, sl;
+            const fm_tensor *bias, *slope;
+            prelu_operands(n, c, h, w, co, 3, variant, &x, &wt, &b, &sl, &bias, &slope);
+            fm_tensor y[RUNS];
+            fm_conv2d_params p = fm_conv2d_sym(1, 0);
+            double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
+            /* runs 0..: Winograd under AVX2, AVX-512; the last: column tiles */
+            int runs = 0;
+            for (int isa = FM_NN_ISA_AVX2; isa <= (int)best + 1; isa++, runs++) {
+                const int tiles = isa > (int)best;
+                fm_nn_set_isa(tiles ? best : (fm_nn_isa)isa);
+                fm_nn_set_winograd(!tiles);
+                y[runs] = fm_test_tensor(&rng, n, co, oh, ow);
+                fm_arena *m = NULL, *a = NULL;
+                fm_tensor xm = x, wm = wt, ym = y[runs];
+                xm.data = wm.data = ym.data = NULL;
+                CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+                CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
+                CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+                fm_arena_destroy(&m);
+                fm_status st = fm_nn_conv2d_prelu(a, &x, &wt, bias, slope, &p, &y[runs], &e);
+                CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
+                fm_arena_destroy(&a);
+                size_t count = fm_tensor_count(&y[runs]);
+                const char *what = tiles ? "column tiles" : fm_nn_isa_name((fm_nn_isa)isa);
+                double err = rel_err(y[runs].data, r, count);
+                CHECK_MSG(err <= TOL, "winograd %s, n%d c%d %dx%d -> co%d v%d: %g", what, n, c,
+                          h, w, co, variant, err);
+                if (!tiles) {
+                    CHECK_MSG(memcmp(y[0].data, y[runs].data, count * sizeof(float)) == 0,
+                              "winograd %s, n%d c%d %dx%d -> co%d v%d: not the same bits "
+                              "as avx2+fma", what, n, c, h, w, co, variant);
+                } else {
+                    size_t differ = 0;
+                    for (size_t j = 0; j < count; j++)
+                        differ += y[0].data[j] != y[runs].data[j];
+                    CHECK_MSG(differ > 0, "winograd n%d c%d %dx%d -> co%d v%d: the same bits "
+                              "as the column tiles (did it run?)", n, c, h, w, co, variant);
+                }
+            }
+            fm_nn_set_winograd(1);
+            fm_nn_set_isa(best);
+            free(r);
+            fm_test_tensor_free(&x);
+            fm_test_tensor_free(&wt);
+            fm_test_tensor_free(&b);
+            fm_test_tensor_free(&sl);
+            for (int j = 0; j < runs; j++)
+                fm_test_tensor_free(&y[j]);
+        }
+    }
+    fprintf(stderr, "test_nn: direct Winograd F(2x2, 3x3), %s%s: the same bits, within "
+            "%g of the reference\n", fm_nn_isa_name(FM_NN_ISA_AVX2),
+            best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)", TOL);
+}
+
 /* The vector max pooling (2x2 and 3x3, stride 2) and PReLU against the portable
  * paths, on widths with and without tails. */
 static void test_vector_kernels(void)
@@ -1297,6 +1384,7 @@ int main(void)
     test_conv_random(1500);
     test_conv_prelu();
     test_conv_positions();
+    test_conv_wino_direct();
     test_conv_invalid();
     test_pool(1500);
     test_vector_kernels();

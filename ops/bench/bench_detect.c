@@ -3,7 +3,8 @@
  *
  *   facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N] [--threads N]
  *                         [--set KEY=VALUE]... [--utk DIR] [--misses FILE] [--pad F]
- *                         [--no-speed] [--no-position-tiles] [--isa NAME]
+ *                         [--no-speed] [--no-position-tiles] [--no-winograd]
+ *                         [--isa NAME] [--only 640|12mp-jpeg|12mp]
  *
  * 1. Speed at the default settings (detect.* of config; --set changes them), median
  *    of --repeat runs (default 5), one OpenBLAS thread unless --threads:
@@ -22,9 +23,13 @@
  * for tight face crops; see detect.h), like --set detect.pad=F; --no-speed skips
  * part 1. --no-position-tiles runs R-Net's and O-Net's small planes in the direct
  * kernel's column tiles (fm_nn_set_position_tiles(0)), for comparison: the results
- * are the same bits, only the time differs. --isa NAME caps the instruction set of
+ * are the same bits, only the time differs. --no-winograd runs P-Net's wide 3x3 layers
+ * in column tiles instead of Winograd's F(2x2, 3x3) (fm_nn_set_winograd(0)), for
+ * comparison: the results differ by rounding. --isa NAME caps the instruction set of
  * the engine's own kernels (base, avx2+fma, avx512; fm_nn_set_isa), for comparison:
- * avx2+fma and avx512 give the same bits.
+ * avx2+fma and avx512 give the same bits. --only runs one of the three images of part 1
+ * (640: the 640x480 image, 12mp-jpeg: the DCT-scaled decode, 12mp: full resolution),
+ * for profiling one case with perf.
  */
 #include "facemill/align.h"
 #include "facemill/clock.h"
@@ -217,7 +222,8 @@ static void usage(FILE *out)
     fprintf(out, "usage: facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N]\n"
                  "                             [--threads N] [--set KEY=VALUE]... [--utk DIR]\n"
                  "                             [--misses FILE] [--pad F] [--no-speed]\n"
-                 "                             [--no-position-tiles] [--isa NAME]\n");
+                 "                             [--no-position-tiles] [--no-winograd]\n"
+                 "                             [--isa NAME] [--only 640|12mp-jpeg|12mp]\n");
 }
 
 int main(int argc, char **argv)
@@ -230,7 +236,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *models = c.models.dir, *sample = "samples/sample1.jpg";
-    const char *utk = NULL, *misses = NULL;
+    const char *utk = NULL, *misses = NULL, *only = NULL;
     int repeat = 5, threads = (int)c.engine.threads, speed = 1;
     double pad = -1; /* -1: detect.pad of the configuration */
     for (int i = 1; i < argc; i++) {
@@ -246,6 +252,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--no-position-tiles") == 0) {
             fm_nn_set_position_tiles(0);
+            continue;
+        }
+        if (strcmp(a, "--no-winograd") == 0) {
+            fm_nn_set_winograd(0);
             continue;
         }
         if (!v) {
@@ -271,6 +281,9 @@ int main(int argc, char **argv)
             utk = v;
         else if (strcmp(a, "--misses") == 0)
             misses = v;
+        else if (strcmp(a, "--only") == 0 && (strcmp(v, "640") == 0 ||
+                 strcmp(v, "12mp-jpeg") == 0 || strcmp(v, "12mp") == 0))
+            only = v;
         else if (strcmp(a, "--repeat") == 0)
             repeat = atoi(v);
         else if (strcmp(a, "--threads") == 0)
@@ -351,9 +364,15 @@ int main(int argc, char **argv)
         goto done;
     }
     printf("sample %s, median of %d runs:\n", sample, repeat);
-    if (speed && (bench_image("640x480", det, dec, &img640, NULL, repeat) ||
-        bench_image("12 MP JPEG, DCT-scaled decode", det, dec, NULL, tmp12, repeat) ||
-        bench_image("12 MP pixels, full resolution", det, dec, &img12, NULL, repeat)))
+    int run640 = !only || strcmp(only, "640") == 0;
+    int run12j = !only || strcmp(only, "12mp-jpeg") == 0;
+    int run12 = !only || strcmp(only, "12mp") == 0;
+    if (speed &&
+        ((run640 && bench_image("640x480", det, dec, &img640, NULL, repeat)) ||
+         (run12j && bench_image("12 MP JPEG, DCT-scaled decode", det, dec, NULL, tmp12,
+                                repeat)) ||
+         (run12 && bench_image("12 MP pixels, full resolution", det, dec, &img12, NULL,
+                               repeat))))
         goto done;
     if (utk) {
         if (bench_utk(utk, det, dec, misses))

@@ -13,7 +13,9 @@
  * sgemm on P-Net's three layers and on R-Net's and O-Net's layers except the last
  * convolution of each (3x3 outputs, fewer than a tile: 1.1-2.6x). Small planes with
  * enough output channels run in position tiles instead (positions x channels, below:
- * faster, and the same bits).
+ * faster, and the same bits). P-Net's wide 3x3 layers (conv2 and conv3) run as
+ * Winograd's F(2x2, 3x3) with its products in registers (nn_direct_tiles.h): fewer
+ * multiplies, results equal within rounding (fm_nn_set_winograd(0) turns it off).
  *
  * Dispatch: the convolution's loops are written once (nn_direct_tiles.h) and compiled
  * for AVX2+FMA and for AVX-512 with target attributes; the widest set the CPU has is
@@ -142,6 +144,35 @@ static int pt_fits(const conv_geom *g)
     return pt_on && g->co >= PT_OC && g->p <= PT_MAX_PLANE && g->k >= PT_MIN_K;
 }
 
+/* Wide 3x3 layers run as Winograd F(2x2, 3x3) in registers (nn_direct_tiles.h):
+ * P-Net's conv2 and conv3, whose rows are hundreds of outputs wide. WT_CO: the output
+ * channels must fill the widest set's product groups; WT_MIN_OW: narrower rows (the
+ * pyramid's small levels) leave the passes' vectors of blocks mostly empty; WT_MIN_C:
+ * with fewer input channels the transforms cost what the products save (O-Net's
+ * conv1, 3 channels on 46 columns, ran no faster: it stays in column tiles, and so do
+ * O-Net's results); WT_MAX_C keeps a pass's transformed input (16 x c x 32 floats) in
+ * L1 and L2. Tuned with facemill-bench-ops. */
+#define WT_CO 8
+#define WT_BLK_MAX 32 /* blocks per pass, the widest set's */
+#ifndef WT_MIN_OW
+#define WT_MIN_OW 32
+#endif
+#ifndef WT_MIN_C
+#define WT_MIN_C 8
+#endif
+#ifndef WT_MAX_C
+#define WT_MAX_C 32
+#endif
+static int wt_shape(const conv_geom *g)
+{
+    return g->kh == 3 && g->kw == 3 && g->co % WT_CO == 0 && g->c >= WT_MIN_C &&
+           g->c <= WT_MAX_C;
+}
+static int wt_fits(const conv_geom *g)
+{
+    return nn_winograd_enabled() && wt_shape(g) && g->ow >= WT_MIN_OW;
+}
+
 /* See nn_impl.h. */
 int nn_direct_fits(const conv_geom *g)
 {
@@ -174,7 +205,15 @@ size_t nn_direct_scratch(const conv_geom *g)
     /* position tiles: packed weights, bias, slope, tap offsets */
     size_t ocp = ((size_t)g->co + PT_OC_MAX - 1) / PT_OC_MAX * PT_OC_MAX;
     size_t pos = ocp * ((size_t)g->k + 2) + (size_t)g->k;
-    return pos > tiles ? pos : tiles;
+    size_t need = pos > tiles ? pos : tiles;
+    /* Winograd: transformed weights, bias, slope, a pass's transformed input and
+     * products (counted for every width, as the flat buffer is) */
+    if (wt_shape(g)) {
+        size_t wt = 16 * (size_t)g->c * g->co + 2 * (size_t)g->co +
+                    16 * (size_t)g->c * WT_BLK_MAX + 16 * (size_t)WT_CO * WT_BLK_MAX;
+        need = wt > need ? wt : need;
+    }
+    return need;
 }
 
 #if NN_HAVE_AVX2
@@ -234,9 +273,13 @@ typedef void (*dc_image_fn)(const conv_geom *g, const float *x, const float *wpk
 typedef void (*pt_chunk_fn)(const conv_geom *g, const float *x, int n, const int *off,
                             const float *wpk, const float *b, const float *s, int prelu,
                             float *y);
+typedef void (*wt_image_fn)(const conv_geom *g, const float *x, const float *u,
+                            const float *b, const float *s, int prelu, float *y,
+                            float *vbuf, float *mbuf);
 typedef struct dc_kernels {
     int pt_oc; /* output channels per position tile */
     pt_chunk_fn positions;
+    wt_image_fn winograd; /* nn_direct_tiles.h, "Winograd F(2x2, 3x3), direct" */
     struct {
         int oc;               /* output channels per column tile: 4, and a wider one */
         dc_image_fn image[4]; /* kernel width 1, 2, 3x3, any */
@@ -265,12 +308,44 @@ typedef struct dc_kernels {
 #define TL_PRELU(a, s)                                                                    \
     _mm256_blendv_ps(_mm256_mul_ps(a, s), a,                                              \
                      _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ))
+#define TL_SUB(a, b) _mm256_sub_ps(a, b)
+/* shuffle within 128-bit halves (0 2 8 10 | 4 6 12 14), then the 64-bit quarters */
+#define TL_EVEN(lo, hi)                                                                   \
+    _mm256_castpd_ps(_mm256_permute4x64_pd(                                               \
+        _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xd8))
+#define TL_ODD(lo, hi)                                                                    \
+    _mm256_castpd_ps(_mm256_permute4x64_pd(                                               \
+        _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xdd)), 0xd8))
+#define TL_ZIPLO(a, b)                                                                    \
+    _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20)
+#define TL_ZIPHI(a, b)                                                                    \
+    _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31)
+#define TL_WT_CO 8
 #include "nn_direct_tiles.h"
 
 /* The lanes [0, n) of 16 (n may be <= 0 or >= 16). */
 static inline __mmask16 lanes16(int n)
 {
     return (__mmask16)(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
+}
+
+/* Lane indices for _mm512_permutex2var_ps: the even and odd lanes of two vectors, and
+ * the lanes of a and b interleaved (a0 b0 a1 b1 ..., low and high halves). */
+__attribute__((target("avx512f"))) static inline __m512i wt_even512(void)
+{
+    return _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+__attribute__((target("avx512f"))) static inline __m512i wt_odd512(void)
+{
+    return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+__attribute__((target("avx512f"))) static inline __m512i wt_ziplo512(void)
+{
+    return _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+__attribute__((target("avx512f"))) static inline __m512i wt_ziphi512(void)
+{
+    return _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
 }
 
 /* AVX-512 (F): 16 lanes, masks in k registers; column tiles of 4 or 8 channels x 32
@@ -297,6 +372,12 @@ static inline __mmask16 lanes16(int n)
 #define TL_PRELU(a, s)                                                                    \
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_GT_OQ),          \
                          _mm512_mul_ps(a, s), a)
+#define TL_SUB(a, b) _mm512_sub_ps(a, b)
+#define TL_EVEN(lo, hi) _mm512_permutex2var_ps(lo, wt_even512(), hi)
+#define TL_ODD(lo, hi) _mm512_permutex2var_ps(lo, wt_odd512(), hi)
+#define TL_ZIPLO(a, b) _mm512_permutex2var_ps(a, wt_ziplo512(), b)
+#define TL_ZIPHI(a, b) _mm512_permutex2var_ps(a, wt_ziphi512(), b)
+#define TL_WT_CO 8
 #define TL_DC_OC_WIDE 8
 #include "nn_direct_tiles.h"
 
@@ -359,12 +440,44 @@ static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float
 }
 #endif
 
+#if NN_HAVE_AVX2
+/* nn_conv_direct as Winograd F(2x2, 3x3): transformed weights [16][co][c], bias and
+ * slope per channel, then each image. */
+static void conv_winograd(const dc_kernels *kn, const conv_geom *g, const float *x,
+                          const float *w, const float *bias, const float *slope,
+                          int n_slope, float *y, float *scratch)
+{
+    const size_t eu = (size_t)g->co * g->c;
+    float *u = scratch, *b = u + 16 * eu, *s = b + g->co;
+    float *vbuf = s + g->co, *mbuf = vbuf + 16 * (size_t)g->c * WT_BLK_MAX;
+    nn_winograd_weights(g, w, u, eu);
+    for (int o = 0; o < g->co; o++) {
+        b[o] = bias ? bias[o] : 0.0f;
+        s[o] = slope ? slope[n_slope == 1 ? 0 : o] : 0.0f;
+    }
+    const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
+    dc_addressable(u, sizeof *u * (16 * eu + 2 * (size_t)g->co +
+                                   16 * ((size_t)g->c + WT_CO) * WT_BLK_MAX),
+                   "transformed weights and buffers");
+    for (int n = 0; n < g->n; n++) {
+        dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img, "input");
+        dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img, "output");
+        kn->winograd(g, x + (size_t)n * in_img, u, b, s, slope != NULL,
+                     y + (size_t)n * out_img, vbuf, mbuf);
+    }
+}
+#endif
+
 /* See nn_impl.h. */
 void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const float *bias,
                     const float *slope, int n_slope, float *y, float *scratch)
 {
 #if NN_HAVE_AVX2
     const dc_kernels *kn = dc_kernels_now();
+    if (wt_fits(g)) {
+        conv_winograd(kn, g, x, w, bias, slope, n_slope, y, scratch);
+        return;
+    }
     if (pt_fits(g)) {
         conv_positions(kn, g, x, w, bias, slope, n_slope, y, scratch);
         return;

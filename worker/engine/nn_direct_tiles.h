@@ -12,6 +12,10 @@
  *   TL_ZERO(), TL_SET1(f), TL_BCAST(p), TL_LOAD(p), TL_LOADM(p, m), TL_STORE(p, v),
  *   TL_STOREM(p, m, v), TL_ADD(a, b), TL_FMA(a, b, c) (a * b + c, one rounding),
  *   TL_PRELU(a, s)    (a > 0 ? a : a * s, lane by lane)
+ *   TL_SUB(a, b)      a - b
+ *   TL_EVEN(lo, hi), TL_ODD(lo, hi)  the even (odd) lanes of the 2 * TL_VN floats lo, hi
+ *   TL_ZIPLO(a, b), TL_ZIPHI(a, b)   a0 b0 a1 b1 ... for the low (high) half of a and b
+ *   TL_WT_CO          output channels per product group of the Winograd kernel
  *   TL_DC_OC_WIDE     (optional) column tiles of this many output channels besides
  *                     those of 4 (nn_conv_direct takes them unless they leave more
  *                     channels empty)
@@ -206,6 +210,162 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(pt_chunk)(const conv_geom *g, const fl
     }
 }
 
+/* ---- Winograd F(2x2, 3x3), direct --------------------------------------------------
+ *
+ * P-Net's wide 3x3 layers (16 -> 32 and 10 -> 16 channels on rows of hundreds of
+ * columns) in Winograd's minimal filtering: each 2x2 block of outputs from the 4x4
+ * block of inputs under it, 16 multiply-adds per input and output channel instead of
+ * 36 (nn_winograd.c has the algebra). nn_winograd.c runs its 16 products through
+ * sgemm, which is slow at 10 or 16 input channels; here they run in registers: the
+ * vectors run along blocks (one lane per 2x2 block of a row of blocks), so the input
+ * transform is a stride-2 split of four input rows and the output transform an
+ * interleave of two output rows, both without leaving the vector.
+ *
+ * One row of blocks (two output rows) at a time, TL_WT_NV vectors of blocks per pass:
+ * the input transform writes V[e][ci][block] (e = 4 i + j, the 16 positions of the
+ * transformed block) into vbuf, the products M[e][co] = sum over ci of U[e][ci][co]
+ * V[e][ci] go TL_WT_CO output channels at a time into mbuf, and the output transform
+ * adds the bias, applies PReLU and stores. Every output is computed in the same order
+ * by every set (the transforms in the same expressions, each product summed over the
+ * input channels from 0, one fused multiply-add each): the sets give the same bits. */
+#define TL_WT_NV 2                   /* vectors of blocks per pass */
+#define TL_WT_BLK (TL_VN * TL_WT_NV) /* blocks per pass */
+
+/* The 16 transformed values of one input channel for TL_WT_NV vectors of blocks whose
+ * first input column is cc0 (xc: the channel's first input row of the block row, of
+ * which `rows` exist: the others read as zero), at vb + e * estride for each e. */
+TL_INLINE void TL_NAME(wt_input)(const float *xc, int w, int rows, int cc0, int tail,
+                                 float *vb, size_t estride)
+{
+    for (int v = 0; v < TL_WT_NV; v++) {
+        const int cc = cc0 + 2 * TL_VN * v;
+        TL_V t[4][4];
+        for (int rr = 0; rr < 4; rr++) {
+            TL_V d0, d1, d2, d3;
+            if (rr >= rows) {
+                d0 = d1 = d2 = d3 = TL_ZERO();
+            } else {
+                const float *xr = xc + (size_t)rr * (size_t)w + cc;
+                TL_V lo, hi, lo2, hi2;
+                if (tail) {
+                    lo = TL_LOADM(xr, TL_TAIL(w - cc));
+                    hi = TL_LOADM(xr + TL_VN, TL_TAIL(w - cc - TL_VN));
+                    lo2 = TL_LOADM(xr + 2, TL_TAIL(w - cc - 2));
+                    hi2 = TL_LOADM(xr + 2 + TL_VN, TL_TAIL(w - cc - 2 - TL_VN));
+                } else {
+                    lo = TL_LOAD(xr);
+                    hi = TL_LOAD(xr + TL_VN);
+                    lo2 = TL_LOAD(xr + 2);
+                    hi2 = TL_LOAD(xr + 2 + TL_VN);
+                }
+                d0 = TL_EVEN(lo, hi);   /* column 2j of each block j */
+                d1 = TL_ODD(lo, hi);    /* 2j + 1 */
+                d2 = TL_EVEN(lo2, hi2); /* 2j + 2 */
+                d3 = TL_ODD(lo2, hi2);  /* 2j + 3 */
+            }
+            /* d B */
+            t[rr][0] = TL_SUB(d0, d2);
+            t[rr][1] = TL_ADD(d1, d2);
+            t[rr][2] = TL_SUB(d2, d1);
+            t[rr][3] = TL_SUB(d1, d3);
+        }
+        /* B^T (d B) */
+        for (int j = 0; j < 4; j++) {
+            float *o = vb + (size_t)TL_VN * v;
+            TL_STORE(o + (size_t)(0 + j) * estride, TL_SUB(t[0][j], t[2][j]));
+            TL_STORE(o + (size_t)(4 + j) * estride, TL_ADD(t[1][j], t[2][j]));
+            TL_STORE(o + (size_t)(8 + j) * estride, TL_SUB(t[2][j], t[1][j]));
+            TL_STORE(o + (size_t)(12 + j) * estride, TL_SUB(t[1][j], t[3][j]));
+        }
+    }
+}
+
+/* One image: x [c][h][w] -> y [co][oh][ow] (valid 3x3, stride 1), u the transformed
+ * weights [16][co][c] (nn_winograd_weights), b and s the bias and slope per output channel. vbuf holds
+ * 16 x c x TL_WT_BLK floats, mbuf 16 x TL_WT_CO x TL_WT_BLK. */
+TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const float *x,
+                                                    const float *u, const float *b,
+                                                    const float *s, int prelu, float *y,
+                                                    float *vbuf, float *mbuf)
+{
+    const int w = g->w, c = g->c, co = g->co, oh = g->oh, ow = g->ow;
+    const size_t plane = (size_t)g->h * (size_t)w, estride = (size_t)c * TL_WT_BLK;
+    const int nbx = (ow + 1) / 2, nby = (oh + 1) / 2;
+    for (int by = 0; by < nby; by++) {
+        const int r0 = 2 * by, rows = g->h - r0 < 4 ? g->h - r0 : 4;
+        for (int bx0 = 0; bx0 < nbx; bx0 += TL_WT_BLK) {
+            const int c0 = 2 * bx0;
+            const int tail = c0 + 2 * TL_WT_BLK + 2 > w;
+            for (int ci = 0; ci < c; ci++)
+                TL_NAME(wt_input)(x + (size_t)ci * plane + (size_t)r0 * (size_t)w, w, rows,
+                                  c0, tail, vbuf + (size_t)ci * TL_WT_BLK, estride);
+            for (int o0 = 0; o0 < co; o0 += TL_WT_CO) {
+                /* M[e] for channels o0..o0+TL_WT_CO-1 */
+                for (int e = 0; e < 16; e++) {
+                    TL_V acc[TL_WT_CO][TL_WT_NV];
+                    for (int r = 0; r < TL_WT_CO; r++)
+                        for (int v = 0; v < TL_WT_NV; v++)
+                            acc[r][v] = TL_ZERO();
+                    const float *ve = vbuf + (size_t)e * estride;
+                    const float *ue = u + ((size_t)e * (size_t)co + o0) * (size_t)c;
+                    for (int ci = 0; ci < c; ci++) {
+                        TL_V xv[TL_WT_NV];
+                        for (int v = 0; v < TL_WT_NV; v++)
+                            xv[v] = TL_LOAD(ve + (size_t)ci * TL_WT_BLK + TL_VN * v);
+                        for (int r = 0; r < TL_WT_CO; r++) {
+                            const TL_V wv = TL_BCAST(ue + (size_t)r * (size_t)c + ci);
+                            for (int v = 0; v < TL_WT_NV; v++)
+                                acc[r][v] = TL_FMA(wv, xv[v], acc[r][v]);
+                        }
+                    }
+                    for (int r = 0; r < TL_WT_CO; r++)
+                        for (int v = 0; v < TL_WT_NV; v++)
+                            TL_STORE(mbuf + ((size_t)e * TL_WT_CO + r) * TL_WT_BLK + TL_VN * v,
+                                     acc[r][v]);
+                }
+                /* A^T M A + bias, PReLU, the two output rows interleaved back */
+                for (int r = 0; r < TL_WT_CO; r++) {
+                    const TL_V bv = TL_SET1(b[o0 + r]), sv = TL_SET1(s[o0 + r]);
+                    float *yc = y + (size_t)(o0 + r) * (size_t)g->p;
+                    for (int v = 0; v < TL_WT_NV; v++) {
+                        const int col = 2 * (bx0 + TL_VN * v);
+                        if (col >= ow)
+                            break;
+                        TL_V m[4][4];
+                        for (int e = 0; e < 16; e++)
+                            m[e / 4][e % 4] = TL_LOAD(
+                                mbuf + ((size_t)e * TL_WT_CO + r) * TL_WT_BLK + TL_VN * v);
+                        TL_V sm[2][4];
+                        for (int j = 0; j < 4; j++) {
+                            sm[0][j] = TL_ADD(TL_ADD(m[0][j], m[1][j]), m[2][j]);
+                            sm[1][j] = TL_SUB(TL_SUB(m[1][j], m[2][j]), m[3][j]);
+                        }
+                        for (int a = 0; a < 2 && r0 + a < oh; a++) {
+                            TL_V y0 = TL_ADD(TL_ADD(sm[a][0], sm[a][1]), sm[a][2]);
+                            TL_V y1 = TL_SUB(TL_SUB(sm[a][1], sm[a][2]), sm[a][3]);
+                            y0 = TL_ADD(y0, bv);
+                            y1 = TL_ADD(y1, bv);
+                            if (prelu) {
+                                y0 = TL_PRELU(y0, sv);
+                                y1 = TL_PRELU(y1, sv);
+                            }
+                            float *yr = yc + (size_t)(r0 + a) * (size_t)ow + col;
+                            const TL_V lo = TL_ZIPLO(y0, y1), hi = TL_ZIPHI(y0, y1);
+                            if (col + 2 * TL_VN <= ow) {
+                                TL_STORE(yr, lo);
+                                TL_STORE(yr + TL_VN, hi);
+                            } else {
+                                TL_STOREM(yr, TL_TAIL(ow - col), lo);
+                                TL_STOREM(yr + TL_VN, TL_TAIL(ow - col - TL_VN), hi);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* The kernel widths with their own code (constants inlined), for each tile height;
  * 3x3 has both sides constant, so its 9 taps unroll. */
 #define TL_IMAGE(name, kh, kw, noc)                                                       \
@@ -233,6 +393,7 @@ TL_IMAGES(_w, TL_DC_OC_WIDE)
 static const dc_kernels TL_NAME(kernels) = {
     TL_PT_OC,
     TL_NAME(pt_chunk),
+    TL_NAME(wt_image),
 #ifdef TL_DC_OC_WIDE
     {TL_TABLE(_4, 4), TL_TABLE(_w, TL_DC_OC_WIDE)},
 #else
@@ -247,6 +408,8 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_COLS
 #undef TL_OC_MAX
 #undef TL_PT_OC
+#undef TL_WT_NV
+#undef TL_WT_BLK
 #undef TL_INLINE
 /* the includer's macros: the next set defines its own */
 #undef TL_NAME
@@ -265,4 +428,10 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_ADD
 #undef TL_FMA
 #undef TL_PRELU
+#undef TL_SUB
+#undef TL_EVEN
+#undef TL_ODD
+#undef TL_ZIPLO
+#undef TL_ZIPHI
+#undef TL_WT_CO
 #undef TL_DC_OC_WIDE

@@ -170,6 +170,15 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
  * im2col + sgemm (and fm_nn_set_winograd has not turned it off). */
 int nn_winograd_fits(const conv_geom *g);
 
+/* 0 after fm_nn_set_winograd(0): neither Winograd path runs (nn_direct.c has the
+ * other, for P-Net's wide layers). */
+int nn_winograd_enabled(void);
+
+/* U = G w G^T for every output and input channel of g's 3x3 weights w: the 16 values
+ * of output o, input i at u[e * plane + o * g->c + i], e = 4 * row + column,
+ * G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
+void nn_winograd_weights(const conv_geom *g, const float *w, float *u, size_t plane);
+
 /* Floats of scratch nn_conv_winograd needs for g. */
 size_t nn_winograd_scratch(const conv_geom *g);
 

@@ -59,6 +59,11 @@ static long long blocks_of(const conv_geom *g)
     return (long long)g->n * ((g->oh + 1) / 2) * ((g->ow + 1) / 2);
 }
 
+int nn_winograd_enabled(void)
+{
+    return winograd_on;
+}
+
 int nn_winograd_fits(const conv_geom *g)
 {
     return winograd_on && g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 &&
@@ -98,7 +103,7 @@ size_t nn_winograd_scratch(const conv_geom *g)
 
 /* U[e][o][i] = (G w[o][i] G^T)[e] (planes plane floats apart),
  * G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
-static void transform_weights(const conv_geom *g, const float *w, float *u, size_t plane)
+void nn_winograd_weights(const conv_geom *g, const float *w, float *u, size_t plane)
 {
     for (int o = 0; o < g->co; o++) {
         for (int i = 0; i < g->c; i++) {
@@ -248,7 +253,7 @@ void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const 
     float *v = u + 16 * eu;
     float *m = v + 16 * ev;
     float *rows = m + 16 * em;
-    transform_weights(g, w, u, eu);
+    nn_winograd_weights(g, w, u, eu);
     const long long all = blocks_of(g);
     for (long long b0 = 0; b0 < all; b0 += tmax) {
         const int nb = (int)(all - b0 < tmax ? all - b0 : tmax);
