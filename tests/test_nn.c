@@ -420,7 +420,8 @@ static void test_conv_prelu(void)
  * kernels (AVX2, AVX-512) against the others: the same bits, and all against the
  * double reference. Shapes: R-Net's conv2, O-Net's conv2 and conv3, small P-Net
  * levels, chunks of several images with a last tile cut short, channel counts that are
- * not a multiple of 16 or 32 (17, 20, 40, 48), 1x1 and 2x2 kernels; and planes that
+ * not a multiple of 16 or 32 (17, 20, 36, 40, 48, 80: tiles of 2, 3 and 4 vectors of
+ * channels, partly empty), 1x1 and 2x2 kernels; and planes that
  * only column tiles run (too few channels or multiply-adds), with tails of every
  * length against 16- and 32-column tiles. */
 static void test_conv_positions(void)
@@ -436,6 +437,8 @@ static void test_conv_positions(void)
         {7, 16, 6, 7, 20, 3},   /* chunks of many tiny images, 20 channels */
         {3, 70, 3, 19, 17, 1},  /* 1x1, 17 channels: one in the second tile */
         {2, 24, 4, 20, 40, 3},  /* 40 channels: a half tile */
+        {3, 16, 7, 7, 36, 3},   /* 36 channels: 3 vectors of 16, 12 empty */
+        {2, 20, 8, 8, 80, 3},   /* 80 channels: a tile of 64, then 16 in a tile */
         {1, 3, 22, 40, 10, 3},  /* P-Net conv1 strip */
         {1, 3, 50, 150, 10, 3}, /* row by row: 148 columns, tails of 4 and 20 */
         {2, 5, 9, 18, 7, 3},    /* flat, 3 channels in the last tile */

@@ -320,7 +320,7 @@ typedef struct dc_kernels {
     _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20)
 #define TL_ZIPHI(a, b)                                                                    \
     _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31)
-#define TL_WT_CO 8
+#define TL_WT_CO 4
 #include "nn_direct_tiles.h"
 
 /* The lanes [0, n) of 16 (n may be <= 0 or >= 16). */
