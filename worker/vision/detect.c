@@ -1096,6 +1096,12 @@ static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
     const double th1 = o->pnet_threshold, th2 = o->retry_pnet_threshold;
     const int two = o->retry != 0;
     const double th_lo = two && th2 < th1 ? th2 : th1;
+    /* face_prob(l0, l1) > th_lo needs l1 - l0 > log(th_lo / (1 - th_lo)); with a margin
+     * of 1e-3 (far more than the float rounding of the probability), a cell below
+     * dl_min cannot pass, and every other cell is decided by face_prob as before */
+    const double dl_min = th_lo <= 0.0   ? -HUGE_VAL
+                          : th_lo >= 1.0 ? HUGE_VAL
+                                         : log(th_lo / (1.0 - th_lo)) - 1e-3;
     *n_retry = 0;
     int levels = fm_mtcnn_scales(v->w, v->h, min_face, o->scale_factor, o->max_side,
                                  d->scales, FM_DETECT_MAX_LEVELS);
@@ -1146,6 +1152,10 @@ static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
             for (int ii = 0; ii < i1 - i0; ii++) {
                 for (int j = 0; j < ow; j++) {
                     size_t k = (size_t)ii * (size_t)ow + (size_t)j;
+                    /* most cells are far below the threshold: skip them on the logit
+                     * difference, without the exponential */
+                    if ((double)logits.data[plane + k] - (double)logits.data[k] < dl_min)
+                        continue;
                     float score = face_prob(logits.data[k], logits.data[plane + k]);
                     if (!((double)score > th_lo))
                         continue;
