@@ -13,7 +13,7 @@
  * sgemm on P-Net's three layers and on R-Net's and O-Net's layers except the last
  * convolution of each (3x3 outputs, fewer than a tile: 1.1-2.6x). Small planes with
  * enough output channels run in position tiles instead (positions x channels, below:
- * faster, and the same bits). P-Net's wide 3x3 layers (conv2 and conv3) run as
+ * faster, and the same bits), and so do those last convolutions. P-Net's wide 3x3 layers (conv2 and conv3) run as
  * Winograd's F(2x2, 3x3) with its products in registers (nn_direct_tiles.h): fewer
  * multiplies, results equal within rounding (fm_nn_set_winograd(0) turns it off).
  *
@@ -182,13 +182,14 @@ int nn_direct_fits(const conv_geom *g)
         return 0;
     if (g->oh != g->h - g->kh + 1 || g->ow != g->w - g->kw + 1)
         return 0; /* bottom or right padding */
-    /* Narrow outputs waste most of a tile; large K multiplies well through sgemm.
-     * R-Net's and O-Net's last convolutions (3x3 outputs) would run twice as fast in
-     * position tiles (0.4 and 0.6 of sgemm as im2col + sgemm, 0.9 in position tiles),
-     * but the change of rounding moves the sample photos' attributes by up to 1e-3
-     * relative through the boxes and landmarks, beyond tests/golden's 1e-4: they stay
-     * with sgemm, and this choice keeps every result the same bits. */
-    return dc_flat(g) || (g->ow >= DC_MIN_OW && g->k <= DC_MAX_K);
+    /* Narrow outputs waste most of a column tile; large K multiplies well through
+     * sgemm. Position tiles take any width: R-Net's and O-Net's last convolutions (2x2
+     * kernels, 3x3 outputs) run in them 2-3 times as fast as im2col + sgemm (0.3-0.4
+     * of sgemm's speed there, 1.2-1.3 in position tiles, by facemill-bench-ops). With
+     * OpenBLAS's SkylakeX kernels the results are the same bits (its small-matrix
+     * kernel sums in the same order); against the Zen kernels tests/golden's file
+     * still holds with room (ages within 0.008 years of 0.02). */
+    return pt_fits(g) || dc_flat(g) || (g->ow >= DC_MIN_OW && g->k <= DC_MAX_K);
 }
 
 /* See nn_impl.h. */
