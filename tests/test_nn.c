@@ -605,11 +605,13 @@ static void test_conv_wino_direct(void)
 }
 
 /* The vector max pooling (2x2 and 3x3, stride 2) and PReLU against the portable
- * paths, on widths with and without tails. */
+ * paths, on widths with and without tails (up to 32 columns: AVX-512's whole-plane
+ * kernel; wider: its row kernel). */
 static void test_vector_kernels(void)
 {
     fm_nn_isa best = fm_nn_isa_best();
-    static const int hs[] = {2, 5, 9, 22}, ws[] = {3, 9, 16, 17, 18, 33, 46, 63, 638};
+    static const int hs[] = {2, 5, 9, 22};
+    static const int ws[] = {3, 9, 16, 17, 18, 21, 22, 31, 32, 33, 46, 63, 638};
     for (size_t hi = 0; hi < sizeof hs / sizeof hs[0]; hi++) {
         for (size_t wi = 0; wi < sizeof ws / sizeof ws[0]; wi++) {
             for (int k = 2; k <= 3; k++) {
