@@ -442,6 +442,30 @@ static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float
 #endif
 
 #if NN_HAVE_AVX2
+/* The outputs of a flat run (rows w apart) into rows of ow: with AVX-512 masked
+ * copies of whole rows (R-Net's and O-Net's first convolutions give rows of 22 and 46
+ * outputs, tens of thousands of them per image, where memcpy's call was most of the
+ * copy's cost), memcpy otherwise. */
+__attribute__((target("avx512f"))) static void flat_copy512(float *dst, const float *src,
+                                                            int rows, int ow, int w)
+{
+    for (int r = 0; r < rows; r++, dst += ow, src += w)
+        for (int x = 0; x < ow; x += 16) {
+            const __mmask16 m = lanes16(ow - x);
+            _mm512_mask_storeu_ps(dst + x, m, _mm512_maskz_loadu_ps(m, src + x));
+        }
+}
+
+static void flat_copy(float *dst, const float *src, int rows, int ow, int w)
+{
+    if (fm_nn_isa_now() >= FM_NN_ISA_AVX512) {
+        flat_copy512(dst, src, rows, ow, w);
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        memcpy(dst + (size_t)r * ow, src + (size_t)r * w, (size_t)ow * sizeof *dst);
+}
+
 /* nn_conv_direct as Winograd F(2x2, 3x3): transformed weights [16][co][c], bias and
  * slope per channel, then each image. */
 static void conv_winograd(const dc_kernels *kn, const conv_geom *g, const float *x,
@@ -505,10 +529,8 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
         dc_addressable(flat ? yf : yn,
                        sizeof *y * (flat ? (size_t)g->co * g->oh * g->w : out_img), "output");
         fn(g, x + (size_t)n * in_img, wpk, b, s, slope != NULL, flat ? yf : yn, flat);
-        for (int oc = 0; flat && oc < g->co; oc++)
-            for (int oy = 0; oy < g->oh; oy++)
-                memcpy(yn + ((size_t)oc * g->oh + oy) * g->ow,
-                       yf + ((size_t)oc * g->oh + oy) * g->w, (size_t)g->ow * sizeof *yn);
+        if (flat)
+            flat_copy(yn, yf, g->co * g->oh, g->ow, g->w);
     }
 #else
     (void)g, (void)x, (void)w, (void)bias, (void)slope, (void)n_slope, (void)y,
