@@ -294,6 +294,11 @@ typedef struct mtcnn_net {
     const char *arch;
     float mean[3], scale[3];
     fm_tensor t[NET_MAX_TENSORS];
+    /* P-Net: conv4_1 (2 face logits) and conv4_2 (4 box offsets) stacked into one 1x1
+     * convolution of 6 outputs, so the 32-channel maps are read once; a 1x1
+     * convolution sums each output on its own, so the results are the same bits. */
+    float head_w[6 * 32], head_b[6];
+    fm_tensor head_wt, head_bt;
 } mtcnn_net;
 
 enum {
@@ -507,14 +512,17 @@ static fm_status pnet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
         st = conv_prelu(a, b, &y2, BUF_X, &t[P_C3W], &t[P_C3B], &t[P_A3], &y3, err);
     if (st)
         return st;
+    /* logits then regression, one after the other in buffer Y: the 6 planes of the
+     * stacked head */
     size_t plane = (size_t)y3.h * (size_t)y3.w;
-    st = act_view(b, BUF_Y, 0, 1, 2, y3.h, y3.w, logits, err);
+    fm_tensor both;
+    st = act_view(b, BUF_Y, 0, 1, 6, y3.h, y3.w, &both, err);
+    if (!st)
+        st = act_view(b, BUF_Y, 0, 1, 2, y3.h, y3.w, logits, err);
     if (!st)
         st = act_view(b, BUF_Y, 2 * plane, 1, 4, y3.h, y3.w, reg, err);
     if (!st)
-        st = fm_nn_conv2d(a, &y3, &t[P_C41W], &t[P_C41B], &p, logits, err);
-    if (!st)
-        st = fm_nn_conv2d(a, &y3, &t[P_C42W], &t[P_C42B], &p, reg, err);
+        st = fm_nn_conv2d(a, &y3, &net->head_wt, &net->head_bt, &p, &both, err);
     return st;
 }
 
@@ -762,6 +770,15 @@ fm_status fm_detector_open(fm_detector **out, const char *models_dir,
 
     st = net_open(&d->pnet, models_dir, FM_DETECT_PNET_FILE, "mtcnn.pnet", 0, pnet_spec,
                   P_COUNT, err);
+    if (!st) {
+        mtcnn_net *pn = &d->pnet;
+        memcpy(pn->head_w, pn->t[P_C41W].data, 2 * 32 * sizeof *pn->head_w);
+        memcpy(pn->head_w + 2 * 32, pn->t[P_C42W].data, 4 * 32 * sizeof *pn->head_w);
+        memcpy(pn->head_b, pn->t[P_C41B].data, 2 * sizeof *pn->head_b);
+        memcpy(pn->head_b + 2, pn->t[P_C42B].data, 4 * sizeof *pn->head_b);
+        pn->head_wt = fm_tensor_make(6, 32, 1, 1, pn->head_w);
+        pn->head_bt = fm_tensor_make(1, 6, 1, 1, pn->head_b);
+    }
     if (!st)
         st = net_open(&d->rnet, models_dir, FM_DETECT_RNET_FILE, "mtcnn.rnet", 24, rnet_spec,
                       R_COUNT, err);
