@@ -281,6 +281,7 @@ typedef struct dc_kernels {
     int pt_oc; /* output channels per position tile */
     pt_chunk_fn positions;
     wt_image_fn winograd; /* nn_direct_tiles.h, "Winograd F(2x2, 3x3), direct" */
+    int wt_co;            /* its output channels per product group */
     struct {
         int oc;               /* output channels per column tile: 4, and a wider one */
         dc_image_fn image[4]; /* kernel width 1, 2, 3x3, any */
@@ -475,7 +476,7 @@ static void conv_winograd(const dc_kernels *kn, const conv_geom *g, const float 
     const size_t eu = (size_t)g->co * g->c;
     float *u = scratch, *b = u + 16 * eu, *s = b + g->co;
     float *vbuf = s + g->co, *mbuf = vbuf + 16 * (size_t)g->c * WT_BLK_MAX;
-    nn_winograd_weights(g, w, u, eu);
+    nn_winograd_weights(g, w, u, eu, kn->wt_co);
     for (int o = 0; o < g->co; o++) {
         b[o] = bias ? bias[o] : 0.0f;
         s[o] = slope ? slope[n_slope == 1 ? 0 : o] : 0.0f;

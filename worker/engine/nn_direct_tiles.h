@@ -281,8 +281,9 @@ TL_INLINE void TL_NAME(wt_input)(const float *xc, int w, int rows, int cc0, int 
 }
 
 /* One image: x [c][h][w] -> y [co][oh][ow] (valid 3x3, stride 1), u the transformed
- * weights [16][co][c] (nn_winograd_weights), b and s the bias and slope per output channel. vbuf holds
- * 16 x c x TL_WT_BLK floats, mbuf 16 x TL_WT_CO x TL_WT_BLK. */
+ * weights [16][co / TL_WT_CO][c][TL_WT_CO] (nn_winograd_weights, group TL_WT_CO), b
+ * and s the bias and slope per output channel. vbuf holds 16 x c x TL_WT_BLK floats,
+ * mbuf 16 x TL_WT_CO x TL_WT_BLK. */
 TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const float *x,
                                                     const float *u, const float *b,
                                                     const float *s, int prelu, float *y,
@@ -308,12 +309,14 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const fl
                             acc[r][v] = TL_ZERO();
                     const float *ve = vbuf + (size_t)e * estride;
                     const float *ue = u + ((size_t)e * (size_t)co + o0) * (size_t)c;
+                    /* [ci][TL_WT_CO] from here: the group's weights of one input
+                     * channel side by side */
                     for (int ci = 0; ci < c; ci++) {
                         TL_V xv[TL_WT_NV];
                         for (int v = 0; v < TL_WT_NV; v++)
                             xv[v] = TL_LOAD(ve + (size_t)ci * TL_WT_BLK + TL_VN * v);
                         for (int r = 0; r < TL_WT_CO; r++) {
-                            const TL_V wv = TL_BCAST(ue + (size_t)r * (size_t)c + ci);
+                            const TL_V wv = TL_BCAST(ue + (size_t)ci * TL_WT_CO + r);
                             for (int v = 0; v < TL_WT_NV; v++)
                                 acc[r][v] = TL_FMA(wv, xv[v], acc[r][v]);
                         }
@@ -394,6 +397,7 @@ static const dc_kernels TL_NAME(kernels) = {
     TL_PT_OC,
     TL_NAME(pt_chunk),
     TL_NAME(wt_image),
+    TL_WT_CO,
 #ifdef TL_DC_OC_WIDE
     {TL_TABLE(_4, 4), TL_TABLE(_w, TL_DC_OC_WIDE)},
 #else

@@ -175,9 +175,12 @@ int nn_winograd_fits(const conv_geom *g);
 int nn_winograd_enabled(void);
 
 /* U = G w G^T for every output and input channel of g's 3x3 weights w: the 16 values
- * of output o, input i at u[e * plane + o * g->c + i], e = 4 * row + column,
+ * of output o, input i at u[e * plane + o * g->c + i] (group 1), e = 4 * row + column,
+ * or with outputs in groups of `group` interleaved (group divides g->co), at
+ * u[e * plane + ((o / group) * g->c + i) * group + o % group];
  * G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
-void nn_winograd_weights(const conv_geom *g, const float *w, float *u, size_t plane);
+void nn_winograd_weights(const conv_geom *g, const float *w, float *u, size_t plane,
+                         int group);
 
 /* Floats of scratch nn_conv_winograd needs for g. */
 size_t nn_winograd_scratch(const conv_geom *g);

@@ -101,9 +101,11 @@ size_t nn_winograd_scratch(const conv_geom *g)
            row_floats(g);
 }
 
-/* U[e][o][i] = (G w[o][i] G^T)[e] (planes plane floats apart),
+/* U[e][o][i] = (G w[o][i] G^T)[e] (planes plane floats apart; with group > 1, outputs
+ * in groups of that many, interleaved: U[e][o / group][i][o % group]),
  * G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
-void nn_winograd_weights(const conv_geom *g, const float *w, float *u, size_t plane)
+void nn_winograd_weights(const conv_geom *g, const float *w, float *u, size_t plane,
+                         int group)
 {
     for (int o = 0; o < g->co; o++) {
         for (int i = 0; i < g->c; i++) {
@@ -115,7 +117,7 @@ void nn_winograd_weights(const conv_geom *g, const float *w, float *u, size_t pl
                 t[2][j] = 0.5f * (k[j] - k[3 + j] + k[6 + j]);
                 t[3][j] = k[6 + j];
             }
-            float *dst = u + (size_t)o * g->c + i;
+            float *dst = u + ((size_t)(o / group) * g->c + i) * group + o % group;
             for (int r = 0; r < 4; r++) {
                 dst[(r * 4 + 0) * plane] = t[r][0];
                 dst[(r * 4 + 1) * plane] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
@@ -253,7 +255,7 @@ void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const 
     float *v = u + 16 * eu;
     float *m = v + 16 * ev;
     float *rows = m + 16 * em;
-    nn_winograd_weights(g, w, u, eu);
+    nn_winograd_weights(g, w, u, eu, 1);
     const long long all = blocks_of(g);
     for (long long b0 = 0; b0 < all; b0 += tmax) {
         const int nb = (int)(all - b0 < tmax ? all - b0 : tmax);
