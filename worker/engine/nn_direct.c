@@ -13,9 +13,10 @@
  * sgemm on P-Net's three layers and on R-Net's and O-Net's layers except the last
  * convolution of each (3x3 outputs, fewer than a tile: 1.1-2.6x). Small planes with
  * enough output channels run in position tiles instead (positions x channels, below:
- * faster, and the same bits), and so do those last convolutions. P-Net's wide 3x3 layers (conv2 and conv3) run as
- * Winograd's F(2x2, 3x3) with its products in registers (nn_direct_tiles.h): fewer
- * multiplies, results equal within rounding (fm_nn_set_winograd(0) turns it off).
+ * faster, and the same bits), and so do those last convolutions. P-Net's wide 3x3
+ * layers (conv2 and conv3) run as Winograd's F(2x2, 3x3) with its products in
+ * registers (nn_direct_tiles.h): fewer multiplies, results equal within rounding
+ * (fm_nn_set_winograd(0) turns it off).
  *
  * Dispatch: the convolution's loops are written once (nn_direct_tiles.h) and compiled
  * for AVX2+FMA and for AVX-512 with target attributes; the widest set the CPU has is
@@ -184,11 +185,11 @@ int nn_direct_fits(const conv_geom *g)
         return 0; /* bottom or right padding */
     /* Narrow outputs waste most of a column tile; large K multiplies well through
      * sgemm. Position tiles take any width: R-Net's and O-Net's last convolutions (2x2
-     * kernels, 3x3 outputs) run in them 2-3 times as fast as im2col + sgemm (0.3-0.4
-     * of sgemm's speed there, 1.2-1.3 in position tiles, by facemill-bench-ops). With
+     * kernels, 3x3 outputs) run in them 2-3 times as fast as im2col + sgemm (0.26-0.41
+     * of sgemm's speed there, 0.75-1.3 in position tiles, by facemill-bench-ops). With
      * OpenBLAS's SkylakeX kernels the results are the same bits (its small-matrix
-     * kernel sums in the same order); against the Zen kernels tests/golden's file
-     * still holds with room (ages within 0.008 years of 0.02). */
+     * kernel sums in the same order); with its Zen kernels tests/golden's file still
+     * holds with room (ages within 0.0072 years, the tolerance is 0.02). */
     return pt_fits(g) || dc_flat(g) || (g->ow >= DC_MIN_OW && g->k <= DC_MAX_K);
 }
 
@@ -467,8 +468,9 @@ static void flat_copy(float *dst, const float *src, int rows, int ow, int w)
         memcpy(dst + (size_t)r * ow, src + (size_t)r * w, (size_t)ow * sizeof *dst);
 }
 
-/* nn_conv_direct as Winograd F(2x2, 3x3): transformed weights [16][co][c], bias and
- * slope per channel, then each image. */
+/* nn_conv_direct as Winograd F(2x2, 3x3): transformed weights [16][co][c] (the
+ * output channels in the set's product groups), bias and slope per channel, then each
+ * image. */
 static void conv_winograd(const dc_kernels *kn, const conv_geom *g, const float *x,
                           const float *w, const float *bias, const float *slope,
                           int n_slope, float *y, float *scratch)
