@@ -5,8 +5,8 @@
  * MTCNN's layers have few channels (3 to 64) and, in P-Net, very wide images: as im2col
  * + sgemm they are small-M multiplies that spend most of their time copying (im2col,
  * packing, zeroing) and in separate passes for bias and PReLU. The direct kernel reads
- * the input rows in place: a tile of output channels x output columns (AVX2: 4 x 16,
- * 8 accumulators; AVX-512: 4 or 8 x 32) sums over every input channel and tap, then adds
+ * the input rows in place: a tile of output channels x output columns (AVX2: 4 or 5 x
+ * 16; AVX-512: 4, 5 or 8 x 32) sums over every input channel and tap, then adds
  * the bias, applies PReLU and stores once. Small planes (R-Net's and O-Net's crops)
  * run as one flat run of outputs as wide as the input, so rows of 9 or 22 outputs do
  * not each leave a partial tile. Measured with facemill-bench-ops, it beats im2col +
@@ -284,9 +284,9 @@ typedef struct dc_kernels {
     wt_image_fn winograd; /* nn_direct_tiles.h, "Winograd F(2x2, 3x3), direct" */
     int wt_co;            /* its output channels per product group */
     struct {
-        int oc;               /* output channels per column tile: 4, and a wider one */
+        int oc;               /* output channels per column tile: 4, 5, and a wider one */
         dc_image_fn image[4]; /* kernel width 1, 2, 3x3, any */
-    } cols[2];
+    } cols[3];
 } dc_kernels;
 
 /* AVX2 and FMA: 8 lanes; column tiles of 4 channels x 16 columns (8 accumulators; 12
@@ -351,12 +351,13 @@ __attribute__((target("avx512f"))) static inline __m512i wt_ziphi512(void)
     return _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
 }
 
-/* AVX-512 (F): 16 lanes, masks in k registers; column tiles of 4 or 8 channels x 32
+/* AVX-512 (F): 16 lanes, masks in k registers; column tiles of 4, 5 or 8 channels x 32
  * columns (32 vector registers: 16 accumulators fit), position tiles of 6 positions x
  * 32 channels. facemill-bench-ops, 8 channels against 4: P-Net conv2 (16 channels)
  * and conv3 (32) 1.10-1.13 and 1.06-1.08 of sgemm against 0.94-0.98 and 0.90-0.92,
  * O-Net conv1 (32) 0.70-0.74 against 0.57-0.60; P-Net conv1 (10 channels, 16 slots
- * against 12) 0.61-0.63 against 0.67-0.69. */
+ * against 12) 0.61-0.63 against 0.67-0.69, and in two tiles of 5 (10 slots) 1.24-1.41
+ * ms against 1.58-1.65 in three of 4. */
 #define TL_NAME(x) x##_avx512
 #define TL_TARGET __attribute__((target("avx512f,avx2,fma")))
 #define TL_V __m512
@@ -510,10 +511,15 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
         conv_positions(kn, g, x, w, bias, slope, n_slope, y, scratch);
         return;
     }
-    /* the wider column tile unless it leaves more channels empty */
-    const int wide = kn->cols[1].oc, waste4 = (4 - g->co % 4) % 4;
-    const int waste = (wide - g->co % wide) % wide;
-    const int t = waste <= waste4 ? 1 : 0;
+    /* the column tile that leaves the fewest channels empty, the widest of equals */
+    int t = 0, waste = (kn->cols[0].oc - g->co % kn->cols[0].oc) % kn->cols[0].oc;
+    for (int i = 1; i < 3; i++) {
+        const int oc = kn->cols[i].oc, wi = (oc - g->co % oc) % oc;
+        if (wi < waste || (wi == waste && oc > kn->cols[t].oc)) {
+            t = i;
+            waste = wi;
+        }
+    }
     const int oct = dc_pack(g, w, bias, slope, n_slope, kn->cols[t].oc, scratch);
     float *wpk = scratch;
     float *b = wpk + (size_t)oct * (size_t)g->k;

@@ -17,8 +17,8 @@
  *   TL_ZIPLO(a, b), TL_ZIPHI(a, b)   a0 b0 a1 b1 ... for the low (high) half of a and b
  *   TL_WT_CO          output channels per product group of the Winograd kernel
  *   TL_DC_OC_WIDE     (optional) column tiles of this many output channels besides
- *                     those of 4 (nn_conv_direct takes them unless they leave more
- *                     channels empty)
+ *                     those of 4 and 5 (nn_conv_direct takes the tile that leaves the
+ *                     fewest channels empty, the widest of equals)
  *
  * Every set sums each output in the same order (each input channel, tap row, tap
  * column, from 0, one fused multiply-add each), then adds the bias and applies PReLU
@@ -389,6 +389,7 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const fl
      {TL_NAME(dc_image_k1##sfx), TL_NAME(dc_image_k2##sfx), TL_NAME(dc_image_k3##sfx),    \
       TL_NAME(dc_image_kn##sfx)}}
 TL_IMAGES(_4, 4)
+TL_IMAGES(_5, 5)
 #ifdef TL_DC_OC_WIDE
 TL_IMAGES(_w, TL_DC_OC_WIDE)
 #endif
@@ -399,9 +400,9 @@ static const dc_kernels TL_NAME(kernels) = {
     TL_NAME(wt_image),
     TL_WT_CO,
 #ifdef TL_DC_OC_WIDE
-    {TL_TABLE(_4, 4), TL_TABLE(_w, TL_DC_OC_WIDE)},
+    {TL_TABLE(_4, 4), TL_TABLE(_5, 5), TL_TABLE(_w, TL_DC_OC_WIDE)},
 #else
-    {TL_TABLE(_4, 4), TL_TABLE(_4, 4)},
+    {TL_TABLE(_4, 4), TL_TABLE(_5, 5), TL_TABLE(_4, 4)},
 #endif
 };
 #undef TL_IMAGE
