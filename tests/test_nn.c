@@ -329,6 +329,38 @@ static double *ref_conv_prelu(const fm_tensor *x, const fm_tensor *wt, const fm_
     return r;
 }
 
+/* fm_nn_conv2d_prelu(x, wt, bias, slope) into y (valid, stride 1) in an arena of the
+ * size a measuring pass asks for, as the detector runs it. */
+static void conv_prelu_measured(const fm_tensor *x, const fm_tensor *wt,
+                                const fm_tensor *bias, const fm_tensor *slope, fm_tensor *y)
+{
+    fm_error e = {0};
+    const fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    fm_arena *m = NULL, *a = NULL;
+    fm_tensor xm = *x, wm = *wt, ym = *y;
+    xm.data = wm.data = ym.data = NULL;
+    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+    CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
+    CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+    fm_arena_destroy(&m);
+    fm_status st = fm_nn_conv2d_prelu(a, x, wt, bias, slope, &p, y, &e);
+    CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
+    fm_arena_destroy(&a);
+}
+
+/* Frees what prelu_operands made, the reference r and the outputs y[0..runs). */
+static void prelu_case_free(fm_tensor *x, fm_tensor *wt, fm_tensor *b, fm_tensor *sl,
+                            double *r, fm_tensor *y, int runs)
+{
+    free(r);
+    fm_test_tensor_free(x);
+    fm_test_tensor_free(wt);
+    fm_test_tensor_free(b);
+    fm_test_tensor_free(sl);
+    for (int j = 0; j < runs; j++)
+        fm_test_tensor_free(&y[j]);
+}
+
 /* conv + bias + PReLU (fm_nn_conv2d_prelu) and plain conv2d against the double
  * reference, under every instruction set this CPU has: the direct kernel's shapes
  * (P-Net's layers, R-Net's and O-Net's first, odd widths and channel counts, tails of
@@ -457,7 +489,6 @@ static void test_conv_positions(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         for (int variant = 0; variant < 3; variant++) {
             /* 0: per-channel slope and bias; 1: shared slope, no bias; 2: no slope */
-            fm_error e = {0};
             const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
             const int co = cases[i].co, k = cases[i].k;
             const int oh = h - k + 1, ow = w - k + 1;
@@ -465,7 +496,6 @@ static void test_conv_positions(void)
             const fm_tensor *bias, *slope;
             prelu_operands(n, c, h, w, co, k, variant, &x, &wt, &b, &sl, &bias, &slope);
             fm_tensor y[RUNS];
-            fm_conv2d_params p = fm_conv2d_sym(1, 0);
             double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
             int runs = 0; /* run 2 i + on: ISA AVX2 + i, position tiles on or off */
             for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
@@ -473,17 +503,7 @@ static void test_conv_positions(void)
                 for (int on = 0; on < 2; on++, runs++) {
                     fm_nn_set_position_tiles(on);
                     y[runs] = fm_test_tensor(&rng, n, co, oh, ow);
-                    fm_arena *m = NULL, *a = NULL;
-                    fm_tensor xm = x, wm = wt, ym = y[runs];
-                    xm.data = wm.data = ym.data = NULL;
-                    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
-                    CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
-                    CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
-                    fm_arena_destroy(&m);
-                    fm_status st = fm_nn_conv2d_prelu(a, &x, &wt, bias, slope, &p, &y[runs],
-                                                      &e);
-                    CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
-                    fm_arena_destroy(&a);
+                    conv_prelu_measured(&x, &wt, bias, slope, &y[runs]);
                     size_t count = fm_tensor_count(&y[runs]);
                     /* Planes too narrow for column tiles go to im2col + sgemm with the
                      * position tiles off, whose order of sums is OpenBLAS's: then the
@@ -503,13 +523,7 @@ static void test_conv_positions(void)
             }
             fm_nn_set_position_tiles(1);
             fm_nn_set_isa(best);
-            free(r);
-            fm_test_tensor_free(&x);
-            fm_test_tensor_free(&wt);
-            fm_test_tensor_free(&b);
-            fm_test_tensor_free(&sl);
-            for (int j = 0; j < runs; j++)
-                fm_test_tensor_free(&y[j]);
+            prelu_case_free(&x, &wt, &b, &sl, r, y, runs);
         }
     }
     fprintf(stderr, "test_nn: direct convolution, column and position tiles, %s%s: the same "
@@ -545,14 +559,12 @@ static void test_conv_wino_direct(void)
     enum { RUNS = FM_NN_ISA_AVX512 - FM_NN_ISA_AVX2 + 2 };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         for (int variant = 0; variant < 3; variant++) {
-            fm_error e = {0};
             const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
             const int co = cases[i].co, oh = h - 2, ow = w - 2;
             fm_tensor x, wt, b, sl;
             const fm_tensor *bias, *slope;
             prelu_operands(n, c, h, w, co, 3, variant, &x, &wt, &b, &sl, &bias, &slope);
             fm_tensor y[RUNS];
-            fm_conv2d_params p = fm_conv2d_sym(1, 0);
             double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
             /* runs 0..: Winograd under AVX2, AVX-512; the last: column tiles */
             int runs = 0;
@@ -561,16 +573,7 @@ static void test_conv_wino_direct(void)
                 fm_nn_set_isa(tiles ? best : (fm_nn_isa)isa);
                 fm_nn_set_winograd(!tiles);
                 y[runs] = fm_test_tensor(&rng, n, co, oh, ow);
-                fm_arena *m = NULL, *a = NULL;
-                fm_tensor xm = x, wm = wt, ym = y[runs];
-                xm.data = wm.data = ym.data = NULL;
-                CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
-                CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
-                CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
-                fm_arena_destroy(&m);
-                fm_status st = fm_nn_conv2d_prelu(a, &x, &wt, bias, slope, &p, &y[runs], &e);
-                CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
-                fm_arena_destroy(&a);
+                conv_prelu_measured(&x, &wt, bias, slope, &y[runs]);
                 size_t count = fm_tensor_count(&y[runs]);
                 const char *what = tiles ? "column tiles" : fm_nn_isa_name((fm_nn_isa)isa);
                 double err = rel_err(y[runs].data, r, count);
@@ -590,13 +593,7 @@ static void test_conv_wino_direct(void)
             }
             fm_nn_set_winograd(1);
             fm_nn_set_isa(best);
-            free(r);
-            fm_test_tensor_free(&x);
-            fm_test_tensor_free(&wt);
-            fm_test_tensor_free(&b);
-            fm_test_tensor_free(&sl);
-            for (int j = 0; j < runs; j++)
-                fm_test_tensor_free(&y[j]);
+            prelu_case_free(&x, &wt, &b, &sl, r, y, runs);
         }
     }
     fprintf(stderr, "test_nn: direct Winograd F(2x2, 3x3), %s%s: the same bits, within "
