@@ -332,21 +332,22 @@ static inline __mmask16 lanes16(int n)
     return (__mmask16)(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
 }
 
-/* Lane indices for _mm512_permutex2var_ps: the even and odd lanes of two vectors, and
- * the lanes of a and b interleaved (a0 b0 a1 b1 ..., low and high halves). */
-__attribute__((target("avx512f"))) static inline __m512i wt_even512(void)
+/* Lane indices for _mm512_permutex2var_ps: the even and odd lanes of two vectors (the
+ * Winograd kernel's stride-2 split and the stride-2 max pools), and the lanes of a and
+ * b interleaved (a0 b0 a1 b1 ..., low and high halves). */
+__attribute__((target("avx512f"))) static inline __m512i even512(void)
 {
     return _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
 }
-__attribute__((target("avx512f"))) static inline __m512i wt_odd512(void)
+__attribute__((target("avx512f"))) static inline __m512i odd512(void)
 {
     return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
-__attribute__((target("avx512f"))) static inline __m512i wt_ziplo512(void)
+__attribute__((target("avx512f"))) static inline __m512i ziplo512(void)
 {
     return _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
 }
-__attribute__((target("avx512f"))) static inline __m512i wt_ziphi512(void)
+__attribute__((target("avx512f"))) static inline __m512i ziphi512(void)
 {
     return _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
 }
@@ -377,10 +378,10 @@ __attribute__((target("avx512f"))) static inline __m512i wt_ziphi512(void)
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_GT_OQ),          \
                          _mm512_mul_ps(a, s), a)
 #define TL_SUB(a, b) _mm512_sub_ps(a, b)
-#define TL_EVEN(lo, hi) _mm512_permutex2var_ps(lo, wt_even512(), hi)
-#define TL_ODD(lo, hi) _mm512_permutex2var_ps(lo, wt_odd512(), hi)
-#define TL_ZIPLO(a, b) _mm512_permutex2var_ps(a, wt_ziplo512(), b)
-#define TL_ZIPHI(a, b) _mm512_permutex2var_ps(a, wt_ziphi512(), b)
+#define TL_EVEN(lo, hi) _mm512_permutex2var_ps(lo, even512(), hi)
+#define TL_ODD(lo, hi) _mm512_permutex2var_ps(lo, odd512(), hi)
+#define TL_ZIPLO(a, b) _mm512_permutex2var_ps(a, ziplo512(), b)
+#define TL_ZIPHI(a, b) _mm512_permutex2var_ps(a, ziphi512(), b)
 #define TL_WT_CO 8
 #define TL_DC_OC_WIDE 8
 #include "nn_direct_tiles.h"
@@ -639,9 +640,7 @@ __attribute__((target("avx512f"))) static int maxpool_s2_row512(const float *con
                                                                 int kr, int k, int in_w,
                                                                 int ow, float *out)
 {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,
-                                           26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i even = even512(), odd = odd512();
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int ox = 0; ox < ow; ox += 16) {
         const int c0 = 2 * ox;
@@ -675,9 +674,7 @@ __attribute__((target("avx512f"))) static void maxpool_s2_small512(const float *
                                                                    int w, int k, float *yc,
                                                                    int oh, int ow)
 {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,
-                                           26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i even = even512(), odd = odd512();
     const __m512i next = _mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                            28, 30, 31);
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
