@@ -283,6 +283,8 @@ typedef struct dc_kernels {
     pt_chunk_fn positions;
     wt_image_fn winograd; /* nn_direct_tiles.h, "Winograd F(2x2, 3x3), direct" */
     int wt_co;            /* its output channels per product group */
+    nn_wg_input_fn wg_input;   /* nn_winograd.c's transforms */
+    nn_wg_output_fn wg_output;
     struct {
         int oc;               /* output channels per column tile: 4, 5, and a wider one */
         dc_image_fn image[4]; /* kernel width 1, 2, 3x3, any */
@@ -497,6 +499,21 @@ static void conv_winograd(const dc_kernels *kn, const conv_geom *g, const float 
     }
 }
 #endif
+
+/* See nn_impl.h. */
+int nn_wg_kernels(nn_wg_input_fn *in, nn_wg_output_fn *out)
+{
+#if NN_HAVE_AVX2
+    if (fm_nn_isa_now() >= FM_NN_ISA_AVX2) {
+        const dc_kernels *kn = dc_kernels_now();
+        *in = kn->wg_input;
+        *out = kn->wg_output;
+        return 1;
+    }
+#endif
+    (void)in, (void)out;
+    return 0;
+}
 
 /* See nn_impl.h. */
 void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const float *bias,

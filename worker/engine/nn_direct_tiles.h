@@ -369,6 +369,94 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const fl
     }
 }
 
+/* ---- Winograd F(2x2, 3x3) through sgemm: the transforms -----------------------------
+ *
+ * nn_winograd.c runs the backbone's 3x3 layers (32 to 128 channels) as 16 sgemms on
+ * transformed blocks; these are its input and output transforms, one lane per 2x2
+ * block as above. They compute the portable loops' expressions in the same order
+ * (down the four input rows first, then across), so every set gives the portable
+ * path's bits. */
+
+/* One input channel of a run of `run` blocks: in holds the four input rows under
+ * the run (row r at in + r * width, cols = 2 * run + 2 floats each, padding already
+ * zero); V[4 i + j] for block b goes to v[(4 i + j) * es + b]. */
+TL_TARGET DC_ASAN_OFF static void TL_NAME(wg_input)(const float *in, int width, int run,
+                                                    float *v, size_t es)
+{
+    const int cols = 2 * run + 2;
+    for (int j0 = 0; j0 < run; j0 += TL_VN) {
+        const int c0 = 2 * j0;
+        const TL_MASK m = TL_TAIL(run - j0);
+        const TL_MASK mlo = TL_TAIL(cols - c0), mhi = TL_TAIL(cols - c0 - TL_VN);
+        const TL_MASK mlo2 = TL_TAIL(cols - c0 - 2), mhi2 = TL_TAIL(cols - c0 - 2 - TL_VN);
+        /* d[row][0..3]: columns c0.., c0 + TL_VN.., c0 + 2.., c0 + 2 + TL_VN.. */
+        TL_V d[4][4];
+        for (int r = 0; r < 4; r++) {
+            const float *ir = in + (size_t)r * (size_t)width + c0;
+            d[r][0] = TL_LOADM(ir, mlo);
+            d[r][1] = TL_LOADM(ir + TL_VN, mhi);
+            d[r][2] = TL_LOADM(ir + 2, mlo2);
+            d[r][3] = TL_LOADM(ir + 2 + TL_VN, mhi2);
+        }
+        for (int r = 0; r < 4; r++) {
+            /* B^T d, row r */
+            TL_V t[4];
+            for (int k = 0; k < 4; k++)
+                t[k] = r == 0   ? TL_SUB(d[0][k], d[2][k])
+                       : r == 1 ? TL_ADD(d[1][k], d[2][k])
+                       : r == 2 ? TL_SUB(d[2][k], d[1][k])
+                                : TL_SUB(d[1][k], d[3][k]);
+            const TL_V a = TL_EVEN(t[0], t[1]);  /* column 2j of each block j */
+            const TL_V bb = TL_ODD(t[0], t[1]);  /* 2j + 1 */
+            const TL_V c = TL_EVEN(t[2], t[3]);  /* 2j + 2 */
+            const TL_V dd = TL_ODD(t[2], t[3]);  /* 2j + 3 */
+            float *o = v + (size_t)(4 * r) * es + j0;
+            TL_STOREM(o, m, TL_SUB(a, c));
+            TL_STOREM(o + es, m, TL_ADD(bb, c));
+            TL_STOREM(o + 2 * es, m, TL_SUB(c, bb));
+            TL_STOREM(o + 3 * es, m, TL_SUB(bb, dd));
+        }
+    }
+}
+
+/* The outputs of a run of `run` blocks for co output channels: channel o's products
+ * M[e] for block b at m[e * es + o * ld + b], A^T M A + bias[o] (bias may be NULL)
+ * into the output rows y0 + o * plane (and the row below, when two_rows), of which the
+ * first ncols columns exist (2 * run, or one fewer when the last block is cut off). */
+TL_TARGET DC_ASAN_OFF static void TL_NAME(wg_output)(const float *m, size_t es, size_t ld,
+                                                     int co, const float *bias, int run,
+                                                     int ncols, int two_rows, float *y0,
+                                                     size_t plane, int ow)
+{
+    for (int o = 0; o < co; o++) {
+        const float *s = m + (size_t)o * ld;
+        const TL_V bv = TL_SET1(bias ? bias[o] : 0.0f);
+        float *yo = y0 + (size_t)o * plane;
+        for (int j0 = 0; j0 < run; j0 += TL_VN) {
+            const TL_MASK mk = TL_TAIL(run - j0);
+            TL_V r0[4], r1[4];
+            for (int q = 0; q < 4; q++) {
+                const TL_V m0 = TL_LOADM(s + (size_t)q * es + j0, mk);
+                const TL_V m1 = TL_LOADM(s + (size_t)(4 + q) * es + j0, mk);
+                const TL_V m2 = TL_LOADM(s + (size_t)(8 + q) * es + j0, mk);
+                const TL_V m3 = TL_LOADM(s + (size_t)(12 + q) * es + j0, mk);
+                r0[q] = TL_ADD(TL_ADD(m0, m1), m2);
+                r1[q] = TL_SUB(TL_SUB(m1, m2), m3);
+            }
+            const int n = ncols - 2 * j0;
+            const TL_MASK lo = TL_TAIL(n), hi = TL_TAIL(n - TL_VN);
+            for (int row = 0; row < 1 + (two_rows != 0); row++) {
+                const TL_V *rr = row ? r1 : r0;
+                const TL_V ev = TL_ADD(TL_ADD(TL_ADD(rr[0], rr[1]), rr[2]), bv);
+                const TL_V od = TL_ADD(TL_SUB(TL_SUB(rr[1], rr[2]), rr[3]), bv);
+                float *y = yo + (size_t)row * (size_t)ow + 2 * j0;
+                TL_STOREM(y, lo, TL_ZIPLO(ev, od));
+                TL_STOREM(y + TL_VN, hi, TL_ZIPHI(ev, od));
+            }
+        }
+    }
+}
+
 /* The kernel widths with their own code (constants inlined), for each tile height;
  * 3x3 has both sides constant, so its 9 taps unroll. */
 #define TL_IMAGE(name, kh, kw, noc)                                                       \
@@ -399,6 +487,8 @@ static const dc_kernels TL_NAME(kernels) = {
     TL_NAME(pt_chunk),
     TL_NAME(wt_image),
     TL_WT_CO,
+    TL_NAME(wg_input),
+    TL_NAME(wg_output),
 #ifdef TL_DC_OC_WIDE
     {TL_TABLE(_4, 4), TL_TABLE(_5, 5), TL_TABLE(_w, TL_DC_OC_WIDE)},
 #else

@@ -190,6 +190,16 @@ size_t nn_winograd_scratch(const conv_geom *g);
 void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const float *bias,
                       float *y, float *scratch);
 
+/* The vector input and output transforms of nn_conv_winograd for the instruction set
+ * in effect (nn_direct_tiles.h, "Winograd F(2x2, 3x3) through sgemm", has their
+ * contracts): 1 and both set with AVX2 and FMA or better, 0 when the portable loops
+ * run. Both give the portable loops' bits. */
+typedef void (*nn_wg_input_fn)(const float *in, int width, int run, float *v, size_t es);
+typedef void (*nn_wg_output_fn)(const float *m, size_t es, size_t ld, int co,
+                                const float *bias, int run, int ncols, int two_rows,
+                                float *y0, size_t plane, int ow);
+int nn_wg_kernels(nn_wg_input_fn *in, nn_wg_output_fn *out);
+
 /* y[i] = x[i] > 0 ? x[i] : s * x[i] for count floats (y may be x). */
 void nn_prelu_plane(const float *x, float s, float *y, size_t count);
 

@@ -148,7 +148,7 @@ static block_run run_at(const conv_geom *g, long long b, int left)
  * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], computed a run of blocks of one row at
  * a time: first down the four input rows (contiguous, so it vectorises), then across. */
 static void transform_input(const conv_geom *g, const float *x, long long b0, int nb,
-                            float *v, size_t es, float *rows)
+                            float *v, size_t es, float *rows, nn_wg_input_fn vec)
 {
     const int bw = (g->ow + 1) / 2;
     const size_t plane = (size_t)g->h * g->w;
@@ -177,6 +177,10 @@ static void transform_input(const conv_geom *g, const float *x, long long b0, in
                        (size_t)(hi - lo) * sizeof *dst);
                 for (int q = hi; q < cols; q++)
                     dst[q] = 0.0f;
+            }
+            if (vec) {
+                vec(in, width, run, v + (size_t)ci * nb + j0, es);
+                continue;
             }
             const float *d0 = in, *d1 = in + width, *d2 = in + 2 * width, *d3 = in + 3 * width;
             float *t0 = t, *t1 = t + width, *t2 = t + 2 * width, *t3 = t + 3 * width;
@@ -208,7 +212,7 @@ static void transform_input(const conv_geom *g, const float *x, long long b0, in
  * bias, A^T = [1 1 1 0; 0 1 -1 -1]; the row and column past an odd output size are
  * dropped. */
 static void transform_output(const conv_geom *g, const float *m, long long b0, int nb,
-                             size_t es, const float *bias, float *y)
+                             size_t es, const float *bias, float *y, nn_wg_output_fn vec)
 {
     const size_t plane = (size_t)g->p;
     for (int j0 = 0; j0 < nb;) {
@@ -217,6 +221,12 @@ static void transform_output(const conv_geom *g, const float *m, long long b0, i
         const int oy = 2 * by, two_rows = oy + 1 < g->oh;
         /* blocks whose both columns exist; the last may have one */
         const int full = 2 * (bx0 + run) <= g->ow ? run : run - 1;
+        if (vec) {
+            vec(m + j0, es, (size_t)nb, g->co, bias, run, 2 * run - (full < run), two_rows,
+                y + (size_t)img * g->co * plane + (size_t)oy * g->ow + 2 * bx0, plane, g->ow);
+            j0 += run;
+            continue;
+        }
         for (int o = 0; o < g->co; o++) {
             const float *s = m + (size_t)o * nb + j0;
             const float bv = bias ? bias[o] : 0.0f;
@@ -256,14 +266,18 @@ void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const 
     float *m = v + 16 * ev;
     float *rows = m + 16 * em;
     nn_winograd_weights(g, w, u, eu, 1);
+    nn_wg_input_fn vin = NULL;
+    nn_wg_output_fn vout = NULL;
+    if (!nn_wg_kernels(&vin, &vout))
+        vin = NULL, vout = NULL;
     const long long all = blocks_of(g);
     for (long long b0 = 0; b0 < all; b0 += tmax) {
         const int nb = (int)(all - b0 < tmax ? all - b0 : tmax);
-        transform_input(g, x, b0, nb, v, ev, rows);
+        transform_input(g, x, b0, nb, v, ev, rows, vin);
         for (int e = 0; e < 16; e++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->co, nb, g->c, 1.0f,
                         u + (size_t)e * eu, g->c, v + (size_t)e * ev, nb, 0.0f,
                         m + (size_t)e * em, nb);
-        transform_output(g, m, b0, nb, em, bias, y);
+        transform_output(g, m, b0, nb, em, bias, y, vout);
     }
 }
