@@ -339,6 +339,78 @@ static void test_conv_winograd(void)
             "same bits\n", sets);
 }
 
+/* Stride-2 convolutions on few channels through space to depth and the direct kernel
+ * (the dlib ResNet's 7x7/2 stem): against the double reference (run_conv_case: every
+ * output, the arena measured exactly), and with the portable set (im2col + sgemm)
+ * within rounding but not the same bits, so the split path is what ran; fused with
+ * PReLU, against the reference too. Shapes: the stem with and without padding, odd
+ * sizes, asymmetric padding, even and odd kernels, 1 to 4 channels, several images. */
+static void test_conv_s2d(void)
+{
+    const conv_case cases[] = {
+        {1, 3, 150, 150, 32, 7, 7, fm_conv2d_sym(2, 0), 1}, /* the stem: 72x72 */
+        {2, 3, 61, 47, 32, 7, 7, fm_conv2d_sym(2, 3), 1},   /* padded, odd, 2 images */
+        {1, 3, 52, 57, 16, 7, 7, {2, 2, 3, 2, 1, 0, 1}, 0}, /* asymmetric padding */
+        {1, 4, 40, 70, 8, 5, 5, {2, 2, 1, 2, 2, 1, 1}, 1},  /* 5x5 on 4 channels */
+        {1, 1, 36, 66, 10, 4, 4, fm_conv2d_sym(2, 1), 1},   /* an even kernel, 1 channel */
+        {3, 2, 34, 35, 24, 3, 3, fm_conv2d_sym(2, 1), 0},   /* 3x3/2, 3 images */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        run_conv_case(&cases[i]);
+    const fm_nn_isa best = fm_nn_isa_best();
+    if (best < FM_NN_ISA_AVX2)
+        return; /* no direct kernel: im2col ran, checked above */
+    fm_error e = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const conv_case *k = &cases[i];
+        fm_tensor x = fm_test_tensor(&rng, k->n, k->c, k->h, k->w);
+        fm_tensor w = fm_test_tensor(&rng, k->co, k->c, k->kh, k->kw);
+        fm_tensor b = fm_test_tensor(&rng, 1, k->co, 1, 1);
+        fm_tensor sl = fm_test_tensor(&rng, 1, k->co, 1, 1), shape = {0};
+        CHECK(fm_nn_conv2d_shape(&x, &w, &k->p, &shape, &e) == FM_OK);
+        fm_tensor y[3];
+        /* 0: portable, 1: best, 2: best fused with PReLU */
+        for (int run = 0; run < 3; run++) {
+            fm_nn_set_isa(run ? best : FM_NN_ISA_BASE);
+            const fm_tensor *slope = run == 2 ? &sl : NULL;
+            y[run] = fm_test_tensor(&rng, shape.n, shape.c, shape.h, shape.w);
+            fm_arena *m = NULL, *a = NULL;
+            fm_tensor xm = x, wm = w, ym = y[run];
+            xm.data = wm.data = ym.data = NULL;
+            CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+            CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, slope, &k->p, &ym, &e) == FM_OK);
+            CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+            CHECK(fm_nn_conv2d_prelu(a, &x, &w, &b, slope, &k->p, &y[run], &e) == FM_OK);
+            fm_arena_destroy(&m);
+            fm_arena_destroy(&a);
+        }
+        fm_nn_set_isa(best);
+        const size_t count = fm_tensor_count(&y[0]), plane = (size_t)shape.h * shape.w;
+        double *r = ref_new(count);
+        ref_conv(&x, &w, &b, &k->p, shape.h, shape.w, r);
+        CHECK_MSG(rel_err(y[1].data, r, count) <= TOL, "s2d case %zu: %g", i,
+                  rel_err(y[1].data, r, count));
+        size_t differ = 0;
+        for (size_t j = 0; j < count; j++) {
+            differ += y[0].data[j] != y[1].data[j];
+            if (!(r[j] > 0))
+                r[j] *= sl.data[(j / plane) % (size_t)k->co];
+        }
+        CHECK_MSG(differ > 0, "s2d case %zu: the same bits as im2col + sgemm (did it run?)", i);
+        CHECK_MSG(rel_err(y[2].data, r, count) <= TOL, "s2d case %zu with PReLU: %g", i,
+                  rel_err(y[2].data, r, count));
+        free(r);
+        for (int run = 0; run < 3; run++)
+            fm_test_tensor_free(&y[run]);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&w);
+        fm_test_tensor_free(&b);
+        fm_test_tensor_free(&sl);
+    }
+    fprintf(stderr, "test_nn: stride-2 convolutions through space to depth, %s: within %g "
+            "of the reference\n", fm_nn_isa_name(best), TOL);
+}
+
 /* The operands of a conv + bias + PReLU case: input x [n, c, h, w], weights [co, c, k,
  * k], bias and slope (variant 0: per-channel slope and bias; 1: one shared slope, no
  * bias; 2: no slope; *bias and *slope point at b and sl or are NULL). */
@@ -1434,6 +1506,7 @@ int main(void)
     test_arena_basics();
     test_conv_paths();
     test_conv_winograd();
+    test_conv_s2d();
     test_conv_random(1500);
     test_conv_prelu();
     test_conv_positions();

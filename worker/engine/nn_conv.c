@@ -26,6 +26,7 @@
 
 typedef enum conv_mode {
     CONV_DIRECT,    /* stride 1 unpadded, few channels: direct kernel (nn_direct.c) */
+    CONV_S2D,       /* stride 2, few input channels: space to depth, then CONV_DIRECT */
     CONV_WINOGRAD,  /* 3x3 stride 1, enough channels: F(2x2, 3x3) (nn_winograd.c) */
     CONV_DEPTHWISE, /* one input channel per group: direct loop */
     CONV_1X1,       /* 1x1 stride 1 unpadded: multiply the input as it is */
@@ -136,12 +137,117 @@ nn_conv_layout nn_conv_layout_of(const conv_geom *g, int col_floats, int min_col
     return NN_CONV_GATHERED;
 }
 
+/* Floor and ceiling of a / b for b > 0 and any sign of a. */
+static inline long long floor_div(long long a, long long b)
+{
+    return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+static inline long long ceil_div(long long a, long long b)
+{
+    return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+/* Output columns [lo, hi) whose input column ox*s - pad + kx lies inside [0, w). */
+static inline void valid_cols(int w, int s, int pad, int kx, int ow, int *lo, int *hi)
+{
+    long long l = ceil_div((long long)pad - kx, s);
+    long long h = floor_div((long long)w - 1 + pad - kx, s) + 1;
+    if (l < 0)
+        l = 0;
+    if (h > ow)
+        h = ow;
+    if (h < l)
+        h = l;
+    *lo = (int)l;
+    *hi = (int)h;
+}
+
+/* Space to depth: a stride-2 convolution with a kh x kw kernel on c channels is the
+ * stride-1, unpadded convolution with a ceil(kh/2) x ceil(kw/2) kernel on the 4c
+ * channels x2[4 ci + 2 py + px][i][j] = x[ci][2i + py - pt][2j + px - pl] (zero outside
+ * x), the weights split alike (zero where 2u + py >= kh or 2v + px >= kw). The dlib
+ * ResNet's stem (7x7/2 on 3 channels, K 147, 72x72 outputs) ran at 0.36-0.38 of sgemm's
+ * speed as im2col + sgemm (im2col writes 147 floats per output, sgemm packs them
+ * again); as a 4x4 convolution on 12 channels (K 192) it runs in the direct kernel's
+ * column tiles, reading the split input in place. S2D_MAX_C keeps it to such stems
+ * (layers with many channels multiply well through sgemm); S2D_MAX_K bounds the
+ * split kernel's multiply-adds per output. Tuned with facemill-bench-ops. */
+#ifndef S2D_MAX_C
+#define S2D_MAX_C 4
+#endif
+#ifndef S2D_MAX_K
+#define S2D_MAX_K 256
+#endif
+static int s2d_geom(const conv_geom *g, conv_geom *g2)
+{
+    if (g->groups != 1 || g->sh != 2 || g->sw != 2 || g->c > S2D_MAX_C || g->kh < 3 ||
+        g->kw < 3)
+        return 0;
+    const int kh2 = (g->kh + 1) / 2, kw2 = (g->kw + 1) / 2;
+    *g2 = (conv_geom){1,        4 * g->c,        g->oh + kh2 - 1, g->ow + kw2 - 1,
+                      g->co,    g->oh,           g->ow,           kh2,
+                      kw2,      1,               1,               0,
+                      0,        1,               4 * g->c,        g->co,
+                      4 * g->c * kh2 * kw2,      g->p};
+    return g2->k <= S2D_MAX_K && nn_direct_fits_k(g2, S2D_MAX_K);
+}
+
+/* x2 of s2d_geom for one image x. */
+static void s2d_input(const conv_geom *g, const conv_geom *g2, const float *x, float *x2)
+{
+    const size_t plane = (size_t)g->h * g->w;
+    for (int ci = 0; ci < g->c; ci++)
+        for (int py = 0; py < 2; py++)
+            for (int px = 0; px < 2; px++) {
+                float *dst = x2 + (size_t)(4 * ci + 2 * py + px) * g2->h * g2->w;
+                /* columns j with 0 <= 2j + px - pl < w */
+                int lo = 0, hi;
+                valid_cols(g->w, 2, g->pl, px, g2->w, &lo, &hi);
+                for (int i = 0; i < g2->h; i++, dst += g2->w) {
+                    const int yy = 2 * i + py - g->pt;
+                    if (yy < 0 || yy >= g->h || hi <= lo) {
+                        memset(dst, 0, (size_t)g2->w * sizeof *dst);
+                        continue;
+                    }
+                    const float *src = x + (size_t)ci * plane + (size_t)yy * g->w;
+                    for (int j = 0; j < lo; j++)
+                        dst[j] = 0.0f;
+                    for (int j = lo; j < hi; j++)
+                        dst[j] = src[2 * j + px - g->pl];
+                    for (int j = hi; j < g2->w; j++)
+                        dst[j] = 0.0f;
+                }
+            }
+}
+
+/* w2 of s2d_geom: [co][4 ci + 2 py + px][u][v] = w[co][ci][2u + py][2v + px], or 0. */
+static void s2d_weights(const conv_geom *g, const conv_geom *g2, const float *w, float *w2)
+{
+    for (int o = 0; o < g->co; o++)
+        for (int ci = 0; ci < g->c; ci++)
+            for (int q = 0; q < 4; q++)
+                for (int u = 0; u < g2->kh; u++)
+                    for (int v = 0; v < g2->kw; v++) {
+                        const int ky = 2 * u + q / 2, kx = 2 * v + q % 2;
+                        w2[(((size_t)o * g2->c + 4 * ci + q) * g2->kh + u) * g2->kw + v] =
+                            ky < g->kh && kx < g->kw
+                                ? w[(((size_t)o * g->c + ci) * g->kh + ky) * g->kw + kx]
+                                : 0.0f;
+                    }
+}
+
 static conv_plan conv_choose(const conv_geom *g)
 {
     conv_plan pl = {CONV_TILED, 0, 0, 0};
+    conv_geom g2;
     if (nn_direct_fits(g)) {
         pl.mode = CONV_DIRECT;
         pl.scratch = nn_direct_scratch(g);
+        return pl;
+    }
+    if (s2d_geom(g, &g2)) {
+        pl.mode = CONV_S2D;
+        pl.scratch = (size_t)g2.c * g2.h * g2.w + (size_t)g2.co * g2.k + nn_direct_scratch(&g2);
         return pl;
     }
     /* Winograd beat the direct kernel on O-Net's conv2 and conv3 (6.6 against 7.7 ms,
@@ -173,30 +279,6 @@ static conv_plan conv_choose(const conv_geom *g)
     return pl;
 }
 
-/* Floor and ceiling of a / b for b > 0 and any sign of a. */
-static inline long long floor_div(long long a, long long b)
-{
-    return a >= 0 ? a / b : -((-a + b - 1) / b);
-}
-static inline long long ceil_div(long long a, long long b)
-{
-    return a >= 0 ? (a + b - 1) / b : -((-a) / b);
-}
-
-/* Output columns [lo, hi) whose input column ox*s - pad + kx lies inside [0, w). */
-static inline void valid_cols(int w, int s, int pad, int kx, int ow, int *lo, int *hi)
-{
-    long long l = ceil_div((long long)pad - kx, s);
-    long long h = floor_div((long long)w - 1 + pad - kx, s) + 1;
-    if (l < 0)
-        l = 0;
-    if (h > ow)
-        h = ow;
-    if (h < l)
-        h = l;
-    *lo = (int)l;
-    *hi = (int)h;
-}
 
 /* See nn_impl.h. */
 void nn_im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, size_t ld)
@@ -428,6 +510,21 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
                        slope ? (int)fm_tensor_count(slope) : 0, y->data, scratch);
         *fused = slope != NULL;
         break;
+    case CONV_S2D: {
+        conv_geom g2;
+        s2d_geom(&g, &g2);
+        float *x2 = scratch, *w2 = x2 + (size_t)g2.c * g2.h * g2.w;
+        s2d_weights(&g, &g2, w->data, w2);
+        for (int n = 0; n < g.n; n++) {
+            s2d_input(&g, &g2, x->data + (size_t)n * g.c * in_plane, x2);
+            nn_conv_direct(&g2, x2, w2, b, slope ? slope->data : NULL,
+                           slope ? (int)fm_tensor_count(slope) : 0,
+                           y->data + (size_t)n * g.co * out_plane,
+                           w2 + (size_t)g2.co * g2.k);
+        }
+        *fused = slope != NULL;
+        break;
+    }
     case CONV_WINOGRAD:
         nn_conv_winograd(&g, x->data, w->data, b, y->data, scratch);
         break;

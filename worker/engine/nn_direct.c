@@ -177,6 +177,12 @@ static int wt_fits(const conv_geom *g)
 /* See nn_impl.h. */
 int nn_direct_fits(const conv_geom *g)
 {
+    return nn_direct_fits_k(g, DC_MAX_K);
+}
+
+/* See nn_impl.h. */
+int nn_direct_fits_k(const conv_geom *g, int max_k)
+{
     if (fm_nn_isa_now() < FM_NN_ISA_AVX2)
         return 0;
     if (g->groups != 1 || g->sh != 1 || g->sw != 1 || g->pt != 0 || g->pl != 0)
@@ -190,7 +196,7 @@ int nn_direct_fits(const conv_geom *g)
      * OpenBLAS's SkylakeX kernels the results are the same bits (its small-matrix
      * kernel sums in the same order); with its Zen kernels tests/golden's file still
      * holds with room (ages within 0.0072 years, the tolerance is 0.02). */
-    return pt_fits(g) || dc_flat(g) || (g->ow >= DC_MIN_OW && g->k <= DC_MAX_K);
+    return pt_fits(g) || dc_flat(g) || (g->ow >= DC_MIN_OW && g->k <= max_k);
 }
 
 /* See nn_impl.h. */

@@ -155,6 +155,10 @@ static inline void nn_pool_window(int o, int stride, int pad0, int pad1, int k, 
  * unpadded, one group, outputs wide enough for its tiles. */
 int nn_direct_fits(const conv_geom *g);
 
+/* nn_direct_fits with max_k multiply-adds per output allowed in column tiles instead
+ * of the tuned limit (the space-to-depth stride-2 path, nn_conv.c). */
+int nn_direct_fits_k(const conv_geom *g, int max_k);
+
 /* Floats of scratch nn_conv_direct needs for g (packed weights, bias and slope). */
 size_t nn_direct_scratch(const conv_geom *g);
 
