@@ -268,7 +268,8 @@ static void dc_addressable(const void *p, size_t bytes, const char *what)
  * column, from 0, one fused multiply-add each), then the bias added and PReLU applied
  * the same way: the two kernels give the same bits, so choosing between them changes
  * no result. */
-#define PT_POS 6 /* pt_tile names its 6 positions' pointers */
+#define PT_POS 6   /* pt_tile names its 6 positions' pointers */
+#define PT_POS1 12 /* pt_tile1's (one vector of channels: a half-empty last tile) */
 /* Input of a chunk of images (positions run across them), in bytes: kept in L1 with
  * a tile's weights. */
 #ifndef PT_CHUNK_BYTES

@@ -175,6 +175,52 @@ TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *res
             ys[p][(size_t)r * oplane] = out[p][r];
 }
 
+/* A tile of one vector of channels (nco <= TL_VN stored) and PT_POS1 positions: the
+ * last tile of a layer whose channels fill half of the last two-vector tile (R-Net's
+ * conv2: 48 channels, a tile of 32 and one of 16), the same 12 accumulators without
+ * the empty half. Each output is summed as by pt_tile: the same bits. */
+TL_INLINE void TL_NAME(pt_tile1)(const float *const *xs, int npos, const int *restrict off,
+                                 int k, const float *restrict wp, const float *restrict b,
+                                 const float *restrict s, int prelu, float *const *ys,
+                                 size_t oplane, int nco)
+{
+    TL_V acc[PT_POS1];
+    for (int p = 0; p < PT_POS1; p++)
+        acc[p] = TL_ZERO();
+    const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *x4 = xs[4],
+                *x5 = xs[5], *x6 = xs[6], *x7 = xs[7], *x8 = xs[8], *x9 = xs[9],
+                *x10 = xs[10], *x11 = xs[11];
+    for (int t = 0; t < k; t++) {
+        const int o = off[t];
+        const TL_V w0 = TL_LOAD(wp + (size_t)t * TL_PT_OC);
+#define PT_FMA1(p, xp) acc[p] = TL_FMA(w0, TL_BCAST(xp + o), acc[p])
+        PT_FMA1(0, x0);
+        PT_FMA1(1, x1);
+        PT_FMA1(2, x2);
+        PT_FMA1(3, x3);
+        PT_FMA1(4, x4);
+        PT_FMA1(5, x5);
+        PT_FMA1(6, x6);
+        PT_FMA1(7, x7);
+        PT_FMA1(8, x8);
+        PT_FMA1(9, x9);
+        PT_FMA1(10, x10);
+        PT_FMA1(11, x11);
+#undef PT_FMA1
+    }
+    const TL_V bv = TL_LOAD(b), sv = TL_LOAD(s);
+    float out[PT_POS1][TL_VN];
+    for (int p = 0; p < PT_POS1; p++) {
+        TL_V a = TL_ADD(acc[p], bv);
+        if (prelu)
+            a = TL_PRELU(a, sv);
+        TL_STORE(out[p], a);
+    }
+    for (int p = 0; p < npos; p++)
+        for (int r = 0; r < nco; r++)
+            ys[p][(size_t)r * oplane] = out[p][r];
+}
+
 /* Images [0, n) of one chunk (input x, output y): every output position, in tiles. */
 TL_TARGET DC_ASAN_OFF static void TL_NAME(pt_chunk)(const conv_geom *g, const float *x,
                                                     int n, const int *off, const float *wpk,
@@ -186,11 +232,12 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(pt_chunk)(const conv_geom *g, const fl
     for (int oc = 0; oc < g->co; oc += TL_PT_OC) {
         const int nco = g->co - oc < TL_PT_OC ? g->co - oc : TL_PT_OC;
         const float *wp = wpk + (size_t)(oc / TL_PT_OC) * (size_t)g->k * TL_PT_OC;
+        const int one = nco <= TL_VN, pos = one ? PT_POS1 : PT_POS;
         int img = 0, oy = 0, ox = 0; /* the next position */
-        for (int q = 0; q < total; q += PT_POS) {
-            const float *xs[PT_POS];
-            float *ys[PT_POS];
-            const int npos = total - q < PT_POS ? total - q : PT_POS;
+        for (int q = 0; q < total; q += pos) {
+            const float *xs[PT_POS1];
+            float *ys[PT_POS1];
+            const int npos = total - q < pos ? total - q : pos;
             for (int p = 0; p < npos; p++) {
                 xs[p] = x + img * in_img + (size_t)oy * g->w + ox;
                 ys[p] = y + img * out_img + (size_t)oc * g->p + (size_t)oy * g->ow + ox;
@@ -202,10 +249,14 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(pt_chunk)(const conv_geom *g, const fl
                     }
                 }
             }
-            for (int p = npos; p < PT_POS; p++)
+            for (int p = npos; p < pos; p++)
                 xs[p] = xs[0];
-            TL_NAME(pt_tile)(xs, npos, off, g->k, wp, b + oc, s + oc, prelu, ys,
-                             (size_t)g->p, nco);
+            if (one)
+                TL_NAME(pt_tile1)(xs, npos, off, g->k, wp, b + oc, s + oc, prelu, ys,
+                                  (size_t)g->p, nco);
+            else
+                TL_NAME(pt_tile)(xs, npos, off, g->k, wp, b + oc, s + oc, prelu, ys,
+                                 (size_t)g->p, nco);
         }
     }
 }
