@@ -281,8 +281,54 @@ static conv_plan conv_choose(const conv_geom *g)
 
 
 /* See nn_impl.h. */
+/* Small planes: the rows of a whole image's im2col are a few outputs wide (the dlib
+ * ResNet's 256-channel layers: 4x4 outputs, 2,304 rows of 16), and the general walk
+ * below spends its time per row segment (a division, memcpy and memset calls for 4
+ * floats). Here each channel is first copied into a zero-bordered plane (at most
+ * I2C_SMALL_FLOATS), from which every tap's row is a plain strided copy. */
+#ifndef I2C_SMALL_FLOATS
+#define I2C_SMALL_FLOATS 4096
+#endif
+#ifndef I2C_SMALL_OW
+#define I2C_SMALL_OW 16
+#endif
+static int im2col_small(const conv_geom *g, const float *x, float *col, size_t ld)
+{
+    const int ph = (g->oh - 1) * g->sh + g->kh, pw = (g->ow - 1) * g->sw + g->kw;
+    if (g->ow > I2C_SMALL_OW || (size_t)ph * pw > I2C_SMALL_FLOATS)
+        return 0;
+    float pad[I2C_SMALL_FLOATS];
+    const size_t plane = (size_t)g->h * g->w;
+    for (int ci = 0; ci < g->cpg; ci++) {
+        const float *xc = x + ci * plane;
+        for (int r = 0; r < ph; r++) {
+            const int iy = r - g->pt;
+            float *pr = pad + (size_t)r * pw;
+            for (int q = 0; q < pw; q++) {
+                const int ix = q - g->pl;
+                pr[q] = iy >= 0 && iy < g->h && ix >= 0 && ix < g->w
+                            ? xc[(size_t)iy * g->w + ix]
+                            : 0.0f;
+            }
+        }
+        for (int ky = 0; ky < g->kh; ky++)
+            for (int kx = 0; kx < g->kw; kx++) {
+                float *dst = col + ((size_t)(ci * g->kh + ky) * g->kw + kx) * ld;
+                for (int oy = 0; oy < g->oh; oy++) {
+                    const float *src = pad + (size_t)(oy * g->sh + ky) * pw + kx;
+                    for (int ox = 0; ox < g->ow; ox++)
+                        dst[ox] = src[(size_t)ox * g->sw];
+                    dst += g->ow;
+                }
+            }
+    }
+    return 1;
+}
+
 void nn_im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, size_t ld)
 {
+    if (p0 == 0 && p1 == g->p && im2col_small(g, x, col, ld))
+        return;
     const size_t plane = (size_t)g->h * g->w;
     for (int ci = 0; ci < g->cpg; ci++) {
         const float *xc = x + ci * plane;
