@@ -343,6 +343,82 @@ static void test_open_errors(const char *models)
     fm_detector_close(&d);
 }
 
+/* The crop and pyramid sampling's vector paths (AVX2 gathers, masked where a row
+ * reaches into the border or past the picture) against the portable loops, bit for
+ * bit: random boxes inside, across and outside a picture with a border, both crop
+ * sizes, pyramid levels of the padded picture at four scales, images whose stride
+ * leaves no byte after the last row's pixels and images whose stride does; and the
+ * values in the border (FM_DETECT_PAD_VALUE) and past it (zero), normalised. */
+static void test_crop_sampling(void)
+{
+    fm_test_rng rng = FM_TEST_RNG(0x5eed5eedull);
+    const float mean[3] = {127.5f, 120.0f, 100.0f}, scale[3] = {0.0078125f, 0.01f, 0.02f};
+    const fm_nn_isa best = fm_nn_isa_best();
+    static const int dims[][3] = {{61, 47, 0}, {40, 40, 1}, {9, 13, 0}, {100, 3, 5}};
+    int crops = 0, levels = 0, differ = 0;
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+        const int w = dims[d][0], h = dims[d][1], extra = dims[d][2];
+        fm_image img;
+        memset(&img, 0, sizeof img);
+        img.w = img.orig_w = w;
+        img.h = img.orig_h = h;
+        img.stride = (size_t)w * 3 + (size_t)extra;
+        uint8_t *px = malloc(img.stride * (size_t)h);
+        for (size_t i = 0; i < img.stride * (size_t)h; i++)
+            px[i] = (uint8_t)fm_test_rng_int(&rng, 256);
+        img.data = px;
+        img.scale_num = img.scale_denom = img.orientation = 1;
+        const int pad = d == 2 ? 0 : 2 + (int)d * 5;
+        for (int k = 0; k < 60; k++) {
+            const double side = fm_test_rng_range(&rng, 3.0, 1.5 * (w > h ? w : h) + 20);
+            const double x1 = fm_test_rng_range(&rng, -side - 10, w + 2 * pad + 10);
+            const double y1 = fm_test_rng_range(&rng, -side - 10, h + 2 * pad + 10);
+            const double box[4] = {x1, y1, x1 + side, y1 + side * fm_test_rng_range(&rng, 0.8, 1.2)};
+            for (int size = 24; size <= 48; size += 24) {
+                float a[3 * 48 * 48], b[3 * 48 * 48];
+                fm_nn_set_isa(FM_NN_ISA_BASE);
+                fm_mtcnn_sample_crop(&img, pad, box, size, mean, scale, a);
+                fm_nn_set_isa(best);
+                fm_mtcnn_sample_crop(&img, pad, box, size, mean, scale, b);
+                crops++;
+                if (memcmp(a, b, sizeof(float) * 3 * (size_t)size * size) != 0)
+                    differ++;
+            }
+        }
+        /* pyramid levels of the padded picture (border columns and rows) */
+        for (int lv = 0; lv < 4; lv++) {
+            const double sc = 0.25 + 0.3 * lv;
+            const size_t n = 3 * (size_t)ceil((w + 2.0 * pad) * sc) * (size_t)ceil((h + 2.0 * pad) * sc);
+            float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+            fm_nn_set_isa(FM_NN_ISA_BASE);
+            CHECK(fm_mtcnn_sample_level(&img, pad, sc, mean, scale, a) > 0);
+            fm_nn_set_isa(best);
+            CHECK(fm_mtcnn_sample_level(&img, pad, sc, mean, scale, b) > 0);
+            levels++;
+            if (memcmp(a, b, n * sizeof *a) != 0)
+                differ++;
+            free(a);
+            free(b);
+        }
+        /* a box in the border only, and one past the padded picture */
+        if (pad >= 4) {
+            float x[3 * 24 * 24];
+            const double in_border[4] = {0.5, 0.5, 2.5, 2.5}, outside[4] = {-40, -40, -20, -20};
+            fm_mtcnn_sample_crop(&img, pad, in_border, 24, mean, scale, x);
+            CHECK(x[0] == (FM_DETECT_PAD_VALUE - mean[0]) * scale[0] &&
+                  x[2 * 24 * 24 + 100] == (FM_DETECT_PAD_VALUE - mean[2]) * scale[2]);
+            fm_mtcnn_sample_crop(&img, pad, outside, 24, mean, scale, x);
+            CHECK(x[5] == (0.0f - mean[0]) * scale[0] && x[24 * 24 + 7] == (0.0f - mean[1]) * scale[1]);
+        }
+        free(px);
+    }
+    fm_nn_set_isa(best);
+    CHECK_MSG(differ == 0, "sampling: %d of %d crops and levels differ between base and %s",
+              differ, crops + levels, fm_nn_isa_name(best));
+    fprintf(stderr, "sampling: %d crops and %d pyramid levels, base and %s the same bits\n",
+            crops, levels, fm_nn_isa_name(best));
+}
+
 /* ---- with the real models --------------------------------------------------------- */
 
 static fm_image gray_image(uint8_t *px, int w, int h, uint8_t v)
@@ -678,6 +754,7 @@ int main(void)
     test_regress_square();
     test_scales();
     test_topk();
+    test_crop_sampling();
 
     char models[4096];
     fm_test_source_path(models, sizeof models, "models/cache");

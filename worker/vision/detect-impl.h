@@ -79,4 +79,17 @@ void fm_mtcnn_topk_push(fm_mtcnn_topk *k, const fm_mtcnn_cand *cand);
 /* Puts the held candidates back in arrival (seq) order; call after the last push. */
 void fm_mtcnn_topk_finish(fm_mtcnn_topk *k);
 
+/* The detector's crop sampling (R-Net's 24x24, O-Net's 48x48 inputs), for tests: the
+ * size x size crop of box (in the coordinates of img inside a border of pad pixels of
+ * FM_DETECT_PAD_VALUE; zero outside that), bilinear, normalised (v - mean) * scale,
+ * into x (3 planes of size x size). size <= 48. The kernels in effect
+ * (fm_nn_set_isa) sample it; every set gives the same bits. */
+struct fm_image;
+/* The same for a whole pyramid level of scale s (ceil((w + 2 pad) s) x ceil((h + 2 pad) s)
+ * samples into x, 3 planes): returns its width, -1 when out of memory. */
+int fm_mtcnn_sample_level(const struct fm_image *img, int pad, double s, const float mean[3],
+                          const float scale[3], float *x);
+void fm_mtcnn_sample_crop(const struct fm_image *img, int pad, const double box[4], int size,
+                          const float mean[3], const float scale[3], float *x);
+
 #endif

@@ -601,6 +601,7 @@ struct fm_detector {
     /* Persistent buffers in the arena. */
     int *col_x0, *col_x1;   /* max_level_w: pyramid column sources */
     float *col_fx;
+    int *col_masks;         /* 9 x max_level_w: their sample_masks, for rows with border */
     fm_mtcnn_cand *level;   /* level_cap: one level's P-Net candidates */
     fm_mtcnn_cand *cand_a;  /* cand_cap: ping-pong candidate lists */
     fm_mtcnn_cand *cand_b;
@@ -701,6 +702,7 @@ static fm_status alloc_persistent(fm_detector *d, fm_arena *a, fm_error *err)
     if (!st) st = take(a, w, sizeof(int), &d->col_x0, err);
     if (!st) st = take(a, w, sizeof(int), &d->col_x1, err);
     if (!st) st = take(a, w, sizeof(float), &d->col_fx, err);
+    if (!st) st = take(a, 9 * w, sizeof(int), &d->col_masks, err);
     if (!st) st = take(a, (size_t)d->level_cap, sizeof(fm_mtcnn_cand), &d->level, err);
     if (!st) st = take(a, (size_t)d->cand_cap, sizeof(fm_mtcnn_cand), &d->cand_a, err);
     if (!st) st = take(a, (size_t)d->cand_cap, sizeof(fm_mtcnn_cand), &d->cand_b, err);
@@ -944,6 +946,54 @@ __attribute__((target("avx2"))) static int level_row_avx2(
     }
     return ox;
 }
+
+/* level_row_avx2 for a crop row that reaches into the border or past the picture: each
+ * gathered pixel word is and-ed with msk[r][t] and or-ed with pat[r][t] (r: source row
+ * 0 or 1, t: column x0 or x1), which keep an image pixel and turn the others into
+ * what fetch() reads there (the border value or zero). The same operations otherwise,
+ * so the same bits. Returns the columns done. */
+__attribute__((target("avx2"))) static int crop_row_masked_avx2(
+    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+    const int *const msk[2][2], const int *const pat[2][2], const float *col_fx, float fy,
+    const float *mean, const float *scale, float *out, size_t plane, int ws)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), vfy = _mm256_set1_ps(fy);
+    const __m256 vfy1 = _mm256_sub_ps(one, vfy);
+    const __m256i three = _mm256_set1_epi32(3), low = _mm256_set1_epi32(0xff);
+#define PIXELS(row, idx, r, t)                                                            \
+    _mm256_or_si256(                                                                      \
+        _mm256_and_si256(_mm256_i32gather_epi32((const int *)(row), idx, 1),             \
+                         _mm256_loadu_si256((const __m256i *)(msk[r][t] + ox))),          \
+        _mm256_loadu_si256((const __m256i *)(pat[r][t] + ox)))
+    int ox = 0;
+    for (; ox + 8 <= ws; ox += 8) {
+        __m256i i0 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(col_x0 + ox)),
+                                        three);
+        __m256i i1 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(col_x1 + ox)),
+                                        three);
+        __m256 fx = _mm256_loadu_ps(col_fx + ox), fx1 = _mm256_sub_ps(one, fx);
+        __m256i a0 = PIXELS(row0, i0, 0, 0), a1 = PIXELS(row0, i1, 0, 1);
+        __m256i b0 = PIXELS(row1, i0, 1, 0), b1 = PIXELS(row1, i1, 1, 1);
+        for (int c = 0; c < 3; c++) {
+            __m256 pa0 = _mm256_cvtepi32_ps(_mm256_and_si256(a0, low));
+            __m256 pa1 = _mm256_cvtepi32_ps(_mm256_and_si256(a1, low));
+            __m256 pb0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, low));
+            __m256 pb1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, low));
+            __m256 top = _mm256_add_ps(_mm256_mul_ps(fx1, pa0), _mm256_mul_ps(fx, pa1));
+            __m256 bot = _mm256_add_ps(_mm256_mul_ps(fx1, pb0), _mm256_mul_ps(fx, pb1));
+            __m256 val = _mm256_add_ps(_mm256_mul_ps(vfy1, top), _mm256_mul_ps(vfy, bot));
+            val = _mm256_mul_ps(_mm256_sub_ps(val, _mm256_set1_ps(mean[c])),
+                                _mm256_set1_ps(scale[c]));
+            _mm256_storeu_ps(out + (size_t)c * plane + ox, val);
+            a0 = _mm256_srli_epi32(a0, 8);
+            a1 = _mm256_srli_epi32(a1, 8);
+            b0 = _mm256_srli_epi32(b0, 8);
+            b1 = _mm256_srli_epi32(b1, 8);
+        }
+    }
+#undef PIXELS
+    return ox;
+}
 #else
 #define LEVEL_AVX2 0
 #endif
@@ -988,6 +1038,60 @@ static void sample_row_inside(const fm_image *img, int y0, int y1, const int *x0
     }
 }
 
+/* The columns and masks with which crop_row_masked_avx2 samples rows that reach into
+ * the border or past the picture, for n columns whose sources are xi0 and xi1: idx[t]
+ * the column (0 where it is no image pixel), and per kind of source row: an image row
+ * keeps image pixels (in_and -1) and reads the border value or zero elsewhere (in_or);
+ * a border row reads the border value except past the picture (border_or); a row past
+ * the picture reads zero (zero, for both). Arrays of n ints each, the caller's. */
+typedef struct sample_masks {
+    int *idx[2], *in_and[2], *in_or[2], *border_or[2], *zero;
+} sample_masks;
+
+static void fill_masks(const int *xi0, const int *xi1, int n, const sample_masks *m)
+{
+    const int border = FM_DETECT_PAD_VALUE * 0x010101; /* three channels */
+    for (int t = 0; t < 2; t++)
+        for (int o = 0; o < n; o++) {
+            const int xi = t ? xi1[o] : xi0[o];
+            m->idx[t][o] = xi >= 0 ? xi : 0;
+            m->in_and[t][o] = xi >= 0 ? -1 : 0;
+            m->in_or[t][o] = xi == IDX_BORDER ? border : 0;
+            m->border_or[t][o] = xi == IDX_ZERO ? 0 : border;
+        }
+    for (int o = 0; o < n; o++)
+        m->zero[o] = 0;
+}
+
+/* One row of n samples from source rows y0, y1 (image rows, IDX_BORDER or IDX_ZERO)
+ * with the vector kernel where it may read the rows (see level_row_avx2), masked by m
+ * (filled for these columns); returns the columns done, the caller does the rest. */
+static int sample_row_masked(const fm_image *img, int y0, int y1, const sample_masks *m,
+                             const float *fxs, float fy, const float *mean,
+                             const float *scale, float *out, size_t plane, int n)
+{
+#if LEVEL_AVX2
+    /* rows past the picture gather from row 0 and keep none of it */
+    const int last = img->h - 1, u0 = y0 >= 0 ? y0 : 0, u1 = y1 >= 0 ? y1 : 0;
+    if (!((u0 < last && u1 < last) || img->stride > 3 * (size_t)img->w))
+        return 0;
+    const int *msk[2][2], *pat[2][2];
+    const int ys[2] = {y0, y1};
+    for (int r = 0; r < 2; r++)
+        for (int t = 0; t < 2; t++) {
+            const int k = ys[r] >= 0 ? 0 : ys[r] == IDX_BORDER ? 1 : 2;
+            msk[r][t] = k ? m->zero : m->in_and[t];
+            pat[r][t] = k == 0 ? m->in_or[t] : k == 1 ? m->border_or[t] : m->zero;
+        }
+    return crop_row_masked_avx2(row_ptr(img, u0), row_ptr(img, u1), m->idx[0], m->idx[1],
+                                msk, pat, fxs, fy, mean, scale, out, plane, n);
+#else
+    (void)img, (void)y0, (void)y1, (void)m, (void)fxs, (void)fy, (void)mean, (void)scale,
+        (void)out, (void)plane, (void)n;
+    return 0;
+#endif
+}
+
 /* Writes rows [r0, r1) of the pyramid level of scale s (ws columns) into x
  * [1, 3, r1 - r0, ws], normalised. Column tables are in d->col_*. */
 static void sample_level_rows(const fm_detector *d, const src_view *v, double s, int r0,
@@ -998,6 +1102,11 @@ static void sample_level_rows(const fm_detector *d, const src_view *v, double s,
     const float one = 1.0f;
     const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
     const int cols_inside = all_inside(d->col_x0, d->col_x1, ws);
+    int *mi = d->col_masks;
+    const size_t mw = (size_t)d->max_level_w;
+    const sample_masks m = {{mi, mi + mw}, {mi + 2 * mw, mi + 3 * mw},
+                            {mi + 4 * mw, mi + 5 * mw}, {mi + 6 * mw, mi + 7 * mw}, mi + 8 * mw};
+    int masks = 0; /* m filled */
     for (int oy = r0; oy < r1; oy++) {
         int y0, y1;
         float fy;
@@ -1009,7 +1118,16 @@ static void sample_level_rows(const fm_detector *d, const src_view *v, double s,
                               scale, out, plane, ws, vector);
             continue;
         }
-        for (int ox = 0; ox < ws; ox++) {
+        int ox = 0;
+        if (vector) {
+            if (!masks) {
+                fill_masks(d->col_x0, d->col_x1, ws, &m);
+                masks = 1;
+            }
+            ox = sample_row_masked(v->img, y0, y1, &m, d->col_fx, fy, mean, scale, out, plane,
+                                   ws);
+        }
+        for (; ox < ws; ox++) {
             int x0 = d->col_x0[ox], x1 = d->col_x1[ox];
             float fx = d->col_fx[ox];
             for (int c = 0; c < 3; c++) {
@@ -1042,6 +1160,7 @@ static void crop_axis(double a1, double a2, int size, int n, int pad, int n_img,
     }
 }
 
+
 /* Writes the size x size crop of box (zero outside the padded picture), normalised
  * with net's mean/scale, into x (3 planes of size x size). */
 static void sample_crop(const mtcnn_net *net, const src_view *v, const double box[4],
@@ -1055,6 +1174,10 @@ static void sample_crop(const mtcnn_net *net, const src_view *v, const double bo
     const float one = 1.0f;
     const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
     const int cols_inside = all_inside(xi0, xi1, size);
+    int mi[9][48];
+    const sample_masks cm = {{mi[0], mi[1]}, {mi[2], mi[3]}, {mi[4], mi[5]}, {mi[6], mi[7]},
+                             mi[8]};
+    int masks = 0; /* cm filled */
     for (int oy = 0; oy < size; oy++) {
         int y0 = yi0[oy], y1 = yi1[oy];
         if (y0 >= 0 && y1 >= 0 && cols_inside) {
@@ -1063,7 +1186,16 @@ static void sample_crop(const mtcnn_net *net, const src_view *v, const double bo
             continue;
         }
         const uint8_t *r0 = row_ptr(v->img, y0), *r1 = row_ptr(v->img, y1);
-        for (int ox = 0; ox < size; ox++) {
+        int ox = 0;
+        if (vector) {
+            if (!masks) {
+                fill_masks(xi0, xi1, size, &cm);
+                masks = 1;
+            }
+            ox = sample_row_masked(v->img, y0, y1, &cm, fx, fy[oy], net->mean, net->scale,
+                                   x + (size_t)oy * (size_t)size, plane, size);
+        }
+        for (; ox < size; ox++) {
             int x0 = xi0[ox], x1 = xi1[ox];
             for (int c = 0; c < 3; c++) {
                 float top = (one - fx[ox]) * fetch(r0, y0, x0, c) + fx[ox] * fetch(r0, y0, x1, c);
@@ -1074,6 +1206,51 @@ static void sample_crop(const mtcnn_net *net, const src_view *v, const double bo
             }
         }
     }
+}
+
+/* See detect-impl.h. */
+void fm_mtcnn_sample_crop(const fm_image *img, int pad, const double box[4], int size,
+                          const float mean[3], const float scale[3], float *x)
+{
+    mtcnn_net net;
+    memset(&net, 0, sizeof net);
+    for (int c = 0; c < 3; c++) {
+        net.mean[c] = mean[c];
+        net.scale[c] = scale[c];
+    }
+    const src_view v = {img, pad, img->w + 2 * pad, img->h + 2 * pad};
+    sample_crop(&net, &v, box, size, x);
+}
+
+/* See detect-impl.h. */
+int fm_mtcnn_sample_level(const fm_image *img, int pad, double s, const float mean[3],
+                          const float scale[3], float *x)
+{
+    const src_view v = {img, pad, img->w + 2 * pad, img->h + 2 * pad};
+    const int ws = (int)ceil((double)v.w * s), hs = (int)ceil((double)v.h * s);
+    fm_detector *d = calloc(1, sizeof *d);
+    int *cols = malloc(sizeof(int) * 11 * (size_t)ws);
+    float *fx = malloc(sizeof(float) * (size_t)ws);
+    if (d && cols && fx) {
+        d->max_level_w = ws;
+        d->col_x0 = cols;
+        d->col_x1 = cols + ws;
+        d->col_masks = cols + 2 * (size_t)ws;
+        d->col_fx = fx;
+        for (int c = 0; c < 3; c++) {
+            d->pnet.mean[c] = mean[c];
+            d->pnet.scale[c] = scale[c];
+        }
+        for (int ox = 0; ox < ws; ox++)
+            level_axis(ox, s, v.w, v.pad, img->w, &d->col_x0[ox], &d->col_x1[ox],
+                       &d->col_fx[ox]);
+        sample_level_rows(d, &v, s, 0, hs, ws, x);
+    }
+    const int ok = d && cols && fx;
+    free(d);
+    free(cols);
+    free(fx);
+    return ok ? ws : -1;
 }
 
 /* softmax(l0, l1)[1] in double, rounded to float32. */
