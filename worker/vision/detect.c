@@ -903,68 +903,29 @@ static void level_axis(int o, double s, int n_in, int pad, int n_img, int *i0, i
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LEVEL_AVX2 1
-/* Columns [0, 8k) of one pyramid row inside the image, 8 at a time: the operations of
- * the scalar loop in sample_level_rows, in float32 and in the same order (no FMA), so
- * the results are the same bits. Pixels are gathered as 32-bit words: the byte after
- * each pixel is read and dropped, so neither row may be the image's last unless its
- * stride leaves a byte after the pixels. Returns the columns done. */
-__attribute__((target("avx2"))) static int level_row_avx2(
-    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
-    const float *col_fx, float fy, const float *mean, const float *scale, float *out,
-    size_t plane, int ws)
-{
-    const __m256 one = _mm256_set1_ps(1.0f), vfy = _mm256_set1_ps(fy);
-    const __m256 vfy1 = _mm256_sub_ps(one, vfy);
-    const __m256i three = _mm256_set1_epi32(3), low = _mm256_set1_epi32(0xff);
-    int ox = 0;
-    for (; ox + 8 <= ws; ox += 8) {
-        __m256i i0 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(col_x0 + ox)),
-                                        three);
-        __m256i i1 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(col_x1 + ox)),
-                                        three);
-        __m256 fx = _mm256_loadu_ps(col_fx + ox), fx1 = _mm256_sub_ps(one, fx);
-        __m256i a0 = _mm256_i32gather_epi32((const int *)row0, i0, 1);
-        __m256i a1 = _mm256_i32gather_epi32((const int *)row0, i1, 1);
-        __m256i b0 = _mm256_i32gather_epi32((const int *)row1, i0, 1);
-        __m256i b1 = _mm256_i32gather_epi32((const int *)row1, i1, 1);
-        for (int c = 0; c < 3; c++) {
-            __m256 pa0 = _mm256_cvtepi32_ps(_mm256_and_si256(a0, low));
-            __m256 pa1 = _mm256_cvtepi32_ps(_mm256_and_si256(a1, low));
-            __m256 pb0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, low));
-            __m256 pb1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, low));
-            __m256 top = _mm256_add_ps(_mm256_mul_ps(fx1, pa0), _mm256_mul_ps(fx, pa1));
-            __m256 bot = _mm256_add_ps(_mm256_mul_ps(fx1, pb0), _mm256_mul_ps(fx, pb1));
-            __m256 val = _mm256_add_ps(_mm256_mul_ps(vfy1, top), _mm256_mul_ps(vfy, bot));
-            val = _mm256_mul_ps(_mm256_sub_ps(val, _mm256_set1_ps(mean[c])),
-                                _mm256_set1_ps(scale[c]));
-            _mm256_storeu_ps(out + (size_t)c * plane + ox, val);
-            a0 = _mm256_srli_epi32(a0, 8);
-            a1 = _mm256_srli_epi32(a1, 8);
-            b0 = _mm256_srli_epi32(b0, 8);
-            b1 = _mm256_srli_epi32(b1, 8);
-        }
-    }
-    return ox;
-}
-
-/* level_row_avx2 for a crop row that reaches into the border or past the picture: each
- * gathered pixel word is and-ed with msk[r][t] and or-ed with pat[r][t] (r: source row
- * 0 or 1, t: column x0 or x1), which keep an image pixel and turn the others into
- * what fetch() reads there (the border value or zero). The same operations otherwise,
- * so the same bits. Returns the columns done. */
-__attribute__((target("avx2"))) static int crop_row_masked_avx2(
-    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
-    const int *const msk[2][2], const int *const pat[2][2], const float *col_fx, float fy,
-    const float *mean, const float *scale, float *out, size_t plane, int ws)
+/* Columns [0, 8k) of one pyramid or crop row, 8 at a time: the operations of the
+ * scalar loops in sample_level_rows and sample_crop, in float32 and in the same order
+ * (no FMA), so the results are the same bits. Pixels are gathered as 32-bit words: the
+ * byte after each pixel is read and dropped, so neither row may be the image's last
+ * unless its stride leaves a byte after the pixels. With msk and pat (rows that reach
+ * into the border or past the picture) each gathered word is and-ed with msk[r][t]
+ * and or-ed with pat[r][t] (r: source row 0 or 1, t: column x0 or x1), which keep an
+ * image pixel and turn the others into what fetch() reads there (the border value or
+ * zero). Returns the columns done. */
+static inline __attribute__((always_inline, target("avx2"))) int
+row_avx2(const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+         const int *const msk[2][2], const int *const pat[2][2], const float *col_fx,
+         float fy, const float *mean, const float *scale, float *out, size_t plane, int ws)
 {
     const __m256 one = _mm256_set1_ps(1.0f), vfy = _mm256_set1_ps(fy);
     const __m256 vfy1 = _mm256_sub_ps(one, vfy);
     const __m256i three = _mm256_set1_epi32(3), low = _mm256_set1_epi32(0xff);
 #define PIXELS(row, idx, r, t)                                                            \
-    _mm256_or_si256(                                                                      \
-        _mm256_and_si256(_mm256_i32gather_epi32((const int *)(row), idx, 1),             \
-                         _mm256_loadu_si256((const __m256i *)(msk[r][t] + ox))),          \
-        _mm256_loadu_si256((const __m256i *)(pat[r][t] + ox)))
+    (msk ? _mm256_or_si256(                                                               \
+               _mm256_and_si256(_mm256_i32gather_epi32((const int *)(row), idx, 1),      \
+                                _mm256_loadu_si256((const __m256i *)(msk[r][t] + ox))),   \
+               _mm256_loadu_si256((const __m256i *)(pat[r][t] + ox)))                     \
+         : _mm256_i32gather_epi32((const int *)(row), idx, 1))
     int ox = 0;
     for (; ox + 8 <= ws; ox += 8) {
         __m256i i0 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(col_x0 + ox)),
@@ -993,6 +954,24 @@ __attribute__((target("avx2"))) static int crop_row_masked_avx2(
     }
 #undef PIXELS
     return ox;
+}
+
+/* row_avx2 for rows inside the image, and masked. */
+__attribute__((target("avx2"))) static int level_row_avx2(
+    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+    const float *col_fx, float fy, const float *mean, const float *scale, float *out,
+    size_t plane, int ws)
+{
+    return row_avx2(row0, row1, col_x0, col_x1, NULL, NULL, col_fx, fy, mean, scale, out,
+                    plane, ws);
+}
+__attribute__((target("avx2"))) static int crop_row_masked_avx2(
+    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+    const int *const msk[2][2], const int *const pat[2][2], const float *col_fx, float fy,
+    const float *mean, const float *scale, float *out, size_t plane, int ws)
+{
+    return row_avx2(row0, row1, col_x0, col_x1, msk, pat, col_fx, fy, mean, scale, out,
+                    plane, ws);
 }
 #else
 #define LEVEL_AVX2 0
