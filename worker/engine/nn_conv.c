@@ -279,8 +279,6 @@ static conv_plan conv_choose(const conv_geom *g)
     return pl;
 }
 
-
-/* See nn_impl.h. */
 /* Small planes: the rows of a whole image's im2col are a few outputs wide (the dlib
  * ResNet's 256-channel layers: 4x4 outputs, 2,304 rows of 16), and the general walk
  * below spends its time per row segment (a division, memcpy and memset calls for 4
@@ -325,6 +323,7 @@ static int im2col_small(const conv_geom *g, const float *x, float *col, size_t l
     return 1;
 }
 
+/* See nn_impl.h. */
 void nn_im2col(const conv_geom *g, const float *x, int p0, int p1, float *col, size_t ld)
 {
     if (p0 == 0 && p1 == g->p && im2col_small(g, x, col, ld))

@@ -196,8 +196,8 @@ void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const 
 
 /* The vector input and output transforms of nn_conv_winograd for the instruction set
  * in effect (nn_direct_tiles.h, "Winograd F(2x2, 3x3) through sgemm", has their
- * contracts): 1 and both set with AVX2 and FMA or better, 0 when the portable loops
- * run. Both give the portable loops' bits. */
+ * contracts): 1 and both set with AVX2 and FMA or better; 0, neither touched, when the
+ * portable loops run. Both give the portable loops' bits. */
 typedef void (*nn_wg_input_fn)(const float *in, int width, int run, float *v, size_t es);
 typedef void (*nn_wg_output_fn)(const float *m, size_t es, size_t ld, int co,
                                 const float *bias, int run, int ncols, int two_rows,

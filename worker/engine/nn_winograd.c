@@ -18,6 +18,9 @@
  * Rounding differs from the direct sum by a few units in the last place of the
  * largest terms; the tests hold it to the same tolerance as the other paths.
  *
+ * The transforms run as vector kernels with AVX2 or AVX-512 (nn_direct_tiles.h,
+ * through nn_wg_kernels), which give the portable loops below the same bits.
+ *
  * Used for ordinary (one group) 3x3 stride-1 convolutions, any padding, with enough
  * channels and blocks for the multiplies to be efficient (nn_winograd_fits; tuned with
  * ops/bench/bench_ops.c). fm_nn_set_winograd turns it off for comparisons. */
@@ -266,10 +269,9 @@ void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const 
     float *m = v + 16 * ev;
     float *rows = m + 16 * em;
     nn_winograd_weights(g, w, u, eu, 1);
-    nn_wg_input_fn vin = NULL;
+    nn_wg_input_fn vin = NULL; /* the vector transforms, where the CPU has them */
     nn_wg_output_fn vout = NULL;
-    if (!nn_wg_kernels(&vin, &vout))
-        vin = NULL, vout = NULL;
+    nn_wg_kernels(&vin, &vout);
     const long long all = blocks_of(g);
     for (long long b0 = 0; b0 < all; b0 += tmax) {
         const int nb = (int)(all - b0 < tmax ? all - b0 : tmax);
