@@ -956,7 +956,7 @@ row_avx2(const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int 
     return ox;
 }
 
-/* row_avx2 for rows inside the image, and masked. */
+/* row_avx2 for rows inside the image (level_row_avx2), and for masked rows. */
 __attribute__((target("avx2"))) static int level_row_avx2(
     const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
     const float *col_fx, float fy, const float *mean, const float *scale, float *out,
@@ -1138,7 +1138,6 @@ static void crop_axis(double a1, double a2, int size, int n, int pad, int n_img,
         i1[o] = k + 1 >= 0 && k + 1 < n ? axis_index(k + 1, pad, n_img) : IDX_ZERO;
     }
 }
-
 
 /* Writes the size x size crop of box (zero outside the padded picture), normalised
  * with net's mean/scale, into x (3 planes of size x size). */
