@@ -239,6 +239,24 @@ static void test_conv_paths(void)
         run_conv_case(&cases[i]);
 }
 
+/* y = conv(x, wt) + bias, then PReLU with slope (slope may be NULL) under p
+ * (fm_nn_conv2d_prelu), on an arena of exactly the size a measuring run asked for. */
+static void conv_measured(const fm_tensor *x, const fm_tensor *wt, const fm_tensor *bias,
+                          const fm_tensor *slope, const fm_conv2d_params *p, fm_tensor *y)
+{
+    fm_error e = {0};
+    fm_arena *m = NULL, *a = NULL;
+    fm_tensor xm = *x, wm = *wt, ym = *y;
+    xm.data = wm.data = ym.data = NULL;
+    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+    CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, p, &ym, &e) == FM_OK);
+    CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+    fm_arena_destroy(&m);
+    fm_status st = fm_nn_conv2d_prelu(a, x, wt, bias, slope, p, y, &e);
+    CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
+    fm_arena_destroy(&a);
+}
+
 /* Winograd's F(2x2, 3x3) (3x3 stride 1, one group, 16..128 channels, at least 64 2x2
  * output blocks) against the double reference, and the same shapes as im2col + sgemm:
  * odd output sizes (a last block row and column cut off), every kind of padding, blocks
@@ -313,16 +331,7 @@ static void test_conv_winograd(void)
         for (int isa = FM_NN_ISA_BASE; isa <= (int)best; isa++, sets++) {
             fm_nn_set_isa((fm_nn_isa)isa);
             yi[isa] = fm_test_tensor(&rng, shape.n, shape.c, shape.h, shape.w);
-            fm_arena *m = NULL, *a = NULL;
-            fm_tensor xm = xi, wm = wi, ym = yi[isa];
-            xm.data = wm.data = ym.data = NULL;
-            CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
-            CHECK(fm_nn_conv2d(m, &xm, &wm, k->bias ? &bi : NULL, &k->p, &ym, &e) == FM_OK);
-            CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
-            CHECK(fm_nn_conv2d(a, &xi, &wi, k->bias ? &bi : NULL, &k->p, &yi[isa], &e) ==
-                  FM_OK);
-            fm_arena_destroy(&m);
-            fm_arena_destroy(&a);
+            conv_measured(&xi, &wi, k->bias ? &bi : NULL, NULL, &k->p, &yi[isa]);
             CHECK_MSG(memcmp(yi[isa].data, yi[0].data,
                              fm_tensor_count(&yi[0]) * sizeof(float)) == 0,
                       "Winograd case %zu: %s does not give the portable path's bits", i,
@@ -374,15 +383,7 @@ static void test_conv_s2d(void)
             fm_nn_set_isa(run ? best : FM_NN_ISA_BASE);
             const fm_tensor *slope = run == 2 ? &sl : NULL;
             y[run] = fm_test_tensor(&rng, shape.n, shape.c, shape.h, shape.w);
-            fm_arena *m = NULL, *a = NULL;
-            fm_tensor xm = x, wm = w, ym = y[run];
-            xm.data = wm.data = ym.data = NULL;
-            CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
-            CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, slope, &k->p, &ym, &e) == FM_OK);
-            CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
-            CHECK(fm_nn_conv2d_prelu(a, &x, &w, &b, slope, &k->p, &y[run], &e) == FM_OK);
-            fm_arena_destroy(&m);
-            fm_arena_destroy(&a);
+            conv_measured(&x, &w, &b, slope, &k->p, &y[run]);
         }
         fm_nn_set_isa(best);
         const size_t count = fm_tensor_count(&y[0]), plane = (size_t)shape.h * shape.w;
@@ -449,18 +450,8 @@ static double *ref_conv_prelu(const fm_tensor *x, const fm_tensor *wt, const fm_
 static void conv_prelu_measured(const fm_tensor *x, const fm_tensor *wt,
                                 const fm_tensor *bias, const fm_tensor *slope, fm_tensor *y)
 {
-    fm_error e = {0};
     const fm_conv2d_params p = fm_conv2d_sym(1, 0);
-    fm_arena *m = NULL, *a = NULL;
-    fm_tensor xm = *x, wm = *wt, ym = *y;
-    xm.data = wm.data = ym.data = NULL;
-    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
-    CHECK(fm_nn_conv2d_prelu(m, &xm, &wm, NULL, NULL, &p, &ym, &e) == FM_OK);
-    CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
-    fm_arena_destroy(&m);
-    fm_status st = fm_nn_conv2d_prelu(a, x, wt, bias, slope, &p, y, &e);
-    CHECK_MSG(st == FM_OK, "conv2d_prelu: %s", e.msg);
-    fm_arena_destroy(&a);
+    conv_measured(x, wt, bias, slope, &p, y);
 }
 
 /* Frees what prelu_operands made, the reference r and the outputs y[0..runs). */

@@ -176,9 +176,10 @@ TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *res
 }
 
 /* A tile of one vector of channels (nco <= TL_VN stored) and PT_POS1 positions: the
- * last tile of a layer whose channels fill half of the last two-vector tile (R-Net's
- * conv2: 48 channels, a tile of 32 and one of 16), the same 12 accumulators without
- * the empty half. Each output is summed as by pt_tile: the same bits. */
+ * last tile of a layer whose last channels fill at most half of a two-vector tile
+ * (R-Net's conv2 on AVX-512: 48 channels, a tile of 32 and one of 16), the same 12
+ * accumulators without the empty half. Each output is summed as by pt_tile: the same
+ * bits. */
 TL_INLINE void TL_NAME(pt_tile1)(const float *const *xs, int npos, const int *restrict off,
                                  int k, const float *restrict wp, const float *restrict b,
                                  const float *restrict s, int prelu, float *const *ys,

@@ -977,6 +977,16 @@ __attribute__((target("avx2"))) static int crop_row_masked_avx2(
 #define LEVEL_AVX2 0
 #endif
 
+#if LEVEL_AVX2
+/* 1 when row_avx2 may gather from image rows y0 and y1: its 32-bit reads take the
+ * byte after each pixel, which the last row has only when the stride leaves one. */
+static int gather_rows_ok(const fm_image *img, int y0, int y1)
+{
+    const int last = img->h - 1;
+    return (y0 < last && y1 < last) || img->stride > 3 * (size_t)img->w;
+}
+#endif
+
 /* 1 when every one of the n column sources is an image pixel (no border, no zero). */
 static int all_inside(const int *x0, const int *x1, int n)
 {
@@ -998,8 +1008,7 @@ static void sample_row_inside(const fm_image *img, int y0, int y1, const int *x0
     const float one = 1.0f;
     int ox = 0;
 #if LEVEL_AVX2
-    const int last = img->h - 1;
-    if (vector && ((y0 < last && y1 < last) || img->stride > 3 * (size_t)img->w))
+    if (vector && gather_rows_ok(img, y0, y1))
         ox = level_row_avx2(row0, row1, x0s, x1s, fxs, fy, mean, scale, out, plane, n);
 #else
     (void)vector;
@@ -1051,8 +1060,8 @@ static int sample_row_masked(const fm_image *img, int y0, int y1, const sample_m
 {
 #if LEVEL_AVX2
     /* rows past the picture gather from row 0 and keep none of it */
-    const int last = img->h - 1, u0 = y0 >= 0 ? y0 : 0, u1 = y1 >= 0 ? y1 : 0;
-    if (!((u0 < last && u1 < last) || img->stride > 3 * (size_t)img->w))
+    const int u0 = y0 >= 0 ? y0 : 0, u1 = y1 >= 0 ? y1 : 0;
+    if (!gather_rows_ok(img, u0, u1))
         return 0;
     const int *msk[2][2], *pat[2][2];
     const int ys[2] = {y0, y1};
