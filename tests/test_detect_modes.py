@@ -12,6 +12,10 @@ photos with the real models.
   photo and re-encoded, the mirror view is the chip's mirror image: near, not equal).
 - `embed.mirror=false` (the face without its mirror image) moves every answer a
   little and keeps each chip's gender.
+- `embed.mirror_age_std` (the mirror view only where the face alone is unsure): with
+  the threshold between the chips' age spreads, each chip gets the face-alone answer
+  or the two-view one, as the rule says, and both occur; `embed.mirror_prob=1` gives
+  every chip its two-view answer.
 - `detect.mode=cropped` on a square crop of a face places the documented landmark
   shares (include/facemill/detect.h) on it and labels it; a corrupt file among the
   inputs becomes an error record and the others are still labelled.
@@ -122,6 +126,52 @@ def main():
                   (os.path.basename(o["source"]), u["age"], v["age"]))
         check(moved == len(again), "every answer moved without the mirror view (%d of %d)"
               % (moved, len(again)))
+
+        # embed.mirror_age_std: the mirror view only for faces the face alone leaves
+        # unsure. With the threshold between the chips' age spreads from the face
+        # alone, each chip gets either the face-alone answer or the two-view answer,
+        # the one the rule asks for, and both kinds occur
+        spreads = sorted(o["faces"][0]["age_std"] for o in alone if len(o["faces"]) == 1)
+        cut = (spreads[len(spreads) // 2 - 1] + spreads[len(spreads) // 2]) / 2
+        r = run([fm, "predict", "-q", "--set", "detect.mode=aligned", "--set",
+                 "embed.mirror_age_std=%.9g" % cut, "--set", "embed.mirror_prob=0.5"] + paths,
+                timeout=300)
+        mixed = records(r)
+        check(r.returncode == 0 and len(mixed) == len(again),
+              "embed.mirror_age_std=%.3f labels every chip (%d)" % (cut, len(mixed)))
+        kinds = {True: 0, False: 0}
+
+        def near(u, v):
+            return (abs(u["age"] - v["age"]) < 1e-3 and abs(u["age_std"] - v["age_std"]) < 1e-3
+                    and all(abs(u["gender_probs"][k] - v["gender_probs"][k]) < 1e-4
+                            for k in v["gender_probs"])
+                    and all(abs(u["race_probs"][k] - v["race_probs"][k]) < 1e-4
+                            for k in v["race_probs"]))
+        for o, u, v in zip(mixed, alone, again):
+            if len(o["faces"]) != 1 or len(u["faces"]) != 1 or len(v["faces"]) != 1:
+                continue
+            m, a, b = o["faces"][0], u["faces"][0], v["faces"][0]
+            if abs(a["age_std"] - cut) < 1e-3:
+                continue  # too near the threshold to say which the rule picks
+            both = a["age_std"] >= cut
+            kinds[both] += 1
+            check(near(m, b if both else a),
+                  "%s: age spread %.3f alone, threshold %.3f: the %s answer (age %.4f; alone "
+                  "%.4f, both views %.4f)" % (os.path.basename(o["source"]), a["age_std"], cut,
+                                              "two-view" if both else "face-alone", m["age"],
+                                              a["age"], b["age"]))
+        check(kinds[True] >= 1 and kinds[False] >= 1,
+              "some chips with the mirror view, some without: %s" % kinds)
+        # a probability at most embed.mirror_prob brings the mirror view too: at 1 every
+        # face gets it, whatever its age spread
+        r = run([fm, "predict", "-q", "--set", "detect.mode=aligned", "--set",
+                 "embed.mirror_age_std=1000", "--set", "embed.mirror_prob=1"] + paths,
+                timeout=300)
+        allp = records(r)
+        check(r.returncode == 0 and len(allp) == len(again) and
+              all(len(o["faces"]) == 1 and near(o["faces"][0], v["faces"][0])
+                  for o, v in zip(allp, again)),
+              "embed.mirror_prob=1: every chip's two-view answer")
 
         # cropped: a square crop around a detected face, and a corrupt file
         f = photos[0]["faces"][0]

@@ -100,6 +100,9 @@ typedef struct fm_config {
         int64_t batch;                       /* aligned faces per backbone call */
         double tta_zoom; /* > 0: also views zoomed out and in by this fraction */
         bool mirror;     /* the heads read the mirror view too (when trained so) */
+        double mirror_age_std; /* > 0: the mirror view only for a face whose answer from
+                                  the face alone has at least this age spread, */
+        double mirror_prob;    /* or a gender or ethnicity probability at most this */
     } embed;
     struct {
         char model[FM_CONFIG_STRING_MAX]; /* heads model file; "" = no heads */

@@ -133,6 +133,14 @@ const fm_config_setting fm_config_settings[] = {
     SET_BOOL("embed.mirror", embed.mirror, 1,
              "heads trained on the face and its mirror image read both (the default); "
              "false: the face alone, half the backbone work"),
+    SET_FLOAT("embed.mirror_age_std", embed.mirror_age_std, 0.0, 0.0, 1000.0,
+              "with embed.mirror, the mirror view only for faces the face alone leaves "
+              "unsure: an age spread of at least this many years, or a probability "
+              "at most embed.mirror_prob (6: half the backbone work on chips); 0: every "
+              "face (the default)"),
+    SET_FLOAT("embed.mirror_prob", embed.mirror_prob, 0.6, 0.0, 1.0,
+              "a face whose gender or ethnicity probability from the face alone is at "
+              "most this gets the mirror view (embed.mirror_age_std)"),
     SET_STRING("heads.model", heads.model, "heads_dlib_ft.fmm", 0,
                "attribute heads model file, found like embed.backbone (for an ensemble, one per backbone, separated "
                "by commas); empty: boxes and landmarks only"),

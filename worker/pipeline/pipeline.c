@@ -52,6 +52,14 @@ struct fm_pipeline {
     int views;                        /* chips per face: zooms x mirror (embed.tta_zoom) */
     float zoom[3];                    /* template scale of each zoom; [0] is 1 */
     int heads_mirror;                 /* the heads' mean includes the mirror views */
+    /* the mirror views only where they pay (embed.mirror_age_std > 0): a face's other
+     * views go through the backbone and the heads first, and its mirror views follow
+     * only when that answer is unsure */
+    int adaptive;
+    float mirror_age_std, mirror_prob;
+    unsigned char *mirrored;          /* slots: adaptive, and the mirror views embedded */
+    const uint8_t **pass_ptr;         /* batch: the chips of one backbone pass */
+    int *pass_chip;                   /* batch: their indices in the batch */
     int want[FM_BACKBONE_OUTPUT_COUNT]; /* outputs computed */
     int dims[FM_BACKBONE_OUTPUT_COUNT];
     size_t feat_off[FM_BACKBONE_OUTPUT_COUNT]; /* of output k, view 0, in a slot */
@@ -220,6 +228,11 @@ static int plan_views(fm_pipeline *p, const fm_config *c)
     /* the heads read the mean over every view, but the mirror images only when they
      * were trained so (heads.flip) */
     p->heads_mirror = p->heads && fm_heads_flip(p->heads) && p->mirror == 2 && c->embed.mirror;
+    /* an ensemble's members would each want their own say: every view for them */
+    p->adaptive = p->heads_mirror && !p->opts.keep_features && p->n_extra == 0 &&
+                  c->embed.mirror_age_std > 0;
+    p->mirror_age_std = (float)c->embed.mirror_age_std;
+    p->mirror_prob = (float)c->embed.mirror_prob;
     return c->embed.batch < p->views ? p->views : (int)c->embed.batch;
 }
 
@@ -339,8 +352,11 @@ static fm_status size_buffers(fm_pipeline *p, fm_error *err)
     p->chip_ptr = calloc((size_t)p->batch, sizeof *p->chip_ptr);
     p->chip_slot = calloc((size_t)p->batch, sizeof *p->chip_slot);
     p->chip_view = calloc((size_t)p->batch, sizeof *p->chip_view);
+    p->mirrored = calloc((size_t)p->slots, 1);
+    p->pass_ptr = calloc((size_t)p->batch, sizeof *p->pass_ptr);
+    p->pass_chip = calloc((size_t)p->batch, sizeof *p->pass_chip);
     int ok = p->embedded && p->feat && p->chips && p->chip_ptr && p->chip_slot &&
-             p->chip_view;
+             p->chip_view && p->mirrored && p->pass_ptr && p->pass_chip;
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
         if (p->want[k] && ok)
             ok = (p->bb_out[k] = malloc((size_t)p->batch * (size_t)p->dims[k] *
@@ -458,6 +474,9 @@ void fm_pipeline_close(fm_pipeline **pp)
     free(p->chip_ptr);
     free(p->chip_slot);
     free(p->chip_view);
+    free(p->mirrored);
+    free(p->pass_ptr);
+    free(p->pass_chip);
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
         free(p->bb_out[k]);
     free(p->heads_in);
@@ -483,21 +502,30 @@ double fm_pipeline_chip_flop(const fm_pipeline *p)
     return flop;
 }
 
-/* Runs the chips collected so far through the backbone and files their features. */
-static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
+/* The backbone on the n chips of the batch listed in idx (all of them when idx is
+ * NULL), their features filed in their faces' slots. */
+static fm_status embed_pass(fm_pipeline *p, const int *idx, int n, fm_image_result *out,
+                            fm_error *err)
 {
-    if (p->n_chips == 0)
+    if (n == 0)
         return FM_OK;
+    const uint8_t *const *ptrs = p->chip_ptr;
+    if (idx) {
+        for (int i = 0; i < n; i++)
+            p->pass_ptr[i] = p->chip_ptr[idx[i]];
+        ptrs = p->pass_ptr;
+    }
     float *outs[FM_BACKBONE_OUTPUT_COUNT];
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
         outs[k] = p->want[k] ? p->bb_out[k] : NULL;
     double t0 = fm_now_ms();
-    fm_status st = fm_backbone_forward(p->bb, p->chip_ptr, p->n_chips, outs, err);
+    fm_status st = fm_backbone_forward(p->bb, ptrs, n, outs, err);
     if (st)
         return st;
-    double share = (fm_now_ms() - t0) / p->n_chips;
-    for (int i = 0; i < p->n_chips; i++) {
-        int slot = p->chip_slot[i], v = p->chip_view[i];
+    double share = (fm_now_ms() - t0) / n;
+    for (int i = 0; i < n; i++) {
+        int c = idx ? idx[i] : i;
+        int slot = p->chip_slot[c], v = p->chip_view[c];
         float *dst = p->feat + (size_t)slot * p->feat_stride;
         for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)
             if (p->want[k])
@@ -512,19 +540,94 @@ static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
         float *eo[FM_BACKBONE_OUTPUT_COUNT] = {0};
         eo[e->hf] = e->out;
         t0 = fm_now_ms();
-        if ((st = fm_backbone_forward(e->bb, p->chip_ptr, p->n_chips, eo, err)) != FM_OK)
+        if ((st = fm_backbone_forward(e->bb, ptrs, n, eo, err)) != FM_OK)
             return st;
-        share = (fm_now_ms() - t0) / p->n_chips;
-        for (int i = 0; i < p->n_chips; i++) {
-            int slot = p->chip_slot[i], v = p->chip_view[i];
+        share = (fm_now_ms() - t0) / n;
+        for (int i = 0; i < n; i++) {
+            int c = idx ? idx[i] : i;
+            int slot = p->chip_slot[c], v = p->chip_view[c];
             memcpy(p->feat + (size_t)slot * p->feat_stride + e->off +
                        (size_t)v * (size_t)e->hd,
                    e->out + (size_t)i * (size_t)e->hd, (size_t)e->hd * sizeof(float));
             out[slot / p->max_faces].times.embed_ms += share;
         }
     }
-    p->n_chips = 0;
     return FM_OK;
+}
+
+/* The heads' input of a face: the mean of its features over the views they read
+ * (every step-th view from the first). */
+static void heads_mean(const fm_pipeline *p, int slot, size_t off, int hd, int step,
+                       float *dst)
+{
+    const float *a = p->feat + (size_t)slot * p->feat_stride + off;
+    int used = p->views / step;
+    for (int d = 0; d < hd; d++) {
+        float sum = 0;
+        for (int v = 0; v < p->views; v += step)
+            sum += a[(size_t)v * (size_t)hd + (size_t)d];
+        dst[d] = sum / (float)used;
+    }
+}
+
+/* 1 when the answer from a face's own views is unsure enough to want its mirror
+ * views (embed.mirror_age_std, embed.mirror_prob). */
+static int wants_mirror(const fm_pipeline *p, const fm_attrs *a)
+{
+    if (!(a->age_std < p->mirror_age_std))
+        return 1;
+    float g = 0, r = 0;
+    for (int k = 0; k < FM_HEADS_GENDERS; k++)
+        g = a->gender_probs[k] > g ? a->gender_probs[k] : g;
+    for (int k = 0; k < FM_HEADS_RACES; k++)
+        r = a->race_probs[k] > r ? a->race_probs[k] : r;
+    return !(g > p->mirror_prob) || !(r > p->mirror_prob);
+}
+
+/* Runs the chips collected so far through the backbone and files their features.
+ * Adaptive: the views that are not mirror images first, the heads on them, then the
+ * mirror views of the faces whose answer is unsure (a face's views are always in the
+ * same batch). */
+static fm_status flush(fm_pipeline *p, fm_image_result *out, fm_error *err)
+{
+    fm_status st;
+    if (p->n_chips == 0)
+        return FM_OK;
+    if (!p->adaptive) {
+        st = embed_pass(p, NULL, p->n_chips, out, err);
+        p->n_chips = 0;
+        return st;
+    }
+    int n = 0, nf = 0;
+    for (int i = 0; i < p->n_chips; i++)
+        if (p->chip_view[i] % 2 == 0)
+            p->pass_chip[n++] = i;
+    if ((st = embed_pass(p, p->pass_chip, n, out, err)) != FM_OK)
+        return st;
+    /* the faces of this batch: their first views (view 0) are in chip order */
+    const int hd = fm_heads_input_dim(p->heads);
+    const size_t off = p->feat_off[fm_heads_feature(p->heads)];
+    for (int i = 0; i < p->n_chips; i++)
+        if (p->chip_view[i] == 0) {
+            heads_mean(p, p->chip_slot[i], off, hd, 2, p->heads_in + (size_t)nf * hd);
+            p->heads_slot[nf++] = p->chip_slot[i];
+        }
+    double t0 = fm_now_ms();
+    if ((st = fm_heads_forward(p->heads, p->heads_in, nf, p->attrs, err)) != FM_OK)
+        return st;
+    double share = (fm_now_ms() - t0) / nf;
+    for (int k = 0; k < nf; k++) {
+        int slot = p->heads_slot[k];
+        p->mirrored[slot] = (unsigned char)wants_mirror(p, &p->attrs[k]);
+        out[slot / p->max_faces].times.heads_ms += share;
+    }
+    n = 0;
+    for (int i = 0; i < p->n_chips; i++)
+        if (p->chip_view[i] % 2 == 1 && p->mirrored[p->chip_slot[i]])
+            p->pass_chip[n++] = i;
+    st = embed_pass(p, p->pass_chip, n, out, err);
+    p->n_chips = 0;
+    return st;
 }
 
 /* A = inv o J, J scaling chip coordinates by s about the chip's centre: s > 1 samples
@@ -602,6 +705,8 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
     p->n_chips = 0;
     if (p->embedded)
         memset(p->embedded, 0, (size_t)p->slots);
+    if (p->mirrored)
+        memset(p->mirrored, 0, (size_t)p->slots);
     for (int i = 0; i < n; i++) {
         fm_image_result *r = &out[i];
         memset(r, 0, sizeof *r);
@@ -691,16 +796,10 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
         int hd = fm_heads_input_dim(h);
         size_t off = e ? e->off : p->feat_off[fm_heads_feature(h)];
         int step = (e ? e->heads_mirror : p->heads_mirror) ? 1 : p->mirror;
-        int used = p->views / step;
         for (int k = 0; k < nh; k++) { /* the mean over the views the heads read */
-            const float *a = p->feat + (size_t)p->heads_slot[k] * p->feat_stride + off;
-            float *dst = p->heads_in + (size_t)k * (size_t)hd;
-            for (int d = 0; d < hd; d++) {
-                float sum = 0;
-                for (int v = 0; v < p->views; v += step)
-                    sum += a[(size_t)v * (size_t)hd + (size_t)d];
-                dst[d] = sum / (float)used;
-            }
+            int slot = p->heads_slot[k];
+            heads_mean(p, slot, off, hd, p->adaptive && !p->mirrored[slot] ? 2 : step,
+                       p->heads_in + (size_t)k * (size_t)hd);
         }
         if ((st = fm_heads_forward(h, p->heads_in, nh, p->attrs + (size_t)m * (size_t)nh,
                                    err)) != FM_OK)
