@@ -6,7 +6,10 @@
 #include "facemill/eval.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void test_names(void)
 {
@@ -264,6 +267,64 @@ static void test_name_hash(void)
     CHECK(fm_utk_name_hash("1_0_0_x.jpg", 1) != fm_utk_name_hash("1_0_0_y.jpg", 1));
 }
 
+/* A file of `facemill eval --save-results` lines is read whether its JSON is compact
+ * (as facemill writes it) or spaced (as Python's json module and jq write it), in any
+ * key order; a line that is not one is refused with its number. */
+static void test_read_saved(void)
+{
+    char path[] = "/tmp/fm_test_saved.XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fputs("{\"file\":\"26_1_2_a.jpg\",\"true_age\":26,\"true_gender\":\"female\","
+          "\"true_race\":\"Asian\",\"face\":true,\"placed\":false,\"age\":24.5,"
+          "\"age_std\":3.25,\"gender\":\"female\",\"race\":\"Asian\","
+          "\"gender_probs\":{\"male\":0.125,\"female\":0.875},\"race_probs\":{\"White\":0.0625,"
+          "\"Black\":0.0625,\"Asian\":0.75,\"Indian\":0.0625,\"Others\":0.0625}}\n", f);
+    /* spaced, keys in another order, a file name that is also a key's name */
+    fputs("{\"face\": true, \"placed\": false, \"true_race\": \"White\", "
+          "\"true_gender\": \"male\", \"true_age\": 60, \"file\": \"60_0_0_age.jpg\", "
+          "\"gender_probs\": {\"male\": 0.5625, \"female\": 0.4375}, "
+          "\"race_probs\": {\"White\": 0.5, \"Black\": 0.125, \"Asian\": 0.125, "
+          "\"Indian\": 0.125, \"Others\": 0.125}, \"age\" :  58.0, \"age_std\":\t7.5, "
+          "\"gender\": \"male\", \"race\": \"White\"}\n", f);
+    fputs("{\"file\": \"3_0_4_b.jpg\", \"true_age\": 3, \"true_gender\": \"male\", "
+          "\"true_race\": \"Others\", \"face\": false, \"placed\": false}\n", f);
+    fclose(f);
+    const char *paths[4] = {"/x/26_1_2_a.jpg", "60_0_0_age.jpg", "/y/3_0_4_b.jpg",
+                            "1_0_0_missing.jpg"};
+    fm_eval_item it[4];
+    unsigned char found[4];
+    memset(it, 0, sizeof it);
+    fm_error e;
+    CHECK(fm_eval_read_saved(path, 4, paths, it, found, &e) == 3);
+    CHECK(found[0] && found[1] && found[2] && !found[3]);
+    CHECK(it[0].truth.age == 26 && it[0].truth.gender == 1 && it[0].truth.race == 2);
+    CHECK(it[0].detected && it[0].age == 24.5f && it[0].age_std == 3.25f &&
+          it[0].gender == 1 && it[0].race == 2);
+    CHECK(it[0].gender_probs[0] == 0.125f && it[0].gender_probs[1] == 0.875f &&
+          it[0].race_probs[2] == 0.75f && it[0].race_probs[4] == 0.0625f);
+    CHECK(it[1].truth.age == 60 && it[1].truth.gender == 0 && it[1].truth.race == 0);
+    CHECK(it[1].detected && it[1].age == 58.0f && it[1].age_std == 7.5f &&
+          it[1].gender == 0 && it[1].race == 0);
+    CHECK(it[1].gender_probs[0] == 0.5625f && it[1].race_probs[0] == 0.5f &&
+          it[1].race_probs[3] == 0.125f);
+    CHECK(it[2].truth.age == 3 && it[2].truth.race == 4 && !it[2].detected && !it[2].placed);
+    /* a line of something else: refused, naming its line */
+    f = fopen(path, "a");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("{\"file\": \"5_0_0_c.jpg\", \"true_age\": 5}\n", f);
+        fclose(f);
+        CHECK(fm_eval_read_saved(path, 4, paths, it, found, &e) == -1);
+        CHECK(e.code == FM_ERR_FORMAT && strstr(fm_error_text(&e), ":4:") != NULL);
+    }
+    unlink(path);
+}
+
 int main(void)
 {
     test_names();
@@ -275,5 +336,6 @@ int main(void)
     test_bootstrap();
     test_compare();
     test_name_hash();
+    test_read_saved();
     return fm_test_done("test_eval");
 }

@@ -415,16 +415,32 @@ int fm_eval_compare(const fm_eval_item *a, double fallback_a, const fm_eval_item
 
 /* ---- per-image results saved by `facemill eval --save-results` ------------------ */
 
-/* The value after "KEY": in line (KEY with its quotes); NULL when absent. */
-static const char *after_key(const char *line, const char *quoted_key)
+/* The value of key in line: what follows "key", blanks, a colon and blanks (JSON
+ * written compactly, as `facemill eval` does, or with spaces, as Python's json module
+ * and jq do); NULL when absent. An occurrence that is a string value, not a key (no
+ * colon after it), is passed over. */
+static const char *after_key(const char *line, const char *key)
 {
-    const char *s = strstr(line, quoted_key);
-    return s ? s + strlen(quoted_key) : NULL;
+    const size_t len = strlen(key);
+    for (const char *s = line; (s = strchr(s, '"')) != NULL; s++) {
+        if (strncmp(s + 1, key, len) != 0 || s[1 + len] != '"')
+            continue;
+        const char *t = s + len + 2;
+        while (*t == ' ' || *t == '\t')
+            t++;
+        if (*t != ':')
+            continue;
+        t++;
+        while (*t == ' ' || *t == '\t')
+            t++;
+        return t;
+    }
+    return NULL;
 }
 
-static int read_num(const char *line, const char *quoted_key, double *v)
+static int read_num(const char *line, const char *key, double *v)
 {
-    const char *s = after_key(line, quoted_key);
+    const char *s = after_key(line, key);
     if (!s)
         return -1;
     char *end;
@@ -433,10 +449,9 @@ static int read_num(const char *line, const char *quoted_key, double *v)
 }
 
 /* The index of the class name after KEY among names, or -1. */
-static int read_class(const char *line, const char *quoted_key, const char *const *names,
-                      int n)
+static int read_class(const char *line, const char *key, const char *const *names, int n)
 {
-    const char *s = after_key(line, quoted_key);
+    const char *s = after_key(line, key);
     if (!s || *s != '"')
         return -1;
     for (int k = 0; k < n; k++) {
@@ -462,42 +477,44 @@ static int cmp_saved(const void *a, const void *b)
 static int parse_saved(const char *line, saved *s)
 {
     memset(s, 0, sizeof *s);
-    const char *f = after_key(line, "\"file\":\"");
-    const char *q = f ? strchr(f, '"') : NULL;
+    const char *f = after_key(line, "file");
+    if (!f || *f++ != '"')
+        return -1;
+    const char *q = strchr(f, '"');
     if (!q)
         return -1;
     double age;
     fm_eval_item *it = &s->item;
-    it->truth.gender = read_class(line, "\"true_gender\":", fm_result_gender_names, 2);
-    it->truth.race = read_class(line, "\"true_race\":", fm_result_race_names, 5);
-    if (read_num(line, "\"true_age\":", &age) || age < 0 || age >= FM_HEADS_AGES ||
+    it->truth.gender = read_class(line, "true_gender", fm_result_gender_names, 2);
+    it->truth.race = read_class(line, "true_race", fm_result_race_names, 5);
+    if (read_num(line, "true_age", &age) || age < 0 || age >= FM_HEADS_AGES ||
         it->truth.gender < 0 || it->truth.race < 0)
         return -1;
     it->truth.age = (int)age;
-    const char *face = after_key(line, "\"face\":");
+    const char *face = after_key(line, "face");
     if (!face)
         return -1;
-    const char *placed = after_key(line, "\"placed\":");
+    const char *placed = after_key(line, "placed");
     int is_face = !strncmp(face, "true", 4);
     if (is_face || (placed && !strncmp(placed, "true", 4))) {
         double v;
         it->detected = is_face;
         it->placed = !is_face;
-        it->gender = read_class(line, "\"gender\":", fm_result_gender_names, 2);
-        it->race = read_class(line, "\"race\":", fm_result_race_names, 5);
-        if (read_num(line, "\"age\":", &v) || it->gender < 0 || it->race < 0)
+        it->gender = read_class(line, "gender", fm_result_gender_names, 2);
+        it->race = read_class(line, "race", fm_result_race_names, 5);
+        if (read_num(line, "age", &v) || it->gender < 0 || it->race < 0)
             return -1;
         it->age = (float)v;
-        if (read_num(line, "\"age_std\":", &v) == 0)
+        if (read_num(line, "age_std", &v) == 0)
             it->age_std = (float)v;
         char key[32];
         for (int k = 0; k < FM_HEADS_GENDERS; k++) {
-            snprintf(key, sizeof key, "\"%s\":", fm_result_gender_names[k]);
+            snprintf(key, sizeof key, "%s", fm_result_gender_names[k]);
             if (read_num(line, key, &v) == 0)
                 it->gender_probs[k] = (float)v;
         }
         for (int k = 0; k < FM_HEADS_RACES; k++) {
-            snprintf(key, sizeof key, "\"%s\":", fm_result_race_names[k]);
+            snprintf(key, sizeof key, "%s", fm_result_race_names[k]);
             if (read_num(line, key, &v) == 0)
                 it->race_probs[k] = (float)v;
         }
