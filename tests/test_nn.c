@@ -637,14 +637,17 @@ static void test_conv_positions(void)
             best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)");
 }
 
-/* The direct kernel's Winograd F(2x2, 3x3) (wide 3x3 layers: P-Net's conv2 and conv3,
- * 8 to 32 input channels, output channels a multiple of 8, at least 32 output
- * columns) against the double
- * reference, each instruction set against the others (the same bits), and against the
- * column tiles it replaces (fm_nn_set_winograd(0): within rounding, not the same bits,
- * so the Winograd kernel is what ran). Shapes: a last block row and column cut off
- * (odd output sizes), a single output row, rows that end mid-pass and exactly at a
- * pass's end, 8 to 32 input channels, 8 to 32 output channels, several images. */
+/* The direct kernel's Winograd (wide 3x3 layers: P-Net's conv2 and conv3, 8 to 32
+ * input channels, output channels a multiple of 8, at least 32 output columns), as
+ * F(4x4, 3x3) (at least 64 output columns and 4 rows) and as F(2x2, 3x3)
+ * (fm_nn_set_winograd4(0)), each against the double reference, each instruction set
+ * against the others (the same bits), F(4x4) against F(2x2) (other bits where F(4x4)
+ * applies, so it ran; the same where it does not) and both against the column tiles
+ * they replace (fm_nn_set_winograd(0): within rounding, not the same bits). Shapes: a
+ * last block row and column cut off (odd output sizes, rows and columns not a multiple
+ * of 4), a single output row, rows that end mid-pass and exactly at a pass's end (64
+ * columns: AVX2's F(4x4) pass and AVX-512's F(2x2) pass; 128: AVX-512's F(4x4) pass),
+ * 8 to 32 input channels, 8 to 32 output channels, several images. */
 static void test_conv_wino_direct(void)
 {
     static const struct {
@@ -655,55 +658,83 @@ static void test_conv_wino_direct(void)
         {1, 10, 13, 321, 16}, /* a P-Net conv2 strip: 319 columns, passes and a tail */
         {1, 16, 12, 319, 32}, /* a P-Net conv3 strip */
         {2, 16, 7, 66, 8},    /* two images, 64 columns: a pass ends with the row */
-        {1, 8, 6, 99, 24},    /* 8 input channels, 97 columns */
+        {1, 8, 6, 99, 24},    /* 8 input channels, 97 columns, 4 rows */
         {1, 32, 3, 40, 16},   /* a single output row */
         {1, 16, 9, 97, 32},   /* 95 columns: a partly filled last vector */
+        {1, 16, 11, 130, 16}, /* 128 columns, 9 rows: whole passes, a 1-row block row */
+        {1, 8, 42, 131, 8},   /* 129 columns, a P-Net strip's 40 rows */
+        {2, 32, 8, 200, 32},  /* 32 channels in and out, 198 columns, 6 rows */
     };
     const fm_nn_isa best = fm_nn_isa_best();
     if (best < FM_NN_ISA_AVX2)
         return; /* no direct kernel */
-    enum { RUNS = FM_NN_ISA_AVX512 - FM_NN_ISA_AVX2 + 2 };
+    /* runs: for F(4x4) then F(2x2), each set from AVX2 on; the last: column tiles */
+    enum { SETS = FM_NN_ISA_AVX512 - FM_NN_ISA_AVX2 + 1, RUNS = 2 * SETS + 1 };
+    int checked4 = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         for (int variant = 0; variant < 3; variant++) {
             const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
             const int co = cases[i].co, oh = h - 2, ow = w - 2;
+            const int four = ow >= 64 && oh >= 4; /* F(4x4) applies */
             fm_tensor x, wt, b, sl;
             const fm_tensor *bias, *slope;
             prelu_operands(n, c, h, w, co, 3, variant, &x, &wt, &b, &sl, &bias, &slope);
             fm_tensor y[RUNS];
+            int first[2] = {-1, -1}; /* each algorithm's first run */
             double *r = ref_conv_prelu(&x, &wt, bias, slope, oh, ow);
-            /* runs 0..: Winograd under AVX2, AVX-512; the last: column tiles */
             int runs = 0;
-            for (int isa = FM_NN_ISA_AVX2; isa <= (int)best + 1; isa++, runs++) {
-                const int tiles = isa > (int)best;
-                fm_nn_set_isa(tiles ? best : (fm_nn_isa)isa);
-                fm_nn_set_winograd(!tiles);
-                y[runs] = fm_test_tensor(&rng, n, co, oh, ow);
-                conv_prelu_measured(&x, &wt, bias, slope, &y[runs]);
-                size_t count = fm_tensor_count(&y[runs]);
-                const char *what = tiles ? "column tiles" : fm_nn_isa_name((fm_nn_isa)isa);
-                double err = rel_err(y[runs].data, r, count);
-                CHECK_MSG(err <= TOL, "winograd %s, n%d c%d %dx%d -> co%d v%d: %g", what, n, c,
-                          h, w, co, variant, err);
-                if (!tiles) {
-                    CHECK_MSG(memcmp(y[0].data, y[runs].data, count * sizeof(float)) == 0,
-                              "winograd %s, n%d c%d %dx%d -> co%d v%d: not the same bits "
-                              "as avx2+fma", what, n, c, h, w, co, variant);
-                } else {
+            for (int alg = 0; alg <= 2; alg++) {          /* F(4x4), F(2x2), tiles */
+                for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+                    if (alg == 2 && isa != (int)best)
+                        continue;
+                    fm_nn_set_isa((fm_nn_isa)isa);
+                    fm_nn_set_winograd(alg < 2);
+                    fm_nn_set_winograd4(alg == 0);
+                    y[runs] = fm_test_tensor(&rng, n, co, oh, ow);
+                    conv_prelu_measured(&x, &wt, bias, slope, &y[runs]);
+                    const size_t count = fm_tensor_count(&y[runs]);
+                    const char *what = alg == 2 ? "column tiles"
+                                                : alg == 0 ? "F(4x4)" : "F(2x2)";
+                    double err = rel_err(y[runs].data, r, count);
+                    CHECK_MSG(err <= TOL, "winograd %s %s, n%d c%d %dx%d -> co%d v%d: %g", what,
+                              fm_nn_isa_name((fm_nn_isa)isa), n, c, h, w, co, variant, err);
+                    if (alg < 2 && first[alg] < 0)
+                        first[alg] = runs;
+                    else if (alg < 2)
+                        CHECK_MSG(memcmp(y[first[alg]].data, y[runs].data,
+                                         count * sizeof(float)) == 0,
+                                  "winograd %s %s, n%d c%d %dx%d -> co%d v%d: not the same bits "
+                                  "as avx2+fma", what, fm_nn_isa_name((fm_nn_isa)isa), n, c, h,
+                                  w, co, variant);
                     size_t differ = 0;
-                    for (size_t j = 0; j < count; j++)
-                        differ += y[0].data[j] != y[runs].data[j];
-                    CHECK_MSG(differ > 0, "winograd n%d c%d %dx%d -> co%d v%d: the same bits "
-                              "as the column tiles (did it run?)", n, c, h, w, co, variant);
+                    if (alg >= 1)
+                        for (size_t j = 0; j < count; j++)
+                            differ += y[alg == 2 ? first[1] : first[0]].data[j] !=
+                                      y[runs].data[j];
+                    if (alg == 1 && runs == first[1]) {
+                        CHECK_MSG(four ? differ > 0 : differ == 0,
+                                  "winograd n%d c%d %dx%d -> co%d v%d: F(4x4) and F(2x2) give "
+                                  "%zu different outputs (F(4x4) %s)", n, c, h, w, co, variant,
+                                  differ, four ? "applies" : "does not apply");
+                        checked4 += four;
+                    }
+                    if (alg == 2)
+                        CHECK_MSG(differ > 0, "winograd n%d c%d %dx%d -> co%d v%d: the same "
+                                  "bits as the column tiles (did it run?)", n, c, h, w, co,
+                                  variant);
+                    runs++;
                 }
             }
             fm_nn_set_winograd(1);
+            fm_nn_set_winograd4(1);
             fm_nn_set_isa(best);
             prelu_case_free(&x, &wt, &b, &sl, r, y, runs);
         }
     }
-    fprintf(stderr, "test_nn: direct Winograd F(2x2, 3x3), %s%s: the same bits, within "
-            "%g of the reference\n", fm_nn_isa_name(FM_NN_ISA_AVX2),
+    CHECK(checked4 >= 15);
+    fprintf(stderr, "test_nn: direct Winograd F(4x4, 3x3) (%d cases) and F(2x2, 3x3), %s%s: "
+            "the same bits, within %g of the reference\n", checked4,
+            fm_nn_isa_name(FM_NN_ISA_AVX2),
             best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)", TOL);
 }
 

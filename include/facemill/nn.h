@@ -187,6 +187,12 @@ int fm_nn_isa_from_name(const char *name);
  * caveats. */
 int fm_nn_set_winograd(int on);
 
+/* The direct kernel's wide 3x3 layers (P-Net's conv2 and conv3 on wide pyramid
+ * levels) run as Winograd F(4x4, 3x3), 36 multiplies per 4x4 output block against
+ * F(2x2, 3x3)'s 64 (results equal within rounding). fm_nn_set_winograd4(0) keeps
+ * them on F(2x2, 3x3), for comparisons. Returns the previous setting. Process-wide. */
+int fm_nn_set_winograd4(int on);
+
 /* The direct convolution (stride 1, unpadded, few channels: MTCNN's layers) runs small
  * output planes with at least 16 output channels in tiles of positions x channels,
  * which waste no vector lanes on narrow rows. Both of its kernels sum each output in

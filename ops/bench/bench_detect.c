@@ -4,7 +4,7 @@
  *   facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N] [--threads N]
  *                         [--set KEY=VALUE]... [--utk DIR] [--misses FILE] [--pad F]
  *                         [--no-speed] [--no-position-tiles] [--no-winograd]
- *                         [--isa NAME] [--only 640|12mp-jpeg|12mp]
+ *                         [--winograd2] [--isa NAME] [--only 640|12mp-jpeg|12mp]
  *
  * 1. Speed at the default settings (detect.* of config; --set changes them), median
  *    of --repeat runs (default 5), one OpenBLAS thread unless --threads:
@@ -24,8 +24,9 @@
  * part 1. --no-position-tiles runs R-Net's and O-Net's small planes in the direct
  * kernel's column tiles (fm_nn_set_position_tiles(0)), for comparison: the results
  * are the same bits, only the time differs. --no-winograd runs P-Net's wide 3x3 layers
- * in column tiles instead of Winograd's F(2x2, 3x3) (fm_nn_set_winograd(0)), for
- * comparison: the results differ by rounding. --isa NAME caps the instruction set of
+ * in column tiles instead of Winograd (fm_nn_set_winograd(0)), for comparison: the
+ * results differ by rounding; --winograd2 runs them as F(2x2, 3x3) instead of F(4x4,
+ * 3x3) where the latter applies (fm_nn_set_winograd4(0); rounding again). --isa NAME caps the instruction set of
  * the engine's own kernels (base, avx2+fma, avx512; fm_nn_set_isa), for comparison:
  * avx2+fma and avx512 give the same bits. --only runs one of the three images of part 1
  * (640: the 640x480 image, 12mp-jpeg: the DCT-scaled decode, 12mp: full resolution),
@@ -223,7 +224,8 @@ static void usage(FILE *out)
                  "                             [--threads N] [--set KEY=VALUE]... [--utk DIR]\n"
                  "                             [--misses FILE] [--pad F] [--no-speed]\n"
                  "                             [--no-position-tiles] [--no-winograd]\n"
-                 "                             [--isa NAME] [--only 640|12mp-jpeg|12mp]\n");
+                 "                             [--winograd2] [--isa NAME]\n"
+                 "                             [--only 640|12mp-jpeg|12mp]\n");
 }
 
 int main(int argc, char **argv)
@@ -256,6 +258,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--no-winograd") == 0) {
             fm_nn_set_winograd(0);
+            continue;
+        }
+        if (strcmp(a, "--winograd2") == 0) {
+            fm_nn_set_winograd4(0);
             continue;
         }
         if (!v) {

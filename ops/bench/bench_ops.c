@@ -283,6 +283,13 @@ static int bench_forward(void)
     for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
         const layer *l = &layers[i];
         failed |= bench_layer(l, "", base);
+        if (l->k == 3 && l->stride == 1 && l->pad == 0 && l->groups == 1 && l->c >= 8 &&
+            l->w - 2 >= 64) {
+            /* P-Net's wide layers with F(2x2, 3x3) instead of F(4x4, 3x3) */
+            fm_nn_set_winograd4(0);
+            failed |= bench_layer(l, " F(2x2)", base);
+            fm_nn_set_winograd4(1);
+        }
         if (l->k == 3 && l->stride == 1 && l->groups == 1 && l->c >= 16) {
             /* the same layer without Winograd's F(2x2, 3x3), where it may apply */
             fm_nn_set_winograd(0);

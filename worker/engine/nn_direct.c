@@ -27,7 +27,9 @@
 #include "nn_impl.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -174,6 +176,31 @@ static int wt_fits(const conv_geom *g)
     return nn_winograd_enabled() && wt_shape(g) && g->ow >= WT_MIN_OW;
 }
 
+/* Of those, the ones at least W4_MIN_OW outputs wide and W4_MIN_OH high run as F(4x4,
+ * 3x3) (fm_nn_set_winograd4(0) keeps them on F(2x2)): its passes take 4 x 32 columns
+ * with AVX-512 (4 x 16 with AVX2), and a block row 4 output rows. Tuned with
+ * facemill-bench-ops. */
+#ifndef W4_MIN_OW
+#define W4_MIN_OW 64
+#endif
+#ifndef W4_MIN_OH
+#define W4_MIN_OH 4
+#endif
+#define W4_BLK_MAX 32 /* blocks per pass, the widest set's */
+static int winograd4_on = 1;
+
+int fm_nn_set_winograd4(int on)
+{
+    int was = winograd4_on;
+    winograd4_on = on != 0;
+    return was;
+}
+
+static int w4_fits(const conv_geom *g)
+{
+    return winograd4_on && wt_fits(g) && g->ow >= W4_MIN_OW && g->oh >= W4_MIN_OH;
+}
+
 /* See nn_impl.h. */
 int nn_direct_fits(const conv_geom *g)
 {
@@ -219,7 +246,10 @@ size_t nn_direct_scratch(const conv_geom *g)
     if (wt_shape(g)) {
         size_t wt = 16 * (size_t)g->c * g->co + 2 * (size_t)g->co +
                     16 * (size_t)g->c * WT_BLK_MAX + 16 * (size_t)WT_CO * WT_BLK_MAX;
+        size_t w4 = 36 * (size_t)g->c * g->co + 2 * (size_t)g->co +
+                    36 * (size_t)g->c * W4_BLK_MAX + 36 * (size_t)WT_CO * W4_BLK_MAX;
         need = wt > need ? wt : need;
+        need = w4 > need ? w4 : need;
     }
     return need;
 }
@@ -289,6 +319,7 @@ typedef struct dc_kernels {
     int pt_oc; /* output channels per position tile */
     pt_chunk_fn positions;
     wt_image_fn winograd; /* nn_direct_tiles.h, "Winograd F(2x2, 3x3), direct" */
+    wt_image_fn winograd4; /* "Winograd F(4x4, 3x3), direct" */
     int wt_co;            /* its output channels per product group */
     nn_wg_input_fn wg_input;   /* nn_winograd.c's transforms */
     nn_wg_output_fn wg_output;
@@ -332,6 +363,18 @@ typedef struct dc_kernels {
     _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20)
 #define TL_ZIPHI(a, b)                                                                    \
     _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31)
+#define TL_UNPACKLO(a, b) _mm256_unpacklo_ps(a, b)
+#define TL_UNPACKHI(a, b) _mm256_unpackhi_ps(a, b)
+#define TL_SHUFLO(a, b) _mm256_shuffle_ps(a, b, 0x44)
+#define TL_SHUFHI(a, b) _mm256_shuffle_ps(a, b, 0xee)
+/* lane 4 q + k holds block 2 k + q: block b + 1 is in lane 4 + k (q = 0) or k + 1
+ * (q = 1), the last (lane 7) past the vector */
+#define TL_NEXT0(o, e)                                                                    \
+    _mm256_blend_ps(_mm256_permutevar8x32_ps(o, _mm256_setr_epi32(4, 5, 6, 7, 1, 2, 3, 0)), \
+                    _mm256_broadcastss_ps(_mm256_castps256_ps128(e)), 0x80)
+#define TL_NEXT1(o, e)                                                                    \
+    _mm256_blend_ps(_mm256_permutevar8x32_ps(o, _mm256_setr_epi32(4, 5, 6, 7, 1, 2, 3, 0)), \
+                    _mm256_permutevar8x32_ps(e, _mm256_set1_epi32(1)), 0x80)
 #define TL_WT_CO 4
 #include "nn_direct_tiles.h"
 
@@ -391,6 +434,20 @@ __attribute__((target("avx512f"))) static inline __m512i ziphi512(void)
 #define TL_ODD(lo, hi) _mm512_permutex2var_ps(lo, odd512(), hi)
 #define TL_ZIPLO(a, b) _mm512_permutex2var_ps(a, ziplo512(), b)
 #define TL_ZIPHI(a, b) _mm512_permutex2var_ps(a, ziphi512(), b)
+#define TL_UNPACKLO(a, b) _mm512_unpacklo_ps(a, b)
+#define TL_UNPACKHI(a, b) _mm512_unpackhi_ps(a, b)
+#define TL_SHUFLO(a, b) _mm512_shuffle_ps(a, b, 0x44)
+#define TL_SHUFHI(a, b) _mm512_shuffle_ps(a, b, 0xee)
+/* lane 4 q + k holds block 4 k + q: block b + 1 is in lane 4 (q + 1) + k (q < 3) or
+ * k + 1 (q = 3), the last (lane 15) past the vector: e[0] (16) or e[1] (17) */
+#define TL_NEXT0(o, e)                                                                    \
+    _mm512_permutex2var_ps(o, _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, \
+                                                1, 2, 3, 16),                             \
+                           e)
+#define TL_NEXT1(o, e)                                                                    \
+    _mm512_permutex2var_ps(o, _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, \
+                                                1, 2, 3, 17),                             \
+                           e)
 #define TL_WT_CO 8
 #define TL_DC_OC_WIDE 8
 #include "nn_direct_tiles.h"
@@ -507,6 +564,155 @@ static void conv_winograd(const dc_kernels *kn, const conv_geom *g, const float 
 }
 #endif
 
+#if NN_HAVE_AVX2
+/* The F(4x4, 3x3) weights U = G w G^T (6x6 per input and output channel, computed in
+ * double, rounded once), each position e = 6 i + j a plane of `plane` floats [co /
+ * group][c][group]. */
+static void winograd4_weights(const conv_geom *g, const float *w, float *u, size_t plane,
+                              int group)
+{
+    static const double G[6][3] = {
+        {1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+        {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+        {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1},
+    };
+    for (int o = 0; o < g->co; o++) {
+        for (int i = 0; i < g->c; i++) {
+            const float *k = w + ((size_t)o * g->c + i) * 9;
+            double t[6][3]; /* G k */
+            for (int r = 0; r < 6; r++)
+                for (int j = 0; j < 3; j++)
+                    t[r][j] = G[r][0] * k[j] + G[r][1] * k[3 + j] + G[r][2] * k[6 + j];
+            float *dst = u + ((size_t)(o / group) * g->c + i) * group + o % group;
+            for (int r = 0; r < 6; r++)
+                for (int j = 0; j < 6; j++)
+                    dst[(size_t)(6 * r + j) * plane] =
+                        (float)(t[r][0] * G[j][0] + t[r][1] * G[j][1] + t[r][2] * G[j][2]);
+        }
+    }
+}
+
+/* A 64-bit digest of n floats (their bits, 8 bytes a step). */
+static uint64_t weights_digest(const float *w, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+    size_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        uint64_t v;
+        memcpy(&v, w + i, sizeof v);
+        h = (h ^ v) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    if (i < n) {
+        uint32_t v;
+        memcpy(&v, w + i, sizeof v);
+        h = (h ^ v) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    return h;
+}
+
+/* The transformed F(4x4) weights of the last few layers this thread ran, found by the
+ * weights' address, shape and digest: computing them took as long as the convolution
+ * of a small pyramid level (P-Net runs each layer once per strip of each level), the
+ * digest takes a tenth of that. Weights changed in place (training) have another
+ * digest and are transformed again. Each thread's cache is freed when it ends. */
+#define W4_CACHE 4
+typedef struct w4_cached {
+    const float *w;
+    int co, c, group;
+    uint64_t digest;
+    float *u; /* 36 x co x c */
+} w4_cached;
+typedef struct w4_cache {
+    w4_cached e[W4_CACHE];
+    int next;
+} w4_cache;
+static pthread_key_t w4_key;
+static pthread_once_t w4_once = PTHREAD_ONCE_INIT;
+static int w4_key_ok;
+
+static void w4_cache_free(void *p)
+{
+    w4_cache *c = p;
+    for (int i = 0; i < W4_CACHE; i++)
+        free(c->e[i].u);
+    free(c);
+}
+
+static void w4_key_make(void) { w4_key_ok = pthread_key_create(&w4_key, w4_cache_free) == 0; }
+
+/* This thread's cache, or NULL when there is none to be had. */
+static w4_cache *w4_cache_get(void)
+{
+    pthread_once(&w4_once, w4_key_make);
+    if (!w4_key_ok)
+        return NULL;
+    w4_cache *c = pthread_getspecific(w4_key);
+    if (!c && (c = calloc(1, sizeof *c)) != NULL && pthread_setspecific(w4_key, c) != 0) {
+        free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+/* u: the transformed weights of g's w, from the cache or computed into it (or, without
+ * a cache or memory for it, into fallback). */
+static const float *winograd4_weights_cached(const conv_geom *g, const float *w, int group,
+                                             float *fallback)
+{
+    const size_t eu = (size_t)g->co * g->c;
+    w4_cache *c = w4_cache_get();
+    if (!c) {
+        winograd4_weights(g, w, fallback, eu, group);
+        return fallback;
+    }
+    const uint64_t digest = weights_digest(w, eu * 9);
+    for (int i = 0; i < W4_CACHE; i++) {
+        const w4_cached *e = &c->e[i];
+        if (e->u && e->w == w && e->co == g->co && e->c == g->c && e->group == group &&
+            e->digest == digest)
+            return e->u;
+    }
+    w4_cached *e = &c->e[c->next];
+    float *u = realloc(e->u, 36 * eu * sizeof *u);
+    if (!u) {
+        winograd4_weights(g, w, fallback, eu, group);
+        return fallback;
+    }
+    c->next = (c->next + 1) % W4_CACHE;
+    winograd4_weights(g, w, u, eu, group);
+    *e = (w4_cached){w, g->co, g->c, group, digest, u};
+    return u;
+}
+
+/* nn_conv_direct as Winograd F(4x4, 3x3): as conv_winograd, 36 positions. */
+static void conv_winograd4(const dc_kernels *kn, const conv_geom *g, const float *x,
+                           const float *w, const float *bias, const float *slope,
+                           int n_slope, float *y, float *scratch)
+{
+    const size_t eu = (size_t)g->co * g->c;
+    float *uf = scratch, *b = uf + 36 * eu, *s = b + g->co;
+    float *vbuf = s + g->co, *mbuf = vbuf + 36 * (size_t)g->c * W4_BLK_MAX;
+    const float *u = winograd4_weights_cached(g, w, kn->wt_co, uf);
+    for (int o = 0; o < g->co; o++) {
+        b[o] = bias ? bias[o] : 0.0f;
+        s[o] = slope ? slope[n_slope == 1 ? 0 : o] : 0.0f;
+    }
+    const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
+    dc_addressable(u, sizeof *u * 36 * eu, "transformed weights");
+    dc_addressable(uf, sizeof *uf * (36 * eu + 2 * (size_t)g->co +
+                                     36 * ((size_t)g->c + WT_CO) * W4_BLK_MAX),
+                   "buffers");
+    for (int n = 0; n < g->n; n++) {
+        dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img, "input");
+        dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img, "output");
+        kn->winograd4(g, x + (size_t)n * in_img, u, b, s, slope != NULL,
+                      y + (size_t)n * out_img, vbuf, mbuf);
+    }
+}
+#endif
+
 /* See nn_impl.h. */
 int nn_wg_kernels(nn_wg_input_fn *in, nn_wg_output_fn *out)
 {
@@ -528,6 +734,10 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
 {
 #if NN_HAVE_AVX2
     const dc_kernels *kn = dc_kernels_now();
+    if (w4_fits(g)) {
+        conv_winograd4(kn, g, x, w, bias, slope, n_slope, y, scratch);
+        return;
+    }
     if (wt_fits(g)) {
         conv_winograd(kn, g, x, w, bias, slope, n_slope, y, scratch);
         return;

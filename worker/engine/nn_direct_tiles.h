@@ -15,6 +15,11 @@
  *   TL_SUB(a, b)      a - b
  *   TL_EVEN(lo, hi), TL_ODD(lo, hi)  the even (odd) lanes of the 2 * TL_VN floats lo, hi
  *   TL_ZIPLO(a, b), TL_ZIPHI(a, b)   a0 b0 a1 b1 ... for the low (high) half of a and b
+ *   TL_UNPACKLO(a, b), TL_UNPACKHI(a, b)  a0 b0 a1 b1 (a2 b2 a3 b3) in each 128-bit quarter
+ *   TL_SHUFLO(a, b), TL_SHUFHI(a, b)      a0 a1 b0 b1 (a2 a3 b2 b3) in each 128-bit quarter
+ *   TL_NEXT0(o, e), TL_NEXT1(o, e)   for o in tr4's block order (block k * TL_VN / 4 + q
+ *                     in quarter q, element k), each block's next block's lane, the
+ *                     last one's from e[0] (TL_NEXT1: e[1])
  *   TL_WT_CO          output channels per product group of the Winograd kernel
  *   TL_DC_OC_WIDE     (optional) column tiles of this many output channels besides
  *                     those of 4 and 5 (nn_conv_direct takes the tile that leaves the
@@ -421,6 +426,192 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const fl
     }
 }
 
+/* ---- Winograd F(4x4, 3x3), direct -------------------------------------------------
+ *
+ * The same layers as above (P-Net's conv2 and conv3) with 4x4 output blocks: 36
+ * products per block and input and output channel instead of F(2x2)'s 4 x 16 = 64
+ * (Lavin and Gray's F(4x4, 3x3); its transforms, B^T d B and A^T M A, have the
+ * constants 4, 5, 2 and 8 and stay exact in float where they can). One lane per 4x4
+ * block again: four vectors of a row hold TL_VN blocks of four columns, one block per
+ * 128-bit quarter, and a 4x4 transpose inside each quarter (tr4) turns them into the
+ * block's four columns, one vector each; its fifth and sixth are the next block's
+ * first two, one permutation away (the last block's from one more load). The lanes then hold the blocks in a shuffled order (block
+ * k * TL_VN / 4 + q in quarter q, element k), the products do not care, and the same
+ * transpose on the output puts the columns back in order. Every set computes each
+ * output with the same operations in the same order (the transforms' expressions,
+ * each product summed over the input channels from 0 by fused multiply-adds), so the
+ * sets give the same bits; F(2x2) gives others, within rounding. */
+#define TL_W4_NV 2                   /* vectors of blocks per pass */
+#define TL_W4_BLK (TL_VN * TL_W4_NV) /* blocks per pass */
+
+/* o[t], quarter q, element k = (a, b, c, d)[k], quarter q, element t. */
+TL_INLINE void TL_NAME(tr4)(TL_V a, TL_V b, TL_V c, TL_V d, TL_V o[4])
+{
+    const TL_V t0 = TL_UNPACKLO(a, b), t1 = TL_UNPACKLO(c, d);
+    const TL_V t2 = TL_UNPACKHI(a, b), t3 = TL_UNPACKHI(c, d);
+    o[0] = TL_SHUFLO(t0, t1);
+    o[1] = TL_SHUFHI(t0, t1);
+    o[2] = TL_SHUFLO(t2, t3);
+    o[3] = TL_SHUFHI(t2, t3);
+}
+
+/* B^T applied to six values (six rows, or six columns): r = B^T d. */
+TL_INLINE void TL_NAME(w4_bt)(const TL_V d[6], TL_V r[6])
+{
+    const TL_V four = TL_SET1(4.0f), m4 = TL_SET1(-4.0f), m5 = TL_SET1(-5.0f);
+    r[0] = TL_FMA(four, d[0], TL_FMA(m5, d[2], d[4]));
+    const TL_V a = TL_FMA(m4, d[2], d[4]), b = TL_FMA(m4, d[1], d[3]);
+    r[1] = TL_ADD(a, b);
+    r[2] = TL_SUB(a, b);
+    const TL_V c = TL_SUB(d[4], d[2]), e1 = TL_SUB(d[3], d[1]), e = TL_ADD(e1, e1);
+    r[3] = TL_ADD(c, e);
+    r[4] = TL_SUB(c, e);
+    r[5] = TL_FMA(four, d[1], TL_FMA(m5, d[3], d[5]));
+}
+
+/* A^T applied to six values: s = A^T m (four). */
+TL_INLINE void TL_NAME(w4_at)(const TL_V m[6], TL_V s[4])
+{
+    const TL_V p = TL_ADD(m[1], m[2]), q = TL_SUB(m[1], m[2]);
+    const TL_V u = TL_ADD(m[3], m[4]), v = TL_SUB(m[3], m[4]);
+    s[0] = TL_ADD(TL_ADD(m[0], p), u);
+    s[1] = TL_FMA(TL_SET1(2.0f), v, q);
+    s[2] = TL_FMA(TL_SET1(4.0f), u, p);
+    s[3] = TL_ADD(TL_FMA(TL_SET1(8.0f), v, q), m[5]);
+}
+
+/* The 36 transformed values of one input channel for TL_W4_NV vectors of blocks whose
+ * first input column is cc0 (xc: the channel's first input row of the block row, of
+ * which `rows` exist: the others read as zero; tail: the columns from w on read as
+ * zero), at vb + e * estride for e = 6 i + j. */
+TL_INLINE void TL_NAME(w4_input)(const float *xc, int w, int rows, int cc0, int tail,
+                                 float *vb, size_t estride)
+{
+    for (int v = 0; v < TL_W4_NV; v++) {
+        const int cc = cc0 + 4 * TL_VN * v;
+        TL_V t[6][6]; /* d B of each input row */
+        for (int rr = 0; rr < 6; rr++) {
+            TL_V d[6];
+            if (rr >= rows) {
+                for (int j = 0; j < 6; j++)
+                    d[j] = TL_ZERO();
+            } else {
+                const float *xr = xc + (size_t)rr * (size_t)w + cc;
+                TL_V l[4], o[4];
+                for (int k = 0; k < 4; k++) {
+                    const int at = TL_VN * k;
+                    l[k] = tail ? TL_LOADM(xr + at, TL_TAIL(w - cc - at)) : TL_LOAD(xr + at);
+                }
+                /* the two columns after the vector's last block */
+                const TL_V e = TL_LOADM(xr + 4 * TL_VN, TL_TAIL(tail ? w - cc - 4 * TL_VN : 2));
+                TL_NAME(tr4)(l[0], l[1], l[2], l[3], o);
+                for (int j = 0; j < 4; j++)
+                    d[j] = o[j];
+                /* columns 4 and 5 of a block are columns 0 and 1 of the next */
+                d[4] = TL_NEXT0(o[0], e);
+                d[5] = TL_NEXT1(o[1], e);
+            }
+            TL_NAME(w4_bt)(d, t[rr]);
+        }
+        for (int j = 0; j < 6; j++) {
+            const TL_V col[6] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j]};
+            TL_V r[6];
+            TL_NAME(w4_bt)(col, r);
+            for (int i = 0; i < 6; i++)
+                TL_STORE(vb + (size_t)(6 * i + j) * estride + (size_t)TL_VN * v, r[i]);
+        }
+    }
+}
+
+/* One image: x [c][h][w] -> y [co][oh][ow] (valid 3x3, stride 1), u the transformed
+ * weights [36][co / TL_WT_CO][c][TL_WT_CO] (nn_winograd4_weights, group TL_WT_CO), b
+ * and s the bias and slope per output channel. vbuf holds 36 x c x TL_W4_BLK floats,
+ * mbuf 36 x TL_WT_CO x TL_W4_BLK. */
+TL_TARGET DC_ASAN_OFF static void TL_NAME(w4_image)(const conv_geom *g, const float *x,
+                                                    const float *u, const float *b,
+                                                    const float *s, int prelu, float *y,
+                                                    float *vbuf, float *mbuf)
+{
+    const int w = g->w, c = g->c, co = g->co, oh = g->oh, ow = g->ow;
+    const size_t plane = (size_t)g->h * (size_t)w, estride = (size_t)c * TL_W4_BLK;
+    const int nbx = (ow + 3) / 4, nby = (oh + 3) / 4;
+    for (int by = 0; by < nby; by++) {
+        const int r0 = 4 * by, rows = g->h - r0 < 6 ? g->h - r0 : 6;
+        for (int bx0 = 0; bx0 < nbx; bx0 += TL_W4_BLK) {
+            const int c0 = 4 * bx0;
+            /* the last block's input reaches 4 * TL_W4_BLK + 1 columns on */
+            const int tail = c0 + 4 * TL_W4_BLK + 2 > w;
+            for (int ci = 0; ci < c; ci++)
+                TL_NAME(w4_input)(x + (size_t)ci * plane + (size_t)r0 * (size_t)w, w, rows,
+                                  c0, tail, vbuf + (size_t)ci * TL_W4_BLK, estride);
+            for (int o0 = 0; o0 < co; o0 += TL_WT_CO) {
+                for (int e = 0; e < 36; e++) {
+                    TL_V acc[TL_WT_CO][TL_W4_NV];
+                    for (int r = 0; r < TL_WT_CO; r++)
+                        for (int v = 0; v < TL_W4_NV; v++)
+                            acc[r][v] = TL_ZERO();
+                    const float *ve = vbuf + (size_t)e * estride;
+                    const float *ue = u + ((size_t)e * (size_t)co + o0) * (size_t)c;
+                    for (int ci = 0; ci < c; ci++) {
+                        TL_V xv[TL_W4_NV];
+                        for (int v = 0; v < TL_W4_NV; v++)
+                            xv[v] = TL_LOAD(ve + (size_t)ci * TL_W4_BLK + TL_VN * v);
+                        for (int r = 0; r < TL_WT_CO; r++) {
+                            const TL_V wv = TL_BCAST(ue + (size_t)ci * TL_WT_CO + r);
+                            for (int v = 0; v < TL_W4_NV; v++)
+                                acc[r][v] = TL_FMA(wv, xv[v], acc[r][v]);
+                        }
+                    }
+                    for (int r = 0; r < TL_WT_CO; r++)
+                        for (int v = 0; v < TL_W4_NV; v++)
+                            TL_STORE(mbuf + ((size_t)e * TL_WT_CO + r) * TL_W4_BLK + TL_VN * v,
+                                     acc[r][v]);
+                }
+                /* A^T M A + bias, PReLU, the blocks' columns put back in order */
+                for (int r = 0; r < TL_WT_CO; r++) {
+                    const TL_V bv = TL_SET1(b[o0 + r]), sv = TL_SET1(s[o0 + r]);
+                    float *yc = y + (size_t)(o0 + r) * (size_t)g->p;
+                    for (int v = 0; v < TL_W4_NV; v++) {
+                        const int col = 4 * (bx0 + TL_VN * v);
+                        if (col >= ow)
+                            break;
+                        TL_V t[4][6]; /* A^T M: output row a, transformed column j */
+                        for (int j = 0; j < 6; j++) {
+                            TL_V m[6], sa[4];
+                            for (int i = 0; i < 6; i++)
+                                m[i] = TL_LOAD(mbuf + ((size_t)(6 * i + j) * TL_WT_CO + r) *
+                                                          TL_W4_BLK +
+                                               TL_VN * v);
+                            TL_NAME(w4_at)(m, sa);
+                            for (int a = 0; a < 4; a++)
+                                t[a][j] = sa[a];
+                        }
+                        for (int a = 0; a < 4 && r0 + a < oh; a++) {
+                            TL_V yv[4], o[4];
+                            TL_NAME(w4_at)(t[a], yv);
+                            for (int k = 0; k < 4; k++) {
+                                yv[k] = TL_ADD(yv[k], bv);
+                                if (prelu)
+                                    yv[k] = TL_PRELU(yv[k], sv);
+                            }
+                            TL_NAME(tr4)(yv[0], yv[1], yv[2], yv[3], o);
+                            float *yr = yc + (size_t)(r0 + a) * (size_t)ow + col;
+                            if (col + 4 * TL_VN <= ow) {
+                                for (int k = 0; k < 4; k++)
+                                    TL_STORE(yr + TL_VN * k, o[k]);
+                            } else {
+                                for (int k = 0; k < 4; k++)
+                                    TL_STOREM(yr + TL_VN * k, TL_TAIL(ow - col - TL_VN * k),
+                                              o[k]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* ---- Winograd F(2x2, 3x3) through sgemm: the transforms -----------------------------
  *
  * nn_winograd.c runs the backbone's 3x3 layers (32 to 128 channels) as 16 sgemms on
@@ -538,6 +729,7 @@ static const dc_kernels TL_NAME(kernels) = {
     TL_PT_OC,
     TL_NAME(pt_chunk),
     TL_NAME(wt_image),
+    TL_NAME(w4_image),
     TL_WT_CO,
     TL_NAME(wg_input),
     TL_NAME(wg_output),
@@ -557,6 +749,8 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_PT_OC
 #undef TL_WT_NV
 #undef TL_WT_BLK
+#undef TL_W4_NV
+#undef TL_W4_BLK
 #undef TL_INLINE
 /* the includer's macros: the next set defines its own */
 #undef TL_NAME
@@ -580,5 +774,11 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_ODD
 #undef TL_ZIPLO
 #undef TL_ZIPHI
+#undef TL_UNPACKLO
+#undef TL_UNPACKHI
+#undef TL_SHUFLO
+#undef TL_SHUFHI
+#undef TL_NEXT0
+#undef TL_NEXT1
 #undef TL_WT_CO
 #undef TL_DC_OC_WIDE
