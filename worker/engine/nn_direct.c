@@ -14,9 +14,10 @@
  * convolution of each (3x3 outputs, fewer than a tile: 1.1-2.6x). Small planes with
  * enough output channels run in position tiles instead (positions x channels, below:
  * faster, and the same bits), and so do those last convolutions. P-Net's wide 3x3
- * layers (conv2 and conv3) run as Winograd's F(2x2, 3x3) with its products in
- * registers (nn_direct_tiles.h): fewer multiplies, results equal within rounding
- * (fm_nn_set_winograd(0) turns it off).
+ * layers (conv2 and conv3) run as Winograd's F(4x4, 3x3) on wide levels and F(2x2,
+ * 3x3) on narrow ones, with the products in registers (nn_direct_tiles.h): fewer
+ * multiplies, results equal within rounding (fm_nn_set_winograd(0) turns both off,
+ * fm_nn_set_winograd4(0) the first).
  *
  * Dispatch: the convolution's loops are written once (nn_direct_tiles.h) and compiled
  * for AVX2+FMA and for AVX-512 with target attributes; the widest set the CPU has is
@@ -147,7 +148,8 @@ static int pt_fits(const conv_geom *g)
     return pt_on && g->co >= PT_OC && g->p <= PT_MAX_PLANE && g->k >= PT_MIN_K;
 }
 
-/* Wide 3x3 layers run as Winograd F(2x2, 3x3) in registers (nn_direct_tiles.h):
+/* Wide 3x3 layers run as Winograd in registers (nn_direct_tiles.h; F(2x2, 3x3) here,
+ * F(4x4, 3x3) on the widest, below):
  * P-Net's conv2 and conv3, whose rows are hundreds of outputs wide. WT_CO: the output
  * channels must fill the widest set's product groups; WT_MIN_OW: narrower rows (the
  * pyramid's small levels) leave the passes' vectors of blocks mostly empty; WT_MIN_C:
