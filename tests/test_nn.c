@@ -738,6 +738,114 @@ static void test_conv_wino_direct(void)
             best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)", TOL);
 }
 
+/* fm_nn_conv2d_prelu_maxpool: x through conv, bias, PReLU and pool into y in an arena
+ * of the measured size (work: the two steps' convolution output, or NULL). */
+static fm_status conv_pool_measured(const fm_tensor *x, const fm_tensor *wt,
+                                    const fm_tensor *bias, const fm_tensor *slope,
+                                    const fm_pool2d_params *pp, fm_tensor *work, fm_tensor *y)
+{
+    const fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    fm_error e = {0};
+    fm_arena *m = NULL, *a = NULL;
+    fm_tensor xm = *x, wm = *wt, ym = *y, km;
+    xm.data = wm.data = ym.data = NULL;
+    if (work) {
+        km = *work;
+        km.data = NULL;
+    }
+    CHECK(fm_arena_new_measuring(&m, &e) == FM_OK);
+    CHECK(fm_nn_conv2d_prelu_maxpool(m, &xm, &wm, NULL, NULL, &p, pp, work ? &km : NULL, &ym,
+                                     &e) == FM_OK);
+    CHECK(fm_arena_new(fm_arena_high_water(m), &a, &e) == FM_OK);
+    fm_arena_destroy(&m);
+    fm_status st = fm_nn_conv2d_prelu_maxpool(a, x, wt, bias, slope, &p, pp, work, y, &e);
+    CHECK_MSG(st == FM_OK, "conv2d_prelu_maxpool: %s", e.msg);
+    fm_arena_destroy(&a);
+    return st;
+}
+
+/* P-Net's first layer and its pool in one pass (fm_nn_conv2d_prelu_maxpool) against
+ * the two operations, bit for bit, under every instruction set (AVX-512 runs the one
+ * pass: the work tensor, filled with NaN, stays untouched; the others run the two
+ * steps into it), with and without work, in ceil and floor mode, on odd and even
+ * output sizes, tails of 1..31 columns, 5, 8 and 10 channels, with and without bias
+ * and slope, several images; and shapes the pass does not take (small planes, which
+ * the direct kernel runs flat, a 5x5 convolution, a 3x3 pool) give the two steps'
+ * results too. */
+static void test_conv_pool(void)
+{
+    static const struct {
+        int n, c, h, w, co, k, pk, ceil, one; /* one: the one pass applies */
+    } cases[] = {
+        {1, 3, 42, 322, 10, 3, 2, 1, 1},  /* a P-Net strip: 40 x 320 outputs */
+        {1, 3, 41, 323, 10, 3, 2, 1, 1},  /* 39 x 321: the last pool row and column half */
+        {1, 3, 41, 323, 10, 3, 2, 0, 1},  /* the same, floor mode */
+        {2, 3, 200, 35, 10, 3, 2, 1, 1},  /* 33 columns: a tile of 1, two images */
+        {1, 3, 141, 65, 5, 3, 2, 1, 1},   /* 63 columns, 5 channels */
+        {1, 4, 200, 50, 8, 3, 2, 1, 1},   /* 48 columns, 8 channels */
+        {1, 3, 20, 35, 10, 3, 2, 1, 0},   /* a small plane (run flat): the two steps */
+        {1, 2, 7, 18, 4, 3, 2, 1, 0},     /* the same, 4 channels */
+        {1, 3, 30, 100, 10, 5, 2, 1, 0},  /* 5x5: the two steps */
+        {1, 3, 30, 100, 10, 3, 3, 1, 0},  /* a 3x3 pool: the two steps */
+    };
+    const fm_nn_isa best = fm_nn_isa_best();
+    int fused_runs = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int variant = 0; variant < 3; variant++) {
+            const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
+            const int co = cases[i].co, k = cases[i].k, oh = h - k + 1, ow = w - k + 1;
+            const fm_pool2d_params pp = fm_pool2d_sym(cases[i].pk, 2, 0, cases[i].ceil, 0);
+            fm_tensor x, wt, b, sl, cs, ps;
+            const fm_tensor *bias, *slope;
+            prelu_operands(n, c, h, w, co, k, variant, &x, &wt, &b, &sl, &bias, &slope);
+            fm_error e = {0};
+            fm_tensor conv = fm_test_tensor(&rng, n, co, oh, ow);
+            CHECK(fm_nn_pool2d_shape(&conv, &pp, &ps, &e) == FM_OK);
+            fm_tensor want = fm_test_tensor(&rng, ps.n, ps.c, ps.h, ps.w);
+            conv_prelu_measured(&x, &wt, bias, slope, &conv);
+            CHECK(fm_nn_maxpool2d(NULL, &conv, &pp, &want, &e) == FM_OK);
+            const size_t count = fm_tensor_count(&want), ccount = fm_tensor_count(&conv);
+            for (int isa = FM_NN_ISA_BASE; isa <= (int)best; isa++) {
+                fm_nn_set_isa((fm_nn_isa)isa);
+                for (int with_work = 0; with_work < 2; with_work++) {
+                    cs = fm_test_tensor(&rng, n, co, oh, ow);
+                    for (size_t j = 0; j < ccount; j++)
+                        cs.data[j] = NAN;
+                    fm_tensor y = fm_test_tensor(&rng, ps.n, ps.c, ps.h, ps.w);
+                    conv_pool_measured(&x, &wt, bias, slope, &pp, with_work ? &cs : NULL, &y);
+                    CHECK_MSG(memcmp(y.data, want.data, count * sizeof(float)) == 0,
+                              "conv+pool %s, n%d c%d %dx%d -> co%d k%d pool %d%s v%d work %d: "
+                              "not the two steps' bits", fm_nn_isa_name((fm_nn_isa)isa), n, c,
+                              h, w, co, k, cases[i].pk, cases[i].ceil ? " ceil" : "", variant,
+                              with_work);
+                    if (with_work) {
+                        size_t nan = 0;
+                        for (size_t j = 0; j < ccount; j++)
+                            nan += isnan(cs.data[j]);
+                        const int one_pass = isa >= FM_NN_ISA_AVX512 && cases[i].one;
+                        CHECK_MSG(one_pass ? nan == ccount : nan < ccount,
+                                  "conv+pool %s, n%d c%d %dx%d k%d pool %d: %zu of %zu work "
+                                  "values untouched", fm_nn_isa_name((fm_nn_isa)isa), n, c, h,
+                                  w, k, cases[i].pk, nan, ccount);
+                        fused_runs += one_pass;
+                    }
+                    fm_test_tensor_free(&y);
+                    fm_test_tensor_free(&cs);
+                }
+            }
+            fm_nn_set_isa(best);
+            fm_test_tensor_free(&conv);
+            fm_test_tensor_free(&want);
+            prelu_case_free(&x, &wt, &b, &sl, NULL, NULL, 0);
+        }
+    }
+    if (best >= FM_NN_ISA_AVX512)
+        CHECK(fused_runs == 18);
+    fprintf(stderr, "test_nn: conv + PReLU + 2x2 pool in one pass (%d runs): the two steps' "
+            "bits%s\n", fused_runs,
+            best >= FM_NN_ISA_AVX512 ? "" : " (this CPU has no AVX-512: the two steps only)");
+}
+
 /* The vector max pooling (2x2 and 3x3, stride 2) and PReLU against the portable
  * paths, on widths with and without tails (up to 32 columns: AVX-512's whole-plane
  * kernel; wider: its row kernel). */
@@ -1533,6 +1641,7 @@ int main(void)
     test_conv_prelu();
     test_conv_positions();
     test_conv_wino_direct();
+    test_conv_pool();
     test_conv_invalid();
     test_pool(1500);
     test_vector_kernels();

@@ -291,6 +291,19 @@ fm_status fm_nn_pool2d_shape(const fm_tensor *x, const fm_pool2d_params *p, fm_t
 fm_status fm_nn_maxpool2d(fm_arena *a, const fm_tensor *x, const fm_pool2d_params *p,
                           fm_tensor *y, fm_error *err);
 
+/* Convolution, bias, PReLU and max pooling in one operation: y = maxpool(prelu(conv(x,
+ * w) + bias, slope)), operands as fm_nn_conv2d_prelu and fm_nn_maxpool2d, y shaped as
+ * the pool's output of the convolution's. A 3x3 convolution the direct kernel runs in
+ * column tiles followed by an unpadded 2x2 stride-2 pool (MTCNN's P-Net) runs in one
+ * pass on AVX-512 CPUs, never storing the convolution's output; everything else runs
+ * the two operations, the convolution's output in work (shaped like it; disjoint from
+ * the others) or, when work is NULL, in scratch. The same results either way.
+ * Scratch: fm_nn_conv2d's, and the convolution's output without work. */
+fm_status fm_nn_conv2d_prelu_maxpool(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                                     const fm_tensor *bias, const fm_tensor *slope,
+                                     const fm_conv2d_params *p, const fm_pool2d_params *pool,
+                                     fm_tensor *work, fm_tensor *y, fm_error *err);
+
 /* Average pooling: sum of the input pixels in the window divided by, with
  * count_include_pad, the window clipped to the padded input (Caffe and PyTorch: the
  * ceil-mode overhang is never counted), otherwise the number of input pixels in it.

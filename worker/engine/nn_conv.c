@@ -666,3 +666,63 @@ fm_status fm_nn_conv2d_prelu(fm_arena *a, const fm_tensor *x, const fm_tensor *w
         st = fm_nn_prelu(a, y, slope, y, err);
     return st;
 }
+
+/* See nn.h. */
+fm_status fm_nn_conv2d_prelu_maxpool(fm_arena *a, const fm_tensor *x, const fm_tensor *w,
+                                     const fm_tensor *bias, const fm_tensor *slope,
+                                     const fm_conv2d_params *p, const fm_pool2d_params *pool,
+                                     fm_tensor *work, fm_tensor *y, fm_error *err)
+{
+    const char *op = "conv2d_prelu_maxpool";
+    const int measuring = nn_measuring(a);
+    fm_status st;
+    conv_geom g;
+    fm_tensor cs, ps;
+    if ((st = nn_conv_operands(op, x, w, "output", y, p, measuring, &g, err)) ||
+        (st = nn_check_vec(op, "bias", bias, (size_t)g.co, measuring, err)) ||
+        (st = fm_nn_conv2d_shape(x, w, p, &cs, err)) ||
+        (st = fm_nn_pool2d_shape(&cs, pool, &ps, err)) ||
+        (st = nn_check_shape(op, "output", y, ps.n, ps.c, ps.h, ps.w, err)) ||
+        (st = nn_check_disjoint(op, "the input", y, x, err)) ||
+        (st = nn_check_disjoint(op, "the weights", y, w, err)) ||
+        (st = nn_check_disjoint(op, "the bias", y, bias, err)) ||
+        (st = nn_check_disjoint(op, "the slope", y, slope, err)))
+        return st;
+    if (slope) {
+        const fm_tensor out = fm_tensor_make(1, w->n, 1, 1, NULL);
+        if ((st = nn_check(op, "slope", slope, measuring, err)) ||
+            (st = nn_check_slope(op, slope, &out, err)))
+            return st;
+    }
+    const int fused = pool->kernel_h == 2 && pool->kernel_w == 2 && pool->stride_h == 2 &&
+                      pool->stride_w == 2 && !pool->pad_top && !pool->pad_left &&
+                      !pool->pad_bottom && !pool->pad_right && nn_conv_pool_fits(&g);
+    size_t mark = fm_arena_mark(a);
+    if (fused && !measuring) {
+        float *scratch = NULL;
+        if ((st = nn_scratch(a, op, nn_direct_scratch(&g), &scratch, err)))
+            return st;
+        nn_count_flop(a, 2.0 * g.n * g.co * (double)g.p * g.k);
+        nn_conv_pool_direct(&g, ps.h, ps.w, x->data, w->data, bias ? bias->data : NULL,
+                            slope ? slope->data : NULL, slope ? (int)fm_tensor_count(slope) : 0,
+                            y->data, scratch);
+        fm_arena_reset(a, mark);
+        return FM_OK;
+    }
+    /* the two steps, the convolution's output in work or scratch (measured so always:
+     * they need more than the one pass, and another instruction set may run them) */
+    fm_tensor c = cs;
+    if (work) {
+        if ((st = nn_check(op, "work", work, measuring, err)) ||
+            (st = nn_check_shape(op, "work", work, cs.n, cs.c, cs.h, cs.w, err)))
+            return st;
+        c.data = work->data;
+    } else if ((st = nn_scratch(a, op, fm_tensor_count(&cs), &c.data, err))) {
+        return st;
+    }
+    st = fm_nn_conv2d_prelu(a, x, w, bias, slope, p, &c, err);
+    if (!st)
+        st = fm_nn_maxpool2d(a, &c, pool, y, err);
+    fm_arena_reset(a, mark);
+    return st;
+}

@@ -314,6 +314,9 @@ typedef void (*dc_image_fn)(const conv_geom *g, const float *x, const float *wpk
 typedef void (*pt_chunk_fn)(const conv_geom *g, const float *x, int n, const int *off,
                             const float *wpk, const float *b, const float *s, int prelu,
                             float *y);
+typedef void (*dp_image_fn)(const conv_geom *g, const float *x, const float *wpk,
+                            const float *b, const float *s, int prelu, float *y, int ph,
+                            int pw);
 typedef void (*wt_image_fn)(const conv_geom *g, const float *x, const float *u,
                             const float *b, const float *s, int prelu, float *y,
                             float *vbuf, float *mbuf);
@@ -329,6 +332,7 @@ typedef struct dc_kernels {
         int oc;               /* output channels per column tile: 4, 5, and a wider one */
         dc_image_fn image[4]; /* kernel width 1, 2, 3x3, any */
     } cols[3];
+    dp_image_fn pool[3]; /* 3x3 with the 2x2 pool, the tiles of cols */
 } dc_kernels;
 
 /* AVX2 and FMA: 8 lanes; column tiles of 4 channels x 16 columns (8 accumulators; 12
@@ -369,6 +373,8 @@ typedef struct dc_kernels {
 #define TL_UNPACKHI(a, b) _mm256_unpackhi_ps(a, b)
 #define TL_SHUFLO(a, b) _mm256_shuffle_ps(a, b, 0x44)
 #define TL_SHUFHI(a, b) _mm256_shuffle_ps(a, b, 0xee)
+#define TL_MAX(a, b) _mm256_max_ps(a, b)
+#define TL_KEEP(m, a, f) _mm256_blendv_ps(f, a, _mm256_castsi256_ps(m))
 /* lane 4 q + k holds block 2 k + q: block b + 1 is in lane 4 + k (q = 0) or k + 1
  * (q = 1), the last (lane 7) past the vector */
 #define TL_NEXT0(o, e)                                                                    \
@@ -440,6 +446,8 @@ __attribute__((target("avx512f"))) static inline __m512i ziphi512(void)
 #define TL_UNPACKHI(a, b) _mm512_unpackhi_ps(a, b)
 #define TL_SHUFLO(a, b) _mm512_shuffle_ps(a, b, 0x44)
 #define TL_SHUFHI(a, b) _mm512_shuffle_ps(a, b, 0xee)
+#define TL_MAX(a, b) _mm512_max_ps(a, b)
+#define TL_KEEP(m, a, f) _mm512_mask_blend_ps(m, f, a)
 /* lane 4 q + k holds block 4 k + q: block b + 1 is in lane 4 (q + 1) + k (q < 3) or
  * k + 1 (q = 3), the last (lane 15) past the vector: e[0] (16) or e[1] (17) */
 #define TL_NEXT0(o, e)                                                                    \
@@ -715,6 +723,23 @@ static void conv_winograd4(const dc_kernels *kn, const conv_geom *g, const float
 }
 #endif
 
+#if NN_HAVE_AVX2
+/* The column tile (kn->cols index) for co output channels: the one that leaves the
+ * fewest channels empty, the widest of equals. */
+static int dc_tile_for(const dc_kernels *kn, int co)
+{
+    int t = 0, waste = (kn->cols[0].oc - co % kn->cols[0].oc) % kn->cols[0].oc;
+    for (int i = 1; i < 3; i++) {
+        const int oc = kn->cols[i].oc, wi = (oc - co % oc) % oc;
+        if (wi < waste || (wi == waste && oc > kn->cols[t].oc)) {
+            t = i;
+            waste = wi;
+        }
+    }
+    return t;
+}
+#endif
+
 /* See nn_impl.h. */
 int nn_wg_kernels(nn_wg_input_fn *in, nn_wg_output_fn *out)
 {
@@ -748,15 +773,7 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
         conv_positions(kn, g, x, w, bias, slope, n_slope, y, scratch);
         return;
     }
-    /* the column tile that leaves the fewest channels empty, the widest of equals */
-    int t = 0, waste = (kn->cols[0].oc - g->co % kn->cols[0].oc) % kn->cols[0].oc;
-    for (int i = 1; i < 3; i++) {
-        const int oc = kn->cols[i].oc, wi = (oc - g->co % oc) % oc;
-        if (wi < waste || (wi == waste && oc > kn->cols[t].oc)) {
-            t = i;
-            waste = wi;
-        }
-    }
+    const int t = dc_tile_for(kn, g->co);
     const int oct = dc_pack(g, w, bias, slope, n_slope, kn->cols[t].oc, scratch);
     float *wpk = scratch;
     float *b = wpk + (size_t)oct * (size_t)g->k;
@@ -781,6 +798,44 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
 #else
     (void)g, (void)x, (void)w, (void)bias, (void)slope, (void)n_slope, (void)y,
         (void)scratch;
+#endif
+}
+
+/* See nn_impl.h. */
+int nn_conv_pool_fits(const conv_geom *g)
+{
+#if NN_HAVE_AVX2
+    return fm_nn_isa_now() >= FM_NN_ISA_AVX512 && nn_direct_fits(g) && !pt_fits(g) &&
+           !wt_fits(g) && !dc_flat(g) && g->kh == 3 && g->kw == 3 && g->ow >= DC_MIN_OW &&
+           g->k <= DC_MAX_K;
+#else
+    (void)g;
+    return 0;
+#endif
+}
+
+/* See nn_impl.h. */
+void nn_conv_pool_direct(const conv_geom *g, int ph, int pw, const float *x, const float *w,
+                         const float *bias, const float *slope, int n_slope, float *y,
+                         float *scratch)
+{
+#if NN_HAVE_AVX2
+    const dc_kernels *kn = dc_kernels_now();
+    const int t = dc_tile_for(kn, g->co);
+    const int oct = dc_pack(g, w, bias, slope, n_slope, kn->cols[t].oc, scratch);
+    const float *wpk = scratch, *b = wpk + (size_t)oct * (size_t)g->k, *s = b + oct;
+    const size_t in_img = (size_t)g->c * g->h * g->w;
+    const size_t out_img = (size_t)g->co * (size_t)ph * (size_t)pw;
+    dc_addressable(wpk, sizeof *wpk * (size_t)oct * ((size_t)g->k + 2), "packed weights");
+    for (int n = 0; n < g->n; n++) {
+        dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img, "input");
+        dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img, "output");
+        kn->pool[t](g, x + (size_t)n * in_img, wpk, b, s, slope != NULL,
+                    y + (size_t)n * out_img, ph, pw);
+    }
+#else
+    (void)g, (void)ph, (void)pw, (void)x, (void)w, (void)bias, (void)slope, (void)n_slope,
+        (void)y, (void)scratch;
 #endif
 }
 

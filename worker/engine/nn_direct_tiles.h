@@ -17,6 +17,8 @@
  *   TL_ZIPLO(a, b), TL_ZIPHI(a, b)   a0 b0 a1 b1 ... for the low (high) half of a and b
  *   TL_UNPACKLO(a, b), TL_UNPACKHI(a, b)  a0 b0 a1 b1 (a2 b2 a3 b3) in each 128-bit quarter
  *   TL_SHUFLO(a, b), TL_SHUFHI(a, b)      a0 a1 b0 b1 (a2 a3 b2 b3) in each 128-bit quarter
+ *   TL_MAX(a, b)      the larger of a and b, lane by lane
+ *   TL_KEEP(m, a, f)  a in the lanes of mask m, f in the others
  *   TL_NEXT0(o, e), TL_NEXT1(o, e)   for o in tr4's block order (block k * TL_VN / 4 + q
  *                     in quarter q, element k), each block's next block's lane, the
  *                     last one's from e[0] (TL_NEXT1: e[1])
@@ -131,6 +133,128 @@ TL_INLINE void TL_NAME(dc_image)(const conv_geom *g, const float *x, const float
         TL_NAME(dc_run)(g, x + (size_t)oy * (size_t)g->w, g->ow, wpk, b, s, prelu,
                         y + (size_t)oy * (size_t)g->ow, (size_t)g->p, kh, kw, noc);
 }
+
+/* ---- a 3x3 convolution, PReLU and a 2x2 stride-2 max pool in one pass -------------
+ *
+ * P-Net's first layer (3 to 10 channels over the whole pyramid) and the pool after it:
+ * the column tile above on two convolution rows at once, each output summed, biased
+ * and activated exactly as dc_tile does it (the same bits), then the maximum of the two
+ * rows and of each pair of columns stored as the pool's output; the convolution's own
+ * output, four times the pool's, is never stored. Columns past the convolution's
+ * output take no part (-inf), nor does a missing second row (ceil mode's last row). */
+
+/* Pool row py from convolution rows 2 py and (two) 2 py + 1, convolution columns
+ * ox..ox+TL_COLS-1 (rem of them exist; tail: fewer than TL_COLS), channels noc of which
+ * nco are stored, prem pool outputs stored from yp on. xp: input channel 0, row 2 py,
+ * column ox; wp the tile's packed weights [9 c][noc]. */
+TL_INLINE void TL_NAME(dp_tile)(const float *restrict xp, size_t plane, int w, int c,
+                                const float *restrict wp, const float *restrict b,
+                                const float *restrict s, int prelu, float *restrict yp,
+                                size_t oplane, int nco, int two, int rem, int prem,
+                                const int tail, const int noc)
+{
+    TL_V acc[TL_OC_MAX][2][TL_DC_NV];
+    for (int r = 0; r < noc; r++)
+        for (int q = 0; q < 2; q++)
+            for (int v = 0; v < TL_DC_NV; v++)
+                acc[r][q][v] = TL_ZERO();
+    TL_MASK m[TL_DC_NV];
+    for (int v = 0; v < TL_DC_NV; v++)
+        m[v] = TL_TAIL(rem - TL_VN * v);
+    const float *wk = wp;
+    for (int ci = 0; ci < c; ci++) {
+        const float *xc = xp + (size_t)ci * plane;
+        for (int ky = 0; ky < 3; ky++) {
+            for (int kx = 0; kx < 3; kx++, wk += noc) {
+                TL_V xv[2][TL_DC_NV];
+                for (int q = 0; q < 2; q++) {
+                    const float *xr = xc + (size_t)(ky + q) * (size_t)w + kx;
+                    for (int v = 0; v < TL_DC_NV; v++)
+                        xv[q][v] = q && !two ? TL_ZERO()
+                                   : tail    ? TL_LOADM(xr + TL_VN * v, m[v])
+                                             : TL_LOAD(xr + TL_VN * v);
+                }
+                for (int r = 0; r < noc; r++) {
+                    const TL_V wv = TL_BCAST(wk + r);
+                    for (int q = 0; q < 2; q++)
+                        for (int v = 0; v < TL_DC_NV; v++)
+                            acc[r][q][v] = TL_FMA(wv, xv[q][v], acc[r][q][v]);
+                }
+            }
+        }
+    }
+    const TL_V ninf = TL_SET1(-INFINITY);
+    for (int r = 0; r < noc; r++) {
+        if (r >= nco)
+            break;
+        const TL_V bv = TL_SET1(b[r]), sv = TL_SET1(s[r]);
+        TL_V mx[TL_DC_NV];
+        for (int v = 0; v < TL_DC_NV; v++) {
+            TL_V a = TL_ADD(acc[r][0][v], bv);
+            if (prelu)
+                a = TL_PRELU(a, sv);
+            if (two) {
+                TL_V a1 = TL_ADD(acc[r][1][v], bv);
+                if (prelu)
+                    a1 = TL_PRELU(a1, sv);
+                a = TL_MAX(a, a1);
+            }
+            mx[v] = tail ? TL_KEEP(m[v], a, ninf) : a;
+        }
+        const TL_V pm = TL_MAX(TL_EVEN(mx[0], mx[1]), TL_ODD(mx[0], mx[1]));
+        float *yr = yp + (size_t)r * oplane;
+        if (prem >= TL_VN)
+            TL_STORE(yr, pm);
+        else
+            TL_STOREM(yr, TL_TAIL(prem), pm);
+    }
+}
+
+/* One image: x [c][h][w] -> y [co][ph][pw], the 2x2 stride-2 max pool (ph, pw: its
+ * output, ceil mode or not) of the valid 3x3 convolution's output with bias and PReLU;
+ * weights packed [co / noc][9 c][noc] (dc_pack). */
+TL_INLINE void TL_NAME(dp_image)(const conv_geom *g, const float *x, const float *wpk,
+                                 const float *b, const float *s, int prelu, float *y,
+                                 int ph, int pw, const int noc)
+{
+    const size_t plane = (size_t)g->h * (size_t)g->w, wtile = (size_t)g->k * noc;
+    const size_t oplane = (size_t)ph * (size_t)pw;
+    for (int py = 0; py < ph; py++) {
+        const int oy = 2 * py, two = oy + 1 < g->oh;
+        const float *xrow = x + (size_t)oy * (size_t)g->w;
+        float *yrow = y + (size_t)py * (size_t)pw;
+        for (int ox = 0; ox < g->ow; ox += TL_COLS) {
+            const int rem = g->ow - ox, px = ox / 2, prem = pw - px;
+            if (prem <= 0)
+                break;
+            for (int oc = 0; oc < g->co; oc += noc) {
+                const int nco = g->co - oc < noc ? g->co - oc : noc;
+                const float *wp = wpk + (size_t)(oc / noc) * wtile;
+                float *yp = yrow + (size_t)oc * oplane + px;
+                if (rem >= TL_COLS)
+                    TL_NAME(dp_tile)(xrow + ox, plane, g->w, g->c, wp, b + oc, s + oc, prelu,
+                                     yp, oplane, nco, two, rem, prem, 0, noc);
+                else
+                    TL_NAME(dp_tile)(xrow + ox, plane, g->w, g->c, wp, b + oc, s + oc, prelu,
+                                     yp, oplane, nco, two, rem, prem, 1, noc);
+            }
+        }
+    }
+}
+
+#define TL_DP(sfx, noc)                                                                   \
+    TL_TARGET DC_ASAN_OFF static void TL_NAME(dp_image##sfx)(                             \
+        const conv_geom *g, const float *x, const float *wpk, const float *b,             \
+        const float *s, int prelu, float *y, int ph, int pw)                              \
+    {                                                                                     \
+        TL_NAME(dp_image)(g, x, wpk, b, s, prelu, y, ph, pw, noc);                        \
+    }
+TL_DP(_4, 4)
+TL_DP(_5, 5)
+#ifdef TL_DC_OC_WIDE
+TL_DP(_w, TL_DC_OC_WIDE)
+#endif
+#undef TL_DP
 
 /* One position tile: positions whose inputs start at xs[0..PT_POS) (unused ones repeat
  * the first) and outputs at ys[0..npos); channels oc..oc+TL_PT_OC-1, of which nco are
@@ -735,8 +859,10 @@ static const dc_kernels TL_NAME(kernels) = {
     TL_NAME(wg_output),
 #ifdef TL_DC_OC_WIDE
     {TL_TABLE(_4, 4), TL_TABLE(_5, 5), TL_TABLE(_w, TL_DC_OC_WIDE)},
+    {TL_NAME(dp_image_4), TL_NAME(dp_image_5), TL_NAME(dp_image_w)},
 #else
     {TL_TABLE(_4, 4), TL_TABLE(_5, 5), TL_TABLE(_4, 4)},
+    {TL_NAME(dp_image_4), TL_NAME(dp_image_5), TL_NAME(dp_image_4)},
 #endif
 };
 #undef TL_IMAGE
@@ -779,6 +905,8 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_SHUFLO
 #undef TL_SHUFHI
 #undef TL_NEXT0
+#undef TL_MAX
+#undef TL_KEEP
 #undef TL_NEXT1
 #undef TL_WT_CO
 #undef TL_DC_OC_WIDE

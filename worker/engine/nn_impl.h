@@ -168,6 +168,19 @@ size_t nn_direct_scratch(const conv_geom *g);
 void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const float *bias,
                     const float *slope, int n_slope, float *y, float *scratch);
 
+/* 1 when g (a 3x3 convolution nn_conv_direct runs in column tiles, row by row) can
+ * run with a 2x2 stride-2 unpadded max pool after it in one pass: on AVX-512 (whose
+ * 32 registers hold two rows' tiles). */
+int nn_conv_pool_fits(const conv_geom *g);
+
+/* The 2x2 stride-2 max pool (output ph x pw per channel, ceil mode or not) of
+ * nn_conv_direct's output, for every image of g, without storing that output: the
+ * same bits as the two steps. Only when nn_conv_pool_fits(g); scratch as
+ * nn_conv_direct. */
+void nn_conv_pool_direct(const conv_geom *g, int ph, int pw, const float *x, const float *w,
+                         const float *bias, const float *slope, int n_slope, float *y,
+                         float *scratch);
+
 /* ---- Winograd F(2x2, 3x3) (nn_winograd.c) ---------------------------------------- */
 
 /* 1 when g is a 3x3 stride-1 one-group convolution the Winograd path runs faster than

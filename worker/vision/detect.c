@@ -495,32 +495,42 @@ static fm_status dense(fm_arena *a, act_bufs *b, const fm_tensor *x, int to, siz
 }
 
 /* P-Net on x [1, 3, H, W] (in buffer X): logits [1, 2, h, w] and regression
- * [1, 4, h, w] in buffer Y. */
+ * [1, 4, h, w] in buffer X. */
 static fm_status pnet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
                               const fm_tensor *x, fm_tensor *logits, fm_tensor *reg,
                               fm_error *err)
 {
     const fm_tensor *t = net->t;
-    fm_tensor y1, p1, y2, y3;
+    fm_tensor y1, p1, y2, y3, sh;
     fm_conv2d_params p = fm_conv2d_sym(1, 0);
-    fm_status st = conv_prelu(a, b, x, BUF_Y, &t[P_C1W], &t[P_C1B], &t[P_A1], &y1, err);
+    /* conv1, PReLU and the pool into buffer Y: in one pass where the engine can
+     * (AVX-512), else in two with conv1's output after the pool's in buffer Y */
+    const fm_pool2d_params pp = fm_pool2d_sym(2, 2, 0, 1, 0);
+    fm_status st = fm_nn_conv2d_shape(x, &t[P_C1W], &p, &y1, err);
     if (!st)
-        st = maxpool(a, b, &y1, BUF_X, 2, 2, &p1, err);
+        st = fm_nn_pool2d_shape(&y1, &pp, &sh, err);
     if (!st)
-        st = conv_prelu(a, b, &p1, BUF_Y, &t[P_C2W], &t[P_C2B], &t[P_A2], &y2, err);
+        st = act_view(b, BUF_Y, 0, sh.n, sh.c, sh.h, sh.w, &p1, err);
     if (!st)
-        st = conv_prelu(a, b, &y2, BUF_X, &t[P_C3W], &t[P_C3B], &t[P_A3], &y3, err);
+        st = act_view(b, BUF_Y, fm_tensor_count(&p1), y1.n, y1.c, y1.h, y1.w, &y1, err);
+    if (!st)
+        st = fm_nn_conv2d_prelu_maxpool(a, x, &t[P_C1W], &t[P_C1B], &t[P_A1], &p, &pp, &y1,
+                                        &p1, err);
+    if (!st)
+        st = conv_prelu(a, b, &p1, BUF_X, &t[P_C2W], &t[P_C2B], &t[P_A2], &y2, err);
+    if (!st)
+        st = conv_prelu(a, b, &y2, BUF_Y, &t[P_C3W], &t[P_C3B], &t[P_A3], &y3, err);
     if (st)
         return st;
-    /* logits then regression, one after the other in buffer Y: the 6 planes of the
+    /* logits then regression, one after the other in buffer X: the 6 planes of the
      * stacked head */
     size_t plane = (size_t)y3.h * (size_t)y3.w;
     fm_tensor both;
-    st = act_view(b, BUF_Y, 0, 1, 6, y3.h, y3.w, &both, err);
+    st = act_view(b, BUF_X, 0, 1, 6, y3.h, y3.w, &both, err);
     if (!st)
-        st = act_view(b, BUF_Y, 0, 1, 2, y3.h, y3.w, logits, err);
+        st = act_view(b, BUF_X, 0, 1, 2, y3.h, y3.w, logits, err);
     if (!st)
-        st = act_view(b, BUF_Y, 2 * plane, 1, 4, y3.h, y3.w, reg, err);
+        st = act_view(b, BUF_X, 2 * plane, 1, 4, y3.h, y3.w, reg, err);
     if (!st)
         st = fm_nn_conv2d(a, &y3, &net->head_wt, &net->head_bt, &p, &both, err);
     return st;
