@@ -85,6 +85,10 @@ void fm_mtcnn_topk_finish(fm_mtcnn_topk *k);
  * into x (3 planes of size x size). size <= 48. The kernels in effect
  * (fm_nn_set_isa) sample it; every set gives the same bits. */
 struct fm_image;
+/* 1: the detector runs its cross-level NMS of P-Net's candidates even where it cannot
+ * remove any (scale_factor^2 below its threshold of 0.7), for tests that compare the
+ * two. 0 by default. */
+extern int fm_mtcnn_cross_nms_always;
 /* The same for a whole pyramid level of scale s (ceil((w + 2 pad) s) x ceil((h + 2 pad) s)
  * samples into x, 3 planes): returns its width, -1 when out of memory. */
 int fm_mtcnn_sample_level(const struct fm_image *img, int pad, double s, const float mean[3],
