@@ -545,33 +545,6 @@ static void flat_copy(float *dst, const float *src, int rows, int ow, int w)
     for (int r = 0; r < rows; r++)
         memcpy(dst + (size_t)r * ow, src + (size_t)r * w, (size_t)ow * sizeof *dst);
 }
-
-/* nn_conv_direct as Winograd F(2x2, 3x3): transformed weights [16][co][c] (the
- * output channels in the set's product groups), bias and slope per channel, then each
- * image. */
-static void conv_winograd(const dc_kernels *kn, const conv_geom *g, const float *x,
-                          const float *w, const float *bias, const float *slope,
-                          int n_slope, float *y, float *scratch)
-{
-    const size_t eu = (size_t)g->co * g->c;
-    float *u = scratch, *b = u + 16 * eu, *s = b + g->co;
-    float *vbuf = s + g->co, *mbuf = vbuf + 16 * (size_t)g->c * WT_BLK_MAX;
-    nn_winograd_weights(g, w, u, eu, kn->wt_co);
-    for (int o = 0; o < g->co; o++) {
-        b[o] = bias ? bias[o] : 0.0f;
-        s[o] = slope ? slope[n_slope == 1 ? 0 : o] : 0.0f;
-    }
-    const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
-    dc_addressable(u, sizeof *u * (16 * eu + 2 * (size_t)g->co +
-                                   16 * ((size_t)g->c + WT_CO) * WT_BLK_MAX),
-                   "transformed weights and buffers");
-    for (int n = 0; n < g->n; n++) {
-        dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img, "input");
-        dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img, "output");
-        kn->winograd(g, x + (size_t)n * in_img, u, b, s, slope != NULL,
-                     y + (size_t)n * out_img, vbuf, mbuf);
-    }
-}
 #endif
 
 #if NN_HAVE_AVX2
@@ -696,29 +669,39 @@ static const float *winograd4_weights_cached(const conv_geom *g, const float *w,
     return u;
 }
 
-/* nn_conv_direct as Winograd F(4x4, 3x3): as conv_winograd, 36 positions. */
-static void conv_winograd4(const dc_kernels *kn, const conv_geom *g, const float *x,
-                           const float *w, const float *bias, const float *slope,
-                           int n_slope, float *y, float *scratch)
+/* nn_conv_direct as Winograd in registers, F(4x4, 3x3) (four) or F(2x2, 3x3): the
+ * transformed weights [36 or 16][co][c] (the output channels in the set's product
+ * groups; F(4x4)'s from this thread's cache, F(2x2)'s computed here), bias and slope
+ * per channel, then each image. */
+static void conv_winograd(const dc_kernels *kn, const conv_geom *g, int four, const float *x,
+                          const float *w, const float *bias, const float *slope,
+                          int n_slope, float *y, float *scratch)
 {
+    const size_t pos = four ? 36 : 16, blk = four ? W4_BLK_MAX : WT_BLK_MAX;
     const size_t eu = (size_t)g->co * g->c;
-    float *uf = scratch, *b = uf + 36 * eu, *s = b + g->co;
-    float *vbuf = s + g->co, *mbuf = vbuf + 36 * (size_t)g->c * W4_BLK_MAX;
-    const float *u = winograd4_weights_cached(g, w, kn->wt_co, uf);
+    float *uf = scratch, *b = uf + pos * eu, *s = b + g->co;
+    float *vbuf = s + g->co, *mbuf = vbuf + pos * (size_t)g->c * blk;
+    const float *u = uf;
+    if (four)
+        u = winograd4_weights_cached(g, w, kn->wt_co, uf);
+    else
+        nn_winograd_weights(g, w, uf, eu, kn->wt_co);
     for (int o = 0; o < g->co; o++) {
         b[o] = bias ? bias[o] : 0.0f;
         s[o] = slope ? slope[n_slope == 1 ? 0 : o] : 0.0f;
     }
     const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
-    dc_addressable(u, sizeof *u * 36 * eu, "transformed weights");
-    dc_addressable(uf, sizeof *uf * (36 * eu + 2 * (size_t)g->co +
-                                     36 * ((size_t)g->c + WT_CO) * W4_BLK_MAX),
-                   "buffers");
+    dc_addressable(uf, sizeof *uf * (pos * eu + 2 * (size_t)g->co +
+                                     pos * ((size_t)g->c + WT_CO) * blk),
+                   "transformed weights and buffers");
+    if (u != uf)
+        dc_addressable(u, sizeof *u * pos * eu, "cached transformed weights");
+    const wt_image_fn fn = four ? kn->winograd4 : kn->winograd;
     for (int n = 0; n < g->n; n++) {
         dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img, "input");
         dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img, "output");
-        kn->winograd4(g, x + (size_t)n * in_img, u, b, s, slope != NULL,
-                      y + (size_t)n * out_img, vbuf, mbuf);
+        fn(g, x + (size_t)n * in_img, u, b, s, slope != NULL, y + (size_t)n * out_img, vbuf,
+           mbuf);
     }
 }
 #endif
@@ -761,12 +744,8 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
 {
 #if NN_HAVE_AVX2
     const dc_kernels *kn = dc_kernels_now();
-    if (w4_fits(g)) {
-        conv_winograd4(kn, g, x, w, bias, slope, n_slope, y, scratch);
-        return;
-    }
     if (wt_fits(g)) {
-        conv_winograd(kn, g, x, w, bias, slope, n_slope, y, scratch);
+        conv_winograd(kn, g, w4_fits(g), x, w, bias, slope, n_slope, y, scratch);
         return;
     }
     if (pt_fits(g)) {
