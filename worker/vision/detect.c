@@ -1258,11 +1258,11 @@ static float face_prob(float l0, float l1)
 
 /* ---- stages -------------------------------------------------------------------- */
 
-/* The candidates of the level lists in all[0..n) whose score is above min_score,
- * through NMS, regression and squaring, into out; returns their count. */
 /* See detect-impl.h. */
 int fm_mtcnn_cross_nms_always = 0;
 
+/* The candidates of the level lists in all[0..n) whose score is above min_score,
+ * through NMS, regression and squaring, into out; returns their count. */
 static int pnet_finish(fm_detector *d, fm_mtcnn_cand *all, int n, double min_score,
                        fm_mtcnn_cand *out)
 {
@@ -1271,7 +1271,7 @@ static int pnet_finish(fm_detector *d, fm_mtcnn_cand *all, int n, double min_sco
      * overlap by at most their areas' ratio, scale_factor^2 or less. Below 0.7 (the
      * default 0.709 gives 0.503) the cross-level NMS at 0.7 removes nothing and keeps
      * the candidates in score order: that order is all it has to give, without its
-     * quadratic pass over thousands of candidates (3% of a photo's time). The margin
+     * quadratic pass over thousands of candidates (2% of a photo's time). The margin
      * covers the rounding of the boxes' corners. */
     const double f = d->opts.scale_factor;
     int kept;
