@@ -559,9 +559,10 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const fl
  * block again: four vectors of a row hold TL_VN blocks of four columns, one block per
  * 128-bit quarter, and a 4x4 transpose inside each quarter (tr4) turns them into the
  * block's four columns, one vector each; its fifth and sixth are the next block's
- * first two, one permutation away (the last block's from one more load). The lanes then hold the blocks in a shuffled order (block
- * k * TL_VN / 4 + q in quarter q, element k), the products do not care, and the same
- * transpose on the output puts the columns back in order. Every set computes each
+ * first two, one permutation away (the last block's from one more load). The lanes
+ * then hold the blocks in a shuffled order (block k * TL_VN / 4 + q in quarter q,
+ * element k), the products do not care, and the same transpose on the output puts the
+ * columns back in order. Every set computes each
  * output with the same operations in the same order (the transforms' expressions,
  * each product summed over the input channels from 0 by fused multiply-adds), so the
  * sets give the same bits; F(2x2) gives others, within rounding. */
