@@ -377,11 +377,19 @@ int broker_link_stop(broker_link *k, held_jobs *h, int link_stopped)
             return back;
     }
     fm_log_warn("the broker link did not stop in time");
+    k->stuck = 1;
     return back;
 }
 
 void broker_link_close(broker_link *k)
 {
+    if (k->running && k->stuck) {
+        /* Joining a thread that did not answer could wait for ever, and its sockets,
+         * context and keys are still its own: all of it goes with the process, which
+         * is stopping, rather than a worker asked to stop that never does. */
+        fm_log_warn("the broker link thread left to the process's exit");
+        return;
+    }
     if (k->running)
         pthread_join(k->th, NULL);
     void *socks[] = {k->thread.broker, k->thread.pair, k->pair, k->sink};

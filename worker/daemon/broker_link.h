@@ -38,6 +38,7 @@ typedef struct broker_link {
     blink thread; /* the link thread's state */
     pthread_t th;
     int running;  /* the link thread was started (and is to be joined) */
+    int stuck;    /* it did not answer the stop: not joined, left to the process's exit */
 } broker_link;
 
 /* The jobs a process holds: passed on by the link, not yet reported. */
@@ -81,7 +82,9 @@ void broker_link_fail(broker_link *k, const char *job_id, const char *text);
 int broker_link_stop(broker_link *k, held_jobs *h, int link_stopped);
 
 /* Joins the link thread, closes every socket and the context. Accepts a link whose
- * open failed, or that was never opened (all zero). */
+ * open failed, or that was never opened (all zero). A link thread that did not answer
+ * broker_link_stop is not joined: it and what it holds are left to the process's exit,
+ * which follows. */
 void broker_link_close(broker_link *k);
 
 /* Frees the envelopes h holds; h->n becomes 0. */
