@@ -461,6 +461,39 @@ TL_INLINE void TL_NAME(wt_input)(const float *xc, int w, int rows, int cc0, int 
     }
 }
 
+/* The products of both Winograd kernels: M[e] = sum over ci of U[e][ci] V[e][ci] for
+ * the TL_WT_CO output channels from o0 and the TL_WT_BLK blocks of a pass, for each of
+ * the npos positions e (16 or 36): V in vbuf ([e][ci][block], estride floats per e),
+ * U in u ([e][co / TL_WT_CO][c][TL_WT_CO]), M into mbuf ([e][TL_WT_CO][block]). Each
+ * output summed over the input channels from 0, one fused multiply-add each. */
+TL_INLINE void TL_NAME(wt_products)(const float *vbuf, const float *u, int c, int co, int o0,
+                                    int npos, size_t estride, float *mbuf)
+{
+    for (int e = 0; e < npos; e++) {
+        TL_V acc[TL_WT_CO][TL_WT_NV];
+        for (int r = 0; r < TL_WT_CO; r++)
+            for (int v = 0; v < TL_WT_NV; v++)
+                acc[r][v] = TL_ZERO();
+        const float *ve = vbuf + (size_t)e * estride;
+        const float *ue = u + ((size_t)e * (size_t)co + o0) * (size_t)c;
+        /* [ci][TL_WT_CO] from here: the group's weights of one input channel side by
+         * side */
+        for (int ci = 0; ci < c; ci++) {
+            TL_V xv[TL_WT_NV];
+            for (int v = 0; v < TL_WT_NV; v++)
+                xv[v] = TL_LOAD(ve + (size_t)ci * TL_WT_BLK + TL_VN * v);
+            for (int r = 0; r < TL_WT_CO; r++) {
+                const TL_V wv = TL_BCAST(ue + (size_t)ci * TL_WT_CO + r);
+                for (int v = 0; v < TL_WT_NV; v++)
+                    acc[r][v] = TL_FMA(wv, xv[v], acc[r][v]);
+            }
+        }
+        for (int r = 0; r < TL_WT_CO; r++)
+            for (int v = 0; v < TL_WT_NV; v++)
+                TL_STORE(mbuf + ((size_t)e * TL_WT_CO + r) * TL_WT_BLK + TL_VN * v, acc[r][v]);
+    }
+}
+
 /* One image: x [c][h][w] -> y [co][oh][ow] (valid 3x3, stride 1), u the transformed
  * weights [16][co / TL_WT_CO][c][TL_WT_CO] (nn_winograd_weights, group TL_WT_CO), b
  * and s the bias and slope per output channel. vbuf holds 16 x c x TL_WT_BLK floats,
@@ -482,31 +515,7 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const fl
                 TL_NAME(wt_input)(x + (size_t)ci * plane + (size_t)r0 * (size_t)w, w, rows,
                                   c0, tail, vbuf + (size_t)ci * TL_WT_BLK, estride);
             for (int o0 = 0; o0 < co; o0 += TL_WT_CO) {
-                /* M[e] for channels o0..o0+TL_WT_CO-1 */
-                for (int e = 0; e < 16; e++) {
-                    TL_V acc[TL_WT_CO][TL_WT_NV];
-                    for (int r = 0; r < TL_WT_CO; r++)
-                        for (int v = 0; v < TL_WT_NV; v++)
-                            acc[r][v] = TL_ZERO();
-                    const float *ve = vbuf + (size_t)e * estride;
-                    const float *ue = u + ((size_t)e * (size_t)co + o0) * (size_t)c;
-                    /* [ci][TL_WT_CO] from here: the group's weights of one input
-                     * channel side by side */
-                    for (int ci = 0; ci < c; ci++) {
-                        TL_V xv[TL_WT_NV];
-                        for (int v = 0; v < TL_WT_NV; v++)
-                            xv[v] = TL_LOAD(ve + (size_t)ci * TL_WT_BLK + TL_VN * v);
-                        for (int r = 0; r < TL_WT_CO; r++) {
-                            const TL_V wv = TL_BCAST(ue + (size_t)ci * TL_WT_CO + r);
-                            for (int v = 0; v < TL_WT_NV; v++)
-                                acc[r][v] = TL_FMA(wv, xv[v], acc[r][v]);
-                        }
-                    }
-                    for (int r = 0; r < TL_WT_CO; r++)
-                        for (int v = 0; v < TL_WT_NV; v++)
-                            TL_STORE(mbuf + ((size_t)e * TL_WT_CO + r) * TL_WT_BLK + TL_VN * v,
-                                     acc[r][v]);
-                }
+                TL_NAME(wt_products)(vbuf, u, c, co, o0, 16, estride, mbuf);
                 /* A^T M A + bias, PReLU, the two output rows interleaved back */
                 for (int r = 0; r < TL_WT_CO; r++) {
                     const TL_V bv = TL_SET1(b[o0 + r]), sv = TL_SET1(s[o0 + r]);
@@ -566,8 +575,8 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(wt_image)(const conv_geom *g, const fl
  * output with the same operations in the same order (the transforms' expressions,
  * each product summed over the input channels from 0 by fused multiply-adds), so the
  * sets give the same bits; F(2x2) gives others, within rounding. */
-#define TL_W4_NV 2                   /* vectors of blocks per pass */
-#define TL_W4_BLK (TL_VN * TL_W4_NV) /* blocks per pass */
+#define TL_W4_NV TL_WT_NV   /* vectors of blocks per pass: F(2x2)'s (wt_products) */
+#define TL_W4_BLK TL_WT_BLK /* blocks per pass */
 
 /* o[t], quarter q, element k = (a, b, c, d)[k], quarter q, element t. */
 TL_INLINE void TL_NAME(tr4)(TL_V a, TL_V b, TL_V c, TL_V d, TL_V o[4])
@@ -670,28 +679,7 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(w4_image)(const conv_geom *g, const fl
                 TL_NAME(w4_input)(x + (size_t)ci * plane + (size_t)r0 * (size_t)w, w, rows,
                                   c0, tail, vbuf + (size_t)ci * TL_W4_BLK, estride);
             for (int o0 = 0; o0 < co; o0 += TL_WT_CO) {
-                for (int e = 0; e < 36; e++) {
-                    TL_V acc[TL_WT_CO][TL_W4_NV];
-                    for (int r = 0; r < TL_WT_CO; r++)
-                        for (int v = 0; v < TL_W4_NV; v++)
-                            acc[r][v] = TL_ZERO();
-                    const float *ve = vbuf + (size_t)e * estride;
-                    const float *ue = u + ((size_t)e * (size_t)co + o0) * (size_t)c;
-                    for (int ci = 0; ci < c; ci++) {
-                        TL_V xv[TL_W4_NV];
-                        for (int v = 0; v < TL_W4_NV; v++)
-                            xv[v] = TL_LOAD(ve + (size_t)ci * TL_W4_BLK + TL_VN * v);
-                        for (int r = 0; r < TL_WT_CO; r++) {
-                            const TL_V wv = TL_BCAST(ue + (size_t)ci * TL_WT_CO + r);
-                            for (int v = 0; v < TL_W4_NV; v++)
-                                acc[r][v] = TL_FMA(wv, xv[v], acc[r][v]);
-                        }
-                    }
-                    for (int r = 0; r < TL_WT_CO; r++)
-                        for (int v = 0; v < TL_W4_NV; v++)
-                            TL_STORE(mbuf + ((size_t)e * TL_WT_CO + r) * TL_W4_BLK + TL_VN * v,
-                                     acc[r][v]);
-                }
+                TL_NAME(wt_products)(vbuf, u, c, co, o0, 36, estride, mbuf);
                 /* A^T M A + bias, PReLU, the blocks' columns put back in order */
                 for (int r = 0; r < TL_WT_CO; r++) {
                     const TL_V bv = TL_SET1(b[o0 + r]), sv = TL_SET1(s[o0 + r]);
