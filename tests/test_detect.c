@@ -647,27 +647,40 @@ static void test_retry(const char *models, const fm_image *img)
     CHECK(fm_detector_open(&one, "/nonexistent", &o, &err) == FM_ERR_INVALID && !one);
 }
 
-/* The cross-level NMS of P-Net's candidates, skipped where it cannot remove any (the
- * default scale_factor), gives what running it gives: on the sample photo at 960 px
- * and at full size, and on textured noise, the same faces to the bit and the same
- * counts with fm_mtcnn_cross_nms_always; at scale_factor 0.9 (where it runs) too. */
-static void test_cross_nms(const char *models)
+/* The sample photo decoded for a long side of about target_side (0: full size) into
+ * img, by the returned decoder (the caller destroys it); NULL, counted as skipped, when
+ * it cannot be read. */
+static fm_decoder *decode_sample(const char *models, int target_side, const char *who,
+                                 fm_image *img)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/samples/sample1.jpg", models);
+    fm_decode_opts dopt = {0};
+    dopt.target_side = target_side;
+    fm_decoder *dec = NULL;
+    fm_error err = {0};
+    if (fm_decoder_new(&dec, &dopt, &err) != FM_OK ||
+        fm_decode_file(dec, path, img, &err) != FM_OK) {
+        fprintf(stderr, "%s: %s: skipped\n", who, err.msg);
+        skipped++;
+        fm_decoder_destroy(&dec);
+        return NULL;
+    }
+    return dec;
+}
+
+/* The cross-level NMS of P-Net's candidates, skipped where it cannot remove any (the
+ * default scale_factor), gives what running it gives: on the sample photo at 960 px
+ * and at full size, the same faces to the bit and the same counts with
+ * fm_mtcnn_cross_nms_always; at scale_factor 0.9 (where it runs) too. */
+static void test_cross_nms(const char *models)
+{
     for (int side = 0; side < 2; side++) {
-        fm_decode_opts dopt = {0};
-        dopt.target_side = side ? 0 : 960;
-        fm_decoder *dec = NULL;
         fm_error err = {0};
         fm_image img;
-        if (fm_decoder_new(&dec, &dopt, &err) != FM_OK ||
-            fm_decode_file(dec, path, &img, &err) != FM_OK) {
-            fprintf(stderr, "test_cross_nms: %s: skipped\n", err.msg);
-            skipped++;
-            fm_decoder_destroy(&dec);
+        fm_decoder *dec = decode_sample(models, side ? 0 : 960, "test_cross_nms", &img);
+        if (!dec)
             return;
-        }
         for (int factor = 0; factor < 2; factor++) {
             fm_detect_opts o;
             fm_detect_opts_defaults(&o);
@@ -701,20 +714,12 @@ static void test_cross_nms(const char *models)
  * shifted back by the border. */
 static void test_pad(const char *models)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/samples/sample1.jpg", models);
-    fm_decode_opts dopt = {0};
-    dopt.target_side = 480; /* 1920x1280 decodes at 1/4: 480x320 */
-    fm_decoder *dec = NULL;
     fm_error err = {0};
     fm_image img;
-    if (fm_decoder_new(&dec, &dopt, &err) != FM_OK ||
-        fm_decode_file(dec, path, &img, &err) != FM_OK) {
-        fprintf(stderr, "test_pad: %s: skipped\n", err.msg);
-        skipped++;
-        fm_decoder_destroy(&dec);
+    /* 1920x1280 decodes at 1/4: 480x320 */
+    fm_decoder *dec = decode_sample(models, 480, "test_pad", &img);
+    if (!dec)
         return;
-    }
     img.scale_num = img.scale_denom = 1; /* compare in decoded pixels */
     const double pad = 0.25;
     int p = (int)lround(pad * (img.w > img.h ? img.w : img.h));
