@@ -637,6 +637,146 @@ static void test_conv_positions(void)
             best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)");
 }
 
+/* Position tiles over a zero-bordered copy of the input: padded and stride-2
+ * convolutions with small output planes and no Winograd (the dlib ResNet's 128- and
+ * 256-channel layers and its stride-2 layers), each against the double reference, with
+ * a shared PReLU slope and without. AVX2 and AVX-512 give the same bits; so do weights
+ * declared unchanging (fm_nn_const_declare: packed once and kept, which the count of
+ * kept bytes shows happened) and weights packed on every call; weights changed between
+ * a fm_nn_const_forget and a new declaration are used as they are then (nothing stale
+ * is kept); im2col + sgemm (position tiles off) agrees within rounding. Shapes: the
+ * network's, at one face and at several (the chunk of a batch with large weights, its
+ * last tile short), a 1x1 input whose border only the centre tap escapes, stride 2
+ * with unread last rows and columns, asymmetric padding, stride 2 with padding, 17, 40
+ * and 48 output channels (partly empty tiles). */
+static void test_conv_bordered(void)
+{
+    static const struct {
+        int n, c, h, w, co, s, pt, pl, pb, pr;
+    } cases[] = {
+        {1, 128, 8, 8, 128, 1, 1, 1, 1, 1}, /* 128@8 */
+        {1, 256, 4, 4, 256, 1, 1, 1, 1, 1}, /* 256@4 */
+        {1, 256, 3, 3, 256, 1, 1, 1, 1, 1}, /* 256@3 */
+        {1, 256, 1, 1, 256, 1, 1, 1, 1, 1}, /* 256@1: the centre tap only */
+        {1, 128, 8, 8, 256, 2, 0, 0, 0, 0}, /* stride 2: row and column 7 unread */
+        {1, 256, 4, 4, 256, 2, 0, 0, 0, 0}, /* one output */
+        {2, 32, 35, 35, 64, 2, 0, 0, 0, 0}, /* the 32 -> 64 stride-2 layer, 289 outputs */
+        {5, 256, 4, 4, 48, 1, 1, 1, 1, 1},  /* five faces in one chunk, 48 channels */
+        {3, 20, 9, 7, 40, 1, 0, 2, 1, 0},   /* asymmetric padding, 40 channels */
+        {2, 24, 9, 9, 17, 2, 1, 1, 1, 1},   /* stride 2 and padding, 17 channels */
+    };
+    const fm_nn_isa best = fm_nn_isa_best();
+    if (best < FM_NN_ISA_AVX2)
+        return; /* no direct kernel */
+    const size_t kept0 = fm_nn_const_kept_bytes();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int variant = 0; variant < 2; variant++) {
+            const int n = cases[i].n, c = cases[i].c, co = cases[i].co;
+            fm_conv2d_params p = {cases[i].s, cases[i].s, cases[i].pt, cases[i].pl,
+                                  cases[i].pb, cases[i].pr, 1};
+            const int oh = (cases[i].h + p.pad_top + p.pad_bottom - 3) / p.stride_h + 1;
+            const int ow = (cases[i].w + p.pad_left + p.pad_right - 3) / p.stride_w + 1;
+            fm_tensor x = fm_test_tensor(&rng, n, c, cases[i].h, cases[i].w);
+            fm_tensor wt = fm_test_tensor(&rng, co, c, 3, 3);
+            fm_tensor b = fm_test_tensor(&rng, 1, co, 1, 1);
+            fm_tensor sl = fm_test_tensor(&rng, 1, 1, 1, 1);
+            const fm_tensor *slope = variant ? &sl : NULL;
+            const size_t count = (size_t)n * co * oh * ow;
+            const size_t wbytes = fm_tensor_count(&wt) * sizeof(float);
+            double *r = ref_new(count);
+            ref_conv(&x, &wt, &b, &p, oh, ow, r);
+            for (size_t j = 0; j < count && slope; j++)
+                r[j] = r[j] > 0 ? r[j] : r[j] * sl.data[0];
+            char what[96];
+            snprintf(what, sizeof what, "n%d c%d %dx%d -> co%d s%d pad t%d l%d b%d r%d v%d", n,
+                     c, cases[i].h, cases[i].w, co, p.stride_h, p.pad_top, p.pad_left,
+                     p.pad_bottom, p.pad_right, variant);
+            fm_tensor first = {0};
+            for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+                fm_nn_set_isa((fm_nn_isa)isa);
+                for (int keep = 0; keep < 2; keep++) {
+                    fm_tensor y = fm_test_tensor(&rng, n, co, oh, ow);
+                    if (keep)
+                        CHECK(fm_nn_const_declare(wt.data, wbytes) == 0);
+                    const size_t before = fm_nn_const_kept_bytes();
+                    conv_measured(&x, &wt, &b, slope, &p, &y);
+                    if (keep) {
+                        CHECK_MSG(fm_nn_const_kept_bytes() > before,
+                                  "%s, %s: the declared weights were not kept", what,
+                                  fm_nn_isa_name((fm_nn_isa)isa));
+                        fm_nn_const_forget(wt.data);
+                        CHECK(fm_nn_const_kept_bytes() == kept0);
+                    } else {
+                        CHECK(fm_nn_const_kept_bytes() == before);
+                    }
+                    double err = rel_err(y.data, r, count);
+                    CHECK_MSG(err <= TOL, "%s, %s, kept %d: %g", what,
+                              fm_nn_isa_name((fm_nn_isa)isa), keep, err);
+                    if (!first.data) {
+                        first = y;
+                        continue;
+                    }
+                    CHECK_MSG(memcmp(first.data, y.data, count * sizeof(float)) == 0,
+                              "%s, %s, kept %d: not the same bits as avx2+fma packed per call",
+                              what, fm_nn_isa_name((fm_nn_isa)isa), keep);
+                    fm_test_tensor_free(&y);
+                }
+            }
+            /* one declaration across the instruction sets, which pack differently */
+            CHECK(fm_nn_const_declare(wt.data, wbytes) == 0);
+            for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+                fm_nn_set_isa((fm_nn_isa)isa);
+                fm_tensor y = fm_test_tensor(&rng, n, co, oh, ow);
+                conv_measured(&x, &wt, &b, slope, &p, &y);
+                CHECK_MSG(memcmp(first.data, y.data, count * sizeof(float)) == 0,
+                          "%s, %s after another set under one declaration: not the same "
+                          "bits", what, fm_nn_isa_name((fm_nn_isa)isa));
+                fm_test_tensor_free(&y);
+            }
+            fm_nn_const_forget(wt.data);
+            fm_nn_set_isa(best);
+            /* sgemm: within rounding */
+            fm_nn_set_position_tiles(0);
+            fm_tensor y = fm_test_tensor(&rng, n, co, oh, ow);
+            conv_measured(&x, &wt, &b, slope, &p, &y);
+            fm_nn_set_position_tiles(1);
+            double err = rel_err(y.data, r, count);
+            CHECK_MSG(err <= TOL, "%s, position tiles off: %g", what, err);
+            fm_test_tensor_free(&y);
+            /* new weights at the same address after a new declaration */
+            if (variant == 0 && i == 0) {
+                CHECK(fm_nn_const_declare(wt.data, wbytes) == 0);
+                y = fm_test_tensor(&rng, n, co, oh, ow);
+                conv_measured(&x, &wt, &b, NULL, &p, &y);
+                fm_nn_const_forget(wt.data);
+                for (size_t j = 0; j < fm_tensor_count(&wt); j++)
+                    wt.data[j] = -wt.data[j];
+                CHECK(fm_nn_const_declare(wt.data, wbytes) == 0);
+                conv_measured(&x, &wt, &b, NULL, &p, &y);
+                fm_nn_const_forget(wt.data);
+                ref_conv(&x, &wt, &b, &p, oh, ow, r);
+                err = rel_err(y.data, r, count);
+                CHECK_MSG(err <= TOL, "%s: weights changed between declarations: %g", what,
+                          err);
+                fm_test_tensor_free(&y);
+            }
+            fm_test_tensor_free(&first);
+            fm_test_tensor_free(&x);
+            fm_test_tensor_free(&wt);
+            fm_test_tensor_free(&b);
+            fm_test_tensor_free(&sl);
+            free(r);
+        }
+    }
+    CHECK(fm_nn_const_kept_bytes() == kept0);
+    CHECK(fm_nn_const_declare(NULL, 16) == -1);
+    fm_nn_const_forget(NULL); /* nothing declared there: nothing happens */
+    fprintf(stderr, "test_nn: padded and strided convolutions in position tiles, %s%s, "
+            "weights kept and packed per call: the same bits\n",
+            fm_nn_isa_name(FM_NN_ISA_AVX2),
+            best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)");
+}
+
 /* The direct kernel's Winograd (wide 3x3 layers: P-Net's conv2 and conv3, 8 to 32
  * input channels, output channels a multiple of 8, at least 32 output columns), as
  * F(4x4, 3x3) (at least 64 output columns and 4 rows) and as F(2x2, 3x3)
@@ -1640,6 +1780,7 @@ int main(void)
     test_conv_random(1500);
     test_conv_prelu();
     test_conv_positions();
+    test_conv_bordered();
     test_conv_wino_direct();
     test_conv_pool();
     test_conv_invalid();

@@ -202,6 +202,20 @@ int fm_nn_set_winograd4(int on);
  * setting. Process-wide, like fm_nn_set_winograd. */
 int fm_nn_set_position_tiles(int on);
 
+/* Declares [p, p + bytes) unchanging until fm_nn_const_forget(p): convolution weights
+ * there may be kept in the engine's own layouts, prepared once instead of on every
+ * call (the position tiles' packed weights; a copy as large as the weights). The model
+ * loader declares its read-only mappings. Returns 0, or -1 when p is NULL, bytes 0 or
+ * the table of regions full (then nothing is kept: the results are the same, slower).
+ * Thread-safe; the memory must not change while declared, and no convolution may run
+ * on it during or after fm_nn_const_forget, which frees what was kept. */
+int fm_nn_const_declare(const void *p, size_t bytes);
+void fm_nn_const_forget(const void *p);
+
+/* Bytes the engine keeps now in its own layouts of declared weights (for reports of
+ * memory use, and tests). */
+size_t fm_nn_const_kept_bytes(void);
+
 /* ---- convolution --------------------------------------------------------------- */
 
 /* Convolution geometry. The kernel size comes from the weight tensor. Dilation is 1. */

@@ -8,12 +8,15 @@
  *
  * For each batch size: one warm-up call, then repeated calls for at least
  * --seconds; prints the fastest and the mean time per call, milliseconds per face,
- * faces per second and GFLOPS. The work per face is what the engine counts from the
+ * faces per second and GFLOPS; at the end, the memory the engine keeps for the
+ * model's weights in its own layouts. The work per face is what the engine counts from the
  * network's layer shapes when the model opens (convolutions and dense layers, 2 FLOP
  * per multiply-add: fm_backbone_flop); --gflop overrides it. One OpenBLAS thread unless
  * --threads says otherwise. Faces are fixed pseudo-random pixels (the work does not
- * depend on them). A 1024^3 cblas_sgemm is timed first, so the figures can be read
- * against what the machine delivers at that moment (machines are shared), and the
+ * depend on them). A 1024^3 cblas_sgemm is timed first, and again before and after
+ * each batch size (the faster of the two is that row's "sgemm" and its ratio's
+ * divisor), so the figures can be read against what the machine delivers at that
+ * moment (machines are shared, and their speed drifts within a run), and the
  * OpenBLAS kernel set in use is printed: chosen as engine.blas_kernels auto does
  * (include/facemill/blas.h); OPENBLAS_CORETYPE in the environment picks another.
  */
@@ -149,10 +152,12 @@ int main(int argc, char **argv)
            blas.reason,
            winograd ? "Winograd F(2x2, 3x3) where it pays" : "im2col + sgemm (--no-winograd)",
            sgemm);
-    printf("  %6s %8s %12s %12s %10s %10s %8s %7s\n", "batch", "calls", "best ms", "mean ms",
-           "ms/face", "faces/s", "GFLOPS", "/sgemm");
+    printf("  %6s %8s %12s %12s %10s %10s %8s %8s %7s\n", "batch", "calls", "best ms",
+           "mean ms", "ms/face", "faces/s", "GFLOPS", "sgemm", "/sgemm");
     for (int i = 0; i < n_sizes; i++) {
         const int n = sizes[i];
+        /* sgemm again around each row: a shared machine's speed drifts */
+        double row_sgemm = fm_blas_sgemm_gflops();
         if (fm_backbone_forward(b, faces, n, outs, &err)) {
             fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
             goto done;
@@ -170,14 +175,19 @@ int main(int argc, char **argv)
             total += t;
             calls++;
         }
+        const double after = fm_blas_sgemm_gflops();
+        row_sgemm = after > row_sgemm ? after : row_sgemm;
         const double per_face = best / n;
         printf("  %6d %8d %12.2f %12.2f %10.2f %10.1f ", n, calls, best * 1e3,
                total / calls * 1e3, per_face * 1e3, 1.0 / per_face);
         if (gflop > 0.0)
-            printf("%8.1f %7.2f\n", gflop / per_face, sgemm > 0.0 ? gflop / per_face / sgemm : 0.0);
+            printf("%8.1f %8.1f %7.2f\n", gflop / per_face, row_sgemm,
+                   row_sgemm > 0.0 ? gflop / per_face / row_sgemm : 0.0);
         else
-            printf("%8s %7s\n", "-", "-");
+            printf("%8s %8.1f %7s\n", "-", row_sgemm, "-");
     }
+    printf("  weights kept packed by the engine (fm_nn_const_declare): %.1f MB\n",
+           (double)fm_nn_const_kept_bytes() / (1024.0 * 1024.0));
     rc = 0;
 done:
     for (int k = 0; k < FM_BACKBONE_OUTPUT_COUNT; k++)

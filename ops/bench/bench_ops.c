@@ -82,16 +82,24 @@ static const layer layers[] = {
     {"O-Net conv2 32->64", 16, 32, 23, 23, 64, 3, 1, 0, 1},
     {"O-Net conv3 64->64", 16, 64, 10, 10, 64, 3, 1, 0, 1},
     {"O-Net conv4 2x2 64->128", 16, 64, 4, 4, 128, 2, 1, 0, 1},
-    {"dlib stem 7x7/2 3->32 (8 x 150x150)", 8, 3, 150, 150, 32, 7, 2, 3, 1},
-    {"dlib 3x3 32->32 @37", 8, 32, 37, 37, 32, 3, 1, 1, 1},
-    {"dlib 3x3/2 32->64 @37 (down)", 8, 32, 37, 37, 64, 3, 2, 0, 1},
-    {"dlib 3x3 64->64 @18", 8, 64, 18, 18, 64, 3, 1, 1, 1},
-    {"dlib 3x3 128->128 @9", 8, 128, 9, 9, 128, 3, 1, 1, 1},
-    {"dlib 3x3 256->256 @5", 8, 256, 5, 5, 256, 3, 1, 1, 1},
-    {"dlib 3x3 32->32 @37 (1 face)", 1, 32, 37, 37, 32, 3, 1, 1, 1},
-    {"dlib 3x3 64->64 @18 (1 face)", 1, 64, 18, 18, 64, 3, 1, 1, 1},
-    {"dlib 3x3 128->128 @9 (1 face)", 1, 128, 9, 9, 128, 3, 1, 1, 1},
-    {"dlib 3x3 256->256 @5 (1 face)", 1, 256, 5, 5, 256, 3, 1, 1, 1},
+    {"dlib stem 7x7/2 3->32 (8 x 150x150)", 8, 3, 150, 150, 32, 7, 2, 0, 1},
+    {"dlib 3x3 32->32 @35", 8, 32, 35, 35, 32, 3, 1, 1, 1},
+    {"dlib 3x3/2 32->64 @35 (down)", 8, 32, 35, 35, 64, 3, 2, 0, 1},
+    {"dlib 3x3 64->64 @17", 8, 64, 17, 17, 64, 3, 1, 1, 1},
+    {"dlib 3x3/2 64->128 @17 (down)", 8, 64, 17, 17, 128, 3, 2, 0, 1},
+    {"dlib 3x3 128->128 @8", 8, 128, 8, 8, 128, 3, 1, 1, 1},
+    {"dlib 3x3 256->256 @4", 8, 256, 4, 4, 256, 3, 1, 1, 1},
+    {"dlib stem 7x7/2 3->32 (1 face)", 1, 3, 150, 150, 32, 7, 2, 0, 1},
+    {"dlib 3x3 32->32 @35 (1 face)", 1, 32, 35, 35, 32, 3, 1, 1, 1},
+    {"dlib 3x3/2 32->64 @35 (1 face)", 1, 32, 35, 35, 64, 3, 2, 0, 1},
+    {"dlib 3x3 64->64 @17 (1 face)", 1, 64, 17, 17, 64, 3, 1, 1, 1},
+    {"dlib 3x3/2 64->128 @17 (1 face)", 1, 64, 17, 17, 128, 3, 2, 0, 1},
+    {"dlib 3x3 128->128 @8 (1 face)", 1, 128, 8, 8, 128, 3, 1, 1, 1},
+    {"dlib 3x3/2 128->256 @8 (1 face)", 1, 128, 8, 8, 256, 3, 2, 0, 1},
+    {"dlib 3x3 256->256 @4 (1 face)", 1, 256, 4, 4, 256, 3, 1, 1, 1},
+    {"dlib 3x3 256->256 @3 (1 face)", 1, 256, 3, 3, 256, 3, 1, 1, 1},
+    {"dlib 3x3/2 256->256 @4 (1 face)", 1, 256, 4, 4, 256, 3, 2, 0, 1},
+    {"dlib 3x3 256->256 @1 (1 face)", 1, 256, 1, 1, 256, 3, 1, 1, 1},
     {"FaceNet 1x1 256->32 @17 (8 faces)", 8, 256, 17, 17, 32, 1, 1, 0, 1},
     {"FaceNet 3x3 32->32 @17", 8, 32, 17, 17, 32, 3, 1, 1, 1},
     {"FaceNet 1x1 896->128 @8", 8, 896, 8, 8, 128, 1, 1, 0, 1},
@@ -99,8 +107,10 @@ static const layer layers[] = {
     {"depthwise 3x3 32ch @112 (4 images)", 4, 32, 112, 112, 32, 3, 1, 1, 32},
 };
 
-/* Runs one layer; returns 0 on success. tag follows the name ("" or " im2col"). */
-static int bench_layer(const layer *l, const char *tag, double sgemm_gflops)
+/* Runs one layer; returns 0 on success. tag follows the name ("" or " im2col").
+ * keep: the weights are declared unchanging, as a model file's are
+ * (fm_nn_const_declare), so that the engine may keep its own layouts of them. */
+static int bench_layer(const layer *l, const char *tag, double sgemm_gflops, int keep)
 {
     fm_error err = {0};
     fm_arena *measure = NULL, *arena = NULL;
@@ -124,6 +134,8 @@ static int bench_layer(const layer *l, const char *tag, double sgemm_gflops)
     y.data = random_floats(fm_tensor_count(&y));
     if (!x.data || !w.data || !b.data || !y.data)
         goto fail;
+    if (keep)
+        fm_nn_const_declare(w.data, fm_tensor_count(&w) * sizeof *w.data);
     if (fm_nn_conv2d(arena, &x, &w, &b, &p, &y, &err))
         goto fail;
     double best = 1e30, start = fm_now_ms();
@@ -141,12 +153,14 @@ static int bench_layer(const layer *l, const char *tag, double sgemm_gflops)
     snprintf(out, sizeof out, "%dx%dx%d", y.c, y.h, y.w);
     snprintf(kern, sizeof kern, "%dx%d/%d p%d%s", l->k, l->k, l->stride, l->pad,
              l->groups > 1 ? " dw" : "");
-    printf("  %-38s %-16s %-12s %-12s %8.1f %8.3f %8.2f %7.2f %7.2f\n", name, in, kern, out,
+    printf("  %-40s %-16s %-12s %-12s %8.1f %8.3f %8.2f %7.2f %7.2f\n", name, in, kern, out,
            (double)scratch / 1024.0, flop * 1e-9, best * 1e3, gflops, gflops / sgemm_gflops);
     rc = 0;
 fail:
     if (rc)
         fprintf(stderr, "facemill-bench-ops: %s: %s\n", l->name, fm_error_text(&err));
+    if (keep && w.data)
+        fm_nn_const_forget(w.data);
     free(x.data);
     free(w.data);
     free(b.data);
@@ -278,29 +292,39 @@ static int bench_forward(void)
     }
 
     printf("\nfm_nn_conv2d (with bias; ratio = GFLOPS / sgemm 1024^3 GFLOPS = %.2f)\n", base);
-    printf("  %-38s %-16s %-12s %-12s %8s %8s %8s %7s %7s\n", "layer", "input NxCxHxW",
+    printf("  %-40s %-16s %-12s %-12s %8s %8s %8s %7s %7s\n", "layer", "input NxCxHxW",
            "kernel", "output", "scr KiB", "GFLOP", "ms", "GFLOPS", "ratio");
     for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
         const layer *l = &layers[i];
-        failed |= bench_layer(l, "", base);
+        failed |= bench_layer(l, "", base, 1);
+        if (l->n == 1 && l->c >= 128)
+            /* the dlib ResNet's wide layers at one face, weights packed on every call */
+            failed |= bench_layer(l, " packed per call", base, 0);
+        if ((l->pad || l->stride > 1) && l->groups == 1 && l->co >= 64) {
+            /* padded and strided layers without position tiles: im2col + sgemm, or
+             * Winograd where it applies */
+            fm_nn_set_position_tiles(0);
+            failed |= bench_layer(l, " no position tiles", base, 1);
+            fm_nn_set_position_tiles(1);
+        }
         if (l->k == 3 && l->stride == 1 && l->pad == 0 && l->groups == 1 && l->c >= 8 &&
             l->w - 2 >= 64) {
             /* P-Net's wide layers with F(2x2, 3x3) instead of F(4x4, 3x3) */
             fm_nn_set_winograd4(0);
-            failed |= bench_layer(l, " F(2x2)", base);
+            failed |= bench_layer(l, " F(2x2)", base, 1);
             fm_nn_set_winograd4(1);
         }
         if (l->k == 3 && l->stride == 1 && l->groups == 1 && l->c >= 16) {
             /* the same layer without Winograd's F(2x2, 3x3), where it may apply */
             fm_nn_set_winograd(0);
-            failed |= bench_layer(l, " no Winograd", base);
+            failed |= bench_layer(l, " no Winograd", base, 1);
             fm_nn_set_winograd(1);
         }
         if (l->stride == 1 && l->pad == 0 && l->groups == 1 && l->co >= 16 &&
             l->h * l->w <= 4096) {
             /* MTCNN's small planes without the direct kernel's position tiles */
             fm_nn_set_position_tiles(0);
-            failed |= bench_layer(l, " column tiles", base);
+            failed |= bench_layer(l, " column tiles", base, 1);
             fm_nn_set_position_tiles(1);
         }
     }

@@ -20,6 +20,7 @@
  * halfs can never be taken for floats; commands that convert read its raw bytes.
  */
 #include "facemill/model.h"
+#include "facemill/nn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -912,6 +913,9 @@ fm_status fm_model_open(fm_model **out, const char *path, unsigned flags, fm_err
     if ((flags & FM_MODEL_VERIFY_DATA) && (st = verify_data(m, spans, err)) != FM_OK)
         goto fail;
     free(spans);
+    /* The mapping is read-only and lasts until fm_model_close: the engine may keep its
+     * own layouts of weights bound in it (a full table only makes that slower). */
+    (void)fm_nn_const_declare(m->map, m->size);
     *out = m;
     return FM_OK;
 fail:
@@ -927,8 +931,10 @@ void fm_model_close(fm_model **pm)
     if (!pm || !*pm)
         return;
     fm_model *m = *pm;
-    if (m->map)
+    if (m->map) {
+        fm_nn_const_forget(m->map);
         munmap((void *)m->map, m->size);
+    }
     if (m->meta) {
         for (uint32_t i = 0; i < m->n_meta; i++) {
             free(m->meta[i].i64s);

@@ -148,6 +148,63 @@ static int pt_fits(const conv_geom *g)
     return pt_on && g->co >= PT_OC && g->p <= PT_MAX_PLANE && g->k >= PT_MIN_K;
 }
 
+/* 1 when g is padded or strided: the direct kernels read the input in place, so
+ * position tiles run such a layer over a zero-bordered copy of it (bordered_geom). */
+static int dc_bordered(const conv_geom *g)
+{
+    return g->sh != 1 || g->sw != 1 || g->pt != 0 || g->pl != 0 ||
+           g->oh != g->h - g->kh + 1 || g->ow != g->w - g->kw + 1;
+}
+
+/* Padded and stride-2 layers with small output planes run in position tiles too,
+ * where Winograd does not apply: the dlib ResNet's 128- and 256-channel layers (8x8
+ * outputs and smaller, 1,152 and 2,304 multiply-adds per output) and its stride-2
+ * layers, which im2col + sgemm ran at a fifth to two thirds of sgemm's speed at one
+ * face, much of it spent packing the weights (2.4 MB a layer for 16 outputs; position
+ * tiles keep them packed, fm_nn_const_declare). Layers Winograd takes stay there (the
+ * 64-channel layers, 17x17: as fast either way). Tuned with facemill-bench-ops. */
+#ifndef PT_BORDER_MAX_PLANE
+#define PT_BORDER_MAX_PLANE 300
+#endif
+static int pt_bordered_fits(const conv_geom *g)
+{
+    return pt_fits(g) && g->p <= PT_BORDER_MAX_PLANE && g->sh == g->sw &&
+           (g->sh == 1 || g->sh == 2) && !nn_winograd_fits(g);
+}
+
+/* g with the zero border its padding asks for made part of the input: exactly the
+ * rows and columns its outputs read, unpadded. */
+static conv_geom bordered_geom(const conv_geom *g)
+{
+    conv_geom b = *g;
+    b.h = (g->oh - 1) * g->sh + g->kh;
+    b.w = (g->ow - 1) * g->sw + g->kw;
+    b.pt = b.pl = 0;
+    return b;
+}
+
+/* Images per call of the position kernel (positions run across them, each tile of
+ * channels over all of a chunk's positions): with small weights, a chunk's input kept
+ * in L1 with a tile's weights; with large weights (the dlib ResNet's, 0.6 to 2.4 MB a
+ * layer), chunks up to half of L2, so that the weights, read from L3, serve every
+ * image of a batch instead of one (eight faces took longer each than one). */
+#ifndef PT_CHUNK_BYTES
+#define PT_CHUNK_BYTES 16384
+#endif
+#ifndef PT_CHUNK_BIG_W
+#define PT_CHUNK_BIG_W (256 * 1024) /* weights' bytes from which chunks are large */
+#endif
+#ifndef PT_CHUNK_BIG
+#define PT_CHUNK_BIG (1024 * 1024)
+#endif
+static int pt_chunk_images(const conv_geom *g)
+{
+    const size_t in_img = (size_t)g->c * g->h * g->w * sizeof(float);
+    const size_t w_bytes = (size_t)g->co * g->k * sizeof(float);
+    const size_t chunk = (w_bytes >= PT_CHUNK_BIG_W ? PT_CHUNK_BIG : PT_CHUNK_BYTES) / in_img;
+    return chunk < 1 ? 1 : chunk > (size_t)g->n ? g->n : (int)chunk;
+}
+
 /* Wide 3x3 layers run as Winograd in registers (nn_direct_tiles.h; F(2x2, 3x3) here,
  * F(4x4, 3x3) on the widest, below):
  * P-Net's conv2 and conv3, whose rows are hundreds of outputs wide. WT_CO: the output
@@ -214,10 +271,10 @@ int nn_direct_fits_k(const conv_geom *g, int max_k)
 {
     if (fm_nn_isa_now() < FM_NN_ISA_AVX2)
         return 0;
-    if (g->groups != 1 || g->sh != 1 || g->sw != 1 || g->pt != 0 || g->pl != 0)
+    if (g->groups != 1)
         return 0;
-    if (g->oh != g->h - g->kh + 1 || g->ow != g->w - g->kw + 1)
-        return 0; /* bottom or right padding */
+    if (dc_bordered(g))
+        return pt_bordered_fits(g);
     /* Narrow outputs waste most of a column tile; large K multiplies well through
      * sgemm. Position tiles take any width: R-Net's and O-Net's last convolutions (2x2
      * kernels, 3x3 outputs) run in them 2-3 times as fast as im2col + sgemm (0.26-0.41
@@ -243,6 +300,11 @@ size_t nn_direct_scratch(const conv_geom *g)
     size_t ocp = ((size_t)g->co + PT_OC_MAX - 1) / PT_OC_MAX * PT_OC_MAX;
     size_t pos = ocp * ((size_t)g->k + 2) + (size_t)g->k;
     size_t need = pos > tiles ? pos : tiles;
+    if (dc_bordered(g)) {
+        /* position tiles only, with a chunk of bordered images */
+        const conv_geom b = bordered_geom(g);
+        return pos + (size_t)pt_chunk_images(&b) * b.c * b.h * b.w;
+    }
     /* Winograd: transformed weights, bias, slope, a pass's transformed input and
      * products (counted for every width, as the flat buffer is) */
     if (wt_shape(g)) {
@@ -302,11 +364,6 @@ static void dc_addressable(const void *p, size_t bytes, const char *what)
  * no result. */
 #define PT_POS 6   /* pt_tile names its 6 positions' pointers */
 #define PT_POS1 12 /* pt_tile1's (one vector of channels: a half-empty last tile) */
-/* Input of a chunk of images (positions run across them), in bytes: kept in L1 with
- * a tile's weights. */
-#ifndef PT_CHUNK_BYTES
-#define PT_CHUNK_BYTES 16384
-#endif
 /* The kernels of one instruction set (nn_direct_tiles.h): column tiles for each
  * kernel width, position tiles, and the output channels each packs per tile. */
 typedef void (*dc_image_fn)(const conv_geom *g, const float *x, const float *wpk,
@@ -469,54 +526,230 @@ static const dc_kernels *dc_kernels_now(void)
 }
 #endif
 
+/* ---- weights that do not change ---------------------------------------------------
+ *
+ * A model's weights are bound in place in its read-only mapping (model.c), which
+ * declares the mapping here (fm_nn_const_declare) while it lasts. Position tiles pack
+ * the weights of such memory once per process and keep them: at one face the dlib
+ * ResNet's 256-channel layers have 16 outputs a channel, and packing their 2.4 MB of
+ * weights on every call cost several times their multiply-adds. Other weights
+ * (training's, which change every step, and the ones a caller computes) are packed on
+ * every call, into scratch. The packed copies are freed with the declaration. */
+#define CONST_REGIONS 64
+typedef struct kept_pack {
+    const float *w;
+    int co, k, tile;
+    float *pk; /* [co/tile][k][tile] */
+    struct kept_pack *next;
+} kept_pack;
+static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const char *lo, *hi;
+} const_regions[CONST_REGIONS];
+static int n_const_regions;
+static kept_pack *kept_list;
+
+int fm_nn_const_declare(const void *p, size_t bytes)
+{
+    if (!p || !bytes)
+        return -1;
+    pthread_mutex_lock(&kept_mu);
+    int ok = n_const_regions < CONST_REGIONS;
+    if (ok) {
+        const_regions[n_const_regions].lo = p;
+        const_regions[n_const_regions].hi = (const char *)p + bytes;
+        n_const_regions++;
+    }
+    pthread_mutex_unlock(&kept_mu);
+    return ok ? 0 : -1;
+}
+
+void fm_nn_const_forget(const void *p)
+{
+    pthread_mutex_lock(&kept_mu);
+    for (int i = 0; i < n_const_regions; i++) {
+        if (const_regions[i].lo != p)
+            continue;
+        const char *lo = const_regions[i].lo, *hi = const_regions[i].hi;
+        const_regions[i] = const_regions[--n_const_regions];
+        for (kept_pack **e = &kept_list; *e;) {
+            const char *w = (const char *)(*e)->w;
+            if (w >= lo && w < hi) {
+                kept_pack *dead = *e;
+                *e = dead->next;
+                free(dead->pk);
+                free(dead);
+            } else {
+                e = &(*e)->next;
+            }
+        }
+        break;
+    }
+    pthread_mutex_unlock(&kept_mu);
+}
+
+size_t fm_nn_const_kept_bytes(void)
+{
+    size_t bytes = 0;
+    pthread_mutex_lock(&kept_mu);
+    for (const kept_pack *e = kept_list; e; e = e->next)
+        bytes += ((size_t)e->co + e->tile - 1) / e->tile * e->tile * (size_t)e->k *
+                 sizeof(float);
+    pthread_mutex_unlock(&kept_mu);
+    return bytes;
+}
+
+/* 1 when [p, p + bytes) lies inside one declared region (kept_mu held). */
+static int const_covers(const void *p, size_t bytes)
+{
+    const char *lo = p, *hi = lo + bytes;
+    for (int i = 0; i < n_const_regions; i++)
+        if (lo >= const_regions[i].lo && hi <= const_regions[i].hi && hi >= lo)
+            return 1;
+    return 0;
+}
+
 #if NN_HAVE_AVX2
-/* Packs g's weights for tiles of `tile` output channels into scratch: [co/tile][k][tile]
- * (zero rows past co), then bias and slope per output channel, the channel count
- * rounded up to a whole tile (returned). */
+/* Packs g's weights for tiles of `tile` output channels into dst: [co/tile][k][tile]
+ * (zero rows past co). A block of 16 taps of a tile's rows at a time, so that the
+ * scattered stores stay within a few cache lines. */
+static void dc_pack_weights(const conv_geom *g, const float *w, int tile, float *dst)
+{
+    const int oct = (g->co + tile - 1) / tile * tile;
+    const size_t k = (size_t)g->k;
+    for (int oc0 = 0; oc0 < oct; oc0 += tile) {
+        float *panel = dst + (size_t)(oc0 / tile) * k * tile;
+        for (size_t k0 = 0; k0 < k; k0 += 16) {
+            const size_t kn = k - k0 < 16 ? k - k0 : 16;
+            for (int oc = 0; oc < tile; oc++) {
+                float *d = panel + k0 * tile + oc;
+                if (oc0 + oc >= g->co) {
+                    for (size_t j = 0; j < kn; j++)
+                        d[j * tile] = 0.0f;
+                    continue;
+                }
+                const float *src = w + (size_t)(oc0 + oc) * k + k0;
+                for (size_t j = 0; j < kn; j++)
+                    d[j * tile] = src[j];
+            }
+        }
+    }
+}
+
+/* Bias and slope per output channel into b and s, oct of each (zero past co). */
+static void dc_pack_bias(const conv_geom *g, const float *bias, const float *slope,
+                         int n_slope, int oct, float *b, float *s)
+{
+    for (int oc = 0; oc < oct; oc++) {
+        b[oc] = bias && oc < g->co ? bias[oc] : 0.0f;
+        s[oc] = slope && oc < g->co ? slope[n_slope == 1 ? 0 : oc] : 0.0f;
+    }
+}
+
+/* Packs g's weights for tiles of `tile` output channels into scratch (dc_pack_weights),
+ * then bias and slope per output channel, the channel count rounded up to a whole tile
+ * (returned). */
 static int dc_pack(const conv_geom *g, const float *w, const float *bias,
                    const float *slope, int n_slope, int tile, float *scratch)
 {
     const int oct = (g->co + tile - 1) / tile * tile;
     float *b = scratch + (size_t)oct * (size_t)g->k, *s = b + oct;
-    for (int oc = 0; oc < oct; oc++) {
-        float *dst = scratch + (size_t)(oc / tile) * (size_t)g->k * tile + oc % tile;
-        const float *src = w + (size_t)oc * (size_t)g->k;
-        for (int k = 0; k < g->k; k++)
-            dst[(size_t)k * tile] = oc < g->co ? src[k] : 0.0f;
-        b[oc] = bias && oc < g->co ? bias[oc] : 0.0f;
-        s[oc] = slope && oc < g->co ? slope[n_slope == 1 ? 0 : oc] : 0.0f;
-    }
+    dc_pack_weights(g, w, tile, scratch);
+    dc_pack_bias(g, bias, slope, n_slope, oct, b, s);
     return oct;
 }
 
+/* g's weights w packed for tiles of `tile` channels, kept from an earlier call or
+ * packed now and kept; NULL when w is not in declared memory (or memory ran out):
+ * the caller packs them itself. */
+static const float *kept_weights(const conv_geom *g, const float *w, int tile)
+{
+    const size_t count = (size_t)g->co * (size_t)g->k;
+    const float *pk = NULL;
+    pthread_mutex_lock(&kept_mu);
+    if (n_const_regions && const_covers(w, count * sizeof *w)) {
+        for (kept_pack *e = kept_list; e && !pk; e = e->next)
+            if (e->w == w && e->co == g->co && e->k == g->k && e->tile == tile)
+                pk = e->pk;
+        if (!pk) {
+            const size_t oct = ((size_t)g->co + tile - 1) / tile * tile;
+            kept_pack *e = malloc(sizeof *e);
+            float *buf = malloc(oct * (size_t)g->k * sizeof *buf);
+            if (e && buf) {
+                dc_pack_weights(g, w, tile, buf);
+                *e = (kept_pack){w, g->co, g->k, tile, buf, kept_list};
+                kept_list = e;
+                pk = buf;
+            } else {
+                free(e);
+                free(buf);
+            }
+        }
+    }
+    pthread_mutex_unlock(&kept_mu);
+    return pk;
+}
+
 /* nn_conv_direct in position tiles: weights packed [co/T][k][T] for tiles of T = kn->pt_oc
- * channels (zero past co), bias and slope per channel, the input offset of each tap;
- * chunks of images. */
+ * channels (zero past co; kept, or packed into scratch), bias and slope per channel,
+ * the input offset of each tap; chunks of images. A padded or strided g runs over a
+ * zero-bordered copy of each chunk (bordered_geom), after the tap offsets. */
 static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float *x,
                            const float *w, const float *bias, const float *slope,
                            int n_slope, float *y, float *scratch)
 {
-    const int oct = dc_pack(g, w, bias, slope, n_slope, kn->pt_oc, scratch);
-    float *wpk = scratch;
-    float *b = wpk + (size_t)oct * (size_t)g->k;
+    const int tile = kn->pt_oc;
+    const int oct = (g->co + tile - 1) / tile * tile;
+    const float *wpk = kept_weights(g, w, tile);
+    if (!wpk) {
+        dc_pack_weights(g, w, tile, scratch);
+        wpk = scratch;
+    }
+    float *b = scratch + (size_t)oct * (size_t)g->k;
     float *s = b + oct;
     int *off = (int *)(s + oct);
+    float *border = s + oct + g->k;
+    dc_pack_bias(g, bias, slope, n_slope, oct, b, s);
+    const int bordered = dc_bordered(g);
+    const conv_geom gb = bordered ? bordered_geom(g) : *g;
     int t = 0;
-    for (int ci = 0; ci < g->c; ci++)
-        for (int ky = 0; ky < g->kh; ky++)
-            for (int kx = 0; kx < g->kw; kx++)
-                off[t++] = (ci * g->h + ky) * g->w + kx;
+    for (int ci = 0; ci < gb.c; ci++)
+        for (int ky = 0; ky < gb.kh; ky++)
+            for (int kx = 0; kx < gb.kw; kx++)
+                off[t++] = (ci * gb.h + ky) * gb.w + kx;
     const size_t in_img = (size_t)g->c * g->h * g->w, out_img = (size_t)g->co * g->p;
-    int chunk = (int)(PT_CHUNK_BYTES / (in_img * sizeof *x));
-    chunk = chunk < 1 ? 1 : chunk;
-    dc_addressable(wpk, sizeof *wpk * (size_t)oct * ((size_t)g->k + 2) +
-                            sizeof *off * (size_t)g->k, "packed weights");
+    const int chunk = pt_chunk_images(&gb);
+    dc_addressable(wpk, sizeof *wpk * (size_t)oct * g->k, "packed weights");
+    dc_addressable(b, sizeof *b * 2 * (size_t)oct + sizeof *off * (size_t)g->k,
+                   "bias, slope and offsets");
     for (int n = 0; n < g->n; n += chunk) {
         const int nb = g->n - n < chunk ? g->n - n : chunk;
-        dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img * nb, "input");
+        const float *xn = x + (size_t)n * in_img;
+        if (bordered) {
+            /* row r of the bordered plane is input row r - pt, column q input column
+             * q - pl; outside the input, zero */
+            float *dst = border;
+            for (int i = 0; i < nb * g->c; i++) {
+                const float *src = xn + (size_t)i * g->h * g->w;
+                for (int r = 0; r < gb.h; r++, dst += gb.w) {
+                    const int iy = r - g->pt;
+                    if (iy < 0 || iy >= g->h) {
+                        memset(dst, 0, (size_t)gb.w * sizeof *dst);
+                        continue;
+                    }
+                    for (int q = 0; q < gb.w; q++) {
+                        const int ix = q - g->pl;
+                        dst[q] = ix >= 0 && ix < g->w ? src[(size_t)iy * g->w + ix] : 0.0f;
+                    }
+                }
+            }
+            xn = border;
+            dc_addressable(border, sizeof *border * gb.c * gb.h * gb.w * nb, "bordered input");
+        } else {
+            dc_addressable(xn, sizeof *x * in_img * nb, "input");
+        }
         dc_addressable(y + (size_t)n * out_img, sizeof *y * out_img * nb, "output");
-        kn->positions(g, x + (size_t)n * in_img, nb, off, wpk, b, s, slope != NULL,
-                      y + (size_t)n * out_img);
+        kn->positions(&gb, xn, nb, off, wpk, b, s, slope != NULL, y + (size_t)n * out_img);
     }
 }
 #endif

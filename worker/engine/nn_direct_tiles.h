@@ -36,6 +36,9 @@
 #define TL_COLS (TL_VN * TL_DC_NV) /* columns per column tile */
 #define TL_OC_MAX 8                /* a column tile's most output channels */
 #define TL_PT_OC (2 * TL_VN)       /* channels per position tile: two vectors */
+#ifndef PT_PF
+#define PT_PF 24
+#endif
 #define TL_INLINE static inline __attribute__((always_inline)) TL_TARGET DC_ASAN_OFF
 
 /* One tile: output channels oc..oc+noc-1 (nco of them stored) at row oy, columns
@@ -273,6 +276,9 @@ TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *res
         const int o = off[t];
         const TL_V w0 = TL_LOAD(wp + (size_t)t * TL_PT_OC);
         const TL_V w1 = TL_LOAD(wp + (size_t)t * TL_PT_OC + TL_VN);
+        _mm_prefetch((const char *)(wp + (size_t)(t + PT_PF) * TL_PT_OC), _MM_HINT_T0);
+        if (TL_PT_OC * 4 > 64)
+            _mm_prefetch((const char *)(wp + (size_t)(t + PT_PF) * TL_PT_OC + 16), _MM_HINT_T0);
 #define PT_FMA(p, xp)                                                                     \
     do {                                                                                  \
         const TL_V xv = TL_BCAST(xp + o);                                                 \
@@ -369,7 +375,7 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(pt_chunk)(const conv_geom *g, const fl
             float *ys[PT_POS1];
             const int npos = total - q < pos ? total - q : pos;
             for (int p = 0; p < npos; p++) {
-                xs[p] = x + img * in_img + (size_t)oy * g->w + ox;
+                xs[p] = x + img * in_img + (size_t)oy * g->sh * g->w + (size_t)ox * g->sw;
                 ys[p] = y + img * out_img + (size_t)oc * g->p + (size_t)oy * g->ow + ox;
                 if (++ox == g->ow) {
                     ox = 0;
