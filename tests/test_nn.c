@@ -777,6 +777,61 @@ static void test_conv_bordered(void)
             best >= FM_NN_ISA_AVX512 ? " and avx512" : " (this CPU has no AVX-512)");
 }
 
+/* Winograd's transformed weights kept for weights declared unchanging
+ * (fm_nn_const_declare), for each Winograd path: F(2x2, 3x3) through sgemm (the dlib
+ * ResNet's 32- and 64-channel layers) and the direct kernel's F(2x2, 3x3) and F(4x4,
+ * 3x3) (P-Net's wide layers): the same bits as transformed per call, made once (the
+ * kept bytes grow on the first call, not on the second) and freed with the
+ * declaration. */
+static void test_conv_kept_winograd(void)
+{
+    static const struct {
+        int n, c, h, w, co, pad;
+        const char *what;
+    } cases[] = {
+        {2, 32, 35, 35, 32, 1, "F(2x2) through sgemm"},
+        {1, 64, 17, 17, 64, 1, "F(2x2) through sgemm, 64 channels"},
+        {1, 16, 20, 40, 32, 0, "direct F(2x2)"},
+        {1, 16, 20, 80, 32, 0, "direct F(4x4)"},
+    };
+    const size_t kept0 = fm_nn_const_kept_bytes();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (i >= 2 && fm_nn_isa_best() < FM_NN_ISA_AVX2)
+            break; /* no direct kernel on this CPU */
+        const int n = cases[i].n, c = cases[i].c, co = cases[i].co;
+        const fm_conv2d_params p = fm_conv2d_sym(1, cases[i].pad);
+        const int oh = cases[i].h + 2 * cases[i].pad - 2, ow = cases[i].w + 2 * cases[i].pad - 2;
+        fm_tensor x = fm_test_tensor(&rng, n, c, cases[i].h, cases[i].w);
+        fm_tensor wt = fm_test_tensor(&rng, co, c, 3, 3);
+        fm_tensor b = fm_test_tensor(&rng, 1, co, 1, 1);
+        fm_tensor y[3];
+        const size_t count = (size_t)n * co * oh * ow;
+        size_t grew[3];
+        for (int run = 0; run < 3; run++) {
+            /* run 0: not declared; 1 and 2: declared */
+            if (run == 1)
+                CHECK(fm_nn_const_declare(wt.data, fm_tensor_count(&wt) * sizeof(float)) == 0);
+            const size_t before = fm_nn_const_kept_bytes();
+            y[run] = fm_test_tensor(&rng, n, co, oh, ow);
+            conv_measured(&x, &wt, &b, NULL, &p, &y[run]);
+            grew[run] = fm_nn_const_kept_bytes() - before;
+            CHECK_MSG(memcmp(y[0].data, y[run].data, count * sizeof(float)) == 0,
+                      "%s, run %d: not the same bits as transformed per call",
+                      cases[i].what, run);
+        }
+        CHECK_MSG(grew[0] == 0 && grew[1] > 0 && grew[2] == 0,
+                  "%s: kept bytes grew by %zu, %zu, %zu", cases[i].what, grew[0], grew[1],
+                  grew[2]);
+        fm_nn_const_forget(wt.data);
+        CHECK(fm_nn_const_kept_bytes() == kept0);
+        for (int run = 0; run < 3; run++)
+            fm_test_tensor_free(&y[run]);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&wt);
+        fm_test_tensor_free(&b);
+    }
+}
+
 /* The direct kernel's Winograd (wide 3x3 layers: P-Net's conv2 and conv3, 8 to 32
  * input channels, output channels a multiple of 8, at least 32 output columns), as
  * F(4x4, 3x3) (at least 64 output columns and 4 rows) and as F(2x2, 3x3)
@@ -1781,6 +1836,7 @@ int main(void)
     test_conv_prelu();
     test_conv_positions();
     test_conv_bordered();
+    test_conv_kept_winograd();
     test_conv_wino_direct();
     test_conv_pool();
     test_conv_invalid();

@@ -526,89 +526,6 @@ static const dc_kernels *dc_kernels_now(void)
 }
 #endif
 
-/* ---- weights that do not change ---------------------------------------------------
- *
- * A model's weights are bound in place in its read-only mapping (model.c), which
- * declares the mapping here (fm_nn_const_declare) while it lasts. Position tiles pack
- * the weights of such memory once per process and keep them: at one face the dlib
- * ResNet's 256-channel layers have 16 outputs a channel, and packing their 2.4 MB of
- * weights on every call cost several times their multiply-adds. Other weights
- * (training's, which change every step, and the ones a caller computes) are packed on
- * every call, into scratch. The packed copies are freed with the declaration. */
-#define CONST_REGIONS 64
-typedef struct kept_pack {
-    const float *w;
-    int co, k, tile;
-    float *pk; /* [co/tile][k][tile] */
-    struct kept_pack *next;
-} kept_pack;
-static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-    const char *lo, *hi;
-} const_regions[CONST_REGIONS];
-static int n_const_regions;
-static kept_pack *kept_list;
-
-int fm_nn_const_declare(const void *p, size_t bytes)
-{
-    if (!p || !bytes)
-        return -1;
-    pthread_mutex_lock(&kept_mu);
-    int ok = n_const_regions < CONST_REGIONS;
-    if (ok) {
-        const_regions[n_const_regions].lo = p;
-        const_regions[n_const_regions].hi = (const char *)p + bytes;
-        n_const_regions++;
-    }
-    pthread_mutex_unlock(&kept_mu);
-    return ok ? 0 : -1;
-}
-
-void fm_nn_const_forget(const void *p)
-{
-    pthread_mutex_lock(&kept_mu);
-    for (int i = 0; i < n_const_regions; i++) {
-        if (const_regions[i].lo != p)
-            continue;
-        const char *lo = const_regions[i].lo, *hi = const_regions[i].hi;
-        const_regions[i] = const_regions[--n_const_regions];
-        for (kept_pack **e = &kept_list; *e;) {
-            const char *w = (const char *)(*e)->w;
-            if (w >= lo && w < hi) {
-                kept_pack *dead = *e;
-                *e = dead->next;
-                free(dead->pk);
-                free(dead);
-            } else {
-                e = &(*e)->next;
-            }
-        }
-        break;
-    }
-    pthread_mutex_unlock(&kept_mu);
-}
-
-size_t fm_nn_const_kept_bytes(void)
-{
-    size_t bytes = 0;
-    pthread_mutex_lock(&kept_mu);
-    for (const kept_pack *e = kept_list; e; e = e->next)
-        bytes += ((size_t)e->co + e->tile - 1) / e->tile * e->tile * (size_t)e->k *
-                 sizeof(float);
-    pthread_mutex_unlock(&kept_mu);
-    return bytes;
-}
-
-/* 1 when [p, p + bytes) lies inside one declared region (kept_mu held). */
-static int const_covers(const void *p, size_t bytes)
-{
-    const char *lo = p, *hi = lo + bytes;
-    for (int i = 0; i < n_const_regions; i++)
-        if (lo >= const_regions[i].lo && hi <= const_regions[i].hi && hi >= lo)
-            return 1;
-    return 0;
-}
-
 #if NN_HAVE_AVX2
 /* Packs g's weights for tiles of `tile` output channels into dst: [co/tile][k][tile]
  * (zero rows past co). A block of 16 taps of a tile's rows at a time, so that the
@@ -659,35 +576,18 @@ static int dc_pack(const conv_geom *g, const float *w, const float *bias,
     return oct;
 }
 
-/* g's weights w packed for tiles of `tile` channels, kept from an earlier call or
- * packed now and kept; NULL when w is not in declared memory (or memory ran out):
+/* nn_kept_layout's maker for position tiles: arg is the tile. */
+static void make_positions(const conv_geom *g, const float *w, int tile, float *dst)
+{
+    dc_pack_weights(g, w, tile, dst);
+}
+
+/* g's weights w packed for tiles of `tile` channels, kept (nn_kept_layout) or NULL:
  * the caller packs them itself. */
 static const float *kept_weights(const conv_geom *g, const float *w, int tile)
 {
-    const size_t count = (size_t)g->co * (size_t)g->k;
-    const float *pk = NULL;
-    pthread_mutex_lock(&kept_mu);
-    if (n_const_regions && const_covers(w, count * sizeof *w)) {
-        for (kept_pack *e = kept_list; e && !pk; e = e->next)
-            if (e->w == w && e->co == g->co && e->k == g->k && e->tile == tile)
-                pk = e->pk;
-        if (!pk) {
-            const size_t oct = ((size_t)g->co + tile - 1) / tile * tile;
-            kept_pack *e = malloc(sizeof *e);
-            float *buf = malloc(oct * (size_t)g->k * sizeof *buf);
-            if (e && buf) {
-                dc_pack_weights(g, w, tile, buf);
-                *e = (kept_pack){w, g->co, g->k, tile, buf, kept_list};
-                kept_list = e;
-                pk = buf;
-            } else {
-                free(e);
-                free(buf);
-            }
-        }
-    }
-    pthread_mutex_unlock(&kept_mu);
-    return pk;
+    const size_t oct = ((size_t)g->co + tile - 1) / tile * tile;
+    return nn_kept_layout(g, w, NN_KEEP_POSITIONS, tile, oct * (size_t)g->k, make_positions);
 }
 
 /* nn_conv_direct in position tiles: weights packed [co/T][k][T] for tiles of T = kn->pt_oc
@@ -828,11 +728,13 @@ static uint64_t weights_digest(const float *w, size_t n)
     return h;
 }
 
-/* The transformed F(4x4) weights of the last few layers this thread ran, found by the
- * weights' address, shape and digest: computing them took as long as the convolution
- * of a small pyramid level (P-Net runs each layer once per strip of each level), the
- * digest takes a tenth of that. Weights changed in place (training) have another
- * digest and are transformed again. Each thread's cache is freed when it ends. */
+/* The transformed F(4x4) weights of the last few layers this thread ran whose weights
+ * are not a model's (those are kept once, nn_keep.c): weights a caller made, or
+ * training's. Found by the weights' address, shape and digest: computing them took as
+ * long as the convolution of a small pyramid level (P-Net runs each layer once per
+ * strip of each level), the digest takes a tenth of that. Weights changed in place
+ * have another digest and are transformed again. Each thread's cache is freed when it
+ * ends. */
 #define W4_CACHE 4
 typedef struct w4_cached {
     const float *w;
@@ -902,10 +804,20 @@ static const float *winograd4_weights_cached(const conv_geom *g, const float *w,
     return u;
 }
 
+/* nn_kept_layout's makers for the direct Winograd kernels: arg is the product group. */
+static void make_wt2(const conv_geom *g, const float *w, int group, float *u)
+{
+    nn_winograd_weights(g, w, u, (size_t)g->co * g->c, group);
+}
+static void make_wt4(const conv_geom *g, const float *w, int group, float *u)
+{
+    winograd4_weights(g, w, u, (size_t)g->co * g->c, group);
+}
+
 /* nn_conv_direct as Winograd in registers, F(4x4, 3x3) (four) or F(2x2, 3x3): the
  * transformed weights [36 or 16][co][c] (the output channels in the set's product
- * groups; F(4x4)'s from this thread's cache, F(2x2)'s computed here), bias and slope
- * per channel, then each image. */
+ * groups; a model's kept, nn_keep.c; others F(4x4)'s from this thread's cache,
+ * F(2x2)'s computed here), bias and slope per channel, then each image. */
 static void conv_winograd(const dc_kernels *kn, const conv_geom *g, int four, const float *x,
                           const float *w, const float *bias, const float *slope,
                           int n_slope, float *y, float *scratch)
@@ -914,11 +826,16 @@ static void conv_winograd(const dc_kernels *kn, const conv_geom *g, int four, co
     const size_t eu = (size_t)g->co * g->c;
     float *uf = scratch, *b = uf + pos * eu, *s = b + g->co;
     float *vbuf = s + g->co, *mbuf = vbuf + pos * (size_t)g->c * blk;
-    const float *u = uf;
-    if (four)
+    /* a model's weights: transformed once and kept (nn_keep.c); others: F(4x4)'s
+     * from this thread's cache, F(2x2)'s computed here */
+    const float *u = nn_kept_layout(g, w, four ? NN_KEEP_WT4 : NN_KEEP_WT2, kn->wt_co,
+                                    pos * eu, four ? make_wt4 : make_wt2);
+    if (!u && four)
         u = winograd4_weights_cached(g, w, kn->wt_co, uf);
-    else
+    if (!u) {
         nn_winograd_weights(g, w, uf, eu, kn->wt_co);
+        u = uf;
+    }
     for (int o = 0; o < g->co; o++) {
         b[o] = bias ? bias[o] : 0.0f;
         s[o] = slope ? slope[n_slope == 1 ? 0 : o] : 0.0f;

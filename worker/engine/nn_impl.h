@@ -181,6 +181,24 @@ void nn_conv_pool_direct(const conv_geom *g, int ph, int pw, const float *x, con
                          const float *bias, const float *slope, int n_slope, float *y,
                          float *scratch);
 
+/* ---- kept layouts of unchanging weights (nn_keep.c) ------------------------------ */
+
+/* The layouts kept: the position tiles' packed panels (arg: the tile's channels),
+ * Winograd F(2x2, 3x3) through sgemm's transformed weights, and the direct kernel's
+ * F(2x2, 3x3) and F(4x4, 3x3) transformed weights (arg: the set's product group). */
+enum { NN_KEEP_POSITIONS, NN_KEEP_WINOGRAD, NN_KEEP_WT2, NN_KEEP_WT4 };
+
+/* Makes the layout of g's weights w into dst. */
+typedef void (*nn_layout_fn)(const conv_geom *g, const float *w, int arg, float *dst);
+
+/* The layout `kind` of g's weights w (floats floats, made by make(g, w, arg, dst)):
+ * kept from an earlier call when w lies in memory declared unchanging
+ * (fm_nn_const_declare), made now and kept when not yet made; NULL when w lies
+ * elsewhere or memory ran out, and then the caller makes it itself. A kept layout is
+ * never written again and serves every thread. */
+const float *nn_kept_layout(const conv_geom *g, const float *w, int kind, int arg,
+                            size_t floats, nn_layout_fn make);
+
 /* ---- Winograd F(2x2, 3x3) (nn_winograd.c) ---------------------------------------- */
 
 /* 1 when g is a 3x3 stride-1 one-group convolution the Winograd path runs faster than
