@@ -635,6 +635,9 @@ static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float
         if (bordered) {
             /* row r of the bordered plane is input row r - pt, column q input column
              * q - pl; outside the input, zero */
+            /* the input columns [lo, hi) of a bordered row */
+            const int lo = g->pl < gb.w ? g->pl : gb.w;
+            const int hi = g->pl + g->w < gb.w ? g->pl + g->w : gb.w;
             float *dst = border;
             for (int i = 0; i < nb * g->c; i++) {
                 const float *src = xn + (size_t)i * g->h * g->w;
@@ -644,10 +647,13 @@ static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float
                         memset(dst, 0, (size_t)gb.w * sizeof *dst);
                         continue;
                     }
-                    for (int q = 0; q < gb.w; q++) {
-                        const int ix = q - g->pl;
-                        dst[q] = ix >= 0 && ix < g->w ? src[(size_t)iy * g->w + ix] : 0.0f;
-                    }
+                    for (int q = 0; q < lo; q++)
+                        dst[q] = 0.0f;
+                    if (hi > lo)
+                        memcpy(dst + lo, src + (size_t)iy * g->w,
+                               (size_t)(hi - lo) * sizeof *dst);
+                    for (int q = hi; q < gb.w; q++)
+                        dst[q] = 0.0f;
                 }
             }
             xn = border;

@@ -183,10 +183,10 @@ void nn_conv_pool_direct(const conv_geom *g, int ph, int pw, const float *x, con
 
 /* ---- kept layouts of unchanging weights (nn_keep.c) ------------------------------ */
 
-/* The layouts kept: the position tiles' packed panels (arg: the tile's channels) and
- * the direct kernel's F(2x2, 3x3) and F(4x4, 3x3) transformed weights (arg: the set's
- * product group). */
-enum { NN_KEEP_POSITIONS, NN_KEEP_WT2, NN_KEEP_WT4 };
+/* The layouts kept: the position tiles' packed panels (arg: the tile's channels),
+ * Winograd F(2x2, 3x3) through sgemm's transformed weights, and the direct kernel's
+ * F(2x2, 3x3) and F(4x4, 3x3) transformed weights (arg: the set's product group). */
+enum { NN_KEEP_POSITIONS, NN_KEEP_WINOGRAD, NN_KEEP_WT2, NN_KEEP_WT4 };
 
 /* Makes the layout of g's weights w into dst. */
 typedef void (*nn_layout_fn)(const conv_geom *g, const float *w, int arg, float *dst);

@@ -11,10 +11,9 @@
  *
  *     M[e] (co x T) = U[e] (co x c) * V[e] (c x T)
  *
- * U = G w G^T is the transformed weights (computed per call into scratch: a few
- * percent of the convolution's work at the shapes chosen below; kept, nn_keep.c, they
- * saved 4% of a face at batch 1 and less at the worker's batches, for 7 MB of memory
- * per process), V = B^T d B the
+ * U = G w G^T is the transformed weights (computed per call into scratch, a few
+ * percent of the convolution's work at the shapes chosen below, or, for a model's
+ * smaller layers, once and kept: WINO_KEEP_BYTES), V = B^T d B the
  * transformed input blocks (T blocks at a time, across the images of the batch, so
  * small images still make wide multiplies) and each 2x2 output block is A^T M A + bias.
  * Rounding differs from the direct sum by a few units in the last place of the
@@ -260,17 +259,40 @@ static void transform_output(const conv_geom *g, const float *m, long long b0, i
     }
 }
 
+/* Transformed weights of at most WINO_KEEP_BYTES are kept for a model's weights
+ * (nn_keep.c): the dlib ResNet's 32- and 64-channel layers, 2.2 MB in all, whose
+ * transform was 4% of a face at batch 1. Larger ones (its 128-channel layers, which
+ * take this path at batch 8 and more: 1 MB each) are transformed per call, where the
+ * batch pays for it. */
+#ifndef WINO_KEEP_BYTES
+#define WINO_KEEP_BYTES (256 * 1024)
+#endif
+
+/* nn_kept_layout's maker: U with its planes PLANE_GAP apart, as nn_conv_winograd
+ * reads it. */
+static void make_u(const conv_geom *g, const float *w, int arg, float *u)
+{
+    (void)arg;
+    nn_winograd_weights(g, w, u, (size_t)g->co * g->c + PLANE_GAP, 1);
+}
+
 void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const float *bias,
                       float *y, float *scratch)
 {
     const int tmax = pass_blocks(g);
     const size_t eu = (size_t)g->co * g->c + PLANE_GAP;
     const size_t ev = (size_t)g->c * tmax + PLANE_GAP, em = (size_t)g->co * tmax + PLANE_GAP;
-    float *u = scratch;
-    float *v = u + 16 * eu;
+    float *uf = scratch;
+    float *v = uf + 16 * eu;
     float *m = v + 16 * ev;
     float *rows = m + 16 * em;
-    nn_winograd_weights(g, w, u, eu, 1);
+    const float *u = NULL;
+    if (16 * (size_t)g->co * g->c * sizeof *uf <= WINO_KEEP_BYTES)
+        u = nn_kept_layout(g, w, NN_KEEP_WINOGRAD, 0, 16 * eu, make_u);
+    if (!u) {
+        nn_winograd_weights(g, w, uf, eu, 1);
+        u = uf;
+    }
     nn_wg_input_fn vin = NULL; /* the vector transforms, where the CPU has them */
     nn_wg_output_fn vout = NULL;
     nn_wg_kernels(&vin, &vout);
