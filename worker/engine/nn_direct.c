@@ -441,6 +441,7 @@ typedef struct dc_kernels {
     _mm256_blend_ps(_mm256_permutevar8x32_ps(o, _mm256_setr_epi32(4, 5, 6, 7, 1, 2, 3, 0)), \
                     _mm256_permutevar8x32_ps(e, _mm256_set1_epi32(1)), 0x80)
 #define TL_WT_CO 4
+#define TL_PT_POS PT_POS
 #include "nn_direct_tiles.h"
 
 /* The lanes [0, n) of 16 (n may be <= 0 or >= 16). */
@@ -517,6 +518,7 @@ __attribute__((target("avx512f"))) static inline __m512i ziphi512(void)
                            e)
 #define TL_WT_CO 8
 #define TL_DC_OC_WIDE 8
+#define TL_PT_POS 8
 #include "nn_direct_tiles.h"
 
 /* The kernels for the set in effect (nn_direct_fits has checked there is one). */

@@ -275,11 +275,14 @@ TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *res
                                 const float *restrict s, int prelu, float *const *ys,
                                 size_t oplane, int nco, const int pf)
 {
-    TL_V acc[PT_POS][2];
-    for (int p = 0; p < PT_POS; p++)
+    TL_V acc[TL_PT_POS][2];
+    for (int p = 0; p < TL_PT_POS; p++)
         acc[p][0] = acc[p][1] = TL_ZERO();
     const float *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3], *x4 = xs[4],
                 *x5 = xs[5];
+#if TL_PT_POS > 6
+    const float *x6 = xs[6], *x7 = xs[7];
+#endif
     for (int t = 0; t < k; t++) {
         const int o = off[t];
         const TL_V w0 = TL_LOAD(wp + (size_t)t * TL_PT_OC);
@@ -302,14 +305,18 @@ TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *res
         PT_FMA(3, x3);
         PT_FMA(4, x4);
         PT_FMA(5, x5);
+#if TL_PT_POS > 6
+        PT_FMA(6, x6);
+        PT_FMA(7, x7);
+#endif
 #undef PT_FMA
     }
     const TL_V bv[2] = {TL_LOAD(b), TL_LOAD(b + TL_VN)};
     const TL_V sv[2] = {TL_LOAD(s), TL_LOAD(s + TL_VN)};
     /* Constant indices only: an accumulator indexed by a variable would live in memory
      * (GCC then stores all 12 on every tap). */
-    float out[PT_POS][TL_PT_OC];
-    for (int p = 0; p < PT_POS; p++)
+    float out[TL_PT_POS][TL_PT_OC];
+    for (int p = 0; p < TL_PT_POS; p++)
         for (int v = 0; v < 2; v++) {
             TL_V a = TL_ADD(acc[p][v], bv[v]);
             if (prelu)
@@ -380,7 +387,7 @@ TL_TARGET DC_ASAN_OFF static void TL_NAME(pt_chunk)(const conv_geom *g, const fl
     for (int oc = 0; oc < g->co; oc += TL_PT_OC) {
         const int nco = g->co - oc < TL_PT_OC ? g->co - oc : TL_PT_OC;
         const float *wp = wpk + (size_t)(oc / TL_PT_OC) * (size_t)g->k * TL_PT_OC;
-        const int one = nco <= TL_VN, pos = one ? PT_POS1 : PT_POS;
+        const int one = nco <= TL_VN, pos = one ? PT_POS1 : TL_PT_POS;
         int img = 0, oy = 0, ox = 0; /* the next position */
         for (int q = 0; q < total; q += pos) {
             const float *xs[PT_POS1];
@@ -919,4 +926,5 @@ static const dc_kernels TL_NAME(kernels) = {
 #undef TL_KEEP
 #undef TL_NEXT1
 #undef TL_WT_CO
+#undef TL_PT_POS
 #undef TL_DC_OC_WIDE
