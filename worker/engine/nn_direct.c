@@ -106,9 +106,16 @@ int fm_nn_isa_from_name(const char *name)
 #define DC_MAX_K 160
 #endif
 /* Planes of at most DC_FLAT_FLOATS output floats (all channels, as wide as the input)
- * run flat, when each output has at most DC_FLAT_MAX_K multiply-adds. */
+ * run flat, when each output has at most DC_FLAT_MAX_K multiply-adds; with more than
+ * DC_MAX_K of them (which never run with the pool in one pass), planes of up to
+ * DC_FLAT_FLOATS_WIDE_K: the dlib ResNet's stem after space to depth (32 x 72 x 75,
+ * K 192), whose rows of 72 outputs were two tiles of 32 and a third with 8 (flat, 0.54
+ * to 0.45 ms a face by facemill-bench-ops). */
 #ifndef DC_FLAT_FLOATS
 #define DC_FLAT_FLOATS 65536
+#endif
+#ifndef DC_FLAT_FLOATS_WIDE_K
+#define DC_FLAT_FLOATS_WIDE_K 262144
 #endif
 #ifndef DC_FLAT_MAX_K
 #define DC_FLAT_MAX_K 600
@@ -118,7 +125,8 @@ int fm_nn_isa_from_name(const char *name)
 static int dc_flat(const conv_geom *g)
 {
     size_t oc4 = ((size_t)g->co + DC_OC - 1) / DC_OC * DC_OC;
-    return oc4 * (size_t)g->oh * (size_t)g->w <= DC_FLAT_FLOATS &&
+    const size_t most = g->k > DC_MAX_K ? DC_FLAT_FLOATS_WIDE_K : DC_FLAT_FLOATS;
+    return oc4 * (size_t)g->oh * (size_t)g->w <= most &&
            (g->oh - 1) * g->w + g->ow >= DC_COLS && g->k <= DC_FLAT_MAX_K;
 }
 
@@ -293,7 +301,11 @@ size_t nn_direct_scratch(const conv_geom *g)
      * the position tiles' needs whichever kernel runs g, so that an arena measured on
      * a large plane (MTCNN's detector measures P-Net on its widest level) also holds
      * what the smaller planes of the same layer take. */
-    size_t flat = dc_flat(g) ? oc4 * (size_t)g->oh * (size_t)g->w : DC_FLAT_FLOATS;
+    size_t flat = DC_FLAT_FLOATS;
+    if (dc_flat(g))
+        flat = oc4 * (size_t)g->oh * (size_t)g->w;
+    else if (g->k > DC_MAX_K && g->k <= DC_FLAT_MAX_K)
+        flat = DC_FLAT_FLOATS_WIDE_K;
     size_t ocd = ((size_t)g->co + DC_OC_MAX - 1) / DC_OC_MAX * DC_OC_MAX;
     size_t tiles = ocd * ((size_t)g->k + 2) + flat;
     /* position tiles: packed weights, bias, slope, tap offsets */
