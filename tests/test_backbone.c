@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #define SIDE 150
-#define BATCH 11 /* more than FM_BACKBONE_CHUNK: a batch runs in two passes */
+#define BATCH 11 /* more than FM_BACKBONE_CHUNK: a batch runs in several passes */
 #define EMBED 128
 #define POOLED 256
 

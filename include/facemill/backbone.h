@@ -71,14 +71,17 @@ const float *fm_backbone_template(const fm_backbone *b);
 /* Length of output `which` per face. */
 int fm_backbone_dim(const fm_backbone *b, fm_backbone_output which);
 
-/* A batch runs through the network in passes of at most this many faces. Per face,
- * a pass of 2 to 8 faces is faster than one face (the small late layers make wider
- * matrix multiplications), but a pass of 16 is slower than one: the early layers'
- * activations of 16 faces (35x35x32 floats, 157 KB per face and tensor) no longer
- * stay in the core's cache from one layer to the next (facemill-bench-embed on a Zen
- * 3 core: 11.8, 10.6, 10.3, 10.2 and 13.2 ms per face at 1, 2, 4, 8 and 16). The
- * arena is sized for one pass. */
-#define FM_BACKBONE_CHUNK 8
+/* A batch runs through the network in passes of at most this many faces. A pass of
+ * 16 is slower per face than one: the early layers' activations of 16 faces (35x35x32
+ * floats, 157 KB per face and tensor) no longer stay in the core's cache from one
+ * layer to the next (facemill-bench-embed on a Zen 3 core: 11.8, 10.6, 10.3, 10.2 and
+ * 13.2 ms per face at 1, 2, 4, 8 and 16). Since the wide late layers run in position
+ * tiles with their weights packed once, one face is as fast per face as several (on a
+ * Xeon with AVX-512: 3.8-4.4 ms per face at every pass size from 1 to 8, and passes of
+ * 8 made batches of 16 2-8% slower per face than one face); passes of 4 keep the
+ * batch's gain on CPUs where it remains and the arena 3 MB smaller than passes of 8.
+ * The arena is sized for one pass. */
+#define FM_BACKBONE_CHUNK 4
 
 /* Largest batch fm_backbone_forward takes. */
 int fm_backbone_max_batch(const fm_backbone *b);
