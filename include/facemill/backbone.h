@@ -76,12 +76,13 @@ int fm_backbone_dim(const fm_backbone *b, fm_backbone_output which);
  * floats, 157 KB per face and tensor) no longer stay in the core's cache from one
  * layer to the next (facemill-bench-embed on a Zen 3 core: 11.8, 10.6, 10.3, 10.2 and
  * 13.2 ms per face at 1, 2, 4, 8 and 16). Since the wide late layers run in position
- * tiles with their weights packed once, one face is as fast per face as several (on a
- * Xeon with AVX-512: 3.8-4.4 ms per face at every pass size from 1 to 8, and passes of
- * 8 made batches of 16 2-8% slower per face than one face); passes of 4 keep the
- * batch's gain on CPUs where it remains and the arena 3 MB smaller than passes of 8.
- * The arena is sized for one pass. */
-#define FM_BACKBONE_CHUNK 4
+ * tiles with their weights packed once, one face is about as fast per face as several,
+ * and two the fastest (on a Xeon with AVX-512, in one run: 3.77-3.82, 3.67-3.69 and
+ * 3.89 ms per face at 1, 2 and 8); with passes of 8 or 4 a batch of 16 took 2-8%
+ * longer per face than one face, with passes of 2 it takes no longer (3.78-3.90
+ * against 3.80-4.10), and the arena is 5 MB smaller than with passes of 8. The arena
+ * is sized for one pass. */
+#define FM_BACKBONE_CHUNK 2
 
 /* Largest batch fm_backbone_forward takes. */
 int fm_backbone_max_batch(const fm_backbone *b);
