@@ -651,8 +651,7 @@ static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float
         const float *xn = x + (size_t)n * in_img;
         if (bordered) {
             /* row r of the bordered plane is input row r - pt, column q input column
-             * q - pl; outside the input, zero */
-            /* the input columns [lo, hi) of a bordered row */
+             * q - pl (the columns [lo, hi) of a row); outside the input, zero */
             const int lo = g->pl < gb.w ? g->pl : gb.w;
             const int hi = g->pl + g->w < gb.w ? g->pl + g->w : gb.w;
             float *dst = border;
