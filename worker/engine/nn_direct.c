@@ -369,7 +369,9 @@ static void dc_addressable(const void *p, size_t bytes, const char *what)
  * R-Net's and O-Net's planes are a few outputs wide (3 to 46): tiles of 16 consecutive
  * outputs waste much of each vector on them (R-Net conv2: 9x9 outputs in 112 slots
  * when flat). Here the vectors run along the output channels instead: a tile is
- * PT_POS output positions x 2 vectors of channels (12 accumulators), each position
+ * TL_PT_POS output positions x 2 vectors of channels (AVX2: 6 positions, 12
+ * accumulators of 16 registers; AVX-512: 8, 16 of 32, so that the dlib ResNet's 8x8
+ * and 4x4 planes fill whole tiles), each position
  * broadcasting its input under the tap, so a tile may take positions from any row and
  * any image of a chunk, and only the last tile of a chunk and channel counts that are
  * not a multiple of the tile's (16 for AVX2, 32 for AVX-512) are partly empty. Every
@@ -377,7 +379,7 @@ static void dc_addressable(const void *p, size_t bytes, const char *what)
  * column, from 0, one fused multiply-add each), then the bias added and PReLU applied
  * the same way: the two kernels give the same bits, so choosing between them changes
  * no result. */
-#define PT_POS 6   /* pt_tile names its 6 positions' pointers */
+#define PT_POS 6   /* AVX2's TL_PT_POS (pt_tile names up to 8 positions' pointers) */
 #define PT_POS1 12 /* pt_tile1's (one vector of channels: a half-empty last tile) */
 /* The kernels of one instruction set (nn_direct_tiles.h): column tiles for each
  * kernel width, position tiles, and the output channels each packs per tile. */
@@ -611,7 +613,8 @@ static const float *kept_weights(const conv_geom *g, const float *w, int tile)
     const size_t oct = ((size_t)g->co + tile - 1) / tile * tile;
     if (oct * (size_t)g->k * sizeof *w < PT_KEEP_MIN_BYTES)
         return NULL;
-    return nn_kept_layout(g, w, NN_KEEP_POSITIONS, tile, oct * (size_t)g->k, make_positions);
+    return nn_kept_layout(g, w, NN_KEEP_POSITIONS, tile, oct * (size_t)g->k,
+                          make_positions);
 }
 
 /* nn_conv_direct in position tiles: weights packed [co/T][k][T] for tiles of T = kn->pt_oc
@@ -673,7 +676,8 @@ static void conv_positions(const dc_kernels *kn, const conv_geom *g, const float
                 }
             }
             xn = border;
-            dc_addressable(border, sizeof *border * gb.c * gb.h * gb.w * nb, "bordered input");
+            dc_addressable(border, sizeof *border * gb.c * gb.h * gb.w * nb,
+                           "bordered input");
         } else {
             dc_addressable(xn, sizeof *x * in_img * nb, "input");
         }

@@ -267,9 +267,9 @@ TL_DP(_w, TL_DC_OC_WIDE)
 #endif
 #undef TL_DP
 
-/* One position tile: positions whose inputs start at xs[0..PT_POS) (unused ones repeat
- * the first) and outputs at ys[0..npos); channels oc..oc+TL_PT_OC-1, of which nco are
- * stored. */
+/* One position tile: positions whose inputs start at xs[0..TL_PT_POS) (unused ones
+ * repeat the first) and outputs at ys[0..npos); channels oc..oc+TL_PT_OC-1, of which
+ * nco are stored. */
 TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *restrict off,
                                 int k, const float *restrict wp, const float *restrict b,
                                 const float *restrict s, int prelu, float *const *ys,
@@ -314,7 +314,7 @@ TL_INLINE void TL_NAME(pt_tile)(const float *const *xs, int npos, const int *res
     const TL_V bv[2] = {TL_LOAD(b), TL_LOAD(b + TL_VN)};
     const TL_V sv[2] = {TL_LOAD(s), TL_LOAD(s + TL_VN)};
     /* Constant indices only: an accumulator indexed by a variable would live in memory
-     * (GCC then stores all 12 on every tap). */
+     * (GCC then stores all of them on every tap). */
     float out[TL_PT_POS][TL_PT_OC];
     for (int p = 0; p < TL_PT_POS; p++)
         for (int v = 0; v < 2; v++) {
