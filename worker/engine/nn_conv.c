@@ -513,6 +513,20 @@ static void conv_depthwise(const conv_geom *g, const float *x, const float *w,
     }
 }
 
+/* The output y shares no memory with the convolution's operands (bias and slope may
+ * be NULL). */
+static fm_status conv_disjoint(const char *op, const fm_tensor *y, const fm_tensor *x,
+                               const fm_tensor *w, const fm_tensor *bias,
+                               const fm_tensor *slope, fm_error *err)
+{
+    fm_status st;
+    if ((st = nn_check_disjoint(op, "the input", y, x, err)) ||
+        (st = nn_check_disjoint(op, "the weights", y, w, err)) ||
+        (st = nn_check_disjoint(op, "the bias", y, bias, err)))
+        return st;
+    return nn_check_disjoint(op, "the slope", y, slope, err);
+}
+
 /* fm_nn_conv2d, and fm_nn_conv2d_prelu when slope is not NULL (already checked): the
  * direct kernel applies the slope as it stores; other paths leave it to the caller,
  * and *fused says which happened. */
@@ -528,10 +542,7 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
     if ((st = nn_conv_operands(op, x, w, "output", y, p, measuring, &g, err)) ||
         (st = nn_check_vec(op, "bias", bias, (size_t)g.co, measuring, err)) ||
         (st = nn_check_shape(op, "output", y, g.n, g.co, g.oh, g.ow, err)) ||
-        (st = nn_check_disjoint(op, "the input", y, x, err)) ||
-        (st = nn_check_disjoint(op, "the weights", y, w, err)) ||
-        (st = nn_check_disjoint(op, "the bias", y, bias, err)) ||
-        (st = nn_check_disjoint(op, "the slope", y, slope, err)))
+        (st = conv_disjoint(op, y, x, w, bias, slope, err)))
         return st;
 
     conv_plan plan = conv_choose(&g);
@@ -683,10 +694,7 @@ fm_status fm_nn_conv2d_prelu_maxpool(fm_arena *a, const fm_tensor *x, const fm_t
         (st = fm_nn_conv2d_shape(x, w, p, &cs, err)) ||
         (st = fm_nn_pool2d_shape(&cs, pool, &ps, err)) ||
         (st = nn_check_shape(op, "output", y, ps.n, ps.c, ps.h, ps.w, err)) ||
-        (st = nn_check_disjoint(op, "the input", y, x, err)) ||
-        (st = nn_check_disjoint(op, "the weights", y, w, err)) ||
-        (st = nn_check_disjoint(op, "the bias", y, bias, err)) ||
-        (st = nn_check_disjoint(op, "the slope", y, slope, err)))
+        (st = conv_disjoint(op, y, x, w, bias, slope, err)))
         return st;
     if (slope) {
         const fm_tensor out = fm_tensor_make(1, w->n, 1, 1, NULL);

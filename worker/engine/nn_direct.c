@@ -28,7 +28,6 @@
 #include "nn_impl.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -741,102 +740,6 @@ static void winograd4_weights(const conv_geom *g, const float *w, float *u, size
     }
 }
 
-/* A 64-bit digest of n floats (their bits, 8 bytes a step). */
-static uint64_t weights_digest(const float *w, size_t n)
-{
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
-    size_t i = 0;
-    for (; i + 2 <= n; i += 2) {
-        uint64_t v;
-        memcpy(&v, w + i, sizeof v);
-        h = (h ^ v) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-    }
-    if (i < n) {
-        uint32_t v;
-        memcpy(&v, w + i, sizeof v);
-        h = (h ^ v) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-    }
-    return h;
-}
-
-/* The transformed F(4x4) weights of the last few layers this thread ran whose weights
- * are not a model's (those are kept once, nn_keep.c): weights a caller made, or
- * training's. Found by the weights' address, shape and digest: computing them took as
- * long as the convolution of a small pyramid level (P-Net runs each layer once per
- * strip of each level), the digest takes a tenth of that. Weights changed in place
- * have another digest and are transformed again. Each thread's cache is freed when it
- * ends. */
-#define W4_CACHE 4
-typedef struct w4_cached {
-    const float *w;
-    int co, c, group;
-    uint64_t digest;
-    float *u; /* 36 x co x c */
-} w4_cached;
-typedef struct w4_cache {
-    w4_cached e[W4_CACHE];
-    int next;
-} w4_cache;
-static pthread_key_t w4_key;
-static pthread_once_t w4_once = PTHREAD_ONCE_INIT;
-static int w4_key_ok;
-
-static void w4_cache_free(void *p)
-{
-    w4_cache *c = p;
-    for (int i = 0; i < W4_CACHE; i++)
-        free(c->e[i].u);
-    free(c);
-}
-
-static void w4_key_make(void) { w4_key_ok = pthread_key_create(&w4_key, w4_cache_free) == 0; }
-
-/* This thread's cache, or NULL when there is none to be had. */
-static w4_cache *w4_cache_get(void)
-{
-    pthread_once(&w4_once, w4_key_make);
-    if (!w4_key_ok)
-        return NULL;
-    w4_cache *c = pthread_getspecific(w4_key);
-    if (!c && (c = calloc(1, sizeof *c)) != NULL && pthread_setspecific(w4_key, c) != 0) {
-        free(c);
-        c = NULL;
-    }
-    return c;
-}
-
-/* u: the transformed weights of g's w, from the cache or computed into it (or, without
- * a cache or memory for it, into fallback). */
-static const float *winograd4_weights_cached(const conv_geom *g, const float *w, int group,
-                                             float *fallback)
-{
-    const size_t eu = (size_t)g->co * g->c;
-    w4_cache *c = w4_cache_get();
-    if (!c) {
-        winograd4_weights(g, w, fallback, eu, group);
-        return fallback;
-    }
-    const uint64_t digest = weights_digest(w, eu * 9);
-    for (int i = 0; i < W4_CACHE; i++) {
-        const w4_cached *e = &c->e[i];
-        if (e->u && e->w == w && e->co == g->co && e->c == g->c && e->group == group &&
-            e->digest == digest)
-            return e->u;
-    }
-    w4_cached *e = &c->e[c->next];
-    float *u = realloc(e->u, 36 * eu * sizeof *u);
-    if (!u) {
-        winograd4_weights(g, w, fallback, eu, group);
-        return fallback;
-    }
-    c->next = (c->next + 1) % W4_CACHE;
-    winograd4_weights(g, w, u, eu, group);
-    *e = (w4_cached){w, g->co, g->c, group, digest, u};
-    return u;
-}
-
 /* nn_kept_layout's makers for the direct Winograd kernels: arg is the product group. */
 static void make_wt2(const conv_geom *g, const float *w, int group, float *u)
 {
@@ -849,8 +752,8 @@ static void make_wt4(const conv_geom *g, const float *w, int group, float *u)
 
 /* nn_conv_direct as Winograd in registers, F(4x4, 3x3) (four) or F(2x2, 3x3): the
  * transformed weights [36 or 16][co][c] (the output channels in the set's product
- * groups; a model's kept, nn_keep.c; others F(4x4)'s from this thread's cache,
- * F(2x2)'s computed here), bias and slope per channel, then each image. */
+ * groups; a model's kept, nn_keep.c, others computed here), bias and slope per
+ * channel, then each image. */
 static void conv_winograd(const dc_kernels *kn, const conv_geom *g, int four, const float *x,
                           const float *w, const float *bias, const float *slope,
                           int n_slope, float *y, float *scratch)
@@ -859,14 +762,12 @@ static void conv_winograd(const dc_kernels *kn, const conv_geom *g, int four, co
     const size_t eu = (size_t)g->co * g->c;
     float *uf = scratch, *b = uf + pos * eu, *s = b + g->co;
     float *vbuf = s + g->co, *mbuf = vbuf + pos * (size_t)g->c * blk;
-    /* a model's weights: transformed once and kept (nn_keep.c); others: F(4x4)'s
-     * from this thread's cache, F(2x2)'s computed here */
+    /* a model's weights: transformed once and kept (nn_keep.c); others here */
+    const nn_layout_fn make = four ? make_wt4 : make_wt2;
     const float *u = nn_kept_layout(g, w, four ? NN_KEEP_WT4 : NN_KEEP_WT2, kn->wt_co,
-                                    pos * eu, four ? make_wt4 : make_wt2);
-    if (!u && four)
-        u = winograd4_weights_cached(g, w, kn->wt_co, uf);
+                                    pos * eu, make);
     if (!u) {
-        nn_winograd_weights(g, w, uf, eu, kn->wt_co);
+        make(g, w, kn->wt_co, uf);
         u = uf;
     }
     for (int o = 0; o < g->co; o++) {
