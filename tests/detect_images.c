@@ -12,6 +12,9 @@
  *   up2.jpg      sample5 at twice its size (3840x2796): decoded at 1/2 under the
  *                default max_side, so it checks the mapping back to original pixels
  *   narrow.jpg   a 250x1400 column of sample6 holding one face (tall and narrow)
+ *   small.jpg    sample1 at 1/SMALL_DIV (box filter; faces of 17 to 19 pixels) in the
+ *                top-left corner of a 1920x1280 gray image: faces under 2.5% of the
+ *                long side (detect.min_face_frac)
  *   blank.jpg    640x480 flat gray (no faces)
  *   tiny.jpg     11x9 gray (too small for any pyramid level)
  * Exit 0 on success, 1 with a message on stderr otherwise.
@@ -40,6 +43,36 @@ static int write(const char *dir, const char *name, const uint8_t *px, int w, in
         return 1;
     }
     return 0;
+}
+
+/* Box-filtered 1/SMALL_DIV of sample1 inside a gray 1920x1280 image. */
+#define SMALL_DIV 11
+#define SMALL_W 1920
+#define SMALL_H 1280
+
+static int small_write(const fm_image *src, const char *dir)
+{
+    uint8_t *px = malloc((size_t)SMALL_W * SMALL_H * 3);
+    if (!px) {
+        fprintf(stderr, "detect_images: out of memory\n");
+        return 1;
+    }
+    memset(px, 128, (size_t)SMALL_W * SMALL_H * 3);
+    const int k = SMALL_DIV, w = src->w / k, h = src->h / k;
+    for (int y = 0; y < h && y < SMALL_H; y++)
+        for (int x = 0; x < w && x < SMALL_W; x++)
+            for (int c = 0; c < 3; c++) {
+                int sum = 0;
+                for (int dy = 0; dy < k; dy++)
+                    for (int dx = 0; dx < k; dx++)
+                        sum += src->data[(size_t)(y * k + dy) * src->stride +
+                                         (size_t)(x * k + dx) * 3 + (size_t)c];
+                px[((size_t)y * SMALL_W + (size_t)x) * 3 + (size_t)c] =
+                    (uint8_t)((sum + k * k / 2) / (k * k));
+            }
+    int rc = write(dir, "small.jpg", px, SMALL_W, SMALL_H);
+    free(px);
+    return rc;
 }
 
 /* Warps src with m_inv (output -> source) into a new w x h image and writes it. */
@@ -93,6 +126,9 @@ int main(int argc, char **argv)
         if (warp_write(&img, m, img.w / 2, img.h / 2, FM_BORDER_REPLICATE, out, "down50.jpg"))
             goto done;
     }
+    /* Small faces in a large image. */
+    if (small_write(&img, out))
+        goto done;
     /* 15 degrees about the centre. */
     if (load(d, in, "sample3.jpg", &img))
         goto done;

@@ -157,6 +157,19 @@ static void test_scales(void)
     CHECK(fm_mtcnn_scales(4000, 4000, 12, 0.9, 0, s, 2) > 2);
     CHECK(fm_mtcnn_scales(100, 100, 0, 0.5, 0, s, 8) == -1);
     CHECK(fm_mtcnn_scales(100, 100, 20, 1.0, 0, s, 8) == -1);
+    /* The first level for a smallest face searched: windows 12 / s of 20, 28.2, 39.9,
+     * 56.3: 48 skips the first two (39.9 still finds faces of 48), 39.9 the first
+     * two as well (with the margin for rounding), 28 only the first, 20 or 0 none. */
+    double w4[4] = {0.6, 0.6 * 0.709, 0.6 * 0.709 * 0.709, 0.6 * 0.709 * 0.709 * 0.709};
+    CHECK(fm_mtcnn_first_level(w4, 4, 48) == 2);
+    CHECK(fm_mtcnn_first_level(w4, 4, 12 / w4[2]) == 2);
+    CHECK(fm_mtcnn_first_level(w4, 4, 12 / w4[2] * (1 - 1e-6)) == 1);
+    CHECK(fm_mtcnn_first_level(w4, 4, 28) == 0 + (12 / w4[1] <= 28));
+    CHECK(fm_mtcnn_first_level(w4, 4, 20) == 0);
+    CHECK(fm_mtcnn_first_level(w4, 4, 0) == 0);
+    /* never past the last level, however large the face */
+    CHECK(fm_mtcnn_first_level(w4, 4, 1e6) == 3);
+    CHECK(fm_mtcnn_first_level(w4, 1, 1e6) == 0);
     /* P-Net map: ceil((h - 2) / 2) - 4. */
     CHECK(fm_mtcnn_pnet_out(11) == 0);
     CHECK(fm_mtcnn_pnet_out(12) == 1);
@@ -335,6 +348,12 @@ static void test_open_errors(const char *models)
     o.min_face = 0;
     CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID);
     fm_detect_opts_defaults(&o);
+    o.min_face_frac = 0.6;
+    CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID &&
+          strstr(err.msg, "min_face_frac"));
+    o.min_face_frac = -0.1;
+    CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID);
+    fm_detect_opts_defaults(&o);
     o.max_candidates = -1;
     CHECK(fm_detector_open(&d, "/nonexistent", &o, &err) == FM_ERR_INVALID);
     CHECK(fm_detector_open(NULL, "/nonexistent", NULL, &err) == FM_ERR_INVALID);
@@ -498,6 +517,28 @@ static void test_with_models(const char *models)
     st = fm_detect(d, &img, faces, 64, &n, &t, &err);
     CHECK_MSG(st == FM_OK, "%s", err.msg);
     CHECK(n == 0 && t.onet_boxes == 0 && t.levels == 10 && !t.truncated);
+    CHECK(t.levels_skipped == 0); /* 2.5% of 640 is under min_face */
+
+    /* min_face_frac: 2.5% of 1700 is 42.5 pixels, so of min_face's windows 20, 28.2,
+     * 39.9 and 56.3 the first two are skipped; the same image DCT-scaled to 1/2 (the
+     * sizes in decoded pixels halved) skips the same two, whether or not it gives its
+     * original size. */
+    double all[FM_DETECT_MAX_LEVELS];
+    int full = fm_mtcnn_scales(1700, 1200, 20, 0.709, 1600, all, FM_DETECT_MAX_LEVELS);
+    img = gray_image(px, 1700, 1200, 128);
+    CHECK(fm_detect(d, &img, faces, 64, &n, &t, &err) == FM_OK);
+    CHECK_MSG(t.levels_skipped == 2 && t.levels == full - 2, "1700x1200: %d run, %d skipped",
+              t.levels, t.levels_skipped);
+    img = gray_image(px, 850, 600, 128);
+    img.orig_w = 1700;
+    img.orig_h = 1200;
+    img.scale_denom = 2;
+    full = fm_mtcnn_scales(850, 600, 10, 0.709, 1600, all, FM_DETECT_MAX_LEVELS);
+    CHECK(fm_detect(d, &img, faces, 64, &n, &t, &err) == FM_OK);
+    CHECK_MSG(t.levels_skipped == 2 && t.levels == full - 2, "1/2 of 1700x1200: %d run, %d "
+              "skipped", t.levels, t.levels_skipped);
+    img.orig_w = img.orig_h = 0;
+    CHECK(fm_detect(d, &img, faces, 64, &n, &t, &err) == FM_OK && t.levels_skipped == 2);
 
     /* Odd shapes run within the arena measured at open. */
     run_shapes(d, px, "defaults");
@@ -721,6 +762,8 @@ static void test_pad(const char *models)
     if (!dec)
         return;
     img.scale_num = img.scale_denom = 1; /* compare in decoded pixels */
+    img.orig_w = img.w;
+    img.orig_h = img.h;
     const double pad = 0.25;
     int p = (int)lround(pad * (img.w > img.h ? img.w : img.h));
     int pw = img.w + 2 * p, ph = img.h + 2 * p;

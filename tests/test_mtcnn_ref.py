@@ -8,7 +8,8 @@ double size so decoding DCT-scales it, tall and narrow, blank, tiny), `facemill
 detect --ppm-dir` detects
 faces and writes the decoded RGB pixels; the reference runs on that PPM with the same
 settings (min_face converted to decoded pixels by the reported DCT scale, max_side
-1600: the defaults). facemill's coordinates are mapped back to decoded pixels, then:
+1600, the levels for faces under min_face_frac 0.025 of the long side skipped: the
+defaults). facemill's coordinates are mapped back to decoded pixels, then:
   - both find the same number of faces;
   - faces are paired one to one (best IoU first) and every pair has IoU deficit
     (1 - IoU) <= 1e-4, every landmark within 0.02 px, scores within 1e-4.
@@ -19,7 +20,10 @@ the score of a face far from saturation most), so a half-pixel convention bug or
 rounding that differs (in the pyramid, the crops or the coordinate mapping) fails
 them, and kernels that round differently do not.
 Two images run again with detect.pad=0.25; the reference then gets the PPM inside a
-border of gray 128 (what the option means) and its coordinates are shifted back.
+border of gray 128 (what the option means) and its coordinates are shifted back. Two
+sample photos and an image of 17-19 pixel faces in a 1920x1280 frame run again with
+detect.min_face_frac=0 (every level of the pyramid); on the latter the default must
+find fewer faces than every level does (the levels for them were skipped).
 Prints per image the worst IoU deficit (1 - IoU), landmark error and score difference,
 then the worst of each over all images next to its bound.
 
@@ -46,19 +50,24 @@ MAX_IOU_DEFICIT = 1e-4
 MAX_LANDMARK_PX = 0.02
 MAX_SCORE_DIFF = 1e-4
 MIN_FACE = 20.0
+MIN_FACE_FRAC = 0.025
 MAX_SIDE = 1600
 FACTOR = 0.709
 THRESHOLDS = (0.6, 0.7, 0.7)
-GENERATED = ["down50", "rot15", "crop", "tight", "up2", "narrow", "blank", "tiny"]
+GENERATED = ["down50", "rot15", "crop", "tight", "up2", "narrow", "blank", "tiny", "small"]
 # Run again with detect.pad (the reference gets the PPM padded with gray by numpy).
 PAD = 0.25
 PAD_VALUE = 128  # FM_DETECT_PAD_VALUE
 # facemill's landmark names, in the reference's order
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 PADDED = ["tight", "crop"]
+# Run again with every pyramid level (detect.min_face_frac=0): two sample photos and
+# the image of small faces, where the default must find fewer (its levels skipped)
+ALL_LEVELS = ["sample1", "sample4", "small"]
 # Faces the reference finds on the generated images must not all vanish: these must
 # have at least one (a check that the generated images are what they claim to be).
-EXPECT_FACES = {"down50", "rot15", "crop", "up2", "narrow", "tight+pad", "crop+pad"}
+EXPECT_FACES = {"down50", "rot15", "crop", "up2", "narrow", "tight+pad", "crop+pad",
+                "small+levels"}
 EXPECT_NONE = {"blank", "tiny", "tight"}
 
 
@@ -121,7 +130,7 @@ def run_facemill(bindir, cache, ppm, images, extra):
     return lines
 
 
-def check_image(det, mtcnn_ref, name, path, out, ppm, pad, worst):
+def check_image(det, mtcnn_ref, name, path, out, ppm, pad, worst, frac=MIN_FACE_FRAC):
     """Compares one facemill result with the reference; returns True when it agrees."""
     if out.get("source") != path or out.get("error") is not None:
         print("FAIL  %-14s facemill error: %s" % (name, out.get("error")))
@@ -134,7 +143,10 @@ def check_image(det, mtcnn_ref, name, path, out, ppm, pad, worst):
         import numpy as np
         p = int(math.floor(pad * max(img.shape[0], img.shape[1]) + 0.5))
         img = np.pad(img, ((p, p), (p, p), (0, 0)), constant_values=PAD_VALUE)
-    ref = det.detect(img, MIN_FACE * num / den, FACTOR, THRESHOLDS, MAX_SIDE)
+    # the smallest face searched: min_face or frac of the original's long side
+    min_search = max(MIN_FACE, frac * max(out["width"], out["height"])) * num / den
+    ref = det.detect(img, MIN_FACE * num / den, FACTOR, THRESHOLDS, MAX_SIDE,
+                     min_search=min_search)
     for r in ref:  # back to the unpadded image
         r["box"] = [v - p for v in r["box"]]
         r["landmarks"] = [[x - p, y - p] for x, y in r["landmarks"]]
@@ -195,7 +207,11 @@ def main(argv):
         pad_images = [os.path.join(gen, n + ".jpg") for n in PADDED]
         pad_lines = run_facemill(bindir, cache, ppm, pad_images,
                                  ["--set", "detect.pad=%g" % PAD])
-        if lines is None or pad_lines is None:
+        all_images = [os.path.join(samples if n.startswith("sample") else gen, n + ".jpg")
+                      for n in ALL_LEVELS]
+        all_lines = run_facemill(bindir, cache, ppm, all_images,
+                                 ["--set", "detect.min_face_frac=0"])
+        if lines is None or pad_lines is None or all_lines is None:
             return 1
         det = mtcnn_ref.Detector(cache)
         failed = 0
@@ -206,7 +222,19 @@ def main(argv):
         for path, out in zip(pad_images, pad_lines):
             name = os.path.splitext(os.path.basename(path))[0] + "+pad"
             failed += not check_image(det, mtcnn_ref, name, path, out, ppm, PAD, worst)
-        images += pad_images
+        for path, out in zip(all_images, all_lines):
+            name = os.path.splitext(os.path.basename(path))[0] + "+levels"
+            failed += not check_image(det, mtcnn_ref, name, path, out, ppm, 0, worst, 0.0)
+        n_default = {os.path.splitext(os.path.basename(p))[0]: len(o["faces"])
+                     for p, o in zip(images, lines)}
+        n_all = {os.path.splitext(os.path.basename(p))[0]: len(o["faces"])
+                 for p, o in zip(all_images, all_lines)}
+        if not n_default["small"] < n_all["small"]:
+            print("FAIL  small: %d faces with the default min_face_frac, %d with every level "
+                  "(the levels for faces under 2.5%% of the long side were not skipped)"
+                  % (n_default["small"], n_all["small"]))
+            failed += 1
+        images += pad_images + all_images
         print("test_mtcnn_ref: worst of paired faces: IoU deficit %.2e (bound %g), landmark "
               "error %.2e px (bound %g), score difference %.2e (bound %g)"
               % (worst[0], MAX_IOU_DEFICIT, worst[1], MAX_LANDMARK_PX, worst[2],

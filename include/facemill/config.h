@@ -81,6 +81,7 @@ typedef struct fm_config {
     } decode;
     struct {
         int64_t min_face;      /* smallest face searched for, pixels */
+        double min_face_frac;  /* ... and fraction of the image's long side */
         int64_t max_side;      /* long side of the image the detector works on */
         double scale_factor;   /* ratio between pyramid levels */
         double pnet_threshold; /* stage scores a candidate needs to go on */

@@ -12,7 +12,8 @@
  * squaring, landmarks); tests/test_mtcnn_ref.py checks the two agree. Documented
  * below: two deliberate differences (min_face is in pixels of the ORIGINAL image, see
  * fm_image's DCT scale; candidate buffers have a fixed capacity) and one option the
- * reference lacks (pad, off by default).
+ * reference lacks (pad, off by default); the reference skips levels as
+ * min_face_frac does when given the smallest face searched.
  *
  * How the work is bounded. The largest pyramid level is at most max_side (+1 for
  * rounding) pixels on its long side. P-Net runs over each level in horizontal strips
@@ -39,6 +40,23 @@
  * the pixels. On UTKFace val, pad 0.25 raises the share of images with a face from
  * 98.7% to 99.9% (ops/bench/bench_detect.c); it stays 0 by default (config key
  * detect.pad) because it enlarges every pyramid level of ordinary photos for no gain.
+ *
+ * Smallest face. The pyramid's first level scales the image by 12 / min_face, so the
+ * faces of min_face pixels cost the most: the first two levels hold three quarters of
+ * the pyramid's pixels. opts.min_face_frac also bounds the smallest face by the
+ * image's size: with M = max(min_face, min_face_frac x the long side), both in pixels
+ * of the original image, a level is skipped when the next one still finds faces of M
+ * pixels (its window, 12 / s, is at most M), so the first level run is the last whose
+ * window is at most M (with pad, the border counts as image, as for the rules above).
+ * The levels that run are exactly min_face's, so a face larger
+ * than M is searched at the same scales as with min_face_frac 0. Small images are
+ * untouched (at 0.025, images up to 800 pixels on their long side), and a larger photo
+ * costs about what a 640x480 image does (its first level run is 480 to 680 pixels on
+ * its long side), as with a detector of fixed input size. Faces under M are not
+ * searched for, but P-Net's window also fires on faces somewhat smaller than itself:
+ * of sample1's three faces shrunk to 17-19 pixels in a 1920x1280 frame, 1 is still
+ * found (all 3 at 21-23 pixels), with lower scores and looser boxes than every level
+ * gives (tests/test_mtcnn_ref.py; README, "Choosing detect.min_face").
  *
  * Second look. Grayscale, over-exposed, rotated or partly covered faces often score
  * just under the thresholds. When the first pass finds no face at all and opts.retry
@@ -91,6 +109,11 @@ typedef struct fm_detect_opts {
     double min_face;       /* smallest face searched for, in pixels of the ORIGINAL
                               image (before DCT scaling); > 0. The first pyramid level
                               scales the image by 12 / min_face. */
+    double min_face_frac;  /* 0..0.5: faces smaller than this fraction of the image's
+                              long side (ORIGINAL pixels) are not searched either: the
+                              pyramid levels that would find only such faces are
+                              skipped, the others are min_face's (see "Smallest
+                              face"); 0 = min_face alone */
     int max_side;          /* long side of the largest pyramid level, 12..16384: the
                               first level's scale is also <= max_side / long side */
     double scale_factor;   /* ratio between pyramid levels, 0 < f <= 0.99 */
@@ -110,13 +133,13 @@ typedef struct fm_detect_opts {
     double retry_onet_threshold;
 } fm_detect_opts;
 
-/* The built-in defaults: min_face 20, max_side 1600, scale_factor 0.709, thresholds
- * 0.6 / 0.7 / 0.7, max_faces 64, pad 0, default caps, the second look on with
- * thresholds 0.5 / 0.6 / 0.6 (equal to the config defaults). */
+/* The built-in defaults: min_face 20, min_face_frac 0.025, max_side 1600, scale_factor
+ * 0.709, thresholds 0.6 / 0.7 / 0.7, max_faces 64, pad 0, default caps, the second look
+ * on with thresholds 0.5 / 0.6 / 0.6 (equal to the config defaults). */
 void fm_detect_opts_defaults(fm_detect_opts *o);
 
-/* The detect.* settings of c (min_face, max_side, scale_factor, the thresholds,
- * max_faces, pad, the second look); the caps stay 0 (defaults). */
+/* The detect.* settings of c (min_face, min_face_frac, max_side, scale_factor, the
+ * thresholds, max_faces, pad, the second look); the caps stay 0 (defaults). */
 void fm_detect_opts_from_config(fm_detect_opts *o, const fm_config *c);
 
 /* One detected face, in the coordinates of the ORIGINAL image: pixel centres at
@@ -148,6 +171,7 @@ typedef struct fm_detect_times {
     double rnet_ms;  /* crops, R-Net, NMS, regression */
     double onet_ms;  /* crops, O-Net, landmarks, regression, NMS */
     int levels;      /* pyramid levels run */
+    int levels_skipped; /* levels skipped for min_face_frac (smaller faces than it) */
     int pnet_boxes;  /* candidates entering R-Net */
     int rnet_boxes;  /* candidates entering O-Net */
     int onet_boxes;  /* faces found, before the max_faces / capacity cut */

@@ -346,9 +346,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
         goto done;
     }
-    printf("settings: min_face %g, max_side %d, scale_factor %g, thresholds %g/%g/%g, pad %g, "
-           "%d OpenBLAS thread(s); detector arena %.1f MiB\n",
-           o.min_face, o.max_side, o.scale_factor, o.pnet_threshold, o.rnet_threshold,
+    printf("settings: min_face %g, min_face_frac %g, max_side %d, scale_factor %g, "
+           "thresholds %g/%g/%g, pad %g, %d OpenBLAS thread(s); detector arena %.1f MiB\n",
+           o.min_face, o.min_face_frac, o.max_side, o.scale_factor, o.pnet_threshold, o.rnet_threshold,
            o.onet_threshold, o.pad, fm_nn_threads(),
            (double)fm_detector_arena_bytes(det) / 1048576.0);
     printf("BLAS kernels %s: %s\nengine kernels: %s\n", blas.core, blas.reason,

@@ -77,6 +77,10 @@ Pyramid. s0 = 12 / min_face; with max_side > 0, s0 = min(s0, max_side / max(W, H
 (the largest level is at most max_side pixels on its long side). Levels s_k: s_0 =
 s0, s_(k+1) = s_k * factor (repeated double multiplication, no pow), for as long as
 min(W, H) * s_k >= 12. Level size hs = ceil(H * s_k), ws = ceil(W * s_k).
+With a smallest face searched min_search > 0 (facemill's max(min_face, min_face_frac
+x the long side)), level k is left out while level k + 1's window 12 / s_(k+1) is
+<= min_search * (1 + 1e-9): the first level run is the last whose window is at most
+min_search; the others are unchanged.
 
 NMS(boxes, threshold, mode). Stable sort by score, highest first (equal scores keep
 their input order); walk that list and keep a box unless its overlap with an
@@ -101,7 +105,8 @@ Stage 3 (O-Net): 48x48 crop, keep score > t3; landmarks from the CROPPED box:
 x_k = x1 + w * px_k, y_k = y1 + h * py_k; regress with O-Net (not squared); NMS 0.7
 "min" on the regressed boxes. Output sorted by O-Net score, highest first.
 
-Defaults: min_face 20, factor 0.709, thresholds 0.6, 0.7, 0.7, max_side 0 (no limit).
+Defaults: min_face 20, factor 0.709, thresholds 0.6, 0.7, 0.7, max_side 0 (no limit),
+min_search 0 (every level).
 """
 
 import argparse
@@ -376,7 +381,7 @@ def square(boxes):
 # ---------------------------------------------------------------------------
 
 
-def pyramid_scales(w, h, min_face, factor, max_side):
+def pyramid_scales(w, h, min_face, factor, max_side, min_search=0.0):
     s = 12.0 / min_face
     if max_side > 0:
         s = min(s, max_side / max(w, h))
@@ -384,7 +389,11 @@ def pyramid_scales(w, h, min_face, factor, max_side):
     while min(w, h) * s >= 12:
         scales.append(s)
         s = s * factor
-    return scales
+    first = 0
+    if min_search > 0:
+        while first + 1 < len(scales) and 12.0 / scales[first + 1] <= min_search * (1 + 1e-9):
+            first += 1
+    return scales[first:]
 
 
 class Detector:
@@ -398,11 +407,11 @@ class Detector:
             yield _normalise(np.stack([crop(imgp, b, size) for b in boxes[k:k + BATCH]]))
 
     def detect(self, img, min_face=20.0, factor=0.709, thresholds=(0.6, 0.7, 0.7),
-               max_side=0.0, stages=None):
+               max_side=0.0, stages=None, min_search=0.0):
         h, w, _ = img.shape
         imgf = img.astype(np.float32)
         t1, t2, t3 = thresholds
-        scales = pyramid_scales(w, h, min_face, factor, max_side)
+        scales = pyramid_scales(w, h, min_face, factor, max_side, min_search)
         if stages is not None:
             stages.update(scales=scales, rnet_in=[], onet_in=[])
 
@@ -507,6 +516,8 @@ def main(argv):
     ap.add_argument("--thresholds", default="0.6,0.7,0.7")
     ap.add_argument("--max-side", type=float, default=0.0,
                     help="largest pyramid level's long side (0: no limit)")
+    ap.add_argument("--min-search", type=float, default=0.0,
+                    help="smallest face searched (levels for smaller ones skipped; 0: all)")
     ap.add_argument("--stages", action="store_true", help="include intermediate boxes")
     ap.add_argument("--draw", help="write the image with the detections to this PPM")
     args = ap.parse_args(argv)
@@ -522,12 +533,14 @@ def main(argv):
         print("mtcnn_ref: %s" % e, file=sys.stderr)
         return 1
     stages = {} if args.stages else None
-    faces = det.detect(img, args.min_face, args.factor, th, args.max_side, stages)
+    faces = det.detect(img, args.min_face, args.factor, th, args.max_side, stages,
+                       args.min_search)
     res = {"image": args.image, "width": img.shape[1], "height": img.shape[0],
            "params": {"min_face": args.min_face, "factor": args.factor,
-                      "thresholds": list(th), "max_side": args.max_side},
+                      "thresholds": list(th), "max_side": args.max_side,
+                      "min_search": args.min_search},
            "scales": pyramid_scales(img.shape[1], img.shape[0], args.min_face,
-                                    args.factor, args.max_side),
+                                    args.factor, args.max_side, args.min_search),
            "faces": faces}
     if stages is not None:
         res["stages"] = {k: v for k, v in stages.items() if k != "scales"}

@@ -91,6 +91,10 @@ const fm_config_setting fm_config_settings[] = {
     SET_INT("detect.min_face", detect.min_face, 20, 8, 10000,
             "smallest face searched for, in pixels; larger is faster (fewer pyramid "
             "levels)"),
+    SET_FLOAT("detect.min_face_frac", detect.min_face_frac, 0.025, 0.0, 0.5,
+              "smallest face searched for, as a fraction of the image's long side: the "
+              "pyramid levels for smaller faces are skipped, so large photos cost about "
+              "what small ones do; 0: min_face alone"),
     SET_INT("detect.max_side", detect.max_side, 1600, 64, 16384,
             "maximum working resolution: the long side of the image the detector sees"),
     SET_FLOAT("detect.scale_factor", detect.scale_factor, 0.709, 0.3, 0.95,

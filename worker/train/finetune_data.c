@@ -39,8 +39,11 @@ static void faces_key(char *buf, size_t size, const fm_config *c)
                      (long long)c->decode.max_pixels);
     /* appended only when on, so caches made before the second look still load */
     if (n > 0 && (size_t)n < size && d.retry)
-        snprintf(buf + n, size - (size_t)n, "|retry %.17g %.17g %.17g", d.retry_pnet_threshold,
-                 d.retry_rnet_threshold, d.retry_onet_threshold);
+        n += snprintf(buf + n, size - (size_t)n, "|retry %.17g %.17g %.17g",
+                      d.retry_pnet_threshold, d.retry_rnet_threshold, d.retry_onet_threshold);
+    /* appended only when on, as the second look */
+    if (n > 0 && (size_t)n < size && d.min_face_frac > 0)
+        snprintf(buf + n, size - (size_t)n, "|min_face_frac %.17g", d.min_face_frac);
 }
 
 typedef struct detect_ctx {

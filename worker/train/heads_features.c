@@ -47,6 +47,8 @@ static int cache_key(char *buf, size_t size, const fm_pipeline *p, const fm_conf
                       d->retry_onet_threshold);
     if (n > 0 && (size_t)n < size && c->detect.mode == FM_DETECT_MTCNN && c->detect.fallback)
         n += snprintf(buf + n, size - (size_t)n, "|fallback %d", c->detect.fallback);
+    if (n > 0 && (size_t)n < size && c->detect.mode == FM_DETECT_MTCNN && d->min_face_frac > 0)
+        n += snprintf(buf + n, size - (size_t)n, "|min_face_frac %.17g", d->min_face_frac);
     return n > 0 && (size_t)n < size ? 0 : -1;
 }
 

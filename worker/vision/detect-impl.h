@@ -55,6 +55,12 @@ int fm_mtcnn_square(double box[4]);
 int fm_mtcnn_scales(int w, int h, double min_face, double factor, double max_side,
                     double *scales, int cap);
 
+/* The first of the n pyramid scales to run when faces smaller than min_search pixels
+ * are not searched: level k is skipped while level k + 1 still finds faces of
+ * min_search pixels (its window 12 / scales[k + 1] is at most min_search, with a
+ * relative margin of 1e-9 for rounding). 0 when min_search <= 0 or n < 2. */
+int fm_mtcnn_first_level(const double *scales, int n, double min_search);
+
 /* Size of the P-Net output map for an input of h rows (or columns): ceil((h - 2) / 2)
  * - 4 (0 when h < 12). */
 int fm_mtcnn_pnet_out(int h);

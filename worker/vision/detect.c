@@ -193,6 +193,16 @@ int fm_mtcnn_scales(int w, int h, double min_face, double factor, double max_sid
     return n;
 }
 
+int fm_mtcnn_first_level(const double *scales, int n, double min_search)
+{
+    int k = 0;
+    if (!(min_search > 0))
+        return 0;
+    while (k + 1 < n && 12.0 / scales[k + 1] <= min_search * (1 + 1e-9))
+        k++;
+    return k;
+}
+
 int fm_mtcnn_pnet_out(int h)
 {
     if (h < 12)
@@ -628,6 +638,7 @@ void fm_detect_opts_defaults(fm_detect_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->min_face = 20;
+    o->min_face_frac = 0.025;
     o->max_side = 1600;
     o->scale_factor = 0.709;
     o->pnet_threshold = 0.6;
@@ -644,6 +655,7 @@ void fm_detect_opts_from_config(fm_detect_opts *o, const fm_config *c)
 {
     fm_detect_opts_defaults(o);
     o->min_face = (double)c->detect.min_face;
+    o->min_face_frac = c->detect.min_face_frac;
     o->max_side = c->detect.max_side > INT_MAX ? INT_MAX : (int)c->detect.max_side;
     o->scale_factor = c->detect.scale_factor;
     o->pnet_threshold = c->detect.pnet_threshold;
@@ -662,6 +674,9 @@ static fm_status check_opts(const fm_detect_opts *o, fm_error *err)
     if (!(o->min_face > 0) || !isfinite(o->min_face))
         return fm_error_set(err, FM_ERR_INVALID, "detector: min_face %g must be > 0",
                             o->min_face);
+    if (!(o->min_face_frac >= 0 && o->min_face_frac <= 0.5))
+        return fm_error_set(err, FM_ERR_INVALID, "detector: min_face_frac %g is outside 0..0.5",
+                            o->min_face_frac);
     if (o->max_side < 12 || o->max_side > 16384)
         return fm_error_set(err, FM_ERR_INVALID, "detector: max_side %d is outside 12..16384",
                             o->max_side);
@@ -1302,7 +1317,8 @@ static int pnet_finish(fm_detector *d, fm_mtcnn_cand *all, int n, double min_sco
  * alone would give (the cells above the lower threshold are kept, each list's NMS
  * sees only those above its own). */
 static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
-                            fm_detect_times *t, int *n_out, int *n_retry, fm_error *err)
+                            double min_search, fm_detect_times *t, int *n_out, int *n_retry,
+                            fm_error *err)
 {
     const fm_detect_opts *o = &d->opts;
     const double th1 = o->pnet_threshold, th2 = o->retry_pnet_threshold;
@@ -1319,13 +1335,17 @@ static fm_status stage_pnet(fm_detector *d, const src_view *v, double min_face,
                                  d->scales, FM_DETECT_MAX_LEVELS);
     if (levels < 0 || levels > FM_DETECT_MAX_LEVELS)
         return fm_error_set(err, FM_ERR_INTERNAL, "detector: %d pyramid levels", levels);
-    t->levels = levels;
+    /* min_face's levels, less those for faces under min_search (detect.h, "Smallest
+     * face") */
+    const int first = fm_mtcnn_first_level(d->scales, levels, min_search);
+    t->levels = levels - first;
+    t->levels_skipped = first;
     fm_mtcnn_topk all, all2;
     fm_mtcnn_topk_init(&all, d->cand_a, d->cand_cap);
     /* the second look's cross-level list: in cand_r until it is finished */
     fm_mtcnn_topk_init(&all2, two ? d->cand_r : d->cand_a, two ? d->cand_cap : 0);
     int32_t seq_all = 0, seq_all2 = 0;
-    for (int li = 0; li < levels; li++) {
+    for (int li = first; li < levels; li++) {
         double s = d->scales[li];
         double hd = ceil((double)v->h * s), wd = ceil((double)v->w * s);
         if (wd > (double)d->max_level_w || hd > (double)d->max_level_w)
@@ -1605,11 +1625,22 @@ fm_status fm_detect(fm_detector *d, const fm_image *img, fm_face *faces, int cap
     double den = img->scale_denom > 0 ? img->scale_denom : 1;
     double r = den / num; /* decoded -> original */
     double min_face = d->opts.min_face * num / den;
+    /* the smallest face searched, in decoded pixels: min_face or the share of the
+     * original image's long side (its border included, as for the other rules), the
+     * larger */
+    double long_side = img->orig_w > 0 && img->orig_h > 0
+                           ? (double)(img->orig_w > img->orig_h ? img->orig_w : img->orig_h)
+                           : (double)(img->w > img->h ? img->w : img->h) * den / num;
+    long_side += 2.0 * v.pad * den / num;
+    double min_search = d->opts.min_face_frac * long_side;
+    if (min_search < d->opts.min_face)
+        min_search = d->opts.min_face;
+    min_search = min_search * num / den;
 
     fm_arena_reset(d->arena, d->mark);
     double t0 = fm_now_ms(), f0 = fm_arena_flop(d->arena);
     int n1 = 0, n1r = 0;
-    fm_status st = stage_pnet(d, &v, min_face, &tt, &n1, &n1r, err);
+    fm_status st = stage_pnet(d, &v, min_face, min_search, &tt, &n1, &n1r, err);
     tt.pnet_ms = fm_now_ms() - t0;
     tt.pnet_flop = fm_arena_flop(d->arena) - f0;
     const double first[2] = {d->opts.rnet_threshold, d->opts.onet_threshold};
