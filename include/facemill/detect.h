@@ -48,10 +48,11 @@
  * of the original image, a level is skipped when the next one still finds faces of M
  * pixels (its window, 12 / s, is at most M), so the first level run is the last whose
  * window is at most M (with pad, the border counts as image, as for the rules above).
- * The levels that run are exactly min_face's, so a face larger
- * than M is searched at the same scales as with min_face_frac 0. Small images are
- * untouched (at 0.025, images up to 800 pixels on their long side), and a larger photo
- * costs about what a 640x480 image does (its first level run is 480 to 680 pixels on
+ * The levels that run are exactly min_face's, so a face larger than M is searched at
+ * the same scales as with min_face_frac 0. Small images are untouched (at 0.025 and
+ * min_face 20, every level runs up to 1,128 pixels on the long side, where M reaches
+ * the second level's window of 28.2 pixels), and a larger photo costs about what a
+ * 640x480 image does (its first level run is 480 to 680 pixels on
  * its long side), as with a detector of fixed input size. Faces under M are not
  * searched for, but P-Net's window also fires on faces somewhat smaller than itself:
  * of sample1's three faces shrunk to 17-19 pixels in a 1920x1280 frame, 1 is still
