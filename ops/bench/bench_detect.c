@@ -5,6 +5,7 @@
  *                         [--set KEY=VALUE]... [--utk DIR] [--misses FILE] [--pad F]
  *                         [--no-speed] [--no-position-tiles] [--no-winograd]
  *                         [--winograd2] [--isa NAME] [--only 640|12mp-jpeg|12mp]
+ *                         [--small-faces]
  *
  * 1. Speed at the default settings (detect.* of config; --set changes them), median
  *    of --repeat runs (default 5), one OpenBLAS thread unless --threads:
@@ -19,6 +20,14 @@
  *    least one face, images per second (decode + detect, one thread) and the face
  *    count histogram; --misses FILE lists the images without a face. Without the
  *    directory it prints "skip: ...".
+ * 3. With --small-faces: faces found by their size, every pyramid level against the
+ *    configured detect.min_face_frac. The faces the detector finds in the six sample
+ *    photos at full size (every level) are the reference; each photo is shrunk by a box
+ *    filter of 3 to 14 pixels into the top-left corner of a gray 1920x1280 frame and
+ *    detected with min_face_frac 0 and with the configured value; a reference face
+ *    counts as found when a detection overlaps its shrunk box by IoU >= 0.4. Prints,
+ *    per band of shrunk face width, the faces and the share found by each, and the
+ *    mean P-Net time per frame of each.
  * --pad F sets the detector's pad option (a mid-gray border of F times the long side,
  * for tight face crops; see detect.h), like --set detect.pad=F; --no-speed skips
  * part 1. --no-position-tiles runs R-Net's and O-Net's small planes in the direct
@@ -131,6 +140,135 @@ static int bench_image(const char *label, fm_detector *det, fm_decoder *dec,
     return 0;
 }
 
+/* ---- faces found by size (--small-faces) ----------------------------------------- */
+
+#define SF_W 1920
+#define SF_H 1280
+#define SF_KMIN 3
+#define SF_KMAX 14
+#define SF_BANDS 9
+static const double sf_band[SF_BANDS + 1] = {0, 16, 20, 24, 28, 32, 40, 48, 64, 1e9};
+
+/* src shrunk by a k x k box filter into the top-left corner of a gray SF_W x SF_H
+ * frame px (the frame must be SF_W x SF_H x 3 bytes). */
+static void sf_frame(const fm_image *src, int k, uint8_t *px, fm_image *out)
+{
+    memset(px, 128, (size_t)SF_W * SF_H * 3);
+    const int w = src->w / k, h = src->h / k;
+    for (int y = 0; y < h && y < SF_H; y++)
+        for (int x = 0; x < w && x < SF_W; x++)
+            for (int c = 0; c < 3; c++) {
+                int sum = 0;
+                for (int dy = 0; dy < k; dy++)
+                    for (int dx = 0; dx < k; dx++)
+                        sum += src->data[(size_t)(y * k + dy) * src->stride +
+                                         (size_t)(x * k + dx) * 3 + (size_t)c];
+                px[((size_t)y * SF_W + (size_t)x) * 3 + (size_t)c] =
+                    (uint8_t)((sum + k * k / 2) / (k * k));
+            }
+    memset(out, 0, sizeof *out);
+    out->w = out->orig_w = SF_W;
+    out->h = out->orig_h = SF_H;
+    out->stride = (size_t)SF_W * 3;
+    out->data = px;
+    out->scale_num = out->scale_denom = out->orientation = 1;
+}
+
+static double sf_iou(const float *a, const double *b)
+{
+    double iw = (a[2] < b[2] ? a[2] : b[2]) - (a[0] > b[0] ? a[0] : b[0]);
+    double ih = (a[3] < b[3] ? a[3] : b[3]) - (a[1] > b[1] ? a[1] : b[1]);
+    if (iw <= 0 || ih <= 0)
+        return 0;
+    double inter = iw * ih;
+    double ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    return ua > 0 ? inter / ua : 0;
+}
+
+/* Part 3: the six sample photos shrunk into a frame; all[0] runs every level, all[1]
+ * the configured min_face_frac. */
+static int bench_small_faces(fm_detector *det[2], fm_decoder *dec_full, double frac)
+{
+    long faces[SF_BANDS] = {0}, found[2][SF_BANDS] = {{0}};
+    double pnet_ms[2] = {0, 0};
+    long frames = 0;
+    uint8_t *px = malloc((size_t)SF_W * SF_H * 3);
+    fm_model_dirs *dirs = malloc(sizeof *dirs);
+    fm_error err = {0};
+    int rc = 1;
+    if (!px || !dirs || fm_model_dirs_init(dirs, NULL, &err) != FM_OK) {
+        fprintf(stderr, "facemill-bench-detect: %s\n", dirs && px ? fm_error_text(&err)
+                                                                   : "out of memory");
+        goto done;
+    }
+    for (int s = 1; s <= 6; s++) {
+        char name[64], path[FM_MODEL_PATH_MAX];
+        fm_image src;
+        fm_face ref[64], got[64];
+        int nref = 0;
+        fm_detect_times t;
+        snprintf(name, sizeof name, "samples/sample%d.jpg", s);
+        if (fm_model_find(dirs, "--small-faces", name, path, sizeof path, &err) != FM_OK ||
+            fm_decode_file(dec_full, path, &src, &err) != FM_OK ||
+            fm_detect(det[0], &src, ref, 64, &nref, &t, &err) != FM_OK) {
+            fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+            goto done;
+        }
+        /* the frame reads the decoder's pixels, which the next decode replaces */
+        for (int k = SF_KMIN; k <= SF_KMAX; k++) {
+            fm_image frame;
+            sf_frame(&src, k, px, &frame);
+            frames++;
+            for (int v = 0; v < 2; v++) {
+                int n = 0;
+                if (fm_detect(det[v], &frame, got, 64, &n, &t, &err) != FM_OK) {
+                    fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+                    goto done;
+                }
+                pnet_ms[v] += t.pnet_ms;
+                for (int i = 0; i < nref; i++) {
+                    /* the reference box in the frame's pixels (centres at integers) */
+                    double b[4];
+                    for (int j = 0; j < 4; j++)
+                        b[j] = (ref[i].box[j] + 0.5) / k - 0.5;
+                    double width = b[2] - b[0];
+                    int band = 0;
+                    while (band + 1 < SF_BANDS && width >= sf_band[band + 1])
+                        band++;
+                    if (v == 0)
+                        faces[band]++;
+                    for (int g = 0; g < n; g++)
+                        if (sf_iou(got[g].box, b) >= 0.4) {
+                            found[v][band]++;
+                            break;
+                        }
+                }
+            }
+        }
+    }
+    printf("faces found by size: the sample photos' faces shrunk by 1/%d to 1/%d in a %dx%d "
+           "frame (%ld frames)\n", SF_KMIN, SF_KMAX, SF_W, SF_H, frames);
+    printf("  face width, px   faces   every level   min_face_frac %g\n", frac);
+    for (int b = 0; b < SF_BANDS; b++) {
+        if (!faces[b])
+            continue;
+        char band[32];
+        if (b + 1 == SF_BANDS)
+            snprintf(band, sizeof band, "%g and more", sf_band[b]);
+        else
+            snprintf(band, sizeof band, "%g-%g", sf_band[b], sf_band[b + 1]);
+        printf("  %-15s %6ld   %10.1f%%   %10.1f%%\n", band, faces[b],
+               100.0 * found[0][b] / faces[b], 100.0 * found[1][b] / faces[b]);
+    }
+    printf("  P-Net per frame, ms: every level %.1f, min_face_frac %g %.1f\n",
+           pnet_ms[0] / frames, frac, pnet_ms[1] / frames);
+    rc = 0;
+done:
+    free(px);
+    free(dirs);
+    return rc;
+}
+
 static int has_suffix(const char *s, const char *suf)
 {
     size_t a = strlen(s), b = strlen(suf);
@@ -225,7 +363,7 @@ static void usage(FILE *out)
                  "                             [--misses FILE] [--pad F] [--no-speed]\n"
                  "                             [--no-position-tiles] [--no-winograd]\n"
                  "                             [--winograd2] [--isa NAME]\n"
-                 "                             [--only 640|12mp-jpeg|12mp]\n");
+                 "                             [--only 640|12mp-jpeg|12mp] [--small-faces]\n");
 }
 
 int main(int argc, char **argv)
@@ -239,7 +377,7 @@ int main(int argc, char **argv)
     }
     const char *models = c.models.dir, *sample = "samples/sample1.jpg";
     const char *utk = NULL, *misses = NULL, *only = NULL;
-    int repeat = 5, threads = (int)c.engine.threads, speed = 1;
+    int repeat = 5, threads = (int)c.engine.threads, speed = 1, small_faces = 0;
     double pad = -1; /* -1: detect.pad of the configuration */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -250,6 +388,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--no-speed") == 0) {
             speed = 0;
+            continue;
+        }
+        if (strcmp(a, "--small-faces") == 0) {
+            small_faces = 1;
             continue;
         }
         if (strcmp(a, "--no-position-tiles") == 0) {
@@ -385,6 +527,19 @@ int main(int argc, char **argv)
             goto done;
     } else {
         printf("skip: no UTKFace folder given (--utk DIR)\n");
+    }
+    if (small_faces) {
+        fm_detect_opts all = o;
+        all.min_face_frac = 0;
+        fm_detector *pair[2] = {NULL, det};
+        if (fm_detector_open(&pair[0], models, &all, &err) != FM_OK) {
+            fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
+            goto done;
+        }
+        int bad = bench_small_faces(pair, dec_full, o.min_face_frac);
+        fm_detector_close(&pair[0]);
+        if (bad)
+            goto done;
     }
     rc = 0;
 done:
