@@ -1,10 +1,16 @@
-/* test_align.c - the similarity fit against an independent least-squares solve, and
- * the warp against exact pixel moves and a naive bilinear reference. */
+/* test_align.c - the similarity fit against an independent least-squares solve, the
+ * warp against exact pixel moves and a naive bilinear reference, and the warp's AVX2
+ * rows against its portable path (the same bytes). */
+#define _GNU_SOURCE /* MAP_ANONYMOUS */
 #include "facemill/align.h"
+#include "facemill/nn.h"
 #include "fm_test.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static fm_test_rng rng = FM_TEST_RNG(12345);
 
@@ -187,9 +193,93 @@ static void test_warp(void)
     CHECK(fabs(ox - tpl[0]) < 3 && fabs(oy - tpl[1]) < 3);
 }
 
+/* The AVX2 rows (four output pixels at a time) give the portable path's bytes: random
+ * images with padded rows, random similarity transforms from shrinking to enlarging
+ * with every pixel or only part of the output inside, both border rules, odd output
+ * widths (a tail of 1-3 pixels), and transforms that reach the last row and column
+ * (where the four-byte gathers stop being taken). */
+static void test_warp_isa(void)
+{
+    if (fm_nn_isa_best() < FM_NN_ISA_AVX2) {
+        fprintf(stderr, "warp: no AVX2 here, the portable path only\n");
+        return;
+    }
+    const fm_nn_isa best = fm_nn_isa_best();
+    long pixels = 0, differ = 0, fast_lanes_possible = 0;
+    for (int trial = 0; trial < 300; trial++) {
+        int w = 2 + (int)fm_test_rng_int(&rng, 300), h = 2 + (int)fm_test_rng_int(&rng, 300);
+        size_t stride = (size_t)w * 3 + (size_t)fm_test_rng_int(&rng, 3) * 5;
+        uint8_t *img = malloc(stride * (size_t)h);
+        int ow = 1 + (int)fm_test_rng_int(&rng, 160), oh = 1 + (int)fm_test_rng_int(&rng, 40);
+        uint8_t *a = malloc((size_t)ow * oh * 3), *b = malloc((size_t)ow * oh * 3);
+        if (!img || !a || !b) {
+            CHECK(!"malloc");
+            free(img), free(a), free(b);
+            return;
+        }
+        for (size_t i = 0; i < stride * (size_t)h; i++)
+            img[i] = (uint8_t)fm_test_rng_int(&rng, 256);
+        double s = fm_test_rng_range(&rng, 0.2, 4), th = fm_test_rng_range(&rng, -3.2, 3.2);
+        if (trial % 3 == 0)
+            th = 0; /* axis-aligned: whole rows inside, up to the last row and column */
+        float M[6] = {(float)(s * cos(th)), (float)(-s * sin(th)), 0,
+                      (float)(s * sin(th)), (float)(s * cos(th)), 0};
+        M[2] = (float)fm_test_rng_range(&rng, -20, w + 20);
+        M[5] = (float)fm_test_rng_range(&rng, -20, h + 20);
+        if (trial % 3 == 0) { /* ends exactly at the last pixel */
+            M[2] = (float)(w - 1 - s * (ow - 1) - fm_test_rng_range(&rng, 0, 0.5));
+            M[5] = (float)(h - 1 - s * (oh - 1) - fm_test_rng_range(&rng, 0, 0.5));
+        }
+        fm_warp_opts o = {trial % 2 ? FM_BORDER_REPLICATE : FM_BORDER_CONSTANT,
+                          (uint8_t)fm_test_rng_int(&rng, 256)};
+        fm_nn_set_isa(FM_NN_ISA_BASE);
+        fm_align_warp(img, w, h, stride, 3, M, a, ow, oh, &o);
+        fm_nn_set_isa(best);
+        fm_align_warp(img, w, h, stride, 3, M, b, ow, oh, &o);
+        for (long i = 0; i < (long)ow * oh * 3; i++)
+            differ += a[i] != b[i];
+        pixels += (long)ow * oh;
+        fast_lanes_possible += ow >= 4;
+        free(img), free(a), free(b);
+    }
+    fm_nn_set_isa(best);
+    CHECK_MSG(differ == 0, "warp: %ld of %ld bytes differ between base and %s", differ,
+              pixels * 3, fm_nn_isa_name(best));
+    CHECK(fast_lanes_possible > 100);
+    fprintf(stderr, "warp: %ld pixels of 300 warps, base and %s the same bytes\n", pixels,
+            fm_nn_isa_name(best));
+
+    /* An image whose last byte is the last of a page followed by an unreadable page:
+     * a gather past the last pixel would fault. The output covers the whole image,
+     * one output pixel per input pixel, so the last pixels are read. */
+    long page = sysconf(_SC_PAGESIZE);
+    const int w = 37, h = 29;
+    size_t bytes = (size_t)w * h * 3, span = (bytes + (size_t)page - 1) / (size_t)page *
+                                             (size_t)page;
+    uint8_t *map = mmap(NULL, span + (size_t)page, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(map != MAP_FAILED);
+    if (map == MAP_FAILED)
+        return;
+    CHECK(mprotect(map + span, (size_t)page, PROT_NONE) == 0);
+    uint8_t *img = map + span - bytes;
+    for (size_t i = 0; i < bytes; i++)
+        img[i] = (uint8_t)(i * 7);
+    uint8_t out[37 * 29 * 3], ref[37 * 29 * 3];
+    const float shift[6] = {1, 0, 0.25f, 0, 1, 0.25f};
+    fm_warp_opts o = {FM_BORDER_REPLICATE, 0};
+    fm_align_warp(img, w, h, (size_t)w * 3, 3, shift, out, w, h, &o);
+    fm_nn_set_isa(FM_NN_ISA_BASE);
+    fm_align_warp(img, w, h, (size_t)w * 3, 3, shift, ref, w, h, &o);
+    fm_nn_set_isa(best);
+    CHECK(memcmp(out, ref, sizeof out) == 0);
+    munmap(map, span + (size_t)page);
+}
+
 int main(void)
 {
     test_fit();
     test_warp();
+    test_warp_isa();
     return fm_test_done("test_align");
 }

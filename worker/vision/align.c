@@ -6,10 +6,18 @@
  *   M = [a -b tx; b a ty],       t = mean(q) - [a -b; b a] mean(p).
  * Sums are taken in double so the fit does not depend on the image's size. */
 #include "facemill/align.h"
+#include "facemill/nn.h"
 
+#include <limits.h>
 #include <math.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define ALIGN_HAVE_AVX2 1
+#else
+#define ALIGN_HAVE_AVX2 0
 #endif
 #include <string.h>
 
@@ -114,56 +122,159 @@ void fm_align_resample(const fm_image *src, double x0, double y0, double sw, dou
     out->orientation = 1;
 }
 
+/* Output pixel (x, y) of fm_align_warp into o. */
+static inline void warp_pixel(const uint8_t *src, int w, int h, size_t stride, int channels,
+                              const float M_inv[6], int x, int y, fm_border border,
+                              uint8_t fill, uint8_t *o)
+{
+    double sx = (double)M_inv[0] * x + (double)M_inv[1] * y + M_inv[2];
+    double sy = (double)M_inv[3] * x + (double)M_inv[4] * y + M_inv[5];
+    /* Far outside: skip the arithmetic (and keep floor() in int range). */
+    if (!(sx > -2.0 && sy > -2.0 && sx < w + 1.0 && sy < h + 1.0) &&
+        border != FM_BORDER_REPLICATE) {
+        for (int c = 0; c < channels; c++)
+            o[c] = fill;
+        return;
+    }
+    if (sx < -2.0) sx = -2.0;
+    if (sy < -2.0) sy = -2.0;
+    if (sx > w + 1.0) sx = w + 1.0;
+    if (sy > h + 1.0) sy = h + 1.0;
+    int x0 = (int)floor(sx), y0 = (int)floor(sy);
+    double fx = sx - x0, fy = sy - y0;
+    if (channels == 3 && x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h) {
+        /* all four neighbours inside (nearly every pixel of a face): the same
+         * arithmetic without the border rule's tests */
+        const uint8_t *a = src + (size_t)y0 * stride + (size_t)x0 * 3, *b = a + stride;
+        const double gx = 1 - fx, gy = 1 - fy;
+        for (int c = 0; c < 3; c++) {
+            double v = gy * (gx * a[c] + fx * a[3 + c]) + fy * (gx * b[c] + fx * b[3 + c]);
+            int iv = round_even(v);
+            o[c] = (uint8_t)(iv < 0 ? 0 : iv > 255 ? 255 : iv);
+        }
+        return;
+    }
+    const uint8_t *p00 = pixel_at(src, w, h, stride, channels, x0, y0, border);
+    const uint8_t *p01 = pixel_at(src, w, h, stride, channels, x0 + 1, y0, border);
+    const uint8_t *p10 = pixel_at(src, w, h, stride, channels, x0, y0 + 1, border);
+    const uint8_t *p11 = pixel_at(src, w, h, stride, channels, x0 + 1, y0 + 1, border);
+    for (int c = 0; c < channels; c++) {
+        double v00 = p00 ? p00[c] : fill, v01 = p01 ? p01[c] : fill;
+        double v10 = p10 ? p10[c] : fill, v11 = p11 ? p11[c] : fill;
+        double v = (1 - fy) * ((1 - fx) * v00 + fx * v01) + fy * ((1 - fx) * v10 + fx * v11);
+        int iv = (int)lrint(v);
+        o[c] = (uint8_t)(iv < 0 ? 0 : iv > 255 ? 255 : iv);
+    }
+}
+
+#if ALIGN_HAVE_AVX2
+/* A row of a 3-channel warp, four output pixels at a time where all four have their
+ * four neighbours inside (warp_pixel's fast case), warp_pixel elsewhere. The same
+ * double operations in the same order as warp_pixel, lane by lane (multiplies and
+ * adds, no fused multiply-add: "avx2" alone), and the conversion rounds to nearest
+ * even as round_even does, so the bytes are the same. Four bytes are gathered at each
+ * neighbour (three used): a lane is taken only when the byte after its last
+ * neighbour is still in the image (another pixel of the row below, or a row below
+ * it). Needs every offset y * stride + 3 * x + 3 within INT_MAX. */
+__attribute__((target("avx2"))) static void warp_row3_avx2(const uint8_t *src, int w, int h,
+                                                           size_t stride, const float M_inv[6],
+                                                           int y, uint8_t *row, int out_w,
+                                                           fm_border border, uint8_t fill)
+{
+    const __m256d m0 = _mm256_set1_pd((double)M_inv[0]), m3 = _mm256_set1_pd((double)M_inv[3]);
+    const __m256d cx = _mm256_set1_pd((double)M_inv[1] * y), cy = _mm256_set1_pd(
+                                                                   (double)M_inv[4] * y);
+    const __m256d m2 = _mm256_set1_pd((double)M_inv[2]), m5 = _mm256_set1_pd((double)M_inv[5]);
+    const __m256d one = _mm256_set1_pd(1.0);
+    const __m128i wlim = _mm_set1_epi32(w - 1), hlim = _mm_set1_epi32(h - 1);
+    const __m128i w2 = _mm_set1_epi32(w - 2), h2 = _mm_set1_epi32(h - 2);
+    const __m128i zero = _mm_setzero_si128(), byte = _mm_set1_epi32(0xff);
+    const __m128i s3 = _mm_set1_epi32(3), sstride = _mm_set1_epi32((int)stride);
+    const int *base = (const int *)(const void *)src;
+    int x = 0;
+    for (; x + 4 <= out_w; x += 4) {
+        const __m256d xs = _mm256_set_pd(x + 3, x + 2, x + 1, x);
+        /* (M0 x + M1 y) + M2, as warp_pixel */
+        const __m256d sx = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(m0, xs), cx), m2);
+        const __m256d sy = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(m3, xs), cy), m5);
+        const __m256d flx = _mm256_floor_pd(sx), fly = _mm256_floor_pd(sy);
+        /* the lanes' floors as int32 (out of int range: INT_MIN, caught below) */
+        const __m128i x0 = _mm256_cvttpd_epi32(flx), y0 = _mm256_cvttpd_epi32(fly);
+        /* inside: 0 <= x0 < w - 1, 0 <= y0 < h - 1, and x0 < w - 2 or y0 < h - 2; the
+         * floors are compared as doubles too, so a NaN or huge coordinate fails */
+        __m128i ok = _mm_and_si128(
+            _mm_and_si128(_mm_cmpgt_epi32(x0, _mm_set1_epi32(-1)),
+                          _mm_cmpgt_epi32(wlim, x0)),
+            _mm_and_si128(_mm_cmpgt_epi32(y0, _mm_set1_epi32(-1)), _mm_cmpgt_epi32(hlim, y0)));
+        ok = _mm_and_si128(ok, _mm_or_si128(_mm_cmpgt_epi32(w2, x0), _mm_cmpgt_epi32(h2, y0)));
+        const __m256d in_range = _mm256_and_pd(
+            _mm256_and_pd(_mm256_cmp_pd(flx, _mm256_set1_pd(-1.0), _CMP_GT_OQ),
+                          _mm256_cmp_pd(flx, _mm256_set1_pd((double)w - 1), _CMP_LT_OQ)),
+            _mm256_and_pd(_mm256_cmp_pd(fly, _mm256_set1_pd(-1.0), _CMP_GT_OQ),
+                          _mm256_cmp_pd(fly, _mm256_set1_pd((double)h - 1), _CMP_LT_OQ)));
+        if (_mm_movemask_epi8(ok) != 0xffff || _mm256_movemask_pd(in_range) != 0xf) {
+            for (int k = 0; k < 4; k++)
+                warp_pixel(src, w, h, stride, 3, M_inv, x + k, y, border, fill,
+                           row + (size_t)(x + k) * 3);
+            continue;
+        }
+        const __m256d fx = _mm256_sub_pd(sx, flx), fy = _mm256_sub_pd(sy, fly);
+        const __m256d gx = _mm256_sub_pd(one, fx), gy = _mm256_sub_pd(one, fy);
+        const __m128i ia = _mm_add_epi32(_mm_mullo_epi32(y0, sstride), _mm_mullo_epi32(x0, s3));
+        const __m128i ib = _mm_add_epi32(ia, sstride);
+        const __m128i pa = _mm_i32gather_epi32(base, ia, 1);
+        const __m128i pa3 = _mm_i32gather_epi32(base, _mm_add_epi32(ia, s3), 1);
+        const __m128i pb = _mm_i32gather_epi32(base, ib, 1);
+        const __m128i pb3 = _mm_i32gather_epi32(base, _mm_add_epi32(ib, s3), 1);
+        __m128i out[3];
+        for (int c = 0; c < 3; c++) {
+            const __m128i sh = _mm_cvtsi32_si128(8 * c);
+            const __m256d a = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srl_epi32(pa, sh), byte));
+            const __m256d a3 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srl_epi32(pa3, sh), byte));
+            const __m256d b = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srl_epi32(pb, sh), byte));
+            const __m256d b3 = _mm256_cvtepi32_pd(_mm_and_si128(_mm_srl_epi32(pb3, sh), byte));
+            /* gy (gx a + fx a3) + fy (gx b + fx b3), as warp_pixel */
+            const __m256d top = _mm256_add_pd(_mm256_mul_pd(gx, a), _mm256_mul_pd(fx, a3));
+            const __m256d bot = _mm256_add_pd(_mm256_mul_pd(gx, b), _mm256_mul_pd(fx, b3));
+            const __m256d v = _mm256_add_pd(_mm256_mul_pd(gy, top), _mm256_mul_pd(fy, bot));
+            __m128i iv = _mm256_cvtpd_epi32(v); /* nearest even, as round_even */
+            iv = _mm_min_epi32(_mm_max_epi32(iv, zero), byte);
+            out[c] = iv;
+        }
+        int r[3][4];
+        for (int c = 0; c < 3; c++)
+            _mm_storeu_si128((__m128i *)(void *)r[c], out[c]);
+        uint8_t *o = row + (size_t)x * 3;
+        for (int k = 0; k < 4; k++)
+            for (int c = 0; c < 3; c++)
+                o[3 * k + c] = (uint8_t)r[c][k];
+    }
+    for (; x < out_w; x++)
+        warp_pixel(src, w, h, stride, 3, M_inv, x, y, border, fill, row + (size_t)x * 3);
+}
+#endif
+
 void fm_align_warp(const uint8_t *src, int w, int h, size_t stride, int channels,
                    const float M_inv[6], uint8_t *dst, int out_w, int out_h,
                    const fm_warp_opts *opts)
 {
     fm_border border = opts ? opts->border : FM_BORDER_CONSTANT;
     uint8_t fill = opts ? opts->fill : 0;
+#if ALIGN_HAVE_AVX2
+    /* the gathers' offsets must fit in int32 (a 12 MP image uses 36 MB) */
+    if (channels == 3 && w >= 2 && h >= 2 && fm_nn_isa_now() >= FM_NN_ISA_AVX2 &&
+        stride <= (size_t)INT_MAX && (size_t)(h - 1) * stride + (size_t)w * 3 < (size_t)INT_MAX) {
+        for (int y = 0; y < out_h; y++)
+            warp_row3_avx2(src, w, h, stride, M_inv, y,
+                           dst + (size_t)y * (size_t)out_w * 3, out_w, border, fill);
+        return;
+    }
+#endif
     for (int y = 0; y < out_h; y++) {
         uint8_t *row = dst + (size_t)y * (size_t)out_w * (size_t)channels;
-        for (int x = 0; x < out_w; x++) {
-            double sx = (double)M_inv[0] * x + (double)M_inv[1] * y + M_inv[2];
-            double sy = (double)M_inv[3] * x + (double)M_inv[4] * y + M_inv[5];
-            uint8_t *o = row + (size_t)x * (size_t)channels;
-            /* Far outside: skip the arithmetic (and keep floor() in int range). */
-            if (!(sx > -2.0 && sy > -2.0 && sx < w + 1.0 && sy < h + 1.0) &&
-                border != FM_BORDER_REPLICATE) {
-                for (int c = 0; c < channels; c++)
-                    o[c] = fill;
-                continue;
-            }
-            if (sx < -2.0) sx = -2.0;
-            if (sy < -2.0) sy = -2.0;
-            if (sx > w + 1.0) sx = w + 1.0;
-            if (sy > h + 1.0) sy = h + 1.0;
-            int x0 = (int)floor(sx), y0 = (int)floor(sy);
-            double fx = sx - x0, fy = sy - y0;
-            if (channels == 3 && x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h) {
-                /* all four neighbours inside (nearly every pixel of a face): the same
-                 * arithmetic without the border rule's tests */
-                const uint8_t *a = src + (size_t)y0 * stride + (size_t)x0 * 3, *b = a + stride;
-                const double gx = 1 - fx, gy = 1 - fy;
-                for (int c = 0; c < 3; c++) {
-                    double v = gy * (gx * a[c] + fx * a[3 + c]) + fy * (gx * b[c] + fx * b[3 + c]);
-                    int iv = round_even(v);
-                    o[c] = (uint8_t)(iv < 0 ? 0 : iv > 255 ? 255 : iv);
-                }
-                continue;
-            }
-            const uint8_t *p00 = pixel_at(src, w, h, stride, channels, x0, y0, border);
-            const uint8_t *p01 = pixel_at(src, w, h, stride, channels, x0 + 1, y0, border);
-            const uint8_t *p10 = pixel_at(src, w, h, stride, channels, x0, y0 + 1, border);
-            const uint8_t *p11 = pixel_at(src, w, h, stride, channels, x0 + 1, y0 + 1, border);
-            for (int c = 0; c < channels; c++) {
-                double v00 = p00 ? p00[c] : fill, v01 = p01 ? p01[c] : fill;
-                double v10 = p10 ? p10[c] : fill, v11 = p11 ? p11[c] : fill;
-                double v = (1 - fy) * ((1 - fx) * v00 + fx * v01) +
-                           fy * ((1 - fx) * v10 + fx * v11);
-                int iv = (int)lrint(v);
-                o[c] = (uint8_t)(iv < 0 ? 0 : iv > 255 ? 255 : iv);
-            }
-        }
+        for (int x = 0; x < out_w; x++)
+            warp_pixel(src, w, h, stride, channels, M_inv, x, y, border, fill,
+                       row + (size_t)x * (size_t)channels);
     }
 }
 
