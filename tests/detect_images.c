@@ -57,19 +57,8 @@ static int small_write(const fm_image *src, const char *dir)
         fprintf(stderr, "detect_images: out of memory\n");
         return 1;
     }
-    memset(px, 128, (size_t)SMALL_W * SMALL_H * 3);
-    const int k = SMALL_DIV, w = src->w / k, h = src->h / k;
-    for (int y = 0; y < h && y < SMALL_H; y++)
-        for (int x = 0; x < w && x < SMALL_W; x++)
-            for (int c = 0; c < 3; c++) {
-                int sum = 0;
-                for (int dy = 0; dy < k; dy++)
-                    for (int dx = 0; dx < k; dx++)
-                        sum += src->data[(size_t)(y * k + dy) * src->stride +
-                                         (size_t)(x * k + dx) * 3 + (size_t)c];
-                px[((size_t)y * SMALL_W + (size_t)x) * 3 + (size_t)c] =
-                    (uint8_t)((sum + k * k / 2) / (k * k));
-            }
+    fm_image frame;
+    fm_align_shrink_box(src, SMALL_DIV, SMALL_W, SMALL_H, px, &frame);
     int rc = write(dir, "small.jpg", px, SMALL_W, SMALL_H);
     free(px);
     return rc;

@@ -59,6 +59,14 @@ void fm_align_warp(const uint8_t *src, int w, int h, size_t stride, int channels
 void fm_align_resample(const fm_image *src, double x0, double y0, double sw, double sh,
                        int w, int h, uint8_t *px, fm_image *out);
 
+/* src (RGB) shrunk by a k x k box filter (each output pixel the rounded mean of k x k
+ * source pixels; k >= 1) into the top-left corner of px, a w x h RGB image filled with
+ * gray 128 elsewhere (3 w h bytes, owned by the caller), described by *out as
+ * fm_align_resample does: a photo's faces made small inside a large frame, as the
+ * detector's tests and benchmarks use them. */
+void fm_align_shrink_box(const fm_image *src, int k, int w, int h, uint8_t *px,
+                         fm_image *out);
+
 /* Convenience for the pipeline: fits the transform from five detected landmarks
  * (image coordinates) onto template (five points in output pixels), then warps the
  * RGB image into dst (out_w x out_h x 3). Returns the fitted M (image -> output)

@@ -149,31 +149,6 @@ static int bench_image(const char *label, fm_detector *det, fm_decoder *dec,
 #define SF_BANDS 9
 static const double sf_band[SF_BANDS + 1] = {0, 16, 20, 24, 28, 32, 40, 48, 64, 1e9};
 
-/* src shrunk by a k x k box filter into the top-left corner of a gray SF_W x SF_H
- * frame px (the frame must be SF_W x SF_H x 3 bytes). */
-static void sf_frame(const fm_image *src, int k, uint8_t *px, fm_image *out)
-{
-    memset(px, 128, (size_t)SF_W * SF_H * 3);
-    const int w = src->w / k, h = src->h / k;
-    for (int y = 0; y < h && y < SF_H; y++)
-        for (int x = 0; x < w && x < SF_W; x++)
-            for (int c = 0; c < 3; c++) {
-                int sum = 0;
-                for (int dy = 0; dy < k; dy++)
-                    for (int dx = 0; dx < k; dx++)
-                        sum += src->data[(size_t)(y * k + dy) * src->stride +
-                                         (size_t)(x * k + dx) * 3 + (size_t)c];
-                px[((size_t)y * SF_W + (size_t)x) * 3 + (size_t)c] =
-                    (uint8_t)((sum + k * k / 2) / (k * k));
-            }
-    memset(out, 0, sizeof *out);
-    out->w = out->orig_w = SF_W;
-    out->h = out->orig_h = SF_H;
-    out->stride = (size_t)SF_W * 3;
-    out->data = px;
-    out->scale_num = out->scale_denom = out->orientation = 1;
-}
-
 static double sf_iou(const float *a, const double *b)
 {
     double iw = (a[2] < b[2] ? a[2] : b[2]) - (a[0] > b[0] ? a[0] : b[0]);
@@ -217,7 +192,7 @@ static int bench_small_faces(fm_detector *det[2], fm_decoder *dec_full, double f
         /* the frame reads the decoder's pixels, which the next decode replaces */
         for (int k = SF_KMIN; k <= SF_KMAX; k++) {
             fm_image frame;
-            sf_frame(&src, k, px, &frame);
+            fm_align_shrink_box(&src, k, SF_W, SF_H, px, &frame);
             frames++;
             for (int v = 0; v < 2; v++) {
                 int n = 0;

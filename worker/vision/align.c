@@ -122,6 +122,30 @@ void fm_align_resample(const fm_image *src, double x0, double y0, double sw, dou
     out->orientation = 1;
 }
 
+void fm_align_shrink_box(const fm_image *src, int k, int w, int h, uint8_t *px,
+                         fm_image *out)
+{
+    memset(px, 128, (size_t)w * (size_t)h * 3);
+    const int sw = src->w / k, sh = src->h / k;
+    for (int y = 0; y < sh && y < h; y++)
+        for (int x = 0; x < sw && x < w; x++)
+            for (int c = 0; c < 3; c++) {
+                int sum = 0;
+                for (int dy = 0; dy < k; dy++)
+                    for (int dx = 0; dx < k; dx++)
+                        sum += src->data[(size_t)(y * k + dy) * src->stride +
+                                         (size_t)(x * k + dx) * 3 + (size_t)c];
+                px[((size_t)y * (size_t)w + (size_t)x) * 3 + (size_t)c] =
+                    (uint8_t)((sum + k * k / 2) / (k * k));
+            }
+    memset(out, 0, sizeof *out);
+    out->w = out->orig_w = w;
+    out->h = out->orig_h = h;
+    out->stride = (size_t)w * 3;
+    out->data = px;
+    out->scale_num = out->scale_denom = out->orientation = 1;
+}
+
 /* Output pixel (x, y) of fm_align_warp into o. */
 static inline void warp_pixel(const uint8_t *src, int w, int h, size_t stride, int channels,
                               const float M_inv[6], int x, int y, fm_border border,
