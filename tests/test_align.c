@@ -273,6 +273,17 @@ static void test_warp_isa(void)
     fm_align_warp(img, w, h, (size_t)w * 3, 3, shift, ref, w, h, &o);
     fm_nn_set_isa(best);
     CHECK(memcmp(out, ref, sizeof out) == 0);
+    /* coordinates far beyond int's range (their floors convert to INT_MIN): the
+     * border rule, as the portable path gives it */
+    const float far[6] = {1, 0, 3e12f, 0, 1, -3e12f};
+    for (int b = 0; b < 2; b++) {
+        fm_warp_opts ob = {b ? FM_BORDER_REPLICATE : FM_BORDER_CONSTANT, 9};
+        fm_align_warp(img, w, h, (size_t)w * 3, 3, far, out, w, h, &ob);
+        fm_nn_set_isa(FM_NN_ISA_BASE);
+        fm_align_warp(img, w, h, (size_t)w * 3, 3, far, ref, w, h, &ob);
+        fm_nn_set_isa(best);
+        CHECK(memcmp(out, ref, sizeof out) == 0);
+    }
     munmap(map, span + (size_t)page);
 }
 
