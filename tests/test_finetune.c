@@ -16,6 +16,7 @@
  */
 #include "facemill/backbone.h"
 #include "facemill/clock.h"
+#include "facemill/dlib_resnet.h"
 #include "facemill/finetune.h"
 #include "facemill/model.h"
 #include "facemill/nn.h"
@@ -654,6 +655,112 @@ out:
     fm_model_close(&m);
 }
 
+/* Layer-wise rates: with lr_decay F each block trains at the next one's rate times F.
+ * AdamW's first backbone step moves each parameter by its rate (above), so the largest
+ * move within each of the three trained blocks is the rate, F and F^2 of it; with F = 1
+ * all three move alike, and the option is refused outside (0, 1]. (Within 0.2%: a
+ * float32 weight of 0.5 holds a move of 2.5e-4 to 2.4e-4 of it.) */
+typedef struct decay_probe {
+    fm_finetune *ft;
+    float *prev;
+    int n;
+    double moved[3][8]; /* conv256_1, conv256_2, conv256_down_out; per step */
+    size_t off[4];      /* the three blocks' parameters in the flat vector */
+} decay_probe;
+
+static void on_decay_step(void *ctx, const fm_ft_progress *p)
+{
+    decay_probe *a = ctx;
+    if (p->epoch_end || a->n >= 8)
+        return;
+    size_t count = 0;
+    const float *q = fm_finetune_params(a->ft, &count, NULL);
+    for (int b = 0; b < 3; b++) {
+        double most = 0;
+        for (size_t i = a->off[b]; i < a->off[b + 1]; i++)
+            most = fmax(most, fabs((double)q[i] - a->prev[i]));
+        a->moved[b][a->n] = most;
+    }
+    memcpy(a->prev, q, count * sizeof(float));
+    a->n++;
+}
+
+static void test_lr_decay(synth *s)
+{
+    /* where blocks 11..13 lie: every tensor in fm_dlib_param's order, 16-float aligned */
+    size_t off = 0, bounds[4] = {0};
+    const int first = FM_DLIB_BLOCK0 + 4 * fm_ft_block_index("conv256_1");
+    for (int k = 0; k < FM_DLIB_PARAMS; k++) {
+        char name[64];
+        int nd = 0, d[4];
+        fm_dlib_param(k, name, &nd, d);
+        if (k >= first && (k - first) % 4 == 0)
+            bounds[(k - first) / 4] = off;
+        off += ((size_t)d[0] * d[1] * d[2] * d[3] + 15) & ~(size_t)15;
+    }
+    bounds[3] = off;
+    const double decays[2] = {0.5, 1.0};
+    for (int v = 0; v < 2; v++) {
+        fm_error err = {0};
+        fm_model *m = NULL;
+        fm_finetune *ft = NULL;
+        fm_ft_opts o;
+        small_opts(&o);
+        o.train_from = fm_ft_block_index("conv256_1");
+        o.max_epochs = 2; /* 3 steps per epoch: the backbone's first step is step 3 */
+        o.patience = 2;
+        o.head_epochs = 1;
+        o.warmup_epochs = 0;
+        o.weight_decay = 0;
+        o.lr_backbone = 1e-3;
+        o.lr_decay = decays[v];
+        o.lr_heads = 1e-9;
+        o.progress_steps = 1;
+        decay_probe a = {0};
+        memcpy(a.off, bounds, sizeof a.off);
+        o.progress = on_decay_step;
+        o.ctx = &a;
+        fm_ft_set set = {24, s->img}, val = {8, s->img + 24};
+        CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+        CHECK(m && fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+        if (!ft) {
+            fm_model_close(&m);
+            continue;
+        }
+        size_t count = 0;
+        const float *p = fm_finetune_params(ft, &count, NULL);
+        a.ft = ft;
+        a.prev = malloc(count * sizeof(float));
+        memcpy(a.prev, p, count * sizeof(float));
+        CHECK(fm_finetune_run(ft, &set, &val, v ? "decay1" : "decay", NULL, &err) == FM_OK);
+        CHECK(a.n == 6);
+        for (int b = 0; b < 3; b++) {
+            const double rate = o.lr_backbone * pow(o.lr_decay, 2 - b);
+            CHECK_MSG(a.moved[b][3] > 0.99 * rate && a.moved[b][3] < 1.002 * rate,
+                      "lr_decay %g: block %d's first step moved a weight by at most %.6g, "
+                      "rate %.6g", o.lr_decay, 11 + b, a.moved[b][3], rate);
+        }
+        fprintf(stderr, "lr_decay %g: first backbone step, most moved in conv256_1 / "
+                "conv256_2 / conv256_down_out %.3g / %.3g / %.3g\n", o.lr_decay,
+                a.moved[0][3], a.moved[1][3], a.moved[2][3]);
+        free(a.prev);
+        fm_finetune_free(&ft);
+        fm_model_close(&m);
+    }
+    fm_error err = {0};
+    fm_model *m = NULL;
+    fm_finetune *ft = NULL;
+    fm_ft_opts o;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    const double bad[3] = {0.0, -0.5, 1.5};
+    for (int i = 0; i < 3; i++) {
+        fm_ft_opts_defaults(&o);
+        o.lr_decay = bad[i];
+        CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    }
+    fm_model_close(&m);
+}
+
 /* ---- loss weights ------------------------------------------------------------------ */
 
 /* Loss and gradients of a batch of n faces with the given loss weights (age, gender,
@@ -1224,6 +1331,7 @@ int main(int argc, char **argv)
         TIMED(test_align_zoom());
         TIMED(test_schedules(s));
         TIMED(test_adam_first_step(s));
+        TIMED(test_lr_decay(s));
     }
     if (train) {
         TIMED(test_converges(s));

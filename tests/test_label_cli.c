@@ -301,6 +301,8 @@ int main(void)
     expect_run(cmd, 2, "--gender-weight '0': expected a number from 0.01 to 100");
     snprintf(cmd, sizeof cmd, "%s --label-smoothing 0.6 2>&1", ft);
     expect_run(cmd, 2, "--label-smoothing '0.6': expected a number from 0 to 0.5");
+    snprintf(cmd, sizeof cmd, "%s --lr-decay 1.5 2>&1", ft);
+    expect_run(cmd, 2, "--lr-decay '1.5': expected a number from 0.01 to 1");
     snprintf(cmd, sizeof cmd,
              "%s --gender-weight 2 --ethnicity-weight 1.5 --label-smoothing 0.1 2>&1", ft);
     out = run(cmd, &status);

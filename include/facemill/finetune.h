@@ -140,6 +140,10 @@ typedef struct fm_ft_opts {
     double lr_backbone, lr_heads;
     int lr_relative;             /* 1: a backbone layer's rate is lr_backbone times the
                                     RMS of its base weights (a relative step) */
+    double lr_decay;             /* 0 < F <= 1, layer-wise: a backbone block's rate is
+                                    the next block's times F (the last block,
+                                    conv256_down_out, at the full rate; the stem at
+                                    F^14); 1: one rate for every block */
     double weight_decay;         /* decoupled, on weights only */
     double momentum;             /* SGD */
     fm_ft_schedule schedule;

@@ -280,6 +280,10 @@ int fm_cmd_finetune(int argc, char **argv)
         CLI_ENUM("--lr-mode", 0, lr_mode_names, &o.lr_relative,
                  "absolute (default) or relative: each backbone layer's rate is --lr times "
                  "the RMS of its pretrained weights"),
+        CLI_NUM("--lr-decay", 0, "F", 0.01, 1, &o.lr_decay,
+                "layer-wise rates: each backbone block's rate is the next block's times F, "
+                "so earlier blocks (generic features) move less; the last block trains at "
+                "--lr (default 1: one rate)"),
         CLI_NUM("--lr-heads", 0, "F", 1e-7, 1, &o.lr_heads,
                 "heads learning rate (default 0.001)"),
         CLI_NUM("--wd", 0, "F", 0, 1, &o.weight_decay, "decoupled weight decay (default 0.0001)"),

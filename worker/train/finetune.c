@@ -68,6 +68,7 @@ typedef struct ptensor {
     int fixed;     /* 1: never trained (the feature statistics) */
     double rms;    /* root mean square of the base's weights of this layer (relative
                       learning rates); biases take their layer's weight figure */
+    double decay;  /* lr_decay to the power of the trained blocks after this one's */
 } ptensor;
 
 struct fm_finetune {
@@ -135,6 +136,7 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
     o->optimizer = FM_FT_ADAMW;
     o->lr_backbone = 1e-4;
     o->lr_heads = 1e-3;
+    o->lr_decay = 1;
     o->weight_decay = 1e-4;
     o->momentum = 0.9;
     o->schedule = FM_FT_COSINE;
@@ -417,6 +419,7 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
     if (o->train_from < FM_FT_STEM || o->train_from > FM_FT_BLOCKS || o->batch < 1 ||
         o->batch > 4096 || o->max_epochs < 1 || o->patience < 1 || o->hidden < 1 ||
         o->hidden > 65536 || !(o->lr_backbone >= 0) || !(o->lr_heads > 0) ||
+        !(o->lr_decay > 0 && o->lr_decay <= 1) ||
         !(o->weight_decay >= 0) || !(o->dropout >= 0 && o->dropout <= 0.95) ||
         !(o->age_sigma >= 0) || !(o->age_weight > 0) ||
         !(o->gender_weight > 0) || !(o->race_weight > 0) || !(o->warmup_epochs >= 0) ||
@@ -595,6 +598,9 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
             t->rms = ft->t[k - 1].rms; /* a bias moves at its weights' scale */
         if (!(t->rms > 1e-6))
             t->rms = 1e-6;
+        /* the stem's tensors come before block 0's, four per block after them */
+        const int block = k < FM_DLIB_BLOCK0 ? FM_DLIB_STEM : (k - FM_DLIB_BLOCK0) / 4;
+        t->decay = pow(o->lr_decay, (double)(FM_DLIB_BLOCKS - 1 - block));
     }
     for (int i = 0; i < POOLED; i++) {
         ft->p[ft->t[T_FEAT_MEAN].off + i] = 0;
@@ -858,8 +864,8 @@ static void optimiser_step(fm_finetune *ft, double fh, double fb, long backbone_
         const fm_optim_step step = {
             .kind = o->optimizer == FM_FT_SGD ? FM_OPTIM_SGD : FM_OPTIM_ADAMW,
             .lr = pt->heads         ? fh * o->lr_heads
-                  : o->lr_relative ? fb * o->lr_backbone * pt->rms
-                                   : fb * o->lr_backbone,
+                  : o->lr_relative ? fb * o->lr_backbone * pt->decay * pt->rms
+                                   : fb * o->lr_backbone * pt->decay,
             .weight_decay = pt->weight ? o->weight_decay : 0,
             .momentum = o->momentum,
             .t = pt->heads ? th : tb > 0 ? tb : 1,
@@ -898,6 +904,11 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         if (len < size)
             snprintf(buf + len, size - len, "|weights %.17g %.17g", o->gender_weight,
                      o->race_weight);
+    }
+    if (o->lr_decay != 1) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|decay %.17g", o->lr_decay);
     }
     if (o->align_zoom != 1) {
         size_t len = strlen(buf);
