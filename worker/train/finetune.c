@@ -598,7 +598,8 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
             t->rms = ft->t[k - 1].rms; /* a bias moves at its weights' scale */
         if (!(t->rms > 1e-6))
             t->rms = 1e-6;
-        /* the stem's tensors come before block 0's, four per block after them */
+        /* fc's (never trained) and the stem's tensors come before block 0's, four per
+         * block after them */
         const int block = k < FM_DLIB_BLOCK0 ? FM_DLIB_STEM : (k - FM_DLIB_BLOCK0) / 4;
         t->decay = pow(o->lr_decay, (double)(FM_DLIB_BLOCKS - 1 - block));
     }
