@@ -258,6 +258,15 @@ static void test_plans(void)
         {"SkylakeX", "Haswell", "Haswell", "GenuineIntel", FM_BLAS_ISA_AVX512, 0, NULL,
          "the user's choice"},
         {"keep", "Haswell", "", "GenuineIntel", FM_BLAS_ISA_AVX2, 0, NULL, "environment"},
+        /* ... and one older than the CPU could run is said, with the better set */
+        {"auto", "Haswell", "Haswell", "AuthenticAMD", FM_BLAS_ISA_AVX512, 1, NULL,
+         "could run Cooperlake, for AVX-512: unset OPENBLAS_CORETYPE"},
+        {"auto", "Zen", "Prescott", "AuthenticAMD", FM_BLAS_ISA_AVX2, 0, NULL,
+         "could run Zen, for AVX2 and FMA"},
+        {"auto", "Haswell", "Haswell", "GenuineIntel", FM_BLAS_ISA_AVX2, 0, NULL,
+         "(the user's choice)"},
+        {"auto", "Zen", "Haswell", "AuthenticAMD", FM_BLAS_ISA_AVX2, 0, NULL,
+         "(the user's choice)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const plan_case *k = &cases[i];

@@ -169,8 +169,18 @@ fm_status fm_blas_plan_for(const char *setting, const char *running, const char 
                             "(Prescott, Nehalem, Sandybridge, Haswell, Zen, SkylakeX, "
                             "Cooperlake, ...)", setting ? setting : "(null)");
     if (user_env) {
-        snprintf(out->why, sizeof out->why, "%s=%s in the environment (the user's choice)",
-                 CORETYPE, user_env);
+        /* Respected, but a set older than the CPU could run is said: on a Zen 4 with
+         * AVX-512, OPENBLAS_CORETYPE=Haswell halves cblas_sgemm's speed. */
+        fm_blas_isa env_level;
+        const char *best = fm_blas_best_core(cpu);
+        if (best && fm_blas_core_lookup(user_env, &env_level) && env_level < cpu->level)
+            snprintf(out->why, sizeof out->why, "%s=%s in the environment (the user's "
+                     "choice; this CPU could run %s, for %s: unset %s to let "
+                     "engine.blas_kernels choose)", CORETYPE, user_env, best,
+                     fm_blas_isa_text(cpu->level), CORETYPE);
+        else
+            snprintf(out->why, sizeof out->why, "%s=%s in the environment (the user's choice)",
+                     CORETYPE, user_env);
         return FM_OK;
     }
     if (is_keep) {
