@@ -1134,8 +1134,9 @@ def case_long_batch(c, a):
     c.sets["detect.min_face_frac"] = "0"
     c.sets["detect.scale_factor"] = "0.85"
     # The expiry comes from this machine's speed: a third of the fastest photo's time
-    # on the full pipeline, and at least 60 ms. Every batch holds at least one photo, so every batch
-    # outlasts the expiry about three times (or more: up to worker.credit photos).
+    # on the full pipeline, and at least 60 ms. Every batch holds at least one photo,
+    # so every batch outlasts the expiry about three times (or more: up to
+    # worker.credit photos).
     ref = predict(a, c, [os.path.join(inp, os.path.basename(s)) for s in samples], 600)
     per_photo = sorted(sum(o["times_ms"].values()) for o in ref.values())
     expiry = max(60, int(per_photo[0] / 3))
