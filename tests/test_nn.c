@@ -315,7 +315,8 @@ static void test_conv_winograd(void)
 
     /* The transforms' vector kernels (AVX2, AVX-512) give the portable loops' bits on
      * every padded shape above (each was checked against the reference with the best
-     * set; unpadded ones go to the direct kernel where there is one). */
+     * set; unpadded ones go to the direct kernel where there is one). The products
+     * through cblas_sgemm on every set here, so that only the transforms differ. */
     const fm_nn_isa best = fm_nn_isa_best();
     int sets = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -328,6 +329,7 @@ static void test_conv_winograd(void)
         CHECK(fm_nn_conv2d_shape(&xi, &wi, &k->p, &shape, &e) == FM_OK);
         fm_tensor yi[FM_NN_ISA_AVX512 + 1];
         sets = 0;
+        fm_nn_set_own_gemm(0);
         for (int isa = FM_NN_ISA_BASE; isa <= (int)best; isa++, sets++) {
             fm_nn_set_isa((fm_nn_isa)isa);
             yi[isa] = fm_test_tensor(&rng, shape.n, shape.c, shape.h, shape.w);
@@ -338,6 +340,7 @@ static void test_conv_winograd(void)
                       fm_nn_isa_name((fm_nn_isa)isa));
         }
         fm_nn_set_isa(best);
+        fm_nn_set_own_gemm(1);
         for (int j = 0; j < sets; j++)
             fm_test_tensor_free(&yi[j]);
         fm_test_tensor_free(&xi);
@@ -346,6 +349,96 @@ static void test_conv_winograd(void)
     }
     fprintf(stderr, "test_nn: Winograd F(2x2, 3x3) through sgemm, %d instruction sets: the "
             "same bits\n", sets);
+}
+
+/* One image of x (n images) as its own tensor, sharing x's data. */
+static fm_tensor image_of(const fm_tensor *x, int img)
+{
+    fm_tensor t = fm_tensor_make(1, x->c, x->h, x->w, NULL);
+    t.data = x->data + (size_t)img * x->c * x->h * x->w;
+    return t;
+}
+
+/* The engine's own matrix product (fm_nn_set_own_gemm), through every convolution
+ * path that multiplies: Winograd, 1x1, im2col in tiles (k above one block of 256, so
+ * the sums continue across blocks), gathered across images; row and column counts
+ * that leave partial tiles of both instruction sets (8 x 32 and 6 x 16). Each against
+ * the double reference on each set; AVX2 and AVX-512 the same bits; cblas_sgemm
+ * (fm_nn_set_own_gemm(0)) within rounding; and each image's output the same bits
+ * whether it is multiplied alone or with others (every column is summed alone). */
+static void test_conv_own_gemm(void)
+{
+    const conv_case cases[] = {
+        {3, 17, 17, 21, 20, 3, 3, fm_conv2d_sym(1, 1), 1},  /* Winograd, m 20 */
+        {2, 64, 21, 19, 37, 3, 3, fm_conv2d_sym(1, 1), 1},  /* Winograd, wide passes */
+        {3, 13, 17, 17, 11, 1, 1, fm_conv2d_sym(1, 0), 1},  /* 1x1 direct, n 289 */
+        {2, 40, 23, 21, 9, 3, 3, fm_conv2d_sym(2, 1), 1},   /* im2col, k 360 */
+        {1, 64, 30, 29, 5, 3, 3, {1, 2, 1, 0, 1, 2, 1}, 0}, /* im2col, k 576 */
+        {5, 64, 9, 9, 13, 3, 3, {2, 2, 1, 0, 0, 1, 1}, 1},  /* gathered */
+        {3, 3, 45, 45, 7, 7, 7, fm_conv2d_sym(2, 3), 1},    /* a stem, k 147 */
+    };
+    const fm_nn_isa best = fm_nn_isa_best();
+    CHECK(fm_nn_set_own_gemm(1) == 1); /* on by default */
+    for (int isa = FM_NN_ISA_BASE; isa <= (int)best; isa++) {
+        fm_nn_set_isa((fm_nn_isa)isa);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            run_conv_case(&cases[i]);
+    }
+    fm_nn_set_isa(best);
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const conv_case *k = &cases[i];
+        fm_tensor x = fm_test_tensor(&rng, k->n, k->c, k->h, k->w);
+        fm_tensor w = fm_test_tensor(&rng, k->co, k->c / k->p.groups, k->kh, k->kw);
+        fm_tensor b = fm_test_tensor(&rng, 1, 1, 1, k->co);
+        fm_tensor shape = {0};
+        fm_error e = {0};
+        CHECK(fm_nn_conv2d_shape(&x, &w, &k->p, &shape, &e) == FM_OK);
+        /* [0] own on the best set, [1] own on AVX2, [2] cblas_sgemm, [3] image by image */
+        fm_tensor y[4];
+        for (int r = 0; r < 4; r++)
+            y[r] = fm_test_tensor(&rng, shape.n, shape.c, shape.h, shape.w);
+        conv_measured(&x, &w, &b, NULL, &k->p, &y[0]);
+        if (best >= FM_NN_ISA_AVX2) {
+            fm_nn_set_isa(FM_NN_ISA_AVX2);
+            conv_measured(&x, &w, &b, NULL, &k->p, &y[1]);
+            fm_nn_set_isa(best);
+        } else {
+            memcpy(y[1].data, y[0].data, sizeof(float) * fm_tensor_count(&y[0]));
+        }
+        fm_nn_set_own_gemm(0);
+        conv_measured(&x, &w, &b, NULL, &k->p, &y[2]);
+        fm_nn_set_own_gemm(1);
+        for (int img = 0; img < k->n; img++) {
+            fm_tensor xi = image_of(&x, img), yi = image_of(&y[3], img);
+            conv_measured(&xi, &w, &b, NULL, &k->p, &yi);
+        }
+        const size_t count = fm_tensor_count(&y[0]);
+        size_t sets = 0, alone = 0;
+        double max_abs = 0.0, max_diff = 0.0;
+        for (size_t q = 0; q < count; q++) {
+            sets += memcmp(&y[0].data[q], &y[1].data[q], sizeof(float)) != 0;
+            alone += memcmp(&y[0].data[q], &y[3].data[q], sizeof(float)) != 0;
+            max_abs = fmax(max_abs, fabs(y[2].data[q]));
+            max_diff = fmax(max_diff, fabs(y[0].data[q] - y[2].data[q]));
+        }
+        CHECK_MSG(sets == 0, "own gemm case %zu: AVX2 and AVX-512 differ in %zu of %zu", i,
+                  sets, count);
+        CHECK_MSG(alone == 0, "own gemm case %zu: %zu of %zu outputs change when the images "
+                  "are multiplied one by one", i, alone, count);
+        CHECK_MSG(max_diff <= 1e-5 * fmax(max_abs, 1.0),
+                  "own gemm case %zu: %g from cblas_sgemm's (largest %g)", i, max_diff,
+                  max_abs);
+        for (int r = 0; r < 4; r++)
+            fm_test_tensor_free(&y[r]);
+        fm_test_tensor_free(&x);
+        fm_test_tensor_free(&w);
+        fm_test_tensor_free(&b);
+    }
+    fprintf(stderr, "test_nn: the engine's own matrix product (%zu shapes), up to %s: within "
+            "rounding of the reference and of cblas_sgemm, the same bits on avx2+fma and "
+            "avx512 and for an image alone\n", sizeof cases / sizeof cases[0],
+            fm_nn_isa_name(best));
 }
 
 /* Stride-2 convolutions on few channels through space to depth and the direct kernel
@@ -1849,6 +1942,7 @@ int main(void)
     test_arena_basics();
     test_conv_paths();
     test_conv_winograd();
+    test_conv_own_gemm();
     test_conv_s2d();
     test_conv_random(1500);
     test_conv_prelu();

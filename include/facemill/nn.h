@@ -193,6 +193,14 @@ int fm_nn_set_winograd(int on);
  * them on F(2x2, 3x3), for comparisons. Returns the previous setting. Process-wide. */
 int fm_nn_set_winograd4(int on);
 
+/* The forward convolutions' matrix products (Winograd's, im2col's, 1x1) run in the
+ * engine's own kernel when the set in effect is AVX2 or better and BLAS runs one
+ * thread: the CPU's widest vectors whatever kernels OpenBLAS chose, and each output
+ * summed in the order of its products, so AVX2 and AVX-512 give the same bits.
+ * fm_nn_set_own_gemm(0) sends them to cblas_sgemm instead (for tests and
+ * comparisons), 1 back; returns the previous setting. Process-wide. */
+int fm_nn_set_own_gemm(int on);
+
 /* The direct convolution (stride 1, unpadded, few channels: MTCNN's layers) runs small
  * output planes with at least 16 output channels in tiles of positions x channels,
  * which waste no vector lanes on narrow rows. Both of its kernels sum each output in

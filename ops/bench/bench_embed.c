@@ -39,13 +39,16 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: facemill-bench-embed [--model PATH] [--batch N]... [--threads N]\n"
             "                            [--seconds S] [--gflop G] [--no-winograd]\n"
+            "                            [--no-own-gemm]\n"
             "  --model PATH  backbone model (default dlib_resnet.fmm, found through the\n"
             "                model search path: see facemill(1))\n"
             "  --batch N     a batch size to time (repeatable; default 1 and 16)\n"
             "  --threads N   OpenBLAS threads (default 1)\n"
             "  --seconds S   time spent per batch size (default 2)\n"
             "  --gflop G     work per face for GFLOPS (default: counted from the layers)\n"
-            "  --no-winograd 3x3 convolutions as im2col + sgemm only (for comparison)\n");
+            "  --no-winograd 3x3 convolutions as im2col + sgemm only (for comparison)\n"
+            "  --no-own-gemm the convolutions' matrix products through cblas_sgemm instead\n"
+            "                of the engine's own kernel (for comparison)\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, int *out)
@@ -68,7 +71,7 @@ int main(int argc, char **argv)
                       NULL);
     free(dirs);
     const char *model = default_model;
-    int sizes[MAX_SIZES], n_sizes = 0, threads = 1, winograd = 1;
+    int sizes[MAX_SIZES], n_sizes = 0, threads = 1, winograd = 1, own_gemm = 1;
     double seconds = 2.0, gflop = 0.0;
 
     for (int i = 1; i < argc; i++) {
@@ -80,6 +83,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--no-winograd") == 0) {
             winograd = 0;
+            continue;
+        }
+        if (strcmp(a, "--no-own-gemm") == 0) {
+            own_gemm = 0;
             continue;
         }
         if (ok && strcmp(a, "--model") == 0)
@@ -116,6 +123,7 @@ int main(int argc, char **argv)
     int rc = 1;
     fm_blas_choice blas;
     fm_nn_set_winograd(winograd); /* before the arena is measured */
+    fm_nn_set_own_gemm(own_gemm);
     if (fm_blas_select("auto", &blas, &err) || fm_nn_set_threads(threads, &err) ||
         fm_backbone_open(&b, model, max_batch, &err)) {
         fprintf(stderr, "facemill-bench-embed: %s\n", fm_error_text(&err));
@@ -148,10 +156,13 @@ int main(int argc, char **argv)
     if (gflop > 0.0)
         printf(", %.3f GFLOP per face", gflop);
     const double sgemm = fm_blas_sgemm_gflops();
-    printf("\n  kernels: %s\n  3x3 convolutions: %s\n  cblas_sgemm 1024^3 now: %.1f GFLOPS\n",
+    const int own = own_gemm && fm_nn_threads() == 1 && fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+    printf("\n  kernels: %s\n  3x3 convolutions: %s\n  matrix products: %s%s\n"
+           "  cblas_sgemm 1024^3 now: %.1f GFLOPS\n",
            blas.reason,
            winograd ? "Winograd F(2x2, 3x3) where it pays" : "im2col + sgemm (--no-winograd)",
-           sgemm);
+           own ? "the engine's own kernel, " : "cblas_sgemm",
+           own ? fm_nn_isa_name(fm_nn_isa_now()) : "", sgemm);
     printf("  %6s %8s %12s %12s %10s %10s %8s %8s %7s\n", "batch", "calls", "best ms",
            "mean ms", "ms/face", "faces/s", "GFLOPS", "sgemm", "/sgemm");
     for (int i = 0; i < n_sizes; i++) {

@@ -1,12 +1,12 @@
-/* nn_conv.c - 2-D convolution, the engine's hot spot: im2col + cblas_sgemm (row-major)
- * for ordinary convolutions, Winograd's F(2x2, 3x3) for 3x3 stride-1 ones with enough
- * channels (nn_winograd.c), a direct multiply for 1x1 stride-1 unpadded ones, a
- * gathered multiply across images when each image has few output pixels, and a direct
- * loop for depthwise convolutions. Shapes are checked once here; the inner loops trust
+/* nn_conv.c - 2-D convolution, the engine's hot spot: im2col + a matrix product
+ * (nn_gemm: the engine's own kernel, or cblas_sgemm) for ordinary convolutions,
+ * Winograd's F(2x2, 3x3) for 3x3 stride-1 ones with enough channels (nn_winograd.c),
+ * a direct multiply for 1x1 stride-1 unpadded ones, a gathered multiply across images
+ * when each image has few output pixels, and a direct loop for depthwise
+ * convolutions. Shapes are checked once here; the inner loops trust
  * them. */
 #include "nn_impl.h"
 
-#include <cblas.h>
 #include <string.h>
 
 /* Tuning (see ops/bench/bench_ops.c). Below CONV_GATHER_BELOW output pixels per
@@ -592,8 +592,7 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
             for (int gr = 0; gr < g.groups; gr++) {
                 const float *xg = x->data + ((size_t)n * g.c + (size_t)gr * g.cpg) * in_plane;
                 float *yg = y->data + ((size_t)n * g.co + (size_t)gr * g.cog) * out_plane;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, g.p, g.k, 1.0f,
-                            w->data + gr * wg_size, g.k, xg, g.p, 0.0f, yg, g.p);
+                nn_gemm(g.cog, g.p, g.k, w->data + gr * wg_size, g.k, xg, g.p, yg, g.p);
                 add_bias(yg, out_plane, g.cog, g.p, b ? b + (size_t)gr * g.cog : NULL);
             }
         }
@@ -606,9 +605,8 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
                 for (int p0 = 0; p0 < g.p; p0 += plan.tile) {
                     int cols = g.p - p0 < plan.tile ? g.p - p0 : plan.tile;
                     nn_im2col(&g, xg, p0, p0 + cols, scratch, (size_t)cols);
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, cols, g.k,
-                                1.0f, w->data + gr * wg_size, g.k, scratch, cols, 0.0f,
-                                yg + p0, g.p);
+                    nn_gemm(g.cog, cols, g.k, w->data + gr * wg_size, g.k, scratch, cols,
+                            yg + p0, g.p);
                     add_bias(yg + p0, out_plane, g.cog, cols,
                              b ? b + (size_t)gr * g.cog : NULL);
                 }
@@ -627,8 +625,7 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
                         x->data + ((size_t)(n0 + j) * g.c + (size_t)gr * g.cpg) * in_plane;
                     nn_im2col(&g, xg, 0, g.p, col + (size_t)j * g.p, (size_t)cols);
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.cog, cols, g.k, 1.0f,
-                            w->data + gr * wg_size, g.k, col, cols, 0.0f, res, cols);
+                nn_gemm(g.cog, cols, g.k, w->data + gr * wg_size, g.k, col, cols, res, cols);
                 for (int j = 0; j < imgs; j++) {
                     for (int m = 0; m < g.cog; m++) {
                         const float *src = res + (size_t)m * cols + (size_t)j * g.p;

@@ -125,6 +125,7 @@ fm_status nn_scratch(fm_arena *a, const char *op, size_t floats, float **out, fm
 /* 0 until the thread count has been set (by default or explicitly); the mutex keeps
  * an operation from running BLAS between another thread's check and its setting. */
 static atomic_int blas_threads_set;
+static atomic_int blas_threads_n = 1; /* what fm_nn_set_threads set, else the default */
 static pthread_mutex_t blas_threads_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void nn_blas_ready(void)
@@ -146,9 +147,15 @@ fm_status fm_nn_set_threads(int n, fm_error *err)
                             "nn: thread count %d out of range (1..1024)", n);
     pthread_mutex_lock(&blas_threads_lock);
     openblas_set_num_threads(n);
+    atomic_store_explicit(&blas_threads_n, n, memory_order_relaxed);
     atomic_store_explicit(&blas_threads_set, 1, memory_order_release);
     pthread_mutex_unlock(&blas_threads_lock);
     return FM_OK;
+}
+
+int nn_blas_threads(void)
+{
+    return atomic_load_explicit(&blas_threads_n, memory_order_relaxed);
 }
 
 int fm_nn_threads(void)

@@ -63,6 +63,17 @@ void nn_count_flop(fm_arena *a, double flop);
  * Every operation that calls BLAS calls this first. */
 void nn_blas_ready(void);
 
+/* The BLAS thread count fm_nn_set_threads asked for (1 until it is called), without
+ * asking OpenBLAS. */
+int nn_blas_threads(void);
+
+/* c (m x n, row stride ldc) = a (m x k, lda) b (k x n, ldb), all row-major: the
+ * engine's own kernel with AVX2 or AVX-512 and one BLAS thread (nn_gemm.c: each
+ * element summed in the order of k, the same bits on both sets), cblas_sgemm
+ * otherwise. m, n, k >= 1. */
+void nn_gemm(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+             int ldc);
+
 /* ---- shared by the forward and backward passes (nn_conv.c, nn_pool.c, nn_grad.c) -- */
 
 /* Convolution geometry, validated once by nn_conv_geometry. */

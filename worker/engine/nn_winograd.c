@@ -6,8 +6,8 @@
  * copies every input pixel nine times, sgemm packs that copy again). F(2x2, 3x3)
  * computes each 2x2 block of output from a 4x4 block of input with 16 multiplies per
  * input and output channel instead of 36, and its transformed input is 4 floats per
- * input pixel instead of 9. The multiplies become 16 sgemms, one per position e of the
- * 4x4 transformed block:
+ * input pixel instead of 9. The multiplies become 16 matrix products (nn_gemm), one
+ * per position e of the 4x4 transformed block:
  *
  *     M[e] (co x T) = U[e] (co x c) * V[e] (c x T)
  *
@@ -27,7 +27,6 @@
  * ops/bench/bench_ops.c). fm_nn_set_winograd turns it off for comparisons. */
 #include "nn_impl.h"
 
-#include <cblas.h>
 #include <string.h>
 
 /* Tuning (ops/bench/bench_ops.c). Below these, im2col + sgemm is as fast or faster:
@@ -301,9 +300,8 @@ void nn_conv_winograd(const conv_geom *g, const float *x, const float *w, const 
         const int nb = (int)(all - b0 < tmax ? all - b0 : tmax);
         transform_input(g, x, b0, nb, v, ev, rows, vin);
         for (int e = 0; e < 16; e++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->co, nb, g->c, 1.0f,
-                        u + (size_t)e * eu, g->c, v + (size_t)e * ev, nb, 0.0f,
-                        m + (size_t)e * em, nb);
+            nn_gemm(g->co, nb, g->c, u + (size_t)e * eu, g->c, v + (size_t)e * ev, nb,
+                    m + (size_t)e * em, nb);
         transform_output(g, m, b0, nb, em, bias, y, vout);
     }
 }
