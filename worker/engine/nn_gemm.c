@@ -54,25 +54,28 @@ int fm_nn_set_own_gemm(int on)
 
 static inline __attribute__((always_inline, target("avx512f"))) void
 tile_8x32(int kc, const float *const a[8], const float *b, size_t ldb, float *c, size_t ldc,
-          int mr, __mmask16 m0, __mmask16 m1, int add)
+          int mr, __mmask16 m0, __mmask16 m1, int add, const int two)
 {
 #define DECL(r)                                                                           \
     __m512 s##r##0 = _mm512_setzero_ps(), s##r##1 = _mm512_setzero_ps();                 \
     const float *a##r = a[r];                                                             \
     if (add && r < mr) {                                                                  \
         s##r##0 = _mm512_maskz_loadu_ps(m0, c + (size_t)(r)*ldc);                         \
-        s##r##1 = _mm512_maskz_loadu_ps(m1, c + (size_t)(r)*ldc + 16);                    \
+        if (two)                                                                          \
+            s##r##1 = _mm512_maskz_loadu_ps(m1, c + (size_t)(r)*ldc + 16);                \
     }
     ROWS8(DECL)
 #undef DECL
     for (int k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+        const __m512 b1 = two ? _mm512_maskz_loadu_ps(m1, b + 16) : b0;
         b += ldb;
 #define STEP(r)                                                                           \
     {                                                                                     \
         const __m512 x = _mm512_set1_ps(a##r[k]);                                         \
         s##r##0 = _mm512_fmadd_ps(x, b0, s##r##0);                                        \
-        s##r##1 = _mm512_fmadd_ps(x, b1, s##r##1);                                        \
+        if (two)                                                                          \
+            s##r##1 = _mm512_fmadd_ps(x, b1, s##r##1);                                    \
     }
         ROWS8(STEP)
 #undef STEP
@@ -80,13 +83,15 @@ tile_8x32(int kc, const float *const a[8], const float *b, size_t ldb, float *c,
 #define STORE(r)                                                                          \
     if (r < mr) {                                                                         \
         _mm512_mask_storeu_ps(c + (size_t)(r)*ldc, m0, s##r##0);                          \
-        _mm512_mask_storeu_ps(c + (size_t)(r)*ldc + 16, m1, s##r##1);                     \
+        if (two)                                                                          \
+            _mm512_mask_storeu_ps(c + (size_t)(r)*ldc + 16, m1, s##r##1);                 \
     }
     ROWS8(STORE)
 #undef STORE
 }
 
-/* The tile for 32 columns (masks all set, constant) and for fewer. */
+/* The tile for 32 columns (masks all set, constant), for 17 to 31 and for 16 and fewer
+ * (one vector per row). */
 typedef void tile_8x32_fn(int kc, const float *const a[8], const float *b, size_t ldb,
                           float *c, size_t ldc, int mr, __mmask16 m0, __mmask16 m1, int add);
 __attribute__((target("avx512f"))) static void tile_8x32_full(int kc, const float *const a[8],
@@ -96,7 +101,7 @@ __attribute__((target("avx512f"))) static void tile_8x32_full(int kc, const floa
                                                               int add)
 {
     (void)m0, (void)m1;
-    tile_8x32(kc, a, b, ldb, c, ldc, mr, 0xffff, 0xffff, add);
+    tile_8x32(kc, a, b, ldb, c, ldc, mr, 0xffff, 0xffff, add, 1);
 }
 __attribute__((target("avx512f"))) static void tile_8x32_part(int kc, const float *const a[8],
                                                               const float *b, size_t ldb,
@@ -104,7 +109,16 @@ __attribute__((target("avx512f"))) static void tile_8x32_part(int kc, const floa
                                                               __mmask16 m0, __mmask16 m1,
                                                               int add)
 {
-    tile_8x32(kc, a, b, ldb, c, ldc, mr, m0, m1, add);
+    tile_8x32(kc, a, b, ldb, c, ldc, mr, m0, m1, add, 1);
+}
+__attribute__((target("avx512f"))) static void tile_8x16_part(int kc, const float *const a[8],
+                                                              const float *b, size_t ldb,
+                                                              float *c, size_t ldc, int mr,
+                                                              __mmask16 m0, __mmask16 m1,
+                                                              int add)
+{
+    (void)m1;
+    tile_8x32(kc, a, b, ldb, c, ldc, mr, m0, 0, add, 0);
 }
 
 __attribute__((target("avx512f"))) static void gemm_avx512(int m, int n, int k,
@@ -124,7 +138,9 @@ __attribute__((target("avx512f"))) static void gemm_avx512(int m, int n, int k,
                 const float *rows[8];
                 for (int r = 0; r < 8; r++)
                     rows[r] = a + (size_t)(i + (r < mr ? r : 0)) * lda + k0;
-                tile_8x32_fn *tile = cols == 32 ? tile_8x32_full : tile_8x32_part;
+                tile_8x32_fn *tile = cols == 32  ? tile_8x32_full
+                                     : cols > 16 ? tile_8x32_part
+                                                 : tile_8x16_part;
                 tile(kc, rows, b + (size_t)k0 * ldb + j, ldb, c + (size_t)i * ldc + j, ldc, mr,
                      m0, m1, k0 > 0);
             }
