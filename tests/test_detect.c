@@ -364,16 +364,19 @@ static void test_open_errors(const char *models)
 
 /* The crop and pyramid sampling's vector paths (AVX2 gathers, masked where a row
  * reaches into the border or past the picture) against the portable loops, bit for
- * bit: random boxes inside, across and outside a picture with a border, both crop
- * sizes, pyramid levels of the padded picture at four scales, images whose stride
- * leaves no byte after the last row's pixels and images whose stride does; and the
- * values in the border (FM_DETECT_PAD_VALUE) and past it (zero), normalised. */
+ * bit, on every instruction set the CPU has: random boxes inside, across and outside
+ * a picture with a border, both crop sizes, pyramid levels of the padded picture at
+ * five scales (the smallest steps over more than seven pixels), images whose stride
+ * leaves no byte after the last row's pixels and images whose stride does, a wide
+ * one; and the values in the border (FM_DETECT_PAD_VALUE) and past it (zero),
+ * normalised. */
 static void test_crop_sampling(void)
 {
     fm_test_rng rng = FM_TEST_RNG(0x5eed5eedull);
     const float mean[3] = {127.5f, 120.0f, 100.0f}, scale[3] = {0.0078125f, 0.01f, 0.02f};
     const fm_nn_isa best = fm_nn_isa_best();
-    static const int dims[][3] = {{61, 47, 0}, {40, 40, 1}, {9, 13, 0}, {100, 3, 5}};
+    static const int dims[][3] = {{61, 47, 0}, {40, 40, 1}, {9, 13, 0}, {100, 3, 5},
+                                  {403, 31, 0}};
     int crops = 0, levels = 0, differ = 0;
     for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
         const int w = dims[d][0], h = dims[d][1], extra = dims[d][2];
@@ -397,25 +400,29 @@ static void test_crop_sampling(void)
                 float a[3 * 48 * 48], b[3 * 48 * 48];
                 fm_nn_set_isa(FM_NN_ISA_BASE);
                 fm_mtcnn_sample_crop(&img, pad, box, size, mean, scale, a);
-                fm_nn_set_isa(best);
-                fm_mtcnn_sample_crop(&img, pad, box, size, mean, scale, b);
-                crops++;
-                if (memcmp(a, b, sizeof(float) * 3 * (size_t)size * size) != 0)
-                    differ++;
+                for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+                    fm_nn_set_isa((fm_nn_isa)isa);
+                    fm_mtcnn_sample_crop(&img, pad, box, size, mean, scale, b);
+                    crops++;
+                    if (memcmp(a, b, sizeof(float) * 3 * (size_t)size * size) != 0)
+                        differ++;
+                }
             }
         }
         /* pyramid levels of the padded picture (border columns and rows) */
-        for (int lv = 0; lv < 4; lv++) {
-            const double sc = 0.25 + 0.3 * lv;
+        for (int lv = 0; lv < 5; lv++) {
+            const double sc = lv == 4 ? 0.13 : 0.25 + 0.3 * lv;
             const size_t n = 3 * (size_t)ceil((w + 2.0 * pad) * sc) * (size_t)ceil((h + 2.0 * pad) * sc);
             float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
             fm_nn_set_isa(FM_NN_ISA_BASE);
             CHECK(fm_mtcnn_sample_level(&img, pad, sc, mean, scale, a) > 0);
-            fm_nn_set_isa(best);
-            CHECK(fm_mtcnn_sample_level(&img, pad, sc, mean, scale, b) > 0);
-            levels++;
-            if (memcmp(a, b, n * sizeof *a) != 0)
-                differ++;
+            for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+                fm_nn_set_isa((fm_nn_isa)isa);
+                CHECK(fm_mtcnn_sample_level(&img, pad, sc, mean, scale, b) > 0);
+                levels++;
+                if (memcmp(a, b, n * sizeof *a) != 0)
+                    differ++;
+            }
             free(a);
             free(b);
         }
@@ -432,10 +439,10 @@ static void test_crop_sampling(void)
         free(px);
     }
     fm_nn_set_isa(best);
-    CHECK_MSG(differ == 0, "sampling: %d of %d crops and levels differ between base and %s",
-              differ, crops + levels, fm_nn_isa_name(best));
-    fprintf(stderr, "sampling: %d crops and %d pyramid levels, base and %s the same bits\n",
-            crops, levels, fm_nn_isa_name(best));
+    CHECK_MSG(differ == 0, "sampling: %d of %d crops and levels differ from base's (sets up "
+              "to %s)", differ, crops + levels, fm_nn_isa_name(best));
+    fprintf(stderr, "sampling: %d crops and %d pyramid levels, base's bits on every set up "
+            "to %s\n", crops, levels, fm_nn_isa_name(best));
 }
 
 /* ---- with the real models --------------------------------------------------------- */
