@@ -527,6 +527,30 @@ static fm_status conv_disjoint(const char *op, const fm_tensor *y, const fm_tens
     return nn_check_disjoint(op, "the slope", y, slope, err);
 }
 
+/* 1 when g's input and output are 1x1 planes and one tap, at the padding's offset,
+ * meets the input pixel: the others only ever meet padding. */
+static int skinny_center(const conv_geom *g)
+{
+    return g->groups == 1 && g->h == 1 && g->w == 1 && g->oh == 1 && g->ow == 1 &&
+           g->pt < g->kh && g->pl < g->kw;
+}
+
+/* nn_kept_layout's maker for nn_gemm_skinny: w (co x k) transposed to k x co, or with
+ * arg 1 the taps at (pt, pl) alone, c x co. */
+static void make_transposed(const conv_geom *g, const float *w, int arg, float *dst)
+{
+    for (int o = 0; o < g->co; o++) {
+        if (arg) {
+            for (int ci = 0; ci < g->c; ci++)
+                dst[(size_t)ci * g->co + o] =
+                    w[(((size_t)o * g->cpg + ci) * g->kh + g->pt) * g->kw + g->pl];
+        } else {
+            for (int q = 0; q < g->k; q++)
+                dst[(size_t)q * g->co + o] = w[(size_t)o * g->k + q];
+        }
+    }
+}
+
 /* fm_nn_conv2d, and fm_nn_conv2d_prelu when slope is not NULL (already checked): the
  * direct kernel applies the slope as it stores; other paths leave it to the caller,
  * and *fused says which happened. */
@@ -616,16 +640,38 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
     case CONV_GATHERED: {
         float *col = scratch;
         float *res = scratch + (size_t)g.k * plan.imgs * g.p;
+        /* One to four output columns (a layer whose output is one pixel, at one to four
+         * faces): the weights kept transposed, multiplied by nn_gemm_skinny; of a 1x1
+         * input only the tap at the padding's offset meets a pixel, and only it is read
+         * (the other taps' products are zeros: the same sums). */
+        const float *wt = NULL;
+        const int center = skinny_center(&g);
+        if (g.groups == 1 && (size_t)plan.imgs * g.p <= NN_GEMM_SKINNY && nn_gemm_own())
+            wt = nn_kept_layout(&g, w->data, NN_KEEP_TRANSPOSED, center,
+                                (size_t)g.co * (size_t)(center ? g.c : g.k), make_transposed);
         for (int n0 = 0; n0 < g.n; n0 += plan.imgs) {
             int imgs = g.n - n0 < plan.imgs ? g.n - n0 : plan.imgs;
             int cols = imgs * g.p;
             for (int gr = 0; gr < g.groups; gr++) {
-                for (int j = 0; j < imgs; j++) {
-                    const float *xg =
-                        x->data + ((size_t)(n0 + j) * g.c + (size_t)gr * g.cpg) * in_plane;
-                    nn_im2col(&g, xg, 0, g.p, col + (size_t)j * g.p, (size_t)cols);
+                if (wt && center) {
+                    for (int j = 0; j < imgs; j++)
+                        for (int ci = 0; ci < g.c; ci++)
+                            col[(size_t)ci * cols + j] = x->data[(size_t)(n0 + j) * g.c + ci];
+                } else {
+                    for (int j = 0; j < imgs; j++) {
+                        const float *xg =
+                            x->data + ((size_t)(n0 + j) * g.c + (size_t)gr * g.cpg) * in_plane;
+                        nn_im2col(&g, xg, 0, g.p, col + (size_t)j * g.p, (size_t)cols);
+                    }
                 }
-                nn_gemm(g.cog, cols, g.k, w->data + gr * wg_size, g.k, col, cols, res, cols);
+                if (!wt || !nn_gemm_skinny(g.co, cols, center ? g.c : g.k, wt, col, cols, res,
+                                           cols)) {
+                    for (int j = 0; wt && center && j < imgs; j++) /* the general layout */
+                        nn_im2col(&g, x->data + (size_t)(n0 + j) * g.c, 0, g.p,
+                                  col + (size_t)j * g.p, (size_t)cols);
+                    nn_gemm(g.cog, cols, g.k, w->data + gr * wg_size, g.k, col, cols, res,
+                            cols);
+                }
                 for (int j = 0; j < imgs; j++) {
                     for (int m = 0; m < g.cog; m++) {
                         const float *src = res + (size_t)m * cols + (size_t)j * g.p;

@@ -209,11 +209,156 @@ __attribute__((target("avx2,fma"))) static void gemm_avx2(int m, int n, int k, c
 }
 #endif
 
+/* ---- few columns: C = At^T B with A kept transposed (nn_gemm_skinny) ---------------
+ * A product with one to four columns (a layer whose output is one pixel, for one to
+ * four faces) fills one lane in sixteen of the tiles above. Here the lanes run along
+ * C's rows instead: At (A transposed, k x m, a kept layout of the weights) gives
+ * vectors of rows, B's element of each column is broadcast. Each element is still
+ * the sum of its products in the order of k, one fused multiply-add after another
+ * from zero: the same bits as nn_gemm's kernels. */
+#if GEMM_X86
+static inline __attribute__((always_inline, target("avx512f"))) void
+skinny_512(int m, int k, const float *at, const float *b, size_t ldb, float *c, size_t ldc,
+           const int n)
+{
+    for (int i0 = 0; i0 < m; i0 += 64) {
+        __mmask16 mk[4];
+        for (int v = 0; v < 4; v++) {
+            const int left = m - i0 - 16 * v;
+            mk[v] = (__mmask16)(left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0);
+        }
+        __m512 s[4][4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                s[j][v] = _mm512_setzero_ps();
+        const float *ap = at + i0, *bp = b;
+        for (int q = 0; q < k; q++, ap += m, bp += ldb) {
+            __m512 a[4];
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                a[v] = _mm512_maskz_loadu_ps(mk[v], ap + 16 * v);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                if (j < n) {
+                    const __m512 x = _mm512_set1_ps(bp[j]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < 4; v++)
+                        s[j][v] = _mm512_fmadd_ps(a[v], x, s[j][v]);
+                }
+            }
+        }
+        /* C is row-major: column j of these rows, one element per row */
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            if (j < n) {
+                float out[64];
+#pragma GCC unroll 4
+                for (int v = 0; v < 4; v++)
+                    _mm512_storeu_ps(out + 16 * v, s[j][v]);
+                const int rows = m - i0 < 64 ? m - i0 : 64;
+                for (int r = 0; r < rows; r++)
+                    c[(size_t)(i0 + r) * ldc + j] = out[r];
+            }
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void skinny_avx512(int m, int n, int k,
+                                                             const float *at, const float *b,
+                                                             size_t ldb, float *c, size_t ldc)
+{
+    switch (n) {
+    case 1: skinny_512(m, k, at, b, ldb, c, ldc, 1); break;
+    case 2: skinny_512(m, k, at, b, ldb, c, ldc, 2); break;
+    case 3: skinny_512(m, k, at, b, ldb, c, ldc, 3); break;
+    default: skinny_512(m, k, at, b, ldb, c, ldc, 4); break;
+    }
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) void
+skinny_256(int m, int k, const float *at, const float *b, size_t ldb, float *c, size_t ldc,
+           const int n)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int i0 = 0; i0 < m; i0 += 16) {
+        const __m256i q0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(m - i0), lane);
+        const __m256i q1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(m - i0 - 8), lane);
+        __m256 s[4][2];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            s[j][0] = s[j][1] = _mm256_setzero_ps();
+        const float *ap = at + i0, *bp = b;
+        for (int q = 0; q < k; q++, ap += m, bp += ldb) {
+            const __m256 a0 = _mm256_maskload_ps(ap, q0), a1 = _mm256_maskload_ps(ap + 8, q1);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                if (j < n) {
+                    const __m256 x = _mm256_broadcast_ss(bp + j);
+                    s[j][0] = _mm256_fmadd_ps(a0, x, s[j][0]);
+                    s[j][1] = _mm256_fmadd_ps(a1, x, s[j][1]);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            if (j < n) {
+                float out[16];
+                _mm256_storeu_ps(out, s[j][0]);
+                _mm256_storeu_ps(out + 8, s[j][1]);
+                const int rows = m - i0 < 16 ? m - i0 : 16;
+                for (int r = 0; r < rows; r++)
+                    c[(size_t)(i0 + r) * ldc + j] = out[r];
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void skinny_avx2(int m, int n, int k,
+                                                            const float *at, const float *b,
+                                                            size_t ldb, float *c, size_t ldc)
+{
+    switch (n) {
+    case 1: skinny_256(m, k, at, b, ldb, c, ldc, 1); break;
+    case 2: skinny_256(m, k, at, b, ldb, c, ldc, 2); break;
+    case 3: skinny_256(m, k, at, b, ldb, c, ldc, 3); break;
+    default: skinny_256(m, k, at, b, ldb, c, ldc, 4); break;
+    }
+}
+#endif
+
+int nn_gemm_own(void)
+{
+#if GEMM_X86
+    return atomic_load_explicit(&own_gemm, memory_order_relaxed) && nn_blas_threads() == 1 &&
+           fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+#else
+    return 0;
+#endif
+}
+
+int nn_gemm_skinny(int m, int n, int k, const float *at, const float *b, int ldb, float *c,
+                   int ldc)
+{
+#if GEMM_X86
+    if (n >= 1 && n <= NN_GEMM_SKINNY && nn_gemm_own()) {
+        if (fm_nn_isa_now() >= FM_NN_ISA_AVX512)
+            skinny_avx512(m, n, k, at, b, (size_t)ldb, c, (size_t)ldc);
+        else
+            skinny_avx2(m, n, k, at, b, (size_t)ldb, c, (size_t)ldc);
+        return 1;
+    }
+#endif
+    (void)m, (void)n, (void)k, (void)at, (void)b, (void)ldb, (void)c, (void)ldc;
+    return 0;
+}
+
 void nn_gemm(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
              int ldc)
 {
 #if GEMM_X86
-    if (atomic_load_explicit(&own_gemm, memory_order_relaxed) && nn_blas_threads() == 1) {
+    if (nn_gemm_own()) {
         const fm_nn_isa isa = fm_nn_isa_now();
         if (isa >= FM_NN_ISA_AVX512) {
             gemm_avx512(m, n, k, a, (size_t)lda, b, (size_t)ldb, c, (size_t)ldc);

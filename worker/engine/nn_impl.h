@@ -74,6 +74,21 @@ int nn_blas_threads(void);
 void nn_gemm(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
              int ldc);
 
+/* 1 when nn_gemm runs the engine's own kernel (AVX2 or better, one BLAS thread,
+ * fm_nn_set_own_gemm on). */
+int nn_gemm_own(void);
+
+/* Most columns nn_gemm_skinny takes. */
+#define NN_GEMM_SKINNY 4
+
+/* c (m x n, ldc) = at^T b for n <= NN_GEMM_SKINNY columns, at being a (m x k)
+ * transposed (k x m, row-major: a kept layout of weights), b k x n (ldb): the lanes
+ * run along c's rows. Each element summed as nn_gemm's own kernel sums it (the same
+ * bits). Returns 0, touching nothing, when nn_gemm_own() is 0 or n is out of range;
+ * the caller then multiplies with nn_gemm. */
+int nn_gemm_skinny(int m, int n, int k, const float *at, const float *b, int ldb, float *c,
+                   int ldc);
+
 /* ---- shared by the forward and backward passes (nn_conv.c, nn_pool.c, nn_grad.c) -- */
 
 /* Convolution geometry, validated once by nn_conv_geometry. */
@@ -195,9 +210,11 @@ void nn_conv_pool_direct(const conv_geom *g, int ph, int pw, const float *x, con
 /* ---- kept layouts of unchanging weights (nn_keep.c) ------------------------------ */
 
 /* The layouts kept: the position tiles' packed panels (arg: the tile's channels),
- * Winograd F(2x2, 3x3) through sgemm's transformed weights, and the direct kernel's
- * F(2x2, 3x3) and F(4x4, 3x3) transformed weights (arg: the set's product group). */
-enum { NN_KEEP_POSITIONS, NN_KEEP_WINOGRAD, NN_KEEP_WT2, NN_KEEP_WT4 };
+ * Winograd F(2x2, 3x3) through sgemm's transformed weights, the direct kernel's
+ * F(2x2, 3x3) and F(4x4, 3x3) transformed weights (arg: the set's product group), and
+ * the weights transposed for nn_gemm_skinny (arg 1: only the tap at the padding's
+ * offset, for a 1x1 input plane; 0: every tap). */
+enum { NN_KEEP_POSITIONS, NN_KEEP_WINOGRAD, NN_KEEP_WT2, NN_KEEP_WT4, NN_KEEP_TRANSPOSED };
 
 /* Makes the layout of g's weights w into dst. */
 typedef void (*nn_layout_fn)(const conv_geom *g, const float *w, int arg, float *dst);
