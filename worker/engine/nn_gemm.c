@@ -11,8 +11,10 @@
  *
  * A tile of MR rows x NR columns of C stays in registers while k runs over A's columns
  * in blocks of KC (so a block of A stays in cache across B's column tiles): AVX-512
- * 8 x 32 (16 accumulators), AVX2 and FMA 6 x 16 (12). Columns past n are masked, rows
- * past m read row 0 and are not stored. Every element of C is the sum of its k
+ * 8 x 32 (16 accumulators; 8 x 16 for the last 16 or fewer columns), AVX2 and FMA
+ * 6 x 16 (12). Columns past n are masked, rows past m read row 0 and are not stored.
+ * Products of one to four columns run with the lanes along C's rows instead
+ * (nn_gemm_skinny, below), from A kept transposed. Every element of C is the sum of its k
  * products in the order of k, one fused multiply-add after the other from zero,
  * whatever the shapes, the tiles, the blocks and the instruction set: AVX2 and AVX-512
  * give the same bits, and a column's result does not depend on the others (a face's
