@@ -3,8 +3,7 @@
  * Winograd's F(2x2, 3x3) for 3x3 stride-1 ones with enough channels (nn_winograd.c),
  * a direct multiply for 1x1 stride-1 unpadded ones, a gathered multiply across images
  * when each image has few output pixels, and a direct loop for depthwise
- * convolutions. Shapes are checked once here; the inner loops trust
- * them. */
+ * convolutions. Shapes are checked once here; the inner loops trust them. */
 #include "nn_impl.h"
 
 #include <string.h>
