@@ -379,6 +379,13 @@ static void test_conv_own_gemm(void)
     };
     const fm_nn_isa best = fm_nn_isa_best();
     CHECK(fm_nn_set_own_gemm(1) == 1); /* on by default */
+    CHECK(fm_nn_own_gemm_active() == (best >= FM_NN_ISA_AVX2));
+    fm_nn_set_own_gemm(0);
+    CHECK(fm_nn_own_gemm_active() == 0);
+    fm_nn_set_own_gemm(1);
+    fm_nn_set_isa(FM_NN_ISA_BASE);
+    CHECK(fm_nn_own_gemm_active() == 0);
+    fm_nn_set_isa(best);
     for (int isa = FM_NN_ISA_BASE; isa <= (int)best; isa++) {
         fm_nn_set_isa((fm_nn_isa)isa);
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

@@ -201,6 +201,10 @@ int fm_nn_set_winograd4(int on);
  * comparisons), 1 back; returns the previous setting. Process-wide. */
 int fm_nn_set_own_gemm(int on);
 
+/* 1 when those products run in the engine's own kernel now (the setting on, AVX2 or
+ * better in effect, one BLAS thread), 0 when they go to cblas_sgemm. */
+int fm_nn_own_gemm_active(void);
+
 /* The direct convolution (stride 1, unpadded, few channels: MTCNN's layers) runs small
  * output planes with at least 16 output channels in tiles of positions x channels,
  * which waste no vector lanes on narrow rows. Both of its kernels sum each output in

@@ -156,7 +156,7 @@ int main(int argc, char **argv)
     if (gflop > 0.0)
         printf(", %.3f GFLOP per face", gflop);
     const double sgemm = fm_blas_sgemm_gflops();
-    const int own = own_gemm && fm_nn_threads() == 1 && fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+    const int own = fm_nn_own_gemm_active();
     printf("\n  kernels: %s\n  3x3 convolutions: %s\n  matrix products: %s%s\n"
            "  cblas_sgemm 1024^3 now: %.1f GFLOPS\n",
            blas.reason,

@@ -645,7 +645,8 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
          * (the other taps' products are zeros: the same sums). */
         const float *wt = NULL;
         const int center = skinny_center(&g);
-        if (g.groups == 1 && (size_t)plan.imgs * g.p <= NN_GEMM_SKINNY && nn_gemm_own())
+        if (g.groups == 1 && (size_t)plan.imgs * g.p <= NN_GEMM_SKINNY &&
+            fm_nn_own_gemm_active())
             wt = nn_kept_layout(&g, w->data, NN_KEEP_TRANSPOSED, center,
                                 (size_t)g.co * (size_t)(center ? g.c : g.k), make_transposed);
         for (int n0 = 0; n0 < g.n; n0 += plan.imgs) {
@@ -663,14 +664,11 @@ static fm_status conv_forward(const char *op, fm_arena *a, const fm_tensor *x,
                         nn_im2col(&g, xg, 0, g.p, col + (size_t)j * g.p, (size_t)cols);
                     }
                 }
-                if (!wt || !nn_gemm_skinny(g.co, cols, center ? g.c : g.k, wt, col, cols, res,
-                                           cols)) {
-                    for (int j = 0; wt && center && j < imgs; j++) /* the general layout */
-                        nn_im2col(&g, x->data + (size_t)(n0 + j) * g.c, 0, g.p,
-                                  col + (size_t)j * g.p, (size_t)cols);
+                if (wt)
+                    nn_gemm_skinny(g.co, cols, center ? g.c : g.k, wt, col, cols, res, cols);
+                else
                     nn_gemm(g.cog, cols, g.k, w->data + gr * wg_size, g.k, col, cols, res,
                             cols);
-                }
                 for (int j = 0; j < imgs; j++) {
                     for (int m = 0; m < g.cog; m++) {
                         const float *src = res + (size_t)m * cols + (size_t)j * g.p;

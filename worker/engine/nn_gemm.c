@@ -330,7 +330,7 @@ __attribute__((target("avx2,fma"))) static void skinny_avx2(int m, int n, int k,
 }
 #endif
 
-int nn_gemm_own(void)
+int fm_nn_own_gemm_active(void)
 {
 #if GEMM_X86
     return atomic_load_explicit(&own_gemm, memory_order_relaxed) && nn_blas_threads() == 1 &&
@@ -340,27 +340,24 @@ int nn_gemm_own(void)
 #endif
 }
 
-int nn_gemm_skinny(int m, int n, int k, const float *at, const float *b, int ldb, float *c,
-                   int ldc)
+void nn_gemm_skinny(int m, int n, int k, const float *at, const float *b, int ldb, float *c,
+                    int ldc)
 {
 #if GEMM_X86
-    if (n >= 1 && n <= NN_GEMM_SKINNY && nn_gemm_own()) {
-        if (fm_nn_isa_now() >= FM_NN_ISA_AVX512)
-            skinny_avx512(m, n, k, at, b, (size_t)ldb, c, (size_t)ldc);
-        else
-            skinny_avx2(m, n, k, at, b, (size_t)ldb, c, (size_t)ldc);
-        return 1;
-    }
-#endif
+    if (fm_nn_isa_now() >= FM_NN_ISA_AVX512)
+        skinny_avx512(m, n, k, at, b, (size_t)ldb, c, (size_t)ldc);
+    else
+        skinny_avx2(m, n, k, at, b, (size_t)ldb, c, (size_t)ldc);
+#else
     (void)m, (void)n, (void)k, (void)at, (void)b, (void)ldb, (void)c, (void)ldc;
-    return 0;
+#endif
 }
 
 void nn_gemm(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
              int ldc)
 {
 #if GEMM_X86
-    if (nn_gemm_own()) {
+    if (fm_nn_own_gemm_active()) {
         const fm_nn_isa isa = fm_nn_isa_now();
         if (isa >= FM_NN_ISA_AVX512) {
             gemm_avx512(m, n, k, a, (size_t)lda, b, (size_t)ldb, c, (size_t)ldc);

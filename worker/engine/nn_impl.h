@@ -74,20 +74,15 @@ int nn_blas_threads(void);
 void nn_gemm(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
              int ldc);
 
-/* 1 when nn_gemm runs the engine's own kernel (AVX2 or better, one BLAS thread,
- * fm_nn_set_own_gemm on). */
-int nn_gemm_own(void);
-
 /* Most columns nn_gemm_skinny takes. */
 #define NN_GEMM_SKINNY 4
 
-/* c (m x n, ldc) = at^T b for n <= NN_GEMM_SKINNY columns, at being a (m x k)
+/* c (m x n, ldc) = at^T b for 1 <= n <= NN_GEMM_SKINNY columns, at being a (m x k)
  * transposed (k x m, row-major: a kept layout of weights), b k x n (ldb): the lanes
  * run along c's rows. Each element summed as nn_gemm's own kernel sums it (the same
- * bits). Returns 0, touching nothing, when nn_gemm_own() is 0 or n is out of range;
- * the caller then multiplies with nn_gemm. */
-int nn_gemm_skinny(int m, int n, int k, const float *at, const float *b, int ldb, float *c,
-                   int ldc);
+ * bits). Only while fm_nn_own_gemm_active(); the caller checks both. */
+void nn_gemm_skinny(int m, int n, int k, const float *at, const float *b, int ldb, float *c,
+                    int ldc);
 
 /* ---- shared by the forward and backward passes (nn_conv.c, nn_pool.c, nn_grad.c) -- */
 
