@@ -57,7 +57,8 @@ KNOWN = {
               "--lr-mode", "--lr-heads", "--wd", "--schedule", "--step-epochs",
               "--step-gamma", "--warmup", "--hidden", "--dropout", "--age-sigma",
               "--age-weight", "--gender-weight", "--ethnicity-weight",
-              "--label-smoothing", "--align-zoom", "--flip", "--shift", "--scale",
+              "--label-smoothing", "--drop-hardest", "--drop-below",
+              "--align-zoom", "--flip", "--shift", "--scale",
               "--rotate", "--brightness", "--contrast", "--seed", "--limit"],
 }
 COMMON = ["-h", "--help", "--config", "--set", "-q", "--quiet", "-v", "--verbose",

@@ -766,8 +766,19 @@ static void test_lr_decay(synth *s)
  * ethnicity) and label smoothing; *g is malloc'd (g NULL: loss only). Every call
  * starts from the same parameters (the heads' initial values are a function of the
  * seed). */
+static int batch_loss_drop(const double w[3], double smoothing, double drop, double below,
+                           const float *x, const fm_utk_label *lab, int n, double *loss,
+                           float **g, size_t *count);
 static int batch_loss(const double w[3], double smoothing, const float *x,
                       const fm_utk_label *lab, int n, double *loss, float **g, size_t *count)
+{
+    return batch_loss_drop(w, smoothing, 0, 1, x, lab, n, loss, g, count);
+}
+
+/* batch_loss with drop_hardest set to drop and drop_below to below. */
+static int batch_loss_drop(const double w[3], double smoothing, double drop, double below,
+                           const float *x, const fm_utk_label *lab, int n, double *loss,
+                           float **g, size_t *count)
 {
     fm_error err = {0};
     fm_model *m = NULL;
@@ -782,6 +793,8 @@ static int batch_loss(const double w[3], double smoothing, const float *x,
     o.gender_weight = w[1];
     o.race_weight = w[2];
     o.label_smoothing = smoothing;
+    o.drop_hardest = drop;
+    o.drop_below = below;
     int ok = fm_model_open(&m, model_path, 0, &err) == FM_OK &&
              fm_finetune_new(&ft, m, &o, &err) == FM_OK;
     int H = 0, W = 0;
@@ -892,6 +905,75 @@ static void test_label_smoothing(void)
     CHECK_MSG(moved > 1e-3, "smoothing moved the loss by %.3g only", moved);
     fprintf(stderr, "label smoothing: worst relative error %.2g, loss moved up to %.4f\n",
             worst, moved);
+    free(x);
+}
+
+/* drop_hardest leaves a training batch's hardest gender face out of the gender loss and
+ * its hardest ethnicity face out of the ethnicity loss, and scales the rest by
+ * n / (n - 1): with each face's three loss parts measured alone (as in
+ * test_loss_weights), a batch of four at share 0.25 must give the mean age part plus
+ * the mean gender part of the three faces other than the one of highest gender part,
+ * and likewise for ethnicity. The loss without gradients (the hold-out's) keeps every
+ * face. */
+static void test_drop_hardest(void)
+{
+    enum { N = 4 };
+    const size_t img = (size_t)3 * 150 * 150;
+    float *x = malloc(N * img * sizeof(float));
+    for (size_t i = 0; i < N * img; i++)
+        x[i] = (float)(fm_test_rng_uniform(&rng) * 2 - 1);
+    const fm_utk_label lab[N] = {{33, 0, 1}, {8, 1, 3}, {61, 1, 0}, {25, 0, 4}};
+    const double w1[3] = {1, 1, 1}, wg[3] = {1, 2, 1}, wr[3] = {1, 1, 2};
+    double part[3][N];
+    int ok = 1;
+    for (int i = 0; i < N && ok; i++) {
+        double l1 = 0, lg = 0, lr = 0;
+        ok &= batch_loss(w1, 0.1, x + i * img, &lab[i], 1, &l1, NULL, NULL) &&
+              batch_loss(wg, 0.1, x + i * img, &lab[i], 1, &lg, NULL, NULL) &&
+              batch_loss(wr, 0.1, x + i * img, &lab[i], 1, &lr, NULL, NULL);
+        part[1][i] = lg - l1;
+        part[2][i] = lr - l1;
+        part[0][i] = l1 - part[1][i] - part[2][i];
+    }
+    double want = 0, all = 0;
+    int hard[3] = {-1, -1, -1};
+    for (int h = 0; h < 3 && ok; h++) {
+        for (int i = 0; i < N; i++)
+            if (h && (hard[h] < 0 || part[h][i] > part[h][hard[h]]))
+                hard[h] = i;
+        for (int i = 0; i < N; i++) {
+            all += part[h][i] / N;
+            if (i != hard[h])
+                want += part[h][i] / (h ? N - 1 : N);
+        }
+    }
+    double dropped = 0, kept = 0, plain = 0, none = 0;
+    float *g = NULL, *g2 = NULL;
+    size_t count = 0;
+    /* fresh heads give every label about 1/2 (gender) and 1/5 (ethnicity): with
+     * drop_below 0.01 no face may go */
+    ok = ok && batch_loss_drop(w1, 0.1, 0.25, 1, x, lab, N, &dropped, &g, &count) &&
+         batch_loss_drop(w1, 0.1, 0.25, 1, x, lab, N, &kept, NULL, NULL) &&
+         batch_loss_drop(w1, 0.1, 0, 1, x, lab, N, &plain, NULL, NULL) &&
+         batch_loss_drop(w1, 0.1, 0.25, 0.01, x, lab, N, &none, &g2, &count);
+    CHECK(ok);
+    if (ok) {
+        CHECK_MSG(fabs(dropped - want) < 1e-4 * want,
+                  "batch loss with the hardest left out %.6f, want %.6f (all faces %.6f)",
+                  dropped, want, all);
+        CHECK_MSG(fabs(dropped - all) > 1e-3, "leaving out the hardest changed nothing");
+        CHECK_MSG(fabs(kept - all) < 1e-4 * all && fabs(plain - all) < 1e-4 * all,
+                  "loss alone %.6f / without drop %.6f, want every face %.6f", kept, plain,
+                  all);
+        CHECK_MSG(fabs(none - all) < 1e-4 * all,
+                  "drop_below 0.01 left a face out: loss %.6f, every face %.6f", none, all);
+        fprintf(stderr,
+                "drop hardest: gender drops face %d, ethnicity face %d; loss %.5f "
+                "(every face %.5f)\n",
+                hard[1], hard[2], dropped, all);
+    }
+    free(g);
+    free(g2);
     free(x);
 }
 
@@ -1280,6 +1362,18 @@ static void test_bad_options(void)
     o.label_smoothing = 1.5;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
     fm_ft_opts_defaults(&o);
+    CHECK(o.drop_hardest == 0);
+    o.drop_hardest = -0.01;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    o.drop_hardest = 0.51;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
+    CHECK(o.drop_below == 1);
+    o.drop_below = 0;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    o.drop_below = 1.01;
+    CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
+    fm_ft_opts_defaults(&o);
     CHECK(o.degrade == 0);
     o.degrade = 1.5;
     CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_ERR_INVALID && !ft);
@@ -1325,6 +1419,7 @@ int main(int argc, char **argv)
         TIMED(test_gradients());
         TIMED(test_loss_weights());
         TIMED(test_label_smoothing());
+        TIMED(test_drop_hardest());
         TIMED(test_fit_temperature());
         TIMED(test_write_backbone());
         TIMED(test_align_zoom());

@@ -490,6 +490,125 @@ static void test_net_written(const char *dir)
     rnet_free(&r);
 }
 
+/* Small-loss selection (fm_heads_hardest_weights): the round(share x n) rows of highest
+ * cross-entropy get weight 0, the others n / (n - dropped); equal losses drop the
+ * earlier row; at most n - 1 rows go; and the weights it gives scale each row's loss
+ * and gradient in fm_heads_net_loss_rows (a dropped row's gradient is zero, a kept
+ * row's is the unweighted one times its weight). */
+static void test_hardest_weights(void)
+{
+    /* 6 rows of 3 classes; targets one-hot; losses known from the logits */
+    float logit[6 * 3], target[6 * 3];
+    const int label[6] = {0, 1, 2, 0, 1, 2};
+    const float margin[6] = {2.0f, -1.0f, 0.5f, -3.0f, 1.0f, -1.0f}; /* label logit */
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 3; j++) {
+            logit[i * 3 + j] = j == label[i] ? margin[i] : 0.0f;
+            target[i * 3 + j] = j == label[i] ? 1.0f : 0.0f;
+        }
+    fm_tensor l = fm_tensor_make(6, 3, 1, 1, logit);
+    float w[6];
+    double loss[6];
+    /* share 1/3: 2 rows; the highest losses are rows 3 (margin -3), then rows 1 and 5
+     * (margin -1, equal): row 1, the earlier, goes */
+    int d = fm_heads_hardest_weights(&l, target, 1.0 / 3.0, 2.0, w, loss);
+    CHECK(d == 2);
+    for (int i = 0; i < 6; i++) {
+        const double want = log(2.0 + exp((double)margin[i])) - margin[i];
+        CHECK_MSG(fabs(loss[i] - want) < 1e-9, "row %d loss %.9f, want %.9f", i, loss[i], want);
+        const float ww = i == 3 || i == 1 ? 0.0f : 6.0f / 4.0f;
+        CHECK_MSG(w[i] == ww, "share 1/3: row %d weight %g, want %g", i, w[i], ww);
+    }
+    /* share 0: nothing dropped, every weight 1 */
+    CHECK(fm_heads_hardest_weights(&l, target, 0.0, 2.0, w, loss) == 0);
+    for (int i = 0; i < 6; i++)
+        CHECK(w[i] == 1.0f);
+    /* rounding: 0.1 x 6 = 0.6 drops one row (row 3); 0.05 x 6 = 0.3 none */
+    CHECK(fm_heads_hardest_weights(&l, target, 0.1, 2.0, w, loss) == 1 && w[3] == 0.0f &&
+          w[0] == 1.2f);
+    CHECK(fm_heads_hardest_weights(&l, target, 0.05, 2.0, w, loss) == 0);
+    /* below: only rows whose label gets less than it may go. The labels' probabilities
+     * are e^m / (e^m + 2): rows 0-5 0.787, 0.155, 0.452, 0.024, 0.576, 0.155. Below
+     * 0.1 only row 3 may go, so share 1/3 drops one row (weights 6/5); below 0.5 and
+     * share 1/2 drop rows 3, 1 and 5 of the four that may go (2 kept: the smallest
+     * loss of the four) */
+    CHECK(fm_heads_hardest_weights(&l, target, 1.0 / 3.0, 0.1, w, loss) == 1 &&
+          w[3] == 0.0f && w[1] == 1.2f && w[5] == 1.2f);
+    CHECK(fm_heads_hardest_weights(&l, target, 0.5, 0.5, w, loss) == 3 && w[3] == 0.0f &&
+          w[1] == 0.0f && w[5] == 0.0f && w[2] == 2.0f && w[0] == 2.0f && w[4] == 2.0f);
+    /* below 0.02: no row may go */
+    CHECK(fm_heads_hardest_weights(&l, target, 0.5, 0.02, w, loss) == 0 && w[3] == 1.0f);
+    /* one row is never dropped */
+    fm_tensor one = fm_tensor_make(1, 3, 1, 1, logit + 9);
+    CHECK(fm_heads_hardest_weights(&one, target + 9, 0.5, 2.0, w, loss) == 0 && w[0] == 1.0f);
+
+    /* the weights in the loss: rows of output 1 and 2 weighted, output 0 not */
+    fm_heads_tape t;
+    memset(&t, 0, sizeof t);
+    float l0[6 * 4], l2[6 * 5], t0[6 * 4], t2[6 * 5];
+    for (int i = 0; i < 6 * 4; i++) {
+        l0[i] = (float)(fm_test_rng_uniform(&rng) * 4 - 2);
+        t0[i] = (i % 4) == (i / 4) % 4 ? 1.0f : 0.0f;
+    }
+    for (int i = 0; i < 6 * 5; i++) {
+        l2[i] = (float)(fm_test_rng_uniform(&rng) * 4 - 2);
+        t2[i] = (i % 5) == (i / 5) % 5 ? 1.0f : 0.0f;
+    }
+    t.logits[0] = fm_tensor_make(6, 4, 1, 1, l0);
+    t.logits[1] = fm_tensor_make(6, 3, 1, 1, logit);
+    t.logits[2] = fm_tensor_make(6, 5, 1, 1, l2);
+    const float *const tg[3] = {t0, target, t2};
+    const double weight[3] = {1.0, 3.0, 1.5};
+    float wg[6], wr[6];
+    double tmp[6];
+    fm_heads_hardest_weights(&t.logits[1], target, 1.0 / 3.0, 2.0, wg, tmp);
+    fm_heads_hardest_weights(&t.logits[2], t2, 1.0 / 3.0, 2.0, wr, tmp);
+    const float *const rw[3] = {NULL, wg, wr};
+    fm_arena *a = NULL;
+    fm_error err = {0};
+    CHECK(fm_arena_new(1 << 20, &a, &err) == FM_OK);
+    float g0[3][6 * 5], g1[3][6 * 5];
+    fm_tensor d0[3], d1[3];
+    for (int o = 0; o < 3; o++) {
+        memset(g0[o], 0, sizeof g0[o]);
+        memset(g1[o], 0, sizeof g1[o]);
+        d0[o] = fm_tensor_make(6, t.logits[o].c, 1, 1, g0[o]);
+        d1[o] = fm_tensor_make(6, t.logits[o].c, 1, 1, g1[o]);
+    }
+    double plain = 0, rows = 0;
+    CHECK(fm_heads_net_loss(a, &t, tg, weight, &plain, d0, &err) == FM_OK);
+    CHECK(fm_heads_net_loss_rows(a, &t, tg, weight, rw, &rows, d1, &err) == FM_OK);
+    /* the loss: each output's per-row cross-entropies, weighted */
+    double want = 0;
+    for (int o = 0; o < 3; o++) {
+        const int k = t.logits[o].c;
+        for (int i = 0; i < 6; i++) {
+            double mx = -1e30, se = 0, tl = 0;
+            for (int j = 0; j < k; j++)
+                mx = fmax(mx, t.logits[o].data[i * k + j]);
+            for (int j = 0; j < k; j++) {
+                se += exp(t.logits[o].data[i * k + j] - mx);
+                tl += tg[o][i * k + j] * t.logits[o].data[i * k + j];
+            }
+            want += weight[o] / 6 * (o ? rw[o][i] : 1.0) * (mx + log(se) - tl);
+        }
+    }
+    CHECK_MSG(fabs(rows - want) < 1e-5 * want, "weighted loss %.7f, want %.7f", rows, want);
+    CHECK(fabs(rows - plain) > 1e-3);
+    for (int o = 0; o < 3; o++) {
+        const int k = t.logits[o].c;
+        for (int i = 0; i < 6; i++)
+            for (int j = 0; j < k; j++) {
+                const float r = o ? rw[o][i] : 1.0f;
+                CHECK_MSG(fabsf(g1[o][i * k + j] - r * g0[o][i * k + j]) <=
+                              1e-6f * (1 + fabsf(g0[o][i * k + j])),
+                          "output %d row %d class %d: gradient %g, want %g x %g", o, i, j,
+                          g1[o][i * k + j], r, g0[o][i * k + j]);
+            }
+    }
+    fm_arena_destroy(&a);
+}
+
 int main(void)
 {
     if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "heads") != 0)
@@ -508,6 +627,7 @@ int main(void)
     test_net_gradients(2, w2, 0);
     test_net_gradients(2, w2, 1);
     test_net_written(tmpdir);
+    test_hardest_weights();
     fm_test_remove_tree(tmpdir);
     return fm_test_done("test_heads");
 }

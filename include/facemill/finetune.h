@@ -158,6 +158,14 @@ typedef struct fm_ft_opts {
     double age_weight, gender_weight, race_weight; /* loss weights of the heads, > 0 */
     double label_smoothing;      /* gender and ethnicity targets: 1 - eps on the label
                                     plus eps / classes on every class (0..1; 0: one-hot) */
+    double drop_hardest;         /* 0..0.5, against mislabelled faces: in each training
+                                    batch up to round(share x batch) faces with the
+                                    highest gender loss are left out of the gender
+                                    loss, and those with the highest ethnicity loss out
+                                    of the ethnicity loss (fm_heads_hardest_weights);
+                                    age and the hold-out loss keep every face; 0: none */
+    double drop_below;           /* 0..1: only faces whose label the network gives less
+                                    than this may be left out (1: any face) */
     double align_zoom;           /* the base's alignment template scaled by this about
                                     the chip's centre (0.5..1.5; < 1: the face fills less
                                     of the chip, more hair and surroundings); the trained

@@ -170,6 +170,25 @@ fm_status fm_heads_net_loss(fm_arena *a, const fm_heads_tape *tape,
                             const float *const target[3], const double weight[3],
                             double *loss, fm_tensor *dlogits, fm_error *err);
 
+/* fm_heads_net_loss with each row of output o weighted by row_weight[o][row] (row_weight
+ * NULL, or one of its pointers NULL: every row of that output 1): the loss and the
+ * gradients of row r of output o are multiplied by row_weight[o][r] (>= 0, finite). */
+fm_status fm_heads_net_loss_rows(fm_arena *a, const fm_heads_tape *tape,
+                                 const float *const target[3], const double weight[3],
+                                 const float *const row_weight[3], double *loss,
+                                 fm_tensor *dlogits, fm_error *err);
+
+/* Small-loss selection against mislabelled faces: of the n rows of logits ([n, k])
+ * against target (n x k, rows of distributions), those whose softmax gives the
+ * target's largest class less than below may be dropped, and of them the
+ * round(share x n) (at most n - 1) with the highest cross-entropy are: weight 0 in w
+ * (n floats), the others n / (n - dropped), so the kept rows' mean loss keeps the
+ * scale of the whole batch's. Of equal losses the earlier row is dropped first.
+ * below > 1 lets any row go. losses (n doubles) receives each row's cross-entropy.
+ * Returns the rows dropped. */
+int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, double share,
+                             double below, float *w, double *losses);
+
 /* The backward pass of the forward pass recorded in tape (same net and mask): given
  * dlogits (3 tensors, the loss's gradient with respect to the logits), ACCUMULATES the
  * gradients of the shared layers' and the outputs' weights and biases into g (views

@@ -307,6 +307,13 @@ int fm_cmd_finetune(int argc, char **argv)
         CLI_NUM("--label-smoothing", 0, "F", 0, 0.5, &o.label_smoothing,
                 "gender and ethnicity targets 1 - F on the label plus F / classes on each "
                 "class (default 0)"),
+        CLI_NUM("--drop-hardest", 0, "F", 0, 0.5, &o.drop_hardest,
+                "in each batch, up to the share F of faces with the highest gender loss "
+                "left out of it, and likewise for ethnicity: against mislabelled faces "
+                "(default 0)"),
+        CLI_NUM("--drop-below", 0, "P", 0.001, 1, &o.drop_below,
+                "with --drop-hardest, only faces whose label the network gives less than "
+                "P may be left out (default 1: any)"),
         CLI_NUM("--align-zoom", 0, "F", 0.5, 1.5, &o.align_zoom,
                 "the base's alignment template scaled by F about the chip's centre "
                 "(default 1; below 1 the face is smaller and the chip holds more hair and "

@@ -88,6 +88,8 @@ struct fm_finetune {
     fm_arena *arena;
     float feat_scale[POOLED], feat_shift[POOLED]; /* 1/std, -mean/std */
     float *xbuf;     /* batch x 3 x H x W normalised input */
+    float *row_w;    /* 2 x batch: gender and ethnicity rows' loss weights (drop_hardest) */
+    double *row_loss; /* batch: their losses */
     uint8_t *chips;  /* batch x H x W x 3 */
     float *target;   /* targets, see target_of */
     float *mask;     /* batch x hidden dropout mask */
@@ -153,6 +155,7 @@ void fm_ft_opts_defaults(fm_ft_opts *o)
     o->gender_weight = 1;
     o->race_weight = 1;
     o->label_smoothing = 0;
+    o->drop_below = 1;
     o->align_zoom = 1;
     o->flip = 1;
     o->shift_px = 4;
@@ -385,7 +388,19 @@ static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
         for (int h = 0; h < 3; h++)
             if ((st = fm_tensor_alloc_zero(a, &ht.logits[h], &dl[h], err)))
                 return st;
-    if ((st = fm_heads_net_loss(a, &ht, targets, weights, loss, want_grad ? dl : NULL, err)))
+    /* training steps leave each batch's hardest gender and ethnicity faces out of those
+     * outputs' losses (drop_hardest) */
+    const float *row_w[3] = {NULL, NULL, NULL};
+    if (want_grad && ft->o.drop_hardest > 0 && !fm_arena_is_measuring(a))
+        for (int h = 1; h < 3; h++) {
+            float *w = ft->row_w + (size_t)(h - 1) * ft->o.batch;
+            fm_heads_hardest_weights(&ht.logits[h], targets[h], ft->o.drop_hardest,
+                                     ft->o.drop_below < 1 ? ft->o.drop_below : 2.0, w,
+                                     ft->row_loss);
+            row_w[h] = w;
+        }
+    if ((st = fm_heads_net_loss_rows(a, &ht, targets, weights, row_w, loss,
+                                     want_grad ? dl : NULL, err)))
         return st;
     if (!want_grad)
         return FM_OK;
@@ -425,6 +440,8 @@ static fm_status check_opts(const fm_ft_opts *o, fm_error *err)
         !(o->gender_weight > 0) || !(o->race_weight > 0) || !(o->warmup_epochs >= 0) ||
         !(o->align_zoom >= 0.5 && o->align_zoom <= 1.5) ||
         !(o->label_smoothing >= 0 && o->label_smoothing <= 1) ||
+        !(o->drop_hardest >= 0 && o->drop_hardest <= 0.5) ||
+        !(o->drop_below > 0 && o->drop_below <= 1) ||
         !(o->head_epochs >= 0) || !(o->min_lr_ratio >= 0 && o->min_lr_ratio <= 1) ||
         !(o->momentum >= 0 && o->momentum < 1) ||
         !(o->step_epochs > 0) || !(o->step_gamma > 0 && o->step_gamma <= 1) ||
@@ -551,11 +568,13 @@ fm_status fm_finetune_new(fm_finetune **out, const fm_model *base, const fm_ft_o
     ft->best = aligned_alloc(64, ft->total * sizeof(float));
     size_t plane = (size_t)ft->in_h * ft->in_w;
     ft->xbuf = malloc((size_t)o->batch * 3 * plane * sizeof(float));
+    ft->row_w = malloc((size_t)o->batch * 2 * sizeof(float));
+    ft->row_loss = malloc((size_t)o->batch * sizeof(double));
     ft->chips = malloc((size_t)o->batch * 3 * plane);
     ft->target = malloc((size_t)o->batch * FM_HEADS_OUTPUTS * sizeof(float));
     ft->mask = malloc((size_t)o->batch * o->hidden * sizeof(float));
     if (!ft->p || !ft->g || !ft->m1 || !ft->m2 || !ft->best || !ft->xbuf || !ft->chips ||
-        !ft->target || !ft->mask) {
+        !ft->target || !ft->mask || !ft->row_w || !ft->row_loss) {
         st = fm_error_set(err, FM_ERR_NOMEM, "fine-tune: out of memory");
         goto fail;
     }
@@ -649,6 +668,8 @@ void fm_finetune_free(fm_finetune **ftp)
     free(ft->m2);
     free(ft->best);
     free(ft->xbuf);
+    free(ft->row_w);
+    free(ft->row_loss);
     free(ft->chips);
     free(ft->target);
     free(ft->mask);
@@ -920,6 +941,12 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         size_t len = strlen(buf);
         if (len < size)
             snprintf(buf + len, size - len, "|smooth %.17g", o->label_smoothing);
+    }
+    if (o->drop_hardest != 0) {
+        size_t len = strlen(buf);
+        if (len < size)
+            snprintf(buf + len, size - len, "|hardest %.17g %.17g", o->drop_hardest,
+                     o->drop_below);
     }
     if (o->degrade != 0) {
         size_t len = strlen(buf);

@@ -160,11 +160,20 @@ fm_status fm_heads_net_loss(fm_arena *a, const fm_heads_tape *tape,
                             const float *const target[3], const double weight[3],
                             double *loss, fm_tensor *dlogits, fm_error *err)
 {
+    return fm_heads_net_loss_rows(a, tape, target, weight, NULL, loss, dlogits, err);
+}
+
+fm_status fm_heads_net_loss_rows(fm_arena *a, const fm_heads_tape *tape,
+                                 const float *const target[3], const double weight[3],
+                                 const float *const row_weight[3], double *loss,
+                                 fm_tensor *dlogits, fm_error *err)
+{
     const int n = tape->logits[0].n;
     double total = 0;
     for (int o = 0; o < 3; o++) {
         double l = 0;
-        fm_status st = fm_nn_softmax_xent(a, &tape->logits[o], target[o], NULL,
+        fm_status st = fm_nn_softmax_xent(a, &tape->logits[o], target[o],
+                                          row_weight ? row_weight[o] : NULL,
                                           (float)(weight[o] / n), &l,
                                           dlogits ? &dlogits[o] : NULL, NULL, err);
         if (st) {
@@ -175,6 +184,50 @@ fm_status fm_heads_net_loss(fm_arena *a, const fm_heads_tape *tape,
     }
     *loss = total;
     return FM_OK;
+}
+
+int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, double share,
+                             double below, float *w, double *losses)
+{
+    const int n = logits->n, k = logits->c;
+    int most = (int)floor(share * n + 0.5), drop = 0;
+    if (most > n - 1)
+        most = n > 0 ? n - 1 : 0;
+    for (int i = 0; i < n; i++) {
+        const float *l = logits->data + (size_t)i * k;
+        const float *t = target + (size_t)i * k;
+        double mx = l[0], se = 0, tl = 0;
+        int top = 0;
+        for (int j = 1; j < k; j++) {
+            if (l[j] > mx)
+                mx = l[j];
+            if (t[j] > t[top])
+                top = j;
+        }
+        for (int j = 0; j < k; j++) {
+            se += exp((double)l[j] - mx);
+            tl += (double)t[j] * l[j];
+        }
+        losses[i] = mx + log(se) - tl;
+        /* a row may go only when its target's class gets less than below */
+        w[i] = exp((double)l[top] - mx) / se < below ? 1.0f : 2.0f;
+    }
+    /* the most largest of the rows that may go, by repeated selection (batches are
+     * small); ties go to the earlier row, so the choice depends on the batch alone */
+    for (; drop < most; drop++) {
+        int worst = -1;
+        for (int i = 0; i < n; i++)
+            if (w[i] == 1.0f && (worst < 0 || losses[i] > losses[worst]))
+                worst = i;
+        if (worst < 0)
+            break;
+        w[worst] = 0.0f;
+    }
+    const float keep = drop ? (float)n / (float)(n - drop) : 1.0f;
+    for (int i = 0; i < n; i++)
+        if (w[i] != 0.0f)
+            w[i] = keep;
+    return drop;
 }
 
 fm_status fm_heads_net_backward(fm_arena *a, const fm_heads_net *net,
