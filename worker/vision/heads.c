@@ -209,7 +209,8 @@ int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, doubl
             tl += (double)t[j] * l[j];
         }
         losses[i] = mx + log(se) - tl;
-        /* a row may go only when its target's class gets less than below */
+        /* until the weights are set below, w marks the rows that may go (1: its
+         * target's class gets less than below) from those that stay (2) */
         w[i] = exp((double)l[top] - mx) / se < below ? 1.0f : 2.0f;
     }
     /* the most largest of the rows that may go, by repeated selection (batches are
