@@ -585,6 +585,58 @@ static void test_schedules(synth *s)
     fm_model_close(&m);
 }
 
+/* drop_hardest's count, seen through the progress callback: at share 0.25 of a batch
+ * of 8 every training step leaves 2 faces out of each loss (any face may go), so the
+ * shares are 0.25 after each step; with drop_below 0.01 (fresh heads give every label
+ * about 1/2 and 1/5) none goes. The counts start again with each epoch. */
+typedef struct drops {
+    int n, ends;
+    double gender[16], race[16];
+} drops;
+
+static void on_drop_step(void *ctx, const fm_ft_progress *p)
+{
+    drops *d = ctx;
+    if (p->epoch_end)
+        d->ends++;
+    else if (d->n < 16) {
+        d->gender[d->n] = p->dropped_gender;
+        d->race[d->n++] = p->dropped_race;
+    }
+}
+
+static void test_drop_counts(synth *s)
+{
+    fm_error err = {0};
+    fm_model *m = NULL;
+    CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
+    fm_ft_set set = {24, s->img}, val = {8, s->img + 24};
+    const double below[2] = {1, 0.01}, want[2] = {0.25, 0};
+    for (int v = 0; v < 2; v++) {
+        fm_ft_opts o;
+        small_opts(&o);
+        o.train_from = FM_FT_BLOCKS; /* heads only */
+        o.max_epochs = 2;            /* 3 steps per epoch */
+        o.patience = 2;
+        o.progress_steps = 1;
+        o.drop_hardest = 0.25;
+        o.drop_below = below[v];
+        drops d = {0};
+        o.progress = on_drop_step;
+        o.ctx = &d;
+        fm_finetune *ft = NULL;
+        CHECK(fm_finetune_new(&ft, m, &o, &err) == FM_OK);
+        CHECK(ft && fm_finetune_run(ft, &set, &val, "drops", NULL, &err) == FM_OK);
+        fm_finetune_free(&ft);
+        CHECK(d.n == 6 && d.ends == 2);
+        for (int i = 0; i < d.n; i++)
+            CHECK_MSG(fabs(d.gender[i] - want[v]) < 1e-12 && fabs(d.race[i] - want[v]) < 1e-12,
+                      "drop_below %g, step %d: left out gender %.4f, ethnicity %.4f, want %.2f",
+                      below[v], i + 1, d.gender[i], d.race[i], want[v]);
+    }
+    fm_model_close(&m);
+}
+
 /* AdamW's first step moves every parameter by the learning rate (m and v hold one
  * gradient, bias-corrected: |m / sqrt(v)| = 1). The backbone's first step comes after
  * the heads' epoch; its bias correction must count from there, not from step 0 (at
@@ -1424,6 +1476,7 @@ int main(int argc, char **argv)
         TIMED(test_write_backbone());
         TIMED(test_align_zoom());
         TIMED(test_schedules(s));
+        TIMED(test_drop_counts(s));
         TIMED(test_adam_first_step(s));
         TIMED(test_lr_decay(s));
     }

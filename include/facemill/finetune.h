@@ -109,6 +109,9 @@ typedef struct fm_ft_progress {
     int epoch_end;
     double lr_backbone, lr_heads;
     double train_loss;           /* mean over the epoch's steps so far */
+    double dropped_gender, dropped_race; /* with drop_hardest: the share of the faces of
+                                    the epoch's steps so far (since the start or the
+                                    resume) left out of the gender, the ethnicity loss */
     double val_loss, val_age_mae, val_age_rmse, val_gender_acc, val_race_acc;
     int best_epoch;              /* 0 until an epoch was validated */
     double elapsed_s, eta_s;     /* since this call started; remaining estimate */

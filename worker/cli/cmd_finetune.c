@@ -73,18 +73,22 @@ static int take_damages(void *target, const char *value)
 
 static void on_progress(void *ctx, const fm_ft_progress *p)
 {
-    (void)ctx;
+    const fm_ft_opts *o = ctx;
+    char left[96] = "";
+    if (o && o->drop_hardest > 0)
+        snprintf(left, sizeof left, "  left out: gender %.2f%%, ethnicity %.2f%%",
+                 100 * p->dropped_gender, 100 * p->dropped_race);
     if (!p->epoch_end) {
-        fm_log_info("epoch %d/%d step %ld/%ld  loss %.4f  lr %.2e/%.2e  %.0f s, ETA %.0f min",
+        fm_log_info("epoch %d/%d step %ld/%ld  loss %.4f  lr %.2e/%.2e  %.0f s, ETA %.0f min%s",
                     p->epoch, p->max_epochs, p->step, p->total_steps, p->train_loss,
-                    p->lr_backbone, p->lr_heads, p->elapsed_s, p->eta_s / 60);
+                    p->lr_backbone, p->lr_heads, p->elapsed_s, p->eta_s / 60, left);
         return;
     }
     fm_log_info("epoch %d/%d done: train loss %.4f  val loss %.4f  age MAE %.3f RMSE %.3f  "
-                "gender %.2f%%  race %.2f%%  (best epoch %d; %.0f s, ETA %.0f min)",
+                "gender %.2f%%  race %.2f%%  (best epoch %d; %.0f s, ETA %.0f min)%s",
                 p->epoch, p->max_epochs, p->train_loss, p->val_loss, p->val_age_mae,
                 p->val_age_rmse, 100 * p->val_gender_acc, 100 * p->val_race_acc,
-                p->best_epoch, p->elapsed_s, p->eta_s / 60);
+                p->best_epoch, p->elapsed_s, p->eta_s / 60, left);
 }
 
 /* `git describe --always --dirty` of the source tree this binary was built from, or
@@ -393,6 +397,7 @@ int fm_cmd_finetune(int argc, char **argv)
     o.optimizer = (fm_ft_optimizer)x.optimizer;
     o.schedule = (fm_ft_schedule)x.schedule;
     o.progress = on_progress;
+    o.ctx = &o;
     o.progress_steps = 50;
     o.stop = &stop_requested;
     fm_error err = {0};

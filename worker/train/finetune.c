@@ -100,6 +100,8 @@ struct fm_finetune {
     int best_epoch, bad_epochs;
     double best_val, epoch_loss;
     long epoch_loss_steps;
+    long epoch_rows, epoch_dropped[2]; /* drop_hardest's count this epoch (not
+                                          checkpointed: from the resume on) */
     fm_ft_progress best_prog;
 };
 
@@ -394,11 +396,13 @@ static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
     if (want_grad && ft->o.drop_hardest > 0 && !fm_arena_is_measuring(a))
         for (int h = 1; h < 3; h++) {
             float *w = ft->row_w + (size_t)(h - 1) * ft->o.batch;
-            fm_heads_hardest_weights(&ht.logits[h], targets[h], ft->o.drop_hardest,
-                                     ft->o.drop_below < 1 ? ft->o.drop_below : 2.0, w,
-                                     ft->row_loss);
+            ft->epoch_dropped[h - 1] += fm_heads_hardest_weights(
+                &ht.logits[h], targets[h], ft->o.drop_hardest,
+                ft->o.drop_below < 1 ? ft->o.drop_below : 2.0, w, ft->row_loss);
             row_w[h] = w;
         }
+    if (want_grad && !fm_arena_is_measuring(a))
+        ft->epoch_rows += n;
     if ((st = fm_heads_net_loss_rows(a, &ht, targets, weights, row_w, loss,
                                      want_grad ? dl : NULL, err)))
         return st;
@@ -971,6 +975,14 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
     }
 }
 
+/* drop_hardest's shares of the epoch's faces so far, into p. */
+static void dropped_shares(const fm_finetune *ft, fm_ft_progress *p)
+{
+    const double rows = ft->epoch_rows > 0 ? (double)ft->epoch_rows : 1;
+    p->dropped_gender = (double)ft->epoch_dropped[0] / rows;
+    p->dropped_race = (double)ft->epoch_dropped[1] / rows;
+}
+
 static fm_status checkpoint_save(const fm_finetune *ft, const char *key, fm_error *err)
 {
     fm_model_writer *w = fm_model_writer_new();
@@ -1303,6 +1315,7 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
                 pr.lr_backbone = fb * o->lr_backbone;
                 pr.lr_heads = fh * o->lr_heads;
                 pr.train_loss = ft->epoch_loss / ft->epoch_loss_steps;
+                dropped_shares(ft, &pr);
                 pr.elapsed_s = el;
                 pr.eta_s = el / steps_here * (total - ft->step);
                 pr.best_epoch = ft->best_epoch;
@@ -1314,11 +1327,13 @@ fm_status fm_finetune_run(fm_finetune *ft, const fm_ft_set *train, const fm_ft_s
         pr.step = ft->step;
         pr.epoch_end = 1;
         pr.train_loss = ft->epoch_loss_steps ? ft->epoch_loss / ft->epoch_loss_steps : 0;
+        dropped_shares(ft, &pr);
         if ((st = validate(ft, val, &pr, NULL, NULL, err)))
             goto out;
         ft->validated++;
         ft->epoch_loss = 0;
         ft->epoch_loss_steps = 0;
+        ft->epoch_rows = ft->epoch_dropped[0] = ft->epoch_dropped[1] = 0;
         if (pr.val_loss < ft->best_val) {
             ft->best_val = pr.val_loss;
             ft->best_epoch = e + 1;
