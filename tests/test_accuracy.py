@@ -4,15 +4,16 @@
 (tests/accuracy/val300.txt: the 300 names with the smallest SHA-256 of the name, a
 draw fixed once) must reach the model card's val figures less a margin.
 
-The margins. Val has 2,118 images; the model card reports gender 94.95%, ethnicity
-88.72%, age MAE 4.225 on all of them. A sample of 300 drawn from val scatters around
-those figures with a binomial standard error sqrt(p (1 - p) / 300): 1.27 points for
-gender, 1.83 for ethnicity; for the MAE, the standard deviation of the absolute error
-(sqrt(RMSE^2 - MAE^2) = 4.36 years) over sqrt(300): 0.25 years. The thresholds are
-three standard errors worse than the card (a model as good as the card fails by
-chance about once in 700 draws, and this draw is fixed, so never by chance again):
+The margins. Val has 2,118 images; the model card reports gender 94.90%, ethnicity
+88.53%, age MAE 4.217 (RMSE 6.015) on all of them. A sample of 300 drawn from val
+scatters around those figures with a binomial standard error sqrt(p (1 - p) / 300):
+1.27 points for gender, 1.84 for ethnicity; for the MAE, the standard deviation of the
+absolute error (sqrt(RMSE^2 - MAE^2) = 4.29 years) over sqrt(300): 0.25 years. The
+thresholds are three standard errors worse than the card (a model as good as the card
+fails by chance about once in 700 draws, and this draw is fixed, so never by chance
+again):
 
-    gender >= 91.1%, ethnicity >= 83.2%, age MAE <= 4.98, faces found >= 99.0%
+    gender >= 91.1%, ethnicity >= 83.0%, age MAE <= 4.96, faces found >= 99.0%
 
 What they catch: swapped gender labels (about 4%), a wrong heads file (chance level),
 a five-point drop in gender or ethnicity, a two-year-worse age.
@@ -38,7 +39,7 @@ from fm_testlib import SKIP, Checks, dir_args  # noqa: E402
 
 # the model card's val figures (models/DLIB_RESNET_FT.md) less three standard errors
 # on 300 images (see above)
-THRESHOLDS = {"gender_acc": 0.911, "race_acc": 0.832, "age_mae": 4.98, "detect_rate": 0.990}
+THRESHOLDS = {"gender_acc": 0.911, "race_acc": 0.830, "age_mae": 4.96, "detect_rate": 0.990}
 
 
 def main():
