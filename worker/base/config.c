@@ -151,7 +151,7 @@ const fm_config_setting fm_config_settings[] = {
     SET_FLOAT("heads.gender_min_prob", heads.gender_min_prob, 0.0, 0.0, 1.0,
               "abstain on gender when its most probable class has a lower probability: "
               "gender is null in the results, gender_probs are still given; 0: never "
-              "(0.85 recommended for fewer, surer answers, models/EVALUATION.md)"),
+              "(0.80 recommended for fewer, surer answers, models/EVALUATION.md)"),
     SET_FLOAT("heads.race_min_prob", heads.race_min_prob, 0.0, 0.0, 1.0,
               "abstain on ethnicity when its most probable class has a lower probability: "
               "race is null in the results, race_probs are still given; 0: never"),
