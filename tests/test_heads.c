@@ -511,7 +511,7 @@ static void test_hardest_weights(void)
     double loss[6];
     /* share 1/3: 2 rows; the highest losses are rows 3 (margin -3), then rows 1 and 5
      * (margin -1, equal): row 1, the earlier, goes */
-    int d = fm_heads_hardest_weights(&l, target, 1.0 / 3.0, 2.0, w, loss);
+    int d = fm_heads_hardest_weights(&l, target, 1.0 / 3.0, 1.0, w, loss);
     CHECK(d == 2);
     for (int i = 0; i < 6; i++) {
         const double want = log(2.0 + exp((double)margin[i])) - margin[i];
@@ -520,13 +520,13 @@ static void test_hardest_weights(void)
         CHECK_MSG(w[i] == ww, "share 1/3: row %d weight %g, want %g", i, w[i], ww);
     }
     /* share 0: nothing dropped, every weight 1 */
-    CHECK(fm_heads_hardest_weights(&l, target, 0.0, 2.0, w, loss) == 0);
+    CHECK(fm_heads_hardest_weights(&l, target, 0.0, 1.0, w, loss) == 0);
     for (int i = 0; i < 6; i++)
         CHECK(w[i] == 1.0f);
     /* rounding: 0.1 x 6 = 0.6 drops one row (row 3); 0.05 x 6 = 0.3 none */
-    CHECK(fm_heads_hardest_weights(&l, target, 0.1, 2.0, w, loss) == 1 && w[3] == 0.0f &&
+    CHECK(fm_heads_hardest_weights(&l, target, 0.1, 1.0, w, loss) == 1 && w[3] == 0.0f &&
           w[0] == 1.2f);
-    CHECK(fm_heads_hardest_weights(&l, target, 0.05, 2.0, w, loss) == 0);
+    CHECK(fm_heads_hardest_weights(&l, target, 0.05, 1.0, w, loss) == 0);
     /* below: only rows whose label gets less than it may go. The labels' probabilities
      * are e^m / (e^m + 2): rows 0-5 0.787, 0.155, 0.452, 0.024, 0.576, 0.155. Below
      * 0.1 only row 3 may go, so share 1/3 drops one row (weights 6/5); below 0.5 and
@@ -538,9 +538,14 @@ static void test_hardest_weights(void)
           w[1] == 0.0f && w[5] == 0.0f && w[2] == 2.0f && w[0] == 2.0f && w[4] == 2.0f);
     /* below 0.02: no row may go */
     CHECK(fm_heads_hardest_weights(&l, target, 0.5, 0.02, w, loss) == 0 && w[3] == 1.0f);
+    /* below 1 lets any row go, even one whose label's probability is 1 in double */
+    float sure[2 * 3] = {800.0f, 0.0f, 0.0f, 0.0f, 800.0f, 0.0f}; /* rows 0, 1 labels 0, 1 */
+    fm_tensor st = fm_tensor_make(2, 3, 1, 1, sure);
+    CHECK(fm_heads_hardest_weights(&st, target, 0.5, 1.0, w, loss) == 1 && w[0] == 0.0f);
+    CHECK(fm_heads_hardest_weights(&st, target, 0.5, 0.999, w, loss) == 0);
     /* one row is never dropped */
     fm_tensor one = fm_tensor_make(1, 3, 1, 1, logit + 9);
-    CHECK(fm_heads_hardest_weights(&one, target + 9, 0.5, 2.0, w, loss) == 0 && w[0] == 1.0f);
+    CHECK(fm_heads_hardest_weights(&one, target + 9, 0.5, 1.0, w, loss) == 0 && w[0] == 1.0f);
 
     /* the weights in the loss: rows of output 1 and 2 weighted, output 0 not */
     fm_heads_tape t;
@@ -561,8 +566,8 @@ static void test_hardest_weights(void)
     const double weight[3] = {1.0, 3.0, 1.5};
     float wg[6], wr[6];
     double tmp[6];
-    fm_heads_hardest_weights(&t.logits[1], target, 1.0 / 3.0, 2.0, wg, tmp);
-    fm_heads_hardest_weights(&t.logits[2], t2, 1.0 / 3.0, 2.0, wr, tmp);
+    fm_heads_hardest_weights(&t.logits[1], target, 1.0 / 3.0, 1.0, wg, tmp);
+    fm_heads_hardest_weights(&t.logits[2], t2, 1.0 / 3.0, 1.0, wr, tmp);
     const float *const rw[3] = {NULL, wg, wr};
     fm_arena *a = NULL;
     fm_error err = {0};

@@ -184,7 +184,7 @@ fm_status fm_heads_net_loss_rows(fm_arena *a, const fm_heads_tape *tape,
  * round(share x n) (at most n - 1) with the highest cross-entropy are: weight 0 in w
  * (n floats), the others n / (n - dropped), so the kept rows' mean loss keeps the
  * scale of the whole batch's. Of equal losses the earlier row is dropped first.
- * below > 1 lets any row go. losses (n doubles) receives each row's cross-entropy.
+ * below >= 1 lets any row go. losses (n doubles) receives each row's cross-entropy.
  * Returns the rows dropped. */
 int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, double share,
                              double below, float *w, double *losses);

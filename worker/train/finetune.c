@@ -396,9 +396,9 @@ static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
     if (want_grad && ft->o.drop_hardest > 0 && !fm_arena_is_measuring(a))
         for (int h = 1; h < 3; h++) {
             float *w = ft->row_w + (size_t)(h - 1) * ft->o.batch;
-            ft->epoch_dropped[h - 1] += fm_heads_hardest_weights(
-                &ht.logits[h], targets[h], ft->o.drop_hardest,
-                ft->o.drop_below < 1 ? ft->o.drop_below : 2.0, w, ft->row_loss);
+            ft->epoch_dropped[h - 1] +=
+                fm_heads_hardest_weights(&ht.logits[h], targets[h], ft->o.drop_hardest,
+                                         ft->o.drop_below, w, ft->row_loss);
             row_w[h] = w;
         }
     if (want_grad && !fm_arena_is_measuring(a))

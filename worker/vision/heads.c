@@ -211,7 +211,7 @@ int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, doubl
         losses[i] = mx + log(se) - tl;
         /* until the weights are set below, w marks the rows that may go (1: its
          * target's class gets less than below) from those that stay (2) */
-        w[i] = exp((double)l[top] - mx) / se < below ? 1.0f : 2.0f;
+        w[i] = below >= 1 || exp((double)l[top] - mx) / se < below ? 1.0f : 2.0f;
     }
     /* the most largest of the rows that may go, by repeated selection (batches are
      * small); ties go to the earlier row, so the choice depends on the batch alone */
