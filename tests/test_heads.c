@@ -490,6 +490,17 @@ static void test_net_written(const char *dir)
     rnet_free(&r);
 }
 
+/* fm_heads_hardest_weights' rows dropped, -1 (and a failed check) on an error. */
+static int hardest(const fm_tensor *l, const float *t, double share, double below, float *w,
+                   double *loss)
+{
+    fm_error err = {0};
+    int d = -1;
+    fm_status st = fm_heads_hardest_weights(l, t, share, below, w, loss, &d, &err);
+    CHECK_MSG(st == FM_OK, "fm_heads_hardest_weights: %s", err.msg);
+    return st == FM_OK ? d : -1;
+}
+
 /* Small-loss selection (fm_heads_hardest_weights): the round(share x n) rows of highest
  * cross-entropy get weight 0, the others n / (n - dropped); equal losses drop the
  * earlier row; at most n - 1 rows go; and the weights it gives scale each row's loss
@@ -511,7 +522,7 @@ static void test_hardest_weights(void)
     double loss[6];
     /* share 1/3: 2 rows; the highest losses are rows 3 (margin -3), then rows 1 and 5
      * (margin -1, equal): row 1, the earlier, goes */
-    int d = fm_heads_hardest_weights(&l, target, 1.0 / 3.0, 1.0, w, loss);
+    int d = hardest(&l, target, 1.0 / 3.0, 1.0, w, loss);
     CHECK(d == 2);
     for (int i = 0; i < 6; i++) {
         const double want = log(2.0 + exp((double)margin[i])) - margin[i];
@@ -520,32 +531,42 @@ static void test_hardest_weights(void)
         CHECK_MSG(w[i] == ww, "share 1/3: row %d weight %g, want %g", i, w[i], ww);
     }
     /* share 0: nothing dropped, every weight 1 */
-    CHECK(fm_heads_hardest_weights(&l, target, 0.0, 1.0, w, loss) == 0);
+    CHECK(hardest(&l, target, 0.0, 1.0, w, loss) == 0);
     for (int i = 0; i < 6; i++)
         CHECK(w[i] == 1.0f);
     /* rounding: 0.1 x 6 = 0.6 drops one row (row 3); 0.05 x 6 = 0.3 none */
-    CHECK(fm_heads_hardest_weights(&l, target, 0.1, 1.0, w, loss) == 1 && w[3] == 0.0f &&
+    CHECK(hardest(&l, target, 0.1, 1.0, w, loss) == 1 && w[3] == 0.0f &&
           w[0] == 1.2f);
-    CHECK(fm_heads_hardest_weights(&l, target, 0.05, 1.0, w, loss) == 0);
+    CHECK(hardest(&l, target, 0.05, 1.0, w, loss) == 0);
     /* below: only rows whose label gets less than it may go. The labels' probabilities
      * are e^m / (e^m + 2): rows 0-5 0.787, 0.155, 0.452, 0.024, 0.576, 0.155. Below
      * 0.1 only row 3 may go, so share 1/3 drops one row (weights 6/5); below 0.5 and
      * share 1/2 drop rows 3, 1 and 5 of the four that may go (2 kept: the smallest
      * loss of the four) */
-    CHECK(fm_heads_hardest_weights(&l, target, 1.0 / 3.0, 0.1, w, loss) == 1 &&
+    CHECK(hardest(&l, target, 1.0 / 3.0, 0.1, w, loss) == 1 &&
           w[3] == 0.0f && w[1] == 1.2f && w[5] == 1.2f);
-    CHECK(fm_heads_hardest_weights(&l, target, 0.5, 0.5, w, loss) == 3 && w[3] == 0.0f &&
+    CHECK(hardest(&l, target, 0.5, 0.5, w, loss) == 3 && w[3] == 0.0f &&
           w[1] == 0.0f && w[5] == 0.0f && w[2] == 2.0f && w[0] == 2.0f && w[4] == 2.0f);
     /* below 0.02: no row may go */
-    CHECK(fm_heads_hardest_weights(&l, target, 0.5, 0.02, w, loss) == 0 && w[3] == 1.0f);
+    CHECK(hardest(&l, target, 0.5, 0.02, w, loss) == 0 && w[3] == 1.0f);
     /* below 1 lets any row go, even one whose label's probability is 1 in double */
     float sure[2 * 3] = {800.0f, 0.0f, 0.0f, 0.0f, 800.0f, 0.0f}; /* rows 0, 1 labels 0, 1 */
     fm_tensor st = fm_tensor_make(2, 3, 1, 1, sure);
-    CHECK(fm_heads_hardest_weights(&st, target, 0.5, 1.0, w, loss) == 1 && w[0] == 0.0f);
-    CHECK(fm_heads_hardest_weights(&st, target, 0.5, 0.999, w, loss) == 0);
+    CHECK(hardest(&st, target, 0.5, 1.0, w, loss) == 1 && w[0] == 0.0f);
+    CHECK(hardest(&st, target, 0.5, 0.999, w, loss) == 0);
+    /* a logit that is not finite is refused, as the training loss refuses it */
+    {
+        float bad[3] = {0.0f, NAN, 0.0f};
+        fm_tensor bt = fm_tensor_make(1, 3, 1, 1, bad);
+        fm_error err = {0};
+        int nd = -1;
+        CHECK(fm_heads_hardest_weights(&bt, target, 0.5, 1.0, w, loss, &nd, &err) ==
+                  FM_ERR_INVALID &&
+              strstr(err.msg, "not finite"));
+    }
     /* one row is never dropped */
     fm_tensor one = fm_tensor_make(1, 3, 1, 1, logit + 9);
-    CHECK(fm_heads_hardest_weights(&one, target + 9, 0.5, 1.0, w, loss) == 0 && w[0] == 1.0f);
+    CHECK(hardest(&one, target + 9, 0.5, 1.0, w, loss) == 0 && w[0] == 1.0f);
 
     /* the weights in the loss: rows of output 1 and 2 weighted, output 0 not */
     fm_heads_tape t;
@@ -566,8 +587,8 @@ static void test_hardest_weights(void)
     const double weight[3] = {1.0, 3.0, 1.5};
     float wg[6], wr[6];
     double tmp[6];
-    fm_heads_hardest_weights(&t.logits[1], target, 1.0 / 3.0, 1.0, wg, tmp);
-    fm_heads_hardest_weights(&t.logits[2], t2, 1.0 / 3.0, 1.0, wr, tmp);
+    hardest(&t.logits[1], target, 1.0 / 3.0, 1.0, wg, tmp);
+    hardest(&t.logits[2], t2, 1.0 / 3.0, 1.0, wr, tmp);
     const float *const rw[3] = {NULL, wg, wr};
     fm_arena *a = NULL;
     fm_error err = {0};

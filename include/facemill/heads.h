@@ -184,10 +184,13 @@ fm_status fm_heads_net_loss_rows(fm_arena *a, const fm_heads_tape *tape,
  * round(share x n) (at most n - 1) with the highest cross-entropy are: weight 0 in w
  * (n floats), the others n / (n - dropped), so the kept rows' mean loss keeps the
  * scale of the whole batch's. Of equal losses the earlier row is dropped first.
- * below >= 1 lets any row go. losses (n doubles) receives each row's cross-entropy.
- * Returns the rows dropped. */
-int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, double share,
-                             double below, float *w, double *losses);
+ * below >= 1 lets any row go. losses (n doubles) receives each row's cross-entropy
+ * (fm_nn_softmax_xent's), *dropped the rows dropped. fm_nn_softmax_xent's errors (a
+ * logit not finite, a target row not a distribution); FM_ERR_INVALID for more than
+ * FM_HEADS_AGES classes. */
+fm_status fm_heads_hardest_weights(const fm_tensor *logits, const float *target,
+                                   double share, double below, float *w, double *losses,
+                                   int *dropped, fm_error *err);
 
 /* The backward pass of the forward pass recorded in tape (same net and mask): given
  * dlogits (3 tensors, the loss's gradient with respect to the logits), ACCUMULATES the

@@ -393,15 +393,18 @@ static fm_status compute(fm_finetune *ft, fm_arena *a, int n, const float *mask,
     /* training steps leave each batch's hardest gender and ethnicity faces out of those
      * outputs' losses (drop_hardest) */
     const float *row_w[3] = {NULL, NULL, NULL};
-    if (want_grad && ft->o.drop_hardest > 0 && !fm_arena_is_measuring(a))
-        for (int h = 1; h < 3; h++) {
-            float *w = ft->row_w + (size_t)(h - 1) * ft->o.batch;
-            ft->epoch_dropped[h - 1] +=
-                fm_heads_hardest_weights(&ht.logits[h], targets[h], ft->o.drop_hardest,
-                                         ft->o.drop_below, w, ft->row_loss);
-            row_w[h] = w;
-        }
-    if (want_grad && !fm_arena_is_measuring(a))
+    const int step = want_grad && !fm_arena_is_measuring(a);
+    for (int h = 1; step && ft->o.drop_hardest > 0 && h < 3; h++) {
+        float *w = ft->row_w + (size_t)(h - 1) * ft->o.batch;
+        int dropped = 0;
+        if ((st = fm_heads_hardest_weights(&ht.logits[h], targets[h], ft->o.drop_hardest,
+                                           ft->o.drop_below, w, ft->row_loss, &dropped,
+                                           err)))
+            return st;
+        ft->epoch_dropped[h - 1] += dropped;
+        row_w[h] = w;
+    }
+    if (step)
         ft->epoch_rows += n;
     if ((st = fm_heads_net_loss_rows(a, &ht, targets, weights, row_w, loss,
                                      want_grad ? dl : NULL, err)))

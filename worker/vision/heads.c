@@ -186,32 +186,33 @@ fm_status fm_heads_net_loss_rows(fm_arena *a, const fm_heads_tape *tape,
     return FM_OK;
 }
 
-int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, double share,
-                             double below, float *w, double *losses)
+fm_status fm_heads_hardest_weights(const fm_tensor *logits, const float *target,
+                                   double share, double below, float *w, double *losses,
+                                   int *dropped, fm_error *err)
 {
     const int n = logits->n, k = logits->c;
+    float probs[FM_HEADS_AGES];
+    if (k > FM_HEADS_AGES)
+        return fm_error_set(err, FM_ERR_INVALID, "heads: %d classes, at most %d", k,
+                            FM_HEADS_AGES);
     int most = (int)floor(share * n + 0.5), drop = 0;
     if (most > n - 1)
         most = n > 0 ? n - 1 : 0;
     for (int i = 0; i < n; i++) {
-        const float *l = logits->data + (size_t)i * k;
+        /* the row's loss as the training loss computes it, and its softmax */
         const float *t = target + (size_t)i * k;
-        double mx = l[0], se = 0, tl = 0;
+        const fm_tensor row = fm_tensor_make(1, k, 1, 1, logits->data + (size_t)i * k);
+        fm_status st = fm_nn_softmax_xent(NULL, &row, t, NULL, 1.0f, &losses[i], NULL,
+                                          probs, err);
+        if (st)
+            return st;
         int top = 0;
-        for (int j = 1; j < k; j++) {
-            if (l[j] > mx)
-                mx = l[j];
+        for (int j = 1; j < k; j++)
             if (t[j] > t[top])
                 top = j;
-        }
-        for (int j = 0; j < k; j++) {
-            se += exp((double)l[j] - mx);
-            tl += (double)t[j] * l[j];
-        }
-        losses[i] = mx + log(se) - tl;
         /* until the weights are set below, w marks the rows that may go (1: its
          * target's class gets less than below) from those that stay (2) */
-        w[i] = below >= 1 || exp((double)l[top] - mx) / se < below ? 1.0f : 2.0f;
+        w[i] = below >= 1 || probs[top] < below ? 1.0f : 2.0f;
     }
     /* the most largest of the rows that may go, by repeated selection (batches are
      * small); ties go to the earlier row, so the choice depends on the batch alone */
@@ -228,7 +229,8 @@ int fm_heads_hardest_weights(const fm_tensor *logits, const float *target, doubl
     for (int i = 0; i < n; i++)
         if (w[i] != 0.0f)
             w[i] = keep;
-    return drop;
+    *dropped = drop;
+    return FM_OK;
 }
 
 fm_status fm_heads_net_backward(fm_arena *a, const fm_heads_net *net,
