@@ -1149,11 +1149,12 @@ static void test_degrade_augment(synth *s)
     fm_error err = {0};
     fm_model *m = NULL;
     /* 0: no damage; 1: every face damaged, any kind; 2: the same with the seven kinds
-     * named (the same draws); 3: grayscale only */
-    float *params[4] = {NULL, NULL, NULL, NULL};
-    size_t count[4] = {0, 0, 0, 0};
+     * named (the same draws: erase is not among the default's); 3: grayscale only;
+     * 4: erase only */
+    float *params[5] = {NULL, NULL, NULL, NULL, NULL};
+    size_t count[5] = {0, 0, 0, 0, 0};
     CHECK(fm_model_open(&m, model_path, 0, &err) == FM_OK);
-    for (int k = 0; k < 4 && m; k++) {
+    for (int k = 0; k < 5 && m; k++) {
         fm_ft_opts o;
         small_opts(&o);
         o.max_epochs = 1;
@@ -1164,6 +1165,9 @@ static void test_degrade_augment(synth *s)
         if (k == 3)
             CHECK(fm_ft_damage_parse("gray", &o.degrade_kinds, &err) == FM_OK &&
                   o.degrade_kinds == 1u << FM_FT_DAMAGE_GRAY);
+        if (k == 4)
+            CHECK(fm_ft_damage_parse("erase", &o.degrade_kinds, &err) == FM_OK &&
+                  o.degrade_kinds == 1u << FM_FT_DAMAGE_ERASE);
         fm_ft_set set = {24, s->img};
         fm_ft_set val = {8, s->img + 24};
         fm_finetune *ft = NULL;
@@ -1190,25 +1194,91 @@ static void test_degrade_augment(synth *s)
     } else {
         CHECK(0);
     }
-    size_t same = 0, differ3 = 0;
-    for (size_t i = 0; params[1] && params[2] && params[3] && i < count[1] &&
-                       count[1] == count[2] && count[1] == count[3];
+    size_t same = 0, differ3 = 0, differ4 = 0, differ40 = 0;
+    for (size_t i = 0; params[0] && params[1] && params[2] && params[3] && params[4] &&
+                       i < count[1] && count[1] == count[0] && count[1] == count[2] &&
+                       count[1] == count[3] && count[1] == count[4];
          i++) {
         same += params[1][i] == params[2][i];
         differ3 += params[1][i] != params[3][i];
+        differ4 += params[1][i] != params[4][i];
+        differ40 += params[0][i] != params[4][i];
     }
     CHECK_MSG(count[1] > 0 && same == count[1], "all seven kinds named: %zu of %zu weights as "
               "with the default set", same, count[1]);
     CHECK_MSG(differ3 > 0, "grayscale only: %zu weights differ from any kind", differ3);
+    CHECK_MSG(differ4 > 0 && differ40 > 0, "erase only: %zu weights differ from any kind, "
+              "%zu from no damage", differ4, differ40);
     unsigned set = 0;
     CHECK(fm_ft_damage_parse("gray,nope", &set, &err) == FM_ERR_INVALID &&
           strstr(err.msg, "nope") && set == 0);
     CHECK(fm_ft_damage_parse("", &set, &err) == FM_ERR_INVALID);
     CHECK(fm_ft_damage_parse("occlude,down", &set, &err) == FM_OK &&
           set == ((1u << FM_FT_DAMAGE_OCCLUDE) | (1u << FM_FT_DAMAGE_DOWN)));
-    for (int k = 0; k < 4; k++)
+    CHECK(fm_ft_damage_parse("erase,rot", &set, &err) == FM_OK &&
+          set == ((1u << FM_FT_DAMAGE_ERASE) | (1u << FM_FT_DAMAGE_ROT)));
+    CHECK(fm_ft_damage_parse("erased", &set, &err) == FM_ERR_INVALID && strstr(err.msg, "erase"));
+    for (int k = 0; k < 5; k++)
         free(params[k]);
     fm_model_close(&m);
+}
+
+/* fm_ft_erase: one rectangle of 5-30% of the chip, 0.3-3.3 times as wide as high,
+ * inside the chip, everything outside it untouched; a solid fill is one gray level,
+ * noise is not; the draws at their ends put it at the chip's corners. */
+static void test_erase(void)
+{
+    enum { W = 150, H = 120 };
+    static uint8_t chip[W * H * 3], orig[W * H * 3];
+    for (size_t i = 0; i < sizeof orig; i++)
+        orig[i] = (uint8_t)(i * 7 % 251);
+    const double ends[4] = {0.0, 0.25, 0.6, 0.999999};
+    int checked = 0;
+    for (int a = 0; a < 4; a++)
+        for (int s = 0; s < 4; s++)
+            for (int px = 0; px < 4; px++)
+                for (int fill = 0; fill < 2; fill++) {
+                    const double u[6] = {ends[a], ends[s], ends[px], ends[3 - px],
+                                         fill ? 0.75 : 0.25, 0.3 + 0.1 * a};
+                    int box[4] = {-1, -1, -1, -1};
+                    memcpy(chip, orig, sizeof chip);
+                    fm_ft_erase(chip, W, H, u, box);
+                    const int w = box[2] - box[0], h = box[3] - box[1];
+                    CHECK(box[0] >= 0 && box[1] >= 0 && box[2] <= W && box[3] <= H && w > 0 &&
+                          h > 0);
+                    const double area = (double)w * h / (W * H), aspect = (double)w / W * H / h;
+                    CHECK_MSG(area > 0.045 && area < 0.31, "area %.4f", area);
+                    CHECK_MSG(aspect > 0.29 && aspect < 3.4, "aspect %.3f", aspect);
+                    if (px == 0)
+                        CHECK(box[0] == 0 && box[3] == H);
+                    if (px == 3)
+                        CHECK(box[2] == W && box[1] == 0);
+                    size_t outside = 0, first = 0, varied = 0;
+                    const uint8_t v0 = chip[((size_t)box[1] * W + box[0]) * 3];
+                    for (int y = 0; y < H; y++)
+                        for (int x = 0; x < W; x++)
+                            for (int c = 0; c < 3; c++) {
+                                const size_t i = ((size_t)y * W + x) * 3 + c;
+                                const int in = x >= box[0] && x < box[2] && y >= box[1] &&
+                                               y < box[3];
+                                if (!in) {
+                                    outside += chip[i] != orig[i];
+                                    continue;
+                                }
+                                first++;
+                                varied += chip[i] != v0;
+                            }
+                    CHECK_MSG(outside == 0, "%zu bytes outside the rectangle changed", outside);
+                    CHECK(first == (size_t)w * h * 3);
+                    if (fill == 0)
+                        CHECK_MSG(varied == 0 && v0 == (uint8_t)(u[5] * 256),
+                                  "solid fill: %zu bytes differ", varied);
+                    else
+                        CHECK_MSG(varied > first / 2, "noise: %zu of %zu bytes differ", varied,
+                                  first);
+                    checked++;
+                }
+    CHECK(checked == 128);
 }
 
 /* --init-heads: a trainer started from a heads file holds exactly that file's heads
@@ -1472,6 +1542,7 @@ int main(int argc, char **argv)
         TIMED(test_loss_weights());
         TIMED(test_label_smoothing());
         TIMED(test_drop_hardest());
+        TIMED(test_erase());
         TIMED(test_fit_temperature());
         TIMED(test_write_backbone());
         TIMED(test_align_zoom());

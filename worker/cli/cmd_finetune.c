@@ -337,10 +337,12 @@ int fm_cmd_finetune(int argc, char **argv)
                 "(small, recompressed, blurred, gray, turned, dark or bright, mouth and "
                 "chin hidden), drawn at random (default 0)"),
         CLI_CALL("--degrade-kinds", 0, "LIST",
-                 "a comma-separated list of down, jpeg, blur, gray, rot, exposure, occlude",
+                 "a comma-separated list of down, jpeg, blur, gray, rot, exposure, occlude, "
+                 "erase",
                  take_damages, &o.degrade_kinds,
                  "the damages --degrade draws from, comma-separated: down, jpeg, blur, "
-                 "gray, rot, exposure, occlude (default all; needs --degrade)"),
+                 "gray, rot, exposure, occlude, and erase (a random rectangle, only when "
+                 "named; default the seven of the suite; needs --degrade)"),
         CLI_PATH("--teacher", 0, "RESULTS.jsonl", &x.teacher,
                  "distil: train towards a teacher's answers too, as `facemill eval --data "
                  "DIR --save-results RESULTS.jsonl` wrote them for the training images "

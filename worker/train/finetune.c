@@ -721,8 +721,8 @@ static int align_inverse(const fm_finetune *ft, const fm_ft_image *img, int mirr
  * the W x H chip in place (o->degrade). Why on the aligned chip and not on the photo:
  * the chip is what the network sees, and every damage drawn here keeps its size; a
  * damage that fails (out of memory) leaves the chip as it was. */
-const char *const fm_ft_damage_names[FM_FT_DAMAGES] = {"down", "jpeg",     "blur",   "gray",
-                                                       "rot",  "exposure", "occlude"};
+const char *const fm_ft_damage_names[FM_FT_DAMAGES] = {
+    "down", "jpeg", "blur", "gray", "rot", "exposure", "occlude", "erase"};
 
 fm_status fm_ft_damage_parse(const char *list, unsigned *set, fm_error *err)
 {
@@ -737,7 +737,7 @@ fm_status fm_ft_damage_parse(const char *list, unsigned *set, fm_error *err)
         if (k == FM_FT_DAMAGES)
             return fm_error_set(err, FM_ERR_INVALID,
                                 "damage '%.*s' unknown (down, jpeg, blur, gray, rot, exposure, "
-                                "occlude)", (int)n, p);
+                                "occlude, erase)", (int)n, p);
         s |= 1u << k;
         p += n;
         if (*p == ',')
@@ -749,16 +749,61 @@ fm_status fm_ft_damage_parse(const char *list, unsigned *set, fm_error *err)
     return FM_OK;
 }
 
+/* See finetune.h. */
+void fm_ft_erase(uint8_t *chip, int W, int H, const double u[6], int box[4])
+{
+    const double area = 0.05 + 0.25 * u[0];
+    const double aspect = exp(log(0.3) + (log(3.3) - log(0.3)) * u[1]);
+    /* area x aspect and area / aspect stay below 1, so the rectangle fits */
+    int w = (int)lround(sqrt(area * aspect) * W), h = (int)lround(sqrt(area / aspect) * H);
+    w = w < 1 ? 1 : w > W ? W : w;
+    h = h < 1 ? 1 : h > H ? H : h;
+    int x0 = (int)(u[2] * (W - w + 1)), y0 = (int)(u[3] * (H - h + 1));
+    x0 = x0 > W - w ? W - w : x0;
+    y0 = y0 > H - h ? H - h : y0;
+    const int solid = u[4] < 0.5;
+    const uint8_t gray = (uint8_t)(u[5] * 256 > 255 ? 255 : u[5] * 256);
+    uint64_t z = (uint64_t)(u[5] * 4294967296.0) * 2 + 1; /* xorshift64, never 0 */
+    for (int y = y0; y < y0 + h; y++) {
+        uint8_t *p = chip + ((size_t)y * W + (size_t)x0) * 3;
+        for (int i = 0; i < 3 * w; i++) {
+            if (solid) {
+                p[i] = gray;
+                continue;
+            }
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            p[i] = (uint8_t)(z >> 56);
+        }
+    }
+    if (box) {
+        box[0] = x0;
+        box[1] = y0;
+        box[2] = x0 + w;
+        box[3] = y0 + h;
+    }
+}
+
 static void degrade_chip(uint8_t *chip, int W, int H, unsigned kinds, rng *r)
 {
     fm_degrade d = {0};
-    /* uniform over the kinds in the set (all seven: the index itself) */
+    /* uniform over the kinds in the set (none named: the suite's seven, the index
+     * itself, so that recipes written before erase existed draw as they did) */
     int kind_of[FM_FT_DAMAGES], n = 0;
     for (int k = 0; k < FM_FT_DAMAGES; k++)
-        if (!kinds || (kinds & (1u << k)))
+        if (kinds ? (kinds & (1u << k)) != 0 : k < FM_FT_DAMAGE_ERASE)
             kind_of[n++] = k;
     int pick = (int)(rng_unit(r) * n);
-    switch (kind_of[pick < n ? pick : n - 1]) {
+    const int kind = kind_of[pick < n ? pick : n - 1];
+    if (kind == FM_FT_DAMAGE_ERASE) {
+        double u[6];
+        for (int i = 0; i < 6; i++)
+            u[i] = rng_unit(r);
+        fm_ft_erase(chip, W, H, u, NULL);
+        return;
+    }
+    switch (kind) {
     case 0:
         d.kind = FM_DEGRADE_DOWN;
         d.param = 20 + rng_unit(r) * 44;
@@ -960,7 +1005,8 @@ static void fingerprint(const fm_finetune *ft, const char *data_id, char *buf, s
         if (len < size)
             snprintf(buf + len, size - len, "|degrade %.17g", o->degrade);
     }
-    if (o->degrade_kinds && o->degrade_kinds != (1u << FM_FT_DAMAGES) - 1) {
+    /* the suite's seven named draw as none named: the same options */
+    if (o->degrade_kinds && o->degrade_kinds != (1u << FM_FT_DAMAGE_ERASE) - 1) {
         size_t len = strlen(buf);
         if (len < size)
             snprintf(buf + len, size - len, "|kinds %u", o->degrade_kinds);
