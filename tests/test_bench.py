@@ -14,7 +14,9 @@ figures for consistency, never for speed:
     crop, the dlib ResNet 0.5416 GFLOP per chip, P-Net at most 3,660 FLOP per pyramid
     pixel plus the strips' overlap;
   - --chips DIR takes the chips from that folder; the table output; errors (no
-    chips, a bad option) exit 1 and 2.
+    chips, a bad option) exit 1 and 2;
+  - ops/bench/faceapi/compare's help and usage errors (exit 2; face-api.js itself
+    is not run: it needs node and the npm registry).
 Skips (77) without the models and sample photos (models/fetch). The environment's
 OPENBLAS_CORETYPE passes through unchanged.
 """
@@ -187,6 +189,20 @@ def main():
         for bad in (["--case", "video"], ["--count", "0"], ["-j", "x"], ["--frobnicate"]):
             p = run([facemill, "bench"] + bad, env=env, timeout=60)
             check(p.returncode == 2, "%s: exit 2, got %d" % (" ".join(bad), p.returncode))
+
+        # ops/bench/faceapi/compare (face-api.js itself needs node and the npm registry,
+        # so only what runs before it: the help and the usage errors)
+        compare = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "ops", "bench", "faceapi", "compare")
+        p = run([compare, "--help"], env=env, timeout=60)
+        check(p.returncode == 0 and "--pairs" in p.stdout and "median" in p.stdout,
+              "compare --help: %d %s" % (p.returncode, (p.stdout + p.stderr)[-300:]))
+        for bad in (["--pairs", "0"], ["--seconds", "x"], ["--set", "novalue"],
+                    ["--rounds"], ["--frobnicate"]):
+            p = run([compare] + bad, env=env, timeout=60)
+            check(p.returncode == 2 and "Usage:" in p.stderr,
+                  "compare %s: exit 2 with the usage, got %d %s" % (" ".join(bad), p.returncode,
+                                                                   p.stderr[-200:]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return check.summary()
