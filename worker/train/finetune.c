@@ -763,7 +763,7 @@ void fm_ft_erase(uint8_t *chip, int W, int H, const double u[6], int box[4])
     y0 = y0 > H - h ? H - h : y0;
     const int solid = u[4] < 0.5;
     const uint8_t gray = (uint8_t)(u[5] * 256 > 255 ? 255 : u[5] * 256);
-    uint64_t z = (uint64_t)(u[5] * 4294967296.0) * 2 + 1; /* xorshift64, never 0 */
+    uint64_t z = (uint64_t)(u[5] * 4294967296.0); /* the noise: the trainer's mixer */
     for (int y = y0; y < y0 + h; y++) {
         uint8_t *p = chip + ((size_t)y * W + (size_t)x0) * 3;
         for (int i = 0; i < 3 * w; i++) {
@@ -771,9 +771,7 @@ void fm_ft_erase(uint8_t *chip, int W, int H, const double u[6], int box[4])
                 p[i] = gray;
                 continue;
             }
-            z ^= z << 13;
-            z ^= z >> 7;
-            z ^= z << 17;
+            z = fm_train_mix64(z);
             p[i] = (uint8_t)(z >> 56);
         }
     }
