@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from fm_testlib import Checks, run, user_env  # noqa: E402
+from fm_testlib import Checks, run, source_dir, user_env  # noqa: E402
 
 # Work per unit, from the layer shapes (2 FLOP per multiply-add of every convolution
 # and dense layer; valid convolutions, Caffe ceil-mode pooling).
@@ -192,8 +192,7 @@ def main():
 
         # ops/bench/faceapi/compare (face-api.js itself needs node and the npm registry,
         # so only what runs before it: the help and the usage errors)
-        compare = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "ops", "bench", "faceapi", "compare")
+        compare = os.path.join(source_dir(), "ops", "bench", "faceapi", "compare")
         p = run([compare, "--help"], env=env, timeout=60)
         check(p.returncode == 0 and "--pairs" in p.stdout and "median" in p.stdout,
               "compare --help: %d %s" % (p.returncode, (p.stdout + p.stderr)[-300:]))

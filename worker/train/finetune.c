@@ -766,11 +766,11 @@ void fm_ft_erase(uint8_t *chip, int W, int H, const double u[6], int box[4])
     uint64_t z = (uint64_t)(u[5] * 4294967296.0); /* the noise: the trainer's mixer */
     for (int y = y0; y < y0 + h; y++) {
         uint8_t *p = chip + ((size_t)y * W + (size_t)x0) * 3;
+        if (solid) {
+            memset(p, gray, (size_t)3 * w);
+            continue;
+        }
         for (int i = 0; i < 3 * w; i++) {
-            if (solid) {
-                p[i] = gray;
-                continue;
-            }
             z = fm_train_mix64(z);
             p[i] = (uint8_t)(z >> 56);
         }
