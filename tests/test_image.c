@@ -1,13 +1,15 @@
-/* test_image.c - the JPEG decoder against images this test makes itself.
+/* test_image.c - the image decoder against images this test makes itself.
  *
- * Every input is generated here with TurboJPEG from a known RGB pattern (coloured
- * quadrants plus a gradient, so any wrong rotation or flip shows), then altered by
- * hand: EXIF segments in both byte orders, CMYK with and without the Adobe marker,
- * truncation at every length, forged headers, other formats' signatures, random
- * bytes. Expected results come from the pattern and from the EXIF specification's
- * table, not from the decoder.
+ * Every input is generated here with TurboJPEG, libspng's or libwebp's encoder from a
+ * known RGB pattern (coloured quadrants plus a gradient, so any wrong rotation or flip
+ * shows), then altered by hand: EXIF segments in both byte orders (JPEG APP1, PNG
+ * eXIf, WebP EXIF), CMYK with and without the Adobe marker, every PNG colour type and
+ * depth, interlaced, WebP lossy and lossless, extended and animated, truncation at
+ * every length, forged headers, other formats' signatures, random bytes. Expected
+ * results come from the pattern and from the EXIF specification's table, not from
+ * the decoder.
  *
- * Run with `--corpus DIR` it also writes the generated JPEGs into DIR as a seed
+ * Run with `--corpus DIR` it also writes the generated images into DIR as a seed
  * corpus for tests/fuzz/fuzz_jpeg.c.
  */
 #include "facemill/image.h"
@@ -18,9 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <spng.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
 #include <unistd.h>
+#include <webp/decode.h>
+#include <webp/encode.h>
 
 /* ---- generated inputs ----------------------------------------------------------- */
 
@@ -574,9 +579,7 @@ static void test_not_jpeg(fm_decoder *d)
         const char *bytes;
         size_t n;
     } sigs[] = {
-        {"PNG", "\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x10\x08\x02\0\0\0", 29},
         {"GIF", "GIF89a\x10\0\x10\0\0\0\0", 13},
-        {"WebP", "RIFF\x24\0\0\0WEBPVP8 ", 16},
         {"BMP", "BM\x36\x03\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0", 18},
         {"TIFF", "II*\0\x08\0\0\0", 8},
         {"TIFF", "MM\0*\0\0\0\x08", 8},
@@ -594,6 +597,26 @@ static void test_not_jpeg(fm_decoder *d)
         CHECK(img.data == NULL && img.w == 0);
     }
 
+    /* PNG and WebP are read: their signatures with nothing usable behind them are
+     * corrupt files of that format, not unknown data */
+    static const struct {
+        const char *bytes;
+        size_t n;
+        const char *want;
+    } cut[] = {
+        {"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x10\x08\x02\0\0\0", 29,
+         "corrupt PNG: "},
+        {"\x89PNG\r\n\x1a\n", 8, "corrupt PNG: "},
+        {"RIFF\x24\0\0\0WEBPVP8 ", 16, "corrupt WebP: "},
+        {"RIFF\0\0\0\0WEBP", 12, "corrupt WebP: "},
+    };
+    for (size_t i = 0; i < sizeof cut / sizeof cut[0]; i++) {
+        fm_status st = fm_decode(d, (const uint8_t *)cut[i].bytes, cut[i].n, &img, &e);
+        CHECK_MSG(st == FM_ERR_DECODE && strncmp(e.msg, cut[i].want, strlen(cut[i].want)) == 0,
+                  "%zu: %s (%s)", i, fm_status_to_string(st), e.msg);
+        CHECK(img.data == NULL && img.w == 0);
+    }
+
     /* random bytes: a fixed sequence, so the outcome is known */
     uint32_t s = 12345;
     for (int round = 0; round < 200; round++) {
@@ -606,7 +629,7 @@ static void test_not_jpeg(fm_decoder *d)
         if (b[0] == 0xFF)
             b[0] = 0x00;
         fm_status st = fm_decode(d, b, n, &img, &e);
-        CHECK_MSG(st == FM_ERR_FORMAT && strcmp(e.msg, "not a JPEG (unrecognised data)") == 0,
+        CHECK_MSG(st == FM_ERR_FORMAT && strcmp(e.msg, "not an image (unrecognised data)") == 0,
                   "random %d: %s %s", round, fm_status_to_string(st), e.msg);
         /* the same bytes behind a JPEG start: a decode error, never success */
         if (n >= 3) {
@@ -854,13 +877,440 @@ static void test_draw(void)
     free(buf);
 }
 
+/* ---- PNG and WebP --------------------------------------------------------------- */
+
+/* CRC-32 of PNG chunks (ISO 3309), for headers forged below. */
+static uint32_t png_crc(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* A PNG of the w x h pattern made with libspng's encoder. ct: colour type (0 gray, 2
+ * RGB, 3 palette, 4 gray + alpha, 6 RGBA); bd: 8 or 16 (palette 8); Adam7 when
+ * interlaced; with an eXIf chunk of orientation o (byte order be) when o > 0.
+ * *expect gets the RGB pixels the decoder must give before any orientation (16-bit
+ * samples are v * 257, the usual widening of v, whose 8-bit reading is v). */
+static blob make_png(int w, int h, int ct, int bd, int interlaced, int o, int be,
+                     uint8_t **expect)
+{
+    uint8_t *src = make_pattern(w, h);
+    const int ch = ct == 0 ? 1 : ct == 2 ? 3 : ct == 3 ? 1 : ct == 4 ? 2 : 4;
+    const int bytes = bd / 8;
+    const size_t npix = (size_t)w * h;
+    uint8_t *raw = calloc(npix * ch * bytes, 1);
+    uint8_t *want = malloc(npix * 3);
+    struct spng_plte plte = {.n_entries = 16};
+    for (int i = 0; i < 16; i++)
+        plte.entries[i] = (struct spng_plte_entry){(uint8_t)(i * 16), (uint8_t)(255 - i * 9),
+                                                   (uint8_t)(i * i), 0};
+    if (!raw || !want)
+        exit(1);
+    for (size_t i = 0; i < npix; i++) {
+        const uint8_t *s = src + i * 3;
+        uint8_t v[4] = {s[0], s[1], s[2], (uint8_t)(1 + i % 255)}; /* alpha never 0 */
+        if (ct == 0 || ct == 4)
+            v[1] = v[2] = v[0];
+        if (ct == 3) {
+            const int k = (int)(i % 7 + i / (size_t)w % 9) % 16;
+            want[i * 3] = plte.entries[k].red;
+            want[i * 3 + 1] = plte.entries[k].green;
+            want[i * 3 + 2] = plte.entries[k].blue;
+            raw[i] = (uint8_t)k;
+            continue;
+        }
+        memcpy(want + i * 3, v, 3);
+        const uint8_t in[4] = {v[0], ct == 4 ? v[3] : v[1], v[2], v[3]};
+        for (int c = 0; c < ch; c++) {
+            if (bytes == 1) {
+                raw[i * ch + c] = in[c];
+            } else { /* host order; v * 257 is v to 8 bits by any rounding */
+                const uint16_t x = (uint16_t)(in[c] * 257);
+                memcpy(raw + (i * ch + c) * 2, &x, 2);
+            }
+        }
+    }
+    spng_ctx *c = spng_ctx_new(SPNG_CTX_ENCODER);
+    struct spng_ihdr ih = {(uint32_t)w, (uint32_t)h, (uint8_t)bd, (uint8_t)ct, 0, 0,
+                           (uint8_t)(interlaced ? SPNG_INTERLACE_ADAM7 : SPNG_INTERLACE_NONE)};
+    int r = c ? spng_set_option(c, SPNG_ENCODE_TO_BUFFER, 1) : -1;
+    if (!r)
+        r = spng_set_ihdr(c, &ih);
+    if (!r && ct == 3)
+        r = spng_set_plte(c, &plte);
+    uint8_t ex[64];
+    if (!r && o > 0) {
+        size_t n = exif_payload(ex, o, be);
+        struct spng_exif e = {n - 6, (char *)ex + 6}; /* the TIFF structure alone */
+        r = spng_set_exif(c, &e);
+    }
+    if (!r)
+        r = spng_encode_image(c, raw, npix * ch * bytes, SPNG_FMT_PNG, SPNG_ENCODE_FINALIZE);
+    size_t n = 0;
+    void *png = r ? NULL : spng_get_png_buffer(c, &n, &r);
+    if (!png) {
+        fprintf(stderr, "spng encode (type %d, depth %d): %s\n", ct, bd, spng_strerror(r));
+        exit(1);
+    }
+    blob b = blob_copy(png, n);
+    free(png);
+    spng_ctx_free(c);
+    free(raw);
+    free(src);
+    *expect = want;
+    return b;
+}
+
+/* Lossless (exact) or lossy WebP of the pattern; with alpha when alpha. */
+static blob make_webp(int w, int h, int lossless, int alpha, uint8_t **expect)
+{
+    uint8_t *src = make_pattern(w, h);
+    uint8_t *out = NULL;
+    size_t n;
+    if (alpha) {
+        uint8_t *rgba = malloc((size_t)w * h * 4);
+        if (!rgba)
+            exit(1);
+        for (size_t i = 0; i < (size_t)w * h; i++) {
+            memcpy(rgba + i * 4, src + i * 3, 3);
+            rgba[i * 4 + 3] = (uint8_t)(1 + i % 255); /* never 0: the RGB is kept */
+        }
+        n = lossless ? WebPEncodeLosslessRGBA(rgba, w, h, w * 4, &out)
+                     : WebPEncodeRGBA(rgba, w, h, w * 4, 90, &out);
+        free(rgba);
+    } else {
+        n = lossless ? WebPEncodeLosslessRGB(src, w, h, w * 3, &out)
+                     : WebPEncodeRGB(src, w, h, w * 3, 90, &out);
+    }
+    if (!n) {
+        fprintf(stderr, "WebP encode failed\n");
+        exit(1);
+    }
+    blob b = blob_copy(out, n);
+    WebPFree(out);
+    *expect = src;
+    return b;
+}
+
+static void le24(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+}
+
+/* A simple (VP8 or VP8L) WebP file w x h rewritten as an extended one: a VP8X chunk
+ * with flags, the image chunk, then extra chunk bytes (already framed) and, with
+ * exif_n > 0, an EXIF chunk. */
+static blob webp_extended(const blob *simple, int w, int h, uint8_t flags,
+                          const uint8_t *exif, size_t exif_n)
+{
+    const size_t img = simple->n - 12, pad = exif_n & 1;
+    const size_t n = 12 + 18 + img + (exif_n ? 8 + exif_n + pad : 0);
+    blob b = {calloc(n, 1), n};
+    if (!b.p)
+        exit(1);
+    memcpy(b.p, "RIFF", 4);
+    put32(b.p + 4, (uint32_t)(n - 8), 0);
+    memcpy(b.p + 8, "WEBP", 4);
+    uint8_t *v = b.p + 12;
+    memcpy(v, "VP8X", 4);
+    put32(v + 4, 10, 0);
+    v[8] = flags;
+    le24(v + 12, (uint32_t)(w - 1));
+    le24(v + 15, (uint32_t)(h - 1));
+    memcpy(b.p + 30, simple->p + 12, img);
+    if (exif_n) {
+        uint8_t *e = b.p + 30 + img;
+        memcpy(e, "EXIF", 4);
+        put32(e + 4, (uint32_t)exif_n, 0);
+        memcpy(e + 8, exif, exif_n);
+    }
+    return b;
+}
+
+/* Decodes b and checks it against the packed w x h RGB want: exact, or within a mean
+ * of tol when tol > 0. */
+static void check_decode(fm_decoder *d, const blob *b, const uint8_t *want, int w, int h,
+                         double tol, const char *what)
+{
+    fm_image img;
+    fm_error e = {0};
+    fm_status st = fm_decode(d, b->p, b->n, &img, &e);
+    CHECK_MSG(st == FM_OK, "%s: %s", what, fm_error_text(&e));
+    if (st)
+        return;
+    CHECK_MSG(img.w == w && img.h == h && img.stride == (size_t)w * 3 && img.orig_w == w &&
+                  img.orig_h == h && img.scale_num == 1 && img.scale_denom == 1 &&
+                  img.orientation == 1,
+              "%s: %dx%d stride %zu, orig %dx%d, scale %d/%d, orientation %d", what, img.w,
+              img.h, img.stride, img.orig_w, img.orig_h, img.scale_num, img.scale_denom,
+              img.orientation);
+    diff df = compare(&img, want, w, h);
+    if (tol > 0)
+        CHECK_MSG(df.mean < tol, "%s: mean difference %.2f (max %d)", what, df.mean, df.max);
+    else
+        CHECK_MSG(df.max == 0, "%s: differs by up to %d", what, df.max);
+}
+
+/* Every colour type, both depths, interlaced or not: the same RGB as the pixels put
+ * in (16 bits read as their high byte, alpha dropped, palettes looked up). */
+static void test_png(fm_decoder *d)
+{
+    static const struct {
+        int ct, bd;
+        const char *name;
+    } kinds[] = {{2, 8, "RGB"},       {2, 16, "RGB 16-bit"}, {6, 8, "RGBA"},
+                 {6, 16, "RGBA 16-bit"}, {0, 8, "gray"},     {0, 16, "gray 16-bit"},
+                 {4, 8, "gray + alpha"}, {3, 8, "palette"}};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+        for (int il = 0; il <= 1; il++) {
+            uint8_t *want;
+            const int w = 37, h = 23; /* odd sizes: every Adam7 pass partly filled */
+            blob b = make_png(w, h, kinds[k].ct, kinds[k].bd, il, 0, 0, &want);
+            char what[64];
+            snprintf(what, sizeof what, "PNG %s%s", kinds[k].name, il ? ", interlaced" : "");
+            check_decode(d, &b, want, w, h, 0, what);
+            free(want);
+            blob_free(&b);
+        }
+}
+
+/* PNG eXIf and WebP EXIF orientations, all eight in both byte orders, as for JPEG. */
+static void test_png_webp_orientation(fm_decoder *d)
+{
+    const int w = 30, h = 20;
+    uint8_t *want;
+    blob simple = make_webp(w, h, 1, 0, &want);
+    for (int be = 0; be <= 1; be++)
+        for (int o = 1; o <= 8; o++) {
+            for (int fmt = 0; fmt < 3; fmt++) {
+                blob b;
+                uint8_t *pix = NULL;
+                if (fmt == 0) {
+                    b = make_png(w, h, 2, 8, 0, o, be, &pix);
+                } else { /* WebP's EXIF with and without JPEG's "Exif\0\0" in front */
+                    uint8_t ex[64];
+                    size_t n = exif_payload(ex, o, be);
+                    const int skip = fmt == 1 ? 6 : 0;
+                    b = webp_extended(&simple, w, h, 0x08, ex + skip, n - (size_t)skip);
+                }
+                int ew, eh;
+                uint8_t *up = upright(fmt == 0 ? pix : want, w, h, (size_t)w * 3, o, &ew, &eh);
+                fm_image img;
+                fm_error e = {0};
+                fm_status st = fm_decode(d, b.p, b.n, &img, &e);
+                const char *name = fmt == 0 ? "PNG" : fmt == 1 ? "WebP" : "WebP (Exif\\0\\0)";
+                CHECK_MSG(st == FM_OK && img.orientation == o && img.w == ew && img.h == eh &&
+                              img.orig_w == ew && img.orig_h == eh,
+                          "%s orientation %d %s: %s, reported %d, %dx%d", name, o,
+                          be ? "MM" : "II", fm_error_text(&e), img.orientation, img.w, img.h);
+                diff df = compare(&img, up, ew, eh);
+                CHECK_MSG(df.max == 0, "%s orientation %d %s: differs by up to %d", name, o,
+                          be ? "MM" : "II", df.max);
+                free(up);
+                free(pix);
+                blob_free(&b);
+            }
+        }
+    free(want);
+    blob_free(&simple);
+}
+
+static void test_webp(fm_decoder *d)
+{
+    const int w = 41, h = 27;
+    for (int alpha = 0; alpha <= 1; alpha++) {
+        uint8_t *want;
+        blob b = make_webp(w, h, 1, alpha, &want);
+        check_decode(d, &b, want, w, h, 0, alpha ? "WebP lossless RGBA" : "WebP lossless");
+        blob_free(&b);
+        free(want);
+        /* larger, so the quadrants' hard colour edges (4:2:0 chroma) weigh less */
+        b = make_webp(4 * w, 4 * h, 0, alpha, &want);
+        check_decode(d, &b, want, 4 * w, 4 * h, 3.0, alpha ? "WebP lossy RGBA" : "WebP lossy");
+        blob_free(&b);
+        free(want);
+    }
+    /* extended, without metadata: the same pixels */
+    uint8_t *want;
+    blob simple = make_webp(w, h, 1, 0, &want);
+    blob b = webp_extended(&simple, w, h, 0, NULL, 0);
+    check_decode(d, &b, want, w, h, 0, "WebP extended");
+    blob_free(&b);
+    /* animated: refused by name, whatever frames follow */
+    b = webp_extended(&simple, w, h, 0x02, NULL, 0);
+    fm_image img;
+    fm_error e = {0};
+    fm_status st = fm_decode(d, b.p, b.n, &img, &e);
+    CHECK_MSG(st == FM_ERR_UNSUPPORTED && strcmp(e.msg, "unsupported format: animated WebP") == 0,
+              "animated WebP: %s %s", fm_status_to_string(st), e.msg);
+    CHECK(img.data == NULL);
+    blob_free(&b);
+    /* an EXIF chunk whose size runs past the file: orientation 1, pixels as stored */
+    uint8_t ex[64];
+    size_t n = exif_payload(ex, 6, 0);
+    b = webp_extended(&simple, w, h, 0x08, ex + 6, n - 6);
+    put32(b.p + b.n - (n - 6) - 4, 0x7FFFFFF0u, 0);
+    st = fm_decode(d, b.p, b.n, &img, &e);
+    CHECK_MSG(st != FM_OK || (img.orientation == 1 && img.w == w),
+              "EXIF past the end: %s, orientation %d", fm_status_to_string(st),
+              img.orientation);
+    blob_free(&b);
+    blob_free(&simple);
+    free(want);
+}
+
+/* Cut at every length and with bytes changed: an error, or (cut after the image data)
+ * the very pixels of the whole file. Never partial pixels. */
+static void test_png_webp_damage(fm_decoder *d)
+{
+    const int w = 33, h = 21;
+    for (int fmt = 0; fmt < 3; fmt++) {
+        uint8_t *want;
+        blob b = fmt == 0 ? make_png(w, h, 2, 8, 1, 0, 0, &want)
+                          : make_webp(w, h, fmt == 1, 0, &want);
+        fm_image img;
+        fm_error e = {0};
+        CHECK(fm_decode(d, b.p, b.n, &img, &e) == FM_OK);
+        uint8_t *full = pack(&img);
+        int bad = 0, ok = 0;
+        const char *prefix = fmt == 0 ? "corrupt PNG: " : "corrupt WebP: ";
+        for (size_t n = 1; n < b.n; n++) {
+            /* the decoder's buffer scribbled over first, so rows a cut decode did not
+             * write cannot pass for the whole file's */
+            if (fm_decode(d, b.p, b.n, &img, &e) == FM_OK)
+                memset(img.data, 0x55, img.stride * (size_t)img.h);
+            fm_status st = fm_decode(d, b.p, n, &img, &e);
+            if (st == FM_OK) {
+                ok++;
+                if (compare(&img, full, w, h).max != 0)
+                    bad++;
+            } else if (n >= 16 && (st != FM_ERR_DECODE || strncmp(e.msg, prefix, strlen(prefix)))) {
+                bad++;
+                fprintf(stderr, "cut at %zu: %s %s\n", n, fm_status_to_string(st), e.msg);
+            }
+        }
+        CHECK_MSG(bad == 0, "%s cut short: %d wrong outcomes (%d decoded)",
+                  fmt == 0 ? "PNG" : "WebP", bad, ok);
+        /* the full size still decodes after all those failures */
+        CHECK(fm_decode(d, b.p, b.n, &img, &e) == FM_OK && compare(&img, full, w, h).max == 0);
+        if (fmt == 0) { /* a changed byte in the image data: the CRC says so */
+            uint8_t *idat = NULL;
+            for (size_t i = 0; !idat && i + 16 < b.n; i++)
+                if (memcmp(b.p + i, "IDAT", 4) == 0)
+                    idat = b.p + i;
+            CHECK(idat != NULL);
+            if (idat) {
+                idat[10] ^= 0x20;
+                fm_status st = fm_decode(d, b.p, b.n, &img, &e);
+                CHECK_MSG(st == FM_ERR_DECODE && contains(e.msg, "corrupt PNG"), "%s %s",
+                          fm_status_to_string(st), e.msg);
+            }
+        }
+        free(full);
+        free(want);
+        blob_free(&b);
+    }
+}
+
+/* max_pixels and the largest side from the header, before any pixel buffer. */
+static void test_png_webp_limits(void)
+{
+    /* a PNG whose IHDR declares 30000x30000 (with a correct CRC), then nothing */
+    uint8_t png[33] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13,
+                       'I',  'H', 'D', 'R'};
+    const struct {
+        uint32_t w, h;
+        const char *want[3];
+    } forged[] = {{30000, 30000, {"30000x30000", "900000000", "100000000"}},
+                  {70000, 2, {"70000x2", "largest side", "65535"}}};
+    for (size_t i = 0; i < 2; i++) {
+        put32(png + 16, forged[i].w, 1);
+        put32(png + 20, forged[i].h, 1);
+        png[24] = 8;
+        png[25] = 2;
+        put32(png + 29, png_crc(png + 12, 17), 1);
+        fm_decoder *d = new_decoder(0, 0, 0);
+        fm_image img;
+        fm_error e = {0};
+        fm_status st = fm_decode(d, png, sizeof png, &img, &e);
+        CHECK_MSG(st == FM_ERR_LIMIT && contains(e.msg, forged[i].want[0]) &&
+                      contains(e.msg, forged[i].want[1]) && contains(e.msg, forged[i].want[2]),
+                  "forged PNG %ux%u: %s %s", forged[i].w, forged[i].h,
+                  fm_status_to_string(st), e.msg);
+        fm_decoder_stats s;
+        fm_decoder_get_stats(d, &s);
+        CHECK_MSG(s.buffer_bytes == 0, "allocated %zu bytes", s.buffer_bytes);
+        fm_decoder_destroy(&d);
+    }
+    /* exactly at the pixel limit passes, one below fails; the same for WebP */
+    for (int fmt = 0; fmt < 2; fmt++) {
+        uint8_t *want;
+        blob b = fmt ? make_webp(64, 48, 1, 0, &want) : make_png(64, 48, 2, 8, 0, 0, 0, &want);
+        fm_decoder *d = new_decoder(64 * 48, 0, 0);
+        fm_image img;
+        fm_error e = {0};
+        CHECK(fm_decode(d, b.p, b.n, &img, &e) == FM_OK);
+        fm_decoder_destroy(&d);
+        d = new_decoder(64 * 48 - 1, 0, 0);
+        CHECK_MSG(fm_decode(d, b.p, b.n, &img, &e) == FM_ERR_LIMIT && contains(e.msg, "64x48") &&
+                      contains(e.msg, "3071"),
+                  "%s: %s", fmt ? "WebP" : "PNG", e.msg);
+        fm_decoder_stats s;
+        fm_decoder_get_stats(d, &s);
+        CHECK(s.buffer_bytes == 0);
+        fm_decoder_destroy(&d);
+        free(want);
+        blob_free(&b);
+    }
+}
+
 /* ---- seed corpus ---------------------------------------------------------------- */
 
 static void write_blob(const char *dir, const char *name, const blob *b)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s.jpg", dir, name);
+    snprintf(path, sizeof path, "%s/%s%s", dir, name, strchr(name, '.') ? "" : ".jpg");
     fm_test_write_file(path, b->p, b->n);
+}
+
+/* PNG and WebP seeds: each colour type, interlaced, with eXIf; lossless, lossy, with
+ * alpha, extended with EXIF. */
+static void write_png_webp_corpus(const char *dir)
+{
+    static const int kinds[][2] = {{2, 8}, {6, 16}, {0, 8}, {4, 8}, {3, 8}, {0, 16}};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        uint8_t *want;
+        blob b = make_png(24, 16, kinds[k][0], kinds[k][1], (int)(k & 1), k == 0 ? 6 : 0, 1,
+                          &want);
+        char name[32];
+        snprintf(name, sizeof name, "png_%d_%d.png", kinds[k][0], kinds[k][1]);
+        write_blob(dir, name, &b);
+        blob_free(&b);
+        free(want);
+    }
+    for (int k = 0; k < 4; k++) {
+        uint8_t *want;
+        blob b = make_webp(24, 16, k & 1, k >> 1, &want);
+        char name[32];
+        snprintf(name, sizeof name, "webp_%s_%d.webp", k & 1 ? "lossless" : "lossy", k >> 1);
+        write_blob(dir, name, &b);
+        if (k == 1) {
+            uint8_t ex[64];
+            size_t n = exif_payload(ex, 8, 0);
+            blob x = webp_extended(&b, 24, 16, 0x08, ex + 6, n - 6);
+            write_blob(dir, "webp_exif.webp", &x);
+            blob_free(&x);
+        }
+        blob_free(&b);
+        free(want);
+    }
 }
 
 static int write_corpus(const char *dir)
@@ -896,6 +1346,7 @@ static int write_corpus(const char *dir)
     blob_free(&b);
     free(src);
     blob_free(&plain);
+    write_png_webp_corpus(dir);
     return 0;
 }
 
@@ -919,6 +1370,11 @@ int main(int argc, char **argv)
     test_bogus_exif(d);
     test_steady_state(d);
     test_draw();
+    test_png(d);
+    test_webp(d);
+    test_png_webp_orientation(d);
+    test_png_webp_damage(d);
+    test_png_webp_limits();
 
     char dir[512];
     if (fm_test_tmpdir(dir, sizeof dir, "image") == 0) {

@@ -6,8 +6,9 @@ the three describe a photo in one schema (proto/RESULTS.md).
 
 Inputs: the sample photos, and photos made from them here (a mirrored and scaled copy
 on a larger canvas, two photos side by side, a grayscale copy, an EXIF-free
-progressive JPEG), two photos without faces (noise, a flat wall) and broken files (a
-truncated JPEG, a PNG, a text file named .jpg, an empty file).
+progressive JPEG, a PNG and a lossless WebP with two samples' pixels), two photos
+without faces (noise, a flat wall) and broken files (a truncated JPEG, a GIF named
+.jpg, a truncated PNG, a text file named .jpg, an empty file).
 
 predict and detect run once; label runs twice with an empty HOME, once from the
 checkout root and once from an unrelated directory. Checked:
@@ -23,7 +24,7 @@ checkout root and once from an unrelated directory. Checked:
   - the broken files are errors with the same code, name and text in all three, at
     attempt 1 in the database (a worker that died on them would have been retried);
   - no face in the faceless photos and at least one in every photo made from a
-    sample;
+    sample; the PNG and the WebP have the faces of the JPEGs whose pixels they hold;
   - the CSV export holds the JSONL export's values under the flattened field names
     (box.x1, landmarks.left_eye.x, gender_probs.male, ...), one row per face.
 
@@ -76,6 +77,11 @@ def make_inputs(samples, d):
     a.save(os.path.join(d, "gen_progressive.jpg"), quality=80, progressive=True)
     with_faces += ["gen_mirror_canvas.jpg", "gen_side_by_side.jpg", "gen_gray.jpg",
                    "gen_progressive.jpg"]
+    # the same pixels as two of the samples, as PNG (with an alpha channel) and as
+    # lossless WebP: their faces must be the JPEGs' own (main() compares them)
+    b.convert("RGBA").save(os.path.join(d, "gen_sample2.png"))
+    a.save(os.path.join(d, "gen_sample1.webp"), lossless=True)
+    with_faces += ["gen_sample2.png", "gen_sample1.webp"]
     # no faces: noise and a flat wall
     rng = np.random.default_rng(7)
     Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(
@@ -86,11 +92,15 @@ def make_inputs(samples, d):
     data = open(os.path.join(samples, "sample3.jpg"), "rb").read()
     open(os.path.join(d, "bad_truncated.jpg"), "wb").write(data[: len(data) // 3])
     buf = io.BytesIO()
-    b.resize((64, 64)).save(buf, format="PNG")
-    open(os.path.join(d, "bad_png.jpg"), "wb").write(buf.getvalue())
+    b.resize((64, 64)).save(buf, format="GIF")
+    open(os.path.join(d, "bad_gif.jpg"), "wb").write(buf.getvalue())
+    buf = io.BytesIO()
+    b.save(buf, format="PNG")
+    open(os.path.join(d, "bad_truncated.png"), "wb").write(buf.getvalue()[:200000])
     open(os.path.join(d, "bad_text.jpg"), "w").write("not an image\n")
     open(os.path.join(d, "bad_empty.jpg"), "wb").close()
-    broken = ["bad_truncated.jpg", "bad_png.jpg", "bad_text.jpg", "bad_empty.jpg"]
+    broken = ["bad_truncated.jpg", "bad_gif.jpg", "bad_truncated.png", "bad_text.jpg",
+              "bad_empty.jpg"]
     return with_faces, without, broken
 
 
@@ -243,6 +253,22 @@ def main():
             check_image("predict", o, [] if o["error"] else ["times_ms"])
         for n in broken:
             check(want.get(n, {}).get("error"), "predict: %s is an error" % n)
+        for n, text in (("bad_gif.jpg", "unsupported format: GIF"),
+                        ("bad_truncated.png", "corrupt PNG: ")):
+            e = (want.get(n) or {}).get("error") or {}
+            check(str(e.get("text", "")).startswith(text), "predict: %s: %s" % (n, e))
+        # PNG and WebP: the faces of the JPEG whose pixels they hold, number for number
+        for copy, orig in (("gen_sample2.png", "sample2.jpg"), ("gen_sample1.webp", "sample1.jpg")):
+            c, o = want.get(copy) or {}, want.get(orig) or {}  # within REL: batched with others
+            check(c.get("error") is None and c.get("faces") and
+                  [f["box"] for f in c["faces"]] == [f["box"] for f in o.get("faces", [])] and
+                  [(f["gender"], f["race"]) for f in c["faces"]] ==
+                  [(f["gender"], f["race"]) for f in o.get("faces", [])] and
+                  not any(face_diff(f, g, REL)
+                          for f, g in zip(c["faces"], o["faces"])),
+                  "predict: %s has the faces of %s: %s / %s" % (
+                      copy, orig, [f["box"] for f in c.get("faces") or []],
+                      [f["box"] for f in o.get("faces") or []]))
         det, p = run_lines(fm, "detect", paths, src, env)
         check(sorted(det) == names and p.returncode == 1,
               "detect answers every input, exit 1: exit %d: %s" %

@@ -4,7 +4,7 @@
     test_report.py --bin BUILD/bin --src SRC [--keep DIR]
 
 1. The sample photos, labelled for real: four as files, two as members of a tar
-   archive, plus a truncated JPEG and a PNG (failures), by `facemill label`; then one
+   archive, plus a truncated JPEG and a GIF (failures), by `facemill label`; then one
    original is deleted. The page: no console message and no script error in
    Chromium, the script ran (body data-ready), every count in the DOM equal to the
    database's own (read here with Python's sqlite3, not through facemill), chart
@@ -272,7 +272,7 @@ def case_samples(a, browser, tmp):
         shutil.copy(s, photos)
     data = open(samples[0], "rb").read()
     open(os.path.join(photos, "bad_truncated.jpg"), "wb").write(data[:len(data) // 3])
-    open(os.path.join(photos, "not_a_jpeg.jpg"), "wb").write(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    open(os.path.join(photos, "not_a_jpeg.jpg"), "wb").write(b"GIF89a" + b"\0" * 64)
     with tarfile.open(os.path.join(work, "archive.tar"), "w") as t:
         for s in samples[4:6]:
             t.add(s, arcname="arch/" + os.path.basename(s))

@@ -1,21 +1,28 @@
 /* image.h - turning archive bytes into RGB pixels the detector can use, and the
  * little a "draw the boxes" debug output needs.
  *
- * Only JPEG is decoded (TurboJPEG 2 API, libjpeg-turbo 2.1). Other formats are
+ * JPEG (TurboJPEG 2 API, libjpeg-turbo 2.1), PNG (libspng) and WebP (libwebp) are
+ * decoded, told apart by their first bytes, not the file name. Other formats are
  * recognised by their magic bytes so the error says what the file was ("unsupported
- * format: PNG") instead of a libjpeg complaint.
+ * format: GIF") instead of a decoder's complaint.
  *
  * What a decode does, in order:
  *   1. sniff the format; enforce max_bytes;
- *   2. read the header; enforce max_pixels on the full header size, in 64 bits,
- *      before anything is allocated;
- *   3. pick a DCT scale (1/1, 1/2, 1/4 or 1/8) so the long side stays >= target_side;
+ *   2. read the header; enforce max_pixels on the full header size, in 64 bits, and a
+ *      largest side of 65535, before anything is allocated;
+ *   3. JPEG: pick a DCT scale (1/1, 1/2, 1/4 or 1/8) so the long side stays >=
+ *      target_side (PNG and WebP decode at full size);
  *   4. decode: grayscale becomes R=G=B; CMYK/YCCK becomes RGB (Adobe APP14 files are
  *      read as inverted CMYK, the way Photoshop writes them and libjpeg-based readers
- *      take them; files without that marker as plain CMYK);
- *   5. apply the EXIF orientation (all 8 values) by rotating/flipping the pixels.
+ *      take them; files without that marker as plain CMYK); PNG palettes are looked
+ *      up and 16-bit samples read as their high byte; alpha is dropped; an animated
+ *      WebP is refused (FM_ERR_UNSUPPORTED, "unsupported format: animated WebP");
+ *   5. apply the EXIF orientation (all 8 values: JPEG's APP1, PNG's eXIf before the
+ *      image data, WebP's EXIF chunk) by rotating/flipping the pixels.
  *
- * Corrupt data policy. libjpeg recovers from many errors with only a warning and
+ * Corrupt data policy. PNG and WebP fail on any decoder error (a bad CRC, data cut
+ * short): "corrupt PNG: <libspng text>", "corrupt WebP: <libwebp status>".
+ * libjpeg recovers from many errors with only a warning and
  * fills what it could not decode with gray (a truncated file decodes "fine" with its
  * bottom half gray). Faces labelled from such pixels are wrong, so every libjpeg
  * warning is an FM_ERR_DECODE carrying libjpeg's text ("corrupt JPEG: Premature end
@@ -57,7 +64,7 @@ typedef struct fm_image {
     size_t stride;              /* bytes from one row to the next, >= 3 * w */
     uint8_t *data;              /* w x h RGB pixels; not owned */
     int orig_w, orig_h;         /* displayed size at full resolution */
-    int scale_num, scale_denom; /* DCT scale applied: 1/1, 1/2, 1/4 or 1/8 */
+    int scale_num, scale_denom; /* JPEG's DCT scale: 1/1, 1/2, 1/4 or 1/8 (else 1/1) */
     int orientation;            /* EXIF orientation that was applied, 1..8 */
 } fm_image;
 
@@ -65,13 +72,14 @@ typedef struct fm_image {
 typedef struct fm_decode_opts {
     uint64_t max_pixels; /* largest width x height accepted from a header */
     size_t max_bytes;    /* largest compressed input accepted (bytes or file size) */
-    int target_side;     /* the long side detection works at (the detector's max_side);
+    int target_side;     /* JPEG: the long side detection works at (the detector's max_side);
                           * 0 decodes at full size. Otherwise the strongest reduction
                           * among 1/2, 1/4, 1/8 that keeps the long side >= target_side
                           * is used, and 1/1 when none does. */
 } fm_decode_opts;
 
-/* Opaque: a TurboJPEG handle plus reusable buffers. Not shared between threads. */
+/* Opaque: a TurboJPEG handle plus reusable buffers (PNG and WebP decoders are made
+ * per call). Not shared between threads. */
 typedef struct fm_decoder fm_decoder;
 
 /* Counters, for tests and the worker's stats line. */
@@ -95,7 +103,7 @@ void fm_decoder_destroy(fm_decoder **d);
 /* Copies the decoder's counters into *out. */
 void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out);
 
-/* Decodes len bytes of buf (a whole JPEG file) into *out.
+/* Decodes len bytes of buf (a whole JPEG, PNG or WebP file) into *out.
  *
  * On FM_OK, out->data points into d's buffer: valid until the next fm_decode /
  * fm_decode_file on d or fm_decoder_destroy, and writable (drawing on it is fine).
@@ -104,14 +112,15 @@ void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out);
  *
  * Errors (out is zeroed, err says why):
  *   FM_ERR_INVALID      d or out NULL, or buf NULL with len > 0
- *   FM_ERR_FORMAT       0 bytes, or data that is no known image ("not a JPEG
+ *   FM_ERR_FORMAT       0 bytes, or data that is no known image ("not an image
  *                       (unrecognised data)")
- *   FM_ERR_UNSUPPORTED  another image format ("unsupported format: PNG"; also GIF,
- *                       WebP, BMP, TIFF, HEIC, AVIF, JPEG 2000, JPEG XL, PSD)
+ *   FM_ERR_UNSUPPORTED  another image format ("unsupported format: GIF"; also
+ *                       animated WebP, BMP, TIFF, HEIC, AVIF, JPEG 2000, JPEG XL, PSD)
  *   FM_ERR_LIMIT        len > max_bytes, or the header declares more than max_pixels
- *                       (checked before any pixel buffer is allocated; the message
- *                       gives both sizes)
- *   FM_ERR_DECODE       libjpeg failed or warned ("corrupt JPEG: <libjpeg text>"),
+ *                       or a side over 65535 (checked before any pixel buffer is
+ *                       allocated; the message gives the sizes)
+ *   FM_ERR_DECODE       the decoder failed, or libjpeg warned ("corrupt JPEG:
+ *                       <libjpeg text>", "corrupt PNG: ...", "corrupt WebP: ..."),
  *                       see the corrupt data policy at the top of this file
  *   FM_ERR_NOMEM        the pixel buffer, or a TurboJPEG handle to replace one that
  *                       failed, could not be allocated */

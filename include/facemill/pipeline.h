@@ -120,7 +120,7 @@ fm_status fm_pipeline_open(fm_pipeline **out, const fm_config *c,
 void fm_pipeline_close(fm_pipeline **p);
 
 /* Runs n images (1 <= n <= max_images) and fills out[0..n). A bad image (unreadable,
- * not a JPEG, corrupt, too large) gets its error in out[i].error and the others go
+ * a format not read, corrupt, too large) gets its error in out[i].error and the others go
  * on. Returns FM_OK when the batch ran, FM_ERR_INVALID for bad arguments, or the
  * error of a backbone/heads call (a bug or resource failure: results are then
  * invalid). */

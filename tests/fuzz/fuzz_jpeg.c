@@ -1,9 +1,10 @@
-/* fuzz_jpeg.c - libFuzzer entry for the image decoder.
+/* fuzz_jpeg.c - libFuzzer entry for the image decoder (JPEG, PNG and WebP: the name
+ * is older than the other two).
  *
  * Archives hold whatever people uploaded, so fm_decode sees hostile bytes. For any
  * input it must return FM_OK or an error: no crash, over-read, leak or hang. Inputs
- * of odd length go through a decoder with a target side, so the DCT scaling path is
- * fuzzed too; decoded pixels are read and drawn on so a wrong size or stride shows
+ * of odd length go through a decoder with a target side, so JPEG's DCT scaling path
+ * is fuzzed too; decoded pixels are read and drawn on so a wrong size or stride shows
  * up as a sanitizer report.
  *
  * Build: cmake -DCMAKE_C_COMPILER=clang -DFACEMILL_FUZZ=ON ...; seed corpus:

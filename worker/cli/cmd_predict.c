@@ -23,9 +23,10 @@
 
 static const cli_cmd cmd = {
     "predict", "[options] IMAGE...", 1, -1,
-    "Finds the faces in each JPEG IMAGE and labels them with age, gender and\n"
-    "ethnicity. Prints one JSON object per image and line, in the result schema\n"
-    "that `facemill detect` and `facemill export` print too (proto/RESULTS.md):\n"
+    "Finds the faces in each IMAGE (JPEG, PNG or WebP) and labels them with age,\n"
+    "gender and ethnicity. Prints one JSON object per image and line, in the\n"
+    "result schema that `facemill detect` and `facemill export` print too\n"
+    "(proto/RESULTS.md):\n"
     "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
     "   \"times_ms\": {\"decode\", \"detect\", \"align\", \"embed\", \"heads\"},\n"
     "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"

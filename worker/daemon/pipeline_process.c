@@ -431,7 +431,7 @@ static void read_image(compute *c, int i, const Facemill__Job *job)
 
 /* Fills result i from the pipeline's answer ir for its image: the displayed size, the
  * faces (no more than the job's options.max_faces) and the stage times; or the
- * image's own error (unreadable, not a JPEG, corrupt, too large). */
+ * image's own error (unreadable, a format not read, corrupt, too large). */
 static void put_image(compute *c, int i, const Facemill__Job *job, const fm_image_result *ir)
 {
     Facemill__Result *r = &c->out[i];

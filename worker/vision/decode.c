@@ -1,14 +1,19 @@
-/* decode.c - JPEG bytes to RGB pixels for the detector, and the small write/draw
- * helpers behind `facemill detect --draw`.
+/* decode.c - JPEG, PNG and WebP bytes to RGB pixels for the detector, and the small
+ * write/draw helpers behind `facemill detect --draw`.
  *
  * It exists so the rest of the worker sees one clean contract (RGB, upright, scaled
  * to what detection needs, bounded in size) whatever the archive holds: CMYK files
  * from print workflows, grayscale scans, progressive web images, phone photos stored
- * sideways with an EXIF orientation, truncated downloads and non-JPEG files.
+ * sideways with an EXIF orientation, PNG screenshots and scans (any colour type and
+ * bit depth, interlaced or not), WebP downloads, truncated files and formats it does
+ * not read.
  *
  * libjpeg's own error handler calls exit(), so only the TurboJPEG API is used (2.1:
- * the tj* calls, not tj3*). Every input byte is untrusted: the EXIF and marker
- * parsers check each length and offset against the buffer before reading.
+ * the tj* calls, not tj3*); PNG goes through libspng (errors are return codes, no
+ * setjmp) and WebP through libwebp's one-call decoder. Every input byte is untrusted:
+ * the EXIF, marker and RIFF parsers check each length and offset against the buffer
+ * before reading, and every format's size is checked against max_pixels from its
+ * header before a pixel buffer is allocated.
  */
 #include "facemill/image.h"
 
@@ -19,9 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <spng.h>
 #include <sys/types.h>
 #include <turbojpeg.h>
 #include <unistd.h>
+#include <webp/decode.h>
 
 struct fm_decoder {
     tjhandle tj;
@@ -404,22 +411,228 @@ void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out)
     out->buffer_bytes = d->out_cap + d->tmp_cap + d->in_cap;
 }
 
-/* The body of fm_decode once the arguments are known to be usable. */
-static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
-                        fm_error *err)
+/* ---- shared by the formats ------------------------------------------------------- */
+
+/* The pixel limit, from a header's size, before anything is allocated. JPEG's sizes
+ * are at most 65535 by format; PNG's may be up to 2^31 - 1, and the rest of the
+ * worker counts a side in an int and a row of 3 bytes a pixel in an int too, so the
+ * same 65535 bounds every format's side. */
+#define MAX_SIDE 65535
+static fm_status check_size(const fm_decoder *d, uint64_t w, uint64_t h, fm_error *err)
 {
-    if (len == 0)
-        return fm_error_set(err, FM_ERR_FORMAT, "empty input (0 bytes)");
-    if (len > d->opts.max_bytes)
+    uint64_t pixels = w * h; /* both < 2^32 */
+    if (pixels > d->opts.max_pixels)
         return fm_error_set(err, FM_ERR_LIMIT,
-                            "input is %zu bytes, over the limit of %zu bytes (max_bytes)",
-                            len, d->opts.max_bytes);
-    if (!is_jpeg(buf, len)) {
-        const char *name = sniff_other(buf, len);
-        if (name)
-            return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: %s", name);
-        return fm_error_set(err, FM_ERR_FORMAT, "not a JPEG (unrecognised data)");
+                            "image is %llux%llu = %llu pixels, over the limit of %llu pixels "
+                            "(max_pixels)",
+                            (unsigned long long)w, (unsigned long long)h,
+                            (unsigned long long)pixels,
+                            (unsigned long long)d->opts.max_pixels);
+    if (w > MAX_SIDE || h > MAX_SIDE)
+        return fm_error_set(err, FM_ERR_LIMIT,
+                            "image is %llux%llu, over the largest side of %d pixels",
+                            (unsigned long long)w, (unsigned long long)h, MAX_SIDE);
+    return FM_OK;
+}
+
+/* The buffer a w x h RGB decode writes into: d->out when the pixels stay as they
+ * are (orientation 1), else d->tmp, which finish() turns into d->out. */
+static fm_status decode_target(fm_decoder *d, int w, int h, int bpp, int orient,
+                               uint8_t **target, fm_error *err)
+{
+    const size_t npix = (size_t)w * (size_t)h; /* sides <= 65535 */
+    fm_status st;
+    if (npix > SIZE_MAX / 4)
+        return fm_error_set(err, FM_ERR_LIMIT, "image is %dx%d, too large for this system",
+                            w, h);
+    if (orient == 1) {
+        st = buf_reserve(d, &d->out, &d->out_cap, npix * (size_t)bpp, 0, err);
+        *target = d->out;
+        return st;
     }
+    st = buf_reserve(d, &d->tmp, &d->tmp_cap, npix * (size_t)bpp, 0, err);
+    if (!st)
+        st = buf_reserve(d, &d->out, &d->out_cap, npix * 3, 0, err);
+    *target = d->tmp;
+    return st;
+}
+
+/* Turns the sw x sh pixels decode_target gave upright and describes them in out: w x h
+ * is the full size in the file, sf the scale decoded at. */
+static void finish(fm_decoder *d, int w, int h, int sw, int sh, tjscalingfactor sf,
+                   int orient, fm_image *out)
+{
+    if (orient != 1)
+        apply_orientation(d->tmp, sw, sh, d->out, orient);
+    int swap = orient >= 5;
+    out->w = swap ? sh : sw;
+    out->h = swap ? sw : sh;
+    out->stride = (size_t)out->w * 3;
+    out->data = d->out;
+    out->orig_w = swap ? h : w;
+    out->orig_h = swap ? w : h;
+    out->scale_num = sf.num;
+    out->scale_denom = sf.denom;
+    out->orientation = orient;
+}
+
+/* The orientation in an EXIF block from a PNG eXIf or a WebP EXIF chunk: a TIFF
+ * structure, which some writers put behind JPEG's "Exif\0\0". */
+static int exif_block_orientation(const uint8_t *t, size_t n)
+{
+    if (n >= 6 && memcmp(t, "Exif\0\0", 6) == 0) {
+        t += 6;
+        n -= 6;
+    }
+    return exif_orientation(t, n);
+}
+
+/* ---- PNG ------------------------------------------------------------------------ */
+
+/* Every colour type and bit depth comes out as 8-bit RGB (libspng's SPNG_FMT_RGB8:
+ * palettes expanded, gray copied to R, G and B, 16 bits to their high byte, alpha and
+ * tRNS dropped; gamma and ICC profiles are not applied, as for JPEG). Interlaced
+ * files are deinterlaced. An eXIf chunk before the image data sets the orientation.
+ * Any error, including data cut short, fails the image: no partial pixels. */
+static fm_status decode_png(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                            fm_error *err)
+{
+    spng_ctx *ctx = spng_ctx_new(0);
+    if (!ctx)
+        return fm_error_set(err, FM_ERR_NOMEM, "decoder: cannot allocate a PNG context");
+    fm_status st = FM_OK;
+    /* No chunk is taken larger than the file itself, so a forged length costs nothing. */
+    int r = spng_set_chunk_limits(ctx, len, len);
+    if (!r)
+        r = spng_set_png_buffer(ctx, buf, len);
+    struct spng_ihdr ih;
+    if (!r)
+        r = spng_get_ihdr(ctx, &ih);
+    if (r) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s", spng_strerror(r));
+        goto done;
+    }
+    st = check_size(d, ih.width, ih.height, err);
+    if (st)
+        goto done;
+    int orient = 1;
+    struct spng_exif ex;
+    if (spng_get_exif(ctx, &ex) == 0 && ex.data)
+        orient = exif_block_orientation((const uint8_t *)ex.data, ex.length);
+    size_t size = 0;
+    r = spng_decoded_image_size(ctx, SPNG_FMT_RGB8, &size);
+    const int w = (int)ih.width, h = (int)ih.height;
+    if (r || size != (size_t)w * (size_t)h * 3) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s",
+                          r ? spng_strerror(r) : "unexpected decoded size");
+        goto done;
+    }
+    uint8_t *target;
+    st = decode_target(d, w, h, 3, orient, &target, err);
+    if (st)
+        goto done;
+    r = spng_decode_image(ctx, target, size, SPNG_FMT_RGB8, 0);
+    if (r) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s", spng_strerror(r));
+        goto done;
+    }
+    finish(d, w, h, w, h, (tjscalingfactor){1, 1}, orient, out);
+done:
+    spng_ctx_free(ctx);
+    return st;
+}
+
+/* ---- WebP ----------------------------------------------------------------------- */
+
+static uint32_t rd32le(const uint8_t *p)
+{
+    return rd32(p, 0);
+}
+
+/* The orientation in the EXIF chunk of an extended (VP8X) WebP file, or 1. Walks the
+ * RIFF chunks after "RIFF" size "WEBP": fourcc, little-endian size, data padded to
+ * an even length. */
+static int webp_orientation(const uint8_t *b, size_t n)
+{
+    size_t p = 12;
+    if (n < 12)
+        return 1;
+    const uint32_t riff = rd32le(b + 4); /* the bytes after the first 8 */
+    if ((uint64_t)riff + 8 < n)
+        n = (size_t)riff + 8;
+    while (n - p >= 8) {
+        const uint8_t *c = b + p;
+        const uint32_t size = rd32le(c + 4);
+        if (size > n - p - 8)
+            return 1;
+        if (memcmp(c, "EXIF", 4) == 0)
+            return exif_block_orientation(c + 8, size);
+        p += 8 + (size_t)size + (size & 1);
+        if (p > n)
+            return 1;
+    }
+    return 1;
+}
+
+/* The names of libwebp's failures, for the error text. */
+static const char *webp_status_text(VP8StatusCode s)
+{
+    switch (s) {
+    case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
+    case VP8_STATUS_INVALID_PARAM: return "invalid parameter";
+    case VP8_STATUS_BITSTREAM_ERROR: return "bitstream error";
+    case VP8_STATUS_UNSUPPORTED_FEATURE: return "unsupported feature";
+    case VP8_STATUS_SUSPENDED: return "suspended";
+    case VP8_STATUS_USER_ABORT: return "aborted";
+    case VP8_STATUS_NOT_ENOUGH_DATA: return "not enough data (file cut short?)";
+    default: return "unknown error";
+    }
+}
+
+/* Lossy and lossless, with or without alpha (dropped), as 8-bit RGB. An animated file
+ * is refused (which frame would be the photo?). An EXIF chunk sets the orientation. */
+static fm_status decode_webp(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                             fm_error *err)
+{
+    WebPDecoderConfig cfg;
+    if (!WebPInitDecoderConfig(&cfg))
+        return fm_error_set(err, FM_ERR_INTERNAL, "decoder: libwebp version mismatch");
+    VP8StatusCode s = WebPGetFeatures(buf, len, &cfg.input);
+    if (s != VP8_STATUS_OK)
+        return fm_error_set(err, FM_ERR_DECODE, "corrupt WebP: %s", webp_status_text(s));
+    if (cfg.input.has_animation)
+        return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: animated WebP");
+    const int w = cfg.input.width, h = cfg.input.height;
+    if (w <= 0 || h <= 0)
+        return fm_error_set(err, FM_ERR_DECODE, "corrupt WebP: size %dx%d", w, h);
+    fm_status st = check_size(d, (uint64_t)w, (uint64_t)h, err);
+    if (st)
+        return st;
+    const int orient = webp_orientation(buf, len);
+    uint8_t *target;
+    st = decode_target(d, w, h, 3, orient, &target, err);
+    if (st)
+        return st;
+    cfg.output.colorspace = MODE_RGB;
+    cfg.output.is_external_memory = 1;
+    cfg.output.u.RGBA.rgba = target;
+    cfg.output.u.RGBA.stride = w * 3;
+    cfg.output.u.RGBA.size = (size_t)w * (size_t)h * 3;
+    s = WebPDecode(buf, len, &cfg);
+    WebPFreeDecBuffer(&cfg.output); /* external memory: frees nothing of ours */
+    if (s != VP8_STATUS_OK)
+        return fm_error_set(err, FM_ERR_DECODE, "corrupt WebP: %s", webp_status_text(s));
+    finish(d, w, h, w, h, (tjscalingfactor){1, 1}, orient, out);
+    return FM_OK;
+}
+
+/* ---- JPEG ----------------------------------------------------------------------- */
+
+/* A JPEG: the header, the DCT scale for target_side, the decode (CMYK narrowed in
+ * place), the EXIF orientation. */
+static fm_status decode_jpeg(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                             fm_error *err)
+{
 #if SIZE_MAX > ULONG_MAX
     if (len > ULONG_MAX)
         return fm_error_set(err, FM_ERR_LIMIT, "input is %zu bytes, too large for libjpeg",
@@ -449,46 +662,22 @@ static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image 
                               : "no image in the data (header only or cut short)";
         return tj_fail(d, why, err);
     }
-
-    /* The pixel limit, from the header, before anything is allocated. */
-    uint64_t pixels = (uint64_t)w * (uint64_t)h;
-    if (pixels > d->opts.max_pixels)
-        return fm_error_set(err, FM_ERR_LIMIT,
-                            "image is %dx%d = %llu pixels, over the limit of %llu pixels "
-                            "(max_pixels)",
-                            w, h, (unsigned long long)pixels,
-                            (unsigned long long)d->opts.max_pixels);
+    fm_status st = check_size(d, (uint64_t)w, (uint64_t)h, err);
+    if (st)
+        return st;
 
     tjscalingfactor sf = choose_scale(d, w, h);
     int sw = TJSCALED(w, sf), sh = TJSCALED(h, sf);
     int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
     int bpp = cmyk ? 4 : 3;
     int orient = meta.orientation;
-    uint64_t npix64 = (uint64_t)sw * (uint64_t)sh; /* w, h <= 65535 */
-    if (npix64 > SIZE_MAX / 4)
-        return fm_error_set(err, FM_ERR_LIMIT, "image is %dx%d, too large for this system",
-                            sw, sh);
-    size_t npix = (size_t)npix64;
 
     /* Decode straight into the output buffer when nothing has to move afterwards
      * (CMYK is narrowed in place); otherwise into tmp and turn it into out. */
     uint8_t *target;
-    fm_status st;
-    if (orient == 1) {
-        st = buf_reserve(d, &d->out, &d->out_cap, npix * (size_t)bpp, 0, err);
-        if (st)
-            return st;
-        target = d->out;
-    } else {
-        st = buf_reserve(d, &d->tmp, &d->tmp_cap, npix * (size_t)bpp, 0, err);
-        if (st)
-            return st;
-        st = buf_reserve(d, &d->out, &d->out_cap, npix * 3, 0, err);
-        if (st)
-            return st;
-        target = d->tmp;
-    }
-
+    st = decode_target(d, sw, sh, bpp, orient, &target, err);
+    if (st)
+        return st;
     r = tjDecompress2(d->tj, buf, jlen, target, sw, sw * bpp, sh,
                       cmyk ? TJPF_CMYK : TJPF_RGB, TJFLAG_LIMITSCANS);
     if (r != 0) {
@@ -497,21 +686,31 @@ static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image 
             return tj_fail(d, text, err);
     }
     if (cmyk)
-        cmyk_to_rgb(target, npix, meta.adobe);
-    if (orient != 1)
-        apply_orientation(d->tmp, sw, sh, d->out, orient);
-
-    int swap = orient >= 5;
-    out->w = swap ? sh : sw;
-    out->h = swap ? sw : sh;
-    out->stride = (size_t)out->w * 3;
-    out->data = d->out;
-    out->orig_w = swap ? h : w;
-    out->orig_h = swap ? w : h;
-    out->scale_num = sf.num;
-    out->scale_denom = sf.denom;
-    out->orientation = orient;
+        cmyk_to_rgb(target, (size_t)sw * (size_t)sh, meta.adobe);
+    finish(d, w, h, sw, sh, sf, orient, out);
     return FM_OK;
+}
+
+/* The body of fm_decode once the arguments are known to be usable. */
+static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                        fm_error *err)
+{
+    if (len == 0)
+        return fm_error_set(err, FM_ERR_FORMAT, "empty input (0 bytes)");
+    if (len > d->opts.max_bytes)
+        return fm_error_set(err, FM_ERR_LIMIT,
+                            "input is %zu bytes, over the limit of %zu bytes (max_bytes)",
+                            len, d->opts.max_bytes);
+    if (is_jpeg(buf, len))
+        return decode_jpeg(d, buf, len, out, err);
+    const char *name = sniff_other(buf, len);
+    if (!name)
+        return fm_error_set(err, FM_ERR_FORMAT, "not an image (unrecognised data)");
+    if (strcmp(name, "PNG") == 0)
+        return decode_png(d, buf, len, out, err);
+    if (strcmp(name, "WebP") == 0)
+        return decode_webp(d, buf, len, out, err);
+    return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: %s", name);
 }
 
 fm_status fm_decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
