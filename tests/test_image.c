@@ -2,8 +2,9 @@
  *
  * Every input is generated here with TurboJPEG, libspng's or libwebp's encoder from a
  * known RGB pattern (coloured quadrants plus a gradient, so any wrong rotation or flip
- * shows), then altered by hand: EXIF segments in both byte orders (JPEG APP1, PNG
- * eXIf, WebP EXIF), CMYK with and without the Adobe marker, every PNG colour type and
+ * shows) or with libheif's (x265, aom), then altered by hand: EXIF segments in both
+ * byte orders (JPEG APP1, PNG eXIf, WebP EXIF), a HEIF rotation (irot) added to the
+ * file's boxes, CMYK with and without the Adobe marker, every PNG colour type and
  * depth, interlaced, WebP lossy and lossless, extended and animated, truncation at
  * every length, forged headers, other formats' signatures, random bytes. Expected
  * results come from the pattern and from the EXIF specification's table, not from
@@ -14,6 +15,7 @@
  */
 #include "facemill/image.h"
 #include "fm_test.h"
+#include "fm_test_heif.h"
 
 #include <limits.h>
 #include <stdint.h>
@@ -583,8 +585,6 @@ static void test_not_jpeg(fm_decoder *d)
         {"BMP", "BM\x36\x03\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0", 18},
         {"TIFF", "II*\0\x08\0\0\0", 8},
         {"TIFF", "MM\0*\0\0\0\x08", 8},
-        {"HEIC", "\0\0\0\x18" "ftypheic\0\0\0\0mif1heic", 24},
-        {"AVIF", "\0\0\0\x1c" "ftypavif\0\0\0\0avifmif1miaf", 28},
         {"JPEG 2000", "\0\0\0\x0cjP  \r\n\x87\n\0\0\0\x14", 16},
         {"PSD", "8BPS\0\x01\0\0\0\0\0\0", 12},
     };
@@ -597,8 +597,8 @@ static void test_not_jpeg(fm_decoder *d)
         CHECK(img.data == NULL && img.w == 0);
     }
 
-    /* PNG and WebP are read: their signatures with nothing usable behind them are
-     * corrupt files of that format, not unknown data */
+    /* PNG, WebP, HEIC and AVIF are read: their signatures with nothing usable behind
+     * them are corrupt files of that format, not unknown data */
     static const struct {
         const char *bytes;
         size_t n;
@@ -609,6 +609,10 @@ static void test_not_jpeg(fm_decoder *d)
         {"\x89PNG\r\n\x1a\n", 8, "corrupt PNG: "},
         {"RIFF\x24\0\0\0WEBPVP8 ", 16, "corrupt WebP: "},
         {"RIFF\0\0\0\0WEBP", 12, "corrupt WebP: "},
+        {"\0\0\0\x18" "ftypheic\0\0\0\0mif1heic", 24, "corrupt HEIC: "},
+        {"\0\0\0\x1c" "ftypavif\0\0\0\0avifmif1miaf", 28, "corrupt AVIF: "},
+        {"\0\0\0\x1c" "ftypmif1\0\0\0\0mif1miafavif", 28, "corrupt AVIF: "},
+        {"\0\0\0\x18" "ftypmif1\0\0\0\0mif1heic", 24, "corrupt HEIC: "},
     };
     for (size_t i = 0; i < sizeof cut / sizeof cut[0]; i++) {
         fm_status st = fm_decode(d, (const uint8_t *)cut[i].bytes, cut[i].n, &img, &e);
@@ -1271,6 +1275,98 @@ static void test_png_webp_limits(void)
     }
 }
 
+/* ---- HEIC and AVIF -------------------------------------------------------------- */
+
+/* The w x h pattern as a HEIF file, HEVC (HEIC) or AV1 (AVIF), quality 95, through
+ * libheif's own encoders (x265, aom). *expect gets the pattern. */
+static blob make_heif(int w, int h, int av1, uint8_t **expect)
+{
+    uint8_t *src = make_pattern(w, h);
+    blob b = {NULL, 0};
+    if (fm_test_heif_encode(src, w, h, av1, 95, &b.p, &b.n) != 0)
+        exit(1);
+    *expect = src;
+    return b;
+}
+
+/* f with an irot property of angle (x 90 degrees anticlockwise) on its primary image. */
+static blob heif_with_irot(const blob *f, int angle)
+{
+    blob b = {NULL, 0};
+    if (fm_test_heif_add_irot(f->p, f->n, angle, &b.p, &b.n) != 0)
+        exit(1);
+    return b;
+}
+
+/* HEIC and AVIF through libheif: close to the pattern; the file's rotation applied
+ * (each irot angle gives the upright view EXIF orientations 8, 3 and 6 name); cut
+ * short at many lengths: an error, never pixels; the pixel limit from the header. */
+static void test_heif(fm_decoder *d)
+{
+    const int w = 64, h = 48;
+    for (int av1 = 0; av1 <= 1; av1++) {
+        const char *name = av1 ? "AVIF" : "HEIC";
+        uint8_t *want;
+        blob b = make_heif(w, h, av1, &want);
+        fm_image img;
+        fm_error e = {0};
+        fm_status st = fm_decode(d, b.p, b.n, &img, &e);
+        CHECK_MSG(st == FM_OK && img.w == w && img.h == h && img.orientation == 1 &&
+                      img.orig_w == w && img.orig_h == h && img.scale_num == 1,
+                  "%s: %s %s, %dx%d", name, fm_status_to_string(st), e.msg, img.w, img.h);
+        diff df = compare(&img, want, w, h);
+        CHECK_MSG(df.mean < 3.0, "%s: mean difference %.2f (max %d)", name, df.mean, df.max);
+        uint8_t *plain = st == FM_OK ? pack(&img) : NULL;
+
+        static const int exif_of_irot[4] = {1, 8, 3, 6};
+        for (int angle = 0; angle < 4 && plain; angle++) {
+            blob r = heif_with_irot(&b, angle);
+            int ew, eh;
+            uint8_t *up = upright(plain, w, h, (size_t)w * 3, exif_of_irot[angle], &ew, &eh);
+            st = fm_decode(d, r.p, r.n, &img, &e);
+            CHECK_MSG(st == FM_OK && img.w == ew && img.h == eh && img.orig_w == ew &&
+                          img.orientation == 1,
+                      "%s irot %d: %s %s, %dx%d", name, angle, fm_status_to_string(st),
+                      e.msg, img.w, img.h);
+            diff dr = compare(&img, up, ew, eh);
+            CHECK_MSG(dr.max == 0, "%s irot %d: differs from the turned plain decode by up to %d",
+                      name, angle, dr.max);
+            free(up);
+            blob_free(&r);
+        }
+
+        int bad = 0, ok = 0;
+        const size_t step = b.n / 97 + 1;
+        for (size_t n = 1; n < b.n; n += (n + 64 < b.n ? step : 1)) {
+            if (fm_decode(d, b.p, b.n, &img, &e) == FM_OK)
+                memset(img.data, 0x55, img.stride * (size_t)img.h);
+            st = fm_decode(d, b.p, n, &img, &e);
+            if (st == FM_OK) {
+                ok++;
+                if (!plain || compare(&img, plain, w, h).max != 0)
+                    bad++;
+            } else if (n >= 12 && (st != FM_ERR_DECODE || !contains(e.msg, name))) {
+                bad++;
+                fprintf(stderr, "%s cut at %zu: %s %s\n", name, n, fm_status_to_string(st),
+                        e.msg);
+            }
+        }
+        CHECK_MSG(bad == 0, "%s cut short: %d wrong outcomes (%d decoded)", name, bad, ok);
+
+        fm_decoder *lim = new_decoder((uint64_t)w * h - 1, 0, 0);
+        st = fm_decode(lim, b.p, b.n, &img, &e);
+        fm_decoder_stats s;
+        fm_decoder_get_stats(lim, &s);
+        CHECK_MSG(st == FM_ERR_LIMIT && contains(e.msg, "64x48") && s.buffer_bytes == 0,
+                  "%s over max_pixels: %s %s, %zu bytes", name, fm_status_to_string(st), e.msg,
+                  s.buffer_bytes);
+        fm_decoder_destroy(&lim);
+        free(plain);
+        free(want);
+        blob_free(&b);
+    }
+}
+
 /* ---- seed corpus ---------------------------------------------------------------- */
 
 static void write_blob(const char *dir, const char *name, const blob *b)
@@ -1280,8 +1376,8 @@ static void write_blob(const char *dir, const char *name, const blob *b)
     fm_test_write_file(path, b->p, b->n);
 }
 
-/* PNG and WebP seeds: each colour type, interlaced, with eXIf; lossless, lossy, with
- * alpha, extended with EXIF. */
+/* PNG, WebP, HEIC and AVIF seeds: each PNG colour type, interlaced, with eXIf; WebP
+ * lossless, lossy, with alpha, extended with EXIF; HEIF plain and turned (irot). */
 static void write_png_webp_corpus(const char *dir)
 {
     static const int kinds[][2] = {{2, 8}, {6, 16}, {0, 8}, {4, 8}, {3, 8}, {0, 16}};
@@ -1308,6 +1404,16 @@ static void write_png_webp_corpus(const char *dir)
             write_blob(dir, "webp_exif.webp", &x);
             blob_free(&x);
         }
+        blob_free(&b);
+        free(want);
+    }
+    for (int av1 = 0; av1 <= 1; av1++) {
+        uint8_t *want;
+        blob b = make_heif(32, 24, av1, &want);
+        write_blob(dir, av1 ? "plain.avif" : "plain.heic", &b);
+        blob r = heif_with_irot(&b, 3);
+        write_blob(dir, av1 ? "irot3.avif" : "irot3.heic", &r);
+        blob_free(&r);
         blob_free(&b);
         free(want);
     }
@@ -1375,6 +1481,7 @@ int main(int argc, char **argv)
     test_png_webp_orientation(d);
     test_png_webp_damage(d);
     test_png_webp_limits();
+    test_heif(d);
 
     char dir[512];
     if (fm_test_tmpdir(dir, sizeof dir, "image") == 0) {

@@ -6,7 +6,8 @@ the three describe a photo in one schema (proto/RESULTS.md).
 
 Inputs: the sample photos, and photos made from them here (a mirrored and scaled copy
 on a larger canvas, two photos side by side, a grayscale copy, an EXIF-free
-progressive JPEG, a PNG and a lossless WebP with two samples' pixels), two photos
+progressive JPEG, a PNG and a lossless WebP with two samples' pixels, a HEIC stored on
+its side with a HEIF rotation as phones store portrait photos, an AVIF), two photos
 without faces (noise, a flat wall) and broken files (a truncated JPEG, a GIF named
 .jpg, a truncated PNG, a text file named .jpg, an empty file).
 
@@ -24,7 +25,8 @@ checkout root and once from an unrelated directory. Checked:
   - the broken files are errors with the same code, name and text in all three, at
     attempt 1 in the database (a worker that died on them would have been retried);
   - no face in the faceless photos and at least one in every photo made from a
-    sample; the PNG and the WebP have the faces of the JPEGs whose pixels they hold;
+    sample; the PNG and the WebP have the faces of the JPEGs whose pixels they hold,
+    the HEIC and the AVIF their JPEG's size and faces (boxes overlapping by 0.7);
   - the CSV export holds the JSONL export's values under the flattened field names
     (box.x1, landmarks.left_eye.x, gender_probs.male, ...), one row per face.
 
@@ -50,7 +52,7 @@ from fm_testlib import Checks, dir_args, face_diff, flat, samples_dir, user_env 
 check = Checks("test_label_e2e")
 
 
-def make_inputs(samples, d):
+def make_inputs(samples, d, heif_tool):
     """Copies the samples and writes the generated photos and broken files into d;
     returns the names of those that must have faces and those that must not."""
     os.makedirs(d)
@@ -82,6 +84,14 @@ def make_inputs(samples, d):
     b.convert("RGBA").save(os.path.join(d, "gen_sample2.png"))
     a.save(os.path.join(d, "gen_sample1.webp"), lossless=True)
     with_faces += ["gen_sample2.png", "gen_sample1.webp"]
+    # HEIC stored on its side with a HEIF rotation that turns it back (a phone's
+    # portrait photo), and AVIF: lossy, so main() compares their faces' boxes
+    for name, args in (("gen_sample3.heic", ["--turn", "1"]), ("gen_sample4.avif", ["--av1"])):
+        orig = os.path.join(samples, name[4:].split(".")[0] + ".jpg")
+        p = subprocess.run([heif_tool, orig, os.path.join(d, name)] + args,
+                           capture_output=True, text=True, timeout=300)
+        check(p.returncode == 0, "heif_tool %s: %s" % (name, p.stderr))
+        with_faces.append(name)
     # no faces: noise and a flat wall
     rng = np.random.default_rng(7)
     Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(
@@ -218,6 +228,15 @@ def run_case(tag, fm, inputs, cwd, env, want, with_faces, without, broken):
         shutil.rmtree(os.path.dirname(db), ignore_errors=True)
 
 
+def iou(a, b):
+    """Intersection over union of two boxes of the result schema."""
+    w = min(a["x2"], b["x2"]) - max(a["x1"], b["x1"])
+    h = min(a["y2"], b["y2"]) - max(a["y1"], b["y1"])
+    inter = max(w, 0) * max(h, 0)
+    area = lambda r: (r["x2"] - r["x1"]) * (r["y2"] - r["y1"])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
 def run_lines(fm, cmd, paths, cwd, env):
     """`facemill CMD PATHS...`: basename -> image object, and the exit status."""
     p = subprocess.run([fm, cmd] + paths, cwd=cwd, env=env, capture_output=True,
@@ -241,7 +260,8 @@ def main():
         home = os.path.join(tmp, "home")
         os.makedirs(home)
         inputs = os.path.join(tmp, "photos")
-        with_faces, without, broken = make_inputs(samples, inputs)
+        heif_tool = os.path.join(os.path.dirname(os.path.abspath(a.bin)), "tests", "heif_tool")
+        with_faces, without, broken = make_inputs(samples, inputs, heif_tool)
         env = user_env(home)
         names = sorted(os.listdir(inputs))
         paths = [os.path.join(inputs, n) for n in names]
@@ -269,6 +289,18 @@ def main():
                   "predict: %s has the faces of %s: %s / %s" % (
                       copy, orig, [f["box"] for f in c.get("faces") or []],
                       [f["box"] for f in o.get("faces") or []]))
+        # HEIC (turned upright by its rotation) and AVIF: the JPEG's size, and each of
+        # its faces found again (boxes overlapping by 0.7 or more)
+        for copy, orig in (("gen_sample3.heic", "sample3.jpg"), ("gen_sample4.avif", "sample4.jpg")):
+            c, o = want.get(copy) or {}, want.get(orig) or {}
+            found = [max([iou(f["box"], g["box"]) for g in c.get("faces") or []] or [0])
+                     for f in o.get("faces") or []]
+            check(c.get("error") is None and (c.get("width"), c.get("height")) ==
+                  (o.get("width"), o.get("height")) and len(c.get("faces") or []) ==
+                  len(found) > 0 and min(found) >= 0.7,
+                  "predict: %s: %s, %sx%s, overlaps with %s's faces %s" % (
+                      copy, c.get("error"), c.get("width"), c.get("height"), orig,
+                      [round(x, 2) for x in found]))
         det, p = run_lines(fm, "detect", paths, src, env)
         check(sorted(det) == names and p.returncode == 1,
               "detect answers every input, exit 1: exit %d: %s" %

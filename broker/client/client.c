@@ -86,8 +86,9 @@ static int ends_with(const char *s, const char *suffix)
 
 static int is_image_name(const char *name)
 {
-    static const char *const ext[] = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif",
-                                      ".bmp", ".webp", ".tif", ".tiff", ".heic", NULL};
+    static const char *const ext[] = {".jpg",  ".jpeg", ".jpe",  ".jfif", ".png",
+                                      ".gif",  ".bmp",  ".webp", ".tif",  ".tiff",
+                                      ".heic", ".heif", ".hif",  ".avif", NULL};
     for (int i = 0; ext[i]; i++)
         if (ends_with(name, ext[i]))
             return 1;

@@ -1,8 +1,9 @@
 /* image.h - turning archive bytes into RGB pixels the detector can use, and the
  * little a "draw the boxes" debug output needs.
  *
- * JPEG (TurboJPEG 2 API, libjpeg-turbo 2.1), PNG (libspng) and WebP (libwebp) are
- * decoded, told apart by their first bytes, not the file name. Other formats are
+ * JPEG (TurboJPEG 2 API, libjpeg-turbo 2.1), PNG (libspng), WebP (libwebp), HEIC and
+ * AVIF (libheif 1.15: libde265, dav1d) are decoded, told apart by their first bytes,
+ * not the file name. Other formats are
  * recognised by their magic bytes so the error says what the file was ("unsupported
  * format: GIF") instead of a decoder's complaint.
  *
@@ -11,17 +12,21 @@
  *   2. read the header; enforce max_pixels on the full header size, in 64 bits, and a
  *      largest side of 65535, before anything is allocated;
  *   3. JPEG: pick a DCT scale (1/1, 1/2, 1/4 or 1/8) so the long side stays >=
- *      target_side (PNG and WebP decode at full size);
+ *      target_side (the other formats decode at full size);
  *   4. decode: grayscale becomes R=G=B; CMYK/YCCK becomes RGB (Adobe APP14 files are
  *      read as inverted CMYK, the way Photoshop writes them and libjpeg-based readers
  *      take them; files without that marker as plain CMYK); PNG palettes are looked
  *      up and 16-bit samples read as their high byte; alpha is dropped; an animated
  *      WebP is refused (FM_ERR_UNSUPPORTED, "unsupported format: animated WebP");
  *   5. apply the EXIF orientation (all 8 values: JPEG's APP1, PNG's eXIf before the
- *      image data, WebP's EXIF chunk) by rotating/flipping the pixels.
+ *      image data, WebP's EXIF chunk) by rotating/flipping the pixels. HEIC and AVIF
+ *      come out of libheif with the file's own rotation, mirroring and crop (irot,
+ *      imir, clap) applied, tiles put together and HDR narrowed to 8 bits; their
+ *      orientation is reported as 1.
  *
- * Corrupt data policy. PNG and WebP fail on any decoder error (a bad CRC, data cut
- * short): "corrupt PNG: <libspng text>", "corrupt WebP: <libwebp status>".
+ * Corrupt data policy. PNG, WebP, HEIC and AVIF fail on any decoder error (a bad
+ * CRC, data cut short; libheif decodes strictly): "corrupt PNG: <libspng text>",
+ * "corrupt WebP: <libwebp status>", "corrupt HEIC: <libheif text>".
  * libjpeg recovers from many errors with only a warning and
  * fills what it could not decode with gray (a truncated file decodes "fine" with its
  * bottom half gray). Faces labelled from such pixels are wrong, so every libjpeg
@@ -78,8 +83,8 @@ typedef struct fm_decode_opts {
                           * is used, and 1/1 when none does. */
 } fm_decode_opts;
 
-/* Opaque: a TurboJPEG handle plus reusable buffers (PNG and WebP decoders are made
- * per call). Not shared between threads. */
+/* Opaque: a TurboJPEG handle plus reusable buffers (the PNG, WebP and HEIF decoders
+ * are made per call). Not shared between threads. */
 typedef struct fm_decoder fm_decoder;
 
 /* Counters, for tests and the worker's stats line. */
@@ -103,7 +108,7 @@ void fm_decoder_destroy(fm_decoder **d);
 /* Copies the decoder's counters into *out. */
 void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out);
 
-/* Decodes len bytes of buf (a whole JPEG, PNG or WebP file) into *out.
+/* Decodes len bytes of buf (a whole JPEG, PNG, WebP, HEIC or AVIF file) into *out.
  *
  * On FM_OK, out->data points into d's buffer: valid until the next fm_decode /
  * fm_decode_file on d or fm_decoder_destroy, and writable (drawing on it is fine).
@@ -115,12 +120,13 @@ void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out);
  *   FM_ERR_FORMAT       0 bytes, or data that is no known image ("not an image
  *                       (unrecognised data)")
  *   FM_ERR_UNSUPPORTED  another image format ("unsupported format: GIF"; also
- *                       animated WebP, BMP, TIFF, HEIC, AVIF, JPEG 2000, JPEG XL, PSD)
+ *                       animated WebP, BMP, TIFF, JPEG 2000, JPEG XL, PSD)
  *   FM_ERR_LIMIT        len > max_bytes, or the header declares more than max_pixels
  *                       or a side over 65535 (checked before any pixel buffer is
  *                       allocated; the message gives the sizes)
  *   FM_ERR_DECODE       the decoder failed, or libjpeg warned ("corrupt JPEG:
- *                       <libjpeg text>", "corrupt PNG: ...", "corrupt WebP: ..."),
+ *                       <libjpeg text>", "corrupt PNG: ...", "corrupt WebP: ...",
+ *                       "corrupt HEIC: ...", "corrupt AVIF: ..."),
  *                       see the corrupt data policy at the top of this file
  *   FM_ERR_NOMEM        the pixel buffer, or a TurboJPEG handle to replace one that
  *                       failed, could not be allocated */

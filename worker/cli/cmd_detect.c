@@ -29,10 +29,10 @@
 
 static const cli_cmd cmd = {
     "detect", "[options] IMAGE...", 1, -1,
-    "Finds faces and five landmarks in each IMAGE (JPEG, PNG or WebP) and prints\n"
-    "one JSON object per image and line, in the result schema that `facemill\n"
-    "predict` and `facemill export` print too (proto/RESULTS.md), without\n"
-    "attributes:\n"
+    "Finds faces and five landmarks in each IMAGE (JPEG, PNG, WebP, HEIC or AVIF)\n"
+    "and prints one JSON object per image and line, in the result schema that\n"
+    "`facemill predict` and `facemill export` print too (proto/RESULTS.md),\n"
+    "without attributes:\n"
     "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
     "   \"scale\": [num, denom],\n"
     "   \"times_ms\": {\"decode\", \"pnet\", \"rnet\", \"onet\"},\n"

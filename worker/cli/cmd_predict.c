@@ -23,9 +23,9 @@
 
 static const cli_cmd cmd = {
     "predict", "[options] IMAGE...", 1, -1,
-    "Finds the faces in each IMAGE (JPEG, PNG or WebP) and labels them with age,\n"
-    "gender and ethnicity. Prints one JSON object per image and line, in the\n"
-    "result schema that `facemill detect` and `facemill export` print too\n"
+    "Finds the faces in each IMAGE (JPEG, PNG, WebP, HEIC or AVIF) and labels them\n"
+    "with age, gender and ethnicity. Prints one JSON object per image and line, in\n"
+    "the result schema that `facemill detect` and `facemill export` print too\n"
     "(proto/RESULTS.md):\n"
     "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
     "   \"times_ms\": {\"decode\", \"detect\", \"align\", \"embed\", \"heads\"},\n"

@@ -1,16 +1,17 @@
-/* decode.c - JPEG, PNG and WebP bytes to RGB pixels for the detector, and the small
- * write/draw helpers behind `facemill detect --draw`.
+/* decode.c - JPEG, PNG, WebP, HEIC and AVIF bytes to RGB pixels for the detector, and
+ * the small write/draw helpers behind `facemill detect --draw`.
  *
  * It exists so the rest of the worker sees one clean contract (RGB, upright, scaled
  * to what detection needs, bounded in size) whatever the archive holds: CMYK files
  * from print workflows, grayscale scans, progressive web images, phone photos stored
  * sideways with an EXIF orientation, PNG screenshots and scans (any colour type and
- * bit depth, interlaced or not), WebP downloads, truncated files and formats it does
- * not read.
+ * bit depth, interlaced or not), WebP downloads, phones' HEIC photos (tiled, turned by
+ * the file's own rotation), AVIF, truncated files and formats it does not read.
  *
  * libjpeg's own error handler calls exit(), so only the TurboJPEG API is used (2.1:
  * the tj* calls, not tj3*); PNG goes through libspng (errors are return codes, no
- * setjmp) and WebP through libwebp's one-call decoder. Every input byte is untrusted:
+ * setjmp), WebP through libwebp's one-call decoder, HEIC and AVIF through libheif's
+ * C API (strict decoding). Every input byte is untrusted:
  * the EXIF, marker and RIFF parsers check each length and offset against the buffer
  * before reading, and every format's size is checked against max_pixels from its
  * header before a pixel buffer is allocated.
@@ -19,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libheif/heif.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,20 @@ static int is_jpeg(const uint8_t *b, size_t n)
     return n >= 2 && b[0] == 0xFF && b[1] == 0xD8;
 }
 
+/* What a HEIF brand says of the coding: 1 HEVC, 2 AV1, 4 HEIF of either, 0 neither. */
+static int brand_kind(const uint8_t *br)
+{
+    static const char *const hevc[] = {"heic", "heix", "hevc", "hevx", "heim", "heis"};
+    for (size_t i = 0; i < sizeof hevc / sizeof hevc[0]; i++)
+        if (memcmp(br, hevc[i], 4) == 0)
+            return 1;
+    if (memcmp(br, "avif", 4) == 0 || memcmp(br, "avis", 4) == 0)
+        return 2;
+    if (memcmp(br, "mif1", 4) == 0 || memcmp(br, "msf1", 4) == 0)
+        return 4;
+    return 0;
+}
+
 /* Names a non-JPEG image format from its magic bytes, or returns NULL. */
 static const char *sniff_other(const uint8_t *b, size_t n)
 {
@@ -109,12 +125,18 @@ static const char *sniff_other(const uint8_t *b, size_t n)
         b[9] == 0)
         return "BMP";
     if (n >= 12 && memcmp(b + 4, "ftyp", 4) == 0) {
-        static const char *const heic[] = {"heic", "heix", "hevc", "hevx",
-                                           "heim", "heis", "mif1", "msf1"};
-        for (size_t i = 0; i < sizeof heic / sizeof heic[0]; i++)
-            if (memcmp(b + 8, heic[i], 4) == 0)
-                return "HEIC";
-        if (memcmp(b + 8, "avif", 4) == 0 || memcmp(b + 8, "avis", 4) == 0)
+        /* The major brand, then the compatible ones up to the box's end: an HEVC brand
+         * makes it HEIC, else an AV1 brand AVIF, else the generic HEIF brands HEIC. */
+        size_t box = (size_t)b[0] << 24 | (size_t)b[1] << 16 | (size_t)b[2] << 8 | b[3];
+        if (box > n)
+            box = n;
+        int kinds = brand_kind(b + 8); /* major brand; minor version at 12 */
+        for (size_t p = 16; p + 4 <= box; p += 4)
+            kinds |= brand_kind(b + p);
+        const int is_hevc = kinds & 1, is_av1 = kinds & 2, is_heif = kinds & 4;
+        if (is_hevc || (is_heif && !is_av1))
+            return "HEIC";
+        if (is_av1)
             return "AVIF";
     }
     if (has_prefix(b, n, "\0\0\0\x0cjP  \r\n\x87\n", 12) ||
@@ -626,6 +648,101 @@ static fm_status decode_webp(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
     return FM_OK;
 }
 
+/* ---- HEIC and AVIF -------------------------------------------------------------- */
+
+/* libheif's id of its aom AV1 decoder when it has one, else NULL (its default). AVIF
+ * goes to aom rather than dav1d, libheif's first choice: aom decodes on the calling
+ * thread (dav1d starts threads of its own, one worker process being one core's work),
+ * and libheif 1.15 with dav1d leaks a small block on some malformed files. */
+static const char *av1_decoder_id(void)
+{
+    const struct heif_decoder_descriptor *ds[16];
+    const int n = heif_get_decoder_descriptors(heif_compression_AV1, ds, 16);
+    for (int i = 0; i < n && i < 16; i++) {
+        const char *id = heif_decoder_descriptor_get_id_name(ds[i]);
+        if (id && strcmp(id, "aom") == 0)
+            return "aom";
+    }
+    return NULL;
+}
+
+/* The primary image of a HEIF file (HEVC: HEIC, as phones write them; AV1: AVIF),
+ * through libheif, as 8-bit RGB: grids of tiles put together, the file's own rotation,
+ * mirroring and crop applied (irot, imir, clap: how HEIF stores a portrait photo, so
+ * the pixels come out upright and orientation stays 1), HDR narrowed to 8 bits, alpha
+ * dropped. Strict decoding: a file libheif can only partly decode fails. Tiles are
+ * decoded on this thread (a worker process is one core's work). */
+static fm_status decode_heif(fm_decoder *d, const char *name, const uint8_t *buf, size_t len,
+                             fm_image *out, fm_error *err)
+{
+    if (len > INT_MAX)
+        return fm_error_set(err, FM_ERR_LIMIT, "input is %zu bytes, too large for libheif",
+                            len);
+    struct heif_context *ctx = heif_context_alloc();
+    if (!ctx)
+        return fm_error_set(err, FM_ERR_NOMEM, "decoder: cannot allocate a HEIF context");
+    struct heif_image_handle *h = NULL;
+    struct heif_image *img = NULL;
+    struct heif_decoding_options *opts = NULL;
+    fm_status st = FM_OK;
+    heif_context_set_maximum_image_size_limit(ctx, MAX_SIDE);
+    heif_context_set_max_decoding_threads(ctx, 0);
+    struct heif_error he = heif_context_read_from_memory_without_copy(ctx, buf, len, NULL);
+    if (he.code == heif_error_Ok)
+        he = heif_context_get_primary_image_handle(ctx, &h);
+    if (he.code != heif_error_Ok)
+        goto heif_fail;
+    st = check_size(d, (uint64_t)heif_image_handle_get_width(h),
+                    (uint64_t)heif_image_handle_get_height(h), err);
+    if (st)
+        goto done;
+    opts = heif_decoding_options_alloc();
+    if (!opts) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "decoder: cannot allocate HEIF options");
+        goto done;
+    }
+    opts->ignore_transformations = 0;
+    if (opts->version >= 2)
+        opts->convert_hdr_to_8bit = 1;
+    if (opts->version >= 3)
+        opts->strict_decoding = 1;
+    if (opts->version >= 4 && strcmp(name, "AVIF") == 0)
+        opts->decoder_id = av1_decoder_id();
+    he = heif_decode_image(h, &img, heif_colorspace_RGB, heif_chroma_interleaved_RGB, opts);
+    if (he.code != heif_error_Ok)
+        goto heif_fail;
+    const int w = heif_image_get_width(img, heif_channel_interleaved);
+    const int hh = heif_image_get_height(img, heif_channel_interleaved);
+    int stride = 0;
+    const uint8_t *p = heif_image_get_plane_readonly(img, heif_channel_interleaved, &stride);
+    if (!p || w <= 0 || hh <= 0 || stride < w * 3 ||
+        heif_image_get_bits_per_pixel_range(img, heif_channel_interleaved) != 8) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt %s: no 8-bit RGB image decoded", name);
+        goto done;
+    }
+    st = check_size(d, (uint64_t)w, (uint64_t)hh, err);
+    if (st)
+        goto done;
+    uint8_t *target;
+    st = decode_target(d, w, hh, 3, 1, &target, err);
+    if (st)
+        goto done;
+    for (int y = 0; y < hh; y++)
+        memcpy(target + (size_t)y * (size_t)w * 3, p + (size_t)y * (size_t)stride,
+               (size_t)w * 3);
+    finish(d, w, hh, w, hh, (tjscalingfactor){1, 1}, 1, out);
+    goto done;
+heif_fail:
+    st = fm_error_set(err, FM_ERR_DECODE, "corrupt %s: %s", name,
+                      he.message && he.message[0] ? he.message : "libheif error");
+done:
+    heif_image_release(img);
+    heif_decoding_options_free(opts);
+    heif_image_handle_release(h);
+    heif_context_free(ctx);
+    return st;
+}
+
 /* ---- JPEG ----------------------------------------------------------------------- */
 
 /* A JPEG: the header, the DCT scale for target_side, the decode (CMYK narrowed in
@@ -710,6 +827,8 @@ static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image 
         return decode_png(d, buf, len, out, err);
     if (strcmp(name, "WebP") == 0)
         return decode_webp(d, buf, len, out, err);
+    if (strcmp(name, "HEIC") == 0 || strcmp(name, "AVIF") == 0)
+        return decode_heif(d, name, buf, len, out, err);
     return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: %s", name);
 }
 
