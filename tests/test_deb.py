@@ -5,7 +5,7 @@
      same package, and neither leaves its staging directory behind).
   2. `dpkg-deb -f`: Package, Version (the CMake project version), Architecture
      (dpkg's), Depends computed from the programs (libzmq5, libprotobuf-c1, OpenBLAS,
-     libturbojpeg0, libspng0, libwebp7, libheif1, libyaml-0-2, libsqlite3-0,
+     libturbojpeg0, libspng0, libwebp7, libheif1, libtiff6, libyaml-0-2, libsqlite3-0,
      libarchive13; libsystemd0 when they
      link libsystemd) plus python3, python3-numpy and adduser; Recommends npm.
   3. `dpkg-deb -c`: the programs, the fetcher, the committed models, the man pages,
@@ -141,7 +141,7 @@ def main():
         depends = field("Depends")
         names = depends_names(depends)
         for want in ("libzmq5", "libprotobuf-c1", "libturbojpeg0", "libspng0", "libwebp7",
-                     "libheif1", "libyaml-0-2", "libsqlite3-0", "libarchive13", "libc6",
+                     "libheif1", "libtiff6", "libyaml-0-2", "libsqlite3-0", "libarchive13", "libc6",
                      "python3", "python3-numpy", "adduser"):
             check(want in names, "Depends names %s: %s" % (want, depends))
         check(any(n.startswith("libopenblas0") for n in names),

@@ -1,11 +1,12 @@
 /* test_image.c - the image decoder against images this test makes itself.
  *
- * Every input is generated here with TurboJPEG, libspng's or libwebp's encoder from a
- * known RGB pattern (coloured quadrants plus a gradient, so any wrong rotation or flip
- * shows) or with libheif's (x265, aom), then altered by hand: EXIF segments in both
- * byte orders (JPEG APP1, PNG eXIf, WebP EXIF), a HEIF rotation (irot) added to the
- * file's boxes, CMYK with and without the Adobe marker, every PNG colour type and
- * depth, interlaced, WebP lossy and lossless, extended and animated, truncation at
+ * Every input is generated here from a known RGB pattern (coloured quadrants plus a
+ * gradient, so any wrong rotation or flip shows) with TurboJPEG, libspng's, libwebp's
+ * or libheif's encoders (x265, aom) or libtiff, then altered by hand: EXIF segments in
+ * both byte orders (JPEG APP1, PNG eXIf, WebP EXIF), a HEIF rotation (irot) added to
+ * the file's boxes, CMYK with and without the Adobe marker, every PNG colour type and
+ * depth, interlaced, WebP lossy and lossless, extended and animated, TIFF of every
+ * photometric kind in strips and tiles with each orientation tag, truncation at
  * every length, forged headers, other formats' signatures, random bytes. Expected
  * results come from the pattern and from the EXIF specification's table, not from
  * the decoder.
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <spng.h>
 #include <sys/stat.h>
+#include <tiffio.h>
 #include <turbojpeg.h>
 #include <unistd.h>
 #include <webp/decode.h>
@@ -583,8 +585,6 @@ static void test_not_jpeg(fm_decoder *d)
     } sigs[] = {
         {"GIF", "GIF89a\x10\0\x10\0\0\0\0", 13},
         {"BMP", "BM\x36\x03\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0", 18},
-        {"TIFF", "II*\0\x08\0\0\0", 8},
-        {"TIFF", "MM\0*\0\0\0\x08", 8},
         {"JPEG 2000", "\0\0\0\x0cjP  \r\n\x87\n\0\0\0\x14", 16},
         {"PSD", "8BPS\0\x01\0\0\0\0\0\0", 12},
     };
@@ -613,6 +613,8 @@ static void test_not_jpeg(fm_decoder *d)
         {"\0\0\0\x1c" "ftypavif\0\0\0\0avifmif1miaf", 28, "corrupt AVIF: "},
         {"\0\0\0\x1c" "ftypmif1\0\0\0\0mif1miafavif", 28, "corrupt AVIF: "},
         {"\0\0\0\x18" "ftypmif1\0\0\0\0mif1heic", 24, "corrupt HEIC: "},
+        {"II*\0\x08\0\0\0", 8, "corrupt TIFF: "},
+        {"MM\0*\0\0\0\x08", 8, "corrupt TIFF: "},
     };
     for (size_t i = 0; i < sizeof cut / sizeof cut[0]; i++) {
         fm_status st = fm_decode(d, (const uint8_t *)cut[i].bytes, cut[i].n, &img, &e);
@@ -1303,6 +1305,24 @@ static blob heif_with_irot(const blob *f, int angle)
  * short at many lengths: an error, never pixels; the pixel limit from the header. */
 static void test_heif(fm_decoder *d)
 {
+    /* The fuzzer's: a grid whose tile is an overlay, 3 KB that made libheif 1.15
+     * allocate gigabytes. Refused by its items, before libheif decodes it. */
+    char path[1024];
+    size_t bomb_n = 0;
+    char *bomb = fm_test_read_file(
+        fm_test_source_path(path, sizeof path, "tests/fuzz/regress/heic-grid-of-overlay.heic"),
+        &bomb_n);
+    CHECK_MSG(bomb != NULL, "%s: cannot read", path);
+    if (bomb) {
+        fm_image img;
+        fm_error e = {0};
+        fm_status st = fm_decode(d, (const uint8_t *)bomb, bomb_n, &img, &e);
+        CHECK_MSG(st == FM_ERR_UNSUPPORTED &&
+                      strcmp(e.msg, "unsupported HEIC: the file holds an item of type 'iovl'") == 0,
+                  "grid of an overlay: %s %s", fm_status_to_string(st), e.msg);
+        free(bomb);
+    }
+
     const int w = 64, h = 48;
     for (int av1 = 0; av1 <= 1; av1++) {
         const char *name = av1 ? "AVIF" : "HEIC";
@@ -1353,6 +1373,36 @@ static void test_heif(fm_decoder *d)
         }
         CHECK_MSG(bad == 0, "%s cut short: %d wrong outcomes (%d decoded)", name, bad, ok);
 
+        /* libheif writes HEIC as a grid (the primary item) of HEVC tiles, AVIF as one
+         * AV1 item. A tile renamed an overlay or an identity transform, and the
+         * primary item renamed so: refused by the items, before libheif decodes */
+        static const char *const renames[][2] = {{"hvc1", "the file holds"},
+                                                 {"grid", "the primary image is"},
+                                                 {"av01", "the primary image is"}};
+        for (size_t r = 0; r < 3; r++) {
+            if ((r < 2) == av1)
+                continue;
+            for (int k = 0; k < 2; k++) {
+                blob rn = blob_copy(b.p, b.n);
+                int renamed = 0;
+                for (size_t i = 12; i + 4 <= rn.n && !renamed; i++)
+                    if (memcmp(rn.p + i, renames[r][0], 4) == 0 &&
+                        memcmp(rn.p + i - 12, "infe", 4) == 0) { /* infe version 2 */
+                        memcpy(rn.p + i, k ? "iden" : "iovl", 4);
+                        renamed = 1;
+                    }
+                CHECK_MSG(renamed, "%s: no '%s' item", name, renames[r][0]);
+                st = fm_decode(d, rn.p, rn.n, &img, &e);
+                char want_msg[96];
+                snprintf(want_msg, sizeof want_msg, "unsupported %s: %s an item of type '%s'",
+                         name, renames[r][1], k ? "iden" : "iovl");
+                CHECK_MSG(st == FM_ERR_UNSUPPORTED && strcmp(e.msg, want_msg) == 0,
+                          "%s '%s' renamed: %s %s", name, renames[r][0],
+                          fm_status_to_string(st), e.msg);
+                blob_free(&rn);
+            }
+        }
+
         fm_decoder *lim = new_decoder((uint64_t)w * h - 1, 0, 0);
         st = fm_decode(lim, b.p, b.n, &img, &e);
         fm_decoder_stats s;
@@ -1367,6 +1417,257 @@ static void test_heif(fm_decoder *d)
     }
 }
 
+/* ---- TIFF ----------------------------------------------------------------------- */
+
+enum { TIF_RGB, TIF_RGB16, TIF_GRAY, TIF_PALETTE, TIF_CMYK, TIF_RGBA, TIF_FLOAT };
+
+/* A TIFF of the w x h pattern written by libtiff (through a scratch file): kind, the
+ * compression, orientation tag o (0: none), in tiles of 16 x 16 when tiled, else strips
+ * of 7 rows. *expect gets the RGB the decoder must give before orientation. */
+static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
+                      uint8_t **expect)
+{
+    char path[512];
+    if (fm_test_tmpdir(path, sizeof path - 16, "tiff") != 0)
+        exit(1);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", path);
+    strcat(path, "/t.tif");
+    uint8_t *src = make_pattern(w, h), *want = malloc((size_t)w * h * 3);
+    const int spp = kind == TIF_CMYK || kind == TIF_RGBA ? 4
+                    : kind == TIF_GRAY || kind == TIF_PALETTE || kind == TIF_FLOAT ? 1 : 3;
+    const int bps = kind == TIF_RGB16 ? 16 : kind == TIF_FLOAT ? 32 : 8;
+    const size_t row_bytes = (size_t)w * spp * bps / 8;
+    uint8_t *pix = calloc((size_t)h, row_bytes);
+    uint16_t cmap[3][256];
+    for (int i = 0; i < 256; i++) {
+        cmap[0][i] = (uint16_t)((i * 37 % 256) * 257);
+        cmap[1][i] = (uint16_t)((255 - i) * 257);
+        cmap[2][i] = (uint16_t)((i * i % 256) * 257);
+    }
+    if (!want || !pix)
+        exit(1);
+    for (size_t i = 0; i < (size_t)w * h; i++) {
+        const uint8_t *s = src + 3 * i;
+        uint8_t *e = want + 3 * i;
+        switch (kind) {
+        case TIF_RGB:
+        case TIF_RGBA:
+            memcpy(pix + i * spp, s, 3);
+            if (kind == TIF_RGBA)
+                pix[i * spp + 3] = 255; /* libtiff premultiplies unassociated alpha */
+            memcpy(e, s, 3);
+            break;
+        case TIF_RGB16:
+            for (int c = 0; c < 3; c++) {
+                const uint16_t v = (uint16_t)(s[c] * 257);
+                memcpy(pix + (i * 3 + c) * 2, &v, 2);
+            }
+            memcpy(e, s, 3);
+            break;
+        case TIF_GRAY:
+            pix[i] = s[0];
+            e[0] = e[1] = e[2] = s[0];
+            break;
+        case TIF_PALETTE:
+            pix[i] = (uint8_t)(s[0] ^ s[1]);
+            for (int c = 0; c < 3; c++)
+                e[c] = (uint8_t)(cmap[c][pix[i]] >> 8);
+            break;
+        case TIF_CMYK: /* K 0: R = 255 - C, exactly, in libtiff's conversion */
+            for (int c = 0; c < 3; c++) {
+                pix[i * 4 + c] = (uint8_t)(255 - s[c]);
+                e[c] = s[c];
+            }
+            pix[i * 4 + 3] = 0;
+            break;
+        default: {
+            const float v = s[0] / 255.0f;
+            memcpy(pix + i * 4, &v, 4);
+            memcpy(e, s, 3);
+        }
+        }
+    }
+    TIFF *t = TIFFOpen(path, "w");
+    if (!t)
+        exit(1);
+    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, (uint32_t)w);
+    TIFFSetField(t, TIFFTAG_IMAGELENGTH, (uint32_t)h);
+    TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)spp);
+    TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)bps);
+    TIFFSetField(t, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+    TIFFSetField(t, TIFFTAG_COMPRESSION, (uint16_t)compression);
+    const uint16_t photo = kind == TIF_GRAY || kind == TIF_FLOAT ? PHOTOMETRIC_MINISBLACK
+                           : kind == TIF_PALETTE ? PHOTOMETRIC_PALETTE
+                           : kind == TIF_CMYK    ? PHOTOMETRIC_SEPARATED
+                                                 : PHOTOMETRIC_RGB;
+    TIFFSetField(t, TIFFTAG_PHOTOMETRIC, photo);
+    if (kind == TIF_PALETTE)
+        TIFFSetField(t, TIFFTAG_COLORMAP, cmap[0], cmap[1], cmap[2]);
+    if (kind == TIF_CMYK)
+        TIFFSetField(t, TIFFTAG_INKSET, INKSET_CMYK);
+    if (kind == TIF_RGBA) {
+        const uint16_t extra = EXTRASAMPLE_UNASSALPHA;
+        TIFFSetField(t, TIFFTAG_EXTRASAMPLES, 1, &extra);
+    }
+    if (kind == TIF_FLOAT)
+        TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, SAMPLEFORMAT_IEEEFP);
+    if (o)
+        TIFFSetField(t, TIFFTAG_ORIENTATION, (uint16_t)o);
+    int ok = 1;
+    if (tiled) {
+        const int T = 16;
+        TIFFSetField(t, TIFFTAG_TILEWIDTH, (uint32_t)T);
+        TIFFSetField(t, TIFFTAG_TILELENGTH, (uint32_t)T);
+        const size_t px = (size_t)spp * bps / 8;
+        uint8_t *tile = malloc((size_t)T * T * px);
+        for (int ty = 0; ty < h && ok; ty += T)
+            for (int tx = 0; tx < w && ok; tx += T) {
+                memset(tile, 0, (size_t)T * T * px);
+                for (int y = 0; y < T && ty + y < h; y++)
+                    for (int x = 0; x < T && tx + x < w; x++)
+                        memcpy(tile + ((size_t)y * T + x) * px,
+                               pix + (size_t)(ty + y) * row_bytes + (size_t)(tx + x) * px, px);
+                ok = TIFFWriteTile(t, tile, (uint32_t)tx, (uint32_t)ty, 0, 0) >= 0;
+            }
+        free(tile);
+    } else {
+        TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, (uint32_t)7);
+        for (int y = 0; y < h && ok; y++)
+            ok = TIFFWriteScanline(t, pix + (size_t)y * row_bytes, (uint32_t)y, 0) >= 0;
+    }
+    TIFFClose(t);
+    if (!ok)
+        exit(1);
+    FILE *f = fopen(path, "rb");
+    static uint8_t data[1 << 20];
+    size_t n = f ? fread(data, 1, sizeof data, f) : 0;
+    if (f)
+        fclose(f);
+    fm_test_remove_tree(dir);
+    free(pix);
+    free(src);
+    *expect = want;
+    return blob_copy(data, n);
+}
+
+/* Every kind and compression, strips and tiles, against the pixels written; the eight
+ * orientations against the upright views; a float TIFF refused by name; cut short:
+ * errors, never pixels; forged sizes refused before a buffer. */
+static void test_tiff(fm_decoder *d)
+{
+    const int w = 37, h = 29;
+    static const struct {
+        int kind, comp;
+        const char *name;
+    } cases[] = {{TIF_RGB, COMPRESSION_NONE, "RGB"},
+                 {TIF_RGB, COMPRESSION_LZW, "RGB LZW"},
+                 {TIF_RGB, COMPRESSION_ADOBE_DEFLATE, "RGB Deflate"},
+                 {TIF_RGB, COMPRESSION_PACKBITS, "RGB PackBits"},
+                 {TIF_RGB16, COMPRESSION_LZW, "RGB 16-bit"},
+                 {TIF_GRAY, COMPRESSION_ADOBE_DEFLATE, "gray"},
+                 {TIF_PALETTE, COMPRESSION_NONE, "palette"},
+                 {TIF_CMYK, COMPRESSION_LZW, "CMYK"},
+                 {TIF_RGBA, COMPRESSION_NONE, "RGBA"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int tiled = 0; tiled <= 1; tiled++) {
+            uint8_t *want;
+            blob b = make_tiff(w, h, cases[i].kind, cases[i].comp, 0, tiled, &want);
+            char what[64];
+            snprintf(what, sizeof what, "TIFF %s%s", cases[i].name, tiled ? ", tiled" : "");
+            check_decode(d, &b, want, w, h, 0, what);
+            free(want);
+            blob_free(&b);
+        }
+    uint8_t *plain;
+    blob b = make_tiff(w, h, TIF_RGB, COMPRESSION_LZW, 0, 0, &plain);
+    for (int o = 1; o <= 8; o++) {
+        uint8_t *want;
+        blob bo = make_tiff(w, h, TIF_RGB, COMPRESSION_LZW, o, o & 1, &want);
+        int ew, eh;
+        uint8_t *up = upright(plain, w, h, (size_t)w * 3, o, &ew, &eh);
+        fm_image img;
+        fm_error e = {0};
+        fm_status st = fm_decode(d, bo.p, bo.n, &img, &e);
+        CHECK_MSG(st == FM_OK && img.orientation == o && img.w == ew && img.h == eh &&
+                      img.orig_w == ew && img.orig_h == eh,
+                  "TIFF orientation %d: %s %s, reported %d, %dx%d", o,
+                  fm_status_to_string(st), e.msg, img.orientation, img.w, img.h);
+        diff df = compare(&img, up, ew, eh);
+        CHECK_MSG(df.max == 0, "TIFF orientation %d: differs by up to %d", o, df.max);
+        free(up);
+        free(want);
+        blob_free(&bo);
+    }
+    /* floating-point samples: libtiff's RGBA reader does not take them */
+    uint8_t *want;
+    blob fl = make_tiff(w, h, TIF_FLOAT, COMPRESSION_NONE, 0, 0, &want);
+    fm_image img;
+    fm_error e = {0};
+    fm_status st = fm_decode(d, fl.p, fl.n, &img, &e);
+    CHECK_MSG(st == FM_ERR_UNSUPPORTED && strncmp(e.msg, "unsupported TIFF: ", 18) == 0,
+              "float TIFF: %s %s", fm_status_to_string(st), e.msg);
+    free(want);
+    blob_free(&fl);
+
+    /* cut short at every length */
+    int bad = 0, ok = 0;
+    for (size_t n = 1; n < b.n; n++) {
+        if (fm_decode(d, b.p, b.n, &img, &e) == FM_OK)
+            memset(img.data, 0x55, img.stride * (size_t)img.h);
+        st = fm_decode(d, b.p, n, &img, &e);
+        if (st == FM_OK) {
+            ok++;
+            if (compare(&img, plain, w, h).max != 0)
+                bad++;
+        } else if (n >= 4 && (st != FM_ERR_DECODE || strncmp(e.msg, "corrupt TIFF: ", 14))) {
+            bad++;
+            fprintf(stderr, "TIFF cut at %zu: %s %s\n", n, fm_status_to_string(st), e.msg);
+        }
+    }
+    CHECK_MSG(bad == 0, "TIFF cut short: %d wrong outcomes (%d decoded)", bad, ok);
+
+    /* the pixel limit at and one under, and a header claiming 30000 x 30000 */
+    fm_decoder *lim = new_decoder((uint64_t)w * h, 0, 0);
+    CHECK(fm_decode(lim, b.p, b.n, &img, &e) == FM_OK);
+    fm_decoder_destroy(&lim);
+    lim = new_decoder((uint64_t)w * h - 1, 0, 0);
+    st = fm_decode(lim, b.p, b.n, &img, &e);
+    fm_decoder_stats s;
+    fm_decoder_get_stats(lim, &s);
+    CHECK_MSG(st == FM_ERR_LIMIT && contains(e.msg, "37x29") && s.buffer_bytes == 0,
+              "TIFF over max_pixels: %s %s", fm_status_to_string(st), e.msg);
+    fm_decoder_destroy(&lim);
+    blob big = blob_copy(b.p, b.n);
+    int found = 0;
+    const uint32_t ifd = (uint32_t)big.p[4] | (uint32_t)big.p[5] << 8 |
+                         (uint32_t)big.p[6] << 16 | (uint32_t)big.p[7] << 24;
+    if (big.p[0] == 'I' && ifd + 2 < big.n) { /* little-endian, as libtiff writes here */
+        const unsigned count = big.p[ifd] | big.p[ifd + 1] << 8;
+        for (unsigned k = 0; k < count && ifd + 2 + 12 * (k + 1) <= big.n; k++) {
+            uint8_t *en = big.p + ifd + 2 + 12 * k;
+            const unsigned tag = en[0] | en[1] << 8, type = en[2] | en[3] << 8;
+            if (tag == 256 || tag == 257) { /* width, length: SHORT or LONG */
+                en[8] = 0x30;
+                en[9] = 0x75; /* 30000 */
+                if (type == 4)
+                    en[10] = en[11] = 0;
+                found++;
+            }
+        }
+    }
+    CHECK(found == 2);
+    lim = new_decoder(0, 0, 0);
+    st = fm_decode(lim, big.p, big.n, &img, &e);
+    fm_decoder_get_stats(lim, &s);
+    CHECK_MSG(st == FM_ERR_LIMIT && contains(e.msg, "30000x30000") && s.buffer_bytes == 0,
+              "forged TIFF: %s %s (%zu bytes)", fm_status_to_string(st), e.msg, s.buffer_bytes);
+    fm_decoder_destroy(&lim);
+    blob_free(&big);
+    free(plain);
+    blob_free(&b);
+}
+
 /* ---- seed corpus ---------------------------------------------------------------- */
 
 static void write_blob(const char *dir, const char *name, const blob *b)
@@ -1376,8 +1677,9 @@ static void write_blob(const char *dir, const char *name, const blob *b)
     fm_test_write_file(path, b->p, b->n);
 }
 
-/* PNG, WebP, HEIC and AVIF seeds: each PNG colour type, interlaced, with eXIf; WebP
- * lossless, lossy, with alpha, extended with EXIF; HEIF plain and turned (irot). */
+/* PNG, WebP, HEIC, AVIF and TIFF seeds: each PNG colour type, interlaced, with eXIf;
+ * WebP lossless, lossy, with alpha, extended with EXIF; HEIF plain and turned (irot);
+ * TIFF in strips and tiles, RGB, CMYK, palette, 16-bit, turned. */
 static void write_png_webp_corpus(const char *dir)
 {
     static const int kinds[][2] = {{2, 8}, {6, 16}, {0, 8}, {4, 8}, {3, 8}, {0, 16}};
@@ -1414,6 +1716,18 @@ static void write_png_webp_corpus(const char *dir)
         blob r = heif_with_irot(&b, 3);
         write_blob(dir, av1 ? "irot3.avif" : "irot3.heic", &r);
         blob_free(&r);
+        blob_free(&b);
+        free(want);
+    }
+    static const int tiffs[][3] = {{TIF_RGB, COMPRESSION_LZW, 6}, {TIF_CMYK, COMPRESSION_NONE, 0},
+                                   {TIF_PALETTE, COMPRESSION_PACKBITS, 0},
+                                   {TIF_RGB16, COMPRESSION_ADOBE_DEFLATE, 3}};
+    for (size_t k = 0; k < sizeof tiffs / sizeof tiffs[0]; k++) {
+        uint8_t *want;
+        blob b = make_tiff(24, 16, tiffs[k][0], tiffs[k][1], tiffs[k][2], (int)(k & 1), &want);
+        char name[32];
+        snprintf(name, sizeof name, "tiff_%zu.tif", k);
+        write_blob(dir, name, &b);
         blob_free(&b);
         free(want);
     }
@@ -1482,6 +1796,7 @@ int main(int argc, char **argv)
     test_png_webp_damage(d);
     test_png_webp_limits();
     test_heif(d);
+    test_tiff(d);
 
     char dir[512];
     if (fm_test_tmpdir(dir, sizeof dir, "image") == 0) {

@@ -6,8 +6,9 @@ the three describe a photo in one schema (proto/RESULTS.md).
 
 Inputs: the sample photos, and photos made from them here (a mirrored and scaled copy
 on a larger canvas, two photos side by side, a grayscale copy, an EXIF-free
-progressive JPEG, a PNG and a lossless WebP with two samples' pixels, a HEIC stored on
-its side with a HEIF rotation as phones store portrait photos, an AVIF), two photos
+progressive JPEG, a PNG, a lossless WebP and a sideways TIFF with an Orientation tag
+holding samples' pixels, a HEIC stored on its side with a HEIF rotation as phones
+store portrait photos, an AVIF), two photos
 without faces (noise, a flat wall) and broken files (a truncated JPEG, a GIF named
 .jpg, a truncated PNG, a text file named .jpg, an empty file).
 
@@ -25,7 +26,8 @@ checkout root and once from an unrelated directory. Checked:
   - the broken files are errors with the same code, name and text in all three, at
     attempt 1 in the database (a worker that died on them would have been retried);
   - no face in the faceless photos and at least one in every photo made from a
-    sample; the PNG and the WebP have the faces of the JPEGs whose pixels they hold,
+    sample; the PNG, the WebP and the TIFF have the faces of the JPEGs whose pixels
+    they hold,
     the HEIC and the AVIF their JPEG's size and faces (boxes overlapping by 0.7);
   - the CSV export holds the JSONL export's values under the flattened field names
     (box.x1, landmarks.left_eye.x, gender_probs.male, ...), one row per face.
@@ -83,7 +85,12 @@ def make_inputs(samples, d, heif_tool):
     # lossless WebP: their faces must be the JPEGs' own (main() compares them)
     b.convert("RGBA").save(os.path.join(d, "gen_sample2.png"))
     a.save(os.path.join(d, "gen_sample1.webp"), lossless=True)
-    with_faces += ["gen_sample2.png", "gen_sample1.webp"]
+    # and a scan-like LZW TIFF stored on its side with the Orientation tag (6: turn
+    # clockwise to view) that turns it back
+    e = Image.open(os.path.join(samples, "sample5.jpg")).convert("RGB")
+    e.transpose(Image.ROTATE_90).save(os.path.join(d, "gen_sample5.tif"),
+                                      compression="tiff_lzw", tiffinfo={274: 6})
+    with_faces += ["gen_sample2.png", "gen_sample1.webp", "gen_sample5.tif"]
     # HEIC stored on its side with a HEIF rotation that turns it back (a phone's
     # portrait photo), and AVIF: lossy, so main() compares their faces' boxes
     for name, args in (("gen_sample3.heic", ["--turn", "1"]), ("gen_sample4.avif", ["--av1"])):
@@ -278,7 +285,8 @@ def main():
             e = (want.get(n) or {}).get("error") or {}
             check(str(e.get("text", "")).startswith(text), "predict: %s: %s" % (n, e))
         # PNG and WebP: the faces of the JPEG whose pixels they hold, number for number
-        for copy, orig in (("gen_sample2.png", "sample2.jpg"), ("gen_sample1.webp", "sample1.jpg")):
+        for copy, orig in (("gen_sample2.png", "sample2.jpg"), ("gen_sample1.webp", "sample1.jpg"),
+                           ("gen_sample5.tif", "sample5.jpg")):
             c, o = want.get(copy) or {}, want.get(orig) or {}  # within REL: batched with others
             check(c.get("error") is None and c.get("faces") and
                   [f["box"] for f in c["faces"]] == [f["box"] for f in o.get("faces", [])] and

@@ -2,8 +2,8 @@
  * little a "draw the boxes" debug output needs.
  *
  * JPEG (TurboJPEG 2 API, libjpeg-turbo 2.1), PNG (libspng), WebP (libwebp), HEIC and
- * AVIF (libheif 1.15: libde265, dav1d) are decoded, told apart by their first bytes,
- * not the file name. Other formats are
+ * AVIF (libheif 1.15: libde265, aom) and TIFF (libtiff 4.5, the first page) are
+ * decoded, told apart by their first bytes, not the file name. Other formats are
  * recognised by their magic bytes so the error says what the file was ("unsupported
  * format: GIF") instead of a decoder's complaint.
  *
@@ -19,14 +19,21 @@
  *      up and 16-bit samples read as their high byte; alpha is dropped; an animated
  *      WebP is refused (FM_ERR_UNSUPPORTED, "unsupported format: animated WebP");
  *   5. apply the EXIF orientation (all 8 values: JPEG's APP1, PNG's eXIf before the
- *      image data, WebP's EXIF chunk) by rotating/flipping the pixels. HEIC and AVIF
+ *      image data, WebP's EXIF chunk, TIFF's Orientation tag) by rotating/flipping
+ *      the pixels. HEIC and AVIF
  *      come out of libheif with the file's own rotation, mirroring and crop (irot,
  *      imir, clap) applied, tiles put together and HDR narrowed to 8 bits; their
- *      orientation is reported as 1.
+ *      orientation is reported as 1. A HEIF file whose primary image is neither a
+ *      coded image nor a grid of them, or that holds an overlay, an identity
+ *      transform or a second grid, is refused before libheif decodes it
+ *      (FM_ERR_UNSUPPORTED: libheif 1.15 puts no limits on such derived images).
  *
- * Corrupt data policy. PNG, WebP, HEIC and AVIF fail on any decoder error (a bad
- * CRC, data cut short; libheif decodes strictly): "corrupt PNG: <libspng text>",
- * "corrupt WebP: <libwebp status>", "corrupt HEIC: <libheif text>".
+ * Corrupt data policy. PNG, WebP, HEIC, AVIF and TIFF fail on any decoder error (a
+ * bad CRC, data cut short; libheif decodes strictly, libtiff stops at the first
+ * error): "corrupt PNG: <libspng text>", "corrupt WebP: <libwebp status>", "corrupt
+ * HEIC: <libheif text>", "corrupt TIFF: <libtiff's first error>". A TIFF libtiff's
+ * RGBA reader does not take (floating-point samples, ...) is FM_ERR_UNSUPPORTED,
+ * "unsupported TIFF: <libtiff's reason>".
  * libjpeg recovers from many errors with only a warning and
  * fills what it could not decode with gray (a truncated file decodes "fine" with its
  * bottom half gray). Faces labelled from such pixels are wrong, so every libjpeg
@@ -83,8 +90,8 @@ typedef struct fm_decode_opts {
                           * is used, and 1/1 when none does. */
 } fm_decode_opts;
 
-/* Opaque: a TurboJPEG handle plus reusable buffers (the PNG, WebP and HEIF decoders
- * are made per call). Not shared between threads. */
+/* Opaque: a TurboJPEG handle plus reusable buffers (the PNG, WebP, HEIF and TIFF
+ * decoders are made per call). Not shared between threads. */
 typedef struct fm_decoder fm_decoder;
 
 /* Counters, for tests and the worker's stats line. */
@@ -108,7 +115,8 @@ void fm_decoder_destroy(fm_decoder **d);
 /* Copies the decoder's counters into *out. */
 void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out);
 
-/* Decodes len bytes of buf (a whole JPEG, PNG, WebP, HEIC or AVIF file) into *out.
+/* Decodes len bytes of buf (a whole JPEG, PNG, WebP, HEIC, AVIF or TIFF file) into
+ * *out.
  *
  * On FM_OK, out->data points into d's buffer: valid until the next fm_decode /
  * fm_decode_file on d or fm_decoder_destroy, and writable (drawing on it is fine).
@@ -120,7 +128,9 @@ void fm_decoder_get_stats(const fm_decoder *d, fm_decoder_stats *out);
  *   FM_ERR_FORMAT       0 bytes, or data that is no known image ("not an image
  *                       (unrecognised data)")
  *   FM_ERR_UNSUPPORTED  another image format ("unsupported format: GIF"; also
- *                       animated WebP, BMP, TIFF, JPEG 2000, JPEG XL, PSD)
+ *                       animated WebP, BMP, JPEG 2000, JPEG XL, PSD), a TIFF of a
+ *                       kind libtiff's RGBA reader does not take, or a HEIF file
+ *                       built of derived images other than a grid
  *   FM_ERR_LIMIT        len > max_bytes, or the header declares more than max_pixels
  *                       or a side over 65535 (checked before any pixel buffer is
  *                       allocated; the message gives the sizes)

@@ -8,7 +8,8 @@
  * up as a sanitizer report.
  *
  * Build: cmake -DCMAKE_C_COMPILER=clang -DFACEMILL_FUZZ=ON ...; seed corpus:
- * tests/test_image --corpus DIR.
+ * tests/test_image --corpus DIR, plus tests/fuzz/regress/ (inputs it found that once
+ * went wrong, each checked by test_image).
  */
 #include "facemill/image.h"
 

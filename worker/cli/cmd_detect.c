@@ -29,9 +29,9 @@
 
 static const cli_cmd cmd = {
     "detect", "[options] IMAGE...", 1, -1,
-    "Finds faces and five landmarks in each IMAGE (JPEG, PNG, WebP, HEIC or AVIF)\n"
-    "and prints one JSON object per image and line, in the result schema that\n"
-    "`facemill predict` and `facemill export` print too (proto/RESULTS.md),\n"
+    "Finds faces and five landmarks in each IMAGE (JPEG, PNG, WebP, HEIC, AVIF or\n"
+    "TIFF) and prints one JSON object per image and line, in the result schema\n"
+    "that `facemill predict` and `facemill export` print too (proto/RESULTS.md),\n"
     "without attributes:\n"
     "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
     "   \"scale\": [num, denom],\n"

@@ -23,10 +23,10 @@
 
 static const cli_cmd cmd = {
     "predict", "[options] IMAGE...", 1, -1,
-    "Finds the faces in each IMAGE (JPEG, PNG, WebP, HEIC or AVIF) and labels them\n"
-    "with age, gender and ethnicity. Prints one JSON object per image and line, in\n"
-    "the result schema that `facemill detect` and `facemill export` print too\n"
-    "(proto/RESULTS.md):\n"
+    "Finds the faces in each IMAGE (JPEG, PNG, WebP, HEIC, AVIF or TIFF) and labels\n"
+    "them with age, gender and ethnicity. Prints one JSON object per image and\n"
+    "line, in the result schema that `facemill detect` and `facemill export` print\n"
+    "too (proto/RESULTS.md):\n"
     "  {\"schema\": 2, \"source\", \"width\", \"height\", \"error\": null,\n"
     "   \"times_ms\": {\"decode\", \"detect\", \"align\", \"embed\", \"heads\"},\n"
     "   \"faces\": [{\"box\": {\"x1\", \"y1\", \"x2\", \"y2\"}, \"score\",\n"

@@ -1,17 +1,19 @@
-/* decode.c - JPEG, PNG, WebP, HEIC and AVIF bytes to RGB pixels for the detector, and
- * the small write/draw helpers behind `facemill detect --draw`.
+/* decode.c - JPEG, PNG, WebP, HEIC, AVIF and TIFF bytes to RGB pixels for the
+ * detector, and the small write/draw helpers behind `facemill detect --draw`.
  *
  * It exists so the rest of the worker sees one clean contract (RGB, upright, scaled
  * to what detection needs, bounded in size) whatever the archive holds: CMYK files
  * from print workflows, grayscale scans, progressive web images, phone photos stored
  * sideways with an EXIF orientation, PNG screenshots and scans (any colour type and
  * bit depth, interlaced or not), WebP downloads, phones' HEIC photos (tiled, turned by
- * the file's own rotation), AVIF, truncated files and formats it does not read.
+ * the file's own rotation), AVIF, scans kept as TIFF, truncated files and formats it
+ * does not read.
  *
  * libjpeg's own error handler calls exit(), so only the TurboJPEG API is used (2.1:
  * the tj* calls, not tj3*); PNG goes through libspng (errors are return codes, no
  * setjmp), WebP through libwebp's one-call decoder, HEIC and AVIF through libheif's
- * C API (strict decoding). Every input byte is untrusted:
+ * C API (strict decoding), TIFF through libtiff's RGBA reader (its messages caught
+ * per file, never printed). Every input byte is untrusted:
  * the EXIF, marker and RIFF parsers check each length and offset against the buffer
  * before reading, and every format's size is checked against max_pixels from its
  * header before a pixel buffer is allocated.
@@ -19,6 +21,7 @@
 #include "facemill/image.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <libheif/heif.h>
 #include <limits.h>
@@ -28,6 +31,7 @@
 #include <sys/stat.h>
 #include <spng.h>
 #include <sys/types.h>
+#include <tiffio.h>
 #include <turbojpeg.h>
 #include <unistd.h>
 #include <webp/decode.h>
@@ -118,7 +122,8 @@ static const char *sniff_other(const uint8_t *b, size_t n)
         return "GIF";
     if (n >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0)
         return "WebP";
-    if (has_prefix(b, n, "II*\0", 4) || has_prefix(b, n, "MM\0*", 4))
+    if (has_prefix(b, n, "II*\0", 4) || has_prefix(b, n, "MM\0*", 4) ||
+        has_prefix(b, n, "II+\0", 4) || has_prefix(b, n, "MM\0+", 4)) /* and BigTIFF */
         return "TIFF";
     /* BMP: "BM" alone is weak; the two reserved 16-bit fields are zero in practice. */
     if (n >= 14 && b[0] == 'B' && b[1] == 'M' && b[6] == 0 && b[7] == 0 && b[8] == 0 &&
@@ -650,6 +655,82 @@ static fm_status decode_webp(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
 
 /* ---- HEIC and AVIF -------------------------------------------------------------- */
 
+/* The box of type t among the ISO base media boxes in [p, end): its start, and in
+ * *body and *bend its contents (after the header; a full box's version and flags
+ * included). A size of 1 reads the 64-bit size, 0 runs to end. NULL when absent or
+ * when a size does not fit. */
+static const uint8_t *isobmff_box(const uint8_t *p, const uint8_t *end, const char *t,
+                                  const uint8_t **body, const uint8_t **bend)
+{
+    while (end - p >= 8) {
+        uint64_t size = rd32(p, 1);
+        size_t head = 8;
+        if (size == 1) {
+            if (end - p < 16)
+                return NULL;
+            size = (uint64_t)rd32(p + 8, 1) << 32 | rd32(p + 12, 1);
+            head = 16;
+        } else if (size == 0) {
+            size = (uint64_t)(end - p);
+        }
+        if (size < head || size > (uint64_t)(end - p))
+            return NULL;
+        if (memcmp(p + 4, t, 4) == 0) {
+            *body = p + head;
+            *bend = p + size;
+            return p;
+        }
+        p += size;
+    }
+    return NULL;
+}
+
+/* Checks the items of a HEIF file before libheif decodes it: the primary image (pitm)
+ * must be a coded image (hvc1, av01) or a grid, and no item may be a derived image of
+ * another kind (an overlay, iovl; an identity transform, iden) or a second grid, so a
+ * grid's tiles are coded images. libheif 1.15 has no limits of its own on derived
+ * images: a 3 KB file whose grid had an overlay for a tile (the fuzzer's) made it
+ * allocate gigabytes. Returns 0 when the file passes or its boxes are missing or
+ * malformed (libheif then says what is wrong), else -1 with the offending item's type
+ * in type and its role in *what. */
+static int heif_items_check(const uint8_t *b, size_t n, char type[5], const char **what)
+{
+    const uint8_t *m, *mend, *x, *xend;
+    if (!isobmff_box(b, b + n, "meta", &m, &mend) || mend - m < 4)
+        return 0;
+    m += 4; /* version, flags */
+    if (!isobmff_box(m, mend, "pitm", &x, &xend) || xend - x < 6)
+        return 0;
+    const uint32_t primary = x[0] == 0 ? rd16(x + 4, 1) : xend - x >= 8 ? rd32(x + 4, 1) : 0;
+    if (!isobmff_box(m, mend, "iinf", &x, &xend) || xend - x < 6)
+        return 0;
+    const uint8_t *e = x + (x[0] == 0 ? 6 : 8); /* after the entry count */
+    const uint8_t *body, *bend;
+    while (e < xend && isobmff_box(e, xend, "infe", &body, &bend)) {
+        e = bend;
+        if (bend - body < 12 || body[0] < 2) /* versions 2, 3: id, protection, type */
+            continue;
+        const int wide = body[0] >= 3;
+        const uint32_t id = wide ? rd32(body + 4, 1) : rd16(body + 4, 1);
+        const uint8_t *ty = body + (wide ? 10 : 8);
+        if (bend - ty < 4)
+            continue;
+        memcpy(type, ty, 4);
+        type[4] = '\0';
+        const int coded = !strcmp(type, "hvc1") || !strcmp(type, "av01");
+        if (id == primary && !coded && strcmp(type, "grid") != 0) {
+            *what = "the primary image is";
+            return -1;
+        }
+        if (!strcmp(type, "iovl") || !strcmp(type, "iden") ||
+            (!strcmp(type, "grid") && id != primary)) {
+            *what = "the file holds";
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* libheif's id of its aom AV1 decoder when it has one, else NULL (its default). AVIF
  * goes to aom rather than dav1d, libheif's first choice: aom decodes on the calling
  * thread (dav1d starts threads of its own, one worker process being one core's work),
@@ -671,13 +752,25 @@ static const char *av1_decoder_id(void)
  * mirroring and crop applied (irot, imir, clap: how HEIF stores a portrait photo, so
  * the pixels come out upright and orientation stays 1), HDR narrowed to 8 bits, alpha
  * dropped. Strict decoding: a file libheif can only partly decode fails. Tiles are
- * decoded on this thread (a worker process is one core's work). */
+ * decoded on this thread (a worker process is one core's work). A primary image that
+ * is neither coded nor a grid (an overlay, ...) is refused before libheif sees it. */
 static fm_status decode_heif(fm_decoder *d, const char *name, const uint8_t *buf, size_t len,
                              fm_image *out, fm_error *err)
 {
     if (len > INT_MAX)
         return fm_error_set(err, FM_ERR_LIMIT, "input is %zu bytes, too large for libheif",
                             len);
+    /* Only a coded image (HEVC, AV1) or a grid of them, as cameras and phones write
+     * (heif_items_check) */
+    char type[5];
+    const char *what = "";
+    if (heif_items_check(buf, len, type, &what) != 0) {
+        for (int i = 0; i < 4; i++)
+            if (type[i] < 0x20 || type[i] > 0x7e)
+                type[i] = '?';
+        return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported %s: %s an item of type '%s'",
+                            name, what, type);
+    }
     struct heif_context *ctx = heif_context_alloc();
     if (!ctx)
         return fm_error_set(err, FM_ERR_NOMEM, "decoder: cannot allocate a HEIF context");
@@ -740,6 +833,169 @@ done:
     heif_decoding_options_free(opts);
     heif_image_handle_release(h);
     heif_context_free(ctx);
+    return st;
+}
+
+/* ---- TIFF ----------------------------------------------------------------------- */
+
+/* The bytes libtiff reads, as a file. */
+typedef struct tiff_src {
+    const uint8_t *p;
+    size_t n, pos;
+    char msg[160]; /* libtiff's first error (or warning, when no error came) */
+    int errors;
+} tiff_src;
+
+static tmsize_t tiff_read(thandle_t h, void *buf, tmsize_t size)
+{
+    tiff_src *s = h;
+    if (size <= 0 || s->pos >= s->n)
+        return 0;
+    size_t k = s->n - s->pos < (size_t)size ? s->n - s->pos : (size_t)size;
+    memcpy(buf, s->p + s->pos, k);
+    s->pos += k;
+    return (tmsize_t)k;
+}
+
+static tmsize_t tiff_write(thandle_t h, void *buf, tmsize_t size)
+{
+    (void)h, (void)buf, (void)size;
+    return -1;
+}
+
+static toff_t tiff_seek(thandle_t h, toff_t off, int whence)
+{
+    tiff_src *s = h;
+    uint64_t base = whence == SEEK_SET ? 0 : whence == SEEK_CUR ? s->pos : s->n;
+    if (off > UINT64_MAX - base)
+        return (toff_t)-1;
+    s->pos = base + off > s->n ? s->n : (size_t)(base + off);
+    return (toff_t)(base + off);
+}
+
+static int tiff_close(thandle_t h)
+{
+    (void)h;
+    return 0;
+}
+
+static toff_t tiff_size(thandle_t h)
+{
+    return ((tiff_src *)h)->n;
+}
+
+/* The bytes as a mapped file: libtiff reads them in place (it never writes to a file
+ * opened for reading). Also needed: libtiff 4.5.0 refuses uncompressed tiles read
+ * through the read procedure ("Invalid tile byte count").  */
+static int tiff_map(thandle_t h, void **base, toff_t *size)
+{
+    tiff_src *s = h;
+    *base = (void *)(uintptr_t)s->p;
+    *size = s->n;
+    return 1;
+}
+
+static void tiff_unmap(thandle_t h, void *base, toff_t size)
+{
+    (void)h, (void)base, (void)size;
+}
+
+/* libtiff's messages go to the image's error text, never to stderr. */
+static int tiff_error(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap)
+{
+    (void)tif, (void)module;
+    tiff_src *s = user;
+    if (s->errors++ == 0)
+        vsnprintf(s->msg, sizeof s->msg, fmt, ap);
+    return 1;
+}
+
+static int tiff_warning(TIFF *tif, void *user, const char *module, const char *fmt,
+                        va_list ap)
+{
+    (void)tif, (void)user, (void)module, (void)fmt, (void)ap;
+    return 1;
+}
+
+/* The first page of a TIFF (scanners' and archives' format) through libtiff's RGBA
+ * interface: 1 to 16 bits, gray, palette, RGB, CMYK, YCbCr, any compression libtiff
+ * has (LZW, Deflate, JPEG, PackBits, ...), strips or tiles; alpha dropped. The pixels
+ * are read in file order and turned by the Orientation tag (the values EXIF took from
+ * TIFF) as for JPEG. A read error anywhere fails the image. */
+static fm_status decode_tiff(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                             fm_error *err)
+{
+    tiff_src src = {buf, len, 0, "", 0};
+    TIFFOpenOptions *o = TIFFOpenOptionsAlloc();
+    if (!o)
+        return fm_error_set(err, FM_ERR_NOMEM, "decoder: cannot allocate TIFF options");
+    TIFFOpenOptionsSetErrorHandlerExtR(o, tiff_error, &src);
+    TIFFOpenOptionsSetWarningHandlerExtR(o, tiff_warning, &src);
+    /* libtiff's own buffers (a strip, a tile, its tables) stay within what max_pixels
+     * allows an image of 16-bit RGBA, plus room for the tables */
+    const uint64_t cap = d->opts.max_pixels > (UINT64_MAX >> 4) ? UINT64_MAX
+                                                                  : d->opts.max_pixels * 8 + (16u << 20);
+    TIFFOpenOptionsSetMaxSingleMemAlloc(o, cap > (uint64_t)INT64_MAX ? INT64_MAX : (tmsize_t)cap);
+    TIFF *tif = TIFFClientOpenExt("image", "r", &src, tiff_read, tiff_write, tiff_seek,
+                                  tiff_close, tiff_size, tiff_map, tiff_unmap, o);
+    TIFFOpenOptionsFree(o);
+    fm_status st = FM_OK;
+    TIFFRGBAImage ri;
+    int begun = 0;
+    char emsg[1024] = "";
+    if (!tif) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s",
+                          src.msg[0] ? src.msg : "cannot read the header");
+        goto done;
+    }
+    uint32_t w = 0, h = 0;
+    if (!TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &w) || !TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &h) ||
+        w == 0 || h == 0) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: no image size");
+        goto done;
+    }
+    st = check_size(d, w, h, err);
+    if (st)
+        goto done;
+    if (!TIFFRGBAImageOK(tif, emsg)) {
+        st = src.errors ? fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s", src.msg)
+                        : fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported TIFF: %s", emsg);
+        goto done;
+    }
+    if (!TIFFRGBAImageBegin(&ri, tif, 1, emsg)) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s", src.msg[0] ? src.msg : emsg);
+        goto done;
+    }
+    begun = 1;
+    const int orient = ri.orientation >= 1 && ri.orientation <= 8 ? ri.orientation : 1;
+    ri.req_orientation = ri.orientation; /* rows as stored, turned below */
+    /* the RGBA raster in tmp, RGB into out (or tmp's front for finish() to turn) */
+    const size_t npix = (size_t)w * h;
+    st = buf_reserve(d, &d->tmp, &d->tmp_cap, npix * 4, 0, err);
+    if (!st)
+        st = buf_reserve(d, &d->out, &d->out_cap, npix * 3, 0, err);
+    if (st)
+        goto done;
+    uint32_t *raster = (uint32_t *)(void *)d->tmp;
+    if (!TIFFRGBAImageGet(&ri, raster, w, h) || src.errors) {
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s",
+                          src.msg[0] ? src.msg : "the image data does not read");
+        goto done;
+    }
+    /* ABGR words (R in the low byte) to RGB; in place into tmp when it must turn */
+    uint8_t *dst = orient == 1 ? d->out : d->tmp;
+    for (size_t i = 0; i < npix; i++) {
+        const uint32_t px = raster[i];
+        dst[3 * i] = (uint8_t)TIFFGetR(px);
+        dst[3 * i + 1] = (uint8_t)TIFFGetG(px);
+        dst[3 * i + 2] = (uint8_t)TIFFGetB(px);
+    }
+    finish(d, (int)w, (int)h, (int)w, (int)h, (tjscalingfactor){1, 1}, orient, out);
+done:
+    if (begun)
+        TIFFRGBAImageEnd(&ri);
+    if (tif)
+        TIFFClose(tif);
     return st;
 }
 
@@ -829,6 +1085,8 @@ static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image 
         return decode_webp(d, buf, len, out, err);
     if (strcmp(name, "HEIC") == 0 || strcmp(name, "AVIF") == 0)
         return decode_heif(d, name, buf, len, out, err);
+    if (strcmp(name, "TIFF") == 0)
+        return decode_tiff(d, buf, len, out, err);
     return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: %s", name);
 }
 
