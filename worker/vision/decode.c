@@ -13,23 +13,23 @@
  * the tj* calls, not tj3*); PNG goes through libspng (errors are return codes, no
  * setjmp), WebP through libwebp's one-call decoder, HEIC and AVIF through libheif's
  * C API (strict decoding), TIFF through libtiff's RGBA reader (its messages caught
- * per file, never printed). Every input byte is untrusted:
- * the EXIF, marker and RIFF parsers check each length and offset against the buffer
- * before reading, and every format's size is checked against max_pixels from its
- * header before a pixel buffer is allocated.
+ * per file, never printed). Every input byte is untrusted: the EXIF, marker, RIFF and
+ * ISO box parsers check each length and offset against the buffer before reading,
+ * and every format's size is checked against max_pixels from its header before a
+ * pixel buffer is allocated.
  */
 #include "facemill/image.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
 #include <libheif/heif.h>
 #include <limits.h>
+#include <spng.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <spng.h>
 #include <sys/types.h>
 #include <tiffio.h>
 #include <turbojpeg.h>
@@ -685,15 +685,81 @@ static const uint8_t *isobmff_box(const uint8_t *p, const uint8_t *end, const ch
     return NULL;
 }
 
+/* An unsigned big-endian field of n bytes (0..8) at p. */
+static uint64_t rd_be_n(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The first bytes (at most want) of item id's data: the first extent that iloc gives
+ * it, in the file (construction method 0) or in idat (1). NULL when iloc says
+ * nothing usable; *got gets how many bytes there are. */
+static const uint8_t *heif_item_data(const uint8_t *b, size_t n, const uint8_t *m,
+                                     const uint8_t *mend, uint32_t id, size_t *got)
+{
+    const uint8_t *x, *xend, *idat = NULL, *idat_end = NULL;
+    if (!isobmff_box(m, mend, "iloc", &x, &xend) || xend - x < 8)
+        return NULL;
+    isobmff_box(m, mend, "idat", &idat, &idat_end);
+    const int v = x[0];
+    const int off_sz = x[4] >> 4, len_sz = x[4] & 15, base_sz = x[5] >> 4;
+    const int idx_sz = v >= 1 ? (x[5] & 15) : 0;
+    if (v > 2 || off_sz > 8 || len_sz > 8 || base_sz > 8 || idx_sz > 8)
+        return NULL;
+    const int id_sz = v < 2 ? 2 : 4;
+    const uint8_t *r = x + 6;
+    if (xend - r < id_sz)
+        return NULL;
+    uint64_t items = rd_be_n(r, id_sz);
+    r += id_sz;
+    for (uint64_t i = 0; i < items; i++) {
+        const ptrdiff_t fixed = id_sz + (v >= 1 ? 2 : 0) + 2 + base_sz + 2;
+        if (xend - r < fixed)
+            return NULL;
+        const uint64_t item = rd_be_n(r, id_sz);
+        r += id_sz;
+        int method = 0;
+        if (v >= 1) {
+            method = r[1] & 15;
+            r += 2;
+        }
+        r += 2; /* data reference index */
+        const uint64_t base = rd_be_n(r, base_sz);
+        r += base_sz;
+        const uint64_t extents = rd_be_n(r, 2);
+        r += 2;
+        const ptrdiff_t each = idx_sz + off_sz + len_sz;
+        if ((uint64_t)(xend - r) < extents * (uint64_t)each)
+            return NULL;
+        if (item == id && extents >= 1) {
+            const uint64_t off = base + rd_be_n(r + idx_sz, off_sz);
+            const uint8_t *start = method == 0 ? b : method == 1 ? idat : NULL;
+            const uint8_t *stop = method == 0 ? b + n : idat_end;
+            if (!start || off >= (uint64_t)(stop - start))
+                return NULL;
+            *got = (size_t)(stop - start - (ptrdiff_t)off);
+            return start + off;
+        }
+        r += extents * (uint64_t)each;
+    }
+    return NULL;
+}
+
 /* Checks the items of a HEIF file before libheif decodes it: the primary image (pitm)
  * must be a coded image (hvc1, av01) or a grid, and no item may be a derived image of
  * another kind (an overlay, iovl; an identity transform, iden) or a second grid, so a
  * grid's tiles are coded images. libheif 1.15 has no limits of its own on derived
  * images: a 3 KB file whose grid had an overlay for a tile (the fuzzer's) made it
- * allocate gigabytes. Returns 0 when the file passes or its boxes are missing or
- * malformed (libheif then says what is wrong), else -1 with the offending item's type
- * in type and its role in *what. */
-static int heif_items_check(const uint8_t *b, size_t n, char type[5], const char **what)
+ * allocate gigabytes. A primary grid's output size goes to grid[0], grid[1] (left
+ * as they are when it cannot be read): libheif checks a side against its limit but
+ * not the area. Returns 0 when the file passes or its boxes are missing or malformed
+ * (libheif then says what is wrong), else -1 with the offending item's type in type
+ * and its role in *what. */
+static int heif_items_check(const uint8_t *b, size_t n, char type[5], const char **what,
+                            uint64_t grid[2])
 {
     const uint8_t *m, *mend, *x, *xend;
     if (!isobmff_box(b, b + n, "meta", &m, &mend) || mend - m < 4)
@@ -721,6 +787,15 @@ static int heif_items_check(const uint8_t *b, size_t n, char type[5], const char
         if (id == primary && !coded && strcmp(type, "grid") != 0) {
             *what = "the primary image is";
             return -1;
+        }
+        if (id == primary && !strcmp(type, "grid")) { /* its output size, for the limits */
+            size_t got = 0;
+            const uint8_t *g = heif_item_data(b, n, m, mend, id, &got);
+            const size_t need = g && got >= 2 && (g[1] & 1) ? 12 : 8;
+            if (g && got >= need) {
+                grid[0] = need == 12 ? rd32(g + 4, 1) : rd16(g + 4, 1);
+                grid[1] = need == 12 ? rd32(g + 8, 1) : rd16(g + 6, 1);
+            }
         }
         if (!strcmp(type, "iovl") || !strcmp(type, "iden") ||
             (!strcmp(type, "grid") && id != primary)) {
@@ -764,12 +839,18 @@ static fm_status decode_heif(fm_decoder *d, const char *name, const uint8_t *buf
      * (heif_items_check) */
     char type[5];
     const char *what = "";
-    if (heif_items_check(buf, len, type, &what) != 0) {
+    uint64_t grid[2] = {0, 0};
+    if (heif_items_check(buf, len, type, &what, grid) != 0) {
         for (int i = 0; i < 4; i++)
             if (type[i] < 0x20 || type[i] > 0x7e)
                 type[i] = '?';
         return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported %s: %s an item of type '%s'",
                             name, what, type);
+    }
+    if (grid[0] || grid[1]) {
+        fm_status gs = check_size(d, grid[0], grid[1], err);
+        if (gs)
+            return gs;
     }
     struct heif_context *ctx = heif_context_alloc();
     if (!ctx)
