@@ -4,6 +4,7 @@
  * error path must release what it took. */
 #include "config-impl.h"
 #include "facemill/config.h"
+#include "facemill/image.h"
 #include "facemill/log.h"
 #include "fm_test.h"
 
@@ -117,6 +118,14 @@ static void test_table(void)
             CHECK_MSG(count >= 2 && s->def_int >= 0 && s->def_int < count, "%s", s->key);
             break;
         }
+        case FM_CONFIG_SET: { /* a non-empty default within the names' bits */
+            int count = 0;
+            while (s->names && s->names[count])
+                count++;
+            CHECK_MSG(count >= 2 && count < 31 && s->def_int > 0 && s->def_int < (1 << count),
+                      "%s", s->key);
+            break;
+        }
         case FM_CONFIG_BOOL:
             CHECK(s->def_int == 0 || s->def_int == 1);
             break;
@@ -171,6 +180,9 @@ static void perturb(fm_config *c, const fm_config_setting *s)
         break;
     case FM_CONFIG_ENUM:
         *(int *)(void *)f = s->def_int == 0 ? 1 : 0;
+        break;
+    case FM_CONFIG_SET:
+        *(int *)(void *)f = s->def_int == 1 ? 3 : 1;
         break;
     }
 }
@@ -364,6 +376,13 @@ static void test_set(void)
     CHECK(c.detect.pnet_threshold == 0.0);
     CHECK(fm_config_set(&c, "decode.max_pixels=+1000000000", &e) == FM_OK);
     CHECK(c.decode.max_pixels == 1000000000);
+    CHECK(c.decode.formats == FM_FORMAT_ALL);
+    CHECK(fm_config_set(&c, "decode.formats=jpeg", &e) == FM_OK);
+    CHECK(c.decode.formats == FM_FORMAT_JPEG);
+    CHECK(fm_config_set(&c, "decode.formats= TIFF ,jpeg,\tpng , jpeg", &e) == FM_OK);
+    CHECK(c.decode.formats == (FM_FORMAT_TIFF | FM_FORMAT_JPEG | FM_FORMAT_PNG));
+    CHECK(fm_config_set(&c, "decode.formats=jpeg,png,webp,heic,avif,tiff", &e) == FM_OK);
+    CHECK(c.decode.formats == FM_FORMAT_ALL);
 
     CHECK_SET_ERROR("detect.min_face", "'detect.min_face': expected KEY=VALUE");
     CHECK_SET_ERROR("detect.min_face=abc", "detect.min_face: expected an integer, got 'abc'");
@@ -377,6 +396,13 @@ static void test_set(void)
     CHECK_SET_ERROR("detect.scale_factor=0x1p-1", "detect.scale_factor: expected a number");
     CHECK_SET_ERROR("detect.scale_factor=0.2", "detect.scale_factor: must be between 0.3 and 0.95");
     CHECK_SET_ERROR("log.level=trace", "log.level: 'trace' is not one of: error, warn, info, debug");
+    CHECK_SET_ERROR("decode.formats=jpeg,gif",
+                    "decode.formats: 'gif' is not one of: jpeg, png, webp, heic, avif, tiff");
+    CHECK_SET_ERROR("decode.formats=", "decode.formats: expected names separated by commas, got ''");
+    CHECK_SET_ERROR("decode.formats=jpeg,,png",
+                    "decode.formats: expected names separated by commas, got 'jpeg,,png'");
+    CHECK_SET_ERROR("decode.formats=jpeg,", "decode.formats: expected names separated by commas");
+    CHECK_SET_ERROR("decode.formats=jpeg png", "decode.formats: 'jpeg png' is not one of");
     CHECK_SET_ERROR("embed.backbone=", "embed.backbone: must not be empty");
     CHECK_SET_ERROR("detect.min_fase=30", "unknown key 'detect.min_fase'");
     CHECK_SET_ERROR("detect=30", "'detect' is a section, not a setting");
@@ -591,6 +617,8 @@ static void test_dump(void)
     CHECK(strstr(text, "detect.scale_factor (float, default 0.709, 0.3..0.95)\n") != NULL);
     CHECK(strstr(text, "log.level (one of: error, warn, info, debug, default info)\n") != NULL);
     CHECK(strstr(text, "models.dir (string, default \"\")\n") != NULL);
+    CHECK(strstr(text, "decode.formats (some of: jpeg, png, webp, heic, avif, tiff, default "
+                       "jpeg,png,webp,heic,avif,tiff)\n") != NULL);
     free(text);
 }
 

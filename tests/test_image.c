@@ -1690,6 +1690,60 @@ static void test_tiff(fm_decoder *d)
     blob_free(&b);
 }
 
+/* ---- decode.formats -------------------------------------------------------------- */
+
+/* A decoder that reads one format takes it and refuses each of the others by name,
+ * before allocating anything; 0 reads all six. */
+static void test_formats(void)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } f[] = {{FM_FORMAT_JPEG, "JPEG"}, {FM_FORMAT_PNG, "PNG"},   {FM_FORMAT_WEBP, "WebP"},
+             {FM_FORMAT_HEIC, "HEIC"}, {FM_FORMAT_AVIF, "AVIF"}, {FM_FORMAT_TIFF, "TIFF"}};
+    blob b[6];
+    uint8_t *want;
+    b[0] = rgb_jpeg(32, 24, 0);
+    b[1] = make_png(32, 24, 2, 8, 0, 0, 0, &want);
+    free(want);
+    b[2] = make_webp(32, 24, 1, 0, &want);
+    free(want);
+    b[3] = make_heif(32, 24, 0, &want);
+    free(want);
+    b[4] = make_heif(32, 24, 1, &want);
+    free(want);
+    b[5] = make_tiff(32, 24, TIF_RGB, COMPRESSION_NONE, 0, 0, &want);
+    free(want);
+    for (int only = -1; only < 6; only++) {
+        fm_decode_opts o = {.formats = only < 0 ? 0 : f[only].bit};
+        fm_decoder *d = NULL;
+        fm_error e = {0};
+        CHECK(fm_decoder_new(&d, &o, &e) == FM_OK);
+        for (int k = 0; k < 6 && d; k++) {
+            fm_image img;
+            fm_decoder_stats before, after;
+            fm_decoder_get_stats(d, &before);
+            fm_status st = fm_decode(d, b[k].p, b[k].n, &img, &e);
+            fm_decoder_get_stats(d, &after);
+            char want_msg[64];
+            snprintf(want_msg, sizeof want_msg, "format not enabled (decode.formats): %s",
+                     f[k].name);
+            if (only < 0 || only == k)
+                CHECK_MSG(st == FM_OK && img.w == 32 && img.h == 24, "%s with %s: %s %s",
+                          f[k].name, only < 0 ? "all" : f[only].name, fm_status_to_string(st),
+                          e.msg);
+            else
+                CHECK_MSG(st == FM_ERR_UNSUPPORTED && strcmp(e.msg, want_msg) == 0 &&
+                              after.grows == before.grows,
+                          "%s with only %s: %s %s", f[k].name, f[only].name,
+                          fm_status_to_string(st), e.msg);
+        }
+        fm_decoder_destroy(&d);
+    }
+    for (int k = 0; k < 6; k++)
+        blob_free(&b[k]);
+}
+
 /* ---- seed corpus ---------------------------------------------------------------- */
 
 static void write_blob(const char *dir, const char *name, const blob *b)
@@ -1819,6 +1873,7 @@ int main(int argc, char **argv)
     test_png_webp_limits();
     test_heif(d);
     test_tiff(d);
+    test_formats();
 
     char dir[512];
     if (fm_test_tmpdir(dir, sizeof dir, "image") == 0) {

@@ -309,6 +309,17 @@ def main():
                   "predict: %s: %s, %sx%s, overlaps with %s's faces %s" % (
                       copy, c.get("error"), c.get("width"), c.get("height"), orig,
                       [round(x, 2) for x in found]))
+        # decode.formats=jpeg: the PNG is refused by name, the JPEG labelled as before
+        only, p = run_lines(fm, "predict", [os.path.join(inputs, "gen_sample2.png"),
+                                            os.path.join(inputs, "sample2.jpg"),
+                                            "--set", "decode.formats=jpeg"], src, env)
+        e = (only.get("gen_sample2.png") or {}).get("error") or {}
+        check(p.returncode == 1 and e.get("name") == "unsupported" and
+              e.get("text") == "format not enabled (decode.formats): PNG" and
+              len((only.get("sample2.jpg") or {}).get("faces") or []) ==
+              len(want.get("sample2.jpg", {}).get("faces") or [None]),
+              "predict --set decode.formats=jpeg: exit %d, %s, %s" % (
+                  p.returncode, e, (only.get("sample2.jpg") or {}).get("error")))
         det, p = run_lines(fm, "detect", paths, src, env)
         check(sorted(det) == names and p.returncode == 1,
               "detect answers every input, exit 1: exit %d: %s" %

@@ -78,6 +78,7 @@ typedef struct fm_config {
     struct {
         int64_t max_pixels; /* width x height above this is refused before allocation */
         int64_t max_bytes;  /* encoded images larger than this are refused */
+        int formats;        /* FM_FORMAT_* bits (image.h) of the formats decoded */
     } decode;
     struct {
         int64_t min_face;      /* smallest face searched for, pixels */

@@ -16,6 +16,7 @@ typedef enum fm_config_type {
     FM_CONFIG_FLOAT,  /* field: double */
     FM_CONFIG_STRING, /* field: char[FM_CONFIG_STRING_MAX] */
     FM_CONFIG_ENUM,   /* field: int, an index into names */
+    FM_CONFIG_SET,    /* field: int, bit i for names[i]; written "a,b,c" */
 } fm_config_type;
 
 /* Deepest key ("a.b.c" has depth 3) the loader handles. */
@@ -26,14 +27,14 @@ typedef struct fm_config_setting {
     const char *key;     /* dotted path, e.g. "detect.min_face" */
     fm_config_type type;
     size_t offset;       /* of the field in fm_config (or in any struct, for parse) */
-    int64_t def_int;     /* default of bool (0/1), int and enum (index) */
+    int64_t def_int;     /* default of bool (0/1), int, enum (index) and set (bits) */
     double def_float;    /* default of float */
     const char *def_string;
     int64_t min_int;     /* bounds, inclusive: int values; string lengths in bytes */
     int64_t max_int;
     double min_float;    /* bounds, inclusive: float values */
     double max_float;
-    const char *const *names; /* enum: allowed names, NULL-terminated */
+    const char *const *names; /* enum, set: allowed names, NULL-terminated */
     const char *help;    /* one line */
 } fm_config_setting;
 

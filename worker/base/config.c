@@ -11,6 +11,7 @@
  */
 #include "config-impl.h"
 #include "facemill/config.h"
+#include "facemill/image.h"
 #include "facemill/log.h"
 
 #include <yaml.h>
@@ -34,6 +35,11 @@ _Static_assert(FM_DETECT_MTCNN == 0 && FM_DETECT_ALIGNED == 1 && FM_DETECT_CROPP
                "detect_mode_names is indexed by fm_detect_mode");
 /* Indexed by fm_detect_fallback. */
 static const char *const detect_fallback_names[] = {"none", "cropped", NULL};
+/* In the order of the FM_FORMAT_* bits (image.h). */
+static const char *const decode_format_names[] = {"jpeg", "png",  "webp",
+                                                  "heic", "avif", "tiff", NULL};
+_Static_assert(FM_FORMAT_TIFF == 1 << 5 && FM_FORMAT_ALL == (1 << 6) - 1,
+               "decode_format_names follows the FM_FORMAT_* bits");
 _Static_assert(FM_FALLBACK_NONE == 0 && FM_FALLBACK_CROPPED == 1,
                "detect_fallback_names is indexed by fm_detect_fallback");
 _Static_assert(FM_LOG_ERROR == 0 && FM_LOG_WARN == 1 && FM_LOG_INFO == 2 &&
@@ -60,6 +66,9 @@ typedef char config_string[FM_CONFIG_STRING_MAX];
 #define SET_ENUM(k, f, d, allowed, h)                                                   \
     {.key = (k), .type = FM_CONFIG_ENUM, .offset = FIELD(f, int), .def_int = (d),       \
      .names = (allowed), .help = (h)}
+#define SET_SET(k, f, d, allowed, h)                                                    \
+    {.key = (k), .type = FM_CONFIG_SET, .offset = FIELD(f, int), .def_int = (d),        \
+     .names = (allowed), .help = (h)}
 
 /* Keys sharing a section must be next to each other (dump writes one mapping per
  * section, in this order). */
@@ -84,6 +93,10 @@ const fm_config_setting fm_config_settings[] = {
             "images with more pixels (width x height) are refused before allocating"),
     SET_INT("decode.max_bytes", decode.max_bytes, 67108864, 1, 1073741824,
             "encoded images larger than this many bytes are refused"),
+    SET_SET("decode.formats", decode.formats, FM_FORMAT_ALL, decode_format_names,
+            "the image formats decoded, separated by commas; any other is an "
+            "'unsupported' error result before its decoder reads a byte (each decoder is "
+            "code that reads what strangers sent: leave out what an archive does not hold)"),
     SET_ENUM("detect.mode", detect.mode, FM_DETECT_MTCNN, detect_mode_names,
              "how faces are found: mtcnn (the detector), aligned (each image is one face "
              "aligned as the backbone's chips) or cropped (each image is one upright "
@@ -444,6 +457,41 @@ fm_status fm_config_setting_parse(const fm_config_setting *s, const char *text,
         return fm_error_set(err, FM_ERR_CONFIG, "%s: '%s' is not one of: %s", s->key,
                             shown(show, sizeof show, text, len),
                             name_list(list, sizeof list, s->names));
+    case FM_CONFIG_SET: {
+        /* names separated by commas, spaces around them allowed; at least one */
+        int bits = 0;
+        size_t i = 0;
+        for (;;) {
+            while (i < len && (text[i] == ' ' || text[i] == '\t'))
+                i++;
+            size_t j = i;
+            while (j < len && text[j] != ',')
+                j++;
+            size_t k = j;
+            while (k > i && (text[k - 1] == ' ' || text[k - 1] == '\t'))
+                k--;
+            int found = -1;
+            for (int n = 0; s->names[n] && found < 0; n++)
+                if (k > i && text_is(text + i, k - i, s->names[n]))
+                    found = n;
+            if (found < 0) {
+                char allowed[256];
+                return k > i ? fm_error_set(err, FM_ERR_CONFIG,
+                                            "%s: '%s' is not one of: %s", s->key,
+                                            shown(show, sizeof show, text + i, k - i),
+                                            name_list(allowed, sizeof allowed, s->names))
+                             : fm_error_set(err, FM_ERR_CONFIG,
+                                            "%s: expected names separated by commas, got '%s'",
+                                            s->key, shown(show, sizeof show, text, len));
+            }
+            bits |= 1 << found;
+            if (j >= len)
+                break;
+            i = j + 1;
+        }
+        *(int *)(void *)field = bits;
+        return FM_OK;
+    }
     }
     return fm_error_set(err, FM_ERR_INTERNAL, "%s: unknown setting type %d", s->key,
                         (int)s->type);
@@ -469,6 +517,7 @@ void fm_config_defaults(fm_config *c)
             snprintf(field, FM_CONFIG_STRING_MAX, "%s", s->def_string);
             break;
         case FM_CONFIG_ENUM:
+        case FM_CONFIG_SET:
             *(int *)(void *)field = (int)s->def_int;
             break;
         }
@@ -495,6 +544,7 @@ bool fm_config_equal(const fm_config *a, const fm_config *b)
             same = strncmp(fa, fb, FM_CONFIG_STRING_MAX) == 0;
             break;
         case FM_CONFIG_ENUM:
+        case FM_CONFIG_SET:
             same = *(const int *)fa == *(const int *)fb;
             break;
         }
@@ -626,6 +676,12 @@ static const char *expected(const fm_config_setting *s, char *buf, size_t size)
     case FM_CONFIG_ENUM: {
         char list[256];
         snprintf(buf, size, "one of %s", name_list(list, sizeof list, s->names));
+        return buf;
+    }
+    case FM_CONFIG_SET: {
+        char list[256];
+        snprintf(buf, size, "some of %s, separated by commas",
+                 name_list(list, sizeof list, s->names));
         return buf;
     }
     }
@@ -1061,6 +1117,17 @@ static void write_value(FILE *out, const fm_config_setting *s, const void *base)
             fprintf(out, "%d", v); /* not a valid value: reloading will say so */
         break;
     }
+    case FM_CONFIG_SET: {
+        int v = *(const int *)field, any = 0;
+        for (int n = 0; s->names[n]; n++)
+            if (v & (1 << n)) {
+                fprintf(out, "%s%s", any ? "," : "", s->names[n]);
+                any = 1;
+            }
+        if (!any)
+            fputs("\"\"", out); /* empty: reloading will say so */
+        break;
+    }
     }
 }
 
@@ -1121,6 +1188,9 @@ fm_status fm_config_describe(FILE *out)
             break;
         case FM_CONFIG_ENUM:
             fprintf(out, "one of: %s", name_list(list, sizeof list, s->names));
+            break;
+        case FM_CONFIG_SET:
+            fprintf(out, "some of: %s", name_list(list, sizeof list, s->names));
             break;
         }
         fputs(", default ", out);

@@ -163,7 +163,7 @@ static fm_status run_open(detect_run *r, fm_config *c, fm_error *err)
         (st = fm_detector_open(&r->det, c->models.dir, &r->opts, err)) != FM_OK)
         return st;
     fm_decode_opts decopts = {(uint64_t)c->decode.max_pixels, (size_t)c->decode.max_bytes,
-                              r->opts.max_side};
+                              r->opts.max_side, (unsigned)c->decode.formats};
     if (!(r->faces = calloc((size_t)r->opts.max_faces, sizeof *r->faces)))
         return fm_error_set(err, FM_ERR_NOMEM, "out of memory");
     if ((st = fm_decoder_new(&r->dec, &decopts, err)) != FM_OK)

@@ -134,7 +134,8 @@ int fm_cmd_predict(int argc, char **argv)
         return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
     fm_pipeline *p = NULL;
     fm_decoder *full = NULL; /* --draw: the originals at full size */
-    fm_decode_opts fo = {(uint64_t)c.decode.max_pixels, (size_t)c.decode.max_bytes, 0};
+    fm_decode_opts fo = {(uint64_t)c.decode.max_pixels, (size_t)c.decode.max_bytes, 0,
+                         (unsigned)c.decode.formats};
     fm_pipeline_opts po = {BATCH, 0, 0};
     if ((draw_dir && fm_cmd_draw_dir(draw_dir, &err) != FM_OK) ||
         (chips_dir && fm_cmd_draw_dir(chips_dir, &err) != FM_OK) ||

@@ -159,7 +159,8 @@ static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int dec
     if ((st = open_root(c, cfg, err)) != FM_OK)
         goto fail;
     fm_decode_opts dopts = {.max_pixels = (uint64_t)cfg->decode.max_pixels,
-                            .max_bytes = (size_t)cfg->decode.max_bytes};
+                            .max_bytes = (size_t)cfg->decode.max_bytes,
+                            .formats = (unsigned)cfg->decode.formats};
     if (decode_only) {
         if ((st = fm_decoder_new(&c->decoder, &dopts, err)) != FM_OK)
             goto fail;

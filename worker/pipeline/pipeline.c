@@ -174,6 +174,7 @@ static fm_status open_detector(fm_pipeline *p, const fm_config *c, fm_error *err
     dec.max_pixels = (uint64_t)c->decode.max_pixels;
     dec.max_bytes = (size_t)c->decode.max_bytes;
     dec.target_side = p->dopts.max_side;
+    dec.formats = (unsigned)c->decode.formats;
     return fm_decoder_new(&p->dec, &dec, err);
 }
 

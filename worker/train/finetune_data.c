@@ -83,7 +83,8 @@ static int detect_part(void *ctx, int job, int jobs)
     fm_detect_opts o;
     fm_detect_opts_from_config(&o, x->c);
     fm_decode_opts dopt = {(uint64_t)x->c->decode.max_pixels,
-                           (size_t)x->c->decode.max_bytes, o.max_side};
+                           (size_t)x->c->decode.max_bytes, o.max_side,
+                           (unsigned)x->c->decode.formats};
     if (fm_nn_set_threads(1, &err) || fm_detector_open(&d, x->c->models.dir, &o, &err) ||
         fm_decoder_new(&dec, &dopt, &err)) {
         fm_log_error("detection %d: %s", job, fm_error_text(&err));
@@ -212,7 +213,8 @@ fm_status fm_ft_data_load(fm_ft_data *d, const fm_config *c, const fm_trainset *
 {
     memset(d, 0, sizeof *d);
     fm_decoder *dec = NULL;
-    fm_decode_opts dopt = {(uint64_t)c->decode.max_pixels, (size_t)c->decode.max_bytes, 0};
+    fm_decode_opts dopt = {(uint64_t)c->decode.max_pixels, (size_t)c->decode.max_bytes, 0,
+                           (unsigned)c->decode.formats};
     fm_status st;
     if (!(d->images = calloc((size_t)s->n + 1, sizeof *d->images)))
         return fm_error_set(err, FM_ERR_NOMEM, "training photos: out of memory");

@@ -387,6 +387,8 @@ fm_status fm_decoder_new(fm_decoder **out, const fm_decode_opts *opts, fm_error 
         o.max_bytes = FM_DECODE_DEFAULT_MAX_BYTES;
     if (o.max_bytes == SIZE_MAX)
         o.max_bytes = SIZE_MAX - 1; /* fm_decode_file reads one byte past the limit */
+    if (o.formats == 0)
+        o.formats = FM_FORMAT_ALL;
 
     d = calloc(1, sizeof *d);
     if (!d) {
@@ -1155,11 +1157,20 @@ static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image 
         return fm_error_set(err, FM_ERR_LIMIT,
                             "input is %zu bytes, over the limit of %zu bytes (max_bytes)",
                             len, d->opts.max_bytes);
-    if (is_jpeg(buf, len))
-        return decode_jpeg(d, buf, len, out, err);
-    const char *name = sniff_other(buf, len);
+    const char *name = is_jpeg(buf, len) ? "JPEG" : sniff_other(buf, len);
     if (!name)
         return fm_error_set(err, FM_ERR_FORMAT, "not an image (unrecognised data)");
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } read[] = {{"JPEG", FM_FORMAT_JPEG}, {"PNG", FM_FORMAT_PNG},   {"WebP", FM_FORMAT_WEBP},
+                {"HEIC", FM_FORMAT_HEIC}, {"AVIF", FM_FORMAT_AVIF}, {"TIFF", FM_FORMAT_TIFF}};
+    for (size_t i = 0; i < sizeof read / sizeof read[0]; i++)
+        if (strcmp(name, read[i].name) == 0 && !(d->opts.formats & read[i].bit))
+            return fm_error_set(err, FM_ERR_UNSUPPORTED,
+                                "format not enabled (decode.formats): %s", name);
+    if (strcmp(name, "JPEG") == 0)
+        return decode_jpeg(d, buf, len, out, err);
     if (strcmp(name, "PNG") == 0)
         return decode_png(d, buf, len, out, err);
     if (strcmp(name, "WebP") == 0)
