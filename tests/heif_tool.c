@@ -39,7 +39,8 @@ int main(int argc, char **argv)
     fm_decoder *d = NULL;
     fm_image img;
     fm_error e = {0};
-    if (fm_decoder_new(&d, NULL, &e) != FM_OK || fm_decode_file(d, argv[1], &img, &e) != FM_OK) {
+    if (fm_decoder_new(&d, NULL, &e) != FM_OK ||
+        fm_decode_file(d, argv[1], &img, &e) != FM_OK) {
         fprintf(stderr, "heif_tool: %s\n", fm_error_text(&e));
         return 1;
     }
@@ -61,7 +62,8 @@ int main(int argc, char **argv)
                 sx = w - 1 - y;
                 sy = x;
             }
-            memcpy(px + ((size_t)y * W + x) * 3, img.data + (size_t)sy * img.stride + (size_t)sx * 3, 3);
+            memcpy(px + ((size_t)y * W + x) * 3,
+                   img.data + (size_t)sy * img.stride + (size_t)sx * 3, 3);
         }
     fm_decoder_destroy(&d);
     uint8_t *f = NULL, *g = NULL;

@@ -398,7 +398,8 @@ static void test_set(void)
     CHECK_SET_ERROR("log.level=trace", "log.level: 'trace' is not one of: error, warn, info, debug");
     CHECK_SET_ERROR("decode.formats=jpeg,gif",
                     "decode.formats: 'gif' is not one of: jpeg, png, webp, heic, avif, tiff");
-    CHECK_SET_ERROR("decode.formats=", "decode.formats: expected names separated by commas, got ''");
+    CHECK_SET_ERROR("decode.formats=",
+                    "decode.formats: expected names separated by commas, got ''");
     CHECK_SET_ERROR("decode.formats=jpeg,,png",
                     "decode.formats: expected names separated by commas, got 'jpeg,,png'");
     CHECK_SET_ERROR("decode.formats=jpeg,", "decode.formats: expected names separated by commas");

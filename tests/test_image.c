@@ -1154,7 +1154,8 @@ static void test_webp(fm_decoder *d)
     fm_image img;
     fm_error e = {0};
     fm_status st = fm_decode(d, b.p, b.n, &img, &e);
-    CHECK_MSG(st == FM_ERR_UNSUPPORTED && strcmp(e.msg, "unsupported format: animated WebP") == 0,
+    CHECK_MSG(st == FM_ERR_UNSUPPORTED &&
+                  strcmp(e.msg, "unsupported format: animated WebP") == 0,
               "animated WebP: %s %s", fm_status_to_string(st), e.msg);
     CHECK(img.data == NULL);
     blob_free(&b);
@@ -1197,7 +1198,8 @@ static void test_png_webp_damage(fm_decoder *d)
                 ok++;
                 if (compare(&img, full, w, h).max != 0)
                     bad++;
-            } else if (n >= 16 && (st != FM_ERR_DECODE || strncmp(e.msg, prefix, strlen(prefix)))) {
+            } else if (n >= 16 &&
+                       (st != FM_ERR_DECODE || strncmp(e.msg, prefix, strlen(prefix)))) {
                 bad++;
                 fprintf(stderr, "cut at %zu: %s %s\n", n, fm_status_to_string(st), e.msg);
             }
@@ -1265,8 +1267,8 @@ static void test_png_webp_limits(void)
         CHECK(fm_decode(d, b.p, b.n, &img, &e) == FM_OK);
         fm_decoder_destroy(&d);
         d = new_decoder(64 * 48 - 1, 0, 0);
-        CHECK_MSG(fm_decode(d, b.p, b.n, &img, &e) == FM_ERR_LIMIT && contains(e.msg, "64x48") &&
-                      contains(e.msg, "3071"),
+        CHECK_MSG(fm_decode(d, b.p, b.n, &img, &e) == FM_ERR_LIMIT &&
+                      contains(e.msg, "64x48") && contains(e.msg, "3071"),
                   "%s: %s", fmt ? "WebP" : "PNG", e.msg);
         fm_decoder_stats s;
         fm_decoder_get_stats(d, &s);
@@ -1318,7 +1320,8 @@ static void test_heif(fm_decoder *d)
         fm_error e = {0};
         fm_status st = fm_decode(d, (const uint8_t *)bomb, bomb_n, &img, &e);
         CHECK_MSG(st == FM_ERR_UNSUPPORTED &&
-                      strcmp(e.msg, "unsupported HEIC: the file holds an item of type 'iovl'") == 0,
+                      strcmp(e.msg,
+                             "unsupported HEIC: the file holds an item of type 'iovl'") == 0,
                   "grid of an overlay: %s %s", fm_status_to_string(st), e.msg);
         free(bomb);
     }
@@ -1349,8 +1352,9 @@ static void test_heif(fm_decoder *d)
                       "%s irot %d: %s %s, %dx%d", name, angle, fm_status_to_string(st),
                       e.msg, img.w, img.h);
             diff dr = compare(&img, up, ew, eh);
-            CHECK_MSG(dr.max == 0, "%s irot %d: differs from the turned plain decode by up to %d",
-                      name, angle, dr.max);
+            CHECK_MSG(dr.max == 0,
+                      "%s irot %d: differs from the turned plain decode by up to %d", name,
+                      angle, dr.max);
             free(up);
             blob_free(&r);
         }
@@ -1365,7 +1369,8 @@ static void test_heif(fm_decoder *d)
                 ok++;
                 if (!plain || compare(&img, plain, w, h).max != 0)
                     bad++;
-            } else if (n >= 12 && (st != FM_ERR_DECODE || !contains(e.msg, name))) {
+            } else if (n >= 12 && (st != FM_ERR_DECODE || !contains(e.msg, name) ||
+                                   strchr(e.msg, '\n'))) { /* one line, libheif's text */
                 bad++;
                 fprintf(stderr, "%s cut at %zu: %s %s\n", name, n, fm_status_to_string(st),
                         e.msg);
@@ -1419,7 +1424,8 @@ static void test_heif(fm_decoder *d)
             st = fm_decode(fresh, gb.p, gb.n, &img, &e);
             fm_decoder_stats gs;
             fm_decoder_get_stats(fresh, &gs);
-            CHECK_MSG(st == FM_ERR_LIMIT && contains(e.msg, "65534x65534") && gs.buffer_bytes == 0,
+            CHECK_MSG(st == FM_ERR_LIMIT && contains(e.msg, "65534x65534") &&
+                          gs.buffer_bytes == 0,
                       "HEIC grid of 65534x65534: %s %s", fm_status_to_string(st), e.msg);
             fm_decoder_destroy(&fresh);
             blob_free(&gb);
@@ -1795,7 +1801,8 @@ static void write_png_webp_corpus(const char *dir)
         blob_free(&b);
         free(want);
     }
-    static const int tiffs[][3] = {{TIF_RGB, COMPRESSION_LZW, 6}, {TIF_CMYK, COMPRESSION_NONE, 0},
+    static const int tiffs[][3] = {{TIF_RGB, COMPRESSION_LZW, 6},
+                                   {TIF_CMYK, COMPRESSION_NONE, 0},
                                    {TIF_PALETTE, COMPRESSION_PACKBITS, 0},
                                    {TIF_RGB16, COMPRESSION_ADOBE_DEFLATE, 3}};
     for (size_t k = 0; k < sizeof tiffs / sizeof tiffs[0]; k++) {

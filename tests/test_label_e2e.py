@@ -285,7 +285,8 @@ def main():
             e = (want.get(n) or {}).get("error") or {}
             check(str(e.get("text", "")).startswith(text), "predict: %s: %s" % (n, e))
         # PNG and WebP: the faces of the JPEG whose pixels they hold, number for number
-        for copy, orig in (("gen_sample2.png", "sample2.jpg"), ("gen_sample1.webp", "sample1.jpg"),
+        for copy, orig in (("gen_sample2.png", "sample2.jpg"),
+                           ("gen_sample1.webp", "sample1.jpg"),
                            ("gen_sample5.tif", "sample5.jpg")):
             c, o = want.get(copy) or {}, want.get(orig) or {}  # within REL: batched with others
             check(c.get("error") is None and c.get("faces") and
@@ -299,7 +300,8 @@ def main():
                       [f["box"] for f in o.get("faces") or []]))
         # HEIC (turned upright by its rotation) and AVIF: the JPEG's size, and each of
         # its faces found again (boxes overlapping by 0.7 or more)
-        for copy, orig in (("gen_sample3.heic", "sample3.jpg"), ("gen_sample4.avif", "sample4.jpg")):
+        for copy, orig in (("gen_sample3.heic", "sample3.jpg"),
+                           ("gen_sample4.avif", "sample4.jpg")):
             c, o = want.get(copy) or {}, want.get(orig) or {}
             found = [max([iou(f["box"], g["box"]) for g in c.get("faces") or []] or [0])
                      for f in o.get("faces") or []]

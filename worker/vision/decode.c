@@ -908,9 +908,15 @@ static fm_status decode_heif(fm_decoder *d, const char *name, const uint8_t *buf
                (size_t)w * 3);
     finish(d, w, hh, w, hh, (tjscalingfactor){1, 1}, 1, out);
     goto done;
-heif_fail:
-    st = fm_error_set(err, FM_ERR_DECODE, "corrupt %s: %s", name,
-                      he.message && he.message[0] ? he.message : "libheif error");
+heif_fail: {
+    /* libheif's text, without the line break some of its messages end in */
+    const char *m = he.message && he.message[0] ? he.message : "libheif error";
+    size_t mn = strlen(m);
+    while (mn > 0 && (m[mn - 1] == '\n' || m[mn - 1] == ' '))
+        mn--;
+    st = fm_error_set(err, FM_ERR_DECODE, "corrupt %s: %.*s", name, (int)(mn < 400 ? mn : 400),
+                      m);
+}
 done:
     heif_image_release(img);
     heif_decoding_options_free(opts);
@@ -925,7 +931,7 @@ done:
 typedef struct tiff_src {
     const uint8_t *p;
     size_t n, pos;
-    char msg[160]; /* libtiff's first error (or warning, when no error came) */
+    char msg[160]; /* libtiff's first error message */
     int errors;
 } tiff_src;
 
@@ -1016,9 +1022,9 @@ static fm_status decode_tiff(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
     TIFFOpenOptionsSetWarningHandlerExtR(o, tiff_warning, &src);
     /* libtiff's own buffers (a strip, a tile, its tables) stay within what max_pixels
      * allows an image of 16-bit RGBA, plus room for the tables */
-    const uint64_t cap = d->opts.max_pixels > (UINT64_MAX >> 4) ? UINT64_MAX
-                                                                  : d->opts.max_pixels * 8 + (16u << 20);
-    TIFFOpenOptionsSetMaxSingleMemAlloc(o, cap > (uint64_t)INT64_MAX ? INT64_MAX : (tmsize_t)cap);
+    const uint64_t mp = d->opts.max_pixels;
+    const uint64_t cap = mp > (UINT64_MAX >> 4) ? UINT64_MAX : mp * 8 + (16u << 20);
+    TIFFOpenOptionsSetMaxSingleMemAlloc(o, cap > INT64_MAX ? INT64_MAX : (tmsize_t)cap);
     TIFF *tif = TIFFClientOpenExt("image", "r", &src, tiff_read, tiff_write, tiff_seek,
                                   tiff_close, tiff_size, tiff_map, tiff_unmap, o);
     TIFFOpenOptionsFree(o);
@@ -1032,8 +1038,8 @@ static fm_status decode_tiff(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
         goto done;
     }
     uint32_t w = 0, h = 0;
-    if (!TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &w) || !TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &h) ||
-        w == 0 || h == 0) {
+    if (!TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &w) ||
+        !TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &h) || w == 0 || h == 0) {
         st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: no image size");
         goto done;
     }
