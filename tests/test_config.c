@@ -4,7 +4,6 @@
  * error path must release what it took. */
 #include "config-impl.h"
 #include "facemill/config.h"
-#include "facemill/image.h"
 #include "facemill/log.h"
 #include "fm_test.h"
 

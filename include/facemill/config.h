@@ -55,6 +55,18 @@ typedef enum fm_detect_mode {
     FM_DETECT_CROPPED    /* the image is one upright face cropped as UTKFace's chips */
 } fm_detect_mode;
 
+/* The formats a decoder reads (fm_decode_opts.formats, the setting decode.formats):
+ * bit i is the i-th of the names jpeg, png, webp, heic, avif, tiff. */
+enum {
+    FM_FORMAT_JPEG = 1 << 0,
+    FM_FORMAT_PNG = 1 << 1,
+    FM_FORMAT_WEBP = 1 << 2,
+    FM_FORMAT_HEIC = 1 << 3,
+    FM_FORMAT_AVIF = 1 << 4,
+    FM_FORMAT_TIFF = 1 << 5,
+    FM_FORMAT_ALL = (1 << 6) - 1,
+};
+
 /* detect.fallback: what the pipeline does with an image where the detector found no
  * face (detect.mode mtcnn only) */
 typedef enum fm_detect_fallback {
@@ -78,7 +90,7 @@ typedef struct fm_config {
     struct {
         int64_t max_pixels; /* width x height above this is refused before allocation */
         int64_t max_bytes;  /* encoded images larger than this are refused */
-        int formats;        /* FM_FORMAT_* bits (image.h) of the formats decoded */
+        int formats;        /* FM_FORMAT_* bits (above) of the formats decoded */
     } decode;
     struct {
         int64_t min_face;      /* smallest face searched for, pixels */

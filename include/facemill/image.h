@@ -53,6 +53,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "facemill/config.h" /* FM_FORMAT_*, the formats decoded */
 #include "facemill/status.h"
 
 #ifdef __cplusplus
@@ -81,18 +82,6 @@ typedef struct fm_image {
     int orientation;            /* EXIF orientation that was applied, 1..8 */
 } fm_image;
 
-/* The formats a decoder reads (fm_decode_opts.formats, the setting decode.formats):
- * bit i is the i-th of the names jpeg, png, webp, heic, avif, tiff. */
-enum {
-    FM_FORMAT_JPEG = 1 << 0,
-    FM_FORMAT_PNG = 1 << 1,
-    FM_FORMAT_WEBP = 1 << 2,
-    FM_FORMAT_HEIC = 1 << 3,
-    FM_FORMAT_AVIF = 1 << 4,
-    FM_FORMAT_TIFF = 1 << 5,
-    FM_FORMAT_ALL = (1 << 6) - 1,
-};
-
 /* Decoder settings. Zero-initialise and set what you need: 0 means the default. */
 typedef struct fm_decode_opts {
     uint64_t max_pixels; /* largest width x height accepted from a header */
@@ -101,9 +90,10 @@ typedef struct fm_decode_opts {
                           * 0 decodes at full size. Otherwise the strongest reduction
                           * among 1/2, 1/4, 1/8 that keeps the long side >= target_side
                           * is used, and 1/1 when none does. */
-    unsigned formats;    /* FM_FORMAT_* bits of the formats decoded; 0: all. A format
-                          * left out is FM_ERR_UNSUPPORTED ("format not enabled
-                          * (decode.formats): HEIC") before its decoder sees a byte. */
+    unsigned formats;    /* FM_FORMAT_* bits (config.h) of the formats decoded; 0: all.
+                          * A format left out is FM_ERR_UNSUPPORTED ("format not
+                          * enabled (decode.formats): HEIC") before its decoder sees a
+                          * byte. */
 } fm_decode_opts;
 
 /* Opaque: a TurboJPEG handle plus reusable buffers (the PNG, WebP, HEIF and TIFF

@@ -11,7 +11,6 @@
  */
 #include "config-impl.h"
 #include "facemill/config.h"
-#include "facemill/image.h"
 #include "facemill/log.h"
 
 #include <yaml.h>
@@ -35,7 +34,7 @@ _Static_assert(FM_DETECT_MTCNN == 0 && FM_DETECT_ALIGNED == 1 && FM_DETECT_CROPP
                "detect_mode_names is indexed by fm_detect_mode");
 /* Indexed by fm_detect_fallback. */
 static const char *const detect_fallback_names[] = {"none", "cropped", NULL};
-/* In the order of the FM_FORMAT_* bits (image.h). */
+/* In the order of the FM_FORMAT_* bits (config.h). */
 static const char *const decode_format_names[] = {"jpeg", "png",  "webp",
                                                   "heic", "avif", "tiff", NULL};
 _Static_assert(FM_FORMAT_TIFF == 1 << 5 && FM_FORMAT_ALL == (1 << 6) - 1,
