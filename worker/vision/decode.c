@@ -573,11 +573,6 @@ done:
 
 /* ---- WebP ----------------------------------------------------------------------- */
 
-static uint32_t rd32le(const uint8_t *p)
-{
-    return rd32(p, 0);
-}
-
 /* The orientation in the EXIF chunk of an extended (VP8X) WebP file, or 1. Walks the
  * RIFF chunks after "RIFF" size "WEBP": fourcc, little-endian size, data padded to
  * an even length. */
@@ -586,12 +581,12 @@ static int webp_orientation(const uint8_t *b, size_t n)
     size_t p = 12;
     if (n < 12)
         return 1;
-    const uint32_t riff = rd32le(b + 4); /* the bytes after the first 8 */
+    const uint32_t riff = rd32(b + 4, 0); /* little-endian: the bytes after the first 8 */
     if ((uint64_t)riff + 8 < n)
         n = (size_t)riff + 8;
     while (n - p >= 8) {
         const uint8_t *c = b + p;
-        const uint32_t size = rd32le(c + 4);
+        const uint32_t size = rd32(c + 4, 0);
         if (size > n - p - 8)
             return 1;
         if (memcmp(c, "EXIF", 4) == 0)
