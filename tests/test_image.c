@@ -1567,16 +1567,15 @@ static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
     TIFFClose(t);
     if (!ok)
         exit(1);
-    FILE *f = fopen(path, "rb");
-    static uint8_t data[1 << 20];
-    size_t n = f ? fread(data, 1, sizeof data, f) : 0;
-    if (f)
-        fclose(f);
+    size_t n = 0;
+    uint8_t *data = fm_test_read_file(path, &n);
+    if (!data)
+        exit(1);
     fm_test_remove_tree(dir);
     free(pix);
     free(src);
     *expect = want;
-    return blob_copy(data, n);
+    return (blob){data, n};
 }
 
 /* Every kind and compression, strips and tiles, against the pixels written; the eight

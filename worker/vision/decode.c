@@ -920,6 +920,18 @@ done:
     return st;
 }
 
+static fm_status decode_heic(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                             fm_error *err)
+{
+    return decode_heif(d, "HEIC", buf, len, out, err);
+}
+
+static fm_status decode_avif(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
+                             fm_error *err)
+{
+    return decode_heif(d, "AVIF", buf, len, out, err);
+}
+
 /* ---- TIFF ----------------------------------------------------------------------- */
 
 /* The bytes libtiff reads, as a file. */
@@ -1161,25 +1173,22 @@ static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image 
     const char *name = is_jpeg(buf, len) ? "JPEG" : sniff_other(buf, len);
     if (!name)
         return fm_error_set(err, FM_ERR_FORMAT, "not an image (unrecognised data)");
+    /* the formats read: sniff_other's name, decode.formats' bit, the decoder */
     static const struct {
         const char *name;
         unsigned bit;
-    } read[] = {{"JPEG", FM_FORMAT_JPEG}, {"PNG", FM_FORMAT_PNG},   {"WebP", FM_FORMAT_WEBP},
-                {"HEIC", FM_FORMAT_HEIC}, {"AVIF", FM_FORMAT_AVIF}, {"TIFF", FM_FORMAT_TIFF}};
-    for (size_t i = 0; i < sizeof read / sizeof read[0]; i++)
-        if (strcmp(name, read[i].name) == 0 && !(d->opts.formats & read[i].bit))
+        fm_status (*decode)(fm_decoder *, const uint8_t *, size_t, fm_image *, fm_error *);
+    } read[] = {{"JPEG", FM_FORMAT_JPEG, decode_jpeg}, {"PNG", FM_FORMAT_PNG, decode_png},
+                {"WebP", FM_FORMAT_WEBP, decode_webp}, {"HEIC", FM_FORMAT_HEIC, decode_heic},
+                {"AVIF", FM_FORMAT_AVIF, decode_avif}, {"TIFF", FM_FORMAT_TIFF, decode_tiff}};
+    for (size_t i = 0; i < sizeof read / sizeof read[0]; i++) {
+        if (strcmp(name, read[i].name) != 0)
+            continue;
+        if (!(d->opts.formats & read[i].bit))
             return fm_error_set(err, FM_ERR_UNSUPPORTED,
                                 "format not enabled (decode.formats): %s", name);
-    if (strcmp(name, "JPEG") == 0)
-        return decode_jpeg(d, buf, len, out, err);
-    if (strcmp(name, "PNG") == 0)
-        return decode_png(d, buf, len, out, err);
-    if (strcmp(name, "WebP") == 0)
-        return decode_webp(d, buf, len, out, err);
-    if (strcmp(name, "HEIC") == 0 || strcmp(name, "AVIF") == 0)
-        return decode_heif(d, name, buf, len, out, err);
-    if (strcmp(name, "TIFF") == 0)
-        return decode_tiff(d, buf, len, out, err);
+        return read[i].decode(d, buf, len, out, err);
+    }
     return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: %s", name);
 }
 
