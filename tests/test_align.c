@@ -193,10 +193,11 @@ static void test_warp(void)
     CHECK(fabs(ox - tpl[0]) < 3 && fabs(oy - tpl[1]) < 3);
 }
 
-/* The AVX2 rows (four output pixels at a time) give the portable path's bytes: random
- * images with padded rows, random similarity transforms from shrinking to enlarging
- * with every pixel or only part of the output inside, both border rules, odd output
- * widths (a tail of 1-3 pixels), and transforms that reach the last row and column
+/* The AVX2 rows (four output pixels at a time) and AVX-512's (eight, then the AVX2
+ * rows' four) give the portable path's bytes: random images with padded rows, random
+ * similarity transforms from shrinking to enlarging with every pixel or only part of
+ * the output inside, both border rules, odd output widths (tails of 1-7 pixels), and
+ * transforms that reach the last row and column
  * (where the four-byte gathers stop being taken). */
 static void test_warp_isa(void)
 {
@@ -234,20 +235,22 @@ static void test_warp_isa(void)
                           (uint8_t)fm_test_rng_int(&rng, 256)};
         fm_nn_set_isa(FM_NN_ISA_BASE);
         fm_align_warp(img, w, h, stride, 3, M, a, ow, oh, &o);
-        fm_nn_set_isa(best);
-        fm_align_warp(img, w, h, stride, 3, M, b, ow, oh, &o);
-        for (long i = 0; i < (long)ow * oh * 3; i++)
-            differ += a[i] != b[i];
+        for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) { /* every vector set */
+            fm_nn_set_isa((fm_nn_isa)isa);
+            fm_align_warp(img, w, h, stride, 3, M, b, ow, oh, &o);
+            for (long i = 0; i < (long)ow * oh * 3; i++)
+                differ += a[i] != b[i];
+        }
         pixels += (long)ow * oh;
         fast_lanes_possible += ow >= 4;
         free(img), free(a), free(b);
     }
     fm_nn_set_isa(best);
-    CHECK_MSG(differ == 0, "warp: %ld of %ld bytes differ between base and %s", differ,
-              pixels * 3, fm_nn_isa_name(best));
+    CHECK_MSG(differ == 0, "warp: %ld of %ld bytes differ between base and the sets up to %s",
+              differ, pixels * 3, fm_nn_isa_name(best));
     CHECK(fast_lanes_possible > 100);
-    fprintf(stderr, "warp: %ld pixels of 300 warps, base and %s the same bytes\n", pixels,
-            fm_nn_isa_name(best));
+    fprintf(stderr, "warp: %ld pixels of 300 warps, base's bytes on every set up to %s\n",
+            pixels, fm_nn_isa_name(best));
 
     /* An image whose last byte is the last of a page followed by an unreadable page:
      * a gather past the last pixel would fault. The output covers the whole image,
@@ -268,22 +271,28 @@ static void test_warp_isa(void)
     uint8_t out[37 * 29 * 3], ref[37 * 29 * 3];
     const float shift[6] = {1, 0, 0.25f, 0, 1, 0.25f};
     fm_warp_opts o = {FM_BORDER_REPLICATE, 0};
-    fm_align_warp(img, w, h, (size_t)w * 3, 3, shift, out, w, h, &o);
     fm_nn_set_isa(FM_NN_ISA_BASE);
     fm_align_warp(img, w, h, (size_t)w * 3, 3, shift, ref, w, h, &o);
-    fm_nn_set_isa(best);
-    CHECK(memcmp(out, ref, sizeof out) == 0);
+    for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+        fm_nn_set_isa((fm_nn_isa)isa);
+        fm_align_warp(img, w, h, (size_t)w * 3, 3, shift, out, w, h, &o);
+        CHECK_MSG(memcmp(out, ref, sizeof out) == 0, "warp to the last byte, %s",
+                  fm_nn_isa_name((fm_nn_isa)isa));
+    }
     /* coordinates far beyond int's range (their floors convert to INT_MIN): the
      * border rule, as the portable path gives it */
     const float far[6] = {1, 0, 3e12f, 0, 1, -3e12f};
     for (int b = 0; b < 2; b++) {
         fm_warp_opts ob = {b ? FM_BORDER_REPLICATE : FM_BORDER_CONSTANT, 9};
-        fm_align_warp(img, w, h, (size_t)w * 3, 3, far, out, w, h, &ob);
         fm_nn_set_isa(FM_NN_ISA_BASE);
         fm_align_warp(img, w, h, (size_t)w * 3, 3, far, ref, w, h, &ob);
-        fm_nn_set_isa(best);
-        CHECK(memcmp(out, ref, sizeof out) == 0);
+        for (int isa = FM_NN_ISA_AVX2; isa <= (int)best; isa++) {
+            fm_nn_set_isa((fm_nn_isa)isa);
+            fm_align_warp(img, w, h, (size_t)w * 3, 3, far, out, w, h, &ob);
+            CHECK(memcmp(out, ref, sizeof out) == 0);
+        }
     }
+    fm_nn_set_isa(best);
     munmap(map, span + (size_t)page);
 }
 

@@ -981,7 +981,71 @@ row_avx2(const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int 
     return ox;
 }
 
-/* row_avx2 for rows inside the image (level_row_avx2), and for masked rows. */
+/* row_avx2 with 16 columns at a time and the last ones under a mask: the same
+ * operations lane by lane, so the same bits. A lane past ws gathers nothing (its
+ * mask bit is clear) and stores nothing. Returns ws. */
+static inline __attribute__((always_inline, target("avx512f"))) int
+row_avx512(const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+           const int *const msk[2][2], const int *const pat[2][2], const float *col_fx,
+           float fy, const float *mean, const float *scale, float *out, size_t plane, int ws)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), vfy = _mm512_set1_ps(fy);
+    const __m512 vfy1 = _mm512_sub_ps(one, vfy);
+    const __m512i three = _mm512_set1_epi32(3), low = _mm512_set1_epi32(0xff);
+    const __m512i zero = _mm512_setzero_si512();
+#define PIXELS(row, idx, r, t)                                                            \
+    (msk ? _mm512_or_si512(                                                               \
+               _mm512_and_si512(_mm512_mask_i32gather_epi32(zero, m, idx, row, 1),        \
+                                _mm512_maskz_loadu_epi32(m, msk[r][t] + ox)),             \
+               _mm512_maskz_loadu_epi32(m, pat[r][t] + ox))                               \
+         : _mm512_mask_i32gather_epi32(zero, m, idx, row, 1))
+    for (int ox = 0; ox < ws; ox += 16) {
+        const __mmask16 m = ws - ox >= 16 ? (__mmask16)0xffff
+                                          : (__mmask16)((1u << (ws - ox)) - 1u);
+        __m512i i0 = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, col_x0 + ox), three);
+        __m512i i1 = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, col_x1 + ox), three);
+        __m512 fx = _mm512_maskz_loadu_ps(m, col_fx + ox), fx1 = _mm512_sub_ps(one, fx);
+        __m512i a0 = PIXELS(row0, i0, 0, 0), a1 = PIXELS(row0, i1, 0, 1);
+        __m512i b0 = PIXELS(row1, i0, 1, 0), b1 = PIXELS(row1, i1, 1, 1);
+        for (int c = 0; c < 3; c++) {
+            __m512 pa0 = _mm512_cvtepi32_ps(_mm512_and_si512(a0, low));
+            __m512 pa1 = _mm512_cvtepi32_ps(_mm512_and_si512(a1, low));
+            __m512 pb0 = _mm512_cvtepi32_ps(_mm512_and_si512(b0, low));
+            __m512 pb1 = _mm512_cvtepi32_ps(_mm512_and_si512(b1, low));
+            __m512 top = _mm512_add_ps(_mm512_mul_ps(fx1, pa0), _mm512_mul_ps(fx, pa1));
+            __m512 bot = _mm512_add_ps(_mm512_mul_ps(fx1, pb0), _mm512_mul_ps(fx, pb1));
+            __m512 val = _mm512_add_ps(_mm512_mul_ps(vfy1, top), _mm512_mul_ps(vfy, bot));
+            val = _mm512_mul_ps(_mm512_sub_ps(val, _mm512_set1_ps(mean[c])),
+                                _mm512_set1_ps(scale[c]));
+            _mm512_mask_storeu_ps(out + (size_t)c * plane + ox, m, val);
+            a0 = _mm512_srli_epi32(a0, 8);
+            a1 = _mm512_srli_epi32(a1, 8);
+            b0 = _mm512_srli_epi32(b0, 8);
+            b1 = _mm512_srli_epi32(b1, 8);
+        }
+    }
+#undef PIXELS
+    return ws;
+}
+
+/* row_avx2 for rows inside the image (level_row_avx2), and for masked rows; AVX-512's
+ * row_avx512 where the engine's kernels run it. */
+__attribute__((target("avx512f"))) static int level_row_avx512(
+    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+    const float *col_fx, float fy, const float *mean, const float *scale, float *out,
+    size_t plane, int ws)
+{
+    return row_avx512(row0, row1, col_x0, col_x1, NULL, NULL, col_fx, fy, mean, scale, out,
+                      plane, ws);
+}
+__attribute__((target("avx512f"))) static int crop_row_masked_avx512(
+    const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
+    const int *const msk[2][2], const int *const pat[2][2], const float *col_fx, float fy,
+    const float *mean, const float *scale, float *out, size_t plane, int ws)
+{
+    return row_avx512(row0, row1, col_x0, col_x1, msk, pat, col_fx, fy, mean, scale, out,
+                      plane, ws);
+}
 __attribute__((target("avx2"))) static int level_row_avx2(
     const uint8_t *row0, const uint8_t *row1, const int *col_x0, const int *col_x1,
     const float *col_fx, float fy, const float *mean, const float *scale, float *out,
@@ -1023,8 +1087,8 @@ static int all_inside(const int *x0, const int *x1, int n)
 
 /* One row of n samples whose source rows y0, y1 and columns x0s, x1s all lie inside
  * img: the arithmetic of the general loops below without the border tests of fetch(),
- * 8 samples at a time when vector (the same bits), into out (3 planes plane apart),
- * normalised with mean and scale. */
+ * 8 (AVX2) or 16 (AVX-512) samples at a time when vector (the same bits), into out
+ * (3 planes plane apart), normalised with mean and scale. */
 static void sample_row_inside(const fm_image *img, int y0, int y1, const int *x0s,
                               const int *x1s, const float *fxs, float fy, const float *mean,
                               const float *scale, float *out, size_t plane, int n, int vector)
@@ -1034,7 +1098,10 @@ static void sample_row_inside(const fm_image *img, int y0, int y1, const int *x0
     int ox = 0;
 #if LEVEL_AVX2
     if (vector && gather_rows_ok(img, y0, y1))
-        ox = level_row_avx2(row0, row1, x0s, x1s, fxs, fy, mean, scale, out, plane, n);
+        ox = vector > 1 ? level_row_avx512(row0, row1, x0s, x1s, fxs, fy, mean, scale, out,
+                                           plane, n)
+                        : level_row_avx2(row0, row1, x0s, x1s, fxs, fy, mean, scale, out,
+                                         plane, n);
 #else
     (void)vector;
 #endif
@@ -1096,6 +1163,10 @@ static int sample_row_masked(const fm_image *img, int y0, int y1, const sample_m
             msk[r][t] = k ? m->zero : m->in_and[t];
             pat[r][t] = k == 0 ? m->in_or[t] : k == 1 ? m->border_or[t] : m->zero;
         }
+    if (fm_nn_isa_now() >= FM_NN_ISA_AVX512)
+        return crop_row_masked_avx512(row_ptr(img, u0), row_ptr(img, u1), m->idx[0],
+                                      m->idx[1], msk, pat, fxs, fy, mean, scale, out, plane,
+                                      n);
     return crop_row_masked_avx2(row_ptr(img, u0), row_ptr(img, u1), m->idx[0], m->idx[1],
                                 msk, pat, fxs, fy, mean, scale, out, plane, n);
 #else
@@ -1113,7 +1184,7 @@ static void sample_level_rows(const fm_detector *d, const src_view *v, double s,
     const float *mean = d->pnet.mean, *scale = d->pnet.scale;
     size_t plane = (size_t)(r1 - r0) * (size_t)ws;
     const float one = 1.0f;
-    const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+    const int vector = (int)fm_nn_isa_now(); /* FM_NN_ISA_*: 0 none, 2 AVX-512 */
     const int cols_inside = all_inside(d->col_x0, d->col_x1, ws);
     int *mi = d->col_masks;
     const size_t mw = (size_t)d->max_level_w;
@@ -1184,7 +1255,7 @@ static void sample_crop(const mtcnn_net *net, const src_view *v, const double bo
     crop_axis(box[1], box[3], size, v->h, v->pad, v->img->h, yi0, yi1, fy);
     size_t plane = (size_t)size * (size_t)size;
     const float one = 1.0f;
-    const int vector = fm_nn_isa_now() >= FM_NN_ISA_AVX2;
+    const int vector = (int)fm_nn_isa_now(); /* FM_NN_ISA_*: 0 none, 2 AVX-512 */
     const int cols_inside = all_inside(xi0, xi1, size);
     int mi[9][48];
     const sample_masks cm = {{mi[0], mi[1]}, {mi[2], mi[3]}, {mi[4], mi[5]}, {mi[6], mi[7]},
