@@ -183,7 +183,11 @@ static void write_csv(fm_json *j, FILE *f, const void *ctx)
     fputc(',', f);
     fm_result_csv_face(f, 0, &neg);
     fputc('\n', f);
-    static const char *const cells[] = {"+1", "-2", "\tx", "\rx", "a=b", "", NULL};
+    /* the last two: a file name in Latin-1 (0xff) and one cut inside a character,
+     * U+FFFD in CSV as in JSON; a valid UTF-8 name as it is */
+    static const char *const cells[] = {"+1", "-2", "\tx", "\rx", "a=b", "",
+                                        "bad\xffname.jpg", "\xc3\xa9t\xc3\xa9.jpg",
+                                        "x\xe2\x82", NULL};
     for (int k = 0; cells[k]; k++) {
         fm_result_csv_text(f, cells[k]);
         fputc('|', f);
@@ -211,7 +215,8 @@ static void test_csv_form(void)
         "-29.5,-19.5,0.99999887,-50,-49.666668,-49.333332,-49,-48.666668,-48.333332,-48,"
         "-47.666668,-47.333332,-47,26.434431,4.25,female,0.1,0.9,Indian,0.2,0.2,"
         "0.0014619207,0.5985381,1e-05\n"
-        "'+1|'-2|'\tx|\"'\rx\"|a=b||\n";
+        "'+1|'-2|'\tx|\"'\rx\"|a=b||bad\xef\xbf\xbdname.jpg|\xc3\xa9t\xc3\xa9.jpg|"
+        "x\xef\xbf\xbd\xef\xbf\xbd|\n";
     CHECK_MSG(text && strcmp(text, want) == 0, "got\n%s\nwant\n%s", text ? text : "", want);
     free(text);
 }

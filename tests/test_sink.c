@@ -603,11 +603,90 @@ static void test_service(void)
     zmq_ctx_term(ctx);
 }
 
+/* A file whose content changed between runs is a new job with the same source: its
+ * row replaces the old content's (faces included) within the run's tag, in the
+ * transaction that stores it; other tags' rows of that source stay, and a duplicate
+ * of the new job replaces nothing. */
+static void test_replaced_content(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/replace.sqlite", tmpdir);
+    fm_results *r = NULL;
+    fm_error e = {0};
+    CHECK(fm_results_open(&r, path, 0, &e) == FM_OK);
+    if (!r)
+        return;
+    face_buf f1, f2;
+    make_face(&f1, 10, 1);
+    make_face(&f2, 100, 0);
+    Facemill__Face *faces[2] = {&f1.face, &f2.face};
+    Facemill__Result old = FACEMILL__RESULT__INIT;
+    old.job_id = "label-old-content";
+    old.tag = "label";
+    old.source = "photos/a.jpg";
+    old.has_width = old.has_height = 1;
+    old.width = old.height = 64;
+    old.n_faces = 2;
+    old.faces = faces;
+    Facemill__Result other_run = old; /* the same name in another run (tag) */
+    other_run.job_id = "submit-run-2";
+    other_run.tag = "submit-host-2";
+    Facemill__Result other_file = old;
+    other_file.job_id = "label-b";
+    other_file.source = "photos/b.jpg";
+    Facemill__Result now = old; /* a.jpg rewritten: one face now */
+    now.job_id = "label-new-content";
+    now.n_faces = 1;
+    int ins = -1;
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &old, 1, &ins, NULL, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_put(r, &other_run, 1, &ins, NULL, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_put(r, &other_file, 1, &ins, NULL, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    int64_t n_img = 0, n_face = 0, n_fail = 0;
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK && n_img == 3 &&
+          n_face == 6);
+    /* rolled back: the old row is still there */
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &now, 2, &ins, NULL, &e) == FM_OK && ins == 1);
+    fm_results_rollback(r);
+    int found = -1;
+    CHECK(fm_results_lookup(r, "label-old-content", &found, NULL, &e) == FM_OK && found == 1);
+    /* committed: replaced */
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &now, 3, &ins, NULL, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_put(r, &now, 4, &ins, NULL, &e) == FM_OK && ins == 0);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    CHECK(fm_results_lookup(r, "label-old-content", &found, NULL, &e) == FM_OK && found == 0);
+    CHECK(fm_results_lookup(r, "label-new-content", &found, NULL, &e) == FM_OK && found == 1);
+    CHECK(fm_results_lookup(r, "submit-run-2", &found, NULL, &e) == FM_OK && found == 1);
+    CHECK(fm_results_lookup(r, "label-b", &found, NULL, &e) == FM_OK && found == 1);
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK);
+    CHECK_MSG(n_img == 3 && n_face == 5, "after the replacement: %lld images, %lld faces "
+              "(3, 5: the old content's two faces gone with its row)", (long long)n_img,
+              (long long)n_face);
+    /* an error result replaces too: the file is now what it is (cut short, say) */
+    Facemill__Result cut = now;
+    cut.job_id = "label-cut-short";
+    cut.n_faces = 0;
+    cut.faces = NULL;
+    cut.has_error_code = 1;
+    cut.error_code = FACEMILL__ERROR_CODE__ERROR_DECODE;
+    cut.error_text = "corrupt JPEG: Premature end of JPEG file";
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &cut, 5, &ins, NULL, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK && n_img == 3 &&
+          n_face == 4 && n_fail == 1);
+    fm_results_close(&r);
+}
+
 int main(void)
 {
     if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "sink") != 0)
         return 1;
     test_database();
+    test_replaced_content();
     test_staging();
     test_service();
     fm_test_remove_tree(tmpdir);

@@ -10,6 +10,13 @@
  * duplicate result changes nothing. Faces are inserted only for a new image row, in
  * the same transaction, so an image is never half stored.
  *
+ * One row per image name in a run: a job's id covers its content (client.c), so a
+ * file that changed between two runs of `facemill label` is a new job. Its new row
+ * replaces the rows of the same source and tag, in the same transaction, so the
+ * database, its export and its report hold what the archive holds now, not the old
+ * picture's faces beside the new one's. Rows of other tags (other runs of `facemill
+ * submit`, whose sources may name other machines' files) are left alone.
+ *
  * Staging (protocol 1.1): the sink keeps a received result in staged, keyed by job id
  * and dispatch token, until the broker confirms the token; only then does the result
  * become the job's row. A result nobody dispatched thus never takes the place of the
@@ -35,6 +42,7 @@ struct fm_results {
     sqlite3_stmt *insert_image;
     sqlite3_stmt *insert_face;
     sqlite3_stmt *lookup;
+    sqlite3_stmt *replace_older; /* rows of the same source and tag under other ids */
     sqlite3_stmt *stage;        /* the staging statements: writable handles only */
     sqlite3_stmt *staged_get;
     sqlite3_stmt *unstage_job;
@@ -189,6 +197,14 @@ fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_erro
         rc = db_error(err, r->db, "preparing inserts");
         goto fail;
     }
+    if (!ro && sqlite3_prepare_v3(r->db,
+                                  "DELETE FROM images WHERE source = ? AND tag IS ? AND"
+                                  " job_id <> ?",
+                                  -1, SQLITE_PREPARE_PERSISTENT, &r->replace_older,
+                                  NULL) != SQLITE_OK) {
+        rc = db_error(err, r->db, "preparing the replacement of older rows");
+        goto fail;
+    }
     if (sqlite3_prepare_v3(r->db, "SELECT error_code FROM images WHERE job_id = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &r->lookup, NULL) != SQLITE_OK) {
         rc = db_error(err, r->db, "preparing look-up");
@@ -213,6 +229,7 @@ void fm_results_close(fm_results **rp)
     sqlite3_finalize(r->insert_image);
     sqlite3_finalize(r->insert_face);
     sqlite3_finalize(r->lookup);
+    sqlite3_finalize(r->replace_older);
     sqlite3_finalize(r->stage);
     sqlite3_finalize(r->staged_get);
     sqlite3_finalize(r->unstage_job);
@@ -386,12 +403,24 @@ fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int6
             *inserted = 0;
         return rc;
     }
+    const sqlite3_int64 row = sqlite3_last_insert_rowid(r->db);
+    if (res->source) { /* the older content's rows go (their faces by the cascade) */
+        sqlite3_stmt *d = r->replace_older;
+        sqlite3_reset(d);
+        sqlite3_bind_text(d, 1, res->source, -1, SQLITE_TRANSIENT);
+        bind_text_or_null(d, 2, res->tag);
+        sqlite3_bind_text(d, 3, res->job_id, -1, SQLITE_TRANSIENT);
+        int s = sqlite3_step(d);
+        sqlite3_reset(d);
+        if (s != SQLITE_DONE)
+            return db_error(err, r->db, "replacing an image's older rows");
+    }
     if (inserted)
         *inserted = 1;
     if (failed)
         *failed = code != 0;
     if (code == 0)
-        return insert_faces(r, res, sqlite3_last_insert_rowid(r->db), err);
+        return insert_faces(r, res, row, err);
     return FM_OK;
 }
 

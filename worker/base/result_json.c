@@ -1,5 +1,6 @@
 /* result_json.c - the result schema's writer (see result_json.h, proto/RESULTS.md). */
 #include "facemill/result_json.h"
+#include "facemill/text.h"
 
 #include <math.h>
 #include <string.h>
@@ -193,6 +194,29 @@ void fm_result_json_end(fm_json *j)
 
 /* ---- CSV --------------------------------------------------------------------------- */
 
+/* Writes the text s of a cell: valid UTF-8 as it is, every other byte as
+ * U+FFFD, as the JSON writer does (json.c), so a CSV column and its JSON field hold
+ * the same text and the file decodes as UTF-8 whatever the file names held. A '"'
+ * is doubled when quoted. */
+static void csv_utf8(FILE *out, const char *s, int quoted)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        int k = fm_utf8_next(p + i, n - i, &cp);
+        if (k == 0) {
+            fputs("\xef\xbf\xbd", out);
+            i++;
+            continue;
+        }
+        if (quoted && cp == '"')
+            fputc('"', out);
+        fwrite(p + i, 1, (size_t)k, out);
+        i += (size_t)k;
+    }
+}
+
 void fm_result_csv_text(FILE *out, const char *s)
 {
     if (!s)
@@ -202,21 +226,14 @@ void fm_result_csv_text(FILE *out, const char *s)
      * image named =HYPERLINK(...) stays text. Numbers are written by
      * fm_result_csv_f32, never here, so a negative number keeps its sign. */
     int formula = s[0] && strchr("=+-@\t\r", s[0]);
-    if (!strpbrk(s, ",\"\r\n")) {
-        if (formula)
-            fputc('\'', out);
-        fputs(s, out);
-        return;
-    }
-    fputc('"', out);
+    int quoted = strpbrk(s, ",\"\r\n") != NULL;
+    if (quoted)
+        fputc('"', out);
     if (formula)
         fputc('\'', out);
-    for (; *s; s++) {
-        if (*s == '"')
-            fputc('"', out);
-        fputc(*s, out);
-    }
-    fputc('"', out);
+    csv_utf8(out, s, quoted);
+    if (quoted)
+        fputc('"', out);
 }
 
 void fm_result_csv_f32(FILE *out, float v)

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define HELP_COLUMN 24 /* where an option's help starts */
 #define HELP_WIDTH 79  /* the column help text wraps before */
@@ -465,4 +466,28 @@ int cli_fail(const cli_cmd *cmd, const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     return CLI_EXIT_FAILURE;
+}
+
+/* See cli_opts.h. */
+int cli_check_output(const cli_cmd *cmd, const char *out, const char *db)
+{
+    struct stat so, sd;
+    if (!out || stat(out, &so) != 0 || !S_ISREG(so.st_mode))
+        return -1; /* a new file, a terminal, a pipe */
+    if (db && stat(db, &sd) == 0 && so.st_dev == sd.st_dev && so.st_ino == sd.st_ino)
+        return cli_usage_error(cmd, "%s is the database %s itself: not overwritten", out, db);
+    unsigned char head[16] = {0};
+    FILE *f = fopen(out, "rb");
+    size_t n = f ? fread(head, 1, sizeof head, f) : 0;
+    if (f)
+        fclose(f);
+    static const char sqlite_magic[16] = "SQLite format 3"; /* and its NUL */
+    if (n == sizeof head && memcmp(head, sqlite_magic, sizeof head) == 0)
+        return cli_usage_error(cmd, "%s is an SQLite database: not overwritten (remove it "
+                               "or write elsewhere)", out);
+    /* a write-ahead log's header: magic 0x377f0682 or 0x377f0683, big-endian */
+    if (n >= 4 && head[0] == 0x37 && head[1] == 0x7f && head[2] == 0x06 &&
+        (head[3] == 0x82 || head[3] == 0x83))
+        return cli_usage_error(cmd, "%s is an SQLite write-ahead log: not overwritten", out);
+    return -1;
 }

@@ -150,6 +150,14 @@ int cli_usage_error(const cli_cmd *cmd, const char *fmt, ...)
 /* Prints "facemill NAME: MESSAGE" on stderr and returns CLI_EXIT_FAILURE. */
 int cli_fail(const cli_cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Checks an output file a command is about to write before anything is written:
+ * returns -1 when out may be written (a new file, or one that is no database), else
+ * prints why and returns CLI_EXIT_USAGE. Refused: the database db itself (under any
+ * name: the same device and inode), and any SQLite database or write-ahead log, so
+ * `facemill export labels.db -o labels.db` or a slip of the shell's completion does
+ * not empty a night's results. */
+int cli_check_output(const cli_cmd *cmd, const char *out, const char *db);
+
 /* Parses s as what opt accepts into opt's target. Returns 0, or -1 (target untouched)
  * with what it accepts, "expected an integer from 0 to 4096", in why. */
 int cli_parse_value(const cli_opt *opt, const char *s, char *why, size_t size);

@@ -47,6 +47,8 @@ int fm_cmd_export(int argc, char **argv)
     if (code >= 0)
         return code;
     const char *db_path = a.operands[0];
+    if ((code = cli_check_output(&cmd, out_path, db_path)) >= 0)
+        return code;
     code = CLI_EXIT_FAILURE;
     fm_error err = {0};
     fm_results *db = NULL;

@@ -61,6 +61,8 @@ int fm_cmd_report(int argc, char **argv)
     if (!o.out_path)
         return cli_usage_error(&cmd, "no output given (-o PAGE.html)");
     o.db_path = a.operands[0];
+    if ((rc = cli_check_output(&cmd, o.out_path, o.db_path)) >= 0)
+        return rc;
     o.max_pixels = c.decode.max_pixels;
     fm_report_stats s;
     fm_error err = {0};
