@@ -9,7 +9,8 @@ label fits there, the label's background spans exactly its height, which grows w
 the image: 3 lines of 9 font pixels, one font pixel per 400 image pixels
 (include/facemill/draw.h), e.g. 27 pixels at 480 wide and 135 at 1920; the centre of
 the label's first line holds white text pixels. --draw-dir writes one picture per
-input; --draw with two inputs is a usage error (2).
+input, a JPEG named after it (a PNG's NAME.png.jpg, for predict and detect), each
+checked as --draw's; --draw with two inputs is a usage error (2).
 
 Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil).
 """
@@ -119,11 +120,22 @@ def main():
             check(len(faces) >= 2, "%s: faces found (%d)" % (os.path.basename(p), len(faces)))
             if os.path.exists(out):
                 check_picture(Image, p, out, faces, os.path.basename(p))
+        # a PNG too: its picture is a JPEG named in480.png.jpg (beside in480.jpg's)
+        png = os.path.join(tmp, "in480.png")
+        Image.open(inputs[0]).save(png)
         d = os.path.join(tmp, "drawn", "deeper")  # made by predict, parents too
-        r = run([fm, "predict", "--draw-dir", d] + inputs[:2], timeout=300)
+        drawn = run([fm, "predict", "--draw-dir", d] + inputs[:2] + [png], timeout=300)
         outs = sorted(os.listdir(d)) if os.path.isdir(d) else None
-        check(r.returncode == 0 and outs == ["in1920.jpg", "in480.jpg"],
+        check(drawn.returncode == 0 and outs == ["in1920.jpg", "in480.jpg", "in480.png.jpg"],
               "--draw-dir makes its directory and writes one picture per input: %s" % outs)
+        if outs and "in480.png.jpg" in outs:
+            check(Image.open(os.path.join(d, "in480.png.jpg")).format == "JPEG",
+                  "--draw-dir: the PNG's picture is a JPEG")
+        dd = os.path.join(tmp, "detect-drawn")
+        r = run([fm, "detect", "--draw-dir", dd, png], timeout=300)
+        outs_d = sorted(os.listdir(dd)) if os.path.isdir(dd) else None
+        check(r.returncode == 0 and outs_d == ["in480.png.jpg"],
+              "detect --draw-dir names a PNG's picture in480.png.jpg: %s" % outs_d)
         blocked = os.path.join(tmp, "a-file")
         with open(blocked, "w") as f:
             f.write("x")
@@ -132,12 +144,16 @@ def main():
         check(r.returncode == 1 and "not a directory" in r.stderr and not r.stdout,
               "--draw-dir under a file fails before any image, with one clear line (%d, %r)"
               % (r.returncode, r.stderr.strip()[-200:]))
-        for line in r.stdout.splitlines():
+        checked = 0
+        for line in drawn.stdout.splitlines():
             o = json.loads(line)
             name = os.path.basename(o["source"])
-            if name in outs:
+            name = name if name.endswith(".jpg") else name + ".jpg"
+            if outs and name in outs:
                 check_picture(Image, o["source"], os.path.join(d, name), o["faces"],
                               "draw-dir " + name)
+                checked += 1
+        check(checked == 3, "--draw-dir: the three pictures checked (%d)" % checked)
         r = run([fm, "predict", "--draw", os.path.join(tmp, "x.jpg")] + inputs[:2], timeout=60)
         check(r.returncode == 2, "--draw with two images is a usage error (%d)" % r.returncode)
     finally:

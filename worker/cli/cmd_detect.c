@@ -211,7 +211,7 @@ static int detect_one(detect_run *r, fm_json *j, const char *path)
         return 0;
     const char *dst = r->draw;
     if (r->draw_dir) {
-        st = out_path(out, sizeof out, r->draw_dir, path, 0, "", &e);
+        st = fm_cmd_draw_path(out, sizeof out, r->draw_dir, path, &e);
         dst = out;
     }
     draw_faces(&img, r->faces, n);

@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 static const fm_rgb box_color = {0, 220, 0}, label_bg = {0, 110, 0}, label_fg = {255, 255, 255};
@@ -101,7 +102,13 @@ fm_status fm_cmd_draw_path(char *buf, size_t size, const char *dir, const char *
                            fm_error *err)
 {
     const char *slash = strrchr(path, '/');
-    int len = snprintf(buf, size, "%s/%s", dir, slash ? slash + 1 : path);
+    const char *name = slash ? slash + 1 : path;
+    /* The picture is a JPEG whatever it was drawn from: photo.heic becomes
+     * photo.heic.jpg (not photo.jpg, which photo.jpg beside it would also write). */
+    size_t n = strlen(name);
+    int jpeg = (n > 4 && strcasecmp(name + n - 4, ".jpg") == 0) ||
+               (n > 5 && strcasecmp(name + n - 5, ".jpeg") == 0);
+    int len = snprintf(buf, size, "%s/%s%s", dir, name, jpeg ? "" : ".jpg");
     if (len < 0 || (size_t)len >= size)
         return fm_error_set(err, FM_ERR_INVALID, "%s: output path too long", path);
     return FM_OK;

@@ -24,7 +24,8 @@ fm_status fm_cmd_draw_labels(fm_decoder *dec, const char *path, const fm_image_r
  * that could not be made, or dir when it is not a directory. */
 fm_status fm_cmd_draw_dir(const char *dir, fm_error *err);
 
-/* dir/<file name of path> into buf; FM_ERR_INVALID when it does not fit. */
+/* dir/<file name of path> into buf, with ".jpg" added unless the name ends in .jpg or
+ * .jpeg (the picture written is a JPEG); FM_ERR_INVALID when it does not fit. */
 fm_status fm_cmd_draw_path(char *buf, size_t size, const char *dir, const char *path,
                            fm_error *err);
 
