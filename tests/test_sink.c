@@ -126,12 +126,14 @@ static void test_database(void)
     CHECK(fm_results_put(r, &noid, 1000, &ins, &failed, &e) == FM_ERR_INVALID);
     CHECK(fm_results_commit(r, &e) == FM_OK);
 
-    /* A duplicate changes nothing and reports the stored row's outcome. */
-    Facemill__Result dup = bad;
-    dup.has_error_code = 0;
-    dup.error_text = NULL;
+    /* A duplicate of a labelled row changes nothing and reports the stored row's
+     * outcome (a failed row is replaced: test_retried_failure). */
+    Facemill__Result dup = ok;
+    dup.has_error_code = 1;
+    dup.error_code = FACEMILL__ERROR_CODE__ERROR_DECODE;
+    dup.error_text = "a worker's second, failed attempt";
     CHECK(fm_results_begin(r, &e) == FM_OK);
-    CHECK(fm_results_put(r, &dup, 2000, &ins, &failed, &e) == FM_OK && ins == 0 && failed == 1);
+    CHECK(fm_results_put(r, &dup, 2000, &ins, &failed, &e) == FM_OK && ins == 0 && failed == 0);
     CHECK(fm_results_commit(r, &e) == FM_OK);
 
     /* A rolled-back insert leaves no trace. */
@@ -681,10 +683,100 @@ static void test_replaced_content(void)
     fm_results_close(&r);
 }
 
+/* A failed row is never final: a result for the same job (the job tried again)
+ * replaces it, a failure with a failure's newer text, a success with its faces, through
+ * fm_results_put and through a confirmed staged result alike; a labelled row is never
+ * replaced by anything. */
+static void test_retried_failure(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/retry.sqlite", tmpdir);
+    fm_results *r = NULL;
+    fm_error e = {0};
+    CHECK(fm_results_open(&r, path, 0, &e) == FM_OK);
+    if (!r)
+        return;
+    face_buf f1;
+    make_face(&f1, 10, 1);
+    Facemill__Face *faces[1] = {&f1.face};
+    Facemill__Result timeout = FACEMILL__RESULT__INIT;
+    timeout.job_id = "job-1";
+    timeout.tag = "label";
+    timeout.source = "nfs/a.jpg";
+    timeout.has_error_code = 1;
+    timeout.error_code = FACEMILL__ERROR_CODE__ERROR_IO;
+    timeout.error_text = "nfs/a.jpg: Input/output error";
+    Facemill__Result again = timeout;
+    again.error_text = "nfs/a.jpg: Stale file handle";
+    Facemill__Result ok = FACEMILL__RESULT__INIT;
+    ok.job_id = "job-1";
+    ok.tag = "label";
+    ok.source = "nfs/a.jpg";
+    ok.has_width = ok.has_height = 1;
+    ok.width = ok.height = 64;
+    ok.n_faces = 1;
+    ok.faces = faces;
+    int ins = -1, failed = -1;
+    int64_t n_img = 0, n_face = 0, n_fail = 0;
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &timeout, 1, &ins, &failed, &e) == FM_OK && ins == 1 &&
+          failed == 1);
+    CHECK(fm_results_put(r, &again, 2, &ins, &failed, &e) == FM_OK && ins == 1 && failed == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    sqlite3_stmt *q = NULL;
+    sqlite3_prepare_v2(fm_results_db(r), "SELECT error_text FROM images WHERE job_id = 'job-1'",
+                       -1, &q, NULL);
+    CHECK(q && sqlite3_step(q) == SQLITE_ROW &&
+          strcmp((const char *)sqlite3_column_text(q, 0), again.error_text) == 0);
+    sqlite3_finalize(q);
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &ok, 3, &ins, &failed, &e) == FM_OK && ins == 1 && failed == 0);
+    CHECK(fm_results_put(r, &timeout, 4, &ins, &failed, &e) == FM_OK && ins == 0 &&
+          failed == 0);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK && n_img == 1 &&
+          n_face == 1 && n_fail == 0);
+    /* through the staging: a failed row, then a staged success confirmed */
+    Facemill__Result b_fail = timeout, b_ok = ok;
+    b_fail.job_id = b_ok.job_id = "job-2";
+    b_fail.source = b_ok.source = "nfs/b.jpg";
+    uint8_t token[16] = {7};
+    b_ok.has_token = 1;
+    b_ok.token.len = sizeof token;
+    b_ok.token.data = token;
+    int stored = -1;
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &b_fail, 5, &ins, &failed, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_stage(r, &b_ok, 6, &e) == FM_OK);
+    CHECK(fm_results_confirm(r, "job-2", token, sizeof token, 7, &stored, &ins, &failed, &e) ==
+              FM_OK &&
+          stored == 1 && ins == 1 && failed == 0);
+    /* a token with nothing staged under it: the (labelled) row stands */
+    uint8_t other[16] = {9};
+    CHECK(fm_results_confirm(r, "job-2", other, sizeof other, 8, &stored, &ins, &failed, &e) ==
+              FM_OK &&
+          stored == 1 && ins == 0 && failed == 0);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK && n_img == 2 &&
+          n_face == 2 && n_fail == 0);
+    /* a failed row and a confirmation with nothing staged: the row stands, stored */
+    Facemill__Result c_fail = timeout;
+    c_fail.job_id = "job-3";
+    c_fail.source = "nfs/c.jpg";
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &c_fail, 9, &ins, &failed, &e) == FM_OK && ins == 1);
+    CHECK(fm_results_confirm(r, "job-3", other, sizeof other, 10, &stored, &ins, &failed, &e) ==
+              FM_OK &&
+          stored == 1 && ins == 0 && failed == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    fm_results_close(&r);
+}
+
 int main(void)
 {
     if (fm_test_tmpdir(tmpdir, sizeof tmpdir, "sink") != 0)
         return 1;
+    test_retried_failure();
     test_database();
     test_replaced_content();
     test_staging();

@@ -7,8 +7,9 @@
  * functions so the schema lives in one place.
  *
  * Idempotency: images.job_id is UNIQUE and rows are inserted with INSERT OR IGNORE; a
- * duplicate result changes nothing. Faces are inserted only for a new image row, in
- * the same transaction, so an image is never half stored.
+ * duplicate result changes nothing, unless the stored row is a failure: a failure is
+ * never final, so a job tried again takes its new outcome. Faces are inserted only for
+ * a new image row, in the same transaction, so an image is never half stored.
  *
  * One row per image name in a run: a job's id covers its content (client.c), so a
  * file that changed between two runs of `facemill label` is a new job. Its new row
@@ -43,6 +44,7 @@ struct fm_results {
     sqlite3_stmt *insert_face;
     sqlite3_stmt *lookup;
     sqlite3_stmt *replace_older; /* rows of the same source and tag under other ids */
+    sqlite3_stmt *delete_job;    /* a failed row, for its job's new result */
     sqlite3_stmt *stage;        /* the staging statements: writable handles only */
     sqlite3_stmt *staged_get;
     sqlite3_stmt *unstage_job;
@@ -205,6 +207,12 @@ fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_erro
         rc = db_error(err, r->db, "preparing the replacement of older rows");
         goto fail;
     }
+    if (!ro && sqlite3_prepare_v3(r->db, "DELETE FROM images WHERE job_id = ?", -1,
+                                  SQLITE_PREPARE_PERSISTENT, &r->delete_job,
+                                  NULL) != SQLITE_OK) {
+        rc = db_error(err, r->db, "preparing the replacement of failed rows");
+        goto fail;
+    }
     if (sqlite3_prepare_v3(r->db, "SELECT error_code FROM images WHERE job_id = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &r->lookup, NULL) != SQLITE_OK) {
         rc = db_error(err, r->db, "preparing look-up");
@@ -230,6 +238,7 @@ void fm_results_close(fm_results **rp)
     sqlite3_finalize(r->insert_face);
     sqlite3_finalize(r->lookup);
     sqlite3_finalize(r->replace_older);
+    sqlite3_finalize(r->delete_job);
     sqlite3_finalize(r->stage);
     sqlite3_finalize(r->staged_get);
     sqlite3_finalize(r->unstage_job);
@@ -396,12 +405,30 @@ fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int6
     }
     sqlite3_reset(st);
     if (sqlite3_changes(r->db) == 0) {
-        /* A duplicate: report what the stored row says, not this message. */
-        int found = 0;
-        fm_status rc = fm_results_lookup(r, res->job_id, &found, failed, err);
-        if (inserted)
-            *inserted = 0;
-        return rc;
+        /* A duplicate: report what the stored row says, not this message; unless that
+         * row is a failure, which is never final: a job tried again (`facemill label
+         * --retry-failed`, a result that arrives after its job was given up) takes
+         * its new outcome. A labelled row is never replaced. */
+        int found = 0, was_failed = 0;
+        fm_status rc = fm_results_lookup(r, res->job_id, &found, &was_failed, err);
+        if (rc != FM_OK || !found || !was_failed) {
+            if (inserted)
+                *inserted = 0;
+            if (failed)
+                *failed = was_failed;
+            return rc;
+        }
+        sqlite3_stmt *d = r->delete_job;
+        sqlite3_reset(d);
+        sqlite3_bind_text(d, 1, res->job_id, -1, SQLITE_TRANSIENT);
+        int s = sqlite3_step(d);
+        sqlite3_reset(d);
+        if (s != SQLITE_DONE || sqlite3_step(st) != SQLITE_DONE) {
+            rc = db_error(err, r->db, "replacing a failed row");
+            sqlite3_reset(st);
+            return rc;
+        }
+        sqlite3_reset(st);
     }
     const sqlite3_int64 row = sqlite3_last_insert_rowid(r->db);
     if (res->source) { /* the older content's rows go (their faces by the cascade) */
@@ -538,14 +565,18 @@ fm_status fm_results_confirm(fm_results *r, const char *job_id, const void *toke
     fm_status rc = fm_results_lookup(r, job_id, &found, &f, err);
     if (rc != FM_OK)
         return rc;
-    if (!found) {
+    if (!found || f) { /* no row, or a failed one (see fm_results_put) */
         Facemill__Result *res = NULL;
-        if ((rc = staged_result(r, job_id, token, token_len, &res, err)) != FM_OK || !res)
+        if ((rc = staged_result(r, job_id, token, token_len, &res, err)) != FM_OK)
             return rc;
-        rc = fm_results_put(r, res, stored_ms, inserted, &f, err);
-        facemill__result__free_unpacked(res, NULL);
-        if (rc != FM_OK)
-            return rc;
+        if (!res && !found)
+            return FM_OK;
+        if (res) {
+            rc = fm_results_put(r, res, stored_ms, inserted, &f, err);
+            facemill__result__free_unpacked(res, NULL);
+            if (rc != FM_OK)
+                return rc;
+        }
     }
     /* The job has its row: whatever else was staged for it is no longer needed. */
     if ((rc = unstage(r, job_id, NULL, 0, err)) != FM_OK)

@@ -92,10 +92,12 @@ void fm_results_rollback(fm_results *r);
 /* True when the last failure of r was a full disk (SQLITE_FULL), until a commit. */
 int fm_results_full(const fm_results *r);
 
-/* Stores one result inside the open transaction, unless a row with its job id exists.
- * stored_ms is the time to record. *inserted (may be NULL) becomes 1 for a new row, 0
- * for a duplicate; *failed (may be NULL) says whether the row now stored for that job
- * id is an error result. Face fields with the wrong number of values (a box that is not
+/* Stores one result inside the open transaction, unless a row with its job id exists
+ * that is not a failure (a failed row is replaced: a job tried again takes its new
+ * outcome). A new row replaces the rows of the same source and tag under other job ids
+ * (the image's older content). stored_ms is the time to record. *inserted (may be
+ * NULL) becomes 1 for a new row, 0 for a duplicate; *failed (may be NULL) says
+ * whether the row now stored for that job id is an error result. Face fields with the wrong number of values (a box that is not
  * 4 numbers, ...) are stored as NULL. The message stays the caller's.
  * Errors: FM_ERR_INVALID (no job id), FM_ERR_IO (SQLite). */
 fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int64_t stored_ms,
@@ -109,8 +111,8 @@ fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int6
 fm_status fm_results_stage(fm_results *r, const struct Facemill__Result *res,
                            int64_t staged_ms, fm_error *err);
 
-/* The broker confirmed (job_id, token): unless the job has a row already, the result
- * staged under that token becomes it (as fm_results_put, stored_ms its time); then
+/* The broker confirmed (job_id, token): unless the job has a row already that is not
+ * a failure, the result staged under that token becomes it (as fm_results_put, stored_ms its time); then
  * every staged result of the job is dropped. *stored becomes 1 when the job has a
  * row now, 0 when it has none and nothing was staged under that token; *inserted
  * (may be NULL) 1 when this call stored the row; *failed (may be NULL) whether the
