@@ -3,13 +3,15 @@
  * Every input is generated here from a known RGB pattern (coloured quadrants plus a
  * gradient, so any wrong rotation or flip shows) with TurboJPEG, libspng's, libwebp's
  * or libheif's encoders (x265, aom) or libtiff, then altered by hand: EXIF segments in
- * both byte orders (JPEG APP1, PNG eXIf, WebP EXIF), a HEIF rotation (irot) added to
- * the file's boxes, CMYK with and without the Adobe marker, every PNG colour type and
- * depth, interlaced, WebP lossy and lossless, extended and animated, TIFF of every
- * photometric kind in strips and tiles with each orientation tag, truncation at
- * every length, forged headers, other formats' signatures, random bytes. Expected
- * results come from the pattern and from the EXIF specification's table, not from
- * the decoder.
+ * both byte orders (JPEG APP1, PNG eXIf, WebP EXIF; the last two also behind
+ * "Exif\0\0"), a HEIF rotation (irot) added to the file's boxes, HEIF brands that do
+ * not match the coding, CMYK with and without the Adobe marker, every PNG colour type
+ * and depth, interlaced, WebP lossy and lossless, extended and animated, TIFF of every
+ * photometric kind in strips and tiles with each orientation tag, alpha interleaved
+ * or in a plane of its own, damaged strips and tags, truncation at every length,
+ * forged headers, other formats' signatures, random bytes, a FIFO. Expected results
+ * come from the pattern and from the EXIF specification's table, not from the
+ * decoder.
  *
  * Run with `--corpus DIR` it also writes the generated images into DIR as a seed
  * corpus for tests/fuzz/fuzz_jpeg.c.
@@ -19,6 +21,7 @@
 #include "fm_test_heif.h"
 
 #include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -763,6 +766,28 @@ static void test_steady_state(fm_decoder *d)
     blob_free(&c);
 }
 
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
+/* fm_decode_file on path, given at most 5 seconds: the alarm's signal (no restart)
+ * ends an open or read that waits, so a decoder that would hang fails instead. */
+static fm_status decode_file_in_time(fm_decoder *d, const char *path, fm_image *img,
+                                     fm_error *e)
+{
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, &old);
+    alarm(5);
+    fm_status st = fm_decode_file(d, path, img, e);
+    alarm(0);
+    sigaction(SIGALRM, &old, NULL);
+    return st;
+}
+
 static void test_files(fm_decoder *d, const char *dir)
 {
     char path[600];
@@ -800,6 +825,18 @@ static void test_files(fm_decoder *d, const char *dir)
     CHECK(fm_decode_file(d, path, &img, &e) == FM_ERR_IO);
     CHECK_MSG(strncmp(e.msg, path, strlen(path)) == 0, "%s", e.msg);
     CHECK(fm_decode_file(d, dir, &img, &e) == FM_ERR_IO);
+
+    /* a FIFO (opening it waits for a writer) and a device: refused by their type */
+    snprintf(path, sizeof path, "%s/fifo.jpg", dir);
+    CHECK(mkfifo(path, 0600) == 0);
+    const char *others[] = {path, "/dev/null"};
+    for (int k = 0; k < 2; k++) {
+        char want[700];
+        snprintf(want, sizeof want, "%s: not a regular file", others[k]);
+        fm_status st = decode_file_in_time(d, others[k], &img, &e);
+        CHECK_MSG(st == FM_ERR_IO && strcmp(e.msg, want) == 0, "%s: %s %s", others[k],
+                  fm_status_to_string(st), e.msg);
+    }
 
     /* a corrupt file: the path, then libjpeg's text */
     snprintf(path, sizeof path, "%s/cut.jpg", dir);
@@ -972,6 +1009,23 @@ static blob make_png(int w, int h, int ct, int bd, int interlaced, int o, int be
     return b;
 }
 
+/* png with a chunk of type and data after IHDR, its length and CRC computed. */
+static blob png_with_chunk(const blob *png, const char *type, const uint8_t *data, size_t n)
+{
+    const size_t at = 8 + 12 + 13; /* the signature, IHDR */
+    blob b = {malloc(png->n + 12 + n), png->n + 12 + n};
+    if (!b.p)
+        exit(1);
+    memcpy(b.p, png->p, at);
+    uint8_t *c = b.p + at;
+    put32(c, (uint32_t)n, 1);
+    memcpy(c + 4, type, 4);
+    memcpy(c + 8, data, n);
+    put32(c + 8 + n, png_crc(c + 4, n + 4), 1);
+    memcpy(c + 12 + n, png->p + at, png->n - at);
+    return b;
+}
+
 /* Lossless (exact) or lossy WebP of the pattern; with alpha when alpha. */
 static blob make_webp(int w, int h, int lossless, int alpha, uint8_t **expect)
 {
@@ -1087,7 +1141,8 @@ static void test_png(fm_decoder *d)
         }
 }
 
-/* PNG eXIf and WebP EXIF orientations, all eight in both byte orders, as for JPEG. */
+/* PNG eXIf and WebP EXIF orientations, all eight in both byte orders, as for JPEG; each
+ * also behind JPEG's "Exif\0\0", which some writers put in both. */
 static void test_png_webp_orientation(fm_decoder *d)
 {
     const int w = 30, h = 20;
@@ -1095,11 +1150,17 @@ static void test_png_webp_orientation(fm_decoder *d)
     blob simple = make_webp(w, h, 1, 0, &want);
     for (int be = 0; be <= 1; be++)
         for (int o = 1; o <= 8; o++) {
-            for (int fmt = 0; fmt < 3; fmt++) {
+            for (int fmt = 0; fmt < 4; fmt++) {
                 blob b;
                 uint8_t *pix = NULL;
                 if (fmt == 0) {
                     b = make_png(w, h, 2, 8, 0, o, be, &pix);
+                } else if (fmt == 3) { /* libspng's encoder takes no "Exif\0\0" */
+                    uint8_t ex[64];
+                    size_t n = exif_payload(ex, o, be);
+                    blob plain = make_png(w, h, 2, 8, 0, 0, be, &pix);
+                    b = png_with_chunk(&plain, "eXIf", ex, n);
+                    blob_free(&plain);
                 } else { /* WebP's EXIF with and without JPEG's "Exif\0\0" in front */
                     uint8_t ex[64];
                     size_t n = exif_payload(ex, o, be);
@@ -1107,11 +1168,13 @@ static void test_png_webp_orientation(fm_decoder *d)
                     b = webp_extended(&simple, w, h, 0x08, ex + skip, n - (size_t)skip);
                 }
                 int ew, eh;
-                uint8_t *up = upright(fmt == 0 ? pix : want, w, h, (size_t)w * 3, o, &ew, &eh);
+                uint8_t *up = upright(pix ? pix : want, w, h, (size_t)w * 3, o, &ew, &eh);
                 fm_image img;
                 fm_error e = {0};
                 fm_status st = fm_decode(d, b.p, b.n, &img, &e);
-                const char *name = fmt == 0 ? "PNG" : fmt == 1 ? "WebP" : "WebP (Exif\\0\\0)";
+                static const char *const names[] = {"PNG", "WebP", "WebP (Exif\\0\\0)",
+                                                    "PNG (Exif\\0\\0)"};
+                const char *name = names[fmt];
                 CHECK_MSG(st == FM_OK && img.orientation == o && img.w == ew && img.h == eh &&
                               img.orig_w == ew && img.orig_h == eh,
                           "%s orientation %d %s: %s, reported %d, %dx%d", name, o,
@@ -1447,11 +1510,18 @@ static void test_heif(fm_decoder *d)
 
 /* ---- TIFF ----------------------------------------------------------------------- */
 
-enum { TIF_RGB, TIF_RGB16, TIF_GRAY, TIF_PALETTE, TIF_CMYK, TIF_RGBA, TIF_FLOAT };
+enum {
+    TIF_RGB, TIF_RGB16, TIF_GRAY, TIF_PALETTE, TIF_CMYK, TIF_RGBA, TIF_FLOAT,
+    TIF_RGBA_ASSOC,  /* associated (premultiplied) alpha */
+    TIF_RGBA_PLANES, /* unassociated alpha, each sample in a plane of its own */
+    TIF_RGBA16       /* unassociated alpha, 16 bits */
+};
 
 /* A TIFF of the w x h pattern written by libtiff (through a scratch file): kind, the
  * compression, orientation tag o (0: none), in tiles of 16 x 16 when tiled, else strips
- * of 7 rows. *expect gets the RGB the decoder must give before orientation. */
+ * of 7 rows (JPEG: one strip of up to 32). *expect gets the RGB the decoder must give
+ * before orientation. Every file has a Software tag, CMYK ones InkNames. Alpha is 0,
+ * 85, 170, 255 in turn: the colour stored with it must come out as it is. */
 static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
                       uint8_t **expect)
 {
@@ -1462,9 +1532,14 @@ static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
     snprintf(dir, sizeof dir, "%s", path);
     strcat(path, "/t.tif");
     uint8_t *src = make_pattern(w, h), *want = malloc((size_t)w * h * 3);
-    const int spp = kind == TIF_CMYK || kind == TIF_RGBA ? 4
+    const int alpha = kind == TIF_RGBA || kind == TIF_RGBA_ASSOC ||
+                      kind == TIF_RGBA_PLANES || kind == TIF_RGBA16;
+    const int spp = kind == TIF_CMYK || alpha ? 4
                     : kind == TIF_GRAY || kind == TIF_PALETTE || kind == TIF_FLOAT ? 1 : 3;
-    const int bps = kind == TIF_RGB16 ? 16 : kind == TIF_FLOAT ? 32 : 8;
+    const int bps = kind == TIF_RGB16 || kind == TIF_RGBA16 ? 16
+                    : kind == TIF_FLOAT                     ? 32
+                                                            : 8;
+    const int planes = kind == TIF_RGBA_PLANES ? spp : 1;
     const size_t row_bytes = (size_t)w * spp * bps / 8;
     uint8_t *pix = calloc((size_t)h, row_bytes);
     uint16_t cmap[3][256];
@@ -1481,15 +1556,18 @@ static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
         switch (kind) {
         case TIF_RGB:
         case TIF_RGBA:
+        case TIF_RGBA_ASSOC:
+        case TIF_RGBA_PLANES:
             memcpy(pix + i * spp, s, 3);
-            if (kind == TIF_RGBA)
-                pix[i * spp + 3] = 255; /* libtiff premultiplies unassociated alpha */
+            if (alpha)
+                pix[i * spp + 3] = (uint8_t)(i % 4 * 85);
             memcpy(e, s, 3);
             break;
         case TIF_RGB16:
-            for (int c = 0; c < 3; c++) {
-                const uint16_t v = (uint16_t)(s[c] * 257);
-                memcpy(pix + (i * 3 + c) * 2, &v, 2);
+        case TIF_RGBA16:
+            for (int c = 0; c < spp; c++) {
+                const uint16_t v = (uint16_t)((c < 3 ? s[c] : i % 4 * 85) * 257);
+                memcpy(pix + (i * spp + c) * 2, &v, 2);
             }
             memcpy(e, s, 3);
             break;
@@ -1523,8 +1601,10 @@ static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
     TIFFSetField(t, TIFFTAG_IMAGELENGTH, (uint32_t)h);
     TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)spp);
     TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)bps);
-    TIFFSetField(t, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+    TIFFSetField(t, TIFFTAG_PLANARCONFIG,
+                 planes > 1 ? PLANARCONFIG_SEPARATE : PLANARCONFIG_CONTIG);
     TIFFSetField(t, TIFFTAG_COMPRESSION, (uint16_t)compression);
+    TIFFSetField(t, TIFFTAG_SOFTWARE, "facemill test");
     const uint16_t photo = kind == TIF_GRAY || kind == TIF_FLOAT ? PHOTOMETRIC_MINISBLACK
                            : kind == TIF_PALETTE ? PHOTOMETRIC_PALETTE
                            : kind == TIF_CMYK    ? PHOTOMETRIC_SEPARATED
@@ -1532,10 +1612,14 @@ static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
     TIFFSetField(t, TIFFTAG_PHOTOMETRIC, photo);
     if (kind == TIF_PALETTE)
         TIFFSetField(t, TIFFTAG_COLORMAP, cmap[0], cmap[1], cmap[2]);
-    if (kind == TIF_CMYK)
+    if (kind == TIF_CMYK) {
+        static const char inks[] = "cyan\0magenta\0yellow\0black\0";
         TIFFSetField(t, TIFFTAG_INKSET, INKSET_CMYK);
-    if (kind == TIF_RGBA) {
-        const uint16_t extra = EXTRASAMPLE_UNASSALPHA;
+        TIFFSetField(t, TIFFTAG_INKNAMES, (int)sizeof inks - 1, inks);
+    }
+    if (alpha) {
+        const uint16_t extra =
+            kind == TIF_RGBA_ASSOC ? EXTRASAMPLE_ASSOCALPHA : EXTRASAMPLE_UNASSALPHA;
         TIFFSetField(t, TIFFTAG_EXTRASAMPLES, 1, &extra);
     }
     if (kind == TIF_FLOAT)
@@ -1543,26 +1627,40 @@ static blob make_tiff(int w, int h, int kind, int compression, int o, int tiled,
     if (o)
         TIFFSetField(t, TIFFTAG_ORIENTATION, (uint16_t)o);
     int ok = 1;
+    /* a pixel's bytes in one plane (px) and in the interleaved rows of pix (all) */
+    const size_t px = (size_t)spp * bps / 8 / (size_t)planes, all = (size_t)spp * bps / 8;
     if (tiled) {
         const int T = 16;
         TIFFSetField(t, TIFFTAG_TILEWIDTH, (uint32_t)T);
         TIFFSetField(t, TIFFTAG_TILELENGTH, (uint32_t)T);
-        const size_t px = (size_t)spp * bps / 8;
         uint8_t *tile = malloc((size_t)T * T * px);
-        for (int ty = 0; ty < h && ok; ty += T)
-            for (int tx = 0; tx < w && ok; tx += T) {
-                memset(tile, 0, (size_t)T * T * px);
-                for (int y = 0; y < T && ty + y < h; y++)
-                    for (int x = 0; x < T && tx + x < w; x++)
-                        memcpy(tile + ((size_t)y * T + x) * px,
-                               pix + (size_t)(ty + y) * row_bytes + (size_t)(tx + x) * px, px);
-                ok = TIFFWriteTile(t, tile, (uint32_t)tx, (uint32_t)ty, 0, 0) >= 0;
-            }
+        for (int pl = 0; pl < planes && ok; pl++)
+            for (int ty = 0; ty < h && ok; ty += T)
+                for (int tx = 0; tx < w && ok; tx += T) {
+                    memset(tile, 0, (size_t)T * T * px);
+                    for (int y = 0; y < T && ty + y < h; y++)
+                        for (int x = 0; x < T && tx + x < w; x++)
+                            memcpy(tile + ((size_t)y * T + x) * px,
+                                   pix + (size_t)(ty + y) * row_bytes +
+                                       (size_t)(tx + x) * all + (size_t)pl * px,
+                                   px);
+                    ok = TIFFWriteTile(t, tile, (uint32_t)tx, (uint32_t)ty, 0,
+                                       (uint16_t)pl) >= 0;
+                }
         free(tile);
     } else {
-        TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, (uint32_t)7);
-        for (int y = 0; y < h && ok; y++)
-            ok = TIFFWriteScanline(t, pix + (size_t)y * row_bytes, (uint32_t)y, 0) >= 0;
+        TIFFSetField(t, TIFFTAG_ROWSPERSTRIP,
+                     (uint32_t)(compression == COMPRESSION_JPEG ? 32 : 7));
+        uint8_t *row = malloc((size_t)w * px);
+        for (int pl = 0; pl < planes && ok; pl++)
+            for (int y = 0; y < h && ok; y++) {
+                for (int x = 0; x < w; x++)
+                    memcpy(row + (size_t)x * px,
+                           pix + (size_t)y * row_bytes + (size_t)x * all + (size_t)pl * px,
+                           px);
+                ok = TIFFWriteScanline(t, row, (uint32_t)y, (uint16_t)pl) >= 0;
+            }
+        free(row);
     }
     TIFFClose(t);
     if (!ok)
@@ -1595,7 +1693,10 @@ static void test_tiff(fm_decoder *d)
                  {TIF_GRAY, COMPRESSION_ADOBE_DEFLATE, "gray"},
                  {TIF_PALETTE, COMPRESSION_NONE, "palette"},
                  {TIF_CMYK, COMPRESSION_LZW, "CMYK"},
-                 {TIF_RGBA, COMPRESSION_NONE, "RGBA"}};
+                 {TIF_RGBA, COMPRESSION_NONE, "RGBA"},
+                 {TIF_RGBA_ASSOC, COMPRESSION_NONE, "RGBA associated"},
+                 {TIF_RGBA_PLANES, COMPRESSION_LZW, "RGBA planes"},
+                 {TIF_RGBA16, COMPRESSION_ADOBE_DEFLATE, "RGBA 16-bit"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         for (int tiled = 0; tiled <= 1; tiled++) {
             uint8_t *want;
@@ -1695,7 +1796,202 @@ static void test_tiff(fm_decoder *d)
     blob_free(&b);
 }
 
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+/* The 12-byte entry of tag in the first directory of a little-endian TIFF (libtiff
+ * writes the host's order), or NULL. */
+static uint8_t *tiff_entry(blob *b, unsigned tag)
+{
+    if (b->n < 8 || b->p[0] != 'I')
+        return NULL;
+    const uint32_t ifd = le32(b->p + 4);
+    if (ifd > b->n - 2)
+        return NULL;
+    const unsigned count = b->p[ifd] | b->p[ifd + 1] << 8;
+    for (unsigned k = 0; k < count && ifd + 2 + 12 * (k + 1) <= b->n; k++) {
+        uint8_t *en = b->p + ifd + 2 + 12 * k;
+        if ((unsigned)(en[0] | en[1] << 8) == tag)
+            return en;
+    }
+    return NULL;
+}
+
+/* Where value i of a SHORT or LONG entry sits (in the entry when they fit, else at
+ * its offset), and in *size its width. */
+static uint8_t *tiff_value(blob *b, uint8_t *en, uint32_t i, int *size)
+{
+    *size = (en[2] | en[3] << 8) == 3 ? 2 : 4;
+    const uint32_t count = le32(en + 4);
+    uint8_t *v = (uint64_t)count * (uint32_t)*size <= 4 ? en + 8 : b->p + le32(en + 8);
+    return v + (size_t)i * (size_t)*size;
+}
+
+static uint32_t tiff_get(blob *b, uint8_t *en, uint32_t i)
+{
+    int size;
+    const uint8_t *v = tiff_value(b, en, i, &size);
+    return size == 2 ? (uint32_t)(v[0] | v[1] << 8) : le32(v);
+}
+
+/* Damaged image data fails the image even when libtiff only warns: a JPEG strip cut
+ * short (libjpeg's "Premature end of JPEG file"), PackBits runs longer than the strip
+ * ("Discarding N bytes"). Warnings about tags (an unknown tag, an ASCII value without
+ * its NUL) leave the pixels right and still decode. libtiff's three-line message on
+ * NumberOfInks comes out as one line. */
+static void test_tiff_damage(fm_decoder *d)
+{
+    const int w = 37, h = 29;
+    fm_image img;
+    fm_error e = {0};
+    fm_status st;
+    int size;
+
+    uint8_t *want;
+    blob jp = make_tiff(w, h, TIF_RGB, COMPRESSION_JPEG, 0, 0, &want);
+    check_decode(d, &jp, want, w, h, 4.0, "TIFF JPEG");
+    uint8_t *en = tiff_entry(&jp, TIFFTAG_STRIPBYTECOUNTS);
+    CHECK_MSG(en && le32(en + 4) == 1, "TIFF JPEG: not one strip");
+    if (en && le32(en + 4) == 1) {
+        uint8_t *v = tiff_value(&jp, en, 0, &size);
+        const uint32_t half = tiff_get(&jp, en, 0) / 2;
+        v[0] = (uint8_t)half;
+        v[1] = (uint8_t)(half >> 8);
+        st = fm_decode(d, jp.p, jp.n, &img, &e);
+        CHECK_MSG(st == FM_ERR_DECODE &&
+                      strcmp(e.msg, "corrupt TIFF: Premature end of JPEG file") == 0,
+                  "TIFF JPEG strip cut in half: %s %s", fm_status_to_string(st), e.msg);
+    }
+    free(want);
+    blob_free(&jp);
+
+    /* each run of the first strip made 128 repeats: more than the strip holds */
+    blob pb = make_tiff(w, h, TIF_GRAY, COMPRESSION_PACKBITS, 0, 0, &want);
+    check_decode(d, &pb, want, w, h, 0, "TIFF PackBits");
+    uint8_t *offs = tiff_entry(&pb, TIFFTAG_STRIPOFFSETS);
+    en = tiff_entry(&pb, TIFFTAG_STRIPBYTECOUNTS);
+    CHECK(offs && en);
+    if (offs && en) {
+        const uint32_t at = tiff_get(&pb, offs, 0), n = tiff_get(&pb, en, 0);
+        CHECK(n >= 6 && at <= pb.n && n <= pb.n - at);
+        for (uint32_t k = 0; k + 1 < n && at + n <= pb.n; k += 2) {
+            pb.p[at + k] = 0x81; /* -127: the next byte 128 times */
+            pb.p[at + k + 1] = 0xaa;
+        }
+        st = fm_decode(d, pb.p, pb.n, &img, &e);
+        CHECK_MSG(st == FM_ERR_DECODE &&
+                      strncmp(e.msg, "corrupt TIFF: Discarding ", 25) == 0,
+                  "TIFF PackBits overrun: %s %s", fm_status_to_string(st), e.msg);
+    }
+    free(want);
+    blob_free(&pb);
+
+    /* harmless warnings: Software's NUL overwritten; then the tag renumbered unknown */
+    blob tg = make_tiff(w, h, TIF_RGB, COMPRESSION_LZW, 0, 0, &want);
+    en = tiff_entry(&tg, TIFFTAG_SOFTWARE);
+    CHECK_MSG(en && le32(en + 4) > 4, "TIFF: no Software tag");
+    if (en && le32(en + 4) > 4) {
+        tg.p[le32(en + 8) + le32(en + 4) - 1] = 'x';
+        check_decode(d, &tg, want, w, h, 0, "TIFF ASCII tag without NUL");
+        en[0] = 0xe8; /* 65000, a tag libtiff does not know */
+        en[1] = 0xfd;
+        check_decode(d, &tg, want, w, h, 0, "TIFF unknown tag");
+    }
+    free(want);
+    blob_free(&tg);
+
+    /* NumberOfInks 7 for InkNames of 4: libtiff's error runs over three lines */
+    blob ink = make_tiff(w, h, TIF_CMYK, COMPRESSION_NONE, 0, 0, &want);
+    en = tiff_entry(&ink, TIFFTAG_NUMBEROFINKS);
+    CHECK_MSG(en && tiff_get(&ink, en, 0) == 4, "TIFF: no NumberOfInks of 4");
+    if (en) {
+        *tiff_value(&ink, en, 0, &size) = 7;
+        st = fm_decode(d, ink.p, ink.n, &img, &e);
+        int ctl = 0;
+        for (const char *c = e.msg; *c; c++)
+            ctl |= (unsigned char)*c < 0x20 || *c == 0x7f;
+        const size_t len = strlen(e.msg);
+        CHECK_MSG(st == FM_ERR_DECODE && !ctl && len > 0 && e.msg[len - 1] != ' ' &&
+                      contains(e.msg, "Tag NumberOfInks: It is not possible to set the "
+                                      "value 7 for NumberOfInks which is different"),
+                  "TIFF NumberOfInks 7: %s [%s]", fm_status_to_string(st), e.msg);
+    }
+    free(want);
+    blob_free(&ink);
+}
+
 /* ---- decode.formats -------------------------------------------------------------- */
+
+/* f with every brand in its ftyp box (major and compatible) made brand; the coded
+ * items stay what they are. */
+static blob heif_rebranded(const blob *f, const char *brand)
+{
+    blob b = blob_copy(f->p, f->n);
+    CHECK(b.n >= 16 && memcmp(b.p + 4, "ftyp", 4) == 0);
+    const size_t box = b.n >= 16 ? (size_t)b.p[0] << 24 | (size_t)b.p[1] << 16 |
+                                       (size_t)b.p[2] << 8 | b.p[3]
+                                 : 0;
+    for (size_t p = 8; p + 4 <= box && p + 4 <= b.n; p += 4)
+        if (p != 12) /* the minor version */
+            memcpy(b.p + p, brand, 4);
+    return b;
+}
+
+/* decode.formats goes by a HEIF file's coded items, not its brands: HEVC branded
+ * "avif" is HEIC, AV1 branded only "mif1" (which names no coding, and so was taken
+ * for HEIC) is AVIF. */
+static void test_formats_heif_brands(void)
+{
+    uint8_t *want;
+    blob hevc = make_heif(32, 24, 0, &want);
+    free(want);
+    blob av1 = make_heif(32, 24, 1, &want);
+    blob f[2] = {heif_rebranded(&hevc, "avif"), heif_rebranded(&av1, "mif1")};
+    static const char *const what[2] = {"HEVC branded avif", "AV1 branded mif1"};
+    static const unsigned coding[2] = {FM_FORMAT_HEIC, FM_FORMAT_AVIF};
+    for (int k = 0; k < 2; k++)
+        for (int only = 0; only < 3; only++) {
+            fm_decode_opts o = {.formats = only == 0   ? FM_FORMAT_HEIC
+                                           : only == 1 ? FM_FORMAT_AVIF
+                                                       : 0};
+            fm_decoder *d = NULL;
+            fm_error e = {0};
+            CHECK(fm_decoder_new(&d, &o, &e) == FM_OK);
+            if (!d)
+                continue;
+            fm_image img;
+            fm_decoder_stats before, after;
+            fm_decoder_get_stats(d, &before);
+            fm_status st = fm_decode(d, f[k].p, f[k].n, &img, &e);
+            fm_decoder_get_stats(d, &after);
+            const char *with = only == 0 ? "HEIC" : only == 1 ? "AVIF" : "all";
+            if (o.formats == 0 || o.formats == coding[k]) {
+                CHECK_MSG(st == FM_OK && img.w == 32 && img.h == 24, "%s with %s: %s %s",
+                          what[k], with, fm_status_to_string(st), e.msg);
+                if (st == FM_OK && k == 1) {
+                    diff df = compare(&img, want, 32, 24);
+                    CHECK_MSG(df.mean < 3.0, "%s: mean difference %.2f", what[k], df.mean);
+                }
+            } else {
+                char want_msg[64];
+                snprintf(want_msg, sizeof want_msg,
+                         "format not enabled (decode.formats): %s", k ? "AVIF" : "HEIC");
+                CHECK_MSG(st == FM_ERR_UNSUPPORTED && strcmp(e.msg, want_msg) == 0 &&
+                              after.grows == before.grows,
+                          "%s with only %s: %s %s", what[k], with, fm_status_to_string(st),
+                          e.msg);
+            }
+            fm_decoder_destroy(&d);
+        }
+    free(want);
+    blob_free(&f[0]);
+    blob_free(&f[1]);
+    blob_free(&hevc);
+    blob_free(&av1);
+}
 
 /* A decoder that reads one format takes it and refuses each of the others by name,
  * before allocating anything; 0 reads all six. */
@@ -1879,7 +2175,9 @@ int main(int argc, char **argv)
     test_png_webp_limits();
     test_heif(d);
     test_tiff(d);
+    test_tiff_damage(d);
     test_formats();
+    test_formats_heif_brands();
 
     char dir[512];
     if (fm_test_tmpdir(dir, sizeof dir, "image") == 0) {

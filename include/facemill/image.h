@@ -16,11 +16,12 @@
  *   4. decode: grayscale becomes R=G=B; CMYK/YCCK becomes RGB (Adobe APP14 files are
  *      read as inverted CMYK, the way Photoshop writes them and libjpeg-based readers
  *      take them; files without that marker as plain CMYK); PNG palettes are looked
- *      up and 16-bit samples read as their high byte; alpha is dropped; an animated
- *      WebP is refused (FM_ERR_UNSUPPORTED, "unsupported format: animated WebP");
+ *      up and 16-bit samples read as their high byte; alpha is dropped (the colour
+ *      stored with it kept as it is, whatever the alpha); an animated WebP is refused
+ *      (FM_ERR_UNSUPPORTED, "unsupported format: animated WebP");
  *   5. apply the EXIF orientation (all 8 values: JPEG's APP1, PNG's eXIf before the
- *      image data, WebP's EXIF chunk, TIFF's Orientation tag) by rotating/flipping
- *      the pixels. HEIC and AVIF
+ *      image data and WebP's EXIF chunk, with or without JPEG's "Exif\0\0" in front,
+ *      TIFF's Orientation tag) by rotating/flipping the pixels. HEIC and AVIF
  *      come out of libheif with the file's own rotation, mirroring and crop (irot,
  *      imir, clap) applied, tiles put together and HDR narrowed to 8 bits; their
  *      orientation is reported as 1. A HEIF file whose primary image is neither a
@@ -32,9 +33,13 @@
  * Corrupt data policy. PNG, WebP, HEIC, AVIF and TIFF fail on any decoder error (a
  * bad CRC, data cut short; libheif decodes strictly, libtiff stops at the first
  * error): "corrupt PNG: <libspng text>", "corrupt WebP: <libwebp status>", "corrupt
- * HEIC: <libheif text>", "corrupt TIFF: <libtiff's first error>". A TIFF libtiff's
+ * HEIC: <libheif text>", "corrupt TIFF: <libtiff's first error>". libtiff only warns
+ * about some damaged image data (a JPEG strip cut short, PackBits runs longer than
+ * the strip): such a warning fails the image too, "corrupt TIFF: Premature end of
+ * JPEG file"; its warnings about tags (an unknown tag, ...) do not. A TIFF libtiff's
  * RGBA reader does not take (floating-point samples, ...) is FM_ERR_UNSUPPORTED,
- * "unsupported TIFF: <libtiff's reason>".
+ * "unsupported TIFF: <libtiff's reason>". A library's text is made one line: control
+ * characters (line breaks, tabs) become a space, blanks at the ends go.
  * libjpeg recovers from many errors with only a warning and
  * fills what it could not decode with gray (a truncated file decodes "fine" with its
  * bottom half gray). Faces labelled from such pixels are wrong, so every libjpeg
@@ -93,7 +98,9 @@ typedef struct fm_decode_opts {
     unsigned formats;    /* FM_FORMAT_* bits (config.h) of the formats decoded; 0: all.
                           * A format left out is FM_ERR_UNSUPPORTED ("format not
                           * enabled (decode.formats): HEIC") before its decoder sees a
-                          * byte. */
+                          * byte. A HEIF file is HEIC or AVIF by its coded images
+                          * (HEVC, AV1), not by its brands; one holding both needs
+                          * both. */
 } fm_decode_opts;
 
 /* Opaque: a TurboJPEG handle plus reusable buffers (the PNG, WebP, HEIF and TIFF
@@ -151,8 +158,9 @@ fm_status fm_decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out
 
 /* Reads the file at path (into a buffer d keeps and reuses) and decodes it as
  * fm_decode does; same ownership of out->data. A file larger than max_bytes is
- * refused with FM_ERR_LIMIT before it is read; open/read failures are FM_ERR_IO.
- * Every message starts with the path. */
+ * refused with FM_ERR_LIMIT before it is read; open/read failures are FM_ERR_IO, and
+ * so is anything but a regular file ("PATH: not a regular file": a FIFO or a device
+ * is refused at once, never waited on). Every message starts with the path. */
 fm_status fm_decode_file(fm_decoder *d, const char *path, fm_image *out, fm_error *err);
 
 /* Writes img as a baseline JPEG at quality 1..100 (4:4:4 at 90 and above, 4:2:0

@@ -333,11 +333,48 @@ static tjscalingfactor choose_scale(const fm_decoder *d, int w, int h)
     return one;
 }
 
-/* libjpeg's message for the last failure on tj. */
-static const char *tj_text(tjhandle tj)
+/* ---- library messages ----------------------------------------------------------- */
+
+/* The room for one library message: what fits in an fm_error after a path and a
+ * prefix such as "corrupt TIFF: ". */
+#define TEXT_MAX 320
+
+/* s (a message from libtiff, libheif, libspng, libwebp or TurboJPEG) as one line in
+ * buf, cap bytes: error texts go into database rows and CSV cells, where a line break
+ * or a tab would split the record (libtiff writes some messages over three lines).
+ * Each run of control characters, with the blanks next to it, becomes one space, and
+ * blanks at either end go; other text is kept as it is. Returns buf. */
+static const char *one_line(const char *s, char *buf, size_t cap)
 {
-    const char *s = tjGetErrorStr2(tj);
-    return s && s[0] ? s : "unknown libjpeg error";
+    size_t n = 0;
+    while (s && *s && n + 1 < cap) {
+        size_t run = 0;
+        int ctl = 0;
+        while (s[run] && ((unsigned char)s[run] <= ' ' || s[run] == 0x7f)) {
+            ctl |= s[run] != ' ';
+            run++;
+        }
+        if (run == 0) {
+            buf[n++] = *s++;
+            continue;
+        }
+        if (n > 0 && s[run]) { /* not at either end */
+            const size_t keep = ctl ? 1 : run;
+            for (size_t k = 0; k < keep && n + 1 < cap; k++)
+                buf[n++] = ' ';
+        }
+        s += run;
+    }
+    if (cap)
+        buf[n] = '\0';
+    return buf;
+}
+
+/* libjpeg's message for the last failure on tj, as one line in buf. */
+static const char *tj_text(tjhandle tj, char *buf, size_t cap)
+{
+    one_line(tjGetErrorStr2(tj), buf, cap);
+    return buf[0] ? buf : "unknown libjpeg error";
 }
 
 /* Replaces the TurboJPEG handle after a failure. TurboJPEG 2.1 does not reset the
@@ -398,8 +435,9 @@ fm_status fm_decoder_new(fm_decoder **out, const fm_decode_opts *opts, fm_error 
     d->opts = o;
     d->tj = tjInitDecompress();
     if (!d->tj) {
+        char t[TEXT_MAX];
         st = fm_error_set(err, FM_ERR_INTERNAL, "decoder: TurboJPEG init failed: %s",
-                          tj_text(NULL));
+                          tj_text(NULL, t, sizeof t));
         goto fail;
     }
     d->factors = tjGetScalingFactors(&d->nfactors);
@@ -518,6 +556,27 @@ static int exif_block_orientation(const uint8_t *t, size_t n)
 
 /* ---- PNG ------------------------------------------------------------------------ */
 
+/* The orientation in a PNG's eXIf chunk before the image data, or 1. libspng takes
+ * only a bare TIFF structure there (II or MM first) and drops a chunk with JPEG's
+ * "Exif\0\0" in front, which some writers put there, and the photo would be analysed
+ * sideways; so the chunks are walked here, as for WebP: after the signature, length
+ * (big-endian), type, data and CRC, up to the first IDAT or IEND. */
+static int png_orientation(const uint8_t *b, size_t n)
+{
+    size_t p = 8;
+    while (n >= p && n - p >= 12) {
+        const uint32_t size = rd32(b + p, 1);
+        const uint8_t *type = b + p + 4;
+        if (size > n - p - 12 || memcmp(type, "IDAT", 4) == 0 ||
+            memcmp(type, "IEND", 4) == 0)
+            return 1;
+        if (memcmp(type, "eXIf", 4) == 0)
+            return exif_block_orientation(b + p + 8, size);
+        p += 12 + (size_t)size;
+    }
+    return 1;
+}
+
 /* Every colour type and bit depth comes out as 8-bit RGB (libspng's SPNG_FMT_RGB8:
  * palettes expanded, gray copied to R, G and B, 16 bits to their high byte, alpha and
  * tRNS dropped; gamma and ICC profiles are not applied, as for JPEG). Interlaced
@@ -537,23 +596,23 @@ static fm_status decode_png(fm_decoder *d, const uint8_t *buf, size_t len, fm_im
     struct spng_ihdr ih;
     if (!r)
         r = spng_get_ihdr(ctx, &ih);
+    char t[TEXT_MAX];
     if (r) {
-        st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s", spng_strerror(r));
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s",
+                          one_line(spng_strerror(r), t, sizeof t));
         goto done;
     }
     st = check_size(d, ih.width, ih.height, err);
     if (st)
         goto done;
-    int orient = 1;
-    struct spng_exif ex;
-    if (spng_get_exif(ctx, &ex) == 0 && ex.data)
-        orient = exif_block_orientation((const uint8_t *)ex.data, ex.length);
+    const int orient = png_orientation(buf, len);
     size_t size = 0;
     r = spng_decoded_image_size(ctx, SPNG_FMT_RGB8, &size);
     const int w = (int)ih.width, h = (int)ih.height;
     if (r || size != (size_t)w * (size_t)h * 3) {
         st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s",
-                          r ? spng_strerror(r) : "unexpected decoded size");
+                          r ? one_line(spng_strerror(r), t, sizeof t)
+                            : "unexpected decoded size");
         goto done;
     }
     uint8_t *target;
@@ -562,7 +621,8 @@ static fm_status decode_png(fm_decoder *d, const uint8_t *buf, size_t len, fm_im
         goto done;
     r = spng_decode_image(ctx, target, size, SPNG_FMT_RGB8, 0);
     if (r) {
-        st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s", spng_strerror(r));
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt PNG: %s",
+                          one_line(spng_strerror(r), t, sizeof t));
         goto done;
     }
     finish(d, w, h, w, h, (tjscalingfactor){1, 1}, orient, out);
@@ -598,8 +658,8 @@ static int webp_orientation(const uint8_t *b, size_t n)
     return 1;
 }
 
-/* The names of libwebp's failures, for the error text. */
-static const char *webp_status_text(VP8StatusCode s)
+/* The names of libwebp's failures. */
+static const char *webp_status_name(VP8StatusCode s)
 {
     switch (s) {
     case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
@@ -613,17 +673,25 @@ static const char *webp_status_text(VP8StatusCode s)
     }
 }
 
+/* libwebp's failure as one line in buf, for the error text. */
+static const char *webp_status_text(VP8StatusCode s, char *buf, size_t cap)
+{
+    return one_line(webp_status_name(s), buf, cap);
+}
+
 /* Lossy and lossless, with or without alpha (dropped), as 8-bit RGB. An animated file
  * is refused (which frame would be the photo?). An EXIF chunk sets the orientation. */
 static fm_status decode_webp(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
                              fm_error *err)
 {
     WebPDecoderConfig cfg;
+    char t[TEXT_MAX];
     if (!WebPInitDecoderConfig(&cfg))
         return fm_error_set(err, FM_ERR_INTERNAL, "decoder: libwebp version mismatch");
     VP8StatusCode s = WebPGetFeatures(buf, len, &cfg.input);
     if (s != VP8_STATUS_OK)
-        return fm_error_set(err, FM_ERR_DECODE, "corrupt WebP: %s", webp_status_text(s));
+        return fm_error_set(err, FM_ERR_DECODE, "corrupt WebP: %s",
+                            webp_status_text(s, t, sizeof t));
     if (cfg.input.has_animation)
         return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported format: animated WebP");
     const int w = cfg.input.width, h = cfg.input.height;
@@ -645,7 +713,8 @@ static fm_status decode_webp(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
     s = WebPDecode(buf, len, &cfg);
     WebPFreeDecBuffer(&cfg.output); /* external memory: frees nothing of ours */
     if (s != VP8_STATUS_OK)
-        return fm_error_set(err, FM_ERR_DECODE, "corrupt WebP: %s", webp_status_text(s));
+        return fm_error_set(err, FM_ERR_DECODE, "corrupt WebP: %s",
+                            webp_status_text(s, t, sizeof t));
     finish(d, w, h, w, h, (tjscalingfactor){1, 1}, orient, out);
     return FM_OK;
 }
@@ -745,6 +814,27 @@ static const uint8_t *heif_item_data(const uint8_t *b, size_t n, const uint8_t *
     return NULL;
 }
 
+/* The first tile of grid item id: the first item its 'dimg' reference in iref names,
+ * or 0 (no item has id 0). */
+static uint32_t heif_first_tile(const uint8_t *m, const uint8_t *mend, uint32_t id)
+{
+    const uint8_t *x, *xend, *body, *bend;
+    if (!isobmff_box(m, mend, "iref", &x, &xend) || xend - x < 4)
+        return 0;
+    const ptrdiff_t idn = x[0] == 0 ? 2 : 4; /* item ids of 16 bits in version 0 */
+    const uint8_t *r = x + 4;
+    while (r < xend && isobmff_box(r, xend, "dimg", &body, &bend)) {
+        r = bend;
+        if (bend - body < idn + 2 + idn)
+            continue;
+        const uint32_t from = idn == 2 ? rd16(body, 1) : rd32(body, 1);
+        const uint8_t *to = body + idn + 2; /* after the reference count */
+        if (from == id && rd16(body + idn, 1) >= 1)
+            return idn == 2 ? rd16(to, 1) : rd32(to, 1);
+    }
+    return 0;
+}
+
 /* Checks the items of a HEIF file before libheif decodes it: the primary image (pitm)
  * must be a coded image (hvc1, av01) or a grid, and no item may be a derived image of
  * another kind (an overlay, iovl; an identity transform, iden) or a second grid, so a
@@ -754,17 +844,22 @@ static const uint8_t *heif_item_data(const uint8_t *b, size_t n, const uint8_t *
  * as they are when it cannot be read): libheif checks a side against its limit but
  * not the area. Returns 0 when the file passes or its boxes are missing or malformed
  * (libheif then says what is wrong), else -1 with the offending item's type in type
- * and its role in *what. */
+ * and its role in *what. The coding is told by the coded items, not by the brands in
+ * ftyp (one word anyone can change): *held gets FM_FORMAT_HEIC for each HEVC item
+ * (hvc1) and FM_FORMAT_AVIF for each AV1 item (av01) the file holds, *primary_kind
+ * the same for the primary image or a grid's first tile (0 when not known). */
 static int heif_items_check(const uint8_t *b, size_t n, char type[5], const char **what,
-                            uint64_t grid[2])
+                            uint64_t grid[2], unsigned *held, unsigned *primary_kind)
 {
     const uint8_t *m, *mend, *x, *xend;
+    *held = *primary_kind = 0;
     if (!isobmff_box(b, b + n, "meta", &m, &mend) || mend - m < 4)
         return 0;
     m += 4; /* version, flags */
     if (!isobmff_box(m, mend, "pitm", &x, &xend) || xend - x < 6)
         return 0;
     const uint32_t primary = x[0] == 0 ? rd16(x + 4, 1) : xend - x >= 8 ? rd32(x + 4, 1) : 0;
+    const uint32_t tile = heif_first_tile(m, mend, primary);
     if (!isobmff_box(m, mend, "iinf", &x, &xend) || xend - x < 6)
         return 0;
     const uint8_t *e = x + (x[0] == 0 ? 6 : 8); /* after the entry count */
@@ -780,7 +875,13 @@ static int heif_items_check(const uint8_t *b, size_t n, char type[5], const char
             continue;
         memcpy(type, ty, 4);
         type[4] = '\0';
-        const int coded = !strcmp(type, "hvc1") || !strcmp(type, "av01");
+        const unsigned kind = !strcmp(type, "hvc1")   ? FM_FORMAT_HEIC
+                              : !strcmp(type, "av01") ? FM_FORMAT_AVIF
+                                                      : 0;
+        const int coded = kind != 0;
+        *held |= kind;
+        if (coded && (id == primary || id == tile))
+            *primary_kind = kind;
         if (id == primary && !coded && strcmp(type, "grid") != 0) {
             *what = "the primary image is";
             return -1;
@@ -837,13 +938,26 @@ static fm_status decode_heif(fm_decoder *d, const char *name, const uint8_t *buf
     char type[5];
     const char *what = "";
     uint64_t grid[2] = {0, 0};
-    if (heif_items_check(buf, len, type, &what, grid) != 0) {
+    unsigned held = 0, primary = 0;
+    const int refused = heif_items_check(buf, len, type, &what, grid, &held, &primary);
+    if (primary) /* named by its coding, whatever the brand says */
+        name = primary == FM_FORMAT_AVIF ? "AVIF" : "HEIC";
+    if (refused) {
         for (int i = 0; i < 4; i++)
             if (type[i] < 0x20 || type[i] > 0x7e)
                 type[i] = '?';
         return fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported %s: %s an item of type '%s'",
                             name, what, type);
     }
+    /* decode.formats by the coded items, so that HEVC data reaches libde265 only with
+     * HEIC enabled and AV1 data libheif's AV1 decoder only with AVIF, however the file
+     * is branded; a file whose items do not read goes by its brand */
+    if (!held)
+        held = strcmp(name, "AVIF") == 0 ? FM_FORMAT_AVIF : FM_FORMAT_HEIC;
+    if (held & ~d->opts.formats)
+        return fm_error_set(err, FM_ERR_UNSUPPORTED,
+                            "format not enabled (decode.formats): %s",
+                            held & FM_FORMAT_HEIC & ~d->opts.formats ? "HEIC" : "AVIF");
     if (grid[0] || grid[1]) {
         fm_status gs = check_size(d, grid[0], grid[1], err);
         if (gs)
@@ -877,8 +991,8 @@ static fm_status decode_heif(fm_decoder *d, const char *name, const uint8_t *buf
         opts->convert_hdr_to_8bit = 1;
     if (opts->version >= 3)
         opts->strict_decoding = 1;
-    if (opts->version >= 4 && strcmp(name, "AVIF") == 0)
-        opts->decoder_id = av1_decoder_id();
+    if (opts->version >= 4 && (primary ? primary : held) == FM_FORMAT_AVIF)
+        opts->decoder_id = av1_decoder_id(); /* AV1 data, whatever the brand */
     he = heif_decode_image(h, &img, heif_colorspace_RGB, heif_chroma_interleaved_RGB, opts);
     if (he.code != heif_error_Ok)
         goto heif_fail;
@@ -905,12 +1019,10 @@ static fm_status decode_heif(fm_decoder *d, const char *name, const uint8_t *buf
     goto done;
 heif_fail: {
     /* libheif's text, without the line break some of its messages end in */
-    const char *m = he.message && he.message[0] ? he.message : "libheif error";
-    size_t mn = strlen(m);
-    while (mn > 0 && (m[mn - 1] == '\n' || m[mn - 1] == ' '))
-        mn--;
-    st = fm_error_set(err, FM_ERR_DECODE, "corrupt %s: %.*s", name, (int)(mn < 400 ? mn : 400),
-                      m);
+    char t[TEXT_MAX];
+    one_line(he.message, t, sizeof t);
+    st = fm_error_set(err, FM_ERR_DECODE, "corrupt %s: %s", name,
+                      t[0] ? t : "libheif error");
 }
 done:
     heif_image_release(img);
@@ -938,8 +1050,9 @@ static fm_status decode_avif(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
 typedef struct tiff_src {
     const uint8_t *p;
     size_t n, pos;
-    char msg[160]; /* libtiff's first error message */
+    char msg[TEXT_MAX]; /* libtiff's first error message, one line */
     int errors;
+    int pixels; /* reading the image data: a warning now means damaged data */
 } tiff_src;
 
 static tmsize_t tiff_read(thandle_t h, void *buf, tmsize_t size)
@@ -1001,27 +1114,79 @@ static int tiff_error(TIFF *tif, void *user, const char *module, const char *fmt
 {
     (void)tif, (void)module;
     tiff_src *s = user;
-    if (s->errors++ == 0)
-        vsnprintf(s->msg, sizeof s->msg, fmt, ap);
+    if (s->errors++ == 0) {
+        char text[FM_ERROR_MSG_MAX];
+        vsnprintf(text, sizeof text, fmt, ap);
+        one_line(text, s->msg, sizeof s->msg);
+    }
     return 1;
 }
 
+/* Warnings while reading image data that leave the pixels complete: libjpeg's one
+ * (as for JPEG files); LZW data in the pre-1990 bit order, which libtiff reads in its
+ * compatibility mode; a JPEG strip coded taller than the rows left in the image (the
+ * last strip at full height), of which libtiff takes the rows it needs. */
+static int tiff_warning_is_harmless(const char *text)
+{
+    return warning_is_harmless(text) || strstr(text, "Old-style LZW codes") != NULL ||
+           strstr(text, "JPEG strip size exceeds expected dimensions") != NULL;
+}
+
+/* A warning while libtiff reads the directory is about a tag it has worked around (an
+ * unknown tag, an ASCII value without its NUL, a byte count it computed itself) and
+ * the pixels are still right, so it is ignored. A warning while it reads the image
+ * data is, but for the few above, a codec's complaint about that data: libjpeg's
+ * "Premature end of JPEG file" (the rest of the strip gray), PackBits' "Discarding N
+ * bytes" (runs lost); the pixels are wrong, so it fails the image as an error does. */
 static int tiff_warning(TIFF *tif, void *user, const char *module, const char *fmt,
                         va_list ap)
 {
-    (void)tif, (void)user, (void)module, (void)fmt, (void)ap;
+    (void)tif, (void)module;
+    tiff_src *s = user;
+    if (!s->pixels)
+        return 1;
+    char text[FM_ERROR_MSG_MAX];
+    vsnprintf(text, sizeof text, fmt, ap);
+    if (tiff_warning_is_harmless(text))
+        return 1;
+    if (s->errors++ == 0)
+        one_line(text, s->msg, sizeof s->msg);
     return 1;
+}
+
+/* Has TIFFRGBAImage keep the colours an alpha channel comes with. It multiplies
+ * unassociated alpha into them (a pixel of alpha 0 turns black), while the decoder
+ * drops alpha and keeps the colour as stored. Marked unspecified, the extra sample is
+ * read as associated alpha, whose colours it copies unchanged (contiguous and
+ * separate planes, 8 and 16 bits). Associated alpha is left as it is. 0, or -1 when
+ * out of memory. */
+static int tiff_keep_colours(TIFF *tif)
+{
+    uint16_t count = 0, *info = NULL;
+    if (!TIFFGetField(tif, TIFFTAG_EXTRASAMPLES, &count, &info) || count == 0 || !info ||
+        info[0] != EXTRASAMPLE_UNASSALPHA)
+        return 0;
+    /* a copy: setting the tag frees the array info points into */
+    uint16_t *copy = malloc(count * sizeof *copy);
+    if (!copy)
+        return -1;
+    memcpy(copy, info, count * sizeof *copy);
+    copy[0] = EXTRASAMPLE_UNSPECIFIED;
+    TIFFSetField(tif, TIFFTAG_EXTRASAMPLES, count, copy);
+    free(copy);
+    return 0;
 }
 
 /* The first page of a TIFF (scanners' and archives' format) through libtiff's RGBA
  * interface: 1 to 16 bits, gray, palette, RGB, CMYK, YCbCr, any compression libtiff
  * has (LZW, Deflate, JPEG, PackBits, ...), strips or tiles; alpha dropped. The pixels
  * are read in file order and turned by the Orientation tag (the values EXIF took from
- * TIFF) as for JPEG. A read error anywhere fails the image. */
+ * TIFF) as for JPEG. A read error anywhere, or a warning about the image data, fails
+ * the image. */
 static fm_status decode_tiff(fm_decoder *d, const uint8_t *buf, size_t len, fm_image *out,
                              fm_error *err)
 {
-    tiff_src src = {buf, len, 0, "", 0};
+    tiff_src src = {buf, len, 0, "", 0, 0};
     TIFFOpenOptions *o = TIFFOpenOptionsAlloc();
     if (!o)
         return fm_error_set(err, FM_ERR_NOMEM, "decoder: cannot allocate TIFF options");
@@ -1053,13 +1218,20 @@ static fm_status decode_tiff(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
     st = check_size(d, w, h, err);
     if (st)
         goto done;
+    char t[TEXT_MAX];
     if (!TIFFRGBAImageOK(tif, emsg)) {
         st = src.errors ? fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s", src.msg)
-                        : fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported TIFF: %s", emsg);
+                        : fm_error_set(err, FM_ERR_UNSUPPORTED, "unsupported TIFF: %s",
+                                       one_line(emsg, t, sizeof t));
+        goto done;
+    }
+    if (tiff_keep_colours(tif) != 0) {
+        st = fm_error_set(err, FM_ERR_NOMEM, "decoder: cannot allocate TIFF extra samples");
         goto done;
     }
     if (!TIFFRGBAImageBegin(&ri, tif, 1, emsg)) {
-        st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s", src.msg[0] ? src.msg : emsg);
+        st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s",
+                          src.msg[0] ? src.msg : one_line(emsg, t, sizeof t));
         goto done;
     }
     begun = 1;
@@ -1073,7 +1245,10 @@ static fm_status decode_tiff(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
     if (st)
         goto done;
     uint32_t *raster = (uint32_t *)(void *)d->tmp;
-    if (!TIFFRGBAImageGet(&ri, raster, w, h) || src.errors) {
+    src.pixels = 1;
+    const int got = TIFFRGBAImageGet(&ri, raster, w, h);
+    src.pixels = 0;
+    if (!got || src.errors) {
         st = fm_error_set(err, FM_ERR_DECODE, "corrupt TIFF: %s",
                           src.msg[0] ? src.msg : "the image data does not read");
         goto done;
@@ -1108,12 +1283,13 @@ static fm_status decode_jpeg(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
                             len);
 #endif
     unsigned long jlen = (unsigned long)len;
+    char t[TEXT_MAX];
 
     if (!d->tj) {
         reset_handle(d);
         if (!d->tj)
             return fm_error_set(err, FM_ERR_NOMEM, "decoder: TurboJPEG init failed: %s",
-                                tj_text(NULL));
+                                tj_text(NULL, t, sizeof t));
     }
 
     jpeg_meta meta;
@@ -1127,7 +1303,7 @@ static fm_status decode_jpeg(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
     int r = tjDecompressHeader3(d->tj, buf, jlen, &w, &h, &subsamp, &cs);
     if (w <= 0 || h <= 0 || cs < TJCS_RGB || cs > TJCS_YCCK) {
         const char *why = r != 0 || tjGetErrorCode(d->tj) == TJERR_WARNING
-                              ? tj_text(d->tj)
+                              ? tj_text(d->tj, t, sizeof t)
                               : "no image in the data (header only or cut short)";
         return tj_fail(d, why, err);
     }
@@ -1150,7 +1326,7 @@ static fm_status decode_jpeg(fm_decoder *d, const uint8_t *buf, size_t len, fm_i
     r = tjDecompress2(d->tj, buf, jlen, target, sw, sw * bpp, sh,
                       cmyk ? TJPF_CMYK : TJPF_RGB, TJFLAG_LIMITSCANS);
     if (r != 0) {
-        const char *text = tj_text(d->tj);
+        const char *text = tj_text(d->tj, t, sizeof t);
         if (tjGetErrorCode(d->tj) != TJERR_WARNING || !warning_is_harmless(text))
             return tj_fail(d, text, err);
     }
@@ -1173,14 +1349,17 @@ static fm_status decode(fm_decoder *d, const uint8_t *buf, size_t len, fm_image 
     const char *name = is_jpeg(buf, len) ? "JPEG" : sniff_other(buf, len);
     if (!name)
         return fm_error_set(err, FM_ERR_FORMAT, "not an image (unrecognised data)");
-    /* the formats read: sniff_other's name, decode.formats' bit, the decoder */
+    /* the formats read: sniff_other's name, decode.formats' bits, the decoder. A HEIF
+     * file passes here when HEIC or AVIF is enabled; decode_heif then checks the bits
+     * of the codings its items hold, which its brand need not name. */
+    enum { HEIF = FM_FORMAT_HEIC | FM_FORMAT_AVIF };
     static const struct {
         const char *name;
         unsigned bit;
         fm_status (*decode)(fm_decoder *, const uint8_t *, size_t, fm_image *, fm_error *);
     } read[] = {{"JPEG", FM_FORMAT_JPEG, decode_jpeg}, {"PNG", FM_FORMAT_PNG, decode_png},
-                {"WebP", FM_FORMAT_WEBP, decode_webp}, {"HEIC", FM_FORMAT_HEIC, decode_heic},
-                {"AVIF", FM_FORMAT_AVIF, decode_avif}, {"TIFF", FM_FORMAT_TIFF, decode_tiff}};
+                {"WebP", FM_FORMAT_WEBP, decode_webp}, {"HEIC", HEIF, decode_heic},
+                {"AVIF", HEIF, decode_avif}, {"TIFF", FM_FORMAT_TIFF, decode_tiff}};
     for (size_t i = 0; i < sizeof read / sizeof read[0]; i++) {
         if (strcmp(name, read[i].name) != 0)
             continue;
@@ -1219,7 +1398,9 @@ fm_status fm_decode_file(fm_decoder *d, const char *path, fm_image *out, fm_erro
         return fm_error_set(err, FM_ERR_INVALID, "fm_decode_file: NULL argument");
     const size_t limit = d->opts.max_bytes; /* < SIZE_MAX, see fm_decoder_new */
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* Without blocking: opening a FIFO for reading waits for a writer, and reading a
+     * device may never end. Only a regular file is read (as the worker daemon does). */
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) {
         st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
         goto fail;
@@ -1233,19 +1414,25 @@ fm_status fm_decode_file(fm_decoder *d, const char *path, fm_image *out, fm_erro
         st = fm_error_set(err, FM_ERR_IO, "%s: is a directory", path);
         goto fail;
     }
-    if (S_ISREG(sb.st_mode)) {
-        if ((uint64_t)sb.st_size > (uint64_t)limit) {
-            st = fm_error_set(err, FM_ERR_LIMIT,
-                              "%s: file is %lld bytes, over the limit of %zu bytes "
-                              "(max_bytes)",
-                              path, (long long)sb.st_size, limit);
-            goto fail;
-        }
-        /* One spare byte sees the end of file (or a file that grew) in one read. */
-        st = buf_reserve(d, &d->in, &d->in_cap, (size_t)sb.st_size + 1, 0, err);
-        if (st)
-            goto fail;
+    if (!S_ISREG(sb.st_mode)) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: not a regular file", path);
+        goto fail;
     }
+    const int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if ((uint64_t)sb.st_size > (uint64_t)limit) {
+        st = fm_error_set(err, FM_ERR_LIMIT,
+                          "%s: file is %lld bytes, over the limit of %zu bytes (max_bytes)",
+                          path, (long long)sb.st_size, limit);
+        goto fail;
+    }
+    /* One spare byte sees the end of file (or a file that grew) in one read. */
+    st = buf_reserve(d, &d->in, &d->in_cap, (size_t)sb.st_size + 1, 0, err);
+    if (st)
+        goto fail;
 
     size_t len = 0;
     for (;;) {
@@ -1318,16 +1505,18 @@ fm_status fm_image_write_jpeg(const fm_image *img, const char *path, int quality
         return fm_error_set(err, FM_ERR_INVALID, "write JPEG: image %dx%d too large",
                             img->w, img->h);
 
+    char t[TEXT_MAX];
     tj = tjInitCompress();
     if (!tj) {
         st = fm_error_set(err, FM_ERR_INTERNAL, "write JPEG: TurboJPEG init failed: %s",
-                          tj_text(NULL));
+                          tj_text(NULL, t, sizeof t));
         goto fail;
     }
     int subsamp = quality >= 90 ? TJSAMP_444 : TJSAMP_420;
     if (tjCompress2(tj, img->data, img->w, (int)img->stride, img->h, TJPF_RGB, &jpg, &jlen,
                     subsamp, quality, TJFLAG_ACCURATEDCT) != 0) {
-        st = fm_error_set(err, FM_ERR_INTERNAL, "write JPEG %s: %s", path, tj_text(tj));
+        st = fm_error_set(err, FM_ERR_INTERNAL, "write JPEG %s: %s", path,
+                          tj_text(tj, t, sizeof t));
         goto fail;
     }
     f = fopen(path, "wb");
