@@ -1365,6 +1365,86 @@ static blob heif_with_irot(const blob *f, int angle)
     return b;
 }
 
+/* Offsets of the bodies of the 'dimg' references in a HEIF file's iref (version 0:
+ * 16-bit ids; body: from, count, to...), up to max; returns how many. */
+static int dimg_bodies(const blob *b, size_t *at, int max)
+{
+    int k = 0;
+    for (size_t i = 4; i + 10 <= b->n && k < max; i++)
+        if (memcmp(b->p + i, "dimg", 4) == 0 && b->p[i - 4] == 0 && b->p[i - 3] == 0)
+            at[k++] = i + 4;
+    return k;
+}
+
+/* A HEIC with more grids than the primary: libheif writes an image with alpha as a
+ * grid of HEVC tiles and its alpha as a second grid. It decodes (the colour, alpha
+ * dropped); the second grid's output size meets the pixel limit before libheif
+ * decodes anything; a grid made of a grid (the first grid's tile pointed at the
+ * second grid) is refused by the items. */
+static void test_heif_second_grid(fm_decoder *d)
+{
+    const int w = 64, h = 48;
+    uint8_t *want = make_pattern(w, h);
+    uint8_t *rgba = malloc((size_t)w * h * 4);
+    for (int i = 0; i < w * h; i++) {
+        memcpy(rgba + 4 * (size_t)i, want + 3 * (size_t)i, 3);
+        rgba[4 * (size_t)i + 3] = (uint8_t)(i % 256); /* alpha of every value */
+    }
+    blob b = {NULL, 0};
+    if (fm_test_heif_encode_rgba(rgba, w, h, 95, &b.p, &b.n) != 0)
+        exit(1);
+    free(rgba);
+    size_t at[4];
+    const int refs = dimg_bodies(&b, at, 4);
+    int grids = 0;
+    for (size_t i = 12; i + 4 <= b.n; i++)
+        grids += memcmp(b.p + i, "grid", 4) == 0 && memcmp(b.p + i - 12, "infe", 4) == 0;
+    CHECK_MSG(grids == 2 && refs == 2, "RGBA HEIC: %d grids, %d dimg references (2, 2: "
+              "the colour's and the alpha's)", grids, refs);
+    fm_image img;
+    fm_error e = {0};
+    fm_status st = fm_decode(d, b.p, b.n, &img, &e);
+    CHECK_MSG(st == FM_OK && img.w == w && img.h == h, "RGBA HEIC (two grids): %s %s",
+              fm_status_to_string(st), e.msg);
+    if (st == FM_OK) {
+        diff df = compare(&img, want, w, h);
+        CHECK_MSG(df.mean < 3.0, "RGBA HEIC: mean difference %.2f from the colours (max %d)",
+                  df.mean, df.max);
+    }
+    /* the alpha grid (the second record in idat) made 65534 x 65534 */
+    blob big = blob_copy(b.p, b.n);
+    int forged = 0;
+    for (size_t i = 4; i + 24 <= big.n && !forged; i++)
+        if (memcmp(big.p + i, "idat", 4) == 0 && big.p[i + 4 + 8] == 0 &&
+            big.p[i + 4 + 9] == 0) {
+            big.p[i + 16] = big.p[i + 18] = 0xff; /* the second record's width, height */
+            big.p[i + 17] = big.p[i + 19] = 0xfe;
+            forged = 1;
+        }
+    CHECK_MSG(forged, "RGBA HEIC: no second grid record in idat");
+    fm_decoder *fresh = new_decoder(0, 0, 0);
+    st = fm_decode(fresh, big.p, big.n, &img, &e);
+    fm_decoder_stats gs;
+    fm_decoder_get_stats(fresh, &gs);
+    CHECK_MSG(st == FM_ERR_LIMIT && contains(e.msg, "65534x65534") && gs.buffer_bytes == 0,
+              "RGBA HEIC, alpha grid of 65534x65534: %s %s", fm_status_to_string(st), e.msg);
+    fm_decoder_destroy(&fresh);
+    blob_free(&big);
+    /* the colour grid's first tile pointed at the alpha grid: a grid of a grid */
+    if (refs == 2) {
+        blob nest = blob_copy(b.p, b.n);
+        memcpy(nest.p + at[0] + 4, nest.p + at[1], 2); /* first target := second source */
+        st = fm_decode(d, nest.p, nest.n, &img, &e);
+        CHECK_MSG(st == FM_ERR_UNSUPPORTED &&
+                      strcmp(e.msg, "unsupported HEIC: a grid holds an item of type 'grid'") ==
+                          0,
+                  "grid of a grid: %s %s", fm_status_to_string(st), e.msg);
+        blob_free(&nest);
+    }
+    blob_free(&b);
+    free(want);
+}
+
 /* HEIC and AVIF through libheif: close to the pattern; the file's rotation applied
  * (each irot angle gives the upright view EXIF orientations 8, 3 and 6 name); cut
  * short at many lengths: an error, never pixels; the pixel limit from the header. */
@@ -2174,6 +2254,7 @@ int main(int argc, char **argv)
     test_png_webp_damage(d);
     test_png_webp_limits();
     test_heif(d);
+    test_heif_second_grid(d);
     test_tiff(d);
     test_tiff_damage(d);
     test_formats();

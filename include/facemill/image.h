@@ -26,9 +26,10 @@
  *      imir, clap) applied, tiles put together and HDR narrowed to 8 bits; their
  *      orientation is reported as 1. A HEIF file whose primary image is neither a
  *      coded image nor a grid of them, or that holds an overlay, an identity
- *      transform or a second grid, is refused before libheif decodes it
- *      (FM_ERR_UNSUPPORTED: libheif 1.15 puts no limits on such derived images),
- *      and a grid's output size meets max_pixels first (libheif checks a side only).
+ *      transform or a grid made of grids, is refused before libheif decodes it
+ *      (FM_ERR_UNSUPPORTED: libheif 1.15 puts no limits on such derived images);
+ *      other grids beside the primary (an alpha grid, a gain map) are allowed, and
+ *      every grid's output size meets max_pixels first (libheif checks a side only).
  *
  * Corrupt data policy. PNG, WebP, HEIC, AVIF and TIFF fail on any decoder error (a
  * bad CRC, data cut short; libheif decodes strictly, libtiff stops at the first

@@ -39,23 +39,25 @@ static struct heif_error write_sink(struct heif_context *ctx, const void *data, 
     return (struct heif_error){heif_error_Ok, heif_suberror_Unspecified, "ok"};
 }
 
-int fm_test_heif_encode(const uint8_t *rgb, int w, int h, int av1, int quality,
-                        uint8_t **out, size_t *n)
+/* fm_test_heif_encode with ch channels (3: RGB, 4: RGBA). */
+static int encode(const uint8_t *px, int ch, int w, int h, int av1, int quality, uint8_t **out,
+                  size_t *n)
 {
     struct heif_image *im = NULL;
     struct heif_context *c = heif_context_alloc();
     struct heif_encoder *enc = NULL;
     sink s = {NULL, 0, 0};
-    struct heif_error e = heif_image_create(w, h, heif_colorspace_RGB,
-                                            heif_chroma_interleaved_RGB, &im);
+    struct heif_error e = heif_image_create(
+        w, h, heif_colorspace_RGB,
+        ch == 4 ? heif_chroma_interleaved_RGBA : heif_chroma_interleaved_RGB, &im);
     if (!e.code)
         e = heif_image_add_plane(im, heif_channel_interleaved, w, h, 8);
     if (!e.code) {
         int stride;
         uint8_t *p = heif_image_get_plane(im, heif_channel_interleaved, &stride);
         for (int y = 0; y < h; y++)
-            memcpy(p + (size_t)y * (size_t)stride, rgb + (size_t)y * (size_t)w * 3,
-                   (size_t)w * 3);
+            memcpy(p + (size_t)y * (size_t)stride, px + (size_t)y * (size_t)w * (size_t)ch,
+                   (size_t)w * (size_t)ch);
         e = heif_context_get_encoder_for_format(
             c, av1 ? heif_compression_AV1 : heif_compression_HEVC, &enc);
     }
@@ -78,6 +80,18 @@ int fm_test_heif_encode(const uint8_t *rgb, int w, int h, int av1, int quality,
     *out = s.p;
     *n = s.n;
     return 0;
+}
+
+int fm_test_heif_encode(const uint8_t *rgb, int w, int h, int av1, int quality,
+                        uint8_t **out, size_t *n)
+{
+    return encode(rgb, 3, w, h, av1, quality, out, n);
+}
+
+int fm_test_heif_encode_rgba(const uint8_t *rgba, int w, int h, int quality, uint8_t **out,
+                             size_t *n)
+{
+    return encode(rgba, 4, w, h, 0, quality, out, n);
 }
 
 static uint64_t rd_be(const uint8_t *p, int n)

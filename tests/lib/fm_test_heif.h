@@ -12,6 +12,12 @@
 int fm_test_heif_encode(const uint8_t *rgb, int w, int h, int av1, int quality,
                         uint8_t **out, size_t *n);
 
+/* The same for w x h packed RGBA pixels as HEIC: libheif 1.15 writes the colour as a
+ * grid of HEVC tiles and the alpha as a second grid, an auxiliary image of the first
+ * (as some converters' files hold them). */
+int fm_test_heif_encode_rgba(const uint8_t *rgba, int w, int h, int quality, uint8_t **out,
+                             size_t *n);
+
 /* A copy of the HEIF file f (as fm_test_heif_encode writes them: ftyp, meta, mdat)
  * with an irot property, angle x 90 degrees anticlockwise, on its primary image: the
  * way phones store a portrait photo. *out is malloc'd. 0, or -1 with a message. */

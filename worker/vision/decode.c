@@ -835,14 +835,68 @@ static uint32_t heif_first_tile(const uint8_t *m, const uint8_t *mend, uint32_t 
     return 0;
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* 1 when a 'dimg' reference names, among the images a derived image is made of, an
+ * item that is itself made of others (a grid of grids); 0 when not or when iref does
+ * not read; -1 when out of memory. Every item with 'dimg' references is a derived
+ * image, so the check is that no reference's target is any reference's source. */
+static int heif_nested_grids(const uint8_t *m, const uint8_t *mend)
+{
+    const uint8_t *x, *xend, *body, *bend;
+    if (!isobmff_box(m, mend, "iref", &x, &xend) || xend - x < 4)
+        return 0;
+    const ptrdiff_t idn = x[0] == 0 ? 2 : 4; /* item ids of 16 bits in version 0 */
+    size_t n = 0, cap = 0;
+    uint32_t *from = NULL;
+    for (const uint8_t *r = x + 4; r < xend && isobmff_box(r, xend, "dimg", &body, &bend);
+         r = bend) {
+        if (bend - body < idn)
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            uint32_t *v = realloc(from, cap * sizeof *v);
+            if (!v) {
+                free(from);
+                return -1;
+            }
+            from = v;
+        }
+        from[n++] = idn == 2 ? rd16(body, 1) : rd32(body, 1);
+    }
+    int nested = 0;
+    if (n)
+        qsort(from, n, sizeof *from, cmp_u32);
+    for (const uint8_t *r = x + 4;
+         n && !nested && r < xend && isobmff_box(r, xend, "dimg", &body, &bend); r = bend) {
+        if (bend - body < idn + 2)
+            continue;
+        const uint32_t count = rd16(body + idn, 1);
+        const uint8_t *to = body + idn + 2;
+        for (uint32_t k = 0; k < count && bend - to >= idn && !nested; k++, to += idn) {
+            const uint32_t t = idn == 2 ? rd16(to, 1) : rd32(to, 1);
+            nested = bsearch(&t, from, n, sizeof *from, cmp_u32) != NULL;
+        }
+    }
+    free(from);
+    return nested;
+}
+
 /* Checks the items of a HEIF file before libheif decodes it: the primary image (pitm)
- * must be a coded image (hvc1, av01) or a grid, and no item may be a derived image of
- * another kind (an overlay, iovl; an identity transform, iden) or a second grid, so a
- * grid's tiles are coded images. libheif 1.15 has no limits of its own on derived
- * images: a 3 KB file whose grid had an overlay for a tile (the fuzzer's) made it
- * allocate gigabytes. A primary grid's output size goes to grid[0], grid[1] (left
- * as they are when it cannot be read): libheif checks a side against its limit but
- * not the area. Returns 0 when the file passes or its boxes are missing or malformed
+ * must be a coded image (hvc1, av01) or a grid, no item may be a derived image of
+ * another kind (an overlay, iovl; an identity transform, iden), and a grid's tiles may
+ * not be grids, so every grid is made of coded images. libheif 1.15 has no limits of
+ * its own on derived images: a 3 KB file whose grid had an overlay for a tile (the
+ * fuzzer's) made it allocate gigabytes. More grids than the primary are allowed, as
+ * files hold them (libheif's own encoder writes an image with alpha as a grid and an
+ * alpha grid beside it; phones store gain maps beside the photo). The largest output
+ * size of any grid goes to grid[0], grid[1] (left as they are when none can be read),
+ * for the pixel limit: libheif checks a side against its limit but not the area, and
+ * decodes an alpha grid with the primary. Returns 0 when the file passes or its boxes are missing or malformed
  * (libheif then says what is wrong), else -1 with the offending item's type in type
  * and its role in *what. The coding is told by the coded items, not by the brands in
  * ftyp (one word anyone can change): *held gets FM_FORMAT_HEIC for each HEVC item
@@ -886,20 +940,29 @@ static int heif_items_check(const uint8_t *b, size_t n, char type[5], const char
             *what = "the primary image is";
             return -1;
         }
-        if (id == primary && !strcmp(type, "grid")) { /* its output size, for the limits */
+        if (!strcmp(type, "grid")) { /* its output size, for the limits */
             size_t got = 0;
             const uint8_t *g = heif_item_data(b, n, m, mend, id, &got);
             const size_t need = g && got >= 2 && (g[1] & 1) ? 12 : 8;
             if (g && got >= need) {
-                grid[0] = need == 12 ? rd32(g + 4, 1) : rd16(g + 4, 1);
-                grid[1] = need == 12 ? rd32(g + 8, 1) : rd16(g + 6, 1);
+                const uint64_t gw = need == 12 ? rd32(g + 4, 1) : rd16(g + 4, 1);
+                const uint64_t gh = need == 12 ? rd32(g + 8, 1) : rd16(g + 6, 1);
+                if (gw * gh >= grid[0] * grid[1]) {
+                    grid[0] = gw;
+                    grid[1] = gh;
+                }
             }
         }
-        if (!strcmp(type, "iovl") || !strcmp(type, "iden") ||
-            (!strcmp(type, "grid") && id != primary)) {
+        if (!strcmp(type, "iovl") || !strcmp(type, "iden")) {
             *what = "the file holds";
             return -1;
         }
+    }
+    const int nested = heif_nested_grids(m, mend);
+    if (nested) { /* out of memory (-1) refuses too: the file is not checked */
+        memcpy(type, "grid", 5);
+        *what = nested > 0 ? "a grid holds" : "out of memory checking";
+        return -1;
     }
     return 0;
 }
