@@ -32,7 +32,18 @@ checkout root and once from an unrelated directory. Checked:
   - the CSV export holds the JSONL export's values under the flattened field names
     (box.x1, landmarks.left_eye.x, gender_probs.male, ...), one row per face.
 
-Usage: test_label_e2e.py --bin BIN --src SRC
+First, with decode-only workers (no models; --only hard_inputs runs just this): inputs
+that cannot be read (a file nobody may open, run as nobody when the test is root; a
+listed path that is missing; dangling links; files and archive members too large for
+a message; a tar cut inside a member and one cut inside a header; a damaged zip; a
+text file named .tar) each end as an io error row with their reason, once, also after
+a rerun; a folder nobody may list and one nested too deep are warnings and exit 1;
+names with escape sequences reach stderr escaped, and "(null)" never; -o naming a
+missing folder or a file that is no database, and a missing INPUT, are usage errors
+(exit 2, one line) that create nothing; eleven runs of the same folder of 8 images
+each stop their workers at once (none waits out 15 s).
+
+Usage: test_label_e2e.py --bin BIN --src SRC [--only hard_inputs]
 Exit 0 pass, 1 fail.
 """
 import csv
@@ -43,7 +54,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import tempfile
+import time
 
 import numpy as np
 from PIL import Image
@@ -255,14 +268,247 @@ def run_lines(fm, cmd, paths, cwd, env):
     return out, p
 
 
+# ---- inputs that cannot be read, and how a run ends ----------------------------------
+
+def label_as(user, fm, args, cwd, env, stdin=None, timeout=300):
+    """`facemill label ARGS` (run as the uid user when not None: setpriv, root only);
+    the finished process, output as text with bad UTF-8 replaced."""
+    cmd = [fm, "label"] + args
+    if user is not None:
+        cmd = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups"] + cmd
+    return subprocess.run(cmd, cwd=cwd, env=env, input=stdin, capture_output=True,
+                          text=True, errors="replace", timeout=timeout)
+
+
+def export_rows(fm, db, env):
+    """source -> error (None for a labelled image) of every row of db, and the count."""
+    p = subprocess.run([fm, "export", db], env=env, capture_output=True, text=True,
+                       errors="surrogateescape", timeout=120)
+    check(p.returncode == 0, "export %s: %s" % (db, p.stderr))
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    return {o["source"]: o["error"] for o in rows}, len(rows)
+
+
+def write_jpeg(path, seed):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=80)
+
+
+def case_hard_inputs(fm, tmp):
+    """`facemill label` (decode-only workers, no models) on inputs that cannot be read:
+    each ends as an error row (code 4, io) with its reason and the rest is labelled;
+    a folder that cannot be listed or lies too deep is a warning and exit 1; a damaged
+    archive is a row, never "(null)"; names reach the terminal escaped; a bad -o or a
+    missing INPUT is a usage error before anything starts; a rerun stops its workers
+    at once. Each part runs on its own, so each fault shows by itself."""
+    base = os.path.join(tmp, "hard")
+    home = os.path.join(base, "home")
+    photos = os.path.join(base, "photos")
+    tree = os.path.join(base, "tree")
+    for d in (home, os.path.join(photos, "sub"), os.path.join(tree, "locked")):
+        os.makedirs(d)
+    env = user_env(home)
+    # chmod 000 keeps nobody out but root: as root, the runs are made as nobody
+    user = None
+    if os.geteuid() == 0:
+        probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534",
+                                "--clear-groups", fm, "--help"], capture_output=True)
+        if probe.returncode == 0:
+            user = 65534
+        else:
+            print("test_label_e2e: %s cannot run as nobody: unreadable files and folders "
+                  "are not checked" % fm, file=sys.stderr)
+    unreadable = user is not None or os.geteuid() != 0
+    for i in range(3):
+        write_jpeg(os.path.join(photos, "ok%d.jpg" % i), i)
+    write_jpeg(os.path.join(photos, "sub", "deeper.jpg"), 3)
+    write_jpeg(os.path.join(photos, "secret.jpg"), 5)
+    os.symlink("/nonexistent/target.jpg", os.path.join(photos, "dangling.jpg"))
+    evil = "esc\x1b]0;owned\x07\x1b[2J.jpg"
+    os.symlink("/nonexistent/other.jpg", os.path.join(photos, evil))
+    huge_evil = "huge\x1b[31m.jpg"
+    open(os.path.join(photos, huge_evil), "wb").write(os.urandom(300000))
+    write_jpeg(os.path.join(base, "listed.jpg"), 8)
+    good = os.path.join(base, "good.tar")
+    with tarfile.open(good, "w") as t:
+        t.add(os.path.join(photos, "ok0.jpg"), "a.jpg")
+        t.add(os.path.join(photos, "ok1.jpg"), "member\x1b[31m.jpg")
+        big = os.urandom(300000)
+        info = tarfile.TarInfo("big\x1b[2J.jpg")
+        info.size = len(big)
+        t.addfile(info, io.BytesIO(big))
+    # the second tree: a folder nobody may list, and damaged archives
+    write_jpeg(os.path.join(tree, "fine.jpg"), 9)
+    write_jpeg(os.path.join(tree, "locked", "hidden.jpg"), 4)
+    cut, cut_head, damaged, notar = (os.path.join(base, n) for n in (
+        "cut.tar", "cut_head.tar", "damaged.zip", "not_an_archive.tar"))
+    with tarfile.open(cut, "w", format=tarfile.USTAR_FORMAT) as t:
+        t.add(os.path.join(photos, "ok0.jpg"), "one.jpg")
+        t.add(os.path.join(photos, "ok2.jpg"), "two.jpg")
+    data = open(cut, "rb").read()
+    two = data.index(b"two.jpg\0")
+    open(cut, "wb").write(data[: two + 512 + 100])  # inside two.jpg's bytes
+    open(cut_head, "wb").write(data[: two + 200])  # inside two.jpg's header
+    open(damaged, "wb").write(b"PK\x03\x04" + b"\xff" * 200)
+    open(notar, "w").write("not an archive\n")
+    for p in (tmp, base, home, photos, tree):
+        os.chmod(p, 0o755)
+    if user is not None:
+        for root, dirs, files in os.walk(base):
+            for n in dirs + files:
+                os.lchown(os.path.join(root, n), user, user)
+        os.chown(base, user, user)
+    os.chmod(os.path.join(photos, "secret.jpg"), 0)
+    os.chmod(os.path.join(tree, "locked"), 0)
+    common = ["-j", "1", "--progress", "lines", "--worker-arg", "--decode-only",
+              "--set", "net.max_msg_size=200000"]
+    too_large = "300000 bytes, more than a message takes (134464)"
+    files = {
+        "args": [photos, good, "-"],
+        "stdin": "%s\n%s\n" % (os.path.join(base, "listed.jpg"),
+                               os.path.join(base, "gone.jpg")),
+        "errors": {
+            os.path.join(photos, "dangling.jpg"): "dangling symbolic link",
+            os.path.join(photos, evil): "dangling symbolic link",
+            os.path.join(photos, huge_evil): too_large,
+            good + ":big\x1b[2J.jpg": too_large,
+            os.path.join(base, "gone.jpg"): "No such file or directory"},
+        "labelled": [os.path.join(photos, n) for n in ("ok0.jpg", "ok1.jpg", "ok2.jpg")] + [
+            os.path.join(photos, "sub", "deeper.jpg"), good + ":a.jpg",
+            good + ":member\x1b[31m.jpg", os.path.join(base, "listed.jpg")],
+        "folders": 0}
+    if unreadable:
+        files["errors"][os.path.join(photos, "secret.jpg")] = \
+            "cannot open: Permission denied"
+    else:  # root reads it all the same
+        files["labelled"].append(os.path.join(photos, "secret.jpg"))
+    folders = {
+        "args": [tree, cut, cut_head, damaged, notar],
+        "stdin": None,
+        "errors": {
+            cut + ":two.jpg": "truncated member",
+            cut_head: "unreadable archive after one.jpg: ",
+            damaged: "unreadable archive",
+            notar: "unreadable archive"},
+        "labelled": [os.path.join(tree, "fine.jpg"), cut + ":one.jpg",
+                     cut_head + ":one.jpg"],
+        "folders": 1 if unreadable else 0}
+    if not unreadable:
+        folders["labelled"].append(os.path.join(tree, "locked", "hidden.jpg"))
+    try:
+        for part, c in (("files", files), ("folders and archives", folders)):
+            db = os.path.join(base, part.split()[0] + ".db")
+            for run in ("first", "rerun"):
+                p = label_as(user, fm, c["args"] + ["-o", db] + common, base, env,
+                             stdin=c["stdin"])
+                err, what = p.stderr, "%s, %s" % (part, run)
+                total = len(c["errors"]) + len(c["labelled"])
+                summary = "%d images: %d committed, %d already stored, %d failed%s" % (
+                    total, 0 if run == "rerun" else total, total if run == "rerun" else 0,
+                    len(c["errors"]),
+                    ", %d folder skipped" % c["folders"] if c["folders"] else "")
+                check(p.returncode == 1 and summary in err,
+                      "%s: exit 1 and '%s': exit %d: %s" % (what, summary, p.returncode,
+                                                            err[-2000:]))
+                check("\x1b" not in err and "\x07" not in err and "(null)" not in err,
+                      "%s: no raw escape or (null) on the terminal: %r" % (what, err))
+                if part == "files" and run == "first":
+                    check("esc\\x1b]0;owned\\x07\\x1b[2J.jpg: dangling symbolic link" in err
+                          and "huge\\x1b[31m.jpg: " + too_large in err,
+                          "%s: evil names shown escaped: %r" % (what, err))
+                if c["folders"]:
+                    check("%s: skipped: Permission denied" % os.path.join(tree, "locked")
+                          in err, "%s: the locked folder is a warning: %s" % (what, err))
+                rows, n = export_rows(fm, db, env)
+                check(n == total, "%s: %d rows, want %d (one per image)" % (what, n, total))
+                for name, text in c["errors"].items():
+                    e = rows.get(name)
+                    check(e is not None and e.get("code") == 4 and e.get("name") == "io" and
+                          str(e.get("text", "")).startswith(text),
+                          "%s: %r is an io error row '%s': %s" % (what, name, text, e))
+                for name in c["labelled"]:
+                    check(name in rows and rows[name] is None,
+                          "%s: %r labelled: %s" % (what, name, rows.get(name)))
+    finally:
+        os.chmod(os.path.join(photos, "secret.jpg"), 0o644)
+        os.chmod(os.path.join(tree, "locked"), 0o755)
+    # a folder nested too deep: a warning naming it, the rest labelled, exit 1
+    deep = os.path.join(base, "deep")
+    os.makedirs(deep)
+    write_jpeg(os.path.join(deep, "top.jpg"), 6)
+    here = os.getcwd()
+    os.chdir(deep)
+    try:
+        for _ in range(260):
+            os.mkdir("d")
+            os.chdir("d")
+        write_jpeg("bottom.jpg", 7)
+    finally:
+        os.chdir(here)
+    ddb = os.path.join(base, "deep.db")
+    p = label_as(None, fm, [deep, "-o", ddb, "-j", "1", "--progress", "none",
+                            "--worker-arg", "--decode-only"], base, env)
+    check(p.returncode == 1 and "%s: folders nested more than 256 levels deep: " % deep
+          in p.stderr and "1 images: 1 committed, 0 already stored, 0 failed, 1 folder "
+          "skipped" in p.stderr,
+          "too deep: a warning, the top labelled, exit 1: exit %d: %s" % (p.returncode,
+                                                                          p.stderr[-600:]))
+    # a rerun cannot fix these: usage errors, one line naming the file, nothing made
+    notes = os.path.join(base, "notes.txt")
+    open(notes, "w").write("my notes\n")
+    small = os.path.join(photos, "sub")
+    for out, why in (("/nonexistent/dir/x.db", "cannot create it: No such file or "
+                      "directory"), (notes, "not a facemill results database")):
+        p = label_as(None, fm, [small, "-o", out, "--worker-arg", "--decode-only"], base,
+                     env)
+        lines = p.stderr.strip().splitlines()
+        check(p.returncode == 2 and len(lines) == 1 and
+              "-o %s: %s" % (out, why) in lines[0],
+              "-o %s: exit 2, one line: exit %d: %s" % (out, p.returncode, p.stderr))
+    check(open(notes).read() == "my notes\n", "-o notes.txt: the file is untouched")
+    new = os.path.join(base, "new.db")
+    p = label_as(None, fm, [os.path.join(base, "missing"), small, "-o", new], base, env)
+    lines = p.stderr.strip().splitlines()
+    check(p.returncode == 2 and len(lines) == 1 and
+          "%s: No such file or directory" % os.path.join(base, "missing") in lines[0] and
+          not os.path.exists(new),
+          "a missing INPUT: exit 2, one line, no database: exit %d: %s" % (p.returncode,
+                                                                         p.stderr))
+    # reruns stop their workers at once: none waits out the 15 s and is killed
+    eight = os.path.join(base, "eight")
+    os.makedirs(eight)
+    for i in range(8):
+        write_jpeg(os.path.join(eight, "p%d.jpg" % i), 10 + i)
+    edb = os.path.join(base, "eight.db")
+    slow = []
+    for i in range(11):
+        t0 = time.monotonic()
+        p = label_as(None, fm, [eight, "-o", edb, "-j", "2", "--progress", "none",
+                                "--worker-arg", "--decode-only"], base, env)
+        took = time.monotonic() - t0
+        check(p.returncode == 0, "eight images, run %d: exit %d: %s" % (i, p.returncode,
+                                                                       p.stderr[-500:]))
+        if i and (took > 8 or "did not stop in time" in p.stderr):
+            slow.append("rerun %d: %.1f s" % (i, took))
+    check(not slow, "reruns stop their workers promptly: %s" % slow)
+
+
 def main():
-    a = dir_args("bin", "src")
+    a = dir_args("bin", "src", more=((["--only"], {
+        "choices": ["hard_inputs"],
+        "help": "run only this part (hard_inputs: no models needed)"}),))
     fm = os.path.join(a.bin, "facemill")
     src = a.src
-    samples = samples_dir(src, "test_label_e2e")
-    if not samples:
-        return 1
     tmp = tempfile.mkdtemp(prefix="facemill-e2e-")
+    try:
+        case_hard_inputs(fm, tmp)
+    finally:
+        shutil.rmtree(os.path.join(tmp, "hard"), ignore_errors=True)
+    samples = samples_dir(src, "test_label_e2e")
+    if a.only or not samples:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return check.summary() if a.only else 1
     try:
         home = os.path.join(tmp, "home")
         os.makedirs(home)

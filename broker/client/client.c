@@ -43,6 +43,8 @@ typedef struct item {
     char *path;      /* a file, or an archive whose members are images */
     int archive;
     int64_t members; /* archives: images counted at scan time */
+    char *why;       /* set: nothing can be read at path, and this says why (a dangling
+                        link, a missing listed path): it becomes an error row */
 } item;
 
 typedef struct item_list {
@@ -52,13 +54,16 @@ typedef struct item_list {
 
 static void items_free(item_list *l)
 {
-    for (size_t i = 0; i < l->n; i++)
+    for (size_t i = 0; i < l->n; i++) {
         free(l->v[i].path);
+        free(l->v[i].why);
+    }
     free(l->v);
     memset(l, 0, sizeof *l);
 }
 
-static fm_status items_add(item_list *l, const char *path, int archive, fm_error *err)
+static fm_status items_add(item_list *l, const char *path, int archive, const char *why,
+                           fm_error *err)
 {
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 256;
@@ -71,8 +76,12 @@ static fm_status items_add(item_list *l, const char *path, int archive, fm_error
     item *it = &l->v[l->n];
     memset(it, 0, sizeof *it);
     it->path = strdup(path);
-    if (!it->path)
+    it->why = why ? strdup(why) : NULL;
+    if (!it->path || (why && !it->why)) {
+        free(it->path);
+        free(it->why);
         return fm_error_set(err, FM_ERR_NOMEM, "out of memory listing inputs");
+    }
     it->archive = archive;
     l->n++;
     return FM_OK;
@@ -105,44 +114,64 @@ static int is_archive_name(const char *name)
     return 0;
 }
 
-static struct archive *archive_open(const char *path, fm_error *err)
+/* Room for a name as printed: escaped (fm_log_escape), cut with "..." beyond this. */
+#define SHOWN_MAX (PATH_MAX + 256)
+
+/* libarchive's reason for a's last failure, as "unreadable archive: ..." in buf. It
+ * can have no text (archive_error_string returns NULL): errno's text stands in then,
+ * or nothing more. */
+static const char *archive_why(struct archive *a, char *buf, size_t size)
+{
+    const char *s = archive_error_string(a);
+    int e = archive_errno(a);
+    if (s && s[0])
+        snprintf(buf, size, "unreadable archive: %s", s);
+    else if (e > 0 && e != EILSEQ) /* EILSEQ: libarchive's "bad format", no I/O text */
+        snprintf(buf, size, "unreadable archive: %s", strerror(e));
+    else
+        snprintf(buf, size, "unreadable archive");
+    return buf;
+}
+
+/* Opens the archive at path for reading, or says why not in why (NULL returned). */
+static struct archive *archive_open(const char *path, char *why, size_t size, fm_error *err)
 {
     struct archive *a = archive_read_new();
     if (!a) {
-        fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory", path);
+        fm_error_set(err, FM_ERR_NOMEM, "out of memory opening an archive");
         return NULL;
     }
     archive_read_support_filter_all(a);
     archive_read_support_format_tar(a);
     archive_read_support_format_zip(a);
     if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
-        fm_error_set(err, FM_ERR_IO, "%s: %s", path, archive_error_string(a));
+        archive_why(a, why, size);
         archive_read_free(a);
         return NULL;
     }
     return a;
 }
 
-/* Counts the images of an archive (headers only). */
-static fm_status archive_count(const char *path, int all_files, int64_t *count, fm_error *err)
+/* Counts the images of an archive (headers only), as far as it can be read: the
+ * reader finds the same damage later and makes an error row of it. Returns 0, or -1
+ * when the archive cannot be opened at all (why says why). */
+static int archive_count(const char *path, int all_files, int64_t *count, char *why,
+                         size_t size, fm_error *err)
 {
-    struct archive *a = archive_open(path, err);
+    struct archive *a = archive_open(path, why, size, err);
+    *count = 0;
     if (!a)
-        return err ? err->code : FM_ERR_IO;
+        return -1;
     struct archive_entry *e;
     int r;
-    *count = 0;
     while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
         if (archive_entry_filetype(e) == AE_IFREG &&
             (all_files || is_image_name(archive_entry_pathname(e))))
             (*count)++;
         archive_read_data_skip(a);
     }
-    fm_status st = FM_OK;
-    if (r != ARCHIVE_EOF)
-        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, archive_error_string(a));
     archive_read_free(a);
-    return st;
+    return 0;
 }
 
 static int cmp_names(const void *a, const void *b)
@@ -166,51 +195,89 @@ static void frame_free(walk_frame *f)
     memset(f, 0, sizeof *f);
 }
 
-/* Reads the entries of dir (but . and ..) into f, sorted. */
+/* Reads the entries of dir (but . and ..) into f, sorted. FM_ERR_IO with the reason
+ * alone in err (no path) when dir cannot be listed; f is then empty. */
 static fm_status frame_open(walk_frame *f, const char *dir, fm_error *err)
 {
     size_t cap = 0;
     memset(f, 0, sizeof *f);
     if (!(f->path = strdup(dir)))
-        return fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
+        return fm_error_set(err, FM_ERR_NOMEM, "out of memory listing a folder");
     DIR *d = opendir(dir);
-    if (!d)
-        return fm_error_set(err, FM_ERR_IO, "%s: %s", dir, strerror(errno));
+    if (!d) {
+        fm_error_set(err, FM_ERR_IO, "%s", strerror(errno));
+        frame_free(f);
+        return FM_ERR_IO;
+    }
     fm_status st = FM_OK;
     struct dirent *de;
-    while ((de = readdir(d))) {
+    for (;;) {
+        errno = 0;
+        if (!(de = readdir(d))) {
+            if (errno) /* a listing cut short is no listing: the folder is skipped */
+                st = fm_error_set(err, FM_ERR_IO, "%s", strerror(errno));
+            break;
+        }
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
         if (f->n == cap) {
             cap = cap ? 2 * cap : 64;
             char **v = realloc(f->names, cap * sizeof *v);
             if (!v) {
-                st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
+                st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing a folder");
                 break;
             }
             f->names = v;
         }
         if (!(f->names[f->n] = strdup(de->d_name))) {
-            st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing %s", dir);
+            st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing a folder");
             break;
         }
         f->n++;
     }
     closedir(d);
-    if (st == FM_OK && f->n)
+    if (st != FM_OK)
+        frame_free(f);
+    else if (f->n)
         qsort(f->names, f->n, sizeof *f->names, cmp_names);
     return st;
 }
 
+/* What the walk of the inputs collects. */
+typedef struct scan {
+    item_list *items;
+    int all_files;
+    int64_t folders_skipped; /* folders that could not be listed or were too deep */
+} scan;
+
+/* A folder that is not walked: one warning line naming it and why; the run goes on
+ * and counts it (fm_client_summary.folders_skipped). */
+static void skip_folder(scan *s, const char *dir, const char *why)
+{
+    char shown[SHOWN_MAX];
+    fm_log_warn("%s: skipped: %s", fm_log_escape(dir, shown, sizeof shown), why);
+    s->folders_skipped++;
+}
+
 /* Adds the files under root (sorted, depth first). Symbolic links to directories are
- * not followed (no loops). Iterative, with an explicit stack of at most
- * FM_CLIENT_MAX_DEPTH directories: a tree thousands of levels deep is an error, not a
- * stack overflow. */
-static fm_status walk_dir(item_list *l, const char *root, int all_files, fm_error *err)
+ * not followed (no loops); a link to nothing becomes an error row. A folder that
+ * cannot be listed, or lies more than FM_CLIENT_MAX_DEPTH levels down, is skipped with
+ * a warning: one bad folder does not cost the rest. Iterative, with an explicit stack,
+ * so a tree thousands of levels deep is no stack overflow. */
+static fm_status walk_dir(scan *s, const char *root, fm_error *err)
 {
     walk_frame stack[FM_CLIENT_MAX_DEPTH];
     int depth = 0;
-    fm_status st = frame_open(&stack[depth++], root, err);
+    fm_error fe = {0};
+    fm_status st = frame_open(&stack[0], root, &fe);
+    if (st == FM_ERR_NOMEM)
+        return fm_error_set(err, st, "%s", fe.msg);
+    if (st != FM_OK) {
+        skip_folder(s, root, fe.msg);
+        return FM_OK;
+    }
+    depth = 1;
+    st = FM_OK;
     while (st == FM_OK && depth > 0) {
         walk_frame *f = &stack[depth - 1];
         if (f->next == f->n) {
@@ -218,28 +285,49 @@ static fm_status walk_dir(item_list *l, const char *root, int all_files, fm_erro
             continue;
         }
         const char *name = f->names[f->next++];
-        char path[PATH_MAX];
+        char path[PATH_MAX], shown[SHOWN_MAX];
         int w = snprintf(path, sizeof path, "%s%s%s", f->path,
                          f->path[0] && f->path[strlen(f->path) - 1] == '/' ? "" : "/", name);
         if (w < 0 || (size_t)w >= sizeof path) {
-            fm_log_warn("%s/%s: path too long, skipped", f->path, name);
+            char dir[SHOWN_MAX / 2];
+            fm_log_warn("%s/%s: path too long, skipped",
+                        fm_log_escape(f->path, dir, sizeof dir),
+                        fm_log_escape(name, shown, sizeof shown));
             continue;
         }
+        int wanted = s->all_files || is_image_name(name);
         struct stat lst, sst;
-        if (lstat(path, &lst) != 0 || stat(path, &sst) != 0)
-            continue; /* vanished or a dangling link */
+        if (lstat(path, &lst) != 0)
+            continue; /* gone since the listing */
+        if (stat(path, &sst) != 0) {
+            /* A link to nothing (or to what cannot be reached): a row says so. */
+            int e = errno;
+            const char *why = S_ISLNK(lst.st_mode) && e == ENOENT ? "dangling symbolic link"
+                                                                  : strerror(e);
+            if (wanted)
+                st = items_add(s->items, path, 0, why, err);
+            continue;
+        }
         if (S_ISDIR(sst.st_mode)) {
             if (S_ISLNK(lst.st_mode))
                 continue;
             if (depth == FM_CLIENT_MAX_DEPTH) {
-                st = fm_error_set(err, FM_ERR_LIMIT, "%s: folders nested more than %d "
-                                  "levels deep (the walk stops there)", root,
-                                  FM_CLIENT_MAX_DEPTH);
-                break;
+                char top[SHOWN_MAX];
+                fm_log_warn("%s: folders nested more than %d levels deep: %s skipped",
+                            fm_log_escape(root, top, sizeof top), FM_CLIENT_MAX_DEPTH,
+                            fm_log_escape(path, shown, sizeof shown));
+                s->folders_skipped++;
+                continue;
             }
-            st = frame_open(&stack[depth++], path, err);
-        } else if (S_ISREG(sst.st_mode) && (all_files || is_image_name(name))) {
-            st = items_add(l, path, 0, err);
+            fm_status fs = frame_open(&stack[depth], path, &fe);
+            if (fs == FM_ERR_NOMEM)
+                st = fm_error_set(err, fs, "%s", fe.msg);
+            else if (fs != FM_OK)
+                skip_folder(s, path, fe.msg);
+            else
+                depth++;
+        } else if (S_ISREG(sst.st_mode) && wanted) {
+            st = items_add(s->items, path, 0, NULL, err);
         }
     }
     while (depth > 0)
@@ -247,10 +335,12 @@ static fm_status walk_dir(item_list *l, const char *root, int all_files, fm_erro
     return st;
 }
 
-/* One input argument: a directory, an archive, a file, or "-" (a list on stdin). */
-static fm_status add_input(item_list *l, const char *in, int all_files, fm_error *err)
+/* One input: a directory, an archive, a file, or "-" (a list on stdin). A path of
+ * that list that cannot be had becomes an error row (listed: 1); an INPUT of the
+ * command line that cannot is an error (fm_client_check_inputs says so first). */
+static fm_status add_input(scan *s, const char *in, int listed, fm_error *err)
 {
-    if (strcmp(in, "-") == 0) {
+    if (strcmp(in, "-") == 0 && !listed) {
         char *line = NULL;
         size_t cap = 0;
         ssize_t len;
@@ -260,26 +350,62 @@ static fm_status add_input(item_list *l, const char *in, int all_files, fm_error
                 line[--len] = '\0';
             if (len == 0)
                 continue;
-            st = add_input(l, line, all_files, err);
+            st = add_input(s, line, 1, err);
         }
         free(line);
         return st;
     }
-    struct stat s;
-    if (stat(in, &s) != 0)
-        return fm_error_set(err, errno == ENOENT ? FM_ERR_NOT_FOUND : FM_ERR_IO, "%s: %s", in,
-                            strerror(errno));
-    if (S_ISDIR(s.st_mode))
-        return walk_dir(l, in, all_files, err);
-    if (!S_ISREG(s.st_mode))
-        return fm_error_set(err, FM_ERR_INVALID, "%s: not a file or directory", in);
-    if (is_archive_name(in)) {
-        fm_status st = items_add(l, in, 1, err);
-        if (st == FM_OK)
-            st = archive_count(in, all_files, &l->v[l->n - 1].members, err);
-        return st;
+    char shown[SHOWN_MAX];
+    struct stat st;
+    if (stat(in, &st) != 0) {
+        int e = errno;
+        if (listed)
+            return items_add(s->items, in, 0, strerror(e), err);
+        return fm_error_set(err, e == ENOENT ? FM_ERR_NOT_FOUND : FM_ERR_IO, "%s: %s",
+                            fm_log_escape(in, shown, sizeof shown), strerror(e));
     }
-    return items_add(l, in, 0, err);
+    if (S_ISDIR(st.st_mode))
+        return walk_dir(s, in, err);
+    if (!S_ISREG(st.st_mode)) {
+        if (listed)
+            return items_add(s->items, in, 0, "not a file or directory", err);
+        return fm_error_set(err, FM_ERR_INVALID, "%s: not a file or directory",
+                            fm_log_escape(in, shown, sizeof shown));
+    }
+    if (is_archive_name(in)) {
+        char why[FM_ERROR_MSG_MAX];
+        int64_t members = 0;
+        fm_error ae = {0};
+        if (archive_count(in, s->all_files, &members, why, sizeof why, &ae) != 0) {
+            if (ae.code == FM_ERR_NOMEM)
+                return fm_error_set(err, FM_ERR_NOMEM, "%s", ae.msg);
+            return items_add(s->items, in, 0, why, err); /* one error row for it */
+        }
+        fm_status rc = items_add(s->items, in, 1, NULL, err);
+        if (rc == FM_OK)
+            s->items->v[s->items->n - 1].members = members;
+        return rc;
+    }
+    return items_add(s->items, in, 0, NULL, err);
+}
+
+fm_status fm_client_check_inputs(char *const *inputs, int n, fm_error *err)
+{
+    char shown[SHOWN_MAX];
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        if (strcmp(inputs[i], "-") == 0)
+            continue;
+        if (stat(inputs[i], &st) != 0) {
+            int e = errno;
+            return fm_error_set(err, e == ENOENT ? FM_ERR_NOT_FOUND : FM_ERR_IO, "%s: %s",
+                                fm_log_escape(inputs[i], shown, sizeof shown), strerror(e));
+        }
+        if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
+            return fm_error_set(err, FM_ERR_INVALID, "%s: not a file or directory",
+                                fm_log_escape(inputs[i], shown, sizeof shown));
+    }
+    return FM_OK;
 }
 
 /* ---- reading jobs ------------------------------------------------------------------ */
@@ -290,6 +416,7 @@ typedef struct job {
     char *path;    /* by-path jobs: absolute path */
     uint8_t *data; /* bytes jobs */
     size_t size;
+    char *why;     /* unreadable jobs: why the image could not be read (one line) */
 } job;
 
 static void job_clear(job *j)
@@ -297,6 +424,7 @@ static void job_clear(job *j)
     free(j->name);
     free(j->path);
     free(j->data);
+    free(j->why);
     memset(j, 0, sizeof *j);
 }
 
@@ -304,10 +432,19 @@ typedef struct reader {
     const item_list *items;
     size_t next;          /* next item */
     struct archive *ar;   /* open archive of item next - 1, if any */
+    int64_t ar_jobs;      /* jobs made of that archive so far */
+    int ar_member_failed; /* its last member could not be read (the row says why) */
+    char *ar_last;        /* the last member read of it, to say where damage begins */
+    int64_t total_delta;  /* jobs made beyond (or short of) the scan's count */
     const char *tag;
     int by_path, all_files;
     size_t max_bytes;     /* largest image that fits in a message */
 } reader;
+
+/* The marker that stands for the image bytes in the id of an unreadable job: the same
+ * name stays the same job while it cannot be read, and no path (absolute) or digest
+ * (32 bytes) is spelt this way. */
+#define UNREADABLE_MARK "unreadable"
 
 static void job_id(job *j, const char *tag)
 {
@@ -316,7 +453,9 @@ static void job_id(job *j, const char *tag)
     fm_sha256_init(&h);
     fm_sha256_update(&h, tag, strlen(tag) + 1);
     fm_sha256_update(&h, j->name, strlen(j->name) + 1);
-    if (j->path) {
+    if (j->why) {
+        fm_sha256_update(&h, UNREADABLE_MARK, strlen(UNREADABLE_MARK));
+    } else if (j->path) {
         fm_sha256_update(&h, j->path, strlen(j->path));
     } else {
         uint8_t content[FM_SHA256_BYTES];
@@ -327,32 +466,67 @@ static void job_id(job *j, const char *tag)
     fm_sha256_hex(d, j->id);
 }
 
+/* Makes *j the unreadable job name (name + suffix: "ARCHIVE" ":" "MEMBER"), whose
+ * result is an error saying why. The reason travels escaped (no control character, no
+ * bad UTF-8, at most FM_ERROR_MSG_MAX - 1 bytes), as the broker demands. Returns 1,
+ * or -1 out of memory. */
+static int unreadable_job(reader *r, job *j, const char *name, const char *member,
+                          const char *why, fm_error *err)
+{
+    char text[FM_ERROR_MSG_MAX];
+    job_clear(j);
+    size_t nlen = strlen(name) + (member ? strlen(member) + 1 : 0) + 1;
+    j->name = malloc(nlen);
+    j->why = strdup(fm_log_escape(why && why[0] ? why : "unreadable", text, sizeof text));
+    if (!j->name || !j->why) {
+        job_clear(j);
+        fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+        return -1;
+    }
+    snprintf(j->name, nlen, "%s%s%s", name, member ? ":" : "", member ? member : "");
+    job_id(j, r->tag);
+    return 1;
+}
+
+/* Reads the file at path (at most max bytes). FM_OK, FM_ERR_NOMEM, or another error
+ * with the reason alone (no path) in why. */
 static fm_status read_file(const char *path, size_t max, uint8_t **data, size_t *size,
-                           fm_error *err)
+                           char *why, size_t why_size)
 {
     fm_status st = FM_OK;
     FILE *f = fopen(path, "rb");
     *data = NULL;
-    if (!f)
-        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) {
+        snprintf(why, why_size, "cannot open: %s", strerror(errno));
+        return FM_ERR_IO;
+    }
     struct stat s;
     if (fstat(fileno(f), &s) != 0) {
-        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        snprintf(why, why_size, "cannot read: %s", strerror(errno));
+        st = FM_ERR_IO;
+        goto done;
+    }
+    if (!S_ISREG(s.st_mode)) {
+        snprintf(why, why_size, "not a file");
+        st = FM_ERR_IO;
         goto done;
     }
     if ((uint64_t)s.st_size > max) {
-        st = fm_error_set(err, FM_ERR_LIMIT, "%s: %lld bytes, more than a message takes (%zu)",
-                          path, (long long)s.st_size, max);
+        snprintf(why, why_size, "%lld bytes, more than a message takes (%zu)",
+                 (long long)s.st_size, max);
+        st = FM_ERR_LIMIT;
         goto done;
     }
     *data = malloc(s.st_size ? (size_t)s.st_size : 1);
     if (!*data) {
-        st = fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory", path);
+        snprintf(why, why_size, "out of memory");
+        st = FM_ERR_NOMEM;
         goto done;
     }
     *size = fread(*data, 1, (size_t)s.st_size, f);
     if (ferror(f)) {
-        st = fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+        snprintf(why, why_size, "cannot read: %s", strerror(errno));
+        st = FM_ERR_IO;
         free(*data);
         *data = NULL;
     }
@@ -361,86 +535,153 @@ done:
     return st;
 }
 
-/* Produces the next job. Returns 1 with *j filled, 0 at the end, or -1 when this image
- * cannot be sent (err says why; the caller counts it and goes on) or a fatal error
- * (err->code FM_ERR_NOMEM). */
+/* Done with the open archive: the jobs it gave settle the count of the scan (which
+ * read headers only, and as far as they could be read). */
+static void reader_close_archive(reader *r)
+{
+    r->total_delta += r->ar_jobs - r->items->v[r->next - 1].members;
+    archive_read_free(r->ar);
+    r->ar = NULL;
+    r->ar_jobs = 0;
+    r->ar_member_failed = 0;
+    free(r->ar_last);
+    r->ar_last = NULL;
+}
+
+/* The next job of the open archive: 1 with *j filled, 0 at its end, -1 out of
+ * memory. What cannot be read is a job too, an unreadable one: a member (too large,
+ * cut short), or the archive itself where it is damaged (no row twice for one fault:
+ * not after a member that could not be read). */
+static int archive_next(reader *r, job *j, fm_error *err)
+{
+    const item *it = &r->items->v[r->next - 1];
+    char why[FM_ERROR_MSG_MAX];
+    for (;;) {
+        struct archive_entry *e;
+        int rc = archive_read_next_header(r->ar, &e);
+        if (rc == ARCHIVE_EOF) {
+            reader_close_archive(r);
+            return 0;
+        }
+        if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) {
+            int told = r->ar_member_failed, got = 0;
+            archive_why(r->ar, why, sizeof why);
+            if (r->ar_last) { /* "unreadable archive after MEMBER: ..." */
+                char where[2 * FM_ERROR_MSG_MAX];
+                const char *rest = why + strlen("unreadable archive");
+                int n = snprintf(where, sizeof where, "unreadable archive after %.*s%s",
+                                 FM_ERROR_MSG_MAX / 2, r->ar_last, rest);
+                size_t len = n < 0 ? 0 : (size_t)n;
+                if (len >= sizeof why)
+                    len = sizeof why - 1;
+                memcpy(why, where, len);
+                why[len] = '\0';
+            }
+            if (!told) {
+                r->ar_jobs++;
+                got = unreadable_job(r, j, it->path, NULL, why, err);
+            }
+            reader_close_archive(r);
+            return got;
+        }
+        const char *member = archive_entry_pathname(e);
+        free(r->ar_last);
+        r->ar_last = member ? strdup(member) : NULL; /* NULL: no name to give */
+        if (archive_entry_filetype(e) != AE_IFREG || !member ||
+            !(r->all_files || is_image_name(member))) {
+            archive_read_data_skip(r->ar);
+            continue;
+        }
+        r->ar_jobs++;
+        r->ar_member_failed = 0;
+        int64_t size = archive_entry_size_is_set(e) ? archive_entry_size(e) : -1;
+        if (size < 0 || (uint64_t)size > r->max_bytes) {
+            archive_read_data_skip(r->ar);
+            if (size >= 0)
+                snprintf(why, sizeof why, "%lld bytes, more than a message takes (%zu)",
+                         (long long)size, r->max_bytes);
+            return unreadable_job(r, j, it->path, member,
+                                  size < 0 ? "member of unknown size" : why, err);
+        }
+        size_t nlen = strlen(it->path) + strlen(member) + 2;
+        if (!(j->name = malloc(nlen)) || !(j->data = malloc(size ? (size_t)size : 1))) {
+            fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+            return -1;
+        }
+        snprintf(j->name, nlen, "%s:%s", it->path, member);
+        la_ssize_t got = 0, n = 0;
+        while (got < size &&
+               (n = archive_read_data(r->ar, j->data + got, (size_t)(size - got))) > 0)
+            got += n;
+        if (got != size) {
+            const char *s = n < 0 ? archive_error_string(r->ar) : NULL;
+            snprintf(why, sizeof why, "truncated member%s%s", s && s[0] ? ": " : "",
+                     s && s[0] ? s : "");
+            r->ar_member_failed = 1;
+            char *name = j->name;
+            j->name = NULL;
+            int res = unreadable_job(r, j, name, NULL, why, err);
+            free(name);
+            return res;
+        }
+        j->size = (size_t)size;
+        job_id(j, r->tag);
+        return 1;
+    }
+}
+
+/* Produces the next job. Returns 1 with *j filled, 0 at the end, or -1 out of memory
+ * (err). An image that cannot be read is a job too, an unreadable one (j->why): its
+ * result is an error row like any undecodable image's. */
 static int reader_next(reader *r, job *j, fm_error *err)
 {
+    char why[FM_ERROR_MSG_MAX];
     memset(j, 0, sizeof *j);
     for (;;) {
         if (r->ar) {
-            struct archive_entry *e;
-            const item *it = &r->items->v[r->next - 1];
-            int rc = archive_read_next_header(r->ar, &e);
-            if (rc == ARCHIVE_EOF || (rc != ARCHIVE_OK && rc != ARCHIVE_WARN)) {
-                if (rc != ARCHIVE_EOF)
-                    fm_log_warn("%s: %s", it->path, archive_error_string(r->ar));
-                archive_read_free(r->ar);
-                r->ar = NULL;
-                continue;
-            }
-            const char *member = archive_entry_pathname(e);
-            if (archive_entry_filetype(e) != AE_IFREG || !member ||
-                !(r->all_files || is_image_name(member))) {
-                archive_read_data_skip(r->ar);
-                continue;
-            }
-            size_t nlen = strlen(it->path) + strlen(member) + 2;
-            if (!(j->name = malloc(nlen))) {
-                fm_error_set(err, FM_ERR_NOMEM, "out of memory");
-                return -1;
-            }
-            snprintf(j->name, nlen, "%s:%s", it->path, member);
-            int64_t size = archive_entry_size_is_set(e) ? archive_entry_size(e) : -1;
-            if (size < 0 || (uint64_t)size > r->max_bytes) {
-                archive_read_data_skip(r->ar);
-                fm_error_set(err, FM_ERR_LIMIT, "%s: %s", j->name,
-                             size < 0 ? "member of unknown size"
-                                      : "larger than a message takes");
-                return -1;
-            }
-            if (!(j->data = malloc(size ? (size_t)size : 1))) {
-                fm_error_set(err, FM_ERR_NOMEM, "out of memory");
-                return -1;
-            }
-            la_ssize_t got = 0, n;
-            while (got < size &&
-                   (n = archive_read_data(r->ar, j->data + got, (size_t)(size - got))) > 0)
-                got += n;
-            if (got != size) {
-                fm_error_set(err, FM_ERR_IO, "%s: %s", j->name,
-                             archive_error_string(r->ar) ? archive_error_string(r->ar)
-                                                         : "truncated member");
-                return -1;
-            }
-            j->size = (size_t)size;
-            job_id(j, r->tag);
-            return 1;
+            int got = archive_next(r, j, err);
+            if (got != 0)
+                return got;
+            continue;
         }
         if (r->next >= r->items->n)
             return 0;
         const item *it = &r->items->v[r->next++];
+        if (it->why)
+            return unreadable_job(r, j, it->path, NULL, it->why, err);
         if (it->archive) {
-            if (!(r->ar = archive_open(it->path, err)))
-                return -1;
+            fm_error ae = {0};
+            if (!(r->ar = archive_open(it->path, why, sizeof why, &ae))) {
+                if (ae.code == FM_ERR_NOMEM) {
+                    fm_error_set(err, FM_ERR_NOMEM, "%s", ae.msg);
+                    return -1;
+                }
+                r->total_delta += 1 - it->members;
+                return unreadable_job(r, j, it->path, NULL, why, err);
+            }
             continue;
-        }
-        if (!(j->name = strdup(it->path))) {
-            fm_error_set(err, FM_ERR_NOMEM, "out of memory");
-            return -1;
         }
         if (r->by_path) {
             char abs[PATH_MAX];
-            if (!realpath(it->path, abs)) {
-                fm_error_set(err, FM_ERR_IO, "%s: %s", it->path, strerror(errno));
-                return -1;
-            }
-            if (!(j->path = strdup(abs))) {
+            if (!realpath(it->path, abs))
+                return unreadable_job(r, j, it->path, NULL, strerror(errno), err);
+            if (!(j->name = strdup(it->path)) || !(j->path = strdup(abs))) {
                 fm_error_set(err, FM_ERR_NOMEM, "out of memory");
                 return -1;
             }
-        } else if (read_file(it->path, r->max_bytes, &j->data, &j->size, err) != FM_OK) {
-            return -1;
+        } else {
+            fm_status st = read_file(it->path, r->max_bytes, &j->data, &j->size, why,
+                                     sizeof why);
+            if (st == FM_ERR_NOMEM) {
+                fm_error_set(err, FM_ERR_NOMEM, "%s", why);
+                return -1;
+            }
+            if (st != FM_OK)
+                return unreadable_job(r, j, it->path, NULL, why, err);
+            if (!(j->name = strdup(it->path))) {
+                fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+                return -1;
+            }
         }
         job_id(j, r->tag);
         return 1;
@@ -647,7 +888,10 @@ static fm_status send_submit(run *r, fm_error *err)
         jv[i].id = j->id;
         jv[i].tag = (char *)r->o->tag;
         jv[i].name = j->name;
-        if (j->path) {
+        if (j->why) {
+            jv[i].source_case = FACEMILL__JOB__SOURCE_UNREADABLE;
+            jv[i].unreadable = j->why;
+        } else if (j->path) {
             jv[i].source_case = FACEMILL__JOB__SOURCE_PATH;
             jv[i].path = j->path;
         } else {
@@ -708,29 +952,32 @@ static fm_status next_submit(run *r, fm_error *err)
         } else {
             got = reader_next(&r->rd, j, &e);
         }
+        r->sum->total += r->rd.total_delta;
+        r->rd.total_delta = 0;
         if (got == 0) {
             r->inputs_done = 1;
             break;
         }
         if (got < 0) {
             job_clear(j);
-            if (e.code == FM_ERR_NOMEM)
-                return fm_error_set(err, FM_ERR_NOMEM, "%s", e.msg);
-            r->sum->failed++;
-            r->sum->rejected++;
-            progress_note(&r->prog, "facemill: %s%s\n", fm_error_text(&e), "");
-            continue;
+            return fm_error_set(err, FM_ERR_NOMEM, "%s", fm_error_text(&e));
         }
         if (o->skip) {
             int found = 0, failed = 0;
+            char shown[FM_LOG_ESCAPED_MAX];
             if (fm_results_lookup(o->skip, j->id, &found, &failed, &e) != FM_OK)
-                fm_log_warn("%s", fm_error_text(&e));
+                fm_log_warn("%s", fm_log_escape(fm_error_text(&e), shown, sizeof shown));
             if (found) {
                 r->sum->skipped++;
                 r->sum->failed += failed;
                 job_clear(j);
                 continue;
             }
+        }
+        if (j->why) { /* its error row is on its way: say so once, here */
+            char name[SHOWN_MAX];
+            progress_note(&r->prog, "facemill: %s: %s\n",
+                          fm_log_escape(j->name, name, sizeof name), j->why);
         }
         if (r->n_jobs > 0 && bytes + j->size > limit) {
             /* would push the message over the size limit: first in the next Submit */
@@ -771,7 +1018,9 @@ static void on_ack(run *r, const Facemill__SubmitAck *ack, fm_error *err)
             char shown[FM_LOG_ESCAPED_MAX];
             r->sum->failed++;
             r->sum->rejected++;
-            progress_note(&r->prog, "facemill: job %s rejected: %s\n", id,
+            char shown_id[FM_LOG_ESCAPED_MAX];
+            progress_note(&r->prog, "facemill: job %s rejected: %s\n",
+                          fm_log_escape(id, shown_id, sizeof shown_id),
                           fm_log_escape(a->reason ? a->reason : "no reason given", shown,
                                         sizeof shown));
             break;
@@ -848,15 +1097,18 @@ static fm_status on_message(run *r, Facemill__Envelope *env, fm_error *err)
         return FM_OK;
     case FACEMILL__ENVELOPE__BODY_ERROR: {
         const Facemill__Error *e = env->error;
+        /* The peer's text is escaped: it ends up on the user's terminal. */
+        char shown[FM_LOG_ESCAPED_MAX];
+        fm_log_escape(e->text ? e->text : "", shown, sizeof shown);
         if (e->has_code && e->code == FACEMILL__ERROR_CODE__ERROR_VERSION)
             return fm_error_set(err, FM_ERR_PROTOCOL, "broker refused us: %s",
-                                e->text ? e->text : "protocol version");
+                                e->text ? shown : "protocol version");
         /* A Submit over the broker's per-Submit caps: sending it again would be
          * refused again, and the jobs are not ours to drop. */
         if (e->has_code && e->code == FACEMILL__ERROR_CODE__ERROR_LIMIT && r->outstanding)
             return fm_error_set(err, FM_ERR_LIMIT, "broker refused a Submit: %s",
-                                e->text ? e->text : "too large");
-        fm_log_warn("broker error %u: %s", e->code, e->text ? e->text : "");
+                                e->text ? shown : "too large");
+        fm_log_warn("broker error %u: %s", e->code, shown);
         return FM_OK;
     }
     default:
@@ -912,9 +1164,11 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
     if (!o->endpoint || !o->tag || o->chunk < 1 || o->max_msg_size <= ENVELOPE_SLACK)
         return fm_error_set(err, FM_ERR_INVALID, "fm_client_submit: bad options");
 
+    scan sc = {&items, o->all_files, 0};
     for (int i = 0; i < n; i++)
-        if ((st = add_input(&items, inputs[i], o->all_files, err)) != FM_OK)
+        if ((st = add_input(&sc, inputs[i], 0, err)) != FM_OK)
             goto done;
+    sum->folders_skipped = sc.folders_skipped;
     for (size_t i = 0; i < items.n; i++)
         sum->total += items.v[i].archive ? items.v[i].members : 1;
 
@@ -987,7 +1241,9 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
                 goto done;
             }
             if (rs != FM_OK) {
-                fm_log_warn("from the broker: %s", fm_error_text(&e));
+                char shown[FM_LOG_ESCAPED_MAX];
+                fm_log_warn("from the broker: %s",
+                            fm_log_escape(fm_error_text(&e), shown, sizeof shown));
                 continue;
             }
             st = on_message(&r, env, err);
@@ -1013,6 +1269,7 @@ done:
     job_clear(&r.held);
     if (r.rd.ar)
         archive_read_free(r.rd.ar);
+    free(r.rd.ar_last);
     set_free(&r.pending);
     items_free(&items);
     if (own_ctx)

@@ -762,6 +762,15 @@ static const char *job_invalid(const Facemill__Job *jm)
         return why;
     if (jm->source_case == FACEMILL__JOB__SOURCE_PATH && (!jm->path || !jm->path[0]))
         return "empty path";
+    /* The reason becomes the result's error text, which exports and reports print:
+     * held to the rules of ids, at the length of any error text. */
+    static const char *const unreadable_why[] = {
+        NULL, "unreadable job without a reason", "unreadable reason longer than 511 bytes",
+        "unreadable reason is not valid UTF-8",
+        "unreadable reason holds a control character"};
+    _Static_assert(FM_ERROR_MSG_MAX == 512, "the reason names the bound");
+    if (jm->source_case == FACEMILL__JOB__SOURCE_UNREADABLE)
+        return unreadable_why[fm_text_fault(jm->unreadable, FM_ERROR_MSG_MAX - 1)];
     if (jm->source_case != FACEMILL__JOB__SOURCE_PATH &&
         jm->source_case != FACEMILL__JOB__SOURCE_DATA)
         return "job without data or path";

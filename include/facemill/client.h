@@ -7,27 +7,36 @@
  *
  * Job ids are stable, so a run that is repeated after a crash resubmits the same ids
  * (the broker answers COMMITTED or DUPLICATE for the ones it has): the id is the hex
- * SHA-256 of "TAG\0NAME\0" followed by the SHA-256 of the image bytes (bytes jobs), or
- * of "TAG\0NAME\0PATH" (--by-path jobs, whose bytes the client never reads). NAME is
- * what results call the image: the path as found for files, "ARCHIVE:MEMBER" for
- * archive members.
+ * SHA-256 of "TAG\0NAME\0" followed by the SHA-256 of the image bytes (bytes jobs),
+ * of "TAG\0NAME\0PATH" (--by-path jobs, whose bytes the client never reads), or of
+ * "TAG\0NAME\0unreadable" (unreadable jobs, below). NAME is what results call the
+ * image: the path as found for files, "ARCHIVE:MEMBER" for archive members.
  *
  * What is taken: explicit files (arguments, lines of a list on stdin) always; in
- * directories (walked depth first, sorted, at most FM_CLIENT_MAX_DEPTH levels deep:
- * deeper is an error that stops the run before anything is sent; symbolic links to
- * directories are not followed) and archives only files whose name ends in
- * an image extension (.jpg .jpeg .jpe .jfif .png .gif .bmp .webp .tif .tiff .heic),
- * unless all_files. A file is an archive when libarchive recognises it as tar (plain
- * or compressed) or zip by its name (.tar .tar.gz .tgz .tar.bz2 .tar.xz .tar.zst .zip).
+ * directories (walked depth first, sorted; symbolic links to directories are not
+ * followed) and archives only files whose name ends in an image extension (.jpg .jpeg
+ * .jpe .jfif .png .gif .bmp .webp .tif .tiff .heic .heif .hif .avif), unless
+ * all_files. A file is an archive when libarchive recognises it as tar (plain or
+ * compressed) or zip by its name (.tar .tar.gz .tgz .tar.bz2 .tar.xz .tar.zst .zip).
+ *
+ * What cannot be read still ends as one result row, an error row, so exports and
+ * reports count it: an image the client cannot open or read, a listed path (stdin)
+ * that is missing, a dangling symbolic link with an image's name in a folder, an
+ * archive member too large for a message or cut short, and an archive that cannot be
+ * opened or is damaged (a row named by the archive, once per fault) become unreadable
+ * jobs (Job.unreadable: the reason, one line), which workers answer with an ERROR_IO
+ * result without decoding anything. A folder that cannot be listed, or lies more than
+ * FM_CLIENT_MAX_DEPTH levels down, is skipped with a warning line and counted
+ * (fm_client_summary.folders_skipped); the rest of the inputs are taken.
  *
  * Threads: everything runs on the calling thread; it owns its socket.
  */
 #ifndef FACEMILL_CLIENT_H
 #define FACEMILL_CLIENT_H
 
-/* The deepest a directory input is walked: directories nested deeper make the run
- * fail with a clear error (an archive of photos is nowhere near it; a hostile or
- * broken tree of thousands of levels is). */
+/* The deepest a directory input is walked: a directory nested deeper is skipped with
+ * a warning (an archive of photos is nowhere near it; a hostile or broken tree of
+ * thousands of levels is). */
 #define FM_CLIENT_MAX_DEPTH 256
 
 #include "facemill/auth.h"
@@ -76,27 +85,34 @@ typedef struct fm_client_opts {
 } fm_client_opts;
 
 /* Counts of one run. done = committed + skipped; failed counts error results among
- * them (and images that could not be sent or were rejected). */
+ * them (unreadable images included) and jobs the broker rejected. */
 typedef struct fm_client_summary {
     int64_t total;     /* images found in the inputs */
     int64_t skipped;   /* already in opts.skip */
     int64_t committed; /* jobs this run saw committed (including COMMITTED acks) */
     int64_t failed;    /* error results, rejected or unsendable images */
-    int64_t rejected;  /* of failed: refused by the broker or too large to send */
+    int64_t rejected;  /* of failed: refused by the broker */
     int64_t slow_downs; /* SlowDown answers honoured */
+    int64_t folders_skipped; /* folders not walked: unreadable, or nested too deep */
 } fm_client_summary;
 
 /* Sets the client fields of opts from c (chunk, chunk_bytes, retry_ms, progress_ms,
  * max_msg_size, the endpoint broker.clients); other fields are zeroed. */
 void fm_client_opts_from_config(fm_client_opts *opts, const fm_config *c);
 
+/* Checks the n inputs of a command line before anything starts: each (but "-") must
+ * exist and be a file or a directory. FM_ERR_NOT_FOUND, FM_ERR_IO (cannot be looked
+ * at) or FM_ERR_INVALID (neither), one line naming the input (escaped) in err. */
+fm_status fm_client_check_inputs(char *const *inputs, int n, fm_error *err);
+
 /* Submits every image of the n inputs (paths; "-" reads a list of paths, one per
  * line, from stdin) and waits until each is committed. *sum (required) is filled as
  * far as the run got. Returns FM_OK when every job is committed (failed images
- * included: see sum->failed); FM_ERR_NOT_FOUND / FM_ERR_IO for unreadable inputs
- * (before anything is sent); FM_ERR_INTERRUPTED when *stop was set; FM_ERR_PROTOCOL
- * when the broker speaks another major version; FM_ERR_NOMEM; FM_ERR_INTERNAL from
- * the tick callback. */
+ * included: see sum->failed; skipped folders: sum->folders_skipped);
+ * FM_ERR_NOT_FOUND / FM_ERR_IO / FM_ERR_INVALID for an input that is missing or not a
+ * file or directory (before anything is sent: fm_client_check_inputs);
+ * FM_ERR_INTERRUPTED when *stop was set; FM_ERR_PROTOCOL when the broker speaks another
+ * major version; FM_ERR_NOMEM; FM_ERR_INTERNAL from the tick callback. */
 fm_status fm_client_submit(const fm_client_opts *opts, char *const *inputs, int n,
                            fm_client_summary *sum, fm_error *err);
 

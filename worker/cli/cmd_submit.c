@@ -17,8 +17,10 @@
  * the database is the only state that matters (the broker's journal lives in a
  * temporary run directory and starts empty every run).
  *
- * Exit codes: 0 every image labelled; 1 some images failed (error results); 2 usage;
- * 3 the run did not finish (interrupted, broker unreachable, worker died, ...).
+ * Exit codes: 0 every image labelled; 1 some images failed (error results, unreadable
+ * images included) or a folder was skipped; 2 usage (also a missing INPUT, or a -o that
+ * is no results database or cannot be created: a rerun would not fix those); 3 the run
+ * did not finish (interrupted, broker unreachable, worker died, ...): rerunning resumes.
  */
 #define _GNU_SOURCE /* prctl's PR_SET_PDEATHSIG, mkdtemp */
 #include "cli_opts.h"
@@ -26,6 +28,7 @@
 #include "facemill/auth.h"
 #include "facemill/broker.h"
 #include "facemill/client.h"
+#include "facemill/clock.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
 #include "facemill/modelpath.h"
@@ -45,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +73,17 @@ static void install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+}
+
+/* The signals a child of `facemill label` must not inherit handled or blocked: a
+ * SIGTERM that reaches it between fork and exec would run this process's handler
+ * (setting a flag nobody reads) and be lost, leaving a worker that never stops. */
+static void child_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGCHLD);
 }
 
 /* Indexed by fm_progress_mode. */
@@ -102,10 +117,14 @@ static void client_opts(fm_client_opts *o, const fm_config *cfg, const input_opt
 
 static void print_summary(const char *what, const fm_client_summary *s, fm_status st)
 {
+    char folders[64] = "";
+    if (s->folders_skipped)
+        snprintf(folders, sizeof folders, ", %lld folder%s skipped",
+                 (long long)s->folders_skipped, s->folders_skipped == 1 ? "" : "s");
     fprintf(stderr,
-            "%s: %lld images: %lld committed, %lld already stored, %lld failed%s\n", what,
+            "%s: %lld images: %lld committed, %lld already stored, %lld failed%s%s\n", what,
             (long long)s->total, (long long)s->committed, (long long)s->skipped,
-            (long long)s->failed, st == FM_OK ? "" : " (run not finished)");
+            (long long)s->failed, folders, st == FM_OK ? "" : " (run not finished)");
     if (s->slow_downs)
         fprintf(stderr, "%s: the broker asked to slow down %lld times\n", what,
                 (long long)s->slow_downs);
@@ -115,7 +134,9 @@ static int exit_code(fm_status st, const fm_client_summary *s)
 {
     if (st != FM_OK)
         return EXIT_INCOMPLETE;
-    return s->failed ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
+    /* A skipped folder's images are neither labelled nor failed: not everything is
+     * labelled, and a rerun alone would skip it again. */
+    return s->failed || s->folders_skipped ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
 }
 
 /* ---- facemill submit ------------------------------------------------------------- */
@@ -127,8 +148,8 @@ static const cli_cmd submit_cmd = {
     "recursively), an image file, a tar or zip archive, or - for a list of paths\n"
     "on stdin (one per line). Directories and archives contribute files with image\n"
     "extensions (--all: every file).\n",
-    "exit status: 0 all images labelled, 1 some failed, 2 usage error, 3 run not "
-    "finished",
+    "exit status: 0 all images labelled, 1 some failed or a folder skipped, 2 usage "
+    "error, 3 run not finished",
     NULL};
 
 /* A run name of its own: submit-HOST-TIME-PID. */
@@ -166,6 +187,9 @@ int fm_cmd_submit(int argc, char **argv)
     if (tag_opt && fm_text_check(tag_opt, FM_TEXT_TAG_MAX, why, sizeof why))
         return cli_usage_error(&submit_cmd, "--tag: %s (a tag is at most %d bytes of "
                                "UTF-8 without control characters)", why, FM_TEXT_TAG_MAX);
+    fm_error err = {0};
+    if (fm_client_check_inputs(a.operands, a.n, &err) != FM_OK)
+        return cli_usage_error(&submit_cmd, "%s", fm_error_text(&err));
     fm_client_opts o;
     client_opts(&o, &cfg, &x);
     char tag[FM_TEXT_TAG_MAX + 1];
@@ -174,10 +198,11 @@ int fm_cmd_submit(int argc, char **argv)
     else
         default_tag(tag, sizeof tag);
     o.tag = tag;
-    fm_error err = {0};
     fm_auth *auth = NULL;
     if (fm_auth_open(&auth, &cfg, FM_AUTH_CLIENT, NULL, &err) != FM_OK) {
-        fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
+        char shown[FM_LOG_ESCAPED_MAX];
+        fprintf(stderr, "facemill submit: %s\n",
+                fm_log_escape(fm_error_text(&err), shown, sizeof shown));
         return EXIT_INCOMPLETE;
     }
     o.auth = auth;
@@ -276,17 +301,29 @@ static int check_worker(void *arg, fm_error *err)
     return 1;
 }
 
+/* SIGTERM, then up to 15 s to finish or hand back. SIGCHLD is blocked in this
+ * process (fm_cmd_label), so the wait wakes as the worker exits; a timeout bounds each
+ * wait however the signal is delivered. SIGTERM goes again every half second: a
+ * program that is still starting may not have its handler yet, or may look at its
+ * flag just before it settles into a wait, and must not sleep through its stop. */
 static void stop_worker(worker_child *w)
 {
     if (w->pid <= 0 || w->exited)
         return;
-    kill(w->pid, SIGTERM);
-    for (int i = 0; i < 150; i++) { /* up to 15 s to finish or hand back */
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    int64_t start = fm_now_ms(), next_term = start;
+    while (fm_now_ms() - start < 15000) {
         if (waitpid(w->pid, &w->status, WNOHANG) == w->pid) {
             w->exited = 1;
             return;
         }
-        nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
+        if (fm_now_ms() >= next_term) {
+            kill(w->pid, SIGTERM);
+            next_term += 500;
+        }
+        sigtimedwait(&chld, NULL, &(struct timespec){0, 50 * 1000 * 1000});
     }
     fm_log_warn("facemill-worker did not stop in time: killed");
     kill(w->pid, SIGKILL);
@@ -324,12 +361,22 @@ static void worker_program(char *buf, size_t size)
 static pid_t spawn_worker(char **args, fm_error *err)
 {
     pid_t parent = getpid();
+    /* SIGTERM and SIGINT wait (blocked) across the fork: the child sets them back to
+     * their defaults before it takes them, so one sent to it before exec ends it at
+     * once instead of being swallowed by an inherited handler. */
+    sigset_t sigs, old;
+    child_signals(&sigs);
+    pthread_sigmask(SIG_BLOCK, &sigs, &old);
     pid_t pid = fork();
     if (pid < 0) {
         fm_error_set(err, FM_ERR_IO, "fork: %s", strerror(errno));
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         return -1;
     }
     if (pid == 0) {
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        sigprocmask(SIG_UNBLOCK, &sigs, NULL);
         /* Die with the label process, however it dies. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
@@ -338,6 +385,7 @@ static pid_t spawn_worker(char **args, fm_error *err)
         fprintf(stderr, "facemill label: cannot run %s: %s\n", args[0], strerror(errno));
         _exit(127);
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid;
 }
 
@@ -381,8 +429,10 @@ static const cli_cmd label_cmd = {
     "`facemill export`). INPUTs are as for `facemill submit`. Running it again on\n"
     "the same inputs and database skips what is stored and labels the rest, so an\n"
     "interrupted run (Ctrl-C, kill, power loss) is resumed by rerunning it.\n",
-    "exit status: 0 all images labelled, 1 some failed, 2 usage error, 3 run not "
-    "finished (a model missing, interrupted, a worker died, ...)", NULL};
+    "exit status: 0 all images labelled, 1 some failed or a folder skipped, 2 usage "
+    "error (also a missing INPUT, a RESULTS.db that is no results database or cannot be "
+    "created), 3 run not finished (a model missing, interrupted, a worker died, ...)",
+    NULL};
 
 /* --worker-arg: the arguments given, in order (argc slots). */
 typedef struct arg_list {
@@ -395,6 +445,54 @@ static int take_worker_arg(void *target, const char *value)
     arg_list *l = target;
     l->v[l->n++] = (char *)value;
     return 0;
+}
+
+/* Checks -o before anything starts, and creates nothing: an existing file must be a
+ * results database (or empty), a new one must have a folder to be created in. A
+ * rerun cannot fix either, so they are usage errors, one line naming the file, not
+ * an unfinished run. Returns -1 when path may be used, else the exit code. */
+static int check_results_path(const char *path)
+{
+    char shown[FM_LOG_ESCAPED_MAX], dir[PATH_MAX];
+    fm_log_escape(path, shown, sizeof shown);
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return cli_usage_error(&label_cmd, "-o %s: a directory, not a results "
+                                   "database", shown);
+        if (access(path, R_OK | W_OK) != 0)
+            return cli_usage_error(&label_cmd, "-o %s: %s", shown, strerror(errno));
+        if (S_ISREG(st.st_mode) && st.st_size == 0)
+            return -1; /* an empty file: the sink makes the database in it */
+        fm_results *db = NULL;
+        fm_error e = {0};
+        fm_status rs = fm_results_open(&db, path, FM_RESULTS_READONLY, &e);
+        fm_results_close(&db);
+        if (rs == FM_ERR_VERSION)
+            return cli_usage_error(&label_cmd, "-o %s: %s", shown, e.msg);
+        if (rs != FM_OK)
+            return cli_usage_error(&label_cmd, "-o %s: not a facemill results database",
+                                   shown);
+        return -1;
+    }
+    if (errno != ENOENT)
+        return cli_usage_error(&label_cmd, "-o %s: %s", shown, strerror(errno));
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        slash[slash == dir] = '\0'; /* "/x.db" lives in "/" */
+    if (stat(dir, &st) != 0)
+        return cli_usage_error(&label_cmd, "-o %s: cannot create it: %s", shown,
+                               strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return cli_usage_error(&label_cmd, "-o %s: cannot create it: %s", shown,
+                               strerror(ENOTDIR));
+    if (access(dir, W_OK | X_OK) != 0)
+        return cli_usage_error(&label_cmd, "-o %s: cannot create it: %s", shown,
+                               strerror(errno));
+    return -1;
 }
 
 /* The models the workers will open, found now: a missing one is one clear line before
@@ -596,6 +694,14 @@ int fm_cmd_label(int argc, char **argv)
         code = cli_usage_error(&label_cmd, "-o RESULTS.db is required");
         goto out;
     }
+    /* Missing inputs and an unusable -o are said now, in one line each, before any
+     * process starts or any file is created. */
+    if (fm_client_check_inputs(a.operands, a.n, &err) != FM_OK) {
+        code = cli_usage_error(&label_cmd, "%s", fm_error_text(&err));
+        goto out;
+    }
+    if ((code = check_results_path(db_path)) >= 0)
+        goto out;
     if (procs < 0)
         procs = cfg->worker.processes;
     if (procs == 0) {
@@ -603,8 +709,12 @@ int fm_cmd_label(int argc, char **argv)
         procs = cores > 0 ? cores : 1;
     }
     code = EXIT_INCOMPLETE; /* nothing labelled until the run ends */
+    /* Texts of other modules name files as they are: escaped for the terminal (the
+     * client's own texts are escaped where they are made). */
+    char shown[FM_LOG_ESCAPED_MAX];
     if (check_models(cfg, &extra, &err) != FM_OK || make_run_dir(&r, cfg, &err) != FM_OK) {
-        fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
+        fprintf(stderr, "facemill label: %s\n",
+                fm_log_escape(fm_error_text(&err), shown, sizeof shown));
         goto out;
     }
     /* --by-path: the workers open the files the user named on this command line, as
@@ -613,12 +723,20 @@ int fm_cmd_label(int argc, char **argv)
     if (x.by_path)
         snprintf(cfg->worker.path_root, sizeof cfg->worker.path_root, "/");
     install_signals();
+    /* SIGCHLD stays blocked in every thread (the services' threads inherit this mask),
+     * so stop_worker can wait for it without a window to miss it in. */
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &chld, NULL);
     if (start_services(&r, cfg, db_path, &err) != FM_OK ||
         start_worker(&r, cfg, procs, &extra, &err) != FM_OK) {
-        fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
+        fprintf(stderr, "facemill label: %s\n",
+                fm_log_escape(fm_error_text(&err), shown, sizeof shown));
         goto out;
     }
-    fm_log_info("labelling into %s with %lld worker processes", db_path, (long long)procs);
+    fm_log_info("labelling into %s with %lld worker processes",
+                fm_log_escape(db_path, shown, sizeof shown), (long long)procs);
     code = submit_inputs(&r, cfg, &x, a.operands, a.n);
 out:
     stop_run(&r);

@@ -414,6 +414,18 @@ static void read_image(compute *c, int i, const Facemill__Job *job)
     } else if (job->source_case == FACEMILL__JOB__SOURCE_PATH) {
         j->status = read_file(c, i, job->path, &j->len, &e);
         j->data = c->files[i];
+    } else if (job->source_case == FACEMILL__JOB__SOURCE_UNREADABLE) {
+        /* The client could not read the image: its reason is the result's text,
+         * nothing is decoded. Kept as sent when it passes the broker's rules (one
+         * line, bounded), escaped when it does not (a broker that did not check). */
+        const char *why = job->unreadable;
+        j->status = FM_ERR_IO;
+        if (fm_text_fault(why, FM_ERROR_MSG_MAX - 1) == FM_TEXT_OK)
+            snprintf(c->errtext[i], FM_ERROR_MSG_MAX, "%s", why);
+        else
+            fm_log_escape(why && why[0] ? why : "unreadable", c->errtext[i],
+                          FM_ERROR_MSG_MAX);
+        return;
     } else {
         j->status = fm_error_set(&e, FM_ERR_INVALID, "job without data or path");
     }

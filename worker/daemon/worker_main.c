@@ -71,6 +71,17 @@ static void install_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
+/* The signals the parent's loop waits for: blocked there, so one that comes between
+ * its look at stop_flag and its wait stays pending and ends the wait at once. */
+static void parent_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGCHLD);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
 /* Forks pipeline process index (slots are mapped). It gets death_sig when this
  * process dies; the getppid check covers a parent that died before prctl took
  * effect. */
@@ -83,12 +94,12 @@ static pid_t spawn(const fm_config *cfg, int index, int decode_only, int death_s
         prctl(PR_SET_PDEATHSIG, death_sig);
         if (getppid() != parent)
             _exit(0);
-        /* The parent keeps SIGCHLD blocked for its wait (main); a pipeline process
-         * has no children to wait for, and only the parent notifies systemd. */
-        sigset_t chld;
-        sigemptyset(&chld);
-        sigaddset(&chld, SIGCHLD);
-        sigprocmask(SIG_UNBLOCK, &chld, NULL);
+        /* The parent keeps its signals blocked for its wait (main); a pipeline
+         * process takes them through its handlers, has no children to wait for, and
+         * only the parent notifies systemd. */
+        sigset_t waited;
+        parent_signals(&waited);
+        sigprocmask(SIG_UNBLOCK, &waited, NULL);
         fm_notify_disable();
         _exit(pipeline_process_run(cfg, index, decode_only, &slots[index], &stop_flag));
     }
@@ -226,13 +237,13 @@ int main(int argc, char **argv)
         return 1;
     }
     slots = map; /* zero-filled: nobody ready, nothing done */
-    /* SIGCHLD stays blocked here so the loop can wait for a child, a signal or its
-     * next turn without missing a child that dies in between (sigtimedwait below);
-     * spawn unblocks it in every pipeline process. */
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
+    /* SIGCHLD, SIGTERM, SIGINT and SIGHUP stay blocked here so the loop can wait for
+     * a child, a signal or its next turn without missing one that comes in between
+     * (sigtimedwait below takes it, and the loop acts on it as the handler would);
+     * spawn unblocks them in every pipeline process. */
+    sigset_t waited;
+    parent_signals(&waited);
+    sigprocmask(SIG_BLOCK, &waited, NULL);
     fm_log_info("starting %ld worker processes", procs);
     for (long i = 0; i < procs; i++) {
         pids[i] = spawn(&cfg, (int)i, decode_only, death_sig);
@@ -248,13 +259,15 @@ int main(int argc, char **argv)
         int status;
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid == 0) {
-            /* Nobody exited yet. Returns on a child's SIGCHLD, a handled signal
-             * (EINTR) or, under systemd, the end of the turn (EAGAIN); the loop looks
-             * again either way. Outside systemd it sleeps until something happens,
-             * as a blocking waitpid did. */
+            /* Nobody exited yet. Returns with a child's SIGCHLD, a stop or reopen
+             * signal (pending since before the wait, or come during it) or, under
+             * systemd, the end of the turn (EAGAIN); the loop looks again either way.
+             * Outside systemd it sleeps until something happens. */
             long ms = fm_notify_cap_wait(PARENT_TURN_MS);
             struct timespec turn = {ms / 1000, (ms % 1000) * 1000000L};
-            sigtimedwait(&chld, NULL, fm_notify_enabled() ? &turn : NULL);
+            int sig = sigtimedwait(&waited, NULL, fm_notify_enabled() ? &turn : NULL);
+            if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP)
+                on_signal(sig);
             continue;
         }
         if (pid < 0) {
