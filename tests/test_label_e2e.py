@@ -41,7 +41,10 @@ a rerun; a folder nobody may list and one nested too deep are warnings and exit 
 names with escape sequences reach stderr escaped, and "(null)" never; -o naming a
 missing folder or a file that is no database, and a missing INPUT, are usage errors
 (exit 2, one line) that create nothing; eleven runs of the same folder of 8 images
-each stop their workers at once (none waits out 15 s).
+each stop their workers at once (none waits out 15 s). Then reruns (decode-only
+workers): a failed row stays, and with --retry-failed is labelled again and replaced;
+a changed file's new row replaces its old one; a second label on a database another
+one holds refuses at once.
 
 Usage: test_label_e2e.py --bin BIN --src SRC [--only hard_inputs]
 Exit 0 pass, 1 fail.
@@ -494,6 +497,67 @@ def case_hard_inputs(fm, tmp):
     check(not slow, "reruns stop their workers promptly: %s" % slow)
 
 
+def case_reruns(fm, tmp):
+    """What a rerun does with what the database holds (decode-only workers): a failed
+    row stays without --retry-failed and is labelled again with it (its new result
+    replaces the row); a file whose content changed is labelled again and its new row
+    replaces the old one (one row per name); a second `facemill label` on a database
+    another one is writing refuses at once (exit 3, one line) and changes nothing."""
+    base = os.path.join(tmp, "reruns")
+    home, photos = os.path.join(base, "home"), os.path.join(base, "photos")
+    os.makedirs(home)
+    os.makedirs(photos)
+    env = user_env(home)
+    write_jpeg(os.path.join(photos, "a.jpg"), 21)
+    Image.fromarray(np.full((30, 20, 3), 90, np.uint8)).save(os.path.join(photos, "b.png"))
+    db = os.path.join(base, "r.db")
+    args = [photos, "-o", db, "-j", "1", "--progress", "none", "--worker-arg",
+            "--decode-only"]
+    p = label_as(None, fm, args + ["--set", "decode.formats=jpeg"], base, env)
+    rows, n = export_rows(fm, db, env)
+    png = os.path.join(photos, "b.png")
+    check(p.returncode == 1 and n == 2 and rows.get(png, {}) and
+          "format not enabled" in rows[png]["text"],
+          "PNG refused by decode.formats: a failed row, exit 1 (%d, %s)" % (p.returncode, rows))
+    p = label_as(None, fm, args, base, env)
+    rows, n = export_rows(fm, db, env)
+    check(p.returncode == 1 and "0 committed, 2 already stored, 1 failed" in p.stderr and
+          n == 2 and rows.get(png),
+          "a rerun skips the failed row (%d: %s)" % (p.returncode, p.stderr[-300:]))
+    p = label_as(None, fm, args + ["--retry-failed"], base, env)
+    rows, n = export_rows(fm, db, env)
+    check(p.returncode == 0 and "1 committed, 1 already stored, 0 failed" in p.stderr and
+          n == 2 and png in rows and rows[png] is None,
+          "--retry-failed labels the failed image again and its row replaces the failure "
+          "(%d, %s: %s)" % (p.returncode, rows, p.stderr[-300:]))
+    # a.jpg rewritten with other content and another size
+    a = os.path.join(photos, "a.jpg")
+    Image.fromarray(np.full((64, 80, 3), 30, np.uint8)).save(a, quality=90)
+    p = label_as(None, fm, args, base, env)
+    out = subprocess.run([fm, "export", db], env=env, capture_output=True, text=True,
+                         timeout=120).stdout.splitlines()
+    objs = [json.loads(line) for line in out]
+    mine = [(o["width"], o["height"]) for o in objs if o["source"] == a]
+    check(p.returncode == 0 and "1 committed, 1 already stored" in p.stderr and
+          len(objs) == 2 and mine == [(80, 64)],
+          "a changed file is labelled again, one row with its new size: %s (%d: %s)" %
+          (mine, p.returncode, p.stderr[-300:]))
+    # another run holds the database: refused at once, nothing changed
+    import fcntl
+    before = open(db, "rb").read()
+    with open(db, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t0 = time.monotonic()
+        p = label_as(None, fm, args + ["--retry-failed"], base, env, timeout=60)
+        took = time.monotonic() - t0
+    lines = p.stderr.strip().splitlines()
+    check(p.returncode == 3 and len(lines) == 1 and
+          "another facemill label is writing it" in lines[0] and took < 10 and
+          open(db, "rb").read() == before,
+          "a database another label holds: exit 3, one line, at once, unchanged "
+          "(%d, %.1f s: %s)" % (p.returncode, took, p.stderr[-300:]))
+
+
 def main():
     a = dir_args("bin", "src", more=((["--only"], {
         "choices": ["hard_inputs"],
@@ -503,8 +567,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="facemill-e2e-")
     try:
         case_hard_inputs(fm, tmp)
+        case_reruns(fm, tmp)
     finally:
         shutil.rmtree(os.path.join(tmp, "hard"), ignore_errors=True)
+        shutil.rmtree(os.path.join(tmp, "reruns"), ignore_errors=True)
     samples = samples_dir(src, "test_label_e2e")
     if a.only or not samples:
         shutil.rmtree(tmp, ignore_errors=True)

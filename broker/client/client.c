@@ -967,7 +967,7 @@ static fm_status next_submit(run *r, fm_error *err)
             char shown[FM_LOG_ESCAPED_MAX];
             if (fm_results_lookup(o->skip, j->id, &found, &failed, &e) != FM_OK)
                 fm_log_warn("%s", fm_log_escape(fm_error_text(&e), shown, sizeof shown));
-            if (found) {
+            if (found && !(failed && o->retry_failed)) {
                 r->sum->skipped++;
                 r->sum->failed += failed;
                 job_clear(j);

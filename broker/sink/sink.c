@@ -357,7 +357,8 @@ static const char *refusal(const fm_sink *s, const Facemill__Result *res, char *
 }
 
 /* Takes one result into the open transaction (opening one when needed): staged for
- * the broker's verdict, or, when the job has its row already, reported stored. */
+ * the broker's verdict, or, when the job has its row already (a labelled one: a
+ * failed row takes the new result), reported stored. */
 static void store(fm_sink *s, const Facemill__Result *res)
 {
     char why_buf[128];
@@ -379,7 +380,7 @@ static void store(fm_sink *s, const Facemill__Result *res)
     else if ((rc = res->job_id ? fm_results_lookup(s->db, res->job_id, &found, &failed, &e)
                                : fm_error_set(&e, FM_ERR_INVALID, "result without a job "
                                               "id")) == FM_OK &&
-             !found)
+             (!found || failed)) /* a failed row is never final (results_db.c) */
         rc = fm_results_stage(s->db, res, wall_ms(), &e);
     if (rc == FM_ERR_INVALID) {
         s->stats.dropped++;
@@ -390,7 +391,7 @@ static void store(fm_sink *s, const Facemill__Result *res)
         give_up_batch(s, &e);
         return;
     }
-    int stored = !s->dealer || found;
+    int stored = !s->dealer || (found && !failed);
     if (stored && !inserted)
         s->stats.duplicates++;
     else if (stored)

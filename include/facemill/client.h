@@ -77,6 +77,8 @@ typedef struct fm_client_opts {
     FILE *progress_out;     /* not owned; NULL: stderr */
     fm_results *skip;       /* optional: jobs whose id this database holds are not
                                submitted, and count as done (not owned) */
+    int retry_failed;       /* with skip: a job whose stored row is a failure is
+                               submitted again (its new result replaces the row) */
     volatile sig_atomic_t *stop; /* optional: nonzero stops the run (FM_ERR_INTERRUPTED) */
     /* optional: called about every 100 ms; a nonzero return stops the run with
      * FM_ERR_INTERNAL and the message the callback wrote to err */

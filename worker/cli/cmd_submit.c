@@ -47,6 +47,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -495,6 +497,38 @@ static int check_results_path(const char *path)
     return -1;
 }
 
+/* One `facemill label` at a time writes a results database: a second one on the same
+ * file would label every image the first has not stored yet a second time, both
+ * counting them as theirs. An exclusive flock on the database file, held for the run,
+ * says so at once. flock, not fcntl: SQLite takes fcntl locks on the same file, which
+ * flock's do not meet on a local file system; and since closing any descriptor of the
+ * file drops this process's fcntl locks, the descriptor is closed only after SQLite's
+ * handles are (fm_cmd_label). The file is made when missing, as the sink is about to.
+ * Returns the descriptor, or -1 after a line on stderr. */
+static int lock_results(const char *path)
+{
+    char shown[FM_LOG_ESCAPED_MAX];
+    fm_log_escape(path, shown, sizeof shown);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "facemill label: %s: %s\n", shown, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            fprintf(stderr,
+                    "facemill label: %s: another facemill label is writing it; run this "
+                    "again when it has finished (it resumes where that one stopped)\n",
+                    shown);
+        else
+            fprintf(stderr, "facemill label: %s: cannot lock it: %s\n", shown,
+                    strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* The models the workers will open, found now: a missing one is one clear line before
  * any process starts, not an error in every worker's log. */
 static fm_status check_models(const fm_config *cfg, const arg_list *extra, fm_error *err)
@@ -640,10 +674,11 @@ static fm_status start_worker(label_run *r, const fm_config *cfg, int64_t procs,
     return r->worker.pid < 0 ? FM_ERR_IO : FM_OK;
 }
 
-/* Submits the inputs to the run's broker, skipping what the database holds, until
- * every image is committed, the worker program exits or a signal comes. */
+/* Submits the inputs to the run's broker, skipping what the database holds (but for
+ * its failures with retry_failed), until every image is committed, the worker program
+ * exits or a signal comes. */
 static int submit_inputs(label_run *r, const fm_config *cfg, const input_opts *x,
-                         char **inputs, int n)
+                         int retry_failed, char **inputs, int n)
 {
     fm_client_opts o;
     fm_client_summary sum = {0};
@@ -653,6 +688,7 @@ static int submit_inputs(label_run *r, const fm_config *cfg, const input_opts *x
     o.zctx = r->zctx;
     o.tag = "label";
     o.skip = r->db;
+    o.retry_failed = retry_failed;
     o.stop = &stop_flag;
     o.tick = check_worker;
     o.tick_arg = &r->worker;
@@ -668,6 +704,7 @@ int fm_cmd_label(int argc, char **argv)
     const char *db_path = NULL;
     int64_t procs = -1; /* -1: worker.processes */
     input_opts x = {0, 0, FM_PROGRESS_AUTO};
+    int retry_failed = 0, lock_fd = -1;
     arg_list extra = {calloc((size_t)argc + 1, sizeof(char *)), 0};
     if (!extra.v)
         return EXIT_INCOMPLETE;
@@ -677,6 +714,10 @@ int fm_cmd_label(int argc, char **argv)
         CLI_INT("--workers", 'j', "N", 0, 4096, &procs,
                 "worker processes (default worker.processes; 0: one per core)"),
         INPUT_OPTS(x),
+        CLI_FLAG("--retry-failed", 0, &retry_failed,
+                 "label again the images whose stored result is a failure (a read error, "
+                 "a timeout, a format since enabled); their new results replace those "
+                 "rows"),
         CLI_CALL("--worker-arg", 0, "ARG", "an argument", take_worker_arg, &extra,
                  "pass ARG to facemill-worker (e.g. --decode-only); any number"),
         CLI_END,
@@ -722,6 +763,8 @@ int fm_cmd_label(int argc, char **argv)
      * the user's own inputs. A cluster's workers keep their worker.path_root. */
     if (x.by_path)
         snprintf(cfg->worker.path_root, sizeof cfg->worker.path_root, "/");
+    if ((lock_fd = lock_results(db_path)) < 0)
+        goto out;
     install_signals();
     /* SIGCHLD stays blocked in every thread (the services' threads inherit this mask),
      * so stop_worker can wait for it without a window to miss it in. */
@@ -737,9 +780,11 @@ int fm_cmd_label(int argc, char **argv)
     }
     fm_log_info("labelling into %s with %lld worker processes",
                 fm_log_escape(db_path, shown, sizeof shown), (long long)procs);
-    code = submit_inputs(&r, cfg, &x, a.operands, a.n);
+    code = submit_inputs(&r, cfg, &x, retry_failed, a.operands, a.n);
 out:
     stop_run(&r);
+    if (lock_fd >= 0) /* after SQLite's handles: see lock_results */
+        close(lock_fd);
     free(cfg);
     free(extra.v);
     return code;
