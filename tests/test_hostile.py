@@ -44,8 +44,10 @@ One case per run (--case NAME), each a ctest test of its own:
                    same again with openat2 failing ENOSYS (a seccomp filter), where
                    the O_NOFOLLOW walk refuses even a link within the root
   strings          ids with a NUL (a\0X and a\0Y) refuse the Submit with the reason;
-                   ids not UTF-8, with control characters or over-long, and a tag with
-                   a control character are REJECTED each with its reason while the
+                   ids not UTF-8, with control characters or over-long, a tag with
+                   a control character and unreadable reasons that are empty, not
+                   UTF-8, with a control character or over-long are REJECTED each
+                   with its reason (a sound one is an io row with it) while the
                    good jobs of the same Submit are taken; a worker named
                    "w\n\x1b[31m..." is refused with the reason; no log holds a raw
                    control character; the export of names that are not UTF-8 is valid
@@ -703,15 +705,17 @@ def case_keygen(h):
 
 
 def submit_raw(client, jobs, request_id):
-    """Sends a Submit of jobs given as (id, tag, name, data or path) with bytes for the
-    strings, which may be anything (invalid UTF-8, NUL, controls): Python's protobuf
-    only writes valid UTF-8, so such a string is written as a placeholder of its length
-    and the placeholder's bytes replaced afterwards (the length prefixes stay right)."""
+    """Sends a Submit of jobs given as (id, tag, name, data or path, or ("unreadable",
+    reason)) with bytes for the strings, which may be anything (invalid UTF-8, NUL,
+    controls): Python's protobuf only writes valid UTF-8, so such a string is written
+    as a placeholder of its length and the placeholder's bytes replaced afterwards (the
+    length prefixes stay right)."""
     sub = pb.Submit(request_id=request_id)
     swaps = []
     for jid, tag, name, src in jobs:
         j = sub.jobs.add()
-        for field, raw in (("id", jid), ("tag", tag), ("name", name)):
+        why = src[1] if isinstance(src, tuple) else None
+        for field, raw in (("id", jid), ("tag", tag), ("name", name), ("unreadable", why)):
             if raw is None:
                 continue
             try:
@@ -725,7 +729,7 @@ def submit_raw(client, jobs, request_id):
             swaps.append((ph, raw))
         if isinstance(src, str):
             j.path = src
-        else:
+        elif not isinstance(src, tuple):
             j.data = src
     data = envelope(submit=sub)
     for ph, raw in swaps:
@@ -898,12 +902,24 @@ def case_strings(h):
     good = [(b"ok-formula", b"s", b'=HYPERLINK("http://example.com","x").jpg'),
             (b"ok-latin1", b"s", b"caf\xe9\x01.jpg"),
             ("ok-\u00e9t\u00e9".encode(), b"s", None)]
+    # A client that could not read an image sends its reason (Job.unreadable), which
+    # becomes the row's error text: held to the rules of ids, at an error text's length.
+    bad_why = [
+        (b"u-empty", b"", "unreadable job without a reason"),
+        (b"u-latin1", b"caf\xe9: Permission denied", "unreadable reason is not valid UTF-8"),
+        (b"u-ctl", b"x.jpg: denied\n2026-01-01 FORGED", "unreadable reason holds a control "
+         "character"),
+        (b"u-long", b"r" * 512, "unreadable reason longer than 511 bytes"),
+    ]
+    good_why = [(b"u-ok", b"s", b"x.jpg", ("unreadable", b"x.jpg: Permission denied"))]
     submit_raw(client, [(i, t, None, h.jpeg) for i, t, _ in bad] +
-               [(i, t, n, h.jpeg) for i, t, n in good], 2)
+               [(i, b"s", None, ("unreadable", w)) for i, w, _ in bad_why] +
+               [(i, t, n, h.jpeg) for i, t, n in good] + good_why, 2)
     ack = client.next("submit_ack").submit_ack
     R, A = pb.JobAck.REJECTED, pb.JobAck.ACCEPTED
     got = [(a.state, a.reason) for a in ack.jobs]
-    want = [(R, why) for _, _, why in bad] + [(A, "")] * len(good)
+    want = ([(R, why) for _, _, why in bad] + [(R, why) for _, _, why in bad_why] +
+            [(A, "")] * (len(good) + len(good_why)))
     check(got == want, "each bad job REJECTED with its reason, the good ones taken: %s" % got)
     # A worker whose name would forge log lines and reach every status.
     evil = h.peer(zmq.DEALER, "broker.workers", "worker")
@@ -916,13 +932,16 @@ def case_strings(h):
     h.log_has("broker", "name \"w\\x0a2026-01-01T00:00:00Z broker[1] INFO  "
               "FORGED\\x1b[31m\" holds control character")
     h.c.worker("worker", processes=1)
-    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == len(good), WAIT,
-               "the %d good jobs stored" % len(good))
+    taken = len(good) + len(good_why)
+    wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images")[0][0] == taken, WAIT,
+               "the %d good jobs stored" % taken)
+    check(row_of(h, "u-ok")[:2] == (4, "x.jpg: Permission denied"),
+          "the unreadable job's row: an io error with its reason (%s)" % (row_of(h, "u-ok"),))
     evil.drain()
     check(not [m for m in evil.received if m.WhichOneof("body") == "job"],
           "the refused worker got no job")
     st = h.status(client, "s")
-    check(st.tag_total == len(good) and st.workers == 1,
+    check(st.tag_total == taken and st.workers == 1,
           "only the good jobs and the real worker are known (%d, %d)" %
           (st.tag_total, st.workers))
     for name in ("broker", "sink", "worker"):
@@ -947,7 +966,7 @@ def case_strings(h):
         except (UnicodeDecodeError, ValueError) as x:
             raise Failure("export line is not valid JSON (%s): %r" % (x, line))
     sources = sorted(r["source"] for r in rows)
-    check(len(rows) == len(good) and "caf\ufffd\u0001.jpg" in sources,
+    check(len(rows) == taken and "caf\ufffd\u0001.jpg" in sources,
           "export: %d valid JSON lines, the Latin-1 name as U+FFFD: %s" % (len(rows), sources))
     out = subprocess.run([fm, "export", "--format", "csv", h.c.db], capture_output=True,
                          timeout=60)
