@@ -43,8 +43,8 @@ missing folder or a file that is no database, and a missing INPUT, are usage err
 (exit 2, one line) that create nothing; eleven runs of the same folder of 8 images
 each stop their workers at once (none waits out 15 s). Then reruns (decode-only
 workers): a failed row stays, and with --retry-failed is labelled again and replaced;
-a changed file's new row replaces its old one; a second label on a database another
-one holds refuses at once.
+a changed file's new row replaces its old one; a folder's zip and tar.gz are opened;
+a second label on a database another one holds refuses at once.
 
 Usage: test_label_e2e.py --bin BIN --src SRC [--only hard_inputs]
 Exit 0 pass, 1 fail.
@@ -501,8 +501,9 @@ def case_reruns(fm, tmp):
     """What a rerun does with what the database holds (decode-only workers): a failed
     row stays without --retry-failed and is labelled again with it (its new result
     replaces the row); a file whose content changed is labelled again and its new row
-    replaces the old one (one row per name); a second `facemill label` on a database
-    another one is writing refuses at once (exit 3, one line) and changes nothing."""
+    replaces the old one (one row per name); archives found in a folder are opened and
+    their members skipped on a rerun; a second `facemill label` on a database another
+    one is writing refuses at once (exit 3, one line) and changes nothing."""
     base = os.path.join(tmp, "reruns")
     home, photos = os.path.join(base, "home"), os.path.join(base, "photos")
     os.makedirs(home)
@@ -542,6 +543,35 @@ def case_reruns(fm, tmp):
           len(objs) == 2 and mine == [(80, 64)],
           "a changed file is labelled again, one row with its new size: %s (%d: %s)" %
           (mine, p.returncode, p.stderr[-300:]))
+    # archives inside a folder are opened like archive INPUTs: a zip in a sub-folder
+    # and a tar.gz beside the photos give their members' rows
+    import zipfile
+    deep = os.path.join(base, "album")
+    os.makedirs(os.path.join(deep, "2019"))
+    write_jpeg(os.path.join(deep, "loose.jpg"), 30)
+    for k, n in enumerate(("m1.jpg", "m2.jpg")):
+        write_jpeg(os.path.join(base, n), 31 + k)
+    with zipfile.ZipFile(os.path.join(deep, "2019", "pics.zip"), "w") as z:
+        z.write(os.path.join(base, "m1.jpg"), "m1.jpg")
+        z.write(os.path.join(base, "m2.jpg"), "m2.jpg")
+        z.writestr("notes.txt", "not an image")
+    with tarfile.open(os.path.join(deep, "more.tar.gz"), "w:gz") as t:
+        t.add(os.path.join(base, "m1.jpg"), "inner/m3.jpg")
+    adb = os.path.join(base, "album.db")
+    aargs = [deep, "-o", adb, "-j", "1", "--progress", "none", "--worker-arg",
+             "--decode-only"]
+    p = label_as(None, fm, aargs, base, env)
+    rows, n = export_rows(fm, adb, env)
+    want = {os.path.join(deep, "loose.jpg"), os.path.join(deep, "2019", "pics.zip:m1.jpg"),
+            os.path.join(deep, "2019", "pics.zip:m2.jpg"),
+            os.path.join(deep, "more.tar.gz:inner/m3.jpg")}
+    check(p.returncode == 0 and set(rows) == want and n == 4 and
+          all(v is None for v in rows.values()),
+          "a folder's zip and tar.gz are opened: %s (%d: %s)" % (sorted(rows), p.returncode,
+                                                                p.stderr[-300:]))
+    p = label_as(None, fm, aargs, base, env)
+    check(p.returncode == 0 and "0 committed, 4 already stored" in p.stderr,
+          "their members are skipped on a rerun (%s)" % p.stderr[-300:])
     # another run holds the database: refused at once, nothing changed
     import fcntl
     before = open(db, "rb").read()

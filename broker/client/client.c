@@ -259,7 +259,26 @@ static void skip_folder(scan *s, const char *dir, const char *why)
     s->folders_skipped++;
 }
 
-/* Adds the files under root (sorted, depth first). Symbolic links to directories are
+/* An archive (tar, plain or compressed, or zip) whose members are images: its images
+ * counted now, read later; one that cannot be opened is one error row. */
+static fm_status add_archive(scan *s, const char *path, fm_error *err)
+{
+    char why[FM_ERROR_MSG_MAX];
+    int64_t members = 0;
+    fm_error ae = {0};
+    if (archive_count(path, s->all_files, &members, why, sizeof why, &ae) != 0) {
+        if (ae.code == FM_ERR_NOMEM)
+            return fm_error_set(err, FM_ERR_NOMEM, "%s", ae.msg);
+        return items_add(s->items, path, 0, why, err); /* one error row for it */
+    }
+    fm_status rc = items_add(s->items, path, 1, NULL, err);
+    if (rc == FM_OK)
+        s->items->v[s->items->n - 1].members = members;
+    return rc;
+}
+
+/* Adds the files under root (sorted, depth first), archives among them as archives
+ * (their images are taken as an archive INPUT's are). Symbolic links to directories are
  * not followed (no loops); a link to nothing becomes an error row. A folder that
  * cannot be listed, or lies more than FM_CLIENT_MAX_DEPTH levels down, is skipped with
  * a warning: one bad folder does not cost the rest. Iterative, with an explicit stack,
@@ -326,6 +345,8 @@ static fm_status walk_dir(scan *s, const char *root, fm_error *err)
                 skip_folder(s, path, fe.msg);
             else
                 depth++;
+        } else if (S_ISREG(sst.st_mode) && is_archive_name(name)) {
+            st = add_archive(s, path, err); /* a folder's zips and tars are opened too */
         } else if (S_ISREG(sst.st_mode) && wanted) {
             st = items_add(s->items, path, 0, NULL, err);
         }
@@ -372,20 +393,8 @@ static fm_status add_input(scan *s, const char *in, int listed, fm_error *err)
         return fm_error_set(err, FM_ERR_INVALID, "%s: not a file or directory",
                             fm_log_escape(in, shown, sizeof shown));
     }
-    if (is_archive_name(in)) {
-        char why[FM_ERROR_MSG_MAX];
-        int64_t members = 0;
-        fm_error ae = {0};
-        if (archive_count(in, s->all_files, &members, why, sizeof why, &ae) != 0) {
-            if (ae.code == FM_ERR_NOMEM)
-                return fm_error_set(err, FM_ERR_NOMEM, "%s", ae.msg);
-            return items_add(s->items, in, 0, why, err); /* one error row for it */
-        }
-        fm_status rc = items_add(s->items, in, 1, NULL, err);
-        if (rc == FM_OK)
-            s->items->v[s->items->n - 1].members = members;
-        return rc;
-    }
+    if (is_archive_name(in))
+        return add_archive(s, in, err);
     return items_add(s->items, in, 0, NULL, err);
 }
 

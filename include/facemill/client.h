@@ -16,8 +16,9 @@
  * directories (walked depth first, sorted; symbolic links to directories are not
  * followed) and archives only files whose name ends in an image extension (.jpg .jpeg
  * .jpe .jfif .png .gif .bmp .webp .tif .tiff .heic .heif .hif .avif), unless
- * all_files. A file is an archive when libarchive recognises it as tar (plain or
- * compressed) or zip by its name (.tar .tar.gz .tgz .tar.bz2 .tar.xz .tar.zst .zip).
+ * all_files; the archives a directory holds are opened as archive arguments are. A
+ * file is an archive when libarchive recognises it as tar (plain or compressed) or zip
+ * by its name (.tar .tar.gz .tgz .tar.bz2 .tar.xz .tar.zst .zip).
  *
  * What cannot be read still ends as one result row, an error row, so exports and
  * reports count it: an image the client cannot open or read, a listed path (stdin)

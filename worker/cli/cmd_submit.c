@@ -149,7 +149,7 @@ static const cli_cmd submit_cmd = {
     "until each result is stored by the sink. An INPUT is a directory (walked\n"
     "recursively), an image file, a tar or zip archive, or - for a list of paths\n"
     "on stdin (one per line). Directories and archives contribute files with image\n"
-    "extensions (--all: every file).\n",
+    "extensions (--all: every file); the archives a directory holds are opened.\n",
     "exit status: 0 all images labelled, 1 some failed or a folder skipped, 2 usage "
     "error, 3 run not finished",
     NULL};
