@@ -158,8 +158,10 @@ def main():
                   "usr/share/facemill/models/heads_dlib_ft.fmm",
                   "usr/share/facemill/models/dlib_resnet_ft.f16.fmm",
                   "usr/share/facemill/tools/fmmodel.py",
-                  "usr/share/man/man1/facemill.1", "usr/share/man/man5/facemill.yaml.5",
-                  "usr/share/man/man8/facemill-worker.8",
+                  "usr/share/man/man1/facemill.1.gz", "usr/share/man/man5/facemill.yaml.5.gz",
+                  "usr/share/man/man8/facemill-worker.8.gz",
+                  "usr/share/doc/facemill/copyright",
+                  "usr/share/doc/facemill/changelog.Debian.gz",
                   "usr/share/doc/facemill/examples/facemill.yaml",
                   "lib/systemd/system/facemill-broker.service",
                   "lib/systemd/system/facemill-sink.service",
@@ -219,11 +221,26 @@ def main():
                   "%s: ExecStart=/usr/bin/%s" % (u, u))
             check("@" not in "".join(l for l in text.splitlines() if not l.startswith("#")),
                   u + ": no placeholder left")
+            # the paths are the configuration's: a --set here would hide its keys and
+            # send `facemill-broker --recover --config ...` to another journal
+            check(re.search(r"^ExecStart=\S+$", text, re.M) and
+                  re.search(r"^StateDirectory=facemill$", text, re.M),
+                  u + ": ExecStart sets nothing; StateDirectory=facemill (the working "
+                  "directory exists on a machine of workers alone)")
         with open(os.path.join(src, "config", "facemill.yaml"), "rb") as f:
             want_conf = f.read()
+        want_conf = want_conf.replace(
+            b'\n  journal: "facemill-journal.db"\n',
+            b'\n  journal: "/var/lib/facemill/journal.db"\n').replace(
+            b'\n  db: "facemill-results.db"\n', b'\n  db: "/var/lib/facemill/results.db"\n')
         conf = os.path.join(root, "etc", "facemill", "facemill.yaml")
         check(os.path.isfile(conf) and open(conf, "rb").read() == want_conf,
-              "/etc/facemill/facemill.yaml is config/facemill.yaml")
+              "/etc/facemill/facemill.yaml is config/facemill.yaml with the journal and "
+              "the results database in /var/lib/facemill")
+        p = run([os.path.join(root, "usr", "bin", "facemill"), "config", "--config", conf])
+        check(p.returncode == 0 and 'journal: "/var/lib/facemill/journal.db"' in p.stdout and
+              'db: "/var/lib/facemill/results.db"' in p.stdout,
+              "facemill config reads them back: %s" % p.stderr[-300:])
         # the programs link libsystemd: the package must depend on it
         needed = run(["readelf", "-d"] + [os.path.join(root, "usr", "bin", p) for p in
                                           ("facemill", "facemill-broker", "facemill-sink",

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import sys
 import tempfile
 
@@ -73,6 +74,12 @@ def main():
     refused(run([fm, "export", db, "-o", other]), "export -o another database", other)
     refused(run([fm, "export", db, "--output", wal]), "export -o a WAL", wal)
     refused(run([fm, "report", db, "-o", db]), "report DB -o DB", db)
+    # the database's -wal and -shm by name, before SQLite has made them
+    for sfx in ("-wal", "-shm"):
+        check(not os.path.exists(db + sfx), "no %s yet" % sfx)
+        refused(run([fm, "export", db, "-o", db + sfx]), "export -o DB" + sfx, db + sfx)
+        refused(run([fm, "report", db, "-o", db + sfx]), "report -o DB" + sfx, db + sfx)
+        check(not os.path.exists(db + sfx), "and none made (%s)" % sfx)
     for path in (db, other):
         n = rows(path)
         check(n == N, "%s keeps its %d rows (%d)" % (os.path.basename(path), N, n))
@@ -118,6 +125,50 @@ def main():
     latin_rows = {r["source"] for r in table if r["source"].startswith("latin")}
     check(latin_rows == {"latin\ufffd.jpg"},
           "CSV: the Latin-1 name as in the JSON (%s)" % latin_rows)
+
+    # report: the page is UTF-8 (the Latin-1 name as U+FFFD); a link is followed, not
+    # replaced; a device is written, not replaced
+    page, target = os.path.join(tmp, "page.html"), os.path.join(tmp, "real.html")
+    os.symlink(target, page)
+    p = run([fm, "report", db, "-o", page])
+    check(p.returncode == 0 and os.path.islink(page) and os.path.isfile(target),
+          "report -o a symbolic link writes the file it names, the link stays (%s)" %
+          p.stderr.strip()[-300:])
+    html = open(target, "rb").read()
+    try:
+        text = html.decode("utf-8")
+        check("latin\ufffd.jpg" in text, "the page shows the Latin-1 name as latin\ufffd.jpg")
+    except UnicodeDecodeError as e:
+        check(False, "the report page decodes as UTF-8: %s" % e)
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        # a sound database another user cannot open for want of its -shm: not called
+        # "not a facemill results database" (a user told so may delete it)
+        ro = os.path.join(tmp, "ro")
+        os.makedirs(ro)
+        shutil.copy(other, os.path.join(ro, "x.db"))
+        os.chmod(os.path.join(ro, "x.db"), 0o644)
+        os.chmod(ro, 0o755)
+        os.chmod(tmp, 0o755)
+        p = run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", fm,
+                 "export", os.path.join(ro, "x.db")])
+        check(p.returncode == 1 and "not a facemill results database" not in p.stderr and
+              "folder must be writable" in p.stderr,
+              "a database in a folder its reader cannot write: the reason, not 'not a "
+              "results database' (%d: %s)" % (p.returncode, p.stderr.strip()[-300:]))
+    if os.geteuid() == 0:
+        null = os.path.join(tmp, "null")
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        p = run([fm, "report", db, "-o", null])
+        check(p.returncode == 0 and stat.S_ISCHR(os.lstat(null).st_mode),
+              "report -o a device writes into it and leaves it a device (%s)" %
+              p.stderr.strip()[-300:])
+        full = os.path.join(tmp, "full")
+        os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+        p = run([fm, "report", db, "-o", full])
+        check(p.returncode == 1 and stat.S_ISCHR(os.lstat(full).st_mode) and
+              "No space left" in p.stderr,
+              "report -o a full device fails, exit 1, the device stays (%d: %s)" %
+              (p.returncode, p.stderr.strip()[-300:]))
     check.done_with(tmp)
     return check.summary()
 

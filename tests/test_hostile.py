@@ -34,8 +34,8 @@ One case per run (--case NAME), each a ctest test of its own:
                    start; with security.insecure they start and warn at every start;
                    with keys they start without the warning
   keygen           facemill keygen's files read with pyzmq's zmq.auth, mode 0600 for
-                   the secret one, never overwritten; pyzmq's own certificate files
-                   work as facemill keys
+                   the secret one, never overwritten, -d made when missing; pyzmq's
+                   own certificate files work as facemill keys
   paths            by-path jobs: without worker.path_root every one fails; with it, a
                    FIFO, a symbolic link out of the root, a ../ escape, a readable
                    file outside the root, a missing file and a directory each fail
@@ -66,6 +66,10 @@ One case per run (--case NAME), each a ctest test of its own:
                    otherwise), filled: a Submit is answered SlowDown, the sink cannot
                    store, both say so in `facemill status` and keep running; the
                    filler removed, the run completes with every job stored once
+  lost_journal     a journal replaced while `facemill submit` waits: the client says
+                   jobs were lost and exits 3; the same submit again labels them all
+  journal_full_start  a journal on a full disk at start: not "damaged", --recover
+                   changes nothing, with space the broker starts with every job
   journal_recover  a journal truncated mid-page: the broker refuses to start and names
                    --recover; facemill-broker --recover keeps the readable jobs in a
                    new journal (the damaged file aside), and the restarted broker
@@ -80,6 +84,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -693,6 +698,15 @@ def case_keygen(h):
         after = f.read()
     check(r.returncode == 1 and b"not overwritten" in r.stderr and before == after,
           "a second keygen alice refuses and changes nothing")
+    # -d names a directory that does not exist yet (ops/README's /etc/facemill/keys)
+    nd = os.path.join(c.dir, "kg2", "keys")
+    r = subprocess.run([fm, "keygen", "carol", "-d", nd], capture_output=True, timeout=30)
+    check(r.returncode == 0 and os.path.isfile(os.path.join(nd, "carol.key_secret")),
+          "keygen -d makes the missing directory and its parent: %s" % r.stderr.decode())
+    r = subprocess.run([fm, "keygen", "carol", "-d", pub_path], capture_output=True,
+                       timeout=30)
+    check(r.returncode == 1 and b"not a directory" in r.stderr,
+          "keygen -d naming a file is one error: %s" % r.stderr.decode().strip())
     # pyzmq's own certificate files as facemill keys: a client certificate made by
     # zmq.auth, admitted by the broker, is answered.
     start(h)
@@ -813,7 +827,6 @@ def case_paths(h):
     # With worker.path_root: only the file beneath it is read. A symbolic link that
     # stays beneath the root is followed by openat2 (RESOLVE_BENEATH), not by the
     # O_NOFOLLOW walk of kernels without it: which one ran shows there.
-    os.symlink("good.jpg", os.path.join(root, "inner.jpg"))
     w2 = h.c.worker("worker2", processes=1, overrides={"worker.path_root": root})
     hostile = {
         "fifo": os.path.join(root, "fifo.jpg"),
@@ -828,11 +841,14 @@ def case_paths(h):
     openat2 = have_openat2()
 
     def confined(prefix, request_id, inner_followed):
-        """The hostile jobs, the file beneath the root and the inner link, then a
+        """The hostile jobs, the file beneath the root and an inner link (one of this
+        round's own: a refusal never replaces another round's labels of a name), then a
         bytes job, through the worker running now."""
+        inner = os.path.join(root, prefix + "inner.jpg")
+        os.symlink("good.jpg", inner)
         jobs = [((prefix + k).encode(), b"p", None, v) for k, v in sorted(hostile.items())]
         jobs.append(((prefix + "good").encode(), b"p", None, os.path.join(root, "good.jpg")))
-        jobs.append(((prefix + "inner").encode(), b"p", None, os.path.join(root, "inner.jpg")))
+        jobs.append(((prefix + "inner").encode(), b"p", None, inner))
         submit_raw(client, jobs, request_id)
         client.next("submit_ack")
         wait_until(lambda: db_query(h.c, "SELECT count(*) FROM images WHERE job_id LIKE ?",
@@ -1129,10 +1145,11 @@ def case_journal_recover(h):
     client = h.client_peer()
     ids = ["jr-%03d" % i for i in range(300)]
     body = h.jpeg + b"\0" * 2000  # a few jobs per journal page
+    big = h.jpeg + b"\0" * 150000  # every seventh: a chain of overflow pages
     for first in range(0, len(ids), 50):
         sub = pb.Submit(request_id=first + 1)
-        for i in ids[first:first + 50]:
-            sub.jobs.add(id=i, tag="jr", name=i + ".jpg", data=body)
+        for k, i in enumerate(ids[first:first + 50]):
+            sub.jobs.add(id=i, tag="jr", name=i + ".jpg", data=big if k % 7 == 3 else body)
         client.send(submit=sub)
         ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == first + 1)
         check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs),
@@ -1149,10 +1166,22 @@ def case_journal_recover(h):
     refused = c.broker()
     check(refused.wait(WAIT) == 1, "the broker refuses to start on the truncated journal")
     text = read_log(c, "broker")
-    check("is damaged" in text and "facemill-broker --recover" in text,
-          "its message names --recover: %s" %
-          [ln for ln in text.splitlines() if "damaged" in ln][-1:])
+    damaged = [ln for ln in text.splitlines() if "is damaged" in ln][-1:]
+    check(damaged and "facemill-broker --recover --set broker.journal=%s`" %
+          os.path.abspath(journal) in damaged[0],
+          "its one line names --recover with the journal's absolute path: %s" % damaged)
     argv = [os.path.join(h.a.bin, "facemill-broker")] + c.args(None, "broker") + ["--recover"]
+    # a journal that is not there (a relative path from another directory, a
+    # configuration without the service's path) is an error, and no new file
+    missing = os.path.join(c.dir, "elsewhere", "journal.db")
+    os.makedirs(os.path.dirname(missing))
+    rc = run_until_exit(argv + ["--set", "broker.journal=" + missing],
+                        os.path.join(c.dir, "recover.log"))
+    with open(os.path.join(c.dir, "recover.log")) as f:
+        text = f.read()
+    check(rc == 1 and "no journal at %s" % missing in text and "nothing to recover" in text,
+          "--recover of a missing journal exits 1 and says so: %s" % text[-300:])
+    check(os.listdir(os.path.dirname(missing)) == [], "and creates no journal there")
     rc = run_until_exit(argv, os.path.join(c.dir, "recover.log"))
     with open(os.path.join(c.dir, "recover.log")) as f:
         text = f.read()
@@ -1164,6 +1193,21 @@ def case_journal_recover(h):
           (kept, len(ids)))
     check(os.path.exists(m.group(3)) and os.path.getsize(m.group(3)) == cut,
           "the damaged file is kept aside as it was")
+    # every job a look-up row by row can read is kept (the scans once stopped at the
+    # first unreadable row and lost the rest)
+    old_db = sqlite3.connect(m.group(3))
+    old_db.execute("PRAGMA writable_schema=ON")
+    readable = 0
+    for rowid in range(1, len(ids) + 1):
+        try:
+            row = old_db.execute("SELECT length(body) FROM jobs WHERE rowid = ? AND "
+                                 "committed = 0", (rowid,)).fetchone()
+            readable += row is not None and row[0] is not None
+        except sqlite3.DatabaseError:
+            pass
+    old_db.close()
+    check(kept >= readable, "it kept every job a row-by-row look-up reads (%d, %d)" %
+          (kept, readable))
     rc = run_until_exit(argv, os.path.join(c.dir, "recover.log"))
     with open(os.path.join(c.dir, "recover.log")) as f:
         check(rc == 0 and "passes its check: nothing to recover" in f.read(),
@@ -1207,6 +1251,97 @@ def fill_disk(path):
                 n += f.write(small)
             except OSError:
                 return n
+
+
+def case_lost_journal(h):
+    """A broker whose journal is replaced while a `facemill submit` waits (a journal
+    moved away, or recovered in part) lost jobs that will never be committed: the
+    client says so and exits 3, instead of counting them committed; the same submit
+    again labels every image."""
+    c = h.c
+    start(h)
+    fm = os.path.join(h.a.bin, "facemill")
+    inp = os.path.join(c.dir, "lost")
+    os.makedirs(inp)
+    for i in range(12):
+        with open(os.path.join(inp, "l%02d.jpg" % i), "wb") as f:
+            f.write(h.jpeg + bytes([i]))
+    log = open(os.path.join(c.dir, "submit.log"), "wb")
+    sub = subprocess.Popen([fm, "submit", "--tag", "lost", "--progress", "none", inp] +
+                           c.args(), stdout=log, stderr=subprocess.STDOUT)
+    client = h.client_peer()
+    wait_until(lambda: h.status(client, "lost").tag_total == 12, 60,
+               "the broker holds the 12 jobs (no worker runs)")
+    b = [p for p in c.procs if p.fm_name == "broker"][-1]
+    os.killpg(b.pid, signal.SIGTERM)
+    check(b.wait(WAIT) == 0, "the broker stops")
+    journal = os.path.join(c.dir, "journal.db")
+    for sfx in ("", "-wal", "-shm"):
+        if os.path.exists(journal + sfx):
+            os.rename(journal + sfx, journal + ".away" + sfx)
+    c.broker()
+    try:
+        rc = sub.wait(120)
+    except subprocess.TimeoutExpired:
+        sub.kill()
+        rc = sub.wait()
+    log.close()
+    with open(os.path.join(c.dir, "submit.log"), "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    check(rc == 3 and "fewer than it had" in text and "12 committed" not in text,
+          "submit says the broker lost jobs, exit 3 (%d): %s" % (rc, text[-500:]))
+    h.c.worker("worker", processes=1)
+    r = subprocess.run([fm, "submit", "--tag", "lost", "--progress", "none", inp] + c.args(),
+                       capture_output=True, timeout=240)
+    n = db_query(c, "SELECT count(*) FROM images WHERE tag = 'lost'")[0][0]
+    check(r.returncode == 0 and n == 12, "submitted again, all 12 are labelled (%d, %d rows)"
+          % (r.returncode, n))
+
+
+def case_journal_full_start(h):
+    """A journal that cannot be checked because its disk is full is not damaged: the
+    broker exits 1 saying so (not naming --recover), --recover leaves it as it was,
+    and once there is space the broker starts on it with every job."""
+    c = h.c
+    disk = os.path.join(c.dir, "disk")
+    mount_tmpfs(disk, "8m")
+    h.umount = disk
+    journal = os.path.join(disk, "journal.db")
+    c.sets.update({"broker.journal": journal})
+    start(h)
+    client = h.client_peer()
+    sub = pb.Submit(request_id=1)
+    for i in range(20):
+        sub.jobs.add(id="jf-%02d" % i, tag="jf", name="jf-%02d.jpg" % i, data=h.jpeg)
+    client.send(submit=sub)
+    ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == 1)
+    check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs), "20 jobs accepted")
+    b = [p for p in c.procs if p.fm_name == "broker"][-1]
+    os.killpg(b.pid, signal.SIGTERM)
+    check(b.wait(WAIT) == 0, "the broker stops")
+    with open(journal, "rb") as f:
+        before = f.read()
+    filler = os.path.join(disk, "filler")
+    fill_disk(filler)
+    refused = c.broker()
+    check(refused.wait(WAIT) == 1, "the broker does not start on the full disk")
+    text = read_log(c, "broker")
+    last = [ln for ln in text.splitlines() if "ERROR" in ln][-1:]
+    check(last and "is damaged" not in last[0] and "--recover" not in last[0] and
+          ("full" in last[0] or "I/O" in last[0]),
+          "its one line says the disk, not damage, and does not name --recover: %s" % last)
+    argv = [os.path.join(h.a.bin, "facemill-broker")] + c.args(None, "broker") + ["--recover"]
+    rc = run_until_exit(argv, os.path.join(c.dir, "recover.log"))
+    with open(os.path.join(c.dir, "recover.log")) as f:
+        text = f.read()
+    with open(journal, "rb") as f:
+        after = f.read()
+    check(rc == 1 and "nothing recovered" in text and after == before and
+          not [n for n in os.listdir(disk) if ".damaged-" in n],
+          "--recover on the full disk changes nothing (%d: %s)" % (rc, text[-300:]))
+    os.unlink(filler)
+    c.broker()
+    h.log_has("broker", "20 jobs not committed, re-queued")
 
 
 def case_disk_full(h):
@@ -1324,6 +1459,8 @@ CASES = {
     "idle_connections": case_idle_connections,
     "disk_full": case_disk_full,
     "journal_recover": case_journal_recover,
+    "journal_full_start": case_journal_full_start,
+    "lost_journal": case_lost_journal,
     "flood_submit": case_flood_submit,
     "big_bodies": case_big_bodies,
     "unkeyed_worker": case_unkeyed_worker,

@@ -543,6 +543,22 @@ def case_reruns(fm, tmp):
           len(objs) == 2 and mine == [(80, 64)],
           "a changed file is labelled again, one row with its new size: %s (%d: %s)" %
           (mine, p.returncode, p.stderr[-300:]))
+    # a.jpg moved away, a link left dangling in its place: the rerun counts it failed,
+    # its labelled row stays
+    os.rename(a, a + ".away")
+    os.symlink(a + ".gone", a)
+    p = label_as(None, fm, args, base, env)
+    rows, n = export_rows(fm, db, env)
+    check(p.returncode == 1 and "1 failed" in p.stderr and n == 2 and rows.get(a, 1) is None,
+          "a labelled file unreadable on a rerun keeps its row (%d, %s: %s)" %
+          (p.returncode, rows.get(a, "no row"), p.stderr[-300:]))
+    os.unlink(a)
+    os.rename(a + ".away", a)
+    p = label_as(None, fm, args, base, env)
+    rows, n = export_rows(fm, db, env)
+    check(p.returncode == 0 and "0 committed, 2 already stored, 0 failed" in p.stderr and
+          n == 2, "back in place, it is already stored (%d: %s)" % (p.returncode,
+                                                                     p.stderr[-300:]))
     # archives inside a folder are opened like archive INPUTs: a zip in a sub-folder
     # and a tar.gz beside the photos give their members' rows
     import zipfile
@@ -554,6 +570,7 @@ def case_reruns(fm, tmp):
     with zipfile.ZipFile(os.path.join(deep, "2019", "pics.zip"), "w") as z:
         z.write(os.path.join(base, "m1.jpg"), "m1.jpg")
         z.write(os.path.join(base, "m2.jpg"), "m2.jpg")
+        z.write(os.path.join(base, "m2.jpg"), "日本/é.jpg")  # a name marked UTF-8
         z.writestr("notes.txt", "not an image")
     with tarfile.open(os.path.join(deep, "more.tar.gz"), "w:gz") as t:
         t.add(os.path.join(base, "m1.jpg"), "inner/m3.jpg")
@@ -564,14 +581,41 @@ def case_reruns(fm, tmp):
     rows, n = export_rows(fm, adb, env)
     want = {os.path.join(deep, "loose.jpg"), os.path.join(deep, "2019", "pics.zip:m1.jpg"),
             os.path.join(deep, "2019", "pics.zip:m2.jpg"),
+            os.path.join(deep, "2019", "pics.zip:日本/é.jpg"),
             os.path.join(deep, "more.tar.gz:inner/m3.jpg")}
-    check(p.returncode == 0 and set(rows) == want and n == 4 and
+    check(p.returncode == 0 and set(rows) == want and n == 5 and
           all(v is None for v in rows.values()),
           "a folder's zip and tar.gz are opened: %s (%d: %s)" % (sorted(rows), p.returncode,
                                                                 p.stderr[-300:]))
     p = label_as(None, fm, aargs, base, env)
-    check(p.returncode == 0 and "0 committed, 4 already stored" in p.stderr,
+    check(p.returncode == 0 and "0 committed, 5 already stored" in p.stderr,
           "their members are skipped on a rerun (%s)" % p.stderr[-300:])
+    # a folder linked into the album is followed (its images under the link's name);
+    # a link back to a folder the walk is in is not (no loop)
+    phone = os.path.join(base, "phone")
+    os.makedirs(phone)
+    write_jpeg(os.path.join(phone, "p1.jpg"), 40)
+    os.symlink(phone, os.path.join(deep, "Phone"))
+    os.symlink(deep, os.path.join(deep, "2019", "up"))
+    p = label_as(None, fm, aargs, base, env)
+    rows, n = export_rows(fm, adb, env)
+    check(p.returncode == 0 and "1 committed, 5 already stored" in p.stderr and n == 6 and
+          os.path.join(deep, "Phone", "p1.jpg") in rows,
+          "a linked folder is labelled, a link back up is not followed (%d, %s: %s)" %
+          (p.returncode, sorted(rows), p.stderr[-300:]))
+    # --all with the database in the folder labelled: the database is no input
+    own = os.path.join(base, "own")
+    os.makedirs(own)
+    write_jpeg(os.path.join(own, "o.jpg"), 41)
+    odb = os.path.join(own, "labels.db")
+    oargs = ["--all", own, "-o", odb, "-j", "1", "--progress", "none", "--worker-arg",
+             "--decode-only"]
+    for k in range(2):
+        p = label_as(None, fm, oargs, base, env)
+        rows, n = export_rows(fm, odb, env)
+        check(p.returncode == 0 and n == 1 and list(rows) == [os.path.join(own, "o.jpg")],
+              "--all beside its own database, run %d: one row, the photo's (%d, %s: %s)" %
+              (k + 1, p.returncode, sorted(rows), p.stderr[-300:]))
     # another run holds the database: refused at once, nothing changed
     import fcntl
     before = open(db, "rb").read()

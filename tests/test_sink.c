@@ -608,7 +608,9 @@ static void test_service(void)
 /* A file whose content changed between runs is a new job with the same source: its
  * row replaces the old content's (faces included) within the run's tag, in the
  * transaction that stores it; other tags' rows of that source stay, and a duplicate
- * of the new job replaces nothing. */
+ * of the new job replaces nothing. An error row of bytes that do not decode replaces
+ * too; a failure that says nothing of the image (unreadable, timed out) never
+ * replaces labels. */
 static void test_replaced_content(void)
 {
     char path[512];
@@ -680,6 +682,39 @@ static void test_replaced_content(void)
     CHECK(fm_results_commit(r, &e) == FM_OK);
     CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK && n_img == 3 &&
           n_face == 4 && n_fail == 1);
+    /* but a failure that says nothing of the image never replaces labels: b.jpg
+     * unreadable on a rerun (a new job id: its bytes were never read), or timed out */
+    Facemill__Result gone = other_file;
+    gone.job_id = "label-b-unreadable";
+    gone.n_faces = 0;
+    gone.faces = NULL;
+    gone.has_error_code = 1;
+    gone.error_code = FACEMILL__ERROR_CODE__ERROR_IO;
+    gone.error_text = "cannot open: No such file or directory";
+    Facemill__Result slow = gone;
+    slow.job_id = "label-b-timeout";
+    slow.error_code = FACEMILL__ERROR_CODE__ERROR_TIMEOUT;
+    int fl = -1;
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &gone, 6, &ins, &fl, &e) == FM_OK && ins == 0 && fl == 1);
+    CHECK(fm_results_put(r, &slow, 6, &ins, &fl, &e) == FM_OK && ins == 0 && fl == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    CHECK(fm_results_lookup(r, "label-b", &found, NULL, &e) == FM_OK && found == 1);
+    CHECK(fm_results_lookup(r, "label-b-unreadable", &found, NULL, &e) == FM_OK && found == 0);
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK);
+    CHECK_MSG(n_img == 3 && n_face == 4 && n_fail == 1, "an unreadable rerun keeps b.jpg's "
+              "labels: %lld images, %lld faces, %lld failed (3, 4, 1)", (long long)n_img,
+              (long long)n_face, (long long)n_fail);
+    /* where the name's row is itself a failure, the new failure replaces it */
+    Facemill__Result cut_gone = gone;
+    cut_gone.source = now.source;
+    cut_gone.job_id = "label-a-unreadable";
+    CHECK(fm_results_begin(r, &e) == FM_OK);
+    CHECK(fm_results_put(r, &cut_gone, 7, &ins, &fl, &e) == FM_OK && ins == 1 && fl == 1);
+    CHECK(fm_results_commit(r, &e) == FM_OK);
+    CHECK(fm_results_lookup(r, "label-cut-short", &found, NULL, &e) == FM_OK && found == 0);
+    CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK && n_img == 3 &&
+          n_fail == 1);
     fm_results_close(&r);
 }
 

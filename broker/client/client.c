@@ -93,6 +93,15 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && strcasecmp(s + n - k, suffix) == 0;
 }
 
+/* An archive member's name: UTF-8 where libarchive can give it (a zip's names marked
+ * UTF-8, which the C locale cannot convert: archive_entry_pathname() is then NULL),
+ * else the bytes as stored; NULL only when neither exists. */
+static const char *member_name(struct archive_entry *e)
+{
+    const char *n = archive_entry_pathname_utf8(e);
+    return n ? n : archive_entry_pathname(e);
+}
+
 static int is_image_name(const char *name)
 {
     static const char *const ext[] = {".jpg",  ".jpeg", ".jpe",  ".jfif", ".png",
@@ -165,8 +174,9 @@ static int archive_count(const char *path, int all_files, int64_t *count, char *
     struct archive_entry *e;
     int r;
     while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
+        const char *name = member_name(e);
         if (archive_entry_filetype(e) == AE_IFREG &&
-            (all_files || is_image_name(archive_entry_pathname(e))))
+            (all_files || !name || is_image_name(name)))
             (*count)++;
         archive_read_data_skip(a);
     }
@@ -184,6 +194,8 @@ typedef struct walk_frame {
     char *path;
     char **names;
     size_t n, next;
+    dev_t dev; /* the folder itself: a link back to it is not followed */
+    ino_t ino;
 } walk_frame;
 
 static void frame_free(walk_frame *f)
@@ -235,6 +247,11 @@ static fm_status frame_open(walk_frame *f, const char *dir, fm_error *err)
         }
         f->n++;
     }
+    struct stat ds;
+    if (st == FM_OK && fstat(dirfd(d), &ds) == 0) {
+        f->dev = ds.st_dev;
+        f->ino = ds.st_ino;
+    }
     closedir(d);
     if (st != FM_OK)
         frame_free(f);
@@ -248,7 +265,31 @@ typedef struct scan {
     item_list *items;
     int all_files;
     int64_t folders_skipped; /* folders that could not be listed or were too deep */
+    const char *skip_db;     /* the results database being written: not an input */
+    struct stat db_st;       /* ... its file and its folder, when they exist */
+    struct stat db_dir_st;
+    int have_db_st;
 } scan;
+
+/* True for the results database being written (the same file) and for a file named
+ * like one of its companions (DB-wal, DB-shm, DB-journal) in its folder (dir: the
+ * folder of the entry). */
+static int is_skipped_db(const scan *s, const char *name, const struct stat *st,
+                         const walk_frame *dir)
+{
+    if (!s->skip_db || !s->have_db_st)
+        return 0;
+    if (st->st_dev == s->db_st.st_dev && st->st_ino == s->db_st.st_ino)
+        return 1;
+    if (dir->dev != s->db_dir_st.st_dev || dir->ino != s->db_dir_st.st_ino)
+        return 0;
+    const char *slash = strrchr(s->skip_db, '/');
+    const char *base = slash ? slash + 1 : s->skip_db;
+    size_t n = strlen(base);
+    return strncmp(name, base, n) == 0 &&
+           (strcmp(name + n, "-wal") == 0 || strcmp(name + n, "-shm") == 0 ||
+            strcmp(name + n, "-journal") == 0);
+}
 
 /* A folder that is not walked: one warning line naming it and why; the run goes on
  * and counts it (fm_client_summary.folders_skipped). */
@@ -279,7 +320,10 @@ static fm_status add_archive(scan *s, const char *path, fm_error *err)
 
 /* Adds the files under root (sorted, depth first), archives among them as archives
  * (their images are taken as an archive INPUT's are). Symbolic links to directories are
- * not followed (no loops); a link to nothing becomes an error row. A folder that
+ * followed (a phone's folder linked into an album is labelled under the link's name),
+ * except a link to a folder the walk is inside already (a loop: said, not followed);
+ * a link to nothing becomes an error row. The file skip_db names (the results database
+ * being written, with its -wal, -shm and -journal) is never an input. A folder that
  * cannot be listed, or lies more than FM_CLIENT_MAX_DEPTH levels down, is skipped with
  * a warning: one bad folder does not cost the rest. Iterative, with an explicit stack,
  * so a tree thousands of levels deep is no stack overflow. */
@@ -328,8 +372,14 @@ static fm_status walk_dir(scan *s, const char *root, fm_error *err)
             continue;
         }
         if (S_ISDIR(sst.st_mode)) {
-            if (S_ISLNK(lst.st_mode))
+            int loop = 0;
+            for (int k = 0; k < depth && !loop; k++)
+                loop = stack[k].dev == sst.st_dev && stack[k].ino == sst.st_ino;
+            if (loop) {
+                fm_log_info("%s: a link to a folder this one is in: not followed",
+                            fm_log_escape(path, shown, sizeof shown));
                 continue;
+            }
             if (depth == FM_CLIENT_MAX_DEPTH) {
                 char top[SHOWN_MAX];
                 fm_log_warn("%s: folders nested more than %d levels deep: %s skipped",
@@ -345,6 +395,8 @@ static fm_status walk_dir(scan *s, const char *root, fm_error *err)
                 skip_folder(s, path, fe.msg);
             else
                 depth++;
+        } else if (S_ISREG(sst.st_mode) && is_skipped_db(s, name, &sst, f)) {
+            continue;
         } else if (S_ISREG(sst.st_mode) && is_archive_name(name)) {
             st = add_archive(s, path, err); /* a folder's zips and tars are opened too */
         } else if (S_ISREG(sst.st_mode) && wanted) {
@@ -465,7 +517,17 @@ static void job_id(job *j, const char *tag)
     if (j->why) {
         fm_sha256_update(&h, UNREADABLE_MARK, strlen(UNREADABLE_MARK));
     } else if (j->path) {
+        /* the bytes are the worker's to read: the file's size and time of change
+         * stand for them, so a file rewritten since is labelled again */
         fm_sha256_update(&h, j->path, strlen(j->path));
+        struct stat fs;
+        if (stat(j->path, &fs) == 0) {
+            char when[96];
+            int n = snprintf(when, sizeof when, "|%lld|%lld.%09ld", (long long)fs.st_size,
+                             (long long)fs.st_mtim.tv_sec, (long)fs.st_mtim.tv_nsec);
+            if (n > 0)
+                fm_sha256_update(&h, when, (size_t)n);
+        }
     } else {
         uint8_t content[FM_SHA256_BYTES];
         fm_sha256_digest(j->data, j->size, content);
@@ -593,15 +655,20 @@ static int archive_next(reader *r, job *j, fm_error *err)
             reader_close_archive(r);
             return got;
         }
-        const char *member = archive_entry_pathname(e);
+        const char *member = member_name(e);
         free(r->ar_last);
         r->ar_last = member ? strdup(member) : NULL; /* NULL: no name to give */
-        if (archive_entry_filetype(e) != AE_IFREG || !member ||
-            !(r->all_files || is_image_name(member))) {
+        if (archive_entry_filetype(e) != AE_IFREG ||
+            (member && !r->all_files && !is_image_name(member))) {
             archive_read_data_skip(r->ar);
             continue;
         }
         r->ar_jobs++;
+        if (!member) { /* a row all the same, named by its place in the archive */
+            archive_read_data_skip(r->ar);
+            snprintf(why, sizeof why, "#%lld", (long long)r->ar_jobs);
+            return unreadable_job(r, j, it->path, why, "member name not readable", err);
+        }
         r->ar_member_failed = 0;
         int64_t size = archive_entry_size_is_set(e) ? archive_entry_size(e) : -1;
         if (size < 0 || (uint64_t)size > r->max_bytes) {
@@ -880,6 +947,10 @@ typedef struct run {
     uint64_t status_id;
     int64_t next_status_ms;
     int complete_by_status;
+    int64_t accepted;      /* jobs of this run the broker took as new */
+    uint64_t most_total;   /* the most jobs of the tag a status reply counted */
+    uint64_t broker_total; /* the count that showed jobs lost: */
+    int lost;              /* the broker has fewer jobs of the tag than it had or took */
 } run;
 
 static fm_status send_submit(run *r, fm_error *err)
@@ -1015,6 +1086,8 @@ static void on_ack(run *r, const Facemill__SubmitAck *ack, fm_error *err)
         const char *id = a->job_id ? a->job_id : "";
         switch (a->has_state ? a->state : FACEMILL__JOB_ACK__STATE__ACCEPTED) {
         case FACEMILL__JOB_ACK__STATE__ACCEPTED:
+            r->accepted++; /* new to the broker: once per id */
+            /* fall through */
         case FACEMILL__JOB_ACK__STATE__DUPLICATE:
             if (set_add(&r->pending, id) < 0)
                 fm_error_set(err, FM_ERR_NOMEM, "out of memory");
@@ -1055,6 +1128,15 @@ static void on_status(run *r, const Facemill__StatusReply *s)
 {
     if (!s->has_request_id || s->request_id != r->status_id || !s->has_tag_total)
         return;
+    if (s->tag_total < r->most_total || (int64_t)s->tag_total < r->accepted) {
+        /* Fewer jobs of the tag than it counted before, or than it took from this
+         * run: its journal was replaced or recovered in part, and the jobs missing
+         * will never be committed. */
+        r->broker_total = s->tag_total;
+        r->lost = 1;
+        return;
+    }
+    r->most_total = s->tag_total;
     if (r->inputs_done && !r->outstanding && s->tag_committed >= s->tag_total) {
         /* Every job of the tag is committed: those whose notice never reached us too. */
         r->sum->committed += (int64_t)r->pending.n;
@@ -1173,7 +1255,17 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
     if (!o->endpoint || !o->tag || o->chunk < 1 || o->max_msg_size <= ENVELOPE_SLACK)
         return fm_error_set(err, FM_ERR_INVALID, "fm_client_submit: bad options");
 
-    scan sc = {&items, o->all_files, 0};
+    scan sc = {&items, o->all_files, 0, o->skip_db, {0}, {0}, 0};
+    if (o->skip_db && stat(o->skip_db, &sc.db_st) == 0) {
+        char dir[PATH_MAX];
+        const char *slash = strrchr(o->skip_db, '/');
+        if (!slash)
+            snprintf(dir, sizeof dir, ".");
+        else
+            snprintf(dir, sizeof dir, "%.*s", slash == o->skip_db ? 1 : (int)(slash - o->skip_db),
+                     o->skip_db);
+        sc.have_db_st = stat(dir, &sc.db_dir_st) == 0;
+    }
     for (int i = 0; i < n; i++)
         if ((st = add_input(&sc, inputs[i], 0, err)) != FM_OK)
             goto done;
@@ -1259,6 +1351,19 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
             fm_wire_free(&env);
             if (st != FM_OK)
                 goto done;
+        }
+        if (r.lost) {
+            char shown[FM_LOG_ESCAPED_MAX];
+            st = fm_error_set(err, FM_ERR_IO,
+                              "the broker now holds %llu job%s of tag %s, fewer than "
+                              "it had: its journal was replaced or recovered in part, "
+                              "and the jobs it lost will not be labelled; submit the same "
+                              "inputs again with --tag %s (what is stored is answered at "
+                              "once)",
+                              (unsigned long long)r.broker_total,
+                              r.broker_total == 1 ? "" : "s",
+                              fm_log_escape(o->tag, shown, sizeof shown), shown);
+            goto done;
         }
         if (o->tick && o->tick(o->tick_arg, err)) {
             st = err ? (err->code ? err->code : FM_ERR_INTERNAL) : FM_ERR_INTERNAL;

@@ -10,9 +10,11 @@
 
 #include <inttypes.h>
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static volatile sig_atomic_t stop_flag;
 
@@ -27,6 +29,7 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: facemill-broker [--config FILE] [--set KEY=VALUE]... [--recover]\n"
+               "       facemill-broker --version | --help\n"
                "Serves clients (broker.clients) and workers (broker.workers), journals\n"
                "jobs (broker.journal) and takes commits from the sink (sink.commits).\n"
                "SIGTERM or SIGINT stops it; the journal keeps every unfinished job.\n"
@@ -38,24 +41,50 @@ static void usage(FILE *f)
                "             and exit; then start the broker as usual\n");
 }
 
-/* --recover: a journal that opens and passes its check is left alone. */
+/* --recover: a journal that opens and passes its check is left alone; a missing one
+ * is an error, not a new empty journal (a relative broker.journal run from another
+ * directory than the broker's, or a configuration without the unit's path, would
+ * otherwise "recover" a file nobody uses and leave the damaged one as it was). */
 static int recover(const fm_config *cfg)
 {
     fm_error err = {0};
     fm_journal *j = NULL;
     const char *path = cfg->broker.journal;
+    char abs[4096];
+    fm_journal_abs_path(path, abs, sizeof abs);
+    struct stat sb;
+    const char *why = NULL;
+    if (stat(path, &sb) != 0)
+        why = strerror(errno);
+    else if (!S_ISREG(sb.st_mode))
+        why = "not a regular file";
+    if (why) {
+        fm_log_error("no journal at %s (%s): nothing to recover; broker.journal names the "
+                     "journal (a relative path is taken from the current directory): give "
+                     "the broker's own, e.g. --set broker.journal=/var/lib/facemill/journal.db",
+                     abs, why);
+        return 1;
+    }
     if (fm_journal_open(&j, path, cfg->broker.fsync, &err) == FM_OK) {
         fm_journal_close(&j);
-        fm_log_info("journal %s passes its check: nothing to recover", path);
+        fm_log_info("journal %s passes its check: nothing to recover", abs);
         return 0;
+    }
+    if (err.code != FM_ERR_FORMAT) { /* no sign of damage: a full disk, say */
+        fm_log_error("%s; nothing recovered, the journal is as it was", fm_error_text(&err));
+        return 1;
     }
     fm_log_warn("%s", fm_error_text(&err));
     char aside[4200];
     uint64_t pending = 0, committed = 0;
     if (fm_journal_recover(path, cfg->broker.fsync, aside, sizeof aside, &pending,
                            &committed, &err) != FM_OK) {
-        fm_log_error("recovery of %s failed: %s (the damaged file is at %s)", path,
-                     fm_error_text(&err), aside);
+        if (aside[0])
+            fm_log_error("recovery of %s failed: %s (the damaged file is at %s)", abs,
+                         fm_error_text(&err), aside);
+        else
+            fm_log_error("recovery of %s failed: %s (the journal is as it was)", abs,
+                         fm_error_text(&err));
         return 1;
     }
     fm_log_info("journal %s recovered: %" PRIu64 " jobs not yet committed and %" PRIu64
@@ -83,10 +112,15 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("facemill-broker %s\n", FACEMILL_VERSION);
+            return 0;
+        }
         if (strcmp(argv[i], "--recover") == 0) {
             recover_only = 1;
             continue;
         }
+        fprintf(stderr, "facemill-broker: unknown argument '%s'\n", argv[i]);
         usage(stderr);
         return 2;
     }

@@ -68,10 +68,15 @@ int fm_journal_full(const fm_journal *j);
 
 /* Copies every job of the damaged journal at path that can be read into a new
  * journal at path; the damaged file (and its -wal, -shm) is renamed
- * PATH.damaged-SECONDS, named in *aside. Counts what was kept. */
+ * PATH.damaged-SECONDS, named in *aside once it has moved (empty until then: a
+ * failure before the move leaves the file where it was). Counts what was kept. */
 fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
                              size_t aside_size, uint64_t *pending, uint64_t *committed,
                              fm_error *err);
+
+/* path as an absolute path, for messages: a relative one joined to the current
+ * directory (the broker's journal is relative to where it runs). */
+void fm_journal_abs_path(const char *path, char *buf, size_t size);
 
 /* Counts, kept per tag as jobs change. tag may be NULL for the whole journal. */
 fm_status fm_journal_counts(fm_journal *j, const char *tag, uint64_t *total,

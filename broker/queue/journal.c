@@ -97,23 +97,49 @@ static fm_status check_pages(fm_journal *j, const char *path, fm_error *err)
 {
     sqlite3_stmt *s = NULL;
     char first[256] = "";
-    int ok = 0;
-    if (sqlite3_prepare_v2(j->db, "PRAGMA quick_check(1)", -1, &s, NULL) == SQLITE_OK &&
-        sqlite3_step(s) == SQLITE_ROW) {
+    int ok = 0, rc = SQLITE_OK;
+    if ((rc = sqlite3_prepare_v2(j->db, "PRAGMA quick_check(1)", -1, &s, NULL)) ==
+            SQLITE_OK &&
+        (rc = sqlite3_step(s)) == SQLITE_ROW) {
         const char *t = (const char *)sqlite3_column_text(s, 0);
         snprintf(first, sizeof first, "%s", t ? t : "?");
         ok = strcmp(first, "ok") == 0;
+        rc = SQLITE_CORRUPT; /* a report of damage, unless ok */
     } else {
         snprintf(first, sizeof first, "%s", sqlite3_errmsg(j->db));
     }
     sqlite3_finalize(s);
     if (ok)
         return FM_OK;
+    if ((rc & 0xff) != SQLITE_CORRUPT && (rc & 0xff) != SQLITE_NOTADB)
+        /* a full disk, an I/O error, a lock: nothing says the file is damaged, and
+         * --recover would only move it aside */
+        return fm_error_set(err, FM_ERR_IO,
+                            "journal %s cannot be checked: %s (a full disk or an I/O "
+                            "error, not damage: free space or mend the disk, then start "
+                            "facemill-broker again)",
+                            path, first);
+    for (char *c = first; *c; c++) /* SQLite's report runs over lines: one log line */
+        if ((unsigned char)*c < 0x20)
+            *c = ' ';
+    char abs[4096];
+    fm_journal_abs_path(path, abs, sizeof abs);
     return fm_error_set(err, FM_ERR_FORMAT,
-                        "journal %s is damaged (%s): stop here and run facemill-broker "
-                        "--recover with the same configuration; it copies every job it "
-                        "can read into a new journal and keeps the damaged file aside",
-                        path, first);
+                        "journal %s is damaged (%s): stop here and run `facemill-broker "
+                        "--recover --set broker.journal=%s` (with the same --config, if "
+                        "any); it copies every job it can read into a new journal and "
+                        "keeps the damaged file aside",
+                        abs, first, abs);
+}
+
+void fm_journal_abs_path(const char *path, char *buf, size_t size)
+{
+    char cwd[4096];
+    int n = -1;
+    if (path[0] != '/' && getcwd(cwd, sizeof cwd))
+        n = snprintf(buf, size, "%s%s%s", cwd, strcmp(cwd, "/") ? "/" : "", path);
+    if (n < 0 || (size_t)n >= size) /* absolute, or too long to join: as given */
+        snprintf(buf, size, "%s", path);
 }
 
 fm_status fm_journal_open(fm_journal **out, const char *path, int fsync_mode,
@@ -356,17 +382,23 @@ int fm_journal_full(const fm_journal *j)
  * until the scan ends or meets a page it cannot read. *last becomes the rowid of the
  * last row read. Rows copied already are kept once (INSERT OR IGNORE). Returns the
  * scan's last result: SQLITE_DONE at its end. */
-static int recover_scan(sqlite3_stmt *s, sqlite3_stmt *ins, int64_t *last, uint64_t *rows)
+static int recover_scan(sqlite3_stmt *s, sqlite3_stmt *ins, int64_t *last, uint64_t *rows,
+                        int *write_rc)
 {
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         *last = sqlite3_column_int64(s, 0);
         for (int c = 1; c <= 8; c++)
             sqlite3_bind_value(ins, c, sqlite3_column_value(s, c));
-        if (sqlite3_step(ins) == SQLITE_DONE && sqlite3_changes(sqlite3_db_handle(ins)) > 0)
+        int w = sqlite3_step(ins);
+        if (w == SQLITE_DONE && sqlite3_changes(sqlite3_db_handle(ins)) > 0)
             (*rows)++;
         sqlite3_reset(ins);
         sqlite3_clear_bindings(ins);
+        if (w != SQLITE_DONE && (w & 0xff) != SQLITE_CONSTRAINT) {
+            *write_rc = w; /* the new journal cannot be written (a full disk): stop */
+            return w;
+        }
     }
     return rc;
 }
@@ -375,24 +407,29 @@ fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
                              size_t aside_size, uint64_t *pending, uint64_t *committed,
                              fm_error *err)
 {
+    static const char *const suffix[] = {"", "-wal", "-shm"};
     *pending = *committed = 0;
-    snprintf(aside, aside_size, "%s.damaged-%lld", path, (long long)time(NULL));
+    if (aside_size)
+        aside[0] = '\0'; /* named once the damaged file has moved */
     if (access(path, F_OK) != 0)
         return fm_error_set(err, FM_ERR_NOT_FOUND, "journal %s: %s", path, strerror(errno));
+    char moved[4096];
+    snprintf(moved, sizeof moved, "%s.damaged-%lld", path, (long long)time(NULL));
     /* The damaged file and its WAL move aside together: what the WAL holds is read
      * with it, and the new journal starts without them. */
-    static const char *const suffix[] = {"", "-wal", "-shm"};
     for (size_t i = 0; i < 3; i++) {
-        char from[4096], to[4096];
+        char from[4096], to[4200];
         snprintf(from, sizeof from, "%s%s", path, suffix[i]);
-        snprintf(to, sizeof to, "%s%s", aside, suffix[i]);
+        snprintf(to, sizeof to, "%s%s", moved, suffix[i]);
         if (rename(from, to) != 0 && errno != ENOENT)
             return fm_error_set(err, FM_ERR_IO, "cannot move %s to %s: %s", from, to,
                                 strerror(errno));
+        if (i == 0)
+            snprintf(aside, aside_size, "%s", moved);
     }
     sqlite3 *old = NULL;
     fm_journal *nj = NULL;
-    sqlite3_stmt *ins = NULL, *fwd = NULL, *back = NULL;
+    sqlite3_stmt *ins = NULL, *fwd = NULL, *back = NULL, *one = NULL;
     fm_status st = FM_OK;
     if (sqlite3_open_v2(aside, &old, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
         st = fm_error_set(err, FM_ERR_IO, "journal %s: %s", aside,
@@ -406,7 +443,8 @@ fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
         goto done;
     static const char cols[] = "rowid, id, tag, committed, failed, quarantined, attempts,"
                                " error, CASE WHEN committed THEN NULL ELSE body END";
-    char fsql[256], bsql[256];
+    char fsql[256], bsql[256], osql[256];
+    snprintf(osql, sizeof osql, "SELECT %s FROM jobs WHERE rowid = ?1", cols);
     snprintf(fsql, sizeof fsql, "SELECT %s FROM jobs WHERE rowid > ?1 ORDER BY rowid", cols);
     snprintf(bsql, sizeof bsql, "SELECT %s FROM jobs WHERE rowid < ?1 ORDER BY rowid DESC",
              cols);
@@ -419,29 +457,48 @@ fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
         goto done;
     }
     if (sqlite3_prepare_v2(old, fsql, -1, &fwd, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(old, bsql, -1, &back, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(old, bsql, -1, &back, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(old, osql, -1, &one, NULL) != SQLITE_OK) {
         st = fm_error_set(err, FM_ERR_FORMAT, "journal %s: nothing readable: %s", aside,
                           sqlite3_errmsg(old));
         goto done;
     }
-    /* Forwards from the start until a damaged page stops the scan, then onwards
-     * from past it (the b-tree's inner pages may still lead there), and backwards
-     * from the end: every row some path reaches is kept. */
+    /* Forwards from the start until a damaged page stops the scan; then row by row
+     * (each looked up from the root: the b-tree's inner pages may still lead past the
+     * damage) until one reads, and a scan again from there; and backwards from the
+     * end: every row some path reaches is kept. Rows are numbered without gaps (jobs
+     * are never deleted), so RECOVER_MISSES unreadable numbers in a row are the end
+     * (a file cut short). */
+    enum { RECOVER_MISSES = 65536 };
     uint64_t rows = 0;
     int64_t last = -1;
+    int write_rc = SQLITE_OK, misses = 0;
     sqlite3_exec(nj->db, "BEGIN", NULL, NULL, NULL);
-    for (int round = 0; round < 64; round++) {
+    while (write_rc == SQLITE_OK && misses < RECOVER_MISSES) {
         sqlite3_reset(fwd);
         sqlite3_bind_int64(fwd, 1, last);
-        int64_t before = last;
-        if (recover_scan(fwd, ins, &last, &rows) == SQLITE_DONE || last == before)
+        if (recover_scan(fwd, ins, &last, &rows, &write_rc) == SQLITE_DONE)
             break;
-        last += 1; /* skip the row the scan could not read */
+        for (int found = 0; !found && misses < RECOVER_MISSES && write_rc == SQLITE_OK;) {
+            int64_t at = ++last;
+            sqlite3_reset(one);
+            sqlite3_bind_int64(one, 1, at);
+            int64_t got = INT64_MIN;
+            recover_scan(one, ins, &got, &rows, &write_rc);
+            found = got == at;
+            misses = found ? 0 : misses + 1;
+        }
     }
     sqlite3_reset(back);
     sqlite3_bind_int64(back, 1, INT64_MAX);
     int64_t first = INT64_MAX;
-    recover_scan(back, ins, &first, &rows);
+    if (write_rc == SQLITE_OK)
+        recover_scan(back, ins, &first, &rows, &write_rc);
+    if (write_rc != SQLITE_OK) {
+        st = fm_error_set(err, FM_ERR_IO, "writing the new journal: %s",
+                          sqlite3_errstr(write_rc));
+        goto done;
+    }
     if (sqlite3_exec(nj->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         st = db_error(nj, err, "recover");
         goto done;
@@ -454,7 +511,24 @@ done:
     sqlite3_finalize(ins);
     sqlite3_finalize(fwd);
     sqlite3_finalize(back);
+    sqlite3_finalize(one);
     fm_journal_close(&nj);
     sqlite3_close(old);
+    if (st != FM_OK && aside_size && aside[0]) {
+        /* Failed after the move: the half-made journal goes and the damaged one comes
+         * back, so that nothing starts on a part of the queue and a second --recover
+         * (with space, say) begins from all there was. */
+        int back_ok = 1;
+        for (size_t i = 0; i < 3; i++) {
+            char at[4096], from[4200];
+            snprintf(at, sizeof at, "%s%s", path, suffix[i]);
+            snprintf(from, sizeof from, "%s%s", aside, suffix[i]);
+            if ((unlink(at) != 0 && errno != ENOENT) ||
+                (rename(from, at) != 0 && errno != ENOENT))
+                back_ok = 0;
+        }
+        if (back_ok)
+            aside[0] = '\0';
+    }
     return st;
 }

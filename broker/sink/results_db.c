@@ -45,6 +45,7 @@ struct fm_results {
     sqlite3_stmt *lookup;
     sqlite3_stmt *replace_older; /* rows of the same source and tag under other ids */
     sqlite3_stmt *delete_job;    /* a failed row, for its job's new result */
+    sqlite3_stmt *labelled_other; /* a labelled row of the same source, other id */
     sqlite3_stmt *stage;        /* the staging statements: writable handles only */
     sqlite3_stmt *staged_get;
     sqlite3_stmt *unstage_job;
@@ -109,8 +110,16 @@ static fm_status check_schema(fm_results *r, fm_error *err)
     fm_status rc = FM_OK;
     if (sqlite3_prepare_v2(r->db, "SELECT value FROM meta WHERE key = 'schema_version'",
                            -1, &st, NULL) != SQLITE_OK) {
-        rc = fm_error_set(err, FM_ERR_FORMAT, "not a facemill results database: %s",
-                          sqlite3_errmsg(r->db));
+        int code = sqlite3_errcode(r->db) & 0xff;
+        if (code == SQLITE_ERROR || code == SQLITE_NOTADB || code == SQLITE_CORRUPT)
+            rc = fm_error_set(err, FM_ERR_FORMAT, "not a facemill results database: %s",
+                              sqlite3_errmsg(r->db));
+        else /* it may well be one: what stops the reading is not the file's content */
+            rc = fm_error_set(err, FM_ERR_IO, "cannot read it: %s%s", sqlite3_errmsg(r->db),
+                              code == SQLITE_READONLY || code == SQLITE_CANTOPEN
+                                  ? " (SQLite keeps DB-wal and DB-shm files beside the "
+                                    "database: its folder must be writable)"
+                                  : "");
         goto done;
     }
     int s = sqlite3_step(st);
@@ -213,6 +222,14 @@ fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_erro
         rc = db_error(err, r->db, "preparing the replacement of failed rows");
         goto fail;
     }
+    if (!ro && sqlite3_prepare_v3(r->db,
+                                  "SELECT 1 FROM images WHERE source = ? AND tag IS ? AND"
+                                  " job_id <> ? AND error_code = 0 LIMIT 1",
+                                  -1, SQLITE_PREPARE_PERSISTENT, &r->labelled_other,
+                                  NULL) != SQLITE_OK) {
+        rc = db_error(err, r->db, "preparing the look-up of labelled rows");
+        goto fail;
+    }
     if (sqlite3_prepare_v3(r->db, "SELECT error_code FROM images WHERE job_id = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &r->lookup, NULL) != SQLITE_OK) {
         rc = db_error(err, r->db, "preparing look-up");
@@ -239,6 +256,7 @@ void fm_results_close(fm_results **rp)
     sqlite3_finalize(r->lookup);
     sqlite3_finalize(r->replace_older);
     sqlite3_finalize(r->delete_job);
+    sqlite3_finalize(r->labelled_other);
     sqlite3_finalize(r->stage);
     sqlite3_finalize(r->staged_get);
     sqlite3_finalize(r->unstage_job);
@@ -361,6 +379,32 @@ fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int6
     if (!res->job_id || !res->job_id[0])
         return fm_error_set(err, FM_ERR_INVALID, "result without a job id");
     uint32_t code = res->has_error_code ? res->error_code : 0;
+    if (code && code != FACEMILL__ERROR_CODE__ERROR_DECODE &&
+        code != FACEMILL__ERROR_CODE__ERROR_UNSUPPORTED &&
+        code != FACEMILL__ERROR_CODE__ERROR_LIMIT && res->source) {
+        /* A failure that says nothing of the image (a file unreadable for now or
+         * moved, a timeout, a worker's own failure) never replaces labels: when the
+         * name has a labelled row under another job id, that row stays and the
+         * failure gets none. The job counts as failed in its run and, having no row,
+         * is tried again by the next. (Bytes that do not decode, or too large, are
+         * what the name holds now: their row replaces the older content's.) */
+        sqlite3_stmt *q = r->labelled_other;
+        sqlite3_reset(q);
+        sqlite3_bind_text(q, 1, res->source, -1, SQLITE_TRANSIENT);
+        bind_text_or_null(q, 2, res->tag);
+        sqlite3_bind_text(q, 3, res->job_id, -1, SQLITE_TRANSIENT);
+        int s = sqlite3_step(q);
+        sqlite3_reset(q);
+        if (s != SQLITE_ROW && s != SQLITE_DONE)
+            return db_error(err, r->db, "looking up an image's labelled row");
+        if (s == SQLITE_ROW) {
+            if (inserted)
+                *inserted = 0;
+            if (failed)
+                *failed = 1;
+            return FM_OK;
+        }
+    }
     char hex[65];
     int have_sha = res->has_sha256 && res->sha256.len == 32;
     if (have_sha)

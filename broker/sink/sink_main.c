@@ -36,6 +36,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: facemill-sink [--config FILE] [--set KEY=VALUE]... [--db PATH]\n"
+            "       facemill-sink --version | --help\n"
             "\n"
             "Receives results on sink.results (PULL), stores them in the SQLite database\n"
             "sink.db (or --db PATH) and reports commits to the broker at sink.commits.\n"
@@ -57,7 +58,19 @@ int main(int argc, char **argv)
     fm_log_init(NULL, cfg.log.level);
     const char *db = cfg.sink.db;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--db") == 0 && i + 1 < argc) {
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("facemill-sink %s\n", FACEMILL_VERSION);
+            return 0;
+        }
+        if (strcmp(argv[i], "--db") == 0) {
+            /* as sink.db: "" would be SQLite's private temporary database, whose
+             * results vanish at exit */
+            if (i + 1 >= argc || !argv[i + 1][0]) {
+                fprintf(stderr, "facemill-sink: --db needs a database path%s\n",
+                        i + 1 >= argc ? "" : ", not an empty one");
+                usage(stderr);
+                return 2;
+            }
             db = argv[++i];
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);

@@ -80,6 +80,9 @@ typedef struct fm_client_opts {
                                submitted, and count as done (not owned) */
     int retry_failed;       /* with skip: a job whose stored row is a failure is
                                submitted again (its new result replaces the row) */
+    const char *skip_db;    /* optional: the results database being written (path);
+                               found in a folder, it and its -wal, -shm and -journal
+                               are not inputs */
     volatile sig_atomic_t *stop; /* optional: nonzero stops the run (FM_ERR_INTERRUPTED) */
     /* optional: called about every 100 ms; a nonzero return stops the run with
      * FM_ERR_INTERNAL and the message the callback wrote to err */

@@ -95,10 +95,14 @@ int fm_results_full(const fm_results *r);
 /* Stores one result inside the open transaction, unless a row with its job id exists
  * that is not a failure (a failed row is replaced: a job tried again takes its new
  * outcome). A new row replaces the rows of the same source and tag under other job ids
- * (the image's older content). stored_ms is the time to record. *inserted (may be
- * NULL) becomes 1 for a new row, 0 for a duplicate; *failed (may be NULL) says
- * whether the row now stored for that job id is an error result. Face fields with the wrong number of values (a box that is not
- * 4 numbers, ...) are stored as NULL. The message stays the caller's.
+ * (the image's older content), except that a failure that says nothing of the image
+ * (ERROR_IO, a timeout, an internal or quarantined one: not decode, unsupported or
+ * limit) never replaces a labelled row: when the source and tag have one under another
+ * job id, it is not stored (*inserted 0, *failed 1) and the labels stay. stored_ms is the time to
+ * record. *inserted (may be NULL) becomes 1 for a new row, 0 for a duplicate; *failed
+ * (may be NULL) says whether the row now stored for that job id is an error result.
+ * Face fields with the wrong number of values (a box that is not 4 numbers, ...) are
+ * stored as NULL. The message stays the caller's.
  * Errors: FM_ERR_INVALID (no job id), FM_ERR_IO (SQLite). */
 fm_status fm_results_put(fm_results *r, const struct Facemill__Result *res, int64_t stored_ms,
                          int *inserted, int *failed, fm_error *err);

@@ -70,8 +70,13 @@ def main():
         ap.error("--cert and --broker-key go together")
 
     sys.path.insert(0, a.proto_dir)
-    import zmq
-    import facemill_pb2 as pb
+    try:
+        import zmq
+        import facemill_pb2 as pb
+    except ImportError as e:  # google.protobuf comes in through facemill_pb2
+        sys.exit("submit.py: %s: it needs Debian's python3-zmq and python3-protobuf "
+                 "(apt-get install python3-zmq python3-protobuf) and facemill_pb2.py "
+                 "(--proto-dir)" % e)
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

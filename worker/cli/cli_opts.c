@@ -3,12 +3,14 @@
  * table of the options every command takes, checks and stores its value, and moves
  * the operands to the front; --help is honoured wherever it stands, so a usage error
  * elsewhere on the line never hides the help. */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include "cli_opts.h"
 #include "cmd_blas.h"
 #include "facemill/log.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -178,7 +180,7 @@ static void common_table(common *st, cli_opt t[COMMON_OPTS])
 {
     const cli_opt c[COMMON_OPTS] = {
         CLI_FLAG("--help", 'h', &st->help, "print this help and exit"),
-        CLI_CALL("--config", 0, "FILE", "one configuration file (--config given twice)",
+        CLI_CALL("--config", 0, "FILE", "one configuration file, given once",
                  take_config, st,
                  "the configuration file (YAML) applied over the defaults; without it, "
                  "the file named by $" FM_CONFIG_ENV " when that is set"),
@@ -469,9 +471,44 @@ int cli_fail(const cli_cmd *cmd, const char *fmt, ...)
 }
 
 /* See cli_opts.h. */
+/* The real directory of path into dir and its last part into *base (path itself). */
+static int split_real(const char *path, char dir[PATH_MAX], const char **base)
+{
+    const char *slash = strrchr(path, '/');
+    char d[PATH_MAX];
+    *base = slash ? slash + 1 : path;
+    if (!slash)
+        snprintf(d, sizeof d, ".");
+    else if (slash == path)
+        snprintf(d, sizeof d, "/");
+    else
+        snprintf(d, sizeof d, "%.*s", (int)(slash - path), path);
+    return realpath(d, dir) ? 0 : -1;
+}
+
+/* True when out names one of db's companion files (its -wal, -shm or -journal),
+ * whether or not that exists now: SQLite makes and empties them as it goes. */
+static int is_companion(const char *out, const char *db)
+{
+    char od[PATH_MAX], dd[PATH_MAX];
+    const char *ob, *dbase;
+    if (!db || split_real(out, od, &ob) != 0 || split_real(db, dd, &dbase) != 0 ||
+        strcmp(od, dd) != 0)
+        return 0;
+    size_t n = strlen(dbase);
+    static const char *const sfx[] = {"-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < 3; i++)
+        if (strncmp(ob, dbase, n) == 0 && strcmp(ob + n, sfx[i]) == 0)
+            return 1;
+    return 0;
+}
+
 int cli_check_output(const cli_cmd *cmd, const char *out, const char *db)
 {
     struct stat so, sd;
+    if (out && is_companion(out, db))
+        return cli_usage_error(cmd, "%s is a file SQLite keeps beside the database %s: not "
+                               "overwritten", out, db);
     if (!out || stat(out, &so) != 0 || !S_ISREG(so.st_mode))
         return -1; /* a new file, a terminal, a pipe */
     if (db && stat(db, &sd) == 0 && so.st_dev == sd.st_dev && so.st_ino == sd.st_ino)

@@ -249,8 +249,8 @@ int fm_cmd_detect(int argc, char **argv)
     if (r.draw && a.n != 1)
         return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
     fm_error err = {0};
-    if ((r.draw_dir && fm_cmd_draw_dir(r.draw_dir, &err) != FM_OK) ||
-        (r.ppm_dir && fm_cmd_draw_dir(r.ppm_dir, &err) != FM_OK) ||
+    if ((r.draw_dir && fm_cmd_make_dirs(r.draw_dir, &err) != FM_OK) ||
+        (r.ppm_dir && fm_cmd_make_dirs(r.ppm_dir, &err) != FM_OK) ||
         run_open(&r, &c, &err) != FM_OK) {
         run_close(&r);
         return cli_fail(&cmd, "%s", fm_error_text(&err));

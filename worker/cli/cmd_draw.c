@@ -75,29 +75,6 @@ fm_status fm_cmd_draw_labels(fm_decoder *dec, const char *path, const fm_image_r
     return fm_image_write_jpeg(&img, out, 90, err);
 }
 
-fm_status fm_cmd_draw_dir(const char *dir, fm_error *err)
-{
-    char buf[PATH_MAX];
-    if (!dir[0] || strlen(dir) >= sizeof buf)
-        return fm_error_set(err, FM_ERR_INVALID, "%s: not a usable directory name", dir);
-    strcpy(buf, dir);
-    /* Each prefix ending before a '/', then the whole name. */
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char c = *p;
-        *p = '\0';
-        struct stat st;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return fm_error_set(err, FM_ERR_IO, "%s: %s", buf, strerror(errno));
-        if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
-            return fm_error_set(err, FM_ERR_IO, "%s: not a directory", buf);
-        if (c == '\0')
-            return FM_OK;
-        *p = c;
-    }
-}
-
 fm_status fm_cmd_draw_path(char *buf, size_t size, const char *dir, const char *path,
                            fm_error *err)
 {

@@ -19,10 +19,6 @@ fm_status fm_cmd_draw_labels(fm_decoder *dec, const char *path, const fm_image_r
                              double gender_min_prob, double race_min_prob, const char *out,
                              fm_error *err);
 
-/* Makes the directory dir and its missing parents (mode 0777 less the umask), for
- * --draw-dir and --ppm-dir. FM_OK when it exists already; FM_ERR_IO naming the part
- * that could not be made, or dir when it is not a directory. */
-fm_status fm_cmd_draw_dir(const char *dir, fm_error *err);
 
 /* dir/<file name of path> into buf, with ".jpg" added unless the name ends in .jpg or
  * .jpeg (the picture written is a JPEG); FM_ERR_INVALID when it does not fit. */

@@ -4,6 +4,7 @@
  * files are the ones CZMQ and pyzmq's zmq.auth read, so other programs can use them
  * too. */
 #include "cli_opts.h"
+#include "cmd_util.h"
 #include "commands.h"
 #include "facemill/auth.h"
 
@@ -12,7 +13,8 @@
 
 static const cli_cmd cmd = {
     "keygen", "[options] NAME", 1, 1,
-    "Makes a CurveZMQ key pair in DIR (default: the working directory):\n"
+    "Makes a CurveZMQ key pair in DIR (default: the working directory; made with\n"
+    "its missing parents when it does not exist):\n"
     "  NAME.key         the public certificate: copy it into the allowlist\n"
     "                   directory (security.clients_dir, workers_dir, sink_dir) of\n"
     "                   every process that must admit NAME, or name it in\n"
@@ -29,7 +31,7 @@ int fm_cmd_keygen(int argc, char **argv)
     const char *dir = ".";
     const cli_opt opts[] = {
         CLI_PATH("--dir", 'd', "DIR", &dir, "where the files go (default: the working "
-                                            "directory)"),
+                                            "directory; made when missing)"),
         CLI_END,
     };
     fm_config c;
@@ -40,6 +42,8 @@ int fm_cmd_keygen(int argc, char **argv)
     const char *name = a.operands[0];
     fm_cert cert;
     fm_error err = {0};
+    if (fm_cmd_make_dirs(dir, &err) != FM_OK)
+        return cli_fail(&cmd, "--dir: %s", fm_error_text(&err));
     if (fm_cert_create(dir, name, &cert, &err) != FM_OK) {
         if (err.code == FM_ERR_INVALID && strstr(err.msg, "file name"))
             return cli_usage_error(&cmd, "%s", fm_error_text(&err));

@@ -137,8 +137,8 @@ int fm_cmd_predict(int argc, char **argv)
     fm_decode_opts fo = {(uint64_t)c.decode.max_pixels, (size_t)c.decode.max_bytes, 0,
                          (unsigned)c.decode.formats};
     fm_pipeline_opts po = {BATCH, 0, 0};
-    if ((draw_dir && fm_cmd_draw_dir(draw_dir, &err) != FM_OK) ||
-        (chips_dir && fm_cmd_draw_dir(chips_dir, &err) != FM_OK) ||
+    if ((draw_dir && fm_cmd_make_dirs(draw_dir, &err) != FM_OK) ||
+        (chips_dir && fm_cmd_make_dirs(chips_dir, &err) != FM_OK) ||
         fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
         fm_pipeline_open(&p, &c, &po, &err) != FM_OK ||
         ((draw || draw_dir || chips_dir) && fm_decoder_new(&full, &fo, &err) != FM_OK)) {

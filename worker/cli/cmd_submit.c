@@ -75,6 +75,7 @@ static void install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* a terminal closed: stop as on Ctrl-C, with a summary */
 }
 
 /* The signals a child of `facemill label` must not inherit handled or blocked: a
@@ -85,6 +86,7 @@ static void child_signals(sigset_t *set)
     sigemptyset(set);
     sigaddset(set, SIGTERM);
     sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
     sigaddset(set, SIGCHLD);
 }
 
@@ -470,7 +472,7 @@ static int check_results_path(const char *path)
         fm_error e = {0};
         fm_status rs = fm_results_open(&db, path, FM_RESULTS_READONLY, &e);
         fm_results_close(&db);
-        if (rs == FM_ERR_VERSION)
+        if (rs == FM_ERR_VERSION || rs == FM_ERR_IO)
             return cli_usage_error(&label_cmd, "-o %s: %s", shown, e.msg);
         if (rs != FM_OK)
             return cli_usage_error(&label_cmd, "-o %s: not a facemill results database",
@@ -678,7 +680,7 @@ static fm_status start_worker(label_run *r, const fm_config *cfg, int64_t procs,
  * its failures with retry_failed), until every image is committed, the worker program
  * exits or a signal comes. */
 static int submit_inputs(label_run *r, const fm_config *cfg, const input_opts *x,
-                         int retry_failed, char **inputs, int n)
+                         int retry_failed, const char *db_path, char **inputs, int n)
 {
     fm_client_opts o;
     fm_client_summary sum = {0};
@@ -688,6 +690,7 @@ static int submit_inputs(label_run *r, const fm_config *cfg, const input_opts *x
     o.zctx = r->zctx;
     o.tag = "label";
     o.skip = r->db;
+    o.skip_db = db_path; /* `--all .` with the database in `.`: not an image */
     o.retry_failed = retry_failed;
     o.stop = &stop_flag;
     o.tick = check_worker;
@@ -780,7 +783,7 @@ int fm_cmd_label(int argc, char **argv)
     }
     fm_log_info("labelling into %s with %lld worker processes",
                 fm_log_escape(db_path, shown, sizeof shown), (long long)procs);
-    code = submit_inputs(&r, cfg, &x, retry_failed, a.operands, a.n);
+    code = submit_inputs(&r, cfg, &x, retry_failed, db_path, a.operands, a.n);
 out:
     stop_run(&r);
     if (lock_fd >= 0) /* after SQLite's handles: see lock_results */

@@ -1,8 +1,10 @@
-/* cmd_util.c - helpers shared by `facemill detect` and `facemill predict` (see
- * cmd_util.h). */
+/* cmd_util.c - helpers shared by subcommands (see cmd_util.h). */
 #include "cmd_util.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
 
 void fm_cmd_result_face(fm_result_face *out, const fm_face *det, const fm_attrs *a)
 {
@@ -43,4 +45,27 @@ void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r
         fm_result_json_face(j, &rf);
     }
     fm_result_json_end(j);
+}
+
+fm_status fm_cmd_make_dirs(const char *dir, fm_error *err)
+{
+    char buf[PATH_MAX];
+    if (!dir[0] || strlen(dir) >= sizeof buf)
+        return fm_error_set(err, FM_ERR_INVALID, "%s: not a usable directory name", dir);
+    strcpy(buf, dir);
+    /* Each prefix ending before a '/', then the whole name. */
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        struct stat st;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return fm_error_set(err, FM_ERR_IO, "%s: %s", buf, strerror(errno));
+        if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+            return fm_error_set(err, FM_ERR_IO, "%s: not a directory", buf);
+        if (c == '\0')
+            return FM_OK;
+        *p = c;
+    }
 }

@@ -1,5 +1,5 @@
-/* cmd_util.h - what the labelling subcommands (detect, predict) share: printing a
- * result in the result schema. Program code, not part of libfacemill. */
+/* cmd_util.h - what subcommands share: printing a result in the result schema (detect,
+ * predict), making output directories. Program code, not part of libfacemill. */
 #ifndef FACEMILL_CMD_UTIL_H
 #define FACEMILL_CMD_UTIL_H
 
@@ -18,5 +18,11 @@ void fm_cmd_result_face(fm_result_face *out, const fm_face *det, const fm_attrs 
  * heads.gender_min_prob and heads.race_min_prob abstain). */
 void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r,
                         const fm_config *c);
+
+/* Makes the directory dir and its missing parents (mode 0777 less the umask), for
+ * --draw-dir, --ppm-dir, --chips-dir and keygen's --dir. FM_OK when it exists
+ * already; FM_ERR_IO naming the part that could not be made, or dir when it is not a
+ * directory. */
+fm_status fm_cmd_make_dirs(const char *dir, fm_error *err);
 
 #endif

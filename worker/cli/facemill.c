@@ -4,6 +4,7 @@
 #include "commands.h"
 #include "facemill/log.h"
 
+#include <locale.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,7 +39,8 @@ static void usage(FILE *out)
     fprintf(out, "usage: facemill COMMAND [ARGS...]\n\ncommands:\n");
     for (const command *c = commands; c->name; c++)
         fprintf(out, "  %-10s %s\n", c->name, c->help);
-    fprintf(out, "\n`facemill COMMAND --help` describes one command.\n\n");
+    fprintf(out, "\n`facemill COMMAND --help` (or `facemill help COMMAND`) describes one "
+                 "command;\n`facemill --version` prints the version.\n\n");
     cli_help_common(out);
     fprintf(out, "\nexit status: 0 success, 1 failure, 2 usage error; label and submit: 3 "
                  "the run\n  did not finish\n");
@@ -47,8 +49,25 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
     fm_log_init("facemill", -1);
+    /* Characters as UTF-8 (numbers and the rest stay "C"): libarchive gives a zip's
+     * UTF-8 member names (Python's zipfile, 7-Zip and Windows write them) only in a
+     * UTF-8 locale, and none at all in the C locale. */
+    setlocale(LC_CTYPE, "C.UTF-8");
     if (argc < 2) {
         usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("facemill %s\n", FACEMILL_VERSION);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(argv[1], "help") == 0 && argc > 2) { /* help COMMAND: COMMAND --help */
+        for (const command *c = commands; c->name; c++)
+            if (strcmp(argv[2], c->name) == 0) {
+                char *args[] = {argv[2], "--help", NULL};
+                return c->fn(2, args);
+            }
+        fprintf(stderr, "facemill: unknown command '%s' (see facemill --help)\n", argv[2]);
         return CLI_EXIT_USAGE;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||

@@ -113,6 +113,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: facemill-worker [--processes N] [--decode-only] [--die-with-parent]\n"
             "                       [--config FILE] [--set KEY=VALUE]...\n"
+            "       facemill-worker --version | --help\n"
             "Forks N pipeline processes (worker.processes; 0 = one per core) that take\n"
             "jobs from the broker (broker.workers) and push results to the sink\n"
             "(sink.results). A process that dies is restarted. SIGTERM: every process\n"
@@ -164,11 +165,18 @@ int main(int argc, char **argv)
     int decode_only = 0, die_with_parent = 0;
     long procs = (long)cfg.worker.processes;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--processes") == 0 && i + 1 < argc) {
-            char *end;
-            procs = strtol(argv[++i], &end, 10);
-            if (*end || procs < 0 || procs > 4096) {
-                fprintf(stderr, "--processes: 0..4096\n");
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("facemill-worker %s\n", FACEMILL_VERSION);
+            return 0;
+        }
+        if (strcmp(argv[i], "--processes") == 0) {
+            char *end = NULL;
+            if (i + 1 < argc)
+                procs = strtol(argv[++i], &end, 10);
+            if (!end || end == argv[i] || *end || procs < 0 || procs > 4096) {
+                fprintf(stderr, "facemill-worker: --processes needs a number of processes "
+                                "from 0 (one per core) to 4096%s%s%s\n",
+                        end ? ", not '" : "", end ? argv[i] : "", end ? "'" : "");
                 return 2;
             }
         } else if (strcmp(argv[i], "--decode-only") == 0) {
@@ -179,6 +187,7 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else {
+            fprintf(stderr, "facemill-worker: unknown argument '%s'\n", argv[i]);
             usage(stderr);
             return 2;
         }

@@ -168,10 +168,48 @@ static fm_status write_thumbs(const fm_report_opts *o, rep_face **v, size_t n, r
     return FM_OK;
 }
 
-/* The page into a temporary file beside out_path, renamed over it when complete. */
+/* The page written into path as it is (a device, a FIFO, where a dangling link
+ * points). */
+static fm_status write_direct(const char *path, const rep_page *p, size_t *bytes,
+                              fm_error *err)
+{
+    FILE *out = fopen(path, "w");
+    if (!out)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    rep_html_page(out, p);
+    long end = ftell(out);
+    int ok = fflush(out) == 0 && !ferror(out);
+    int saved = errno;
+    if (fclose(out) != 0 && ok) {
+        ok = 0;
+        saved = errno;
+    }
+    if (!ok)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(saved));
+    *bytes = end > 0 ? (size_t)end : 0;
+    return FM_OK;
+}
+
+/* The page into a temporary file beside out_path, renamed over it when complete; a
+ * symbolic link is followed (the file it names is replaced, not the link), and a
+ * device or FIFO (/dev/stdout, /dev/null) is written, never replaced. */
 static fm_status write_page(const char *out_path, const rep_page *p, size_t *bytes,
                             fm_error *err)
 {
+    struct stat ls, sb;
+    if (lstat(out_path, &ls) == 0 && S_ISLNK(ls.st_mode)) {
+        char *real = realpath(out_path, NULL);
+        if (!real) /* a dangling link: fopen makes the file it names */
+            return write_direct(out_path, p, bytes, err);
+        fm_status st = write_page(real, p, bytes, err);
+        free(real);
+        return st;
+    }
+    if (stat(out_path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        if (S_ISDIR(sb.st_mode))
+            return fm_error_set(err, FM_ERR_IO, "%s: is a directory", out_path);
+        return write_direct(out_path, p, bytes, err);
+    }
     size_t len = strlen(out_path);
     char *tmp = malloc(len + 16);
     if (!tmp)

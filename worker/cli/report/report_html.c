@@ -13,6 +13,7 @@
  * data-js-error, which is what the tests read from the rendered DOM.
  */
 #include "report-impl.h"
+#include "facemill/text.h"
 
 #include <math.h>
 #include <string.h>
@@ -20,27 +21,35 @@
 
 void rep_html_text(FILE *out, const char *s)
 {
-    size_t n = 0;
     if (!s)
         return;
-    for (; *s; s++, n++) {
-        /* cut at a character boundary (not inside a UTF-8 sequence) */
-        if (n >= FM_REPORT_TEXT_MAX && ((unsigned char)*s & 0xc0) != 0x80) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s);
+    for (size_t i = 0; i < len;) {
+        if (i >= FM_REPORT_TEXT_MAX) { /* cut between characters */
             fputs("\xe2\x80\xa6", out); /* an ellipsis */
             return;
         }
-        switch (*s) {
+        uint32_t cp;
+        int k = fm_utf8_next(p + i, len - i, &cp);
+        if (k == 0) { /* not UTF-8 (a file name's Latin-1 byte): the page is UTF-8 */
+            fputs("\xef\xbf\xbd", out);
+            i++;
+            continue;
+        }
+        switch (cp) {
         case '&': fputs("&amp;", out); break;
         case '<': fputs("&lt;", out); break;
         case '>': fputs("&gt;", out); break;
         case '"': fputs("&quot;", out); break;
         case '\'': fputs("&#39;", out); break;
         default:
-            if ((unsigned char)*s < 0x20 && *s != '\t')
+            if (cp < 0x20 && cp != '\t')
                 fputc(' ', out);
             else
-                fputc(*s, out);
+                fwrite(p + i, 1, (size_t)k, out);
         }
+        i += (size_t)k;
     }
 }
 
