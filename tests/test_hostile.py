@@ -9,6 +9,8 @@ One case per run (--case NAME), each a ctest test of its own:
   unkeyed_worker   a worker without keys and one with a key nobody admitted connect
                    first and ask for every job: they get nothing (their handshakes
                    fail), while a keyed client's jobs all complete with a keyed worker
+  refused_told     a submit, a status and a worker whose keys the broker refuses are
+                   told why (submit exits 3 at once) instead of waiting in silence
   client_as_worker a client's key (and the sink's) on the workers socket, a worker's
                    key on the clients socket: refused, and the client's jobs still
                    complete with the real worker alone
@@ -67,7 +69,8 @@ One case per run (--case NAME), each a ctest test of its own:
                    store, both say so in `facemill status` and keep running; the
                    filler removed, the run completes with every job stored once
   lost_journal     a journal replaced while `facemill submit` waits: the client says
-                   jobs were lost and exits 3; the same submit again labels them all
+                   jobs were lost and exits 3; the same submit again labels them all;
+                   a third finds them stored and still counts the failed one
   journal_full_start  a journal on a full disk at start: not "damaged", --recover
                    changes nothing, with space the broker starts with every job
   journal_recover  a journal truncated mid-page: the broker refuses to start and names
@@ -393,6 +396,39 @@ def case_client_as_worker(h):
     check(not as_worker.received and not sink_as_worker.received and not as_client.received,
           "the misused keys received nothing")
     real_worker_rows(h, 30)
+
+
+def case_refused_told(h):
+    """A refused peer is told why instead of waiting in silence: a submit and a status
+    with a key the broker does not admit end at once with the reason (submit exit 3),
+    a status without keys says one side has keys and the other none, and a worker
+    with a client's key says in its log that the broker refused its key."""
+    c = h.c
+    start(h)
+    fm = os.path.join(h.a.bin, "facemill")
+    inp = os.path.join(c.dir, "rt")
+    make_images(h.a.bin, inp, 3)
+    kd = os.path.join(c.dir, "k")
+    subprocess.run([fm, "keygen", "nobody-knows", "-d", kd], capture_output=True, timeout=30)
+    stranger = {"security.cert": os.path.join(kd, "nobody-knows.key_secret")}
+    t0 = time.monotonic()
+    r = subprocess.run([fm, "submit", "--tag", "rt", "--progress", "none", inp] +
+                       c.args(stranger), capture_output=True, timeout=120)
+    took = time.monotonic() - t0
+    check(r.returncode == 3 and b"the broker refused this program's key" in r.stderr and
+          took < 30, "submit with an unknown key: exit 3 at once, saying so (%d, %.1f s: %s)"
+          % (r.returncode, took, r.stderr.decode()[-300:]))
+    r = subprocess.run([fm, "status"] + c.args(stranger), capture_output=True, timeout=120)
+    check(r.returncode != 0 and b"the broker refused this program's key" in r.stderr,
+          "status with an unknown key says so (%d: %s)" % (r.returncode,
+                                                           r.stderr.decode()[-300:]))
+    r = subprocess.run([fm, "status"] + c.args({"security.cert": ""}), capture_output=True,
+                       timeout=120)
+    check(r.returncode != 0 and b"one side has CurveZMQ keys and the other none" in r.stderr,
+          "status without keys says one side has keys (%d: %s)" % (r.returncode,
+                                                                   r.stderr.decode()[-300:]))
+    c.worker("badworker", overrides={"security.cert": c.certs["client"]})
+    h.log_has("badworker", "the broker refused this program's key")
 
 
 def case_forged_commit(h):
@@ -1266,12 +1302,14 @@ def case_lost_journal(h):
     for i in range(12):
         with open(os.path.join(inp, "l%02d.jpg" % i), "wb") as f:
             f.write(h.jpeg + bytes([i]))
+    with open(os.path.join(inp, "x-broken.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff not a JPEG after all")
     log = open(os.path.join(c.dir, "submit.log"), "wb")
     sub = subprocess.Popen([fm, "submit", "--tag", "lost", "--progress", "none", inp] +
                            c.args(), stdout=log, stderr=subprocess.STDOUT)
     client = h.client_peer()
-    wait_until(lambda: h.status(client, "lost").tag_total == 12, 60,
-               "the broker holds the 12 jobs (no worker runs)")
+    wait_until(lambda: h.status(client, "lost").tag_total == 13, 60,
+               "the broker holds the 13 jobs (no worker runs)")
     b = [p for p in c.procs if p.fm_name == "broker"][-1]
     os.killpg(b.pid, signal.SIGTERM)
     check(b.wait(WAIT) == 0, "the broker stops")
@@ -1288,14 +1326,21 @@ def case_lost_journal(h):
     log.close()
     with open(os.path.join(c.dir, "submit.log"), "rb") as f:
         text = f.read().decode("utf-8", "replace")
-    check(rc == 3 and "fewer than it had" in text and "12 committed" not in text,
+    check(rc == 3 and "fewer than it had" in text and "13 committed" not in text,
           "submit says the broker lost jobs, exit 3 (%d): %s" % (rc, text[-500:]))
     h.c.worker("worker", processes=1)
     r = subprocess.run([fm, "submit", "--tag", "lost", "--progress", "none", inp] + c.args(),
                        capture_output=True, timeout=240)
     n = db_query(c, "SELECT count(*) FROM images WHERE tag = 'lost'")[0][0]
-    check(r.returncode == 0 and n == 12, "submitted again, all 12 are labelled (%d, %d rows)"
-          % (r.returncode, n))
+    check(r.returncode == 1 and n == 13 and b"13 committed, 0 already stored, 1 failed" in
+          r.stderr, "submitted again, all 13 are stored, the broken one failed (%d, %d rows: "
+          "%s)" % (r.returncode, n, r.stderr.decode()[-300:]))
+    # once more: every job is answered as stored, and the failure still counts
+    r = subprocess.run([fm, "submit", "--tag", "lost", "--progress", "none", inp] + c.args(),
+                       capture_output=True, timeout=240)
+    check(r.returncode == 1 and b"0 committed, 13 already stored, 1 failed" in r.stderr,
+          "a third submit: all already stored, its failure still said, exit 1 (%d: %s)" %
+          (r.returncode, r.stderr.decode()[-300:]))
 
 
 def case_journal_full_start(h):
@@ -1460,6 +1505,7 @@ CASES = {
     "disk_full": case_disk_full,
     "journal_recover": case_journal_recover,
     "journal_full_start": case_journal_full_start,
+    "refused_told": case_refused_told,
     "lost_journal": case_lost_journal,
     "flood_submit": case_flood_submit,
     "big_bodies": case_big_bodies,

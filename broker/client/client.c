@@ -951,6 +951,9 @@ typedef struct run {
     uint64_t most_total;   /* the most jobs of the tag a status reply counted */
     uint64_t broker_total; /* the count that showed jobs lost: */
     int lost;              /* the broker has fewer jobs of the tag than it had or took */
+    void *watch;            /* the handshakes of sock (fm_auth_watch) */
+    int64_t stored_answers; /* jobs answered COMMITTED: stored by an earlier run */
+    int final_status;       /* a status reply since every job of this run was done */
 } run;
 
 static fm_status send_submit(run *r, fm_error *err)
@@ -1093,7 +1096,8 @@ static void on_ack(run *r, const Facemill__SubmitAck *ack, fm_error *err)
                 fm_error_set(err, FM_ERR_NOMEM, "out of memory");
             break;
         case FACEMILL__JOB_ACK__STATE__COMMITTED:
-            r->sum->committed++;
+            r->sum->skipped++; /* stored by an earlier run: whether it failed, the */
+            r->stored_answers++; /* tag's status says (the ack does not) */
             break;
         case FACEMILL__JOB_ACK__STATE__REJECTED:
         default: {
@@ -1137,6 +1141,12 @@ static void on_status(run *r, const Facemill__StatusReply *s)
         return;
     }
     r->most_total = s->tag_total;
+    if (r->inputs_done && !r->outstanding && r->pending.n == 0) {
+        /* the failures among the jobs stored before (answered COMMITTED) */
+        if (s->has_tag_failed && (int64_t)s->tag_failed > r->sum->failed - r->sum->rejected)
+            r->sum->failed = (int64_t)s->tag_failed + r->sum->rejected;
+        r->final_status = 1;
+    }
     if (r->inputs_done && !r->outstanding && s->tag_committed >= s->tag_total) {
         /* Every job of the tag is committed: those whose notice never reached us too. */
         r->sum->committed += (int64_t)r->pending.n;
@@ -1290,6 +1300,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
         st = err ? err->code : FM_ERR_IO;
         goto done;
     }
+    r.watch = fm_auth_watch(ctx, r.sock);
 
     r.prog.out = o->progress_out ? o->progress_out : stderr;
     r.prog.mode = o->progress;
@@ -1304,12 +1315,22 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
             st = fm_error_set(err, FM_ERR_INTERRUPTED, "interrupted");
             goto done;
         }
+        char refused[FM_ERROR_MSG_MAX];
+        if (fm_auth_watch_failed(r.watch, "the broker", refused, sizeof refused)) {
+            /* a refused key is refused again on every try: no use waiting */
+            st = fm_error_set(err, FM_ERR_IO, "%s", refused);
+            goto done;
+        }
         if (!r.outstanding && (!r.inputs_done || r.have_held) &&
             (st = next_submit(&r, err)) != FM_OK)
             goto done;
-        if (r.inputs_done && !r.have_held && !r.outstanding && r.pending.n == 0)
-            break;
         int64_t now = fm_now_ms();
+        if (r.inputs_done && !r.have_held && !r.outstanding && r.pending.n == 0) {
+            if (!r.stored_answers || r.final_status)
+                break;
+            if (r.next_status_ms > now + 200) /* ask now how those stored ones ended */
+                r.next_status_ms = now;
+        }
         if (r.outstanding && now >= r.resend_at_ms) {
             if (now - r.sent_ms >= o->retry_ms)
                 fm_log_info("no answer to submit %llu from the broker: sending it again",
@@ -1374,6 +1395,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
 done:
     if (r.sock) {
         progress_show(&r.prog, sum, fm_now_ms(), 1);
+        fm_auth_watch_close(r.sock, r.watch);
         zmq_close(r.sock);
     }
     if (r.jobs) {
@@ -1439,7 +1461,7 @@ fm_status fm_client_status_as(const char *endpoint, const fm_auth *auth, const c
                               fm_status_format format, FILE *out, fm_error *err)
 {
     fm_status st = FM_OK;
-    void *ctx = zmq_ctx_new();
+    void *ctx = zmq_ctx_new(), *watch = NULL;
     if (!ctx)
         return fm_error_set(err, FM_ERR_IO, "cannot create a ZeroMQ context");
     void *sock = open_dealer(ctx, endpoint, auth, max_msg_size, err);
@@ -1447,9 +1469,15 @@ fm_status fm_client_status_as(const char *endpoint, const fm_auth *auth, const c
         st = err ? err->code : FM_ERR_IO;
         goto done;
     }
+    watch = fm_auth_watch(ctx, sock);
     int64_t deadline = fm_now_ms() + timeout_ms, next_send = 0;
     for (;;) {
         int64_t now = fm_now_ms();
+        char refused[FM_ERROR_MSG_MAX];
+        if (fm_auth_watch_failed(watch, "the broker", refused, sizeof refused)) {
+            st = fm_error_set(err, FM_ERR_IO, "%s", refused);
+            goto done;
+        }
         if (now >= deadline) {
             /* A broker with CurveZMQ keys drops a client without them in the
              * handshake: nothing comes back, so say where to look. */
@@ -1489,6 +1517,7 @@ fm_status fm_client_status_as(const char *endpoint, const fm_auth *auth, const c
         fm_wire_free(&env);
     }
 done:
+    fm_auth_watch_close(sock, watch);
     if (sock)
         zmq_close(sock);
     zmq_ctx_term(ctx);

@@ -978,3 +978,70 @@ void fm_auth_close(fm_auth **ap)
     free(a);
     *ap = NULL;
 }
+
+/* ---- handshake watch -------------------------------------------------------------- */
+
+void *fm_auth_watch(void *ctx, void *sock)
+{
+    static unsigned long serial;
+    char addr[96];
+    snprintf(addr, sizeof addr, "inproc://fm-handshake-%ld-%lu", (long)getpid(),
+             __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED));
+    /* not ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL: a connection reset mid-handshake (a
+     * broker restarting) is no refusal, and ZeroMQ tries again by itself */
+    if (zmq_socket_monitor(sock, addr, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                           ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0)
+        return NULL;
+    void *mon = zmq_socket(ctx, ZMQ_PAIR);
+    if (mon && zmq_connect(mon, addr) == 0)
+        return mon;
+    if (mon)
+        zmq_close(mon);
+    zmq_socket_monitor(sock, NULL, 0);
+    return NULL;
+}
+
+int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size)
+{
+    int failed = 0;
+    while (mon) {
+        uint8_t ev[6];
+        char ep[256];
+        int n = zmq_recv(mon, ev, sizeof ev, ZMQ_DONTWAIT);
+        if (n < 0)
+            break;
+        zmq_recv(mon, ep, sizeof ep, ZMQ_DONTWAIT); /* the endpoint: a second frame */
+        if (n != 6)
+            continue;
+        uint16_t id;
+        uint32_t value;
+        memcpy(&id, ev, 2);
+        memcpy(&value, ev + 2, 4);
+        failed = 1;
+        if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+            snprintf(why, size, "%s refused this program's key (security.cert): the key is "
+                     "not in its allowlist for this role (ZAP status %u)", peer, value);
+        else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                 value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+            snprintf(why, size, "the handshake with %s failed: one side has CurveZMQ keys "
+                     "and the other none (security.cert, security.broker_key)", peer);
+        else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                 value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
+            snprintf(why, size, "the CurveZMQ handshake with %s failed: its key is not the "
+                     "one this program expects (security.broker_key or security.sink_key)",
+                     peer);
+        else
+            snprintf(why, size, "the handshake with %s failed (protocol error 0x%x)", peer,
+                     value);
+    }
+    return failed;
+}
+
+void fm_auth_watch_close(void *sock, void *mon)
+{
+    if (!mon)
+        return;
+    if (sock)
+        zmq_socket_monitor(sock, NULL, 0);
+    zmq_close(mon);
+}

@@ -94,8 +94,9 @@ typedef struct fm_client_opts {
  * them (unreadable images included) and jobs the broker rejected. */
 typedef struct fm_client_summary {
     int64_t total;     /* images found in the inputs */
-    int64_t skipped;   /* already in opts.skip */
-    int64_t committed; /* jobs this run saw committed (including COMMITTED acks) */
+    int64_t skipped;   /* already stored: in opts.skip, or answered COMMITTED by the
+                          broker (their failures counted in failed, from its status) */
+    int64_t committed; /* jobs this run saw committed */
     int64_t failed;    /* error results, rejected or unsendable images */
     int64_t rejected;  /* of failed: refused by the broker */
     int64_t slow_downs; /* SlowDown answers honoured */

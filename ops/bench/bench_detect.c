@@ -407,13 +407,27 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--only") == 0 && (strcmp(v, "640") == 0 ||
                  strcmp(v, "12mp-jpeg") == 0 || strcmp(v, "12mp") == 0))
             only = v;
-        else if (strcmp(a, "--repeat") == 0)
-            repeat = atoi(v);
-        else if (strcmp(a, "--threads") == 0)
-            threads = atoi(v);
-        else if (strcmp(a, "--pad") == 0)
-            pad = atof(v);
-        else {
+        else if (strcmp(a, "--repeat") == 0 || strcmp(a, "--threads") == 0) {
+            char *end = NULL;
+            long n = strtol(v, &end, 10), most = a[2] == 'r' ? 1000000 : 64;
+            if (end == v || *end || n < 1 || n > most) {
+                fprintf(stderr, "facemill-bench-detect: %s needs a whole number from 1 to "
+                                "%ld, not '%s'\n", a, most, v);
+                return 2;
+            }
+            if (a[2] == 'r')
+                repeat = (int)n;
+            else
+                threads = (int)n;
+        } else if (strcmp(a, "--pad") == 0) {
+            char *end = NULL;
+            pad = strtod(v, &end);
+            if (end == v || *end || !(pad >= 0 && pad <= 1)) {
+                fprintf(stderr, "facemill-bench-detect: --pad needs a number from 0 to 1, "
+                                "not '%s'\n", v);
+                return 2;
+            }
+        } else {
             usage(stderr);
             return 2;
         }

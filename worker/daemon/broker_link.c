@@ -48,11 +48,14 @@ static int pair_recv(void *pair, zmq_msg_t *m)
 
 static fm_status connect_broker(blink *l, fm_error *err)
 {
+    fm_auth_watch_close(l->broker, l->watch);
+    l->watch = NULL;
     if (l->broker)
         zmq_close(l->broker);
     l->broker = zmq_socket(l->ctx, ZMQ_DEALER);
     if (!l->broker)
         return fm_error_set(err, FM_ERR_IO, "socket: %s", zmq_strerror(errno));
+    l->watch = fm_auth_watch(l->ctx, l->broker);
     fm_status st = fm_wire_setup(l->broker, l->cfg->net.max_msg_size, 2000, err);
     if (st == FM_OK)
         st = fm_auth_client(l->auth, l->broker, FM_AUTH_TO_BROKER, err);
@@ -188,6 +191,14 @@ static void *link_main(void *arg)
     l->next_hb = fm_now_ms();
     for (;;) {
         int64_t now = fm_now_ms();
+        char why[FM_ERROR_MSG_MAX];
+        if (fm_auth_watch_failed(l->watch, "the broker", why, sizeof why) &&
+            (!l->refused_said || now - l->refused_said >= 60000)) {
+            /* said, not only waited out: the operator may admit the key (the broker
+             * reads its allowlist again), so the worker goes on trying */
+            fm_log_error("%s; trying again (said once a minute)", why);
+            l->refused_said = now;
+        }
         if (now >= l->next_hb) {
             send_heartbeat(l);
             l->next_hb = now + cfg->broker.heartbeat_ms;
@@ -392,6 +403,7 @@ void broker_link_close(broker_link *k)
     }
     if (k->running)
         pthread_join(k->th, NULL);
+    fm_auth_watch_close(k->thread.broker, k->thread.watch);
     void *socks[] = {k->thread.broker, k->thread.pair, k->pair, k->sink};
     for (size_t i = 0; i < sizeof socks / sizeof socks[0]; i++)
         if (socks[i])

@@ -26,6 +26,8 @@ typedef struct blink {
     int credit;
     int held; /* jobs passed to the compute thread and not yet reported */
     int64_t broker_seen, next_hb;
+    void *watch;          /* the broker DEALER's handshakes (fm_auth_watch) */
+    int64_t refused_said; /* when a refusal of our key was last logged */
 } blink;
 
 /* One process's link. The fields are broker_link.c's; the struct is declared here so
