@@ -574,6 +574,9 @@ def case_reruns(fm, tmp):
         z.writestr("notes.txt", "not an image")
     with tarfile.open(os.path.join(deep, "more.tar.gz"), "w:gz") as t:
         t.add(os.path.join(base, "m1.jpg"), "inner/m3.jpg")
+        hard = tarfile.TarInfo("inner/m3-again.jpg")  # a hard link, as GNU tar writes
+        hard.type, hard.linkname = tarfile.LNKTYPE, "inner/m3.jpg"
+        t.addfile(hard)
     adb = os.path.join(base, "album.db")
     aargs = [deep, "-o", adb, "-j", "1", "--progress", "none", "--worker-arg",
              "--decode-only"]
@@ -583,6 +586,8 @@ def case_reruns(fm, tmp):
             os.path.join(deep, "2019", "pics.zip:m2.jpg"),
             os.path.join(deep, "2019", "pics.zip:日本/é.jpg"),
             os.path.join(deep, "more.tar.gz:inner/m3.jpg")}
+    check("1 hard or symbolic link in archives not labelled themselves" in p.stderr,
+          "the tar's hard link is counted in the summary (%s)" % p.stderr[-300:])
     check(p.returncode == 0 and set(rows) == want and n == 5 and
           all(v is None for v in rows.values()),
           "a folder's zip and tar.gz are opened: %s (%d: %s)" % (sorted(rows), p.returncode,

@@ -500,6 +500,7 @@ typedef struct reader {
     const char *tag;
     int by_path, all_files;
     size_t max_bytes;     /* largest image that fits in a message */
+    int64_t *links;       /* image members that are hard or symbolic links: counted */
 } reader;
 
 /* The marker that stands for the image bytes in the id of an unreadable job: the same
@@ -660,6 +661,22 @@ static int archive_next(reader *r, job *j, fm_error *err)
         r->ar_last = member ? strdup(member) : NULL; /* NULL: no name to give */
         if (archive_entry_filetype(e) != AE_IFREG ||
             (member && !r->all_files && !is_image_name(member))) {
+            /* a link's image is its target's, labelled under that name when the
+             * archive holds it: the link is counted and the summary says so (GNU tar
+             * stores every further hard link of a file as one) */
+            const char *to = archive_entry_hardlink(e);
+            if (!to && archive_entry_filetype(e) == AE_IFLNK)
+                to = archive_entry_symlink(e);
+            if (to && member && (r->all_files || is_image_name(member))) {
+                char shown[SHOWN_MAX], where[SHOWN_MAX], target[SHOWN_MAX];
+                fm_log_info("%s:%s: a link to %s: not labelled itself (its target is, "
+                            "when the archive holds it)",
+                            fm_log_escape(it->path, where, sizeof where),
+                            fm_log_escape(member, shown, sizeof shown),
+                            fm_log_escape(to, target, sizeof target));
+                if (r->links)
+                    (*r->links)++;
+            }
             archive_read_data_skip(r->ar);
             continue;
         }
@@ -1280,6 +1297,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
         if ((st = add_input(&sc, inputs[i], 0, err)) != FM_OK)
             goto done;
     sum->folders_skipped = sc.folders_skipped;
+    r.rd.links = &sum->archive_links;
     for (size_t i = 0; i < items.n; i++)
         sum->total += items.v[i].archive ? items.v[i].members : 1;
 

@@ -101,6 +101,8 @@ typedef struct fm_client_summary {
     int64_t rejected;  /* of failed: refused by the broker */
     int64_t slow_downs; /* SlowDown answers honoured */
     int64_t folders_skipped; /* folders not walked: unreadable, or nested too deep */
+    int64_t archive_links;   /* image members of archives that are hard or symbolic
+                                links: their targets are labelled, not they */
 } fm_client_summary;
 
 /* Sets the client fields of opts from c (chunk, chunk_bytes, retry_ms, progress_ms,

@@ -132,6 +132,11 @@ static void print_summary(const char *what, const fm_client_summary *s, fm_statu
     if (s->slow_downs)
         fprintf(stderr, "%s: the broker asked to slow down %lld times\n", what,
                 (long long)s->slow_downs);
+    if (s->archive_links)
+        fprintf(stderr, "%s: %lld hard or symbolic link%s in archives not labelled "
+                        "themselves: their targets are, when the archive holds them (the "
+                        "log names each, at level info)\n",
+                what, (long long)s->archive_links, s->archive_links == 1 ? "" : "s");
 }
 
 static int exit_code(fm_status st, const fm_client_summary *s)
