@@ -158,7 +158,8 @@ def main():
                   "usr/share/facemill/models/heads_dlib_ft.fmm",
                   "usr/share/facemill/models/dlib_resnet_ft.f16.fmm",
                   "usr/share/facemill/tools/fmmodel.py",
-                  "usr/share/man/man1/facemill.1.gz", "usr/share/man/man5/facemill.yaml.5.gz",
+                  "usr/share/man/man1/facemill.1.gz",
+                  "usr/share/man/man5/facemill.yaml.5.gz",
                   "usr/share/man/man8/facemill-worker.8.gz",
                   "usr/share/doc/facemill/copyright",
                   "usr/share/doc/facemill/changelog.Debian.gz",
@@ -238,7 +239,8 @@ def main():
               "/etc/facemill/facemill.yaml is config/facemill.yaml with the journal and "
               "the results database in /var/lib/facemill")
         p = run([os.path.join(root, "usr", "bin", "facemill"), "config", "--config", conf])
-        check(p.returncode == 0 and 'journal: "/var/lib/facemill/journal.db"' in p.stdout and
+        check(p.returncode == 0 and
+              'journal: "/var/lib/facemill/journal.db"' in p.stdout and
               'db: "/var/lib/facemill/results.db"' in p.stdout,
               "facemill config reads them back: %s" % p.stderr[-300:])
         # the programs link libsystemd: the package must depend on it

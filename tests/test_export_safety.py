@@ -137,7 +137,8 @@ def main():
     html = open(target, "rb").read()
     try:
         text = html.decode("utf-8")
-        check("latin\ufffd.jpg" in text, "the page shows the Latin-1 name as latin\ufffd.jpg")
+        check("latin\ufffd.jpg" in text,
+              "the page shows the Latin-1 name as latin\ufffd.jpg")
     except UnicodeDecodeError as e:
         check(False, "the report page decodes as UTF-8: %s" % e)
     if os.geteuid() == 0 and shutil.which("setpriv"):

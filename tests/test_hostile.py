@@ -409,15 +409,16 @@ def case_refused_told(h):
     inp = os.path.join(c.dir, "rt")
     make_images(h.a.bin, inp, 3)
     kd = os.path.join(c.dir, "k")
-    subprocess.run([fm, "keygen", "nobody-knows", "-d", kd], capture_output=True, timeout=30)
+    subprocess.run([fm, "keygen", "nobody-knows", "-d", kd], capture_output=True,
+                   timeout=30)
     stranger = {"security.cert": os.path.join(kd, "nobody-knows.key_secret")}
     t0 = time.monotonic()
     r = subprocess.run([fm, "submit", "--tag", "rt", "--progress", "none", inp] +
                        c.args(stranger), capture_output=True, timeout=120)
     took = time.monotonic() - t0
     check(r.returncode == 3 and b"the broker refused this program's key" in r.stderr and
-          took < 30, "submit with an unknown key: exit 3 at once, saying so (%d, %.1f s: %s)"
-          % (r.returncode, took, r.stderr.decode()[-300:]))
+          took < 30, "submit with an unknown key: exit 3 at once, saying so "
+          "(%d, %.1f s: %s)" % (r.returncode, took, r.stderr.decode()[-300:]))
     r = subprocess.run([fm, "status"] + c.args(stranger), capture_output=True, timeout=120)
     check(r.returncode != 0 and b"the broker refused this program's key" in r.stderr,
           "status with an unknown key says so (%d: %s)" % (r.returncode,

@@ -700,7 +700,8 @@ static void test_replaced_content(void)
     CHECK(fm_results_put(r, &slow, 6, &ins, &fl, &e) == FM_OK && ins == 0 && fl == 1);
     CHECK(fm_results_commit(r, &e) == FM_OK);
     CHECK(fm_results_lookup(r, "label-b", &found, NULL, &e) == FM_OK && found == 1);
-    CHECK(fm_results_lookup(r, "label-b-unreadable", &found, NULL, &e) == FM_OK && found == 0);
+    CHECK(fm_results_lookup(r, "label-b-unreadable", &found, NULL, &e) == FM_OK &&
+          found == 0);
     CHECK(fm_results_count(r, &n_img, &n_face, &n_fail, &e) == FM_OK);
     CHECK_MSG(n_img == 3 && n_face == 4 && n_fail == 1, "an unreadable rerun keeps b.jpg's "
               "labels: %lld images, %lld faces, %lld failed (3, 4, 1)", (long long)n_img,

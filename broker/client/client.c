@@ -1286,11 +1286,11 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
     if (o->skip_db && stat(o->skip_db, &sc.db_st) == 0) {
         char dir[PATH_MAX];
         const char *slash = strrchr(o->skip_db, '/');
+        int len = !slash ? 0 : slash == o->skip_db ? 1 : (int)(slash - o->skip_db);
         if (!slash)
             snprintf(dir, sizeof dir, ".");
         else
-            snprintf(dir, sizeof dir, "%.*s", slash == o->skip_db ? 1 : (int)(slash - o->skip_db),
-                     o->skip_db);
+            snprintf(dir, sizeof dir, "%.*s", len, o->skip_db);
         sc.have_db_st = stat(dir, &sc.db_dir_st) == 0;
     }
     for (int i = 0; i < n; i++)

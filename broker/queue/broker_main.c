@@ -61,7 +61,8 @@ static int recover(const fm_config *cfg)
     if (why) {
         fm_log_error("no journal at %s (%s): nothing to recover; broker.journal names the "
                      "journal (a relative path is taken from the current directory): give "
-                     "the broker's own, e.g. --set broker.journal=/var/lib/facemill/journal.db",
+                     "the broker's own, e.g. --set "
+                     "broker.journal=/var/lib/facemill/journal.db",
                      abs, why);
         return 1;
     }
@@ -71,7 +72,8 @@ static int recover(const fm_config *cfg)
         return 0;
     }
     if (err.code != FM_ERR_FORMAT) { /* no sign of damage: a full disk, say */
-        fm_log_error("%s; nothing recovered, the journal is as it was", fm_error_text(&err));
+        fm_log_error("%s; nothing recovered, the journal is as it was",
+                     fm_error_text(&err));
         return 1;
     }
     fm_log_warn("%s", fm_error_text(&err));

@@ -773,7 +773,8 @@ static fm_status check_exposure(const fm_config *c, fm_auth_role role, fm_error 
         if (fm_auth_endpoint_is_local(b[i].endpoint))
             continue;
         const char *e = b[i].endpoint;
-        if (strncmp(e, "tcp://", 6) && strncmp(e, "ipc://", 6) && strncmp(e, "inproc://", 9))
+        if (strncmp(e, "tcp://", 6) && strncmp(e, "ipc://", 6) &&
+            strncmp(e, "inproc://", 9))
             return fm_error_set(err, FM_ERR_CONFIG,
                                 "%s %s is not an endpoint facemill binds: tcp://HOST:PORT "
                                 "(tcp://*:PORT for every interface) or ipc://PATH",

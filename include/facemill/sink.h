@@ -98,9 +98,10 @@ int fm_results_full(const fm_results *r);
  * (the image's older content), except that a failure that says nothing of the image
  * (ERROR_IO, a timeout, an internal or quarantined one: not decode, unsupported or
  * limit) never replaces a labelled row: when the source and tag have one under another
- * job id, it is not stored (*inserted 0, *failed 1) and the labels stay. stored_ms is the time to
- * record. *inserted (may be NULL) becomes 1 for a new row, 0 for a duplicate; *failed
- * (may be NULL) says whether the row now stored for that job id is an error result.
+ * job id, it is not stored (*inserted 0, *failed 1) and the labels stay. stored_ms is
+ * the time to record. *inserted (may be NULL) becomes 1 for a new row, 0 for a
+ * duplicate; *failed (may be NULL) says whether the row now stored for that job id is
+ * an error result.
  * Face fields with the wrong number of values (a box that is not 4 numbers, ...) are
  * stored as NULL. The message stays the caller's.
  * Errors: FM_ERR_INVALID (no job id), FM_ERR_IO (SQLite). */
