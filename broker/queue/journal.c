@@ -421,9 +421,19 @@ fm_status fm_journal_recover(const char *path, int fsync_mode, char *aside,
         char from[4096], to[4200];
         snprintf(from, sizeof from, "%s%s", path, suffix[i]);
         snprintf(to, sizeof to, "%s%s", moved, suffix[i]);
-        if (rename(from, to) != 0 && errno != ENOENT)
-            return fm_error_set(err, FM_ERR_IO, "cannot move %s to %s: %s", from, to,
-                                strerror(errno));
+        if (rename(from, to) != 0 && errno != ENOENT) {
+            fm_status st = fm_error_set(err, FM_ERR_IO, "cannot move %s to %s: %s", from,
+                                        to, strerror(errno));
+            for (size_t k = 0; k < i; k++) { /* what moved goes back: as it was */
+                snprintf(from, sizeof from, "%s%s", path, suffix[k]);
+                snprintf(to, sizeof to, "%s%s", moved, suffix[k]);
+                if (rename(to, from) != 0 && errno != ENOENT)
+                    return st; /* aside names where the journal is now */
+            }
+            if (aside_size)
+                aside[0] = '\0';
+            return st;
+        }
         if (i == 0)
             snprintf(aside, aside_size, "%s", moved);
     }
