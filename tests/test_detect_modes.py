@@ -256,6 +256,15 @@ def main():
         check(r.returncode == 2 and "--chips-dir" in r.stderr,
               "--chips-dir without heads is a usage error (%d, %r)" %
               (r.returncode, r.stderr.strip()[-200:]))
+        # times_ms holds the stages that ran: no alignment, backbone or heads without
+        # heads, nor for an image without a face
+        r = records(run([fm, "predict", "-q", "--set", "heads.model=", cpath], timeout=60))
+        r2 = records(run([fm, "predict", "-q", blank], timeout=60))
+        t1 = r[0].get("times_ms") if len(r) == 1 else None
+        t2 = r2[0].get("times_ms") if len(r2) == 1 else None
+        check(t1 is not None and t2 is not None and sorted(t1) == ["decode", "detect"] and
+              sorted(t2) == ["decode", "detect"],
+              "times_ms: only decode and detect ran (%s, %s)" % (t1, t2))
         r = run([fm, "config", "--set", "detect.mode=aligned"], timeout=60)
         check(r.returncode == 0 and "mode: aligned" in r.stdout,
               "facemill config shows detect.mode")

@@ -189,7 +189,10 @@ int main(void)
                               "\"age_mae\"",    "\"age_rmse\"",     "\"gender_acc\"",
                               "\"race_acc\"",   "\"groups\"",       "\"age_bands\"",
                               "\"detected_only\"", "\"skipped_names\":1",
-                              "\"fallback_age\":33.5"};
+                              "\"fallback_age\":33.5",
+                              /* an age band of no image: null figures, not zeros */
+                              "\"n\":0,\"n_detected\":0,\"n_placed\":0,"
+                              "\"detect_rate\":null,\"age_mae\":null"};
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
             CHECK_MSG(strstr(out, keys[i]) != NULL, "%s missing", keys[i]);
         free(out);

@@ -377,6 +377,13 @@ def case_generated(a, browser, tmp):
                             jpeg_size(open(os.path.join(work, s), "rb").read()) == (96, 96)
                             for s in srcs)
     check(ok, "--thumbs: %d thumbnails linked as thumbs/*.jpg, each a 96x96 JPEG" % len(srcs))
+    nested = os.path.join(work, "new", "deeper", "thumbs")
+    p = run([os.path.join(a.bin, "facemill"), "report", db2, "-o",
+             os.path.join(work, "nested.html"), "--thumbs", nested], cwd=work, timeout=300)
+    check(p.returncode == 0 and os.path.isdir(nested) and
+          any(n.endswith(".jpg") for n in os.listdir(nested)),
+          "--thumbs DIR with missing parents: made, thumbnails in it (%s)" %
+          p.stderr.strip()[-300:])
     check(len(d2.faces) <= 2 * 5 * 5 * 2 + 2 + 2 * 5, "--per-cell 2 --extremes 5 bound the "
           "gallery (%d faces)" % len(d2.faces))
     check(os.path.getsize(page2) < 200000, "with --thumbs the page holds no image data "

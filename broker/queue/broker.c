@@ -315,8 +315,8 @@ static fm_status send_quarantine_result(fm_broker *b, bjob *j, fm_error *err)
     r.has_error_code = 1;
     r.error_code = FACEMILL__ERROR_CODE__ERROR_QUARANTINED;
     char text[FM_ERROR_MSG_MAX + 64];
-    snprintf(text, sizeof text, "quarantined after %d attempts: %s", j->failures,
-             j->last_error ? j->last_error : "?");
+    snprintf(text, sizeof text, "quarantined after %d attempt%s: %s", j->failures,
+             j->failures == 1 ? "" : "s", j->last_error ? j->last_error : "?");
     r.error_text = text;
     r.worker = "broker";
     r.has_attempt = 1;
@@ -376,7 +376,8 @@ static fm_status job_fail(fm_broker *b, bjob *j, const char *why, fm_error *err)
         if ((st = fm_journal_quarantine(b->journal, j->id, err)) != FM_OK &&
             (st = journal_failed(b, err)) != FM_OK)
             return st;
-        fm_log_warn("job %s quarantined after %d attempts: %s", j->id, j->failures, why);
+        fm_log_warn("job %s quarantined after %d attempt%s: %s", j->id, j->failures,
+                    j->failures == 1 ? "" : "s", why);
         j->state = JOB_QUARANTINED;
         j->deadline = fm_now_ms() + b->cfg.broker.job_timeout_ms;
         b->st.awaiting_commit++;

@@ -63,16 +63,17 @@ static void json_metrics(fm_json *j, const fm_eval_metrics *m)
     fm_json_int(j, m->n_detected);
     fm_json_key(j, "n_placed");
     fm_json_int(j, m->n_placed);
-    fm_json_key(j, "detect_rate");
-    fm_json_num(j, m->detect_rate, 6);
-    fm_json_key(j, "age_mae");
-    fm_json_num(j, m->age_mae, 6);
-    fm_json_key(j, "age_rmse");
-    fm_json_num(j, m->age_rmse, 6);
-    fm_json_key(j, "gender_acc");
-    fm_json_num(j, m->gender_acc, 6);
-    fm_json_key(j, "race_acc");
-    fm_json_num(j, m->race_acc, 6);
+    /* of no image there is no figure: null, not a 0 that reads as perfect or hopeless */
+    const char *keys[] = {"detect_rate", "age_mae", "age_rmse", "gender_acc", "race_acc"};
+    const double v[] = {m->detect_rate, m->age_mae, m->age_rmse, m->gender_acc,
+                        m->race_acc};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        fm_json_key(j, keys[i]);
+        if (m->n > 0)
+            fm_json_num(j, v[i], 6);
+        else
+            fm_json_null(j);
+    }
 }
 
 static void json_ci(fm_json *j, const char *key, fm_eval_ci c)
@@ -226,6 +227,11 @@ static void print_json(const fm_eval_report *r, const extras *x)
 
 static void group_row(const char *name, const fm_eval_metrics *m)
 {
+    if (m->n == 0) { /* no image of it: no figures ("-"), not zeros */
+        printf("| %-16s | %5d | %7s | %7s | %8s | %7s | %10s |\n", name, 0, "-", "-", "-",
+               "-", "-");
+        return;
+    }
     printf("| %-16s | %5d | %6.2f%% | %7.2f | %8.2f | %6.2f%% | %9.2f%% |\n", name, m->n,
            100 * m->detect_rate, m->age_mae, m->age_rmse, 100 * m->gender_acc,
            100 * m->race_acc);

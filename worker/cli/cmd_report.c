@@ -37,8 +37,8 @@ int fm_cmd_report(int argc, char **argv)
         CLI_PATH("--output", 'o', "PAGE", &o.out_path,
                  "the page to write (required; replaced when complete)"),
         CLI_PATH("--thumbs", 0, "DIR", &o.thumbs_dir,
-                 "write thumbnails as JPEG files into DIR (linked from the page) instead "
-                 "of inlining them"),
+                 "write thumbnails as JPEG files into DIR (linked from the page; made "
+                 "when missing) instead of inlining them"),
         CLI_PATH("--root", 0, "DIR", &o.root,
                  "resolve relative sources against DIR (default: the current directory, "
                  "as `facemill label` saw them)"),

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -32,8 +33,12 @@ void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r
     fm_result_json_begin(j, &im);
     if (ok) {
         static const char *const stages[5] = {"decode", "detect", "align", "embed", "heads"};
-        const double ms[5] = {r->times.decode_ms, r->times.detect_ms, r->times.align_ms,
-                              r->times.embed_ms, r->times.heads_ms};
+        int attrs = 0; /* the stages that ran: alignment and the rest for attributes */
+        for (int i = 0; i < r->n_faces; i++)
+            attrs |= r->faces[i].has_attrs;
+        const double ms[5] = {r->times.decode_ms, r->times.detect_ms,
+                              attrs ? r->times.align_ms : NAN,
+                              attrs ? r->times.embed_ms : NAN, attrs ? r->times.heads_ms : NAN};
         fm_result_json_times(j, stages, ms, 5);
     }
     fm_result_json_faces(j);

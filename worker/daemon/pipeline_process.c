@@ -178,9 +178,10 @@ static fm_status compute_open(compute *c, const fm_config *cfg, int cap, int dec
     }
     if ((st = fm_pipeline_open(&c->pipeline, cfg, &popts, err)) != FM_OK)
         goto fail;
-    snprintf(c->model, sizeof c->model, "mtcnn + %s%s",
-             fm_pipeline_backbone_identity(c->pipeline),
-             fm_pipeline_heads(c->pipeline) ? " + heads" : "");
+    /* "mtcnn + BACKBONE + heads"; without heads no backbone runs: "mtcnn" */
+    const char *backbone = fm_pipeline_backbone_identity(c->pipeline);
+    snprintf(c->model, sizeof c->model, "mtcnn%s%s%s", backbone && backbone[0] ? " + " : "",
+             backbone ? backbone : "", fm_pipeline_heads(c->pipeline) ? " + heads" : "");
     return FM_OK;
 fail:
     compute_close(c);
@@ -469,12 +470,18 @@ static void put_image(compute *c, int i, const Facemill__Job *job, const fm_imag
     r->n_faces = (size_t)nf;
     for (int f = 0; f < nf; f++)
         put_face(c, first + (size_t)f, &ir->faces[f]);
+    /* the stages that ran (proto/RESULTS.md): alignment, the backbone and the heads
+     * for faces given attributes */
+    int attrs = 0;
+    for (int f = 0; f < ir->n_faces; f++)
+        attrs |= ir->faces[f].has_attrs;
     Facemill__StageTimes *t = r->times;
-    t->has_decode_ms = t->has_detect_ms = t->has_align_ms = 1;
+    t->has_decode_ms = t->has_detect_ms = 1;
+    t->has_align_ms = attrs;
     t->decode_ms = (float)ir->times.decode_ms;
     t->detect_ms = (float)ir->times.detect_ms;
     t->align_ms = (float)ir->times.align_ms;
-    t->has_embed_ms = t->has_heads_ms = 1;
+    t->has_embed_ms = t->has_heads_ms = attrs;
     t->embed_ms = (float)ir->times.embed_ms;
     t->heads_ms = (float)ir->times.heads_ms;
 }
