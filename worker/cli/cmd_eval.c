@@ -680,8 +680,10 @@ int fm_cmd_eval(int argc, char **argv)
                 "the seed of --sample (default 1)"),
         CLI_PATH("--save-results", 0, "FILE", &save,
                  "write one JSON line per image to FILE: file, true_age, true_gender, "
-                 "true_race, face (true/false), age, age_std, gender, race, gender_probs "
-                 "{male, female}, race_probs {White, ...} (predictions null without a face)"),
+                 "true_race, face (true/false: the detector's), placed (true: taken as a "
+                 "cropped face, detect.fallback), age, age_std, gender, race, gender_probs "
+                 "{male, female}, race_probs {White, ...} (predictions null when the "
+                 "image has neither)"),
         CLI_PATH("--compare", 0, "FILE", &compare,
                  "compare with another run saved by --save-results on the same images "
                  "(matched by file name): this run minus it for each figure with a 95% "
