@@ -16,7 +16,9 @@ For every command `facemill --help` lists, and every sub-command its help names
     what it accepts;
   - a --set of an unknown key, without '=', or of a value of the wrong type exits 2
     with a line naming it;
-and the options the commands took before their parser was shared still exist.
+and the options the commands took before their parser was shared still exist;
+`facemill --version` and `facemill help COMMAND`; the daemons' --version and their
+bad arguments, each named in one line.
 Nothing runs for real: every command line here fails before a command starts its
 work (or prints its help). Exit status: 0 pass, 1 fail.
 """
@@ -311,6 +313,49 @@ def check_examples(r):
         check(code == want and needle in err,
               "%s: exit %d with '%s' (exit %d: %s)" % (show(args), want, needle, code,
                                                        err.strip()[:300]))
+    code, out, err = r.run(["--version"])
+    check(code == 0 and re.fullmatch(r"facemill \d+\.\d+\.\d+\n", out),
+          "facemill --version prints the version (%d: %r)" % (code, out))
+    code, out, err = r.run(["help", "keygen"])
+    code2, out2, _ = r.run(["keygen", "--help"])
+    check(code == 0 and out == out2 and out.startswith("usage: facemill keygen"),
+          "facemill help keygen prints keygen's help (%d)" % code)
+
+
+def check_daemons(bindir, cwd):
+    """The daemons' own arguments: --version, and a bad argument named in one line
+    before the usage, exit 2."""
+    cases = [
+        (["facemill-broker", "--bogus"], "facemill-broker: unknown argument '--bogus'"),
+        (["facemill-worker", "--bogus"], "facemill-worker: unknown argument '--bogus'"),
+        (["facemill-worker", "--processes", "abc"], "not 'abc'"),
+        (["facemill-worker", "--processes"], "--processes needs a number"),
+        (["facemill-sink", "--db", ""], "--db needs a database path, not an empty one"),
+        (["facemill-sink", "--db"], "--db needs a database path"),
+        (["facemill-bench-detect", "--repeat", "abc"], "--repeat needs a whole number"),
+        (["facemill-bench-detect", "--pad", "2"], "--pad needs a number from 0 to 1"),
+    ]
+    for args, needle in cases:
+        p = subprocess.run([os.path.join(bindir, args[0])] + args[1:], cwd=cwd,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        first = p.stderr.splitlines()[0] if p.stderr else ""
+        check(p.returncode == 2 and needle in first,
+              "%s: exit 2, first line '%s' (exit %d: %s)" % (show(args), needle,
+                                                              p.returncode, first))
+    for prog in ("facemill-broker", "facemill-sink", "facemill-worker"):
+        p = subprocess.run([os.path.join(bindir, prog), "--version"], cwd=cwd,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        check(p.returncode == 0 and re.fullmatch(prog + r" \d+\.\d+\.\d+\n", p.stdout),
+              "%s --version (%d: %r)" % (prog, p.returncode, p.stdout))
+    # an endpoint that is no tcp:// or ipc:// is said so, not "reached from other
+    # machines"
+    p = subprocess.run([os.path.join(bindir, "facemill-broker"), "--set",
+                        "broker.clients=garbage://x", "--set",
+                        "broker.journal=" + os.path.join(cwd, "j.db")], cwd=cwd,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    check(p.returncode != 0 and "is not an endpoint facemill binds" in p.stderr,
+          "a garbage endpoint is named as such (%d: %s)" % (p.returncode,
+                                                            p.stderr.strip()[-200:]))
 
 
 def main():
@@ -339,6 +384,7 @@ def main():
             check_numbers(r, cmd, opts, n)
             check_sets(r, cmd, n)
         check_examples(r)
+        check_daemons(os.path.dirname(prog), cwd)
     print("cli: %d passed, %d failed" % (passed, len(failures)))
     return 1 if failures else 0
 

@@ -608,6 +608,24 @@ def case_reruns(fm, tmp):
           os.path.join(deep, "Phone", "p1.jpg") in rows,
           "a linked folder is labelled, a link back up is not followed (%d, %s: %s)" %
           (p.returncode, sorted(rows), p.stderr[-300:]))
+    # --by-path: a file rewritten since is labelled again (its id covers size and time)
+    bp = os.path.join(base, "bypath")
+    os.makedirs(bp)
+    write_jpeg(os.path.join(bp, "a.jpg"), 42)
+    bdb = os.path.join(base, "bypath.db")
+    bargs = ["--by-path", bp, "-o", bdb, "-j", "1", "--progress", "none", "--worker-arg",
+             "--decode-only"]
+    p = label_as(None, fm, bargs, base, env)
+    Image.fromarray(np.full((64, 80, 3), 30, np.uint8)).save(os.path.join(bp, "a.jpg"),
+                                                             quality=90)
+    p = label_as(None, fm, bargs, base, env)
+    out = subprocess.run([fm, "export", bdb], env=env, capture_output=True, text=True,
+                         timeout=120).stdout.splitlines()
+    sizes = [(o["width"], o["height"]) for o in map(json.loads, out)]
+    check(p.returncode == 0 and "1 committed, 0 already stored" in p.stderr and
+          sizes == [(80, 64)],
+          "--by-path: a rewritten file is labelled again, one row (%d, %s: %s)" %
+          (p.returncode, sizes, p.stderr[-300:]))
     # --all with the database in the folder labelled: the database is no input
     own = os.path.join(base, "own")
     os.makedirs(own)
