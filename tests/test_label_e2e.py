@@ -292,6 +292,12 @@ def export_rows(fm, db, env):
     return {o["source"]: o["error"] for o in rows}, len(rows)
 
 
+def decode_only(*args):
+    """`facemill label` arguments for one decode-only worker process (no models), no
+    progress."""
+    return list(args) + ["-j", "1", "--progress", "none", "--worker-arg", "--decode-only"]
+
+
 def write_jpeg(path, seed):
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
@@ -512,8 +518,7 @@ def case_reruns(fm, tmp):
     write_jpeg(os.path.join(photos, "a.jpg"), 21)
     Image.fromarray(np.full((30, 20, 3), 90, np.uint8)).save(os.path.join(photos, "b.png"))
     db = os.path.join(base, "r.db")
-    args = [photos, "-o", db, "-j", "1", "--progress", "none", "--worker-arg",
-            "--decode-only"]
+    args = decode_only(photos, "-o", db)
     p = label_as(None, fm, args + ["--set", "decode.formats=jpeg"], base, env)
     rows, n = export_rows(fm, db, env)
     png = os.path.join(photos, "b.png")
@@ -578,8 +583,7 @@ def case_reruns(fm, tmp):
         hard.type, hard.linkname = tarfile.LNKTYPE, "inner/m3.jpg"
         t.addfile(hard)
     adb = os.path.join(base, "album.db")
-    aargs = [deep, "-o", adb, "-j", "1", "--progress", "none", "--worker-arg",
-             "--decode-only"]
+    aargs = decode_only(deep, "-o", adb)
     p = label_as(None, fm, aargs, base, env)
     rows, n = export_rows(fm, adb, env)
     want = {os.path.join(deep, "loose.jpg"), os.path.join(deep, "2019", "pics.zip:m1.jpg"),
@@ -613,8 +617,7 @@ def case_reruns(fm, tmp):
     os.makedirs(bp)
     write_jpeg(os.path.join(bp, "a.jpg"), 42)
     bdb = os.path.join(base, "bypath.db")
-    bargs = ["--by-path", bp, "-o", bdb, "-j", "1", "--progress", "none", "--worker-arg",
-             "--decode-only"]
+    bargs = decode_only("--by-path", bp, "-o", bdb)
     p = label_as(None, fm, bargs, base, env)
     Image.fromarray(np.full((64, 80, 3), 30, np.uint8)).save(os.path.join(bp, "a.jpg"),
                                                              quality=90)
@@ -631,8 +634,7 @@ def case_reruns(fm, tmp):
     os.makedirs(own)
     write_jpeg(os.path.join(own, "o.jpg"), 41)
     odb = os.path.join(own, "labels.db")
-    oargs = ["--all", own, "-o", odb, "-j", "1", "--progress", "none", "--worker-arg",
-             "--decode-only"]
+    oargs = decode_only("--all", own, "-o", odb)
     for k in range(2):
         p = label_as(None, fm, oargs, base, env)
         rows, n = export_rows(fm, odb, env)

@@ -108,7 +108,7 @@ def main():
             elif folder is None:
                 problems.append("%s: a public header includes a private one (%s)" %
                                 (rel, target))
-            elif not os.path.isfile(os.path.join(src, folder, target)):
+            elif "/" in target or not os.path.isfile(os.path.join(src, folder, target)):
                 problems.append("%s includes %s, which is not in its own folder" %
                                 (rel, target))
     for p in problems:

@@ -2,6 +2,7 @@
  * a results database (include/facemill/report.h makes it; this file reads the
  * command line and prints what was made). */
 #include "cli_opts.h"
+#include "cmd_util.h"
 #include "commands.h"
 #include "facemill/config.h"
 #include "facemill/report.h"
@@ -66,6 +67,9 @@ int fm_cmd_report(int argc, char **argv)
     o.max_pixels = c.decode.max_pixels;
     fm_report_stats s;
     fm_error err = {0};
+    /* --thumbs DIR with its missing parents, as --draw-dir (the report makes DIR alone) */
+    if (o.thumbs_dir && fm_cmd_make_dirs(o.thumbs_dir, &err) != FM_OK)
+        return cli_fail(&cmd, "--thumbs: %s", fm_error_text(&err));
     if (fm_report_write(&o, &s, &err) != FM_OK)
         return cli_fail(&cmd, "%s", fm_error_text(&err));
     fprintf(stderr,

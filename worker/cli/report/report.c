@@ -9,7 +9,6 @@
  */
 #define _XOPEN_SOURCE 700
 #include "report-impl.h"
-#include "../cmd_util.h"
 
 #include "facemill/clock.h"
 #include "facemill/sink.h"
@@ -141,10 +140,9 @@ static fm_status write_thumbs(const fm_report_opts *o, rep_face **v, size_t n, r
     char *pd = dir_of(o->out_path);
     if (!pd)
         return fm_error_set(err, FM_ERR_NOMEM, "report: out of memory");
-    fm_status made = fm_cmd_make_dirs(o->thumbs_dir, err); /* with its parents */
-    if (made != FM_OK) {
+    if (mkdir(o->thumbs_dir, 0777) != 0 && errno != EEXIST) {
         free(pd);
-        return made;
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", o->thumbs_dir, strerror(errno));
     }
     int ok = realpath(pd, page_dir) && realpath(o->thumbs_dir, thumbs);
     free(pd);
