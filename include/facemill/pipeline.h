@@ -97,6 +97,10 @@ typedef struct fm_image_result {
                               (times fm_pipeline_chip_flop: its embedding work) */
 } fm_image_result;
 
+/* 1 when a face of r has attributes: alignment, the backbone and the heads ran for
+ * this image (their times then count; results show only the stages that ran). */
+int fm_image_result_attributed(const fm_image_result *r);
+
 /* Opens everything the configuration names: the detector (models.dir, detect.*,
  * detect.pad), the backbone (embed.backbone, embed.batch), the heads (heads.model,
  * unless empty or opts->no_heads) and a decoder (decode.*). Checks that the heads

@@ -33,9 +33,7 @@ void fm_cmd_json_result(fm_json *j, const char *source, const fm_image_result *r
     fm_result_json_begin(j, &im);
     if (ok) {
         static const char *const stages[5] = {"decode", "detect", "align", "embed", "heads"};
-        int attrs = 0; /* the stages that ran: alignment and the rest for attributes */
-        for (int i = 0; i < r->n_faces; i++)
-            attrs |= r->faces[i].has_attrs;
+        int attrs = fm_image_result_attributed(r); /* the stages that ran */
         const double ms[5] = {r->times.decode_ms, r->times.detect_ms,
                               attrs ? r->times.align_ms : NAN,
                               attrs ? r->times.embed_ms : NAN, attrs ? r->times.heads_ms : NAN};

@@ -470,11 +470,8 @@ static void put_image(compute *c, int i, const Facemill__Job *job, const fm_imag
     r->n_faces = (size_t)nf;
     for (int f = 0; f < nf; f++)
         put_face(c, first + (size_t)f, &ir->faces[f]);
-    /* the stages that ran (proto/RESULTS.md): alignment, the backbone and the heads
-     * for faces given attributes */
-    int attrs = 0;
-    for (int f = 0; f < ir->n_faces; f++)
-        attrs |= ir->faces[f].has_attrs;
+    /* the stages that ran (proto/RESULTS.md) */
+    int attrs = fm_image_result_attributed(ir);
     Facemill__StageTimes *t = r->times;
     t->has_decode_ms = t->has_detect_ms = 1;
     t->has_align_ms = attrs;

@@ -819,3 +819,11 @@ fm_status fm_pipeline_run(fm_pipeline *p, const fm_pipeline_input *in, int n,
     }
     return FM_OK;
 }
+
+int fm_image_result_attributed(const fm_image_result *r)
+{
+    for (int i = 0; i < r->n_faces; i++)
+        if (r->faces[i].has_attrs)
+            return 1;
+    return 0;
+}
