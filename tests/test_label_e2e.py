@@ -629,6 +629,20 @@ def case_reruns(fm, tmp):
           sizes == [(80, 64)],
           "--by-path: a rewritten file is labelled again, one row (%d, %s: %s)" %
           (p.returncode, sizes, p.stderr[-300:]))
+    # an image named twice (a file besides its folder, a folder twice, an archive
+    # twice, a path listed twice on stdin) is one job: the summary counts it once and
+    # says how many names were repeated, and the run ends (before: the repeats were
+    # counted as images, "3/7 done")
+    rdb = os.path.join(base, "repeat.db")
+    zp = os.path.join(deep, "2019", "pics.zip")
+    rargs = decode_only(bp, os.path.join(bp, "a.jpg"), bp, zp, zp, "-", "-o", rdb)
+    listed = os.path.join(base, "m1.jpg")
+    p = label_as(None, fm, rargs, base, env, stdin="%s\n%s\n" % (listed, listed))
+    rows, n = export_rows(fm, rdb, env)
+    check(p.returncode == 0 and "5 images: 5 committed, 0 already stored, 0 failed" in
+          p.stderr and "6 repeated names in the inputs" in p.stderr and n == 5,
+          "repeated inputs are labelled once and counted once (%d, %d rows: %s)" %
+          (p.returncode, n, p.stderr[-400:]))
     # --all with the database in the folder labelled: the database is no input
     own = os.path.join(base, "own")
     os.makedirs(own)

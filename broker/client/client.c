@@ -1268,6 +1268,33 @@ fail:
     return NULL;
 }
 
+/* Drops the items whose path an earlier item has (an INPUT given twice, a file given
+ * besides its folder, a path listed twice on stdin): each name is one job and one
+ * row, so a repeat would be counted as an image and never answered. Keeps the first
+ * of each, in order; *repeated counts the images dropped (an archive's members). */
+static fm_status drop_repeats(item_list *items, int64_t *repeated, fm_error *err)
+{
+    id_set seen = {0};
+    size_t kept = 0;
+    fm_status st = FM_OK;
+    for (size_t i = 0; i < items->n; i++) {
+        item *it = &items->v[i];
+        int added = st == FM_OK ? set_add(&seen, it->path) : 1;
+        if (added < 0)
+            st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing inputs");
+        if (added == 0) {
+            *repeated += it->archive ? it->members : 1;
+            free(it->path);
+            free(it->why);
+            continue;
+        }
+        items->v[kept++] = *it;
+    }
+    items->n = kept;
+    set_free(&seen);
+    return st;
+}
+
 fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
                            fm_client_summary *sum, fm_error *err)
 {
@@ -1298,6 +1325,8 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
             goto done;
     sum->folders_skipped = sc.folders_skipped;
     r.rd.links = &sum->archive_links;
+    if ((st = drop_repeats(&items, &sum->repeated, err)) != FM_OK)
+        goto done;
     for (size_t i = 0; i < items.n; i++)
         sum->total += items.v[i].archive ? items.v[i].members : 1;
 

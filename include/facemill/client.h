@@ -103,6 +103,9 @@ typedef struct fm_client_summary {
     int64_t folders_skipped; /* folders not walked: unreadable, or nested too deep */
     int64_t archive_links;   /* image members of archives that are hard or symbolic
                                 links: their targets are labelled, not they */
+    int64_t repeated;        /* images named again by the inputs (the same path twice:
+                                an INPUT repeated, a file besides its folder): sent
+                                once, and not in total */
 } fm_client_summary;
 
 /* Sets the client fields of opts from c (chunk, chunk_bytes, retry_ms, progress_ms,

@@ -129,6 +129,10 @@ static void print_summary(const char *what, const fm_client_summary *s, fm_statu
             "%s: %lld images: %lld committed, %lld already stored, %lld failed%s%s\n", what,
             (long long)s->total, (long long)s->committed, (long long)s->skipped,
             (long long)s->failed, folders, st == FM_OK ? "" : " (run not finished)");
+    if (s->repeated)
+        fprintf(stderr, "%s: %lld repeated name%s in the inputs (an image named twice is "
+                        "labelled once)\n",
+                what, (long long)s->repeated, s->repeated == 1 ? "" : "s");
     if (s->slow_downs)
         fprintf(stderr, "%s: the broker asked to slow down %lld times\n", what,
                 (long long)s->slow_downs);
@@ -222,6 +226,9 @@ int fm_cmd_submit(int argc, char **argv)
     if (st != FM_OK)
         fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
     print_summary("facemill submit", &sum, st);
+    if (st == FM_ERR_INTERRUPTED)
+        fprintf(stderr, "facemill submit: the broker goes on with the jobs it took; "
+                        "submitting again with this tag counts them as already stored\n");
     fm_auth_close(&auth);
     return exit_code(st, &sum);
 }
@@ -704,6 +711,11 @@ static int submit_inputs(label_run *r, const fm_config *cfg, const input_opts *x
     if (st != FM_OK)
         fprintf(stderr, "facemill label: %s\n", fm_error_text(&err));
     print_summary("facemill label", &sum, st);
+    /* the workers finish the images they hold while everything stops, and the sink
+     * stores them after the count above was taken */
+    if (st == FM_ERR_INTERRUPTED)
+        fprintf(stderr, "facemill label: images being labelled when it stopped may be "
+                        "stored as well; the next run counts them as already stored\n");
     return exit_code(st, &sum);
 }
 
