@@ -50,6 +50,7 @@ Usage: test_label_e2e.py --bin BIN --src SRC [--only hard_inputs]
 Exit 0 pass, 1 fail.
 """
 import csv
+import glob
 import io
 import json
 import os
@@ -643,6 +644,22 @@ def case_reruns(fm, tmp):
           p.stderr and "6 repeated names in the inputs" in p.stderr and n == 5,
           "repeated inputs are labelled once and counted once (%d, %d rows: %s)" %
           (p.returncode, n, p.stderr[-400:]))
+    # the run directory (sockets, the broker's journal) goes in $TMPDIR, and is
+    # removed at the end
+    tmpd = os.path.join(base, "tmpdir")
+    os.makedirs(tmpd)
+    tenv = dict(env, TMPDIR=tmpd)
+    lab = subprocess.Popen([fm, "label", "-"] + decode_only("-o", os.path.join(base, "t.db")),
+                           cwd=base, env=tenv, stdin=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not glob.glob(tmpd + "/facemill-label.*/pid"):
+        time.sleep(0.05)
+    made = glob.glob(tmpd + "/facemill-label.*/pid")
+    _, err = lab.communicate(listed + "\n", timeout=120)
+    check(made and lab.returncode == 0 and "1 committed" in err and not os.listdir(tmpd),
+          "label's run directory is made in $TMPDIR and removed at the end (%s, %s: %s)" %
+          (made, os.listdir(tmpd), err[-300:]))
     # --all with the database in the folder labelled: the database is no input
     own = os.path.join(base, "own")
     os.makedirs(own)

@@ -957,7 +957,9 @@ def case_label_orphans(c, a):
             if alive(d):
                 os.kill(d, signal.SIGKILL)
         # the run directory a killed label leaves (the next label run would remove it)
-        for f in glob.glob("/tmp/facemill-label.*/pid"):
+        tmp = os.environ.get("TMPDIR", "")
+        bases = {"/tmp", tmp} if tmp.startswith("/") else {"/tmp"}
+        for f in [f for b in bases for f in glob.glob(b + "/facemill-label.*/pid")]:
             try:
                 with open(f) as fh:
                     mine = fh.read().strip() == str(p.pid)

@@ -414,12 +414,30 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
     return 0;
 }
 
+/* Longest folder a run directory goes in: its sockets' paths (FOLDER/facemill-label.
+ * XXXXXX/workers) must fit a Unix socket address, 107 bytes. */
+#define RUN_BASE_MAX 72
+
+/* Where the run directory goes: $TMPDIR when it names an absolute folder short enough
+ * for the sockets, /tmp otherwise. */
+static const char *run_base(void)
+{
+    const char *t = getenv("TMPDIR");
+    struct stat st;
+    if (t && t[0] == '/' && strlen(t) <= RUN_BASE_MAX && stat(t, &st) == 0 &&
+        S_ISDIR(st.st_mode))
+        return t;
+    return "/tmp";
+}
+
 /* Removes the run directories of label processes that died without cleaning up
  * (kill -9, power loss): those whose "pid" file names no living process. */
-static void remove_stale_run_dirs(void)
+static void remove_stale_run_dirs(const char *base)
 {
     glob_t g;
-    if (glob("/tmp/facemill-label.*/pid", 0, NULL, &g) != 0)
+    char pattern[RUN_BASE_MAX + 32];
+    snprintf(pattern, sizeof pattern, "%s/facemill-label.*/pid", base);
+    if (glob(pattern, 0, NULL, &g) != 0)
         return;
     for (size_t i = 0; i < g.gl_pathc; i++) {
         FILE *f = fopen(g.gl_pathv[i], "r");
@@ -562,7 +580,8 @@ static fm_status check_models(const fm_config *cfg, const arg_list *extra, fm_er
 /* One run of `facemill label`: its directory, the services in this process and the
  * worker program. */
 typedef struct label_run {
-    char dir[32];             /* ipc sockets, the broker's journal, the workers' config */
+    char dir[RUN_BASE_MAX + 24]; /* ipc sockets, the broker's journal, the workers'
+                                    config: in $TMPDIR or /tmp (run_base) */
     void *zctx;
     service_thread broker, sink;
     worker_child worker;
@@ -573,11 +592,13 @@ typedef struct label_run {
  * configuration moves the services there. */
 static fm_status make_run_dir(label_run *r, fm_config *cfg, fm_error *err)
 {
-    remove_stale_run_dirs();
-    snprintf(r->dir, sizeof r->dir, "/tmp/facemill-label.XXXXXX");
+    const char *base = run_base();
+    remove_stale_run_dirs(base);
+    snprintf(r->dir, sizeof r->dir, "%s/facemill-label.XXXXXX", base);
     if (!mkdtemp(r->dir)) {
         r->dir[0] = '\0';
-        return fm_error_set(err, FM_ERR_IO, "mkdtemp: %s", strerror(errno));
+        return fm_error_set(err, FM_ERR_IO, "cannot make a run directory in %s: %s", base,
+                            strerror(errno));
     }
     char pidfile[sizeof r->dir + 8];
     snprintf(pidfile, sizeof pidfile, "%s/pid", r->dir);
