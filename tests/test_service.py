@@ -415,8 +415,15 @@ def kill_case(c, a, victim):
     else:
         c.kill9(sink)
         mid_run(c, n, "killed the sink (-9)")
-        time.sleep(1.0)  # down for a moment, then back on its database
+        # down for ten heartbeats (2 s here): status says the sink is silent, then
+        # back on its database
+        wait_until(lambda: "is facemill-sink running" in broker_status(c), 30,
+                   "status to say the killed sink is silent")
+        check(True, "status while the sink is down: %s" %
+              [ln for ln in broker_status(c).splitlines() if ln.startswith("sink:")])
         c.sink()
+        wait_until(lambda: re.search(r"^sink: +heard \d+\.\d s ago$", broker_status(c), re.M),
+                   30, "status to say the restarted sink is heard")
     rc = finish_submit(c, p, 600)
     check(rc == 0, "submit exits 0 (got %d)" % rc)
     # Re-dispatched jobs may still be running: once none is left, none added a row.

@@ -1489,6 +1489,14 @@ static void print_status(FILE *out, const Facemill__StatusReply *s)
     if (s->journal_disk_full)
         fprintf(out, "disk full:  the broker's journal (broker.journal): submits wait, "
                 "commits are kept in memory until space returns\n");
+    const char *why = ": is facemill-sink running, and does its sink.commits reach this "
+                      "broker? nothing is stored meanwhile";
+    if (s->has_sink_last_seen_ms)
+        fprintf(out, "sink:       heard %.1f s ago%s\n", (double)s->sink_last_seen_ms / 1000.0,
+                s->sink_silent ? why : "");
+    else
+        fprintf(out, "sink:       not heard since the broker started%s\n",
+                s->sink_silent ? why : "");
     if (s->sink_disk_full)
         fprintf(out, "disk full:  the sink's results database (sink.db): results are "
                 "stored again once space returns\n");

@@ -1068,6 +1068,14 @@ static fm_status status_fill(fm_broker *b, const char *tag, Facemill__StatusRepl
     r.has_sink_disk_full = r.sink_disk_full = b->sink_disk_full;
     int64_t now = fm_now_ms();
     r.uptime_ms = (uint64_t)(now - b->started);
+    if (b->sink_seen > 0) {
+        r.has_sink_last_seen_ms = 1;
+        r.sink_last_seen_ms = (uint64_t)(now > b->sink_seen ? now - b->sink_seen : 0);
+    }
+    /* the sink heartbeats every broker.heartbeat_ms */
+    const int64_t silent_ms = 10 * (int64_t)b->cfg.broker.heartbeat_ms;
+    r.has_sink_silent = 1;
+    r.sink_silent = (b->sink_seen > 0 ? now - b->sink_seen : now - b->started) > silent_ms;
     Facemill__WorkerInfo *wi = calloc(b->nworkers ? b->nworkers : 1, sizeof *wi);
     Facemill__WorkerInfo **wp = calloc(b->nworkers ? b->nworkers : 1, sizeof *wp);
     if (!wi || !wp) {
