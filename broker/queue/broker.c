@@ -100,6 +100,7 @@ struct fm_broker {
     void *ctx;
     int own_ctx;
     void *clients, *workers, *commits, *sink;
+    fm_auth_refusals *refused[3]; /* handshakes the three server sockets refuse */
     fm_auth *auth; /* CURVE keys and the ZAP handler, or plain sockets */
     fm_journal *journal;
     bjob **buckets;
@@ -1480,6 +1481,8 @@ static fm_status tick(fm_broker *b, fm_error *err)
 {
     int64_t now = fm_now_ms();
     fm_status st;
+    for (size_t i = 0; i < 3; i++)
+        fm_auth_refusals_poll(b->refused[i]);
     /* Heartbeats out; silent workers expire. */
     Facemill__Envelope env;
     Facemill__Heartbeat hb;
@@ -1658,6 +1661,9 @@ fm_status fm_broker_open(fm_broker **out, const fm_config *c, void *zmq_ctx,
     if (fm_auth_curve(b->auth))
         fm_log_info("CurveZMQ on every socket: each admits the keys of its own allowlist "
                     "(security.clients_dir, workers_dir, sink_dir)");
+    b->refused[0] = fm_auth_refusals_open(b->auth, b->ctx, b->clients, "broker.clients");
+    b->refused[1] = fm_auth_refusals_open(b->auth, b->ctx, b->workers, "broker.workers");
+    b->refused[2] = fm_auth_refusals_open(b->auth, b->ctx, b->commits, "sink.commits");
     *out = b;
     return FM_OK;
 fail:
@@ -1818,6 +1824,8 @@ void fm_broker_close(fm_broker **bp)
         return;
     fm_broker *b = *bp;
     void *socks[] = {b->clients, b->workers, b->commits, b->sink};
+    for (size_t i = 0; i < 3; i++)
+        fm_auth_refusals_close(&b->refused[i], socks[i]);
     for (size_t i = 0; i < 4; i++)
         if (socks[i])
             zmq_close(socks[i]);

@@ -58,6 +58,7 @@ typedef struct pending {
 
 struct fm_sink {
     void *pull;
+    fm_auth_refusals *refused; /* handshakes pull refuses before the ZAP handler */
     void *dealer; /* NULL when commits go nowhere */
     const struct fm_auth *auth; /* keys, for the messages of live connections */
     fm_results *db;
@@ -143,6 +144,7 @@ fm_status fm_sink_open(fm_sink **out, void *zctx, const fm_sink_opts *o, fm_erro
                           zmq_strerror(zmq_errno()));
         goto fail;
     }
+    s->refused = fm_auth_refusals_open(o->auth, zctx, s->pull, "sink.results");
     if (o->commits && o->commits[0]) {
         s->dealer = zmq_socket(zctx, ZMQ_DEALER);
         if (!s->dealer || fm_wire_setup(s->dealer, o->max_msg_size, 2000, err) != FM_OK ||
@@ -169,6 +171,7 @@ void fm_sink_close(fm_sink **sp)
         fm_results_rollback(s->db);
     clear_pending(s);
     free(s->pend);
+    fm_auth_refusals_close(&s->refused, s->pull);
     if (s->pull)
         zmq_close(s->pull);
     if (s->dealer)
@@ -278,6 +281,7 @@ static void finish_batch(fm_sink *s)
 
 static void heartbeat(fm_sink *s)
 {
+    fm_auth_refusals_poll(s->refused);
     Facemill__Heartbeat hb = FACEMILL__HEARTBEAT__INIT;
     hb.has_interval_ms = 1;
     hb.interval_ms = (uint32_t)s->heartbeat_ms;

@@ -1038,6 +1038,82 @@ int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size)
     return failed;
 }
 
+/* ---- refused handshakes on a server socket ------------------------------------ */
+
+struct fm_auth_refusals {
+    void *mon;             /* fm_auth_watch's PAIR */
+    char what[48];         /* "workers": the socket, for the log */
+    int64_t next_log;      /* fm_now_ms() from which the counts are logged again */
+    long plain, crypto, other; /* failures since the last log line */
+};
+
+fm_auth_refusals *fm_auth_refusals_open(const fm_auth *a, void *ctx, void *sock,
+                                        const char *what)
+{
+    if (!fm_auth_curve(a))
+        return NULL;
+    fm_auth_refusals *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    if (!(r->mon = fm_auth_watch(ctx, sock))) {
+        free(r);
+        return NULL;
+    }
+    snprintf(r->what, sizeof r->what, "%s", what);
+    return r;
+}
+
+void fm_auth_refusals_poll(fm_auth_refusals *r)
+{
+    if (!r)
+        return;
+    for (;;) {
+        uint8_t ev[6];
+        char ep[256];
+        int n = zmq_recv(r->mon, ev, sizeof ev, ZMQ_DONTWAIT);
+        if (n < 0)
+            break;
+        zmq_recv(r->mon, ep, sizeof ep, ZMQ_DONTWAIT); /* the endpoint: a second frame */
+        if (n != 6)
+            continue;
+        uint16_t id;
+        uint32_t value;
+        memcpy(&id, ev, 2);
+        memcpy(&value, ev + 2, 4);
+        if (id != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            continue; /* a key the ZAP handler refused: it logged that, naming the key */
+        if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+            r->plain++;
+        else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
+            r->crypto++;
+        else
+            r->other++;
+    }
+    const long total = r->plain + r->crypto + r->other;
+    const int64_t now = (int64_t)fm_now_ms();
+    if (!total || now < r->next_log)
+        return;
+    /* the first at once, then at most one line a minute: a scanner or a misconfigured
+     * peer retrying every second must not flood the log */
+    fm_log_warn("refused %ld connection%s on the %s socket%s: %ld without CurveZMQ keys "
+                "(a peer without security.cert), %ld whose CurveZMQ handshake failed (a "
+                "peer holding another server key), %ld other handshake errors (ZeroMQ "
+                "does not report their addresses)",
+                total, total == 1 ? "" : "s", r->what,
+                r->next_log ? " in the last minute" : "", r->plain, r->crypto, r->other);
+    r->plain = r->crypto = r->other = 0;
+    r->next_log = now + 60000;
+}
+
+void fm_auth_refusals_close(fm_auth_refusals **r, void *sock)
+{
+    if (!r || !*r)
+        return;
+    fm_auth_watch_close(sock, (*r)->mon);
+    free(*r);
+    *r = NULL;
+}
+
 void fm_auth_watch_close(void *sock, void *mon)
 {
     if (!mon)

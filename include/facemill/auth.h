@@ -153,6 +153,21 @@ int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size);
 /* Stops the watch on sock and closes mon (either may be NULL). */
 void fm_auth_watch_close(void *sock, void *mon);
 
+/* A server's watch of the handshakes its CURVE server socket sock refuses before the
+ * ZAP handler is asked (which logs the keys it refuses): peers without keys, or with
+ * another server key. NULL without CURVE (a NULL or plain a), or when it cannot be set
+ * up. what names the socket in the log ("workers"). */
+typedef struct fm_auth_refusals fm_auth_refusals;
+fm_auth_refusals *fm_auth_refusals_open(const fm_auth *a, void *ctx, void *sock,
+                                        const char *what);
+
+/* Reads the refusals seen since the last call, without waiting, and logs their counts
+ * (a warning: the first at once, then at most one line a minute). r may be NULL. */
+void fm_auth_refusals_poll(fm_auth_refusals *r);
+
+/* Stops the watch on sock, frees *r and sets it to NULL. Accepts NULL. */
+void fm_auth_refusals_close(fm_auth_refusals **r, void *sock);
+
 /* Stops the ZAP handler (after the server sockets are closed), wipes the secret key
  * and frees a; sets *a to NULL. Accepts NULL and a NULL *a. */
 void fm_auth_close(fm_auth **a);
