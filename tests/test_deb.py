@@ -198,7 +198,8 @@ def main():
         check(not re.search(r"systemctl\s+(start|enable|restart|try-restart|reload)|"
                             r"deb-systemd-invoke|invoke-rc\.d", postinst_code),
               "postinst starts no service")
-        check("systemctl stop" in ctl_text("prerm"), "prerm stops the units")
+        check("deb-systemd-invoke stop facemill-worker.service" in ctl_text("prerm"),
+              "prerm stops the units through deb-systemd-invoke")
         scripts = [s for s in ("preinst", "postinst", "prerm", "postrm", "config")
                    if os.path.isfile(os.path.join(ctl, s))]
         check(set(scripts) >= {"postinst", "prerm", "postrm"},
