@@ -477,6 +477,7 @@ typedef struct job {
     char *path;    /* by-path jobs: absolute path */
     uint8_t *data; /* bytes jobs */
     size_t size;
+    uint8_t digest[FM_SHA256_BYTES]; /* bytes jobs: SHA-256 of data (Job.data_sha256) */
     char *why;     /* unreadable jobs: why the image could not be read (one line) */
 } job;
 
@@ -530,9 +531,8 @@ static void job_id(job *j, const char *tag)
                 fm_sha256_update(&h, when, (size_t)n);
         }
     } else {
-        uint8_t content[FM_SHA256_BYTES];
-        fm_sha256_digest(j->data, j->size, content);
-        fm_sha256_update(&h, content, sizeof content);
+        fm_sha256_digest(j->data, j->size, j->digest);
+        fm_sha256_update(&h, j->digest, sizeof j->digest);
     }
     fm_sha256_final(&h, d);
     fm_sha256_hex(d, j->id);
@@ -998,6 +998,9 @@ static fm_status send_submit(run *r, fm_error *err)
             jv[i].source_case = FACEMILL__JOB__SOURCE_DATA;
             jv[i].data.data = j->data;
             jv[i].data.len = j->size;
+            jv[i].has_data_sha256 = 1;
+            jv[i].data_sha256.data = j->digest;
+            jv[i].data_sha256.len = sizeof j->digest;
         }
         jp[i] = &jv[i];
     }

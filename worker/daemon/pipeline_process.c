@@ -441,6 +441,16 @@ static void read_image(compute *c, int i, const Facemill__Job *job)
     r->sha256.len = FM_SHA256_BYTES;
     r->times->has_read_ms = 1;
     r->times->read_ms = (float)read_ms;
+    /* Bytes the client did not send (a journal damaged on disk) are not labelled: an
+     * ERROR_IO result, which replaces no labels and is tried again on a rerun. */
+    if (job->source_case == FACEMILL__JOB__SOURCE_DATA && job->has_data_sha256 &&
+        (job->data_sha256.len != FM_SHA256_BYTES ||
+         memcmp(job->data_sha256.data, c->sha[i], FM_SHA256_BYTES) != 0)) {
+        j->status = FM_ERR_IO;
+        snprintf(c->errtext[i], FM_ERROR_MSG_MAX,
+                 "the image's bytes are not those the client sent (their SHA-256 differs): "
+                 "damaged in the broker's journal or on the way; submit again");
+    }
 }
 
 /* Fills result i from the pipeline's answer ir for its image: the displayed size, the
