@@ -1041,10 +1041,10 @@ int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size)
 /* ---- refused handshakes on a server socket ------------------------------------ */
 
 struct fm_auth_refusals {
-    void *mon;             /* fm_auth_watch's PAIR */
-    char what[48];         /* "workers": the socket, for the log */
+    void *mon;             /* a monitor PAIR of the server socket */
+    char what[48];         /* "broker.workers": the socket, for the log */
     int64_t next_log;      /* fm_now_ms() from which the counts are logged again */
-    long plain, crypto, other; /* failures since the last log line */
+    long plain, crypto, other, cut; /* handshakes since the last log line: see poll */
 };
 
 fm_auth_refusals *fm_auth_refusals_open(const fm_auth *a, void *ctx, void *sock,
@@ -1055,7 +1055,21 @@ fm_auth_refusals *fm_auth_refusals_open(const fm_auth *a, void *ctx, void *sock,
     fm_auth_refusals *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    if (!(r->mon = fm_auth_watch(ctx, sock))) {
+    static unsigned long serial;
+    char addr[96];
+    snprintf(addr, sizeof addr, "inproc://fm-refusals-%ld-%lu", (long)getpid(),
+             __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED));
+    /* with NO_DETAIL: a peer without keys is often cut off by its own side, which
+     * sees the mismatch first, before this side has read its mechanism */
+    if (zmq_socket_monitor(sock, addr, ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0) {
+        free(r);
+        return NULL;
+    }
+    if (!(r->mon = zmq_socket(ctx, ZMQ_PAIR)) || zmq_connect(r->mon, addr) != 0) {
+        if (r->mon)
+            zmq_close(r->mon);
+        zmq_socket_monitor(sock, NULL, 0);
         free(r);
         return NULL;
     }
@@ -1080,28 +1094,32 @@ void fm_auth_refusals_poll(fm_auth_refusals *r)
         uint32_t value;
         memcpy(&id, ev, 2);
         memcpy(&value, ev + 2, 4);
-        if (id != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
-            continue; /* a key the ZAP handler refused: it logged that, naming the key */
-        if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+        if (id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            r->cut++;
+        else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
             r->plain++;
         else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
             r->crypto++;
         else
             r->other++;
     }
-    const long total = r->plain + r->crypto + r->other;
+    const long refused = r->plain + r->crypto + r->other;
     const int64_t now = (int64_t)fm_now_ms();
-    if (!total || now < r->next_log)
+    if (!refused && !r->cut)
         return;
-    /* the first at once, then at most one line a minute: a scanner or a misconfigured
-     * peer retrying every second must not flood the log */
-    fm_log_warn("refused %ld connection%s on the %s socket%s: %ld without CurveZMQ keys "
-                "(a peer without security.cert), %ld whose CurveZMQ handshake failed (a "
-                "peer holding another server key), %ld other handshake errors (ZeroMQ "
-                "does not report their addresses)",
-                total, total == 1 ? "" : "s", r->what,
-                r->next_log ? " in the last minute" : "", r->plain, r->crypto, r->other);
-    r->plain = r->crypto = r->other = 0;
+    if (now < r->next_log)
+        return;
+    /* The first at once, then at most one line a minute: a scanner or a peer retrying
+     * every second must not flood the log. Connections cut during the handshake alone
+     * (health checks and port scans look the same) are information, not a warning. */
+    FM_LOG(refused ? FM_LOG_WARN : FM_LOG_INFO,
+                 "handshakes refused on the %s socket%s: %ld without CurveZMQ keys (a peer "
+                 "without security.cert), %ld with another server key, %ld other protocol "
+                 "errors, %ld cut short (a peer without keys that saw the mismatch first, a "
+                 "scanner, a health check); ZeroMQ does not report their addresses",
+                 r->what, r->next_log ? " in the last minute" : "", r->plain, r->crypto,
+                 r->other, r->cut);
+    r->plain = r->crypto = r->other = r->cut = 0;
     r->next_log = now + 60000;
 }
 
