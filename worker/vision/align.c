@@ -196,7 +196,7 @@ static inline void warp_pixel(const uint8_t *src, int w, int h, size_t stride, i
  * four neighbours inside (warp_pixel's fast case), warp_pixel elsewhere. The same
  * double operations in the same order as warp_pixel, lane by lane (multiplies and
  * adds, no fused multiply-add: "avx2" alone), and the conversion rounds to nearest
- * even as round_even does, so the bytes are the same. Four bytes are gathered at each
+ * even as round_even does, so the bytes are the same. Four bytes are read at each
  * neighbour (three used): a lane is taken only when the byte after its last
  * neighbour is still in the image (another pixel of the row below, or a row below
  * it). Needs every offset y * stride + 3 * x + 3 within INT_MAX. */
@@ -215,7 +215,6 @@ __attribute__((target("avx2"))) static void warp_row3_avx2(const uint8_t *src, i
     const __m128i w2 = _mm_set1_epi32(w - 2), h2 = _mm_set1_epi32(h - 2);
     const __m128i zero = _mm_setzero_si128(), byte = _mm_set1_epi32(0xff);
     const __m128i s3 = _mm_set1_epi32(3), sstride = _mm_set1_epi32((int)stride);
-    const int *base = (const int *)(const void *)src;
     int x = from;
     for (; x + 4 <= out_w; x += 4) {
         const __m256d xs = _mm256_set_pd(x + 3, x + 2, x + 1, x);
@@ -241,11 +240,20 @@ __attribute__((target("avx2"))) static void warp_row3_avx2(const uint8_t *src, i
         const __m256d fx = _mm256_sub_pd(sx, flx), fy = _mm256_sub_pd(sy, fly);
         const __m256d gx = _mm256_sub_pd(one, fx), gy = _mm256_sub_pd(one, fy);
         const __m128i ia = _mm_add_epi32(_mm_mullo_epi32(y0, sstride), _mm_mullo_epi32(x0, s3));
-        const __m128i ib = _mm_add_epi32(ia, sstride);
-        const __m128i pa = _mm_i32gather_epi32(base, ia, 1);
-        const __m128i pa3 = _mm_i32gather_epi32(base, _mm_add_epi32(ia, s3), 1);
-        const __m128i pb = _mm_i32gather_epi32(base, ib, 1);
-        const __m128i pb3 = _mm_i32gather_epi32(base, _mm_add_epi32(ib, s3), 1);
+        /* scalar loads, as in warp_row3_avx512: the same bytes */
+        int off[4], wd[4][4];
+        _mm_storeu_si128((__m128i *)off, ia);
+        for (int k = 0; k < 4; k++) {
+            const uint8_t *p = src + off[k];
+            memcpy(&wd[0][k], p, 4);
+            memcpy(&wd[1][k], p + 3, 4);
+            memcpy(&wd[2][k], p + stride, 4);
+            memcpy(&wd[3][k], p + stride + 3, 4);
+        }
+        const __m128i pa = _mm_loadu_si128((const __m128i *)wd[0]);
+        const __m128i pa3 = _mm_loadu_si128((const __m128i *)wd[1]);
+        const __m128i pb = _mm_loadu_si128((const __m128i *)wd[2]);
+        const __m128i pb3 = _mm_loadu_si128((const __m128i *)wd[3]);
         __m128i out[3];
         for (int c = 0; c < 3; c++) {
             const __m128i sh = _mm_cvtsi32_si128(8 * c);
@@ -274,7 +282,7 @@ __attribute__((target("avx2"))) static void warp_row3_avx2(const uint8_t *src, i
 }
 
 /* warp_row3_avx2 eight output pixels at a time (the same double operations lane by
- * lane, the same gathers, the same rule for the fast case): the same bytes. */
+ * lane, the same loads, the same rule for the fast case): the same bytes. */
 __attribute__((target("avx512f"))) static void warp_row3_avx512(const uint8_t *src, int w,
                                                              int h, size_t stride,
                                                              const float M_inv[6], int y,
@@ -292,7 +300,6 @@ __attribute__((target("avx512f"))) static void warp_row3_avx512(const uint8_t *s
     const __m256i neg = _mm256_set1_epi32(-1);
     const __m256i zero = _mm256_setzero_si256(), byte = _mm256_set1_epi32(0xff);
     const __m256i s3 = _mm256_set1_epi32(3), sstride = _mm256_set1_epi32((int)stride);
-    const int *base = (const int *)(const void *)src;
     int x = 0;
     for (; x + 8 <= out_w; x += 8) {
         const __m512d xs = _mm512_add_pd(_mm512_set1_pd((double)x), lanes);
@@ -316,11 +323,21 @@ __attribute__((target("avx512f"))) static void warp_row3_avx512(const uint8_t *s
         const __m512d gx = _mm512_sub_pd(one, fx), gy = _mm512_sub_pd(one, fy);
         const __m256i ia = _mm256_add_epi32(_mm256_mullo_epi32(y0, sstride),
                                             _mm256_mullo_epi32(x0, s3));
-        const __m256i ib = _mm256_add_epi32(ia, sstride);
-        const __m256i pa = _mm256_i32gather_epi32(base, ia, 1);
-        const __m256i pa3 = _mm256_i32gather_epi32(base, _mm256_add_epi32(ia, s3), 1);
-        const __m256i pb = _mm256_i32gather_epi32(base, ib, 1);
-        const __m256i pb3 = _mm256_i32gather_epi32(base, _mm256_add_epi32(ib, s3), 1);
+        /* the words the gathers would read, by scalar loads (gathers are slow on AMD's
+         * cores): the same bytes */
+        int off[8], wd[4][8];
+        _mm256_storeu_si256((__m256i *)off, ia);
+        for (int k = 0; k < 8; k++) {
+            const uint8_t *p = src + off[k];
+            memcpy(&wd[0][k], p, 4);
+            memcpy(&wd[1][k], p + 3, 4);
+            memcpy(&wd[2][k], p + stride, 4);
+            memcpy(&wd[3][k], p + stride + 3, 4);
+        }
+        const __m256i pa = _mm256_loadu_si256((const __m256i *)wd[0]);
+        const __m256i pa3 = _mm256_loadu_si256((const __m256i *)wd[1]);
+        const __m256i pb = _mm256_loadu_si256((const __m256i *)wd[2]);
+        const __m256i pb3 = _mm256_loadu_si256((const __m256i *)wd[3]);
         int r[3][8];
         for (int c = 0; c < 3; c++) {
             const __m128i sh = _mm_cvtsi32_si128(8 * c);
