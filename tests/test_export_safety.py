@@ -142,20 +142,28 @@ def main():
     except UnicodeDecodeError as e:
         check(False, "the report page decodes as UTF-8: %s" % e)
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        # a sound database another user cannot open for want of its -shm: not called
-        # "not a facemill results database" (a user told so may delete it)
+        # a sound database in a folder another user cannot write (SQLite's -shm)
         ro = os.path.join(tmp, "ro")
         os.makedirs(ro)
         shutil.copy(other, os.path.join(ro, "x.db"))
         os.chmod(os.path.join(ro, "x.db"), 0o644)
         os.chmod(ro, 0o755)
         os.chmod(tmp, 0o755)
-        p = run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", fm,
-                 "export", os.path.join(ro, "x.db")])
+        nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", fm]
+        # nothing writes it (no -wal beside it): read as an immutable file, the same rows
+        p = run(nobody + ["export", os.path.join(ro, "x.db")])
+        mine = run([fm, "export", other])
+        check(p.returncode == 0 and p.stdout and p.stdout == mine.stdout,
+              "a database in a folder its reader cannot write, nothing writing it: "
+              "exported as it is (%d: %s)" % (p.returncode, p.stderr.strip()[-300:]))
+        # a -wal beside it (a writer may be at work, or its last words are there):
+        # the reason, not "not a results database" (a user told so may delete it)
+        open(os.path.join(ro, "x.db-wal"), "wb").close()
+        p = run(nobody + ["export", os.path.join(ro, "x.db")])
         check(p.returncode == 1 and "not a facemill results database" not in p.stderr and
               "folder must be writable" in p.stderr,
-              "a database in a folder its reader cannot write: the reason, not 'not a "
-              "results database' (%d: %s)" % (p.returncode, p.stderr.strip()[-300:]))
+              "with a -wal beside it: the reason, not 'not a results database' (%d: %s)" %
+              (p.returncode, p.stderr.strip()[-300:]))
     if os.geteuid() == 0:
         null = os.path.join(tmp, "null")
         os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))

@@ -32,11 +32,15 @@
 
 #include <sqlite3.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct fm_results {
     sqlite3 *db;
@@ -157,6 +161,42 @@ static fm_status prepare_staging(fm_results *r, fm_error *err)
     return FM_OK;
 }
 
+/* A read-only open that failed for want of the -shm file SQLite makes beside the
+ * database (a folder this user cannot write: another user's, a read-only share) is
+ * made again as an immutable file, which needs no -shm, when nothing writes it: no
+ * -wal file is there (SQLite removes it when the last connection closes, and a
+ * connection in WAL mode has one). Returns 1 when r->db is open again so. */
+static int reopen_immutable(fm_results *r, const char *path)
+{
+    char wal[PATH_MAX];
+    struct stat st;
+    if (snprintf(wal, sizeof wal, "%s-wal", path) >= (int)sizeof wal || lstat(wal, &st) == 0 ||
+        errno != ENOENT)
+        return 0;
+    /* file: URI: every byte but unreserved ones and '/' percent-encoded */
+    size_t n = strlen(path);
+    char *uri = malloc(3 * n + 32);
+    if (!uri)
+        return 0;
+    char *q = uri + sprintf(uri, "file:");
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+        if (isalnum(*p) || strchr("/-._~", *p))
+            *q++ = (char)*p;
+        else
+            q += sprintf(q, "%%%02X", *p);
+    }
+    strcpy(q, "?immutable=1");
+    sqlite3_close(r->db);
+    r->db = NULL;
+    int ok = sqlite3_open_v2(uri, &r->db,
+                             SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
+                             NULL) == SQLITE_OK;
+    free(uri);
+    if (ok)
+        sqlite3_busy_timeout(r->db, 10000);
+    return ok;
+}
+
 fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_error *err)
 {
     fm_status rc = FM_OK;
@@ -189,6 +229,8 @@ fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_erro
         }
     }
     rc = check_schema(r, err);
+    if (ro && rc == FM_ERR_IO && reopen_immutable(r, path))
+        rc = check_schema(r, err);
     if (rc != FM_OK) {
         fm_error_prefix(err, "%s", path);
         goto fail;
