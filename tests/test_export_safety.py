@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import stat
@@ -156,14 +157,30 @@ def main():
         check(p.returncode == 0 and p.stdout and p.stdout == mine.stdout,
               "a database in a folder its reader cannot write, nothing writing it: "
               "exported as it is (%d: %s)" % (p.returncode, p.stderr.strip()[-300:]))
-        # a -wal beside it (a writer may be at work, or its last words are there):
-        # the reason, not "not a results database" (a user told so may delete it)
+        # spelt with a leading "//" (no host name in SQLite's URI), and with an empty
+        # -wal beside it (a reader's: it holds no transaction)
         open(os.path.join(ro, "x.db-wal"), "wb").close()
+        p = run(nobody + ["export", "/" + os.path.join(ro, "x.db")])
+        check(p.returncode == 0 and p.stdout == mine.stdout,
+              "the same through //PATH, an empty -wal beside it (%d: %s)" %
+              (p.returncode, p.stderr.strip()[-300:]))
+        # a -wal holding something (a writer may be at work, or its last words are
+        # there): the reason, not "not a results database" (a user told so may delete it)
+        with open(os.path.join(ro, "x.db-wal"), "wb") as f:
+            f.write(b"\0" * 32)
         p = run(nobody + ["export", os.path.join(ro, "x.db")])
         check(p.returncode == 1 and "not a facemill results database" not in p.stderr and
               "folder must be writable" in p.stderr,
-              "with a -wal beside it: the reason, not 'not a results database' (%d: %s)" %
+              "with a -wal holding data: the reason, not 'not a results database' (%d: %s)" %
               (p.returncode, p.stderr.strip()[-300:]))
+        # label writes: its own database there is refused before anything starts, even
+        # when nothing writes it (export's immutable reading is not for writers)
+        os.unlink(os.path.join(ro, "x.db-wal"))
+        os.chown(os.path.join(ro, "x.db"), pwd.getpwnam("nobody").pw_uid, -1)
+        p = run(nobody + ["label", ro, "-o", os.path.join(ro, "x.db")])
+        check(p.returncode == 2 and "folder must be writable" in p.stderr,
+              "label -o a database in a folder its user cannot write: a usage error saying "
+              "why (%d: %s)" % (p.returncode, p.stderr.strip()[-300:]))
     if os.geteuid() == 0:
         null = os.path.join(tmp, "null")
         os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))

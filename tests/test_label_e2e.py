@@ -636,14 +636,18 @@ def case_reruns(fm, tmp):
     # counted as images, "3/7 done")
     rdb = os.path.join(base, "repeat.db")
     zp = os.path.join(deep, "2019", "pics.zip")
-    rargs = decode_only(bp, os.path.join(bp, "a.jpg"), bp, zp, zp, "-", "-o", rdb)
+    tp = os.path.join(base, "again.tar")  # one name twice: tar -r appends a file again
+    with tarfile.open(tp, "w") as t:
+        t.add(os.path.join(base, "m2.jpg"), "m.jpg")
+        t.add(os.path.join(base, "m2.jpg"), "m.jpg")
+    rargs = decode_only(bp, bp + "/./a.jpg", bp + "//", zp, zp, tp, "-", "-o", rdb)
     listed = os.path.join(base, "m1.jpg")
     p = label_as(None, fm, rargs, base, env, stdin="%s\n%s\n" % (listed, listed))
     rows, n = export_rows(fm, rdb, env)
-    check(p.returncode == 0 and "5 images: 5 committed, 0 already stored, 0 failed" in
-          p.stderr and "6 repeated names in the inputs" in p.stderr and n == 5,
-          "repeated inputs are labelled once and counted once (%d, %d rows: %s)" %
-          (p.returncode, n, p.stderr[-400:]))
+    check(p.returncode == 0 and "6 images: 6 committed, 0 already stored, 0 failed" in
+          p.stderr and "7 repeats of an image the inputs name already" in p.stderr and n == 6,
+          "repeated inputs (./ and // spellings, an archive's name twice) are labelled once "
+          "and counted once (%d, %d rows: %s)" % (p.returncode, n, p.stderr[-400:]))
     # the run directory (sockets, the broker's journal) goes in $TMPDIR, and is
     # removed at the end
     tmpd = os.path.join(base, "tmpdir")
@@ -660,6 +664,11 @@ def case_reruns(fm, tmp):
     check(made and lab.returncode == 0 and "1 committed" in err and not os.listdir(tmpd),
           "label's run directory is made in $TMPDIR and removed at the end (%s, %s: %s)" %
           (made, os.listdir(tmpd), err[-300:]))
+    # a $TMPDIR where no directory can be made: /tmp instead
+    p = label_as(None, fm, [listed] + decode_only("-o", os.path.join(base, "t2.db")), base,
+                 dict(env, TMPDIR="/proc"))
+    check(p.returncode == 0 and "1 committed" in p.stderr,
+          "label with TMPDIR=/proc runs in /tmp (%d: %s)" % (p.returncode, p.stderr[-300:]))
     # --all with the database in the folder labelled: the database is no input
     own = os.path.join(base, "own")
     os.makedirs(own)

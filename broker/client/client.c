@@ -490,6 +490,103 @@ static void job_clear(job *j)
     memset(j, 0, sizeof *j);
 }
 
+/* ---- sets of strings (job ids waiting for their commit, names met) ------------------- */
+
+typedef struct id_set {
+    char **slot; /* NULL: empty; TOMB: removed */
+    size_t cap, n, used;
+} id_set;
+
+static char tomb_marker;
+#define TOMB (&tomb_marker)
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static void set_free(id_set *s)
+{
+    for (size_t i = 0; i < s->cap; i++)
+        if (s->slot[i] && s->slot[i] != TOMB)
+            free(s->slot[i]);
+    free(s->slot);
+    memset(s, 0, sizeof *s);
+}
+
+static int set_grow(id_set *s)
+{
+    size_t cap = s->cap ? s->cap * 2 : 1024;
+    if (s->n * 4 < s->cap)
+        cap = s->cap; /* mostly tombstones: rebuild at the same size */
+    char **slot = calloc(cap, sizeof *slot);
+    if (!slot)
+        return -1;
+    for (size_t i = 0; i < s->cap; i++) {
+        char *k = s->slot[i];
+        if (!k || k == TOMB)
+            continue;
+        size_t p = hash_str(k) & (cap - 1);
+        while (slot[p])
+            p = (p + 1) & (cap - 1);
+        slot[p] = k;
+    }
+    free(s->slot);
+    s->slot = slot;
+    s->cap = cap;
+    s->used = s->n;
+    return 0;
+}
+
+/* Index of key's slot, or of the empty slot where it would go. */
+static size_t set_find(const id_set *s, const char *key, int *found)
+{
+    size_t p = hash_str(key) & (s->cap - 1);
+    *found = 0;
+    while (s->slot[p]) {
+        if (s->slot[p] != TOMB && strcmp(s->slot[p], key) == 0) {
+            *found = 1;
+            return p;
+        }
+        p = (p + 1) & (s->cap - 1);
+    }
+    return p;
+}
+
+/* 1 added, 0 already there, -1 out of memory. */
+static int set_add(id_set *s, const char *key)
+{
+    if ((s->used + 1) * 2 > s->cap && set_grow(s) != 0)
+        return -1;
+    int found;
+    size_t p = set_find(s, key, &found);
+    if (found)
+        return 0;
+    if (!(s->slot[p] = strdup(key)))
+        return -1;
+    s->n++;
+    s->used++;
+    return 1;
+}
+
+/* 1 removed, 0 not there. */
+static int set_remove(id_set *s, const char *key)
+{
+    if (!s->cap)
+        return 0;
+    int found;
+    size_t p = set_find(s, key, &found);
+    if (!found)
+        return 0;
+    free(s->slot[p]);
+    s->slot[p] = TOMB;
+    s->n--;
+    return 1;
+}
+
 typedef struct reader {
     const item_list *items;
     size_t next;          /* next item */
@@ -502,6 +599,8 @@ typedef struct reader {
     int by_path, all_files;
     size_t max_bytes;     /* largest image that fits in a message */
     int64_t *links;       /* image members that are hard or symbolic links: counted */
+    int64_t *repeated;    /* members named again in their archive: counted, not sent */
+    id_set ar_names;      /* the member names of the open archive met so far */
 } reader;
 
 /* The marker that stands for the image bytes in the id of an unreadable job: the same
@@ -618,6 +717,7 @@ static void reader_close_archive(reader *r)
     r->ar_member_failed = 0;
     free(r->ar_last);
     r->ar_last = NULL;
+    set_free(&r->ar_names);
 }
 
 /* The next job of the open archive: 1 with *j filled, 0 at its end, -1 out of
@@ -677,6 +777,24 @@ static int archive_next(reader *r, job *j, fm_error *err)
                 if (r->links)
                     (*r->links)++;
             }
+            archive_read_data_skip(r->ar);
+            continue;
+        }
+        /* A name the archive holds twice (tar -r appends a file again) is one image,
+         * one row: the first is labelled, the others are counted as repeats. */
+        int first = member ? set_add(&r->ar_names, member) : 1;
+        if (first < 0) {
+            fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+            return -1;
+        }
+        if (first == 0) {
+            char shown[SHOWN_MAX], where[SHOWN_MAX];
+            fm_log_info("%s:%s: named again in the archive: the first member of that name "
+                        "is labelled",
+                        fm_log_escape(it->path, where, sizeof where),
+                        fm_log_escape(member, shown, sizeof shown));
+            if (r->repeated)
+                (*r->repeated)++;
             archive_read_data_skip(r->ar);
             continue;
         }
@@ -781,102 +899,6 @@ static int reader_next(reader *r, job *j, fm_error *err)
     }
 }
 
-/* ---- the set of jobs waiting for their commit ---------------------------------------- */
-
-typedef struct id_set {
-    char **slot; /* NULL: empty; TOMB: removed */
-    size_t cap, n, used;
-} id_set;
-
-static char tomb_marker;
-#define TOMB (&tomb_marker)
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static void set_free(id_set *s)
-{
-    for (size_t i = 0; i < s->cap; i++)
-        if (s->slot[i] && s->slot[i] != TOMB)
-            free(s->slot[i]);
-    free(s->slot);
-    memset(s, 0, sizeof *s);
-}
-
-static int set_grow(id_set *s)
-{
-    size_t cap = s->cap ? s->cap * 2 : 1024;
-    if (s->n * 4 < s->cap)
-        cap = s->cap; /* mostly tombstones: rebuild at the same size */
-    char **slot = calloc(cap, sizeof *slot);
-    if (!slot)
-        return -1;
-    for (size_t i = 0; i < s->cap; i++) {
-        char *k = s->slot[i];
-        if (!k || k == TOMB)
-            continue;
-        size_t p = hash_str(k) & (cap - 1);
-        while (slot[p])
-            p = (p + 1) & (cap - 1);
-        slot[p] = k;
-    }
-    free(s->slot);
-    s->slot = slot;
-    s->cap = cap;
-    s->used = s->n;
-    return 0;
-}
-
-/* Index of key's slot, or of the empty slot where it would go. */
-static size_t set_find(const id_set *s, const char *key, int *found)
-{
-    size_t p = hash_str(key) & (s->cap - 1);
-    *found = 0;
-    while (s->slot[p]) {
-        if (s->slot[p] != TOMB && strcmp(s->slot[p], key) == 0) {
-            *found = 1;
-            return p;
-        }
-        p = (p + 1) & (s->cap - 1);
-    }
-    return p;
-}
-
-/* 1 added, 0 already there, -1 out of memory. */
-static int set_add(id_set *s, const char *key)
-{
-    if ((s->used + 1) * 2 > s->cap && set_grow(s) != 0)
-        return -1;
-    int found;
-    size_t p = set_find(s, key, &found);
-    if (found)
-        return 0;
-    if (!(s->slot[p] = strdup(key)))
-        return -1;
-    s->n++;
-    s->used++;
-    return 1;
-}
-
-/* 1 removed, 0 not there. */
-static int set_remove(id_set *s, const char *key)
-{
-    if (!s->cap)
-        return 0;
-    int found;
-    size_t p = set_find(s, key, &found);
-    if (!found)
-        return 0;
-    free(s->slot[p]);
-    s->slot[p] = TOMB;
-    s->n--;
-    return 1;
-}
 
 /* ---- progress -------------------------------------------------------------------- */
 
@@ -1271,18 +1293,50 @@ fail:
     return NULL;
 }
 
-/* Drops the items whose path an earlier item has (an INPUT given twice, a file given
- * besides its folder, a path listed twice on stdin): each name is one job and one
- * row, so a repeat would be counted as an image and never answered. Keeps the first
- * of each, in order; *repeated counts the images dropped (an archive's members). */
+/* Drops the items whose path an earlier item has, spelt alike but for "./" and "//"
+ * (an INPUT given twice, a file given besides its folder, a path listed twice on
+ * stdin): such a name is one image and one row, and a repeat would be counted as an
+ * image and never answered. Another name of the file (absolute, through a link) is
+ * another row, as a rerun would give it. Keeps the first of each, in order;
+ * *repeated counts the images dropped (an archive's members). */
+/* path spelt plainly into key (size bytes): "//" as "/", no "." component, no
+ * trailing "/" ("./a//b/./c" is "a/b/c"): the spellings of one name the walk and a
+ * command line give. ".." stays (a link may make "a/.." no "."). */
+static void plain_path(const char *path, char *key, size_t size)
+{
+    size_t n = 0;
+    const char *p = path;
+    if (*p == '/' && n + 1 < size)
+        key[n++] = '/';
+    while (*p) {
+        while (*p == '/')
+            p++;
+        size_t len = strcspn(p, "/");
+        if (len == 0)
+            break;
+        if (!(len == 1 && p[0] == '.')) {
+            if (n > 0 && key[n - 1] != '/' && n + 1 < size)
+                key[n++] = '/';
+            for (size_t k = 0; k < len && n + 1 < size; k++)
+                key[n++] = p[k];
+        }
+        p += len;
+    }
+    if (n == 0 && size > 1)
+        key[n++] = '.';
+    key[n < size ? n : size - 1] = '\0';
+}
+
 static fm_status drop_repeats(item_list *items, int64_t *repeated, fm_error *err)
 {
     id_set seen = {0};
     size_t kept = 0;
     fm_status st = FM_OK;
+    char key[PATH_MAX + 8];
     for (size_t i = 0; i < items->n; i++) {
         item *it = &items->v[i];
-        int added = st == FM_OK ? set_add(&seen, it->path) : 1;
+        plain_path(it->path, key, sizeof key);
+        int added = st == FM_OK ? set_add(&seen, key) : 1;
         if (added < 0)
             st = fm_error_set(err, FM_ERR_NOMEM, "out of memory listing inputs");
         if (added == 0) {
@@ -1328,6 +1382,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
             goto done;
     sum->folders_skipped = sc.folders_skipped;
     r.rd.links = &sum->archive_links;
+    r.rd.repeated = &sum->repeated;
     if ((st = drop_repeats(&items, &sum->repeated, err)) != FM_OK)
         goto done;
     for (size_t i = 0; i < items.n; i++)
@@ -1456,6 +1511,7 @@ done:
     if (r.rd.ar)
         archive_read_free(r.rd.ar);
     free(r.rd.ar_last);
+    set_free(&r.rd.ar_names);
     set_free(&r.pending);
     items_free(&items);
     if (own_ctx)
@@ -1494,10 +1550,10 @@ static void print_status(FILE *out, const Facemill__StatusReply *s)
                 "commits are kept in memory until space returns\n");
     const char *why = ": is facemill-sink running, and does its sink.commits reach this "
                       "broker? nothing is stored meanwhile";
-    if (s->has_sink_last_seen_ms)
+    if (s->has_sink_silent && s->has_sink_last_seen_ms) /* an older broker says neither */
         fprintf(out, "sink:       heard %.1f s ago%s\n", (double)s->sink_last_seen_ms / 1000.0,
                 s->sink_silent ? why : "");
-    else
+    else if (s->has_sink_silent)
         fprintf(out, "sink:       not heard since the broker started%s\n",
                 s->sink_silent ? why : "");
     if (s->sink_disk_full)

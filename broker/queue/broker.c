@@ -119,6 +119,7 @@ struct fm_broker {
     int disk_full_said; /* "disk full" was logged and "space again" not yet */
     int64_t disk_full_logged; /* when "disk full" was last logged */
     int sink_disk_full; /* the sink's last heartbeat said its disk is full */
+    int64_t sink_interval_ms; /* the heartbeat interval the sink announced (0: none) */
     struct {
         uint8_t *data;
         size_t len;
@@ -1073,8 +1074,11 @@ static fm_status status_fill(fm_broker *b, const char *tag, Facemill__StatusRepl
         r.has_sink_last_seen_ms = 1;
         r.sink_last_seen_ms = (uint64_t)(now > b->sink_seen ? now - b->sink_seen : 0);
     }
-    /* the sink heartbeats every broker.heartbeat_ms */
-    const int64_t silent_ms = 10 * (int64_t)b->cfg.broker.heartbeat_ms;
+    /* ten of the sink's heartbeats: the interval it announced, else this broker's
+     * broker.heartbeat_ms (the sink's default) */
+    const int64_t beat = b->sink_interval_ms > 0 ? b->sink_interval_ms
+                                                 : (int64_t)b->cfg.broker.heartbeat_ms;
+    const int64_t silent_ms = 10 * beat;
     r.has_sink_silent = 1;
     r.sink_silent = (b->sink_seen > 0 ? now - b->sink_seen : now - b->started) > silent_ms;
     Facemill__WorkerInfo *wi = calloc(b->nworkers ? b->nworkers : 1, sizeof *wi);
@@ -1371,6 +1375,9 @@ static fm_status on_commit(fm_broker *b, const fm_wire_peer *from, Facemill__Env
         return FM_OK;
     if (e->body_case == FACEMILL__ENVELOPE__BODY_HEARTBEAT) {
         int full = e->heartbeat->has_disk_full && e->heartbeat->disk_full;
+        /* its own interval (its broker.heartbeat_ms), for the silence status reports */
+        if (e->heartbeat->has_interval_ms && e->heartbeat->interval_ms > 0)
+            b->sink_interval_ms = e->heartbeat->interval_ms;
         if (full != b->sink_disk_full)
             fm_log_warn(full ? "the sink says its results database is on a full disk"
                              : "the sink's results database has space again");

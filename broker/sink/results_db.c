@@ -164,21 +164,24 @@ static fm_status prepare_staging(fm_results *r, fm_error *err)
 /* A read-only open that failed for want of the -shm file SQLite makes beside the
  * database (a folder this user cannot write: another user's, a read-only share) is
  * made again as an immutable file, which needs no -shm, when nothing writes it: no
- * -wal file is there (SQLite removes it when the last connection closes, and a
- * connection in WAL mode has one). Returns 1 when r->db is open again so. */
+ * -wal file is there, or an empty one (a writer in WAL mode keeps its transactions
+ * there until they are copied into the database; an empty one holds none). Returns 1
+ * when r->db is open again so. */
 static int reopen_immutable(fm_results *r, const char *path)
 {
     char wal[PATH_MAX];
     struct stat st;
-    if (snprintf(wal, sizeof wal, "%s-wal", path) >= (int)sizeof wal || lstat(wal, &st) == 0 ||
-        errno != ENOENT)
+    if (snprintf(wal, sizeof wal, "%s-wal", path) >= (int)sizeof wal)
         return 0;
-    /* file: URI: every byte but unreserved ones and '/' percent-encoded */
+    if (lstat(wal, &st) == 0 ? !S_ISREG(st.st_mode) || st.st_size != 0 : errno != ENOENT)
+        return 0;
+    /* file: URI: every byte but unreserved ones and '/' percent-encoded; an absolute
+     * path after "file://" (an empty authority), so that "//x" is no host name */
     size_t n = strlen(path);
     char *uri = malloc(3 * n + 32);
     if (!uri)
         return 0;
-    char *q = uri + sprintf(uri, "file:");
+    char *q = uri + sprintf(uri, path[0] == '/' ? "file://" : "file:");
     for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
         if (isalnum(*p) || strchr("/-._~", *p))
             *q++ = (char)*p;
@@ -229,7 +232,7 @@ fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_erro
         }
     }
     rc = check_schema(r, err);
-    if (ro && rc == FM_ERR_IO && reopen_immutable(r, path))
+    if (ro && (flags & FM_RESULTS_AS_IS) && rc == FM_ERR_IO && reopen_immutable(r, path))
         rc = check_schema(r, err);
     if (rc != FM_OK) {
         fm_error_prefix(err, "%s", path);

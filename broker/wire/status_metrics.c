@@ -74,9 +74,10 @@ void fm_status_metrics_write(FILE *out, const Facemill__StatusReply *s)
     one(out, "facemill_sink_disk_full", FM_METRICS_GAUGE,
         "1 while the sink's results database is on a full disk, as the sink last said.",
         s->sink_disk_full ? 1.0 : 0.0);
-    one(out, "facemill_sink_last_heard_seconds", FM_METRICS_GAUGE,
-        "Seconds since the broker last heard from the sink (+Inf: not since it started).",
-        s->has_sink_last_seen_ms ? (double)s->sink_last_seen_ms / 1000.0 : INFINITY);
+    if (s->has_sink_silent) /* not from an older broker, which does not know */
+        one(out, "facemill_sink_last_heard_seconds", FM_METRICS_GAUGE,
+            "Seconds since the broker last heard from the sink (+Inf: not since it started).",
+            s->has_sink_last_seen_ms ? (double)s->sink_last_seen_ms / 1000.0 : INFINITY);
     per_worker(out, s, "facemill_worker_credit", "Jobs a worker process holds at once.",
                W_CREDIT);
     per_worker(out, s, "facemill_worker_jobs", "Jobs dispatched to a worker process now.",

@@ -66,6 +66,10 @@ typedef struct fm_results fm_results;
 
 enum {
     FM_RESULTS_READONLY = 1, /* open an existing database for reading only */
+    /* with READONLY: a database in a folder this user cannot write (SQLite cannot make
+     * its DB-shm there) is read as an immutable file when nothing writes it (no DB-wal
+     * beside it, or an empty one): for export and report, not for a writer's checks */
+    FM_RESULTS_AS_IS = 2,
 };
 
 /* Opens (and, unless FM_RESULTS_READONLY, creates and migrates) the results database

@@ -53,7 +53,8 @@ int fm_cmd_export(int argc, char **argv)
     fm_error err = {0};
     fm_results *db = NULL;
     FILE *out = stdout;
-    if (fm_results_open(&db, db_path, FM_RESULTS_READONLY, &err) != FM_OK) {
+    if (fm_results_open(&db, db_path, FM_RESULTS_READONLY | FM_RESULTS_AS_IS, &err) !=
+        FM_OK) {
         cli_fail(&cmd, "%s", fm_error_text(&err));
         goto done;
     }

@@ -40,7 +40,7 @@
 
 #include <errno.h>
 #include <ftw.h>
-#include <glob.h>
+#include <dirent.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -130,8 +130,8 @@ static void print_summary(const char *what, const fm_client_summary *s, fm_statu
             (long long)s->total, (long long)s->committed, (long long)s->skipped,
             (long long)s->failed, folders, st == FM_OK ? "" : " (run not finished)");
     if (s->repeated)
-        fprintf(stderr, "%s: %lld repeated name%s in the inputs (an image named twice is "
-                        "labelled once)\n",
+        fprintf(stderr, "%s: %lld repeat%s of an image the inputs name already (each "
+                        "image is labelled once)\n",
                 what, (long long)s->repeated, s->repeated == 1 ? "" : "s");
     if (s->slow_downs)
         fprintf(stderr, "%s: the broker asked to slow down %lld times\n", what,
@@ -418,41 +418,46 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
  * XXXXXX/workers) must fit a Unix socket address, 107 bytes. */
 #define RUN_BASE_MAX 72
 
-/* Where the run directory goes: $TMPDIR when it names an absolute folder short enough
- * for the sockets, /tmp otherwise. */
+/* Where the run directory goes: $TMPDIR when it names an absolute folder this user
+ * may write, short enough for the sockets; /tmp otherwise. */
 static const char *run_base(void)
 {
     const char *t = getenv("TMPDIR");
     struct stat st;
     if (t && t[0] == '/' && strlen(t) <= RUN_BASE_MAX && stat(t, &st) == 0 &&
-        S_ISDIR(st.st_mode))
+        S_ISDIR(st.st_mode) && access(t, W_OK | X_OK) == 0)
         return t;
     return "/tmp";
 }
 
-/* Removes the run directories of label processes that died without cleaning up
- * (kill -9, power loss): those whose "pid" file names no living process. */
+/* Removes the run directories in base of label processes that died without cleaning
+ * up (kill -9, power loss): those whose "pid" file names no living process. Read with
+ * readdir, not glob: base may hold glob's special characters. */
 static void remove_stale_run_dirs(const char *base)
 {
-    glob_t g;
-    char pattern[RUN_BASE_MAX + 32];
-    snprintf(pattern, sizeof pattern, "%s/facemill-label.*/pid", base);
-    if (glob(pattern, 0, NULL, &g) != 0)
+    DIR *dir = opendir(base);
+    if (!dir)
         return;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-        FILE *f = fopen(g.gl_pathv[i], "r");
+    const char prefix[] = "facemill-label.";
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        if (strncmp(e->d_name, prefix, sizeof prefix - 1) != 0)
+            continue;
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s/pid", base, e->d_name) >= (int)sizeof path)
+            continue;
+        FILE *f = fopen(path, "r");
         long pid = 0;
         if (!f)
             continue;
         int n = fscanf(f, "%ld", &pid);
         fclose(f);
         if (n != 1 || pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH)) {
-            char *slash = strrchr(g.gl_pathv[i], '/');
-            *slash = '\0';
-            nftw(g.gl_pathv[i], remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+            *strrchr(path, '/') = '\0';
+            nftw(path, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
         }
     }
-    globfree(&g);
+    closedir(dir);
 }
 
 static const cli_cmd label_cmd = {
@@ -593,12 +598,19 @@ typedef struct label_run {
 static fm_status make_run_dir(label_run *r, fm_config *cfg, fm_error *err)
 {
     const char *base = run_base();
-    remove_stale_run_dirs(base);
-    snprintf(r->dir, sizeof r->dir, "%s/facemill-label.XXXXXX", base);
-    if (!mkdtemp(r->dir)) {
+    for (;;) {
+        remove_stale_run_dirs(base);
+        snprintf(r->dir, sizeof r->dir, "%s/facemill-label.XXXXXX", base);
+        if (mkdtemp(r->dir))
+            break;
+        int e = errno;
         r->dir[0] = '\0';
-        return fm_error_set(err, FM_ERR_IO, "cannot make a run directory in %s: %s", base,
-                            strerror(errno));
+        if (strcmp(base, "/tmp") == 0)
+            return fm_error_set(err, FM_ERR_IO, "cannot make a run directory in /tmp: %s",
+                                strerror(e));
+        fm_log_info("cannot make a run directory in $TMPDIR (%s): %s; in /tmp instead", base,
+                    strerror(e));
+        base = "/tmp"; /* $TMPDIR looked usable and is not (/proc, a read-only mount) */
     }
     char pidfile[sizeof r->dir + 8];
     snprintf(pidfile, sizeof pidfile, "%s/pid", r->dir);

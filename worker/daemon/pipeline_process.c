@@ -449,7 +449,8 @@ static void read_image(compute *c, int i, const Facemill__Job *job)
         j->status = FM_ERR_IO;
         snprintf(c->errtext[i], FM_ERROR_MSG_MAX,
                  "the image's bytes are not those the client sent (their SHA-256 differs): "
-                 "damaged in the broker's journal or on the way; submit again");
+                 "damaged in the broker's journal or on the way; label it again "
+                 "(facemill label --retry-failed, or submit under a new tag)");
     }
 }
 

@@ -285,7 +285,8 @@ fm_status fm_report_write(const fm_report_opts *o, fm_report_stats *stats, fm_er
         snprintf(title, len, "facemill report: %s", p.db_name);
         p.title = title;
     }
-    if ((st = fm_results_open(&r, o->db_path, FM_RESULTS_READONLY, err)) != FM_OK)
+    if ((st = fm_results_open(&r, o->db_path, FM_RESULTS_READONLY | FM_RESULTS_AS_IS, err)) !=
+        FM_OK)
         goto done;
     double t0 = fm_now_ms();
     if ((st = run_queries(fm_results_db(r), &p, err)) != FM_OK)
