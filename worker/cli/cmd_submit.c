@@ -38,9 +38,9 @@
 
 #include <zmq.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
-#include <dirent.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>

@@ -442,7 +442,7 @@ static void read_image(compute *c, int i, const Facemill__Job *job)
     r->times->has_read_ms = 1;
     r->times->read_ms = (float)read_ms;
     /* Bytes the client did not send (a journal damaged on disk) are not labelled: an
-     * ERROR_IO result, which replaces no labels and is tried again on a rerun. */
+     * ERROR_IO result, which replaces no labels (the text says what labels it again). */
     if (job->source_case == FACEMILL__JOB__SOURCE_DATA && job->has_data_sha256 &&
         (job->data_sha256.len != FM_SHA256_BYTES ||
          memcmp(job->data_sha256.data, c->sha[i], FM_SHA256_BYTES) != 0)) {
