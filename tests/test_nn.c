@@ -1085,13 +1085,15 @@ static fm_status conv_pool_measured(const fm_tensor *x, const fm_tensor *wt,
  * pass: the work tensor, filled with NaN, stays untouched; the others run the two
  * steps into it), with and without work, in ceil and floor mode, on odd and even
  * output sizes, tails of 1..31 columns, 5, 8 and 10 channels, with and without bias
- * and slope, several images; and shapes the pass does not take (small planes, which
- * the direct kernel runs flat, a 5x5 convolution, a 3x3 pool) give the two steps'
- * results too. */
+ * and slope, several images; planes the direct kernel runs flat (R-Net's first layer
+ * with its 3x3 pool, a 5x5 convolution, a 3x3 pool), pooled where the flat runs lie on
+ * AVX2 and AVX-512 (work untouched too); and a shape neither takes (O-Net's first
+ * layer) gives the two steps' results too. */
 static void test_conv_pool(void)
 {
     static const struct {
-        int n, c, h, w, co, k, pk, ceil, one; /* one: the one pass applies */
+        int n, c, h, w, co, k, pk, ceil, one; /* one: the one pass applies (1 on
+                                                   AVX-512, 2 flat: on AVX2 and up) */
     } cases[] = {
         {1, 3, 42, 322, 10, 3, 2, 1, 1},  /* a P-Net strip: 40 x 320 outputs */
         {1, 3, 41, 323, 10, 3, 2, 1, 1},  /* 39 x 321: the last pool row and column half */
@@ -1099,13 +1101,16 @@ static void test_conv_pool(void)
         {2, 3, 200, 35, 10, 3, 2, 1, 1},  /* 33 columns: a tile of 1, two images */
         {1, 3, 141, 65, 5, 3, 2, 1, 1},   /* 63 columns, 5 channels */
         {1, 4, 200, 50, 8, 3, 2, 1, 1},   /* 48 columns, 8 channels */
-        {1, 3, 20, 35, 10, 3, 2, 1, 0},   /* a small plane (run flat): the two steps */
-        {1, 2, 7, 18, 4, 3, 2, 1, 0},     /* the same, 4 channels */
-        {1, 3, 30, 100, 10, 5, 2, 1, 0},  /* 5x5: the two steps */
-        {1, 3, 30, 100, 10, 3, 3, 1, 0},  /* a 3x3 pool: the two steps */
+        {1, 3, 20, 35, 10, 3, 2, 1, 2},   /* a small plane (run flat): pooled flat */
+        {1, 2, 7, 18, 4, 3, 2, 1, 2},     /* the same, 4 channels */
+        {3, 3, 24, 24, 28, 3, 3, 1, 2},   /* R-Net's first layer and pool, 3 crops */
+        {2, 3, 48, 48, 32, 3, 3, 1, 0},   /* O-Net's, 2 crops: too large to run flat */
+        {1, 3, 23, 24, 28, 3, 3, 0, 2},   /* an odd height, floor mode */
+        {1, 3, 30, 100, 10, 5, 2, 1, 2},  /* 5x5, run flat: pooled flat */
+        {1, 3, 30, 100, 10, 3, 3, 1, 2},  /* a 3x3 pool, run flat: pooled flat */
     };
     const fm_nn_isa best = fm_nn_isa_best();
-    int fused_runs = 0;
+    int fused_runs = 0, flat_runs = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         for (int variant = 0; variant < 3; variant++) {
             const int n = cases[i].n, c = cases[i].c, h = cases[i].h, w = cases[i].w;
@@ -1142,12 +1147,15 @@ static void test_conv_pool(void)
                         size_t nan = 0;
                         for (size_t j = 0; j < ccount; j++)
                             nan += isnan(cs.data[j]);
-                        const int one_pass = isa >= FM_NN_ISA_AVX512 && cases[i].one;
+                        const int one_pass =
+                            (isa >= FM_NN_ISA_AVX512 && cases[i].one == 1) ||
+                            (isa >= FM_NN_ISA_AVX2 && cases[i].one == 2);
                         CHECK_MSG(one_pass ? nan == ccount : nan < ccount,
                                   "conv+pool %s, n%d c%d %dx%d k%d pool %d: %zu of %zu work "
                                   "values untouched", fm_nn_isa_name((fm_nn_isa)isa), n, c, h,
                                   w, k, cases[i].pk, nan, ccount);
-                        fused_runs += one_pass;
+                        fused_runs += one_pass && cases[i].one == 1;
+                        flat_runs += one_pass && cases[i].one == 2;
                     }
                     fm_test_tensor_free(&y);
                     fm_test_tensor_free(&cs);
@@ -1161,8 +1169,10 @@ static void test_conv_pool(void)
     }
     if (best >= FM_NN_ISA_AVX512)
         CHECK(fused_runs == 18);
-    fprintf(stderr, "test_nn: conv + PReLU + 2x2 pool in one pass (%d runs): the two steps' "
-            "bits%s\n", fused_runs,
+    if (best >= FM_NN_ISA_AVX2) /* 6 cases x 3 variants on each set from AVX2 */
+        CHECK(flat_runs == 18 * ((int)best - (int)FM_NN_ISA_AVX2 + 1));
+    fprintf(stderr, "test_nn: conv + PReLU + 2x2 pool in one pass (%d runs), flat runs "
+            "pooled in place (%d runs): the two steps' bits%s\n", fused_runs, flat_runs,
             best >= FM_NN_ISA_AVX512 ? "" : " (this CPU has no AVX-512: the two steps only)");
 }
 

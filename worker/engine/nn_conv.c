@@ -745,7 +745,24 @@ fm_status fm_nn_conv2d_prelu_maxpool(fm_arena *a, const fm_tensor *x, const fm_t
     const int fused = pool->kernel_h == 2 && pool->kernel_w == 2 && pool->stride_h == 2 &&
                       pool->stride_w == 2 && !pool->pad_top && !pool->pad_left &&
                       !pool->pad_bottom && !pool->pad_right && nn_conv_pool_fits(&g);
+    /* a convolution run as flat runs (R-Net's and O-Net's first) and a stride-2 pool:
+     * the pool reads the runs where they lie, instead of their copy */
+    const int flat = !fused && pool->kernel_h == pool->kernel_w &&
+                     (pool->kernel_h == 2 || pool->kernel_h == 3) && pool->stride_h == 2 &&
+                     pool->stride_w == 2 && !pool->pad_top && !pool->pad_left &&
+                     !pool->pad_bottom && !pool->pad_right && nn_conv_flat_pool_fits(&g);
     size_t mark = fm_arena_mark(a);
+    if (flat && !measuring) {
+        float *scratch = NULL;
+        if ((st = nn_scratch(a, op, nn_direct_scratch(&g), &scratch, err)))
+            return st;
+        nn_count_flop(a, 2.0 * g.n * g.co * (double)g.p * g.k);
+        nn_conv_flat_pool(&g, pool->kernel_h, ps.h, ps.w, x->data, w->data,
+                          bias ? bias->data : NULL, slope ? slope->data : NULL,
+                          slope ? (int)fm_tensor_count(slope) : 0, y->data, scratch);
+        fm_arena_reset(a, mark);
+        return FM_OK;
+    }
     if (fused && !measuring) {
         float *scratch = NULL;
         if ((st = nn_scratch(a, op, nn_direct_scratch(&g), &scratch, err)))

@@ -865,6 +865,52 @@ void nn_conv_direct(const conv_geom *g, const float *x, const float *w, const fl
 }
 
 /* See nn_impl.h. */
+int nn_conv_flat_pool_fits(const conv_geom *g)
+{
+#if NN_HAVE_AVX2
+    return nn_direct_fits(g) && !wt_fits(g) && !pt_fits(g) && dc_flat(g);
+#else
+    (void)g;
+    return 0;
+#endif
+}
+
+/* See nn_impl.h. */
+void nn_conv_flat_pool(const conv_geom *g, int k, int ph, int pw, const float *x,
+                       const float *w, const float *bias, const float *slope, int n_slope,
+                       float *y, float *scratch)
+{
+#if NN_HAVE_AVX2
+    const dc_kernels *kn = dc_kernels_now();
+    const int t = dc_tile_for(kn, g->co);
+    const int oct = dc_pack(g, w, bias, slope, n_slope, kn->cols[t].oc, scratch);
+    float *wpk = scratch;
+    float *b = wpk + (size_t)oct * (size_t)g->k;
+    float *s = b + oct;
+    const size_t in_img = (size_t)g->c * g->h * g->w;
+    const size_t fplane = (size_t)g->oh * (size_t)g->w, pplane = (size_t)ph * (size_t)pw;
+    dc_image_fn fn = kn->cols[t].image[g->kw == 1                 ? 0
+                                       : g->kw == 2               ? 1
+                                       : g->kw == 3 && g->kh == 3 ? 2
+                                                                  : 3];
+    float *yf = s + oct; /* flat: oh x w per output channel */
+    dc_addressable(wpk, sizeof *wpk * (size_t)oct * ((size_t)g->k + 2), "packed weights");
+    for (int n = 0; n < g->n; n++) {
+        dc_addressable(x + (size_t)n * in_img, sizeof *x * in_img, "input");
+        dc_addressable(yf, sizeof *yf * (size_t)g->co * fplane, "output");
+        fn(g, x + (size_t)n * in_img, wpk, b, s, slope != NULL, yf, 1);
+        float *yn = y + (size_t)n * (size_t)g->co * pplane;
+        for (int c = 0; c < g->co; c++)
+            nn_maxpool_s2_strided(yf + (size_t)c * fplane, g->oh, g->ow, (size_t)g->w, k,
+                                  yn + (size_t)c * pplane, ph, pw);
+    }
+#else
+    (void)g, (void)k, (void)ph, (void)pw, (void)x, (void)w, (void)bias, (void)slope,
+        (void)n_slope, (void)y, (void)scratch;
+#endif
+}
+
+/* See nn_impl.h. */
 int nn_conv_pool_fits(const conv_geom *g)
 {
 #if NN_HAVE_AVX2
@@ -1025,8 +1071,9 @@ __attribute__((target("avx512f"))) static int maxpool_s2_row512(const float *con
  * planes). Column 2j + 2 of the last lane (j = 15, w = 32) is past the input: its
  * index repeats column 31, the maximum is the same. Same results as the row kernel. */
 __attribute__((target("avx512f"))) static void maxpool_s2_small512(const float *xc, int h,
-                                                                   int w, int k, float *yc,
-                                                                   int oh, int ow)
+                                                                   int w, size_t stride,
+                                                                   int k, float *yc, int oh,
+                                                                   int ow)
 {
     const __m512i even = even512(), odd = odd512();
     const __m512i next = _mm512_setr_epi32(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
@@ -1036,7 +1083,7 @@ __attribute__((target("avx512f"))) static void maxpool_s2_small512(const float *
     for (int oy = 0; oy < oh; oy++) {
         __m512 lo = ninf, hi = ninf;
         for (int r = 0; r < k && 2 * oy + r < h; r++) {
-            const float *row = xc + (size_t)(2 * oy + r) * (size_t)w;
+            const float *row = xc + (size_t)(2 * oy + r) * stride;
             lo = _mm512_max_ps(lo, _mm512_mask_loadu_ps(ninf, mlo, row));
             hi = _mm512_max_ps(hi, _mm512_mask_loadu_ps(ninf, mhi, row + 16));
         }
@@ -1052,19 +1099,26 @@ __attribute__((target("avx512f"))) static void maxpool_s2_small512(const float *
 /* See nn_impl.h. */
 int nn_maxpool_s2(const float *xc, int h, int w, int k, float *yc, int oh, int ow)
 {
+    return nn_maxpool_s2_strided(xc, h, w, (size_t)w, k, yc, oh, ow);
+}
+
+/* See nn_impl.h. */
+int nn_maxpool_s2_strided(const float *xc, int h, int w, size_t stride, int k, float *yc,
+                          int oh, int ow)
+{
 #if NN_HAVE_AVX2
     if (fm_nn_isa_now() < FM_NN_ISA_AVX2 || (k != 2 && k != 3))
         return 0;
     const int wide = fm_nn_isa_now() >= FM_NN_ISA_AVX512;
     if (wide && w <= 32 && ow <= 16) {
-        maxpool_s2_small512(xc, h, w, k, yc, oh, ow);
+        maxpool_s2_small512(xc, h, w, stride, k, yc, oh, ow);
         return 1;
     }
     for (int oy = 0; oy < oh; oy++) {
         const float *rows[3];
         int kr = 0;
         for (int r = 0; r < k && 2 * oy + r < h; r++)
-            rows[kr++] = xc + (size_t)(2 * oy + r) * (size_t)w;
+            rows[kr++] = xc + (size_t)(2 * oy + r) * stride;
         float *out = yc + (size_t)oy * (size_t)ow;
         int ox = wide ? maxpool_s2_row512(rows, kr, k, w, ow, out)
                       : maxpool_s2_row(rows, kr, k, w, ow, out);
@@ -1079,7 +1133,7 @@ int nn_maxpool_s2(const float *xc, int h, int w, int k, float *yc, int oh, int o
     }
     return 1;
 #else
-    (void)xc, (void)h, (void)w, (void)k, (void)yc, (void)oh, (void)ow;
+    (void)xc, (void)h, (void)w, (void)stride, (void)k, (void)yc, (void)oh, (void)ow;
     return 0;
 #endif
 }

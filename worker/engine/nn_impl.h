@@ -202,6 +202,19 @@ void nn_conv_pool_direct(const conv_geom *g, int ph, int pw, const float *x, con
                          const float *bias, const float *slope, int n_slope, float *y,
                          float *scratch);
 
+/* 1 when nn_conv_direct runs g as flat runs (rows of g->w outputs, the last
+ * g->w - g->ow of each not kept: R-Net's and O-Net's first convolutions), whose copy
+ * into rows of g->ow nn_conv_flat_pool can leave out. */
+int nn_conv_flat_pool_fits(const conv_geom *g);
+
+/* nn_conv_direct followed by the k x k stride-2 unpadded max pool (k = 2 or 3; output
+ * ph x pw per channel, ceil mode or not), the pool reading the flat runs where they
+ * lie: the same bits as the two steps. Only when nn_conv_flat_pool_fits(g); scratch as
+ * nn_conv_direct. */
+void nn_conv_flat_pool(const conv_geom *g, int k, int ph, int pw, const float *x,
+                       const float *w, const float *bias, const float *slope, int n_slope,
+                       float *y, float *scratch);
+
 /* ---- kept layouts of unchanging weights (nn_keep.c) ------------------------------ */
 
 /* The layouts kept: the position tiles' packed panels (arg: the tile's channels),
@@ -264,5 +277,10 @@ void nn_prelu_plane(const float *x, float s, float *y, size_t count);
 /* Max pooling of one h x w plane with a k x k window (k = 2 or 3), stride 2, no
  * padding, ceil mode, into oh x ow. 0 (nothing done) when no vector kernel applies. */
 int nn_maxpool_s2(const float *xc, int h, int w, int k, float *yc, int oh, int ow);
+
+/* nn_maxpool_s2 of a plane whose rows lie stride >= w floats apart (the floats past w
+ * in a row are not read into any maximum). */
+int nn_maxpool_s2_strided(const float *xc, int h, int w, size_t stride, int k, float *yc,
+                          int oh, int ow);
 
 #endif

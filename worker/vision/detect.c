@@ -477,6 +477,29 @@ static fm_status conv_prelu(fm_arena *a, act_bufs *b, const fm_tensor *x, int to
     return st;
 }
 
+/* conv (valid, stride 1) + bias + PReLU + max pooling k/2 (Caffe ceil mode): x ->
+ * buffer `to` at offset 0, the convolution's output after it in `to` where the engine
+ * needs it (fm_nn_conv2d_prelu_maxpool: R-Net's and O-Net's first convolutions skip
+ * it, the pool reading their rows where they lie). */
+static fm_status conv_prelu_pool(fm_arena *a, act_bufs *b, const fm_tensor *x, int to,
+                                 const fm_tensor *w, const fm_tensor *bias,
+                                 const fm_tensor *alpha, int k, fm_tensor *y, fm_error *err)
+{
+    const fm_conv2d_params p = fm_conv2d_sym(1, 0);
+    const fm_pool2d_params pp = fm_pool2d_sym(k, 2, 0, 1, 0);
+    fm_tensor cs, ps, work;
+    fm_status st = fm_nn_conv2d_shape(x, w, &p, &cs, err);
+    if (!st)
+        st = fm_nn_pool2d_shape(&cs, &pp, &ps, err);
+    if (!st)
+        st = act_view(b, to, 0, ps.n, ps.c, ps.h, ps.w, y, err);
+    if (!st)
+        st = act_view(b, to, fm_tensor_count(y), cs.n, cs.c, cs.h, cs.w, &work, err);
+    if (!st)
+        st = fm_nn_conv2d_prelu_maxpool(a, x, w, bias, alpha, &p, &pp, &work, y, err);
+    return st;
+}
+
 /* Max pooling k/s, Caffe ceil mode, no padding: x -> buffer `to`. */
 static fm_status maxpool(fm_arena *a, act_bufs *b, const fm_tensor *x, int to, int k, int s,
                          fm_tensor *y, fm_error *err)
@@ -546,62 +569,60 @@ static fm_status pnet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
     return st;
 }
 
-/* R-Net on x [n, 3, 24, 24] (in X): logits [n, 2], regression [n, 4] (in Y). */
+/* R-Net on x [n, 3, 24, 24] (in X): logits [n, 2], regression [n, 4] (in X). */
 static fm_status rnet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
                               const fm_tensor *x, fm_tensor *logits, fm_tensor *reg,
                               fm_error *err)
 {
     const fm_tensor *t = net->t;
-    fm_tensor y1, p1, y2, p2, y3, d4;
+    fm_tensor p1, y2, p2, y3, d4;
     size_t n = (size_t)x->n;
-    fm_status st = conv_prelu(a, b, x, BUF_Y, &t[R_C1W], &t[R_C1B], &t[R_A1], &y1, err);
+    fm_status st =
+        conv_prelu_pool(a, b, x, BUF_Y, &t[R_C1W], &t[R_C1B], &t[R_A1], 3, &p1, err);
     if (!st)
-        st = maxpool(a, b, &y1, BUF_X, 3, 2, &p1, err);
+        st = conv_prelu(a, b, &p1, BUF_X, &t[R_C2W], &t[R_C2B], &t[R_A2], &y2, err);
     if (!st)
-        st = conv_prelu(a, b, &p1, BUF_Y, &t[R_C2W], &t[R_C2B], &t[R_A2], &y2, err);
+        st = maxpool(a, b, &y2, BUF_Y, 3, 2, &p2, err);
     if (!st)
-        st = maxpool(a, b, &y2, BUF_X, 3, 2, &p2, err);
+        st = conv_prelu(a, b, &p2, BUF_X, &t[R_C3W], &t[R_C3B], &t[R_A3], &y3, err);
     if (!st)
-        st = conv_prelu(a, b, &p2, BUF_Y, &t[R_C3W], &t[R_C3B], &t[R_A3], &y3, err);
+        st = dense(a, b, &y3, BUF_Y, 0, &t[R_D4W], &t[R_D4B], &t[R_A4], &d4, err);
     if (!st)
-        st = dense(a, b, &y3, BUF_X, 0, &t[R_D4W], &t[R_D4B], &t[R_A4], &d4, err);
+        st = dense(a, b, &d4, BUF_X, 0, &t[R_D51W], &t[R_D51B], NULL, logits, err);
     if (!st)
-        st = dense(a, b, &d4, BUF_Y, 0, &t[R_D51W], &t[R_D51B], NULL, logits, err);
-    if (!st)
-        st = dense(a, b, &d4, BUF_Y, 2 * n, &t[R_D52W], &t[R_D52B], NULL, reg, err);
+        st = dense(a, b, &d4, BUF_X, 2 * n, &t[R_D52W], &t[R_D52B], NULL, reg, err);
     return st;
 }
 
 /* O-Net on x [n, 3, 48, 48] (in X): logits [n, 2], regression [n, 4], landmarks
- * [n, 10] (in Y). */
+ * [n, 10] (in X). */
 static fm_status onet_forward(const mtcnn_net *net, fm_arena *a, act_bufs *b,
                               const fm_tensor *x, fm_tensor *logits, fm_tensor *reg,
                               fm_tensor *pts, fm_error *err)
 {
     const fm_tensor *t = net->t;
-    fm_tensor y1, p1, y2, p2, y3, p3, y4, d5;
+    fm_tensor p1, y2, p2, y3, p3, y4, d5;
     size_t n = (size_t)x->n;
-    fm_status st = conv_prelu(a, b, x, BUF_Y, &t[O_C1W], &t[O_C1B], &t[O_A1], &y1, err);
+    fm_status st =
+        conv_prelu_pool(a, b, x, BUF_Y, &t[O_C1W], &t[O_C1B], &t[O_A1], 3, &p1, err);
     if (!st)
-        st = maxpool(a, b, &y1, BUF_X, 3, 2, &p1, err);
+        st = conv_prelu(a, b, &p1, BUF_X, &t[O_C2W], &t[O_C2B], &t[O_A2], &y2, err);
     if (!st)
-        st = conv_prelu(a, b, &p1, BUF_Y, &t[O_C2W], &t[O_C2B], &t[O_A2], &y2, err);
+        st = maxpool(a, b, &y2, BUF_Y, 3, 2, &p2, err);
     if (!st)
-        st = maxpool(a, b, &y2, BUF_X, 3, 2, &p2, err);
+        st = conv_prelu(a, b, &p2, BUF_X, &t[O_C3W], &t[O_C3B], &t[O_A3], &y3, err);
     if (!st)
-        st = conv_prelu(a, b, &p2, BUF_Y, &t[O_C3W], &t[O_C3B], &t[O_A3], &y3, err);
+        st = maxpool(a, b, &y3, BUF_Y, 2, 2, &p3, err);
     if (!st)
-        st = maxpool(a, b, &y3, BUF_X, 2, 2, &p3, err);
+        st = conv_prelu(a, b, &p3, BUF_X, &t[O_C4W], &t[O_C4B], &t[O_A4], &y4, err);
     if (!st)
-        st = conv_prelu(a, b, &p3, BUF_Y, &t[O_C4W], &t[O_C4B], &t[O_A4], &y4, err);
+        st = dense(a, b, &y4, BUF_Y, 0, &t[O_D5W], &t[O_D5B], &t[O_A5], &d5, err);
     if (!st)
-        st = dense(a, b, &y4, BUF_X, 0, &t[O_D5W], &t[O_D5B], &t[O_A5], &d5, err);
+        st = dense(a, b, &d5, BUF_X, 0, &t[O_D61W], &t[O_D61B], NULL, logits, err);
     if (!st)
-        st = dense(a, b, &d5, BUF_Y, 0, &t[O_D61W], &t[O_D61B], NULL, logits, err);
+        st = dense(a, b, &d5, BUF_X, 2 * n, &t[O_D62W], &t[O_D62B], NULL, reg, err);
     if (!st)
-        st = dense(a, b, &d5, BUF_Y, 2 * n, &t[O_D62W], &t[O_D62B], NULL, reg, err);
-    if (!st)
-        st = dense(a, b, &d5, BUF_Y, 6 * n, &t[O_D63W], &t[O_D63B], NULL, pts, err);
+        st = dense(a, b, &d5, BUF_X, 6 * n, &t[O_D63W], &t[O_D63B], NULL, pts, err);
     return st;
 }
 
