@@ -982,16 +982,15 @@ void fm_auth_close(fm_auth **ap)
 
 /* ---- handshake watch -------------------------------------------------------------- */
 
-void *fm_auth_watch(void *ctx, void *sock)
+/* A PAIR of ctx receiving sock's monitor events of mask (name: the inproc address's
+ * stem), or NULL (nothing watched then). */
+static void *watch_events(void *ctx, void *sock, int mask, const char *name)
 {
     static unsigned long serial;
     char addr[96];
-    snprintf(addr, sizeof addr, "inproc://fm-handshake-%ld-%lu", (long)getpid(),
+    snprintf(addr, sizeof addr, "inproc://fm-%s-%ld-%lu", name, (long)getpid(),
              __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED));
-    /* not ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL: a connection reset mid-handshake (a
-     * broker restarting) is no refusal, and ZeroMQ tries again by itself */
-    if (zmq_socket_monitor(sock, addr, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                                           ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0)
+    if (zmq_socket_monitor(sock, addr, mask) != 0)
         return NULL;
     void *mon = zmq_socket(ctx, ZMQ_PAIR);
     if (mon && zmq_connect(mon, addr) == 0)
@@ -1002,22 +1001,40 @@ void *fm_auth_watch(void *ctx, void *sock)
     return NULL;
 }
 
-int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size)
+/* The next event a watch received, without waiting: 1 with its id and value, 0 when
+ * none is there. */
+static int next_event(void *mon, uint16_t *id, uint32_t *value)
 {
-    int failed = 0;
-    while (mon) {
+    for (;;) {
         uint8_t ev[6];
         char ep[256];
         int n = zmq_recv(mon, ev, sizeof ev, ZMQ_DONTWAIT);
         if (n < 0)
-            break;
+            return 0;
         zmq_recv(mon, ep, sizeof ep, ZMQ_DONTWAIT); /* the endpoint: a second frame */
         if (n != 6)
             continue;
-        uint16_t id;
-        uint32_t value;
-        memcpy(&id, ev, 2);
-        memcpy(&value, ev + 2, 4);
+        memcpy(id, ev, 2);
+        memcpy(value, ev + 2, 4);
+        return 1;
+    }
+}
+
+void *fm_auth_watch(void *ctx, void *sock)
+{
+    /* not ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL: a connection reset mid-handshake (a
+     * broker restarting) is no refusal, and ZeroMQ tries again by itself */
+    return watch_events(ctx, sock,
+                        ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                        "handshake");
+}
+
+int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size)
+{
+    int failed = 0;
+    uint16_t id;
+    uint32_t value;
+    while (mon && next_event(mon, &id, &value)) {
         failed = 1;
         if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
             snprintf(why, size, "%s refused this program's key (security.cert): the key is "
@@ -1055,21 +1072,12 @@ fm_auth_refusals *fm_auth_refusals_open(const fm_auth *a, void *ctx, void *sock,
     fm_auth_refusals *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    static unsigned long serial;
-    char addr[96];
-    snprintf(addr, sizeof addr, "inproc://fm-refusals-%ld-%lu", (long)getpid(),
-             __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED));
     /* with NO_DETAIL: a peer without keys is often cut off by its own side, which
      * sees the mismatch first, before this side has read its mechanism */
-    if (zmq_socket_monitor(sock, addr, ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0) {
-        free(r);
-        return NULL;
-    }
-    if (!(r->mon = zmq_socket(ctx, ZMQ_PAIR)) || zmq_connect(r->mon, addr) != 0) {
-        if (r->mon)
-            zmq_close(r->mon);
-        zmq_socket_monitor(sock, NULL, 0);
+    if (!(r->mon = watch_events(ctx, sock,
+                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                    ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                                "refusals"))) {
         free(r);
         return NULL;
     }
@@ -1081,19 +1089,9 @@ void fm_auth_refusals_poll(fm_auth_refusals *r)
 {
     if (!r)
         return;
-    for (;;) {
-        uint8_t ev[6];
-        char ep[256];
-        int n = zmq_recv(r->mon, ev, sizeof ev, ZMQ_DONTWAIT);
-        if (n < 0)
-            break;
-        zmq_recv(r->mon, ep, sizeof ep, ZMQ_DONTWAIT); /* the endpoint: a second frame */
-        if (n != 6)
-            continue;
-        uint16_t id;
-        uint32_t value;
-        memcpy(&id, ev, 2);
-        memcpy(&value, ev + 2, 4);
+    uint16_t id;
+    uint32_t value;
+    while (next_event(r->mon, &id, &value)) {
         if (id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
             r->cut++;
         else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)

@@ -192,6 +192,21 @@ static inline void warp_pixel(const uint8_t *src, int w, int h, size_t stride, i
 }
 
 #if ALIGN_HAVE_AVX2
+/* For each of n pixels at byte offsets off[k] of src, the four bytes from each of its
+ * four neighbours (the pixel, the one to its right, and the two below them): wd[0..3]
+ * [k]. Scalar loads, not gathers, which are slow on AMD's cores; the same bytes. */
+static inline void neighbour_words(const uint8_t *src, size_t stride, const int *off, int n,
+                                   int wd[4][8])
+{
+    for (int k = 0; k < n; k++) {
+        const uint8_t *p = src + off[k];
+        memcpy(&wd[0][k], p, 4);
+        memcpy(&wd[1][k], p + 3, 4);
+        memcpy(&wd[2][k], p + stride, 4);
+        memcpy(&wd[3][k], p + stride + 3, 4);
+    }
+}
+
 /* A row of a 3-channel warp, four output pixels at a time where all four have their
  * four neighbours inside (warp_pixel's fast case), warp_pixel elsewhere. The same
  * double operations in the same order as warp_pixel, lane by lane (multiplies and
@@ -240,16 +255,9 @@ __attribute__((target("avx2"))) static void warp_row3_avx2(const uint8_t *src, i
         const __m256d fx = _mm256_sub_pd(sx, flx), fy = _mm256_sub_pd(sy, fly);
         const __m256d gx = _mm256_sub_pd(one, fx), gy = _mm256_sub_pd(one, fy);
         const __m128i ia = _mm_add_epi32(_mm_mullo_epi32(y0, sstride), _mm_mullo_epi32(x0, s3));
-        /* scalar loads, as in warp_row3_avx512: the same bytes */
-        int off[4], wd[4][4];
+        int off[4], wd[4][8];
         _mm_storeu_si128((__m128i *)off, ia);
-        for (int k = 0; k < 4; k++) {
-            const uint8_t *p = src + off[k];
-            memcpy(&wd[0][k], p, 4);
-            memcpy(&wd[1][k], p + 3, 4);
-            memcpy(&wd[2][k], p + stride, 4);
-            memcpy(&wd[3][k], p + stride + 3, 4);
-        }
+        neighbour_words(src, stride, off, 4, wd);
         const __m128i pa = _mm_loadu_si128((const __m128i *)wd[0]);
         const __m128i pa3 = _mm_loadu_si128((const __m128i *)wd[1]);
         const __m128i pb = _mm_loadu_si128((const __m128i *)wd[2]);
@@ -323,17 +331,9 @@ __attribute__((target("avx512f"))) static void warp_row3_avx512(const uint8_t *s
         const __m512d gx = _mm512_sub_pd(one, fx), gy = _mm512_sub_pd(one, fy);
         const __m256i ia = _mm256_add_epi32(_mm256_mullo_epi32(y0, sstride),
                                             _mm256_mullo_epi32(x0, s3));
-        /* the words the gathers would read, by scalar loads (gathers are slow on AMD's
-         * cores): the same bytes */
         int off[8], wd[4][8];
         _mm256_storeu_si256((__m256i *)off, ia);
-        for (int k = 0; k < 8; k++) {
-            const uint8_t *p = src + off[k];
-            memcpy(&wd[0][k], p, 4);
-            memcpy(&wd[1][k], p + 3, 4);
-            memcpy(&wd[2][k], p + stride, 4);
-            memcpy(&wd[3][k], p + stride + 3, 4);
-        }
+        neighbour_words(src, stride, off, 8, wd);
         const __m256i pa = _mm256_loadu_si256((const __m256i *)wd[0]);
         const __m256i pa3 = _mm256_loadu_si256((const __m256i *)wd[1]);
         const __m256i pb = _mm256_loadu_si256((const __m256i *)wd[2]);
