@@ -328,6 +328,13 @@ def start(h, sink_sets=None, broker_sets=None):
     h.log_has("sink", "storing results")
 
 
+def stop_broker(c):
+    """Stops c's newest broker as its unit would (SIGTERM) and checks it exits 0."""
+    b = [p for p in c.procs if p.fm_name == "broker"][-1]
+    os.killpg(b.pid, signal.SIGTERM)
+    check(b.wait(WAIT) == 0, "the broker stops")
+
+
 def real_worker_rows(h, n):
     """Every one of n rows was stored from the real worker's result."""
     names = re.findall(r" worker (\S+): credit ", read_log(h.c, "worker"))
@@ -1196,9 +1203,7 @@ def case_damaged_body(h):
     client.send(submit=sub)
     ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == 1)
     check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs), "2 jobs accepted")
-    b = [p for p in c.procs if p.fm_name == "broker"][-1]
-    os.killpg(b.pid, signal.SIGTERM)
-    check(b.wait(WAIT) == 0, "the broker stops")
+    stop_broker(c)
     journal = os.path.join(c.dir, "journal.db")
     with sqlite3.connect(journal) as db:
         (blob,) = db.execute("SELECT body FROM jobs WHERE id = 'db-flipped'").fetchone()
@@ -1235,9 +1240,7 @@ def case_journal_recover(h):
         ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == first + 1)
         check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs),
               "jobs %d.. accepted" % first)
-    b = [p for p in c.procs if p.fm_name == "broker"][-1]
-    os.killpg(b.pid, signal.SIGTERM)
-    check(b.wait(WAIT) == 0, "the broker stops")
+    stop_broker(c)
     journal = os.path.join(c.dir, "journal.db")
     check(not os.path.exists(journal + "-wal") or os.path.getsize(journal + "-wal") == 0,
           "the journal's WAL is checkpointed at the stop")
@@ -1355,9 +1358,7 @@ def case_lost_journal(h):
     client = h.client_peer()
     wait_until(lambda: h.status(client, "lost").tag_total == 13, 60,
                "the broker holds the 13 jobs (no worker runs)")
-    b = [p for p in c.procs if p.fm_name == "broker"][-1]
-    os.killpg(b.pid, signal.SIGTERM)
-    check(b.wait(WAIT) == 0, "the broker stops")
+    stop_broker(c)
     journal = os.path.join(c.dir, "journal.db")
     for sfx in ("", "-wal", "-shm"):
         if os.path.exists(journal + sfx):
@@ -1406,9 +1407,7 @@ def case_journal_full_start(h):
     client.send(submit=sub)
     ack = client.next("submit_ack", pred=lambda e: e.submit_ack.request_id == 1)
     check(all(j.state == pb.JobAck.ACCEPTED for j in ack.submit_ack.jobs), "20 jobs accepted")
-    b = [p for p in c.procs if p.fm_name == "broker"][-1]
-    os.killpg(b.pid, signal.SIGTERM)
-    check(b.wait(WAIT) == 0, "the broker stops")
+    stop_broker(c)
     with open(journal, "rb") as f:
         before = f.read()
     filler = os.path.join(disk, "filler")

@@ -144,6 +144,26 @@ done:
     return rc;
 }
 
+/* The statements with which a writer replaces rows (one row per name and tag). */
+static fm_status prepare_replacing(fm_results *r, fm_error *err)
+{
+    static const char *const sql[] = {
+        "DELETE FROM images WHERE source = ? AND tag IS ? AND job_id <> ?",
+        "DELETE FROM images WHERE job_id = ?",
+        "SELECT 1 FROM images WHERE source = ? AND tag IS ? AND job_id <> ? AND"
+        " error_code = 0 LIMIT 1",
+    };
+    static const char *const what[] = {"preparing the replacement of older rows",
+                                       "preparing the replacement of failed rows",
+                                       "preparing the look-up of labelled rows"};
+    sqlite3_stmt **out[] = {&r->replace_older, &r->delete_job, &r->labelled_other};
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
+        if (sqlite3_prepare_v3(r->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, out[i], NULL) !=
+            SQLITE_OK)
+            return db_error(err, r->db, what[i]);
+    return FM_OK;
+}
+
 static fm_status prepare_staging(fm_results *r, fm_error *err)
 {
     static const char *const sql[] = {
@@ -253,28 +273,8 @@ fm_status fm_results_open(fm_results **out, const char *path, int flags, fm_erro
         rc = db_error(err, r->db, "preparing inserts");
         goto fail;
     }
-    if (!ro && sqlite3_prepare_v3(r->db,
-                                  "DELETE FROM images WHERE source = ? AND tag IS ? AND"
-                                  " job_id <> ?",
-                                  -1, SQLITE_PREPARE_PERSISTENT, &r->replace_older,
-                                  NULL) != SQLITE_OK) {
-        rc = db_error(err, r->db, "preparing the replacement of older rows");
+    if (!ro && (rc = prepare_replacing(r, err)) != FM_OK)
         goto fail;
-    }
-    if (!ro && sqlite3_prepare_v3(r->db, "DELETE FROM images WHERE job_id = ?", -1,
-                                  SQLITE_PREPARE_PERSISTENT, &r->delete_job,
-                                  NULL) != SQLITE_OK) {
-        rc = db_error(err, r->db, "preparing the replacement of failed rows");
-        goto fail;
-    }
-    if (!ro && sqlite3_prepare_v3(r->db,
-                                  "SELECT 1 FROM images WHERE source = ? AND tag IS ? AND"
-                                  " job_id <> ? AND error_code = 0 LIMIT 1",
-                                  -1, SQLITE_PREPARE_PERSISTENT, &r->labelled_other,
-                                  NULL) != SQLITE_OK) {
-        rc = db_error(err, r->db, "preparing the look-up of labelled rows");
-        goto fail;
-    }
     if (sqlite3_prepare_v3(r->db, "SELECT error_code FROM images WHERE job_id = ?", -1,
                            SQLITE_PREPARE_PERSISTENT, &r->lookup, NULL) != SQLITE_OK) {
         rc = db_error(err, r->db, "preparing look-up");
