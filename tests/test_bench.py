@@ -15,6 +15,8 @@ figures for consistency, never for speed:
     pixel plus the strips' overlap;
   - --chips DIR takes the chips from that folder; the table output; errors (no
     chips, a bad option) exit 1 and 2;
+  - facemill-bench-detect --only 640: the 640x480 image's line (its 3 faces) between
+    the two cblas_sgemm lines it prints;
   - ops/bench/faceapi/compare's help and usage errors (exit 2; face-api.js itself
     is not run: it needs node and the npm registry).
 Skips (77) without the models and sample photos (models/fetch). The environment's
@@ -189,6 +191,18 @@ def main():
         for bad in (["--case", "video"], ["--count", "0"], ["-j", "x"], ["--frobnicate"]):
             p = run([facemill, "bench"] + bad, env=env, timeout=60)
             check(p.returncode == 2, "%s: exit 2, got %d" % (" ".join(bad), p.returncode))
+
+        # facemill-bench-detect: the 640x480 image once, between two sgemm figures
+        detect = os.path.join(os.path.dirname(facemill), "facemill-bench-detect")
+        p = run([detect, "--only", "640", "--repeat", "1"], env=env, timeout=300)
+        lines = p.stdout.splitlines()
+        at = [i for i, x in enumerate(lines) if x.startswith("640x480 ")]
+        sg = [i for i, x in enumerate(lines) if x.startswith("cblas_sgemm 1024^3, 1 thread")]
+        check(p.returncode == 0 and len(at) == 1 and "3 faces" in lines[at[0]] and
+              len(sg) == 2 and sg[0] < at[0] < sg[1] and
+              all(lines[i].endswith(" GFLOPS") for i in sg),
+              "bench-detect --only 640: the image's line between two sgemm lines: %d %s" % (
+                  p.returncode, (p.stdout + p.stderr)[-600:]))
 
         # ops/bench/faceapi/compare (face-api.js itself needs node and the npm registry,
         # so only what runs before it: the help and the usage errors)

@@ -8,7 +8,9 @@
  *                         [--small-faces]
  *
  * 1. Speed at the default settings (detect.* of config; --set changes them), median
- *    of --repeat runs (default 5), one OpenBLAS thread unless --threads:
+ *    of --repeat runs (default 5), one OpenBLAS thread unless --threads, between two
+ *    measurements of cblas_sgemm 1024^3 on one thread (the figure targets scale by;
+ *    a change between them says the machine's speed moved during the runs):
  *      - a 640x480 image,
  *      - a 12 MP (4000x3000) image the way the pipeline sees it: JPEG-encoded, decoded
  *        with DCT scaling to what max_side needs (1/2: 2000x1500), then detected;
@@ -500,17 +502,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "facemill-bench-detect: %s\n", fm_error_text(&err));
         goto done;
     }
-    printf("sample %s, median of %d runs:\n", sample, repeat);
     int run640 = !only || strcmp(only, "640") == 0;
     int run12j = !only || strcmp(only, "12mp-jpeg") == 0;
     int run12 = !only || strcmp(only, "12mp") == 0;
-    if (speed &&
-        ((run640 && bench_image("640x480", det, dec, &img640, NULL, repeat)) ||
-         (run12j && bench_image("12 MP JPEG, DCT-scaled decode", det, dec, NULL, tmp12,
-                                repeat)) ||
-         (run12 && bench_image("12 MP pixels, full resolution", det, dec, &img12, NULL,
-                               repeat))))
-        goto done;
+    if (speed) {
+        /* the machine's speed around the runs: targets scale by it, and on a shared
+         * machine the two may differ */
+        printf("cblas_sgemm 1024^3, 1 thread, before the runs: %.1f GFLOPS\n",
+               fm_blas_sgemm_gflops());
+        printf("sample %s, median of %d runs:\n", sample, repeat);
+        if ((run640 && bench_image("640x480", det, dec, &img640, NULL, repeat)) ||
+            (run12j && bench_image("12 MP JPEG, DCT-scaled decode", det, dec, NULL, tmp12,
+                                   repeat)) ||
+            (run12 && bench_image("12 MP pixels, full resolution", det, dec, &img12, NULL,
+                                  repeat)))
+            goto done;
+        printf("cblas_sgemm 1024^3, 1 thread, after the runs: %.1f GFLOPS\n",
+               fm_blas_sgemm_gflops());
+    }
     if (utk) {
         if (bench_utk(utk, det, dec, misses))
             goto done;
