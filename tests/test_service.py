@@ -35,6 +35,9 @@ One case per run (--case NAME), so ctest reports each on its own:
               one, which takes jobs; every job committed exactly once
   broker_outage  the broker killed (-9) for longer than the workers' expiry and
               restarted: the same worker processes reconnect and finish the job set
+  restart_progress  the broker stopped and started again on its journal while it
+              holds a whole run: submit's progress lines count what is stored after
+              the restart (no Commit notice reaches the client for those jobs)
   sigterm_worker SIGTERM to a worker mid-run: it finishes or hands back its jobs,
               leaves (WorkerBye) and exits 0 promptly; the other worker does the rest
   worker_name every result names the process that produced it (host:pid/index, or
@@ -326,10 +329,12 @@ def mid_run(c, n, what):
     return at
 
 
-def broker_status(c):
-    """`facemill status` of c's broker (stdout), or "" when it does not answer."""
+def broker_status(c, tag=None):
+    """`facemill status` of c's broker (stdout; with the counts of tag when given), or
+    "" when it does not answer."""
     try:
-        r = subprocess.run([os.path.join(c.bin, "facemill"), "status"] + c.args(),
+        r = subprocess.run([os.path.join(c.bin, "facemill"), "status"] +
+                           (["--tag", tag] if tag else []) + c.args(),
                            capture_output=True, timeout=30)
     except subprocess.TimeoutExpired:
         return ""
@@ -834,6 +839,56 @@ def case_broker_outage(c, a):
           "every result came from those two processes: %s" % by)
 
 
+def progress_counts(c, since=0):
+    """The done counts of submit's progress lines, those after byte since of its log."""
+    with open(os.path.join(c.dir, "submit.log"), "rb") as f:
+        f.seek(since)
+        text = f.read().decode("utf-8", "replace")
+    return [int(x) for x in re.findall(r"^progress: (\d+)/\d+ done", text, re.M)]
+
+
+def case_restart_progress(c, a):
+    n = 2000
+    make_images(a.bin, os.path.join(c.dir, "in"), n, size=256)
+    c.sink()
+    broker = c.broker()
+    p = c.submit([os.path.join(c.dir, "in")], "restart-progress")
+    # No worker yet: the whole run waits at the broker when it stops.
+    wait_until(lambda: re.search(r"^tag restart-progress: +%d jobs, 0 committed" % n,
+                                 broker_status(c, "restart-progress"), re.M), 60,
+               "the broker to hold all %d jobs" % n)
+    os.killpg(broker.pid, signal.SIGTERM)
+    check(broker.wait(30) == 0, "the broker stops (SIGTERM) holding the run")
+    c.broker()  # the same journal: every job is back, none with a client to notify
+    w = c.worker("worker-a")
+    wait_rows(c, 300)
+    os.killpg(w.pid, signal.SIGTERM)  # it finishes or hands back its batch and leaves
+    check(w.wait(30) == 0, "worker-a stops")
+    mid_run(c, n, "worker-a stopped")
+    # Nothing is labelled now: once the count stands still, the progress line shows it.
+    stable = []
+
+    def standing():
+        stable.append(c.rows()[0])
+        return len(stable) >= 20 and stable[-1] == stable[-20]
+    wait_until(standing, 60, "the stored count to stand still")
+    at = stable[-1]
+    since = os.path.getsize(os.path.join(c.dir, "submit.log"))
+    try:
+        wait_until(lambda: at in progress_counts(c, since), 30,
+                   "a progress line saying %d/%d done" % (at, n))
+    except Failure as e:
+        raise Failure("%s; the lines said %s" % (e, sorted(set(progress_counts(c)))))
+    most = max(progress_counts(c))
+    check(most == at, "the progress lines counted up to %d of the %d stored" % (most, at))
+    c.worker("worker-b")
+    check(finish_submit(c, p, 300) == 0, "submit exits 0")
+    settle(c)
+    exactly_once(c, n)
+    check("%d images: %d committed" % (n, n) in read_log(c, "submit"),
+          "the summary counts every image committed")
+
+
 def case_sigterm_worker(c, a):
     make_images(a.bin, os.path.join(c.dir, "in"), 2000, size=256)
     c.sink()
@@ -1207,6 +1262,7 @@ CASES = {
     "netns": case_netns,
     "restart_child": case_restart_child,
     "broker_outage": case_broker_outage,
+    "restart_progress": case_restart_progress,
     "sigterm_worker": case_sigterm_worker,
     "worker_name": case_worker_name,
     "label_orphans": case_label_orphans,

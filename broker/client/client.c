@@ -11,7 +11,10 @@
  * a set until a Commit names them. Commit notices are best effort (lost when the
  * broker restarts, or sent to the client that first submitted a DUPLICATE), so once
  * everything is submitted the loop also asks for the tag's counts: when the broker
- * has committed every job of the tag, the run is complete.
+ * has committed every job of the tag, the run is complete. The same counts keep the
+ * progress moving meanwhile (unnoticed): the jobs this run waits for beyond the tag's
+ * open ones are committed, notice or not; without them the progress would stand
+ * still from a broker restart to the very end while the work went on.
  */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include "facemill/client.h"
@@ -909,16 +912,19 @@ typedef struct progress {
     int drawn;
 } progress;
 
-static void progress_show(progress *p, const fm_client_summary *s, int64_t now, int final)
+/* extra: jobs committed that no Commit named (unnoticed()), done as well. */
+static void progress_show(progress *p, const fm_client_summary *s, int64_t extra,
+                          int64_t now, int final)
 {
     if (p->mode == FM_PROGRESS_NONE)
         return;
     if (!final && now - p->last_ms < p->interval_ms)
         return;
     p->last_ms = now;
-    int64_t done = s->committed + s->skipped + s->rejected;
+    int64_t committed = s->committed + extra;
+    int64_t done = committed + s->skipped + s->rejected;
     double secs = (double)(now - p->start_ms) / 1000.0;
-    double rate = secs > 0.05 ? (double)(s->committed + s->rejected) / secs : 0.0;
+    double rate = secs > 0.05 ? (double)(committed + s->rejected) / secs : 0.0;
     int64_t left = s->total > done ? s->total - done : 0;
     char eta[32] = "--:--";
     if (rate > 0 && left > 0) {
@@ -993,7 +999,23 @@ typedef struct run {
     void *watch;            /* the handshakes of sock (fm_auth_watch) */
     int64_t stored_answers; /* jobs answered COMMITTED: stored by an earlier run */
     int final_status;       /* a status reply since every job of this run was done */
+    int64_t tag_open; /* the tag's jobs not committed at the last status reply, plus the
+                         ids pending took since (-1: no reply yet): see unnoticed() */
 } run;
+
+/* The jobs of pending that the broker has committed though no Commit named them
+ * (a broker restart loses the notices of the jobs it had: they go to the connection
+ * that sent the Submit). Every id in pending is a job of the tag, so those beyond
+ * the tag's open jobs are committed: a count that is never too high (an id pending
+ * took after the reply is counted open), and exact when every open job of the tag is
+ * one this run waits for. A Commit that names one of them later moves it from
+ * pending to committed, so it is counted once. */
+static int64_t unnoticed(const run *r)
+{
+    if (r->tag_open < 0 || (int64_t)r->pending.n <= r->tag_open)
+        return 0;
+    return (int64_t)r->pending.n - r->tag_open;
+}
 
 static fm_status send_submit(run *r, fm_error *err)
 {
@@ -1133,10 +1155,14 @@ static void on_ack(run *r, const Facemill__SubmitAck *ack, fm_error *err)
         case FACEMILL__JOB_ACK__STATE__ACCEPTED:
             r->accepted++; /* new to the broker: once per id */
             /* fall through */
-        case FACEMILL__JOB_ACK__STATE__DUPLICATE:
-            if (set_add(&r->pending, id) < 0)
+        case FACEMILL__JOB_ACK__STATE__DUPLICATE: {
+            int added = set_add(&r->pending, id);
+            if (added < 0)
                 fm_error_set(err, FM_ERR_NOMEM, "out of memory");
+            else if (added && r->tag_open >= 0)
+                r->tag_open++; /* open, as far as the last status reply can tell */
             break;
+        }
         case FACEMILL__JOB_ACK__STATE__COMMITTED:
             r->sum->skipped++; /* stored by an earlier run: whether it failed, the */
             r->stored_answers++; /* tag's status says (the ack does not) */
@@ -1183,6 +1209,10 @@ static void on_status(run *r, const Facemill__StatusReply *s)
         return;
     }
     r->most_total = s->tag_total;
+    /* The broker answers in the order it takes requests: the jobs of every ack that
+     * came before this reply are in its counts. */
+    uint64_t left = s->tag_total > s->tag_committed ? s->tag_total - s->tag_committed : 0;
+    r->tag_open = (int64_t)left;
     if (r->inputs_done && !r->outstanding && r->pending.n == 0) {
         /* the failures among the jobs stored before (answered COMMITTED) */
         if (s->has_tag_failed && (int64_t)s->tag_failed > r->sum->failed - r->sum->rejected)
@@ -1414,6 +1444,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
     r.prog.interval_ms = r.prog.mode == FM_PROGRESS_BAR ? 200 : o->progress_ms;
     r.prog.start_ms = r.prog.last_ms = fm_now_ms();
     r.next_status_ms = fm_now_ms() + 1000;
+    r.tag_open = -1;
 
     for (;;) {
         if (o->stop && *o->stop) {
@@ -1444,12 +1475,14 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
                 goto done;
         }
         if (now >= r.next_status_ms) {
-            /* Every second once all is submitted (to finish without lost notices),
-             * every five seconds before. */
+            /* Every second once all is submitted (to finish without lost notices) or
+             * while notices are missing (the progress counts on the replies), every
+             * five seconds before. */
             r.status_id++;
             if ((st = send_status_request(r.sock, o->tag, r.status_id, err)) != FM_OK)
                 goto done;
-            r.next_status_ms = now + (r.inputs_done && !r.outstanding ? 1000 : 5000);
+            int often = (r.inputs_done && !r.outstanding) || unnoticed(&r) > 0;
+            r.next_status_ms = now + (often ? 1000 : 5000);
         }
         zmq_pollitem_t it = {r.sock, 0, ZMQ_POLLIN, 0};
         int pr = zmq_poll(&it, 1, 100);
@@ -1495,11 +1528,14 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
             st = err ? (err->code ? err->code : FM_ERR_INTERNAL) : FM_ERR_INTERNAL;
             goto done;
         }
-        progress_show(&r.prog, sum, fm_now_ms(), 0);
+        progress_show(&r.prog, sum, unnoticed(&r), fm_now_ms(), 0);
     }
 done:
+    /* A run that stops early counts what the broker committed without a notice too
+     * (a run that ended has none left waiting). */
+    sum->committed += unnoticed(&r);
     if (r.sock) {
-        progress_show(&r.prog, sum, fm_now_ms(), 1);
+        progress_show(&r.prog, sum, 0, fm_now_ms(), 1);
         fm_auth_watch_close(r.sock, r.watch);
         zmq_close(r.sock);
     }
