@@ -112,6 +112,15 @@ static void test_certificates(void)
     fm_error me = {0};
     snprintf(path, sizeof path, "%s/missing.key", dir);
     CHECK(fm_cert_load(&pub, path, 0, &me) == FM_ERR_IO);
+    /* a FIFO (an allowlist's *.key, say) is refused without waiting for a writer */
+    snprintf(path, sizeof path, "%s/fifo.key", dir);
+    CHECK(mkfifo(path, 0600) == 0);
+    fm_test_alarm(5);
+    fm_status st = fm_cert_load(&pub, path, 0, &me);
+    fm_test_alarm(0);
+    CHECK_MSG(st == FM_ERR_IO && strstr(me.msg, "fifo.key: a FIFO, not a regular file"),
+              "%s", me.msg);
+    unlink(path);
 }
 
 /* ---- endpoints ------------------------------------------------------------------ */

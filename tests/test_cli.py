@@ -16,7 +16,9 @@ For every command `facemill --help` lists, and every sub-command its help names
     what it accepts;
   - a --set of an unknown key, without '=', or of a value of the wrong type exits 2
     with a line naming it;
-and the options the commands took before their parser was shared still exist;
+and the options the commands took before their parser was shared still exist; a
+configuration that is a FIFO or a directory refused at once, /dev/stdin, <(...)
+and /dev/null read;
 `facemill --version` and `facemill help COMMAND`; the daemons' --version and their
 bad arguments, each named in one line.
 Nothing runs for real: every command line here fails before a command starts its
@@ -91,11 +93,11 @@ class Runner:
         self.env = dict(os.environ)
         self.env.pop("FACEMILL_CONFIG", None)
 
-    def run(self, args):
+    def run(self, args, timeout=TIMEOUT, env=None):
         try:
-            p = subprocess.run([self.prog] + args, cwd=self.cwd, env=self.env,
+            p = subprocess.run([self.prog] + args, cwd=self.cwd, env=env or self.env,
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, timeout=TIMEOUT,
+                               stderr=subprocess.PIPE, timeout=timeout,
                                universal_newlines=True)
         except subprocess.TimeoutExpired:
             return -1, "", "timed out"
@@ -279,7 +281,8 @@ def check_sets(r, cmd, n):
 
 def check_examples(r):
     """The cases that once went wrong, and the codes of usage errors found after
-    parsing."""
+    parsing; a usage error comes out alone, in one line (nothing is started before
+    it: no INFO line of the OpenBLAS kernels of the commands that compute)."""
     cases = [
         (["label", "-j", "abc", "in", "-o", "out.db"], 2, "-j 'abc': expected an integer"),
         (["label", "in"], 2, "-o RESULTS.db is required"),
@@ -299,6 +302,22 @@ def check_examples(r):
         (["detect", "--min-face", "x", "a.jpg"], 2, "unknown option '--min-face'"),
         (["detect", "--draw", "a.jpg", "--draw-dir", "d", "a.jpg"], 2, "exclude each other"),
         (["eval"], 2, "--data DIR is required"),
+        (["eval", "--data", "d", "--compare", "c.jsonl", "--compare-set", "heads.model=x"],
+         2, "--compare and --compare-set exclude each other"),
+        (["eval", "--data", "d", "--degrade", "nope"], 2,
+         "--degrade: unknown damage 'nope'"),
+        (["eval", "--data", "d", "--compare-set", "no.such_key=1"], 2,
+         "--compare-set: unknown key 'no.such_key'"),
+        (["train", "--freeze", "-o", "o.fmm"], 2, "--train DIR is required"),
+        (["train", "--freeze", "--train", "d", "--extract-only"], 2,
+         "--extract-only needs --cache"),
+        (["train", "-o", "o.fmm"], 2, "--train DIR is required"),
+        (["predict", "--draw", "a.jpg", "a.jpg", "b.jpg"], 2,
+         "--draw takes exactly one image"),
+        (["predict", "--draw", "a.jpg", "--draw-dir", "d", "a.jpg"], 2,
+         "exclude each other"),
+        (["detect", "--draw", "a.jpg", "a.jpg", "b.jpg"], 2,
+         "--draw takes exactly one image"),
         (["export"], 2, "expected at least 1 argument"),
         (["export", "a.db", "b.db"], 2, "unexpected argument 'b.db'"),
         (["model"], 2, "expected at least 1 argument"),
@@ -313,6 +332,10 @@ def check_examples(r):
         check(code == want and needle in err,
               "%s: exit %d with '%s' (exit %d: %s)" % (show(args), want, needle, code,
                                                        err.strip()[:300]))
+        lines = err.strip().split("\n")
+        check(want != 2 or (len(lines) == 1 and "INFO" not in err),
+              "%s: the usage error alone, in one line: %s"
+              % (show(args), err.strip()[:300]))
     code, out, err = r.run(["--version"])
     check(code == 0 and re.fullmatch(r"facemill \d+\.\d+\.\d+\n", out),
           "facemill --version prints the version (%d: %r)" % (code, out))
@@ -320,6 +343,54 @@ def check_examples(r):
     code2, out2, _ = r.run(["keygen", "--help"])
     check(code == 0 and out == out2 and out.startswith("usage: facemill keygen"),
           "facemill help keygen prints keygen's help (%d)" % code)
+
+
+def check_not_regular(r, bindir, cwd):
+    """A configuration that is a named FIFO (whose open would wait for ever without a
+    writer) or a directory is refused at once: exit 2 with a line naming it, from
+    --config, $FACEMILL_CONFIG and the daemons' --config; /dev/stdin reads standard
+    input, a shell's <(...) its pipe, /dev/null nothing."""
+    fifo = os.path.join(cwd, "fifo.yaml")
+    os.mkfifo(fifo)
+    for args, env in ((["config", "--config", fifo], None),
+                      (["detect", "--config", fifo, "a.jpg"], None),
+                      (["config", "--config", cwd], None),
+                      (["config"], dict(r.env, FACEMILL_CONFIG=fifo))):
+        code, out, err = r.run(args, timeout=10, env=env)
+        path = args[2] if len(args) > 2 else fifo
+        check(code == 2 and (path + ": a ") in err and "not a regular file" in err and
+              len(err.strip().split("\n")) == 1,
+              "%s%s: exit 2 at once, naming the file (exit %d: %s)"
+              % ("FACEMILL_CONFIG=fifo " if env else "", show(args), code,
+                 err.strip()[:300]))
+    for prog in ("facemill-broker", "facemill-sink", "facemill-worker"):
+        try:
+            p = subprocess.run([os.path.join(bindir, prog), "--config", fifo], cwd=cwd,
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=10)
+            code, err = p.returncode, p.stderr
+        except subprocess.TimeoutExpired:
+            code, err = -1, "timed out"
+        check(code == 2 and fifo + ": a FIFO, not a regular file" in err,
+              "%s --config FIFO: exit 2 at once, naming it (exit %d: %s)"
+              % (prog, code, err.strip()[:300]))
+    p = subprocess.run([r.prog, "config", "--config", "/dev/stdin"], cwd=cwd, env=r.env,
+                       input="detect:\n  min_face: 33\n", capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    check(p.returncode == 0 and "\n  min_face: 33\n" in p.stdout,
+          "facemill config --config /dev/stdin reads standard input (exit %d: %s)"
+          % (p.returncode, p.stderr.strip()[:300]))
+    p = subprocess.run(["bash", "-c", 'exec "$0" config --config <(printf "detect:\\n'
+                        '  min_face: 34\\n")', r.prog], cwd=cwd, env=r.env,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    check(p.returncode == 0 and "\n  min_face: 34\n" in p.stdout,
+          "facemill config --config <(...) reads the pipe (exit %d: %s)"
+          % (p.returncode, p.stderr.strip()[:300]))
+    code, out, err = r.run(["config", "--config", "/dev/null"], timeout=10)
+    check(code == 0 and "\n  min_face: 20\n" in out,
+          "facemill config --config /dev/null: the defaults (exit %d: %s)"
+          % (code, err.strip()[:300]))
+    os.unlink(fifo)
 
 
 def check_daemons(bindir, cwd):
@@ -384,6 +455,7 @@ def main():
             check_numbers(r, cmd, opts, n)
             check_sets(r, cmd, n)
         check_examples(r)
+        check_not_regular(r, os.path.dirname(prog), cwd)
         check_daemons(os.path.dirname(prog), cwd)
     print("cli: %d passed, %d failed" % (passed, len(failures)))
     return 1 if failures else 0

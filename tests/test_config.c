@@ -7,9 +7,12 @@
 #include "facemill/log.h"
 #include "fm_test.h"
 
+#include <fcntl.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char tmpdir[256];
@@ -373,6 +376,25 @@ static void test_set(void)
     CHECK(c.detect.pnet_threshold == 1.0);
     CHECK(fm_config_set(&c, "detect.pnet_threshold=0", &e) == FM_OK);
     CHECK(c.detect.pnet_threshold == 0.0);
+    /* -0 (however written, or a negative number too small for a double) is 0: stored
+     * without its sign, so dump and `facemill config` print 0, not -0 */
+    const char *const zeros[] = {"detect.pnet_threshold=-0", "detect.pad=-0.0e3",
+                                 "heads.race_min_prob=-1e-400"};
+    for (size_t i = 0; i < sizeof zeros / sizeof zeros[0]; i++)
+        CHECK_MSG(fm_config_set(&c, zeros[i], &e) == FM_OK, "%s: %s", zeros[i], e.msg);
+    CHECK(c.detect.pnet_threshold == 0.0 && !signbit(c.detect.pnet_threshold));
+    CHECK(c.detect.pad == 0.0 && !signbit(c.detect.pad));
+    CHECK(c.heads.race_min_prob == 0.0 && !signbit(c.heads.race_min_prob));
+    CHECK(load_text(&c, "detect:\n  rnet_threshold: -0\n", &e) == FM_OK);
+    CHECK(c.detect.rnet_threshold == 0.0 && !signbit(c.detect.rnet_threshold));
+    char *dumped = NULL;
+    size_t dumped_len = 0;
+    FILE *mem = open_memstream(&dumped, &dumped_len);
+    CHECK(mem && fm_config_dump(&c, mem) == FM_OK);
+    fclose(mem);
+    CHECK_MSG(dumped && strstr(dumped, "  pnet_threshold: 0\n") && !strstr(dumped, "-0"),
+              "%s", dumped ? dumped : "(none)");
+    free(dumped);
     CHECK(fm_config_set(&c, "decode.max_pixels=+1000000000", &e) == FM_OK);
     CHECK(c.decode.max_pixels == 1000000000);
     CHECK(c.decode.formats == FM_FORMAT_ALL);
@@ -421,6 +443,92 @@ static void test_set(void)
 
     /* A NULL error record is allowed. */
     CHECK(fm_config_set(&c, "nope=1", NULL) == FM_ERR_CONFIG);
+}
+
+/* fm_config_load_file on path with standard input read from fd (-1: as it is), given
+ * at most 5 seconds (fm_test_alarm). */
+static fm_status load_in_time(fm_config *c, const char *path, int fd, fm_error *e)
+{
+    int saved = fd >= 0 ? dup(STDIN_FILENO) : -1;
+    if (fd >= 0)
+        dup2(fd, STDIN_FILENO);
+    fm_test_alarm(5);
+    fm_status st = fm_config_load_file(c, path, e);
+    fm_test_alarm(0);
+    if (saved >= 0) {
+        dup2(saved, STDIN_FILENO);
+        close(saved);
+    }
+    return st;
+}
+
+/* A configuration is a regular file, standard input as "/dev/stdin", a pipe another
+ * program writes (a shell's `<(...)`) or a character device (/dev/null); a named FIFO
+ * (whose open waits for a writer) or a directory is refused at once, naming it. */
+static void test_not_regular(void)
+{
+    char fifo[300], path[300];
+    snprintf(fifo, sizeof fifo, "%s/fifo.yaml", tmpdir);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    const struct {
+        const char *path, *why;
+    } refused[] = {
+        {fifo, "a FIFO, not a regular file"},
+        {tmpdir, "a directory, not a regular file"},
+    };
+    fm_config c, d;
+    fm_error e = {0};
+    fm_config_defaults(&d);
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char want[400];
+        snprintf(want, sizeof want, "%s: %s", refused[i].path, refused[i].why);
+        fm_config_defaults(&c);
+        fm_status st = load_in_time(&c, refused[i].path, -1, &e);
+        CHECK_MSG(st == FM_ERR_IO && strcmp(e.msg, want) == 0, "%s: %s %s",
+                  refused[i].path, fm_status_to_string(st), e.msg);
+        CHECK(fm_config_equal(&c, &d));
+    }
+    /* named by FACEMILL_CONFIG: the same */
+    setenv(FM_CONFIG_ENV, fifo, 1);
+    fm_test_alarm(5);
+    fm_status st = fm_config_apply(&c, NULL, NULL, 0, &e);
+    fm_test_alarm(0);
+    unsetenv(FM_CONFIG_ENV);
+    CHECK_MSG(st == FM_ERR_IO && strstr(e.msg, FM_CONFIG_ENV) &&
+              strstr(e.msg, "a FIFO, not a regular file"), "%s", e.msg);
+    unlink(fifo);
+
+    /* /dev/null: nothing changes */
+    fm_config_defaults(&c);
+    st = load_in_time(&c, "/dev/null", -1, &e);
+    CHECK_MSG(st == FM_OK && fm_config_equal(&c, &d), "/dev/null: %s", e.msg);
+    /* a pipe by its /proc/self/fd name, as a shell's <(...) passes it */
+    int q[2];
+    CHECK(pipe(q) == 0);
+    const char piped[] = "detect:\n  min_face: 35\n";
+    CHECK(write(q[1], piped, sizeof piped - 1) == (ssize_t)(sizeof piped - 1));
+    close(q[1]);
+    snprintf(path, sizeof path, "/proc/self/fd/%d", q[0]);
+    st = load_in_time(&c, path, -1, &e);
+    CHECK_MSG(st == FM_OK && c.detect.min_face == 35, "%s: %s", path, e.msg);
+    close(q[0]);
+
+    /* /dev/stdin: standard input, a regular file or a pipe */
+    write_file(path, sizeof path, "stdin.yaml", "detect:\n  min_face: 33\n");
+    int fd = open(path, O_RDONLY);
+    fm_config_defaults(&c);
+    st = load_in_time(&c, "/dev/stdin", fd, &e);
+    CHECK_MSG(st == FM_OK && c.detect.min_face == 33, "%s", e.msg);
+    close(fd);
+    int p[2];
+    CHECK(pipe(p) == 0);
+    const char yaml[] = "detect:\n  min_face: 34\n";
+    CHECK(write(p[1], yaml, sizeof yaml - 1) == (ssize_t)(sizeof yaml - 1));
+    close(p[1]);
+    st = load_in_time(&c, "/dev/stdin", p[0], &e);
+    CHECK_MSG(st == FM_OK && c.detect.min_face == 34, "%s", e.msg);
+    close(p[0]);
+    unlink(path);
 }
 
 /* The bool type has no setting yet: check its parser on a private struct. */
@@ -632,6 +740,7 @@ int main(void)
     test_nested_file();
     test_load_errors();
     test_set();
+    test_not_regular();
     test_bool();
     test_args();
     test_dump();

@@ -67,7 +67,9 @@ One case per run (--case NAME), each a ctest test of its own:
   disk_full        journal and results database on a small tmpfs (root only; exit 77
                    otherwise), filled: a Submit is answered SlowDown, the sink cannot
                    store, both say so in `facemill status` and keep running; the
-                   filler removed, the run completes with every job stored once
+                   filler removed, the run completes with every job stored once;
+                   filled again within the minute, the broker logs the new episode
+                   (once: a Submit again within it adds no line)
   lost_journal     a journal replaced while `facemill submit` waits: the client says
                    jobs were lost and exits 3; the same submit again labels them all;
                    a third finds them stored and still counts the failed one
@@ -1462,6 +1464,7 @@ def case_disk_full(h):
     client.send(submit=sub)
     client.next("slow_down", pred=lambda e: e.slow_down.request_id == 2)
     h.log_has("broker", "disk full")
+    first_full = time.monotonic()
     # Workers run on the full disk: the sink cannot store, says so, and survives.
     h.c.worker("worker", processes=1)
     h.log_has("sink", "disk full")
@@ -1505,6 +1508,29 @@ def case_disk_full(h):
     check(failed == 0, "no job failed for the full disk (%d)" % failed)
     check(all(p.poll() is None for p in c.procs if p.fm_name in ("broker", "sink")),
           "broker and sink ran throughout")
+    # The disk fills again within the minute, after the journal took writes: a new
+    # episode, logged when it begins; a Submit again within it adds no line.
+    line = "journal.db: disk full ("
+    check(read_log(c, "broker").count(line) == 1, "one journal disk-full line so far")
+    journal = os.path.join(disk, "journal.db")
+    fill_disk(filler)
+    # more than the write-ahead log can take in the pages it has already
+    wal = os.path.getsize(journal + "-wal") if os.path.exists(journal + "-wal") else 0
+    again = pb.Submit(request_id=rid + 1)
+    for i in range(60, 61 + (wal + (1 << 20)) // len(body)):
+        again.jobs.add(id="df-%04d" % i, tag="df2", name="df-%04d.jpg" % i, data=body)
+    client.send(submit=again)
+    client.next("slow_down", pred=lambda e: e.slow_down.request_id == rid + 1)
+    h.log_has("broker", line, count=2)
+    check(time.monotonic() - first_full < 60, "the second episode came within the minute "
+          "(%.0f s after the first)" % (time.monotonic() - first_full))
+    again.request_id = rid + 2
+    client.send(submit=again)
+    client.next("slow_down", pred=lambda e: e.slow_down.request_id == rid + 2)
+    time.sleep(1)
+    n = read_log(c, "broker").count(line)
+    check(n == 2, "a Submit within the same episode adds no line (%d lines)" % n)
+    os.unlink(filler)
 
 
 def case_idle_connections(h):

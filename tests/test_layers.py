@@ -43,7 +43,7 @@ BELOW = {
 HEADERS = {
     "status": "base", "log": "base", "json": "base", "config": "base", "sha256": "base",
     "notify": "base", "clock": "base", "result_json": "base", "metrics": "base",
-    "text": "base",
+    "text": "base", "file": "base",
     "nn": "engine", "model": "engine", "grad": "engine", "blas": "engine",
     "image": "vision", "detect": "vision", "align": "vision", "backbone": "vision",
     "heads": "vision", "dlib_resnet": "vision", "draw": "vision", "degrade": "vision",

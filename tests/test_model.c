@@ -9,6 +9,7 @@
  * sanitizer build runs this same program).
  */
 #include "facemill/model.h"
+#include "facemill/sha256.h"
 #include "fm_test.h"
 #include "fm_test_model.h"
 
@@ -552,6 +553,23 @@ static void test_paths(void)
     fm_model_close(&m);
     snprintf(path, sizeof path, "%s/does-not-exist.fmm", tmpdir);
     CHECK(fm_model_open(&m, path, 0, NULL) == FM_ERR_IO);
+
+    /* A FIFO is refused by its type, without waiting for a writer (given 5 seconds):
+     * opened as a model, or hashed as one (expand.source_sha256, --teacher). */
+    snprintf(path, sizeof path, "%s/fifo.fmm", tmpdir);
+    CHECK(mkfifo(path, 0600) == 0);
+    fm_test_alarm(5);
+    fm_status st = fm_model_open(&m, path, 0, &err);
+    fm_test_alarm(0);
+    CHECK_MSG(st == FM_ERR_IO && m == NULL &&
+              strstr(err.msg, "fifo.fmm: open: a FIFO, not a regular file"), "%s", err.msg);
+    char hex[2 * FM_SHA256_BYTES + 1];
+    fm_test_alarm(5);
+    st = fm_sha256_file(path, hex, &err);
+    fm_test_alarm(0);
+    CHECK_MSG(st == FM_ERR_IO && strcmp(hex, "-") == 0 &&
+              strstr(err.msg, "fifo.fmm: open: a FIFO, not a regular file"), "%s", err.msg);
+    unlink(path);
 }
 
 static void test_header(const uint8_t *base, size_t len)

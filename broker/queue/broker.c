@@ -118,6 +118,7 @@ struct fm_broker {
     int disk_full;      /* the journal met a full disk: submits wait, commits are held */
     int disk_full_said; /* "disk full" was logged and "space again" not yet */
     int64_t disk_full_logged; /* when "disk full" was last logged */
+    uint64_t disk_full_written; /* fm_journal_written then */
     int sink_disk_full; /* the sink's last heartbeat said its disk is full */
     int64_t sink_interval_ms; /* the heartbeat interval the sink announced (0: none) */
     struct {
@@ -344,12 +345,17 @@ static fm_status journal_failed(fm_broker *b, fm_error *err)
 {
     if (!fm_journal_full(b->journal))
         return err->code;
-    /* Once a minute at most: with a little space left, a big Submit can fail again
-     * right after a small write proved the disk usable. */
+    /* Logged when an episode begins: the first full disk, or one after the journal took
+     * a write since the last line. Without a write in between it is the same episode
+     * (submits were taken again on free space alone, and a big one failed again):
+     * logged once a minute at most. */
     int64_t now = fm_now_ms();
-    if (!b->disk_full && (!b->disk_full_logged || now - b->disk_full_logged >= 60000)) {
+    uint64_t written = fm_journal_written(b->journal);
+    if (!b->disk_full && (!b->disk_full_logged || written != b->disk_full_written ||
+                          now - b->disk_full_logged >= 60000)) {
         b->disk_full_said = 1;
         b->disk_full_logged = now;
+        b->disk_full_written = written;
         fm_log_error("journal %s: disk full (%s): submits are answered SlowDown and "
                      "commits kept in memory until space returns",
                      b->cfg.broker.journal, fm_error_text(err));

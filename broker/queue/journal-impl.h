@@ -66,6 +66,11 @@ fm_status fm_journal_body(fm_journal *j, const char *id, uint8_t **body, size_t 
  * transaction commits. */
 int fm_journal_full(const fm_journal *j);
 
+/* How many write transactions have committed since the journal was opened (a write
+ * statement outside fm_journal_begin counts as one): a change between two failures
+ * shows that the disk took a write in between. */
+uint64_t fm_journal_written(const fm_journal *j);
+
 /* Copies every job of the damaged journal at path that can be read into a new
  * journal at path; the damaged file (and its -wal, -shm) is renamed
  * PATH.damaged-SECONDS, named in *aside once it has moved (empty until then: a

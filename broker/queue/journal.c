@@ -19,6 +19,7 @@ struct fm_journal {
     sqlite3 *db;
     sqlite3_stmt *lookup, *add, *attempts, *quarantine, *commit, *body;
     int full; /* the last failure was SQLITE_FULL; cleared by a transaction committed */
+    uint64_t written; /* transactions committed (fm_journal_written) */
 };
 
 static fm_status db_error(fm_journal *j, fm_error *err, const char *what)
@@ -215,8 +216,10 @@ fm_status fm_journal_begin(fm_journal *j, fm_error *err)
 fm_status fm_journal_commit(fm_journal *j, fm_error *err)
 {
     fm_status st = exec(j, "COMMIT", err);
-    if (st == FM_OK)
+    if (st == FM_OK) {
         j->full = 0;
+        j->written++;
+    }
     return st;
 }
 
@@ -231,7 +234,11 @@ static fm_status step_done(fm_journal *j, sqlite3_stmt *s, fm_error *err)
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
-    return rc == SQLITE_DONE ? FM_OK : db_error(j, err, "write");
+    if (rc != SQLITE_DONE)
+        return db_error(j, err, "write");
+    if (sqlite3_get_autocommit(j->db)) /* outside BEGIN: a transaction of its own */
+        j->written++;
+    return FM_OK;
 }
 
 fm_status fm_journal_lookup(fm_journal *j, const char *id, int *state, fm_error *err)
@@ -374,6 +381,11 @@ fm_status fm_journal_body(fm_journal *j, const char *id, uint8_t **body, size_t 
 int fm_journal_full(const fm_journal *j)
 {
     return j && j->full;
+}
+
+uint64_t fm_journal_written(const fm_journal *j)
+{
+    return j ? j->written : 0;
 }
 
 /* ---- recovery of a damaged journal --------------------------------------------- */

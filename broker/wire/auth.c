@@ -17,6 +17,7 @@
 #define _GNU_SOURCE /* struct stat's st_mtim, O_CLOEXEC */
 #include "facemill/auth.h"
 #include "facemill/clock.h"
+#include "facemill/file.h"
 #include "facemill/log.h"
 #include "facemill/wire.h"
 
@@ -50,13 +51,22 @@ static int z85_key_ok(const char *text)
     return strlen(text) == FM_AUTH_KEY_TEXT && zmq_z85_decode(bin, text) != NULL;
 }
 
-/* Reads the whole file at path (at most CERT_FILE_MAX bytes) into a new buffer. */
+/* Reads the whole file at path (at most CERT_FILE_MAX bytes) into a new buffer. Only a
+ * regular file: a FIFO named *.key in an allowlist's directory would otherwise stop
+ * the ZAP handler in its open. */
 static fm_status read_small_file(const char *path, char **out, fm_error *err)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    const char *why = NULL;
+    int fd = fm_file_open_regular(path, &why);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f) {
+        if (fd >= 0) {
+            why = strerror(errno);
+            close(fd);
+        }
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, why);
+    }
     char *buf = malloc(CERT_FILE_MAX + 1);
     if (!buf) {
         fclose(f);

@@ -183,7 +183,11 @@ typedef struct fm_config {
 void fm_config_defaults(fm_config *c);
 
 /* Applies the YAML file at path on top of *c: only the keys the file names change.
- * Returns FM_OK, FM_ERR_IO (file cannot be opened or read), FM_ERR_LIMIT (file over
+ * path names a regular file, a pipe another program writes (`<(...)`), a character
+ * device (/dev/null), or is "/dev/stdin" for standard input (whatever it is); a named
+ * FIFO, a directory or a socket is refused without blocking.
+ * Returns FM_OK, FM_ERR_IO (file cannot be opened or read, or is not regular),
+ * FM_ERR_LIMIT (file over
  * 16 MiB), FM_ERR_NOMEM, or FM_ERR_CONFIG with "PATH:LINE:COLUMN: ..." in err (YAML
  * syntax errors carry libyaml's text and position). On any error *c is unchanged.
  * An empty file (or one holding only comments) changes nothing. */

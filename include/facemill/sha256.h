@@ -37,7 +37,8 @@ void fm_sha256_hex(const uint8_t digest[FM_SHA256_BYTES], char hex[2 * FM_SHA256
 
 /* The digest of the whole file at path, read in chunks (any size), as 64 lowercase
  * hex digits plus NUL in hex. FM_ERR_IO with the path and the errno text when the file
- * cannot be opened or read (hex is then "-"); FM_ERR_INVALID for NULL arguments. */
+ * cannot be opened or read, or why it is not a regular file (refused without blocking,
+ * file.h; hex is then "-"); FM_ERR_INVALID for NULL arguments. */
 fm_status fm_sha256_file(const char *path, char hex[2 * FM_SHA256_BYTES + 1],
                          fm_error *err);
 

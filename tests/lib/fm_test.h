@@ -119,6 +119,12 @@ int fm_test_run(char *const argv[], int quiet);
 /* Sleeps ms milliseconds (the rest of them after a signal). */
 void fm_test_sleep_ms(long ms);
 
+/* Arms SIGALRM seconds from now with a handler that does nothing and restarts no
+ * system call, so an open or read that would wait for ever (a FIFO without a writer)
+ * fails with EINTR instead: a test of what must not block fails rather than hangs.
+ * 0 disarms it and puts the signal's former action back. */
+void fm_test_alarm(unsigned seconds);
+
 /* Calls cond(ctx) until it returns non-zero, every 10 ms, for at most timeout_ms of
  * fm_now_ms (include/facemill/clock.h). Returns 1 when cond held, 0 when the deadline
  * passed first. Waits for a condition, never for a time: a slow machine only makes a

@@ -247,6 +247,32 @@ void fm_test_sleep_ms(long ms)
         ;
 }
 
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
+void fm_test_alarm(unsigned seconds)
+{
+    static struct sigaction old;
+    static int armed;
+    if (!seconds) {
+        alarm(0);
+        if (armed)
+            sigaction(SIGALRM, &old, NULL);
+        armed = 0;
+        return;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm; /* no SA_RESTART */
+    sigemptyset(&sa.sa_mask);
+    if (!armed)
+        sigaction(SIGALRM, &sa, &old);
+    armed = 1;
+    alarm(seconds);
+}
+
 int fm_test_wait_for(int (*cond)(void *ctx), void *ctx, int timeout_ms)
 {
     const double deadline = fm_now_ms() + timeout_ms;

@@ -16,12 +16,16 @@
 #include <yaml.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ---- the table ---------------------------------------------------------------- */
 
@@ -375,7 +379,7 @@ static int parse_float(const char *text, size_t len, double *out)
         return -1;
     if (!isfinite(v))
         return -2;
-    *out = v;
+    *out = v == 0 ? 0.0 : v; /* "-0" (or an underflow to it) is stored and written as 0 */
     return 0;
 }
 
@@ -876,14 +880,65 @@ fail:
     return st;
 }
 
+/* 1 when fd is a pipe without a name (a shell's `<(...)`, a pipe on standard input):
+ * another program holds its writing end, so reading it ends. A named FIFO shows
+ * its path in /proc/self/fd instead of "pipe:[N]". */
+static int anonymous_pipe(int fd)
+{
+    char link[64], target[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    return n > 5 && strncmp(target, "pipe:", 5) == 0;
+}
+
+/* The configuration at path opened for reading: a regular file; standard input as it
+ * is for "/dev/stdin"; a pipe another program writes (`--config <(...)`) or a
+ * character device (/dev/null) as they are. A named FIFO is refused without waiting
+ * for a writer (its open would block for ever without one), and so are directories,
+ * sockets and block devices: opened with O_NONBLOCK, checked, then made blocking. */
+static fm_status open_config(const char *path, FILE **fp, fm_error *err)
+{
+    const char *why = NULL;
+    int fd;
+    if (strcmp(path, "/dev/stdin") == 0) {
+        fd = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 0);
+    } else if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)) >= 0) {
+        struct stat sb;
+        int fl;
+        if (fstat(fd, &sb) != 0)
+            why = strerror(errno);
+        else if (S_ISFIFO(sb.st_mode) && !anonymous_pipe(fd))
+            why = "a FIFO, not a regular file";
+        else if (S_ISDIR(sb.st_mode))
+            why = "a directory, not a regular file";
+        else if (!S_ISREG(sb.st_mode) && !S_ISCHR(sb.st_mode) && !S_ISFIFO(sb.st_mode))
+            why = "not a regular file";
+        else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+            why = strerror(errno);
+        if (why) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    if (fd >= 0 && !(*fp = fdopen(fd, "rb"))) {
+        int e = errno;
+        close(fd);
+        fd = -1;
+        errno = e;
+    }
+    if (fd < 0)
+        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, why ? why : strerror(errno));
+    return FM_OK;
+}
+
 fm_status fm_config_load_file(fm_config *c, const char *path, fm_error *err)
 {
     fm_status st;
     char *data = NULL;
     size_t size = 0, cap = 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return fm_error_set(err, FM_ERR_IO, "%s: %s", path, strerror(errno));
+    FILE *fp = NULL;
+    if ((st = open_config(path, &fp, err)) != FM_OK)
+        return st;
     for (;;) {
         if (size == cap) {
             if (cap >= FILE_MAX) {

@@ -5,7 +5,6 @@
  * elsewhere on the line never hides the help. */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include "cli_opts.h"
-#include "cmd_blas.h"
 #include "facemill/log.h"
 
 #include <ctype.h>
@@ -91,7 +90,7 @@ static int parse_num(const cli_opt *o, const char *s)
     double v = starts_number(s) ? strtod(s, &end) : NAN;
     if (!end || end == s || *end || errno || !isfinite(v) || v < o->lo || v > o->hi)
         return -1;
-    *(double *)o->target = v;
+    *(double *)o->target = v == 0 ? 0.0 : v; /* no -0 */
     return 0;
 }
 
@@ -339,9 +338,6 @@ int cli_start(const cli_cmd *cmd, const cli_opt *opts, int argc, char **argv,
     if (st.log_level >= 0)
         c->log.level = st.log_level;
     fm_log_init(cmd->name, (int)c->log.level);
-    int blas = fm_cmd_blas_apply(cmd->name, c);
-    if (blas != 0)
-        return blas;
     a->n = n;
     a->operands = argv + 1;
     a->config = st.config;

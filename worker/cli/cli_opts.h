@@ -125,6 +125,8 @@ typedef struct cli_args {
  *   otherwise sets *c to the command's defaults and applies the configuration: the
  *   --config file or $FACEMILL_CONFIG, then each --set in order, then the log options
  *   to log.level; starts the log as the command; fills *a and returns -1.
+ * It logs nothing: a command that computes applies engine.blas_kernels itself once
+ * its own usage errors are ruled out (fm_cmd_blas_apply, cmd_blas.h).
  * The operands are moved to the front of argv (a->operands = argv + 1). Option
  * values point into argv. */
 int cli_start(const cli_cmd *cmd, const cli_opt *opts, int argc, char **argv,

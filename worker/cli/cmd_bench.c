@@ -28,6 +28,7 @@
  */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS, mkdtemp */
 #include "cli_opts.h"
+#include "cmd_blas.h"
 #include "cmd_util.h"
 #include "commands.h"
 #include "facemill/align.h"
@@ -925,6 +926,8 @@ int fm_cmd_bench(int argc, char **argv)
     };
     cli_args a;
     rc = cli_start(&cmd, opts, argc, argv, &b->cfg, &a);
+    if (rc < 0 && fm_cmd_blas_apply(cmd.name, &b->cfg) != 0)
+        rc = CLI_EXIT_FAILURE;
     if (rc >= 0) {
         free(b);
         return rc;

@@ -1,24 +1,15 @@
 /* cmd_blas.c - engine.blas_kernels for the computing subcommands of `facemill`
- * (cmd_blas.h): settled (and the program re-executed if need be) after the options
- * are parsed and before anything computes. */
+ * (cmd_blas.h): settled (and the program re-executed if need be) once the command
+ * line has been checked and before anything computes. */
 #include "cmd_blas.h"
 #include "facemill/blas.h"
 #include "facemill/log.h"
 #include "facemill/nn.h"
 
 #include <stdio.h>
-#include <string.h>
-
-/* The subcommands that run the engine. */
-static const char *const computing[] = {"detect", "predict", "train", "eval", "bench", NULL};
 
 int fm_cmd_blas_apply(const char *command, const fm_config *c)
 {
-    int computes = 0;
-    for (int i = 0; computing[i]; i++)
-        computes |= strcmp(command, computing[i]) == 0;
-    if (!computes)
-        return 0;
     fm_blas_choice choice;
     fm_error err = {0};
     if (fm_blas_select(c->engine.blas_kernels, &choice, &err) != FM_OK) {

@@ -5,9 +5,10 @@
 
 #include "facemill/config.h"
 
-/* Called by cli_start once the command's configuration is applied (so --config, --set
- * and FACEMILL_CONFIG count, and usage errors are reported first). For a command that
- * computes (detect, predict, train, eval, bench): applies engine.blas_kernels with
+/* Called by a command that computes (detect, predict, train, eval, bench) once its
+ * command line has been checked: after cli_start (so --config, --set and
+ * FACEMILL_CONFIG count) and after the command's own usage errors, so that one comes
+ * out alone, and before anything is done. Applies engine.blas_kernels with
  * fm_blas_select, which may re-execute the program with its original command line,
  * and logs the kernel set and why in one INFO line. Returns 0 to go on, or 1 (a bad
  * engine.blas_kernels, or kernels that failed their self-check with no way back; the

@@ -8,6 +8,7 @@
  * the run: it gets an error record and the exit code becomes 1 at the end.
  */
 #include "cli_opts.h"
+#include "cmd_blas.h"
 #include "cmd_draw.h"
 #include "cmd_util.h"
 #include "commands.h"
@@ -248,6 +249,8 @@ int fm_cmd_detect(int argc, char **argv)
         return cli_usage_error(&cmd, "--draw and --draw-dir exclude each other");
     if (r.draw && a.n != 1)
         return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
+    if (fm_cmd_blas_apply(cmd.name, &c) != 0)
+        return CLI_EXIT_FAILURE;
     fm_error err = {0};
     if ((r.draw_dir && fm_cmd_make_dirs(r.draw_dir, &err) != FM_OK) ||
         (r.ppm_dir && fm_cmd_make_dirs(r.ppm_dir, &err) != FM_OK) ||

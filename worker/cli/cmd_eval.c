@@ -10,6 +10,7 @@
  * the heads' fallback age, the training-set mean).
  */
 #include "cli_opts.h"
+#include "cmd_blas.h"
 #include "commands.h"
 #include "facemill/clock.h"
 #include "facemill/config.h"
@@ -730,6 +731,8 @@ int fm_cmd_eval(int argc, char **argv)
     for (int k = 0; k < eo.n_sets; k++)
         if (fm_config_set(&c2, eo.sets[k], &err) != FM_OK)
             return cli_usage_error(&cmd, "--compare-set: %s", fm_error_text(&err));
+    if (fm_cmd_blas_apply(cmd.name, &c) != 0)
+        return CLI_EXIT_FAILURE;
 
     rc = CLI_EXIT_FAILURE;
     fm_utk_list l = {0};

@@ -11,6 +11,7 @@
  * Ctrl-C or SIGTERM writes a checkpoint and exits; the same command resumes.
  */
 #include "cli_opts.h"
+#include "cmd_blas.h"
 #include "cmd_train.h"
 #include "commands.h"
 #include "facemill/config.h"
@@ -374,6 +375,8 @@ int fm_cmd_finetune(int argc, char **argv)
     if (o.degrade_kinds && !(o.degrade > 0))
         return cli_usage_error(&cmd, "--degrade-kinds needs --degrade P above 0 (the share "
                                      "of faces damaged)");
+    if (fm_cmd_blas_apply(cmd.name, &c) != 0)
+        return CLI_EXIT_FAILURE;
     char teacher_sha[65];
     if (!x.teacher)
         o.teacher_weight = 0;

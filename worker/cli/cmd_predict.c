@@ -5,6 +5,7 @@
  * error record and the exit code becomes 1 at the end, the others go on.
  */
 #include "cli_opts.h"
+#include "cmd_blas.h"
 #include "cmd_draw.h"
 #include "cmd_util.h"
 #include "commands.h"
@@ -132,6 +133,8 @@ int fm_cmd_predict(int argc, char **argv)
         return cli_usage_error(&cmd, "--draw and --draw-dir exclude each other");
     if (draw && n_images != 1)
         return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
+    if (fm_cmd_blas_apply(cmd.name, &c) != 0)
+        return CLI_EXIT_FAILURE;
     fm_pipeline *p = NULL;
     fm_decoder *full = NULL; /* --draw: the originals at full size */
     fm_decode_opts fo = {(uint64_t)c.decode.max_pixels, (size_t)c.decode.max_bytes, 0,

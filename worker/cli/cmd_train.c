@@ -9,6 +9,7 @@
  * list; the sets of faces; training and the heads file with its lineage.
  */
 #include "cli_opts.h"
+#include "cmd_blas.h"
 #include "cmd_train.h"
 #include "commands.h"
 #include "facemill/config.h"
@@ -162,9 +163,12 @@ int fm_cmd_train(int argc, char **argv)
     if (rc >= 0)
         return rc;
     if (!x.data.train_dir || (!x.out_path && !x.extract_only) || (x.extract_only && !x.cache))
-        return cli_usage_error(&cmd, "%s", !x.data.train_dir ? "--train DIR is required"
-                                           : !x.out_path ? "-o OUT.fmm is required"
-                                                         : "--extract-only needs --cache");
+        return cli_usage_error(&cmd, "%s",
+                               !x.data.train_dir ? "--train DIR is required"
+                               : !x.extract_only ? "-o OUT.fmm is required"
+                                                 : "--extract-only needs --cache");
+    if (fm_cmd_blas_apply(cmd.name, &c) != 0)
+        return CLI_EXIT_FAILURE;
     heads_run r;
     fm_error err = {0};
     memset(&r, 0, sizeof r);

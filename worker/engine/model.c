@@ -20,6 +20,7 @@
  * halfs can never be taken for floats; commands that convert read its raw bytes.
  */
 #include "facemill/model.h"
+#include "facemill/file.h"
 #include "facemill/nn.h"
 
 #include <errno.h>
@@ -856,6 +857,7 @@ fm_status fm_model_open(fm_model **out, const char *path, unsigned flags, fm_err
     span *spans = NULL;
     int fd = -1;
     struct stat sb;
+    const char *why = NULL;
 
     if (!out || !path)
         return fm_error_set(err, FM_ERR_INVALID, "fm_model_open: out and path are required");
@@ -866,16 +868,12 @@ fm_status fm_model_open(fm_model **out, const char *path, unsigned flags, fm_err
         st = fm_error_set(err, FM_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-        st = model_err(err, FM_ERR_IO, path, "open: %s", strerror(errno));
+    if ((fd = fm_file_open_regular(path, &why)) < 0) { /* a FIFO would block the open */
+        st = model_err(err, FM_ERR_IO, path, "open: %s", why);
         goto fail;
     }
     if (fstat(fd, &sb) != 0) {
         st = model_err(err, FM_ERR_IO, path, "fstat: %s", strerror(errno));
-        goto fail;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        st = model_err(err, FM_ERR_IO, path, "not a regular file");
         goto fail;
     }
     if (sb.st_size < FM_MODEL_HEADER_SIZE) {
