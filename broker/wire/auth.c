@@ -58,15 +58,9 @@ static fm_status read_small_file(const char *path, char **out, fm_error *err)
 {
     *out = NULL;
     const char *why = NULL;
-    int fd = fm_file_open_regular(path, &why);
-    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
-    if (!f) {
-        if (fd >= 0) {
-            why = strerror(errno);
-            close(fd);
-        }
+    FILE *f = fm_file_fopen_regular(path, &why);
+    if (!f)
         return fm_error_set(err, FM_ERR_IO, "%s: %s", path, why);
-    }
     char *buf = malloc(CERT_FILE_MAX + 1);
     if (!buf) {
         fclose(f);

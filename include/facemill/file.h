@@ -12,6 +12,8 @@
 #ifndef FACEMILL_FILE_H
 #define FACEMILL_FILE_H
 
+#include <stdio.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -22,6 +24,9 @@ extern "C" {
  * error of open(2) or fstat(2), or "a FIFO, not a regular file" (a directory, a
  * device, a socket). */
 int fm_file_open_regular(const char *path, const char **why);
+
+/* fm_file_open_regular as a stdio stream for reading ("rb"), or NULL with why set. */
+FILE *fm_file_fopen_regular(const char *path, const char **why);
 
 #ifdef __cplusplus
 }

@@ -44,3 +44,16 @@ int fm_file_open_regular(const char *path, const char **why)
     close(fd);
     return -1;
 }
+
+FILE *fm_file_fopen_regular(const char *path, const char **why)
+{
+    int fd = fm_file_open_regular(path, why);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        *why = strerror(errno);
+        close(fd);
+    }
+    return f;
+}

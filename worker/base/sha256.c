@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
@@ -129,15 +128,9 @@ fm_status fm_sha256_file(const char *path, char hex[2 * FM_SHA256_BYTES + 1], fm
         return fm_error_set(err, FM_ERR_INVALID, "fm_sha256_file: NULL argument");
     snprintf(hex, 2 * FM_SHA256_BYTES + 1, "-");
     const char *why = NULL;
-    int fd = fm_file_open_regular(path, &why); /* a FIFO would block the open */
-    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
-    if (!f) {
-        if (fd >= 0) {
-            why = strerror(errno);
-            close(fd);
-        }
+    FILE *f = fm_file_fopen_regular(path, &why); /* a FIFO would block the open */
+    if (!f)
         return fm_error_set(err, FM_ERR_IO, "%s: open: %s", path, why);
-    }
     fm_sha256 s;
     fm_sha256_init(&s);
     /* on the stack, so the helper is reentrant; 16 KiB fits any thread's stack */
