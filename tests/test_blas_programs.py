@@ -9,7 +9,8 @@ a user sees it, with the sample photos:
     own with keep; another set by name (re-executed, self-checked) with the same
     faces found; OpenBLAS's own after a forced self-check failure; the user's
     OPENBLAS_CORETYPE untouched whatever the setting; a bad name is an error (exit 1);
-  - the setting comes from a configuration file as well as from --set;
+  - the setting comes from a configuration file as well as from --set, and from a
+    pipe (standard input, a descriptor): the re-executed program reads it whole again;
   - `facemill config` (nothing computed) and `facemill detect --help` log nothing;
   - `facemill label` starts facemill-worker, which re-executes with the kernel set
     named and labels the photos.
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -109,6 +111,34 @@ def main():
         lines = blas_lines(p.stderr)
         check(p.returncode == 0 and lines and lines[0][0] == name,
               "the setting from a file: %s" % p.stderr)
+
+        # the same from a pipe (standard input, and a descriptor as a shell's <(...)
+        # passes it), with a setting that shows: the re-executed program reads it again
+        text = "engine:\n  blas_kernels: %s\ndetect:\n  min_face: 400\n" % name
+        with open(conf, "w") as f:
+            f.write(text)
+        p = detect(None, args=["--config", conf])
+        big = faces(p)
+        check(p.returncode == 0 and 0 <= big < n_faces,
+              "min_face 400 from a file: fewer faces (%d of %d)" % (big, n_faces))
+        env = dict(base)
+        p = subprocess.run([facemill, "detect", "--config", "/dev/stdin", photo], env=env,
+                           input=text, capture_output=True, text=True, timeout=600)
+        lines = blas_lines(p.stderr)
+        check(p.returncode == 0 and lines and lines[0][0] == name and faces(p) == big,
+              "from standard input, re-executed: %s, %d faces: %s" % (
+                  lines and lines[0][0], faces(p), p.stderr[-500:]))
+        r, w = os.pipe()
+        os.write(w, text.encode())
+        os.close(w)
+        p = subprocess.run([facemill, "detect", "--config", "/dev/fd/%d" % r, photo],
+                           env=env, pass_fds=(r,), capture_output=True, text=True,
+                           timeout=600)
+        os.close(r)
+        lines = blas_lines(p.stderr)
+        check(p.returncode == 0 and lines and lines[0][0] == name and faces(p) == big,
+              "from a pipe's descriptor, re-executed: %s, %d faces: %s" % (
+                  lines and lines[0][0], faces(p), p.stderr[-500:]))
 
         p = run([facemill, "config"], env=base, timeout=60)
         check(p.returncode == 0 and not blas_lines(p.stderr) and

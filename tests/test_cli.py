@@ -358,7 +358,8 @@ def check_not_regular(r, bindir, cwd):
                       (["config"], dict(r.env, FACEMILL_CONFIG=fifo))):
         code, out, err = r.run(args, timeout=10, env=env)
         path = args[2] if len(args) > 2 else fifo
-        check(code == 2 and (path + ": a ") in err and "not a regular file" in err and
+        why = "a directory" if path == cwd else "a named FIFO, whose open would wait"
+        check(code == 2 and (path + ": " + why) in err and
               len(err.strip().split("\n")) == 1,
               "%s%s: exit 2 at once, naming the file (exit %d: %s)"
               % ("FACEMILL_CONFIG=fifo " if env else "", show(args), code,
@@ -371,7 +372,7 @@ def check_not_regular(r, bindir, cwd):
             code, err = p.returncode, p.stderr
         except subprocess.TimeoutExpired:
             code, err = -1, "timed out"
-        check(code == 2 and fifo + ": a FIFO, not a regular file" in err,
+        check(code == 2 and fifo + ": a named FIFO" in err,
               "%s --config FIFO: exit 2 at once, naming it (exit %d: %s)"
               % (prog, code, err.strip()[:300]))
     p = subprocess.run([r.prog, "config", "--config", "/dev/stdin"], cwd=cwd, env=r.env,

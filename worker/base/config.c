@@ -9,6 +9,7 @@
  * The loader walks libyaml events with one event held at a time (advance() releases
  * the previous one), so every event is released on every path, errors included.
  */
+#define _GNU_SOURCE /* memfd_create */
 #include "config-impl.h"
 #include "facemill/config.h"
 #include "facemill/log.h"
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -901,18 +903,24 @@ static fm_status open_config(const char *path, FILE **fp, fm_error *err)
     const char *why = NULL;
     int fd;
     if (strcmp(path, "/dev/stdin") == 0) {
+        /* standard input as it is; a file from its start (keep_piped's copy, read
+         * again by a re-executed program, or a redirected file) */
+        struct stat sb;
         fd = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 0);
+        if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode))
+            lseek(fd, 0, SEEK_SET);
     } else if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)) >= 0) {
         struct stat sb;
         int fl;
         if (fstat(fd, &sb) != 0)
             why = strerror(errno);
         else if (S_ISFIFO(sb.st_mode) && !anonymous_pipe(fd))
-            why = "a FIFO, not a regular file";
+            why = "a named FIFO, whose open would wait for a writer (give a file, or a "
+                  "pipe such as <(...))";
         else if (S_ISDIR(sb.st_mode))
-            why = "a directory, not a regular file";
+            why = "a directory, not a configuration file";
         else if (!S_ISREG(sb.st_mode) && !S_ISCHR(sb.st_mode) && !S_ISFIFO(sb.st_mode))
-            why = "not a regular file";
+            why = "neither a file nor a pipe";
         else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
             why = strerror(errno);
         if (why) {
@@ -929,6 +937,40 @@ static fm_status open_config(const char *path, FILE **fp, fm_error *err)
     if (fd < 0)
         return fm_error_set(err, FM_ERR_IO, "%s: %s", path, why ? why : strerror(errno));
     return FM_OK;
+}
+
+/* A configuration read from a pipe (standard input, a shell's <(...)) can be read only
+ * once, and the computing programs read theirs again by the same name when they
+ * re-execute themselves for OpenBLAS's kernels (blas_select.c): the second read found
+ * the pipe empty and ran on the defaults. So the bytes read are put back where the
+ * name leads: the descriptor behind "/dev/stdin", "/dev/fd/N" or "/proc/self/fd/N"
+ * becomes a file in memory holding them, which any later read finds whole. Other
+ * names of a pipe are left as they are. */
+static void keep_piped(const char *path, const char *data, size_t size)
+{
+    int fd = -1, end = 0;
+    if (strcmp(path, "/dev/stdin") == 0)
+        fd = STDIN_FILENO;
+    else if ((sscanf(path, "/dev/fd/%d%n", &fd, &end) != 1 &&
+              sscanf(path, "/proc/self/fd/%d%n", &fd, &end) != 1) ||
+             path[end] != '\0' || fd < 0)
+        return;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISFIFO(sb.st_mode))
+        return;
+    int m = memfd_create("facemill-config", 0);
+    if (m < 0)
+        return;
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = write(m, data + done, size - done);
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
+    if (done == size && lseek(m, 0, SEEK_SET) == 0)
+        dup2(m, fd);
+    close(m);
 }
 
 fm_status fm_config_load_file(fm_config *c, const char *path, fm_error *err)
@@ -964,6 +1006,7 @@ fm_status fm_config_load_file(fm_config *c, const char *path, fm_error *err)
             break;
         }
     }
+    keep_piped(path, data, size);
     st = fm_config_load_buffer(c, path, data, size, err);
 fail:
     free(data);

@@ -179,7 +179,7 @@ static void common_table(common *st, cli_opt t[COMMON_OPTS])
 {
     const cli_opt c[COMMON_OPTS] = {
         CLI_FLAG("--help", 'h', &st->help, "print this help and exit"),
-        CLI_CALL("--config", 0, "FILE", "one configuration file, given once",
+        CLI_CALL("--config", 0, "FILE", "a configuration file's path, given once",
                  take_config, st,
                  "the configuration file (YAML) applied over the defaults; without it, "
                  "the file named by $" FM_CONFIG_ENV " when that is set"),
