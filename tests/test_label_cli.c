@@ -4,6 +4,8 @@
  * not a UTKFace name. Heads with random weights are written for the real backbone.
  * The output must be valid JSON (checked with python3's json module when it exists)
  * with the keys of the result schema (proto/RESULTS.md); eval must count the gray image as not detected.
+ * eval refuses a folder of no UTKFace-named image, a saved run of none of the images
+ * (--compare) and a second configuration without heads (--compare-set heads.model=).
  * `facemill train` fine-tunes on the same folder: resume, loss weights, and a second
  * fine-tuning of the fine-tuned file, whose lineage must reach back to the npm base.
  * Needs models/cache (models/fetch); skipped otherwise. */
@@ -152,12 +154,45 @@ int main(void)
 
     char cmd[16384];
     int status = -1;
+    /* a folder of no UTKFace-named image is refused, not scored as perfect: one line
+     * naming it and counting the file names skipped, nothing on stdout */
+    char other[700];
+    snprintf(other, sizeof other, "%s/other", dir);
+    CHECK(mkdir(other, 0700) == 0);
+    snprintf(cmd, sizeof cmd, "cp '%s'/not_a_utk_name.jpg '%s'/", data, other);
+    CHECK(system(cmd) == 0);
+    char *out = NULL;
+    for (int json = 0; json < 2; json++) {
+        snprintf(cmd, sizeof cmd,
+                 "'%s' eval --data '%s' --set models.dir='%s' "
+                 "--set embed.backbone=dlib_resnet.fmm --set heads.model='%s'%s 2>&1",
+                 bin, other, models, heads, json ? " --json" : "");
+        out = run(cmd, &status);
+        CHECK_MSG(out && status == 1 && strstr(out, ": no UTKFace-named images") &&
+                      strstr(out, "1 other .jpg file name(s) skipped") &&
+                      !strstr(out, "MAE") && !strstr(out, "ci95") &&
+                      strchr(out, '\n') == out + strlen(out) - 1,
+                  "eval of no image: exit %d: %s", status, out ? out : "(no output)");
+        free(out);
+    }
+    /* the other side of --compare-set without heads: a usage error, alone, before
+     * anything loads (it crashed) */
+    snprintf(cmd, sizeof cmd,
+             "'%s' eval --data '%s' --set models.dir='%s' "
+             "--set embed.backbone=dlib_resnet.fmm --set heads.model='%s' "
+             "--compare-set heads.model= 2>&1",
+             bin, data, models, heads);
+    out = run(cmd, &status);
+    CHECK_MSG(out && status == 2 && strstr(out, "--compare-set: heads.model is empty") &&
+                  strchr(out, '\n') == out + strlen(out) - 1,
+              "--compare-set heads.model=: exit %d: %s", status, out ? out : "(no output)");
+    free(out);
     snprintf(cmd, sizeof cmd,
              "'%s' predict --set models.dir='%s' --set embed.backbone=dlib_resnet.fmm "
              "--set heads.model='%s' --set detect.pad=0.25 "
              "'%s'/25_0_0_*.jpg '%s'/30_1_2_*.jpg '%s/missing.jpg'",
              bin, models, heads, data, data, data);
-    char *out = run(cmd, &status);
+    out = run(cmd, &status);
     CHECK(out != NULL);
     if (out) {
         fprintf(stderr, "predict:\n%s", out);
@@ -238,6 +273,11 @@ int main(void)
                               "\"other_only_right\":0,\"p\":1}"),
               "%s", out ? out : "");
     free(out);
+    /* a saved run of none of these images: no comparison to make */
+    snprintf(cmd, sizeof cmd, "%s/none.jsonl", dir);
+    CHECK(fm_test_write_file(cmd, "", 0) == 0);
+    snprintf(cmd, sizeof cmd, "%s --compare '%s/none.jsonl' 2>&1", common, dir);
+    expect_run(cmd, 1, "none.jsonl: none of the 3 images is in it: nothing to compare");
     snprintf(cmd, sizeof cmd, "%s --json --degrade gray,jpeg15", common);
     out = run(cmd, &status);
     CHECK_MSG(out && status == 0 && json_valid(out, 1) &&

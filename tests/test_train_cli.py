@@ -13,9 +13,14 @@ labelled with the default model's own answers.
   --teacher-weight without --teacher is a usage error (exit 2), --teacher-weight 0 is
   taken as given; --init-heads (found by name through the model search path) of heads
   made for another backbone is refused, and so is fine-tuning with a detect.mode
-  other than mtcnn.
+  other than mtcnn;
+- a folder of no UTKFace-named image is refused naming it (exit 1); -o and --heads
+  naming one file (under any name), a --checkpoint that is one of them, --momentum
+  without --optimizer sgd, --step-gamma or --step-epochs without --schedule step and
+  --drop-below without --drop-hardest are usage errors (exit 2, one line).
 
-Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil).
+Exit 0 pass, 1 fail, 77 skip (no models: run models/fetch; no python3-pil: only the
+refusals run).
 """
 import argparse
 import json
@@ -31,17 +36,60 @@ GENDERS = ["male", "female"]
 RACES = ["White", "Black", "Asian", "Indian", "Others"]
 
 
+def refusals(fm, tmp, photo):
+    """What fine-tuning refuses before it starts: a folder of no UTKFace-named image
+    (exit 1, naming the folder), and as usage errors (exit 2, one line, nothing logged
+    before) the backbone and the heads in one file, and options of an optimizer,
+    schedule or selection not chosen."""
+    unnamed = os.path.join(tmp, "unnamed")
+    os.makedirs(unnamed)
+    with open(photo, "rb") as src, open(os.path.join(unnamed, "photo.jpg"), "wb") as dst:
+        dst.write(src.read())
+    out, heads = os.path.join(tmp, "r.fmm"), os.path.join(tmp, "rh.fmm")
+    base = [fm, "train", "--train", unnamed, "--jobs", "1", "--threads", "1"]
+    r = run(base + ["-o", out, "--heads", heads], timeout=120)
+    check(r.returncode == 1 and unnamed + ": fewer than 2 labelled images" in r.stderr and
+          "1 other .jpg file name(s) skipped" in r.stderr and "image rows" not in r.stderr,
+          "a folder of no UTKFace-named image is refused, naming it (%d): %s" %
+          (r.returncode, r.stderr.strip()[-300:]))
+    cases = [
+        (["-o", out, "--heads", out], "are the same file"),
+        (["-o", out, "--heads", os.path.join(tmp, ".", "r.fmm")], "are the same file"),
+        (["-o", out, "--heads", heads, "--checkpoint", heads],
+         "--checkpoint %s is the same file as --heads" % heads),
+        (["-o", out, "--heads", heads, "--momentum", "0.5"],
+         "--momentum needs --optimizer sgd"),
+        (["-o", out, "--heads", heads, "--optimizer", "adamw", "--momentum", "0.9"],
+         "--momentum needs --optimizer sgd"),
+        (["-o", out, "--heads", heads, "--step-gamma", "0.5"],
+         "--step-gamma needs --schedule step"),
+        (["-o", out, "--heads", heads, "--step-epochs", "1"],
+         "--step-epochs needs --schedule step"),
+        (["-o", out, "--heads", heads, "--drop-below", "0.5"],
+         "--drop-below needs --drop-hardest"),
+        (["-o", out, "--heads", heads, "--drop-hardest", "0", "--drop-below", "0.5"],
+         "--drop-below needs --drop-hardest"),
+    ]
+    with open(out, "wb") as f:  # an existing file too: the same inode under two names
+        f.write(b"x")
+    link = os.path.join(tmp, "link.fmm")
+    os.symlink(out, link)
+    cases.append((["-o", out, "--heads", link], "are the same file"))
+    for args, want in cases:
+        r = run(base + args, timeout=120)
+        check(r.returncode == 2 and want in r.stderr and len(r.stderr.splitlines()) == 1,
+              "%s: a usage error, alone (%d): %s" % (" ".join(args).replace(tmp, "TMP"),
+                                                     r.returncode, r.stderr.strip()[-300:]))
+    os.remove(link)
+    os.remove(out)
+    check(not os.path.exists(heads), "nothing written by a refusal")
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--src", required=True)
     a = ap.parse_args()
-    try:
-        from PIL import Image
-    except ImportError:
-        print("skip: python3-pil is not installed")
-        return 77
     cache = os.path.join(a.src, "models", "cache")
     samples = [os.path.join(cache, "samples", "sample%d.jpg" % i) for i in range(1, 7)]
     heads = os.path.join(a.src, "models", "heads_dlib_ft.fmm")
@@ -52,6 +100,12 @@ def main():
     fm = os.path.join(os.path.abspath(a.bin), "facemill")
     tmp = tempfile.mkdtemp(prefix="fmtrain.")
     try:
+        refusals(fm, tmp, samples[0])  # needs no python3-pil
+        try:
+            from PIL import Image
+        except ImportError:
+            check.skip("the training runs: python3-pil is not installed")
+            return check.summary()
         # the set: each sample face cropped square with room around it, named
         # AGE_GENDER_RACE_n.jpg after the default model's answers
         r = run([fm, "predict", "-q"] + samples, timeout=300)

@@ -61,6 +61,11 @@ fm_status fm_trainset_open(fm_trainset *s, const char *train_dir, const char *va
                            double holdout, int limit, fm_error *err);
 void fm_trainset_free(fm_trainset *s);
 
+/* FM_ERR_INVALID naming the folder when s has too few images to train on: fewer than
+ * 2 UTKFace-named ones in train_dir, or none in val_dir (when given). The message
+ * counts the file names skipped there. */
+fm_status fm_trainset_check(const fm_trainset *s, fm_error *err);
+
 /* The lineage's account of the data, for train_faces faces trained on and val_faces
  * held out: "UTKFace: train DIR (N images, F faces used), early stopping on VAL (V
  * faces)", or without a validation folder "UTKFace: DIR (N images); F faces trained

@@ -482,6 +482,19 @@ static int split_real(const char *path, char dir[PATH_MAX], const char **base)
     return realpath(d, dir) ? 0 : -1;
 }
 
+int cli_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    int ea = stat(a, &sa) == 0, eb = stat(b, &sb) == 0;
+    if (ea || eb)
+        return ea && eb && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    char da[PATH_MAX], db[PATH_MAX];
+    const char *ba, *bb;
+    if (split_real(a, da, &ba) != 0 || split_real(b, db, &bb) != 0)
+        return strcmp(a, b) == 0;
+    return strcmp(da, db) == 0 && strcmp(ba, bb) == 0;
+}
+
 /* True when out names one of db's companion files (its -wal, -shm or -journal),
  * whether or not that exists now: SQLite makes and empties them as it goes. */
 static int is_companion(const char *out, const char *db)

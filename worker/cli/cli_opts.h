@@ -160,6 +160,11 @@ int cli_fail(const cli_cmd *cmd, const char *fmt, ...) __attribute__((format(pri
  * not empty a night's results. */
 int cli_check_output(const cli_cmd *cmd, const char *out, const char *db);
 
+/* 1 when the paths a and b name the same file: the same device and inode when both
+ * exist; when neither does, the same name in the same real directory (the names as
+ * given when a directory cannot be resolved); 0 otherwise. */
+int cli_same_file(const char *a, const char *b);
+
 /* Parses s as what opt accepts into opt's target. Returns 0, or -1 (target untouched)
  * with what it accepts, "expected an integer from 0 to 4096", in why. */
 int cli_parse_value(const cli_opt *opt, const char *s, char *why, size_t size);

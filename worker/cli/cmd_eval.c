@@ -53,7 +53,7 @@ static const cli_cmd cmd = {
     "cropped: an image where the detector finds no face is taken as one cropped face\n"
     "(\"placed\"); its predictions count in \"all images\", but not as detected.\n",
     "exit status: 0 success (unreadable images are reported and counted as wrong), "
-    "1 failure, 2 usage error",
+    "1 failure (also: no UTKFace-named image in DIR), 2 usage error",
     eval_defaults};
 
 static void json_metrics(fm_json *j, const fm_eval_metrics *m)
@@ -731,8 +731,10 @@ int fm_cmd_eval(int argc, char **argv)
     for (int k = 0; k < eo.n_sets; k++)
         if (fm_config_set(&c2, eo.sets[k], &err) != FM_OK)
             return cli_usage_error(&cmd, "--compare-set: %s", fm_error_text(&err));
-    if (fm_cmd_blas_apply(cmd.name, &c) != 0)
-        return CLI_EXIT_FAILURE;
+    /* the second run is scored like the first: it needs heads too */
+    if (eo.n_sets && !c2.heads.model[0])
+        return cli_usage_error(&cmd, "--compare-set: heads.model is empty: nothing to "
+                                     "compare with");
 
     rc = CLI_EXIT_FAILURE;
     fm_utk_list l = {0};
@@ -742,16 +744,11 @@ int fm_cmd_eval(int argc, char **argv)
     unsigned char *found = NULL;
     degrade_row *rows = NULL;
     fm_pipeline_opts po = {BATCH, 0, 0};
-    if (fm_utk_list_dir(dir, &l, &err) != FM_OK ||
-        fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
-        fm_pipeline_open(&p, &c, &po, &err) != FM_OK ||
-        (eo.n_sets && fm_pipeline_open(&p2, &c2, &po, &err) != FM_OK)) {
+    /* the images first: a folder of none is refused before any model loads */
+    if (fm_utk_list_dir(dir, &l, &err) != FM_OK) {
         cli_fail(&cmd, "%s", fm_error_text(&err));
         goto done;
     }
-    if (l.skipped)
-        fm_log_warn("%s: skipped %d file(s) whose names are not AGE_GENDER_RACE_*.jpg", dir,
-                    l.skipped);
     if (choose(&l, holdout, sample, (unsigned)sample_seed, &s) != 0 ||
         !(items = calloc((size_t)(s.n ? s.n : 1), sizeof *items)) ||
         !(other = calloc((size_t)(s.n ? s.n : 1), sizeof *other)) ||
@@ -760,6 +757,31 @@ int fm_cmd_eval(int argc, char **argv)
         cli_fail(&cmd, "out of memory");
         goto done;
     }
+    /* no image is most likely the wrong folder, and its figures would read as perfect */
+    if (l.n == 0) {
+        cli_fail(&cmd, "%s: no UTKFace-named images (AGE_GENDER_RACE_*.jpg) found, %d "
+                 "other .jpg file name(s) skipped: nothing to evaluate", dir, l.skipped);
+        goto done;
+    }
+    if (s.n == 0) {
+        cli_fail(&cmd, "%s: none of the %d UTKFace-named images is in the --holdout %g "
+                 "share: nothing to evaluate", dir, l.n, holdout);
+        goto done;
+    }
+    if (fm_cmd_blas_apply(cmd.name, &c) != 0)
+        goto done;
+    if (fm_nn_set_threads((int)c.engine.threads, &err) != FM_OK ||
+        fm_pipeline_open(&p, &c, &po, &err) != FM_OK) {
+        cli_fail(&cmd, "%s", fm_error_text(&err));
+        goto done;
+    }
+    if (eo.n_sets && fm_pipeline_open(&p2, &c2, &po, &err) != FM_OK) {
+        cli_fail(&cmd, "--compare-set: %s", fm_error_text(&err));
+        goto done;
+    }
+    if (l.skipped)
+        fm_log_warn("%s: skipped %d file(s) whose names are not AGE_GENDER_RACE_*.jpg", dir,
+                    l.skipped);
     double fallback = fm_heads_fallback_age(fm_pipeline_heads(p));
     if (table) {
         fm_eval_item *clean = other;
@@ -813,6 +835,11 @@ int fm_cmd_eval(int argc, char **argv)
             snprintf(what, sizeof what, "%s", compare);
             if ((n2 = read_saved(compare, &s, other, found, &err)) < 0) {
                 cli_fail(&cmd, "%s", fm_error_text(&err));
+                goto done;
+            }
+            if (n2 == 0) { /* no image to compare on: no difference to report */
+                cli_fail(&cmd, "%s: none of the %d images is in it: nothing to compare",
+                         compare, s.n);
                 goto done;
             }
             if (n2 < s.n)

@@ -198,7 +198,9 @@ static fm_status prepare(ft_run *r, const fm_config *c, const ft_args *x,
 {
     fm_status st;
     const train_data_opts *d = &x->data;
-    if ((st = fm_trainset_open(&r->set, d->train_dir, d->val_dir, d->holdout, x->limit, err)))
+    if ((st = fm_trainset_open(&r->set, d->train_dir, d->val_dir, d->holdout, x->limit,
+                               err)) ||
+        (st = fm_trainset_check(&r->set, err)))
         return st;
     if (strchr(c->embed.backbone, ','))
         return fm_error_set(err, FM_ERR_INVALID,
@@ -247,7 +249,10 @@ int fm_cmd_finetune(int argc, char **argv)
     ft_args x = {.data.holdout = 0.1, .jobs = 2, .threads = 2};
     fm_ft_opts o;
     fm_ft_opts_defaults(&o);
+    const fm_ft_opts dflt = o;
     o.teacher_weight = -1; /* given or not: see below */
+    /* likewise the options of one optimizer, schedule or selection */
+    o.momentum = o.step_epochs = o.step_gamma = o.drop_below = -1;
     x.optimizer = (int)o.optimizer;
     x.schedule = (int)o.schedule;
     const cli_opt opts[] = {
@@ -279,7 +284,8 @@ int fm_cmd_finetune(int argc, char **argv)
         CLI_INT("--batch", 0, "N", 1, 1024, &o.batch, "faces per step (default 32)"),
         CLI_ENUM("--optimizer", 0, optimizer_names, &x.optimizer,
                  "adamw (default) or sgd (with --momentum)"),
-        CLI_NUM("--momentum", 0, "F", 0, 0.999, &o.momentum, "SGD momentum (default 0.9)"),
+        CLI_NUM("--momentum", 0, "F", 0, 0.999, &o.momentum,
+                "SGD momentum (default 0.9; with --optimizer sgd)"),
         CLI_NUM("--lr", 0, "F", 0, 1, &o.lr_backbone,
                 "backbone learning rate (default 0.0001)"),
         CLI_ENUM("--lr-mode", 0, lr_mode_names, &o.lr_relative,
@@ -295,9 +301,10 @@ int fm_cmd_finetune(int argc, char **argv)
         CLI_ENUM("--schedule", 0, schedule_names, &x.schedule,
                  "cosine (default) or step (--step-epochs, --step-gamma)"),
         CLI_NUM("--step-epochs", 0, "E", 0.01, 1e4, &o.step_epochs,
-                "step schedule: epochs between decays (default 2)"),
+                "step schedule: epochs between decays (default 2; with --schedule step)"),
         CLI_NUM("--step-gamma", 0, "F", 1e-4, 1, &o.step_gamma,
-                "step schedule: the factor of each decay (default 0.1)"),
+                "step schedule: the factor of each decay (default 0.1; with --schedule "
+                "step)"),
         CLI_NUM("--warmup", 0, "E", 0, 1e4, &o.warmup_epochs, "warm-up epochs (default 0.3)"),
         CLI_INT("--hidden", 0, "N", 1, 65536, &o.hidden, "shared layer width (default 256)"),
         CLI_NUM("--dropout", 0, "F", 0, 0.95, &o.dropout, "on the shared layer (default 0.3)"),
@@ -370,8 +377,32 @@ int fm_cmd_finetune(int argc, char **argv)
         return cli_usage_error(&cmd, "%s", !x.data.train_dir ? "--train DIR is required"
                                            : !x.out_path ? "-o BACKBONE.fmm is required"
                                                          : "--heads HEADS.fmm is required");
+    /* the two files are written one after the other: the same file would hold only
+     * the heads, and a checkpoint written over either would be lost with it */
+    if (cli_same_file(x.out_path, x.heads_path))
+        return cli_usage_error(&cmd, "-o %s and --heads %s are the same file", x.out_path,
+                               x.heads_path);
+    if (o.checkpoint && (cli_same_file(o.checkpoint, x.out_path) ||
+                         cli_same_file(o.checkpoint, x.heads_path)))
+        return cli_usage_error(&cmd, "--checkpoint %s is the same file as %s", o.checkpoint,
+                               cli_same_file(o.checkpoint, x.out_path) ? "-o" : "--heads");
     if (!x.teacher && o.teacher_weight >= 0)
         return cli_usage_error(&cmd, "--teacher-weight needs --teacher");
+    if (o.momentum >= 0 && x.optimizer != FM_FT_SGD)
+        return cli_usage_error(&cmd, "--momentum needs --optimizer sgd");
+    if ((o.step_epochs >= 0 || o.step_gamma >= 0) && x.schedule != FM_FT_STEP)
+        return cli_usage_error(&cmd, "%s needs --schedule step",
+                               o.step_epochs >= 0 ? "--step-epochs" : "--step-gamma");
+    if (o.drop_below >= 0 && !(o.drop_hardest > 0))
+        return cli_usage_error(&cmd, "--drop-below needs --drop-hardest F above 0");
+    if (o.momentum < 0) /* not given */
+        o.momentum = dflt.momentum;
+    if (o.step_epochs < 0)
+        o.step_epochs = dflt.step_epochs;
+    if (o.step_gamma < 0)
+        o.step_gamma = dflt.step_gamma;
+    if (o.drop_below < 0)
+        o.drop_below = dflt.drop_below;
     if (o.degrade_kinds && !(o.degrade > 0))
         return cli_usage_error(&cmd, "--degrade-kinds needs --degrade P above 0 (the share "
                                      "of faces damaged)");

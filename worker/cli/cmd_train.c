@@ -92,10 +92,8 @@ static fm_status run(heads_run *r, const fm_config *c, const heads_args *x,
     const train_data_opts *d = &x->data;
     if ((st = fm_trainset_open(&r->set, d->train_dir, d->val_dir, d->holdout, 0, err)))
         return st;
-    if (r->set.n_train_dir < 2)
-        return fm_error_set(err, FM_ERR_INVALID, "%s: fewer than 2 labelled images",
-                            d->train_dir);
-    if ((st = fm_heads_features_gather(&r->features, c, &r->set, x->cache, x->jobs, err)) ||
+    if ((st = fm_trainset_check(&r->set, err)) ||
+        (st = fm_heads_features_gather(&r->features, c, &r->set, x->cache, x->jobs, err)) ||
         x->extract_only)
         return st;
     const fm_backbone_output feature = (fm_backbone_output)x->feature;

@@ -161,6 +161,21 @@ fm_status fm_trainset_open(fm_trainset *s, const char *train_dir, const char *va
     return FM_OK;
 }
 
+fm_status fm_trainset_check(const fm_trainset *s, fm_error *err)
+{
+    if (s->n_train_dir < 2)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: fewer than 2 labelled images: %d UTKFace-named "
+                            "(AGE_GENDER_RACE_*.jpg), %d other .jpg file name(s) skipped",
+                            s->train_dir, s->n_train_dir, s->train.skipped);
+    if (s->val_dir && s->val.n < 1)
+        return fm_error_set(err, FM_ERR_INVALID,
+                            "%s: no labelled images: none UTKFace-named "
+                            "(AGE_GENDER_RACE_*.jpg), %d other .jpg file name(s) skipped",
+                            s->val_dir, s->val.skipped);
+    return FM_OK;
+}
+
 void fm_trainset_describe(const fm_trainset *s, int train_faces, int val_faces, char *buf,
                           size_t size)
 {
