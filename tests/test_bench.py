@@ -14,9 +14,9 @@ figures for consistency, never for speed:
     crop, the dlib ResNet 0.5416 GFLOP per chip, P-Net at most 3,660 FLOP per pyramid
     pixel plus the strips' overlap;
   - --chips DIR takes the chips from that folder; the table output; errors (no
-    chips, a bad option) exit 1 and 2;
+    chips, a bad option, --seconds with --count) exit 1 and 2;
   - facemill-bench-detect --only 640: the 640x480 image's line (its 3 faces) between
-    the two cblas_sgemm lines it prints;
+    the two cblas_sgemm lines it prints; with --no-speed, a usage error;
   - ops/bench/faceapi/compare's help and usage errors (exit 2; face-api.js itself
     is not run: it needs node and the npm registry).
 Skips (77) without the models and sample photos (models/fetch). The environment's
@@ -191,9 +191,26 @@ def main():
         for bad in (["--case", "video"], ["--count", "0"], ["-j", "x"], ["--frobnicate"]):
             p = run([facemill, "bench"] + bad, env=env, timeout=60)
             check(p.returncode == 2, "%s: exit 2, got %d" % (" ".join(bad), p.returncode))
+        # [--seconds S | --count N]: both are a usage error, alone in one line, before
+        # anything is measured (one image of one case, were it measured)
+        p = run([facemill, "bench", "--seconds", "1", "--count", "1", "--case", "photos",
+                 "-j", "1"], env=env, timeout=300)
+        check(p.returncode == 2 and not p.stdout and p.stderr.count("\n") == 1 and
+              "--seconds and --count exclude each other" in p.stderr,
+              "--seconds with --count: exit 2, one line naming both: %d %s"
+              % (p.returncode, p.stderr[-300:]))
+
+        # facemill-bench-detect: --only picks an image of part 1, which --no-speed skips
+        detect = os.path.join(os.path.dirname(facemill), "facemill-bench-detect")
+        p = run([detect, "--only", "640", "--no-speed", "--repeat", "1"], env=env,
+                timeout=300)
+        check(p.returncode == 2 and not p.stdout and
+              p.stderr.startswith("facemill-bench-detect: --only and --no-speed exclude "
+                                  "each other"),
+              "bench-detect --only 640 --no-speed: exit 2 naming both: %d %s"
+              % (p.returncode, (p.stdout + p.stderr)[-300:]))
 
         # facemill-bench-detect: the 640x480 image once, between two sgemm figures
-        detect = os.path.join(os.path.dirname(facemill), "facemill-bench-detect")
         p = run([detect, "--only", "640", "--repeat", "1"], env=env, timeout=300)
         lines = p.stdout.splitlines()
         at = [i for i, x in enumerate(lines) if x.startswith("640x480 ")]

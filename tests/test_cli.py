@@ -19,14 +19,17 @@ For every command `facemill --help` lists, and every sub-command its help names
 and the options the commands took before their parser was shared still exist; a
 configuration that is a FIFO or a directory refused at once, /dev/stdin, <(...)
 and /dev/null read;
-`facemill --version` and `facemill help COMMAND`; the daemons' --version and their
-bad arguments, each named in one line.
+`facemill --version` and `facemill help COMMAND`; the daemons' --version; the bad
+arguments of the daemons and of facemill-bench-detect (unknown options, stray
+operands, missing or bad values, options that exclude each other), each named in one
+line before any usage text.
 Nothing runs for real: every command line here fails before a command starts its
 work (or prints its help). Exit status: 0 pass, 1 fail.
 """
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -282,7 +285,8 @@ def check_sets(r, cmd, n):
 def check_examples(r):
     """The cases that once went wrong, and the codes of usage errors found after
     parsing; a usage error comes out alone, in one line (nothing is started before
-    it: no INFO line of the OpenBLAS kernels of the commands that compute)."""
+    it: no INFO line of the OpenBLAS kernels of the commands that compute), and
+    creates nothing (no directory of --draw-dir, --ppm-dir or --chips-dir)."""
     cases = [
         (["label", "-j", "abc", "in", "-o", "out.db"], 2, "-j 'abc': expected an integer"),
         (["label", "in"], 2, "-o RESULTS.db is required"),
@@ -318,6 +322,24 @@ def check_examples(r):
          "exclude each other"),
         (["detect", "--draw", "a.jpg", "a.jpg", "b.jpg"], 2,
          "--draw takes exactly one image"),
+        (["detect", "--ppm-dir", "ppm", "--draw", "a.jpg", "--draw-dir", "drawn", "a.jpg"],
+         2, "--draw and --draw-dir exclude each other"),
+        (["detect", "--ppm-dir", "ppm", "--draw", "a.jpg", "a.jpg", "b.jpg"], 2,
+         "--draw takes exactly one image"),
+        (["predict", "--chips-dir", "chips", "--set", "heads.model=", "a.jpg"], 2,
+         "--chips-dir aligns faces for the backbone: heads.model must not be empty"),
+        (["predict", "--draw-dir", "drawn", "--chips-dir", "chips", "--set", "heads.model=",
+          "a.jpg"], 2, "heads.model must not be empty"),
+        (["predict", "--chips-dir", "chips", "--draw", "a.jpg", "--draw-dir", "drawn",
+          "a.jpg"], 2, "--draw and --draw-dir exclude each other"),
+        (["predict", "--chips-dir", "chips", "--draw", "a.jpg", "a.jpg", "b.jpg"], 2,
+         "--draw takes exactly one image"),
+        # facemill(1): [--seconds S | --count N]; checked before anything is measured
+        # (one image of one case, on one process, were it measured)
+        (["bench", "--seconds", "1", "--count", "1", "--case", "photos", "-j", "1"], 2,
+         "--seconds and --count exclude each other"),
+        (["bench", "--count", "1", "--seconds", "1", "--case", "photos", "-j", "1"], 2,
+         "--seconds and --count exclude each other"),
         (["export"], 2, "expected at least 1 argument"),
         (["export", "a.db", "b.db"], 2, "unexpected argument 'b.db'"),
         (["model"], 2, "expected at least 1 argument"),
@@ -328,14 +350,24 @@ def check_examples(r):
         (["model", "info", "/nonexistent/m.fmm"], 1, "/nonexistent/m.fmm"),
     ]
     for args, want, needle in cases:
+        before = set(os.listdir(r.cwd))
         code, out, err = r.run(args)
+        made = sorted(set(os.listdir(r.cwd)) - before)
+        for name in made:
+            path = os.path.join(r.cwd, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
         check(code == want and needle in err,
               "%s: exit %d with '%s' (exit %d: %s)" % (show(args), want, needle, code,
                                                        err.strip()[:300]))
         lines = err.strip().split("\n")
-        check(want != 2 or (len(lines) == 1 and "INFO" not in err),
+        check(want != 2 or (len(lines) == 1 and "INFO" not in err and not out),
               "%s: the usage error alone, in one line: %s"
               % (show(args), err.strip()[:300]))
+        check(want != 2 or not made,
+              "%s: a usage error creates nothing, made %s" % (show(args), made))
     code, out, err = r.run(["--version"])
     check(code == 0 and re.fullmatch(r"facemill \d+\.\d+\.\d+\n", out),
           "facemill --version prints the version (%d: %r)" % (code, out))
@@ -396,7 +428,8 @@ def check_not_regular(r, bindir, cwd):
 
 def check_daemons(bindir, cwd):
     """The daemons' own arguments: --version, and a bad argument named in one line
-    before the usage, exit 2."""
+    before the usage, exit 2; the same for facemill-bench-detect, which measures
+    nothing when --only and --no-speed are both given."""
     cases = [
         (["facemill-broker", "--bogus"], "facemill-broker: unknown argument '--bogus'"),
         (["facemill-worker", "--bogus"], "facemill-worker: unknown argument '--bogus'"),
@@ -406,14 +439,35 @@ def check_daemons(bindir, cwd):
         (["facemill-sink", "--db"], "--db needs a database path"),
         (["facemill-bench-detect", "--repeat", "abc"], "--repeat needs a whole number"),
         (["facemill-bench-detect", "--pad", "2"], "--pad needs a number from 0 to 1"),
+        (["facemill-bench-detect", "--bogus"],
+         "facemill-bench-detect: unknown option '--bogus'"),
+        (["facemill-bench-detect", "--repeat", "3", "-x"],
+         "facemill-bench-detect: unknown option '-x'"),
+        (["facemill-bench-detect", "--only", "nope"],
+         "facemill-bench-detect: --only: 'nope' is not 640, 12mp-jpeg or 12mp"),
+        (["facemill-bench-detect", "--only"], "facemill-bench-detect: --only needs "),
+        (["facemill-bench-detect", "--repeat"],
+         "facemill-bench-detect: --repeat needs a whole number"),
+        (["facemill-bench-detect", "--models"], "facemill-bench-detect: --models needs "),
+        (["facemill-bench-detect", "--repeat", "3", "photo.jpg"],
+         "facemill-bench-detect: unexpected argument 'photo.jpg'"),
+        (["facemill-bench-detect", "--only", "640", "--no-speed"],
+         "facemill-bench-detect: --only and --no-speed exclude each other"),
+        (["facemill-bench-detect", "--no-speed", "--only", "12mp"],
+         "facemill-bench-detect: --only and --no-speed exclude each other"),
     ]
     for args, needle in cases:
         p = subprocess.run([os.path.join(bindir, args[0])] + args[1:], cwd=cwd,
                            capture_output=True, text=True, timeout=TIMEOUT)
         first = p.stderr.splitlines()[0] if p.stderr else ""
-        check(p.returncode == 2 and needle in first,
+        check(p.returncode == 2 and needle in first and not p.stdout,
               "%s: exit 2, first line '%s' (exit %d: %s)" % (show(args), needle,
                                                               p.returncode, first))
+        # the programs that print their usage on such an error print it after the line
+        rest = p.stderr.splitlines()[1:]
+        check(not rest or rest[0].startswith("usage: " + args[0]),
+              "%s: the line naming what was wrong, then the usage or nothing: %s"
+              % (show(args), p.stderr.strip()[:300]))
     for prog in ("facemill-broker", "facemill-sink", "facemill-worker"):
         p = subprocess.run([os.path.join(bindir, prog), "--version"], cwd=cwd,
                            capture_output=True, text=True, timeout=TIMEOUT)

@@ -17,7 +17,9 @@ Checks, each counted once in the summary line:
   - every option of `facemill-broker --help`, `facemill-sink --help` and
     `facemill-worker --help` appears in facemill-broker.8, facemill-sink.8 and
     facemill-worker.8, and every option of the three benchmark programs' --help in
-    their pages (facemill-bench-detect.1, -embed.1, -ops.1);
+    their pages (facemill-bench-detect.1, -embed.1, -ops.1); a program of these that
+    reads --config FILE lists --config and --set in its --help and its page names
+    FACEMILL_CONFIG;
   - every key `facemill config --describe` prints appears in facemill.yaml.5.
 
 The roff source is reduced to plain text for these checks (escapes such as \\- and
@@ -396,6 +398,26 @@ def check_daemons(bin_dir, man_dir, cwd):
         for opt in opts:
             check(has_token(text, opt), "%s: option %s (from `%s --help`) missing"
                   % (page, opt, prog))
+        if reads_config(os.path.join(bin_dir, prog), cwd):
+            for opt in ("--config", "--set"):
+                check(opt in opts, "`%s --help`: %s missing, though %s reads it"
+                      % (prog, opt, prog))
+            check(has_token(text, "FACEMILL_CONFIG"), "%s: FACEMILL_CONFIG missing, "
+                  "though %s reads it" % (page, prog))
+
+
+def reads_config(argv0, cwd):
+    """Whether a program reads --config FILE (and so FACEMILL_CONFIG): given a file
+    that does not exist, it fails naming it, not the option."""
+    missing = os.path.join(cwd, "no-such-dir", "facemill.yaml")
+    try:
+        p = subprocess.run([argv0, "--config", missing], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                           timeout=HELP_TIMEOUT, universal_newlines=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    first = p.stderr.split("\n")[0]
+    return p.returncode == 2 and missing in first
 
 
 def check_keys(bin_dir, man_dir, cwd):

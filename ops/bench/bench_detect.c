@@ -2,13 +2,14 @@
  * how often it finds the face in UTKFace's aligned crops.
  *
  *   facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N] [--threads N]
- *                         [--set KEY=VALUE]... [--utk DIR] [--misses FILE] [--pad F]
- *                         [--no-speed] [--no-position-tiles] [--no-winograd]
- *                         [--winograd2] [--isa NAME] [--only 640|12mp-jpeg|12mp]
- *                         [--small-faces]
+ *                         [--config FILE] [--set KEY=VALUE]... [--utk DIR]
+ *                         [--misses FILE] [--pad F] [--no-speed]
+ *                         [--no-position-tiles] [--no-winograd] [--winograd2]
+ *                         [--isa NAME] [--only 640|12mp-jpeg|12mp] [--small-faces]
  *
- * 1. Speed at the default settings (detect.* of config; --set changes them), median
- *    of --repeat runs (default 5), one OpenBLAS thread unless --threads, between two
+ * 1. Speed at the configured settings (detect.* of --config FILE, else of the file
+ *    FACEMILL_CONFIG names, else the defaults; --set changes them), median of
+ *    --repeat runs (default 5), one OpenBLAS thread unless --threads, between two
  *    measurements of cblas_sgemm 1024^3 on one thread (the figure targets scale by;
  *    a change between them says the machine's speed moved during the runs):
  *      - a 640x480 image,
@@ -41,7 +42,8 @@
  * the engine's own kernels (base, avx2+fma, avx512; fm_nn_set_isa), for comparison:
  * avx2+fma and avx512 give the same bits. --only runs one of the three images of part 1
  * (640: the 640x480 image, 12mp-jpeg: the DCT-scaled decode, 12mp: full resolution),
- * for profiling one case with perf.
+ * for profiling one case with perf; it measures nothing with --no-speed, which is
+ * refused. A usage error is one line naming what was wrong, then the usage; exit 2.
  */
 #include "facemill/align.h"
 #include "facemill/clock.h"
@@ -53,6 +55,7 @@
 #include "facemill/nn.h"
 
 #include <dirent.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -336,11 +339,51 @@ static int bench_utk(const char *dir, fm_detector *det, fm_decoder *dec, const c
 static void usage(FILE *out)
 {
     fprintf(out, "usage: facemill-bench-detect [--models DIR] [--sample FILE.jpg] [--repeat N]\n"
-                 "                             [--threads N] [--set KEY=VALUE]... [--utk DIR]\n"
+                 "                             [--threads N] [--config FILE]\n"
+                 "                             [--set KEY=VALUE]... [--utk DIR]\n"
                  "                             [--misses FILE] [--pad F] [--no-speed]\n"
                  "                             [--no-position-tiles] [--no-winograd]\n"
                  "                             [--winograd2] [--isa NAME]\n"
-                 "                             [--only 640|12mp-jpeg|12mp] [--small-faces]\n");
+                 "                             [--only 640|12mp-jpeg|12mp] [--small-faces]\n"
+                 "--config FILE: the configuration (YAML, see facemill.yaml(5)) over\n"
+                 "the defaults, else the file FACEMILL_CONFIG names; then each --set,\n"
+                 "in order.\n");
+}
+
+/* A usage error: one line naming what was wrong, then the usage; returns 2. */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("facemill-bench-detect: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    usage(stderr);
+    return 2;
+}
+
+/* The options that take a value, and what each takes (for a missing value). */
+static const char *const value_opts[][2] = {
+    {"--models", "a directory"},
+    {"--sample", "a JPEG file"},
+    {"--repeat", "a whole number from 1 to 1000000"},
+    {"--threads", "a whole number from 1 to 64"},
+    {"--utk", "a directory"},
+    {"--misses", "a file name"},
+    {"--pad", "a number from 0 to 1"},
+    {"--isa", "base, avx2+fma or avx512"},
+    {"--only", "640, 12mp-jpeg or 12mp"},
+};
+
+/* What option a takes as its value, or NULL when a takes none (or is no option). */
+static const char *value_of(const char *a)
+{
+    for (size_t k = 0; k < sizeof value_opts / sizeof value_opts[0]; k++)
+        if (strcmp(a, value_opts[k][0]) == 0)
+            return value_opts[k][1];
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -358,7 +401,6 @@ int main(int argc, char **argv)
     double pad = -1; /* -1: detect.pad of the configuration */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
@@ -383,22 +425,19 @@ int main(int argc, char **argv)
             fm_nn_set_winograd4(0);
             continue;
         }
-        if (!v) {
-            usage(stderr);
-            return 2;
-        }
+        const char *takes = value_of(a);
+        if (!takes)
+            return a[0] == '-' && a[1] ? usage_error("unknown option '%s'", a)
+                                       : usage_error("unexpected argument '%s'", a);
+        if (i + 1 == argc)
+            return usage_error("%s needs %s", a, takes);
+        const char *v = argv[++i];
         if (strcmp(a, "--isa") == 0) {
             int isa = fm_nn_isa_from_name(v);
-            if (isa < 0) {
-                fprintf(stderr, "facemill-bench-detect: --isa: '%s' is not base, avx2+fma "
-                                "or avx512\n", v);
-                return 2;
-            }
+            if (isa < 0)
+                return usage_error("--isa: '%s' is not %s", v, takes);
             fm_nn_set_isa((fm_nn_isa)isa);
-            i++;
-            continue;
-        }
-        if (strcmp(a, "--models") == 0)
+        } else if (strcmp(a, "--models") == 0)
             models = v;
         else if (strcmp(a, "--sample") == 0)
             sample = v;
@@ -406,35 +445,30 @@ int main(int argc, char **argv)
             utk = v;
         else if (strcmp(a, "--misses") == 0)
             misses = v;
-        else if (strcmp(a, "--only") == 0 && (strcmp(v, "640") == 0 ||
-                 strcmp(v, "12mp-jpeg") == 0 || strcmp(v, "12mp") == 0))
+        else if (strcmp(a, "--only") == 0) {
+            if (strcmp(v, "640") != 0 && strcmp(v, "12mp-jpeg") != 0 &&
+                strcmp(v, "12mp") != 0)
+                return usage_error("--only: '%s' is not %s", v, takes);
             only = v;
-        else if (strcmp(a, "--repeat") == 0 || strcmp(a, "--threads") == 0) {
+        } else if (strcmp(a, "--repeat") == 0 || strcmp(a, "--threads") == 0) {
             char *end = NULL;
             long n = strtol(v, &end, 10), most = a[2] == 'r' ? 1000000 : 64;
-            if (end == v || *end || n < 1 || n > most) {
-                fprintf(stderr, "facemill-bench-detect: %s needs a whole number from 1 to "
-                                "%ld, not '%s'\n", a, most, v);
-                return 2;
-            }
+            if (end == v || *end || n < 1 || n > most)
+                return usage_error("%s needs %s, not '%s'", a, takes, v);
             if (a[2] == 'r')
                 repeat = (int)n;
             else
                 threads = (int)n;
-        } else if (strcmp(a, "--pad") == 0) {
+        } else { /* --pad */
             char *end = NULL;
             pad = strtod(v, &end);
-            if (end == v || *end || !(pad >= 0 && pad <= 1)) {
-                fprintf(stderr, "facemill-bench-detect: --pad needs a number from 0 to 1, "
-                                "not '%s'\n", v);
-                return 2;
-            }
-        } else {
-            usage(stderr);
-            return 2;
+            if (end == v || *end || !(pad >= 0 && pad <= 1))
+                return usage_error("--pad needs %s, not '%s'", takes, v);
         }
-        i++;
     }
+    if (only && !speed)
+        return usage_error("--only and --no-speed exclude each other (--only picks an "
+                           "image of part 1)");
     if (repeat < 1)
         repeat = 1;
     /* the models and the sample photo through the model search path */

@@ -907,7 +907,7 @@ int fm_cmd_bench(int argc, char **argv)
     if (!b)
         return cli_fail(&cmd, "out of memory");
     b->procs = -1;
-    b->seconds = 10;
+    b->seconds = 0; /* 0: not given; 10 unless --count */
     b->chips_pad = 0.25;
     const cli_opt opts[] = {
         CLI_INT("--workers", 'j', "N", 0, MAX_PROCS, &b->procs,
@@ -915,7 +915,7 @@ int fm_cmd_bench(int argc, char **argv)
         CLI_NUM("--seconds", 0, "S", 0.001, 86400, &b->seconds,
                 "time per case and process (default 10)"),
         CLI_INT("--count", 0, "N", 1, 1e9, &b->count,
-                "images per case and process instead of a time"),
+                "images per case and process instead of a time (not with --seconds)"),
         CLI_CALL("--case", 0, "NAME", "chips, photos or 12mp", take_case, b,
                  "measure this case (repeatable; default all three)"),
         CLI_PATH("--chips", 0, "DIR", &b->chips_dir, "JPEG face chips for the chips case"),
@@ -926,6 +926,8 @@ int fm_cmd_bench(int argc, char **argv)
     };
     cli_args a;
     rc = cli_start(&cmd, opts, argc, argv, &b->cfg, &a);
+    if (rc < 0 && b->seconds > 0 && b->count)
+        rc = cli_usage_error(&cmd, "--seconds and --count exclude each other");
     if (rc < 0 && fm_cmd_blas_apply(cmd.name, &b->cfg) != 0)
         rc = CLI_EXIT_FAILURE;
     if (rc >= 0) {
@@ -933,6 +935,8 @@ int fm_cmd_bench(int argc, char **argv)
         return rc;
     }
     rc = CLI_EXIT_FAILURE;
+    if (b->seconds == 0)
+        b->seconds = 10;
     int any_case = 0;
     for (int k = 0; k < N_CASES; k++)
         any_case |= b->cases[k].on;

@@ -133,6 +133,11 @@ int fm_cmd_predict(int argc, char **argv)
         return cli_usage_error(&cmd, "--draw and --draw-dir exclude each other");
     if (draw && n_images != 1)
         return cli_usage_error(&cmd, "--draw takes exactly one image (use --draw-dir)");
+    /* the pipeline has a backbone exactly when it loads heads: said before anything is
+     * logged or created */
+    if (chips_dir && !c.heads.model[0])
+        return cli_usage_error(&cmd, "--chips-dir aligns faces for the backbone: "
+                                     "heads.model must not be empty");
     if (fm_cmd_blas_apply(cmd.name, &c) != 0)
         return CLI_EXIT_FAILURE;
     fm_pipeline *p = NULL;
@@ -147,12 +152,6 @@ int fm_cmd_predict(int argc, char **argv)
         ((draw || draw_dir || chips_dir) && fm_decoder_new(&full, &fo, &err) != FM_OK)) {
         fm_pipeline_close(&p);
         return cli_fail(&cmd, "%s", fm_error_text(&err));
-    }
-    if (chips_dir && !fm_pipeline_backbone(p)) {
-        fm_pipeline_close(&p);
-        fm_decoder_destroy(&full);
-        return cli_usage_error(&cmd, "--chips-dir aligns faces for the backbone: heads.model "
-                                     "must not be empty");
     }
     fm_json j;
     fm_json_init(&j, stdout);
