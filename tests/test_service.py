@@ -35,6 +35,9 @@ One case per run (--case NAME), so ctest reports each on its own:
               one, which takes jobs; every job committed exactly once
   broker_outage  the broker killed (-9) for longer than the workers' expiry and
               restarted: the same worker processes reconnect and finish the job set
+  no_broker   submit with no broker at its endpoint: one warning saying so, Ctrl-C
+              says the broker holds none of the jobs (exit 3); the same command with
+              the cluster up stores every image once
   restart_progress  the broker stopped and started again on its journal while it
               holds a whole run: submit's progress lines count what is stored after
               the restart (no Commit notice reaches the client for those jobs)
@@ -847,6 +850,30 @@ def progress_counts(c, since=0):
     return [int(x) for x in re.findall(r"^progress: (\d+)/\d+ done", text, re.M)]
 
 
+def case_no_broker(c, a):
+    n = 20
+    make_images(a.bin, os.path.join(c.dir, "in"), n, size=64)
+    p = c.submit([os.path.join(c.dir, "in")], "no-broker")
+    said = "no answer from the broker at "
+    wait_until(lambda: said in read_log(c, "submit"), 60,
+               "submit to say that no broker answers")
+    time.sleep(2.5)  # a few more retries (client.retry_ms): the warning is not repeated
+    check(read_log(c, "submit").count(said) == 1, "the warning comes once")
+    os.killpg(p.pid, signal.SIGINT)
+    check(finish_submit(c, p, 30) == 3, "an interrupted submit exits 3")
+    check("the broker never answered, so it holds none of these jobs" in
+          read_log(c, "submit"), "the interrupted run says no job reached a broker")
+    check("goes on with the jobs it took" not in read_log(c, "submit"),
+          "and not that a broker goes on with them")
+    c.sink()
+    c.broker()
+    c.worker()
+    p = c.submit([os.path.join(c.dir, "in")], "no-broker")
+    check(finish_submit(c, p, 120) == 0, "the same submit, the cluster up: exit 0")
+    settle(c)
+    exactly_once(c, n)
+
+
 def case_restart_progress(c, a):
     n = 2000
     make_images(a.bin, os.path.join(c.dir, "in"), n, size=256)
@@ -1262,6 +1289,7 @@ CASES = {
     "netns": case_netns,
     "restart_child": case_restart_child,
     "broker_outage": case_broker_outage,
+    "no_broker": case_no_broker,
     "restart_progress": case_restart_progress,
     "sigterm_worker": case_sigterm_worker,
     "worker_name": case_worker_name,

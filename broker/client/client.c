@@ -1001,6 +1001,7 @@ typedef struct run {
     int final_status;       /* a status reply since every job of this run was done */
     int64_t tag_open; /* the tag's jobs not committed at the last status reply, plus the
                          ids pending took since (-1: no reply yet): see unnoticed() */
+    int silent_said;  /* the warning that the broker never answered was logged */
 } run;
 
 /* The jobs of pending that the broker has committed though no Commit named them
@@ -1468,9 +1469,18 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
                 r.next_status_ms = now;
         }
         if (r.outstanding && now >= r.resend_at_ms) {
-            if (now - r.sent_ms >= o->retry_ms)
+            if (now - r.sent_ms >= o->retry_ms && !sum->broker_heard && !r.silent_said) {
+                /* nothing ever came back: most likely no broker there, said once */
+                char shown[FM_LOG_ESCAPED_MAX];
+                fm_log_warn("no answer from the broker at %s: is facemill-broker running "
+                            "there, and reachable from here? Trying again until it "
+                            "answers (Ctrl-C stops; the jobs stay unsent)",
+                            fm_log_escape(o->endpoint, shown, sizeof shown));
+                r.silent_said = 1;
+            } else if (now - r.sent_ms >= o->retry_ms) {
                 fm_log_info("no answer to submit %llu from the broker: sending it again",
                             (unsigned long long)r.request_id);
+            }
             if ((st = send_submit(&r, err)) != FM_OK)
                 goto done;
         }
@@ -1506,6 +1516,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
                             fm_log_escape(fm_error_text(&e), shown, sizeof shown));
                 continue;
             }
+            sum->broker_heard = 1;
             st = on_message(&r, env, err);
             fm_wire_free(&env);
             if (st != FM_OK)

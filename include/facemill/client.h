@@ -106,6 +106,7 @@ typedef struct fm_client_summary {
     int64_t repeated;        /* images named again by the inputs (the same path twice:
                                 an INPUT repeated, a file besides its folder): sent
                                 once, and not in total */
+    int broker_heard;        /* 1 once a message from the broker arrived */
 } fm_client_summary;
 
 /* Sets the client fields of opts from c (chunk, chunk_bytes, retry_ms, progress_ms,

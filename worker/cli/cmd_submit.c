@@ -226,7 +226,10 @@ int fm_cmd_submit(int argc, char **argv)
     if (st != FM_OK)
         fprintf(stderr, "facemill submit: %s\n", fm_error_text(&err));
     print_summary("facemill submit", &sum, st);
-    if (st == FM_ERR_INTERRUPTED)
+    if (st == FM_ERR_INTERRUPTED && !sum.broker_heard)
+        fprintf(stderr, "facemill submit: the broker never answered, so it holds none of "
+                        "these jobs; run the same command again once it is up\n");
+    else if (st == FM_ERR_INTERRUPTED)
         fprintf(stderr, "facemill submit: the broker goes on with the jobs it took; "
                         "submitting again with this tag counts them as already stored\n");
     fm_auth_close(&auth);
