@@ -953,7 +953,8 @@ static void progress_show(progress *p, const fm_client_summary *s, int64_t extra
         fprintf(p->out,
                 "progress: %lld/%lld done (%.1f%%), %.1f images/s, ETA %s, %lld failed%s\n",
                 (long long)done, (long long)s->total, 100.0 * frac, rate, eta,
-                (long long)s->failed, s->skipped ? " (skipped ones included)" : "");
+                (long long)s->failed,
+                s->skipped ? " (stored by earlier runs included)" : "");
     }
     fflush(p->out);
 }
