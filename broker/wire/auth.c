@@ -1007,6 +1007,16 @@ static void *watch_events(void *ctx, void *sock, int mask, const char *name)
 
 /* The next event a watch received, without waiting: 1 with its id and value, 0 when
  * none is there. */
+/* Stops the monitor of sock (may be NULL) and closes its PAIR mon. */
+static void close_monitor(void *sock, void *mon)
+{
+    if (!mon)
+        return;
+    if (sock)
+        zmq_socket_monitor(sock, NULL, 0);
+    zmq_close(mon);
+}
+
 static int next_event(void *mon, uint16_t *id, uint32_t *value)
 {
     for (;;) {
@@ -1024,21 +1034,57 @@ static int next_event(void *mon, uint16_t *id, uint32_t *value)
     }
 }
 
+/* A client's watch: the monitor, and the handshakes cut short since the last one
+ * that succeeded. */
+typedef struct auth_watch {
+    void *mon;
+    int cut;
+} auth_watch;
+
+/* Handshakes cut short in a row before a watch calls it a refusal: a peer that drops
+ * this side's handshake without a word (a broker with CurveZMQ keys often closes on
+ * a client without them before that client has read the mechanism it offers, and a
+ * run of such attempts ends in a timeout instead of the reason). One cut, a broker
+ * restarting mid-handshake, is no refusal: ZeroMQ tries again by itself. */
+#define WATCH_CUTS 3
+
 void *fm_auth_watch(void *ctx, void *sock)
 {
-    /* not ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL: a connection reset mid-handshake (a
-     * broker restarting) is no refusal, and ZeroMQ tries again by itself */
-    return watch_events(ctx, sock,
-                        ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                        "handshake");
+    auth_watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->mon = watch_events(ctx, sock,
+                          ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                              ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                              ZMQ_EVENT_HANDSHAKE_SUCCEEDED,
+                          "handshake");
+    if (!w->mon) {
+        free(w);
+        return NULL;
+    }
+    return w;
 }
 
-int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size)
+int fm_auth_watch_failed(void *watch, const char *peer, char *why, size_t size)
 {
+    auth_watch *w = watch;
     int failed = 0;
     uint16_t id;
     uint32_t value;
-    while (mon && next_event(mon, &id, &value)) {
+    while (w && next_event(w->mon, &id, &value)) {
+        if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            w->cut = 0;
+            continue;
+        }
+        if (id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+            if (++w->cut < WATCH_CUTS)
+                continue;
+            snprintf(why, size, "the handshake with %s was cut short %d times in a row: one "
+                     "side has CurveZMQ keys and the other none, most likely "
+                     "(security.cert, security.broker_key)", peer, w->cut);
+            failed = 1;
+            continue;
+        }
         failed = 1;
         if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
             snprintf(why, size, "%s refused this program's key (security.cert): the key is "
@@ -1129,16 +1175,16 @@ void fm_auth_refusals_close(fm_auth_refusals **r, void *sock)
 {
     if (!r || !*r)
         return;
-    fm_auth_watch_close(sock, (*r)->mon);
+    close_monitor(sock, (*r)->mon);
     free(*r);
     *r = NULL;
 }
 
-void fm_auth_watch_close(void *sock, void *mon)
+void fm_auth_watch_close(void *sock, void *watch)
 {
-    if (!mon)
+    auth_watch *w = watch;
+    if (!w)
         return;
-    if (sock)
-        zmq_socket_monitor(sock, NULL, 0);
-    zmq_close(mon);
+    close_monitor(sock, w->mon);
+    free(w);
 }

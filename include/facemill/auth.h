@@ -140,18 +140,19 @@ fm_status fm_auth_server(const fm_auth *a, void *sock, const char *domain, fm_er
  * No-op when a is NULL or without CURVE. FM_ERR_IO on zmq errors. */
 fm_status fm_auth_client(const fm_auth *a, void *sock, fm_auth_server_id to, fm_error *err);
 
-/* A watch on sock's handshakes (a PAIR of ctx receiving its failed-handshake events),
- * so that a peer refusing this program's key is said, not waited out in silence; NULL
+/* A watch on sock's handshakes (a PAIR of ctx receiving its handshake events), so
+ * that a peer refusing this program's key is said, not waited out in silence; NULL
  * when it cannot be set up (nothing is then watched). */
 void *fm_auth_watch(void *ctx, void *sock);
 
-/* Reads what the watch mon (may be NULL) saw since the last call, without waiting:
- * 1 when a handshake with peer (a name for the message: "the broker") failed, with
- * why it failed in why (the last one seen), else 0. */
-int fm_auth_watch_failed(void *mon, const char *peer, char *why, size_t size);
+/* Reads what the watch (may be NULL) saw since the last call, without waiting: 1 when
+ * a handshake with peer (a name for the message: "the broker") failed, or several in
+ * a row were cut short (the peer hung up on it), with why in why (the last one seen),
+ * else 0. */
+int fm_auth_watch_failed(void *watch, const char *peer, char *why, size_t size);
 
-/* Stops the watch on sock and closes mon (either may be NULL). */
-void fm_auth_watch_close(void *sock, void *mon);
+/* Stops the watch on sock and frees it (either may be NULL). */
+void fm_auth_watch_close(void *sock, void *watch);
 
 /* A server's watch of the handshakes its CURVE server socket sock refuses before the
  * ZAP handler is asked (which logs the keys it refuses): peers without keys, or with
