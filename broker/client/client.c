@@ -1470,7 +1470,9 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
                 r.next_status_ms = now;
         }
         if (r.outstanding && now >= r.resend_at_ms) {
-            if (now - r.sent_ms >= o->retry_ms && !sum->broker_heard && !r.silent_said) {
+            if (now - r.sent_ms < o->retry_ms) {
+                /* sent again after a SlowDown's wait: an answer came */
+            } else if (!sum->broker_heard && !r.silent_said) {
                 /* nothing ever came back: most likely no broker there, said once */
                 char shown[FM_LOG_ESCAPED_MAX];
                 fm_log_warn("no answer from the broker at %s: is facemill-broker running "
@@ -1478,7 +1480,7 @@ fm_status fm_client_submit(const fm_client_opts *o, char *const *inputs, int n,
                             "answers (Ctrl-C stops; the jobs stay unsent)",
                             fm_log_escape(o->endpoint, shown, sizeof shown));
                 r.silent_said = 1;
-            } else if (now - r.sent_ms >= o->retry_ms) {
+            } else {
                 fm_log_info("no answer to submit %llu from the broker: sending it again",
                             (unsigned long long)r.request_id);
             }

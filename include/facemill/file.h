@@ -7,7 +7,7 @@
  * when they are regular files, which is found out without blocking: opened with
  * O_NONBLOCK, checked with fstat(2), then made blocking again. (Images have the same
  * rule in fm_decode_file, and the worker's by-path jobs in their own open; a
- * configuration may also be a pipe or a character device, config.c.)
+ * configuration may also be a pipe or a character device: fm_file_open_stream.)
  */
 #ifndef FACEMILL_FILE_H
 #define FACEMILL_FILE_H
@@ -24,6 +24,12 @@ extern "C" {
  * error of open(2) or fstat(2), or "a FIFO, not a regular file" (a directory, a
  * device, a socket). */
 int fm_file_open_regular(const char *path, const char **why);
+
+/* fm_file_open_regular that also takes what a configuration may be: a pipe another
+ * program writes (one without a name: a shell's <(...)) or a character device
+ * (/dev/null). A named FIFO is still refused without waiting for a writer, and so are
+ * directories, sockets and block devices. */
+int fm_file_open_stream(const char *path, const char **why);
 
 /* fm_file_open_regular as a stdio stream for reading ("rb"), or NULL with why set. */
 FILE *fm_file_fopen_regular(const char *path, const char **why);

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE /* memfd_create */
 #include "config-impl.h"
 #include "facemill/config.h"
+#include "facemill/file.h"
 #include "facemill/log.h"
 
 #include <yaml.h>
@@ -882,22 +883,9 @@ fail:
     return st;
 }
 
-/* 1 when fd is a pipe without a name (a shell's `<(...)`, a pipe on standard input):
- * another program holds its writing end, so reading it ends. A named FIFO shows
- * its path in /proc/self/fd instead of "pipe:[N]". */
-static int anonymous_pipe(int fd)
-{
-    char link[64], target[64];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, target, sizeof target - 1);
-    return n > 5 && strncmp(target, "pipe:", 5) == 0;
-}
-
-/* The configuration at path opened for reading: a regular file; standard input as it
- * is for "/dev/stdin"; a pipe another program writes (`--config <(...)`) or a
- * character device (/dev/null) as they are. A named FIFO is refused without waiting
- * for a writer (its open would block for ever without one), and so are directories,
- * sockets and block devices: opened with O_NONBLOCK, checked, then made blocking. */
+/* The configuration at path opened for reading: standard input as it is for
+ * "/dev/stdin", else what fm_file_open_stream takes (a file, a pipe another program
+ * writes, /dev/null), a named FIFO refused without waiting for a writer. */
 static fm_status open_config(const char *path, FILE **fp, fm_error *err)
 {
     const char *why = NULL;
@@ -909,24 +897,8 @@ static fm_status open_config(const char *path, FILE **fp, fm_error *err)
         fd = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 0);
         if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode))
             lseek(fd, 0, SEEK_SET);
-    } else if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)) >= 0) {
-        struct stat sb;
-        int fl;
-        if (fstat(fd, &sb) != 0)
-            why = strerror(errno);
-        else if (S_ISFIFO(sb.st_mode) && !anonymous_pipe(fd))
-            why = "a named FIFO, whose open would wait for a writer (give a file, or a "
-                  "pipe such as <(...))";
-        else if (S_ISDIR(sb.st_mode))
-            why = "a directory, not a configuration file";
-        else if (!S_ISREG(sb.st_mode) && !S_ISCHR(sb.st_mode) && !S_ISFIFO(sb.st_mode))
-            why = "neither a file nor a pipe";
-        else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
-            why = strerror(errno);
-        if (why) {
-            close(fd);
-            fd = -1;
-        }
+    } else {
+        fd = fm_file_open_stream(path, &why);
     }
     if (fd >= 0 && !(*fp = fdopen(fd, "rb"))) {
         int e = errno;

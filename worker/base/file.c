@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,9 +23,22 @@ static const char *not_regular(mode_t mode)
     return "not a regular file";
 }
 
-int fm_file_open_regular(const char *path, const char **why)
+/* 1 when fd is a pipe without a name (a shell's <(...), a pipe on standard input):
+ * another program holds its writing end, so reading it ends. A named FIFO shows its
+ * path in /proc/self/fd instead of "pipe:[N]". */
+static int anonymous_pipe(int fd)
 {
-    /* O_NONBLOCK: the open of a FIFO returns at once instead of waiting for a writer */
+    char link[64], target[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    return n > 5 && strncmp(target, "pipe:", 5) == 0;
+}
+
+/* path opened with O_NONBLOCK (the open of a FIFO returns at once instead of waiting
+ * for a writer), checked, then made blocking: a regular file, and with streams also
+ * a pipe without a name or a character device. */
+static int open_checked(const char *path, int streams, const char **why)
+{
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) {
         *why = strerror(errno);
@@ -34,8 +48,14 @@ int fm_file_open_regular(const char *path, const char **why)
     int fl;
     if (fstat(fd, &sb) != 0) {
         *why = strerror(errno);
-    } else if (!S_ISREG(sb.st_mode)) {
-        *why = not_regular(sb.st_mode);
+    } else if (streams && S_ISFIFO(sb.st_mode) && !anonymous_pipe(fd)) {
+        *why = "a named FIFO, whose open would wait for a writer (give a file, or a pipe "
+               "such as <(...))";
+    } else if (streams && S_ISDIR(sb.st_mode)) {
+        *why = "a directory, not a configuration file";
+    } else if (!S_ISREG(sb.st_mode) &&
+               !(streams && (S_ISCHR(sb.st_mode) || S_ISFIFO(sb.st_mode)))) {
+        *why = streams ? "neither a file nor a pipe" : not_regular(sb.st_mode);
     } else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
         *why = strerror(errno);
     } else {
@@ -43,6 +63,16 @@ int fm_file_open_regular(const char *path, const char **why)
     }
     close(fd);
     return -1;
+}
+
+int fm_file_open_regular(const char *path, const char **why)
+{
+    return open_checked(path, 0, why);
+}
+
+int fm_file_open_stream(const char *path, const char **why)
+{
+    return open_checked(path, 1, why);
 }
 
 FILE *fm_file_fopen_regular(const char *path, const char **why)
